@@ -1,0 +1,62 @@
+"""napari-emdiffuse: diffusion-model restoration of electron-microscopy images.
+
+EMDiffuse / vEMDiffuse (Lu et al., Nature Communications 2024) as a library, a command
+line tool (``emdiffuse``) and napari dock widgets.
+
+The public API is imported lazily so that ``import napari_emdiffuse`` stays cheap (napari
+imports it to read the plugin manifest) and never pulls in napari or Qt.
+
+Examples
+--------
+>>> import napari_emdiffuse as emd
+>>> result = emd.restore(noisy_image, "denoise")          # doctest: +SKIP
+>>> volume = emd.reconstruct_isotropic(stack, factor=4)    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "restore": "engine.restore",
+    "restore_iter": "engine.restore",
+    "restore_to_zarr": "engine.restore",
+    "restore_to_zarr_iter": "engine.restore",
+    "Restoration": "engine.restore",
+    "reconstruct_isotropic": "engine.volume",
+    "reconstruct_isotropic_iter": "engine.volume",
+    "IsotropicResult": "engine.volume",
+    "load_model": "engine.model",
+    "list_models": "engine.model",
+    "register_model": "engine.model",
+    "EMDiffuseModel": "engine.model",
+    "create_EMDiffuse": "engine.factory",
+    "create_model": "engine.factory",
+    "import_published": "engine.checkpoints",
+    "train": "engine.training",
+    "train_iter": "engine.training",
+    "finetune": "engine.training",
+    "finetune_iter": "engine.training",
+    "TrainConfig": "engine.training",
+    "register_pair": "engine.registration",
+    "read_image": "engine.io",
+    "write_image": "engine.io",
+    "Progress": "engine.events",
+    "EMDiffuseError": "engine.errors",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        module = importlib.import_module(f".{_API[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'napari_emdiffuse' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -104,7 +104,7 @@ def ddpm_reference(
         x0 = predict_x0(x, eps, float(gammas[t]), clip)
         mean = float(c1[t]) * x0 + float(c2[t]) * x
         x = mean + math.exp(0.5 * float(logvar[t])) * noise_fn(i) if t > 0 else mean
-        yield _progress(i + 1, total)
+        yield Progress("step", i + 1, total)
     return x
 
 
@@ -140,7 +140,7 @@ def ddim(
                 if noise_fn is None:
                     raise ValueError("eta > 0 needs a noise function")
                 x = x + sigma * noise_fn(i)
-        yield _progress(i + 1, total)
+        yield Progress("step", i + 1, total)
     return x
 
 
@@ -175,7 +175,7 @@ def dpm_solver_pp_2m(
                 d = (1 + 0.5 / r) * x0 - (0.5 / r) * prev_x0
             x = ratio * x - alpha_next * math.expm1(-h) * d
             prev_x0 = x0
-        yield _progress(i + 1, total)
+        yield Progress("step", i + 1, total)
     return x
 
 

@@ -1,0 +1,298 @@
+"""Sampling a whole canvas with per-step tile merging (the heart of seamless restoration).
+
+At each sampler step the state of every item (a sample of an image, or a slice to
+generate) is cut into overlapping tiles, the tiles are batched through the network, and
+the noise predictions are merged back with smooth weights before the sampler update. The
+sampler therefore sees one consistent whole-image prediction, and no seams form even with
+small overlaps; merely blending independently sampled tiles afterwards leaves bands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import samplers as _samplers
+from .errors import EMDiffuseError, InputError
+from .events import Progress
+from .model import EMDiffuseModel
+from .tiling import TilePlan, check_tiling, position_noise, round_up
+
+__all__ = ["PRESETS", "SamplingOptions", "Item", "resolve_options", "sample_canvas", "auto_tile"]
+
+PRESETS: dict[str, dict] = {
+    # few-step deterministic solver, one sample: the default
+    "fast": {"sampler": "dpm++", "steps": 10, "samples": 1},
+    # several samples give the mean and a pixel-wise uncertainty
+    "balanced": {"sampler": "dpm++", "steps": 20, "samples": 4},
+    # the published method: 1000-step ancestral DDPM on the test schedule, 2 samples
+    "reference": {"sampler": "ddpm", "steps": None, "samples": 2},
+}
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+@dataclass
+class SamplingOptions:
+    """Resolved, validated sampling options for one run."""
+
+    preset: str = "fast"
+    sampler: str = "dpm++"
+    steps: int | None = 10
+    samples: int = 1
+    eta: float = 0.0
+    tile: int = 256
+    overlap: int = 32
+    batch: int = 4
+    seed: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    start_log_snr: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_steps(self) -> int:
+        return self.steps or 0
+
+
+@dataclass(frozen=True)
+class Item:
+    """One state to sample: which condition image, which slice index (vEM), which noise stream."""
+
+    cond: int
+    stream: tuple[int, ...]
+    slice_index: int | None = None
+
+
+def auto_tile(model: EMDiffuseModel, device: torch.device, requested: int | None) -> int:
+    """Tile edge: the request, else the card's, shrunk to fit free CUDA memory."""
+    tile = requested or model.card.tile
+    if device.type == "cuda" and requested is None:
+        free, _ = torch.cuda.mem_get_info(device)
+        # ~ activation bytes per pixel per batch item, measured by benchmarks/speed.py
+        per_px = 48 * model.card.network.inner_channel * 4
+        while tile > 64 and per_px * tile * tile * 2 > 0.5 * free:
+            tile //= 2
+    return tile
+
+
+def resolve_options(
+    model: EMDiffuseModel,
+    device: torch.device,
+    *,
+    preset: str | None = "fast",
+    sampler: str | None = None,
+    steps: int | None = None,
+    samples: int | None = None,
+    eta: float | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch: int | None = None,
+    seed: int | None = 0,
+    precision: str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    start_log_snr: float | None = None,
+) -> SamplingOptions:
+    """Fill unset options from the preset and the model card; refuse impossible ones."""
+    preset = preset or "fast"
+    if preset not in PRESETS:
+        raise EMDiffuseError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = PRESETS[preset]
+    sampler = sampler or base["sampler"]
+    if sampler not in _samplers.SAMPLERS:
+        raise EMDiffuseError(f"unknown sampler {sampler!r}; choose one of {', '.join(_samplers.SAMPLERS)}")
+    if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
+        raise EMDiffuseError(f"steps must be a positive integer, got {steps!r}")
+    if samples is not None and (not isinstance(samples, (int, np.integer)) or samples < 1):
+        raise EMDiffuseError(f"samples must be a positive integer, got {samples!r}")
+    if batch is not None and (not isinstance(batch, (int, np.integer)) or batch < 1):
+        raise EMDiffuseError(f"batch must be a positive integer, got {batch!r}")
+    check_tiling(tile, overlap)
+    if model.card.kind == "regression":
+        steps, samples = 1, 1
+    if steps is None:
+        steps = base["steps"] if sampler == base["sampler"] else (None if sampler == "ddpm" else 10)
+    if sampler == "ddpm" and steps is None:
+        steps = model.card.beta_schedule.test.n_timestep
+    precision = precision or "auto"
+    if precision not in PRECISIONS:
+        raise EMDiffuseError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    mult = model.card.network.size_multiple
+    tile = round_up(auto_tile(model, device, tile), mult)
+    overlap = model.card.overlap if overlap is None else overlap
+    overlap = min(overlap, tile // 2)
+    if batch is None:
+        batch = 8 if device.type != "cpu" else 2
+    return SamplingOptions(
+        preset=preset,
+        sampler=sampler,
+        steps=int(steps),
+        samples=int(samples or base["samples"]),
+        eta=float(eta or 0.0),
+        tile=int(tile),
+        overlap=int(overlap),
+        batch=int(batch),
+        seed=int(seed or 0),
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile,
+        start_log_snr=start_log_snr,
+    )
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _network(model: EMDiffuseModel, opts: SamplingOptions) -> torch.nn.Module:
+    net = model.unet
+    if opts.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if opts.compile:
+        compiled = getattr(model, "_compiled", None)
+        if compiled is None:
+            compiled = torch.compile(net)
+            model._compiled = compiled  # cached: compiling costs seconds to minutes
+        net = compiled
+    return net
+
+
+def sample_canvas(
+    model: EMDiffuseModel,
+    cond: torch.Tensor,
+    items: Sequence[Item],
+    opts: SamplingOptions,
+    *,
+    origin: tuple[int, int] = (0, 0),
+    progress_offset: int = 0,
+    progress_total: int | None = None,
+) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Sample every item over the whole canvas ``cond`` (N_cond, C, H, W), model range.
+
+    H and W must be at least one tile (callers pad). Returns the samples (N_items, H, W)
+    on the CPU and, for networks with an aleatoric head, the predicted variance of the
+    last step (same shape) or None.
+    """
+    device = cond.device
+    _, _, height, width = cond.shape
+    mult = model.card.network.size_multiple
+    tile_h, tile_w = min(opts.tile, height), min(opts.tile, width)
+    if tile_h % mult or tile_w % mult:
+        raise InputError(f"canvas {height}x{width} is not a multiple of {mult}; pad it first")
+    plan = TilePlan(height, width, tile_h, tile_w, opts.overlap)
+    weights, total_w = plan.weights(device)
+    tiles = plan.tiles
+    net = _network(model, opts)
+    card = model.card
+    aleatoric = bool(getattr(model.unet, "aleatoric", False))
+    jobs = [(i, t) for i in range(len(items)) for t in range(len(tiles))]
+    state = {"batch": max(1, opts.batch), "logvar": None}
+    n_batches = math.ceil(len(jobs) / state["batch"])
+    steps = opts.n_steps if card.kind == "diffusion" else 1
+    total = progress_total or steps * n_batches
+    counter = {"done": progress_offset}
+    slice_idx = torch.tensor([it.slice_index or 0 for it in items], device=device)
+    memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+
+    def run(inp: torch.Tensor, level: torch.Tensor, sidx: torch.Tensor):
+        inp = inp.contiguous(memory_format=memory_format)
+        with torch.no_grad(), _autocast(device, opts.precision):
+            if card.kind == "regression":
+                return net(inp)
+            if card.network.slice_embedding:
+                return net(inp, level, sidx)
+            return net(inp, level)
+
+    def model_fn(x: torch.Tensor | None, gamma: float):
+        out = torch.zeros(len(items), card.network.out_channel, height, width, device=device)
+        var = torch.zeros_like(out) if aleatoric else None
+        pos = 0
+        while pos < len(jobs):
+            chunk = jobs[pos : pos + state["batch"]]
+            parts = []
+            for i, t in chunk:
+                y, xx = tiles[t]
+                sl = (slice(y, y + tile_h), slice(xx, xx + tile_w))
+                c = cond[items[i].cond, :, sl[0], sl[1]]
+                parts.append(c if x is None else torch.cat([c, x[i, :, sl[0], sl[1]]], dim=0))
+            inp = torch.stack(parts)
+            level = torch.full((len(chunk),), gamma, dtype=torch.float32, device=device)
+            try:
+                res = run(inp, level, slice_idx[[i for i, _ in chunk]])
+            except torch.cuda.OutOfMemoryError:
+                if state["batch"] == 1:
+                    raise
+                torch.cuda.empty_cache()
+                state["batch"] = max(1, state["batch"] // 2)  # deterministic: tiles are independent
+                continue
+            eps, logvar = (res if isinstance(res, tuple) else (res, None))
+            eps = eps.float()
+            for k, (i, t) in enumerate(chunk):
+                y, xx = tiles[t]
+                out[i, :, y : y + tile_h, xx : xx + tile_w] += eps[k] * weights[t]
+                if var is not None and logvar is not None:
+                    var[i, :, y : y + tile_h, xx : xx + tile_w] += logvar[k].float() * weights[t]
+            pos += len(chunk)
+            counter["done"] += 1
+            yield Progress(
+                "sampling",
+                min(counter["done"], total),
+                total,
+                extra={"tiles": len(tiles), "items": len(items), "gamma": gamma},
+            )
+        if var is not None:
+            state["logvar"] = (var / total_w, gamma)
+        return out / total_w
+
+    if card.kind == "regression":
+        pred = yield from model_fn(None, 1.0)  # type: ignore[arg-type]
+        samples = pred[:, 0].clamp(-1, 1).cpu()
+        variance = None
+        if state["logvar"] is not None:
+            variance = state["logvar"][0][:, 0].exp().cpu()
+        return samples, variance
+
+    def noise_fn(step: int) -> torch.Tensor:
+        planes = [
+            position_noise(height, width, seed=opts.seed, origin=origin, stream=(*it.stream, step))
+            for it in items
+        ]
+        return torch.stack(planes)[:, None].to(device)
+
+    x = noise_fn(-1)
+    if opts.start_log_snr is not None:
+        # Start from a noised copy of the condition: fewer steps from a less noisy level.
+        from .schedules import gamma_from_log_snr
+
+        g0 = float(gamma_from_log_snr(opts.start_log_snr))
+        base = torch.stack([cond[it.cond, -1:] for it in items])
+        x = math.sqrt(g0) * base + math.sqrt(1 - g0) * x
+    result = yield from _samplers.sample(
+        model_fn,
+        x,
+        sampler=opts.sampler,
+        train=model.module.train_schedule,
+        test=model.module.test_schedule,
+        steps=opts.steps,
+        noise_fn=noise_fn,
+        eta=opts.eta,
+        start_log_snr=opts.start_log_snr,
+        log_snr_max=card.log_snr_max,
+    )
+    variance = None
+    if state["logvar"] is not None:
+        logvar, g = state["logvar"]
+        # Noise variance at the last step, seen through x0 = (x - sqrt(1-g) eps) / sqrt(g).
+        variance = ((1 - g) / g * logvar.exp())[:, 0].cpu()
+    return result[:, 0].cpu(), variance

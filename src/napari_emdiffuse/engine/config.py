@@ -1,0 +1,236 @@
+"""Typed, validated configurations: network, noise schedules, normalisation, model card.
+
+A model card (``model.yaml``) is a :class:`ModelCard`. Validation errors become one-line
+:class:`~napari_emdiffuse.engine.errors.ModelFileError` messages naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import EMDiffuseError, ModelFileError
+from .schedules import SCHEDULES
+
+__all__ = [
+    "TASKS",
+    "ARCHITECTURES",
+    "UNetConfig",
+    "ScheduleConfig",
+    "BetaScheduleConfig",
+    "Normalisation",
+    "ModelCard",
+    "validation_message",
+    "read_original_config",
+]
+
+TASKS = ("denoise", "super-resolve", "isotropic-i", "isotropic-a")
+# Published architectures and the task each one does.
+ARCHITECTURES = {
+    "EMDiffuse-n": "denoise",
+    "EMDiffuse-r": "super-resolve",
+    "vEMDiffuse-i": "isotropic-i",
+    "vEMDiffuse-a": "isotropic-a",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class UNetConfig(_Strict):
+    """Architecture of the denoising UNet (names as in the original configs)."""
+
+    in_channel: int = Field(2, ge=1)
+    out_channel: int = Field(1, ge=1)
+    inner_channel: int = Field(32, ge=2)
+    channel_mults: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
+    attn_res: list[int] = Field(default_factory=lambda: [16])
+    num_head_channels: int = 32
+    res_blocks: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    image_size: int = Field(256, ge=8)
+    slice_embedding: bool = False
+    aleatoric: bool = False
+    norm_groups: int | None = None
+
+    @field_validator("channel_mults")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(m < 1 for m in v):
+            raise ValueError("channel multipliers must be positive")
+        return v
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> "UNetConfig":
+        groups = self.norm_groups or min(32, self.inner_channel)
+        for m in self.channel_mults:
+            if (m * self.inner_channel) % groups:
+                raise ValueError(
+                    f"{m * self.inner_channel} channels cannot be split into {groups} normalisation groups"
+                )
+        return self
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+class ScheduleConfig(_Strict):
+    schedule: str = "linear"
+    n_timestep: int = Field(1000, ge=1)
+    linear_start: float = Field(1e-6, gt=0)
+    linear_end: float = Field(1e-2, gt=0, le=1)
+
+    @field_validator("schedule")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in SCHEDULES:
+            raise ValueError(f"unknown schedule {v!r}; choose one of {', '.join(SCHEDULES)}")
+        return v
+
+
+class BetaScheduleConfig(_Strict):
+    train: ScheduleConfig = Field(
+        default_factory=lambda: ScheduleConfig(n_timestep=2000, linear_start=1e-6, linear_end=0.01)
+    )
+    test: ScheduleConfig = Field(
+        default_factory=lambda: ScheduleConfig(n_timestep=1000, linear_start=1e-4, linear_end=0.09)
+    )
+
+
+class Normalisation(_Strict):
+    """How input intensities map to the model's [-1, 1].
+
+    ``percentile``: the ``low``/``high`` percentiles of the input map to -1/+1 (the
+    default; works for any dtype). ``range``: the fixed values ``vmin``/``vmax`` map to
+    -1/+1 (the published models: 8-bit 0..255).
+    """
+
+    mode: Literal["percentile", "range"] = "percentile"
+    low: float = Field(0.5, ge=0, lt=100)
+    high: float = Field(99.5, gt=0, le=100)
+    vmin: float = 0.0
+    vmax: float = 255.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Normalisation":
+        if self.mode == "percentile" and self.low >= self.high:
+            raise ValueError("low percentile must be below high percentile")
+        if self.mode == "range" and self.vmin >= self.vmax:
+            raise ValueError("vmin must be below vmax")
+        return self
+
+
+class ModelCard(_Strict):
+    """Everything needed to run a model, stored as ``model.yaml`` beside the weights."""
+
+    format_version: int = 1
+    name: str
+    task: Literal["denoise", "super-resolve", "isotropic-i", "isotropic-a"]
+    kind: Literal["diffusion", "regression"] = "diffusion"
+    arch: str | None = None  # published architecture name when imported
+    description: str = ""
+    network: UNetConfig
+    beta_schedule: BetaScheduleConfig = Field(default_factory=BetaScheduleConfig)
+    normalisation: Normalisation = Field(default_factory=Normalisation)
+    scale: int = Field(1, ge=1, le=8)  # lateral super-resolution factor
+    z_factor: int | None = Field(None, ge=2)  # isotropic: slices per input gap the model was trained for
+    pixel_size_nm: float | None = Field(None, gt=0)
+    tile: int = Field(256, ge=8)
+    overlap: int = Field(32, ge=0)
+    log_snr_max: float = 8.0  # cleanest noise level of the fast samplers
+    weights: str = "weights.safetensors"
+    ema: bool = False
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    citation: str = (
+        "Lu et al., EMDiffuse: a diffusion-based deep learning method augmenting ultrastructural "
+        "imaging and volume electron microscopy. Nature Communications 15, 4677 (2024)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelCard":
+        if self.overlap >= self.tile:
+            raise ValueError(f"overlap {self.overlap} must be smaller than tile {self.tile}")
+        iso = self.task.startswith("isotropic")
+        if iso and self.kind == "diffusion" and not self.network.slice_embedding:
+            raise ValueError("an isotropic diffusion model needs network.slice_embedding: true")
+        if self.task == "super-resolve" and self.scale < 2:
+            raise ValueError("a super-resolve model needs scale >= 2")
+        return self
+
+    @property
+    def cond_channels(self) -> int:
+        """Channels of the condition image (the network also sees y_t for diffusion)."""
+        return self.network.in_channel - (1 if self.kind == "diffusion" else 0)
+
+
+def validation_message(err: ValidationError, what: str) -> str:
+    """One line from a pydantic error: the first offending field and why."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
+    return f"invalid {what}: {loc}: {first.get('msg', 'invalid value')}"
+
+
+_COMMENT = re.compile(r"(\"(?:\\.|[^\"\\])*\")|//[^\n]*")
+
+
+def _strip_json_comments(text: str) -> str:
+    # Keep string literals (URLs contain //), drop the rest of a // comment line.
+    return _COMMENT.sub(lambda m: m.group(1) or "", text)
+
+
+def _find(d: Any, want: tuple[str, ...]) -> dict | None:
+    if isinstance(d, dict):
+        if all(k in d for k in want):
+            return d
+        for v in d.values():
+            found = _find(v, want)
+            if found is not None:
+                return found
+    elif isinstance(d, list):
+        for v in d:
+            found = _find(v, want)
+            if found is not None:
+                return found
+    return None
+
+
+def read_original_config(path: str | Path) -> tuple[UNetConfig, BetaScheduleConfig, dict]:
+    """Read an original EMDiffuse JSON config (``//`` comments allowed).
+
+    Accepts the training configs of the original code (``model.which_networks[0].args``)
+    and the reference fixtures' ``{"config": {"unet": ..., "beta_schedule": ...}}``.
+    Returns the network config, the noise schedules and the whole parsed file.
+
+    Examples
+    --------
+    >>> unet, sched, raw = read_original_config("EMDiffuse-n.json")  # doctest: +SKIP
+    >>> unet.inner_channel
+    32
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(_strip_json_comments(path.read_text()))
+    except FileNotFoundError:
+        raise EMDiffuseError(f"config file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EMDiffuseError(f"cannot read config '{path}': {exc}") from None
+    found = _find(raw, ("unet", "beta_schedule"))
+    if found is None:
+        raise EMDiffuseError(f"config '{path}' has no 'unet' and 'beta_schedule' sections")
+    unet = {k: v for k, v in found["unet"].items() if k in UNetConfig.model_fields}
+    sched = {
+        phase: {k: v for k, v in found["beta_schedule"][phase].items() if k in ScheduleConfig.model_fields}
+        for phase in ("train", "test")
+        if phase in found["beta_schedule"]
+    }
+    try:
+        return UNetConfig(**unet), BetaScheduleConfig(**sched), raw
+    except ValidationError as exc:
+        raise ModelFileError(validation_message(exc, f"config '{path}'")) from None

@@ -1,0 +1,318 @@
+"""The loaded model, and finding models: bundled, user-registered, directories, archives,
+published checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoints import (
+    CARD_NAME,
+    clean_published_state_dict,
+    extract_archive,
+    load_model_dir,
+    load_state_dict_file,
+    published_card,
+    save_model_dir,
+)
+from .config import ARCHITECTURES, ModelCard
+from .errors import EMDiffuseError, ModelFileError
+
+__all__ = [
+    "EMDiffuseModel",
+    "ModelInfo",
+    "DEFAULT_MODELS",
+    "load_model",
+    "list_models",
+    "register_model",
+    "resolve_device",
+    "user_dir",
+    "bundled_models_dir",
+]
+
+DEFAULT_MODELS = {
+    "denoise": "demo-denoise",
+    "super-resolve": "demo-sr2",
+    "isotropic-i": "demo-isotropic",
+    "isotropic-a": "demo-isotropic",
+}
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+
+
+class EMDiffuseModel:
+    """A model ready to run: its card and its torch module.
+
+    Use :func:`load_model` to get one; the restoration functions accept it wherever they
+    accept a model name or path.
+    """
+
+    def __init__(self, card: ModelCard, module: nn.Module, *, path: Path | None = None) -> None:
+        self.card = card
+        self.module = module.eval()
+        self.path = path
+        self.lock = threading.Lock()  # one sampling loop per model at a time on a device
+
+    def __repr__(self) -> str:
+        where = f", path='{self.path}'" if self.path else ""
+        return f"EMDiffuseModel(name={self.card.name!r}, task={self.card.task!r}, kind={self.card.kind!r}{where})"
+
+    @property
+    def task(self) -> str:
+        return self.card.task
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def unet(self) -> nn.Module:
+        return getattr(self.module, "denoise_fn", self.module)
+
+    def to(self, device: str | torch.device) -> "EMDiffuseModel":
+        self.module.to(resolve_device(device) if isinstance(device, str) else device)
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def save(self, path: str | Path, *, extra_files: dict[str, str] | None = None) -> Path:
+        """Write this model as a model directory (atomically)."""
+        return save_model_dir(path, self.card, self.state_dict(), extra_files=extra_files)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    task: str
+    kind: str
+    path: Path
+    source: str  # "bundled" or "user"
+    description: str = ""
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; explicit names are checked."""
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise EMDiffuseError("device 'mps' is not available on this machine")
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        idx = name.partition(":")[2]
+        if idx and not idx.isdigit():
+            raise EMDiffuseError(f"invalid device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+        if not torch.cuda.is_available():
+            raise EMDiffuseError(f"device {device!r} is not available: no CUDA GPU found")
+        if idx and int(idx) >= torch.cuda.device_count():
+            raise EMDiffuseError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA GPU(s) found")
+        return torch.device(name)
+    raise EMDiffuseError(f"invalid device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def user_dir() -> Path:
+    """Where imported and fine-tuned models are registered (``EMDIFFUSE_HOME`` overrides)."""
+    env = os.environ.get("EMDIFFUSE_HOME")
+    if env:
+        return Path(env)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-emdiffuse", appauthor=False))
+
+
+def bundled_models_dir() -> Path:
+    from .._paths import resources_dir
+
+    return resources_dir() / "models"
+
+
+def _registry_file() -> Path:
+    return user_dir() / "models.json"
+
+
+def _read_registry() -> list[str]:
+    try:
+        data = json.loads(_registry_file().read_text())
+        return [str(p) for p in data.get("models", [])]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def register_model(path: str | Path) -> None:
+    """Remember a user model directory so that it shows up in every model list."""
+    path = Path(path).resolve()
+    if not (path / CARD_NAME).is_file():
+        raise ModelFileError(f"'{path}' is not a model directory (no {CARD_NAME})")
+    entries = [p for p in _read_registry() if Path(p) != path] + [str(path)]
+    reg = _registry_file()
+    reg.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=reg.parent, prefix=".models.json.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"models": entries}, fh, indent=1)
+    os.replace(tmp, reg)
+
+
+def list_models(task: str | None = None) -> list[ModelInfo]:
+    """Bundled models, then user models (registered or under ``user_dir()/models``)."""
+    from .checkpoints import read_card
+
+    found: list[ModelInfo] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, source: str) -> None:
+        path = path.resolve()
+        if path in seen or not (path / CARD_NAME).is_file():
+            return
+        try:
+            card = read_card(path)
+        except ModelFileError:
+            return
+        seen.add(path)
+        if task is None or card.task == task or (task.startswith("isotropic") and card.task.startswith("isotropic")):
+            found.append(ModelInfo(card.name, card.task, card.kind, path, source, card.description))
+
+    bundled = bundled_models_dir()
+    if bundled.is_dir():
+        for d in sorted(bundled.iterdir()):
+            add(d, "bundled")
+    user_models = user_dir() / "models"
+    if user_models.is_dir():
+        for d in sorted(user_models.iterdir()):
+            add(d, "user")
+    for p in _read_registry():
+        add(Path(p), "user")
+    return found
+
+
+_CACHE: dict[tuple, EMDiffuseModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cache_key(path: Path, arch: str | None, device: torch.device) -> tuple:
+    weights_mtime = max((p.stat().st_mtime_ns for p in path.iterdir()), default=0) if path.is_dir() else path.stat().st_mtime_ns
+    return (str(path.resolve()), weights_mtime, arch, str(device))
+
+
+def _load_dir(path: Path) -> EMDiffuseModel:
+    from .factory import build_module, expected_shapes
+
+    card, sd = load_model_dir(path, expected_shapes)
+    module = build_module(card)
+    module.load_state_dict(sd)
+    return EMDiffuseModel(card, module, path=path)
+
+
+def _load_checkpoint(path: Path, arch: str) -> EMDiffuseModel:
+    from .factory import build_module, expected_shapes
+
+    card = published_card(arch, name=path.stem)
+    sd = clean_published_state_dict(load_state_dict_file(path))
+    from .checkpoints import check_state_dict
+
+    check_state_dict({k: tuple(v.shape) for k, v in sd.items()}, expected_shapes(card), f"'{path}' as {arch}")
+    module = build_module(card)
+    module.load_state_dict(sd)
+    return EMDiffuseModel(card, module, path=path)
+
+
+def _find_named(name: str) -> Path | None:
+    for info in list_models():
+        if info.name == name or info.path.name == name:
+            return info.path
+    return None
+
+
+def load_model(
+    model: "str | Path | EMDiffuseModel | None" = None,
+    *,
+    task: str | None = None,
+    arch: str | None = None,
+    device: str | torch.device = "cpu",
+    cache: bool = True,
+) -> EMDiffuseModel:
+    """Load a model by bundled/user name, directory, zip archive or published checkpoint.
+
+    Parameters
+    ----------
+    model : str, Path, EMDiffuseModel or None
+        None picks the bundled default for ``task``.
+    task : str, optional
+        The task the caller will run; a model made for another task is refused.
+    arch : str, optional
+        Needed for published ``.pth`` checkpoints: EMDiffuse-n, EMDiffuse-r, vEMDiffuse-i
+        or vEMDiffuse-a.
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    cache : bool
+        Reuse a model already loaded in this process (napari keeps it between runs).
+
+    Examples
+    --------
+    >>> m = load_model(task="denoise")  # doctest: +SKIP
+    >>> m.card.name
+    'demo-denoise'
+    """
+    dev = resolve_device(device)
+    if isinstance(model, EMDiffuseModel):
+        loaded = model
+    else:
+        if model is None or (isinstance(model, str) and model.strip() == ""):
+            if task is None:
+                raise EMDiffuseError("say which task the model is for, or name a model")
+            model = DEFAULT_MODELS[task]
+        path = Path(model)
+        if not path.exists():
+            named = _find_named(str(model))
+            if named is None:
+                names = ", ".join(sorted({i.name for i in list_models()})) or "none installed"
+                raise ModelFileError(f"no model named or at '{model}' (available: {names})")
+            path = named
+        if arch is not None and arch not in ARCHITECTURES:
+            raise ModelFileError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        key = _cache_key(path, arch, dev)
+        with _CACHE_LOCK:
+            loaded = _CACHE.get(key) if cache else None
+        if loaded is None:
+            if path.is_dir():
+                loaded = _load_dir(path)
+            elif path.suffix.lower() == ".zip":
+                dest = Path(tempfile.mkdtemp(prefix="emdiffuse-model-"))
+                loaded = _load_dir(extract_archive(path, dest))
+                loaded.path = path
+            elif path.suffix.lower() in CHECKPOINT_SUFFIXES or path.suffix.lower() == ".safetensors":
+                if arch is None:
+                    raise ModelFileError(
+                        f"'{path.name}' is a bare checkpoint: say its architecture with arch= "
+                        f"(one of {', '.join(ARCHITECTURES)})"
+                    )
+                loaded = _load_checkpoint(path, arch)
+            else:
+                raise ModelFileError(
+                    f"'{path}' is not a model directory, a .zip model or a checkpoint (.pth)"
+                )
+            loaded.to(dev)
+            if cache:
+                with _CACHE_LOCK:
+                    _CACHE[key] = loaded
+    if task is not None:
+        want, have = task, loaded.card.task
+        if want != have and not (want.startswith("isotropic") and have.startswith("isotropic")):
+            raise EMDiffuseError(f"model '{loaded.card.name}' is made for {have}, not {want}")
+    return loaded

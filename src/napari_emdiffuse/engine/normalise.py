@@ -1,0 +1,78 @@
+"""Intensity normalisation to the model's [-1, 1] and back.
+
+The rule comes from the model card. ``percentile`` (the default of our models) maps the
+low/high percentiles of the whole input to -1/+1 and works for any dtype; ``range`` maps
+fixed values (the published models: 0..255). The values used are recorded so that the
+output maps back to the input's scale and dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .config import Normalisation
+
+__all__ = ["NormInfo", "fit_normalisation", "to_model", "from_model", "to_dtype", "sample_values"]
+
+_MAX_SAMPLE = 4_000_000
+
+
+@dataclass(frozen=True)
+class NormInfo:
+    """Input values that map to -1 and +1."""
+
+    mode: str
+    lo: float
+    hi: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_values(image, max_values: int = _MAX_SAMPLE) -> np.ndarray:
+    """A strided subsample of an array-like (numpy, dask, zarr) without loading it whole."""
+    shape = image.shape
+    n = int(np.prod(shape))
+    if n <= max_values:
+        return np.asarray(image[...], dtype=np.float64).ravel()
+    stride = int(np.ceil((n / max_values) ** (1.0 / len(shape))))
+    sub = image[tuple(slice(None, None, stride) for _ in shape)]
+    sub = sub.compute() if hasattr(sub, "compute") else sub
+    return np.asarray(sub, dtype=np.float64).ravel()
+
+
+def fit_normalisation(values: np.ndarray, rule: Normalisation) -> NormInfo:
+    """Fit the rule to sampled input values (finite values only)."""
+    if rule.mode == "range":
+        return NormInfo("range", float(rule.vmin), float(rule.vmax))
+    lo, hi = np.percentile(values, [rule.low, rule.high])
+    lo, hi = float(lo), float(hi)
+    if not hi > lo:
+        # Constant (or nearly constant) image: any non-zero span keeps it finite and
+        # maps the constant to -1 and back exactly.
+        lo, hi = float(values.min()), float(values.max())
+        if not hi > lo:
+            hi = lo + 1.0
+    return NormInfo("percentile", lo, hi)
+
+
+def to_model(x: np.ndarray, info: NormInfo) -> np.ndarray:
+    """Input values -> model range (float32). Not clipped: out-of-range values are the
+    network's to handle, as in training."""
+    return ((np.asarray(x, dtype=np.float64) - info.lo) * (2.0 / (info.hi - info.lo)) - 1.0).astype(np.float32)
+
+
+def from_model(y: np.ndarray, info: NormInfo) -> np.ndarray:
+    """Model range -> input values (float64)."""
+    return (np.asarray(y, dtype=np.float64) + 1.0) * (0.5 * (info.hi - info.lo)) + info.lo
+
+
+def to_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round and clip to an integer dtype's range; floats are cast."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(x), info.min, info.max).astype(dtype)
+    return np.asarray(x).astype(dtype)
