@@ -201,19 +201,17 @@ def _to_nm(
     spatial = [
         i for i in range(len(spacing)) if axes is None or i >= len(axes) or axes[i] in _SPATIAL_AXES
     ]
+    values = [float(s) for s in spacing]
     spatial_units = [units[i] for i in spatial if units[i] is not None]
     if not spatial_units:
-        return tuple(float(s) for s in spacing), None
-    factors = {i: _nm_factor(units[i]) for i in spatial}
-    if any(f is None for i, f in factors.items() if units[i] is not None) or any(
-        units[i] is None for i in spatial
-    ):
-        # Unknown or partly missing units: keep the numbers as the file has them.
-        return tuple(float(s) for s in spacing), spatial_units[0]
-    out = list(float(s) for s in spacing)
-    for i, f in factors.items():
-        out[i] = _tidy(out[i] * f)  # type: ignore[operator]
-    return tuple(out), "nm"
+        return tuple(values), None
+    factors = [_nm_factor(units[i]) for i in spatial]
+    if any(f is None for f in factors):
+        # An unknown or missing unit on some spatial axis: keep the numbers as the file has them.
+        return tuple(values), spatial_units[0]
+    for i, f in zip(spatial, factors, strict=True):
+        values[i] = _tidy(values[i] * f)
+    return tuple(values), "nm"
 
 
 def _suffix(path: Path) -> str:
@@ -261,13 +259,17 @@ def _remove_path(path: Path) -> None:
         logger.warning("could not remove temporary output %s", path)
 
 
-def _check_spacing(spacing: Sequence[float] | None, ndim: int, path: Path) -> tuple[float, ...] | None:
+def _check_spacing(
+    spacing: Sequence[float] | None, ndim: int, path: Path
+) -> tuple[float, ...] | None:
     if spacing is None:
         return None
     try:
         values = tuple(float(s) for s in spacing)
     except (TypeError, ValueError):
-        raise InputError(f"cannot write '{path}': spacing {spacing!r} is not a list of numbers") from None
+        raise InputError(
+            f"cannot write '{path}': spacing {spacing!r} is not a list of numbers"
+        ) from None
     if len(values) != ndim:
         raise InputError(
             f"cannot write '{path}': spacing has {len(values)} values but the image has {ndim} axes"
@@ -385,12 +387,15 @@ def _read_tiff(path: Path) -> ImageData:
     finally:
         tiff_logger.removeHandler(watcher)
     if watcher.problems:
-        raise InputError(f"cannot read '{path}': file is truncated or corrupt ({watcher.problems[0]})")
+        raise InputError(
+            f"cannot read '{path}': file is truncated or corrupt ({watcher.problems[0]})"
+        )
 
     axes_for_units = known_axes or series_axes
     unit: str | None = None
     if spacing is not None and units is not None:
-        spacing, unit = _to_nm(spacing, units, axes_for_units if len(axes_for_units) == len(spacing) else None)
+        aligned = axes_for_units if len(axes_for_units) == len(spacing) else None
+        spacing, unit = _to_nm(spacing, units, aligned)
 
     data, spacing, known_axes = _squeeze_leading(data, spacing, known_axes)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=known_axes, path=path)
@@ -438,6 +443,7 @@ def _tiff_calibration(
     plain resolution tags.
     """
     declared_axes = series_axes if (tif.is_ome or tif.is_imagej) else None
+    per_axis: dict[str, tuple[float, str | None]]
 
     if tif.is_ome and tif.ome_metadata:
         per_axis = _ome_physical_sizes(tif.ome_metadata)
@@ -449,7 +455,7 @@ def _tiff_calibration(
         unit = _clean_unit(ij.get("unit"))
         res = _resolution(tif.pages.first)
         if unit is not None and res is not None:
-            per_axis: dict[str, tuple[float, str | None]] = {
+            per_axis = {
                 "X": (1.0 / res[0], unit),
                 "Y": (1.0 / res[1], unit),
             }
@@ -468,9 +474,9 @@ def _tiff_calibration(
                 unit = _clean_unit(md.get("unit"))
                 return tuple(values), [unit] * ndim, declared_axes
 
-    per_axis_plain = _plain_resolution(tif.pages.first)
-    if per_axis_plain:
-        return (*_align(per_axis_plain, series_axes, ndim), declared_axes)
+    per_axis = _plain_resolution(tif.pages.first)
+    if per_axis:
+        return (*_align(per_axis, series_axes, ndim), declared_axes)
     return None, None, declared_axes
 
 
@@ -503,7 +509,10 @@ def _align(
         return None, None
     # An uncalibrated z in a calibrated stack shares the x/y unit (ImageJ's convention).
     xy_unit = next((u for letter, u in zip(axes, units, strict=True) if letter in "YX" and u), None)
-    units = [xy_unit if (u is None and letter in _SPATIAL_AXES) else u for letter, u in zip(axes, units, strict=True)]
+    units = [
+        xy_unit if (u is None and letter in _SPATIAL_AXES) else u
+        for letter, u in zip(axes, units, strict=True)
+    ]
     return tuple(spacing), units
 
 
@@ -594,13 +603,17 @@ def _read_zarr(store: Path, key: str | None) -> ImageData:
     try:
         node = zarr.open(str(store), mode="r")
     except Exception as exc:
-        raise InputError(f"cannot read '{store}': not a zarr array or group ({_reason(exc)})") from exc
+        raise InputError(
+            f"cannot read '{store}': not a zarr array or group ({_reason(exc)})"
+        ) from exc
 
     parent = None
     name = ""
     if key:
         if not isinstance(node, zarr.Group):
-            raise InputError(f"cannot read '{store}': it is a single array, so key '{key}' does not apply")
+            raise InputError(
+                f"cannot read '{store}': it is a single array, so key '{key}' does not apply"
+            )
         try:
             child = node[key]
         except Exception as exc:  # KeyError, or zarr's own errors for odd keys
@@ -674,7 +687,7 @@ def _zarr_calibration(
 def _ngff_scale(
     attrs: dict, name: str, ndim: int
 ) -> tuple[tuple[float, ...], list[str | None], str | None] | None:
-    """Scale of dataset ``name`` from OME-NGFF 0.4 (``multiscales``) or 0.5 (``ome.multiscales``)."""
+    """Scale of dataset ``name``: OME-NGFF 0.4 (``multiscales``) or 0.5 (``ome.multiscales``)."""
     multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
     if not multiscales:
         return None
@@ -706,8 +719,9 @@ def _ngff_scale(
 
 def _scale_of(transforms: Any, ndim: int) -> list[float] | None:
     for t in transforms or []:
-        if t.get("type") == "scale" and isinstance(t.get("scale"), list) and len(t["scale"]) == ndim:
-            return [float(s) for s in t["scale"]]
+        scale = t.get("scale") if t.get("type") == "scale" else None
+        if isinstance(scale, list) and len(scale) == ndim:
+            return [float(s) for s in scale]
     return None
 
 
@@ -809,7 +823,9 @@ def write_tiff(
         raise InputError(f"cannot write '{p}' as TIFF: the name must end in .tif or .tiff")
     data = _as_numpy(array)
     if data.ndim < 2 or data.size == 0:
-        raise InputError(f"cannot write '{p}': need a non-empty image with at least 2 axes, got shape {data.shape}")
+        raise InputError(
+            f"cannot write '{p}': need a non-empty image with at least 2 axes, got {data.shape}"
+        )
     axes = _check_axes(axes, data.ndim, p)
     spacing = _check_spacing(spacing, data.ndim, p)
 
@@ -910,6 +926,8 @@ def write_image(
         raise InputError(f"cannot write '{p}': it already exists")
     if _suffix(p) in TIFF_SUFFIXES:
         return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes)
+    # Same default axes as TIFF, so both formats read back alike.
+    axes = _check_axes(axes, len(array.shape), p) if hasattr(array, "shape") else axes
 
     import dask.array as da
 
@@ -1030,7 +1048,9 @@ class ZarrWriter:
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as exc:
-            raise InputError(f"cannot write '{self.path}': attributes are not JSON ({_reason(exc)})") from exc
+            raise InputError(
+                f"cannot write '{self.path}': attributes are not JSON ({_reason(exc)})"
+            ) from exc
 
         self._temp = self.path.with_name(f"{self.path.name}.partial-{secrets.token_hex(4)}")
         self._state = "open"

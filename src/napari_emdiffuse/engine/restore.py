@@ -32,6 +32,9 @@ __all__ = [
     "restore_to_zarr",
     "restore_to_zarr_iter",
     "validate_image",
+    "make_condition",
+    "restore_plane",
+    "canvas_size",
     "drain",
 ]
 
@@ -119,6 +122,18 @@ def _check_finite(values: np.ndarray, what: str) -> None:
         raise InputError(f"{what} contains {bad} NaN/Inf pixels; replace them before restoring")
 
 
+class _Planes:
+    """Uniform ZYX access to a 2D or 3D array-like (zarr arrays cannot take ``[None]``)."""
+
+    def __init__(self, image: Any) -> None:
+        self.image, self.is_stack = image, image.ndim == 3
+        self.shape = tuple(image.shape) if self.is_stack else (1, *image.shape)
+
+    def __getitem__(self, idx: tuple) -> Any:
+        z, rest = idx[0], idx[1:]
+        return self.image[(z, *rest)] if self.is_stack else self.image[rest]
+
+
 def _fit_norm(model: EMDiffuseModel, image: Any) -> NormInfo:
     values = sample_values(image)
     if values.dtype.kind == "f":
@@ -135,8 +150,12 @@ def _check_task(task: str) -> None:
         raise EMDiffuseError(f"unknown task {task!r}; choose denoise or super-resolve{hint}")
 
 
-def _condition(plane: np.ndarray, norm: NormInfo, scale: int, device: torch.device) -> torch.Tensor:
-    """Model-range condition (1, 1, H*s, W*s); super-resolution upsamples first (bicubic)."""
+def make_condition(plane: np.ndarray, norm: NormInfo, scale: int, device: torch.device) -> torch.Tensor:
+    """Model-range condition (1, 1, H*s, W*s) of a plane in input units.
+
+    Super-resolution upsamples the normalised plane (bicubic) before the network, as the
+    published EMDiffuse-r does; training must prepare its inputs the same way.
+    """
     cond = torch.from_numpy(to_model(plane, norm))[None, None].to(device)
     if scale > 1:
         cond = F.interpolate(cond, scale_factor=scale, mode="bicubic", align_corners=False)
@@ -160,7 +179,7 @@ def restore_plane(
     seeded by global position when the image is processed in blocks.
     """
     s = model.card.scale if model.card.task == "super-resolve" else 1
-    cond = _condition(plane, norm, s, device)
+    cond = make_condition(plane, norm, s, device)
     h, w = cond.shape[-2:]
     mult = model.card.network.size_multiple
     ch, cw = canvas_size(h, mult), canvas_size(w, mult)
@@ -276,7 +295,7 @@ def restore_iter(
         out_dtype = np.dtype(np.uint8)
     s = m.card.scale if task == "super-resolve" else 1
     out_spacing = _out_spacing(spacing, image.ndim, s)
-    stack = image if image.ndim == 3 else image[None]
+    stack = _Planes(image)
     if isinstance(image, np.ndarray):
         _check_finite(np.asarray(image), "image")
     norm = _fit_norm(m, image)
@@ -288,7 +307,7 @@ def restore_iter(
     unc = np.empty((nz, h * s, w * s), dtype=np.float32) if want_std else None
     span = 0.5 * (norm.hi - norm.lo)
     for z in range(nz):
-        plane = _as_numpy(stack[z]).astype(np.float64)
+        plane = _as_numpy(stack[z, :, :]).astype(np.float64)
         _check_finite(plane, f"slice {z}" if nz > 1 else "image")
         mu, sd = yield from restore_plane(
             m, plane, norm, opts, device=dev, z=z, progress={"offset": z * per_plane, "total": total}
@@ -388,7 +407,7 @@ def restore_to_zarr_iter(
     image, dev, m, opts = _prepare(image, task, model, arch, device, preset, kw)
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)
     s = m.card.scale if task == "super-resolve" else 1
-    stack = image if image.ndim == 3 else image[None]
+    stack = _Planes(image)
     nz, h, w = stack.shape
     norm = _fit_norm(m, image)
     span = 0.5 * (norm.hi - norm.lo)

@@ -1,0 +1,405 @@
+"""``emdiffuse``: the command line, a thin layer over the public API.
+
+Exit status: 0 on success, 2 on a user error (bad input, bad option, unreadable file,
+model/task mismatch) with a one-line reason on stderr and no traceback, 1 when a
+verification fails, 130 when interrupted. Outputs are written to a temporary name and
+renamed when complete, so a failed or cancelled run never leaves a file that looks whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["main", "build_parser"]
+
+PROG = "emdiffuse"
+
+
+class UsageError(Exception):
+    """Raised instead of argparse's exit so that every error is one line, status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--model", help="bundled/user model name, model directory or .zip, or a published .pth (with --arch)")
+    g.add_argument("--arch", choices=["EMDiffuse-n", "EMDiffuse-r", "vEMDiffuse-i", "vEMDiffuse-a"],
+                   help="architecture of a published checkpoint given with --model")
+    g.add_argument("--preset", choices=["fast", "balanced", "reference"], default="fast",
+                   help="fast: 10-step DPM-Solver++, 1 sample (default); balanced: 20 steps, 4 samples "
+                        "with uncertainty; reference: the published 1000-step DDPM, 2 samples")
+    g.add_argument("--steps", type=_positive, help="sampler steps (overrides the preset)")
+    g.add_argument("--samples", type=_positive, help="samples per pixel; >1 gives an uncertainty map")
+    if samplers:
+        g.add_argument("--sampler", choices=["ddim", "dpm++", "ddpm"], help="sampler (overrides the preset)")
+    g.add_argument("--tile", type=_positive, help="tile edge in pixels (default: model card / device memory)")
+    g.add_argument("--overlap", type=_non_negative, help="overlap between tiles in pixels")
+    g.add_argument("--batch", type=_positive, help="tiles per network call")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    c = p.add_mutually_exclusive_group()
+    c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes (zarr output)")
+    c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (zarr output)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Diffusion-model restoration of electron-microscopy images (EMDiffuse).")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    for name, helptext in (("denoise", "denoise a 2D image or a stack (slice by slice)"),
+                           ("super-resolve", "x2 super-resolution of a 2D image or a stack")):
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("input", metavar="IN", help="input .tif/.tiff or .zarr")
+        p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff or .zarr")
+        if name == "super-resolve":
+            p.add_argument("--scale", type=_positive, default=None, help="magnification; must match the model (2)")
+        p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the pixel-wise std over samples here")
+        _sampling_options(p)
+        p.set_defaults(func=_cmd_restore, task=name)
+
+    p = sub.add_parser("isotropic", help="make an anisotropic volume isotropic (vEMDiffuse)",
+                       description="generate factor-1 slices between neighbouring slices of a ZYX volume")
+    p.add_argument("input", metavar="IN", help="input volume .tif/.tiff or .zarr (ZYX)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff or .zarr")
+    p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size)")
+    p.add_argument("--mode", choices=["i", "a"], default="i", help="i: model trained on isotropic data; a: on this volume's lateral planes")
+    p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the pixel-wise std over samples here")
+    _sampling_options(p)
+    p.set_defaults(func=_cmd_isotropic)
+
+    p = sub.add_parser("models", help="list bundled and user models")
+    p.add_argument("--task", choices=["denoise", "super-resolve", "isotropic-i", "isotropic-a"])
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("import", help="turn a published best_Network.pth into a model directory")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--arch", required=True, choices=["EMDiffuse-n", "EMDiffuse-r", "vEMDiffuse-i", "vEMDiffuse-a"])
+    p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True)
+    p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("verify-checkpoint", help="check a port of weights against reference outputs",
+                       description="rebuild the network of REFERENCE.json, load CHECKPOINT and recompute "
+                                   "every array of REFERENCE.npz; exit 0 only if all match to 1e-4")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("reference_json", metavar="REFERENCE.json")
+    p.add_argument("reference_npz", metavar="REFERENCE.npz")
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("train", help="train a model from a YAML recipe")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on your own data")
+    p.add_argument("--task", required=True, choices=["denoise", "super-resolve", "isotropic-i", "isotropic-a"])
+    p.add_argument("--input", required=True, metavar="IN", help="degraded image (or volume for isotropic)")
+    p.add_argument("--target", metavar="TGT", help="registered clean/high-resolution image (optional)")
+    p.add_argument("--base", metavar="MODEL", help="model to start from (default: bundled model for the task)")
+    p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True)
+    p.add_argument("--iterations", type=_positive, default=150)
+    p.add_argument("--patch", type=_positive, default=128)
+    p.add_argument("--batch", type=_positive, default=4)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--val-fraction", type=_fraction, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--freeze-encoder", action="store_true")
+    p.set_defaults(func=_cmd_finetune)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"{PROG} {__version__}"
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+def _progress(gen: Generator, stages: Sequence[str] = ("sampling", "block", "training")) -> Any:
+    """Drive an engine generator with a tqdm bar on stderr; return its final item."""
+    from tqdm import tqdm
+
+    from .engine.events import Progress
+
+    bar = None
+    result = None
+    try:
+        for ev in gen:
+            if isinstance(ev, Progress):
+                if ev.stage not in stages:
+                    if ev.stage == "validation" and ev.metrics and bar is not None:
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in ev.metrics.items()})
+                    continue
+                if bar is None or bar.total != ev.total:
+                    if bar is not None:
+                        bar.close()
+                    bar = tqdm(total=ev.total, desc=ev.stage, file=sys.stderr, unit="it", dynamic_ncols=True)
+                bar.n = ev.done
+                if ev.loss is not None:
+                    bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
+                bar.refresh()
+            else:
+                result = ev
+    finally:
+        gen.close()
+        if bar is not None:
+            bar.close()
+    return result
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    kw = dict(
+        arch=args.arch, preset=args.preset, steps=args.steps, samples=args.samples, tile=args.tile,
+        overlap=args.overlap, batch=args.batch, seed=args.seed, device=args.device,
+    )
+    if getattr(args, "sampler", None):
+        kw["sampler"] = args.sampler
+    return kw
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _check_outputs(args: argparse.Namespace, *outs: str | None) -> list[Path | None]:
+    from .engine.errors import InputError
+    from .engine.io import check_output_path
+
+    inp = Path(args.input)
+    checked = []
+    for out in outs:
+        if out is None:
+            checked.append(None)
+            continue
+        path = check_output_path(out)
+        if _same_file(path, inp):
+            raise InputError(f"output '{out}' is the input file; choose another name")
+        checked.append(path)
+    if len([p for p in checked if p]) == 2 and _same_file(checked[0], checked[1]):
+        raise InputError("the output and the uncertainty output are the same file")
+    return checked
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr"
+
+
+def _cluster(args: argparse.Namespace):
+    """A dask client for --workers/--scheduler, or None."""
+    if not (getattr(args, "workers", None) or getattr(args, "scheduler", None)):
+        return None
+    from distributed import Client, LocalCluster
+
+    if args.scheduler:
+        return Client(args.scheduler)
+    return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True))
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from .engine.errors import InputError
+    from .engine.io import read_image, write_image
+    from .engine.model import load_model, resolve_device
+    from .engine.restore import restore_iter, restore_to_zarr_iter, validate_image
+
+    out, unc = _check_outputs(args, args.output, args.uncertainty)
+    data = read_image(args.input)
+    validate_image(data.data)
+    model = load_model(args.model, task=args.task, arch=args.arch, device=resolve_device(args.device))
+    if args.task == "super-resolve" and args.scale is not None and args.scale != model.card.scale:
+        raise InputError(f"model '{model.card.name}' magnifies x{model.card.scale}, not x{args.scale}")
+    kw = _sampling_kwargs(args)
+    kw.pop("arch")
+    distributed = args.workers or args.scheduler
+    if distributed and not (_is_zarr(out) and _is_zarr(Path(args.input))):
+        raise InputError("--workers/--scheduler need a .zarr input and a .zarr output")
+    if _is_zarr(out):
+        if distributed:
+            from .engine.distributed import restore_to_zarr_distributed_iter
+
+            gen = restore_to_zarr_distributed_iter(
+                args.input, out, args.task, model.path or args.model, uncertainty_out=unc,
+                spacing=data.spacing, workers=args.workers, scheduler=args.scheduler, **kw,
+            )
+        else:
+            gen = restore_to_zarr_iter(data.data, out, args.task, model, uncertainty_out=unc, spacing=data.spacing, **kw)
+        _progress(gen)
+        if unc is not None and not _is_zarr(unc):
+            raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
+    result = _progress(restore_iter(data.data, args.task, model, spacing=data.spacing, **kw))
+    if result is None:  # pragma: no cover - the generator always ends with a result
+        raise RuntimeError("restoration ended without a result")
+    axes = data.axes if data.axes and len(data.axes) == result.mean.ndim else None
+    write_image(out, result.mean, spacing=result.spacing, unit=data.unit or "nm", axes=axes)
+    if unc is not None:
+        if result.uncertainty is None:
+            print(f"{PROG}: note: one sample gives no uncertainty; use --samples 2 or more", file=sys.stderr)
+        else:
+            write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes=axes)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_isotropic(args: argparse.Namespace) -> int:
+    from .engine.errors import InputError
+    from .engine.io import read_image, write_image
+    from .engine.volume import reconstruct_isotropic_iter
+
+    out, unc = _check_outputs(args, args.output, args.uncertainty)
+    data = read_image(args.input)
+    if data.data.ndim != 3:
+        raise InputError(f"isotropic reconstruction needs a 3D (ZYX) volume; '{args.input}' has {data.data.ndim} dimensions")
+    kw = _sampling_kwargs(args)
+    distributed = bool(args.workers or args.scheduler)
+    if distributed and not _is_zarr(out):
+        raise InputError("--workers/--scheduler need a .zarr output")
+    zarr_out = out if _is_zarr(out) else None
+    gen = reconstruct_isotropic_iter(
+        data.data, args.factor, args.model, mode=args.mode, spacing=data.spacing, out=zarr_out,
+        uncertainty=unc is not None, workers=args.workers, scheduler=args.scheduler, **kw,
+    )
+    result = _progress(gen)
+    if zarr_out is None:
+        write_image(out, result.volume, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX")
+        if unc is not None and result.uncertainty is not None:
+            write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX")
+    print(f"wrote {out} ({result.factor}x more slices)", file=sys.stderr)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .engine.model import list_models
+
+    models = list_models(args.task)
+    if not models:
+        print("no models installed", file=sys.stderr)
+        return 0
+    width = max(len(m.name) for m in models)
+    for m in models:
+        print(f"{m.name:<{width}}  {m.task:<13}  {m.kind:<10}  {m.source:<7}  {m.path}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .engine.checkpoints import import_published
+    from .engine.errors import InputError
+    from .engine.model import register_model
+
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) if out.is_dir() else out.exists():
+        raise InputError(f"'{out}' already exists; choose a new model directory")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder '{out.parent}' does not exist")
+    path = import_published(args.checkpoint, args.arch, out)
+    register_model(path)
+    print(f"imported {args.arch} into {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .engine.verify import verify_checkpoint
+
+    rows, ok = verify_checkpoint(args.checkpoint, args.reference_json, args.reference_npz, tolerance=args.tolerance)
+    width = max(len(r[0]) for r in rows)
+    for name, err, passed in rows:
+        print(f"{name:<{width}}  max abs error {err:.3e}  {'ok' if passed else 'FAIL'}")
+    print(f"{'PASS' if ok else 'FAIL'}: tolerance {args.tolerance:g}")
+    return 0 if ok else 1
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .engine.training import TrainConfig, train_iter
+
+    cfg = TrainConfig.from_yaml(args.config)
+    if args.resume:
+        cfg = cfg.model_copy(update={"resume": True})
+    path = _progress(train_iter(cfg))
+    print(f"saved model to {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .engine.training import finetune_iter
+
+    path = _progress(
+        finetune_iter(
+            args.task, args.input, args.target, base=args.base, out=args.output, iterations=args.iterations,
+            patch=args.patch, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
+            device=args.device, freeze_encoder=args.freeze_encoder,
+        )
+    )
+    print(f"saved model to {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``emdiffuse`` command; returns the exit status."""
+    from .engine.errors import EMDiffuseError
+
+    logging.basicConfig(level=os.environ.get("EMDIFFUSE_LOG", "WARNING"))
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    except EMDiffuseError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

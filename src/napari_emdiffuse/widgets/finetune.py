@@ -1,0 +1,590 @@
+"""Fine-tune dock widget: adapt a model to the user's own images.
+
+Training runs ``finetune_iter`` in a spawned child process (so all GPU memory is returned
+when it ends); the child sends plain-dict events on a queue that a QTimer drains. The
+widget plots train and validation loss live, shows the validation preview as the napari
+layer ``finetune_preview``, and Stop asks the child to close the generator, which saves a
+usable model. When a model is saved, every open model list refreshes at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from ..engine.errors import EMDiffuseError, InputError
+from ._common import (
+    DevicePicker,
+    LayerCombo,
+    ModelPicker,
+    RunButton,
+    Settings,
+    TrainingProcess,
+    logger,
+    notify_error,
+    notify_info,
+    notify_models_changed,
+    upsert_image,
+)
+from .restore import check_input_layer, layer_array
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["FinetuneWidget", "FinetuneOptions", "LossHistory", "LossPlot", "default_output", "parse_lr"]
+
+TASKS = ("denoise", "super-resolve", "isotropic-i", "isotropic-a")
+PREVIEW_LAYER = "finetune_preview"
+POLL_MS = 150
+
+
+# ----------------------------------------------------------------------------------------------
+# plain logic
+
+
+def parse_lr(text: str) -> float:
+    """A learning rate typed by the user (``5e-5``, ``0.00005``)."""
+    try:
+        lr = float(str(text).strip())
+    except ValueError:
+        raise EMDiffuseError(f"learning rate {text!r} is not a number (e.g. 5e-5)") from None
+    if not (math.isfinite(lr) and 0 < lr < 1):
+        raise EMDiffuseError(f"learning rate must be between 0 and 1, got {text}")
+    return lr
+
+
+def default_output(task: str, now: float | None = None) -> Path:
+    """A fresh folder under the user model directory, so the model is listed everywhere."""
+    from ..engine.model import user_dir
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return user_dir() / "models" / f"{task}-finetuned-{stamp}"
+
+
+@dataclass
+class FinetuneOptions:
+    """The widget's options as plain values.
+
+    Attributes
+    ----------
+    task : str
+        ``denoise``, ``super-resolve``, ``isotropic-i`` or ``isotropic-a``.
+    iterations, patch, batch : int
+        Training iterations, patch edge in pixels, patches per iteration.
+    lr : float
+        Learning rate (AdamW).
+    val_fraction : float
+        Share of the image held out for validation (its PSNR/SSIM and preview).
+    freeze_encoder : bool
+        Train only the decoder (less data needed, less forgetting).
+    output : str
+        Where the model is saved; empty: a new folder under the user model directory.
+    """
+
+    task: str = "denoise"
+    iterations: int = 150
+    patch: int = 128
+    batch: int = 4
+    lr: float = 5e-5
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    freeze_encoder: bool = False
+    output: str = ""
+
+    @property
+    def needs_target(self) -> bool:
+        return not self.task.startswith("isotropic")
+
+    def validate(self) -> "FinetuneOptions":
+        if self.task not in TASKS:
+            raise EMDiffuseError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.iterations < 1:
+            raise EMDiffuseError("iterations must be at least 1")
+        if self.patch < 8:
+            raise EMDiffuseError(f"patch must be at least 8 pixels, got {self.patch}")
+        if self.batch < 1:
+            raise EMDiffuseError("batch must be at least 1")
+        parse_lr(str(self.lr))
+        if not 0 <= self.val_fraction < 0.9:
+            raise EMDiffuseError(f"validation fraction must be in [0, 0.9), got {self.val_fraction}")
+        if self.output and Path(self.output).expanduser().is_file():
+            raise EMDiffuseError(f"output '{self.output}' is a file; give a folder for the model")
+        return self
+
+    def engine_kwargs(self, now: float | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``finetune_iter`` (besides task, input, target, base)."""
+        self.validate()
+        out = Path(self.output).expanduser() if self.output else default_output(self.task, now)
+        return {
+            "out": out,
+            "iterations": self.iterations,
+            "patch": self.patch,
+            "batch": self.batch,
+            "lr": self.lr,
+            "val_fraction": self.val_fraction,
+            "seed": self.seed,
+            "device": self.device,
+            "freeze_encoder": self.freeze_encoder,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "FinetuneOptions":
+        defaults = cls()
+        kept = {}
+        for f in fields(cls):
+            v = values.get(f.name)
+            want = type(getattr(defaults, f.name))
+            if v is not None and (type(v) is want or (want is float and type(v) is int)):
+                kept[f.name] = want(v)
+        try:
+            return cls(**kept).validate()
+        except EMDiffuseError:
+            return defaults
+
+
+@dataclass
+class LossHistory:
+    """Train and validation losses as they arrive (iteration, value)."""
+
+    train: list[tuple[int, float]] = field(default_factory=list)
+    val: list[tuple[int, float]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def add(self, event: dict[str, Any]) -> bool:
+        """Record an event from the training process; True if the plot changed."""
+        stage = event.get("stage")
+        loss = event.get("loss")
+        metrics = event.get("metrics") or {}
+        if stage == "training" and loss is not None and math.isfinite(loss):
+            self.train.append((int(event.get("done", len(self.train) + 1)), float(loss)))
+            return True
+        if stage == "validation":
+            self.metrics = dict(metrics)
+            value = loss if loss is not None else metrics.get("loss", metrics.get("val_loss"))
+            if value is not None and math.isfinite(value):
+                it = self.train[-1][0] if self.train else int(event.get("done", 0))
+                self.val.append((it, float(value)))
+                return True
+        return False
+
+    def clear(self) -> None:
+        self.train.clear()
+        self.val.clear()
+        self.metrics = {}
+
+    def bounds(self) -> tuple[float, float, float, float] | None:
+        """(x0, x1, y0, y1) covering both series, never degenerate; None when empty."""
+        pts = self.train + self.val
+        if not pts:
+            return None
+        xs = [p[0] for p in pts]
+        ys = [p[1] for p in pts]
+        x0, x1 = min(xs), max(xs)
+        y0, y1 = min(ys), max(ys)
+        if x1 == x0:
+            x1 = x0 + 1
+        if y1 == y0:
+            pad = abs(y0) * 0.1 or 1.0
+            y0, y1 = y0 - pad, y1 + pad
+        return float(x0), float(x1), float(y0), float(y1)
+
+    def summary(self) -> str:
+        """One line: last train loss, last validation loss and metrics."""
+        parts = []
+        if self.train:
+            parts.append(f"iter {self.train[-1][0]}: loss {self.train[-1][1]:.4g}")
+        if self.val:
+            parts.append(f"val loss {self.val[-1][1]:.4g}")
+        if "psnr" in self.metrics:
+            parts.append(f"PSNR {self.metrics['psnr']:.2f} dB")
+        if "ssim" in self.metrics:
+            parts.append(f"SSIM {self.metrics['ssim']:.3f}")
+        return ", ".join(parts)
+
+
+def to_canvas(
+    points: list[tuple[int, float]], bounds: tuple[float, float, float, float], rect: tuple[float, float, float, float]
+) -> list[tuple[float, float]]:
+    """Map (iteration, loss) points into a pixel rectangle (left, top, width, height); y up."""
+    x0, x1, y0, y1 = bounds
+    left, top, width, height = rect
+    return [
+        (left + (x - x0) / (x1 - x0) * width, top + height - (y - y0) / (y1 - y0) * height) for x, y in points
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Qt
+
+
+class LossPlot(QWidget):
+    """A small live plot of train (blue line) and validation (orange dots) loss.
+
+    QPainter only: no plotting library needed.
+    """
+
+    TRAIN = QColor(70, 150, 230)
+    VAL = QColor(255, 150, 40)
+
+    def __init__(self, history: LossHistory, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.history = history
+        self.setMinimumHeight(130)
+        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.setToolTip("Training loss (blue) and validation loss (orange) per iteration")
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        p = QPainter(self)
+        p.setRenderHint(QPainter.Antialiasing)
+        fg = self.palette().windowText().color()
+        w, h = self.width(), self.height()
+        left, top, right, bottom = 46.0, 8.0, 8.0, 20.0
+        rect = (left, top, max(1.0, w - left - right), max(1.0, h - top - bottom))
+        p.setPen(QPen(fg, 1))
+        p.drawRect(QRectF(*rect))
+        bounds = self.history.bounds()
+        if bounds is None:
+            p.drawText(QRectF(*rect), Qt.AlignCenter, "loss appears here while training")
+            p.end()
+            return
+        x0, x1, y0, y1 = bounds
+        p.drawText(QRectF(0, top - 6, left - 4, 14), Qt.AlignRight, f"{y1:.3g}")
+        p.drawText(QRectF(0, top + rect[3] - 8, left - 4, 14), Qt.AlignRight, f"{y0:.3g}")
+        p.drawText(QRectF(left, top + rect[3] + 2, 60, 14), Qt.AlignLeft, f"{x0:g}")
+        p.drawText(QRectF(left + rect[2] - 80, top + rect[3] + 2, 80, 14), Qt.AlignRight, f"iter {x1:g}")
+        if len(self.history.train) > 1:
+            p.setPen(QPen(self.TRAIN, 1.5))
+            pts = to_canvas(self.history.train, bounds, rect)
+            p.drawPolyline(QPolygonF([QPointF(x, y) for x, y in pts]))
+        if self.history.val:
+            p.setPen(QPen(self.VAL, 1.5))
+            p.setBrush(self.VAL)
+            pts = to_canvas(self.history.val, bounds, rect)
+            if len(pts) > 1:
+                p.drawPolyline(QPolygonF([QPointF(x, y) for x, y in pts]))
+            for x, y in pts:
+                p.drawEllipse(QPointF(x, y), 2.5, 2.5)
+        p.end()
+
+
+def _spin(lo: int, hi: int, value: int, tip: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+class FinetuneWidget(QWidget):
+    """Fine-tune a model on image pairs (or a volume) from the viewer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        Injected by napari.
+    """
+
+    #: Emitted when training ends: "done", "stopped" or "failed".
+    run_finished = Signal(str)
+    SETTINGS = "finetune"
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._proc: TrainingProcess | None = None
+        self._pbar: Any = None
+        self._started = 0.0
+        self.saved_model: str | None = None
+        self.history = LossHistory()
+
+        self.task = QComboBox()
+        self.task.addItems(TASKS)
+        self.task.setToolTip("denoise / super-resolve: input and target image pairs; isotropic: one volume")
+        self.input_combo = LayerCombo(napari_viewer)
+        self.input_combo.setToolTip("Degraded image (noisy / low resolution), or the anisotropic volume")
+        self.target_combo = LayerCombo(napari_viewer, none_label="(none)")
+        self.target_combo.setToolTip("Registered clean / high-resolution image of the same field of view")
+        self.target_label = QLabel("target")
+        self.base = ModelPicker("denoise", allow_default=True)
+        self.base.combo.setToolTip("Model to start from (default: the bundled model for the task)")
+
+        self.iterations = _spin(1, 1_000_000, 150, "Training iterations")
+        self.patch = _spin(8, 1024, 128, "Patch edge in pixels")
+        self.batch = _spin(1, 256, 4, "Patches per iteration")
+        self.lr = QLineEdit("5e-5")
+        self.lr.setToolTip("Learning rate")
+        self.val_fraction = QDoubleSpinBox()
+        self.val_fraction.setRange(0.0, 0.89)
+        self.val_fraction.setSingleStep(0.05)
+        self.val_fraction.setValue(0.1)
+        self.val_fraction.setToolTip("Share of the image held out for validation (PSNR/SSIM, preview)")
+        self.seed = _spin(0, 2**31 - 1, 0, "Random seed (patch sampling, initial noise)")
+        self.freeze = QCheckBox("freeze encoder")
+        self.freeze.setToolTip("Train only the decoder: fewer data needed, less forgetting")
+        advanced = QCollapsible("Advanced")
+        adv = QWidget()
+        f2 = QFormLayout(adv)
+        f2.addRow("batch", self.batch)
+        f2.addRow("learning rate", self.lr)
+        f2.addRow("validation", self.val_fraction)
+        f2.addRow("seed", self.seed)
+        f2.addRow("", self.freeze)
+        advanced.addWidget(adv)
+        self.advanced = advanced
+
+        self.output = QLineEdit()
+        self.output.setPlaceholderText("new folder in the user model directory")
+        self.output.setToolTip("Folder the fine-tuned model is saved to")
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_output)
+        out_row = QHBoxLayout()
+        out_row.setContentsMargins(0, 0, 0, 0)
+        out_row.addWidget(self.output, 1)
+        out_row.addWidget(browse)
+
+        self.device = DevicePicker()
+        self.run_button = RunButton("Train", "Stop")
+        self.plot = LossPlot(self.history)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("task", self.task)
+        form.addRow("input", self.input_combo)
+        form.addRow(self.target_label, self.target_combo)
+        form.addRow("base model", self.base)
+        form.addRow("iterations", self.iterations)
+        form.addRow("patch", self.patch)
+        form.addRow("output", out_row)
+        form.addRow("device", self.device)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(advanced)
+        lay.addWidget(self.run_button)
+        lay.addWidget(self.plot)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(POLL_MS)
+        self._timer.timeout.connect(self._poll)
+        self.task.currentTextChanged.connect(self._task_changed)
+        self.run_button.clicked.connect(self._on_run_clicked)
+        self._load_settings()
+        self._task_changed(self.task.currentText())
+
+    # -- options ---------------------------------------------------------------------------------
+
+    def options(self) -> FinetuneOptions:
+        """Current options (raises EMDiffuseError for an unreadable learning rate)."""
+        return FinetuneOptions(
+            task=self.task.currentText(),
+            iterations=self.iterations.value(),
+            patch=self.patch.value(),
+            batch=self.batch.value(),
+            lr=parse_lr(self.lr.text()),
+            val_fraction=round(self.val_fraction.value(), 4),
+            seed=self.seed.value(),
+            device=self.device.value(),
+            freeze_encoder=self.freeze.isChecked(),
+            output=self.output.text().strip(),
+        )
+
+    def set_options(self, opts: FinetuneOptions) -> None:
+        self.task.setCurrentText(opts.task)
+        self.iterations.setValue(opts.iterations)
+        self.patch.setValue(opts.patch)
+        self.batch.setValue(opts.batch)
+        self.lr.setText(f"{opts.lr:g}")
+        self.val_fraction.setValue(opts.val_fraction)
+        self.seed.setValue(opts.seed)
+        self.device.set_value(opts.device)
+        self.freeze.setChecked(opts.freeze_encoder)
+        self.output.setText(opts.output)
+
+    def _load_settings(self) -> None:
+        opts = FinetuneOptions.from_dict(Settings().load(self.SETTINGS).get("options", {}))
+        opts.output = ""  # never train into last session's model by default
+        self.set_options(opts)
+
+    def _save_settings(self, opts: FinetuneOptions) -> None:
+        Settings().save(self.SETTINGS, {"options": opts.to_dict()})
+
+    def _task_changed(self, task: str) -> None:
+        self.base.set_task(task)
+        paired = not task.startswith("isotropic")
+        self.target_combo.setEnabled(paired)
+        self.target_label.setEnabled(paired)
+        self.input_combo.setToolTip(
+            "Degraded image (noisy / low resolution)" if paired else "Anisotropic ZYX volume (trained on itself)"
+        )
+
+    def _browse_output(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Save the fine-tuned model in")
+        if path:
+            self.output.setText(path)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None
+
+    def _on_run_clicked(self) -> None:
+        if self._proc is not None:
+            self.stop()
+        else:
+            self.run()
+
+    def _inputs(self, opts: FinetuneOptions) -> tuple[np.ndarray, np.ndarray | None]:
+        layer = self.input_combo.layer()
+        check_input_layer(layer, volume=not opts.needs_target)
+        target = self.target_combo.layer() if opts.needs_target else None
+        if target is not None:
+            if target is layer:
+                raise InputError("input and target are the same layer; choose the clean image as target")
+            check_input_layer(target)
+        # The child gets plain arrays: dask/zarr layers are read here, once.
+        x = np.asarray(layer_array(layer))
+        y = np.asarray(layer_array(target)) if target is not None else None
+        return x, y
+
+    def run(self) -> bool:
+        """Start training in a child process; False (and a notification) if it cannot start."""
+        if self._proc is not None:
+            return False
+        try:
+            opts = self.options()
+            kwargs = opts.engine_kwargs()
+            x, y = self._inputs(opts)
+        except EMDiffuseError as exc:
+            notify_error(str(exc))
+            return False
+        base, arch = self.base.value()
+        if arch is not None:
+            notify_error("fine-tuning starts from a model folder or .zip; import the checkpoint first (emdiffuse import)")
+            return False
+        self._save_settings(opts)
+        kwargs.update(task=opts.task, input=x, target=y, base=base)
+        self.history.clear()
+        self.plot.update()
+        self.saved_model = None
+        self._started = time.monotonic()
+        self.status.setText(f"starting training ({opts.iterations} iterations) -> {kwargs['out']}")
+        self._proc = TrainingProcess(kwargs).start()
+        self.run_button.set_running(True)
+        self._timer.start()
+        return True
+
+    def stop(self) -> None:
+        """Stop after the current iteration; the model as trained so far is saved."""
+        if self._proc is not None:
+            self._proc.stop()
+            self.run_button.set_cancelling()
+            self.status.setText("stopping: saving the model as it stands…")
+
+    def _poll(self) -> None:
+        if self._proc is None:
+            self._timer.stop()
+            return
+        events = self._proc.poll()
+        changed = False
+        for ev in events:
+            stage = ev.get("stage")
+            if stage == "training":
+                changed |= self.history.add(ev)
+                self._progress(ev)
+            elif stage == "validation":
+                changed |= self.history.add(ev)
+                if ev.get("preview") is not None:
+                    upsert_image(self.viewer, PREVIEW_LAYER, np.asarray(ev["preview"]))
+            elif stage == "done":
+                self._done(ev)
+            elif stage == "error":
+                self._failed(ev)
+        if changed:
+            self.plot.update()
+            self.status.setText(self.history.summary())
+
+    def _progress(self, ev: dict[str, Any]) -> None:
+        total = int(ev.get("total") or 0)
+        if not total:
+            return
+        from napari.utils import progress
+
+        if self._pbar is None:
+            self._pbar = progress(total=total, desc="EMDiffuse fine-tuning")
+        self._pbar.update(max(0, int(ev.get("done", 0)) - self._pbar.n))
+
+    def _end(self, outcome: str) -> None:
+        self._timer.stop()
+        self._proc = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.run_button.set_running(False)
+        self.run_finished.emit(outcome)
+
+    def _done(self, ev: dict[str, Any]) -> None:
+        path = ev.get("path")
+        stopped = bool(ev.get("stopped"))
+        self.saved_model = path
+        if path:
+            notify_models_changed()  # the new model appears in every open model list
+            self.base.refresh()
+            minutes = (time.monotonic() - self._started) / 60
+            msg = f"{'stopped; ' if stopped else ''}model saved to {path} ({minutes:.1f} min)"
+            self.status.setText(f"{self.history.summary()}\n{msg}")
+            notify_info(f"EMDiffuse: {msg}")
+        else:
+            self.status.setText("stopped before any model was saved")
+        self._end("stopped" if stopped else "done")
+
+    def _failed(self, ev: dict[str, Any]) -> None:
+        message = str(ev.get("message", "training failed"))
+        if ev.get("user"):
+            notify_error(message)
+        else:
+            logger.error("fine-tuning failed in the training process:\n%s", ev.get("traceback", message))
+            notify_error(f"unexpected error: {message}")
+        self.status.setText(f"failed: {message}")
+        self._end("failed")
+
+    def shutdown(self) -> None:
+        """End a running training process (napari closing or the widget removed)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._end("stopped")
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        self.shutdown()
+        super().closeEvent(event)
+

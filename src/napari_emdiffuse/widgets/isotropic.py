@@ -1,0 +1,484 @@
+"""Isotropic-reconstruction dock widget (vEMDiffuse-i / vEMDiffuse-a).
+
+Generates ``factor - 1`` slices between each pair of neighbouring slices of an anisotropic
+volume, in memory or into a zarr store shown lazily, by driving
+:func:`napari_emdiffuse.engine.volume.reconstruct_isotropic_iter` in a napari thread worker.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from ..engine.errors import EMDiffuseError, InputError
+from ._common import (
+    DevicePicker,
+    EngineRun,
+    LayerCombo,
+    ModelPicker,
+    RunButton,
+    Settings,
+    layer_geometry,
+    notify_error,
+    remove_layer,
+    upsert_image,
+)
+from .restore import PRESETS, check_input_layer, layer_array, layer_units
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = [
+    "IsotropicWidget",
+    "IsotropicOptions",
+    "prefill_factor",
+    "isotropic_geometry",
+    "isotropic_names",
+    "check_zarr_output",
+]
+
+MODES = {"i": "i: interpolate between slices (vEMDiffuse-i)", "a": "a: learned from lateral planes (vEMDiffuse-a)"}
+MAX_FACTOR = 16
+
+
+# ----------------------------------------------------------------------------------------------
+# plain logic
+
+
+@dataclass
+class IsotropicOptions:
+    """The widget's options as plain values (0 / -1 mean "let the engine choose").
+
+    Attributes
+    ----------
+    mode : {"i", "a"}
+        ``i``: a model trained on pairs of slices; ``a``: trained on the lateral planes of the
+        volume itself (for volumes without isotropic training data).
+    factor : int
+        Output slices per input slice gap (z spacing / xy spacing).
+    output : str
+        Empty: keep the result in memory. Otherwise a ``.zarr`` path written block by block.
+    uncertainty : bool
+        Also compute the pixel-wise standard deviation over the samples.
+    """
+
+    mode: str = "i"
+    factor: int = 4
+    preset: str = "fast"
+    steps: int = 0
+    samples: int = 0
+    tile: int = 0
+    overlap: int = -1
+    seed: int = 0
+    device: str = "auto"
+    output: str = ""
+    uncertainty: bool = False
+
+    @property
+    def task(self) -> str:
+        return f"isotropic-{self.mode}"
+
+    def validate(self) -> "IsotropicOptions":
+        if self.mode not in MODES:
+            raise EMDiffuseError(f"unknown mode {self.mode!r}; choose i or a")
+        if not 2 <= self.factor <= MAX_FACTOR:
+            raise EMDiffuseError(f"factor must be between 2 and {MAX_FACTOR}, got {self.factor}")
+        if self.preset not in PRESETS:
+            raise EMDiffuseError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.steps < 0 or self.samples < 0 or self.tile < 0 or self.overlap < -1 or self.seed < 0:
+            raise EMDiffuseError("steps, samples, tile, overlap and seed cannot be negative")
+        if self.tile and self.overlap >= self.tile:
+            raise EMDiffuseError(f"overlap {self.overlap} must be smaller than tile {self.tile}")
+        if self.output:
+            check_zarr_output(self.output)
+        return self
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``reconstruct_isotropic_iter`` (besides volume, model, spacing)."""
+        self.validate()
+        return {
+            "factor": self.factor,
+            "mode": self.mode,
+            "preset": self.preset,
+            "steps": self.steps or None,
+            "samples": self.samples or None,
+            "tile": self.tile or None,
+            "overlap": None if self.overlap < 0 else self.overlap,
+            "seed": self.seed,
+            "device": self.device,
+            "out": Path(self.output).expanduser() if self.output else None,
+            "uncertainty": self.uncertainty,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "IsotropicOptions":
+        """Options from saved settings; unknown or wrongly typed values fall back to defaults."""
+        defaults = cls()
+        kept = {
+            f.name: values[f.name]
+            for f in fields(cls)
+            if f.name in values and type(values[f.name]) is type(getattr(defaults, f.name))
+        }
+        try:
+            return cls(**kept).validate()
+        except EMDiffuseError:
+            return defaults
+
+
+def prefill_factor(scale: tuple[float, ...]) -> int | None:
+    """The factor implied by a layer's scale (z / y), or None when it is not a whole
+    number of at least 2 (an uncalibrated or already isotropic layer)."""
+    if len(scale) < 3:
+        return None
+    z, y = float(scale[-3]), float(scale[-2])
+    if not (math.isfinite(z) and math.isfinite(y)) or y <= 0 or z <= 0:
+        return None
+    try:
+        from ..engine.volume import factor_from_spacing
+
+        factor = int(factor_from_spacing(tuple(float(v) for v in scale[-3:])))
+    except ImportError:  # pragma: no cover - engine module not there yet
+        ratio = z / y
+        factor = round(ratio)
+        if abs(ratio - factor) > 0.01 * ratio:
+            return None
+    except EMDiffuseError:
+        return None
+    return factor if 2 <= factor <= MAX_FACTOR else None
+
+
+def isotropic_geometry(
+    scale: tuple[float, ...], translate: tuple[float, ...], factor: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Scale and translate of the reconstructed volume.
+
+    Output slice ``k * factor`` is input slice ``k`` (the volume has ``(Z - 1) * factor + 1``
+    slices), so the z scale is divided by ``factor`` and the translate is unchanged: the
+    output overlays the input exactly.
+    """
+    scale = tuple(float(v) for v in scale)
+    return (scale[0] / factor,) + scale[1:], tuple(float(v) for v in translate)
+
+
+def isotropic_names(layer_name: str) -> tuple[str, str]:
+    """``img`` -> ``img_isotropic`` and ``img_isotropic_uncertainty``."""
+    return f"{layer_name}_isotropic", f"{layer_name}_isotropic_uncertainty"
+
+
+def check_zarr_output(path: str) -> Path:
+    """A writable ``.zarr`` output path (its folder must exist)."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() != ".zarr":
+        raise EMDiffuseError(f"output '{path}' must be a .zarr folder (e.g. volume_iso.zarr)")
+    if not p.parent.is_dir():
+        raise EMDiffuseError(f"the folder of output '{path}' does not exist")
+    return p
+
+
+def lazy_volume(volume: Any, out: Path | None) -> Any:
+    """The result for display: a zarr output becomes a dask array read chunk by chunk."""
+    import dask.array as da
+    import numpy as np
+
+    if out is None and isinstance(volume, np.ndarray):
+        return volume
+    if volume is not None and not isinstance(volume, (np.ndarray, str, Path)):
+        if isinstance(volume, da.Array):
+            return volume
+        return da.from_zarr(volume)  # a zarr.Array
+    import zarr
+
+    node = zarr.open(str(out), mode="r")
+    if isinstance(node, zarr.Array):
+        return da.from_zarr(node)
+    arrays = dict(node.arrays())  # a group: the array "0" (OME-Zarr style) or the only one
+    key = "0" if "0" in arrays else next(iter(arrays))
+    return da.from_zarr(arrays[key])
+
+
+# ----------------------------------------------------------------------------------------------
+# Qt
+
+
+def _spin(lo: int, hi: int, value: int, special: str | None = None, tip: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setValue(value)
+    if special:
+        box.setSpecialValueText(special)
+    box.setToolTip(tip)
+    return box
+
+
+def _is_volume_candidate(layer: Any) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image)
+
+
+class IsotropicWidget(QWidget):
+    """Reconstruct an isotropic volume from an anisotropic one (vEMDiffuse).
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        Injected by napari.
+    """
+
+    run_finished = Signal(str)
+    SETTINGS = "isotropic"
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._run: EngineRun | None = None
+        self._started = 0.0
+        self.last_outputs: list[Any] = []
+
+        self.layer_combo = LayerCombo(napari_viewer, accept=_is_volume_candidate)
+        self.layer_combo.setToolTip("Anisotropic ZYX volume (never modified)")
+        self.mode = QComboBox()
+        for key, text in MODES.items():
+            self.mode.addItem(text, key)
+        self.factor = _spin(2, MAX_FACTOR, 4, None, "New slices per gap: z spacing / xy spacing (filled from the layer's scale)")
+        self.factor_hint = QLabel("")
+        self.factor_hint.setWordWrap(True)
+        self.model = ModelPicker("isotropic-i")
+        self.preset = QComboBox()
+        self.preset.addItems(PRESETS)
+        self.steps = _spin(0, 1000, 0, "preset", "Sampler steps")
+        self.samples = _spin(0, 64, 0, "preset", "Samples averaged per generated slice")
+        self.tile = _spin(0, 4096, 0, "auto", "Tile edge in pixels")
+        self.overlap = _spin(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
+        self.seed = _spin(0, 2**31 - 1, 0, None, "Noise seed")
+        self.uncertainty = QCheckBox("uncertainty")
+        self.uncertainty.setToolTip("Also compute the pixel-wise std over samples (needs 2+ samples)")
+        advanced = QCollapsible("Advanced")
+        adv = QWidget()
+        f2 = QFormLayout(adv)
+        f2.addRow("steps", self.steps)
+        f2.addRow("samples", self.samples)
+        f2.addRow("tile", self.tile)
+        f2.addRow("overlap", self.overlap)
+        f2.addRow("seed", self.seed)
+        f2.addRow("", self.uncertainty)
+        advanced.addWidget(adv)
+        self.advanced = advanced
+
+        self.output = QLineEdit()
+        self.output.setPlaceholderText("in memory (or a .zarr path for large volumes)")
+        self.output.setToolTip("Empty: keep the result in memory. A .zarr path: written block by block, shown lazily")
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_output)
+        out_row = QHBoxLayout()
+        out_row.setContentsMargins(0, 0, 0, 0)
+        out_row.addWidget(self.output, 1)
+        out_row.addWidget(browse)
+
+        self.device = DevicePicker()
+        self.run_button = RunButton()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("volume", self.layer_combo)
+        form.addRow("mode", self.mode)
+        form.addRow("factor", self.factor)
+        form.addRow("", self.factor_hint)
+        form.addRow("model", self.model)
+        form.addRow("preset", self.preset)
+        form.addRow("output", out_row)
+        form.addRow("device", self.device)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(advanced)
+        lay.addWidget(self.run_button)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self.mode.currentIndexChanged.connect(lambda *_: self.model.set_task(f"isotropic-{self.mode.currentData()}"))
+        self.layer_combo.currentIndexChanged.connect(self._prefill)
+        self.run_button.clicked.connect(self._on_run_clicked)
+        self._load_settings()
+        self._prefill()
+
+    # -- options ---------------------------------------------------------------------------------
+
+    def options(self) -> IsotropicOptions:
+        return IsotropicOptions(
+            mode=self.mode.currentData(),
+            factor=self.factor.value(),
+            preset=self.preset.currentText(),
+            steps=self.steps.value(),
+            samples=self.samples.value(),
+            tile=self.tile.value(),
+            overlap=self.overlap.value(),
+            seed=self.seed.value(),
+            device=self.device.value(),
+            output=self.output.text().strip(),
+            uncertainty=self.uncertainty.isChecked(),
+        )
+
+    def set_options(self, opts: IsotropicOptions) -> None:
+        self.mode.setCurrentIndex(max(0, self.mode.findData(opts.mode)))
+        self.factor.setValue(opts.factor)
+        self.preset.setCurrentText(opts.preset)
+        self.steps.setValue(opts.steps)
+        self.samples.setValue(opts.samples)
+        self.tile.setValue(opts.tile)
+        self.overlap.setValue(opts.overlap)
+        self.seed.setValue(opts.seed)
+        self.device.set_value(opts.device)
+        self.output.setText(opts.output)
+        self.uncertainty.setChecked(opts.uncertainty)
+
+    def _load_settings(self) -> None:
+        saved = Settings().load(self.SETTINGS)
+        opts = IsotropicOptions.from_dict(saved.get("options", {}))
+        opts.output = ""  # a big store from last time is not today's default target
+        self.set_options(opts)
+        for p in saved.get("model_paths", []):
+            if isinstance(p, str) and Path(p).exists():
+                self.model.add_path(p)
+        if isinstance(saved.get("model"), str):
+            self.model.select(saved["model"])
+
+    def _save_settings(self) -> None:
+        Settings().save(
+            self.SETTINGS,
+            {"options": self.options().to_dict(), "model": self.model.value()[0], "model_paths": self.model.extra_paths},
+        )
+
+    def _prefill(self, *_: Any) -> None:
+        layer = self.layer_combo.layer()
+        if layer is None or layer.ndim != 3:
+            self.factor_hint.setText("")
+            return
+        factor = prefill_factor(tuple(layer.scale))
+        if factor is None:
+            z, y = float(layer.scale[-3]), float(layer.scale[-2])
+            self.factor_hint.setText(f"layer scale z/y = {z / y:.3g}: set the factor by hand")
+        else:
+            self.factor.setValue(factor)
+            self.factor_hint.setText(f"from the layer's scale (z/y = {factor})")
+
+    def _browse_output(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Write the isotropic volume to", "", "zarr store (*.zarr)")
+        if path:
+            self.output.setText(path if path.endswith(".zarr") else f"{path}.zarr")
+
+    # -- running ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    def _on_run_clicked(self) -> None:
+        if self._run is not None:
+            self.cancel()
+        else:
+            self.run()
+
+    def run(self) -> bool:
+        """Start the reconstruction; False (and a notification) if it cannot start."""
+        if self._run is not None:
+            return False
+        layer = self.layer_combo.layer()
+        try:
+            check_input_layer(layer, volume=True)
+            if layer_array(layer).shape[0] < 2:
+                raise InputError(f"layer '{layer.name}' has a single slice; isotropic reconstruction needs 2 or more")
+            opts = self.options()
+            kwargs = opts.engine_kwargs()
+        except EMDiffuseError as exc:
+            notify_error(str(exc))
+            return False
+        model, arch = self.model.value()
+        if arch is not None:  # a published checkpoint
+            kwargs["arch"] = arch
+        self._save_settings()
+        data = layer_array(layer)
+        scale, translate = layer_geometry(layer)
+        source = {"layer": layer, "name": layer.name, "scale": scale, "translate": translate, "units": layer_units(layer)}
+
+        def factory():
+            from ..engine.volume import reconstruct_isotropic_iter
+
+            return reconstruct_isotropic_iter(data, model=model, spacing=scale, **kwargs)
+
+        self._started = time.monotonic()
+        self.status.setText(f"reconstructing '{layer.name}' x{opts.factor}…")
+        self.device.set_used(None)
+        self.run_button.set_running(True)
+        self._run = EngineRun(
+            factory,
+            desc=f"EMDiffuse isotropic x{opts.factor}: {layer.name}",
+            stages=("sampling",),
+            on_result=lambda result: self._show(result, source, kwargs["out"]),
+            on_finished=self._finished,
+        ).start()
+        return True
+
+    def cancel(self) -> None:
+        if self._run is not None:
+            self._run.cancel()
+            self.run_button.set_cancelling()
+            self.status.setText("cancelling…")
+
+    def _show(self, result: Any, source: dict, out: Path | None) -> None:
+        factor = int(result.factor)
+        name, unc_name = isotropic_names(source["name"])
+        scale, translate = isotropic_geometry(source["scale"], source["translate"], factor)
+        geo = {"scale": scale, "translate": translate, "units": source["units"]}
+        protect = [source["layer"]]
+        outputs = []
+        if result.uncertainty is not None:
+            unc_out = None
+            if out is not None and not hasattr(result.uncertainty, "shape"):
+                unc_out = Path(result.uncertainty)
+            unc = upsert_image(
+                self.viewer, unc_name, lazy_volume(result.uncertainty, unc_out), protect=protect, colormap="magma", **geo
+            )
+            unc.visible = False
+            outputs.append(unc)
+        else:
+            remove_layer(self.viewer, unc_name, protect=protect)
+        vol = upsert_image(self.viewer, name, lazy_volume(result.volume, out), protect=protect, **geo)
+        outputs.insert(0, vol)
+        self.last_outputs = outputs
+        device = result.info.get("device") if isinstance(result.info, dict) else None
+        self.device.set_used(device)
+        where = f" -> {out}" if out is not None else ""
+        self.status.setText(f"'{vol.name}' {tuple(vol.data.shape)} in {time.monotonic() - self._started:.1f} s on {device}{where}")
+
+    def _finished(self, outcome: str) -> None:
+        self._run = None
+        self.run_button.set_running(False)
+        if outcome == "cancelled":
+            self.status.setText("cancelled: no output written")
+        elif outcome == "failed":
+            self.status.setText("failed: see the notification")
+        self.run_finished.emit(outcome)

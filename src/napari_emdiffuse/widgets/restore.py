@@ -1,0 +1,425 @@
+"""Restore dock widget: denoise or super-resolve an image layer with a diffusion model.
+
+The widget collects options and drives :func:`napari_emdiffuse.engine.restore.restore_iter`
+in a napari thread worker; the viewer stays responsive, a napari progress bar counts
+tiles x steps, and Run becomes Cancel while the worker runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+from superqt import QCollapsible
+
+from ..engine.errors import EMDiffuseError, InputError
+from ._common import (
+    DevicePicker,
+    EngineRun,
+    LayerCombo,
+    ModelPicker,
+    RunButton,
+    Settings,
+    layer_geometry,
+    notify_error,
+    remove_layer,
+    upsert_image,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["RestoreWidget", "RestoreOptions", "output_names", "output_geometry", "check_input_layer", "layer_array"]
+
+TASKS = ("denoise", "super-resolve")
+PRESETS = ("fast", "balanced", "reference")
+SAMPLERS = ("preset", "dpm++", "ddim", "ddpm")
+PRESET_TIPS = {
+    "fast": "10-step DPM-Solver++, one sample (no uncertainty)",
+    "balanced": "20 steps, 4 samples: mean and pixel-wise uncertainty",
+    "reference": "the published 1000-step DDPM, 2 samples (slow)",
+}
+UNCERTAINTY_COLORMAP = "magma"
+
+
+# ----------------------------------------------------------------------------------------------
+# plain logic
+
+
+@dataclass
+class RestoreOptions:
+    """The widget's options, as plain values (0 / -1 / "preset" mean "let the engine choose").
+
+    Attributes
+    ----------
+    task : {"denoise", "super-resolve"}
+    preset : {"fast", "balanced", "reference"}
+    steps, samples : int
+        0 takes the preset's value.
+    sampler : str
+        ``preset`` or one of ``dpm++``, ``ddim``, ``ddpm``.
+    tile : int
+        Tile edge in pixels; 0 takes the model card's (shrunk to fit GPU memory).
+    overlap : int
+        Tile overlap in pixels; -1 takes the model card's.
+    seed : int
+        Noise seed: the same seed gives the same result.
+    device : str
+        ``auto``, ``cpu``, ``cuda:N`` or ``mps``.
+    """
+
+    task: str = "denoise"
+    preset: str = "fast"
+    steps: int = 0
+    samples: int = 0
+    sampler: str = "preset"
+    tile: int = 0
+    overlap: int = -1
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> "RestoreOptions":
+        """Refuse impossible combinations before starting a worker."""
+        if self.task not in TASKS:
+            raise EMDiffuseError(f"unknown task {self.task!r}; choose denoise or super-resolve")
+        if self.preset not in PRESETS:
+            raise EMDiffuseError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.sampler not in SAMPLERS:
+            raise EMDiffuseError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS[1:])}")
+        if self.steps < 0 or self.samples < 0 or self.tile < 0 or self.overlap < -1 or self.seed < 0:
+            raise EMDiffuseError("steps, samples, tile, overlap and seed cannot be negative")
+        if self.tile and self.overlap >= self.tile:
+            raise EMDiffuseError(f"overlap {self.overlap} must be smaller than tile {self.tile}")
+        return self
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``restore_iter`` (besides image, task, model, arch, spacing)."""
+        self.validate()
+        return {
+            "preset": self.preset,
+            "steps": self.steps or None,
+            "samples": self.samples or None,
+            "sampler": None if self.sampler == "preset" else self.sampler,
+            "tile": self.tile or None,
+            "overlap": None if self.overlap < 0 else self.overlap,
+            "seed": self.seed,
+            "device": self.device,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RestoreOptions":
+        """Options from saved settings; unknown keys and wrongly typed values are dropped."""
+        defaults = cls()
+        kept = {}
+        for f in fields(cls):
+            v = values.get(f.name)
+            if v is not None and type(v) is type(getattr(defaults, f.name)):
+                kept[f.name] = v
+        try:
+            return cls(**kept).validate()
+        except EMDiffuseError:
+            return defaults
+
+
+def output_names(layer_name: str, task: str, scale: int = 1) -> tuple[str, str]:
+    """Names of the restored layer and of its uncertainty.
+
+    ``img`` -> ``img_denoised`` or ``img_sr2`` (x2 super-resolution), and
+    ``img_denoised_uncertainty`` / ``img_sr2_uncertainty``: the uncertainty is named after
+    its output so that denoising and super-resolving the same layer never overwrite each
+    other's uncertainty.
+    """
+    out = f"{layer_name}_denoised" if task == "denoise" else f"{layer_name}_sr{int(scale)}"
+    return out, f"{out}_uncertainty"
+
+
+def output_geometry(
+    scale: tuple[float, ...], translate: tuple[float, ...], factor: int = 1
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Scale and translate of an output layer magnified ``factor`` times in Y and X.
+
+    napari puts the centre of pixel ``i`` at ``translate + i * scale``, so input pixel ``i``
+    covers ``[t + (i - 1/2) S, t + (i + 1/2) S]``. Super-resolution splits it into ``factor``
+    pixels of size ``S / factor`` that cover the same interval (the bicubic, pixel-area
+    convention the model is trained with), the first one centred at
+    ``t - S/2 + S/(2 factor)``. Hence::
+
+        scale'     = S / factor
+        translate' = t + (1/factor - 1) / 2 * S       (x2: t - S/4)
+
+    so the output overlays the input exactly. Leading (Z) axes are unchanged.
+    """
+    scale = tuple(float(v) for v in scale)
+    translate = tuple(float(v) for v in translate)
+    if factor == 1:
+        return scale, translate
+    lead = len(scale) - 2
+    new_scale = scale[:lead] + tuple(s / factor for s in scale[lead:])
+    new_translate = translate[:lead] + tuple(
+        t + (1.0 / factor - 1.0) / 2.0 * s for t, s in zip(translate[lead:], scale[lead:])
+    )
+    return new_scale, new_translate
+
+
+def check_input_layer(layer: Any, *, volume: bool = False) -> None:
+    """Refuse layers the engine cannot take, with a one-line reason.
+
+    Parameters
+    ----------
+    layer : napari.layers.Image or None
+    volume : bool
+        Require a 3D (ZYX) volume (isotropic reconstruction).
+    """
+    if layer is None:
+        raise InputError("no image layer chosen: open an image (File > Open Sample > EMDiffuse) first")
+    if getattr(layer, "rgb", False):
+        raise InputError(
+            f"layer '{layer.name}' is an RGB colour image; EM models need grey scale "
+            "(convert it to grey scale, or load a single channel)"
+        )
+    ndim = layer.ndim
+    if volume and ndim != 3:
+        raise InputError(
+            f"layer '{layer.name}' has {ndim} dimensions; isotropic reconstruction needs a 3D (ZYX) volume"
+        )
+    if not volume and ndim not in (2, 3):
+        raise InputError(f"layer '{layer.name}' has {ndim} dimensions; pass a 2D image or a ZYX stack")
+
+
+def layer_array(layer: Any) -> Any:
+    """The pixels to process: the layer's array (numpy, dask or zarr, never copied), or the
+    full-resolution level of a multiscale layer."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def layer_units(layer: Any) -> tuple[str, ...] | None:
+    """The layer's axis units as strings (napari >= 0.6), or None."""
+    units = getattr(layer, "units", None)
+    return tuple(str(u) for u in units) if units is not None else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Qt
+
+
+def _spin(lo: int, hi: int, value: int, special: str | None = None, tip: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setValue(value)
+    if special:
+        box.setSpecialValueText(special)  # shown at the minimum value
+    box.setToolTip(tip)
+    return box
+
+
+class RestoreWidget(QWidget):
+    """Denoise or super-resolve an image layer (EMDiffuse-n / EMDiffuse-r).
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        Injected by napari.
+    """
+
+    #: Emitted when a run ends, with "done", "cancelled" or "failed".
+    run_finished = Signal(str)
+
+    SETTINGS = "restore"
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._run: EngineRun | None = None
+        self._started = 0.0
+        self.last_outputs: list[Any] = []
+
+        self.layer_combo = LayerCombo(napari_viewer)
+        self.layer_combo.setToolTip("Grey-scale image or ZYX stack (restored slice by slice); never modified")
+        self.task = QComboBox()
+        self.task.addItems(TASKS)
+        self.task.setToolTip("denoise: same size out; super-resolve: x2 (the model's scale) in Y and X")
+        self.model = ModelPicker("denoise")
+        self.preset = QComboBox()
+        for name in PRESETS:
+            self.preset.addItem(name)
+            self.preset.setItemData(self.preset.count() - 1, PRESET_TIPS[name], Qt.ToolTipRole)
+        self.preset.setToolTip("; ".join(f"{k}: {v}" for k, v in PRESET_TIPS.items()))
+
+        self.steps = _spin(0, 1000, 0, "preset", "Sampler steps (fewer: faster, blurrier)")
+        self.samples = _spin(0, 64, 0, "preset", "Samples averaged; 2 or more also give an uncertainty map")
+        self.sampler = QComboBox()
+        self.sampler.addItems(SAMPLERS)
+        self.sampler.setToolTip("dpm++: few steps; ddim: deterministic; ddpm: the published ancestral sampler")
+        self.tile = _spin(0, 4096, 0, "auto", "Tile edge in pixels (auto: the model's, shrunk to fit the GPU)")
+        self.overlap = _spin(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
+        self.seed = _spin(0, 2**31 - 1, 0, None, "Noise seed: the same seed gives the same result")
+        advanced = QCollapsible("Advanced")
+        adv_form = QWidget()
+        form2 = QFormLayout(adv_form)
+        form2.addRow("steps", self.steps)
+        form2.addRow("samples", self.samples)
+        form2.addRow("sampler", self.sampler)
+        form2.addRow("tile", self.tile)
+        form2.addRow("overlap", self.overlap)
+        form2.addRow("seed", self.seed)
+        advanced.addWidget(adv_form)
+        self.advanced = advanced
+
+        self.device = DevicePicker()
+        self.run_button = RunButton()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.layer_combo)
+        form.addRow("task", self.task)
+        form.addRow("model", self.model)
+        form.addRow("preset", self.preset)
+        form.addRow("device", self.device)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(advanced)
+        lay.addWidget(self.run_button)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self.task.currentTextChanged.connect(self.model.set_task)
+        self.run_button.clicked.connect(self._on_run_clicked)
+        self._load_settings()
+
+    # -- options ---------------------------------------------------------------------------------
+
+    def options(self) -> RestoreOptions:
+        return RestoreOptions(
+            task=self.task.currentText(),
+            preset=self.preset.currentText(),
+            steps=self.steps.value(),
+            samples=self.samples.value(),
+            sampler=self.sampler.currentText(),
+            tile=self.tile.value(),
+            overlap=self.overlap.value(),
+            seed=self.seed.value(),
+            device=self.device.value(),
+        )
+
+    def set_options(self, opts: RestoreOptions) -> None:
+        self.task.setCurrentText(opts.task)
+        self.preset.setCurrentText(opts.preset)
+        self.steps.setValue(opts.steps)
+        self.samples.setValue(opts.samples)
+        self.sampler.setCurrentText(opts.sampler)
+        self.tile.setValue(opts.tile)
+        self.overlap.setValue(opts.overlap)
+        self.seed.setValue(opts.seed)
+        self.device.set_value(opts.device)
+
+    def _load_settings(self) -> None:
+        saved = Settings().load(self.SETTINGS)
+        self.set_options(RestoreOptions.from_dict(saved.get("options", {})))
+        for p in saved.get("model_paths", []):
+            if isinstance(p, str):
+                from pathlib import Path
+
+                if Path(p).exists():
+                    self.model.add_path(p)
+        if isinstance(saved.get("model"), str):
+            self.model.select(saved["model"])
+
+    def _save_settings(self) -> None:
+        Settings().save(
+            self.SETTINGS,
+            {"options": self.options().to_dict(), "model": self.model.value()[0], "model_paths": self.model.extra_paths},
+        )
+
+    # -- running ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    def _on_run_clicked(self) -> None:
+        if self._run is not None:
+            self.cancel()
+        else:
+            self.run()
+
+    def run(self) -> bool:
+        """Start restoring the chosen layer; False (and a notification) if it cannot start."""
+        if self._run is not None:
+            return False
+        layer = self.layer_combo.layer()
+        try:
+            check_input_layer(layer)
+            opts = self.options()
+            kwargs = opts.engine_kwargs()
+        except EMDiffuseError as exc:
+            notify_error(str(exc))
+            return False
+        model, arch = self.model.value()
+        self._save_settings()
+        data = layer_array(layer)
+        scale, translate = layer_geometry(layer)
+        # Captured now: the input layer may be renamed or removed while the worker runs.
+        source = {"layer": layer, "name": layer.name, "scale": scale, "translate": translate, "units": layer_units(layer)}
+
+        def factory():
+            from ..engine.restore import restore_iter
+
+            return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)
+
+        self._started = time.monotonic()
+        self.status.setText(f"restoring '{layer.name}'…")
+        self.device.set_used(None)
+        self.run_button.set_running(True)
+        self._run = EngineRun(
+            factory,
+            desc=f"EMDiffuse {opts.task}: {layer.name}",
+            on_result=lambda result: self._show(result, source, opts.task),
+            on_finished=self._finished,
+        ).start()
+        return True
+
+    def cancel(self) -> None:
+        """Stop at the next tile batch; no output layer is added."""
+        if self._run is not None:
+            self._run.cancel()
+            self.run_button.set_cancelling()
+            self.status.setText("cancelling…")
+
+    def _show(self, result: Any, source: dict, task: str) -> None:
+        mean_name, unc_name = output_names(source["name"], task, result.scale)
+        scale, translate = output_geometry(source["scale"], source["translate"], result.scale)
+        protect = [source["layer"]]
+        geo = {"scale": scale, "translate": translate, "units": source["units"]}
+        outputs = []
+        if result.uncertainty is not None:
+            # Hidden below the mean: it is there to be toggled on, not to cover the result.
+            unc = upsert_image(self.viewer, unc_name, result.uncertainty, protect=protect, colormap=UNCERTAINTY_COLORMAP, **geo)
+            unc.visible = False
+            outputs.append(unc)
+        else:
+            remove_layer(self.viewer, unc_name, protect=protect)  # stale: from an earlier run
+        mean = upsert_image(self.viewer, mean_name, result.mean, protect=protect, **geo)
+        outputs.insert(0, mean)
+        self.last_outputs = outputs
+        device = result.info.get("device")
+        self.device.set_used(device)
+        self.status.setText(
+            f"'{mean.name}' in {time.monotonic() - self._started:.1f} s on {device}"
+            f" ({result.info.get('steps')} steps, {result.info.get('samples')} sample(s))"
+        )
+
+    def _finished(self, outcome: str) -> None:
+        self._run = None
+        self.run_button.set_running(False)
+        if outcome == "cancelled":
+            self.status.setText("cancelled: no output written")
+        elif outcome == "failed":
+            self.status.setText("failed: see the notification")
+        self.run_finished.emit(outcome)

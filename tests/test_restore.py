@@ -1,0 +1,217 @@
+"""2D restoration: shapes, dtypes, determinism, seams, streaming, bad input."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
+from napari_emdiffuse.engine.events import Progress
+from napari_emdiffuse.engine.restore import Restoration, restore, restore_iter, restore_to_zarr
+
+from .conftest import make_tiny
+
+FAST = dict(steps=2, tile=32, overlap=8, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny("denoise")
+
+
+@pytest.fixture(scope="module")
+def sr_model():
+    return make_tiny("super-resolve")
+
+
+def _img(shape, dtype=np.uint8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random(shape)
+    if np.dtype(dtype).kind in "ui":
+        return (x * min(np.iinfo(dtype).max, 4000)).astype(dtype)
+    return (x * 3 - 1).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (40, 70)])
+def test_output_shape_and_dtype_follow_input(model, dtype, shape):
+    img = _img(shape, dtype)
+    before = img.copy()
+    r = restore(img, "denoise", model, **FAST)
+    assert isinstance(r, Restoration)
+    assert r.mean.shape == shape and r.mean.dtype == dtype
+    assert np.isfinite(r.mean.astype(np.float64)).all()
+    assert np.array_equal(img, before)  # input untouched
+
+
+def test_real_em_image_restores_within_input_range(model, em_image):
+    r = restore(em_image[:96, :80], "denoise", model, **FAST)
+    assert r.mean.shape == (96, 80) and r.mean.dtype == np.uint8
+    assert r.normalisation["mode"] == "percentile"
+
+
+def test_stack_is_restored_slice_by_slice(model):
+    stack = _img((3, 24, 40))
+    r = restore(stack, "denoise", model, **FAST)
+    assert r.mean.shape == (3, 24, 40)
+    single = restore(stack[1], "denoise", model, **FAST).mean
+    # slice 1 of the stack uses the stack's normalisation and noise stream z=1, so it differs
+    # from a lone restore, but both are valid images of the same size
+    assert single.shape == r.mean[1].shape
+
+
+def test_samples_give_uncertainty_in_input_units(model):
+    img = _img((40, 40))
+    r = restore(img, "denoise", model, samples=3, **FAST)
+    assert r.uncertainty is not None and r.uncertainty.shape == (40, 40) and r.uncertainty.dtype == np.float32
+    assert (r.uncertainty >= 0).all() and r.uncertainty.max() > 0
+    assert restore(img, "denoise", model, samples=1, **FAST).uncertainty is None
+
+
+def test_result_independent_of_batch_size_and_tile_order(model):
+    img = _img((70, 90))
+    a = restore(img, "denoise", model, steps=2, tile=32, overlap=8, batch=1, device="cpu").mean
+    b = restore(img, "denoise", model, steps=2, tile=32, overlap=8, batch=5, device="cpu").mean
+    assert np.array_equal(a, b)
+
+
+def test_seed_changes_sample_and_is_reproducible(model):
+    img = _img((40, 40))
+    a = restore(img, "denoise", model, seed=1, **FAST).mean
+    b = restore(img, "denoise", model, seed=1, **FAST).mean
+    c = restore(img, "denoise", model, seed=2, **FAST).mean
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_super_resolution_doubles_size_and_halves_spacing(sr_model):
+    img = _img((20, 30), np.uint16)
+    r = restore(img, "super-resolve", sr_model, spacing=(8.0, 8.0), **FAST)
+    assert r.mean.shape == (40, 60) and r.mean.dtype == np.uint16
+    assert r.scale == 2 and r.spacing == (4.0, 4.0)
+
+
+def test_progress_events_count_tiles_and_steps(model):
+    events = list(restore_iter(_img((50, 50)), "denoise", model, **FAST))
+    assert isinstance(events[-1], Restoration)
+    prog = [e for e in events if isinstance(e, Progress) and e.stage == "sampling"]
+    assert prog[-1].done == prog[-1].total and prog[0].total == prog[-1].total
+    assert [e.done for e in prog] == sorted(e.done for e in prog)
+    assert any(isinstance(e, Progress) and e.stage == "step" for e in events)
+
+
+def test_closing_the_generator_cancels(model):
+    gen = restore_iter(_img((64, 64)), "denoise", model, steps=50, tile=32, overlap=8, device="cpu")
+    for i, ev in enumerate(gen):
+        if i == 3:
+            break
+    gen.close()  # no exception, nothing left running
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_dask_and_zarr_inputs(model, tmp_path):
+    img = _img((48, 48))
+    ref = restore(img, "denoise", model, **FAST).mean
+    assert np.array_equal(restore(da.from_array(img, chunks=16), "denoise", model, **FAST).mean, ref)
+    z = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=img.shape, dtype=img.dtype, chunks=(16, 16))
+    z[:] = img
+    assert np.array_equal(restore(z, "denoise", model, **FAST).mean, ref)
+
+
+def test_restore_to_zarr_streams_blocks_and_marks_completion(model, tmp_path):
+    from napari_emdiffuse.engine.io import is_complete
+
+    img = _img((2, 80, 72))
+    out = tmp_path / "out.zarr"
+    restore_to_zarr(da.from_array(img, chunks=(1, 40, 40)), out, "denoise", model, block=40, **FAST)
+    assert is_complete(out)
+    res = zarr.open_array(str(out), mode="r")
+    assert res.shape == img.shape and res.dtype == img.dtype
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_restore_to_zarr_cancel_leaves_nothing(model, tmp_path):
+    out = tmp_path / "out.zarr"
+    from napari_emdiffuse.engine.restore import restore_to_zarr_iter
+
+    gen = restore_to_zarr_iter(_img((80, 80)), out, "denoise", model, block=40, **FAST)
+    for i, _ in enumerate(gen):
+        if i == 2:
+            break
+    gen.close()
+    assert not out.exists() and not list(tmp_path.glob("*partial*"))
+
+
+@pytest.mark.parametrize(
+    "image,match",
+    [
+        (np.zeros((0, 5), np.uint8), "empty"),
+        (np.full((8, 8), np.nan), "NaN"),
+        (np.array([[1.0, np.inf], [0, 1]]), "NaN/Inf"),
+        (np.zeros((16, 16, 3), np.uint8), "RGB"),
+        (np.zeros((2, 2, 4, 4, 4), np.uint8), "dimensions"),
+        (np.zeros((4, 4), np.complex64), "complex"),
+        (np.array(["a", "b"]), "dtype"),
+    ],
+)
+def test_bad_images_get_one_line_errors(model, image, match):
+    with pytest.raises(InputError, match=match) as info:
+        restore(image, "denoise", model, **FAST)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "opts,match",
+    [({"tile": 0}, "tile"), ({"tile": 32, "overlap": 32}, "overlap"), ({"tile": -5}, "tile"),
+     ({"steps": 0}, "steps"), ({"preset": "slow"}, "preset"), ({"sampler": "euler"}, "sampler"),
+     ({"device": "gpu9"}, "device")],
+)
+def test_bad_options_get_one_line_errors(model, opts, match):
+    kw = {**FAST, **opts}
+    with pytest.raises(EMDiffuseError, match=match):
+        restore(_img((16, 16)), "denoise", model, **kw)
+
+
+def test_model_for_another_task_is_refused(sr_model):
+    with pytest.raises(EMDiffuseError, match="made for super-resolve"):
+        restore(_img((16, 16)), "denoise", sr_model, **FAST)
+
+
+def test_constant_image_stays_finite_and_constant(model):
+    img = np.full((20, 20), 77, np.uint8)
+    r = restore(img, "denoise", model, **FAST)
+    assert r.mean.dtype == np.uint8 and np.isfinite(r.mean).all()
+
+
+class _LocalNet(torch.nn.Module):
+    """A 'UNet' with a 5x5 receptive field: its whole-image output is known exactly."""
+
+    out_channel, slice_embedding, aleatoric = 1, False, False
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Conv2d(2, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 1, 3, padding=1)
+
+    def forward(self, x, level):
+        return self.b(torch.tanh(self.a(x))) * (1 + level.view(-1, 1, 1, 1))
+
+
+def test_per_step_merging_makes_tilings_agree():
+    """With a local network, different tilings give the same image: no seams, no bands."""
+    from scipy.ndimage import gaussian_filter
+
+    m = make_tiny("denoise")
+    m.module.denoise_fn = _LocalNet().eval()
+    yy, xx = np.mgrid[:80, :80]
+    img = (np.sin(yy / 9.0) * np.cos(xx / 13.0) + 0.3 * _img((80, 80), np.float32, seed=3)).astype(np.float32)
+    a = restore(img, "denoise", m, steps=3, tile=32, overlap=8, device="cpu").mean
+    b = restore(img, "denoise", m, steps=3, tile=48, overlap=8, device="cpu").mean
+    coarse = np.abs(gaussian_filter(a - b, 8)).max() / (gaussian_filter(img, 8).std() + 1e-9)
+    assert coarse < 0.01
+    # a random network saturates at +-1, so a few pixels on its decision edges may flip
+    assert (np.abs(a - b) > 1e-3).mean() < 0.05
