@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emdiffuse`` command; returns the exit status."""
     from .engine.errors import EMDiffuseError
 
-    logging.basicConfig(level=os.environ.get("EMDIFFUSE_LOG", "WARNING"))
+    logging.basicConfig(level=os.environ.get("EMDIFFUSE_LOG", "ERROR"))
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)

@@ -205,12 +205,13 @@ def simulate_noise(
 def validation_band(height: int, val_fraction: float, crop: int, multiple: int, *, minimum: int = 0) -> int:
     """Rows at the bottom of an image kept for validation (0 when ``val_fraction`` is 0).
 
-    At least ``val_fraction`` of the height, at least one validation crop (up to 32 rows)
-    and ``minimum`` rows, rounded up to the network's size multiple.
+    At least ``val_fraction`` of the height, at least 16 rows (enough for SSIM's window)
+    unless the crop is smaller, and ``minimum`` rows, rounded up to the network's size
+    multiple.
     """
     if val_fraction <= 0:
         return 0
-    band = max(math.ceil(val_fraction * height), min(crop, 32), minimum)
+    band = max(math.ceil(val_fraction * height), min(crop, 16), minimum)
     return int(math.ceil(band / multiple) * multiple)
 
 

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BROWSE",
+    "MIN_WIDTH",
     "CANCELLED",
     "ModelChoice",
     "Settings",
@@ -74,6 +75,7 @@ __all__ = [
 logger = logging.getLogger("napari_emdiffuse.widgets")
 
 BROWSE = "Browse…"
+MIN_WIDTH = 340  # dock width at which labels, model names and the dock title fit
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 
 

@@ -37,6 +37,7 @@ from superqt import QCollapsible
 
 from ..engine.errors import EMDiffuseError, InputError
 from ._common import (
+    MIN_WIDTH,
     DevicePicker,
     LayerCombo,
     ModelPicker,
@@ -49,6 +50,7 @@ from ._common import (
     notify_models_changed,
     upsert_image,
 )
+from .isotropic import prefill_factor
 from .restore import check_input_layer, layer_array
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,6 +102,8 @@ class FinetuneOptions:
         Share of the image held out for validation (its PSNR/SSIM and preview).
     freeze_encoder : bool
         Train only the decoder (less data needed, less forgetting).
+    factor : int
+        Isotropic tasks: slices per gap (z / xy spacing); 0 keeps the base model's.
     output : str
         Where the model is saved; empty: a new folder under the user model directory.
     """
@@ -113,6 +117,7 @@ class FinetuneOptions:
     seed: int = 0
     device: str = "auto"
     freeze_encoder: bool = False
+    factor: int = 0
     output: str = ""
 
     @property
@@ -131,6 +136,8 @@ class FinetuneOptions:
         parse_lr(str(self.lr))
         if not 0 <= self.val_fraction < 0.9:
             raise EMDiffuseError(f"validation fraction must be in [0, 0.9), got {self.val_fraction}")
+        if self.factor and not 2 <= self.factor <= 16:
+            raise EMDiffuseError(f"factor must be between 2 and 16, got {self.factor}")
         if self.output and Path(self.output).expanduser().is_file():
             raise EMDiffuseError(f"output '{self.output}' is a file; give a folder for the model")
         return self
@@ -139,7 +146,8 @@ class FinetuneOptions:
         """Keyword arguments of ``finetune_iter`` (besides task, input, target, base)."""
         self.validate()
         out = Path(self.output).expanduser() if self.output else default_output(self.task, now)
-        return {
+        kw: dict[str, Any] = {"factor": self.factor or None} if not self.needs_target else {}
+        return kw | {
             "out": out,
             "iterations": self.iterations,
             "patch": self.patch,
@@ -171,10 +179,12 @@ class FinetuneOptions:
 
 @dataclass
 class LossHistory:
-    """Train and validation losses as they arrive (iteration, value)."""
+    """What the live plot shows, as events arrive: training loss per iteration, validation
+    loss when the engine reports one, and validation PSNR (the engine's validation metric)."""
 
     train: list[tuple[int, float]] = field(default_factory=list)
     val: list[tuple[int, float]] = field(default_factory=list)
+    psnr: list[tuple[int, float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
 
     def add(self, event: dict[str, Any]) -> bool:
@@ -185,35 +195,33 @@ class LossHistory:
         if stage == "training" and loss is not None and math.isfinite(loss):
             self.train.append((int(event.get("done", len(self.train) + 1)), float(loss)))
             return True
-        if stage == "validation":
-            self.metrics = dict(metrics)
-            value = loss if loss is not None else metrics.get("loss", metrics.get("val_loss"))
-            if value is not None and math.isfinite(value):
-                it = self.train[-1][0] if self.train else int(event.get("done", 0))
-                self.val.append((it, float(value)))
-                return True
-        return False
+        if stage != "validation":
+            return False
+        self.metrics = dict(metrics)
+        it = int(event.get("done") or (self.train[-1][0] if self.train else 0))
+        changed = False
+        value = loss if loss is not None else metrics.get("loss", metrics.get("val_loss"))
+        if value is not None and math.isfinite(value):
+            self.val.append((it, float(value)))
+            changed = True
+        if "psnr" in metrics and math.isfinite(metrics["psnr"]):
+            self.psnr.append((it, float(metrics["psnr"])))
+            changed = True
+        return changed
 
     def clear(self) -> None:
         self.train.clear()
         self.val.clear()
+        self.psnr.clear()
         self.metrics = {}
 
     def bounds(self) -> tuple[float, float, float, float] | None:
-        """(x0, x1, y0, y1) covering both series, never degenerate; None when empty."""
-        pts = self.train + self.val
-        if not pts:
-            return None
-        xs = [p[0] for p in pts]
-        ys = [p[1] for p in pts]
-        x0, x1 = min(xs), max(xs)
-        y0, y1 = min(ys), max(ys)
-        if x1 == x0:
-            x1 = x0 + 1
-        if y1 == y0:
-            pad = abs(y0) * 0.1 or 1.0
-            y0, y1 = y0 - pad, y1 + pad
-        return float(x0), float(x1), float(y0), float(y1)
+        """(x0, x1, y0, y1) of the losses (train and validation); None when there are none."""
+        return _bounds(self.train + self.val, self.train + self.val + self.psnr)
+
+    def psnr_bounds(self) -> tuple[float, float, float, float] | None:
+        """(x0, x1, y0, y1) for the PSNR axis, sharing the iteration axis with the losses."""
+        return _bounds(self.psnr, self.train + self.val + self.psnr)
 
     def summary(self) -> str:
         """One line: last train loss, last validation loss and metrics."""
@@ -223,16 +231,31 @@ class LossHistory:
         if self.val:
             parts.append(f"val loss {self.val[-1][1]:.4g}")
         if "psnr" in self.metrics:
-            parts.append(f"PSNR {self.metrics['psnr']:.2f} dB")
+            parts.append(f"val PSNR {self.metrics['psnr']:.2f} dB")
         if "ssim" in self.metrics:
             parts.append(f"SSIM {self.metrics['ssim']:.3f}")
         return ", ".join(parts)
 
 
+def _bounds(
+    points: list[tuple[int, float]], x_points: list[tuple[int, float]]
+) -> tuple[float, float, float, float] | None:
+    if not points:
+        return None
+    x0, x1 = min(p[0] for p in x_points), max(p[0] for p in x_points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        pad = abs(y0) * 0.1 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
+    return float(x0), float(x1), float(y0), float(y1)
+
+
 def to_canvas(
     points: list[tuple[int, float]], bounds: tuple[float, float, float, float], rect: tuple[float, float, float, float]
 ) -> list[tuple[float, float]]:
-    """Map (iteration, loss) points into a pixel rectangle (left, top, width, height); y up."""
+    """Map (iteration, value) points into a pixel rectangle (left, top, width, height); y up."""
     x0, x1, y0, y1 = bounds
     left, top, width, height = rect
     return [
@@ -245,52 +268,71 @@ def to_canvas(
 
 
 class LossPlot(QWidget):
-    """A small live plot of train (blue line) and validation (orange dots) loss.
+    """A small live plot: training loss (blue line, left axis), validation loss (orange
+    line) and validation PSNR (green dots, right axis, dB).
 
     QPainter only: no plotting library needed.
     """
 
     TRAIN = QColor(70, 150, 230)
     VAL = QColor(255, 150, 40)
+    PSNR = QColor(90, 200, 110)
 
     def __init__(self, history: LossHistory, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.history = history
-        self.setMinimumHeight(130)
+        self.setMinimumHeight(140)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
-        self.setToolTip("Training loss (blue) and validation loss (orange) per iteration")
+        self.setToolTip("Training loss (blue), validation loss (orange), validation PSNR in dB (green, right axis)")
+
+    def _series(self, p: QPainter, pts: list[tuple[float, float]], color: QColor, *, line: bool, dots: bool) -> None:
+        p.setPen(QPen(color, 1.5))
+        if line and len(pts) > 1:
+            p.drawPolyline(QPolygonF([QPointF(x, y) for x, y in pts]))
+        if dots:
+            p.setBrush(color)
+            for x, y in pts:
+                p.drawEllipse(QPointF(x, y), 2.5, 2.5)
 
     def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
         p = QPainter(self)
         p.setRenderHint(QPainter.Antialiasing)
         fg = self.palette().windowText().color()
         w, h = self.width(), self.height()
-        left, top, right, bottom = 46.0, 8.0, 8.0, 20.0
+        left, top, right, bottom = 46.0, 8.0, 40.0, 34.0
         rect = (left, top, max(1.0, w - left - right), max(1.0, h - top - bottom))
+        box = QRectF(*rect)
         p.setPen(QPen(fg, 1))
-        p.drawRect(QRectF(*rect))
-        bounds = self.history.bounds()
-        if bounds is None:
-            p.drawText(QRectF(*rect), Qt.AlignCenter, "loss appears here while training")
+        p.drawRect(box)
+        hist = self.history
+        loss_b, psnr_b = hist.bounds(), hist.psnr_bounds()
+        if loss_b is None and psnr_b is None:
+            p.drawText(box, Qt.AlignCenter, "loss appears here while training")
             p.end()
             return
-        x0, x1, y0, y1 = bounds
-        p.drawText(QRectF(0, top - 6, left - 4, 14), Qt.AlignRight, f"{y1:.3g}")
-        p.drawText(QRectF(0, top + rect[3] - 8, left - 4, 14), Qt.AlignRight, f"{y0:.3g}")
-        p.drawText(QRectF(left, top + rect[3] + 2, 60, 14), Qt.AlignLeft, f"{x0:g}")
-        p.drawText(QRectF(left + rect[2] - 80, top + rect[3] + 2, 80, 14), Qt.AlignRight, f"iter {x1:g}")
-        if len(self.history.train) > 1:
-            p.setPen(QPen(self.TRAIN, 1.5))
-            pts = to_canvas(self.history.train, bounds, rect)
-            p.drawPolyline(QPolygonF([QPointF(x, y) for x, y in pts]))
-        if self.history.val:
-            p.setPen(QPen(self.VAL, 1.5))
-            p.setBrush(self.VAL)
-            pts = to_canvas(self.history.val, bounds, rect)
-            if len(pts) > 1:
-                p.drawPolyline(QPolygonF([QPointF(x, y) for x, y in pts]))
-            for x, y in pts:
-                p.drawEllipse(QPointF(x, y), 2.5, 2.5)
+        xb = loss_b or psnr_b
+        p.drawText(QRectF(left, top + rect[3] + 2, 60, 14), Qt.AlignLeft, f"{xb[0]:g}")
+        p.drawText(QRectF(left + rect[2] - 80, top + rect[3] + 2, 80, 14), Qt.AlignRight, f"iter {xb[1]:g}")
+        if loss_b is not None:
+            p.drawText(QRectF(0, top - 6, left - 4, 14), Qt.AlignRight, f"{loss_b[3]:.3g}")
+            p.drawText(QRectF(0, top + rect[3] - 8, left - 4, 14), Qt.AlignRight, f"{loss_b[2]:.3g}")
+            self._series(p, to_canvas(hist.train, loss_b, rect), self.TRAIN, line=True, dots=len(hist.train) == 1)
+            self._series(p, to_canvas(hist.val, loss_b, rect), self.VAL, line=True, dots=True)
+        if psnr_b is not None:
+            p.setPen(QPen(self.PSNR, 1))
+            p.drawText(QRectF(w - right + 3, top - 6, right - 3, 14), Qt.AlignLeft, f"{psnr_b[3]:.3g}")
+            p.drawText(QRectF(w - right + 3, top + rect[3] - 8, right - 3, 14), Qt.AlignLeft, f"{psnr_b[2]:.3g}")
+            self._series(p, to_canvas(hist.psnr, psnr_b, rect), self.PSNR, line=True, dots=True)
+        # legend
+        x = left
+        for text, color in (("train loss", self.TRAIN), ("val loss", self.VAL), ("val PSNR (dB)", self.PSNR)):
+            if text == "val loss" and not hist.val:
+                continue
+            p.setPen(QPen(color, 3))
+            p.drawLine(QPointF(x, h - 8), QPointF(x + 12, h - 8))
+            p.setPen(QPen(fg, 1))
+            p.drawText(QRectF(x + 15, h - 15, 90, 14), Qt.AlignLeft, text)
+            x += 20 + p.fontMetrics().horizontalAdvance(text)
         p.end()
 
 
@@ -346,6 +388,9 @@ class FinetuneWidget(QWidget):
         self.val_fraction.setValue(0.1)
         self.val_fraction.setToolTip("Share of the image held out for validation (PSNR/SSIM, preview)")
         self.seed = _spin(0, 2**31 - 1, 0, "Random seed (patch sampling, initial noise)")
+        self.factor = _spin(0, 16, 0, "Isotropic tasks: slices per gap, z / xy spacing (model's: the base model's)")
+        self.factor.setSpecialValueText("model's")
+        self.factor_label = QLabel("factor")
         self.freeze = QCheckBox("freeze encoder")
         self.freeze.setToolTip("Train only the decoder: fewer data needed, less forgetting")
         advanced = QCollapsible("Advanced")
@@ -380,6 +425,7 @@ class FinetuneWidget(QWidget):
         form.addRow("task", self.task)
         form.addRow("input", self.input_combo)
         form.addRow(self.target_label, self.target_combo)
+        form.addRow(self.factor_label, self.factor)
         form.addRow("base model", self.base)
         form.addRow("iterations", self.iterations)
         form.addRow("patch", self.patch)
@@ -387,6 +433,7 @@ class FinetuneWidget(QWidget):
         form.addRow("device", self.device)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
+        self.setMinimumWidth(MIN_WIDTH)
         lay.addWidget(advanced)
         lay.addWidget(self.run_button)
         lay.addWidget(self.plot)
@@ -397,6 +444,7 @@ class FinetuneWidget(QWidget):
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
         self.task.currentTextChanged.connect(self._task_changed)
+        self.input_combo.currentIndexChanged.connect(self._prefill_factor)
         self.run_button.clicked.connect(self._on_run_clicked)
         self._load_settings()
         self._task_changed(self.task.currentText())
@@ -415,6 +463,7 @@ class FinetuneWidget(QWidget):
             seed=self.seed.value(),
             device=self.device.value(),
             freeze_encoder=self.freeze.isChecked(),
+            factor=self.factor.value(),
             output=self.output.text().strip(),
         )
 
@@ -428,6 +477,7 @@ class FinetuneWidget(QWidget):
         self.seed.setValue(opts.seed)
         self.device.set_value(opts.device)
         self.freeze.setChecked(opts.freeze_encoder)
+        self.factor.setValue(opts.factor)
         self.output.setText(opts.output)
 
     def _load_settings(self) -> None:
@@ -443,9 +493,19 @@ class FinetuneWidget(QWidget):
         paired = not task.startswith("isotropic")
         self.target_combo.setEnabled(paired)
         self.target_label.setEnabled(paired)
+        self.factor.setEnabled(not paired)
+        self.factor_label.setEnabled(not paired)
+        self._prefill_factor()
         self.input_combo.setToolTip(
             "Degraded image (noisy / low resolution)" if paired else "Anisotropic ZYX volume (trained on itself)"
         )
+
+    def _prefill_factor(self, *_: Any) -> None:
+        layer = self.input_combo.layer()
+        if self.task.currentText().startswith("isotropic") and layer is not None and layer.ndim == 3:
+            factor = prefill_factor(tuple(layer.scale))
+            if factor is not None:
+                self.factor.setValue(factor)
 
     def _browse_output(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Save the fine-tuned model in")

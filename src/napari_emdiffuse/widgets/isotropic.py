@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -31,6 +31,7 @@ from superqt import QCollapsible
 
 from ..engine.errors import EMDiffuseError, InputError
 from ._common import (
+    MIN_WIDTH,
     DevicePicker,
     EngineRun,
     LayerCombo,
@@ -56,7 +57,11 @@ __all__ = [
     "check_zarr_output",
 ]
 
-MODES = {"i": "i: interpolate between slices (vEMDiffuse-i)", "a": "a: learned from lateral planes (vEMDiffuse-a)"}
+MODES = {"i": "-i: interpolate (vEMDiffuse-i)", "a": "-a: from lateral planes (vEMDiffuse-a)"}
+MODE_TIPS = {
+    "i": "A model trained on isotropic data learns to fill in slices between pairs",
+    "a": "No isotropic training data: the model learns from the volume's own lateral (XY) planes",
+}
 MAX_FACTOR = 16
 
 
@@ -262,6 +267,8 @@ class IsotropicWidget(QWidget):
         self.mode = QComboBox()
         for key, text in MODES.items():
             self.mode.addItem(text, key)
+            self.mode.setItemData(self.mode.count() - 1, MODE_TIPS[key], Qt.ToolTipRole)
+        self.mode.setToolTip("\n".join(f"{MODES[k]}: {MODE_TIPS[k]}" for k in MODES))
         self.factor = _spin(2, MAX_FACTOR, 4, None, "New slices per gap: z spacing / xy spacing (filled from the layer's scale)")
         self.factor_hint = QLabel("")
         self.factor_hint.setWordWrap(True)
@@ -314,6 +321,7 @@ class IsotropicWidget(QWidget):
         form.addRow("device", self.device)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
+        self.setMinimumWidth(MIN_WIDTH)
         lay.addWidget(advanced)
         lay.addWidget(self.run_button)
         lay.addWidget(self.status)

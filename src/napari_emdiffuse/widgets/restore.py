@@ -17,6 +17,7 @@ from superqt import QCollapsible
 
 from ..engine.errors import EMDiffuseError, InputError
 from ._common import (
+    MIN_WIDTH,
     DevicePicker,
     EngineRun,
     LayerCombo,
@@ -284,6 +285,7 @@ class RestoreWidget(QWidget):
         form.addRow("device", self.device)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
+        self.setMinimumWidth(MIN_WIDTH)
         lay.addWidget(advanced)
         lay.addWidget(self.run_button)
         lay.addWidget(self.status)

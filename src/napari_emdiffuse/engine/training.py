@@ -1,0 +1,1109 @@
+"""Training and fine-tuning of EMDiffuse / vEMDiffuse models.
+
+A run is described by a :class:`TrainConfig` (a YAML recipe or keyword arguments) and driven
+by :class:`Trainer`, a template method whose hooks (:meth:`~Trainer.setup`,
+:meth:`~Trainer.train_step`, :meth:`~Trainer.validate`, :meth:`~Trainer.save_checkpoint`,
+:meth:`~Trainer.log`) are shared by 2D and volume tasks: what differs is only the data set
+(:mod:`.datasets`). :func:`train_iter` and :func:`finetune_iter` are generators of
+:class:`~.events.Progress` events that end by yielding the saved model directory; closing
+them stops training and still leaves a usable model.
+
+Files of a run with ``out=<dir>/<name>``:
+
+* ``<dir>/<name>/``: the model directory (``model.yaml``, ``weights.safetensors`` holding
+  the EMA weights, ``config.yaml`` the recipe), written atomically at the end or on stop,
+  and registered so that it shows up in every model list.
+* ``<dir>/.<name>.train/checkpoint.pt`` (or ``checkpoint_dir``): everything needed to
+  resume exactly: raw weights, optimiser, LR scheduler, EMA, iteration and every random
+  generator state (torch, numpy, python, the data sampler's), written every
+  ``checkpoint_every`` iterations, at the end and on stop, atomically (temporary file, then
+  ``os.replace``). It holds only tensors, numbers and strings, so it loads with
+  ``torch.load(weights_only=True)``.
+
+Launched by ``torchrun`` (``WORLD_SIZE > 1``) the same code trains with
+DistributedDataParallel: each rank draws different crops, gradients are averaged, and only
+rank 0 validates and writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import tempfile
+import warnings
+from collections.abc import Generator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config import TASKS, ModelCard, Normalisation, UNetConfig
+from .datasets import (
+    Batch,
+    IsotropicData,
+    MixedData,
+    SimulatedNoiseData,
+    TrainingData,
+    check_image,
+    pair_data,
+    sr_data,
+)
+from .errors import EMDiffuseError, InputError
+from .events import Progress
+
+__all__ = [
+    "ImageSource",
+    "TrainConfig",
+    "Trainer",
+    "train_iter",
+    "train",
+    "finetune_iter",
+    "finetune",
+    "checkpoint_path",
+    "SMALL_NETWORK",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "napari-emdiffuse-train/1"
+
+# Network of models trained from scratch unless the recipe says otherwise: ~3 M parameters,
+# trainable on a laptop CPU, far smaller than the published 15.7 M.
+SMALL_NETWORK: dict[str, Any] = {
+    "inner_channel": 32,
+    "channel_mults": [1, 2, 4],
+    "res_blocks": 1,
+    "attn_res": [],
+    "dropout": 0.1,
+}
+
+
+def _one_line(err: ValidationError, what: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"invalid {what}: {loc}: {msg}" if loc != "(top level)" else f"invalid {what}: {msg}"
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _parse_range(value: Any, axis: str) -> tuple[int | None, int | None] | None:
+    """``"0:512"``, ``"-6:"``, ``[0, 512]`` or ``[null, -6]`` -> (start, stop)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) != 2:
+            raise ValueError(f"{axis} range {value!r} must look like 'start:stop'")
+        try:
+            return tuple(int(p) if p.strip() else None for p in parts)  # type: ignore[return-value]
+        except ValueError:
+            raise ValueError(f"{axis} range {value!r} must hold integers") from None
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        if not all(v is None or isinstance(v, (int, np.integer)) for v in value):
+            raise ValueError(f"{axis} range {list(value)} must hold integers or null")
+        return (None if value[0] is None else int(value[0]), None if value[1] is None else int(value[1]))
+    raise ValueError(f"{axis} range must be 'start:stop' or [start, stop], got {value!r}")
+
+
+class ImageSource(BaseModel):
+    """One training image or volume: a file (TIFF, zarr, ...) or an array, optionally cropped.
+
+    In YAML either a plain path or a mapping such as ``{path: a.tif, y: "0:512"}``; ranges are
+    Python slices (``"-6:"``: the last six) of the z, y and x axes.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    path: Path | None = None
+    array: Any = None
+    key: str | None = None
+    z: tuple[int | None, int | None] | None = None
+    y: tuple[int | None, int | None] | None = None
+    x: tuple[int | None, int | None] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _coerce(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)):
+            return {"path": value}
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            return {"array": value}
+        if isinstance(value, Mapping):
+            value = dict(value)
+            for axis in ("z", "y", "x"):
+                if axis in value:
+                    value[axis] = _parse_range(value[axis], axis)
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ImageSource":
+        if (self.path is None) == (self.array is None):
+            raise ValueError("an image source needs exactly one of a path or an array")
+        if self.array is not None and not (hasattr(self.array, "shape") and hasattr(self.array, "dtype")):
+            raise ValueError("array must be an array (numpy, dask or zarr)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Short name for messages and model cards: file name (or array shape) and crop."""
+        base = self.path.name if self.path is not None else f"array {tuple(self.array.shape)}"
+        crop = ", ".join(f"{a}={_fmt(getattr(self, a))}" for a in "zyx" if getattr(self, a) is not None)
+        return f"{base} [{crop}]" if crop else base
+
+    def load(self) -> np.ndarray:
+        """The pixels (cropped), as numpy."""
+        if self.path is not None:
+            from .io import read_image
+
+            if not Path(self.path).exists():
+                raise InputError(f"training image '{self.path}' does not exist")
+            data = read_image(self.path, key=self.key).data
+        else:
+            data = self.array
+        nd = len(data.shape)
+        index: list[slice] = [slice(None)] * nd
+        for i, axis in enumerate("zyx"):
+            rng = getattr(self, axis)
+            if rng is None:
+                continue
+            pos = nd - 3 + i
+            if pos < 0:
+                raise InputError(f"{self.label}: a {axis} range needs a 3D volume, the image is {nd}D")
+            index[pos] = slice(*rng)
+        data = data[tuple(index)]
+        data = data.compute() if hasattr(data, "compute") else data
+        return np.asarray(data)
+
+    def describe(self) -> str | dict:
+        if self.path is None:
+            return f"<array {'x'.join(map(str, self.array.shape))} {self.array.dtype}>"
+        out: dict[str, Any] = {"path": str(self.path)}
+        if self.key:
+            out["key"] = self.key
+        for axis in "zyx":
+            if getattr(self, axis) is not None:
+                out[axis] = _fmt(getattr(self, axis))
+        return out if len(out) > 1 else str(self.path)
+
+
+def _fmt(r: tuple[int | None, int | None]) -> str:
+    return f"{'' if r[0] is None else r[0]}:{'' if r[1] is None else r[1]}"
+
+
+# --------------------------------------------------------------------------- config
+
+
+# ``register`` is a user-facing field name; pydantic warns that it shadows ABCMeta.register,
+# which nobody calls on a config.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class TrainConfig(BaseModel):
+    """A training or fine-tuning recipe.
+
+    Either ``base`` names the model to start from (fine-tuning: its card, i.e. network,
+    normalisation rule, scale and z factor, is kept), or the model is trained from scratch
+    with :data:`SMALL_NETWORK` updated by ``network`` (any :class:`~.config.UNetConfig` field).
+
+    Data (all paths may be relative to the YAML file):
+
+    * ``inputs`` + ``targets``: registered degraded/clean pairs (super-resolve: the input is
+      the low-resolution image). Pairs of different shapes are registered
+      (:func:`~.registration.register_pair`); same-shape pairs are taken as registered unless
+      ``register`` is true. A ``null`` target, or ``inputs`` without ``targets``, means the
+      input is clean and the degraded image is simulated: Poisson-Gaussian noise at
+      ``doses`` (denoise), area downsampling by ``scale`` (super-resolve).
+    * ``clean``: more clean images to simulate pairs from.
+    * ``volume`` (isotropic tasks; ``inputs`` are taken as volumes too): the volume teaches
+      itself (``-i``: planes perpendicular to z; ``-a``: perpendicular to y), ``factor``
+      planes apart.
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(task="denoise", inputs=["noisy.tif"], targets=["clean.tif"], out="my-model")
+    >>> cfg.patch, cfg.batch, cfg.kind
+    (128, 4, 'diffusion')
+    >>> TrainConfig(task="denoise", out="m")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.EMDiffuseError: invalid training config: no training data: give inputs, clean images or a volume
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+
+    task: Literal["denoise", "super-resolve", "isotropic-i", "isotropic-a"]
+    out: Path
+    name: str | None = None
+    description: str = ""
+    # what to start from
+    base: str | None = None
+    arch: str | None = None
+    kind: Literal["diffusion", "regression"] | None = None
+    network: dict[str, Any] = Field(default_factory=dict)
+    normalisation: Normalisation | None = None
+    scale: int | None = Field(None, ge=2, le=8)
+    factor: int | None = Field(None, ge=2, le=64)
+    pixel_size_nm: float | None = Field(None, gt=0)
+    # data
+    inputs: list[ImageSource] = Field(default_factory=list)
+    targets: list[ImageSource | None] | None = None
+    clean: list[ImageSource] = Field(default_factory=list)
+    volume: list[ImageSource] = Field(default_factory=list)
+    register: bool = False
+    doses: list[float] = Field(default_factory=lambda: [20.0, 50.0, 100.0, 200.0, 500.0], min_length=1)
+    read_noise: float = Field(1.0, ge=0)
+    input_blur: float = Field(0.0, ge=0, le=10)
+    # optimisation
+    patch: int = Field(128, ge=8)
+    batch: int = Field(4, ge=1)
+    iterations: int = Field(1000, ge=1)
+    lr: float = Field(1e-4, gt=0, le=1)
+    warmup: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, le=1)
+    ema_start: int = Field(0, ge=0)
+    freeze_encoder: bool = False
+    # validation and checkpoints
+    val_fraction: float = Field(0.1, ge=0, lt=0.9)
+    val_every: int = Field(100, ge=1)
+    val_crops: int = Field(4, ge=1)
+    val_steps: int = Field(5, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    checkpoint_dir: Path | None = None
+    keep_checkpoint: bool = True
+    resume: bool = False
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise EMDiffuseError(_one_line(exc, "training config")) from None
+
+    @field_validator("inputs", "clean", "volume", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, (str, os.PathLike, Mapping)) or hasattr(v, "shape"):
+            return [v]
+        return v
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _listify_targets(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, (str, os.PathLike, Mapping)) or hasattr(v, "shape"):
+            return [v]
+        return v
+
+    @field_validator("doses")
+    @classmethod
+    def _positive_doses(cls, v: list[float]) -> list[float]:
+        if any(not d > 0 for d in v):
+            raise ValueError("doses must be positive")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        iso = self.task.startswith("isotropic")
+        if not (self.inputs or self.clean or self.volume):
+            raise ValueError("no training data: give inputs, clean images or a volume")
+        if self.targets is not None and len(self.targets) != len(self.inputs):
+            raise ValueError(f"{len(self.inputs)} inputs but {len(self.targets)} targets; give one target per input (null: simulate)")
+        if iso and (self.clean or any(t is not None for t in self.targets or [])):
+            raise ValueError("isotropic training learns from the volume itself; remove targets and clean images")
+        if not iso and self.volume:
+            raise ValueError(f"volume is for the isotropic tasks; for {self.task} give inputs (and targets)")
+        if self.base is not None and self.network:
+            raise ValueError("network changes apply to training from scratch; remove them or the base model")
+        if self.freeze_encoder and self.base is None:
+            raise ValueError("freeze_encoder keeps a base model's encoder; name a base model")
+        if self.warmup and self.warmup > self.iterations * 10:
+            raise ValueError(f"warmup {self.warmup} is far longer than the run ({self.iterations} iterations)")
+        if self.device.strip().lower() not in ("auto", "cpu", "mps", "cuda") and not self.device.lower().startswith("cuda:"):
+            raise ValueError(f"invalid device {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
+        return self
+
+    # -- YAML -------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Read a recipe (safe YAML loader); relative paths are relative to the file.
+
+        ``overrides`` replace fields after reading (e.g. ``iterations=2`` for a smoke run);
+        their paths are taken as given.
+
+        Examples
+        --------
+        >>> cfg = TrainConfig.from_yaml("configs/demo-denoise.yaml", iterations=2)  # doctest: +SKIP
+        """
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise EMDiffuseError(f"training config '{path}' does not exist") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EMDiffuseError(f"cannot read training config '{path}': {reason}") from None
+        if not isinstance(data, dict):
+            raise EMDiffuseError(f"training config '{path}' must be a mapping of fields")
+        root = path.resolve().parent
+
+        def rel(p: Any) -> Any:
+            return str((root / p).resolve()) if isinstance(p, str) and not Path(p).is_absolute() else p
+
+        def src(s: Any) -> Any:
+            if isinstance(s, str):
+                return rel(s)
+            if isinstance(s, dict) and "path" in s:
+                return {**s, "path": rel(s["path"])}
+            return s
+
+        for key in ("inputs", "clean", "volume", "targets"):
+            v = data.get(key)
+            if v is None:
+                continue
+            data[key] = [src(s) for s in v] if isinstance(v, list) else src(v)
+        for key in ("out", "checkpoint_dir"):
+            if data.get(key) is not None:
+                data[key] = rel(str(data[key]))
+        base = data.get("base")
+        if isinstance(base, str) and not Path(base).is_absolute() and (root / base).exists():
+            data["base"] = str(root / base)
+        data.update(overrides)
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML (arrays are described, not stored; paths absolute)."""
+        out = self.model_dump(mode="python", exclude_defaults=False)
+        for key in ("inputs", "clean", "volume"):
+            out[key] = [s.describe() for s in getattr(self, key)]
+        if self.targets is not None:
+            out["targets"] = [None if t is None else t.describe() for t in self.targets]
+        for key in ("out", "checkpoint_dir"):
+            if out.get(key) is not None:
+                out[key] = str(Path(out[key]).resolve())
+        if self.normalisation is not None:
+            out["normalisation"] = self.normalisation.model_dump(mode="json")
+        return yaml.safe_dump(json.loads(json.dumps(out, default=str)), sort_keys=False)
+
+
+def checkpoint_path(config: TrainConfig) -> Path:
+    """Where a run's checkpoint lives: ``checkpoint_dir`` or ``<out>/../.<name>.train``."""
+    out = Path(config.out)
+    folder = Path(config.checkpoint_dir) if config.checkpoint_dir else out.parent / f".{out.name}.train"
+    return folder / CHECKPOINT_NAME
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+# --------------------------------------------------------------------------- RNG states
+
+
+def _rng_state(data_rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
+    """Every generator a run draws from, as tensors and strings (weights_only-safe)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "torch_gen": gen.get_state(),
+        "numpy_global": json.dumps([np_state[0], np_state[1].tolist(), *[float(v) if isinstance(v, float) else int(v) for v in np_state[2:]]]),
+        "python": json.dumps([py[0], list(py[1]), py[2]]),
+        "data": json.dumps(data_rng.bit_generator.state),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], data_rng: np.random.Generator, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["torch_gen"])
+    npg = json.loads(state["numpy_global"])
+    np.random.set_state((npg[0], np.asarray(npg[1], dtype=np.uint32), *npg[2:]))
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    data_rng.bit_generator.state = json.loads(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except RuntimeError:  # different GPU count: continue with fresh CUDA streams
+            pass
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Template-method trainer shared by every task.
+
+    :meth:`run` calls, in order: :meth:`setup` once, then per iteration
+    :meth:`next_batch` and :meth:`train_step`, every ``val_every`` iterations
+    :meth:`validate`, every ``checkpoint_every`` iterations :meth:`save_checkpoint`; at the
+    end :meth:`save_model`. Every event passes through :meth:`log` before it is yielded.
+    Override hooks to change one step (e.g. a different loss) without copying the loop.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The recipe.
+
+    Examples
+    --------
+    >>> trainer = Trainer(TrainConfig(task="denoise", inputs=["x.tif"], out="m"))  # doctest: +SKIP
+    >>> for event in trainer.run():  # doctest: +SKIP
+    ...     print(event)
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.iteration = 0
+        self.rank, self.world, self.local_rank = _dist_env()
+        self.distributed = self.world > 1
+        self._owns_group = False
+        self.metrics: dict[str, float] = {}
+        self.base_name: str | None = None
+        self.ready = False
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return checkpoint_path(self.config)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    # -- hooks ----------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Check the data, build the model, data, optimiser, EMA and generators; resume."""
+        cfg = self.config
+        self._init_distributed()
+        self.card, self.net = self.build_model()
+        mult = self.card.network.size_multiple
+        if cfg.patch % mult or cfg.patch < 2 * mult:
+            raise InputError(
+                f"patch {cfg.patch} must be a multiple of {mult} (the network halves the image "
+                f"{len(self.card.network.channel_mults) - 1} times) and at least {2 * mult}"
+            )
+        self.data = self.build_data()
+        self.val_batch = self.data.validation(cfg.val_crops) if cfg.val_fraction > 0 else None
+        self.net.to(self.device)
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.net, device_ids=ids)
+        else:
+            self.model = self.net
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = cfg.warmup
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: min(1.0, (i + 1) / warm) if warm else 1.0
+        )
+        from .ema import EMA
+
+        self.ema = EMA(self.net, decay=cfg.ema_decay, start_step=cfg.ema_start)
+        # Different crops and noise per rank; the weights stay in sync through DDP.
+        torch.manual_seed(cfg.seed * 1000 + self.rank)
+        np.random.seed((cfg.seed * 1000 + self.rank) % 2**32)
+        random.seed(cfg.seed * 1000 + self.rank)
+        self.data_rng = np.random.default_rng([cfg.seed, self.rank, 1])
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 17)
+        self.start_iteration = 0
+        if cfg.resume and self.checkpoint_file.is_file():
+            self.load_checkpoint(self.checkpoint_file)
+        self.ready = True
+
+    def train_step(self, batch: Batch) -> float:
+        """One optimiser step on ``batch``; returns the loss."""
+        self.model.train()
+        batch = batch.to(self.device)
+        if self.card.kind == "diffusion":
+            b = batch.target.shape[0]
+            gammas = self.net.sample_gammas(b, generator=self.gen)
+            noise = torch.randn(batch.target.shape, generator=self.gen).to(self.device)
+            loss = self.model(batch.target, batch.cond, batch.slice_index, noise=noise, gammas=gammas)
+        else:
+            from .losses import mse_loss, mse_var_loss
+
+            out = self.model(batch.cond)
+            loss = mse_var_loss(batch.target, *out) if isinstance(out, tuple) else mse_loss(batch.target, out)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.iteration += 1
+        # EMA warm-up: average over at most the iterations seen so far, so a short fine-tune
+        # is not dominated by the starting weights.
+        self.ema.decay = min(self.config.ema_decay, (1 + self.ema.num_updates) / (10 + self.ema.num_updates))
+        self.ema.update(self.net, step=self.iteration)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise EMDiffuseError(
+                f"training diverged: the loss is {value} at iteration {self.iteration}; lower lr or check the data"
+            )
+        return value
+
+    def next_batch(self) -> Batch:
+        return self.data.sample(self.data_rng, self.config.batch)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[dict[str, float], np.ndarray] | None:
+        """PSNR/SSIM (model range, data_range 2) of the held-out crops with the EMA weights:
+        a few-step DPM-Solver++ restoration (diffusion) or one pass (regression)."""
+        if self.val_batch is None or not self.is_main:
+            return None
+        from .metrics import psnr, ssim
+
+        vb = self.val_batch.to(self.device)
+        with self._averaged():
+            self.net.eval()
+            if self.card.kind == "diffusion":
+                gen = torch.Generator().manual_seed(self.config.seed)
+                pred = self.net.restoration(
+                    vb.cond, sampler="dpm++", steps=self.config.val_steps, slice_index=vb.slice_index, generator=gen
+                )
+            else:
+                pred = self.net(vb.cond)
+                pred = pred[0] if isinstance(pred, tuple) else pred
+            self.net.train()
+        p, t = pred.float().cpu().numpy(), vb.target.cpu().numpy()
+        scores_p = [psnr(p[i], t[i], data_range=2.0) for i in range(len(p))]
+        scores_s = [ssim(p[i][0] if p.shape[1] == 1 else p[i], t[i][0] if t.shape[1] == 1 else t[i], data_range=2.0) for i in range(len(p))]
+        metrics = {"psnr": float(np.mean([min(s, 100.0) for s in scores_p])), "ssim": float(np.mean(scores_s))}
+        cond = vb.cond[0, 0].cpu().numpy()
+        preview = np.concatenate([cond, p[0, 0], t[0, 0]], axis=1)
+        preview = np.clip((preview + 1.0) * 127.5, 0, 255).astype(np.uint8)
+        self.metrics = metrics
+        return metrics, preview
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the resumable state atomically (rank 0); other ranks send their RNG states."""
+        rng = _rng_state(self.data_rng, self.gen)
+        states = [rng]
+        if self.distributed and not getattr(self, "_stopping", False):
+            import torch.distributed as dist
+
+            states = [None] * self.world
+            dist.all_gather_object(states, rng)
+        if not self.is_main:
+            return None
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "iteration": self.iteration,
+            "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict(),
+            "rng": states,
+            "world_size": self.world,
+            "fingerprint": json.dumps(self._fingerprint(), sort_keys=True),
+            "card": self.card.model_dump_json(),
+            "metrics": json.dumps(self.metrics),
+            "config": self.config.to_yaml(),
+        }
+        _atomic_torch_save(state, self.checkpoint_file)
+        return self.checkpoint_file
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore everything :meth:`save_checkpoint` wrote; refuse an incompatible run."""
+        from .errors import ModelFileError
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"cannot resume from '{path}': {reason}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ModelFileError(f"'{path}' is not a napari-emdiffuse training checkpoint")
+        saved, now = json.loads(state["fingerprint"]), self._fingerprint()
+        for key in now:
+            if saved.get(key) != now[key]:
+                raise EMDiffuseError(
+                    f"cannot resume: the checkpoint was made with {key}={saved.get(key)!r}, this run has "
+                    f"{now[key]!r}; use the same settings or start afresh (resume: false)"
+                )
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.ema.load_state_dict(state["ema"])
+        self.iteration = self.start_iteration = int(state["iteration"])
+        self.metrics = json.loads(state.get("metrics", "{}"))
+        states = state["rng"]
+        if self.rank < len(states) and states[self.rank] is not None:
+            _set_rng_state(states[self.rank], self.data_rng, self.gen)
+        else:  # a different number of processes: fresh, but distinct, streams per rank
+            self.data_rng = np.random.default_rng([self.config.seed, self.rank, 1, self.iteration])
+
+    def save_model(self, *, completed: bool = True) -> Path:
+        """Write the model directory with the EMA weights and register it (rank 0)."""
+        from .model import EMDiffuseModel, register_model
+
+        cfg = self.config
+        card = self.card.model_copy(deep=True)
+        card.name = cfg.name or self.out.name
+        if cfg.description:
+            card.description = cfg.description
+        elif self.base_name:
+            card.description = f"{self.base_name} fine-tuned on {self._data_summary()}"
+        else:
+            card.description = f"Trained from scratch on {self._data_summary()}"
+        card.ema = self._ema_active()
+        card.training = {
+            "base": self.base_name,
+            "data": self.data.describe(),
+            "iterations": self.iteration,
+            "completed": completed,
+            "patch": cfg.patch,
+            "batch": cfg.batch * self.world,
+            "lr": cfg.lr,
+            "warmup": cfg.warmup,
+            "weight_decay": cfg.weight_decay,
+            "ema_decay": cfg.ema_decay if card.ema else None,
+            "seed": cfg.seed,
+            "val_fraction": cfg.val_fraction,
+            "freeze_encoder": cfg.freeze_encoder,
+            "input_blur": cfg.input_blur,
+            "processes": self.world,
+            "device": self.device.type,
+        }
+        if self.metrics:
+            card.metrics = {
+                **{k: round(float(v), 4) for k, v in self.metrics.items()},
+                "evaluated_on": f"{len(self.val_batch)} held-out crops (bottom {cfg.val_fraction:.0%} of each image)",
+                "sampler": f"dpm++ {cfg.val_steps} steps" if card.kind == "diffusion" else "one pass",
+                "data_range": 2.0,
+            }
+        module = self.ema.shadow_module(self.net) if card.ema else copy.deepcopy(self.net)
+        path = EMDiffuseModel(card, module.cpu()).save(self.out, extra_files={"config.yaml": cfg.to_yaml()})
+        register_model(path)
+        return path
+
+    def log(self, event: Progress) -> Progress:
+        """Every event passes here before it is yielded (override to print or record)."""
+        return event
+
+    def teardown(self) -> None:
+        if self._owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self._owns_group = False
+
+    # -- the template method ----------------------------------------------------------------
+    def run(self) -> Generator[Progress, None, Path]:
+        """Train; yields progress events and returns the model directory.
+
+        Closing the generator after any iteration writes the model (EMA weights) and a
+        checkpoint, then stops.
+        """
+        cfg = self.config
+        try:
+            if not self.ready:
+                self.setup()
+            total = cfg.iterations
+            validated_at = -1
+            try:
+                while self.iteration < total:
+                    loss = self.train_step(self.next_batch())
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    yield self.log(
+                        Progress("training", self.iteration, total, loss=loss, message=f"loss {loss:.4f}", extra={"lr": lr})
+                    )
+                    if self.iteration % cfg.val_every == 0 and self.iteration < total:
+                        yield from self._validation_event()
+                        validated_at = self.iteration
+                    if self.iteration % cfg.checkpoint_every == 0 and self.iteration < total:
+                        self.save_checkpoint()
+            except GeneratorExit:
+                self._stopping = True
+                if self.is_main and self.iteration > self.start_iteration:
+                    self.save_checkpoint()
+                    self.save_model(completed=False)
+                raise
+            if validated_at != self.iteration:
+                yield from self._validation_event()
+            self.save_checkpoint()
+            path = self.save_model(completed=True) if self.is_main else self.out
+            if self.distributed:
+                import torch.distributed as dist
+
+                dist.barrier()  # every rank returns once the model exists
+            if self.is_main and not cfg.keep_checkpoint:
+                self._remove_checkpoint()
+            return path
+        finally:
+            self.teardown()
+
+    # -- internals --------------------------------------------------------------------------
+    def _validation_event(self) -> Generator[Progress, None, None]:
+        res = self.validate()
+        if res is None:
+            return
+        metrics, preview = res
+        yield self.log(
+            Progress(
+                "validation", self.iteration, self.config.iterations, metrics=metrics, preview=preview,
+                message=f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}",
+            )
+        )
+
+    def _ema_active(self) -> bool:
+        return self.iteration >= max(self.config.ema_start, 1) and self.ema.num_updates > 0
+
+    def _averaged(self):
+        from contextlib import nullcontext
+
+        return self.ema.averaged(self.net) if self._ema_active() else nullcontext(self.net)
+
+    def _remove_checkpoint(self) -> None:
+        f = self.checkpoint_file
+        f.unlink(missing_ok=True)
+        try:
+            f.parent.rmdir()
+        except OSError:
+            pass
+
+    def _init_distributed(self) -> None:
+        from .model import resolve_device
+
+        if not self.distributed:
+            self.device = resolve_device(self.config.device)
+            return
+        import torch.distributed as dist
+
+        if torch.cuda.is_available() and self.config.device.lower() != "cpu":
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+            backend = "nccl"
+        else:
+            self.device = torch.device("cpu")
+            backend = "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend)
+            self._owns_group = True
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """Settings that must not change between a run and its resumption."""
+        cfg = self.config
+        return {
+            "task": self.card.task,
+            "kind": self.card.kind,
+            "network": self.card.network.model_dump(mode="json"),
+            "patch": cfg.patch,
+            "batch": cfg.batch,
+            "seed": cfg.seed,
+            "data": hashlib.sha1(json.dumps(self.data.describe(), sort_keys=True, default=str).encode()).hexdigest(),
+        }
+
+    def _data_summary(self) -> str:
+        d = self.data.describe()
+        kinds = [p["kind"] for p in d["parts"]] if d.get("kind") == "mixture" else [d.get("kind", "data")]
+        return " + ".join(kinds)
+
+    # -- building ----------------------------------------------------------------------------
+    def build_model(self) -> tuple[ModelCard, torch.nn.Module]:
+        """The card and module to train: a copy of the base model, or a new small one."""
+        cfg = self.config
+        iso = cfg.task.startswith("isotropic")
+        if cfg.base is not None:
+            from .model import load_model
+
+            base = load_model(cfg.base, task=cfg.task, arch=cfg.arch, device="cpu", cache=False)
+            card = base.card.model_copy(deep=True)
+            if cfg.kind is not None and cfg.kind != card.kind:
+                raise EMDiffuseError(f"base model '{card.name}' is a {card.kind} model, not {cfg.kind}")
+            self.base_name = card.name
+            card.task = cfg.task
+            card.arch = None
+            if iso:
+                factor = cfg.factor or card.z_factor or 2
+                if card.kind == "regression" and card.network.out_channel != factor - 1:
+                    raise EMDiffuseError(
+                        f"base model '{card.name}' generates {card.network.out_channel + 1}x slices; "
+                        f"it cannot be fine-tuned for factor {factor}"
+                    )
+                card.z_factor = factor
+            if cfg.normalisation is not None:
+                card.normalisation = cfg.normalisation
+            if cfg.pixel_size_nm is not None:
+                card.pixel_size_nm = cfg.pixel_size_nm
+            net = copy.deepcopy(base.module).cpu()
+        else:
+            card = self._scratch_card()
+            from .factory import build_module
+
+            torch.manual_seed(cfg.seed)  # the same initial weights on every rank and run
+            net = build_module(card)
+        if cfg.freeze_encoder:
+            unet = getattr(net, "denoise_fn", getattr(net, "net", net))
+            for part in (unet.input_blocks, unet.cond_embed):
+                for p in part.parameters():
+                    p.requires_grad_(False)
+        return card, net
+
+    def _scratch_card(self) -> ModelCard:
+        cfg = self.config
+        kind = cfg.kind or "diffusion"
+        iso = cfg.task.startswith("isotropic")
+        factor = cfg.factor or 2
+        cond = 2 if iso else 1
+        want = {
+            "in_channel": cond + (1 if kind == "diffusion" else 0),
+            "out_channel": factor - 1 if (iso and kind == "regression") else 1,
+            "slice_embedding": iso and kind == "diffusion",
+        }
+        for key, value in want.items():
+            if key in cfg.network and cfg.network[key] != value:
+                raise EMDiffuseError(f"network.{key} is {value} for a {kind} {cfg.task} model, not {cfg.network[key]}")
+        try:
+            network = UNetConfig(**{**SMALL_NETWORK, **cfg.network, **want})
+            return ModelCard(
+                name=cfg.name or Path(cfg.out).name,
+                task=cfg.task,
+                kind=kind,
+                description=cfg.description,
+                network=network,
+                normalisation=cfg.normalisation or Normalisation(),
+                scale=(cfg.scale or 2) if cfg.task == "super-resolve" else 1,
+                z_factor=factor if iso else None,
+                pixel_size_nm=cfg.pixel_size_nm,
+            )
+        except ValidationError as exc:
+            raise EMDiffuseError(_one_line(exc, "network config")) from None
+
+    def build_data(self) -> TrainingData:
+        """Load, check and (where needed) register the images; build the data sets."""
+        cfg, card = self.config, self.card
+        mult = card.network.size_multiple
+        common = dict(patch=cfg.patch, val_fraction=cfg.val_fraction, multiple=mult)
+        rule = card.normalisation
+        if cfg.task.startswith("isotropic"):
+            sources = list(cfg.volume) + list(cfg.inputs)
+            vols = [check_image(s.load(), s.label, ndim=(3,)) for s in sources]
+            return IsotropicData(
+                vols, factor=card.z_factor or 2, mode=cfg.task[-1], rule=rule, kind=card.kind,
+                names=[s.label for s in sources], **common,
+            )
+        scale = card.scale if cfg.task == "super-resolve" else 1
+        targets = cfg.targets if cfg.targets is not None else [None] * len(cfg.inputs)
+        pair_in, pair_t, pair_names, clean, clean_names = [], [], [], [], []
+        for src, tgt in zip(cfg.inputs, targets):
+            image = check_image(src.load(), src.label)
+            if tgt is None:
+                clean.append(image)
+                clean_names.append(src.label)
+                continue
+            target = check_image(tgt.load(), tgt.label)
+            image, target = self._registered(image, target, scale, src.label, tgt.label)
+            pair_in.append(image)
+            pair_t.append(target)
+            pair_names.append(f"{src.label} -> {tgt.label}")
+        for src in cfg.clean:
+            clean.append(check_image(src.load(), src.label))
+            clean_names.append(src.label)
+        parts: list[TrainingData] = []
+        blur = dict(input_blur=cfg.input_blur)
+        if pair_in:
+            parts.append(pair_data(pair_in, pair_t, rule=rule, scale=scale, names=pair_names, **common, **blur))
+        if clean:
+            if cfg.task == "denoise":
+                parts.append(
+                    SimulatedNoiseData(
+                        clean, doses=cfg.doses, read_noise=cfg.read_noise, rule=rule, names=clean_names,
+                        seed=cfg.seed, **common, **blur,
+                    )
+                )
+            else:
+                parts.append(sr_data(clean, scale=scale, rule=rule, names=clean_names, **common, **blur))
+        return parts[0] if len(parts) == 1 else MixedData(parts)
+
+    def _registered(self, image: np.ndarray, target: np.ndarray, scale: int, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+        expected = image.shape[:-2] + (image.shape[-2] * scale, image.shape[-1] * scale)
+        if target.shape == expected and not self.config.register:
+            return image, target  # same grid: taken as registered
+        if image.ndim != 2 or target.ndim != 2:
+            raise InputError(
+                f"{a} {tuple(image.shape)} and {b} {tuple(target.shape)} do not match; register stacks slice by slice first"
+            )
+        from .registration import register_pair
+
+        reg = register_pair(image, target, scale=scale)
+        return reg.moving, reg.fixed
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _as_config(config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, Mapping):
+        return TrainConfig(**config)
+    return TrainConfig.from_yaml(config)
+
+
+def train_iter(
+    config: TrainConfig | Mapping[str, Any] | str | Path,
+) -> Generator[Progress | Path, None, None]:
+    """Train a model; yield :class:`~.events.Progress` events, then the model directory.
+
+    Events: ``Progress("training", done=iteration, total=iterations, loss=...)`` after every
+    iteration, ``Progress("validation", metrics={"psnr", "ssim"}, preview=uint8 image of
+    condition | restoration | target)`` every ``val_every`` iterations and at the end. The
+    last item is the saved model directory (a ``Path``). Bad input raises
+    :class:`~.errors.InputError` at the first ``next()``, before any iteration. Closing the
+    generator stops training after the current iteration and still writes the model and a
+    checkpoint (``resume: true`` continues exactly where it stopped).
+
+    Parameters
+    ----------
+    config : TrainConfig, mapping or path
+        The recipe (a YAML file path is read with :meth:`TrainConfig.from_yaml`).
+
+    Examples
+    --------
+    >>> for ev in train_iter("configs/demo-denoise.yaml"):  # doctest: +SKIP
+    ...     print(ev)
+    """
+    trainer = Trainer(_as_config(config))
+    path = yield from trainer.run()
+    yield path
+
+
+def train(config: TrainConfig | Mapping[str, Any] | str | Path) -> Path:
+    """Run :func:`train_iter` to the end and return the model directory."""
+    return _drain(train_iter(config))
+
+
+def finetune_iter(
+    task: str,
+    input: Any,
+    target: Any = None,
+    *,
+    base: str | Path | None = None,
+    out: str | Path,
+    iterations: int = 150,
+    patch: int = 128,
+    batch: int = 4,
+    lr: float = 5e-5,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: str = "auto",
+    freeze_encoder: bool = False,
+    factor: int | None = None,
+    **options: Any,
+) -> Generator[Progress | Path, None, None]:
+    """Fine-tune a model on your own images; yields progress, then the model directory.
+
+    Parameters
+    ----------
+    task : {"denoise", "super-resolve", "isotropic-i", "isotropic-a"}
+        What the model does.
+    input : array-like or path
+        Degraded image (or stack), low-resolution image, or the volume (isotropic tasks).
+    target : array-like or path, optional
+        Registered clean / high-resolution counterpart. Without it the training pairs are
+        made from ``input``: simulated Poisson-Gaussian noise (denoise), area downsampling
+        (super-resolve); the isotropic tasks always learn from the volume itself.
+    base : str or Path, optional
+        Model to start from; default the bundled model for the task. Its card (network,
+        normalisation rule, scale, z factor) is kept and its name recorded.
+    out : str or Path
+        Model directory to write.
+    iterations, patch, batch, lr, val_fraction, seed, device, freeze_encoder
+        As in :class:`TrainConfig`.
+    factor : int, optional
+        Isotropic tasks: slices per gap (default the base model's).
+    **options
+        Any other :class:`TrainConfig` field (``warmup``, ``val_every``, ``doses``, ...).
+
+    Examples
+    --------
+    >>> for ev in finetune_iter("denoise", "noisy.tif", "clean.tif", out="my-model"):  # doctest: +SKIP
+    ...     print(ev)
+    """
+    from .model import DEFAULT_MODELS
+
+    if task not in TASKS:
+        raise EMDiffuseError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    iso = task.startswith("isotropic")
+    if iso and target is not None:
+        raise EMDiffuseError("isotropic fine-tuning learns from the volume itself; give no target")
+    settings: dict[str, Any] = dict(
+        task=task,
+        base=str(base) if base is not None else DEFAULT_MODELS[task],
+        out=out,
+        iterations=iterations,
+        patch=patch,
+        batch=batch,
+        lr=lr,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=device,
+        freeze_encoder=freeze_encoder,
+        factor=factor,
+        warmup=min(50, iterations // 10),
+        val_every=max(1, iterations // 5),
+        checkpoint_every=max(1, iterations // 2),
+    )
+    if iso:
+        settings["volume"] = [input]
+    else:
+        settings["inputs"] = [input]
+        settings["targets"] = [target]
+    settings.update(options)
+    yield from train_iter(TrainConfig(**settings))
+
+
+def finetune(task: str, input: Any, target: Any = None, **kwargs: Any) -> Path:
+    """Run :func:`finetune_iter` to the end and return the model directory.
+
+    Examples
+    --------
+    >>> path = finetune("denoise", noisy, clean, out="my-model", iterations=100)  # doctest: +SKIP
+    """
+    return _drain(finetune_iter(task, input, target, **kwargs))
+
+
+def _drain(gen: Generator) -> Path:
+    result = None
+    for item in gen:
+        if not isinstance(item, Progress):
+            result = item
+    return result

@@ -1,0 +1,187 @@
+"""The emdiffuse command: outputs, metadata, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_emdiffuse.cli import main
+from napari_emdiffuse.engine.io import read_image
+
+from .conftest import make_tiny
+
+FAST = ["--steps", "2", "--tile", "32", "--overlap", "8", "--device", "cpu"]
+
+
+def run_cli(*args: str, env_home: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    if env_home:
+        env["EMDIFFUSE_HOME"] = str(env_home)
+    return subprocess.run([sys.executable, "-m", "napari_emdiffuse.cli", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture
+def noisy_tif(tmp_path):
+    img = (np.random.default_rng(0).random((40, 56)) * 255).astype(np.uint8)
+    path = tmp_path / "noisy.tif"
+    tifffile.imwrite(path, img, imagej=True, resolution=(1 / 4.0, 1 / 4.0), metadata={"unit": "nm", "axes": "YX"})
+    return path
+
+
+def test_denoise_writes_tiff_with_metadata(tmp_path, noisy_tif, tiny_model_dir):
+    out = tmp_path / "out.tif"
+    assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), *FAST]) == 0
+    res = read_image(out)
+    assert res.data.shape == (40, 56) and res.data.dtype == np.uint8
+    assert res.spacing == pytest.approx((4.0, 4.0))
+
+
+def test_super_resolve_updates_pixel_size(tmp_path, noisy_tif, tiny_sr_dir):
+    out = tmp_path / "sr.tif"
+    assert main(["super-resolve", str(noisy_tif), "-o", str(out), "--model", str(tiny_sr_dir), "--scale", "2", *FAST]) == 0
+    res = read_image(out)
+    assert res.data.shape == (80, 112) and res.spacing == pytest.approx((2.0, 2.0))
+
+
+def test_uncertainty_output(tmp_path, noisy_tif, tiny_model_dir):
+    out, unc = tmp_path / "out.tif", tmp_path / "unc.tif"
+    rc = main(["denoise", str(noisy_tif), "-o", str(out), "--uncertainty", str(unc), "--samples", "2",
+               "--model", str(tiny_model_dir), *FAST])
+    assert rc == 0 and read_image(unc).data.dtype == np.float32
+
+
+def test_zarr_to_zarr_streams(tmp_path, noisy_tif, tiny_model_dir):
+    from napari_emdiffuse.engine.io import is_complete, write_image
+
+    src = write_image(tmp_path / "in.zarr", tifffile.imread(noisy_tif)[None].repeat(2, axis=0), spacing=(40, 4, 4))
+    out = tmp_path / "out.zarr"
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(tiny_model_dir), *FAST]) == 0
+    assert is_complete(out) and read_image(out).data.shape == (2, 40, 56)
+
+
+def test_scale_mismatch_is_a_user_error(tmp_path, noisy_tif, tiny_sr_dir, capsys):
+    rc = main(["super-resolve", str(noisy_tif), "-o", str(tmp_path / "x.tif"), "--model", str(tiny_sr_dir), "--scale", "3", *FAST])
+    assert rc == 2 and "x2, not x3" in capsys.readouterr().err
+
+
+def test_models_lists_bundled_and_imported(tmp_path, shared_data, capsys):
+    out = tmp_path / "imported"
+    ref = shared_data / "reference" / "emdiffuse2d_checkpoint.pth"
+    # the fixture checkpoint is inner-16: importing it as the published EMDiffuse-n must fail cleanly
+    rc = main(["import", str(ref), "--arch", "EMDiffuse-n", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "denoise_fn." in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_import_random_published_checkpoints_for_all_architectures(tmp_path, capsys):
+    import torch
+
+    from napari_emdiffuse.engine.factory import create_EMDiffuse
+
+    for arch in ("EMDiffuse-n", "EMDiffuse-r", "vEMDiffuse-i", "vEMDiffuse-a"):
+        sd = create_EMDiffuse(arch).module.state_dict()
+        sd = {k: torch.randn_like(v) for k, v in sd.items()}
+        sd["gammas"] = torch.rand(2000)  # saved schedule buffers are ignored
+        ckpt = tmp_path / f"{arch}.pth"
+        torch.save(sd, ckpt)
+        out = tmp_path / f"model-{arch}"
+        assert main(["import", str(ckpt), "--arch", arch, "-o", str(out)]) == 0
+        assert (out / "model.yaml").is_file()
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"model-{a}" in listed for a in ("EMDiffuse-n", "vEMDiffuse-a"))
+
+
+def test_verify_checkpoint_command(shared_data):
+    ref = shared_data / "reference"
+    proc = run_cli("verify-checkpoint", str(ref / "vemdiffuse_checkpoint.pth"), str(ref / "vemdiffuse_reference.json"),
+                   str(ref / "vemdiffuse_reference.npz"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS" in proc.stdout and "t700_eps" in proc.stdout
+
+
+def test_verify_checkpoint_fails_with_exit_1_on_wrong_weights(tmp_path, shared_data):
+    import torch
+
+    ref = shared_data / "reference"
+    sd = torch.load(ref / "emdiffuse2d_checkpoint.pth", weights_only=True)
+    sd = {k: v + 0.01 if k.endswith("out.2.weight") else v for k, v in sd.items()}
+    bad = tmp_path / "bad.pth"
+    torch.save(sd, bad)
+    proc = run_cli("verify-checkpoint", str(bad), str(ref / "emdiffuse2d_reference.json"), str(ref / "emdiffuse2d_reference.npz"))
+    assert proc.returncode == 1 and "FAIL" in proc.stdout
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    def tif(name, arr):
+        p = tmp / name
+        tifffile.imwrite(p, arr)
+        return str(p)
+
+    corrupt = tmp / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00" + os.urandom(200))
+    good = tif("good.tif", (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8))
+    return {
+        "all-nan": (["denoise", tif("nan.tif", np.full((16, 16), np.nan, np.float32))], "NaN"),
+        "empty": (["denoise", tif("empty.tif", np.zeros((0, 16), np.uint8))], ""),
+        "rgb": (["denoise", tif("rgb.tif", np.zeros((16, 16, 3), np.uint8))], "RGB"),
+        "5d": (["denoise", tif("5d.tif", np.zeros((2, 2, 2, 8, 8), np.uint8))], "dimensions"),
+        "corrupt": (["denoise", str(corrupt)], "cannot read"),
+        "missing": (["denoise", str(tmp / "nope.tif")], "nope.tif"),
+        "tile0": (["denoise", good, "--tile", "0"], "tile"),
+        "iso2d": (["isotropic", good, "--factor", "2"], "3D"),
+        "factor1": (["isotropic", tif("vol.tif", np.zeros((3, 16, 16), np.uint8)), "--factor", "1"], "factor"),
+        "badext": (["denoise", good, "-o_placeholder"], ""),
+    }
+
+
+@pytest.mark.parametrize("case", ["all-nan", "empty", "rgb", "5d", "corrupt", "missing", "tile0", "iso2d", "factor1"])
+def test_bad_input_table(tmp_path, tiny_model_dir, case):
+    args, needle = _bad_inputs(tmp_path)[case]
+    inputs = [Path(a) for a in args[1:] if a.endswith(".tif") and Path(a).exists()]
+    before = {p: _digest(p) for p in inputs}
+    out = tmp_path / "out" / "result.tif"
+    out.parent.mkdir()
+    model = [] if args[0] == "isotropic" else ["--model", str(tiny_model_dir)]
+    proc = run_cli(*args, "-o", str(out), *model, "--device", "cpu", env_home=tmp_path / "home")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert needle.lower() in lines[0].lower()
+    assert not any((tmp_path / "out").iterdir())
+    assert {p: _digest(p) for p in inputs} == before
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [(["denoise"], "required"), (["denoise", "x.tif", "-o", "y.png"], "unsupported"),
+     (["denoise", "x.tif", "-o", "y.tif", "--steps", "-1"], "positive"), (["frobnicate"], "invalid choice")],
+)
+def test_usage_errors_are_one_line_exit_2(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+def test_output_equal_to_input_is_refused(noisy_tif, capsys):
+    before = _digest(noisy_tif)
+    assert main(["denoise", str(noisy_tif), "-o", str(noisy_tif)]) == 2
+    assert "is the input" in capsys.readouterr().err and _digest(noisy_tif) == before
+
+
+def test_missing_output_folder_is_refused(tmp_path, noisy_tif, capsys):
+    assert main(["denoise", str(noisy_tif), "-o", str(tmp_path / "no" / "out.tif")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,404 @@
+"""Training and fine-tuning: every task produces a loadable model, progress events carry what
+they promise, resume is exact, stopping leaves a usable model, bad input is refused first."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from napari_emdiffuse.engine.datasets import (
+    IsotropicData,
+    SimulatedNoiseData,
+    simulate_noise,
+    sr_data,
+)
+from napari_emdiffuse.engine.config import Normalisation
+from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
+from napari_emdiffuse.engine.events import Progress
+from napari_emdiffuse.engine.model import list_models, load_model
+from napari_emdiffuse.engine.training import (
+    TrainConfig,
+    Trainer,
+    checkpoint_path,
+    finetune,
+    finetune_iter,
+    train,
+    train_iter,
+)
+
+from .conftest import ROOT, TINY, make_tiny
+
+FAST = dict(network=TINY, patch=32, batch=2, val_crops=2, val_steps=2, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny networks run faster single-threaded, and much faster on a busy 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _texture(shape, seed=0, sigma=2.0) -> np.ndarray:
+    """An EM-like uint8 texture: smoothed noise with structure at a few scales."""
+    rng = np.random.default_rng(seed)
+    a = ndi.gaussian_filter(rng.random(shape), sigma) + 0.5 * ndi.gaussian_filter(rng.random(shape), sigma * 4)
+    a = (a - a.min()) / (a.max() - a.min())
+    return (a * 200 + 20).astype(np.uint8)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "weights.safetensors"))
+
+
+def _run(cfg) -> tuple[list[Progress], Path]:
+    events = list(train_iter(cfg))
+    assert isinstance(events[-1], Path)
+    return events[:-1], events[-1]
+
+
+# --------------------------------------------------------------------------- every task
+
+
+def test_denoise_pairs_progress_events_and_model_dir(tmp_path):
+    clean = _texture((96, 96))
+    noisy = simulate_noise(clean, 30, rng=np.random.default_rng(1)).astype(np.uint8)
+    cfg = TrainConfig(task="denoise", inputs=[noisy], targets=[clean], out=tmp_path / "dn", iterations=4, val_every=2, **FAST)
+    events, out = _run(cfg)
+    training = [e for e in events if e.stage == "training"]
+    validation = [e for e in events if e.stage == "validation"]
+    assert [e.done for e in training] == [1, 2, 3, 4] and {e.total for e in training} == {4}
+    assert all(isinstance(e.loss, float) and np.isfinite(e.loss) for e in training)
+    assert [e.done for e in validation] == [2, 4]
+    for e in validation:
+        assert set(e.metrics) == {"psnr", "ssim"} and all(np.isfinite(v) for v in e.metrics.values())
+        # condition | restoration | target, side by side
+        assert e.preview.dtype == np.uint8 and e.preview.ndim == 2 and e.preview.shape[1] % 3 == 0
+    m = load_model(out, cache=False)
+    card = m.card
+    assert (card.task, card.kind, card.name, card.ema) == ("denoise", "diffusion", "dn", True)
+    assert card.training["iterations"] == 4 and card.training["patch"] == 32 and card.training["seed"] == 0
+    assert card.training["data"]["kind"] == "pairs" and card.training["completed"] is True
+    assert card.metrics["psnr"] == pytest.approx(validation[-1].metrics["psnr"], abs=1e-3)
+    recipe = TrainConfig.model_validate  # the recipe is readable YAML with the run's settings
+    text = (out / "config.yaml").read_text()
+    assert "iterations: 4" in text and "task: denoise" in text and recipe
+    assert any(i.path == out.resolve() for i in list_models("denoise"))
+
+
+def test_simulated_noise_sr_and_regression_models(tmp_path):
+    clean = [_texture((80, 80), seed=s) for s in range(2)]
+    out = train(TrainConfig(task="denoise", inputs=clean, doses=[10, 100], out=tmp_path / "sim", iterations=2, **FAST))
+    card = load_model(out, cache=False).card
+    assert card.training["data"]["kind"] == "simulated Poisson-Gaussian noise"
+    assert card.training["data"]["doses"] == [10.0, 100.0]
+
+    out = train(TrainConfig(task="super-resolve", clean=clean, out=tmp_path / "sr", iterations=2, **FAST))
+    card = load_model(out, task="super-resolve", cache=False).card
+    assert card.scale == 2 and card.training["data"]["kind"] == "area-downsampled"
+
+    out = train(TrainConfig(task="denoise", kind="regression", inputs=clean[:1], out=tmp_path / "reg", iterations=2, **FAST))
+    m = load_model(out, cache=False)
+    assert m.card.kind == "regression" and m.card.network.in_channel == 1
+    assert "psnr" in m.card.metrics
+
+
+def test_isotropic_i_and_a_models(tmp_path):
+    vol = np.stack([_texture((48, 48), seed=0, sigma=3)] * 1)
+    rng = np.random.default_rng(0)
+    # a smooth volume: every slice a slightly shifted copy, so neighbours correlate like real vEM
+    base = _texture((60, 64), sigma=3).astype(np.float32)
+    vol = np.stack([ndi.shift(base, (0.7 * z, 0.4 * z), order=1)[:48, :48] for z in range(10)])
+    vol = (vol + rng.normal(0, 2, vol.shape)).astype(np.float32)
+
+    out = train(TrainConfig(task="isotropic-i", volume=vol, factor=3, out=tmp_path / "iso-i", iterations=2, **FAST))
+    card = load_model(out, task="isotropic-i", cache=False).card
+    assert card.task == "isotropic-i" and card.z_factor == 3
+    assert card.network.slice_embedding and card.network.in_channel == 3
+
+    # -a: a volume with few slices (< 256, < patch): crops are (Z', patch) with Z' <= Z
+    thin = vol[:9]
+    events, out = _run(TrainConfig(task="isotropic-a", volume=thin, factor=2, out=tmp_path / "iso-a", iterations=2, val_every=1, **FAST))
+    card = load_model(out, cache=False).card
+    assert card.task == "isotropic-a" and card.z_factor == 2
+    previews = [e.preview for e in events if e.stage == "validation"]
+    assert previews and previews[0].shape[0] == 8  # largest multiple of 2 <= 9 slices
+
+    out = train(
+        TrainConfig(task="isotropic-i", kind="regression", volume=vol, factor=3, out=tmp_path / "iso-r", iterations=2, **FAST)
+    )
+    net = load_model(out, cache=False).card.network
+    assert (net.in_channel, net.out_channel, net.slice_embedding) == (2, 2, False)
+
+
+def test_isotropic_data_conventions():
+    vol = np.arange(6 * 40 * 40, dtype=np.float32).reshape(6, 40, 40)
+    data = IsotropicData([vol], factor=3, mode="i", rule=Normalisation(mode="range", vmin=0, vmax=1), patch=16, val_fraction=0)
+    for _ in range(20):
+        cond, target, si = data.sample_one(np.random.default_rng(_))
+        # planes differ by 1600 per z step: recover the offsets from the values
+        lo, hi, t = cond[0].mean(), cond[1].mean(), target[0].mean()
+        j = si + 1
+        assert abs(abs(hi - lo) - 3 * 3200) < 1e-2  # model range doubles the value step
+        assert abs((t - lo) - j * (hi - lo) / 3) < 1e-2
+    vol = np.arange(10 * 40 * 40, dtype=np.float32).reshape(10, 40, 40)
+    a = IsotropicData([vol], factor=2, mode="a", rule=Normalisation(), patch=32, multiple=4, val_fraction=0.1)
+    b = a.sample(np.random.default_rng(0), 2)
+    # (Z, X) planes: the crop height is the largest multiple of 4 that fits 10 slices
+    assert b.cond.shape == (2, 2, 8, 32) and b.slice_index.tolist() == [0, 0]
+
+
+def test_training_is_deterministic_and_resume_is_exact(tmp_path):
+    clean = _texture((80, 80))
+    common = dict(task="denoise", inputs=[clean], doses=[20, 80], val_every=100, checkpoint_every=2, seed=3, **FAST)
+    common["network"] = {**TINY, "dropout": 0.1}  # dropout draws from the global RNG too
+    one = train(TrainConfig(out=tmp_path / "one", iterations=6, **common))
+    part = train(TrainConfig(out=tmp_path / "two", iterations=3, **common))
+    assert load_model(part, cache=False).card.training["iterations"] == 3
+    two = train(TrainConfig(out=tmp_path / "two", iterations=6, resume=True, **common))
+    w1, w2 = _weights(one), _weights(two)
+    assert w1.keys() == w2.keys()
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    c1 = torch.load(checkpoint_path(TrainConfig(out=one, iterations=6, **common)), weights_only=True)
+    c2 = torch.load(checkpoint_path(TrainConfig(out=two, iterations=6, **common)), weights_only=True)
+    assert c1["iteration"] == c2["iteration"] == 6
+    assert all(torch.equal(c1["model"][k], c2["model"][k]) for k in c1["model"])
+    # a different setting cannot silently resume
+    with pytest.raises(EMDiffuseError, match="cannot resume"):
+        next(train_iter(TrainConfig(out=tmp_path / "two", iterations=8, resume=True, **{**common, "batch": 3})))
+
+
+def test_closing_the_generator_leaves_a_usable_model_and_checkpoint(tmp_path):
+    cfg = TrainConfig(task="denoise", inputs=[_texture((80, 80))], out=tmp_path / "stop", iterations=50, **FAST)
+    gen = train_iter(cfg)
+    seen = [next(gen) for _ in range(2)]
+    assert [e.done for e in seen] == [1, 2]
+    gen.close()
+    m = load_model(cfg.out, cache=False)
+    assert m.card.training["iterations"] == 2 and m.card.training["completed"] is False
+    state = torch.load(checkpoint_path(cfg), weights_only=True)
+    assert state["iteration"] == 2
+    # resume picks up at iteration 3
+    gen = train_iter(cfg.model_copy(update={"resume": True, "iterations": 4}))
+    assert next(gen).done == 3
+    gen.close()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _bad_configs(tmp_path):
+    good = _texture((96, 96))
+    nan = good.astype(np.float32)
+    nan[3, 4] = np.nan
+    unrelated = _texture((90, 90), seed=5)
+    vol = np.stack([good[:64, :64]] * 3)
+    return {
+        "smaller than the patch": dict(task="denoise", inputs=[good[:40, :40]]),
+        "constant": dict(task="denoise", inputs=[np.full((96, 96), 7, np.uint8)]),
+        "NaN/Inf": dict(task="denoise", inputs=[nan]),
+        "isotropic-i with factor 3 needs at least 4": dict(task="isotropic-i", volume=vol, factor=3),
+        "isotropic-a with factor 4 needs": dict(task="isotropic-a", volume=np.stack([good[:8, :64]] * 12), factor=4),
+        "isotropic-a needs at least 8": dict(task="isotropic-a", volume=np.stack([good] * 5), factor=2),
+        "do not match": dict(task="denoise", inputs=[good], targets=[unrelated]),
+        "must be a multiple of 2": dict(task="denoise", inputs=[good], patch=33),
+    }
+
+
+@pytest.mark.parametrize("why", list(_bad_configs(Path("."))))
+def test_bad_input_is_refused_before_any_iteration(tmp_path, why):
+    settings = {**FAST, **_bad_configs(tmp_path)[why]}
+    gen = train_iter(TrainConfig(out=tmp_path / "bad", iterations=3, **settings))
+    with pytest.raises(InputError) as info:
+        next(gen)
+    assert why in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "bad").exists() and not checkpoint_path(TrainConfig(out=tmp_path / "bad", inputs=["x"], task="denoise")).exists()
+
+
+def test_config_errors_are_one_line_and_yaml_paths_are_relative(tmp_path):
+    with pytest.raises(EMDiffuseError, match="no training data"):
+        TrainConfig(task="denoise", out="m")
+    with pytest.raises(EMDiffuseError, match="lr"):
+        TrainConfig(task="denoise", inputs=["a.tif"], out="m", lr=-1)
+    with pytest.raises(EMDiffuseError, match="targets"):
+        TrainConfig(task="isotropic-i", inputs=["v.tif"], targets=["t.tif"], out="m")
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r.yaml"
+    recipe.write_text(
+        "task: denoise\nout: ../models/mine\ninputs:\n  - {path: ../data/noisy.tif, y: '0:512'}\n"
+        "targets: [../data/clean.tif]\nclean: [../data/other.tif]\npatch: 64\n"
+    )
+    cfg = TrainConfig.from_yaml(recipe, iterations=7)
+    assert cfg.out == (tmp_path / "models" / "mine").resolve()
+    assert cfg.inputs[0].path == (tmp_path / "data" / "noisy.tif").resolve() and cfg.inputs[0].y == (0, 512)
+    assert cfg.targets[0].path == (tmp_path / "data" / "clean.tif").resolve()
+    assert cfg.iterations == 7 and cfg.patch == 64
+    assert checkpoint_path(cfg) == (tmp_path / "models" / ".mine.train" / "checkpoint.pt").resolve()
+    recipe.write_text("task: denoise\nout: m\ninputs: [a.tif]\npatch: [1\n")
+    with pytest.raises(EMDiffuseError, match="cannot read"):
+        TrainConfig.from_yaml(recipe)
+
+
+@pytest.mark.parametrize("name", ["demo-denoise", "demo-sr2", "demo-isotropic"])
+def test_bundled_recipes_load_and_name_existing_data(name, shared_data):
+    cfg = TrainConfig.from_yaml(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.out.name == name
+    for src in [*cfg.inputs, *(t for t in cfg.targets or [] if t), *cfg.clean, *cfg.volume]:
+        assert src.path.is_file(), src.path
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def test_finetune_on_half_of_a_real_pair_registers_the_model(tmp_path, tiny_model_dir, shared_data):
+    import tifffile
+
+    pair = shared_data / "em2d" / "pair_brain_4us"
+    noisy = tifffile.imread(pair / "noisy_4us.tif")[:384]
+    clean = tifffile.imread(pair / "clean_36us.tif")[:384]
+    base = load_model(tiny_model_dir, cache=False)
+    events = list(
+        finetune_iter(
+            "denoise", noisy, clean, base=tiny_model_dir, out=tmp_path / "mine", iterations=10, patch=32, batch=2,
+            device="cpu", freeze_encoder=True, val_crops=2, val_steps=2,
+        )
+    )
+    out = events[-1]
+    assert sum(e.stage == "training" for e in events[:-1]) == 10
+    assert any(e.stage == "validation" for e in events[:-1])
+    m = load_model(out, task="denoise", cache=False)
+    assert m.card.training["base"] == "tiny-denoise" and m.card.training["freeze_encoder"] is True
+    assert m.card.network == base.card.network and m.card.normalisation == base.card.normalisation
+    assert any(i.path == Path(out).resolve() for i in list_models("denoise"))
+    # the frozen encoder kept the base's weights, the decoder moved
+    w0, w1 = base.module.state_dict(), m.module.state_dict()
+    enc = [k for k in w0 if ".input_blocks." in k or ".cond_embed." in k]
+    dec = [k for k in w0 if ".output_blocks." in k]
+    assert all(torch.equal(w0[k], w1[k]) for k in enc)
+    assert not all(torch.equal(w0[k], w1[k]) for k in dec)
+
+
+def test_finetune_without_target_simulates_the_degradation(tmp_path, tiny_sr_dir):
+    img = _texture((96, 96))
+    out = finetune("super-resolve", img, base=tiny_sr_dir, out=tmp_path / "sr", iterations=2, patch=32, batch=2, device="cpu", val_crops=1, val_steps=1)
+    card = load_model(out, cache=False).card
+    assert card.scale == 2 and card.training["data"]["kind"] == "area-downsampled" and card.training["base"] == "tiny-super-resolve"
+    # a base made for another task is refused before training
+    with pytest.raises(EMDiffuseError, match="made for"):
+        next(finetune_iter("denoise", img, base=tiny_sr_dir, out=tmp_path / "x", iterations=2, patch=32, device="cpu"))
+
+
+def test_sr_pair_of_different_shapes_is_registered(tmp_path):
+    hr = _texture((160, 160)).astype(np.float64)
+    lr = hr.reshape(80, 2, 80, 2).mean(axis=(1, 3))
+    lr = ndi.shift(lr, (1.5, -2.0), order=3)[6:-6, 4:-8]  # shifted, cropped: not on the HR grid
+    cfg = TrainConfig(task="super-resolve", inputs=[lr], targets=[hr], out=tmp_path / "srp", iterations=1, **FAST)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    cond, target = trainer.data.conds[0][0], trainer.data.targets[0][0]
+    assert cond.shape == target.shape
+    # the bicubic condition now lines up with the target
+    assert np.corrcoef(cond[4:-4, 4:-4].ravel(), target[4:-4, 4:-4].ravel())[0, 1] > 0.9
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_simulated_noise_model_and_validation_band():
+    rng = np.random.default_rng(0)
+    flat = np.full((200, 200), 100.0)
+    for dose in (10, 100):
+        noisy = simulate_noise(flat, dose, read_noise=0.0, rng=rng, lo=0, hi=200)
+        # photons = dose * 0.5, Poisson: std of intensity = 200 * sqrt(0.5 dose) / dose
+        assert noisy.std() == pytest.approx(200 * np.sqrt(0.5 * dose) / dose, rel=0.05)
+    img = _texture((100, 64))
+    data = SimulatedNoiseData([img], doses=[20], rule=Normalisation(), patch=32, val_fraction=0.2)
+    band = data.bands[0]
+    assert band >= 20
+    # training crops never reach the band: the last rows of the image are never drawn
+    marked = img.copy()
+    marked[-band:] = 255
+    data = SimulatedNoiseData([marked], doses=[1e6], read_noise=0, rule=Normalisation(mode="range", vmin=0, vmax=255), patch=32, val_fraction=0.2)
+    for s in range(30):
+        _, target, _ = data.sample_one(np.random.default_rng(s))
+        assert target.max() < 1.0
+    val = data.validation(4)
+    assert val is not None and torch.all(val.target > 0.99)
+    # the same validation crops, noise included, at every call
+    assert torch.equal(val.cond, data.validation(4).cond)
+
+
+def test_sr_condition_matches_inference_preparation():
+    from napari_emdiffuse.engine.restore import make_condition
+    from napari_emdiffuse.engine.normalise import fit_normalisation, sample_values
+
+    img = _texture((64, 64)).astype(np.float64)
+    data = sr_data([img], scale=2, rule=Normalisation(), patch=32, val_fraction=0)
+    low = img.reshape(32, 2, 32, 2).mean(axis=(1, 3))
+    info = fit_normalisation(sample_values(low), Normalisation())
+    expected = make_condition(low, info, 2, torch.device("cpu"))[0].numpy()
+    assert np.array_equal(data.conds[0], expected)
+
+
+# --------------------------------------------------------------------------- multi-process
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, os, sys
+            import numpy as np, torch
+            torch.set_num_threads(1)
+            from napari_emdiffuse.engine.training import TrainConfig, Trainer
+            rng = np.random.default_rng(0)
+            img = (rng.random((80, 80)) * 255).astype(np.uint8)
+            cfg = TrainConfig(task="denoise", inputs=[img], out={str(tmp_path / "ddp")!r}, iterations=3,
+                              network={TINY!r}, patch=32, batch=2, val_crops=1, val_steps=1, device="cpu")
+            trainer = Trainer(cfg)
+            crops = []
+            orig = trainer.next_batch
+            def spy():
+                b = orig(); crops.append(float(b.target.sum())); return b
+            trainer.next_batch = spy
+            gen = trainer.run()
+            for ev in gen:
+                pass
+            rank = int(os.environ["RANK"])
+            sd = trainer.net.state_dict()
+            with open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w") as fh:
+                json.dump({{"world": trainer.world, "crops": crops, "w": float(sum(v.double().sum() for v in sd.values()))}}, fh)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert r0["crops"] != r1["crops"]  # each rank draws its own crops
+    assert r0["w"] == r1["w"]  # the weights stay in sync
+    card = load_model(tmp_path / "ddp", cache=False).card  # only rank 0 wrote it, once
+    assert card.training["processes"] == 2 and card.training["batch"] == 4

@@ -1,0 +1,554 @@
+"""The napari plugin: manifest, sample data, the widgets' plain logic, and the three dock
+widgets driven in a real viewer (virtual X display via pytest-xvfb).
+
+Tiny randomly initialised models keep every run to a second or two on a CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("qtpy")
+
+import napari  # noqa: E402
+import npe2  # noqa: E402
+import torch  # noqa: E402
+
+from napari_emdiffuse.engine.errors import EMDiffuseError, InputError  # noqa: E402
+from napari_emdiffuse.widgets import _common  # noqa: E402
+from napari_emdiffuse.widgets.finetune import (  # noqa: E402
+    FinetuneOptions,
+    LossHistory,
+    default_output,
+    parse_lr,
+    to_canvas,
+)
+from napari_emdiffuse.widgets.isotropic import (  # noqa: E402
+    IsotropicOptions,
+    check_zarr_output,
+    isotropic_geometry,
+    isotropic_names,
+    prefill_factor,
+)
+from napari_emdiffuse.widgets.restore import (  # noqa: E402
+    RestoreOptions,
+    check_input_layer,
+    output_geometry,
+    output_names,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = ROOT / "src" / "napari_emdiffuse" / "napari.yaml"
+PLUGIN = "napari-emdiffuse"
+RESTORE = "Restore (denoise / super-resolve)"
+ISOTROPIC = "Isotropic reconstruction"
+FINETUNE = "Fine-tune"
+HAS_VOLUME = importlib.util.find_spec("napari_emdiffuse.engine.volume") is not None
+HAS_TRAINING = importlib.util.find_spec("napari_emdiffuse.engine.training") is not None
+TINY_NET = dict(inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[], num_head_channels=16)
+
+
+def _tiny(arch: str, name: str, **card):
+    from napari_emdiffuse.engine.config import Normalisation
+    from napari_emdiffuse.engine.factory import create_EMDiffuse
+
+    torch.manual_seed(0)
+    m = create_EMDiffuse(arch, **TINY_NET)
+    m.card.normalisation = Normalisation()
+    m.card.name = name
+    m.card.overlap = 8
+    m.card.tile = 32
+    for k, v in card.items():
+        setattr(m.card, k, v)
+    return m
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny denoise, x2 super-resolution and isotropic models saved as model directories."""
+    d = tmp_path_factory.mktemp("widget-models")
+    return {
+        "denoise": _tiny("EMDiffuse-n", "tiny-denoise").save(d / "tiny-denoise"),
+        "sr": _tiny("EMDiffuse-r", "tiny-sr2").save(d / "tiny-sr2"),
+        "iso": _tiny("vEMDiffuse-i", "tiny-iso", z_factor=None).save(d / "tiny-iso"),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    # Model registry and widget settings isolated per test.
+    monkeypatch.setenv("EMDIFFUSE_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    """Messages the widgets show with napari's show_error."""
+    shown: list[str] = []
+    monkeypatch.setattr(napari.utils.notifications, "show_error", lambda msg: shown.append(str(msg)))
+    monkeypatch.setattr(napari.utils.notifications, "show_info", lambda msg: None)
+    return shown
+
+
+@pytest.fixture
+def plugin():
+    """Our manifest registered with npe2, as ``pip install`` would (entry point)."""
+    pm = npe2.PluginManager.instance()
+    if PLUGIN not in pm._manifests:  # not installed in this environment
+        pm.register(npe2.PluginManifest.from_file(MANIFEST))
+    yield pm
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, plugin):
+    return make_napari_viewer()
+
+
+def _dock(viewer, name: str):
+    _dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def _wait(qtbot, widget, timeout: int = 60_000) -> None:
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------------------------
+# manifest and sample data
+
+
+def test_manifest_validates_and_menus_exist_in_napari():
+    from napari._app_model.constants._menus import is_menu_contributable
+
+    mf = npe2.PluginManifest.from_file(MANIFEST)
+    mf.validate_imports()
+    assert mf.name == PLUGIN and mf.display_name == "EMDiffuse"
+    assert {w.display_name for w in mf.contributions.widgets} == {RESTORE, ISOTROPIC, FINETUNE}
+    assert len(mf.contributions.sample_data) >= 2
+    # npe2 accepts any menu id; napari ignores ids that it does not expose to plugins.
+    for menu_id in mf.contributions.menus:
+        assert is_menu_contributable(menu_id), menu_id
+
+
+def test_sample_data_is_small_scaled_and_documented():
+    from napari_emdiffuse import _sample_data as sd
+
+    samples = ROOT / "resources" / "samples"
+    tifs = list(samples.glob("*.tif"))
+    assert sum(p.stat().st_size for p in tifs) < 1_000_000
+    readme = (samples / "README.md").read_text()
+    for p in tifs:
+        assert p.name in readme and "CC-BY" in readme
+    (noisy, meta, kind), = sd.noisy_fibsem()
+    assert kind == "image" and noisy.shape == (256, 256) and noisy.dtype == np.uint8
+    assert meta["scale"] == (8.0, 8.0) and meta["name"] == "liver_noisy"
+    clean, noisy2 = sd.noisy_fibsem_with_reference()
+    assert np.array_equal(noisy2[0], noisy) and clean[1]["name"] == "liver_clean"
+    (vol, vmeta, _), = sd.anisotropic_volume()
+    assert vol.shape == (6, 256, 128)
+    assert vmeta["scale"][0] == 4 * vmeta["scale"][1] == 4 * vmeta["scale"][2]
+
+
+def test_samples_open_from_napari_menu(viewer):
+    viewer.open_sample(PLUGIN, "noisy_fibsem_pair")
+    assert [layer.name for layer in viewer.layers] == ["liver_clean", "liver_noisy"]
+    assert tuple(viewer.layers["liver_noisy"].scale) == (8.0, 8.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# plain logic
+
+
+def test_restore_options_to_engine_kwargs():
+    kw = RestoreOptions().engine_kwargs()
+    assert kw == dict(preset="fast", steps=None, samples=None, sampler=None, tile=None, overlap=None, seed=0, device="auto")
+    kw = RestoreOptions(steps=2, samples=3, sampler="ddim", tile=64, overlap=0, seed=7, device="cpu").engine_kwargs()
+    assert (kw["steps"], kw["samples"], kw["sampler"], kw["tile"], kw["overlap"], kw["seed"]) == (2, 3, "ddim", 64, 0, 7)
+    with pytest.raises(EMDiffuseError, match="overlap"):
+        RestoreOptions(tile=32, overlap=32).engine_kwargs()
+    with pytest.raises(EMDiffuseError, match="task"):
+        RestoreOptions(task="isotropic-i").validate()
+    # Saved settings: wrong types and unknown keys are ignored, broken combinations reset.
+    opts = RestoreOptions.from_dict({"steps": 5, "seed": "x", "bogus": 1, "preset": "balanced"})
+    assert (opts.steps, opts.seed, opts.preset) == (5, 0, "balanced")
+    assert RestoreOptions.from_dict({"tile": 16, "overlap": 20}) == RestoreOptions()
+    assert RestoreOptions.from_dict(RestoreOptions(steps=3).to_dict()).steps == 3
+
+
+def test_output_names():
+    assert output_names("img", "denoise") == ("img_denoised", "img_denoised_uncertainty")
+    assert output_names("img", "super-resolve", 2) == ("img_sr2", "img_sr2_uncertainty")
+
+
+def test_output_geometry_overlays_pixel_areas():
+    scale, translate = (40.0, 8.0, 6.0), (3.0, 100.0, -20.0)
+    s2, t2 = output_geometry(scale, translate, 2)
+    assert s2 == (40.0, 4.0, 3.0)
+    assert t2 == (3.0, 100.0 - 2.0, -20.0 - 1.5)  # translate + (1/s - 1)/2 * scale
+    # The s output pixels of input pixel 0 have their mean centre at its centre, and the
+    # first one starts where the input pixel starts.
+    for f in (2, 3, 4):
+        (sy,), (ty,) = output_geometry((8.0,), (100.0,), f)[0][-1:], output_geometry((8.0,), (100.0,), f)[1][-1:]
+        centres = [ty + j * sy for j in range(f)]
+        assert np.isclose(np.mean(centres), 100.0)
+        assert np.isclose(centres[0] - sy / 2, 100.0 - 8.0 / 2)
+    assert output_geometry(scale, translate, 1) == (scale, translate)
+
+
+def test_isotropic_logic(tmp_path):
+    assert isotropic_geometry((32.0, 8.0, 8.0), (5.0, 1.0, 2.0), 4) == ((8.0, 8.0, 8.0), (5.0, 1.0, 2.0))
+    assert isotropic_names("vol") == ("vol_isotropic", "vol_isotropic_uncertainty")
+    assert prefill_factor((32.0, 8.0, 8.0)) == 4
+    assert prefill_factor((50.0, 4.0, 4.0)) is None  # 12.5: not a whole number
+    assert prefill_factor((1.0, 1.0, 1.0)) is None  # already isotropic / uncalibrated
+    assert prefill_factor((8.0, 8.0)) is None
+    kw = IsotropicOptions(factor=3, mode="a", steps=2).engine_kwargs()
+    assert (kw["factor"], kw["mode"], kw["steps"], kw["out"], kw["samples"]) == (3, "a", 2, None, None)
+    assert IsotropicOptions(mode="a").task == "isotropic-a"
+    with pytest.raises(EMDiffuseError, match="factor"):
+        IsotropicOptions(factor=1).validate()
+    with pytest.raises(EMDiffuseError, match=".zarr"):
+        check_zarr_output(str(tmp_path / "out.tif"))
+    with pytest.raises(EMDiffuseError, match="does not exist"):
+        check_zarr_output(str(tmp_path / "missing" / "out.zarr"))
+    assert check_zarr_output(str(tmp_path / "out.zarr")) == tmp_path / "out.zarr"
+
+
+def test_check_input_layer():
+    rgb = napari.layers.Image(np.zeros((8, 8, 3), np.uint8), rgb=True, name="photo")
+    with pytest.raises(InputError, match="RGB"):
+        check_input_layer(rgb)
+    flat = napari.layers.Image(np.zeros((8, 8), np.uint8), name="flat")
+    check_input_layer(flat)
+    with pytest.raises(InputError, match="3D"):
+        check_input_layer(flat, volume=True)
+    with pytest.raises(InputError, match="no image layer"):
+        check_input_layer(None)
+
+
+def test_device_choices():
+    assert _common.device_choices(cuda_count=0, mps=False) == ["auto", "cpu"]
+    assert _common.device_choices(cuda_count=2, mps=True) == ["auto", "cpu", "cuda:0", "cuda:1", "mps"]
+    assert _common.device_choices()[:2] == ["auto", "cpu"]
+
+
+def test_settings_roundtrip_and_corruption(tmp_path):
+    s = _common.Settings()
+    assert s.path == tmp_path / "home" / "widgets.json"
+    assert s.load("restore") == {}
+    s.save("restore", {"options": {"steps": 3}})
+    s.save("isotropic", {"options": {"factor": 4}})
+    assert _common.Settings().load("restore") == {"options": {"steps": 3}}
+    s.path.write_text("{not json")
+    assert s.load("restore") == {}  # a broken file is a fresh start, not a crash
+
+
+def test_model_choices(models):
+    from napari_emdiffuse.engine.model import register_model
+
+    assert _common.model_choices("denoise", allow_default=True)[0].value is None
+    register_model(models["denoise"])
+    choices = _common.model_choices("denoise", [str(models["denoise"]), "/x/best_Network.pth"])
+    values = [c.value for c in choices]
+    assert values.count(str(models["denoise"].resolve())) == 1  # browsed twice, listed once
+    assert any(c.label == "tiny-denoise (user)" for c in choices)
+    ckpt = [c for c in choices if c.value.endswith(".pth")][0]
+    assert ckpt.checkpoint and ckpt.label == "best_Network.pth (file)"
+    assert not _common.model_choices("super-resolve", [])  # the denoiser is not offered for SR
+    assert _common.architectures_for("denoise") == ["EMDiffuse-n"]
+    assert _common.architectures_for("isotropic-a") == ["vEMDiffuse-i", "vEMDiffuse-a"]
+    assert _common.resolve_browsed("/m/dir/model.yaml") == Path("/m/dir")
+
+
+def test_report_error(errors, caplog):
+    assert _common.report_error(InputError("image is empty")) == "image is empty"
+    with caplog.at_level(logging.ERROR, logger="napari_emdiffuse.widgets"):
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError as exc:
+            msg = _common.report_error(exc)
+    assert msg == "unexpected error: boom"
+    assert errors == ["image is empty", "unexpected error: boom"]
+    assert "Traceback" in caplog.text or caplog.records[-1].exc_info is not None
+
+
+def test_finetune_logic(tmp_path):
+    assert parse_lr("5e-5") == 5e-5
+    for bad in ("fast", "0", "-1e-4", "nan"):
+        with pytest.raises(EMDiffuseError):
+            parse_lr(bad)
+    out = default_output("denoise", now=0)
+    assert out.parent == tmp_path / "home" / "models" and out.name.startswith("denoise-finetuned-")
+    kw = FinetuneOptions(iterations=3, patch=32, batch=2, output=str(tmp_path / "m")).engine_kwargs()
+    assert (kw["iterations"], kw["patch"], kw["batch"], kw["out"]) == (3, 32, 2, tmp_path / "m")
+    assert not FinetuneOptions(task="isotropic-a").needs_target
+    with pytest.raises(EMDiffuseError, match="validation"):
+        FinetuneOptions(val_fraction=0.95).validate()
+    assert FinetuneOptions.from_dict({"lr": 1, "iterations": 10}).iterations == FinetuneOptions().iterations
+    assert FinetuneOptions.from_dict({"lr": 1e-4, "iterations": 10}).lr == 1e-4
+
+
+def test_loss_history_and_plot_mapping():
+    h = LossHistory()
+    assert h.bounds() is None and h.psnr_bounds() is None
+    assert h.add({"stage": "training", "done": 1, "total": 4, "loss": 1.0})
+    assert h.add({"stage": "training", "done": 2, "total": 4, "loss": 0.5})
+    # The engine validates with PSNR/SSIM; a validation loss is plotted when one comes.
+    assert h.add({"stage": "validation", "done": 2, "metrics": {"psnr": 20.0, "ssim": 0.5}})
+    assert h.add({"stage": "validation", "done": 4, "loss": 0.75, "metrics": {"psnr": 21.0}})
+    assert not h.add({"stage": "training", "done": 3, "loss": float("nan")})
+    assert not h.add({"stage": "sampling", "done": 1, "total": 2})
+    assert h.val == [(4, 0.75)] and h.psnr == [(2, 20.0), (4, 21.0)] and h.metrics == {"psnr": 21.0}
+    assert h.bounds() == (1.0, 4.0, 0.5, 1.0)  # iterations of every series, losses only
+    assert h.psnr_bounds() == (1.0, 4.0, 20.0, 21.0)
+    assert "val PSNR 21.00 dB" in h.summary() and "loss 0.5" in h.summary()
+    pts = to_canvas(h.train, (1.0, 2.0, 0.5, 1.0), (10.0, 0.0, 100.0, 50.0))
+    assert pts == [(10.0, 0.0), (110.0, 50.0)]  # high loss at the top left, y grows down
+    h.clear()
+    assert h.bounds() is None
+
+
+def test_loss_plot_paints(qtbot):
+    from napari_emdiffuse.widgets.finetune import LossPlot
+
+    h = LossHistory()
+    plot = LossPlot(h)
+    qtbot.addWidget(plot)
+    plot.resize(300, 150)
+    plot.grab()  # empty: the placeholder text
+    for i in range(1, 6):
+        h.add({"stage": "training", "done": i, "total": 5, "loss": 1.0 / i})
+    h.add({"stage": "validation", "done": 5, "metrics": {"psnr": 22.0, "ssim": 0.6}})
+    assert not plot.grab().isNull()
+
+
+# ----------------------------------------------------------------------------------------------
+# widgets in a viewer
+
+
+def test_restore_widget_denoise_and_rerun_replaces(viewer, qtbot, models, errors):
+    img = (np.random.default_rng(0).random((40, 48)) * 255).astype(np.uint8)
+    layer = viewer.add_image(img, name="em", scale=(8.0, 6.0), translate=(10.0, -4.0))
+    w = _dock(viewer, RESTORE)
+    w.model.add_path(models["denoise"])
+    w.layer_combo.set_layer(layer)
+    w.steps.setValue(2)
+    w.samples.setValue(2)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    with qtbot.waitSignal(w.run_finished, timeout=60_000) as sig:
+        assert w.run()
+        assert w.run_button.text() == "Cancel"
+    assert sig.args == ["done"] and not errors
+    assert w.run_button.text() == "Run"
+    out, unc = viewer.layers["em_denoised"], viewer.layers["em_denoised_uncertainty"]
+    assert out.data.shape == img.shape and out.data.dtype == np.uint8
+    assert unc.data.shape == img.shape and unc.data.dtype == np.float32
+    assert unc.colormap.name == "magma"
+    for o in (out, unc):
+        assert tuple(o.scale) == (8.0, 6.0) and tuple(o.translate) == (10.0, -4.0)
+    assert "cpu" in w.device.used.text()
+    assert np.array_equal(layer.data, img)  # the input is never touched
+
+    # Re-running updates the outputs in place; one sample leaves no stale uncertainty.
+    n = len(viewer.layers)
+    w.samples.setValue(1)
+    w.seed.setValue(1)
+    before = out.data.copy()
+    assert w.run()
+    _wait(qtbot, w)
+    assert len(viewer.layers) == n - 1 and "em_denoised_uncertainty" not in viewer.layers
+    assert viewer.layers["em_denoised"] is out and not np.array_equal(out.data, before)
+    assert [layer.name for layer in viewer.layers].count("em_denoised") == 1
+
+    # Settings persist: a new widget starts with the options of the last run.
+    w2 = _dock(viewer, FINETUNE)  # any other widget must not disturb the restore section
+    assert w2 is not None
+    from napari_emdiffuse.widgets.restore import RestoreWidget
+
+    again = RestoreWidget(viewer)
+    assert again.options() == w.options()
+    assert again.model.value()[0] == str(models["denoise"].resolve())
+    again.deleteLater()
+
+
+def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors):
+    img = (np.random.default_rng(1).random((2, 24, 20)) * 4000).astype(np.uint16)
+    viewer.add_image(img, name="stack", scale=(50.0, 8.0, 8.0), translate=(0.0, 16.0, 32.0))
+    w = _dock(viewer, RESTORE)
+    w.task.setCurrentText("super-resolve")
+    assert w.model.task == "super-resolve"
+    w.model.add_path(models["sr"])
+    w.steps.setValue(2)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors
+    out = viewer.layers["stack_sr2"]
+    assert out.data.shape == (2, 48, 40) and out.data.dtype == np.uint16
+    assert tuple(out.scale) == (50.0, 4.0, 4.0)
+    assert tuple(out.translate) == (0.0, 14.0, 30.0)  # translate - scale/4 in Y and X
+    assert "stack_sr2_uncertainty" not in viewer.layers  # one sample: no uncertainty
+
+
+def test_restore_cancel_leaves_nothing_and_viewer_responds(viewer, qtbot, models, errors):
+    img = (np.random.default_rng(2).random((96, 96)) * 255).astype(np.uint8)
+    viewer.add_image(img, name="big")
+    w = _dock(viewer, RESTORE)
+    w.model.add_path(models["denoise"])
+    w.steps.setValue(200)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    assert w.run()
+    qtbot.waitUntil(lambda: w._run is not None and w._run._pbar is not None, timeout=60_000)  # sampling started
+    with qtbot.waitSignal(w.run_finished, timeout=30_000) as sig:
+        w.run_button.click()  # Cancel
+        assert w.run_button.text() == "Cancelling…"
+        # The GUI thread is free while the worker winds down.
+        viewer.add_points([[1, 1]], name="still-alive")
+        qtbot.wait(10)
+    assert sig.args == ["cancelled"] and not errors
+    assert "big_denoised" not in viewer.layers and "still-alive" in viewer.layers
+    assert w.run_button.text() == "Run" and w.status.text().startswith("cancelled")
+
+
+def test_bad_inputs_are_notified(viewer, qtbot, models, errors):
+    viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="photo", rgb=True)
+    w = _dock(viewer, RESTORE)
+    assert not w.run()
+    assert len(errors) == 1 and "RGB" in errors[0] and not w.running
+
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="flat")
+    iso = _dock(viewer, ISOTROPIC)
+    iso.layer_combo.set_layer(viewer.layers["flat"])
+    assert not iso.run()
+    assert "3D" in errors[-1]
+
+    # An engine error (a model for another task) comes back as its one-line message.
+    w.layer_combo.set_layer(viewer.layers["flat"])
+    w.model.add_path(models["sr"])
+    w.device.set_value("cpu")
+    assert w.run()
+    _wait(qtbot, w)
+    assert "made for super-resolve, not denoise" in errors[-1]
+    assert w.status.text().startswith("failed")
+
+
+def test_model_picker_browse_and_checkpoint_arch(viewer, qtbot, models, tmp_path):
+    w = _dock(viewer, RESTORE)
+    ckpt = tmp_path / "best_Network.pth"
+    ckpt.write_bytes(b"")
+    w.model.ask_path = lambda: str(models["denoise"] / "model.yaml")  # picking model.yaml = its folder
+    w.model.combo.setCurrentIndex(w.model.combo.findData(_common.BROWSE))
+    w.model._on_activated(w.model.combo.currentIndex())
+    assert w.model.value() == (str(models["denoise"].resolve()), None)
+    assert w.model.arch.isHidden()
+    w.model.add_path(ckpt)
+    assert w.model.value() == (str(ckpt.resolve()), "EMDiffuse-n")
+    assert not w.model.arch.isHidden()
+    w.model.ask_path = lambda: None  # dialog cancelled: the selection stays
+    w.model.combo.setCurrentIndex(w.model.combo.findData(_common.BROWSE))
+    w.model._on_activated(w.model.combo.currentIndex())
+    assert w.model.value()[0] == str(ckpt.resolve())
+
+
+@pytest.mark.skipif(not HAS_VOLUME, reason="engine.volume not available yet")
+def test_isotropic_widget(viewer, qtbot, models, errors, tmp_path):
+    vol = (np.random.default_rng(3).random((3, 32, 32)) * 255).astype(np.uint8)
+    layer = viewer.add_image(vol, name="vol", scale=(16.0, 8.0, 8.0), translate=(4.0, 0.0, 2.0))
+    w = _dock(viewer, ISOTROPIC)
+    w.layer_combo.set_layer(layer)
+    assert w.factor.value() == 2  # prefilled from the layer's scale
+    w.model.add_path(models["iso"])
+    w.steps.setValue(2)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    out = viewer.layers["vol_isotropic"]
+    assert out.data.shape == (5, 32, 32) and out.data.dtype == np.uint8
+    assert tuple(out.scale) == (8.0, 8.0, 8.0) and tuple(out.translate) == (4.0, 0.0, 2.0)
+
+    # Into a zarr store, shown lazily; re-running replaces the layer's data.
+    w.output.setText(str(tmp_path / "iso.zarr"))
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    import dask.array as da
+
+    assert viewer.layers["vol_isotropic"] is out and isinstance(out.data, da.Array)
+    assert out.data.shape == (5, 32, 32) and (tmp_path / "iso.zarr").exists()
+
+
+def test_finetune_widget_form(viewer, errors):
+    noisy = viewer.add_image(np.zeros((32, 32), np.uint8), name="noisy")
+    viewer.add_image(np.zeros((4, 16, 16), np.uint8), name="vol", scale=(24.0, 8.0, 8.0))
+    ft = _dock(viewer, FINETUNE)
+    assert ft.target_combo.isEnabled() and not ft.factor.isEnabled()
+    ft.input_combo.set_layer(noisy)
+    ft.target_combo.set_layer(noisy)
+    assert not ft.run() and "same layer" in errors[-1]
+    ft.lr.setText("fast")
+    assert not ft.run() and "learning rate" in errors[-1]
+    ft.lr.setText("1e-4")
+    ft.task.setCurrentText("isotropic-a")
+    assert ft.base.task == "isotropic-a" and not ft.target_combo.isEnabled() and ft.factor.isEnabled()
+    ft.input_combo.set_layer(viewer.layers["vol"])
+    assert ft.factor.value() == 3  # from the volume's scale
+    ft.input_combo.set_layer(noisy)
+    assert not ft.run() and "3D" in errors[-1]
+    assert not ft.running
+
+
+@pytest.mark.skipif(not HAS_TRAINING, reason="engine.training not available yet")
+def test_finetune_widget_trains_stops_and_lists_model(viewer, qtbot, models, errors, tmp_path):
+    rng = np.random.default_rng(4)
+    clean = (rng.random((64, 64)) * 255).astype(np.uint8)
+    noisy = np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+    viewer.add_image(clean, name="clean")
+    viewer.add_image(noisy, name="noisy")
+    restore = _dock(viewer, RESTORE)
+    ft = _dock(viewer, FINETUNE)
+    ft.input_combo.set_layer(viewer.layers["noisy"])
+    ft.target_combo.set_layer(viewer.layers["clean"])
+    ft.base.add_path(models["denoise"])
+    ft.iterations.setValue(3)
+    ft.patch.setValue(32)
+    ft.batch.setValue(2)
+    ft.val_fraction.setValue(0.25)
+    ft.device.set_value("cpu")
+    ft.output.setText(str(tmp_path / "my-model"))
+    with qtbot.waitSignal(ft.run_finished, timeout=120_000) as sig:
+        assert ft.run()
+        assert ft.run_button.text() == "Stop"
+    assert sig.args == ["done"], (errors, ft.status.text())
+    assert not errors
+    assert len(ft.history.train) == 3 and ft.history.psnr, "no loss / validation arrived"
+    assert "finetune_preview" in viewer.layers
+    assert ft.saved_model is not None and (Path(ft.saved_model) / "model.yaml").is_file()
+
+    def listed(picker) -> list:
+        return [picker.combo.itemData(i) for i in range(picker.combo.count())]
+
+    # In the other widgets' lists at once, without reopening them.
+    assert str(Path(ft.saved_model).resolve()) in listed(restore.model)
+
+    # Stop: the child closes the generator, which saves the model trained so far.
+    ft.iterations.setValue(10_000)
+    ft.output.setText(str(tmp_path / "stopped-model"))
+    assert ft.run()
+    qtbot.waitUntil(lambda: len(ft.history.train) >= 1, timeout=120_000)
+    with qtbot.waitSignal(ft.run_finished, timeout=120_000) as sig:
+        ft.run_button.click()
+        assert ft.run_button.text() == "Stopping…"
+    assert sig.args == ["stopped"] and not errors, (errors, ft.status.text())
+    assert ft.saved_model == str(tmp_path / "stopped-model")
+    assert (tmp_path / "stopped-model" / "model.yaml").is_file()
+    assert str((tmp_path / "stopped-model").resolve()) in listed(restore.model)
