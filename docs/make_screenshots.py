@@ -27,7 +27,7 @@ def _register_plugin() -> None:
 
     pm = npe2.PluginManager.instance()
     pm.discover()
-    if PLUGIN not in pm._manifests:
+    if PLUGIN not in pm:
         sys.path.insert(0, str(ROOT / "src"))
         pm.register(npe2.PluginManifest.from_file(ROOT / "src" / "napari_emdiffuse" / "napari.yaml"))
 
@@ -36,11 +36,6 @@ def _scale_bar(viewer):
     # napari >= 0.9 moved these; older versions keep the viewer attributes.
     canvas = getattr(viewer, "canvas", None)
     return canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar
-
-
-def _camera(viewer):
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None else viewer.camera
 
 
 def _settle(viewer, qapp, ms: int = 400) -> None:
@@ -111,7 +106,6 @@ def main(argv: list[str] | None = None) -> None:
         _wait_idle(iso, qapp)
     viewer.dims.order = (1, 0, 2)  # show a ZX plane: the coarse z sampling is visible
     viewer.reset_view()
-    _camera(viewer).zoom *= 1.3
     _shot(viewer, qapp, "isotropic_widget.png")
     viewer.window.remove_dock_widget("all")
 

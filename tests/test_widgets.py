@@ -99,7 +99,7 @@ def errors(monkeypatch) -> list[str]:
 def plugin():
     """Our manifest registered with npe2, as ``pip install`` would (entry point)."""
     pm = npe2.PluginManager.instance()
-    if PLUGIN not in pm._manifests:  # not installed in this environment
+    if PLUGIN not in pm:  # not installed in this environment
         pm.register(npe2.PluginManifest.from_file(MANIFEST))
     yield pm
 
@@ -166,9 +166,11 @@ def test_samples_open_from_napari_menu(viewer):
 
 def test_restore_options_to_engine_kwargs():
     kw = RestoreOptions().engine_kwargs()
-    assert kw == dict(preset="fast", steps=None, samples=None, sampler=None, tile=None, overlap=None, seed=0, device="auto")
+    unset = dict(steps=None, samples=None, sampler=None, tile=None, overlap=None)
+    assert kw == dict(preset="fast", seed=0, device="auto", **unset)
     kw = RestoreOptions(steps=2, samples=3, sampler="ddim", tile=64, overlap=0, seed=7, device="cpu").engine_kwargs()
-    assert (kw["steps"], kw["samples"], kw["sampler"], kw["tile"], kw["overlap"], kw["seed"]) == (2, 3, "ddim", 64, 0, 7)
+    picked = tuple(kw[k] for k in ("steps", "samples", "sampler", "tile", "overlap", "seed", "device"))
+    assert picked == (2, 3, "ddim", 64, 0, 7, "cpu")
     with pytest.raises(EMDiffuseError, match="overlap"):
         RestoreOptions(tile=32, overlap=32).engine_kwargs()
     with pytest.raises(EMDiffuseError, match="task"):
@@ -204,7 +206,7 @@ def test_isotropic_logic(tmp_path):
     assert isotropic_geometry((32.0, 8.0, 8.0), (5.0, 1.0, 2.0), 4) == ((8.0, 8.0, 8.0), (5.0, 1.0, 2.0))
     assert isotropic_names("vol") == ("vol_isotropic", "vol_isotropic_uncertainty")
     assert prefill_factor((32.0, 8.0, 8.0)) == 4
-    assert prefill_factor((50.0, 4.0, 4.0)) is None  # 12.5: not a whole number
+    assert prefill_factor((45.0, 8.0, 8.0)) is None  # 5.6: not close to a whole number
     assert prefill_factor((1.0, 1.0, 1.0)) is None  # already isotropic / uncalibrated
     assert prefill_factor((8.0, 8.0)) is None
     kw = IsotropicOptions(factor=3, mode="a", steps=2).engine_kwargs()
@@ -476,8 +478,10 @@ def test_isotropic_widget(viewer, qtbot, models, errors, tmp_path):
     assert out.data.shape == (5, 32, 32) and out.data.dtype == np.uint8
     assert tuple(out.scale) == (8.0, 8.0, 8.0) and tuple(out.translate) == (4.0, 0.0, 2.0)
 
-    # Into a zarr store, shown lazily; re-running replaces the layer's data.
+    # Into a zarr store, shown lazily, with uncertainty; re-running replaces the layer's data.
     w.output.setText(str(tmp_path / "iso.zarr"))
+    w.samples.setValue(2)
+    w.uncertainty.setChecked(True)
     assert w.run()
     _wait(qtbot, w)
     assert not errors, errors
@@ -485,6 +489,10 @@ def test_isotropic_widget(viewer, qtbot, models, errors, tmp_path):
 
     assert viewer.layers["vol_isotropic"] is out and isinstance(out.data, da.Array)
     assert out.data.shape == (5, 32, 32) and (tmp_path / "iso.zarr").exists()
+    unc = viewer.layers["vol_isotropic_uncertainty"]
+    assert isinstance(unc.data, da.Array) and unc.data.shape == (5, 32, 32)
+    assert tuple(unc.scale) == (8.0, 8.0, 8.0) and unc.colormap.name == "magma"
+    assert np.asarray(unc.data[0]).max() == 0  # measured slices are certain
 
 
 def test_finetune_widget_form(viewer, errors):

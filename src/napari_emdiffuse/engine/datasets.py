@@ -366,7 +366,9 @@ class PairData(TrainingData):
             self.conds.append(np.asarray(c, np.float32))
             self.targets.append(np.asarray(t, np.float32))
             self.bands.append(band)
-        self._areas = np.array([(c.shape[-2] - b - patch + 1) * (c.shape[-1] - patch + 1) for c, b in zip(self.conds, self.bands)], float)
+        self._areas = np.array(
+            [(c.shape[-2] - b - patch + 1) * (c.shape[-1] - patch + 1) for c, b in zip(self.conds, self.bands)], float
+        )
         self.info = info or {}
 
     @property
@@ -563,10 +565,11 @@ class SimulatedNoiseData(TrainingData):
                 self.names.append(label)
                 self.ranges.append((lo, hi))
                 self.bands.append(band)
-                self.norms.append(
-                    [_fit(simulate_noise(plane, d, read_noise=self.read_noise, rng=rng, lo=lo, hi=hi), rule) for d in self.doses]
-                )
-        self._areas = np.array([(im.shape[0] - b - patch + 1) * (im.shape[1] - patch + 1) for im, b in zip(self.images, self.bands)], float)
+                sim = [simulate_noise(plane, d, read_noise=self.read_noise, rng=rng, lo=lo, hi=hi) for d in self.doses]
+                self.norms.append([_fit(n, rule) for n in sim])
+        self._areas = np.array(
+            [(im.shape[0] - b - patch + 1) * (im.shape[1] - patch + 1) for im, b in zip(self.images, self.bands)], float
+        )
         self.seed = seed
 
     @property

@@ -30,7 +30,10 @@ from .errors import InputError
 __all__ = ["RegisteredPair", "register_pair"]
 
 _COARSE_MAX = 1024  # edge above which the integer search runs on a block-mean copy
-_SMOOTH = 1.5  # px; correlations are judged on smoothed images so that noise does not hide a match
+# Matches are judged by the correlation of band-passed images (difference of Gaussians,
+# 1.5 and 10 px): the fine sigma keeps noise from hiding a match, removing the coarse
+# scale keeps shading gradients from faking one between unrelated fields of view.
+_BAND = (1.5, 10.0)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class RegisteredPair:
         With ``refine_tiles``: the largest distance (pixels) between a tile's own shift and the
         global one, a measure of non-rigid distortion; 0.0 otherwise.
     correlation : float
-        Pearson correlation of the smoothed, aligned images (1 = identical structure).
+        Pearson correlation of the band-passed, aligned images (1 = identical structure).
     scale : int
         Size ratio ``fixed / moving``.
     """
@@ -97,6 +100,10 @@ def _overlap(shape_m, shape_f, shift) -> tuple[slice, slice, slice, slice] | Non
     return my, mx, fy, fx
 
 
+def _bandpass(a: np.ndarray) -> np.ndarray:
+    return ndi.gaussian_filter(a, _BAND[0]) - ndi.gaussian_filter(a, _BAND[1])
+
+
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a = a - a.mean()
     b = b - b.mean()
@@ -128,7 +135,7 @@ def _integer_shift(mov: np.ndarray, fix: np.ndarray, min_overlap: float) -> tupl
         return out
 
     d = _phase_shift(prep(fix), prep(mov)).round().astype(int)
-    sm, sf = ndi.gaussian_filter(mov, _SMOOTH), ndi.gaussian_filter(fix, _SMOOTH)
+    sm, sf = _bandpass(mov), _bandpass(fix)
     need = min_overlap * min(mov.size, fix.size)
     best, best_r = None, -np.inf
     for dy in {d[0], d[0] - H, d[0] + H}:
@@ -172,7 +179,7 @@ def _tile_shifts(mov: np.ndarray, fix: np.ndarray, n: int, min_correlation: floa
             if ov is None:
                 continue
             my, mx, fy, fx = ov
-            r = _pearson(ndi.gaussian_filter(a, _SMOOTH)[my, mx], ndi.gaussian_filter(b, _SMOOTH)[fy, fx])
+            r = _pearson(_bandpass(a)[my, mx], _bandpass(b)[fy, fx])
             if r >= min_correlation:
                 found.append(t)
     return np.array(found).reshape(-1, 2)
@@ -208,8 +215,8 @@ def register_pair(
     min_overlap : float, optional
         Smallest overlap accepted, as a fraction of the smaller image's area.
     min_correlation : float, optional
-        Smallest correlation of the smoothed, aligned images accepted; below it the images
-        are taken to show different things.
+        Smallest correlation of the aligned images (band-passed to structures of ~2-10
+        pixels) accepted; below it the images are taken to show different things.
 
     Returns
     -------
@@ -292,7 +299,7 @@ def register_pair(
             f"(need {min_overlap:.0%}); are they the same field of view?"
         )
     my, mx, fy, fx = ov
-    corr = _pearson(ndi.gaussian_filter(mov[my, mx], _SMOOTH), ndi.gaussian_filter(fix[fy, fx], _SMOOTH))
+    corr = _pearson(_bandpass(mov)[my, mx], _bandpass(fix)[fy, fx])
     if corr < min_correlation:
         raise InputError(
             f"the images do not match (correlation {corr:.2f} after alignment, need {min_correlation:g}); "

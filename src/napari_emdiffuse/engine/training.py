@@ -35,7 +35,7 @@ import os
 import random
 import tempfile
 import warnings
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -229,12 +229,12 @@ class TrainConfig(BaseModel):
     Examples
     --------
     >>> cfg = TrainConfig(task="denoise", inputs=["noisy.tif"], targets=["clean.tif"], out="my-model")
-    >>> cfg.patch, cfg.batch, cfg.kind
-    (128, 4, 'diffusion')
-    >>> TrainConfig(task="denoise", out="m")
+    >>> cfg.patch, cfg.batch, cfg.iterations
+    (128, 4, 1000)
+    >>> TrainConfig(task="denoise", out="m")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    napari_emdiffuse.engine.errors.EMDiffuseError: invalid training config: no training data: give inputs, clean images or a volume
+    napari_emdiffuse.engine.errors.EMDiffuseError: invalid training config: no training data: ...
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
@@ -246,7 +246,7 @@ class TrainConfig(BaseModel):
     # what to start from
     base: str | None = None
     arch: str | None = None
-    kind: Literal["diffusion", "regression"] | None = None
+    kind: Literal["diffusion", "regression"] | None = None  # None: the base's, else diffusion
     network: dict[str, Any] = Field(default_factory=dict)
     normalisation: Normalisation | None = None
     scale: int | None = Field(None, ge=2, le=8)
@@ -320,7 +320,9 @@ class TrainConfig(BaseModel):
         if not (self.inputs or self.clean or self.volume):
             raise ValueError("no training data: give inputs, clean images or a volume")
         if self.targets is not None and len(self.targets) != len(self.inputs):
-            raise ValueError(f"{len(self.inputs)} inputs but {len(self.targets)} targets; give one target per input (null: simulate)")
+            raise ValueError(
+                f"{len(self.inputs)} inputs but {len(self.targets)} targets; give one target per input (null: simulate)"
+            )
         if iso and (self.clean or any(t is not None for t in self.targets or [])):
             raise ValueError("isotropic training learns from the volume itself; remove targets and clean images")
         if not iso and self.volume:
@@ -329,9 +331,8 @@ class TrainConfig(BaseModel):
             raise ValueError("network changes apply to training from scratch; remove them or the base model")
         if self.freeze_encoder and self.base is None:
             raise ValueError("freeze_encoder keeps a base model's encoder; name a base model")
-        if self.warmup and self.warmup > self.iterations * 10:
-            raise ValueError(f"warmup {self.warmup} is far longer than the run ({self.iterations} iterations)")
-        if self.device.strip().lower() not in ("auto", "cpu", "mps", "cuda") and not self.device.lower().startswith("cuda:"):
+        dev = self.device.strip().lower()
+        if dev not in ("auto", "cpu", "mps", "cuda") and not dev.startswith("cuda:"):
             raise ValueError(f"invalid device {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
         return self
 
@@ -423,7 +424,9 @@ def _rng_state(data_rng: np.random.Generator, gen: torch.Generator) -> dict[str,
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "torch_gen": gen.get_state(),
-        "numpy_global": json.dumps([np_state[0], np_state[1].tolist(), *[float(v) if isinstance(v, float) else int(v) for v in np_state[2:]]]),
+        "numpy_global": json.dumps(
+            [np_state[0], np_state[1].tolist(), *[float(v) if isinstance(v, float) else int(v) for v in np_state[2:]]]
+        ),
         "python": json.dumps([py[0], list(py[1]), py[2]]),
         "data": json.dumps(data_rng.bit_generator.state),
     }
@@ -466,10 +469,15 @@ class Trainer:
     """Template-method trainer shared by every task.
 
     :meth:`run` calls, in order: :meth:`setup` once, then per iteration
-    :meth:`next_batch` and :meth:`train_step`, every ``val_every`` iterations
-    :meth:`validate`, every ``checkpoint_every`` iterations :meth:`save_checkpoint`; at the
-    end :meth:`save_model`. Every event passes through :meth:`log` before it is yielded.
-    Override hooks to change one step (e.g. a different loss) without copying the loop.
+    :meth:`next_batch`, :meth:`train_step` and :meth:`update_ema`, every ``val_every``
+    iterations :meth:`validate`, every ``checkpoint_every`` iterations
+    :meth:`save_checkpoint`; at the end :meth:`save_model`. Every event passes through
+    :meth:`log` before it is yielded. Override a hook to change one step (e.g. a different
+    loss) without copying the loop.
+
+    For reproducibility :meth:`setup` seeds the global torch, numpy and ``random``
+    generators from ``seed`` (and the rank), as ``seed_everything`` helpers do; crops come
+    from a private numpy generator and diffusion noise from a private torch generator.
 
     Parameters
     ----------
@@ -492,6 +500,7 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self.base_name: str | None = None
         self.ready = False
+        self._stopping = False
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -566,27 +575,37 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        self.iteration += 1
-        # EMA warm-up: average over at most the iterations seen so far, so a short fine-tune
-        # is not dominated by the starting weights.
-        self.ema.decay = min(self.config.ema_decay, (1 + self.ema.num_updates) / (10 + self.ema.num_updates))
-        self.ema.update(self.net, step=self.iteration)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise EMDiffuseError(
-                f"training diverged: the loss is {value} at iteration {self.iteration}; lower lr or check the data"
+                f"training diverged: the loss is {value} at iteration {self.iteration + 1}; lower lr or check the data"
             )
         return value
+
+    def update_ema(self) -> None:
+        """Fold the new weights into the EMA (after ``iteration`` was advanced)."""
+        # Warm-up: average over at most the iterations seen so far, so that a short
+        # fine-tune is not dominated by the starting weights.
+        n = self.ema.num_updates
+        self.ema.decay = min(self.config.ema_decay, (1 + n) / (10 + n))
+        self.ema.update(self.net, step=self.iteration)
 
     def next_batch(self) -> Batch:
         return self.data.sample(self.data_rng, self.config.batch)
 
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], np.ndarray] | None:
-        """PSNR/SSIM (model range, data_range 2) of the held-out crops with the EMA weights:
-        a few-step DPM-Solver++ restoration (diffusion) or one pass (regression)."""
+        """Score the held-out crops with the EMA weights.
+
+        ``psnr``/``ssim`` (model range, data_range 2) of a few-step DPM-Solver++ restoration
+        (diffusion) or of the one-pass prediction (regression), and ``val_loss``: the training
+        loss on the held-out crops with fixed noise levels and noise, comparable between
+        validations and with the training loss. Random draws come from private generators,
+        so validating does not change the training run.
+        """
         if self.val_batch is None or not self.is_main:
             return None
+        from .losses import mse_loss, mse_var_loss
         from .metrics import psnr, ssim
 
         vb = self.val_batch.to(self.device)
@@ -594,17 +613,29 @@ class Trainer:
             self.net.eval()
             if self.card.kind == "diffusion":
                 gen = torch.Generator().manual_seed(self.config.seed)
+                gammas = self.net.sample_gammas(len(vb), generator=gen)
+                noise = torch.randn(vb.target.shape, generator=gen).to(self.device)
+                val_loss = self.net(vb.target, vb.cond, vb.slice_index, noise=noise, gammas=gammas)
                 pred = self.net.restoration(
                     vb.cond, sampler="dpm++", steps=self.config.val_steps, slice_index=vb.slice_index, generator=gen
                 )
             else:
-                pred = self.net(vb.cond)
-                pred = pred[0] if isinstance(pred, tuple) else pred
+                out = self.net(vb.cond)
+                val_loss = mse_var_loss(vb.target, *out) if isinstance(out, tuple) else mse_loss(vb.target, out)
+                pred = out[0] if isinstance(out, tuple) else out
             self.net.train()
         p, t = pred.float().cpu().numpy(), vb.target.cpu().numpy()
         scores_p = [psnr(p[i], t[i], data_range=2.0) for i in range(len(p))]
-        scores_s = [ssim(p[i][0] if p.shape[1] == 1 else p[i], t[i][0] if t.shape[1] == 1 else t[i], data_range=2.0) for i in range(len(p))]
-        metrics = {"psnr": float(np.mean([min(s, 100.0) for s in scores_p])), "ssim": float(np.mean(scores_s))}
+
+        def planes(a: np.ndarray) -> np.ndarray:  # one plane: 2D SSIM; several: mean over planes
+            return a[0] if a.shape[0] == 1 else a
+
+        scores_s = [ssim(planes(p[i]), planes(t[i]), data_range=2.0) for i in range(len(p))]
+        metrics = {
+            "psnr": float(np.mean([min(s, 100.0) for s in scores_p])),
+            "ssim": float(np.mean(scores_s)),
+            "val_loss": float(val_loss),
+        }
         cond = vb.cond[0, 0].cpu().numpy()
         preview = np.concatenate([cond, p[0, 0], t[0, 0]], axis=1)
         preview = np.clip((preview + 1.0) * 127.5, 0, 255).astype(np.uint8)
@@ -615,7 +646,7 @@ class Trainer:
         """Write the resumable state atomically (rank 0); other ranks send their RNG states."""
         rng = _rng_state(self.data_rng, self.gen)
         states = [rng]
-        if self.distributed and not getattr(self, "_stopping", False):
+        if self.distributed and not self._stopping:  # a stop may reach one rank only: no collective
             import torch.distributed as dist
 
             states = [None] * self.world
@@ -701,12 +732,14 @@ class Trainer:
             "processes": self.world,
             "device": self.device.type,
         }
-        if self.metrics:
+        card.metrics = {}
+        if self.metrics and self.val_batch is not None:
             card.metrics = {
                 **{k: round(float(v), 4) for k, v in self.metrics.items()},
                 "evaluated_on": f"{len(self.val_batch)} held-out crops (bottom {cfg.val_fraction:.0%} of each image)",
                 "sampler": f"dpm++ {cfg.val_steps} steps" if card.kind == "diffusion" else "one pass",
                 "data_range": 2.0,
+                "intensities": "model range [-1, 1]",
             }
         module = self.ema.shadow_module(self.net) if card.ema else copy.deepcopy(self.net)
         path = EMDiffuseModel(card, module.cpu()).save(self.out, extra_files={"config.yaml": cfg.to_yaml()})
@@ -741,23 +774,26 @@ class Trainer:
             try:
                 while self.iteration < total:
                     loss = self.train_step(self.next_batch())
+                    self.iteration += 1
+                    self.update_ema()
                     lr = self.optimizer.param_groups[0]["lr"]
-                    yield self.log(
-                        Progress("training", self.iteration, total, loss=loss, message=f"loss {loss:.4f}", extra={"lr": lr})
+                    event = Progress(
+                        "training", self.iteration, total, loss=loss, message=f"loss {loss:.4f}", extra={"lr": lr}
                     )
+                    yield self.log(event)
                     if self.iteration % cfg.val_every == 0 and self.iteration < total:
                         yield from self._validation_event()
                         validated_at = self.iteration
                     if self.iteration % cfg.checkpoint_every == 0 and self.iteration < total:
                         self.save_checkpoint()
+                if validated_at != self.iteration:
+                    yield from self._validation_event()
             except GeneratorExit:
                 self._stopping = True
                 if self.is_main and self.iteration > self.start_iteration:
                     self.save_checkpoint()
-                    self.save_model(completed=False)
+                    self.save_model(completed=self.iteration >= total)
                 raise
-            if validated_at != self.iteration:
-                yield from self._validation_event()
             self.save_checkpoint()
             path = self.save_model(completed=True) if self.is_main else self.out
             if self.distributed:
@@ -779,7 +815,7 @@ class Trainer:
         yield self.log(
             Progress(
                 "validation", self.iteration, self.config.iterations, metrics=metrics, preview=preview,
-                message=f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}",
+                message=f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}, loss {metrics['val_loss']:.4f}",
             )
         )
 
@@ -882,6 +918,12 @@ class Trainer:
         kind = cfg.kind or "diffusion"
         iso = cfg.task.startswith("isotropic")
         factor = cfg.factor or 2
+        if iso and kind == "regression" and factor > 2:
+            # Without a slice-index embedding a network cannot tell which of several new
+            # slices to make; isotropic reconstruction refuses such models for factor > 2.
+            raise EMDiffuseError(
+                f"a regression isotropic model adds one slice per gap (factor 2), not {factor}; use kind diffusion"
+            )
         cond = 2 if iso else 1
         want = {
             "in_channel": cond + (1 if kind == "diffusion" else 0),
@@ -953,13 +995,16 @@ class Trainer:
                 parts.append(sr_data(clean, scale=scale, rule=rule, names=clean_names, **common, **blur))
         return parts[0] if len(parts) == 1 else MixedData(parts)
 
-    def _registered(self, image: np.ndarray, target: np.ndarray, scale: int, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    def _registered(
+        self, image: np.ndarray, target: np.ndarray, scale: int, a: str, b: str
+    ) -> tuple[np.ndarray, np.ndarray]:
         expected = image.shape[:-2] + (image.shape[-2] * scale, image.shape[-1] * scale)
         if target.shape == expected and not self.config.register:
             return image, target  # same grid: taken as registered
         if image.ndim != 2 or target.ndim != 2:
             raise InputError(
-                f"{a} {tuple(image.shape)} and {b} {tuple(target.shape)} do not match; register stacks slice by slice first"
+                f"{a} {tuple(image.shape)} and {b} {tuple(target.shape)} do not match; "
+                "register stacks slice by slice first"
             )
         from .registration import register_pair
 
@@ -984,8 +1029,8 @@ def train_iter(
     """Train a model; yield :class:`~.events.Progress` events, then the model directory.
 
     Events: ``Progress("training", done=iteration, total=iterations, loss=...)`` after every
-    iteration, ``Progress("validation", metrics={"psnr", "ssim"}, preview=uint8 image of
-    condition | restoration | target)`` every ``val_every`` iterations and at the end. The
+    iteration, ``Progress("validation", metrics={"psnr", "ssim", "val_loss"}, preview=uint8
+    image of condition | restoration | target)`` every ``val_every`` iterations and at the end. The
     last item is the saved model directory (a ``Path``). Bad input raises
     :class:`~.errors.InputError` at the first ``next()``, before any iteration. Closing the
     generator stops training after the current iteration and still writes the model and a

@@ -39,7 +39,7 @@ from .canvas import Item, SamplingOptions, resolve_options, sample_canvas
 from .errors import EMDiffuseError, InputError
 from .events import Progress
 from .io import ZARR_SUFFIX, ZarrWriter, _zarr_major, check_output_path, open_zarr_for_block_writes, read_image
-from .model import EMDiffuseModel, load_model, resolve_device
+from .model import DEFAULT_MODELS, EMDiffuseModel, load_model, resolve_device
 from .normalise import NormInfo, fit_normalisation, from_model, to_dtype, to_model
 from .restore import _as_numpy, _check_finite, _info, canvas_size, drain, validate_image
 from .tiling import TilePlan, block_slices, pad_to
@@ -60,8 +60,6 @@ DEFAULT_BLOCK = 2048
 #: so its memory does not grow with the volume.
 NORM_SAMPLE_VALUES = 1_000_000
 NORM_SAMPLE_SLICES = 64
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -384,13 +382,17 @@ def _fit_volume_norm(m: EMDiffuseModel, vol: Any) -> NormInfo:
     zs = np.unique(np.linspace(0, nz - 1, min(nz, NORM_SAMPLE_SLICES)).round().astype(int))
     per_slice = max(1, NORM_SAMPLE_VALUES // len(zs))
     stride = max(1, math.ceil(math.sqrt(h * w / per_slice)))
-    parts = []
+    per = math.ceil(h / stride) * math.ceil(w / stride)
+    values = np.empty(len(zs) * per, dtype=np.float64)  # filled in place: no list + concatenate copy
+    n = 0
     for z in zs:
         sub = vol[int(z), ::stride, ::stride]
-        sub = sub.compute() if hasattr(sub, "compute") else sub
-        vals = np.asarray(sub, dtype=np.float64).ravel()
-        parts.append(vals[np.isfinite(vals)] if vals.dtype.kind == "f" else vals)
-    values = np.concatenate(parts)
+        sub = np.asarray(sub.compute() if hasattr(sub, "compute") else sub).ravel()
+        if sub.dtype.kind == "f":
+            sub = sub[np.isfinite(sub)]
+        values[n : n + sub.size] = sub
+        n += sub.size
+    values = values[:n]
     if values.size == 0:
         raise InputError("volume is all NaN/Inf; nothing to reconstruct")
     return fit_normalisation(values, m.card.normalisation)
@@ -421,16 +423,21 @@ class _BlockJob:
     dtype: str
 
 
-# One model per worker process and model spec: loading is the expensive part of a task.
+# Models loaded in this (worker) process, by spec: loading is the expensive part of a task.
+# Long-lived remote workers see a new temporary spec per run of an in-memory model, so
+# only the most recent few are kept.
 _WORKER_MODELS: dict[tuple[str, str | None, str], EMDiffuseModel] = {}
+_WORKER_MODELS_MAX = 2
 
 
 def _worker_model(spec: str, arch: str | None, device: str) -> EMDiffuseModel:
     key = (spec, arch, device)
-    m = _WORKER_MODELS.get(key)
+    m = _WORKER_MODELS.pop(key, None)
     if m is None:
         m = load_model(spec, arch=arch, device=device, cache=False)
-        _WORKER_MODELS[key] = m
+    _WORKER_MODELS[key] = m  # most recently used last
+    while len(_WORKER_MODELS) > _WORKER_MODELS_MAX:
+        del _WORKER_MODELS[next(iter(_WORKER_MODELS))]
     return m
 
 
@@ -485,11 +492,13 @@ def _stage_input(vol: Any, where: Path, chunks: tuple[int, int, int]) -> str:
     return str(where)
 
 
-def _model_spec(model: Any, loaded: EMDiffuseModel, arch: str | None, tmp: Path) -> tuple[str, str | None, bool]:
+def _model_spec(
+    model: Any, loaded: EMDiffuseModel, task: str, arch: str | None, tmp: Path
+) -> tuple[str, str | None, bool]:
     """What workers load: (name or path, arch, whether ``tmp`` was written)."""
-    if isinstance(model, EMDiffuseModel) or model is None:
-        if model is None and loaded.path is not None:
-            return str(Path(loaded.path).resolve()), None, False
+    if model is None or (isinstance(model, str) and not model.strip()):
+        return DEFAULT_MODELS[task], None, False  # each worker finds its own bundled copy
+    if isinstance(model, EMDiffuseModel):
         # An in-memory model (maybe changed since loading) travels as a model directory.
         loaded.save(tmp)
         return str(tmp), None, True
@@ -715,7 +724,7 @@ def reconstruct_isotropic_iter(
         cleanup: list[Path] = []
         try:
             model_dir = out_path.with_name(f".{out_path.name}.model-{tag}")
-            spec, spec_arch, wrote = _model_spec(model, m, arch, model_dir)
+            spec, spec_arch, wrote = _model_spec(model, m, task, arch, model_dir)
             if wrote:
                 cleanup.append(model_dir)
             arr, unc = yield from _run_distributed(

@@ -65,6 +65,8 @@ __all__ = [
     "settings_path",
     "notify_models_changed",
     "layer_geometry",
+    "layer_source",
+    "layer_units",
     "upsert_image",
     "LayerCombo",
     "ModelPicker",
@@ -75,7 +77,8 @@ __all__ = [
 logger = logging.getLogger("napari_emdiffuse.widgets")
 
 BROWSE = "Browse…"
-MIN_WIDTH = 340  # dock width at which labels, model names and the dock title fit
+MIN_WIDTH = 340  # dock width at which the labels and model names fit
+# Bare weight files that engine.model.load_model accepts with an architecture.
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 
 
@@ -109,7 +112,10 @@ def report_error(exc: BaseException) -> str:
         message = str(exc)
     else:
         logger.error("unexpected error in napari-emdiffuse", exc_info=(type(exc), exc, exc.__traceback__))
-        message = f"unexpected error: {exc}" if str(exc) else f"unexpected error: {type(exc).__name__}"
+        text = " ".join(str(exc).split())  # one line, however the exception was worded
+        if len(text) > 200:
+            text = text[:197] + "..."
+        message = f"unexpected error: {text or type(exc).__name__}"
     notify_error(message)
     return message
 
@@ -294,6 +300,19 @@ class Settings:
 def layer_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The data-to-world scale and translate of a layer, as tuples of floats."""
     return tuple(float(v) for v in layer.scale), tuple(float(v) for v in layer.translate)
+
+
+def layer_units(layer: Any) -> tuple[str, ...] | None:
+    """The layer's axis units as strings (napari >= 0.6), or None."""
+    units = getattr(layer, "units", None)
+    return tuple(str(u) for u in units) if units is not None else None
+
+
+def layer_source(layer: Any) -> dict[str, Any]:
+    """What an output layer needs from its input, captured when a run starts (the input
+    may be renamed, moved or removed while the worker runs)."""
+    scale, translate = layer_geometry(layer)
+    return {"layer": layer, "name": layer.name, "scale": scale, "translate": translate, "units": layer_units(layer)}
 
 
 def upsert_image(
@@ -829,6 +848,18 @@ class ModelPicker(QWidget):
             self.arch.addItems(archs)
         self.arch.setVisible(checkpoint)
         self.arch_label.setVisible(checkpoint)
+
+    def settings(self) -> dict[str, Any]:
+        """The selection and browsed paths, for :class:`Settings`."""
+        return {"model": self.value()[0], "model_paths": list(self.extra_paths)}
+
+    def apply_settings(self, saved: dict[str, Any]) -> None:
+        """Restore :meth:`settings`; paths that no longer exist are dropped."""
+        for p in saved.get("model_paths", []):
+            if isinstance(p, str) and Path(p).exists():
+                self.add_path(p)
+        if isinstance(saved.get("model"), str):
+            self.select(saved["model"])
 
     def value(self) -> tuple[str | None, str | None]:
         """``(model, arch)`` for the engine; arch is set only for checkpoints."""

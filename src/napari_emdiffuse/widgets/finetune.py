@@ -253,7 +253,9 @@ def _bounds(
 
 
 def to_canvas(
-    points: list[tuple[int, float]], bounds: tuple[float, float, float, float], rect: tuple[float, float, float, float]
+    points: list[tuple[int, float]],
+    bounds: tuple[float, float, float, float],
+    rect: tuple[float, float, float, float],
 ) -> list[tuple[float, float]]:
     """Map (iteration, value) points into a pixel rectangle (left, top, width, height); y up."""
     x0, x1, y0, y1 = bounds
@@ -550,7 +552,9 @@ class FinetuneWidget(QWidget):
             return False
         base, arch = self.base.value()
         if arch is not None:
-            notify_error("fine-tuning starts from a model folder or .zip; import the checkpoint first (emdiffuse import)")
+            notify_error(
+                "fine-tuning starts from a model folder or .zip; import the checkpoint first (emdiffuse import)"
+            )
             return False
         self._save_settings(opts)
         kwargs.update(task=opts.task, input=x, target=y, base=base)

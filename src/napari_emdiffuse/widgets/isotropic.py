@@ -38,12 +38,12 @@ from ._common import (
     ModelPicker,
     RunButton,
     Settings,
-    layer_geometry,
+    layer_source,
     notify_error,
     remove_layer,
     upsert_image,
 )
-from .restore import PRESETS, check_input_layer, layer_array, layer_units
+from .restore import PRESETS, UNCERTAINTY_COLORMAP, check_input_layer, layer_array
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -153,8 +153,9 @@ class IsotropicOptions:
 
 
 def prefill_factor(scale: tuple[float, ...]) -> int | None:
-    """The factor implied by a layer's scale (z / y), or None when it is not a whole
-    number of at least 2 (an uncalibrated or already isotropic layer)."""
+    """The factor implied by a layer's scale (z over the lateral spacing, the engine's
+    rule), or None when that is not close to a whole number of at least 2 (an uncalibrated
+    or already isotropic layer)."""
     if len(scale) < 3:
         return None
     z, y = float(scale[-3]), float(scale[-2])
@@ -164,11 +165,6 @@ def prefill_factor(scale: tuple[float, ...]) -> int | None:
         from ..engine.volume import factor_from_spacing
 
         factor = int(factor_from_spacing(tuple(float(v) for v in scale[-3:])))
-    except ImportError:  # pragma: no cover - engine module not there yet
-        ratio = z / y
-        factor = round(ratio)
-        if abs(ratio - factor) > 0.01 * ratio:
-            return None
     except EMDiffuseError:
         return None
     return factor if 2 <= factor <= MAX_FACTOR else None
@@ -269,7 +265,7 @@ class IsotropicWidget(QWidget):
             self.mode.addItem(text, key)
             self.mode.setItemData(self.mode.count() - 1, MODE_TIPS[key], Qt.ToolTipRole)
         self.mode.setToolTip("\n".join(f"{MODES[k]}: {MODE_TIPS[k]}" for k in MODES))
-        self.factor = _spin(2, MAX_FACTOR, 4, None, "New slices per gap: z spacing / xy spacing (filled from the layer's scale)")
+        self.factor = _spin(2, MAX_FACTOR, 4, None, "Times finer z becomes: z spacing / xy spacing")
         self.factor_hint = QLabel("")
         self.factor_hint.setWordWrap(True)
         self.model = ModelPicker("isotropic-i")
@@ -368,17 +364,10 @@ class IsotropicWidget(QWidget):
         opts = IsotropicOptions.from_dict(saved.get("options", {}))
         opts.output = ""  # a big store from last time is not today's default target
         self.set_options(opts)
-        for p in saved.get("model_paths", []):
-            if isinstance(p, str) and Path(p).exists():
-                self.model.add_path(p)
-        if isinstance(saved.get("model"), str):
-            self.model.select(saved["model"])
+        self.model.apply_settings(saved)
 
     def _save_settings(self) -> None:
-        Settings().save(
-            self.SETTINGS,
-            {"options": self.options().to_dict(), "model": self.model.value()[0], "model_paths": self.model.extra_paths},
-        )
+        Settings().save(self.SETTINGS, {"options": self.options().to_dict(), **self.model.settings()})
 
     def _prefill(self, *_: Any) -> None:
         layer = self.layer_combo.layer()
@@ -429,8 +418,8 @@ class IsotropicWidget(QWidget):
             kwargs["arch"] = arch
         self._save_settings()
         data = layer_array(layer)
-        scale, translate = layer_geometry(layer)
-        source = {"layer": layer, "name": layer.name, "scale": scale, "translate": translate, "units": layer_units(layer)}
+        source = layer_source(layer)
+        scale = source["scale"]
 
         def factory():
             from ..engine.volume import reconstruct_isotropic_iter
@@ -444,7 +433,7 @@ class IsotropicWidget(QWidget):
         self._run = EngineRun(
             factory,
             desc=f"EMDiffuse isotropic x{opts.factor}: {layer.name}",
-            stages=("sampling",),
+            stages=("sampling", "block"),  # block: distributed runs
             on_result=lambda result: self._show(result, source, kwargs["out"]),
             on_finished=self._finished,
         ).start()
@@ -464,23 +453,23 @@ class IsotropicWidget(QWidget):
         protect = [source["layer"]]
         outputs = []
         if result.uncertainty is not None:
-            unc_out = None
-            if out is not None and not hasattr(result.uncertainty, "shape"):
-                unc_out = Path(result.uncertainty)
-            unc = upsert_image(
-                self.viewer, unc_name, lazy_volume(result.uncertainty, unc_out), protect=protect, colormap="magma", **geo
-            )
-            unc.visible = False
+            unc_data = lazy_volume(result.uncertainty, getattr(result, "uncertainty_path", None))
+            new = unc_name not in self.viewer.layers
+            unc = upsert_image(self.viewer, unc_name, unc_data, protect=protect, colormap=UNCERTAINTY_COLORMAP, **geo)
+            if new:  # hidden at first, to be toggled on; a re-run keeps the user's choice
+                unc.visible = False
             outputs.append(unc)
         else:
             remove_layer(self.viewer, unc_name, protect=protect)
-        vol = upsert_image(self.viewer, name, lazy_volume(result.volume, out), protect=protect, **geo)
+        vol_data = lazy_volume(result.volume, getattr(result, "path", None) or out)
+        vol = upsert_image(self.viewer, name, vol_data, protect=protect, **geo)
         outputs.insert(0, vol)
         self.last_outputs = outputs
         device = result.info.get("device") if isinstance(result.info, dict) else None
         self.device.set_used(device)
         where = f" -> {out}" if out is not None else ""
-        self.status.setText(f"'{vol.name}' {tuple(vol.data.shape)} in {time.monotonic() - self._started:.1f} s on {device}{where}")
+        seconds = time.monotonic() - self._started
+        self.status.setText(f"'{vol.name}' {tuple(vol.data.shape)} in {seconds:.1f} s on {device}{where}")
 
     def _finished(self, outcome: str) -> None:
         self._run = None

@@ -24,7 +24,7 @@ from ._common import (
     ModelPicker,
     RunButton,
     Settings,
-    layer_geometry,
+    layer_source,
     notify_error,
     remove_layer,
     upsert_image,
@@ -199,12 +199,6 @@ def layer_array(layer: Any) -> Any:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
-def layer_units(layer: Any) -> tuple[str, ...] | None:
-    """The layer's axis units as strings (napari >= 0.6), or None."""
-    units = getattr(layer, "units", None)
-    return tuple(str(u) for u in units) if units is not None else None
-
-
 # ----------------------------------------------------------------------------------------------
 # Qt
 
@@ -324,20 +318,10 @@ class RestoreWidget(QWidget):
     def _load_settings(self) -> None:
         saved = Settings().load(self.SETTINGS)
         self.set_options(RestoreOptions.from_dict(saved.get("options", {})))
-        for p in saved.get("model_paths", []):
-            if isinstance(p, str):
-                from pathlib import Path
-
-                if Path(p).exists():
-                    self.model.add_path(p)
-        if isinstance(saved.get("model"), str):
-            self.model.select(saved["model"])
+        self.model.apply_settings(saved)
 
     def _save_settings(self) -> None:
-        Settings().save(
-            self.SETTINGS,
-            {"options": self.options().to_dict(), "model": self.model.value()[0], "model_paths": self.model.extra_paths},
-        )
+        Settings().save(self.SETTINGS, {"options": self.options().to_dict(), **self.model.settings()})
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -366,9 +350,8 @@ class RestoreWidget(QWidget):
         model, arch = self.model.value()
         self._save_settings()
         data = layer_array(layer)
-        scale, translate = layer_geometry(layer)
-        # Captured now: the input layer may be renamed or removed while the worker runs.
-        source = {"layer": layer, "name": layer.name, "scale": scale, "translate": translate, "units": layer_units(layer)}
+        source = layer_source(layer)
+        scale = source["scale"]
 
         def factory():
             from ..engine.restore import restore_iter
@@ -401,9 +384,12 @@ class RestoreWidget(QWidget):
         geo = {"scale": scale, "translate": translate, "units": source["units"]}
         outputs = []
         if result.uncertainty is not None:
-            # Hidden below the mean: it is there to be toggled on, not to cover the result.
-            unc = upsert_image(self.viewer, unc_name, result.uncertainty, protect=protect, colormap=UNCERTAINTY_COLORMAP, **geo)
-            unc.visible = False
+            new = unc_name not in self.viewer.layers
+            unc = upsert_image(
+                self.viewer, unc_name, result.uncertainty, protect=protect, colormap=UNCERTAINTY_COLORMAP, **geo
+            )
+            if new:  # hidden at first, to be toggled on; a re-run keeps the user's choice
+                unc.visible = False
             outputs.append(unc)
         else:
             remove_layer(self.viewer, unc_name, protect=protect)  # stale: from an earlier run

@@ -1,0 +1,126 @@
+"""Registration of training pairs: known shifts are recovered to a fraction of a pixel,
+pairs of different shapes are cropped to their overlap, unrelated images are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_emdiffuse.engine.errors import InputError
+from napari_emdiffuse.engine.registration import RegisteredPair, register_pair
+
+
+def _texture(shape, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = ndi.gaussian_filter(rng.random(shape), 2) + 0.5 * ndi.gaussian_filter(rng.random(shape), 8)
+    return (a - a.min()) / (a.max() - a.min()) * 200 + 20
+
+
+def _moved(image: np.ndarray, shift, margin: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(moving, fixed): moving(p - shift) == fixed(p), both cropped away from the borders."""
+    moved = ndi.shift(image.astype(np.float64), [-s for s in shift], order=3, mode="nearest")
+    crop = (slice(margin, -margin), slice(margin, -margin))
+    return moved[crop], image[crop].astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def real_pair(request):
+    from .conftest import SHARED
+
+    if not SHARED.is_dir():
+        pytest.skip(f"real EM data not found at {SHARED} (only present in the project's CI layout)")
+    import tifffile
+
+    pair = SHARED / "em2d" / "pair_brain_4us"
+    return tifffile.imread(pair / "noisy_4us.tif"), tifffile.imread(pair / "clean_36us.tif")
+
+
+@pytest.mark.parametrize("shift", [(3.5, -2.0), (-0.3, 0.7)])
+def test_known_shift_of_a_textured_image_is_recovered(shift):
+    moving, fixed = _moved(_texture((200, 220)), shift)
+    pair = register_pair(moving, fixed)
+    assert isinstance(pair, RegisteredPair)
+    assert np.allclose(pair.shift, shift, atol=0.2)
+    assert pair.moving.shape == pair.fixed.shape and pair.correlation > 0.95
+    # aligned: the resampled reference matches the untouched moving image
+    assert np.abs(pair.moving - pair.fixed).mean() < 1.0
+
+
+def test_known_shift_of_real_em_is_recovered_and_noisy_input_is_not_interpolated(real_pair):
+    noisy, clean = real_pair
+    moving, fixed = _moved(clean[:384, :384], (3.5, -2.0))
+    assert np.allclose(register_pair(moving, fixed).shift, (3.5, -2.0), atol=0.2)
+    # the real noisy/clean pair: registered within a fraction of a pixel already
+    pair = register_pair(noisy[:384], clean[:384])
+    assert np.abs(pair.shift).max() < 0.5 and pair.correlation > 0.9
+    # the integer shift is applied by cropping: moving pixels are the input's own values
+    shifted = noisy[10:, 7:]
+    pair = register_pair(shifted[:300, :300], clean[:380, :380])
+    assert np.allclose(pair.shift, (10, 7), atol=0.3)
+    assert pair.moving.dtype == noisy.dtype
+    h, w = pair.moving.shape
+    assert np.array_equal(pair.moving, shifted[:h, :w])
+
+
+def test_pairs_of_different_shapes_are_cropped_to_their_overlap():
+    img = _texture((300, 320))
+    moving, fixed = img[40:260, 30:300], img[:200, :240]  # moving starts at (40, 30) in fixed's frame
+    pair = register_pair(moving, fixed)
+    assert np.allclose(pair.shift, (40, 30), atol=0.1)
+    assert pair.moving.shape == pair.fixed.shape == (160, 210)
+    assert np.allclose(pair.moving, pair.fixed)
+
+
+def test_super_resolution_pair_is_measured_on_the_low_resolution_grid():
+    hr = _texture((192, 192))
+    lr = hr.reshape(96, 2, 96, 2).mean(axis=(1, 3))
+    lr = ndi.shift(lr, (-1.25, 3.0), order=3)[8:-8, 8:-8]  # lr(q) = hr_down(q + (9.25, 5))
+    pair = register_pair(lr, hr, scale=2)
+    assert np.allclose(pair.shift, (9.25, 5.0), atol=0.2)
+    assert pair.fixed.shape == (2 * pair.moving.shape[0], 2 * pair.moving.shape[1])
+    down = pair.fixed.reshape(pair.moving.shape[0], 2, pair.moving.shape[1], 2).mean(axis=(1, 3))
+    assert np.corrcoef(down.ravel(), pair.moving.ravel())[0, 1] > 0.99
+
+
+def test_tiles_report_residual_shift_of_distorted_pairs():
+    img = _texture((240, 240))
+    moving, fixed = _moved(img, (1.0, 2.0))
+    rigid = register_pair(moving, fixed, refine_tiles=3)
+    assert rigid.residual_shift < 0.3
+    assert register_pair(moving, fixed).residual_shift == 0.0
+    # stretch x by 2%: the tiles at the sides move by ~2 px in opposite directions
+    yy, xx = np.mgrid[0:240, 0:240].astype(float)
+    stretched = ndi.map_coordinates(img, [yy, 120 + (xx - 120) * 1.02], order=3, mode="nearest")
+    warped = register_pair(stretched[20:-20, 20:-20], img[20:-20, 20:-20], refine_tiles=3)
+    assert warped.residual_shift > 1.0
+
+
+def test_unrelated_images_are_refused_with_one_line():
+    with pytest.raises(InputError, match="do not match") as info:
+        register_pair(_texture((128, 128), seed=1), _texture((128, 128), seed=2))
+    assert "\n" not in str(info.value)
+
+
+def test_unrelated_real_em_is_refused(real_pair):
+    noisy, clean = real_pair
+    with pytest.raises(InputError, match="same field of view"):
+        register_pair(noisy[:256, :256], clean[400:656, 400:656])
+
+
+def test_small_overlap_large_shift_and_bad_images_are_refused():
+    img = _texture((300, 300))
+    with pytest.raises(InputError, match="overlap|do not match"):
+        register_pair(img[:150, :150], img[110:260, 110:260])  # 40 x 40 px in common
+    moving, fixed = _moved(img, (6.0, 0.0))
+    with pytest.raises(InputError, match="max_shift"):
+        register_pair(moving, fixed, max_shift=3)
+    assert np.allclose(register_pair(moving, fixed, max_shift=8).shift, (6, 0), atol=0.2)
+    with pytest.raises(InputError, match="constant"):
+        register_pair(np.zeros((64, 64)), img[:64, :64])
+    bad = img.copy()
+    bad[5, 5] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        register_pair(bad, img)
+    with pytest.raises(InputError, match="2D"):
+        register_pair(np.stack([img, img]), img)
