@@ -91,6 +91,9 @@ def tiny_model():
 
 def quality(args) -> None:
     vol = tifffile.imread(need_shared() / CELEGANS)
+    if args.y_range:
+        y0, y1 = (int(v) for v in args.y_range.split(":"))
+        vol = vol[:, y0:y1]  # demo-isotropic never trained on rows 192-255
     model = try_model(args.model, args.device)
     rows = []
     for f in [int(v) for v in args.factors.split(",")]:
@@ -113,7 +116,8 @@ def quality(args) -> None:
             continue
         label = f"{model.card.name} ({res.info['sampler']}, {res.info['steps']} steps, {res.info['samples']} sample(s))"
         rows.append(score(label, f, res.volume[dropped], truth, t.seconds))
-    print(f"{CELEGANS}: {vol.shape} {vol.dtype}; keep every f-th slice, score the dropped ones\n")
+    rows_note = f" rows {args.y_range}" if args.y_range else ""
+    print(f"{CELEGANS}{rows_note}: {vol.shape} {vol.dtype}; keep every f-th slice, score the dropped ones\n")
     print(table(rows, ["factor", "method", "slices scored", "PSNR dB", "SSIM", "time s"]))
 
 
@@ -218,6 +222,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo-isotropic", help="'random-tiny': a small random network (tests the script)")
     ap.add_argument("--factors", default="2,3,4", help="comma-separated factors (keep every f-th slice)")
+    ap.add_argument("--y-range", default=None, help="score only rows a:b of every slice (e.g. 192:256, held out)")
     ap.add_argument("--preset", default="fast")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--samples", type=int, default=None)

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     viewer.layers.clear()
     viewer.open_sample(PLUGIN, "anisotropic_volume")
     _, iso = viewer.window.add_plugin_dock_widget(PLUGIN, "Isotropic reconstruction")
-    iso.layer_combo.set_layer(viewer.layers["celegans_z4"])
+    iso.layer_combo.set_layer(viewer.layers["celegans_z3"])
     if args.run:
         iso.run()
         _wait_idle(iso, qapp)

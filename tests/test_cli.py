@@ -185,3 +185,24 @@ def test_output_equal_to_input_is_refused(noisy_tif, capsys):
 def test_missing_output_folder_is_refused(tmp_path, noisy_tif, capsys):
     assert main(["denoise", str(noisy_tif), "-o", str(tmp_path / "no" / "out.tif")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_finetune_command_writes_and_registers_a_model(tmp_path, tiny_model_dir, capsys):
+    img = (np.random.default_rng(0).random((96, 96)) * 200 + 20).astype(np.uint8)
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, img)
+    out = tmp_path / "tuned"
+    rc = main(["finetune", "--task", "denoise", "--input", str(src), "--base", str(tiny_model_dir), "-o", str(out),
+               "--iterations", "2", "--patch", "32", "--batch", "2", "--device", "cpu"])
+    assert rc == 0 and (out / "model.yaml").is_file()
+    assert main(["models"]) == 0
+    assert "tuned" in capsys.readouterr().out
+
+
+def test_finetune_refuses_images_smaller_than_patch(tmp_path, tiny_model_dir, capsys):
+    src = tmp_path / "small.tif"
+    tifffile.imwrite(src, (np.random.default_rng(0).random((20, 20)) * 255).astype(np.uint8))
+    rc = main(["finetune", "--task", "denoise", "--input", str(src), "--base", str(tiny_model_dir),
+               "-o", str(tmp_path / "m"), "--iterations", "2", "--patch", "64", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "patch" in err[0] and not (tmp_path / "m").exists()

@@ -150,8 +150,8 @@ def test_sample_data_is_small_scaled_and_documented():
     clean, noisy2 = sd.noisy_fibsem_with_reference()
     assert np.array_equal(noisy2[0], noisy) and clean[1]["name"] == "liver_clean"
     (vol, vmeta, _), = sd.anisotropic_volume()
-    assert vol.shape == (6, 256, 128)
-    assert vmeta["scale"][0] == 4 * vmeta["scale"][1] == 4 * vmeta["scale"][2]
+    assert vol.shape == (7, 256, 128)
+    assert vmeta["scale"][0] == 3 * vmeta["scale"][1] == 3 * vmeta["scale"][2]
 
 
 def test_samples_open_from_napari_menu(viewer):

@@ -25,7 +25,7 @@ PEAK_ELECTRONS = 40.0
 READ_NOISE = 0.03  # standard deviation, as a fraction of full scale
 PIXEL_NM = 8.0  # OpenOrganelle jrc_mus-liver is 8 nm isotropic
 VOLUME_XY_NM = 8.0  # nominal: the C. elegans source volume is uncalibrated (~isotropic)
-VOLUME_KEEP_EVERY = 4
+VOLUME_KEEP_EVERY = 3
 
 
 def poisson_gaussian(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = np.ascontiguousarray(volume[::VOLUME_KEEP_EVERY])
     z_nm = VOLUME_XY_NM * VOLUME_KEEP_EVERY
     write_image(
-        args.out / "celegans_anisotropic_z4.tif", sub, spacing=(z_nm, VOLUME_XY_NM, VOLUME_XY_NM), unit="nm", axes="ZYX"
+        args.out / "celegans_anisotropic_z3.tif", sub, spacing=(z_nm, VOLUME_XY_NM, VOLUME_XY_NM), unit="nm", axes="ZYX"
     )
-    print(f"celegans_anisotropic_z4.tif: {sub.shape} (slices {list(range(0, volume.shape[0], VOLUME_KEEP_EVERY))})")
+    print(f"celegans_anisotropic_z3.tif: {sub.shape} (slices {list(range(0, volume.shape[0], VOLUME_KEEP_EVERY))})")
     total = sum(p.stat().st_size for p in args.out.glob("*.tif"))
     print(f"total {total / 1024:.0f} KiB")
 

@@ -16,7 +16,7 @@ __all__ = ["noisy_fibsem", "noisy_fibsem_with_reference", "anisotropic_volume", 
 
 NOISY = "fibsem_liver_noisy.tif"
 CLEAN = "fibsem_liver_clean.tif"
-VOLUME = "celegans_anisotropic_z4.tif"
+VOLUME = "celegans_anisotropic_z3.tif"
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -51,7 +51,7 @@ def noisy_fibsem_with_reference() -> list[LayerData]:
 
 
 def anisotropic_volume() -> list[LayerData]:
-    """C. elegans volume EM (NEUBIAS, CC-BY 4.0): every 4th slice of a near-isotropic
+    """C. elegans volume EM (NEUBIAS, CC-BY 4.0): every 3rd slice of a near-isotropic
     stack, 6x256x128, voxel size 32x8x8 nm (nominal): input for Isotropic reconstruction
     (factor 4)."""
-    return [_layer(VOLUME, "celegans_z4")]
+    return [_layer(VOLUME, "celegans_z3")]

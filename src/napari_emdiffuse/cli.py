@@ -306,7 +306,8 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     zarr_out = out if _is_zarr(out) else None
     gen = reconstruct_isotropic_iter(
         data.data, args.factor, args.model, mode=args.mode, spacing=data.spacing, out=zarr_out,
-        uncertainty=unc is not None, workers=args.workers, scheduler=args.scheduler, **kw,
+        uncertainty=(str(unc) if zarr_out is not None and unc is not None else unc is not None),
+        workers=args.workers, scheduler=args.scheduler, **kw,
     )
     result = _progress(gen)
     if zarr_out is None:

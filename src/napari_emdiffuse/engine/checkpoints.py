@@ -104,6 +104,10 @@ def save_model_dir(
         write_card(card, tmp / CARD_NAME)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        # mkdtemp makes 0700; a model is meant to be shared (lab servers, clusters)
+        os.chmod(tmp, 0o755)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -54,7 +54,9 @@ def fit_normalisation(values: np.ndarray, rule: Normalisation) -> NormInfo:
         # maps the constant to -1 and back exactly.
         lo, hi = float(values.min()), float(values.max())
         if not hi > lo:
-            hi = lo + 1.0
+            # Beyond 2**53 adding 1 is lost to rounding (hi == lo, a zero span): widen in
+            # proportion to the value there.
+            hi = lo + 1.0 if lo + 1.0 > lo else lo + abs(lo) * 2.0**-20
     return NormInfo("percentile", lo, hi)
 
 

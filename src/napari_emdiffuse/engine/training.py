@@ -252,6 +252,10 @@ class TrainConfig(BaseModel):
     scale: int | None = Field(None, ge=2, le=8)
     factor: int | None = Field(None, ge=2, le=64)
     pixel_size_nm: float | None = Field(None, gt=0)
+    # inference defaults written into the model card (None: the base's or the card default)
+    tile: int | None = Field(None, ge=8)
+    overlap: int | None = Field(None, ge=0)
+    log_snr_max: float | None = None
     # data
     inputs: list[ImageSource] = Field(default_factory=list)
     targets: list[ImageSource | None] | None = None
@@ -902,6 +906,8 @@ class Trainer:
             net = copy.deepcopy(base.module).cpu()
         else:
             card = self._scratch_card()
+        self._apply_inference_defaults(card)
+        if cfg.base is None:
             from .factory import build_module
 
             torch.manual_seed(cfg.seed)  # the same initial weights on every rank and run
@@ -912,6 +918,20 @@ class Trainer:
                 for p in part.parameters():
                     p.requires_grad_(False)
         return card, net
+
+    def _apply_inference_defaults(self, card: ModelCard) -> None:
+        cfg = self.config
+        try:
+            if cfg.overlap is not None and cfg.overlap < card.tile:
+                card.overlap = cfg.overlap  # before tile: the card checks overlap < tile
+            if cfg.tile is not None:
+                card.tile = cfg.tile
+            if cfg.overlap is not None:
+                card.overlap = cfg.overlap
+            if cfg.log_snr_max is not None:
+                card.log_snr_max = cfg.log_snr_max
+        except ValidationError as exc:
+            raise EMDiffuseError(_one_line(exc, "tile/overlap")) from None
 
     def _scratch_card(self) -> ModelCard:
         cfg = self.config

@@ -2,11 +2,13 @@
 
 Two halves, kept apart so the first can be unit-tested without a viewer:
 
-* plain logic: error reporting, device choices, model choices, settings persistence, layer
-  geometry, the model-list listener registry, the engine-generator driver and the training
-  child process;
+* plain logic: error reporting, device choices, model choices, settings persistence (and
+  the options dataclasses' round trip), sampling-option checks, layer geometry and output
+  layers, the model-list listener registry, the engine-generator driver with its progress
+  bar and the training child process;
 * thin Qt helpers: a layer combo box, a model picker (with "Browse…"), a device picker that
-  shows the device actually used, and a Run/Cancel button.
+  shows the device actually used, a Run/Cancel button, small form builders, and
+  :class:`DockWidget`, the Run/Cancel state machine and settings plumbing of every dock.
 
 Nothing here touches tensors: torch is imported only to ask which devices exist.
 """
@@ -25,18 +27,21 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSizePolicy,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -45,14 +50,19 @@ from ..engine.errors import EMDiffuseError
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+    from superqt import QCollapsible
 
 __all__ = [
     "BROWSE",
     "MIN_WIDTH",
     "CANCELLED",
+    "PRESETS",
+    "UNCERTAINTY_COLORMAP",
     "ModelChoice",
     "Settings",
+    "WidgetOptions",
     "EngineRun",
+    "ProgressBar",
     "TrainingProcess",
     "report_error",
     "notify_error",
@@ -68,10 +78,18 @@ __all__ = [
     "layer_source",
     "layer_units",
     "upsert_image",
+    "show_outputs",
+    "check_preset",
+    "check_tiling",
+    "sampling_kwargs",
     "LayerCombo",
     "ModelPicker",
     "DevicePicker",
     "RunButton",
+    "spin_box",
+    "advanced_section",
+    "path_row",
+    "DockWidget",
 ]
 
 logger = logging.getLogger("napari_emdiffuse.widgets")
@@ -80,6 +98,8 @@ BROWSE = "Browse…"
 MIN_WIDTH = 340  # dock width at which the labels and model names fit
 # Bare weight files that engine.model.load_model accepts with an architecture.
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+PRESETS = ("fast", "balanced", "reference")  # engine sampling presets (Restore, Isotropic)
+UNCERTAINTY_COLORMAP = "magma"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,6 +313,79 @@ class Settings:
             logger.warning("could not save widget settings to %s: %s", path, exc)
 
 
+_O = TypeVar("_O", bound="WidgetOptions")
+
+
+class WidgetOptions:
+    """Base of the widgets' option dataclasses: the round trip through :class:`Settings`.
+
+    Subclasses are dataclasses of plain values whose defaults fix each field's type.
+    """
+
+    def validate(self: _O) -> _O:
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+
+    @classmethod
+    def from_dict(cls: type[_O], values: dict[str, Any]) -> _O:
+        """Options from saved settings: unknown keys and wrongly typed values are dropped (an
+        int is taken for a float: JSON writes 1.0 as 1); a combination that does not validate
+        gives the defaults, since settings are a convenience."""
+        defaults = cls()
+        kept = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            v = values.get(f.name)
+            want = type(getattr(defaults, f.name))
+            if v is not None and (type(v) is want or (want is float and type(v) is int)):
+                kept[f.name] = want(v)
+        try:
+            return cls(**kept).validate()
+        except EMDiffuseError:
+            return defaults
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling options (Restore and Isotropic drive the same sampler)
+
+
+class _Sampling(Protocol):
+    preset: str
+    steps: int
+    samples: int
+    tile: int
+    overlap: int
+    seed: int
+    device: str
+
+
+def check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise EMDiffuseError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+
+
+def check_tiling(opts: _Sampling) -> None:
+    """Refuse negative counts and an overlap that leaves a tile nothing new."""
+    if opts.steps < 0 or opts.samples < 0 or opts.tile < 0 or opts.overlap < -1 or opts.seed < 0:
+        raise EMDiffuseError("steps, samples, tile, overlap and seed cannot be negative")
+    if opts.tile and opts.overlap >= opts.tile:
+        raise EMDiffuseError(f"overlap {opts.overlap} must be smaller than tile {opts.tile}")
+
+
+def sampling_kwargs(opts: _Sampling) -> dict[str, Any]:
+    """The engine's sampling keyword arguments; 0 / -1 become None ("let the engine choose")."""
+    return {
+        "preset": opts.preset,
+        "steps": opts.steps or None,
+        "samples": opts.samples or None,
+        "tile": opts.tile or None,
+        "overlap": None if opts.overlap < 0 else opts.overlap,
+        "seed": opts.seed,
+        "device": opts.device,
+    }
+
+
 # ----------------------------------------------------------------------------------------------
 # layers
 
@@ -351,6 +444,32 @@ def remove_layer(viewer: "napari.viewer.Viewer", name: str, *, protect: Sequence
         viewer.layers.remove(name)
 
 
+def show_outputs(
+    viewer: "napari.viewer.Viewer",
+    source: dict[str, Any],
+    geometry: tuple[tuple[float, ...], tuple[float, ...]],
+    output: tuple[str, Any],
+    uncertainty: tuple[str, Any | None],
+) -> list[Any]:
+    """Show a result over its input (``source`` from :func:`layer_source`) and its
+    uncertainty, or drop a stale uncertainty an earlier run left; returns the layers shown,
+    the result first."""
+    (name, data), (unc_name, unc_data) = output, uncertainty
+    protect = [source["layer"]]
+    geo = {"scale": geometry[0], "translate": geometry[1], "units": source["units"]}
+    outputs = []
+    if unc_data is not None:
+        new = unc_name not in viewer.layers
+        unc = upsert_image(viewer, unc_name, unc_data, protect=protect, colormap=UNCERTAINTY_COLORMAP, **geo)
+        if new:  # hidden at first, to be toggled on; a re-run keeps the user's choice
+            unc.visible = False
+        outputs.append(unc)
+    else:
+        remove_layer(viewer, unc_name, protect=protect)
+    outputs.insert(0, upsert_image(viewer, name, data, protect=protect, **geo))
+    return outputs
+
+
 # ----------------------------------------------------------------------------------------------
 # driving an engine generator in a napari thread worker
 
@@ -398,6 +517,30 @@ def drive(factory: Callable[[], Generator], cancel: threading.Event) -> Generato
             gen.close()
 
 
+class ProgressBar:
+    """A napari progress bar, made at the first counted event (only then is the total known)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: Any = None
+
+    def update(self, done: int, total: int) -> None:
+        if not total:
+            return
+        from napari.utils import progress
+
+        if self.bar is None:
+            self.bar = progress(total=total, desc=self.desc)
+        elif self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(max(0, done - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 class EngineRun:
     """One run of an engine generator in a napari thread worker, with a progress bar.
 
@@ -428,19 +571,23 @@ class EngineRun:
         stages: tuple[str, ...] = ("sampling",),
     ) -> None:
         self._factory = factory
-        self._desc = desc
         self._stages = stages
         self._on_event = on_event
         self._on_result = on_result
         self._on_finished = on_finished
         self._cancel = threading.Event()
-        self._pbar: Any = None
+        self._progress = ProgressBar(desc)
         self._outcome = "failed"
         self.worker: Any = None
 
     @property
     def cancelling(self) -> bool:
         return self._cancel.is_set()
+
+    @property
+    def _pbar(self) -> Any:
+        """The napari progress bar; None until the first counted event."""
+        return self._progress.bar
 
     def start(self) -> "EngineRun":
         from napari.qt.threading import create_worker
@@ -459,14 +606,8 @@ class EngineRun:
         self._cancel.set()
 
     def _event(self, ev: Any) -> None:
-        if ev.stage in self._stages and ev.total:
-            from napari.utils import progress
-
-            if self._pbar is None:
-                self._pbar = progress(total=ev.total, desc=self._desc)
-            elif self._pbar.total != ev.total:
-                self._pbar.total = ev.total
-            self._pbar.update(max(0, ev.done - self._pbar.n))
+        if ev.stage in self._stages:
+            self._progress.update(ev.done, ev.total)
         if self._on_event is not None:
             self._on_event(ev)
 
@@ -485,9 +626,7 @@ class EngineRun:
                 report_error(exc)
 
     def _finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        self._progress.close()
         self._on_finished(self._outcome)
 
 
@@ -616,6 +755,8 @@ class TrainingProcess:
         if self._stop_time is None:
             self._stop_time = time.monotonic()
         self._stop.set()
+
+    cancel = stop  # the name DockWidget's Cancel (here: Stop) button calls
 
     @property
     def stopping(self) -> bool:
@@ -826,10 +967,7 @@ class ModelPicker(QWidget):
         if p not in self.extra_paths:
             self.extra_paths.append(p)
         self.refresh()
-        idx = self.combo.findData(p)
-        if idx >= 0:
-            self.combo.setCurrentIndex(idx)
-            self._previous = idx
+        self.select(p)
 
     def select(self, value: str | None) -> bool:
         """Select an entry by its value; False if there is none."""
@@ -915,3 +1053,185 @@ class RunButton(QPushButton):
     def set_cancelling(self) -> None:
         self.setEnabled(False)
         self.setText("Stopping…" if self._cancel_text == "Stop" else "Cancelling…")
+
+
+def spin_box(lo: int, hi: int, value: int, special: str | None = None, tip: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setValue(value)
+    if special:
+        box.setSpecialValueText(special)  # shown at the minimum value
+    box.setToolTip(tip)
+    return box
+
+
+def advanced_section(rows: Sequence[tuple[str, QWidget]]) -> QCollapsible:
+    """A collapsed "Advanced" group of form rows: options most runs leave alone."""
+    from superqt import QCollapsible  # here: the spawned training child imports this module
+
+    advanced = QCollapsible("Advanced")
+    body = QWidget()
+    form = QFormLayout(body)
+    for label, field in rows:
+        form.addRow(label, field)
+    advanced.addWidget(body)
+    return advanced
+
+
+def path_row(edit: QLineEdit, browse: Callable[[], None]) -> QHBoxLayout:
+    """A path field and a "…" button that calls ``browse`` (a file dialog)."""
+    button = QPushButton("…")
+    button.setMaximumWidth(30)
+    button.clicked.connect(browse)
+    row = QHBoxLayout()
+    row.setContentsMargins(0, 0, 0, 0)
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    return row
+
+
+class _Job(Protocol):
+    def cancel(self) -> None: ...
+
+
+class DockWidget(QWidget):
+    """What the dock widgets share: Run, which becomes Cancel (or Stop) while their one job
+    runs; the device picker and status line; the layout around each one's own form; and
+    their options kept in :class:`Settings`.
+
+    A subclass sets ``SETTINGS`` and ``OPTIONS``, and defines ``options()``,
+    ``set_options()`` and ``_start()``, which validates (raising EMDiffuseError before
+    anything starts) and then starts the job, e.g. with :meth:`_start_engine`.
+    """
+
+    #: Emitted when a run ends, with its outcome: "done", "cancelled" / "stopped" or "failed".
+    run_finished = Signal(str)
+
+    SETTINGS: ClassVar[str]
+    OPTIONS: ClassVar[type[WidgetOptions]]
+    #: Options saved but not restored: last session's output is not today's default target.
+    NOT_RESTORED: ClassVar[tuple[str, ...]] = ()
+    CANCELLING: ClassVar[str] = "cancelling…"
+    #: Status line for an outcome; outcomes not listed keep the status the run left.
+    ENDED: ClassVar[dict[str, str]] = {
+        "cancelled": "cancelled: no output written",
+        "failed": "failed: see the notification",
+    }
+
+    def __init__(
+        self,
+        napari_viewer: "napari.viewer.Viewer",
+        parent: QWidget | None = None,
+        *,
+        run_text: str = "Run",
+        cancel_text: str = "Cancel",
+    ) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._run: _Job | None = None  # an EngineRun or a TrainingProcess while running
+        self._started = 0.0
+        self.device = DevicePicker()
+        self.run_button = RunButton(run_text, cancel_text)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+    def _lay_out(self, rows: Sequence[tuple[Any, Any]], advanced: QCollapsible, *extra: QWidget) -> None:
+        """The form (``rows``, then the device), Advanced, Run, ``extra`` and the status."""
+        form = QFormLayout()
+        for label, field in (*rows, ("device", self.device)):
+            form.addRow(label, field)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        self.setMinimumWidth(MIN_WIDTH)
+        lay.addWidget(advanced)
+        lay.addWidget(self.run_button)
+        for widget in extra:
+            lay.addWidget(widget)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self.advanced = advanced
+        self.run_button.clicked.connect(self._on_run_clicked)
+
+    # -- options ---------------------------------------------------------------------------------
+
+    def options(self) -> Any:
+        raise NotImplementedError
+
+    def set_options(self, opts: Any) -> None:
+        raise NotImplementedError
+
+    def _load_settings(self, model: ModelPicker | None = None) -> None:
+        """Show the options of the last run and, given its picker, its model."""
+        saved = Settings().load(self.SETTINGS)
+        opts = self.OPTIONS.from_dict(saved.get("options", {}))
+        for name in self.NOT_RESTORED:
+            setattr(opts, name, getattr(self.OPTIONS(), name))
+        self.set_options(opts)
+        if model is not None:
+            model.apply_settings(saved)
+
+    def _save_settings(self, opts: WidgetOptions, model: ModelPicker | None = None) -> None:
+        values = {"options": opts.to_dict(), **(model.settings() if model is not None else {})}
+        Settings().save(self.SETTINGS, values)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    def _on_run_clicked(self) -> None:
+        if self._run is not None:
+            self.cancel()
+        else:
+            self.run()
+
+    def run(self) -> bool:
+        """Start a run; False (and a notification) if it cannot start."""
+        if self._run is not None:
+            return False
+        try:
+            self._start()
+        except EMDiffuseError as exc:  # the user's to fix: nothing was started
+            notify_error(str(exc))
+            return False
+        return True
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Ask the job to stop; the button says so until it has."""
+        if self._run is not None:
+            self._run.cancel()
+            self.run_button.set_cancelling()
+            self.status.setText(self.CANCELLING)
+
+    def _start_engine(
+        self,
+        factory: Callable[[], Generator],
+        *,
+        status: str,
+        desc: str,
+        on_result: Callable[[Any], None],
+        stages: tuple[str, ...] = ("sampling",),
+    ) -> None:
+        """Run an engine generator in a napari thread worker (see :class:`EngineRun`)."""
+        self._started = time.monotonic()
+        self.status.setText(status)
+        self.device.set_used(None)  # the last run's device may not be this one's
+        self.run_button.set_running(True)
+        self._run = EngineRun(
+            factory, desc=desc, stages=stages, on_result=on_result, on_finished=self._finished
+        ).start()
+
+    def _elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self._started
+
+    def _finished(self, outcome: str) -> None:
+        self._run = None
+        self.run_button.set_running(False)
+        if outcome in self.ENDED:
+            self.status.setText(self.ENDED[outcome])
+        self.run_finished.emit(outcome)

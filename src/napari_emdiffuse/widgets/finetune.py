@@ -11,43 +11,39 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from qtpy.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from qtpy.QtCore import QPointF, QRectF, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPushButton,
     QSizePolicy,
-    QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
 from ..engine.errors import EMDiffuseError, InputError
 from ._common import (
-    MIN_WIDTH,
-    DevicePicker,
+    DockWidget,
     LayerCombo,
     ModelPicker,
-    RunButton,
-    Settings,
+    ProgressBar,
     TrainingProcess,
+    WidgetOptions,
+    advanced_section,
     logger,
     notify_error,
     notify_info,
     notify_models_changed,
+    path_row,
+    spin_box,
     upsert_image,
 )
 from .isotropic import prefill_factor
@@ -87,7 +83,7 @@ def default_output(task: str, now: float | None = None) -> Path:
 
 
 @dataclass
-class FinetuneOptions:
+class FinetuneOptions(WidgetOptions):
     """The widget's options as plain values.
 
     Attributes
@@ -158,23 +154,6 @@ class FinetuneOptions:
             "device": self.device,
             "freeze_encoder": self.freeze_encoder,
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "FinetuneOptions":
-        defaults = cls()
-        kept = {}
-        for f in fields(cls):
-            v = values.get(f.name)
-            want = type(getattr(defaults, f.name))
-            if v is not None and (type(v) is want or (want is float and type(v) is int)):
-                kept[f.name] = want(v)
-        try:
-            return cls(**kept).validate()
-        except EMDiffuseError:
-            return defaults
 
 
 @dataclass
@@ -338,15 +317,7 @@ class LossPlot(QWidget):
         p.end()
 
 
-def _spin(lo: int, hi: int, value: int, tip: str = "") -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setValue(value)
-    box.setToolTip(tip)
-    return box
-
-
-class FinetuneWidget(QWidget):
+class FinetuneWidget(DockWidget):
     """Fine-tune a model on image pairs (or a volume) from the viewer.
 
     Parameters
@@ -355,16 +326,17 @@ class FinetuneWidget(QWidget):
         Injected by napari.
     """
 
-    #: Emitted when training ends: "done", "stopped" or "failed".
-    run_finished = Signal(str)
+    # DockWidget.run_finished says "done", "stopped" or "failed" here.
     SETTINGS = "finetune"
+    OPTIONS = FinetuneOptions
+    NOT_RESTORED = ("output",)  # never train into last session's model by default
+    CANCELLING = "stopping: saving the model as it stands…"
+    ENDED: ClassVar[dict[str, str]] = {}  # the status already says how training ended
+    _run: TrainingProcess | None
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self._proc: TrainingProcess | None = None
-        self._pbar: Any = None
-        self._started = 0.0
+        super().__init__(napari_viewer, parent, run_text="Train", cancel_text="Stop")
+        self._progress = ProgressBar("EMDiffuse fine-tuning")
         self.saved_model: str | None = None
         self.history = LossHistory()
 
@@ -379,9 +351,9 @@ class FinetuneWidget(QWidget):
         self.base = ModelPicker("denoise", allow_default=True)
         self.base.combo.setToolTip("Model to start from (default: the bundled model for the task)")
 
-        self.iterations = _spin(1, 1_000_000, 150, "Training iterations")
-        self.patch = _spin(8, 1024, 128, "Patch edge in pixels")
-        self.batch = _spin(1, 256, 4, "Patches per iteration")
+        self.iterations = spin_box(1, 1_000_000, 150, tip="Training iterations")
+        self.patch = spin_box(8, 1024, 128, tip="Patch edge in pixels")
+        self.batch = spin_box(1, 256, 4, tip="Patches per iteration")
         self.lr = QLineEdit("5e-5")
         self.lr.setToolTip("Learning rate")
         self.val_fraction = QDoubleSpinBox()
@@ -389,65 +361,47 @@ class FinetuneWidget(QWidget):
         self.val_fraction.setSingleStep(0.05)
         self.val_fraction.setValue(0.1)
         self.val_fraction.setToolTip("Share of the image held out for validation (PSNR/SSIM, preview)")
-        self.seed = _spin(0, 2**31 - 1, 0, "Random seed (patch sampling, initial noise)")
-        self.factor = _spin(0, 16, 0, "Isotropic tasks: slices per gap, z / xy spacing (model's: the base model's)")
-        self.factor.setSpecialValueText("model's")
+        self.seed = spin_box(0, 2**31 - 1, 0, tip="Random seed (patch sampling, initial noise)")
+        self.factor = spin_box(
+            0, 16, 0, "model's", "Isotropic tasks: slices per gap, z / xy spacing (model's: the base model's)"
+        )
         self.factor_label = QLabel("factor")
         self.freeze = QCheckBox("freeze encoder")
         self.freeze.setToolTip("Train only the decoder: fewer data needed, less forgetting")
-        advanced = QCollapsible("Advanced")
-        adv = QWidget()
-        f2 = QFormLayout(adv)
-        f2.addRow("batch", self.batch)
-        f2.addRow("learning rate", self.lr)
-        f2.addRow("validation", self.val_fraction)
-        f2.addRow("seed", self.seed)
-        f2.addRow("", self.freeze)
-        advanced.addWidget(adv)
-        self.advanced = advanced
-
+        advanced = advanced_section(
+            [
+                ("batch", self.batch),
+                ("learning rate", self.lr),
+                ("validation", self.val_fraction),
+                ("seed", self.seed),
+                ("", self.freeze),
+            ]
+        )
         self.output = QLineEdit()
         self.output.setPlaceholderText("new folder in the user model directory")
         self.output.setToolTip("Folder the fine-tuned model is saved to")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_output)
-        out_row = QHBoxLayout()
-        out_row.setContentsMargins(0, 0, 0, 0)
-        out_row.addWidget(self.output, 1)
-        out_row.addWidget(browse)
-
-        self.device = DevicePicker()
-        self.run_button = RunButton("Train", "Stop")
         self.plot = LossPlot(self.history)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self._lay_out(
+            [
+                ("task", self.task),
+                ("input", self.input_combo),
+                (self.target_label, self.target_combo),
+                (self.factor_label, self.factor),
+                ("base model", self.base),
+                ("iterations", self.iterations),
+                ("patch", self.patch),
+                ("output", path_row(self.output, self._browse_output)),
+            ],
+            advanced,
+            self.plot,
+        )
 
-        form = QFormLayout()
-        form.addRow("task", self.task)
-        form.addRow("input", self.input_combo)
-        form.addRow(self.target_label, self.target_combo)
-        form.addRow(self.factor_label, self.factor)
-        form.addRow("base model", self.base)
-        form.addRow("iterations", self.iterations)
-        form.addRow("patch", self.patch)
-        form.addRow("output", out_row)
-        form.addRow("device", self.device)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        self.setMinimumWidth(MIN_WIDTH)
-        lay.addWidget(advanced)
-        lay.addWidget(self.run_button)
-        lay.addWidget(self.plot)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
-
+        # The child process cannot signal Qt: its events are drained on a timer.
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
         self.task.currentTextChanged.connect(self._task_changed)
         self.input_combo.currentIndexChanged.connect(self._prefill_factor)
-        self.run_button.clicked.connect(self._on_run_clicked)
         self._load_settings()
         self._task_changed(self.task.currentText())
 
@@ -482,14 +436,6 @@ class FinetuneWidget(QWidget):
         self.factor.setValue(opts.factor)
         self.output.setText(opts.output)
 
-    def _load_settings(self) -> None:
-        opts = FinetuneOptions.from_dict(Settings().load(self.SETTINGS).get("options", {}))
-        opts.output = ""  # never train into last session's model by default
-        self.set_options(opts)
-
-    def _save_settings(self, opts: FinetuneOptions) -> None:
-        Settings().save(self.SETTINGS, {"options": opts.to_dict()})
-
     def _task_changed(self, task: str) -> None:
         self.base.set_task(task)
         paired = not task.startswith("isotropic")
@@ -516,16 +462,6 @@ class FinetuneWidget(QWidget):
 
     # -- running ---------------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None
-
-    def _on_run_clicked(self) -> None:
-        if self._proc is not None:
-            self.stop()
-        else:
-            self.run()
-
     def _inputs(self, opts: FinetuneOptions) -> tuple[np.ndarray, np.ndarray | None]:
         layer = self.input_combo.layer()
         check_input_layer(layer, volume=not opts.needs_target)
@@ -539,53 +475,42 @@ class FinetuneWidget(QWidget):
         y = np.asarray(layer_array(target)) if target is not None else None
         return x, y
 
-    def run(self) -> bool:
-        """Start training in a child process; False (and a notification) if it cannot start."""
-        if self._proc is not None:
-            return False
-        try:
-            opts = self.options()
-            kwargs = opts.engine_kwargs()
-            x, y = self._inputs(opts)
-        except EMDiffuseError as exc:
-            notify_error(str(exc))
-            return False
+    def _start(self) -> None:
+        """Train in a child process."""
+        opts = self.options()
+        kwargs = opts.engine_kwargs()
+        x, y = self._inputs(opts)
         base, arch = self.base.value()
         if arch is not None:
-            notify_error(
+            raise EMDiffuseError(
                 "fine-tuning starts from a model folder or .zip; import the checkpoint first (emdiffuse import)"
             )
-            return False
-        self._save_settings(opts)
+        self._save_settings(opts)  # the base model is not remembered
         kwargs.update(task=opts.task, input=x, target=y, base=base)
         self.history.clear()
         self.plot.update()
         self.saved_model = None
         self._started = time.monotonic()
         self.status.setText(f"starting training ({opts.iterations} iterations) -> {kwargs['out']}")
-        self._proc = TrainingProcess(kwargs).start()
+        self._run = TrainingProcess(kwargs).start()
         self.run_button.set_running(True)
         self._timer.start()
-        return True
 
     def stop(self) -> None:
         """Stop after the current iteration; the model as trained so far is saved."""
-        if self._proc is not None:
-            self._proc.stop()
-            self.run_button.set_cancelling()
-            self.status.setText("stopping: saving the model as it stands…")
+        self.cancel()
 
     def _poll(self) -> None:
-        if self._proc is None:
+        if self._run is None:
             self._timer.stop()
             return
-        events = self._proc.poll()
+        events = self._run.poll()
         changed = False
         for ev in events:
             stage = ev.get("stage")
             if stage == "training":
                 changed |= self.history.add(ev)
-                self._progress(ev)
+                self._progress.update(int(ev.get("done", 0)), int(ev.get("total") or 0))
             elif stage == "validation":
                 changed |= self.history.add(ev)
                 if ev.get("preview") is not None:
@@ -598,24 +523,10 @@ class FinetuneWidget(QWidget):
             self.plot.update()
             self.status.setText(self.history.summary())
 
-    def _progress(self, ev: dict[str, Any]) -> None:
-        total = int(ev.get("total") or 0)
-        if not total:
-            return
-        from napari.utils import progress
-
-        if self._pbar is None:
-            self._pbar = progress(total=total, desc="EMDiffuse fine-tuning")
-        self._pbar.update(max(0, int(ev.get("done", 0)) - self._pbar.n))
-
-    def _end(self, outcome: str) -> None:
+    def _finished(self, outcome: str) -> None:
         self._timer.stop()
-        self._proc = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.run_button.set_running(False)
-        self.run_finished.emit(outcome)
+        self._progress.close()
+        super()._finished(outcome)
 
     def _done(self, ev: dict[str, Any]) -> None:
         path = ev.get("path")
@@ -624,13 +535,13 @@ class FinetuneWidget(QWidget):
         if path:
             notify_models_changed()  # the new model appears in every open model list
             self.base.refresh()
-            minutes = (time.monotonic() - self._started) / 60
+            minutes = self._elapsed() / 60
             msg = f"{'stopped; ' if stopped else ''}model saved to {path} ({minutes:.1f} min)"
             self.status.setText(f"{self.history.summary()}\n{msg}")
             notify_info(f"EMDiffuse: {msg}")
         else:
             self.status.setText("stopped before any model was saved")
-        self._end("stopped" if stopped else "done")
+        self._finished("stopped" if stopped else "done")
 
     def _failed(self, ev: dict[str, Any]) -> None:
         message = str(ev.get("message", "training failed"))
@@ -640,15 +551,14 @@ class FinetuneWidget(QWidget):
             logger.error("fine-tuning failed in the training process:\n%s", ev.get("traceback", message))
             notify_error(f"unexpected error: {message}")
         self.status.setText(f"failed: {message}")
-        self._end("failed")
+        self._finished("failed")
 
     def shutdown(self) -> None:
         """End a running training process (napari closing or the widget removed)."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._end("stopped")
+        if self._run is not None:
+            self._run.kill()
+            self._finished("stopped")
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
         self.shutdown()
         super().closeEvent(event)
-

@@ -8,42 +8,30 @@ volume, in memory or into a zarr store shown lazily, by driving
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
-from superqt import QCollapsible
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QLineEdit, QWidget
 
 from ..engine.errors import EMDiffuseError, InputError
 from ._common import (
-    MIN_WIDTH,
-    DevicePicker,
-    EngineRun,
+    PRESETS,
+    DockWidget,
     LayerCombo,
     ModelPicker,
-    RunButton,
-    Settings,
+    WidgetOptions,
+    advanced_section,
+    check_preset,
+    check_tiling,
     layer_source,
-    notify_error,
-    remove_layer,
-    upsert_image,
+    path_row,
+    sampling_kwargs,
+    show_outputs,
+    spin_box,
 )
-from .restore import PRESETS, UNCERTAINTY_COLORMAP, check_input_layer, layer_array
+from .restore import check_input_layer, layer_array
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -70,7 +58,7 @@ MAX_FACTOR = 16
 
 
 @dataclass
-class IsotropicOptions:
+class IsotropicOptions(WidgetOptions):
     """The widget's options as plain values (0 / -1 mean "let the engine choose").
 
     Attributes
@@ -107,12 +95,8 @@ class IsotropicOptions:
             raise EMDiffuseError(f"unknown mode {self.mode!r}; choose i or a")
         if not 2 <= self.factor <= MAX_FACTOR:
             raise EMDiffuseError(f"factor must be between 2 and {MAX_FACTOR}, got {self.factor}")
-        if self.preset not in PRESETS:
-            raise EMDiffuseError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.steps < 0 or self.samples < 0 or self.tile < 0 or self.overlap < -1 or self.seed < 0:
-            raise EMDiffuseError("steps, samples, tile, overlap and seed cannot be negative")
-        if self.tile and self.overlap >= self.tile:
-            raise EMDiffuseError(f"overlap {self.overlap} must be smaller than tile {self.tile}")
+        check_preset(self.preset)
+        check_tiling(self)
         if self.output:
             check_zarr_output(self.output)
         return self
@@ -120,36 +104,12 @@ class IsotropicOptions:
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``reconstruct_isotropic_iter`` (besides volume, model, spacing)."""
         self.validate()
-        return {
+        return sampling_kwargs(self) | {
             "factor": self.factor,
             "mode": self.mode,
-            "preset": self.preset,
-            "steps": self.steps or None,
-            "samples": self.samples or None,
-            "tile": self.tile or None,
-            "overlap": None if self.overlap < 0 else self.overlap,
-            "seed": self.seed,
-            "device": self.device,
             "out": Path(self.output).expanduser() if self.output else None,
             "uncertainty": self.uncertainty,
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "IsotropicOptions":
-        """Options from saved settings; unknown or wrongly typed values fall back to defaults."""
-        defaults = cls()
-        kept = {
-            f.name: values[f.name]
-            for f in fields(cls)
-            if f.name in values and type(values[f.name]) is type(getattr(defaults, f.name))
-        }
-        try:
-            return cls(**kept).validate()
-        except EMDiffuseError:
-            return defaults
 
 
 def prefill_factor(scale: tuple[float, ...]) -> int | None:
@@ -223,23 +183,13 @@ def lazy_volume(volume: Any, out: Path | None) -> Any:
 # Qt
 
 
-def _spin(lo: int, hi: int, value: int, special: str | None = None, tip: str = "") -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setValue(value)
-    if special:
-        box.setSpecialValueText(special)
-    box.setToolTip(tip)
-    return box
-
-
 def _is_volume_candidate(layer: Any) -> bool:
     from napari.layers import Image
 
     return isinstance(layer, Image)
 
 
-class IsotropicWidget(QWidget):
+class IsotropicWidget(DockWidget):
     """Reconstruct an isotropic volume from an anisotropic one (vEMDiffuse).
 
     Parameters
@@ -248,14 +198,12 @@ class IsotropicWidget(QWidget):
         Injected by napari.
     """
 
-    run_finished = Signal(str)
     SETTINGS = "isotropic"
+    OPTIONS = IsotropicOptions
+    NOT_RESTORED = ("output",)  # a big store from last time is not today's default target
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self._run: EngineRun | None = None
-        self._started = 0.0
+        super().__init__(napari_viewer, parent)
         self.last_outputs: list[Any] = []
 
         self.layer_combo = LayerCombo(napari_viewer, accept=_is_volume_candidate)
@@ -265,68 +213,47 @@ class IsotropicWidget(QWidget):
             self.mode.addItem(text, key)
             self.mode.setItemData(self.mode.count() - 1, MODE_TIPS[key], Qt.ToolTipRole)
         self.mode.setToolTip("\n".join(f"{MODES[k]}: {MODE_TIPS[k]}" for k in MODES))
-        self.factor = _spin(2, MAX_FACTOR, 4, None, "Times finer z becomes: z spacing / xy spacing")
+        self.factor = spin_box(2, MAX_FACTOR, 4, None, "Times finer z becomes: z spacing / xy spacing")
         self.factor_hint = QLabel("")
         self.factor_hint.setWordWrap(True)
         self.model = ModelPicker("isotropic-i")
         self.preset = QComboBox()
         self.preset.addItems(PRESETS)
-        self.steps = _spin(0, 1000, 0, "preset", "Sampler steps")
-        self.samples = _spin(0, 64, 0, "preset", "Samples averaged per generated slice")
-        self.tile = _spin(0, 4096, 0, "auto", "Tile edge in pixels")
-        self.overlap = _spin(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
-        self.seed = _spin(0, 2**31 - 1, 0, None, "Noise seed")
+        self.steps = spin_box(0, 1000, 0, "preset", "Sampler steps")
+        self.samples = spin_box(0, 64, 0, "preset", "Samples averaged per generated slice")
+        self.tile = spin_box(0, 4096, 0, "auto", "Tile edge in pixels")
+        self.overlap = spin_box(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
+        self.seed = spin_box(0, 2**31 - 1, 0, None, "Noise seed")
         self.uncertainty = QCheckBox("uncertainty")
         self.uncertainty.setToolTip("Also compute the pixel-wise std over samples (needs 2+ samples)")
-        advanced = QCollapsible("Advanced")
-        adv = QWidget()
-        f2 = QFormLayout(adv)
-        f2.addRow("steps", self.steps)
-        f2.addRow("samples", self.samples)
-        f2.addRow("tile", self.tile)
-        f2.addRow("overlap", self.overlap)
-        f2.addRow("seed", self.seed)
-        f2.addRow("", self.uncertainty)
-        advanced.addWidget(adv)
-        self.advanced = advanced
-
+        advanced = advanced_section(
+            [
+                ("steps", self.steps),
+                ("samples", self.samples),
+                ("tile", self.tile),
+                ("overlap", self.overlap),
+                ("seed", self.seed),
+                ("", self.uncertainty),
+            ]
+        )
         self.output = QLineEdit()
         self.output.setPlaceholderText("in memory (or a .zarr path for large volumes)")
         self.output.setToolTip("Empty: keep the result in memory. A .zarr path: written block by block, shown lazily")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_output)
-        out_row = QHBoxLayout()
-        out_row.setContentsMargins(0, 0, 0, 0)
-        out_row.addWidget(self.output, 1)
-        out_row.addWidget(browse)
-
-        self.device = DevicePicker()
-        self.run_button = RunButton()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-
-        form = QFormLayout()
-        form.addRow("volume", self.layer_combo)
-        form.addRow("mode", self.mode)
-        form.addRow("factor", self.factor)
-        form.addRow("", self.factor_hint)
-        form.addRow("model", self.model)
-        form.addRow("preset", self.preset)
-        form.addRow("output", out_row)
-        form.addRow("device", self.device)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        self.setMinimumWidth(MIN_WIDTH)
-        lay.addWidget(advanced)
-        lay.addWidget(self.run_button)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
-
+        self._lay_out(
+            [
+                ("volume", self.layer_combo),
+                ("mode", self.mode),
+                ("factor", self.factor),
+                ("", self.factor_hint),
+                ("model", self.model),
+                ("preset", self.preset),
+                ("output", path_row(self.output, self._browse_output)),
+            ],
+            advanced,
+        )
         self.mode.currentIndexChanged.connect(lambda *_: self.model.set_task(f"isotropic-{self.mode.currentData()}"))
         self.layer_combo.currentIndexChanged.connect(self._prefill)
-        self.run_button.clicked.connect(self._on_run_clicked)
-        self._load_settings()
+        self._load_settings(self.model)
         self._prefill()
 
     # -- options ---------------------------------------------------------------------------------
@@ -359,16 +286,6 @@ class IsotropicWidget(QWidget):
         self.output.setText(opts.output)
         self.uncertainty.setChecked(opts.uncertainty)
 
-    def _load_settings(self) -> None:
-        saved = Settings().load(self.SETTINGS)
-        opts = IsotropicOptions.from_dict(saved.get("options", {}))
-        opts.output = ""  # a big store from last time is not today's default target
-        self.set_options(opts)
-        self.model.apply_settings(saved)
-
-    def _save_settings(self) -> None:
-        Settings().save(self.SETTINGS, {"options": self.options().to_dict(), **self.model.settings()})
-
     def _prefill(self, *_: Any) -> None:
         layer = self.layer_combo.layer()
         if layer is None or layer.ndim != 3:
@@ -389,34 +306,18 @@ class IsotropicWidget(QWidget):
 
     # -- running ---------------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._run is not None
-
-    def _on_run_clicked(self) -> None:
-        if self._run is not None:
-            self.cancel()
-        else:
-            self.run()
-
-    def run(self) -> bool:
-        """Start the reconstruction; False (and a notification) if it cannot start."""
-        if self._run is not None:
-            return False
+    def _start(self) -> None:
+        """Reconstruct the chosen volume."""
         layer = self.layer_combo.layer()
-        try:
-            check_input_layer(layer, volume=True)
-            if layer_array(layer).shape[0] < 2:
-                raise InputError(f"layer '{layer.name}' has a single slice; isotropic reconstruction needs 2 or more")
-            opts = self.options()
-            kwargs = opts.engine_kwargs()
-        except EMDiffuseError as exc:
-            notify_error(str(exc))
-            return False
+        check_input_layer(layer, volume=True)
+        if layer_array(layer).shape[0] < 2:
+            raise InputError(f"layer '{layer.name}' has a single slice; isotropic reconstruction needs 2 or more")
+        opts = self.options()
+        kwargs = opts.engine_kwargs()
         model, arch = self.model.value()
         if arch is not None:  # a published checkpoint
             kwargs["arch"] = arch
-        self._save_settings()
+        self._save_settings(opts, self.model)
         data = layer_array(layer)
         source = layer_source(layer)
         scale = source["scale"]
@@ -426,56 +327,25 @@ class IsotropicWidget(QWidget):
 
             return reconstruct_isotropic_iter(data, model=model, spacing=scale, **kwargs)
 
-        self._started = time.monotonic()
-        self.status.setText(f"reconstructing '{layer.name}' x{opts.factor}…")
-        self.device.set_used(None)
-        self.run_button.set_running(True)
-        self._run = EngineRun(
+        self._start_engine(
             factory,
+            status=f"reconstructing '{layer.name}' x{opts.factor}…",
             desc=f"EMDiffuse isotropic x{opts.factor}: {layer.name}",
             stages=("sampling", "block"),  # block: distributed runs
             on_result=lambda result: self._show(result, source, kwargs["out"]),
-            on_finished=self._finished,
-        ).start()
-        return True
-
-    def cancel(self) -> None:
-        if self._run is not None:
-            self._run.cancel()
-            self.run_button.set_cancelling()
-            self.status.setText("cancelling…")
+        )
 
     def _show(self, result: Any, source: dict, out: Path | None) -> None:
         factor = int(result.factor)
         name, unc_name = isotropic_names(source["name"])
-        scale, translate = isotropic_geometry(source["scale"], source["translate"], factor)
-        geo = {"scale": scale, "translate": translate, "units": source["units"]}
-        protect = [source["layer"]]
-        outputs = []
+        geometry = isotropic_geometry(source["scale"], source["translate"], factor)
+        unc_data = None
         if result.uncertainty is not None:
             unc_data = lazy_volume(result.uncertainty, getattr(result, "uncertainty_path", None))
-            new = unc_name not in self.viewer.layers
-            unc = upsert_image(self.viewer, unc_name, unc_data, protect=protect, colormap=UNCERTAINTY_COLORMAP, **geo)
-            if new:  # hidden at first, to be toggled on; a re-run keeps the user's choice
-                unc.visible = False
-            outputs.append(unc)
-        else:
-            remove_layer(self.viewer, unc_name, protect=protect)
         vol_data = lazy_volume(result.volume, getattr(result, "path", None) or out)
-        vol = upsert_image(self.viewer, name, vol_data, protect=protect, **geo)
-        outputs.insert(0, vol)
-        self.last_outputs = outputs
+        self.last_outputs = show_outputs(self.viewer, source, geometry, (name, vol_data), (unc_name, unc_data))
+        vol = self.last_outputs[0]
         device = result.info.get("device") if isinstance(result.info, dict) else None
         self.device.set_used(device)
         where = f" -> {out}" if out is not None else ""
-        seconds = time.monotonic() - self._started
-        self.status.setText(f"'{vol.name}' {tuple(vol.data.shape)} in {seconds:.1f} s on {device}{where}")
-
-    def _finished(self, outcome: str) -> None:
-        self._run = None
-        self.run_button.set_running(False)
-        if outcome == "cancelled":
-            self.status.setText("cancelled: no output written")
-        elif outcome == "failed":
-            self.status.setText("failed: see the notification")
-        self.run_finished.emit(outcome)
+        self.status.setText(f"'{vol.name}' {tuple(vol.data.shape)} in {self._elapsed():.1f} s on {device}{where}")

@@ -7,27 +7,26 @@ tiles x steps, and Run becomes Cancel while the worker runs.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
-from superqt import QCollapsible
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QWidget
 
 from ..engine.errors import EMDiffuseError, InputError
 from ._common import (
-    MIN_WIDTH,
-    DevicePicker,
-    EngineRun,
+    PRESETS,
+    DockWidget,
     LayerCombo,
     ModelPicker,
-    RunButton,
-    Settings,
+    WidgetOptions,
+    advanced_section,
+    check_preset,
+    check_tiling,
     layer_source,
-    notify_error,
-    remove_layer,
-    upsert_image,
+    sampling_kwargs,
+    show_outputs,
+    spin_box,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,14 +35,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["RestoreWidget", "RestoreOptions", "output_names", "output_geometry", "check_input_layer", "layer_array"]
 
 TASKS = ("denoise", "super-resolve")
-PRESETS = ("fast", "balanced", "reference")
 SAMPLERS = ("preset", "dpm++", "ddim", "ddpm")
 PRESET_TIPS = {
     "fast": "10-step DPM-Solver++, one sample (no uncertainty)",
     "balanced": "20 steps, 4 samples: mean and pixel-wise uncertainty",
     "reference": "the published 1000-step DDPM, 2 samples (slow)",
 }
-UNCERTAINTY_COLORMAP = "magma"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,7 +48,7 @@ UNCERTAINTY_COLORMAP = "magma"
 
 
 @dataclass
-class RestoreOptions:
+class RestoreOptions(WidgetOptions):
     """The widget's options, as plain values (0 / -1 / "preset" mean "let the engine choose").
 
     Attributes
@@ -86,46 +83,16 @@ class RestoreOptions:
         """Refuse impossible combinations before starting a worker."""
         if self.task not in TASKS:
             raise EMDiffuseError(f"unknown task {self.task!r}; choose denoise or super-resolve")
-        if self.preset not in PRESETS:
-            raise EMDiffuseError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        check_preset(self.preset)
         if self.sampler not in SAMPLERS:
             raise EMDiffuseError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS[1:])}")
-        if self.steps < 0 or self.samples < 0 or self.tile < 0 or self.overlap < -1 or self.seed < 0:
-            raise EMDiffuseError("steps, samples, tile, overlap and seed cannot be negative")
-        if self.tile and self.overlap >= self.tile:
-            raise EMDiffuseError(f"overlap {self.overlap} must be smaller than tile {self.tile}")
+        check_tiling(self)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``restore_iter`` (besides image, task, model, arch, spacing)."""
         self.validate()
-        return {
-            "preset": self.preset,
-            "steps": self.steps or None,
-            "samples": self.samples or None,
-            "sampler": None if self.sampler == "preset" else self.sampler,
-            "tile": self.tile or None,
-            "overlap": None if self.overlap < 0 else self.overlap,
-            "seed": self.seed,
-            "device": self.device,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RestoreOptions":
-        """Options from saved settings; unknown keys and wrongly typed values are dropped."""
-        defaults = cls()
-        kept = {}
-        for f in fields(cls):
-            v = values.get(f.name)
-            if v is not None and type(v) is type(getattr(defaults, f.name)):
-                kept[f.name] = v
-        try:
-            return cls(**kept).validate()
-        except EMDiffuseError:
-            return defaults
+        return sampling_kwargs(self) | {"sampler": None if self.sampler == "preset" else self.sampler}
 
 
 def output_names(layer_name: str, task: str, scale: int = 1) -> tuple[str, str]:
@@ -203,17 +170,7 @@ def layer_array(layer: Any) -> Any:
 # Qt
 
 
-def _spin(lo: int, hi: int, value: int, special: str | None = None, tip: str = "") -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setValue(value)
-    if special:
-        box.setSpecialValueText(special)  # shown at the minimum value
-    box.setToolTip(tip)
-    return box
-
-
-class RestoreWidget(QWidget):
+class RestoreWidget(DockWidget):
     """Denoise or super-resolve an image layer (EMDiffuse-n / EMDiffuse-r).
 
     Parameters
@@ -222,16 +179,11 @@ class RestoreWidget(QWidget):
         Injected by napari.
     """
 
-    #: Emitted when a run ends, with "done", "cancelled" or "failed".
-    run_finished = Signal(str)
-
     SETTINGS = "restore"
+    OPTIONS = RestoreOptions
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self._run: EngineRun | None = None
-        self._started = 0.0
+        super().__init__(napari_viewer, parent)
         self.last_outputs: list[Any] = []
 
         self.layer_combo = LayerCombo(napari_viewer)
@@ -246,48 +198,30 @@ class RestoreWidget(QWidget):
             self.preset.setItemData(self.preset.count() - 1, PRESET_TIPS[name], Qt.ToolTipRole)
         self.preset.setToolTip("; ".join(f"{k}: {v}" for k, v in PRESET_TIPS.items()))
 
-        self.steps = _spin(0, 1000, 0, "preset", "Sampler steps (fewer: faster, blurrier)")
-        self.samples = _spin(0, 64, 0, "preset", "Samples averaged; 2 or more also give an uncertainty map")
+        self.steps = spin_box(0, 1000, 0, "preset", "Sampler steps (fewer: faster, blurrier)")
+        self.samples = spin_box(0, 64, 0, "preset", "Samples averaged; 2 or more also give an uncertainty map")
         self.sampler = QComboBox()
         self.sampler.addItems(SAMPLERS)
         self.sampler.setToolTip("dpm++: few steps; ddim: deterministic; ddpm: the published ancestral sampler")
-        self.tile = _spin(0, 4096, 0, "auto", "Tile edge in pixels (auto: the model's, shrunk to fit the GPU)")
-        self.overlap = _spin(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
-        self.seed = _spin(0, 2**31 - 1, 0, None, "Noise seed: the same seed gives the same result")
-        advanced = QCollapsible("Advanced")
-        adv_form = QWidget()
-        form2 = QFormLayout(adv_form)
-        form2.addRow("steps", self.steps)
-        form2.addRow("samples", self.samples)
-        form2.addRow("sampler", self.sampler)
-        form2.addRow("tile", self.tile)
-        form2.addRow("overlap", self.overlap)
-        form2.addRow("seed", self.seed)
-        advanced.addWidget(adv_form)
-        self.advanced = advanced
-
-        self.device = DevicePicker()
-        self.run_button = RunButton()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-
-        form = QFormLayout()
-        form.addRow("image", self.layer_combo)
-        form.addRow("task", self.task)
-        form.addRow("model", self.model)
-        form.addRow("preset", self.preset)
-        form.addRow("device", self.device)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        self.setMinimumWidth(MIN_WIDTH)
-        lay.addWidget(advanced)
-        lay.addWidget(self.run_button)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
-
+        self.tile = spin_box(0, 4096, 0, "auto", "Tile edge in pixels (auto: the model's, shrunk to fit the GPU)")
+        self.overlap = spin_box(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
+        self.seed = spin_box(0, 2**31 - 1, 0, None, "Noise seed: the same seed gives the same result")
+        advanced = advanced_section(
+            [
+                ("steps", self.steps),
+                ("samples", self.samples),
+                ("sampler", self.sampler),
+                ("tile", self.tile),
+                ("overlap", self.overlap),
+                ("seed", self.seed),
+            ]
+        )
+        self._lay_out(
+            [("image", self.layer_combo), ("task", self.task), ("model", self.model), ("preset", self.preset)],
+            advanced,
+        )
         self.task.currentTextChanged.connect(self.model.set_task)
-        self.run_button.clicked.connect(self._on_run_clicked)
-        self._load_settings()
+        self._load_settings(self.model)
 
     # -- options ---------------------------------------------------------------------------------
 
@@ -315,40 +249,16 @@ class RestoreWidget(QWidget):
         self.seed.setValue(opts.seed)
         self.device.set_value(opts.device)
 
-    def _load_settings(self) -> None:
-        saved = Settings().load(self.SETTINGS)
-        self.set_options(RestoreOptions.from_dict(saved.get("options", {})))
-        self.model.apply_settings(saved)
-
-    def _save_settings(self) -> None:
-        Settings().save(self.SETTINGS, {"options": self.options().to_dict(), **self.model.settings()})
-
     # -- running ---------------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._run is not None
-
-    def _on_run_clicked(self) -> None:
-        if self._run is not None:
-            self.cancel()
-        else:
-            self.run()
-
-    def run(self) -> bool:
-        """Start restoring the chosen layer; False (and a notification) if it cannot start."""
-        if self._run is not None:
-            return False
+    def _start(self) -> None:
+        """Restore the chosen layer; Cancel stops at the next tile batch and adds no layer."""
         layer = self.layer_combo.layer()
-        try:
-            check_input_layer(layer)
-            opts = self.options()
-            kwargs = opts.engine_kwargs()
-        except EMDiffuseError as exc:
-            notify_error(str(exc))
-            return False
+        check_input_layer(layer)
+        opts = self.options()
+        kwargs = opts.engine_kwargs()
         model, arch = self.model.value()
-        self._save_settings()
+        self._save_settings(opts, self.model)
         data = layer_array(layer)
         source = layer_source(layer)
         scale = source["scale"]
@@ -358,56 +268,23 @@ class RestoreWidget(QWidget):
 
             return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)
 
-        self._started = time.monotonic()
-        self.status.setText(f"restoring '{layer.name}'…")
-        self.device.set_used(None)
-        self.run_button.set_running(True)
-        self._run = EngineRun(
+        self._start_engine(
             factory,
+            status=f"restoring '{layer.name}'…",
             desc=f"EMDiffuse {opts.task}: {layer.name}",
             on_result=lambda result: self._show(result, source, opts.task),
-            on_finished=self._finished,
-        ).start()
-        return True
-
-    def cancel(self) -> None:
-        """Stop at the next tile batch; no output layer is added."""
-        if self._run is not None:
-            self._run.cancel()
-            self.run_button.set_cancelling()
-            self.status.setText("cancelling…")
+        )
 
     def _show(self, result: Any, source: dict, task: str) -> None:
         mean_name, unc_name = output_names(source["name"], task, result.scale)
-        scale, translate = output_geometry(source["scale"], source["translate"], result.scale)
-        protect = [source["layer"]]
-        geo = {"scale": scale, "translate": translate, "units": source["units"]}
-        outputs = []
-        if result.uncertainty is not None:
-            new = unc_name not in self.viewer.layers
-            unc = upsert_image(
-                self.viewer, unc_name, result.uncertainty, protect=protect, colormap=UNCERTAINTY_COLORMAP, **geo
-            )
-            if new:  # hidden at first, to be toggled on; a re-run keeps the user's choice
-                unc.visible = False
-            outputs.append(unc)
-        else:
-            remove_layer(self.viewer, unc_name, protect=protect)  # stale: from an earlier run
-        mean = upsert_image(self.viewer, mean_name, result.mean, protect=protect, **geo)
-        outputs.insert(0, mean)
-        self.last_outputs = outputs
+        geometry = output_geometry(source["scale"], source["translate"], result.scale)
+        self.last_outputs = show_outputs(
+            self.viewer, source, geometry, (mean_name, result.mean), (unc_name, result.uncertainty)
+        )
+        mean = self.last_outputs[0]
         device = result.info.get("device")
         self.device.set_used(device)
         self.status.setText(
-            f"'{mean.name}' in {time.monotonic() - self._started:.1f} s on {device}"
+            f"'{mean.name}' in {self._elapsed():.1f} s on {device}"
             f" ({result.info.get('steps')} steps, {result.info.get('samples')} sample(s))"
         )
-
-    def _finished(self, outcome: str) -> None:
-        self._run = None
-        self.run_button.set_running(False)
-        if outcome == "cancelled":
-            self.status.setText("cancelled: no output written")
-        elif outcome == "failed":
-            self.status.setText("failed: see the notification")
-        self.run_finished.emit(outcome)

@@ -1,0 +1,45 @@
+"""GPU checks (marker `gpu`; skipped without CUDA). Run with `python -m pytest -m gpu`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_emdiffuse.engine.restore import restore
+
+from .conftest import make_tiny
+
+pytestmark = pytest.mark.gpu
+
+
+def _img():
+    return (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8)
+
+
+def test_cuda_restore_matches_cpu():
+    m = make_tiny("denoise")
+    cpu = restore(_img(), "denoise", m.to("cpu"), steps=3, tile=32, overlap=8, device="cpu", precision="fp32").mean
+    gpu = restore(_img(), "denoise", m.to("cuda"), steps=3, tile=32, overlap=8, device="cuda", precision="fp32").mean
+    assert np.abs(cpu.astype(int) - gpu.astype(int)).max() <= 2
+
+
+def test_bf16_channels_last_close_to_fp32():
+    m = make_tiny("denoise").to("cuda")
+    ref = restore(_img(), "denoise", m, steps=3, tile=32, overlap=8, device="cuda", precision="fp32").mean
+    fast = restore(_img(), "denoise", m, steps=3, tile=32, overlap=8, device="cuda", precision="bf16", channels_last=True).mean
+    assert np.abs(ref.astype(int) - fast.astype(int)).mean() < 3
+
+
+def test_batch_size_does_not_change_result_on_gpu():
+    m = make_tiny("denoise").to("cuda")
+    a = restore(_img(), "denoise", m, steps=2, tile=32, overlap=8, batch=1, device="cuda", precision="fp32").mean
+    b = restore(_img(), "denoise", m, steps=2, tile=32, overlap=8, batch=9, device="cuda", precision="fp32").mean
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_auto_tile_fits_free_memory():
+    from napari_emdiffuse.engine.canvas import auto_tile
+
+    m = make_tiny("denoise").to("cuda")
+    assert 64 <= auto_tile(m, torch.device("cuda"), None) <= m.card.tile
