@@ -22,7 +22,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import struct
 import subprocess
@@ -38,7 +37,7 @@ import pytest
 import tifffile
 import torch
 import zarr
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from napari_emdiffuse.cli import main
@@ -100,7 +99,8 @@ KINDS = ["random", "constant", "bright", "negative", "extreme"]
 
 
 def _values(shape: tuple[int, ...], dtype, kind: str, seed: int) -> np.ndarray:
-    """An image of ``kind``: random texture, constant, one bright pixel, negative or extreme floats."""
+    """An image of ``kind``: random, constant, one bright pixel, negative floats (tiny values
+    for integer dtypes), or extreme values."""
     rng = np.random.default_rng(seed)
     dtype = np.dtype(dtype)
     top = float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
@@ -234,6 +234,22 @@ def test_isotropic_property_shape_dtype_and_measured_slices(iso_model, tiling, d
     assert np.array_equal(vol, before)
 
 
+# Corners the drawn examples may miss: the longest and thinnest shapes, the largest overlap.
+@pytest.mark.parametrize(
+    "shape,tile,overlap,batch",
+    [((1, 700), 64, 63, 5), ((700, 1), 32, 31, 1), ((90, 1), 8, 7, 2), ((1, 1), 8, 0, 3), ((699, 17), 40, 39, 4),
+     ((2, 9, 700), 64, 0, 2)],
+)
+def test_corner_shapes_and_tilings(dn_model, iso_model, shape, tile, overlap, batch):
+    img = _values(shape, np.uint16, "random", 0)
+    kw = dict(steps=1, tile=tile, overlap=overlap, batch=batch, device="cpu")
+    _check_plane_output(restore(img, "denoise", dn_model, **kw).mean, shape, np.uint16)
+    vol = img if img.ndim == 3 else np.stack([img, img[::-1, ::-1]])
+    res = reconstruct_isotropic(vol, 2, iso_model, block=64, **kw)
+    _check_plane_output(res.volume, (2 * vol.shape[0] - 1, *vol.shape[1:]), np.uint16)
+    assert np.array_equal(res.volume[::2], vol)
+
+
 @pytest.mark.parametrize(
     "value,dtype", [(1e20, np.float64), (-1e20, np.float64), (3e38, np.float32), (2.0**53, np.float64), (7.5, np.float32)]
 )
@@ -277,8 +293,9 @@ class _Child:
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout: list[str] = []
         self.stderr = bytearray()
-        threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self._readers = [threading.Thread(target=f, daemon=True) for f in (self._read_out, self._read_err)]
+        for t in self._readers:
+            t.start()
 
     def _read_out(self) -> None:
         for line in self.proc.stdout:
@@ -320,9 +337,14 @@ class _Child:
         self._fail(f"timed out waiting for {needle!r}")
 
     def kill(self) -> None:
+        """SIGKILL the child (if still running), then collect everything it printed."""
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
+        for t in self._readers:
+            t.join(timeout=10)
+        while not self.lines.empty():
+            self.stdout.append(self.lines.get())
 
 
 def _script(mode: str, **args) -> _Child:
@@ -374,7 +396,7 @@ def test_kill_during_isotropic_to_zarr(tmp_path):
     np.save(tmp_path / "vol.npy", vol)
     out = tmp_path / "iso.zarr"
     child = _script("isotropic_zarr", volume=str(tmp_path / "vol.npy"), out=str(out), model=str(model_dir),
-                    factor=3, block=32, steps=40, ready_after=30)
+                    factor=3, block=32, steps=10, ready_after=100)  # past the first block
     try:
         child.wait_line(lambda s: s.startswith("READY"))
     finally:
@@ -581,7 +603,7 @@ def _zip_model(model_dir: Path, dest: Path, extra: list[tuple[zipfile.ZipInfo | 
     return dest
 
 
-def _symlink_member(name: str, target: str) -> zipfile.ZipInfo:
+def _symlink_member(name: str) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name)
     info.external_attr = (0o120777 << 16)
     info.create_system = 3
@@ -600,7 +622,7 @@ def test_zip_archive_with_unsafe_members_is_refused(tmp_path, tiny_model_dir, ki
         "dotdot": f"../escaped-{token}.txt",
         "inner-dotdot": f"model/../../escaped-{token}.txt",
         "backslash": f"..\\escaped-{token}.txt",
-        "symlink": _symlink_member("model/link", "/etc/passwd"),
+        "symlink": _symlink_member("model/link"),
     }[kind]
     payload = b"/etc/passwd" if kind == "symlink" else b"owned"
     evil = _zip_model(tiny_model_dir, tmp_path / "evil.zip", [(member, payload)])
@@ -611,6 +633,24 @@ def test_zip_archive_with_unsafe_members_is_refused(tmp_path, tiny_model_dir, ki
     # the same archive without the bad member loads
     good = _zip_model(tiny_model_dir, tmp_path / "good.zip", [])
     assert load_model(good, cache=False).card.task == "denoise"
+
+
+def test_zip_models_leave_no_extracted_copies(tmp_path, tiny_model_dir, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    good = _zip_model(tiny_model_dir, tmp_path / "good.zip", [])
+    evil = _zip_model(tiny_model_dir, tmp_path / "evil.zip", [("../x.txt", b"owned")])
+    ref = load_model(tiny_model_dir, cache=False)
+    m = load_model(good, cache=False)
+    with pytest.raises(ModelFileError):
+        load_model(evil, cache=False)
+    assert list(scratch.iterdir()) == []
+    assert m.path == good
+    for (k, a), b in zip(ref.state_dict().items(), m.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_cli_refuses_unsafe_zip(tmp_path, tiny_model_dir, noisy_tif):

@@ -131,7 +131,16 @@ def _safetensors_header(path: Path) -> dict:
         header = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ModelFileError(f"weights file '{path}' is not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"weights file '{path}' is not a safetensors file")
     header.pop("__metadata__", None)
+    for key, v in header.items():
+        # Every entry must be {"shape": [ints >= 0], "data_offsets": [begin, end], ...}.
+        ok = isinstance(v, dict) and isinstance(v.get("shape"), list) and isinstance(v.get("data_offsets"), list)
+        ok = ok and len(v["data_offsets"]) == 2
+        ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v["shape"] + v["data_offsets"])
+        if not ok:
+            raise ModelFileError(f"weights file '{path}' is not a safetensors file (bad entry for '{key}')")
     end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
     if 8 + n + end > size:
         raise ModelFileError(f"weights file '{path}' is truncated")

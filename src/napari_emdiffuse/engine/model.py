@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -58,7 +59,6 @@ class EMDiffuseModel:
         self.card = card
         self.module = module.eval()
         self.path = path
-        self.lock = threading.Lock()  # one sampling loop per model at a time on a device
 
     def __repr__(self) -> str:
         where = f", path='{self.path}'" if self.path else ""
@@ -220,12 +220,16 @@ def _load_dir(path: Path) -> EMDiffuseModel:
 
 
 def _load_checkpoint(path: Path, arch: str) -> EMDiffuseModel:
+    from .checkpoints import _safetensors_header, check_state_dict
     from .factory import build_module, expected_shapes
 
     card = published_card(arch, name=path.stem)
+    if path.suffix.lower() == ".safetensors":
+        # Shapes from the header, checked before any tensor is read (the file may be huge).
+        header = _safetensors_header(path)
+        shapes = clean_published_state_dict({k: tuple(v["shape"]) for k, v in header.items()})
+        check_state_dict(shapes, expected_shapes(card), f"'{path}' as {arch}")
     sd = clean_published_state_dict(load_state_dict_file(path))
-    from .checkpoints import check_state_dict
-
     check_state_dict({k: tuple(v.shape) for k, v in sd.items()}, expected_shapes(card), f"'{path}' as {arch}")
     module = build_module(card)
     module.load_state_dict(sd)
@@ -294,7 +298,10 @@ def load_model(
                 loaded = _load_dir(path)
             elif path.suffix.lower() == ".zip":
                 dest = Path(tempfile.mkdtemp(prefix="emdiffuse-model-"))
-                loaded = _load_dir(extract_archive(path, dest))
+                try:
+                    loaded = _load_dir(extract_archive(path, dest))
+                finally:  # the weights are in memory now; leave no extracted copy behind
+                    shutil.rmtree(dest, ignore_errors=True)
                 loaded.path = path
             elif path.suffix.lower() in CHECKPOINT_SUFFIXES or path.suffix.lower() == ".safetensors":
                 if arch is None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import Normalisation
 
-__all__ = ["NormInfo", "fit_normalisation", "to_model", "from_model", "to_dtype", "sample_values"]
+__all__ = ["NormInfo", "fit_normalisation", "to_model", "from_model", "to_dtype", "sample_values", "std_from_model"]
 
 _MAX_SAMPLE = 4_000_000
 
@@ -78,3 +78,13 @@ def to_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
         info = np.iinfo(dtype)
         return np.clip(np.rint(x), info.min, info.max).astype(dtype)
     return np.asarray(x).astype(dtype)
+
+
+def std_from_model(sd: np.ndarray, info: NormInfo) -> np.ndarray:
+    """A model-range standard deviation in input units, as float32.
+
+    Scaled in float64 and clipped to float32's range, so inputs near float32's limit give a
+    large finite uncertainty rather than inf or NaN.
+    """
+    out = np.asarray(sd, dtype=np.float64) * (0.5 * (info.hi - info.lo))
+    return np.clip(out, 0.0, np.finfo(np.float32).max).astype(np.float32)

@@ -22,7 +22,7 @@ from .config import TASKS
 from .errors import EMDiffuseError, InputError
 from .events import Progress
 from .model import EMDiffuseModel, load_model, resolve_device
-from .normalise import NormInfo, fit_normalisation, from_model, sample_values, to_dtype, to_model
+from .normalise import NormInfo, fit_normalisation, from_model, sample_values, std_from_model, to_dtype, to_model
 from .tiling import TilePlan, block_slices, pad_to, round_up
 
 __all__ = [
@@ -305,7 +305,6 @@ def restore_iter(
     mean = np.empty((nz, h * s, w * s), dtype=out_dtype)
     want_std = opts.samples > 1 or getattr(m.unet, "aleatoric", False)
     unc = np.empty((nz, h * s, w * s), dtype=np.float32) if want_std else None
-    span = 0.5 * (norm.hi - norm.lo)
     for z in range(nz):
         plane = _as_numpy(stack[z, :, :]).astype(np.float64)
         _check_finite(plane, f"slice {z}" if nz > 1 else "image")
@@ -314,7 +313,7 @@ def restore_iter(
         )
         mean[z] = to_dtype(from_model(mu, norm), out_dtype)
         if unc is not None:
-            unc[z] = (sd * span).astype(np.float32) if sd is not None else 0.0
+            unc[z] = std_from_model(sd, norm) if sd is not None else 0.0
     if image.ndim == 2:
         mean, unc = mean[0], (unc[0] if unc is not None else None)
     yield Restoration(
@@ -410,7 +409,6 @@ def restore_to_zarr_iter(
     stack = _Planes(image)
     nz, h, w = stack.shape
     norm = _fit_norm(m, image)
-    span = 0.5 * (norm.hi - norm.lo)
     halo = max(opts.tile // (2 * s), opts.overlap)
     block = max(int(block), opts.tile)
     out_shape = (nz, h * s, w * s) if image.ndim == 3 else (h * s, w * s)
@@ -442,7 +440,7 @@ def restore_to_zarr_iter(
                         idx = ((z,) if image.ndim == 3 else ()) + dst
                         wr.array[idx] = to_dtype(from_model(mu[oy, ox], norm), out_dtype)
                         if unc_wr is not None and sd is not None:
-                            unc_wr.array[idx] = (sd[oy, ox] * span).astype(np.float32)
+                            unc_wr.array[idx] = std_from_model(sd[oy, ox], norm)
                         done += 1
                         yield Progress("block", done, total_blocks)
             if unc_wr is not None:

@@ -40,7 +40,7 @@ from .errors import EMDiffuseError, InputError
 from .events import Progress
 from .io import ZARR_SUFFIX, ZarrWriter, _zarr_major, check_output_path, open_zarr_for_block_writes, read_image
 from .model import DEFAULT_MODELS, EMDiffuseModel, load_model, resolve_device
-from .normalise import NormInfo, fit_normalisation, from_model, to_dtype, to_model
+from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
 from .restore import _as_numpy, _check_finite, _info, canvas_size, drain, validate_image
 from .tiling import TilePlan, block_slices, pad_to
 
@@ -367,10 +367,9 @@ def _write_block(
         out[factor] = _measured(hi[cy, cx], dtype)
     dst[z * factor : z * factor + n, wy, wx] = out
     if unc is not None:
-        span = 0.5 * (norm.hi - norm.lo)
         u = np.zeros(out.shape, dtype=np.float32)
         if std is not None:
-            u[1:factor] = std[:, cy, cx] * span
+            u[1:factor] = std_from_model(std[:, cy, cx], norm)
         unc[z * factor : z * factor + n, wy, wx] = u
 
 
