@@ -26,10 +26,11 @@ from .tiling import TilePlan, check_tiling, position_noise, round_up
 __all__ = ["PRESETS", "SamplingOptions", "Item", "resolve_options", "sample_canvas", "auto_tile"]
 
 PRESETS: dict[str, dict] = {
-    # few-step deterministic solver, one sample: the default
-    "fast": {"sampler": "dpm++", "steps": 10, "samples": 1},
-    # several samples give the mean and a pixel-wise uncertainty
-    "balanced": {"sampler": "dpm++", "steps": 20, "samples": 4},
+    # few-step deterministic solver, one sample: the default; steps from the model card
+    # (``fast_steps``, 10 unless the model was tuned for fewer)
+    "fast": {"sampler": "dpm++", "steps": None, "samples": 1},
+    # several samples give the mean and a pixel-wise uncertainty (``balanced_steps``, 20)
+    "balanced": {"sampler": "dpm++", "steps": None, "samples": 4},
     # the published method: 1000-step ancestral DDPM on the test schedule, 2 samples
     "reference": {"sampler": "ddpm", "steps": None, "samples": 2},
 }
@@ -116,10 +117,13 @@ def resolve_options(
     check_tiling(tile, overlap)
     if model.card.kind == "regression":
         steps, samples = 1, 1
-    if steps is None:
-        steps = base["steps"] if sampler == base["sampler"] else (None if sampler == "ddpm" else 10)
+    card = model.card
+    if steps is None and sampler != "ddpm":
+        steps = {"fast": card.fast_steps, "balanced": card.balanced_steps}.get(preset, 10)
     if sampler == "ddpm" and steps is None:
-        steps = model.card.beta_schedule.test.n_timestep
+        steps = card.beta_schedule.test.n_timestep
+    if start_log_snr is None and preset != "reference" and sampler != "ddpm":
+        start_log_snr = card.start_log_snr
     precision = precision or "auto"
     if precision not in PRECISIONS:
         raise EMDiffuseError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")

@@ -144,6 +144,11 @@ class ModelCard(_Strict):
     tile: int = Field(256, ge=8)
     overlap: int = Field(32, ge=0)
     log_snr_max: float = 8.0  # cleanest noise level of the fast samplers
+    # Few-step samplers may start from a noised copy of the condition at this log-SNR
+    # instead of pure noise (None): fewer steps, and only noise levels the model handles well.
+    start_log_snr: float | None = None
+    fast_steps: int = Field(10, ge=1)  # steps of the "fast" preset for this model
+    balanced_steps: int = Field(20, ge=1)  # steps of the "balanced" preset
     weights: str = "weights.safetensors"
     ema: bool = False
     training: dict[str, Any] = Field(default_factory=dict)

@@ -74,7 +74,7 @@ def noise_grid(
         hi = min(hi, log_snr_max)
     if start_log_snr is not None:
         lo = float(np.clip(start_log_snr, lo, hi))
-    if steps == 1:
+    if steps == 1 or lo >= hi:
         return np.array([gamma_from_log_snr(lo)])
     return gamma_from_log_snr(np.linspace(lo, hi, steps))
 

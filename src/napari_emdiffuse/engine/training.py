@@ -256,6 +256,9 @@ class TrainConfig(BaseModel):
     tile: int | None = Field(None, ge=8)
     overlap: int | None = Field(None, ge=0)
     log_snr_max: float | None = None
+    start_log_snr: float | None = None
+    fast_steps: int | None = Field(None, ge=1)
+    balanced_steps: int | None = Field(None, ge=1)
     # data
     inputs: list[ImageSource] = Field(default_factory=list)
     targets: list[ImageSource | None] | None = None
@@ -928,8 +931,9 @@ class Trainer:
                 card.tile = cfg.tile
             if cfg.overlap is not None:
                 card.overlap = cfg.overlap
-            if cfg.log_snr_max is not None:
-                card.log_snr_max = cfg.log_snr_max
+            for key in ("log_snr_max", "start_log_snr", "fast_steps", "balanced_steps"):
+                if getattr(cfg, key) is not None:
+                    setattr(card, key, getattr(cfg, key))
         except ValidationError as exc:
             raise EMDiffuseError(_one_line(exc, "tile/overlap")) from None
 
