@@ -215,3 +215,21 @@ def test_per_step_merging_makes_tilings_agree():
     assert coarse < 0.01
     # a random network saturates at +-1, so a few pixels on its decision edges may flip
     assert (np.abs(a - b) > 1e-3).mean() < 0.05
+
+
+def test_distributed_blocks_equal_single_machine(tmp_path, tiny_model_dir):
+    """The same block plan on 2 dask worker processes writes the same store."""
+    from napari_emdiffuse.engine.io import is_complete
+    from napari_emdiffuse.engine.restore import restore_to_zarr_iter
+
+    img = _img((2, 48, 40))
+    src = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=img.shape, dtype=img.dtype, chunks=(1, 48, 40))
+    src[:] = img
+    kw = dict(block=24, steps=2, tile=32, overlap=8, device="cpu")
+    restore_to_zarr(src, tmp_path / "one.zarr", "denoise", str(tiny_model_dir), **kw)
+    events = list(restore_to_zarr_iter(src, tmp_path / "two.zarr", "denoise", str(tiny_model_dir), workers=2, **kw))
+    assert events[-1] == tmp_path / "two.zarr" and is_complete(tmp_path / "two.zarr")
+    one = zarr.open_array(str(tmp_path / "one.zarr"), mode="r")[:]
+    two = zarr.open_array(str(tmp_path / "two.zarr"), mode="r")[:]
+    assert np.array_equal(one, two)
+    assert not list(tmp_path.glob(".*work-*")) and not list(tmp_path.glob("*partial*"))

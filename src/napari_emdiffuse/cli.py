@@ -262,18 +262,15 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if distributed and not (_is_zarr(out) and _is_zarr(Path(args.input))):
         raise InputError("--workers/--scheduler need a .zarr input and a .zarr output")
     if _is_zarr(out):
-        if distributed:
-            from .engine.distributed import restore_to_zarr_distributed_iter
-
-            gen = restore_to_zarr_distributed_iter(
-                args.input, out, args.task, model.path or args.model, uncertainty_out=unc,
-                spacing=data.spacing, workers=args.workers, scheduler=args.scheduler, **kw,
-            )
-        else:
-            gen = restore_to_zarr_iter(data.data, out, args.task, model, uncertainty_out=unc, spacing=data.spacing, **kw)
-        _progress(gen)
+        # Workers load the model themselves: hand them its name or path, not this process's copy.
+        gen = restore_to_zarr_iter(
+            data.data, out, args.task, args.model if distributed else model, uncertainty_out=unc,
+            spacing=data.spacing, workers=args.workers, scheduler=args.scheduler,
+            arch=args.arch if distributed else None, **kw,
+        )
         if unc is not None and not _is_zarr(unc):
             raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
+        _progress(gen)
         print(f"wrote {out}", file=sys.stderr)
         return 0
     result = _progress(restore_iter(data.data, args.task, model, spacing=data.spacing, **kw))

@@ -34,6 +34,8 @@ __all__ = [
     "validate_image",
     "make_condition",
     "restore_plane",
+    "restore_block",
+    "BlockPlan",
     "canvas_size",
     "drain",
 ]
@@ -378,6 +380,69 @@ def restore(
     return drain(restore_iter(image, task, model, **options))
 
 
+@dataclass(frozen=True)
+class BlockPlan:
+    """How a (stack of) image(s) is cut into blocks for streaming: the same plan on one
+    machine or on a cluster, so the result does not depend on where blocks ran."""
+
+    nz: int
+    height: int
+    width: int
+    scale: int
+    is_stack: bool
+    ys: tuple
+    xs: tuple
+
+    @classmethod
+    def make(cls, shape: tuple[int, ...], scale: int, block: int, opts: SamplingOptions) -> "BlockPlan":
+        is_stack = len(shape) == 3
+        nz, h, w = shape if is_stack else (1, *shape)
+        halo = max(opts.tile // (2 * scale), opts.overlap)
+        block = max(int(block), opts.tile)
+        return cls(nz, h, w, scale, is_stack, tuple(block_slices(h, block, halo)), tuple(block_slices(w, block, halo)))
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        s = self.scale
+        return (self.nz, self.height * s, self.width * s) if self.is_stack else (self.height * s, self.width * s)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        yx = (min(1024, self.height * self.scale), min(1024, self.width * self.scale))
+        return (1, *yx) if self.is_stack else yx
+
+    def jobs(self) -> list[tuple[int, int, int]]:
+        return [(z, iy, ix) for z in range(self.nz) for iy in range(len(self.ys)) for ix in range(len(self.xs))]
+
+
+def restore_block(
+    m: EMDiffuseModel,
+    stack: Any,
+    plan: BlockPlan,
+    job: tuple[int, int, int],
+    *,
+    norm: NormInfo,
+    opts: SamplingOptions,
+    device: torch.device,
+    dtype: np.dtype,
+    dst: Any,
+    unc: Any = None,
+) -> Generator[Progress, None, None]:
+    """Read one block with its halo, restore it, write its centre into ``dst`` (and ``unc``)."""
+    z, iy, ix = job
+    (ry, wy, cy), (rx, wx, cx) = plan.ys[iy], plan.xs[ix]
+    s = plan.scale
+    planes = stack if isinstance(stack, _Planes) else _Planes(stack)
+    plane = _as_numpy(planes[z, ry, rx]).astype(np.float64)
+    _check_finite(plane, f"block z={z} y={wy.start} x={wx.start}")
+    mu, sd = yield from restore_plane(m, plane, norm, opts, device=device, z=z, origin=(ry.start, rx.start))
+    crop = (slice(cy.start * s, cy.stop * s), slice(cx.start * s, cx.stop * s))
+    idx = ((z,) if plan.is_stack else ()) + (slice(wy.start * s, wy.stop * s), slice(wx.start * s, wx.stop * s))
+    dst[idx] = to_dtype(from_model(mu[crop], norm), dtype)
+    if unc is not None and sd is not None:
+        unc[idx] = std_from_model(sd[crop], norm)
+
+
 def restore_to_zarr_iter(
     image: Any,
     out: str | Path,
@@ -392,57 +457,51 @@ def restore_to_zarr_iter(
     dtype: Any = None,
     spacing: tuple[float, ...] | None = None,
     overwrite: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
     **kw: Any,
 ) -> Generator["Progress | Path", None, None]:
     """Stream a large image block by block into a zarr store; yields progress, then the path.
 
     Each block is read with a halo of half a tile, restored with per-step merging, cropped
-    and written; noise is seeded by global position, so block layout does not change the
-    result inside blocks. The store appears at ``out`` only when complete (temp dir, then
-    rename, completion marker last).
+    and written; noise is seeded by global position, so the block layout, not the machine,
+    fixes the result. The store appears at ``out`` only when complete (temp dir, then
+    rename, completion marker last). With ``workers=N`` (a local dask cluster) or
+    ``scheduler="tcp://..."`` the blocks run on dask.distributed workers, each loading the
+    model once and writing into the shared store; the result is identical.
     """
     from .io import ZarrWriter
 
     image, dev, m, opts = _prepare(image, task, model, arch, device, preset, kw)
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)
     s = m.card.scale if task == "super-resolve" else 1
-    stack = _Planes(image)
-    nz, h, w = stack.shape
+    plan = BlockPlan.make(tuple(image.shape), s, block, opts)
     norm = _fit_norm(m, image)
-    halo = max(opts.tile // (2 * s), opts.overlap)
-    block = max(int(block), opts.tile)
-    out_shape = (nz, h * s, w * s) if image.ndim == 3 else (h * s, w * s)
-    chunks = (1, min(1024, h * s), min(1024, w * s)) if image.ndim == 3 else (min(1024, h * s), min(1024, w * s))
     out_spacing = _out_spacing(spacing, image.ndim, s)
     want_std = uncertainty_out is not None and opts.samples > 1
-    ys, xs = list(block_slices(h, block, halo)), list(block_slices(w, block, halo))
-    total_blocks = nz * len(ys) * len(xs)
     attrs = {"normalisation": norm.as_dict(), **_info(m, opts, dev)}
-    with ZarrWriter(out, out_shape, out_dtype, chunks=chunks, spacing=out_spacing, attrs=attrs, overwrite=overwrite) as wr:
-        unc_wr = (
-            ZarrWriter(uncertainty_out, out_shape, np.float32, chunks=chunks, spacing=out_spacing, overwrite=overwrite)
-            if want_std
-            else None
+    writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, overwrite=overwrite)
+    if workers or scheduler:
+        from .distributed import run_blocks
+
+        yield from run_blocks(
+            image, plan, model if model is not None else m, task=task, arch=arch, device=str(device),
+            out=Path(out), unc_out=Path(uncertainty_out) if want_std else None, writer_kw={**writer_kw, "attrs": attrs},
+            norm=norm, opts=opts, dtype=out_dtype, workers=workers, scheduler=scheduler,
         )
+        yield Path(out)
+        return
+    stack = _Planes(image)
+    jobs = plan.jobs()
+    with ZarrWriter(out, plan.out_shape, out_dtype, attrs=attrs, **writer_kw) as wr:
+        unc_wr = ZarrWriter(uncertainty_out, plan.out_shape, np.float32, **writer_kw) if want_std else None
         try:
-            done = 0
-            for z in range(nz):
-                for ry, wy, cy in ys:
-                    for rx, wx, cx in xs:
-                        plane = _as_numpy(stack[z, ry, rx]).astype(np.float64)
-                        _check_finite(plane, f"block z={z} y={wy.start} x={wx.start}")
-                        mu, sd = yield from restore_plane(
-                            m, plane, norm, opts, device=dev, z=z, origin=(ry.start, rx.start)
-                        )
-                        oy = slice(cy.start * s, cy.stop * s)
-                        ox = slice(cx.start * s, cx.stop * s)
-                        dst = (slice(wy.start * s, wy.stop * s), slice(wx.start * s, wx.stop * s))
-                        idx = ((z,) if image.ndim == 3 else ()) + dst
-                        wr.array[idx] = to_dtype(from_model(mu[oy, ox], norm), out_dtype)
-                        if unc_wr is not None and sd is not None:
-                            unc_wr.array[idx] = std_from_model(sd[oy, ox], norm)
-                        done += 1
-                        yield Progress("block", done, total_blocks)
+            for done, job in enumerate(jobs, 1):
+                yield from restore_block(
+                    m, stack, plan, job, norm=norm, opts=opts, device=dev, dtype=out_dtype,
+                    dst=wr.array, unc=unc_wr.array if unc_wr is not None else None,
+                )
+                yield Progress("block", done, len(jobs))
             if unc_wr is not None:
                 unc_wr.commit()
         except BaseException:

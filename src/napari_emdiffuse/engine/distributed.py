@@ -1,0 +1,154 @@
+"""2D restoration of zarr stacks on a dask.distributed cluster.
+
+The same :class:`~.restore.BlockPlan` as a single-machine run, each block a task: a worker
+loads the model once (cached per process), reads its block from the shared input store,
+restores it and writes its centre straight into the shared output store. The client
+commits the store (completion marker, rename) when every task has finished; closing the
+generator cancels the tasks and removes the partial store.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .canvas import SamplingOptions
+from .events import Progress
+from .io import ZarrWriter, open_zarr_for_block_writes
+from .model import EMDiffuseModel
+from .normalise import NormInfo
+from .restore import BlockPlan, restore_block
+from .volume import _connect, _model_spec, _stage_input, _worker_model, _zarr_location
+
+__all__ = ["run_blocks"]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs for one block (picklable)."""
+
+    model: str
+    arch: str | None
+    device: str
+    src: str
+    src_key: str
+    dst: str
+    unc: str | None
+    plan: BlockPlan
+    block: tuple[int, int, int]
+    norm: NormInfo
+    opts: SamplingOptions
+    dtype: str
+
+
+def _run(job: _Job) -> tuple[int, int, int]:
+    import zarr
+
+    from .diffusion import drain
+
+    m = _worker_model(job.model, job.arch, job.device)
+    src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")
+    drain(
+        restore_block(
+            m, src, job.plan, job.block, norm=job.norm, opts=job.opts, device=m.device, dtype=np.dtype(job.dtype),
+            dst=open_zarr_for_block_writes(job.dst), unc=open_zarr_for_block_writes(job.unc) if job.unc else None,
+        )
+    )
+    return job.block
+
+
+def _stage(image: Any, where: Path) -> str:
+    if image.ndim == 3:
+        return _stage_input(image, where, (1, *image.shape[1:]))
+    import zarr
+
+    arr = zarr.open_array(str(where), mode="w-", shape=image.shape, dtype=np.dtype(image.dtype), chunks=image.shape, zarr_format=2)
+    arr[...] = np.asarray(image.compute() if hasattr(image, "compute") else image)
+    return str(where)
+
+
+def run_blocks(
+    image: Any,
+    plan: BlockPlan,
+    model: "str | Path | EMDiffuseModel",
+    *,
+    task: str,
+    arch: str | None,
+    device: str,
+    out: Path,
+    unc_out: Path | None,
+    writer_kw: dict,
+    norm: NormInfo,
+    opts: SamplingOptions,
+    dtype: np.dtype,
+    workers: int | None,
+    scheduler: str | None,
+) -> Generator[Progress, None, None]:
+    """Run every block of ``plan`` on the cluster; commit ``out`` (and ``unc_out``) at the end."""
+    from distributed import as_completed
+
+    from .model import load_model
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+    client = cluster = None
+    futures: list = []
+    wr = ZarrWriter(out, plan.out_shape, dtype, **writer_kw)
+    unc_wr = ZarrWriter(unc_out, plan.out_shape, np.float32, **{**writer_kw, "attrs": {}}) if unc_out else None
+    try:
+        loc = _zarr_location(image)
+        if loc is None:  # workers read a store, not the client's memory
+            loc = (_stage(image, tmp / "input.zarr"), "")
+        loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=task, arch=arch, device="cpu")
+        spec, spec_arch, _ = _model_spec(model, loaded, task, arch, tmp / "model")
+        client, cluster = _connect(workers, scheduler)
+        token = secrets.token_hex(4)
+        futures = [
+            client.submit(
+                _run,
+                _Job(spec, spec_arch, device, loc[0], loc[1], str(wr.temp_path),
+                     str(unc_wr.temp_path) if unc_wr else None, plan, job, norm, opts, dtype.str),
+                key=f"emdiffuse-restore-{token}-{n}", pure=False, retries=0,
+            )
+            for n, job in enumerate(plan.jobs())
+        ]
+        ac = as_completed(futures)
+        done, total, last = 0, len(futures), time.monotonic()
+        yield Progress("block", 0, total, message=f"{total} block tasks submitted")
+        while not ac.is_empty():
+            batch = ac.next_batch(block=False)
+            if not batch:
+                time.sleep(0.05)
+                if time.monotonic() - last > 1.0:  # a chance to cancel while workers are busy
+                    last = time.monotonic()
+                    yield Progress("block", done, total, message="waiting for workers")
+                continue
+            for fut in batch:
+                fut.result()  # a worker's error is raised here
+                done += 1
+            last = time.monotonic()
+            yield Progress("block", done, total)
+        if unc_wr is not None:
+            unc_wr.commit()
+        wr.commit()
+    finally:
+        if client is not None:
+            try:
+                pending = [f for f in futures if not f.done()]
+                if pending:
+                    client.cancel(pending)
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+        if unc_wr is not None:
+            unc_wr.abort()  # no-op after commit
+        wr.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
