@@ -46,13 +46,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--overlap-fraction", type=float, default=0.125)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's fast preset)")
+    ap.add_argument("--tiles", default="128,192", help="the two tile sizes to compare")
     args = ap.parse_args()
     noisy, _ = brain_pair()
     img = noisy[: args.size, : args.size]
     model = load_model(args.model, task="denoise", device=args.device)
     kw = dict(steps=args.steps, device=args.device)
-    t1, t2 = 64, 96
+    t1, t2 = (int(v) for v in args.tiles.split(","))
     o1, o2 = int(t1 * args.overlap_fraction), int(t2 * args.overlap_fraction)
     a = restore(img, "denoise", model, tile=t1, overlap=o1, **kw).mean
     b = restore(img, "denoise", model, tile=t2, overlap=o2, **kw).mean
