@@ -261,7 +261,9 @@ def test_model_choices(models):
     assert any(c.label == "tiny-denoise (user)" for c in choices)
     ckpt = [c for c in choices if c.value.endswith(".pth")][0]
     assert ckpt.checkpoint and ckpt.label == "best_Network.pth (file)"
-    assert not _common.model_choices("super-resolve", [])  # the denoiser is not offered for SR
+    sr = _common.model_choices("super-resolve", [])
+    assert all("tiny-denoise" not in c.label for c in sr)  # the denoiser is not offered for SR
+    assert all(c.label.endswith("(bundled)") for c in sr)
     assert _common.architectures_for("denoise") == ["EMDiffuse-n"]
     assert _common.architectures_for("isotropic-a") == ["vEMDiffuse-i", "vEMDiffuse-a"]
     assert _common.resolve_browsed("/m/dir/model.yaml") == Path("/m/dir")
