@@ -1077,7 +1077,9 @@ def train_iter(
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path) -> Path:
     """Run :func:`train_iter` to the end and return the model directory."""
-    return _drain(train_iter(config))
+    from .restore import drain
+
+    return drain(train_iter(config))
 
 
 def finetune_iter(
@@ -1167,12 +1169,8 @@ def finetune(task: str, input: Any, target: Any = None, **kwargs: Any) -> Path:
     --------
     >>> path = finetune("denoise", noisy, clean, out="my-model", iterations=100)  # doctest: +SKIP
     """
-    return _drain(finetune_iter(task, input, target, **kwargs))
+    from .restore import drain
+
+    return drain(finetune_iter(task, input, target, **kwargs))
 
 
-def _drain(gen: Generator) -> Path:
-    result = None
-    for item in gen:
-        if not isinstance(item, Progress):
-            result = item
-    return result

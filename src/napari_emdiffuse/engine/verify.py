@@ -4,7 +4,6 @@ and recompute the original implementation's outputs for fixed inputs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

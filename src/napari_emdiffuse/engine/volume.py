@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .canvas import Item, SamplingOptions, resolve_options, sample_canvas
+from .diffusion import drain as drain_return
 from .errors import EMDiffuseError, InputError
 from .events import Progress
 from .io import ZARR_SUFFIX, ZarrWriter, _zarr_major, check_output_path, open_zarr_for_block_writes, read_image
@@ -446,7 +447,7 @@ def _run_block_task(job: _BlockJob) -> tuple[int, int, int]:
 
     m = _worker_model(job.model, job.arch, job.device)
     src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")
-    parts = _drain_return(
+    parts = drain_return(
         _sample_block(
             m, src, job.z, job.ys[0], job.xs[0], factor=job.factor, norm=job.norm, opts=job.opts, device=m.device
         )
@@ -457,13 +458,6 @@ def _run_block_task(job: _BlockJob) -> tuple[int, int, int]:
     return job.z, job.ys[1].start, job.xs[1].start
 
 
-def _drain_return(gen: Generator) -> Any:
-    """Run a generator to its end, ignoring what it yields, and return its return value."""
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 def _zarr_location(vol: Any) -> tuple[str, str] | None:
