@@ -9,10 +9,8 @@ generator cancels the tasks and removes the partial store.
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import tempfile
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from .io import ZarrWriter, open_zarr_for_block_writes
 from .model import EMDiffuseModel
 from .normalise import NormInfo
 from .restore import BlockPlan, restore_block
-from .volume import _connect, _model_spec, _stage_input, _worker_model, _zarr_location
+from .volume import _model_spec, _stage_input, _worker_model, _zarr_location, run_tasks
 
 __all__ = ["run_blocks"]
 
@@ -93,13 +91,9 @@ def run_blocks(
     scheduler: str | None,
 ) -> Generator[Progress, None, None]:
     """Run every block of ``plan`` on the cluster; commit ``out`` (and ``unc_out``) at the end."""
-    from distributed import as_completed
-
     from .model import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
-    client = cluster = None
-    futures: list = []
     wr = ZarrWriter(out, plan.out_shape, dtype, **writer_kw)
     unc_wr = ZarrWriter(unc_out, plan.out_shape, np.float32, **{**writer_kw, "attrs": {}}) if unc_out else None
     try:
@@ -108,46 +102,16 @@ def run_blocks(
             loc = (_stage(image, tmp / "input.zarr"), "")
         loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=task, arch=arch, device="cpu")
         spec, spec_arch, _ = _model_spec(model, loaded, task, arch, tmp / "model")
-        client, cluster = _connect(workers, scheduler)
-        token = secrets.token_hex(4)
-        futures = [
-            client.submit(
-                _run,
-                _Job(spec, spec_arch, device, loc[0], loc[1], str(wr.temp_path),
-                     str(unc_wr.temp_path) if unc_wr else None, plan, job, norm, opts, dtype.str),
-                key=f"emdiffuse-restore-{token}-{n}", pure=False, retries=0,
-            )
-            for n, job in enumerate(plan.jobs())
+        jobs = [
+            _Job(spec, spec_arch, device, loc[0], loc[1], str(wr.temp_path),
+                 str(unc_wr.temp_path) if unc_wr else None, plan, job, norm, opts, dtype.str)
+            for job in plan.jobs()
         ]
-        ac = as_completed(futures)
-        done, total, last = 0, len(futures), time.monotonic()
-        yield Progress("block", 0, total, message=f"{total} block tasks submitted")
-        while not ac.is_empty():
-            batch = ac.next_batch(block=False)
-            if not batch:
-                time.sleep(0.05)
-                if time.monotonic() - last > 1.0:  # a chance to cancel while workers are busy
-                    last = time.monotonic()
-                    yield Progress("block", done, total, message="waiting for workers")
-                continue
-            for fut in batch:
-                fut.result()  # a worker's error is raised here
-                done += 1
-            last = time.monotonic()
-            yield Progress("block", done, total)
+        yield from run_tasks(_run, jobs, workers=workers, scheduler=scheduler, name="restore")
         if unc_wr is not None:
             unc_wr.commit()
         wr.commit()
     finally:
-        if client is not None:
-            try:
-                pending = [f for f in futures if not f.done()]
-                if pending:
-                    client.cancel(pending)
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
         if unc_wr is not None:
             unc_wr.abort()  # no-op after commit
         wr.abort()

@@ -523,49 +523,23 @@ def _connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any]:
         raise
 
 
-def _run_distributed(
-    vol: Any,
-    layout: _Layout,
-    spec: tuple[str, str | None],
-    *,
-    device: str,
-    out: Path,
-    unc_out: Path | None,
-    writer_kw: dict,
-    norm: NormInfo,
-    opts: SamplingOptions,
-    dtype: np.dtype,
-    workers: int | None,
-    scheduler: str | None,
-    staged_input: Path,
-    cleanup: list[Path],
-) -> Generator[Progress, None, tuple[Any, Any]]:
+def run_tasks(
+    fn: Any, jobs: list, *, workers: int | None, scheduler: str | None, name: str
+) -> Generator[Progress, None, None]:
+    """Submit one task per job to a dask cluster and yield ``block`` progress as they finish.
+
+    A worker's error is raised here. Closing the generator cancels what has not run,
+    closes the client and, for ``workers=N``, the local cluster it started. Shared by the
+    isotropic and the 2D (``engine.distributed``) block runs.
+    """
     from distributed import as_completed
 
-    loc = _zarr_location(vol)
-    if loc is None:
-        cleanup.append(staged_input)  # before writing: a failed copy is removed too
-        loc = (_stage_input(vol, staged_input, layout.chunks), "")
-    client = cluster = None
+    client, cluster = _connect(workers, scheduler)
     futures: list = []
-    wr = ZarrWriter(out, layout.out_shape, dtype, **writer_kw)
-    unc_wr = None
     try:
-        if unc_out is not None:
-            kw = {**writer_kw, "attrs": {"what": "uncertainty (std over samples)", **writer_kw.get("attrs", {})}}
-            unc_wr = ZarrWriter(unc_out, layout.out_shape, np.float32, **kw)
-        client, cluster = _connect(workers, scheduler)
-        jobs = [
-            _BlockJob(
-                model=spec[0], arch=spec[1], device=device, src=loc[0], src_key=loc[1], dst=str(wr.temp_path),
-                unc=str(unc_wr.temp_path) if unc_wr is not None else None, z=z, ys=layout.ys[iy], xs=layout.xs[ix],
-                nz=layout.nz, factor=layout.factor, norm=norm, opts=opts, dtype=dtype.str,
-            )
-            for z, iy, ix in layout.jobs()
-        ]
         token = secrets.token_hex(4)
         futures = [
-            client.submit(_run_block_task, job, key=f"emdiffuse-isotropic-{token}-{n}", pure=False, retries=0)
+            client.submit(fn, job, key=f"emdiffuse-{name}-{token}-{n}", pure=False, retries=0)
             for n, job in enumerate(jobs)
         ]
         ac = as_completed(futures)
@@ -584,20 +558,58 @@ def _run_distributed(
                 done += 1
             last = time.monotonic()
             yield Progress("block", done, total)
+    finally:
+        try:
+            pending = [f for f in futures if not f.done()]
+            if pending:
+                client.cancel(pending)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _run_distributed(
+    vol: Any,
+    layout: _Layout,
+    spec: tuple[str, str | None],
+    *,
+    device: str,
+    out: Path,
+    unc_out: Path | None,
+    writer_kw: dict,
+    norm: NormInfo,
+    opts: SamplingOptions,
+    dtype: np.dtype,
+    workers: int | None,
+    scheduler: str | None,
+    staged_input: Path,
+    cleanup: list[Path],
+) -> Generator[Progress, None, tuple[Any, Any]]:
+    loc = _zarr_location(vol)
+    if loc is None:
+        cleanup.append(staged_input)  # before writing: a failed copy is removed too
+        loc = (_stage_input(vol, staged_input, layout.chunks), "")
+    wr = ZarrWriter(out, layout.out_shape, dtype, **writer_kw)
+    unc_wr = None
+    try:
+        if unc_out is not None:
+            kw = {**writer_kw, "attrs": {"what": "uncertainty (std over samples)", **writer_kw.get("attrs", {})}}
+            unc_wr = ZarrWriter(unc_out, layout.out_shape, np.float32, **kw)
+        jobs = [
+            _BlockJob(
+                model=spec[0], arch=spec[1], device=device, src=loc[0], src_key=loc[1], dst=str(wr.temp_path),
+                unc=str(unc_wr.temp_path) if unc_wr is not None else None, z=z, ys=layout.ys[iy], xs=layout.xs[ix],
+                nz=layout.nz, factor=layout.factor, norm=norm, opts=opts, dtype=dtype.str,
+            )
+            for z, iy, ix in layout.jobs()
+        ]
+        yield from run_tasks(_run_block_task, jobs, workers=workers, scheduler=scheduler, name="isotropic")
         if unc_wr is not None:
             unc_wr.commit()
         wr.commit()
         return wr.array, (unc_wr.array if unc_wr is not None else None)
     finally:
-        if client is not None:
-            try:
-                pending = [f for f in futures if not f.done()]
-                if pending:
-                    client.cancel(pending)
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
         if unc_wr is not None:
             unc_wr.abort()  # no-op after commit
         wr.abort()
