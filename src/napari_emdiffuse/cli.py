@@ -66,8 +66,8 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
     g.add_argument("--arch", choices=["EMDiffuse-n", "EMDiffuse-r", "vEMDiffuse-i", "vEMDiffuse-a"],
                    help="architecture of a published checkpoint given with --model")
     g.add_argument("--preset", choices=["fast", "balanced", "reference"], default="fast",
-                   help="fast: 10-step DPM-Solver++, 1 sample (default); balanced: 20 steps, 4 samples "
-                        "with uncertainty; reference: the published 1000-step DDPM, 2 samples")
+                   help="fast: few-step DPM-Solver++, 1 sample (default); balanced: 4 samples with "
+                        "uncertainty (steps from the model card); reference: the published 1000-step DDPM, 2 samples")
     g.add_argument("--steps", type=_positive, help="sampler steps (overrides the preset)")
     g.add_argument("--samples", type=_positive, help="samples per pixel; >1 gives an uncertainty map")
     if samplers:

@@ -349,8 +349,9 @@ def restore(
     arch : str, optional
         Architecture of a published checkpoint (EMDiffuse-n, EMDiffuse-r).
     preset : {"fast", "balanced", "reference"}
-        ``fast``: 10-step DPM-Solver++, one sample. ``balanced``: 20 steps, 4 samples with
-        uncertainty. ``reference``: the published 1000-step DDPM, 2 samples.
+        ``fast``: few-step DPM-Solver++, one sample. ``balanced``: 4 samples with
+        uncertainty (steps and start level from the model card). ``reference``: the
+        published 1000-step DDPM, 2 samples.
     steps, samples, sampler, eta : optional
         Override the preset. Samplers: ``ddim``, ``dpm++``, ``ddpm``.
     tile, overlap, batch : int, optional

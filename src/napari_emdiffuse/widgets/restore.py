@@ -37,8 +37,8 @@ __all__ = ["RestoreWidget", "RestoreOptions", "output_names", "output_geometry",
 TASKS = ("denoise", "super-resolve")
 SAMPLERS = ("preset", "dpm++", "ddim", "ddpm")
 PRESET_TIPS = {
-    "fast": "10-step DPM-Solver++, one sample (no uncertainty)",
-    "balanced": "20 steps, 4 samples: mean and pixel-wise uncertainty",
+    "fast": "few-step DPM-Solver++ (steps from the model card), one sample (no uncertainty)",
+    "balanced": "4 samples: mean and pixel-wise uncertainty",
     "reference": "the published 1000-step DDPM, 2 samples (slow)",
 }
 
