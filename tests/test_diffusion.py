@@ -39,6 +39,24 @@ def test_training_gammas_lie_between_neighbouring_steps():
     assert len(torch.unique(g)) > 9000
 
 
+def test_focused_training_gammas_stay_in_the_requested_log_snr_range():
+    net = _net()
+    gen = torch.Generator().manual_seed(0)
+    g = net.sample_gammas(4000, generator=gen, focus=1.0, focus_log_snr=(0.0, 8.0))
+    lam = torch.log(g / (1 - g))
+    assert lam.min() >= -1e-3 and lam.max() <= 8.0 + 1e-3
+    # uniform in log-SNR: about half below 4
+    assert abs(float((lam < 4).float().mean()) - 0.5) < 0.05
+    # a fraction: the rest keep the schedule's distribution (mostly below log-SNR 0)
+    g = net.sample_gammas(4000, generator=gen, focus=0.5, focus_log_snr=(0.0, 8.0))
+    below = float((torch.log(g / (1 - g)) < 0).float().mean())
+    assert 0.25 < below < 0.45
+    # a range beyond the schedule is clipped to it
+    g = net.sample_gammas(100, generator=gen, focus=1.0, focus_log_snr=(-50.0, 50.0))
+    gam = net.train_schedule.gammas
+    assert g.min() >= gam[-1] - 1e-6 and g.max() <= gam[0] + 1e-6
+
+
 def test_training_loss_is_finite_and_backpropagates():
     net = _net().train()
     y0, cond = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1

@@ -96,6 +96,22 @@ def test_reference_step_from_own_eps_matches_where_well_conditioned(shared_data)
             assert np.abs(out[name].numpy() - d[f"t{t}_{name}"]).max() <= 1e-4, (t, name)
 
 
+def test_fused_attention_matches_the_original_explicit_attention(monkeypatch):
+    from napari_emdiffuse.engine.networks import unet as unet_module
+
+    torch.manual_seed(0)
+    block = unet_module.AttentionBlock(32, 8, groups=8).eval()
+    torch.nn.init.normal_(block.proj_out.weight)  # zero-initialised: would hide the attention
+    x = torch.randn(2, 32, 12, 20)  # non-square, several heads
+    with torch.no_grad():
+        fused = block(x)
+        monkeypatch.setattr(unet_module, "_FUSED_ATTENTION", False)
+        explicit = block(x)
+    assert fused.shape == x.shape
+    assert torch.allclose(fused, explicit, rtol=1e-5, atol=1e-5 * float(explicit.abs().max()))
+    assert not torch.allclose(explicit, x)  # the attention contributes
+
+
 def test_speed_options_match_eager():
     torch.manual_seed(0)
     net = UNet(2, 1, **TINY).eval()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import samplers as _samplers
+from .diffusion import condition_start
 from .errors import EMDiffuseError, InputError
 from .events import Progress
 from .model import EMDiffuseModel
@@ -280,16 +281,11 @@ def sample_canvas(
         from .schedules import gamma_from_log_snr
 
         g0 = float(gamma_from_log_snr(opts.start_log_snr))
-        if cond.shape[1] == 2:
-            # vEM: the slice to make lies between the two conditions; start from their linear
-            # interpolation at its depth, (j / factor) with factor = slices per gap.
-            per_gap = max(it.slice_index or 0 for it in items) + 2
-            base = torch.stack([
-                torch.lerp(cond[it.cond, 0:1], cond[it.cond, 1:2], ((it.slice_index or 0) + 1) / per_gap)
-                for it in items
-            ])
-        else:
-            base = torch.stack([cond[it.cond, -1:] for it in items])
+        # vEM: the slice to make lies between the two conditions; start from their linear
+        # interpolation at its depth.
+        rows = cond[[it.cond for it in items]]
+        index = torch.tensor([it.slice_index or 0 for it in items]) if cond.shape[1] == 2 else None
+        base = condition_start(rows, index, card.z_factor)
         x = math.sqrt(g0) * base + math.sqrt(1 - g0) * x
     result = yield from _samplers.sample(
         model_fn,

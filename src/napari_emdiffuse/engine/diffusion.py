@@ -9,6 +9,7 @@ are dropped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
 
 import numpy as np
@@ -79,14 +80,36 @@ class Network(nn.Module):
         g = gammas.reshape(-1, *([1] * (y_0.dim() - 1))).to(y_0)
         return g.sqrt() * y_0 + (1 - g).sqrt() * noise
 
-    def sample_gammas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_gammas(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        *,
+        focus: float = 0.0,
+        focus_log_snr: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
         """Training noise levels: a step t in [1, T), then gamma uniform between
-        gamma_{t-1} and gamma_t, so the network sees a continuum of levels."""
+        gamma_{t-1} and gamma_t, so the network sees a continuum of levels.
+
+        With ``focus`` > 0, that fraction of the batch instead draws its level uniformly in
+        log-SNR from ``focus_log_snr`` (clipped to the training range): the levels the
+        few-step samplers visit. Uniform steps of the linear schedule put three quarters of
+        the samples below log-SNR 0, which a sampler that starts from a noised condition never
+        visits.
+        """
         device = self._train_gammas.device
         t = torch.randint(1, self.train_schedule.num_timesteps, (batch,), generator=generator, device="cpu").to(device)
         g_prev, g_t = self._train_gammas[t - 1], self._train_gammas[t]
         u = torch.rand(batch, generator=generator, device="cpu").to(device)
-        return g_t + (g_prev - g_t) * u
+        gammas = g_t + (g_prev - g_t) * u
+        if focus > 0 and focus_log_snr is not None:
+            lo_train, hi_train = self.train_schedule.log_snr_range()
+            lo = float(np.clip(min(focus_log_snr), lo_train, hi_train))
+            hi = float(np.clip(max(focus_log_snr), lo_train, hi_train))
+            pick = torch.rand(batch, generator=generator, device="cpu") < focus
+            lam = lo + (hi - lo) * torch.rand(batch, generator=generator, device="cpu")
+            gammas = torch.where(pick.to(device), torch.sigmoid(lam).to(device, torch.float32), gammas)
+        return gammas
 
     def predict_noise(
         self,
@@ -169,27 +192,53 @@ class Network(nn.Module):
         slice_index: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         eta: float = 0.0,
+        start_log_snr: float | None = None,
+        log_snr_max: float | None = 8.0,
+        factor: int | None = None,
     ) -> torch.Tensor:
         """Sample one restoration per batch item of ``y_cond`` (images that fit memory).
 
-        ``sampler="ddpm"`` with ``steps=None`` is the published 1000-step method.
+        ``sampler="ddpm"`` with ``steps=None`` is the published 1000-step method. With
+        ``start_log_snr``, sampling starts from the condition (vEM: the interpolation of the
+        two slices, ``factor`` slices per gap) noised to that level, as the fast presets do.
         """
         shape = (y_cond.shape[0], self.denoise_fn.out_channel, *y_cond.shape[2:])
 
         def noise_fn(_step: int) -> torch.Tensor:
             return torch.randn(shape, generator=generator).to(y_cond.device)
 
+        x = noise_fn(-1)
+        if start_log_snr is not None:
+            from .schedules import gamma_from_log_snr
+
+            g0 = float(gamma_from_log_snr(start_log_snr))
+            x = math.sqrt(g0) * condition_start(y_cond, slice_index, factor) + math.sqrt(1 - g0) * x
         gen = _samplers.sample(
             self.model_fn(y_cond, slice_index),
-            noise_fn(-1),
+            x,
             sampler=sampler,
             train=self.train_schedule,
             test=self.test_schedule,
             steps=steps,
             noise_fn=noise_fn,
             eta=eta,
+            start_log_snr=start_log_snr,
+            log_snr_max=log_snr_max,
         )
         return drain(gen)
+
+
+def condition_start(
+    cond: torch.Tensor, slice_index: torch.Tensor | None = None, factor: int | None = None
+) -> torch.Tensor:
+    """The clean image a sampler that starts from the condition noises: the (last) condition
+    channel, or for vEM (two slice channels) their linear interpolation at the depth of the
+    slice to make, ``(slice_index + 1) / factor`` of the way."""
+    if cond.shape[1] == 2 and slice_index is not None:
+        f = factor if factor else int(slice_index.max()) + 2
+        w = ((slice_index.to(cond.device, cond.dtype) + 1) / f).reshape(-1, 1, 1, 1)
+        return torch.lerp(cond[:, 0:1], cond[:, 1:2], w)
+    return cond[:, -1:]
 
 
 def drain(gen: Generator) -> object:

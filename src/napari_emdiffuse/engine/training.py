@@ -259,6 +259,10 @@ class TrainConfig(BaseModel):
     start_log_snr: float | None = None
     fast_steps: int | None = Field(None, ge=1)
     balanced_steps: int | None = Field(None, ge=1)
+    # noise levels: this fraction of each batch is drawn log-SNR-uniformly from focus_log_snr
+    # (default: the range the model card's fast samplers visit, widened by 2 on each side)
+    noise_focus: float = Field(0.0, ge=0, le=1)
+    focus_log_snr: tuple[float, float] | None = None
     # data
     inputs: list[ImageSource] = Field(default_factory=list)
     targets: list[ImageSource | None] | None = None
@@ -570,7 +574,9 @@ class Trainer:
         batch = batch.to(self.device)
         if self.card.kind == "diffusion":
             b = batch.target.shape[0]
-            gammas = self.net.sample_gammas(b, generator=self.gen)
+            gammas = self.net.sample_gammas(
+                b, generator=self.gen, focus=self.config.noise_focus, focus_log_snr=self.focus_range
+            )
             noise = torch.randn(batch.target.shape, generator=self.gen).to(self.device)
             loss = self.model(batch.target, batch.cond, batch.slice_index, noise=noise, gammas=gammas)
         else:
@@ -589,6 +595,24 @@ class Trainer:
             )
         return value
 
+    @property
+    def focus_range(self) -> tuple[float, float]:
+        """Log-SNR range of the focused noise levels (see ``TrainConfig.noise_focus``)."""
+        if self.config.focus_log_snr is not None:
+            return self.config.focus_log_snr
+        lo_train, _ = self.net.train_schedule.log_snr_range()
+        start = self.card.start_log_snr
+        lo = lo_train if start is None else start - 2.0
+        return (lo, self.card.log_snr_max + 2.0)
+
+    def _val_sampler(self) -> str:
+        card = self.card
+        if card.kind != "diffusion":
+            return "one pass"
+        if card.start_log_snr is not None and card.fast_steps:
+            return f"dpm++ {card.fast_steps} steps from the condition at log-SNR {card.start_log_snr:g} (fast preset)"
+        return f"dpm++ {self.config.val_steps} steps from noise"
+
     def update_ema(self) -> None:
         """Fold the new weights into the EMA (after ``iteration`` was advanced)."""
         # Warm-up: average over at most the iterations seen so far, so that a short
@@ -604,8 +628,8 @@ class Trainer:
     def validate(self) -> tuple[dict[str, float], np.ndarray] | None:
         """Score the held-out crops with the EMA weights.
 
-        ``psnr``/``ssim`` (model range, data_range 2) of a few-step DPM-Solver++ restoration
-        (diffusion) or of the one-pass prediction (regression), and ``val_loss``: the training
+        ``psnr``/``ssim`` (model range, data_range 2) of a DPM-Solver++ restoration with the
+        model card's fast-preset settings (diffusion) or of the one-pass prediction (regression), and ``val_loss``: the training
         loss on the held-out crops with fixed noise levels and noise, comparable between
         validations and with the training loss. Random draws come from private generators,
         so validating does not change the training run.
@@ -623,8 +647,14 @@ class Trainer:
                 gammas = self.net.sample_gammas(len(vb), generator=gen)
                 noise = torch.randn(vb.target.shape, generator=gen).to(self.device)
                 val_loss = self.net(vb.target, vb.cond, vb.slice_index, noise=noise, gammas=gammas)
+                # The fast preset's sampler (the card's start level and steps) when it starts
+                # from the condition; else val_steps from pure noise.
+                card = self.card
+                steps = card.fast_steps if card.start_log_snr is not None and card.fast_steps else self.config.val_steps
+                # (the same choice as _val_sampler)
                 pred = self.net.restoration(
-                    vb.cond, sampler="dpm++", steps=self.config.val_steps, slice_index=vb.slice_index, generator=gen
+                    vb.cond, sampler="dpm++", steps=steps, slice_index=vb.slice_index, generator=gen,
+                    start_log_snr=card.start_log_snr, log_snr_max=card.log_snr_max, factor=card.z_factor,
                 )
             else:
                 out = self.net(vb.cond)
@@ -744,7 +774,7 @@ class Trainer:
             card.metrics = {
                 **{k: round(float(v), 4) for k, v in self.metrics.items()},
                 "evaluated_on": f"{len(self.val_batch)} held-out crops (bottom {cfg.val_fraction:.0%} of each image)",
-                "sampler": f"dpm++ {cfg.val_steps} steps" if card.kind == "diffusion" else "one pass",
+                "sampler": self._val_sampler(),
                 "data_range": 2.0,
                 "intensities": "model range [-1, 1]",
             }

@@ -111,6 +111,10 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + h
 
 
+# The explicit attention of the original is kept for A/B checks (tests, benchmarks).
+_FUSED_ATTENTION = True
+
+
 class AttentionBlock(nn.Module):
     """Spatial self-attention, heads split before q/k/v (the original "legacy" order)."""
 
@@ -127,11 +131,17 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(flat))
         ch = c // self.num_heads
         q, k, v = qkv.reshape(b * self.num_heads, 3 * ch, -1).split(ch, dim=1)
-        # Scaling q and k separately by ch**-1/4 keeps fp16 logits in range.
-        scale = 1.0 / math.sqrt(math.sqrt(ch))
-        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
-        weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)
-        a = torch.einsum("bts,bcs->bct", weight, v).reshape(b, c, -1)
+        if _FUSED_ATTENTION:
+            # Fused (flash) kernel: never materialises the (hw)^2 weights, 4 GB for one 512^2
+            # tile of a 3-level net. Its default scale ch**-1/2 equals the original's ch**-1/4
+            # on q and k. It wants (batch, heads, positions, channels), contiguous.
+            q, k, v = (u.reshape(b, self.num_heads, ch, -1).transpose(-1, -2).contiguous() for u in (q, k, v))
+            a = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, c, -1)
+        else:
+            scale = 1.0 / math.sqrt(math.sqrt(ch))  # on q and k separately: fp16 logits stay in range
+            weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+            weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)
+            a = torch.einsum("bts,bcs->bct", weight, v).reshape(b, c, -1)
         return (flat + self.proj_out(a)).reshape(b, c, hgt, wid)
 
 
