@@ -48,15 +48,15 @@ def main() -> None:
     base = load_model(args.base, task="denoise", device=args.device)
     for preset in ("fast", "balanced"):
         rows.append(score(f"{args.base}, {preset}", restore(test_noisy, "denoise", base, preset=preset, device=args.device).mean))
-    with tempfile.TemporaryDirectory() as tmp, Timer() as t:
-        path = drain(
-            finetune_iter(
-                "denoise", train_noisy, train_clean, base=args.base, out=f"{tmp}/ft", iterations=args.iterations,
-                patch=args.patch, batch=args.batch, lr=args.lr, device=args.device,
+    with tempfile.TemporaryDirectory() as tmp:
+        with Timer() as t:
+            path = drain(
+                finetune_iter(
+                    "denoise", train_noisy, train_clean, base=args.base, out=f"{tmp}/ft", iterations=args.iterations,
+                    patch=args.patch, batch=args.batch, lr=args.lr, device=args.device,
+                )
             )
-        )
         tuned = load_model(path, task="denoise", device=args.device)
-        seconds = t.seconds if hasattr(t, "seconds") else None
         for preset in ("fast", "balanced"):
             rows.append(score(f"fine-tuned {args.iterations} it, {preset}", restore(test_noisy, "denoise", tuned, preset=preset, device=args.device).mean))
     rows[-2]["time s"] = f"{t.seconds:.0f} (fine-tune)"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 
 from _common import brain_pair, table
 from napari_emdiffuse.engine.metrics import psnr
