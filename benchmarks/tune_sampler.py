@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from _common import brain_pair, table
 from napari_emdiffuse.engine.metrics import psnr
 from napari_emdiffuse.engine.model import load_model
