@@ -71,6 +71,31 @@ def test_samples_give_uncertainty_in_input_units(model):
     assert restore(img, "denoise", model, samples=1, **FAST).uncertainty is None
 
 
+def test_mirror_ensemble_samples_are_flipped_back_into_place(model):
+    # Odd, non-square size: the padding ends up on the other side of a mirrored canvas.
+    y, x = np.mgrid[0:37, 0:50]
+    img = (40 + 2 * x + 2 * y).astype(np.uint8)  # a ramp: a sample left mirrored would be far off
+    # Started from the condition at the cleanest level, every sample stays close to the input.
+    r = restore(img, "denoise", model, samples=4, flips=True, steps=1, start_log_snr=20.0, tile=32, overlap=8, device="cpu")
+    assert r.mean.shape == img.shape
+    assert np.abs(r.mean.astype(float) - img).mean() < 3.0
+    assert r.uncertainty is not None and float(r.uncertainty.mean()) < 3.0
+    plain = restore(img, "denoise", model, samples=4, flips=False, **FAST).mean
+    mirrored = restore(img, "denoise", model, samples=4, flips=True, **FAST).mean
+    assert not np.array_equal(plain, mirrored)
+    # one sample: nothing to mirror
+    one = dict(samples=1, **FAST)
+    assert np.array_equal(restore(img, "denoise", model, flips=True, **one).mean, restore(img, "denoise", model, **one).mean)
+
+
+def test_balanced_preset_mirrors_its_samples(model):
+    from napari_emdiffuse.engine.canvas import resolve_options
+
+    assert resolve_options(model, torch.device("cpu"), preset="balanced").flips
+    assert not resolve_options(model, torch.device("cpu"), preset="fast").flips
+    assert not resolve_options(model, torch.device("cpu"), preset="balanced", flips=False).flips
+
+
 def test_result_independent_of_batch_size_and_tile_order(model):
     img = _img((70, 90))
     a = restore(img, "denoise", model, steps=2, tile=32, overlap=8, batch=1, device="cpu").mean

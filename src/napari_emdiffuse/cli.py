@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--scale", type=_positive, default=None, help="magnification; must match the model (2)")
         p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the pixel-wise std over samples here")
         _sampling_options(p)
+        p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                       help="mirror ensemble: samples 2-4 see the image mirrored (default: on for --preset balanced)")
         p.set_defaults(func=_cmd_restore, task=name)
 
     p = sub.add_parser("isotropic", help="make an anisotropic volume isotropic (vEMDiffuse)",
@@ -198,6 +200,8 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
     )
     if getattr(args, "sampler", None):
         kw["sampler"] = args.sampler
+    if getattr(args, "flips", None) is not None:
+        kw["flips"] = args.flips
     return kw
 
 

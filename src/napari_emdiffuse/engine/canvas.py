@@ -30,8 +30,10 @@ PRESETS: dict[str, dict] = {
     # few-step deterministic solver, one sample: the default; steps from the model card
     # (``fast_steps``, 10 unless the model was tuned for fewer)
     "fast": {"sampler": "dpm++", "steps": None, "samples": 1},
-    # several samples give the mean and a pixel-wise uncertainty (``balanced_steps``, 20)
-    "balanced": {"sampler": "dpm++", "steps": None, "samples": 4},
+    # several samples give the mean and a pixel-wise uncertainty (``balanced_steps``, 20);
+    # samples 2-4 see the image mirrored (left-right, up-down, both), so the mean also
+    # averages out orientation-dependent errors of the network
+    "balanced": {"sampler": "dpm++", "steps": None, "samples": 4, "flips": True},
     # the published method: 1000-step ancestral DDPM on the test schedule, 2 samples
     "reference": {"sampler": "ddpm", "steps": None, "samples": 2},
 }
@@ -55,6 +57,7 @@ class SamplingOptions:
     channels_last: bool = False
     compile: bool = False
     start_log_snr: float | None = None
+    flips: bool = False  # 2D: samples cycle through the 4 mirror images of the input
     extra: dict = field(default_factory=dict)
 
     @property
@@ -100,6 +103,7 @@ def resolve_options(
     channels_last: bool = False,
     compile: bool = False,
     start_log_snr: float | None = None,
+    flips: bool | None = None,
 ) -> SamplingOptions:
     """Fill unset options from the preset and the model card; refuse impossible ones."""
     preset = preset or "fast"
@@ -150,6 +154,7 @@ def resolve_options(
         channels_last=channels_last,
         compile=compile,
         start_log_snr=start_log_snr,
+        flips=bool(base.get("flips", False) if flips is None else flips),
     )
 
 

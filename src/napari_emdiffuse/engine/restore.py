@@ -164,6 +164,11 @@ def make_condition(plane: np.ndarray, norm: NormInfo, scale: int, device: torch.
     return cond
 
 
+# Axes of the (N, C, H, W) canvas, or of one (H, W) sample, to flip: identity, left-right,
+# up-down, both. Negative, so the same tuple serves both.
+_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
 def restore_plane(
     model: EMDiffuseModel,
     plane: np.ndarray,
@@ -186,7 +191,10 @@ def restore_plane(
     mult = model.card.network.size_multiple
     ch, cw = canvas_size(h, mult), canvas_size(w, mult)
     cond = torch.from_numpy(pad_to(cond.cpu().numpy(), ch, cw)).to(device)
-    items = [Item(cond=0, stream=(z, k)) for k in range(opts.samples)]
+    # Mirror ensemble: sample k sees the canvas flipped by _FLIPS[k % 4] and is flipped back.
+    views = min(4, opts.samples) if opts.flips else 1
+    cond = torch.cat([torch.flip(cond, _FLIPS[v]) if _FLIPS[v] else cond for v in range(views)])
+    items = [Item(cond=k % views, stream=(z, k)) for k in range(opts.samples)]
     progress = progress or {}
     samples, variance = yield from sample_canvas(
         model,
@@ -197,6 +205,10 @@ def restore_plane(
         progress_offset=progress.get("offset", 0),
         progress_total=progress.get("total"),
     )
+    if views > 1:
+        samples = torch.stack([torch.flip(sm, _FLIPS[k % views]) if _FLIPS[k % views] else sm for k, sm in enumerate(samples)])
+        if variance is not None:
+            variance = torch.stack([torch.flip(v, _FLIPS[k % views]) if _FLIPS[k % views] else v for k, v in enumerate(variance)])
     samples = samples[:, :h, :w].numpy()
     mean = samples.mean(axis=0)
     std = None
@@ -280,6 +292,7 @@ def restore_iter(
     channels_last: bool = False,
     compile: bool = False,
     start_log_snr: float | None = None,
+    flips: bool | None = None,
 ) -> Generator["Progress | Restoration", None, None]:
     """Restore an image, yielding :class:`Progress` events and finally a :class:`Restoration`.
 
@@ -289,7 +302,7 @@ def restore_iter(
     kw = dict(
         sampler=sampler, steps=steps, samples=samples, eta=eta, tile=tile, overlap=overlap,
         batch=batch, seed=seed, precision=precision, channels_last=channels_last, compile=compile,
-        start_log_snr=start_log_snr,
+        start_log_snr=start_log_snr, flips=flips,
     )
     image, dev, m, opts = _prepare(image, task, model, arch, device, preset, kw)
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)
@@ -354,6 +367,10 @@ def restore(
         published 1000-step DDPM, 2 samples.
     steps, samples, sampler, eta : optional
         Override the preset. Samplers: ``ddim``, ``dpm++``, ``ddpm``.
+    flips : bool, optional
+        Mirror ensemble: samples 2-4 see the image mirrored left-right, up-down and both,
+        and are mirrored back, so the mean also averages out orientation-dependent network
+        errors. Default: on for ``balanced``, off otherwise.
     tile, overlap, batch : int, optional
         Tile edge (rounded up to the network's multiple), overlap between tiles, tiles per
         network call. Defaults come from the model card and the device.
