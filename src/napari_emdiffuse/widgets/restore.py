@@ -38,7 +38,7 @@ TASKS = ("denoise", "super-resolve")
 SAMPLERS = ("preset", "dpm++", "ddim", "ddpm")
 PRESET_TIPS = {
     "fast": "few-step DPM-Solver++ (steps from the model card), one sample (no uncertainty)",
-    "balanced": "4 samples: mean and pixel-wise uncertainty",
+    "balanced": "4 samples (3 of them mirrored): mean and pixel-wise uncertainty",
     "reference": "the published 1000-step DDPM, 2 samples (slow)",
 }
 
