@@ -49,7 +49,7 @@ def best_gaussian(noisy: np.ndarray, clean: np.ndarray, data_range: float = 255.
     """Gaussian filter at the sigma that maximises PSNR against the reference (an oracle baseline)."""
     from scipy.ndimage import gaussian_filter
 
-    from napari_emdiffuse.engine.metrics import psnr
+    from napari_emdiffuse.engine.core.metrics import psnr
 
     best = (-np.inf, 0.0, noisy)
     for sigma in np.arange(0.3, 3.01, 0.1):
@@ -64,7 +64,7 @@ def best_bm3d(noisy: np.ndarray, clean: np.ndarray, data_range: float = 255.0) -
     """BM3D at the noise sigma that maximises PSNR against the reference (an oracle baseline)."""
     import bm3d
 
-    from napari_emdiffuse.engine.metrics import psnr
+    from napari_emdiffuse.engine.core.metrics import psnr
 
     x = noisy.astype(np.float64) / data_range
     best = (-np.inf, 0.0, noisy)

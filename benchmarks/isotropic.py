@@ -28,7 +28,7 @@ import tifffile
 
 from _common import ROOT, Timer, need_shared, table
 from napari_emdiffuse.engine.errors import EMDiffuseError
-from napari_emdiffuse.engine.metrics import psnr, ssim
+from napari_emdiffuse.engine.core.metrics import psnr, ssim
 from napari_emdiffuse.engine.model import load_model
 from napari_emdiffuse.engine.volume import reconstruct_isotropic
 

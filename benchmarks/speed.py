@@ -27,7 +27,7 @@ import tifffile
 import torch
 
 from _common import ROOT, Timer, brain_pair, table
-from napari_emdiffuse.engine.metrics import psnr
+from napari_emdiffuse.engine.core.metrics import psnr
 from napari_emdiffuse.engine.model import load_model, resolve_device
 
 
@@ -96,7 +96,7 @@ def flops_table(net: torch.nn.Module, device: torch.device, tiles: list[int], ba
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from napari_emdiffuse.engine.networks import unet as unet_module
+    from napari_emdiffuse.engine.core.networks import unet as unet_module
 
     n = 2048 if device.type == "cpu" else 8192
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)

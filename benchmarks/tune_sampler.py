@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from _common import brain_pair, table
-from napari_emdiffuse.engine.metrics import psnr
+from napari_emdiffuse.engine.core.metrics import psnr
 from napari_emdiffuse.engine.model import load_model
 from napari_emdiffuse.engine.restore import restore
 

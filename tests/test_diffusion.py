@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_emdiffuse.engine import samplers
-from napari_emdiffuse.engine.diffusion import Network, drain
-from napari_emdiffuse.engine.networks import UNet
-from napari_emdiffuse.engine.schedules import NoiseSchedule, make_beta_schedule
+from napari_emdiffuse.engine.core import samplers
+from napari_emdiffuse.engine.core.diffusion import Network
+from napari_emdiffuse.engine.events import drain
+from napari_emdiffuse.engine.core.networks import UNet
+from napari_emdiffuse.engine.core.schedules import NoiseSchedule, make_beta_schedule
 
 from .conftest import TINY
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_emdiffuse.engine.ema import EMA
+from napari_emdiffuse.engine.core.ema import EMA
 
 
 def _net():

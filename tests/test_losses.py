@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_emdiffuse.engine.losses import (
+from napari_emdiffuse.engine.core.losses import (
     LOSSES,
     FocalLoss,
     PinballLoss,

@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
-from napari_emdiffuse.engine.metrics import (
+from napari_emdiffuse.engine.core.metrics import (
     METRICS,
     frc_curve,
     frc_resolution,

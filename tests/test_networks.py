@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from napari_emdiffuse.engine.checkpoints import SCHEDULE_BUFFERS
-from napari_emdiffuse.engine.diffusion import Network
+from napari_emdiffuse.engine.core.diffusion import Network
 from napari_emdiffuse.engine.factory import create_EMDiffuse, define_network
-from napari_emdiffuse.engine.networks import RegressionUNet, UNet, noise_level_embedding
+from napari_emdiffuse.engine.core.networks import RegressionUNet, UNet, noise_level_embedding
 
 from .conftest import TINY
 
@@ -97,7 +97,7 @@ def test_reference_step_from_own_eps_matches_where_well_conditioned(shared_data)
 
 
 def test_fused_attention_matches_the_original_explicit_attention(monkeypatch):
-    from napari_emdiffuse.engine.networks import unet as unet_module
+    from napari_emdiffuse.engine.core.networks import unet as unet_module
 
     torch.manual_seed(0)
     block = unet_module.AttentionBlock(32, 8, groups=8).eval()

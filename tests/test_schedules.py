@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from napari_emdiffuse.engine.samplers import noise_grid
-from napari_emdiffuse.engine.schedules import (
+from napari_emdiffuse.engine.core.samplers import noise_grid
+from napari_emdiffuse.engine.core.schedules import (
     SCHEDULES,
     NoiseSchedule,
     gamma_from_log_snr,

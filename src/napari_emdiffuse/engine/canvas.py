@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import samplers as _samplers
-from .diffusion import condition_start
+from .core import samplers
+from .core.diffusion import condition_start
 from .errors import EMDiffuseError, InputError
 from .events import Progress
 from .model import EMDiffuseModel
@@ -111,8 +111,8 @@ def resolve_options(
         raise EMDiffuseError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = PRESETS[preset]
     sampler = sampler or base["sampler"]
-    if sampler not in _samplers.SAMPLERS:
-        raise EMDiffuseError(f"unknown sampler {sampler!r}; choose one of {', '.join(_samplers.SAMPLERS)}")
+    if sampler not in samplers.SAMPLERS:
+        raise EMDiffuseError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
         raise EMDiffuseError(f"steps must be a positive integer, got {steps!r}")
     if samples is not None and (not isinstance(samples, (int, np.integer)) or samples < 1):
@@ -283,7 +283,7 @@ def sample_canvas(
     x = noise_fn(-1)
     if opts.start_log_snr is not None:
         # Start from a noised copy of the condition: fewer steps from a less noisy level.
-        from .schedules import gamma_from_log_snr
+        from .core.schedules import gamma_from_log_snr
 
         g0 = float(gamma_from_log_snr(opts.start_log_snr))
         # vEM: the slice to make lies between the two conditions; start from their linear
@@ -292,7 +292,7 @@ def sample_canvas(
         index = torch.tensor([it.slice_index or 0 for it in items]) if cond.shape[1] == 2 else None
         base = condition_start(rows, index, card.z_factor)
         x = math.sqrt(g0) * base + math.sqrt(1 - g0) * x
-    result = yield from _samplers.sample(
+    result = yield from samplers.sample(
         model_fn,
         x,
         sampler=opts.sampler,

@@ -23,7 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from .config import ARCHITECTURES, ModelCard, Normalisation, UNetConfig, validation_message
-from .diffusion import SCHEDULE_BUFFERS
+from .core.diffusion import SCHEDULE_BUFFERS
 from .errors import ModelFileError
 
 __all__ = [

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import EMDiffuseError, ModelFileError
-from .schedules import SCHEDULES
+from .core.schedules import SCHEDULES
 
 __all__ = [
     "TASKS",

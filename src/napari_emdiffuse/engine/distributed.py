@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .canvas import SamplingOptions
-from .events import Progress
+from .events import Progress, drain
 from .io import ZarrWriter, open_zarr_for_block_writes
 from .model import EMDiffuseModel
 from .normalise import NormInfo
@@ -49,8 +49,6 @@ class _Job:
 
 def _run(job: _Job) -> tuple[int, int, int]:
     import zarr
-
-    from .diffusion import drain
 
     m = _worker_model(job.model, job.arch, job.device)
     src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")

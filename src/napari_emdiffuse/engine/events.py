@@ -6,12 +6,13 @@ tests into lists. Closing the generator cancels the work at the next step.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "drain"]
 
 
 @dataclass
@@ -46,3 +47,35 @@ class Progress:
     @property
     def fraction(self) -> float:
         return self.done / self.total if self.total else 1.0
+
+
+def drain(gen: Generator) -> Any:
+    """Run an engine generator to its end and return its result.
+
+    Engine generators yield :class:`Progress` events and hand over their result in one of two
+    ways: the steps that others compose with ``yield from`` (samplers, canvas, blocks)
+    *return* it; the public ``..._iter`` functions *yield* it as their last item. The result
+    is the generator's return value when it has one, else the last item it yielded that is not
+    a :class:`Progress`, else None.
+
+    Examples
+    --------
+    >>> def job():
+    ...     yield Progress("step", 1, 2)
+    ...     yield "result"
+    >>> drain(job())
+    'result'
+    >>> def step():
+    ...     yield Progress("step", 1, 1)
+    ...     return 42
+    >>> drain(step())
+    42
+    """
+    result = None
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value if stop.value is not None else result
+        if not isinstance(item, Progress):
+            result = item

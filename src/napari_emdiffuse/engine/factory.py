@@ -15,10 +15,10 @@ from torch import nn
 
 from .checkpoints import published_card
 from .config import ARCHITECTURES, TASKS, ModelCard, UNetConfig, validation_message
-from .diffusion import Network
+from .core.diffusion import Network
 from .errors import EMDiffuseError, ModelFileError
-from .losses import LOSSES
-from .networks import RegressionUNet, UNet
+from .core.losses import LOSSES
+from .core.networks import RegressionUNet, UNet
 
 __all__ = ["define_network", "define_loss", "define_metric", "create_model", "create_EMDiffuse"]
 
@@ -58,7 +58,7 @@ def define_loss(name: str, **kwargs) -> Callable:
 
 def define_metric(name: str) -> Callable:
     """A metric by name: mae, psnr, ssim, frc_resolution, inception_score."""
-    from .metrics import METRICS
+    from .core.metrics import METRICS
 
     if name not in METRICS:
         raise EMDiffuseError(f"unknown metric {name!r}; choose one of {', '.join(sorted(METRICS))}")

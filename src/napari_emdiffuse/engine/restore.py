@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .canvas import Item, SamplingOptions, resolve_options, sample_canvas
 from .config import TASKS
 from .errors import EMDiffuseError, InputError
-from .events import Progress
+from .events import Progress, drain
 from .model import EMDiffuseModel, load_model, resolve_device
 from .normalise import NormInfo, fit_normalisation, from_model, sample_values, std_from_model, to_dtype, to_model
 from .tiling import TilePlan, block_slices, pad_to, round_up
@@ -37,7 +37,6 @@ __all__ = [
     "restore_block",
     "BlockPlan",
     "canvas_size",
-    "drain",
 ]
 
 _SUPPORTED = "uint8, uint16, int8, int16, int32, uint32, float16, float32 or float64"
@@ -70,15 +69,6 @@ class Restoration:
     spacing: tuple[float, ...] | None = None
     normalisation: dict = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def drain(gen: Generator) -> Any:
-    """Run an engine generator to its end and return the last non-progress item."""
-    result = None
-    for ev in gen:
-        if not isinstance(ev, Progress):
-            result = ev
-    return result
 
 
 def validate_image(image: Any, *, allow_3d: bool = True, name: str = "image") -> Any:

@@ -56,7 +56,7 @@ from .datasets import (
     sr_data,
 )
 from .errors import EMDiffuseError, InputError
-from .events import Progress
+from .events import Progress, drain
 
 __all__ = [
     "ImageSource",
@@ -554,7 +554,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: min(1.0, (i + 1) / warm) if warm else 1.0
         )
-        from .ema import EMA
+        from .core.ema import EMA
 
         self.ema = EMA(self.net, decay=cfg.ema_decay, start_step=cfg.ema_start)
         # Different crops and noise per rank; the weights stay in sync through DDP.
@@ -580,7 +580,7 @@ class Trainer:
             noise = torch.randn(batch.target.shape, generator=self.gen).to(self.device)
             loss = self.model(batch.target, batch.cond, batch.slice_index, noise=noise, gammas=gammas)
         else:
-            from .losses import mse_loss, mse_var_loss
+            from .core.losses import mse_loss, mse_var_loss
 
             out = self.model(batch.cond)
             loss = mse_var_loss(batch.target, *out) if isinstance(out, tuple) else mse_loss(batch.target, out)
@@ -636,8 +636,8 @@ class Trainer:
         """
         if self.val_batch is None or not self.is_main:
             return None
-        from .losses import mse_loss, mse_var_loss
-        from .metrics import psnr, ssim
+        from .core.losses import mse_loss, mse_var_loss
+        from .core.metrics import psnr, ssim
 
         vb = self.val_batch.to(self.device)
         with self._averaged():
@@ -1107,8 +1107,6 @@ def train_iter(
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path) -> Path:
     """Run :func:`train_iter` to the end and return the model directory."""
-    from .restore import drain
-
     return drain(train_iter(config))
 
 
@@ -1202,8 +1200,6 @@ def finetune(task: str, input: Any, target: Any = None, **kwargs: Any) -> Path:
     --------
     >>> path = finetune("denoise", noisy, clean, out="my-model", iterations=100)  # doctest: +SKIP
     """
-    from .restore import drain
-
     return drain(finetune_iter(task, input, target, **kwargs))
 
 

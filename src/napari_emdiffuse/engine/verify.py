@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import samplers as _samplers
+from .core import samplers
 from .checkpoints import check_state_dict, clean_published_state_dict, load_state_dict_file
 from .config import read_original_config
-from .diffusion import Network
+from .core.diffusion import Network
 from .errors import EMDiffuseError
 from .factory import define_network
 
@@ -65,7 +65,7 @@ def verify_checkpoint(
             ours = net.p_mean_variance(y_cond, y_t, int(t), slice_index)
             g = float(s.gammas[t])
             eps_ref = torch.from_numpy(ref[f"t{t}_eps"])
-            x0 = _samplers.predict_x0(y_t, eps_ref, g, clip=True)
+            x0 = samplers.predict_x0(y_t, eps_ref, g, clip=True)
             mean = float(s.posterior_mean_coef1[t]) * x0 + float(s.posterior_mean_coef2[t]) * y_t
             recomputed = {
                 "eps": ours["eps"],

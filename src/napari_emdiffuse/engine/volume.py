@@ -36,13 +36,12 @@ import numpy as np
 import torch
 
 from .canvas import Item, SamplingOptions, resolve_options, sample_canvas
-from .diffusion import drain as drain_return
 from .errors import EMDiffuseError, InputError
-from .events import Progress
+from .events import Progress, drain
 from .io import ZARR_SUFFIX, ZarrWriter, _zarr_major, check_output_path, open_zarr_for_block_writes, read_image
 from .model import DEFAULT_MODELS, EMDiffuseModel, load_model, resolve_device
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
-from .restore import _as_numpy, _check_finite, _info, canvas_size, drain, validate_image
+from .restore import _as_numpy, _check_finite, _info, canvas_size, validate_image
 from .tiling import TilePlan, block_slices, pad_to
 
 __all__ = [
@@ -447,7 +446,7 @@ def _run_block_task(job: _BlockJob) -> tuple[int, int, int]:
 
     m = _worker_model(job.model, job.arch, job.device)
     src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")
-    parts = drain_return(
+    parts = drain(
         _sample_block(
             m, src, job.z, job.ys[0], job.xs[0], factor=job.factor, norm=job.norm, opts=job.opts, device=m.device
         )

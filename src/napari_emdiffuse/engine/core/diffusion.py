@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import samplers as _samplers
-from .events import Progress
+from ..events import Progress, drain
+from . import samplers
 from .losses import mse_loss, mse_var_loss
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, gamma_from_log_snr
 
-__all__ = ["Network", "DEFAULT_BETA_SCHEDULE", "SCHEDULE_BUFFERS"]
+__all__ = ["Network", "DEFAULT_BETA_SCHEDULE", "SCHEDULE_BUFFERS", "condition_start"]
 
 DEFAULT_BETA_SCHEDULE = {
     "train": {"schedule": "linear", "n_timestep": 2000, "linear_start": 1e-6, "linear_end": 0.01},
@@ -162,7 +162,7 @@ class Network(nn.Module):
         level = torch.full((y_t.shape[0],), g, dtype=torch.float32, device=y_t.device)
         eps = self.predict_noise(y_cond, y_t, level, slice_index)
         eps = eps[0] if isinstance(eps, tuple) else eps
-        x0 = _samplers.predict_x0(y_t, eps, g, clip)
+        x0 = samplers.predict_x0(y_t, eps, g, clip)
         mean = float(s.posterior_mean_coef1[t]) * x0 + float(s.posterior_mean_coef2[t]) * y_t
         logvar = torch.full((y_t.shape[0],), float(s.posterior_log_variance_clipped[t]), device=y_t.device)
         return {"eps": eps, "x0_clamped": x0, "posterior_mean": mean, "posterior_log_variance": logvar}
@@ -209,11 +209,9 @@ class Network(nn.Module):
 
         x = noise_fn(-1)
         if start_log_snr is not None:
-            from .schedules import gamma_from_log_snr
-
             g0 = float(gamma_from_log_snr(start_log_snr))
             x = math.sqrt(g0) * condition_start(y_cond, slice_index, factor) + math.sqrt(1 - g0) * x
-        gen = _samplers.sample(
+        gen = samplers.sample(
             self.model_fn(y_cond, slice_index),
             x,
             sampler=sampler,
@@ -240,15 +238,3 @@ def condition_start(
         return torch.lerp(cond[:, 0:1], cond[:, 1:2], w)
     return cond[:, -1:]
 
-
-def drain(gen: Generator) -> object:
-    """Run a generator to the end and return its return value."""
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
-
-
-def gammas_tensor(values: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values), dtype=torch.float32, device=device)

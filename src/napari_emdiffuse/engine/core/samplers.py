@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator
 import numpy as np
 import torch
 
-from .events import Progress
+from ..events import Progress
 from .schedules import NoiseSchedule, gamma_from_log_snr, log_snr
 
 __all__ = [
@@ -62,7 +62,7 @@ def noise_grid(
 
     Examples
     --------
-    >>> from napari_emdiffuse.engine.schedules import NoiseSchedule, make_beta_schedule
+    >>> from napari_emdiffuse.engine.core.schedules import NoiseSchedule, make_beta_schedule
     >>> g = noise_grid(NoiseSchedule(make_beta_schedule("linear", 2000, 1e-6, 1e-2)), 10)
     >>> len(g), bool(np.all(np.diff(g) > 0))
     (10, True)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from .errors import EMDiffuseError, InputError
+from ..errors import EMDiffuseError, InputError
 
 __all__ = [
     "mae",
