@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from napari_emdiffuse.cli import main
-from napari_emdiffuse.engine.io import read_image
+from napari_emdiffuse.engine.io.images import read_image
 
 from .conftest import make_tiny
 
@@ -60,7 +60,8 @@ def test_uncertainty_output(tmp_path, noisy_tif, tiny_model_dir):
 
 
 def test_zarr_to_zarr_streams(tmp_path, noisy_tif, tiny_model_dir):
-    from napari_emdiffuse.engine.io import is_complete, write_image
+    from napari_emdiffuse.engine.io.images import write_image
+    from napari_emdiffuse.engine.io.zarr import is_complete
 
     src = write_image(tmp_path / "in.zarr", tifffile.imread(noisy_tif)[None].repeat(2, axis=0), spacing=(40, 4, 4))
     out = tmp_path / "out.zarr"

@@ -14,18 +14,12 @@ import pytest
 import tifffile
 import zarr
 
-from napari_emdiffuse.engine import io
 from napari_emdiffuse.engine.errors import InputError
-from napari_emdiffuse.engine.io import (
-    ImageData,
-    ZarrWriter,
-    check_output_path,
-    is_complete,
-    open_zarr_for_block_writes,
-    read_image,
-    write_image,
-    write_tiff,
-)
+from napari_emdiffuse.engine.io import tiff
+from napari_emdiffuse.engine.io.common import ImageData, check_output_path
+from napari_emdiffuse.engine.io.images import read_image, write_image
+from napari_emdiffuse.engine.io.tiff import write_tiff
+from napari_emdiffuse.engine.io.zarr import ZarrWriter, is_complete, open_zarr_for_block_writes
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -199,7 +193,7 @@ def test_leading_singleton_axes_are_squeezed(tmp_path):
 def test_large_tiff_is_memory_mapped_read_only(tmp_path, monkeypatch):
     array = _random((3, 8, 8), "uint16")
     path = write_tiff(tmp_path / "m.tif", array, spacing=(5, 1, 1))
-    monkeypatch.setattr(io, "TIFF_MMAP_MIN_BYTES", 0)
+    monkeypatch.setattr(tiff, "TIFF_MMAP_MIN_BYTES", 0)
     img = read_image(path)
     assert isinstance(img.data, np.memmap)
     assert not img.data.flags.writeable
@@ -463,7 +457,7 @@ def test_other_process_can_write_blocks(tmp_path):
             import sys
             sys.path.insert(0, {SRC!r})
             import numpy as np, zarr
-            from napari_emdiffuse.engine.io import open_zarr_for_block_writes
+            from napari_emdiffuse.engine.io.zarr import open_zarr_for_block_writes
             a = zarr.open_array({str(w.temp_path)!r}, mode="r+")
             a[0:2] = 11
             b = open_zarr_for_block_writes({str(w.temp_path)!r})
@@ -553,7 +547,7 @@ def test_write_tiff_rejects_bad_arguments(tmp_path):
 
 
 def test_write_tiff_bigtiff_threshold(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "BIGTIFF_MIN_BYTES", 10)
+    monkeypatch.setattr(tiff, "BIGTIFF_MIN_BYTES", 10)
     array = _random((3, 8, 8), "uint16")
     out = write_tiff(tmp_path / "big.tif", array, spacing=(30, 2, 2))
     with tifffile.TiffFile(out) as tif:
@@ -603,7 +597,7 @@ def test_check_output_path(tmp_path):
 
 def test_engine_io_does_not_import_gui():
     code = (
-        f"import sys; sys.path.insert(0, {SRC!r}); import napari_emdiffuse.engine.io; "
+        f"import sys; sys.path.insert(0, {SRC!r}); import napari_emdiffuse.engine.io.images; "
         "gui = ('napari', 'qtpy', 'PyQt5', 'PySide2', 'PyQt6', 'PySide6'); "
         "bad = [m for m in sys.modules if m.split('.')[0] in gui]; "
         "assert not bad, bad"

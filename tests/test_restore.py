@@ -147,7 +147,7 @@ def test_dask_and_zarr_inputs(model, tmp_path):
 
 
 def test_restore_to_zarr_streams_blocks_and_marks_completion(model, tmp_path):
-    from napari_emdiffuse.engine.io import is_complete
+    from napari_emdiffuse.engine.io.zarr import is_complete
 
     img = _img((2, 80, 72))
     out = tmp_path / "out.zarr"
@@ -244,7 +244,7 @@ def test_per_step_merging_makes_tilings_agree():
 
 def test_distributed_blocks_equal_single_machine(tmp_path, tiny_model_dir):
     """The same block plan on 2 dask worker processes writes the same store."""
-    from napari_emdiffuse.engine.io import is_complete
+    from napari_emdiffuse.engine.io.zarr import is_complete
     from napari_emdiffuse.engine.restore import restore_to_zarr_iter
 
     img = _img((2, 48, 40))

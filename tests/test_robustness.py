@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from napari_emdiffuse.cli import main
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError, ModelFileError
 from napari_emdiffuse.engine.events import Progress
-from napari_emdiffuse.engine.io import is_complete
+from napari_emdiffuse.engine.io.zarr import is_complete
 from napari_emdiffuse.engine.model import load_model
 from napari_emdiffuse.engine.restore import restore, restore_to_zarr
 from napari_emdiffuse.engine.training import TrainConfig, checkpoint_path, train_iter

@@ -13,7 +13,8 @@ import torch
 from napari_emdiffuse.engine import config, factory, volume
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.events import Progress
-from napari_emdiffuse.engine.io import is_complete, read_image
+from napari_emdiffuse.engine.io.images import read_image
+from napari_emdiffuse.engine.io.zarr import is_complete
 from napari_emdiffuse.engine.volume import (
     IsotropicResult,
     factor_from_spacing,
@@ -168,7 +169,7 @@ def test_factor_from_spacing_end_to_end(model):
 
 
 def test_path_input_uses_the_file_spacing(model, vol, tmp_path):
-    from napari_emdiffuse.engine.io import write_image
+    from napari_emdiffuse.engine.io.images import write_image
 
     path = write_image(tmp_path / "vol.tif", vol, spacing=(12.0, 4.0, 4.0), axes="ZYX")
     res = reconstruct_isotropic(str(path), model=model, **FAST)

@@ -42,8 +42,8 @@ _API = {
     "finetune_iter": "engine.training",
     "TrainConfig": "engine.training",
     "register_pair": "engine.registration",
-    "read_image": "engine.io",
-    "write_image": "engine.io",
+    "read_image": "engine.io.images",
+    "write_image": "engine.io.images",
     "Progress": "engine.events",
     "EMDiffuseError": "engine.errors",
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ._paths import resources_dir
+from .engine.io.resources import resources_dir
 
 __all__ = ["noisy_fibsem", "noisy_fibsem_with_reference", "anisotropic_volume", "sample_path"]
 
@@ -27,7 +27,7 @@ def sample_path(name: str) -> Path:
 
 
 def _layer(name: str, layer_name: str, **extra: Any) -> LayerData:
-    from .engine.io import read_image
+    from .engine.io.images import read_image
 
     img = read_image(sample_path(name))
     meta: dict[str, Any] = {"name": layer_name, **extra}

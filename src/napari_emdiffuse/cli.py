@@ -214,7 +214,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _check_outputs(args: argparse.Namespace, *outs: str | None) -> list[Path | None]:
     from .engine.errors import InputError
-    from .engine.io import check_output_path
+    from .engine.io.common import check_output_path
 
     inp = Path(args.input)
     checked = []
@@ -250,7 +250,7 @@ def _cluster(args: argparse.Namespace):
 
 def _cmd_restore(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
-    from .engine.io import read_image, write_image
+    from .engine.io.images import read_image, write_image
     from .engine.model import load_model, resolve_device
     from .engine.restore import restore_iter, restore_to_zarr_iter, validate_image
 
@@ -293,7 +293,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def _cmd_isotropic(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
-    from .engine.io import read_image, write_image
+    from .engine.io.images import read_image, write_image
     from .engine.volume import reconstruct_isotropic_iter
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)

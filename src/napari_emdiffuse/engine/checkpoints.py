@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic import ValidationError
 from .config import ARCHITECTURES, ModelCard, Normalisation, UNetConfig, validation_message
 from .core.diffusion import SCHEDULE_BUFFERS
 from .errors import ModelFileError
+from .io.atomic import replace_dir, temp_dir_beside
 
 __all__ = [
     "CARD_NAME",
@@ -68,21 +68,6 @@ def write_card(card: ModelCard, path: str | Path) -> None:
     Path(path).write_text(text)
 
 
-def _atomic_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def save_model_dir(
     path: str | Path,
     card: ModelCard,
@@ -97,7 +82,7 @@ def save_model_dir(
     from safetensors.torch import save_file
 
     final = Path(path)
-    tmp = _atomic_dir(final)
+    tmp = temp_dir_beside(final)
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / card.weights), metadata={"format": "pt"})
@@ -108,7 +93,7 @@ def save_model_dir(
         os.chmod(tmp, 0o755)
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

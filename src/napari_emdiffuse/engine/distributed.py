@@ -20,7 +20,7 @@ import numpy as np
 
 from .canvas import SamplingOptions
 from .events import Progress, drain
-from .io import ZarrWriter, open_zarr_for_block_writes
+from .io.zarr import ZarrWriter, open_zarr_for_block_writes
 from .model import EMDiffuseModel
 from .normalise import NormInfo
 from .restore import BlockPlan, restore_block

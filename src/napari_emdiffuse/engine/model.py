@@ -26,6 +26,7 @@ from .checkpoints import (
 )
 from .config import ARCHITECTURES, ModelCard
 from .errors import EMDiffuseError, ModelFileError
+from .io.atomic import atomic_file
 
 __all__ = [
     "EMDiffuseModel",
@@ -138,7 +139,7 @@ def user_dir() -> Path:
 
 
 def bundled_models_dir() -> Path:
-    from .._paths import resources_dir
+    from .io.resources import resources_dir
 
     return resources_dir() / "models"
 
@@ -161,12 +162,8 @@ def register_model(path: str | Path) -> None:
     if not (path / CARD_NAME).is_file():
         raise ModelFileError(f"'{path}' is not a model directory (no {CARD_NAME})")
     entries = [p for p in _read_registry() if Path(p) != path] + [str(path)]
-    reg = _registry_file()
-    reg.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=reg.parent, prefix=".models.json.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"models": entries}, fh, indent=1)
-    os.replace(tmp, reg)
+    with atomic_file(_registry_file()) as tmp:
+        tmp.write_text(json.dumps({"models": entries}, indent=1))
 
 
 def list_models(task: str | None = None) -> list[ModelInfo]:

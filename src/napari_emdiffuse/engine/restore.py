@@ -478,7 +478,7 @@ def restore_to_zarr_iter(
     ``scheduler="tcp://..."`` the blocks run on dask.distributed workers, each loading the
     model once and writing into the shared store; the result is identical.
     """
-    from .io import ZarrWriter
+    from .io.zarr import ZarrWriter
 
     image, dev, m, opts = _prepare(image, task, model, arch, device, preset, kw)
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)

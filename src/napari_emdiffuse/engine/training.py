@@ -33,7 +33,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import warnings
 from collections.abc import Generator, Mapping
 from pathlib import Path
@@ -57,6 +56,7 @@ from .datasets import (
 )
 from .errors import EMDiffuseError, InputError
 from .events import Progress, drain
+from .io.atomic import atomic_file
 
 __all__ = [
     "ImageSource",
@@ -161,7 +161,7 @@ class ImageSource(BaseModel):
     def load(self) -> np.ndarray:
         """The pixels (cropped), as numpy."""
         if self.path is not None:
-            from .io import read_image
+            from .io.images import read_image
 
             if not Path(self.path).exists():
                 raise InputError(f"training image '{self.path}' does not exist")
@@ -461,18 +461,6 @@ def _set_rng_state(state: Mapping[str, Any], data_rng: np.random.Generator, gen:
             pass
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- trainer
 
 
@@ -704,7 +692,8 @@ class Trainer:
             "metrics": json.dumps(self.metrics),
             "config": self.config.to_yaml(),
         }
-        _atomic_torch_save(state, self.checkpoint_file)
+        with atomic_file(self.checkpoint_file) as tmp:
+            torch.save(state, tmp)
         return self.checkpoint_file
 
     def load_checkpoint(self, path: Path) -> None:

@@ -38,7 +38,9 @@ import torch
 from .canvas import Item, SamplingOptions, resolve_options, sample_canvas
 from .errors import EMDiffuseError, InputError
 from .events import Progress, drain
-from .io import ZARR_SUFFIX, ZarrWriter, _zarr_major, check_output_path, open_zarr_for_block_writes, read_image
+from .io.common import ZARR_SUFFIX, check_output_path
+from .io.images import read_image
+from .io.zarr import ZarrWriter, open_zarr_for_block_writes, zarr_major
 from .model import DEFAULT_MODELS, EMDiffuseModel, load_model, resolve_device
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
 from .restore import _as_numpy, _check_finite, _info, canvas_size, validate_image
@@ -477,7 +479,7 @@ def _stage_input(vol: Any, where: Path, chunks: tuple[int, int, int]) -> str:
     """Copy an in-memory or dask volume into a zarr store the workers can read, slice by slice."""
     import zarr
 
-    kw: dict[str, Any] = {"zarr_format": 2} if _zarr_major() >= 3 else {}
+    kw: dict[str, Any] = {"zarr_format": 2} if zarr_major() >= 3 else {}
     arr = zarr.open_array(str(where), mode="w-", shape=vol.shape, dtype=np.dtype(vol.dtype), chunks=chunks, **kw)
     for z in range(vol.shape[0]):
         arr[z] = _as_numpy(vol[z])

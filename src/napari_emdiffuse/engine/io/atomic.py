@@ -1,0 +1,86 @@
+"""Atomic writes: output goes to a hidden sibling of its final path and is renamed into place
+only when complete, so a crash, a cancelled job or a full disk never leaves a half-written file
+or folder under the name the user asked for."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["fsync_dir", "remove_path", "atomic_file", "temp_dir_beside", "replace_dir"]
+
+logger = logging.getLogger(__name__)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a folder's entries to disk, so that a rename into it survives a crash."""
+    # Makes the rename itself durable; not possible on every OS/filesystem, so best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or folder tree, ignoring what is already gone."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        logger.warning("could not remove temporary output %s", path)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; it replaces ``path`` when the block ends
+    normally and is removed when it raises.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "models.json"
+    >>> with atomic_file(target) as tmp:
+    ...     _ = tmp.write_text(json.dumps({"models": []}))
+    >>> json.loads(target.read_text())
+    {'models': []}
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def temp_dir_beside(final: Path) -> Path:
+    """A new hidden folder beside ``final`` (same file system, so it can be renamed onto it)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder ``tmp`` to ``final``, replacing what was there."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)

@@ -1,0 +1,333 @@
+"""Calibration: pixel size per axis, units (converted to nanometres where recognisable) and
+axis letters, as TIFF (OME-XML, ImageJ, our JSON description, resolution tags) and zarr
+(our attributes, OME-NGFF ``multiscales``) store them."""
+
+from __future__ import annotations
+
+import codecs
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+__all__ = ["SPATIAL_AXES", "nm_factor", "to_nm", "check_spacing", "check_axes", "tiff_calibration", "zarr_calibration"]
+
+SPATIAL_AXES = frozenset("ZYX")
+
+# Length units -> nanometres. Keys are lower-case; "µ" (micro sign) and "μ" (Greek mu) both occur.
+_NM_PER_UNIT: dict[str, float] = {
+    "pm": 1e-3, "picometer": 1e-3, "picometre": 1e-3,
+    "a": 0.1, "å": 0.1, "\u212b": 0.1, "angstrom": 0.1, "angstroms": 0.1, "ångström": 0.1,
+    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "nanometers": 1.0, "nanometres": 1.0,
+    "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3, "microns": 1e3,
+    "micrometer": 1e3, "micrometre": 1e3, "micrometers": 1e3, "micrometres": 1e3,
+    "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
+    "cm": 1e7, "centimeter": 1e7, "centimetre": 1e7,
+    "m": 1e9, "meter": 1e9, "metre": 1e9,
+}  # fmt: skip
+# What ImageJ and others write for "not calibrated".
+_NO_UNIT = frozenset({"", "pixel", "pixels", "px", "none"})
+
+
+def _clean_unit(unit: Any) -> str | None:
+    """Decode ImageJ's escaped units (``\\u00B5m``) and map "no unit" spellings to None."""
+    if unit is None:
+        return None
+    if isinstance(unit, bytes):
+        unit = unit.decode("utf-8", "replace")
+    text = str(unit).strip()
+    if "\\u" in text or "\\x" in text:
+        try:
+            text = codecs.decode(text, "unicode_escape")
+        except UnicodeDecodeError:
+            pass
+    return None if text.lower() in _NO_UNIT else text
+
+
+def nm_factor(unit: str | None) -> float | None:
+    """Nanometres per ``unit`` (``"um"`` -> 1000.0), or None for an unknown unit."""
+    if unit is None:
+        return None
+    return _NM_PER_UNIT.get(unit.strip().lower())
+
+
+def _tidy(value: float) -> float:
+    # 0.0037 um * 1000 = 3.7000000000000006; 12 significant digits is far below any tolerance.
+    return float(f"{value:.12g}")
+
+
+def to_nm(
+    spacing: Sequence[float], units: Sequence[str | None], axes: str | None
+) -> tuple[tuple[float, ...], str | None]:
+    """Convert per-axis spacing with per-axis units to nm where every spatial unit is known.
+
+    Non-spatial axes (time, channel) keep their values. If any spatial unit is unknown the
+    values are left alone and the first spatial unit string is returned.
+    """
+    spatial = [
+        i for i in range(len(spacing)) if axes is None or i >= len(axes) or axes[i] in SPATIAL_AXES
+    ]
+    values = [float(s) for s in spacing]
+    spatial_units = [units[i] for i in spatial if units[i] is not None]
+    if not spatial_units:
+        return tuple(values), None
+    factors = [nm_factor(units[i]) for i in spatial]
+    if any(f is None for f in factors):
+        # An unknown or missing unit on some spatial axis: keep the numbers as the file has them.
+        return tuple(values), spatial_units[0]
+    for i, f in zip(spatial, factors, strict=True):
+        values[i] = _tidy(values[i] * f)
+    return tuple(values), "nm"
+
+
+def check_spacing(
+    spacing: Sequence[float] | None, ndim: int, path: Path
+) -> tuple[float, ...] | None:
+    """Spacing to write with an ``ndim``-D image at ``path``: positive numbers, one per axis."""
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"cannot write '{path}': spacing {spacing!r} is not a list of numbers"
+        ) from None
+    if len(values) != ndim:
+        raise InputError(
+            f"cannot write '{path}': spacing has {len(values)} values but the image has {ndim} axes"
+        )
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"cannot write '{path}': spacing values must be positive, got {values}")
+    return values
+
+
+def check_axes(axes: str | None, ndim: int, path: Path) -> str | None:
+    """Axis letters to write with an ``ndim``-D image (default ``YX`` / ``ZYX``)."""
+    if axes is None:
+        return {2: "YX", 3: "ZYX"}.get(ndim)
+    axes = str(axes).upper()
+    if len(axes) != ndim or len(set(axes)) != ndim or not axes.isalpha():
+        raise InputError(
+            f"cannot write '{path}': axes '{axes}' must name each of the {ndim} axes once"
+        )
+    return axes
+
+
+def tiff_calibration(
+    tif: Any, series: Any, series_axes: str, ndim: int
+) -> tuple[tuple[float, ...] | None, list[str | None] | None, str | None]:
+    """Spacing aligned to the series axes, a unit per axis, and the declared axes (or None).
+
+    Sources in order: OME-XML, ImageJ description + resolution tags, our own JSON description,
+    plain resolution tags.
+    """
+    declared_axes = series_axes if (tif.is_ome or tif.is_imagej) else None
+    per_axis: dict[str, tuple[float, str | None]]
+
+    if tif.is_ome and tif.ome_metadata:
+        per_axis = _ome_physical_sizes(tif.ome_metadata)
+        if per_axis:
+            return (*_align(per_axis, series_axes, ndim), declared_axes)
+
+    if tif.is_imagej:
+        ij = tif.imagej_metadata or {}
+        unit = _clean_unit(ij.get("unit"))
+        res = _resolution(tif.pages.first)
+        if unit is not None and res is not None:
+            per_axis = {
+                "X": (1.0 / res[0], unit),
+                "Y": (1.0 / res[1], unit),
+            }
+            if ij.get("spacing") is not None:
+                per_axis["Z"] = (float(ij["spacing"]), unit)
+            return (*_align(per_axis, series_axes, ndim), declared_axes)
+
+    if tif.is_shaped and tif.shaped_metadata:
+        md = tif.shaped_metadata[0]
+        if isinstance(md.get("axes"), str) and len(md["axes"]) == ndim:
+            declared_axes = md["axes"].upper()
+        spacing = md.get("spacing")
+        if isinstance(spacing, list) and spacing:
+            values = _match_shaped(spacing, md.get("shape"), ndim)
+            if values is not None:
+                unit = _clean_unit(md.get("unit"))
+                return tuple(values), [unit] * ndim, declared_axes
+
+    per_axis = _plain_resolution(tif.pages.first)
+    if per_axis:
+        return (*_align(per_axis, series_axes, ndim), declared_axes)
+    return None, None, declared_axes
+
+
+def _match_shaped(spacing: list, shape: Any, ndim: int) -> list[float] | None:
+    values = [float(s) for s in spacing]
+    if len(values) == ndim:
+        return values
+    # tifffile may have squeezed axes of size 1 that the JSON shape still lists.
+    if isinstance(shape, list) and len(shape) == len(values):
+        kept = [v for v, n in zip(values, shape, strict=True) if n != 1]
+        if len(kept) == ndim:
+            return kept
+    return None
+
+
+def _align(
+    per_axis: dict[str, tuple[float, str | None]], axes: str, ndim: int
+) -> tuple[tuple[float, ...] | None, list[str | None] | None]:
+    """Spread ``{"X": (value, unit), ...}`` over the array axes; other axes get 1.0."""
+    if len(axes) != ndim:
+        # Unknown layout: assume the spatial axes are last, as everywhere in this package.
+        axes = ("?" * ndim + ("ZYX" if ndim >= 3 else "YX"))[-ndim:]
+    spacing = []
+    units: list[str | None] = []
+    for letter in axes:
+        value, unit = per_axis.get(letter, (1.0, None))
+        spacing.append(float(value))
+        units.append(unit)
+    if not any(letter in per_axis for letter in axes):
+        return None, None
+    # An uncalibrated z in a calibrated stack shares the x/y unit (ImageJ's convention).
+    xy_unit = next((u for letter, u in zip(axes, units, strict=True) if letter in "YX" and u), None)
+    units = [
+        xy_unit if (u is None and letter in SPATIAL_AXES) else u
+        for letter, u in zip(axes, units, strict=True)
+    ]
+    return tuple(spacing), units
+
+
+def _ome_physical_sizes(ome_xml: str) -> dict[str, tuple[float, str | None]]:
+    root = ET.fromstring(ome_xml)
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return {}
+    out: dict[str, tuple[float, str | None]] = {}
+    for letter in "XYZ":
+        value = pixels.get(f"PhysicalSize{letter}")
+        if value is None:
+            continue
+        # OME's default unit is the micrometre.
+        out[letter] = (float(value), _clean_unit(pixels.get(f"PhysicalSize{letter}Unit", "µm")))
+    return out
+
+
+def _resolution(page: Any) -> tuple[float, float] | None:
+    """XResolution/YResolution in pixels per unit, or None if absent or zero."""
+    try:
+        xres = page.tags["XResolution"].value
+        yres = page.tags["YResolution"].value
+    except KeyError:
+        return None
+    values = []
+    for res in (xres, yres):
+        if isinstance(res, tuple):
+            num, den = res
+            if not num or not den:
+                return None
+            values.append(num / den)
+        else:
+            if not res:
+                return None
+            values.append(float(res))
+    return values[0], values[1]
+
+
+_RESUNIT_NM = {2: 2.54e7, 3: 1e7, 4: 1e6, 5: 1e3}  # inch, cm, and tifffile's mm, um extensions
+
+
+def _plain_resolution(page: Any) -> dict[str, tuple[float, str | None]]:
+    res = _resolution(page)
+    if res is None:
+        return {}
+    try:
+        unit_code = int(page.tags["ResolutionUnit"].value)
+    except KeyError:
+        unit_code = 2  # the TIFF default is inch
+    xres, yres = res
+    if unit_code == 2 and all(float(r).is_integer() and r <= 1200 for r in res):
+        # 72/96/300 dpi are what image editors write by default, not a calibration: an EM
+        # pixel is far smaller than 1/1200 inch (21 um).
+        return {}
+    factor = _RESUNIT_NM.get(unit_code)
+    if factor is None:  # RESUNIT NONE: relative only
+        if xres == 1 and yres == 1:
+            return {}
+        return {"X": (1.0 / xres, None), "Y": (1.0 / yres, None)}
+    return {"X": (_tidy(factor / xres), "nm"), "Y": (_tidy(factor / yres), "nm")}
+
+
+def zarr_calibration(
+    array: Any, parent: Any, name: str
+) -> tuple[tuple[float, ...] | None, str | None, str | None]:
+    """Spacing (nm where known), unit and axes of a zarr array: its own attributes, else the
+    OME-NGFF metadata of the group ``parent`` that holds it as ``name``."""
+    ndim = array.ndim
+    attrs = dict(array.attrs)
+    own_axes = attrs.get("axes")
+    axes = own_axes.upper() if isinstance(own_axes, str) and len(own_axes) == ndim else None
+
+    spacing = attrs.get("spacing")
+    if isinstance(spacing, list) and len(spacing) == ndim:
+        try:
+            values = tuple(float(s) for s in spacing)
+        except (TypeError, ValueError):
+            values = None
+        if values is not None:
+            unit = _clean_unit(attrs.get("unit"))
+            values, unit = to_nm(values, [unit] * ndim, axes)
+            return values, unit, axes
+
+    if parent is not None:
+        try:
+            found = _ngff_scale(dict(parent.attrs), name, ndim)
+        except (TypeError, ValueError, KeyError, AttributeError):  # malformed metadata
+            found = None
+        if found is not None:
+            values, units, ngff_axes = found
+            axes = axes or ngff_axes
+            values, unit = to_nm(values, units, axes)
+            return values, unit, axes
+    return None, None, axes
+
+
+def _ngff_scale(
+    attrs: dict, name: str, ndim: int
+) -> tuple[tuple[float, ...], list[str | None], str | None] | None:
+    """Scale of dataset ``name``: OME-NGFF 0.4 (``multiscales``) or 0.5 (``ome.multiscales``)."""
+    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    if not multiscales:
+        return None
+    for ms in multiscales:
+        datasets = ms.get("datasets") or []
+        match = next((d for d in datasets if str(d.get("path")) == name), None)
+        if match is None:
+            continue
+        scale = _scale_of(match.get("coordinateTransformations"), ndim)
+        if scale is None:
+            return None
+        outer = _scale_of(ms.get("coordinateTransformations"), ndim)
+        if outer is not None:
+            scale = [a * b for a, b in zip(scale, outer, strict=True)]
+        axes_meta = ms.get("axes") or []
+        units: list[str | None] = [None] * ndim
+        letters = []
+        if len(axes_meta) == ndim:
+            for i, ax in enumerate(axes_meta):
+                if isinstance(ax, dict):
+                    units[i] = _clean_unit(ax.get("unit"))
+                    letters.append(str(ax.get("name", "")))
+                else:  # NGFF 0.3: plain names
+                    letters.append(str(ax))
+        axes = "".join(letters).upper() if letters and all(len(x) == 1 for x in letters) else None
+        return tuple(float(s) for s in scale), units, axes
+    return None
+
+
+def _scale_of(transforms: Any, ndim: int) -> list[float] | None:
+    for t in transforms or []:
+        scale = t.get("scale") if t.get("type") == "scale" else None
+        if isinstance(scale, list) and len(scale) == ndim:
+            return [float(s) for s in scale]
+    return None

@@ -1,0 +1,140 @@
+"""What the readers and writers share: the image type, file-type checks and output paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InputError
+
+if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run time
+    import dask.array
+    import zarr
+
+__all__ = [
+    "TIFF_SUFFIXES",
+    "ZARR_SUFFIX",
+    "ImageData",
+    "reason",
+    "suffix_of",
+    "unsupported_type",
+    "check_output_path",
+    "as_numpy",
+]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+ZARR_SUFFIX = ".zarr"
+
+
+@dataclass
+class ImageData:
+    """Pixels of an image or volume and what is known about their physical size.
+
+    Attributes
+    ----------
+    data : numpy.ndarray or dask.array.Array or zarr.Array
+        The pixels as read. TIFF gives numpy (a read-only memory map for large uncompressed
+        files), zarr gives a lazy ``zarr.Array`` whose chunks are read on indexing.
+    spacing : tuple of float, optional
+        Physical size of a pixel along each axis (same length as ``data.ndim``), in ``unit``.
+        Axes without calibration (channels, time, an uncalibrated z) get 1.0. None if the
+        file carries no calibration at all.
+    unit : str, optional
+        ``"nm"`` whenever the file's unit was recognised; otherwise the file's unit string as
+        is; None if unknown.
+    axes : str, optional
+        Axis letters such as ``"YX"`` or ``"ZYX"`` when the file declares them (ImageJ, OME,
+        our own metadata), else None.
+    path : pathlib.Path, optional
+        The file or zarr store read.
+    """
+
+    data: np.ndarray | dask.array.Array | zarr.Array
+    spacing: tuple[float, ...] | None
+    unit: str | None
+    axes: str | None
+    path: Path | None
+
+    def __repr__(self) -> str:
+        # The default repr would print every pixel.
+        kind = type(self.data).__module__.split(".")[0] + "." + type(self.data).__name__
+        return (
+            f"ImageData(data=<{kind} shape={tuple(self.data.shape)} dtype={self.data.dtype}>, "
+            f"spacing={self.spacing!r}, unit={self.unit!r}, axes={self.axes!r}, path={self.path!r})"
+        )
+
+
+def reason(exc: BaseException) -> str:
+    """A short, one-line reason for an exception raised by a third-party reader."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a folder"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def suffix_of(path: Path) -> str:
+    """The file extension in lower case (``.TIF`` -> ``.tif``)."""
+    return path.suffix.lower()
+
+
+def unsupported_type(path: Path) -> InputError:
+    """The error for a file type that is neither TIFF nor zarr."""
+    ext = path.suffix or "(none)"
+    return InputError(
+        f"cannot use '{path}': unsupported file type '{ext}'; use .tif, .tiff or .zarr"
+    )
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """Validate an output path before any work starts.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Where a ``.tif``, ``.tiff`` or ``.zarr`` result will go.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    InputError
+        Unsupported extension, missing or unwritable output folder, or the path is taken by
+        something that cannot be replaced (a folder for a TIFF, a file for a zarr store).
+        Making sure the output is not one of the inputs is the caller's job.
+    """
+    p = Path(path).expanduser()
+    ext = suffix_of(p)
+    if ext not in TIFF_SUFFIXES and ext != ZARR_SUFFIX:
+        raise unsupported_type(p)
+    parent = p.parent
+    if not parent.is_dir():
+        raise InputError(f"output folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"output folder '{parent}' is not writable")
+    if ext in TIFF_SUFFIXES and p.is_dir():
+        raise InputError(f"cannot write '{p}': a folder with that name exists")
+    if ext == ZARR_SUFFIX and p.exists() and not p.is_dir():
+        raise InputError(f"cannot write '{p}': a file with that name exists")
+    return p
+
+
+def as_numpy(array: Any) -> np.ndarray:
+    """An array-like (numpy, dask, zarr) as numpy; dask arrays are computed."""
+    compute = getattr(array, "compute", None)
+    if callable(compute) and not isinstance(array, np.ndarray):  # dask
+        array = compute()
+    return np.asarray(array)

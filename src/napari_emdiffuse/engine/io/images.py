@@ -1,0 +1,128 @@
+"""Read and write images and volumes (TIFF and zarr) together with their pixel spacing.
+
+Reading returns an :class:`~.common.ImageData`: the pixels (numpy for TIFF, a lazy
+``zarr.Array`` for zarr) plus spacing, unit and axes when the file says so. Spacing is
+converted to nanometres whenever the unit is recognisable.
+
+Writing is atomic: output first goes to a hidden or ``.partial-`` sibling of the final path
+and is renamed into place only when complete, so a crash, a cancelled job or a full disk never
+leaves a half-written file under the name the user asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .calibration import check_axes
+from .common import TIFF_SUFFIXES, ImageData, check_output_path, suffix_of, unsupported_type
+from .tiff import read_tiff, write_tiff
+from .zarr import ZarrWriter, read_zarr, zarr_store_of
+
+__all__ = ["read_image", "write_image"]
+
+
+def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> ImageData:
+    """Read a TIFF file or a zarr store.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.tif``/``.tiff`` file, a ``.zarr`` folder, or a path inside a store such as
+        ``"volume.zarr/0"``.
+    key : str, optional
+        For a zarr group: the array to read. Default: the array named ``"0"`` or the only array.
+
+    Returns
+    -------
+    ImageData
+        TIFF pixels as numpy (axes of size 1 in front of the last three are dropped), zarr
+        pixels as a lazy ``zarr.Array``.
+
+    Raises
+    ------
+    InputError
+        The path is missing, unreadable, corrupt, of an unsupported type, or not an array.
+    """
+    p = Path(path).expanduser()
+    if suffix_of(p) in TIFF_SUFFIXES:
+        return read_tiff(p)
+    inside = zarr_store_of(p)
+    if inside is not None:
+        store, inner = inside
+        full_key = "/".join(k.strip("/") for k in (inner, key or "") if k and k.strip("/"))
+        return read_zarr(store, full_key or None)
+    raise unsupported_type(p)
+
+
+def write_image(
+    path: str | os.PathLike[str],
+    array: Any,
+    *,
+    spacing: tuple[float, ...] | None = None,
+    unit: str = "nm",
+    axes: str | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write an image or volume as TIFF or zarr, chosen by the extension, atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.tif``, ``.tiff`` or ``.zarr``.
+    array : numpy.ndarray or dask.array.Array or array-like
+        Pixels. dask arrays are computed in full for TIFF and block by block for zarr.
+    spacing : tuple of float, optional
+        Pixel size per axis in ``unit``.
+    unit : str
+        Unit of ``spacing``.
+    axes : str, optional
+        Axis letters such as ``"ZYX"``.
+    overwrite : bool
+        Replace an existing output. If False and the path exists, raise InputError.
+
+    Returns
+    -------
+    pathlib.Path
+        The final path.
+    """
+    p = check_output_path(path)
+    if not overwrite and (p.exists() or p.is_symlink()):
+        raise InputError(f"cannot write '{p}': it already exists")
+    if suffix_of(p) in TIFF_SUFFIXES:
+        return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes)
+    # Same default axes as TIFF, so both formats read back alike.
+    axes = check_axes(axes, len(array.shape), p) if hasattr(array, "shape") else axes
+
+    import dask.array as da
+
+    if isinstance(array, da.Array):
+        lazy = array
+    elif isinstance(array, np.ndarray):
+        lazy = None
+    elif hasattr(array, "shape") and hasattr(array, "dtype") and hasattr(array, "__getitem__"):
+        # e.g. a zarr.Array: copy chunk by chunk rather than loading it whole.
+        lazy = da.from_array(array, chunks=getattr(array, "chunks", "auto"))
+    else:
+        array = np.asarray(array)
+        lazy = None
+
+    if lazy is not None:
+        # One dask block per zarr chunk, so parallel writes never share a chunk.
+        chunks = tuple(max(c) if c else 1 for c in lazy.chunks)
+        lazy = lazy.rechunk(chunks)
+        with ZarrWriter(
+            p, lazy.shape, lazy.dtype, chunks=chunks, spacing=spacing, unit=unit, axes=axes,
+            overwrite=overwrite,
+        ) as writer:
+            da.store(lazy, writer.array, lock=False)
+    else:
+        with ZarrWriter(
+            p, array.shape, array.dtype, spacing=spacing, unit=unit, axes=axes, overwrite=overwrite
+        ) as writer:
+            writer.array[...] = array
+    return p

@@ -1,0 +1,283 @@
+"""TIFF: reading (with calibration, memory-mapping large files, refusing truncated ones) and
+atomic writing (ImageJ hyperstacks where possible, so Fiji shows the calibration)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from ..errors import InputError
+from .atomic import fsync_dir, remove_path
+from .calibration import check_axes, check_spacing, nm_factor, tiff_calibration, to_nm
+from .common import TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, reason, suffix_of
+
+__all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "read_tiff", "write_tiff"]
+
+#: TIFFs larger than this are written as BigTIFF (classic TIFF offsets are 32-bit and many
+#: readers treat them as signed).
+BIGTIFF_MIN_BYTES = 2**31
+#: Uncompressed, contiguous TIFFs at least this large are memory-mapped read-only instead of
+#: loaded, so a multi-GB volume does not have to fit in RAM. Smaller ones are plain, writable
+#: in-memory arrays.
+TIFF_MMAP_MIN_BYTES = 2**30
+
+# Sample formats ImageJ can open; anything else is written as a plain TIFF with a JSON description.
+_IMAGEJ_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32"))
+_IMAGEJ_AXES = "TZCYXS"
+
+# tifffile reports truncated or corrupt files through its logger and then returns whatever it
+# could read (e.g. only the first page). These fragments of its messages mean data is missing.
+_TIFF_FATAL_LOG = (
+    "invalid page offset",
+    "invalid offset to",
+    "corrupted tag list",
+    "corrupted file",
+    "failed to read",
+    "incompletely written",
+    "missing data",
+    "is missing",
+)
+
+logger = logging.getLogger(__name__)
+
+
+class _TiffLogWatcher(logging.Handler):
+    """Collects tifffile's log messages that mean a file is truncated or corrupt."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.problems: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:  # another thread reading another file
+            return
+        try:
+            msg = record.getMessage()
+        except Exception:  # a broken log record must not break reading
+            return
+        if any(fragment in msg for fragment in _TIFF_FATAL_LOG):
+            # tifffile prefixes its messages with the object repr ("<tifffile.TiffPages @8> ...").
+            self.problems.append(msg.split("> ", 1)[-1])
+
+
+def read_tiff(path: Path) -> ImageData:
+    """Read a TIFF file: pixels, spacing (nm where the unit is known), unit and axes."""
+    if not path.exists():
+        raise InputError(f"cannot read '{path}': file not found")
+    if path.is_dir():
+        raise InputError(f"cannot read '{path}': it is a folder, not a TIFF file")
+    watcher = _TiffLogWatcher()
+    tiff_logger = logging.getLogger("tifffile")
+    tiff_logger.addHandler(watcher)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError(f"cannot read '{path}': the file holds no image")
+            series = tif.series[0]
+            series_axes = str(series.axes)
+            data = _tiff_pixels(path, series)
+            _check_imagej_complete(path, tif, series)
+            try:
+                spacing, units, known_axes = tiff_calibration(tif, series, series_axes, data.ndim)
+            except Exception as exc:  # odd metadata must not stop reading good pixels
+                logger.warning("ignoring unreadable calibration in %s: %s", path, reason(exc))
+                spacing, units, known_axes = None, None, None
+    except InputError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
+    finally:
+        tiff_logger.removeHandler(watcher)
+    if watcher.problems:
+        raise InputError(
+            f"cannot read '{path}': file is truncated or corrupt ({watcher.problems[0]})"
+        )
+
+    axes_for_units = known_axes or series_axes
+    unit: str | None = None
+    if spacing is not None and units is not None:
+        aligned = axes_for_units if len(axes_for_units) == len(spacing) else None
+        spacing, unit = to_nm(spacing, units, aligned)
+
+    data, spacing, known_axes = _squeeze_leading(data, spacing, known_axes)
+    return ImageData(data=data, spacing=spacing, unit=unit, axes=known_axes, path=path)
+
+
+def _tiff_pixels(path: Path, series: Any) -> np.ndarray:
+    """Memory-map large uncompressed files (read-only), load everything else."""
+    dtype = np.dtype(series.dtype)
+    nbytes = int(np.prod(series.shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes >= TIFF_MMAP_MIN_BYTES and series.dataoffset is not None and dtype.isnative:
+        try:
+            return tifffile.memmap(path, series=0, mode="r")
+        except ValueError:  # not mappable after all (e.g. odd layout): read normally
+            pass
+    return np.asarray(series.asarray())
+
+
+def _check_imagej_complete(path: Path, tif: Any, series: Any) -> None:
+    # A truncated ImageJ hyperstack silently reads as its first page(s); compare with the count
+    # the ImageJ header promises.
+    if not tif.is_imagej:
+        return
+    expected = (tif.imagej_metadata or {}).get("images")
+    if not isinstance(expected, int) or expected <= 1:
+        return
+    axes = str(series.axes)
+    plane = 1
+    for letter, size in zip(axes, series.shape, strict=False):
+        if letter in "YXS":
+            plane *= int(size)
+    planes = int(np.prod(series.shape, dtype=np.int64)) // max(plane, 1)
+    if planes < expected:
+        raise InputError(
+            f"cannot read '{path}': file is truncated or corrupt "
+            f"(ImageJ header promises {expected} images, found {planes})"
+        )
+
+
+def _squeeze_leading(
+    data: np.ndarray, spacing: tuple[float, ...] | None, axes: str | None
+) -> tuple[np.ndarray, tuple[float, ...] | None, str | None]:
+    """Drop size-1 axes in front of the last three (singleton T or C of a hyperstack)."""
+    if data.ndim <= 3:
+        return data, spacing, axes
+    drop = [i for i in range(data.ndim - 3) if data.shape[i] == 1]
+    if not drop:
+        return data, spacing, axes
+    keep = [i for i in range(data.ndim) if i not in drop]
+    data = data.squeeze(axis=tuple(drop))
+    if spacing is not None:
+        spacing = tuple(spacing[i] for i in keep)
+    if axes is not None and len(axes) == len(keep) + len(drop):
+        axes = "".join(axes[i] for i in keep)
+    return data, spacing, axes
+
+
+def _tiff_unit(unit: str | None) -> str:
+    # ImageJ descriptions must be ASCII: ImageJ itself reads "um" as µm and escapes the rest.
+    unit = (unit or "").strip() or "pixel"
+    if unit in ("µm", "μm"):
+        return "um"
+    return unit.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def write_tiff(
+    path: str | os.PathLike[str],
+    array: np.ndarray,
+    *,
+    spacing: tuple[float, ...] | None = None,
+    unit: str = "nm",
+    axes: str | None = None,
+) -> Path:
+    """Write an image atomically as TIFF with its spacing, readable by :func:`read_image`.
+
+    uint8, uint16 and float32 become ImageJ hyperstacks (Fiji shows the calibration). Other
+    dtypes keep their type and get resolution tags plus a JSON description with spacing, unit
+    and axes. Files over 2 GiB are BigTIFF (non-ImageJ layout, same metadata as above).
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.tif`` or ``.tiff`` file; replaced if it exists.
+    array : array-like
+        numpy array (a dask array is computed).
+    spacing : tuple of float, optional
+        Pixel size per axis in ``unit``.
+    unit : str
+        Unit of ``spacing``.
+    axes : str, optional
+        Axis letters, default ``"YX"`` for 2D and ``"ZYX"`` for 3D.
+
+    Returns
+    -------
+    pathlib.Path
+        The final path.
+
+    Raises
+    ------
+    InputError
+        Bad path, spacing or axes, an empty array, or the disk refuses the write (full,
+        read-only). Other exceptions propagate unchanged; the final path is never left
+        half-written and the temporary file is removed.
+    """
+    p = check_output_path(path)
+    if suffix_of(p) not in TIFF_SUFFIXES:
+        raise InputError(f"cannot write '{p}' as TIFF: the name must end in .tif or .tiff")
+    data = as_numpy(array)
+    if data.ndim < 2 or data.size == 0:
+        raise InputError(
+            f"cannot write '{p}': need a non-empty image with at least 2 axes, got {data.shape}"
+        )
+    axes = check_axes(axes, data.ndim, p)
+    spacing = check_spacing(spacing, data.ndim, p)
+
+    bigtiff = data.nbytes > BIGTIFF_MIN_BYTES
+    rgb = axes is not None and axes.endswith("S") and data.shape[-1] in (3, 4)
+    kwargs: dict[str, Any] = {"photometric": "rgb" if rgb else "minisblack"}
+    use_imagej = (
+        not bigtiff
+        and data.dtype in _IMAGEJ_DTYPES
+        and axes is not None
+        and _is_subsequence(axes, _IMAGEJ_AXES)
+        and axes.replace("S", "").endswith("YX")
+        and ("S" not in axes or (rgb and data.dtype == np.uint8))
+    )
+    if use_imagej:
+        metadata: dict[str, Any] = {"axes": axes}
+        if spacing is not None:
+            ij_unit = _tiff_unit(unit)
+            metadata["unit"] = ij_unit
+            if "Z" in axes:
+                metadata["spacing"] = spacing[axes.index("Z")]
+            kwargs["resolution"] = (1.0 / spacing[axes.index("X")], 1.0 / spacing[axes.index("Y")])
+            kwargs["resolutionunit"] = "NONE"
+        kwargs.update(imagej=True, metadata=metadata)
+    else:
+        metadata = {}
+        if axes is not None:
+            metadata["axes"] = axes
+        if spacing is not None:
+            metadata["spacing"] = list(spacing)
+            metadata["unit"] = unit
+            ix = axes.index("X") if axes and "X" in axes else data.ndim - 1
+            iy = axes.index("Y") if axes and "Y" in axes else data.ndim - 2
+            factor = nm_factor(unit)
+            if factor is not None:
+                # Centimetres are a standard TIFF unit, so other readers get the scale too.
+                kwargs["resolution"] = (1e7 / (spacing[ix] * factor), 1e7 / (spacing[iy] * factor))
+                kwargs["resolutionunit"] = "CENTIMETER"
+            else:
+                kwargs["resolution"] = (1.0 / spacing[ix], 1.0 / spacing[iy])
+                kwargs["resolutionunit"] = "NONE"
+        kwargs.update(metadata=metadata, bigtiff=bigtiff)
+
+    # Hidden sibling in the same folder, so os.replace is an atomic rename on one filesystem.
+    tmp = p.with_name(f".{p.name}.partial-{secrets.token_hex(4)}")
+    try:
+        tifffile.imwrite(tmp, data, **kwargs)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException as exc:
+        remove_path(tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write '{p}': {reason(exc)}") from exc
+        raise
+    fsync_dir(p.parent)
+    return p
+
+
+def _is_subsequence(axes: str, order: str) -> bool:
+    it = iter(order)
+    return all(letter in it for letter in axes)

@@ -1,0 +1,335 @@
+"""zarr stores: reading (an array, a group's array, OME-NGFF metadata) and :class:`ZarrWriter`,
+which creates an output store atomically for chunk-by-chunk writes.
+
+Distributed block writes
+------------------------
+:class:`ZarrWriter` creates the output store in ``writer.temp_path``. Other processes (dask
+workers, a process pool) can open it by path and write chunk-aligned blocks::
+
+    arr = open_zarr_for_block_writes(writer.temp_path)  # == zarr.open_array(p, mode="r+")
+    arr[z0:z1, y0:y1, x0:x1] = block
+
+The main process calls :meth:`ZarrWriter.commit` once every block is written. Blocks that do not
+align with the chunks must not be written concurrently (zarr rewrites whole chunks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InputError
+from .atomic import fsync_dir, remove_path
+from .calibration import check_axes, check_spacing, zarr_calibration
+from .common import ZARR_SUFFIX, ImageData, check_output_path, reason, suffix_of
+
+if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run time
+    import zarr
+
+__all__ = [
+    "COMPLETE_ATTR",
+    "COMPLETE_FILE",
+    "zarr_major",
+    "zarr_store_of",
+    "read_zarr",
+    "open_zarr_for_block_writes",
+    "ZarrWriter",
+    "is_complete",
+]
+
+COMPLETE_ATTR = "emdiffuse_complete"
+COMPLETE_FILE = ".emdiffuse_complete"
+
+
+def _zarr():
+    import zarr  # lazy: zarr 3 takes a noticeable time to import
+
+    return zarr
+
+
+def zarr_major() -> int:
+    """The installed zarr's major version (2 or 3)."""
+    return int(_zarr().__version__.split(".")[0])
+
+
+def zarr_store_of(path: Path) -> tuple[Path, str] | None:
+    """Split ``vol.zarr/0`` into the store and the key inside it; None if not inside a store."""
+    for i, candidate in enumerate([path, *path.parents]):
+        if suffix_of(candidate) == ZARR_SUFFIX:
+            inner = path.relative_to(candidate).as_posix() if i else ""
+            return candidate, "" if inner == "." else inner
+    return None
+
+
+def read_zarr(store: Path, key: str | None) -> ImageData:
+    """Open an array of a zarr store lazily, with its calibration."""
+    zarr = _zarr()
+    if not store.exists():
+        raise InputError(f"cannot read '{store}': file not found")
+    if not store.is_dir():
+        raise InputError(f"cannot read '{store}': not a zarr folder")
+    try:
+        node = zarr.open(str(store), mode="r")
+    except Exception as exc:
+        raise InputError(
+            f"cannot read '{store}': not a zarr array or group ({reason(exc)})"
+        ) from exc
+
+    parent = None
+    name = ""
+    if key:
+        if not isinstance(node, zarr.Group):
+            raise InputError(
+                f"cannot read '{store}': it is a single array, so key '{key}' does not apply"
+            )
+        try:
+            child = node[key]
+        except Exception as exc:  # KeyError, or zarr's own errors for odd keys
+            raise InputError(
+                f"cannot read '{store}': no array '{key}' in it (arrays: {_list_arrays(node)})"
+            ) from exc
+        # The group holding the array carries the OME-NGFF metadata.
+        parent_key, _, name = key.rpartition("/")
+        parent = node[parent_key] if parent_key else node
+        node = child
+    if isinstance(node, zarr.Group):
+        parent = node
+        name = _default_array(node, store, key)
+        node = node[name]
+
+    spacing, unit, axes = zarr_calibration(node, parent, name)
+    return ImageData(data=node, spacing=spacing, unit=unit, axes=axes, path=store)
+
+
+def _list_arrays(group: Any) -> str:
+    names = sorted(group.array_keys())
+    return ", ".join(names) if names else "none"
+
+
+def _default_array(group: Any, store: Path, key: str | None) -> str:
+    names = sorted(group.array_keys())
+    if "0" in names:
+        return "0"
+    if len(names) == 1:
+        return names[0]
+    where = f"'{store}'" + (f" group '{key}'" if key else "")
+    if not names:
+        raise InputError(f"cannot read {where}: it contains no arrays")
+    raise InputError(
+        f"cannot read {where}: it holds several arrays ({', '.join(names)}); choose one with key"
+    )
+
+
+def open_zarr_for_block_writes(temp_path: str | os.PathLike[str]) -> zarr.Array:
+    """Open a :class:`ZarrWriter`'s temporary store for writing blocks from another process.
+
+    Equivalent to ``zarr.open_array(temp_path, mode="r+")``.
+    """
+    return _zarr().open_array(str(temp_path), mode="r+")
+
+
+class ZarrWriter:
+    """Create a zarr array for chunk-by-chunk output, atomically.
+
+    The array lives in ``<name>.partial-<random>`` beside ``path`` until :meth:`commit` marks
+    it complete and renames it into place. Used as a context manager it commits when the block
+    ends normally and aborts (removes the temporary store) on any exception, including
+    ``KeyboardInterrupt`` and ``GeneratorExit`` from a closed generator.
+
+    The store is zarr format 2 (readable by zarr 2 and 3, and by ``dask.array.from_zarr``);
+    spacing, unit and axes are stored as attributes ``"spacing"``, ``"unit"``, ``"axes"``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Final ``.zarr`` path.
+    shape : tuple of int
+        Array shape.
+    dtype : numpy dtype-like
+        Array dtype.
+    chunks : tuple of int, optional
+        Chunk shape; default lets zarr choose.
+    spacing : tuple of float, optional
+        Pixel size per axis in ``unit``.
+    unit : str
+        Unit of ``spacing``.
+    axes : str, optional
+        Axis letters such as ``"ZYX"``.
+    attrs : dict, optional
+        Extra JSON-serialisable attributes.
+    overwrite : bool
+        Replace an existing ``path`` at commit time. If False and ``path`` exists, InputError
+        is raised here, before any work.
+
+    Attributes
+    ----------
+    array : zarr.Array
+        The array to write into. After commit it is re-opened read-only at the final path;
+        after abort it is None.
+    path : pathlib.Path
+        Final path.
+
+    Notes
+    -----
+    Other processes can open :attr:`temp_path` with :func:`open_zarr_for_block_writes` (or
+    ``zarr.open_array(temp_path, mode="r+")``) and write chunk-aligned blocks.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        shape: Sequence[int],
+        dtype: Any,
+        *,
+        chunks: Sequence[int] | None = None,
+        spacing: Sequence[float] | None = None,
+        unit: str = "nm",
+        axes: str | None = None,
+        attrs: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = check_output_path(path)
+        if suffix_of(self.path) != ZARR_SUFFIX:
+            raise InputError(f"cannot write '{self.path}' as zarr: the name must end in .zarr")
+        if self.path.exists() and not overwrite:
+            raise InputError(f"cannot write '{self.path}': it already exists")
+        self.overwrite = overwrite
+        shape = tuple(int(n) for n in shape)
+        spacing = check_spacing(spacing, len(shape), self.path)
+        if axes is not None:
+            axes = check_axes(axes, len(shape), self.path)
+
+        meta: dict[str, Any] = dict(attrs or {})
+        if spacing is not None:
+            meta["spacing"] = list(spacing)
+            meta["unit"] = unit
+        if axes is not None:
+            meta["axes"] = axes
+        meta[COMPLETE_ATTR] = False
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"cannot write '{self.path}': attributes are not JSON ({reason(exc)})"
+            ) from exc
+
+        self._temp = self.path.with_name(f"{self.path.name}.partial-{secrets.token_hex(4)}")
+        self._state = "open"
+        kwargs: dict[str, Any] = {
+            "mode": "w-",
+            "shape": shape,
+            "dtype": np.dtype(dtype),
+            "chunks": tuple(int(c) for c in chunks) if chunks is not None else None,
+            "fill_value": 0,
+        }
+        if zarr_major() >= 3:
+            kwargs["zarr_format"] = 2  # zarr 2 clients (and older dask) can read format 2
+        try:
+            self.array = _zarr().open_array(str(self._temp), **kwargs)
+            self.array.attrs.update(meta)
+        except BaseException as exc:
+            remove_path(self._temp)
+            self._state = "aborted"
+            if isinstance(exc, OSError):
+                raise InputError(f"cannot write '{self.path}': {reason(exc)}") from exc
+            raise
+
+    @property
+    def temp_path(self) -> Path:
+        """Where the array lives until :meth:`commit`."""
+        return self._temp
+
+    def commit(self) -> Path:
+        """Mark the store complete and move it to :attr:`path`.
+
+        An existing output is replaced (when ``overwrite=True``) only after the new store is
+        complete: it is first renamed aside, then deleted once the new one is in place.
+
+        Returns
+        -------
+        pathlib.Path
+            The final path.
+        """
+        if self._state == "committed":
+            return self.path
+        if self._state != "open":
+            raise RuntimeError(f"ZarrWriter for '{self.path}' was aborted; nothing to commit")
+        try:
+            self.array.attrs[COMPLETE_ATTR] = True
+            marker = self._temp / COMPLETE_FILE
+            with open(marker, "w") as fh:
+                fh.write("complete\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            fsync_dir(self._temp)
+        except OSError as exc:
+            raise InputError(f"cannot finish '{self.path}': {reason(exc)}") from exc
+
+        backup: Path | None = None
+        try:
+            if self.path.exists() or self.path.is_symlink():
+                if not self.overwrite:
+                    # Someone created it while we worked; do not destroy hours of output.
+                    raise InputError(
+                        f"cannot write '{self.path}': it appeared while writing; "
+                        f"the finished result is kept in '{self._temp}'"
+                    )
+                backup = self.path.with_name(f".{self.path.name}.old-{secrets.token_hex(4)}")
+                os.replace(self.path, backup)
+            try:
+                os.replace(self._temp, self.path)
+            except BaseException:
+                if backup is not None:
+                    os.replace(backup, self.path)  # put the old output back
+                raise
+        except OSError as exc:
+            raise InputError(
+                f"cannot move finished output to '{self.path}': {reason(exc)}; "
+                f"it is kept in '{self._temp}'"
+            ) from exc
+        fsync_dir(self.path.parent)
+        if backup is not None:
+            remove_path(backup)
+        self._state = "committed"
+        # Writes through the old handle would re-create the temp folder; hand out a read-only one.
+        self.array = _zarr().open_array(str(self.path), mode="r")
+        return self.path
+
+    def abort(self) -> None:
+        """Remove the temporary store. Does nothing after :meth:`commit` or a previous abort."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self.array = None  # type: ignore[assignment]
+        remove_path(self._temp)
+
+    def __enter__(self) -> ZarrWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+    def __repr__(self) -> str:
+        return f"ZarrWriter({str(self.path)!r}, state={self._state!r})"
+
+
+def is_complete(path: str | os.PathLike[str]) -> bool:
+    """True only for a zarr store that :meth:`ZarrWriter.commit` marked complete."""
+    p = Path(path).expanduser()
+    if not p.is_dir() or not (p / COMPLETE_FILE).is_file():
+        return False
+    try:
+        node = _zarr().open(str(p), mode="r")
+        return bool(node.attrs.get(COMPLETE_ATTR, False))
+    except Exception:
+        return False
