@@ -15,7 +15,7 @@ import tempfile
 
 from _common import Timer, best_bm3d, best_gaussian, brain_pair, table
 from napari_emdiffuse.engine.core.metrics import psnr, ssim
-from napari_emdiffuse.engine.model import load_model
+from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.events import drain
 from napari_emdiffuse.engine.restore import restore
 from napari_emdiffuse.engine.training import finetune_iter

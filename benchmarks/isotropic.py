@@ -29,7 +29,7 @@ import tifffile
 from _common import ROOT, Timer, need_shared, table
 from napari_emdiffuse.engine.errors import EMDiffuseError
 from napari_emdiffuse.engine.core.metrics import psnr, ssim
-from napari_emdiffuse.engine.model import load_model
+from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.volume import reconstruct_isotropic
 
 CELEGANS = "em3d/celegans_neariso_21x256x128.tif"
@@ -79,12 +79,12 @@ def try_model(name: str, device: str):
 
 def tiny_model():
     """A small random vEMDiffuse-i network: enough to measure memory and speed, not quality."""
-    from napari_emdiffuse.engine import config, factory
+    from napari_emdiffuse.engine.models import cards, factory
 
     m = factory.create_EMDiffuse(
         "vEMDiffuse-i", inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[], num_head_channels=16
     )
-    m.card.normalisation = config.Normalisation()
+    m.card.normalisation = cards.Normalisation()
     m.card.overlap, m.card.tile = 8, 64
     return m
 

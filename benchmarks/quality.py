@@ -18,7 +18,7 @@ import numpy as np
 
 from _common import Timer, best_bm3d, best_gaussian, brain_pair, table
 from napari_emdiffuse.engine.core.metrics import frc_resolution, psnr, ssim
-from napari_emdiffuse.engine.model import load_model
+from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.restore import restore
 
 

@@ -28,7 +28,8 @@ import torch
 
 from _common import ROOT, Timer, brain_pair, table
 from napari_emdiffuse.engine.core.metrics import psnr
-from napari_emdiffuse.engine.model import load_model, resolve_device
+from napari_emdiffuse.engine.models.device import resolve_device
+from napari_emdiffuse.engine.models.registry import load_model
 
 
 def _sync(device: torch.device) -> None:
@@ -167,7 +168,7 @@ def tiling_table(m, device: torch.device) -> list[dict]:
 # set every 2 ms (ru_maxrss would also count the peak of imports and model loading).
 _MEM_CHILD = """
 import json, sys, threading, time, torch, numpy as np
-from napari_emdiffuse.engine.model import load_model
+from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.restore import restore
 
 def rss():
@@ -230,7 +231,7 @@ def main() -> None:
     print("(a) UNet forward, 256x256 tiles")
     print(table(forward_table(m.unet, device, batch, 256, args.compile), ["variant", "tiles/s", "speed-up"]))
     if args.published_size:
-        from napari_emdiffuse.engine.factory import create_EMDiffuse
+        from napari_emdiffuse.engine.models.factory import create_EMDiffuse
 
         pub = create_EMDiffuse("EMDiffuse-n").unet
         print("\n(a') published-size UNet (inner 32, 15.7 M parameters)")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from _common import Timer, need_shared, table
 from napari_emdiffuse.engine.datasets import downsample_area
 from napari_emdiffuse.engine.core.metrics import psnr, ssim
-from napari_emdiffuse.engine.model import load_model
+from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.restore import restore
 
 HELD_OUT = ("microns_1.tif", "openorganelle_mouse_liver_1.tif")

@@ -14,7 +14,7 @@ import argparse
 
 from _common import brain_pair, table
 from napari_emdiffuse.engine.core.metrics import psnr
-from napari_emdiffuse.engine.model import load_model
+from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.restore import restore
 
 

@@ -38,8 +38,8 @@ def shared_data() -> Path:
 
 def make_tiny(task: str = "denoise", seed: int = 0, **overrides):
     """A tiny randomly initialised model with non-trivial output (zero-init convs perturbed)."""
-    from napari_emdiffuse.engine.config import Normalisation
-    from napari_emdiffuse.engine.factory import create_EMDiffuse
+    from napari_emdiffuse.engine.models.cards import Normalisation
+    from napari_emdiffuse.engine.models.factory import create_EMDiffuse
 
     torch.manual_seed(seed)
     m = create_EMDiffuse(task, **{**TINY, **overrides})

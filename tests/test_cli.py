@@ -86,7 +86,7 @@ def test_models_lists_bundled_and_imported(tmp_path, shared_data, capsys):
 def test_import_random_published_checkpoints_for_all_architectures(tmp_path, capsys):
     import torch
 
-    from napari_emdiffuse.engine.factory import create_EMDiffuse
+    from napari_emdiffuse.engine.models.factory import create_EMDiffuse
 
     for arch in ("EMDiffuse-n", "EMDiffuse-r", "vEMDiffuse-i", "vEMDiffuse-a"):
         sd = create_EMDiffuse(arch).module.state_dict()

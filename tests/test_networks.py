@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_emdiffuse.engine.checkpoints import SCHEDULE_BUFFERS
+from napari_emdiffuse.engine.models.files import SCHEDULE_BUFFERS
 from napari_emdiffuse.engine.core.diffusion import Network
-from napari_emdiffuse.engine.factory import create_EMDiffuse, define_network
+from napari_emdiffuse.engine.models.factory import create_EMDiffuse, define_network
 from napari_emdiffuse.engine.core.networks import RegressionUNet, UNet, noise_level_embedding
 
 from .conftest import TINY
@@ -71,7 +71,7 @@ def test_published_parameter_names_shapes_and_count(shared_data, arch, expected)
 
 @pytest.mark.parametrize("stem", ["emdiffuse2d", "vemdiffuse"])
 def test_reference_outputs_reproduced(shared_data, stem):
-    from napari_emdiffuse.engine.verify import verify_checkpoint
+    from napari_emdiffuse.engine.models.verify import verify_checkpoint
 
     ref = shared_data / "reference"
     rows, ok = verify_checkpoint(ref / f"{stem}_checkpoint.pth", ref / f"{stem}_reference.json", ref / f"{stem}_reference.npz")
@@ -82,7 +82,7 @@ def test_reference_outputs_reproduced(shared_data, stem):
 
 def test_reference_step_from_own_eps_matches_where_well_conditioned(shared_data):
     """At low t the whole step (network + arithmetic) is compared directly."""
-    from napari_emdiffuse.engine.config import read_original_config
+    from napari_emdiffuse.engine.models.cards import read_original_config
 
     ref = shared_data / "reference"
     unet, sched, _ = read_original_config(ref / "emdiffuse2d_reference.json")
@@ -143,7 +143,7 @@ def test_torch_compile_matches_eager():
 def test_engine_import_loads_no_gui_modules():
     code = (
         "import sys, napari_emdiffuse.engine, napari_emdiffuse.engine.restore, napari_emdiffuse.engine.training, "
-        "napari_emdiffuse.engine.factory, napari_emdiffuse.cli;"
+        "napari_emdiffuse.engine.models.factory, napari_emdiffuse.cli;"
         "bad=[m for m in sys.modules if m.split('.')[0] in ('napari','qtpy','PyQt5','PySide6','vispy','magicgui','superqt')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -44,7 +44,7 @@ from napari_emdiffuse.cli import main
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError, ModelFileError
 from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.io.zarr import is_complete
-from napari_emdiffuse.engine.model import load_model
+from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.restore import restore, restore_to_zarr
 from napari_emdiffuse.engine.training import TrainConfig, checkpoint_path, train_iter
 from napari_emdiffuse.engine.volume import reconstruct_isotropic
@@ -698,8 +698,8 @@ def test_safetensors_with_huge_declared_shape_is_refused_before_reading(tiny_mod
 
 
 def test_bare_safetensors_checkpoint_with_huge_shape_is_refused_before_reading(tmp_path, no_tensor_reads):
-    from napari_emdiffuse.engine.checkpoints import published_card
-    from napari_emdiffuse.engine.factory import expected_shapes
+    from napari_emdiffuse.engine.models.cards import published_card
+    from napari_emdiffuse.engine.models.factory import expected_shapes
 
     expected = expected_shapes(published_card("EMDiffuse-n"))
     key = next(iter(expected))

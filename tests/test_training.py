@@ -22,10 +22,10 @@ from napari_emdiffuse.engine.datasets import (
     simulate_noise,
     sr_data,
 )
-from napari_emdiffuse.engine.config import Normalisation
+from napari_emdiffuse.engine.models.cards import Normalisation
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.events import Progress
-from napari_emdiffuse.engine.model import list_models, load_model
+from napari_emdiffuse.engine.models.registry import list_models, load_model
 from napari_emdiffuse.engine.training import (
     TrainConfig,
     Trainer,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_emdiffuse.engine import config, factory, volume
+from napari_emdiffuse.engine import volume
+from napari_emdiffuse.engine.models import cards, factory
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.io.images import read_image
@@ -41,7 +42,7 @@ def _tiny(arch: str = "vEMDiffuse-i", z_factor: int | None = None):
     m = factory.create_EMDiffuse(
         arch, inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[], num_head_channels=16
     )
-    m.card.normalisation = config.Normalisation()
+    m.card.normalisation = cards.Normalisation()
     m.card.overlap = 8
     m.card.tile = 32
     m.card.z_factor = z_factor

@@ -55,8 +55,8 @@ TINY_NET = dict(inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[
 
 
 def _tiny(arch: str, name: str, **card):
-    from napari_emdiffuse.engine.config import Normalisation
-    from napari_emdiffuse.engine.factory import create_EMDiffuse
+    from napari_emdiffuse.engine.models.cards import Normalisation
+    from napari_emdiffuse.engine.models.factory import create_EMDiffuse
 
     torch.manual_seed(0)
     m = create_EMDiffuse(arch, **TINY_NET)
@@ -251,7 +251,7 @@ def test_settings_roundtrip_and_corruption(tmp_path):
 
 
 def test_model_choices(models):
-    from napari_emdiffuse.engine.model import register_model
+    from napari_emdiffuse.engine.models.registry import register_model
 
     assert _common.model_choices("denoise", allow_default=True)[0].value is None
     register_model(models["denoise"])

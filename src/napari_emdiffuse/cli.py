@@ -251,7 +251,8 @@ def _cluster(args: argparse.Namespace):
 def _cmd_restore(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
     from .engine.io.images import read_image, write_image
-    from .engine.model import load_model, resolve_device
+    from .engine.models.device import resolve_device
+    from .engine.models.registry import load_model
     from .engine.restore import restore_iter, restore_to_zarr_iter, validate_image
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)
@@ -320,7 +321,7 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .engine.model import list_models
+    from .engine.models.registry import list_models
 
     models = list_models(args.task)
     if not models:
@@ -333,9 +334,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .engine.checkpoints import import_published
+    from .engine.models.factory import import_published
     from .engine.errors import InputError
-    from .engine.model import register_model
+    from .engine.models.registry import register_model
 
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) if out.is_dir() else out.exists():
@@ -349,7 +350,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .engine.verify import verify_checkpoint
+    from .engine.models.verify import verify_checkpoint
 
     rows, ok = verify_checkpoint(args.checkpoint, args.reference_json, args.reference_npz, tolerance=args.tolerance)
     width = max(len(r[0]) for r in rows)

@@ -21,7 +21,7 @@ from .core import samplers
 from .core.diffusion import condition_start
 from .errors import EMDiffuseError, InputError
 from .events import Progress
-from .model import EMDiffuseModel
+from .models.model import EMDiffuseModel
 from .tiling import TilePlan, check_tiling, position_noise, round_up
 
 __all__ = ["PRESETS", "SamplingOptions", "Item", "resolve_options", "sample_canvas", "auto_tile"]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from .config import Normalisation
+from .models.cards import Normalisation
 from .errors import InputError
 from .normalise import NormInfo, fit_normalisation, to_model
 

@@ -21,7 +21,7 @@ import numpy as np
 from .canvas import SamplingOptions
 from .events import Progress, drain
 from .io.zarr import ZarrWriter, open_zarr_for_block_writes
-from .model import EMDiffuseModel
+from .models.model import EMDiffuseModel
 from .normalise import NormInfo
 from .restore import BlockPlan, restore_block
 from .volume import _model_spec, _stage_input, _worker_model, _zarr_location, run_tasks
@@ -89,7 +89,7 @@ def run_blocks(
     scheduler: str | None,
 ) -> Generator[Progress, None, None]:
     """Run every block of ``plan`` on the cluster; commit ``out`` (and ``unc_out``) at the end."""
-    from .model import load_model
+    from .models.registry import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
     wr = ZarrWriter(out, plan.out_shape, dtype, **writer_kw)

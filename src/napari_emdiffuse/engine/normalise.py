@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .config import Normalisation
+from .models.cards import Normalisation
 
 __all__ = ["NormInfo", "fit_normalisation", "to_model", "from_model", "to_dtype", "sample_values", "std_from_model"]
 

@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from .canvas import Item, SamplingOptions, resolve_options, sample_canvas
-from .config import TASKS
+from .models.cards import TASKS
 from .errors import EMDiffuseError, InputError
 from .events import Progress, drain
-from .model import EMDiffuseModel, load_model, resolve_device
+from .models.device import resolve_device
+from .models.model import EMDiffuseModel
+from .models.registry import load_model
 from .normalise import NormInfo, fit_normalisation, from_model, sample_values, std_from_model, to_dtype, to_model
 from .tiling import TilePlan, block_slices, pad_to, round_up
 

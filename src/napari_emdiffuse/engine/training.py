@@ -43,7 +43,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import TASKS, ModelCard, Normalisation, UNetConfig
+from .models.cards import TASKS, ModelCard, Normalisation, UNetConfig
 from .datasets import (
     Batch,
     IsotropicData,
@@ -728,7 +728,8 @@ class Trainer:
 
     def save_model(self, *, completed: bool = True) -> Path:
         """Write the model directory with the EMA weights and register it (rank 0)."""
-        from .model import EMDiffuseModel, register_model
+        from .models.model import EMDiffuseModel
+        from .models.registry import register_model
 
         cfg = self.config
         card = self.card.model_copy(deep=True)
@@ -862,7 +863,7 @@ class Trainer:
             pass
 
     def _init_distributed(self) -> None:
-        from .model import resolve_device
+        from .models.device import resolve_device
 
         if not self.distributed:
             self.device = resolve_device(self.config.device)
@@ -904,7 +905,7 @@ class Trainer:
         cfg = self.config
         iso = cfg.task.startswith("isotropic")
         if cfg.base is not None:
-            from .model import load_model
+            from .models.registry import load_model
 
             base = load_model(cfg.base, task=cfg.task, arch=cfg.arch, device="cpu", cache=False)
             card = base.card.model_copy(deep=True)
@@ -930,7 +931,7 @@ class Trainer:
             card = self._scratch_card()
         self._apply_inference_defaults(card)
         if cfg.base is None:
-            from .factory import build_module
+            from .models.factory import build_module
 
             torch.manual_seed(cfg.seed)  # the same initial weights on every rank and run
             net = build_module(card)
@@ -1147,7 +1148,7 @@ def finetune_iter(
     >>> for ev in finetune_iter("denoise", "noisy.tif", "clean.tif", out="my-model"):  # doctest: +SKIP
     ...     print(ev)
     """
-    from .model import DEFAULT_MODELS
+    from .models.registry import DEFAULT_MODELS
 
     if task not in TASKS:
         raise EMDiffuseError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

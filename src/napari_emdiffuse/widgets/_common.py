@@ -192,7 +192,7 @@ def is_checkpoint(path: str | os.PathLike[str]) -> bool:
 
 def architectures_for(task: str) -> list[str]:
     """Published architectures able to do ``task`` (isotropic modes are interchangeable)."""
-    from ..engine.config import ARCHITECTURES
+    from ..engine.models.cards import ARCHITECTURES
 
     def same(t: str) -> bool:
         return t == task or (t.startswith("isotropic") and task.startswith("isotropic"))
@@ -218,7 +218,7 @@ def model_choices(task: str, extra_paths: Iterable[str] = (), *, allow_default: 
     allow_default : bool
         Put a "default for the task" entry (value None) first.
     """
-    from ..engine.model import list_models
+    from ..engine.models.registry import list_models
 
     out: list[ModelChoice] = [ModelChoice("(default for the task)", None)] if allow_default else []
     seen: set[str] = set()
@@ -690,7 +690,7 @@ def training_child(kwargs: dict[str, Any], events: Any, stop: Any) -> None:
         path = str(result) if result is not None else (_stopped_model(kwargs["out"]) if stopped else None)
         if path is not None:
             try:
-                from ..engine.model import register_model
+                from ..engine.models.registry import register_model
 
                 register_model(path)  # idempotent: the engine registers completed runs itself
             except EMDiffuseError:

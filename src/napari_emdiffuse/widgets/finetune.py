@@ -76,7 +76,7 @@ def parse_lr(text: str) -> float:
 
 def default_output(task: str, now: float | None = None) -> Path:
     """A fresh folder under the user model directory, so the model is listed everywhere."""
-    from ..engine.model import user_dir
+    from ..engine.models.registry import user_dir
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     return user_dir() / "models" / f"{task}-finetuned-{stamp}"

@@ -21,10 +21,10 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from .config import ARCHITECTURES, ModelCard, Normalisation, UNetConfig, validation_message
-from .core.diffusion import SCHEDULE_BUFFERS
-from .errors import ModelFileError
-from .io.atomic import replace_dir, temp_dir_beside
+from ..core.diffusion import SCHEDULE_BUFFERS
+from ..errors import ModelFileError
+from ..io.atomic import replace_dir, temp_dir_beside
+from .cards import ModelCard, validation_message
 
 __all__ = [
     "CARD_NAME",
@@ -36,7 +36,8 @@ __all__ = [
     "check_state_dict",
     "extract_archive",
     "clean_published_state_dict",
-    "import_published",
+    "safetensors_header",
+    "torch_load",
 ]
 
 CARD_NAME = "model.yaml"
@@ -100,7 +101,9 @@ def save_model_dir(
     return final
 
 
-def _safetensors_header(path: Path) -> dict:
+def safetensors_header(path: Path) -> dict:
+    """The checked header of a safetensors file (key -> dtype, shape, offsets), read without
+    reading any tensor."""
     with open(path, "rb") as fh:
         raw = fh.read(8)
         if len(raw) < 8:
@@ -160,7 +163,7 @@ def load_state_dict_file(
     if not path.is_file():
         raise ModelFileError(f"weights file '{path}' does not exist")
     if path.suffix == ".safetensors":
-        header = _safetensors_header(path)
+        header = safetensors_header(path)
         if expected is not None:
             check_state_dict({k: tuple(v["shape"]) for k, v in header.items()}, expected, f"'{path}'")
         from safetensors import SafetensorError
@@ -170,13 +173,14 @@ def load_state_dict_file(
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise ModelFileError(f"cannot read weights '{path}': {exc}") from None
-    sd = _torch_load(path)
+    sd = torch_load(path)
     if expected is not None:
         check_state_dict({k: tuple(v.shape) for k, v in sd.items()}, expected, f"'{path}'")
     return sd
 
 
-def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+def torch_load(path: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch state dict loaded with ``weights_only=True`` (no pickled code); one-line errors."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # noqa: BLE001 - every failure is the file's fault here
@@ -243,59 +247,3 @@ def clean_published_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torc
             continue
         out[k] = v
     return out
-
-
-def published_network(arch: str) -> UNetConfig:
-    """The network configuration of a published EMDiffuse / vEMDiffuse model."""
-    if arch not in ARCHITECTURES:
-        raise ModelFileError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    vem = arch.startswith("vEM")
-    return UNetConfig(
-        in_channel=3 if vem else 2,
-        out_channel=1,
-        inner_channel=32,
-        channel_mults=[1, 2, 4, 8],
-        attn_res=[16],
-        num_head_channels=32,
-        res_blocks=2,
-        dropout=0.2,
-        image_size=256,
-        slice_embedding=vem,
-    )
-
-
-def published_card(arch: str, *, name: str | None = None, network: UNetConfig | None = None) -> ModelCard:
-    """Model card of a published model: 8-bit input mapped linearly to [-1, 1]."""
-    network = network or published_network(arch)
-    task = ARCHITECTURES[arch]
-    return ModelCard(
-        name=name or arch,
-        task=task,
-        kind="diffusion",
-        arch=arch,
-        description=f"Published {arch} weights (Lu et al. 2024), imported unchanged.",
-        network=network,
-        normalisation=Normalisation(mode="range", vmin=0.0, vmax=255.0),
-        scale=2 if task == "super-resolve" else 1,
-        tile=256,
-        overlap=64,
-    )
-
-
-def import_published(
-    checkpoint: str | Path, arch: str, out_dir: str | Path, *, network: UNetConfig | None = None
-) -> Path:
-    """Turn a downloaded ``best_Network.pth`` into a model directory.
-
-    The key list and shapes must match the published network exactly (the saved schedule
-    buffers are ignored); the first offending key is named otherwise.
-    """
-    from .factory import define_network
-
-    card = published_card(arch, name=Path(out_dir).name, network=network)
-    expected = {f"denoise_fn.{k}": tuple(v.shape) for k, v in define_network(card.network).state_dict().items()}
-    if not Path(checkpoint).is_file():
-        raise ModelFileError(f"checkpoint '{checkpoint}' does not exist")
-    sd = clean_published_state_dict(_torch_load(Path(checkpoint)))
-    check_state_dict({k: tuple(v.shape) for k, v in sd.items()}, expected, f"'{checkpoint}' as {arch}")
-    return save_model_dir(out_dir, card, sd)

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import samplers
-from .checkpoints import check_state_dict, clean_published_state_dict, load_state_dict_file
-from .config import read_original_config
-from .core.diffusion import Network
-from .errors import EMDiffuseError
+from ..core import samplers
+from ..core.diffusion import Network
+from ..errors import EMDiffuseError
+from .cards import read_original_config
 from .factory import define_network
+from .files import check_state_dict, clean_published_state_dict, load_state_dict_file
 
 __all__ = ["verify_checkpoint"]
 

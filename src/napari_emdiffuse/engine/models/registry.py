@@ -1,5 +1,5 @@
-"""The loaded model, and finding models: bundled, user-registered, directories, archives,
-published checkpoints.
+"""Finding models: bundled, user-registered, directories, archives and published
+checkpoints; listing them; loading them once per process (a cache napari keeps between runs).
 """
 
 from __future__ import annotations
@@ -13,29 +13,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from .checkpoints import (
+from ..errors import EMDiffuseError, ModelFileError
+from ..io.atomic import atomic_file
+from ..io.resources import resources_dir
+from .cards import ARCHITECTURES, published_card
+from .device import resolve_device
+from .factory import build_module, expected_shapes
+from .files import (
     CARD_NAME,
+    check_state_dict,
     clean_published_state_dict,
     extract_archive,
     load_model_dir,
     load_state_dict_file,
-    published_card,
-    save_model_dir,
+    read_card,
+    safetensors_header,
 )
-from .config import ARCHITECTURES, ModelCard
-from .errors import EMDiffuseError, ModelFileError
-from .io.atomic import atomic_file
+from .model import EMDiffuseModel
 
 __all__ = [
-    "EMDiffuseModel",
     "ModelInfo",
     "DEFAULT_MODELS",
+    "CHECKPOINT_SUFFIXES",
     "load_model",
     "list_models",
     "register_model",
-    "resolve_device",
     "user_dir",
     "bundled_models_dir",
 ]
@@ -46,51 +49,14 @@ DEFAULT_MODELS = {
     "isotropic-i": "demo-isotropic",
     "isotropic-a": "demo-isotropic",
 }
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
-
-
-class EMDiffuseModel:
-    """A model ready to run: its card and its torch module.
-
-    Use :func:`load_model` to get one; the restoration functions accept it wherever they
-    accept a model name or path.
-    """
-
-    def __init__(self, card: ModelCard, module: nn.Module, *, path: Path | None = None) -> None:
-        self.card = card
-        self.module = module.eval()
-        self.path = path
-
-    def __repr__(self) -> str:
-        where = f", path='{self.path}'" if self.path else ""
-        return f"EMDiffuseModel(name={self.card.name!r}, task={self.card.task!r}, kind={self.card.kind!r}{where})"
-
-    @property
-    def task(self) -> str:
-        return self.card.task
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.module.parameters()).device
-
-    @property
-    def unet(self) -> nn.Module:
-        return getattr(self.module, "denoise_fn", self.module)
-
-    def to(self, device: str | torch.device) -> "EMDiffuseModel":
-        self.module.to(resolve_device(device) if isinstance(device, str) else device)
-        return self
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.module.state_dict()
-
-    def save(self, path: str | Path, *, extra_files: dict[str, str] | None = None) -> Path:
-        """Write this model as a model directory (atomically)."""
-        return save_model_dir(path, self.card, self.state_dict(), extra_files=extra_files)
+#: Bare weight files that :func:`load_model` accepts with an architecture (``arch=``).
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """One entry of :func:`list_models`: a model directory and what its card says."""
+
     name: str
     task: str
     kind: str
@@ -99,48 +65,18 @@ class ModelInfo:
     description: str = ""
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU; explicit names are checked."""
-    if isinstance(device, torch.device):
-        return device
-    name = (device or "auto").strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise EMDiffuseError("device 'mps' is not available on this machine")
-        return torch.device("mps")
-    if name == "cuda" or name.startswith("cuda:"):
-        idx = name.partition(":")[2]
-        if idx and not idx.isdigit():
-            raise EMDiffuseError(f"invalid device {device!r}; use auto, cpu, cuda, cuda:N or mps")
-        if not torch.cuda.is_available():
-            raise EMDiffuseError(f"device {device!r} is not available: no CUDA GPU found")
-        if idx and int(idx) >= torch.cuda.device_count():
-            raise EMDiffuseError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA GPU(s) found")
-        return torch.device(name)
-    raise EMDiffuseError(f"invalid device {device!r}; use auto, cpu, cuda, cuda:N or mps")
-
-
 def user_dir() -> Path:
     """Where imported and fine-tuned models are registered (``EMDIFFUSE_HOME`` overrides)."""
     env = os.environ.get("EMDIFFUSE_HOME")
     if env:
         return Path(env)
-    from platformdirs import user_data_dir
+    from platformdirs import user_data_dir  # lazy: only needed without EMDIFFUSE_HOME
 
     return Path(user_data_dir("napari-emdiffuse", appauthor=False))
 
 
 def bundled_models_dir() -> Path:
-    from .io.resources import resources_dir
-
+    """Where the bundled models are: ``resources/models``."""
     return resources_dir() / "models"
 
 
@@ -168,8 +104,6 @@ def register_model(path: str | Path) -> None:
 
 def list_models(task: str | None = None) -> list[ModelInfo]:
     """Bundled models, then user models (registered or under ``user_dir()/models``)."""
-    from .checkpoints import read_card
-
     found: list[ModelInfo] = []
     seen: set[Path] = set()
 
@@ -208,8 +142,6 @@ def _cache_key(path: Path, arch: str | None, device: torch.device) -> tuple:
 
 
 def _load_dir(path: Path) -> EMDiffuseModel:
-    from .factory import build_module, expected_shapes
-
     card, sd = load_model_dir(path, expected_shapes)
     module = build_module(card)
     module.load_state_dict(sd)
@@ -217,13 +149,10 @@ def _load_dir(path: Path) -> EMDiffuseModel:
 
 
 def _load_checkpoint(path: Path, arch: str) -> EMDiffuseModel:
-    from .checkpoints import _safetensors_header, check_state_dict
-    from .factory import build_module, expected_shapes
-
     card = published_card(arch, name=path.stem)
     if path.suffix.lower() == ".safetensors":
         # Shapes from the header, checked before any tensor is read (the file may be huge).
-        header = _safetensors_header(path)
+        header = safetensors_header(path)
         shapes = clean_published_state_dict({k: tuple(v["shape"]) for k, v in header.items()})
         check_state_dict(shapes, expected_shapes(card), f"'{path}' as {arch}")
     sd = clean_published_state_dict(load_state_dict_file(path))
@@ -300,7 +229,7 @@ def load_model(
                 finally:  # the weights are in memory now; leave no extracted copy behind
                     shutil.rmtree(dest, ignore_errors=True)
                 loaded.path = path
-            elif path.suffix.lower() in CHECKPOINT_SUFFIXES or path.suffix.lower() == ".safetensors":
+            elif path.suffix.lower() in CHECKPOINT_SUFFIXES:
                 if arch is None:
                     raise ModelFileError(
                         f"'{path.name}' is a bare checkpoint: say its architecture with arch= "

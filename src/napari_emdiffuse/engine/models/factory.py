@@ -1,26 +1,38 @@
 """Factories driven by typed configs (names kept from the original code).
 
 ``define_network`` / ``define_loss`` / ``define_metric`` build the parts, ``create_model``
-builds a complete :class:`~.model.EMDiffuseModel` from a model card, and
-``create_EMDiffuse`` builds one of the published configurations by name.
+builds a complete :class:`~.model.EMDiffuseModel` from a model card, ``create_EMDiffuse``
+builds one of the published configurations by name, and ``import_published`` turns a
+published checkpoint into a model directory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from pydantic import ValidationError
 from torch import nn
 
-from .checkpoints import published_card
-from .config import ARCHITECTURES, TASKS, ModelCard, UNetConfig, validation_message
-from .core.diffusion import Network
-from .errors import EMDiffuseError, ModelFileError
-from .core.losses import LOSSES
-from .core.networks import RegressionUNet, UNet
+from ..core.diffusion import Network
+from ..core.losses import LOSSES
+from ..core.networks import RegressionUNet, UNet
+from ..errors import EMDiffuseError, ModelFileError
+from .cards import ARCHITECTURES, TASKS, ModelCard, UNetConfig, published_card, validation_message
+from .files import check_state_dict, clean_published_state_dict, save_model_dir, torch_load
+from .model import EMDiffuseModel
 
-__all__ = ["define_network", "define_loss", "define_metric", "create_model", "create_EMDiffuse"]
+__all__ = [
+    "define_network",
+    "define_loss",
+    "define_metric",
+    "build_module",
+    "expected_shapes",
+    "create_model",
+    "create_EMDiffuse",
+    "import_published",
+]
 
 _TASK_TO_ARCH = {task: arch for arch, task in ARCHITECTURES.items()}
 
@@ -58,7 +70,8 @@ def define_loss(name: str, **kwargs) -> Callable:
 
 def define_metric(name: str) -> Callable:
     """A metric by name: mae, psnr, ssim, frc_resolution, inception_score."""
-    from .core.metrics import METRICS
+    # lazy: metrics import scikit-image, which restoring and training from a card never need
+    from ..core.metrics import METRICS
 
     if name not in METRICS:
         raise EMDiffuseError(f"unknown metric {name!r}; choose one of {', '.join(sorted(METRICS))}")
@@ -82,9 +95,6 @@ def expected_shapes(card: ModelCard) -> dict[str, tuple[int, ...]]:
 
 def create_model(card: ModelCard | Mapping, state_dict: Mapping[str, torch.Tensor] | None = None):
     """A complete model from a card, optionally with weights (checked key by key)."""
-    from .checkpoints import check_state_dict
-    from .model import EMDiffuseModel
-
     if not isinstance(card, ModelCard):
         try:
             card = ModelCard(**card)
@@ -131,3 +141,20 @@ def create_EMDiffuse(task: str = "EMDiffuse-n", *, name: str | None = None, **ne
         except ValidationError as exc:
             raise EMDiffuseError(validation_message(exc, "network config")) from None
     return create_model(card)
+
+
+def import_published(
+    checkpoint: str | Path, arch: str, out_dir: str | Path, *, network: UNetConfig | None = None
+) -> Path:
+    """Turn a downloaded ``best_Network.pth`` into a model directory.
+
+    The key list and shapes must match the published network exactly (the saved schedule
+    buffers are ignored); the first offending key is named otherwise.
+    """
+    card = published_card(arch, name=Path(out_dir).name, network=network)
+    expected = {f"denoise_fn.{k}": tuple(v.shape) for k, v in define_network(card.network).state_dict().items()}
+    if not Path(checkpoint).is_file():
+        raise ModelFileError(f"checkpoint '{checkpoint}' does not exist")
+    sd = clean_published_state_dict(torch_load(Path(checkpoint)))
+    check_state_dict({k: tuple(v.shape) for k, v in sd.items()}, expected, f"'{checkpoint}' as {arch}")
+    return save_model_dir(out_dir, card, sd)

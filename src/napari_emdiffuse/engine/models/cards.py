@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import EMDiffuseError, ModelFileError
-from .core.schedules import SCHEDULES
+from ..core.schedules import SCHEDULES
+from ..errors import EMDiffuseError, ModelFileError
 
 __all__ = [
     "TASKS",
@@ -26,6 +26,8 @@ __all__ = [
     "ModelCard",
     "validation_message",
     "read_original_config",
+    "published_network",
+    "published_card",
 ]
 
 TASKS = ("denoise", "super-resolve", "isotropic-i", "isotropic-a")
@@ -239,3 +241,40 @@ def read_original_config(path: str | Path) -> tuple[UNetConfig, BetaScheduleConf
         return UNetConfig(**unet), BetaScheduleConfig(**sched), raw
     except ValidationError as exc:
         raise ModelFileError(validation_message(exc, f"config '{path}'")) from None
+
+
+def published_network(arch: str) -> UNetConfig:
+    """The network configuration of a published EMDiffuse / vEMDiffuse model."""
+    if arch not in ARCHITECTURES:
+        raise ModelFileError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    vem = arch.startswith("vEM")
+    return UNetConfig(
+        in_channel=3 if vem else 2,
+        out_channel=1,
+        inner_channel=32,
+        channel_mults=[1, 2, 4, 8],
+        attn_res=[16],
+        num_head_channels=32,
+        res_blocks=2,
+        dropout=0.2,
+        image_size=256,
+        slice_embedding=vem,
+    )
+
+
+def published_card(arch: str, *, name: str | None = None, network: UNetConfig | None = None) -> ModelCard:
+    """Model card of a published model: 8-bit input mapped linearly to [-1, 1]."""
+    network = network or published_network(arch)
+    task = ARCHITECTURES[arch]
+    return ModelCard(
+        name=name or arch,
+        task=task,
+        kind="diffusion",
+        arch=arch,
+        description=f"Published {arch} weights (Lu et al. 2024), imported unchanged.",
+        network=network,
+        normalisation=Normalisation(mode="range", vmin=0.0, vmax=255.0),
+        scale=2 if task == "super-resolve" else 1,
+        tile=256,
+        overlap=64,
+    )
