@@ -18,7 +18,7 @@ from napari_emdiffuse.engine.core.metrics import psnr, ssim
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.events import drain
 from napari_emdiffuse.engine.restore import restore
-from napari_emdiffuse.engine.training import finetune_iter
+from napari_emdiffuse.engine.training.finetune import finetune_iter
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ def dose_table(model_name: str, doses: list[float], device: str) -> str:
     import tifffile
 
     from _common import need_shared
-    from napari_emdiffuse.engine.datasets import simulate_noise
+    from napari_emdiffuse.engine.training.data.noise import simulate_noise
 
     clean = tifffile.imread(need_shared() / "em2d" / "clean" / "openorganelle_mouse_liver_0.tif")
     model = load_model(model_name, task="denoise", device=device)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from _common import Timer, need_shared, table
-from napari_emdiffuse.engine.datasets import downsample_area
+from napari_emdiffuse.engine.training.data.pairs import downsample_area
 from napari_emdiffuse.engine.core.metrics import psnr, ssim
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.restore import restore

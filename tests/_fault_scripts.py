@@ -57,7 +57,8 @@ def isotropic_zarr(args: dict) -> None:
 def train(args: dict) -> None:
     """``train_iter`` for very many iterations; prints ``ITER n`` after every iteration."""
     from napari_emdiffuse.engine.events import Progress
-    from napari_emdiffuse.engine.training import TrainConfig, train_iter
+    from napari_emdiffuse.engine.training.config import TrainConfig
+    from napari_emdiffuse.engine.training.finetune import train_iter
 
     cfg = TrainConfig(**args["config"])
     for ev in train_iter(cfg):

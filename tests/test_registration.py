@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_emdiffuse.engine.errors import InputError
-from napari_emdiffuse.engine.registration import RegisteredPair, register_pair
+from napari_emdiffuse.engine.training.data.registration import RegisteredPair, register_pair
 
 
 def _texture(shape, seed=0) -> np.ndarray:

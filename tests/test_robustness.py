@@ -46,7 +46,8 @@ from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.io.zarr import is_complete
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.restore import restore, restore_to_zarr
-from napari_emdiffuse.engine.training import TrainConfig, checkpoint_path, train_iter
+from napari_emdiffuse.engine.training.config import TrainConfig, checkpoint_path
+from napari_emdiffuse.engine.training.finetune import train_iter
 from napari_emdiffuse.engine.volume import reconstruct_isotropic
 
 from .conftest import ROOT, TINY, make_tiny

@@ -16,25 +16,16 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from napari_emdiffuse.engine.datasets import (
-    IsotropicData,
-    SimulatedNoiseData,
-    simulate_noise,
-    sr_data,
-)
+from napari_emdiffuse.engine.training.data.noise import SimulatedNoiseData, simulate_noise
+from napari_emdiffuse.engine.training.data.pairs import sr_data
+from napari_emdiffuse.engine.training.data.volumes import IsotropicData
 from napari_emdiffuse.engine.models.cards import Normalisation
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.models.registry import list_models, load_model
-from napari_emdiffuse.engine.training import (
-    TrainConfig,
-    Trainer,
-    checkpoint_path,
-    finetune,
-    finetune_iter,
-    train,
-    train_iter,
-)
+from napari_emdiffuse.engine.training.config import TrainConfig, checkpoint_path
+from napari_emdiffuse.engine.training.finetune import finetune, finetune_iter, train, train_iter
+from napari_emdiffuse.engine.training.trainer import Trainer
 
 from .conftest import ROOT, TINY
 
@@ -355,8 +346,8 @@ def test_simulated_noise_model_and_validation_band():
 
 
 def test_sr_condition_matches_inference_preparation():
-    from napari_emdiffuse.engine.restore import make_condition
-    from napari_emdiffuse.engine.normalise import fit_normalisation, sample_values
+    from napari_emdiffuse.engine.inference.normalise import make_condition
+    from napari_emdiffuse.engine.inference.normalise import fit_normalisation, sample_values
 
     img = _texture((64, 64)).astype(np.float64)
     data = sr_data([img], scale=2, rule=Normalisation(), patch=32, val_fraction=0)
@@ -383,7 +374,8 @@ def test_ddp_two_processes_on_cpu(tmp_path):
             import json, os, sys
             import numpy as np, torch
             torch.set_num_threads(1)
-            from napari_emdiffuse.engine.training import TrainConfig, Trainer
+            from napari_emdiffuse.engine.training.config import TrainConfig
+            from napari_emdiffuse.engine.training.trainer import Trainer
             rng = np.random.default_rng(0)
             img = (rng.random((80, 80)) * 255).astype(np.uint8)
             cfg = TrainConfig(task="denoise", inputs=[img], out={str(tmp_path / "ddp")!r}, iterations=3,

@@ -361,7 +361,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .engine.training import TrainConfig, train_iter
+    from .engine.training.config import TrainConfig
+    from .engine.training.finetune import train_iter
 
     cfg = TrainConfig.from_yaml(args.config)
     if args.resume:
@@ -372,7 +373,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .engine.training import finetune_iter
+    from .engine.training.finetune import finetune_iter
 
     path = _progress(
         finetune_iter(

@@ -22,7 +22,7 @@ from .canvas import SamplingOptions
 from .events import Progress, drain
 from .io.zarr import ZarrWriter, open_zarr_for_block_writes
 from .models.model import EMDiffuseModel
-from .normalise import NormInfo
+from .inference.normalise import NormInfo
 from .restore import BlockPlan, restore_block
 from .volume import _model_spec, _stage_input, _worker_model, _zarr_location, run_tasks
 

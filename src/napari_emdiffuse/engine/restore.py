@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .canvas import Item, SamplingOptions, resolve_options, sample_canvas
 from .models.cards import TASKS
@@ -24,7 +23,15 @@ from .events import Progress, drain
 from .models.device import resolve_device
 from .models.model import EMDiffuseModel
 from .models.registry import load_model
-from .normalise import NormInfo, fit_normalisation, from_model, sample_values, std_from_model, to_dtype, to_model
+from .inference.normalise import (
+    NormInfo,
+    fit_normalisation,
+    from_model,
+    sample_values,
+    std_from_model,
+    to_dtype,
+    make_condition,
+)
 from .tiling import TilePlan, block_slices, pad_to, round_up
 
 __all__ = [
@@ -34,7 +41,6 @@ __all__ = [
     "restore_to_zarr",
     "restore_to_zarr_iter",
     "validate_image",
-    "make_condition",
     "restore_plane",
     "restore_block",
     "BlockPlan",
@@ -142,18 +148,6 @@ def _check_task(task: str) -> None:
     if task not in ("denoise", "super-resolve"):
         hint = " (use reconstruct_isotropic for volumes)" if task in TASKS else ""
         raise EMDiffuseError(f"unknown task {task!r}; choose denoise or super-resolve{hint}")
-
-
-def make_condition(plane: np.ndarray, norm: NormInfo, scale: int, device: torch.device) -> torch.Tensor:
-    """Model-range condition (1, 1, H*s, W*s) of a plane in input units.
-
-    Super-resolution upsamples the normalised plane (bicubic) before the network, as the
-    published EMDiffuse-r does; training must prepare its inputs the same way.
-    """
-    cond = torch.from_numpy(to_model(plane, norm))[None, None].to(device)
-    if scale > 1:
-        cond = F.interpolate(cond, scale_factor=scale, mode="bicubic", align_corners=False)
-    return cond
 
 
 # Axes of the (N, C, H, W) canvas, or of one (H, W) sample, to flip: identity, left-right,

@@ -44,7 +44,7 @@ from .io.zarr import ZarrWriter, open_zarr_for_block_writes, zarr_major
 from .models.device import resolve_device
 from .models.model import EMDiffuseModel
 from .models.registry import DEFAULT_MODELS, load_model
-from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
+from .inference.normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
 from .restore import _as_numpy, _check_finite, _info, canvas_size, validate_image
 from .tiling import TilePlan, block_slices, pad_to
 

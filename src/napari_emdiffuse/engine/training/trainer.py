@@ -1,12 +1,5 @@
-"""Training and fine-tuning of EMDiffuse / vEMDiffuse models.
-
-A run is described by a :class:`TrainConfig` (a YAML recipe or keyword arguments) and driven
-by :class:`Trainer`, a template method whose hooks (:meth:`~Trainer.setup`,
-:meth:`~Trainer.train_step`, :meth:`~Trainer.validate`, :meth:`~Trainer.save_checkpoint`,
-:meth:`~Trainer.log`) are shared by 2D and volume tasks: what differs is only the data set
-(:mod:`.datasets`). :func:`train_iter` and :func:`finetune_iter` are generators of
-:class:`~.events.Progress` events that end by yielding the saved model directory; closing
-them stops training and still leaves a usable model.
+"""The template-method :class:`Trainer` shared by every task (2D and volume): setup, training
+steps, EMA, validation, resumable checkpoints and the saved model.
 
 Files of a run with ``out=<dir>/<name>``:
 
@@ -31,437 +24,36 @@ import copy
 import hashlib
 import json
 import math
-import os
 import random
-import warnings
-from collections.abc import Generator, Mapping
+from collections.abc import Generator
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from .models.cards import TASKS, ModelCard, Normalisation, UNetConfig
-from .datasets import (
-    Batch,
-    IsotropicData,
-    MixedData,
-    SimulatedNoiseData,
-    TrainingData,
-    check_image,
-    pair_data,
-    sr_data,
-)
-from .errors import EMDiffuseError, InputError
-from .events import Progress, drain
-from .io.atomic import atomic_file
+from ..core.ema import EMA
+from ..core.losses import mse_loss, mse_var_loss
+from ..core.metrics import psnr, ssim
+from ..errors import EMDiffuseError, InputError, ModelFileError
+from ..events import Progress
+from ..io.atomic import atomic_file
+from ..models.cards import ModelCard, Normalisation, UNetConfig
+from ..models.device import resolve_device
+from ..models.factory import build_module
+from ..models.model import EMDiffuseModel
+from ..models.registry import load_model, register_model
+from .config import SMALL_NETWORK, TrainConfig, checkpoint_path, one_line
+from .data.base import Batch, MixedData, TrainingData, check_image
+from .data.noise import SimulatedNoiseData
+from .data.pairs import pair_data, sr_data
+from .data.registration import register_pair
+from .data.volumes import IsotropicData
+from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
 
-__all__ = [
-    "ImageSource",
-    "TrainConfig",
-    "Trainer",
-    "train_iter",
-    "train",
-    "finetune_iter",
-    "finetune",
-    "checkpoint_path",
-    "SMALL_NETWORK",
-]
-
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "napari-emdiffuse-train/1"
-
-# Network of models trained from scratch unless the recipe says otherwise: ~3 M parameters,
-# trainable on a laptop CPU, far smaller than the published 15.7 M.
-SMALL_NETWORK: dict[str, Any] = {
-    "inner_channel": 32,
-    "channel_mults": [1, 2, 4],
-    "res_blocks": 1,
-    "attn_res": [],
-    "dropout": 0.1,
-}
-
-
-def _one_line(err: ValidationError, what: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
-    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    return f"invalid {what}: {loc}: {msg}" if loc != "(top level)" else f"invalid {what}: {msg}"
-
-
-# --------------------------------------------------------------------------- sources
-
-
-def _parse_range(value: Any, axis: str) -> tuple[int | None, int | None] | None:
-    """``"0:512"``, ``"-6:"``, ``[0, 512]`` or ``[null, -6]`` -> (start, stop)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        parts = value.split(":")
-        if len(parts) != 2:
-            raise ValueError(f"{axis} range {value!r} must look like 'start:stop'")
-        try:
-            return tuple(int(p) if p.strip() else None for p in parts)  # type: ignore[return-value]
-        except ValueError:
-            raise ValueError(f"{axis} range {value!r} must hold integers") from None
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        if not all(v is None or isinstance(v, (int, np.integer)) for v in value):
-            raise ValueError(f"{axis} range {list(value)} must hold integers or null")
-        return (None if value[0] is None else int(value[0]), None if value[1] is None else int(value[1]))
-    raise ValueError(f"{axis} range must be 'start:stop' or [start, stop], got {value!r}")
-
-
-class ImageSource(BaseModel):
-    """One training image or volume: a file (TIFF, zarr, ...) or an array, optionally cropped.
-
-    In YAML either a plain path or a mapping such as ``{path: a.tif, y: "0:512"}``; ranges are
-    Python slices (``"-6:"``: the last six) of the z, y and x axes.
-    """
-
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-
-    path: Path | None = None
-    array: Any = None
-    key: str | None = None
-    z: tuple[int | None, int | None] | None = None
-    y: tuple[int | None, int | None] | None = None
-    x: tuple[int | None, int | None] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _coerce(cls, value: Any) -> Any:
-        if isinstance(value, (str, os.PathLike)):
-            return {"path": value}
-        if hasattr(value, "shape") and hasattr(value, "dtype"):
-            return {"array": value}
-        if isinstance(value, Mapping):
-            value = dict(value)
-            for axis in ("z", "y", "x"):
-                if axis in value:
-                    value[axis] = _parse_range(value[axis], axis)
-        return value
-
-    @model_validator(mode="after")
-    def _one_of(self) -> "ImageSource":
-        if (self.path is None) == (self.array is None):
-            raise ValueError("an image source needs exactly one of a path or an array")
-        if self.array is not None and not (hasattr(self.array, "shape") and hasattr(self.array, "dtype")):
-            raise ValueError("array must be an array (numpy, dask or zarr)")
-        return self
-
-    @property
-    def label(self) -> str:
-        """Short name for messages and model cards: file name (or array shape) and crop."""
-        base = self.path.name if self.path is not None else f"array {tuple(self.array.shape)}"
-        crop = ", ".join(f"{a}={_fmt(getattr(self, a))}" for a in "zyx" if getattr(self, a) is not None)
-        return f"{base} [{crop}]" if crop else base
-
-    def load(self) -> np.ndarray:
-        """The pixels (cropped), as numpy."""
-        if self.path is not None:
-            from .io.images import read_image
-
-            if not Path(self.path).exists():
-                raise InputError(f"training image '{self.path}' does not exist")
-            data = read_image(self.path, key=self.key).data
-        else:
-            data = self.array
-        nd = len(data.shape)
-        index: list[slice] = [slice(None)] * nd
-        for i, axis in enumerate("zyx"):
-            rng = getattr(self, axis)
-            if rng is None:
-                continue
-            pos = nd - 3 + i
-            if pos < 0:
-                raise InputError(f"{self.label}: a {axis} range needs a 3D volume, the image is {nd}D")
-            index[pos] = slice(*rng)
-        data = data[tuple(index)]
-        data = data.compute() if hasattr(data, "compute") else data
-        return np.asarray(data)
-
-    def describe(self) -> str | dict:
-        if self.path is None:
-            return f"<array {'x'.join(map(str, self.array.shape))} {self.array.dtype}>"
-        out: dict[str, Any] = {"path": str(self.path)}
-        if self.key:
-            out["key"] = self.key
-        for axis in "zyx":
-            if getattr(self, axis) is not None:
-                out[axis] = _fmt(getattr(self, axis))
-        return out if len(out) > 1 else str(self.path)
-
-
-def _fmt(r: tuple[int | None, int | None]) -> str:
-    return f"{'' if r[0] is None else r[0]}:{'' if r[1] is None else r[1]}"
-
-
-# --------------------------------------------------------------------------- config
-
-
-# ``register`` is a user-facing field name; pydantic warns that it shadows ABCMeta.register,
-# which nobody calls on a config.
-warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
-
-
-class TrainConfig(BaseModel):
-    """A training or fine-tuning recipe.
-
-    Either ``base`` names the model to start from (fine-tuning: its card, i.e. network,
-    normalisation rule, scale and z factor, is kept), or the model is trained from scratch
-    with :data:`SMALL_NETWORK` updated by ``network`` (any :class:`~.config.UNetConfig` field).
-
-    Data (all paths may be relative to the YAML file):
-
-    * ``inputs`` + ``targets``: registered degraded/clean pairs (super-resolve: the input is
-      the low-resolution image). Pairs of different shapes are registered
-      (:func:`~.registration.register_pair`); same-shape pairs are taken as registered unless
-      ``register`` is true. A ``null`` target, or ``inputs`` without ``targets``, means the
-      input is clean and the degraded image is simulated: Poisson-Gaussian noise at
-      ``doses`` (denoise), area downsampling by ``scale`` (super-resolve).
-    * ``clean``: more clean images to simulate pairs from.
-    * ``volume`` (isotropic tasks; ``inputs`` are taken as volumes too): the volume teaches
-      itself (``-i``: planes perpendicular to z; ``-a``: perpendicular to y), ``factor``
-      planes apart.
-
-    Examples
-    --------
-    >>> cfg = TrainConfig(task="denoise", inputs=["noisy.tif"], targets=["clean.tif"], out="my-model")
-    >>> cfg.patch, cfg.batch, cfg.iterations
-    (128, 4, 1000)
-    >>> TrainConfig(task="denoise", out="m")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    napari_emdiffuse.engine.errors.EMDiffuseError: invalid training config: no training data: ...
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
-
-    task: Literal["denoise", "super-resolve", "isotropic-i", "isotropic-a"]
-    out: Path
-    name: str | None = None
-    description: str = ""
-    # what to start from
-    base: str | None = None
-    arch: str | None = None
-    kind: Literal["diffusion", "regression"] | None = None  # None: the base's, else diffusion
-    network: dict[str, Any] = Field(default_factory=dict)
-    normalisation: Normalisation | None = None
-    scale: int | None = Field(None, ge=2, le=8)
-    factor: int | None = Field(None, ge=2, le=64)
-    pixel_size_nm: float | None = Field(None, gt=0)
-    # inference defaults written into the model card (None: the base's or the card default)
-    tile: int | None = Field(None, ge=8)
-    overlap: int | None = Field(None, ge=0)
-    log_snr_max: float | None = None
-    start_log_snr: float | None = None
-    fast_steps: int | None = Field(None, ge=1)
-    balanced_steps: int | None = Field(None, ge=1)
-    # noise levels: this fraction of each batch is drawn log-SNR-uniformly from focus_log_snr
-    # (default: the range the model card's fast samplers visit, widened by 2 on each side)
-    noise_focus: float = Field(0.0, ge=0, le=1)
-    focus_log_snr: tuple[float, float] | None = None
-    # data
-    inputs: list[ImageSource] = Field(default_factory=list)
-    targets: list[ImageSource | None] | None = None
-    clean: list[ImageSource] = Field(default_factory=list)
-    volume: list[ImageSource] = Field(default_factory=list)
-    register: bool = False
-    doses: list[float] = Field(default_factory=lambda: [20.0, 50.0, 100.0, 200.0, 500.0], min_length=1)
-    read_noise: float = Field(1.0, ge=0)
-    input_blur: float = Field(0.0, ge=0, le=10)
-    # optimisation
-    patch: int = Field(128, ge=8)
-    batch: int = Field(4, ge=1)
-    iterations: int = Field(1000, ge=1)
-    lr: float = Field(1e-4, gt=0, le=1)
-    warmup: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    ema_decay: float = Field(0.999, ge=0, le=1)
-    ema_start: int = Field(0, ge=0)
-    freeze_encoder: bool = False
-    # validation and checkpoints
-    val_fraction: float = Field(0.1, ge=0, lt=0.9)
-    val_every: int = Field(100, ge=1)
-    val_crops: int = Field(4, ge=1)
-    val_steps: int = Field(5, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
-    checkpoint_dir: Path | None = None
-    keep_checkpoint: bool = True
-    resume: bool = False
-    seed: int = Field(0, ge=0)
-    device: str = "auto"
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise EMDiffuseError(_one_line(exc, "training config")) from None
-
-    @field_validator("inputs", "clean", "volume", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        if v is None:
-            return []
-        if isinstance(v, (str, os.PathLike, Mapping)) or hasattr(v, "shape"):
-            return [v]
-        return v
-
-    @field_validator("targets", mode="before")
-    @classmethod
-    def _listify_targets(cls, v: Any) -> Any:
-        if v is None:
-            return None
-        if isinstance(v, (str, os.PathLike, Mapping)) or hasattr(v, "shape"):
-            return [v]
-        return v
-
-    @field_validator("doses")
-    @classmethod
-    def _positive_doses(cls, v: list[float]) -> list[float]:
-        if any(not d > 0 for d in v):
-            raise ValueError("doses must be positive")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
-        iso = self.task.startswith("isotropic")
-        if not (self.inputs or self.clean or self.volume):
-            raise ValueError("no training data: give inputs, clean images or a volume")
-        if self.targets is not None and len(self.targets) != len(self.inputs):
-            raise ValueError(
-                f"{len(self.inputs)} inputs but {len(self.targets)} targets; give one target per input (null: simulate)"
-            )
-        if iso and (self.clean or any(t is not None for t in self.targets or [])):
-            raise ValueError("isotropic training learns from the volume itself; remove targets and clean images")
-        if not iso and self.volume:
-            raise ValueError(f"volume is for the isotropic tasks; for {self.task} give inputs (and targets)")
-        if self.base is not None and self.network:
-            raise ValueError("network changes apply to training from scratch; remove them or the base model")
-        if self.freeze_encoder and self.base is None:
-            raise ValueError("freeze_encoder keeps a base model's encoder; name a base model")
-        dev = self.device.strip().lower()
-        if dev not in ("auto", "cpu", "mps", "cuda") and not dev.startswith("cuda:"):
-            raise ValueError(f"invalid device {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
-        return self
-
-    # -- YAML -------------------------------------------------------------------------
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Read a recipe (safe YAML loader); relative paths are relative to the file.
-
-        ``overrides`` replace fields after reading (e.g. ``iterations=2`` for a smoke run);
-        their paths are taken as given.
-
-        Examples
-        --------
-        >>> cfg = TrainConfig.from_yaml("configs/demo-denoise.yaml", iterations=2)  # doctest: +SKIP
-        """
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise EMDiffuseError(f"training config '{path}' does not exist") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EMDiffuseError(f"cannot read training config '{path}': {reason}") from None
-        if not isinstance(data, dict):
-            raise EMDiffuseError(f"training config '{path}' must be a mapping of fields")
-        root = path.resolve().parent
-
-        def rel(p: Any) -> Any:
-            return str((root / p).resolve()) if isinstance(p, str) and not Path(p).is_absolute() else p
-
-        def src(s: Any) -> Any:
-            if isinstance(s, str):
-                return rel(s)
-            if isinstance(s, dict) and "path" in s:
-                return {**s, "path": rel(s["path"])}
-            return s
-
-        for key in ("inputs", "clean", "volume", "targets"):
-            v = data.get(key)
-            if v is None:
-                continue
-            data[key] = [src(s) for s in v] if isinstance(v, list) else src(v)
-        for key in ("out", "checkpoint_dir"):
-            if data.get(key) is not None:
-                data[key] = rel(str(data[key]))
-        base = data.get("base")
-        if isinstance(base, str) and not Path(base).is_absolute() and (root / base).exists():
-            data["base"] = str(root / base)
-        data.update(overrides)
-        return cls(**data)
-
-    def to_yaml(self) -> str:
-        """The recipe as YAML (arrays are described, not stored; paths absolute)."""
-        out = self.model_dump(mode="python", exclude_defaults=False)
-        for key in ("inputs", "clean", "volume"):
-            out[key] = [s.describe() for s in getattr(self, key)]
-        if self.targets is not None:
-            out["targets"] = [None if t is None else t.describe() for t in self.targets]
-        for key in ("out", "checkpoint_dir"):
-            if out.get(key) is not None:
-                out[key] = str(Path(out[key]).resolve())
-        if self.normalisation is not None:
-            out["normalisation"] = self.normalisation.model_dump(mode="json")
-        return yaml.safe_dump(json.loads(json.dumps(out, default=str)), sort_keys=False)
-
-
-def checkpoint_path(config: TrainConfig) -> Path:
-    """Where a run's checkpoint lives: ``checkpoint_dir`` or ``<out>/../.<name>.train``."""
-    out = Path(config.out)
-    folder = Path(config.checkpoint_dir) if config.checkpoint_dir else out.parent / f".{out.name}.train"
-    return folder / CHECKPOINT_NAME
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-def _dist_env() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-# --------------------------------------------------------------------------- RNG states
-
-
-def _rng_state(data_rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
-    """Every generator a run draws from, as tensors and strings (weights_only-safe)."""
-    py = random.getstate()
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "torch_gen": gen.get_state(),
-        "numpy_global": json.dumps(
-            [np_state[0], np_state[1].tolist(), *[float(v) if isinstance(v, float) else int(v) for v in np_state[2:]]]
-        ),
-        "python": json.dumps([py[0], list(py[1]), py[2]]),
-        "data": json.dumps(data_rng.bit_generator.state),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any], data_rng: np.random.Generator, gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["torch_gen"])
-    npg = json.loads(state["numpy_global"])
-    np.random.set_state((npg[0], np.asarray(npg[1], dtype=np.uint32), *npg[2:]))
-    py = json.loads(state["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    data_rng.bit_generator.state = json.loads(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        try:
-            torch.cuda.set_rng_state_all(state["cuda"])
-        except RuntimeError:  # different GPU count: continue with fresh CUDA streams
-            pass
-
-
-# --------------------------------------------------------------------------- trainer
+__all__ = ["Trainer"]
 
 
 class Trainer:
@@ -493,7 +85,7 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.iteration = 0
-        self.rank, self.world, self.local_rank = _dist_env()
+        self.rank, self.world, self.local_rank = dist_env()
         self.distributed = self.world > 1
         self._owns_group = False
         self.metrics: dict[str, float] = {}
@@ -542,7 +134,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: min(1.0, (i + 1) / warm) if warm else 1.0
         )
-        from .core.ema import EMA
 
         self.ema = EMA(self.net, decay=cfg.ema_decay, start_step=cfg.ema_start)
         # Different crops and noise per rank; the weights stay in sync through DDP.
@@ -568,8 +159,6 @@ class Trainer:
             noise = torch.randn(batch.target.shape, generator=self.gen).to(self.device)
             loss = self.model(batch.target, batch.cond, batch.slice_index, noise=noise, gammas=gammas)
         else:
-            from .core.losses import mse_loss, mse_var_loss
-
             out = self.model(batch.cond)
             loss = mse_var_loss(batch.target, *out) if isinstance(out, tuple) else mse_loss(batch.target, out)
         self.optimizer.zero_grad(set_to_none=True)
@@ -624,8 +213,6 @@ class Trainer:
         """
         if self.val_batch is None or not self.is_main:
             return None
-        from .core.losses import mse_loss, mse_var_loss
-        from .core.metrics import psnr, ssim
 
         vb = self.val_batch.to(self.device)
         with self._averaged():
@@ -669,7 +256,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write the resumable state atomically (rank 0); other ranks send their RNG states."""
-        rng = _rng_state(self.data_rng, self.gen)
+        rng = rng_state(self.data_rng, self.gen)
         states = [rng]
         if self.distributed and not self._stopping:  # a stop may reach one rank only: no collective
             import torch.distributed as dist
@@ -698,8 +285,6 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote; refuse an incompatible run."""
-        from .errors import ModelFileError
-
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
@@ -722,15 +307,12 @@ class Trainer:
         self.metrics = json.loads(state.get("metrics", "{}"))
         states = state["rng"]
         if self.rank < len(states) and states[self.rank] is not None:
-            _set_rng_state(states[self.rank], self.data_rng, self.gen)
+            set_rng_state(states[self.rank], self.data_rng, self.gen)
         else:  # a different number of processes: fresh, but distinct, streams per rank
             self.data_rng = np.random.default_rng([self.config.seed, self.rank, 1, self.iteration])
 
     def save_model(self, *, completed: bool = True) -> Path:
         """Write the model directory with the EMA weights and register it (rank 0)."""
-        from .models.model import EMDiffuseModel
-        from .models.registry import register_model
-
         cfg = self.config
         card = self.card.model_copy(deep=True)
         card.name = cfg.name or self.out.name
@@ -850,8 +432,6 @@ class Trainer:
         return self.iteration >= max(self.config.ema_start, 1) and self.ema.num_updates > 0
 
     def _averaged(self):
-        from contextlib import nullcontext
-
         return self.ema.averaged(self.net) if self._ema_active() else nullcontext(self.net)
 
     def _remove_checkpoint(self) -> None:
@@ -863,8 +443,6 @@ class Trainer:
             pass
 
     def _init_distributed(self) -> None:
-        from .models.device import resolve_device
-
         if not self.distributed:
             self.device = resolve_device(self.config.device)
             return
@@ -905,8 +483,6 @@ class Trainer:
         cfg = self.config
         iso = cfg.task.startswith("isotropic")
         if cfg.base is not None:
-            from .models.registry import load_model
-
             base = load_model(cfg.base, task=cfg.task, arch=cfg.arch, device="cpu", cache=False)
             card = base.card.model_copy(deep=True)
             if cfg.kind is not None and cfg.kind != card.kind:
@@ -931,8 +507,6 @@ class Trainer:
             card = self._scratch_card()
         self._apply_inference_defaults(card)
         if cfg.base is None:
-            from .models.factory import build_module
-
             torch.manual_seed(cfg.seed)  # the same initial weights on every rank and run
             net = build_module(card)
         if cfg.freeze_encoder:
@@ -955,7 +529,7 @@ class Trainer:
                 if getattr(cfg, key) is not None:
                     setattr(card, key, getattr(cfg, key))
         except ValidationError as exc:
-            raise EMDiffuseError(_one_line(exc, "tile/overlap")) from None
+            raise EMDiffuseError(one_line(exc, "tile/overlap")) from None
 
     def _scratch_card(self) -> ModelCard:
         cfg = self.config
@@ -991,7 +565,7 @@ class Trainer:
                 pixel_size_nm=cfg.pixel_size_nm,
             )
         except ValidationError as exc:
-            raise EMDiffuseError(_one_line(exc, "network config")) from None
+            raise EMDiffuseError(one_line(exc, "network config")) from None
 
     def build_data(self) -> TrainingData:
         """Load, check and (where needed) register the images; build the data sets."""
@@ -1050,146 +624,6 @@ class Trainer:
                 f"{a} {tuple(image.shape)} and {b} {tuple(target.shape)} do not match; "
                 "register stacks slice by slice first"
             )
-        from .registration import register_pair
 
         reg = register_pair(image, target, scale=scale)
         return reg.moving, reg.fixed
-
-
-# --------------------------------------------------------------------------- entry points
-
-
-def _as_config(config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainConfig:
-    if isinstance(config, TrainConfig):
-        return config
-    if isinstance(config, Mapping):
-        return TrainConfig(**config)
-    return TrainConfig.from_yaml(config)
-
-
-def train_iter(
-    config: TrainConfig | Mapping[str, Any] | str | Path,
-) -> Generator[Progress | Path, None, None]:
-    """Train a model; yield :class:`~.events.Progress` events, then the model directory.
-
-    Events: ``Progress("training", done=iteration, total=iterations, loss=...)`` after every
-    iteration, ``Progress("validation", metrics={"psnr", "ssim", "val_loss"}, preview=uint8
-    image of condition | restoration | target)`` every ``val_every`` iterations and at the end. The
-    last item is the saved model directory (a ``Path``). Bad input raises
-    :class:`~.errors.InputError` at the first ``next()``, before any iteration. Closing the
-    generator stops training after the current iteration and still writes the model and a
-    checkpoint (``resume: true`` continues exactly where it stopped).
-
-    Parameters
-    ----------
-    config : TrainConfig, mapping or path
-        The recipe (a YAML file path is read with :meth:`TrainConfig.from_yaml`).
-
-    Examples
-    --------
-    >>> for ev in train_iter("configs/demo-denoise.yaml"):  # doctest: +SKIP
-    ...     print(ev)
-    """
-    trainer = Trainer(_as_config(config))
-    path = yield from trainer.run()
-    yield path
-
-
-def train(config: TrainConfig | Mapping[str, Any] | str | Path) -> Path:
-    """Run :func:`train_iter` to the end and return the model directory."""
-    return drain(train_iter(config))
-
-
-def finetune_iter(
-    task: str,
-    input: Any,
-    target: Any = None,
-    *,
-    base: str | Path | None = None,
-    out: str | Path,
-    iterations: int = 150,
-    patch: int = 128,
-    batch: int = 4,
-    lr: float = 5e-5,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    device: str = "auto",
-    freeze_encoder: bool = False,
-    factor: int | None = None,
-    **options: Any,
-) -> Generator[Progress | Path, None, None]:
-    """Fine-tune a model on your own images; yields progress, then the model directory.
-
-    Parameters
-    ----------
-    task : {"denoise", "super-resolve", "isotropic-i", "isotropic-a"}
-        What the model does.
-    input : array-like or path
-        Degraded image (or stack), low-resolution image, or the volume (isotropic tasks).
-    target : array-like or path, optional
-        Registered clean / high-resolution counterpart. Without it the training pairs are
-        made from ``input``: simulated Poisson-Gaussian noise (denoise), area downsampling
-        (super-resolve); the isotropic tasks always learn from the volume itself.
-    base : str or Path, optional
-        Model to start from; default the bundled model for the task. Its card (network,
-        normalisation rule, scale, z factor) is kept and its name recorded.
-    out : str or Path
-        Model directory to write.
-    iterations, patch, batch, lr, val_fraction, seed, device, freeze_encoder
-        As in :class:`TrainConfig`.
-    factor : int, optional
-        Isotropic tasks: slices per gap (default the base model's).
-    **options
-        Any other :class:`TrainConfig` field (``warmup``, ``val_every``, ``doses``,
-        ``noise_focus`` (default 0.75 here), ...).
-
-    Examples
-    --------
-    >>> for ev in finetune_iter("denoise", "noisy.tif", "clean.tif", out="my-model"):  # doctest: +SKIP
-    ...     print(ev)
-    """
-    from .models.registry import DEFAULT_MODELS
-
-    if task not in TASKS:
-        raise EMDiffuseError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    iso = task.startswith("isotropic")
-    if iso and target is not None:
-        raise EMDiffuseError("isotropic fine-tuning learns from the volume itself; give no target")
-    settings: dict[str, Any] = dict(
-        task=task,
-        base=str(base) if base is not None else DEFAULT_MODELS[task],
-        out=out,
-        iterations=iterations,
-        patch=patch,
-        batch=batch,
-        lr=lr,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-        freeze_encoder=freeze_encoder,
-        factor=factor,
-        warmup=min(50, iterations // 10),
-        # a short fine-tune is spent where the fast presets sample, as for the bundled models
-        noise_focus=0.75,
-        val_every=max(1, iterations // 5),
-        checkpoint_every=max(1, iterations // 2),
-    )
-    if iso:
-        settings["volume"] = [input]
-    else:
-        settings["inputs"] = [input]
-        settings["targets"] = [target]
-    settings.update(options)
-    yield from train_iter(TrainConfig(**settings))
-
-
-def finetune(task: str, input: Any, target: Any = None, **kwargs: Any) -> Path:
-    """Run :func:`finetune_iter` to the end and return the model directory.
-
-    Examples
-    --------
-    >>> path = finetune("denoise", noisy, clean, out="my-model", iterations=100)  # doctest: +SKIP
-    """
-    return drain(finetune_iter(task, input, target, **kwargs))
-
-

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import InputError
+from ...errors import InputError
 
 __all__ = ["RegisteredPair", "register_pair"]
 

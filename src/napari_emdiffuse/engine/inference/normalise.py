@@ -1,4 +1,4 @@
-"""Intensity normalisation to the model's [-1, 1] and back.
+"""Intensity normalisation to the model's [-1, 1] and back, and the model-range condition.
 
 The rule comes from the model card. ``percentile`` (the default of our models) maps the
 low/high percentiles of the whole input to -1/+1 and works for any dtype; ``range`` maps
@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from .models.cards import Normalisation
+from ..models.cards import Normalisation
 
-__all__ = ["NormInfo", "fit_normalisation", "to_model", "from_model", "to_dtype", "sample_values", "std_from_model"]
+__all__ = ["NormInfo", "fit_normalisation", "to_model", "from_model", "to_dtype", "sample_values", "std_from_model", "make_condition"]
 
 _MAX_SAMPLE = 4_000_000
 
@@ -88,3 +90,15 @@ def std_from_model(sd: np.ndarray, info: NormInfo) -> np.ndarray:
     """
     out = np.asarray(sd, dtype=np.float64) * (0.5 * (info.hi - info.lo))
     return np.clip(out, 0.0, np.finfo(np.float32).max).astype(np.float32)
+
+
+def make_condition(plane: np.ndarray, norm: NormInfo, scale: int, device: torch.device) -> torch.Tensor:
+    """Model-range condition (1, 1, H*s, W*s) of a plane in input units.
+
+    Super-resolution upsamples the normalised plane (bicubic) before the network, as the
+    published EMDiffuse-r does; training must prepare its inputs the same way.
+    """
+    cond = torch.from_numpy(to_model(plane, norm))[None, None].to(device)
+    if scale > 1:
+        cond = F.interpolate(cond, scale_factor=scale, mode="bicubic", align_corners=False)
+    return cond

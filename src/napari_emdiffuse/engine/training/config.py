@@ -1,0 +1,365 @@
+"""Training recipes: :class:`TrainConfig` (a YAML file or keyword arguments) and the image
+sources it names (:class:`ImageSource`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import EMDiffuseError, InputError
+from ..io.images import read_image
+from ..models.cards import Normalisation
+
+__all__ = ["ImageSource", "TrainConfig", "checkpoint_path", "SMALL_NETWORK", "CHECKPOINT_NAME", "one_line"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+# Network of models trained from scratch unless the recipe says otherwise: ~3 M parameters,
+# trainable on a laptop CPU, far smaller than the published 15.7 M.
+SMALL_NETWORK: dict[str, Any] = {
+    "inner_channel": 32,
+    "channel_mults": [1, 2, 4],
+    "res_blocks": 1,
+    "attn_res": [],
+    "dropout": 0.1,
+}
+
+
+def one_line(err: ValidationError, what: str) -> str:
+    """One line from a pydantic error of a training setting: the first field and why."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"invalid {what}: {loc}: {msg}" if loc != "(top level)" else f"invalid {what}: {msg}"
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _parse_range(value: Any, axis: str) -> tuple[int | None, int | None] | None:
+    """``"0:512"``, ``"-6:"``, ``[0, 512]`` or ``[null, -6]`` -> (start, stop)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) != 2:
+            raise ValueError(f"{axis} range {value!r} must look like 'start:stop'")
+        try:
+            return tuple(int(p) if p.strip() else None for p in parts)  # type: ignore[return-value]
+        except ValueError:
+            raise ValueError(f"{axis} range {value!r} must hold integers") from None
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        if not all(v is None or isinstance(v, (int, np.integer)) for v in value):
+            raise ValueError(f"{axis} range {list(value)} must hold integers or null")
+        return (None if value[0] is None else int(value[0]), None if value[1] is None else int(value[1]))
+    raise ValueError(f"{axis} range must be 'start:stop' or [start, stop], got {value!r}")
+
+
+class ImageSource(BaseModel):
+    """One training image or volume: a file (TIFF, zarr, ...) or an array, optionally cropped.
+
+    In YAML either a plain path or a mapping such as ``{path: a.tif, y: "0:512"}``; ranges are
+    Python slices (``"-6:"``: the last six) of the z, y and x axes.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    path: Path | None = None
+    array: Any = None
+    key: str | None = None
+    z: tuple[int | None, int | None] | None = None
+    y: tuple[int | None, int | None] | None = None
+    x: tuple[int | None, int | None] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _coerce(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)):
+            return {"path": value}
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            return {"array": value}
+        if isinstance(value, Mapping):
+            value = dict(value)
+            for axis in ("z", "y", "x"):
+                if axis in value:
+                    value[axis] = _parse_range(value[axis], axis)
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ImageSource":
+        if (self.path is None) == (self.array is None):
+            raise ValueError("an image source needs exactly one of a path or an array")
+        if self.array is not None and not (hasattr(self.array, "shape") and hasattr(self.array, "dtype")):
+            raise ValueError("array must be an array (numpy, dask or zarr)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Short name for messages and model cards: file name (or array shape) and crop."""
+        base = self.path.name if self.path is not None else f"array {tuple(self.array.shape)}"
+        crop = ", ".join(f"{a}={_fmt(getattr(self, a))}" for a in "zyx" if getattr(self, a) is not None)
+        return f"{base} [{crop}]" if crop else base
+
+    def load(self) -> np.ndarray:
+        """The pixels (cropped), as numpy."""
+        if self.path is not None:
+            if not Path(self.path).exists():
+                raise InputError(f"training image '{self.path}' does not exist")
+            data = read_image(self.path, key=self.key).data
+        else:
+            data = self.array
+        nd = len(data.shape)
+        index: list[slice] = [slice(None)] * nd
+        for i, axis in enumerate("zyx"):
+            rng = getattr(self, axis)
+            if rng is None:
+                continue
+            pos = nd - 3 + i
+            if pos < 0:
+                raise InputError(f"{self.label}: a {axis} range needs a 3D volume, the image is {nd}D")
+            index[pos] = slice(*rng)
+        data = data[tuple(index)]
+        data = data.compute() if hasattr(data, "compute") else data
+        return np.asarray(data)
+
+    def describe(self) -> str | dict:
+        if self.path is None:
+            return f"<array {'x'.join(map(str, self.array.shape))} {self.array.dtype}>"
+        out: dict[str, Any] = {"path": str(self.path)}
+        if self.key:
+            out["key"] = self.key
+        for axis in "zyx":
+            if getattr(self, axis) is not None:
+                out[axis] = _fmt(getattr(self, axis))
+        return out if len(out) > 1 else str(self.path)
+
+
+def _fmt(r: tuple[int | None, int | None]) -> str:
+    return f"{'' if r[0] is None else r[0]}:{'' if r[1] is None else r[1]}"
+
+
+# --------------------------------------------------------------------------- config
+
+
+# ``register`` is a user-facing field name; pydantic warns that it shadows ABCMeta.register,
+# which nobody calls on a config.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class TrainConfig(BaseModel):
+    """A training or fine-tuning recipe.
+
+    Either ``base`` names the model to start from (fine-tuning: its card, i.e. network,
+    normalisation rule, scale and z factor, is kept), or the model is trained from scratch
+    with :data:`SMALL_NETWORK` updated by ``network`` (any :class:`~.config.UNetConfig` field).
+
+    Data (all paths may be relative to the YAML file):
+
+    * ``inputs`` + ``targets``: registered degraded/clean pairs (super-resolve: the input is
+      the low-resolution image). Pairs of different shapes are registered
+      (:func:`~.registration.register_pair`); same-shape pairs are taken as registered unless
+      ``register`` is true. A ``null`` target, or ``inputs`` without ``targets``, means the
+      input is clean and the degraded image is simulated: Poisson-Gaussian noise at
+      ``doses`` (denoise), area downsampling by ``scale`` (super-resolve).
+    * ``clean``: more clean images to simulate pairs from.
+    * ``volume`` (isotropic tasks; ``inputs`` are taken as volumes too): the volume teaches
+      itself (``-i``: planes perpendicular to z; ``-a``: perpendicular to y), ``factor``
+      planes apart.
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(task="denoise", inputs=["noisy.tif"], targets=["clean.tif"], out="my-model")
+    >>> cfg.patch, cfg.batch, cfg.iterations
+    (128, 4, 1000)
+    >>> TrainConfig(task="denoise", out="m")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.EMDiffuseError: invalid training config: no training data: ...
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+
+    task: Literal["denoise", "super-resolve", "isotropic-i", "isotropic-a"]
+    out: Path
+    name: str | None = None
+    description: str = ""
+    # what to start from
+    base: str | None = None
+    arch: str | None = None
+    kind: Literal["diffusion", "regression"] | None = None  # None: the base's, else diffusion
+    network: dict[str, Any] = Field(default_factory=dict)
+    normalisation: Normalisation | None = None
+    scale: int | None = Field(None, ge=2, le=8)
+    factor: int | None = Field(None, ge=2, le=64)
+    pixel_size_nm: float | None = Field(None, gt=0)
+    # inference defaults written into the model card (None: the base's or the card default)
+    tile: int | None = Field(None, ge=8)
+    overlap: int | None = Field(None, ge=0)
+    log_snr_max: float | None = None
+    start_log_snr: float | None = None
+    fast_steps: int | None = Field(None, ge=1)
+    balanced_steps: int | None = Field(None, ge=1)
+    # noise levels: this fraction of each batch is drawn log-SNR-uniformly from focus_log_snr
+    # (default: the range the model card's fast samplers visit, widened by 2 on each side)
+    noise_focus: float = Field(0.0, ge=0, le=1)
+    focus_log_snr: tuple[float, float] | None = None
+    # data
+    inputs: list[ImageSource] = Field(default_factory=list)
+    targets: list[ImageSource | None] | None = None
+    clean: list[ImageSource] = Field(default_factory=list)
+    volume: list[ImageSource] = Field(default_factory=list)
+    register: bool = False
+    doses: list[float] = Field(default_factory=lambda: [20.0, 50.0, 100.0, 200.0, 500.0], min_length=1)
+    read_noise: float = Field(1.0, ge=0)
+    input_blur: float = Field(0.0, ge=0, le=10)
+    # optimisation
+    patch: int = Field(128, ge=8)
+    batch: int = Field(4, ge=1)
+    iterations: int = Field(1000, ge=1)
+    lr: float = Field(1e-4, gt=0, le=1)
+    warmup: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, le=1)
+    ema_start: int = Field(0, ge=0)
+    freeze_encoder: bool = False
+    # validation and checkpoints
+    val_fraction: float = Field(0.1, ge=0, lt=0.9)
+    val_every: int = Field(100, ge=1)
+    val_crops: int = Field(4, ge=1)
+    val_steps: int = Field(5, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    checkpoint_dir: Path | None = None
+    keep_checkpoint: bool = True
+    resume: bool = False
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise EMDiffuseError(one_line(exc, "training config")) from None
+
+    @field_validator("inputs", "clean", "volume", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, (str, os.PathLike, Mapping)) or hasattr(v, "shape"):
+            return [v]
+        return v
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _listify_targets(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, (str, os.PathLike, Mapping)) or hasattr(v, "shape"):
+            return [v]
+        return v
+
+    @field_validator("doses")
+    @classmethod
+    def _positive_doses(cls, v: list[float]) -> list[float]:
+        if any(not d > 0 for d in v):
+            raise ValueError("doses must be positive")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        iso = self.task.startswith("isotropic")
+        if not (self.inputs or self.clean or self.volume):
+            raise ValueError("no training data: give inputs, clean images or a volume")
+        if self.targets is not None and len(self.targets) != len(self.inputs):
+            raise ValueError(
+                f"{len(self.inputs)} inputs but {len(self.targets)} targets; give one target per input (null: simulate)"
+            )
+        if iso and (self.clean or any(t is not None for t in self.targets or [])):
+            raise ValueError("isotropic training learns from the volume itself; remove targets and clean images")
+        if not iso and self.volume:
+            raise ValueError(f"volume is for the isotropic tasks; for {self.task} give inputs (and targets)")
+        if self.base is not None and self.network:
+            raise ValueError("network changes apply to training from scratch; remove them or the base model")
+        if self.freeze_encoder and self.base is None:
+            raise ValueError("freeze_encoder keeps a base model's encoder; name a base model")
+        dev = self.device.strip().lower()
+        if dev not in ("auto", "cpu", "mps", "cuda") and not dev.startswith("cuda:"):
+            raise ValueError(f"invalid device {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
+        return self
+
+    # -- YAML -------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Read a recipe (safe YAML loader); relative paths are relative to the file.
+
+        ``overrides`` replace fields after reading (e.g. ``iterations=2`` for a smoke run);
+        their paths are taken as given.
+
+        Examples
+        --------
+        >>> cfg = TrainConfig.from_yaml("configs/demo-denoise.yaml", iterations=2)  # doctest: +SKIP
+        """
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise EMDiffuseError(f"training config '{path}' does not exist") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EMDiffuseError(f"cannot read training config '{path}': {reason}") from None
+        if not isinstance(data, dict):
+            raise EMDiffuseError(f"training config '{path}' must be a mapping of fields")
+        root = path.resolve().parent
+
+        def rel(p: Any) -> Any:
+            return str((root / p).resolve()) if isinstance(p, str) and not Path(p).is_absolute() else p
+
+        def src(s: Any) -> Any:
+            if isinstance(s, str):
+                return rel(s)
+            if isinstance(s, dict) and "path" in s:
+                return {**s, "path": rel(s["path"])}
+            return s
+
+        for key in ("inputs", "clean", "volume", "targets"):
+            v = data.get(key)
+            if v is None:
+                continue
+            data[key] = [src(s) for s in v] if isinstance(v, list) else src(v)
+        for key in ("out", "checkpoint_dir"):
+            if data.get(key) is not None:
+                data[key] = rel(str(data[key]))
+        base = data.get("base")
+        if isinstance(base, str) and not Path(base).is_absolute() and (root / base).exists():
+            data["base"] = str(root / base)
+        data.update(overrides)
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML (arrays are described, not stored; paths absolute)."""
+        out = self.model_dump(mode="python", exclude_defaults=False)
+        for key in ("inputs", "clean", "volume"):
+            out[key] = [s.describe() for s in getattr(self, key)]
+        if self.targets is not None:
+            out["targets"] = [None if t is None else t.describe() for t in self.targets]
+        for key in ("out", "checkpoint_dir"):
+            if out.get(key) is not None:
+                out[key] = str(Path(out[key]).resolve())
+        if self.normalisation is not None:
+            out["normalisation"] = self.normalisation.model_dump(mode="json")
+        return yaml.safe_dump(json.loads(json.dumps(out, default=str)), sort_keys=False)
+
+
+def checkpoint_path(config: TrainConfig) -> Path:
+    """Where a run's checkpoint lives: ``checkpoint_dir`` or ``<out>/../.<name>.train``."""
+    out = Path(config.out)
+    folder = Path(config.checkpoint_dir) if config.checkpoint_dir else out.parent / f".{out.name}.train"
+    return folder / CHECKPOINT_NAME

@@ -1,0 +1,204 @@
+"""Registered degraded/clean pairs (recorded, or made by downsampling clean images)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...errors import InputError
+from ...inference.normalise import make_condition, to_model
+from ...models.cards import Normalisation
+from .base import Item, TrainingData, augment, band_crops, blur, fit_rule, spread, stack_planes, validation_band
+
+__all__ = ["PairData", "pair_data", "sr_data", "downsample_area"]
+
+
+def downsample_area(image: np.ndarray, scale: int) -> np.ndarray:
+    """Area (block-mean) downsampling of the last two axes by an integer factor.
+
+    Edges that are not a multiple of ``scale`` are cropped first.
+
+    Examples
+    --------
+    >>> downsample_area(np.arange(16.0).reshape(4, 4), 2)
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
+    """
+    a = np.asarray(image, dtype=np.float64)
+    h, w = (a.shape[-2] // scale) * scale, (a.shape[-1] // scale) * scale
+    a = a[..., :h, :w]
+    return a.reshape(*a.shape[:-2], h // scale, scale, w // scale, scale).mean(axis=(-3, -1))
+
+
+class PairData(TrainingData):
+    """Registered 2D pairs already in model range, on the same pixel grid.
+
+    Parameters
+    ----------
+    conds, targets : list of numpy.ndarray
+        ``(C, H, W)`` conditions and ``(T, H, W)`` targets, model range, same H and W per pair.
+    patch : int
+        Crop edge (a multiple of ``multiple``).
+    val_fraction : float
+        Fraction of every image's height kept at the bottom for validation.
+    multiple : int
+        The network's size multiple.
+    input_blur : float
+        Largest sigma (pixels) of the random input-blur augmentation; 0 disables it.
+    names : list of str
+        Names for error messages and the model card.
+    """
+
+    def __init__(
+        self,
+        conds: Sequence[np.ndarray],
+        targets: Sequence[np.ndarray],
+        *,
+        patch: int,
+        val_fraction: float = 0.1,
+        multiple: int = 1,
+        input_blur: float = 0.0,
+        names: Sequence[str] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.names = list(names or [f"image {i}" for i in range(len(conds))])
+        self.conds, self.targets, self.bands = [], [], []
+        self.patch = (patch, patch)
+        self.multiple, self.input_blur = multiple, float(input_blur)
+        for c, t, name in zip(conds, targets, self.names):
+            if c.shape[-2:] != t.shape[-2:]:
+                raise InputError(f"{name}: condition {c.shape[-2:]} and target {t.shape[-2:]} differ in size")
+            h, w = c.shape[-2:]
+            band = validation_band(h, val_fraction, patch, multiple)
+            if h - band < patch or w < patch:
+                extra = f" plus a {band}-row validation band" if band else ""
+                raise InputError(
+                    f"{name} is {h}x{w} px: too small for {patch}-px training patches{extra}; "
+                    "use a smaller patch or val_fraction"
+                )
+            self.conds.append(np.asarray(c, np.float32))
+            self.targets.append(np.asarray(t, np.float32))
+            self.bands.append(band)
+        self._areas = np.array(
+            [(c.shape[-2] - b - patch + 1) * (c.shape[-1] - patch + 1) for c, b in zip(self.conds, self.bands)], float
+        )
+        self.info = info or {}
+
+    @property
+    def train_area(self) -> int:
+        return int(sum((c.shape[-2] - b) * c.shape[-1] for c, b in zip(self.conds, self.bands)))
+
+    def _pick(self, rng: np.random.Generator) -> int:
+        return int(rng.choice(len(self.conds), p=self._areas / self._areas.sum())) if len(self.conds) > 1 else 0
+
+    def sample_one(self, rng: np.random.Generator) -> Item:
+        i = self._pick(rng)
+        c, t = self.conds[i], self.targets[i]
+        p = self.patch[0]
+        y = int(rng.integers(c.shape[-2] - self.bands[i] - p + 1))
+        x = int(rng.integers(c.shape[-1] - p + 1))
+        cc, tt = augment([c[:, y : y + p, x : x + p], t[:, y : y + p, x : x + p]], rng, rotate=True)
+        return blur(cc, self.input_blur, rng), tt, -1
+
+    def validation_items(self, limit: int) -> list[Item]:
+        crops = []
+        for c, t, band in zip(self.conds, self.targets, self.bands):
+            crops.append(band_crops(c, t, band, self.patch[0], self.multiple))
+        take = spread(limit, [len(v) for v in crops])
+        return [it for v, k in zip(crops, take) for it in v[:k]]
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.info, "images": self.names}
+
+
+def pair_data(
+    inputs: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    *,
+    rule: Normalisation,
+    patch: int,
+    scale: int = 1,
+    val_fraction: float = 0.1,
+    multiple: int = 1,
+    input_blur: float = 0.0,
+    names: Sequence[str] | None = None,
+) -> PairData:
+    """Training data from registered (degraded, clean) pairs.
+
+    Each input (2D, or a stack of 2D slices) is normalised with ``rule`` fitted on the whole
+    input; its target gets the same mapping. With ``scale > 1`` the inputs are low-resolution:
+    the condition is the bicubic upsampling of the normalised input, as at inference, and the
+    target must be ``scale`` times larger.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> clean = rng.random((96, 96))
+    >>> data = pair_data([clean + 0.1 * rng.random((96, 96))], [clean], rule=Normalisation(), patch=32)
+    >>> data.sample(rng, 2).cond.shape
+    torch.Size([2, 1, 32, 32])
+    """
+    names = list(names or [f"pair {i}" for i in range(len(inputs))])
+    conds, tgts, all_names = [], [], []
+    for inp, tgt, name in zip(inputs, targets, names):
+        info = fit_rule(inp, rule)
+        planes_in, planes_t = stack_planes(inp), stack_planes(tgt)
+        if len(planes_in) != len(planes_t):
+            raise InputError(f"{name}: input has {len(planes_in)} slices, target {len(planes_t)}")
+        for z, (pi, pt) in enumerate(zip(planes_in, planes_t)):
+            h, w = pi.shape
+            if pt.shape != (h * scale, w * scale):
+                raise InputError(
+                    f"{name}: target is {pt.shape[0]}x{pt.shape[1]} px, expected {h * scale}x{w * scale} "
+                    f"({'scale ' + str(scale) + ' times ' if scale > 1 else ''}the input); register the pair first"
+                )
+            cond = make_condition(np.asarray(pi, np.float64), info, scale, torch.device("cpu"))[0].numpy()
+            conds.append(cond)
+            tgts.append(to_model(pt, info)[None])
+            all_names.append(name if len(planes_in) == 1 else f"{name}[{z}]")
+    return PairData(
+        conds, tgts, patch=patch, val_fraction=val_fraction, multiple=multiple, input_blur=input_blur,
+        names=all_names, info={"kind": "pairs", "scale": scale},
+    )
+
+
+def sr_data(
+    clean: Sequence[np.ndarray],
+    *,
+    scale: int,
+    rule: Normalisation,
+    patch: int,
+    val_fraction: float = 0.1,
+    multiple: int = 1,
+    input_blur: float = 0.0,
+    names: Sequence[str] | None = None,
+) -> PairData:
+    """Super-resolution pairs made from clean images by area (block-mean) downsampling.
+
+    The low-resolution image is the input (normalisation fitted on it); the clean image,
+    cropped to a multiple of ``scale``, is the target.
+
+    Examples
+    --------
+    >>> img = np.random.default_rng(0).random((128, 128))
+    >>> data = sr_data([img], scale=2, rule=Normalisation(), patch=32)
+    >>> b = data.sample(np.random.default_rng(1), 1)
+    >>> b.cond.shape == b.target.shape
+    True
+    """
+    names = list(names or [f"image {i}" for i in range(len(clean))])
+    lows, highs = [], []
+    for img in clean:
+        h, w = (img.shape[-2] // scale) * scale, (img.shape[-1] // scale) * scale
+        high = np.asarray(img[..., :h, :w], dtype=np.float64)
+        lows.append(downsample_area(high, scale))
+        highs.append(high)
+    data = pair_data(
+        lows, highs, rule=rule, patch=patch, scale=scale, val_fraction=val_fraction, multiple=multiple,
+        input_blur=input_blur, names=names,
+    )
+    data.info = {"kind": "area-downsampled", "scale": scale}
+    return data

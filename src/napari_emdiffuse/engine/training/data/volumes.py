@@ -1,0 +1,192 @@
+"""vEMDiffuse training crops from volumes: two planes as the condition, one between them as
+the target."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from ...inference.normalise import to_model
+from ...models.cards import Normalisation
+from .base import Item, TrainingData, augment, fit_rule, floor_to, spread, validation_band
+
+__all__ = ["IsotropicData"]
+
+
+class IsotropicData(TrainingData):
+    """vEMDiffuse training crops from volumes.
+
+    For a factor ``f``, the condition is two planes ``f`` apart stacked as two channels
+    (the lower index first) and the target is the plane at offset ``j`` (1 <= j < f) between
+    them, with ``slice_index = j - 1``; for ``kind="regression"`` the target is all ``f - 1``
+    planes between them and there is no slice index.
+
+    ``mode="i"`` (vEMDiffuse-i): planes perpendicular to z of an isotropic volume; crops are
+    ``patch`` x ``patch``; the validation band is the bottom rows (largest y) of every plane.
+    ``mode="a"`` (vEMDiffuse-a): an anisotropic volume teaches itself from its lateral
+    resolution: planes perpendicular to y (each a ``(Z, X)`` image) at ``y0`` and ``y0 + f``
+    are the condition. Crops are ``h`` x ``patch`` with ``h`` the largest multiple of the
+    network's size multiple that fits both ``patch`` and Z, so volumes with few slices work;
+    the validation planes are the largest y.
+
+    Augmentation: flips of both in-plane axes, 90-degree rotations (mode ``i``), and reversal
+    of the plane order (the condition planes swap and ``j`` becomes ``f - j``).
+
+    Examples
+    --------
+    >>> vol = np.random.default_rng(0).random((12, 64, 64))
+    >>> data = IsotropicData([vol], factor=3, mode="a", rule=Normalisation(), patch=32, multiple=2)
+    >>> b = data.sample(np.random.default_rng(0), 2)
+    >>> b.cond.shape, b.target.shape, b.slice_index.shape
+    (torch.Size([2, 2, 12, 32]), torch.Size([2, 1, 12, 32]), torch.Size([2]))
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[np.ndarray],
+        *,
+        factor: int,
+        mode: str = "i",
+        rule: Normalisation,
+        patch: int,
+        val_fraction: float = 0.1,
+        multiple: int = 1,
+        kind: str = "diffusion",
+        names: Sequence[str] | None = None,
+    ) -> None:
+        if mode not in ("i", "a"):
+            raise InputError(f"isotropic mode must be 'i' or 'a', got {mode!r}")
+        if factor < 2:
+            raise InputError(f"factor must be at least 2, got {factor}")
+        self.factor, self.mode, self.kind, self.multiple = int(factor), mode, kind, multiple
+        self.names = list(names or [f"volume {i}" for i in range(len(volumes))])
+        self.volumes, self.bands = [], []
+        heights = []
+        f = self.factor
+        for vol, name in zip(volumes, self.names):
+            vol = np.asarray(vol)
+            if vol.ndim != 3:
+                raise InputError(f"{name} has shape {tuple(vol.shape)}; isotropic training needs a 3D (ZYX) volume")
+            z, y, x = vol.shape
+            if mode == "i":
+                if z < f + 1:
+                    raise InputError(
+                        f"{name} has {z} slices: isotropic-i with factor {f} needs at least {f + 1}"
+                    )
+                band = validation_band(y, val_fraction, patch, multiple)
+                if y - band < patch or x < patch:
+                    extra = f" plus a {band}-row validation band" if band else ""
+                    raise InputError(
+                        f"{name} planes are {y}x{x} px: too small for {patch}-px patches{extra}; "
+                        "use a smaller patch or val_fraction"
+                    )
+                heights.append(patch)
+            else:
+                h = floor_to(min(patch, z), multiple)
+                if h < max(8, 2 * multiple):
+                    raise InputError(
+                        f"{name} has {z} slices: isotropic-a needs at least {max(8, 2 * multiple)} "
+                        "(its (Z, X) planes are the training images)"
+                    )
+                band = 0
+                if val_fraction > 0:
+                    band = max(math.ceil(val_fraction * y), f + 1)
+                if y - band < f + 1:
+                    raise InputError(
+                        f"{name} is {y} px along y: isotropic-a with factor {f} needs at least "
+                        f"{f + 1 + band} (training planes plus {band} held out for validation)"
+                    )
+                if x < patch:
+                    raise InputError(f"{name} is {x} px wide: too small for {patch}-px patches")
+                heights.append(h)
+            self.volumes.append(vol)
+            self.bands.append(band)
+        self.patch = (min(heights), patch)
+        self.norms = [fit_rule(v, rule) for v in self.volumes]
+        self._areas = np.array([self._positions(i) for i in range(len(self.volumes))], float)
+
+    def _positions(self, i: int) -> int:
+        z, y, x = self.volumes[i].shape
+        f, (ph, pw), band = self.factor, self.patch, self.bands[i]
+        if self.mode == "i":
+            return (z - f) * (y - band - ph + 1) * (x - pw + 1)
+        return (y - band - f) * (z - ph + 1) * (x - pw + 1)
+
+    @property
+    def train_area(self) -> int:
+        return int(self._areas.sum())
+
+    def _item(self, i: int, a: int, off0: int, off1: int, j: int, shape: tuple[int, int] | None = None) -> Item:
+        """Planes ``a`` and ``a + f`` (and between) of volume ``i``, crop at (off0, off1)."""
+        vol, info, f = self.volumes[i], self.norms[i], self.factor
+        ph, pw = shape or self.patch
+        if self.mode == "i":
+            planes = vol[a : a + f + 1, off0 : off0 + ph, off1 : off1 + pw]
+        else:
+            planes = np.moveaxis(vol[off0 : off0 + ph, a : a + f + 1, off1 : off1 + pw], 1, 0)
+        planes = to_model(planes, info)
+        cond = planes[[0, f]]
+        if self.kind == "regression":
+            return cond, planes[1:f], -1
+        return cond, planes[j : j + 1], j - 1
+
+    def sample_one(self, rng: np.random.Generator) -> Item:
+        i = int(rng.choice(len(self.volumes), p=self._areas / self._areas.sum())) if len(self.volumes) > 1 else 0
+        z, y, x = self.volumes[i].shape
+        f, (ph, pw), band = self.factor, self.patch, self.bands[i]
+        if self.mode == "i":
+            a = int(rng.integers(z - f))
+            off0 = int(rng.integers(y - band - ph + 1))
+        else:
+            a = int(rng.integers(y - band - f))
+            off0 = int(rng.integers(z - ph + 1))
+        off1 = int(rng.integers(x - pw + 1))
+        j = int(rng.integers(1, f))
+        cond, target, si = self._item(i, a, off0, off1, j)
+        cond, target = augment([cond, target], rng, rotate=self.mode == "i")
+        if rng.integers(2):  # reverse the plane order: the volume seen upside down
+            cond = cond[::-1]
+            if self.kind == "regression":
+                target = target[::-1]
+            else:
+                si = f - j - 1
+        return cond, target, si
+
+    def validation_items(self, limit: int) -> list[Item]:
+        per_volume = []
+        f, (ph, pw) = self.factor, self.patch
+        for i, vol in enumerate(self.volumes):
+            z, y, x = vol.shape
+            band = self.bands[i]
+            if band == 0:
+                per_volume.append([])
+                continue
+            xs = np.linspace(0, x - pw, max(1, x // pw)).round().astype(int)
+            items = []
+            if self.mode == "i":
+                vh = min(ph, floor_to(band, self.multiple))
+                if vh < 8:
+                    per_volume.append([])
+                    continue
+                zs = np.linspace(0, z - f - 1, max(1, len(xs))).round().astype(int)
+                for n, (x0, a) in enumerate(zip(xs, zs)):
+                    items.append(self._item(i, int(a), y - band, int(x0), 1 + n % (f - 1), (vh, pw)))
+            else:
+                ys = np.linspace(y - band, y - f - 1, max(1, len(xs))).round().astype(int)
+                for n, (x0, a) in enumerate(zip(xs, ys)):
+                    items.append(self._item(i, int(a), 0, int(x0), 1 + n % (f - 1)))
+            per_volume.append(items)
+        take = spread(limit, [len(v) for v in per_volume])
+        return [it for v, k in zip(per_volume, take) for it in v[:k]]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": f"isotropic-{self.mode}",
+            "volumes": self.names,
+            "shapes": [list(v.shape) for v in self.volumes],
+            "factor": self.factor,
+        }
