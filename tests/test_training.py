@@ -136,9 +136,10 @@ def test_isotropic_i_and_a_models(tmp_path):
     out = train(TrainConfig(factor=2, out=tmp_path / "iso-r", iterations=2, **reg))
     net = load_model(out, cache=False).card.network
     assert (net.in_channel, net.out_channel, net.slice_embedding) == (2, 1, False)
-    # without a slice embedding it cannot choose between several new slices
-    with pytest.raises(EMDiffuseError, match="factor 2"):
-        next(train_iter(TrainConfig(factor=3, out=tmp_path / "x", **reg)))
+    # factor 3: one output channel per new slice, all made in one pass
+    out = train(TrainConfig(factor=3, out=tmp_path / "iso-r3", iterations=2, **reg))
+    net = load_model(out, cache=False).card.network
+    assert (net.in_channel, net.out_channel) == (2, 2)
 
 
 def test_isotropic_data_conventions():

@@ -42,6 +42,7 @@ __all__ = [
     "restore_to_zarr_iter",
     "validate_image",
     "restore_plane",
+    "combined_std",
     "restore_block",
     "BlockPlan",
     "canvas_size",
@@ -197,12 +198,30 @@ def restore_plane(
             variance = torch.stack([torch.flip(v, _FLIPS[k % views]) if _FLIPS[k % views] else v for k, v in enumerate(variance)])
     samples = samples[:, :h, :w].numpy()
     mean = samples.mean(axis=0)
-    std = None
-    if samples.shape[0] > 1:
-        std = samples.std(axis=0, ddof=1)
-    elif variance is not None:
-        std = np.sqrt(variance[0, :h, :w].numpy())
-    return mean, std
+    return mean, combined_std(samples, None if variance is None else variance[:, :h, :w].numpy())
+
+
+def combined_std(samples: np.ndarray, variance: np.ndarray | None) -> np.ndarray | None:
+    """Std of the output from K samples (K, H, W) and the network's variance (K, H, W).
+
+    The law of total variance: the mean predicted (aleatoric) variance plus the variance of
+    the samples around their mean (their spread). None when neither is available.
+
+    Examples
+    --------
+    >>> s = np.array([[[0.0]], [[2.0]]]); v = np.full((2, 1, 1), 3.0)
+    >>> float(combined_std(s, v)[0, 0])  # sqrt(3 + 1)
+    2.0
+    """
+    k = samples.shape[0]
+    if variance is None and k < 2:
+        return None
+    total = np.zeros(samples.shape[1:], np.float64)
+    if k > 1:
+        total += samples.var(axis=0, ddof=1 if variance is None else 0)
+    if variance is not None:
+        total += variance.mean(axis=0)
+    return np.sqrt(total).astype(np.float32)
 
 
 def canvas_size(n: int, mult: int) -> int:

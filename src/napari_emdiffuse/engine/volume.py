@@ -45,7 +45,7 @@ from .models.device import resolve_device
 from .models.model import EMDiffuseModel
 from .models.registry import DEFAULT_MODELS, load_model
 from .inference.normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
-from .restore import _as_numpy, _check_finite, _info, canvas_size, validate_image
+from .restore import _as_numpy, _check_finite, _info, canvas_size, combined_std, validate_image
 from .tiling import TilePlan, block_slices, pad_to
 
 __all__ = [
@@ -198,7 +198,12 @@ def _check_model(m: EMDiffuseModel, factor: int) -> None:
             f"model '{card.name}' takes {card.cond_channels} condition channel(s); an isotropic model takes "
             f"the 2 neighbouring slices"
         )
-    if factor > 2 and not card.network.slice_embedding:
+    if card.kind == "regression" and card.network.out_channel != factor - 1:
+        raise InputError(
+            f"model '{card.name}' makes {card.network.out_channel} slice(s) per gap (factor "
+            f"{card.network.out_channel + 1}), not {factor - 1}; pass factor={card.network.out_channel + 1}"
+        )
+    if factor > 2 and card.kind == "diffusion" and not card.network.slice_embedding:
         raise EMDiffuseError(
             f"model '{card.name}' has no slice-index embedding, so it can only add one slice per gap (factor=2)"
         )
@@ -282,8 +287,9 @@ def _block_batches(m: EMDiffuseModel, shape: tuple[int, int], n_items: int, opts
     mult = m.card.network.size_multiple
     h, w = canvas_size(shape[0], mult), canvas_size(shape[1], mult)
     plan = TilePlan(h, w, min(opts.tile, h), min(opts.tile, w), opts.overlap)
-    steps = opts.n_steps if m.card.kind == "diffusion" else 1
-    return steps * math.ceil(n_items * len(plan) / opts.batch)
+    if m.card.kind != "diffusion":
+        return math.ceil(len(plan) / opts.batch)  # a predictor makes all of a gap's slices at once
+    return opts.n_steps * math.ceil(n_items * len(plan) / opts.batch)
 
 
 def _sample_block(
@@ -331,12 +337,10 @@ def _sample_block(
         gen.close()
     samples = samples[:, :h, :w].numpy().reshape(factor - 1, k, h, w)
     mean = samples.mean(axis=1)
-    std = None
-    if k > 1:
-        std = samples.std(axis=1, ddof=1)
-    elif variance is not None:
-        std = np.sqrt(variance[:, :h, :w].numpy().reshape(factor - 1, k, h, w)[:, 0])
-    return lo, hi, mean, std
+    if variance is not None:
+        variance = variance[:, :h, :w].numpy().reshape(factor - 1, k, h, w)
+    std = [combined_std(samples[j], None if variance is None else variance[j]) for j in range(factor - 1)]
+    return lo, hi, mean, (None if std[0] is None else np.stack(std))
 
 
 def _measured(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:

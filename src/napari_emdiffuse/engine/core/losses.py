@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["mse_loss", "l1_loss", "mse_var_loss", "pin_loss", "PinballLoss", "FocalLoss", "LOSSES"]
+__all__ = ["mse_loss", "l1_loss", "mse_var_loss", "mean_var_loss", "pin_loss", "PinballLoss", "FocalLoss", "LOSSES"]
 
 
 def mse_loss(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -33,6 +33,23 @@ def mse_var_loss(target: torch.Tensor, output: torch.Tensor, log_var: torch.Tens
     """
     log_var = log_var.float().clamp(-10.0, 10.0)
     return torch.mean(torch.exp(-log_var) * (output.float() - target.float()) ** 2 + log_var)
+
+
+def mean_var_loss(target: torch.Tensor, output: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the mean plus the Gaussian NLL of the variance, decoupled.
+
+    The variance term sees the mean detached, so a pixel the head calls uncertain is not
+    given less weight when fitting the mean (as in :func:`mse_var_loss`): the mean stays the
+    MSE-optimal estimate and the variance learns the squared error around it.
+
+    Examples
+    --------
+    >>> t = torch.zeros(1, 1, 4, 4); m = torch.full_like(t, 0.5)
+    >>> round(float(mean_var_loss(t, m, torch.log(torch.full_like(t, 0.25)))), 4)  # 0.25 + (1 + ln 0.25)
+    -0.1363
+    """
+    mse = F.mse_loss(output.float(), target.float())
+    return mse + mse_var_loss(target, output.detach(), log_var)
 
 
 def pin_loss(target: torch.Tensor, output: torch.Tensor, quantile: float = 0.5) -> torch.Tensor:
@@ -98,6 +115,7 @@ LOSSES = {
     "l1_loss": l1_loss,
     "l1": l1_loss,
     "mse_var_loss": mse_var_loss,
+    "mean_var_loss": mean_var_loss,
     "pin_loss": pin_loss,
     "PinballLoss": PinballLoss,
     "FocalLoss": FocalLoss,

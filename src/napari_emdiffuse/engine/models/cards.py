@@ -58,6 +58,11 @@ class UNetConfig(_Strict):
     image_size: int = Field(256, ge=8)
     slice_embedding: bool = False
     aleatoric: bool = False
+    # Predictors (kind regression): the network adds a correction to a base image, the
+    # condition itself (denoise, super-resolve after upsampling) or the linear interpolation
+    # of the two measured slices (isotropic), so an untrained network already returns the
+    # classical answer and capacity goes into what the classical answer misses.
+    residual: bool = False
     norm_groups: int | None = None
 
     @field_validator("channel_mults")

@@ -52,11 +52,14 @@ def define_network(cfg: UNetConfig | Mapping, kind: str = "diffusion") -> nn.Mod
         except ValidationError as exc:
             raise EMDiffuseError(validation_message(exc, "network config")) from None
     kw = cfg.model_dump()
+    residual = kw.pop("residual")
     if kind == "diffusion":
+        if residual:
+            raise EMDiffuseError("network.residual applies to regression (predictor) models only")
         return UNet(**kw)
     if kind == "regression":
         in_ch, out_ch = kw.pop("in_channel"), kw.pop("out_channel")
-        return RegressionUNet(in_ch, out_ch, **kw)
+        return RegressionUNet(in_ch, out_ch, residual=residual, **kw)
     raise EMDiffuseError(f"unknown network kind {kind!r}; choose diffusion or regression")
 
 

@@ -219,6 +219,7 @@ class TrainConfig(BaseModel):
     register: bool = False
     doses: list[float] = Field(default_factory=lambda: [20.0, 50.0, 100.0, 200.0, 500.0], min_length=1)
     read_noise: float = Field(1.0, ge=0)
+    noise_correlation: float = Field(0.0, ge=0, le=1)  # see simulate_noise(correlation=)
     input_blur: float = Field(0.0, ge=0, le=10)
     # optimisation
     patch: int = Field(128, ge=8)
@@ -226,6 +227,7 @@ class TrainConfig(BaseModel):
     iterations: int = Field(1000, ge=1)
     lr: float = Field(1e-4, gt=0, le=1)
     warmup: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.999, ge=0, le=1)
     ema_start: int = Field(0, ge=0)

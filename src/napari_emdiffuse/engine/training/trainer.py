@@ -35,7 +35,7 @@ import torch
 from pydantic import ValidationError
 
 from ..core.ema import EMA
-from ..core.losses import mse_loss, mse_var_loss
+from ..core.losses import mean_var_loss, mse_loss
 from ..core.metrics import psnr, ssim
 from ..errors import EMDiffuseError, InputError, ModelFileError
 from ..events import Progress
@@ -130,10 +130,17 @@ class Trainer:
             self.model = self.net
         params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warm = cfg.warmup
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: min(1.0, (i + 1) / warm) if warm else 1.0
-        )
+        warm, total, cosine = cfg.warmup, cfg.iterations, cfg.lr_schedule == "cosine"
+
+        def factor(i: int) -> float:
+            ramp = min(1.0, (i + 1) / warm) if warm else 1.0
+            if not cosine or i < warm:
+                return ramp
+            # Cosine decay to 5 % over the rest of the run: the last iterations polish.
+            t = min(1.0, (i - warm) / max(1, total - warm))
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
         self.ema = EMA(self.net, decay=cfg.ema_decay, start_step=cfg.ema_start)
         # Different crops and noise per rank; the weights stay in sync through DDP.
@@ -160,7 +167,7 @@ class Trainer:
             loss = self.model(batch.target, batch.cond, batch.slice_index, noise=noise, gammas=gammas)
         else:
             out = self.model(batch.cond)
-            loss = mse_var_loss(batch.target, *out) if isinstance(out, tuple) else mse_loss(batch.target, out)
+            loss = mean_var_loss(batch.target, *out) if isinstance(out, tuple) else mse_loss(batch.target, out)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -233,7 +240,7 @@ class Trainer:
                 )
             else:
                 out = self.net(vb.cond)
-                val_loss = mse_var_loss(vb.target, *out) if isinstance(out, tuple) else mse_loss(vb.target, out)
+                val_loss = mean_var_loss(vb.target, *out) if isinstance(out, tuple) else mse_loss(vb.target, out)
                 pred = out[0] if isinstance(out, tuple) else out
             self.net.train()
         p, t = pred.float().cpu().numpy(), vb.target.cpu().numpy()
@@ -536,12 +543,6 @@ class Trainer:
         kind = cfg.kind or "diffusion"
         iso = cfg.task.startswith("isotropic")
         factor = cfg.factor or 2
-        if iso and kind == "regression" and factor > 2:
-            # Without a slice-index embedding a network cannot tell which of several new
-            # slices to make; isotropic reconstruction refuses such models for factor > 2.
-            raise EMDiffuseError(
-                f"a regression isotropic model adds one slice per gap (factor 2), not {factor}; use kind diffusion"
-            )
         cond = 2 if iso else 1
         want = {
             "in_channel": cond + (1 if kind == "diffusion" else 0),
@@ -606,6 +607,7 @@ class Trainer:
                 parts.append(
                     SimulatedNoiseData(
                         clean, doses=cfg.doses, read_noise=cfg.read_noise, rule=rule, names=clean_names,
+                        correlation=cfg.noise_correlation,
                         seed=cfg.seed, **common, **blur,
                     )
                 )

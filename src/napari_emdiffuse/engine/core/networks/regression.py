@@ -1,7 +1,8 @@
 """Plain regression UNet: one forward pass, no diffusion.
 
-A baseline and a fast mode. It reuses the diffusion UNet's body with the noise level fixed
-at 1 (no noise), so the same architecture configs and speed options apply.
+The predictor of the predict-then-refine models. It reuses the diffusion UNet's body with
+the noise level fixed at 1 (no noise), so the same architecture configs and speed options
+apply.
 """
 
 from __future__ import annotations
@@ -11,7 +12,29 @@ from torch import nn
 
 from .unet import UNet
 
-__all__ = ["RegressionUNet"]
+__all__ = ["RegressionUNet", "residual_base"]
+
+
+def residual_base(x: torch.Tensor, out_channel: int) -> torch.Tensor:
+    """The classical answer a residual predictor corrects, (B, out_channel, H, W).
+
+    One condition channel: the condition itself (a noisy image, or a low-resolution image
+    already upsampled). Two (the measured slices below and above a gap): output channel
+    ``j`` is the linear interpolation at depth ``(j + 1) / (out_channel + 1)``.
+
+    Examples
+    --------
+    >>> x = torch.stack([torch.zeros(2, 2), torch.full((2, 2), 3.0)])[None]
+    >>> residual_base(x, 2)[0, :, 0, 0].tolist()
+    [1.0, 2.0]
+    """
+    if x.shape[1] == 1:
+        return x.expand(-1, out_channel, -1, -1)
+    if x.shape[1] == 2:
+        w = torch.arange(1, out_channel + 1, dtype=x.dtype, device=x.device) / (out_channel + 1)
+        w = w.view(1, -1, 1, 1)
+        return (1 - w) * x[:, :1] + w * x[:, 1:2]
+    raise ValueError(f"a residual predictor takes 1 or 2 condition channels, not {x.shape[1]}")
 
 
 class RegressionUNet(nn.Module):
@@ -19,14 +42,18 @@ class RegressionUNet(nn.Module):
 
     Parameters are those of :class:`UNet` except that ``in_channel`` counts only the
     condition channels. With ``aleatoric=True`` it also returns a per-pixel log-variance.
+    With ``residual=True`` the network's output is added to :func:`residual_base`.
     """
 
-    def __init__(self, in_channel: int = 1, out_channel: int = 1, **unet_kwargs) -> None:
+    def __init__(self, in_channel: int = 1, out_channel: int = 1, *, residual: bool = False, **unet_kwargs) -> None:
         super().__init__()
         unet_kwargs.pop("slice_embedding", None)
         self.net = UNet(in_channel, out_channel, **unet_kwargs)
         self.in_channel, self.out_channel = in_channel, out_channel
         self.aleatoric = self.net.aleatoric
+        self.residual = residual
+        if residual and in_channel not in (1, 2):
+            raise ValueError(f"a residual predictor takes 1 or 2 condition channels, not {in_channel}")
 
     @property
     def size_multiple(self) -> int:
@@ -34,4 +61,10 @@ class RegressionUNet(nn.Module):
 
     def forward(self, x: torch.Tensor):
         level = torch.ones(x.shape[0], device=x.device)
-        return self.net(x, level)
+        out = self.net(x, level)
+        if not self.residual:
+            return out
+        base = residual_base(x.float(), self.out_channel)
+        if isinstance(out, tuple):
+            return out[0] + base, out[1]
+        return out + base

@@ -1,0 +1,149 @@
+"""Train the peers (careamics CARE, Noise2Void) on the data our models saw, for a fixed
+number of CPU minutes, and save their outputs on the held-out cases of
+``benchmarks/quality.py`` (which prints them in the same tables, ``--peers``).
+
+careamics is not a dependency of this project: run this script with an environment that
+has it (see ../shared/PEERS.md for installing it beside a CPU torch), e.g.
+
+    /work/benchenv/bin/python benchmarks/peers.py --minutes 12 --out build/peers
+    python benchmarks/quality.py --peers build/peers/peers.json
+
+* CARE: trained on rows 0:512 of pair_brain_4us (noisy 4 us -> clean 36 us), the real pair
+  our denoiser trains on; applied to every denoising case.
+* N2V (``--n2v``): trained on each noisy test image itself (it needs no clean target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import json
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _fake_torchvision() -> None:
+    try:
+        import torchvision  # noqa: F401  (a working install needs no placeholder)
+
+        return
+    except Exception:
+        pass
+    # careamics imports torchvision only for export and LVAE code, which CARE/N2V training
+    # and prediction never reach; no CPU torchvision wheel matches torch 2.13 here.
+    # torchmetrics also believes it is there and imports a few names at import time.
+    for name in ("torchvision", "torchvision.transforms", "torchvision.models", "torchvision.ops"):
+        mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        mod.__getattr__ = lambda attr: None  # any name: a placeholder, never called here
+        sys.modules.setdefault(name, mod)
+    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+    sys.modules["torchvision"].models = sys.modules["torchvision.models"]
+
+
+def cases(doses: list[float]) -> dict[str, np.ndarray]:
+    """The noisy inputs of quality.py's denoising table, by key."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from napari_emdiffuse.engine.training.data.noise import simulate_noise
+
+    pair = SHARED / "em2d" / "pair_brain_4us"
+    noisy = tifffile.imread(pair / "noisy_4us.tif")[512:768]
+    out = {"pair256": noisy[:256, :256], "pair768": noisy}
+    liver = tifffile.imread(SHARED / "em2d" / "clean" / "openorganelle_mouse_liver_0.tif")
+    for d in doses:
+        out[f"dose{d:g}"] = simulate_noise(liver, d, rng=np.random.default_rng(int(d)), lo=0, hi=255).astype(np.uint8)
+    out["sample"] = tifffile.imread(ROOT / "resources" / "samples" / "fibsem_liver_noisy.tif")
+    return out
+
+
+def _trainer_params(minutes: float) -> dict:
+    whole, frac = divmod(minutes, 1)
+    stamp = f"00:00:{int(whole):02d}:{int(round(frac * 60)):02d}"
+    return {"max_time": stamp, "enable_progress_bar": False}
+
+
+def _no_early_stop() -> dict:
+    return {"monitor": "val_loss", "patience": 10_000}  # the default patience of 3 epochs stops a short run far too early
+
+
+def train_care(minutes: float, work: Path):
+    from careamics import CAREamist
+    from careamics.config import create_advanced_care_config
+
+    pair = SHARED / "em2d" / "pair_brain_4us"
+    x = tifffile.imread(pair / "noisy_4us.tif")[:512].astype(np.float32)
+    y = tifffile.imread(pair / "clean_36us.tif")[:512].astype(np.float32)
+    cfg = create_advanced_care_config(
+        experiment_name="care_pair", data_type="array", axes="YX", patch_size=[64, 64], batch_size=16,
+        num_epochs=10_000, trainer_params=_trainer_params(minutes), early_stopping_params=_no_early_stop(),
+        num_workers=0, lr_scheduler="StepLR", lr_scheduler_params={"step_size": 10**9},
+    )
+    careamist = CAREamist(cfg, work_dir=work / "care")
+    careamist.train(train_data=x[:448], train_data_target=y[:448], val_data=x[448:], val_data_target=y[448:])
+    return careamist
+
+
+def predict(careamist, image: np.ndarray) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    tile = (min(256, image.shape[0] // 16 * 16), min(256, image.shape[1] // 16 * 16))
+    out = careamist.predict(image.astype(np.float32), axes="YX", tile_size=tile, tile_overlap=(32, 32))
+    if isinstance(out, tuple):  # (predictions, sources) in careamics 0.3
+        out = out[0]
+    while isinstance(out, (list, tuple)):
+        out = out[0]
+    out = np.squeeze(np.asarray(out))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=12.0, help="training wall-clock per peer")
+    ap.add_argument("--doses", default="30,100,300")
+    ap.add_argument("--n2v", action="store_true", help="also train Noise2Void on each test image")
+    ap.add_argument("--out", default=str(ROOT / "build" / "peers"))
+    args = ap.parse_args()
+    _fake_torchvision()
+    import torch
+
+    torch.set_num_threads(1)  # the CPU budget of our own training runs
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = cases([float(d) for d in args.doses.split(",") if d])
+    result: dict = {}
+    care = train_care(args.minutes, out)
+    for key, image in inputs.items():
+        pred, seconds = predict(care, image)
+        np.save(out / f"care_{key}.npy", pred)
+        result.setdefault(key, {})["CARE"] = {"output": str(out / f"care_{key}.npy"), "minutes": args.minutes,
+                                              "seconds": seconds}
+        print(f"CARE {key}: done in {seconds:.1f} s", flush=True)
+    if args.n2v:
+        from careamics import CAREamist
+        from careamics.config import create_advanced_n2v_config
+
+        for key in ("pair256", "sample"):
+            image = inputs[key].astype(np.float32)
+            cfg = create_advanced_n2v_config(
+                experiment_name=f"n2v_{key}", data_type="array", axes="YX", patch_size=[64, 64], batch_size=16,
+                num_epochs=10_000, trainer_params=_trainer_params(args.minutes / 2), num_workers=0,
+            )
+            n2v = CAREamist(cfg, work_dir=out / f"n2v_{key}")
+            n2v.train(train_data=image)
+            pred, seconds = predict(n2v, image)
+            np.save(out / f"n2v_{key}.npy", pred)
+            result[key]["N2V"] = {"output": str(out / f"n2v_{key}.npy"), "minutes": args.minutes / 2,
+                                  "seconds": seconds}
+    (out / "peers.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {out / 'peers.json'}")
+
+
+if __name__ == "__main__":
+    main()

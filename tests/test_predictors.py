@@ -1,0 +1,121 @@
+"""Predictors (kind regression, residual, aleatoric): closed-form behaviour of an untrained
+residual network, the decoupled loss, the mirror ensemble and the combined uncertainty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_emdiffuse.engine.core.losses import mean_var_loss, mse_var_loss
+from napari_emdiffuse.engine.core.networks.regression import RegressionUNet, residual_base
+from napari_emdiffuse.engine.models.cards import ModelCard, Normalisation, UNetConfig
+from napari_emdiffuse.engine.models.factory import create_model
+from napari_emdiffuse.engine.restore import combined_std, restore
+from napari_emdiffuse.engine.volume import reconstruct_isotropic
+
+NET = dict(inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[], num_head_channels=16, dropout=0.0)
+
+
+def predictor(task: str = "denoise", *, out_channel: int = 1, residual: bool = True, aleatoric: bool = True,
+              perturb: float = 0.0):
+    iso = task.startswith("isotropic")
+    card = ModelCard(
+        name=f"pred-{task}", task=task, kind="regression",
+        network=UNetConfig(in_channel=2 if iso else 1, out_channel=out_channel, residual=residual,
+                           aleatoric=aleatoric, **NET),
+        normalisation=Normalisation(), scale=2 if task == "super-resolve" else 1,
+        z_factor=out_channel + 1 if iso else None, tile=32, overlap=8,
+    )
+    torch.manual_seed(0)
+    m = create_model(card)
+    if perturb:
+        with torch.no_grad():
+            for p in m.module.parameters():
+                if p.abs().sum() == 0:
+                    p.normal_(0, perturb)
+    m.module.eval()
+    return m
+
+
+def test_residual_base_closed_form():
+    x = torch.stack([torch.zeros(3, 3), torch.full((3, 3), 6.0)])[None]
+    assert residual_base(x, 2)[0, :, 1, 1].tolist() == [2.0, 4.0]  # depths 1/3 and 2/3
+    assert residual_base(x, 1)[0, 0, 0, 0].item() == 3.0
+    assert torch.equal(residual_base(x[:, :1], 1), x[:, :1])
+    with pytest.raises(ValueError, match="1 or 2"):
+        residual_base(torch.zeros(1, 3, 4, 4), 1)
+
+
+def test_untrained_residual_predictor_is_identity_without_clipping():
+    """Zero-initialised output convolutions: the untrained predictor returns its base exactly,
+    including values far outside the normalisation's percentiles (nothing is clipped)."""
+    rng = np.random.default_rng(0)
+    img = rng.normal(1000, 50, (48, 40)).astype(np.float32)
+    img[5, 5], img[30, 20] = -4000.0, 9000.0  # far outside the 0.5-99.5 percentile range
+    res = restore(img, "denoise", predictor(), device="cpu")
+    np.testing.assert_allclose(res.mean, img, rtol=1e-5, atol=1e-2)
+    # the control: the same network without the residual connection returns a constant
+    flat = restore(img, "denoise", predictor(residual=False), device="cpu").mean
+    assert np.abs(flat - img).max() > 100
+
+
+def test_untrained_sr_predictor_returns_bicubic():
+    img = (np.random.default_rng(1).random((24, 20)) * 200 + 20).astype(np.float32)
+    res = restore(img, "super-resolve", predictor("super-resolve"), device="cpu")
+    up = torch.nn.functional.interpolate(torch.from_numpy(img)[None, None], scale_factor=2, mode="bicubic",
+                                         align_corners=False)[0, 0].numpy()
+    assert res.mean.shape == (48, 40)
+    np.testing.assert_allclose(res.mean, up, rtol=1e-4, atol=1e-2)
+
+
+def test_isotropic_predictor_gives_each_slice_its_channel():
+    """Factor 3: the untrained predictor returns the linear interpolation at 1/3 and 2/3."""
+    rng = np.random.default_rng(2)
+    vol = rng.uniform(0, 1000, (3, 32, 32)).astype(np.float32)
+    res = reconstruct_isotropic(vol, 3, predictor("isotropic-i", out_channel=2), device="cpu")
+    assert res.volume.shape == (7, 32, 32)
+    for z in range(2):
+        lo, hi = vol[z], vol[z + 1]
+        np.testing.assert_allclose(res.volume[3 * z + 1], lo + (hi - lo) / 3, rtol=1e-4, atol=0.05)
+        np.testing.assert_allclose(res.volume[3 * z + 2], lo + 2 * (hi - lo) / 3, rtol=1e-4, atol=0.05)
+    np.testing.assert_array_equal(res.volume[::3], vol)
+    with pytest.raises(Exception, match="factor=3"):
+        reconstruct_isotropic(vol, 2, predictor("isotropic-i", out_channel=2), device="cpu")
+
+
+def test_mean_var_loss_decouples_the_mean_from_the_variance():
+    target = torch.zeros(1, 1, 4, 4)
+    mean = torch.full_like(target, 0.5, requires_grad=True)
+    for log_var in (torch.zeros_like(target), torch.full_like(target, 3.0)):
+        (g,) = torch.autograd.grad(mean_var_loss(target, mean, log_var), mean)
+        np.testing.assert_allclose(g.numpy(), 2 * 0.5 / 16, rtol=1e-6)  # the MSE gradient only
+    # the control: the coupled NLL down-weights the mean where the variance is large
+    (g,) = torch.autograd.grad(mse_var_loss(target, mean, torch.full_like(target, 3.0)), mean)
+    assert g.abs().max() < 2 * 0.5 / 16 * 0.1
+
+
+def test_combined_std_law_of_total_variance():
+    s = np.stack([np.zeros((2, 2)), np.full((2, 2), 2.0)])
+    v = np.full((2, 2, 2), 3.0)
+    np.testing.assert_allclose(combined_std(s, v), 2.0)  # sqrt(3 + 1)
+    np.testing.assert_allclose(combined_std(s, None), np.sqrt(2.0))  # sample std, ddof 1
+    assert combined_std(s[:1], None) is None
+
+
+def test_presets_of_a_predictor():
+    """fast: one pass, the aleatoric std; balanced: 4 mirrored views, averaged, wider std."""
+    img = (np.random.default_rng(3).random((40, 40)) * 255).astype(np.uint8)
+    m = predictor(perturb=0.05)
+    fast = restore(img, "denoise", m, device="cpu")
+    bal = restore(img, "denoise", m, preset="balanced", device="cpu")
+    assert (fast.info["samples"], bal.info["samples"]) == (1, 4)
+    assert fast.uncertainty is not None and (fast.uncertainty > 0).all()
+    assert not np.array_equal(fast.mean, bal.mean)  # the perturbed network is not mirror-symmetric
+    assert (bal.uncertainty >= fast.uncertainty.min() * 0.5).all()
+    assert fast.mean.dtype == np.uint8
+
+
+def test_regression_network_refuses_residual_with_other_inputs():
+    with pytest.raises(ValueError, match="1 or 2"):
+        RegressionUNet(3, 1, residual=True, **NET)
