@@ -141,10 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="TGT", help="registered clean/high-resolution image (optional)")
     p.add_argument("--base", metavar="MODEL", help="model to start from (default: bundled model for the task)")
     p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True)
-    p.add_argument("--iterations", type=_positive, default=150)
-    p.add_argument("--patch", type=_positive, default=128)
-    p.add_argument("--batch", type=_positive, default=4)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--iterations", type=_positive, default=200)
+    p.add_argument("--patch", type=_positive, default=64)
+    p.add_argument("--batch", type=_positive, default=8)
+    p.add_argument("--lr", type=float, default=None, help="default 2e-4 (predictors) or 5e-5 (diffusion)")
+    p.add_argument("--factor", type=int, default=None, help="isotropic: slices per gap (default: the base model's)")
+    p.add_argument(
+        "--objective", choices=["supervised", "self-supervised"], default=None,
+        help="denoise without --target: self-supervised (default; noisy images alone) or supervised "
+        "(the input is clean: simulate noise)",
+    )
     p.add_argument("--val-fraction", type=_fraction, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -379,7 +385,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         finetune_iter(
             args.task, args.input, args.target, base=args.base, out=args.output, iterations=args.iterations,
             patch=args.patch, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
-            device=args.device, freeze_encoder=args.freeze_encoder,
+            device=args.device, freeze_encoder=args.freeze_encoder, factor=args.factor, objective=args.objective,
         )
     )
     print(f"saved model to {path}", file=sys.stderr)

@@ -232,7 +232,12 @@ class TrainConfig(BaseModel):
     ema_decay: float = Field(0.999, ge=0, le=1)
     ema_start: int = Field(0, ge=0)
     freeze_encoder: bool = False
+    # "self-supervised" (denoise, predictors): learn from the noisy inputs alone with a
+    # structured blind spot (see training.selfsup); inputs need no targets
+    objective: Literal["supervised", "self-supervised"] = "supervised"
     # validation and checkpoints
+    keep_best: bool = False  # save the weights of the best validation, not the last
+    patience: int | None = Field(None, ge=1)  # stop after this many validations without a gain
     val_fraction: float = Field(0.1, ge=0, lt=0.9)
     val_every: int = Field(100, ge=1)
     val_crops: int = Field(4, ge=1)
@@ -278,6 +283,8 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
         iso = self.task.startswith("isotropic")
+        if self.objective == "self-supervised" and self.task != "denoise":
+            raise ValueError(f"self-supervised training denoises; it cannot train a {self.task} model")
         if not (self.inputs or self.clean or self.volume):
             raise ValueError("no training data: give inputs, clean images or a volume")
         if self.targets is not None and len(self.targets) != len(self.inputs):

@@ -62,15 +62,16 @@ def finetune_iter(
     *,
     base: str | Path | None = None,
     out: str | Path,
-    iterations: int = 150,
-    patch: int = 128,
-    batch: int = 4,
-    lr: float = 5e-5,
+    iterations: int = 200,
+    patch: int = 64,
+    batch: int = 8,
+    lr: float | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
     device: str = "auto",
     freeze_encoder: bool = False,
     factor: int | None = None,
+    objective: str | None = None,
     **options: Any,
 ) -> Generator[Progress | Path, None, None]:
     """Fine-tune a model on your own images; yields progress, then the model directory.
@@ -82,18 +83,24 @@ def finetune_iter(
     input : array-like or path
         Degraded image (or stack), low-resolution image, or the volume (isotropic tasks).
     target : array-like or path, optional
-        Registered clean / high-resolution counterpart. Without it the training pairs are
-        made from ``input``: simulated Poisson-Gaussian noise (denoise), area downsampling
-        (super-resolve); the isotropic tasks always learn from the volume itself.
+        Registered clean / high-resolution counterpart. Without it, denoising learns from the
+        noisy ``input`` alone (``objective="self-supervised"``, a structured blind spot; see
+        :mod:`~.selfsup`), super-resolution from area downsampling of ``input``; the isotropic
+        tasks always learn from the volume itself.
     base : str or Path, optional
         Model to start from; default the bundled model for the task. Its card (network,
         normalisation rule, scale, z factor) is kept and its name recorded.
     out : str or Path
         Model directory to write.
     iterations, patch, batch, lr, val_fraction, seed, device, freeze_encoder
-        As in :class:`TrainConfig`.
+        As in :class:`TrainConfig`. ``lr`` defaults to 2e-4 for predictors and 5e-5 for
+        diffusion models. The bottom ``val_fraction`` of the images is held back: the base
+        model is scored there first, and the best validation's weights are kept.
     factor : int, optional
         Isotropic tasks: slices per gap (default the base model's).
+    objective : {"supervised", "self-supervised"}, optional
+        Default: self-supervised for denoising without a target, else supervised.
+        ``"supervised"`` without a target takes ``input`` as clean and simulates noise.
     **options
         Any other :class:`TrainConfig` field (``warmup``, ``val_every``, ``doses``,
         ``noise_focus`` (default 0.75 here), ...).
@@ -109,14 +116,19 @@ def finetune_iter(
     iso = task.startswith("isotropic")
     if iso and target is not None:
         raise EMDiffuseError("isotropic fine-tuning learns from the volume itself; give no target")
+    if objective is None:
+        objective = "self-supervised" if task == "denoise" and target is None else "supervised"
+    base = str(base) if base is not None else DEFAULT_MODELS[task]
     settings: dict[str, Any] = dict(
         task=task,
-        base=str(base) if base is not None else DEFAULT_MODELS[task],
+        base=base,
+        objective=objective,
+        keep_best=True,
         out=out,
         iterations=iterations,
         patch=patch,
         batch=batch,
-        lr=lr,
+        lr=lr or 5e-5,
         val_fraction=val_fraction,
         seed=seed,
         device=device,
@@ -134,7 +146,13 @@ def finetune_iter(
         settings["inputs"] = [input]
         settings["targets"] = [target]
     settings.update(options)
-    yield from train_iter(TrainConfig(**settings))
+    config = TrainConfig(**settings)  # bad settings fail here, before the base is loaded
+    if lr is None and "lr" not in options:
+        from ..models.registry import load_model
+
+        # predictors take a larger step than diffusion networks before they drift
+        config.lr = 2e-4 if load_model(base, task=task, device="cpu").card.kind == "regression" else 5e-5
+    yield from train_iter(config)
 
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path) -> Path:

@@ -51,6 +51,7 @@ from .data.noise import SimulatedNoiseData
 from .data.pairs import pair_data, sr_data
 from .data.registration import register_pair
 from .data.volumes import IsotropicData
+from .selfsup import blind_spot, blind_spot_loss
 from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
 
 __all__ = ["Trainer"]
@@ -92,6 +93,10 @@ class Trainer:
         self.base_name: str | None = None
         self.ready = False
         self._stopping = False
+        self.base_metrics: dict[str, float] = {}
+        # (score, iteration, metrics, weights) of the best validation so far
+        self._best: tuple[float, int, dict[str, float], dict[str, torch.Tensor]] | None = None
+        self._since_best = 0
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -158,7 +163,11 @@ class Trainer:
         """One optimiser step on ``batch``; returns the loss."""
         self.model.train()
         batch = batch.to(self.device)
-        if self.card.kind == "diffusion":
+        if self.config.objective == "self-supervised":
+            masked, centres = blind_spot(batch.cond, generator=self.gen)
+            out = self.model(masked)
+            loss = blind_spot_loss(out[0] if isinstance(out, tuple) else out, batch.target, centres)
+        elif self.card.kind == "diffusion":
             b = batch.target.shape[0]
             gammas = self.net.sample_gammas(
                 b, generator=self.gen, focus=self.config.noise_focus, focus_log_snr=self.focus_range
@@ -238,6 +247,12 @@ class Trainer:
                     vb.cond, sampler="dpm++", steps=steps, slice_index=vb.slice_index, generator=gen,
                     start_log_snr=card.start_log_snr, log_snr_max=card.log_snr_max, factor=card.z_factor,
                 )
+            elif self.config.objective == "self-supervised":
+                masked, centres = blind_spot(vb.cond, generator=torch.Generator().manual_seed(self.config.seed))
+                out = self.net(masked)
+                val_loss = blind_spot_loss(out[0] if isinstance(out, tuple) else out, vb.target, centres)
+                out = self.net(vb.cond)
+                pred = out[0] if isinstance(out, tuple) else out
             else:
                 out = self.net(vb.cond)
                 val_loss = mean_var_loss(vb.target, *out) if isinstance(out, tuple) else mse_loss(vb.target, out)
@@ -250,6 +265,10 @@ class Trainer:
             return a[0] if a.shape[0] == 1 else a
 
         scores_s = [ssim(planes(p[i]), planes(t[i]), data_range=2.0) for i in range(len(p))]
+        if self.config.objective == "self-supervised":
+            # No clean target: the blind-spot error is the true error plus the noise
+            # variance, so its PSNR ranks models as the true PSNR would (not its value).
+            scores_p = [10 * math.log10(4.0 / max(float(val_loss), 1e-10))]
         metrics = {
             "psnr": float(np.mean([min(s, 100.0) for s in scores_p])),
             "ssim": float(np.mean(scores_s)),
@@ -345,6 +364,7 @@ class Trainer:
             "val_fraction": cfg.val_fraction,
             "freeze_encoder": cfg.freeze_encoder,
             "input_blur": cfg.input_blur,
+            "objective": cfg.objective,
             "processes": self.world,
             "device": self.device.type,
         }
@@ -358,6 +378,15 @@ class Trainer:
                 "intensities": "model range [-1, 1]",
             }
         module = self.ema.shadow_module(self.net) if card.ema else copy.deepcopy(self.net)
+        if cfg.keep_best and self._best is not None and self._best[0] > self.metrics.get("psnr", -math.inf):
+            module.load_state_dict(self._best[3])  # a later validation was worse: keep the best
+            card.metrics.update({k: round(float(v), 4) for k, v in self._best[2].items()})
+        if self._best is not None:
+            card.metrics["best_iteration"] = self._best[1] if cfg.keep_best else self.iteration
+        if self.base_metrics:
+            card.metrics["base_psnr"] = round(float(self.base_metrics["psnr"]), 4)
+        if cfg.objective == "self-supervised":
+            card.metrics["psnr_against"] = "the noisy input at blind-spot pixels (self-supervised; ranks models only)"
         path = EMDiffuseModel(card, module.cpu()).save(self.out, extra_files={"config.yaml": cfg.to_yaml()})
         register_model(path)
         return path
@@ -387,8 +416,10 @@ class Trainer:
                 self.setup()
             total = cfg.iterations
             validated_at = -1
+            if cfg.base is not None and self.iteration == 0 and not self.base_metrics:
+                yield from self._validation_event(base=True)  # what the fine-tune must beat
             try:
-                while self.iteration < total:
+                while self.iteration < total and not self._early_stop():
                     loss = self.train_step(self.next_batch())
                     self.iteration += 1
                     self.update_ema()
@@ -423,17 +454,39 @@ class Trainer:
             self.teardown()
 
     # -- internals --------------------------------------------------------------------------
-    def _validation_event(self) -> Generator[Progress, None, None]:
+    def _validation_event(self, *, base: bool = False) -> Generator[Progress, None, None]:
         res = self.validate()
         if res is None:
             return
         metrics, preview = res
+        message = f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}, loss {metrics['val_loss']:.4f}"
+        if base:
+            self.base_metrics = dict(metrics)
+            message = f"base model: {message}"
+        elif self.base_metrics:
+            message += f" (base {self.base_metrics['psnr']:.2f} dB)"
+        if not base:
+            self._track_best(metrics)
         yield self.log(
             Progress(
                 "validation", self.iteration, self.config.iterations, metrics=metrics, preview=preview,
-                message=f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}, loss {metrics['val_loss']:.4f}",
+                message=message, extra={"base": base, "base_psnr": self.base_metrics.get("psnr")},
             )
         )
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        score = metrics["psnr"]
+        if self._best is None or score > self._best[0]:
+            with self._averaged() as net:
+                weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            self._best = (score, self.iteration, dict(metrics), weights)
+            self._since_best = 0
+        else:
+            self._since_best += 1
+
+    def _early_stop(self) -> bool:
+        patience = self.config.patience
+        return patience is not None and self._since_best >= patience
 
     def _ema_active(self) -> bool:
         return self.iteration >= max(self.config.ema_start, 1) and self.ema.num_updates > 0
@@ -497,19 +550,23 @@ class Trainer:
             self.base_name = card.name
             card.task = cfg.task
             card.arch = None
+            net = copy.deepcopy(base.module).cpu()
             if iso:
                 factor = cfg.factor or card.z_factor or 2
                 if card.kind == "regression" and card.network.out_channel != factor - 1:
-                    raise EMDiffuseError(
-                        f"base model '{card.name}' generates {card.network.out_channel + 1}x slices; "
-                        f"it cannot be fine-tuned for factor {factor}"
-                    )
+                    # A predictor makes one output channel per new slice: keep its body and
+                    # start new output heads for the new factor.
+                    card.network = card.network.model_copy(update={"out_channel": factor - 1})
+                    fresh = build_module(card)
+                    own = fresh.state_dict()
+                    own.update({k: v for k, v in net.state_dict().items() if own[k].shape == v.shape})
+                    fresh.load_state_dict(own)
+                    net = fresh
                 card.z_factor = factor
             if cfg.normalisation is not None:
                 card.normalisation = cfg.normalisation
             if cfg.pixel_size_nm is not None:
                 card.pixel_size_nm = cfg.pixel_size_nm
-            net = copy.deepcopy(base.module).cpu()
         else:
             card = self._scratch_card()
         self._apply_inference_defaults(card)
@@ -581,6 +638,8 @@ class Trainer:
                 vols, factor=card.z_factor or 2, mode=cfg.task[-1], rule=rule, kind=card.kind,
                 names=[s.label for s in sources], **common,
             )
+        if cfg.objective == "self-supervised":
+            return self._self_supervised_data(common)
         scale = card.scale if cfg.task == "super-resolve" else 1
         targets = cfg.targets if cfg.targets is not None else [None] * len(cfg.inputs)
         pair_in, pair_t, pair_names, clean, clean_names = [], [], [], [], []
@@ -614,6 +673,22 @@ class Trainer:
             else:
                 parts.append(sr_data(clean, scale=scale, rule=rule, names=clean_names, **common, **blur))
         return parts[0] if len(parts) == 1 else MixedData(parts)
+
+    def _self_supervised_data(self, common: dict) -> TrainingData:
+        cfg, card = self.config, self.card
+        if cfg.task != "denoise":
+            raise EMDiffuseError(f"self-supervised training denoises; it cannot train a {cfg.task} model")
+        if card.kind != "regression":
+            raise EMDiffuseError(
+                f"self-supervised training needs a predictor (kind regression); '{card.name}' is a {card.kind} model"
+            )
+        if cfg.targets is not None and any(t is not None for t in cfg.targets):
+            raise EMDiffuseError("self-supervised training learns from noisy images alone; give no targets")
+        sources = list(cfg.inputs) + list(cfg.clean)
+        images = [check_image(s.load(), s.label) for s in sources]
+        # Input and target are the same noisy crop; the blind spot hides the target's pixels.
+        return pair_data(images, images, rule=card.normalisation, names=[f"{s.label} (noisy only)" for s in sources],
+                         **common)
 
     def _registered(
         self, image: np.ndarray, target: np.ndarray, scale: int, a: str, b: str

@@ -1,0 +1,98 @@
+"""Self-supervised denoising (structured blind spot) and fine-tuning that reports its base."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from napari_emdiffuse.engine.errors import EMDiffuseError
+from napari_emdiffuse.engine.models.registry import load_model
+from napari_emdiffuse.engine.training.config import TrainConfig
+from napari_emdiffuse.engine.training.finetune import finetune_iter, train
+from napari_emdiffuse.engine.training.selfsup import blind_spot, blind_spot_loss
+
+from .conftest import TINY
+
+FAST = dict(network=TINY, patch=32, batch=2, val_crops=2, val_steps=2, device="cpu")
+
+
+def test_blind_spot_hides_the_3x3_neighbourhood_with_the_ring_mean():
+    x = torch.arange(20 * 20, dtype=torch.float32).view(1, 1, 20, 20) ** 1.5
+    before = x.clone()
+    # find a seed that puts exactly one centre well inside the image
+    for seed in range(500):
+        masked, centres = blind_spot(x, density=1 / 400, generator=torch.Generator().manual_seed(seed))
+        ys, xs = torch.nonzero(centres[0, 0], as_tuple=True)
+        if len(ys) == 1 and 2 <= ys[0] <= 17 and 2 <= xs[0] <= 17:
+            break
+    else:
+        pytest.fail("no seed with a single interior centre")
+    y0, x0 = int(ys[0]), int(xs[0])
+    patch = x[0, 0, y0 - 2 : y0 + 3, x0 - 2 : x0 + 3]
+    ring = (patch.sum() - patch[1:4, 1:4].sum()) / 16
+    torch.testing.assert_close(masked[0, 0, y0 - 1 : y0 + 2, x0 - 1 : x0 + 2], ring.expand(3, 3))
+    changed = masked != x
+    assert int(changed.sum()) == 9  # the 3x3 only; everything else is the input
+    assert torch.equal(x, before)  # never modifies its input
+    # the loss sees the centre only: a prediction wrong elsewhere costs nothing
+    pred = x.clone()
+    pred[0, 0, 0, 0] += 100
+    assert float(blind_spot_loss(pred, x, centres)) == 0.0
+    pred[0, 0, y0, x0] += 3
+    assert float(blind_spot_loss(pred, x, centres)) == pytest.approx(9.0)
+
+
+def _noisy(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    clean = ndi.gaussian_filter(rng.random((96, 96)), 3)
+    clean = (clean - clean.min()) / np.ptp(clean) * 200 + 20
+    return (clean + rng.normal(0, 12, clean.shape)).astype(np.float32)
+
+
+def test_self_supervised_finetune_reports_base_and_keeps_best(tmp_path):
+    noisy = _noisy()
+    net = {**TINY, "aleatoric": True, "residual": True}
+    base = train(TrainConfig(task="denoise", kind="regression", inputs=[noisy], out=tmp_path / "base",
+                             iterations=2, **{**FAST, "network": net}))
+    events = list(finetune_iter("denoise", noisy, base=base, out=tmp_path / "ss", iterations=6, patch=32, batch=2,
+                                val_crops=2, val_every=2, device="cpu"))
+    path = events[-1]
+    vals = [e for e in events[:-1] if e.stage == "validation"]
+    assert vals[0].extra["base"] is True and vals[0].done == 0  # the base model is scored first
+    assert all(v.extra["base_psnr"] == pytest.approx(vals[0].metrics["psnr"]) for v in vals[1:])
+    card = load_model(path, cache=False).card
+    assert card.training["objective"] == "self-supervised"
+    assert card.metrics["base_psnr"] == pytest.approx(vals[0].metrics["psnr"], abs=1e-3)
+    best = max(v.metrics["psnr"] for v in vals[1:])
+    assert card.metrics["psnr"] == pytest.approx(best, abs=1e-3)  # the best validation's weights
+    assert card.metrics["best_iteration"] in {v.done for v in vals[1:]}
+
+
+def test_self_supervised_needs_a_predictor(tmp_path):
+    noisy = _noisy()
+    diff = train(TrainConfig(task="denoise", inputs=[noisy], out=tmp_path / "diff", iterations=1, **FAST))
+    with pytest.raises(EMDiffuseError, match="needs a predictor"):
+        next(finetune_iter("denoise", noisy, base=diff, out=tmp_path / "x", iterations=2, patch=32, device="cpu"))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(EMDiffuseError, match="cannot train a super-resolve"):
+        next(finetune_iter("super-resolve", noisy, base=diff, out=tmp_path / "y", objective="self-supervised",
+                           iterations=2, patch=32, device="cpu"))
+
+
+def test_isotropic_predictor_finetunes_to_another_factor(tmp_path):
+    rng = np.random.default_rng(0)
+    base_img = ndi.gaussian_filter(rng.random((60, 64)), 3).astype(np.float32)
+    vol = np.stack([ndi.shift(base_img, (0.7 * z, 0.4 * z), order=1)[:48, :48] for z in range(12)])
+    reg = dict(task="isotropic-i", kind="regression", volume=vol, **{**FAST, "network": {**TINY, "residual": True}})
+    base = train(TrainConfig(factor=3, out=tmp_path / "iso3", iterations=2, **reg))
+    out = [e for e in finetune_iter("isotropic-a", vol, base=base, out=tmp_path / "iso4", factor=4, iterations=2,
+                                    patch=32, batch=2, device="cpu")][-1]
+    m = load_model(out, cache=False)
+    assert m.card.z_factor == 4 and m.card.network.out_channel == 3
+    b = load_model(base, cache=False)
+    # the body is the base's; only the output heads are new
+    sb, sm = b.module.state_dict(), m.module.state_dict()
+    same = [k for k in sb if sb[k].shape == sm[k].shape]
+    assert len(same) > 0.8 * len(sb)
