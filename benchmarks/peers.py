@@ -10,7 +10,8 @@ has it (see ../shared/PEERS.md for installing it beside a CPU torch), e.g.
 
 * CARE: trained on rows 0:512 of pair_brain_4us (noisy 4 us -> clean 36 us), the real pair
   our denoiser trains on; applied to every denoising case.
-* N2V (``--n2v``): trained on each noisy test image itself (it needs no clean target).
+* N2V (``--n2v``): trained on each noisy test image itself (it needs no clean target),
+  and on the fine-tuning case of ``benchmarks/finetune.py`` (key ``finetune``).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def main() -> None:
     ap.add_argument("--doses", default="30,100,300")
     ap.add_argument("--n2v", action="store_true", help="also train Noise2Void on each test image")
     ap.add_argument("--out", default=str(ROOT / "build" / "peers"))
+    ap.add_argument("--finetune-dose", type=float, default=30.0, help="dose of benchmarks/finetune.py's case")
     args = ap.parse_args()
     _fake_torchvision()
     import torch
@@ -129,7 +131,11 @@ def main() -> None:
         from careamics import CAREamist
         from careamics.config import create_advanced_n2v_config
 
-        for key in ("pair256", "sample"):
+        sys.path.insert(0, str(Path(__file__).parent))
+        from finetune import liver_case
+
+        inputs["finetune"] = liver_case(args.finetune_dose)[0]
+        for key in ("pair256", "sample", "finetune"):
             image = inputs[key].astype(np.float32)
             cfg = create_advanced_n2v_config(
                 experiment_name=f"n2v_{key}", data_type="array", axes="YX", patch_size=[64, 64], batch_size=16,
@@ -139,7 +145,7 @@ def main() -> None:
             n2v.train(train_data=image)
             pred, seconds = predict(n2v, image)
             np.save(out / f"n2v_{key}.npy", pred)
-            result[key]["N2V"] = {"output": str(out / f"n2v_{key}.npy"), "minutes": args.minutes / 2,
+            result.setdefault(key, {})["N2V"] = {"output": str(out / f"n2v_{key}.npy"), "minutes": args.minutes / 2,
                                   "seconds": seconds}
     (out / "peers.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {out / 'peers.json'}")

@@ -193,8 +193,9 @@ def test_finetune_command_writes_and_registers_a_model(tmp_path, tiny_model_dir,
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, img)
     out = tmp_path / "tuned"
+    # a diffusion base: the input is taken as clean and noise simulated (self-supervised needs a predictor)
     rc = main(["finetune", "--task", "denoise", "--input", str(src), "--base", str(tiny_model_dir), "-o", str(out),
-               "--iterations", "2", "--patch", "32", "--batch", "2", "--device", "cpu"])
+               "--iterations", "2", "--patch", "32", "--batch", "2", "--device", "cpu", "--objective", "supervised"])
     assert rc == 0 and (out / "model.yaml").is_file()
     assert main(["models"]) == 0
     assert "tuned" in capsys.readouterr().out

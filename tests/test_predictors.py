@@ -119,3 +119,18 @@ def test_presets_of_a_predictor():
 def test_regression_network_refuses_residual_with_other_inputs():
     with pytest.raises(ValueError, match="1 or 2"):
         RegressionUNet(3, 1, residual=True, **NET)
+
+
+def test_uint16_through_an_8bit_range_model_uses_the_input_range():
+    """A published-style card maps 0..255; a uint16 image must not come out clipped."""
+    m = predictor()
+    m.card.normalisation = Normalisation(mode="range", vmin=0, vmax=255)
+    img = (np.random.default_rng(4).random((40, 40)) * 40000 + 1000).astype(np.uint16)
+    with pytest.warns(UserWarning, match="input-range"):
+        res = restore(img, "denoise", m, device="cpu")
+    assert res.normalisation["mode"] == "input-range"
+    assert res.mean.dtype == np.uint16
+    np.testing.assert_allclose(res.mean.astype(float), img.astype(float), atol=1.0)  # the identity network
+    # the control: 8-bit input keeps the fixed range, silently
+    img8 = (img // 257).astype(np.uint8)
+    assert restore(img8, "denoise", m, device="cpu").normalisation["mode"] == "range"

@@ -261,3 +261,13 @@ def test_distributed_blocks_equal_single_machine(tmp_path, tiny_model_dir):
     diff = np.abs(one.astype(np.int16) - two.astype(np.int16))
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99
     assert not list(tmp_path.glob(".*work-*")) and not list(tmp_path.glob("*partial*"))
+
+
+def test_precision_is_fp32_unless_asked_and_refused_where_unsupported(tiny_model):
+    img = _img((32, 32))
+    assert restore(img, "denoise", tiny_model, steps=1, device="cpu").info["precision"] == "fp32"
+    for p in ("bf16", "fp16"):
+        with pytest.raises(EMDiffuseError, match=p):
+            restore(img, "denoise", tiny_model, steps=1, device="cpu", precision=p)
+    with pytest.raises(EMDiffuseError, match="unknown precision"):
+        restore(img, "denoise", tiny_model, steps=1, device="cpu", precision="fp8")

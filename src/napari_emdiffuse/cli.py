@@ -77,6 +77,8 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
     g.add_argument("--batch", type=_positive, help="tiles per network call")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="network arithmetic (default fp32; bf16 needs a GPU with native bf16)")
     c = p.add_mutually_exclusive_group()
     c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes (zarr output)")
     c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (zarr output)")
@@ -202,7 +204,7 @@ def _progress(gen: Generator, stages: Sequence[str] = ("sampling", "block", "tra
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(
         arch=args.arch, preset=args.preset, steps=args.steps, samples=args.samples, tile=args.tile,
-        overlap=args.overlap, batch=args.batch, seed=args.seed, device=args.device,
+        overlap=args.overlap, batch=args.batch, seed=args.seed, device=args.device, precision=args.precision,
     )
     if getattr(args, "sampler", None):
         kw["sampler"] = args.sampler

@@ -24,7 +24,7 @@ from .events import Progress
 from .models.model import EMDiffuseModel
 from .tiling import TilePlan, check_tiling, position_noise, round_up
 
-__all__ = ["PRESETS", "SamplingOptions", "Item", "resolve_options", "sample_canvas", "auto_tile"]
+__all__ = ["PRESETS", "SamplingOptions", "Item", "resolve_options", "sample_canvas", "auto_tile", "check_precision"]
 
 PRESETS: dict[str, dict] = {
     # few-step deterministic solver, one sample: the default; steps from the model card
@@ -136,11 +136,7 @@ def resolve_options(
         steps = card.beta_schedule.test.n_timestep
     if start_log_snr is None and preset != "reference" and sampler != "ddpm":
         start_log_snr = card.start_log_snr
-    precision = precision or "auto"
-    if precision not in PRECISIONS:
-        raise EMDiffuseError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    precision = check_precision(precision, device)
     mult = model.card.network.size_multiple
     tile = round_up(auto_tile(model, device, tile), mult)
     overlap = model.card.overlap if overlap is None else overlap
@@ -163,6 +159,30 @@ def resolve_options(
         start_log_snr=start_log_snr,
         flips=bool(base.get("flips", False) if flips is None else flips),
     )
+
+
+def check_precision(precision: str | None, device: torch.device) -> str:
+    """The arithmetic to run the network in: fp32 unless asked (``auto`` means fp32).
+
+    Reduced precision is opt-in, because it changes results: ``bf16`` needs a CUDA GPU with
+    native bf16 (compute capability 8 or newer; ``is_bf16_supported`` also reports emulated
+    bf16, which is slower than fp32), ``fp16`` a CUDA or MPS device.
+
+    Examples
+    --------
+    >>> check_precision(None, torch.device("cpu"))
+    'fp32'
+    """
+    precision = precision or "fp32"
+    if precision not in PRECISIONS:
+        raise EMDiffuseError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "fp32"
+    if precision == "bf16" and (device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8):
+        raise EMDiffuseError(f"bf16 needs a CUDA GPU with native bf16 (compute capability 8+), not {device}")
+    if precision == "fp16" and device.type not in ("cuda", "mps"):
+        raise EMDiffuseError(f"fp16 needs a CUDA or MPS device, not {device}")
+    return precision
 
 
 def _autocast(device: torch.device, precision: str):

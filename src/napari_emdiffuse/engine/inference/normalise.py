@@ -48,7 +48,22 @@ def sample_values(image, max_values: int = _MAX_SAMPLE) -> np.ndarray:
 def fit_normalisation(values: np.ndarray, rule: Normalisation) -> NormInfo:
     """Fit the rule to sampled input values (finite values only)."""
     if rule.mode == "range":
-        return NormInfo("range", float(rule.vmin), float(rule.vmax))
+        lo, hi = float(values.min()), float(values.max())
+        span = rule.vmax - rule.vmin
+        if lo >= rule.vmin - 1e-3 * span and hi <= rule.vmax + 1e-3 * span:
+            return NormInfo("range", float(rule.vmin), float(rule.vmax))
+        # A model made for fixed values (8-bit 0..255) given e.g. 16-bit data: its fixed
+        # range would map the image to far beyond [-1, 1] and the output would be clipped
+        # to black/white. Map the input's own range instead, and say so.
+        import warnings
+
+        warnings.warn(
+            f"the model expects values {rule.vmin:g}..{rule.vmax:g} but the input spans {lo:g}..{hi:g}; "
+            "its own range is mapped to the model's (recorded as normalisation mode 'input-range')",
+            UserWarning,
+            stacklevel=2,
+        )
+        return NormInfo("input-range", lo, hi if hi > lo else lo + 1.0)
     lo, hi = np.percentile(values, [rule.low, rule.high])
     lo, hi = float(lo), float(hi)
     if not hi > lo:

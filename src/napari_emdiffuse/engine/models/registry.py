@@ -202,6 +202,12 @@ def load_model(
     dev = resolve_device(device)
     if isinstance(model, EMDiffuseModel):
         loaded = model
+        if loaded.device != dev:
+            # A copy on the wanted device: the caller's instance (maybe on another device,
+            # maybe in use elsewhere) is left as it is.
+            import copy
+
+            loaded = EMDiffuseModel(loaded.card, copy.deepcopy(loaded.module).to(dev), path=loaded.path)
     else:
         if model is None or (isinstance(model, str) and model.strip() == ""):
             if task is None:

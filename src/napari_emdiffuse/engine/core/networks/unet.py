@@ -248,7 +248,9 @@ class UNet(nn.Module):
         return 2 ** (len(self.channel_mults) - 1)
 
     def embed(self, noise_level: torch.Tensor, slice_index: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.cond_embed(noise_level_embedding(noise_level, self.inner_channel))
+        # float32 even under autocast: bf16 would round neighbouring noise levels together
+        with torch.autocast(device_type=noise_level.device.type, enabled=False):
+            emb = self.cond_embed(noise_level_embedding(noise_level, self.inner_channel).float())
         if self.slice_embedding:
             if slice_index is None:
                 raise ValueError("the vEM network needs the index of the slice to generate")
