@@ -205,6 +205,7 @@ def test_finetune_refuses_images_smaller_than_patch(tmp_path, tiny_model_dir, ca
     src = tmp_path / "small.tif"
     tifffile.imwrite(src, (np.random.default_rng(0).random((20, 20)) * 255).astype(np.uint8))
     rc = main(["finetune", "--task", "denoise", "--input", str(src), "--base", str(tiny_model_dir),
-               "-o", str(tmp_path / "m"), "--iterations", "2", "--patch", "64", "--device", "cpu"])
+               "-o", str(tmp_path / "m"), "--iterations", "2", "--patch", "64", "--device", "cpu",
+               "--objective", "supervised"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "patch" in err[0] and not (tmp_path / "m").exists()
