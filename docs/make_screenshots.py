@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Restore: the noisy FIB-SEM sample with its clean reference hidden underneath.
     viewer.open_sample(PLUGIN, "noisy_fibsem_pair")
-    _, restore = viewer.window.add_plugin_dock_widget(PLUGIN, "Restore (denoise / super-resolve)")
+    _, restore = viewer.window.add_plugin_dock_widget(PLUGIN, "Restore")
     restore.advanced.expand(animate=False)
     restore.layer_combo.set_layer(viewer.layers["liver_noisy"])
     if args.run:

@@ -43,6 +43,14 @@ def test_denoise_writes_tiff_with_metadata(tmp_path, noisy_tif, tiny_model_dir):
     res = read_image(out)
     assert res.data.shape == (40, 56) and res.data.dtype == np.uint8
     assert res.spacing == pytest.approx((4.0, 4.0))
+    # provenance: which model and settings made it (Fiji: Image > Show Info)
+    import json
+
+    import tifffile
+
+    made = json.loads(tifffile.TiffFile(out).imagej_metadata["Info"])
+    assert made["model"] == "tiny-denoise" and made["preset"] == "fast" and made["seed"] == 0
+    assert made["normalisation"]["mode"] == "percentile" and made["package"].startswith("napari-emdiffuse")
 
 
 def test_super_resolve_updates_pixel_size(tmp_path, noisy_tif, tiny_sr_dir):

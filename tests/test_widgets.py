@@ -46,7 +46,7 @@ from napari_emdiffuse.widgets.restore import (  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "src" / "napari_emdiffuse" / "napari.yaml"
 PLUGIN = "napari-emdiffuse"
-RESTORE = "Restore (denoise / super-resolve)"
+RESTORE = "Restore"
 ISOTROPIC = "Isotropic reconstruction"
 FINETUNE = "Fine-tune"
 HAS_VOLUME = importlib.util.find_spec("napari_emdiffuse.engine.volume") is not None

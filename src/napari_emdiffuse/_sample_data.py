@@ -52,6 +52,6 @@ def noisy_fibsem_with_reference() -> list[LayerData]:
 
 def anisotropic_volume() -> list[LayerData]:
     """C. elegans volume EM (NEUBIAS, CC-BY 4.0): every 3rd slice of a near-isotropic
-    stack, 6x256x128, voxel size 32x8x8 nm (nominal): input for Isotropic reconstruction
-    (factor 4)."""
+    stack, 7x256x128, voxel size 24x8x8 nm (nominal): input for Isotropic reconstruction
+    (factor 3)."""
     return [_layer(VOLUME, "celegans_z3")]

@@ -290,14 +290,23 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if result is None:  # pragma: no cover - the generator always ends with a result
         raise RuntimeError("restoration ended without a result")
     axes = data.axes if data.axes and len(data.axes) == result.mean.ndim else None
-    write_image(out, result.mean, spacing=result.spacing, unit=data.unit or "nm", axes=axes)
+    made = provenance(result.info, result.normalisation, source=args.input)
+    write_image(out, result.mean, spacing=result.spacing, unit=data.unit or "nm", axes=axes, provenance=made)
+    wrote = [str(out)]
     if unc is not None:
         if result.uncertainty is None:
             print(f"{PROG}: note: one sample gives no uncertainty; use --samples 2 or more", file=sys.stderr)
         else:
-            write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes=axes)
-    print(f"wrote {out}", file=sys.stderr)
+            write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes=axes,
+                        provenance={**made, "what": "uncertainty (std, input units)"})
+            wrote.append(f"{unc} (uncertainty)")
+    print(f"wrote {' and '.join(wrote)}", file=sys.stderr)
     return 0
+
+
+def provenance(info: dict, normalisation: dict | None = None, **extra) -> dict:
+    """What made an output: the run's settings, the normalisation and the package version."""
+    return {**info, "normalisation": normalisation, "package": f"napari-emdiffuse {_version().split()[-1]}", **extra}
 
 
 def _cmd_isotropic(args: argparse.Namespace) -> int:
@@ -335,9 +344,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not models:
         print("no models installed", file=sys.stderr)
         return 0
-    width = max(len(m.name) for m in models)
-    for m in models:
-        print(f"{m.name:<{width}}  {m.task:<13}  {m.kind:<10}  {m.source:<7}  {m.path}")
+    home = Path.home()
+
+    def short(path: Path) -> str:
+        # bundled models live deep in site-packages: the folder name says enough
+        p = Path(path)
+        if "site-packages" in p.parts or "resources" in p.parts:
+            return f".../{p.parent.name}/{p.name}"
+        return f"~/{p.relative_to(home)}" if p.is_relative_to(home) else str(p)
+
+    rows = [("NAME", "TASK", "KIND", "SOURCE", "PATH")]
+    rows += [(m.name, m.task, "predictor" if m.kind == "regression" else m.kind, m.source, short(m.path)) for m in models]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
     return 0
 
 

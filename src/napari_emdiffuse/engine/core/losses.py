@@ -35,21 +35,26 @@ def mse_var_loss(target: torch.Tensor, output: torch.Tensor, log_var: torch.Tens
     return torch.mean(torch.exp(-log_var) * (output.float() - target.float()) ** 2 + log_var)
 
 
-def mean_var_loss(target: torch.Tensor, output: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+def mean_var_loss(
+    target: torch.Tensor, output: torch.Tensor, log_var: torch.Tensor, weight: float = 0.01
+) -> torch.Tensor:
     """Mean squared error of the mean plus the Gaussian NLL of the variance, decoupled.
 
     The variance term sees the mean detached, so a pixel the head calls uncertain is not
     given less weight when fitting the mean (as in :func:`mse_var_loss`): the mean stays the
-    MSE-optimal estimate and the variance learns the squared error around it.
+    MSE-optimal estimate and the variance learns the squared error around it. The NLL's
+    gradient is O(1) per pixel while the MSE's is twice the error (a few hundredths), so in
+    the shared layers the NLL would drown the mean's signal: ``weight`` scales it down
+    (the variance head's own weights are unaffected: Adam normalises their step).
 
     Examples
     --------
     >>> t = torch.zeros(1, 1, 4, 4); m = torch.full_like(t, 0.5)
-    >>> round(float(mean_var_loss(t, m, torch.log(torch.full_like(t, 0.25)))), 4)  # 0.25 + (1 + ln 0.25)
+    >>> round(float(mean_var_loss(t, m, torch.log(torch.full_like(t, 0.25)), weight=1.0)), 4)  # 0.25 + 1 + ln 0.25
     -0.1363
     """
     mse = F.mse_loss(output.float(), target.float())
-    return mse + mse_var_loss(target, output.detach(), log_var)
+    return mse + weight * mse_var_loss(target, output.detach(), log_var)
 
 
 def pin_loss(target: torch.Tensor, output: torch.Tensor, quantile: float = 0.5) -> torch.Tensor:

@@ -11,6 +11,7 @@ leaves a half-written file under the name the user asked for.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def write_image(
     unit: str = "nm",
     axes: str | None = None,
     overwrite: bool = True,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write an image or volume as TIFF or zarr, chosen by the extension, atomically.
 
@@ -84,6 +86,9 @@ def write_image(
         Axis letters such as ``"ZYX"``.
     overwrite : bool
         Replace an existing output. If False and the path exists, raise InputError.
+    provenance : dict, optional
+        How the image was made; TIFF: see :func:`~.tiff.write_tiff`, zarr: the
+        ``provenance`` attribute.
 
     Returns
     -------
@@ -94,7 +99,8 @@ def write_image(
     if not overwrite and (p.exists() or p.is_symlink()):
         raise InputError(f"cannot write '{p}': it already exists")
     if suffix_of(p) in TIFF_SUFFIXES:
-        return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes)
+        return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance)
+    attrs = {"provenance": json.loads(json.dumps(provenance, default=str))} if provenance else None
     # Same default axes as TIFF, so both formats read back alike.
     axes = check_axes(axes, len(array.shape), p) if hasattr(array, "shape") else axes
 
@@ -117,12 +123,12 @@ def write_image(
         lazy = lazy.rechunk(chunks)
         with ZarrWriter(
             p, lazy.shape, lazy.dtype, chunks=chunks, spacing=spacing, unit=unit, axes=axes,
-            overwrite=overwrite,
+            overwrite=overwrite, attrs=attrs,
         ) as writer:
             da.store(lazy, writer.array, lock=False)
     else:
         with ZarrWriter(
-            p, array.shape, array.dtype, spacing=spacing, unit=unit, axes=axes, overwrite=overwrite
+            p, array.shape, array.dtype, spacing=spacing, unit=unit, axes=axes, overwrite=overwrite, attrs=attrs
         ) as writer:
             writer.array[...] = array
     return p

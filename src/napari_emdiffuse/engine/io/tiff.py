@@ -3,6 +3,7 @@ atomic writing (ImageJ hyperstacks where possible, so Fiji shows the calibration
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -179,6 +180,7 @@ def write_tiff(
     spacing: tuple[float, ...] | None = None,
     unit: str = "nm",
     axes: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write an image atomically as TIFF with its spacing, readable by :func:`read_image`.
 
@@ -198,6 +200,9 @@ def write_tiff(
         Unit of ``spacing``.
     axes : str, optional
         Axis letters, default ``"YX"`` for 2D and ``"ZYX"`` for 3D.
+    provenance : dict, optional
+        How the image was made (model, preset, seed, ...): stored as JSON, in ImageJ's
+        ``Info`` property (Fiji: Image > Show Info) or under ``provenance`` in the description.
 
     Returns
     -------
@@ -242,6 +247,8 @@ def write_tiff(
                 metadata["spacing"] = spacing[axes.index("Z")]
             kwargs["resolution"] = (1.0 / spacing[axes.index("X")], 1.0 / spacing[axes.index("Y")])
             kwargs["resolutionunit"] = "NONE"
+        if provenance:
+            metadata["Info"] = json.dumps(provenance, default=str)
         kwargs.update(imagej=True, metadata=metadata)
     else:
         metadata = {}
@@ -260,6 +267,8 @@ def write_tiff(
             else:
                 kwargs["resolution"] = (1.0 / spacing[ix], 1.0 / spacing[iy])
                 kwargs["resolutionunit"] = "NONE"
+        if provenance:
+            metadata["provenance"] = provenance
         kwargs.update(metadata=metadata, bigtiff=bigtiff)
 
     # Hidden sibling in the same folder, so os.replace is an atomic rename on one filesystem.
