@@ -21,7 +21,15 @@ import npe2  # noqa: E402
 import torch  # noqa: E402
 
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError  # noqa: E402
-from napari_emdiffuse.widgets import _common  # noqa: E402
+from napari_emdiffuse.widgets._controls import (  # noqa: E402
+    BROWSE,
+    architectures_for,
+    device_choices,
+    model_choices,
+    resolve_browsed,
+)
+from napari_emdiffuse.widgets._jobs import report_error  # noqa: E402
+from napari_emdiffuse.widgets._settings import Settings  # noqa: E402
 from napari_emdiffuse.widgets.finetune import (  # noqa: E402
     FinetuneOptions,
     LossHistory,
@@ -49,7 +57,7 @@ PLUGIN = "napari-emdiffuse"
 RESTORE = "Restore"
 ISOTROPIC = "Isotropic reconstruction"
 FINETUNE = "Fine-tune"
-HAS_VOLUME = importlib.util.find_spec("napari_emdiffuse.engine.volume") is not None
+HAS_VOLUME = importlib.util.find_spec("napari_emdiffuse.engine.inference.volume") is not None
 HAS_TRAINING = importlib.util.find_spec("napari_emdiffuse.engine.training") is not None
 TINY_NET = dict(inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[], num_head_channels=16)
 
@@ -234,18 +242,18 @@ def test_check_input_layer():
 
 
 def test_device_choices():
-    assert _common.device_choices(cuda_count=0, mps=False) == ["auto", "cpu"]
-    assert _common.device_choices(cuda_count=2, mps=True) == ["auto", "cpu", "cuda:0", "cuda:1", "mps"]
-    assert _common.device_choices()[:2] == ["auto", "cpu"]
+    assert device_choices(cuda_count=0, mps=False) == ["auto", "cpu"]
+    assert device_choices(cuda_count=2, mps=True) == ["auto", "cpu", "cuda:0", "cuda:1", "mps"]
+    assert device_choices()[:2] == ["auto", "cpu"]
 
 
 def test_settings_roundtrip_and_corruption(tmp_path):
-    s = _common.Settings()
+    s = Settings()
     assert s.path == tmp_path / "home" / "widgets.json"
     assert s.load("restore") == {}
     s.save("restore", {"options": {"steps": 3}})
     s.save("isotropic", {"options": {"factor": 4}})
-    assert _common.Settings().load("restore") == {"options": {"steps": 3}}
+    assert Settings().load("restore") == {"options": {"steps": 3}}
     s.path.write_text("{not json")
     assert s.load("restore") == {}  # a broken file is a fresh start, not a crash
 
@@ -253,29 +261,29 @@ def test_settings_roundtrip_and_corruption(tmp_path):
 def test_model_choices(models):
     from napari_emdiffuse.engine.models.registry import register_model
 
-    assert _common.model_choices("denoise", allow_default=True)[0].value is None
+    assert model_choices("denoise", allow_default=True)[0].value is None
     register_model(models["denoise"])
-    choices = _common.model_choices("denoise", [str(models["denoise"]), "/x/best_Network.pth"])
+    choices = model_choices("denoise", [str(models["denoise"]), "/x/best_Network.pth"])
     values = [c.value for c in choices]
     assert values.count(str(models["denoise"].resolve())) == 1  # browsed twice, listed once
     assert any(c.label == "tiny-denoise (user)" for c in choices)
     ckpt = [c for c in choices if c.value.endswith(".pth")][0]
     assert ckpt.checkpoint and ckpt.label == "best_Network.pth (file)"
-    sr = _common.model_choices("super-resolve", [])
+    sr = model_choices("super-resolve", [])
     assert all("tiny-denoise" not in c.label for c in sr)  # the denoiser is not offered for SR
     assert all(c.label.endswith("(bundled)") for c in sr)
-    assert _common.architectures_for("denoise") == ["EMDiffuse-n"]
-    assert _common.architectures_for("isotropic-a") == ["vEMDiffuse-i", "vEMDiffuse-a"]
-    assert _common.resolve_browsed("/m/dir/model.yaml") == Path("/m/dir")
+    assert architectures_for("denoise") == ["EMDiffuse-n"]
+    assert architectures_for("isotropic-a") == ["vEMDiffuse-i", "vEMDiffuse-a"]
+    assert resolve_browsed("/m/dir/model.yaml") == Path("/m/dir")
 
 
 def test_report_error(errors, caplog):
-    assert _common.report_error(InputError("image is empty")) == "image is empty"
+    assert report_error(InputError("image is empty")) == "image is empty"
     with caplog.at_level(logging.ERROR, logger="napari_emdiffuse.widgets"):
         try:
             raise RuntimeError("boom")
         except RuntimeError as exc:
-            msg = _common.report_error(exc)
+            msg = report_error(exc)
     assert msg == "unexpected error: boom"
     assert errors == ["image is empty", "unexpected error: boom"]
     assert "Traceback" in caplog.text or caplog.records[-1].exc_info is not None
@@ -449,7 +457,7 @@ def test_model_picker_browse_and_checkpoint_arch(viewer, qtbot, models, tmp_path
     ckpt = tmp_path / "best_Network.pth"
     ckpt.write_bytes(b"")
     w.model.ask_path = lambda: str(models["denoise"] / "model.yaml")  # picking model.yaml = its folder
-    w.model.combo.setCurrentIndex(w.model.combo.findData(_common.BROWSE))
+    w.model.combo.setCurrentIndex(w.model.combo.findData(BROWSE))
     w.model._on_activated(w.model.combo.currentIndex())
     assert w.model.value() == (str(models["denoise"].resolve()), None)
     assert w.model.arch.isHidden()
@@ -457,7 +465,7 @@ def test_model_picker_browse_and_checkpoint_arch(viewer, qtbot, models, tmp_path
     assert w.model.value() == (str(ckpt.resolve()), "EMDiffuse-n")
     assert not w.model.arch.isHidden()
     w.model.ask_path = lambda: None  # dialog cancelled: the selection stays
-    w.model.combo.setCurrentIndex(w.model.combo.findData(_common.BROWSE))
+    w.model.combo.setCurrentIndex(w.model.combo.findData(BROWSE))
     w.model._on_activated(w.model.combo.currentIndex())
     assert w.model.value()[0] == str(ckpt.resolve())
 

@@ -30,22 +30,11 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine.errors import EMDiffuseError, InputError
-from ._common import (
-    DockWidget,
-    LayerCombo,
-    ModelPicker,
-    ProgressBar,
-    TrainingProcess,
-    WidgetOptions,
-    advanced_section,
-    logger,
-    notify_error,
-    notify_info,
-    notify_models_changed,
-    path_row,
-    spin_box,
-    upsert_image,
-)
+from ._base import DockWidget
+from ._controls import ModelPicker, advanced_section, notify_models_changed, path_row, spin_box
+from ._jobs import ProgressBar, TrainingProcess, logger, notify_error, notify_info
+from ._layers import LayerCombo, upsert_image
+from ._settings import WidgetOptions
 from .isotropic import prefill_factor
 from .restore import check_input_layer, layer_array
 

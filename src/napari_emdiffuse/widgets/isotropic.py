@@ -2,7 +2,7 @@
 
 Generates ``factor - 1`` slices between each pair of neighbouring slices of an anisotropic
 volume, in memory or into a zarr store shown lazily, by driving
-:func:`napari_emdiffuse.engine.volume.reconstruct_isotropic_iter` in a napari thread worker.
+:func:`napari_emdiffuse.engine.inference.volume.reconstruct_isotropic_iter` in a napari thread worker.
 """
 
 from __future__ import annotations
@@ -16,21 +16,10 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QLineEdit, QWidget
 
 from ..engine.errors import EMDiffuseError, InputError
-from ._common import (
-    PRESETS,
-    DockWidget,
-    LayerCombo,
-    ModelPicker,
-    WidgetOptions,
-    advanced_section,
-    check_preset,
-    check_tiling,
-    layer_source,
-    path_row,
-    sampling_kwargs,
-    show_outputs,
-    spin_box,
-)
+from ._base import DockWidget
+from ._controls import ModelPicker, advanced_section, path_row, spin_box
+from ._layers import LayerCombo, layer_source, show_outputs
+from ._settings import PRESETS, WidgetOptions, check_preset, check_tiling, sampling_kwargs
 from .restore import check_input_layer, layer_array
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,7 +111,7 @@ def prefill_factor(scale: tuple[float, ...]) -> int | None:
     if not (math.isfinite(z) and math.isfinite(y)) or y <= 0 or z <= 0:
         return None
     try:
-        from ..engine.volume import factor_from_spacing
+        from ..engine.inference.volume import factor_from_spacing
 
         factor = int(factor_from_spacing(tuple(float(v) for v in scale[-3:])))
     except EMDiffuseError:
@@ -323,7 +312,7 @@ class IsotropicWidget(DockWidget):
         scale = source["scale"]
 
         def factory():
-            from ..engine.volume import reconstruct_isotropic_iter
+            from ..engine.inference.volume import reconstruct_isotropic_iter
 
             return reconstruct_isotropic_iter(data, model=model, spacing=scale, **kwargs)
 

@@ -1,6 +1,6 @@
 """Restore dock widget: denoise or super-resolve an image layer with a diffusion model.
 
-The widget collects options and drives :func:`napari_emdiffuse.engine.restore.restore_iter`
+The widget collects options and drives :func:`napari_emdiffuse.engine.inference.restore.restore_iter`
 in a napari thread worker; the viewer stays responsive, a napari progress bar counts
 tiles x steps, and Run becomes Cancel while the worker runs.
 """
@@ -14,20 +14,10 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QWidget
 
 from ..engine.errors import EMDiffuseError, InputError
-from ._common import (
-    PRESETS,
-    DockWidget,
-    LayerCombo,
-    ModelPicker,
-    WidgetOptions,
-    advanced_section,
-    check_preset,
-    check_tiling,
-    layer_source,
-    sampling_kwargs,
-    show_outputs,
-    spin_box,
-)
+from ._base import DockWidget
+from ._controls import ModelPicker, advanced_section, spin_box
+from ._layers import LayerCombo, layer_source, show_outputs
+from ._settings import PRESETS, WidgetOptions, check_preset, check_tiling, sampling_kwargs
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -264,7 +254,7 @@ class RestoreWidget(DockWidget):
         scale = source["scale"]
 
         def factory():
-            from ..engine.restore import restore_iter
+            from ..engine.inference.restore import restore_iter
 
             return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)
 

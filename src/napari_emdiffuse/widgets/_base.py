@@ -1,0 +1,172 @@
+"""The base class of the three dock widgets: Run/Cancel state, the status line, the layout
+around each dock's own form, and its options kept in :class:`~._settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
+
+from ..engine.errors import EMDiffuseError
+from ._controls import DevicePicker, ModelPicker, RunButton
+from ._jobs import EngineRun, notify_error
+from ._settings import Settings, WidgetOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+    from superqt import QCollapsible
+
+__all__ = ["MIN_WIDTH", "DockWidget"]
+
+MIN_WIDTH = 340  # dock width at which the labels and model names fit
+
+
+class _Job(Protocol):
+    def cancel(self) -> None: ...
+
+
+class DockWidget(QWidget):
+    """What the dock widgets share: Run, which becomes Cancel (or Stop) while their one job
+    runs; the device picker and status line; the layout around each one's own form; and
+    their options kept in :class:`Settings`.
+
+    A subclass sets ``SETTINGS`` and ``OPTIONS``, and defines ``options()``,
+    ``set_options()`` and ``_start()``, which validates (raising EMDiffuseError before
+    anything starts) and then starts the job, e.g. with :meth:`_start_engine`.
+    """
+
+    #: Emitted when a run ends, with its outcome: "done", "cancelled" / "stopped" or "failed".
+    run_finished = Signal(str)
+
+    SETTINGS: ClassVar[str]
+    OPTIONS: ClassVar[type[WidgetOptions]]
+    #: Options saved but not restored: last session's output is not today's default target.
+    NOT_RESTORED: ClassVar[tuple[str, ...]] = ()
+    CANCELLING: ClassVar[str] = "cancelling…"
+    #: Status line for an outcome; outcomes not listed keep the status the run left.
+    ENDED: ClassVar[dict[str, str]] = {
+        "cancelled": "cancelled: no output written",
+        "failed": "failed: see the notification",
+    }
+
+    def __init__(
+        self,
+        napari_viewer: "napari.viewer.Viewer",
+        parent: QWidget | None = None,
+        *,
+        run_text: str = "Run",
+        cancel_text: str = "Cancel",
+    ) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._run: _Job | None = None  # an EngineRun or a TrainingProcess while running
+        self._started = 0.0
+        self.device = DevicePicker()
+        self.run_button = RunButton(run_text, cancel_text)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+    def _lay_out(self, rows: Sequence[tuple[Any, Any]], advanced: QCollapsible, *extra: QWidget) -> None:
+        """The form (``rows``, then the device), Advanced, Run, ``extra`` and the status."""
+        form = QFormLayout()
+        for label, field in (*rows, ("device", self.device)):
+            form.addRow(label, field)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        self.setMinimumWidth(MIN_WIDTH)
+        lay.addWidget(advanced)
+        lay.addWidget(self.run_button)
+        for widget in extra:
+            lay.addWidget(widget)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self.advanced = advanced
+        self.run_button.clicked.connect(self._on_run_clicked)
+
+    # -- options ---------------------------------------------------------------------------------
+
+    def options(self) -> Any:
+        raise NotImplementedError
+
+    def set_options(self, opts: Any) -> None:
+        raise NotImplementedError
+
+    def _load_settings(self, model: ModelPicker | None = None) -> None:
+        """Show the options of the last run and, given its picker, its model."""
+        saved = Settings().load(self.SETTINGS)
+        opts = self.OPTIONS.from_dict(saved.get("options", {}))
+        for name in self.NOT_RESTORED:
+            setattr(opts, name, getattr(self.OPTIONS(), name))
+        self.set_options(opts)
+        if model is not None:
+            model.apply_settings(saved)
+
+    def _save_settings(self, opts: WidgetOptions, model: ModelPicker | None = None) -> None:
+        values = {"options": opts.to_dict(), **(model.settings() if model is not None else {})}
+        Settings().save(self.SETTINGS, values)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    def _on_run_clicked(self) -> None:
+        if self._run is not None:
+            self.cancel()
+        else:
+            self.run()
+
+    def run(self) -> bool:
+        """Start a run; False (and a notification) if it cannot start."""
+        if self._run is not None:
+            return False
+        try:
+            self._start()
+        except EMDiffuseError as exc:  # the user's to fix: nothing was started
+            notify_error(str(exc))
+            return False
+        return True
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Ask the job to stop; the button says so until it has."""
+        if self._run is not None:
+            self._run.cancel()
+            self.run_button.set_cancelling()
+            self.status.setText(self.CANCELLING)
+
+    def _start_engine(
+        self,
+        factory: Callable[[], Generator],
+        *,
+        status: str,
+        desc: str,
+        on_result: Callable[[Any], None],
+        stages: tuple[str, ...] = ("sampling",),
+    ) -> None:
+        """Run an engine generator in a napari thread worker (see :class:`EngineRun`)."""
+        self._started = time.monotonic()
+        self.status.setText(status)
+        self.device.set_used(None)  # the last run's device may not be this one's
+        self.run_button.set_running(True)
+        self._run = EngineRun(
+            factory, desc=desc, stages=stages, on_result=on_result, on_finished=self._finished
+        ).start()
+
+    def _elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self._started
+
+    def _finished(self, outcome: str) -> None:
+        self._run = None
+        self.run_button.set_running(False)
+        if outcome in self.ENDED:
+            self.status.setText(self.ENDED[outcome])
+        self.run_finished.emit(outcome)

@@ -1,0 +1,188 @@
+"""napari layer helpers: the geometry a result takes from its input, showing results as
+layers that a re-run updates in place, and a combo box of the viewer's image layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtWidgets import QComboBox, QWidget
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = [
+    "UNCERTAINTY_COLORMAP",
+    "LayerCombo",
+    "layer_geometry",
+    "layer_source",
+    "layer_units",
+    "show_outputs",
+    "upsert_image",
+]
+
+UNCERTAINTY_COLORMAP = "magma"
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry and output layers
+
+
+def layer_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The data-to-world scale and translate of a layer, as tuples of floats."""
+    return tuple(float(v) for v in layer.scale), tuple(float(v) for v in layer.translate)
+
+
+def layer_units(layer: Any) -> tuple[str, ...] | None:
+    """The layer's axis units as strings (napari >= 0.6), or None."""
+    units = getattr(layer, "units", None)
+    return tuple(str(u) for u in units) if units is not None else None
+
+
+def layer_source(layer: Any) -> dict[str, Any]:
+    """What an output layer needs from its input, captured when a run starts (the input
+    may be renamed, moved or removed while the worker runs)."""
+    scale, translate = layer_geometry(layer)
+    return {"layer": layer, "name": layer.name, "scale": scale, "translate": translate, "units": layer_units(layer)}
+
+
+def upsert_image(
+    viewer: "napari.viewer.Viewer",
+    name: str,
+    data: Any,
+    *,
+    protect: Sequence[Any] = (),
+    **kwargs: Any,
+) -> Any:
+    """Show ``data`` in the image layer called ``name``: update it if it exists, else add it.
+
+    Re-running a widget therefore replaces its output rather than piling up copies. A layer
+    in ``protect`` (the input) is never overwritten: a new layer is added instead and
+    napari makes its name unique.
+    """
+    from napari.layers import Image
+
+    existing = viewer.layers[name] if name in viewer.layers else None
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if isinstance(existing, Image) and not any(existing is p for p in protect):
+        if existing.ndim == len(data.shape) and not existing.rgb:
+            existing.data = data
+            for key in ("scale", "translate", "units", "colormap"):
+                if key in kwargs:
+                    setattr(existing, key, kwargs[key])
+            existing.reset_contrast_limits()
+            return existing
+        viewer.layers.remove(existing)  # another dimensionality: replace the layer
+    return viewer.add_image(data, name=name, **kwargs)
+
+
+def remove_layer(viewer: "napari.viewer.Viewer", name: str, *, protect: Sequence[Any] = ()) -> None:
+    """Remove a stale output layer (e.g. an uncertainty no longer produced)."""
+    if name in viewer.layers and not any(viewer.layers[name] is p for p in protect):
+        viewer.layers.remove(name)
+
+
+def show_outputs(
+    viewer: "napari.viewer.Viewer",
+    source: dict[str, Any],
+    geometry: tuple[tuple[float, ...], tuple[float, ...]],
+    output: tuple[str, Any],
+    uncertainty: tuple[str, Any | None],
+) -> list[Any]:
+    """Show a result over its input (``source`` from :func:`layer_source`) and its
+    uncertainty, or drop a stale uncertainty an earlier run left; returns the layers shown,
+    the result first."""
+    (name, data), (unc_name, unc_data) = output, uncertainty
+    protect = [source["layer"]]
+    geo = {"scale": geometry[0], "translate": geometry[1], "units": source["units"]}
+    outputs = []
+    if unc_data is not None:
+        new = unc_name not in viewer.layers
+        unc = upsert_image(viewer, unc_name, unc_data, protect=protect, colormap=UNCERTAINTY_COLORMAP, **geo)
+        if new:  # hidden at first, to be toggled on; a re-run keeps the user's choice
+            unc.visible = False
+        outputs.append(unc)
+    else:
+        remove_layer(viewer, unc_name, protect=protect)
+    outputs.insert(0, upsert_image(viewer, name, data, protect=protect, **geo))
+    return outputs
+
+
+# ----------------------------------------------------------------------------------------------
+# choosing a layer
+
+
+class LayerCombo(QComboBox):
+    """The viewer's image layers, kept in sync with the layer list.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+    accept : callable, optional
+        Filter on layers (default: image layers).
+    none_label : str, optional
+        Put a "no layer" entry first with this text (optional inputs).
+    """
+
+    def __init__(
+        self,
+        viewer: "napari.viewer.Viewer",
+        *,
+        accept: Callable[[Any], bool] | None = None,
+        none_label: str | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        from napari.layers import Image
+
+        self._viewer = viewer
+        self._accept = accept or (lambda layer: isinstance(layer, Image))
+        self._none = none_label
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self.refresh)
+        viewer.layers.events.reordered.connect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _on_inserted(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "value", None) is not None:
+            event.value.events.name.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, event: Any = None) -> None:
+        try:
+            current = self.currentData()
+        except RuntimeError:  # deleted with its dock widget
+            return
+        layers = [layer for layer in self._viewer.layers if self._accept(layer)]
+        self.blockSignals(True)
+        self.clear()
+        if self._none is not None:
+            self.addItem(self._none, None)
+        for layer in reversed(layers):  # top of the layer list first, as napari shows it
+            self.addItem(layer.name, layer)
+        idx = -1
+        if current is not None:
+            for i in range(self.count()):
+                if self.itemData(i) is current:
+                    idx = i
+        if idx < 0:
+            active = self._viewer.layers.selection.active
+            idx = next((i for i in range(self.count()) if self.itemData(i) is active and active is not None), 0)
+        self.setCurrentIndex(idx if self.count() else -1)
+        self.blockSignals(False)
+        self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self) -> Any:
+        """The chosen layer, or None."""
+        return self.currentData()
+
+    def set_layer(self, layer: Any) -> None:
+        for i in range(self.count()):
+            if self.itemData(i) is layer:
+                self.setCurrentIndex(i)
+                return

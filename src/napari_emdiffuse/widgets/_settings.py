@@ -1,0 +1,161 @@
+"""Persisted widget settings and the options the widgets hand the engine.
+
+:class:`Settings` keeps each dock's last options in one JSON file; :class:`WidgetOptions`
+is the round trip of the options dataclasses through it; the sampling checks are shared by
+Restore and Isotropic, which drive the same sampler. No Qt here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ..engine.errors import EMDiffuseError
+
+__all__ = [
+    "PRESETS",
+    "Settings",
+    "WidgetOptions",
+    "settings_path",
+    "check_preset",
+    "check_tiling",
+    "sampling_kwargs",
+]
+
+logger = logging.getLogger("napari_emdiffuse.widgets")
+
+PRESETS = ("fast", "balanced", "reference")  # engine sampling presets (Restore, Isotropic)
+
+
+# ----------------------------------------------------------------------------------------------
+# settings
+
+
+def settings_path() -> Path:
+    """Where widget settings persist: ``$EMDIFFUSE_HOME/widgets.json`` when set, else the
+    user config directory."""
+    env = os.environ.get("EMDIFFUSE_HOME")
+    if env:
+        return Path(env) / "widgets.json"
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("napari-emdiffuse", appauthor=False)) / "widgets.json"
+
+
+class Settings:
+    """Per-widget option values kept between napari sessions in one JSON file.
+
+    A plain JSON file rather than QSettings so tests isolate it with ``EMDIFFUSE_HOME``
+    and users can read it. Unreadable files count as empty: settings are a convenience.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self._path = Path(path) if path is not None else None
+
+    @property
+    def path(self) -> Path:
+        return self._path or settings_path()
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def load(self, section: str) -> dict[str, Any]:
+        """Saved values of one widget (empty if none)."""
+        values = self._read().get(section, {})
+        return values if isinstance(values, dict) else {}
+
+    def save(self, section: str, values: dict[str, Any]) -> None:
+        """Replace one widget's values (atomically, so a crash never leaves half a file)."""
+        data = self._read()
+        data[section] = values
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".widgets.json.")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh, indent=1, default=str)
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("could not save widget settings to %s: %s", path, exc)
+
+
+_O = TypeVar("_O", bound="WidgetOptions")
+
+
+class WidgetOptions:
+    """Base of the widgets' option dataclasses: the round trip through :class:`Settings`.
+
+    Subclasses are dataclasses of plain values whose defaults fix each field's type.
+    """
+
+    def validate(self: _O) -> _O:
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+
+    @classmethod
+    def from_dict(cls: type[_O], values: dict[str, Any]) -> _O:
+        """Options from saved settings: unknown keys and wrongly typed values are dropped (an
+        int is taken for a float: JSON writes 1.0 as 1); a combination that does not validate
+        gives the defaults, since settings are a convenience."""
+        defaults = cls()
+        kept = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            v = values.get(f.name)
+            want = type(getattr(defaults, f.name))
+            if v is not None and (type(v) is want or (want is float and type(v) is int)):
+                kept[f.name] = want(v)
+        try:
+            return cls(**kept).validate()
+        except EMDiffuseError:
+            return defaults
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling options (Restore and Isotropic drive the same sampler)
+
+
+class _Sampling(Protocol):
+    preset: str
+    steps: int
+    samples: int
+    tile: int
+    overlap: int
+    seed: int
+    device: str
+
+
+def check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise EMDiffuseError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+
+
+def check_tiling(opts: _Sampling) -> None:
+    """Refuse negative counts and an overlap that leaves a tile nothing new."""
+    if opts.steps < 0 or opts.samples < 0 or opts.tile < 0 or opts.overlap < -1 or opts.seed < 0:
+        raise EMDiffuseError("steps, samples, tile, overlap and seed cannot be negative")
+    if opts.tile and opts.overlap >= opts.tile:
+        raise EMDiffuseError(f"overlap {opts.overlap} must be smaller than tile {opts.tile}")
+
+
+def sampling_kwargs(opts: _Sampling) -> dict[str, Any]:
+    """The engine's sampling keyword arguments; 0 / -1 become None ("let the engine choose")."""
+    return {
+        "preset": opts.preset,
+        "steps": opts.steps or None,
+        "samples": opts.samples or None,
+        "tile": opts.tile or None,
+        "overlap": None if opts.overlap < 0 else opts.overlap,
+        "seed": opts.seed,
+        "device": opts.device,
+    }
