@@ -30,7 +30,7 @@ from _common import ROOT, Timer, need_shared, table
 from napari_emdiffuse.engine.errors import EMDiffuseError
 from napari_emdiffuse.engine.core.metrics import psnr, ssim
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.volume import reconstruct_isotropic
+from napari_emdiffuse.engine.inference.volume import reconstruct_isotropic
 
 CELEGANS = "em3d/celegans_neariso_21x256x128.tif"
 ISBI = "em3d/isbi2012_train_volume_30x512x512.tif"
@@ -190,7 +190,7 @@ class PeakRSS:
 def memory(args) -> None:
     import zarr
 
-    from napari_emdiffuse.engine.volume import NORM_SAMPLE_VALUES
+    from napari_emdiffuse.engine.inference.volume import NORM_SAMPLE_VALUES
 
     base = tifffile.imread(need_shared() / CELEGANS)
     model = try_model(args.model, args.device) or tiny_model()

@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 from _common import ROOT, Timer, best_bm3d, best_gaussian, brain_pair, need_shared, table
 from napari_emdiffuse.engine.core.metrics import psnr, ssim
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.restore import restore
+from napari_emdiffuse.engine.inference.restore import restore
 
 PRESETS = ("fast", "balanced")
 
@@ -135,7 +135,7 @@ def sr_table(model_name: str, device: str, peers: dict) -> str:
 def iso_table(model_name: str, device: str, peers: dict) -> str:
     from scipy.interpolate import interp1d
 
-    from napari_emdiffuse.engine.volume import reconstruct_isotropic
+    from napari_emdiffuse.engine.inference.volume import reconstruct_isotropic
 
     model = load_model(model_name, task="isotropic-i", device=device)
     vol = tifffile.imread(need_shared() / "em3d" / "celegans_neariso_21x256x128.tif")[:, 192:256]

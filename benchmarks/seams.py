@@ -16,8 +16,8 @@ from scipy.ndimage import gaussian_filter
 
 from _common import brain_pair, table
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.restore import restore
-from napari_emdiffuse.engine.tiling import TilePlan
+from napari_emdiffuse.engine.inference.restore import restore
+from napari_emdiffuse.engine.inference.tiling import TilePlan
 
 
 def coarse_disagreement(a: np.ndarray, b: np.ndarray, image: np.ndarray) -> float:

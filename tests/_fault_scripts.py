@@ -22,7 +22,7 @@ def _say(text: str) -> None:
 def restore_zarr(args: dict) -> None:
     """``restore_to_zarr_iter`` over many blocks; READY after the first block is written."""
     from napari_emdiffuse.engine.events import Progress
-    from napari_emdiffuse.engine.restore import restore_to_zarr_iter
+    from napari_emdiffuse.engine.inference.blocks import restore_to_zarr_iter
 
     image = np.load(args["image"])
     gen = restore_to_zarr_iter(
@@ -38,7 +38,7 @@ def restore_zarr(args: dict) -> None:
 def isotropic_zarr(args: dict) -> None:
     """``reconstruct_isotropic_iter(out=...zarr)``; READY after a few sampling batches."""
     from napari_emdiffuse.engine.events import Progress
-    from napari_emdiffuse.engine.volume import reconstruct_isotropic_iter
+    from napari_emdiffuse.engine.inference.volume import reconstruct_isotropic_iter
 
     vol = np.load(args["volume"])
     gen = reconstruct_isotropic_iter(

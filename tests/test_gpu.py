@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_emdiffuse.engine.restore import restore
+from napari_emdiffuse.engine.inference.restore import restore
 
 from .conftest import make_tiny
 
@@ -39,7 +39,7 @@ def test_batch_size_does_not_change_result_on_gpu():
 
 
 def test_auto_tile_fits_free_memory():
-    from napari_emdiffuse.engine.canvas import auto_tile
+    from napari_emdiffuse.engine.inference.canvas import auto_tile
 
     m = make_tiny("denoise").to("cuda")
     assert 64 <= auto_tile(m, torch.device("cuda"), None) <= m.card.tile

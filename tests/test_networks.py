@@ -142,7 +142,7 @@ def test_torch_compile_matches_eager():
 
 def test_engine_import_loads_no_gui_modules():
     code = (
-        "import sys, napari_emdiffuse.engine, napari_emdiffuse.engine.restore, napari_emdiffuse.engine.training.finetune, "
+        "import sys, napari_emdiffuse.engine, napari_emdiffuse.engine.inference.restore, napari_emdiffuse.engine.training.finetune, "
         "napari_emdiffuse.engine.models.factory, napari_emdiffuse.cli;"
         "bad=[m for m in sys.modules if m.split('.')[0] in ('napari','qtpy','PyQt5','PySide6','vispy','magicgui','superqt')];"
         "print(bad); sys.exit(1 if bad else 0)"

@@ -10,7 +10,8 @@ import zarr
 
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.events import Progress
-from napari_emdiffuse.engine.restore import Restoration, restore, restore_iter, restore_to_zarr
+from napari_emdiffuse.engine.inference.restore import Restoration, restore, restore_iter
+from napari_emdiffuse.engine.inference.blocks import restore_to_zarr
 
 from .conftest import make_tiny
 
@@ -89,7 +90,7 @@ def test_mirror_ensemble_samples_are_flipped_back_into_place(model):
 
 
 def test_balanced_preset_mirrors_its_samples(model):
-    from napari_emdiffuse.engine.canvas import resolve_options
+    from napari_emdiffuse.engine.inference.canvas import resolve_options
 
     assert resolve_options(model, torch.device("cpu"), preset="balanced").flips
     assert not resolve_options(model, torch.device("cpu"), preset="fast").flips
@@ -160,7 +161,7 @@ def test_restore_to_zarr_streams_blocks_and_marks_completion(model, tmp_path):
 
 def test_restore_to_zarr_cancel_leaves_nothing(model, tmp_path):
     out = tmp_path / "out.zarr"
-    from napari_emdiffuse.engine.restore import restore_to_zarr_iter
+    from napari_emdiffuse.engine.inference.blocks import restore_to_zarr_iter
 
     gen = restore_to_zarr_iter(_img((80, 80)), out, "denoise", model, block=40, **FAST)
     for i, _ in enumerate(gen):
@@ -245,7 +246,7 @@ def test_per_step_merging_makes_tilings_agree():
 def test_distributed_blocks_equal_single_machine(tmp_path, tiny_model_dir):
     """The same block plan on 2 dask worker processes writes the same store."""
     from napari_emdiffuse.engine.io.zarr import is_complete
-    from napari_emdiffuse.engine.restore import restore_to_zarr_iter
+    from napari_emdiffuse.engine.inference.blocks import restore_to_zarr_iter
 
     img = _img((2, 48, 40))
     src = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=img.shape, dtype=img.dtype, chunks=(1, 48, 40))

@@ -45,10 +45,11 @@ from napari_emdiffuse.engine.errors import EMDiffuseError, InputError, ModelFile
 from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.io.zarr import is_complete
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.restore import restore, restore_to_zarr
+from napari_emdiffuse.engine.inference.restore import restore
+from napari_emdiffuse.engine.inference.blocks import restore_to_zarr
 from napari_emdiffuse.engine.training.config import TrainConfig, checkpoint_path
 from napari_emdiffuse.engine.training.finetune import train_iter
-from napari_emdiffuse.engine.volume import reconstruct_isotropic
+from napari_emdiffuse.engine.inference.volume import reconstruct_isotropic
 
 from .conftest import ROOT, TINY, make_tiny
 

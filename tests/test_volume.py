@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_emdiffuse.engine import volume
+from napari_emdiffuse.engine.inference import volume
 from napari_emdiffuse.engine.models import cards, factory
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.io.images import read_image
 from napari_emdiffuse.engine.io.zarr import is_complete
-from napari_emdiffuse.engine.volume import (
+from napari_emdiffuse.engine.inference.volume import (
     IsotropicResult,
     factor_from_spacing,
     reconstruct_isotropic,

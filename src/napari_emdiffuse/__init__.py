@@ -21,14 +21,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "restore": "engine.restore",
-    "restore_iter": "engine.restore",
-    "restore_to_zarr": "engine.restore",
-    "restore_to_zarr_iter": "engine.restore",
-    "Restoration": "engine.restore",
-    "reconstruct_isotropic": "engine.volume",
-    "reconstruct_isotropic_iter": "engine.volume",
-    "IsotropicResult": "engine.volume",
+    "restore": "engine.inference.restore",
+    "restore_iter": "engine.inference.restore",
+    "restore_to_zarr": "engine.inference.blocks",
+    "restore_to_zarr_iter": "engine.inference.blocks",
+    "Restoration": "engine.inference.restore",
+    "reconstruct_isotropic": "engine.inference.volume",
+    "reconstruct_isotropic_iter": "engine.inference.volume",
+    "IsotropicResult": "engine.inference.volume",
     "load_model": "engine.models.registry",
     "list_models": "engine.models.registry",
     "register_model": "engine.models.registry",

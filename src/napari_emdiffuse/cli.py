@@ -261,7 +261,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from .engine.io.images import read_image, write_image
     from .engine.models.device import resolve_device
     from .engine.models.registry import load_model
-    from .engine.restore import restore_iter, restore_to_zarr_iter, validate_image
+    from .engine.inference.restore import restore_iter, validate_image
+    from .engine.inference.blocks import restore_to_zarr_iter
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)
     data = read_image(args.input)
@@ -312,7 +313,7 @@ def provenance(info: dict, normalisation: dict | None = None, **extra) -> dict:
 def _cmd_isotropic(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
     from .engine.io.images import read_image, write_image
-    from .engine.volume import reconstruct_isotropic_iter
+    from .engine.inference.volume import reconstruct_isotropic_iter
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)
     data = read_image(args.input)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .core import samplers
-from .core.diffusion import condition_start
-from .errors import EMDiffuseError, InputError
-from .events import Progress
-from .models.model import EMDiffuseModel
+from ..core import samplers
+from ..core.diffusion import condition_start
+from ..errors import EMDiffuseError, InputError
+from ..events import Progress
+from ..models.model import EMDiffuseModel
 from .tiling import TilePlan, check_tiling, position_noise, round_up
 
 __all__ = ["PRESETS", "SamplingOptions", "Item", "resolve_options", "sample_canvas", "auto_tile", "check_precision"]
@@ -319,7 +319,7 @@ def sample_canvas(
     x = noise_fn(-1)
     if opts.start_log_snr is not None:
         # Start from a noised copy of the condition: fewer steps from a less noisy level.
-        from .core.schedules import gamma_from_log_snr
+        from ..core.schedules import gamma_from_log_snr
 
         g0 = float(gamma_from_log_snr(opts.start_log_snr))
         # vEM: the slice to make lies between the two conditions; start from their linear
@@ -346,3 +346,32 @@ def sample_canvas(
         # Noise variance at the last step, seen through x0 = (x - sqrt(1-g) eps) / sqrt(g).
         variance = ((1 - g) / g * logvar.exp())[:, 0].cpu()
     return result[:, 0].cpu(), variance
+
+
+def combined_std(samples: np.ndarray, variance: np.ndarray | None) -> np.ndarray | None:
+    """Std of the output from K samples (K, H, W) and the network's variance (K, H, W).
+
+    The law of total variance: the mean predicted (aleatoric) variance plus the variance of
+    the samples around their mean (their spread). None when neither is available.
+
+    Examples
+    --------
+    >>> s = np.array([[[0.0]], [[2.0]]]); v = np.full((2, 1, 1), 3.0)
+    >>> float(combined_std(s, v)[0, 0])  # sqrt(3 + 1)
+    2.0
+    """
+    k = samples.shape[0]
+    if variance is None and k < 2:
+        return None
+    total = np.zeros(samples.shape[1:], np.float64)
+    if k > 1:
+        total += samples.var(axis=0, ddof=1 if variance is None else 0)
+    if variance is not None:
+        total += variance.mean(axis=0)
+    return np.sqrt(total).astype(np.float32)
+
+
+def canvas_size(n: int, mult: int) -> int:
+    """Canvas edge for an image edge: a multiple of the network's, and never so small
+    that the coarsest level's normalisation sees a single pixel."""
+    return max(round_up(n, mult), round_up(32, mult), 2 * mult)

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .canvas import Item, SamplingOptions, resolve_options, sample_canvas
-from .models.cards import TASKS
-from .errors import EMDiffuseError, InputError
-from .events import Progress, drain
-from .models.device import resolve_device
-from .models.model import EMDiffuseModel
-from .models.registry import load_model
-from .inference.normalise import (
+from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas
+from ..models.cards import TASKS
+from ..errors import EMDiffuseError, InputError
+from ..events import Progress, drain
+from ..models.device import resolve_device
+from ..models.model import EMDiffuseModel
+from ..models.registry import load_model
+from .normalise import (
     NormInfo,
     fit_normalisation,
     from_model,
@@ -32,7 +32,8 @@ from .inference.normalise import (
     to_dtype,
     make_condition,
 )
-from .tiling import TilePlan, block_slices, pad_to, round_up
+from .checks import check_finite, owned_array, validate_image
+from .tiling import TilePlan, pad_to, round_up
 
 __all__ = [
     "Restoration",
@@ -47,8 +48,6 @@ __all__ = [
     "BlockPlan",
     "canvas_size",
 ]
-
-_SUPPORTED = "uint8, uint16, int8, int16, int32, uint32, float16, float32 or float64"
 
 
 @dataclass
@@ -80,50 +79,7 @@ class Restoration:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def validate_image(image: Any, *, allow_3d: bool = True, name: str = "image") -> Any:
-    """Check an array-like before any work; return it (leading singleton axes dropped).
-
-    Raises :class:`InputError` with one line for empty, non-numeric, complex, RGB or
-    too-many-dimension inputs. Values (NaN/Inf) are checked as slices are read.
-    """
-    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
-        try:
-            image = np.asarray(image)
-        except Exception:  # noqa: BLE001
-            raise InputError(f"{name} must be an array (numpy, dask or zarr)") from None
-    dtype = np.dtype(image.dtype)
-    if dtype.kind == "c":
-        raise InputError(f"{name} is complex-valued; pass a real image (e.g. its magnitude)")
-    if dtype.kind not in "uif" and dtype.kind != "b":
-        raise InputError(f"{name} has unsupported dtype {dtype}; use {_SUPPORTED}")
-    if any(s == 0 for s in image.shape) or len(image.shape) == 0:
-        raise InputError(f"{name} is empty (shape {tuple(image.shape)})")
-    while image.ndim > 3 and image.shape[0] == 1:
-        image = image[0]
-    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
-        raise InputError(
-            f"{name} looks like an RGB(A) colour image (shape {tuple(image.shape)}); convert it to grey scale first"
-        )
-    if image.ndim < 2 or image.ndim > (3 if allow_3d else 2):
-        want = "a 2D (YX) image or a 3D (ZYX) stack" if allow_3d else "a 2D (YX) image"
-        raise InputError(f"{name} has {image.ndim} dimensions {tuple(image.shape)}; pass {want}")
-    return image
-
-
-def _as_numpy(block: Any) -> np.ndarray:
-    block = block.compute() if hasattr(block, "compute") else block
-    return np.array(block, copy=True)  # never a view of the caller's data
-
-
-def _check_finite(values: np.ndarray, what: str) -> None:
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        bad = int((~np.isfinite(values)).sum())
-        if bad == values.size:
-            raise InputError(f"{what} is all NaN/Inf; nothing to restore")
-        raise InputError(f"{what} contains {bad} NaN/Inf pixels; replace them before restoring")
-
-
-class _Planes:
+class Planes:
     """Uniform ZYX access to a 2D or 3D array-like (zarr arrays cannot take ``[None]``)."""
 
     def __init__(self, image: Any) -> None:
@@ -135,7 +91,7 @@ class _Planes:
         return self.image[(z, *rest)] if self.is_stack else self.image[rest]
 
 
-def _fit_norm(model: EMDiffuseModel, image: Any) -> NormInfo:
+def fit_norm(model: EMDiffuseModel, image: Any) -> NormInfo:
     values = sample_values(image)
     if values.dtype.kind == "f":
         finite = values[np.isfinite(values)]
@@ -201,35 +157,6 @@ def restore_plane(
     return mean, combined_std(samples, None if variance is None else variance[:, :h, :w].numpy())
 
 
-def combined_std(samples: np.ndarray, variance: np.ndarray | None) -> np.ndarray | None:
-    """Std of the output from K samples (K, H, W) and the network's variance (K, H, W).
-
-    The law of total variance: the mean predicted (aleatoric) variance plus the variance of
-    the samples around their mean (their spread). None when neither is available.
-
-    Examples
-    --------
-    >>> s = np.array([[[0.0]], [[2.0]]]); v = np.full((2, 1, 1), 3.0)
-    >>> float(combined_std(s, v)[0, 0])  # sqrt(3 + 1)
-    2.0
-    """
-    k = samples.shape[0]
-    if variance is None and k < 2:
-        return None
-    total = np.zeros(samples.shape[1:], np.float64)
-    if k > 1:
-        total += samples.var(axis=0, ddof=1 if variance is None else 0)
-    if variance is not None:
-        total += variance.mean(axis=0)
-    return np.sqrt(total).astype(np.float32)
-
-
-def canvas_size(n: int, mult: int) -> int:
-    """Canvas edge for an image edge: a multiple of the network's, and never so small
-    that the coarsest level's normalisation sees a single pixel."""
-    return max(round_up(n, mult), round_up(32, mult), 2 * mult)
-
-
 def _plane_batches(model: EMDiffuseModel, shape: tuple[int, int], opts: SamplingOptions) -> int:
     """Network batches one plane needs per step (for progress totals)."""
     s = model.card.scale if model.card.task == "super-resolve" else 1
@@ -240,7 +167,7 @@ def _plane_batches(model: EMDiffuseModel, shape: tuple[int, int], opts: Sampling
     return steps * -(-len(plan) * opts.samples // opts.batch)
 
 
-def _prepare(image, task, model, arch, device, preset, kw) -> tuple:
+def prepare(image, task, model, arch, device, preset, kw) -> tuple:
     _check_task(task)
     image = validate_image(image)
     dev = resolve_device(device)
@@ -249,7 +176,7 @@ def _prepare(image, task, model, arch, device, preset, kw) -> tuple:
     return image, dev, m, opts
 
 
-def _out_spacing(spacing, ndim: int, scale: int) -> tuple[float, ...] | None:
+def scaled_spacing(spacing, ndim: int, scale: int) -> tuple[float, ...] | None:
     if spacing is None:
         return None
     spacing = tuple(float(v) for v in spacing)
@@ -258,7 +185,7 @@ def _out_spacing(spacing, ndim: int, scale: int) -> tuple[float, ...] | None:
     return spacing[:-2] + tuple(v / scale for v in spacing[-2:])
 
 
-def _info(m: EMDiffuseModel, opts: SamplingOptions, dev: torch.device) -> dict:
+def run_info(m: EMDiffuseModel, opts: SamplingOptions, dev: torch.device) -> dict:
     return {
         "model": m.card.name,
         "task": m.card.task,
@@ -309,16 +236,16 @@ def restore_iter(
         batch=batch, seed=seed, precision=precision, channels_last=channels_last, compile=compile,
         start_log_snr=start_log_snr, flips=flips,
     )
-    image, dev, m, opts = _prepare(image, task, model, arch, device, preset, kw)
+    image, dev, m, opts = prepare(image, task, model, arch, device, preset, kw)
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)
     if out_dtype.kind == "b":
         out_dtype = np.dtype(np.uint8)
     s = m.card.scale if task == "super-resolve" else 1
-    out_spacing = _out_spacing(spacing, image.ndim, s)
-    stack = _Planes(image)
+    new_spacing = scaled_spacing(spacing, image.ndim, s)
+    stack = Planes(image)
     if isinstance(image, np.ndarray):
-        _check_finite(np.asarray(image), "image")
-    norm = _fit_norm(m, image)
+        check_finite(np.asarray(image), "image")
+    norm = fit_norm(m, image)
     nz, h, w = stack.shape
     per_plane = _plane_batches(m, (h, w), opts)
     total = nz * per_plane
@@ -326,8 +253,8 @@ def restore_iter(
     want_std = opts.samples > 1 or getattr(m.unet, "aleatoric", False)
     unc = np.empty((nz, h * s, w * s), dtype=np.float32) if want_std else None
     for z in range(nz):
-        plane = _as_numpy(stack[z, :, :]).astype(np.float64)
-        _check_finite(plane, f"slice {z}" if nz > 1 else "image")
+        plane = owned_array(stack[z, :, :]).astype(np.float64)
+        check_finite(plane, f"slice {z}" if nz > 1 else "image")
         mu, sd = yield from restore_plane(
             m, plane, norm, opts, device=dev, z=z, progress={"offset": z * per_plane, "total": total}
         )
@@ -340,9 +267,9 @@ def restore_iter(
         mean=mean,
         uncertainty=unc,
         scale=s,
-        spacing=out_spacing,
+        spacing=new_spacing,
         normalisation=norm.as_dict(),
-        info=_info(m, opts, dev),
+        info=run_info(m, opts, dev),
     )
 
 
@@ -401,139 +328,3 @@ def restore(
     ((64, 64), dtype('uint8'))
     """
     return drain(restore_iter(image, task, model, **options))
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """How a (stack of) image(s) is cut into blocks for streaming: the same plan on one
-    machine or on a cluster, so the result does not depend on where blocks ran."""
-
-    nz: int
-    height: int
-    width: int
-    scale: int
-    is_stack: bool
-    ys: tuple
-    xs: tuple
-
-    @classmethod
-    def make(cls, shape: tuple[int, ...], scale: int, block: int, opts: SamplingOptions) -> "BlockPlan":
-        is_stack = len(shape) == 3
-        nz, h, w = shape if is_stack else (1, *shape)
-        halo = max(opts.tile // (2 * scale), opts.overlap)
-        block = max(int(block), opts.tile)
-        return cls(nz, h, w, scale, is_stack, tuple(block_slices(h, block, halo)), tuple(block_slices(w, block, halo)))
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        s = self.scale
-        return (self.nz, self.height * s, self.width * s) if self.is_stack else (self.height * s, self.width * s)
-
-    @property
-    def chunks(self) -> tuple[int, ...]:
-        yx = (min(1024, self.height * self.scale), min(1024, self.width * self.scale))
-        return (1, *yx) if self.is_stack else yx
-
-    def jobs(self) -> list[tuple[int, int, int]]:
-        return [(z, iy, ix) for z in range(self.nz) for iy in range(len(self.ys)) for ix in range(len(self.xs))]
-
-
-def restore_block(
-    m: EMDiffuseModel,
-    stack: Any,
-    plan: BlockPlan,
-    job: tuple[int, int, int],
-    *,
-    norm: NormInfo,
-    opts: SamplingOptions,
-    device: torch.device,
-    dtype: np.dtype,
-    dst: Any,
-    unc: Any = None,
-) -> Generator[Progress, None, None]:
-    """Read one block with its halo, restore it, write its centre into ``dst`` (and ``unc``)."""
-    z, iy, ix = job
-    (ry, wy, cy), (rx, wx, cx) = plan.ys[iy], plan.xs[ix]
-    s = plan.scale
-    planes = stack if isinstance(stack, _Planes) else _Planes(stack)
-    plane = _as_numpy(planes[z, ry, rx]).astype(np.float64)
-    _check_finite(plane, f"block z={z} y={wy.start} x={wx.start}")
-    mu, sd = yield from restore_plane(m, plane, norm, opts, device=device, z=z, origin=(ry.start, rx.start))
-    crop = (slice(cy.start * s, cy.stop * s), slice(cx.start * s, cx.stop * s))
-    idx = ((z,) if plan.is_stack else ()) + (slice(wy.start * s, wy.stop * s), slice(wx.start * s, wx.stop * s))
-    dst[idx] = to_dtype(from_model(mu[crop], norm), dtype)
-    if unc is not None and sd is not None:
-        unc[idx] = std_from_model(sd[crop], norm)
-
-
-def restore_to_zarr_iter(
-    image: Any,
-    out: str | Path,
-    task: str = "denoise",
-    model: "str | Path | EMDiffuseModel | None" = None,
-    *,
-    uncertainty_out: str | Path | None = None,
-    block: int = 2048,
-    arch: str | None = None,
-    preset: str = "fast",
-    device: str = "auto",
-    dtype: Any = None,
-    spacing: tuple[float, ...] | None = None,
-    overwrite: bool = True,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    **kw: Any,
-) -> Generator["Progress | Path", None, None]:
-    """Stream a large image block by block into a zarr store; yields progress, then the path.
-
-    Each block is read with a halo of half a tile, restored with per-step merging, cropped
-    and written; noise is seeded by global position, so the block layout, not the machine,
-    fixes the result. The store appears at ``out`` only when complete (temp dir, then
-    rename, completion marker last). With ``workers=N`` (a local dask cluster) or
-    ``scheduler="tcp://..."`` the blocks run on dask.distributed workers, each loading the
-    model once and writing into the shared store; the result is identical.
-    """
-    from .io.zarr import ZarrWriter
-
-    image, dev, m, opts = _prepare(image, task, model, arch, device, preset, kw)
-    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)
-    s = m.card.scale if task == "super-resolve" else 1
-    plan = BlockPlan.make(tuple(image.shape), s, block, opts)
-    norm = _fit_norm(m, image)
-    out_spacing = _out_spacing(spacing, image.ndim, s)
-    want_std = uncertainty_out is not None and opts.samples > 1
-    attrs = {"normalisation": norm.as_dict(), **_info(m, opts, dev)}
-    writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, overwrite=overwrite)
-    if workers or scheduler:
-        from .distributed import run_blocks
-
-        yield from run_blocks(
-            image, plan, model if model is not None else m, task=task, arch=arch, device=str(device),
-            out=Path(out), unc_out=Path(uncertainty_out) if want_std else None, writer_kw={**writer_kw, "attrs": attrs},
-            norm=norm, opts=opts, dtype=out_dtype, workers=workers, scheduler=scheduler,
-        )
-        yield Path(out)
-        return
-    stack = _Planes(image)
-    jobs = plan.jobs()
-    with ZarrWriter(out, plan.out_shape, out_dtype, attrs=attrs, **writer_kw) as wr:
-        unc_wr = ZarrWriter(uncertainty_out, plan.out_shape, np.float32, **writer_kw) if want_std else None
-        try:
-            for done, job in enumerate(jobs, 1):
-                yield from restore_block(
-                    m, stack, plan, job, norm=norm, opts=opts, device=dev, dtype=out_dtype,
-                    dst=wr.array, unc=unc_wr.array if unc_wr is not None else None,
-                )
-                yield Progress("block", done, len(jobs))
-            if unc_wr is not None:
-                unc_wr.commit()
-        except BaseException:
-            if unc_wr is not None:
-                unc_wr.abort()
-            raise
-    yield Path(out)
-
-
-def restore_to_zarr(image: Any, out: str | Path, task: str = "denoise", model=None, **options: Any) -> Path:
-    """Run :func:`restore_to_zarr_iter` to the end and return the output path."""
-    return drain(restore_to_zarr_iter(image, out, task, model, **options))

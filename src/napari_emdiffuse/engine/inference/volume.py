@@ -36,16 +36,19 @@ import numpy as np
 import torch
 
 from .canvas import Item, SamplingOptions, resolve_options, sample_canvas
-from .errors import EMDiffuseError, InputError
-from .events import Progress, drain
-from .io.common import ZARR_SUFFIX, check_output_path
-from .io.images import read_image
-from .io.zarr import ZarrWriter, open_zarr_for_block_writes, zarr_major
-from .models.device import resolve_device
-from .models.model import EMDiffuseModel
-from .models.registry import DEFAULT_MODELS, load_model
-from .inference.normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
-from .restore import _as_numpy, _check_finite, _info, canvas_size, combined_std, validate_image
+from ..errors import EMDiffuseError, InputError
+from ..events import Progress, drain
+from ..io.common import ZARR_SUFFIX, check_output_path
+from ..io.images import read_image
+from ..io.zarr import ZarrWriter, open_zarr_for_block_writes, zarr_major
+from ..models.device import resolve_device
+from ..models.model import EMDiffuseModel
+from ..models.registry import DEFAULT_MODELS, load_model
+from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
+from ..parallel.runner import model_spec, run_tasks, stage_input, worker_model, zarr_location
+from .canvas import canvas_size, combined_std
+from .checks import check_finite, owned_array, validate_image
+from .restore import run_info
 from .tiling import TilePlan, block_slices, pad_to
 
 __all__ = [
@@ -310,10 +313,10 @@ def _sample_block(
     Returns the two measured slices (input dtype), the model-range mean of the new slices
     (factor-1, h, w) and their std over samples (or from the model's variance) or None.
     """
-    lo = _as_numpy(vol[z, ry, rx])
-    hi = _as_numpy(vol[z + 1, ry, rx])
-    _check_finite(lo, f"slice {z}")
-    _check_finite(hi, f"slice {z + 1}")
+    lo = owned_array(vol[z, ry, rx])
+    hi = owned_array(vol[z + 1, ry, rx])
+    check_finite(lo, f"slice {z}")
+    check_finite(hi, f"slice {z + 1}")
     h, w = lo.shape
     mult = m.card.network.size_multiple
     cond = np.stack([to_model(lo, norm), to_model(hi, norm)])  # lower z first, as trained
@@ -430,29 +433,11 @@ class _BlockJob:
     dtype: str
 
 
-# Models loaded in this (worker) process, by spec: loading is the expensive part of a task.
-# Long-lived remote workers see a new temporary spec per run of an in-memory model, so
-# only the most recent few are kept.
-_WORKER_MODELS: dict[tuple[str, str | None, str], EMDiffuseModel] = {}
-_WORKER_MODELS_MAX = 2
-
-
-def _worker_model(spec: str, arch: str | None, device: str) -> EMDiffuseModel:
-    key = (spec, arch, device)
-    m = _WORKER_MODELS.pop(key, None)
-    if m is None:
-        m = load_model(spec, arch=arch, device=device, cache=False)
-    _WORKER_MODELS[key] = m  # most recently used last
-    while len(_WORKER_MODELS) > _WORKER_MODELS_MAX:
-        del _WORKER_MODELS[next(iter(_WORKER_MODELS))]
-    return m
-
-
 def _run_block_task(job: _BlockJob) -> tuple[int, int, int]:
     """Run one block task in a worker: read its slices, sample, write into the shared store."""
     import zarr
 
-    m = _worker_model(job.model, job.arch, job.device)
+    m = worker_model(job.model, job.arch, job.device)
     src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")
     parts = drain(
         _sample_block(
@@ -465,115 +450,6 @@ def _run_block_task(job: _BlockJob) -> tuple[int, int, int]:
     return job.z, job.ys[1].start, job.xs[1].start
 
 
-
-
-def _zarr_location(vol: Any) -> tuple[str, str] | None:
-    """(store folder, array path) of a zarr array on the local file system, else None."""
-    try:
-        import zarr
-    except ImportError:  # pragma: no cover - zarr is a dependency
-        return None
-    if not isinstance(vol, zarr.Array):
-        return None
-    root = getattr(vol.store, "root", None) or getattr(vol.store, "path", None)
-    if root is None or not Path(root).is_dir():
-        return None
-    return str(Path(root).resolve()), str(getattr(vol, "path", "") or "")
-
-
-def _stage_input(vol: Any, where: Path, chunks: tuple[int, int, int]) -> str:
-    """Copy an in-memory or dask volume into a zarr store the workers can read, slice by slice."""
-    import zarr
-
-    kw: dict[str, Any] = {"zarr_format": 2} if zarr_major() >= 3 else {}
-    arr = zarr.open_array(str(where), mode="w-", shape=vol.shape, dtype=np.dtype(vol.dtype), chunks=chunks, **kw)
-    for z in range(vol.shape[0]):
-        arr[z] = _as_numpy(vol[z])
-    return str(where)
-
-
-def _model_spec(
-    model: Any, loaded: EMDiffuseModel, task: str, arch: str | None, tmp: Path
-) -> tuple[str, str | None, bool]:
-    """What workers load: (name or path, arch, whether ``tmp`` was written)."""
-    if model is None or (isinstance(model, str) and not model.strip()):
-        return DEFAULT_MODELS[task], None, False  # each worker finds its own bundled copy
-    if isinstance(model, EMDiffuseModel):
-        # An in-memory model (maybe changed since loading) travels as a model directory.
-        loaded.save(tmp)
-        return str(tmp), None, True
-    path = Path(model)
-    if path.exists():
-        return str(path.resolve()), arch, False
-    return str(model), arch, False  # a registered name: every worker resolves it itself
-
-
-def _connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any]:
-    from distributed import Client, LocalCluster
-
-    if scheduler is not None:
-        try:
-            return Client(scheduler, timeout="20s"), None
-        except (OSError, TimeoutError) as exc:
-            raise EMDiffuseError(f"cannot connect to the dask scheduler at '{scheduler}': {exc}") from None
-    cluster = LocalCluster(
-        n_workers=int(workers or 1),
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    try:
-        return Client(cluster), cluster
-    except BaseException:
-        cluster.close()
-        raise
-
-
-def run_tasks(
-    fn: Any, jobs: list, *, workers: int | None, scheduler: str | None, name: str
-) -> Generator[Progress, None, None]:
-    """Submit one task per job to a dask cluster and yield ``block`` progress as they finish.
-
-    A worker's error is raised here. Closing the generator cancels what has not run,
-    closes the client and, for ``workers=N``, the local cluster it started. Shared by the
-    isotropic and the 2D (``engine.distributed``) block runs.
-    """
-    from distributed import as_completed
-
-    client, cluster = _connect(workers, scheduler)
-    futures: list = []
-    try:
-        token = secrets.token_hex(4)
-        futures = [
-            client.submit(fn, job, key=f"emdiffuse-{name}-{token}-{n}", pure=False, retries=0)
-            for n, job in enumerate(jobs)
-        ]
-        ac = as_completed(futures)
-        done, total, last = 0, len(futures), time.monotonic()
-        yield Progress("block", 0, total, message=f"{total} block tasks submitted")
-        while not ac.is_empty():
-            batch = ac.next_batch(block=False)
-            if not batch:
-                time.sleep(0.05)
-                if time.monotonic() - last > 1.0:  # a chance to cancel while workers are busy
-                    last = time.monotonic()
-                    yield Progress("block", done, total, message="waiting for workers")
-                continue
-            for fut in batch:
-                fut.result()  # re-raises a worker's error here
-                done += 1
-            last = time.monotonic()
-            yield Progress("block", done, total)
-    finally:
-        try:
-            pending = [f for f in futures if not f.done()]
-            if pending:
-                client.cancel(pending)
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
 
 
 def _run_distributed(
@@ -593,10 +469,10 @@ def _run_distributed(
     staged_input: Path,
     cleanup: list[Path],
 ) -> Generator[Progress, None, tuple[Any, Any]]:
-    loc = _zarr_location(vol)
+    loc = zarr_location(vol)
     if loc is None:
         cleanup.append(staged_input)  # before writing: a failed copy is removed too
-        loc = (_stage_input(vol, staged_input, layout.chunks), "")
+        loc = (stage_input(vol, staged_input, layout.chunks), "")
     wr = ZarrWriter(out, layout.out_shape, dtype, **writer_kw)
     unc_wr = None
     try:
@@ -715,13 +591,13 @@ def reconstruct_isotropic_iter(
     want_std = bool(uncertainty)
 
     if isinstance(vol, np.ndarray):
-        _check_finite(vol, "volume")
+        check_finite(vol, "volume")
     norm = _fit_volume_norm(m, vol)
     layout = _Layout.make(tuple(vol.shape), f, block, opts)
     nz = vol.shape[0]
     out_spacing = (spacing[0] / f, spacing[1], spacing[2]) if spacing is not None else None
     info = {
-        **_info(m, opts, dev),
+        **run_info(m, opts, dev),
         "mode": mode,
         "factor": f,
         "block": layout.chunks[1:],
@@ -736,7 +612,7 @@ def reconstruct_isotropic_iter(
         cleanup: list[Path] = []
         try:
             model_dir = out_path.with_name(f".{out_path.name}.model-{tag}")
-            spec, spec_arch, wrote = _model_spec(model, m, task, arch, model_dir)
+            spec, spec_arch, wrote = model_spec(model, m, task, arch, model_dir)
             if wrote:
                 cleanup.append(model_dir)
             arr, unc = yield from _run_distributed(

@@ -1,0 +1,58 @@
+"""Checks and conversions every restoration entry point applies to its input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["validate_image", "owned_array", "check_finite"]
+
+_SUPPORTED = "uint8, uint16, int8, int16, int32, uint32, float16, float32 or float64"
+
+
+def validate_image(image: Any, *, allow_3d: bool = True, name: str = "image") -> Any:
+    """Check an array-like before any work; return it (leading singleton axes dropped).
+
+    Raises :class:`InputError` with one line for empty, non-numeric, complex, RGB or
+    too-many-dimension inputs. Values (NaN/Inf) are checked as slices are read.
+    """
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        try:
+            image = np.asarray(image)
+        except Exception:  # noqa: BLE001
+            raise InputError(f"{name} must be an array (numpy, dask or zarr)") from None
+    dtype = np.dtype(image.dtype)
+    if dtype.kind == "c":
+        raise InputError(f"{name} is complex-valued; pass a real image (e.g. its magnitude)")
+    if dtype.kind not in "uif" and dtype.kind != "b":
+        raise InputError(f"{name} has unsupported dtype {dtype}; use {_SUPPORTED}")
+    if any(s == 0 for s in image.shape) or len(image.shape) == 0:
+        raise InputError(f"{name} is empty (shape {tuple(image.shape)})")
+    while image.ndim > 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
+        raise InputError(
+            f"{name} looks like an RGB(A) colour image (shape {tuple(image.shape)}); convert it to grey scale first"
+        )
+    if image.ndim < 2 or image.ndim > (3 if allow_3d else 2):
+        want = "a 2D (YX) image or a 3D (ZYX) stack" if allow_3d else "a 2D (YX) image"
+        raise InputError(f"{name} has {image.ndim} dimensions {tuple(image.shape)}; pass {want}")
+    return image
+
+
+def owned_array(block: Any) -> np.ndarray:
+    """A numpy copy of a block (dask computed): never a view of the caller's data."""
+    block = block.compute() if hasattr(block, "compute") else block
+    return np.array(block, copy=True)  # never a view of the caller's data
+
+
+def check_finite(values: np.ndarray, what: str) -> None:
+    """Refuse NaN/Inf pixels with a one-line reason."""
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        if bad == values.size:
+            raise InputError(f"{what} is all NaN/Inf; nothing to restore")
+        raise InputError(f"{what} contains {bad} NaN/Inf pixels; replace them before restoring")

@@ -1,0 +1,1 @@
+"""Running block tasks on dask.distributed workers."""
