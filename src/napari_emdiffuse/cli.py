@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["denoise", "super-resolve", "isotropic-i", "isotropic-a"])
     p.set_defaults(func=_cmd_models)
 
+    p = sub.add_parser("export", help="write a predictor as a bioimage.io model package (.zip)")
+    p.add_argument("model", metavar="MODEL", help="model name, directory or .zip")
+    p.add_argument("-o", "--output", metavar="PACKAGE.zip", required=True)
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("import", help="turn a published best_Network.pth into a model directory")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--arch", required=True, choices=["EMDiffuse-n", "EMDiffuse-r", "vEMDiffuse-i", "vEMDiffuse-a"])
@@ -359,6 +364,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .engine.models.bioimageio import export_bioimageio
+    from .engine.models.registry import load_model
+
+    try:
+        import bioimageio.spec  # noqa: F401
+    except ImportError:
+        raise UsageError(f"{PROG} export: error: needs bioimageio.spec (pip install 'napari-emdiffuse[all]')") from None
+    path = export_bioimageio(load_model(args.model, device="cpu"), args.output)
+    print(f"wrote {path} (bioimage.io model package; load it back with --model {path})", file=sys.stderr)
     return 0
 
 

@@ -27,6 +27,7 @@ from ..io.atomic import replace_dir, temp_dir_beside
 from .cards import ModelCard, validation_message
 
 __all__ = [
+    "PACKAGED_CARD_NAME",
     "CARD_NAME",
     "read_card",
     "write_card",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 CARD_NAME = "model.yaml"
+# The card's name inside a bioimage.io package, where "model.yaml" is reserved for the
+# package's own description.
+PACKAGED_CARD_NAME = "emdiffuse-card.yaml"
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -48,7 +52,8 @@ def read_card(path: str | Path) -> ModelCard:
     """Parse and validate ``model.yaml`` (safe YAML loader only)."""
     path = Path(path)
     if path.is_dir():
-        path = path / CARD_NAME
+        packaged = path / PACKAGED_CARD_NAME
+        path = packaged if packaged.is_file() and not (path / CARD_NAME).is_file() else path / CARD_NAME
     if not path.is_file():
         raise ModelFileError(f"no model card: '{path}' does not exist")
     try:
@@ -217,9 +222,9 @@ def extract_archive(path: str | Path, dest: str | Path) -> Path:
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise ModelFileError(f"refusing model archive '{path}': member '{name}' is a symbolic link")
         zf.extractall(dest)
-    cards = sorted(dest.rglob(CARD_NAME), key=lambda p: len(p.parts))
+    cards = sorted([*dest.rglob(CARD_NAME), *dest.rglob(PACKAGED_CARD_NAME)], key=lambda p: len(p.parts))
     if not cards:
-        raise ModelFileError(f"model archive '{path}' holds no {CARD_NAME}")
+        raise ModelFileError(f"model archive '{path}' holds no {CARD_NAME} (nor a bioimage.io package's {PACKAGED_CARD_NAME})")
     return cards[0].parent
 
 
