@@ -34,6 +34,7 @@ from napari_emdiffuse.widgets.finetune import (  # noqa: E402
     FinetuneOptions,
     LossHistory,
     default_output,
+    eta_text,
     parse_lr,
     to_canvas,
 )
@@ -323,6 +324,12 @@ def test_loss_history_and_plot_mapping():
     assert pts == [(10.0, 0.0), (110.0, 50.0)]  # high loss at the top left, y grows down
     h.clear()
     assert h.bounds() is None
+    # the base model's score (scored before training) is a reference, not a point of the run
+    assert h.add({"stage": "validation", "done": 0, "metrics": {"psnr": 19.0}, "base": True})
+    assert h.psnr == [] and h.base_psnr == 19.0 and "base model: val PSNR 19.00" in h.summary()
+    h.add({"stage": "validation", "done": 5, "metrics": {"psnr": 20.5}})
+    assert h.psnr_bounds()[2:] == (19.0, 20.5) and "(base 19.00)" in h.summary()
+    assert eta_text(10, 40, 20.0) == "ETA 1:00" and eta_text(0, 40, 5.0) == ""
 
 
 def test_loss_plot_paints(qtbot):
@@ -335,6 +342,7 @@ def test_loss_plot_paints(qtbot):
     plot.grab()  # empty: the placeholder text
     for i in range(1, 6):
         h.add({"stage": "training", "done": i, "total": 5, "loss": 1.0 / i})
+    h.add({"stage": "validation", "done": 0, "metrics": {"psnr": 21.0}, "base": True})
     h.add({"stage": "validation", "done": 5, "metrics": {"psnr": 22.0, "ssim": 0.6}})
     assert not plot.grab().isNull()
 

@@ -251,6 +251,8 @@ def event_to_dict(ev: Any) -> dict[str, Any]:
         out["preview"] = np.asarray(ev.preview)
     if ev.message:
         out["message"] = str(ev.message)
+    if getattr(ev, "extra", None) and ev.extra.get("base"):
+        out["base"] = True  # the base model's score before fine-tuning
     return out
 
 

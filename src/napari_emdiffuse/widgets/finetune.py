@@ -154,6 +154,7 @@ class LossHistory:
     val: list[tuple[int, float]] = field(default_factory=list)
     psnr: list[tuple[int, float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    base_psnr: float | None = None  # the base model's validation PSNR: what to beat
 
     def add(self, event: dict[str, Any]) -> bool:
         """Record an event from the training process; True if the plot changed."""
@@ -165,6 +166,10 @@ class LossHistory:
             return True
         if stage != "validation":
             return False
+        if event.get("base"):
+            psnr = metrics.get("psnr")
+            self.base_psnr = float(psnr) if psnr is not None and math.isfinite(psnr) else None
+            return self.base_psnr is not None
         self.metrics = dict(metrics)
         it = int(event.get("done") or (self.train[-1][0] if self.train else 0))
         changed = False
@@ -182,6 +187,7 @@ class LossHistory:
         self.val.clear()
         self.psnr.clear()
         self.metrics = {}
+        self.base_psnr = None
 
     def bounds(self) -> tuple[float, float, float, float] | None:
         """(x0, x1, y0, y1) of the losses (train and validation); None when there are none."""
@@ -189,7 +195,8 @@ class LossHistory:
 
     def psnr_bounds(self) -> tuple[float, float, float, float] | None:
         """(x0, x1, y0, y1) for the PSNR axis, sharing the iteration axis with the losses."""
-        return _bounds(self.psnr, self.train + self.val + self.psnr)
+        pts = self.psnr + ([(self.psnr[0][0] if self.psnr else 0, self.base_psnr)] if self.base_psnr is not None else [])
+        return _bounds(pts, self.train + self.val + self.psnr)
 
     def summary(self) -> str:
         """One line: last train loss, last validation loss and metrics."""
@@ -199,7 +206,10 @@ class LossHistory:
         if self.val:
             parts.append(f"val loss {self.val[-1][1]:.4g}")
         if "psnr" in self.metrics:
-            parts.append(f"val PSNR {self.metrics['psnr']:.2f} dB")
+            base = f" (base {self.base_psnr:.2f})" if self.base_psnr is not None else ""
+            parts.append(f"val PSNR {self.metrics['psnr']:.2f} dB{base}")
+        elif self.base_psnr is not None:
+            parts.append(f"base model: val PSNR {self.base_psnr:.2f} dB")
         if "ssim" in self.metrics:
             parts.append(f"SSIM {self.metrics['ssim']:.3f}")
         return ", ".join(parts)
@@ -218,6 +228,14 @@ def _bounds(
         pad = abs(y0) * 0.1 or 1.0
         y0, y1 = y0 - pad, y1 + pad
     return float(x0), float(x1), float(y0), float(y1)
+
+
+def eta_text(done: int, total: int, elapsed: float) -> str:
+    """'ETA m:ss' from the iterations done so far (empty until there is a rate)."""
+    if done < 1 or total <= done or elapsed <= 0:
+        return ""
+    left = elapsed / done * (total - done)
+    return f"ETA {int(left // 60)}:{int(left % 60):02d}"
 
 
 def to_canvas(
@@ -293,6 +311,10 @@ class LossPlot(QWidget):
             p.drawText(QRectF(w - right + 3, top - 6, right - 3, 14), Qt.AlignLeft, f"{psnr_b[3]:.3g}")
             p.drawText(QRectF(w - right + 3, top + rect[3] - 8, right - 3, 14), Qt.AlignLeft, f"{psnr_b[2]:.3g}")
             self._series(p, to_canvas(hist.psnr, psnr_b, rect), self.PSNR, line=True, dots=True)
+            if hist.base_psnr is not None:  # dashed: the base model's PSNR, the line to beat
+                (_, y0), = to_canvas([(psnr_b[0], hist.base_psnr)], psnr_b, rect)
+                p.setPen(QPen(self.PSNR, 1, Qt.DashLine))
+                p.drawLine(QPointF(rect[0], y0), QPointF(rect[0] + rect[2], y0))
         # legend
         x = left
         for text, color in (("train loss", self.TRAIN), ("val loss", self.VAL), ("val PSNR (dB)", self.PSNR)):
@@ -500,6 +522,7 @@ class FinetuneWidget(DockWidget):
             if stage == "training":
                 changed |= self.history.add(ev)
                 self._progress.update(int(ev.get("done", 0)), int(ev.get("total") or 0))
+                self._eta = eta_text(int(ev.get("done", 0)), int(ev.get("total") or 0), self._elapsed())
             elif stage == "validation":
                 changed |= self.history.add(ev)
                 if ev.get("preview") is not None:
@@ -510,7 +533,7 @@ class FinetuneWidget(DockWidget):
                 self._failed(ev)
         if changed:
             self.plot.update()
-            self.status.setText(self.history.summary())
+            self.status.setText(", ".join(t for t in (self.history.summary(), getattr(self, "_eta", "")) if t))
 
     def _finished(self, outcome: str) -> None:
         self._timer.stop()
