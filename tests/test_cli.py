@@ -217,3 +217,17 @@ def test_finetune_refuses_images_smaller_than_patch(tmp_path, tiny_model_dir, ca
                "--objective", "supervised"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "patch" in err[0] and not (tmp_path / "m").exists()
+
+
+def test_long_runs_print_an_estimate_first(tmp_path, noisy_tif, tiny_model_dir, capsys, monkeypatch):
+    import itertools
+
+    from napari_emdiffuse import cli
+
+    clock = itertools.count(0, 10.0)  # every look at the clock: 10 s later (a slow device)
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    out = tmp_path / "o.tif"
+    assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), "--steps", "40",
+                 "--tile", "32", "--overlap", "8", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "estimate:" in err and "network passes" in err and "over 10 minutes" in err

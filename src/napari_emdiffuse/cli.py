@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -182,13 +183,23 @@ def _progress(gen: Generator, stages: Sequence[str] = ("sampling", "block", "tra
 
     bar = None
     result = None
+    start, estimated = time.monotonic(), False
     try:
         for ev in gen:
             if isinstance(ev, Progress):
                 if ev.stage not in stages:
-                    if ev.stage == "validation" and ev.metrics and bar is not None:
-                        bar.set_postfix({k: f"{v:.3g}" for k, v in ev.metrics.items()})
+                    if ev.stage == "validation" and ev.message:
+                        (bar.write if bar is not None else _stderr)(f"validation at {ev.done}: {ev.message}")
                     continue
+                if not estimated and ev.stage == "sampling" and ev.done >= 1 and ev.total > ev.done:
+                    # network passes left x the time the first one took on this device
+                    estimated = True
+                    left = (time.monotonic() - start) / ev.done * (ev.total - ev.done)
+                    if left > 30:
+                        note = "; over 10 minutes: Ctrl-C stops it and writes nothing" if left > 600 else ""
+                        (bar.write if bar is not None else _stderr)(
+                            f"{PROG}: estimate: {ev.total} network passes, about {_duration(left)} more{note}"
+                        )
                 if bar is None or bar.total != ev.total:
                     if bar is not None:
                         bar.close()
@@ -204,6 +215,18 @@ def _progress(gen: Generator, stages: Sequence[str] = ("sampling", "block", "tra
         if bar is not None:
             bar.close()
     return result
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
