@@ -220,7 +220,7 @@ def restore_to_zarr_iter(
     plan = BlockPlan.make(tuple(image.shape), s, block, opts)
     norm = fit_norm(m, image)
     new_spacing = scaled_spacing(spacing, image.ndim, s)
-    want_std = uncertainty_out is not None and opts.samples > 1
+    want_std = uncertainty_out is not None and (opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False)))
     attrs = {"normalisation": norm.as_dict(), **run_info(m, opts, dev)}
     writer_kw = dict(chunks=plan.chunks, spacing=new_spacing, overwrite=overwrite)
     if workers or scheduler:
