@@ -176,7 +176,9 @@ def test_samples_open_from_napari_menu(viewer):
 def test_restore_options_to_engine_kwargs():
     kw = RestoreOptions().engine_kwargs()
     unset = dict(steps=None, samples=None, sampler=None, tile=None, overlap=None)
-    assert kw == dict(preset="fast", seed=0, device="auto", **unset)
+    assert kw == dict(preset="fast", seed=0, device="auto", precision="fp32", **unset)
+    with pytest.raises(EMDiffuseError, match="precision"):
+        RestoreOptions(precision="fp8").engine_kwargs()
     kw = RestoreOptions(steps=2, samples=3, sampler="ddim", tile=64, overlap=0, seed=7, device="cpu").engine_kwargs()
     picked = tuple(kw[k] for k in ("steps", "samples", "sampler", "tile", "overlap", "seed", "device"))
     assert picked == (2, 3, "ddim", 64, 0, 7, "cpu")

@@ -26,6 +26,7 @@ __all__ = ["RestoreWidget", "RestoreOptions", "output_names", "output_geometry",
 
 TASKS = ("denoise", "super-resolve")
 SAMPLERS = ("preset", "dpm++", "ddim", "ddpm")
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # the engine's (canvas.PRECISIONS) without "auto"
 PRESET_TIPS = {
     "fast": "few-step DPM-Solver++ (steps from the model card), one sample (no uncertainty)",
     "balanced": "4 samples (3 of them mirrored): mean and pixel-wise uncertainty",
@@ -57,6 +58,8 @@ class RestoreOptions(WidgetOptions):
         Noise seed: the same seed gives the same result.
     device : str
         ``auto``, ``cpu``, ``cuda:N`` or ``mps``.
+    precision : {"fp32", "bf16", "fp16"}
+        Network arithmetic; reduced precision only where the device has it natively.
     """
 
     task: str = "denoise"
@@ -68,6 +71,7 @@ class RestoreOptions(WidgetOptions):
     overlap: int = -1
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"
 
     def validate(self) -> "RestoreOptions":
         """Refuse impossible combinations before starting a worker."""
@@ -77,12 +81,15 @@ class RestoreOptions(WidgetOptions):
         if self.sampler not in SAMPLERS:
             raise EMDiffuseError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS[1:])}")
         check_tiling(self)
+        if self.precision not in PRECISION_CHOICES:
+            raise EMDiffuseError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``restore_iter`` (besides image, task, model, arch, spacing)."""
         self.validate()
-        return sampling_kwargs(self) | {"sampler": None if self.sampler == "preset" else self.sampler}
+        sampler = None if self.sampler == "preset" else self.sampler
+        return sampling_kwargs(self) | {"sampler": sampler, "precision": self.precision}
 
 
 def output_names(layer_name: str, task: str, scale: int = 1) -> tuple[str, str]:
@@ -196,6 +203,9 @@ class RestoreWidget(DockWidget):
         self.tile = spin_box(0, 4096, 0, "auto", "Tile edge in pixels (auto: the model's, shrunk to fit the GPU)")
         self.overlap = spin_box(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
         self.seed = spin_box(0, 2**31 - 1, 0, None, "Noise seed: the same seed gives the same result")
+        self.precision = QComboBox()
+        self.precision.addItems(PRECISION_CHOICES)
+        self.precision.setToolTip("Network arithmetic: fp32 (default, exact); bf16 / fp16 on GPUs that have it")
         advanced = advanced_section(
             [
                 ("steps", self.steps),
@@ -204,6 +214,7 @@ class RestoreWidget(DockWidget):
                 ("tile", self.tile),
                 ("overlap", self.overlap),
                 ("seed", self.seed),
+                ("precision", self.precision),
             ]
         )
         self._lay_out(
@@ -226,6 +237,7 @@ class RestoreWidget(DockWidget):
             overlap=self.overlap.value(),
             seed=self.seed.value(),
             device=self.device.value(),
+            precision=self.precision.currentText(),
         )
 
     def set_options(self, opts: RestoreOptions) -> None:
@@ -238,6 +250,7 @@ class RestoreWidget(DockWidget):
         self.overlap.setValue(opts.overlap)
         self.seed.setValue(opts.seed)
         self.device.set_value(opts.device)
+        self.precision.setCurrentText(opts.precision)
 
     # -- running ---------------------------------------------------------------------------------
 
