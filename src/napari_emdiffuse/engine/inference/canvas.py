@@ -306,7 +306,8 @@ def sample_canvas(
         samples = pred[pick].cpu()
         variance = None
         if state["logvar"] is not None:
-            variance = state["logvar"][0][pick].exp().cpu()
+            # the card's calibration: predicted variances scaled to the errors on held-out crops
+            variance = state["logvar"][0][pick].exp().cpu() * card.uncertainty_scale**2
         return samples, variance
 
     def noise_fn(step: int) -> torch.Tensor:
