@@ -148,7 +148,7 @@ def test_bioimageio_export_validates_and_loads_back(tmp_path):
     assert main(["export", str(src), "-o", str(out)]) == 0
     descr = spec.load_description(out)
     assert descr.validation_summary.status in ("valid-format", "passed"), descr.validation_summary.format()
-    assert [t.id for t in descr.outputs] == ["mean", "log_variance"]
+    assert [t.id for t in descr.outputs] == ["mean", "std"]
     back = load_model(out, cache=False)
     x = torch.randn(1, 1, 32, 32)
     torch.testing.assert_close(back.module(x)[0], m.module(x)[0])

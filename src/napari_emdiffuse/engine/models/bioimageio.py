@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 import torch
+from pydantic import ValidationError
 
 from ..errors import EMDiffuseError, InputError
 from .cards import ModelCard
 from .files import PACKAGED_CARD_NAME, write_card
 from .model import EMDiffuseModel
+from ..core.networks.regression import RegressionUNetStd
 
 __all__ = ["export_bioimageio"]
 
@@ -98,13 +101,22 @@ def export_bioimageio(
         cond = torch.from_numpy(_preprocess(x, card))
         if scale > 1:
             raise EMDiffuseError("super-resolution predictors upsample before the network; not exported yet")
+        aleatoric = bool(getattr(module, "aleatoric", False))
+        kw = {k: v for k, v in card.network.model_dump().items() if k not in ("in_channel", "out_channel")}
+        kw = {"in_channel": card.network.in_channel, "out_channel": card.network.out_channel, **kw}
+        kw.pop("slice_embedding", None)
+        if aleatoric:  # the exported form returns (mean, std): same weights, an uncertainty map
+            kw["std_scale"] = float(card.uncertainty_scale)
+            exported = RegressionUNetStd(**kw)
+            exported.load_state_dict(module.state_dict())
+        else:
+            exported = module
+        exported.eval()
         with torch.no_grad():
-            res = module(cond)
-        mean, logvar = res if isinstance(res, tuple) else (res, None)
+            res = exported(cond)
+        mean, std = res if isinstance(res, tuple) else (res, None)
         np.save(d / "test_input.npy", x)
         np.save(d / "test_output.npy", mean.numpy().astype(np.float32))
-        import tifffile
-
         tifffile.imwrite(d / "sample_input.tif", x[0, 0])
         tifffile.imwrite(d / "sample_mean.tif", mean.numpy()[0, 0].astype(np.float32))
         torch.save({k: v.cpu() for k, v in module.state_dict().items()}, d / "weights.pt")
@@ -113,8 +125,6 @@ def export_bioimageio(
         write_card(packaged, d / PACKAGED_CARD_NAME)
         _cover(x[0, 0], mean.numpy()[0, 0], d / "cover.png")
         (d / "README.md").write_text(_documentation(card))
-        kw = {k: v for k, v in card.network.model_dump().items() if k not in ("in_channel", "out_channel")}
-        kw = {"in_channel": card.network.in_channel, "out_channel": card.network.out_channel, **kw}
         size = bio.ParameterizedSize(min=2 * card.network.size_multiple, step=card.network.size_multiple)
         axes_in = [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier("em")]),
                    bio.SpaceInputAxis(id=bio.AxisId("y"), size=size), bio.SpaceInputAxis(id=bio.AxisId("x"), size=size)]
@@ -138,42 +148,20 @@ def export_bioimageio(
             description="restored image in model range: -1 and +1 are the input's "
                         f"{rule.low:g} and {rule.high:g} percentiles (not clipped)",
         )]
-        if logvar is not None:
-            np.save(d / "test_log_variance.npy", logvar.numpy().astype(np.float32))
-            tifffile.imwrite(d / "sample_log_variance.tif", logvar.numpy()[0, 0].astype(np.float32))
+        if std is not None:
+            np.save(d / "test_std.npy", std.numpy().astype(np.float32))
+            tifffile.imwrite(d / "sample_std.tif", std.numpy()[0, 0].astype(np.float32))
             outputs.append(bio.OutputTensorDescr(
-                id=bio.TensorId("log_variance"), axes=out_axes(),
-                test_tensor=bio.FileDescr(source=d / "test_log_variance.npy"),
-                sample_tensor=bio.FileDescr(source=d / "sample_log_variance.tif"),
-                description="per-pixel log-variance of the error (model range): the uncertainty",
+                id=bio.TensorId("std"), axes=out_axes(),
+                test_tensor=bio.FileDescr(source=d / "test_std.npy"),
+                sample_tensor=bio.FileDescr(source=d / "sample_std.tif"),
+                description="per-pixel standard deviation of the error (model range): the uncertainty",
             ))
-        descr = bio.ModelDescr(
-            name=card.name.replace("-", " "),
-            description=(card.description or f"napari-emdiffuse {card.task} predictor")[:1000],
-            authors=[bio.Author(name=a) for a in (authors or ["napari-emdiffuse developers"])],
-            cite=[bio.CiteEntry(text=card.citation, doi=bio.Doi("10.1038/s41467-024-49125-z"))],
-            license=bio.LicenseId("BSD-3-Clause"),
-            documentation=bio.FileDescr(source=d / "README.md"),
-            covers=[bio.FileDescr(source=d / "cover.png")],
-            tags=["electron-microscopy", card.task, "napari-emdiffuse", "pytorch"],
-            inputs=[bio.InputTensorDescr(
-                id=bio.TensorId("input"), axes=axes_in, test_tensor=bio.FileDescr(source=d / "test_input.npy"),
-                sample_tensor=bio.FileDescr(source=d / "sample_input.tif"),
-                preprocessing=pre, description="an EM image, any intensity range",
-            )],
-            outputs=outputs,
-            weights=bio.WeightsDescr(pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
-                source=d / "weights.pt",
-                architecture=bio.ArchitectureFromLibraryDescr(
-                    callable=bio.Identifier("RegressionUNet"),
-                    import_from="napari_emdiffuse.engine.core.networks.regression",
-                    kwargs=json.loads(json.dumps(kw)),
-                ),
-                pytorch_version=bio.Version(torch.__version__.split("+")[0]),
-            )),
-            attachments=[bio.FileDescr(source=d / PACKAGED_CARD_NAME)],
-            config={"napari_emdiffuse": {"card": PACKAGED_CARD_NAME, "task": card.task}},
-        )
+        try:
+            descr = _describe(bio, card, d, axes_in, outputs, pre, kw, type(exported).__name__,
+                              authors or ["napari-emdiffuse developers"])
+        except ValidationError as exc:
+            raise EMDiffuseError(f"cannot describe '{card.name}' as a bioimage.io model: {_first_error(exc)}") from None
         partial = out.with_name(f".{out.name}.partial")
         try:
             save_bioimageio_package(descr, output_path=partial)
@@ -181,6 +169,48 @@ def export_bioimageio(
         finally:
             partial.unlink(missing_ok=True)
     return out
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{loc}: {first.get('msg', 'invalid')}".strip(": ").splitlines()[0]
+
+
+def _describe(bio, card: ModelCard, d: Path, axes_in, outputs, pre, kw: dict, callable_name: str,
+              authors: list[str]):
+    """The package's description (raises pydantic's ValidationError when the spec refuses)."""
+    return bio.ModelDescr(
+        name=card.name.replace("-", " "),
+        description=(card.description or f"napari-emdiffuse {card.task} predictor")[:1000],
+        authors=[bio.Author(name=a) for a in authors],
+        cite=[bio.CiteEntry(text=card.citation, doi=bio.Doi("10.1038/s41467-024-49125-z"))],
+        license=bio.LicenseId("BSD-3-Clause"),
+        documentation=bio.FileDescr(source=d / "README.md"),
+        covers=[bio.FileDescr(source=d / "cover.png")],
+        tags=["electron-microscopy", card.task, "napari-emdiffuse", "pytorch"],
+        inputs=[bio.InputTensorDescr(
+            id=bio.TensorId("input"), axes=axes_in, test_tensor=bio.FileDescr(source=d / "test_input.npy"),
+            sample_tensor=bio.FileDescr(source=d / "sample_input.tif"),
+            preprocessing=pre, description="an EM image, any intensity range",
+        )],
+        outputs=outputs,
+        weights=bio.WeightsDescr(pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
+            source=d / "weights.pt",
+            architecture=bio.ArchitectureFromLibraryDescr(
+                callable=bio.Identifier(callable_name),
+                import_from="napari_emdiffuse.engine.core.networks.regression",
+                kwargs=json.loads(json.dumps(kw)),
+            ),
+            pytorch_version=bio.Version(torch.__version__.split("+")[0]),
+        )),
+        attachments=[bio.FileDescr(source=d / PACKAGED_CARD_NAME)],
+        config={
+            # the std map can be small: a tolerance relative to it, not 1e-3 absolute
+            "bioimageio": {"reproducibility_tolerance": [{"absolute_tolerance": 1e-5, "relative_tolerance": 1e-3}]},
+            "napari_emdiffuse": {"card": PACKAGED_CARD_NAME, "task": card.task},
+        },
+    )
 
 
 def _cover(inp: np.ndarray, out: np.ndarray, path: Path) -> None:

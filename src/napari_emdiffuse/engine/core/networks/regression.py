@@ -12,7 +12,7 @@ from torch import nn
 
 from .unet import UNet
 
-__all__ = ["RegressionUNet", "residual_base"]
+__all__ = ["RegressionUNet", "RegressionUNetStd", "residual_base"]
 
 
 def residual_base(x: torch.Tensor, out_channel: int) -> torch.Tensor:
@@ -68,3 +68,22 @@ class RegressionUNet(nn.Module):
         if isinstance(out, tuple):
             return out[0] + base, out[1]
         return out + base
+
+
+class RegressionUNetStd(RegressionUNet):
+    """A predictor that returns its uncertainty as a standard deviation: ``(mean, std)``
+    with ``std = std_scale * exp(log_var / 2)``.
+
+    The same weights as :class:`RegressionUNet` (same state-dict keys); the form exported to
+    bioimage.io, whose consumers expect an uncertainty map, not a log-variance.
+    """
+
+    def __init__(self, in_channel: int = 1, out_channel: int = 1, *, std_scale: float = 1.0, **kwargs) -> None:
+        super().__init__(in_channel, out_channel, **kwargs)
+        if not self.aleatoric:
+            raise ValueError("RegressionUNetStd needs aleatoric=True")
+        self.std_scale = float(std_scale)
+
+    def forward(self, x: torch.Tensor):
+        mean, log_var = super().forward(x)
+        return mean, self.std_scale * torch.exp(0.5 * log_var)
