@@ -11,9 +11,11 @@ short-dwell SEM). The right half is scored against the clean image:
   ``benchmarks/peers.py`` (key ``finetune``);
 * Gaussian and BM3D filters at their oracle-best strength.
 
-Isotropic (vEMDiffuse-a): rows 192:256 of the near-isotropic C. elegans volume with 2 of
-every 3 slices dropped; the bundled model is fine-tuned on the kept volume's own lateral
-planes only, and the dropped slices are scored against linear interpolation.
+Isotropic (vEMDiffuse-a): rows 192:256 of the near-isotropic C. elegans volume with every
+other slice dropped (factor 2: the kept 11 slices are the fewest a (Z, X) training plane of
+this network can use); the bundled factor-3 model gets new output heads and is fine-tuned on
+the kept volume's own planes only, and the dropped slices are scored against linear
+interpolation.
 
     python benchmarks/finetune.py [--iterations 200] [--dose 30]
 """
@@ -90,17 +92,15 @@ def isotropic_rows(args, tmp: Path) -> list[dict]:
     from scipy.interpolate import interp1d
 
     vol = tifffile.imread(need_shared() / "em3d" / "celegans_neariso_21x256x128.tif")[:, 192:256]
-    f = 3
+    f = 2
     last = (vol.shape[0] - 1) // f * f
     kept_z = np.arange(0, last + 1, f)
     dropped = np.array([z for z in range(last + 1) if z % f])
     kept, truth = vol[kept_z], vol[dropped]
-    case = "celegans rows 192:256, x3"
+    case = "celegans rows 192:256, x2"
     lin = np.clip(np.rint(interp1d(kept_z, kept.astype(np.float64), axis=0)(dropped)), 0, 255).astype(np.uint8)
     rows = [score(case, "linear interpolation", lin, truth)]
-    base = load_model(args.iso_base, task="isotropic-a", device=args.device)
-    res = reconstruct_isotropic(kept, f, base, mode="a", device=args.device)
-    rows.append(score(case, f"{args.iso_base} (bundled)", np.asarray(res.volume)[dropped], truth))
+    rows.append({"case": case, "method": f"{args.iso_base} (bundled): made for factor 3, cannot run at 2"})
     with Timer() as t:
         path = drain(finetune_iter("isotropic-a", kept, base=args.iso_base, out=tmp / "iso-a", factor=f,
                                    iterations=args.iterations, device=args.device))

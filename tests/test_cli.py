@@ -231,3 +231,22 @@ def test_long_runs_print_an_estimate_first(tmp_path, noisy_tif, tiny_model_dir, 
                  "--tile", "32", "--overlap", "8", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "estimate:" in err and "network passes" in err and "over 10 minutes" in err
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["denoise"], "emdiffuse denoise: error: the following arguments are required"),
+        (["denoise", ".", "-o", "x.tif"], "it is a folder, not an image"),
+        (["super-resolve", "in.tif", "-o", "x.tif", "--model", "nope"], "(super-resolve models: "),
+    ],
+)
+def test_cli_error_details(tmp_path, monkeypatch, capsys, argv, expect):
+    import tifffile
+
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((32, 32), np.uint8))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0]
+    assert "demo-denoise" not in err[0] or "denoise models" in err[0]  # only the task's models

@@ -91,6 +91,8 @@ def suffix_of(path: Path) -> str:
 
 def unsupported_type(path: Path) -> InputError:
     """The error for a file type that is neither TIFF nor zarr."""
+    if path.is_dir():
+        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .tiff or .zarr")
     ext = path.suffix or "(none)"
     return InputError(
         f"cannot use '{path}': unsupported file type '{ext}'; use .tif, .tiff or .zarr"

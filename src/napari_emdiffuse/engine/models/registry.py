@@ -217,8 +217,9 @@ def load_model(
         if not path.exists():
             named = _find_named(str(model))
             if named is None:
-                names = ", ".join(sorted({i.name for i in list_models()})) or "none installed"
-                raise ModelFileError(f"no model named or at '{model}' (available: {names})")
+                names = ", ".join(sorted({i.name for i in list_models(task)})) or "none installed"
+                what = f"{task} models" if task else "available"
+                raise ModelFileError(f"no model named or at '{model}' ({what}: {names})")
             path = named
         if arch is not None and arch not in ARCHITECTURES:
             raise ModelFileError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
