@@ -372,6 +372,8 @@ def test_restore_widget_denoise_and_rerun_replaces(viewer, qtbot, models, errors
     assert out.data.shape == img.shape and out.data.dtype == np.uint8
     assert unc.data.shape == img.shape and unc.data.dtype == np.float32
     assert unc.colormap.name == "magma"
+    made = out.metadata["emdiffuse"]  # provenance: which model and settings made the layer
+    assert made["task"] == "denoise" and made["source_layer"] == "em" and "seed" in made and "package" in made
     for o in (out, unc):
         assert tuple(o.scale) == (8.0, 6.0) and tuple(o.translate) == (10.0, -4.0)
     assert "cpu" in w.device.used.text()
@@ -496,6 +498,7 @@ def test_isotropic_widget(viewer, qtbot, models, errors, tmp_path):
     assert not errors, errors
     out = viewer.layers["vol_isotropic"]
     assert out.data.shape == (5, 32, 32) and out.data.dtype == np.uint8
+    assert out.metadata["emdiffuse"]["factor"] == 2
     assert tuple(out.scale) == (8.0, 8.0, 8.0) and tuple(out.translate) == (4.0, 0.0, 2.0)
 
     # Into a zarr store, shown lazily, with uncertainty; re-running replaces the layer's data.

@@ -289,7 +289,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from .engine.io.images import read_image, write_image
     from .engine.models.device import resolve_device
     from .engine.models.registry import load_model
-    from .engine.inference.restore import restore_iter, validate_image
+    from .engine.inference.restore import provenance, restore_iter, validate_image
     from .engine.inference.blocks import restore_to_zarr_iter
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)
@@ -319,7 +319,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if result is None:  # pragma: no cover - the generator always ends with a result
         raise RuntimeError("restoration ended without a result")
     axes = data.axes if data.axes and len(data.axes) == result.mean.ndim else None
-    made = provenance(result.info, result.normalisation, source=args.input)
+    made = provenance(result.info, result.normalisation, source=str(args.input))
     write_image(out, result.mean, spacing=result.spacing, unit=data.unit or "nm", axes=axes, provenance=made)
     wrote = [str(out)]
     if unc is not None:
@@ -332,10 +332,6 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     print(f"wrote {' and '.join(wrote)}", file=sys.stderr)
     return 0
 
-
-def provenance(info: dict, normalisation: dict | None = None, **extra) -> dict:
-    """What made an output: the run's settings, the normalisation and the package version."""
-    return {**info, "normalisation": normalisation, "package": f"napari-emdiffuse {_version().split()[-1]}", **extra}
 
 
 def _cmd_isotropic(args: argparse.Namespace) -> int:

@@ -89,6 +89,7 @@ def show_outputs(
     geometry: tuple[tuple[float, ...], tuple[float, ...]],
     output: tuple[str, Any],
     uncertainty: tuple[str, Any | None],
+    provenance: dict[str, Any] | None = None,
 ) -> list[Any]:
     """Show a result over its input (``source`` from :func:`layer_source`) and its
     uncertainty, or drop a stale uncertainty an earlier run left; returns the layers shown,
@@ -106,6 +107,9 @@ def show_outputs(
     else:
         remove_layer(viewer, unc_name, protect=protect)
     outputs.insert(0, upsert_image(viewer, name, data, protect=protect, **geo))
+    if provenance is not None:  # which model and settings made each layer (layer.metadata)
+        for layer in outputs:
+            layer.metadata["emdiffuse"] = dict(provenance, source_layer=source.get("name"))
     return outputs
 
 

@@ -332,7 +332,13 @@ class IsotropicWidget(DockWidget):
         if result.uncertainty is not None:
             unc_data = lazy_volume(result.uncertainty, getattr(result, "uncertainty_path", None))
         vol_data = lazy_volume(result.volume, getattr(result, "path", None) or out)
-        self.last_outputs = show_outputs(self.viewer, source, geometry, (name, vol_data), (unc_name, unc_data))
+        from ..engine.inference.restore import provenance
+
+        info = result.info if isinstance(result.info, dict) else {}
+        self.last_outputs = show_outputs(
+            self.viewer, source, geometry, (name, vol_data), (unc_name, unc_data),
+            provenance(info, info.get("normalisation"), factor=factor),
+        )
         vol = self.last_outputs[0]
         device = result.info.get("device") if isinstance(result.info, dict) else None
         self.device.set_used(device)

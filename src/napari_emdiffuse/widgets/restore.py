@@ -281,8 +281,11 @@ class RestoreWidget(DockWidget):
     def _show(self, result: Any, source: dict, task: str) -> None:
         mean_name, unc_name = output_names(source["name"], task, result.scale)
         geometry = output_geometry(source["scale"], source["translate"], result.scale)
+        from ..engine.inference.restore import provenance
+
         self.last_outputs = show_outputs(
-            self.viewer, source, geometry, (mean_name, result.mean), (unc_name, result.uncertainty)
+            self.viewer, source, geometry, (mean_name, result.mean), (unc_name, result.uncertainty),
+            provenance(result.info, result.normalisation),
         )
         mean = self.last_outputs[0]
         device = result.info.get("device")

@@ -328,3 +328,21 @@ def restore(
     ((64, 64), dtype('uint8'))
     """
     return drain(restore_iter(image, task, model, **options))
+
+
+def provenance(info: dict, normalisation: dict | None = None, **extra: Any) -> dict:
+    """What made an output: the run's settings (:attr:`Restoration.info`), the normalisation
+    and the package version, for a file's metadata or a layer's ``metadata``.
+
+    Examples
+    --------
+    >>> provenance({"model": "demo-denoise", "preset": "fast"})["model"]
+    'demo-denoise'
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = f"napari-emdiffuse {version('napari-emdiffuse')}"
+    except PackageNotFoundError:  # running from a source tree
+        package = "napari-emdiffuse (source tree)"
+    return {**info, "normalisation": normalisation, "package": package, **extra}
