@@ -32,6 +32,7 @@ import tifffile
 
 from _common import Timer, best_bm3d, best_gaussian, need_shared, table
 from napari_emdiffuse.engine.core.metrics import psnr, ssim
+from napari_emdiffuse.engine.errors import EMDiffuseError
 from napari_emdiffuse.engine.events import drain
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.inference.restore import restore
@@ -101,9 +102,13 @@ def isotropic_rows(args, tmp: Path) -> list[dict]:
     lin = np.clip(np.rint(interp1d(kept_z, kept.astype(np.float64), axis=0)(dropped)), 0, 255).astype(np.uint8)
     rows = [score(case, "linear interpolation", lin, truth)]
     rows.append({"case": case, "method": f"{args.iso_base} (bundled): made for factor 3, cannot run at 2"})
-    with Timer() as t:
-        path = drain(finetune_iter("isotropic-a", kept, base=args.iso_base, out=tmp / "iso-a", factor=f,
-                                   iterations=args.iterations, device=args.device))
+    try:
+        with Timer() as t:
+            path = drain(finetune_iter("isotropic-a", kept, base=args.iso_base, out=tmp / "iso-a", factor=f,
+                                       iterations=args.iterations, device=args.device))
+    except EMDiffuseError as exc:  # e.g. too few slices for this network's (Z, X) training planes
+        rows.append({"case": case, "method": f"vEMDiffuse-a fine-tune: {exc}"})
+        return rows
     tuned = load_model(path, task="isotropic-a", device=args.device)
     res = reconstruct_isotropic(kept, f, tuned, mode="a", device=args.device)
     rows.append(score(case, f"vEMDiffuse-a fine-tune on lateral planes, {args.iterations} it",

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=_positive, default=200)
     p.add_argument("--patch", type=_positive, default=64)
     p.add_argument("--batch", type=_positive, default=8)
-    p.add_argument("--lr", type=float, default=None, help="default 2e-4 (predictors) or 5e-5 (diffusion)")
+    p.add_argument("--lr", type=float, default=None, help="default 2e-4 (predictors; 3e-5 self-supervised) or 5e-5 (diffusion)")
     p.add_argument("--factor", type=int, default=None, help="isotropic: slices per gap (default: the base model's)")
     p.add_argument(
         "--objective", choices=["supervised", "self-supervised"], default=None,

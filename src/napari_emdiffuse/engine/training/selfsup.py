@@ -11,9 +11,9 @@ off the neighbours (Noise2Void trained on such an image learns to keep the noise
 a grid artifact).
 
 So the blind spot here is the whole 3x3 neighbourhood of each supervised pixel: every pixel
-whose noise correlates with it. The 9 pixels are replaced by the mean of the ring two pixels
-away (16 pixels whose noise is nearly independent of the centre's), and the loss is the
-squared error between the prediction and the noisy value at the centre only. We chose this
+whose noise correlates with it. The 9 pixels are replaced by random pixels of the ring two
+pixels away (noise nearly independent of the centre's), and the loss is the squared error
+between the prediction and the noisy value at the centre only. We chose this
 over Neighbor2Neighbor-style sub-sampling, which needs sub-images with independent noise: at
 stride 2 the pairs are one pixel apart, exactly where the correlation is strongest.
 """
@@ -30,21 +30,13 @@ __all__ = ["blind_spot", "blind_spot_loss", "DENSITY"]
 DENSITY = 0.01
 
 
-def _ring_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of the 16 pixels at Chebyshev distance 2 around each pixel (reflect padding)."""
-    k = torch.ones(5, 5, dtype=x.dtype, device=x.device)
-    k[1:4, 1:4] = 0
-    k = (k / k.sum()).view(1, 1, 5, 5).repeat(x.shape[1], 1, 1, 1)
-    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, groups=x.shape[1])
-
-
 def blind_spot(
     x: torch.Tensor, *, density: float = DENSITY, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hide the 3x3 neighbourhood of random pixels of ``x`` (B, C, H, W).
 
-    Returns the masked input (hidden pixels replaced by the mean of the ring two pixels away)
-    and the float mask of the supervised centres (B, 1, H, W). Never modifies ``x``.
+    Returns the masked input (hidden pixels replaced by random pixels of the ring two pixels
+    away) and the float mask of the supervised centres (B, 1, H, W). Never modifies ``x``.
 
     Examples
     --------
@@ -62,9 +54,24 @@ def blind_spot(
     centres = centres * (near < 1.5)
     box = torch.ones(c, 1, 3, 3, dtype=x.dtype, device=x.device)
     hidden = F.conv2d(centres, box[:1], padding=1)  # 1 on the 3x3 around every centre
-    # All 9 hidden pixels take the centre's ring mean: a hidden pixel's own ring would reach
-    # back to the centre's neighbours, whose noise correlates with the centre's.
-    fill = F.conv2d(_ring_mean(x) * centres, box, padding=1, groups=c)
+    # Each hidden pixel takes the value of a random pixel of its centre's ring (two pixels
+    # from the centre: noise nearly independent of the centre's). Random, not the ring's mean:
+    # the predictor adds its correction to the input pixel, so it must learn to discard what
+    # it sees at the centre (which at inference is the noisy pixel itself), not to trust it.
+    fill = torch.zeros_like(x)
+    ring = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if max(abs(dy), abs(dx)) == 2]
+    pad = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    for oy in (-1, 0, 1):
+        for ox in (-1, 0, 1):
+            # hidden pixel at centre + (oy, ox): a random ring pixel of that centre
+            pick = torch.randint(len(ring), (b, 1, h, w), generator=generator).to(x.device)
+            val = torch.zeros_like(x)
+            for k, (dy, dx) in enumerate(ring):
+                # value at centre + (dy, dx), placed at centre + (oy, ox)
+                src = pad[:, :, 4 + dy - oy : 4 + dy - oy + h, 4 + dx - ox : 4 + dx - ox + w]
+                val = torch.where(pick == k, src, val)
+            shifted = F.pad(centres, (1, 1, 1, 1))[:, :, 1 - oy : 1 - oy + h, 1 - ox : 1 - ox + w]
+            fill = fill + val * shifted
     masked = x * (1 - hidden) + fill
     return masked, centres
 
