@@ -10,7 +10,7 @@ Examples
 --------
 >>> import napari_emdiffuse as emd
 >>> result = emd.restore(noisy_image, "denoise")          # doctest: +SKIP
->>> volume = emd.reconstruct_isotropic(stack, factor=4)    # doctest: +SKIP
+>>> volume = emd.reconstruct_isotropic(stack, factor=3)    # doctest: +SKIP
 """
 
 from __future__ import annotations
