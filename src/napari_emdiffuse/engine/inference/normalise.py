@@ -45,8 +45,14 @@ def sample_values(image, max_values: int = _MAX_SAMPLE) -> np.ndarray:
     return np.asarray(sub, dtype=np.float64).ravel()
 
 
-def fit_normalisation(values: np.ndarray, rule: Normalisation) -> NormInfo:
-    """Fit the rule to sampled input values (finite values only)."""
+def fit_normalisation(values: np.ndarray, rule: Normalisation, *, adapt_range: bool = False) -> NormInfo:
+    """Fit the rule to sampled input values (finite values only).
+
+    With ``adapt_range`` (restoring), a ``range`` rule whose fixed values do not hold the
+    input maps the input's own range instead, with a warning; training keeps the rule as is.
+    """
+    if rule.mode == "range" and not adapt_range:
+        return NormInfo("range", float(rule.vmin), float(rule.vmax))
     if rule.mode == "range":
         lo, hi = float(values.min()), float(values.max())
         span = rule.vmax - rule.vmin

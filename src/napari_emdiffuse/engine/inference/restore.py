@@ -98,7 +98,7 @@ def fit_norm(model: EMDiffuseModel, image: Any) -> NormInfo:
         if finite.size == 0:
             raise InputError("image is all NaN/Inf; nothing to restore")
         values = finite
-    return fit_normalisation(values, model.card.normalisation)
+    return fit_normalisation(values, model.card.normalisation, adapt_range=True)
 
 
 def _check_task(task: str) -> None:

@@ -405,7 +405,7 @@ def _fit_volume_norm(m: EMDiffuseModel, vol: Any) -> NormInfo:
     values = values[:n]
     if values.size == 0:
         raise InputError("volume is all NaN/Inf; nothing to reconstruct")
-    return fit_normalisation(values, m.card.normalisation)
+    return fit_normalisation(values, m.card.normalisation, adapt_range=True)
 
 
 # ----------------------------------------------------------------------------------------------
