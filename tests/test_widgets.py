@@ -29,6 +29,7 @@ from napari_emdiffuse.widgets._controls import (  # noqa: E402
     resolve_browsed,
 )
 from napari_emdiffuse.widgets._jobs import report_error  # noqa: E402
+from napari_emdiffuse.widgets._layers import check_zarr_output  # noqa: E402
 from napari_emdiffuse.widgets._settings import Settings  # noqa: E402
 from napari_emdiffuse.widgets.finetune import (  # noqa: E402
     FinetuneOptions,
@@ -40,7 +41,6 @@ from napari_emdiffuse.widgets.finetune import (  # noqa: E402
 )
 from napari_emdiffuse.widgets.isotropic import (  # noqa: E402
     IsotropicOptions,
-    check_zarr_output,
     isotropic_geometry,
     isotropic_names,
     prefill_factor,
@@ -419,6 +419,38 @@ def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors)
     assert tuple(out.scale) == (50.0, 4.0, 4.0)
     assert tuple(out.translate) == (0.0, 14.0, 30.0)  # translate - scale/4 in Y and X
     assert "stack_sr2_uncertainty" not in viewer.layers  # one sample: no uncertainty
+
+
+def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer, qtbot, models, errors, tmp_path):
+    import dask.array as da
+
+    img = (np.random.default_rng(3).random((3, 40, 48)) * 255).astype(np.uint8)
+    lazy = da.from_array(img, chunks=(1, 40, 48))
+    layer = viewer.add_image(lazy, name="big", scale=(50.0, 8.0, 8.0))
+    w = _dock(viewer, RESTORE)
+    w.model.add_path(models["denoise"])
+    w.layer_combo.set_layer(layer)
+    w.steps.setValue(1)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    w.output.setText(str(tmp_path / "big_denoised.zarr"))
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    out = viewer.layers["big_denoised"]
+    assert isinstance(out.data, da.Array) and out.data.shape == img.shape  # shown lazily from the store
+    assert (tmp_path / "big_denoised.zarr").is_dir()
+    assert tuple(out.scale) == (50.0, 8.0, 8.0)
+    # current slice only: one 2D result named after the slice
+    w.output.setText("")
+    w.current_slice.setChecked(True)
+    viewer.dims.set_current_step(0, 2)
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    assert viewer.layers["big_z2_denoised"].data.shape == img.shape[1:]
+    with pytest.raises(EMDiffuseError, match=".zarr"):
+        RestoreOptions(output=str(tmp_path / "x.tif")).validate()
 
 
 def test_restore_cancel_leaves_nothing_and_viewer_responds(viewer, qtbot, models, errors):

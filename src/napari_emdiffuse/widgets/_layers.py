@@ -5,9 +5,12 @@ layers that a re-run updates in place, and a combo box of the viewer's image lay
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import QComboBox, QWidget
+
+from ..engine.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -15,6 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "UNCERTAINTY_COLORMAP",
     "LayerCombo",
+    "check_zarr_output",
+    "lazy_volume",
     "layer_geometry",
     "layer_source",
     "layer_units",
@@ -190,3 +195,39 @@ class LayerCombo(QComboBox):
             if self.itemData(i) is layer:
                 self.setCurrentIndex(i)
                 return
+
+
+# ----------------------------------------------------------------------------------------------
+# zarr outputs
+
+
+def check_zarr_output(path: str) -> Path:
+    """A writable ``.zarr`` output path (its folder must exist)."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() != ".zarr":
+        raise InputError(f"output '{path}' must be a .zarr folder (e.g. volume_iso.zarr)")
+    if not p.parent.is_dir():
+        raise InputError(f"the folder of output '{path}' does not exist")
+    return p
+
+
+def lazy_volume(volume: Any, out: Path | None) -> Any:
+    """The result for display: a zarr output becomes a dask array read chunk by chunk."""
+    import dask.array as da
+    import numpy as np
+
+    if out is None and isinstance(volume, np.ndarray):
+        return volume
+    if volume is not None and not isinstance(volume, (np.ndarray, str, Path)):
+        if isinstance(volume, da.Array):
+            return volume
+        return da.from_zarr(volume)  # a zarr.Array
+    import zarr
+
+    node = zarr.open(str(out), mode="r")
+    if isinstance(node, zarr.Array):
+        return da.from_zarr(node)
+    arrays = dict(node.arrays())  # a group: the array "0" (OME-Zarr style) or the only one
+    key = "0" if "0" in arrays else next(iter(arrays))
+    return da.from_zarr(arrays[key])
+

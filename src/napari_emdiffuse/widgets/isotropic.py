@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QLineEdit,
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, spin_box
-from ._layers import LayerCombo, layer_source, show_outputs
+from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
 from ._settings import PRESETS, WidgetOptions, check_preset, check_tiling, sampling_kwargs
 from .restore import check_input_layer, layer_array
 
@@ -31,7 +31,6 @@ __all__ = [
     "prefill_factor",
     "isotropic_geometry",
     "isotropic_names",
-    "check_zarr_output",
 ]
 
 MODES = {"i": "-i: interpolate (vEMDiffuse-i)", "a": "-a: from lateral planes (vEMDiffuse-a)"}
@@ -135,37 +134,6 @@ def isotropic_geometry(
 def isotropic_names(layer_name: str) -> tuple[str, str]:
     """``img`` -> ``img_isotropic`` and ``img_isotropic_uncertainty``."""
     return f"{layer_name}_isotropic", f"{layer_name}_isotropic_uncertainty"
-
-
-def check_zarr_output(path: str) -> Path:
-    """A writable ``.zarr`` output path (its folder must exist)."""
-    p = Path(path).expanduser()
-    if p.suffix.lower() != ".zarr":
-        raise EMDiffuseError(f"output '{path}' must be a .zarr folder (e.g. volume_iso.zarr)")
-    if not p.parent.is_dir():
-        raise EMDiffuseError(f"the folder of output '{path}' does not exist")
-    return p
-
-
-def lazy_volume(volume: Any, out: Path | None) -> Any:
-    """The result for display: a zarr output becomes a dask array read chunk by chunk."""
-    import dask.array as da
-    import numpy as np
-
-    if out is None and isinstance(volume, np.ndarray):
-        return volume
-    if volume is not None and not isinstance(volume, (np.ndarray, str, Path)):
-        if isinstance(volume, da.Array):
-            return volume
-        return da.from_zarr(volume)  # a zarr.Array
-    import zarr
-
-    node = zarr.open(str(out), mode="r")
-    if isinstance(node, zarr.Array):
-        return da.from_zarr(node)
-    arrays = dict(node.arrays())  # a group: the array "0" (OME-Zarr style) or the only one
-    key = "0" if "0" in arrays else next(iter(arrays))
-    return da.from_zarr(arrays[key])
 
 
 # ----------------------------------------------------------------------------------------------

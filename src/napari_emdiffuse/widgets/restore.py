@@ -8,15 +8,16 @@ tiles x steps, and Run becomes Cancel while the worker runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLineEdit, QWidget
 
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
-from ._controls import ModelPicker, advanced_section, spin_box
-from ._layers import LayerCombo, layer_source, show_outputs
+from ._controls import ModelPicker, advanced_section, path_row, spin_box
+from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
 from ._settings import PRESETS, WidgetOptions, check_preset, check_tiling, sampling_kwargs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,6 +61,11 @@ class RestoreOptions(WidgetOptions):
         ``auto``, ``cpu``, ``cuda:N`` or ``mps``.
     precision : {"fp32", "bf16", "fp16"}
         Network arithmetic; reduced precision only where the device has it natively.
+    output : str
+        Empty: keep the result in memory. A ``.zarr`` path: the image is restored block by
+        block into it (any size; dask and multiscale layers stay lazy) and shown lazily.
+    current_slice : bool
+        For a stack, restore only the slice the viewer shows.
     """
 
     task: str = "denoise"
@@ -72,6 +78,8 @@ class RestoreOptions(WidgetOptions):
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
+    output: str = ""
+    current_slice: bool = False
 
     def validate(self) -> "RestoreOptions":
         """Refuse impossible combinations before starting a worker."""
@@ -83,6 +91,8 @@ class RestoreOptions(WidgetOptions):
         check_tiling(self)
         if self.precision not in PRECISION_CHOICES:
             raise EMDiffuseError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        if self.output:
+            check_zarr_output(self.output)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -203,6 +213,11 @@ class RestoreWidget(DockWidget):
         self.tile = spin_box(0, 4096, 0, "auto", "Tile edge in pixels (auto: the model's, shrunk to fit the GPU)")
         self.overlap = spin_box(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
         self.seed = spin_box(0, 2**31 - 1, 0, None, "Noise seed: the same seed gives the same result")
+        self.current_slice = QCheckBox("current slice only")
+        self.current_slice.setToolTip("For a stack: restore only the slice shown in the viewer")
+        self.output = QLineEdit()
+        self.output.setPlaceholderText("in memory (or a .zarr path)")
+        self.output.setToolTip("Empty: keep the result in memory. A .zarr path: restored block by block, shown lazily")
         self.precision = QComboBox()
         self.precision.addItems(PRECISION_CHOICES)
         self.precision.setToolTip("Network arithmetic: fp32 (default, exact); bf16 / fp16 on GPUs that have it")
@@ -218,7 +233,8 @@ class RestoreWidget(DockWidget):
             ]
         )
         self._lay_out(
-            [("image", self.layer_combo), ("task", self.task), ("model", self.model), ("preset", self.preset)],
+            [("image", self.layer_combo), ("task", self.task), ("model", self.model), ("preset", self.preset),
+             ("", self.current_slice), ("output", path_row(self.output, self._browse_output))],
             advanced,
         )
         self.task.currentTextChanged.connect(self.model.set_task)
@@ -238,6 +254,8 @@ class RestoreWidget(DockWidget):
             seed=self.seed.value(),
             device=self.device.value(),
             precision=self.precision.currentText(),
+            output=self.output.text().strip(),
+            current_slice=self.current_slice.isChecked(),
         )
 
     def set_options(self, opts: RestoreOptions) -> None:
@@ -251,6 +269,13 @@ class RestoreWidget(DockWidget):
         self.seed.setValue(opts.seed)
         self.device.set_value(opts.device)
         self.precision.setCurrentText(opts.precision)
+        self.output.setText(opts.output)
+        self.current_slice.setChecked(opts.current_slice)
+
+    def _browse_output(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Restore into a zarr store", "", "zarr (*.zarr)")
+        if path:
+            self.output.setText(path if path.endswith(".zarr") else f"{path}.zarr")
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -264,9 +289,21 @@ class RestoreWidget(DockWidget):
         self._save_settings(opts, self.model)
         data = layer_array(layer)
         source = layer_source(layer)
+        if opts.current_slice and len(data.shape) == 3:
+            z = min(max(int(self.viewer.dims.current_step[-3]), 0), data.shape[0] - 1)
+            data = data[z]
+            source = {**source, "name": f"{source['name']}_z{z}", "scale": source["scale"][-2:],
+                      "translate": source["translate"][-2:], "units": source["units"][-2:] if source["units"] else None}
         scale = source["scale"]
+        out = check_zarr_output(opts.output) if opts.output else None
+        unc_out = out.with_name(f"{out.stem}_uncertainty.zarr") if out is not None else None
 
         def factory():
+            if out is not None:  # block by block into the store: any size, the input stays lazy
+                from ..engine.inference.blocks import restore_to_zarr_iter
+
+                return restore_to_zarr_iter(data, out, opts.task, model, arch=arch, spacing=scale,
+                                            uncertainty_out=unc_out, **kwargs)
             from ..engine.inference.restore import restore_iter
 
             return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)
@@ -275,10 +312,13 @@ class RestoreWidget(DockWidget):
             factory,
             status=f"restoring '{layer.name}'…",
             desc=f"EMDiffuse {opts.task}: {layer.name}",
-            on_result=lambda result: self._show(result, source, opts.task),
+            stages=("sampling", "block"),
+            on_result=lambda result: self._show(result, source, opts.task, unc_out, data.shape[-1]),
         )
 
-    def _show(self, result: Any, source: dict, task: str) -> None:
+    def _show(self, result: Any, source: dict, task: str, unc_out: Any = None, width: int = 0) -> None:
+        if not hasattr(result, "mean"):  # a zarr store (a Path): show it lazily
+            result = _stored(Path(result), unc_out, width)
         mean_name, unc_name = output_names(source["name"], task, result.scale)
         geometry = output_geometry(source["scale"], source["translate"], result.scale)
         from ..engine.inference.restore import provenance
@@ -294,3 +334,19 @@ class RestoreWidget(DockWidget):
             f"'{mean.name}' in {self._elapsed():.1f} s on {device}"
             f" ({result.info.get('steps')} steps, {result.info.get('samples')} sample(s))"
         )
+
+
+def _stored(out: Path, unc_out: Path | None, width: int) -> Any:
+    """A restoration written to zarr, as the fields the display needs (dask arrays, read
+    chunk by chunk while the viewer shows them)."""
+    from types import SimpleNamespace
+
+    import zarr
+
+    attrs = dict(zarr.open_array(str(out), mode="r").attrs)
+    mean = lazy_volume(None, out)
+    unc = lazy_volume(None, unc_out) if unc_out is not None and unc_out.exists() else None
+    scale = max(1, round(mean.shape[-1] / width)) if width else 1
+    info = {k: v for k, v in attrs.items() if k != "normalisation"}
+    return SimpleNamespace(mean=mean, uncertainty=unc, scale=scale, info={**info, "output": str(out)},
+                           normalisation=attrs.get("normalisation"))
