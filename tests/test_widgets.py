@@ -479,6 +479,7 @@ def test_bad_inputs_are_notified(viewer, qtbot, models, errors):
     w = _dock(viewer, RESTORE)
     assert not w.run()
     assert len(errors) == 1 and "RGB" in errors[0] and not w.running
+    assert "RGB" in w.status.text()  # the status line keeps what a toast may cut off
 
     viewer.add_image(np.zeros((16, 16), np.uint8), name="flat")
     iso = _dock(viewer, ISOTROPIC)
@@ -493,7 +494,7 @@ def test_bad_inputs_are_notified(viewer, qtbot, models, errors):
     assert w.run()
     _wait(qtbot, w)
     assert "made for super-resolve, not denoise" in errors[-1]
-    assert w.status.text().startswith("failed")
+    assert w.status.text().startswith("failed") and "made for super-resolve" in w.status.text()
 
 
 def test_model_picker_browse_and_checkpoint_arch(viewer, qtbot, models, tmp_path):

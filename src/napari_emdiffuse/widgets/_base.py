@@ -50,7 +50,7 @@ class DockWidget(QWidget):
     #: Status line for an outcome; outcomes not listed keep the status the run left.
     ENDED: ClassVar[dict[str, str]] = {
         "cancelled": "cancelled: no output written",
-        "failed": "failed: see the notification",
+        "failed": "failed",
     }
 
     def __init__(
@@ -129,6 +129,7 @@ class DockWidget(QWidget):
             self._start()
         except EMDiffuseError as exc:  # the user's to fix: nothing was started
             notify_error(str(exc))
+            self.status.setText(f"not started: {exc}")  # the toast may be cut off; this stays
             return False
         return True
 
@@ -165,8 +166,9 @@ class DockWidget(QWidget):
         return time.monotonic() - self._started
 
     def _finished(self, outcome: str) -> None:
+        message = getattr(self._run, "error_message", None)
         self._run = None
         self.run_button.set_running(False)
         if outcome in self.ENDED:
-            self.status.setText(self.ENDED[outcome])
+            self.status.setText(self.ENDED[outcome] + (f": {message}" if message and outcome == "failed" else ""))
         self.run_finished.emit(outcome)

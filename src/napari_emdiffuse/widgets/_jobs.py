@@ -182,6 +182,7 @@ class EngineRun:
         self._cancel = threading.Event()
         self._progress = ProgressBar(desc)
         self._outcome = "failed"
+        self.error_message: str | None = None  # what the user was told when it failed
         self.worker: Any = None
 
     @property
@@ -220,14 +221,14 @@ class EngineRun:
             self._outcome = "cancelled"
         elif isinstance(result, _Failure):
             self._outcome = "failed"
-            report_error(result.exc)
+            self.error_message = report_error(result.exc)
         else:
             try:
                 self._on_result(result)
                 self._outcome = "done"
             except Exception as exc:  # noqa: BLE001 - showing a result must not kill napari
                 self._outcome = "failed"
-                report_error(exc)
+                self.error_message = report_error(exc)
 
     def _finished(self) -> None:
         self._progress.close()
