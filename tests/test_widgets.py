@@ -571,6 +571,17 @@ def test_finetune_widget_form(viewer, errors):
     assert not ft.running
 
 
+def test_finetune_widget_preselects_a_target_of_the_inputs_shape(viewer):
+    noisy = viewer.add_image(np.zeros((32, 32), np.uint8), name="noisy")
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="other")
+    clean = viewer.add_image(np.ones((32, 32), np.uint8), name="clean")
+    ft = _dock(viewer, FINETUNE)
+    ft.target_combo.setCurrentIndex(0)  # (none)
+    ft.input_combo.set_layer(noisy)
+    ft._prefill_target()
+    assert ft.target_combo.layer() is clean  # same shape, not the input itself
+
+
 @pytest.mark.skipif(not HAS_TRAINING, reason="engine.training not available yet")
 def test_finetune_widget_trains_stops_and_lists_model(viewer, qtbot, models, errors, tmp_path):
     rng = np.random.default_rng(4)

@@ -413,7 +413,20 @@ class FinetuneWidget(DockWidget):
         self._timer.timeout.connect(self._poll)
         self.task.currentTextChanged.connect(self._task_changed)
         self.input_combo.currentIndexChanged.connect(self._prefill_factor)
+        self.input_combo.currentIndexChanged.connect(self._prefill_target)
         self._load_settings()
+        self._prefill_target()
+
+    def _prefill_target(self, *_: Any) -> None:
+        """Pick a target of the input's shape (e.g. the sample's clean layer) when none is set."""
+        source = self.input_combo.layer()
+        if source is None or self.target_combo.layer() is not None:
+            return
+        for i in range(self.target_combo.count()):
+            layer = self.target_combo.itemData(i)
+            if layer is not None and layer is not source and tuple(layer.data.shape) == tuple(source.data.shape):
+                self.target_combo.setCurrentIndex(i)
+                return
         self._task_changed(self.task.currentText())
 
     # -- options ---------------------------------------------------------------------------------
