@@ -627,3 +627,15 @@ def test_finetune_widget_trains_stops_and_lists_model(viewer, qtbot, models, err
     assert ft.saved_model == str(tmp_path / "stopped-model")
     assert (tmp_path / "stopped-model" / "model.yaml").is_file()
     assert str((tmp_path / "stopped-model").resolve()) in listed(restore.model)
+
+
+def test_closed_dock_stops_following_the_viewer(viewer):
+    from napari_emdiffuse.widgets.restore import RestoreWidget
+
+    before = len(viewer.layers.events.inserted.callbacks)
+    w = RestoreWidget(viewer)
+    assert len(viewer.layers.events.inserted.callbacks) == before + 1
+    w.close()
+    assert len(viewer.layers.events.inserted.callbacks) == before
+    viewer.add_image(np.zeros((8, 8), np.uint8), name="later")  # no callback into the closed dock
+    w.deleteLater()

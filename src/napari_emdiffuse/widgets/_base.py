@@ -14,6 +14,7 @@ from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 from ..engine.errors import EMDiffuseError
 from ._controls import DevicePicker, ModelPicker, RunButton
 from ._jobs import EngineRun, notify_error
+from ._layers import LayerCombo
 from ._settings import Settings, WidgetOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -135,6 +136,14 @@ class DockWidget(QWidget):
 
     def _start(self) -> None:
         raise NotImplementedError
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        """A closed dock stops its job and its layer lists stop following the viewer."""
+        if self._run is not None:
+            self.cancel()
+        for combo in self.findChildren(LayerCombo):
+            combo.stop_following()
+        super().closeEvent(event)
 
     def cancel(self) -> None:
         """Ask the job to stop; the button says so until it has."""

@@ -157,6 +157,16 @@ class LayerCombo(QComboBox):
             layer.events.name.connect(self.refresh)
         self.refresh()
 
+    def stop_following(self) -> None:
+        """Disconnect from the viewer's layer events (the dock closed): a deleted combo box
+        must not be called back, nor kept alive by the viewer."""
+        events = self._viewer.layers.events
+        for signal, callback in ((events.inserted, self._on_inserted), (events.removed, self.refresh),
+                                 (events.reordered, self.refresh)):
+            signal.disconnect(callback)
+        for layer in self._viewer.layers:
+            layer.events.name.disconnect(self.refresh)
+
     def _on_inserted(self, event: Any = None) -> None:
         if event is not None and getattr(event, "value", None) is not None:
             event.value.events.name.connect(self.refresh)
