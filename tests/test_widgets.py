@@ -639,3 +639,19 @@ def test_closed_dock_stops_following_the_viewer(viewer):
     assert len(viewer.layers.events.inserted.callbacks) == before
     viewer.add_image(np.zeros((8, 8), np.uint8), name="later")  # no callback into the closed dock
     w.deleteLater()
+
+
+def test_widget_shows_an_estimate_after_the_first_pass(viewer, monkeypatch):
+    from napari_emdiffuse.engine.events import Progress
+    from napari_emdiffuse.widgets.restore import RestoreWidget
+
+    w = RestoreWidget(viewer)
+    w._estimated = False
+    monkeypatch.setattr(w, "_elapsed", lambda: 2.0)  # the first of 9000 passes took 2 s
+    w._estimate(Progress("sampling", 1, 9000), "restoring 'em'…")
+    assert "about 300 min left" in w.status.text() and "9000 network passes" in w.status.text()
+    w.status.setText("")
+    w._estimate(Progress("sampling", 2, 9000), "x")  # said once
+    assert w.status.text() == ""
+    w.close()
+    w.deleteLater()

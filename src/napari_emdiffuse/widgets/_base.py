@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from ..engine.errors import EMDiffuseError
 from ._controls import DevicePicker, ModelPicker, RunButton
-from ._jobs import EngineRun, notify_error
+from ._jobs import EngineRun, notify_error, notify_info
 from ._layers import LayerCombo
 from ._settings import Settings, WidgetOptions
 
@@ -164,11 +164,25 @@ class DockWidget(QWidget):
         """Run an engine generator in a napari thread worker (see :class:`EngineRun`)."""
         self._started = time.monotonic()
         self.status.setText(status)
+        self._estimated = False
         self.device.set_used(None)  # the last run's device may not be this one's
         self.run_button.set_running(True)
         self._run = EngineRun(
-            factory, desc=desc, stages=stages, on_result=on_result, on_finished=self._finished
+            factory, desc=desc, stages=stages, on_result=on_result, on_finished=self._finished,
+            on_event=lambda ev: self._estimate(ev, status),
         ).start()
+
+    def _estimate(self, ev: Any, status: str) -> None:
+        """Once the first network pass is done: how long the rest will take, on this device."""
+        if self._estimated or ev.stage != "sampling" or ev.done < 1 or ev.total <= ev.done:
+            return
+        self._estimated = True
+        left = self._elapsed() / ev.done * (ev.total - ev.done)
+        if left > 30:
+            minutes = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+            self.status.setText(f"{status} about {minutes} left ({ev.total} network passes)")
+            if left > 600:
+                notify_info(f"this run will take about {minutes}; Cancel stops it and writes nothing")
 
     def _elapsed(self) -> float:
         """Seconds since the run started."""
