@@ -35,10 +35,10 @@ from napari_emdiffuse.engine.core.metrics import psnr, ssim
 from napari_emdiffuse.engine.errors import EMDiffuseError
 from napari_emdiffuse.engine.events import drain
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.inference.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.engine.training.data.noise import simulate_noise
 from napari_emdiffuse.engine.training.finetune import finetune_iter
-from napari_emdiffuse.engine.inference.volume import reconstruct_isotropic
+from napari_emdiffuse.api import reconstruct_isotropic
 
 CORRELATION = 0.3  # [a, 1, a] noise kernel: neighbour correlation 2a / (1 + 2a^2) = 0.51
 

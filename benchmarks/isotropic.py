@@ -30,7 +30,7 @@ from _common import ROOT, Timer, need_shared, table
 from napari_emdiffuse.engine.errors import EMDiffuseError
 from napari_emdiffuse.engine.core.metrics import psnr, ssim
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.inference.volume import reconstruct_isotropic
+from napari_emdiffuse.api import reconstruct_isotropic
 
 CELEGANS = "em3d/celegans_neariso_21x256x128.tif"
 ISBI = "em3d/isbi2012_train_volume_30x512x512.tif"

@@ -16,7 +16,7 @@ from scipy.ndimage import gaussian_filter
 
 from _common import brain_pair, table
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.inference.restore import restore
+from napari_emdiffuse.api import restore
 from napari_emdiffuse.engine.inference.tiling import TilePlan
 
 

@@ -151,7 +151,7 @@ def command_table(model: str, device: str, crop: int, skip_reference: bool) -> l
 
 
 def tiling_table(m, device: torch.device) -> list[dict]:
-    from napari_emdiffuse.engine.inference.restore import restore
+    from napari_emdiffuse.api import restore
 
     img = (np.random.default_rng(0).random((1024, 1024)) * 255).astype(np.uint8)
     with Timer() as t1:
@@ -169,7 +169,7 @@ def tiling_table(m, device: torch.device) -> list[dict]:
 _MEM_CHILD = """
 import json, sys, threading, time, torch, numpy as np
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.inference.restore import restore
+from napari_emdiffuse.api import restore
 
 def rss():
     with open("/proc/self/statm") as f:

@@ -20,7 +20,7 @@ from _common import Timer, need_shared, table
 from napari_emdiffuse.engine.training.data.pairs import downsample_area
 from napari_emdiffuse.engine.core.metrics import psnr, ssim
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.inference.restore import restore
+from napari_emdiffuse.api import restore
 
 HELD_OUT = ("microns_1.tif", "openorganelle_mouse_liver_1.tif")
 

@@ -15,7 +15,7 @@ import argparse
 from _common import brain_pair, table
 from napari_emdiffuse.engine.core.metrics import psnr
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.inference.restore import restore
+from napari_emdiffuse.api import restore
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ def _say(text: str) -> None:
 def restore_zarr(args: dict) -> None:
     """``restore_to_zarr_iter`` over many blocks; READY after the first block is written."""
     from napari_emdiffuse.engine.events import Progress
-    from napari_emdiffuse.engine.inference.blocks import restore_to_zarr_iter
+    from napari_emdiffuse.api import restore_to_zarr_iter
 
     image = np.load(args["image"])
     gen = restore_to_zarr_iter(

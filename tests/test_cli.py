@@ -15,7 +15,7 @@ import tifffile
 from napari_emdiffuse.cli import main
 from napari_emdiffuse.engine.io.images import read_image
 
-from .conftest import make_tiny
+from tests.conftest import make_tiny
 
 FAST = ["--steps", "2", "--tile", "32", "--overlap", "8", "--device", "cpu"]
 

@@ -45,13 +45,13 @@ from napari_emdiffuse.engine.errors import EMDiffuseError, InputError, ModelFile
 from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.io.zarr import is_complete
 from napari_emdiffuse.engine.models.registry import load_model
-from napari_emdiffuse.engine.inference.restore import restore
-from napari_emdiffuse.engine.inference.blocks import restore_to_zarr
+from napari_emdiffuse.api import restore
+from napari_emdiffuse.api import restore_to_zarr
 from napari_emdiffuse.engine.training.config import TrainConfig, checkpoint_path
 from napari_emdiffuse.engine.training.finetune import train_iter
-from napari_emdiffuse.engine.inference.volume import reconstruct_isotropic
+from napari_emdiffuse.api import reconstruct_isotropic
 
-from .conftest import ROOT, TINY, make_tiny
+from tests.conftest import ROOT, TINY, make_tiny
 
 FAST = dict(steps=1, tile=32, overlap=8, device="cpu")
 SCRIPTS = Path(__file__).with_name("_fault_scripts.py")

@@ -3,7 +3,8 @@
 EMDiffuse / vEMDiffuse (Lu et al., Nature Communications 2024) as a library, a command
 line tool (``emdiffuse``) and napari dock widgets.
 
-The public API is imported lazily so that ``import napari_emdiffuse`` stays cheap (napari
+The public API lives in :mod:`napari_emdiffuse.api` (typed options, one dataclass per job)
+and is re-exported here. It is imported lazily so that ``import napari_emdiffuse`` stays cheap (napari
 imports it to read the plugin manifest) and never pulls in napari or Qt.
 
 Examples
@@ -21,25 +22,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "restore": "engine.inference.restore",
-    "restore_iter": "engine.inference.restore",
-    "restore_to_zarr": "engine.inference.blocks",
-    "restore_to_zarr_iter": "engine.inference.blocks",
+    **dict.fromkeys(
+        [
+            "restore", "restore_iter", "restore_to_zarr", "restore_to_zarr_iter",
+            "reconstruct_isotropic", "reconstruct_isotropic_iter", "finetune", "finetune_iter",
+            "train", "train_iter", "load_model", "list_models", "register_model", "Cluster",
+            "RestoreOptions", "ZarrOptions", "IsotropicOptions", "FinetuneOptions",
+        ],
+        "api",
+    ),  # fmt: skip
     "Restoration": "engine.inference.restore",
-    "reconstruct_isotropic": "engine.inference.volume",
-    "reconstruct_isotropic_iter": "engine.inference.volume",
     "IsotropicResult": "engine.inference.volume",
-    "load_model": "engine.models.registry",
-    "list_models": "engine.models.registry",
-    "register_model": "engine.models.registry",
     "EMDiffuseModel": "engine.models.model",
     "create_EMDiffuse": "engine.models.factory",
     "create_model": "engine.models.factory",
     "import_published": "engine.models.factory",
-    "train": "engine.training.finetune",
-    "train_iter": "engine.training.finetune",
-    "finetune": "engine.training.finetune",
-    "finetune_iter": "engine.training.finetune",
     "TrainConfig": "engine.training.config",
     "register_pair": "engine.training.data.registration",
     "read_image": "engine.io.images",

@@ -31,34 +31,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(kind: type, ok: Any, what: str) -> Any:
+    """An argparse type: ``kind`` (int or float) for which ``ok(value)`` holds."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+_positive = _number(int, lambda v: v > 0, "a positive integer")
+_non_negative = _number(int, lambda v: v >= 0, "an integer >= 0")
+_fraction = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> None:
@@ -271,17 +262,6 @@ def _is_zarr(path: Path) -> bool:
     return path.suffix.lower() == ".zarr"
 
 
-def _cluster(args: argparse.Namespace):
-    """A dask client for --workers/--scheduler, or None."""
-    if not (getattr(args, "workers", None) or getattr(args, "scheduler", None)):
-        return None
-    from distributed import Client, LocalCluster
-
-    if args.scheduler:
-        return Client(args.scheduler)
-    return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True))
-
-
 # -- commands ------------------------------------------------------------------------------
 
 def _cmd_restore(args: argparse.Namespace) -> int:
@@ -289,8 +269,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from .engine.io.images import read_image, write_image
     from .engine.models.device import resolve_device
     from .engine.models.registry import load_model
-    from .engine.inference.restore import provenance, restore_iter, validate_image
-    from .engine.inference.blocks import restore_to_zarr_iter
+    from .api import restore_iter, restore_to_zarr_iter
+    from .engine.inference.checks import validate_image
+    from .engine.inference.restore import provenance
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)
     data = read_image(args.input)
@@ -337,7 +318,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 def _cmd_isotropic(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
     from .engine.io.images import read_image, write_image
-    from .engine.inference.volume import reconstruct_isotropic_iter
+    from .api import reconstruct_isotropic_iter
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)
     data = read_image(args.input)
@@ -428,7 +409,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .engine.training.config import TrainConfig
-    from .engine.training.finetune import train_iter
+    from .api import train_iter
 
     cfg = TrainConfig.from_yaml(args.config)
     if args.resume:
@@ -439,7 +420,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .engine.training.finetune import finetune_iter
+    from .api import finetune_iter
 
     path = _progress(
         finetune_iter(

@@ -280,7 +280,7 @@ def training_child(kwargs: dict[str, Any], events: Any, stop: Any) -> None:
             events.put({"stage": "done", "path": None, "stopped": True})
             return
         from ..engine.events import Progress
-        from ..engine.training.finetune import finetune_iter
+        from ..api import finetune_iter
 
         gen = finetune_iter(**kwargs)
         result: Any = None

@@ -280,7 +280,7 @@ class IsotropicWidget(DockWidget):
         scale = source["scale"]
 
         def factory():
-            from ..engine.inference.volume import reconstruct_isotropic_iter
+            from ..api import reconstruct_isotropic_iter
 
             return reconstruct_isotropic_iter(data, model=model, spacing=scale, **kwargs)
 

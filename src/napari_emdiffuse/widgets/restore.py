@@ -300,11 +300,11 @@ class RestoreWidget(DockWidget):
 
         def factory():
             if out is not None:  # block by block into the store: any size, the input stays lazy
-                from ..engine.inference.blocks import restore_to_zarr_iter
+                from ..api import restore_to_zarr_iter
 
                 return restore_to_zarr_iter(data, out, opts.task, model, arch=arch, spacing=scale,
                                             uncertainty_out=unc_out, **kwargs)
-            from ..engine.inference.restore import restore_iter
+            from ..api import restore_iter
 
             return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)
 

@@ -1,19 +1,16 @@
-"""Streaming restoration of large images and stacks block by block into a zarr store, on
-one machine or on a dask.distributed cluster.
+"""The one block plan: how an image, a stack or a volume is cut into blocks.
 
-One :class:`BlockPlan` serves both: on a cluster each block is a task; a worker loads the
-model once (cached per process), reads its block from the shared input store, restores it
-and writes its centre straight into the shared output store. Blocks coincide with the
-output's chunks, so no two tasks ever write one chunk. The store is committed (completion
-marker, rename) when every block has finished; closing the generator cancels the tasks and
-removes the partial store.
+Every restoration runs block by block, in memory or into a zarr store, on one machine or on
+a dask cluster: the plan, not the machine, fixes the result. A block is read with a halo of
+half a tile (its border tiles then see what a whole-image canvas would show them) and only
+its centre is written. Blocks coincide with the output's chunks, so no two tasks ever write
+one chunk. When a block does not fit the GPU, the whole plan is made again with blocks half
+the size (:func:`shrinking_blocks`).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,131 +18,63 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..events import Progress, drain
-from ..io.zarr import ZarrWriter, open_zarr_for_block_writes
-from ..models.model import EMDiffuseModel
-from ..models.registry import load_model
-from ..parallel.runner import model_spec, run_tasks, stage_input, worker_model, zarr_location
+from ..errors import EMDiffuseError
+from ..events import Progress
 from .canvas import SamplingOptions
-from .checks import check_finite, owned_array
-from .normalise import NormInfo, from_model, std_from_model, to_dtype
-from .restore import Planes, fit_norm, prepare, restore_plane, run_info, scaled_spacing
+from .normalise import NormInfo
 from .tiling import block_slices
 
-__all__ = ["BlockPlan", "restore_block", "restore_to_zarr_iter", "restore_to_zarr", "run_blocks"]
+__all__ = ["BlockPlan", "BlockTarget", "BlockRun", "Distribute", "shrinking_blocks", "DEFAULT_BLOCK"]
 
-
-@dataclass(frozen=True)
-class _Job:
-    """Everything a worker needs for one block (picklable)."""
-
-    model: str
-    arch: str | None
-    device: str
-    src: str
-    src_key: str
-    dst: str
-    unc: str | None
-    plan: BlockPlan
-    block: tuple[int, int, int]
-    norm: NormInfo
-    opts: SamplingOptions
-    dtype: str
-
-
-def _run(job: _Job) -> tuple[int, int, int]:
-    import zarr
-
-    m = worker_model(job.model, job.arch, job.device)
-    src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")
-    drain(
-        restore_block(
-            m, src, job.plan, job.block, norm=job.norm, opts=job.opts, device=m.device, dtype=np.dtype(job.dtype),
-            dst=open_zarr_for_block_writes(job.dst), unc=open_zarr_for_block_writes(job.unc) if job.unc else None,
-        )
-    )
-    return job.block
-
-
-def _stage(image: Any, where: Path) -> str:
-    if image.ndim == 3:
-        return stage_input(image, where, (1, *image.shape[1:]))
-    import zarr
-
-    arr = zarr.open_array(str(where), mode="w-", shape=image.shape, dtype=np.dtype(image.dtype), chunks=image.shape, zarr_format=2)
-    arr[...] = np.asarray(image.compute() if hasattr(image, "compute") else image)
-    return str(where)
-
-
-def run_blocks(
-    image: Any,
-    plan: BlockPlan,
-    model: "str | Path | EMDiffuseModel",
-    *,
-    task: str,
-    arch: str | None,
-    device: str,
-    out: Path,
-    unc_out: Path | None,
-    writer_kw: dict,
-    norm: NormInfo,
-    opts: SamplingOptions,
-    dtype: np.dtype,
-    workers: int | None,
-    scheduler: str | None,
-) -> Generator[Progress, None, None]:
-    """Run every block of ``plan`` on the cluster; commit ``out`` (and ``unc_out``) at the end."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
-    wr = ZarrWriter(out, plan.out_shape, dtype, **writer_kw)
-    unc_wr = ZarrWriter(unc_out, plan.out_shape, np.float32, **{**writer_kw, "attrs": {}}) if unc_out else None
-    try:
-        loc = zarr_location(image)
-        if loc is None:  # workers read a store, not the client's memory
-            loc = (_stage(image, tmp / "input.zarr"), "")
-        loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=task, arch=arch, device="cpu")
-        spec, spec_arch, _ = model_spec(model, loaded, task, arch, tmp / "model")
-        jobs = [
-            _Job(spec, spec_arch, device, loc[0], loc[1], str(wr.temp_path),
-                 str(unc_wr.temp_path) if unc_wr else None, plan, job, norm, opts, dtype.str)
-            for job in plan.jobs()
-        ]
-        yield from run_tasks(_run, jobs, workers=workers, scheduler=scheduler, name="restore")
-        if unc_wr is not None:
-            unc_wr.commit()
-        wr.commit()
-    finally:
-        if unc_wr is not None:
-            unc_wr.abort()  # no-op after commit
-        wr.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
+#: Lateral block edge (input pixels) of the block tasks; also the output's chunk edge.
+DEFAULT_BLOCK = 2048
 
 
 @dataclass(frozen=True)
 class BlockPlan:
-    """How a (stack of) image(s) is cut into blocks for streaming: the same plan on one
-    machine or on a cluster, so the result does not depend on where blocks ran."""
+    """Blocks of a 2D image (``is_stack`` False), a stack restored plane by plane, or a
+    volume made isotropic (``factor`` > 1: a task is a block of the gap between slices z
+    and z+1).
+
+    ``ys`` and ``xs`` hold one (read, write, crop) triple of slices per block row and
+    column, in input pixels; ``scale`` is the lateral up-sampling (super-resolution).
+
+    Examples
+    --------
+    >>> from napari_emdiffuse.engine.inference.canvas import SamplingOptions
+    >>> opts = SamplingOptions(preset="fast", sampler="ddim", steps=1, samples=1, eta=0.0,
+    ...                        tile=64, overlap=16, batch=2, seed=0, precision="fp32")
+    >>> plan = BlockPlan.make((5, 300, 200), block=128, opts=opts, factor=3)
+    >>> plan.out_shape, plan.chunks, len(plan.jobs())
+    ((13, 300, 200), (1, 128, 128), 24)
+    """
 
     nz: int
     height: int
     width: int
     scale: int
+    factor: int
     is_stack: bool
     ys: tuple
     xs: tuple
     block: int
 
     @classmethod
-    def make(cls, shape: tuple[int, ...], scale: int, block: int, opts: SamplingOptions) -> "BlockPlan":
+    def make(
+        cls, shape: tuple[int, ...], *, block: int, opts: SamplingOptions, scale: int = 1, factor: int = 1
+    ) -> "BlockPlan":
         is_stack = len(shape) == 3
         nz, h, w = shape if is_stack else (1, *shape)
         halo = max(opts.tile // (2 * scale), opts.overlap)
         block = max(int(block), opts.tile)
         ys, xs = tuple(block_slices(h, block, halo)), tuple(block_slices(w, block, halo))
-        return cls(nz, h, w, scale, is_stack, ys, xs, block)
+        return cls(nz, h, w, scale, factor, is_stack, ys, xs, block)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
         s = self.scale
+        if self.factor > 1:
+            return ((self.nz - 1) * self.factor + 1, self.height, self.width)
         return (self.nz, self.height * s, self.width * s) if self.is_stack else (self.height * s, self.width * s)
 
     @property
@@ -156,101 +85,72 @@ class BlockPlan:
         return (1, *yx) if self.is_stack else yx
 
     def jobs(self) -> list[tuple[int, int, int]]:
-        return [(z, iy, ix) for z in range(self.nz) for iy in range(len(self.ys)) for ix in range(len(self.xs))]
+        """(z, block row, block column) of every task; z runs over gaps for a volume."""
+        nz = self.nz - 1 if self.factor > 1 else self.nz
+        return [(z, iy, ix) for z in range(nz) for iy in range(len(self.ys)) for ix in range(len(self.xs))]
+
+    def read_shape(self, iy: int, ix: int) -> tuple[int, int]:
+        """Input pixels (with halo) that block (iy, ix) reads."""
+        ry, rx = self.ys[iy][0], self.xs[ix][0]
+        return ry.stop - ry.start, rx.stop - rx.start
 
 
-def restore_block(
-    m: EMDiffuseModel,
-    stack: Any,
-    plan: BlockPlan,
-    job: tuple[int, int, int],
-    *,
-    norm: NormInfo,
-    opts: SamplingOptions,
-    device: torch.device,
-    dtype: np.dtype,
-    dst: Any,
-    unc: Any = None,
-) -> Generator[Progress, None, None]:
-    """Read one block with its halo, restore it, write its centre into ``dst`` (and ``unc``)."""
-    z, iy, ix = job
-    (ry, wy, cy), (rx, wx, cx) = plan.ys[iy], plan.xs[ix]
-    s = plan.scale
-    planes = stack if isinstance(stack, Planes) else Planes(stack)
-    plane = owned_array(planes[z, ry, rx]).astype(np.float64)
-    check_finite(plane, f"block z={z} y={wy.start} x={wx.start}")
-    mu, sd = yield from restore_plane(m, plane, norm, opts, device=device, z=z, origin=(ry.start, rx.start))
-    crop = (slice(cy.start * s, cy.stop * s), slice(cx.start * s, cx.stop * s))
-    idx = ((z,) if plan.is_stack else ()) + (slice(wy.start * s, wy.stop * s), slice(wx.start * s, wx.stop * s))
-    dst[idx] = to_dtype(from_model(mu[crop], norm), dtype)
-    if unc is not None and sd is not None:
-        unc[idx] = std_from_model(sd[crop], norm)
+@dataclass(frozen=True)
+class BlockTarget:
+    """What a block task needs besides its input: the normalisation, the resolved options,
+    the device, and the output arrays (numpy or zarr) with their dtype."""
+
+    norm: NormInfo
+    opts: SamplingOptions
+    device: torch.device
+    dtype: np.dtype
+    dst: Any
+    unc: Any = None
 
 
-def restore_to_zarr_iter(
-    image: Any,
-    out: str | Path,
-    task: str = "denoise",
-    model: "str | Path | EMDiffuseModel | None" = None,
-    *,
-    uncertainty_out: str | Path | None = None,
-    block: int = 2048,
-    arch: str | None = None,
-    preset: str = "fast",
-    device: str = "auto",
-    dtype: Any = None,
-    spacing: tuple[float, ...] | None = None,
-    overwrite: bool = True,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    **kw: Any,
-) -> Generator["Progress | Path", None, None]:
-    """Stream a large image block by block into a zarr store; yields progress, then the path.
+@dataclass(frozen=True)
+class BlockRun:
+    """A whole run handed to a :data:`Distribute`: the input, its plan, the model as the user
+    named it, the user's sampling choices as given (``request``: workers resolve them for
+    their own device) and where the zarr output (and uncertainty) go."""
 
-    Each block is read with a halo of half a tile, restored with per-step merging, cropped
-    and written; noise is seeded by global position, so the block layout, not the machine,
-    fixes the result. The store appears at ``out`` only when complete (temp dir, then
-    rename, completion marker last). With ``workers=N`` (a local dask cluster) or
-    ``scheduler="tcp://..."`` the blocks run on dask.distributed workers, each loading the
-    model once and writing into the shared store; the result is identical.
+    image: Any
+    plan: BlockPlan
+    model: Any
+    task: str
+    arch: str | None
+    device: str
+    out: Path
+    unc_out: Path | None
+    writer_kw: dict
+    norm: NormInfo
+    request: dict
+    opts: SamplingOptions
+    dtype: np.dtype
+
+
+#: Runs every task of a :class:`BlockRun` elsewhere (a dask cluster,
+#: :class:`~..parallel.runner.Cluster`), yielding progress, and commits its output stores.
+Distribute = Callable[[BlockRun], Generator[Progress, None, None]]
+
+
+def shrinking_blocks(
+    run: Callable[[int], Generator[Progress, None, Any]], block: int, minimum: int
+) -> Generator[Progress, None, Any]:
+    """Run ``run(block)``; when the GPU runs out of memory, run it again with blocks half
+    the size, down to ``minimum`` (one tile). Whatever the first try wrote is overwritten.
+
+    The sampler keeps the whole block's state on the device (samples x H x W plus the
+    solver's copies); a smaller block is the only thing that makes it fit.
     """
-    image, dev, m, opts = prepare(image, task, model, arch, device, preset, kw)
-    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)
-    s = m.card.scale if task == "super-resolve" else 1
-    plan = BlockPlan.make(tuple(image.shape), s, block, opts)
-    norm = fit_norm(m, image)
-    new_spacing = scaled_spacing(spacing, image.ndim, s)
-    want_std = uncertainty_out is not None and (opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False)))
-    attrs = {"normalisation": norm.as_dict(), **run_info(m, opts, dev)}
-    writer_kw = dict(chunks=plan.chunks, spacing=new_spacing, overwrite=overwrite)
-    if workers or scheduler:
-        yield from run_blocks(
-            image, plan, model if model is not None else m, task=task, arch=arch, device=str(device),
-            out=Path(out), unc_out=Path(uncertainty_out) if want_std else None, writer_kw={**writer_kw, "attrs": attrs},
-            norm=norm, opts=opts, dtype=out_dtype, workers=workers, scheduler=scheduler,
-        )
-        yield Path(out)
-        return
-    stack = Planes(image)
-    jobs = plan.jobs()
-    with ZarrWriter(out, plan.out_shape, out_dtype, attrs=attrs, **writer_kw) as wr:
-        unc_wr = ZarrWriter(uncertainty_out, plan.out_shape, np.float32, **writer_kw) if want_std else None
+    while True:
         try:
-            for done, job in enumerate(jobs, 1):
-                yield from restore_block(
-                    m, stack, plan, job, norm=norm, opts=opts, device=dev, dtype=out_dtype,
-                    dst=wr.array, unc=unc_wr.array if unc_wr is not None else None,
-                )
-                yield Progress("block", done, len(jobs))
-            if unc_wr is not None:
-                unc_wr.commit()
-        except BaseException:
-            if unc_wr is not None:
-                unc_wr.abort()
-            raise
-    yield Path(out)
-
-
-def restore_to_zarr(image: Any, out: str | Path, task: str = "denoise", model=None, **options: Any) -> Path:
-    """Run :func:`restore_to_zarr_iter` to the end and return the output path."""
-    return drain(restore_to_zarr_iter(image, out, task, model, **options))
+            return (yield from run(block))
+        except torch.cuda.OutOfMemoryError:
+            if block // 2 < minimum:
+                raise EMDiffuseError(
+                    f"out of GPU memory even with {block}-px blocks; use a smaller tile or batch, or device='cpu'"
+                ) from None
+            torch.cuda.empty_cache()
+            block //= 2
+            yield Progress("block", 0, 1, message=f"out of GPU memory: starting again with {block}-px blocks")

@@ -60,6 +60,10 @@ class SamplingOptions:
     compile: bool = False
     start_log_snr: float | None = None
     flips: bool = False  # 2D: samples cycle through the 4 mirror images of the input
+    # Predictors with a refiner: residual samples drawn around the mean (0: no refinement)
+    # and the sampler steps of each.
+    refine_samples: int = 0
+    refine_steps: int = 0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -74,6 +78,9 @@ class Item:
     cond: int
     stream: tuple[int, ...]
     slice_index: int | None = None
+    # Axes along which this item's canvas is a mirror image of the input (mirror ensemble):
+    # its noise is mirrored too, so every image pixel gets the noise of its own position.
+    flip: tuple[int, ...] = ()
 
 
 def auto_tile(model: EMDiffuseModel, device: torch.device, requested: int | None) -> int:
@@ -106,8 +113,13 @@ def resolve_options(
     compile: bool = False,
     start_log_snr: float | None = None,
     flips: bool | None = None,
+    refine: bool | None = None,
 ) -> SamplingOptions:
-    """Fill unset options from the preset and the model card; refuse impossible ones."""
+    """Fill unset options from the preset and the model card; refuse impossible ones.
+
+    ``refine`` (predictors with a refiner): sample the residual around the mean; default
+    for the presets the card's refiner lists.
+    """
     preset = preset or "fast"
     if preset not in PRESETS:
         raise EMDiffuseError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -123,6 +135,14 @@ def resolve_options(
         raise EMDiffuseError(f"batch must be a positive integer, got {batch!r}")
     check_tiling(tile, overlap)
     card = model.card
+    refine_samples = refine_steps = 0
+    if refine and (card.refiner is None or model.refiner is None):
+        raise EMDiffuseError(f"model '{card.name}' has no refiner; leave refine unset")
+    if card.kind == "regression" and card.refiner is not None and model.refiner is not None:
+        if refine if refine is not None else preset in card.refiner.presets:
+            ref = card.refiner
+            refine_samples = ref.samples
+            refine_steps = steps or (ref.beta_schedule.test.n_timestep if sampler == "ddpm" else ref.steps)
     if card.kind == "regression":
         # A predictor is deterministic: its only ensemble is the mirror one (up to 4 views).
         # fast: one pass; balanced and reference: the 4 mirrored views, averaged.
@@ -158,6 +178,8 @@ def resolve_options(
         compile=compile,
         start_log_snr=start_log_snr,
         flips=bool(base.get("flips", False) if flips is None else flips),
+        refine_samples=refine_samples,
+        refine_steps=int(refine_steps),
     )
 
 
@@ -311,11 +333,11 @@ def sample_canvas(
         return samples, variance
 
     def noise_fn(step: int) -> torch.Tensor:
-        planes = [
-            position_noise(height, width, seed=opts.seed, origin=origin, stream=(*it.stream, step))
-            for it in items
-        ]
-        return torch.stack(planes)[:, None].to(device)
+        planes = []
+        for it in items:
+            n = position_noise(height, width, seed=opts.seed, origin=origin, stream=(*it.stream, step), device=device)
+            planes.append(torch.flip(n, it.flip) if it.flip else n)
+        return torch.stack(planes)[:, None]
 
     x = noise_fn(-1)
     if opts.start_log_snr is not None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["validate_image", "owned_array", "check_finite"]
+__all__ = ["validate_image", "owned_array", "check_finite", "output_dtype", "check_block"]
 
 _SUPPORTED = "uint8, uint16, int8, int16, int32, uint32, float16, float32 or float64"
 
@@ -56,3 +56,22 @@ def check_finite(values: np.ndarray, what: str) -> None:
         if bad == values.size:
             raise InputError(f"{what} is all NaN/Inf; nothing to restore")
         raise InputError(f"{what} contains {bad} NaN/Inf pixels; replace them before restoring")
+
+
+def output_dtype(dtype: Any, image: Any) -> np.dtype:
+    """The output dtype asked for (default the input's; bool becomes uint8), or a one-line refusal."""
+    try:
+        out = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)
+    except TypeError:
+        raise InputError(f"unknown output dtype {dtype!r}") from None
+    if out.kind == "b":
+        return np.dtype(np.uint8)
+    if out.kind not in "uif":
+        raise InputError(f"output dtype must be an integer or float type, got {out}")
+    return out
+
+
+def check_block(block: Any) -> None:
+    """Refuse a block edge that is not a positive whole number of pixels."""
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise InputError(f"block must be a positive number of pixels, got {block!r}")

@@ -1,15 +1,17 @@
-"""2D restoration (DiReP): normalise -> tile -> K samples -> mean + uncertainty -> denormalise.
+"""2D restoration (DiReP): normalise -> blocks -> tiles -> K samples -> mean + uncertainty
+-> denormalise.
 
 Works on 2D images (YX) and stacks (ZYX, restored slice by slice) held as numpy, dask or
 zarr arrays, of any size from 1x1 and any real dtype. ``restore_iter`` is the generator
 every front end drives; ``restore`` runs it to the end; ``restore_to_zarr_iter`` streams
-block by block into a zarr store so memory is bounded by the block, not the image.
+block by block into a zarr store so memory is bounded by the block, not the image. Both go
+through the same :class:`~.blocks.BlockPlan`, so they give the same pixels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,9 @@ from .normalise import (
     to_dtype,
     make_condition,
 )
-from .checks import check_finite, owned_array, validate_image
+from ..io.zarr import ZarrWriter
+from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks
+from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
 from .tiling import TilePlan, pad_to, round_up
 
 __all__ = [
@@ -41,12 +45,9 @@ __all__ = [
     "restore_iter",
     "restore_to_zarr",
     "restore_to_zarr_iter",
-    "validate_image",
     "restore_plane",
-    "combined_std",
     "restore_block",
-    "BlockPlan",
-    "canvas_size",
+    "provenance",
 ]
 
 
@@ -110,6 +111,8 @@ def _check_task(task: str) -> None:
 # Axes of the (N, C, H, W) canvas, or of one (H, W) sample, to flip: identity, left-right,
 # up-down, both. Negative, so the same tuple serves both.
 _FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+# Noise streams of the refiner's residual samples: apart from the views' and samples' own.
+REFINE_STREAM = 1 << 20
 
 
 def restore_plane(
@@ -137,7 +140,7 @@ def restore_plane(
     # Mirror ensemble: sample k sees the canvas flipped by _FLIPS[k % 4] and is flipped back.
     views = min(4, opts.samples) if opts.flips else 1
     cond = torch.cat([torch.flip(cond, _FLIPS[v]) if _FLIPS[v] else cond for v in range(views)])
-    items = [Item(cond=k % views, stream=(z, k)) for k in range(opts.samples)]
+    items = [Item(cond=k % views, stream=(z, k), flip=_FLIPS[k % views]) for k in range(opts.samples)]
     progress = progress or {}
     samples, variance = yield from sample_canvas(
         model,
@@ -153,18 +156,69 @@ def restore_plane(
         if variance is not None:
             variance = torch.stack([torch.flip(v, _FLIPS[k % views]) if _FLIPS[k % views] else v for k, v in enumerate(variance)])
     samples = samples[:, :h, :w].numpy()
-    mean = samples.mean(axis=0)
-    return mean, combined_std(samples, None if variance is None else variance[:, :h, :w].numpy())
+    variance = None if variance is None else variance[:, :h, :w].numpy()
+    if opts.refine_samples:
+        return (yield from _refine(model, cond[:1], samples, variance, opts, z=z, origin=origin, progress=progress))
+    return samples.mean(axis=0), combined_std(samples, variance)
 
 
-def _plane_batches(model: EMDiffuseModel, shape: tuple[int, int], opts: SamplingOptions) -> int:
-    """Network batches one plane needs per step (for progress totals)."""
+def _refine(
+    model: EMDiffuseModel,
+    cond: torch.Tensor,
+    views: np.ndarray,
+    variance: np.ndarray | None,
+    opts: SamplingOptions,
+    *,
+    z: int,
+    origin: tuple[int, int],
+    progress: dict | None,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
+    """Predict, then refine: sample K residuals around the predictor's mean with the
+    refiner, conditioned on the input and the mean. The output is the mean plus the
+    residuals' average; its uncertainty combines the predicted (aleatoric) variance with the
+    refined samples' spread (the law of total variance, as for mirrored views)."""
+    refiner = model.refiner_model()
+    assert refiner is not None and model.card.refiner is not None
+    s = model.card.scale if model.card.task == "super-resolve" else 1
+    h, w = views.shape[-2:]
+    mean = views.mean(axis=0)
+    ch, cw = cond.shape[-2:]
+    canvas_mean = torch.from_numpy(pad_to(mean[None], ch, cw).astype(np.float32)).to(cond.device)
+    rcond = torch.cat([cond, canvas_mean[None]], dim=1)
+    k = opts.refine_samples
+    ropts = replace(opts, steps=opts.refine_steps, samples=k, flips=False, start_log_snr=None)
+    items = [Item(cond=0, stream=(z, REFINE_STREAM + j)) for j in range(k)]
+    progress = progress or {}
+    offset = progress.get("offset", 0) + _predictor_batches(model, (h, w), opts)
+    residual, _ = yield from sample_canvas(
+        refiner, rcond, items, ropts, origin=(origin[0] * s, origin[1] * s),
+        progress_offset=offset, progress_total=progress.get("total"),
+    )  # fmt: skip
+    refined = mean + model.card.refiner.residual_scale * residual[:, :h, :w].numpy()
+    total = refined.var(axis=0)
+    if variance is not None:
+        total = total + variance.mean(axis=0) + (views.var(axis=0) if len(views) > 1 else 0.0)
+    return refined.mean(axis=0), np.sqrt(total).astype(np.float32)
+
+
+def _predictor_batches(model: EMDiffuseModel, shape: tuple[int, int], opts: SamplingOptions) -> int:
     s = model.card.scale if model.card.task == "super-resolve" else 1
     mult = model.card.network.size_multiple
     h, w = canvas_size(shape[0] * s, mult), canvas_size(shape[1] * s, mult)
     plan = TilePlan(h, w, min(opts.tile, h), min(opts.tile, w), opts.overlap)
     steps = opts.n_steps if model.card.kind == "diffusion" else 1
     return steps * -(-len(plan) * opts.samples // opts.batch)
+
+
+def _plane_batches(model: EMDiffuseModel, shape: tuple[int, int], opts: SamplingOptions) -> int:
+    """Network batches one plane needs over all steps (for progress totals)."""
+    n = _predictor_batches(model, shape, opts)
+    if opts.refine_samples:
+        s, mult = model.card.scale if model.card.task == "super-resolve" else 1, model.card.network.size_multiple
+        h, w = canvas_size(shape[0] * s, mult), canvas_size(shape[1] * s, mult)
+        plan = TilePlan(h, w, min(opts.tile, h), min(opts.tile, w), opts.overlap)
+        n += opts.refine_steps * -(-len(plan) * opts.refine_samples // opts.batch)
+    return n
 
 
 def prepare(image, task, model, arch, device, preset, kw) -> tuple:
@@ -199,7 +253,52 @@ def run_info(m: EMDiffuseModel, opts: SamplingOptions, dev: torch.device) -> dic
         "seed": opts.seed,
         "precision": opts.precision,
         "device": str(dev),
+        **({"refine": {"samples": opts.refine_samples, "steps": opts.refine_steps}} if opts.refine_samples else {}),
     }
+
+
+def restore_block(
+    m: EMDiffuseModel,
+    stack: Any,
+    plan: BlockPlan,
+    job: tuple[int, int, int],
+    target: BlockTarget,
+    *,
+    progress: dict | None = None,
+) -> Generator[Progress, None, None]:
+    """Read one block with its halo, restore it, write its centre into the target's arrays."""
+    norm, dst, unc = target.norm, target.dst, target.unc
+    z, iy, ix = job
+    (ry, wy, cy), (rx, wx, cx) = plan.ys[iy], plan.xs[ix]
+    s = plan.scale
+    planes = stack if isinstance(stack, Planes) else Planes(stack)
+    plane = owned_array(planes[z, ry, rx]).astype(np.float64)
+    where = f"slice {z}" if plan.is_stack else "image"
+    check_finite(plane, where if len(plan.ys) * len(plan.xs) == 1 else f"{where}, block y={wy.start} x={wx.start}")
+    mu, sd = yield from restore_plane(
+        m, plane, norm, target.opts, device=target.device, z=z, origin=(ry.start, rx.start), progress=progress
+    )
+    crop = (slice(cy.start * s, cy.stop * s), slice(cx.start * s, cx.stop * s))
+    idx = ((z,) if plan.is_stack else ()) + (slice(wy.start * s, wy.stop * s), slice(wx.start * s, wx.stop * s))
+    dst[idx] = to_dtype(from_model(mu[crop], norm), target.dtype)
+    if unc is not None:
+        unc[idx] = std_from_model(sd[crop], norm) if sd is not None else 0.0
+
+
+def _run_plan(m: EMDiffuseModel, image: Any, plan: BlockPlan, target: BlockTarget) -> Generator[Progress, None, None]:
+    stack, jobs = Planes(image), plan.jobs()
+    costs = [_plane_batches(m, plan.read_shape(iy, ix), target.opts) for _, iy, ix in jobs]
+    offset, total = 0, sum(costs)
+    for n, (job, cost) in enumerate(zip(jobs, costs), 1):
+        yield from restore_block(m, stack, plan, job, target, progress={"offset": offset, "total": total})
+        offset += cost
+        if len(jobs) > 1:
+            yield Progress("block", n, len(jobs))
+
+
+def _sampling_request(**kw: Any) -> dict:
+    """The user's sampling choices, as given: workers resolve them for their own device."""
+    return {k: v for k, v in kw.items() if v is not None}
 
 
 def restore_iter(
@@ -225,6 +324,8 @@ def restore_iter(
     compile: bool = False,
     start_log_snr: float | None = None,
     flips: bool | None = None,
+    refine: bool | None = None,
+    block: int = DEFAULT_BLOCK,
 ) -> Generator["Progress | Restoration", None, None]:
     """Restore an image, yielding :class:`Progress` events and finally a :class:`Restoration`.
 
@@ -234,38 +335,29 @@ def restore_iter(
     kw = dict(
         sampler=sampler, steps=steps, samples=samples, eta=eta, tile=tile, overlap=overlap,
         batch=batch, seed=seed, precision=precision, channels_last=channels_last, compile=compile,
-        start_log_snr=start_log_snr, flips=flips,
+        start_log_snr=start_log_snr, flips=flips, refine=refine,
     )
     image, dev, m, opts = prepare(image, task, model, arch, device, preset, kw)
-    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)
-    if out_dtype.kind == "b":
-        out_dtype = np.dtype(np.uint8)
+    check_block(block)
+    out_dtype = output_dtype(dtype, image)
     s = m.card.scale if task == "super-resolve" else 1
     new_spacing = scaled_spacing(spacing, image.ndim, s)
-    stack = Planes(image)
     if isinstance(image, np.ndarray):
         check_finite(np.asarray(image), "image")
     norm = fit_norm(m, image)
-    nz, h, w = stack.shape
-    per_plane = _plane_batches(m, (h, w), opts)
-    total = nz * per_plane
-    mean = np.empty((nz, h * s, w * s), dtype=out_dtype)
-    want_std = opts.samples > 1 or getattr(m.unet, "aleatoric", False)
-    unc = np.empty((nz, h * s, w * s), dtype=np.float32) if want_std else None
-    for z in range(nz):
-        plane = owned_array(stack[z, :, :]).astype(np.float64)
-        check_finite(plane, f"slice {z}" if nz > 1 else "image")
-        mu, sd = yield from restore_plane(
-            m, plane, norm, opts, device=dev, z=z, progress={"offset": z * per_plane, "total": total}
-        )
-        mean[z] = to_dtype(from_model(mu, norm), out_dtype)
-        if unc is not None:
-            unc[z] = std_from_model(sd, norm) if sd is not None else 0.0
-    if image.ndim == 2:
-        mean, unc = mean[0], (unc[0] if unc is not None else None)
+    want_std = opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False))
+    result: dict[str, Any] = {}
+
+    def run(edge: int) -> Generator[Progress, None, None]:
+        plan = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s)
+        result["mean"] = np.empty(plan.out_shape, dtype=out_dtype)
+        result["unc"] = np.empty(plan.out_shape, dtype=np.float32) if want_std else None
+        yield from _run_plan(m, image, plan, BlockTarget(norm, opts, dev, out_dtype, result["mean"], result["unc"]))
+
+    yield from shrinking_blocks(run, block, opts.tile)
     yield Restoration(
-        mean=mean,
-        uncertainty=unc,
+        mean=result["mean"],
+        uncertainty=result["unc"],
         scale=s,
         spacing=new_spacing,
         normalisation=norm.as_dict(),
@@ -279,7 +371,7 @@ def restore(
     model: "str | Path | EMDiffuseModel | None" = None,
     **options: Any,
 ) -> Restoration:
-    """Denoise or super-resolve an EM image with a diffusion model.
+    """Denoise or super-resolve an EM image with a diffusion model or a predictor.
 
     Parameters
     ----------
@@ -294,9 +386,9 @@ def restore(
     arch : str, optional
         Architecture of a published checkpoint (EMDiffuse-n, EMDiffuse-r).
     preset : {"fast", "balanced", "reference"}
-        ``fast``: few-step DPM-Solver++, one sample. ``balanced``: 4 samples with
-        uncertainty (steps and start level from the model card). ``reference``: the
-        published 1000-step DDPM, 2 samples.
+        ``fast``: one pass of a predictor, or few-step DPM-Solver++ with one sample.
+        ``balanced``: 4 mirrored views (predictor) or 4 samples, with uncertainty.
+        ``reference``: the published 1000-step DDPM, 2 samples.
     steps, samples, sampler, eta : optional
         Override the preset. Samplers: ``ddim``, ``dpm++``, ``ddpm``.
     flips : bool, optional
@@ -306,10 +398,15 @@ def restore(
     tile, overlap, batch : int, optional
         Tile edge (rounded up to the network's multiple), overlap between tiles, tiles per
         network call. Defaults come from the model card and the device.
+    block : int
+        Block edge (input pixels, default 2048): the sampler's state is one block large.
+        Halved automatically when a block does not fit the GPU.
     seed : int
         Noise seed; the result is identical for any tile order, batch size or device count.
     device : str
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    precision : {"fp32", "bf16", "fp16"}, optional
+        Arithmetic of the network; fp32 by default.
     dtype : numpy dtype, optional
         Output dtype; default the input's.
     spacing : tuple of float, optional
@@ -323,11 +420,90 @@ def restore(
     --------
     >>> import numpy as np
     >>> noisy = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
-    >>> result = restore(noisy, "denoise", steps=2)  # doctest: +SKIP
-    >>> result.mean.shape, result.mean.dtype
+    >>> result = restore(noisy, "denoise")  # doctest: +SKIP
+    >>> result.mean.shape, result.mean.dtype  # doctest: +SKIP
     ((64, 64), dtype('uint8'))
     """
     return drain(restore_iter(image, task, model, **options))
+
+
+def restore_to_zarr_iter(
+    image: Any,
+    out: str | Path,
+    task: str = "denoise",
+    model: "str | Path | EMDiffuseModel | None" = None,
+    *,
+    uncertainty_out: str | Path | None = None,
+    block: int = DEFAULT_BLOCK,
+    arch: str | None = None,
+    preset: str = "fast",
+    device: str = "auto",
+    dtype: Any = None,
+    spacing: tuple[float, ...] | None = None,
+    overwrite: bool = True,
+    distribute: Distribute | None = None,
+    **kw: Any,
+) -> Generator["Progress | Path", None, None]:
+    """Stream a large image block by block into a zarr store; yields progress, then the path.
+
+    Each block is read with a halo of half a tile, restored with per-step merging, cropped
+    and written; noise is seeded by global position, so the block layout, not the machine,
+    fixes the result. The store appears at ``out`` only when complete (temp dir, then
+    rename, completion marker last). ``distribute`` (see :mod:`~..parallel.runner`) runs the
+    blocks on dask workers, each loading the model once and writing into the shared store;
+    the result is identical.
+    """
+    check_block(block)
+    request = _sampling_request(preset=preset, **kw)
+    if distribute is not None:
+        # Workers load the model themselves; here it only answers questions, on the CPU.
+        image = validate_image(image)
+        _check_task(task)
+        m = load_model(model, task=task, arch=arch, device="cpu")
+        dev = torch.device("cpu")
+        opts = resolve_options(m, dev, preset=preset, **kw)
+    else:
+        image, dev, m, opts = prepare(image, task, model, arch, device, preset, kw)
+    out_dtype = output_dtype(dtype, image)
+    s = m.card.scale if task == "super-resolve" else 1
+    plan = BlockPlan.make(tuple(image.shape), block=block, opts=opts, scale=s)
+    norm = fit_norm(m, image)
+    new_spacing = scaled_spacing(spacing, image.ndim, s)
+    want_std = uncertainty_out is not None and (opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False)))
+    attrs = {"normalisation": norm.as_dict(), **run_info(m, opts, dev)}
+    if distribute is not None:
+        attrs["device"] = str(device)
+    writer_kw = dict(chunks=plan.chunks, spacing=new_spacing, overwrite=overwrite)
+    if distribute is not None:
+        run = BlockRun(
+            image, plan, model, task, arch, str(device), Path(out), Path(uncertainty_out) if want_std else None,
+            {**writer_kw, "attrs": attrs}, norm, request, opts, out_dtype,
+        )  # fmt: skip
+        yield from distribute(run)
+        yield Path(out)
+        return
+
+    def run(edge: int) -> Generator[Progress, None, None]:
+        p = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s)
+        unc = unc_wr.array if unc_wr is not None else None
+        yield from _run_plan(m, image, p, BlockTarget(norm, opts, dev, out_dtype, wr.array, unc))
+
+    with ZarrWriter(out, plan.out_shape, out_dtype, attrs=attrs, **writer_kw) as wr:
+        unc_wr = ZarrWriter(uncertainty_out, plan.out_shape, np.float32, **writer_kw) if want_std else None
+        try:
+            yield from shrinking_blocks(run, block, opts.tile)
+            if unc_wr is not None:
+                unc_wr.commit()
+        except BaseException:
+            if unc_wr is not None:
+                unc_wr.abort()
+            raise
+    yield Path(out)
+
+
+def restore_to_zarr(image: Any, out: str | Path, task: str = "denoise", model=None, **options: Any) -> Path:
+    """Run :func:`restore_to_zarr_iter` to the end and return the output path."""
+    return drain(restore_to_zarr_iter(image, out, task, model, **options))
 
 
 def provenance(info: dict, normalisation: dict | None = None, **extra: Any) -> dict:

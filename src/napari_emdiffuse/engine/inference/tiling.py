@@ -30,8 +30,6 @@ __all__ = [
     "check_tiling",
 ]
 
-NOISE_BLOCK = 64
-
 
 def round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
@@ -124,9 +122,25 @@ class TilePlan:
         return per_tile, total.float().to(device)
 
 
-def _block_seed(*parts: int) -> int:
+_MASK = 0xFFFFFFFF
+# Odd multipliers below 2**31: a 32-bit value times one stays inside int64 on every device.
+_M1, _M2 = 0x7FEB352D, 0x5BD1E995
+
+
+def _stream_key(*parts: int) -> tuple[int, int]:
+    """Two 32-bit keys from (seed, slice, sample, step, ...): hashed once per call, on the CPU."""
     digest = hashlib.blake2b(np.asarray(parts, dtype=np.int64).tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+    v = int.from_bytes(digest, "little")
+    return v & _MASK, v >> 32
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser (xor-shift-multiply) on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = (x * _M1) & _MASK
+    x = x ^ (x >> 15)
+    x = (x * _M2) & _MASK
+    return x ^ (x >> 16)
 
 
 def position_noise(
@@ -140,10 +154,12 @@ def position_noise(
 ) -> torch.Tensor:
     """Standard normal noise of shape (height, width) that depends only on position.
 
-    The value at global pixel ``(origin[0] + i, origin[1] + j)`` is drawn from a generator
-    seeded by ``(seed, *stream, block row, block column)`` on a fixed 64-pixel grid, so any
-    crop of the global noise field is reproduced exactly. ``stream`` separates slices,
-    samples and sampler steps.
+    A counter-based generator: the value at global pixel ``(origin[0] + i, origin[1] + j)``
+    is a hash of that position and of a key made from ``(seed, *stream)``, turned into a
+    normal deviate by the Box-Muller transform. It is computed on ``device`` with no
+    generator state, so any crop of the global field is reproduced exactly whatever the
+    tiles, blocks, batch or worker, and a GPU never waits for noise from the CPU.
+    ``stream`` separates slices, samples and sampler steps.
 
     Examples
     --------
@@ -152,18 +168,17 @@ def position_noise(
     >>> bool(torch.equal(a[50:80, 20:60], b))
     True
     """
+    k1, k2 = _stream_key(seed, *stream)
     y0, x0 = origin
-    by0, bx0 = y0 // NOISE_BLOCK, x0 // NOISE_BLOCK
-    by1, bx1 = (y0 + height - 1) // NOISE_BLOCK, (x0 + width - 1) // NOISE_BLOCK
-    canvas = torch.empty((by1 - by0 + 1) * NOISE_BLOCK, (bx1 - bx0 + 1) * NOISE_BLOCK)
-    gen = torch.Generator()
-    for by in range(by0, by1 + 1):
-        for bx in range(bx0, bx1 + 1):
-            gen.manual_seed(_block_seed(seed, *stream, by, bx))
-            r, c = (by - by0) * NOISE_BLOCK, (bx - bx0) * NOISE_BLOCK
-            canvas[r : r + NOISE_BLOCK, c : c + NOISE_BLOCK] = torch.randn(NOISE_BLOCK, NOISE_BLOCK, generator=gen)
-    oy, ox = y0 - by0 * NOISE_BLOCK, x0 - bx0 * NOISE_BLOCK
-    return canvas[oy : oy + height, ox : ox + width].to(device)
+    ys = torch.arange(y0, y0 + height, device=device, dtype=torch.int64)[:, None] & _MASK
+    xs = torch.arange(x0, x0 + width, device=device, dtype=torch.int64)[None, :] & _MASK
+    h = _mix(_mix(ys ^ k1) ^ xs)
+    a = _mix(h ^ k2)
+    b = _mix(a ^ 0x9E3779B9)
+    # 24-bit uniforms in (0, 1): exact in float32, never 0 (log) and never 1.
+    u1 = ((a >> 8).to(torch.float32) + 0.5) / 16777216.0
+    u2 = ((b >> 8).to(torch.float32) + 0.5) / 16777216.0
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
 
 def pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -20,14 +20,10 @@ given), and the intensity normalisation is fitted on a bounded subsample.
 
 from __future__ import annotations
 
-import logging
 import math
 import numbers
 import os
-import secrets
-import shutil
-import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,34 +31,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from .canvas import Item, SamplingOptions, resolve_options, sample_canvas
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress, drain
 from ..io.common import ZARR_SUFFIX, check_output_path
 from ..io.images import read_image
-from ..io.zarr import ZarrWriter, open_zarr_for_block_writes, zarr_major
+from ..io.zarr import ZarrWriter, open_zarr_readonly
 from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
-from ..models.registry import DEFAULT_MODELS, load_model
+from ..models.registry import load_model
+from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks
+from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas
+from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
-from ..parallel.runner import model_spec, run_tasks, stage_input, worker_model, zarr_location
-from .canvas import canvas_size, combined_std
-from .checks import check_finite, owned_array, validate_image
 from .restore import run_info
-from .tiling import TilePlan, block_slices, pad_to
+from .tiling import TilePlan, pad_to
 
 __all__ = [
     "IsotropicResult",
     "reconstruct_isotropic",
     "reconstruct_isotropic_iter",
     "factor_from_spacing",
+    "reconstruct_block",
 ]
 
 MODES = {"i": "isotropic-i", "a": "isotropic-a"}
 #: A z/xy spacing ratio within this relative distance of a whole number is taken as that factor.
 FACTOR_TOLERANCE = 0.05
-#: Lateral block edge (pixels) of the block tasks; also the output's chunk edge.
-DEFAULT_BLOCK = 2048
 #: At most this many values (from at most NORM_SAMPLE_SLICES slices) fit the normalisation,
 #: so its memory does not grow with the volume.
 NORM_SAMPLE_VALUES = 1_000_000
@@ -217,17 +211,6 @@ def _check_model(m: EMDiffuseModel, factor: int) -> None:
         )
 
 
-def _check_workers(workers: Any, scheduler: Any) -> None:
-    if workers is not None and scheduler is not None:
-        raise InputError("pass either workers= (a local cluster) or scheduler= (an existing one), not both")
-    if workers is not None and (
-        isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1
-    ):
-        raise InputError(f"workers must be a positive whole number, got {workers!r}")
-    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
-        raise InputError(f"scheduler must be an address such as 'tcp://host:8786', got {scheduler!r}")
-
-
 def _check_out(out: Any) -> Path | None:
     if out is None:
         return None
@@ -254,35 +237,6 @@ def _uncertainty_path(uncertainty: Any, out: Path | None) -> Path | None:
 
 # ----------------------------------------------------------------------------------------------
 # the block tasks
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Block tasks of a volume: slabs x lateral blocks, each (read, write, crop) slices."""
-
-    nz: int
-    factor: int
-    ys: tuple[tuple[slice, slice, slice], ...]
-    xs: tuple[tuple[slice, slice, slice], ...]
-    chunks: tuple[int, int, int]
-
-    @classmethod
-    def make(cls, shape: tuple[int, int, int], factor: int, block: int, opts: SamplingOptions) -> "_Layout":
-        nz, h, w = shape
-        block = max(int(block), opts.tile)
-        # Half a tile of context around a block: its border tiles see what the whole
-        # canvas would have shown them.
-        halo = max(opts.tile // 2, opts.overlap)
-        ys = tuple(block_slices(h, block, halo))
-        xs = tuple(block_slices(w, block, halo))
-        return cls(nz, factor, ys, xs, (1, min(block, h), min(block, w)))
-
-    @property
-    def out_shape(self) -> tuple[int, int, int]:
-        return ((self.nz - 1) * self.factor + 1, self.ys[-1][1].stop, self.xs[-1][1].stop)
-
-    def jobs(self) -> list[tuple[int, int, int]]:
-        return [(z, iy, ix) for z in range(self.nz - 1) for iy in range(len(self.ys)) for ix in range(len(self.xs))]
 
 
 def _block_batches(m: EMDiffuseModel, shape: tuple[int, int], n_items: int, opts: SamplingOptions) -> int:
@@ -384,6 +338,26 @@ def _write_block(
         unc[z * factor : z * factor + n, wy, wx] = u
 
 
+def reconstruct_block(
+    m: EMDiffuseModel,
+    vol: Any,
+    plan: BlockPlan,
+    job: tuple[int, int, int],
+    target: BlockTarget,
+    *,
+    progress: tuple[int, int] | None = None,
+) -> Generator[Progress, None, None]:
+    """Make the slices of one block of the gap between slices z and z+1 and write them
+    (with the measured slice z, and z+1 after the last gap) into the target's arrays."""
+    z, iy, ix = job
+    ys, xs = plan.ys[iy], plan.xs[ix]
+    t = target
+    parts = yield from _sample_block(
+        m, vol, z, ys[0], xs[0], factor=plan.factor, norm=t.norm, opts=t.opts, device=t.device, progress=progress
+    )
+    _write_block(t.dst, t.unc, z, ys, xs, parts, nz=plan.nz, factor=plan.factor, norm=t.norm, dtype=t.dtype)
+
+
 def _fit_volume_norm(m: EMDiffuseModel, vol: Any) -> NormInfo:
     """The card's rule fitted on a strided subsample of evenly spaced slices.
 
@@ -406,96 +380,6 @@ def _fit_volume_norm(m: EMDiffuseModel, vol: Any) -> NormInfo:
     if values.size == 0:
         raise InputError("volume is all NaN/Inf; nothing to reconstruct")
     return fit_normalisation(values, m.card.normalisation, adapt_range=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# distributed execution
-
-
-@dataclass(frozen=True)
-class _BlockJob:
-    """Everything a worker needs for one block task (picklable)."""
-
-    model: str
-    arch: str | None
-    device: str
-    src: str
-    src_key: str
-    dst: str
-    unc: str | None
-    z: int
-    ys: tuple[slice, slice, slice]
-    xs: tuple[slice, slice, slice]
-    nz: int
-    factor: int
-    norm: NormInfo
-    opts: SamplingOptions
-    dtype: str
-
-
-def _run_block_task(job: _BlockJob) -> tuple[int, int, int]:
-    """Run one block task in a worker: read its slices, sample, write into the shared store."""
-    import zarr
-
-    m = worker_model(job.model, job.arch, job.device)
-    src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")
-    parts = drain(
-        _sample_block(
-            m, src, job.z, job.ys[0], job.xs[0], factor=job.factor, norm=job.norm, opts=job.opts, device=m.device
-        )
-    )
-    dst = open_zarr_for_block_writes(job.dst)
-    unc = open_zarr_for_block_writes(job.unc) if job.unc else None
-    _write_block(dst, unc, job.z, job.ys, job.xs, parts, nz=job.nz, factor=job.factor, norm=job.norm, dtype=np.dtype(job.dtype))
-    return job.z, job.ys[1].start, job.xs[1].start
-
-
-
-
-def _run_distributed(
-    vol: Any,
-    layout: _Layout,
-    spec: tuple[str, str | None],
-    *,
-    device: str,
-    out: Path,
-    unc_out: Path | None,
-    writer_kw: dict,
-    norm: NormInfo,
-    opts: SamplingOptions,
-    dtype: np.dtype,
-    workers: int | None,
-    scheduler: str | None,
-    staged_input: Path,
-    cleanup: list[Path],
-) -> Generator[Progress, None, tuple[Any, Any]]:
-    loc = zarr_location(vol)
-    if loc is None:
-        cleanup.append(staged_input)  # before writing: a failed copy is removed too
-        loc = (stage_input(vol, staged_input, layout.chunks), "")
-    wr = ZarrWriter(out, layout.out_shape, dtype, **writer_kw)
-    unc_wr = None
-    try:
-        if unc_out is not None:
-            kw = {**writer_kw, "attrs": {"what": "uncertainty (std over samples)", **writer_kw.get("attrs", {})}}
-            unc_wr = ZarrWriter(unc_out, layout.out_shape, np.float32, **kw)
-        jobs = [
-            _BlockJob(
-                model=spec[0], arch=spec[1], device=device, src=loc[0], src_key=loc[1], dst=str(wr.temp_path),
-                unc=str(unc_wr.temp_path) if unc_wr is not None else None, z=z, ys=layout.ys[iy], xs=layout.xs[ix],
-                nz=layout.nz, factor=layout.factor, norm=norm, opts=opts, dtype=dtype.str,
-            )
-            for z, iy, ix in layout.jobs()
-        ]
-        yield from run_tasks(_run_block_task, jobs, workers=workers, scheduler=scheduler, name="isotropic")
-        if unc_wr is not None:
-            unc_wr.commit()
-        wr.commit()
-        return wr.array, (unc_wr.array if unc_wr is not None else None)
-    finally:
-        if unc_wr is not None:
-            unc_wr.abort()  # no-op after commit
-        wr.abort()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,14 +410,13 @@ def reconstruct_isotropic_iter(
     uncertainty: bool | str | os.PathLike = False,
     dtype: Any = None,
     precision: str | None = None,
-    workers: int | None = None,
-    scheduler: str | None = None,
+    distribute: Distribute | None = None,
 ) -> Generator["Progress | IsotropicResult", None, None]:
     """Reconstruct an isotropic volume, yielding :class:`Progress` events and finally an
     :class:`IsotropicResult`.
 
     Closing the generator cancels the work at the next tile batch (in-process) or cancels
-    the outstanding block tasks (distributed); a zarr output is then removed, never left
+    the outstanding block tasks (``distribute``); a zarr output is then removed, never left
     half-written. See :func:`reconstruct_isotropic` for the parameters.
     """
     task = _check_mode(mode)
@@ -544,47 +427,34 @@ def reconstruct_isotropic_iter(
             spacing = data.spacing
     vol = _check_volume(volume)
     spacing = _check_spacing(spacing)
-    _check_workers(workers, scheduler)
-    distributed = workers is not None or scheduler is not None
     out_path = _check_out(out)
     if out_path is not None and out_path.exists() and not overwrite:
         raise InputError(f"cannot write '{out_path}': it already exists")
-    if distributed and out_path is None:
+    if distribute is not None and out_path is None:
         raise InputError("a distributed run (workers= or scheduler=) writes into a zarr store; pass out='....zarr'")
     unc_path = _uncertainty_path(uncertainty, out_path)
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise InputError(f"block must be a positive number of pixels, got {block!r}")
+    check_block(block)
     if factor is not None:
         f = _check_factor(factor)
     elif spacing is not None:
         f = factor_from_spacing(spacing)
     else:
         raise InputError("say how much finer z should become: pass factor= or the voxel spacing (z, y, x)")
-    try:
-        out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(vol.dtype)
-    except TypeError:
-        raise InputError(f"unknown output dtype {dtype!r}") from None
-    if out_dtype.kind == "b":
-        out_dtype = np.dtype(np.uint8)
-    if out_dtype.kind not in "uif":
-        raise InputError(f"output dtype must be an integer or float type, got {out_dtype}")
-
-    if distributed:
-        # Workers load the model themselves; here it only answers questions. A device this
-        # machine lacks may exist on the workers, so fall back to the CPU for the options.
-        try:
-            dev = resolve_device(device)
-        except EMDiffuseError:
-            dev = torch.device("cpu")
+    out_dtype = output_dtype(dtype, vol)
+    sampling = dict(
+        sampler=sampler, steps=steps, samples=samples, eta=eta, tile=tile, overlap=overlap, batch=batch,
+        seed=seed, precision=precision,
+    )  # fmt: skip
+    if distribute is not None:
+        # Workers load the model and resolve the options for their own device; here the
+        # model only answers questions, on the CPU.
+        dev = torch.device("cpu")
         m = load_model(model, task=task, arch=arch, device="cpu")
     else:
         dev = resolve_device(device)
         m = load_model(model, task=task, arch=arch, device=dev)
     _check_model(m, f)
-    opts = resolve_options(
-        m, dev, preset=preset, sampler=sampler, steps=steps, samples=samples, eta=eta, tile=tile,
-        overlap=overlap, batch=batch, seed=seed, precision=precision,
-    )  # fmt: skip
+    opts = resolve_options(m, dev, preset=preset, **sampling)
     aleatoric = bool(getattr(m.unet, "aleatoric", False))
     if uncertainty and opts.samples < 2 and not aleatoric:
         raise InputError("uncertainty needs at least 2 samples; pass samples=2 or more (or preset='balanced')")
@@ -593,71 +463,59 @@ def reconstruct_isotropic_iter(
     if isinstance(vol, np.ndarray):
         check_finite(vol, "volume")
     norm = _fit_volume_norm(m, vol)
-    layout = _Layout.make(tuple(vol.shape), f, block, opts)
-    nz = vol.shape[0]
+    plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f)
     out_spacing = (spacing[0] / f, spacing[1], spacing[2]) if spacing is not None else None
     info = {
         **run_info(m, opts, dev),
         "mode": mode,
         "factor": f,
-        "block": layout.chunks[1:],
+        "block": plan.chunks[1:],
         "normalisation": norm.as_dict(),
-        "workers": scheduler if scheduler is not None else workers,
     }
-    writer_kw = dict(chunks=layout.chunks, spacing=out_spacing, axes="ZYX", attrs=info, overwrite=overwrite)
+    if distribute is not None:
+        info["device"] = str(device)
+    writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, axes="ZYX", attrs=info, overwrite=overwrite)
 
-    if distributed:
+    if distribute is not None:
         assert out_path is not None
-        tag = secrets.token_hex(4)
-        cleanup: list[Path] = []
-        try:
-            model_dir = out_path.with_name(f".{out_path.name}.model-{tag}")
-            spec, spec_arch, wrote = model_spec(model, m, task, arch, model_dir)
-            if wrote:
-                cleanup.append(model_dir)
-            arr, unc = yield from _run_distributed(
-                vol, layout, (spec, spec_arch), device=str(device), out=out_path, unc_out=unc_path,
-                writer_kw=writer_kw, norm=norm, opts=opts, dtype=out_dtype, workers=workers,
-                scheduler=scheduler, staged_input=out_path.with_name(f".{out_path.name}.input-{tag}.zarr"),
-                cleanup=cleanup,
-            )  # fmt: skip
-        finally:
-            for p in cleanup:
-                shutil.rmtree(p, ignore_errors=True)
-        yield IsotropicResult(arr, unc, f, out_spacing, info, out_path, unc_path)
+        request = {"preset": preset, **{k: v for k, v in sampling.items() if v is not None}}
+        yield from distribute(
+            BlockRun(vol, plan, model, task, arch, str(device), out_path, unc_path, writer_kw, norm, request, opts, out_dtype)
+        )
+        store = open_zarr_readonly(out_path)
+        unc_store = open_zarr_readonly(unc_path) if unc_path is not None else None
+        yield IsotropicResult(store, unc_store, f, out_spacing, info, out_path, unc_path)
         return
 
-    jobs = layout.jobs()
     n_items = (f - 1) * opts.samples
-    costs = [
-        _block_batches(m, (ys[0].stop - ys[0].start, xs[0].stop - xs[0].start), n_items, opts)
-        for ys, xs in ((layout.ys[iy], layout.xs[ix]) for _, iy, ix in jobs)
-    ]
-    total = sum(costs)
 
-    def run(dst: Any, unc: Any) -> Generator[Progress, None, None]:
-        offset = 0
-        for (z, iy, ix), cost in zip(jobs, costs):
-            ys, xs = layout.ys[iy], layout.xs[ix]
-            parts = yield from _sample_block(
-                m, vol, z, ys[0], xs[0], factor=f, norm=norm, opts=opts, device=dev, progress=(offset, total)
-            )
-            _write_block(dst, unc, z, ys, xs, parts, nz=nz, factor=f, norm=norm, dtype=out_dtype)
-            offset += cost
+    def run_into(dst: Any, unc: Any) -> Callable[[int], Generator[Progress, None, None]]:
+        def run(edge: int) -> Generator[Progress, None, None]:
+            p = BlockPlan.make(tuple(vol.shape), block=edge, opts=opts, factor=f)
+            jobs = p.jobs()
+            costs = [_block_batches(m, p.read_shape(iy, ix), n_items, opts) for _, iy, ix in jobs]
+            offset, total = 0, sum(costs)
+            for job, cost in zip(jobs, costs):
+                yield from reconstruct_block(
+                    m, vol, p, job, BlockTarget(norm, opts, dev, out_dtype, dst, unc), progress=(offset, total)
+                )
+                offset += cost
+
+        return run
 
     if out_path is None:
-        result = np.empty(layout.out_shape, dtype=out_dtype)
-        unc_arr = np.zeros(layout.out_shape, dtype=np.float32) if want_std else None
-        yield from run(result, unc_arr)
+        result = np.empty(plan.out_shape, dtype=out_dtype)
+        unc_arr = np.zeros(plan.out_shape, dtype=np.float32) if want_std else None
+        yield from shrinking_blocks(run_into(result, unc_arr), block, opts.tile)
         yield IsotropicResult(result, unc_arr, f, out_spacing, info)
         return
 
-    with ZarrWriter(out_path, layout.out_shape, out_dtype, **writer_kw) as wr:
+    with ZarrWriter(out_path, plan.out_shape, out_dtype, **writer_kw) as wr:
         unc_wr = None
         try:
             if unc_path is not None:
-                unc_wr = ZarrWriter(unc_path, layout.out_shape, np.float32, **writer_kw)
-            yield from run(wr.array, unc_wr.array if unc_wr is not None else None)
+                unc_wr = ZarrWriter(unc_path, plan.out_shape, np.float32, **writer_kw)
+            yield from shrinking_blocks(run_into(wr.array, unc_wr.array if unc_wr is not None else None), block, opts.tile)
             if unc_wr is not None:
                 unc_wr.commit()
         except BaseException:

@@ -134,6 +134,11 @@ def open_zarr_for_block_writes(temp_path: str | os.PathLike[str]) -> zarr.Array:
     return _zarr().open_array(str(temp_path), mode="r+")
 
 
+def open_zarr_readonly(path: str | os.PathLike[str]) -> zarr.Array:
+    """Open a finished store (as :meth:`ZarrWriter.commit` leaves it) for reading."""
+    return _zarr().open_array(str(path), mode="r")
+
+
 class ZarrWriter:
     """Create a zarr array for chunk-by-chunk output, atomically.
 

@@ -24,6 +24,7 @@ __all__ = [
     "BetaScheduleConfig",
     "Normalisation",
     "ModelCard",
+    "RefinerCard",
     "validation_message",
     "read_original_config",
     "published_network",
@@ -133,6 +134,25 @@ class Normalisation(_Strict):
         return self
 
 
+class RefinerCard(_Strict):
+    """The second network of a predictor: a diffusion UNet that samples the residual (the
+    image minus the predictor's mean, divided by ``residual_scale``) from the condition and
+    the mean (``network.in_channel`` = condition channels + 1 mean + 1 noisy residual). Its
+    weights sit in the model's weights file under the ``refiner.`` prefix."""
+
+    network: UNetConfig
+    beta_schedule: BetaScheduleConfig = Field(default_factory=BetaScheduleConfig)
+    residual_scale: float = Field(0.1, gt=0)
+    steps: int = Field(10, ge=1)  # sampler steps of the refining presets
+    samples: int = Field(4, ge=1)  # residual samples drawn per image
+    # the presets that refine by default (measured per model: averaging K samples can cost
+    # PSNR against the predictor's mean, for sharper samples and a spread)
+    presets: list[Literal["fast", "balanced", "reference"]] = Field(default_factory=lambda: ["reference"])
+    log_snr_max: float = 8.0
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
 class ModelCard(_Strict):
     """Everything needed to run a model, stored as ``model.yaml`` beside the weights."""
 
@@ -161,6 +181,8 @@ class ModelCard(_Strict):
     balanced_steps: int = Field(20, ge=1)  # steps of the "balanced" preset
     weights: str = "weights.safetensors"
     ema: bool = False
+    # Predictors only: the diffusion refiner that samples around the mean (None: none).
+    refiner: RefinerCard | None = None
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     citation: str = (
@@ -177,6 +199,14 @@ class ModelCard(_Strict):
             raise ValueError("an isotropic diffusion model needs network.slice_embedding: true")
         if self.task == "super-resolve" and self.scale < 2:
             raise ValueError("a super-resolve model needs scale >= 2")
+        if self.refiner is not None:
+            if self.kind != "regression" or iso:
+                raise ValueError("a refiner belongs to a 2D predictor (kind regression, denoise or super-resolve)")
+            if self.refiner.network.in_channel != self.cond_channels + 2:
+                raise ValueError(
+                    f"refiner.network.in_channel must be {self.cond_channels + 2} "
+                    "(the condition, the mean and the noisy residual)"
+                )
         return self
 
     @property

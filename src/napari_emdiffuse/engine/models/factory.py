@@ -21,13 +21,14 @@ from ..core.networks import RegressionUNet, UNet
 from ..errors import EMDiffuseError, ModelFileError
 from .cards import ARCHITECTURES, TASKS, ModelCard, UNetConfig, published_card, validation_message
 from .files import check_state_dict, clean_published_state_dict, save_model_dir, torch_load
-from .model import EMDiffuseModel
+from .model import REFINER_PREFIX, EMDiffuseModel
 
 __all__ = [
     "define_network",
     "define_loss",
     "define_metric",
     "build_module",
+    "build_refiner",
     "expected_shapes",
     "create_model",
     "create_EMDiffuse",
@@ -89,29 +90,43 @@ def build_module(card: ModelCard) -> nn.Module:
     return net
 
 
+def build_refiner(card: ModelCard) -> Network | None:
+    """The diffusion ``Network`` of a predictor's refiner, or None when the card has none."""
+    if card.refiner is None:
+        return None
+    return Network(define_network(card.refiner.network, "diffusion"), card.refiner.beta_schedule.model_dump())
+
+
 def expected_shapes(card: ModelCard) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the weights file for a card (checked before loading)."""
     with torch.device("meta"):
-        module = build_module(card)
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        module, refiner = build_module(card), build_refiner(card)
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if refiner is not None:
+        shapes.update({f"{REFINER_PREFIX}{k}": tuple(v.shape) for k, v in refiner.state_dict().items()})
+    return shapes
 
 
 def create_model(card: ModelCard | Mapping, state_dict: Mapping[str, torch.Tensor] | None = None):
-    """A complete model from a card, optionally with weights (checked key by key)."""
+    """A complete model from a card, optionally with weights (checked key by key).
+
+    A predictor's refiner weights are the keys under ``refiner.`` in the same state dict.
+    """
     if not isinstance(card, ModelCard):
         try:
             card = ModelCard(**card)
         except ValidationError as exc:
             raise ModelFileError(validation_message(exc, "model card")) from None
-    module = build_module(card)
+    module, refiner = build_module(card), build_refiner(card)
     if state_dict is not None:
         check_state_dict(
-            {k: tuple(v.shape) for k, v in state_dict.items()},
-            {k: tuple(v.shape) for k, v in module.state_dict().items()},
-            f"weights of '{card.name}'",
+            {k: tuple(v.shape) for k, v in state_dict.items()}, expected_shapes(card), f"weights of '{card.name}'"
         )
-        module.load_state_dict(state_dict)
-    return EMDiffuseModel(card, module)
+        n = len(REFINER_PREFIX)
+        module.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith(REFINER_PREFIX)})
+        if refiner is not None:
+            refiner.load_state_dict({k[n:]: v for k, v in state_dict.items() if k.startswith(REFINER_PREFIX)})
+    return EMDiffuseModel(card, module, refiner=refiner)
 
 
 def create_EMDiffuse(task: str = "EMDiffuse-n", *, name: str | None = None, **network_overrides):

@@ -11,7 +11,10 @@ from .cards import ModelCard
 from .device import resolve_device
 from .files import save_model_dir
 
-__all__ = ["EMDiffuseModel"]
+__all__ = ["EMDiffuseModel", "REFINER_PREFIX"]
+
+#: Key prefix of the refiner's weights in a predictor's weights file.
+REFINER_PREFIX = "refiner."
 
 
 class EMDiffuseModel:
@@ -21,9 +24,13 @@ class EMDiffuseModel:
     accept a model name or path.
     """
 
-    def __init__(self, card: ModelCard, module: nn.Module, *, path: Path | None = None) -> None:
+    def __init__(
+        self, card: ModelCard, module: nn.Module, *, refiner: nn.Module | None = None, path: Path | None = None
+    ) -> None:
         self.card = card
         self.module = module.eval()
+        # A predictor's diffusion refiner (a ``Network``), when its card has one.
+        self.refiner = refiner.eval() if refiner is not None else None
         self.path = path
 
     def __repr__(self) -> str:
@@ -43,11 +50,32 @@ class EMDiffuseModel:
         return getattr(self.module, "denoise_fn", self.module)
 
     def to(self, device: str | torch.device) -> "EMDiffuseModel":
-        self.module.to(resolve_device(device) if isinstance(device, str) else device)
+        dev = resolve_device(device) if isinstance(device, str) else device
+        self.module.to(dev)
+        if self.refiner is not None:
+            self.refiner.to(dev)
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.module.state_dict()
+        sd = dict(self.module.state_dict())
+        if self.refiner is not None:
+            sd.update({f"{REFINER_PREFIX}{k}": v for k, v in self.refiner.state_dict().items()})
+        return sd
+
+    def refiner_model(self) -> "EMDiffuseModel | None":
+        """The refiner as a diffusion model of its own (its card: the refiner's network and
+        schedule, this model's tiling), for the samplers; None without a refiner."""
+        ref = self.card.refiner
+        if ref is None or self.refiner is None:
+            return None
+        card = self.card.model_copy(
+            update=dict(
+                name=f"{self.card.name} (refiner)", kind="diffusion", network=ref.network,
+                beta_schedule=ref.beta_schedule, refiner=None, log_snr_max=ref.log_snr_max,
+                start_log_snr=None, uncertainty_scale=1.0,
+            )
+        )  # fmt: skip
+        return EMDiffuseModel(card, self.refiner, path=self.path)
 
     def save(self, path: str | Path, *, extra_files: dict[str, str] | None = None) -> Path:
         """Write this model as a model directory (atomically)."""

@@ -19,7 +19,7 @@ from ..io.atomic import atomic_file
 from ..io.resources import resources_dir
 from .cards import ARCHITECTURES, published_card
 from .device import resolve_device
-from .factory import build_module, expected_shapes
+from .factory import build_module, create_model, expected_shapes
 from .files import (
     CARD_NAME,
     check_state_dict,
@@ -143,9 +143,9 @@ def _cache_key(path: Path, arch: str | None, device: torch.device) -> tuple:
 
 def _load_dir(path: Path) -> EMDiffuseModel:
     card, sd = load_model_dir(path, expected_shapes)
-    module = build_module(card)
-    module.load_state_dict(sd)
-    return EMDiffuseModel(card, module, path=path)
+    loaded = create_model(card, sd)
+    loaded.path = path
+    return loaded
 
 
 def _load_checkpoint(path: Path, arch: str) -> EMDiffuseModel:
@@ -207,7 +207,10 @@ def load_model(
             # maybe in use elsewhere) is left as it is.
             import copy
 
-            loaded = EMDiffuseModel(loaded.card, copy.deepcopy(loaded.module).to(dev), path=loaded.path)
+            refiner = copy.deepcopy(loaded.refiner).to(dev) if loaded.refiner is not None else None
+            loaded = EMDiffuseModel(
+                loaded.card, copy.deepcopy(loaded.module).to(dev), refiner=refiner, path=loaded.path
+            )
     else:
         if model is None or (isinstance(model, str) and model.strip() == ""):
             if task is None:

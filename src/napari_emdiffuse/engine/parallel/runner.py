@@ -1,27 +1,52 @@
-"""The one dask.distributed runner of the block tasks (2D stacks and volumes): connect to a
-local or remote cluster, submit one task per block, report progress, cancel on close; plus
-what workers share: a per-process model cache and the input staged where they can read it.
+"""The one dask.distributed runner of the block tasks (2D images, stacks and volumes).
+
+:class:`Cluster` is the :class:`~..inference.blocks.Distribute` that the restoration entry
+points take: it connects to a local or remote cluster, stages the input where workers can
+read it, submits one :class:`BlockJob` per block of the plan, reports progress, commits the
+output store at the end and cancels on close. Each worker loads the model once (a
+per-process cache), runs on its own GPU (a local cluster pins one per worker) and resolves
+the sampling options for its own device.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..errors import EMDiffuseError
-from ..events import Progress
+from ..errors import EMDiffuseError, InputError
+from ..events import Progress, drain
 from ..io.common import as_numpy
-from ..io.zarr import zarr_major
+from ..io.zarr import ZarrWriter, open_zarr_for_block_writes, zarr_major
+from ..inference.blocks import BlockPlan, BlockRun, BlockTarget
+from ..inference.canvas import SamplingOptions, resolve_options
+from ..inference.normalise import NormInfo
+from ..inference.restore import restore_block
+from ..inference.volume import reconstruct_block
 from ..models.model import EMDiffuseModel
 from ..models.registry import DEFAULT_MODELS, load_model
 
-__all__ = ["worker_model", "zarr_location", "stage_input", "model_spec", "connect", "run_tasks"]
+__all__ = [
+    "Cluster",
+    "BlockJob",
+    "run_block_job",
+    "worker_model",
+    "zarr_location",
+    "stage_input",
+    "model_spec",
+    "connect",
+    "run_tasks",
+]
 
 
 # Models loaded in this (worker) process, by spec: loading is the expensive part of a task.
@@ -56,14 +81,19 @@ def zarr_location(vol: Any) -> tuple[str, str] | None:
     return str(Path(root).resolve()), str(getattr(vol, "path", "") or "")
 
 
-def stage_input(vol: Any, where: Path, chunks: tuple[int, int, int]) -> str:
-    """Copy an in-memory or dask volume into a zarr store the workers can read, slice by slice."""
+def stage_input(vol: Any, where: Path) -> str:
+    """Copy an in-memory or dask image, stack or volume into a zarr store the workers can
+    read, one slice (one chunk) at a time."""
     import zarr
 
     kw: dict[str, Any] = {"zarr_format": 2} if zarr_major() >= 3 else {}
+    chunks = (1, *vol.shape[1:]) if vol.ndim == 3 else tuple(vol.shape)
     arr = zarr.open_array(str(where), mode="w-", shape=vol.shape, dtype=np.dtype(vol.dtype), chunks=chunks, **kw)
-    for z in range(vol.shape[0]):
-        arr[z] = as_numpy(vol[z])
+    if vol.ndim == 3:
+        for z in range(vol.shape[0]):
+            arr[z] = as_numpy(vol[z])
+    else:
+        arr[...] = as_numpy(vol)
     return str(where)
 
 
@@ -83,7 +113,39 @@ def model_spec(
     return str(model), arch, False  # a registered name: every worker resolves it itself
 
 
-def connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any]:
+def gpu_assignment(n_workers: int, device: str, visible: list[str]) -> list[str | None]:
+    """The GPU each of ``n_workers`` local workers is pinned to (round robin over the
+    ``visible`` ones), or None for all when the run is not on "the" GPU (``cpu``, ``mps``,
+    an explicit ``cuda:N``, or no GPU).
+
+    Examples
+    --------
+    >>> gpu_assignment(3, "auto", ["0", "1"])
+    ['0', '1', '0']
+    >>> gpu_assignment(2, "cuda:1", ["0", "1"])
+    [None, None]
+    """
+    if device not in ("auto", "cuda") or not visible:
+        return [None] * n_workers
+    return [visible[i % len(visible)] for i in range(n_workers)]
+
+
+def _visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def _pin_gpu(gpu: str) -> str:
+    # Runs in a fresh worker process before CUDA is initialised there: it then sees one GPU.
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    return gpu
+
+
+def connect(workers: int | None, scheduler: str | None, device: str = "cpu") -> tuple[Any, Any]:
+    """A client of the cluster at ``scheduler``, or of a new local cluster of ``workers``
+    processes (one thread each, each pinned to its own GPU when the run is on the GPU)."""
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
@@ -91,32 +153,38 @@ def connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any]:
             return Client(scheduler, timeout="20s"), None
         except (OSError, TimeoutError) as exc:
             raise EMDiffuseError(f"cannot connect to the dask scheduler at '{scheduler}': {exc}") from None
+    n = int(workers or 1)
     cluster = LocalCluster(
-        n_workers=int(workers or 1),
+        n_workers=n,
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
         silence_logs=logging.ERROR,
     )
     try:
-        return Client(cluster), cluster
+        client = Client(cluster)
+        addresses = sorted(client.scheduler_info()["workers"])
+        for addr, gpu in zip(addresses, gpu_assignment(len(addresses), device, _visible_gpus())):
+            if gpu is not None:
+                client.run(_pin_gpu, gpu, workers=[addr])
+        return client, cluster
     except BaseException:
         cluster.close()
         raise
 
 
 def run_tasks(
-    fn: Any, jobs: list, *, workers: int | None, scheduler: str | None, name: str
+    fn: Any, jobs: list, *, workers: int | None, scheduler: str | None, name: str, device: str = "cpu"
 ) -> Generator[Progress, None, None]:
     """Submit one task per job to a dask cluster and yield ``block`` progress as they finish.
 
     A worker's error is raised here. Closing the generator cancels what has not run,
     closes the client and, for ``workers=N``, the local cluster it started. Shared by the
-    isotropic and the 2D (``inference.blocks``) block runs.
+    isotropic and the 2D block runs (:class:`Cluster`).
     """
     from distributed import as_completed
 
-    client, cluster = connect(workers, scheduler)
+    client, cluster = connect(workers, scheduler, device)
     futures: list = []
     try:
         token = secrets.token_hex(4)
@@ -151,3 +219,109 @@ def run_tasks(
                 cluster.close()
 
 
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs for one block task (picklable)."""
+
+    kind: str  # "restore" (2D planes) or "isotropic" (a gap of a volume)
+    model: str
+    arch: str | None
+    device: str
+    src: str
+    src_key: str
+    dst: str
+    unc: str | None
+    plan: BlockPlan
+    block: tuple[int, int, int]
+    norm: NormInfo
+    request: dict  # the user's sampling choices, resolved on the worker for its device
+    tile: int  # the plan's tile and overlap: fixed on the client, they shape the blocks
+    overlap: int
+    dtype: str
+
+
+def worker_options(m: EMDiffuseModel, job: BlockJob) -> SamplingOptions:
+    """Options for the worker's own device (batch, precision), with the plan's tiling."""
+    return resolve_options(m, m.device, **{**job.request, "tile": job.tile, "overlap": job.overlap})
+
+
+def run_block_job(job: BlockJob) -> tuple[int, int, int]:
+    """Run one block task in a worker: read its input, restore it, write into the shared store."""
+    import zarr
+
+    m = worker_model(job.model, job.arch, job.device)
+    src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")
+    run = reconstruct_block if job.kind == "isotropic" else restore_block
+    unc = open_zarr_for_block_writes(job.unc) if job.unc else None
+    target = BlockTarget(job.norm, worker_options(m, job), m.device, np.dtype(job.dtype), open_zarr_for_block_writes(job.dst), unc)
+    drain(run(m, src, job.plan, job.block, target))
+    return job.block
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where block tasks run: a new local cluster of ``workers`` processes, or an existing
+    one at ``scheduler`` (``tcp://host:port``; the input, the output and the model must
+    then be on storage its workers reach). Pass it as ``distribute=`` to the restoration
+    entry points; the result is the same as in one process.
+
+    Examples
+    --------
+    >>> Cluster(workers=2)
+    Cluster(workers=2, scheduler=None)
+    >>> Cluster(workers=2, scheduler="tcp://h:8786")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: pass either workers= (a local cluster) or scheduler= (an existing one), not both
+    """
+
+    workers: int | None = None
+    scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        workers, scheduler = self.workers, self.scheduler
+        if workers is not None and scheduler is not None:
+            raise InputError("pass either workers= (a local cluster) or scheduler= (an existing one), not both")
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1
+        ):
+            raise InputError(f"workers must be a positive whole number, got {workers!r}")
+        if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+            raise InputError(f"scheduler must be an address such as 'tcp://host:8786', got {scheduler!r}")
+        if workers is None and scheduler is None:
+            raise InputError("a cluster needs workers= (a local cluster) or scheduler= (an existing one)")
+
+    def __call__(self, run: BlockRun) -> Generator[Progress, None, None]:
+        """Run every block of ``run.plan``; commit its output stores when all have finished."""
+        out, plan, writer_kw = run.out, run.plan, run.writer_kw
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+        wr = ZarrWriter(out, plan.out_shape, run.dtype, **writer_kw)
+        unc_wr = None
+        try:
+            if run.unc_out is not None:
+                unc_kw = {**writer_kw, "attrs": {**writer_kw.get("attrs", {}), "what": "uncertainty (std)"}}
+                unc_wr = ZarrWriter(run.unc_out, plan.out_shape, np.float32, **unc_kw)
+            loc = zarr_location(run.image) or (stage_input(run.image, tmp / "input.zarr"), "")
+            model = run.model
+            loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=run.task, arch=run.arch, device="cpu")
+            spec, spec_arch, _ = model_spec(model, loaded, run.task, run.arch, tmp / "model")
+            kind = "isotropic" if plan.factor > 1 else "restore"
+            jobs = [
+                BlockJob(
+                    kind, spec, spec_arch, run.device, loc[0], loc[1], str(wr.temp_path),
+                    str(unc_wr.temp_path) if unc_wr is not None else None, plan, block, run.norm, run.request,
+                    run.opts.tile, run.opts.overlap, run.dtype.str,
+                )  # fmt: skip
+                for block in plan.jobs()
+            ]
+            yield from run_tasks(
+                run_block_job, jobs, workers=self.workers, scheduler=self.scheduler, name=kind, device=run.device
+            )
+            if unc_wr is not None:
+                unc_wr.commit()
+            wr.commit()
+        finally:
+            if unc_wr is not None:
+                unc_wr.abort()  # no-op after commit
+            wr.abort()
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -235,6 +235,10 @@ class TrainConfig(BaseModel):
     # "self-supervised" (denoise, predictors): learn from the noisy inputs alone with a
     # structured blind spot (see training.selfsup); inputs need no targets
     objective: Literal["supervised", "self-supervised"] = "supervised"
+    # Train a diffusion refiner (see training.refine) for the predictor named as base, or for
+    # the predictor this recipe trains first: its settings (network, samples, steps, presets,
+    # residual_scale; iterations and lr when the recipe trains both); {} for the defaults.
+    refiner: dict[str, Any] | None = None
     # validation and checkpoints
     keep_best: bool = False  # save the weights of the best validation, not the last
     patience: int | None = Field(None, ge=1)  # stop after this many validations without a gain
@@ -295,6 +299,8 @@ class TrainConfig(BaseModel):
             raise ValueError("isotropic training learns from the volume itself; remove targets and clean images")
         if not iso and self.volume:
             raise ValueError(f"volume is for the isotropic tasks; for {self.task} give inputs (and targets)")
+        if self.refiner is not None and (iso or self.objective != "supervised" or self.kind == "diffusion"):
+            raise ValueError("a refiner is trained, supervised, for a 2D predictor (kind regression)")
         if self.base is not None and self.network:
             raise ValueError("network changes apply to training from scratch; remove them or the base model")
         if self.freeze_encoder and self.base is None:

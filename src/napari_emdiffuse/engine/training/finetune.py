@@ -12,7 +12,8 @@ from ..errors import EMDiffuseError
 from ..events import Progress, drain
 from ..models.cards import TASKS
 from ..models.registry import DEFAULT_MODELS
-from .config import TrainConfig
+from .config import TrainConfig, checkpoint_path
+from .refine import RefinerTrainer
 from .trainer import Trainer
 
 __all__ = ["as_config", "train_iter", "train", "finetune_iter", "finetune"]
@@ -50,7 +51,20 @@ def train_iter(
     >>> for ev in train_iter("configs/demo-denoise.yaml"):  # doctest: +SKIP
     ...     print(ev)
     """
-    trainer = Trainer(as_config(config))
+    cfg = as_config(config)
+    if cfg.refiner is not None and cfg.base is None:
+        # One recipe, both networks: the predictor first, then its refiner (own checkpoint).
+        pred_cfg = cfg.model_copy(update={"refiner": None})
+        path = yield from Trainer(pred_cfg).run()
+        settings = dict(cfg.refiner)
+        folder = checkpoint_path(cfg).parent / "refiner"
+        cfg = cfg.model_copy(
+            update={
+                "base": str(path), "network": {}, "refiner": settings, "checkpoint_dir": folder,
+                "iterations": int(settings.pop("iterations", cfg.iterations)), "lr": float(settings.pop("lr", cfg.lr)),
+            }
+        )  # fmt: skip
+    trainer = RefinerTrainer(cfg) if cfg.refiner is not None else Trainer(cfg)
     path = yield from trainer.run()
     yield path
 

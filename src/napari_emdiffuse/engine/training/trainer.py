@@ -414,9 +414,13 @@ class Trainer:
                 card.uncertainty_scale = calibrate_uncertainty(module, self.val_batch)
         if cfg.objective == "self-supervised":
             card.metrics["psnr_against"] = "the noisy input at blind-spot pixels (self-supervised; ranks models only)"
-        path = EMDiffuseModel(card, module.cpu()).save(self.out, extra_files={"config.yaml": cfg.to_yaml()})
+        path = self.write_model(card, module)
         register_model(path)
         return path
+
+    def write_model(self, card: ModelCard, module: torch.nn.Module) -> Path:
+        """Write the model directory of the trained ``module`` described by ``card``."""
+        return EMDiffuseModel(card, module.cpu()).save(self.out, extra_files={"config.yaml": self.config.to_yaml()})
 
     def log(self, event: Progress) -> Progress:
         """Every event passes here before it is yielded (override to print or record)."""

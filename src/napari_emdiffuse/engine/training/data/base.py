@@ -24,6 +24,7 @@ __all__ = [
     "MixedData",
     "check_image",
     "validation_band",
+    "fitted_band",
     "floor_to",
     "augment",
     "blur",
@@ -109,6 +110,19 @@ def validation_band(height: int, val_fraction: float, crop: int, multiple: int, 
         return 0
     band = max(math.ceil(val_fraction * height), min(crop, 16), minimum)
     return int(math.ceil(band / multiple) * multiple)
+
+
+def fitted_band(what: str, height: int, width: int, *, val_fraction: float, patch: int, multiple: int) -> int:
+    """:func:`validation_band` of an image, refused in one line when the image cannot hold
+    a training patch above it."""
+    band = validation_band(height, val_fraction, patch, multiple)
+    if height - band < patch or width < patch:
+        extra = f" plus a {band}-row validation band" if band else ""
+        raise InputError(
+            f"{what} is {height}x{width} px: too small for {patch}-px training patches{extra}; "
+            "use a smaller patch or val_fraction"
+        )
+    return band
 
 
 def floor_to(n: int, multiple: int) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 from ...errors import InputError
 from ...inference.normalise import to_model
 from ...models.cards import Normalisation
-from .base import Item, TrainingData, augment, band_crops, blur, fit_rule, spread, stack_planes, validation_band
+from .base import Item, TrainingData, augment, band_crops, blur, fit_rule, spread, stack_planes, fitted_band
 
 __all__ = ["SimulatedNoiseData", "simulate_noise"]
 
@@ -136,14 +136,8 @@ class SimulatedNoiseData(TrainingData):
             planes = stack_planes(np.asarray(img))
             for z, plane in enumerate(planes):
                 h, w = plane.shape
-                band = validation_band(h, val_fraction, patch, multiple)
                 label = name if len(planes) == 1 else f"{name}[{z}]"
-                if h - band < patch or w < patch:
-                    extra = f" plus a {band}-row validation band" if band else ""
-                    raise InputError(
-                        f"{label} is {h}x{w} px: too small for {patch}-px training patches{extra}; "
-                        "use a smaller patch or val_fraction"
-                    )
+                band = fitted_band(label, h, w, val_fraction=val_fraction, patch=patch, multiple=multiple)
                 lo, hi = float(plane.min()), float(plane.max())
                 self.images.append(plane)
                 self.names.append(label)

@@ -11,7 +11,7 @@ import torch
 from ...errors import InputError
 from ...inference.normalise import make_condition, to_model
 from ...models.cards import Normalisation
-from .base import Item, TrainingData, augment, band_crops, blur, fit_rule, spread, stack_planes, validation_band
+from .base import Item, TrainingData, augment, band_crops, blur, fit_rule, spread, stack_planes, fitted_band
 
 __all__ = ["PairData", "pair_data", "sr_data", "downsample_area"]
 
@@ -72,13 +72,7 @@ class PairData(TrainingData):
             if c.shape[-2:] != t.shape[-2:]:
                 raise InputError(f"{name}: condition {c.shape[-2:]} and target {t.shape[-2:]} differ in size")
             h, w = c.shape[-2:]
-            band = validation_band(h, val_fraction, patch, multiple)
-            if h - band < patch or w < patch:
-                extra = f" plus a {band}-row validation band" if band else ""
-                raise InputError(
-                    f"{name} is {h}x{w} px: too small for {patch}-px training patches{extra}; "
-                    "use a smaller patch or val_fraction"
-                )
+            band = fitted_band(name, h, w, val_fraction=val_fraction, patch=patch, multiple=multiple)
             self.conds.append(np.asarray(c, np.float32))
             self.targets.append(np.asarray(t, np.float32))
             self.bands.append(band)

@@ -12,7 +12,7 @@ import numpy as np
 from ...errors import InputError
 from ...inference.normalise import to_model
 from ...models.cards import Normalisation
-from .base import Item, TrainingData, augment, fit_rule, floor_to, spread, validation_band
+from .base import Item, TrainingData, augment, fit_rule, floor_to, spread, fitted_band
 
 __all__ = ["IsotropicData"]
 
@@ -77,13 +77,7 @@ class IsotropicData(TrainingData):
                     raise InputError(
                         f"{name} has {z} slices: isotropic-i with factor {f} needs at least {f + 1}"
                     )
-                band = validation_band(y, val_fraction, patch, multiple)
-                if y - band < patch or x < patch:
-                    extra = f" plus a {band}-row validation band" if band else ""
-                    raise InputError(
-                        f"{name} planes are {y}x{x} px: too small for {patch}-px patches{extra}; "
-                        "use a smaller patch or val_fraction"
-                    )
+                band = fitted_band(f"{name} planes", y, x, val_fraction=val_fraction, patch=patch, multiple=multiple)
                 heights.append(patch)
             else:
                 h = floor_to(min(patch, z), multiple)

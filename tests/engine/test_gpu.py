@@ -8,7 +8,7 @@ import torch
 
 from napari_emdiffuse.engine.inference.restore import restore
 
-from .conftest import make_tiny
+from tests.conftest import make_tiny
 
 pytestmark = pytest.mark.gpu
 

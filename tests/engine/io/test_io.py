@@ -20,8 +20,9 @@ from napari_emdiffuse.engine.io.common import ImageData, check_output_path
 from napari_emdiffuse.engine.io.images import read_image, write_image
 from napari_emdiffuse.engine.io.tiff import write_tiff
 from napari_emdiffuse.engine.io.zarr import ZarrWriter, is_complete, open_zarr_for_block_writes
+from tests.conftest import ROOT
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(ROOT / "src")
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:

@@ -15,7 +15,7 @@ from napari_emdiffuse.engine.core.diffusion import Network
 from napari_emdiffuse.engine.models.factory import create_EMDiffuse, define_network
 from napari_emdiffuse.engine.core.networks import RegressionUNet, UNet, noise_level_embedding
 
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def test_unet_output_shape_and_dtype():

@@ -16,14 +16,11 @@ from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.io.images import read_image
 from napari_emdiffuse.engine.io.zarr import is_complete
-from napari_emdiffuse.engine.inference.volume import (
-    IsotropicResult,
-    factor_from_spacing,
-    reconstruct_isotropic,
-    reconstruct_isotropic_iter,
-)
+from napari_emdiffuse.api import reconstruct_isotropic, reconstruct_isotropic_iter
+from napari_emdiffuse.engine.inference.volume import IsotropicResult, factor_from_spacing
+from tests.conftest import SHARED
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = SHARED
 CELEGANS = DATA / "em3d" / "celegans_neariso_21x256x128.tif"
 # Small tiles keep the tiny network's attention cheap; two steps are enough to exercise sampling.
 FAST = dict(steps=2, tile=32, overlap=8, device="cpu")

@@ -26,7 +26,7 @@ def _moved(image: np.ndarray, shift, margin: int = 16) -> tuple[np.ndarray, np.n
 
 @pytest.fixture(scope="module")
 def real_pair(request):
-    from .conftest import SHARED
+    from tests.conftest import SHARED
 
     if not SHARED.is_dir():
         pytest.skip(f"real EM data not found at {SHARED} (only present in the project's CI layout)")

@@ -153,7 +153,7 @@ def test_bioimageio_export_validates_and_loads_back(tmp_path):
     x = torch.randn(1, 1, 32, 32)
     torch.testing.assert_close(back.module(x)[0], m.module(x)[0])
     # the control: a diffusion model is refused with one line, and nothing is written
-    from .conftest import make_tiny
+    from tests.conftest import make_tiny
 
     diff = make_tiny("denoise").save(tmp_path / "diff")
     assert main(["export", str(diff), "-o", str(tmp_path / "d.zip")]) == 2
@@ -163,7 +163,7 @@ def test_bioimageio_export_validates_and_loads_back(tmp_path):
 def test_zarr_streaming_writes_the_predictors_uncertainty(tmp_path):
     import zarr
 
-    from napari_emdiffuse.engine.inference.blocks import restore_to_zarr
+    from napari_emdiffuse.api import restore_to_zarr
 
     img = (np.random.default_rng(5).random((48, 40)) * 255).astype(np.uint8)
     m = predictor(perturb=0.05)

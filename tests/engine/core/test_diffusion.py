@@ -14,7 +14,7 @@ from napari_emdiffuse.engine.events import drain
 from napari_emdiffuse.engine.core.networks import UNet
 from napari_emdiffuse.engine.core.schedules import NoiseSchedule, make_beta_schedule
 
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def _net():

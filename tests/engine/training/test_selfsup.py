@@ -13,7 +13,7 @@ from napari_emdiffuse.engine.training.config import TrainConfig
 from napari_emdiffuse.engine.training.finetune import finetune_iter, train
 from napari_emdiffuse.engine.training.selfsup import blind_spot, blind_spot_loss
 
-from .conftest import TINY
+from tests.conftest import TINY
 
 FAST = dict(network=TINY, patch=32, batch=2, val_crops=2, val_steps=2, device="cpu")
 

@@ -27,7 +27,7 @@ from napari_emdiffuse.engine.training.config import TrainConfig, checkpoint_path
 from napari_emdiffuse.engine.training.finetune import finetune, finetune_iter, train, train_iter
 from napari_emdiffuse.engine.training.trainer import Trainer
 
-from .conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY
 
 FAST = dict(network=TINY, patch=32, batch=2, val_crops=2, val_steps=2, device="cpu")
 

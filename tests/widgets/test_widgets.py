@@ -20,6 +20,8 @@ import napari  # noqa: E402
 import npe2  # noqa: E402
 import torch  # noqa: E402
 
+from tests.conftest import ROOT  # noqa: E402
+
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError  # noqa: E402
 from napari_emdiffuse.widgets._controls import (  # noqa: E402
     BROWSE,
@@ -52,7 +54,6 @@ from napari_emdiffuse.widgets.restore import (  # noqa: E402
     output_names,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "src" / "napari_emdiffuse" / "napari.yaml"
 PLUGIN = "napari-emdiffuse"
 RESTORE = "Restore"

@@ -1,0 +1,86 @@
+"""The public API: typed options, one dataclass per job, one-line refusals."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import numpy as np
+import pytest
+
+import napari_emdiffuse as emd
+from napari_emdiffuse.api import FinetuneOptions, IsotropicOptions, RestoreOptions, ZarrOptions
+from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
+
+from tests.conftest import make_tiny
+
+FAST = dict(steps=2, tile=32, overlap=8, device="cpu")
+
+
+def test_options_object_and_keywords_give_the_same_result():
+    m = make_tiny("denoise")
+    img = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
+    a = emd.restore(img, "denoise", m, options=RestoreOptions(**FAST, seed=3)).mean
+    b = emd.restore(img, "denoise", m, **FAST, seed=3).mean
+    c = emd.restore(img, "denoise", m, options=RestoreOptions(**FAST), seed=3).mean  # keywords override
+    d = emd.restore(img, "denoise", m, **FAST, seed=4).mean
+    assert np.array_equal(a, b) and np.array_equal(a, c)
+    assert not np.array_equal(a, d)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: emd.restore(np.zeros((8, 8)), preest="fast"), "unknown option 'preest' for RestoreOptions; did you mean 'preset'"),
+        (lambda: emd.restore(np.zeros((8, 8)), options=ZarrOptions(), workers=2), "unknown option 'workers'"),
+        (lambda: emd.restore(np.zeros((8, 8)), options=IsotropicOptions()), "options must be a RestoreOptions"),
+        (lambda: emd.reconstruct_isotropic(np.zeros((3, 8, 8)), 2, out=None, workers=2), "writes into a zarr store"),
+        (lambda: emd.reconstruct_isotropic(np.zeros((3, 8, 8)), 2, workers=0), "workers must be a positive"),
+        (lambda: emd.restore_to_zarr(np.zeros((8, 8)), "o.zarr", workers=1, scheduler="tcp://x:1"), "not both"),
+        (lambda: emd.finetune("denoise", np.zeros((8, 8))), "say where to write"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line(call, match):
+    with pytest.raises(EMDiffuseError, match=match) as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+def test_options_are_frozen_and_keyword_only():
+    opts = RestoreOptions(preset="balanced")
+    with pytest.raises(Exception):
+        opts.preset = "fast"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        RestoreOptions("balanced")  # type: ignore[misc]
+    assert FinetuneOptions(out="m").iterations == 200
+
+
+def test_finetune_passes_other_train_config_fields(monkeypatch):
+    from napari_emdiffuse import api
+
+    seen = {}
+
+    def fake(task, input, target, **kw):
+        seen.update(kw)
+        yield "done"
+
+    monkeypatch.setattr(api, "_finetune_iter", fake)
+    assert emd.finetune("denoise", np.zeros((8, 8)), out="m", warmup=3, iterations=5) == "done"
+    assert seen["warmup"] == 3 and seen["iterations"] == 5 and seen["out"] == "m"
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "napari_emdiffuse.api",
+        "napari_emdiffuse.engine.inference.tiling",
+        "napari_emdiffuse.engine.inference.blocks",
+        "napari_emdiffuse.engine.inference.canvas",
+        "napari_emdiffuse.engine.parallel.runner",
+    ],
+)
+def test_docstring_examples_run(module):
+    """The Examples sections are what users copy: they must run and print what they say."""
+    mod = importlib.import_module(module)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0, result
