@@ -90,6 +90,11 @@ class RefinerTrainer(Trainer):
         assert view is not None
         return view.card, net
 
+    @property
+    def size_multiple(self) -> int:
+        # the crops go through the predictor too
+        return math.lcm(self.card.network.size_multiple, self.full_card.network.size_multiple)
+
     def setup(self) -> None:
         super().setup()
         self.predictor.to(self.device)

@@ -135,13 +135,18 @@ class Trainer:
     def out(self) -> Path:
         return Path(self.config.out)
 
+    @property
+    def size_multiple(self) -> int:
+        """What crops' edges must be a multiple of: the network halves them this often."""
+        return self.card.network.size_multiple
+
     # -- hooks ----------------------------------------------------------------------------
     def setup(self) -> None:
         """Check the data, build the model, data, optimiser, EMA and generators; resume."""
         cfg = self.config
         self._init_distributed()
         self.card, self.net = self.build_model()
-        mult = self.card.network.size_multiple
+        mult = self.size_multiple
         if cfg.patch % mult or cfg.patch < 2 * mult:
             raise InputError(
                 f"patch {cfg.patch} must be a multiple of {mult} (the network halves the image "
@@ -659,7 +664,7 @@ class Trainer:
     def build_data(self) -> TrainingData:
         """Load, check and (where needed) register the images; build the data sets."""
         cfg, card = self.config, self.card
-        mult = card.network.size_multiple
+        mult = self.size_multiple
         common = dict(patch=cfg.patch, val_fraction=cfg.val_fraction, multiple=mult)
         rule = card.normalisation
         if cfg.task.startswith("isotropic"):

@@ -30,8 +30,9 @@ class IsotropicData(TrainingData):
     ``mode="a"`` (vEMDiffuse-a): an anisotropic volume teaches itself from its lateral
     resolution: planes perpendicular to y (each a ``(Z, X)`` image) at ``y0`` and ``y0 + f``
     are the condition. Crops are ``h`` x ``patch`` with ``h`` the largest multiple of the
-    network's size multiple that fits both ``patch`` and Z, so volumes with few slices work;
-    the validation planes are the largest y.
+    network's size multiple that fits both ``patch`` and Z; a stack shorter than the
+    network's smallest input (8 rows, or twice its size multiple) is mirrored along Z, so
+    stacks of a few slices work; the validation planes are the largest y.
 
     Augmentation: flips of both in-plane axes, 90-degree rotations (mode ``i``), and reversal
     of the plane order (the condition planes swap and ``j`` becomes ``f - j``).
@@ -80,12 +81,11 @@ class IsotropicData(TrainingData):
                 band = fitted_band(f"{name} planes", y, x, val_fraction=val_fraction, patch=patch, multiple=multiple)
                 heights.append(patch)
             else:
-                h = floor_to(min(patch, z), multiple)
-                if h < max(8, 2 * multiple):
-                    raise InputError(
-                        f"{name} has {z} slices: isotropic-a needs at least {max(8, 2 * multiple)} "
-                        "(its (Z, X) planes are the training images)"
-                    )
+                if z < 2:
+                    raise InputError(f"{name} has {z} slice: isotropic-a needs at least 2 (its (Z, X) planes are the training images)")
+                # A short stack's (Z, X) planes are mirrored along Z up to the smallest
+                # height the network takes: stacks of a few slices still teach themselves.
+                h = max(floor_to(min(patch, z), multiple), max(8, 2 * multiple))
                 band = 0
                 if val_fraction > 0:
                     band = max(math.ceil(val_fraction * y), f + 1)
@@ -108,7 +108,7 @@ class IsotropicData(TrainingData):
         f, (ph, pw), band = self.factor, self.patch, self.bands[i]
         if self.mode == "i":
             return (z - f) * (y - band - ph + 1) * (x - pw + 1)
-        return (y - band - f) * (z - ph + 1) * (x - pw + 1)
+        return (y - band - f) * max(1, z - ph + 1) * (x - pw + 1)
 
     @property
     def train_area(self) -> int:
@@ -122,6 +122,8 @@ class IsotropicData(TrainingData):
             planes = vol[a : a + f + 1, off0 : off0 + ph, off1 : off1 + pw]
         else:
             planes = np.moveaxis(vol[off0 : off0 + ph, a : a + f + 1, off1 : off1 + pw], 1, 0)
+            if planes.shape[1] < ph:  # a short stack: mirrored along Z
+                planes = np.pad(planes, ((0, 0), (0, ph - planes.shape[1]), (0, 0)), mode="symmetric")
         planes = to_model(planes, info)
         cond = planes[[0, f]]
         if self.kind == "regression":
@@ -137,7 +139,7 @@ class IsotropicData(TrainingData):
             off0 = int(rng.integers(y - band - ph + 1))
         else:
             a = int(rng.integers(y - band - f))
-            off0 = int(rng.integers(z - ph + 1))
+            off0 = int(rng.integers(max(1, z - ph + 1)))
         off1 = int(rng.integers(x - pw + 1))
         j = int(rng.integers(1, f))
         cond, target, si = self._item(i, a, off0, off1, j)
