@@ -133,7 +133,7 @@ def anisotropic(args) -> None:
     model = try_model(args.model, args.device)
     if model is not None and args.finetune:
         # vEMDiffuse-a: learn factor-12 interpolation from this volume's own lateral planes first
-        from napari_emdiffuse.engine.training.finetune import finetune
+        from napari_emdiffuse.api import finetune
 
         full = tifffile.imread(need_shared() / ISBI)
         with Timer() as t:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_emdiffuse.engine.inference.restore import restore
+from napari_emdiffuse.api import restore
 
 from tests.conftest import make_tiny
 
@@ -60,3 +60,11 @@ def test_auto_tile_fits_free_memory():
     per_px = 48 * m.card.network.inner_channel * 4
     assert tile == 64 or per_px * tile * tile * 2 <= 0.5 * free
     assert auto_tile(m, torch.device("cuda"), 96) == 96  # a request is kept
+
+
+def test_position_noise_is_drawn_on_the_gpu_and_matches_the_cpu():
+    from napari_emdiffuse.engine.inference.tiling import position_noise
+
+    a = position_noise(70, 90, seed=3, origin=(5, 7), stream=(1, 2), device="cuda")
+    assert a.device.type == "cuda"
+    torch.testing.assert_close(a.cpu(), position_noise(70, 90, seed=3, origin=(5, 7), stream=(1, 2)), atol=1e-5, rtol=1e-5)

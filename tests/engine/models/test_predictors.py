@@ -12,8 +12,7 @@ from napari_emdiffuse.engine.core.networks.regression import RegressionUNet, res
 from napari_emdiffuse.engine.models.cards import ModelCard, Normalisation, UNetConfig
 from napari_emdiffuse.engine.models.factory import create_model
 from napari_emdiffuse.engine.inference.canvas import combined_std
-from napari_emdiffuse.engine.inference.restore import restore
-from napari_emdiffuse.engine.inference.volume import reconstruct_isotropic
+from napari_emdiffuse.api import reconstruct_isotropic, restore
 
 NET = dict(inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[], num_head_channels=16, dropout=0.0)
 

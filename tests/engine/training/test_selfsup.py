@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from napari_emdiffuse.engine.errors import EMDiffuseError
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.training.config import TrainConfig
-from napari_emdiffuse.engine.training.finetune import finetune_iter, train
+from napari_emdiffuse.api import finetune_iter, train
 from napari_emdiffuse.engine.training.selfsup import blind_spot, blind_spot_loss
 
 from tests.conftest import TINY

@@ -24,7 +24,7 @@ from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.models.registry import list_models, load_model
 from napari_emdiffuse.engine.training.config import TrainConfig, checkpoint_path
-from napari_emdiffuse.engine.training.finetune import finetune, finetune_iter, train, train_iter
+from napari_emdiffuse.api import finetune, finetune_iter, train, train_iter
 from napari_emdiffuse.engine.training.trainer import Trainer
 
 from tests.conftest import ROOT, TINY

@@ -10,7 +10,8 @@ the size (:func:`shrinking_blocks`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import contextlib
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ import torch
 
 from ..errors import EMDiffuseError
 from ..events import Progress
+from ..io.zarr import ZarrWriter
 from .canvas import SamplingOptions
 from .normalise import NormInfo
 from .tiling import block_slices
 
-__all__ = ["BlockPlan", "BlockTarget", "BlockRun", "Distribute", "shrinking_blocks", "DEFAULT_BLOCK"]
+__all__ = ["BlockPlan", "BlockTarget", "BlockRun", "Distribute", "shrinking_blocks", "zarr_outputs", "DEFAULT_BLOCK"]
 
 #: Lateral block edge (input pixels) of the block tasks; also the output's chunk edge.
 DEFAULT_BLOCK = 2048
@@ -154,3 +156,28 @@ def shrinking_blocks(
             torch.cuda.empty_cache()
             block //= 2
             yield Progress("block", 0, 1, message=f"out of GPU memory: starting again with {block}-px blocks")
+
+
+@contextlib.contextmanager
+def zarr_outputs(
+    out: Path, unc_out: Path | None, shape: tuple[int, ...], dtype: np.dtype, **writer_kw: Any
+) -> Iterator[tuple[ZarrWriter, ZarrWriter | None]]:
+    """The output store and, when asked, the uncertainty store (float32, same chunks).
+
+    Both are committed when the block ends normally and both are removed when it raises or
+    its generator is closed: a cancelled run never leaves a store that looks whole.
+    """
+    wr = ZarrWriter(out, shape, dtype, **writer_kw)
+    unc = None
+    try:
+        if unc_out is not None:
+            attrs = {**writer_kw.get("attrs", {}), "what": "uncertainty (std, input units)"}
+            unc = ZarrWriter(unc_out, shape, np.float32, **{**writer_kw, "attrs": attrs})
+        yield wr, unc
+        if unc is not None:
+            unc.commit()
+        wr.commit()
+    finally:
+        if unc is not None:
+            unc.abort()  # no-op after commit
+        wr.abort()

@@ -13,6 +13,7 @@ import contextlib
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,10 @@ from ..events import Progress
 from ..models.model import EMDiffuseModel
 from .tiling import TilePlan, check_tiling, position_noise, round_up
 
-__all__ = ["PRESETS", "SamplingOptions", "Item", "resolve_options", "sample_canvas", "auto_tile", "check_precision"]
+__all__ = [
+    "PRESETS", "SAMPLING_KEYS", "SamplingOptions", "Item", "resolve_options", "sampling_request", "sample_canvas",
+    "auto_tile", "check_precision",
+]  # fmt: skip
 
 PRESETS: dict[str, dict] = {
     # few-step deterministic solver, one sample: the default; steps from the model card
@@ -40,6 +44,11 @@ PRESETS: dict[str, dict] = {
 # Predictors (kind regression) take one pass per view: fast is one view, balanced and
 # reference average the 4 mirrored views (see resolve_options).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+#: The sampling choices a user makes (see resolve_options); everything else is set by the run.
+SAMPLING_KEYS = frozenset(
+    ("preset", "sampler", "steps", "samples", "eta", "tile", "overlap", "batch", "seed", "precision",
+     "channels_last", "compile", "start_log_snr", "flips", "refine")
+)  # fmt: skip
 
 
 @dataclass
@@ -181,6 +190,16 @@ def resolve_options(
         refine_samples=refine_samples,
         refine_steps=int(refine_steps),
     )
+
+
+def sampling_request(**sampling: Any) -> dict[str, Any]:
+    """The user's sampling choices as given (unset ones dropped), checked by name: what
+    :func:`resolve_options` turns into options for one device (workers resolve it again for
+    theirs)."""
+    unknown = set(sampling) - SAMPLING_KEYS
+    if unknown:
+        raise EMDiffuseError(f"unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(SAMPLING_KEYS))}")
+    return {k: v for k, v in sampling.items() if v is not None}
 
 
 def check_precision(precision: str | None, device: torch.device) -> str:

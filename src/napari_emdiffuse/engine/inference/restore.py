@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas
+from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas, sampling_request
 from ..models.cards import TASKS
 from ..errors import EMDiffuseError, InputError
-from ..events import Progress, drain
+from ..events import Progress
 from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
 from ..models.registry import load_model
@@ -34,16 +34,13 @@ from .normalise import (
     to_dtype,
     make_condition,
 )
-from ..io.zarr import ZarrWriter
-from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks
+from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks, zarr_outputs
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
 from .tiling import TilePlan, pad_to, round_up
 
 __all__ = [
     "Restoration",
-    "restore",
     "restore_iter",
-    "restore_to_zarr",
     "restore_to_zarr_iter",
     "restore_plane",
     "restore_block",
@@ -221,12 +218,13 @@ def _plane_batches(model: EMDiffuseModel, shape: tuple[int, int], opts: Sampling
     return n
 
 
-def prepare(image, task, model, arch, device, preset, kw) -> tuple:
+def prepare(image: Any, task: str, model: Any, arch: str | None, device: str, request: dict) -> tuple:
+    """Checked image, device, loaded model and resolved options of a 2D restoration."""
     _check_task(task)
     image = validate_image(image)
     dev = resolve_device(device)
     m = load_model(model, task=task, arch=arch, device=dev)
-    opts = resolve_options(m, dev, preset=preset, **kw)
+    opts = resolve_options(m, dev, **request)
     return image, dev, m, opts
 
 
@@ -296,48 +294,26 @@ def _run_plan(m: EMDiffuseModel, image: Any, plan: BlockPlan, target: BlockTarge
             yield Progress("block", n, len(jobs))
 
 
-def _sampling_request(**kw: Any) -> dict:
-    """The user's sampling choices, as given: workers resolve them for their own device."""
-    return {k: v for k, v in kw.items() if v is not None}
-
-
 def restore_iter(
     image: Any,
     task: str = "denoise",
     model: "str | Path | EMDiffuseModel | None" = None,
     *,
     arch: str | None = None,
-    preset: str = "fast",
-    steps: int | None = None,
-    samples: int | None = None,
-    sampler: str | None = None,
-    eta: float | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    batch: int | None = None,
-    seed: int = 0,
     device: str = "auto",
     dtype: Any = None,
     spacing: tuple[float, ...] | None = None,
-    precision: str | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
-    start_log_snr: float | None = None,
-    flips: bool | None = None,
-    refine: bool | None = None,
     block: int = DEFAULT_BLOCK,
+    **sampling: Any,
 ) -> Generator["Progress | Restoration", None, None]:
     """Restore an image, yielding :class:`Progress` events and finally a :class:`Restoration`.
 
-    Closing the generator cancels at the next tile batch. See :func:`restore` for the
-    parameters.
+    ``sampling``: the choices of :data:`~.canvas.SAMPLING_KEYS` (preset, steps, samples, ...).
+    Closing the generator cancels at the next tile batch. The user-facing entry point, with
+    the parameters documented, is :func:`napari_emdiffuse.api.restore`.
     """
-    kw = dict(
-        sampler=sampler, steps=steps, samples=samples, eta=eta, tile=tile, overlap=overlap,
-        batch=batch, seed=seed, precision=precision, channels_last=channels_last, compile=compile,
-        start_log_snr=start_log_snr, flips=flips, refine=refine,
-    )
-    image, dev, m, opts = prepare(image, task, model, arch, device, preset, kw)
+    request = sampling_request(**sampling)
+    image, dev, m, opts = prepare(image, task, model, arch, device, request)
     check_block(block)
     out_dtype = output_dtype(dtype, image)
     s = m.card.scale if task == "super-resolve" else 1
@@ -365,68 +341,6 @@ def restore_iter(
     )
 
 
-def restore(
-    image: Any,
-    task: str = "denoise",
-    model: "str | Path | EMDiffuseModel | None" = None,
-    **options: Any,
-) -> Restoration:
-    """Denoise or super-resolve an EM image with a diffusion model or a predictor.
-
-    Parameters
-    ----------
-    image : array-like
-        2D (YX) image or 3D (ZYX) stack; numpy, dask or zarr; uint8, uint16, float32,
-        float64 or another real dtype; any size from 1x1. Never modified.
-    task : {"denoise", "super-resolve"}
-        What to do; the model must be made for it.
-    model : str, Path or EMDiffuseModel, optional
-        A bundled or user model name, a model directory or zip, or a published checkpoint
-        (``.pth``, with ``arch=``). None uses the bundled default for the task.
-    arch : str, optional
-        Architecture of a published checkpoint (EMDiffuse-n, EMDiffuse-r).
-    preset : {"fast", "balanced", "reference"}
-        ``fast``: one pass of a predictor, or few-step DPM-Solver++ with one sample.
-        ``balanced``: 4 mirrored views (predictor) or 4 samples, with uncertainty.
-        ``reference``: the published 1000-step DDPM, 2 samples.
-    steps, samples, sampler, eta : optional
-        Override the preset. Samplers: ``ddim``, ``dpm++``, ``ddpm``.
-    flips : bool, optional
-        Mirror ensemble: samples 2-4 see the image mirrored left-right, up-down and both,
-        and are mirrored back, so the mean also averages out orientation-dependent network
-        errors. Default: on for ``balanced``, off otherwise.
-    tile, overlap, batch : int, optional
-        Tile edge (rounded up to the network's multiple), overlap between tiles, tiles per
-        network call. Defaults come from the model card and the device.
-    block : int
-        Block edge (input pixels, default 2048): the sampler's state is one block large.
-        Halved automatically when a block does not fit the GPU.
-    seed : int
-        Noise seed; the result is identical for any tile order, batch size or device count.
-    device : str
-        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-    precision : {"fp32", "bf16", "fp16"}, optional
-        Arithmetic of the network; fp32 by default.
-    dtype : numpy dtype, optional
-        Output dtype; default the input's.
-    spacing : tuple of float, optional
-        Input pixel size per axis; the result's ``spacing`` is updated for super-resolution.
-
-    Returns
-    -------
-    Restoration
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> noisy = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
-    >>> result = restore(noisy, "denoise")  # doctest: +SKIP
-    >>> result.mean.shape, result.mean.dtype  # doctest: +SKIP
-    ((64, 64), dtype('uint8'))
-    """
-    return drain(restore_iter(image, task, model, **options))
-
-
 def restore_to_zarr_iter(
     image: Any,
     out: str | Path,
@@ -436,13 +350,12 @@ def restore_to_zarr_iter(
     uncertainty_out: str | Path | None = None,
     block: int = DEFAULT_BLOCK,
     arch: str | None = None,
-    preset: str = "fast",
     device: str = "auto",
     dtype: Any = None,
     spacing: tuple[float, ...] | None = None,
     overwrite: bool = True,
     distribute: Distribute | None = None,
-    **kw: Any,
+    **sampling: Any,
 ) -> Generator["Progress | Path", None, None]:
     """Stream a large image block by block into a zarr store; yields progress, then the path.
 
@@ -454,16 +367,16 @@ def restore_to_zarr_iter(
     the result is identical.
     """
     check_block(block)
-    request = _sampling_request(preset=preset, **kw)
+    request = sampling_request(**sampling)
     if distribute is not None:
         # Workers load the model themselves; here it only answers questions, on the CPU.
         image = validate_image(image)
         _check_task(task)
         m = load_model(model, task=task, arch=arch, device="cpu")
         dev = torch.device("cpu")
-        opts = resolve_options(m, dev, preset=preset, **kw)
+        opts = resolve_options(m, dev, **request)
     else:
-        image, dev, m, opts = prepare(image, task, model, arch, device, preset, kw)
+        image, dev, m, opts = prepare(image, task, model, arch, device, request)
     out_dtype = output_dtype(dtype, image)
     s = m.card.scale if task == "super-resolve" else 1
     plan = BlockPlan.make(tuple(image.shape), block=block, opts=opts, scale=s)
@@ -483,27 +396,16 @@ def restore_to_zarr_iter(
         yield Path(out)
         return
 
-    def run(edge: int) -> Generator[Progress, None, None]:
-        p = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s)
-        unc = unc_wr.array if unc_wr is not None else None
-        yield from _run_plan(m, image, p, BlockTarget(norm, opts, dev, out_dtype, wr.array, unc))
+    unc_out = Path(uncertainty_out) if want_std else None
+    with zarr_outputs(Path(out), unc_out, plan.out_shape, out_dtype, **{**writer_kw, "attrs": attrs}) as (wr, unc_wr):
 
-    with ZarrWriter(out, plan.out_shape, out_dtype, attrs=attrs, **writer_kw) as wr:
-        unc_wr = ZarrWriter(uncertainty_out, plan.out_shape, np.float32, **writer_kw) if want_std else None
-        try:
-            yield from shrinking_blocks(run, block, opts.tile)
-            if unc_wr is not None:
-                unc_wr.commit()
-        except BaseException:
-            if unc_wr is not None:
-                unc_wr.abort()
-            raise
+        def run(edge: int) -> Generator[Progress, None, None]:
+            p = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s)
+            unc = unc_wr.array if unc_wr is not None else None
+            yield from _run_plan(m, image, p, BlockTarget(norm, opts, dev, out_dtype, wr.array, unc))
+
+        yield from shrinking_blocks(run, block, opts.tile)
     yield Path(out)
-
-
-def restore_to_zarr(image: Any, out: str | Path, task: str = "denoise", model=None, **options: Any) -> Path:
-    """Run :func:`restore_to_zarr_iter` to the end and return the output path."""
-    return drain(restore_to_zarr_iter(image, out, task, model, **options))
 
 
 def provenance(info: dict, normalisation: dict | None = None, **extra: Any) -> dict:

@@ -32,15 +32,15 @@ import numpy as np
 import torch
 
 from ..errors import EMDiffuseError, InputError
-from ..events import Progress, drain
+from ..events import Progress
 from ..io.common import ZARR_SUFFIX, check_output_path
 from ..io.images import read_image
-from ..io.zarr import ZarrWriter, open_zarr_readonly
+from ..io.zarr import open_zarr_readonly
 from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
 from ..models.registry import load_model
-from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks
-from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas
+from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks, zarr_outputs
+from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas, sampling_request
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
 from .restore import run_info
@@ -48,7 +48,6 @@ from .tiling import TilePlan, pad_to
 
 __all__ = [
     "IsotropicResult",
-    "reconstruct_isotropic",
     "reconstruct_isotropic_iter",
     "factor_from_spacing",
     "reconstruct_block",
@@ -393,31 +392,23 @@ def reconstruct_isotropic_iter(
     *,
     mode: str = "i",
     arch: str | None = None,
-    preset: str = "fast",
-    steps: int | None = None,
-    samples: int | None = None,
-    sampler: str | None = None,
-    eta: float | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    batch: int | None = None,
     block: int = DEFAULT_BLOCK,
-    seed: int = 0,
     device: str = "auto",
     spacing: Sequence[float] | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = True,
     uncertainty: bool | str | os.PathLike = False,
     dtype: Any = None,
-    precision: str | None = None,
     distribute: Distribute | None = None,
+    **sampling: Any,
 ) -> Generator["Progress | IsotropicResult", None, None]:
     """Reconstruct an isotropic volume, yielding :class:`Progress` events and finally an
     :class:`IsotropicResult`.
 
     Closing the generator cancels the work at the next tile batch (in-process) or cancels
     the outstanding block tasks (``distribute``); a zarr output is then removed, never left
-    half-written. See :func:`reconstruct_isotropic` for the parameters.
+    half-written. The user-facing entry point, with the parameters documented, is
+    :func:`napari_emdiffuse.api.reconstruct_isotropic`.
     """
     task = _check_mode(mode)
     if isinstance(volume, (str, os.PathLike)):
@@ -441,10 +432,7 @@ def reconstruct_isotropic_iter(
     else:
         raise InputError("say how much finer z should become: pass factor= or the voxel spacing (z, y, x)")
     out_dtype = output_dtype(dtype, vol)
-    sampling = dict(
-        sampler=sampler, steps=steps, samples=samples, eta=eta, tile=tile, overlap=overlap, batch=batch,
-        seed=seed, precision=precision,
-    )  # fmt: skip
+    request = sampling_request(**sampling)
     if distribute is not None:
         # Workers load the model and resolve the options for their own device; here the
         # model only answers questions, on the CPU.
@@ -454,7 +442,7 @@ def reconstruct_isotropic_iter(
         dev = resolve_device(device)
         m = load_model(model, task=task, arch=arch, device=dev)
     _check_model(m, f)
-    opts = resolve_options(m, dev, preset=preset, **sampling)
+    opts = resolve_options(m, dev, **request)
     aleatoric = bool(getattr(m.unet, "aleatoric", False))
     if uncertainty and opts.samples < 2 and not aleatoric:
         raise InputError("uncertainty needs at least 2 samples; pass samples=2 or more (or preset='balanced')")
@@ -478,7 +466,6 @@ def reconstruct_isotropic_iter(
 
     if distribute is not None:
         assert out_path is not None
-        request = {"preset": preset, **{k: v for k, v in sampling.items() if v is not None}}
         yield from distribute(
             BlockRun(vol, plan, model, task, arch, str(device), out_path, unc_path, writer_kw, norm, request, opts, out_dtype)
         )
@@ -510,102 +497,9 @@ def reconstruct_isotropic_iter(
         yield IsotropicResult(result, unc_arr, f, out_spacing, info)
         return
 
-    with ZarrWriter(out_path, plan.out_shape, out_dtype, **writer_kw) as wr:
-        unc_wr = None
-        try:
-            if unc_path is not None:
-                unc_wr = ZarrWriter(unc_path, plan.out_shape, np.float32, **writer_kw)
-            yield from shrinking_blocks(run_into(wr.array, unc_wr.array if unc_wr is not None else None), block, opts.tile)
-            if unc_wr is not None:
-                unc_wr.commit()
-        except BaseException:
-            if unc_wr is not None:
-                unc_wr.abort()
-            raise
+    with zarr_outputs(out_path, unc_path, plan.out_shape, out_dtype, **writer_kw) as (wr, unc_wr):
+        unc = unc_wr.array if unc_wr is not None else None
+        yield from shrinking_blocks(run_into(wr.array, unc), block, opts.tile)
     yield IsotropicResult(
         wr.array, unc_wr.array if unc_wr is not None else None, f, out_spacing, info, out_path, unc_path
     )
-
-
-def reconstruct_isotropic(
-    volume: Any,
-    factor: int | None = None,
-    model: "str | Path | EMDiffuseModel | None" = None,
-    **options: Any,
-) -> IsotropicResult:
-    """Make an anisotropic EM volume isotropic with vEMDiffuse.
-
-    Between every two neighbouring slices, ``factor - 1`` new slices are generated by a
-    conditional diffusion model that sees the two measured slices. The measured slices are
-    kept exactly; the output has ``(Z - 1) * factor + 1`` slices and z spacing divided by
-    ``factor``.
-
-    Parameters
-    ----------
-    volume : array-like or path
-        ZYX volume: numpy, dask or zarr array, or a TIFF/zarr path (its spacing is used
-        when ``spacing`` is not given); any real dtype; at least 2 slices. Never modified.
-    factor : int, optional
-        How many times finer z becomes (>= 2). Default: from ``spacing``, z over the mean
-        lateral spacing, which must be within 5% of a whole number.
-    model : str, Path or EMDiffuseModel, optional
-        A bundled or user model name, a model directory or zip, or a published vEMDiffuse
-        checkpoint (``.pth`` with ``arch=``). Default: the bundled ``demo-isotropic``.
-    mode : {"i", "a"}
-        ``i``: a model trained on isotropic data (vEMDiffuse-i); ``a``: one trained on the
-        lateral planes of the anisotropic volume itself (vEMDiffuse-a). Both run along z.
-    arch : str, optional
-        Architecture of a published checkpoint (vEMDiffuse-i, vEMDiffuse-a).
-    preset : {"fast", "balanced", "reference"}
-        As in :func:`~.restore.restore`; ``steps``, ``samples``, ``sampler``, ``eta``
-        override it.
-    tile, overlap, batch : int, optional
-        Tile edge, tile overlap and tiles per network call.
-    block : int
-        Lateral block edge of the block tasks and of the output chunks (default 2048).
-    seed : int
-        Noise seed; noise is seeded by (seed, slab, slice, sample, position), so the result
-        does not depend on tiles, batches, blocks' order or worker count.
-    device : str
-        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-    spacing : tuple of 3 floats, optional
-        Voxel size (z, y, x); gives ``factor`` when that is not set, and the result's spacing.
-    out : str or Path, optional
-        A ``.zarr`` store to stream the result into (chunks of one slice); it appears only
-        when complete. Needed for distributed runs.
-    overwrite : bool
-        Replace an existing ``out`` when finished (default True).
-    uncertainty : bool or path
-        Also return the pixel-wise std over the samples (needs ``samples >= 2``). With
-        ``out`` it goes to ``<out>_uncertainty.zarr`` or the path given here.
-    dtype : numpy dtype, optional
-        Output dtype; default the input's.
-    workers : int, optional
-        Run the block tasks on a local dask cluster of this many processes.
-    scheduler : str, optional
-        Run them on an existing dask cluster (``tcp://host:port``); the input, ``out`` and
-        the model must be on storage the workers can reach.
-
-    Returns
-    -------
-    IsotropicResult
-
-    Raises
-    ------
-    InputError
-        2D input, fewer than 2 slices, a bad factor or spacing, a factor the model was not
-        trained for, NaN/Inf voxels, an unusable output path.
-    EMDiffuseError
-        A model made for another task, unknown options.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> stack = (np.random.default_rng(0).random((3, 64, 64)) * 255).astype(np.uint8)
-    >>> result = reconstruct_isotropic(stack, factor=4, steps=2)  # doctest: +SKIP
-    >>> result.volume.shape, result.volume.dtype  # doctest: +SKIP
-    ((9, 64, 64), dtype('uint8'))
-    >>> bool((result.volume[::4] == stack).all())  # doctest: +SKIP
-    True
-    """
-    return drain(reconstruct_isotropic_iter(volume, factor, model, **options))

@@ -27,8 +27,8 @@ import torch
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress, drain
 from ..io.common import as_numpy
-from ..io.zarr import ZarrWriter, open_zarr_for_block_writes, zarr_major
-from ..inference.blocks import BlockPlan, BlockRun, BlockTarget
+from ..io.zarr import open_zarr_for_block_writes, zarr_major
+from ..inference.blocks import BlockPlan, BlockRun, BlockTarget, zarr_outputs
 from ..inference.canvas import SamplingOptions, resolve_options
 from ..inference.normalise import NormInfo
 from ..inference.restore import restore_block
@@ -295,33 +295,23 @@ class Cluster:
         """Run every block of ``run.plan``; commit its output stores when all have finished."""
         out, plan, writer_kw = run.out, run.plan, run.writer_kw
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
-        wr = ZarrWriter(out, plan.out_shape, run.dtype, **writer_kw)
-        unc_wr = None
         try:
-            if run.unc_out is not None:
-                unc_kw = {**writer_kw, "attrs": {**writer_kw.get("attrs", {}), "what": "uncertainty (std)"}}
-                unc_wr = ZarrWriter(run.unc_out, plan.out_shape, np.float32, **unc_kw)
-            loc = zarr_location(run.image) or (stage_input(run.image, tmp / "input.zarr"), "")
-            model = run.model
-            loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=run.task, arch=run.arch, device="cpu")
-            spec, spec_arch, _ = model_spec(model, loaded, run.task, run.arch, tmp / "model")
-            kind = "isotropic" if plan.factor > 1 else "restore"
-            jobs = [
-                BlockJob(
-                    kind, spec, spec_arch, run.device, loc[0], loc[1], str(wr.temp_path),
-                    str(unc_wr.temp_path) if unc_wr is not None else None, plan, block, run.norm, run.request,
-                    run.opts.tile, run.opts.overlap, run.dtype.str,
-                )  # fmt: skip
-                for block in plan.jobs()
-            ]
-            yield from run_tasks(
-                run_block_job, jobs, workers=self.workers, scheduler=self.scheduler, name=kind, device=run.device
-            )
-            if unc_wr is not None:
-                unc_wr.commit()
-            wr.commit()
+            with zarr_outputs(out, run.unc_out, plan.out_shape, run.dtype, **writer_kw) as (wr, unc_wr):
+                loc = zarr_location(run.image) or (stage_input(run.image, tmp / "input.zarr"), "")
+                model = run.model
+                loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=run.task, arch=run.arch, device="cpu")
+                spec, spec_arch, _ = model_spec(model, loaded, run.task, run.arch, tmp / "model")
+                kind = "isotropic" if plan.factor > 1 else "restore"
+                jobs = [
+                    BlockJob(
+                        kind, spec, spec_arch, run.device, loc[0], loc[1], str(wr.temp_path),
+                        str(unc_wr.temp_path) if unc_wr is not None else None, plan, block, run.norm, run.request,
+                        run.opts.tile, run.opts.overlap, run.dtype.str,
+                    )  # fmt: skip
+                    for block in plan.jobs()
+                ]
+                yield from run_tasks(
+                    run_block_job, jobs, workers=self.workers, scheduler=self.scheduler, name=kind, device=run.device
+                )
         finally:
-            if unc_wr is not None:
-                unc_wr.abort()  # no-op after commit
-            wr.abort()
             shutil.rmtree(tmp, ignore_errors=True)

@@ -16,7 +16,7 @@ from .config import TrainConfig, checkpoint_path
 from .refine import RefinerTrainer
 from .trainer import Trainer
 
-__all__ = ["as_config", "train_iter", "train", "finetune_iter", "finetune"]
+__all__ = ["as_config", "train_iter", "train", "finetune_iter"]
 
 
 def as_config(config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainConfig:
@@ -175,13 +175,3 @@ def finetune_iter(
 def train(config: TrainConfig | Mapping[str, Any] | str | Path) -> Path:
     """Run :func:`train_iter` to the end and return the model directory."""
     return drain(train_iter(config))
-
-
-def finetune(task: str, input: Any, target: Any = None, **kwargs: Any) -> Path:
-    """Run :func:`finetune_iter` to the end and return the model directory.
-
-    Examples
-    --------
-    >>> path = finetune("denoise", noisy, clean, out="my-model", iterations=100)  # doctest: +SKIP
-    """
-    return drain(finetune_iter(task, input, target, **kwargs))
