@@ -32,23 +32,27 @@ class _ConstantResidual(torch.nn.Module):
         return (x_t - g.sqrt() * self.c) / (1 - g).sqrt()
 
 
-def refined_predictor(task: str = "denoise", c: float | None = None, scale: float = 0.5):
+def refined_predictor(task: str = "denoise", c: float | None = None, scale: float = 0.5, start: float | None = None):
     m = predictor(task, perturb=0.02)
     card = m.card.model_copy(deep=True)
     card.refiner = RefinerCard(network=UNetConfig(in_channel=3, out_channel=1, **REF_NET), residual_scale=scale,
-                               steps=3, samples=2)
+                               steps=3, samples=2, start_log_snr=start)
     full = create_model(card, m.state_dict() | {f"refiner.{k}": v for k, v in create_model(card).refiner.state_dict().items()})
     if c is not None:
         full.refiner.denoise_fn = _ConstantResidual(c)
     return full
 
 
-@pytest.mark.parametrize("task", ["denoise", "super-resolve"])
-def test_refined_output_is_mean_plus_scaled_residual(task):
+@pytest.mark.parametrize("task, start", [("denoise", None), ("super-resolve", None), ("denoise", 1.0)])
+def test_refined_output_is_mean_plus_scaled_residual(task, start):
     img = np.random.default_rng(0).normal(0, 1, (40, 36)).astype(np.float32)
     plain = restore(img, task, refined_predictor(task, c=0.0), preset="reference", refine=False, steps=3, device="cpu")
-    zero = restore(img, task, refined_predictor(task, c=0.0), preset="reference", steps=3, device="cpu")
-    shift = restore(img, task, refined_predictor(task, c=0.4, scale=0.5), preset="reference", steps=3, device="cpu")
+    # balanced + refine: the few-step sampler, from the card's start level (from a zero residual)
+    kw = dict(preset="balanced", refine=True, steps=3, device="cpu") if start is not None else dict(preset="reference", steps=3, device="cpu")
+    if start is not None:
+        plain = restore(img, task, refined_predictor(task, c=0.0), preset="balanced", device="cpu")
+    zero = restore(img, task, refined_predictor(task, c=0.0, start=start), **kw)
+    shift = restore(img, task, refined_predictor(task, c=0.4, scale=0.5, start=start), **kw)
     assert "refine" in zero.info and "refine" not in plain.info
     np.testing.assert_allclose(zero.mean, plain.mean, atol=1e-4)
     # c in model range is c * (hi - lo) / 2 input units: the normalisation maps [lo, hi] to [-1, 1]

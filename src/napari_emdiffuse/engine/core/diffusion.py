@@ -195,12 +195,14 @@ class Network(nn.Module):
         start_log_snr: float | None = None,
         log_snr_max: float | None = 8.0,
         factor: int | None = None,
+        start: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sample one restoration per batch item of ``y_cond`` (images that fit memory).
 
         ``sampler="ddpm"`` with ``steps=None`` is the published 1000-step method. With
-        ``start_log_snr``, sampling starts from the condition (vEM: the interpolation of the
-        two slices, ``factor`` slices per gap) noised to that level, as the fast presets do.
+        ``start_log_snr``, sampling starts from ``start`` (default the condition; vEM: the
+        interpolation of the two slices, ``factor`` slices per gap) noised to that level, as
+        the fast presets do.
         """
         shape = (y_cond.shape[0], self.denoise_fn.out_channel, *y_cond.shape[2:])
 
@@ -210,7 +212,9 @@ class Network(nn.Module):
         x = noise_fn(-1)
         if start_log_snr is not None:
             g0 = float(gamma_from_log_snr(start_log_snr))
-            x = math.sqrt(g0) * condition_start(y_cond, slice_index, factor) + math.sqrt(1 - g0) * x
+            if start is None:
+                start = condition_start(y_cond, slice_index, factor)
+            x = math.sqrt(g0) * start + math.sqrt(1 - g0) * x
         gen = samplers.sample(
             self.model_fn(y_cond, slice_index),
             x,

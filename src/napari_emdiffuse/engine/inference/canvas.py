@@ -255,8 +255,12 @@ def sample_canvas(
     origin: tuple[int, int] = (0, 0),
     progress_offset: int = 0,
     progress_total: int | None = None,
+    start: torch.Tensor | None = None,
 ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor | None]]:
     """Sample every item over the whole canvas ``cond`` (N_cond, C, H, W), model range.
+
+    With ``opts.start_log_snr``, sampling starts from ``start`` (default: the condition, or
+    for vEM the interpolation of its two slices) noised to that level.
 
     H and W must be at least one tile (callers pad). Returns the samples (N_items, H, W)
     on the CPU and, for networks with an aleatoric head, the predicted variance of the
@@ -366,10 +370,11 @@ def sample_canvas(
         g0 = float(gamma_from_log_snr(opts.start_log_snr))
         # vEM: the slice to make lies between the two conditions; start from their linear
         # interpolation at its depth.
-        rows = cond[[it.cond for it in items]]
-        index = torch.tensor([it.slice_index or 0 for it in items]) if cond.shape[1] == 2 else None
-        base = condition_start(rows, index, card.z_factor)
-        x = math.sqrt(g0) * base + math.sqrt(1 - g0) * x
+        if start is None:
+            rows = cond[[it.cond for it in items]]
+            index = torch.tensor([it.slice_index or 0 for it in items]) if cond.shape[1] == 2 else None
+            start = condition_start(rows, index, card.z_factor)
+        x = math.sqrt(g0) * start + math.sqrt(1 - g0) * x
     result = yield from samplers.sample(
         model_fn,
         x,

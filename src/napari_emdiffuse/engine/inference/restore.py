@@ -183,15 +183,17 @@ def _refine(
     canvas_mean = torch.from_numpy(pad_to(mean[None], ch, cw).astype(np.float32)).to(cond.device)
     rcond = torch.cat([cond, canvas_mean[None]], dim=1)
     k = opts.refine_samples
-    ropts = replace(opts, steps=opts.refine_steps, samples=k, flips=False, start_log_snr=None)
+    ref = model.card.refiner
+    start = ref.start_log_snr if opts.sampler != "ddpm" else None
+    ropts = replace(opts, steps=opts.refine_steps, samples=k, flips=False, start_log_snr=start)
     items = [Item(cond=0, stream=(z, REFINE_STREAM + j)) for j in range(k)]
     progress = progress or {}
     offset = progress.get("offset", 0) + _predictor_batches(model, (h, w), opts)
     residual, _ = yield from sample_canvas(
         refiner, rcond, items, ropts, origin=(origin[0] * s, origin[1] * s),
-        progress_offset=offset, progress_total=progress.get("total"),
+        progress_offset=offset, progress_total=progress.get("total"), start=torch.zeros(k, 1, ch, cw, device=cond.device),
     )  # fmt: skip
-    refined = mean + model.card.refiner.residual_scale * residual[:, :h, :w].numpy()
+    refined = mean + ref.residual_scale * residual[:, :h, :w].numpy()
     total = refined.var(axis=0)
     if variance is not None:
         total = total + variance.mean(axis=0) + (views.var(axis=0) if len(views) > 1 else 0.0)

@@ -148,6 +148,10 @@ class RefinerCard(_Strict):
     # the presets that refine by default (measured per model: averaging K samples can cost
     # PSNR against the predictor's mean, for sharper samples and a spread)
     presets: list[Literal["fast", "balanced", "reference"]] = Field(default_factory=lambda: ["reference"])
+    # Few-step sampling starts from a zero residual (the mean itself) noised to this
+    # log-SNR, not from pure noise (None); the published 1000-step sampler always starts
+    # from noise.
+    start_log_snr: float | None = None
     log_snr_max: float = 8.0
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -45,6 +45,7 @@ REFINER_DEFAULTS: dict[str, Any] = {
     "samples": 4,
     "steps": 10,
     "presets": ["reference"],
+    "start_log_snr": None,
 }  # fmt: skip
 
 
@@ -83,6 +84,7 @@ class RefinerTrainer(Trainer):
         self.full_card.refiner = RefinerCard(
             network=network, residual_scale=float(settings.get("residual_scale", 0.1)),
             steps=int(settings["steps"]), samples=int(settings["samples"]), presets=list(settings["presets"]),
+            start_log_snr=settings["start_log_snr"],
         )  # fmt: skip
         torch.manual_seed(cfg.seed)
         net = Network(define_network(network, "diffusion"), self.full_card.refiner.beta_schedule.model_dump())
@@ -147,7 +149,10 @@ class RefinerTrainer(Trainer):
             k = max(2, min(ref.samples, 4))
             draws = torch.stack(
                 [
-                    self.net.restoration(cond, sampler="dpm++", steps=ref.steps, generator=gen, log_snr_max=ref.log_snr_max)
+                    self.net.restoration(
+                        cond, sampler="dpm++", steps=ref.steps, generator=gen, log_snr_max=ref.log_snr_max,
+                        start_log_snr=ref.start_log_snr, start=torch.zeros_like(residual),
+                    )
                     for _ in range(k)
                 ]
             )
