@@ -64,6 +64,9 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
     g.add_argument("--samples", type=_positive, help="samples per pixel; >1 gives an uncertainty map")
     if samplers:
         g.add_argument("--sampler", choices=["ddim", "dpm++", "ddpm"], help="sampler (overrides the preset)")
+    g.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="predictors with a refiner: sample the residual around the mean (default: the presets "
+                        "the model card lists)")
     g.add_argument("--tile", type=_positive, help="tile edge in pixels (default: model card / device memory)")
     g.add_argument("--overlap", type=_non_negative, help="overlap between tiles in pixels")
     g.add_argument("--batch", type=_positive, help="tiles per network call")
@@ -229,6 +232,8 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
         kw["sampler"] = args.sampler
     if getattr(args, "flips", None) is not None:
         kw["flips"] = args.flips
+    if getattr(args, "refine", None) is not None:
+        kw["refine"] = args.refine
     return kw
 
 

@@ -92,6 +92,11 @@ class RefinerTrainer(Trainer):
         assert view is not None
         return view.card, net
 
+    def _val_sampler(self) -> str:
+        ref = self.full_card.refiner
+        start = "noise" if ref.start_log_snr is None else f"the mean at log-SNR {ref.start_log_snr:g}"
+        return f"mean + average of residual samples: dpm++ {ref.steps} steps from {start}"
+
     @property
     def size_multiple(self) -> int:
         # the crops go through the predictor too
