@@ -90,29 +90,37 @@ def denoise_rows(args, tmp: Path, peers: dict) -> list[dict]:
 
 
 def isotropic_rows(args, tmp: Path) -> list[dict]:
+    """vEMDiffuse-a on a near-isotropic volume with 2 of every 3 slices dropped (the bundled
+    model's factor): trained on the kept stack's own lateral planes only."""
     from scipy.interpolate import interp1d
 
     vol = tifffile.imread(need_shared() / "em3d" / "celegans_neariso_21x256x128.tif")[:, 192:256]
-    f = 2
-    last = (vol.shape[0] - 1) // f * f
-    kept_z = np.arange(0, last + 1, f)
-    dropped = np.array([z for z in range(last + 1) if z % f])
-    kept, truth = vol[kept_z], vol[dropped]
-    case = "celegans rows 192:256, x2"
-    lin = np.clip(np.rint(interp1d(kept_z, kept.astype(np.float64), axis=0)(dropped)), 0, 255).astype(np.uint8)
-    rows = [score(case, "linear interpolation", lin, truth)]
-    rows.append({"case": case, "method": f"{args.iso_base} (bundled): made for factor 3, cannot run at 2"})
-    try:
-        with Timer() as t:
-            path = drain(finetune_iter("isotropic-a", kept, base=args.iso_base, out=tmp / "iso-a", factor=f,
-                                       iterations=args.iterations, device=args.device))
-    except EMDiffuseError as exc:  # e.g. too few slices for this network's (Z, X) training planes
-        rows.append({"case": case, "method": f"vEMDiffuse-a fine-tune: {exc}"})
-        return rows
-    tuned = load_model(path, task="isotropic-a", device=args.device)
-    res = reconstruct_isotropic(kept, f, tuned, mode="a", device=args.device)
-    rows.append(score(case, f"vEMDiffuse-a fine-tune on lateral planes, {args.iterations} it",
-                      np.asarray(res.volume)[dropped], truth, t.seconds))
+    rows: list[dict] = []
+    for f in (3, 2):
+        last = (vol.shape[0] - 1) // f * f
+        kept_z = np.arange(0, last + 1, f)
+        dropped = np.array([z for z in range(last + 1) if z % f])
+        kept, truth = vol[kept_z], vol[dropped]
+        case = f"celegans rows 192:256, x{f} ({len(kept)} kept slices)"
+        lin = np.clip(np.rint(interp1d(kept_z, kept.astype(np.float64), axis=0)(dropped)), 0, 255).astype(np.uint8)
+        rows.append(score(case, "linear interpolation", lin, truth))
+        base = load_model(args.iso_base, task="isotropic-i", device=args.device)
+        if base.card.z_factor == f:
+            res = reconstruct_isotropic(kept, f, base, device=args.device)
+            rows.append(score(case, f"{args.iso_base} (bundled, isotropic-i), fast", np.asarray(res.volume)[dropped], truth))
+        else:
+            rows.append({"case": case, "method": f"{args.iso_base} (bundled): made for factor {base.card.z_factor}"})
+        try:
+            with Timer() as t:
+                path = drain(finetune_iter("isotropic-a", kept, base=args.iso_base, out=tmp / f"iso-a{f}", factor=f,
+                                           iterations=args.iterations, device=args.device))
+        except EMDiffuseError as exc:
+            rows.append({"case": case, "method": f"vEMDiffuse-a fine-tune: {exc}"})
+            continue
+        tuned = load_model(path, task="isotropic-a", device=args.device)
+        res = reconstruct_isotropic(kept, f, tuned, mode="a", device=args.device)
+        rows.append(score(case, f"vEMDiffuse-a fine-tune on lateral planes, {args.iterations} it",
+                          np.asarray(res.volume)[dropped], truth, t.seconds))
     return rows
 
 
@@ -124,11 +132,12 @@ def main() -> None:
     ap.add_argument("--dose", type=float, default=30.0)
     ap.add_argument("--peers", default=None, help="JSON of benchmarks/peers.py --finetune-dose")
     ap.add_argument("--skip-isotropic", action="store_true")
+    ap.add_argument("--skip-denoise", action="store_true")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     peers = json.loads(Path(args.peers).read_text()) if args.peers else {}
     with tempfile.TemporaryDirectory() as tmp:
-        rows = denoise_rows(args, Path(tmp), peers)
+        rows = [] if args.skip_denoise else denoise_rows(args, Path(tmp), peers)
         if not args.skip_isotropic:
             rows += isotropic_rows(args, Path(tmp))
     print(f"fine-tuning at the CLI defaults ({args.iterations} iterations); denoising scored on the right half\n")
