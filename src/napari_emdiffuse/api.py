@@ -212,7 +212,8 @@ class FinetuneOptions:
     iterations, patch, batch : int
         Training length (200), crop edge (64) and crops per step (8).
     lr : float, optional
-        Learning rate; default 2e-4 for predictors, 3e-5 self-supervised, 5e-5 diffusion.
+        Learning rate; default 5e-4 for predictors denoising from pairs, 2e-4 for other
+        predictors, 3e-5 self-supervised, 5e-5 diffusion.
     val_fraction : float
         The bottom fraction of the images held back for validation (0.1).
     seed : int

@@ -50,20 +50,25 @@ def _number(kind: type, ok: Any, what: str) -> Any:
 _positive = _number(int, lambda v: v > 0, "a positive integer")
 _non_negative = _number(int, lambda v: v >= 0, "an integer >= 0")
 _fraction = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+_unit = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> None:
+    from .engine.core.samplers import SAMPLERS
+    from .engine.inference.canvas import PRESETS
+    from .engine.models.cards import ARCHITECTURES
+
     g = p.add_argument_group("sampling")
     g.add_argument("--model", help="bundled/user model name, model directory or .zip, or a published .pth (with --arch)")
-    g.add_argument("--arch", choices=["EMDiffuse-n", "EMDiffuse-r", "vEMDiffuse-i", "vEMDiffuse-a"],
+    g.add_argument("--arch", choices=list(ARCHITECTURES),
                    help="architecture of a published checkpoint given with --model")
-    g.add_argument("--preset", choices=["fast", "balanced", "reference"], default="fast",
+    g.add_argument("--preset", choices=list(PRESETS), default="fast",
                    help="fast: few-step DPM-Solver++, 1 sample (default); balanced: 4 samples with "
                         "uncertainty (steps from the model card); reference: the published 1000-step DDPM, 2 samples")
     g.add_argument("--steps", type=_positive, help="sampler steps (overrides the preset)")
     g.add_argument("--samples", type=_positive, help="samples per pixel; >1 gives an uncertainty map")
     if samplers:
-        g.add_argument("--sampler", choices=["ddim", "dpm++", "ddpm"], help="sampler (overrides the preset)")
+        g.add_argument("--sampler", choices=list(SAMPLERS), help="sampler (overrides the preset)")
     g.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                    help="predictors with a refiner: sample the residual around the mean (default: the presets "
                         "the model card lists)")
@@ -80,6 +85,10 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The engine is the one place that knows task, architecture, preset and sampler names.
+    from .api import FinetuneOptions
+    from .engine.models.cards import ARCHITECTURES, TASKS
+
     parser = _Parser(prog=PROG, description="Diffusion-model restoration of electron-microscopy images (EMDiffuse).")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -109,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_isotropic)
 
     p = sub.add_parser("models", help="list bundled and user models")
-    p.add_argument("--task", choices=["denoise", "super-resolve", "isotropic-i", "isotropic-a"])
+    p.add_argument("--task", choices=list(TASKS))
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("export", help="write a predictor as a bioimage.io model package (.zip)")
@@ -119,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="turn a published best_Network.pth into a model directory")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--arch", required=True, choices=["EMDiffuse-n", "EMDiffuse-r", "vEMDiffuse-i", "vEMDiffuse-a"])
+    p.add_argument("--arch", required=True, choices=list(ARCHITECTURES))
     p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True)
     p.set_defaults(func=_cmd_import)
 
@@ -138,15 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("finetune", help="fine-tune a model on your own data")
-    p.add_argument("--task", required=True, choices=["denoise", "super-resolve", "isotropic-i", "isotropic-a"])
+    p.add_argument("--task", required=True, choices=list(TASKS))
     p.add_argument("--input", required=True, metavar="IN", help="degraded image (or volume for isotropic)")
     p.add_argument("--target", metavar="TGT", help="registered clean/high-resolution image (optional)")
     p.add_argument("--base", metavar="MODEL", help="model to start from (default: bundled model for the task)")
     p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True)
-    p.add_argument("--iterations", type=_positive, default=200)
-    p.add_argument("--patch", type=_positive, default=64)
-    p.add_argument("--batch", type=_positive, default=8)
-    p.add_argument("--lr", type=float, default=None, help="default 2e-4 (predictors; 3e-5 self-supervised) or 5e-5 (diffusion)")
+    defaults = FinetuneOptions()  # the API's defaults
+    p.add_argument("--iterations", type=_positive, default=defaults.iterations)
+    p.add_argument("--patch", type=_positive, default=defaults.patch)
+    p.add_argument("--batch", type=_positive, default=defaults.batch)
+    p.add_argument("--lr", type=float, default=None,
+                   help="default 5e-4 (predictors, denoising pairs), 2e-4 (other predictors), 3e-5 "
+                        "(self-supervised) or 5e-5 (diffusion)")
+    p.add_argument("--resample-noise", type=_unit, default=None, metavar="FRACTION",
+                   help="denoising pairs: share of crops given the pair's own noise from elsewhere (default 1)")
     p.add_argument("--factor", type=int, default=None, help="isotropic: slices per gap (default: the base model's)")
     p.add_argument(
         "--objective", choices=["supervised", "self-supervised"], default=None,
@@ -426,14 +440,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .api import finetune_iter
+    from .engine.models.files import read_card
 
     path = _progress(
         finetune_iter(
             args.task, args.input, args.target, base=args.base, out=args.output, iterations=args.iterations,
             patch=args.patch, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
             device=args.device, freeze_encoder=args.freeze_encoder, factor=args.factor, objective=args.objective,
+            **({} if args.resample_noise is None else {"resample_noise": args.resample_noise}),
         )
     )
+    metrics = read_card(path).metrics
+    if "base_psnr" in metrics and "psnr" in metrics:
+        if metrics.get("best_iteration") == 0:
+            verdict = "no validation beat the base model: its weights are kept"
+        else:
+            verdict = f"validation PSNR {metrics['psnr']:.2f} dB at iteration {metrics.get('best_iteration')}"
+        print(f"{verdict} (base {metrics['base_psnr']:.2f} dB)", file=sys.stderr)
     print(f"saved model to {path}", file=sys.stderr)
     return 0
 

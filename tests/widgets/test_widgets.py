@@ -177,7 +177,11 @@ def test_samples_open_from_napari_menu(viewer):
 def test_restore_options_to_engine_kwargs():
     kw = RestoreOptions().engine_kwargs()
     unset = dict(steps=None, samples=None, sampler=None, tile=None, overlap=None)
-    assert kw == dict(preset="fast", seed=0, device="auto", precision="fp32", **unset)
+    assert kw == dict(preset="fast", seed=0, device="auto", precision="fp32", refine=None, **unset)
+    assert RestoreOptions(refine="off").engine_kwargs()["refine"] is False
+    assert RestoreOptions(refine="on").engine_kwargs()["refine"] is True
+    with pytest.raises(EMDiffuseError, match="refine"):
+        RestoreOptions(refine="yes").engine_kwargs()
     with pytest.raises(EMDiffuseError, match="precision"):
         RestoreOptions(precision="fp8").engine_kwargs()
     kw = RestoreOptions(steps=2, samples=3, sampler="ddim", tile=64, overlap=0, seed=7, device="cpu").engine_kwargs()
@@ -295,6 +299,14 @@ def test_report_error(errors, caplog):
 
 def test_finetune_logic(tmp_path):
     assert parse_lr("5e-5") == 5e-5
+    assert parse_lr("auto") == parse_lr(" ") == 0.0  # the engine's default for the model
+    assert FinetuneOptions().engine_kwargs()["lr"] is None
+    # the widget's defaults are the CLI's and the API's
+    from napari_emdiffuse.api import FinetuneOptions as ApiOptions
+
+    api = ApiOptions()
+    assert (FinetuneOptions().iterations, FinetuneOptions().patch, FinetuneOptions().batch) == (
+        api.iterations, api.patch, api.batch)
     for bad in ("fast", "0", "-1e-4", "nan"):
         with pytest.raises(EMDiffuseError):
             parse_lr(bad)

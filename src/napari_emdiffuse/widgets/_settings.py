@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ..engine.errors import EMDiffuseError
+from ..engine.inference.canvas import PRESETS as _ENGINE_PRESETS
 
 __all__ = [
     "PRESETS",
@@ -29,7 +30,7 @@ __all__ = [
 
 logger = logging.getLogger("napari_emdiffuse.widgets")
 
-PRESETS = ("fast", "balanced", "reference")  # engine sampling presets (Restore, Isotropic)
+PRESETS = tuple(_ENGINE_PRESETS)  # the engine's sampling presets (Restore, Isotropic)
 
 
 # ----------------------------------------------------------------------------------------------

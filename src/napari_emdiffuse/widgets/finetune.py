@@ -29,7 +29,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..api import FinetuneOptions as _ApiFinetuneOptions
 from ..engine.errors import EMDiffuseError, InputError
+from ..engine.models.cards import TASKS
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, notify_models_changed, path_row, spin_box
 from ._jobs import ProgressBar, TrainingProcess, logger, notify_error, notify_info
@@ -43,7 +45,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["FinetuneWidget", "FinetuneOptions", "LossHistory", "LossPlot", "default_output", "parse_lr"]
 
-TASKS = ("denoise", "super-resolve", "isotropic-i", "isotropic-a")
 PREVIEW_LAYER = "finetune_preview"
 POLL_MS = 150
 
@@ -53,7 +54,10 @@ POLL_MS = 150
 
 
 def parse_lr(text: str) -> float:
-    """A learning rate typed by the user (``5e-5``, ``0.00005``)."""
+    """A learning rate typed by the user (``5e-5``, ``0.00005``); ``auto`` or nothing is 0, the
+    engine's default for the model (see :func:`~napari_emdiffuse.api.finetune`)."""
+    if str(text).strip().lower() in ("", "auto"):
+        return 0.0
     try:
         lr = float(str(text).strip())
     except ValueError:
@@ -71,6 +75,9 @@ def default_output(task: str, now: float | None = None) -> Path:
     return user_dir() / "models" / f"{task}-finetuned-{stamp}"
 
 
+_API_DEFAULTS = _ApiFinetuneOptions()
+
+
 @dataclass
 class FinetuneOptions(WidgetOptions):
     """The widget's options as plain values.
@@ -82,7 +89,7 @@ class FinetuneOptions(WidgetOptions):
     iterations, patch, batch : int
         Training iterations, patch edge in pixels, patches per iteration.
     lr : float
-        Learning rate (AdamW).
+        Learning rate (AdamW); 0 takes the engine's default for the base model.
     val_fraction : float
         Share of the image held out for validation (its PSNR/SSIM and preview).
     freeze_encoder : bool
@@ -94,11 +101,11 @@ class FinetuneOptions(WidgetOptions):
     """
 
     task: str = "denoise"
-    iterations: int = 150
-    patch: int = 128
-    batch: int = 4
-    lr: float = 5e-5
-    val_fraction: float = 0.1
+    iterations: int = _API_DEFAULTS.iterations
+    patch: int = _API_DEFAULTS.patch
+    batch: int = _API_DEFAULTS.batch
+    lr: float = 0.0
+    val_fraction: float = _API_DEFAULTS.val_fraction
     seed: int = 0
     device: str = "auto"
     freeze_encoder: bool = False
@@ -118,7 +125,8 @@ class FinetuneOptions(WidgetOptions):
             raise EMDiffuseError(f"patch must be at least 8 pixels, got {self.patch}")
         if self.batch < 1:
             raise EMDiffuseError("batch must be at least 1")
-        parse_lr(str(self.lr))
+        if self.lr:
+            parse_lr(str(self.lr))
         if not 0 <= self.val_fraction < 0.9:
             raise EMDiffuseError(f"validation fraction must be in [0, 0.9), got {self.val_fraction}")
         if self.factor and not 2 <= self.factor <= 16:
@@ -137,7 +145,7 @@ class FinetuneOptions(WidgetOptions):
             "iterations": self.iterations,
             "patch": self.patch,
             "batch": self.batch,
-            "lr": self.lr,
+            "lr": self.lr or None,
             "val_fraction": self.val_fraction,
             "seed": self.seed,
             "device": self.device,
@@ -362,15 +370,16 @@ class FinetuneWidget(DockWidget):
         self.base = ModelPicker("denoise", allow_default=True)
         self.base.combo.setToolTip("Model to start from (default: the bundled model for the task)")
 
-        self.iterations = spin_box(1, 1_000_000, 150, tip="Training iterations")
-        self.patch = spin_box(8, 1024, 128, tip="Patch edge in pixels")
-        self.batch = spin_box(1, 256, 4, tip="Patches per iteration")
-        self.lr = QLineEdit("5e-5")
-        self.lr.setToolTip("Learning rate")
+        defaults = FinetuneOptions()
+        self.iterations = spin_box(1, 1_000_000, defaults.iterations, tip="Training iterations")
+        self.patch = spin_box(8, 1024, defaults.patch, tip="Patch edge in pixels")
+        self.batch = spin_box(1, 256, defaults.batch, tip="Patches per iteration")
+        self.lr = QLineEdit("auto")
+        self.lr.setToolTip("Learning rate; auto: the default for the base model (larger for one-pass predictors)")
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.0, 0.89)
         self.val_fraction.setSingleStep(0.05)
-        self.val_fraction.setValue(0.1)
+        self.val_fraction.setValue(defaults.val_fraction)
         self.val_fraction.setToolTip("Share of the image held out for validation (PSNR/SSIM, preview)")
         self.seed = spin_box(0, 2**31 - 1, 0, tip="Random seed (patch sampling, initial noise)")
         self.factor = spin_box(
@@ -452,7 +461,7 @@ class FinetuneWidget(DockWidget):
         self.iterations.setValue(opts.iterations)
         self.patch.setValue(opts.patch)
         self.batch.setValue(opts.batch)
-        self.lr.setText(f"{opts.lr:g}")
+        self.lr.setText(f"{opts.lr:g}" if opts.lr else "auto")
         self.val_fraction.setValue(opts.val_fraction)
         self.seed.setValue(opts.seed)
         self.device.set_value(opts.device)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLineEdit, QWidget
 
+from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, spin_box
@@ -26,7 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["RestoreWidget", "RestoreOptions", "output_names", "output_geometry", "check_input_layer", "layer_array"]
 
 TASKS = ("denoise", "super-resolve")
-SAMPLERS = ("preset", "dpm++", "ddim", "ddpm")
+SAMPLERS = ("preset", *ENGINE_SAMPLERS)
+REFINE_CHOICES = {"model card": None, "on": True, "off": False}  # predictors with a refiner
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # the engine's (canvas.PRECISIONS) without "auto"
 PRESET_TIPS = {
     "fast": "few-step DPM-Solver++ (steps from the model card), one sample (no uncertainty)",
@@ -51,6 +53,9 @@ class RestoreOptions(WidgetOptions):
         0 takes the preset's value.
     sampler : str
         ``preset`` or one of ``dpm++``, ``ddim``, ``ddpm``.
+    refine : {"model card", "on", "off"}
+        Predictors with a refiner: sample the residual around the mean (``on``), return the
+        mean alone (``off``), or do what the model card lists for the preset.
     tile : int
         Tile edge in pixels; 0 takes the model card's (shrunk to fit GPU memory).
     overlap : int
@@ -73,6 +78,7 @@ class RestoreOptions(WidgetOptions):
     steps: int = 0
     samples: int = 0
     sampler: str = "preset"
+    refine: str = "model card"
     tile: int = 0
     overlap: int = -1
     seed: int = 0
@@ -88,6 +94,8 @@ class RestoreOptions(WidgetOptions):
         check_preset(self.preset)
         if self.sampler not in SAMPLERS:
             raise EMDiffuseError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS[1:])}")
+        if self.refine not in REFINE_CHOICES:
+            raise EMDiffuseError(f"unknown refine setting {self.refine!r}; choose one of {', '.join(REFINE_CHOICES)}")
         check_tiling(self)
         if self.precision not in PRECISION_CHOICES:
             raise EMDiffuseError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
@@ -99,7 +107,9 @@ class RestoreOptions(WidgetOptions):
         """Keyword arguments of ``restore_iter`` (besides image, task, model, arch, spacing)."""
         self.validate()
         sampler = None if self.sampler == "preset" else self.sampler
-        return sampling_kwargs(self) | {"sampler": sampler, "precision": self.precision}
+        return sampling_kwargs(self) | {
+            "sampler": sampler, "precision": self.precision, "refine": REFINE_CHOICES[self.refine],
+        }
 
 
 def output_names(layer_name: str, task: str, scale: int = 1) -> tuple[str, str]:
@@ -210,6 +220,12 @@ class RestoreWidget(DockWidget):
         self.sampler = QComboBox()
         self.sampler.addItems(SAMPLERS)
         self.sampler.setToolTip("dpm++: few steps; ddim: deterministic; ddpm: the published ancestral sampler")
+        self.refine = QComboBox()
+        self.refine.addItems(REFINE_CHOICES)
+        self.refine.setToolTip(
+            "Models with a refiner (predict, then refine): on samples the residual around the mean; off "
+            "returns the mean alone; model card: what the card lists for the preset"
+        )
         self.tile = spin_box(0, 4096, 0, "auto", "Tile edge in pixels (auto: the model's, shrunk to fit the GPU)")
         self.overlap = spin_box(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
         self.seed = spin_box(0, 2**31 - 1, 0, None, "Noise seed: the same seed gives the same result")
@@ -226,6 +242,7 @@ class RestoreWidget(DockWidget):
                 ("steps", self.steps),
                 ("samples", self.samples),
                 ("sampler", self.sampler),
+                ("refine", self.refine),
                 ("tile", self.tile),
                 ("overlap", self.overlap),
                 ("seed", self.seed),
@@ -249,6 +266,7 @@ class RestoreWidget(DockWidget):
             steps=self.steps.value(),
             samples=self.samples.value(),
             sampler=self.sampler.currentText(),
+            refine=self.refine.currentText(),
             tile=self.tile.value(),
             overlap=self.overlap.value(),
             seed=self.seed.value(),
@@ -264,6 +282,7 @@ class RestoreWidget(DockWidget):
         self.steps.setValue(opts.steps)
         self.samples.setValue(opts.samples)
         self.sampler.setCurrentText(opts.sampler)
+        self.refine.setCurrentText(opts.refine)
         self.tile.setValue(opts.tile)
         self.overlap.setValue(opts.overlap)
         self.seed.setValue(opts.seed)

@@ -221,6 +221,8 @@ class TrainConfig(BaseModel):
     read_noise: float = Field(1.0, ge=0)
     noise_correlation: float = Field(0.0, ge=0, le=1)  # see simulate_noise(correlation=)
     input_blur: float = Field(0.0, ge=0, le=10)
+    # denoising pairs: this fraction of crops gets the pair's own noise from elsewhere (PairData)
+    resample_noise: float = Field(0.0, ge=0, le=1)
     # optimisation
     patch: int = Field(128, ge=8)
     batch: int = Field(4, ge=1)

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
 from ..core.ema import EMA
 from ..core.losses import mean_var_loss, mse_loss
@@ -40,17 +39,13 @@ from ..core.metrics import psnr, ssim
 from ..errors import EMDiffuseError, InputError, ModelFileError
 from ..events import Progress
 from ..io.atomic import atomic_file
-from ..models.cards import ModelCard, Normalisation, UNetConfig
+from ..models.cards import ModelCard
 from ..models.device import resolve_device
-from ..models.factory import build_module
 from ..models.model import EMDiffuseModel
-from ..models.registry import load_model, register_model
-from .config import SMALL_NETWORK, TrainConfig, checkpoint_path, one_line
-from .data.base import Batch, MixedData, TrainingData, check_image
-from .data.noise import SimulatedNoiseData
-from .data.pairs import pair_data, sr_data
-from .data.registration import register_pair
-from .data.volumes import IsotropicData
+from ..models.registry import register_model
+from .config import TrainConfig, checkpoint_path
+from .build import build_data, build_model
+from .data.base import Batch, TrainingData
 from .selfsup import blind_spot, blind_spot_loss
 from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
 
@@ -499,6 +494,10 @@ class Trainer:
         if base:
             self.base_metrics = dict(metrics)
             message = f"base model: {message}"
+            if self.config.keep_best:
+                # The base is a candidate too: a fine-tune that never beats it on the held-back
+                # strip saves the base's weights rather than worse ones.
+                self._track_best(metrics)
         elif self.base_metrics:
             message += f" (base {self.base_metrics['psnr']:.2f} dB)"
         if not base:
@@ -576,167 +575,9 @@ class Trainer:
     # -- building ----------------------------------------------------------------------------
     def build_model(self) -> tuple[ModelCard, torch.nn.Module]:
         """The card and module to train: a copy of the base model, or a new small one."""
-        cfg = self.config
-        iso = cfg.task.startswith("isotropic")
-        if cfg.base is not None:
-            base = load_model(cfg.base, task=cfg.task, arch=cfg.arch, device="cpu", cache=False)
-            card = base.card.model_copy(deep=True)
-            if cfg.kind is not None and cfg.kind != card.kind:
-                raise EMDiffuseError(f"base model '{card.name}' is a {card.kind} model, not {cfg.kind}")
-            self.base_name = card.name
-            card.task = cfg.task
-            card.arch = None
-            net = copy.deepcopy(base.module).cpu()
-            if iso:
-                factor = cfg.factor or card.z_factor or 2
-                if card.kind == "regression" and card.network.out_channel != factor - 1:
-                    # A predictor makes one output channel per new slice: keep its body and
-                    # start new output heads for the new factor.
-                    card.network = card.network.model_copy(update={"out_channel": factor - 1})
-                    fresh = build_module(card)
-                    own = fresh.state_dict()
-                    own.update({k: v for k, v in net.state_dict().items() if own[k].shape == v.shape})
-                    fresh.load_state_dict(own)
-                    net = fresh
-                card.z_factor = factor
-            if cfg.normalisation is not None:
-                card.normalisation = cfg.normalisation
-            if cfg.pixel_size_nm is not None:
-                card.pixel_size_nm = cfg.pixel_size_nm
-        else:
-            card = self._scratch_card()
-        self._apply_inference_defaults(card)
-        if cfg.base is None:
-            torch.manual_seed(cfg.seed)  # the same initial weights on every rank and run
-            net = build_module(card)
-        if cfg.freeze_encoder:
-            unet = getattr(net, "denoise_fn", getattr(net, "net", net))
-            for part in (unet.input_blocks, unet.cond_embed):
-                for p in part.parameters():
-                    p.requires_grad_(False)
+        card, net, self.base_name = build_model(self.config)
         return card, net
-
-    def _apply_inference_defaults(self, card: ModelCard) -> None:
-        cfg = self.config
-        try:
-            if cfg.overlap is not None and cfg.overlap < card.tile:
-                card.overlap = cfg.overlap  # before tile: the card checks overlap < tile
-            if cfg.tile is not None:
-                card.tile = cfg.tile
-            if cfg.overlap is not None:
-                card.overlap = cfg.overlap
-            for key in ("log_snr_max", "start_log_snr", "fast_steps", "balanced_steps"):
-                if getattr(cfg, key) is not None:
-                    setattr(card, key, getattr(cfg, key))
-        except ValidationError as exc:
-            raise EMDiffuseError(one_line(exc, "tile/overlap")) from None
-
-    def _scratch_card(self) -> ModelCard:
-        cfg = self.config
-        kind = cfg.kind or "diffusion"
-        iso = cfg.task.startswith("isotropic")
-        factor = cfg.factor or 2
-        cond = 2 if iso else 1
-        want = {
-            "in_channel": cond + (1 if kind == "diffusion" else 0),
-            "out_channel": factor - 1 if (iso and kind == "regression") else 1,
-            "slice_embedding": iso and kind == "diffusion",
-        }
-        for key, value in want.items():
-            if key in cfg.network and cfg.network[key] != value:
-                raise EMDiffuseError(f"network.{key} is {value} for a {kind} {cfg.task} model, not {cfg.network[key]}")
-        try:
-            network = UNetConfig(**{**SMALL_NETWORK, **cfg.network, **want})
-            return ModelCard(
-                name=cfg.name or Path(cfg.out).name,
-                task=cfg.task,
-                kind=kind,
-                description=cfg.description,
-                network=network,
-                normalisation=cfg.normalisation or Normalisation(),
-                scale=(cfg.scale or 2) if cfg.task == "super-resolve" else 1,
-                z_factor=factor if iso else None,
-                pixel_size_nm=cfg.pixel_size_nm,
-            )
-        except ValidationError as exc:
-            raise EMDiffuseError(one_line(exc, "network config")) from None
 
     def build_data(self) -> TrainingData:
         """Load, check and (where needed) register the images; build the data sets."""
-        cfg, card = self.config, self.card
-        mult = self.size_multiple
-        common = dict(patch=cfg.patch, val_fraction=cfg.val_fraction, multiple=mult)
-        rule = card.normalisation
-        if cfg.task.startswith("isotropic"):
-            sources = list(cfg.volume) + list(cfg.inputs)
-            vols = [check_image(s.load(), s.label, ndim=(3,)) for s in sources]
-            return IsotropicData(
-                vols, factor=card.z_factor or 2, mode=cfg.task[-1], rule=rule, kind=card.kind,
-                names=[s.label for s in sources], **common,
-            )
-        if cfg.objective == "self-supervised":
-            return self._self_supervised_data(common)
-        scale = card.scale if cfg.task == "super-resolve" else 1
-        targets = cfg.targets if cfg.targets is not None else [None] * len(cfg.inputs)
-        pair_in, pair_t, pair_names, clean, clean_names = [], [], [], [], []
-        for src, tgt in zip(cfg.inputs, targets):
-            image = check_image(src.load(), src.label)
-            if tgt is None:
-                clean.append(image)
-                clean_names.append(src.label)
-                continue
-            target = check_image(tgt.load(), tgt.label)
-            image, target = self._registered(image, target, scale, src.label, tgt.label)
-            pair_in.append(image)
-            pair_t.append(target)
-            pair_names.append(f"{src.label} -> {tgt.label}")
-        for src in cfg.clean:
-            clean.append(check_image(src.load(), src.label))
-            clean_names.append(src.label)
-        parts: list[TrainingData] = []
-        blur = dict(input_blur=cfg.input_blur)
-        if pair_in:
-            parts.append(pair_data(pair_in, pair_t, rule=rule, scale=scale, names=pair_names, **common, **blur))
-        if clean:
-            if cfg.task == "denoise":
-                parts.append(
-                    SimulatedNoiseData(
-                        clean, doses=cfg.doses, read_noise=cfg.read_noise, rule=rule, names=clean_names,
-                        correlation=cfg.noise_correlation,
-                        seed=cfg.seed, **common, **blur,
-                    )
-                )
-            else:
-                parts.append(sr_data(clean, scale=scale, rule=rule, names=clean_names, **common, **blur))
-        return parts[0] if len(parts) == 1 else MixedData(parts)
-
-    def _self_supervised_data(self, common: dict) -> TrainingData:
-        cfg, card = self.config, self.card
-        if cfg.task != "denoise":
-            raise EMDiffuseError(f"self-supervised training denoises; it cannot train a {cfg.task} model")
-        if card.kind != "regression":
-            raise EMDiffuseError(
-                f"self-supervised training needs a predictor (kind regression); '{card.name}' is a {card.kind} model"
-            )
-        if cfg.targets is not None and any(t is not None for t in cfg.targets):
-            raise EMDiffuseError("self-supervised training learns from noisy images alone; give no targets")
-        sources = list(cfg.inputs) + list(cfg.clean)
-        images = [check_image(s.load(), s.label) for s in sources]
-        # Input and target are the same noisy crop; the blind spot hides the target's pixels.
-        return pair_data(images, images, rule=card.normalisation, names=[f"{s.label} (noisy only)" for s in sources],
-                         **common)
-
-    def _registered(
-        self, image: np.ndarray, target: np.ndarray, scale: int, a: str, b: str
-    ) -> tuple[np.ndarray, np.ndarray]:
-        expected = image.shape[:-2] + (image.shape[-2] * scale, image.shape[-1] * scale)
-        if target.shape == expected and not self.config.register:
-            return image, target  # same grid: taken as registered
-        if image.ndim != 2 or target.ndim != 2:
-            raise InputError(
-                f"{a} {tuple(image.shape)} and {b} {tuple(target.shape)} do not match; "
-                "register stacks slice by slice first"
-            )
-
-        reg = register_pair(image, target, scale=scale)
-        return reg.moving, reg.fixed
+        return build_data(self.config, self.card, self.size_multiple)

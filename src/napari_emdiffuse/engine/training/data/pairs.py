@@ -13,7 +13,7 @@ from ...inference.normalise import make_condition, to_model
 from ...models.cards import Normalisation
 from .base import Item, TrainingData, augment, band_crops, blur, fit_rule, spread, stack_planes, fitted_band
 
-__all__ = ["PairData", "pair_data", "sr_data", "downsample_area"]
+__all__ = ["PairData", "pair_data", "noise_model", "sr_data", "downsample_area"]
 
 
 def downsample_area(image: np.ndarray, scale: int) -> np.ndarray:
@@ -48,6 +48,11 @@ class PairData(TrainingData):
         The network's size multiple.
     input_blur : float
         Largest sigma (pixels) of the random input-blur augmentation; 0 disables it.
+    resample_noise : float
+        Denoising pairs: the fraction of crops whose noise is replaced by the pair's own noise
+        from another place (see :func:`noise_model`). A single recorded pair holds one noise
+        realisation per pixel, which a short fine-tune learns by heart; drawing it afresh
+        keeps the clean content and the noise statistics of the pair, correlations included.
     names : list of str
         Names for error messages and the model card.
     """
@@ -61,6 +66,7 @@ class PairData(TrainingData):
         val_fraction: float = 0.1,
         multiple: int = 1,
         input_blur: float = 0.0,
+        resample_noise: float = 0.0,
         names: Sequence[str] | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
@@ -80,6 +86,12 @@ class PairData(TrainingData):
             [(c.shape[-2] - b - patch + 1) * (c.shape[-1] - patch + 1) for c, b in zip(self.conds, self.bands)], float
         )
         self.info = info or {}
+        self.resample_noise = float(resample_noise)
+        self._noise: list[tuple[np.ndarray, float, float] | None] = []
+        if self.resample_noise > 0:
+            for c, t, band in zip(self.conds, self.targets, self.bands):
+                same_grid = c.shape == t.shape and c.shape[0] == 1
+                self._noise.append(noise_model(c[0, : c.shape[1] - band], t[0, : t.shape[1] - band]) if same_grid else None)
 
     @property
     def train_area(self) -> int:
@@ -94,7 +106,14 @@ class PairData(TrainingData):
         p = self.patch[0]
         y = int(rng.integers(c.shape[-2] - self.bands[i] - p + 1))
         x = int(rng.integers(c.shape[-1] - p + 1))
-        cc, tt = augment([c[:, y : y + p, x : x + p], t[:, y : y + p, x : x + p]], rng, rotate=True)
+        cc, tt = c[:, y : y + p, x : x + p], t[:, y : y + p, x : x + p]
+        if self._noise and self._noise[i] is not None and rng.random() < self.resample_noise:
+            unit, a, b = self._noise[i]
+            # Unflipped, unrotated: scan-direction correlations keep their orientation.
+            y2 = int(rng.integers(unit.shape[0] - p + 1))
+            x2 = int(rng.integers(unit.shape[1] - p + 1))
+            cc = (tt + np.sqrt(np.maximum(a * tt + b, 1e-8)) * unit[None, y2 : y2 + p, x2 : x2 + p]).astype(np.float32)
+        cc, tt = augment([cc, tt], rng, rotate=True)
         return blur(cc, self.input_blur, rng), tt, -1
 
     def validation_items(self, limit: int) -> list[Item]:
@@ -108,6 +127,47 @@ class PairData(TrainingData):
         return {**self.info, "images": self.names}
 
 
+def noise_model(noisy: np.ndarray, clean: np.ndarray, *, bins: int = 16) -> tuple[np.ndarray, float, float]:
+    """The noise of a registered pair as unit-variance noise and a signal-dependent variance.
+
+    The residual ``noisy - clean`` is modelled as ``sqrt(a * clean + b) * unit`` (Poisson-Gaussian:
+    the variance grows linearly with the signal). ``a`` and ``b`` are a least-squares line through
+    the residual's mean square in ``bins`` quantile bins of the clean signal; ``unit`` keeps the
+    residual's spatial correlations.
+
+    Returns
+    -------
+    unit : numpy.ndarray
+        ``noisy - clean`` divided by its modelled standard deviation, float32.
+    a, b : float
+        The variance line (``a >= 0``; ``b`` at least 1 % of the mean variance).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> clean = rng.uniform(0.2, 1.0, (256, 256))
+    >>> noisy = clean + np.sqrt(0.04 * clean) * rng.standard_normal(clean.shape)
+    >>> unit, a, b = noise_model(noisy, clean)
+    >>> round(a, 2), round(float(unit.std()), 1)
+    (0.04, 1.0)
+    """
+    c = np.asarray(clean, np.float64)
+    r2 = (np.asarray(noisy, np.float64) - c) ** 2
+    edges = np.quantile(c, np.linspace(0, 1, bins + 1))
+    idx = np.clip(np.searchsorted(edges, c.ravel(), side="right") - 1, 0, bins - 1)
+    counts = np.bincount(idx, minlength=bins)
+    keep = counts > 0
+    x = np.bincount(idx, c.ravel(), bins)[keep] / counts[keep]
+    y = np.bincount(idx, r2.ravel(), bins)[keep] / counts[keep]
+    a, b = np.polyfit(x, y, 1, w=np.sqrt(counts[keep])) if keep.sum() > 1 else (0.0, float(y.mean()))
+    a = max(float(a), 0.0)
+    if a == 0.0:
+        b = float(r2.mean())
+    b = max(float(b), 0.01 * float(r2.mean()) + 1e-12 - a * float(c.min()))
+    var = np.maximum(a * c + b, 1e-12)
+    return ((np.asarray(noisy, np.float64) - c) / np.sqrt(var)).astype(np.float32), a, b
+
+
 def pair_data(
     inputs: Sequence[np.ndarray],
     targets: Sequence[np.ndarray],
@@ -118,6 +178,7 @@ def pair_data(
     val_fraction: float = 0.1,
     multiple: int = 1,
     input_blur: float = 0.0,
+    resample_noise: float = 0.0,
     names: Sequence[str] | None = None,
 ) -> PairData:
     """Training data from registered (degraded, clean) pairs.
@@ -155,7 +216,7 @@ def pair_data(
             all_names.append(name if len(planes_in) == 1 else f"{name}[{z}]")
     return PairData(
         conds, tgts, patch=patch, val_fraction=val_fraction, multiple=multiple, input_blur=input_blur,
-        names=all_names, info={"kind": "pairs", "scale": scale},
+        resample_noise=resample_noise if scale == 1 else 0.0, names=all_names, info={"kind": "pairs", "scale": scale},
     )
 
 

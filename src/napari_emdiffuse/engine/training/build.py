@@ -1,0 +1,193 @@
+"""What a training run is made of: the model to train (a copy of the base, or a new small
+network) and its data sets, built from a :class:`~.config.TrainConfig`."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from ..errors import EMDiffuseError, InputError
+from ..models.cards import ModelCard, Normalisation, UNetConfig
+from ..models.factory import build_module
+from ..models.registry import load_model
+from .config import SMALL_NETWORK, TrainConfig, one_line
+from .data.base import MixedData, TrainingData, check_image
+from .data.noise import SimulatedNoiseData
+from .data.pairs import pair_data, sr_data
+from .data.registration import register_pair
+from .data.volumes import IsotropicData
+
+__all__ = ["build_model", "build_data"]
+
+
+def build_model(cfg: TrainConfig) -> tuple[ModelCard, torch.nn.Module, str | None]:
+    """The card and module to train, and the base model's name: a copy of the base model, or a new small one."""
+    base_name = None
+    iso = cfg.task.startswith("isotropic")
+    if cfg.base is not None:
+        base = load_model(cfg.base, task=cfg.task, arch=cfg.arch, device="cpu", cache=False)
+        card = base.card.model_copy(deep=True)
+        if cfg.kind is not None and cfg.kind != card.kind:
+            raise EMDiffuseError(f"base model '{card.name}' is a {card.kind} model, not {cfg.kind}")
+        base_name = card.name
+        card.task = cfg.task
+        card.arch = None
+        net = copy.deepcopy(base.module).cpu()
+        if iso:
+            factor = cfg.factor or card.z_factor or 2
+            if card.kind == "regression" and card.network.out_channel != factor - 1:
+                # A predictor makes one output channel per new slice: keep its body and
+                # start new output heads for the new factor.
+                card.network = card.network.model_copy(update={"out_channel": factor - 1})
+                fresh = build_module(card)
+                own = fresh.state_dict()
+                own.update({k: v for k, v in net.state_dict().items() if own[k].shape == v.shape})
+                fresh.load_state_dict(own)
+                net = fresh
+            card.z_factor = factor
+        if cfg.normalisation is not None:
+            card.normalisation = cfg.normalisation
+        if cfg.pixel_size_nm is not None:
+            card.pixel_size_nm = cfg.pixel_size_nm
+    else:
+        card = _scratch_card(cfg)
+    _apply_inference_defaults(cfg, card)
+    if cfg.base is None:
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank and run
+        net = build_module(card)
+    if cfg.freeze_encoder:
+        unet = getattr(net, "denoise_fn", getattr(net, "net", net))
+        for part in (unet.input_blocks, unet.cond_embed):
+            for p in part.parameters():
+                p.requires_grad_(False)
+    return card, net, base_name
+
+
+def _apply_inference_defaults(cfg: TrainConfig, card: ModelCard) -> None:
+    try:
+        if cfg.overlap is not None and cfg.overlap < card.tile:
+            card.overlap = cfg.overlap  # before tile: the card checks overlap < tile
+        if cfg.tile is not None:
+            card.tile = cfg.tile
+        if cfg.overlap is not None:
+            card.overlap = cfg.overlap
+        for key in ("log_snr_max", "start_log_snr", "fast_steps", "balanced_steps"):
+            if getattr(cfg, key) is not None:
+                setattr(card, key, getattr(cfg, key))
+    except ValidationError as exc:
+        raise EMDiffuseError(one_line(exc, "tile/overlap")) from None
+
+
+def _scratch_card(cfg: TrainConfig) -> ModelCard:
+    kind = cfg.kind or "diffusion"
+    iso = cfg.task.startswith("isotropic")
+    factor = cfg.factor or 2
+    cond = 2 if iso else 1
+    want = {
+        "in_channel": cond + (1 if kind == "diffusion" else 0),
+        "out_channel": factor - 1 if (iso and kind == "regression") else 1,
+        "slice_embedding": iso and kind == "diffusion",
+    }
+    for key, value in want.items():
+        if key in cfg.network and cfg.network[key] != value:
+            raise EMDiffuseError(f"network.{key} is {value} for a {kind} {cfg.task} model, not {cfg.network[key]}")
+    try:
+        network = UNetConfig(**{**SMALL_NETWORK, **cfg.network, **want})
+        return ModelCard(
+            name=cfg.name or Path(cfg.out).name,
+            task=cfg.task,
+            kind=kind,
+            description=cfg.description,
+            network=network,
+            normalisation=cfg.normalisation or Normalisation(),
+            scale=(cfg.scale or 2) if cfg.task == "super-resolve" else 1,
+            z_factor=factor if iso else None,
+            pixel_size_nm=cfg.pixel_size_nm,
+        )
+    except ValidationError as exc:
+        raise EMDiffuseError(one_line(exc, "network config")) from None
+
+
+def build_data(cfg: TrainConfig, card: ModelCard, mult: int) -> TrainingData:
+    """Load, check and (where needed) register the images; build the data sets."""
+    common = dict(patch=cfg.patch, val_fraction=cfg.val_fraction, multiple=mult)
+    rule = card.normalisation
+    if cfg.task.startswith("isotropic"):
+        sources = list(cfg.volume) + list(cfg.inputs)
+        vols = [check_image(s.load(), s.label, ndim=(3,)) for s in sources]
+        return IsotropicData(
+            vols, factor=card.z_factor or 2, mode=cfg.task[-1], rule=rule, kind=card.kind,
+            names=[s.label for s in sources], **common,
+        )
+    if cfg.objective == "self-supervised":
+        return _self_supervised_data(cfg, card, common)
+    scale = card.scale if cfg.task == "super-resolve" else 1
+    targets = cfg.targets if cfg.targets is not None else [None] * len(cfg.inputs)
+    pair_in, pair_t, pair_names, clean, clean_names = [], [], [], [], []
+    for src, tgt in zip(cfg.inputs, targets):
+        image = check_image(src.load(), src.label)
+        if tgt is None:
+            clean.append(image)
+            clean_names.append(src.label)
+            continue
+        target = check_image(tgt.load(), tgt.label)
+        image, target = _registered(cfg, image, target, scale, src.label, tgt.label)
+        pair_in.append(image)
+        pair_t.append(target)
+        pair_names.append(f"{src.label} -> {tgt.label}")
+    for src in cfg.clean:
+        clean.append(check_image(src.load(), src.label))
+        clean_names.append(src.label)
+    parts: list[TrainingData] = []
+    blur = dict(input_blur=cfg.input_blur)
+    if pair_in:
+        parts.append(pair_data(pair_in, pair_t, rule=rule, scale=scale, names=pair_names,
+                               resample_noise=cfg.resample_noise, **common, **blur))
+    if clean:
+        if cfg.task == "denoise":
+            parts.append(
+                SimulatedNoiseData(
+                    clean, doses=cfg.doses, read_noise=cfg.read_noise, rule=rule, names=clean_names,
+                    correlation=cfg.noise_correlation,
+                    seed=cfg.seed, **common, **blur,
+                )
+            )
+        else:
+            parts.append(sr_data(clean, scale=scale, rule=rule, names=clean_names, **common, **blur))
+    return parts[0] if len(parts) == 1 else MixedData(parts)
+
+
+def _self_supervised_data(cfg: TrainConfig, card: ModelCard, common: dict) -> TrainingData:
+    if cfg.task != "denoise":
+        raise EMDiffuseError(f"self-supervised training denoises; it cannot train a {cfg.task} model")
+    if card.kind != "regression":
+        raise EMDiffuseError(
+            f"self-supervised training needs a predictor (kind regression); '{card.name}' is a {card.kind} model"
+        )
+    if cfg.targets is not None and any(t is not None for t in cfg.targets):
+        raise EMDiffuseError("self-supervised training learns from noisy images alone; give no targets")
+    sources = list(cfg.inputs) + list(cfg.clean)
+    images = [check_image(s.load(), s.label) for s in sources]
+    # Input and target are the same noisy crop; the blind spot hides the target's pixels.
+    return pair_data(images, images, rule=card.normalisation, names=[f"{s.label} (noisy only)" for s in sources],
+                     **common)
+
+
+def _registered(
+    cfg: TrainConfig, image: np.ndarray, target: np.ndarray, scale: int, a: str, b: str
+) -> tuple[np.ndarray, np.ndarray]:
+    expected = image.shape[:-2] + (image.shape[-2] * scale, image.shape[-1] * scale)
+    if target.shape == expected and not cfg.register:
+        return image, target  # same grid: taken as registered
+    if image.ndim != 2 or target.ndim != 2:
+        raise InputError(
+            f"{a} {tuple(image.shape)} and {b} {tuple(target.shape)} do not match; "
+            "register stacks slice by slice first"
+        )
+
+    reg = register_pair(image, target, scale=scale)
+    return reg.moving, reg.fixed

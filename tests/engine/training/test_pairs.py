@@ -1,0 +1,72 @@
+"""Noise resampling of recorded denoising pairs (``resample_noise``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_emdiffuse.engine.training.config import TrainConfig
+from napari_emdiffuse.engine.training.data.pairs import PairData, noise_model
+
+
+def _correlated_pair(rng, shape=(256, 256), a=0.05, b=0.002, k=0.3):
+    clean = np.clip(0.5 + 0.4 * np.sin(np.arange(shape[1]) / 9.0)[None] * np.cos(np.arange(shape[0]) / 13.0)[:, None], 0, 1)
+    white = rng.standard_normal((shape[0], shape[1] + 2))
+    # [k, 1, k] along x: neighbour correlation 2k / (1 + 2k^2) = 0.51, unit variance
+    unit = (k * white[:, :-2] + white[:, 1:-1] + k * white[:, 2:]) / np.sqrt(1 + 2 * k * k)
+    return clean + np.sqrt(a * clean + b) * unit, clean
+
+
+def test_noise_model_recovers_the_variance_line_and_keeps_correlations():
+    noisy, clean = _correlated_pair(np.random.default_rng(0))
+    unit, a, b = noise_model(noisy, clean)
+    assert a == pytest.approx(0.05, rel=0.15)
+    assert b == pytest.approx(0.002, abs=0.002)
+    assert unit.std() == pytest.approx(1.0, abs=0.05)
+    along_x = np.corrcoef(unit[:, :-1].ravel(), unit[:, 1:].ravel())[0, 1]
+    along_y = np.corrcoef(unit[:-1].ravel(), unit[1:].ravel())[0, 1]
+    assert along_x == pytest.approx(0.51, abs=0.05) and abs(along_y) < 0.05
+
+
+def _crops(data, n=64):
+    rng = np.random.default_rng(1)
+    return [data.sample_one(rng) for _ in range(n)]
+
+
+def test_resampled_crops_carry_fresh_noise_of_the_same_statistics():
+    noisy, clean = _correlated_pair(np.random.default_rng(0))
+    kw = dict(patch=32, val_fraction=0.0)
+    plain = PairData([noisy[None]], [clean[None]], **kw)
+    fresh = PairData([noisy[None]], [clean[None]], resample_noise=1.0, **kw)
+    residual0 = np.concatenate([(c - t).ravel() for c, t, _ in _crops(plain)])
+    residual = np.concatenate([(c - t).ravel() for c, t, _ in _crops(fresh)])
+    assert residual.std() == pytest.approx(residual0.std(), rel=0.1)
+    # control: without resampling a crop's noise is the recorded noise at its place; with it, never
+    recorded = noisy - clean
+
+    def is_recorded(c, t):
+        r = (c - t)[0]
+        views = [np.rot90(r, -k) for k in range(4)]
+        views += [v[::-1] for v in views] + [v[:, ::-1] for v in views] + [v[::-1, ::-1] for v in views]
+        p = r.shape[0]
+        for v in views:
+            for y in range(recorded.shape[0] - p + 1):
+                hits = np.where(np.isclose(recorded[y, : recorded.shape[1] - p + 1], v[0, 0], atol=1e-5))[0]
+                if any(np.allclose(recorded[y : y + p, x : x + p], v, atol=1e-4) for x in hits):
+                    return True
+        return False
+
+    assert all(is_recorded(c, t) for c, t, _ in _crops(plain, 4))
+    assert not any(is_recorded(c, t) for c, t, _ in _crops(fresh, 4))
+    # the new noise keeps the recorded neighbour correlation (along whichever axis the crop was turned to)
+    cors = []
+    for c, t, _ in _crops(fresh, 32):
+        r = (c - t)[0]
+        cors.append(max(np.corrcoef(r[:, :-1].ravel(), r[:, 1:].ravel())[0, 1],
+                        np.corrcoef(r[:-1].ravel(), r[1:].ravel())[0, 1]))
+    assert np.mean(cors) == pytest.approx(0.51, abs=0.08)
+
+
+def test_resample_noise_is_a_validated_fraction():
+    with pytest.raises(Exception, match="resample_noise"):
+        TrainConfig(task="denoise", inputs=["x.tif"], out="m", resample_noise=1.5)
