@@ -1,0 +1,59 @@
+"""Uncertainty calibration of an isotropic predictor on planes it never saw, one table.
+
+The scale a model card's ``uncertainty_scale`` needs is the one at which 95 % of the true
+pixels lie within +-2 std of the output. Fitted on a couple of validation crops of a small
+training volume it comes out too small (the held-out rows are harder than the training rows).
+Here it is measured on the lateral (z, x) planes of the ISBI 2012 ssTEM volume, which no
+bundled model is trained on: each plane's rows stand in for z, every 3rd is kept and the
+others are reconstructed. The card takes the median over the planes; the C. elegans held-out
+rows of ``quality.py --tasks iso`` are printed as the check.
+
+    python benchmarks/calibrate.py [--model demo-isotropic] [--planes 0,10,20,29]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import tifffile
+
+from _common import need_shared, table
+from napari_emdiffuse.api import reconstruct_isotropic
+from napari_emdiffuse.engine.models.registry import load_model
+
+
+def needed_scale(vol: np.ndarray, model, factor: int) -> tuple[float, float]:
+    """(coverage of +-2 std in %, scale giving 95 %) on the dropped slices of ``vol``."""
+    last = (vol.shape[0] - 1) // factor * factor
+    kept_z = np.arange(0, last + 1, factor)
+    dropped = np.array([z for z in range(last + 1) if z % factor])
+    r = reconstruct_isotropic(vol[kept_z], factor, model, preset="fast", uncertainty=True, device="cpu")
+    err = np.abs(np.asarray(r.volume)[dropped].astype(np.float64) - vol[dropped])
+    ratio = err / (2 * np.maximum(np.asarray(r.uncertainty)[dropped].astype(np.float64), 1e-6))
+    return float(np.mean(ratio <= 1) * 100), model.card.uncertainty_scale * float(np.quantile(ratio, 0.95))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="demo-isotropic")
+    ap.add_argument("--planes", default="0,10,20,29", help="ISBI 2012 slices whose (y, x) plane is used")
+    args = ap.parse_args()
+    model = load_model(args.model, task="isotropic-i", device="cpu")
+    f = model.card.z_factor or 3
+    isbi = tifffile.imread(need_shared() / "em3d" / "isbi2012_train_volume_30x512x512.tif")
+    rows, scales = [], []
+    for z in (int(v) for v in args.planes.split(",")):
+        cov, scale = needed_scale(isbi[[z]].transpose(1, 0, 2)[:193, :, :256].copy(), model, f)
+        scales.append(scale)
+        rows.append({"data": f"ISBI 2012 plane z={z}, rows as z", "cov2 %": f"{cov:.1f}", "scale for 95 %": f"{scale:.3f}"})
+    celegans = tifffile.imread(need_shared() / "em3d" / "celegans_neariso_21x256x128.tif")[:, 192:256]
+    cov, scale = needed_scale(celegans, model, f)
+    rows.append({"data": "C. elegans rows 192:256 (check)", "cov2 %": f"{cov:.1f}", "scale for 95 %": f"{scale:.3f}"})
+    print(f"{args.model}: uncertainty_scale {model.card.uncertainty_scale:g}, x{f}; "
+          f"median over the ISBI planes: {np.median(scales):.3f}\n")
+    print(table(rows, ["data", "cov2 %", "scale for 95 %"]))
+
+
+if __name__ == "__main__":
+    main()
