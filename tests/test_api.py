@@ -78,6 +78,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.inference.canvas",
         "napari_emdiffuse.engine.parallel.runner",
         "napari_emdiffuse.engine.training.data.pairs",
+        "napari_emdiffuse.engine.training.finetune",
     ],
 )
 def test_docstring_examples_run(module):

@@ -441,6 +441,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .api import finetune_iter
     from .engine.models.files import read_card
+    from .engine.training.finetune import verdict
 
     path = _progress(
         finetune_iter(
@@ -450,13 +451,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             **({} if args.resample_noise is None else {"resample_noise": args.resample_noise}),
         )
     )
-    metrics = read_card(path).metrics
-    if "base_psnr" in metrics and "psnr" in metrics:
-        if metrics.get("best_iteration") == 0:
-            verdict = "no validation beat the base model: its weights are kept"
-        else:
-            verdict = f"validation PSNR {metrics['psnr']:.2f} dB at iteration {metrics.get('best_iteration')}"
-        print(f"{verdict} (base {metrics['base_psnr']:.2f} dB)", file=sys.stderr)
+    line = verdict(read_card(path).metrics)
+    if line:
+        print(line, file=sys.stderr)
     print(f"saved model to {path}", file=sys.stderr)
     return 0
 

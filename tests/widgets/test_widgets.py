@@ -621,6 +621,12 @@ def test_finetune_widget_trains_stops_and_lists_model(viewer, qtbot, models, err
     assert len(ft.history.train) == 3 and ft.history.psnr, "no loss / validation arrived"
     assert "finetune_preview" in viewer.layers
     assert ft.saved_model is not None and (Path(ft.saved_model) / "model.yaml").is_file()
+    # the status says which weights were kept, against the base's validation
+    from napari_emdiffuse.engine.models.files import read_card
+    from napari_emdiffuse.engine.training.finetune import verdict
+
+    kept = verdict(read_card(ft.saved_model).metrics)
+    assert kept and "base" in kept and kept in ft.status.text()
 
     def listed(picker) -> list:
         return [picker.combo.itemData(i) for i in range(picker.combo.count())]

@@ -32,6 +32,8 @@ from qtpy.QtWidgets import (
 from ..api import FinetuneOptions as _ApiFinetuneOptions
 from ..engine.errors import EMDiffuseError, InputError
 from ..engine.models.cards import TASKS
+from ..engine.models.files import read_card
+from ..engine.training.finetune import verdict
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, notify_models_changed, path_row, spin_box
 from ._jobs import ProgressBar, TrainingProcess, logger, notify_error, notify_info
@@ -538,7 +540,7 @@ class FinetuneWidget(DockWidget):
             self._timer.stop()
             return
         events = self._run.poll()
-        changed = False
+        changed = ended = False
         for ev in events:
             stage = ev.get("stage")
             if stage == "training":
@@ -551,10 +553,13 @@ class FinetuneWidget(DockWidget):
                     upsert_image(self.viewer, PREVIEW_LAYER, np.asarray(ev["preview"]))
             elif stage == "done":
                 self._done(ev)
+                ended = True
             elif stage == "error":
                 self._failed(ev)
+                ended = True
         if changed:
             self.plot.update()
+        if changed and not ended:  # the last validation can arrive with "done": keep its message
             self.status.setText(", ".join(t for t in (self.history.summary(), getattr(self, "_eta", "")) if t))
 
     def _finished(self, outcome: str) -> None:
@@ -571,6 +576,12 @@ class FinetuneWidget(DockWidget):
             self.base.refresh()
             minutes = self._elapsed() / 60
             msg = f"{'stopped; ' if stopped else ''}model saved to {path} ({minutes:.1f} min)"
+            try:
+                kept = verdict(read_card(path).metrics)
+            except EMDiffuseError:
+                kept = None
+            if kept:
+                msg = f"{kept}; {msg}"
             self.status.setText(f"{self.history.summary()}\n{msg}")
             notify_info(f"EMDiffuse: {msg}")
         else:

@@ -16,7 +16,7 @@ from .config import TrainConfig, checkpoint_path
 from .refine import RefinerTrainer
 from .trainer import Trainer
 
-__all__ = ["as_config", "train_iter", "train", "finetune_iter"]
+__all__ = ["as_config", "train_iter", "train", "finetune_iter", "verdict"]
 
 
 def as_config(config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainConfig:
@@ -189,3 +189,21 @@ def finetune_iter(
 def train(config: TrainConfig | Mapping[str, Any] | str | Path) -> Path:
     """Run :func:`train_iter` to the end and return the model directory."""
     return drain(train_iter(config))
+
+
+def verdict(metrics: Mapping[str, Any]) -> str | None:
+    """One line on what a fine-tune kept, from its model card's ``metrics``; None without a base.
+
+    Examples
+    --------
+    >>> verdict({"psnr": 27.1, "base_psnr": 26.8, "best_iteration": 160})
+    'kept iteration 160: validation PSNR 27.10 dB (base 26.80 dB)'
+    >>> verdict({"psnr": 26.8, "base_psnr": 26.8, "best_iteration": 0})
+    'no validation beat the base model: its weights are kept (base 26.80 dB)'
+    """
+    if "base_psnr" not in metrics or "psnr" not in metrics:
+        return None
+    base = f"(base {metrics['base_psnr']:.2f} dB)"
+    if metrics.get("best_iteration") == 0:
+        return f"no validation beat the base model: its weights are kept {base}"
+    return f"kept iteration {metrics.get('best_iteration')}: validation PSNR {metrics['psnr']:.2f} dB {base}"
