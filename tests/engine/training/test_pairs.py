@@ -67,6 +67,22 @@ def test_resampled_crops_carry_fresh_noise_of_the_same_statistics():
     assert np.mean(cors) == pytest.approx(0.51, abs=0.08)
 
 
-def test_resample_noise_is_a_validated_fraction():
+def test_resample_noise_is_a_validated_fraction_for_denoising_pairs(tmp_path, capsys):
+    from napari_emdiffuse.cli import main
+
     with pytest.raises(Exception, match="resample_noise"):
         TrainConfig(task="denoise", inputs=["x.tif"], out="m", resample_noise=1.5)
+    with pytest.raises(Exception, match="needs supervised denoising"):
+        TrainConfig(task="super-resolve", inputs=["x.tif"], out="m", resample_noise=0.5)
+    assert TrainConfig(task="denoise", inputs=["x.tif"], out="m", resample_noise=0.5).resample_noise == 0.5
+    # the CLI: one line, exit 2, no model directory
+    img = tmp_path / "x.tif"
+    import tifffile
+
+    tifffile.imwrite(img, (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    for extra in (["--resample-noise", "1.5"], ["--task", "super-resolve", "--resample-noise", "1"]):
+        argv = ["finetune", "--task", "denoise", "--input", str(img), "-o", str(tmp_path / "m"), *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert not (tmp_path / "m").exists()

@@ -293,6 +293,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"self-supervised training denoises; it cannot train a {self.task} model")
         if not (self.inputs or self.clean or self.volume):
             raise ValueError("no training data: give inputs, clean images or a volume")
+        if self.resample_noise > 0 and (self.task != "denoise" or self.objective != "supervised"):
+            raise ValueError("resample_noise draws a denoising pair's noise anew; it needs supervised denoising from pairs")
         if self.targets is not None and len(self.targets) != len(self.inputs):
             raise ValueError(
                 f"{len(self.inputs)} inputs but {len(self.targets)} targets; give one target per input (null: simulate)"
