@@ -8,6 +8,7 @@ from scipy import ndimage as ndi
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.core.metrics import (
     METRICS,
+    extreme_bias,
     frc_curve,
     frc_resolution,
     inception_score,
@@ -32,6 +33,34 @@ def _noisy_pair(rng, clean, level=0.5):
         clean + level * rng.standard_normal(clean.shape),
         clean + level * rng.standard_normal(clean.shape),
     )
+
+
+# --- extreme_bias ------------------------------------------------------------------
+
+
+def test_extreme_bias_closed_form_and_sign(rng):
+    ref = rng.permutation(1000).astype(np.float64).reshape(25, 40)
+    out = ref.copy()
+    out[ref < 10] += 11.0  # darkest 1 % lifted (what clipping to a percentile range does)
+    out[ref >= 990] -= 4.0  # brightest 1 % pulled down
+    out[(ref >= 500) & (ref < 600)] += 50.0  # the middle does not count
+    assert extreme_bias(out, ref) == (11.0, -4.0)
+    # a uniform offset shows at both ends; an unbiased image at neither
+    assert extreme_bias(ref + 2.0, ref) == (2.0, 2.0)
+    assert extreme_bias(ref, ref) == (0.0, 0.0)
+
+
+def test_extreme_bias_gaussian_filter_lifts_dark_lines():
+    ref = np.full((64, 64), 200.0)
+    ref[:, ::8] = 20.0  # thin dark membranes
+    dark, bright = extreme_bias(ndi.gaussian_filter(ref, 1.5), ref, fraction=0.1)
+    assert dark > 50.0 and abs(bright) < dark
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 0.6, float("nan")])
+def test_extreme_bias_rejects_bad_fraction(fraction):
+    with pytest.raises(InputError, match="fraction"):
+        extreme_bias(np.zeros((4, 4)), np.zeros((4, 4)), fraction=fraction)
 
 
 # --- mae / psnr --------------------------------------------------------------------
@@ -193,6 +222,7 @@ def test_inputs_not_modified(rng):
     ssim(a, b, data_range=1000)
     frc_curve(a, b)
     frc_resolution(a)
+    extreme_bias(a, b)
     images = rng.random((8, 1, 8, 8)).astype(np.float32)
     images0 = images.copy()
 
