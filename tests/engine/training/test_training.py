@@ -190,9 +190,13 @@ def test_closing_the_generator_leaves_a_usable_model_and_checkpoint(tmp_path):
     assert m.card.training["iterations"] == 2 and m.card.training["completed"] is False
     state = torch.load(checkpoint_path(cfg), weights_only=True)
     assert state["iteration"] == 2
-    # resume picks up at iteration 3
+    assert state["train_seconds"] > 0 and m.card.training["minutes"] == round(state["train_seconds"] / 60, 1)
+    # resume picks up at iteration 3, and the time spent adds up over the two runs
     gen = train_iter(cfg.model_copy(update={"resume": True, "iterations": 4}))
     assert next(gen).done == 3
+    list(gen)
+    resumed = torch.load(checkpoint_path(cfg), weights_only=True)
+    assert resumed["iteration"] == 4 and resumed["train_seconds"] > state["train_seconds"]
     gen.close()
 
 
@@ -281,6 +285,7 @@ def test_finetune_on_half_of_a_real_pair_registers_the_model(tmp_path, tiny_mode
     assert any(e.stage == "validation" for e in events[:-1])
     m = load_model(out, task="denoise", cache=False)
     assert m.card.training["base"] == "tiny-denoise" and m.card.training["freeze_encoder"] is True
+    assert m.card.training["base_training"] == base.card.training  # the base's history travels along
     assert m.card.network == base.card.network and m.card.normalisation == base.card.normalisation
     assert any(i.path == Path(out).resolve() for i in list_models("denoise"))
     # the frozen encoder kept the base's weights, the decoder moved

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import random
+import time
 from collections.abc import Generator
 from contextlib import nullcontext
 from pathlib import Path
@@ -116,6 +117,8 @@ class Trainer:
         # (score, iteration, metrics, weights) of the best validation so far
         self._best: tuple[float, int, dict[str, float], dict[str, torch.Tensor]] | None = None
         self._since_best = 0
+        # Seconds spent in training steps, summed over resumed runs: the card records the cost.
+        self.train_seconds = 0.0
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -328,6 +331,7 @@ class Trainer:
             "card": self.card.model_dump_json(),
             "metrics": json.dumps(self.metrics),
             "config": self.config.to_yaml(),
+            "train_seconds": self.train_seconds,
         }
         with atomic_file(self.checkpoint_file) as tmp:
             torch.save(state, tmp)
@@ -354,6 +358,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.ema.load_state_dict(state["ema"])
         self.iteration = self.start_iteration = int(state["iteration"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.metrics = json.loads(state.get("metrics", "{}"))
         states = state["rng"]
         if self.rank < len(states) and states[self.rank] is not None:
@@ -373,6 +378,7 @@ class Trainer:
         else:
             card.description = f"Trained from scratch on {self._data_summary()}"
         card.ema = self._ema_active()
+        base_record = self.card.training if self.base_name else None  # the base's own history
         card.training = {
             "base": self.base_name,
             "data": self.data.describe(),
@@ -391,7 +397,11 @@ class Trainer:
             "objective": cfg.objective,
             "processes": self.world,
             "device": self.device.type,
+            "minutes": round(self.train_seconds / 60.0, 1),
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
         }
+        if base_record is not None:
+            card.training["base_training"] = base_record
         card.metrics = {}
         if self.metrics and self.val_batch is not None:
             card.metrics = {
@@ -451,9 +461,11 @@ class Trainer:
                 yield from self._validation_event(base=True)  # what the fine-tune must beat
             try:
                 while self.iteration < total and not self._early_stop():
+                    started = time.perf_counter()
                     loss = self.train_step(self.next_batch())
                     self.iteration += 1
                     self.update_ema()
+                    self.train_seconds += time.perf_counter() - started
                     lr = self.optimizer.param_groups[0]["lr"]
                     event = Progress(
                         "training", self.iteration, total, loss=loss, message=f"loss {loss:.4f}", extra={"lr": lr}
