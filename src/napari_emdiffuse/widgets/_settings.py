@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ..engine.errors import EMDiffuseError
+from ..engine.io.atomic import atomic_file
 from ..engine.inference.canvas import PRESETS as _ENGINE_PRESETS
 
 __all__ = [
@@ -80,11 +80,8 @@ class Settings:
         data[section] = values
         path = self.path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".widgets.json.")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1, default=str)
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:
+                tmp.write_text(json.dumps(data, indent=1, default=str))
         except OSError as exc:
             logger.warning("could not save widget settings to %s: %s", path, exc)
 

@@ -604,3 +604,18 @@ def test_engine_io_does_not_import_gui():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ})
+
+
+def test_atomic_file_gets_the_mode_an_ordinary_write_would(tmp_path):
+    from napari_emdiffuse.engine.io.atomic import atomic_file
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # the mode the umask gives a new file
+    new = tmp_path / "new.txt"
+    with atomic_file(new) as tmp:
+        tmp.write_text("y")
+    assert new.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 != 0o600
+    os.chmod(new, 0o640)  # an existing file keeps its own mode when replaced
+    with atomic_file(new) as tmp:
+        tmp.write_text("z")
+    assert new.read_text() == "z" and new.stat().st_mode & 0o777 == 0o640

@@ -17,6 +17,16 @@ __all__ = ["fsync_dir", "remove_path", "atomic_file", "temp_dir_beside", "replac
 logger = logging.getLogger(__name__)
 
 
+def _umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any threads write.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def fsync_dir(directory: Path) -> None:
     """Flush a folder's entries to disk, so that a rename into it survives a crash."""
     # Makes the rename itself durable; not possible on every OS/filesystem, so best effort.
@@ -63,6 +73,13 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600; give it the mode an ordinary write would have: the
+        # replaced file's, or the one the umask allows (outputs are shared on lab servers).
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except OSError:
+            mode = _FILE_MODE
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
