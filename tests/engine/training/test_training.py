@@ -351,6 +351,20 @@ def test_simulated_noise_model_and_validation_band():
     assert torch.equal(val.cond, data.validation(4).cond)
 
 
+def test_validation_crops_have_the_training_size_where_the_image_allows():
+    img = _texture((256, 128))
+    # 10 % of 256 rows is 26: the band grows to one 64-px crop, so validation sees
+    # training-size inputs (not 32-row slivers)
+    data = SimulatedNoiseData([img], doses=[20], rule=Normalisation(), patch=64, val_fraction=0.1)
+    assert data.bands[0] == 64 and tuple(data.validation(4).cond.shape[-2:]) == (64, 64)
+    # an image too short for two crops keeps the thin band (16 rows) and its training area
+    short = SimulatedNoiseData([_texture((100, 128))], doses=[20], rule=Normalisation(), patch=64, val_fraction=0.1)
+    assert short.bands[0] == 16
+    # a tall image: val_fraction rules
+    tall = SimulatedNoiseData([_texture((1024, 128))], doses=[20], rule=Normalisation(), patch=64, val_fraction=0.1)
+    assert tall.bands[0] >= 103
+
+
 def test_sr_condition_matches_inference_preparation():
     from napari_emdiffuse.engine.inference.normalise import make_condition
     from napari_emdiffuse.engine.inference.normalise import fit_normalisation, sample_values

@@ -102,13 +102,24 @@ def check_image(image: Any, name: str, *, ndim: Sequence[int] = (2, 3)) -> np.nd
 def validation_band(height: int, val_fraction: float, crop: int, multiple: int, *, minimum: int = 0) -> int:
     """Rows at the bottom of an image kept for validation (0 when ``val_fraction`` is 0).
 
-    At least ``val_fraction`` of the height, at least 16 rows (enough for SSIM's window)
-    unless the crop is smaller, and ``minimum`` rows, rounded up to the network's size
-    multiple.
+    At least ``val_fraction`` of the height and ``minimum`` rows, rounded up to the network's
+    size multiple; at least one crop when the image holds two, else 16 rows (enough for
+    SSIM's window) unless the crop is smaller.
+
+    A whole crop because validation must judge the network on inputs of the size it trains
+    and infers on: on thinner crops its GroupNorm sees other statistics and its borders weigh
+    more. Fine-tuning on a 256-row image, two 32x64 validation crops ranked the base above every
+    checkpoint, which scored 0.17-0.21 dB above the base on the other half of the image.
+
+    Examples
+    --------
+    >>> validation_band(256, 0.1, 64, 8), validation_band(1024, 0.1, 64, 8), validation_band(100, 0.1, 64, 8)
+    (64, 104, 16)
     """
     if val_fraction <= 0:
         return 0
-    band = max(math.ceil(val_fraction * height), min(crop, 16), minimum)
+    floor = crop if height >= 2 * crop else min(crop, 16)
+    band = max(math.ceil(val_fraction * height), floor, minimum)
     return int(math.ceil(band / multiple) * multiple)
 
 
