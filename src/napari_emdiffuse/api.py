@@ -213,7 +213,7 @@ class FinetuneOptions:
         Training length (200), crop edge (64) and crops per step (8).
     lr : float, optional
         Learning rate; default 5e-4 for predictors denoising from pairs, 2e-4 for other
-        predictors, 3e-5 self-supervised, 5e-5 diffusion.
+        predictors, 1e-5 self-supervised, 5e-5 diffusion.
     val_fraction : float
         The bottom fraction of the images held back for validation (0.1).
     seed : int

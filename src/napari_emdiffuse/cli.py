@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=_positive, default=defaults.patch)
     p.add_argument("--batch", type=_positive, default=defaults.batch)
     p.add_argument("--lr", type=float, default=None,
-                   help="default 5e-4 (predictors, denoising pairs), 2e-4 (other predictors), 3e-5 "
+                   help="default 5e-4 (predictors, denoising pairs), 2e-4 (other predictors), 1e-5 "
                         "(self-supervised) or 5e-5 (diffusion)")
     p.add_argument("--resample-noise", type=_unit, default=None, metavar="FRACTION",
                    help="denoising pairs: share of crops given the pair's own noise from elsewhere (default 1)")

@@ -108,7 +108,7 @@ def finetune_iter(
         Model directory to write.
     iterations, patch, batch, lr, val_fraction, seed, device, freeze_encoder
         As in :class:`TrainConfig`. ``lr`` defaults to 5e-4 for predictors denoising from
-        pairs, 2e-4 for other predictors, 3e-5 self-supervised and 5e-5 for diffusion models.
+        pairs, 2e-4 for other predictors, 1e-5 self-supervised and 5e-5 for diffusion models.
         The bottom ``val_fraction`` of the images is held back: the base model is scored there
         first, and the best validation's weights are kept, the base's included (a fine-tune
         that never beats the base saves the base).
@@ -172,15 +172,16 @@ def finetune_iter(
         from ..models.registry import load_model
 
         # Predictors take a larger step than diffusion networks before they drift; the
-        # self-supervised objective's sparse, noisy targets want a small one (measured on
-        # correlated noise, 200 iterations: 3e-5 +0.17 dB, 6e-5 +0.03, 2e-4 -0.66); with
-        # resampled noise a pair is not learnt by heart and takes a larger one (liver_0 dose 30,
-        # mean of two seeds: plain 2e-4 +0.14 dB; resampled 5e-4 +0.20, 1e-3 +0.21 less steady).
+        # self-supervised objective's sparse, noisy targets want a small one, the smaller the
+        # better the base (liver_0, correlated noise, dose 30, 200 iterations: with the 16-wide
+        # base 3e-5 +0.09 dB, 2e-4 -0.66; with the 24-wide base 3e-5 -0.14 / -0.28, 1e-5
+        # +0.06 / -0.03); with resampled noise a pair is not learnt by heart and takes a larger
+        # one (mean of two seeds: plain 2e-4 +0.14 dB; resampled 5e-4 +0.20, 1e-3 +0.21).
         kind = load_model(base, task=task, device="cpu").card.kind
         if kind != "regression":
             config.lr = 5e-5
         elif objective == "self-supervised":
-            config.lr = 3e-5
+            config.lr = 1e-5
         else:
             config.lr = 5e-4 if config.resample_noise > 0 else 2e-4
     yield from train_iter(config)
