@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(self-supervised) or 5e-5 (diffusion)")
     p.add_argument("--resample-noise", type=_unit, default=None, metavar="FRACTION",
                    help="denoising pairs: share of crops given the pair's own noise from elsewhere (default 1)")
+    p.add_argument("--noise-gain", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="denoising pairs: scale the pair's noise by LOW..HIGH, e.g. 1 1.41 to also "
+                        "restore scans at half the pair's dwell time (default 1 1: as recorded)")
     p.add_argument("--factor", type=int, default=None, help="isotropic: slices per gap (default: the base model's)")
     p.add_argument(
         "--objective", choices=["supervised", "self-supervised"], default=None,
@@ -449,6 +452,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             patch=args.patch, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
             device=args.device, freeze_encoder=args.freeze_encoder, factor=args.factor, objective=args.objective,
             **({} if args.resample_noise is None else {"resample_noise": args.resample_noise}),
+            **({} if args.noise_gain is None else {"noise_gain": tuple(args.noise_gain)}),
         )
     )
     line = verdict(read_card(path).metrics)

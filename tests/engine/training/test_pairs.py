@@ -86,3 +86,52 @@ def test_resample_noise_is_a_validated_fraction_for_denoising_pairs(tmp_path, ca
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert not (tmp_path / "m").exists()
+
+
+def test_noise_gain_scales_the_pairs_noise_and_renormalises_like_inference():
+    from napari_emdiffuse.engine.models.cards import Normalisation
+    from napari_emdiffuse.engine.training.data.pairs import pair_data
+
+    noisy, clean = _correlated_pair(np.random.default_rng(0), shape=(128, 128))
+    kw = dict(rule=Normalisation(), patch=128, val_fraction=0.0)  # one crop: the whole image, turned
+    plain, gained = pair_data([noisy], [clean], **kw), pair_data([noisy], [clean], noise_gain=(1.0, 3.0), **kw)
+
+    def snr(c, t):
+        return float((c - t).std() / t.std())  # invariant to the renormalisation
+
+    base = snr(*_crops(plain, 1)[0][:2])
+    crops = _crops(gained, 48)
+    ratios = np.array([snr(c, t) / base for c, t, _ in crops])
+    assert ratios.min() == pytest.approx(1.0, abs=0.02) and ratios.max() == pytest.approx(3.0, rel=0.02)
+    assert len(np.unique(ratios.round(3))) > 4  # a spread of gains, not two
+    # every crop is normalised as inference would normalise that noisier input: its own
+    # 0.5 / 99.5 percentiles at -1 / +1 (without the refit they drift to -1.9 / +1.9 at gain 3)
+    for c, _, _ in crops:
+        lo, hi = np.percentile(c, [0.5, 99.5])
+        assert lo == pytest.approx(-1.0, abs=0.02) and hi == pytest.approx(1.0, abs=0.02)
+    assert gained.describe()["noise_gain"] == [1.0, 3.0] and "noise_gain" not in plain.describe()
+
+
+def test_noise_gain_is_validated():
+    with pytest.raises(Exception, match="noise_gain must be"):
+        TrainConfig(task="denoise", inputs=["x.tif"], out="m", noise_gain=[2.0, 1.0])
+    with pytest.raises(Exception, match="noise_gain must be"):
+        TrainConfig(task="denoise", inputs=["x.tif"], out="m", noise_gain=[0.0, 1.0])
+    with pytest.raises(Exception, match="noise_gain scales"):
+        TrainConfig(task="super-resolve", inputs=["x.tif"], out="m", noise_gain=[1.0, 2.0])
+    assert TrainConfig(task="denoise", inputs=["x.tif"], out="m", noise_gain=[0.7, 2.5]).noise_gain == (0.7, 2.5)
+
+
+def test_cli_noise_gain_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    import tifffile
+
+    from napari_emdiffuse.cli import main
+
+    img = tmp_path / "x.tif"
+    tifffile.imwrite(img, (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    for extra in (["--target", str(img), "--noise-gain", "2", "1"], ["--task", "super-resolve", "--noise-gain", "1", "2"]):
+        argv = ["finetune", "--task", "denoise", "--input", str(img), "-o", str(tmp_path / "m"), *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "noise_gain" in err and "Traceback" not in err, err
+        assert not (tmp_path / "m").exists()

@@ -146,7 +146,7 @@ def build_data(cfg: TrainConfig, card: ModelCard, mult: int) -> TrainingData:
     blur = dict(input_blur=cfg.input_blur)
     if pair_in:
         parts.append(pair_data(pair_in, pair_t, rule=rule, scale=scale, names=pair_names,
-                               resample_noise=cfg.resample_noise, **common, **blur))
+                               resample_noise=cfg.resample_noise, noise_gain=cfg.noise_gain, **common, **blur))
     if clean:
         if cfg.task == "denoise":
             parts.append(

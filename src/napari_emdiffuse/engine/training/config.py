@@ -223,6 +223,8 @@ class TrainConfig(BaseModel):
     input_blur: float = Field(0.0, ge=0, le=10)
     # denoising pairs: this fraction of crops gets the pair's own noise from elsewhere (PairData)
     resample_noise: float = Field(0.0, ge=0, le=1)
+    # denoising pairs: factors on the pair's noise, as at shorter / longer dwell (PairData)
+    noise_gain: tuple[float, float] = (1.0, 1.0)
     # optimisation
     patch: int = Field(128, ge=8)
     batch: int = Field(4, ge=1)
@@ -295,6 +297,11 @@ class TrainConfig(BaseModel):
             raise ValueError("no training data: give inputs, clean images or a volume")
         if self.resample_noise > 0 and (self.task != "denoise" or self.objective != "supervised"):
             raise ValueError("resample_noise draws a denoising pair's noise anew; it needs supervised denoising from pairs")
+        lo, hi = self.noise_gain
+        if not 0 < lo <= hi <= 10:
+            raise ValueError(f"noise_gain must be two factors 0 < low <= high <= 10, got [{lo:g}, {hi:g}]")
+        if hi > lo and (self.task != "denoise" or self.objective != "supervised"):
+            raise ValueError("noise_gain scales a denoising pair's noise; it needs supervised denoising from pairs")
         if self.targets is not None and len(self.targets) != len(self.inputs):
             raise ValueError(
                 f"{len(self.inputs)} inputs but {len(self.targets)} targets; give one target per input (null: simulate)"

@@ -121,7 +121,8 @@ def finetune_iter(
         Any other :class:`TrainConfig` field (``warmup``, ``val_every``, ``doses``,
         ``noise_focus`` (default 0.75 here), ``resample_noise`` (default 1.0 here for denoising
         pairs: every crop gets the pair's own noise from elsewhere, so 200 iterations do not
-        learn one noise realisation by heart), ...).
+        learn one noise realisation by heart), ``noise_gain`` (denoising pairs: e.g. ``(1, 1.41)``
+        also trains for scans at half the pair's dwell time), ...).
 
     Examples
     --------

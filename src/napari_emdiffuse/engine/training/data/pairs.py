@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ...inference.normalise import make_condition, to_model
+from ...inference.normalise import fit_normalisation, make_condition, sample_values, to_model
 from ...models.cards import Normalisation
 from .base import Item, TrainingData, augment, band_crops, blur, fit_rule, spread, stack_planes, fitted_band
 
@@ -53,6 +53,15 @@ class PairData(TrainingData):
         from another place (see :func:`noise_model`). A single recorded pair holds one noise
         realisation per pixel, which a short fine-tune learns by heart; drawing it afresh
         keeps the clean content and the noise statistics of the pair, correlations included.
+    noise_gain : (float, float)
+        Denoising pairs: the range of factors on the pair's noise (input minus target),
+        drawn per crop from a log-spaced grid. Noise variance goes with 1 / dwell time, so a
+        factor g mimics a recording at 1 / g² of the pair's dwell with the same detector
+        (same spatial correlations), and a model learns more than one noise level from one
+        pair. Each factor gets the normalisation fitted on the whole input at that factor,
+        as inference would fit it on such an input. ``(1, 1)`` keeps the pair as recorded.
+    rule : Normalisation, optional
+        The model's normalisation, refitted for each noise gain (default: percentiles).
     names : list of str
         Names for error messages and the model card.
     """
@@ -67,6 +76,8 @@ class PairData(TrainingData):
         multiple: int = 1,
         input_blur: float = 0.0,
         resample_noise: float = 0.0,
+        noise_gain: tuple[float, float] = (1.0, 1.0),
+        rule: Normalisation | None = None,
         names: Sequence[str] | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
@@ -92,6 +103,28 @@ class PairData(TrainingData):
             for c, t, band in zip(self.conds, self.targets, self.bands):
                 same_grid = c.shape == t.shape and c.shape[0] == 1
                 self._noise.append(noise_model(c[0, : c.shape[1] - band], t[0, : t.shape[1] - band]) if same_grid else None)
+        lo, hi = (float(g) for g in noise_gain)
+        if not 0 < lo <= hi:
+            raise InputError(f"noise_gain must be two factors 0 < low <= high, got {noise_gain}")
+        self.noise_gain = (lo, hi)
+        # per pair: (gain, scale, offset) that renormalise a crop whose noise is scaled by gain
+        self._gains: list[list[tuple[float, float, float]]] = []
+        if hi > lo:
+            grid = np.geomspace(lo, hi, 9)
+            for c, t in zip(self.conds, self.targets):
+                if c.shape != t.shape or c.shape[0] != 1:
+                    self._gains.append([])
+                    continue
+                fits = []
+                for g in grid:
+                    if rule is not None and rule.mode == "range":
+                        fits.append((float(g), 1.0, 0.0))  # fixed values: nothing to refit
+                        continue
+                    # percentiles are affine-equivariant: fitting in model range is fitting raw
+                    info = fit_normalisation(sample_values(t[0] + g * (c[0] - t[0])), rule or Normalisation())
+                    a = 2.0 / (info.hi - info.lo)
+                    fits.append((float(g), a, -info.lo * a - 1.0))
+                self._gains.append(fits)
 
     @property
     def train_area(self) -> int:
@@ -113,6 +146,9 @@ class PairData(TrainingData):
             y2 = int(rng.integers(unit.shape[0] - p + 1))
             x2 = int(rng.integers(unit.shape[1] - p + 1))
             cc = (tt + np.sqrt(np.maximum(a * tt + b, 1e-8)) * unit[None, y2 : y2 + p, x2 : x2 + p]).astype(np.float32)
+        if self._gains and self._gains[i]:
+            g, a, b = self._gains[i][int(rng.integers(len(self._gains[i])))]
+            cc, tt = (a * (tt + g * (cc - tt)) + b).astype(np.float32), (a * tt + b).astype(np.float32)
         cc, tt = augment([cc, tt], rng, rotate=True)
         return blur(cc, self.input_blur, rng), tt, -1
 
@@ -124,7 +160,8 @@ class PairData(TrainingData):
         return [it for v, k in zip(crops, take) for it in v[:k]]
 
     def describe(self) -> dict[str, Any]:
-        return {**self.info, "images": self.names}
+        extra = {"noise_gain": list(self.noise_gain)} if self.noise_gain[1] > self.noise_gain[0] else {}
+        return {**self.info, "images": self.names, **extra}
 
 
 def noise_model(noisy: np.ndarray, clean: np.ndarray, *, bins: int = 16) -> tuple[np.ndarray, float, float]:
@@ -179,6 +216,7 @@ def pair_data(
     multiple: int = 1,
     input_blur: float = 0.0,
     resample_noise: float = 0.0,
+    noise_gain: tuple[float, float] = (1.0, 1.0),
     names: Sequence[str] | None = None,
 ) -> PairData:
     """Training data from registered (degraded, clean) pairs.
@@ -216,7 +254,8 @@ def pair_data(
             all_names.append(name if len(planes_in) == 1 else f"{name}[{z}]")
     return PairData(
         conds, tgts, patch=patch, val_fraction=val_fraction, multiple=multiple, input_blur=input_blur,
-        resample_noise=resample_noise if scale == 1 else 0.0, names=all_names, info={"kind": "pairs", "scale": scale},
+        resample_noise=resample_noise if scale == 1 else 0.0, noise_gain=noise_gain if scale == 1 else (1.0, 1.0),
+        rule=rule, names=all_names, info={"kind": "pairs", "scale": scale},
     )
 
 
