@@ -319,6 +319,12 @@ def test_finetune_logic(tmp_path):
         FinetuneOptions(val_fraction=0.95).validate()
     assert FinetuneOptions.from_dict({"lr": 1, "iterations": 10}).iterations == FinetuneOptions().iterations
     assert FinetuneOptions.from_dict({"lr": 1e-4, "iterations": 10}).lr == 1e-4
+    # faster scans: the pair's noise up to sqrt(speed-up), for denoising only
+    assert "noise_gain" not in FinetuneOptions().engine_kwargs()
+    assert FinetuneOptions(faster=2.0).engine_kwargs()["noise_gain"] == (1.0, 1.4142)
+    assert "noise_gain" not in FinetuneOptions(task="super-resolve", faster=2.0).engine_kwargs()
+    with pytest.raises(EMDiffuseError, match="faster scans"):
+        FinetuneOptions(faster=0.5).validate()
 
 
 def test_loss_history_and_plot_mapping():
@@ -575,8 +581,12 @@ def test_finetune_widget_form(viewer, errors):
     ft.lr.setText("fast")
     assert not ft.run() and "learning rate" in errors[-1]
     ft.lr.setText("1e-4")
+    ft.target_combo.setCurrentIndex(0)  # (none): self-supervised, there is no pair to scale
+    ft.faster.setValue(2.0)
+    assert not ft.run() and "faster scans" in errors[-1]
     ft.task.setCurrentText("isotropic-a")
     assert ft.base.task == "isotropic-a" and not ft.target_combo.isEnabled() and ft.factor.isEnabled()
+    assert not ft.faster.isEnabled()
     ft.input_combo.set_layer(viewer.layers["vol"])
     assert ft.factor.value() == 3  # from the volume's scale
     ft.input_combo.set_layer(noisy)

@@ -98,6 +98,10 @@ class FinetuneOptions(WidgetOptions):
         Train only the decoder (less data needed, less forgetting).
     factor : int
         Isotropic tasks: slices per gap (z / xy spacing); 0 keeps the base model's.
+    faster : float
+        Denoising from a pair: also train for scans up to this many times faster (shorter
+        dwell) than the pair's, by scaling its noise up to ``sqrt(faster)`` (``noise_gain``);
+        1 trains on the pair as recorded. Ignored by the other tasks.
     output : str
         Where the model is saved; empty: a new folder under the user model directory.
     """
@@ -112,6 +116,7 @@ class FinetuneOptions(WidgetOptions):
     device: str = "auto"
     freeze_encoder: bool = False
     factor: int = 0
+    faster: float = 1.0
     output: str = ""
 
     @property
@@ -131,6 +136,8 @@ class FinetuneOptions(WidgetOptions):
             parse_lr(str(self.lr))
         if not 0 <= self.val_fraction < 0.9:
             raise EMDiffuseError(f"validation fraction must be in [0, 0.9), got {self.val_fraction}")
+        if not 1 <= self.faster <= 16:
+            raise EMDiffuseError(f"faster scans must be between 1 and 16 times the pair's speed, got {self.faster:g}")
         if self.factor and not 2 <= self.factor <= 16:
             raise EMDiffuseError(f"factor must be between 2 and 16, got {self.factor}")
         if self.output and Path(self.output).expanduser().is_file():
@@ -142,6 +149,8 @@ class FinetuneOptions(WidgetOptions):
         self.validate()
         out = Path(self.output).expanduser() if self.output else default_output(self.task, now)
         kw: dict[str, Any] = {"factor": self.factor or None} if not self.needs_target else {}
+        if self.task == "denoise" and self.faster > 1:
+            kw["noise_gain"] = (1.0, round(float(np.sqrt(self.faster)), 4))  # noise std ~ 1 / sqrt(dwell)
         return kw | {
             "out": out,
             "iterations": self.iterations,
@@ -390,8 +399,18 @@ class FinetuneWidget(DockWidget):
         self.factor_label = QLabel("factor")
         self.freeze = QCheckBox("freeze encoder")
         self.freeze.setToolTip("Train only the decoder: fewer data needed, less forgetting")
+        self.faster = QDoubleSpinBox()
+        self.faster.setRange(1.0, 16.0)
+        self.faster.setSingleStep(0.5)
+        self.faster.setValue(defaults.faster)
+        self.faster.setSuffix("x")
+        self.faster.setToolTip(
+            "Denoising from a pair: also train for scans up to this many times faster (shorter dwell) "
+            "than the pair's, by scaling its noise; 1x: the pair as recorded"
+        )
         advanced = advanced_section(
             [
+                ("faster scans", self.faster),
                 ("batch", self.batch),
                 ("learning rate", self.lr),
                 ("validation", self.val_fraction),
@@ -455,6 +474,7 @@ class FinetuneWidget(DockWidget):
             device=self.device.value(),
             freeze_encoder=self.freeze.isChecked(),
             factor=self.factor.value(),
+            faster=round(self.faster.value(), 2),
             output=self.output.text().strip(),
         )
 
@@ -469,6 +489,7 @@ class FinetuneWidget(DockWidget):
         self.device.set_value(opts.device)
         self.freeze.setChecked(opts.freeze_encoder)
         self.factor.setValue(opts.factor)
+        self.faster.setValue(opts.faster)
         self.output.setText(opts.output)
 
     def _task_changed(self, task: str) -> None:
@@ -478,6 +499,7 @@ class FinetuneWidget(DockWidget):
         self.target_label.setEnabled(paired)
         self.factor.setEnabled(not paired)
         self.factor_label.setEnabled(not paired)
+        self.faster.setEnabled(task == "denoise")
         self._prefill_factor()
         self.input_combo.setToolTip(
             "Degraded image (noisy / low resolution)" if paired else "Anisotropic ZYX volume (trained on itself)"
@@ -520,6 +542,8 @@ class FinetuneWidget(DockWidget):
             raise EMDiffuseError(
                 "fine-tuning starts from a model folder or .zip; import the checkpoint first (emdiffuse import)"
             )
+        if y is None and "noise_gain" in kwargs:
+            raise InputError("faster scans scale a pair's noise: choose a target, or set faster scans to 1x")
         self._save_settings(opts)  # the base model is not remembered
         kwargs.update(task=opts.task, input=x, target=y, base=base)
         self.history.clear()
