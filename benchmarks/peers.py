@@ -58,6 +58,10 @@ def cases(doses: list[float]) -> dict[str, np.ndarray]:
     pair = SHARED / "em2d" / "pair_brain_4us"
     noisy = tifffile.imread(pair / "noisy_4us.tif")[512:768]
     out = {"pair256": noisy[:256, :256], "pair768": noisy}
+    clean = tifffile.imread(pair / "clean_36us.tif")[512:768, :256]
+    for gain in (1.41, 2.0):  # the pair's noise scaled, as quality.py makes it
+        n = noisy[:256, :256].astype(np.float64)
+        out[f"pair256x{gain:g}"] = np.clip(np.rint(clean + gain * (n - clean)), 0, 255).astype(np.uint8)
     liver = tifffile.imread(SHARED / "em2d" / "clean" / "openorganelle_mouse_liver_0.tif")
     for d in doses:
         out[f"dose{d:g}"] = simulate_noise(liver, d, rng=np.random.default_rng(int(d)), lo=0, hi=255).astype(np.uint8)
