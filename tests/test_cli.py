@@ -250,3 +250,43 @@ def test_cli_error_details(tmp_path, monkeypatch, capsys, argv, expect):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expect in err[0]
     assert "demo-denoise" not in err[0] or "denoise models" in err[0]  # only the task's models
+
+
+def test_stack_progress_is_one_bar_with_block_counts(monkeypatch, capsys):
+    # A stack yields global sampling counts and, between slices, block counts. One bar must
+    # follow the sampling counts to the end (its rate and ETA intact), the blocks as a postfix;
+    # a control bar per event (the old behaviour) opens a new bar at every slice.
+    import tqdm as tqdm_mod
+
+    from napari_emdiffuse import cli
+    from napari_emdiffuse.engine.events import Progress
+
+    opened = []
+
+    class Counting(tqdm_mod.tqdm):
+        def __init__(self, *a, **k):
+            opened.append(k.get("desc"))
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", Counting)
+
+    def job():
+        for z in range(3):
+            for t in range(4):
+                yield Progress("sampling", z * 4 + t + 1, 12)
+            yield Progress("block", z + 1, 3)
+        yield "result"
+
+    assert cli._progress(job()) == "result"
+    err = capsys.readouterr().err
+    assert opened == ["sampling"]
+    assert "12/12" in err and "block 3/3" in err
+
+    def blocks_only():  # a dask run reports blocks only: they get the bar
+        for n in range(1, 4):
+            yield Progress("block", n, 3)
+        yield "done"
+
+    opened.clear()
+    assert cli._progress(blocks_only()) == "done"
+    assert opened == ["block"] and "3/3" in capsys.readouterr().err

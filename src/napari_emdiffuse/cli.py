@@ -211,10 +211,17 @@ def _progress(gen: Generator, stages: Sequence[str] = ("sampling", "block", "tra
                         (bar.write if bar is not None else _stderr)(
                             f"{PROG}: estimate: {ev.total} network passes, about {_duration(left)} more{note}"
                         )
-                if bar is None or bar.total != ev.total:
+                if ev.stage == "block" and bar is not None and bar.desc != "block":
+                    # Block counts ride on the finer, global sampling/training bar: a bar of
+                    # their own would restart it (rate, ETA) at every slice.
+                    bar.set_postfix_str(f"block {ev.done}/{ev.total}", refresh=True)
+                    continue
+                if bar is None or bar.total != ev.total or bar.desc != ev.stage:
                     if bar is not None:
                         bar.close()
-                    bar = tqdm(total=ev.total, desc=ev.stage, file=sys.stderr, unit="it", dynamic_ncols=True)
+                    bar = tqdm(
+                        total=ev.total, initial=ev.done, desc=ev.stage, file=sys.stderr, unit="it", dynamic_ncols=True
+                    )
                 bar.n = ev.done
                 if ev.loss is not None:
                     bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
