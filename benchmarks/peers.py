@@ -41,13 +41,15 @@ def _fake_torchvision() -> None:
     # careamics imports torchvision only for export and LVAE code, which CARE/N2V training
     # and prediction never reach; no CPU torchvision wheel matches torch 2.13 here.
     # torchmetrics also believes it is there and imports a few names at import time.
-    for name in ("torchvision", "torchvision.transforms", "torchvision.models", "torchvision.ops"):
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
+                 "torchvision.models", "torchvision.ops"):
         mod = types.ModuleType(name)
         mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
         mod.__getattr__ = lambda attr: None  # any name: a placeholder, never called here
         sys.modules.setdefault(name, mod)
     sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
     sys.modules["torchvision"].models = sys.modules["torchvision.models"]
+    sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
 
 
 def cases(doses: list[float]) -> dict[str, np.ndarray]:
@@ -113,6 +115,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=12.0, help="training wall-clock per peer")
     ap.add_argument("--doses", default="30,100,300")
     ap.add_argument("--n2v", action="store_true", help="also train Noise2Void on each test image")
+    ap.add_argument("--n2v-keys", default="pair256,pair256x1.41,pair256x2,sample,finetune",
+                    help="the cases N2V trains on (each its own image)")
     ap.add_argument("--out", default=str(ROOT / "build" / "peers"))
     ap.add_argument("--finetune-dose", type=float, default=30.0, help="dose of benchmarks/finetune.py's case")
     args = ap.parse_args()
@@ -139,7 +143,7 @@ def main() -> None:
         from finetune import liver_case
 
         inputs["finetune"] = liver_case(args.finetune_dose)[0]
-        for key in ("pair256", "sample", "finetune"):
+        for key in args.n2v_keys.split(","):
             image = inputs[key].astype(np.float32)
             cfg = create_advanced_n2v_config(
                 experiment_name=f"n2v_{key}", data_type="array", axes="YX", patch_size=[64, 64], batch_size=16,

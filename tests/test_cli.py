@@ -153,11 +153,15 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "tile0": (["denoise", good, "--tile", "0"], "tile"),
         "iso2d": (["isotropic", good, "--factor", "2"], "3D"),
         "factor1": (["isotropic", tif("vol.tif", np.zeros((3, 16, 16), np.uint8)), "--factor", "1"], "factor"),
+        "iso-denoiser": (["isotropic", tif("vol3.tif", np.zeros((3, 16, 16), np.uint8)), "--factor", "3",
+                          "--denoise", "demo-sr2"], "made for super-resolve, not denoise"),
         "badext": (["denoise", good, "-o_placeholder"], ""),
     }
 
 
-@pytest.mark.parametrize("case", ["all-nan", "empty", "rgb", "5d", "corrupt", "missing", "tile0", "iso2d", "factor1"])
+@pytest.mark.parametrize(
+    "case", ["all-nan", "empty", "rgb", "5d", "corrupt", "missing", "tile0", "iso2d", "factor1", "iso-denoiser"]
+)
 def test_bad_input_table(tmp_path, tiny_model_dir, case):
     args, needle = _bad_inputs(tmp_path)[case]
     inputs = [Path(a) for a in args[1:] if a.endswith(".tif") and Path(a).exists()]
@@ -290,3 +294,23 @@ def test_stack_progress_is_one_bar_with_block_counts(monkeypatch, capsys):
     opened.clear()
     assert cli._progress(blocks_only()) == "done"
     assert opened == ["block"] and "3/3" in capsys.readouterr().err
+
+
+def test_isotropic_denoise_first(tmp_path, capsys):
+    # --denoise: the measured slices come out denoised (the bundled denoiser), the volume
+    # has (Z - 1) * factor + 1 slices; without it they are the input's, bit for bit.
+    vol = (np.random.default_rng(1).random((3, 32, 32)) * 255).astype(np.uint8)
+    src = tmp_path / "vol.tif"
+    tifffile.imwrite(src, vol)
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    assert main(["isotropic", str(src), "-o", str(a), "--factor", "3", "--device", "cpu", "--denoise"]) == 0
+    assert main(["isotropic", str(src), "-o", str(b), "--factor", "3", "--device", "cpu"]) == 0
+    den, plain = tifffile.imread(a), tifffile.imread(b)
+    assert den.shape == plain.shape == (7, 32, 32)
+    assert np.array_equal(plain[::3], vol) and not np.array_equal(den[::3], vol)
+    assert den[::3].std() < vol.std()  # white noise in, smoother slices out
+    import json
+
+    made = json.loads(tifffile.TiffFile(a).imagej_metadata["Info"])
+    assert made["denoised_first_by"] == "demo-denoise" and made["factor"] == 3
+    assert "denoised_first_by" not in json.loads(tifffile.TiffFile(b).imagej_metadata["Info"])

@@ -188,6 +188,11 @@ class IsotropicOptions(SamplingChoice):
         ``<out>_uncertainty.zarr`` or the path given.
     workers, scheduler
         As in :class:`ZarrOptions` (needs ``out``).
+    denoise : bool, str, path or EMDiffuseModel, optional
+        Denoise the measured slices first (one pass of a denoising model: ``True`` for the
+        bundled one) and generate the new slices from the denoised ones; the output's
+        measured slices are then the denoised ones. For noisy volumes: interpolating noise
+        gives noisy new slices (``benchmarks/isotropic.py --doses``).
     """
 
     mode: Literal["i", "a"] = "i"
@@ -197,6 +202,7 @@ class IsotropicOptions(SamplingChoice):
     uncertainty: bool | str | os.PathLike = False
     workers: int | None = None
     scheduler: str | None = None
+    denoise: bool | str | os.PathLike | EMDiffuseModel | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -407,7 +413,8 @@ def reconstruct_isotropic(
     """Make an anisotropic EM volume isotropic (vEMDiffuse).
 
     Between every two neighbouring slices, ``factor - 1`` new slices are generated from the
-    two measured ones. The measured slices are kept exactly; the output has
+    two measured ones. The measured slices are kept exactly (or denoised first, with
+    ``denoise``); the output has
     ``(Z - 1) * factor + 1`` slices and its z spacing is divided by ``factor``.
 
     Parameters

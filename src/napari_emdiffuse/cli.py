@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size)")
     p.add_argument("--mode", choices=["i", "a"], default="i", help="i: model trained on isotropic data; a: on this volume's lateral planes")
     p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the pixel-wise std over samples here")
+    p.add_argument("--denoise", nargs="?", const=True, default=None, metavar="MODEL",
+                   help="denoise the measured slices first (noisy volumes), with this denoising model or, "
+                        "without one, the bundled demo-denoise; the measured slices are then replaced by "
+                        "the denoised ones")
     _sampling_options(p)
     p.set_defaults(func=_cmd_isotropic)
 
@@ -361,13 +365,17 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     gen = reconstruct_isotropic_iter(
         data.data, args.factor, args.model, mode=args.mode, spacing=data.spacing, out=zarr_out,
         uncertainty=(str(unc) if zarr_out is not None and unc is not None else unc is not None),
-        workers=args.workers, scheduler=args.scheduler, **kw,
+        workers=args.workers, scheduler=args.scheduler, denoise=args.denoise, **kw,
     )
     result = _progress(gen)
     if zarr_out is None:
-        write_image(out, result.volume, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX")
+        from .engine.inference.restore import provenance
+
+        made = provenance(result.info, result.info.get("normalisation"), source=str(args.input))
+        write_image(out, result.volume, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX", provenance=made)
         if unc is not None and result.uncertainty is not None:
-            write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX")
+            write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX",
+                        provenance={**made, "what": "uncertainty (std, input units)"})
     print(f"wrote {out} ({result.factor}x more slices)", file=sys.stderr)
     return 0
 

@@ -228,6 +228,7 @@ def test_isotropic_logic(tmp_path):
     kw = IsotropicOptions(factor=3, mode="a", steps=2).engine_kwargs()
     assert (kw["factor"], kw["mode"], kw["steps"], kw["out"], kw["samples"]) == (3, "a", 2, None, None)
     assert IsotropicOptions(mode="a").task == "isotropic-a"
+    assert kw["denoise"] is None and IsotropicOptions(denoise_first=True).engine_kwargs()["denoise"] is True
     with pytest.raises(EMDiffuseError, match="factor"):
         IsotropicOptions(factor=1).validate()
     with pytest.raises(EMDiffuseError, match=".zarr"):
@@ -568,6 +569,18 @@ def test_isotropic_widget(viewer, qtbot, models, errors, tmp_path):
     assert isinstance(unc.data, da.Array) and unc.data.shape == (5, 32, 32)
     assert tuple(unc.scale) == (8.0, 8.0, 8.0) and unc.colormap.name == "magma"
     assert np.asarray(unc.data[0]).max() == 0  # measured slices are certain
+
+    # Denoised first (the bundled denoiser), in memory: the measured slices are replaced.
+    w.output.setText("")
+    w.uncertainty.setChecked(False)
+    w.denoise_first.setChecked(True)
+    assert w.options().denoise_first
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    out = viewer.layers["vol_isotropic"]
+    assert out.metadata["emdiffuse"]["denoised_first_by"] == "demo-denoise"
+    assert not np.array_equal(np.asarray(out.data)[::2], vol)
 
 
 def test_finetune_widget_form(viewer, errors):

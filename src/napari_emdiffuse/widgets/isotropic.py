@@ -60,6 +60,9 @@ class IsotropicOptions(WidgetOptions):
         Empty: keep the result in memory. Otherwise a ``.zarr`` path written block by block.
     uncertainty : bool
         Also compute the pixel-wise standard deviation over the samples.
+    denoise_first : bool
+        Denoise the measured slices with the bundled denoiser first (noisy volumes); the
+        output's measured slices are then the denoised ones.
     """
 
     mode: str = "i"
@@ -73,6 +76,7 @@ class IsotropicOptions(WidgetOptions):
     device: str = "auto"
     output: str = ""
     uncertainty: bool = False
+    denoise_first: bool = False
 
     @property
     def task(self) -> str:
@@ -97,6 +101,7 @@ class IsotropicOptions(WidgetOptions):
             "mode": self.mode,
             "out": Path(self.output).expanduser() if self.output else None,
             "uncertainty": self.uncertainty,
+            "denoise": True if self.denoise_first else None,
         }
 
 
@@ -193,6 +198,11 @@ class IsotropicWidget(DockWidget):
                 ("", self.uncertainty),
             ]
         )
+        self.denoise_first = QCheckBox("denoise the slices first")
+        self.denoise_first.setToolTip(
+            "For noisy volumes: denoise every measured slice with the bundled denoiser, then generate\n"
+            "the new slices from the denoised ones (the measured slices are replaced by the denoised ones)"
+        )
         self.output = QLineEdit()
         self.output.setPlaceholderText("in memory (or a .zarr path for large volumes)")
         self.output.setToolTip("Empty: keep the result in memory. A .zarr path: written block by block, shown lazily")
@@ -204,6 +214,7 @@ class IsotropicWidget(DockWidget):
                 ("", self.factor_hint),
                 ("model", self.model),
                 ("preset", self.preset),
+                ("", self.denoise_first),
                 ("output", path_row(self.output, self._browse_output)),
             ],
             advanced,
@@ -228,6 +239,7 @@ class IsotropicWidget(DockWidget):
             device=self.device.value(),
             output=self.output.text().strip(),
             uncertainty=self.uncertainty.isChecked(),
+            denoise_first=self.denoise_first.isChecked(),
         )
 
     def set_options(self, opts: IsotropicOptions) -> None:
@@ -242,6 +254,7 @@ class IsotropicWidget(DockWidget):
         self.device.set_value(opts.device)
         self.output.setText(opts.output)
         self.uncertainty.setChecked(opts.uncertainty)
+        self.denoise_first.setChecked(opts.denoise_first)
 
     def _prefill(self, *_: Any) -> None:
         layer = self.layer_combo.layer()

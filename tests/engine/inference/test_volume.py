@@ -380,3 +380,70 @@ def test_distributed_cancel_and_worker_error(model, tmp_path):
         reconstruct_isotropic(da.from_array(data), 2, model, out=out, workers=1, **FAST)
     assert not out.exists()
     assert _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# denoise first (noisy volumes)
+
+
+def test_denoise_first_is_denoise_then_reconstruct(model, vol):
+    # The composition, exactly: the measured slices are the denoised stack (fast preset), the
+    # new ones are what the model makes from it, and the measured slices' uncertainty is the
+    # denoiser's. Control: without denoise the measured slices are the input, which the
+    # denoiser changes.
+    from napari_emdiffuse.api import restore
+
+    den = restore(vol, "denoise", "demo-denoise", preset="fast", device="cpu")
+    res = reconstruct_isotropic(vol, 3, model, denoise="demo-denoise", uncertainty=True, samples=2, **FAST)
+    ref = reconstruct_isotropic(den.mean, 3, model, uncertainty=True, samples=2, **FAST)
+    assert np.array_equal(res.volume[::3], den.mean) and not np.array_equal(den.mean, vol)
+    assert np.array_equal(res.volume, ref.volume)
+    assert np.allclose(res.uncertainty[::3], den.uncertainty) and den.uncertainty.min() > 0
+    assert np.array_equal(res.uncertainty[1::3], ref.uncertainty[1::3])
+    assert res.info["denoised_first_by"] == "demo-denoise"
+    plain = reconstruct_isotropic(vol, 3, model, **FAST)
+    assert np.array_equal(plain.volume[::3], vol) and "denoised_first_by" not in plain.info
+    assert np.array_equal(reconstruct_isotropic(vol, 3, model, denoise=True, samples=2, **FAST).volume, res.volume)
+
+
+def test_denoise_first_into_zarr_leaves_no_scratch(model, vol, tmp_path):
+    out = tmp_path / "iso.zarr"
+    mem = reconstruct_isotropic(vol, 2, model, denoise=True, samples=2, **FAST)
+    res = reconstruct_isotropic(vol, 2, model, denoise=True, out=out, uncertainty=True, samples=2, **FAST)
+    assert np.array_equal(np.asarray(res.volume[...]), mem.volume)
+    assert np.asarray(res.uncertainty[0]).min() > 0  # the denoiser's, on a measured slice
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iso.zarr", "iso_uncertainty.zarr"]
+    # Cancelled while denoising: neither the output nor the scratch stores remain.
+    gen = reconstruct_isotropic_iter(vol, 2, model, denoise=True, out=tmp_path / "c.zarr", **FAST)
+    ev = next(gen)
+    assert isinstance(ev, Progress) and "denoising" in ev.message
+    gen.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iso.zarr", "iso_uncertainty.zarr"]
+
+
+@pytest.mark.parametrize(
+    "denoise, error, match",
+    [
+        ("demo-sr2", EMDiffuseError, "made for super-resolve, not denoise"),
+        ("no-such-model", EMDiffuseError, "no model named"),
+        (3, InputError, "denoise must be a denoising model's name or path"),
+    ],
+)
+def test_denoise_first_bad_model(model, vol, tmp_path, denoise, error, match):
+    out = tmp_path / "iso.zarr"
+    with pytest.raises(error, match=match):
+        reconstruct_isotropic(vol, 2, model, denoise=denoise, out=out, **FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_denoise_first_distributed_equals_in_process(model, vol, tmp_path):
+    pytest.importorskip("distributed")
+    ref = reconstruct_isotropic(vol, 2, model, denoise=True, samples=2, uncertainty=True, block=32, **FAST)
+    out = tmp_path / "dist.zarr"
+    res = reconstruct_isotropic(
+        vol, 2, model, denoise=True, samples=2, uncertainty=True, block=32, out=out, workers=2, **FAST
+    )
+    assert np.array_equal(np.asarray(res.volume[...]), ref.volume)
+    assert np.allclose(np.asarray(res.uncertainty[...]), ref.uncertainty, atol=1e-4)
+    assert np.asarray(res.uncertainty[0]).min() > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.zarr", "dist_uncertainty.zarr"]

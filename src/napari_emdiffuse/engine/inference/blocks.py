@@ -108,6 +108,7 @@ class BlockTarget:
     dtype: np.dtype
     dst: Any
     unc: Any = None
+    measured_unc: Any = None  # isotropic: uncertainty of the measured slices (a denoiser's)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class BlockRun:
     request: dict
     opts: SamplingOptions
     dtype: np.dtype
+    measured_unc: Path | None = None  # isotropic: a zarr store of the measured slices' uncertainty
 
 
 #: Runs every task of a :class:`BlockRun` elsewhere (a dask cluster,

@@ -16,14 +16,24 @@ position, so the result is identical in one process, on a local multi-process cl
 Memory is bounded by one block: input slices are read as needed, outputs are written as
 soon as a block is finished (into a zarr store with one-slice chunks when ``out`` is
 given), and the intensity normalisation is fitted on a bounded subsample.
+
+``denoise=`` first restores every measured slice with a denoising model (one pass, the
+``fast`` preset), in memory or into a temporary zarr store beside ``out``, and generates the
+new slices from the denoised ones; the measured positions then hold the denoised slices and
+their uncertainty. On a noisy volume this is much better than interpolating the noise: the
+new slices are predicted from clean neighbours, and the measured and new slices match in
+texture (``benchmarks/isotropic.py --doses``: +1.5 dB at dose 100, +3.9 dB at dose 30).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
-from collections.abc import Callable, Generator, Sequence
+import secrets
+import shutil
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +53,7 @@ from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute,
 from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas, sampling_request
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
-from .restore import run_info
+from .restore import restore_iter, restore_to_zarr_iter, run_info
 from .tiling import TilePlan, pad_to
 
 __all__ = [
@@ -73,7 +83,7 @@ class IsotropicResult:
         unless asked otherwise. With ``out`` it is the finished store, opened read-only.
     uncertainty : numpy.ndarray, zarr.Array or None
         Pixel-wise standard deviation over the samples (float32, input intensity units;
-        zero on the measured slices), when asked for.
+        zero on the measured slices, or the denoiser's there with ``denoise``), when asked for.
     factor : int
         How many times finer the z sampling became.
     spacing : tuple of float or None
@@ -316,9 +326,11 @@ def _write_block(
     factor: int,
     norm: NormInfo,
     dtype: np.dtype,
+    measured_unc: Any = None,
 ) -> None:
     """Write output slices z*factor .. z*factor+factor-1 (and the last measured slice after
-    the last slab) of one block. Each task owns its chunks, so tasks never collide."""
+    the last slab) of one block. Each task owns its chunks, so tasks never collide.
+    ``measured_unc``: the uncertainty of the measured slices (ZYX, a denoiser's), else 0."""
     lo, hi, mean, std = parts
     (_, wy, cy), (_, wx, cx) = ys, xs
     last = z == nz - 2
@@ -334,6 +346,10 @@ def _write_block(
         u = np.zeros(out.shape, dtype=np.float32)
         if std is not None:
             u[1:factor] = std_from_model(std[:, cy, cx], norm)
+        if measured_unc is not None:
+            u[0] = np.asarray(measured_unc[z, wy, wx], dtype=np.float32)
+            if last:
+                u[factor] = np.asarray(measured_unc[z + 1, wy, wx], dtype=np.float32)
         unc[z * factor : z * factor + n, wy, wx] = u
 
 
@@ -354,7 +370,10 @@ def reconstruct_block(
     parts = yield from _sample_block(
         m, vol, z, ys[0], xs[0], factor=plan.factor, norm=t.norm, opts=t.opts, device=t.device, progress=progress
     )
-    _write_block(t.dst, t.unc, z, ys, xs, parts, nz=plan.nz, factor=plan.factor, norm=t.norm, dtype=t.dtype)
+    _write_block(
+        t.dst, t.unc, z, ys, xs, parts, nz=plan.nz, factor=plan.factor, norm=t.norm, dtype=t.dtype,
+        measured_unc=t.measured_unc,
+    )  # fmt: skip
 
 
 def _fit_volume_norm(m: EMDiffuseModel, vol: Any) -> NormInfo:
@@ -381,6 +400,82 @@ def _fit_volume_norm(m: EMDiffuseModel, vol: Any) -> NormInfo:
     return fit_normalisation(values, m.card.normalisation, adapt_range=True)
 
 
+def _store_path(arr: Any) -> Path | None:
+    """Where a zarr array on disk lives (the workers open it), or None."""
+    if arr is None:
+        return None
+    root = getattr(getattr(arr, "store", None), "root", None) or getattr(getattr(arr, "store", None), "path", None)
+    if root is None:
+        raise EMDiffuseError("internal: a distributed run needs the measured slices' uncertainty on disk")
+    return Path(root)
+
+
+@contextlib.contextmanager
+def _scratch(out_path: Path | None) -> Iterator[Path | None]:
+    """A hidden folder beside ``out_path`` for intermediate stores, removed at the end
+    (also on errors and cancel); None without an output path."""
+    if out_path is None:
+        yield None
+        return
+    scratch = out_path.parent / f".{out_path.name}.denoised-{secrets.token_hex(4)}"
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_denoiser(denoise: Any, device: Any) -> Any:
+    """The denoising model to run first: None (none), the bundled one for True, a loaded
+    model for a name, path or model (checked here, before any work starts)."""
+    if denoise is None or denoise is False or (isinstance(denoise, str) and not denoise.strip()):
+        return None
+    if not isinstance(denoise, (bool, str, os.PathLike, EMDiffuseModel)):
+        raise InputError(f"denoise must be a denoising model's name or path (or True), got {type(denoise).__name__}")
+    return load_model(None if denoise is True else denoise, task="denoise", device=device)
+
+
+def _denoise_first(
+    vol: Any,
+    denoiser: EMDiffuseModel,
+    *,
+    spec: Any,
+    device: Any,
+    block: int,
+    want_std: bool,
+    scratch: Path | None,
+    distribute: Distribute | None,
+) -> Generator[Progress, None, tuple[Any, Any]]:
+    """Denoise every measured slice (fast preset): in memory, or into zarr stores under
+    ``scratch`` (beside the output; the caller removes them). Returns (slices, their std)."""
+
+    def tagged(gen: Generator) -> Generator[Progress, None, Any]:
+        try:
+            while True:
+                ev = next(gen)
+                if isinstance(ev, Progress):
+                    ev.message = ev.message or "denoising the measured slices first"
+                    yield ev
+                else:
+                    last = ev
+        except StopIteration:
+            return last
+        finally:
+            gen.close()
+
+    if scratch is None:
+        res = yield from tagged(restore_iter(vol, "denoise", denoiser, device=device, block=block, preset="fast"))
+        return res.mean, (res.uncertainty if want_std else None)
+    dst, unc = scratch / "denoised.zarr", (scratch / "denoised_std.zarr" if want_std else None)
+    yield from tagged(
+        restore_to_zarr_iter(
+            vol, dst, "denoise", spec if distribute is not None else denoiser, uncertainty_out=unc,
+            block=block, device=device, preset="fast", distribute=distribute,
+        )
+    )  # fmt: skip
+    return open_zarr_readonly(dst), (open_zarr_readonly(unc) if unc is not None else None)
+
+
 # ----------------------------------------------------------------------------------------------
 # the pipeline
 
@@ -400,6 +495,7 @@ def reconstruct_isotropic_iter(
     uncertainty: bool | str | os.PathLike = False,
     dtype: Any = None,
     distribute: Distribute | None = None,
+    denoise: Any = None,
     **sampling: Any,
 ) -> Generator["Progress | IsotropicResult", None, None]:
     """Reconstruct an isotropic volume, yielding :class:`Progress` events and finally an
@@ -447,59 +543,71 @@ def reconstruct_isotropic_iter(
     if uncertainty and opts.samples < 2 and not aleatoric:
         raise InputError("uncertainty needs at least 2 samples; pass samples=2 or more (or preset='balanced')")
     want_std = bool(uncertainty)
+    denoiser = _check_denoiser(denoise, "cpu" if distribute is not None else dev)
 
     if isinstance(vol, np.ndarray):
         check_finite(vol, "volume")
-    norm = _fit_volume_norm(m, vol)
-    plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f)
-    out_spacing = (spacing[0] / f, spacing[1], spacing[2]) if spacing is not None else None
-    info = {
-        **run_info(m, opts, dev),
-        "mode": mode,
-        "factor": f,
-        "block": plan.chunks[1:],
-        "normalisation": norm.as_dict(),
-    }
-    if distribute is not None:
-        info["device"] = str(device)
-    writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, axes="ZYX", attrs=info, overwrite=overwrite)
+    measured_std = None
+    with _scratch(out_path if denoiser is not None else None) as scratch:
+        if denoiser is not None:
+            vol, measured_std = yield from _denoise_first(
+                vol, denoiser, spec=denoise if denoise is not True else None, device=device, block=block,
+                want_std=want_std, scratch=scratch, distribute=distribute,
+            )  # fmt: skip
+        norm = _fit_volume_norm(m, vol)
+        plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f)
+        out_spacing = (spacing[0] / f, spacing[1], spacing[2]) if spacing is not None else None
+        info = {
+            **run_info(m, opts, dev),
+            "mode": mode,
+            "factor": f,
+            "block": plan.chunks[1:],
+            "normalisation": norm.as_dict(),
+        }
+        if denoiser is not None:
+            info["denoised_first_by"] = denoiser.card.name
+        if distribute is not None:
+            info["device"] = str(device)
+        writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, axes="ZYX", attrs=info, overwrite=overwrite)
 
-    if distribute is not None:
-        assert out_path is not None
-        yield from distribute(
-            BlockRun(vol, plan, model, task, arch, str(device), out_path, unc_path, writer_kw, norm, request, opts, out_dtype)
-        )
-        store = open_zarr_readonly(out_path)
-        unc_store = open_zarr_readonly(unc_path) if unc_path is not None else None
-        yield IsotropicResult(store, unc_store, f, out_spacing, info, out_path, unc_path)
-        return
-
-    n_items = (f - 1) * opts.samples
-
-    def run_into(dst: Any, unc: Any) -> Callable[[int], Generator[Progress, None, None]]:
-        def run(edge: int) -> Generator[Progress, None, None]:
-            p = BlockPlan.make(tuple(vol.shape), block=edge, opts=opts, factor=f)
-            jobs = p.jobs()
-            costs = [_block_batches(m, p.read_shape(iy, ix), n_items, opts) for _, iy, ix in jobs]
-            offset, total = 0, sum(costs)
-            for job, cost in zip(jobs, costs):
-                yield from reconstruct_block(
-                    m, vol, p, job, BlockTarget(norm, opts, dev, out_dtype, dst, unc), progress=(offset, total)
+        if distribute is not None:
+            assert out_path is not None
+            yield from distribute(
+                BlockRun(
+                    vol, plan, model, task, arch, str(device), out_path, unc_path, writer_kw, norm, request, opts,
+                    out_dtype, _store_path(measured_std),
                 )
-                offset += cost
+            )  # fmt: skip
+            store = open_zarr_readonly(out_path)
+            unc_store = open_zarr_readonly(unc_path) if unc_path is not None else None
+            yield IsotropicResult(store, unc_store, f, out_spacing, info, out_path, unc_path)
+            return
 
-        return run
+        n_items = (f - 1) * opts.samples
 
-    if out_path is None:
-        result = np.empty(plan.out_shape, dtype=out_dtype)
-        unc_arr = np.zeros(plan.out_shape, dtype=np.float32) if want_std else None
-        yield from shrinking_blocks(run_into(result, unc_arr), block, opts.tile)
-        yield IsotropicResult(result, unc_arr, f, out_spacing, info)
-        return
+        def run_into(dst: Any, unc: Any) -> Callable[[int], Generator[Progress, None, None]]:
+            def run(edge: int) -> Generator[Progress, None, None]:
+                p = BlockPlan.make(tuple(vol.shape), block=edge, opts=opts, factor=f)
+                jobs = p.jobs()
+                costs = [_block_batches(m, p.read_shape(iy, ix), n_items, opts) for _, iy, ix in jobs]
+                offset, total = 0, sum(costs)
+                for job, cost in zip(jobs, costs):
+                    target = BlockTarget(norm, opts, dev, out_dtype, dst, unc, measured_std)
+                    yield from reconstruct_block(m, vol, p, job, target, progress=(offset, total))
+                    offset += cost
 
-    with zarr_outputs(out_path, unc_path, plan.out_shape, out_dtype, **writer_kw) as (wr, unc_wr):
-        unc = unc_wr.array if unc_wr is not None else None
-        yield from shrinking_blocks(run_into(wr.array, unc), block, opts.tile)
-    yield IsotropicResult(
-        wr.array, unc_wr.array if unc_wr is not None else None, f, out_spacing, info, out_path, unc_path
-    )
+            return run
+
+        if out_path is None:
+            result = np.empty(plan.out_shape, dtype=out_dtype)
+            unc_arr = np.zeros(plan.out_shape, dtype=np.float32) if want_std else None
+            yield from shrinking_blocks(run_into(result, unc_arr), block, opts.tile)
+            yield IsotropicResult(result, unc_arr, f, out_spacing, info)
+            return
+
+        with zarr_outputs(out_path, unc_path, plan.out_shape, out_dtype, **writer_kw) as (wr, unc_wr):
+            unc = unc_wr.array if unc_wr is not None else None
+            yield from shrinking_blocks(run_into(wr.array, unc), block, opts.tile)
+        yield IsotropicResult(
+            wr.array, unc_wr.array if unc_wr is not None else None, f, out_spacing, info, out_path, unc_path
+        )

@@ -238,6 +238,7 @@ class BlockJob:
     tile: int  # the plan's tile and overlap: fixed on the client, they shape the blocks
     overlap: int
     dtype: str
+    measured_unc: str | None = None  # zarr store: uncertainty of the measured slices
 
 
 def worker_options(m: EMDiffuseModel, job: BlockJob) -> SamplingOptions:
@@ -253,7 +254,11 @@ def run_block_job(job: BlockJob) -> tuple[int, int, int]:
     src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")
     run = reconstruct_block if job.kind == "isotropic" else restore_block
     unc = open_zarr_for_block_writes(job.unc) if job.unc else None
-    target = BlockTarget(job.norm, worker_options(m, job), m.device, np.dtype(job.dtype), open_zarr_for_block_writes(job.dst), unc)
+    measured = zarr.open_array(job.measured_unc, mode="r") if job.measured_unc else None
+    target = BlockTarget(
+        job.norm, worker_options(m, job), m.device, np.dtype(job.dtype), open_zarr_for_block_writes(job.dst), unc,
+        measured,
+    )  # fmt: skip
     drain(run(m, src, job.plan, job.block, target))
     return job.block
 
@@ -307,6 +312,7 @@ class Cluster:
                         kind, spec, spec_arch, run.device, loc[0], loc[1], str(wr.temp_path),
                         str(unc_wr.temp_path) if unc_wr is not None else None, plan, block, run.norm, run.request,
                         run.opts.tile, run.opts.overlap, run.dtype.str,
+                        str(run.measured_unc) if run.measured_unc is not None else None,
                     )  # fmt: skip
                     for block in plan.jobs()
                 ]
