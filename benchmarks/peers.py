@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--n2v", action="store_true", help="also train Noise2Void on each test image")
     ap.add_argument("--n2v-keys", default="pair256,pair256x1.41,pair256x2,sample,finetune",
                     help="the cases N2V trains on (each its own image)")
+    ap.add_argument("--n2v-only", action="store_true", help="add N2V entries to an existing peers.json in --out")
     ap.add_argument("--out", default=str(ROOT / "build" / "peers"))
     ap.add_argument("--finetune-dose", type=float, default=30.0, help="dose of benchmarks/finetune.py's case")
     args = ap.parse_args()
@@ -127,15 +128,24 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     inputs = cases([float(d) for d in args.doses.split(",") if d])
-    result: dict = {}
-    care = train_care(args.minutes, out)
-    for key, image in inputs.items():
-        pred, seconds = predict(care, image)
-        np.save(out / f"care_{key}.npy", pred)
-        result.setdefault(key, {})["CARE"] = {"output": str(out / f"care_{key}.npy"), "minutes": args.minutes,
-                                              "seconds": seconds}
-        print(f"CARE {key}: done in {seconds:.1f} s", flush=True)
-    if args.n2v:
+    listing = out / "peers.json"
+    result: dict = json.loads(listing.read_text()) if args.n2v_only and listing.is_file() else {}
+
+    def save() -> None:  # after every entry: a later failure keeps what is done
+        tmp = listing.with_suffix(".json.partial")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(listing)
+
+    if not args.n2v_only:
+        care = train_care(args.minutes, out)
+        for key, image in inputs.items():
+            pred, seconds = predict(care, image)
+            np.save(out / f"care_{key}.npy", pred)
+            result.setdefault(key, {})["CARE"] = {"output": str(out / f"care_{key}.npy"), "minutes": args.minutes,
+                                                  "seconds": seconds}
+            save()
+            print(f"CARE {key}: done in {seconds:.1f} s", flush=True)
+    if args.n2v or args.n2v_only:
         from careamics import CAREamist
         from careamics.config import create_advanced_n2v_config
 
@@ -146,7 +156,8 @@ def main() -> None:
         for key in args.n2v_keys.split(","):
             image = inputs[key].astype(np.float32)
             cfg = create_advanced_n2v_config(
-                experiment_name=f"n2v_{key}", data_type="array", axes="YX", patch_size=[64, 64], batch_size=16,
+                experiment_name=f"n2v_{key}".replace(".", "_"),  # careamics allows letters, digits, _, - and spaces
+                data_type="array", axes="YX", patch_size=[64, 64], batch_size=16,
                 num_epochs=10_000, trainer_params=_trainer_params(args.minutes / 2), num_workers=0,
             )
             n2v = CAREamist(cfg, work_dir=out / f"n2v_{key}")
@@ -155,8 +166,9 @@ def main() -> None:
             np.save(out / f"n2v_{key}.npy", pred)
             result.setdefault(key, {})["N2V"] = {"output": str(out / f"n2v_{key}.npy"), "minutes": args.minutes / 2,
                                   "seconds": seconds}
-    (out / "peers.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {out / 'peers.json'}")
+            save()
+    save()
+    print(f"wrote {listing}")
 
 
 if __name__ == "__main__":
