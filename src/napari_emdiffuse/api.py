@@ -192,7 +192,9 @@ class IsotropicOptions(SamplingChoice):
         Denoise the measured slices first (one pass of a denoising model: ``True`` for the
         bundled one) and generate the new slices from the denoised ones; the output's
         measured slices are then the denoised ones. For noisy volumes: interpolating noise
-        gives noisy new slices (``benchmarks/isotropic.py --doses``).
+        gives noisy new slices (``benchmarks/isotropic.py --doses``). With ``out``, the
+        denoised slices go to a temporary zarr store beside it (as large as the input),
+        removed at the end.
     """
 
     mode: Literal["i", "a"] = "i"
