@@ -27,13 +27,10 @@ texture (``benchmarks/isotropic.py --doses``: +1.5 dB at dose 100, +3.9 dB at do
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import os
-import secrets
-import shutil
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +50,8 @@ from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute,
 from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas, sampling_request
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
-from .restore import restore_iter, restore_to_zarr_iter, run_info
+from .denoise_first import check_denoiser, denoise_first, scratch_beside, store_path
+from .restore import run_info
 from .tiling import TilePlan, pad_to
 
 __all__ = [
@@ -400,82 +398,6 @@ def _fit_volume_norm(m: EMDiffuseModel, vol: Any) -> NormInfo:
     return fit_normalisation(values, m.card.normalisation, adapt_range=True)
 
 
-def _store_path(arr: Any) -> Path | None:
-    """Where a zarr array on disk lives (the workers open it), or None."""
-    if arr is None:
-        return None
-    root = getattr(getattr(arr, "store", None), "root", None) or getattr(getattr(arr, "store", None), "path", None)
-    if root is None:
-        raise EMDiffuseError("internal: a distributed run needs the measured slices' uncertainty on disk")
-    return Path(root)
-
-
-@contextlib.contextmanager
-def _scratch(out_path: Path | None) -> Iterator[Path | None]:
-    """A hidden folder beside ``out_path`` for intermediate stores, removed at the end
-    (also on errors and cancel); None without an output path."""
-    if out_path is None:
-        yield None
-        return
-    scratch = out_path.parent / f".{out_path.name}.denoised-{secrets.token_hex(4)}"
-    scratch.mkdir()
-    try:
-        yield scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _check_denoiser(denoise: Any, device: Any) -> Any:
-    """The denoising model to run first: None (none), the bundled one for True, a loaded
-    model for a name, path or model (checked here, before any work starts)."""
-    if denoise is None or denoise is False or (isinstance(denoise, str) and not denoise.strip()):
-        return None
-    if not isinstance(denoise, (bool, str, os.PathLike, EMDiffuseModel)):
-        raise InputError(f"denoise must be a denoising model's name or path (or True), got {type(denoise).__name__}")
-    return load_model(None if denoise is True else denoise, task="denoise", device=device)
-
-
-def _denoise_first(
-    vol: Any,
-    denoiser: EMDiffuseModel,
-    *,
-    spec: Any,
-    device: Any,
-    block: int,
-    want_std: bool,
-    scratch: Path | None,
-    distribute: Distribute | None,
-) -> Generator[Progress, None, tuple[Any, Any]]:
-    """Denoise every measured slice (fast preset): in memory, or into zarr stores under
-    ``scratch`` (beside the output; the caller removes them). Returns (slices, their std)."""
-
-    def tagged(gen: Generator) -> Generator[Progress, None, Any]:
-        try:
-            while True:
-                ev = next(gen)
-                if isinstance(ev, Progress):
-                    ev.message = ev.message or "denoising the measured slices first"
-                    yield ev
-                else:
-                    last = ev
-        except StopIteration:
-            return last
-        finally:
-            gen.close()
-
-    if scratch is None:
-        res = yield from tagged(restore_iter(vol, "denoise", denoiser, device=device, block=block, preset="fast"))
-        return res.mean, (res.uncertainty if want_std else None)
-    dst, unc = scratch / "denoised.zarr", (scratch / "denoised_std.zarr" if want_std else None)
-    yield from tagged(
-        restore_to_zarr_iter(
-            vol, dst, "denoise", spec if distribute is not None else denoiser, uncertainty_out=unc,
-            block=block, device=device, preset="fast", distribute=distribute,
-        )
-    )  # fmt: skip
-    return open_zarr_readonly(dst), (open_zarr_readonly(unc) if unc is not None else None)
-
-
 # ----------------------------------------------------------------------------------------------
 # the pipeline
 
@@ -543,14 +465,14 @@ def reconstruct_isotropic_iter(
     if uncertainty and opts.samples < 2 and not aleatoric:
         raise InputError("uncertainty needs at least 2 samples; pass samples=2 or more (or preset='balanced')")
     want_std = bool(uncertainty)
-    denoiser = _check_denoiser(denoise, "cpu" if distribute is not None else dev)
+    denoiser = check_denoiser(denoise, "cpu" if distribute is not None else dev)
 
     if isinstance(vol, np.ndarray):
         check_finite(vol, "volume")
     measured_std = None
-    with _scratch(out_path if denoiser is not None else None) as scratch:
+    with scratch_beside(out_path if denoiser is not None else None) as scratch:
         if denoiser is not None:
-            vol, measured_std = yield from _denoise_first(
+            vol, measured_std = yield from denoise_first(
                 vol, denoiser, spec=denoise if denoise is not True else None, device=device, block=block,
                 want_std=want_std, scratch=scratch, distribute=distribute,
             )  # fmt: skip
@@ -575,7 +497,7 @@ def reconstruct_isotropic_iter(
             yield from distribute(
                 BlockRun(
                     vol, plan, model, task, arch, str(device), out_path, unc_path, writer_kw, norm, request, opts,
-                    out_dtype, _store_path(measured_std),
+                    out_dtype, store_path(measured_std),
                 )
             )  # fmt: skip
             store = open_zarr_readonly(out_path)

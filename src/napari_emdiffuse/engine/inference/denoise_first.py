@@ -1,0 +1,104 @@
+"""Denoise the measured slices of a volume before isotropic reconstruction.
+
+A model that generates slices between two noisy ones carries their noise into the new slices
+(``benchmarks/isotropic.py --doses``). :func:`denoise_first` restores every measured slice
+with a denoising model (one pass, the ``fast`` preset) in memory or, for a zarr output, into
+temporary stores beside it (:func:`scratch_beside`), which the reconstruction then reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import EMDiffuseError, InputError
+from ..events import Progress
+from ..io.zarr import open_zarr_readonly
+from ..models.model import EMDiffuseModel
+from ..models.registry import load_model
+from .blocks import Distribute
+from .restore import restore_iter, restore_to_zarr_iter
+
+__all__ = ["check_denoiser", "denoise_first", "scratch_beside", "store_path"]
+
+
+def store_path(arr: Any) -> Path | None:
+    """Where a zarr array on disk lives (the workers open it), or None."""
+    if arr is None:
+        return None
+    root = getattr(getattr(arr, "store", None), "root", None) or getattr(getattr(arr, "store", None), "path", None)
+    if root is None:
+        raise EMDiffuseError("internal: a distributed run needs the measured slices' uncertainty on disk")
+    return Path(root)
+
+
+@contextlib.contextmanager
+def scratch_beside(out_path: Path | None) -> Iterator[Path | None]:
+    """A hidden folder beside ``out_path`` for intermediate stores, removed at the end
+    (also on errors and cancel); None without an output path."""
+    if out_path is None:
+        yield None
+        return
+    scratch = out_path.parent / f".{out_path.name}.denoised-{secrets.token_hex(4)}"
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_denoiser(denoise: Any, device: Any) -> Any:
+    """The denoising model to run first: None (none), the bundled one for True, a loaded
+    model for a name, path or model (checked here, before any work starts)."""
+    if denoise is None or denoise is False or (isinstance(denoise, str) and not denoise.strip()):
+        return None
+    if not isinstance(denoise, (bool, str, os.PathLike, EMDiffuseModel)):
+        raise InputError(f"denoise must be a denoising model's name or path (or True), got {type(denoise).__name__}")
+    return load_model(None if denoise is True else denoise, task="denoise", device=device)
+
+
+def denoise_first(
+    vol: Any,
+    denoiser: EMDiffuseModel,
+    *,
+    spec: Any,
+    device: Any,
+    block: int,
+    want_std: bool,
+    scratch: Path | None,
+    distribute: Distribute | None,
+) -> Generator[Progress, None, tuple[Any, Any]]:
+    """Denoise every measured slice (fast preset): in memory, or into zarr stores under
+    ``scratch`` (beside the output; the caller removes them). Returns (slices, their std)."""
+
+    def tagged(gen: Generator) -> Generator[Progress, None, Any]:
+        last = None
+        try:
+            while True:
+                ev = next(gen)
+                if isinstance(ev, Progress):
+                    ev.message = ev.message or "denoising the measured slices first"
+                    yield ev
+                else:
+                    last = ev
+        except StopIteration:
+            return last
+        finally:
+            gen.close()
+
+    if scratch is None:
+        res = yield from tagged(restore_iter(vol, "denoise", denoiser, device=device, block=block, preset="fast"))
+        return res.mean, (res.uncertainty if want_std else None)
+    dst, unc = scratch / "denoised.zarr", (scratch / "denoised_std.zarr" if want_std else None)
+    yield from tagged(
+        restore_to_zarr_iter(
+            vol, dst, "denoise", spec if distribute is not None else denoiser, uncertainty_out=unc,
+            block=block, device=device, preset="fast", distribute=distribute,
+        )
+    )  # fmt: skip
+    return open_zarr_readonly(dst), (open_zarr_readonly(unc) if unc is not None else None)
