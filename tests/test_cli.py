@@ -154,7 +154,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "iso2d": (["isotropic", good, "--factor", "2"], "3D"),
         "factor1": (["isotropic", tif("vol.tif", np.zeros((3, 16, 16), np.uint8)), "--factor", "1"], "factor"),
         "iso-denoiser": (["isotropic", tif("vol3.tif", np.zeros((3, 16, 16), np.uint8)), "--factor", "3",
-                          "--denoise", "demo-sr2"], "made for super-resolve, not denoise"),
+                          "--denoise-model", "demo-sr2"], "made for super-resolve, not denoise"),
         "badext": (["denoise", good, "-o_placeholder"], ""),
     }
 
@@ -303,7 +303,7 @@ def test_isotropic_denoise_first(tmp_path, capsys):
     src = tmp_path / "vol.tif"
     tifffile.imwrite(src, vol)
     a, b = tmp_path / "a.tif", tmp_path / "b.tif"
-    assert main(["isotropic", str(src), "-o", str(a), "--factor", "3", "--device", "cpu", "--denoise"]) == 0
+    assert main(["isotropic", "--denoise", str(src), "-o", str(a), "--factor", "3", "--device", "cpu"]) == 0
     assert main(["isotropic", str(src), "-o", str(b), "--factor", "3", "--device", "cpu"]) == 0
     den, plain = tifffile.imread(a), tifffile.imread(b)
     assert den.shape == plain.shape == (7, 32, 32)

@@ -114,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size)")
     p.add_argument("--mode", choices=["i", "a"], default="i", help="i: model trained on isotropic data; a: on this volume's lateral planes")
     p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the pixel-wise std over samples here")
-    p.add_argument("--denoise", nargs="?", const=True, default=None, metavar="MODEL",
-                   help="denoise the measured slices first (noisy volumes), with this denoising model or, "
-                        "without one, the bundled demo-denoise; the measured slices are then replaced by "
-                        "the denoised ones")
+    p.add_argument("--denoise", action="store_true",
+                   help="denoise the measured slices first (noisy volumes), with the bundled denoiser or "
+                        "--denoise-model; the measured slices are then replaced by the denoised ones")
+    p.add_argument("--denoise-model", metavar="MODEL", help="the denoising model for --denoise (implies it)")
     _sampling_options(p)
     p.set_defaults(func=_cmd_isotropic)
 
@@ -362,10 +362,11 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     if distributed and not _is_zarr(out):
         raise InputError("--workers/--scheduler need a .zarr output")
     zarr_out = out if _is_zarr(out) else None
+    denoise = args.denoise_model or (True if args.denoise else None)
     gen = reconstruct_isotropic_iter(
         data.data, args.factor, args.model, mode=args.mode, spacing=data.spacing, out=zarr_out,
         uncertainty=(str(unc) if zarr_out is not None and unc is not None else unc is not None),
-        workers=args.workers, scheduler=args.scheduler, denoise=args.denoise, **kw,
+        workers=args.workers, scheduler=args.scheduler, denoise=denoise, **kw,
     )
     result = _progress(gen)
     if zarr_out is None:
