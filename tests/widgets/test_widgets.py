@@ -697,3 +697,35 @@ def test_widget_shows_an_estimate_after_the_first_pass(viewer, monkeypatch):
     assert w.status.text() == ""
     w.close()
     w.deleteLater()
+
+
+def test_engine_run_progress_follows_sampling_across_phases(viewer):
+    # A stack restored in one process yields global sampling counts and, between slices,
+    # block counts; with denoise-first a second sampling phase starts from 0. The bar must
+    # follow the sampling counts of each phase. Controls: the block counts alone (a
+    # distributed run) do drive it.
+    from napari_emdiffuse.engine.events import Progress
+    from napari_emdiffuse.widgets._jobs import EngineRun
+
+    def run() -> EngineRun:
+        return EngineRun(lambda: iter(()), desc="t", stages=("sampling", "block"),
+                         on_result=lambda r: None, on_finished=lambda o: None)
+
+    job = run()
+    seen = []
+    for z in range(3):  # phase 1: 3 slices x 4 tiles
+        for t in range(4):
+            job._event(Progress("sampling", z * 4 + t + 1, 12))
+            seen.append((job._pbar.n, job._pbar.total))
+        job._event(Progress("block", z + 1, 3))
+        seen.append((job._pbar.n, job._pbar.total))
+    assert all(total == 12 for _, total in seen) and seen[-1] == (12, 12)
+    job._event(Progress("sampling", 1, 5))  # phase 2 starts again at 1
+    assert (job._pbar.n, job._pbar.total) == (1, 5)
+    job._progress.close()
+
+    blocks = run()
+    for n in (0, 1, 2):
+        blocks._event(Progress("block", n, 2))
+    assert (blocks._pbar.n, blocks._pbar.total) == (2, 2)
+    blocks._progress.close()

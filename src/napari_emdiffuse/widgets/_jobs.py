@@ -135,8 +135,10 @@ class ProgressBar:
 
         if self.bar is None:
             self.bar = progress(total=total, desc=self.desc)
-        elif self.bar.total != total:
-            self.bar.total = total
+        elif self.bar.total != total or done < self.bar.n:
+            # A new phase (denoising, then reconstructing; a retry with smaller blocks)
+            # counts from 0 again: so does the bar, or it would sit at the last phase's count.
+            self.bar.reset(total=total)
         self.bar.update(max(0, done - self.bar.n))
 
     def close(self) -> None:
@@ -181,6 +183,7 @@ class EngineRun:
         self._on_finished = on_finished
         self._cancel = threading.Event()
         self._progress = ProgressBar(desc)
+        self._sampling_seen = False
         self._outcome = "failed"
         self.error_message: str | None = None  # what the user was told when it failed
         self.worker: Any = None
@@ -211,8 +214,11 @@ class EngineRun:
         self._cancel.set()
 
     def _event(self, ev: Any) -> None:
-        if ev.stage in self._stages:
+        # Block counts drive the bar only when no finer sampling counts come (a distributed
+        # run); in one process they would pull it back and forth between the two totals.
+        if ev.stage in self._stages and not (ev.stage == "block" and self._sampling_seen):
             self._progress.update(ev.done, ev.total)
+        self._sampling_seen = self._sampling_seen or ev.stage == "sampling"
         if self._on_event is not None:
             self._on_event(ev)
 
