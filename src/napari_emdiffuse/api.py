@@ -189,8 +189,8 @@ class IsotropicOptions(SamplingChoice):
     workers, scheduler
         As in :class:`ZarrOptions` (needs ``out``).
     denoise : bool, str, path or EMDiffuseModel, optional
-        Denoise the measured slices first (one pass of a denoising model: ``True`` for the
-        bundled one) and generate the new slices from the denoised ones; the output's
+        Denoise the measured slices first (one pass of a denoising model, its mirrored
+        views with ``preset="balanced"``; ``True`` for the bundled one) and generate the new slices from the denoised ones; the output's
         measured slices are then the denoised ones. For noisy volumes: interpolating noise
         gives noisy new slices (``benchmarks/isotropic.py --doses``). With ``out``, the
         denoised slices go to a temporary zarr store beside it (as large as the input),

@@ -404,6 +404,10 @@ def test_denoise_first_is_denoise_then_reconstruct(model, vol):
     plain = reconstruct_isotropic(vol, 3, model, **FAST)
     assert np.array_equal(plain.volume[::3], vol) and "denoised_first_by" not in plain.info
     assert np.array_equal(reconstruct_isotropic(vol, 3, model, denoise=True, samples=2, **FAST).volume, res.volume)
+    # A balanced reconstruction denoises with the balanced preset (mirrored views) as well.
+    bal = reconstruct_isotropic(vol, 2, model, denoise=True, preset="balanced", **FAST)
+    assert np.array_equal(bal.volume[::2], restore(vol, "denoise", "demo-denoise", preset="balanced", device="cpu").mean)
+    assert not np.array_equal(bal.volume[::2], den.mean)
 
 
 def test_denoise_first_into_zarr_leaves_no_scratch(model, vol, tmp_path):

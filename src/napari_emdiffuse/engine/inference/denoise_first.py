@@ -2,7 +2,8 @@
 
 A model that generates slices between two noisy ones carries their noise into the new slices
 (``benchmarks/isotropic.py --doses``). :func:`denoise_first` restores every measured slice
-with a denoising model (one pass, the ``fast`` preset) in memory or, for a zarr output, into
+with a denoising model (one pass, the ``fast`` preset; four mirrored views when the
+reconstruction is ``balanced``) in memory or, for a zarr output, into
 temporary stores beside it (:func:`scratch_beside`), which the reconstruction then reads.
 """
 
@@ -72,9 +73,13 @@ def denoise_first(
     want_std: bool,
     scratch: Path | None,
     distribute: Distribute | None,
+    preset: str = "fast",
 ) -> Generator[Progress, None, tuple[Any, Any]]:
-    """Denoise every measured slice (fast preset): in memory, or into zarr stores under
-    ``scratch`` (beside the output; the caller removes them). Returns (slices, their std)."""
+    """Denoise every measured slice: in memory, or into zarr stores under ``scratch``
+    (beside the output; the caller removes them). Returns (slices, their std).
+
+    ``preset``: ``balanced`` (mirrored views) when the reconstruction is balanced too, else
+    ``fast`` (one pass)."""
 
     def tagged(gen: Generator) -> Generator[Progress, None, Any]:
         last = None
@@ -92,13 +97,13 @@ def denoise_first(
             gen.close()
 
     if scratch is None:
-        res = yield from tagged(restore_iter(vol, "denoise", denoiser, device=device, block=block, preset="fast"))
+        res = yield from tagged(restore_iter(vol, "denoise", denoiser, device=device, block=block, preset=preset))
         return res.mean, (res.uncertainty if want_std else None)
     dst, unc = scratch / "denoised.zarr", (scratch / "denoised_std.zarr" if want_std else None)
     yield from tagged(
         restore_to_zarr_iter(
             vol, dst, "denoise", spec if distribute is not None else denoiser, uncertainty_out=unc,
-            block=block, device=device, preset="fast", distribute=distribute,
+            block=block, device=device, preset=preset, distribute=distribute,
         )
     )  # fmt: skip
     return open_zarr_readonly(dst), (open_zarr_readonly(unc) if unc is not None else None)

@@ -18,11 +18,12 @@ soon as a block is finished (into a zarr store with one-slice chunks when ``out`
 given), and the intensity normalisation is fitted on a bounded subsample.
 
 ``denoise=`` first restores every measured slice with a denoising model (one pass, the
-``fast`` preset), in memory or into a temporary zarr store beside ``out``, and generates the
-new slices from the denoised ones; the measured positions then hold the denoised slices and
-their uncertainty. On a noisy volume this is much better than interpolating the noise: the
-new slices are predicted from clean neighbours, and the measured and new slices match in
-texture (``benchmarks/isotropic.py --doses``: +1.5 dB at dose 100, +3.9 dB at dose 30).
+``fast`` preset; the mirrored views of ``balanced`` when the reconstruction is balanced), in
+memory or into a temporary zarr store beside ``out``, and generates the new slices from the
+denoised ones; the measured positions then hold the denoised slices and their uncertainty. On
+a noisy volume this is much better than interpolating the noise: the new slices are predicted
+from clean neighbours, and the measured and new slices match in texture
+(``benchmarks/isotropic.py --doses``: +1.5 dB at dose 100, +3.9 dB at dose 30).
 """
 
 from __future__ import annotations
@@ -475,6 +476,7 @@ def reconstruct_isotropic_iter(
             vol, measured_std = yield from denoise_first(
                 vol, denoiser, spec=denoise if denoise is not True else None, device=device, block=block,
                 want_std=want_std, scratch=scratch, distribute=distribute,
+                preset="balanced" if request.get("preset") == "balanced" else "fast",
             )  # fmt: skip
         norm = _fit_volume_norm(m, vol)
         plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f)
