@@ -3,18 +3,20 @@
 The rule comes from the model card. ``percentile`` (the default of our models) maps the
 low/high percentiles of the whole input to -1/+1 and works for any dtype; ``range`` maps
 fixed values (the published models: 0..255). The values used are recorded so that the
-output maps back to the input's scale and dtype.
+output maps back to the input's scale and dtype. A restoration also finds the input's fill
+value (the constant border of aligned sections, see :mod:`.fill`) and leaves it out.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..models.cards import Normalisation
+from .fill import find_fill
 
 __all__ = ["NormInfo", "fit_normalisation", "to_model", "from_model", "to_dtype", "sample_values", "std_from_model", "make_condition"]
 
@@ -23,11 +25,12 @@ _MAX_SAMPLE = 4_000_000
 
 @dataclass(frozen=True)
 class NormInfo:
-    """Input values that map to -1 and +1."""
+    """Input values that map to -1 and +1, and the fill value (no data) if the input has one."""
 
     mode: str
     lo: float
     hi: float
+    fill: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -49,10 +52,22 @@ def fit_normalisation(values: np.ndarray, rule: Normalisation, *, adapt_range: b
     """Fit the rule to sampled input values (finite values only).
 
     With ``adapt_range`` (restoring), a ``range`` rule whose fixed values do not hold the
-    input maps the input's own range instead, with a warning; training keeps the rule as is.
+    input maps the input's own range instead, with a warning, and a fill value
+    (:func:`~.fill.find_fill`) is recorded and left out of the fit; training keeps the rule
+    as is.
     """
     if rule.mode == "range" and not adapt_range:
         return NormInfo("range", float(rule.vmin), float(rule.vmax))
+    fill = find_fill(values) if adapt_range else None
+    if fill is not None:
+        rest = values[values != fill]
+        if rest.size == 0:  # all fill: a constant image, restored as itself
+            return replace(_fit(values, rule), fill=fill)
+        return replace(_fit(rest, rule), fill=fill)
+    return _fit(values, rule)
+
+
+def _fit(values: np.ndarray, rule: Normalisation) -> NormInfo:
     if rule.mode == "range":
         lo, hi = float(values.min()), float(values.max())
         span = rule.vmax - rule.vmin
@@ -67,7 +82,7 @@ def fit_normalisation(values: np.ndarray, rule: Normalisation, *, adapt_range: b
             f"the model expects values {rule.vmin:g}..{rule.vmax:g} but the input spans {lo:g}..{hi:g}; "
             "its own range is mapped to the model's (recorded as normalisation mode 'input-range')",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         return NormInfo("input-range", lo, hi if hi > lo else lo + 1.0)
     lo, hi = np.percentile(values, [rule.low, rule.high])

@@ -36,6 +36,7 @@ from .normalise import (
 )
 from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks, zarr_outputs
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
+from .fill import fill_mask, inpaint_nearest, upscale_mask
 from .tiling import TilePlan, pad_to, round_up
 
 __all__ = [
@@ -275,14 +276,33 @@ def restore_block(
     plane = owned_array(planes[z, ry, rx]).astype(np.float64)
     where = f"slice {z}" if plan.is_stack else "image"
     check_finite(plane, where if len(plan.ys) * len(plan.xs) == 1 else f"{where}, block y={wy.start} x={wx.start}")
+    idx = ((z,) if plan.is_stack else ()) + (slice(wy.start * s, wy.stop * s), slice(wx.start * s, wx.stop * s))
+    fill = fill_mask(plane, norm.fill)
+    if fill is not None and fill[cy, cx].all():  # nothing but fill to write: no network pass
+        dst[idx] = to_dtype(np.full(_out_shape(wy, wx, s), norm.fill), target.dtype)
+        if unc is not None:
+            unc[idx] = 0.0
+        return
+    if fill is not None:
+        plane = inpaint_nearest(plane, fill)
     mu, sd = yield from restore_plane(
         m, plane, norm, target.opts, device=target.device, z=z, origin=(ry.start, rx.start), progress=progress
     )
     crop = (slice(cy.start * s, cy.stop * s), slice(cx.start * s, cx.stop * s))
-    idx = ((z,) if plan.is_stack else ()) + (slice(wy.start * s, wy.stop * s), slice(wx.start * s, wx.stop * s))
-    dst[idx] = to_dtype(from_model(mu[crop], norm), target.dtype)
+    out = from_model(mu[crop], norm)
+    sd = std_from_model(sd[crop], norm) if sd is not None else None
+    if fill is not None:  # fill stays fill, known exactly
+        keep = upscale_mask(fill[cy, cx], s)
+        out[keep] = norm.fill
+        if sd is not None:
+            sd[keep] = 0.0
+    dst[idx] = to_dtype(out, target.dtype)
     if unc is not None:
-        unc[idx] = std_from_model(sd[crop], norm) if sd is not None else 0.0
+        unc[idx] = sd if sd is not None else 0.0
+
+
+def _out_shape(wy: slice, wx: slice, s: int) -> tuple[int, int]:
+    return (wy.stop - wy.start) * s, (wx.stop - wx.start) * s
 
 
 def _run_plan(m: EMDiffuseModel, image: Any, plan: BlockPlan, target: BlockTarget) -> Generator[Progress, None, None]:

@@ -50,6 +50,7 @@ from ..models.registry import load_model
 from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks, zarr_outputs
 from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas, sampling_request
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
+from .fill import fill_mask, inpaint_nearest
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
 from .denoise_first import check_denoiser, denoise_first, scratch_beside, store_path
 from .restore import run_info
@@ -273,7 +274,9 @@ def _sample_block(
     """Generate the ``factor - 1`` slices between z and z+1 over the region (ry, rx).
 
     Returns the two measured slices (input dtype), the model-range mean of the new slices
-    (factor-1, h, w) and their std over samples (or from the model's variance) or None.
+    (factor-1, h, w), their std over samples (or from the model's variance) or None, and the
+    new slices' fill mask (where either measured slice is fill: no data to generate from) or
+    None.
     """
     lo = owned_array(vol[z, ry, rx])
     hi = owned_array(vol[z + 1, ry, rx])
@@ -281,7 +284,11 @@ def _sample_block(
     check_finite(hi, f"slice {z + 1}")
     h, w = lo.shape
     mult = m.card.network.size_multiple
-    cond = np.stack([to_model(lo, norm), to_model(hi, norm)])  # lower z first, as trained
+    fills = [fill_mask(lo, norm.fill), fill_mask(hi, norm.fill)]
+    seen = [inpaint_nearest(x, f) if f is not None and not f.all() else x for x, f in zip((lo, hi), fills)]
+    present = [f for f in fills if f is not None]
+    gap_fill = np.logical_or.reduce(present) if present else None
+    cond = np.stack([to_model(seen[0], norm), to_model(seen[1], norm)])  # lower z first, as trained
     cond = pad_to(cond, canvas_size(h, mult), canvas_size(w, mult))
     cond_t = torch.from_numpy(np.ascontiguousarray(cond))[None].to(device)
     k = opts.samples
@@ -305,7 +312,7 @@ def _sample_block(
     if variance is not None:
         variance = variance[:, :h, :w].numpy().reshape(factor - 1, k, h, w)
     std = [combined_std(samples[j], None if variance is None else variance[j]) for j in range(factor - 1)]
-    return lo, hi, mean, (None if std[0] is None else np.stack(std))
+    return lo, hi, mean, (None if std[0] is None else np.stack(std)), gap_fill
 
 
 def _measured(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -319,7 +326,7 @@ def _write_block(
     z: int,
     ys: tuple[slice, slice, slice],
     xs: tuple[slice, slice, slice],
-    parts: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    parts: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
     *,
     nz: int,
     factor: int,
@@ -330,14 +337,18 @@ def _write_block(
     """Write output slices z*factor .. z*factor+factor-1 (and the last measured slice after
     the last slab) of one block. Each task owns its chunks, so tasks never collide.
     ``measured_unc``: the uncertainty of the measured slices (ZYX, a denoiser's), else 0."""
-    lo, hi, mean, std = parts
+    lo, hi, mean, std, gap_fill = parts
     (_, wy, cy), (_, wx, cx) = ys, xs
     last = z == nz - 2
     n = factor + (1 if last else 0)
     out = np.empty((n, wy.stop - wy.start, wx.stop - wx.start), dtype=dtype)
     out[0] = _measured(lo[cy, cx], dtype)
+    keep = gap_fill[cy, cx] if gap_fill is not None else None
     for j in range(1, factor):  # slice by slice: float64 copies stay one slice large
-        out[j] = to_dtype(from_model(mean[j - 1, cy, cx], norm), dtype)
+        new = from_model(mean[j - 1, cy, cx], norm)
+        if keep is not None:
+            new[keep] = norm.fill
+        out[j] = to_dtype(new, dtype)
     if last:
         out[factor] = _measured(hi[cy, cx], dtype)
     dst[z * factor : z * factor + n, wy, wx] = out
@@ -345,6 +356,8 @@ def _write_block(
         u = np.zeros(out.shape, dtype=np.float32)
         if std is not None:
             u[1:factor] = std_from_model(std[:, cy, cx], norm)
+            if keep is not None:
+                u[1:factor, keep] = 0.0
         if measured_unc is not None:
             u[0] = np.asarray(measured_unc[z, wy, wx], dtype=np.float32)
             if last:

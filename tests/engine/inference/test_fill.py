@@ -1,0 +1,150 @@
+"""Fill regions (the constant borders of aligned sections and montages) are no data: left out of
+the normalisation, hidden from the network, and kept as fill with zero uncertainty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_emdiffuse.api import reconstruct_isotropic, restore, restore_to_zarr
+from napari_emdiffuse.engine.inference import normalise
+from napari_emdiffuse.engine.inference.fill import fill_mask, find_fill, inpaint_nearest
+from napari_emdiffuse.engine.models import cards, factory
+from tests.conftest import make_tiny
+
+FAST = dict(steps=2, tile=32, overlap=8, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny("denoise")
+
+
+def _section(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 64x96 uint8 section whose right 32 columns and a bottom-left corner are zero fill."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(30, 220, (64, 96)).astype(np.uint8)
+    mask = np.zeros(img.shape, bool)
+    mask[:, 64:] = True
+    mask[50:, :20] = True
+    img[mask] = 0
+    return img, mask
+
+
+def test_find_fill_needs_a_frequent_extreme_in_runs():
+    rng = np.random.default_rng(1)
+    data = rng.integers(30, 220, 5000).astype(float)
+    assert find_fill(data) is None
+    border = np.concatenate([np.zeros(200), data])
+    assert find_fill(border) == 0.0
+    assert find_fill(np.concatenate([data, np.full(200, 255.0)])) == 255.0
+    # as frequent, but scattered (noise clipped at the dtype's limit): data, not fill
+    scattered = data.copy()
+    scattered[::25] = 0.0
+    assert find_fill(scattered) is None
+
+
+def test_fill_mask_keeps_lone_extreme_pixels_as_data():
+    img, mask = _section()
+    img[10, 10] = 0  # one measured pixel at the fill value
+    img[20:22, 30:33] = 0  # a 2x3 patch: smaller than a fill square
+    got = fill_mask(img, 0.0)
+    assert np.array_equal(got, mask)
+    assert fill_mask(img, 7.0) is None and fill_mask(img, None) is None
+
+
+def test_inpaint_nearest_copies_the_closest_valid_pixel():
+    img, mask = _section()
+    out = inpaint_nearest(img, mask)
+    assert np.array_equal(out[~mask], img[~mask])
+    assert np.array_equal(out[:40, 70], img[:40, 63])  # the row's last valid pixel, 7 px away
+    assert (out[mask] > 0).all()
+
+
+def test_normalisation_leaves_the_fill_out(model):
+    img, mask = _section()
+    r = restore(img, "denoise", model, **FAST)
+    lo, hi = np.percentile(img[~mask].astype(float), [0.5, 99.5])
+    assert r.normalisation["fill"] == 0.0
+    assert r.normalisation["lo"] == pytest.approx(lo) and r.normalisation["hi"] == pytest.approx(hi)
+    # control: without fill the percentiles are the whole image's
+    r2 = restore(img[:48, :60], "denoise", model, **FAST)
+    assert r2.normalisation["fill"] is None
+
+
+def test_fill_stays_fill_with_zero_uncertainty(model):
+    img, mask = _section()
+    r = restore(img, "denoise", model, samples=2, **FAST)
+    assert (r.mean[mask] == 0).all() and (r.uncertainty[mask] == 0).all()
+    assert (r.mean[~mask] > 0).mean() > 0.99
+    assert (r.uncertainty[~mask] > 0).any()  # control: the data keeps its spread
+
+
+def test_the_network_sees_the_fill_inpainted(monkeypatch):
+    """With a fixed-range model the normalisation cannot tell the two inputs apart: restoring
+    the filled section must equal restoring its inpainted copy, fill pixels aside. Control:
+    with fill detection off, the step to the fill changes the pixels near it."""
+    m = make_tiny("denoise")
+    m.card.normalisation = cards.Normalisation(mode="range", vmin=0, vmax=255)
+    img, mask = _section()
+    got = restore(img, "denoise", m, **FAST).mean
+    want = restore(inpaint_nearest(img, mask), "denoise", m, **FAST).mean
+    assert np.array_equal(got[~mask], want[~mask])
+    monkeypatch.setattr(normalise, "find_fill", lambda values: None)
+    plain = restore(img, "denoise", m, **FAST).mean
+    assert not np.array_equal(plain[~mask], want[~mask])
+
+
+def test_super_resolution_keeps_the_fill_at_the_new_scale():
+    m = make_tiny("super-resolve")
+    img, mask = _section()
+    r = restore(img, "super-resolve", m, samples=2, **FAST)
+    big = np.kron(mask, np.ones((2, 2), bool))
+    assert r.mean.shape == (128, 192)
+    assert (r.mean[big] == 0).all() and (r.uncertainty[big] == 0).all()
+
+
+def test_blocks_of_fill_only_are_written_without_the_network(model, tmp_path, monkeypatch):
+    img = np.zeros((64, 160), np.uint8)
+    img[:, :64] = np.random.default_rng(2).integers(30, 220, (64, 64))
+    from napari_emdiffuse.engine.inference import restore as restore_mod
+
+    calls = []
+    real = restore_mod.restore_plane
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return (yield from real(*args, **kw))
+
+    monkeypatch.setattr(restore_mod, "restore_plane", counting)
+    mem = restore(img, "denoise", model, block=32, **FAST).mean
+    restore_to_zarr(img, tmp_path / "o.zarr", "denoise", model, block=32, **FAST)
+    assert np.array_equal(zarr.open_array(str(tmp_path / "o.zarr"), mode="r")[:], mem)
+    assert (mem[:, 64:] == 0).all() and (mem[:, :64] > 0).mean() > 0.99
+    assert len(calls) == 2 * 2 * 2  # 2 x 5 blocks, of which 2 x 2 hold data; twice
+
+
+def test_constant_image_is_restored_as_itself(model):
+    img = np.full((20, 20), 77, np.uint16)
+    assert np.array_equal(restore(img, "denoise", model, **FAST).mean, img)
+
+
+def test_isotropic_new_slices_are_fill_where_a_measured_neighbour_is():
+    torch.manual_seed(0)
+    m = factory.create_EMDiffuse(
+        "vEMDiffuse-i", inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[], num_head_channels=16
+    )
+    m.card.normalisation, m.card.overlap, m.card.tile = cards.Normalisation(), 8, 32
+    rng = np.random.default_rng(3)
+    vol = rng.integers(30, 220, (3, 40, 48)).astype(np.uint8)
+    vol[0, :, 40:] = 0  # the aligned sections' fill border moves from slice to slice
+    vol[1, :, 36:] = 0
+    vol[2, :, 44:] = 0
+    res = reconstruct_isotropic(vol, 3, m, samples=2, uncertainty=True, **FAST)
+    out, unc = np.asarray(res.volume), res.uncertainty
+    assert np.array_equal(out[::3], vol)  # measured slices untouched
+    for z, edge in ((1, 36), (2, 36), (4, 36), (5, 36)):
+        assert (out[z, :, edge:] == 0).all() and (unc[z, :, edge:] == 0).all()
+        assert (out[z, :, : edge - 2] > 0).mean() > 0.99
