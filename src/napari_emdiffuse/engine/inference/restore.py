@@ -37,7 +37,7 @@ from .normalise import (
 from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks, zarr_outputs
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
 from .fill import fill_mask, inpaint_nearest, upscale_mask
-from .tiling import TilePlan, pad_to, round_up
+from .tiling import TilePlan, pad_to
 
 __all__ = [
     "Restoration",
