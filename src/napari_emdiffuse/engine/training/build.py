@@ -152,7 +152,7 @@ def build_data(cfg: TrainConfig, card: ModelCard, mult: int) -> TrainingData:
             parts.append(
                 SimulatedNoiseData(
                     clean, doses=cfg.doses, read_noise=cfg.read_noise, rule=rule, names=clean_names,
-                    correlation=cfg.noise_correlation,
+                    correlation=cfg.noise_correlation, invert=cfg.invert_contrast,
                     seed=cfg.seed, **common, **blur,
                 )
             )

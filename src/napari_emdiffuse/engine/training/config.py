@@ -220,6 +220,9 @@ class TrainConfig(BaseModel):
     doses: list[float] = Field(default_factory=lambda: [20.0, 50.0, 100.0, 200.0, 500.0], min_length=1)
     read_noise: float = Field(1.0, ge=0)
     noise_correlation: float = Field(0.0, ge=0, le=1)  # see simulate_noise(correlation=)
+    # simulated noise: this share of crops comes from contrast-inverted copies of the clean
+    # images (noise simulated after inverting, as raw backscatter SEM records it)
+    invert_contrast: float = Field(0.0, ge=0, lt=1)
     input_blur: float = Field(0.0, ge=0, le=10)
     # denoising pairs: this fraction of crops gets the pair's own noise from elsewhere (PairData)
     resample_noise: float = Field(0.0, ge=0, le=1)
@@ -302,6 +305,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"noise_gain must be two factors 0 < low <= high <= 10, got [{lo:g}, {hi:g}]")
         if hi > lo and (self.task != "denoise" or self.objective != "supervised"):
             raise ValueError("noise_gain scales a denoising pair's noise; it needs supervised denoising from pairs")
+        if self.invert_contrast > 0 and (self.task != "denoise" or not self.clean):
+            raise ValueError("invert_contrast inverts clean images before simulating noise; it needs denoise with clean images")
         if self.targets is not None and len(self.targets) != len(self.inputs):
             raise ValueError(
                 f"{len(self.inputs)} inputs but {len(self.targets)} targets; give one target per input (null: simulate)"
