@@ -53,6 +53,19 @@ def test_denoise_writes_tiff_with_metadata(tmp_path, noisy_tif, tiny_model_dir):
     assert made["normalisation"]["mode"] == "percentile" and made["package"].startswith("napari-emdiffuse")
 
 
+def test_fill_border_is_noted_and_kept(tmp_path, noisy_tif, tiny_model_dir, capsys):
+    img = tifffile.imread(noisy_tif)
+    img[:, 40:] = 0  # an aligned section's border
+    src, out = tmp_path / "section.tif", tmp_path / "out.tif"
+    tifffile.imwrite(src, img)
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(tiny_model_dir), *FAST]) == 0
+    assert "regions of value 0 are taken as fill" in capsys.readouterr().err
+    assert (tifffile.imread(out)[:, 40:] == 0).all()
+    # control: no border, no note
+    assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), *FAST]) == 0
+    assert "taken as fill" not in capsys.readouterr().err
+
+
 def test_super_resolve_updates_pixel_size(tmp_path, noisy_tif, tiny_sr_dir):
     out = tmp_path / "sr.tif"
     assert main(["super-resolve", str(noisy_tif), "-o", str(out), "--model", str(tiny_sr_dir), "--scale", "2", *FAST]) == 0

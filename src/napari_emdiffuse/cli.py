@@ -332,6 +332,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     result = _progress(restore_iter(data.data, args.task, model, spacing=data.spacing, **kw))
     if result is None:  # pragma: no cover - the generator always ends with a result
         raise RuntimeError("restoration ended without a result")
+    _note_fill(result.normalisation)
     axes = data.axes if data.axes and len(data.axes) == result.mean.ndim else None
     made = provenance(result.info, result.normalisation, source=str(args.input))
     write_image(out, result.mean, spacing=result.spacing, unit=data.unit or "nm", axes=axes, provenance=made)
@@ -346,6 +347,12 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     print(f"wrote {' and '.join(wrote)}", file=sys.stderr)
     return 0
 
+
+def _note_fill(normalisation: dict | None) -> None:
+    fill = (normalisation or {}).get("fill")
+    if fill is not None:
+        print(f"{PROG}: note: regions of value {fill:g} are taken as fill (no data) and kept as they are",
+              file=sys.stderr)
 
 
 def _cmd_isotropic(args: argparse.Namespace) -> int:
@@ -369,6 +376,7 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
         workers=args.workers, scheduler=args.scheduler, denoise=denoise, **kw,
     )
     result = _progress(gen)
+    _note_fill(result.info.get("normalisation"))
     if zarr_out is None:
         from .engine.inference.restore import provenance
 
