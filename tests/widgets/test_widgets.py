@@ -409,6 +409,16 @@ def test_restore_widget_denoise_and_rerun_replaces(viewer, qtbot, models, errors
     assert len(viewer.layers) == n - 1 and "em_denoised_uncertainty" not in viewer.layers
     assert viewer.layers["em_denoised"] is out and not np.array_equal(out.data, before)
     assert [layer.name for layer in viewer.layers].count("em_denoised") == 1
+    assert "fill" not in w.status.text()
+
+    # An aligned section's zero border stays zero, and the status line says why.
+    section = img.copy()
+    section[:, 30:] = 0
+    w.layer_combo.set_layer(viewer.add_image(section, name="section"))
+    assert w.run()
+    _wait(qtbot, w)
+    assert (viewer.layers["section_denoised"].data[:, 30:] == 0).all()
+    assert "regions of value 0 kept as fill" in w.status.text()
 
     # Settings persist: a new widget starts with the options of the last run.
     w2 = _dock(viewer, FINETUNE)  # any other widget must not disturb the restore section

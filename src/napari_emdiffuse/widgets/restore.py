@@ -349,9 +349,11 @@ class RestoreWidget(DockWidget):
         mean = self.last_outputs[0]
         device = result.info.get("device")
         self.device.set_used(device)
+        fill = (result.normalisation or {}).get("fill")
         self.status.setText(
             f"'{mean.name}' in {self._elapsed():.1f} s on {device}"
             f" ({result.info.get('steps')} steps, {result.info.get('samples')} sample(s))"
+            + (f"; regions of value {fill:g} kept as fill (no data)" if fill is not None else "")
         )
 
 
