@@ -96,11 +96,14 @@ def peer_rows(peers: dict, key: str, truth: np.ndarray, data: str) -> list[dict]
 COLUMNS = ["data", "method", "PSNR dB", "SSIM", "dark/bright", "cov2 %", "rho", "worst1%", "time s"]
 
 
-def denoise_table(model_name: str, doses: list[float], device: str, peers: dict) -> str:
+def denoise_cases(doses: list[float], inverted: tuple[float, ...] = (50.0, 200.0)) -> list[tuple]:
+    """(label, noisy, clean, peers key) of every denoising row.
+
+    ``inverted``: doses of liver_0 with its contrast inverted before the noise is simulated,
+    as raw backscatter SEM records it (membranes bright, shot noise growing with brightness).
+    """
     from napari_emdiffuse.engine.training.data.noise import simulate_noise
 
-    model = load_model(model_name, task="denoise", device=device)
-    rows: list[dict] = []
     noisy, clean = brain_pair()
     cases = [("pair 256 (rows 512+)", noisy[:256, :256], clean[:256, :256], "pair256"),
              ("pair 256x768 (rows 512+)", noisy, clean, "pair768")]
@@ -116,7 +119,17 @@ def denoise_table(model_name: str, doses: list[float], device: str, peers: dict)
     sample = tifffile.imread(ROOT / "resources" / "samples" / "fibsem_liver_noisy.tif")
     sample_clean = tifffile.imread(ROOT / "resources" / "samples" / "fibsem_liver_clean.tif")
     cases.append(("bundled sample", sample, sample_clean, "sample"))
-    for data, n, c, key in cases:
+    for dose in inverted:
+        inv = 255 - liver
+        n = simulate_noise(inv, dose, rng=np.random.default_rng(int(dose) + 1), lo=0, hi=255).astype(np.uint8)
+        cases.append((f"liver_0 inverted, dose {dose:g}", n, inv, f"inv{dose:g}"))
+    return cases
+
+
+def denoise_table(model_name: str, doses: list[float], device: str, peers: dict) -> str:
+    model = load_model(model_name, task="denoise", device=device)
+    rows: list[dict] = []
+    for data, n, c, key in denoise_cases(doses):
         rows.append(row(data, "noisy input", n, c))
         p, s, out = best_gaussian(n, c)
         rows.append(row(data, f"Gaussian (sigma {s:.1f}, oracle)", out, c))
