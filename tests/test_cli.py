@@ -64,6 +64,9 @@ def test_fill_border_is_noted_and_kept(tmp_path, noisy_tif, tiny_model_dir, caps
     # control: no border, no note
     assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), *FAST]) == 0
     assert "taken as fill" not in capsys.readouterr().err
+    # into zarr too
+    assert main(["denoise", str(src), "-o", str(tmp_path / "out.zarr"), "--model", str(tiny_model_dir), *FAST]) == 0
+    assert "regions of value 0 are taken as fill" in capsys.readouterr().err
 
 
 def test_super_resolve_updates_pixel_size(tmp_path, noisy_tif, tiny_sr_dir):

@@ -327,6 +327,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         if unc is not None and not _is_zarr(unc):
             raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
         _progress(gen)
+        import zarr
+
+        _note_fill(dict(zarr.open_array(str(out), mode="r").attrs).get("normalisation"))
         print(f"wrote {out}", file=sys.stderr)
         return 0
     result = _progress(restore_iter(data.data, args.task, model, spacing=data.spacing, **kw))
