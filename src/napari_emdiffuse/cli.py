@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-gain", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="denoising pairs: scale the pair's noise by LOW..HIGH, e.g. 1 1.41 to also "
                         "restore scans at half the pair's dwell time (default 1 1: as recorded)")
+    p.add_argument("--base-margin", type=_number(float, lambda v: 0.0 <= v <= 10.0, "a number of dB in [0, 10]"),
+                   default=None, metavar="DB",
+                   help="validation PSNR gain over the base model needed to keep the fine-tuned weights "
+                        "(default 0.1 dB; smaller gains on the held-back strip did not carry to the rest of an image)")
     p.add_argument("--factor", type=int, default=None, help="isotropic: slices per gap (default: the base model's)")
     p.add_argument(
         "--objective", choices=["supervised", "self-supervised"], default=None,
@@ -480,6 +484,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             device=args.device, freeze_encoder=args.freeze_encoder, factor=args.factor, objective=args.objective,
             **({} if args.resample_noise is None else {"resample_noise": args.resample_noise}),
             **({} if args.noise_gain is None else {"noise_gain": tuple(args.noise_gain)}),
+            **({} if args.base_margin is None else {"base_margin": args.base_margin}),
         )
     )
     line = verdict(read_card(path).metrics)

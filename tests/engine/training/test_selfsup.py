@@ -59,7 +59,7 @@ def test_self_supervised_finetune_reports_base_and_keeps_best(tmp_path):
     base = train(TrainConfig(task="denoise", kind="regression", inputs=[noisy], out=tmp_path / "base",
                              iterations=2, **{**FAST, "network": net}))
     events = list(finetune_iter("denoise", noisy, base=base, out=tmp_path / "ss", iterations=6, patch=32, batch=2,
-                                val_crops=2, val_every=2, device="cpu"))
+                                val_crops=2, val_every=2, device="cpu", base_margin=0.0))
     path = events[-1]
     vals = [e for e in events[:-1] if e.stage == "validation"]
     assert vals[0].extra["base"] is True and vals[0].done == 0  # the base model is scored first
@@ -119,3 +119,26 @@ def test_isotropic_predictor_finetunes_to_another_factor(tmp_path):
     sb, sm = b.module.state_dict(), m.module.state_dict()
     same = [k for k in sb if sb[k].shape == sm[k].shape]
     assert len(same) > 0.8 * len(sb)
+
+
+@pytest.mark.parametrize("margin", [0.0, 10.0])
+def test_the_base_is_replaced_only_by_a_validation_that_beats_it_by_the_margin(tmp_path, margin):
+    noisy = _noisy()
+    net = {**TINY, "aleatoric": True, "residual": True}
+    base = train(TrainConfig(task="denoise", kind="regression", inputs=[noisy], out=tmp_path / "base",
+                             iterations=2, **{**FAST, "network": net}))
+    events = list(finetune_iter("denoise", noisy, base=base, out=tmp_path / "ft", iterations=6, patch=32, batch=2,
+                                val_crops=2, val_every=2, device="cpu", base_margin=margin))
+    vals = [e.metrics["psnr"] for e in events[:-1] if e.stage == "validation"]
+    assert vals[0] < max(vals[1:]) < vals[0] + 10  # the fine-tune beats the base, by less than 10 dB
+    card = load_model(events[-1], cache=False).card
+    if margin == 0.0:  # control: the best validation wins
+        assert card.metrics["best_iteration"] > 0
+        assert card.metrics["psnr"] == pytest.approx(max(vals), abs=1e-3)
+    else:
+        assert card.metrics["best_iteration"] == 0
+        assert card.metrics["psnr"] == pytest.approx(vals[0], abs=1e-3)
+        original = load_model(base, cache=False)
+        for (k, a), b in zip(load_model(events[-1], cache=False).module.state_dict().items(),
+                             original.module.state_dict().values()):
+            assert torch.equal(a, b), k

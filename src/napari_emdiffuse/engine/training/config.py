@@ -248,6 +248,10 @@ class TrainConfig(BaseModel):
     refiner: dict[str, Any] | None = None
     # validation and checkpoints
     keep_best: bool = False  # save the weights of the best validation, not the last
+    # With keep_best and a base: PSNR (dB) a validation must gain over the base's to replace it.
+    # A fine-tune's held-back strip is small and next to its training crops: gains below ~0.1 dB
+    # there did not carry to the rest of an image (see finetune_iter).
+    base_margin: float = Field(0.0, ge=0, le=10)
     patience: int | None = Field(None, ge=1)  # stop after this many validations without a gain
     val_fraction: float = Field(0.1, ge=0, lt=0.9)
     val_every: int = Field(100, ge=1)

@@ -117,6 +117,7 @@ class Trainer:
         # (score, iteration, metrics, weights) of the best validation so far
         self._best: tuple[float, int, dict[str, float], dict[str, torch.Tensor]] | None = None
         self._since_best = 0
+        self._tracked_at = -1  # iteration of the latest validation that _track_best saw
         # Seconds spent in training steps, summed over resumed runs: the card records the cost.
         self.train_seconds = 0.0
 
@@ -412,8 +413,8 @@ class Trainer:
                 "intensities": "model range [-1, 1]",
             }
         module = self.ema.shadow_module(self.net) if card.ema else copy.deepcopy(self.net)
-        if cfg.keep_best and self._best is not None and self._best[0] > self.metrics.get("psnr", -math.inf):
-            module.load_state_dict(self._best[3])  # a later validation was worse: keep the best
+        if cfg.keep_best and self._best is not None and self._best[1] != self._tracked_at:
+            module.load_state_dict(self._best[3])  # the latest validation lost: keep the best
             card.metrics.update({k: round(float(v), 4) for k, v in self._best[2].items()})
         if self._best is not None:
             card.metrics["best_iteration"] = self._best[1] if cfg.keep_best else self.iteration
@@ -523,7 +524,10 @@ class Trainer:
 
     def _track_best(self, metrics: dict[str, float]) -> None:
         score = metrics["psnr"]
-        if self._best is None or score > self._best[0]:
+        self._tracked_at = self.iteration
+        # the base (a fine-tune's iteration 0) is replaced only by a margin
+        margin = self.config.base_margin if self._best is not None and self._best[1] == 0 and self.base_metrics else 0.0
+        if self._best is None or score > self._best[0] + margin:
             with self._averaged() as net:
                 weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             self._best = (score, self.iteration, dict(metrics), weights)
