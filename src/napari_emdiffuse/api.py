@@ -316,7 +316,7 @@ def restore(
     Raises
     ------
     InputError
-        Unusable input (NaN/Inf pixels, wrong number of dimensions, bad option values).
+        Unusable input (Inf pixels, nothing but NaN, wrong number of dimensions, bad option values).
     EMDiffuseError
         Unknown option, model or task; a model made for another task.
 

@@ -148,3 +148,57 @@ def test_isotropic_new_slices_are_fill_where_a_measured_neighbour_is():
     for z, edge in ((1, 36), (2, 36), (4, 36), (5, 36)):
         assert (out[z, :, edge:] == 0).all() and (unc[z, :, edge:] == 0).all()
         assert (out[z, :, : edge - 2] > 0).mean() > 0.99
+
+
+# -- NaN: no data in float images ---------------------------------------------------------------
+def _nan_section() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The section as float32 with NaN where the fill was, plus two lone NaN pixels inside."""
+    img, mask = _section()
+    nan = img.astype(np.float32)
+    nan[mask] = np.nan
+    nan[10, 10] = nan[30, 40] = np.nan
+    holes = mask.copy()
+    holes[10, 10] = holes[30, 40] = True
+    return nan, holes, img
+
+
+def test_nan_pixels_are_no_data_and_stay_nan(model):
+    nan, holes, img = _nan_section()
+    before = nan.copy()
+    r = restore(nan, "denoise", model, samples=2, **FAST)
+    assert np.array_equal(np.isnan(r.mean), holes)  # NaN exactly where the input has none
+    assert (r.uncertainty[holes] == 0).all() and np.isfinite(r.uncertainty).all()
+    assert np.array_equal(nan, before, equal_nan=True)  # never modifies the input
+    # The same section with zero fill (found as fill) and its two lone pixels inpainted by
+    # hand: the network saw the same thing, so the imaged pixels match.
+    zero = inpaint_nearest(img.astype(np.float32), holes & ~_section()[1])
+    want = restore(zero, "denoise", model, samples=2, **FAST)
+    assert r.normalisation["lo"] == pytest.approx(want.normalisation["lo"])
+    np.testing.assert_allclose(r.mean[~holes], want.mean[~holes], atol=1e-4)
+
+
+def test_nan_in_an_integer_output_becomes_zero_and_inf_is_refused(model):
+    from napari_emdiffuse.engine.errors import InputError
+
+    nan, holes, _ = _nan_section()
+    out = restore(nan, "denoise", model, dtype=np.uint8, **FAST).mean
+    assert out.dtype == np.uint8 and (out[holes] == 0).all() and (out[~holes] > 0).mean() > 0.99
+    nan[5, 5] = np.inf
+    with pytest.raises(InputError, match="1 Inf pixels"):
+        restore(nan, "denoise", model, **FAST)
+
+
+def test_a_missing_section_of_nan_gives_nan_slices_beside_it():
+    torch.manual_seed(0)
+    m = factory.create_EMDiffuse(
+        "vEMDiffuse-i", inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[], num_head_channels=16
+    )
+    m.card.normalisation, m.card.overlap, m.card.tile = cards.Normalisation(), 8, 32
+    vol = np.random.default_rng(4).integers(30, 220, (4, 40, 48)).astype(np.float32)
+    vol[1] = np.nan  # a lost section
+    vol[3, :, 40:] = np.nan  # a NaN border
+    out = np.asarray(reconstruct_isotropic(vol, 2, m, samples=2, **FAST).volume)
+    assert out.shape == (7, 40, 48)
+    assert np.isnan(out[1:4]).all()  # between slices 0|1 and 1|2: nothing to generate from
+    assert np.isnan(out[5, :, 40:]).all() and np.isfinite(out[5, :, :38]).all()
+    assert np.isfinite(out[0]).all() and np.isfinite(out[4]).all()

@@ -176,7 +176,7 @@ def test_restore_to_zarr_cancel_leaves_nothing(model, tmp_path):
     [
         (np.zeros((0, 5), np.uint8), "empty"),
         (np.full((8, 8), np.nan), "NaN"),
-        (np.array([[1.0, np.inf], [0, 1]]), "NaN/Inf"),
+        (np.array([[1.0, np.inf], [0, 1]]), "Inf pixels"),
         (np.zeros((16, 16, 3), np.uint8), "RGB"),
         (np.zeros((2, 2, 4, 4, 4), np.uint8), "dimensions"),
         (np.zeros((4, 4), np.complex64), "complex"),

@@ -17,7 +17,7 @@ def validate_image(image: Any, *, allow_3d: bool = True, name: str = "image") ->
     """Check an array-like before any work; return it (leading singleton axes dropped).
 
     Raises :class:`InputError` with one line for empty, non-numeric, complex, RGB or
-    too-many-dimension inputs. Values (NaN/Inf) are checked as slices are read.
+    too-many-dimension inputs. Values (Inf) are checked as slices are read.
     """
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         try:
@@ -50,12 +50,12 @@ def owned_array(block: Any) -> np.ndarray:
 
 
 def check_finite(values: np.ndarray, what: str) -> None:
-    """Refuse NaN/Inf pixels with a one-line reason."""
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        bad = int((~np.isfinite(values)).sum())
-        if bad == values.size:
-            raise InputError(f"{what} is all NaN/Inf; nothing to restore")
-        raise InputError(f"{what} contains {bad} NaN/Inf pixels; replace them before restoring")
+    """Refuse Inf pixels with a one-line reason. NaN pixels are no data (see :mod:`.fill`);
+    an input with nothing else is refused where the normalisation is fitted."""
+    if values.dtype.kind == "f":
+        inf = int(np.isinf(values).sum())
+        if inf:
+            raise InputError(f"{what} contains {inf} Inf pixels; replace them (NaN marks no data) before restoring")
 
 
 def output_dtype(dtype: Any, image: Any) -> np.dtype:

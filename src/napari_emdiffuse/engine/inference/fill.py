@@ -11,6 +11,11 @@ So a restoration finds the fill value once, from the values that fit the normali
 (:func:`find_fill`), leaves it out of the percentiles, and in every block replaces fill
 regions (:func:`fill_mask`) by their nearest valid pixel before the network sees them
 (:func:`inpaint_nearest`). The output keeps the fill value there, with zero uncertainty.
+
+NaN pixels of float data (what registration tools such as scikit-image's ``warp`` with
+``cval=np.nan`` write outside the imaged area) are no data too, wherever they are: they are
+left out of the percentiles, inpainted the same way, and stay NaN in float outputs (0 in
+integer ones). Inf is refused: it is a broken value, not a marker.
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ def find_fill(values: np.ndarray) -> float | None:
 
 
 def fill_mask(plane: np.ndarray, fill: float | None) -> np.ndarray | None:
-    """Pixels of a 2D plane inside fill regions (see :data:`FILL_EDGE`), or None if none.
+    """Pixels of a 2D plane with no data, or None if none: those inside fill regions (see
+    :data:`FILL_EDGE`) and, in float data, every NaN pixel (alone too: NaN is never a
+    measurement; registration tools write it outside the imaged area).
 
     Examples
     --------
@@ -71,16 +78,22 @@ def fill_mask(plane: np.ndarray, fill: float | None) -> np.ndarray | None:
     >>> m = fill_mask(p, 0.0)
     >>> int(m.sum()), bool(m[3, 9])
     (72, False)
+    >>> p[5, 9] = np.nan
+    >>> int(fill_mask(p, None).sum()), int(fill_mask(p, 0.0).sum())
+    (1, 73)
     """
-    if fill is None:
-        return None
-    hit = np.asarray(plane) == fill
-    if not hit.any():
-        return None
+    plane = np.asarray(plane)
+    nan = np.isnan(plane) if plane.dtype.kind == "f" else None
+    nan = nan if nan is not None and nan.any() else None
+    hit = plane == fill if fill is not None else None
+    if hit is None or not hit.any():
+        return nan
     # The opening keeps every pixel covered by a full square of fill; border_value=1 lets a
     # region that runs off the plane (a block's edge) count as one.
     square = np.ones((FILL_EDGE, FILL_EDGE), dtype=bool)
     mask = ndi.binary_dilation(ndi.binary_erosion(hit, square, border_value=1), square) & hit
+    if nan is not None:
+        mask |= nan
     return mask if mask.any() else None
 
 
@@ -100,7 +113,8 @@ def inpaint_nearest(plane: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def upscale_mask(mask: np.ndarray, scale: int) -> np.ndarray:
-    """A mask in input pixels as a mask in output pixels (``scale`` x ``scale`` each)."""
+    """A mask (or any per-pixel array) in input pixels as one in output pixels (``scale`` x
+    ``scale`` each)."""
     if scale == 1:
         return mask
     return np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)

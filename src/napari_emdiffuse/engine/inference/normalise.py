@@ -110,10 +110,13 @@ def from_model(y: np.ndarray, info: NormInfo) -> np.ndarray:
 
 
 def to_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round and clip to an integer dtype's range; floats are cast."""
+    """Round and clip to an integer dtype's range (NaN, no data, becomes 0); floats are cast."""
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
+        x = np.asarray(x)
+        if x.dtype.kind == "f" and np.isnan(x).any():
+            x = np.where(np.isnan(x), 0.0, x)
         return np.clip(np.rint(x), info.min, info.max).astype(dtype)
     return np.asarray(x).astype(dtype)
 

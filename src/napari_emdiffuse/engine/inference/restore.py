@@ -95,7 +95,7 @@ def fit_norm(model: EMDiffuseModel, image: Any) -> NormInfo:
     if values.dtype.kind == "f":
         finite = values[np.isfinite(values)]
         if finite.size == 0:
-            raise InputError("image is all NaN/Inf; nothing to restore")
+            raise InputError("image has no finite pixels (all NaN or Inf); nothing to restore")
         values = finite
     return fit_normalisation(values, model.card.normalisation, adapt_range=True)
 
@@ -278,11 +278,12 @@ def restore_block(
     check_finite(plane, where if len(plan.ys) * len(plan.xs) == 1 else f"{where}, block y={wy.start} x={wx.start}")
     idx = ((z,) if plan.is_stack else ()) + (slice(wy.start * s, wy.stop * s), slice(wx.start * s, wx.stop * s))
     fill = fill_mask(plane, norm.fill)
-    if fill is not None and fill[cy, cx].all():  # nothing but fill to write: no network pass
-        dst[idx] = to_dtype(np.full(_out_shape(wy, wx, s), norm.fill), target.dtype)
+    if fill is not None and fill[cy, cx].all():  # nothing but fill (or NaN) to write: no network pass
+        dst[idx] = to_dtype(upscale_mask(plane[cy, cx], s), target.dtype)
         if unc is not None:
             unc[idx] = 0.0
         return
+    raw = plane
     if fill is not None:
         plane = inpaint_nearest(plane, fill)
     mu, sd = yield from restore_plane(
@@ -291,9 +292,9 @@ def restore_block(
     crop = (slice(cy.start * s, cy.stop * s), slice(cx.start * s, cx.stop * s))
     out = from_model(mu[crop], norm)
     sd = std_from_model(sd[crop], norm) if sd is not None else None
-    if fill is not None:  # fill stays fill, known exactly
+    if fill is not None:  # fill stays fill and NaN stays NaN, known exactly
         keep = upscale_mask(fill[cy, cx], s)
-        out[keep] = norm.fill
+        out[keep] = upscale_mask(raw[cy, cx], s)[keep]
         if sd is not None:
             sd[keep] = 0.0
     dst[idx] = to_dtype(out, target.dtype)

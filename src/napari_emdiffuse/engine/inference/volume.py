@@ -275,8 +275,8 @@ def _sample_block(
 
     Returns the two measured slices (input dtype), the model-range mean of the new slices
     (factor-1, h, w), their std over samples (or from the model's variance) or None, and the
-    new slices' fill mask (where either measured slice is fill: no data to generate from) or
-    None.
+    new slices' fill as (mask, values) (where either measured slice is fill or NaN: no data to
+    generate from; the value of the slice with none there) or None.
     """
     lo = owned_array(vol[z, ry, rx])
     hi = owned_array(vol[z + 1, ry, rx])
@@ -287,7 +287,10 @@ def _sample_block(
     fills = [fill_mask(lo, norm.fill), fill_mask(hi, norm.fill)]
     seen = [inpaint_nearest(x, f) if f is not None and not f.all() else x for x, f in zip((lo, hi), fills)]
     present = [f for f in fills if f is not None]
-    gap_fill = np.logical_or.reduce(present) if present else None
+    gap_fill = None
+    if present:  # (where, value): the value of the neighbour with no data there (fill or NaN)
+        where = np.logical_or.reduce(present)
+        gap_fill = (where, np.where(fills[0], lo, hi) if fills[0] is not None else hi)
     cond = np.stack([to_model(seen[0], norm), to_model(seen[1], norm)])  # lower z first, as trained
     cond = pad_to(cond, canvas_size(h, mult), canvas_size(w, mult))
     cond_t = torch.from_numpy(np.ascontiguousarray(cond))[None].to(device)
@@ -343,11 +346,11 @@ def _write_block(
     n = factor + (1 if last else 0)
     out = np.empty((n, wy.stop - wy.start, wx.stop - wx.start), dtype=dtype)
     out[0] = _measured(lo[cy, cx], dtype)
-    keep = gap_fill[cy, cx] if gap_fill is not None else None
+    keep = gap_fill[0][cy, cx] if gap_fill is not None else None
     for j in range(1, factor):  # slice by slice: float64 copies stay one slice large
         new = from_model(mean[j - 1, cy, cx], norm)
         if keep is not None:
-            new[keep] = norm.fill
+            new[keep] = gap_fill[1][cy, cx][keep]
         out[j] = to_dtype(new, dtype)
     if last:
         out[factor] = _measured(hi[cy, cx], dtype)
@@ -408,7 +411,7 @@ def _fit_volume_norm(m: EMDiffuseModel, vol: Any) -> NormInfo:
         n += sub.size
     values = values[:n]
     if values.size == 0:
-        raise InputError("volume is all NaN/Inf; nothing to reconstruct")
+        raise InputError("volume has no finite pixels (all NaN or Inf); nothing to reconstruct")
     return fit_normalisation(values, m.card.normalisation, adapt_range=True)
 
 
