@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +68,22 @@ def test_fill_border_is_noted_and_kept(tmp_path, noisy_tif, tiny_model_dir, caps
     # into zarr too
     assert main(["denoise", str(src), "-o", str(tmp_path / "out.zarr"), "--model", str(tiny_model_dir), *FAST]) == 0
     assert "regions of value 0 are taken as fill" in capsys.readouterr().err
+
+
+def test_nan_border_is_noted_and_kept_nan(tmp_path, noisy_tif, tiny_model_dir, capsys):
+    img = tifffile.imread(noisy_tif).astype(np.float32)
+    img[:, 40:] = np.nan  # a registration tool's border
+    src, out = tmp_path / "section.tif", tmp_path / "out.tif"
+    tifffile.imwrite(src, img)
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(tiny_model_dir), *FAST]) == 0
+    assert "NaN pixels are taken as no data" in capsys.readouterr().err
+    got = tifffile.imread(out)
+    assert np.isnan(got[:, 40:]).all() and np.isfinite(got[:, :40]).all()
+    made = json.loads(tifffile.TiffFile(out).imagej_metadata["Info"])
+    assert made["normalisation"]["nan"] is True
+    # control: no NaN, no note
+    assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), *FAST]) == 0
+    assert "NaN pixels" not in capsys.readouterr().err
 
 
 def test_super_resolve_updates_pixel_size(tmp_path, noisy_tif, tiny_sr_dir):

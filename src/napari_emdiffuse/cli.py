@@ -360,6 +360,8 @@ def _note_fill(normalisation: dict | None) -> None:
     if fill is not None:
         print(f"{PROG}: note: regions of value {fill:g} are taken as fill (no data) and kept as they are",
               file=sys.stderr)
+    if (normalisation or {}).get("nan"):
+        print(f"{PROG}: note: NaN pixels are taken as no data and kept as NaN (0 in integer outputs)", file=sys.stderr)
 
 
 def _cmd_isotropic(args: argparse.Namespace) -> int:

@@ -418,7 +418,16 @@ def test_restore_widget_denoise_and_rerun_replaces(viewer, qtbot, models, errors
     assert w.run()
     _wait(qtbot, w)
     assert (viewer.layers["section_denoised"].data[:, 30:] == 0).all()
-    assert "regions of value 0 kept as fill" in w.status.text()
+    assert "regions of value 0 kept as fill" in w.status.text() and "NaN" not in w.status.text()
+    # A float section with a NaN border (a registration tool's) keeps it NaN.
+    nan = img.astype(np.float32)
+    nan[:, 30:] = np.nan
+    w.layer_combo.set_layer(viewer.add_image(nan, name="nan_section"))
+    assert w.run()
+    _wait(qtbot, w)
+    got = viewer.layers["nan_section_denoised"].data
+    assert np.isnan(got[:, 30:]).all() and np.isfinite(got[:, :30]).all()
+    assert "NaN pixels kept as NaN" in w.status.text()
 
     # Settings persist: a new widget starts with the options of the last run.
     w2 = _dock(viewer, FINETUNE)  # any other widget must not disturb the restore section

@@ -354,6 +354,7 @@ class RestoreWidget(DockWidget):
             f"'{mean.name}' in {self._elapsed():.1f} s on {device}"
             f" ({result.info.get('steps')} steps, {result.info.get('samples')} sample(s))"
             + (f"; regions of value {fill:g} kept as fill (no data)" if fill is not None else "")
+            + ("; NaN pixels kept as NaN (no data)" if (result.normalisation or {}).get("nan") else "")
         )
 
 

@@ -25,12 +25,14 @@ _MAX_SAMPLE = 4_000_000
 
 @dataclass(frozen=True)
 class NormInfo:
-    """Input values that map to -1 and +1, and the fill value (no data) if the input has one."""
+    """Input values that map to -1 and +1, the fill value (no data) if the input has one, and
+    whether the sampled values hold NaN (no data too, see :mod:`.fill`)."""
 
     mode: str
     lo: float
     hi: float
     fill: float | None = None
+    nan: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)

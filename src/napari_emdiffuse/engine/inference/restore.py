@@ -92,12 +92,14 @@ class Planes:
 
 def fit_norm(model: EMDiffuseModel, image: Any) -> NormInfo:
     values = sample_values(image)
+    nan = False
     if values.dtype.kind == "f":
-        finite = values[np.isfinite(values)]
-        if finite.size == 0:
+        finite = np.isfinite(values)
+        if not finite.any():
             raise InputError("image has no finite pixels (all NaN or Inf); nothing to restore")
-        values = finite
-    return fit_normalisation(values, model.card.normalisation, adapt_range=True)
+        nan = bool(np.isnan(values).any())
+        values = values[finite]
+    return replace(fit_normalisation(values, model.card.normalisation, adapt_range=True), nan=nan)
 
 
 def _check_task(task: str) -> None:

@@ -32,7 +32,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -401,18 +401,19 @@ def _fit_volume_norm(m: EMDiffuseModel, vol: Any) -> NormInfo:
     stride = max(1, math.ceil(math.sqrt(h * w / per_slice)))
     per = math.ceil(h / stride) * math.ceil(w / stride)
     values = np.empty(len(zs) * per, dtype=np.float64)  # filled in place: no list + concatenate copy
-    n = 0
+    n, nan = 0, False
     for z in zs:
         sub = vol[int(z), ::stride, ::stride]
         sub = np.asarray(sub.compute() if hasattr(sub, "compute") else sub).ravel()
         if sub.dtype.kind == "f":
+            nan = nan or bool(np.isnan(sub).any())
             sub = sub[np.isfinite(sub)]
         values[n : n + sub.size] = sub
         n += sub.size
     values = values[:n]
     if values.size == 0:
         raise InputError("volume has no finite pixels (all NaN or Inf); nothing to reconstruct")
-    return fit_normalisation(values, m.card.normalisation, adapt_range=True)
+    return replace(fit_normalisation(values, m.card.normalisation, adapt_range=True), nan=nan)
 
 
 # ----------------------------------------------------------------------------------------------
