@@ -137,6 +137,8 @@ def test_the_base_is_replaced_only_by_a_validation_that_beats_it_by_the_margin(t
         assert card.metrics["psnr"] == pytest.approx(max(vals), abs=1e-3)
     else:
         assert card.metrics["best_iteration"] == 0
+        # patience 2: two validations (iterations 2, 4) without a gain end the run early
+        assert sum(e.stage == "training" for e in events[:-1]) == 4
         assert card.metrics["psnr"] == pytest.approx(vals[0], abs=1e-3)
         original = load_model(base, cache=False)
         for (k, a), b in zip(load_model(events[-1], cache=False).module.state_dict().items(),
