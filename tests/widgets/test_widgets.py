@@ -351,6 +351,12 @@ def test_loss_history_and_plot_mapping():
     assert h.psnr == [] and h.base_psnr == 19.0 and "base model: val PSNR 19.00" in h.summary()
     h.add({"stage": "validation", "done": 5, "metrics": {"psnr": 20.5}})
     assert h.psnr_bounds()[2:] == (19.0, 20.5) and "(base 19.00)" in h.summary()
+    # a fine-tune's margin: the line to beat is the base's PSNR plus it
+    h.clear()
+    h.add({"stage": "validation", "done": 0, "metrics": {"psnr": 19.0}, "base": True, "base_margin": 0.25})
+    h.add({"stage": "validation", "done": 5, "metrics": {"psnr": 19.1}})
+    assert h.to_beat == 19.25 and h.psnr_bounds()[2:] == (19.1, 19.25)
+    assert "(base 19.00, to beat 19.25)" in h.summary()
     assert eta_text(10, 40, 20.0) == "ETA 1:00" and eta_text(0, 40, 5.0) == ""
 
 

@@ -173,7 +173,8 @@ class LossHistory:
     val: list[tuple[int, float]] = field(default_factory=list)
     psnr: list[tuple[int, float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
-    base_psnr: float | None = None  # the base model's validation PSNR: what to beat
+    base_psnr: float | None = None  # the base model's validation PSNR
+    base_margin: float = 0.0  # the gain over it that replaces the base's weights
 
     def add(self, event: dict[str, Any]) -> bool:
         """Record an event from the training process; True if the plot changed."""
@@ -188,6 +189,7 @@ class LossHistory:
         if event.get("base"):
             psnr = metrics.get("psnr")
             self.base_psnr = float(psnr) if psnr is not None and math.isfinite(psnr) else None
+            self.base_margin = float(event.get("base_margin") or 0.0)
             return self.base_psnr is not None
         self.metrics = dict(metrics)
         it = int(event.get("done") or (self.train[-1][0] if self.train else 0))
@@ -207,6 +209,12 @@ class LossHistory:
         self.psnr.clear()
         self.metrics = {}
         self.base_psnr = None
+        self.base_margin = 0.0
+
+    @property
+    def to_beat(self) -> float | None:
+        """The validation PSNR a checkpoint must exceed to replace the base's weights."""
+        return None if self.base_psnr is None else self.base_psnr + self.base_margin
 
     def bounds(self) -> tuple[float, float, float, float] | None:
         """(x0, x1, y0, y1) of the losses (train and validation); None when there are none."""
@@ -214,7 +222,7 @@ class LossHistory:
 
     def psnr_bounds(self) -> tuple[float, float, float, float] | None:
         """(x0, x1, y0, y1) for the PSNR axis, sharing the iteration axis with the losses."""
-        pts = self.psnr + ([(self.psnr[0][0] if self.psnr else 0, self.base_psnr)] if self.base_psnr is not None else [])
+        pts = self.psnr + ([(self.psnr[0][0] if self.psnr else 0, self.to_beat)] if self.to_beat is not None else [])
         return _bounds(pts, self.train + self.val + self.psnr)
 
     def summary(self) -> str:
@@ -226,6 +234,8 @@ class LossHistory:
             parts.append(f"val loss {self.val[-1][1]:.4g}")
         if "psnr" in self.metrics:
             base = f" (base {self.base_psnr:.2f})" if self.base_psnr is not None else ""
+            if self.base_psnr is not None and self.base_margin > 0:
+                base = f" (base {self.base_psnr:.2f}, to beat {self.to_beat:.2f})"
             parts.append(f"val PSNR {self.metrics['psnr']:.2f} dB{base}")
         elif self.base_psnr is not None:
             parts.append(f"base model: val PSNR {self.base_psnr:.2f} dB")
@@ -290,7 +300,10 @@ class LossPlot(QWidget):
         self.history = history
         self.setMinimumHeight(140)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
-        self.setToolTip("Training loss (blue), validation loss (orange), validation PSNR in dB (green, right axis)")
+        self.setToolTip(
+            "Training loss (blue), validation loss (orange), validation PSNR in dB (green, right axis); "
+            "dashed: the base model's PSNR plus the margin a checkpoint must beat"
+        )
 
     def _series(self, p: QPainter, pts: list[tuple[float, float]], color: QColor, *, line: bool, dots: bool) -> None:
         p.setPen(QPen(color, 1.5))
@@ -330,8 +343,8 @@ class LossPlot(QWidget):
             p.drawText(QRectF(w - right + 3, top - 6, right - 3, 14), Qt.AlignLeft, f"{psnr_b[3]:.3g}")
             p.drawText(QRectF(w - right + 3, top + rect[3] - 8, right - 3, 14), Qt.AlignLeft, f"{psnr_b[2]:.3g}")
             self._series(p, to_canvas(hist.psnr, psnr_b, rect), self.PSNR, line=True, dots=True)
-            if hist.base_psnr is not None:  # dashed: the base model's PSNR, the line to beat
-                (_, y0), = to_canvas([(psnr_b[0], hist.base_psnr)], psnr_b, rect)
+            if hist.to_beat is not None:  # dashed: the base model's PSNR + margin, the line to beat
+                (_, y0), = to_canvas([(psnr_b[0], hist.to_beat)], psnr_b, rect)
                 p.setPen(QPen(self.PSNR, 1, Qt.DashLine))
                 p.drawLine(QPointF(rect[0], y0), QPointF(rect[0] + rect[2], y0))
         # legend

@@ -518,7 +518,8 @@ class Trainer:
         yield self.log(
             Progress(
                 "validation", self.iteration, self.config.iterations, metrics=metrics, preview=preview,
-                message=message, extra={"base": base, "base_psnr": self.base_metrics.get("psnr")},
+                message=message, extra={"base": base, "base_psnr": self.base_metrics.get("psnr"),
+                                                  "base_margin": self.config.base_margin},
             )
         )
 
