@@ -33,14 +33,8 @@ from napari_emdiffuse.widgets._controls import (  # noqa: E402
 from napari_emdiffuse.widgets._jobs import report_error  # noqa: E402
 from napari_emdiffuse.widgets._layers import check_zarr_output  # noqa: E402
 from napari_emdiffuse.widgets._settings import Settings  # noqa: E402
-from napari_emdiffuse.widgets.finetune import (  # noqa: E402
-    FinetuneOptions,
-    LossHistory,
-    default_output,
-    eta_text,
-    parse_lr,
-    to_canvas,
-)
+from napari_emdiffuse.widgets._lossplot import LossHistory, eta_text, to_canvas  # noqa: E402
+from napari_emdiffuse.widgets.finetune import FinetuneOptions, default_output, parse_lr  # noqa: E402
 from napari_emdiffuse.widgets.isotropic import (  # noqa: E402
     IsotropicOptions,
     isotropic_geometry,
@@ -361,7 +355,7 @@ def test_loss_history_and_plot_mapping():
 
 
 def test_loss_plot_paints(qtbot):
-    from napari_emdiffuse.widgets.finetune import LossPlot
+    from napari_emdiffuse.widgets._lossplot import LossPlot
 
     h = LossHistory()
     plot = LossPlot(h)
