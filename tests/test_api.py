@@ -80,6 +80,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.parallel.runner",
         "napari_emdiffuse.engine.training.data.pairs",
         "napari_emdiffuse.engine.training.finetune",
+        "napari_emdiffuse.engine.training.selfsup",
     ],
 )
 def test_docstring_examples_run(module):

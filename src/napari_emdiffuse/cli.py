@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, metavar="DB",
                    help="validation PSNR gain over the base model needed to keep the fine-tuned weights "
                         "(default 0.1 dB; smaller gains on the held-back strip did not carry to the rest of an image)")
+    p.add_argument("--anchor", type=_number(float, lambda v: 0.0 <= v <= 1e6, "a weight in [0, 1e6]"),
+                   default=None, metavar="WEIGHT",
+                   help="self-supervised: keep the output near the base model's away from the blind spots "
+                        "(default 10; 0: the blind spot alone, which lost 0.6-0.8 dB on real SEM noise)")
     p.add_argument("--factor", type=int, default=None, help="isotropic: slices per gap (default: the base model's)")
     p.add_argument(
         "--objective", choices=["supervised", "self-supervised"], default=None,
@@ -487,6 +491,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             **({} if args.resample_noise is None else {"resample_noise": args.resample_noise}),
             **({} if args.noise_gain is None else {"noise_gain": tuple(args.noise_gain)}),
             **({} if args.base_margin is None else {"base_margin": args.base_margin}),
+            **({} if args.anchor is None else {"anchor": args.anchor}),
         )
     )
     line = verdict(read_card(path).metrics)

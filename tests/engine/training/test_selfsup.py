@@ -11,7 +11,8 @@ from scipy import ndimage as ndi
 from napari_emdiffuse.engine.errors import EMDiffuseError
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.training.config import TrainConfig
-from napari_emdiffuse.api import finetune_iter, train
+from napari_emdiffuse.api import finetune_iter, restore, train
+from napari_emdiffuse.engine.events import drain
 from napari_emdiffuse.engine.training.selfsup import blind_spot, blind_spot_loss
 
 from tests.conftest import TINY
@@ -144,3 +145,26 @@ def test_the_base_is_replaced_only_by_a_validation_that_beats_it_by_the_margin(t
         for (k, a), b in zip(load_model(events[-1], cache=False).module.state_dict().items(),
                              original.module.state_dict().values()):
             assert torch.equal(a, b), k
+
+
+def test_the_anchor_keeps_a_self_supervised_finetune_near_its_base(tmp_path):
+    """Away from the hidden pixels the anchored run's output stays at the base's; control: the
+    blind spot alone moves it several times as far."""
+    noisy = _noisy(1)
+    net = {**TINY, "aleatoric": True, "residual": True}
+    base = train(TrainConfig(task="denoise", kind="regression", inputs=[noisy], out=tmp_path / "base",
+                             iterations=20, **{**FAST, "network": net}))
+    before = restore(noisy, "denoise", base, device="cpu").mean
+    moved = {}
+    for anchor in (0.0, 1000.0):
+        path = drain(finetune_iter("denoise", noisy, base=base, out=tmp_path / f"a{anchor:g}", iterations=20,
+                                   patch=32, batch=2, val_crops=2, device="cpu", lr=1e-3, anchor=anchor,
+                                   keep_best=False, patience=None))
+        moved[anchor] = float(np.abs(restore(noisy, "denoise", path, device="cpu").mean - before).mean())
+    assert moved[1000.0] < 0.3 * moved[0.0], moved
+
+
+def test_the_anchor_needs_a_self_supervised_finetune():
+    with pytest.raises(EMDiffuseError, match="anchor keeps a self-supervised fine-tune") as info:
+        TrainConfig(task="denoise", kind="regression", inputs=[_noisy()], targets=[_noisy(1)], out="m", anchor=10.0)
+    assert "\n" not in str(info.value)

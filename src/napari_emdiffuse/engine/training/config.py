@@ -242,6 +242,9 @@ class TrainConfig(BaseModel):
     # "self-supervised" (denoise, predictors): learn from the noisy inputs alone with a
     # structured blind spot (see training.selfsup); inputs need no targets
     objective: Literal["supervised", "self-supervised"] = "supervised"
+    # Self-supervised from a base: weight of a term that keeps the output, away from the hidden
+    # pixels, at the base's (see training.selfsup.anchor_loss); 0 for the blind spot alone
+    anchor: float = Field(0.0, ge=0, le=1e6)
     # Train a diffusion refiner (see training.refine) for the predictor named as base, or for
     # the predictor this recipe trains first: its settings (network, samples, steps, presets,
     # residual_scale; iterations and lr when the recipe trains both); {} for the defaults.
@@ -302,6 +305,9 @@ class TrainConfig(BaseModel):
             raise ValueError(f"self-supervised training denoises; it cannot train a {self.task} model")
         if not (self.inputs or self.clean or self.volume):
             raise ValueError("no training data: give inputs, clean images or a volume")
+        if self.anchor > 0 and (self.objective != "self-supervised" or self.base is None):
+            raise ValueError("anchor keeps a self-supervised fine-tune near its base; it needs objective "
+                             "self-supervised and a base model")
         if self.resample_noise > 0 and (self.task != "denoise" or self.objective != "supervised"):
             raise ValueError("resample_noise draws a denoising pair's noise anew; it needs supervised denoising from pairs")
         lo, hi = self.noise_gain

@@ -47,7 +47,7 @@ from ..models.registry import register_model
 from .config import TrainConfig, checkpoint_path
 from .build import build_data, build_model
 from .data.base import Batch, TrainingData
-from .selfsup import blind_spot, blind_spot_loss
+from .selfsup import anchor_loss, blind_spot, blind_spot_loss
 from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
 
 __all__ = ["Trainer", "calibrate_uncertainty"]
@@ -183,6 +183,9 @@ class Trainer:
         self.data_rng = np.random.default_rng([cfg.seed, self.rank, 1])
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 17)
         self.start_iteration = 0
+        self.anchor_net = None  # the base as it started: what the anchor term keeps the output near
+        if cfg.anchor > 0:
+            self.anchor_net = copy.deepcopy(self.net).eval().requires_grad_(False)
         if cfg.resume and self.checkpoint_file.is_file():
             self.load_checkpoint(self.checkpoint_file)
         self.ready = True
@@ -194,7 +197,13 @@ class Trainer:
         if self.config.objective == "self-supervised":
             masked, centres = blind_spot(batch.cond, generator=self.gen)
             out = self.model(masked)
-            loss = blind_spot_loss(out[0] if isinstance(out, tuple) else out, batch.target, centres)
+            out = out[0] if isinstance(out, tuple) else out
+            loss = blind_spot_loss(out, batch.target, centres)
+            if self.anchor_net is not None:
+                with torch.no_grad():
+                    ref = self.anchor_net(batch.cond)
+                ref = ref[0] if isinstance(ref, tuple) else ref
+                loss = loss + self.config.anchor * anchor_loss(out, ref, centres)
         elif self.card.kind == "diffusion":
             b = batch.target.shape[0]
             gammas = self.net.sample_gammas(
