@@ -33,7 +33,7 @@ import numpy as np
 import tifffile
 from scipy.stats import spearmanr
 
-from _common import ROOT, Timer, best_bm3d, best_gaussian, brain_pair, need_shared, table
+from _common import ROOT, Timer, best_bm3d, best_gaussian, brain_pair, inverted_liver, need_shared, table
 from napari_emdiffuse.engine.core.metrics import extreme_bias, psnr, ssim
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.api import restore
@@ -120,8 +120,7 @@ def denoise_cases(doses: list[float], inverted: tuple[float, ...] = (50.0, 200.0
     sample_clean = tifffile.imread(ROOT / "resources" / "samples" / "fibsem_liver_clean.tif")
     cases.append(("bundled sample", sample, sample_clean, "sample"))
     for dose in inverted:
-        inv = 255 - liver
-        n = simulate_noise(inv, dose, rng=np.random.default_rng(int(dose) + 1), lo=0, hi=255).astype(np.uint8)
+        n, inv = inverted_liver(dose)
         cases.append((f"liver_0 inverted, dose {dose:g}", n, inv, f"inv{dose:g}"))
     return cases
 
