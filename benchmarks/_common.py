@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -13,9 +14,11 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def need_shared() -> Path:
-    if not SHARED.is_dir():
-        raise SystemExit(f"the benchmark data is not at {SHARED}; run from the project's CI layout")
-    return SHARED
+    """The shared data folder: ``$EMDIFFUSE_DATA`` where set (a GPU machine), else ../shared/data."""
+    shared = Path(os.environ.get("EMDIFFUSE_DATA", SHARED))
+    if not shared.is_dir():
+        raise SystemExit(f"the benchmark data is not at {shared}; run from the project's CI layout")
+    return shared
 
 
 def brain_pair(rows: slice = slice(512, 768), cols: slice = slice(0, 768)) -> tuple[np.ndarray, np.ndarray]:

@@ -216,7 +216,8 @@ def test_bad_input_table(tmp_path, tiny_model_dir, case):
     [(["denoise"], "required"), (["denoise", "x.tif", "-o", "y.png"], "unsupported"),
      (["denoise", "x.tif", "-o", "y.tif", "--steps", "-1"], "positive"), (["frobnicate"], "invalid choice"),
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--base-margin", "-0.5"], "[0, 10]"),
-     (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--anchor", "-1"], "[0, 1e6]")],
+     (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--anchor", "-1"], "[0, 1e6]"),
+     (["train", "recipe.yaml", "--max-minutes", "0"], "positive number of minutes")],
 )
 def test_usage_errors_are_one_line_exit_2(args, needle, capsys):
     assert main(args) == 2

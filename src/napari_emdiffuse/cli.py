@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a YAML recipe")
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--max-minutes", type=_number(float, lambda v: v > 0, "a positive number of minutes"),
+                   default=None, metavar="MIN",
+                   help="stop after this many minutes (wall clock), save the model and a checkpoint; "
+                        "--resume continues")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("finetune", help="fine-tune a model on your own data")
@@ -223,6 +227,9 @@ def _progress(gen: Generator, stages: Sequence[str] = ("sampling", "block", "tra
                         (bar.write if bar is not None else _stderr)(
                             f"{PROG}: estimate: {ev.total} network passes, about {_duration(left)} more{note}"
                         )
+                if ev.stage == "training" and ev.loss is None and ev.message:  # a note, e.g. the time budget
+                    (bar.write if bar is not None else _stderr)(f"{PROG}: {ev.message}")
+                    continue
                 if ev.stage == "block" and bar is not None and bar.desc != "block":
                     # Block counts ride on the finer, global sampling/training bar: a bar of
                     # their own would restart it (rate, ETA) at every slice.
@@ -473,6 +480,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_yaml(args.config)
     if args.resume:
         cfg = cfg.model_copy(update={"resume": True})
+    if args.max_minutes is not None:
+        cfg.max_minutes = args.max_minutes
     path = _progress(train_iter(cfg))
     print(f"saved model to {path}", file=sys.stderr)
     return 0

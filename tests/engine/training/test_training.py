@@ -180,6 +180,36 @@ def test_training_is_deterministic_and_resume_is_exact(tmp_path):
         next(train_iter(TrainConfig(out=tmp_path / "two", iterations=8, resume=True, **{**common, "batch": 3})))
 
 
+def test_time_budget_stops_with_a_resumable_model(tmp_path, monkeypatch):
+    """``max_minutes`` stops a run on the wall clock, saves an incomplete model and a checkpoint
+    that resumes; without it (the control) the same run does every iteration."""
+    import napari_emdiffuse.engine.training.trainer as trainer_module
+
+    clock = {"t": 0.0}
+
+    def tick() -> float:  # a fake clock: every reading is 10 s later
+        clock["t"] += 10.0
+        return clock["t"]
+
+    monkeypatch.setattr(trainer_module.time, "perf_counter", tick)
+    common = dict(task="denoise", inputs=[_texture((80, 80))], iterations=40, val_every=1000, **FAST)
+    cfg = TrainConfig(out=tmp_path / "budget", max_minutes=1.0, **common)
+    events = list(train_iter(cfg))
+    done = [e.done for e in events[:-1] if e.stage == "training" and e.loss is not None]
+    assert 1 <= len(done) < 10  # 60 s of fake clock at >= 10 s per step
+    assert any("time budget" in e.message for e in events[:-1])
+    m = load_model(cfg.out, cache=False)
+    assert m.card.training["iterations"] == done[-1] and m.card.training["completed"] is False
+    resumed = list(train_iter(cfg.model_copy(update={"resume": True, "max_minutes": None})))
+    assert load_model(cfg.out, cache=False).card.training["iterations"] == 40
+    assert [e.done for e in resumed[:-1] if e.stage == "training" and e.loss is not None][0] == done[-1] + 1
+    control = train(TrainConfig(out=tmp_path / "control", **common))
+    card = load_model(control, cache=False).card
+    assert card.training["iterations"] == 40 and card.training["completed"] is True
+    with pytest.raises(EMDiffuseError, match="max_minutes"):
+        TrainConfig(out=tmp_path / "x", max_minutes=0, **common)
+
+
 def test_closing_the_generator_leaves_a_usable_model_and_checkpoint(tmp_path):
     cfg = TrainConfig(task="denoise", inputs=[_texture((80, 80))], out=tmp_path / "stop", iterations=50, **FAST)
     gen = train_iter(cfg)

@@ -256,6 +256,9 @@ class TrainConfig(BaseModel):
     # there did not carry to the rest of an image (see finetune_iter).
     base_margin: float = Field(0.0, ge=0, le=10)
     patience: int | None = Field(None, ge=1)  # stop after this many validations without a gain
+    # Wall-clock budget of one run (a cluster slot, a lent GPU): stop after this many minutes,
+    # validate, save the model (``completed: false`` in its card) and a checkpoint to resume from.
+    max_minutes: float | None = Field(None, gt=0)
     val_fraction: float = Field(0.1, ge=0, lt=0.9)
     val_every: int = Field(100, ge=1)
     val_crops: int = Field(4, ge=1)

@@ -113,6 +113,8 @@ class Trainer:
         self.base_name: str | None = None
         self.ready = False
         self._stopping = False
+        self._timed_out = False
+        self._run_started = time.perf_counter()
         self.base_metrics: dict[str, float] = {}
         # (score, iteration, metrics, weights) of the best validation so far
         self._best: tuple[float, int, dict[str, float], dict[str, torch.Tensor]] | None = None
@@ -467,10 +469,11 @@ class Trainer:
                 self.setup()
             total = cfg.iterations
             validated_at = -1
+            self._run_started = time.perf_counter()
             if cfg.base is not None and self.iteration == 0 and not self.base_metrics:
                 yield from self._validation_event(base=True)  # what the fine-tune must beat
             try:
-                while self.iteration < total and not self._early_stop():
+                while self.iteration < total and not self._early_stop() and not self._out_of_time():
                     started = time.perf_counter()
                     loss = self.train_step(self.next_batch())
                     self.iteration += 1
@@ -495,7 +498,11 @@ class Trainer:
                     self.save_model(completed=self.iteration >= total)
                 raise
             self.save_checkpoint()
-            path = self.save_model(completed=True) if self.is_main else self.out
+            if self._timed_out:
+                yield self.log(Progress("training", self.iteration, total, message=(
+                    f"stopped at the time budget ({cfg.max_minutes:g} min) after {self.iteration} of {total} "
+                    "iterations; resume to continue")))
+            path = self.save_model(completed=not self._timed_out) if self.is_main else self.out
             if self.distributed:
                 import torch.distributed as dist
 
@@ -544,6 +551,21 @@ class Trainer:
             self._since_best = 0
         else:
             self._since_best += 1
+
+    def _out_of_time(self) -> bool:
+        """Whether this run has spent ``max_minutes``; every rank gets rank 0's answer."""
+        limit = self.config.max_minutes
+        if limit is None:
+            return False
+        over = time.perf_counter() - self._run_started >= 60.0 * limit
+        if self.distributed:
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(over)], device=self.device)
+            dist.broadcast(flag, src=0)  # ranks' clocks differ: one decision, or a rank hangs
+            over = bool(flag.item())
+        self._timed_out = over
+        return over
 
     def _early_stop(self) -> bool:
         patience = self.config.patience
