@@ -408,6 +408,40 @@ def test_sr_condition_matches_inference_preparation():
     assert np.array_equal(data.conds[0], expected)
 
 
+
+def test_sr_pairs_by_gaussian_sampling_and_decimation():
+    """``downsampling``: one area pair, one centred point-sampled pair per blur width and one
+    decimated pair per width, each input prepared exactly as inference prepares that image."""
+    from napari_emdiffuse.engine.inference.normalise import fit_normalisation, make_condition, sample_values
+    from napari_emdiffuse.engine.training.data.pairs import DECIMATE_SIGMAS, GAUSSIAN_SIGMAS, downsample_gaussian
+
+    img = _texture((64, 64)).astype(np.float64)
+    assert np.array_equal(downsample_gaussian(img, 2, 0.0, centred=False), img[::2, ::2])  # plain decimation
+    assert np.allclose(downsample_gaussian(img, 2, 1.0, centred=False),
+                       ndi.gaussian_filter(img, 1.0, mode="reflect")[::2, ::2])
+    centred = downsample_gaussian(img, 2, 1.0)
+    assert np.allclose(centred, ndi.shift(ndi.gaussian_filter(img, 1.0, mode="reflect"), -0.5, order=3,
+                                          mode="reflect")[::2, ::2])
+    assert not np.allclose(centred, downsample_gaussian(img, 2, 1.0, centred=False))  # control: another grid
+    data = sr_data([img], scale=2, rule=Normalisation(), patch=32, val_fraction=0, names=["t"],
+                   downsampling=("area", "gaussian", "decimate"))
+    assert data.describe()["images"] == (["t (area)"] + [f"t (gaussian {s:g})" for s in GAUSSIAN_SIGMAS]
+                                         + [f"t (decimate {s:g})" for s in DECIMATE_SIGMAS])
+    assert data.info["kind"] == "area-downsampled+gaussian-sampled+decimated"
+
+    def cond(low):
+        return make_condition(low, fit_normalisation(sample_values(low), Normalisation()), 2, torch.device("cpu"))[0]
+
+    first_decimated = 1 + len(GAUSSIAN_SIGMAS)
+    assert np.array_equal(data.conds[first_decimated], cond(img[::2, ::2]).numpy())
+    assert not np.allclose(data.conds[0], data.conds[first_decimated])  # control: the area pair's input differs
+    assert len(sr_data([img], scale=2, rule=Normalisation(), patch=32, val_fraction=0).conds) == 1
+    with pytest.raises(InputError, match="downsampling"):
+        sr_data([img], scale=2, rule=Normalisation(), patch=32, downsampling=("bicubic",))
+    with pytest.raises(EMDiffuseError, match="super-resolve"):
+        TrainConfig(task="denoise", inputs=[img], out="m", downsampling=["gaussian"])
+
+
 # --------------------------------------------------------------------------- multi-process
 
 

@@ -157,7 +157,8 @@ def build_data(cfg: TrainConfig, card: ModelCard, mult: int) -> TrainingData:
                 )
             )
         else:
-            parts.append(sr_data(clean, scale=scale, rule=rule, names=clean_names, **common, **blur))
+            parts.append(sr_data(clean, scale=scale, rule=rule, names=clean_names, downsampling=cfg.downsampling,
+                                 **common, **blur))
     return parts[0] if len(parts) == 1 else MixedData(parts)
 
 

@@ -224,6 +224,8 @@ class TrainConfig(BaseModel):
     # images (noise simulated after inverting, as raw backscatter SEM records it)
     invert_contrast: float = Field(0.0, ge=0, lt=1)
     input_blur: float = Field(0.0, ge=0, le=10)
+    # super-resolution from clean images: how the low-resolution inputs are made (sr_data)
+    downsampling: list[Literal["area", "gaussian", "decimate"]] = Field(default_factory=lambda: ["area"], min_length=1)
     # denoising pairs: this fraction of crops gets the pair's own noise from elsewhere (PairData)
     resample_noise: float = Field(0.0, ge=0, le=1)
     # denoising pairs: factors on the pair's noise, as at shorter / longer dwell (PairData)
@@ -311,6 +313,8 @@ class TrainConfig(BaseModel):
         if self.anchor > 0 and (self.objective != "self-supervised" or self.base is None):
             raise ValueError("anchor keeps a self-supervised fine-tune near its base; it needs objective "
                              "self-supervised and a base model")
+        if self.downsampling != ["area"] and self.task != "super-resolve":
+            raise ValueError("downsampling makes super-resolution pairs; it needs task super-resolve")
         if self.resample_noise > 0 and (self.task != "denoise" or self.objective != "supervised"):
             raise ValueError("resample_noise draws a denoising pair's noise anew; it needs supervised denoising from pairs")
         lo, hi = self.noise_gain

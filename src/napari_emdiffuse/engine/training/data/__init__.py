@@ -15,7 +15,8 @@ Kinds of data:
 
 * :func:`.pairs.pair_data`: registered degraded/clean pairs (real low/high-dose images, or
   low/high-resolution pairs when ``scale > 1``).
-* :func:`.pairs.sr_data`: super-resolution pairs made by area-downsampling clean images.
+* :func:`.pairs.sr_data`: super-resolution pairs made by downsampling clean images (area mean,
+  or Gaussian blur then decimation).
 * :class:`.noise.SimulatedNoiseData`: Poisson-Gaussian noise simulated on clean images at a range
   of doses (see :func:`.noise.simulate_noise`), fresh noise for every crop.
 * :class:`.volumes.IsotropicData`: vEMDiffuse: from a volume, two planes ``factor`` apart as the

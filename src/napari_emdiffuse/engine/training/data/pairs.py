@@ -13,7 +13,14 @@ from ...inference.normalise import fit_normalisation, make_condition, sample_val
 from ...models.cards import Normalisation
 from .base import Item, TrainingData, augment, band_crops, blur, fit_rule, spread, stack_planes, fitted_band
 
-__all__ = ["PairData", "pair_data", "noise_model", "sr_data", "downsample_area"]
+__all__ = ["PairData", "pair_data", "noise_model", "sr_data", "downsample_area", "downsample_gaussian",
+           "GAUSSIAN_SIGMAS", "DECIMATE_SIGMAS"]
+
+#: Blur widths (high-resolution pixels) of the point-sampled pairs: "gaussian" samples the
+#: blurred image at the block centres (a scan with a probe of that width), "decimate" at the
+#: blocks' first pixels (``image[::s, ::s]`` after the blur; 0: no blur, aliased).
+GAUSSIAN_SIGMAS = (0.5, 1.0)
+DECIMATE_SIGMAS = (0.0, 0.5, 1.0)
 
 
 def downsample_area(image: np.ndarray, scale: int) -> np.ndarray:
@@ -205,6 +212,39 @@ def noise_model(noisy: np.ndarray, clean: np.ndarray, *, bins: int = 16) -> tupl
     return ((np.asarray(noisy, np.float64) - c) / np.sqrt(var)).astype(np.float32), a, b
 
 
+def downsample_gaussian(image: np.ndarray, scale: int, sigma: float, *, centred: bool = True) -> np.ndarray:
+    """Gaussian blur (``sigma`` high-resolution pixels; 0: none), then one sample per
+    ``scale`` x ``scale`` block of the last two axes.
+
+    A point-sampled scan: unlike :func:`downsample_area`, nothing averages away the detail
+    above the new Nyquist limit. ``centred`` samples at the block centres, where a scan of
+    the same field with ``scale``-times larger pixels puts its beam (cubic-spline
+    interpolation between pixels); else at each block's first pixel, as
+    ``image[..., ::scale, ::scale]`` does (half a pixel of the new grid off the area mean's).
+    Edges that are not a multiple of ``scale`` are cropped.
+
+    Examples
+    --------
+    >>> downsample_gaussian(np.arange(16.0).reshape(4, 4), 2, 0.0, centred=False)
+    array([[ 0.,  2.],
+           [ 8., 10.]])
+    >>> ramp = np.add.outer(np.arange(16.0), np.zeros(16))  # row y has the value y
+    >>> downsample_gaussian(ramp, 2, 0.0)[2:6, 0].round(3)  # block centres, away from the edges
+    array([ 4.5,  6.5,  8.5, 10.5])
+    """
+    from scipy.ndimage import gaussian_filter, shift
+
+    a = np.asarray(image, dtype=np.float64)
+    h, w = (a.shape[-2] // scale) * scale, (a.shape[-1] // scale) * scale
+    a = a[..., :h, :w]
+    lead = [0] * (a.ndim - 2)
+    if sigma > 0:
+        a = gaussian_filter(a, sigma=lead + [sigma, sigma], mode="reflect")
+    if centred:
+        a = shift(a, lead + [-(scale - 1) / 2] * 2, order=3, mode="reflect")
+    return np.ascontiguousarray(a[..., ::scale, ::scale])
+
+
 def pair_data(
     inputs: Sequence[np.ndarray],
     targets: Sequence[np.ndarray],
@@ -269,11 +309,17 @@ def sr_data(
     multiple: int = 1,
     input_blur: float = 0.0,
     names: Sequence[str] | None = None,
+    downsampling: Sequence[str] = ("area",),
 ) -> PairData:
-    """Super-resolution pairs made from clean images by area (block-mean) downsampling.
+    """Super-resolution pairs made from clean images by downsampling.
 
     The low-resolution image is the input (normalisation fitted on it); the clean image,
-    cropped to a multiple of ``scale``, is the target.
+    cropped to a multiple of ``scale``, is the target. ``downsampling`` names the ways, one
+    pair each: ``"area"`` (block mean, :func:`downsample_area`: a detector that integrates
+    over the pixel), ``"gaussian"`` (:func:`downsample_gaussian` sampled at the block centres
+    at each of :data:`GAUSSIAN_SIGMAS`: a point-sampled scan) and ``"decimate"`` (sampled at
+    the blocks' first pixels, at each of :data:`DECIMATE_SIGMAS`: ``image[::s, ::s]`` among
+    them, half a new pixel off the others' grid).
 
     Examples
     --------
@@ -283,16 +329,26 @@ def sr_data(
     >>> b.cond.shape == b.target.shape
     True
     """
+    unknown = set(downsampling) - {"area", "gaussian", "decimate"}
+    if unknown or not downsampling:
+        raise InputError(f"downsampling must name 'area', 'gaussian' or 'decimate', got {list(downsampling)}")
     names = list(names or [f"image {i}" for i in range(len(clean))])
-    lows, highs = [], []
-    for img in clean:
+    lows, highs, labels = [], [], []
+    for img, name in zip(clean, names):
         h, w = (img.shape[-2] // scale) * scale, (img.shape[-1] // scale) * scale
         high = np.asarray(img[..., :h, :w], dtype=np.float64)
-        lows.append(downsample_area(high, scale))
-        highs.append(high)
+        ways = [("area", None)] if "area" in downsampling else []
+        ways += [("gaussian", s) for s in GAUSSIAN_SIGMAS] if "gaussian" in downsampling else []
+        ways += [("decimate", s) for s in DECIMATE_SIGMAS] if "decimate" in downsampling else []
+        for way, sigma in ways:
+            lows.append(downsample_area(high, scale) if sigma is None
+                        else downsample_gaussian(high, scale, sigma, centred=way == "gaussian"))
+            highs.append(high)
+            labels.append(name if len(ways) == 1 else f"{name} ({way}{'' if sigma is None else f' {sigma:g}'})")
     data = pair_data(
         lows, highs, rule=rule, patch=patch, scale=scale, val_fraction=val_fraction, multiple=multiple,
-        input_blur=input_blur, names=names,
+        input_blur=input_blur, names=labels,
     )
-    data.info = {"kind": "area-downsampled", "scale": scale}
+    kinds = {"area": "area-downsampled", "gaussian": "gaussian-sampled", "decimate": "decimated"}
+    data.info = {"kind": "+".join(kinds[k] for k in downsampling), "scale": scale}
     return data
