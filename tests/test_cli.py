@@ -217,7 +217,11 @@ def test_bad_input_table(tmp_path, tiny_model_dir, case):
      (["denoise", "x.tif", "-o", "y.tif", "--steps", "-1"], "positive"), (["frobnicate"], "invalid choice"),
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--base-margin", "-0.5"], "[0, 10]"),
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--anchor", "-1"], "[0, 1e6]"),
-     (["train", "recipe.yaml", "--max-minutes", "0"], "positive number of minutes")],
+     (["train", "recipe.yaml", "--max-minutes", "0"], "positive number of minutes"),
+     (["finetune", "--task", "super-resolve", "--input", "x.tif", "--target", "y.tif", "-o", "m",
+       "--downsampling", "gaussian"], "every input here has its target"),
+     (["finetune", "--task", "super-resolve", "--input", "x.tif", "-o", "m", "--downsampling", "bicubic"],
+      "invalid choice")],
 )
 def test_usage_errors_are_one_line_exit_2(args, needle, capsys):
     assert main(args) == 2

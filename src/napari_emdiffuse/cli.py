@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, metavar="WEIGHT",
                    help="self-supervised: keep the output near the base model's away from the blind spots "
                         "(default 10; 0: the blind spot alone, which lost 0.6-0.8 dB on real SEM noise)")
+    p.add_argument("--downsampling", nargs="+", choices=["area", "gaussian", "decimate"], default=None,
+                   metavar="WAY", help="super-resolve without --target: how the input is halved to make pairs: "
+                                       "area (default; block means), gaussian (centred samples after a 0.5 or 1 px "
+                                       "blur), decimate (image[::2, ::2] after a 0-1 px blur); several mix")
     p.add_argument("--factor", type=int, default=None, help="isotropic: slices per gap (default: the base model's)")
     p.add_argument(
         "--objective", choices=["supervised", "self-supervised"], default=None,
@@ -501,6 +505,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             **({} if args.noise_gain is None else {"noise_gain": tuple(args.noise_gain)}),
             **({} if args.base_margin is None else {"base_margin": args.base_margin}),
             **({} if args.anchor is None else {"anchor": args.anchor}),
+            **({} if args.downsampling is None else {"downsampling": args.downsampling}),
         )
     )
     line = verdict(read_card(path).metrics)

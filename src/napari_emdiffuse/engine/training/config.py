@@ -315,6 +315,9 @@ class TrainConfig(BaseModel):
                              "self-supervised and a base model")
         if self.downsampling != ["area"] and self.task != "super-resolve":
             raise ValueError("downsampling makes super-resolution pairs; it needs task super-resolve")
+        if (self.downsampling != ["area"] and not self.clean and self.targets is not None
+                and all(t is not None for t in self.targets)):
+            raise ValueError("downsampling makes pairs from clean images, and every input here has its target")
         if self.resample_noise > 0 and (self.task != "denoise" or self.objective != "supervised"):
             raise ValueError("resample_noise draws a denoising pair's noise anew; it needs supervised denoising from pairs")
         lo, hi = self.noise_gain
