@@ -350,5 +350,5 @@ def sr_data(
         input_blur=input_blur, names=labels,
     )
     kinds = {"area": "area-downsampled", "gaussian": "gaussian-sampled", "decimate": "decimated"}
-    data.info = {"kind": "+".join(kinds[k] for k in downsampling), "scale": scale}
+    data.info = {"kind": "+".join(kinds[k] for k in dict.fromkeys(downsampling)), "scale": scale}
     return data
