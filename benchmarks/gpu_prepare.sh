@@ -11,8 +11,9 @@ cp "$src"/em3d/celegans_*.tif .gpu/data/em3d/
 # the recipes read ISBI's first two slices only (z 0:2): carry those, not the 7 MB stack
 python -c "import sys, tifffile; tifffile.imwrite(sys.argv[2], tifffile.imread(sys.argv[1])[:2])" \
   "$src/em3d/isbi2012_train_volume_30x512x512.tif" .gpu/data/em3d/isbi2012_train_volume_30x512x512.tif
-# the versions installed here; pydantic-core is compiled, so the cp312 manylinux build
-pins=$(python -m pip list --format=freeze 2>/dev/null | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection)==')
+# the versions installed here (typing-extensions too: pydantic needs a recent one); pydantic-core
+# is compiled, so the cp312 manylinux build
+pins=$(python -m pip list --format=freeze 2>/dev/null | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions)==')
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .gpu/whl $pins
