@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The engine is the one place that knows task, architecture, preset and sampler names.
     from .api import FinetuneOptions
     from .engine.models.cards import ARCHITECTURES, TASKS
+    from .engine.training.data.pairs import DOWNSAMPLING
 
     parser = _Parser(prog=PROG, description="Diffusion-model restoration of electron-microscopy images (EMDiffuse).")
     parser.add_argument("--version", action="version", version=_version())
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, metavar="WEIGHT",
                    help="self-supervised: keep the output near the base model's away from the blind spots "
                         "(default 10; 0: the blind spot alone, which lost 0.6-0.8 dB on real SEM noise)")
-    p.add_argument("--downsampling", nargs="+", choices=["area", "gaussian", "decimate"], default=None,
+    p.add_argument("--downsampling", nargs="+", choices=DOWNSAMPLING, default=None,
                    metavar="WAY", help="super-resolve without --target: how the input is halved to make pairs: "
                                        "area (default; block means), gaussian (centred samples after a 0.5 or 1 px "
                                        "blur), decimate (image[::2, ::2] after a 0-1 px blur); several mix")

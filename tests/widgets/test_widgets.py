@@ -320,6 +320,12 @@ def test_finetune_logic(tmp_path):
     assert "noise_gain" not in FinetuneOptions(task="super-resolve", faster=2.0).engine_kwargs()
     with pytest.raises(EMDiffuseError, match="faster scans"):
         FinetuneOptions(faster=0.5).validate()
+    # how a low-resolution input was made: passed on for super-resolution only, area as the default
+    assert FinetuneOptions(task="super-resolve", downsampling="gaussian").engine_kwargs()["downsampling"] == ["gaussian"]
+    assert "downsampling" not in FinetuneOptions(task="super-resolve").engine_kwargs()
+    assert "downsampling" not in FinetuneOptions(task="denoise", downsampling="gaussian").engine_kwargs()
+    with pytest.raises(EMDiffuseError, match="downsampling"):
+        FinetuneOptions(task="super-resolve", downsampling="bicubic").validate()
 
 
 def test_loss_history_and_plot_mapping():
@@ -616,6 +622,14 @@ def test_finetune_widget_form(viewer, errors):
     ft.target_combo.setCurrentIndex(0)  # (none): self-supervised, there is no pair to scale
     ft.faster.setValue(2.0)
     assert not ft.run() and "faster scans" in errors[-1]
+    ft.faster.setValue(1.0)
+    assert not ft.downsampling.isEnabled()  # denoise
+    ft.task.setCurrentText("super-resolve")
+    assert ft.downsampling.isEnabled()
+    ft.downsampling.setCurrentText("gaussian")
+    ft.target_combo.set_layer(viewer.layers["vol"])  # any target: the option would make its own pairs
+    assert not ft.run() and "low-res made by" in errors[-1]
+    ft.downsampling.setCurrentText("area")
     ft.task.setCurrentText("isotropic-a")
     assert ft.base.task == "isotropic-a" and not ft.target_combo.isEnabled() and ft.factor.isEnabled()
     assert not ft.faster.isEnabled()

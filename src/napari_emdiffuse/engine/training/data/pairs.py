@@ -14,7 +14,10 @@ from ...models.cards import Normalisation
 from .base import Item, TrainingData, augment, band_crops, blur, fit_rule, spread, stack_planes, fitted_band
 
 __all__ = ["PairData", "pair_data", "noise_model", "sr_data", "downsample_area", "downsample_gaussian",
-           "GAUSSIAN_SIGMAS", "DECIMATE_SIGMAS"]
+           "GAUSSIAN_SIGMAS", "DECIMATE_SIGMAS", "DOWNSAMPLING"]
+
+#: Ways :func:`sr_data` halves a clean image into a training pair.
+DOWNSAMPLING = ("area", "gaussian", "decimate")
 
 #: Blur widths (high-resolution pixels) of the point-sampled pairs: "gaussian" samples the
 #: blurred image at the block centres (a scan with a probe of that width), "decimate" at the
@@ -329,9 +332,8 @@ def sr_data(
     >>> b.cond.shape == b.target.shape
     True
     """
-    unknown = set(downsampling) - {"area", "gaussian", "decimate"}
-    if unknown or not downsampling:
-        raise InputError(f"downsampling must name 'area', 'gaussian' or 'decimate', got {list(downsampling)}")
+    if not downsampling or set(downsampling) - set(DOWNSAMPLING):
+        raise InputError(f"downsampling must name some of {', '.join(DOWNSAMPLING)}, got {list(downsampling)}")
     names = list(names or [f"image {i}" for i in range(len(clean))])
     lows, highs, labels = [], [], []
     for img, name in zip(clean, names):
