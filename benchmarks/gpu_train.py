@@ -41,13 +41,13 @@ RECIPES = {  # task key: (recipe, bundled model)
 PART = 15 * 2**20
 
 
-def recipe(name: str, data: Path, **overrides):
-    """The bundled recipe with its shared-data paths pointed at ``data``."""
+def recipe(file: str, data: Path, **overrides):
+    """The bundled recipe ``configs/file`` with its shared-data paths pointed at ``data``."""
     from napari_emdiffuse.engine.training.config import TrainConfig
 
-    text = (ROOT / "configs" / name).read_text().replace("../../shared/data", str(data.resolve()))
+    text = (ROOT / "configs" / file).read_text().replace("../../shared/data", str(data.resolve()))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
+        path = Path(tmp) / file
         path.write_text(text)
         return TrainConfig.from_yaml(path, **overrides)
 
