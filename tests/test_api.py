@@ -81,6 +81,8 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.training.data.pairs",
         "napari_emdiffuse.engine.training.finetune",
         "napari_emdiffuse.engine.training.selfsup",
+        "napari_emdiffuse.engine.io.mrc",
+        "napari_emdiffuse._reader",
     ],
 )
 def test_docstring_examples_run(module):

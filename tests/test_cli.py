@@ -213,7 +213,8 @@ def test_bad_input_table(tmp_path, tiny_model_dir, case):
 
 @pytest.mark.parametrize(
     "args,needle",
-    [(["denoise"], "required"), (["denoise", "x.tif", "-o", "y.png"], "unsupported"),
+    [(["denoise"], "required"), (["denoise", "x.tif", "-o", "y.h5"], "unsupported"),
+     (["denoise", "x.tif", "-o", "y.png"], "read only here; write .tif, .mrc or .zarr"),
      (["denoise", "x.tif", "-o", "y.tif", "--steps", "-1"], "positive"), (["frobnicate"], "invalid choice"),
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--base-margin", "-0.5"], "[0, 10]"),
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--anchor", "-1"], "[0, 1e6]"),
@@ -227,6 +228,41 @@ def test_usage_errors_are_one_line_exit_2(args, needle, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+
+
+def test_png_in_mrc_out(tmp_path, noisy_tif, tiny_model_dir):
+    """A console's PNG export restores to an MRC file; uncertainty too, as float32."""
+    import imageio.v3 as iio
+
+    from napari_emdiffuse.engine.io.images import read_image
+
+    png = tmp_path / "scan.png"
+    iio.imwrite(png, tifffile.imread(noisy_tif))
+    out, unc = tmp_path / "scan.mrc", tmp_path / "scan_sd.mrc"
+    assert main(["denoise", str(png), "-o", str(out), "--uncertainty", str(unc), "--model", str(tiny_model_dir),
+                 "--samples", "2", *FAST]) == 0
+    # the same pixels as a TIFF give the same result (uint8 comes back widened to uint16)
+    ref = tmp_path / "ref.tif"
+    assert main(["denoise", str(noisy_tif), "-o", str(ref), "--model", str(tiny_model_dir), "--samples", "2", *FAST]) == 0
+    got = read_image(out).data
+    assert got.dtype == np.uint16 and np.array_equal(got, tifffile.imread(ref))
+    assert read_image(unc).data.dtype == np.float32
+
+
+def test_isotropic_mrc_factor_from_voxel_size(tmp_path):
+    """An IMOD-style volume (voxel size in Å) gets its factor from z / xy, like a TIFF."""
+    import mrcfile
+
+    from napari_emdiffuse.engine.io.images import read_image
+
+    vol = tmp_path / "stack.rec"
+    with mrcfile.new(vol) as m:
+        m.set_data(np.random.default_rng(0).integers(0, 255, (4, 48, 40)).astype(np.int16))
+        m.voxel_size = (40.0, 40.0, 120.0)  # x, y, z in Å: z is 3x the pixel size
+    out = tmp_path / "iso.mrc"
+    assert main(["isotropic", str(vol), "-o", str(out), "--steps", "1", "--device", "cpu"]) == 0
+    img = read_image(out)
+    assert img.data.shape == (10, 48, 40) and img.spacing == (4.0, 4.0, 4.0)
 
 
 def test_output_equal_to_input_is_refused(noisy_tif, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ._reader import LayerData, image_layer
 from .engine.io.resources import resources_dir
 
 __all__ = ["noisy_fibsem", "noisy_fibsem_with_reference", "anisotropic_volume", "sample_path"]
@@ -18,24 +19,13 @@ NOISY = "fibsem_liver_noisy.tif"
 CLEAN = "fibsem_liver_clean.tif"
 VOLUME = "celegans_anisotropic_z3.tif"
 
-LayerData = tuple[Any, dict[str, Any], str]
-
-
 def sample_path(name: str) -> Path:
     """Path of a shipped sample file."""
     return resources_dir() / "samples" / name
 
 
 def _layer(name: str, layer_name: str, **extra: Any) -> LayerData:
-    from .engine.io.images import read_image
-
-    img = read_image(sample_path(name))
-    meta: dict[str, Any] = {"name": layer_name, **extra}
-    if img.spacing is not None:
-        meta["scale"] = tuple(float(s) for s in img.spacing)
-        if img.unit == "nm":
-            meta["units"] = ("nm",) * len(img.spacing)
-    return img.data, meta, "image"
+    return image_layer(sample_path(name), layer_name, **extra)
 
 
 def noisy_fibsem() -> list[LayerData]:

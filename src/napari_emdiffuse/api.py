@@ -422,7 +422,7 @@ def reconstruct_isotropic(
     Parameters
     ----------
     volume : array-like or path
-        ZYX volume (numpy, dask, zarr, or a TIFF/zarr path whose voxel size is used); at
+        ZYX volume (numpy, dask, zarr, or a TIFF, MRC or zarr path whose voxel size is used); at
         least 2 slices; any real dtype. Never modified.
     factor : int, optional
         How many times finer z becomes (>= 2); default from ``spacing``.

@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("denoise", "denoise a 2D image or a stack (slice by slice)"),
                            ("super-resolve", "x2 super-resolution of a 2D image or a stack")):
         p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("input", metavar="IN", help="input .tif/.tiff or .zarr")
-        p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff or .zarr")
+        p.add_argument("input", metavar="IN", help="input .tif/.tiff, .mrc, .png/.jpg/.bmp or .zarr")
+        p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff, .mrc or .zarr")
         if name == "super-resolve":
             p.add_argument("--scale", type=_positive, default=None, help="magnification; must match the model (2)")
         p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the pixel-wise std over samples here")
@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("isotropic", help="make an anisotropic volume isotropic (vEMDiffuse)",
                        description="generate factor-1 slices between neighbouring slices of a ZYX volume")
-    p.add_argument("input", metavar="IN", help="input volume .tif/.tiff or .zarr (ZYX)")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff or .zarr")
+    p.add_argument("input", metavar="IN", help="input volume .tif/.tiff, .mrc or .zarr (ZYX)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff, .mrc or .zarr")
     p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size)")
     p.add_argument("--mode", choices=["i", "a"], default="i", help="i: model trained on isotropic data; a: on this volume's lateral planes")
     p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the pixel-wise std over samples here")

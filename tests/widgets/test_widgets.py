@@ -164,6 +164,23 @@ def test_samples_open_from_napari_menu(viewer):
     assert tuple(viewer.layers["liver_noisy"].scale) == (8.0, 8.0)
 
 
+def test_mrc_files_open_in_napari_with_their_voxel_size(viewer, tmp_path):
+    """napari has no MRC reader of its own: ours opens IMOD/SerialEM files, scale in nm."""
+    import mrcfile
+
+    from napari_emdiffuse._reader import get_reader
+
+    path = tmp_path / "tomo.rec"
+    data = np.arange(3 * 16 * 20, dtype=np.int16).reshape(3, 16, 20)
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+        m.voxel_size = (8.0, 8.0, 40.0)  # x, y, z in Å
+    assert get_reader(str(tmp_path / "x.tif")) is None and get_reader([str(path), str(path)]) is None
+    viewer.open(str(path), plugin=PLUGIN)
+    layer = viewer.layers["tomo"]
+    assert np.array_equal(layer.data, data) and tuple(layer.scale) == (4.0, 0.8, 0.8)
+
+
 # ----------------------------------------------------------------------------------------------
 # plain logic
 

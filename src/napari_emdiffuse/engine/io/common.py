@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run 
 
 __all__ = [
     "TIFF_SUFFIXES",
+    "MRC_SUFFIXES",
+    "PICTURE_SUFFIXES",
     "ZARR_SUFFIX",
     "ImageData",
     "reason",
@@ -27,6 +29,10 @@ __all__ = [
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: MRC and the names IMOD and SerialEM give it (tilt series, aligned stacks, reconstructions).
+MRC_SUFFIXES = (".mrc", ".mrcs", ".rec", ".st", ".ali", ".map")
+#: Read only: pictures carry no reliable pixel size, and JPEG loses detail.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ZARR_SUFFIX = ".zarr"
 
 
@@ -90,12 +96,12 @@ def suffix_of(path: Path) -> str:
 
 
 def unsupported_type(path: Path) -> InputError:
-    """The error for a file type that is neither TIFF nor zarr."""
+    """The error for a file type that cannot be read."""
     if path.is_dir():
-        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .tiff or .zarr")
+        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .png or .zarr")
     ext = path.suffix or "(none)"
     return InputError(
-        f"cannot use '{path}': unsupported file type '{ext}'; use .tif, .tiff or .zarr"
+        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .png/.jpg/.bmp or .zarr"
     )
 
 
@@ -105,7 +111,8 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     Parameters
     ----------
     path : str or path-like
-        Where a ``.tif``, ``.tiff`` or ``.zarr`` result will go.
+        Where a TIFF (``.tif``, ``.tiff``), MRC (``.mrc`` and the like) or zarr (``.zarr``)
+        result will go.
 
     Returns
     -------
@@ -120,14 +127,17 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path).expanduser()
     ext = suffix_of(p)
-    if ext not in TIFF_SUFFIXES and ext != ZARR_SUFFIX:
-        raise unsupported_type(p)
+    if ext in PICTURE_SUFFIXES:
+        raise InputError(f"cannot write '{p}': {ext} is read only here; write .tif, .mrc or .zarr (they keep the pixel size)")
+    if ext not in TIFF_SUFFIXES + MRC_SUFFIXES and ext != ZARR_SUFFIX:
+        ext = ext or "(none)"
+        raise InputError(f"cannot write '{p}': unsupported file type '{ext}'; use .tif/.tiff, .mrc or .zarr")
     parent = p.parent
     if not parent.is_dir():
         raise InputError(f"output folder '{parent}' does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output folder '{parent}' is not writable")
-    if ext in TIFF_SUFFIXES and p.is_dir():
+    if ext != ZARR_SUFFIX and p.is_dir():
         raise InputError(f"cannot write '{p}': a folder with that name exists")
     if ext == ZARR_SUFFIX and p.exists() and not p.is_dir():
         raise InputError(f"cannot write '{p}': a file with that name exists")

@@ -1,4 +1,5 @@
-"""Read and write images and volumes (TIFF and zarr) together with their pixel spacing.
+"""Read and write images and volumes (TIFF, MRC and zarr; PNG/JPEG/BMP pictures read only)
+together with their pixel spacing.
 
 Reading returns an :class:`~.common.ImageData`: the pixels (numpy for TIFF, a lazy
 ``zarr.Array`` for zarr) plus spacing, unit and axes when the file says so. Spacing is
@@ -20,7 +21,11 @@ import numpy as np
 
 from ..errors import InputError
 from .calibration import check_axes
-from .common import TIFF_SUFFIXES, ImageData, check_output_path, suffix_of, unsupported_type
+from .common import (
+    MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ImageData, check_output_path, suffix_of, unsupported_type,
+)
+from .mrc import read_mrc, write_mrc
+from .pictures import read_picture
 from .tiff import read_tiff, write_tiff
 from .zarr import ZarrWriter, read_zarr, zarr_store_of
 
@@ -28,21 +33,24 @@ __all__ = ["read_image", "write_image"]
 
 
 def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> ImageData:
-    """Read a TIFF file or a zarr store.
+    """Read a TIFF, MRC or picture file, or a zarr store.
 
     Parameters
     ----------
     path : str or path-like
-        A ``.tif``/``.tiff`` file, a ``.zarr`` folder, or a path inside a store such as
-        ``"volume.zarr/0"``.
+        A ``.tif``/``.tiff`` file, an MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``,
+        ``.ali``, ``.map``; voxel size in nm), a ``.png``/``.jpg``/``.jpeg``/``.bmp``
+        picture (2D greyscale, no pixel size), a ``.zarr`` folder, or a path inside a store
+        such as ``"volume.zarr/0"``.
     key : str, optional
         For a zarr group: the array to read. Default: the array named ``"0"`` or the only array.
 
     Returns
     -------
     ImageData
-        TIFF pixels as numpy (axes of size 1 in front of the last three are dropped), zarr
-        pixels as a lazy ``zarr.Array``.
+        TIFF pixels as numpy (axes of size 1 in front of the last three are dropped), MRC
+        as numpy (a read-only memory map for files of 1 GiB or more), zarr pixels as a lazy
+        ``zarr.Array``.
 
     Raises
     ------
@@ -52,6 +60,10 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> Image
     p = Path(path).expanduser()
     if suffix_of(p) in TIFF_SUFFIXES:
         return read_tiff(p)
+    if suffix_of(p) in MRC_SUFFIXES:
+        return read_mrc(p)
+    if suffix_of(p) in PICTURE_SUFFIXES:
+        return read_picture(p)
     inside = zarr_store_of(p)
     if inside is not None:
         store, inner = inside
@@ -70,12 +82,13 @@ def write_image(
     overwrite: bool = True,
     provenance: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an image or volume as TIFF or zarr, chosen by the extension, atomically.
+    """Write an image or volume as TIFF, MRC or zarr, chosen by the extension, atomically.
 
     Parameters
     ----------
     path : str or path-like
-        ``.tif``, ``.tiff`` or ``.zarr``.
+        ``.tif``, ``.tiff``, ``.zarr`` or an MRC name (``.mrc``, ``.rec``, ...; 2D or 3D only,
+        uint8 stored as uint16).
     array : numpy.ndarray or dask.array.Array or array-like
         Pixels. dask arrays are computed in full for TIFF and block by block for zarr.
     spacing : tuple of float, optional
@@ -100,6 +113,8 @@ def write_image(
         raise InputError(f"cannot write '{p}': it already exists")
     if suffix_of(p) in TIFF_SUFFIXES:
         return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance)
+    if suffix_of(p) in MRC_SUFFIXES:
+        return write_mrc(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance)
     attrs = {"provenance": json.loads(json.dumps(provenance, default=str))} if provenance else None
     # Same default axes as TIFF, so both formats read back alike.
     axes = check_axes(axes, len(array.shape), p) if hasattr(array, "shape") else axes

@@ -1,0 +1,55 @@
+"""napari reader for MRC files (IMOD, SerialEM, tomography), which napari cannot open itself.
+
+The layer's ``scale`` is the voxel size in nanometres, as for every image this plugin opens, so
+the widgets know the physical spacing (for example the factor of an isotropic reconstruction).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["get_reader", "image_layer"]
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def image_layer(path: str | os.PathLike[str], name: str | None = None, **extra: Any) -> LayerData:
+    """An image file as a napari layer-data tuple, with its pixel size as ``scale`` (nm).
+
+    Examples
+    --------
+    >>> from napari_emdiffuse._sample_data import sample_path
+    >>> data, meta, kind = image_layer(sample_path("fibsem_liver_clean.tif"))
+    >>> meta["scale"], kind
+    ((8.0, 8.0), 'image')
+    """
+    from .engine.io.images import read_image
+
+    img = read_image(path)
+    meta: dict[str, Any] = {"name": name or Path(path).stem, **extra}
+    if img.spacing is not None:
+        meta["scale"] = tuple(float(s) for s in img.spacing)
+        if img.unit == "nm":
+            meta["units"] = ("nm",) * len(img.spacing)
+    return img.data, meta, "image"
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """The reader for one MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali``, ``.map``), else None."""
+    from .engine.io.common import MRC_SUFFIXES
+
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if Path(path).suffix.lower() not in MRC_SUFFIXES:
+        return None
+    return _read
+
+
+def _read(path: str | list[str]) -> list[LayerData]:
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    return [image_layer(path)]

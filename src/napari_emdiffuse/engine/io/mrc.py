@@ -1,0 +1,172 @@
+"""MRC (IMOD, SerialEM, cryo-EM and tomography tools): reading with the voxel size, large
+files memory-mapped, and atomic writing.
+
+MRC stores the voxel size in Ångström; :class:`~.common.ImageData` carries it in nanometres.
+Two conventions of the format matter for EM pixels:
+
+- Mode 0 (bytes) is signed in the MRC2014 standard, but IMOD and older tools write unsigned
+  bytes and say so in IMOD's header stamp. Such files are read as uint8, so bright pixels do
+  not wrap round to negative values.
+- There is no unsigned 8-bit mode that every reader agrees on, so uint8 images are written
+  as uint16 (mode 6): lossless, and read alike everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .atomic import atomic_file, fsync_dir
+from .calibration import check_axes, check_spacing, nm_factor
+from .common import MRC_SUFFIXES, ImageData, as_numpy, check_output_path, reason, suffix_of
+
+__all__ = ["MRC_MMAP_MIN_BYTES", "read_mrc", "write_mrc"]
+
+#: MRC files at least this large stay memory-mapped (read-only) instead of being loaded.
+MRC_MMAP_MIN_BYTES = 2**30
+
+# IMOD's stamp in the header's spare bytes (offset 152) and its flag for signed bytes.
+_IMOD_STAMP = 1146047817
+_IMOD_SIGNED_BYTES = 1
+_EXTRA2_OFFSET = 112  # where mrcfile's 'extra2' field starts; the stamp is at 152, flags at 156
+# Pixel types mrcfile can write; float64 is narrowed, other types are refused.
+_WRITABLE = (np.uint8, np.int8, np.uint16, np.int16, np.float16, np.float32)
+
+
+def read_mrc(path: Path) -> ImageData:
+    """Read an MRC file: pixels (2D as ``YX``, stacks and volumes as ``ZYX``) and voxel size in nm."""
+    import mrcfile
+
+    if not path.exists():
+        raise InputError(f"cannot read '{path}': file not found")
+    if path.is_dir():
+        raise InputError(f"cannot read '{path}': it is a folder, not an MRC file")
+    try:
+        with warnings.catch_warnings():
+            # odd but readable headers (old tools) warn; the pixels are what matters here
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mrc = mrcfile.mmap(path, mode="r", permissive=True)
+    except Exception as exc:
+        raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
+    try:
+        data, header, voxel = mrc.data, mrc.header, mrc.voxel_size
+        if data is None:
+            raise InputError(f"cannot read '{path}': not an MRC file, or its pixels are truncated")
+        if int(header.mode) == 0 and _imod_unsigned(header):
+            data = data.view(np.uint8)
+        if data.nbytes < MRC_MMAP_MIN_BYTES:
+            data = np.array(data)  # small: load, and let the file go
+    finally:
+        mrc.close()
+    if data.ndim not in (2, 3) or data.size == 0:
+        raise InputError(f"cannot read '{path}': expected a 2D image or a 3D stack, got shape {data.shape}")
+    size = [float(voxel.z), float(voxel.y), float(voxel.x)][-data.ndim:]
+    if size[-1] > 0 and size[-2] > 0:
+        # Å -> nm; an uncalibrated z (0) gets 1.0, like other uncalibrated axes
+        spacing: tuple[float, ...] | None = tuple(float(f"{s / 10:.12g}") if s > 0 else 1.0 for s in size)
+        unit: str | None = "nm"
+    else:
+        spacing, unit = None, None
+    return ImageData(data=data, spacing=spacing, unit=unit, axes="ZYX"[-data.ndim:], path=path)
+
+
+def _imod_unsigned(header: Any) -> bool:
+    """Whether IMOD's stamp says mode-0 bytes are unsigned."""
+    raw = bytes(header.tobytes())[_EXTRA2_OFFSET + 40:_EXTRA2_OFFSET + 48]
+    stamp, flags = np.frombuffer(raw, dtype=header["nx"].dtype, count=2)
+    return int(stamp) == _IMOD_STAMP and not int(flags) & _IMOD_SIGNED_BYTES
+
+
+def write_mrc(
+    path: str | os.PathLike[str],
+    array: Any,
+    *,
+    spacing: tuple[float, ...] | None = None,
+    unit: str = "nm",
+    axes: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write a 2D image or a 3D stack atomically as MRC with its voxel size.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali`` or ``.map`` file; replaced if it exists.
+    array : array-like
+        2D (``YX``) or 3D (``ZYX``) pixels. uint8 is stored as uint16, float64 as float32.
+    spacing : tuple of float, optional
+        Pixel size per axis in ``unit`` (stored in Å).
+    unit : str
+        Unit of ``spacing``.
+    axes : str, optional
+        ``"YX"`` or ``"ZYX"`` (the only layouts MRC has).
+    provenance : dict, optional
+        How the image was made: its model, task and preset go into the header's labels.
+
+    Returns
+    -------
+    pathlib.Path
+        The final path.
+
+    Raises
+    ------
+    InputError
+        Bad path, spacing or axes, a pixel type or number of axes MRC cannot hold, or the disk
+        refuses the write. The final path is never left half-written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "stack.mrc"
+    >>> _ = write_mrc(out, np.zeros((4, 8, 8), np.float32), spacing=(40.0, 4.0, 4.0))
+    >>> read_mrc(out).spacing
+    (40.0, 4.0, 4.0)
+    """
+    import mrcfile
+
+    p = check_output_path(path)
+    if suffix_of(p) not in MRC_SUFFIXES:
+        raise InputError(f"cannot write '{p}' as MRC: the name must end in {', '.join(MRC_SUFFIXES)}")
+    data = as_numpy(array)
+    if data.ndim not in (2, 3) or data.size == 0:
+        raise InputError(f"cannot write '{p}': MRC holds a 2D image or a 3D stack, got shape {data.shape}")
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    if data.dtype.type not in _WRITABLE:
+        raise InputError(f"cannot write '{p}': MRC has no {data.dtype} pixels; write a .tif instead")
+    axes = check_axes(axes, data.ndim, p)
+    if axes is not None and axes != "ZYX"[-data.ndim:]:
+        raise InputError(f"cannot write '{p}': MRC stores {'ZYX'[-data.ndim:]} axes, not {axes}")
+    spacing = check_spacing(spacing, data.ndim, p)
+    try:
+        with atomic_file(p) as tmp:
+            with mrcfile.new(tmp, overwrite=True) as mrc:
+                mrc.set_data(np.ascontiguousarray(data))
+                if spacing is not None:
+                    factor = nm_factor(unit)
+                    angstrom = [s * 10 * (factor if factor is not None else 1.0) for s in spacing]
+                    z, y, x = ([angstrom[-1]] + angstrom)[-3:] if data.ndim == 2 else angstrom
+                    mrc.voxel_size = (x, y, z)
+                for label in _labels(provenance):
+                    mrc.add_label(label)
+                mrc.flush()
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+    except OSError as exc:
+        raise InputError(f"cannot write '{p}': {reason(exc)}") from exc
+    fsync_dir(p.parent)
+    return p
+
+
+def _labels(provenance: dict[str, Any] | None) -> list[str]:
+    """Up to two 80-character ASCII header labels saying what made the file."""
+    if not provenance:
+        return []
+    what = " ".join(str(provenance[k]) for k in ("what", "task", "model", "preset") if provenance.get(k))
+    text = f"{provenance.get('package', 'napari-emdiffuse')}: {what}".encode("ascii", "replace").decode()
+    return [text[i:i + 80] for i in range(0, min(len(text), 160), 80)]

@@ -1,0 +1,207 @@
+"""MRC files (read and write, voxel size in Å) and PNG/JPEG/BMP pictures (read only), as EM
+users bring them: from IMOD/SerialEM, and exported from SEM consoles."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import imageio.v3 as iio
+import mrcfile
+import numpy as np
+import pytest
+
+from napari_emdiffuse.engine.errors import InputError
+from napari_emdiffuse.engine.io import mrc
+from napari_emdiffuse.engine.io.images import read_image, write_image
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+def _ramp(shape, dtype) -> np.ndarray:
+    # covers the whole uint8 range, so a signed/unsigned mix-up changes values
+    return (np.arange(np.prod(shape)) % 256).reshape(shape).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# MRC
+
+
+@pytest.mark.parametrize("dtype,read_as", [("uint8", "uint16"), ("int16", "int16"), ("uint16", "uint16"),
+                                           ("float32", "float32"), ("float64", "float32")])
+@pytest.mark.parametrize("shape,spacing", [((20, 30), (4.0, 5.0)), ((3, 20, 30), (40.0, 4.0, 5.0))])
+def test_mrc_round_trip(tmp_path, dtype, read_as, shape, spacing):
+    data = _ramp(shape, dtype)
+    out = write_image(tmp_path / "x.mrc", data, spacing=spacing)
+    img = read_image(out)
+    assert img.data.dtype == np.dtype(read_as) and img.data.shape == shape
+    np.testing.assert_array_equal(img.data, data)
+    assert img.spacing == spacing and img.unit == "nm" and img.axes == "ZYX"[-len(shape):]
+    # stored in Ångström, x first, as other MRC readers expect
+    with mrcfile.open(out) as m:
+        assert (float(m.voxel_size.x), float(m.voxel_size.y)) == (spacing[-1] * 10, spacing[-2] * 10)
+
+
+def test_mrc_micrometres_are_stored_in_angstrom(tmp_path):
+    out = write_image(tmp_path / "x.rec", np.zeros((2, 8, 8), np.float32), spacing=(0.05, 0.004, 0.004), unit="µm")
+    with mrcfile.open(out) as m:
+        assert np.allclose([m.voxel_size.z, m.voxel_size.y, m.voxel_size.x], [500.0, 40.0, 40.0])
+    assert read_image(out).spacing == (50.0, 4.0, 4.0)
+
+
+def test_read_mrc_written_by_another_tool(tmp_path):
+    path = tmp_path / "tomo.st"
+    data = _ramp((4, 16, 12), np.int16)
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+        m.voxel_size = (12.0, 12.0, 36.0)  # x, y, z in Å
+    img = read_image(path)
+    np.testing.assert_array_equal(img.data, data)
+    assert img.spacing == (3.6, 1.2, 1.2) and img.axes == "ZYX"
+
+
+def test_uncalibrated_mrc_has_no_spacing(tmp_path):
+    path = tmp_path / "plain.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(np.zeros((8, 8), np.float32))
+    assert read_image(path).spacing is None
+
+
+def _imod_bytes(path: Path, data: np.ndarray, flags: int) -> None:
+    """Mode-0 file as IMOD writes it: the stamp at byte 152 and its flags at 156."""
+    with mrcfile.new(path) as m:
+        m.set_data(data.view(np.int8))
+    raw = bytearray(path.read_bytes())
+    raw[152:160] = struct.pack("<ii", 1146047817, flags)
+    path.write_bytes(bytes(raw))
+
+
+def test_imod_unsigned_bytes_are_read_as_uint8(tmp_path):
+    data = _ramp((2, 16, 16), np.uint8)
+    _imod_bytes(tmp_path / "u.mrc", data, flags=0)
+    img = read_image(tmp_path / "u.mrc")
+    assert img.data.dtype == np.uint8
+    np.testing.assert_array_equal(img.data, data)
+    # control: IMOD's "signed bytes" flag keeps the standard signed reading
+    _imod_bytes(tmp_path / "s.mrc", data, flags=1)
+    signed = read_image(tmp_path / "s.mrc").data
+    assert signed.dtype == np.int8 and signed.min() < 0
+
+
+def test_large_mrc_is_memory_mapped_read_only(tmp_path, monkeypatch):
+    path = write_image(tmp_path / "big.mrc", _ramp((3, 16, 16), np.float32))
+    monkeypatch.setattr(mrc, "MRC_MMAP_MIN_BYTES", 0)
+    big = read_image(path).data
+    assert isinstance(big, np.memmap) and not big.flags.writeable
+    np.testing.assert_array_equal(big, _ramp((3, 16, 16), np.float32))
+    monkeypatch.setattr(mrc, "MRC_MMAP_MIN_BYTES", 2**40)
+    small = read_image(path).data
+    assert not isinstance(small, np.memmap)
+
+
+@pytest.mark.parametrize("content,needle", [(b"not an mrc" * 5, "header"), (None, "truncated")])
+def test_broken_mrc_is_one_line(tmp_path, content, needle):
+    path = tmp_path / "bad.mrc"
+    if content is None:  # a real file cut short
+        whole = write_image(tmp_path / "whole.mrc", np.zeros((4, 32, 32), np.float32)).read_bytes()
+        content = whole[:2000]
+    path.write_bytes(content)
+    with pytest.raises(InputError) as exc:
+        read_image(path)
+    msg = _one_line(exc)
+    assert str(path) in msg and needle in msg
+
+
+@pytest.mark.parametrize("array,needle", [(np.zeros((2, 2, 4, 4), np.float32), "2D image or a 3D stack"),
+                                          (np.zeros((4, 4), np.int64), "no int64 pixels")])
+def test_write_mrc_refuses_what_mrc_cannot_hold(tmp_path, array, needle):
+    with pytest.raises(InputError) as exc:
+        write_image(tmp_path / "x.mrc", array)
+    assert needle in _one_line(exc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_mrc_failure_keeps_previous_file(tmp_path, monkeypatch):
+    out = write_image(tmp_path / "out.mrc", np.full((4, 4), 3, np.float32))
+    before = out.read_bytes()
+
+    def broken(*args, **kwargs):
+        Path(args[0]).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mrcfile, "new", broken)
+    with pytest.raises(InputError) as exc:
+        write_image(out, np.zeros((4, 4), np.float32))
+    assert "No space left" in _one_line(exc)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mrc"]
+
+
+def test_mrc_labels_say_what_made_it(tmp_path):
+    made = {"task": "denoise", "model": "demo-denoise", "preset": "fast", "package": "napari-emdiffuse 1.0"}
+    out = write_image(tmp_path / "x.mrc", np.zeros((4, 4), np.float32), provenance=made)
+    with mrcfile.open(out) as m:
+        labels = [bytes(lab).decode().strip() for lab in m.header.label[: int(m.header.nlabl)]]
+    assert "napari-emdiffuse 1.0: denoise demo-denoise fast" in labels
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures
+
+
+@pytest.mark.parametrize("name,dtype", [("g.png", np.uint8), ("g16.png", np.uint16), ("g.bmp", np.uint8)])
+def test_grey_pictures_read_exactly(tmp_path, name, dtype):
+    data = _ramp((24, 40), dtype) * (200 if dtype == np.uint16 else 1)
+    iio.imwrite(tmp_path / name, data)
+    img = read_image(tmp_path / name)
+    assert img.data.dtype == dtype and img.axes == "YX" and img.spacing is None
+    np.testing.assert_array_equal(img.data, data)
+
+
+def test_grey_saved_as_rgb_is_grey_and_colour_is_refused(tmp_path):
+    grey = _ramp((24, 40), np.uint8)
+    iio.imwrite(tmp_path / "rgb.png", np.stack([grey] * 3, axis=-1))
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb.png").data, grey)
+    colour = np.stack([grey, grey[::-1], grey], axis=-1)
+    iio.imwrite(tmp_path / "colour.png", colour)
+    with pytest.raises(InputError) as exc:
+        read_image(tmp_path / "colour.png")
+    assert "colour image" in _one_line(exc)
+
+
+def test_transparent_picture_is_refused_opaque_alpha_is_dropped(tmp_path):
+    grey = _ramp((16, 16), np.uint8)
+    alpha = np.full_like(grey, 255)
+    iio.imwrite(tmp_path / "opaque.png", np.stack([grey, grey, grey, alpha], axis=-1))
+    np.testing.assert_array_equal(read_image(tmp_path / "opaque.png").data, grey)
+    alpha[0, 0] = 0
+    iio.imwrite(tmp_path / "hole.png", np.stack([grey, grey, grey, alpha], axis=-1))
+    with pytest.raises(InputError) as exc:
+        read_image(tmp_path / "hole.png")
+    assert "transparent" in _one_line(exc)
+
+
+def test_jpeg_reads_as_2d(tmp_path):
+    iio.imwrite(tmp_path / "sem.jpg", _ramp((32, 48), np.uint8))
+    img = read_image(tmp_path / "sem.jpg")
+    assert img.data.shape == (32, 48) and img.data.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", ["out.png", "out.jpg"])
+def test_pictures_are_not_outputs(tmp_path, name):
+    with pytest.raises(InputError) as exc:
+        write_image(tmp_path / name, np.zeros((4, 4), np.uint8))
+    assert "read only" in _one_line(exc) and ".mrc" in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_picture_is_one_line(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(InputError) as exc:
+        read_image(path)
+    assert str(path) in _one_line(exc)
