@@ -309,8 +309,10 @@ def test_long_runs_print_an_estimate_first(tmp_path, noisy_tif, tiny_model_dir, 
     out = tmp_path / "o.tif"
     assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), "--steps", "40",
                  "--tile", "32", "--overlap", "8", "--device", "cpu"]) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "estimate:" in err and "network passes" in err and "over 10 minutes" in err
+    assert captured.out == ""  # said above the bar, on stderr (tqdm's own write goes to stdout)
 
 
 @pytest.mark.parametrize(

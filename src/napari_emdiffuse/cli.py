@@ -211,29 +211,24 @@ def _progress(gen: Generator, stages: Sequence[str] = ("sampling", "block", "tra
     """Drive an engine generator with a tqdm bar on stderr; return its final item."""
     from tqdm import tqdm
 
-    from .engine.events import Progress
+    from .engine.events import Progress, TimeLeft
 
     bar = None
     result = None
-    start, estimated = time.monotonic(), False
+    eta = TimeLeft(clock=lambda: time.monotonic())
     try:
         for ev in gen:
             if isinstance(ev, Progress):
                 if ev.stage not in stages:
                     if ev.stage == "validation" and ev.message:
-                        (bar.write if bar is not None else _stderr)(f"validation at {ev.done}: {ev.message}")
+                        _say(bar, f"validation at {ev.done}: {ev.message}")
                     continue
-                if not estimated and ev.stage == "sampling" and ev.done >= 1 and ev.total > ev.done:
-                    # network passes left x the time the first one took on this device
-                    estimated = True
-                    left = (time.monotonic() - start) / ev.done * (ev.total - ev.done)
-                    if left > 30:
-                        note = "; over 10 minutes: Ctrl-C stops it and writes nothing" if left > 600 else ""
-                        (bar.write if bar is not None else _stderr)(
-                            f"{PROG}: estimate: {ev.total} network passes, about {_duration(left)} more{note}"
-                        )
+                left = eta.update(ev)
+                if left is not None and left > 30:
+                    note = "; over 10 minutes: Ctrl-C stops it and writes nothing" if left > 600 else ""
+                    _say(bar, f"{PROG}: estimate: {ev.total} network passes, about {_duration(left)} more{note}")
                 if ev.stage == "training" and ev.loss is None and ev.message:  # a note, e.g. the time budget
-                    (bar.write if bar is not None else _stderr)(f"{PROG}: {ev.message}")
+                    _say(bar, f"{PROG}: {ev.message}")
                     continue
                 if ev.stage == "block" and bar is not None and bar.desc != "block":
                     # Block counts ride on the finer, global sampling/training bar: a bar of
@@ -259,8 +254,12 @@ def _progress(gen: Generator, stages: Sequence[str] = ("sampling", "block", "tra
     return result
 
 
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr)
+def _say(bar: Any, text: str) -> None:
+    """A line on stderr, above the progress bar when there is one (tqdm's write goes to stdout)."""
+    if bar is not None:
+        bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
 
 
 def _duration(seconds: float) -> str:

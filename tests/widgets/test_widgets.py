@@ -738,13 +738,17 @@ def test_widget_shows_an_estimate_after_the_first_pass(viewer, monkeypatch):
     from napari_emdiffuse.engine.events import Progress
     from napari_emdiffuse.widgets.restore import RestoreWidget
 
+    from napari_emdiffuse.engine.events import TimeLeft
+
     w = RestoreWidget(viewer)
-    w._estimated = False
-    monkeypatch.setattr(w, "_elapsed", lambda: 2.0)  # the first of 9000 passes took 2 s
-    w._estimate(Progress("sampling", 1, 9000), "restoring 'em'…")
-    assert "about 300 min left" in w.status.text() and "9000 network passes" in w.status.text()
+    ticks = iter([30.0, 32.0])  # start-up ends at 30 s; then a pass takes 2 s
+    w._time_left = TimeLeft(clock=lambda: next(ticks))
+    w._estimate(Progress("sampling", 1, 9001), "restoring 'em'…")
+    assert w.status.text() == ""  # the first pass's time includes start-up: no pace yet
+    w._estimate(Progress("sampling", 2, 9001), "restoring 'em'…")
+    assert "about 300 min left" in w.status.text() and "9001 network passes" in w.status.text()
     w.status.setText("")
-    w._estimate(Progress("sampling", 2, 9000), "x")  # said once
+    w._estimate(Progress("sampling", 3, 9001), "x")  # said once
     assert w.status.text() == ""
     w.close()
     w.deleteLater()

@@ -12,6 +12,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from ..engine.errors import EMDiffuseError
+from ..engine.events import TimeLeft
 from ._controls import DevicePicker, ModelPicker, RunButton
 from ._jobs import EngineRun, notify_error, notify_info
 from ._layers import LayerCombo
@@ -66,6 +67,7 @@ class DockWidget(QWidget):
         self.viewer = napari_viewer
         self._run: _Job | None = None  # an EngineRun or a TrainingProcess while running
         self._started = 0.0
+        self._time_left = TimeLeft()
         self.device = DevicePicker()
         self.run_button = RunButton(run_text, cancel_text)
         self.status = QLabel("")
@@ -164,7 +166,7 @@ class DockWidget(QWidget):
         """Run an engine generator in a napari thread worker (see :class:`EngineRun`)."""
         self._started = time.monotonic()
         self.status.setText(status)
-        self._estimated = False
+        self._time_left = TimeLeft()
         self.device.set_used(None)  # the last run's device may not be this one's
         self.run_button.set_running(True)
         self._run = EngineRun(
@@ -173,12 +175,9 @@ class DockWidget(QWidget):
         ).start()
 
     def _estimate(self, ev: Any, status: str) -> None:
-        """Once the first network pass is done: how long the rest will take, on this device."""
-        if self._estimated or ev.stage != "sampling" or ev.done < 1 or ev.total <= ev.done:
-            return
-        self._estimated = True
-        left = self._elapsed() / ev.done * (ev.total - ev.done)
-        if left > 30:
+        """Once the pace is known: how long the rest will take, on this device."""
+        left = self._time_left.update(ev)
+        if left is not None and left > 30:
             minutes = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
             self.status.setText(f"{status} about {minutes} left ({ev.total} network passes)")
             if left > 600:
