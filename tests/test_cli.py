@@ -319,7 +319,7 @@ def test_long_runs_print_an_estimate_first(tmp_path, noisy_tif, tiny_model_dir, 
     "argv, expect",
     [
         (["denoise"], "emdiffuse denoise: error: the following arguments are required"),
-        (["denoise", ".", "-o", "x.tif"], "it is a folder, not an image"),
+        (["denoise", ".", "-o", "x.tif"], "the output is a folder; 'x.tif' is named like a file"),
         (["super-resolve", "in.tif", "-o", "x.tif", "--model", "nope"], "(super-resolve models: "),
     ],
 )
@@ -392,3 +392,70 @@ def test_isotropic_denoise_first(tmp_path, capsys):
     made = json.loads(tifffile.TiffFile(a).imagej_metadata["Info"])
     assert made["denoised_first_by"] == "demo-denoise" and made["factor"] == 3
     assert "denoised_first_by" not in json.loads(tifffile.TiffFile(b).imagej_metadata["Info"])
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+def test_batch_plan_names_and_refusals(tmp_path):
+    from napari_emdiffuse.engine.errors import InputError
+    from napari_emdiffuse.engine.io.batch import expand_inputs, plan_batch
+
+    src = tmp_path / "scans"
+    src.mkdir()
+    for name in ("b.tif", "a.png", "c.mrc", ".hidden.tif", ".d.tif.partial-1234", "notes.txt"):
+        (src / name).write_bytes(b"x")
+    files = expand_inputs([str(src)])
+    assert [f.name for f in files] == ["a.png", "b.tif", "c.mrc"]  # sorted; only images
+    plan = plan_batch(files, tmp_path / "out", tmp_path / "sd")
+    assert [(o.name, u.name) for _, o, u in plan] == [
+        ("a.tif", "a_uncertainty.tif"), ("b.tif", "b_uncertainty.tif"), ("c.mrc", "c_uncertainty.mrc")]
+    assert (tmp_path / "out").is_dir() and (tmp_path / "sd").is_dir()
+    # refusals, each before any folder is made
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "b.tif").write_bytes(b"x")
+    cases = [
+        (lambda: plan_batch(files + [tmp_path / "other" / "b.tif"], tmp_path / "o2"), "would both write"),
+        (lambda: plan_batch(files, src), "would replace an input"),
+        (lambda: plan_batch(files, tmp_path / "other" / "b.tif"), "is a file"),
+        (lambda: plan_batch(files, tmp_path / "no" / "where"), "does not exist"),
+        (lambda: expand_inputs([str(tmp_path / "x.zarr")]), "one at a time"),
+        (lambda: expand_inputs([str(tmp_path / "other"), str(tmp_path / "missing.tif")]), "file not found"),
+        (lambda: expand_inputs([str(src / "notes.txt")]), "unsupported file type"),
+        (lambda: expand_inputs([str(tmp_path / "sd")]), "holds no"),
+    ]
+    for call, needle in cases:
+        with pytest.raises(InputError, match=needle):
+            call()
+    assert not (tmp_path / "o2").exists()
+
+
+def test_batch_restores_each_file_as_alone(tmp_path, noisy_tif, tiny_model_dir, capsys):
+    import imageio.v3 as iio
+
+    from napari_emdiffuse.engine.io.images import read_image
+
+    src = tmp_path / "scans"
+    src.mkdir()
+    img = tifffile.imread(noisy_tif)
+    tifffile.imwrite(src / "s1.tif", img)
+    tifffile.imwrite(src / "s2.tif", img[::-1].copy())
+    iio.imwrite(src / "s3.png", img[:, ::-1].copy())
+    (src / "s4.tif").write_bytes(b"II*\x00 not really a tiff")  # a broken file among good ones
+    rc = main(["denoise", str(src), "-o", str(tmp_path / "out"), "--uncertainty", str(tmp_path / "sd"),
+               "--model", str(tiny_model_dir), "--samples", "2", *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "skipped" in err and "s4.tif" in err and "1 of 4 files were skipped" in err
+    assert "Traceback" not in err
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["s1.tif", "s2.tif", "s3.tif"]  # the broken file left nothing
+    assert sorted(p.name for p in (tmp_path / "sd").iterdir()) == [
+        "s1_uncertainty.tif", "s2_uncertainty.tif", "s3_uncertainty.tif"]
+    # the same as restoring each file alone
+    alone = tmp_path / "alone.tif"
+    assert main(["denoise", str(src / "s2.tif"), "-o", str(alone), "--model", str(tiny_model_dir),
+                 "--samples", "2", *FAST]) == 0
+    assert np.array_equal(read_image(tmp_path / "out" / "s2.tif").data, read_image(alone).data)
+    # several files by name work the same way, and a good batch exits 0
+    rc = main(["denoise", str(src / "s1.tif"), str(src / "s3.png"), "-o", str(tmp_path / "out2"),
+               "--model", str(tiny_model_dir), *FAST])
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["s1.tif", "s3.tif"]

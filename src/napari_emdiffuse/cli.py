@@ -63,8 +63,9 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
     g.add_argument("--arch", choices=list(ARCHITECTURES),
                    help="architecture of a published checkpoint given with --model")
     g.add_argument("--preset", choices=list(PRESETS), default="fast",
-                   help="fast: few-step DPM-Solver++, 1 sample (default); balanced: 4 samples with "
-                        "uncertainty (steps from the model card); reference: the published 1000-step DDPM, 2 samples")
+                   help="fast (default): one pass for predictors (the bundled models), few-step DPM-Solver++ "
+                        "for diffusion models; balanced: 4 mirrored views or samples, averaged; reference: as "
+                        "balanced for predictors, the published 1000-step DDPM for diffusion models")
     g.add_argument("--steps", type=_positive, help="sampler steps (overrides the preset)")
     g.add_argument("--samples", type=_positive, help="samples per pixel; >1 gives an uncertainty map")
     if samplers:
@@ -98,11 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("denoise", "denoise a 2D image or a stack (slice by slice)"),
                            ("super-resolve", "x2 super-resolution of a 2D image or a stack")):
         p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("input", metavar="IN", help="input .tif/.tiff, .mrc, .png/.jpg/.bmp or .zarr")
-        p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff, .mrc or .zarr")
+        p.add_argument("input", metavar="IN", nargs="+",
+                       help="input .tif/.tiff, .mrc, .png/.jpg/.bmp or .zarr; several files or a folder: "
+                            "a batch, with the model loaded once")
+        p.add_argument("-o", "--output", metavar="OUT", required=True,
+                       help="output .tif/.tiff, .mrc or .zarr; for a batch, a folder (made if missing) where each "
+                            "result takes its input's name (pictures become .tif)")
         if name == "super-resolve":
             p.add_argument("--scale", type=_positive, default=None, help="magnification; must match the model (2)")
-        p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the pixel-wise std over samples here")
+        p.add_argument("--uncertainty", metavar="UNC_OUT",
+                       help="also write the per-pixel uncertainty (std, input units) here; for a batch, a folder "
+                            "(files named <name>_uncertainty)")
         _sampling_options(p)
         p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                        help="mirror ensemble: samples 2-4 see the image mirrored (default: on for --preset balanced)")
@@ -316,21 +323,65 @@ def _is_zarr(path: Path) -> bool:
 
 # -- commands ------------------------------------------------------------------------------
 
-def _cmd_restore(args: argparse.Namespace) -> int:
+def _load_restorer(args: argparse.Namespace) -> Any:
     from .engine.errors import InputError
-    from .engine.io.images import read_image, write_image
     from .engine.models.device import resolve_device
     from .engine.models.registry import load_model
+
+    model = load_model(args.model, task=args.task, arch=args.arch, device=resolve_device(args.device))
+    if args.task == "super-resolve" and args.scale is not None and args.scale != model.card.scale:
+        raise InputError(f"model '{model.card.name}' magnifies x{model.card.scale}, not x{args.scale}")
+    return model
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from .engine.io.batch import is_batch
+
+    if is_batch(args.input):
+        return _restore_batch(args)
+    args.input = args.input[0]
+    out, unc = _check_outputs(args, args.output, args.uncertainty)
+    return _restore_one(args, _load_restorer, out, unc)
+
+
+def _restore_batch(args: argparse.Namespace) -> int:
+    """Each file of a batch in turn, the model loaded once; a file that cannot be read is
+    reported and skipped, and the exit status says whether any was."""
+    from .engine.errors import InputError
+    from .engine.io.batch import expand_inputs, plan_batch
+
+    if args.workers or args.scheduler:
+        raise InputError("--workers/--scheduler restore one zarr store; give a batch without them")
+    plan = plan_batch(expand_inputs(args.input), args.output, args.uncertainty)
+    model = _load_restorer(args)
+    failed = []
+    for k, (src, out, unc) in enumerate(plan, 1):
+        print(f"[{k}/{len(plan)}] {src}", file=sys.stderr)
+        args.input = str(src)
+        try:
+            _restore_one(args, lambda _args: model, out, unc)
+        except InputError as exc:
+            print(f"{PROG}: skipped {src}: {exc}", file=sys.stderr)
+            failed.append(src)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted at file {k} of {len(plan)}; the {k - 1 - len(failed)} written before it "
+                  "are complete, this one was not written", file=sys.stderr)
+            return 130
+    if failed:
+        raise InputError(f"{len(failed)} of {len(plan)} files were skipped (reasons above)")
+    return 0
+
+
+def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | None) -> int:
+    from .engine.errors import InputError
+    from .engine.io.images import read_image, write_image
     from .api import restore_iter, restore_to_zarr_iter
     from .engine.inference.checks import validate_image
     from .engine.inference.restore import provenance
 
-    out, unc = _check_outputs(args, args.output, args.uncertainty)
     data = read_image(args.input)
     validate_image(data.data)
-    model = load_model(args.model, task=args.task, arch=args.arch, device=resolve_device(args.device))
-    if args.task == "super-resolve" and args.scale is not None and args.scale != model.card.scale:
-        raise InputError(f"model '{model.card.name}' magnifies x{model.card.scale}, not x{args.scale}")
+    model = load(args)
     kw = _sampling_kwargs(args)
     kw.pop("arch")
     distributed = args.workers or args.scheduler

@@ -1,0 +1,127 @@
+"""Many files in one run: which images a list of files and folders names, and where each
+result goes, checked before any work starts.
+
+A montage's tiles or a series of sections often arrive as one file each; restoring them one
+command at a time reloads the model for every file. The CLI plans the whole batch with these
+functions, then restores file after file with the model loaded once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import InputError
+from .common import MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, suffix_of
+
+__all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch"]
+
+_FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + PICTURE_SUFFIXES
+
+BatchItem = tuple[Path, Path, "Path | None"]  # input, output, uncertainty output
+
+
+def is_batch(inputs: list[str]) -> bool:
+    """Several inputs, or one folder that is not a zarr store."""
+    if len(inputs) != 1:
+        return True
+    p = Path(inputs[0]).expanduser()
+    return p.is_dir() and suffix_of(p) != ZARR_SUFFIX
+
+
+def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
+    """The image files named: files as given, folders as their TIFF, MRC and picture files
+    (sorted by name; hidden and partially written files left out; not recursive).
+
+    Raises
+    ------
+    InputError
+        A path is missing, a zarr store (restore those one at a time, block by block), an
+        unsupported file, or a folder holds no image.
+    """
+    files: list[Path] = []
+    for name in inputs:
+        p = Path(name).expanduser()
+        if suffix_of(p) == ZARR_SUFFIX:
+            raise InputError(f"'{p}' is a zarr store: restore zarr stores one at a time (their output streams to disk)")
+        if p.is_dir():
+            found = sorted(c for c in p.iterdir() if c.is_file() and suffix_of(c) in _FILE_SUFFIXES
+                           and not c.name.startswith(".") and ".partial" not in c.name)
+            if not found:
+                raise InputError(f"folder '{p}' holds no .tif, .mrc, .png, .jpg or .bmp image")
+            files.extend(found)
+        elif not p.exists():
+            raise InputError(f"cannot read '{p}': file not found")
+        elif suffix_of(p) not in _FILE_SUFFIXES:
+            raise InputError(f"cannot use '{p}': unsupported file type '{p.suffix or '(none)'}'; "
+                             "use .tif/.tiff, .mrc or .png/.jpg/.bmp")
+        else:
+            files.append(p)
+    return files
+
+
+def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
+               uncertainty_dir: str | os.PathLike[str] | None = None) -> list[BatchItem]:
+    """Where each input's result goes: ``OUT_DIR/<name>`` in the input's format (pictures as
+    TIFF), and its uncertainty as ``<stem>_uncertainty`` beside it or in ``uncertainty_dir``.
+
+    The folders are made if missing (their parents must exist). Nothing else is written.
+
+    Raises
+    ------
+    InputError
+        An output folder is a file or cannot be made, two inputs would write the same output,
+        or an output would replace an input.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> [(i.name, o.name, u) for i, o, u in plan_batch([d / "a.png", d / "b.mrc"], d / "out")]
+    [('a.png', 'a.tif', None), ('b.mrc', 'b.mrc', None)]
+    """
+    out = _folder(out_dir)
+    unc = _folder(uncertainty_dir) if uncertainty_dir is not None else None
+    plan: list[BatchItem] = []
+    seen: dict[Path, Path] = {}
+    sources = {_key(f) for f in files}
+    for f in files:
+        ext = f.suffix if suffix_of(f) in TIFF_SUFFIXES + MRC_SUFFIXES else ".tif"
+        target = out / f"{f.stem}{ext}"
+        extra = (unc or out) / f"{f.stem}_uncertainty{ext}" if uncertainty_dir is not None else None
+        for path in (target, extra):
+            if path is None:
+                continue
+            if _key(path) in sources:
+                raise InputError(f"'{path}' would replace an input; choose another output folder")
+            if _key(path) in seen:
+                raise InputError(f"'{f}' and '{seen[_key(path)]}' would both write '{path}'; rename one")
+            seen[_key(path)] = f
+        plan.append((f, target, extra))
+    for folder in (out, unc):
+        if folder is not None:
+            folder.mkdir(exist_ok=True)
+    return plan
+
+
+def _folder(path: str | os.PathLike[str]) -> Path:
+    """An output folder that exists and is writable, or can be made in one step."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise InputError(f"with several inputs the output is a folder; '{p}' is a file")
+    if not p.exists() and suffix_of(p) in _FILE_SUFFIXES + (ZARR_SUFFIX,):
+        raise InputError(f"with several inputs the output is a folder; '{p}' is named like a file")
+    if not p.parent.is_dir():
+        raise InputError(f"output folder '{p.parent}' does not exist")
+    where = p if p.is_dir() else p.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise InputError(f"output folder '{where}' is not writable")
+    return p
+
+
+def _key(path: Path) -> Path:
+    # the same file under two spellings (relative, '..', a link) is one file
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
