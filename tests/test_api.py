@@ -77,6 +77,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.inference.blocks",
         "napari_emdiffuse.engine.inference.fill",
         "napari_emdiffuse.engine.inference.canvas",
+        "napari_emdiffuse.engine.inference.restore",
         "napari_emdiffuse.engine.parallel.runner",
         "napari_emdiffuse.engine.training.data.pairs",
         "napari_emdiffuse.engine.training.finetune",

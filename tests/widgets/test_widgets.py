@@ -432,7 +432,7 @@ def test_restore_widget_denoise_and_rerun_replaces(viewer, qtbot, models, errors
     assert len(viewer.layers) == n - 1 and "em_denoised_uncertainty" not in viewer.layers
     assert viewer.layers["em_denoised"] is out and not np.array_equal(out.data, before)
     assert [layer.name for layer in viewer.layers].count("em_denoised") == 1
-    assert "fill" not in w.status.text()
+    assert "fill" not in w.status.text() and "steps, 1 sample)" in w.status.text()  # a diffusion model
 
     # An aligned section's zero border stays zero, and the status line says why.
     section = img.copy()

@@ -340,7 +340,7 @@ class RestoreWidget(DockWidget):
             result = _stored(Path(result), unc_out, width)
         mean_name, unc_name = output_names(source["name"], task, result.scale)
         geometry = output_geometry(source["scale"], source["translate"], result.scale)
-        from ..engine.inference.restore import provenance
+        from ..engine.inference.restore import provenance, run_summary
 
         self.last_outputs = show_outputs(
             self.viewer, source, geometry, (mean_name, result.mean), (unc_name, result.uncertainty),
@@ -352,7 +352,7 @@ class RestoreWidget(DockWidget):
         fill = (result.normalisation or {}).get("fill")
         self.status.setText(
             f"'{mean.name}' in {self._elapsed():.1f} s on {device}"
-            f" ({result.info.get('steps')} steps, {result.info.get('samples')} sample(s))"
+            f" ({run_summary(result.info)})"
             + (f"; regions of value {fill:g} kept as fill (no data)" if fill is not None else "")
             + ("; NaN pixels kept as NaN (no data)" if (result.normalisation or {}).get("nan") else "")
         )

@@ -46,6 +46,7 @@ __all__ = [
     "restore_plane",
     "restore_block",
     "provenance",
+    "run_summary",
 ]
 
 
@@ -243,12 +244,14 @@ def scaled_spacing(spacing, ndim: int, scale: int) -> tuple[float, ...] | None:
 
 
 def run_info(m: EMDiffuseModel, opts: SamplingOptions, dev: torch.device) -> dict:
+    # A predictor has no sampler or steps: one pass per mirrored view ("samples" counts them).
+    diffusion = m.card.kind != "regression"
     return {
         "model": m.card.name,
         "task": m.card.task,
         "preset": opts.preset,
-        "sampler": opts.sampler,
-        "steps": opts.steps,
+        "sampler": opts.sampler if diffusion else None,
+        "steps": opts.steps if diffusion else None,
         "samples": opts.samples,
         "tile": opts.tile,
         "overlap": opts.overlap,
@@ -431,6 +434,26 @@ def restore_to_zarr_iter(
 
         yield from shrinking_blocks(run, block, opts.tile)
     yield Path(out)
+
+
+def run_summary(info: dict) -> str:
+    """How a result was computed, in a few words, from :func:`run_info`.
+
+    Examples
+    --------
+    >>> run_summary({"steps": None, "samples": 1}), run_summary({"steps": None, "samples": 4})
+    ('one pass', '4 mirrored views')
+    >>> run_summary({"sampler": "dpm++", "steps": 10, "samples": 2})
+    'dpm++, 10 steps, 2 samples'
+    """
+    samples = int(info.get("samples") or 1)
+    if info.get("steps") is None:  # a predictor
+        text = "one pass" if samples == 1 else f"{samples} mirrored views"
+    else:
+        text = f"{info.get('sampler')}, {info['steps']} step{'s' * (info['steps'] != 1)}, " \
+               f"{samples} sample{'s' * (samples != 1)}"
+    refine = info.get("refine")
+    return text + (f", refined with {refine['samples']} residual samples" if refine else "")
 
 
 def provenance(info: dict, normalisation: dict | None = None, **extra: Any) -> dict:
