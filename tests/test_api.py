@@ -84,6 +84,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.training.selfsup",
         "napari_emdiffuse.engine.io.mrc",
         "napari_emdiffuse._reader",
+        "napari_emdiffuse._writer",
         "napari_emdiffuse.engine.events",
         "napari_emdiffuse.engine.io.batch",
     ],

@@ -784,3 +784,26 @@ def test_engine_run_progress_follows_sampling_across_phases(viewer):
         blocks._event(Progress("block", n, 2))
     assert (blocks._pbar.n, blocks._pbar.total) == (2, 2)
     blocks._progress.close()
+
+
+def test_restored_layer_saves_as_mrc_with_scale_and_labels(viewer, tmp_path):
+    """File > Save Selected Layers with an .mrc name goes through our writer."""
+    import mrcfile
+
+    from napari_emdiffuse.engine.io.images import read_image
+
+    layer = viewer.add_image(np.arange(12 * 10, dtype=np.float32).reshape(12, 10), name="em", scale=(4.0, 4.0))
+    layer.metadata["emdiffuse"] = {"task": "denoise", "model": "demo-denoise", "preset": "fast"}
+    out = tmp_path / "saved.mrc"
+    viewer.layers.save(str(out), selected=False, plugin=PLUGIN)
+    img = read_image(out)
+    assert np.array_equal(img.data, layer.data) and img.spacing == (4.0, 4.0)
+    with mrcfile.open(out) as m:
+        labels = b" ".join(bytes(lab) for lab in m.header.label[: int(m.header.nlabl)]).decode()
+    assert "denoise demo-denoise fast" in labels
+    from napari_emdiffuse._writer import write_mrc_layer
+    from napari_emdiffuse.engine.errors import InputError
+
+    with pytest.raises(InputError, match="RGB"):
+        write_mrc_layer(str(tmp_path / "c.mrc"), np.zeros((4, 4, 3), np.uint8), {"rgb": True})
+    assert not (tmp_path / "c.mrc").exists()
