@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff, .mrc or .zarr")
     p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size)")
     p.add_argument("--mode", choices=["i", "a"], default="i", help="i: model trained on isotropic data; a: on this volume's lateral planes")
-    p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the pixel-wise std over samples here")
+    p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the per-pixel uncertainty (std, input units) here")
     p.add_argument("--denoise", action="store_true",
                    help="denoise the measured slices first (noisy volumes), with the bundled denoiser or "
                         "--denoise-model; the measured slices are then replaced by the denoised ones")

@@ -59,7 +59,7 @@ class IsotropicOptions(WidgetOptions):
     output : str
         Empty: keep the result in memory. Otherwise a ``.zarr`` path written block by block.
     uncertainty : bool
-        Also compute the pixel-wise standard deviation over the samples.
+        Also compute the per-pixel uncertainty (std): a predictor's own, or the samples' spread.
     denoise_first : bool
         Denoise the measured slices with the bundled denoiser first (noisy volumes); the
         output's measured slices are then the denoised ones.
@@ -187,7 +187,9 @@ class IsotropicWidget(DockWidget):
         self.overlap = spin_box(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
         self.seed = spin_box(0, 2**31 - 1, 0, None, "Noise seed")
         self.uncertainty = QCheckBox("uncertainty")
-        self.uncertainty.setToolTip("Also compute the pixel-wise std over samples (needs 2+ samples)")
+        self.uncertainty.setToolTip(
+            "Also compute the per-pixel uncertainty (std): a predictor's own, or the spread of 2+ samples"
+        )
         advanced = advanced_section(
             [
                 ("steps", self.steps),

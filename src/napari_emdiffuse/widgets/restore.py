@@ -31,9 +31,11 @@ SAMPLERS = ("preset", *ENGINE_SAMPLERS)
 REFINE_CHOICES = {"model card": None, "on": True, "off": False}  # predictors with a refiner
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # the engine's (canvas.PRECISIONS) without "auto"
 PRESET_TIPS = {
-    "fast": "few-step DPM-Solver++ (steps from the model card), one sample (no uncertainty)",
-    "balanced": "4 samples (3 of them mirrored): mean and pixel-wise uncertainty",
-    "reference": "the published 1000-step DDPM, 2 samples (slow)",
+    "fast": "predictors (the bundled models): one pass, with its uncertainty; diffusion models: "
+            "few-step DPM-Solver++, one sample (no uncertainty)",
+    "balanced": "the 4 mirrored views averaged (predictors) or 4 samples (diffusion models): "
+                "mean and per-pixel uncertainty",
+    "reference": "predictors: as balanced; diffusion models: the published 1000-step DDPM, 2 samples (slow)",
 }
 
 
