@@ -459,3 +459,26 @@ def test_batch_restores_each_file_as_alone(tmp_path, noisy_tif, tiny_model_dir, 
     rc = main(["denoise", str(src / "s1.tif"), str(src / "s3.png"), "-o", str(tmp_path / "out2"),
                "--model", str(tiny_model_dir), *FAST])
     assert rc == 0 and sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["s1.tif", "s3.tif"]
+
+
+def test_batch_interrupted_keeps_what_was_finished(tmp_path, noisy_tif, tiny_model_dir, capsys, monkeypatch):
+    from napari_emdiffuse import cli
+
+    src = tmp_path / "scans"
+    src.mkdir()
+    for k in range(3):
+        tifffile.imwrite(src / f"s{k}.tif", tifffile.imread(noisy_tif))
+    real = cli._restore_one
+    calls = []
+
+    def ctrl_c_on_second(args, load, out, unc):
+        calls.append(out.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(args, load, out, unc)
+
+    monkeypatch.setattr(cli, "_restore_one", ctrl_c_on_second)
+    rc = main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted at file 2 of 3" in err and "the 1 written before it are complete" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s0.tif"]
