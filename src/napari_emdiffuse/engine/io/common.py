@@ -24,6 +24,7 @@ __all__ = [
     "reason",
     "suffix_of",
     "unsupported_type",
+    "check_readable",
     "check_output_path",
     "as_numpy",
 ]
@@ -103,6 +104,14 @@ def unsupported_type(path: Path) -> InputError:
     return InputError(
         f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .png/.jpg/.bmp or .zarr"
     )
+
+
+def check_readable(path: Path, kind: str) -> None:
+    """Refuse, in one line, a missing path or a folder where a ``kind`` file is expected."""
+    if not path.exists():
+        raise InputError(f"cannot read '{path}': file not found")
+    if path.is_dir():
+        raise InputError(f"cannot read '{path}': it is a folder, not {kind}")
 
 
 def check_output_path(path: str | os.PathLike[str]) -> Path:

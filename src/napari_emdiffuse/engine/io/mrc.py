@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import InputError
 from .atomic import atomic_file, fsync_dir
 from .calibration import check_axes, check_spacing, nm_factor
-from .common import MRC_SUFFIXES, ImageData, as_numpy, check_output_path, reason, suffix_of
+from .common import MRC_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, reason, suffix_of
 
 __all__ = ["MRC_MMAP_MIN_BYTES", "read_mrc", "write_mrc"]
 
@@ -42,10 +42,7 @@ def read_mrc(path: Path) -> ImageData:
     """Read an MRC file: pixels (2D as ``YX``, stacks and volumes as ``ZYX``) and voxel size in nm."""
     import mrcfile
 
-    if not path.exists():
-        raise InputError(f"cannot read '{path}': file not found")
-    if path.is_dir():
-        raise InputError(f"cannot read '{path}': it is a folder, not an MRC file")
+    check_readable(path, "an MRC file")
     try:
         with warnings.catch_warnings():
             # odd but readable headers (old tools) warn; the pixels are what matters here

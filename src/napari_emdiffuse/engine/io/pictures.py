@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import ImageData, reason
+from .common import ImageData, check_readable, reason
 
 __all__ = ["read_picture"]
 
@@ -22,10 +22,7 @@ def read_picture(path: Path) -> ImageData:
     """Read a PNG, JPEG or BMP file as a 2D greyscale image (uint8, or uint16 for 16-bit PNG)."""
     import imageio.v3 as iio
 
-    if not path.exists():
-        raise InputError(f"cannot read '{path}': file not found")
-    if path.is_dir():
-        raise InputError(f"cannot read '{path}': it is a folder, not a picture")
+    check_readable(path, "a picture")
     try:
         data = np.asarray(iio.imread(path))
     except MemoryError:

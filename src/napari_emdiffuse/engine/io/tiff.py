@@ -17,7 +17,9 @@ import tifffile
 from ..errors import InputError
 from .atomic import fsync_dir, remove_path
 from .calibration import check_axes, check_spacing, nm_factor, tiff_calibration, to_nm
-from .common import TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, reason, suffix_of
+from .common import (
+    TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, reason, suffix_of,
+)
 
 __all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "read_tiff", "write_tiff"]
 
@@ -71,10 +73,7 @@ class _TiffLogWatcher(logging.Handler):
 
 def read_tiff(path: Path) -> ImageData:
     """Read a TIFF file: pixels, spacing (nm where the unit is known), unit and axes."""
-    if not path.exists():
-        raise InputError(f"cannot read '{path}': file not found")
-    if path.is_dir():
-        raise InputError(f"cannot read '{path}': it is a folder, not a TIFF file")
+    check_readable(path, "a TIFF file")
     watcher = _TiffLogWatcher()
     tiff_logger = logging.getLogger("tifffile")
     tiff_logger.addHandler(watcher)
