@@ -87,6 +87,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse._writer",
         "napari_emdiffuse.engine.events",
         "napari_emdiffuse.engine.io.batch",
+        "napari_emdiffuse.engine.io.slices",
     ],
 )
 def test_docstring_examples_run(module):

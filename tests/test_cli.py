@@ -482,3 +482,21 @@ def test_batch_interrupted_keeps_what_was_finished(tmp_path, noisy_tif, tiny_mod
     err = capsys.readouterr().err
     assert rc == 130 and "interrupted at file 2 of 3" in err and "the 1 written before it are complete" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s0.tif"]
+
+
+def test_isotropic_from_a_folder_of_slices(tmp_path, capsys):
+    """One TIFF per section: a volume; without a voxel size the factor must be given."""
+    from napari_emdiffuse.engine.io.images import read_image
+
+    rng = np.random.default_rng(0)
+    secs = tmp_path / "sections"
+    secs.mkdir()
+    vol = rng.integers(0, 255, (3, 40, 32)).astype(np.uint8)
+    for z in range(3):
+        tifffile.imwrite(secs / f"z{z}.tif", vol[z])
+    out = tmp_path / "iso.tif"
+    assert main(["isotropic", str(secs), "-o", str(out), "--device", "cpu"]) == 2
+    assert "give the z / xy spacing ratio with --factor" in capsys.readouterr().err and not out.exists()
+    assert main(["isotropic", str(secs), "-o", str(out), "--factor", "3", "--device", "cpu"]) == 0
+    res = read_image(out).data
+    assert res.shape == (7, 40, 32) and np.array_equal(res[::3], vol)  # measured slices kept

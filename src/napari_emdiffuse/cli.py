@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("isotropic", help="make an anisotropic volume isotropic (vEMDiffuse)",
                        description="generate factor-1 slices between neighbouring slices of a ZYX volume")
-    p.add_argument("input", metavar="IN", help="input volume .tif/.tiff, .mrc or .zarr (ZYX)")
+    p.add_argument("input", metavar="IN",
+                   help="input volume .tif/.tiff, .mrc or .zarr (ZYX), or a folder of 2D slices (one file each)")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff, .mrc or .zarr")
     p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size)")
     p.add_argument("--mode", choices=["i", "a"], default="i", help="i: model trained on isotropic data; a: on this volume's lateral planes")
@@ -439,6 +440,8 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     data = read_image(args.input)
     if data.data.ndim != 3:
         raise InputError(f"isotropic reconstruction needs a 3D (ZYX) volume; '{args.input}' has {data.data.ndim} dimensions")
+    if args.factor is None and data.spacing is None:
+        raise InputError(f"'{args.input}' does not say its voxel size; give the z / xy spacing ratio with --factor F")
     kw = _sampling_kwargs(args)
     distributed = bool(args.workers or args.scheduler)
     if distributed and not _is_zarr(out):

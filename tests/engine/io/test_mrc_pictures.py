@@ -205,3 +205,43 @@ def test_corrupt_picture_is_one_line(tmp_path):
     with pytest.raises(InputError) as exc:
         read_image(path)
     assert str(path) in _one_line(exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# a folder of slices
+
+
+def test_folder_of_slices_is_a_lazy_volume_in_natural_order(tmp_path):
+    import dask.array as da
+    import tifffile
+
+    for z in (0, 1, 2, 9, 10, 11):  # lexical order would put 10 and 11 before 2
+        tifffile.imwrite(tmp_path / f"sec_{z}.tif", np.full((6, 8), z, np.uint16))
+    (tmp_path / "notes.txt").write_text("not a slice")
+    (tmp_path / ".sec_12.tif.partial-ab12").write_bytes(b"x")
+    vol = read_image(tmp_path)
+    assert isinstance(vol.data, da.Array) and vol.data.shape == (6, 6, 8) and vol.spacing is None
+    assert vol.data[:, 0, 0].compute().tolist() == [0, 1, 2, 9, 10, 11]
+
+
+def test_folder_of_slices_refuses_mixed_slices(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a1.tif", np.zeros((6, 8), np.uint8))
+    tifffile.imwrite(tmp_path / "a2.tif", np.zeros((6, 9), np.uint8))
+    vol = read_image(tmp_path)
+    with pytest.raises(InputError) as exc:
+        vol.data.compute()
+    assert "a2.tif" in _one_line(exc) and "unlike the first slice" in str(exc.value)
+    (tmp_path / "a2.tif").unlink()
+    with pytest.raises(InputError, match="2 or more slices"):
+        read_image(tmp_path)
+
+
+def test_zarr_store_without_the_suffix_is_read_as_zarr(tmp_path):
+    import zarr
+
+    store = tmp_path / "volume"
+    zarr.open(str(store), mode="w", shape=(2, 4, 4), dtype="u1")[:] = 7
+    img = read_image(store)
+    assert img.data.shape == (2, 4, 4) and int(np.asarray(img.data).max()) == 7

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from .common import MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, suffix_of
+from .common import MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in, suffix_of
 
 __all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch"]
 
@@ -31,7 +31,7 @@ def is_batch(inputs: list[str]) -> bool:
 
 def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
     """The image files named: files as given, folders as their TIFF, MRC and picture files
-    (sorted by name; hidden and partially written files left out; not recursive).
+    (:func:`~.common.image_files_in`: natural order, not recursive).
 
     Raises
     ------
@@ -45,8 +45,7 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
         if suffix_of(p) == ZARR_SUFFIX:
             raise InputError(f"'{p}' is a zarr store: restore zarr stores one at a time (their output streams to disk)")
         if p.is_dir():
-            found = sorted(c for c in p.iterdir() if c.is_file() and suffix_of(c) in _FILE_SUFFIXES
-                           and not c.name.startswith(".") and ".partial" not in c.name)
+            found = image_files_in(p)
             if not found:
                 raise InputError(f"folder '{p}' holds no .tif, .mrc, .png, .jpg or .bmp image")
             files.extend(found)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ __all__ = [
     "suffix_of",
     "unsupported_type",
     "check_readable",
+    "image_files_in",
     "check_output_path",
     "as_numpy",
 ]
@@ -112,6 +114,15 @@ def check_readable(path: Path, kind: str) -> None:
         raise InputError(f"cannot read '{path}': file not found")
     if path.is_dir():
         raise InputError(f"cannot read '{path}': it is a folder, not {kind}")
+
+
+def image_files_in(folder: Path) -> list[Path]:
+    """The TIFF, MRC and picture files in a folder (not recursive), in natural order
+    (``slice_9`` before ``slice_10``), leaving out hidden and partially written files."""
+    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + PICTURE_SUFFIXES
+    found = [c for c in folder.iterdir() if c.is_file() and suffix_of(c) in kinds
+             and not c.name.startswith(".") and ".partial" not in c.name]
+    return sorted(found, key=lambda c: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", c.name)])
 
 
 def check_output_path(path: str | os.PathLike[str]) -> Path:

@@ -22,10 +22,11 @@ import numpy as np
 from ..errors import InputError
 from .calibration import check_axes
 from .common import (
-    MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ImageData, check_output_path, suffix_of, unsupported_type,
+    MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData, check_output_path, suffix_of, unsupported_type,
 )
 from .mrc import read_mrc, write_mrc
 from .pictures import read_picture
+from .slices import read_slices
 from .tiff import read_tiff, write_tiff
 from .zarr import ZarrWriter, read_zarr, zarr_store_of
 
@@ -41,7 +42,8 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> Image
         A ``.tif``/``.tiff`` file, an MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``,
         ``.ali``, ``.map``; voxel size in nm), a ``.png``/``.jpg``/``.jpeg``/``.bmp``
         picture (2D greyscale, no pixel size), a ``.zarr`` folder, or a path inside a store
-        such as ``"volume.zarr/0"``.
+        such as ``"volume.zarr/0"``, or a folder of 2D slices (one file each, natural order),
+        read as a lazy ZYX volume without voxel size.
     key : str, optional
         For a zarr group: the array to read. Default: the array named ``"0"`` or the only array.
 
@@ -64,6 +66,10 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> Image
         return read_mrc(p)
     if suffix_of(p) in PICTURE_SUFFIXES:
         return read_picture(p)
+    if p.is_dir() and suffix_of(p) != ZARR_SUFFIX and zarr_store_of(p) is None:
+        if any((p / marker).exists() for marker in (".zarray", ".zgroup", "zarr.json")):
+            return read_zarr(p, key)  # a zarr store whose name lacks .zarr
+        return read_slices(p, read_image)
     inside = zarr_store_of(p)
     if inside is not None:
         store, inner = inside
