@@ -500,3 +500,21 @@ def test_isotropic_from_a_folder_of_slices(tmp_path, capsys):
     assert main(["isotropic", str(secs), "-o", str(out), "--factor", "3", "--device", "cpu"]) == 0
     res = read_image(out).data
     assert res.shape == (7, 40, 32) and np.array_equal(res[::3], vol)  # measured slices kept
+
+
+def test_info_says_what_will_be_read(tmp_path, capsys):
+    import mrcfile
+
+    vol = tmp_path / "stack.rec"
+    with mrcfile.new(vol) as m:
+        m.set_data(np.zeros((4, 16, 12), np.int16))
+        m.voxel_size = (40.0, 40.0, 500.0)  # 4 nm pixels, 50 nm sections
+    near = tmp_path / "near.tif"
+    tifffile.imwrite(near, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(1 / 4.0, 1 / 4.0),
+                     metadata={"unit": "nm", "axes": "ZYX", "spacing": 4.2})
+    rc = main(["info", str(vol), str(near), str(tmp_path / "missing.tif")])
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert rc == 2 and "1 of 3 inputs could not be read" in captured.err and "missing.tif" in captured.err
+    assert lines[0] == f"{vol}: 4 x 16 x 12 int16, axes ZYX, 50 x 4 x 4 nm; isotropic factor 12"
+    assert lines[1].startswith(f"{near}: 3 x 8 x 8 uint8") and "no isotropic factor" in lines[1]

@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_options(p)
     p.set_defaults(func=_cmd_isotropic)
 
+    p = sub.add_parser("info", help="what the restoration commands will read from files: shape, type, voxel size",
+                       description="show how each file is read (shape, pixel type, axes, pixel size) and, for "
+                                   "volumes with a voxel size, the isotropic factor it implies")
+    p.add_argument("input", metavar="IN", nargs="+", help="image files, zarr stores or folders of slices")
+    p.set_defaults(func=_cmd_info)
+
     p = sub.add_parser("models", help="list bundled and user models")
     p.add_argument("--task", choices=list(TASKS))
     p.set_defaults(func=_cmd_models)
@@ -464,6 +470,34 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
             write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX",
                         provenance={**made, "what": "uncertainty (std, input units)"})
     print(f"wrote {out} ({result.factor}x more slices)", file=sys.stderr)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .engine.errors import InputError
+    from .engine.inference.volume import factor_from_spacing
+    from .engine.io.images import read_image
+
+    failed = 0
+    for name in args.input:
+        try:
+            img = read_image(name)
+        except InputError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        shape = " x ".join(str(n) for n in img.data.shape)
+        size = ("no pixel size" if img.spacing is None
+                else " x ".join(f"{v:g}" for v in img.spacing) + f" {img.unit or '(unit unknown)'}")
+        line = f"{name}: {shape} {img.data.dtype}, axes {img.axes or 'not declared'}, {size}"
+        if img.data.ndim == 3 and img.spacing is not None:
+            try:
+                line += f"; isotropic factor {factor_from_spacing(img.spacing)}"
+            except InputError as exc:
+                line += f"; no isotropic factor: {exc}"
+        print(line)
+    if failed:
+        raise InputError(f"{failed} of {len(args.input)} inputs could not be read (reasons above)")
     return 0
 
 
