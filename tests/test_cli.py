@@ -302,10 +302,10 @@ def test_finetune_refuses_images_smaller_than_patch(tmp_path, tiny_model_dir, ca
 def test_long_runs_print_an_estimate_first(tmp_path, noisy_tif, tiny_model_dir, capsys, monkeypatch):
     import itertools
 
-    from napari_emdiffuse import cli
+    from napari_emdiffuse import cli_progress
 
     clock = itertools.count(0, 10.0)  # every look at the clock: 10 s later (a slow device)
-    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(cli_progress.time, "monotonic", lambda: next(clock))
     out = tmp_path / "o.tif"
     assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), "--steps", "40",
                  "--tile", "32", "--overlap", "8", "--device", "cpu"]) == 0
@@ -340,7 +340,7 @@ def test_stack_progress_is_one_bar_with_block_counts(monkeypatch, capsys):
     # a control bar per event (the old behaviour) opens a new bar at every slice.
     import tqdm as tqdm_mod
 
-    from napari_emdiffuse import cli
+    from napari_emdiffuse import cli_progress
     from napari_emdiffuse.engine.events import Progress
 
     opened = []
@@ -359,7 +359,7 @@ def test_stack_progress_is_one_bar_with_block_counts(monkeypatch, capsys):
             yield Progress("block", z + 1, 3)
         yield "result"
 
-    assert cli._progress(job()) == "result"
+    assert cli_progress.drive(job()) == "result"
     err = capsys.readouterr().err
     assert opened == ["sampling"]
     assert "12/12" in err and "block 3/3" in err
@@ -370,7 +370,7 @@ def test_stack_progress_is_one_bar_with_block_counts(monkeypatch, capsys):
         yield "done"
 
     opened.clear()
-    assert cli._progress(blocks_only()) == "done"
+    assert cli_progress.drive(blocks_only()) == "done"
     assert opened == ["block"] and "3/3" in capsys.readouterr().err
 
 

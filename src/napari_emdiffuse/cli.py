@@ -12,14 +12,13 @@ import argparse
 import logging
 import os
 import sys
-import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["main", "build_parser"]
+from .cli_progress import PROG, drive
 
-PROG = "emdiffuse"
+__all__ = ["main", "build_parser"]
 
 
 class UsageError(Exception):
@@ -221,69 +220,6 @@ def _version() -> str:
 
 # -- helpers -----------------------------------------------------------------------------
 
-def _progress(gen: Generator, stages: Sequence[str] = ("sampling", "block", "training")) -> Any:
-    """Drive an engine generator with a tqdm bar on stderr; return its final item."""
-    from tqdm import tqdm
-
-    from .engine.events import Progress, TimeLeft
-
-    bar = None
-    result = None
-    eta = TimeLeft(clock=lambda: time.monotonic())
-    try:
-        for ev in gen:
-            if isinstance(ev, Progress):
-                if ev.stage not in stages:
-                    if ev.stage == "validation" and ev.message:
-                        _say(bar, f"validation at {ev.done}: {ev.message}")
-                    continue
-                left = eta.update(ev)
-                if left is not None and left > 30:
-                    note = "; over 10 minutes: Ctrl-C stops it and writes nothing" if left > 600 else ""
-                    _say(bar, f"{PROG}: estimate: {ev.total} network passes, about {_duration(left)} more{note}")
-                if ev.stage == "training" and ev.loss is None and ev.message:  # a note, e.g. the time budget
-                    _say(bar, f"{PROG}: {ev.message}")
-                    continue
-                if ev.stage == "block" and bar is not None and bar.desc != "block":
-                    # Block counts ride on the finer, global sampling/training bar: a bar of
-                    # their own would restart it (rate, ETA) at every slice.
-                    bar.set_postfix_str(f"block {ev.done}/{ev.total}", refresh=True)
-                    continue
-                if bar is None or bar.total != ev.total or bar.desc != ev.stage:
-                    if bar is not None:
-                        bar.close()
-                    bar = tqdm(
-                        total=ev.total, initial=ev.done, desc=ev.stage, file=sys.stderr, unit="it", dynamic_ncols=True
-                    )
-                bar.n = ev.done
-                if ev.loss is not None:
-                    bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
-                bar.refresh()
-            else:
-                result = ev
-    finally:
-        gen.close()
-        if bar is not None:
-            bar.close()
-    return result
-
-
-def _say(bar: Any, text: str) -> None:
-    """A line on stderr, above the progress bar when there is one (tqdm's write goes to stdout)."""
-    if bar is not None:
-        bar.write(text, file=sys.stderr)
-    else:
-        print(text, file=sys.stderr)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(
         arch=args.arch, preset=args.preset, steps=args.steps, samples=args.samples, tile=args.tile,
@@ -403,13 +339,13 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
         )
         if unc is not None and not _is_zarr(unc):
             raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
-        _progress(gen)
+        drive(gen)
         import zarr
 
         _note_fill(dict(zarr.open_array(str(out), mode="r").attrs).get("normalisation"))
         print(f"wrote {out}", file=sys.stderr)
         return 0
-    result = _progress(restore_iter(data.data, args.task, model, spacing=data.spacing, **kw))
+    result = drive(restore_iter(data.data, args.task, model, spacing=data.spacing, **kw))
     if result is None:  # pragma: no cover - the generator always ends with a result
         raise RuntimeError("restoration ended without a result")
     _note_fill(result.normalisation)
@@ -459,7 +395,7 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
         uncertainty=(str(unc) if zarr_out is not None and unc is not None else unc is not None),
         workers=args.workers, scheduler=args.scheduler, denoise=denoise, **kw,
     )
-    result = _progress(gen)
+    result = drive(gen)
     _note_fill(result.info.get("normalisation"))
     if zarr_out is None:
         from .engine.inference.restore import provenance
@@ -574,7 +510,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"resume": True})
     if args.max_minutes is not None:
         cfg.max_minutes = args.max_minutes
-    path = _progress(train_iter(cfg))
+    path = drive(train_iter(cfg))
     print(f"saved model to {path}", file=sys.stderr)
     return 0
 
@@ -584,7 +520,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .engine.models.files import read_card
     from .engine.training.finetune import verdict
 
-    path = _progress(
+    path = drive(
         finetune_iter(
             args.task, args.input, args.target, base=args.base, out=args.output, iterations=args.iterations,
             patch=args.patch, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
