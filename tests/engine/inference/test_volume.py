@@ -196,7 +196,7 @@ def test_non_integer_ratio_asks_for_factor(model, vol):
         (np.zeros((3, 40, 40), np.uint8), {"factor": 1}, "at least 2"),
         (np.zeros((3, 40, 40), np.uint8), {"factor": 2.5}, "whole number"),
         (np.zeros((3, 40, 40), np.uint8), {"factor": True}, "whole number"),
-        (np.zeros((3, 40, 40), np.uint8), {}, "pass factor= or the voxel spacing"),
+        (np.zeros((3, 40, 40), np.uint8), {}, "how much finer z should become: give the factor"),
         (np.zeros((3, 40, 40), np.complex64), {"factor": 2}, "complex"),
         (np.zeros((3, 40, 40), np.uint8), {"factor": 2, "mode": "x"}, "unknown mode"),
         (np.zeros((3, 40, 40), np.uint8), {"factor": 2, "workers": 0}, "workers"),

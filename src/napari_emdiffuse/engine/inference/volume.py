@@ -143,13 +143,13 @@ def factor_from_spacing(spacing: Sequence[float]) -> int:
     if ratio < 1.5:
         raise InputError(
             f"the z spacing is {ratio:.3g} times the lateral spacing: the volume is already close to "
-            f"isotropic; pass factor= to reconstruct anyway"
+            f"isotropic; give the factor (factor= or --factor) to reconstruct anyway"
         )
     n = math.ceil(ratio - 0.5)
     if abs(ratio - n) > FACTOR_TOLERANCE * n:
         raise InputError(
             f"the z spacing is {ratio:.3g} times the lateral spacing, not a whole number; "
-            f"choose the factor yourself with factor= (e.g. {n} or {n + 1})"
+            f"give the factor yourself (factor= or --factor; e.g. {n} or {n + 1})"
         )
     return int(n)
 
@@ -207,7 +207,7 @@ def _check_model(m: EMDiffuseModel, factor: int) -> None:
     if card.kind == "regression" and card.network.out_channel != factor - 1:
         raise InputError(
             f"model '{card.name}' makes {card.network.out_channel} slice(s) per gap (factor "
-            f"{card.network.out_channel + 1}), not {factor - 1}; pass factor={card.network.out_channel + 1}"
+            f"{card.network.out_channel + 1}), not {factor - 1}; give factor {card.network.out_channel + 1}"
         )
     if factor > 2 and card.kind == "diffusion" and not card.network.slice_embedding:
         raise EMDiffuseError(
@@ -216,7 +216,7 @@ def _check_model(m: EMDiffuseModel, factor: int) -> None:
     if card.z_factor is not None and card.z_factor != factor:
         raise InputError(
             f"model '{card.name}' was trained for factor {card.z_factor}, not {factor}; "
-            f"pass factor={card.z_factor} or use a model trained for {factor}"
+            f"give factor {card.z_factor} or use a model trained for {factor}"
         )
 
 
@@ -466,7 +466,7 @@ def reconstruct_isotropic_iter(
     elif spacing is not None:
         f = factor_from_spacing(spacing)
     else:
-        raise InputError("say how much finer z should become: pass factor= or the voxel spacing (z, y, x)")
+        raise InputError("say how much finer z should become: give the factor (factor= or --factor) or the voxel spacing (z, y, x)")
     out_dtype = output_dtype(dtype, vol)
     request = sampling_request(**sampling)
     if distribute is not None:
