@@ -80,7 +80,7 @@ def test_isotropic_predictor_gives_each_slice_its_channel():
         np.testing.assert_allclose(res.volume[3 * z + 1], lo + (hi - lo) / 3, rtol=1e-4, atol=0.05)
         np.testing.assert_allclose(res.volume[3 * z + 2], lo + 2 * (hi - lo) / 3, rtol=1e-4, atol=0.05)
     np.testing.assert_array_equal(res.volume[::3], vol)
-    with pytest.raises(Exception, match="factor=3"):
+    with pytest.raises(Exception, match="give factor 3"):
         reconstruct_isotropic(vol, 2, predictor("isotropic-i", out_channel=2), device="cpu")
 
 
