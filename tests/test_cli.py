@@ -410,6 +410,9 @@ def test_batch_plan_names_and_refusals(tmp_path):
     assert [(o.name, u.name) for _, o, u in plan] == [
         ("a.tif", "a_uncertainty.tif"), ("b.tif", "b_uncertainty.tif"), ("c.mrc", "c_uncertainty.mrc")]
     assert (tmp_path / "out").is_dir() and (tmp_path / "sd").is_dir()
+    # the uncertainty folder may lie in the output folder, both made now
+    nested = plan_batch(files, tmp_path / "res", tmp_path / "res" / "sd")
+    assert nested[0][2] == tmp_path / "res" / "sd" / "a_uncertainty.tif" and (tmp_path / "res" / "sd").is_dir()
     # refusals, each before any folder is made
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "b.tif").write_bytes(b"x")

@@ -80,7 +80,7 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     [('a.png', 'a.tif', None), ('b.mrc', 'b.mrc', None)]
     """
     out = _folder(out_dir)
-    unc = _folder(uncertainty_dir) if uncertainty_dir is not None else None
+    unc = _folder(uncertainty_dir, inside=out) if uncertainty_dir is not None else None
     plan: list[BatchItem] = []
     seen: dict[Path, Path] = {}
     sources = {_key(f) for f in files}
@@ -103,16 +103,18 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     return plan
 
 
-def _folder(path: str | os.PathLike[str]) -> Path:
-    """An output folder that exists and is writable, or can be made in one step."""
+def _folder(path: str | os.PathLike[str], inside: Path | None = None) -> Path:
+    """An output folder that exists and is writable, or can be made in one step (or two, when
+    it lies in ``inside``, the output folder about to be made)."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise InputError(f"with several inputs the output is a folder; '{p}' is a file")
     if not p.exists() and suffix_of(p) in _FILE_SUFFIXES + (ZARR_SUFFIX,):
         raise InputError(f"with several inputs the output is a folder; '{p}' is named like a file")
-    if not p.parent.is_dir():
+    pending = inside is not None and not inside.exists() and _key(p.parent) == _key(inside)
+    if not p.parent.is_dir() and not pending:
         raise InputError(f"output folder '{p.parent}' does not exist")
-    where = p if p.is_dir() else p.parent
+    where = p if p.is_dir() else (inside.parent if pending else p.parent)
     if not os.access(where, os.W_OK | os.X_OK):
         raise InputError(f"output folder '{where}' is not writable")
     return p
