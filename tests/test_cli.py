@@ -521,3 +521,11 @@ def test_info_says_what_will_be_read(tmp_path, capsys):
     assert rc == 2 and "1 of 3 inputs could not be read" in captured.err and "missing.tif" in captured.err
     assert lines[0] == f"{vol}: 4 x 16 x 12 int16, axes ZYX, 50 x 4 x 4 nm; isotropic factor 12"
     assert lines[1].startswith(f"{near}: 3 x 8 x 8 uint8") and "no isotropic factor" in lines[1]
+    # big-endian data (mrcfile keeps the byte order): numpy's '>f4' is float32 to a user
+    from napari_emdiffuse.engine.io.images import read_image
+    big = tmp_path / "big.mrc"
+    with mrcfile.new(big) as m:
+        m.set_data(np.zeros((8, 8), ">f4"))
+    assert read_image(big).data.dtype.str == ">f4"  # the control: the file really is big-endian
+    assert main(["info", str(big)]) == 0
+    assert capsys.readouterr().out.startswith(f"{big}: 8 x 8 float32,")

@@ -425,7 +425,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         shape = " x ".join(str(n) for n in img.data.shape)
         size = ("no pixel size" if img.spacing is None
                 else " x ".join(f"{v:g}" for v in img.spacing) + f" {img.unit or '(unit unknown)'}")
-        line = f"{name}: {shape} {img.data.dtype}, axes {img.axes or 'not declared'}, {size}"
+        # .name, not str(): a big-endian MRC is '>f4' to numpy, float32 to a user (restoration converts it)
+        line = f"{name}: {shape} {img.data.dtype.name}, axes {img.axes or 'not declared'}, {size}"
         if img.data.ndim == 3 and img.spacing is not None:
             try:
                 line += f"; isotropic factor {factor_from_spacing(img.spacing)}"

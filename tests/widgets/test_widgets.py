@@ -657,6 +657,17 @@ def test_finetune_widget_form(viewer, errors):
     assert not ft.running
 
 
+
+def test_finetune_eta_is_paced_from_the_first_iteration(viewer, monkeypatch):
+    # start-up (reading, loading, scoring the base) took 100 s; then 10 iterations in 5 s
+    ft = _dock(viewer, FINETUNE)
+    clock = iter([100.0, 105.0])
+    monkeypatch.setattr("napari_emdiffuse.widgets.finetune.time.monotonic", lambda: next(clock))
+    ft._pace_from = None
+    assert ft._eta_text(1, 101) == ""
+    assert ft._eta_text(11, 101) == "ETA 0:45"  # 0.5 s per iteration, 90 to go (not 100/11*90)
+
+
 def test_finetune_widget_preselects_a_target_of_the_inputs_shape(viewer):
     noisy = viewer.add_image(np.zeros((32, 32), np.uint8), name="noisy")
     viewer.add_image(np.zeros((16, 16), np.uint8), name="other")

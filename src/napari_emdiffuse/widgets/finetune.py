@@ -394,6 +394,7 @@ class FinetuneWidget(DockWidget):
         self.plot.update()
         self.saved_model = None
         self._started = time.monotonic()
+        self._pace_from: tuple[int, float] | None = None  # (iteration, time) the ETA's pace starts at
         self.status.setText(f"starting training ({opts.iterations} iterations) -> {kwargs['out']}")
         self._run = TrainingProcess(kwargs).start()
         self.run_button.set_running(True)
@@ -414,7 +415,7 @@ class FinetuneWidget(DockWidget):
             if stage == "training":
                 changed |= self.history.add(ev)
                 self._progress.update(int(ev.get("done", 0)), int(ev.get("total") or 0))
-                self._eta = eta_text(int(ev.get("done", 0)), int(ev.get("total") or 0), self._elapsed())
+                self._eta = self._eta_text(int(ev.get("done", 0)), int(ev.get("total") or 0))
             elif stage == "validation":
                 changed |= self.history.add(ev)
                 if ev.get("preview") is not None:
@@ -429,6 +430,16 @@ class FinetuneWidget(DockWidget):
             self.plot.update()
         if changed and not ended:  # the last validation can arrive with "done": keep its message
             self.status.setText(", ".join(t for t in (self.history.summary(), getattr(self, "_eta", "")) if t))
+
+    def _eta_text(self, done: int, total: int) -> str:
+        # Paced from the first training event, not from the start: reading the data, loading the
+        # model and scoring the base on the validation strip come before it, once.
+        now = time.monotonic()
+        if self._pace_from is None:
+            self._pace_from = (done, now)
+            return ""
+        first, then = self._pace_from
+        return eta_text(done - first, total - first, now - then)
 
     def _finished(self, outcome: str) -> None:
         self._timer.stop()
