@@ -18,14 +18,14 @@ NET = dict(inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[], nu
 
 
 def predictor(task: str = "denoise", *, out_channel: int = 1, residual: bool = True, aleatoric: bool = True,
-              perturb: float = 0.0):
+              perturb: float = 0.0, gap_depth: bool = False):
     iso = task.startswith("isotropic")
     card = ModelCard(
         name=f"pred-{task}", task=task, kind="regression",
         network=UNetConfig(in_channel=2 if iso else 1, out_channel=out_channel, residual=residual,
-                           aleatoric=aleatoric, **NET),
+                           aleatoric=aleatoric, gap_depth=gap_depth, **NET),
         normalisation=Normalisation(), scale=2 if task == "super-resolve" else 1,
-        z_factor=out_channel + 1 if iso else None, tile=32, overlap=8,
+        z_factor=out_channel + 1 if iso and not gap_depth else None, tile=32, overlap=8,
     )
     torch.manual_seed(0)
     m = create_model(card)
@@ -82,6 +82,42 @@ def test_isotropic_predictor_gives_each_slice_its_channel():
     np.testing.assert_array_equal(res.volume[::3], vol)
     with pytest.raises(Exception, match="give factor 3"):
         reconstruct_isotropic(vol, 2, predictor("isotropic-i", out_channel=2), device="cpu")
+
+
+def test_gap_depth_predictor_serves_every_factor():
+    """One network, any factor: untrained, it returns the linear interpolation at depth j/f."""
+    rng = np.random.default_rng(3)
+    vol = rng.uniform(0, 1000, (3, 32, 32)).astype(np.float32)
+    m = predictor("isotropic-i", gap_depth=True)
+    for f in (2, 4, 5):
+        res = reconstruct_isotropic(vol, f, m, device="cpu", uncertainty=True)
+        assert res.volume.shape == (2 * f + 1, 32, 32) and res.uncertainty.shape == res.volume.shape
+        np.testing.assert_array_equal(res.volume[::f], vol)
+        for z in range(2):
+            lo, hi = vol[z], vol[z + 1]
+            for j in range(1, f):
+                np.testing.assert_allclose(res.volume[f * z + j], lo + j * (hi - lo) / f, rtol=1e-4, atol=0.05)
+
+
+def test_gap_depth_reaches_the_network():
+    """A trained-looking (perturbed) network makes different slices at different depths, and
+    each slice is what the network makes when told that depth (not its index)."""
+    m = predictor("isotropic-i", gap_depth=True, perturb=0.05)
+    x = torch.from_numpy(np.random.default_rng(4).uniform(-1, 1, (1, 2, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        a, b = (m.module(x, torch.tensor([d]))[0] for d in (0.25, 0.5))
+    assert (a - b).abs().max() > 1e-3
+    # depth 1/2 is slice 1 of 2 and slice 2 of 4: the same slice (an index would differ)
+    vol = np.random.default_rng(5).uniform(0, 1000, (2, 32, 32)).astype(np.float32)
+    half = reconstruct_isotropic(vol, 2, m, device="cpu").volume[1]
+    quarters = reconstruct_isotropic(vol, 4, m, device="cpu").volume
+    np.testing.assert_allclose(quarters[2], half, rtol=1e-5, atol=1e-3)
+    assert np.abs(quarters[1] - half).max() > 0.5  # the control: another depth, another slice
+    with pytest.raises(ValueError, match="needs the depth"):
+        m.module(x)
+    with pytest.raises(ValueError, match="gap_depth"):
+        ModelCard(name="x", task="denoise", kind="regression",
+                  network=UNetConfig(in_channel=1, out_channel=1, gap_depth=True, **NET))
 
 
 def test_mean_var_loss_decouples_the_mean_from_the_variance():

@@ -8,7 +8,7 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
-from napari_emdiffuse.engine.errors import EMDiffuseError
+from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.engine.training.config import TrainConfig
 from napari_emdiffuse.api import finetune_iter, restore, train
@@ -120,6 +120,26 @@ def test_isotropic_predictor_finetunes_to_another_factor(tmp_path):
     sb, sm = b.module.state_dict(), m.module.state_dict()
     same = [k for k in sb if sb[k].shape == sm[k].shape]
     assert len(same) > 0.8 * len(sb)
+
+
+def test_isotropic_finetune_factor_comes_from_the_voxel_size(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    base_img = ndi.gaussian_filter(rng.random((60, 64)), 3).astype(np.float32)
+    vol = np.stack([ndi.shift(base_img, (0.7 * z, 0.4 * z), order=1)[:48, :48] for z in range(12)])
+    net = {**TINY, "residual": True, "gap_depth": True}
+    anyf = train(TrainConfig(task="isotropic-i", kind="regression", volume=vol, factor=2, max_factor=3,
+                             out=tmp_path / "any", iterations=1, **{**FAST, "network": net}))
+    common = dict(base=anyf, iterations=2, patch=32, batch=2, device="cpu")
+    with pytest.raises(InputError, match="give the factor"):
+        next(finetune_iter("isotropic-a", vol, out=tmp_path / "a", **common))
+    assert not (tmp_path / "a").exists()
+    path = tmp_path / "vol.tif"  # 4 nm pixels, 20 nm sections: factor 5
+    tifffile.imwrite(path, vol, imagej=True, resolution=(1 / 4.0, 1 / 4.0),
+                     metadata={"unit": "nm", "axes": "ZYX", "spacing": 20.0})
+    out = [e for e in finetune_iter("isotropic-a", str(path), out=tmp_path / "b", **common)][-1]
+    assert load_model(out, cache=False).card.training["data"]["factor"] == 5
 
 
 @pytest.mark.parametrize("margin", [0.0, 10.0])

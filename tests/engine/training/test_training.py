@@ -140,6 +140,29 @@ def test_isotropic_i_and_a_models(tmp_path):
     out = train(TrainConfig(factor=3, out=tmp_path / "iso-r3", iterations=2, **reg))
     net = load_model(out, cache=False).card.network
     assert (net.in_channel, net.out_channel) == (2, 2)
+    BASED = {k: v for k, v in FAST.items() if k != "network"}
+    # from that base: one model for every factor (its body kept, a one-slice head told the depth)
+    events, anyf = _run(TrainConfig(task="isotropic-i", base=str(out), network={"gap_depth": True}, factor=2,
+                                    max_factor=4, volume=vol, out=tmp_path / "iso-any", iterations=2, val_every=1,
+                                    **BASED))
+    m, b = load_model(anyf, cache=False), load_model(out, cache=False)
+    assert m.card.network.gap_depth and m.card.network.out_channel == 1 and m.card.z_factor is None
+    assert m.card.training["data"]["factor"] == [2, 4]
+    body = "net.input_blocks.0.0.weight"
+    assert m.state_dict()[body].shape == b.state_dict()[body].shape
+    assert m.state_dict()["net.out.2.weight"].shape[0] == 1
+    assert [e for e in events if e.stage == "validation"]
+    # fine-tuning it for one factor keeps the network as it is (no new heads)
+    ft = train(TrainConfig(task="isotropic-a", base=str(anyf), volume=vol, factor=5, out=tmp_path / "iso-a5",
+                           iterations=2, **BASED))
+    card = load_model(ft, cache=False).card
+    assert card.network.gap_depth and card.z_factor is None and card.training["data"]["factor"] == 5
+    with pytest.raises(Exception, match="max_factor"):
+        TrainConfig(task="denoise", inputs=[vol[0]], max_factor=4, out=tmp_path / "x")
+    with pytest.raises(Exception, match="at least factor"):
+        TrainConfig(max_factor=3, factor=4, **{**reg, "out": tmp_path / "x"})
+    with pytest.raises(Exception, match="only gap_depth"):
+        TrainConfig(base=str(out), **{**reg, "network": {"inner_channel": 8}, "out": tmp_path / "x"})
 
 
 def test_isotropic_data_conventions():
@@ -158,6 +181,21 @@ def test_isotropic_data_conventions():
     b = a.sample(np.random.default_rng(0), 2)
     # (Z, X) planes: the crop height is the largest multiple of 4 that fits 10 slices
     assert b.cond.shape == (2, 2, 8, 32) and b.slice_index.tolist() == [0, 0]
+    # gap depth: every gap from 2 to 5; the slice index is the target's depth in its gap
+    vol = np.arange(6 * 40 * 40, dtype=np.float32).reshape(6, 40, 40)
+    d = IsotropicData([vol], factor=2, max_factor=5, gap_depth=True, kind="regression", mode="i", rule=unit,
+                      patch=16, val_fraction=0)
+    gaps = set()
+    for seed in range(40):
+        cond, target, depth = d.sample_one(np.random.default_rng(seed))
+        lo, hi, t = cond[0].mean(), cond[1].mean(), target[0].mean()
+        assert target.shape == (1, 16, 16) and 0 < depth < 1
+        assert abs((t - lo) - depth * (hi - lo)) < 1e-2
+        gaps.add(round(abs(hi - lo) / 3200))
+    assert gaps == {2, 3, 4, 5}
+    assert d.sample(np.random.default_rng(0), 3).slice_index.dtype == torch.float32
+    with pytest.raises(Exception, match="gap-depth"):
+        IsotropicData([vol], factor=2, max_factor=5, mode="i", rule=unit, patch=16)
 
 
 def test_training_is_deterministic_and_resume_is_exact(tmp_path):

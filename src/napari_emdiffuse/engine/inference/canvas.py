@@ -87,6 +87,8 @@ class Item:
     cond: int
     stream: tuple[int, ...]
     slice_index: int | None = None
+    # Gap-depth predictors: how far into the gap the slice lies, j / factor.
+    depth: float | None = None
     # Axes along which this item's canvas is a mirror image of the input (mirror ensemble):
     # its noise is mirrored too, so every image pixel gets the noise of its own position.
     flip: tuple[int, ...] = ()
@@ -279,10 +281,13 @@ def sample_canvas(
     card = model.card
     aleatoric = bool(getattr(model.unet, "aleatoric", False))
     # A predictor makes every output channel (all slices of a gap) in one pass: run it once
-    # per distinct condition, then give each item its channel.
+    # per distinct condition, then give each item its channel. A gap-depth predictor makes one
+    # slice per pass: run it once per distinct (condition, depth).
     runs = items
+    by_depth = bool(card.network.gap_depth)
     if card.kind == "regression":
-        runs = [Item(cond=c, stream=()) for c in dict.fromkeys(it.cond for it in items)]
+        keys = dict.fromkeys((it.cond, it.depth if by_depth else None) for it in items)
+        runs = [Item(cond=c, stream=(), depth=d) for c, d in keys]
     state = {"batch": max(1, opts.batch), "logvar": None}
     n_batches = math.ceil(len(runs) * len(tiles) / state["batch"])
     steps = opts.n_steps if card.kind == "diffusion" else 1
@@ -295,7 +300,7 @@ def sample_canvas(
         inp = inp.contiguous(memory_format=memory_format)
         with torch.no_grad(), _autocast(device, opts.precision):
             if card.kind == "regression":
-                return net(inp)
+                return net(inp, level) if by_depth else net(inp)
             if card.network.slice_embedding:
                 return net(inp, level, sidx)
             return net(inp, level)
@@ -314,7 +319,10 @@ def sample_canvas(
                 c = cond[its[i].cond, :, sl[0], sl[1]]
                 parts.append(c if x is None else torch.cat([c, x[i, :, sl[0], sl[1]]], dim=0))
             inp = torch.stack(parts)
-            level = torch.full((len(chunk),), gamma, dtype=torch.float32, device=device)
+            if by_depth and x is None:
+                level = torch.tensor([its[i].depth for i, _ in chunk], dtype=torch.float32, device=device)
+            else:
+                level = torch.full((len(chunk),), gamma, dtype=torch.float32, device=device)
             try:
                 res = run(inp, level, slice_idx[[i for i, _ in chunk]])
             except torch.cuda.OutOfMemoryError:
@@ -344,8 +352,11 @@ def sample_canvas(
 
     if card.kind == "regression":
         pred = yield from model_fn(None, 1.0, runs)  # type: ignore[arg-type]
-        row = {c.cond: r for r, c in enumerate(runs)}
-        pick = ([row[it.cond] for it in items], [max(0, it.slice_index or 0) for it in items])
+        row = {(c.cond, c.depth): r for r, c in enumerate(runs)}
+        if by_depth:
+            pick = ([row[(it.cond, it.depth)] for it in items], [0] * len(items))
+        else:
+            pick = ([row[(it.cond, None)] for it in items], [max(0, it.slice_index or 0) for it in items])
         # Not clipped: the normalisation's percentiles are not the image's limits, and the
         # darkest membranes lie below the 0.5th percentile (to_dtype clips to the dtype).
         samples = pred[pick].cpu()

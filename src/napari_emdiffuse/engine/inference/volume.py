@@ -204,7 +204,7 @@ def _check_model(m: EMDiffuseModel, factor: int) -> None:
             f"model '{card.name}' takes {card.cond_channels} condition channel(s); an isotropic model takes "
             f"the 2 neighbouring slices"
         )
-    if card.kind == "regression" and card.network.out_channel != factor - 1:
+    if card.kind == "regression" and not card.network.gap_depth and card.network.out_channel != factor - 1:
         raise InputError(
             f"model '{card.name}' makes {card.network.out_channel} slice(s) per gap (factor "
             f"{card.network.out_channel + 1}), not {factor - 1}; give factor {card.network.out_channel + 1}"
@@ -253,6 +253,9 @@ def _block_batches(m: EMDiffuseModel, shape: tuple[int, int], n_items: int, opts
     mult = m.card.network.size_multiple
     h, w = canvas_size(shape[0], mult), canvas_size(shape[1], mult)
     plan = TilePlan(h, w, min(opts.tile, h), min(opts.tile, w), opts.overlap)
+    if m.card.network.gap_depth:
+        # one pass per new slice; the samples of a slice are the same pass (no mirrored views here)
+        return math.ceil(n_items // opts.samples * len(plan) / opts.batch)
     if m.card.kind != "diffusion":
         return math.ceil(len(plan) / opts.batch)  # a predictor makes all of a gap's slices at once
     return opts.n_steps * math.ceil(n_items * len(plan) / opts.batch)
@@ -295,7 +298,7 @@ def _sample_block(
     cond = pad_to(cond, canvas_size(h, mult), canvas_size(w, mult))
     cond_t = torch.from_numpy(np.ascontiguousarray(cond))[None].to(device)
     k = opts.samples
-    items = [Item(cond=0, stream=(z, j, s), slice_index=j - 1) for j in range(1, factor) for s in range(k)]
+    items = [Item(cond=0, stream=(z, j, s), slice_index=j - 1, depth=j / factor) for j in range(1, factor) for s in range(k)]
     offset, total = progress or (0, None)
     gen = sample_canvas(
         m, cond_t, items, opts, origin=(ry.start, rx.start), progress_offset=offset, progress_total=total

@@ -64,6 +64,10 @@ class UNetConfig(_Strict):
     # of the two measured slices (isotropic), so an untrained network already returns the
     # classical answer and capacity goes into what the classical answer misses.
     residual: bool = False
+    # Isotropic predictors: the network makes one slice of a gap at a time and is told how far
+    # into the gap it lies (depth j/f, as the level its embedding sees), so one model serves
+    # every factor; without it, one output channel per new slice fixes the factor.
+    gap_depth: bool = False
     norm_groups: int | None = None
 
     @field_validator("channel_mults")
@@ -201,6 +205,10 @@ class ModelCard(_Strict):
         iso = self.task.startswith("isotropic")
         if iso and self.kind == "diffusion" and not self.network.slice_embedding:
             raise ValueError("an isotropic diffusion model needs network.slice_embedding: true")
+        if self.network.gap_depth and not (
+            iso and self.kind == "regression" and self.network.in_channel == 2 and self.network.out_channel == 1
+        ):
+            raise ValueError("network.gap_depth belongs to an isotropic predictor with 2 input channels and 1 output")
         if self.task == "super-resolve" and self.scale < 2:
             raise ValueError("a super-resolve model needs scale >= 2")
         if self.refiner is not None:

@@ -53,14 +53,14 @@ def define_network(cfg: UNetConfig | Mapping, kind: str = "diffusion") -> nn.Mod
         except ValidationError as exc:
             raise EMDiffuseError(validation_message(exc, "network config")) from None
     kw = cfg.model_dump()
-    residual = kw.pop("residual")
+    residual, gap_depth = kw.pop("residual"), kw.pop("gap_depth")
     if kind == "diffusion":
-        if residual:
-            raise EMDiffuseError("network.residual applies to regression (predictor) models only")
+        if residual or gap_depth:
+            raise EMDiffuseError("network.residual and network.gap_depth apply to regression (predictor) models only")
         return UNet(**kw)
     if kind == "regression":
         in_ch, out_ch = kw.pop("in_channel"), kw.pop("out_channel")
-        return RegressionUNet(in_ch, out_ch, residual=residual, **kw)
+        return RegressionUNet(in_ch, out_ch, residual=residual, gap_depth=gap_depth, **kw)
     raise EMDiffuseError(f"unknown network kind {kind!r}; choose diffusion or regression")
 
 

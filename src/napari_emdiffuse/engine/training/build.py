@@ -37,17 +37,23 @@ def build_model(cfg: TrainConfig) -> tuple[ModelCard, torch.nn.Module, str | Non
         card.task = cfg.task
         card.arch = None
         net = copy.deepcopy(base.module).cpu()
-        if iso:
+        to_depth = bool(cfg.network.get("gap_depth")) and not card.network.gap_depth
+        if to_depth and not (iso and card.kind == "regression" and card.cond_channels == 2):
+            raise EMDiffuseError(f"gap_depth converts an isotropic predictor; '{card.name}' is not one")
+        if iso and (to_depth or card.network.gap_depth):
+            if to_depth:
+                # Keep the body, start a one-slice head (zero: the linear interpolation) told
+                # the depth of the slice to make.
+                card.network = card.network.model_copy(update={"out_channel": 1, "gap_depth": True})
+                net = _with_body_of(card, net)
+            card.z_factor = None  # every factor
+        elif iso:
             factor = cfg.factor or card.z_factor or 2
             if card.kind == "regression" and card.network.out_channel != factor - 1:
                 # A predictor makes one output channel per new slice: keep its body and
                 # start new output heads for the new factor.
                 card.network = card.network.model_copy(update={"out_channel": factor - 1})
-                fresh = build_module(card)
-                own = fresh.state_dict()
-                own.update({k: v for k, v in net.state_dict().items() if own[k].shape == v.shape})
-                fresh.load_state_dict(own)
-                net = fresh
+                net = _with_body_of(card, net)
             card.z_factor = factor
         if cfg.normalisation is not None:
             card.normalisation = cfg.normalisation
@@ -65,6 +71,15 @@ def build_model(cfg: TrainConfig) -> tuple[ModelCard, torch.nn.Module, str | Non
             for p in part.parameters():
                 p.requires_grad_(False)
     return card, net, base_name
+
+
+def _with_body_of(card: ModelCard, net: torch.nn.Module) -> torch.nn.Module:
+    """A new module for ``card`` holding every weight of ``net`` whose shape still fits."""
+    fresh = build_module(card)
+    own = fresh.state_dict()
+    own.update({k: v for k, v in net.state_dict().items() if k in own and own[k].shape == v.shape})
+    fresh.load_state_dict(own)
+    return fresh
 
 
 def _apply_inference_defaults(cfg: TrainConfig, card: ModelCard) -> None:
@@ -87,9 +102,10 @@ def _scratch_card(cfg: TrainConfig) -> ModelCard:
     iso = cfg.task.startswith("isotropic")
     factor = cfg.factor or 2
     cond = 2 if iso else 1
+    depth = bool(cfg.network.get("gap_depth"))
     want = {
         "in_channel": cond + (1 if kind == "diffusion" else 0),
-        "out_channel": factor - 1 if (iso and kind == "regression") else 1,
+        "out_channel": factor - 1 if (iso and kind == "regression" and not depth) else 1,
         "slice_embedding": iso and kind == "diffusion",
     }
     for key, value in want.items():
@@ -105,7 +121,7 @@ def _scratch_card(cfg: TrainConfig) -> ModelCard:
             network=network,
             normalisation=cfg.normalisation or Normalisation(),
             scale=(cfg.scale or 2) if cfg.task == "super-resolve" else 1,
-            z_factor=factor if iso else None,
+            z_factor=factor if iso and not depth else None,
             pixel_size_nm=cfg.pixel_size_nm,
         )
     except ValidationError as exc:
@@ -119,9 +135,11 @@ def build_data(cfg: TrainConfig, card: ModelCard, mult: int) -> TrainingData:
     if cfg.task.startswith("isotropic"):
         sources = list(cfg.volume) + list(cfg.inputs)
         vols = [check_image(s.load(), s.label, ndim=(3,)) for s in sources]
+        depth = card.network.gap_depth
         return IsotropicData(
-            vols, factor=card.z_factor or 2, mode=cfg.task[-1], rule=rule, kind=card.kind,
-            names=[s.label for s in sources], **common,
+            vols, factor=card.z_factor or cfg.factor or 2, mode=cfg.task[-1], rule=rule, kind=card.kind,
+            names=[s.label for s in sources], gap_depth=depth, max_factor=cfg.max_factor if depth else None,
+            **common,
         )
     if cfg.objective == "self-supervised":
         return _self_supervised_data(cfg, card, common)

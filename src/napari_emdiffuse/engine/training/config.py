@@ -199,6 +199,8 @@ class TrainConfig(BaseModel):
     normalisation: Normalisation | None = None
     scale: int | None = Field(None, ge=2, le=8)
     factor: int | None = Field(None, ge=2, le=64)
+    # gap-depth isotropic predictors (network.gap_depth): crops draw their factor from factor..max_factor
+    max_factor: int | None = Field(None, ge=2, le=64)
     pixel_size_nm: float | None = Field(None, gt=0)
     # inference defaults written into the model card (None: the base's or the card default)
     tile: int | None = Field(None, ge=8)
@@ -337,8 +339,14 @@ class TrainConfig(BaseModel):
             raise ValueError(f"volume is for the isotropic tasks; for {self.task} give inputs (and targets)")
         if self.refiner is not None and (iso or self.objective != "supervised" or self.kind == "diffusion"):
             raise ValueError("a refiner is trained, supervised, for a 2D predictor (kind regression)")
-        if self.base is not None and self.network:
-            raise ValueError("network changes apply to training from scratch; remove them or the base model")
+        if self.base is not None and self.network and self.network != {"gap_depth": True}:
+            raise ValueError("network changes apply to training from scratch (from a base, only gap_depth: true); "
+                             "remove them or the base model")
+        if self.max_factor is not None:
+            if not iso:
+                raise ValueError("max_factor is for the isotropic tasks")
+            if self.max_factor < (self.factor or 2):
+                raise ValueError(f"max_factor ({self.max_factor}) must be at least factor ({self.factor or 2})")
         if self.freeze_encoder and self.base is None:
             raise ValueError("freeze_encoder keeps a base model's encoder; name a base model")
         dev = self.device.strip().lower()

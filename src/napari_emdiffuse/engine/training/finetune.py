@@ -8,7 +8,7 @@ from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import EMDiffuseError
+from ..errors import EMDiffuseError, InputError
 from ..events import Progress, drain
 from ..models.cards import TASKS
 from ..models.registry import DEFAULT_MODELS
@@ -116,7 +116,9 @@ def finetune_iter(
         the base.
         Training stops after ``patience`` (default 2) validations without a gain.
     factor : int, optional
-        Isotropic tasks: slices per gap (default the base model's).
+        Isotropic tasks: slices per gap. Default: from the voxel size of an ``input`` file
+        that records one, else the base model's (a model that serves every factor has none:
+        then it must be given).
     objective : {"supervised", "self-supervised"}, optional
         Default: self-supervised for denoising without a target, else supervised.
         ``"supervised"`` without a target takes ``input`` as clean and simulates noise.
@@ -141,6 +143,8 @@ def finetune_iter(
     if objective is None:
         objective = "self-supervised" if task == "denoise" and target is None else "supervised"
     base = str(base) if base is not None else DEFAULT_MODELS[task]
+    if iso and factor is None:
+        factor = _default_factor(input, base, task)
     settings: dict[str, Any] = dict(
         task=task,
         base=base,
@@ -234,3 +238,26 @@ def verdict(metrics: Mapping[str, Any]) -> str | None:
         # with its noise x1.41 / x2 it rose 1.2 / 0.8 dB while the true PSNR fell 0.78 / 0.56 dB.
         line += "; self-supervised: this score ranks the run's checkpoints, not the base: compare with the base by eye"
     return line
+
+
+def _default_factor(volume: Any, base: str, task: str) -> int | None:
+    """The isotropic factor a fine-tune uses when none is given: the file's voxel size, else
+    the base model's (None: the config's default)."""
+    from ..inference.volume import factor_from_spacing
+    from ..io.images import read_image
+    from ..models.registry import load_model
+
+    if isinstance(volume, (str, Path)):
+        spacing = read_image(volume).spacing  # lazy: only the header is read here
+        if spacing is not None and len(spacing) == 3:
+            try:
+                return factor_from_spacing(spacing)
+            except InputError:
+                pass  # (nearly) isotropic or no whole ratio: the header says nothing usable
+    card = load_model(base, task=task, device="cpu").card
+    if card.kind == "regression" and card.network.gap_depth:
+        raise InputError(
+            f"model '{card.name}' serves every factor and the volume does not say its voxel size; "
+            "give the factor (factor= or --factor)"
+        )
+    return None

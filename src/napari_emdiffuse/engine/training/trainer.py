@@ -53,6 +53,14 @@ from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
 __all__ = ["Trainer", "calibrate_uncertainty"]
 
 
+def one_pass(net: torch.nn.Module, cond: torch.Tensor, slice_index: torch.Tensor | None):
+    """A predictor's output for ``cond``; a gap-depth predictor also gets the depths
+    (``slice_index``, float) of the slices to make."""
+    if getattr(getattr(net, "module", net), "gap_depth", False):  # through a DDP wrapper too
+        return net(cond, slice_index)
+    return net(cond)
+
+
 @torch.no_grad()
 def calibrate_uncertainty(module: torch.nn.Module, batch: Batch, coverage: float = 0.95) -> float:
     """Factor on a predictor's aleatoric std so that +-1.96 std covers ``coverage`` of its
@@ -71,7 +79,8 @@ def calibrate_uncertainty(module: torch.nn.Module, batch: Batch, coverage: float
     device = next(module.parameters(), torch.zeros(())).device
     was = module.training
     module.eval()
-    mean, logvar = module(batch.cond.to(device))
+    si = None if batch.slice_index is None else batch.slice_index.to(device)
+    mean, logvar = one_pass(module, batch.cond.to(device), si)
     module.train(was)
     z = ((mean.float() - batch.target.to(device).float()).abs() / torch.exp(0.5 * logvar.float())).flatten()
     return float(torch.quantile(z.cpu(), coverage) / 1.96)
@@ -214,7 +223,7 @@ class Trainer:
             noise = torch.randn(batch.target.shape, generator=self.gen).to(self.device)
             loss = self.model(batch.target, batch.cond, batch.slice_index, noise=noise, gammas=gammas)
         else:
-            out = self.model(batch.cond)
+            out = one_pass(self.model, batch.cond, batch.slice_index)
             loss = mean_var_loss(batch.target, *out) if isinstance(out, tuple) else mse_loss(batch.target, out)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -293,7 +302,7 @@ class Trainer:
                 out = self.net(vb.cond)
                 pred = out[0] if isinstance(out, tuple) else out
             else:
-                out = self.net(vb.cond)
+                out = one_pass(self.net, vb.cond, vb.slice_index)
                 val_loss = mean_var_loss(vb.target, *out) if isinstance(out, tuple) else mse_loss(vb.target, out)
                 pred = out[0] if isinstance(out, tuple) else out
             self.net.train()

@@ -15,12 +15,13 @@ from .unet import UNet
 __all__ = ["RegressionUNet", "RegressionUNetStd", "residual_base"]
 
 
-def residual_base(x: torch.Tensor, out_channel: int) -> torch.Tensor:
+def residual_base(x: torch.Tensor, out_channel: int, depth: torch.Tensor | None = None) -> torch.Tensor:
     """The classical answer a residual predictor corrects, (B, out_channel, H, W).
 
     One condition channel: the condition itself (a noisy image, or a low-resolution image
     already upsampled). Two (the measured slices below and above a gap): output channel
-    ``j`` is the linear interpolation at depth ``(j + 1) / (out_channel + 1)``.
+    ``j`` is the linear interpolation at depth ``(j + 1) / (out_channel + 1)``, or, with
+    ``depth`` (B,) given, the one channel at that depth.
 
     Examples
     --------
@@ -30,6 +31,9 @@ def residual_base(x: torch.Tensor, out_channel: int) -> torch.Tensor:
     """
     if x.shape[1] == 1:
         return x.expand(-1, out_channel, -1, -1)
+    if x.shape[1] == 2 and depth is not None:
+        w = depth.to(x.device, x.dtype).reshape(-1, 1, 1, 1)
+        return (1 - w) * x[:, :1] + w * x[:, 1:2]
     if x.shape[1] == 2:
         w = torch.arange(1, out_channel + 1, dtype=x.dtype, device=x.device) / (out_channel + 1)
         w = w.view(1, -1, 1, 1)
@@ -42,29 +46,44 @@ class RegressionUNet(nn.Module):
 
     Parameters are those of :class:`UNet` except that ``in_channel`` counts only the
     condition channels. With ``aleatoric=True`` it also returns a per-pixel log-variance.
-    With ``residual=True`` the network's output is added to :func:`residual_base`.
+    With ``residual=True`` the network's output is added to :func:`residual_base`. With
+    ``gap_depth=True`` (isotropic, 2 slices in, 1 out) ``forward(x, depth)`` makes the slice at
+    ``depth`` (B,) in (0, 1) of the gap: the depth takes the place of the noise level in the
+    UNet's embedding, so one network serves every factor.
     """
 
-    def __init__(self, in_channel: int = 1, out_channel: int = 1, *, residual: bool = False, **unet_kwargs) -> None:
+    def __init__(
+        self, in_channel: int = 1, out_channel: int = 1, *, residual: bool = False, gap_depth: bool = False,
+        **unet_kwargs,
+    ) -> None:
         super().__init__()
         unet_kwargs.pop("slice_embedding", None)
         self.net = UNet(in_channel, out_channel, **unet_kwargs)
         self.in_channel, self.out_channel = in_channel, out_channel
         self.aleatoric = self.net.aleatoric
         self.residual = residual
+        self.gap_depth = gap_depth
         if residual and in_channel not in (1, 2):
             raise ValueError(f"a residual predictor takes 1 or 2 condition channels, not {in_channel}")
+        if gap_depth and (in_channel, out_channel) != (2, 1):
+            raise ValueError("a gap-depth predictor takes 2 slices and makes 1")
 
     @property
     def size_multiple(self) -> int:
         return self.net.size_multiple
 
-    def forward(self, x: torch.Tensor):
-        level = torch.ones(x.shape[0], device=x.device)
+    def forward(self, x: torch.Tensor, depth: torch.Tensor | None = None):
+        if self.gap_depth:
+            if depth is None:
+                raise ValueError("a gap-depth predictor needs the depth of the slice to make")
+            level = depth.reshape(-1).to(x.device, torch.float32).expand(x.shape[0])
+        else:
+            level = torch.ones(x.shape[0], device=x.device)
+            depth = None
         out = self.net(x, level)
         if not self.residual:
             return out
-        base = residual_base(x.float(), self.out_channel)
+        base = residual_base(x.float(), self.out_channel, depth)
         if isinstance(out, tuple):
             return out[0] + base, out[1]
         return out + base
@@ -84,6 +103,6 @@ class RegressionUNetStd(RegressionUNet):
             raise ValueError("RegressionUNetStd needs aleatoric=True")
         self.std_scale = float(std_scale)
 
-    def forward(self, x: torch.Tensor):
-        mean, log_var = super().forward(x)
+    def forward(self, x: torch.Tensor, depth: torch.Tensor | None = None):
+        mean, log_var = super().forward(x, depth)
         return mean, self.std_scale * torch.exp(0.5 * log_var)

@@ -63,7 +63,7 @@ class Batch:
 
 
 #: One crop: condition (C, H, W), target (T, H, W), slice index or -1.
-Item = tuple[np.ndarray, np.ndarray, int]
+Item = tuple[np.ndarray, np.ndarray, int | float]
 
 
 def check_image(image: Any, name: str, *, ndim: Sequence[int] = (2, 3)) -> np.ndarray:
@@ -227,11 +227,13 @@ class TrainingData(ABC):
 
 
 def collate(items: list[Item]) -> Batch:
-    """Stack crops into a :class:`Batch` (float32; a slice index only when every crop has one)."""
+    """Stack crops into a :class:`Batch` (float32; a slice index only when every crop has one:
+    an int, or for gap-depth predictors the float depth of the slice in its gap)."""
     cond = torch.from_numpy(np.stack([np.ascontiguousarray(c) for c, _, _ in items]).astype(np.float32))
     target = torch.from_numpy(np.stack([np.ascontiguousarray(t) for _, t, _ in items]).astype(np.float32))
     si = [s for _, _, s in items]
-    slice_index = torch.tensor(si, dtype=torch.long) if min(si) >= 0 else None
+    kind = torch.long if all(isinstance(v, (int, np.integer)) for v in si) else torch.float32
+    slice_index = torch.tensor(si, dtype=kind) if min(si) >= 0 else None
     return Batch(cond, target, slice_index)
 
 

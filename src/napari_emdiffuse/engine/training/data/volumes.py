@@ -23,7 +23,9 @@ class IsotropicData(TrainingData):
     For a factor ``f``, the condition is two planes ``f`` apart stacked as two channels
     (the lower index first) and the target is the plane at offset ``j`` (1 <= j < f) between
     them, with ``slice_index = j - 1``; for ``kind="regression"`` the target is all ``f - 1``
-    planes between them and there is no slice index.
+    planes between them and there is no slice index. ``gap_depth=True`` (a predictor that
+    serves every factor): each crop draws its factor from ``factor`` to ``max_factor``, the
+    target is the one plane at offset ``j`` and the slice index is its depth ``j / f`` (float).
 
     ``mode="i"`` (vEMDiffuse-i): planes perpendicular to z of an isotropic volume; crops are
     ``patch`` x ``patch``; the validation band is the bottom rows (largest y) of every plane.
@@ -58,11 +60,18 @@ class IsotropicData(TrainingData):
         multiple: int = 1,
         kind: str = "diffusion",
         names: Sequence[str] | None = None,
+        gap_depth: bool = False,
+        max_factor: int | None = None,
     ) -> None:
         if mode not in ("i", "a"):
             raise InputError(f"isotropic mode must be 'i' or 'a', got {mode!r}")
         if factor < 2:
             raise InputError(f"factor must be at least 2, got {factor}")
+        if max_factor is not None and (not gap_depth or max_factor < factor):
+            raise InputError(f"max_factor ({max_factor}) needs a gap-depth predictor and at least factor ({factor})")
+        self.min_factor, self.gap_depth = int(factor), bool(gap_depth)
+        # The largest gap sets every size check and position range.
+        factor = int(max_factor or factor)
         self.factor, self.mode, self.kind, self.multiple = int(factor), mode, kind, multiple
         self.names = list(names or [f"volume {i}" for i in range(len(volumes))])
         self.volumes, self.bands = [], []
@@ -114,9 +123,11 @@ class IsotropicData(TrainingData):
     def train_area(self) -> int:
         return int(self._areas.sum())
 
-    def _item(self, i: int, a: int, off0: int, off1: int, j: int, shape: tuple[int, int] | None = None) -> Item:
+    def _item(
+        self, i: int, a: int, off0: int, off1: int, j: int, shape: tuple[int, int] | None = None, f: int | None = None
+    ) -> Item:
         """Planes ``a`` and ``a + f`` (and between) of volume ``i``, crop at (off0, off1)."""
-        vol, info, f = self.volumes[i], self.norms[i], self.factor
+        vol, info, f = self.volumes[i], self.norms[i], f or self.factor
         ph, pw = shape or self.patch
         if self.mode == "i":
             planes = vol[a : a + f + 1, off0 : off0 + ph, off1 : off1 + pw]
@@ -126,6 +137,8 @@ class IsotropicData(TrainingData):
                 planes = np.pad(planes, ((0, 0), (0, ph - planes.shape[1]), (0, 0)), mode="symmetric")
         planes = to_model(planes, info)
         cond = planes[[0, f]]
+        if self.gap_depth:
+            return cond, planes[j : j + 1], j / f
         if self.kind == "regression":
             return cond, planes[1:f], -1
         return cond, planes[j : j + 1], j - 1
@@ -134,6 +147,8 @@ class IsotropicData(TrainingData):
         i = int(rng.choice(len(self.volumes), p=self._areas / self._areas.sum())) if len(self.volumes) > 1 else 0
         z, y, x = self.volumes[i].shape
         f, (ph, pw), band = self.factor, self.patch, self.bands[i]
+        if self.gap_depth:
+            f = int(rng.integers(self.min_factor, self.factor + 1))
         if self.mode == "i":
             a = int(rng.integers(z - f))
             off0 = int(rng.integers(y - band - ph + 1))
@@ -142,11 +157,13 @@ class IsotropicData(TrainingData):
             off0 = int(rng.integers(max(1, z - ph + 1)))
         off1 = int(rng.integers(x - pw + 1))
         j = int(rng.integers(1, f))
-        cond, target, si = self._item(i, a, off0, off1, j)
+        cond, target, si = self._item(i, a, off0, off1, j, f=f)
         cond, target = augment([cond, target], rng, rotate=self.mode == "i")
         if rng.integers(2):  # reverse the plane order: the volume seen upside down
             cond = cond[::-1]
-            if self.kind == "regression":
+            if self.gap_depth:
+                si = (f - j) / f
+            elif self.kind == "regression":
                 target = target[::-1]
             else:
                 si = f - j - 1
@@ -170,19 +187,25 @@ class IsotropicData(TrainingData):
                     continue
                 zs = np.linspace(0, z - f - 1, max(1, len(xs))).round().astype(int)
                 for n, (x0, a) in enumerate(zip(xs, zs)):
-                    items.append(self._item(i, int(a), y - band, int(x0), 1 + n % (f - 1), (vh, pw)))
+                    g = self._val_factor(n)
+                    items.append(self._item(i, int(a), y - band, int(x0), 1 + n % (g - 1), (vh, pw), f=g))
             else:
                 ys = np.linspace(y - band, y - f - 1, max(1, len(xs))).round().astype(int)
                 for n, (x0, a) in enumerate(zip(xs, ys)):
-                    items.append(self._item(i, int(a), 0, int(x0), 1 + n % (f - 1)))
+                    g = self._val_factor(n)
+                    items.append(self._item(i, int(a), 0, int(x0), 1 + n % (g - 1), f=g))
             per_volume.append(items)
         take = spread(limit, [len(v) for v in per_volume])
         return [it for v, k in zip(per_volume, take) for it in v[:k]]
+
+    def _val_factor(self, n: int) -> int:
+        """The gap of the n-th validation crop: every factor of the range in turn."""
+        return self.min_factor + n % (self.factor - self.min_factor + 1) if self.gap_depth else self.factor
 
     def describe(self) -> dict[str, Any]:
         return {
             "kind": f"isotropic-{self.mode}",
             "volumes": self.names,
             "shapes": [list(v.shape) for v in self.volumes],
-            "factor": self.factor,
+            "factor": [self.min_factor, self.factor] if self.min_factor != self.factor else self.factor,
         }
