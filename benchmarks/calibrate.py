@@ -8,7 +8,10 @@ bundled model is trained on: each plane's rows stand in for z, every 3rd is kept
 others are reconstructed. The card takes the median over the planes; the C. elegans held-out
 rows of ``quality.py --tasks iso`` are printed as the check.
 
-    python benchmarks/calibrate.py [--model demo-isotropic] [--planes 0,10,20,29]
+A model that serves every factor (``network.gap_depth``) is measured at each of ``--factors``
+(default 3, 6, 12) and the median is over planes and factors.
+
+    python benchmarks/calibrate.py [--model demo-isotropic] [--planes 0,10,20,29] [--factors 3,6,12]
 """
 
 from __future__ import annotations
@@ -38,19 +41,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo-isotropic")
     ap.add_argument("--planes", default="0,10,20,29", help="ISBI 2012 slices whose (y, x) plane is used")
+    ap.add_argument("--factors", default="3,6,12", help="factors measured for a model that serves every factor")
     args = ap.parse_args()
     model = load_model(args.model, task="isotropic-i", device="cpu")
-    f = model.card.z_factor or 3
+    factors = [model.card.z_factor] if model.card.z_factor else [int(v) for v in args.factors.split(",")]
     isbi = tifffile.imread(need_shared() / "em3d" / "isbi2012_train_volume_30x512x512.tif")
-    rows, scales = [], []
-    for z in (int(v) for v in args.planes.split(",")):
-        cov, scale = needed_scale(isbi[[z]].transpose(1, 0, 2)[:193, :, :256].copy(), model, f)
-        scales.append(scale)
-        rows.append({"data": f"ISBI 2012 plane z={z}, rows as z", "cov2 %": f"{cov:.1f}", "scale for 95 %": f"{scale:.3f}"})
     celegans = tifffile.imread(need_shared() / "em3d" / "celegans_neariso_21x256x128.tif")[:, 192:256]
-    cov, scale = needed_scale(celegans, model, f)
-    rows.append({"data": "C. elegans rows 192:256 (check)", "cov2 %": f"{cov:.1f}", "scale for 95 %": f"{scale:.3f}"})
-    print(f"{args.model}: uncertainty_scale {model.card.uncertainty_scale:g}, x{f}; "
+    rows, scales = [], []
+    for f in factors:
+        for z in (int(v) for v in args.planes.split(",")):
+            cov, scale = needed_scale(isbi[[z]].transpose(1, 0, 2)[:193, :, :256].copy(), model, f)
+            scales.append(scale)
+            rows.append({"data": f"ISBI 2012 plane z={z}, rows as z, x{f}", "cov2 %": f"{cov:.1f}",
+                         "scale for 95 %": f"{scale:.3f}"})
+        if f <= 10:  # the C. elegans rows have 21 slices
+            cov, scale = needed_scale(celegans, model, f)
+            rows.append({"data": f"C. elegans rows 192:256, x{f} (check)", "cov2 %": f"{cov:.1f}",
+                         "scale for 95 %": f"{scale:.3f}"})
+    print(f"{args.model}: uncertainty_scale {model.card.uncertainty_scale:g}, x{', x'.join(map(str, factors))}; "
           f"median over the ISBI planes: {np.median(scales):.3f}\n")
     print(table(rows, ["data", "cov2 %", "scale for 95 %"]))
 

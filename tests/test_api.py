@@ -88,6 +88,8 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.events",
         "napari_emdiffuse.engine.io.batch",
         "napari_emdiffuse.engine.io.slices",
+        "napari_emdiffuse.engine.models.registry",
+        "napari_emdiffuse.engine.io.spacing",
     ],
 )
 def test_docstring_examples_run(module):
@@ -95,3 +97,16 @@ def test_docstring_examples_run(module):
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_the_default_isotropic_model_follows_the_factor():
+    """Factor 3: the bundled factor-3 model; any other factor: the one that serves every factor
+    (the factor-3 model alone refuses them)."""
+    vol = np.random.default_rng(0).integers(0, 255, (3, 40, 40)).astype(np.uint8)
+    three = emd.reconstruct_isotropic(vol, factor=3)
+    five = emd.reconstruct_isotropic(vol, factor=5)
+    assert three.info["model"] == "demo-isotropic" and three.volume.shape == (7, 40, 40)
+    assert five.info["model"] == "demo-isotropic-any" and five.volume.shape == (11, 40, 40)
+    np.testing.assert_array_equal(five.volume[::5], vol)
+    with pytest.raises(InputError, match="give factor 3"):
+        emd.reconstruct_isotropic(vol, factor=5, model="demo-isotropic")

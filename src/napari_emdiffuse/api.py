@@ -427,7 +427,8 @@ def reconstruct_isotropic(
     factor : int, optional
         How many times finer z becomes (>= 2); default from ``spacing``.
     model : str, path or EMDiffuseModel, optional
-        Default: the bundled ``demo-isotropic``.
+        Default: the bundled ``demo-isotropic`` at factor 3, else ``demo-isotropic-any``
+        (one model for every factor).
     options : IsotropicOptions, optional
     **overrides
         Any :class:`IsotropicOptions` field.

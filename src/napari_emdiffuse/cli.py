@@ -411,7 +411,7 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
-    from .engine.inference.volume import factor_from_spacing
+    from .engine.io.spacing import factor_from_spacing
     from .engine.io.images import read_image
 
     failed = 0

@@ -115,7 +115,7 @@ def prefill_factor(scale: tuple[float, ...]) -> int | None:
     if not (math.isfinite(z) and math.isfinite(y)) or y <= 0 or z <= 0:
         return None
     try:
-        from ..engine.inference.volume import factor_from_spacing
+        from ..engine.io.spacing import factor_from_spacing
 
         factor = int(factor_from_spacing(tuple(float(v) for v in scale[-3:])))
     except EMDiffuseError:
@@ -178,7 +178,8 @@ class IsotropicWidget(DockWidget):
         self.factor = spin_box(2, MAX_FACTOR, 4, None, "Times finer z becomes: z spacing / xy spacing")
         self.factor_hint = QLabel("")
         self.factor_hint.setWordWrap(True)
-        self.model = ModelPicker("isotropic-i")
+        # "(default for the task)": the bundled model for the factor (see default_model)
+        self.model = ModelPicker("isotropic-i", allow_default=True)
         self.preset = QComboBox()
         self.preset.addItems(PRESETS)
         self.steps = spin_box(0, 1000, 0, "preset", "Sampler steps")

@@ -17,7 +17,8 @@ from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.io.images import read_image
 from napari_emdiffuse.engine.io.zarr import is_complete
 from napari_emdiffuse.api import reconstruct_isotropic, reconstruct_isotropic_iter
-from napari_emdiffuse.engine.inference.volume import IsotropicResult, factor_from_spacing
+from napari_emdiffuse.engine.inference.volume import IsotropicResult
+from napari_emdiffuse.engine.io.spacing import factor_from_spacing
 from tests.conftest import SHARED
 
 DATA = SHARED

@@ -43,10 +43,11 @@ from ..errors import EMDiffuseError, InputError
 from ..events import Progress
 from ..io.common import ZARR_SUFFIX, check_output_path
 from ..io.images import read_image
+from ..io.spacing import check_spacing, factor_from_spacing
 from ..io.zarr import open_zarr_readonly
 from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
-from ..models.registry import load_model
+from ..models.registry import default_model, load_model
 from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks, zarr_outputs
 from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas, sampling_request
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
@@ -59,13 +60,10 @@ from .tiling import TilePlan, pad_to
 __all__ = [
     "IsotropicResult",
     "reconstruct_isotropic_iter",
-    "factor_from_spacing",
     "reconstruct_block",
 ]
 
 MODES = {"i": "isotropic-i", "a": "isotropic-a"}
-#: A z/xy spacing ratio within this relative distance of a whole number is taken as that factor.
-FACTOR_TOLERANCE = 0.05
 #: At most this many values (from at most NORM_SAMPLE_SLICES slices) fit the normalisation,
 #: so its memory does not grow with the volume.
 NORM_SAMPLE_VALUES = 1_000_000
@@ -106,66 +104,6 @@ class IsotropicResult:
 
 # ----------------------------------------------------------------------------------------------
 # checks
-
-
-def factor_from_spacing(spacing: Sequence[float]) -> int:
-    """The z factor that makes a volume with voxel size ``spacing`` (z, y, x) isotropic.
-
-    The z spacing divided by the mean lateral spacing, rounded to the nearest whole number
-    (halves round down); ratios more than 5% from a whole number are refused.
-
-    Parameters
-    ----------
-    spacing : sequence of 3 floats
-        Voxel size along z, y and x, in any one unit.
-
-    Returns
-    -------
-    int
-        The factor, at least 2.
-
-    Raises
-    ------
-    InputError
-        The spacing is not three positive numbers, the volume is already (nearly) isotropic,
-        or the ratio is not close to a whole number.
-
-    Examples
-    --------
-    >>> factor_from_spacing((50, 4, 4))
-    12
-    >>> factor_from_spacing((40.0, 8.0, 8.0))
-    5
-    """
-    values = _check_spacing(spacing)
-    assert values is not None
-    ratio = values[0] / (0.5 * (values[1] + values[2]))
-    if ratio < 1.5:
-        raise InputError(
-            f"the z spacing is {ratio:.3g} times the lateral spacing: the volume is already close to "
-            f"isotropic; give the factor (factor= or --factor) to reconstruct anyway"
-        )
-    n = math.ceil(ratio - 0.5)
-    if abs(ratio - n) > FACTOR_TOLERANCE * n:
-        raise InputError(
-            f"the z spacing is {ratio:.3g} times the lateral spacing, not a whole number; "
-            f"give the factor yourself (factor= or --factor; e.g. {n} or {n + 1})"
-        )
-    return int(n)
-
-
-def _check_spacing(spacing: Any) -> tuple[float, float, float] | None:
-    if spacing is None:
-        return None
-    try:
-        values = tuple(float(v) for v in spacing)
-    except (TypeError, ValueError):
-        raise InputError(f"spacing must be three numbers (z, y, x), got {spacing!r}") from None
-    if len(values) != 3:
-        raise InputError(f"spacing must be three numbers (z, y, x), got {len(values)}")
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"spacing values must be positive numbers, got {values}")
-    return values  # type: ignore[return-value]
 
 
 def _check_factor(factor: Any) -> int:
@@ -456,7 +394,7 @@ def reconstruct_isotropic_iter(
         if spacing is None and data.spacing is not None and len(data.spacing) == 3:
             spacing = data.spacing
     vol = _check_volume(volume)
-    spacing = _check_spacing(spacing)
+    spacing = check_spacing(spacing)
     out_path = _check_out(out)
     if out_path is not None and out_path.exists() and not overwrite:
         raise InputError(f"cannot write '{out_path}': it already exists")
@@ -472,6 +410,8 @@ def reconstruct_isotropic_iter(
         raise InputError("say how much finer z should become: give the factor (factor= or --factor) or the voxel spacing (z, y, x)")
     out_dtype = output_dtype(dtype, vol)
     request = sampling_request(**sampling)
+    if model is None or (isinstance(model, str) and not model.strip()):
+        model = default_model(task, f)  # the bundled model for this factor
     if distribute is not None:
         # Workers load the model and resolve the options for their own device; here the
         # model only answers questions, on the CPU.

@@ -35,6 +35,8 @@ from .model import EMDiffuseModel
 __all__ = [
     "ModelInfo",
     "DEFAULT_MODELS",
+    "ANY_FACTOR_MODEL",
+    "default_model",
     "CHECKPOINT_SUFFIXES",
     "load_model",
     "list_models",
@@ -49,6 +51,28 @@ DEFAULT_MODELS = {
     "isotropic-i": "demo-isotropic",
     "isotropic-a": "demo-isotropic",
 }
+#: The bundled isotropic model for factors other than the default model's own: it is told how
+#: far into the gap each slice lies (network.gap_depth), so it serves every factor. The
+#: factor-3 specialist stays the default where it applies: 0.18 dB better at factor 3 on the
+#: held-out C. elegans rows (benchmarks/quality.py --tasks iso).
+ANY_FACTOR_MODEL = "demo-isotropic-any"
+
+
+def default_model(task: str, factor: int | None = None) -> str:
+    """The bundled model a task uses when none is named; for the isotropic tasks, the one for ``factor``.
+
+    Examples
+    --------
+    >>> default_model("isotropic-i", 3), default_model("isotropic-i", 10)
+    ('demo-isotropic', 'demo-isotropic-any')
+    """
+    name = DEFAULT_MODELS[task]
+    if task.startswith("isotropic") and factor is not None:
+        here = bundled_models_dir()
+        z = read_card(here / name).z_factor if (here / name / CARD_NAME).is_file() else None
+        if z is not None and z != factor and (here / ANY_FACTOR_MODEL / CARD_NAME).is_file():
+            return ANY_FACTOR_MODEL
+    return name
 #: Bare weight files that :func:`load_model` accepts with an architecture (``arch=``).
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 
@@ -196,7 +220,7 @@ def load_model(
     Examples
     --------
     >>> m = load_model(task="denoise")  # doctest: +SKIP
-    >>> m.card.name
+    >>> m.card.name  # doctest: +SKIP
     'demo-denoise'
     """
     dev = resolve_device(device)

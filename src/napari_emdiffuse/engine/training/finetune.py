@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress, drain
 from ..models.cards import TASKS
-from ..models.registry import DEFAULT_MODELS
+from ..models.registry import DEFAULT_MODELS, default_model
 from .config import TrainConfig, checkpoint_path
 from .refine import RefinerTrainer
 from .trainer import Trainer
@@ -142,9 +142,9 @@ def finetune_iter(
         raise EMDiffuseError("isotropic fine-tuning learns from the volume itself; give no target")
     if objective is None:
         objective = "self-supervised" if task == "denoise" and target is None else "supervised"
-    base = str(base) if base is not None else DEFAULT_MODELS[task]
     if iso and factor is None:
         factor = _default_factor(input, base, task)
+    base = str(base) if base is not None else default_model(task, factor)
     settings: dict[str, Any] = dict(
         task=task,
         base=base,
@@ -240,10 +240,10 @@ def verdict(metrics: Mapping[str, Any]) -> str | None:
     return line
 
 
-def _default_factor(volume: Any, base: str, task: str) -> int | None:
+def _default_factor(volume: Any, base: str | None, task: str) -> int | None:
     """The isotropic factor a fine-tune uses when none is given: the file's voxel size, else
     the base model's (None: the config's default)."""
-    from ..inference.volume import factor_from_spacing
+    from ..io.spacing import factor_from_spacing
     from ..io.images import read_image
     from ..models.registry import load_model
 
@@ -254,7 +254,7 @@ def _default_factor(volume: Any, base: str, task: str) -> int | None:
                 return factor_from_spacing(spacing)
             except InputError:
                 pass  # (nearly) isotropic or no whole ratio: the header says nothing usable
-    card = load_model(base, task=task, device="cpu").card
+    card = load_model(base or DEFAULT_MODELS[task], task=task, device="cpu").card
     if card.kind == "regression" and card.network.gap_depth:
         raise InputError(
             f"model '{card.name}' serves every factor and the volume does not say its voxel size; "
