@@ -169,10 +169,14 @@ def iso_table(model_name: str, device: str, peers: dict, factors: tuple[int, ...
 
     from napari_emdiffuse.api import reconstruct_isotropic
 
-    model = load_model(model_name, task="isotropic-i", device=device)
+    from napari_emdiffuse.engine.models.registry import default_model
+
     vol = tifffile.imread(need_shared() / "em3d" / "celegans_neariso_21x256x128.tif")[:, 192:256]
     rows: list[dict] = []
     for f in factors:
+        # "auto": the bundled model a user gets at this factor
+        model = load_model(default_model("isotropic-i", f) if model_name == "auto" else model_name,
+                           task="isotropic-i", device=device)
         last = (vol.shape[0] - 1) // f * f
         kept_z = np.arange(0, last + 1, f)
         dropped = np.array([z for z in range(last + 1) if z % f])
@@ -189,7 +193,7 @@ def iso_table(model_name: str, device: str, peers: dict, factors: tuple[int, ...
                 r = reconstruct_isotropic(kept, f, model, preset=preset, uncertainty=True, device=device)
             std = None if r.uncertainty is None else np.asarray(r.uncertainty)[dropped]
             rows.append(row(data, f"{model.card.name} {preset}", np.asarray(r.volume)[dropped], truth, t.seconds, std))
-    return (f"isotropic x{', x'.join(map(str, factors))}, model {model.card.name} (dropped slices of held-out rows "
+    return (f"isotropic x{', x'.join(map(str, factors))}, model {model_name} (dropped slices of held-out rows "
             "scored)\n" + table(rows, COLUMNS))
 
 
@@ -198,7 +202,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="denoise,sr,iso")
     ap.add_argument("--denoise-model", default="demo-denoise")
     ap.add_argument("--sr-model", default="demo-sr2")
-    ap.add_argument("--iso-model", default="demo-isotropic")
+    ap.add_argument("--iso-model", default="auto", help="auto: the bundled default for each factor")
     ap.add_argument("--iso-factors", default="3,5", help="isotropic factors scored (keep every f-th slice)")
     ap.add_argument("--doses", default="30,100,300", help="simulated doses (counts at white) on liver_0")
     ap.add_argument("--peers", default=None, help="JSON written by benchmarks/peers.py")
