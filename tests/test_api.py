@@ -108,5 +108,5 @@ def test_the_default_isotropic_model_follows_the_factor():
     assert three.info["model"] == "demo-isotropic" and three.volume.shape == (7, 40, 40)
     assert five.info["model"] == "demo-isotropic-any" and five.volume.shape == (11, 40, 40)
     np.testing.assert_array_equal(five.volume[::5], vol)
-    with pytest.raises(InputError, match="give factor 3"):
+    with pytest.raises(InputError, match="give factor 3, or use demo-isotropic-any"):
         emd.reconstruct_isotropic(vol, factor=5, model="demo-isotropic")

@@ -47,7 +47,7 @@ from ..io.spacing import check_spacing, factor_from_spacing
 from ..io.zarr import open_zarr_readonly
 from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
-from ..models.registry import default_model, load_model
+from ..models.registry import ANY_FACTOR_MODEL, default_model, load_model
 from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks, zarr_outputs
 from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas, sampling_request
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
@@ -145,7 +145,8 @@ def _check_model(m: EMDiffuseModel, factor: int) -> None:
     if card.kind == "regression" and not card.network.gap_depth and card.network.out_channel != factor - 1:
         raise InputError(
             f"model '{card.name}' makes {card.network.out_channel} slice(s) per gap (factor "
-            f"{card.network.out_channel + 1}), not {factor - 1}; give factor {card.network.out_channel + 1}"
+            f"{card.network.out_channel + 1}), not {factor - 1}; give factor {card.network.out_channel + 1}, "
+            f"or use {ANY_FACTOR_MODEL} (every factor) or a model fine-tuned for {factor}"
         )
     if factor > 2 and card.kind == "diffusion" and not card.network.slice_embedding:
         raise EMDiffuseError(
