@@ -120,6 +120,22 @@ def test_gap_depth_reaches_the_network():
                   network=UNetConfig(in_channel=1, out_channel=1, gap_depth=True, **NET))
 
 
+@pytest.mark.parametrize("gap_depth", [False, True])
+def test_balanced_isotropic_predictor_averages_the_mirrored_views(gap_depth):
+    """balanced = the mean of fast run on the volume mirrored left-right, up-down and both,
+    each flipped back (one 32-px tile: no padding, so the views are exact mirror images)."""
+    m = predictor("isotropic-i", out_channel=1 if gap_depth else 2, gap_depth=gap_depth, perturb=0.05)
+    vol = np.random.default_rng(6).uniform(0, 1000, (2, 32, 32)).astype(np.float32)
+    bal = reconstruct_isotropic(vol, 3, m, preset="balanced", device="cpu").volume
+    views = []
+    for axes in ((), (2,), (1,), (1, 2)):
+        v = np.flip(vol, axes) if axes else vol
+        out = reconstruct_isotropic(np.ascontiguousarray(v), 3, m, preset="fast", device="cpu").volume
+        views.append(np.flip(out, axes) if axes else out)
+    np.testing.assert_allclose(bal, np.mean(views, axis=0), rtol=1e-4, atol=0.02)
+    assert np.abs(views[0] - np.mean(views, axis=0)).max() > 0.1  # the control: the views differ
+
+
 def test_mean_var_loss_decouples_the_mean_from_the_variance():
     target = torch.zeros(1, 1, 4, 4)
     mean = torch.full_like(target, 0.5, requires_grad=True)

@@ -80,6 +80,21 @@ class SamplingOptions:
         return self.steps or 0
 
 
+#: Axes of the (N, C, H, W) canvas, or of one (H, W) sample, to flip for the mirror ensemble:
+#: identity, left-right, up-down, both. Negative, so the same tuple serves both.
+MIRRORS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def mirror_views(cond: torch.Tensor, views: int) -> torch.Tensor:
+    """The canvas ``cond`` (1, C, H, W) and its first ``views - 1`` mirror images, stacked."""
+    return torch.cat([torch.flip(cond, MIRRORS[v]) if MIRRORS[v] else cond for v in range(views)])
+
+
+def unmirror(planes: torch.Tensor, flips: Sequence[tuple[int, ...]]) -> torch.Tensor:
+    """Each (H, W) plane of ``planes`` flipped back by its view's axes (``MIRRORS`` entries)."""
+    return torch.stack([torch.flip(p, f) if f else p for p, f in zip(planes, flips)])
+
+
 @dataclass(frozen=True)
 class Item:
     """One state to sample: which condition image, which slice index (vEM), which noise stream."""

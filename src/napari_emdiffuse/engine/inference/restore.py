@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas, sampling_request
+from .canvas import (
+    MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
+    sampling_request, unmirror,
+)
 from ..models.cards import TASKS
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress
@@ -109,9 +112,6 @@ def _check_task(task: str) -> None:
         raise EMDiffuseError(f"unknown task {task!r}; choose denoise or super-resolve{hint}")
 
 
-# Axes of the (N, C, H, W) canvas, or of one (H, W) sample, to flip: identity, left-right,
-# up-down, both. Negative, so the same tuple serves both.
-_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 # Noise streams of the refiner's residual samples: apart from the views' and samples' own.
 REFINE_STREAM = 1 << 20
 
@@ -138,10 +138,10 @@ def restore_plane(
     mult = model.card.network.size_multiple
     ch, cw = canvas_size(h, mult), canvas_size(w, mult)
     cond = torch.from_numpy(pad_to(cond.cpu().numpy(), ch, cw)).to(device)
-    # Mirror ensemble: sample k sees the canvas flipped by _FLIPS[k % 4] and is flipped back.
+    # Mirror ensemble: sample k sees the canvas flipped by MIRRORS[k % 4] and is flipped back.
     views = min(4, opts.samples) if opts.flips else 1
-    cond = torch.cat([torch.flip(cond, _FLIPS[v]) if _FLIPS[v] else cond for v in range(views)])
-    items = [Item(cond=k % views, stream=(z, k), flip=_FLIPS[k % views]) for k in range(opts.samples)]
+    cond = mirror_views(cond, views)
+    items = [Item(cond=k % views, stream=(z, k), flip=MIRRORS[k % views]) for k in range(opts.samples)]
     progress = progress or {}
     samples, variance = yield from sample_canvas(
         model,
@@ -153,9 +153,10 @@ def restore_plane(
         progress_total=progress.get("total"),
     )
     if views > 1:
-        samples = torch.stack([torch.flip(sm, _FLIPS[k % views]) if _FLIPS[k % views] else sm for k, sm in enumerate(samples)])
+        flips = [MIRRORS[k % views] for k in range(opts.samples)]
+        samples = unmirror(samples, flips)
         if variance is not None:
-            variance = torch.stack([torch.flip(v, _FLIPS[k % views]) if _FLIPS[k % views] else v for k, v in enumerate(variance)])
+            variance = unmirror(variance, flips)
     samples = samples[:, :h, :w].numpy()
     variance = None if variance is None else variance[:, :h, :w].numpy()
     if opts.refine_samples:

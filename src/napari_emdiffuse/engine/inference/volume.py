@@ -49,7 +49,10 @@ from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
 from ..models.registry import ANY_FACTOR_MODEL, default_model, load_model
 from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks, zarr_outputs
-from .canvas import Item, SamplingOptions, canvas_size, combined_std, resolve_options, sample_canvas, sampling_request
+from .canvas import (
+    MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
+    sampling_request, unmirror,
+)
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
 from .fill import fill_mask, inpaint_nearest
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
@@ -192,11 +195,11 @@ def _block_batches(m: EMDiffuseModel, shape: tuple[int, int], n_items: int, opts
     mult = m.card.network.size_multiple
     h, w = canvas_size(shape[0], mult), canvas_size(shape[1], mult)
     plan = TilePlan(h, w, min(opts.tile, h), min(opts.tile, w), opts.overlap)
+    views = min(4, opts.samples) if opts.flips else 1  # a predictor's samples are its mirrored views
     if m.card.network.gap_depth:
-        # one pass per new slice; the samples of a slice are the same pass (no mirrored views here)
-        return math.ceil(n_items // opts.samples * len(plan) / opts.batch)
+        return math.ceil(n_items // opts.samples * views * len(plan) / opts.batch)  # a pass per slice and view
     if m.card.kind != "diffusion":
-        return math.ceil(len(plan) / opts.batch)  # a predictor makes all of a gap's slices at once
+        return math.ceil(views * len(plan) / opts.batch)  # a predictor makes all of a gap's slices at once
     return opts.n_steps * math.ceil(n_items * len(plan) / opts.batch)
 
 
@@ -237,7 +240,14 @@ def _sample_block(
     cond = pad_to(cond, canvas_size(h, mult), canvas_size(w, mult))
     cond_t = torch.from_numpy(np.ascontiguousarray(cond))[None].to(device)
     k = opts.samples
-    items = [Item(cond=0, stream=(z, j, s), slice_index=j - 1, depth=j / factor) for j in range(1, factor) for s in range(k)]
+    # Predictors (balanced): the mirror ensemble, as in restore; sample s sees MIRRORS[s].
+    views = min(4, k) if opts.flips and m.card.kind == "regression" else 1
+    cond_t = mirror_views(cond_t, views)
+    items = [
+        Item(cond=s % views, stream=(z, j, s), slice_index=j - 1, depth=j / factor, flip=MIRRORS[s % views])
+        for j in range(1, factor)
+        for s in range(k)
+    ]
     offset, total = progress or (0, None)
     gen = sample_canvas(
         m, cond_t, items, opts, origin=(ry.start, rx.start), progress_offset=offset, progress_total=total
@@ -252,6 +262,10 @@ def _sample_block(
         samples, variance = stop.value
     finally:
         gen.close()
+    if views > 1:
+        flips = [MIRRORS[s % views] for _ in range(1, factor) for s in range(k)]
+        samples = unmirror(samples, flips)
+        variance = None if variance is None else unmirror(variance, flips)
     samples = samples[:, :h, :w].numpy().reshape(factor - 1, k, h, w)
     mean = samples.mean(axis=1)
     if variance is not None:
