@@ -9,7 +9,7 @@ others are reconstructed. The card takes the median over the planes; the C. eleg
 rows of ``quality.py --tasks iso`` are printed as the check.
 
 A model that serves every factor (``network.gap_depth``) is measured at each of ``--factors``
-(default 3, 6, 12) and the median is over planes and factors.
+(default 3, 6, 12); the medians per factor are its card's ``uncertainty_by_factor``.
 
     python benchmarks/calibrate.py [--model demo-isotropic] [--planes 0,10,20,29] [--factors 3,6,12]
 """
@@ -34,7 +34,7 @@ def needed_scale(vol: np.ndarray, model, factor: int) -> tuple[float, float]:
     r = reconstruct_isotropic(vol[kept_z], factor, model, preset="fast", uncertainty=True, device="cpu")
     err = np.abs(np.asarray(r.volume)[dropped].astype(np.float64) - vol[dropped])
     ratio = err / (2 * np.maximum(np.asarray(r.uncertainty)[dropped].astype(np.float64), 1e-6))
-    return float(np.mean(ratio <= 1) * 100), model.card.uncertainty_scale * float(np.quantile(ratio, 0.95))
+    return float(np.mean(ratio <= 1) * 100), model.card.std_scale(factor) * float(np.quantile(ratio, 0.95))
 
 
 def main() -> None:
@@ -47,11 +47,12 @@ def main() -> None:
     factors = [model.card.z_factor] if model.card.z_factor else [int(v) for v in args.factors.split(",")]
     isbi = tifffile.imread(need_shared() / "em3d" / "isbi2012_train_volume_30x512x512.tif")
     celegans = tifffile.imread(need_shared() / "em3d" / "celegans_neariso_21x256x128.tif")[:, 192:256]
-    rows, scales = [], []
+    rows, scales, by_factor = [], [], {}
     for f in factors:
         for z in (int(v) for v in args.planes.split(",")):
             cov, scale = needed_scale(isbi[[z]].transpose(1, 0, 2)[:193, :, :256].copy(), model, f)
             scales.append(scale)
+            by_factor.setdefault(f, []).append(scale)
             rows.append({"data": f"ISBI 2012 plane z={z}, rows as z, x{f}", "cov2 %": f"{cov:.1f}",
                          "scale for 95 %": f"{scale:.3f}"})
         if f <= 10:  # the C. elegans rows have 21 slices
@@ -59,7 +60,10 @@ def main() -> None:
             rows.append({"data": f"C. elegans rows 192:256, x{f} (check)", "cov2 %": f"{cov:.1f}",
                          "scale for 95 %": f"{scale:.3f}"})
     print(f"{args.model}: uncertainty_scale {model.card.uncertainty_scale:g}, x{', x'.join(map(str, factors))}; "
-          f"median over the ISBI planes: {np.median(scales):.3f}\n")
+          f"median over the ISBI planes: {np.median(scales):.3f}")
+    if len(by_factor) > 1:  # a gap-depth model's card: uncertainty_by_factor
+        print("uncertainty_by_factor: {" + ", ".join(f"{f}: {np.median(v):.2f}" for f, v in by_factor.items()) + "}")
+    print()
     print(table(rows, ["data", "cov2 %", "scale for 95 %"]))
 
 

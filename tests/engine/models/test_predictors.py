@@ -120,6 +120,24 @@ def test_gap_depth_reaches_the_network():
                   network=UNetConfig(in_channel=1, out_channel=1, gap_depth=True, **NET))
 
 
+def test_gap_depth_uncertainty_scale_follows_the_factor():
+    """uncertainty_by_factor {2: 1, 8: 4}: at factor 4 (half-way in log) the std is 2.5x that of
+    the same network with scale 1 everywhere; factor 16 (beyond the end) 4x."""
+    m = predictor("isotropic-i", gap_depth=True, perturb=0.05)
+    vol = np.random.default_rng(7).uniform(0, 1000, (2, 32, 32)).astype(np.float32)
+    stds = {}
+    for name, table in (("flat", {2: 1.0, 8: 1.0}), ("rising", {2: 1.0, 8: 4.0})):
+        m.card.uncertainty_by_factor = table
+        stds[name] = {f: reconstruct_isotropic(vol, f, m, device="cpu", uncertainty=True).uncertainty for f in (4, 16)}
+    for f, ratio in ((4, 2.5), (16, 4.0)):
+        new = np.arange(stds["flat"][f].shape[0]) % f != 0
+        np.testing.assert_allclose(stds["rising"][f][new], ratio * stds["flat"][f][new], rtol=1e-3, atol=1e-3)
+        assert stds["flat"][f][new].mean() > 0.1
+    with pytest.raises(ValueError, match="uncertainty_by_factor belongs"):
+        ModelCard(name="x", task="denoise", kind="regression", uncertainty_by_factor={3: 1.0},
+                  network=UNetConfig(in_channel=1, out_channel=1, **NET))
+
+
 @pytest.mark.parametrize("gap_depth", [False, True])
 def test_balanced_isotropic_predictor_averages_the_mirrored_views(gap_depth):
     """balanced = the mean of fast run on the volume mirrored left-right, up-down and both,

@@ -273,11 +273,15 @@ def sample_canvas(
     progress_offset: int = 0,
     progress_total: int | None = None,
     start: torch.Tensor | None = None,
+    std_scale: float | None = None,
 ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor | None]]:
     """Sample every item over the whole canvas ``cond`` (N_cond, C, H, W), model range.
 
     With ``opts.start_log_snr``, sampling starts from ``start`` (default: the condition, or
     for vEM the interpolation of its two slices) noised to that level.
+
+    ``std_scale`` (predictors): the factor on the predicted std, default the card's
+    ``uncertainty_scale``.
 
     H and W must be at least one tile (callers pad). Returns the samples (N_items, H, W)
     on the CPU and, for networks with an aleatoric head, the predicted variance of the
@@ -378,7 +382,8 @@ def sample_canvas(
         variance = None
         if state["logvar"] is not None:
             # the card's calibration: predicted variances scaled to the errors on held-out crops
-            variance = state["logvar"][0][pick].exp().cpu() * card.uncertainty_scale**2
+            scale = card.uncertainty_scale if std_scale is None else std_scale
+            variance = state["logvar"][0][pick].exp().cpu() * scale**2
         return samples, variance
 
     def noise_fn(step: int) -> torch.Tensor:

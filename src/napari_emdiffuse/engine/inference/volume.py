@@ -250,7 +250,8 @@ def _sample_block(
     ]
     offset, total = progress or (0, None)
     gen = sample_canvas(
-        m, cond_t, items, opts, origin=(ry.start, rx.start), progress_offset=offset, progress_total=total
+        m, cond_t, items, opts, origin=(ry.start, rx.start), progress_offset=offset, progress_total=total,
+        std_scale=m.card.std_scale(factor),
     )
     try:
         while True:

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..core.schedules import SCHEDULES
@@ -185,6 +187,10 @@ class ModelCard(_Strict):
     # Predictors: factor on the aleatoric std so that +-2 std covers 95 % of the errors on the
     # training run's held-out crops (set when training ends; 1 = as the head predicts).
     uncertainty_scale: float = Field(1.0, gt=0)
+    # Gap-depth isotropic predictors: the scale measured at a few factors ({factor: scale});
+    # other factors interpolate it linearly in log(factor), constant beyond the ends. The error
+    # of a mean grows with the gap faster than the head learnt on the training volume says.
+    uncertainty_by_factor: dict[int, float] | None = None
     fast_steps: int = Field(10, ge=1)  # steps of the "fast" preset for this model
     balanced_steps: int = Field(20, ge=1)  # steps of the "balanced" preset
     weights: str = "weights.safetensors"
@@ -209,6 +215,13 @@ class ModelCard(_Strict):
             iso and self.kind == "regression" and self.network.in_channel == 2 and self.network.out_channel == 1
         ):
             raise ValueError("network.gap_depth belongs to an isotropic predictor with 2 input channels and 1 output")
+        if self.uncertainty_by_factor is not None:
+            if not self.network.gap_depth:
+                raise ValueError("uncertainty_by_factor belongs to a gap-depth isotropic predictor")
+            if not self.uncertainty_by_factor or any(
+                f < 2 or not v > 0 for f, v in self.uncertainty_by_factor.items()
+            ):
+                raise ValueError("uncertainty_by_factor maps factors >= 2 to positive scales")
         if self.task == "super-resolve" and self.scale < 2:
             raise ValueError("a super-resolve model needs scale >= 2")
         if self.refiner is not None:
@@ -220,6 +233,23 @@ class ModelCard(_Strict):
                     "(the condition, the mean and the noisy residual)"
                 )
         return self
+
+    def std_scale(self, factor: int | None = None) -> float:
+        """The factor on the predicted std (``uncertainty_scale``, or for a gap-depth model
+        its ``uncertainty_by_factor`` at ``factor``).
+
+        Examples
+        --------
+        >>> card = ModelCard(name="x", task="isotropic-i", kind="regression", uncertainty_by_factor={3: 1.5, 12: 3.0},
+        ...                  network=UNetConfig(in_channel=2, out_channel=1, gap_depth=True))
+        >>> card.std_scale(6), card.std_scale(2), card.std_scale(20)
+        (2.25, 1.5, 3.0)
+        """
+        table = self.uncertainty_by_factor
+        if not table or factor is None:
+            return self.uncertainty_scale
+        keys = sorted(table)
+        return float(np.interp(np.log(factor), np.log(keys), [table[k] for k in keys]))
 
     @property
     def cond_channels(self) -> int:

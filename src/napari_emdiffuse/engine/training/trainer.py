@@ -443,6 +443,7 @@ class Trainer:
         if card.kind == "regression" and card.network.aleatoric and self.val_batch is not None:
             if cfg.objective == "supervised":
                 card.uncertainty_scale = calibrate_uncertainty(module, self.val_batch)
+                card.uncertainty_by_factor = None  # a base's table no longer describes these weights
         if cfg.objective == "self-supervised":
             card.metrics["psnr_against"] = "the noisy input at blind-spot pixels (self-supervised; ranks models only)"
         path = self.write_model(card, module)
