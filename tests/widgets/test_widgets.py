@@ -624,6 +624,17 @@ def test_isotropic_widget(viewer, qtbot, models, errors, tmp_path):
     assert out.metadata["emdiffuse"]["denoised_first_by"] == "demo-denoise"
     assert not np.array_equal(np.asarray(out.data)[::2], vol)
 
+    # "(default for the task)" at factor 2: the bundled model for every factor (the factor-3
+    # model would refuse), named in the status line
+    w.denoise_first.setChecked(False)
+    w.model.combo.setCurrentIndex(0)
+    assert w.model.value() == (None, None)
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    assert viewer.layers["vol_isotropic"].metadata["emdiffuse"]["model"] == "demo-isotropic-any"
+    assert "by demo-isotropic-any" in w.status.text()
+
 
 def test_finetune_widget_form(viewer, errors):
     noisy = viewer.add_image(np.zeros((32, 32), np.uint8), name="noisy")

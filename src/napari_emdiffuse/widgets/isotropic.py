@@ -327,4 +327,5 @@ class IsotropicWidget(DockWidget):
         device = result.info.get("device") if isinstance(result.info, dict) else None
         self.device.set_used(device)
         where = f" -> {out}" if out is not None else ""
-        self.status.setText(f"'{vol.name}' {tuple(vol.data.shape)} in {self._elapsed():.1f} s on {device}{where}")
+        made_by = f" by {info['model']}" if info.get("model") else ""  # the default depends on the factor
+        self.status.setText(f"'{vol.name}' {tuple(vol.data.shape)}{made_by} in {self._elapsed():.1f} s on {device}{where}")
