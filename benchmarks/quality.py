@@ -8,7 +8,9 @@ classical baselines (each at its oracle-best strength) and the peers (careamics 
   and the bundled sample ``fibsem_liver_noisy``;
 * super-resolve x2: microns_1 and openorganelle_mouse_liver_1, 2x2 area-averaged, and decimated
   (image[::2, ::2], a point-sampled scan);
-* isotropic x3: rows 192:256 of the C. elegans volume (never trained on), every 3rd slice kept.
+* isotropic: rows 192:256 of the C. elegans volume (never trained on), every f-th slice kept
+  (``--iso-factors``); and the vEMDiffuse-a case at ``--iso-lateral`` (default 12): the (z, x)
+  planes of the ISBI 2012 volume at rows y 0:193 (never trained on) as slices, every f-th kept.
 
 Each model row also scores its uncertainty map against the true error: ``cov2`` is the
 percentage of pixels whose truth lies within +-2 sigma (85-99 % is calibrated), ``rho`` the
@@ -49,6 +51,7 @@ def uncertainty_stats(out: np.ndarray, std: np.ndarray | None, truth: np.ndarray
     err = out.astype(np.float64) - truth.astype(np.float64)
     std = np.maximum(std.astype(np.float64), 1e-6)
     cov2 = float(np.mean(np.abs(err) <= 2 * std)) * 100
+    tile = min(tile, *err.shape[-2:])  # ISBI's (z, x) planes are 30 rows high
     h, w = (s // tile * tile for s in err.shape[-2:])
     e2 = (err[..., :h, :w] ** 2).reshape(-1, h // tile, tile, w // tile, tile).mean(axis=(2, 4)).ravel()
     s_t = std[..., :h, :w].reshape(-1, h // tile, tile, w // tile, tile).mean(axis=(2, 4)).ravel()
@@ -164,16 +167,23 @@ def sr_table(model_name: str, device: str, peers: dict) -> str:
             "image[::2, ::2]; images never trained on)\n" + table(rows, COLUMNS))
 
 
-def iso_table(model_name: str, device: str, peers: dict, factors: tuple[int, ...] = (3,)) -> str:
+def iso_table(model_name: str, device: str, peers: dict, factors: tuple[int, ...] = (3,),
+              lateral: tuple[int, ...] = (12,)) -> str:
     from scipy.interpolate import interp1d
 
     from napari_emdiffuse.api import reconstruct_isotropic
 
     from napari_emdiffuse.engine.models.registry import default_model
 
-    vol = tifffile.imread(need_shared() / "em3d" / "celegans_neariso_21x256x128.tif")[:, 192:256]
+    celegans = tifffile.imread(need_shared() / "em3d" / "celegans_neariso_21x256x128.tif")[:, 192:256]
+    # vEMDiffuse-a's case: an anisotropic volume's (z, x) planes, rows y standing in for slices
+    # (bundled models train at most on ISBI rows 256:512)
+    isbi = tifffile.imread(need_shared() / "em3d" / "isbi2012_train_volume_30x512x512.tif")
+    isbi = isbi[:, :193, :256].transpose(1, 0, 2).copy()
+    cases = [("celegans rows 192:256", celegans, f) for f in factors]
+    cases += [("ISBI (z, x) planes y 0:193", isbi, f) for f in lateral]
     rows: list[dict] = []
-    for f in factors:
+    for name, vol, f in cases:
         # "auto": the bundled model a user gets at this factor
         model = load_model(default_model("isotropic-i", f) if model_name == "auto" else model_name,
                            task="isotropic-i", device=device)
@@ -182,9 +192,9 @@ def iso_table(model_name: str, device: str, peers: dict, factors: tuple[int, ...
         dropped = np.array([z for z in range(last + 1) if z % f])
         kept, truth = vol[kept_z], vol[dropped]
         lin = interp1d(kept_z, kept.astype(np.float64), axis=0)(dropped)
-        data = f"celegans rows 192:256, x{f}"
+        data = f"{name}, x{f}"
         rows.append(row(data, "linear interpolation", np.clip(np.rint(lin), 0, 255).astype(np.uint8), truth))
-        if f == 3:
+        if f == 3 and vol is celegans:
             rows += peer_rows(peers, "iso3", truth, data)
         if model.card.z_factor not in (None, f):
             continue  # a fixed-factor model: only its own factor
@@ -193,8 +203,8 @@ def iso_table(model_name: str, device: str, peers: dict, factors: tuple[int, ...
                 r = reconstruct_isotropic(kept, f, model, preset=preset, uncertainty=True, device=device)
             std = None if r.uncertainty is None else np.asarray(r.uncertainty)[dropped]
             rows.append(row(data, f"{model.card.name} {preset}", np.asarray(r.volume)[dropped], truth, t.seconds, std))
-    return (f"isotropic x{', x'.join(map(str, factors))}, model {model_name} (dropped slices of held-out rows "
-            "scored)\n" + table(rows, COLUMNS))
+    return (f"isotropic x{', x'.join(map(str, factors))} and lateral x{', x'.join(map(str, lateral))}, model "
+            f"{model_name} (dropped slices of held-out rows scored)\n" + table(rows, COLUMNS))
 
 
 def main() -> None:
@@ -204,6 +214,7 @@ def main() -> None:
     ap.add_argument("--sr-model", default="demo-sr2")
     ap.add_argument("--iso-model", default="auto", help="auto: the bundled default for each factor")
     ap.add_argument("--iso-factors", default="3,5", help="isotropic factors scored (keep every f-th slice)")
+    ap.add_argument("--iso-lateral", default="12", help="factors scored on ISBI 2012's (z, x) planes")
     ap.add_argument("--doses", default="30,100,300", help="simulated doses (counts at white) on liver_0")
     ap.add_argument("--peers", default=None, help="JSON written by benchmarks/peers.py")
     ap.add_argument("--device", default="auto")
@@ -217,7 +228,8 @@ def main() -> None:
         print(sr_table(args.sr_model, args.device, peers), end="\n\n", flush=True)
     if "iso" in tasks:
         factors = tuple(int(f) for f in args.iso_factors.split(",") if f)
-        print(iso_table(args.iso_model, args.device, peers, factors), flush=True)
+        lateral = tuple(int(f) for f in args.iso_lateral.split(",") if f)
+        print(iso_table(args.iso_model, args.device, peers, factors, lateral), flush=True)
 
 
 if __name__ == "__main__":

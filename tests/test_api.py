@@ -80,6 +80,8 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.inference.restore",
         "napari_emdiffuse.engine.parallel.runner",
         "napari_emdiffuse.engine.training.data.pairs",
+        "napari_emdiffuse.engine.training.data.base",
+        "napari_emdiffuse.engine.training.data.volumes",
         "napari_emdiffuse.engine.training.finetune",
         "napari_emdiffuse.engine.training.selfsup",
         "napari_emdiffuse.engine.io.mrc",

@@ -198,6 +198,39 @@ def test_isotropic_data_conventions():
         IsotropicData([vol], factor=2, max_factor=5, mode="i", rule=unit, patch=16)
 
 
+def test_one_model_learns_from_z_planes_and_lateral_planes(tmp_path):
+    """A near-isotropic volume's z planes and an anisotropic volume's lateral planes train one
+    isotropic-i model: their crops differ in shape, so each batch comes from one kind."""
+    rng = np.random.default_rng(0)
+    iso = rng.random((8, 48, 48)).astype(np.float32)
+    aniso = rng.random((10, 48, 48)).astype(np.float32)
+    unit = Normalisation(mode="range", vmin=0, vmax=1)
+    from napari_emdiffuse.engine.training.data.base import MixedData
+
+    parts = [IsotropicData([iso], factor=2, mode="i", rule=unit, patch=32, val_fraction=0),
+             IsotropicData([aniso], factor=2, mode="a", rule=unit, patch=32, multiple=4, val_fraction=0)]
+    mix = MixedData(parts, shares=[3, 1])
+    shapes = [tuple(mix.sample(rng, 2).cond.shape) for _ in range(400)]
+    assert set(shapes) == {(2, 2, 32, 32), (2, 2, 8, 32)}
+    assert 0.68 < shapes.count((2, 2, 32, 32)) / 400 < 0.82  # the shares, not the areas
+    with pytest.raises(InputError, match="shares"):
+        MixedData(parts, shares=[1])
+    # same crop shape: drawn per crop, as before (a batch mixes the parts)
+    same = MixedData([parts[0], IsotropicData([iso * 0 + 0.5], factor=2, mode="i", rule=unit, patch=32,
+                                              val_fraction=0)])
+    assert any(0 < (same.sample(rng, 8).target.mean((1, 2, 3)) == 0).sum() < 8 for _ in range(10))
+
+    cfg = TrainConfig(task="isotropic-i", kind="regression", network={**TINY, "gap_depth": True}, factor=2,
+                      max_factor=3, volume=[iso, {"array": aniso, "planes": "lateral"}], out=tmp_path / "both",
+                      iterations=2, patch=32, batch=2, device="cpu")
+    card = load_model(train(cfg), cache=False).card
+    data = card.training["data"]
+    assert data["kind"] == "mixture" and data["shares"] == [0.5, 0.5]
+    assert [p["kind"] for p in data["parts"]] == ["isotropic-i", "isotropic-a"]
+    with pytest.raises(Exception, match="planes"):
+        TrainConfig(task="denoise", inputs=[{"array": iso[0], "planes": "z"}], out=tmp_path / "x")
+
+
 def test_training_is_deterministic_and_resume_is_exact(tmp_path):
     clean = _texture((80, 80))
     common = dict(task="denoise", inputs=[clean], doses=[20, 80], val_every=100, checkpoint_every=2, seed=3, **FAST)
@@ -547,3 +580,14 @@ def test_isotropic_a_learns_from_a_stack_of_five_slices(tmp_path):
     np.testing.assert_array_equal(item[0][:, 5:8], item[0][:, 4:1:-1])
     out = train(TrainConfig(out=tmp_path / "a", task="isotropic-a", volume=[vol], factor=2, iterations=2, **FAST))
     assert (out / "model.yaml").is_file()
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_parse_and_write_their_bundled_model(recipe):
+    """`emdiffuse train configs/X.yaml` is how a bundled model is reproduced: every recipe
+    validates, and writes the model directory its name says."""
+    cfg = TrainConfig.from_yaml(recipe)
+    assert Path(cfg.out).resolve() == (ROOT / "resources" / "models" / cfg.name).resolve()
+    assert (ROOT / "resources" / "models" / cfg.name / "model.yaml").exists()
+    if cfg.base is not None:  # a stage continues the bundled model or its named base
+        assert Path(cfg.base).exists()

@@ -134,13 +134,20 @@ def build_data(cfg: TrainConfig, card: ModelCard, mult: int) -> TrainingData:
     rule = card.normalisation
     if cfg.task.startswith("isotropic"):
         sources = list(cfg.volume) + list(cfg.inputs)
-        vols = [check_image(s.load(), s.label, ndim=(3,)) for s in sources]
         depth = card.network.gap_depth
-        return IsotropicData(
-            vols, factor=card.z_factor or cfg.factor or 2, mode=cfg.task[-1], rule=rule, kind=card.kind,
-            names=[s.label for s in sources], gap_depth=depth, max_factor=cfg.max_factor if depth else None,
-            **common,
-        )
+        task_mode = cfg.task[-1]
+        iso_parts: list[TrainingData] = []
+        for mode in (task_mode, "a" if task_mode == "i" else "i"):
+            group = [s for s in sources if {"z": "i", "lateral": "a", None: task_mode}[s.planes] == mode]
+            if group:
+                iso_parts.append(IsotropicData(
+                    [check_image(s.load(), s.label, ndim=(3,)) for s in group], factor=card.z_factor or cfg.factor or 2,
+                    mode=mode, rule=rule, kind=card.kind, names=[s.label for s in group], gap_depth=depth,
+                    max_factor=cfg.max_factor if depth else None, **common,
+                ))
+        # Lateral crops are as high as the stack is deep: the two kinds of plane share the
+        # batches equally rather than by area, which a large anisotropic volume would take.
+        return iso_parts[0] if len(iso_parts) == 1 else MixedData(iso_parts, shares=[1, 1])
     if cfg.objective == "self-supervised":
         return _self_supervised_data(cfg, card, common)
     scale = card.scale if cfg.task == "super-resolve" else 1

@@ -67,7 +67,10 @@ class ImageSource(BaseModel):
     """One training image or volume: a file (TIFF, zarr, ...) or an array, optionally cropped.
 
     In YAML either a plain path or a mapping such as ``{path: a.tif, y: "0:512"}``; ranges are
-    Python slices (``"-6:"``: the last six) of the z, y and x axes.
+    Python slices (``"-6:"``: the last six) of the z, y and x axes. ``planes`` (isotropic
+    tasks) says which planes of a volume teach the model: ``z`` (planes perpendicular to z,
+    the ``-i`` way, for a near-isotropic volume) or ``lateral`` (perpendicular to y, rows
+    dropped: the ``-a`` way, for an anisotropic volume); the default follows the task.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -78,6 +81,7 @@ class ImageSource(BaseModel):
     z: tuple[int | None, int | None] | None = None
     y: tuple[int | None, int | None] | None = None
     x: tuple[int | None, int | None] | None = None
+    planes: Literal["z", "lateral"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -139,6 +143,8 @@ class ImageSource(BaseModel):
         for axis in "zyx":
             if getattr(self, axis) is not None:
                 out[axis] = _fmt(getattr(self, axis))
+        if self.planes is not None:
+            out["planes"] = self.planes
         return out if len(out) > 1 else str(self.path)
 
 
@@ -172,7 +178,9 @@ class TrainConfig(BaseModel):
     * ``clean``: more clean images to simulate pairs from.
     * ``volume`` (isotropic tasks; ``inputs`` are taken as volumes too): the volume teaches
       itself (``-i``: planes perpendicular to z; ``-a``: perpendicular to y), ``factor``
-      planes apart.
+      planes apart; a source's ``planes`` (``z`` or ``lateral``) overrides the task's choice,
+      so one model can learn from a near-isotropic volume and an anisotropic volume's lateral
+      planes at once (each kind of plane then gets half of the batches).
 
     Examples
     --------
@@ -337,6 +345,8 @@ class TrainConfig(BaseModel):
             raise ValueError("isotropic training learns from the volume itself; remove targets and clean images")
         if not iso and self.volume:
             raise ValueError(f"volume is for the isotropic tasks; for {self.task} give inputs (and targets)")
+        if any(s.planes is not None for s in [*self.inputs, *self.clean, *self.volume]) and not iso:
+            raise ValueError("planes says which planes of a volume teach an isotropic model; it needs an isotropic task")
         if self.refiner is not None and (iso or self.objective != "supervised" or self.kind == "diffusion"):
             raise ValueError("a refiner is trained, supervised, for a 2D predictor (kind regression)")
         if self.base is not None and self.network and self.network != {"gap_depth": True}:

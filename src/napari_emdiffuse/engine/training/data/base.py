@@ -257,9 +257,12 @@ def stack_planes(image: np.ndarray) -> list[np.ndarray]:
 
 
 class MixedData(TrainingData):
-    """Several data sets; each crop comes from one of them in proportion to its training area.
+    """Several data sets; each crop comes from one of them in proportion to its training area
+    (or to ``shares``).
 
-    All parts must share the crop shape.
+    Parts whose crop shapes differ (an isotropic model's z planes and its lateral planes) are
+    drawn per batch instead of per crop, so that every batch stacks; ``patch`` is then the
+    first part's. Validation crops are cut to their common shape.
 
     Examples
     --------
@@ -270,26 +273,37 @@ class MixedData(TrainingData):
     >>> b = sr_data([img.T], scale=2, rule=Normalisation(), patch=32)
     >>> MixedData([a, b]).sample(rng, 4).cond.shape
     torch.Size([4, 1, 32, 32])
+    >>> c = sr_data([img], scale=2, rule=Normalisation(), patch=16)
+    >>> sorted({tuple(MixedData([a, c], shares=[1, 1]).sample(rng, 2).cond.shape[-2:]) for _ in range(20)})
+    [(16, 16), (32, 32)]
     """
 
-    def __init__(self, parts: Sequence[TrainingData]) -> None:
+    def __init__(self, parts: Sequence[TrainingData], *, shares: Sequence[float] | None = None) -> None:
         if not parts:
             raise InputError("no training data given")
-        shapes = {p.patch for p in parts}
-        if len(shapes) > 1:
-            raise InputError(f"training data sets have different crop shapes {sorted(shapes)}")
         self.parts = list(parts)
         self.patch = self.parts[0].patch
-        w = np.array([p.train_area for p in self.parts], float)
+        self.per_batch = len({p.patch for p in parts}) > 1
+        w = np.array([p.train_area for p in self.parts] if shares is None else shares, float)
+        if len(w) != len(self.parts) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+            raise InputError(f"mixture shares {list(w)} must be one non-negative number per data set, not all 0")
         self._p = w / w.sum()
+        self.shares = None if shares is None else [round(float(v), 4) for v in self._p]
+
+    def _pick(self, rng: np.random.Generator) -> int:
+        return int(rng.choice(len(self.parts), p=self._p)) if len(self.parts) > 1 else 0
+
+    def sample(self, rng: np.random.Generator, batch: int) -> Batch:
+        if self.per_batch:
+            return self.parts[self._pick(rng)].sample(rng, batch)
+        return super().sample(rng, batch)
 
     @property
     def train_area(self) -> int:
         return int(sum(p.train_area for p in self.parts))
 
     def sample_one(self, rng: np.random.Generator) -> Item:
-        k = int(rng.choice(len(self.parts), p=self._p)) if len(self.parts) > 1 else 0
-        return self.parts[k].sample_one(rng)
+        return self.parts[self._pick(rng)].sample_one(rng)
 
     def validation_items(self, limit: int) -> list[Item]:
         avail = [p.validation_items(limit) for p in self.parts]
@@ -297,4 +311,7 @@ class MixedData(TrainingData):
         return [it for v, k in zip(avail, take) for it in v[:k]]
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "mixture", "parts": [p.describe() for p in self.parts]}
+        out: dict[str, Any] = {"kind": "mixture", "parts": [p.describe() for p in self.parts]}
+        if self.shares is not None:
+            out["shares"] = self.shares
+        return out
