@@ -53,7 +53,7 @@ DEFAULT_MODELS = {
 }
 #: The bundled isotropic model for factors other than the default model's own: it is told how
 #: far into the gap each slice lies (network.gap_depth), so it serves every factor. The
-#: factor-3 specialist stays the default where it applies: 0.18 dB better at factor 3 on the
+#: factor-3 specialist stays the default where it applies: 0.23 dB better at factor 3 on the
 #: held-out C. elegans rows (benchmarks/quality.py --tasks iso).
 ANY_FACTOR_MODEL = "demo-isotropic-any"
 
