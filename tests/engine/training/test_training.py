@@ -231,6 +231,37 @@ def test_one_model_learns_from_z_planes_and_lateral_planes(tmp_path):
         TrainConfig(task="denoise", inputs=[{"array": iso[0], "planes": "z"}], out=tmp_path / "x")
 
 
+def test_condition_noise_noises_the_neighbours_only(tmp_path):
+    """Isotropic crops with condition noise: the two condition planes carry Poisson-Gaussian
+    noise of the dose's size, the target between them stays as measured, validation crops stay
+    clean, and the volume itself is not modified."""
+    vol = np.full((7, 48, 48), 128, np.uint8)
+    vol[:, -1, :2] = 0, 255  # the noise model's 0..1 range; in the validation band, out of the crops
+    before = vol.copy()
+    rule = Normalisation(mode="range", vmin=0, vmax=255)
+    kw = dict(factor=3, mode="i", rule=rule, patch=32, val_fraction=0.3)
+    data = IsotropicData([vol], condition_noise=1.0, doses=[50.0], read_noise=0.0, **kw)
+    rng = np.random.default_rng(0)
+    conds, targets = zip(*[data.sample_one(rng)[:2] for _ in range(20)])
+    # intensity 128/255 at dose 50: about 25 counts, std sqrt(25) counts = 255 / 50 * 5 grey
+    # levels, i.e. 0.2 of the model's [-1, 1] range for 0..255
+    expected = 2 * np.sqrt(50 * 128 / 255) / 50
+    std = np.std(np.stack(conds))
+    assert 0.85 * expected < std < 1.15 * expected
+    assert all(np.all(t == t.flat[0]) for t in targets)  # the target: no noise
+    plain = IsotropicData([vol], **kw)
+    for (c, t, _), (c0, t0, _) in zip(data.validation_items(4), plain.validation_items(4)):
+        np.testing.assert_array_equal(c, c0)
+    np.testing.assert_array_equal(vol, before)
+    # the control: no condition noise, flat conditions
+    assert all(np.std(plain.sample_one(rng)[0]) == 0 for _ in range(5))
+    assert data.describe()["condition_noise"] == 1.0 and "condition_noise" not in plain.describe()
+    with pytest.raises(InputError, match="condition_noise"):
+        IsotropicData([vol], condition_noise=1.5, doses=[50.0], **kw)
+    with pytest.raises(Exception, match="condition_noise"):
+        TrainConfig(task="denoise", inputs=[vol[0]], condition_noise=0.5, out=tmp_path / "x")
+
+
 def test_training_is_deterministic_and_resume_is_exact(tmp_path):
     clean = _texture((80, 80))
     common = dict(task="denoise", inputs=[clean], doses=[20, 80], val_every=100, checkpoint_every=2, seed=3, **FAST)

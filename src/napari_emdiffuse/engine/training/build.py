@@ -143,7 +143,9 @@ def build_data(cfg: TrainConfig, card: ModelCard, mult: int) -> TrainingData:
                 iso_parts.append(IsotropicData(
                     [check_image(s.load(), s.label, ndim=(3,)) for s in group], factor=card.z_factor or cfg.factor or 2,
                     mode=mode, rule=rule, kind=card.kind, names=[s.label for s in group], gap_depth=depth,
-                    max_factor=cfg.max_factor if depth else None, **common,
+                    max_factor=cfg.max_factor if depth else None, condition_noise=cfg.condition_noise,
+                    doses=cfg.doses, read_noise=cfg.read_noise, correlation=cfg.noise_correlation, seed=cfg.seed,
+                    **common,
                 ))
         # Lateral crops are as high as the stack is deep: the two kinds of plane share the
         # batches equally rather than by area, which a large anisotropic volume would take.

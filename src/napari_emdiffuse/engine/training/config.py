@@ -230,6 +230,9 @@ class TrainConfig(BaseModel):
     doses: list[float] = Field(default_factory=lambda: [20.0, 50.0, 100.0, 200.0, 500.0], min_length=1)
     read_noise: float = Field(1.0, ge=0)
     noise_correlation: float = Field(0.0, ge=0, le=1)  # see simulate_noise(correlation=)
+    # isotropic: this share of crops gets simulated noise (doses, read_noise, noise_correlation)
+    # on its two condition planes only, so noisy measured slices give clean new ones
+    condition_noise: float = Field(0.0, ge=0, le=1)
     # simulated noise: this share of crops comes from contrast-inverted copies of the clean
     # images (noise simulated after inverting, as raw backscatter SEM records it)
     invert_contrast: float = Field(0.0, ge=0, lt=1)
@@ -341,6 +344,8 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"{len(self.inputs)} inputs but {len(self.targets)} targets; give one target per input (null: simulate)"
             )
+        if self.condition_noise > 0 and not iso:
+            raise ValueError("condition_noise noises the condition planes of isotropic training; it needs an isotropic task")
         if iso and (self.clean or any(t is not None for t in self.targets or [])):
             raise ValueError("isotropic training learns from the volume itself; remove targets and clean images")
         if not iso and self.volume:

@@ -13,6 +13,7 @@ from ...errors import InputError
 from ...inference.normalise import to_model
 from ...models.cards import Normalisation
 from .base import Item, TrainingData, augment, fit_rule, floor_to, spread, fitted_band
+from .noise import simulate_noise
 
 __all__ = ["IsotropicData"]
 
@@ -39,6 +40,13 @@ class IsotropicData(TrainingData):
     Augmentation: flips of both in-plane axes, 90-degree rotations (mode ``i``), and reversal
     of the plane order (the condition planes swap and ``j`` becomes ``f - j``).
 
+    ``condition_noise`` (a share of the training crops): the two condition planes get
+    Poisson-Gaussian noise at one of ``doses`` (:func:`~.noise.simulate_noise`; half of those
+    crops with noise correlated up to ``correlation``) while the target stays as measured, so
+    the model learns to make clean slices from noisy neighbours instead of carrying their noise
+    into the new slices. Such crops are normalised as the noisy volume would be at inference.
+    Validation crops are never noised.
+
     Examples
     --------
     >>> vol = np.random.default_rng(0).random((12, 64, 64))
@@ -62,6 +70,11 @@ class IsotropicData(TrainingData):
         names: Sequence[str] | None = None,
         gap_depth: bool = False,
         max_factor: int | None = None,
+        condition_noise: float = 0.0,
+        doses: Sequence[float] = (),
+        read_noise: float = 1.0,
+        correlation: float = 0.0,
+        seed: int = 0,
     ) -> None:
         if mode not in ("i", "a"):
             raise InputError(f"isotropic mode must be 'i' or 'a', got {mode!r}")
@@ -110,6 +123,24 @@ class IsotropicData(TrainingData):
             self.bands.append(band)
         self.patch = (min(heights), patch)
         self.norms = [fit_rule(v, rule) for v in self.volumes]
+        if not 0 <= condition_noise <= 1:
+            raise InputError(f"condition_noise is a share of the crops (0 to 1), got {condition_noise}")
+        if condition_noise > 0 and (not doses or any(not d > 0 for d in doses)):
+            raise InputError(f"condition noise needs positive doses, got {list(doses)}")
+        self.condition_noise, self.doses = float(condition_noise), [float(d) for d in doses]
+        self.read_noise, self.correlation = float(read_noise), float(correlation)
+        # The intensity range the noise model maps to [0, 1], and the normalisation a noisy
+        # copy of each volume gets at each dose (fixed: it must not depend on the run).
+        self.ranges = [(float(v.min()), float(v.max())) for v in self.volumes]
+        self.noisy_norms: list[list] = [[] for _ in self.volumes]
+        if self.condition_noise > 0:
+            sim_rng = np.random.default_rng([seed, 7907])
+            for i, vol in enumerate(self.volumes):
+                lo, hi = self.ranges[i]
+                self.noisy_norms[i] = [
+                    fit_rule(simulate_noise(vol, d, read_noise=self.read_noise, rng=sim_rng, lo=lo, hi=hi), rule)
+                    for d in self.doses
+                ]
         self._areas = np.array([self._positions(i) for i in range(len(self.volumes))], float)
 
     def _positions(self, i: int) -> int:
@@ -124,9 +155,11 @@ class IsotropicData(TrainingData):
         return int(self._areas.sum())
 
     def _item(
-        self, i: int, a: int, off0: int, off1: int, j: int, shape: tuple[int, int] | None = None, f: int | None = None
+        self, i: int, a: int, off0: int, off1: int, j: int, shape: tuple[int, int] | None = None, f: int | None = None,
+        noise: tuple[int, np.random.Generator] | None = None,
     ) -> Item:
-        """Planes ``a`` and ``a + f`` (and between) of volume ``i``, crop at (off0, off1)."""
+        """Planes ``a`` and ``a + f`` (and between) of volume ``i``, crop at (off0, off1);
+        ``noise`` = (dose index, rng) noises the condition planes."""
         vol, info, f = self.volumes[i], self.norms[i], f or self.factor
         ph, pw = shape or self.patch
         if self.mode == "i":
@@ -135,6 +168,16 @@ class IsotropicData(TrainingData):
             planes = np.moveaxis(vol[off0 : off0 + ph, a : a + f + 1, off1 : off1 + pw], 1, 0)
             if planes.shape[1] < ph:  # a short stack: mirrored along Z
                 planes = np.pad(planes, ((0, 0), (0, ph - planes.shape[1]), (0, 0)), mode="symmetric")
+        if noise is not None:
+            k, rng = noise
+            lo, hi = self.ranges[i]
+            corr = float(rng.uniform(0, self.correlation)) if self.correlation and rng.random() < 0.5 else 0.0
+            # simulated in the volume's dtype, so integer data are rounded as a detector records them
+            noisy = simulate_noise(planes[[0, f]], self.doses[k], read_noise=self.read_noise, rng=rng,
+                                   lo=lo, hi=hi, correlation=corr)
+            planes = planes.astype(np.float64)  # a copy: the volume itself stays as read
+            planes[[0, f]] = noisy
+            info = self.noisy_norms[i][k]
         planes = to_model(planes, info)
         cond = planes[[0, f]]
         if self.gap_depth:
@@ -157,7 +200,10 @@ class IsotropicData(TrainingData):
             off0 = int(rng.integers(max(1, z - ph + 1)))
         off1 = int(rng.integers(x - pw + 1))
         j = int(rng.integers(1, f))
-        cond, target, si = self._item(i, a, off0, off1, j, f=f)
+        noise = None
+        if self.condition_noise > 0 and rng.random() < self.condition_noise:
+            noise = (int(rng.integers(len(self.doses))), rng)
+        cond, target, si = self._item(i, a, off0, off1, j, f=f, noise=noise)
         cond, target = augment([cond, target], rng, rotate=self.mode == "i")
         if rng.integers(2):  # reverse the plane order: the volume seen upside down
             cond = cond[::-1]
@@ -208,4 +254,5 @@ class IsotropicData(TrainingData):
             "volumes": self.names,
             "shapes": [list(v.shape) for v in self.volumes],
             "factor": [self.min_factor, self.factor] if self.min_factor != self.factor else self.factor,
+            **({"condition_noise": self.condition_noise, "doses": self.doses} if self.condition_noise else {}),
         }
