@@ -118,10 +118,19 @@ def test_scale_mismatch_is_a_user_error(tmp_path, noisy_tif, tiny_sr_dir, capsys
 def test_models_lists_bundled_and_imported(tmp_path, shared_data, capsys):
     out = tmp_path / "imported"
     ref = shared_data / "reference" / "emdiffuse2d_checkpoint.pth"
-    # the fixture checkpoint is inner-16: importing it as the published EMDiffuse-n must fail cleanly
-    rc = main(["import", str(ref), "--arch", "EMDiffuse-n", "-o", str(out)])
+    # the fixture checkpoint is inner-16: its network is read off the shapes
+    assert main(["import", str(ref), "--arch", "EMDiffuse-n", "-o", str(out)]) == 0
+    assert (out / "model.yaml").is_file() and "inner_channel: 16" in (out / "model.yaml").read_text()
+    # control: a checkpoint that fits no network fails cleanly, leaving no model directory
+    import torch
+
+    sd = torch.load(ref, weights_only=True)
+    sd.pop("denoise_fn.out.2.bias")
+    torch.save(sd, tmp_path / "bad.pth")
+    capsys.readouterr()
+    rc = main(["import", str(tmp_path / "bad.pth"), "--arch", "EMDiffuse-n", "-o", str(tmp_path / "bad")])
     err = capsys.readouterr().err
-    assert rc == 2 and "denoise_fn." in err and err.count("\n") == 1 and not out.exists()
+    assert rc == 2 and "denoise_fn." in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
 
 
 def test_import_random_published_checkpoints_for_all_architectures(tmp_path, capsys):

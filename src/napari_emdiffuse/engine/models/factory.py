@@ -19,7 +19,7 @@ from ..core.diffusion import Network
 from ..core.losses import LOSSES
 from ..core.networks import RegressionUNet, UNet
 from ..errors import EMDiffuseError, ModelFileError
-from .cards import ARCHITECTURES, TASKS, ModelCard, UNetConfig, published_card, validation_message
+from .cards import ARCHITECTURES, TASKS, ModelCard, UNetConfig, published_card, published_network, validation_message
 from .files import check_state_dict, clean_published_state_dict, save_model_dir, torch_load
 from .model import REFINER_PREFIX, EMDiffuseModel
 
@@ -33,6 +33,8 @@ __all__ = [
     "create_model",
     "create_EMDiffuse",
     "import_published",
+    "network_from_shapes",
+    "published_card_for",
 ]
 
 _TASK_TO_ARCH = {task: arch for arch, task in ARCHITECTURES.items()}
@@ -161,18 +163,95 @@ def create_EMDiffuse(task: str = "EMDiffuse-n", *, name: str | None = None, **ne
     return create_model(card)
 
 
+def network_from_shapes(shapes: Mapping[str, tuple[int, ...]], arch: str) -> UNetConfig | None:
+    """The network of a published-style checkpoint read off its tensor shapes, or None.
+
+    Width (``inner_channel``), input and output channels, depth (``channel_mults``,
+    ``res_blocks``) and the levels with attention (``attn_res``) follow from the keys and
+    shapes. ``num_head_channels`` changes no shape and stays the published 32, as in every
+    configuration the original repository ships. The result is returned only where a network
+    built from it has exactly the checkpoint's keys and shapes.
+
+    Examples
+    --------
+    >>> net = define_network({"inner_channel": 16, "channel_mults": [1, 2], "res_blocks": 1})
+    >>> shapes = {f"denoise_fn.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
+    >>> cfg = network_from_shapes(shapes, "EMDiffuse-n")
+    >>> cfg.inner_channel, cfg.channel_mults, cfg.res_blocks
+    (16, [1, 2], 1)
+    """
+    p = "denoise_fn."
+    first, last = shapes.get(p + "input_blocks.0.0.weight"), shapes.get(p + "out.2.weight")
+    if first is None or last is None or len(first) != 4 or len(last) != 4:
+        return None
+    inner = int(first[0])
+    # input_blocks: a stem conv, then per level res_blocks ResBlocks (each maybe followed by
+    # attention) and, between levels, a downsampling ResBlock; try each depth that fits the count.
+    widths, attn_at = [], []
+    while (conv := shapes.get(f"{p}input_blocks.{len(widths) + 1}.0.in_layers.2.weight")) is not None:
+        widths.append(int(conv[0]))
+        attn_at.append(f"{p}input_blocks.{len(widths)}.1.qkv.weight" in shapes)
+    for res_blocks in range(1, 9):
+        levels, rest = divmod(len(widths) + 1, res_blocks + 1)
+        if rest or levels < 1:
+            continue
+        starts = [lv * (res_blocks + 1) for lv in range(levels)]
+        if any(widths[s] % inner for s in starts):
+            continue
+        attn = {2**lv for lv, s in enumerate(starts) if any(attn_at[s : s + res_blocks])}
+        try:
+            cfg = UNetConfig.model_validate({
+                **published_network(arch).model_dump(), "in_channel": int(first[1]), "out_channel": int(last[0]),
+                "inner_channel": inner, "channel_mults": [widths[s] // inner for s in starts],
+                "res_blocks": res_blocks, "attn_res": sorted(attn),
+            })
+            expected = expected_shapes(published_card(arch, network=cfg))
+        except (ValidationError, EMDiffuseError, RuntimeError, ValueError):
+            continue
+        if expected.keys() == shapes.keys() and all(tuple(shapes[k]) == v for k, v in expected.items()):
+            return cfg
+    return None
+
+
+def published_card_for(shapes: Mapping[str, tuple[int, ...]], arch: str, *, name: str, source: str) -> ModelCard:
+    """The card of a published checkpoint with these tensor shapes (schedule buffers dropped).
+
+    The published network where it fits; else the network read off the shapes
+    (:func:`network_from_shapes`), for checkpoints trained with another width or depth; else a
+    one-line error naming the first key that does not fit the published network.
+    """
+    card = published_card(arch, name=name)
+    expected = expected_shapes(card)
+    if expected.keys() == shapes.keys() and all(tuple(shapes[k]) == v for k, v in expected.items()):
+        return card
+    network = network_from_shapes(shapes, arch)
+    if network is None:
+        check_state_dict(shapes, expected, source)  # raises, naming the first offending key
+    card = published_card(arch, name=name, network=network)
+    card.description += (
+        f" Network read from the checkpoint: {network.inner_channel} channels, multipliers "
+        f"{network.channel_mults}, {network.res_blocks} residual block(s) per level."
+    )
+    return card
+
+
 def import_published(
     checkpoint: str | Path, arch: str, out_dir: str | Path, *, network: UNetConfig | None = None
 ) -> Path:
     """Turn a downloaded ``best_Network.pth`` into a model directory.
 
-    The key list and shapes must match the published network exactly (the saved schedule
-    buffers are ignored); the first offending key is named otherwise.
+    Without ``network``, the published network, or one of another width or depth read off the
+    checkpoint's shapes (:func:`published_card_for`); the saved schedule buffers are ignored.
+    A checkpoint that fits neither gets a one-line error naming the first offending key.
     """
-    card = published_card(arch, name=Path(out_dir).name, network=network)
-    expected = {f"denoise_fn.{k}": tuple(v.shape) for k, v in define_network(card.network).state_dict().items()}
     if not Path(checkpoint).is_file():
         raise ModelFileError(f"checkpoint '{checkpoint}' does not exist")
     sd = clean_published_state_dict(torch_load(Path(checkpoint)))
-    check_state_dict({k: tuple(v.shape) for k, v in sd.items()}, expected, f"'{checkpoint}' as {arch}")
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    source = f"'{checkpoint}' as {arch}"
+    if network is None:
+        card = published_card_for(shapes, arch, name=Path(out_dir).name, source=source)
+    else:
+        card = published_card(arch, name=Path(out_dir).name, network=network)
+        check_state_dict(shapes, expected_shapes(card), source)
     return save_model_dir(out_dir, card, sd)

@@ -17,12 +17,11 @@ import torch
 from ..errors import EMDiffuseError, ModelFileError
 from ..io.atomic import atomic_file
 from ..io.resources import resources_dir
-from .cards import ARCHITECTURES, published_card
+from .cards import ARCHITECTURES
 from .device import resolve_device
-from .factory import build_module, create_model, expected_shapes
+from .factory import build_module, create_model, expected_shapes, published_card_for
 from .files import (
     CARD_NAME,
-    check_state_dict,
     clean_published_state_dict,
     extract_archive,
     load_model_dir,
@@ -173,14 +172,14 @@ def _load_dir(path: Path) -> EMDiffuseModel:
 
 
 def _load_checkpoint(path: Path, arch: str) -> EMDiffuseModel:
-    card = published_card(arch, name=path.stem)
+    source = f"'{path}' as {arch}"
     if path.suffix.lower() == ".safetensors":
         # Shapes from the header, checked before any tensor is read (the file may be huge).
         header = safetensors_header(path)
-        shapes = clean_published_state_dict({k: tuple(v["shape"]) for k, v in header.items()})
-        check_state_dict(shapes, expected_shapes(card), f"'{path}' as {arch}")
+        published_card_for(clean_published_state_dict({k: tuple(v["shape"]) for k, v in header.items()}), arch,
+                           name=path.stem, source=source)
     sd = clean_published_state_dict(load_state_dict_file(path))
-    check_state_dict({k: tuple(v.shape) for k, v in sd.items()}, expected_shapes(card), f"'{path}' as {arch}")
+    card = published_card_for({k: tuple(v.shape) for k, v in sd.items()}, arch, name=path.stem, source=source)
     module = build_module(card)
     module.load_state_dict(sd)
     return EMDiffuseModel(card, module, path=path)
