@@ -121,6 +121,7 @@ def test_models_lists_bundled_and_imported(tmp_path, shared_data, capsys):
     # the fixture checkpoint is inner-16: its network is read off the shapes
     assert main(["import", str(ref), "--arch", "EMDiffuse-n", "-o", str(out)]) == 0
     assert (out / "model.yaml").is_file() and "inner_channel: 16" in (out / "model.yaml").read_text()
+    assert "network read from the checkpoint: 16 channels, multipliers [1, 2, 4]" in capsys.readouterr().err
     # control: a checkpoint that fits no network fails cleanly, leaving no model directory
     import torch
 
@@ -148,8 +149,10 @@ def test_import_random_published_checkpoints_for_all_architectures(tmp_path, cap
         assert main(["import", str(ckpt), "--arch", arch, "-o", str(out)]) == 0
         assert (out / "model.yaml").is_file()
     assert main(["models"]) == 0
-    listed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    listed = captured.out
     assert all(f"model-{a}" in listed for a in ("EMDiffuse-n", "vEMDiffuse-a"))
+    assert "network read from the checkpoint" not in captured.err  # the published network as it is
 
 
 def test_verify_checkpoint_command(shared_data):

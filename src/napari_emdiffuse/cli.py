@@ -476,8 +476,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .engine.models.factory import import_published
     from .engine.errors import InputError
+    from .engine.models.cards import published_network
+    from .engine.models.factory import import_published
+    from .engine.models.files import read_card
     from .engine.models.registry import register_model
 
     out = Path(args.output)
@@ -487,6 +489,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
         raise InputError(f"output folder '{out.parent}' does not exist")
     path = import_published(args.checkpoint, args.arch, out)
     register_model(path)
+    net = read_card(path).network
+    if net != published_network(args.arch):  # another width or depth, read off the shapes
+        print(f"network read from the checkpoint: {net.inner_channel} channels, multipliers "
+              f"{net.channel_mults}, {net.res_blocks} residual block(s) per level", file=sys.stderr)
     print(f"imported {args.arch} into {path}", file=sys.stderr)
     return 0
 
