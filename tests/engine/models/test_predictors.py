@@ -243,3 +243,29 @@ def test_zarr_streaming_writes_the_predictors_uncertainty(tmp_path):
     assert unc.shape == img.shape and (unc > 0).all()
     # blocks see their halo, not the whole image: equal up to the network's reach beyond it
     assert np.median(np.abs(unc - whole.uncertainty) / whole.uncertainty) < 0.02
+
+
+def test_structure_term_of_the_uncertainty_closed_form():
+    """uncertainty_structure w: std = sqrt(std_0**2 + w * LoG_1px(mean)**2), in input units too
+    (both terms scale with the intensity); the mean does not change, flat regions keep std_0."""
+    from scipy.ndimage import gaussian_filter, laplace
+
+    rng = np.random.default_rng(0)
+    img = (100.0 + rng.normal(0, 1, (48, 48))).astype(np.float32)
+    img[:, 24:] += 80.0  # one vertical edge (with some texture: not taken for a fill border)
+    plain = restore(img, "denoise", predictor(), device="cpu")
+    m = predictor()
+    m.card.uncertainty_structure = 2.0
+    marked = restore(img, "denoise", m, device="cpu")
+    np.testing.assert_array_equal(marked.mean, plain.mean)
+    lap = laplace(gaussian_filter(plain.mean.astype(np.float64), 1.0, mode="reflect"), mode="reflect")
+    expected = np.sqrt(plain.uncertainty.astype(np.float64) ** 2 + 2.0 * lap**2)
+    np.testing.assert_allclose(marked.uncertainty, expected, rtol=1e-3, atol=1e-3)
+    added = marked.uncertainty.astype(np.float64) ** 2 - plain.uncertainty.astype(np.float64) ** 2
+    assert added[:, 23].mean() > 100 * added[:, 5].mean() > 0  # at the edge, not far from it
+
+
+def test_structure_term_is_refused_for_volumes():
+    m = predictor("isotropic-i", out_channel=2)
+    with pytest.raises(ValueError, match="2D restorations"):
+        m.card.uncertainty_structure = 1.0

@@ -20,7 +20,7 @@ import torch
 
 from .canvas import (
     MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
-    sampling_request, unmirror,
+    sampling_request, unmirror, with_structure,
 )
 from ..models.cards import TASKS
 from ..errors import EMDiffuseError, InputError
@@ -160,8 +160,12 @@ def restore_plane(
     samples = samples[:, :h, :w].numpy()
     variance = None if variance is None else variance[:, :h, :w].numpy()
     if opts.refine_samples:
-        return (yield from _refine(model, cond[:1], samples, variance, opts, z=z, origin=origin, progress=progress))
-    return samples.mean(axis=0), combined_std(samples, variance)
+        mean, std = yield from _refine(model, cond[:1], samples, variance, opts, z=z, origin=origin, progress=progress)
+    else:
+        mean, std = samples.mean(axis=0), combined_std(samples, variance)
+    if std is not None and model.card.uncertainty_structure > 0:
+        std = with_structure(mean, std, model.card.uncertainty_structure)
+    return mean, std
 
 
 def _refine(

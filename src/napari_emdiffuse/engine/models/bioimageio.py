@@ -154,7 +154,10 @@ def export_bioimageio(
                 id=bio.TensorId("std"), axes=out_axes(),
                 test_tensor=bio.FileDescr(source=d / "test_std.npy"),
                 sample_tensor=bio.FileDescr(source=d / "sample_std.tif"),
-                description="per-pixel standard deviation of the error (model range): the uncertainty",
+                description=("per-pixel standard deviation of the error (model range): the uncertainty"
+                             + (f" of the aleatoric head; napari-emdiffuse also adds its structure term "
+                                f"(weight {card.uncertainty_structure:g} on the squared Laplacian of the "
+                                "smoothed mean)" if card.uncertainty_structure > 0 else "")),
             ))
         try:
             descr = _describe(bio, card, d, axes_in, outputs, pre, kw, type(exported).__name__,

@@ -191,6 +191,10 @@ class ModelCard(_Strict):
     # other factors interpolate it linearly in log(factor), constant beyond the ends. The error
     # of a mean grows with the gap faster than the head learnt on the training volume says.
     uncertainty_by_factor: dict[int, float] | None = None
+    # 2D predictors: a predictor errs most where the image curves (membranes, edges), which
+    # its aleatoric head underrates; the variance gains this weight times the squared
+    # Laplacian of Gaussian (1 px) of the output (0: off; see canvas.with_structure).
+    uncertainty_structure: float = Field(0.0, ge=0)
     fast_steps: int = Field(10, ge=1)  # steps of the "fast" preset for this model
     balanced_steps: int = Field(20, ge=1)  # steps of the "balanced" preset
     weights: str = "weights.safetensors"
@@ -222,6 +226,8 @@ class ModelCard(_Strict):
                 f < 2 or not v > 0 for f, v in self.uncertainty_by_factor.items()
             ):
                 raise ValueError("uncertainty_by_factor maps factors >= 2 to positive scales")
+        if self.uncertainty_structure > 0 and iso:
+            raise ValueError("uncertainty_structure applies to 2D restorations (denoise, super-resolve)")
         if self.task == "super-resolve" and self.scale < 2:
             raise ValueError("a super-resolve model needs scale >= 2")
         if self.refiner is not None:
