@@ -6,8 +6,8 @@ classical baselines (each at its oracle-best strength) and the peers (careamics 
   quarter of the dwell: 2 us and 1 us), simulated Poisson-Gaussian noise on
   openorganelle_mouse_liver_0 (never trained on)
   and the bundled sample ``fibsem_liver_noisy``;
-* super-resolve x2: microns_1 and openorganelle_mouse_liver_1, 2x2 area-averaged, and decimated
-  (image[::2, ::2], a point-sampled scan);
+* super-resolve x2: microns_1 and openorganelle_mouse_liver_1, 2x2 area-averaged, scanned with a
+  Gaussian probe of 0.5 / 1 / 1.5 px sampled at the block centres, and decimated (image[::2, ::2]);
 * isotropic: rows 192:256 of the C. elegans volume (never trained on), every f-th slice kept
   (``--iso-factors``); and the vEMDiffuse-a case at ``--iso-lateral`` (default 12): the (z, x)
   planes of the ISBI 2012 volume at rows y 0:193 (never trained on) as slices, every f-th kept.
@@ -79,7 +79,8 @@ def model_rows(data: str, image: np.ndarray, truth: np.ndarray, task: str, model
     for preset in PRESETS:
         with Timer() as t:
             r = restore(image, task, model, preset=preset, device=device)
-        rows.append(row(data, f"{model.card.name} {preset}", r.mean, truth, t.seconds, r.uncertainty))
+        read = f" (blur read: {r.info['blur']:.2f})" if r.info.get("blur_source") == "read off the image" else ""
+        rows.append(row(data, f"{model.card.name} {preset}{read}", r.mean, truth, t.seconds, r.uncertainty))
     if getattr(model, "refiner", None) is not None:
         # predict, then refine: the balanced views' mean plus K residual samples of the
         # refiner at the card's steps (the reference preset's 1000 DDPM steps are a GPU job)
@@ -148,13 +149,17 @@ def sr_table(model_name: str, device: str, peers: dict) -> str:
     import torch
     import torch.nn.functional as F
 
-    from napari_emdiffuse.engine.training.data.pairs import downsample_area
+    from napari_emdiffuse.engine.training.data.pairs import downsample_area, downsample_gaussian
 
     model = load_model(model_name, task="super-resolve", device=device)
     rows: list[dict] = []
     for name in ("microns_1", "openorganelle_mouse_liver_1"):
         hr = tifffile.imread(need_shared() / "em2d" / "clean" / f"{name}.tif")
-        for way, low in (("", downsample_area(hr.astype(np.float64), 2)), (" decimated", hr[::2, ::2])):
+        h64 = hr.astype(np.float64)
+        ways = (("", downsample_area(h64, 2)), (" probe 0.5 px", downsample_gaussian(h64, 2, 0.5)),
+                (" probe 1 px", downsample_gaussian(h64, 2, 1.0)), (" probe 1.5 px", downsample_gaussian(h64, 2, 1.5)),
+                (" decimated", hr[::2, ::2]))
+        for way, low in ways:
             lr = np.clip(np.rint(low), 0, 255).astype(np.uint8)
             up = F.interpolate(torch.from_numpy(lr.astype(np.float32))[None, None], scale_factor=2, mode="bicubic",
                                align_corners=False)[0, 0].numpy()
@@ -163,8 +168,9 @@ def sr_table(model_name: str, device: str, peers: dict) -> str:
             if not way:
                 rows += peer_rows(peers, f"sr_{name}", hr, name)
             rows += model_rows(data, lr, hr, "super-resolve", model, device)
-    return (f"x2 super-resolution, model {model.card.name} (2x2 area-averaged inputs, and 'decimated': "
-            "image[::2, ::2]; images never trained on)\n" + table(rows, COLUMNS))
+    return (f"x2 super-resolution, model {model.card.name} (2x2 area-averaged inputs; 'probe S px': a scan "
+            "with a Gaussian probe of width S, sampled at the block centres; 'decimated': image[::2, ::2]; "
+            "images never trained on)\n" + table(rows, COLUMNS))
 
 
 def iso_table(model_name: str, device: str, peers: dict, factors: tuple[int, ...] = (3,),

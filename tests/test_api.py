@@ -92,6 +92,9 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.io.slices",
         "napari_emdiffuse.engine.models.registry",
         "napari_emdiffuse.engine.io.spacing",
+        "napari_emdiffuse.engine.core.networks.blur",
+        "napari_emdiffuse.engine.training.estimator",
+        "napari_emdiffuse.widgets.restore",
     ],
 )
 def test_docstring_examples_run(module):

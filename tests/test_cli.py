@@ -115,6 +115,24 @@ def test_scale_mismatch_is_a_user_error(tmp_path, noisy_tif, tiny_sr_dir, capsys
     assert rc == 2 and "x2, not x3" in capsys.readouterr().err
 
 
+def test_blur_option_is_checked_and_reported(tmp_path, noisy_tif, tiny_sr_dir, capsys):
+    from tests.engine.models.test_blur import blur_model
+
+    blur_dir = blur_model().save(tmp_path / "sr-blur")
+    out = tmp_path / "b.tif"
+    assert main(["super-resolve", str(noisy_tif), "-o", str(out), "--model", str(blur_dir), "--blur", "area", *FAST]) == 0
+    assert "acquisition blur 0.505 px (area mean)" in capsys.readouterr().err
+    assert main(["super-resolve", str(noisy_tif), "-o", str(out), "--model", str(blur_dir), *FAST]) == 0
+    assert "(read off the image); give --blur if you know it" in capsys.readouterr().err
+    for model, blur, needle in ((blur_dir, "wide", "blur must be auto, area"), (blur_dir, "3", "between 0 and 2"),
+                                (tiny_sr_dir, "1", "not told the acquisition blur")):
+        rc = main(["super-resolve", str(noisy_tif), "-o", str(tmp_path / "x.tif"), "--model", str(model),
+                   "--blur", blur, *FAST])
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "x.tif").exists()
+
+
 def test_models_lists_bundled_and_imported(tmp_path, shared_data, capsys):
     out = tmp_path / "imported"
     ref = shared_data / "reference" / "emdiffuse2d_checkpoint.pth"

@@ -134,6 +134,11 @@ class RestoreOptions(SamplingChoice):
     refine : bool, optional
         Predictors with a refiner (predict, then refine): sample the residual around the
         mean. Default: for the presets the model card lists (``reference``).
+    blur : float or {"auto", "area"}, optional
+        Super-resolution with a model told the acquisition (the bundled one): ``"area"`` for
+        a detector that averages each pixel (binning), or the width (std, output pixels,
+        0-2) of the Gaussian probe of a scan. Default ``"auto"``: read off the image once
+        (the value used is in ``Restoration.info["blur"]``).
     channels_last, compile : bool
         GPU speed-ups: channels-last memory layout; ``torch.compile`` of the network.
     """
@@ -142,6 +147,7 @@ class RestoreOptions(SamplingChoice):
     flips: bool | None = None
     start_log_snr: float | None = None
     refine: bool | None = None
+    blur: float | str | None = None
     channels_last: bool = False
     compile: bool = False
 

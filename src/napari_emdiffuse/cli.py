@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "result takes its input's name (pictures become .tif)")
         if name == "super-resolve":
             p.add_argument("--scale", type=_positive, default=None, help="magnification; must match the model (2)")
+            p.add_argument("--blur", metavar="B", default=None,
+                           help="how the low-resolution image was acquired, for models told it (the bundled one): "
+                                "auto (default: read off the image), area (a detector averaging each pixel, or "
+                                "binning), or the width (std) of the scan's probe in output pixels, 0 to 2")
         p.add_argument("--uncertainty", metavar="UNC_OUT",
                        help="also write the per-pixel uncertainty (std, input units) here; for a batch, a folder "
                             "(files named <name>_uncertainty)")
@@ -231,6 +235,8 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
         kw["flips"] = args.flips
     if getattr(args, "refine", None) is not None:
         kw["refine"] = args.refine
+    if getattr(args, "blur", None) is not None:
+        kw["blur"] = args.blur
     return kw
 
 
@@ -342,13 +348,16 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
         drive(gen)
         import zarr
 
-        _note_fill(dict(zarr.open_array(str(out), mode="r").attrs).get("normalisation"))
+        attrs = dict(zarr.open_array(str(out), mode="r").attrs)
+        _note_fill(attrs.get("normalisation"))
+        _note_blur(attrs)
         print(f"wrote {out}", file=sys.stderr)
         return 0
     result = drive(restore_iter(data.data, args.task, model, spacing=data.spacing, **kw))
     if result is None:  # pragma: no cover - the generator always ends with a result
         raise RuntimeError("restoration ended without a result")
     _note_fill(result.normalisation)
+    _note_blur(result.info)
     axes = data.axes if data.axes and len(data.axes) == result.mean.ndim else None
     made = provenance(result.info, result.normalisation, source=str(args.input))
     write_image(out, result.mean, spacing=result.spacing, unit=data.unit or "nm", axes=axes, provenance=made)
@@ -362,6 +371,13 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
             wrote.append(f"{unc} (uncertainty)")
     print(f"wrote {' and '.join(wrote)}", file=sys.stderr)
     return 0
+
+
+def _note_blur(info: dict) -> None:
+    if info.get("blur") is not None:
+        source = info.get("blur_source", "given")
+        hint = "; give --blur if you know it" if source == "read off the image" else ""
+        print(f"{PROG}: acquisition blur {info['blur']:g} px ({source}){hint}", file=sys.stderr)
 
 
 def _note_fill(normalisation: dict | None) -> None:

@@ -188,7 +188,7 @@ def test_mrc_files_open_in_napari_with_their_voxel_size(viewer, tmp_path):
 def test_restore_options_to_engine_kwargs():
     kw = RestoreOptions().engine_kwargs()
     unset = dict(steps=None, samples=None, sampler=None, tile=None, overlap=None)
-    assert kw == dict(preset="fast", seed=0, device="auto", precision="fp32", refine=None, **unset)
+    assert kw == dict(preset="fast", seed=0, device="auto", precision="fp32", refine=None, blur=None, **unset)
     assert RestoreOptions(refine="off").engine_kwargs()["refine"] is False
     assert RestoreOptions(refine="on").engine_kwargs()["refine"] is True
     with pytest.raises(EMDiffuseError, match="refine"):
@@ -202,6 +202,14 @@ def test_restore_options_to_engine_kwargs():
         RestoreOptions(tile=32, overlap=32).engine_kwargs()
     with pytest.raises(EMDiffuseError, match="task"):
         RestoreOptions(task="isotropic-i").validate()
+    # The acquisition blur reaches the engine for super-resolution only; "auto" leaves it unset.
+    assert RestoreOptions(task="super-resolve", blur=" Area").engine_kwargs()["blur"] == "area"
+    assert RestoreOptions(task="super-resolve", blur="1.2").engine_kwargs()["blur"] == "1.2"
+    assert RestoreOptions(task="super-resolve").engine_kwargs()["blur"] is None
+    assert RestoreOptions(task="denoise", blur="1.2").engine_kwargs()["blur"] is None
+    for bad in ("wide", "2.5", "-1"):
+        with pytest.raises(EMDiffuseError, match="acquisition blur"):
+            RestoreOptions(task="super-resolve", blur=bad).engine_kwargs()
     # Saved settings: wrong types and unknown keys are ignored, broken combinations reset.
     opts = RestoreOptions.from_dict({"steps": 5, "seed": "x", "bogus": 1, "preset": "balanced"})
     assert (opts.steps, opts.seed, opts.preset) == (5, 0, "balanced")

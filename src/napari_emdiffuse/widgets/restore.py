@@ -58,6 +58,10 @@ class RestoreOptions(WidgetOptions):
     refine : {"model card", "on", "off"}
         Predictors with a refiner: sample the residual around the mean (``on``), return the
         mean alone (``off``), or do what the model card lists for the preset.
+    blur : str
+        Super-resolution with a model told the acquisition: ``auto`` (read off the image),
+        ``area`` (a detector averaging each pixel) or the scan probe's width in output
+        pixels (0-2). Ignored for denoising.
     tile : int
         Tile edge in pixels; 0 takes the model card's (shrunk to fit GPU memory).
     overlap : int
@@ -81,6 +85,7 @@ class RestoreOptions(WidgetOptions):
     samples: int = 0
     sampler: str = "preset"
     refine: str = "model card"
+    blur: str = "auto"
     tile: int = 0
     overlap: int = -1
     seed: int = 0
@@ -98,6 +103,7 @@ class RestoreOptions(WidgetOptions):
             raise EMDiffuseError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS[1:])}")
         if self.refine not in REFINE_CHOICES:
             raise EMDiffuseError(f"unknown refine setting {self.refine!r}; choose one of {', '.join(REFINE_CHOICES)}")
+        self.blur = check_blur(self.blur)
         check_tiling(self)
         if self.precision not in PRECISION_CHOICES:
             raise EMDiffuseError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
@@ -109,9 +115,30 @@ class RestoreOptions(WidgetOptions):
         """Keyword arguments of ``restore_iter`` (besides image, task, model, arch, spacing)."""
         self.validate()
         sampler = None if self.sampler == "preset" else self.sampler
+        blur = self.blur if self.task == "super-resolve" and self.blur != "auto" else None
         return sampling_kwargs(self) | {
-            "sampler": sampler, "precision": self.precision, "refine": REFINE_CHOICES[self.refine],
+            "sampler": sampler, "precision": self.precision, "refine": REFINE_CHOICES[self.refine], "blur": blur,
         }
+
+
+def check_blur(text: str) -> str:
+    """The widget's blur entry, checked: ``auto``, ``area`` or a width from 0 to 2 pixels.
+
+    Examples
+    --------
+    >>> check_blur(" Area "), check_blur("1")
+    ('area', '1')
+    """
+    value = str(text).strip().lower() or "auto"
+    if value in ("auto", "area"):
+        return value
+    try:
+        width = float(value)
+    except ValueError:
+        raise EMDiffuseError(f"acquisition blur must be auto, area or a width in pixels (0-2), not {text!r}") from None
+    if not 0.0 <= width <= 2.0:
+        raise EMDiffuseError(f"acquisition blur must be between 0 and 2 pixels, not {text!r}")
+    return value
 
 
 def output_names(layer_name: str, task: str, scale: int = 1) -> tuple[str, str]:
@@ -228,6 +255,13 @@ class RestoreWidget(DockWidget):
             "Models with a refiner (predict, then refine): on samples the residual around the mean; off "
             "returns the mean alone; model card: what the card lists for the preset"
         )
+        self.blur = QComboBox()
+        self.blur.setEditable(True)
+        self.blur.addItems(["auto", "area", "0.5", "1.0", "1.5"])
+        self.blur.setToolTip(
+            "Super-resolution: how the low-resolution image was acquired. auto: read off the image; area: a "
+            "detector averaging each pixel (binning); a number: the width (std) of the scan's probe in output pixels"
+        )
         self.tile = spin_box(0, 4096, 0, "auto", "Tile edge in pixels (auto: the model's, shrunk to fit the GPU)")
         self.overlap = spin_box(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
         self.seed = spin_box(0, 2**31 - 1, 0, None, "Noise seed: the same seed gives the same result")
@@ -245,6 +279,7 @@ class RestoreWidget(DockWidget):
                 ("samples", self.samples),
                 ("sampler", self.sampler),
                 ("refine", self.refine),
+                ("acquisition blur", self.blur),
                 ("tile", self.tile),
                 ("overlap", self.overlap),
                 ("seed", self.seed),
@@ -269,6 +304,7 @@ class RestoreWidget(DockWidget):
             samples=self.samples.value(),
             sampler=self.sampler.currentText(),
             refine=self.refine.currentText(),
+            blur=self.blur.currentText(),
             tile=self.tile.value(),
             overlap=self.overlap.value(),
             seed=self.seed.value(),
@@ -285,6 +321,7 @@ class RestoreWidget(DockWidget):
         self.samples.setValue(opts.samples)
         self.sampler.setCurrentText(opts.sampler)
         self.refine.setCurrentText(opts.refine)
+        self.blur.setCurrentText(opts.blur)
         self.tile.setValue(opts.tile)
         self.overlap.setValue(opts.overlap)
         self.seed.setValue(opts.seed)

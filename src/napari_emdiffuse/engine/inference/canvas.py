@@ -21,14 +21,16 @@ from scipy.ndimage import gaussian_filter, laplace
 
 from ..core import samplers
 from ..core.diffusion import condition_start
+from ..core.networks.blur import BLUR_MAX, area_blur
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress
+from ..models.cards import ModelCard
 from ..models.model import EMDiffuseModel
 from .tiling import TilePlan, check_tiling, position_noise, round_up
 
 __all__ = [
     "PRESETS", "SAMPLING_KEYS", "SamplingOptions", "Item", "resolve_options", "sampling_request", "sample_canvas",
-    "auto_tile", "check_precision", "with_structure", "STRUCTURE_SIGMA",
+    "auto_tile", "check_precision", "with_structure", "STRUCTURE_SIGMA", "resolve_blur",
 ]  # fmt: skip
 
 PRESETS: dict[str, dict] = {
@@ -48,7 +50,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 #: The sampling choices a user makes (see resolve_options); everything else is set by the run.
 SAMPLING_KEYS = frozenset(
     ("preset", "sampler", "steps", "samples", "eta", "tile", "overlap", "batch", "seed", "precision",
-     "channels_last", "compile", "start_log_snr", "flips", "refine")
+     "channels_last", "compile", "start_log_snr", "flips", "refine", "blur")
 )  # fmt: skip
 
 
@@ -74,6 +76,9 @@ class SamplingOptions:
     # and the sampler steps of each.
     refine_samples: int = 0
     refine_steps: int = 0
+    # Blur-conditioned super-resolution: the acquisition blur (probe width, high-resolution
+    # pixels) the network is told; None: read off the image once per run.
+    blur: float | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -103,8 +108,9 @@ class Item:
     cond: int
     stream: tuple[int, ...]
     slice_index: int | None = None
-    # Gap-depth predictors: how far into the gap the slice lies, j / factor.
-    depth: float | None = None
+    # Level-conditioned predictors: how far into the gap the slice lies, j / factor
+    # (gap depth), or the acquisition blur (blur-conditioned super-resolution).
+    level: float | None = None
     # Axes along which this item's canvas is a mirror image of the input (mirror ensemble):
     # its noise is mirrored too, so every image pixel gets the noise of its own position.
     flip: tuple[int, ...] = ()
@@ -141,11 +147,14 @@ def resolve_options(
     start_log_snr: float | None = None,
     flips: bool | None = None,
     refine: bool | None = None,
+    blur: float | str | None = None,
 ) -> SamplingOptions:
     """Fill unset options from the preset and the model card; refuse impossible ones.
 
     ``refine`` (predictors with a refiner): sample the residual around the mean; default
-    for the presets the card's refiner lists.
+    for the presets the card's refiner lists. ``blur`` (blur-conditioned super-resolution):
+    the acquisition blur, ``"area"`` or a probe width in high-resolution pixels (0 to
+    :data:`~..core.networks.blur.BLUR_MAX`); unset or ``"auto"``: read off the image.
     """
     preset = preset or "fast"
     if preset not in PRESETS:
@@ -162,6 +171,8 @@ def resolve_options(
         raise EMDiffuseError(f"batch must be a positive integer, got {batch!r}")
     check_tiling(tile, overlap)
     card = model.card
+    area = isinstance(blur, str) and blur.strip().lower() == "area"
+    blur = resolve_blur(card, blur)
     refine_samples = refine_steps = 0
     if refine and (card.refiner is None or model.refiner is None):
         raise EMDiffuseError(f"model '{card.name}' has no refiner; leave refine unset")
@@ -207,7 +218,39 @@ def resolve_options(
         flips=bool(base.get("flips", False) if flips is None else flips),
         refine_samples=refine_samples,
         refine_steps=int(refine_steps),
+        blur=blur,
+        extra={} if blur is None else {"blur_source": "area mean" if area else "given"},
     )
+
+
+def resolve_blur(card: ModelCard, blur: float | str | None) -> float | None:
+    """The acquisition blur a user gave, as a probe width (None: to be read off the image).
+
+    Examples
+    --------
+    >>> from napari_emdiffuse.engine.models.cards import ModelCard, UNetConfig
+    >>> card = ModelCard(name="m", task="super-resolve", kind="regression", scale=2,
+    ...                  network=UNetConfig(in_channel=1, blur_level=True))
+    >>> resolve_blur(card, "area"), resolve_blur(card, "auto"), resolve_blur(card, 1)
+    (0.505, None, 1.0)
+    """
+    if blur is None or (isinstance(blur, str) and blur.strip().lower() == "auto"):
+        return None
+    if not card.network.blur_level:
+        raise EMDiffuseError(
+            f"model '{card.name}' is not told the acquisition blur; leave blur unset (a blur-conditioned "
+            "super-resolution model takes it)"
+        )
+    if isinstance(blur, str) and blur.strip().lower() == "area":
+        # told 0.1 px less than its equivalent width, demo-sr2 restores area means best
+        return round(area_blur(card.scale) - 0.1, 3)
+    try:
+        value = float(blur)
+    except (TypeError, ValueError):
+        raise EMDiffuseError(f"blur must be auto, area or a probe width in pixels, got {blur!r}") from None
+    if not 0.0 <= value <= BLUR_MAX:
+        raise EMDiffuseError(f"blur must be between 0 and {BLUR_MAX:g} high-resolution pixels (or auto, area), got {blur!r}")
+    return value
 
 
 def sampling_request(**sampling: Any) -> dict[str, Any]:
@@ -301,13 +344,13 @@ def sample_canvas(
     card = model.card
     aleatoric = bool(getattr(model.unet, "aleatoric", False))
     # A predictor makes every output channel (all slices of a gap) in one pass: run it once
-    # per distinct condition, then give each item its channel. A gap-depth predictor makes one
-    # slice per pass: run it once per distinct (condition, depth).
+    # per distinct condition, then give each item its channel. A level-conditioned predictor
+    # (gap depth, blur) makes one image per pass: run it once per distinct (condition, level).
     runs = items
-    by_depth = bool(card.network.gap_depth)
+    by_level = bool(card.network.gap_depth or card.network.blur_level)
     if card.kind == "regression":
-        keys = dict.fromkeys((it.cond, it.depth if by_depth else None) for it in items)
-        runs = [Item(cond=c, stream=(), depth=d) for c, d in keys]
+        keys = dict.fromkeys((it.cond, it.level if by_level else None) for it in items)
+        runs = [Item(cond=c, stream=(), level=d) for c, d in keys]
     state = {"batch": max(1, opts.batch), "logvar": None}
     n_batches = math.ceil(len(runs) * len(tiles) / state["batch"])
     steps = opts.n_steps if card.kind == "diffusion" else 1
@@ -320,7 +363,7 @@ def sample_canvas(
         inp = inp.contiguous(memory_format=memory_format)
         with torch.no_grad(), _autocast(device, opts.precision):
             if card.kind == "regression":
-                return net(inp, level) if by_depth else net(inp)
+                return net(inp, level) if by_level else net(inp)
             if card.network.slice_embedding:
                 return net(inp, level, sidx)
             return net(inp, level)
@@ -339,8 +382,8 @@ def sample_canvas(
                 c = cond[its[i].cond, :, sl[0], sl[1]]
                 parts.append(c if x is None else torch.cat([c, x[i, :, sl[0], sl[1]]], dim=0))
             inp = torch.stack(parts)
-            if by_depth and x is None:
-                level = torch.tensor([its[i].depth for i, _ in chunk], dtype=torch.float32, device=device)
+            if by_level and x is None:
+                level = torch.tensor([its[i].level for i, _ in chunk], dtype=torch.float32, device=device)
             else:
                 level = torch.full((len(chunk),), gamma, dtype=torch.float32, device=device)
             try:
@@ -372,9 +415,9 @@ def sample_canvas(
 
     if card.kind == "regression":
         pred = yield from model_fn(None, 1.0, runs)  # type: ignore[arg-type]
-        row = {(c.cond, c.depth): r for r, c in enumerate(runs)}
-        if by_depth:
-            pick = ([row[(it.cond, it.depth)] for it in items], [0] * len(items))
+        row = {(c.cond, c.level): r for r, c in enumerate(runs)}
+        if by_level:
+            pick = ([row[(it.cond, it.level)] for it in items], [0] * len(items))
         else:
             pick = ([row[(it.cond, None)] for it in items], [max(0, it.slice_index or 0) for it in items])
         # Not clipped: the normalisation's percentiles are not the image's limits, and the

@@ -112,6 +112,30 @@ def _check_task(task: str) -> None:
         raise EMDiffuseError(f"unknown task {task!r}; choose denoise or super-resolve{hint}")
 
 
+#: Edge (input pixels) of the central crop the acquisition blur is read from.
+BLUR_CROP = 256
+
+
+def with_blur(
+    model: EMDiffuseModel, image: Any, norm: NormInfo, opts: SamplingOptions, device: torch.device
+) -> SamplingOptions:
+    """``opts`` with the acquisition blur a blur-conditioned model is told: the user's, else
+    read off the image once (its middle slice, a central crop of :data:`BLUR_CROP` pixels),
+    so that every tile and slice of the run is restored for the same acquisition."""
+    if not model.card.network.blur_level or opts.blur is not None:
+        return opts
+    planes = Planes(image)
+    nz, h, w = planes.shape
+    y0, x0 = max(0, (h - BLUR_CROP) // 2), max(0, (w - BLUR_CROP) // 2)
+    plane = owned_array(planes[nz // 2, y0 : y0 + BLUR_CROP, x0 : x0 + BLUR_CROP]).astype(np.float64)
+    finite = np.isfinite(plane)
+    if not finite.all():
+        plane[~finite] = np.median(plane[finite]) if finite.any() else 0.0
+    cond = make_condition(plane, norm, model.card.scale, device)
+    blur = float(model.unet.blur_estimator.read(cond)[0])
+    return replace(opts, blur=round(blur, 3), extra={**opts.extra, "blur_source": "read off the image"})
+
+
 # Noise streams of the refiner's residual samples: apart from the views' and samples' own.
 REFINE_STREAM = 1 << 20
 
@@ -141,7 +165,8 @@ def restore_plane(
     # Mirror ensemble: sample k sees the canvas flipped by MIRRORS[k % 4] and is flipped back.
     views = min(4, opts.samples) if opts.flips else 1
     cond = mirror_views(cond, views)
-    items = [Item(cond=k % views, stream=(z, k), flip=MIRRORS[k % views]) for k in range(opts.samples)]
+    level = opts.blur if model.card.network.blur_level else None
+    items = [Item(cond=k % views, stream=(z, k), flip=MIRRORS[k % views], level=level) for k in range(opts.samples)]
     progress = progress or {}
     samples, variance = yield from sample_canvas(
         model,
@@ -265,6 +290,8 @@ def run_info(m: EMDiffuseModel, opts: SamplingOptions, dev: torch.device) -> dic
         "precision": opts.precision,
         "device": str(dev),
         **({"refine": {"samples": opts.refine_samples, "steps": opts.refine_steps}} if opts.refine_samples else {}),
+        **({"blur": opts.blur, "blur_source": opts.extra.get("blur_source", "given")}
+           if m.card.network.blur_level and opts.blur is not None else {}),
     }
 
 
@@ -354,6 +381,7 @@ def restore_iter(
     if isinstance(image, np.ndarray):
         check_finite(np.asarray(image), "image")
     norm = fit_norm(m, image)
+    opts = with_blur(m, image, norm, opts, dev)
     want_std = opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False))
     result: dict[str, Any] = {}
 
@@ -414,6 +442,9 @@ def restore_to_zarr_iter(
     s = m.card.scale if task == "super-resolve" else 1
     plan = BlockPlan.make(tuple(image.shape), block=block, opts=opts, scale=s)
     norm = fit_norm(m, image)
+    opts = with_blur(m, image, norm, opts, dev)
+    if opts.blur is not None:
+        request = {**request, "blur": opts.blur}  # workers use the value read here
     new_spacing = scaled_spacing(spacing, image.ndim, s)
     want_std = uncertainty_out is not None and (opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False)))
     attrs = {"normalisation": norm.as_dict(), **run_info(m, opts, dev)}

@@ -244,7 +244,7 @@ def _sample_block(
     views = min(4, k) if opts.flips and m.card.kind == "regression" else 1
     cond_t = mirror_views(cond_t, views)
     items = [
-        Item(cond=s % views, stream=(z, j, s), slice_index=j - 1, depth=j / factor, flip=MIRRORS[s % views])
+        Item(cond=s % views, stream=(z, j, s), slice_index=j - 1, level=j / factor, flip=MIRRORS[s % views])
         for j in range(1, factor)
         for s in range(k)
     ]

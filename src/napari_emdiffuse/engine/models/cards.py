@@ -70,6 +70,10 @@ class UNetConfig(_Strict):
     # into the gap it lies (depth j/f, as the level its embedding sees), so one model serves
     # every factor; without it, one output channel per new slice fixes the factor.
     gap_depth: bool = False
+    # Super-resolution predictors: told the acquisition blur of the low-resolution image
+    # (probe width, high-resolution pixels) as the level their embedding sees, and carrying
+    # a small estimator that reads it off the image (core.networks.blur).
+    blur_level: bool = False
     norm_groups: int | None = None
 
     @field_validator("channel_mults")
@@ -219,6 +223,11 @@ class ModelCard(_Strict):
             iso and self.kind == "regression" and self.network.in_channel == 2 and self.network.out_channel == 1
         ):
             raise ValueError("network.gap_depth belongs to an isotropic predictor with 2 input channels and 1 output")
+        if self.network.blur_level and not (
+            self.task == "super-resolve" and self.kind == "regression"
+            and self.network.in_channel == 1 and self.network.out_channel == 1
+        ):
+            raise ValueError("network.blur_level belongs to a super-resolution predictor with 1 input channel and 1 output")
         if self.uncertainty_by_factor is not None:
             if not self.network.gap_depth:
                 raise ValueError("uncertainty_by_factor belongs to a gap-depth isotropic predictor")

@@ -55,14 +55,16 @@ def define_network(cfg: UNetConfig | Mapping, kind: str = "diffusion") -> nn.Mod
         except ValidationError as exc:
             raise EMDiffuseError(validation_message(exc, "network config")) from None
     kw = cfg.model_dump()
-    residual, gap_depth = kw.pop("residual"), kw.pop("gap_depth")
+    residual, gap_depth, blur_level = kw.pop("residual"), kw.pop("gap_depth"), kw.pop("blur_level")
     if kind == "diffusion":
-        if residual or gap_depth:
-            raise EMDiffuseError("network.residual and network.gap_depth apply to regression (predictor) models only")
+        if residual or gap_depth or blur_level:
+            raise EMDiffuseError(
+                "network.residual, gap_depth and blur_level apply to regression (predictor) models only"
+            )
         return UNet(**kw)
     if kind == "regression":
         in_ch, out_ch = kw.pop("in_channel"), kw.pop("out_channel")
-        return RegressionUNet(in_ch, out_ch, residual=residual, gap_depth=gap_depth, **kw)
+        return RegressionUNet(in_ch, out_ch, residual=residual, gap_depth=gap_depth, blur_level=blur_level, **kw)
     raise EMDiffuseError(f"unknown network kind {kind!r}; choose diffusion or regression")
 
 

@@ -37,6 +37,13 @@ def build_model(cfg: TrainConfig) -> tuple[ModelCard, torch.nn.Module, str | Non
         card.task = cfg.task
         card.arch = None
         net = copy.deepcopy(base.module).cpu()
+        if cfg.network.get("blur_level") and not card.network.blur_level:
+            if not (card.task == "super-resolve" and card.kind == "regression" and card.cond_channels == 1):
+                raise EMDiffuseError(f"blur_level converts a super-resolution predictor; '{card.name}' is not one")
+            # Keep every weight; the embedding, which saw a constant level, learns the blur,
+            # and a new estimator learns to read it.
+            card.network = card.network.model_copy(update={"blur_level": True})
+            net = _with_body_of(card, net)
         to_depth = bool(cfg.network.get("gap_depth")) and not card.network.gap_depth
         if to_depth and not (iso and card.kind == "regression" and card.cond_channels == 2):
             raise EMDiffuseError(f"gap_depth converts an isotropic predictor; '{card.name}' is not one")
@@ -185,7 +192,7 @@ def build_data(cfg: TrainConfig, card: ModelCard, mult: int) -> TrainingData:
             )
         else:
             parts.append(sr_data(clean, scale=scale, rule=rule, names=clean_names, downsampling=cfg.downsampling,
-                                 **common, **blur))
+                                 levels=card.network.blur_level, **common, **blur))
     return parts[0] if len(parts) == 1 else MixedData(parts)
 
 

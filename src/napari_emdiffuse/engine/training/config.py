@@ -247,6 +247,9 @@ class TrainConfig(BaseModel):
     patch: int = Field(128, ge=8)
     batch: int = Field(4, ge=1)
     iterations: int = Field(1000, ge=1)
+    # Blur-conditioned super-resolution: steps of the estimator's own fit after the
+    # predictor's (training/estimator.py; a small network, about 100 steps a second on a CPU).
+    estimator_iterations: int = Field(5000, ge=0)
     lr: float = Field(1e-4, gt=0, le=1)
     warmup: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -354,9 +357,12 @@ class TrainConfig(BaseModel):
             raise ValueError("planes says which planes of a volume teach an isotropic model; it needs an isotropic task")
         if self.refiner is not None and (iso or self.objective != "supervised" or self.kind == "diffusion"):
             raise ValueError("a refiner is trained, supervised, for a 2D predictor (kind regression)")
-        if self.base is not None and self.network and self.network != {"gap_depth": True}:
-            raise ValueError("network changes apply to training from scratch (from a base, only gap_depth: true); "
-                             "remove them or the base model")
+        if self.base is not None and self.network and self.network not in ({"gap_depth": True}, {"blur_level": True}):
+            raise ValueError("network changes apply to training from scratch (from a base, only gap_depth: true "
+                             "or blur_level: true); remove them or the base model")
+        if self.network.get("blur_level") and self.task != "super-resolve":
+            raise ValueError("blur_level conditions a super-resolution predictor on the acquisition blur; "
+                             "it needs task super-resolve")
         if self.max_factor is not None:
             if not iso:
                 raise ValueError("max_factor is for the isotropic tasks")

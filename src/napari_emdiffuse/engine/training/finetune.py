@@ -180,6 +180,8 @@ def finetune_iter(
         noise_focus=0.75,
         val_every=max(1, iterations // 5),
         checkpoint_every=max(1, iterations // 2),
+        # a blur-conditioned base keeps its estimator: one image's pairs would narrow it
+        estimator_iterations=0,
     )
     if objective == "self-supervised":
         settings["anchor"] = 10.0  # the blind spot alone lost 0.6-0.8 dB on real SEM noise (see selfsup)

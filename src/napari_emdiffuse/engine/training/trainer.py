@@ -47,6 +47,7 @@ from ..models.registry import register_model
 from .config import TrainConfig, checkpoint_path
 from .build import build_data, build_model
 from .data.base import Batch, TrainingData
+from .estimator import fit_estimator
 from .selfsup import anchor_loss, blind_spot, blind_spot_loss
 from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
 
@@ -55,8 +56,9 @@ __all__ = ["Trainer", "calibrate_uncertainty"]
 
 def one_pass(net: torch.nn.Module, cond: torch.Tensor, slice_index: torch.Tensor | None):
     """A predictor's output for ``cond``; a gap-depth predictor also gets the depths
-    (``slice_index``, float) of the slices to make."""
-    if getattr(getattr(net, "module", net), "gap_depth", False):  # through a DDP wrapper too
+    (``slice_index``, float) of the slices to make, a blur-conditioned one the crops'
+    acquisition blur (None: its estimator reads it)."""
+    if getattr(getattr(net, "module", net), "level_input", False):  # through a DDP wrapper too
         return net(cond, slice_index)
     return net(cond)
 
@@ -131,6 +133,8 @@ class Trainer:
         self._tracked_at = -1  # iteration of the latest validation that _track_best saw
         # Seconds spent in training steps, summed over resumed runs: the card records the cost.
         self.train_seconds = 0.0
+        # Blur-conditioned models: how the estimator was fitted after the predictor (None: not yet).
+        self.estimator_fit: dict[str, Any] | None = None
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -168,10 +172,14 @@ class Trainer:
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
+
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.net, device_ids=ids)
         else:
             self.model = self.net
+        est = getattr(self.net, "blur_estimator", None)
+        if est is not None:
+            est.requires_grad_(False)  # fitted on its own after the predictor (see estimator)
         params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm, total, cosine = cfg.warmup, cfg.iterations, cfg.lr_schedule == "cosine"
@@ -440,6 +448,10 @@ class Trainer:
             card.metrics["best_iteration"] = self._best[1] if cfg.keep_best else self.iteration
         if self.base_metrics:
             card.metrics["base_psnr"] = round(float(self.base_metrics["psnr"]), 4)
+        if self.estimator_fit is not None:
+            # fitted after the predictor: neither the EMA nor the best validation holds it
+            module.blur_estimator.load_state_dict(self.net.blur_estimator.state_dict())
+            card.training["blur_estimator"] = self.estimator_fit
         if card.kind == "regression" and card.network.aleatoric and self.val_batch is not None:
             if cfg.objective == "supervised":
                 card.uncertainty_scale = calibrate_uncertainty(module, self.val_batch)
@@ -507,6 +519,8 @@ class Trainer:
                     self.save_checkpoint()
                     self.save_model(completed=self.iteration >= total)
                 raise
+            if self.is_main and not self._timed_out:
+                yield from self._fit_estimator()
             self.save_checkpoint()
             if self._timed_out:
                 yield self.log(Progress("training", self.iteration, total, message=(
@@ -524,6 +538,23 @@ class Trainer:
             self.teardown()
 
     # -- internals --------------------------------------------------------------------------
+    def _fit_estimator(self) -> Generator[Progress, None, None]:
+        est = getattr(self.net, "blur_estimator", None)
+        n = self.config.estimator_iterations
+        if est is None or n == 0:
+            return
+        steps = fit_estimator(est, self.data, iterations=n, batch=self.config.batch, seed=self.config.seed,
+                              device=self.device)
+        try:
+            while True:
+                try:
+                    event = next(steps)
+                except StopIteration as end:
+                    self.estimator_fit = {"iterations": n, "loss": None if end.value is None else round(end.value, 4)}
+                    return
+                yield self.log(event)
+        finally:
+            steps.close()
     def _validation_event(self, *, base: bool = False) -> Generator[Progress, None, None]:
         res = self.validate()
         if res is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .blur import BLUR_MAX, BlurEstimator
 from .unet import UNet
 
 __all__ = ["RegressionUNet", "RegressionUNetStd", "residual_base"]
@@ -49,12 +50,15 @@ class RegressionUNet(nn.Module):
     With ``residual=True`` the network's output is added to :func:`residual_base`. With
     ``gap_depth=True`` (isotropic, 2 slices in, 1 out) ``forward(x, depth)`` makes the slice at
     ``depth`` (B,) in (0, 1) of the gap: the depth takes the place of the noise level in the
-    UNet's embedding, so one network serves every factor.
+    UNet's embedding, so one network serves every factor. With ``blur_level=True``
+    (super-resolution) ``forward(x, blur)`` gets the acquisition blur the same way (see
+    :mod:`.blur`); without ``blur`` its own :class:`~.blur.BlurEstimator` reads it from each
+    item of ``x``.
     """
 
     def __init__(
         self, in_channel: int = 1, out_channel: int = 1, *, residual: bool = False, gap_depth: bool = False,
-        **unet_kwargs,
+        blur_level: bool = False, **unet_kwargs,
     ) -> None:
         super().__init__()
         unet_kwargs.pop("slice_embedding", None)
@@ -67,19 +71,38 @@ class RegressionUNet(nn.Module):
             raise ValueError(f"a residual predictor takes 1 or 2 condition channels, not {in_channel}")
         if gap_depth and (in_channel, out_channel) != (2, 1):
             raise ValueError("a gap-depth predictor takes 2 slices and makes 1")
+        if blur_level and (gap_depth or (in_channel, out_channel) != (1, 1)):
+            raise ValueError("a blur-conditioned predictor takes 1 image and makes 1")
+        self.blur_level = blur_level
+        if blur_level:
+            self.blur_estimator = BlurEstimator()
+
+    @property
+    def level_input(self) -> bool:
+        """Whether ``forward`` takes a level (a gap depth or an acquisition blur)."""
+        return self.gap_depth or self.blur_level
 
     @property
     def size_multiple(self) -> int:
         return self.net.size_multiple
 
-    def forward(self, x: torch.Tensor, depth: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, level: torch.Tensor | None = None):
+        """``level`` (B,) or scalar: the depth in the gap (gap-depth predictors) or the
+        acquisition blur (blur-conditioned ones; None: estimated per item)."""
+        depth = None
         if self.gap_depth:
-            if depth is None:
+            if level is None:
                 raise ValueError("a gap-depth predictor needs the depth of the slice to make")
-            level = depth.reshape(-1).to(x.device, torch.float32).expand(x.shape[0])
-        else:
+            depth = level
+        elif self.blur_level and level is None:
+            level = self.blur_estimator.read(x)
+        elif not self.blur_level:
+            level = None
+        if level is None:
             level = torch.ones(x.shape[0], device=x.device)
-            depth = None
+        level = torch.as_tensor(level).reshape(-1).to(x.device, torch.float32).expand(x.shape[0])
+        if self.blur_level:
+            level = level.clamp(0.0, BLUR_MAX)
         out = self.net(x, level)
         if not self.residual:
             return out
@@ -103,6 +126,6 @@ class RegressionUNetStd(RegressionUNet):
             raise ValueError("RegressionUNetStd needs aleatoric=True")
         self.std_scale = float(std_scale)
 
-    def forward(self, x: torch.Tensor, depth: torch.Tensor | None = None):
-        mean, log_var = super().forward(x, depth)
+    def forward(self, x: torch.Tensor, level: torch.Tensor | None = None):
+        mean, log_var = super().forward(x, level)
         return mean, self.std_scale * torch.exp(0.5 * log_var)

@@ -8,13 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...core.networks.blur import area_blur
 from ...errors import InputError
 from ...inference.normalise import fit_normalisation, make_condition, sample_values, to_model
 from ...models.cards import Normalisation
 from .base import Item, TrainingData, augment, band_crops, blur, fit_rule, spread, stack_planes, fitted_band
 
 __all__ = ["PairData", "pair_data", "noise_model", "sr_data", "downsample_area", "downsample_gaussian",
-           "GAUSSIAN_SIGMAS", "DECIMATE_SIGMAS", "DOWNSAMPLING"]
+           "GAUSSIAN_SIGMAS", "DECIMATE_SIGMAS", "BLUR_SIGMAS", "DOWNSAMPLING"]
 
 #: Ways :func:`sr_data` halves a clean image into a training pair.
 DOWNSAMPLING = ("area", "gaussian", "decimate")
@@ -24,6 +25,9 @@ DOWNSAMPLING = ("area", "gaussian", "decimate")
 #: blocks' first pixels (``image[::s, ::s]`` after the blur; 0: no blur, aliased).
 GAUSSIAN_SIGMAS = (0.5, 1.0)
 DECIMATE_SIGMAS = (0.0, 0.5, 1.0)
+#: Probe widths of the "gaussian" pairs of a blur-conditioned model, which learns every width
+#: it may be told (no blur: a sharp point sample, up to a probe wider than a new pixel).
+BLUR_SIGMAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6)
 
 
 def downsample_area(image: np.ndarray, scale: int) -> np.ndarray:
@@ -90,8 +94,13 @@ class PairData(TrainingData):
         rule: Normalisation | None = None,
         names: Sequence[str] | None = None,
         info: dict[str, Any] | None = None,
+        levels: Sequence[float] | None = None,
     ) -> None:
         self.names = list(names or [f"image {i}" for i in range(len(conds))])
+        if levels is not None and len(levels) != len(conds):
+            raise InputError(f"{len(levels)} levels for {len(conds)} pairs")
+        # per pair: the level a level-conditioned predictor is told (its acquisition blur)
+        self.levels = None if levels is None else [float(v) for v in levels]
         self.conds, self.targets, self.bands = [], [], []
         self.patch = (patch, patch)
         self.multiple, self.input_blur = multiple, float(input_blur)
@@ -160,12 +169,13 @@ class PairData(TrainingData):
             g, a, b = self._gains[i][int(rng.integers(len(self._gains[i])))]
             cc, tt = (a * (tt + g * (cc - tt)) + b).astype(np.float32), (a * tt + b).astype(np.float32)
         cc, tt = augment([cc, tt], rng, rotate=True)
-        return blur(cc, self.input_blur, rng), tt, -1
+        return blur(cc, self.input_blur, rng), tt, (-1 if self.levels is None else self.levels[i])
 
     def validation_items(self, limit: int) -> list[Item]:
         crops = []
-        for c, t, band in zip(self.conds, self.targets, self.bands):
-            crops.append(band_crops(c, t, band, self.patch[0], self.multiple))
+        for i, (c, t, band) in enumerate(zip(self.conds, self.targets, self.bands)):
+            found = band_crops(c, t, band, self.patch[0], self.multiple)
+            crops.append(found if self.levels is None else [(a, b, self.levels[i]) for a, b, _ in found])
         take = spread(limit, [len(v) for v in crops])
         return [it for v, k in zip(crops, take) for it in v[:k]]
 
@@ -261,6 +271,7 @@ def pair_data(
     resample_noise: float = 0.0,
     noise_gain: tuple[float, float] = (1.0, 1.0),
     names: Sequence[str] | None = None,
+    levels: Sequence[float] | None = None,
 ) -> PairData:
     """Training data from registered (degraded, clean) pairs.
 
@@ -278,8 +289,8 @@ def pair_data(
     torch.Size([2, 1, 32, 32])
     """
     names = list(names or [f"pair {i}" for i in range(len(inputs))])
-    conds, tgts, all_names = [], [], []
-    for inp, tgt, name in zip(inputs, targets, names):
+    conds, tgts, all_names, all_levels = [], [], [], []
+    for n, (inp, tgt, name) in enumerate(zip(inputs, targets, names)):
         info = fit_rule(inp, rule)
         planes_in, planes_t = stack_planes(inp), stack_planes(tgt)
         if len(planes_in) != len(planes_t):
@@ -295,8 +306,10 @@ def pair_data(
             conds.append(cond)
             tgts.append(to_model(pt, info)[None])
             all_names.append(name if len(planes_in) == 1 else f"{name}[{z}]")
+            all_levels.append(-1.0 if levels is None else float(levels[n]))
     return PairData(
         conds, tgts, patch=patch, val_fraction=val_fraction, multiple=multiple, input_blur=input_blur,
+        levels=None if levels is None else all_levels,
         resample_noise=resample_noise if scale == 1 else 0.0, noise_gain=noise_gain if scale == 1 else (1.0, 1.0),
         rule=rule, names=all_names, info={"kind": "pairs", "scale": scale},
     )
@@ -313,6 +326,7 @@ def sr_data(
     input_blur: float = 0.0,
     names: Sequence[str] | None = None,
     downsampling: Sequence[str] = ("area",),
+    levels: bool = False,
 ) -> PairData:
     """Super-resolution pairs made from clean images by downsampling.
 
@@ -323,6 +337,10 @@ def sr_data(
     at each of :data:`GAUSSIAN_SIGMAS`: a point-sampled scan) and ``"decimate"`` (sampled at
     the blocks' first pixels, at each of :data:`DECIMATE_SIGMAS`: ``image[::s, ::s]`` among
     them, half a new pixel off the others' grid).
+
+    ``levels=True`` (a blur-conditioned model, :mod:`~...core.networks.blur`): each pair
+    carries its acquisition blur (an area mean counts as :func:`area_blur`) and the
+    ``"gaussian"`` pairs cover :data:`BLUR_SIGMAS`.
 
     Examples
     --------
@@ -335,21 +353,22 @@ def sr_data(
     if not downsampling or set(downsampling) - set(DOWNSAMPLING):
         raise InputError(f"downsampling must name some of {', '.join(DOWNSAMPLING)}, got {list(downsampling)}")
     names = list(names or [f"image {i}" for i in range(len(clean))])
-    lows, highs, labels = [], [], []
+    lows, highs, labels, blurs = [], [], [], []
     for img, name in zip(clean, names):
         h, w = (img.shape[-2] // scale) * scale, (img.shape[-1] // scale) * scale
         high = np.asarray(img[..., :h, :w], dtype=np.float64)
         ways = [("area", None)] if "area" in downsampling else []
-        ways += [("gaussian", s) for s in GAUSSIAN_SIGMAS] if "gaussian" in downsampling else []
+        ways += [("gaussian", s) for s in (BLUR_SIGMAS if levels else GAUSSIAN_SIGMAS)] if "gaussian" in downsampling else []
         ways += [("decimate", s) for s in DECIMATE_SIGMAS] if "decimate" in downsampling else []
         for way, sigma in ways:
             lows.append(downsample_area(high, scale) if sigma is None
                         else downsample_gaussian(high, scale, sigma, centred=way == "gaussian"))
             highs.append(high)
+            blurs.append(area_blur(scale) if sigma is None else sigma)
             labels.append(name if len(ways) == 1 else f"{name} ({way}{'' if sigma is None else f' {sigma:g}'})")
     data = pair_data(
         lows, highs, rule=rule, patch=patch, scale=scale, val_fraction=val_fraction, multiple=multiple,
-        input_blur=input_blur, names=labels,
+        input_blur=input_blur, names=labels, levels=blurs if levels else None,
     )
     kinds = {"area": "area-downsampled", "gaussian": "gaussian-sampled", "decimate": "decimated"}
     data.info = {"kind": "+".join(kinds[k] for k in dict.fromkeys(downsampling)), "scale": scale}
