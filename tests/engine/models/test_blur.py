@@ -201,3 +201,28 @@ def test_the_estimator_loss_teaches_sharp_from_blurred():
     with torch.no_grad():
         sharp, wide = est(conds(0.0, [10, 11])), est(conds(1.5, [10, 11]))  # unseen textures
     assert float(wide.min()) > float(sharp.max()) + 0.5
+
+
+def test_recorded_pairs_are_told_the_blur_read_off_their_input(tmp_path):
+    from napari_emdiffuse.engine.training.config import TrainConfig
+    from napari_emdiffuse.engine.inference.normalise import fit_normalisation, read_blur, sample_values
+
+    m = blur_model()
+    base_dir = m.save(tmp_path / "sr-blur")
+    hr = _texture((128, 128)).astype(np.float64)
+    lr = downsample_gaussian(hr, 2, 1.0)
+    cfg = dict(task="super-resolve", base=str(base_dir), inputs=[lr], targets=[hr], iterations=1, patch=32, batch=4,
+               val_crops=2, device="cpu")
+    trainer = Trainer(TrainConfig(out=tmp_path / "ft", **cfg))
+    trainer.setup()
+    expected = read_blur(m.module.blur_estimator, lr, fit_normalisation(sample_values(lr), m.card.normalisation), 2,
+                         torch.device("cpu"))
+    batch = trainer.next_batch()
+    assert batch.slice_index is not None
+    np.testing.assert_allclose(batch.slice_index.numpy(), expected, atol=1e-5)
+    # control: a plain base converted to blur_level has no fitted estimator to read with
+    plain = m.card.model_copy(update={"network": m.card.network.model_copy(update={"blur_level": False})})
+    plain_dir = create_model(plain).save(tmp_path / "plain")
+    conv = Trainer(TrainConfig(out=tmp_path / "ft2", network={"blur_level": True}, **{**cfg, "base": str(plain_dir)}))
+    conv.setup()
+    assert conv.next_batch().slice_index is None

@@ -143,3 +143,21 @@ def make_condition(plane: np.ndarray, norm: NormInfo, scale: int, device: torch.
     if scale > 1:
         cond = F.interpolate(cond, scale_factor=scale, mode="bicubic", align_corners=False)
     return cond
+
+
+#: Edge (input pixels) of the central crop the acquisition blur is read from.
+BLUR_CROP = 256
+
+
+def read_blur(estimator: torch.nn.Module, plane: np.ndarray, norm: NormInfo, scale: int, device: torch.device) -> float:
+    """The acquisition blur a blur-conditioned model's estimator reads off a 2D plane (input
+    units): its central :data:`BLUR_CROP`-pixel crop, normalised with ``norm`` and upsampled
+    as the network sees it. Non-finite pixels take the crop's median.
+    """
+    h, w = plane.shape[-2:]
+    y0, x0 = max(0, (h - BLUR_CROP) // 2), max(0, (w - BLUR_CROP) // 2)
+    crop = np.array(plane[y0 : y0 + BLUR_CROP, x0 : x0 + BLUR_CROP], dtype=np.float64)
+    finite = np.isfinite(crop)
+    if not finite.all():
+        crop[~finite] = np.median(crop[finite]) if finite.any() else 0.0
+    return float(estimator.read(make_condition(crop, norm, scale, device))[0])

@@ -29,7 +29,9 @@ from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
 from ..models.registry import load_model
 from .normalise import (
+    BLUR_CROP,
     NormInfo,
+    read_blur,
     fit_normalisation,
     from_model,
     sample_values,
@@ -112,27 +114,19 @@ def _check_task(task: str) -> None:
         raise EMDiffuseError(f"unknown task {task!r}; choose denoise or super-resolve{hint}")
 
 
-#: Edge (input pixels) of the central crop the acquisition blur is read from.
-BLUR_CROP = 256
-
-
 def with_blur(
     model: EMDiffuseModel, image: Any, norm: NormInfo, opts: SamplingOptions, device: torch.device
 ) -> SamplingOptions:
     """``opts`` with the acquisition blur a blur-conditioned model is told: the user's, else
-    read off the image once (its middle slice, a central crop of :data:`BLUR_CROP` pixels),
-    so that every tile and slice of the run is restored for the same acquisition."""
+    read off the image once (its middle slice, see :func:`~.normalise.read_blur`), so that
+    every tile and slice of the run is restored for the same acquisition."""
     if not model.card.network.blur_level or opts.blur is not None:
         return opts
     planes = Planes(image)
     nz, h, w = planes.shape
     y0, x0 = max(0, (h - BLUR_CROP) // 2), max(0, (w - BLUR_CROP) // 2)
-    plane = owned_array(planes[nz // 2, y0 : y0 + BLUR_CROP, x0 : x0 + BLUR_CROP]).astype(np.float64)
-    finite = np.isfinite(plane)
-    if not finite.all():
-        plane[~finite] = np.median(plane[finite]) if finite.any() else 0.0
-    cond = make_condition(plane, norm, model.card.scale, device)
-    blur = float(model.unet.blur_estimator.read(cond)[0])
+    plane = owned_array(planes[nz // 2, y0 : y0 + BLUR_CROP, x0 : x0 + BLUR_CROP])
+    blur = read_blur(model.unet.blur_estimator, plane, norm, model.card.scale, device)
     return replace(opts, blur=round(blur, 3), extra={**opts.extra, "blur_source": "read off the image"})
 
 

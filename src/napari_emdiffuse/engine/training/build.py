@@ -4,6 +4,7 @@ network) and its data sets, built from a :class:`~.config.TrainConfig`."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +136,14 @@ def _scratch_card(cfg: TrainConfig) -> ModelCard:
         raise EMDiffuseError(one_line(exc, "network config")) from None
 
 
-def build_data(cfg: TrainConfig, card: ModelCard, mult: int) -> TrainingData:
-    """Load, check and (where needed) register the images; build the data sets."""
+def build_data(
+    cfg: TrainConfig, card: ModelCard, mult: int, *, read_blur: Callable[[np.ndarray], float] | None = None
+) -> TrainingData:
+    """Load, check and (where needed) register the images; build the data sets.
+
+    ``read_blur`` (a blur-conditioned model with a fitted estimator): the acquisition blur of
+    a recorded low-resolution input, which its pairs are told (no blur is known for them).
+    """
     common = dict(patch=cfg.patch, val_fraction=cfg.val_fraction, multiple=mult)
     rule = card.normalisation
     if cfg.task.startswith("isotropic"):
@@ -179,7 +186,8 @@ def build_data(cfg: TrainConfig, card: ModelCard, mult: int) -> TrainingData:
     parts: list[TrainingData] = []
     blur = dict(input_blur=cfg.input_blur)
     if pair_in:
-        parts.append(pair_data(pair_in, pair_t, rule=rule, scale=scale, names=pair_names,
+        levels = [read_blur(a) for a in pair_in] if read_blur is not None and scale > 1 else None
+        parts.append(pair_data(pair_in, pair_t, rule=rule, scale=scale, names=pair_names, levels=levels,
                                resample_noise=cfg.resample_noise, noise_gain=cfg.noise_gain, **common, **blur))
     if clean:
         if cfg.task == "denoise":

@@ -39,6 +39,7 @@ from ..core.losses import mean_var_loss, mse_loss
 from ..core.metrics import psnr, ssim
 from ..errors import EMDiffuseError, InputError, ModelFileError
 from ..events import Progress
+from ..inference.normalise import read_blur
 from ..io.atomic import atomic_file
 from ..models.cards import ModelCard
 from ..models.device import resolve_device
@@ -46,7 +47,7 @@ from ..models.model import EMDiffuseModel
 from ..models.registry import register_model
 from .config import TrainConfig, checkpoint_path
 from .build import build_data, build_model
-from .data.base import Batch, TrainingData
+from .data.base import Batch, TrainingData, fit_rule
 from .estimator import fit_estimator
 from .selfsup import anchor_loss, blind_spot, blind_spot_loss
 from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
@@ -669,4 +670,12 @@ class Trainer:
 
     def build_data(self) -> TrainingData:
         """Load, check and (where needed) register the images; build the data sets."""
-        return build_data(self.config, self.card, self.size_multiple)
+        est = getattr(self.net, "blur_estimator", None)
+        if est is None or self.config.network.get("blur_level"):
+            return build_data(self.config, self.card, self.size_multiple)  # no estimator, or a new one
+
+        def read(image: np.ndarray) -> float:  # as inference reads it: once, off the whole image
+            plane = image[image.shape[0] // 2] if image.ndim == 3 else image
+            return read_blur(est, plane, fit_rule(image, self.card.normalisation), self.card.scale, torch.device("cpu"))
+
+        return build_data(self.config, self.card, self.size_multiple, read_blur=read)
