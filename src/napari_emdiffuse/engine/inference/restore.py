@@ -475,6 +475,8 @@ def run_summary(info: dict) -> str:
     ('one pass', '4 mirrored views')
     >>> run_summary({"sampler": "dpm++", "steps": 10, "samples": 2})
     'dpm++, 10 steps, 2 samples'
+    >>> run_summary({"steps": None, "samples": 1, "blur": 0.96, "blur_source": "read off the image"})
+    'one pass, acquisition blur 0.96 px (read off the image)'
     """
     samples = int(info.get("samples") or 1)
     if info.get("steps") is None:  # a predictor
@@ -483,7 +485,10 @@ def run_summary(info: dict) -> str:
         text = f"{info.get('sampler')}, {info['steps']} step{'s' * (info['steps'] != 1)}, " \
                f"{samples} sample{'s' * (samples != 1)}"
     refine = info.get("refine")
-    return text + (f", refined with {refine['samples']} residual samples" if refine else "")
+    text += f", refined with {refine['samples']} residual samples" if refine else ""
+    if info.get("blur") is not None:
+        text += f", acquisition blur {info['blur']:g} px ({info.get('blur_source', 'given')})"
+    return text
 
 
 def provenance(info: dict, normalisation: dict | None = None, **extra: Any) -> dict:
