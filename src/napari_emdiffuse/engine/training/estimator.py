@@ -9,16 +9,18 @@ costs one pass of its own and stays out of the predictor's optimiser and of DDP.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import numpy as np
 import torch
 
 from ..core.networks.blur import BlurEstimator, blur_estimator_loss
 from ..events import Progress
-from .data.base import TrainingData
+from ..inference.normalise import read_blur
+from ..models.cards import ModelCard
+from .data.base import TrainingData, fit_rule
 
-__all__ = ["fit_estimator"]
+__all__ = ["fit_estimator", "blur_reader"]
 
 
 def fit_estimator(
@@ -73,3 +75,17 @@ def fit_estimator(
         for p in estimator.parameters():
             p.requires_grad_(False)
     return float(np.mean(recent)) if recent else None
+
+
+def blur_reader(net: torch.nn.Module, card: ModelCard) -> Callable[[np.ndarray], float] | None:
+    """What a recorded low-resolution input (2D, or a stack: its middle slice) is told, read
+    off the whole image as inference reads it; None for a network without an estimator."""
+    est = getattr(net, "blur_estimator", None)
+    if est is None:
+        return None
+
+    def read(image: np.ndarray) -> float:
+        plane = image[image.shape[0] // 2] if image.ndim == 3 else image
+        return read_blur(est, plane, fit_rule(image, card.normalisation), card.scale, torch.device("cpu"))
+
+    return read

@@ -39,7 +39,6 @@ from ..core.losses import mean_var_loss, mse_loss
 from ..core.metrics import psnr, ssim
 from ..errors import EMDiffuseError, InputError, ModelFileError
 from ..events import Progress
-from ..inference.normalise import read_blur
 from ..io.atomic import atomic_file
 from ..models.cards import ModelCard
 from ..models.device import resolve_device
@@ -47,46 +46,13 @@ from ..models.model import EMDiffuseModel
 from ..models.registry import register_model
 from .config import TrainConfig, checkpoint_path
 from .build import build_data, build_model
-from .data.base import Batch, TrainingData, fit_rule
-from .estimator import fit_estimator
+from .data.base import Batch, TrainingData
+from .estimator import blur_reader, fit_estimator
+from .predictors import calibrate_uncertainty, one_pass
 from .selfsup import anchor_loss, blind_spot, blind_spot_loss
 from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
 
-__all__ = ["Trainer", "calibrate_uncertainty"]
-
-
-def one_pass(net: torch.nn.Module, cond: torch.Tensor, slice_index: torch.Tensor | None):
-    """A predictor's output for ``cond``; a gap-depth predictor also gets the depths
-    (``slice_index``, float) of the slices to make, a blur-conditioned one the crops'
-    acquisition blur (None: its estimator reads it)."""
-    if getattr(getattr(net, "module", net), "level_input", False):  # through a DDP wrapper too
-        return net(cond, slice_index)
-    return net(cond)
-
-
-@torch.no_grad()
-def calibrate_uncertainty(module: torch.nn.Module, batch: Batch, coverage: float = 0.95) -> float:
-    """Factor on a predictor's aleatoric std so that +-1.96 std covers ``coverage`` of its
-    errors on ``batch`` (held-out crops): a head fitted on training crops is over-confident
-    on data it has not seen, and one number fixes most of it.
-
-    Examples
-    --------
-    >>> class Net(torch.nn.Module):
-    ...     def forward(self, x):
-    ...         return x, torch.zeros_like(x)  # claims std 1
-    >>> b = Batch(cond=torch.zeros(1, 1, 64, 64), target=torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0)) * 3)
-    >>> round(calibrate_uncertainty(Net(), b), 1)  # the errors have std 3
-    3.0
-    """
-    device = next(module.parameters(), torch.zeros(())).device
-    was = module.training
-    module.eval()
-    si = None if batch.slice_index is None else batch.slice_index.to(device)
-    mean, logvar = one_pass(module, batch.cond.to(device), si)
-    module.train(was)
-    z = ((mean.float() - batch.target.to(device).float()).abs() / torch.exp(0.5 * logvar.float())).flatten()
-    return float(torch.quantile(z.cpu(), coverage) / 1.96)
+__all__ = ["Trainer"]
 
 
 class Trainer:
@@ -670,12 +636,7 @@ class Trainer:
 
     def build_data(self) -> TrainingData:
         """Load, check and (where needed) register the images; build the data sets."""
-        est = getattr(self.net, "blur_estimator", None)
-        if est is None or self.config.network.get("blur_level"):
-            return build_data(self.config, self.card, self.size_multiple)  # no estimator, or a new one
-
-        def read(image: np.ndarray) -> float:  # as inference reads it: once, off the whole image
-            plane = image[image.shape[0] // 2] if image.ndim == 3 else image
-            return read_blur(est, plane, fit_rule(image, self.card.normalisation), self.card.scale, torch.device("cpu"))
-
+        # a fitted estimator (not one this run converts a plain base to) reads recorded pairs
+        fitted = not self.config.network.get("blur_level")
+        read = blur_reader(self.net, self.card) if fitted else None
         return build_data(self.config, self.card, self.size_multiple, read_blur=read)
