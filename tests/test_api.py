@@ -93,6 +93,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.models.registry",
         "napari_emdiffuse.engine.io.spacing",
         "napari_emdiffuse.engine.core.networks.blur",
+        "napari_emdiffuse.engine.core.networks.regression",
         "napari_emdiffuse.engine.training.estimator",
         "napari_emdiffuse.engine.training.predictors",
         "napari_emdiffuse.widgets.restore",

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a predictor as a bioimage.io model package (.zip)")
     p.add_argument("model", metavar="MODEL", help="model name, directory or .zip")
     p.add_argument("-o", "--output", metavar="PACKAGE.zip", required=True)
+    p.add_argument("--blur", metavar="auto|area|W", default="auto",
+                   help="super-resolution told the acquisition blur: auto (default: the package reads it off "
+                        "each image), area (2x2 area means) or a probe width in high-resolution pixels, fixed")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("import", help="turn a published best_Network.pth into a model directory")
@@ -479,6 +482,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .engine.inference.canvas import resolve_blur
     from .engine.models.bioimageio import export_bioimageio
     from .engine.models.registry import load_model
 
@@ -486,7 +490,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         import bioimageio.spec  # noqa: F401
     except ImportError:
         raise UsageError(f"{PROG} export: error: needs bioimageio.spec (pip install 'napari-emdiffuse[all]')") from None
-    path = export_bioimageio(load_model(args.model, device="cpu"), args.output)
+    model = load_model(args.model, device="cpu")
+    path = export_bioimageio(model, args.output, blur=resolve_blur(model.card, args.blur))
     print(f"wrote {path} (bioimage.io model package; load it back with --model {path})", file=sys.stderr)
     return 0
 

@@ -7,6 +7,10 @@ the pre- and post-processing, a test input and output, a cover image, documentat
 citation. Our own model card travels as an attachment (``emdiffuse-card.yaml``), so the same zip
 loads back with ``--model PACKAGE.zip``.
 
+A super-resolution package takes the low-resolution image: its network upsamples (bicubic) as
+inference does, and a blur-conditioned one reads the acquisition blur off the image with its
+own estimator unless the export fixes it.
+
 Diffusion models are not exported: their output is a sampler's result over many network
 calls, which the format cannot describe.
 """
@@ -14,6 +18,7 @@ calls, which the format cannot describe.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from ..errors import EMDiffuseError, InputError
 from .cards import ModelCard
 from .files import PACKAGED_CARD_NAME, write_card
 from .model import EMDiffuseModel
-from ..core.networks.regression import RegressionUNetStd
+from ..core.networks.regression import RegressionUNetStd, SuperResolutionUNet
 
 __all__ = ["export_bioimageio"]
 
@@ -52,7 +57,7 @@ def _preprocess(x: np.ndarray, card: ModelCard) -> np.ndarray:
 
 
 def export_bioimageio(
-    model: EMDiffuseModel, out: str | Path, *, authors: list[str] | None = None
+    model: EMDiffuseModel, out: str | Path, *, authors: list[str] | None = None, blur: float | None = None
 ) -> Path:
     """Write ``model`` as a bioimage.io model package (zip).
 
@@ -64,6 +69,10 @@ def export_bioimageio(
         The ``.zip`` to write (atomically: a temporary name, then renamed).
     authors : list of str, optional
         Names for the package's ``authors`` (default: the project).
+    blur : float, optional
+        For a blur-conditioned super-resolution predictor: the acquisition blur (probe width,
+        high-resolution pixels) the package always tells the network. None (default): its
+        estimator reads the blur off each image the package is given.
 
     Returns
     -------
@@ -93,23 +102,28 @@ def export_bioimageio(
     if card.task not in ("denoise", "super-resolve") or card.normalisation.mode != "percentile":
         raise EMDiffuseError(f"model '{card.name}': only 2D percentile-normalised predictors export to bioimage.io")
     scale = card.scale if card.task == "super-resolve" else 1
+    if blur is not None and not (scale > 1 and card.network.blur_level):
+        raise InputError(f"model '{card.name}' is not told the acquisition blur; export it without one")
     module = model.module.cpu().eval()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         x = _test_input(card)
         cond = torch.from_numpy(_preprocess(x, card))
-        if scale > 1:
-            raise EMDiffuseError("super-resolution predictors upsample before the network; not exported yet")
         aleatoric = bool(getattr(module, "aleatoric", False))
         kw = {k: v for k, v in card.network.model_dump().items() if k not in ("in_channel", "out_channel")}
         kw = {"in_channel": card.network.in_channel, "out_channel": card.network.out_channel, **kw}
         kw.pop("slice_embedding", None)
         if aleatoric:  # the exported form returns (mean, std): same weights, an uncertainty map
             kw["std_scale"] = float(card.uncertainty_scale)
+        if scale > 1:  # takes the low-resolution image and upsamples it, as inference does
+            kw.update(scale=int(scale), blur=None if blur is None else float(blur))
+            exported = SuperResolutionUNet(**kw)
+        elif aleatoric:
             exported = RegressionUNetStd(**kw)
-            exported.load_state_dict(module.state_dict())
         else:
             exported = module
+        if exported is not module:
+            exported.load_state_dict(module.state_dict())
         exported.eval()
         with torch.no_grad():
             res = exported(cond)
@@ -123,8 +137,11 @@ def export_bioimageio(
         packaged.weights = "weights.pt"
         write_card(packaged, d / PACKAGED_CARD_NAME)
         _cover(x[0, 0], mean.numpy()[0, 0], d / "cover.png")
-        (d / "README.md").write_text(_documentation(card))
-        size = bio.ParameterizedSize(min=2 * card.network.size_multiple, step=card.network.size_multiple)
+        (d / "README.md").write_text(_documentation(card, blur))
+        # the network's input (upsampled, for super-resolution) must be a multiple of its size_multiple
+        multiple = card.network.size_multiple
+        step = multiple // math.gcd(multiple, scale)
+        size = bio.ParameterizedSize(min=step * math.ceil(2 * multiple / scale / step), step=step)
         axes_in = [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier("em")]),
                    bio.SpaceInputAxis(id=bio.AxisId("y"), size=size), bio.SpaceInputAxis(id=bio.AxisId("x"), size=size)]
 
@@ -132,8 +149,8 @@ def export_bioimageio(
             ref = {"y": bio.SizeReference(tensor_id=bio.TensorId("input"), axis_id=bio.AxisId("y")),
                    "x": bio.SizeReference(tensor_id=bio.TensorId("input"), axis_id=bio.AxisId("x"))}
             return [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier("em")]),
-                    bio.SpaceOutputAxis(id=bio.AxisId("y"), size=ref["y"]),
-                    bio.SpaceOutputAxis(id=bio.AxisId("x"), size=ref["x"])]
+                    bio.SpaceOutputAxis(id=bio.AxisId("y"), size=ref["y"], scale=1 / scale),
+                    bio.SpaceOutputAxis(id=bio.AxisId("x"), size=ref["x"], scale=1 / scale)]
 
         rule = card.normalisation
         pre = [
@@ -154,10 +171,7 @@ def export_bioimageio(
                 id=bio.TensorId("std"), axes=out_axes(),
                 test_tensor=bio.FileDescr(source=d / "test_std.npy"),
                 sample_tensor=bio.FileDescr(source=d / "sample_std.tif"),
-                description=("per-pixel standard deviation of the error (model range): the uncertainty"
-                             + (f" of the aleatoric head; napari-emdiffuse also adds its structure term "
-                                f"(weight {card.uncertainty_structure:g} on the squared Laplacian of the "
-                                "smoothed mean)" if card.uncertainty_structure > 0 else "")),
+                description="per-pixel standard deviation of the error (model range), from the aleatoric head",
             ))
         try:
             descr = _describe(bio, card, d, axes_in, outputs, pre, kw, type(exported).__name__,
@@ -222,19 +236,37 @@ def _cover(inp: np.ndarray, out: np.ndarray, path: Path) -> None:
         lo, hi = np.percentile(a, [0.5, 99.5])
         return (np.clip((a - lo) / (hi - lo + 1e-9), 0, 1) * 255).astype(np.uint8)
 
+    f = out.shape[0] // inp.shape[0]  # a super-resolution input, shown at the output's size
+    inp = np.repeat(np.repeat(inp, f, 0), f, 1)
     pair = np.concatenate([u8(inp), np.full((inp.shape[0], 4), 255, np.uint8), u8(out)], axis=1)
     Image.fromarray(pair).resize((pair.shape[1] * 4, pair.shape[0] * 4), Image.NEAREST).save(path)
 
 
-def _documentation(card: ModelCard) -> str:
+def _documentation(card: ModelCard, blur: float | None) -> str:
     metrics = card.metrics.get("held_out") or {k: v for k, v in card.metrics.items() if not isinstance(v, dict)}
+    sr = card.task == "super-resolve"
+    use = (
+        f"Input: one 2D EM image (any dtype){', at the low resolution' if sr else ''}. Preprocessing maps its "
+        f"{card.normalisation.low:g}/{card.normalisation.high:g} percentiles to -1/+1; the output `mean` is in the "
+        "same range (map it back with the input's percentiles) and `std` is its per-pixel uncertainty."
+    )
+    if sr:
+        use += (f" The network upsamples the input {card.scale}x (bicubic) itself, so the outputs are "
+                f"{card.scale}x larger than the input.")
+    if sr and card.network.blur_level:
+        use += (f" It is told the acquisition blur: {blur:g} high-resolution pixels (fixed at export)."
+                if blur is not None else
+                " It is told the acquisition blur, which its own estimator reads off each image it is given "
+                "(export with `--blur` to fix it).")
+    if card.uncertainty_structure > 0:
+        use += (" `std` is the aleatoric head's; napari-emdiffuse also adds a structure term (weight "
+                f"{card.uncertainty_structure:g} on the squared Laplacian of the smoothed mean) to the variance.")
+    command = "super-resolve" if sr else "denoise"
     return (
         f"# {card.name}\n\n{card.description}\n\n"
-        "## Use\n\nInput: one 2D EM image (any dtype). Preprocessing maps its "
-        f"{card.normalisation.low:g}/{card.normalisation.high:g} percentiles to -1/+1; the output `mean` is in the "
-        "same range (map it back with the input's percentiles) and `log_variance` is its per-pixel uncertainty.\n\n"
+        f"## Use\n\n{use}\n\n"
         "In napari or on the command line: `pip install napari-emdiffuse`, then "
-        "`emdiffuse denoise IMAGE.tif -o OUT.tif --model THIS.zip`.\n\n"
+        f"`emdiffuse {command} IMAGE.tif -o OUT.tif --model THIS.zip`.\n\n"
         f"## Training\n\n```\n{json.dumps(card.training, indent=1, default=str)[:3000]}\n```\n\n"
         "## Validation\n\nScored on held-out EM images no training step saw (`benchmarks/quality.py` of "
         "napari-emdiffuse):\n\n"

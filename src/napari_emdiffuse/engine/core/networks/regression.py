@@ -8,12 +8,13 @@ apply.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blur import BLUR_MAX, BlurEstimator
 from .unet import UNet
 
-__all__ = ["RegressionUNet", "RegressionUNetStd", "residual_base"]
+__all__ = ["RegressionUNet", "RegressionUNetStd", "SuperResolutionUNet", "residual_base"]
 
 
 def residual_base(x: torch.Tensor, out_channel: int, depth: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,3 +130,41 @@ class RegressionUNetStd(RegressionUNet):
     def forward(self, x: torch.Tensor, level: torch.Tensor | None = None):
         mean, log_var = super().forward(x, level)
         return mean, self.std_scale * torch.exp(0.5 * log_var)
+
+
+class SuperResolutionUNet(RegressionUNet):
+    """A super-resolution predictor that takes the low-resolution image itself: it upsamples
+    ``x`` (bicubic, ``scale`` times, as inference does) before the network, and returns
+    ``mean`` or, for an aleatoric network, ``(mean, std)`` with ``std = std_scale *
+    exp(log_var / 2)``.
+
+    The same weights as :class:`RegressionUNet` (same state-dict keys); the form exported to
+    bioimage.io, whose consumers run one network call on the image as given. ``blur`` fixes
+    the acquisition blur a blur-conditioned network is told; None lets its estimator read it
+    off each item of ``x``.
+
+    Examples
+    --------
+    >>> net = SuperResolutionUNet(inner_channel=8, channel_mults=[1], attn_res=[], num_head_channels=8,
+    ...                           residual=True, scale=2)
+    >>> net(torch.zeros(1, 1, 8, 8)).shape
+    torch.Size([1, 1, 16, 16])
+    """
+
+    def __init__(self, in_channel: int = 1, out_channel: int = 1, *, scale: int = 2, blur: float | None = None,
+                 std_scale: float = 1.0, **kwargs) -> None:
+        super().__init__(in_channel, out_channel, **kwargs)
+        if int(scale) != scale or scale < 2:
+            raise ValueError(f"scale must be an integer of at least 2, got {scale}")
+        if blur is not None and not self.blur_level:
+            raise ValueError("only a blur-conditioned predictor is told the acquisition blur")
+        if blur is not None and not 0.0 <= blur <= BLUR_MAX:
+            raise ValueError(f"blur must be between 0 and {BLUR_MAX:g} pixels, got {blur}")
+        self.scale, self.blur, self.std_scale = int(scale), blur, float(std_scale)
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor | None = None):
+        up = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        out = super().forward(up, self.blur if level is None and self.blur is not None else level)
+        if isinstance(out, tuple):
+            return out[0], self.std_scale * torch.exp(0.5 * out[1])
+        return out
