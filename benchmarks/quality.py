@@ -7,7 +7,8 @@ classical baselines (each at its oracle-best strength) and the peers (careamics 
   openorganelle_mouse_liver_0 (never trained on)
   and the bundled sample ``fibsem_liver_noisy``;
 * super-resolve x2: microns_1 and openorganelle_mouse_liver_1, 2x2 area-averaged, scanned with a
-  Gaussian probe of 0.5 / 1 / 1.5 px sampled at the block centres, and decimated (image[::2, ::2]);
+  Gaussian probe of 0.5 / 1 / 1.5 px sampled at the block centres, decimated (image[::2, ::2]),
+  and area-averaged with white noise of std 2 and 4 grey levels (a noisy scan);
 * isotropic: rows 192:256 of the C. elegans volume (never trained on), every f-th slice kept
   (``--iso-factors``); and the vEMDiffuse-a case at ``--iso-lateral`` (default 12): the (z, x)
   planes of the ISBI 2012 volume at rows y 0:193 (never trained on) as slices, every f-th kept.
@@ -159,6 +160,9 @@ def sr_table(model_name: str, device: str, peers: dict) -> str:
         ways = (("", downsample_area(h64, 2)), (" probe 0.5 px", downsample_gaussian(h64, 2, 0.5)),
                 (" probe 1 px", downsample_gaussian(h64, 2, 1.0)), (" probe 1.5 px", downsample_gaussian(h64, 2, 1.5)),
                 (" decimated", hr[::2, ::2]))
+        # a noisy scan: white noise (std 2 / 4 grey levels) after the area mean, one fixed draw
+        noise = np.random.default_rng(0).standard_normal(ways[0][1].shape)
+        ways += ((" noise 2", ways[0][1] + 2 * noise), (" noise 4", ways[0][1] + 4 * noise))
         for way, low in ways:
             lr = np.clip(np.rint(low), 0, 255).astype(np.uint8)
             up = F.interpolate(torch.from_numpy(lr.astype(np.float32))[None, None], scale_factor=2, mode="bicubic",
@@ -170,6 +174,7 @@ def sr_table(model_name: str, device: str, peers: dict) -> str:
             rows += model_rows(data, lr, hr, "super-resolve", model, device)
     return (f"x2 super-resolution, model {model.card.name} (2x2 area-averaged inputs; 'probe S px': a scan "
             "with a Gaussian probe of width S, sampled at the block centres; 'decimated': image[::2, ::2]; "
+            "'noise N': the area mean with white noise of std N grey levels; "
             "images never trained on)\n" + table(rows, COLUMNS))
 
 

@@ -226,3 +226,48 @@ def test_recorded_pairs_are_told_the_blur_read_off_their_input(tmp_path):
     conv = Trainer(TrainConfig(out=tmp_path / "ft2", network={"blur_level": True}, **{**cfg, "base": str(plain_dir)}))
     conv.setup()
     assert conv.next_batch().slice_index is None
+
+
+def test_iterations_0_refits_only_the_estimator(tmp_path):
+    from napari_emdiffuse.api import train
+    from napari_emdiffuse.engine.training.config import TrainConfig
+
+    base_dir = blur_model().save(tmp_path / "sr-blur")
+    torch.set_num_threads(1)
+    kw = dict(task="super-resolve", base=str(base_dir), clean=[_texture((128, 128))], downsampling=["area", "gaussian"],
+              patch=32, batch=4, val_crops=2, device="cpu", estimator_iterations=50)
+    out = train(TrainConfig(out=tmp_path / "refit", iterations=0, **kw))
+    before, after = load_model(base_dir, device="cpu"), load_model(out, device="cpu")
+    a, b = before.module.state_dict(), after.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("blur_estimator."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("blur_estimator."))
+    assert after.card.training["iterations"] == 0 and after.card.training["blur_estimator"]["iterations"] == 50
+    # refused: nothing to refit without a base, for another task, or with no estimator steps
+    for bad in (dict(base=None), dict(task="denoise", downsampling=["area"]), dict(estimator_iterations=0)):
+        with pytest.raises(EMDiffuseError, match="iterations 0"):
+            TrainConfig(**{**kw, "out": tmp_path / "x", "iterations": 0, **bad})
+    plain = blur_model()
+    plain.card.network = plain.card.network.model_copy(update={"blur_level": False})
+    plain_dir = create_model(plain.card).save(tmp_path / "plain")
+    with pytest.raises(EMDiffuseError, match="has none"):
+        train(TrainConfig(**{**kw, "base": str(plain_dir), "out": tmp_path / "y", "iterations": 0}))
+    assert not (tmp_path / "y" / "model.yaml").exists()
+
+
+def test_the_estimator_learns_from_clean_inputs_only():
+    from napari_emdiffuse.engine.training.estimator import fit_estimator
+
+    imgs = [_texture((128, 128), seed=s) for s in (0, 1)]
+    clean = sr_data(imgs, scale=2, rule=Normalisation(), patch=32, downsampling=["area", "gaussian"], levels=True)
+    noisy = sr_data(imgs, scale=2, rule=Normalisation(), patch=32, downsampling=["area", "gaussian"], levels=True,
+                    input_noise=0.3)
+    fitted = []
+    for data in (clean, noisy):
+        torch.manual_seed(0)
+        est = BlurEstimator(width=8)
+        drain(fit_estimator(est, data, iterations=20, batch=4, seed=3))
+        fitted.append(est.state_dict())
+    assert all(torch.equal(fitted[0][k], fitted[1][k]) for k in fitted[0])
+    # the control: the noisy data do give noisy crops
+    assert any(not np.array_equal(noisy.sample_one(np.random.default_rng(i))[0], clean.sample_one(np.random.default_rng(i))[0])
+               for i in range(10))

@@ -135,3 +135,49 @@ def test_cli_noise_gain_bad_input_is_one_line_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "noise_gain" in err and "Traceback" not in err, err
         assert not (tmp_path / "m").exists()
+
+
+def _bicubic_noise_stats(scale: int = 2) -> tuple[float, float]:
+    """Per-pixel std and neighbour correlation of unit white noise upsampled bicubically
+    (align_corners False), from one large draw: the reference for ``input_noise``."""
+    import torch
+
+    n = torch.from_numpy(np.random.default_rng(5).standard_normal((1, 1, 400, 400)).astype(np.float32))
+    up = torch.nn.functional.interpolate(n, scale_factor=scale, mode="bicubic", align_corners=False)[0, 0].numpy()
+    up = up[8:-8, 8:-8]
+    return float(up.std()), float(np.corrcoef(up[:, :-1].ravel(), up[:, 1:].ravel())[0, 1])
+
+
+def test_sr_input_noise_is_low_resolution_noise_upsampled_on_half_the_crops():
+    from napari_emdiffuse.engine.models.cards import Normalisation
+    from napari_emdiffuse.engine.training.data.pairs import sr_data
+
+    # a flat image: every crop's condition equals its target, so what differs is the noise
+    noisy = sr_data([np.full((192, 192), 0.5)], scale=2, rule=Normalisation(), patch=32, input_noise=0.2)
+    clean = noisy.without_input_noise()
+    assert clean.input_noise == 0 and noisy.input_noise == 0.2  # a copy: the training data keep their noise
+    rng = np.random.default_rng(1)
+    flat = clean.sample_one(rng)[1]
+    diffs = []
+    for _ in range(400):
+        c, t, _ = noisy.sample_one(rng)
+        np.testing.assert_array_equal(t, flat)  # the target stays clean
+        diffs.append(c - t)
+    noisy_share = np.mean([np.abs(d).max() > 0 for d in diffs])
+    assert 0.4 < noisy_share < 0.6
+    # rescaled to unit std per crop, the noise has the statistics of upsampled white noise
+    units = np.concatenate([(d / d.std())[0] for d in diffs if np.abs(d).max() > 0])
+    _, corr = _bicubic_noise_stats()
+    along = np.corrcoef(units[:, :-1].ravel(), units[:, 1:].ravel())[0, 1]
+    assert along == pytest.approx(corr, abs=0.03)
+    assert corr > 0.5  # the control: white noise on the high-resolution grid would give 0
+    stds = np.array([d.std() for d in diffs if np.abs(d).max() > 0])
+    std_unit, _ = _bicubic_noise_stats()
+    assert stds.max() <= 0.2 * std_unit * 1.2 and stds.mean() == pytest.approx(0.1 * std_unit, rel=0.15)
+
+
+def test_input_noise_is_for_super_resolution():
+    with pytest.raises(Exception, match="input_noise .* needs task super-resolve"):
+        TrainConfig(task="denoise", out="m", clean=["a.tif"], input_noise=0.05)
+    with pytest.raises(Exception, match="super-resolution"):
+        PairData([np.zeros((1, 32, 32))], [np.zeros((1, 32, 32))], patch=32, input_noise=0.1)

@@ -200,7 +200,7 @@ def build_data(
             )
         else:
             parts.append(sr_data(clean, scale=scale, rule=rule, names=clean_names, downsampling=cfg.downsampling,
-                                 levels=card.network.blur_level, **common, **blur))
+                                 levels=card.network.blur_level, input_noise=cfg.input_noise, **common, **blur))
     return parts[0] if len(parts) == 1 else MixedData(parts)
 
 

@@ -239,6 +239,9 @@ class TrainConfig(BaseModel):
     input_blur: float = Field(0.0, ge=0, le=10)
     # super-resolution from clean images: how the low-resolution inputs are made (sr_data)
     downsampling: list[Literal["area", "gaussian", "decimate"]] = Field(default_factory=lambda: ["area"], min_length=1)
+    # super-resolution from clean images: half of the crops get white noise on the
+    # low-resolution grid, std up to this (model range, the image spans about 2); PairData
+    input_noise: float = Field(0.0, ge=0, le=0.5)
     # denoising pairs: this fraction of crops gets the pair's own noise from elsewhere (PairData)
     resample_noise: float = Field(0.0, ge=0, le=1)
     # denoising pairs: factors on the pair's noise, as at shorter / longer dwell (PairData)
@@ -246,7 +249,7 @@ class TrainConfig(BaseModel):
     # optimisation
     patch: int = Field(128, ge=8)
     batch: int = Field(4, ge=1)
-    iterations: int = Field(1000, ge=1)
+    iterations: int = Field(1000, ge=0)  # 0: a blur model refits only its estimator
     # Blur-conditioned super-resolution: steps of the estimator's own fit after the
     # predictor's (training/estimator.py; a small network, about 100 steps a second on a CPU).
     estimator_iterations: int = Field(5000, ge=0)
@@ -331,6 +334,12 @@ class TrainConfig(BaseModel):
                              "self-supervised and a base model")
         if self.downsampling != ["area"] and self.task != "super-resolve":
             raise ValueError("downsampling makes super-resolution pairs; it needs task super-resolve")
+        if self.iterations == 0 and (self.base is None or self.estimator_iterations == 0 or self.task != "super-resolve"):
+            raise ValueError("iterations 0 refits only the blur estimator of a super-resolution base model; it "
+                             "needs task super-resolve, a base and estimator_iterations")
+        if self.input_noise > 0 and self.task != "super-resolve":
+            raise ValueError("input_noise adds noise to low-resolution inputs; it needs task super-resolve "
+                             "(denoising simulates noise with doses)")
         if (self.downsampling != ["area"] and not self.clean and self.targets is not None
                 and all(t is not None for t in self.targets)):
             raise ValueError("downsampling makes pairs from clean images, and every input here has its target")

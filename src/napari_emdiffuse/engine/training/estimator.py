@@ -50,6 +50,9 @@ def fit_estimator(
     """
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
+    # Noise reads as detail: an estimator taught that noisy crops have their true blur reads
+    # clean images too wide (on unseen ones by 0.23 px on average, against 0.14 without).
+    data = data.without_input_noise()
     estimator.to(device).train()
     for p in estimator.parameters():
         p.requires_grad_(True)

@@ -147,6 +147,8 @@ class Trainer:
         est = getattr(self.net, "blur_estimator", None)
         if est is not None:
             est.requires_grad_(False)  # fitted on its own after the predictor (see estimator)
+        elif cfg.iterations == 0:
+            raise EMDiffuseError(f"iterations 0 refits a blur estimator, and model '{self.card.name}' has none")
         params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm, total, cosine = cfg.warmup, cfg.iterations, cfg.lr_schedule == "cosine"
@@ -373,7 +375,8 @@ class Trainer:
             card.description = f"{self.base_name} fine-tuned on {self._data_summary()}"
         else:
             card.description = f"Trained from scratch on {self._data_summary()}"
-        card.ema = self._ema_active()
+        # no step taken (iterations 0): the weights are the base's, EMA or not
+        card.ema = self._ema_active() if self.iteration > 0 else self.card.ema
         base_record = self.card.training if self.base_name else None  # the base's own history
         card.training = {
             "base": self.base_name,
@@ -390,6 +393,7 @@ class Trainer:
             "val_fraction": cfg.val_fraction,
             "freeze_encoder": cfg.freeze_encoder,
             "input_blur": cfg.input_blur,
+            "input_noise": cfg.input_noise or None,
             "objective": cfg.objective,
             "processes": self.world,
             "device": self.device.type,
@@ -407,7 +411,7 @@ class Trainer:
                 "data_range": 2.0,
                 "intensities": "model range [-1, 1]",
             }
-        module = self.ema.shadow_module(self.net) if card.ema else copy.deepcopy(self.net)
+        module = self.ema.shadow_module(self.net) if self._ema_active() else copy.deepcopy(self.net)
         if cfg.keep_best and self._best is not None and self._best[1] != self._tracked_at:
             module.load_state_dict(self._best[3])  # the latest validation lost: keep the best
             card.metrics.update({k: round(float(v), 4) for k, v in self._best[2].items()})
@@ -461,6 +465,7 @@ class Trainer:
             self._run_started = time.perf_counter()
             if cfg.base is not None and self.iteration == 0 and not self.base_metrics:
                 yield from self._validation_event(base=True)  # what the fine-tune must beat
+                validated_at = 0  # the same network: no second validation when nothing trains
             try:
                 while self.iteration < total and not self._early_stop() and not self._out_of_time():
                     started = time.perf_counter()
@@ -522,6 +527,7 @@ class Trainer:
                 yield self.log(event)
         finally:
             steps.close()
+
     def _validation_event(self, *, base: bool = False) -> Generator[Progress, None, None]:
         res = self.validate()
         if res is None:

@@ -38,10 +38,6 @@ READ_MARGIN = 0.2
 #: point samples (ISBI 2012 and C. elegans sections, area means: 0), which no real scan is; told
 #: 0.3 instead they restore 0.18-0.20 dB better, while true point samples lose 0.07-0.11 dB.
 READ_FLOOR = 0.3
-#: Largest std (model range, where the image spans about 2) of the white noise the
-#: estimator's training adds to half of its crops.
-NOISE_AUG = 0.1
-
 
 def area_blur(scale: int) -> float:
     """The probe width that stands for a ``scale`` x ``scale`` area mean.
@@ -129,9 +125,13 @@ def blur_estimator_loss(
 ) -> torch.Tensor:
     """Robust regression loss of the estimator on crops whose blur is known.
 
-    Half of the crops get white noise (std up to :data:`NOISE_AUG`) and half are inverted,
-    so that noisy and inverted-contrast images are read the same; the estimator's input is
-    detached, so this loss trains the estimator alone.
+    Half of the crops are inverted, so that inverted-contrast images are read the same. No
+    noise is added: noise reads as detail, and an estimator taught that noisy crops have
+    their true blur reads clean images wider than they are (unseen clean images, 5 blurs
+    each: on average 0.23 px too wide with white noise up to 0.1 on half of the crops, 0.14
+    without), where too wide a reading costs far more than too narrow a one. Noisy images
+    then read narrower, and are sharpened less. The estimator's input is detached, so this
+    loss trains the estimator alone.
 
     Examples
     --------
@@ -141,11 +141,5 @@ def blur_estimator_loss(
     (0, True)
     """
     x = cond.detach().float()
-    b = x.shape[0]
-    shape = (b, 1, 1, 1)
-    # the generator lives on the CPU: draw there, then move
-    noisy = (torch.rand(shape, generator=generator) < 0.5).float().to(x.device)
-    level = torch.rand(shape, generator=generator).to(x.device) * NOISE_AUG
-    x = x + noisy * level * torch.randn(x.shape, generator=generator).to(x.device)
-    sign = torch.where(torch.rand(shape, generator=generator) < 0.5, -1.0, 1.0).to(x.device)
+    sign = torch.where(torch.rand((x.shape[0], 1, 1, 1), generator=generator) < 0.5, -1.0, 1.0).to(x.device)
     return F.smooth_l1_loss(estimator(x * sign), blur.to(x.device, torch.float32).reshape(-1), beta=0.1)

@@ -3,6 +3,7 @@ mixtures of data sets."""
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -212,6 +213,11 @@ class TrainingData(ABC):
         """A batch of ``batch`` random training crops."""
         return collate([self.sample_one(rng) for _ in range(batch)])
 
+    def without_input_noise(self) -> "TrainingData":
+        """The same crops with no simulated noise on super-resolution inputs (what a blur
+        estimator learns from: noise reads as detail)."""
+        return self
+
     def validation(self, limit: int = 8) -> Batch | None:
         """Up to ``limit`` fixed validation crops (the same at every call), or None.
 
@@ -292,6 +298,14 @@ class MixedData(TrainingData):
 
     def _pick(self, rng: np.random.Generator) -> int:
         return int(rng.choice(len(self.parts), p=self._p)) if len(self.parts) > 1 else 0
+
+    def without_input_noise(self) -> "MixedData":
+        parts = [p.without_input_noise() for p in self.parts]
+        if all(a is b for a, b in zip(parts, self.parts)):
+            return self
+        clean = copy.copy(self)
+        clean.parts = parts
+        return clean
 
     def sample(self, rng: np.random.Generator, batch: int) -> Batch:
         if self.per_batch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,6 +79,14 @@ class PairData(TrainingData):
         The model's normalisation, refitted for each noise gain (default: percentiles).
     names : list of str
         Names for error messages and the model card.
+    scale : int
+        Super-resolution: how many times the conditions were upsampled (the low-resolution
+        grid ``input_noise`` is drawn on).
+    input_noise : float
+        Super-resolution: half of the crops get white noise on the low-resolution grid, of a
+        std drawn uniformly up to this (model range, where the image spans about 2), upsampled
+        as the condition was. Real scans are noisy; a network that saw only clean inputs
+        sharpens their noise. The target stays clean.
     """
 
     def __init__(
@@ -95,8 +104,13 @@ class PairData(TrainingData):
         names: Sequence[str] | None = None,
         info: dict[str, Any] | None = None,
         levels: Sequence[float] | None = None,
+        scale: int = 1,
+        input_noise: float = 0.0,
     ) -> None:
         self.names = list(names or [f"image {i}" for i in range(len(conds))])
+        if input_noise and (scale < 2 or patch % scale):
+            raise InputError("input_noise is for super-resolution pairs, whose patch is a multiple of the scale")
+        self.scale, self.input_noise = int(scale), float(input_noise)
         if levels is not None and len(levels) != len(conds):
             raise InputError(f"{len(levels)} levels for {len(conds)} pairs")
         # per pair: the level a level-conditioned predictor is told (its acquisition blur)
@@ -168,8 +182,27 @@ class PairData(TrainingData):
         if self._gains and self._gains[i]:
             g, a, b = self._gains[i][int(rng.integers(len(self._gains[i])))]
             cc, tt = (a * (tt + g * (cc - tt)) + b).astype(np.float32), (a * tt + b).astype(np.float32)
+        if self.input_noise > 0 and rng.random() < 0.5:
+            cc = cc + self._upsampled_noise(rng, cc.shape[0], y, x) * rng.uniform(0, self.input_noise)
         cc, tt = augment([cc, tt], rng, rotate=True)
         return blur(cc, self.input_blur, rng), tt, (-1 if self.levels is None else self.levels[i])
+
+    def _upsampled_noise(self, rng: np.random.Generator, channels: int, y: int, x: int) -> np.ndarray:
+        """Unit white noise on the low-resolution grid, upsampled (bicubic) as the conditions
+        were, for the crop at (y, x): one low-resolution pixel of margin around it, and the
+        crop's phase in the grid kept."""
+        s, p = self.scale, self.patch[0]
+        n = torch.from_numpy(rng.standard_normal((1, channels, p // s + 3, p // s + 3)).astype(np.float32))
+        up = torch.nn.functional.interpolate(n, scale_factor=s, mode="bicubic", align_corners=False)[0].numpy()
+        oy, ox = s + y % s, s + x % s
+        return up[:, oy : oy + p, ox : ox + p]
+
+    def without_input_noise(self) -> "PairData":
+        if self.input_noise == 0:
+            return self
+        clean = copy.copy(self)
+        clean.input_noise = 0.0
+        return clean
 
     def validation_items(self, limit: int) -> list[Item]:
         crops = []
@@ -181,6 +214,8 @@ class PairData(TrainingData):
 
     def describe(self) -> dict[str, Any]:
         extra = {"noise_gain": list(self.noise_gain)} if self.noise_gain[1] > self.noise_gain[0] else {}
+        if self.input_noise > 0:
+            extra["input_noise"] = self.input_noise
         return {**self.info, "images": self.names, **extra}
 
 
@@ -272,6 +307,7 @@ def pair_data(
     noise_gain: tuple[float, float] = (1.0, 1.0),
     names: Sequence[str] | None = None,
     levels: Sequence[float] | None = None,
+    input_noise: float = 0.0,
 ) -> PairData:
     """Training data from registered (degraded, clean) pairs.
 
@@ -311,7 +347,7 @@ def pair_data(
         conds, tgts, patch=patch, val_fraction=val_fraction, multiple=multiple, input_blur=input_blur,
         levels=None if levels is None else all_levels,
         resample_noise=resample_noise if scale == 1 else 0.0, noise_gain=noise_gain if scale == 1 else (1.0, 1.0),
-        rule=rule, names=all_names, info={"kind": "pairs", "scale": scale},
+        rule=rule, names=all_names, info={"kind": "pairs", "scale": scale}, scale=scale, input_noise=input_noise,
     )
 
 
@@ -327,6 +363,7 @@ def sr_data(
     names: Sequence[str] | None = None,
     downsampling: Sequence[str] = ("area",),
     levels: bool = False,
+    input_noise: float = 0.0,
 ) -> PairData:
     """Super-resolution pairs made from clean images by downsampling.
 
@@ -340,7 +377,7 @@ def sr_data(
 
     ``levels=True`` (a blur-conditioned model, :mod:`~...core.networks.blur`): each pair
     carries its acquisition blur (an area mean counts as :func:`area_blur`) and the
-    ``"gaussian"`` pairs cover :data:`BLUR_SIGMAS`.
+    ``"gaussian"`` pairs cover :data:`BLUR_SIGMAS`. ``input_noise``: see :class:`PairData`.
 
     Examples
     --------
@@ -368,7 +405,7 @@ def sr_data(
             labels.append(name if len(ways) == 1 else f"{name} ({way}{'' if sigma is None else f' {sigma:g}'})")
     data = pair_data(
         lows, highs, rule=rule, patch=patch, scale=scale, val_fraction=val_fraction, multiple=multiple,
-        input_blur=input_blur, names=labels, levels=blurs if levels else None,
+        input_blur=input_blur, names=labels, levels=blurs if levels else None, input_noise=input_noise,
     )
     kinds = {"area": "area-downsampled", "gaussian": "gaussian-sampled", "decimate": "decimated"}
     data.info = {"kind": "+".join(kinds[k] for k in dict.fromkeys(downsampling)), "scale": scale}
