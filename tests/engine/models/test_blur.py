@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_emdiffuse.api import restore
-from napari_emdiffuse.engine.core.networks.blur import BLUR_MAX, READ_FLOOR, READ_MARGIN, BlurEstimator, area_blur
+from napari_emdiffuse.engine.core.networks.blur import BLUR_MAX, READ_FLOOR, READ_SCALE, BlurEstimator, area_blur
 from napari_emdiffuse.engine.errors import EMDiffuseError
 from napari_emdiffuse.engine.inference.canvas import resolve_blur
 from napari_emdiffuse.engine.models.cards import ModelCard, Normalisation, UNetConfig
@@ -64,7 +64,7 @@ def test_the_network_gets_the_blur_and_estimates_it_when_not_given():
         wide = m.module(x, torch.tensor([1.5]))[0]
         assert (sharp - wide).abs().max() > 1e-3  # the level reaches the embedding
         est = m.module.blur_estimator.read(x)
-        np.testing.assert_allclose(est.numpy(), (m.module.blur_estimator(x) - READ_MARGIN).clamp(READ_FLOOR, BLUR_MAX).numpy())
+        np.testing.assert_allclose(est.numpy(), (m.module.blur_estimator(x) * READ_SCALE).clamp(READ_FLOOR, BLUR_MAX).numpy())
         auto = m.module(x)[0]
         np.testing.assert_allclose(auto.numpy(), m.module(x, est)[0].numpy(), atol=1e-6)
         clamped = m.module(x, torch.tensor([9.0]))[0]
@@ -172,7 +172,7 @@ def test_bundled_sr_model_reads_blurrier_scans_as_blurrier(shared_data):
         low = downsample_area(img, 2) if way == "area" else downsample_gaussian(img, 2, way)
         read[way] = restore(low.astype(np.float32), task="super-resolve", model=m).info["blur"]
     assert read[0.0] < read[1.0] < read[1.5] and read[0.0] >= READ_FLOOR
-    assert abs(read[1.0] + READ_MARGIN - 1.0) < 0.2 and abs(read["area"] + READ_MARGIN - area_blur(2)) < 0.2
+    assert abs(read[1.0] / READ_SCALE - 1.0) < 0.2 and abs(read["area"] / READ_SCALE - area_blur(2)) < 0.2
     # the reading errs on the narrow side, where the network loses least
     assert read[1.0] < 1.0 and read["area"] < area_blur(2)
 
