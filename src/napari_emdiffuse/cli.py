@@ -486,10 +486,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .engine.models.bioimageio import export_bioimageio
     from .engine.models.registry import load_model
 
-    try:
-        import bioimageio.spec  # noqa: F401
-    except ImportError:
-        raise UsageError(f"{PROG} export: error: needs bioimageio.spec (pip install 'napari-emdiffuse[all]')") from None
     model = load_model(args.model, device="cpu")
     path = export_bioimageio(model, args.output, blur=resolve_blur(model.card, args.blur))
     print(f"wrote {path} (bioimage.io model package; load it back with --model {path})", file=sys.stderr)

@@ -837,3 +837,31 @@ def test_restored_layer_saves_as_mrc_with_scale_and_labels(viewer, tmp_path):
     with pytest.raises(InputError, match="RGB"):
         write_mrc_layer(str(tmp_path / "c.mrc"), np.zeros((4, 4, 3), np.uint8), {"rgb": True})
     assert not (tmp_path / "c.mrc").exists()
+
+
+def test_finetune_widget_exports_a_predictor_to_bioimageio(viewer, models, errors, tmp_path, monkeypatch):
+    pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is in the [all] extra")
+    from napari_emdiffuse.engine.models.cards import ModelCard, Normalisation, UNetConfig
+    from napari_emdiffuse.engine.models.factory import create_model
+    from napari_emdiffuse.widgets.finetune import exportable
+
+    card = ModelCard(name="pred", task="denoise", kind="regression", tile=32, overlap=8, normalisation=Normalisation(),
+                     network=UNetConfig(in_channel=1, residual=True, aleatoric=True, inner_channel=16,
+                                        channel_mults=[1, 2], attn_res=[], num_head_channels=16))
+    pred = create_model(card).save(tmp_path / "pred")
+    ft = _dock(viewer, FINETUNE)
+    assert not ft.export_button.isEnabled()  # nothing trained yet
+    ft._done({"path": str(pred)})
+    assert ft.export_button.isEnabled()
+    monkeypatch.setattr("napari_emdiffuse.widgets.finetune.QFileDialog.getSaveFileName",
+                        lambda *a, **k: (str(tmp_path / "shared"), ""))
+    ft.export_button.click()
+    assert (tmp_path / "shared.zip").is_file() and not errors, errors
+    assert "exported to" in ft.status.text()
+    # the control: a diffusion model cannot be exported; the button says so by being off, and
+    # asked anyway, one line and no file
+    assert not exportable(models["denoise"])
+    ft._done({"path": str(models["denoise"])})
+    assert not ft.export_button.isEnabled()
+    assert ft.export_to(tmp_path / "diffusion.zip") is None
+    assert "diffusion model" in errors[-1] and not (tmp_path / "diffusion.zip").exists()

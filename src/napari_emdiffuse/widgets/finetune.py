@@ -24,13 +24,16 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QLabel,
     QLineEdit,
+    QPushButton,
     QWidget,
 )
 
 from ..api import FinetuneOptions as _ApiFinetuneOptions
 from ..engine.errors import EMDiffuseError, InputError
 from ..engine.models.cards import TASKS
+from ..engine.models.bioimageio import export_bioimageio
 from ..engine.models.files import read_card
+from ..engine.models.registry import load_model
 from ..engine.training.data.pairs import DOWNSAMPLING
 from ..engine.training.finetune import verdict
 from ._base import DockWidget
@@ -45,7 +48,7 @@ from .restore import check_input_layer, layer_array
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-__all__ = ["FinetuneWidget", "FinetuneOptions", "default_output", "parse_lr"]
+__all__ = ["FinetuneWidget", "FinetuneOptions", "default_output", "exportable", "parse_lr"]
 
 PREVIEW_LAYER = "finetune_preview"
 POLL_MS = 150
@@ -67,6 +70,16 @@ def parse_lr(text: str) -> float:
     if not (math.isfinite(lr) and 0 < lr < 1):
         raise EMDiffuseError(f"learning rate must be between 0 and 1, got {text}")
     return lr
+
+
+def exportable(model_dir: str | Path) -> bool:
+    """Whether a saved model exports to bioimage.io: a one-pass denoising or
+    super-resolution predictor (the format describes one network pass)."""
+    try:
+        card = read_card(model_dir)
+    except (EMDiffuseError, OSError):
+        return False
+    return card.kind == "regression" and card.task in ("denoise", "super-resolve")
 
 
 def default_output(task: str, now: float | None = None) -> Path:
@@ -261,6 +274,13 @@ class FinetuneWidget(DockWidget):
         self.output.setPlaceholderText("new folder in the user model directory")
         self.output.setToolTip("Folder the fine-tuned model is saved to")
         self.plot = LossPlot(self.history)
+        self.export_button = QPushButton("Export to bioimage.io…")
+        self.export_button.setToolTip(
+            "Write the model just trained as a bioimage.io package (.zip) for deepImageJ, ilastik or "
+            "bioimageio.core; one-pass denoising and super-resolution models (needs napari-emdiffuse[all])"
+        )
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self._export_clicked)
         self._lay_out(
             [
                 ("task", self.task),
@@ -274,6 +294,7 @@ class FinetuneWidget(DockWidget):
             ],
             advanced,
             self.plot,
+            self.export_button,
         )
 
         # The child process cannot signal Qt: its events are drained on a timer.
@@ -393,6 +414,7 @@ class FinetuneWidget(DockWidget):
         self.history.clear()
         self.plot.update()
         self.saved_model = None
+        self.export_button.setEnabled(False)
         self._started = time.monotonic()
         self._pace_from: tuple[int, float] | None = None  # (iteration, time) the ETA's pace starts at
         self.status.setText(f"starting training ({opts.iterations} iterations) -> {kwargs['out']}")
@@ -450,6 +472,7 @@ class FinetuneWidget(DockWidget):
         path = ev.get("path")
         stopped = bool(ev.get("stopped"))
         self.saved_model = path
+        self.export_button.setEnabled(bool(path) and exportable(path))
         if path:
             notify_models_changed()  # the new model appears in every open model list
             self.base.refresh()
@@ -466,6 +489,41 @@ class FinetuneWidget(DockWidget):
         else:
             self.status.setText("stopped before any model was saved")
         self._finished("stopped" if stopped else "done")
+
+    def _export_clicked(self) -> None:
+        if not self.saved_model:
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export to bioimage.io", str(Path(self.saved_model).with_suffix(".zip")),
+            "bioimage.io package (*.zip)",
+        )
+        if path:
+            self.export_to(path)
+
+    def export_to(self, path: str | Path) -> Path | None:
+        """Write the model just saved as a bioimage.io package at ``path`` (``.zip`` added when
+        missing); None, with a one-line notification, when it cannot be exported."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QApplication
+
+        if not self.saved_model:
+            notify_error("no model to export yet: train one first")
+            return None
+        path = Path(path)
+        if path.suffix.lower() != ".zip":
+            path = path.with_name(path.name + ".zip")
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # a few seconds: tests the package
+        try:
+            out = export_bioimageio(load_model(self.saved_model, device="cpu", cache=False), path)
+        except EMDiffuseError as exc:
+            notify_error(str(exc))
+            self.status.setText(f"export failed: {exc}")
+            return None
+        finally:
+            QApplication.restoreOverrideCursor()
+        self.status.setText(f"exported to {out} (bioimage.io package)")
+        notify_info(f"EMDiffuse: exported to {out}")
+        return out
 
     def _failed(self, ev: dict[str, Any]) -> None:
         message = str(ev.get("message", "training failed"))

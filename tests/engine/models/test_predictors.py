@@ -331,3 +331,15 @@ def test_bioimageio_export_of_super_resolution_takes_the_low_resolution_image(tm
     assert main(["export", str(den), "-o", str(tmp_path / "d.zip"), "--blur", "area"]) == 2
     assert main(["export", str(src), "-o", str(tmp_path / "e.zip"), "--blur", "3"]) == 2
     assert not (tmp_path / "d.zip").exists() and not (tmp_path / "e.zip").exists()
+
+
+def test_export_without_bioimageio_spec_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from napari_emdiffuse.cli import main
+
+    src = predictor(perturb=0.02).save(tmp_path / "pred")
+    for name in ("bioimageio", "bioimageio.spec", "bioimageio.spec.model", "bioimageio.spec.model.v0_5"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)  # as if not installed
+    assert main(["export", str(src), "-o", str(tmp_path / "p.zip")]) == 2
+    err = capsys.readouterr().err
+    assert "needs bioimageio.spec" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.zip").exists()

@@ -85,8 +85,11 @@ def export_bioimageio(
     >>> export_bioimageio(load_model("demo-denoise"), "demo-denoise.zip")  # doctest: +SKIP
     PosixPath('demo-denoise.zip')
     """
-    import bioimageio.spec.model.v0_5 as bio
-    from bioimageio.spec import save_bioimageio_package
+    try:
+        import bioimageio.spec.model.v0_5 as bio
+        from bioimageio.spec import save_bioimageio_package
+    except ImportError:
+        raise EMDiffuseError("exporting to bioimage.io needs bioimageio.spec: pip install 'napari-emdiffuse[all]'") from None
 
     card = model.card
     out = Path(out)
@@ -187,6 +190,12 @@ def export_bioimageio(
     return out
 
 
+def _package_name(name: str) -> str:
+    """The card's name as the spec takes it: 5 to 128 characters."""
+    name = name.replace("-", " ").strip()
+    return (name if len(name) >= 5 else f"EMDiffuse {name}".strip())[:128]
+
+
 def _first_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first.get("loc", ()))
@@ -197,7 +206,7 @@ def _describe(bio, card: ModelCard, d: Path, axes_in, outputs, pre, kw: dict, ca
               authors: list[str]):
     """The package's description (raises pydantic's ValidationError when the spec refuses)."""
     return bio.ModelDescr(
-        name=card.name.replace("-", " "),
+        name=_package_name(card.name),
         description=(card.description or f"napari-emdiffuse {card.task} predictor")[:1000],
         authors=[bio.Author(name=a) for a in authors],
         cite=[bio.CiteEntry(text=card.citation, doi=bio.Doi("10.1038/s41467-024-49125-z"))],
