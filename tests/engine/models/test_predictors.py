@@ -326,6 +326,20 @@ def test_bioimageio_export_of_super_resolution_takes_the_low_resolution_image(tm
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(_run_package(fixed, x), want_fixed, atol=1e-5)
     assert np.abs(want_fixed - want).max() > 1e-4  # the control: the fixed blur reaches the network
+    # the TorchScript weights run without this package's code, at another size too
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(auto) as zf:
+        scripted = torch.jit.load(io.BytesIO(zf.read("weights.torchscript.pt")))
+    other = torch.randn(2, 1, 24, 40)
+    with torch.no_grad():
+        mean_ts, std_ts = scripted(other)
+        mean, log_var = m.module(torch.nn.functional.interpolate(other, scale_factor=2, mode="bicubic",
+                                                                 align_corners=False))
+    assert mean_ts.shape == (2, 1, 48, 80)
+    torch.testing.assert_close(mean_ts, mean, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(std_ts, m.card.uncertainty_scale * torch.exp(0.5 * log_var), atol=1e-5, rtol=1e-4)
     # a blur for a model that is not told one, or out of range: one line, exit 2, no package
     den = predictor(perturb=0.02).save(tmp_path / "den")
     assert main(["export", str(den), "-o", str(tmp_path / "d.zip"), "--blur", "area"]) == 2

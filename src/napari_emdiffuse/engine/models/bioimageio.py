@@ -2,7 +2,8 @@
 community shares models (BioImage Model Zoo, deepImageJ, ilastik, careamics).
 
 The package holds the mean predictor's PyTorch weights with its architecture importable
-from this package (``napari_emdiffuse.engine.core.networks.regression.RegressionUNet``),
+from this package (``napari_emdiffuse.engine.core.networks.regression.RegressionUNet``), the
+same network traced to TorchScript (for consumers without this package, e.g. deepImageJ),
 the pre- and post-processing, a test input and output, a cover image, documentation and the
 citation. Our own model card travels as an attachment (``emdiffuse-card.yaml``), so the same zip
 loads back with ``--model PACKAGE.zip``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +138,11 @@ def export_bioimageio(
         tifffile.imwrite(d / "sample_input.tif", x[0, 0])
         tifffile.imwrite(d / "sample_mean.tif", mean.numpy()[0, 0].astype(np.float32))
         torch.save({k: v.cpu() for k, v in module.state_dict().items()}, d / "weights.pt")
+        # TorchScript too: deepImageJ and other consumers without this package installed run it
+        # (traced once; the network has no size-dependent control flow, any size runs)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.jit.save(torch.jit.trace(exported, cond, check_trace=False), str(d / "weights.torchscript.pt"))
         packaged = card.model_copy(deep=True)
         packaged.weights = "weights.pt"
         write_card(packaged, d / PACKAGED_CARD_NAME)
@@ -227,6 +234,9 @@ def _describe(bio, card: ModelCard, d: Path, axes_in, outputs, pre, kw: dict, ca
                 import_from="napari_emdiffuse.engine.core.networks.regression",
                 kwargs=json.loads(json.dumps(kw)),
             ),
+            pytorch_version=bio.Version(torch.__version__.split("+")[0]),
+        ), torchscript=bio.TorchscriptWeightsDescr(
+            source=d / "weights.torchscript.pt", parent="pytorch_state_dict",
             pytorch_version=bio.Version(torch.__version__.split("+")[0]),
         )),
         attachments=[bio.FileDescr(source=d / PACKAGED_CARD_NAME)],
