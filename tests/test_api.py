@@ -82,6 +82,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.training.data.pairs",
         "napari_emdiffuse.engine.training.data.base",
         "napari_emdiffuse.engine.training.data.volumes",
+        "napari_emdiffuse.engine.training.data.noise",
         "napari_emdiffuse.engine.training.finetune",
         "napari_emdiffuse.engine.training.selfsup",
         "napari_emdiffuse.engine.io.mrc",

@@ -194,7 +194,7 @@ def build_data(
             parts.append(
                 SimulatedNoiseData(
                     clean, doses=cfg.doses, read_noise=cfg.read_noise, rule=rule, names=clean_names,
-                    correlation=cfg.noise_correlation, invert=cfg.invert_contrast,
+                    correlation=cfg.noise_correlation, invert=cfg.invert_contrast, zoom=cfg.zoom,
                     seed=cfg.seed, **common, **blur,
                 )
             )

@@ -236,6 +236,9 @@ class TrainConfig(BaseModel):
     # simulated noise: this share of crops comes from contrast-inverted copies of the clean
     # images (noise simulated after inverting, as raw backscatter SEM records it)
     invert_contrast: float = Field(0.0, ge=0, lt=1)
+    # simulated noise: half of the clean crops are rescaled by up to this factor (either way)
+    # before the noise, as at other magnifications (SimulatedNoiseData)
+    zoom: float = Field(1.0, ge=1, le=4)
     input_blur: float = Field(0.0, ge=0, le=10)
     # super-resolution from clean images: how the low-resolution inputs are made (sr_data)
     downsampling: list[Literal["area", "gaussian", "decimate"]] = Field(default_factory=lambda: ["area"], min_length=1)
@@ -352,6 +355,8 @@ class TrainConfig(BaseModel):
             raise ValueError("noise_gain scales a denoising pair's noise; it needs supervised denoising from pairs")
         if self.invert_contrast > 0 and (self.task != "denoise" or not self.clean):
             raise ValueError("invert_contrast inverts clean images before simulating noise; it needs denoise with clean images")
+        if self.zoom > 1 and (self.task != "denoise" or not self.clean):
+            raise ValueError("zoom rescales clean images before simulating noise; it needs denoise with clean images")
         if self.targets is not None and len(self.targets) != len(self.inputs):
             raise ValueError(
                 f"{len(self.inputs)} inputs but {len(self.targets)} targets; give one target per input (null: simulate)"

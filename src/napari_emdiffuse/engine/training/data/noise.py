@@ -123,6 +123,7 @@ class SimulatedNoiseData(TrainingData):
         read_noise: float = 1.0,
         correlation: float = 0.0,
         invert: float = 0.0,
+        zoom: float = 1.0,
         val_fraction: float = 0.1,
         multiple: int = 1,
         input_blur: float = 0.0,
@@ -133,7 +134,9 @@ class SimulatedNoiseData(TrainingData):
             raise InputError(f"doses must be positive numbers, got {list(doses)}")
         if not 0 <= invert < 1:
             raise InputError(f"invert is a share of crops in [0, 1), got {invert}")
-        self.invert = float(invert)
+        if not 1 <= zoom <= 4:
+            raise InputError(f"zoom is a largest rescaling factor in [1, 4], got {zoom}")
+        self.invert, self.zoom = float(invert), float(zoom)
         self.doses = [float(d) for d in doses]
         self.read_noise, self.input_blur, self.multiple = float(read_noise), float(input_blur), multiple
         self.correlation = float(correlation)
@@ -188,11 +191,22 @@ class SimulatedNoiseData(TrainingData):
         i = int(rng.choice(len(self.images), p=self._areas / self._areas.sum())) if len(self.images) > 1 else 0
         k = int(rng.integers(len(self.doses)))
         img, p = self.images[i], self.patch[0]
-        y = int(rng.integers(img.shape[0] - self.bands[i] - p + 1))
-        x = int(rng.integers(img.shape[1] - p + 1))
-        (crop,) = augment([img[y : y + p, x : x + p]], rng, rotate=True)
+        q = self._region(rng, img.shape[0] - self.bands[i], img.shape[1])
+        y = int(rng.integers(img.shape[0] - self.bands[i] - q + 1))
+        x = int(rng.integers(img.shape[1] - q + 1))
+        crop = img[y : y + q, x : x + q]
+        (crop,) = augment([crop if q == p else resized(crop, p, self.ranges[i])], rng, rotate=True)
         cond, target = self._pair(i, k, np.ascontiguousarray(crop), rng)
         return blur(cond, self.input_blur, rng), target, -1
+
+    def _region(self, rng: np.random.Generator, h: int, w: int) -> int:
+        """Edge of the region a crop is cut from: the patch, or with ``zoom`` (half of the
+        crops) the patch divided by a log-uniform factor, within the image."""
+        p = self.patch[0]
+        if self.zoom <= 1 or rng.random() < 0.5:
+            return p
+        factor = float(np.exp(rng.uniform(-np.log(self.zoom), np.log(self.zoom))))
+        return int(np.clip(round(p / factor), 4, min(h, w)))
 
     def validation_items(self, limit: int) -> list[Item]:
         rng = np.random.default_rng([self.seed, 104729])  # the same noise at every validation
@@ -217,4 +231,25 @@ class SimulatedNoiseData(TrainingData):
             "read_noise": self.read_noise,
             "correlation": self.correlation,
             **({"invert_contrast": self.invert} if self.invert else {}),
+            **({"zoom": self.zoom} if self.zoom > 1 else {}),
         }
+
+
+def resized(crop: np.ndarray, size: int, limits: tuple[float, float]) -> np.ndarray:
+    """A square ``crop`` resized to ``size`` (bicubic, antialiased when it shrinks), within
+    ``limits`` and in its own dtype (integers rounded), as a recording at that pixel size.
+
+    Examples
+    --------
+    >>> crop = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    >>> out = resized(crop, 4, (0, 63))
+    >>> out.shape, out.dtype, int(out.min()) >= 0
+    ((4, 4), dtype('uint8'), True)
+    """
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
+    out = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=size < crop.shape[0])
+    out = np.clip(out[0, 0].numpy().astype(np.float64), *limits)
+    return np.rint(out).astype(crop.dtype) if crop.dtype.kind in "ui" else out.astype(crop.dtype)
