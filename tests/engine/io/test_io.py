@@ -191,6 +191,41 @@ def test_leading_singleton_axes_are_squeezed(tmp_path):
     assert img.axes == "ZYX"
 
 
+def _grey_ramp(shape=(24, 40)) -> np.ndarray:
+    return (np.arange(np.prod(shape)) % 256).reshape(shape).astype(np.uint8)
+
+
+@pytest.mark.parametrize("layout", ["chunky", "planar", "rgba", "imagej", "stack"])
+def test_grey_tiff_saved_as_rgb_reads_as_grey(tmp_path, layout):
+    grey = _grey_ramp()
+    path = tmp_path / "rgb.tif"
+    rgb = np.stack([grey] * 3, axis=-1)
+    if layout == "chunky":
+        tifffile.imwrite(path, rgb, photometric="rgb")
+    elif layout == "planar":
+        tifffile.imwrite(path, np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    elif layout == "rgba":
+        alpha = np.full(grey.shape + (1,), 255, np.uint8)
+        tifffile.imwrite(path, np.concatenate([rgb, alpha], -1), photometric="rgb", extrasamples=["unassalpha"])
+    elif layout == "imagej":
+        tifffile.imwrite(path, rgb, photometric="rgb", imagej=True, resolution=(250.0, 250.0), metadata={"unit": "um"})
+    else:
+        tifffile.imwrite(path, np.stack([rgb, rgb[::-1]]), photometric="rgb")
+    img = read_image(path)
+    want = np.stack([grey, grey[::-1]]) if layout == "stack" else grey
+    np.testing.assert_array_equal(img.data, want)
+    if layout == "imagej":
+        assert img.axes == "YX" and img.spacing == pytest.approx((4.0, 4.0)) and img.unit == "nm"
+
+
+def test_colour_tiff_is_refused_in_one_line(tmp_path):
+    grey = _grey_ramp()
+    tifffile.imwrite(tmp_path / "colour.tif", np.stack([grey, grey[::-1], grey], -1), photometric="rgb")
+    with pytest.raises(InputError, match="colour image") as exc:
+        read_image(tmp_path / "colour.tif")
+    assert "\n" not in str(exc.value)
+
+
 def test_large_tiff_is_memory_mapped_read_only(tmp_path, monkeypatch):
     array = _random((3, 8, 8), "uint16")
     path = write_tiff(tmp_path / "m.tif", array, spacing=(5, 1, 1))

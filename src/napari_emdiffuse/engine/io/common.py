@@ -29,6 +29,7 @@ __all__ = [
     "image_files_in",
     "check_output_path",
     "as_numpy",
+    "grey_from_samples",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -170,3 +171,31 @@ def as_numpy(array: Any) -> np.ndarray:
     if callable(compute) and not isinstance(array, np.ndarray):  # dask
         array = compute()
     return np.asarray(array)
+
+
+def grey_from_samples(data: np.ndarray, path: Path) -> np.ndarray:
+    """Drop a trailing colour axis (grey + alpha, RGB or RGBA) whose colour channels are equal.
+
+    Many consoles and viewers save a grey image as RGB; its first channel is the image. A
+    constant alpha is dropped; transparency, or channels that differ (a real colour image), are
+    refused with one line, since the models restore greyscale intensities.
+
+    Examples
+    --------
+    >>> rgb = np.repeat(np.arange(6, dtype=np.uint8).reshape(2, 3, 1), 3, axis=-1)
+    >>> grey_from_samples(rgb, Path("grey.tif")).shape
+    (2, 3)
+    """
+    if data.shape[-1] in (2, 4):  # grey or colour with alpha
+        alpha = np.asarray(data[..., -1])
+        if np.any(alpha != alpha.flat[0]):
+            raise InputError(f"cannot use '{path}': it has transparent pixels; save it without an alpha channel")
+        data = data[..., :-1]
+    first = np.asarray(data[..., 0])
+    for channel in range(1, data.shape[-1]):
+        if not np.array_equal(first, data[..., channel]):
+            raise InputError(
+                f"cannot use '{path}': it is a colour image; EM restoration needs greyscale "
+                "(convert it, e.g. in Fiji: Image > Type > 8-bit)"
+            )
+    return np.ascontiguousarray(first)

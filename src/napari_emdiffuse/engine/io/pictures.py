@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import ImageData, check_readable, reason
+from .common import ImageData, check_readable, grey_from_samples, reason
 
 __all__ = ["read_picture"]
 
@@ -29,20 +29,8 @@ def read_picture(path: Path) -> ImageData:
         raise
     except Exception as exc:
         raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
-    if data.ndim == 3 and data.shape[-1] in (2, 4):  # grey or colour with alpha
-        alpha = data[..., -1]
-        if np.any(alpha != alpha.flat[0]):
-            raise InputError(f"cannot use '{path}': it has transparent pixels; save it without an alpha channel")
-        data = data[..., :-1]
-    if data.ndim == 3 and data.shape[-1] == 3:
-        if not (np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 0], data[..., 2])):
-            raise InputError(
-                f"cannot use '{path}': it is a colour image; EM restoration needs greyscale "
-                "(convert it, e.g. in Fiji: Image > Type > 8-bit)"
-            )
-        data = data[..., 0]
-    elif data.ndim == 3 and data.shape[-1] == 1:
-        data = data[..., 0]
+    if data.ndim == 3 and data.shape[-1] in (1, 2, 3, 4):
+        data = grey_from_samples(data, path)
     if data.ndim != 2 or data.size == 0:
         raise InputError(f"cannot use '{path}': expected a 2D picture, got shape {data.shape}")
     return ImageData(data=np.ascontiguousarray(data), spacing=None, unit=None, axes="YX", path=path)

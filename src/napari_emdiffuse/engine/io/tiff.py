@@ -18,7 +18,8 @@ from ..errors import InputError
 from .atomic import fsync_dir, remove_path
 from .calibration import check_axes, check_spacing, nm_factor, tiff_calibration, to_nm
 from .common import (
-    TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, reason, suffix_of,
+    TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, grey_from_samples, reason,
+    suffix_of,
 )
 
 __all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "read_tiff", "write_tiff"]
@@ -109,6 +110,7 @@ def read_tiff(path: Path) -> ImageData:
         aligned = axes_for_units if len(axes_for_units) == len(spacing) else None
         spacing, unit = to_nm(spacing, units, aligned)
 
+    data, spacing, known_axes = _grey(path, data, spacing, known_axes, series_axes)
     data, spacing, known_axes = _squeeze_leading(data, spacing, known_axes)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=known_axes, path=path)
 
@@ -144,6 +146,23 @@ def _check_imagej_complete(path: Path, tif: Any, series: Any) -> None:
             f"cannot read '{path}': file is truncated or corrupt "
             f"(ImageJ header promises {expected} images, found {planes})"
         )
+
+
+def _grey(
+    path: Path, data: np.ndarray, spacing: tuple[float, ...] | None, axes: str | None, series_axes: str
+) -> tuple[np.ndarray, tuple[float, ...] | None, str | None]:
+    """A grey image saved as RGB (the sample axis S, chunky or planar) becomes grey."""
+    if "S" not in series_axes or len(series_axes) != data.ndim:
+        return data, spacing, axes
+    at = series_axes.index("S")
+    if data.shape[at] not in (2, 3, 4):
+        return data, spacing, axes
+    data = grey_from_samples(np.moveaxis(data, at, -1), path)
+    if spacing is not None and len(spacing) == data.ndim + 1:
+        spacing = tuple(v for i, v in enumerate(spacing) if i != at)
+    if axes is not None and len(axes) == data.ndim + 1 and axes[at] == "S":
+        axes = axes[:at] + axes[at + 1:]
+    return data, spacing, axes
 
 
 def _squeeze_leading(
