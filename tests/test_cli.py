@@ -329,6 +329,15 @@ def test_finetune_refuses_images_smaller_than_patch(tmp_path, tiny_model_dir, ca
     assert rc == 2 and len(err) == 1 and "patch" in err[0] and not (tmp_path / "m").exists()
 
 
+def test_finetune_register_needs_a_target(tmp_path, tiny_model_dir, capsys):
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8))
+    rc = main(["finetune", "--task", "denoise", "--input", str(src), "--base", str(tiny_model_dir),
+               "-o", str(tmp_path / "m"), "--iterations", "2", "--device", "cpu", "--register", "affine"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "register" in err[0] and not (tmp_path / "m").exists()
+
+
 def test_long_runs_print_an_estimate_first(tmp_path, noisy_tif, tiny_model_dir, capsys, monkeypatch):
     import itertools
 

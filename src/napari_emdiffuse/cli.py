@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="WAY", help="super-resolve without --target: how the input is halved to make pairs: "
                                        "area (default; block means), gaussian (centred samples after a 0.5 or 1 px "
                                        "blur), decimate (image[::2, ::2] after a 0-1 px blur); several mix")
+    p.add_argument("--register", choices=["translation", "affine"], default=None,
+                   help="align --target to --input first, to a fraction of a pixel: affine also removes the "
+                        "drift and magnification difference of two scans (default: a target of another shape "
+                        "is registered (affine), one of the same shape is taken as registered)")
     p.add_argument("--factor", type=int, default=None, help="isotropic: slices per gap (default: the base model's)")
     p.add_argument(
         "--objective", choices=["supervised", "self-supervised"], default=None,
@@ -554,6 +558,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             **({} if args.base_margin is None else {"base_margin": args.base_margin}),
             **({} if args.anchor is None else {"anchor": args.anchor}),
             **({} if args.downsampling is None else {"downsampling": args.downsampling}),
+            **({} if args.register is None else {"register": args.register}),
         )
     )
     line = verdict(read_card(path).metrics)

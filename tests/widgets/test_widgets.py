@@ -351,6 +351,12 @@ def test_finetune_logic(tmp_path):
     assert "downsampling" not in FinetuneOptions(task="denoise", downsampling="gaussian").engine_kwargs()
     with pytest.raises(EMDiffuseError, match="downsampling"):
         FinetuneOptions(task="super-resolve", downsampling="bicubic").validate()
+    # registering a pair: passed on where there is a target, "as given" by default
+    assert "register" not in FinetuneOptions().engine_kwargs()
+    assert FinetuneOptions(register="affine").engine_kwargs()["register"] == "affine"
+    assert "register" not in FinetuneOptions(task="isotropic-a", register="affine").engine_kwargs()
+    with pytest.raises(EMDiffuseError, match="register"):
+        FinetuneOptions(register="elastic").validate()
 
 
 def test_loss_history_and_plot_mapping():
@@ -659,6 +665,9 @@ def test_finetune_widget_form(viewer, errors):
     ft.faster.setValue(2.0)
     assert not ft.run() and "faster scans" in errors[-1]
     ft.faster.setValue(1.0)
+    ft.register.setCurrentText("affine")  # (none) still: nothing to align
+    assert not ft.run() and "register" in errors[-1]
+    ft.register.setCurrentText("as given")
     assert not ft.downsampling.isEnabled()  # denoise
     ft.task.setCurrentText("super-resolve")
     assert ft.downsampling.isEnabled()
@@ -668,7 +677,7 @@ def test_finetune_widget_form(viewer, errors):
     ft.downsampling.setCurrentText("area")
     ft.task.setCurrentText("isotropic-a")
     assert ft.base.task == "isotropic-a" and not ft.target_combo.isEnabled() and ft.factor.isEnabled()
-    assert not ft.faster.isEnabled()
+    assert not ft.faster.isEnabled() and not ft.register.isEnabled()
     ft.input_combo.set_layer(viewer.layers["vol"])
     assert ft.factor.value() == 3  # from the volume's scale
     ft.input_combo.set_layer(noisy)

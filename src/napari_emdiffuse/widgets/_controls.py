@@ -360,6 +360,13 @@ def spin_box(lo: int, hi: int, value: int, special: str | None = None, tip: str 
     return box
 
 
+def combo_box(items: Sequence[str], tip: str = "") -> QComboBox:
+    box = QComboBox()
+    box.addItems(list(items))
+    box.setToolTip(tip)
+    return box
+
+
 def advanced_section(rows: Sequence[tuple[str, QWidget]]) -> QCollapsible:
     """A collapsed "Advanced" group of form rows: options most runs leave alone."""
     advanced = QCollapsible("Advanced")

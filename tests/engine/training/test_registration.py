@@ -124,3 +124,80 @@ def test_small_overlap_large_shift_and_bad_images_are_refused():
         register_pair(bad, img)
     with pytest.raises(InputError, match="2D"):
         register_pair(np.stack([img, img]), img)
+
+
+def _warped(image: np.ndarray, t_y, t_x) -> np.ndarray:
+    """moving(p) = image(p + t(p)) for a displacement field t (pixels)."""
+    yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]].astype(float)
+    return ndi.map_coordinates(image, [yy + t_y(yy, xx), xx + t_x(yy, xx)], order=3, mode="nearest")
+
+
+def test_affine_warp_removes_drift_that_a_translation_leaves():
+    # two scans: a 0.4 % / 0.3 % magnification difference and a shear, plus an offset
+    img = _texture((300, 300))
+    t_y = lambda y, x: 0.3 + 0.004 * (y - 150)
+    t_x = lambda y, x: -0.5 + 0.003 * (x - 150) + 0.001 * (y - 150)
+    moving, fixed = _warped(img, t_y, t_x)[20:-20, 20:-20], img[20:-20, 20:-20]
+    rigid = register_pair(moving, fixed)
+    affine = register_pair(moving, fixed, warp="affine")
+    assert rigid.warp == "translation" and affine.warp == "affine"
+    assert affine.moving.dtype == moving.dtype and affine.moving.shape == affine.fixed.shape
+    (oy, ox), (h, w) = affine.origin, affine.moving.shape
+    assert np.array_equal(affine.moving, moving[oy : oy + h, ox : ox + w])  # cropped, never interpolated
+    err_rigid = np.abs(rigid.moving - rigid.fixed).mean()
+    err_affine = np.abs(affine.moving - affine.fixed).mean()
+    assert err_affine < 0.1 * err_rigid  # control: the translation leaves the drift
+    # the field's largest departure from the global shift: at the far corner, |(0.52, 0.52)|
+    assert affine.max_correction == pytest.approx(np.hypot(0.52, 0.52), abs=0.05)
+    assert affine.residual_shift < 0.2
+
+
+def test_affine_warp_of_a_translated_pair_is_the_translation():
+    moving, fixed = _moved(_texture((240, 240)), (1.3, -0.6))
+    pair = register_pair(moving, fixed, warp="affine")
+    assert pair.warp == "affine" and pair.max_correction < 0.1
+    assert np.abs(pair.moving - pair.fixed).mean() < 1.0
+
+
+def test_affine_warp_of_a_super_resolution_pair():
+    hr = _texture((320, 320))
+    stretched = _warped(hr, lambda y, x: 0.004 * (y - 160), lambda y, x: 1.0 + 0.004 * (x - 160))
+    lr = stretched.reshape(160, 2, 160, 2).mean(axis=(1, 3))[8:-8, 8:-8]
+    fixed = hr[16:-16, 16:-16]
+    for warp, limit in (("translation", None), ("affine", 0.999)):
+        pair = register_pair(lr, fixed, scale=2, warp=warp)
+        assert pair.fixed.shape == (2 * pair.moving.shape[0], 2 * pair.moving.shape[1])
+        down = pair.fixed.reshape(pair.moving.shape[0], 2, pair.moving.shape[1], 2).mean(axis=(1, 3))
+        r = np.corrcoef(down.ravel(), pair.moving.ravel())[0, 1]
+        if limit is None:
+            rigid_r = r
+        else:
+            assert r > limit and r > rigid_r
+
+
+def test_affine_warp_falls_back_to_the_translation_on_small_images_and_bad_warp_is_refused():
+    moving, fixed = _moved(_texture((90, 90)), (0.5, 0.5), margin=8)
+    pair = register_pair(moving, fixed, warp="affine")
+    assert pair.warp == "translation" and pair.max_correction == 0.0
+    with pytest.raises(InputError, match="warp") as info:
+        register_pair(moving, fixed, warp="elastic")
+    assert "\n" not in str(info.value)
+
+
+def test_real_sem_pair_drifts_and_the_affine_warp_aligns_it(real_pair):
+    from skimage.registration import phase_cross_correlation
+
+    noisy, clean = real_pair
+
+    def tile_spread(pair) -> float:
+        # shifts of 96-px tiles after registration, on both images smoothed alike
+        a, b = ndi.gaussian_filter(pair.moving.astype(float), 1.5), ndi.gaussian_filter(pair.fixed, 1.5)
+        shifts = [phase_cross_correlation(b[y:y + 96, x:x + 96], a[y:y + 96, x:x + 96], upsample_factor=50,
+                                          normalization=None)[0]
+                  for y in range(0, a.shape[0] - 95, 96) for x in range(0, a.shape[1] - 95, 96)]
+        return float(np.sqrt((np.array(shifts) ** 2).mean()))  # RMS over the tiles
+
+    rigid = register_pair(noisy[:512], clean[:512])
+    affine = register_pair(noisy[:512], clean[:512], warp="affine")
+    assert affine.warp == "affine" and 0.2 < affine.max_correction < 1.0
+    assert tile_spread(affine) < 0.75 * tile_spread(rigid)

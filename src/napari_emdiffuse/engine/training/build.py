@@ -224,7 +224,7 @@ def _registered(
     cfg: TrainConfig, image: np.ndarray, target: np.ndarray, scale: int, a: str, b: str
 ) -> tuple[np.ndarray, np.ndarray]:
     expected = image.shape[:-2] + (image.shape[-2] * scale, image.shape[-1] * scale)
-    if target.shape == expected and not cfg.register:
+    if target.shape == expected and cfg.register == "off":
         return image, target  # same grid: taken as registered
     if image.ndim != 2 or target.ndim != 2:
         raise InputError(
@@ -232,5 +232,5 @@ def _registered(
             "register stacks slice by slice first"
         )
 
-    reg = register_pair(image, target, scale=scale)
+    reg = register_pair(image, target, scale=scale, warp="translation" if cfg.register == "translation" else "affine")
     return reg.moving, reg.fixed
