@@ -64,6 +64,13 @@ def cases(doses: list[float]) -> dict[str, np.ndarray]:
     for gain in (1.41, 2.0):  # the pair's noise scaled, as quality.py makes it
         n = noisy[:256, :256].astype(np.float64)
         out[f"pair256x{gain:g}"] = np.clip(np.rint(clean + gain * (n - clean)), 0, 255).astype(np.uint8)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality import registered_pair_cases
+
+    full_clean = tifffile.imread(pair / "clean_36us.tif")[512:768]
+    for _, n, _, key in registered_pair_cases(noisy, full_clean):
+        if isinstance(key, str):  # the noise-scaled rows: inputs of their own (the others are crops)
+            out[key] = n
     liver = tifffile.imread(SHARED / "em2d" / "clean" / "openorganelle_mouse_liver_0.tif")
     for d in doses:
         out[f"dose{d:g}"] = simulate_noise(liver, d, rng=np.random.default_rng(int(d)), lo=0, hi=255).astype(np.uint8)

@@ -159,7 +159,7 @@ def registered_pair_cases(noisy: np.ndarray, clean: np.ndarray) -> list[tuple]:
     for gain in (1.41, 2.0):
         cf = c.astype(np.float64)
         scaled = np.clip(np.rint(cf + gain * (n.astype(np.float64) - cf)), 0, 255).astype(np.uint8)
-        cases.append((f"pair 256, registered reference, noise x{gain:g}", scaled, c, ""))
+        cases.append((f"pair 256, registered reference, noise x{gain:g}", scaled, c, f"pair256reg_x{gain:g}"))
     return cases
 
 

@@ -209,7 +209,9 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     return {
         "all-nan": (["denoise", tif("nan.tif", np.full((16, 16), np.nan, np.float32))], "NaN"),
         "empty": (["denoise", tif("empty.tif", np.zeros((0, 16), np.uint8))], ""),
-        "rgb": (["denoise", tif("rgb.tif", np.zeros((16, 16, 3), np.uint8))], "RGB"),
+        # a colour image (channels differ; a grey one saved as RGB is read as grey)
+        "rgb": (["denoise", tif("rgb.tif", np.stack([np.zeros((16, 16)), np.ones((16, 16)), np.zeros((16, 16))],
+                                                     -1).astype(np.uint8))], "colour image"),
         "5d": (["denoise", tif("5d.tif", np.zeros((2, 2, 2, 8, 8), np.uint8))], "dimensions"),
         "corrupt": (["denoise", str(corrupt)], "cannot read"),
         "missing": (["denoise", str(tmp / "nope.tif")], "nope.tif"),

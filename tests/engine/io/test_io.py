@@ -195,15 +195,13 @@ def _grey_ramp(shape=(24, 40)) -> np.ndarray:
     return (np.arange(np.prod(shape)) % 256).reshape(shape).astype(np.uint8)
 
 
-@pytest.mark.parametrize("layout", ["chunky", "planar", "rgba", "imagej", "stack"])
+@pytest.mark.parametrize("layout", ["chunky", "rgba", "imagej", "stack"])
 def test_grey_tiff_saved_as_rgb_reads_as_grey(tmp_path, layout):
     grey = _grey_ramp()
     path = tmp_path / "rgb.tif"
     rgb = np.stack([grey] * 3, axis=-1)
     if layout == "chunky":
         tifffile.imwrite(path, rgb, photometric="rgb")
-    elif layout == "planar":
-        tifffile.imwrite(path, np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
     elif layout == "rgba":
         alpha = np.full(grey.shape + (1,), 255, np.uint8)
         tifffile.imwrite(path, np.concatenate([rgb, alpha], -1), photometric="rgb", extrasamples=["unassalpha"])
@@ -216,6 +214,15 @@ def test_grey_tiff_saved_as_rgb_reads_as_grey(tmp_path, layout):
     np.testing.assert_array_equal(img.data, want)
     if layout == "imagej":
         assert img.axes == "YX" and img.spacing == pytest.approx((4.0, 4.0)) and img.unit == "nm"
+
+
+def test_three_slice_volume_that_tifffile_calls_planar_rgb_stays_a_volume(tmp_path):
+    # tifffile writes a (3, Y, X) uint8 array as planar RGB unless told otherwise
+    vol = np.stack([_grey_ramp(), _grey_ramp()[::-1], _grey_ramp() // 2])
+    tifffile.imwrite(tmp_path / "vol.tif", vol)
+    with tifffile.TiffFile(tmp_path / "vol.tif") as tif:
+        assert tif.series[0].axes == "SYX"  # the premise: the file says "samples"
+    np.testing.assert_array_equal(read_image(tmp_path / "vol.tif").data, vol)
 
 
 def test_colour_tiff_is_refused_in_one_line(tmp_path):

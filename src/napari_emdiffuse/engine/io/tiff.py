@@ -151,17 +151,18 @@ def _check_imagej_complete(path: Path, tif: Any, series: Any) -> None:
 def _grey(
     path: Path, data: np.ndarray, spacing: tuple[float, ...] | None, axes: str | None, series_axes: str
 ) -> tuple[np.ndarray, tuple[float, ...] | None, str | None]:
-    """A grey image saved as RGB (the sample axis S, chunky or planar) becomes grey."""
-    if "S" not in series_axes or len(series_axes) != data.ndim:
+    """A grey image saved as RGB(A) (samples last, as viewers and consoles export) becomes grey.
+
+    Planar samples (``SYX``) are left as planes: tifffile writes a 3- or 4-slice uint8 volume
+    that way unless told otherwise, and such a file is a stack far more often than a picture.
+    """
+    if not series_axes.endswith("S") or len(series_axes) != data.ndim or data.shape[-1] not in (2, 3, 4):
         return data, spacing, axes
-    at = series_axes.index("S")
-    if data.shape[at] not in (2, 3, 4):
-        return data, spacing, axes
-    data = grey_from_samples(np.moveaxis(data, at, -1), path)
+    data = grey_from_samples(data, path)
     if spacing is not None and len(spacing) == data.ndim + 1:
-        spacing = tuple(v for i, v in enumerate(spacing) if i != at)
-    if axes is not None and len(axes) == data.ndim + 1 and axes[at] == "S":
-        axes = axes[:at] + axes[at + 1:]
+        spacing = spacing[:-1]
+    if axes is not None and len(axes) == data.ndim + 1 and axes.endswith("S"):
+        axes = axes[:-1]
     return data, spacing, axes
 
 
