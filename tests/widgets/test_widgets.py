@@ -708,7 +708,7 @@ def test_finetune_widget_preselects_a_target_of_the_inputs_shape(viewer):
 
 
 @pytest.mark.skipif(not HAS_TRAINING, reason="engine.training not available yet")
-def test_finetune_widget_trains_stops_and_lists_model(viewer, qtbot, models, errors, tmp_path):
+def test_finetune_widget_trains_stops_and_lists_model(viewer, qtbot, models, errors, tmp_path, monkeypatch):
     rng = np.random.default_rng(4)
     clean = (rng.random((64, 64)) * 255).astype(np.uint8)
     noisy = np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
@@ -725,11 +725,15 @@ def test_finetune_widget_trains_stops_and_lists_model(viewer, qtbot, models, err
     ft.val_fraction.setValue(0.25)
     ft.device.set_value("cpu")
     ft.output.setText(str(tmp_path / "my-model"))
+    ft.register.setCurrentText("translation")  # the pair is aligned: a zero shift, said once
+    infos: list[str] = []
+    monkeypatch.setattr(napari.utils.notifications, "show_info", lambda msg: infos.append(str(msg)))
     with qtbot.waitSignal(ft.run_finished, timeout=120_000) as sig:
         assert ft.run()
         assert ft.run_button.text() == "Stop"
     assert sig.args == ["done"], (errors, ft.status.text())
     assert not errors
+    assert sum("registered" in m and "translation" in m for m in infos) == 1, infos
     # two validations without a gain of 0.1 dB over the base stop it early (patience 2)
     assert len(ft.history.train) == 2 and ft.history.psnr, "no loss / validation arrived"
     assert "finetune_preview" in viewer.layers

@@ -456,7 +456,9 @@ class FinetuneWidget(DockWidget):
         changed = ended = False
         for ev in events:
             stage = ev.get("stage")
-            if stage == "training":
+            if stage == "training" and ev.get("loss") is None and ev.get("message"):
+                notify_info(str(ev["message"]))  # a note (registration, the time budget), not a step
+            elif stage == "training":
                 changed |= self.history.add(ev)
                 self._progress.update(int(ev.get("done", 0)), int(ev.get("total") or 0))
                 self._eta = self._eta_text(int(ev.get("done", 0)), int(ev.get("total") or 0))

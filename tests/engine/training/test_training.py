@@ -23,6 +23,7 @@ from napari_emdiffuse.engine.models.cards import Normalisation
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.models.registry import list_models, load_model
+from napari_emdiffuse.engine.training.build import registration_notes
 from napari_emdiffuse.engine.training.config import TrainConfig, checkpoint_path
 from napari_emdiffuse.api import finetune, finetune_iter, train, train_iter
 from napari_emdiffuse.engine.training.trainer import Trainer
@@ -469,6 +470,10 @@ def test_same_shape_pair_with_drift_is_registered_when_asked(tmp_path):
         trainer = Trainer(cfg)
         trainer.setup()
         cond, target = trainer.data.conds[0][0], trainer.data.targets[0][0]
+        # the model card's data list says what registration did
+        assert ("registered, affine" in trainer.data.describe()["images"][0]) == (register == "affine")
+        notes = registration_notes(trainer.data.describe())  # what the CLI and the widget say first
+        assert len(notes) == (register == "affine") and all("drift up to" in n for n in notes)
         return float(np.abs(cond - target)[8:-8, 8:-8].mean())
 
     assert TrainConfig(task="denoise", inputs=["a.tif"], targets=["b.tif"], out="m", register=True).register == "affine"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from .data.pairs import pair_data, sr_data
 from .data.registration import register_pair
 from .data.volumes import IsotropicData
 
-__all__ = ["build_model", "build_data"]
+__all__ = ["build_model", "build_data", "registration_notes"]
 
 
 def build_model(cfg: TrainConfig) -> tuple[ModelCard, torch.nn.Module, str | None]:
@@ -176,10 +177,10 @@ def build_data(
             clean_names.append(src.label)
             continue
         target = check_image(tgt.load(), tgt.label)
-        image, target = _registered(cfg, image, target, scale, src.label, tgt.label)
+        image, target, how = _registered(cfg, image, target, scale, src.label, tgt.label)
         pair_in.append(image)
         pair_t.append(target)
-        pair_names.append(f"{src.label} -> {tgt.label}")
+        pair_names.append(f"{src.label} -> {tgt.label}{how}")
     for src in cfg.clean:
         clean.append(check_image(src.load(), src.label))
         clean_names.append(src.label)
@@ -222,10 +223,11 @@ def _self_supervised_data(cfg: TrainConfig, card: ModelCard, common: dict) -> Tr
 
 def _registered(
     cfg: TrainConfig, image: np.ndarray, target: np.ndarray, scale: int, a: str, b: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The pair on one grid, and what registration did (for the model card's data list)."""
     expected = image.shape[:-2] + (image.shape[-2] * scale, image.shape[-1] * scale)
     if target.shape == expected and cfg.register == "off":
-        return image, target  # same grid: taken as registered
+        return image, target, ""  # same grid: taken as registered
     if image.ndim != 2 or target.ndim != 2:
         raise InputError(
             f"{a} {tuple(image.shape)} and {b} {tuple(target.shape)} do not match; "
@@ -233,4 +235,17 @@ def _registered(
         )
 
     reg = register_pair(image, target, scale=scale, warp="translation" if cfg.register == "translation" else "affine")
-    return reg.moving, reg.fixed
+    drift = f", drift up to {reg.max_correction:.2f} px" if reg.warp == "affine" else ""
+    return reg.moving, reg.fixed, f" [registered, {reg.warp}: shift ({reg.shift[0]:g}, {reg.shift[1]:g}) px{drift}]"
+
+
+def registration_notes(description: Any) -> list[str]:
+    """The pairs that registration moved, from the data's description (the card's list)."""
+    if isinstance(description, dict):
+        return [n for v in description.values() for n in registration_notes(v)]
+    if isinstance(description, list):
+        return [n for v in description for n in registration_notes(v)]
+    if isinstance(description, str) and " [registered, " in description:
+        pair, how = description.split(" [registered, ", 1)
+        return [f"registered {pair}: {how.rstrip(']')}"]
+    return []

@@ -45,7 +45,7 @@ from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
 from ..models.registry import register_model
 from .config import TrainConfig, checkpoint_path
-from .build import build_data, build_model
+from .build import build_data, build_model, registration_notes
 from .data.base import Batch, TrainingData
 from .estimator import blur_reader, fit_estimator
 from .predictors import calibrate_uncertainty, one_pass
@@ -461,6 +461,8 @@ class Trainer:
             if not self.ready:
                 self.setup()
             total = cfg.iterations
+            for note in registration_notes(self.data.describe()):  # said once, before training
+                yield self.log(Progress("training", self.iteration, total, message=note))
             validated_at = -1
             self._run_started = time.perf_counter()
             if cfg.base is not None and self.iteration == 0 and not self.base_metrics:
@@ -646,3 +648,4 @@ class Trainer:
         fitted = not self.config.network.get("blur_level")
         read = blur_reader(self.net, self.card) if fitted else None
         return build_data(self.config, self.card, self.size_multiple, read_blur=read)
+
