@@ -17,7 +17,8 @@ classical baselines (each at its oracle-best strength) and the peers (careamics 
 Each model row also scores its uncertainty map against the true error: ``cov2`` is the
 percentage of pixels whose truth lies within +-2 sigma (85-99 % is calibrated), ``rho`` the
 Spearman correlation of mean sigma and RMS error over 32-px tiles, ``worst1%`` the median
-sigma at the 1 % worst pixels over the median sigma. ``dark/bright`` is the mean error (grey
+sigma at the 1 % worst pixels over the median sigma, then their mean sigma over the median
+sigma (issue #12 asks for the mean to reach 1.2x). ``dark/bright`` is the mean error (grey
 levels) at the reference's darkest and brightest 1 % of pixels: membranes and dense organelles,
 which a restoration must not lift toward the mean (issue #12 asks for no more bias there than the
 Gaussian filter's + 2).
@@ -59,8 +60,9 @@ def uncertainty_stats(out: np.ndarray, std: np.ndarray | None, truth: np.ndarray
     s_t = std[..., :h, :w].reshape(-1, h // tile, tile, w // tile, tile).mean(axis=(2, 4)).ravel()
     rho = float(spearmanr(s_t, np.sqrt(e2)).statistic) if len(e2) > 2 else float("nan")
     worst = np.abs(err) >= np.quantile(np.abs(err), 0.99)
-    ratio = float(np.median(std[worst]) / np.median(std))
-    return {"cov2 %": f"{cov2:.1f}", "rho": f"{rho:.2f}", "worst1%": f"{ratio:.2f}x"}
+    med = float(np.median(std))
+    ratio = f"{np.median(std[worst]) / med:.2f}x / {np.mean(std[worst]) / med:.2f}x"
+    return {"cov2 %": f"{cov2:.1f}", "rho": f"{rho:.2f}", "worst1%": ratio}
 
 
 def row(data: str, method: str, out: np.ndarray, truth: np.ndarray, seconds: float | None = None,
