@@ -340,6 +340,31 @@ def test_finetune_register_needs_a_target(tmp_path, tiny_model_dir, capsys):
     assert rc == 2 and len(err) == 1 and "register" in err[0] and not (tmp_path / "m").exists()
 
 
+def test_finetune_simulated_noise_options_reach_the_card(tmp_path, tiny_model_dir):
+    import yaml
+
+    src = tmp_path / "clean.tif"
+    tifffile.imwrite(src, (np.random.default_rng(0).random((96, 96)) * 200 + 20).astype(np.uint8))
+    out = tmp_path / "tuned"
+    rc = main(["finetune", "--task", "denoise", "--input", str(src), "--base", str(tiny_model_dir), "-o", str(out),
+               "--iterations", "2", "--patch", "32", "--batch", "2", "--device", "cpu", "--objective", "supervised",
+               "--doses", "30", "45", "--noise-correlation", "0.35"])
+    assert rc == 0
+    data = yaml.safe_load((out / "model.yaml").read_text())["training"]["data"]
+    assert data["doses"] == [30.0, 45.0] and data["correlation"] == 0.35
+
+
+@pytest.mark.parametrize("extra", [["--target", "T"], ["--objective", "self-supervised"], []])
+def test_finetune_simulated_noise_options_need_a_clean_input(tmp_path, tiny_model_dir, capsys, extra):
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8))
+    extra = [str(src) if e == "T" else e for e in extra]  # a target of the input's shape
+    rc = main(["finetune", "--task", "denoise", "--input", str(src), "--base", str(tiny_model_dir),
+               "-o", str(tmp_path / "m"), "--iterations", "2", "--device", "cpu", "--doses", "30", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "simulated noise" in err[0] and not (tmp_path / "m").exists()
+
+
 def test_long_runs_print_an_estimate_first(tmp_path, noisy_tif, tiny_model_dir, capsys, monkeypatch):
     import itertools
 

@@ -50,6 +50,7 @@ _positive = _number(int, lambda v: v > 0, "a positive integer")
 _non_negative = _number(int, lambda v: v >= 0, "an integer >= 0")
 _fraction = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 _unit = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+_positive_float = _number(float, lambda v: v > 0 and v < float("inf"), "a positive number")
 
 
 def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> None:
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="denoise without --target: self-supervised (default; noisy images alone) or supervised "
         "(the input is clean: simulate noise)",
     )
+    p.add_argument("--doses", type=_positive_float, nargs="+", metavar="D", default=None,
+                   help="denoise --objective supervised without --target (a clean input): the simulated "
+                        "doses, detected electrons at white (default 20 50 100 200 500); match your recordings")
+    p.add_argument("--noise-correlation", type=_unit, metavar="A", default=None,
+                   help="with --doses' route: neighbour weight of the simulated noise's [A, 1, A] kernel per "
+                        "axis (default 0: white; 0.35 gives the ~0.5 neighbour correlation of short-dwell SEM)")
     p.add_argument("--val-fraction", type=_fraction, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -559,6 +566,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             **({} if args.anchor is None else {"anchor": args.anchor}),
             **({} if args.downsampling is None else {"downsampling": args.downsampling}),
             **({} if args.register is None else {"register": args.register}),
+            **({} if args.doses is None else {"doses": args.doses}),
+            **({} if args.noise_correlation is None else {"noise_correlation": args.noise_correlation}),
         )
     )
     line = verdict(read_card(path).metrics)

@@ -124,6 +124,8 @@ def finetune_iter(
         ``"supervised"`` without a target takes ``input`` as clean and simulates noise.
     **options
         Any other :class:`TrainConfig` field (``warmup``, ``val_every``, ``doses``,
+        ``doses``, ``noise_correlation`` and ``read_noise`` (the simulated noise of a clean input,
+        ``objective="supervised"`` without a target: match them to your recordings),
         ``noise_focus`` (default 0.75 here), ``resample_noise`` (default 1.0 here for denoising
         pairs: every crop gets the pair's own noise from elsewhere, so 200 iterations do not
         learn one noise realisation by heart), ``noise_gain`` (denoising pairs: e.g. ``(1, 1.41)``
@@ -142,6 +144,12 @@ def finetune_iter(
         raise EMDiffuseError("isotropic fine-tuning learns from the volume itself; give no target")
     if objective is None:
         objective = "self-supervised" if task == "denoise" and target is None else "supervised"
+    simulated = {"doses", "noise_correlation", "read_noise"} & options.keys()
+    if simulated and (task == "super-resolve" or (task == "denoise" and (target is not None or objective != "supervised"))):
+        raise EMDiffuseError(
+            f"{', '.join(sorted(simulated))}: these describe simulated noise; give them for denoising a "
+            "clean input (objective='supervised', no target) or for the isotropic tasks"
+        )
     if iso and factor is None:
         factor = _default_factor(input, base, task)
     # Isotropic: the factor-3 model with new heads for the factor, not the every-factor model:
