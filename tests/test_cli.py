@@ -354,6 +354,26 @@ def test_finetune_simulated_noise_options_reach_the_card(tmp_path, tiny_model_di
     assert data["doses"] == [30.0, 45.0] and data["correlation"] == 0.35
 
 
+@pytest.mark.parametrize("given, expected", [(None, 2), ("0", None), ("5", 5)])
+def test_finetune_patience_reaches_the_config(tmp_path, monkeypatch, given, expected):
+    import napari_emdiffuse.api as api
+
+    seen = {}
+
+    def fake(*args, **kw):  # the command's settings, without training anything
+        seen.update(kw)
+        raise api.EMDiffuseError("stop here")
+        yield
+
+    monkeypatch.setattr(api, "finetune_iter", fake)
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, np.zeros((96, 96), np.uint8))
+    rc = main(["finetune", "--task", "denoise", "--input", str(src), "-o", str(tmp_path / "m"),
+               *([] if given is None else ["--patience", given])])
+    assert rc == 2
+    assert seen.get("patience", 2) == expected if given is not None else "patience" not in seen
+
+
 @pytest.mark.parametrize("extra", [["--target", "T"], ["--objective", "self-supervised"], []])
 def test_finetune_simulated_noise_options_need_a_clean_input(tmp_path, tiny_model_dir, capsys, extra):
     src = tmp_path / "in.tif"

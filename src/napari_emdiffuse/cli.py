@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, metavar="DB",
                    help="validation PSNR gain over the base model needed to keep the fine-tuned weights "
                         "(default 0.1 dB; smaller gains on the held-back strip did not carry to the rest of an image)")
+    p.add_argument("--patience", type=_non_negative, default=None, metavar="N",
+                   help="stop after N validations without a gain (default 2; 0: run every iteration)")
     p.add_argument("--anchor", type=_number(float, lambda v: 0.0 <= v <= 1e6, "a weight in [0, 1e6]"),
                    default=None, metavar="WEIGHT",
                    help="self-supervised: keep the output near the base model's away from the blind spots "
@@ -564,6 +566,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             **({} if args.noise_gain is None else {"noise_gain": tuple(args.noise_gain)}),
             **({} if args.base_margin is None else {"base_margin": args.base_margin}),
             **({} if args.anchor is None else {"anchor": args.anchor}),
+            **({} if args.patience is None else {"patience": args.patience or None}),
             **({} if args.downsampling is None else {"downsampling": args.downsampling}),
             **({} if args.register is None else {"register": args.register}),
             **({} if args.doses is None else {"doses": args.doses}),
