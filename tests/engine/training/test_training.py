@@ -23,7 +23,7 @@ from napari_emdiffuse.engine.models.cards import Normalisation
 from napari_emdiffuse.engine.errors import EMDiffuseError, InputError
 from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.models.registry import list_models, load_model
-from napari_emdiffuse.engine.training.build import registration_notes
+from napari_emdiffuse.engine.training.build import build_model, registration_notes
 from napari_emdiffuse.engine.training.config import TrainConfig, checkpoint_path
 from napari_emdiffuse.api import finetune, finetune_iter, train, train_iter
 from napari_emdiffuse.engine.training.trainer import Trainer
@@ -163,7 +163,27 @@ def test_isotropic_i_and_a_models(tmp_path):
     with pytest.raises(Exception, match="at least factor"):
         TrainConfig(max_factor=3, factor=4, **{**reg, "out": tmp_path / "x"})
     with pytest.raises(Exception, match="only gap_depth"):
-        TrainConfig(base=str(out), **{**reg, "network": {"inner_channel": 8}, "out": tmp_path / "x"})
+        TrainConfig(base=str(out), **{**reg, "network": {"inner_channel": 8, "dropout": 0.1}, "out": tmp_path / "x"})
+
+
+def test_widening_a_base_keeps_its_output_then_trains(tmp_path):
+    clean = _texture((96, 96))
+    noisy = simulate_noise(clean, 30, rng=np.random.default_rng(1)).astype(np.uint8)
+    narrow = {**TINY, "inner_channel": 12, "num_head_channels": 12}  # groups of 1 / 2 channels
+    data = dict(task="denoise", kind="regression", inputs=[noisy], targets=[clean], **{**FAST, "network": narrow})
+    base = train(TrainConfig(out=tmp_path / "base", iterations=3, **data))
+    based = {k: v for k, v in data.items() if k != "network"}
+    cfg = TrainConfig(base=str(base), network={"inner_channel": 18}, out=tmp_path / "wide", iterations=2, **based)
+    card, net, name = build_model(cfg)
+    assert (card.network.inner_channel, card.network.norm_groups, card.network.embed_channels) == (18, 18, 12)
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x)[0], load_model(base, cache=False).module(x)[0], atol=1e-5, rtol=1e-4)
+    wide = load_model(train(cfg), cache=False)
+    assert wide.card.network.inner_channel == 18 and wide.state_dict()["net.input_blocks.0.0.weight"].shape[0] == 18
+    with pytest.raises(EMDiffuseError, match="normalisation group"):  # x4/3 mixes old and new channels
+        build_model(TrainConfig(base=str(base), network={"inner_channel": 16}, out=tmp_path / "x", **based))
+    assert not (tmp_path / "x").exists()
 
 
 def test_isotropic_data_conventions():

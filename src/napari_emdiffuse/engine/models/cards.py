@@ -75,6 +75,9 @@ class UNetConfig(_Strict):
     # a small estimator that reads it off the image (core.networks.blur).
     blur_level: bool = False
     norm_groups: int | None = None
+    # Width of the sinusoidal level embedding (None: inner_channel); a widened network keeps
+    # its base's (core.networks.widen).
+    embed_channels: int | None = Field(None, ge=2)
 
     @field_validator("channel_mults")
     @classmethod

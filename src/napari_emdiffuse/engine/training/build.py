@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
+from ..core.networks.widen import widen_unet
 from ..errors import EMDiffuseError, InputError
 from ..models.cards import ModelCard, Normalisation, UNetConfig
 from ..models.factory import build_module
@@ -39,6 +40,9 @@ def build_model(cfg: TrainConfig) -> tuple[ModelCard, torch.nn.Module, str | Non
         card.task = cfg.task
         card.arch = None
         net = copy.deepcopy(base.module).cpu()
+        width = cfg.network.get("inner_channel")
+        if width is not None and width != card.network.inner_channel:
+            net = _widened(card, net, int(width))
         if cfg.network.get("blur_level") and not card.network.blur_level:
             if not (card.task == "super-resolve" and card.kind == "regression" and card.cond_channels == 1):
                 raise EMDiffuseError(f"blur_level converts a super-resolution predictor; '{card.name}' is not one")
@@ -75,11 +79,41 @@ def build_model(cfg: TrainConfig) -> tuple[ModelCard, torch.nn.Module, str | Non
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and run
         net = build_module(card)
     if cfg.freeze_encoder:
-        unet = getattr(net, "denoise_fn", getattr(net, "net", net))
+        unet = _unet(net)
         for part in (unet.input_blocks, unet.cond_embed):
             for p in part.parameters():
                 p.requires_grad_(False)
     return card, net, base_name
+
+
+def _unet(net: torch.nn.Module) -> torch.nn.Module:
+    return getattr(net, "denoise_fn", getattr(net, "net", net))
+
+
+def _widened(card: ModelCard, net: torch.nn.Module, width: int) -> torch.nn.Module:
+    """``net`` grown to ``width`` channels computing what it did (core.networks.widen);
+    ``card.network`` is updated to match."""
+    old = card.network
+    r = width / old.inner_channel
+    groups = (old.norm_groups or min(32, old.inner_channel)) * r
+    heads = old.num_head_channels * r
+    if groups != int(groups) or heads != int(heads):
+        raise EMDiffuseError(
+            f"inner_channel {width} is not a whole multiple of the base's normalisation groups and attention "
+            f"heads (x{r:g} of {old.inner_channel}); try {old.inner_channel * 3 // 2} or {old.inner_channel * 2}"
+        )
+    try:
+        card.network = UNetConfig.model_validate({
+            **old.model_dump(), "inner_channel": width, "norm_groups": int(groups), "num_head_channels": int(heads),
+            "embed_channels": old.embed_channels or old.inner_channel,
+        })  # fmt: skip
+        wide = _with_body_of(card, net)
+        widen_unet(_unet(net), _unet(wide))
+    except (ValidationError, ValueError) as exc:
+        card.network = old
+        why = one_line(exc, "network") if isinstance(exc, ValidationError) else str(exc)
+        raise EMDiffuseError(f"cannot widen '{card.name}' to {width} channels: {why}") from None
+    return wide
 
 
 def _with_body_of(card: ModelCard, net: torch.nn.Module) -> torch.nn.Module:

@@ -166,6 +166,9 @@ class TrainConfig(BaseModel):
     Either ``base`` names the model to start from (fine-tuning: its card, i.e. network,
     normalisation rule, scale and z factor, is kept), or the model is trained from scratch
     with :data:`SMALL_NETWORK` updated by ``network`` (any :class:`~.config.UNetConfig` field).
+    From a base, ``network: {inner_channel: N}`` widens it first, computing what it did
+    (:mod:`~napari_emdiffuse.engine.core.networks.widen`): more capacity for a model that has
+    stopped improving at its width.
 
     Data (all paths may be relative to the YAML file):
 
@@ -383,9 +386,10 @@ class TrainConfig(BaseModel):
             raise ValueError("planes says which planes of a volume teach an isotropic model; it needs an isotropic task")
         if self.refiner is not None and (iso or self.objective != "supervised" or self.kind == "diffusion"):
             raise ValueError("a refiner is trained, supervised, for a 2D predictor (kind regression)")
-        if self.base is not None and self.network and self.network not in ({"gap_depth": True}, {"blur_level": True}):
-            raise ValueError("network changes apply to training from scratch (from a base, only gap_depth: true "
-                             "or blur_level: true); remove them or the base model")
+        from_base = {k: v for k, v in self.network.items() if k != "inner_channel"}
+        if self.base is not None and from_base and from_base not in ({"gap_depth": True}, {"blur_level": True}):
+            raise ValueError("network changes apply to training from scratch (from a base, only gap_depth: true, "
+                             "blur_level: true or a wider inner_channel); remove them or the base model")
         if self.network.get("blur_level") and self.task != "super-resolve":
             raise ValueError("blur_level conditions a super-resolution predictor on the acquisition blur; "
                              "it needs task super-resolve")

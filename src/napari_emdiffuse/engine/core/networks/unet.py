@@ -174,6 +174,10 @@ class UNet(nn.Module):
     norm_groups : int, optional
         GroupNorm groups; defaults to ``min(32, inner_channel)`` (32 for the published
         networks, 16 for the inner-16 fixtures).
+    embed_channels : int, optional
+        Width of the sinusoidal level (and slice) embedding; defaults to ``inner_channel``.
+        A network widened from a trained one (:func:`.widen.widen_unet`) keeps the
+        narrower network's, since the sinusoid's frequencies depend on its width.
     """
 
     def __init__(
@@ -190,19 +194,19 @@ class UNet(nn.Module):
         slice_embedding: bool = False,
         aleatoric: bool = False,
         norm_groups: int | None = None,
+        embed_channels: int | None = None,
         image_size: int | None = None,  # accepted for config compatibility; unused
     ) -> None:
         super().__init__()
         groups = norm_groups or min(32, inner_channel)
         self.in_channel, self.out_channel, self.inner_channel = in_channel, out_channel, inner_channel
+        self.embed_channels = embed = int(embed_channels or inner_channel)
         self.channel_mults = tuple(int(m) for m in channel_mults)
         self.slice_embedding, self.aleatoric = slice_embedding, aleatoric
         emb_dim = inner_channel * 4
-        self.cond_embed = nn.Sequential(nn.Linear(inner_channel, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.cond_embed = nn.Sequential(nn.Linear(embed, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if slice_embedding:
-            self.channel_embed = nn.Sequential(
-                nn.Linear(inner_channel, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-            )
+            self.channel_embed = nn.Sequential(nn.Linear(embed, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         block_emb = emb_dim * (2 if slice_embedding else 1)
 
         def res(cin: int, cout: int, **kw) -> ResBlock:
@@ -250,14 +254,14 @@ class UNet(nn.Module):
     def embed(self, noise_level: torch.Tensor, slice_index: torch.Tensor | None = None) -> torch.Tensor:
         # float32 even under autocast: bf16 would round neighbouring noise levels together
         with torch.autocast(device_type=noise_level.device.type, enabled=False):
-            emb = self.cond_embed(noise_level_embedding(noise_level, self.inner_channel).float())
+            emb = self.cond_embed(noise_level_embedding(noise_level, self.embed_channels).float())
         if self.slice_embedding:
             if slice_index is None:
                 raise ValueError("the vEM network needs the index of the slice to generate")
             idx = slice_index.reshape(-1).to(emb.device)
             if idx.numel() == 1 and emb.shape[0] > 1:
                 idx = idx.expand(emb.shape[0])
-            emb = torch.cat([emb, self.channel_embed(noise_level_embedding(idx, self.inner_channel))], dim=1)
+            emb = torch.cat([emb, self.channel_embed(noise_level_embedding(idx, self.embed_channels))], dim=1)
         return emb
 
     def forward(
