@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-margin", type=_number(float, lambda v: 0.0 <= v <= 10.0, "a number of dB in [0, 10]"),
                    default=None, metavar="DB",
                    help="validation PSNR gain over the base model needed to keep the fine-tuned weights "
-                        "(default 0.1 dB; smaller gains on the held-back strip did not carry to the rest of an image)")
+                        "(default 0.1 dB: smaller gains on a pair's held-back strip did not carry to the rest of "
+                        "an image; 0 for denoising a clean input or self-supervised)")
     p.add_argument("--patience", type=_non_negative, default=None, metavar="N",
                    help="stop after N validations without a gain (default 2; 0: run every iteration)")
     p.add_argument("--anchor", type=_number(float, lambda v: 0.0 <= v <= 1e6, "a weight in [0, 1e6]"),

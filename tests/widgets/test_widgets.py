@@ -34,7 +34,7 @@ from napari_emdiffuse.widgets._jobs import report_error  # noqa: E402
 from napari_emdiffuse.widgets._layers import check_zarr_output  # noqa: E402
 from napari_emdiffuse.widgets._settings import Settings  # noqa: E402
 from napari_emdiffuse.widgets._lossplot import LossHistory, eta_text, to_canvas  # noqa: E402
-from napari_emdiffuse.widgets.finetune import FinetuneOptions, default_output, parse_lr  # noqa: E402
+from napari_emdiffuse.widgets.finetune import FinetuneOptions, default_output, parse_doses, parse_lr  # noqa: E402
 from napari_emdiffuse.widgets.isotropic import (  # noqa: E402
     IsotropicOptions,
     isotropic_geometry,
@@ -357,6 +357,18 @@ def test_finetune_logic(tmp_path):
     assert "register" not in FinetuneOptions(task="isotropic-a", register="affine").engine_kwargs()
     with pytest.raises(EMDiffuseError, match="register"):
         FinetuneOptions(register="elastic").validate()
+    # a clean input: noise simulated at the doses given, supervised (the CLI's --doses route)
+    assert "objective" not in FinetuneOptions().engine_kwargs()  # noisy input alone: the engine's self-supervised
+    kw = FinetuneOptions(clean_input=True, doses="30, 45 100", noise_correlation=0.35).engine_kwargs()
+    assert (kw["objective"], kw["doses"], kw["noise_correlation"]) == ("supervised", [30.0, 45.0, 100.0], 0.35)
+    assert parse_doses(" 20 ") == [20.0]
+    for bad in ("", "20 x", "0 30", "-5", "inf"):
+        with pytest.raises(EMDiffuseError, match="doses"):
+            FinetuneOptions(clean_input=True, doses=bad).validate()
+    FinetuneOptions(doses="x").validate()  # ignored unless the input is clean
+    with pytest.raises(EMDiffuseError, match="denoising"):
+        FinetuneOptions(task="super-resolve", clean_input=True).validate()
+    assert FinetuneOptions.from_dict({"clean_input": True, "doses": "40"}).engine_kwargs()["doses"] == [40.0]
 
 
 def test_loss_history_and_plot_mapping():
@@ -668,6 +680,14 @@ def test_finetune_widget_form(viewer, errors):
     ft.register.setCurrentText("affine")  # (none) still: nothing to align
     assert not ft.run() and "register" in errors[-1]
     ft.register.setCurrentText("as given")
+    ft.clean_input.setChecked(True)
+    ft.target_combo.set_layer(viewer.layers["vol"])  # a target and a clean input: which is the noisy one?
+    assert not ft.run() and "input is clean" in errors[-1]
+    ft.target_combo.setCurrentIndex(0)
+    ft.doses.setText("30 lots")
+    assert not ft.run() and "doses" in errors[-1]
+    assert ft.options().clean_input and ft.options().doses == "30 lots"
+    ft.clean_input.setChecked(False)
     assert not ft.downsampling.isEnabled()  # denoise
     ft.task.setCurrentText("super-resolve")
     assert ft.downsampling.isEnabled()
@@ -677,7 +697,7 @@ def test_finetune_widget_form(viewer, errors):
     ft.downsampling.setCurrentText("area")
     ft.task.setCurrentText("isotropic-a")
     assert ft.base.task == "isotropic-a" and not ft.target_combo.isEnabled() and ft.factor.isEnabled()
-    assert not ft.faster.isEnabled() and not ft.register.isEnabled()
+    assert not ft.faster.isEnabled() and not ft.register.isEnabled() and not ft.clean_input.isEnabled()
     ft.input_combo.set_layer(viewer.layers["vol"])
     assert ft.factor.value() == 3  # from the volume's scale
     ft.input_combo.set_layer(noisy)

@@ -48,7 +48,7 @@ from .restore import check_input_layer, layer_array
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-__all__ = ["FinetuneWidget", "FinetuneOptions", "default_output", "exportable", "parse_lr"]
+__all__ = ["FinetuneWidget", "FinetuneOptions", "default_output", "exportable", "parse_doses", "parse_lr"]
 
 PREVIEW_LAYER = "finetune_preview"
 POLL_MS = 150
@@ -70,6 +70,24 @@ def parse_lr(text: str) -> float:
     if not (math.isfinite(lr) and 0 < lr < 1):
         raise EMDiffuseError(f"learning rate must be between 0 and 1, got {text}")
     return lr
+
+
+def parse_doses(text: str) -> list[float]:
+    """Simulated doses typed by the user (``20 50 100``, ``20, 50``): positive numbers.
+
+    Examples
+    --------
+    >>> parse_doses("20, 50 100")
+    [20.0, 50.0, 100.0]
+    """
+    parts = [p for p in str(text).replace(",", " ").split() if p]
+    try:
+        doses = [float(p) for p in parts]
+    except ValueError:
+        raise EMDiffuseError(f"doses {text!r} are not numbers (e.g. 20 50 100)") from None
+    if not doses or not all(math.isfinite(d) and d > 0 for d in doses):
+        raise EMDiffuseError(f"doses must be positive numbers (detected electrons at white), got {text!r}")
+    return doses
 
 
 def exportable(model_dir: str | Path) -> bool:
@@ -125,6 +143,16 @@ class FinetuneOptions(WidgetOptions):
         A pair: ``as given`` (a target of the input's shape is taken as registered),
         ``translation`` or ``affine`` (also the drift and magnification difference of two
         scans) to align the target onto the input first. Ignored without a target.
+    clean_input : bool
+        Denoising without a target: the input is a clean image of the user's kind, and noise
+        is simulated on it at ``doses`` (``objective="supervised"``) instead of learning from
+        a noisy input alone (self-supervised).
+    doses : str
+        With ``clean_input``: the simulated doses, detected electrons at white, separated by
+        spaces or commas.
+    noise_correlation : float
+        With ``clean_input``: the simulated noise's neighbour weight (0: white; 0.35 gives the
+        ~0.5 neighbour correlation of short-dwell SEM).
     output : str
         Where the model is saved; empty: a new folder under the user model directory.
     """
@@ -142,6 +170,9 @@ class FinetuneOptions(WidgetOptions):
     faster: float = 1.0
     downsampling: str = "area"
     register: str = "as given"
+    clean_input: bool = False
+    doses: str = "20 50 100 200 500"
+    noise_correlation: float = 0.0
     output: str = ""
 
     @property
@@ -167,6 +198,12 @@ class FinetuneOptions(WidgetOptions):
             raise EMDiffuseError(f"downsampling must be one of {', '.join(DOWNSAMPLING)}, got {self.downsampling!r}")
         if self.register not in REGISTER:
             raise EMDiffuseError(f"register must be one of {', '.join(REGISTER)}, got {self.register!r}")
+        if self.clean_input:
+            if self.task != "denoise":
+                raise EMDiffuseError("'input is clean' simulates noise for denoising; uncheck it for this task")
+            parse_doses(self.doses)
+            if not 0 <= self.noise_correlation <= 1:
+                raise EMDiffuseError(f"noise correlation must be in [0, 1], got {self.noise_correlation:g}")
         if self.factor and not 2 <= self.factor <= 16:
             raise EMDiffuseError(f"factor must be between 2 and 16, got {self.factor}")
         if self.output and Path(self.output).expanduser().is_file():
@@ -184,6 +221,8 @@ class FinetuneOptions(WidgetOptions):
             kw["downsampling"] = [self.downsampling]
         if self.needs_target and self.register != "as given":
             kw["register"] = self.register
+        if self.clean_input:
+            kw.update(objective="supervised", doses=parse_doses(self.doses), noise_correlation=self.noise_correlation)
         return kw | {
             "out": out,
             "iterations": self.iterations,
@@ -275,8 +314,26 @@ class FinetuneWidget(DockWidget):
             "removes the drift and magnification difference of two scans (0.1-0.4 px across a 768-px SEM "
             "pair); as given: a target of the input's shape is taken as registered",
         )
+        self.clean_input = QCheckBox("input is clean: simulate noise")
+        self.clean_input.setToolTip(
+            "Denoising with target (none): the input is a clean image of your kind and noise is simulated on "
+            "it at the doses below (on unseen clean FIB-SEM and ssTEM halves: +0.10 to +1.06 dB on the other "
+            "half); unchecked, the input is noisy and the model learns from it alone (self-supervised)"
+        )
+        self.doses = QLineEdit(defaults.doses)
+        self.doses.setToolTip("Simulated doses, detected electrons at white (lower: noisier); match your recordings")
+        self.noise_correlation = QDoubleSpinBox()
+        self.noise_correlation.setRange(0.0, 1.0)
+        self.noise_correlation.setSingleStep(0.05)
+        self.noise_correlation.setValue(defaults.noise_correlation)
+        self.noise_correlation.setToolTip(
+            "Neighbour weight of the simulated noise (0: white; 0.35: the ~0.5 neighbour correlation of short-dwell SEM)"
+        )
         advanced = advanced_section(
             [
+                ("", self.clean_input),
+                ("doses", self.doses),
+                ("noise correlation", self.noise_correlation),
                 ("register pair", self.register),
                 ("faster scans", self.faster),
                 ("low-res made by", self.downsampling),
@@ -354,6 +411,9 @@ class FinetuneWidget(DockWidget):
             faster=round(self.faster.value(), 2),
             downsampling=self.downsampling.currentText(),
             register=self.register.currentText(),
+            clean_input=self.clean_input.isChecked(),
+            doses=self.doses.text().strip(),
+            noise_correlation=round(self.noise_correlation.value(), 3),
             output=self.output.text().strip(),
         )
 
@@ -371,6 +431,9 @@ class FinetuneWidget(DockWidget):
         self.faster.setValue(opts.faster)
         self.downsampling.setCurrentText(opts.downsampling)
         self.register.setCurrentText(opts.register)
+        self.clean_input.setChecked(opts.clean_input)
+        self.doses.setText(opts.doses)
+        self.noise_correlation.setValue(opts.noise_correlation)
         self.output.setText(opts.output)
 
     def _task_changed(self, task: str) -> None:
@@ -383,6 +446,8 @@ class FinetuneWidget(DockWidget):
         self.faster.setEnabled(task == "denoise")
         self.downsampling.setEnabled(task == "super-resolve")
         self.register.setEnabled(paired)
+        for control in (self.clean_input, self.doses, self.noise_correlation):
+            control.setEnabled(task == "denoise")
         self._prefill_factor()
         self.input_combo.setToolTip(
             "Degraded image (noisy / low resolution)" if paired else "Anisotropic ZYX volume (trained on itself)"
@@ -429,6 +494,8 @@ class FinetuneWidget(DockWidget):
             raise InputError("register aligns a target onto the input: choose a target, or set register pair to 'as given'")
         if y is None and "noise_gain" in kwargs:
             raise InputError("faster scans scale a pair's noise: choose a target, or set faster scans to 1x")
+        if y is not None and opts.clean_input:
+            raise InputError("'input is clean' simulates the noisy image: set the target to (none), or uncheck it")
         if y is not None and "downsampling" in kwargs:
             raise InputError("'low-res made by' makes pairs from the input alone: set the target to (none), or it to area")
         self._save_settings(opts)  # the base model is not remembered

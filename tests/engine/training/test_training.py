@@ -450,6 +450,29 @@ def test_finetune_on_half_of_a_real_pair_registers_the_model(tmp_path, tiny_mode
     assert not all(torch.equal(w0[k], w1[k]) for k in dec)
 
 
+@pytest.mark.parametrize("task, paired, objective, margin", [
+    ("denoise", True, "supervised", 0.1),  # a pair's strip: small gains did not carry
+    ("denoise", False, "supervised", 0.0),  # a clean input: the strip's simulated noise is reliable
+    ("denoise", False, "self-supervised", 0.0),
+    ("super-resolve", False, "supervised", 0.1),
+])
+def test_finetune_base_margin_follows_the_route(tmp_path, monkeypatch, tiny_model_dir, tiny_sr_dir, task, paired,
+                                                objective, margin):
+    import napari_emdiffuse.engine.training.finetune as ft
+
+    seen = []
+
+    def capture(cfg):  # the settings the run would train with
+        seen.append(cfg)
+        yield tmp_path
+
+    monkeypatch.setattr(ft, "train_iter", capture)
+    img = _texture((96, 96))
+    base = tiny_model_dir if task == "denoise" else tiny_sr_dir
+    list(ft.finetune_iter(task, img, img if paired else None, base=str(base), out=tmp_path / "m", objective=objective))
+    assert seen[0].base_margin == margin
+
+
 def test_finetune_without_target_simulates_the_degradation(tmp_path, tiny_sr_dir):
     img = _texture((96, 96))
     out = finetune(
