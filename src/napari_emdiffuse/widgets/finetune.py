@@ -317,7 +317,7 @@ class FinetuneWidget(DockWidget):
         self.clean_input = QCheckBox("input is clean: simulate noise")
         self.clean_input.setToolTip(
             "Denoising with target (none): the input is a clean image of your kind and noise is simulated on "
-            "it at the doses below (on unseen clean FIB-SEM and ssTEM halves: +0.10 to +1.06 dB on the other "
+            "it at the doses below (on unseen clean FIB-SEM and ssTEM halves: +0.08 to +0.15 dB on the other "
             "half); unchecked, the input is noisy and the model learns from it alone (self-supervised)"
         )
         self.doses = QLineEdit(defaults.doses)

@@ -168,7 +168,7 @@ def finetune_iter(
         # field); on liver_0 at dose 30 it gained 0.12 / 0.18 there and 0.18 / 0.15 on the other half.
         # A clean input scores the strip on simulated noise, with nothing misaligned: on liver_0's
         # left half the strip rose 0.05-0.07 dB and the right half 0.09-0.15 (doses 30 / 100),
-        # which a 0.1 dB margin threw away (ISBI 2012 z15: strip +1.03, right half +0.50 / +1.06).
+        # which a 0.1 dB margin threw away (ISBI 2012 z12: strip +0.12, right half +0.08 / +0.12).
         # (not self-supervised: its blind-spot score is PSNR against the noisy input, squeezed
         # by the noise variance, and cannot rank the base anyway; see verdict)
         base_margin=0.0 if objective != "supervised" or (task == "denoise" and target is None) else 0.1,
