@@ -8,9 +8,8 @@ src=${1:-../shared/data}
 rm -rf .gpu && mkdir -p .gpu/data/em2d .gpu/data/em3d .gpu/whl
 cp -r "$src/em2d/clean" "$src/em2d/pair_brain_4us" .gpu/data/em2d/
 cp "$src"/em3d/celegans_*.tif .gpu/data/em3d/
-# the recipes read ISBI's first two slices only (z 0:2): carry those, not the 7 MB stack
-python -c "import sys, tifffile; tifffile.imwrite(sys.argv[2], tifffile.imread(sys.argv[1])[:2])" \
-  "$src/em3d/isbi2012_train_volume_30x512x512.tif" .gpu/data/em3d/isbi2012_train_volume_30x512x512.tif
+# the whole ISBI stack (7 MB): the isotropic continuation (--continue) learns from its lateral planes
+cp "$src"/em3d/isbi2012_train_volume_30x512x512.tif .gpu/data/em3d/
 # the versions installed here (typing-extensions too: pydantic needs a recent one); pydantic-core
 # is compiled, so the cp312 manylinux build
 pins=$(python -m pip list --format=freeze 2>/dev/null | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions)==')

@@ -20,6 +20,13 @@ the tool brings back 8 files of 16 MiB at most). Back here::
 
     cat FILES_AT/demo-denoise-gpu.tar.part* | tar -x -C /tmp/gpu   # then compare and ship
 
+``--continue`` trains on from the bundled models instead (each task's latest recipe, with its
+base pointed at the bundled weights: ``demo-denoise-stage7``, ``demo-sr2-blur``,
+``demo-isotropic-stage2``), so the GPU minutes add to the CPU-hours already spent rather than
+start again; ``--widen 1.5`` (or 2) first widens each network by that factor, keeping its
+function (``engine/core/networks/widen.py``; the 16-wide SR and isotropic bases take no width
+and train on as they are).
+
 On the CPU the same script is a smoke test: ``--device cpu --minutes 0.3,0.2,0.2 --probe 3``.
 """
 
@@ -38,6 +45,12 @@ RECIPES = {  # task key: (recipe, bundled model)
     "sr": ("demo-sr2.yaml", "demo-sr2"),
     "iso": ("demo-isotropic.yaml", "demo-isotropic"),
 }
+#: --continue: each task's latest recipe, whose base is the bundled model
+CONTINUE = {
+    "denoise": "demo-denoise-stage7.yaml",
+    "sr": "demo-sr2-blur.yaml",
+    "iso": "demo-isotropic-stage2.yaml",
+}
 PART = 15 * 2**20
 
 
@@ -46,6 +59,8 @@ def recipe(file: str, data: Path, **overrides):
     from napari_emdiffuse.engine.training.config import TrainConfig
 
     text = (ROOT / "configs" / file).read_text().replace("../../shared/data", str(data.resolve()))
+    # a continuation's base: the bundled model in this checkout (the temporary copy moves the recipe)
+    text = text.replace("../resources/models/", f"{(ROOT / 'resources' / 'models').resolve()}/")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / file
         path.write_text(text)
@@ -126,6 +141,10 @@ def main() -> None:
     ap.add_argument("--lr-scale", type=float, default=1.0, help="lr factor for the larger batch")
     ap.add_argument("--probe", type=int, default=20, help="iterations timed (after as many warm-up ones)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--continue", dest="resume_bundled", action="store_true",
+                    help="train on from the bundled models (each task's latest recipe), not from scratch")
+    ap.add_argument("--widen", type=float, default=0, choices=[0, 1.5, 2],
+                    help="with --continue: widen each network by this factor")
     args = ap.parse_args()
 
     import torch
@@ -135,18 +154,35 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     from napari_emdiffuse.api import train
+    from napari_emdiffuse.engine.errors import EMDiffuseError
 
     args.out.mkdir(parents=True, exist_ok=True)
     keys = [k.strip() for k in args.tasks.split(",") if k.strip()]
     minutes = [float(m) for m in args.minutes.split(",")]
     if len(minutes) != len(keys) or any(k not in RECIPES for k in keys):
         raise SystemExit(f"--tasks from {', '.join(RECIPES)} with one --minutes value each")
+    if args.widen and not args.resume_bundled:
+        raise SystemExit("--widen widens the bundled networks: give --continue too")
     report = []
     for key, budget in zip(keys, minutes):
         name, bundled = RECIPES[key]
+        if args.resume_bundled:
+            name = CONTINUE[key]
         base = recipe(name, args.data)
         common = dict(device=args.device, batch=args.batch, lr=base.lr * args.lr_scale, resume=False)
-        spi = seconds_per_iteration(name, args.data, args.probe, **common)
+        if args.widen:
+            from napari_emdiffuse.engine.models.files import read_card
+
+            width = int(read_card(base.base).network.inner_channel * args.widen)
+            common["network"] = {**base.network, "inner_channel": width}
+        try:
+            spi = seconds_per_iteration(name, args.data, args.probe, **common)
+        except EMDiffuseError as exc:  # a base whose layout takes no width (the 16-wide ones)
+            if "network" not in common:
+                raise
+            print(f"{key}: not widened: {exc}", flush=True)
+            del common["network"]
+            spi = seconds_per_iteration(name, args.data, args.probe, **common)
         # validation and saving take a few seconds: fill 85 % of the share with iterations
         iterations = max(10, int(0.85 * 60 * budget / spi))
         out = Path(tempfile.mkdtemp()) / f"{bundled}-gpu"
@@ -155,7 +191,7 @@ def main() -> None:
                      checkpoint_every=iterations, max_minutes=budget, keep_checkpoint=False, **common)
         started = time.perf_counter()
         path = train(cfg)
-        line = (f"{key}: {iterations} iterations planned at {spi * 1000:.0f} ms each (batch {args.batch}, "
+        line = (f"{key}: {name}{f', widened x{args.widen:g}' if 'network' in common else ''}, {iterations} iterations planned at {spi * 1000:.0f} ms each (batch {args.batch}, "
                 f"lr {cfg.lr:g}), trained in {(time.perf_counter() - started) / 60:.1f} min")
         print(line, flush=True)
         report.append(line)

@@ -181,9 +181,14 @@ def test_widening_a_base_keeps_its_output_then_trains(tmp_path):
         torch.testing.assert_close(net.eval()(x)[0], load_model(base, cache=False).module(x)[0], atol=1e-5, rtol=1e-4)
     wide = load_model(train(cfg), cache=False)
     assert wide.card.network.inner_channel == 18 and wide.state_dict()["net.input_blocks.0.0.weight"].shape[0] == 18
-    with pytest.raises(EMDiffuseError, match="normalisation group"):  # x4/3 mixes old and new channels
+    # x4/3 mixes old and new channels; the reason names the widths that would work, tried
+    with pytest.raises(EMDiffuseError, match="normalisation group.*widths that keep it: 18, 24"):
         build_model(TrainConfig(base=str(base), network={"inner_channel": 16}, out=tmp_path / "x", **based))
     assert not (tmp_path / "x").exists()
+    # the bundled 16-wide SR model: a group straddles a decoder concatenation at any width
+    sr = dict(task="super-resolve", inputs=[clean[:48, :48]], targets=[clean], out=tmp_path / "y")
+    with pytest.raises(EMDiffuseError, match="this base cannot be widened keeping its function"):
+        build_model(TrainConfig(base="demo-sr2", network={"inner_channel": 24}, **sr))
 
 
 def test_isotropic_data_conventions():

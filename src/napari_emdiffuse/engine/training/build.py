@@ -95,25 +95,47 @@ def _widened(card: ModelCard, net: torch.nn.Module, width: int) -> torch.nn.Modu
     ``card.network`` is updated to match."""
     old = card.network
     r = width / old.inner_channel
-    groups = (old.norm_groups or min(32, old.inner_channel)) * r
-    heads = old.num_head_channels * r
-    if groups != int(groups) or heads != int(heads):
-        raise EMDiffuseError(
-            f"inner_channel {width} is not a whole multiple of the base's normalisation groups and attention "
-            f"heads (x{r:g} of {old.inner_channel}); try {old.inner_channel * 3 // 2} or {old.inner_channel * 2}"
-        )
-    try:
-        card.network = UNetConfig.model_validate({
-            **old.model_dump(), "inner_channel": width, "norm_groups": int(groups), "num_head_channels": int(heads),
-            "embed_channels": old.embed_channels or old.inner_channel,
-        })  # fmt: skip
-        wide = _with_body_of(card, net)
-        widen_unet(_unet(net), _unet(wide))
-    except (ValidationError, ValueError) as exc:
-        card.network = old
-        why = one_line(exc, "network") if isinstance(exc, ValidationError) else str(exc)
-        raise EMDiffuseError(f"cannot widen '{card.name}' to {width} channels: {why}") from None
+    if (old.norm_groups or min(32, old.inner_channel)) * r % 1 or old.num_head_channels * r % 1:
+        why = (f"inner_channel {width} is not a whole multiple of the base's normalisation groups and attention "
+               f"heads (x{r:g} of {old.inner_channel})")
+    else:
+        try:
+            return _widen_to(card, net, width)
+        except (ValidationError, ValueError) as exc:
+            card.network = old
+            why = one_line(exc, "network") if isinstance(exc, ValidationError) else str(exc)
+    # the hint is tried, not guessed: a base whose normalisation groups straddle a decoder
+    # concatenation (16 wide, groups of 1 channel at the stem) takes no width at all
+    fits = [w for w in (old.inner_channel * 3 // 2, old.inner_channel * 2, old.inner_channel * 3)
+            if w != width and _widens_to(card.model_copy(deep=True), net, w)]
+    hint = f"widths that keep it: {', '.join(map(str, fits))}" if fits else "this base cannot be widened keeping its function"
+    raise EMDiffuseError(f"cannot widen '{card.name}' to {width} channels: {why}; {hint}")
+
+
+def _widen_to(card: ModelCard, net: torch.nn.Module, width: int) -> torch.nn.Module:
+    """``net`` widened to ``width`` (``card.network`` updated); ValueError / ValidationError
+    where the base's layout does not allow it."""
+    old = card.network
+    r = width / old.inner_channel
+    card.network = UNetConfig.model_validate({
+        **old.model_dump(), "inner_channel": width, "norm_groups": round((old.norm_groups or min(32, old.inner_channel)) * r),
+        "num_head_channels": round(old.num_head_channels * r), "embed_channels": old.embed_channels or old.inner_channel,
+    })  # fmt: skip
+    wide = _with_body_of(card, net)
+    widen_unet(_unet(net), _unet(wide))
     return wide
+
+
+def _widens_to(card: ModelCard, net: torch.nn.Module, width: int) -> bool:
+    old = card.network
+    r = width / old.inner_channel
+    if (old.norm_groups or min(32, old.inner_channel)) * r % 1 or old.num_head_channels * r % 1:
+        return False
+    try:
+        _widen_to(card, net, width)
+    except (ValidationError, ValueError):
+        return False
+    return True
 
 
 def _with_body_of(card: ModelCard, net: torch.nn.Module) -> torch.nn.Module:

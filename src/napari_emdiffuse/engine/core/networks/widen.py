@@ -149,7 +149,7 @@ def _check_groups(name: str, parts: Parts, r: float, groups_old: int, groups_new
         if p[0] % size or p[-1] != p[0] + size - 1:
             raise ValueError(
                 f"widening x{r:g} would mix trained and new channels in one normalisation group "
-                f"({name}); choose a width the base's channel blocks divide evenly (x1.5 or x2 for a 24-wide base)"
+                f"({name})"
             )
 
 
