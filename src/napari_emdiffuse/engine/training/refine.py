@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from ..core.diffusion import Network
-from ..core.metrics import psnr, ssim
 from ..errors import EMDiffuseError
 from ..models.cards import ModelCard, RefinerCard, UNetConfig
 from ..models.factory import define_network
@@ -31,6 +30,7 @@ from ..models.model import EMDiffuseModel
 from ..models.registry import load_model
 from .data.base import Batch
 from .trainer import Trainer
+from .validation import mean_psnr, mean_ssim, preview
 
 __all__ = ["RefinerTrainer", "REFINER_DEFAULTS"]
 
@@ -109,8 +109,7 @@ class RefinerTrainer(Trainer):
             # What the refiner must beat: the predictor's mean alone on the held-out crops.
             residual, cond = self._residual(self.val_batch, 1.0)
             t, m = (residual + cond[:, -1:]).cpu().numpy(), cond[:, -1:].cpu().numpy()
-            score = float(np.mean([min(psnr(m[i], t[i], data_range=2.0), 100.0) for i in range(len(t))]))
-            self.base_metrics = {"psnr": score, "ssim": float(np.mean([ssim(m[i, 0], t[i, 0], data_range=2.0) for i in range(len(t))])), "val_loss": float("nan")}
+            self.base_metrics = {"psnr": mean_psnr(m, t), "ssim": mean_ssim(m, t), "val_loss": float("nan")}
         if "residual_scale" not in (self.config.refiner or {}):
             # 4 std of the predictor's residual on training crops: the sampler clips x0 to
             # [-1, 1], so the residual must fit with room to spare.
@@ -171,15 +170,14 @@ class RefinerTrainer(Trainer):
         err = np.abs(r - t)
         corr = float(np.corrcoef(spread.ravel(), err.ravel())[0, 1]) if spread.std() > 0 else 0.0
         metrics = {
-            "psnr": float(np.mean([min(psnr(r[i], t[i], data_range=2.0), 100.0) for i in range(len(t))])),
-            "psnr_mean": float(np.mean([min(psnr(m[i], t[i], data_range=2.0), 100.0) for i in range(len(t))])),
+            "psnr": mean_psnr(r, t),
+            "psnr_mean": mean_psnr(m, t),
             "spread_corr": corr if math.isfinite(corr) else 0.0,
-            "ssim": float(np.mean([ssim(r[i, 0], t[i, 0], data_range=2.0) for i in range(len(t))])),
+            "ssim": mean_ssim(r, t),
             "val_loss": val_loss,
         }
-        preview = np.concatenate([vb.cond[0, 0].cpu().numpy(), r[0, 0], t[0, 0]], axis=1)
         self.metrics = metrics
-        return metrics, np.clip((preview + 1.0) * 127.5, 0, 255).astype(np.uint8)
+        return metrics, preview(vb.cond.cpu().numpy(), r, t)
 
     def write_model(self, card: ModelCard, module: torch.nn.Module) -> Path:
         """The predictor's model directory with the trained refiner (EMA or best weights)."""

@@ -36,7 +36,6 @@ import torch
 
 from ..core.ema import EMA
 from ..core.losses import mean_var_loss, mse_loss
-from ..core.metrics import psnr, ssim
 from ..errors import EMDiffuseError, InputError, ModelFileError
 from ..events import Progress
 from ..io.atomic import atomic_file
@@ -51,6 +50,7 @@ from .estimator import blur_reader, fit_estimator
 from .predictors import calibrate_uncertainty, one_pass
 from .selfsup import anchor_loss, blind_spot, blind_spot_loss
 from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
+from .validation import held_out_prediction, preview, sampler_name, validation_metrics
 
 __all__ = ["Trainer"]
 
@@ -224,12 +224,7 @@ class Trainer:
         return (lo, self.card.log_snr_max + 2.0)
 
     def _val_sampler(self) -> str:
-        card = self.card
-        if card.kind != "diffusion":
-            return "one pass"
-        if card.start_log_snr is not None and card.fast_steps:
-            return f"dpm++ {card.fast_steps} steps from the condition at log-SNR {card.start_log_snr:g} (fast preset)"
-        return f"dpm++ {self.config.val_steps} steps from noise"
+        return sampler_name(self.card, self.config)
 
     def update_ema(self) -> None:
         """Fold the new weights into the EMA (after ``iteration`` was advanced)."""
@@ -244,66 +239,23 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], np.ndarray] | None:
-        """Score the held-out crops with the EMA weights.
+        """Score the held-out crops with the EMA weights (see :mod:`.validation`).
 
-        ``psnr``/``ssim`` (model range, data_range 2) of a DPM-Solver++ restoration with the
-        model card's fast-preset settings (diffusion) or of the one-pass prediction (regression), and ``val_loss``: the training
-        loss on the held-out crops with fixed noise levels and noise, comparable between
-        validations and with the training loss. Random draws come from private generators,
-        so validating does not change the training run.
+        ``psnr``/``ssim`` (model range, data_range 2) of what the fast preset does there, and
+        ``val_loss``: the training loss on the held-out crops with fixed noise levels and
+        noise, comparable between validations and with the training loss. Random draws come
+        from private generators, so validating does not change the training run.
         """
         if self.val_batch is None or not self.is_main:
             return None
-
         vb = self.val_batch.to(self.device)
         with self._averaged():
             self.net.eval()
-            if self.card.kind == "diffusion":
-                gen = torch.Generator().manual_seed(self.config.seed)
-                gammas = self.net.sample_gammas(len(vb), generator=gen)
-                noise = torch.randn(vb.target.shape, generator=gen).to(self.device)
-                val_loss = self.net(vb.target, vb.cond, vb.slice_index, noise=noise, gammas=gammas)
-                # The fast preset's sampler (the card's start level and steps) when it starts
-                # from the condition; else val_steps from pure noise.
-                card = self.card
-                steps = card.fast_steps if card.start_log_snr is not None and card.fast_steps else self.config.val_steps
-                # (the same choice as _val_sampler)
-                pred = self.net.restoration(
-                    vb.cond, sampler="dpm++", steps=steps, slice_index=vb.slice_index, generator=gen,
-                    start_log_snr=card.start_log_snr, log_snr_max=card.log_snr_max, factor=card.z_factor,
-                )
-            elif self.config.objective == "self-supervised":
-                masked, centres = blind_spot(vb.cond, generator=torch.Generator().manual_seed(self.config.seed))
-                out = self.net(masked)
-                val_loss = blind_spot_loss(out[0] if isinstance(out, tuple) else out, vb.target, centres)
-                out = self.net(vb.cond)
-                pred = out[0] if isinstance(out, tuple) else out
-            else:
-                out = one_pass(self.net, vb.cond, vb.slice_index)
-                val_loss = mean_var_loss(vb.target, *out) if isinstance(out, tuple) else mse_loss(vb.target, out)
-                pred = out[0] if isinstance(out, tuple) else out
+            pred, loss = held_out_prediction(self.net, self.card, self.config, vb)
             self.net.train()
         p, t = pred.float().cpu().numpy(), vb.target.cpu().numpy()
-        scores_p = [psnr(p[i], t[i], data_range=2.0) for i in range(len(p))]
-
-        def planes(a: np.ndarray) -> np.ndarray:  # one plane: 2D SSIM; several: mean over planes
-            return a[0] if a.shape[0] == 1 else a
-
-        scores_s = [ssim(planes(p[i]), planes(t[i]), data_range=2.0) for i in range(len(p))]
-        if self.config.objective == "self-supervised":
-            # No clean target: the blind-spot error is the true error plus the noise
-            # variance, so its PSNR ranks models as the true PSNR would (not its value).
-            scores_p = [10 * math.log10(4.0 / max(float(val_loss), 1e-10))]
-        metrics = {
-            "psnr": float(np.mean([min(s, 100.0) for s in scores_p])),
-            "ssim": float(np.mean(scores_s)),
-            "val_loss": float(val_loss),
-        }
-        cond = vb.cond[0, 0].cpu().numpy()
-        preview = np.concatenate([cond, p[0, 0], t[0, 0]], axis=1)
-        preview = np.clip((preview + 1.0) * 127.5, 0, 255).astype(np.uint8)
-        self.metrics = metrics
-        return metrics, preview
+        self.metrics = validation_metrics(p, t, float(loss), self_supervised=self.config.objective == "self-supervised")
+        return self.metrics, preview(vb.cond.cpu().numpy(), p, t)
 
     def save_checkpoint(self) -> Path | None:
         """Write the resumable state atomically (rank 0); other ranks send their RNG states."""
