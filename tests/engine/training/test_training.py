@@ -455,6 +455,97 @@ def test_finetune_on_half_of_a_real_pair_registers_the_model(tmp_path, tiny_mode
     assert not all(torch.equal(w0[k], w1[k]) for k in dec)
 
 
+def _tiny_predictor(tmp_path, clean, noisy):
+    data = dict(task="denoise", kind="regression", inputs=[noisy], targets=[clean], **FAST)
+    return train(TrainConfig(out=tmp_path / "base", iterations=2, **data)), {k: v for k, v in data.items() if k != "network"}
+
+
+def test_uniform_average_is_the_mean_of_the_steps_and_only_full_resolution_layers_train(tmp_path):
+    from napari_emdiffuse.engine.training.build import full_resolution_blocks
+
+    clean = _texture((96, 96))
+    noisy = simulate_noise(clean, 30, rng=np.random.default_rng(1)).astype(np.uint8)
+    base, data = _tiny_predictor(tmp_path, clean, noisy)
+    cfg = TrainConfig(base=str(base), train_layers="full-resolution", average="uniform", ema_start=2, lr=1e-2,
+                      out=tmp_path / "ft", iterations=5, **data)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    steps = []
+    for _ in range(5):  # the loop of Trainer.run
+        trainer.train_step(trainer.next_batch())
+        trainer.iteration += 1
+        trainer.update_ema()
+        if trainer.iteration >= 2:
+            steps.append({k: v.detach().clone() for k, v in trainer.net.named_parameters()})
+    for k, v in trainer.ema.shadow.items():  # the plain mean of the weights of steps 2-5
+        torch.testing.assert_close(v, torch.stack([w[k] for w in steps]).mean(0), atol=1e-6, rtol=1e-5)
+    last = steps[-1]
+    assert any(not torch.allclose(trainer.ema.shadow[k], last[k]) for k in last)  # control: not the last step
+    # only the blocks on the input's grid moved; the coarse levels are the base's
+    before = load_model(base, cache=False).module.state_dict()
+    unet = trainer.net.net
+    fine = {id(p) for block in full_resolution_blocks(unet) for p in block.parameters()}
+    assert len(unet.input_blocks[0:3]) == 3 and full_resolution_blocks(unet)[2] is unet.input_blocks[2]
+    moved = {n for n, p in trainer.net.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and all(id(dict(trainer.net.named_parameters())[n]) in fine for n in moved)
+    assert any(".middle_block." in n for n, _ in trainer.net.named_parameters() if n not in moved)
+    with pytest.raises(EMDiffuseError, match="full-resolution"):
+        TrainConfig(train_layers="full-resolution", out=tmp_path / "x", **data)  # no base to keep
+
+
+def test_paired_denoising_finetune_defaults_train_the_fine_layers_and_save_their_mean(tmp_path, monkeypatch,
+                                                                                     tiny_model_dir):
+    import napari_emdiffuse.engine.training.finetune as ft
+
+    seen = []
+
+    def capture(cfg):
+        seen.append(cfg)
+        yield tmp_path
+
+    clean = _texture((96, 96))
+    noisy = simulate_noise(clean, 30, rng=np.random.default_rng(1)).astype(np.uint8)
+    base, _ = _tiny_predictor(tmp_path, clean, noisy)
+    monkeypatch.setattr(ft, "train_iter", capture)
+    list(ft.finetune_iter("denoise", noisy, clean, base=str(base), out=tmp_path / "m", iterations=200))
+    cfg = seen[-1]
+    assert (cfg.train_layers, cfg.average, cfg.patience, cfg.ema_start, cfg.lr) == ("full-resolution", "uniform", None, 40, 1e-3)
+    assert cfg.keep_best and cfg.base_margin == 0.1  # the mean must still beat the base
+    # what the user says wins; a diffusion base and a frozen encoder keep the old route
+    list(ft.finetune_iter("denoise", noisy, clean, base=str(base), out=tmp_path / "m", average="ema", lr=3e-4))
+    assert (seen[-1].train_layers, seen[-1].average, seen[-1].lr) == ("full-resolution", "ema", 3e-4)
+    list(ft.finetune_iter("denoise", noisy, clean, base=str(base), out=tmp_path / "m", freeze_encoder=True))
+    assert (seen[-1].train_layers, seen[-1].average) == ("all", "uniform")
+    list(ft.finetune_iter("denoise", noisy, clean, base=str(tiny_model_dir), out=tmp_path / "m"))
+    assert (seen[-1].train_layers, seen[-1].average, seen[-1].patience) == ("all", "ema", 2)
+    list(ft.finetune_iter("denoise", noisy, None, base=str(base), out=tmp_path / "m"))  # self-supervised
+    assert (seen[-1].train_layers, seen[-1].average) == ("all", "ema")
+
+
+def test_stopping_a_uniform_average_scores_it_against_the_base(tmp_path):
+    clean = _texture((96, 96))
+    noisy = simulate_noise(clean, 30, rng=np.random.default_rng(1)).astype(np.uint8)
+    base, data = _tiny_predictor(tmp_path, clean, noisy)
+    cfg = TrainConfig(base=str(base), average="uniform", ema_start=1, keep_best=True, lr=1e-2, val_every=2,
+                      out=tmp_path / "ft", iterations=50, **data)
+    gen = train_iter(cfg)
+    vals = []
+    for ev in gen:
+        if ev.stage == "validation":
+            vals.append(ev)
+        if ev.stage == "training" and ev.done == 6:
+            gen.close()  # Stop
+            break
+    card = load_model(tmp_path / "ft", cache=False).card
+    # the mean so far was validated at the stop and either beat the base or gave way to it
+    assert card.training["average"] == "uniform" and card.training["iterations"] == 6
+    kept = card.metrics["best_iteration"]
+    assert kept in (0, 6)
+    if kept == 0:
+        torch.testing.assert_close(load_model(tmp_path / "ft", cache=False).module.state_dict()["net.out.2.weight"],
+                                   load_model(base, cache=False).module.state_dict()["net.out.2.weight"])
+
+
 @pytest.mark.parametrize("task, paired, objective, margin", [
     ("denoise", True, "supervised", 0.1),  # a pair's strip: small gains did not carry
     ("denoise", False, "supervised", 0.0),  # a clean input: the strip's simulated noise is reliable

@@ -83,7 +83,25 @@ def build_model(cfg: TrainConfig) -> tuple[ModelCard, torch.nn.Module, str | Non
         for part in (unet.input_blocks, unet.cond_embed):
             for p in part.parameters():
                 p.requires_grad_(False)
+    if cfg.train_layers == "full-resolution":
+        for p in net.parameters():
+            p.requires_grad_(False)
+        for part in full_resolution_blocks(_unet(net)):
+            for p in part.parameters():
+                p.requires_grad_(True)
     return card, net, base_name
+
+
+def full_resolution_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks of a UNet that read or write the input's grid: the stem, the first level's
+    residual blocks and its downsampling, the upsampling into the last level, that level's
+    blocks and the output heads. A paired fine-tune trains only these (``train_layers``):
+    what one image teaches (its noise, its contrast) lives at the finest scale, and the coarse
+    layers keep what the base learnt from many."""
+    levels = len(unet.channel_mults)
+    res_blocks = (len(unet.input_blocks) - levels) // levels  # stem + levels x blocks + (levels - 1) downs
+    heads = [unet.out] + ([unet.out_var] if getattr(unet, "out_var", None) is not None else [])
+    return [*unet.input_blocks[: res_blocks + 2], *unet.output_blocks[-(res_blocks + 2):], *heads]
 
 
 def _unet(net: torch.nn.Module) -> torch.nn.Module:

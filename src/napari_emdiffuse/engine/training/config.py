@@ -267,7 +267,14 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.999, ge=0, le=1)
     ema_start: int = Field(0, ge=0)
+    # "uniform": the saved weights are the plain mean of every step's from ema_start on
+    # (stochastic weight averaging); with keep_best only the base and the last validation
+    # compete, since the mean is meant to span the run
+    average: Literal["ema", "uniform"] = "ema"
     freeze_encoder: bool = False
+    # "full-resolution": from a base, train only the blocks that read or write the input's grid
+    # (the first encoder level, the last decoder level, the output heads); the rest stays the base's
+    train_layers: Literal["all", "full-resolution"] = "all"
     # "self-supervised" (denoise, predictors): learn from the noisy inputs alone with a
     # structured blind spot (see training.selfsup); inputs need no targets
     objective: Literal["supervised", "self-supervised"] = "supervised"
@@ -400,6 +407,9 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"max_factor ({self.max_factor}) must be at least factor ({self.factor or 2})")
         if self.freeze_encoder and self.base is None:
             raise ValueError("freeze_encoder keeps a base model's encoder; name a base model")
+        if self.train_layers != "all" and (self.base is None or self.freeze_encoder):
+            raise ValueError("train_layers 'full-resolution' keeps a base model's inner layers: name a base model, "
+                             "and do not also freeze the encoder")
         dev = self.device.strip().lower()
         if dev not in ("auto", "cpu", "mps", "cuda") and not dev.startswith("cuda:"):
             raise ValueError(f"invalid device {self.device!r}; use auto, cpu, cuda, cuda:N or mps")

@@ -231,7 +231,8 @@ class Trainer:
         # Warm-up: average over at most the iterations seen so far, so that a short
         # fine-tune is not dominated by the starting weights.
         n = self.ema.num_updates
-        self.ema.decay = min(self.config.ema_decay, (1 + n) / (10 + n))
+        uniform = self.config.average == "uniform"
+        self.ema.decay = n / (n + 1) if uniform else min(self.config.ema_decay, (1 + n) / (10 + n))
         self.ema.update(self.net, step=self.iteration)
 
     def next_batch(self) -> Batch:
@@ -344,6 +345,8 @@ class Trainer:
             "seed": cfg.seed,
             "val_fraction": cfg.val_fraction,
             "freeze_encoder": cfg.freeze_encoder,
+            "train_layers": cfg.train_layers,
+            "average": cfg.average,
             "input_blur": cfg.input_blur,
             "input_noise": cfg.input_noise or None,
             "objective": cfg.objective,
@@ -442,6 +445,8 @@ class Trainer:
             except GeneratorExit:
                 self._stopping = True
                 if self.is_main and self.iteration > self.start_iteration:
+                    if cfg.average == "uniform" and cfg.keep_best and (res := self.validate()) is not None:
+                        self._track_best(res[0])  # the mean so far against the base, as at the end
                     self.save_checkpoint()
                     self.save_model(completed=self.iteration >= total)
                 raise
@@ -497,7 +502,8 @@ class Trainer:
                 self._track_best(metrics)
         elif self.base_metrics:
             message += f" (base {self.base_metrics['psnr']:.2f} dB)"
-        if not base:
+        last = self.iteration >= self.config.iterations
+        if not base and (self.config.average != "uniform" or last):
             self._track_best(metrics)
         yield self.log(
             Progress(
