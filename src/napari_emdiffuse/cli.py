@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.1 dB: smaller gains on a pair's held-back strip did not carry to the rest of "
                         "an image; 0 for denoising a clean input or self-supervised)")
     p.add_argument("--patience", type=_non_negative, default=None, metavar="N",
-                   help="stop after N validations without a gain (default 2; 0: run every iteration)")
+                   help="stop after N validations without a gain (default 2; 0: run every iteration; "
+                        "a denoising pair from a predictor always runs every iteration: it saves the mean of its weights)")
     p.add_argument("--anchor", type=_number(float, lambda v: 0.0 <= v <= 1e6, "a weight in [0, 1e6]"),
                    default=None, metavar="WEIGHT",
                    help="self-supervised: keep the output near the base model's away from the blind spots "

@@ -269,7 +269,7 @@ class TrainConfig(BaseModel):
     ema_start: int = Field(0, ge=0)
     # "uniform": the saved weights are the plain mean of every step's from ema_start on
     # (stochastic weight averaging); with keep_best only the base and the last validation
-    # compete, since the mean is meant to span the run
+    # compete, since the mean is meant to span the run (so patience never stops it)
     average: Literal["ema", "uniform"] = "ema"
     freeze_encoder: bool = False
     # "full-resolution": from a base, train only the blocks that read or write the input's grid
