@@ -175,9 +175,8 @@ def finetune_iter(
         # (not self-supervised: its blind-spot score is PSNR against the noisy input, squeezed
         # by the noise variance, and cannot rank the base anyway; see verdict)
         base_margin=0.0 if objective != "supervised" or (task == "denoise" and target is None) else 0.1,
-        # Stop after two validations without a gain. Paired denoising peaked at the first
-        # validation (iteration 40 of 200) in every run measured and only declined after it;
-        # vEMDiffuse-a on C. elegans rose to the end with one flat step.
+        # Stop after two validations without a gain (a predictor's denoising pair runs to the
+        # end instead: below). vEMDiffuse-a on C. elegans rose to the end with one flat step.
         patience=2,
         out=out,
         iterations=iterations,
