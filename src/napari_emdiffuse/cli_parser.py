@@ -1,0 +1,224 @@
+"""The ``emdiffuse`` command's arguments: one parser, each option checked as it is read, so
+that a bad value is one line and exit status 2 (``cli.main``). The engine is the one place that
+knows task, architecture, preset and sampler names; the parser reads them from it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from .cli_progress import PROG
+
+__all__ = ["UsageError", "build_parser"]
+
+
+class UsageError(Exception):
+    """Raised instead of argparse's exit so that every error is one line, status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _number(kind: type, ok: Any, what: str) -> Any:
+    """An argparse type: ``kind`` (int or float) for which ``ok(value)`` holds."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+_positive = _number(int, lambda v: v > 0, "a positive integer")
+_non_negative = _number(int, lambda v: v >= 0, "an integer >= 0")
+_fraction = _number(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+_unit = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+_positive_float = _number(float, lambda v: v > 0 and v < float("inf"), "a positive number")
+
+
+def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> None:
+    from .engine.core.samplers import SAMPLERS
+    from .engine.inference.canvas import PRESETS
+    from .engine.models.cards import ARCHITECTURES
+
+    g = p.add_argument_group("sampling")
+    g.add_argument("--model", help="bundled/user model name, model directory or .zip, or a published .pth (with --arch)")
+    g.add_argument("--arch", choices=list(ARCHITECTURES),
+                   help="architecture of a published checkpoint given with --model")
+    g.add_argument("--preset", choices=list(PRESETS), default="fast",
+                   help="fast (default): one pass for predictors (the bundled models), few-step DPM-Solver++ "
+                        "for diffusion models; balanced: 4 mirrored views or samples, averaged; reference: as "
+                        "balanced for predictors, the published 1000-step DDPM for diffusion models")
+    g.add_argument("--steps", type=_positive, help="sampler steps (overrides the preset)")
+    g.add_argument("--samples", type=_positive, help="samples per pixel; >1 gives an uncertainty map")
+    if samplers:
+        g.add_argument("--sampler", choices=list(SAMPLERS), help="sampler (overrides the preset)")
+    g.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="predictors with a refiner: sample the residual around the mean (default: the presets "
+                        "the model card lists)")
+    g.add_argument("--tile", type=_positive, help="tile edge in pixels (default: model card / device memory)")
+    g.add_argument("--overlap", type=_non_negative, help="overlap between tiles in pixels")
+    g.add_argument("--batch", type=_positive, help="tiles per network call")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="network arithmetic (default fp32; bf16 needs a GPU with native bf16)")
+    c = p.add_mutually_exclusive_group()
+    c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes (zarr output)")
+    c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (zarr output)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The engine is the one place that knows task, architecture, preset and sampler names.
+    from .api import FinetuneOptions
+    from .engine.models.cards import ARCHITECTURES, TASKS
+    from .engine.training.data.pairs import DOWNSAMPLING
+
+    parser = _Parser(prog=PROG, description="Diffusion-model restoration of electron-microscopy images (EMDiffuse).")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    for name, helptext in (("denoise", "denoise a 2D image or a stack (slice by slice)"),
+                           ("super-resolve", "x2 super-resolution of a 2D image or a stack")):
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("input", metavar="IN", nargs="+",
+                       help="input .tif/.tiff, .mrc, .png/.jpg/.bmp or .zarr; several files or a folder: "
+                            "a batch, with the model loaded once")
+        p.add_argument("-o", "--output", metavar="OUT", required=True,
+                       help="output .tif/.tiff, .mrc or .zarr; for a batch, a folder (made if missing) where each "
+                            "result takes its input's name (pictures become .tif)")
+        if name == "super-resolve":
+            p.add_argument("--scale", type=_positive, default=None, help="magnification; must match the model (2)")
+            p.add_argument("--blur", metavar="B", default=None,
+                           help="how the low-resolution image was acquired, for models told it (the bundled one): "
+                                "auto (default: read off the image), area (a detector averaging each pixel, or "
+                                "binning), or the width (std) of the scan's probe in output pixels, 0 to 2")
+        p.add_argument("--uncertainty", metavar="UNC_OUT",
+                       help="also write the per-pixel uncertainty (std, input units) here; for a batch, a folder "
+                            "(files named <name>_uncertainty)")
+        _sampling_options(p)
+        p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                       help="mirror ensemble: samples 2-4 see the image mirrored (default: on for --preset balanced)")
+        p.set_defaults(task=name)
+
+    p = sub.add_parser("isotropic", help="make an anisotropic volume isotropic (vEMDiffuse)",
+                       description="generate factor-1 slices between neighbouring slices of a ZYX volume")
+    p.add_argument("input", metavar="IN",
+                   help="input volume .tif/.tiff, .mrc or .zarr (ZYX), or a folder of 2D slices (one file each)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff, .mrc or .zarr")
+    p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size)")
+    p.add_argument("--mode", choices=["i", "a"], default="i", help="i: model trained on isotropic data; a: on this volume's lateral planes")
+    p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the per-pixel uncertainty (std, input units) here")
+    p.add_argument("--denoise", action="store_true",
+                   help="denoise the measured slices first (noisy volumes), with the bundled denoiser or "
+                        "--denoise-model; the measured slices are then replaced by the denoised ones")
+    p.add_argument("--denoise-model", metavar="MODEL", help="the denoising model for --denoise (implies it)")
+    _sampling_options(p)
+
+    p = sub.add_parser("info", help="what the restoration commands will read from files: shape, type, voxel size",
+                       description="show how each file is read (shape, pixel type, axes, pixel size) and, for "
+                                   "volumes with a voxel size, the isotropic factor it implies")
+    p.add_argument("input", metavar="IN", nargs="+", help="image files, zarr stores or folders of slices")
+
+    p = sub.add_parser("models", help="list bundled and user models")
+    p.add_argument("--task", choices=list(TASKS))
+
+    p = sub.add_parser("export", help="write a predictor as a bioimage.io model package (.zip)")
+    p.add_argument("model", metavar="MODEL", help="model name, directory or .zip")
+    p.add_argument("-o", "--output", metavar="PACKAGE.zip", required=True)
+    p.add_argument("--blur", metavar="auto|area|W", default="auto",
+                   help="super-resolution told the acquisition blur: auto (default: the package reads it off "
+                        "each image), area (2x2 area means) or a probe width in high-resolution pixels, fixed")
+
+    p = sub.add_parser("import", help="turn a published best_Network.pth into a model directory")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--arch", required=True, choices=list(ARCHITECTURES))
+    p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True)
+
+    p = sub.add_parser("verify-checkpoint", help="check a port of weights against reference outputs",
+                       description="rebuild the network of REFERENCE.json, load CHECKPOINT and recompute "
+                                   "every array of REFERENCE.npz; exit 0 only if all match to 1e-4")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("reference_json", metavar="REFERENCE.json")
+    p.add_argument("reference_npz", metavar="REFERENCE.npz")
+    p.add_argument("--tolerance", type=_positive_float, default=1e-4)
+
+    p = sub.add_parser("train", help="train a model from a YAML recipe")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--max-minutes", type=_number(float, lambda v: v > 0, "a positive number of minutes"),
+                   default=None, metavar="MIN",
+                   help="stop after this many minutes (wall clock), save the model and a checkpoint; "
+                        "--resume continues")
+
+    p = sub.add_parser("finetune", help="fine-tune a model on your own data")
+    p.add_argument("--task", required=True, choices=list(TASKS))
+    p.add_argument("--input", required=True, metavar="IN", help="degraded image (or volume for isotropic)")
+    p.add_argument("--target", metavar="TGT", help="registered clean/high-resolution image (optional)")
+    p.add_argument("--base", metavar="MODEL", help="model to start from (default: bundled model for the task)")
+    p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True)
+    defaults = FinetuneOptions()  # the API's defaults
+    p.add_argument("--iterations", type=_positive, default=defaults.iterations)
+    p.add_argument("--patch", type=_positive, default=defaults.patch)
+    p.add_argument("--batch", type=_positive, default=defaults.batch)
+    p.add_argument("--lr", type=_number(float, lambda v: 0 < v < 1, "a learning rate in (0, 1)"), default=None,
+                   help="default 1e-3 (predictors, denoising pairs: only the full-resolution layers train), "
+                        "5e-4 (the same with --freeze-encoder), 2e-4 (other predictors), 5e-5 (self-supervised; "
+                        "1e-5 with --anchor 0) or 5e-5 (diffusion)")
+    p.add_argument("--resample-noise", type=_unit, default=None, metavar="FRACTION",
+                   help="denoising pairs: share of crops given the pair's own noise from elsewhere (default 1)")
+    p.add_argument("--noise-gain", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="denoising pairs: scale the pair's noise by LOW..HIGH, e.g. 1 1.41 to also "
+                        "restore scans at half the pair's dwell time (default 1 1: as recorded)")
+    p.add_argument("--base-margin", type=_number(float, lambda v: 0.0 <= v <= 10.0, "a number of dB in [0, 10]"),
+                   default=None, metavar="DB",
+                   help="validation PSNR gain over the base model needed to keep the fine-tuned weights "
+                        "(default 0.1 dB: smaller gains on a pair's held-back strip did not carry to the rest of "
+                        "an image; 0 for denoising a clean input or self-supervised)")
+    p.add_argument("--patience", type=_non_negative, default=None, metavar="N",
+                   help="stop after N validations without a gain (default 2; 0: run every iteration; "
+                        "a denoising pair from a predictor always runs every iteration: it saves the mean of its weights)")
+    p.add_argument("--anchor", type=_number(float, lambda v: 0.0 <= v <= 1e6, "a weight in [0, 1e6]"),
+                   default=None, metavar="WEIGHT",
+                   help="self-supervised: keep the output near the base model's away from the blind spots "
+                        "(default 10; 0: the blind spot alone, which lost 0.6-0.8 dB on real SEM noise)")
+    p.add_argument("--downsampling", nargs="+", choices=DOWNSAMPLING, default=None,
+                   metavar="WAY", help="super-resolve without --target: how the input is halved to make pairs: "
+                                       "area (default; block means), gaussian (centred samples after a 0.5 or 1 px "
+                                       "blur), decimate (image[::2, ::2] after a 0-1 px blur); several mix")
+    p.add_argument("--register", choices=["translation", "affine"], default=None,
+                   help="align --target to --input first, to a fraction of a pixel: affine also removes the "
+                        "drift and magnification difference of two scans (default: a target of another shape "
+                        "is registered (affine), one of the same shape is taken as registered)")
+    p.add_argument("--factor", type=int, default=None, help="isotropic: slices per gap (default: the base model's)")
+    p.add_argument(
+        "--objective", choices=["supervised", "self-supervised"], default=None,
+        help="denoise without --target: self-supervised (default; noisy images alone) or supervised "
+        "(the input is clean: simulate noise)",
+    )
+    p.add_argument("--doses", type=_positive_float, nargs="+", metavar="D", default=None,
+                   help="denoise --objective supervised without --target (a clean input): the simulated "
+                        "doses, detected electrons at white (default 20 50 100 200 500); match your recordings")
+    p.add_argument("--noise-correlation", type=_unit, metavar="A", default=None,
+                   help="with --doses' route: neighbour weight of the simulated noise's [A, 1, A] kernel per "
+                        "axis (default 0: white; 0.35 gives the ~0.5 neighbour correlation of short-dwell SEM)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--freeze-encoder", action="store_true")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"{PROG} {__version__}"
