@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, metavar="DB",
                    help="validation PSNR gain over the base model needed to keep the fine-tuned weights "
                         "(default 0.1 dB: smaller gains on a pair's held-back strip did not carry to the rest of "
-                        "an image; 0 for denoising a clean input or self-supervised)")
+                        "an image; 0.06 for a denoising pair from a predictor, which saves the mean of its "
+                        "weights; 0 for denoising a clean input or self-supervised)")
     p.add_argument("--patience", type=_non_negative, default=None, metavar="N",
                    help="stop after N validations without a gain (default 2; 0: run every iteration; "
                         "a denoising pair from a predictor always runs every iteration: it saves the mean of its weights)")

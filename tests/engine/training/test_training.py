@@ -510,7 +510,9 @@ def test_paired_denoising_finetune_defaults_train_the_fine_layers_and_save_their
     list(ft.finetune_iter("denoise", noisy, clean, base=str(base), out=tmp_path / "m", iterations=200))
     cfg = seen[-1]
     assert (cfg.train_layers, cfg.average, cfg.patience, cfg.ema_start, cfg.lr) == ("full-resolution", "uniform", None, 40, 1e-3)
-    assert cfg.keep_best and cfg.base_margin == 0.1  # the mean must still beat the base
+    assert cfg.keep_best and cfg.base_margin == 0.06  # the mean must still beat the base
+    list(ft.finetune_iter("denoise", noisy, clean, base=str(base), out=tmp_path / "m", base_margin=0.2))
+    assert seen[-1].base_margin == 0.2
     # what the user says wins; a diffusion base and a frozen encoder keep the old route
     list(ft.finetune_iter("denoise", noisy, clean, base=str(base), out=tmp_path / "m", average="ema", lr=3e-4))
     assert (seen[-1].train_layers, seen[-1].average, seen[-1].lr) == ("full-resolution", "ema", 3e-4)

@@ -331,25 +331,17 @@ class Trainer:
         # no step taken (iterations 0): the weights are the base's, EMA or not
         card.ema = self._ema_active() if self.iteration > 0 else self.card.ema
         base_record = self.card.training if self.base_name else None  # the base's own history
+        settings = ("patch", "lr", "warmup", "weight_decay", "seed", "val_fraction", "freeze_encoder",
+                    "train_layers", "average", "input_blur", "objective")
         card.training = {
             "base": self.base_name,
             "data": self.data.describe(),
             "iterations": self.iteration,
             "completed": completed,
-            "patch": cfg.patch,
+            **{name: getattr(cfg, name) for name in settings},
             "batch": cfg.batch * self.world,
-            "lr": cfg.lr,
-            "warmup": cfg.warmup,
-            "weight_decay": cfg.weight_decay,
             "ema_decay": cfg.ema_decay if card.ema else None,
-            "seed": cfg.seed,
-            "val_fraction": cfg.val_fraction,
-            "freeze_encoder": cfg.freeze_encoder,
-            "train_layers": cfg.train_layers,
-            "average": cfg.average,
-            "input_blur": cfg.input_blur,
             "input_noise": cfg.input_noise or None,
-            "objective": cfg.objective,
             "processes": self.world,
             "device": self.device.type,
             "minutes": round(self.train_seconds / 60.0, 1),
