@@ -248,7 +248,7 @@ def test_bad_input_table(tmp_path, tiny_model_dir, case):
     [(["denoise"], "required"), (["denoise", "x.tif", "-o", "y.h5"], "unsupported"),
      (["denoise", "x.tif", "-o", "y.png"], "read only here; write .tif, .mrc or .zarr"),
      (["denoise", "x.tif", "-o", "y.tif", "--steps", "-1"], "positive"), (["frobnicate"], "invalid choice"),
-     (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--base-margin", "-0.5"], "[0, 10]"),
+     (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--base-margin", "-11"], "[-10, 10]"),
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--anchor", "-1"], "[0, 1e6]"),
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--lr", "-1"], "learning rate in (0, 1)"),
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--lr", "nan"], "learning rate in (0, 1)"),

@@ -172,19 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=defaults.batch)
     p.add_argument("--lr", type=_number(float, lambda v: 0 < v < 1, "a learning rate in (0, 1)"), default=None,
                    help="default 1e-3 (predictors, denoising pairs: only the full-resolution layers train), "
-                        "5e-4 (the same with --freeze-encoder), 2e-4 (other predictors), 5e-5 (self-supervised; "
-                        "1e-5 with --anchor 0) or 5e-5 (diffusion)")
+                        "5e-4 (the same with --freeze-encoder), 2e-4 (other predictors, self-supervised too), "
+                        "5e-5 (self-supervised with --freeze-encoder; 1e-5 with --anchor 0) or 5e-5 (diffusion)")
     p.add_argument("--resample-noise", type=_unit, default=None, metavar="FRACTION",
                    help="denoising pairs: share of crops given the pair's own noise from elsewhere (default 1)")
     p.add_argument("--noise-gain", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="denoising pairs: scale the pair's noise by LOW..HIGH, e.g. 1 1.41 to also "
                         "restore scans at half the pair's dwell time (default 1 1: as recorded)")
-    p.add_argument("--base-margin", type=_number(float, lambda v: 0.0 <= v <= 10.0, "a number of dB in [0, 10]"),
+    p.add_argument("--base-margin", type=_number(float, lambda v: -10.0 <= v <= 10.0, "a number of dB in [-10, 10]"),
                    default=None, metavar="DB",
                    help="validation PSNR gain over the base model needed to keep the fine-tuned weights "
                         "(default 0.1 dB: smaller gains on a pair's held-back strip did not carry to the rest of "
                         "an image; 0.06 for a denoising pair from a predictor, which saves the mean of its "
-                        "weights; 0 for denoising a clean input or self-supervised)")
+                        "weights; 0 for denoising a clean input; -0.1 self-supervised from a predictor, whose "
+                        "blind-spot score cannot rank the base: negative is a loss tolerated)")
     p.add_argument("--patience", type=_non_negative, default=None, metavar="N",
                    help="stop after N validations without a gain (default 2; 0: run every iteration; "
                         "a denoising pair from a predictor always runs every iteration: it saves the mean of its weights)")

@@ -84,7 +84,7 @@ class LossHistory:
             parts.append(f"val loss {self.val[-1][1]:.4g}")
         if "psnr" in self.metrics:
             base = f" (base {self.base_psnr:.2f})" if self.base_psnr is not None else ""
-            if self.base_psnr is not None and self.base_margin > 0:
+            if self.base_psnr is not None and self.base_margin != 0:
                 base = f" (base {self.base_psnr:.2f}, to beat {self.to_beat:.2f})"
             parts.append(f"val PSNR {self.metrics['psnr']:.2f} dB{base}")
         elif self.base_psnr is not None:

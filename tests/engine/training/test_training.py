@@ -520,8 +520,15 @@ def test_paired_denoising_finetune_defaults_train_the_fine_layers_and_save_their
     assert (seen[-1].train_layers, seen[-1].average) == ("all", "uniform")
     list(ft.finetune_iter("denoise", noisy, clean, base=str(tiny_model_dir), out=tmp_path / "m"))
     assert (seen[-1].train_layers, seen[-1].average, seen[-1].patience) == ("all", "ema", 2)
-    list(ft.finetune_iter("denoise", noisy, None, base=str(base), out=tmp_path / "m"))  # self-supervised
-    assert (seen[-1].train_layers, seen[-1].average) == ("all", "ema")
+    # self-supervised: the same layers and mean, saved without a contest against the base
+    list(ft.finetune_iter("denoise", noisy, None, base=str(base), out=tmp_path / "m"))
+    cfg = seen[-1]
+    assert (cfg.objective, cfg.train_layers, cfg.average, cfg.keep_best, cfg.base_margin, cfg.lr) == (
+        "self-supervised", "full-resolution", "uniform", True, -0.1, 2e-4)
+    list(ft.finetune_iter("denoise", noisy, None, base=str(base), out=tmp_path / "m", freeze_encoder=True))
+    assert (seen[-1].train_layers, seen[-1].lr) == ("all", 5e-5)
+    list(ft.finetune_iter("denoise", noisy, None, base=str(tiny_model_dir), out=tmp_path / "m"))  # diffusion
+    assert (seen[-1].train_layers, seen[-1].average, seen[-1].base_margin) == ("all", "ema", 0.0)
 
 
 def test_stopping_a_uniform_average_scores_it_against_the_base(tmp_path):
@@ -791,3 +798,22 @@ def test_shipped_recipes_parse_and_write_their_bundled_model(recipe):
     assert (ROOT / "resources" / "models" / cfg.name / "model.yaml").exists()
     if cfg.base is not None:  # a stage continues the bundled model or its named base
         assert Path(cfg.base).exists()
+
+
+@pytest.mark.parametrize("margin, replaced", [(0.0, False), (-0.1, True), (-0.01, False)])
+def test_a_negative_margin_lets_a_slightly_lower_score_replace_the_base(margin, replaced):
+    """The base (iteration 0, 14.645 dB) against a validation 0.012 dB below it, as the blind-spot
+    score put a self-supervised mean that was 0.19 dB better on the truth."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from napari_emdiffuse.engine.training.trainer import Trainer
+
+    net = torch.nn.Linear(1, 1)
+    fake = SimpleNamespace(config=SimpleNamespace(base_margin=margin), _best=None, base_metrics={"psnr": 14.645},
+                           iteration=0, _averaged=lambda: nullcontext(net), _since_best=0)
+    Trainer._track_best(fake, {"psnr": 14.645})  # the base is scored first
+    fake.iteration = 200
+    Trainer._track_best(fake, {"psnr": 14.633})
+    assert fake._best[1] == (200 if replaced else 0)
+    assert fake._since_best == (0 if replaced else 1)

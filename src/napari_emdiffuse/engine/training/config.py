@@ -289,8 +289,9 @@ class TrainConfig(BaseModel):
     keep_best: bool = False  # save the weights of the best validation, not the last
     # With keep_best and a base: PSNR (dB) a validation must gain over the base's to replace it.
     # A fine-tune's held-back strip is small and next to its training crops: gains below ~0.1 dB
-    # there did not carry to the rest of an image (see finetune_iter).
-    base_margin: float = Field(0.0, ge=0, le=10)
+    # there did not carry to the rest of an image (see finetune_iter). Negative: a loss the
+    # validation may show and still replace the base (a score that cannot rank the base).
+    base_margin: float = Field(0.0, ge=-10, le=10)
     patience: int | None = Field(None, ge=1)  # stop after this many validations without a gain
     # Wall-clock budget of one run (a cluster slot, a lent GPU): stop after this many minutes,
     # validate, save the model (``completed: false`` in its card) and a checkpoint to resume from.
