@@ -85,6 +85,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.training.data.noise",
         "napari_emdiffuse.engine.training.finetune",
         "napari_emdiffuse.engine.training.selfsup",
+        "napari_emdiffuse.engine.training.neighbours",
         "napari_emdiffuse.engine.io.mrc",
         "napari_emdiffuse._reader",
         "napari_emdiffuse._writer",

@@ -236,8 +236,10 @@ class FinetuneOptions:
         Train the decoder only.
     factor : int, optional
         Isotropic tasks: slices per gap (default the base model's).
-    objective : {"supervised", "self-supervised"}, optional
-        Default: self-supervised for denoising without a target, else supervised.
+    objective : {"supervised", "self-supervised", "neighbour-slices"}, optional
+        Default for denoising without a target: neighbour-slices for a stack whose neighbouring
+        slices are alike (each slice learns from the mean of its two neighbours), else
+        self-supervised (a blind spot); with a target, supervised.
     extra : dict
         Any other :class:`~napari_emdiffuse.engine.training.config.TrainConfig` field.
     """
@@ -253,7 +255,7 @@ class FinetuneOptions:
     device: str = "auto"
     freeze_encoder: bool = False
     factor: int | None = None
-    objective: Literal["supervised", "self-supervised"] | None = None
+    objective: Literal["supervised", "self-supervised", "neighbour-slices"] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -481,8 +483,9 @@ def finetune(
         The degraded image (or stack), or the volume (isotropic tasks).
     target : array-like or path, optional
         Its registered clean / high-resolution counterpart. Without one, denoising learns
-        from the noisy input alone (self-supervised, a structured blind spot that copes with
-        the correlated noise of fast SEM scans).
+        from the noisy input alone: a stack of alike slices (FIB-SEM) from each slice's
+        neighbours, anything else with a structured blind spot that copes with the correlated
+        noise of fast SEM scans.
     options : FinetuneOptions, optional
     **overrides
         Any :class:`FinetuneOptions` field, or another ``TrainConfig`` field.

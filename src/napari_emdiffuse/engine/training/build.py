@@ -23,6 +23,7 @@ from .data.noise import SimulatedNoiseData
 from .data.pairs import pair_data, sr_data
 from .data.registration import register_pair
 from .data.volumes import IsotropicData
+from .neighbours import neighbour_pairs
 
 __all__ = ["build_model", "build_data", "registration_notes"]
 
@@ -239,7 +240,7 @@ def build_data(
         # Lateral crops are as high as the stack is deep: the two kinds of plane share the
         # batches equally rather than by area, which a large anisotropic volume would take.
         return iso_parts[0] if len(iso_parts) == 1 else MixedData(iso_parts, shares=[1, 1])
-    if cfg.objective == "self-supervised":
+    if cfg.objective != "supervised":
         return _self_supervised_data(cfg, card, common)
     scale = card.scale if cfg.task == "super-resolve" else 1
     targets = cfg.targets if cfg.targets is not None else [None] * len(cfg.inputs)
@@ -281,15 +282,20 @@ def build_data(
 
 def _self_supervised_data(cfg: TrainConfig, card: ModelCard, common: dict) -> TrainingData:
     if cfg.task != "denoise":
-        raise EMDiffuseError(f"self-supervised training denoises; it cannot train a {cfg.task} model")
+        raise EMDiffuseError(f"{cfg.objective} training denoises; it cannot train a {cfg.task} model")
     if card.kind != "regression":
+        # a diffusion model would learn to sample the noisy targets
         raise EMDiffuseError(
-            f"self-supervised training needs a predictor (kind regression); '{card.name}' is a {card.kind} model"
+            f"{cfg.objective} training needs a predictor (kind regression); '{card.name}' is a {card.kind} model"
         )
     if cfg.targets is not None and any(t is not None for t in cfg.targets):
-        raise EMDiffuseError("self-supervised training learns from noisy images alone; give no targets")
+        raise EMDiffuseError(f"{cfg.objective} training learns from noisy images alone; give no targets")
     sources = list(cfg.inputs) + list(cfg.clean)
     images = [check_image(s.load(), s.label) for s in sources]
+    if cfg.objective == "neighbour-slices":
+        pairs = [neighbour_pairs(im) for im in images]  # refuses a 2D image or too few slices
+        return pair_data([p[0] for p in pairs], [p[1] for p in pairs], rule=card.normalisation,
+                         names=[f"{s.label} (neighbouring slices)" for s in sources], **common)
     # Input and target are the same noisy crop; the blind spot hides the target's pixels.
     return pair_data(images, images, rule=card.normalisation, names=[f"{s.label} (noisy only)" for s in sources],
                      **common)

@@ -276,8 +276,9 @@ class TrainConfig(BaseModel):
     # (the first encoder level, the last decoder level, the output heads); the rest stays the base's
     train_layers: Literal["all", "full-resolution"] = "all"
     # "self-supervised" (denoise, predictors): learn from the noisy inputs alone with a
-    # structured blind spot (see training.selfsup); inputs need no targets
-    objective: Literal["supervised", "self-supervised"] = "supervised"
+    # structured blind spot (see training.selfsup); "neighbour-slices" (denoise): from noisy
+    # stacks alone, each inner slice against the mean of its neighbours (training.neighbours)
+    objective: Literal["supervised", "self-supervised", "neighbour-slices"] = "supervised"
     # Self-supervised from a base: weight of a term that keeps the output, away from the hidden
     # pixels, at the base's (see training.selfsup.anchor_loss); 0 for the blind spot alone
     anchor: float = Field(0.0, ge=0, le=1e6)
@@ -349,8 +350,8 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
         iso = self.task.startswith("isotropic")
-        if self.objective == "self-supervised" and self.task != "denoise":
-            raise ValueError(f"self-supervised training denoises; it cannot train a {self.task} model")
+        if self.objective != "supervised" and self.task != "denoise":
+            raise ValueError(f"{self.objective} training denoises; it cannot train a {self.task} model")
         if not (self.inputs or self.clean or self.volume):
             raise ValueError("no training data: give inputs, clean images or a volume")
         if self.anchor > 0 and (self.objective != "self-supervised" or self.base is None):

@@ -50,7 +50,7 @@ from .estimator import blur_reader, fit_estimator
 from .predictors import calibrate_uncertainty, one_pass
 from .selfsup import anchor_loss, blind_spot, blind_spot_loss
 from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
-from .validation import held_out_prediction, preview, sampler_name, validation_metrics
+from .validation import PSNR_AGAINST, held_out_prediction, preview, sampler_name, validation_metrics
 
 __all__ = ["Trainer"]
 
@@ -201,7 +201,10 @@ class Trainer:
             loss = self.model(batch.target, batch.cond, batch.slice_index, noise=noise, gammas=gammas)
         else:
             out = one_pass(self.model, batch.cond, batch.slice_index)
-            loss = mean_var_loss(batch.target, *out) if isinstance(out, tuple) else mse_loss(batch.target, out)
+            if isinstance(out, tuple) and self.config.objective == "supervised":
+                loss = mean_var_loss(batch.target, *out)
+            else:  # the neighbours' noise is no error of the mean's: the variance head is left as it is
+                loss = mse_loss(batch.target, out[0] if isinstance(out, tuple) else out)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -374,8 +377,8 @@ class Trainer:
             if cfg.objective == "supervised":
                 card.uncertainty_scale = calibrate_uncertainty(module, self.val_batch)
                 card.uncertainty_by_factor = None  # a base's table no longer describes these weights
-        if cfg.objective == "self-supervised":
-            card.metrics["psnr_against"] = "the noisy input at blind-spot pixels (self-supervised; ranks models only)"
+        if cfg.objective != "supervised":
+            card.metrics["psnr_against"] = PSNR_AGAINST[cfg.objective]
         path = self.write_model(card, module)
         register_model(path)
         return path

@@ -20,7 +20,7 @@ from .data.base import Batch
 from .predictors import one_pass
 from .selfsup import blind_spot, blind_spot_loss
 
-__all__ = ["held_out_prediction", "mean_psnr", "mean_ssim", "preview", "sampler_name", "validation_metrics"]
+__all__ = ["held_out_prediction", "mean_psnr", "mean_ssim", "preview", "sampler_name", "validation_metrics", "PSNR_AGAINST"]
 
 
 def sampler_name(card: ModelCard, config: TrainConfig) -> str:
@@ -85,6 +85,14 @@ def mean_ssim(pred: np.ndarray, target: np.ndarray) -> float:
         return a[0] if a.shape[0] == 1 else a
 
     return float(np.mean([ssim(planes(pred[i]), planes(target[i]), data_range=2.0) for i in range(len(pred))]))
+
+
+#: What a run's validation PSNR compares with when there is no clean target (the card's
+#: ``metrics.psnr_against``): such a score ranks a run's own weights, not their worth.
+PSNR_AGAINST = {
+    "self-supervised": "the noisy input at blind-spot pixels",
+    "neighbour-slices": "the mean of the neighbouring noisy slices",
+}
 
 
 def validation_metrics(pred: np.ndarray, target: np.ndarray, loss: float, *, self_supervised: bool) -> dict[str, float]:
