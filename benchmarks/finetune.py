@@ -241,7 +241,8 @@ def main() -> None:
             rows += stack_rows(args, Path(tmp))
         if not args.skip_isotropic:
             rows += isotropic_rows(args, Path(tmp))
-    print(f"fine-tuning at the CLI defaults ({args.iterations} iterations); denoising scored on the right half\n")
+    print(f"fine-tuning at the CLI defaults ({args.iterations} iterations); denoising scored on the right half, "
+          "stacks whole\n")
     print(table(rows, ["case", "method", "PSNR dB", "SSIM", "time s"]))
 
 
