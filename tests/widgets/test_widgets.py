@@ -369,6 +369,14 @@ def test_finetune_logic(tmp_path):
     with pytest.raises(EMDiffuseError, match="denoising"):
         FinetuneOptions(task="super-resolve", clean_input=True).validate()
     assert FinetuneOptions.from_dict({"clean_input": True, "doses": "40"}).engine_kwargs()["doses"] == [40.0]
+    # a noisy input alone: the engine picks unless told which way to learn
+    assert FinetuneOptions(learn_from="blind spot").engine_kwargs()["objective"] == "self-supervised"
+    assert FinetuneOptions(learn_from="neighbouring slices").engine_kwargs()["objective"] == "neighbour-slices"
+    for bad in (dict(learn_from="magic"), dict(learn_from="blind spot", clean_input=True),
+                dict(learn_from="neighbouring slices", task="isotropic-a")):
+        with pytest.raises(EMDiffuseError, match="learn from") as info:
+            FinetuneOptions(**bad).validate()
+        assert "\n" not in str(info.value)
 
 
 def test_loss_history_and_plot_mapping():
@@ -680,6 +688,12 @@ def test_finetune_widget_form(viewer, errors):
     ft.register.setCurrentText("affine")  # (none) still: nothing to align
     assert not ft.run() and "register" in errors[-1]
     ft.register.setCurrentText("as given")
+    ft.learn_from.setCurrentText("neighbouring slices")
+    ft.target_combo.set_layer(viewer.layers["vol"])  # a target: there is nothing to learn from alone
+    assert not ft.run() and "learn from" in errors[-1]
+    assert ft.options().learn_from == "neighbouring slices"
+    ft.learn_from.setCurrentText("default")
+    ft.target_combo.setCurrentIndex(0)
     ft.clean_input.setChecked(True)
     ft.target_combo.set_layer(viewer.layers["vol"])  # a target and a clean input: which is the noisy one?
     assert not ft.run() and "input is clean" in errors[-1]
@@ -698,6 +712,7 @@ def test_finetune_widget_form(viewer, errors):
     ft.task.setCurrentText("isotropic-a")
     assert ft.base.task == "isotropic-a" and not ft.target_combo.isEnabled() and ft.factor.isEnabled()
     assert not ft.faster.isEnabled() and not ft.register.isEnabled() and not ft.clean_input.isEnabled()
+    assert not ft.learn_from.isEnabled()
     ft.input_combo.set_layer(viewer.layers["vol"])
     assert ft.factor.value() == 3  # from the volume's scale
     ft.input_combo.set_layer(noisy)

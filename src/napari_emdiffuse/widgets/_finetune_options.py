@@ -21,7 +21,7 @@ from ..engine.models.files import read_card
 from ..engine.training.data.pairs import DOWNSAMPLING
 from ._settings import WidgetOptions
 
-__all__ = ["FinetuneOptions", "REGISTER", "default_output", "exportable", "parse_doses", "parse_lr"]
+__all__ = ["FinetuneOptions", "LEARN_FROM", "REGISTER", "default_output", "exportable", "parse_doses", "parse_lr"]
 
 def parse_lr(text: str) -> float:
     """A learning rate typed by the user (``5e-5``, ``0.00005``); ``auto`` or nothing is 0, the
@@ -77,6 +77,10 @@ _API_DEFAULTS = _ApiFinetuneOptions()
 #: How the Fine-tune widget aligns a pair (TrainConfig ``register``; "as given" is "off").
 REGISTER = ("as given", "translation", "affine")
 
+#: What a noisy input with no target learns from, and the engine's objective for each
+#: (``None``: the engine picks, and says why).
+LEARN_FROM = {"default": None, "blind spot": "self-supervised", "neighbouring slices": "neighbour-slices"}
+
 
 @dataclass
 class FinetuneOptions(WidgetOptions):
@@ -112,6 +116,10 @@ class FinetuneOptions(WidgetOptions):
         Denoising without a target: the input is a clean image of the user's kind, and noise
         is simulated on it at ``doses`` (``objective="supervised"``) instead of learning from
         a noisy input alone (self-supervised).
+    learn_from : str
+        Denoising a noisy input with no target: ``default`` (the engine picks: the neighbouring
+        slices of a stack whose slices look alike, else the blind spot), ``blind spot`` or
+        ``neighbouring slices`` (see :data:`LEARN_FROM`).
     doses : str
         With ``clean_input``: the simulated doses, detected electrons at white, separated by
         spaces or commas.
@@ -136,6 +144,7 @@ class FinetuneOptions(WidgetOptions):
     downsampling: str = "area"
     register: str = "as given"
     clean_input: bool = False
+    learn_from: str = "default"
     doses: str = "20 50 100 200 500"
     noise_correlation: float = 0.0
     output: str = ""
@@ -163,6 +172,10 @@ class FinetuneOptions(WidgetOptions):
             raise EMDiffuseError(f"downsampling must be one of {', '.join(DOWNSAMPLING)}, got {self.downsampling!r}")
         if self.register not in REGISTER:
             raise EMDiffuseError(f"register must be one of {', '.join(REGISTER)}, got {self.register!r}")
+        if self.learn_from not in LEARN_FROM:
+            raise EMDiffuseError(f"learn from must be one of {', '.join(LEARN_FROM)}, got {self.learn_from!r}")
+        if self.learn_from != "default" and (self.task != "denoise" or self.clean_input):
+            raise EMDiffuseError("'learn from' is for denoising a noisy input alone; set it to default")
         if self.clean_input:
             if self.task != "denoise":
                 raise EMDiffuseError("'input is clean' simulates noise for denoising; uncheck it for this task")
@@ -188,6 +201,8 @@ class FinetuneOptions(WidgetOptions):
             kw["register"] = self.register
         if self.clean_input:
             kw.update(objective="supervised", doses=parse_doses(self.doses), noise_correlation=self.noise_correlation)
+        elif LEARN_FROM[self.learn_from] is not None:
+            kw["objective"] = LEARN_FROM[self.learn_from]
         return kw | {
             "out": out,
             "iterations": self.iterations,
