@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from _common import Timer, best_bm3d, best_gaussian, brain_pair, inverted_liver, need_shared, table
+from _common import CORRELATION, Timer, best_bm3d, best_gaussian, brain_pair, inverted_liver, need_shared, stack_case, table
 from napari_emdiffuse.engine.core.metrics import psnr, ssim
 from napari_emdiffuse.engine.errors import EMDiffuseError
 from napari_emdiffuse.engine.events import drain
@@ -52,7 +52,6 @@ from napari_emdiffuse.engine.training.data.noise import simulate_noise
 from napari_emdiffuse.engine.training.finetune import finetune_iter
 from napari_emdiffuse.api import reconstruct_isotropic
 
-CORRELATION = 0.3  # [a, 1, a] noise kernel: neighbour correlation 2a / (1 + 2a^2) = 0.51
 
 
 def liver_case(dose: float) -> tuple[np.ndarray, np.ndarray]:
@@ -136,18 +135,6 @@ def pair_rows(args, tmp: Path) -> list[dict]:
             kept = tuned.card.metrics.get("best_iteration")
             rows.append(score(case, f"{name}, kept it {kept}", out, test_c, t.seconds))
     return rows
-
-
-def stack_case(name: str, dose: float) -> tuple[np.ndarray, np.ndarray]:
-    """A volume with correlated noise simulated slice by slice: ``celegans`` (near-isotropic,
-    neighbouring slices alike) or ``isbi`` (ssTEM sections 50 nm apart, 256² of slices 2-29)."""
-    if name == "celegans":
-        clean = tifffile.imread(need_shared() / "em3d" / "celegans_neariso_21x256x128.tif")
-    else:
-        clean = tifffile.imread(need_shared() / "em3d" / "isbi2012_train_volume_30x512x512.tif")[2:, 128:384, 128:384]
-    rng = np.random.default_rng(5)
-    noisy = np.stack([simulate_noise(s, dose, rng=rng, lo=0, hi=255, correlation=CORRELATION) for s in clean])
-    return noisy.astype(np.uint8), clean
 
 
 def stack_rows(args, tmp: Path) -> list[dict]:

@@ -86,6 +86,8 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.training.finetune",
         "napari_emdiffuse.engine.training.selfsup",
         "napari_emdiffuse.engine.training.neighbours",
+        "napari_emdiffuse.engine.core.alikeness",
+        "napari_emdiffuse.engine.inference.zfilter",
         "napari_emdiffuse.engine.io.mrc",
         "napari_emdiffuse._reader",
         "napari_emdiffuse._writer",

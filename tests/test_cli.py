@@ -54,6 +54,32 @@ def test_denoise_writes_tiff_with_metadata(tmp_path, noisy_tif, tiny_model_dir):
     assert made["normalisation"]["mode"] == "percentile" and made["package"].startswith("napari-emdiffuse")
 
 
+def test_alike_stack_is_averaged_along_z_and_says_why(tmp_path, tiny_model_dir, capsys):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    base = gaussian_filter(rng.normal(size=(48, 48)), 3)
+    stack = np.clip(128 + 400 * base + rng.normal(0, 10, (6, 48, 48)), 0, 255).astype(np.uint8)
+    src, out, off = tmp_path / "fib.tif", tmp_path / "out.tif", tmp_path / "off.tif"
+    tifffile.imwrite(src, stack)
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(tiny_model_dir), *FAST]) == 0
+    assert "averaged along z, where its slices look" in capsys.readouterr().err
+    made = json.loads(tifffile.TiffFile(out).imagej_metadata["Info"])
+    assert 0.3 <= made["z_filter"] <= 1.0
+    assert main(["denoise", str(src), "-o", str(off), "--model", str(tiny_model_dir), "--z-filter", "off", *FAST]) == 0
+    assert "averaged along z" not in capsys.readouterr().err
+    assert not np.array_equal(tifffile.imread(out), tifffile.imread(off))
+    # a width given is used as given; on a 2D image it is one line, exit 2, nothing written
+    assert main(["denoise", str(src), "-o", str(tmp_path / "x.tif"), "--model", str(tiny_model_dir), "--z-filter", "1.5",
+                 *FAST]) == 0
+    assert json.loads(tifffile.TiffFile(tmp_path / "x.tif").imagej_metadata["Info"])["z_filter"] == 1.5
+    tifffile.imwrite(tmp_path / "one.tif", stack[0])
+    rc = main(["denoise", str(tmp_path / "one.tif"), "-o", str(tmp_path / "y.tif"), "--model", str(tiny_model_dir),
+               "--z-filter", "1", *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "the input is 2D" in err[-1] and not (tmp_path / "y.tif").exists()
+
+
 def test_fill_border_is_noted_and_kept(tmp_path, noisy_tif, tiny_model_dir, capsys):
     img = tifffile.imread(noisy_tif)
     img[:, 40:] = 0  # an aligned section's border
@@ -253,6 +279,8 @@ def test_bad_input_table(tmp_path, tiny_model_dir, case):
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--lr", "-1"], "learning rate in (0, 1)"),
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--lr", "nan"], "learning rate in (0, 1)"),
      (["verify-checkpoint", "c.pth", "r.json", "r.npz", "--tolerance", "-1"], "positive number"),
+     (["denoise", "x.tif", "-o", "y.tif", "--z-filter", "strong"], "expected auto or off or a width in slices"),
+     (["super-resolve", "x.tif", "-o", "y.tif", "--z-filter", "1"], "unrecognized arguments: --z-filter"),
      (["train", "recipe.yaml", "--max-minutes", "0"], "positive number of minutes"),
      (["finetune", "--task", "super-resolve", "--input", "x.tif", "--target", "y.tif", "-o", "m",
        "--downsampling", "gaussian"], "every input here has its target"),

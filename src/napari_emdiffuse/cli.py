@@ -37,6 +37,8 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
         kw["refine"] = args.refine
     if getattr(args, "blur", None) is not None:
         kw["blur"] = args.blur
+    if getattr(args, "z_filter", None) is not None:
+        kw["z_filter"] = args.z_filter
     return kw
 
 

@@ -44,6 +44,21 @@ _unit = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 _positive_float = _number(float, lambda v: v > 0 and v < float("inf"), "a positive number")
 
 
+def _z_filter(text: str) -> str | float:
+    """``--z-filter``: auto, off or a width in slices (checked again, with the input, by the engine)."""
+    from .engine.inference.zfilter import Z_FILTERS
+
+    if text in Z_FILTERS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(Z_FILTERS)} or a width in slices, got {text!r}") from None
+
+
+_z_filter.__name__ = "z filter"
+
+
 def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> None:
     from .engine.core.samplers import SAMPLERS
     from .engine.inference.canvas import PRESETS
@@ -96,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-o", "--output", metavar="OUT", required=True,
                        help="output .tif/.tiff, .mrc or .zarr; for a batch, a folder (made if missing) where each "
                             "result takes its input's name (pictures become .tif)")
+        if name == "denoise":
+            p.add_argument("--z-filter", metavar="auto|off|W", type=_z_filter, default="auto",
+                           help="a stack: average the denoised slices along z over W slices (std, 0-3). auto "
+                                "(default): only where neighbouring slices look alike (FIB-SEM, block-face SEM), "
+                                "over a width chosen by cross-validation along z")
         if name == "super-resolve":
             p.add_argument("--scale", type=_positive, default=None, help="magnification; must match the model (2)")
             p.add_argument("--blur", metavar="B", default=None,

@@ -25,6 +25,9 @@ def drive(gen: Generator, stages: Sequence[str] = ("sampling", "block", "trainin
     try:
         for ev in gen:
             if isinstance(ev, Progress):
+                if ev.stage == "note" and ev.message:  # what the engine chose, and why
+                    say(bar, f"{PROG}: {ev.message}")
+                    continue
                 if ev.stage not in stages:
                     if ev.stage == "validation" and ev.message:
                         say(bar, f"validation at {ev.done}: {ev.message}")

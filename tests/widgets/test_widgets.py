@@ -188,7 +188,8 @@ def test_mrc_files_open_in_napari_with_their_voxel_size(viewer, tmp_path):
 def test_restore_options_to_engine_kwargs():
     kw = RestoreOptions().engine_kwargs()
     unset = dict(steps=None, samples=None, sampler=None, tile=None, overlap=None)
-    assert kw == dict(preset="fast", seed=0, device="auto", precision="fp32", refine=None, blur=None, **unset)
+    assert kw == dict(preset="fast", seed=0, device="auto", precision="fp32", refine=None, blur=None, z_filter="auto",
+                      **unset)
     assert RestoreOptions(refine="off").engine_kwargs()["refine"] is False
     assert RestoreOptions(refine="on").engine_kwargs()["refine"] is True
     with pytest.raises(EMDiffuseError, match="refine"):
@@ -210,6 +211,13 @@ def test_restore_options_to_engine_kwargs():
     for bad in ("wide", "2.5", "-1"):
         with pytest.raises(EMDiffuseError, match="acquisition blur"):
             RestoreOptions(task="super-resolve", blur=bad).engine_kwargs()
+    # The z filter: named choices pass as text, a width as a number; denoising only.
+    assert RestoreOptions(z_filter=" Off").engine_kwargs()["z_filter"] == "off"
+    assert RestoreOptions(z_filter="0.8").engine_kwargs()["z_filter"] == 0.8
+    assert "z_filter" not in RestoreOptions(task="super-resolve").engine_kwargs()
+    for bad in ("strong", "4", "-0.5"):
+        with pytest.raises(EMDiffuseError, match="z filter"):
+            RestoreOptions(z_filter=bad).engine_kwargs()
     # Saved settings: wrong types and unknown keys are ignored, broken combinations reset.
     opts = RestoreOptions.from_dict({"steps": 5, "seed": "x", "bogus": 1, "preset": "balanced"})
     assert (opts.steps, opts.seed, opts.preset) == (5, 0, "balanced")

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLineEdit, QWidget
 
 from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
 from ..engine.errors import EMDiffuseError, InputError
+from ..engine.inference.zfilter import Z_FILTERS
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, spin_box
 from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
@@ -77,6 +78,9 @@ class RestoreOptions(WidgetOptions):
         block into it (any size; dask and multiscale layers stay lazy) and shown lazily.
     current_slice : bool
         For a stack, restore only the slice the viewer shows.
+    z_filter : str
+        Denoising a stack: ``auto`` (average the restored slices along z where neighbouring
+        slices look alike), ``off``, or a width in slices (0-3).
     """
 
     task: str = "denoise"
@@ -93,6 +97,7 @@ class RestoreOptions(WidgetOptions):
     precision: str = "fp32"
     output: str = ""
     current_slice: bool = False
+    z_filter: str = "auto"
 
     def validate(self) -> "RestoreOptions":
         """Refuse impossible combinations before starting a worker."""
@@ -109,6 +114,7 @@ class RestoreOptions(WidgetOptions):
             raise EMDiffuseError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if self.output:
             check_zarr_output(self.output)
+        self.z_filter = check_z_filter(self.z_filter)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -116,8 +122,10 @@ class RestoreOptions(WidgetOptions):
         self.validate()
         sampler = None if self.sampler == "preset" else self.sampler
         blur = self.blur if self.task == "super-resolve" and self.blur != "auto" else None
+        z_filter = self.z_filter if self.z_filter in Z_FILTERS else float(self.z_filter)
         return sampling_kwargs(self) | {
             "sampler": sampler, "precision": self.precision, "refine": REFINE_CHOICES[self.refine], "blur": blur,
+            **({"z_filter": z_filter} if self.task == "denoise" else {}),
         }
 
 
@@ -138,6 +146,26 @@ def check_blur(text: str) -> str:
         raise EMDiffuseError(f"acquisition blur must be auto, area or a width in pixels (0-2), not {text!r}") from None
     if not 0.0 <= width <= 2.0:
         raise EMDiffuseError(f"acquisition blur must be between 0 and 2 pixels, not {text!r}")
+    return value
+
+
+def check_z_filter(text: str) -> str:
+    """The widget's z filter entry, checked: ``auto``, ``off`` or a width from 0 to 3 slices.
+
+    Examples
+    --------
+    >>> check_z_filter(" Off "), check_z_filter("0.8")
+    ('off', '0.8')
+    """
+    value = str(text).strip().lower() or "auto"
+    if value in Z_FILTERS:
+        return value
+    try:
+        width = float(value)
+    except ValueError:
+        raise EMDiffuseError(f"z filter must be {' or '.join(Z_FILTERS)} or a width in slices (0-3), not {text!r}") from None
+    if not 0.0 <= width <= 3.0:
+        raise EMDiffuseError(f"z filter must be a width between 0 and 3 slices, not {text!r}")
     return value
 
 
@@ -270,6 +298,14 @@ class RestoreWidget(DockWidget):
         self.output = QLineEdit()
         self.output.setPlaceholderText("in memory (or a .zarr path)")
         self.output.setToolTip("Empty: keep the result in memory. A .zarr path: restored block by block, shown lazily")
+        self.z_filter = QComboBox()
+        self.z_filter.setEditable(True)
+        self.z_filter.addItems([*Z_FILTERS, "0.5", "1.0"])
+        self.z_filter.setToolTip(
+            "Denoising a stack: average the restored slices along z. auto: only where neighbouring slices look "
+            "alike (FIB-SEM, block-face SEM; not serial-section TEM), over a width chosen from the data; off; "
+            "or a width in slices (std, 0-3)"
+        )
         self.precision = QComboBox()
         self.precision.addItems(PRECISION_CHOICES)
         self.precision.setToolTip("Network arithmetic: fp32 (default, exact); bf16 / fp16 on GPUs that have it")
@@ -280,6 +316,7 @@ class RestoreWidget(DockWidget):
                 ("sampler", self.sampler),
                 ("refine", self.refine),
                 ("acquisition blur", self.blur),
+                ("z filter", self.z_filter),
                 ("tile", self.tile),
                 ("overlap", self.overlap),
                 ("seed", self.seed),
@@ -312,6 +349,7 @@ class RestoreWidget(DockWidget):
             precision=self.precision.currentText(),
             output=self.output.text().strip(),
             current_slice=self.current_slice.isChecked(),
+            z_filter=self.z_filter.currentText(),
         )
 
     def set_options(self, opts: RestoreOptions) -> None:
@@ -329,6 +367,7 @@ class RestoreWidget(DockWidget):
         self.precision.setCurrentText(opts.precision)
         self.output.setText(opts.output)
         self.current_slice.setChecked(opts.current_slice)
+        self.z_filter.setCurrentText(opts.z_filter)
 
     def _browse_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Restore into a zarr store", "", "zarr (*.zarr)")

@@ -17,7 +17,8 @@ from napari_emdiffuse.engine.training.build import build_data, build_model
 from napari_emdiffuse.engine.training.config import TrainConfig
 from napari_emdiffuse.engine.training.data.base import fit_rule
 from napari_emdiffuse.engine.training.finetune import self_supervised_objective
-from napari_emdiffuse.engine.training.neighbours import neighbour_pairs, slice_alikeness
+from napari_emdiffuse.engine.core.alikeness import slice_alikeness
+from napari_emdiffuse.engine.training.neighbours import neighbour_pairs
 
 from tests.conftest import TINY
 

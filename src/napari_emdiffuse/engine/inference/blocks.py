@@ -131,6 +131,7 @@ class BlockRun:
     opts: SamplingOptions
     dtype: np.dtype
     measured_unc: Path | None = None  # isotropic: a zarr store of the measured slices' uncertainty
+    z_filter: Any = None  # a ZFilter: average the restored stack along z before committing it
 
 
 #: Runs every task of a :class:`BlockRun` elsewhere (a dask cluster,

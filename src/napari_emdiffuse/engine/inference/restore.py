@@ -43,6 +43,7 @@ from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute,
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
 from .fill import fill_mask, inpaint_nearest, upscale_mask
 from .tiling import TilePlan, pad_to
+from .zfilter import ZFilter, plan_z_filter, smooth_along_z
 
 __all__ = [
     "Restoration",
@@ -52,6 +53,7 @@ __all__ = [
     "restore_block",
     "provenance",
     "run_summary",
+    "z_filter_pass",
 ]
 
 
@@ -358,17 +360,20 @@ def restore_iter(
     dtype: Any = None,
     spacing: tuple[float, ...] | None = None,
     block: int = DEFAULT_BLOCK,
+    z_filter: "str | float" = "auto",
     **sampling: Any,
 ) -> Generator["Progress | Restoration", None, None]:
     """Restore an image, yielding :class:`Progress` events and finally a :class:`Restoration`.
 
     ``sampling``: the choices of :data:`~.canvas.SAMPLING_KEYS` (preset, steps, samples, ...).
-    Closing the generator cancels at the next tile batch. The user-facing entry point, with
-    the parameters documented, is :func:`napari_emdiffuse.api.restore`.
+    ``z_filter``: see :func:`~.zfilter.plan_z_filter`. Closing the generator cancels at the
+    next tile batch. The user-facing entry point, with the parameters documented, is
+    :func:`napari_emdiffuse.api.restore`.
     """
     request = sampling_request(**sampling)
     image, dev, m, opts = prepare(image, task, model, arch, device, request)
     check_block(block)
+    zplan = plan_z_filter(image, z_filter, task=task)
     out_dtype = output_dtype(dtype, image)
     s = m.card.scale if task == "super-resolve" else 1
     new_spacing = scaled_spacing(spacing, image.ndim, s)
@@ -386,13 +391,16 @@ def restore_iter(
         yield from _run_plan(m, image, plan, BlockTarget(norm, opts, dev, out_dtype, result["mean"], result["unc"]))
 
     yield from shrinking_blocks(run, block, opts.tile)
+    info = run_info(m, opts, dev)
+    if zplan is not None:
+        info["z_filter"] = yield from z_filter_pass(zplan, result["mean"], result["unc"], image, norm)
     yield Restoration(
         mean=result["mean"],
         uncertainty=result["unc"],
         scale=s,
         spacing=new_spacing,
         normalisation=norm.as_dict(),
-        info=run_info(m, opts, dev),
+        info=info,
     )
 
 
@@ -410,6 +418,7 @@ def restore_to_zarr_iter(
     spacing: tuple[float, ...] | None = None,
     overwrite: bool = True,
     distribute: Distribute | None = None,
+    z_filter: "str | float" = "auto",
     **sampling: Any,
 ) -> Generator["Progress | Path", None, None]:
     """Stream a large image block by block into a zarr store; yields progress, then the path.
@@ -419,7 +428,8 @@ def restore_to_zarr_iter(
     fixes the result. The store appears at ``out`` only when complete (temp dir, then
     rename, completion marker last). ``distribute`` (see :mod:`~..parallel.runner`) runs the
     blocks on dask workers, each loading the model once and writing into the shared store;
-    the result is identical.
+    the result is identical. A stack averaged along z (``z_filter``) is averaged in the store
+    before it is committed.
     """
     check_block(block)
     request = sampling_request(**sampling)
@@ -435,6 +445,7 @@ def restore_to_zarr_iter(
     out_dtype = output_dtype(dtype, image)
     s = m.card.scale if task == "super-resolve" else 1
     plan = BlockPlan.make(tuple(image.shape), block=block, opts=opts, scale=s)
+    zplan = plan_z_filter(image, z_filter, task=task)
     norm = fit_norm(m, image)
     opts = with_blur(m, image, norm, opts, dev)
     if opts.blur is not None:
@@ -448,7 +459,7 @@ def restore_to_zarr_iter(
     if distribute is not None:
         run = BlockRun(
             image, plan, model, task, arch, str(device), Path(out), Path(uncertainty_out) if want_std else None,
-            {**writer_kw, "attrs": attrs}, norm, request, opts, out_dtype,
+            {**writer_kw, "attrs": attrs}, norm, request, opts, out_dtype, z_filter=zplan,
         )  # fmt: skip
         yield from distribute(run)
         yield Path(out)
@@ -463,7 +474,19 @@ def restore_to_zarr_iter(
             yield from _run_plan(m, image, p, BlockTarget(norm, opts, dev, out_dtype, wr.array, unc))
 
         yield from shrinking_blocks(run, block, opts.tile)
+        if zplan is not None:
+            unc = unc_wr.array if unc_wr is not None else None
+            wr.array.attrs["z_filter"] = yield from z_filter_pass(zplan, wr.array, unc, image, norm)
     yield Path(out)
+
+
+def z_filter_pass(
+    plan: ZFilter, mean: Any, uncertainty: Any, image: Any, norm: NormInfo
+) -> Generator[Progress, None, float]:
+    """Say why a restored stack is averaged along z, then average it in place (numpy or zarr
+    arrays: every path of a restoration goes through here); returns the width used."""
+    yield Progress("note", 0, 0, message=plan.note)
+    return (yield from smooth_along_z(mean, uncertainty, image, plan, fill=norm.fill))
 
 
 def run_summary(info: dict) -> str:
@@ -477,6 +500,8 @@ def run_summary(info: dict) -> str:
     'dpm++, 10 steps, 2 samples'
     >>> run_summary({"steps": None, "samples": 1, "blur": 0.96, "blur_source": "read off the image"})
     'one pass, acquisition blur 0.96 px (read off the image)'
+    >>> run_summary({"steps": None, "samples": 1, "z_filter": 0.8})
+    'one pass, averaged along z over 0.8 slices (std)'
     """
     samples = int(info.get("samples") or 1)
     if info.get("steps") is None:  # a predictor
@@ -488,6 +513,8 @@ def run_summary(info: dict) -> str:
     text += f", refined with {refine['samples']} residual samples" if refine else ""
     if info.get("blur") is not None:
         text += f", acquisition blur {info['blur']:g} px ({info.get('blur_source', 'given')})"
+    if info.get("z_filter"):
+        text += f", averaged along z over {info['z_filter']:g} slices (std)"
     return text
 
 

@@ -31,7 +31,7 @@ from ..io.zarr import open_zarr_for_block_writes, zarr_major
 from ..inference.blocks import BlockPlan, BlockRun, BlockTarget, zarr_outputs
 from ..inference.canvas import SamplingOptions, resolve_options
 from ..inference.normalise import NormInfo
-from ..inference.restore import restore_block
+from ..inference.restore import restore_block, z_filter_pass
 from ..inference.volume import reconstruct_block
 from ..models.model import EMDiffuseModel
 from ..models.registry import DEFAULT_MODELS, load_model
@@ -319,5 +319,8 @@ class Cluster:
                 yield from run_tasks(
                     run_block_job, jobs, workers=self.workers, scheduler=self.scheduler, name=kind, device=run.device
                 )
+                if run.z_filter is not None:  # here, on the finished store: it reads across every worker's slices
+                    unc = unc_wr.array if unc_wr is not None else None
+                    wr.array.attrs["z_filter"] = yield from z_filter_pass(run.z_filter, wr.array, unc, run.image, run.norm)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

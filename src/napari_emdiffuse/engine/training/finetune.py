@@ -13,8 +13,9 @@ from ..events import Progress, drain
 from ..models.cards import TASKS
 from ..models.registry import DEFAULT_MODELS
 from ..io.images import read_image
+from ..core.alikeness import slice_alikeness
 from .config import TrainConfig, checkpoint_path
-from .neighbours import AUTO_SLICES, MIN_SLICES, slice_alikeness
+from .neighbours import AUTO_SLICES, MIN_SLICES
 from .refine import RefinerTrainer
 from .trainer import Trainer
 
@@ -289,7 +290,7 @@ def self_supervised_objective(input: Any) -> tuple[str, str | None]:
     """How a denoising fine-tune with no target learns from ``input`` (a path or an array), and
     a line that says why: ``"neighbour-slices"`` for a stack of at least
     :data:`~.neighbours.AUTO_SLICES` slices whose neighbours are alike
-    (:func:`~.neighbours.slice_alikeness`), else ``"self-supervised"`` (the blind spot).
+    (:func:`~..core.alikeness.slice_alikeness`), else ``"self-supervised"`` (the blind spot).
 
     Examples
     --------
