@@ -25,8 +25,8 @@ which the bundled denoiser, trained on dark membranes, restores below a Gaussian
 
 Noisy stacks (``--stack-doses``): the C. elegans volume and a crop of ISBI 2012 with correlated
 noise simulated slice by slice; self-supervised fine-tuning on the whole stack, which is scored:
-the default (from neighbouring slices where they are alike, else a blind spot) against the blind
-spot, and on ISBI 2012 (sections 50 nm apart, unlike) the neighbouring slices forced.
+the default (a blind spot) and the neighbouring slices forced, against the bundled model, each
+restored with the z filter off and on (``auto``: averaged along z where slices are alike).
 
     python benchmarks/finetune.py [--iterations 200] [--dose 30] [--pair-gains 1.41 2] [--inverted 200]
                                   [--stack-doses 30 100]
@@ -139,9 +139,9 @@ def pair_rows(args, tmp: Path) -> list[dict]:
 
 def stack_rows(args, tmp: Path) -> list[dict]:
     """Self-supervised fine-tuning on a noisy stack, scored on the whole stack (it restores
-    what it learnt from): the default (which learns from neighbouring slices where they are
-    alike) and the blind spot; on ISBI 2012, whose sections are unlike, also the neighbouring
-    slices forced, which the default refuses."""
+    what it learnt from): the default (the blind spot) and the neighbouring slices forced, each
+    restored with the z filter off and with the default (``auto``: averaged along z where the
+    slices are alike), against the bundled model restored both ways."""
     rows: list[dict] = []
     base = load_model(args.base, task="denoise", device=args.device)
     cases = [("celegans", d) for d in args.stack_doses] + [("isbi", d) for d in args.stack_doses[:1]]
@@ -150,18 +150,19 @@ def stack_rows(args, tmp: Path) -> list[dict]:
         case = f"{name} stack {'x'.join(map(str, noisy.shape))}, dose {dose:g}"
         rows.append(score(case, "noisy input", noisy, clean))
         rows.append(score(case, "Gaussian 3D (oracle sigma)", best_gaussian(noisy, clean)[2], clean))
-        rows.append(score(case, f"{args.base} (bundled), fast", restore(noisy, "denoise", base, device=args.device).mean,
-                          clean))
-        runs = [("self-supervised fine-tune, default", None), ("self-supervised fine-tune, blind spot", "self-supervised")]
-        if name == "isbi":
-            runs.append(("self-supervised fine-tune, neighbouring slices forced", "neighbour-slices"))
-        for label, objective in runs:
+        models = [(f"{args.base} (bundled), fast", base, None)]
+        for label, objective in (("fine-tune, default", None), ("fine-tune, neighbouring slices", "neighbour-slices")):
             with Timer() as t:
                 path = drain(finetune_iter("denoise", noisy, base=args.base, objective=objective, device=args.device,
                                            out=tmp / f"{name}{dose:g}{objective}", iterations=args.iterations))
             tuned = load_model(path, task="denoise", device=args.device)
-            out = restore(noisy, "denoise", tuned, device=args.device).mean
-            rows.append(score(case, f"{label} ({tuned.card.training['objective']})", out, clean, t.seconds))
+            models.append((f"{label} ({tuned.card.training['objective']})", tuned, t.seconds))
+        for label, model, seconds in models:
+            for z_filter in ("off", "auto"):
+                r = restore(noisy, "denoise", model, device=args.device, z_filter=z_filter)
+                width = r.info.get("z_filter")
+                how = f"z filter {z_filter}" + (f" ({width:g} slices)" if width else "")
+                rows.append(score(case, f"{label}, {how}", r.mean, clean, seconds))
     return rows
 
 

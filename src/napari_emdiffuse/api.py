@@ -246,9 +246,10 @@ class FinetuneOptions:
     factor : int, optional
         Isotropic tasks: slices per gap (default the base model's).
     objective : {"supervised", "self-supervised", "neighbour-slices"}, optional
-        Default for denoising without a target: neighbour-slices for a stack whose neighbouring
-        slices are alike (each slice learns from the mean of its two neighbours), else
-        self-supervised (a blind spot); with a target, supervised.
+        Default for denoising without a target: self-supervised (a blind spot); with a target,
+        supervised. neighbour-slices: each slice of a stack whose neighbouring slices are alike
+        learns from the mean of its two neighbours (restoring then averages along z twice over:
+        the blind spot did better after ``z_filter``).
     extra : dict
         Any other :class:`~napari_emdiffuse.engine.training.config.TrainConfig` field.
     """
@@ -492,9 +493,9 @@ def finetune(
         The degraded image (or stack), or the volume (isotropic tasks).
     target : array-like or path, optional
         Its registered clean / high-resolution counterpart. Without one, denoising learns
-        from the noisy input alone: a stack of alike slices (FIB-SEM) from each slice's
-        neighbours, anything else with a structured blind spot that copes with the correlated
-        noise of fast SEM scans.
+        from the noisy input alone, with a structured blind spot that copes with the
+        correlated noise of fast SEM scans (``objective="neighbour-slices"``: from a stack's
+        neighbouring slices).
     options : FinetuneOptions, optional
     **overrides
         Any :class:`FinetuneOptions` field, or another ``TrainConfig`` field.

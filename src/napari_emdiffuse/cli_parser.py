@@ -224,10 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, default=None, help="isotropic: slices per gap (default: the base model's)")
     p.add_argument(
         "--objective", choices=["supervised", "self-supervised", "neighbour-slices"], default=None,
-        help="denoise without --target (the default picks one and says why): neighbour-slices (a stack whose "
-        "neighbouring slices are alike, e.g. FIB-SEM: each slice learns from the mean of its two "
-        "neighbours), self-supervised (a blind spot: noisy images alone) or supervised (the input is "
-        "clean: simulate noise)",
+        help="denoise without --target: self-supervised (the default: a blind spot, noisy images alone), "
+        "neighbour-slices (a stack whose neighbouring slices are alike, e.g. FIB-SEM: each slice learns from "
+        "the mean of its two neighbours; restoring averages such a stack along z anyway) or supervised (the "
+        "input is clean: simulate noise)",
     )
     p.add_argument("--doses", type=_positive_float, nargs="+", metavar="D", default=None,
                    help="denoise --objective supervised without --target (a clean input): the simulated "

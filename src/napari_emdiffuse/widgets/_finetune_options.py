@@ -117,9 +117,9 @@ class FinetuneOptions(WidgetOptions):
         is simulated on it at ``doses`` (``objective="supervised"``) instead of learning from
         a noisy input alone (self-supervised).
     learn_from : str
-        Denoising a noisy input with no target: ``default`` (the engine picks: the neighbouring
-        slices of a stack whose slices look alike, else the blind spot), ``blind spot`` or
-        ``neighbouring slices`` (see :data:`LEARN_FROM`).
+        Denoising a noisy input with no target: ``default`` (the engine's: the blind spot, with
+        a note on how alike a stack's slices look), ``blind spot`` or ``neighbouring slices``
+        (see :data:`LEARN_FROM`).
     doses : str
         With ``clean_input``: the simulated doses, detected electrons at white, separated by
         spaces or commas.

@@ -82,9 +82,8 @@ class FinetuneWidget(DockWidget):
         self.target_combo = LayerCombo(napari_viewer, none_label="(none)")
         self.target_combo.setToolTip(
             "Registered clean / high-resolution image of the same field of view. (none), denoise: learn from the "
-            "noisy input alone: a stack whose neighbouring slices are alike (FIB-SEM) from each slice's "
-            "neighbours (+0.3 to +0.6 dB measured on a noisy volume), anything else with a blind spot, kept "
-            "near the base model (+0.03 to +0.19 dB measured); the run's first note says which"
+            "noisy input alone, with a blind spot, kept near the base model (+0.03 to +0.19 dB measured on one "
+            "image); the run's first note says what it found"
         )
         self.target_label = QLabel("target")
         self.base = ModelPicker("denoise", allow_default=True)
@@ -138,10 +137,10 @@ class FinetuneWidget(DockWidget):
         )
         self.learn_from = combo_box(
             tuple(LEARN_FROM),
-            "Denoising with target (none), a noisy input: default picks the neighbouring slices of a stack of 16 or "
-            "more slices that look at most 1.5 px apart (FIB-SEM; +0.5-0.8 dB measured on a noisy volume, 0.2-0.3 "
-            "more than the blind spot) and the blind spot otherwise, and says why; sections far apart (ssTEM) must "
-            "not learn from their neighbours (-4.9 dB measured)",
+            "Denoising with target (none), a noisy input: default and blind spot learn each pixel from its "
+            "surroundings; neighbouring slices learn each slice of a stack whose slices look alike (FIB-SEM) from "
+            "its two neighbours. Restoring averages such a stack along z anyway, and after that the blind spot "
+            "led by 0.4-0.5 dB; sections far apart (ssTEM) must not learn from their neighbours (-4.9 dB measured)",
         )
         self.doses = QLineEdit(defaults.doses)
         self.doses.setToolTip("Simulated doses, detected electrons at white (lower: noisier); match your recordings")

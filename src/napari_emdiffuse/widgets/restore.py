@@ -129,6 +129,31 @@ class RestoreOptions(WidgetOptions):
         }
 
 
+def named_or_width(text: str, names: tuple[str, ...], widest: float, what: str, unit: str) -> str:
+    """A widget entry that is one of ``names`` or a width from 0 to ``widest`` ``unit``,
+    checked and tidied (an empty entry is the first name); refused in one line otherwise.
+
+    Examples
+    --------
+    >>> named_or_width(" Area ", ("auto", "area"), 2, "acquisition blur", "pixels")
+    'area'
+    >>> named_or_width("3", ("auto", "off"), 2, "z filter", "slices")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.EMDiffuseError: z filter must be between 0 and 2 slices, not '3'
+    """
+    value = str(text).strip().lower() or names[0]
+    if value in names:
+        return value
+    try:
+        width = float(value)
+    except ValueError:
+        raise EMDiffuseError(f"{what} must be {', '.join(names)} or a width in {unit} (0-{widest:g}), not {text!r}") from None
+    if not 0.0 <= width <= widest:
+        raise EMDiffuseError(f"{what} must be between 0 and {widest:g} {unit}, not {text!r}")
+    return value
+
+
 def check_blur(text: str) -> str:
     """The widget's blur entry, checked: ``auto``, ``area`` or a width from 0 to 2 pixels.
 
@@ -137,16 +162,7 @@ def check_blur(text: str) -> str:
     >>> check_blur(" Area "), check_blur("1")
     ('area', '1')
     """
-    value = str(text).strip().lower() or "auto"
-    if value in ("auto", "area"):
-        return value
-    try:
-        width = float(value)
-    except ValueError:
-        raise EMDiffuseError(f"acquisition blur must be auto, area or a width in pixels (0-2), not {text!r}") from None
-    if not 0.0 <= width <= 2.0:
-        raise EMDiffuseError(f"acquisition blur must be between 0 and 2 pixels, not {text!r}")
-    return value
+    return named_or_width(text, ("auto", "area"), 2.0, "acquisition blur", "pixels")
 
 
 def check_z_filter(text: str) -> str:
@@ -157,16 +173,7 @@ def check_z_filter(text: str) -> str:
     >>> check_z_filter(" Off "), check_z_filter("0.8")
     ('off', '0.8')
     """
-    value = str(text).strip().lower() or "auto"
-    if value in Z_FILTERS:
-        return value
-    try:
-        width = float(value)
-    except ValueError:
-        raise EMDiffuseError(f"z filter must be {' or '.join(Z_FILTERS)} or a width in slices (0-3), not {text!r}") from None
-    if not 0.0 <= width <= 3.0:
-        raise EMDiffuseError(f"z filter must be a width between 0 and 3 slices, not {text!r}")
-    return value
+    return named_or_width(text, Z_FILTERS, 3.0, "z filter", "slices")
 
 
 def output_names(layer_name: str, task: str, scale: int = 1) -> tuple[str, str]:

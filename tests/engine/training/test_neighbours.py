@@ -93,16 +93,15 @@ def test_alikeness_reads_a_central_crop_of_a_lazy_stack():
     assert a == b
 
 
-def test_the_default_objective_follows_the_input(tmp_path):
+def test_the_default_objective_is_the_blind_spot_and_says_why(tmp_path):
+    """Restoring averages an alike stack along z, so the default no longer learns from the
+    neighbours (that would average twice); the note says what the stack looks like."""
     assert self_supervised_objective(_noisy(_fields(1, same=True)[0], 5.0)) == ("self-supervised", None)
     tifffile.imwrite(tmp_path / "alike.tif", _noisy(_fields(16, same=True), 5.0))
     objective, note = self_supervised_objective(tmp_path / "alike.tif")
-    assert objective == "neighbour-slices" and "from neighbouring slices" in note
+    assert objective == "self-supervised" and "within the 1.5 px" in note and "averages them along z" in note
     objective, note = self_supervised_objective(_noisy(_fields(16, same=False), 5.0))
-    assert objective == "self-supervised" and "not from neighbouring slices" in note
-    # alike, but too few: the blind spot learns from every slice, the neighbours from the inner ones
-    objective, note = self_supervised_objective(_noisy(_fields(15, same=True), 5.0))
-    assert objective == "self-supervised" and "15 slices are fewer than the 16" in note
+    assert objective == "self-supervised" and "beyond the 1.5 px" in note and "along z" not in note
     assert self_supervised_objective(np.zeros((2, 64, 64))) == ("self-supervised", None)  # no neighbours
 
 
@@ -120,13 +119,12 @@ def test_the_training_targets_are_the_neighbours_mean_in_the_inputs_model_range(
         np.testing.assert_allclose(data.conds[z][0], to_model(stack[z + 1], info), atol=1e-5)
 
 
-def test_a_stack_of_alike_slices_finetunes_from_its_neighbours_and_keeps_the_uncertainty(tmp_path):
+def test_a_stack_asked_to_learn_from_its_neighbours_keeps_the_uncertainty(tmp_path):
     stack = _noisy(_fields(16, same=True), 12.0)
     base = train(TrainConfig(task="denoise", kind="regression", inputs=[stack[0]], targets=[_fields(1, same=True)[0]],
                              out=tmp_path / "base", iterations=4, network=PREDICTOR, **FAST))
     events = list(finetune_iter("denoise", stack, base=base, out=tmp_path / "ft", iterations=6, patch=32, batch=2,
-                                val_crops=2, device="cpu"))
-    assert "from neighbouring slices" in events[0].message and events[0].loss is None  # said first
+                                val_crops=2, device="cpu", objective="neighbour-slices"))
     tuned, original = load_model(events[-1], cache=False), load_model(base, cache=False)
     assert tuned.card.training["objective"] == "neighbour-slices"
     assert tuned.card.training["train_layers"] == "full-resolution"
@@ -162,3 +160,13 @@ def test_the_cli_refuses_neighbouring_slices_of_one_image(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "needs a stack (Z, Y, X)" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
+
+
+def test_the_default_fine_tune_of_an_alike_stack_says_first_why_it_takes_the_blind_spot(tmp_path):
+    stack = _noisy(_fields(16, same=True), 12.0)
+    base = train(TrainConfig(task="denoise", kind="regression", inputs=[stack[0]], targets=[_fields(1, same=True)[0]],
+                             out=tmp_path / "base", iterations=4, network=PREDICTOR, **FAST))
+    events = list(finetune_iter("denoise", stack, base=base, out=tmp_path / "ft", iterations=4, patch=32, batch=2,
+                                val_crops=2, device="cpu"))
+    assert "averages them along z" in events[0].message and events[0].loss is None  # said first
+    assert load_model(events[-1], cache=False).card.training["objective"] == "self-supervised"

@@ -15,9 +15,13 @@ correlation 0.5), 200 iterations from the bundled predictor raised the stack fro
 only: 24.40 -> 24.82). It needs slices that are alike: on ISBI 2012 (ssTEM sections 50 nm
 apart, 12x the pixel size) the same fine-tune fell from 21.56 to 16.70 dB, while its own
 validation against the neighbours' mean rose by 0.9 dB; on C. elegans with every third slice
-kept it lost 0.37 dB. Nothing in the training tells those apart, so the fine-tune measures
-beforehand how far apart the slices look (:func:`~..core.alikeness.slice_alikeness`) and learns
-from the neighbours only where they are alike.
+kept it lost 0.37 dB. Nothing in the training tells those apart
+(:func:`~..core.alikeness.slice_alikeness` does).
+
+It is not the default: a restoration averages an alike stack along z
+(:mod:`..inference.zfilter`), which uses the neighbouring slices at inference, and after that
+the blind spot's fine-tune led (C. elegans, dose 30: 25.58 against 25.19 dB; dose 100: 27.11
+against 26.64), and the bundled model alone led both (25.70 / 27.20).
 """
 
 from __future__ import annotations
@@ -28,17 +32,10 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["neighbour_pairs", "MIN_SLICES", "AUTO_SLICES"]
+__all__ = ["neighbour_pairs", "MIN_SLICES"]
 
 #: A slice needs a neighbour on each side.
 MIN_SLICES = 3
-
-#: The fewest slices from which a fine-tune learns from neighbouring slices unless told to:
-#: on 7 alike slices of C. elegans (5 with two neighbours) the blind spot, which learns from
-#: all 7, gained 0.49 dB and the neighbours 0.42; on 16, 0.36 against 0.55; on all 21, 0.37
-#: against 0.58-0.63 (three seeds).
-AUTO_SLICES = 16
-
 
 def neighbour_pairs(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Training pairs of a stack (Z, Y, X): every inner slice and the mean of its two neighbours.
