@@ -67,6 +67,10 @@ _WIDEST = 3.0
 #: Lateral edge of the tiles the filter reads when the output has no chunks of its own.
 _TILE = 512
 
+#: The cross-validation scores every STRIDE-th row and column (of the whole image, so that
+#: every tiling scores the same pixels): 1/16 of them predict a width as well, 16x sooner.
+STRIDE = 4
+
 
 def z_kernel(sigma: float) -> np.ndarray:
     """Gaussian weights along z of std ``sigma`` slices, over 3 std each side, summing to 1.
@@ -168,33 +172,36 @@ def _tiles(shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> list[tuple
 def _sweep(
     arrays: dict[str, Any], fill: float | None, shape: tuple[int, ...], chunks: tuple[int, ...] | None, radius: int,
     visit: Callable[[int, tuple[slice, slice], dict[int, dict[str, np.ndarray]]], None], stage: str,
+    stride: int = 1,
 ) -> Generator[Progress, None, None]:  # fmt: skip
     """Call ``visit(z, tile, window)`` for every slice of every tile, in z order. ``window``
     holds slices z-radius..z+radius (mirrored), each read once: ``ok`` (a pixel holds data),
     ``raw`` (the output as stored), and ``out`` and ``var`` (the output and the uncertainty's
-    variance, float64, 0 where there is no data). Slice z may then be overwritten in place."""
+    variance, float64, 0 where there is no data), at every ``stride``-th row and column of
+    the image. Slice z may then be overwritten in place (``stride`` 1)."""
     nz = shape[0]
     tiles = _tiles(shape, chunks)
     for n, tile in enumerate(tiles, 1):
+        keep = tuple(slice((-t.start) % stride, None, stride) for t in tile)
         window: dict[int, dict[str, np.ndarray]] = {}
         for z in range(nz):
             for j in {_mirror(z + k, nz) for k in range(-radius, radius + 1)} - window.keys():
-                window[j] = _read(arrays, (j, *tile), fill)
+                window[j] = _read(arrays, (j, *tile), fill, keep)
             visit(z, tile, window)
             for j in [j for j in window if j < z - radius]:
                 del window[j]
         yield Progress(stage, n, len(tiles))
 
 
-def _read(arrays: dict[str, Any], idx: tuple, fill: float | None) -> dict[str, np.ndarray]:
-    raw = owned_array(arrays["input"][idx])
+def _read(arrays: dict[str, Any], idx: tuple, fill: float | None, keep: tuple[slice, slice]) -> dict[str, np.ndarray]:
+    raw = owned_array(arrays["input"][idx])[keep]
     ok = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
     if fill is not None:
         ok &= raw != fill
-    got = {"ok": ok, "raw": owned_array(arrays["out"][idx])}
+    got = {"ok": ok, "raw": owned_array(arrays["out"][idx])[keep]}
     got["out"] = np.where(ok, got["raw"].astype(np.float64), 0.0)
     if arrays.get("unc") is not None:
-        got["unc"] = owned_array(arrays["unc"][idx])
+        got["unc"] = owned_array(arrays["unc"][idx])[keep]
         got["var"] = np.where(ok, got["unc"].astype(np.float64) ** 2, 0.0)
     return got
 
@@ -247,7 +254,7 @@ def smooth_along_z(
                 guess, weight = _weighted(window, z, nz, k, "out", centre=False)
                 loss[i] += float(((guess - y) ** 2)[ok & (weight > 0)].sum())
 
-        yield from _sweep(arrays, fill, shape, chunks, len(kernels[-1]) // 2, score, "z filter: choosing its width")
+        yield from _sweep(arrays, fill, shape, chunks, len(kernels[-1]) // 2, score, "z filter: choosing its width", STRIDE)
         width = plan.widths[int(np.argmin(loss))]
     kernel = z_kernel(width)
     arrays["unc"] = uncertainty
