@@ -557,6 +557,36 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
         RestoreOptions(output=str(tmp_path / "x.tif")).validate()
 
 
+def test_restore_widget_averages_an_alike_stack_along_z_and_says_so(viewer, qtbot, models, errors):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    fib = np.clip(128 + 400 * gaussian_filter(rng.normal(size=(40, 48)), 3) + rng.normal(0, 10, (6, 40, 48)), 0, 255)
+    layer = viewer.add_image(fib.astype(np.uint8), name="fib")
+    w = _dock(viewer, RESTORE)
+    w.model.add_path(models["denoise"])
+    w.layer_combo.set_layer(layer)
+    w.steps.setValue(1)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    assert w.options().z_filter == "auto"
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    assert "averaged along z over" in w.status.text()
+    assert viewer.layers["fib_denoised"].metadata["emdiffuse"]["z_filter"] > 0
+    averaged = np.asarray(viewer.layers["fib_denoised"].data).copy()
+    w.z_filter.setCurrentText("off")
+    assert w.options().z_filter == "off"
+    assert w.run()
+    _wait(qtbot, w)
+    assert "averaged along z" not in w.status.text() and "z_filter" not in viewer.layers["fib_denoised"].metadata["emdiffuse"]
+    assert not np.array_equal(np.asarray(viewer.layers["fib_denoised"].data), averaged)
+    w.z_filter.setCurrentText("strong")  # refused in one line, before any work
+    assert not w.run()
+    assert errors and "z filter must be" in errors[-1]
+
+
 def test_restore_cancel_leaves_nothing_and_viewer_responds(viewer, qtbot, models, errors):
     img = (np.random.default_rng(2).random((96, 96)) * 255).astype(np.uint8)
     viewer.add_image(img, name="big")
