@@ -12,6 +12,9 @@ has it (see ../shared/PEERS.md for installing it beside a CPU torch), e.g.
   our denoiser trains on; applied to every denoising case.
 * N2V (``--n2v``): trained on each noisy test image itself (it needs no clean target),
   and on the fine-tuning case of ``benchmarks/finetune.py`` (key ``finetune``).
+* N2V on stacks (``--n2v-stacks``): 3D Noise2Void (axes ZYX, so it sees the neighbouring
+  slices, as our z filter does) trained on each noisy stack of ``benchmarks/zfilter.py``
+  itself (keys ``stack_celegans30``, ...), which prints it with ``--peers``.
 """
 
 from __future__ import annotations
@@ -117,6 +120,34 @@ def predict(careamist, image: np.ndarray) -> tuple[np.ndarray, float]:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), time.perf_counter() - t0
 
 
+def stack_cases(doses: list[float]) -> dict[str, np.ndarray]:
+    """The noisy C. elegans stacks of zfilter.py, by key."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "src"))
+    from _common import stack_case
+
+    return {f"stack_celegans{d:g}": stack_case("celegans", d)[0] for d in doses}
+
+
+def train_n2v_stack(key: str, stack: np.ndarray, minutes: float, work: Path) -> tuple[np.ndarray, float]:
+    """3D Noise2Void trained on ``stack`` itself for ``minutes``; its prediction and seconds."""
+    from careamics import CAREamist
+    from careamics.config import create_advanced_n2v_config
+
+    cfg = create_advanced_n2v_config(
+        experiment_name=f"n2v3d_{key}", data_type="array", axes="ZYX", patch_size=[8, 64, 64], batch_size=8,
+        num_epochs=10_000, trainer_params=_trainer_params(minutes), num_workers=0,
+    )
+    n2v = CAREamist(cfg, work_dir=work / f"n2v3d_{key}")
+    n2v.train(train_data=stack.astype(np.float32))
+    t0 = time.perf_counter()
+    out = n2v.predict(stack.astype(np.float32), axes="ZYX", tile_size=(16, 64, 64), tile_overlap=(4, 16, 16))
+    while isinstance(out, (list, tuple)):
+        out = out[0]
+    out = np.squeeze(np.asarray(out))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=12.0, help="training wall-clock per peer")
@@ -125,6 +156,8 @@ def main() -> None:
     ap.add_argument("--n2v-keys", default="pair256,pair256x1.41,pair256x2,sample,finetune",
                     help="the cases N2V trains on (each its own image)")
     ap.add_argument("--n2v-only", action="store_true", help="add N2V entries to an existing peers.json in --out")
+    ap.add_argument("--n2v-stacks", type=float, nargs="*", default=None, metavar="DOSE",
+                    help="add 3D N2V entries for zfilter.py's C. elegans stacks at these doses (e.g. 30 100)")
     ap.add_argument("--out", default=str(ROOT / "build" / "peers"))
     ap.add_argument("--finetune-dose", type=float, default=30.0, help="dose of benchmarks/finetune.py's case")
     args = ap.parse_args()
@@ -136,13 +169,24 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     inputs = cases([float(d) for d in args.doses.split(",") if d])
     listing = out / "peers.json"
-    result: dict = json.loads(listing.read_text()) if args.n2v_only and listing.is_file() else {}
+    keep = args.n2v_only or args.n2v_stacks is not None
+    result: dict = json.loads(listing.read_text()) if keep and listing.is_file() else {}
 
     def save() -> None:  # after every entry: a later failure keeps what is done
         tmp = listing.with_suffix(".json.partial")
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(listing)
 
+    if args.n2v_stacks is not None:
+        for key, stack in stack_cases(args.n2v_stacks).items():
+            pred, seconds = train_n2v_stack(key, stack, args.minutes / 2, out)
+            np.save(out / f"n2v3d_{key}.npy", pred)
+            result.setdefault(key, {})["N2V 3D"] = {"output": str(out / f"n2v3d_{key}.npy"),
+                                                    "minutes": args.minutes / 2, "seconds": seconds}
+            save()
+            print(f"N2V 3D {key}: done", flush=True)
+        print(f"wrote {listing}")
+        return
     if not args.n2v_only:
         care = train_care(args.minutes, out)
         for key, image in inputs.items():

@@ -9,14 +9,19 @@ the best width in hindsight (an oracle the user does not have). Columns: PSNR an
 the whole stack, the width used, and the uncertainty's coverage (truth within +-2 std) and
 Spearman rank correlation with the error over 32-px tiles.
 
+With ``--peers build/peers/peers.json`` (from ``benchmarks/peers.py --n2v-stacks 30 100``, in
+an environment with careamics) it adds 3D Noise2Void trained on each stack itself.
+
 Usage::
 
-    python benchmarks/zfilter.py [--model demo-denoise] [--device cpu]
+    python benchmarks/zfilter.py [--model demo-denoise] [--device cpu] [--peers PEERS.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -32,17 +37,18 @@ from napari_emdiffuse.engine.models.registry import load_model
 ORACLE_WIDTHS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.2, 1.5)
 
 
-def cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
+def cases() -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """(label, noisy, clean, key of peers.json)."""
     out = []
     for dose in (10, 30, 100, 300, 1000):
         noisy, clean = stack_case("celegans", dose)
-        out.append((f"C. elegans 21x256x128, dose {dose}", noisy, clean))
+        out.append((f"C. elegans 21x256x128, dose {dose}", noisy, clean, f"stack_celegans{dose:g}"))
     for dose in (30, 100):
         noisy, clean = stack_case("celegans", dose)
-        out.append((f"C. elegans every 2nd slice, dose {dose}", noisy[::2], clean[::2]))
-    out.append(("C. elegans, noise-free", clean, clean))
+        out.append((f"C. elegans every 2nd slice, dose {dose}", noisy[::2], clean[::2], ""))
+    out.append(("C. elegans, noise-free", clean, clean, ""))
     noisy, clean = stack_case("isbi", 30)
-    out.append(("ISBI 2012 28x256x256, dose 30", noisy, clean))
+    out.append(("ISBI 2012 28x256x256, dose 30", noisy, clean, ""))
     return out
 
 
@@ -75,14 +81,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="demo-denoise")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--peers", type=Path, help="peers.json of benchmarks/peers.py --n2v-stacks")
     args = ap.parse_args()
     model = load_model(args.model, task="denoise", device=args.device)
+    peers = json.loads(args.peers.read_text()) if args.peers else {}
     rows = []
-    for case, noisy, clean in cases():
+    for case, noisy, clean, key in cases():
         spacing = slice_alikeness(noisy).spacing
         case = f"{case} ({spacing:.1f} px apart)"
         rows.append(score(case, "noisy input", noisy, clean))
         rows.append(score(case, "Gaussian 3D (oracle sigma)", best_gaussian(noisy, clean)[2], clean))
+        for name, peer in peers.get(key, {}).items():
+            rows.append(score(case, f"{name} ({peer['minutes']:g} CPU-min on the stack)", np.load(peer["output"]), clean,
+                              seconds=peer["seconds"]))
         with Timer() as t:
             off = restore(noisy, "denoise", model, device=args.device, z_filter="off")
         rows.append(score(case, f"{args.model}, z filter off", off.mean, clean, off.uncertainty, t.seconds))
@@ -94,7 +105,7 @@ def main() -> None:
         best = max((psnr(_forced(off, noisy, w), clean.astype(np.float64), data_range=255), w) for w in ORACLE_WIDTHS)
         rows.append({"case": case, "method": f"{args.model}, best width in hindsight", "PSNR dB": f"{best[0]:.2f}",
                      "SSIM": "", "width": f"{best[1]:g}", "coverage": "", "rho": "", "time s": ""})
-        print(table(rows[-5:], list(rows[0])), flush=True)
+        print(table(rows[-5 - len(peers.get(key, {})):], list(rows[0])), flush=True)
     print()
     print(table(rows, list(rows[0])))
 

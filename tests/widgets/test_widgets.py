@@ -582,6 +582,14 @@ def test_restore_widget_averages_an_alike_stack_along_z_and_says_so(viewer, qtbo
     _wait(qtbot, w)
     assert "averaged along z" not in w.status.text() and "z_filter" not in viewer.layers["fib_denoised"].metadata["emdiffuse"]
     assert not np.array_equal(np.asarray(viewer.layers["fib_denoised"].data), averaged)
+    w.z_filter.setCurrentText("1")  # a width given, but one slice asked for: nothing to average, no error
+    w.current_slice.setChecked(True)
+    viewer.dims.set_current_step(0, 2)
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    assert viewer.layers["fib_z2_denoised"].data.ndim == 2
+    w.current_slice.setChecked(False)
     w.z_filter.setCurrentText("strong")  # refused in one line, before any work
     assert not w.run()
     assert errors and "z filter must be" in errors[-1]

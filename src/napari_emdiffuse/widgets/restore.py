@@ -396,6 +396,7 @@ class RestoreWidget(DockWidget):
         if opts.current_slice and len(data.shape) == 3:
             z = min(max(int(self.viewer.dims.current_step[-3]), 0), data.shape[0] - 1)
             data = data[z]
+            kwargs.pop("z_filter", None)  # one slice: nothing to average along z
             source = {**source, "name": f"{source['name']}_z{z}", "scale": source["scale"][-2:],
                       "translate": source["translate"][-2:], "units": source["units"][-2:] if source["units"] else None}
         scale = source["scale"]
