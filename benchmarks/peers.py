@@ -129,16 +129,21 @@ def stack_cases(doses: list[float]) -> dict[str, np.ndarray]:
     return {f"stack_celegans{d:g}": stack_case("celegans", d)[0] for d in doses}
 
 
-def train_n2v_stack(key: str, stack: np.ndarray, minutes: float, work: Path) -> tuple[np.ndarray, float]:
-    """3D Noise2Void trained on ``stack`` itself for ``minutes``; its prediction and seconds."""
+def train_n2v_stack(
+    key: str, stack: np.ndarray, minutes: float, work: Path, struct: str = "none"
+) -> tuple[np.ndarray, float]:
+    """3D Noise2Void trained on ``stack`` itself for ``minutes``; its prediction and seconds.
+    ``struct``: careamics' structured mask (``"square"`` hides the pixels around the masked one
+    too, for noise correlated between neighbouring pixels, as short-dwell SEM's is)."""
     from careamics import CAREamist
     from careamics.config import create_advanced_n2v_config
 
     cfg = create_advanced_n2v_config(
-        experiment_name=f"n2v3d_{key}", data_type="array", axes="ZYX", patch_size=[8, 64, 64], batch_size=8,
-        num_epochs=10_000, trainer_params=_trainer_params(minutes), num_workers=0,
+        experiment_name=f"n2v3d_{struct}_{key}", data_type="array", axes="ZYX", patch_size=[8, 64, 64], batch_size=8,
+        num_epochs=10_000, trainer_params=_trainer_params(minutes), num_workers=0, struct_n2v_axes=struct,
+        struct_n2v_span=3,
     )
-    n2v = CAREamist(cfg, work_dir=work / f"n2v3d_{key}")
+    n2v = CAREamist(cfg, work_dir=work / f"n2v3d_{struct}_{key}")
     n2v.train(train_data=stack.astype(np.float32))
     t0 = time.perf_counter()
     out = n2v.predict(stack.astype(np.float32), axes="ZYX", tile_size=(16, 64, 64), tile_overlap=(4, 16, 16))
@@ -158,6 +163,8 @@ def main() -> None:
     ap.add_argument("--n2v-only", action="store_true", help="add N2V entries to an existing peers.json in --out")
     ap.add_argument("--n2v-stacks", type=float, nargs="*", default=None, metavar="DOSE",
                     help="add 3D N2V entries for zfilter.py's C. elegans stacks at these doses (e.g. 30 100)")
+    ap.add_argument("--struct", default="none", choices=["none", "square", "horizontal", "cross"],
+                    help="--n2v-stacks: careamics' structured N2V mask (square: for correlated noise)")
     ap.add_argument("--out", default=str(ROOT / "build" / "peers"))
     ap.add_argument("--finetune-dose", type=float, default=30.0, help="dose of benchmarks/finetune.py's case")
     args = ap.parse_args()
@@ -178,13 +185,14 @@ def main() -> None:
         tmp.replace(listing)
 
     if args.n2v_stacks is not None:
+        name = "N2V 3D" if args.struct == "none" else f"StructN2V 3D ({args.struct})"
         for key, stack in stack_cases(args.n2v_stacks).items():
-            pred, seconds = train_n2v_stack(key, stack, args.minutes / 2, out)
-            np.save(out / f"n2v3d_{key}.npy", pred)
-            result.setdefault(key, {})["N2V 3D"] = {"output": str(out / f"n2v3d_{key}.npy"),
-                                                    "minutes": args.minutes / 2, "seconds": seconds}
+            pred, seconds = train_n2v_stack(key, stack, args.minutes / 2, out, args.struct)
+            path = out / f"n2v3d_{args.struct}_{key}.npy"
+            np.save(path, pred)
+            result.setdefault(key, {})[name] = {"output": str(path), "minutes": args.minutes / 2, "seconds": seconds}
             save()
-            print(f"N2V 3D {key}: done", flush=True)
+            print(f"{name} {key}: done", flush=True)
         print(f"wrote {listing}")
         return
     if not args.n2v_only:
