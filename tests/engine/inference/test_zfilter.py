@@ -75,6 +75,25 @@ def test_width_follows_the_data():
     assert np.abs(wide - noisy).max() > 5.0
 
 
+def test_width_is_scored_against_the_noisy_input_not_the_restoration():
+    """Restorations whose errors are shared between neighbouring slices (AR(1) along z, 0.9):
+    scored against each slice's own noisy input (independent of its neighbours), the width is
+    the widest, the best here; the control, scored against the restoration itself (whose error
+    the neighbours share), picks a narrower one and leaves more error."""
+    rng = np.random.default_rng(1)
+    err = np.zeros((12, 32, 32))
+    err[0] = rng.normal(0, 5, (32, 32))
+    for z in range(1, 12):
+        err[z] = 0.9 * err[z - 1] + np.sqrt(1 - 0.81) * rng.normal(0, 5, (32, 32))
+    truth = np.full(err.shape, 100.0)
+    noisy = truth + rng.normal(0, 20, truth.shape)
+    right, control = truth + err, truth + err
+    w_right = drain(smooth_along_z(right, None, noisy, ZFilter(WIDTHS, "")))
+    w_control = drain(smooth_along_z(control, None, (truth + err).copy(), ZFilter(WIDTHS, "")))
+    assert w_right == WIDTHS[-1] and w_control < w_right
+    assert np.abs(right - truth).mean() < np.abs(control - truth).mean() < np.abs(err).mean()
+
+
 def test_uncertainty_becomes_the_weighted_mean_variance():
     rng = np.random.default_rng(2)
     out = rng.normal(size=(6, 5, 5))

@@ -15,12 +15,14 @@ slices that are alike, with a width of at most ``BLUR_PX / spacing`` slices (0.3
 second slice of C. elegans (1.3-1.5 px apart) the best width was 0.6-0.8 slices, on every
 slice 0.8-1.6.
 
-Within that limit the width is chosen by leave-one-out cross-validation along z: each slice
-is predicted from its neighbours' restorations alone, whose errors are independent of its
-own, and the width that predicts best wins. It needs no noise model, and it narrows the
-filter where the restoration is already good (0.3 slices, nearly nothing, on a noise-free
-input, where a fixed width of 0.8 lost 2 dB). It errs wide at moderate noise (dose 300: 1.0
-slices, +0.12 dB, where 0.6 would have given +0.59). The predicted variance would not do: it
+Within that limit the width is chosen by cross-validation along z: each slice's own noisy
+input is predicted from its neighbours' restorations alone (Noise2Noise-style: their errors
+are independent of that slice's noise, even where the restorations' errors are shared between
+alike slices), and the width whose prediction is closest wins. It needs no noise model, and it
+narrows the filter where the restoration is already good (0.3 slices, nearly nothing, on a
+noise-free input, where a fixed width of 0.8 lost 2 dB). It errs wide at moderate noise
+(dose 300: 0.8 slices, +0.40 dB, where 0.6 would have given +0.58; predicting the restored
+slice instead of the noisy one chose 1.0, +0.12). The predicted variance would not do: it
 overstates the error of a clean input twice over, and a risk estimate built on it chose
 widths of 1.3-2.5.
 
@@ -176,9 +178,10 @@ def _sweep(
 ) -> Generator[Progress, None, None]:  # fmt: skip
     """Call ``visit(z, tile, window)`` for every slice of every tile, in z order. ``window``
     holds slices z-radius..z+radius (mirrored), each read once: ``ok`` (a pixel holds data),
-    ``raw`` (the output as stored), and ``out`` and ``var`` (the output and the uncertainty's
-    variance, float64, 0 where there is no data), at every ``stride``-th row and column of
-    the image. Slice z may then be overwritten in place (``stride`` 1)."""
+    ``raw`` (the output as stored), and ``input``, ``out`` and ``var`` (the input, the output
+    and the uncertainty's variance, float64, 0 where there is no data), at every
+    ``stride``-th row and column of the image. Slice z may then be overwritten in place
+    (``stride`` 1)."""
     nz = shape[0]
     tiles = _tiles(shape, chunks)
     for n, tile in enumerate(tiles, 1):
@@ -198,7 +201,7 @@ def _read(arrays: dict[str, Any], idx: tuple, fill: float | None, keep: tuple[sl
     ok = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
     if fill is not None:
         ok &= raw != fill
-    got = {"ok": ok, "raw": owned_array(arrays["out"][idx])[keep]}
+    got = {"ok": ok, "raw": owned_array(arrays["out"][idx])[keep], "input": np.where(ok, raw.astype(np.float64), 0.0)}
     got["out"] = np.where(ok, got["raw"].astype(np.float64), 0.0)
     if arrays.get("unc") is not None:
         got["unc"] = owned_array(arrays["unc"][idx])[keep]
@@ -225,9 +228,10 @@ def smooth_along_z(
     out: Any, uncertainty: Any, image: Any, plan: ZFilter, *, fill: float | None = None
 ) -> Generator[Progress, None, float]:
     """Average a restored stack ``out`` (Z, Y, X; numpy or zarr) along z, in place, and its
-    ``uncertainty`` (or None) likewise; ``image`` is the input, whose fill value ``fill`` and
-    NaN pixels mark no data. Chooses the width among ``plan.widths`` by leave-one-out
-    cross-validation along z; yields progress and returns the width used.
+    ``uncertainty`` (or None) likewise; ``image`` is the input (denoising: same shape and
+    units), whose fill value ``fill`` and NaN pixels mark no data. Chooses the width among
+    ``plan.widths`` by cross-validation along z against the input; yields progress and
+    returns the width used.
 
     Examples
     --------
@@ -249,10 +253,10 @@ def smooth_along_z(
         loss = np.zeros(len(kernels))
 
         def score(z: int, tile: tuple[slice, slice], window: dict) -> None:
-            y, ok = window[z]["out"], window[z]["ok"]
+            noisy, ok = window[z]["input"], window[z]["ok"]
             for i, k in enumerate(kernels):
                 guess, weight = _weighted(window, z, nz, k, "out", centre=False)
-                loss[i] += float(((guess - y) ** 2)[ok & (weight > 0)].sum())
+                loss[i] += float(((guess - noisy) ** 2)[ok & (weight > 0)].sum())
 
         yield from _sweep(arrays, fill, shape, chunks, len(kernels[-1]) // 2, score, "z filter: choosing its width", STRIDE)
         width = plan.widths[int(np.argmin(loss))]
