@@ -118,6 +118,17 @@ def _dock(viewer, name: str):
     return widget
 
 
+def _quick_restore_dock(viewer, models, layer):
+    """The Restore widget on ``layer`` with the tiny denoiser: one step, 32-px tiles, the CPU."""
+    w = _dock(viewer, RESTORE)
+    w.model.add_path(models["denoise"])
+    w.layer_combo.set_layer(layer)
+    w.steps.setValue(1)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    return w
+
+
 def _wait(qtbot, widget, timeout: int = 60_000) -> None:
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
@@ -531,12 +542,7 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
     img = (np.random.default_rng(3).random((3, 40, 48)) * 255).astype(np.uint8)
     lazy = da.from_array(img, chunks=(1, 40, 48))
     layer = viewer.add_image(lazy, name="big", scale=(50.0, 8.0, 8.0))
-    w = _dock(viewer, RESTORE)
-    w.model.add_path(models["denoise"])
-    w.layer_combo.set_layer(layer)
-    w.steps.setValue(1)
-    w.tile.setValue(32)
-    w.device.set_value("cpu")
+    w = _quick_restore_dock(viewer, models, layer)
     w.output.setText(str(tmp_path / "big_denoised.zarr"))
     assert w.run()
     _wait(qtbot, w)
@@ -563,12 +569,7 @@ def test_restore_widget_averages_an_alike_stack_along_z_and_says_so(viewer, qtbo
     rng = np.random.default_rng(0)
     fib = np.clip(128 + 400 * gaussian_filter(rng.normal(size=(40, 48)), 3) + rng.normal(0, 10, (6, 40, 48)), 0, 255)
     layer = viewer.add_image(fib.astype(np.uint8), name="fib")
-    w = _dock(viewer, RESTORE)
-    w.model.add_path(models["denoise"])
-    w.layer_combo.set_layer(layer)
-    w.steps.setValue(1)
-    w.tile.setValue(32)
-    w.device.set_value("cpu")
+    w = _quick_restore_dock(viewer, models, layer)
     assert w.options().z_filter == "auto"
     assert w.run()
     _wait(qtbot, w)
