@@ -638,6 +638,18 @@ def test_info_says_what_will_be_read(tmp_path, capsys):
     assert rc == 2 and "1 of 3 inputs could not be read" in captured.err and "missing.tif" in captured.err
     assert lines[0] == f"{vol}: 4 x 16 x 12 int16, axes ZYX, 50 x 4 x 4 nm; isotropic factor 12"
     assert lines[1].startswith(f"{near}: 3 x 8 x 8 uint8") and "no isotropic factor" in lines[1]
+    assert "apart" not in lines[0] + lines[1]  # slices too small to compare: nothing said
+    # a stack of alike slices, and one of unrelated slices: whether denoising averages along z
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    same = 128 + 400 * gaussian_filter(rng.normal(size=(48, 48)), 3) + rng.normal(0, 10, (6, 48, 48))
+    other = 128 + 400 * gaussian_filter(rng.normal(size=(6, 48, 48)), (0, 3, 3)) + rng.normal(0, 10, (6, 48, 48))
+    tifffile.imwrite(tmp_path / "fib.tif", np.clip(same, 0, 255).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "sstem.tif", np.clip(other, 0, 255).astype(np.uint8))
+    assert main(["info", str(tmp_path / "fib.tif"), str(tmp_path / "sstem.tif")]) == 0
+    fib, sstem = capsys.readouterr().out.strip().splitlines()
+    assert "its slices look" in fib and "within the 1.5 px" in fib and "beyond the 1.5 px" in sstem
     # big-endian data (mrcfile keeps the byte order): numpy's '>f4' is float32 to a user
     from napari_emdiffuse.engine.io.images import read_image
     big = tmp_path / "big.mrc"

@@ -228,6 +228,7 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .engine.core.alikeness import slice_alikeness
     from .engine.errors import InputError
     from .engine.io.spacing import factor_from_spacing
     from .engine.io.images import read_image
@@ -250,6 +251,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 line += f"; isotropic factor {factor_from_spacing(img.spacing)}"
             except InputError as exc:
                 line += f"; no isotropic factor: {exc}"
+        if img.data.ndim == 3 and img.data.shape[0] >= 3:
+            try:  # whether denoising averages it along z (a central crop is read)
+                line += f"; {slice_alikeness(img.data).describe()}"
+            except InputError:  # slices too small to compare
+                pass
         print(line)
     if failed:
         raise InputError(f"{failed} of {len(args.input)} inputs could not be read (reasons above)")
