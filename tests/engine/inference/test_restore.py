@@ -262,7 +262,8 @@ def test_per_step_merging_makes_tilings_agree():
 
 def test_distributed_blocks_equal_single_machine(tmp_path, tiny_model_dir):
     """The same block plan on 2 dask worker processes writes the same store, averaged along z
-    (its slices are alike) before it is committed."""
+    (its slices are alike) by the workers, one task per column of chunks, before it is
+    committed."""
     from scipy.ndimage import gaussian_filter
 
     from napari_emdiffuse.engine.io.zarr import is_complete
@@ -277,6 +278,8 @@ def test_distributed_blocks_equal_single_machine(tmp_path, tiny_model_dir):
     restore_to_zarr(src, tmp_path / "one.zarr", "denoise", str(tiny_model_dir), **kw)
     events = list(restore_to_zarr_iter(src, tmp_path / "two.zarr", "denoise", str(tiny_model_dir), workers=2, **kw))
     assert events[-1] == tmp_path / "two.zarr" and is_complete(tmp_path / "two.zarr")
+    submitted = [(e.stage, e.total) for e in events[:-1] if e.message == f"{e.total} tasks submitted"]
+    assert submitted == [("block", 20), ("z filter: choosing its width", 4), ("z filter", 4)]  # 5 x 2 x 2 blocks
     one = zarr.open_array(str(tmp_path / "one.zarr"), mode="r")[:]
     two = zarr.open_array(str(tmp_path / "two.zarr"), mode="r")[:]
     # Worker processes run torch with their own thread count, so float reductions may be ordered

@@ -484,7 +484,8 @@ def z_filter_pass(
     plan: ZFilter, mean: Any, uncertainty: Any, image: Any, norm: NormInfo
 ) -> Generator[Progress, None, float]:
     """Say why a restored stack is averaged along z, then average it in place (numpy or zarr
-    arrays: every path of a restoration goes through here); returns the width used."""
+    arrays, in this process; a dask cluster's workers do it themselves:
+    :func:`~..parallel.runner.z_filter_on_workers`); returns the width used."""
     yield Progress("note", 0, 0, message=plan.note)
     return (yield from smooth_along_z(mean, uncertainty, image, plan, fill=norm.fill))
 

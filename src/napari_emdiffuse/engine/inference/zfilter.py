@@ -48,7 +48,10 @@ from ..events import Progress
 from .checks import owned_array
 from .normalise import to_dtype
 
-__all__ = ["ZFilter", "plan_z_filter", "smooth_along_z", "z_kernel", "Z_FILTERS", "Z_FILTER_SLICES", "BLUR_PX", "WIDTHS"]
+__all__ = [
+    "ZFilter", "plan_z_filter", "smooth_along_z", "width_losses", "apply_width", "lateral_tiles", "z_kernel",
+    "Z_FILTERS", "Z_FILTER_SLICES", "BLUR_PX", "WIDTHS",
+]  # fmt: skip
 
 #: The named choices of ``z_filter``; a number is a forced width (std, in slices; 0 is off).
 Z_FILTERS = ("auto", "off")
@@ -165,14 +168,23 @@ def _mirror(i: int, n: int) -> int:
     return period - i if i >= n else i
 
 
-def _tiles(shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> list[tuple[slice, slice]]:
+def lateral_tiles(shape: tuple[int, ...], chunks: tuple[int, ...] | None = None) -> list[tuple[slice, slice]]:
+    """The (rows, columns) tiles in which a stack of ``shape`` is averaged along z, each over
+    every slice: one per chunk column of a chunked store (so that tasks filtering different
+    tiles in place never share a chunk), else 512-px squares.
+
+    Examples
+    --------
+    >>> lateral_tiles((9, 40, 30), (1, 32, 32))
+    [(slice(0, 32, None), slice(0, 30, None)), (slice(32, 40, None), slice(0, 30, None))]
+    """
     ty, tx = (chunks[-2], chunks[-1]) if chunks else (_TILE, _TILE)
     return [(slice(y, min(y + ty, shape[1])), slice(x, min(x + tx, shape[2])))
             for y in range(0, shape[1], ty) for x in range(0, shape[2], tx)]  # fmt: skip
 
 
 def _sweep(
-    arrays: dict[str, Any], fill: float | None, shape: tuple[int, ...], chunks: tuple[int, ...] | None, radius: int,
+    arrays: dict[str, Any], fill: float | None, nz: int, tiles: list[tuple[slice, slice]], radius: int,
     visit: Callable[[int, tuple[slice, slice], dict[int, dict[str, np.ndarray]]], None], stage: str,
     stride: int = 1,
 ) -> Generator[Progress, None, None]:  # fmt: skip
@@ -182,8 +194,6 @@ def _sweep(
     and the uncertainty's variance, float64, 0 where there is no data), at every
     ``stride``-th row and column of the image. Slice z may then be overwritten in place
     (``stride`` 1)."""
-    nz = shape[0]
-    tiles = _tiles(shape, chunks)
     for n, tile in enumerate(tiles, 1):
         keep = tuple(slice((-t.start) % stride, None, stride) for t in tile)
         window: dict[int, dict[str, np.ndarray]] = {}
@@ -224,14 +234,21 @@ def _weighted(
     return total / np.maximum(weight, 1e-12), np.asarray(weight)
 
 
+def _chunks(out: Any) -> tuple[int, ...] | None:
+    return tuple(out.chunks) if hasattr(out, "chunks") and not isinstance(out, np.ndarray) else None
+
+
 def smooth_along_z(
     out: Any, uncertainty: Any, image: Any, plan: ZFilter, *, fill: float | None = None
 ) -> Generator[Progress, None, float]:
     """Average a restored stack ``out`` (Z, Y, X; numpy or zarr) along z, in place, and its
     ``uncertainty`` (or None) likewise; ``image`` is the input (denoising: same shape and
     units), whose fill value ``fill`` and NaN pixels mark no data. Chooses the width among
-    ``plan.widths`` by cross-validation along z against the input; yields progress and
-    returns the width used.
+    ``plan.widths`` by cross-validation along z against the input (:func:`width_losses`);
+    yields progress and returns the width used.
+
+    On a dask cluster the same two passes run on the workers, one task per tile of
+    :func:`lateral_tiles` (:mod:`..parallel.runner`).
 
     Examples
     --------
@@ -244,24 +261,61 @@ def smooth_along_z(
     >>> width, bool(np.abs(out - truth).mean() < before / 1.5)
     (1.0, True)
     """
-    shape, nz = tuple(out.shape), out.shape[0]
-    chunks = tuple(out.chunks) if hasattr(out, "chunks") and not isinstance(out, np.ndarray) else None
-    arrays = {"input": image, "out": out}
+    tiles = lateral_tiles(tuple(out.shape), _chunks(out))
     width = plan.widths[0]
     if len(plan.widths) > 1:
-        kernels = [z_kernel(w) for w in plan.widths]
-        loss = np.zeros(len(kernels))
-
-        def score(z: int, tile: tuple[slice, slice], window: dict) -> None:
-            noisy, ok = window[z]["input"], window[z]["ok"]
-            for i, k in enumerate(kernels):
-                guess, weight = _weighted(window, z, nz, k, "out", centre=False)
-                loss[i] += float(((guess - noisy) ** 2)[ok & (weight > 0)].sum())
-
-        yield from _sweep(arrays, fill, shape, chunks, len(kernels[-1]) // 2, score, "z filter: choosing its width", STRIDE)
+        loss = yield from width_losses(out, image, plan.widths, fill=fill, tiles=tiles)
         width = plan.widths[int(np.argmin(loss))]
+    yield from apply_width(out, uncertainty, image, width, fill=fill, tiles=tiles)
+    return width
+
+
+def width_losses(
+    out: Any, image: Any, widths: tuple[float, ...], *, fill: float | None = None,
+    tiles: list[tuple[slice, slice]] | None = None,
+) -> Generator[Progress, None, np.ndarray]:  # fmt: skip
+    """The cross-validation loss of each width over ``tiles`` (default: all): the squared
+    difference between each slice's input and its neighbours' weighted mean of the
+    restoration ``out``, summed over every :data:`STRIDE`-th row and column. Losses of
+    disjoint tiles add up, so tasks may score tiles apart.
+
+    Examples
+    --------
+    >>> from napari_emdiffuse.engine.events import drain
+    >>> flat = np.full((5, 8, 8), 7.0)  # every slice predicted exactly by its neighbours
+    >>> drain(width_losses(flat, flat, (0.5, 1.0))).round(9)
+    array([0., 0.])
+    >>> step = np.repeat([0.0, 0.0, 1.0, 1.0, 1.0], 64).reshape(5, 8, 8)  # an edge along z
+    >>> loss = drain(width_losses(step, step, (0.5, 1.0)))
+    >>> bool(loss[0] < loss[1])  # the narrower width blurs the edge less
+    True
+    """
+    nz = out.shape[0]
+    tiles = lateral_tiles(tuple(out.shape), _chunks(out)) if tiles is None else tiles
+    kernels = [z_kernel(w) for w in widths]
+    loss = np.zeros(len(kernels))
+
+    def score(z: int, tile: tuple[slice, slice], window: dict) -> None:
+        noisy, ok = window[z]["input"], window[z]["ok"]
+        for i, k in enumerate(kernels):
+            guess, weight = _weighted(window, z, nz, k, "out", centre=False)
+            loss[i] += float(((guess - noisy) ** 2)[ok & (weight > 0)].sum())
+
+    arrays = {"input": image, "out": out}
+    yield from _sweep(arrays, fill, nz, tiles, len(kernels[-1]) // 2, score, "z filter: choosing its width", STRIDE)
+    return loss
+
+
+def apply_width(
+    out: Any, uncertainty: Any, image: Any, width: float, *, fill: float | None = None,
+    tiles: list[tuple[slice, slice]] | None = None,
+) -> Generator[Progress, None, None]:  # fmt: skip
+    """Average ``out`` (and ``uncertainty``'s variance) along z over ``width`` slices (std),
+    in place, over ``tiles`` (default: all); pixels without data keep their values. Each
+    tile spans every slice, so tasks may filter disjoint tiles of one store at once."""
+    nz = out.shape[0]
+    tiles = lateral_tiles(tuple(out.shape), _chunks(out)) if tiles is None else tiles
     kernel = z_kernel(width)
-    arrays["unc"] = uncertainty
 
     def apply(z: int, tile: tuple[slice, slice], window: dict) -> None:
         here = window[z]
@@ -271,5 +325,5 @@ def smooth_along_z(
             var, _ = _weighted(window, z, nz, kernel, "var")
             uncertainty[(z, *tile)] = np.where(here["ok"], np.sqrt(var), here["unc"]).astype(np.float32)
 
-    yield from _sweep(arrays, fill, shape, chunks, len(kernel) // 2, apply, "z filter")
-    return width
+    arrays = {"input": image, "out": out, "unc": uncertainty}
+    yield from _sweep(arrays, fill, nz, tiles, len(kernel) // 2, apply, "z filter")
