@@ -658,3 +658,25 @@ def test_info_says_what_will_be_read(tmp_path, capsys):
     assert read_image(big).data.dtype.str == ">f4"  # the control: the file really is big-endian
     assert main(["info", str(big)]) == 0
     assert capsys.readouterr().out.startswith(f"{big}: 8 x 8 float32,")
+
+
+def test_a_tiff_stack_runs_on_a_local_cluster_into_zarr(tmp_path, tiny_model_dir, capsys):
+    """--workers takes any input (staged for the workers) but writes zarr only, and prints
+    what emdiffuse says, not dask's logs."""
+    import zarr
+
+    stack = (np.random.default_rng(2).random((3, 40, 48)) * 255).astype(np.uint8)
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, stack)
+    common = ["--model", str(tiny_model_dir), "--z-filter", "off", *FAST]
+    assert main(["denoise", str(src), "-o", str(tmp_path / "one.tif"), *common]) == 0
+    run = run_cli("denoise", str(src), "-o", str(tmp_path / "two.zarr"), "--workers", "1", *common)
+    assert run.returncode == 0 and "distributed" not in run.stderr  # no scheduler or nanny chatter
+    two = zarr.open_array(str(tmp_path / "two.zarr"), mode="r")[:]
+    one = tifffile.imread(tmp_path / "one.tif")
+    assert two.shape == stack.shape and np.abs(two.astype(int) - one.astype(int)).max() <= 1
+    assert not list(tmp_path.glob(".two.zarr.work-*"))  # the staged copy is gone
+    capsys.readouterr()
+    assert main(["denoise", str(src), "-o", str(tmp_path / "three.tif"), "--workers", "1", *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("--workers/--scheduler need a .zarr output") and not (tmp_path / "three.tif").exists()

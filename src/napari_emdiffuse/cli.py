@@ -102,7 +102,7 @@ def _restore_batch(args: argparse.Namespace) -> int:
     from .engine.io.batch import expand_inputs, plan_batch
 
     if args.workers or args.scheduler:
-        raise InputError("--workers/--scheduler restore one zarr store; give a batch without them")
+        raise InputError("--workers/--scheduler restore one input; give a batch without them")
     plan = plan_batch(expand_inputs(args.input), args.output, args.uncertainty)
     model = _load_restorer(args)
     failed = []
@@ -136,8 +136,8 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
     kw = _sampling_kwargs(args)
     kw.pop("arch")
     distributed = args.workers or args.scheduler
-    if distributed and not (_is_zarr(out) and _is_zarr(Path(args.input))):
-        raise InputError("--workers/--scheduler need a .zarr input and a .zarr output")
+    if distributed and not _is_zarr(out):  # any input: one that is not zarr is staged for the workers
+        raise InputError("--workers/--scheduler need a .zarr output")
     if _is_zarr(out):
         # Workers load the model themselves: hand them its name or path, not this process's copy.
         gen = restore_to_zarr_iter(
@@ -384,7 +384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emdiffuse`` command; returns the exit status."""
     from .engine.errors import EMDiffuseError
 
-    logging.basicConfig(level=os.environ.get("EMDIFFUSE_LOG", "ERROR"))
+    level = os.environ.get("EMDIFFUSE_LOG") or "ERROR"
+    logging.basicConfig(level=level)
+    # dask.distributed sets its own loggers to INFO when it is imported (by --workers): every
+    # scheduler and nanny message would reach stderr through the handler above.
+    import dask
+
+    dask.config.set({"distributed.logging.distributed": level.lower()})
     try:
         args = build_parser().parse_args(argv)
         return int(COMMANDS[args.command](args) or 0)
