@@ -85,9 +85,8 @@ def denoise_rows(args, tmp: Path, peers: dict, inverted: float | None = None) ->
     rows = [score(case, "noisy input", test_n, test_c)]
     rows.append(score(case, "Gaussian (oracle sigma)", best_gaussian(test_n, test_c)[2], test_c))
     rows.append(score(case, "BM3D (oracle sigma)", best_bm3d(test_n, test_c)[2], test_c))
-    if "finetune" in peers and inverted is None:
-        entry = peers["finetune"]["N2V"]
-        rows.append(score(case, f"careamics N2V ({entry['minutes']:.0f} min, whole image)",
+    for name, entry in (peers.get("finetune", {}) if inverted is None else {}).items():  # N2V, StructN2V
+        rows.append(score(case, f"careamics {name} ({entry['minutes']:.0f} min, whole image)",
                           np.load(entry["output"])[:, half:], test_c))
     base = load_model(args.base, task="denoise", device=args.device)
     rows.append(score(case, f"{args.base} (bundled), fast", restore(test_n, "denoise", base, device=args.device).mean,

@@ -164,7 +164,8 @@ def main() -> None:
     ap.add_argument("--n2v-stacks", type=float, nargs="*", default=None, metavar="DOSE",
                     help="add 3D N2V entries for zfilter.py's C. elegans stacks at these doses (e.g. 30 100)")
     ap.add_argument("--struct", default="none", choices=["none", "square", "horizontal", "cross"],
-                    help="--n2v-stacks: careamics' structured N2V mask (square: for correlated noise)")
+                    help="careamics' structured N2V mask for --n2v/--n2v-only and --n2v-stacks (square: for "
+                         "noise correlated between neighbouring pixels)")
     ap.add_argument("--out", default=str(ROOT / "build" / "peers"))
     ap.add_argument("--finetune-dose", type=float, default=30.0, help="dose of benchmarks/finetune.py's case")
     args = ap.parse_args()
@@ -214,18 +215,22 @@ def main() -> None:
         inputs["finetune"] = liver_case(args.finetune_dose)[0]
         for key in args.n2v_keys.split(","):
             image = inputs[key].astype(np.float32)
+            tag = "n2v" if args.struct == "none" else f"n2v_{args.struct}"
             cfg = create_advanced_n2v_config(
-                experiment_name=f"n2v_{key}".replace(".", "_"),  # careamics allows letters, digits, _, - and spaces
+                experiment_name=f"{tag}_{key}".replace(".", "_"),  # careamics allows letters, digits, _, - and spaces
                 data_type="array", axes="YX", patch_size=[64, 64], batch_size=16,
                 num_epochs=10_000, trainer_params=_trainer_params(args.minutes / 2), num_workers=0,
+                struct_n2v_axes=args.struct, struct_n2v_span=3,
             )
-            n2v = CAREamist(cfg, work_dir=out / f"n2v_{key}")
+            n2v = CAREamist(cfg, work_dir=out / f"{tag}_{key}")
             n2v.train(train_data=image)
             pred, seconds = predict(n2v, image)
-            np.save(out / f"n2v_{key}.npy", pred)
-            result.setdefault(key, {})["N2V"] = {"output": str(out / f"n2v_{key}.npy"), "minutes": args.minutes / 2,
-                                  "seconds": seconds}
+            np.save(out / f"{tag}_{key}.npy", pred)
+            name = "N2V" if args.struct == "none" else f"StructN2V ({args.struct})"
+            result.setdefault(key, {})[name] = {"output": str(out / f"{tag}_{key}.npy"), "minutes": args.minutes / 2,
+                                                "seconds": seconds}
             save()
+            print(f"{name} {key}: done", flush=True)
     save()
     print(f"wrote {listing}")
 
