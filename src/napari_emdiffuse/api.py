@@ -381,12 +381,14 @@ def restore_to_zarr(
 
     Memory is bounded by one block; the store appears at ``out`` only when complete. With
     ``workers`` or ``scheduler`` the blocks run on dask workers (one GPU each on a local
-    cluster); the pixels are the same as in one process, and as :func:`restore` gives.
+    cluster), and so does the average along z of an alike stack (``z_filter``); the pixels
+    are the same as in one process, and as :func:`restore` gives.
 
     Parameters
     ----------
     image : array-like
-        As in :func:`restore`; a zarr array on disk is read by the workers directly.
+        As in :func:`restore`; a zarr array on disk is read by the workers directly, any
+        other input is first copied into a temporary store beside ``out``.
     out : path
         The ``.zarr`` store to write.
     task, model
