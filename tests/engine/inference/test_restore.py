@@ -357,3 +357,17 @@ def test_out_of_memory_in_a_block_starts_again_with_smaller_blocks(model, monkey
     assert np.array_equal(events[-1].mean, ref)  # the retry used 40-px blocks
     with pytest.raises(EMDiffuseError, match="out of GPU memory even with"):
         restore(img, "denoise", model, block=80, **{**FAST, "tile": 64, "overlap": 8})
+
+
+def test_cpu_batches_hold_about_32k_pixels_and_never_change_the_pixels(tiny_model):
+    """The CPU's default batch fills 32768 pixels (8 tiles of 64 px, at least 2 tiles); the
+    result is the same at any batch."""
+    from napari_emdiffuse.engine.inference.canvas import resolve_options
+
+    cpu = torch.device("cpu")
+    assert [resolve_options(tiny_model, cpu, tile=t).batch for t in (32, 64, 128, 256)] == [32, 8, 2, 2]
+    assert resolve_options(tiny_model, cpu, tile=64, batch=3).batch == 3  # asked for: kept
+    img = _img((70, 90), seed=5)
+    auto = restore(img, "denoise", tiny_model, tile=32, overlap=8, steps=2, device="cpu")
+    two = restore(img, "denoise", tiny_model, tile=32, overlap=8, steps=2, device="cpu", batch=2)
+    assert auto.info["batch"] == 32 and two.info["batch"] == 2 and np.array_equal(auto.mean, two.mean)

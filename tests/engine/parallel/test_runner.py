@@ -66,7 +66,7 @@ def test_workers_resolve_options_for_their_own_device():
     job = pickle.loads(pickle.dumps(job))  # what a worker receives
     opts = runner.worker_options(m, job)
     assert (opts.tile, opts.overlap, opts.steps) == (48, 8, 3)
-    assert opts.batch == 2  # the CPU default; a CUDA worker resolves 8
+    assert opts.batch == 14  # the CPU default for 48-px tiles (32768 px); a CUDA worker resolves 8
     assert np.dtype(job.dtype) == np.uint8
 
 

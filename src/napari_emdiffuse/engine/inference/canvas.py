@@ -30,7 +30,7 @@ from .tiling import TilePlan, check_tiling, position_noise, round_up
 
 __all__ = [
     "PRESETS", "SAMPLING_KEYS", "SamplingOptions", "Item", "resolve_options", "sampling_request", "sample_canvas",
-    "auto_tile", "check_precision", "with_structure", "STRUCTURE_SIGMA", "resolve_blur",
+    "auto_tile", "check_precision", "with_structure", "STRUCTURE_SIGMA", "resolve_blur", "CPU_BATCH_PIXELS",
 ]  # fmt: skip
 
 PRESETS: dict[str, dict] = {
@@ -114,6 +114,11 @@ class Item:
     # Axes along which this item's canvas is a mirror image of the input (mirror ensemble):
     # its noise is mirrored too, so every image pixel gets the noise of its own position.
     flip: tuple[int, ...] = ()
+
+
+#: Pixels per batch on a CPU: 8 tiles of 64 px ran the bundled predictors 25-30 % faster than
+#: 2 (2 cores; 2 tiles of 128 px were fastest at that size), and larger tiles keep 2.
+CPU_BATCH_PIXELS = 32768
 
 
 def auto_tile(model: EMDiffuseModel, device: torch.device, requested: int | None) -> int:
@@ -200,7 +205,7 @@ def resolve_options(
     overlap = model.card.overlap if overlap is None else overlap
     overlap = min(overlap, tile // 2)
     if batch is None:
-        batch = 8 if device.type != "cpu" else 2
+        batch = 8 if device.type != "cpu" else max(2, CPU_BATCH_PIXELS // (tile * tile))
     return SamplingOptions(
         preset=preset,
         sampler=sampler,
