@@ -27,7 +27,7 @@ def restore_zarr(args: dict) -> None:
     image = np.load(args["image"])
     gen = restore_to_zarr_iter(
         image, args["out"], "denoise", args["model"], block=args["block"], steps=args["steps"],
-        tile=32, overlap=8, device="cpu",
+        tile=32, overlap=8, batch=2, device="cpu",  # batch 2: many batches, so the kill lands mid-run
     )  # fmt: skip
     for ev in gen:
         if isinstance(ev, Progress) and ev.stage == "block":
@@ -43,7 +43,7 @@ def isotropic_zarr(args: dict) -> None:
     vol = np.load(args["volume"])
     gen = reconstruct_isotropic_iter(
         vol, args["factor"], args["model"], out=args["out"], block=args["block"], steps=args["steps"],
-        tile=32, overlap=8, device="cpu",
+        tile=32, overlap=8, batch=2, device="cpu",  # batch 2: many batches, so the kill lands mid-run
     )  # fmt: skip
     n = 0
     for ev in gen:

@@ -425,7 +425,7 @@ def test_long_runs_print_an_estimate_first(tmp_path, noisy_tif, tiny_model_dir, 
     monkeypatch.setattr(cli_progress.time, "monotonic", lambda: next(clock))
     out = tmp_path / "o.tif"
     assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), "--steps", "40",
-                 "--tile", "32", "--overlap", "8", "--device", "cpu"]) == 0
+                 "--tile", "32", "--overlap", "8", "--batch", "2", "--device", "cpu"]) == 0  # 3 batches per step
     captured = capsys.readouterr()
     err = captured.err
     assert "estimate:" in err and "network passes" in err and "over 10 minutes" in err
