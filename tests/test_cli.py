@@ -672,6 +672,7 @@ def test_a_tiff_stack_runs_on_a_local_cluster_into_zarr(tmp_path, tiny_model_dir
     assert main(["denoise", str(src), "-o", str(tmp_path / "one.tif"), *common]) == 0
     run = run_cli("denoise", str(src), "-o", str(tmp_path / "two.zarr"), "--workers", "1", *common)
     assert run.returncode == 0 and "distributed" not in run.stderr  # no scheduler or nanny chatter
+    assert "emdiffuse: copying the input into a zarr store the workers read" in run.stderr
     two = zarr.open_array(str(tmp_path / "two.zarr"), mode="r")[:]
     one = tifffile.imread(tmp_path / "one.tif")
     assert two.shape == stack.shape and np.abs(two.astype(int) - one.astype(int)).max() <= 1

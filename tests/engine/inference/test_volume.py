@@ -368,6 +368,8 @@ def test_distributed_cancel_and_worker_error(model, tmp_path):
     out = tmp_path / "dist.zarr"
     gen = reconstruct_isotropic_iter(data, 2, model, block=32, out=out, workers=1, **FAST)
     first = next(gen)
+    assert isinstance(first, Progress) and first.stage == "note"  # the input is copied for the workers
+    first = next(e for e in gen if e.stage != "staging")
     assert isinstance(first, Progress) and first.stage == "block" and first.done == 0
     gen.close()  # cancels the tasks, closes the cluster, removes the partial store
     assert not out.exists()

@@ -123,3 +123,23 @@ def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch):
     assert list(got.values()) == [None]
     assert list(threads.values()) == ["1"]  # dask's other settings stay
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nor is this process's environment changed
+
+
+def test_staging_copies_slice_by_slice_and_stops_when_closed(tmp_path):
+    """An input that is not a zarr store on disk is copied for the workers one slice at a
+    time, saying so; closing the generator stops the copy there."""
+    import zarr
+
+    from napari_emdiffuse.engine.events import drain
+
+    vol = np.arange(5 * 4 * 3, dtype=np.uint16).reshape(5, 4, 3)
+    gen = runner.stage_input(vol, tmp_path / "a.zarr")
+    events = [next(gen) for _ in range(3)]
+    gen.close()
+    assert events[0].stage == "note" and "copying the input" in events[0].message
+    assert [(e.stage, e.done, e.total) for e in events[1:]] == [("staging", 1, 5), ("staging", 2, 5)]
+    part = zarr.open_array(str(tmp_path / "a.zarr"), mode="r")
+    assert np.array_equal(part[:2], vol[:2]) and not part[2:].any()  # stopped after slice 2
+    path = drain(runner.stage_input(vol, tmp_path / "b.zarr"))
+    got = zarr.open_array(path, mode="r")
+    assert np.array_equal(got[:], vol) and got.chunks == (1, 4, 3) and got.dtype == vol.dtype

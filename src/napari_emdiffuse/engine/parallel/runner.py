@@ -91,19 +91,25 @@ def zarr_location(vol: Any) -> tuple[str, str] | None:
     return str(Path(root).resolve()), str(getattr(vol, "path", "") or "")
 
 
-def stage_input(vol: Any, where: Path) -> str:
+def stage_input(vol: Any, where: Path) -> Generator[Progress, None, str]:
     """Copy an in-memory or dask image, stack or volume into a zarr store the workers can
-    read, one slice (one chunk) at a time."""
+    read, one slice (one chunk) at a time; returns its path. Says so first and yields
+    progress per slice (closing the generator stops the copy). Inside a cluster's client
+    context a dask input is computed on the cluster."""
     import zarr
 
     kw: dict[str, Any] = {"zarr_format": 2} if zarr_major() >= 3 else {}
     chunks = (1, *vol.shape[1:]) if vol.ndim == 3 else tuple(vol.shape)
     arr = zarr.open_array(str(where), mode="w-", shape=vol.shape, dtype=np.dtype(vol.dtype), chunks=chunks, **kw)
+    n = vol.shape[0] if vol.ndim == 3 else 1
+    yield Progress("note", 0, 0, message=f"copying the input into a zarr store the workers read ({where.parent})")
     if vol.ndim == 3:
-        for z in range(vol.shape[0]):
+        for z in range(n):
             arr[z] = as_numpy(vol[z])
+            yield Progress("staging", z + 1, n)
     else:
         arr[...] = as_numpy(vol)
+        yield Progress("staging", 1, 1)
     return str(where)
 
 
@@ -376,8 +382,9 @@ class Cluster:
         out, plan, writer_kw = run.out, run.plan, run.writer_kw
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
         try:
-            with zarr_outputs(out, run.unc_out, plan.out_shape, run.dtype, **writer_kw) as (wr, unc_wr):
-                loc = zarr_location(run.image) or (stage_input(run.image, tmp / "input.zarr"), "")
+            with zarr_outputs(out, run.unc_out, plan.out_shape, run.dtype, **writer_kw) as (wr, unc_wr), \
+                    cluster_client(self.workers, self.scheduler, run.device) as client:  # fmt: skip
+                loc = zarr_location(run.image) or ((yield from stage_input(run.image, tmp / "input.zarr")), "")
                 model = run.model
                 loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=run.task, arch=run.arch, device="cpu")
                 spec, spec_arch, _ = model_spec(model, loaded, run.task, run.arch, tmp / "model")
@@ -391,15 +398,14 @@ class Cluster:
                     )  # fmt: skip
                     for block in plan.jobs()
                 ]
-                with cluster_client(self.workers, self.scheduler, run.device) as client:
-                    yield from run_tasks(client, run_block_job, jobs, name=kind)
-                    if run.z_filter is not None:  # after every block: it reads across the workers' slices
-                        base = ZFilterJob(
-                            loc[0], loc[1], str(wr.temp_path), str(unc_wr.temp_path) if unc_wr is not None else None,
-                            (), run.norm.fill,
-                        )  # fmt: skip
-                        wr.array.attrs["z_filter"] = yield from z_filter_on_workers(
-                            client, run.z_filter, base, plan.out_shape, plan.chunks
-                        )
+                yield from run_tasks(client, run_block_job, jobs, name=kind)
+                if run.z_filter is not None:  # after every block: it reads across the workers' slices
+                    base = ZFilterJob(
+                        loc[0], loc[1], str(wr.temp_path), str(unc_wr.temp_path) if unc_wr is not None else None,
+                        (), run.norm.fill,
+                    )  # fmt: skip
+                    wr.array.attrs["z_filter"] = yield from z_filter_on_workers(
+                        client, run.z_filter, base, plan.out_shape, plan.chunks
+                    )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
