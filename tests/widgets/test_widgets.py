@@ -551,6 +551,17 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
     assert isinstance(out.data, da.Array) and out.data.shape == img.shape  # shown lazily from the store
     assert (tmp_path / "big_denoised.zarr").is_dir()
     assert tuple(out.scale) == (50.0, 8.0, 8.0)
+    # on a local dask cluster of one process: the same store, within a grey level (one thread)
+    import zarr
+
+    w.output.setText(str(tmp_path / "big_workers.zarr"))
+    w.workers.setValue(1)
+    assert w.options().workers == 1 and w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    one, two = (zarr.open_array(str(tmp_path / n), mode="r")[:].astype(int) for n in ("big_denoised.zarr", "big_workers.zarr"))
+    assert np.abs(one - two).max() <= 1
+    w.workers.setValue(0)
     # current slice only: one 2D result named after the slice
     w.output.setText("")
     w.current_slice.setChecked(True)
@@ -561,6 +572,10 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
     assert viewer.layers["big_z2_denoised"].data.shape == img.shape[1:]
     with pytest.raises(EMDiffuseError, match=".zarr"):
         RestoreOptions(output=str(tmp_path / "x.tif")).validate()
+    with pytest.raises(EMDiffuseError, match="workers run the blocks into a zarr store"):
+        RestoreOptions(workers=2).validate()
+    with pytest.raises(EMDiffuseError, match="workers must be 0"):
+        RestoreOptions(workers=-1, output=str(tmp_path / "y.zarr")).validate()
 
 
 def test_restore_widget_averages_an_alike_stack_along_z_and_says_so(viewer, qtbot, models, errors):

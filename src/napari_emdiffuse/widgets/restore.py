@@ -81,6 +81,9 @@ class RestoreOptions(WidgetOptions):
     z_filter : str
         Denoising a stack: ``auto`` (average the restored slices along z where neighbouring
         slices look alike), ``off``, or a width in slices (0-3).
+    workers : int
+        0: run in napari. N: run the blocks on a new local dask cluster of N processes (one
+        GPU each where there are several); needs a ``.zarr`` output.
     """
 
     task: str = "denoise"
@@ -98,6 +101,7 @@ class RestoreOptions(WidgetOptions):
     output: str = ""
     current_slice: bool = False
     z_filter: str = "auto"
+    workers: int = 0
 
     def validate(self) -> "RestoreOptions":
         """Refuse impossible combinations before starting a worker."""
@@ -115,6 +119,10 @@ class RestoreOptions(WidgetOptions):
         if self.output:
             check_zarr_output(self.output)
         self.z_filter = check_z_filter(self.z_filter)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise EMDiffuseError(f"workers must be 0 (in napari) or a number of processes, not {self.workers!r}")
+        if self.workers and not self.output:
+            raise EMDiffuseError("workers run the blocks into a zarr store: give a .zarr output")
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -313,6 +321,10 @@ class RestoreWidget(DockWidget):
             "alike (FIB-SEM, block-face SEM; not serial-section TEM), over a width chosen from the data; off; "
             "or a width in slices (std, 0-3)"
         )
+        self.workers = spin_box(
+            0, 64, 0, "in napari", "Run the blocks on a local dask cluster of this many processes (one GPU each "
+            "where there are several); needs a .zarr output"
+        )
         self.precision = QComboBox()
         self.precision.addItems(PRECISION_CHOICES)
         self.precision.setToolTip("Network arithmetic: fp32 (default, exact); bf16 / fp16 on GPUs that have it")
@@ -328,6 +340,7 @@ class RestoreWidget(DockWidget):
                 ("overlap", self.overlap),
                 ("seed", self.seed),
                 ("precision", self.precision),
+                ("workers", self.workers),
             ]
         )
         self._lay_out(
@@ -357,6 +370,7 @@ class RestoreWidget(DockWidget):
             output=self.output.text().strip(),
             current_slice=self.current_slice.isChecked(),
             z_filter=self.z_filter.currentText(),
+            workers=self.workers.value(),
         )
 
     def set_options(self, opts: RestoreOptions) -> None:
@@ -375,6 +389,7 @@ class RestoreWidget(DockWidget):
         self.output.setText(opts.output)
         self.current_slice.setChecked(opts.current_slice)
         self.z_filter.setCurrentText(opts.z_filter)
+        self.workers.setValue(opts.workers)
 
     def _browse_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Restore into a zarr store", "", "zarr (*.zarr)")
@@ -408,7 +423,7 @@ class RestoreWidget(DockWidget):
                 from ..api import restore_to_zarr_iter
 
                 return restore_to_zarr_iter(data, out, opts.task, model, arch=arch, spacing=scale,
-                                            uncertainty_out=unc_out, **kwargs)
+                                            uncertainty_out=unc_out, workers=opts.workers or None, **kwargs)
             from ..api import restore_iter
 
             return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)
