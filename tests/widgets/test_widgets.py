@@ -269,6 +269,10 @@ def test_isotropic_logic(tmp_path):
     assert kw["denoise"] is None and IsotropicOptions(denoise_first=True).engine_kwargs()["denoise"] is True
     with pytest.raises(EMDiffuseError, match="factor"):
         IsotropicOptions(factor=1).validate()
+    assert kw["workers"] is None  # in napari
+    assert IsotropicOptions(workers=2, output=str(tmp_path / "iso.zarr")).engine_kwargs()["workers"] == 2
+    with pytest.raises(EMDiffuseError, match="workers run the blocks into a zarr store"):
+        IsotropicOptions(workers=2).validate()
     with pytest.raises(EMDiffuseError, match=".zarr"):
         check_zarr_output(str(tmp_path / "out.tif"))
     with pytest.raises(EMDiffuseError, match="does not exist"):

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 __all__ = [
+    "workers_box",
     "BROWSE",
     "ModelChoice",
     "ModelPicker",
@@ -358,6 +359,14 @@ def spin_box(lo: int, hi: int, value: int, special: str | None = None, tip: str 
         box.setSpecialValueText(special)  # shown at the minimum value
     box.setToolTip(tip)
     return box
+
+
+def workers_box() -> QSpinBox:
+    """How many local dask processes run the blocks (0: in napari)."""
+    return spin_box(
+        0, 64, 0, "in napari", "Run the blocks on a local dask cluster of this many processes (one GPU each where "
+        "there are several); needs a .zarr output",
+    )  # fmt: skip
 
 
 def combo_box(items: Sequence[str], tip: str = "") -> QComboBox:

@@ -25,6 +25,7 @@ __all__ = [
     "settings_path",
     "check_preset",
     "check_tiling",
+    "check_workers",
     "sampling_kwargs",
 ]
 
@@ -144,6 +145,23 @@ def check_tiling(opts: _Sampling) -> None:
         raise EMDiffuseError("steps, samples, tile, overlap and seed cannot be negative")
     if opts.tile and opts.overlap >= opts.tile:
         raise EMDiffuseError(f"overlap {opts.overlap} must be smaller than tile {opts.tile}")
+
+
+def check_workers(workers: Any, output: str) -> None:
+    """Local dask workers: 0 (run in napari) or a number of processes, into a zarr store.
+
+    Examples
+    --------
+    >>> check_workers(2, "out.zarr")
+    >>> check_workers(2, "")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.EMDiffuseError: workers run the blocks into a zarr store: give a .zarr output
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise EMDiffuseError(f"workers must be 0 (in napari) or a number of processes, not {workers!r}")
+    if workers and not output:
+        raise EMDiffuseError("workers run the blocks into a zarr store: give a .zarr output")
 
 
 def sampling_kwargs(opts: _Sampling) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QLineEdit,
 
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
-from ._controls import ModelPicker, advanced_section, path_row, spin_box
+from ._controls import ModelPicker, advanced_section, path_row, spin_box, workers_box
 from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
-from ._settings import PRESETS, WidgetOptions, check_preset, check_tiling, sampling_kwargs
+from ._settings import PRESETS, WidgetOptions, check_preset, check_tiling, check_workers, sampling_kwargs
 from .restore import check_input_layer, layer_array
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,6 +63,9 @@ class IsotropicOptions(WidgetOptions):
     denoise_first : bool
         Denoise the measured slices with the bundled denoiser first (noisy volumes); the
         output's measured slices are then the denoised ones.
+    workers : int
+        0: run in napari. N: run the blocks on a new local dask cluster of N processes (one
+        GPU each where there are several); needs a ``.zarr`` output.
     """
 
     mode: str = "i"
@@ -77,6 +80,7 @@ class IsotropicOptions(WidgetOptions):
     output: str = ""
     uncertainty: bool = False
     denoise_first: bool = False
+    workers: int = 0
 
     @property
     def task(self) -> str:
@@ -91,6 +95,7 @@ class IsotropicOptions(WidgetOptions):
         check_tiling(self)
         if self.output:
             check_zarr_output(self.output)
+        check_workers(self.workers, self.output)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -102,6 +107,7 @@ class IsotropicOptions(WidgetOptions):
             "out": Path(self.output).expanduser() if self.output else None,
             "uncertainty": self.uncertainty,
             "denoise": True if self.denoise_first else None,
+            "workers": self.workers or None,
         }
 
 
@@ -191,6 +197,7 @@ class IsotropicWidget(DockWidget):
         self.uncertainty.setToolTip(
             "Also compute the per-pixel uncertainty (std): a predictor's own, or the spread of 2+ samples"
         )
+        self.workers = workers_box()
         advanced = advanced_section(
             [
                 ("steps", self.steps),
@@ -198,6 +205,7 @@ class IsotropicWidget(DockWidget):
                 ("tile", self.tile),
                 ("overlap", self.overlap),
                 ("seed", self.seed),
+                ("workers", self.workers),
                 ("", self.uncertainty),
             ]
         )
@@ -243,6 +251,7 @@ class IsotropicWidget(DockWidget):
             output=self.output.text().strip(),
             uncertainty=self.uncertainty.isChecked(),
             denoise_first=self.denoise_first.isChecked(),
+            workers=self.workers.value(),
         )
 
     def set_options(self, opts: IsotropicOptions) -> None:
@@ -258,6 +267,7 @@ class IsotropicWidget(DockWidget):
         self.output.setText(opts.output)
         self.uncertainty.setChecked(opts.uncertainty)
         self.denoise_first.setChecked(opts.denoise_first)
+        self.workers.setValue(opts.workers)
 
     def _prefill(self, *_: Any) -> None:
         layer = self.layer_combo.layer()

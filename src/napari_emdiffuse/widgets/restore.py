@@ -18,9 +18,9 @@ from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
 from ..engine.errors import EMDiffuseError, InputError
 from ..engine.inference.zfilter import Z_FILTERS
 from ._base import DockWidget
-from ._controls import ModelPicker, advanced_section, path_row, spin_box
+from ._controls import ModelPicker, advanced_section, path_row, spin_box, workers_box
 from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
-from ._settings import PRESETS, WidgetOptions, check_preset, check_tiling, sampling_kwargs
+from ._settings import PRESETS, WidgetOptions, check_preset, check_tiling, check_workers, sampling_kwargs
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -119,10 +119,7 @@ class RestoreOptions(WidgetOptions):
         if self.output:
             check_zarr_output(self.output)
         self.z_filter = check_z_filter(self.z_filter)
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise EMDiffuseError(f"workers must be 0 (in napari) or a number of processes, not {self.workers!r}")
-        if self.workers and not self.output:
-            raise EMDiffuseError("workers run the blocks into a zarr store: give a .zarr output")
+        check_workers(self.workers, self.output)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -321,10 +318,7 @@ class RestoreWidget(DockWidget):
             "alike (FIB-SEM, block-face SEM; not serial-section TEM), over a width chosen from the data; off; "
             "or a width in slices (std, 0-3)"
         )
-        self.workers = spin_box(
-            0, 64, 0, "in napari", "Run the blocks on a local dask cluster of this many processes (one GPU each "
-            "where there are several); needs a .zarr output"
-        )
+        self.workers = workers_box()
         self.precision = QComboBox()
         self.precision.addItems(PRECISION_CHOICES)
         self.precision.setToolTip("Network arithmetic: fp32 (default, exact); bf16 / fp16 on GPUs that have it")
