@@ -102,7 +102,8 @@ def stage_input(vol: Any, where: Path) -> Generator[Progress, None, str]:
     chunks = (1, *vol.shape[1:]) if vol.ndim == 3 else tuple(vol.shape)
     arr = zarr.open_array(str(where), mode="w-", shape=vol.shape, dtype=np.dtype(vol.dtype), chunks=chunks, **kw)
     n = vol.shape[0] if vol.ndim == 3 else 1
-    yield Progress("note", 0, 0, message=f"copying the input into a zarr store the workers read ({where.parent}, removed at the end)")
+    say = f"copying the input into a zarr store the workers read ({where.parent}, removed at the end)"
+    yield Progress("note", 0, 0, message=say)
     if vol.ndim == 3:
         for z in range(n):
             arr[z] = as_numpy(vol[z])
