@@ -109,10 +109,12 @@ def test_z_filter_jobs_split_over_tiles_equal_one_pass(tmp_path):
 
 def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch):
     """dask's default MALLOC_TRIM_THRESHOLD_ made block tasks 1.7x slower: a local cluster's
-    workers start without it, unless the user's environment sets it."""
+    workers start without it, unless the user's environment sets it. The workers' settings
+    do not leak into this process's environment (processes started later would inherit them)."""
     import os
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     client, cluster = runner.connect(1, None)
     try:
         got = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
@@ -122,7 +124,7 @@ def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch):
         cluster.close()
     assert list(got.values()) == [None]
     assert list(threads.values()) == ["1"]  # dask's other settings stay
-    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nor is this process's environment changed
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ and "OMP_NUM_THREADS" not in os.environ
 
 
 def test_staging_copies_slice_by_slice_and_stops_when_closed(tmp_path):

@@ -180,14 +180,25 @@ def connect(workers: int | None, scheduler: str | None, device: str = "cpu") -> 
         except (OSError, TimeoutError) as exc:
             raise EMDiffuseError(f"cannot connect to the dask scheduler at '{scheduler}': {exc}") from None
     n = int(workers or 1)
-    with dask.config.set(_LOCAL_WORKER_CONFIG):
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+    # The nannies set their workers' variables (OMP_NUM_THREADS=1, ...) in this process's own
+    # environment before spawning them; left there, they would reach every process started
+    # later (a training child of the widgets would train on one thread).
+    saved = dict(os.environ)
+    try:
+        with dask.config.set(_LOCAL_WORKER_CONFIG):
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+    finally:  # only what changed: other threads may be reading the environment
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
     try:
         client = Client(cluster)
         addresses = sorted(client.scheduler_info()["workers"])
