@@ -87,7 +87,8 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
                    help="network arithmetic (default fp32; bf16 needs a GPU with native bf16)")
     c = p.add_mutually_exclusive_group()
-    c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes (zarr output)")
+    c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes, one GPU each (zarr output; "
+                   "an input that is not zarr is copied for them first)")
     c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (zarr output)")
 
 
