@@ -28,9 +28,10 @@ def restore_zarr(args: dict) -> None:
     gen = restore_to_zarr_iter(
         image, args["out"], "denoise", args["model"], block=args["block"], steps=args["steps"],
         tile=32, overlap=8, batch=2, device="cpu",  # batch 2: many batches, so the kill lands mid-run
+        resume=args.get("resume", False),
     )  # fmt: skip
     for ev in gen:
-        if isinstance(ev, Progress) and ev.stage == "block":
+        if isinstance(ev, Progress) and ev.stage == "block" and ev.done >= args.get("ready_after", 1):
             _say(f"READY block {ev.done}/{ev.total}")
     _say("FINISHED")
 
@@ -44,6 +45,7 @@ def isotropic_zarr(args: dict) -> None:
     gen = reconstruct_isotropic_iter(
         vol, args["factor"], args["model"], out=args["out"], block=args["block"], steps=args["steps"],
         tile=32, overlap=8, batch=2, device="cpu",  # batch 2: many batches, so the kill lands mid-run
+        resume=args.get("resume", False),
     )  # fmt: skip
     n = 0
     for ev in gen:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from napari_emdiffuse.cli import main
 from napari_emdiffuse.engine.io.images import read_image
@@ -681,3 +682,30 @@ def test_a_tiff_stack_runs_on_a_local_cluster_into_zarr(tmp_path, tiny_model_dir
     assert main(["denoise", str(src), "-o", str(tmp_path / "three.tif"), "--workers", "1", *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("--workers/--scheduler need a .zarr output") and not (tmp_path / "three.tif").exists()
+
+
+def test_resume_keeps_a_zarr_run_and_is_refused_elsewhere(tmp_path, noisy_tif, tiny_model_dir, capsys, monkeypatch):
+    model = ["--model", str(tiny_model_dir), *FAST]
+    out = tmp_path / "out.zarr"
+    assert main(["denoise", str(noisy_tif), "-o", str(out), "--resume", *model]) == 0
+    assert "resumable: if this run stops, its finished blocks stay in" in capsys.readouterr().err
+    assert zarr.open_array(str(out), mode="r").shape == (40, 56)
+    for argv, why in (
+        (["denoise", str(noisy_tif), "-o", str(tmp_path / "o.tif"), "--resume"], "--resume continues an unfinished .zarr"),
+        (["denoise", str(noisy_tif), str(noisy_tif), "-o", str(tmp_path / "dir"), "--resume"], "restore one input"),
+    ):
+        assert main([*argv, *model]) == 2
+        err = capsys.readouterr().err.strip()
+        assert why in err and len(err.splitlines()) == 1 and "run the same command" not in err
+
+    def stopped(*args, **kwargs):
+        yield from ()
+        raise KeyboardInterrupt
+
+    import napari_emdiffuse.api as api
+
+    monkeypatch.setattr(api, "restore_to_zarr_iter", stopped)
+    assert main(["denoise", str(noisy_tif), "-o", str(tmp_path / "b.zarr"), "--resume", *model]) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+    assert main(["denoise", str(noisy_tif), "-o", str(tmp_path / "c.zarr"), *model]) == 130
+    assert "run the same command" not in capsys.readouterr().err  # without --resume nothing is kept

@@ -46,7 +46,7 @@ from napari_emdiffuse.engine.events import Progress
 from napari_emdiffuse.engine.io.zarr import is_complete
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.api import restore
-from napari_emdiffuse.api import restore_to_zarr
+from napari_emdiffuse.api import restore_to_zarr, restore_to_zarr_iter
 from napari_emdiffuse.engine.training.config import TrainConfig, checkpoint_path
 from napari_emdiffuse.engine.training.finetune import train_iter
 from napari_emdiffuse.api import reconstruct_isotropic
@@ -353,6 +353,16 @@ def _script(mode: str, **args) -> _Child:
     return _Child([sys.executable, str(SCRIPTS), mode, json.dumps(args)])
 
 
+def _killed_when_ready(child: _Child) -> str:
+    """SIGKILL ``child`` once it prints READY (mid-run); returns that line."""
+    try:
+        line = child.wait_line(lambda s: s.startswith("READY"))
+    finally:
+        child.kill()
+    assert child.proc.returncode == -signal.SIGKILL, line
+    return line
+
+
 def _leftovers(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f"{out.name}.partial-*"))
 
@@ -378,11 +388,7 @@ def test_kill_during_restore_to_zarr(tmp_path, tiny_model_dir):
     out = tmp_path / "out.zarr"
     child = _script("restore_zarr", image=str(tmp_path / "img.npy"), out=str(out), model=str(tiny_model_dir),
                     block=32, steps=60)  # 9 blocks of ~1 s each
-    try:
-        line = child.wait_line(lambda s: s.startswith("READY"))
-    finally:
-        child.kill()
-    assert child.proc.returncode == -signal.SIGKILL, line
+    _killed_when_ready(child)
     _assert_nothing_complete(out)
     assert _leftovers(out), "the kill should have hit a run in progress (a temporary store)"
     # a rerun into the same place succeeds and is complete
@@ -392,6 +398,29 @@ def test_kill_during_restore_to_zarr(tmp_path, tiny_model_dir):
     assert res.shape == img.shape and res.dtype == img.dtype
 
 
+def test_a_resumable_run_killed_mid_way_continues_from_its_blocks(tmp_path, tiny_model_dir):
+    """SIGKILL (a node lost, the job's time limit) leaves the resumable store unfinished; the
+    same run again restores only the blocks the killed one had not finished."""
+    img = _uint8_texture((96, 96))
+    np.save(tmp_path / "img.npy", img)
+    out = tmp_path / "out.zarr"
+    child = _script("restore_zarr", image=str(tmp_path / "img.npy"), out=str(out), model=str(tiny_model_dir),
+                    block=32, steps=20, resume=True, ready_after=3)  # fmt: skip
+    _killed_when_ready(child)
+    _assert_nothing_complete(out)
+    kw = dict(block=32, steps=20, tile=32, overlap=8, batch=2, device="cpu")
+    events = list(restore_to_zarr_iter(img, out, "denoise", tiny_model_dir, resume=True, **kw))
+    note = next(e.message for e in events if isinstance(e, Progress) and e.stage == "note")
+    done = int(note.split(": ")[-1].split(" of ")[0])
+    assert note.startswith("resuming") and 3 <= done < 9
+    assert max(e.total for e in events if isinstance(e, Progress) and e.stage == "block") == 9 - done
+    assert is_complete(out) and not _leftovers(out)
+    ref = restore_to_zarr(img, tmp_path / "ref.zarr", "denoise", tiny_model_dir, **kw)
+    a = zarr.open_array(str(out), mode="r")[:].astype(np.int16)
+    b = zarr.open_array(str(ref), mode="r")[:].astype(np.int16)
+    assert np.abs(a - b).max() <= 1  # the child ran torch on one thread
+
+
 def test_kill_during_isotropic_to_zarr(tmp_path):
     model_dir = make_tiny("isotropic-i").save(tmp_path / "tiny-iso")
     vol = np.stack([_uint8_texture((64, 64), seed=s) for s in range(3)])
@@ -399,11 +428,7 @@ def test_kill_during_isotropic_to_zarr(tmp_path):
     out = tmp_path / "iso.zarr"
     child = _script("isotropic_zarr", volume=str(tmp_path / "vol.npy"), out=str(out), model=str(model_dir),
                     factor=3, block=32, steps=10, ready_after=100)  # past the first block
-    try:
-        child.wait_line(lambda s: s.startswith("READY"))
-    finally:
-        child.kill()
-    assert child.proc.returncode == -signal.SIGKILL
+    _killed_when_ready(child)
     _assert_nothing_complete(out)
     assert _leftovers(out)
     res = reconstruct_isotropic(vol, 3, model_dir, out=out, block=32, **FAST)

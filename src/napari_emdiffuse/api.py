@@ -175,12 +175,17 @@ class ZarrOptions(RestoreOptions):
         Run the blocks on a new local dask cluster of this many processes (one GPU each).
     scheduler : str, optional
         Run them on an existing dask cluster (``tcp://host:port``).
+    resume : bool
+        Keep the finished blocks of a run that fails or is stopped (in an unfinished store
+        beside ``out``), and continue an earlier such run of the same input, model and
+        options from its finished blocks. The output still appears only when complete.
     """
 
     uncertainty_out: str | os.PathLike | None = None
     overwrite: bool = True
     workers: int | None = None
     scheduler: str | None = None
+    resume: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,7 +206,7 @@ class IsotropicOptions(SamplingChoice):
     uncertainty : bool or path
         Also return the per-voxel uncertainty; with ``out``, written to
         ``<out>_uncertainty.zarr`` or the path given.
-    workers, scheduler
+    workers, scheduler, resume
         As in :class:`ZarrOptions` (needs ``out``).
     denoise : bool, str, path or EMDiffuseModel, optional
         Denoise the measured slices first (one pass of a denoising model, its mirrored
@@ -219,6 +224,7 @@ class IsotropicOptions(SamplingChoice):
     uncertainty: bool | str | os.PathLike = False
     workers: int | None = None
     scheduler: str | None = None
+    resume: bool = False
     denoise: bool | str | os.PathLike | EMDiffuseModel | None = None
 
 

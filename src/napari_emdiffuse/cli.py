@@ -101,8 +101,8 @@ def _restore_batch(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
     from .engine.io.batch import expand_inputs, plan_batch
 
-    if args.workers or args.scheduler:
-        raise InputError("--workers/--scheduler restore one input; give a batch without them")
+    if args.workers or args.scheduler or args.resume:
+        raise InputError("--workers/--scheduler/--resume restore one input; give a batch without them")
     plan = plan_batch(expand_inputs(args.input), args.output, args.uncertainty)
     model = _load_restorer(args)
     failed = []
@@ -138,12 +138,14 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
     distributed = args.workers or args.scheduler
     if distributed and not _is_zarr(out):  # any input: one that is not zarr is staged for the workers
         raise InputError("--workers/--scheduler need a .zarr output")
+    if args.resume and not _is_zarr(out):
+        raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
     if _is_zarr(out):
         # Workers load the model themselves: hand them its name or path, not this process's copy.
         gen = restore_to_zarr_iter(
             data.data, out, args.task, args.model if distributed else model, uncertainty_out=unc,
             spacing=data.spacing, workers=args.workers, scheduler=args.scheduler,
-            arch=args.arch if distributed else None, **kw,
+            arch=args.arch if distributed else None, resume=args.resume, **kw,
         )
         if unc is not None and not _is_zarr(unc):
             raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
@@ -206,12 +208,14 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     distributed = bool(args.workers or args.scheduler)
     if distributed and not _is_zarr(out):
         raise InputError("--workers/--scheduler need a .zarr output")
+    if args.resume and not _is_zarr(out):
+        raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
     zarr_out = out if _is_zarr(out) else None
     denoise = args.denoise_model or (True if args.denoise else None)
     gen = reconstruct_isotropic_iter(
         data.data, args.factor, args.model, mode=args.mode, spacing=data.spacing, out=zarr_out,
         uncertainty=(str(unc) if zarr_out is not None and unc is not None else unc is not None),
-        workers=args.workers, scheduler=args.scheduler, denoise=denoise, **kw,
+        workers=args.workers, scheduler=args.scheduler, denoise=denoise, resume=args.resume, **kw,
     )
     result = drive(gen)
     _note_fill(result.info.get("normalisation"))
@@ -382,7 +386,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emdiffuse`` command; returns the exit status."""
-    from .engine.errors import EMDiffuseError
+    from .engine.errors import EMDiffuseError, InputError
 
     level = os.environ.get("EMDIFFUSE_LOG") or "ERROR"
     logging.basicConfig(level=level)
@@ -391,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import dask
 
     dask.config.set({"distributed.logging.distributed": level.lower()})
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return int(COMMANDS[args.command](args) or 0)
@@ -398,11 +403,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{exc}", file=sys.stderr)
         return 2
     except EMDiffuseError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}{'' if isinstance(exc, InputError) else _kept(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no output written", file=sys.stderr)
+        print(f"{PROG}: interrupted; no output written{_kept(args)}", file=sys.stderr)
         return 130
+
+
+def _kept(args: argparse.Namespace | None) -> str:
+    """What a stopped --resume run leaves for the next (``main``'s last words)."""
+    if not getattr(args, "resume", False):
+        return ""
+    return "; blocks already finished (if any) are kept beside it: run the same command again to continue"
 
 
 if __name__ == "__main__":  # pragma: no cover

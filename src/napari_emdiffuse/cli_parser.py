@@ -90,6 +90,9 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
     c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes, one GPU each (zarr output; "
                    "an input that is not zarr is copied for them first)")
     c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (zarr output)")
+    p.add_argument("--resume", action="store_true",
+                   help="zarr output: if the run fails or is stopped, keep its finished blocks (beside the output, "
+                        "unfinished); run the same command with --resume again to continue from them")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -273,6 +273,9 @@ def test_isotropic_logic(tmp_path):
     assert IsotropicOptions(workers=2, output=str(tmp_path / "iso.zarr")).engine_kwargs()["workers"] == 2
     with pytest.raises(EMDiffuseError, match="workers run the blocks into a zarr store"):
         IsotropicOptions(workers=2).validate()
+    assert IsotropicOptions(resume=True, output=str(tmp_path / "iso.zarr")).engine_kwargs()["resume"] is True
+    with pytest.raises(EMDiffuseError, match="keeping finished blocks needs a .zarr output"):
+        IsotropicOptions(resume=True).validate()
     with pytest.raises(EMDiffuseError, match=".zarr"):
         check_zarr_output(str(tmp_path / "out.tif"))
     with pytest.raises(EMDiffuseError, match="does not exist"):
@@ -566,6 +569,15 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
     one, two = (zarr.open_array(str(tmp_path / n), mode="r")[:].astype(int) for n in ("big_denoised.zarr", "big_workers.zarr"))
     assert np.abs(one - two).max() <= 1
     w.workers.setValue(0)
+    # resumable: the same pixels, and a finished store leaves nothing beside it
+    w.output.setText(str(tmp_path / "big_resume.zarr"))
+    w.resume.setChecked(True)
+    assert w.options().resume and w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    again = zarr.open_array(str(tmp_path / "big_resume.zarr"), mode="r")[:].astype(int)
+    assert np.array_equal(one, again) and not list(tmp_path.glob("big_resume.zarr.partial-*"))
+    w.resume.setChecked(False)
     # current slice only: one 2D result named after the slice
     w.output.setText("")
     w.current_slice.setChecked(True)
@@ -580,6 +592,8 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
         RestoreOptions(workers=2).validate()
     with pytest.raises(EMDiffuseError, match="workers must be 0"):
         RestoreOptions(workers=-1, output=str(tmp_path / "y.zarr")).validate()
+    with pytest.raises(EMDiffuseError, match="keeping finished blocks needs a .zarr output"):
+        RestoreOptions(resume=True).validate()
 
 
 def test_restore_widget_averages_an_alike_stack_along_z_and_says_so(viewer, qtbot, models, errors):

@@ -175,7 +175,12 @@ class DockWidget(QWidget):
         ).start()
 
     def _estimate(self, ev: Any, status: str) -> None:
-        """Once the pace is known: how long the rest will take, on this device."""
+        """Once the pace is known: how long the rest will take, on this device. A resumed run
+        says first how much an earlier one had done."""
+        if ev.stage == "note" and (ev.message or "").startswith("resuming"):
+            self.status.setText(ev.message)
+            notify_info(ev.message)
+            return
         left = self._time_left.update(ev)
         if left is not None and left > 30:
             minutes = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"

@@ -17,6 +17,7 @@ from typing import Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -33,6 +34,7 @@ from superqt import QCollapsible
 
 __all__ = [
     "workers_box",
+    "resume_box",
     "BROWSE",
     "ModelChoice",
     "ModelPicker",
@@ -367,6 +369,16 @@ def workers_box() -> QSpinBox:
         0, 64, 0, "in napari", "Run the blocks on a local dask cluster of this many processes (one GPU each where "
         "there are several); needs a .zarr output",
     )  # fmt: skip
+
+
+def resume_box() -> QCheckBox:
+    """Keep a stopped zarr run's finished blocks, and continue from them (``resume``)."""
+    box = QCheckBox("keep finished blocks")
+    box.setToolTip(
+        "zarr output: if the run is cancelled or fails, its finished blocks stay beside the output (unfinished);\n"
+        "running it again with the same image, model and options continues from them"
+    )
+    return box
 
 
 def combo_box(items: Sequence[str], tip: str = "") -> QComboBox:

@@ -26,6 +26,7 @@ __all__ = [
     "check_preset",
     "check_tiling",
     "check_workers",
+    "check_resume",
     "sampling_kwargs",
 ]
 
@@ -162,6 +163,23 @@ def check_workers(workers: Any, output: str) -> None:
         raise EMDiffuseError(f"workers must be 0 (in napari) or a number of processes, not {workers!r}")
     if workers and not output:
         raise EMDiffuseError("workers run the blocks into a zarr store: give a .zarr output")
+
+
+def check_resume(resume: Any, output: str) -> None:
+    """Keeping finished blocks needs a zarr store to keep them in.
+
+    Examples
+    --------
+    >>> check_resume(True, "out.zarr")
+    >>> check_resume(True, "")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.EMDiffuseError: keeping finished blocks needs a .zarr output to keep them in
+    """
+    if not isinstance(resume, bool):
+        raise EMDiffuseError(f"resume must be True or False, not {resume!r}")
+    if resume and not output:
+        raise EMDiffuseError("keeping finished blocks needs a .zarr output to keep them in")
 
 
 def sampling_kwargs(opts: _Sampling) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QLineEdit,
 
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
-from ._controls import ModelPicker, advanced_section, path_row, spin_box, workers_box
+from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
 from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
-from ._settings import PRESETS, WidgetOptions, check_preset, check_tiling, check_workers, sampling_kwargs
+from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
 from .restore import check_input_layer, layer_array
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,6 +66,9 @@ class IsotropicOptions(WidgetOptions):
     workers : int
         0: run in napari. N: run the blocks on a new local dask cluster of N processes (one
         GPU each where there are several); needs a ``.zarr`` output.
+    resume : bool
+        ``.zarr`` output: a cancelled or failed run keeps its finished blocks, and the next
+        run of the same image, model and options continues from them.
     """
 
     mode: str = "i"
@@ -81,6 +84,7 @@ class IsotropicOptions(WidgetOptions):
     uncertainty: bool = False
     denoise_first: bool = False
     workers: int = 0
+    resume: bool = False
 
     @property
     def task(self) -> str:
@@ -96,6 +100,7 @@ class IsotropicOptions(WidgetOptions):
         if self.output:
             check_zarr_output(self.output)
         check_workers(self.workers, self.output)
+        check_resume(self.resume, self.output)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -108,6 +113,7 @@ class IsotropicOptions(WidgetOptions):
             "uncertainty": self.uncertainty,
             "denoise": True if self.denoise_first else None,
             "workers": self.workers or None,
+            "resume": self.resume,
         }
 
 
@@ -198,6 +204,7 @@ class IsotropicWidget(DockWidget):
             "Also compute the per-pixel uncertainty (std): a predictor's own, or the spread of 2+ samples"
         )
         self.workers = workers_box()
+        self.resume = resume_box()
         advanced = advanced_section(
             [
                 ("steps", self.steps),
@@ -206,6 +213,7 @@ class IsotropicWidget(DockWidget):
                 ("overlap", self.overlap),
                 ("seed", self.seed),
                 ("workers", self.workers),
+                ("", self.resume),
                 ("", self.uncertainty),
             ]
         )
@@ -252,6 +260,7 @@ class IsotropicWidget(DockWidget):
             uncertainty=self.uncertainty.isChecked(),
             denoise_first=self.denoise_first.isChecked(),
             workers=self.workers.value(),
+            resume=self.resume.isChecked(),
         )
 
     def set_options(self, opts: IsotropicOptions) -> None:
@@ -268,6 +277,7 @@ class IsotropicWidget(DockWidget):
         self.uncertainty.setChecked(opts.uncertainty)
         self.denoise_first.setChecked(opts.denoise_first)
         self.workers.setValue(opts.workers)
+        self.resume.setChecked(opts.resume)
 
     def _prefill(self, *_: Any) -> None:
         layer = self.layer_combo.layer()

@@ -18,9 +18,9 @@ from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
 from ..engine.errors import EMDiffuseError, InputError
 from ..engine.inference.zfilter import Z_FILTERS
 from ._base import DockWidget
-from ._controls import ModelPicker, advanced_section, path_row, spin_box, workers_box
+from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
 from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
-from ._settings import PRESETS, WidgetOptions, check_preset, check_tiling, check_workers, sampling_kwargs
+from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -84,6 +84,9 @@ class RestoreOptions(WidgetOptions):
     workers : int
         0: run in napari. N: run the blocks on a new local dask cluster of N processes (one
         GPU each where there are several); needs a ``.zarr`` output.
+    resume : bool
+        ``.zarr`` output: a cancelled or failed run keeps its finished blocks, and the next
+        run of the same image, model and options continues from them.
     """
 
     task: str = "denoise"
@@ -102,6 +105,7 @@ class RestoreOptions(WidgetOptions):
     current_slice: bool = False
     z_filter: str = "auto"
     workers: int = 0
+    resume: bool = False
 
     def validate(self) -> "RestoreOptions":
         """Refuse impossible combinations before starting a worker."""
@@ -120,6 +124,7 @@ class RestoreOptions(WidgetOptions):
             check_zarr_output(self.output)
         self.z_filter = check_z_filter(self.z_filter)
         check_workers(self.workers, self.output)
+        check_resume(self.resume, self.output)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -319,6 +324,7 @@ class RestoreWidget(DockWidget):
             "or a width in slices (std, 0-3)"
         )
         self.workers = workers_box()
+        self.resume = resume_box()
         self.precision = QComboBox()
         self.precision.addItems(PRECISION_CHOICES)
         self.precision.setToolTip("Network arithmetic: fp32 (default, exact); bf16 / fp16 on GPUs that have it")
@@ -335,6 +341,7 @@ class RestoreWidget(DockWidget):
                 ("seed", self.seed),
                 ("precision", self.precision),
                 ("workers", self.workers),
+                ("", self.resume),
             ]
         )
         self._lay_out(
@@ -365,6 +372,7 @@ class RestoreWidget(DockWidget):
             current_slice=self.current_slice.isChecked(),
             z_filter=self.z_filter.currentText(),
             workers=self.workers.value(),
+            resume=self.resume.isChecked(),
         )
 
     def set_options(self, opts: RestoreOptions) -> None:
@@ -384,6 +392,7 @@ class RestoreWidget(DockWidget):
         self.current_slice.setChecked(opts.current_slice)
         self.z_filter.setCurrentText(opts.z_filter)
         self.workers.setValue(opts.workers)
+        self.resume.setChecked(opts.resume)
 
     def _browse_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Restore into a zarr store", "", "zarr (*.zarr)")
@@ -417,7 +426,8 @@ class RestoreWidget(DockWidget):
                 from ..api import restore_to_zarr_iter
 
                 return restore_to_zarr_iter(data, out, opts.task, model, arch=arch, spacing=scale,
-                                            uncertainty_out=unc_out, workers=opts.workers or None, **kwargs)
+                                            uncertainty_out=unc_out, workers=opts.workers or None,
+                                            resume=opts.resume, **kwargs)
             from ..api import restore_iter
 
             return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)

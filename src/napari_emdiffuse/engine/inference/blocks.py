@@ -11,6 +11,8 @@ the size (:func:`shrinking_blocks`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +23,16 @@ import torch
 
 from ..errors import EMDiffuseError
 from ..events import Progress
+from ..io.ledger import Ledger
 from ..io.zarr import ZarrWriter
 from .canvas import SamplingOptions
 from .normalise import NormInfo
 from .tiling import block_slices
 
-__all__ = ["BlockPlan", "BlockTarget", "BlockRun", "Distribute", "shrinking_blocks", "zarr_outputs", "DEFAULT_BLOCK"]
+__all__ = [
+    "BlockPlan", "BlockTarget", "BlockRun", "Distribute", "shrinking_blocks", "zarr_outputs", "DEFAULT_BLOCK",
+    "run_key", "input_identity", "block_key", "pending_jobs", "resume_note",
+]  # fmt: skip
 
 #: Lateral block edge (input pixels) of the block tasks; also the output's chunk edge.
 DEFAULT_BLOCK = 2048
@@ -132,6 +138,7 @@ class BlockRun:
     dtype: np.dtype
     measured_unc: Path | None = None  # isotropic: a zarr store of the measured slices' uncertainty
     z_filter: Any = None  # a ZFilter: average the restored stack along z before committing it
+    resume_key: str | None = None  # resumable (run_key): finished blocks survive a crash or a stop
 
 
 #: Runs every task of a :class:`BlockRun` elsewhere (a dask cluster,
@@ -161,21 +168,100 @@ def shrinking_blocks(
             yield Progress("block", 0, 1, message=f"out of GPU memory: starting again with {block}-px blocks")
 
 
+def run_key(**parts: Any) -> str:
+    """The key of a resumable run: a digest of everything that fixes its pixels (input, model
+    weights, options, plan). Two runs with the same key write the same store.
+
+    Examples
+    --------
+    >>> run_key(a=1, b="x") == run_key(b="x", a=1) != run_key(a=2, b="x")
+    True
+    """
+    text = json.dumps(parts, sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def input_identity(image: Any) -> dict:
+    """What tells one input from another in :func:`run_key`: shape and dtype, and where a
+    zarr array lives, a dask array's name, or a digest of a numpy array's pixels (every k-th,
+    at most 4 M of them). The key also holds the input's normalisation (its percentiles)."""
+    ident: dict[str, Any] = {"shape": list(image.shape), "dtype": str(np.dtype(image.dtype))}
+    if isinstance(image, np.ndarray):
+        flat = image.reshape(-1)
+        sample = np.ascontiguousarray(flat[:: max(1, flat.size // (1 << 22))])
+        ident["pixels"] = hashlib.blake2b(sample.tobytes(), digest_size=16).hexdigest()
+    elif hasattr(image, "store"):  # a zarr array
+        ident["zarr"] = [str(image.store), str(getattr(image, "path", ""))]
+    elif hasattr(image, "dask"):
+        ident["dask"] = str(image.name)
+    return ident
+
+
+def block_key(plan: BlockPlan, job: tuple[int, int, int]) -> str:
+    """The ledger key of one block task (the block edge included: after a plan was made again
+    with smaller blocks, the bigger ones' marks do not count)."""
+    return f"block-{plan.block}-{job[0]}-{job[1]}-{job[2]}"
+
+
+def pending_jobs(plan: BlockPlan, ledger: Ledger) -> list[tuple[int, int, int]]:
+    """The plan's block tasks that ``ledger`` does not list as finished.
+
+    A tile column that the z filter had begun but not finished (a stack averaged along z in
+    place: :func:`~.zfilter.apply_width`) holds a mix of filtered and unfiltered slices; its
+    blocks are restored again, so that it is filtered once, from the restoration.
+    """
+    jobs = plan.jobs()
+    if not ledger.enabled:
+        return jobs
+    s = plan.scale
+    for key in [k for k in ledger.keys() if k.startswith("z-") and k.endswith("-start")]:
+        if not ledger.done(key[: -len("-start")]):
+            y0, y1, x0, x1 = (int(v) for v in key.split("-")[1:5])
+            for job in jobs:
+                wy, wx = plan.ys[job[1]][1], plan.xs[job[2]][1]
+                if wy.start * s < y1 and y0 < wy.stop * s and wx.start * s < x1 and x0 < wx.stop * s:
+                    ledger.forget(block_key(plan, job))
+        ledger.forget(key)
+    return [job for job in jobs if not ledger.done(block_key(plan, job))]
+
+
+def resume_note(wr: ZarrWriter, plan: BlockPlan) -> Generator[Progress, None, None]:
+    """Say where a resumable run keeps its finished blocks, or how many an earlier run left."""
+    if wr.resume_key is None:
+        return
+    if wr.resumed:
+        total = len(plan.jobs())
+        done = total - len(pending_jobs(plan, wr.ledger))
+        say = f"resuming the unfinished run in '{wr.temp_path}': {done} of {total} blocks are done"
+    else:
+        say = f"resumable: if this run stops, its finished blocks stay in '{wr.temp_path}' for the next run"
+    yield Progress("note", 0, 0, message=say)
+
+
 @contextlib.contextmanager
 def zarr_outputs(
-    out: Path, unc_out: Path | None, shape: tuple[int, ...], dtype: np.dtype, **writer_kw: Any
-) -> Iterator[tuple[ZarrWriter, ZarrWriter | None]]:
+    out: Path, unc_out: Path | None, shape: tuple[int, ...], dtype: np.dtype, *, resume_key: str | None = None,
+    **writer_kw: Any,
+) -> Iterator[tuple[ZarrWriter, ZarrWriter | None]]:  # fmt: skip
     """The output store and, when asked, the uncertainty store (float32, same chunks).
 
     Both are committed when the block ends normally and both are removed when it raises or
-    its generator is closed: a cancelled run never leaves a store that looks whole.
+    its generator is closed: a cancelled run never leaves a store that looks whole. With
+    ``resume_key`` (:func:`run_key`) they are resumable: an earlier run's unfinished stores
+    of the same key are opened again, with the ledger of their finished blocks, and a failed
+    or stopped run keeps its stores (still unfinished, beside the output) for the next one.
+    The output writer's ``ledger`` lists the finished blocks.
     """
-    wr = ZarrWriter(out, shape, dtype, **writer_kw)
+    wr = ZarrWriter(out, shape, dtype, resume_key=resume_key, **writer_kw)
     unc = None
     try:
         if unc_out is not None:
             attrs = {**writer_kw.get("attrs", {}), "what": "uncertainty (std, input units)"}
-            unc = ZarrWriter(unc_out, shape, np.float32, **{**writer_kw, "attrs": attrs})
+            unc = ZarrWriter(unc_out, shape, np.float32, resume_key=resume_key, **{**writer_kw, "attrs": attrs})
+        if wr.resumed and unc is not None and not unc.resumed:
+            # The output's ledger lists blocks whose uncertainty is not in this new store.
+            for key in wr.ledger.keys():
+                wr.ledger.forget(key)
         yield wr, unc
         if unc is not None:
             unc.commit()

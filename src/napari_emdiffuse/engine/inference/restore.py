@@ -39,7 +39,11 @@ from .normalise import (
     to_dtype,
     make_condition,
 )
-from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks, zarr_outputs
+from .blocks import (
+    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, block_key, input_identity, pending_jobs,
+    resume_note, run_key, shrinking_blocks, zarr_outputs,
+)  # fmt: skip
+from ..io.ledger import Ledger
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
 from .fill import fill_mask, inpaint_nearest, upscale_mask
 from .tiling import TilePlan, pad_to
@@ -339,12 +343,15 @@ def _out_shape(wy: slice, wx: slice, s: int) -> tuple[int, int]:
     return (wy.stop - wy.start) * s, (wx.stop - wx.start) * s
 
 
-def _run_plan(m: EMDiffuseModel, image: Any, plan: BlockPlan, target: BlockTarget) -> Generator[Progress, None, None]:
-    stack, jobs = Planes(image), plan.jobs()
+def _run_plan(
+    m: EMDiffuseModel, image: Any, plan: BlockPlan, target: BlockTarget, ledger: Ledger = Ledger()
+) -> Generator[Progress, None, None]:
+    stack, jobs = Planes(image), pending_jobs(plan, ledger)
     costs = [_plane_batches(m, plan.read_shape(iy, ix), target.opts) for _, iy, ix in jobs]
     offset, total = 0, sum(costs)
     for n, (job, cost) in enumerate(zip(jobs, costs), 1):
         yield from restore_block(m, stack, plan, job, target, progress={"offset": offset, "total": total})
+        ledger.mark(block_key(plan, job))
         offset += cost
         if len(jobs) > 1:
             yield Progress("block", n, len(jobs))
@@ -419,6 +426,7 @@ def restore_to_zarr_iter(
     overwrite: bool = True,
     distribute: Distribute | None = None,
     z_filter: "str | float" = "auto",
+    resume: bool = False,
     **sampling: Any,
 ) -> Generator["Progress | Path", None, None]:
     """Stream a large image block by block into a zarr store; yields progress, then the path.
@@ -429,7 +437,9 @@ def restore_to_zarr_iter(
     rename, completion marker last). ``distribute`` (see :mod:`~..parallel.runner`) runs the
     blocks on dask workers, each loading the model once and writing into the shared store;
     the result is identical. A stack averaged along z (``z_filter``) is averaged in the store
-    before it is committed.
+    before it is committed. ``resume``: a run that fails or is stopped keeps its unfinished
+    stores, and a run of the same input, model, options and plan continues from the blocks
+    they hold (:func:`~.blocks.zarr_outputs`); it says so in a "note" event.
     """
     check_block(block)
     request = sampling_request(**sampling)
@@ -456,38 +466,46 @@ def restore_to_zarr_iter(
     if distribute is not None:
         attrs["device"] = str(device)
     writer_kw = dict(chunks=plan.chunks, spacing=new_spacing, overwrite=overwrite)
+    key = None
+    if resume:
+        key = run_key(
+            what="restore", task=task, model=m.digest(), request=request, blur=opts.blur, plan=plan,
+            norm=norm.as_dict(), dtype=str(out_dtype), uncertainty=want_std, z_filter=zplan, input=input_identity(image),
+        )  # fmt: skip
     if distribute is not None:
         run = BlockRun(
             image, plan, model, task, arch, str(device), Path(out), Path(uncertainty_out) if want_std else None,
-            {**writer_kw, "attrs": attrs}, norm, request, opts, out_dtype, z_filter=zplan,
+            {**writer_kw, "attrs": attrs}, norm, request, opts, out_dtype, z_filter=zplan, resume_key=key,
         )  # fmt: skip
         yield from distribute(run)
         yield Path(out)
         return
 
     unc_out = Path(uncertainty_out) if want_std else None
-    with zarr_outputs(Path(out), unc_out, plan.out_shape, out_dtype, **{**writer_kw, "attrs": attrs}) as (wr, unc_wr):
+    stores = zarr_outputs(Path(out), unc_out, plan.out_shape, out_dtype, resume_key=key, **{**writer_kw, "attrs": attrs})
+    with stores as (wr, unc_wr):
+        yield from resume_note(wr, plan)
 
         def run(edge: int) -> Generator[Progress, None, None]:
             p = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s)
             unc = unc_wr.array if unc_wr is not None else None
-            yield from _run_plan(m, image, p, BlockTarget(norm, opts, dev, out_dtype, wr.array, unc))
+            yield from _run_plan(m, image, p, BlockTarget(norm, opts, dev, out_dtype, wr.array, unc), wr.ledger)
 
         yield from shrinking_blocks(run, block, opts.tile)
         if zplan is not None:
             unc = unc_wr.array if unc_wr is not None else None
-            wr.array.attrs["z_filter"] = yield from z_filter_pass(zplan, wr.array, unc, image, norm)
+            wr.array.attrs["z_filter"] = yield from z_filter_pass(zplan, wr.array, unc, image, norm, wr.ledger)
     yield Path(out)
 
 
 def z_filter_pass(
-    plan: ZFilter, mean: Any, uncertainty: Any, image: Any, norm: NormInfo
+    plan: ZFilter, mean: Any, uncertainty: Any, image: Any, norm: NormInfo, ledger: Ledger = Ledger()
 ) -> Generator[Progress, None, float]:
     """Say why a restored stack is averaged along z, then average it in place (numpy or zarr
     arrays, in this process; a dask cluster's workers do it themselves:
     :func:`~..parallel.runner.z_filter_on_workers`); returns the width used."""
     yield Progress("note", 0, 0, message=plan.note)
-    return (yield from smooth_along_z(mean, uncertainty, image, plan, fill=norm.fill))
+    return (yield from smooth_along_z(mean, uncertainty, image, plan, fill=norm.fill, ledger=ledger))
 
 
 def run_summary(info: dict) -> str:

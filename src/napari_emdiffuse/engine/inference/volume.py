@@ -44,11 +44,15 @@ from ..events import Progress
 from ..io.common import ZARR_SUFFIX, check_output_path
 from ..io.images import read_image
 from ..io.spacing import check_spacing, factor_from_spacing
+from ..io.ledger import Ledger
 from ..io.zarr import open_zarr_readonly
 from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
 from ..models.registry import ANY_FACTOR_MODEL, default_model, load_model
-from .blocks import DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, shrinking_blocks, zarr_outputs
+from .blocks import (
+    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, block_key, input_identity, pending_jobs,
+    resume_note, run_key, shrinking_blocks, zarr_outputs,
+)  # fmt: skip
 from .canvas import (
     MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
     sampling_request, unmirror,
@@ -393,6 +397,7 @@ def reconstruct_isotropic_iter(
     dtype: Any = None,
     distribute: Distribute | None = None,
     denoise: Any = None,
+    resume: bool = False,
     **sampling: Any,
 ) -> Generator["Progress | IsotropicResult", None, None]:
     """Reconstruct an isotropic volume, yielding :class:`Progress` events and finally an
@@ -400,7 +405,8 @@ def reconstruct_isotropic_iter(
 
     Closing the generator cancels the work at the next tile batch (in-process) or cancels
     the outstanding block tasks (``distribute``); a zarr output is then removed, never left
-    half-written. The user-facing entry point, with the parameters documented, is
+    half-written, unless ``resume`` (with ``out``) keeps it unfinished for the next run of the
+    same input, model and options, which continues from its finished blocks. The user-facing entry point, with the parameters documented, is
     :func:`napari_emdiffuse.api.reconstruct_isotropic`.
     """
     task = _check_mode(mode)
@@ -416,6 +422,8 @@ def reconstruct_isotropic_iter(
         raise InputError(f"cannot write '{out_path}': it already exists")
     if distribute is not None and out_path is None:
         raise InputError("a distributed run (workers= or scheduler=) writes into a zarr store; pass out='....zarr'")
+    if resume and out_path is None:
+        raise InputError("resume continues an unfinished zarr store; pass out='....zarr'")
     unc_path = _uncertainty_path(uncertainty, out_path)
     check_block(block)
     if factor is not None:
@@ -446,6 +454,7 @@ def reconstruct_isotropic_iter(
 
     if isinstance(vol, np.ndarray):
         check_finite(vol, "volume")
+    source = input_identity(vol) if resume else None  # before any denoising, which writes a new scratch store
     measured_std = None
     with scratch_beside(out_path if denoiser is not None else None) as scratch:
         if denoiser is not None:
@@ -469,13 +478,20 @@ def reconstruct_isotropic_iter(
         if distribute is not None:
             info["device"] = str(device)
         writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, axes="ZYX", attrs=info, overwrite=overwrite)
+        key = None
+        if resume:
+            key = run_key(
+                what="isotropic", task=task, model=m.digest(), request=request, plan=plan, norm=norm.as_dict(),
+                dtype=str(out_dtype), uncertainty=want_std, input=source,
+                denoiser=denoiser.digest() if denoiser is not None else None,
+            )  # fmt: skip
 
         if distribute is not None:
             assert out_path is not None
             yield from distribute(
                 BlockRun(
                     vol, plan, model, task, arch, str(device), out_path, unc_path, writer_kw, norm, request, opts,
-                    out_dtype, store_path(measured_std),
+                    out_dtype, store_path(measured_std), resume_key=key,
                 )
             )  # fmt: skip
             store = open_zarr_readonly(out_path)
@@ -485,15 +501,16 @@ def reconstruct_isotropic_iter(
 
         n_items = (f - 1) * opts.samples
 
-        def run_into(dst: Any, unc: Any) -> Callable[[int], Generator[Progress, None, None]]:
+        def run_into(dst: Any, unc: Any, ledger: Ledger = Ledger()) -> Callable[[int], Generator[Progress, None, None]]:
             def run(edge: int) -> Generator[Progress, None, None]:
                 p = BlockPlan.make(tuple(vol.shape), block=edge, opts=opts, factor=f)
-                jobs = p.jobs()
+                jobs = pending_jobs(p, ledger)
                 costs = [_block_batches(m, p.read_shape(iy, ix), n_items, opts) for _, iy, ix in jobs]
                 offset, total = 0, sum(costs)
                 for job, cost in zip(jobs, costs):
                     target = BlockTarget(norm, opts, dev, out_dtype, dst, unc, measured_std)
                     yield from reconstruct_block(m, vol, p, job, target, progress=(offset, total))
+                    ledger.mark(block_key(p, job))
                     offset += cost
 
             return run
@@ -505,9 +522,10 @@ def reconstruct_isotropic_iter(
             yield IsotropicResult(result, unc_arr, f, out_spacing, info)
             return
 
-        with zarr_outputs(out_path, unc_path, plan.out_shape, out_dtype, **writer_kw) as (wr, unc_wr):
+        with zarr_outputs(out_path, unc_path, plan.out_shape, out_dtype, resume_key=key, **writer_kw) as (wr, unc_wr):
+            yield from resume_note(wr, plan)
             unc = unc_wr.array if unc_wr is not None else None
-            yield from shrinking_blocks(run_into(wr.array, unc), block, opts.tile)
+            yield from shrinking_blocks(run_into(wr.array, unc, wr.ledger), block, opts.tile)
         yield IsotropicResult(
             wr.array, unc_wr.array if unc_wr is not None else None, f, out_spacing, info, out_path, unc_path
         )

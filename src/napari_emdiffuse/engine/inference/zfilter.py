@@ -45,12 +45,13 @@ import numpy as np
 from ..core.alikeness import slice_alikeness
 from ..errors import InputError
 from ..events import Progress
+from ..io.ledger import Ledger
 from .checks import owned_array
 from .normalise import to_dtype
 
 __all__ = [
     "ZFilter", "plan_z_filter", "smooth_along_z", "width_losses", "apply_width", "lateral_tiles", "z_kernel",
-    "Z_FILTERS", "Z_FILTER_SLICES", "BLUR_PX", "WIDTHS",
+    "Z_FILTERS", "Z_FILTER_SLICES", "BLUR_PX", "WIDTHS", "tile_key", "chosen_width", "WIDTH_KEY",
 ]  # fmt: skip
 
 #: The named choices of ``z_filter``; a number is a forced width (std, in slices; 0 is off).
@@ -186,15 +187,21 @@ def lateral_tiles(shape: tuple[int, ...], chunks: tuple[int, ...] | None = None)
 def _sweep(
     arrays: dict[str, Any], fill: float | None, nz: int, tiles: list[tuple[slice, slice]], radius: int,
     visit: Callable[[int, tuple[slice, slice], dict[int, dict[str, np.ndarray]]], None], stage: str,
-    stride: int = 1,
+    stride: int = 1, ledger: Ledger = Ledger(),
 ) -> Generator[Progress, None, None]:  # fmt: skip
     """Call ``visit(z, tile, window)`` for every slice of every tile, in z order. ``window``
     holds slices z-radius..z+radius (mirrored), each read once: ``ok`` (a pixel holds data),
     ``raw`` (the output as stored), and ``input``, ``out`` and ``var`` (the input, the output
     and the uncertainty's variance, float64, 0 where there is no data), at every
     ``stride``-th row and column of the image. Slice z may then be overwritten in place
-    (``stride`` 1)."""
+    (``stride`` 1). Tiles that ``ledger`` lists as finished are skipped; the others are marked
+    begun (``tile_key`` + ``-start``) before the first slice and finished after the last."""
     for n, tile in enumerate(tiles, 1):
+        key = tile_key(tile)
+        if ledger.done(key):
+            yield Progress(stage, n, len(tiles))
+            continue
+        ledger.mark(f"{key}-start")
         keep = tuple(slice((-t.start) % stride, None, stride) for t in tile)
         window: dict[int, dict[str, np.ndarray]] = {}
         for z in range(nz):
@@ -203,7 +210,19 @@ def _sweep(
             visit(z, tile, window)
             for j in [j for j in window if j < z - radius]:
                 del window[j]
+        ledger.mark(key)
         yield Progress(stage, n, len(tiles))
+
+
+def tile_key(tile: tuple[slice, slice]) -> str:
+    """The ledger key of a tile column filtered in place: its rows and columns.
+
+    Examples
+    --------
+    >>> tile_key((slice(512, 1024), slice(0, 300)))
+    'z-512-1024-0-300'
+    """
+    return f"z-{tile[0].start}-{tile[0].stop}-{tile[1].start}-{tile[1].stop}"
 
 
 def _read(arrays: dict[str, Any], idx: tuple, fill: float | None, keep: tuple[slice, slice]) -> dict[str, np.ndarray]:
@@ -239,7 +258,7 @@ def _chunks(out: Any) -> tuple[int, ...] | None:
 
 
 def smooth_along_z(
-    out: Any, uncertainty: Any, image: Any, plan: ZFilter, *, fill: float | None = None
+    out: Any, uncertainty: Any, image: Any, plan: ZFilter, *, fill: float | None = None, ledger: Ledger = Ledger(),
 ) -> Generator[Progress, None, float]:
     """Average a restored stack ``out`` (Z, Y, X; numpy or zarr) along z, in place, and its
     ``uncertainty`` (or None) likewise; ``image`` is the input (denoising: same shape and
@@ -248,7 +267,9 @@ def smooth_along_z(
     yields progress and returns the width used.
 
     On a dask cluster the same two passes run on the workers, one task per tile of
-    :func:`lateral_tiles` (:mod:`..parallel.runner`).
+    :func:`lateral_tiles` (:mod:`..parallel.runner`). A resumable run's ``ledger`` keeps the
+    width chosen (:func:`chosen_width`; scoring half-filtered slices would choose another)
+    and the tiles filtered.
 
     Examples
     --------
@@ -262,12 +283,25 @@ def smooth_along_z(
     (1.0, True)
     """
     tiles = lateral_tiles(tuple(out.shape), _chunks(out))
-    width = plan.widths[0]
-    if len(plan.widths) > 1:
-        loss = yield from width_losses(out, image, plan.widths, fill=fill, tiles=tiles)
-        width = plan.widths[int(np.argmin(loss))]
-    yield from apply_width(out, uncertainty, image, width, fill=fill, tiles=tiles)
+    width = chosen_width(ledger)
+    if width is None:
+        width = plan.widths[0]
+        if len(plan.widths) > 1:
+            loss = yield from width_losses(out, image, plan.widths, fill=fill, tiles=tiles)
+            width = plan.widths[int(np.argmin(loss))]
+        ledger.write(WIDTH_KEY, repr(float(width)))
+    yield from apply_width(out, uncertainty, image, width, fill=fill, tiles=tiles, ledger=ledger)
     return width
+
+
+#: The ledger key of the width a resumable run chose.
+WIDTH_KEY = "z-width"
+
+
+def chosen_width(ledger: Ledger) -> float | None:
+    """The width an earlier, interrupted run of a resumable restoration chose, or None."""
+    text = ledger.read(WIDTH_KEY)
+    return float(text) if text else None
 
 
 def width_losses(
@@ -308,11 +342,12 @@ def width_losses(
 
 def apply_width(
     out: Any, uncertainty: Any, image: Any, width: float, *, fill: float | None = None,
-    tiles: list[tuple[slice, slice]] | None = None,
+    tiles: list[tuple[slice, slice]] | None = None, ledger: Ledger = Ledger(),
 ) -> Generator[Progress, None, None]:  # fmt: skip
     """Average ``out`` (and ``uncertainty``'s variance) along z over ``width`` slices (std),
     in place, over ``tiles`` (default: all); pixels without data keep their values. Each
-    tile spans every slice, so tasks may filter disjoint tiles of one store at once."""
+    tile spans every slice, so tasks may filter disjoint tiles of one store at once. Tiles
+    that ``ledger`` lists are done already (a resumed run) and skipped."""
     nz = out.shape[0]
     tiles = lateral_tiles(tuple(out.shape), _chunks(out)) if tiles is None else tiles
     kernel = z_kernel(width)
@@ -326,4 +361,4 @@ def apply_width(
             uncertainty[(z, *tile)] = np.where(here["ok"], np.sqrt(var), here["unc"]).astype(np.float32)
 
     arrays = {"input": image, "out": out, "unc": uncertainty}
-    yield from _sweep(arrays, fill, nz, tiles, len(kernel) // 2, apply, "z filter")
+    yield from _sweep(arrays, fill, nz, tiles, len(kernel) // 2, apply, "z filter", ledger=ledger)

@@ -28,6 +28,7 @@ from ..errors import InputError
 from .atomic import fsync_dir, remove_path
 from .calibration import check_axes, check_spacing, zarr_calibration
 from .common import ZARR_SUFFIX, ImageData, check_output_path, reason, suffix_of
+from .ledger import LEDGER_DIR, Ledger
 
 if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run time
     import zarr
@@ -41,10 +42,13 @@ __all__ = [
     "open_zarr_for_block_writes",
     "ZarrWriter",
     "is_complete",
+    "RESUME_ATTR",
 ]
 
 COMPLETE_ATTR = "emdiffuse_complete"
 COMPLETE_FILE = ".emdiffuse_complete"
+#: Attribute of an unfinished resumable store: the key of the run that writes it.
+RESUME_ATTR = "emdiffuse_resume_key"
 
 
 def _zarr():
@@ -171,6 +175,11 @@ class ZarrWriter:
     overwrite : bool
         Replace an existing ``path`` at commit time. If False and ``path`` exists, InputError
         is raised here, before any work.
+    resume_key : str, optional
+        Make the store resumable: the key of the run (the same key for the same input, model,
+        options and plan). An unfinished store beside ``path`` left by a run of the same key,
+        shape, dtype and chunks is opened again instead of a new one (``resumed`` True), and
+        :meth:`abort` keeps the store, with its :attr:`ledger`, for the next such run.
 
     Attributes
     ----------
@@ -179,6 +188,8 @@ class ZarrWriter:
         after abort it is None.
     path : pathlib.Path
         Final path.
+    resumed : bool
+        The store is an earlier run's, opened again (``resume_key``).
 
     Notes
     -----
@@ -198,6 +209,7 @@ class ZarrWriter:
         axes: str | None = None,
         attrs: dict[str, Any] | None = None,
         overwrite: bool = False,
+        resume_key: str | None = None,
     ) -> None:
         self.path = check_output_path(path)
         if suffix_of(self.path) != ZARR_SUFFIX:
@@ -217,6 +229,10 @@ class ZarrWriter:
         if axes is not None:
             meta["axes"] = axes
         meta[COMPLETE_ATTR] = False
+        if resume_key is not None:
+            meta[RESUME_ATTR] = resume_key
+        self.resume_key = resume_key
+        self.resumed = False
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as exc:
@@ -224,8 +240,13 @@ class ZarrWriter:
                 f"cannot write '{self.path}': attributes are not JSON ({reason(exc)})"
             ) from exc
 
-        self._temp = self.path.with_name(f"{self.path.name}.partial-{secrets.token_hex(4)}")
         self._state = "open"
+        if resume_key is not None:
+            found = _unfinished(self.path, resume_key, shape, np.dtype(dtype), chunks)
+            if found is not None:
+                self._temp, self.array, self.resumed = found, _zarr().open_array(str(found), mode="r+"), True
+                return
+        self._temp = self.path.with_name(f"{self.path.name}.partial-{secrets.token_hex(4)}")
         kwargs: dict[str, Any] = {
             "mode": "w-",
             "shape": shape,
@@ -250,6 +271,11 @@ class ZarrWriter:
         """Where the array lives until :meth:`commit`."""
         return self._temp
 
+    @property
+    def ledger(self) -> Ledger:
+        """The finished parts of a resumable run (an inert ledger for a store that is not)."""
+        return Ledger(str(self._temp / LEDGER_DIR) if self.resume_key is not None else None)
+
     def commit(self) -> Path:
         """Mark the store complete and move it to :attr:`path`.
 
@@ -266,6 +292,9 @@ class ZarrWriter:
         if self._state != "open":
             raise RuntimeError(f"ZarrWriter for '{self.path}' was aborted; nothing to commit")
         try:
+            if self.resume_key is not None:  # a finished store has nothing left to resume
+                remove_path(self._temp / LEDGER_DIR)
+                self.array.attrs.pop(RESUME_ATTR, None)
             self.array.attrs[COMPLETE_ATTR] = True
             marker = self._temp / COMPLETE_FILE
             with open(marker, "w") as fh:
@@ -307,12 +336,19 @@ class ZarrWriter:
         return self.path
 
     def abort(self) -> None:
-        """Remove the temporary store. Does nothing after :meth:`commit` or a previous abort."""
+        """Remove the temporary store (keep it, for a later run to resume, when resumable).
+        Does nothing after :meth:`commit` or a previous abort."""
         if self._state != "open":
             return
         self._state = "aborted"
         self.array = None  # type: ignore[assignment]
-        remove_path(self._temp)
+        if self.resume_key is None:
+            remove_path(self._temp)
+
+    @property
+    def kept(self) -> bool:
+        """An aborted resumable store left in place for the next run."""
+        return self._state == "aborted" and self.resume_key is not None and self._temp.exists()
 
     def __enter__(self) -> ZarrWriter:
         return self
@@ -338,3 +374,25 @@ def is_complete(path: str | os.PathLike[str]) -> bool:
         return bool(node.attrs.get(COMPLETE_ATTR, False))
     except Exception:
         return False
+
+
+def _unfinished(
+    path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype, chunks: Sequence[int] | None
+) -> Path | None:
+    """The unfinished store of run ``key`` beside ``path`` (the one with the most finished
+    parts, when a run crashed more than once), or None."""
+    found: list[tuple[int, str, Path]] = []
+    for cand in path.parent.glob(f"{path.name}.partial-*"):
+        try:
+            arr = _zarr().open_array(str(cand), mode="r")
+            attrs = dict(arr.attrs)
+        except Exception:  # noqa: BLE001 - a store another crash left unreadable is no candidate
+            continue
+        if attrs.get(RESUME_ATTR) != key or attrs.get(COMPLETE_ATTR) is not False:
+            continue
+        if tuple(arr.shape) != shape or np.dtype(arr.dtype) != dtype:
+            continue
+        if chunks is not None and tuple(arr.chunks) != tuple(int(c) for c in chunks):
+            continue
+        found.append((len(Ledger(str(cand / LEDGER_DIR)).keys()), cand.name, cand))
+    return max(found)[2] if found else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -61,6 +62,14 @@ class EMDiffuseModel:
         if self.refiner is not None:
             sd.update({f"{REFINER_PREFIX}{k}": v for k, v in self.refiner.state_dict().items()})
         return sd
+
+    def digest(self) -> str:
+        """A digest of the card and every weight: equal digests compute equal pixels."""
+        h = hashlib.blake2b(self.card.model_dump_json().encode(), digest_size=16)
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def refiner_model(self) -> "EMDiffuseModel | None":
         """The refiner as a diffusion model of its own (its card: the refiner's network and

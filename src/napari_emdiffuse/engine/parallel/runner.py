@@ -30,11 +30,12 @@ from ..errors import EMDiffuseError, InputError
 from ..events import Progress, drain
 from ..io.common import as_numpy
 from ..io.zarr import open_zarr_for_block_writes, zarr_major
-from ..inference.blocks import BlockPlan, BlockRun, BlockTarget, zarr_outputs
+from ..inference.blocks import BlockPlan, BlockRun, BlockTarget, block_key, pending_jobs, resume_note, zarr_outputs
 from ..inference.canvas import SamplingOptions, resolve_options
 from ..inference.normalise import NormInfo
 from ..inference.restore import restore_block
-from ..inference.zfilter import ZFilter, apply_width, lateral_tiles, width_losses
+from ..inference.zfilter import WIDTH_KEY, ZFilter, apply_width, chosen_width, lateral_tiles, width_losses
+from ..io.ledger import Ledger
 from ..inference.volume import reconstruct_block
 from ..models.model import EMDiffuseModel
 from ..models.registry import DEFAULT_MODELS, load_model
@@ -283,6 +284,7 @@ class BlockJob:
     overlap: int
     dtype: str
     measured_unc: str | None = None  # zarr store: uncertainty of the measured slices
+    ledger: Ledger = Ledger()  # a resumable run's: the block is marked once written
 
 
 def worker_options(m: EMDiffuseModel, job: BlockJob) -> SamplingOptions:
@@ -304,6 +306,7 @@ def run_block_job(job: BlockJob) -> tuple[int, int, int]:
         measured,
     )  # fmt: skip
     drain(run(m, src, job.plan, job.block, target))
+    job.ledger.mark(block_key(job.plan, job.block))
     return job.block
 
 
@@ -321,6 +324,7 @@ class ZFilterJob:
     fill: float | None
     widths: tuple[float, ...] = ()
     width: float | None = None
+    ledger: Ledger = Ledger()  # a resumable run's: tiles filtered already are skipped
 
 
 def run_z_filter_job(job: ZFilterJob) -> np.ndarray | None:
@@ -334,7 +338,7 @@ def run_z_filter_job(job: ZFilterJob) -> np.ndarray | None:
     if job.width is None:
         return drain(width_losses(dst, src, job.widths, fill=job.fill, tiles=tiles))
     unc = open_zarr_for_block_writes(job.unc) if job.unc else None
-    drain(apply_width(dst, unc, src, job.width, fill=job.fill, tiles=tiles))
+    drain(apply_width(dst, unc, src, job.width, fill=job.fill, tiles=tiles, ledger=job.ledger))
     return None
 
 
@@ -342,15 +346,20 @@ def z_filter_on_workers(
     client: Any, plan: ZFilter, base: ZFilterJob, shape: tuple[int, ...], chunks: tuple[int, ...]
 ) -> Generator[Progress, None, float]:
     """Average a finished stack along z on the workers: each scores its tiles, the client
-    adds the scores and picks the width, then each filters its tiles. Returns the width."""
+    adds the scores and picks the width, then each filters its tiles. Returns the width. A
+    resumable run (``base.ledger``) keeps the width and skips the tiles an earlier run
+    filtered."""
     yield Progress("note", 0, 0, message=plan.note)
     tiles = lateral_tiles(shape, chunks)
     groups = [tuple(tiles[i::_Z_TASKS]) for i in range(min(_Z_TASKS, len(tiles)))]
-    width = plan.widths[0]
-    if len(plan.widths) > 1:
-        jobs = [replace(base, tiles=g, widths=plan.widths) for g in groups]
-        losses = yield from run_tasks(client, run_z_filter_job, jobs, name="zscore", stage="z filter: choosing its width")
-        width = plan.widths[int(np.argmin(np.sum(losses, axis=0)))]
+    width = chosen_width(base.ledger)
+    if width is None:
+        width = plan.widths[0]
+        if len(plan.widths) > 1:
+            jobs = [replace(base, tiles=g, widths=plan.widths) for g in groups]
+            losses = yield from run_tasks(client, run_z_filter_job, jobs, name="zscore", stage="z filter: choosing its width")
+            width = plan.widths[int(np.argmin(np.sum(losses, axis=0)))]
+        base.ledger.write(WIDTH_KEY, repr(float(width)))
     jobs = [replace(base, tiles=g, width=width) for g in groups]
     yield from run_tasks(client, run_z_filter_job, jobs, name="zfilter", stage="z filter")
     return width
@@ -394,8 +403,9 @@ class Cluster:
         out, plan, writer_kw = run.out, run.plan, run.writer_kw
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
         try:
-            with zarr_outputs(out, run.unc_out, plan.out_shape, run.dtype, **writer_kw) as (wr, unc_wr), \
-                    cluster_client(self.workers, self.scheduler, run.device) as client:  # fmt: skip
+            with zarr_outputs(out, run.unc_out, plan.out_shape, run.dtype, resume_key=run.resume_key, **writer_kw) \
+                    as (wr, unc_wr), cluster_client(self.workers, self.scheduler, run.device) as client:  # fmt: skip
+                yield from resume_note(wr, plan)
                 loc = zarr_location(run.image) or ((yield from stage_input(run.image, tmp / "input.zarr")), "")
                 model = run.model
                 loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=run.task, arch=run.arch, device="cpu")
@@ -406,15 +416,15 @@ class Cluster:
                         kind, spec, spec_arch, run.device, loc[0], loc[1], str(wr.temp_path),
                         str(unc_wr.temp_path) if unc_wr is not None else None, plan, block, run.norm, run.request,
                         run.opts.tile, run.opts.overlap, run.dtype.str,
-                        str(run.measured_unc) if run.measured_unc is not None else None,
+                        str(run.measured_unc) if run.measured_unc is not None else None, wr.ledger,
                     )  # fmt: skip
-                    for block in plan.jobs()
+                    for block in pending_jobs(plan, wr.ledger)
                 ]
                 yield from run_tasks(client, run_block_job, jobs, name=kind)
                 if run.z_filter is not None:  # after every block: it reads across the workers' slices
                     base = ZFilterJob(
                         loc[0], loc[1], str(wr.temp_path), str(unc_wr.temp_path) if unc_wr is not None else None,
-                        (), run.norm.fill,
+                        (), run.norm.fill, ledger=wr.ledger,
                     )  # fmt: skip
                     wr.array.attrs["z_filter"] = yield from z_filter_on_workers(
                         client, run.z_filter, base, plan.out_shape, plan.chunks
