@@ -127,6 +127,21 @@ def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch):
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ and "OMP_NUM_THREADS" not in os.environ
 
 
+def test_a_worker_restarted_mid_run_leaves_this_environment_as_it_was(monkeypatch):
+    """A restarted worker's nanny sets OMP_NUM_THREADS=1 (and the rest) here again; the run's
+    client context puts the environment back when the run ends."""
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("EMDIFFUSE_TEST_KEPT", "yes")
+    with runner.cluster_client(1, None) as client:
+        client.restart()
+        restarted = os.environ.get("OMP_NUM_THREADS")  # dask set it while the run goes on
+        os.environ["EMDIFFUSE_TEST_KEPT"] = "changed"
+    assert restarted == "1"  # the control: without the context, it would stay
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["EMDIFFUSE_TEST_KEPT"] == "yes"
+
+
 def test_staging_copies_slice_by_slice_and_stops_when_closed(tmp_path):
     """An input that is not a zarr store on disk is copied for the workers one slice at a
     time, saying so; closing the generator stops the copy there."""

@@ -50,6 +50,7 @@ __all__ = [
     "model_spec",
     "connect",
     "cluster_client",
+    "environment_kept",
     "run_tasks",
     "ZFilterJob",
     "run_z_filter_job",
@@ -181,25 +182,14 @@ def connect(workers: int | None, scheduler: str | None, device: str = "cpu") -> 
         except (OSError, TimeoutError) as exc:
             raise EMDiffuseError(f"cannot connect to the dask scheduler at '{scheduler}': {exc}") from None
     n = int(workers or 1)
-    # The nannies set their workers' variables (OMP_NUM_THREADS=1, ...) in this process's own
-    # environment before spawning them; left there, they would reach every process started
-    # later (a training child of the widgets would train on one thread).
-    saved = dict(os.environ)
-    try:
-        with dask.config.set(_LOCAL_WORKER_CONFIG):
-            cluster = LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
-    finally:  # only what changed: other threads may be reading the environment
-        for key in set(os.environ) - set(saved):
-            del os.environ[key]
-        for key, value in saved.items():
-            if os.environ.get(key) != value:
-                os.environ[key] = value
+    with environment_kept(), dask.config.set(_LOCAL_WORKER_CONFIG):
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
     try:
         client = Client(cluster)
         addresses = sorted(client.scheduler_info()["workers"])
@@ -213,16 +203,39 @@ def connect(workers: int | None, scheduler: str | None, device: str = "cpu") -> 
 
 
 @contextlib.contextmanager
+def environment_kept() -> Iterator[None]:
+    """Put back, on exit, whatever changed in this process's environment.
+
+    A local cluster's nannies set their workers' variables (OMP_NUM_THREADS=1, ...) in this
+    process's own environment before spawning them, at the start and again whenever a worker
+    is restarted; left there, they would reach every process started later (a training child
+    of the widgets would train on one thread). Only keys that changed are touched: other
+    threads may be reading the environment.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def cluster_client(workers: int | None, scheduler: str | None, device: str = "cpu") -> Iterator[Any]:
     """A client (:func:`connect`) for the length of a run; closed at its end, with the local
-    cluster it started."""
-    client, cluster = connect(workers, scheduler, device)
-    try:
-        yield client
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    cluster it started, and this process's environment as it was before (a worker restarted
+    during the run sets its variables here again)."""
+    with environment_kept():
+        client, cluster = connect(workers, scheduler, device)
+        try:
+            yield client
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def run_tasks(client: Any, fn: Any, jobs: list, *, name: str, stage: str = "block") -> Generator[Progress, None, list]:
