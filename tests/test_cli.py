@@ -692,11 +692,26 @@ def test_resume_keeps_a_zarr_run_and_is_refused_elsewhere(tmp_path, noisy_tif, t
     assert zarr.open_array(str(out), mode="r").shape == (40, 56)
     for argv, why in (
         (["denoise", str(noisy_tif), "-o", str(tmp_path / "o.tif"), "--resume"], "--resume continues an unfinished .zarr"),
-        (["denoise", str(noisy_tif), str(noisy_tif), "-o", str(tmp_path / "dir"), "--resume"], "restore one input"),
     ):
         assert main([*argv, *model]) == 2
         err = capsys.readouterr().err.strip()
         assert why in err and len(err.splitlines()) == 1 and "run the same command" not in err
+
+    # a batch: the files whose outputs exist are left out
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif", "c.tif"):
+        tifffile.imwrite(folder / name, tifffile.imread(noisy_tif))
+    done = tmp_path / "done"
+    done.mkdir()
+    tifffile.imwrite(done / "b.tif", np.zeros((40, 56), np.uint8))  # as an earlier run left it
+    assert main(["denoise", str(folder), "-o", str(done), "--resume", *model]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 3 files were restored by an earlier run (--resume); 2 to do" in err
+    assert "b.tif" not in err.split("to do")[1] and not tifffile.imread(done / "b.tif").any()
+    assert tifffile.imread(done / "a.tif").any() and tifffile.imread(done / "c.tif").any()
+    assert main(["denoise", str(folder), "-o", str(done), "--resume", *model]) == 0
+    assert "3 of 3 files were restored by an earlier run" in capsys.readouterr().err
 
     def stopped(*args, **kwargs):
         yield from ()

@@ -97,13 +97,22 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def _restore_batch(args: argparse.Namespace) -> int:
     """Each file of a batch in turn, the model loaded once; a file that cannot be read is
-    reported and skipped, and the exit status says whether any was."""
+    reported and skipped, and the exit status says whether any was. ``--resume`` leaves out
+    the files whose outputs exist (written whole by an earlier run: outputs appear only when
+    complete)."""
     from .engine.errors import InputError
     from .engine.io.batch import expand_inputs, plan_batch
 
-    if args.workers or args.scheduler or args.resume:
-        raise InputError("--workers/--scheduler/--resume restore one input; give a batch without them")
+    if args.workers or args.scheduler:
+        raise InputError("--workers/--scheduler restore one input; give a batch without them")
     plan = plan_batch(expand_inputs(args.input), args.output, args.uncertainty)
+    if args.resume:
+        todo = [item for item in plan if not (item[1].exists() and (item[2] is None or item[2].exists()))]
+        print(f"{PROG}: {len(plan) - len(todo)} of {len(plan)} files were restored by an earlier run (--resume); "
+              f"{len(todo)} to do", file=sys.stderr)
+        plan, args.resume = todo, False  # each file is written whole or not at all: nothing else to resume
+        if not plan:
+            return 0
     model = _load_restorer(args)
     failed = []
     for k, (src, out, unc) in enumerate(plan, 1):
@@ -116,7 +125,7 @@ def _restore_batch(args: argparse.Namespace) -> int:
             failed.append(src)
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted at file {k} of {len(plan)}; the {k - 1 - len(failed)} written before it "
-                  "are complete, this one was not written", file=sys.stderr)
+                  "are complete, this one was not written (--resume skips the complete ones)", file=sys.stderr)
             return 130
     if failed:
         raise InputError(f"{len(failed)} of {len(plan)} files were skipped (reasons above)")

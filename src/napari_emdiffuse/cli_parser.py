@@ -92,7 +92,8 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
     c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (zarr output)")
     p.add_argument("--resume", action="store_true",
                    help="zarr output: if the run fails or is stopped, keep its finished blocks (beside the output, "
-                        "unfinished); run the same command with --resume again to continue from them")
+                        "unfinished); run the same command with --resume again to continue from them. A batch: "
+                        "leave out the files whose outputs exist")
 
 
 def build_parser() -> argparse.ArgumentParser:
