@@ -724,3 +724,15 @@ def test_resume_keeps_a_zarr_run_and_is_refused_elsewhere(tmp_path, noisy_tif, t
     assert "run the same command again to continue" in capsys.readouterr().err
     assert main(["denoise", str(noisy_tif), "-o", str(tmp_path / "c.zarr"), *model]) == 130
     assert "run the same command" not in capsys.readouterr().err  # without --resume nothing is kept
+
+
+def test_an_ome_zarr_output_gets_its_pyramid(tmp_path, noisy_tif, tiny_model_dir, capsys, monkeypatch):
+    from napari_emdiffuse.engine.io import pyramid
+
+    monkeypatch.setattr(pyramid, "PYRAMID_TOP", 16)
+    out = tmp_path / "clean.ome.zarr"
+    assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), *FAST]) == 0
+    assert "adding the multiscale pyramid of 'clean.ome.zarr'" in capsys.readouterr().err
+    group = zarr.open_group(str(out), mode="r")
+    assert [group[k].shape for k in ("0", "1", "2")] == [(40, 56), (20, 28), (10, 14)]
+    assert group.attrs["multiscales"][0]["datasets"][2]["coordinateTransformations"][0]["scale"] == [16.0, 16.0]

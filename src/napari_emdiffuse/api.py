@@ -200,7 +200,8 @@ class IsotropicOptions(SamplingChoice):
     spacing : tuple of 3 floats, optional
         Voxel size (z, y, x): gives the factor when none is given, and the result's spacing.
     out : path, optional
-        A ``.zarr`` store to stream the result into; it appears only when complete.
+        A ``.zarr`` store to stream the result into; it appears only when complete. A name
+        ending in ``.ome.zarr`` adds the pyramid (OME-Zarr), as in :func:`restore_to_zarr`.
     overwrite : bool
         Replace an existing ``out`` once the new one is complete (default True).
     uncertainty : bool or path
@@ -396,7 +397,8 @@ def restore_to_zarr(
         As in :func:`restore`; a zarr array on disk is read by the workers directly, any
         other input is first copied into a temporary store beside ``out``.
     out : path
-        The ``.zarr`` store to write.
+        The ``.zarr`` store to write; a name ending in ``.ome.zarr`` makes an OME-Zarr store:
+        the result in ``"0"`` and its pyramid of 2x2 means below it, with OME-NGFF metadata.
     task, model
         As in :func:`restore`.
     options : ZarrOptions, optional

@@ -159,9 +159,9 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
         if unc is not None and not _is_zarr(unc):
             raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
         drive(gen)
-        import zarr
+        from .engine.io.zarr import open_zarr_readonly
 
-        attrs = dict(zarr.open_array(str(out), mode="r").attrs)
+        attrs = dict(open_zarr_readonly(out).attrs)
         _note_fill(attrs.get("normalisation"))
         _note_blur(attrs)
         print(f"wrote {out}", file=sys.stderr)

@@ -578,6 +578,19 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
     again = zarr.open_array(str(tmp_path / "big_resume.zarr"), mode="r")[:].astype(int)
     assert np.array_equal(one, again) and not list(tmp_path.glob("big_resume.zarr.partial-*"))
     w.resume.setChecked(False)
+    # an OME-Zarr output: shown as a multiscale layer, its uncertainty named beside it
+    from napari_emdiffuse.engine.io import pyramid
+
+    pyramid.PYRAMID_TOP, top = 16, pyramid.PYRAMID_TOP
+    try:
+        w.output.setText(str(tmp_path / "big.ome.zarr"))
+        assert w.run()
+        _wait(qtbot, w)
+    finally:
+        pyramid.PYRAMID_TOP = top
+    assert not errors, errors
+    shown = viewer.layers["big_denoised"]
+    assert shown.multiscale and [tuple(d.shape) for d in shown.data][:2] == [img.shape, (3, 20, 24)]
     # current slice only: one 2D result named after the slice
     w.output.setText("")
     w.current_slice.setChecked(True)

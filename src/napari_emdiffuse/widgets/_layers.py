@@ -70,8 +70,11 @@ def upsert_image(
 
     existing = viewer.layers[name] if name in viewer.layers else None
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    multiscale = isinstance(data, list)  # an OME-Zarr output's levels
     if isinstance(existing, Image) and not any(existing is p for p in protect):
-        if existing.ndim == len(data.shape) and not existing.rgb:
+        shape = data[0].shape if multiscale else data.shape
+        # napari fixes a layer's multiscale-ness when it is made
+        if existing.ndim == len(shape) and not existing.rgb and existing.multiscale == multiscale:
             existing.data = data
             for key in ("scale", "translate", "units", "colormap"):
                 if key in kwargs:
@@ -222,9 +225,19 @@ def check_zarr_output(path: str) -> Path:
 
 
 def lazy_volume(volume: Any, out: Path | None) -> Any:
-    """The result for display: a zarr output becomes a dask array read chunk by chunk."""
+    """The result for display: a zarr output becomes a dask array read chunk by chunk, an
+    OME-Zarr output the list of its levels (a multiscale layer)."""
     import dask.array as da
     import numpy as np
+
+    from ..engine.io.zarr import is_ome
+
+    if out is not None and is_ome(out) and Path(out).is_dir():
+        import zarr
+
+        group = zarr.open_group(str(out), mode="r")
+        levels = sorted((k for k in group.array_keys() if k.isdigit()), key=int)
+        return [da.from_zarr(group[k]) for k in levels] if len(levels) > 1 else da.from_zarr(group[levels[0]])
 
     if out is None and isinstance(volume, np.ndarray):
         return volume

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLineEdit, QWidget
 from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
 from ..engine.errors import EMDiffuseError, InputError
 from ..engine.inference.zfilter import Z_FILTERS
+from ..engine.io.zarr import uncertainty_beside
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
 from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
@@ -419,7 +420,7 @@ class RestoreWidget(DockWidget):
                       "translate": source["translate"][-2:], "units": source["units"][-2:] if source["units"] else None}
         scale = source["scale"]
         out = check_zarr_output(opts.output) if opts.output else None
-        unc_out = out.with_name(f"{out.stem}_uncertainty.zarr") if out is not None else None
+        unc_out = uncertainty_beside(out) if out is not None else None
 
         def factory():
             if out is not None:  # block by block into the store: any size, the input stays lazy
@@ -468,12 +469,13 @@ def _stored(out: Path, unc_out: Path | None, width: int) -> Any:
     chunk by chunk while the viewer shows them)."""
     from types import SimpleNamespace
 
-    import zarr
+    from ..engine.io.zarr import open_zarr_readonly
 
-    attrs = dict(zarr.open_array(str(out), mode="r").attrs)
-    mean = lazy_volume(None, out)
+    attrs = dict(open_zarr_readonly(out).attrs)
+    mean = lazy_volume(None, out)  # a list of levels for an OME-Zarr output
     unc = lazy_volume(None, unc_out) if unc_out is not None and unc_out.exists() else None
-    scale = max(1, round(mean.shape[-1] / width)) if width else 1
+    full = mean[0] if isinstance(mean, list) else mean
+    scale = max(1, round(full.shape[-1] / width)) if width else 1
     info = {k: v for k, v in attrs.items() if k != "normalisation"}
     return SimpleNamespace(mean=mean, uncertainty=unc, scale=scale, info={**info, "output": str(out)},
                            normalisation=attrs.get("normalisation"))

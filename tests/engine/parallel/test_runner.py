@@ -196,3 +196,26 @@ def test_a_cluster_run_resumes_a_stopped_run(tmp_path):
     a = zarr.open_array(str(out), mode="r")[:].astype(np.int16)
     b = zarr.open_array(str(tmp_path / "ref.zarr"), mode="r")[:].astype(np.int16)
     assert np.abs(a - b).max() <= 1 and (a == b).mean() > 0.99
+
+
+def test_workers_write_an_ome_zarr_pyramid(tmp_path, monkeypatch):
+    """On a cluster the pyramid's levels are written by the workers, one level after another,
+    columns of chunks spread over the tasks: each level is the 2x2 mean of the one above."""
+    import zarr
+
+    from napari_emdiffuse.api import restore_to_zarr_iter
+    from napari_emdiffuse.engine.io import pyramid
+    from napari_emdiffuse.engine.io.zarr import is_complete
+
+    monkeypatch.setattr(pyramid, "PYRAMID_TOP", 16)  # read by the client, which plans the levels
+    path = str(make_tiny("denoise").save(tmp_path / "tiny"))
+    img = (np.random.default_rng(0).random((2, 72, 56)) * 255).astype(np.uint8)
+    out = tmp_path / "x.ome.zarr"
+    events = list(restore_to_zarr_iter(img, out, "denoise", path, workers=2, block=32, steps=2, tile=32, overlap=8,
+                                       device="cpu", z_filter="off"))  # fmt: skip
+    submitted = [(e.stage, e.total) for e in events[:-1] if e.message == f"{e.total} tasks submitted"]
+    assert submitted == [("block", 12), ("pyramid", 2), ("pyramid", 1), ("pyramid", 1)]
+    group = zarr.open_group(str(out), mode="r")
+    assert is_complete(out) and len(group.attrs["multiscales"][0]["datasets"]) == 4
+    for k in (1, 2, 3):
+        assert np.array_equal(group[str(k)][:], pyramid.halve(group[str(k - 1)][:]))

@@ -31,7 +31,7 @@ from .tiling import block_slices
 
 __all__ = [
     "BlockPlan", "BlockTarget", "BlockRun", "Distribute", "shrinking_blocks", "zarr_outputs", "DEFAULT_BLOCK",
-    "run_key", "input_identity", "block_key", "pending_jobs", "resume_note",
+    "run_key", "input_identity", "block_key", "pending_jobs", "resume_note", "build_pyramids", "pyramid_note",
 ]  # fmt: skip
 
 #: Lateral block edge (input pixels) of the block tasks; also the output's chunk edge.
@@ -236,6 +236,22 @@ def resume_note(wr: ZarrWriter, plan: BlockPlan) -> Generator[Progress, None, No
     else:
         say = f"resumable: if this run stops, its finished blocks stay in '{wr.temp_path}' for the next run"
     yield Progress("note", 0, 0, message=say)
+
+
+def pyramid_note(writers: tuple[ZarrWriter | None, ...]) -> Generator[Progress, None, list[ZarrWriter]]:
+    """Say which OME-Zarr outputs get a pyramid now; returns them."""
+    ome = [w for w in writers if w is not None and w.ome]
+    if ome:
+        names = " and ".join(f"'{w.path.name}'" for w in ome)
+        yield Progress("note", 0, 0, message=f"adding the multiscale pyramid of {names} (OME-Zarr, 2x2 means)")
+    return ome
+
+
+def build_pyramids(*writers: ZarrWriter | None) -> Generator[Progress, None, None]:
+    """Write the pyramid of each OME-Zarr output among ``writers`` in this process, after
+    every block (and the z filter): each level is read from the one above it."""
+    for w in (yield from pyramid_note(writers)):
+        yield from w.build_pyramid()
 
 
 @contextlib.contextmanager

@@ -40,8 +40,8 @@ from .normalise import (
     make_condition,
 )
 from .blocks import (
-    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, block_key, input_identity, pending_jobs,
-    resume_note, run_key, shrinking_blocks, zarr_outputs,
+    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, block_key, build_pyramids, input_identity,
+    pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from ..io.ledger import Ledger
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
@@ -495,6 +495,7 @@ def restore_to_zarr_iter(
         if zplan is not None:
             unc = unc_wr.array if unc_wr is not None else None
             wr.array.attrs["z_filter"] = yield from z_filter_pass(zplan, wr.array, unc, image, norm, wr.ledger)
+        yield from build_pyramids(wr, unc_wr)
     yield Path(out)
 
 

@@ -45,13 +45,13 @@ from ..io.common import ZARR_SUFFIX, check_output_path
 from ..io.images import read_image
 from ..io.spacing import check_spacing, factor_from_spacing
 from ..io.ledger import Ledger
-from ..io.zarr import open_zarr_readonly
+from ..io.zarr import open_zarr_readonly, uncertainty_beside
 from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
 from ..models.registry import ANY_FACTOR_MODEL, default_model, load_model
 from .blocks import (
-    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, block_key, input_identity, pending_jobs,
-    resume_note, run_key, shrinking_blocks, zarr_outputs,
+    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, block_key, build_pyramids, input_identity,
+    pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from .canvas import (
     MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
@@ -187,7 +187,7 @@ def _uncertainty_path(uncertainty: Any, out: Path | None) -> Path | None:
         if path is not None and path.resolve() == out.resolve():
             raise InputError("the uncertainty store must not be the output store")
         return path
-    return out.with_name(f"{out.stem}_uncertainty{ZARR_SUFFIX}")
+    return uncertainty_beside(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,6 +526,7 @@ def reconstruct_isotropic_iter(
             yield from resume_note(wr, plan)
             unc = unc_wr.array if unc_wr is not None else None
             yield from shrinking_blocks(run_into(wr.array, unc, wr.ledger), block, opts.tile)
+            yield from build_pyramids(wr, unc_wr)
         yield IsotropicResult(
             wr.array, unc_wr.array if unc_wr is not None else None, f, out_spacing, info, out_path, unc_path
         )

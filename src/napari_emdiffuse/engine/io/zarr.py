@@ -18,17 +18,19 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..events import Progress
 from .atomic import fsync_dir, remove_path
 from .calibration import check_axes, check_spacing, zarr_calibration
 from .common import ZARR_SUFFIX, ImageData, check_output_path, reason, suffix_of
 from .ledger import LEDGER_DIR, Ledger
+from .pyramid import downsample_tiles, level_shapes, level_tiles, multiscales
 
 if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run time
     import zarr
@@ -43,6 +45,8 @@ __all__ = [
     "ZarrWriter",
     "is_complete",
     "RESUME_ATTR",
+    "is_ome",
+    "uncertainty_beside",
 ]
 
 COMPLETE_ATTR = "emdiffuse_complete"
@@ -60,6 +64,25 @@ def _zarr():
 def zarr_major() -> int:
     """The installed zarr's major version (2 or 3)."""
     return int(_zarr().__version__.split(".")[0])
+
+
+def is_ome(path: str | os.PathLike[str]) -> bool:
+    """Whether an output is to be an OME-Zarr store (a name ending in ``.ome.zarr``): the
+    image at ``"0"`` and its pyramid below it (:mod:`.pyramid`)."""
+    return Path(path).name.lower().endswith(".ome" + ZARR_SUFFIX)
+
+
+def uncertainty_beside(out: Path) -> Path:
+    """Where an output's uncertainty goes when no path is given: ``<name>_uncertainty``, an
+    OME-Zarr store for an OME-Zarr output.
+
+    Examples
+    --------
+    >>> uncertainty_beside(Path("iso.zarr")).name, uncertainty_beside(Path("iso.ome.zarr")).name
+    ('iso_uncertainty.zarr', 'iso_uncertainty.ome.zarr')
+    """
+    stem = out.name[: -len(".ome.zarr")] if is_ome(out) else out.stem
+    return out.with_name(f"{stem}_uncertainty{'.ome' if is_ome(out) else ''}{ZARR_SUFFIX}")
 
 
 def zarr_store_of(path: Path) -> tuple[Path, str] | None:
@@ -139,7 +162,10 @@ def open_zarr_for_block_writes(temp_path: str | os.PathLike[str]) -> zarr.Array:
 
 
 def open_zarr_readonly(path: str | os.PathLike[str]) -> zarr.Array:
-    """Open a finished store (as :meth:`ZarrWriter.commit` leaves it) for reading."""
+    """Open a finished store (as :meth:`ZarrWriter.commit` leaves it) for reading: its
+    full-resolution array (an OME-Zarr store's ``"0"``)."""
+    if is_ome(path):
+        return _zarr().open_array(str(Path(path) / "0"), mode="r")
     return _zarr().open_array(str(path), mode="r")
 
 
@@ -175,6 +201,9 @@ class ZarrWriter:
     overwrite : bool
         Replace an existing ``path`` at commit time. If False and ``path`` exists, InputError
         is raised here, before any work.
+    The store is an OME-Zarr store when the name ends in ``.ome.zarr``: the array is its
+    ``"0"``, and :meth:`commit` adds the pyramid (:meth:`build_pyramid`, unless built
+    already: ``pyramid_built``) and the OME-NGFF metadata.
     resume_key : str, optional
         Make the store resumable: the key of the run (the same key for the same input, model,
         options and plan). An unfinished store beside ``path`` left by a run of the same key,
@@ -233,6 +262,9 @@ class ZarrWriter:
             meta[RESUME_ATTR] = resume_key
         self.resume_key = resume_key
         self.resumed = False
+        self.ome = is_ome(self.path)
+        self.pyramid_built = False
+        self._ngff = (spacing, unit if spacing is not None else None, axes)
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as exc:
@@ -244,7 +276,8 @@ class ZarrWriter:
         if resume_key is not None:
             found = _unfinished(self.path, resume_key, shape, np.dtype(dtype), chunks)
             if found is not None:
-                self._temp, self.array, self.resumed = found, _zarr().open_array(str(found), mode="r+"), True
+                self._temp, self.resumed = found, True
+                self.array = _zarr().open_array(str(self.array_path), mode="r+")
                 return
         self._temp = self.path.with_name(f"{self.path.name}.partial-{secrets.token_hex(4)}")
         kwargs: dict[str, Any] = {
@@ -257,7 +290,10 @@ class ZarrWriter:
         if zarr_major() >= 3:
             kwargs["zarr_format"] = 2  # zarr 2 clients (and older dask) can read format 2
         try:
-            self.array = _zarr().open_array(str(self._temp), **kwargs)
+            if self.ome:
+                fmt = {"zarr_format": 2} if zarr_major() >= 3 else {}
+                _zarr().open_group(str(self._temp), mode="w-", **fmt)
+            self.array = _zarr().open_array(str(self.array_path), **kwargs)
             self.array.attrs.update(meta)
         except BaseException as exc:
             remove_path(self._temp)
@@ -270,6 +306,35 @@ class ZarrWriter:
     def temp_path(self) -> Path:
         """Where the array lives until :meth:`commit`."""
         return self._temp
+
+    @property
+    def array_path(self) -> Path:
+        """Where the full-resolution array lives until :meth:`commit` (what workers open)."""
+        return self._temp / "0" if self.ome else self._temp
+
+    def pyramid_levels(self) -> list[tuple[Path, Path]]:
+        """The (level above, level) array paths of an OME-Zarr store's pyramid, each level
+        created empty (again, after a resumed run); [] for a plain store."""
+        if not self.ome:
+            return []
+        kw: dict[str, Any] = {"zarr_format": 2} if zarr_major() >= 3 else {}
+        pairs, above = [], self.array_path
+        for k, shape in enumerate(level_shapes(tuple(self.array.shape)), 1):
+            chunks = tuple(min(c, n) for c, n in zip(self.array.chunks, shape))
+            path = self._temp / str(k)
+            _zarr().open_array(str(path), mode="w", shape=shape, dtype=self.array.dtype, chunks=chunks,
+                               fill_value=0, **kw)  # fmt: skip
+            pairs.append((above, path))
+            above = path
+        return pairs
+
+    def build_pyramid(self) -> Generator[Progress, None, None]:
+        """Write an OME-Zarr store's pyramid in this process, level by level (yields
+        progress); nothing for a plain store."""
+        for above, path in self.pyramid_levels():
+            src, dst = _zarr().open_array(str(above), mode="r"), _zarr().open_array(str(path), mode="r+")
+            yield from downsample_tiles(src, dst, level_tiles(dst.shape, dst.chunks))
+        self.pyramid_built = True
 
     @property
     def ledger(self) -> Ledger:
@@ -295,8 +360,15 @@ class ZarrWriter:
             if self.resume_key is not None:  # a finished store has nothing left to resume
                 remove_path(self._temp / LEDGER_DIR)
                 self.array.attrs.pop(RESUME_ATTR, None)
+            if self.ome:
+                if not self.pyramid_built:
+                    for _ in self.build_pyramid():
+                        pass
+                group = _zarr().open_group(str(self._temp), mode="r+")
+                n = 1 + len(level_shapes(tuple(self.array.shape)))
+                group.attrs.update({**multiscales(n, self.array.ndim, *self._ngff, self.path.name), COMPLETE_ATTR: True})
             self.array.attrs[COMPLETE_ATTR] = True
-            marker = self._temp / COMPLETE_FILE
+            marker = self.array_path / COMPLETE_FILE  # OME-Zarr: inside "0", as zarr lists the root
             with open(marker, "w") as fh:
                 fh.write("complete\n")
                 fh.flush()
@@ -332,7 +404,7 @@ class ZarrWriter:
             remove_path(backup)
         self._state = "committed"
         # Writes through the old handle would re-create the temp folder; hand out a read-only one.
-        self.array = _zarr().open_array(str(self.path), mode="r")
+        self.array = open_zarr_readonly(self.path)
         return self.path
 
     def abort(self) -> None:
@@ -367,7 +439,7 @@ class ZarrWriter:
 def is_complete(path: str | os.PathLike[str]) -> bool:
     """True only for a zarr store that :meth:`ZarrWriter.commit` marked complete."""
     p = Path(path).expanduser()
-    if not p.is_dir() or not (p / COMPLETE_FILE).is_file():
+    if not p.is_dir() or not (p / "0" if is_ome(p) else p).joinpath(COMPLETE_FILE).is_file():
         return False
     try:
         node = _zarr().open(str(p), mode="r")
@@ -384,7 +456,7 @@ def _unfinished(
     found: list[tuple[int, str, Path]] = []
     for cand in path.parent.glob(f"{path.name}.partial-*"):
         try:
-            arr = _zarr().open_array(str(cand), mode="r")
+            arr = _zarr().open_array(str(cand / "0" if is_ome(path) else cand), mode="r")
             attrs = dict(arr.attrs)
         except Exception:  # noqa: BLE001 - a store another crash left unreadable is no candidate
             continue

@@ -30,12 +30,15 @@ from ..errors import EMDiffuseError, InputError
 from ..events import Progress, drain
 from ..io.common import as_numpy
 from ..io.zarr import open_zarr_for_block_writes, zarr_major
-from ..inference.blocks import BlockPlan, BlockRun, BlockTarget, block_key, pending_jobs, resume_note, zarr_outputs
+from ..inference.blocks import (
+    BlockPlan, BlockRun, BlockTarget, block_key, pending_jobs, pyramid_note, resume_note, zarr_outputs,
+)  # fmt: skip
 from ..inference.canvas import SamplingOptions, resolve_options
 from ..inference.normalise import NormInfo
 from ..inference.restore import restore_block
 from ..inference.zfilter import WIDTH_KEY, ZFilter, apply_width, chosen_width, lateral_tiles, width_losses
 from ..io.ledger import Ledger
+from ..io.pyramid import downsample_tiles, level_tiles
 from ..inference.volume import reconstruct_block
 from ..models.model import EMDiffuseModel
 from ..models.registry import DEFAULT_MODELS, load_model
@@ -55,6 +58,9 @@ __all__ = [
     "ZFilterJob",
     "run_z_filter_job",
     "z_filter_on_workers",
+    "PyramidJob",
+    "run_pyramid_job",
+    "pyramids_on_workers",
 ]
 
 
@@ -370,12 +376,45 @@ def z_filter_on_workers(
         width = plan.widths[0]
         if len(plan.widths) > 1:
             jobs = [replace(base, tiles=g, widths=plan.widths) for g in groups]
-            losses = yield from run_tasks(client, run_z_filter_job, jobs, name="zscore", stage="z filter: choosing its width")
+            stage = "z filter: choosing its width"
+            losses = yield from run_tasks(client, run_z_filter_job, jobs, name="zscore", stage=stage)
             width = plan.widths[int(np.argmin(np.sum(losses, axis=0)))]
         base.ledger.write(WIDTH_KEY, repr(float(width)))
     jobs = [replace(base, tiles=g, width=width) for g in groups]
     yield from run_tasks(client, run_z_filter_job, jobs, name="zfilter", stage="z filter")
     return width
+
+
+@dataclass(frozen=True)
+class PyramidJob:
+    """Columns of chunks of one pyramid level, each the 2x2 mean of the level above (picklable)."""
+
+    src: str
+    dst: str
+    tiles: tuple
+
+
+def run_pyramid_job(job: PyramidJob) -> None:
+    """Write one task's columns of a pyramid level in a worker."""
+    import zarr
+
+    src, dst = zarr.open_array(job.src, mode="r"), zarr.open_array(job.dst, mode="r+")
+    drain(downsample_tiles(src, dst, list(job.tiles)))
+
+
+def pyramids_on_workers(client: Any, writers: tuple) -> Generator[Progress, None, None]:
+    """Write the pyramid of each OME-Zarr output among ``writers`` on the workers, level by
+    level (a level reads the one above it), columns of chunks spread over the tasks."""
+    import zarr
+
+    for w in (yield from pyramid_note(writers)):
+        for above, path in w.pyramid_levels():
+            level = zarr.open_array(str(path), mode="r")
+            tiles = level_tiles(level.shape, level.chunks)
+            groups = [tuple(tiles[i::_Z_TASKS]) for i in range(min(_Z_TASKS, len(tiles)))]
+            jobs = [PyramidJob(str(above), str(path), g) for g in groups]
+            yield from run_tasks(client, run_pyramid_job, jobs, name="pyramid", stage="pyramid")
+        w.pyramid_built = True
 
 
 @dataclass(frozen=True)
@@ -426,8 +465,8 @@ class Cluster:
                 kind = "isotropic" if plan.factor > 1 else "restore"
                 jobs = [
                     BlockJob(
-                        kind, spec, spec_arch, run.device, loc[0], loc[1], str(wr.temp_path),
-                        str(unc_wr.temp_path) if unc_wr is not None else None, plan, block, run.norm, run.request,
+                        kind, spec, spec_arch, run.device, loc[0], loc[1], str(wr.array_path),
+                        str(unc_wr.array_path) if unc_wr is not None else None, plan, block, run.norm, run.request,
                         run.opts.tile, run.opts.overlap, run.dtype.str,
                         str(run.measured_unc) if run.measured_unc is not None else None, wr.ledger,
                     )  # fmt: skip
@@ -436,11 +475,12 @@ class Cluster:
                 yield from run_tasks(client, run_block_job, jobs, name=kind)
                 if run.z_filter is not None:  # after every block: it reads across the workers' slices
                     base = ZFilterJob(
-                        loc[0], loc[1], str(wr.temp_path), str(unc_wr.temp_path) if unc_wr is not None else None,
+                        loc[0], loc[1], str(wr.array_path), str(unc_wr.array_path) if unc_wr is not None else None,
                         (), run.norm.fill, ledger=wr.ledger,
                     )  # fmt: skip
                     wr.array.attrs["z_filter"] = yield from z_filter_on_workers(
                         client, run.z_filter, base, plan.out_shape, plan.chunks
                     )
+                yield from pyramids_on_workers(client, (wr, unc_wr))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

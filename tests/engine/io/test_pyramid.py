@@ -1,0 +1,81 @@
+"""OME-Zarr outputs: the pyramid of 2x2 means under the restored image, with OME-NGFF metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_emdiffuse.api import reconstruct_isotropic, restore_to_zarr, restore_to_zarr_iter
+from napari_emdiffuse.engine.events import Progress
+from napari_emdiffuse.engine.io import pyramid
+from napari_emdiffuse.engine.io.images import read_image
+from napari_emdiffuse.engine.io.pyramid import halve
+from napari_emdiffuse.engine.io.zarr import is_complete
+
+from tests.conftest import make_tiny
+
+KW = dict(steps=2, tile=32, overlap=8, device="cpu", block=32)
+
+
+@pytest.fixture
+def small_top(monkeypatch):
+    """Pyramids down to 16 px, so that small test images get several levels."""
+    monkeypatch.setattr(pyramid, "PYRAMID_TOP", 16)
+
+
+def _mean2x2(a: np.ndarray) -> np.ndarray:
+    """The closed form for even-sized slices: the mean of each 2x2, rounded half up."""
+    h, w = a.shape[-2] // 2, a.shape[-1] // 2
+    return np.floor(a.astype(np.float64).reshape(*a.shape[:-2], h, 2, w, 2).mean(axis=(-3, -1)) + 0.5)
+
+
+def test_an_ome_zarr_output_holds_its_pyramid_and_metadata(tmp_path, small_top):
+    img = (np.random.default_rng(0).random((3, 72, 56)) * 255).astype(np.uint8)
+    out, unc = tmp_path / "x.ome.zarr", tmp_path / "x_unc.ome.zarr"
+    events = list(restore_to_zarr_iter(img, out, "denoise", make_tiny("denoise"), spacing=(30.0, 4.0, 4.0),
+                                       uncertainty_out=unc, samples=2, **KW))  # fmt: skip
+    assert any("adding the multiscale pyramid of 'x.ome.zarr' and 'x_unc.ome.zarr'" in (e.message or "")
+               for e in events if isinstance(e, Progress))  # fmt: skip
+    assert is_complete(out) and is_complete(unc)
+    group = zarr.open_group(str(out), mode="r")
+    levels = [group[str(k)] for k in range(4)]
+    assert [a.shape for a in levels] == [(3, 72, 56), (3, 36, 28), (3, 18, 14), (3, 9, 7)]
+    assert np.array_equal(levels[1][:], _mean2x2(levels[0][:])) and levels[1].dtype == np.uint8
+    assert np.array_equal(levels[2][:], _mean2x2(levels[1][:]))
+    ms = group.attrs["multiscales"][0]
+    assert ms["version"] == "0.4" and [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
+    assert ms["axes"][1]["unit"] == "nanometer"
+    scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
+    assert scales == [[30.0, 4.0, 4.0], [30.0, 8.0, 8.0], [30.0, 16.0, 16.0], [30.0, 32.0, 32.0]]
+    # what other readers (and this plugin's) see: the full resolution with its pixel size
+    back = read_image(out)
+    assert back.data.shape == (3, 72, 56) and back.spacing == pytest.approx((30.0, 4.0, 4.0))
+    assert zarr.open_group(str(unc), mode="r")["1"].dtype == np.float32
+
+
+def test_halving_keeps_odd_edges_and_no_data():
+    a = np.arange(15, dtype=np.uint16).reshape(3, 5)
+    got = halve(a)
+    assert got.shape == (2, 3) and got.dtype == np.uint16
+    assert got[1, 2] == 14 and got[0, 2] == round((4 + 9) / 2 + 1e-9)  # the odd column with itself
+    f = np.array([[np.nan, np.nan], [np.nan, np.nan]], dtype=np.float32)
+    assert np.isnan(halve(f)).all() and halve(f).dtype == np.float32
+    assert pyramid.level_shapes((5, 400, 512)) == []  # small enough: no levels
+
+
+def test_a_plain_zarr_output_has_no_pyramid(tmp_path, small_top):
+    img = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
+    out = restore_to_zarr(img, tmp_path / "x.zarr", "denoise", make_tiny("denoise"), **KW)
+    assert isinstance(zarr.open(str(out), mode="r"), zarr.Array)
+
+
+def test_an_isotropic_volume_to_ome_zarr(tmp_path, small_top):
+    vol = (np.random.default_rng(1).random((3, 40, 40)) * 255).astype(np.uint8)
+    res = reconstruct_isotropic(vol, 3, make_tiny("isotropic-i"), out=tmp_path / "iso.ome.zarr", uncertainty=True,
+                                samples=2, spacing=(24.0, 8.0, 8.0), **{**KW, "block": 20})  # fmt: skip
+    assert res.path == tmp_path / "iso.ome.zarr" and res.uncertainty_path == tmp_path / "iso_uncertainty.ome.zarr"
+    assert np.array_equal(np.asarray(res.volume)[::3], vol)  # the full resolution, measured slices kept
+    group = zarr.open_group(str(res.path), mode="r")
+    assert group["1"].shape == (7, 20, 20) and np.array_equal(group["1"][:], _mean2x2(group["0"][:]))
+    assert group.attrs["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"] == [8.0, 16.0, 16.0]
