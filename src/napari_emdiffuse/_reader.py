@@ -1,4 +1,6 @@
-"""napari reader for MRC files (IMOD, SerialEM, tomography), which napari cannot open itself.
+"""napari readers: MRC files (IMOD, SerialEM, tomography), which napari cannot open itself,
+and OME-Zarr stores (this plugin's ``.ome.zarr`` outputs among them) as multiscale layers with
+their pixel size, which napari's own zarr reader leaves out.
 
 The layer's ``scale`` is the voxel size in nanometres, as for every image this plugin opens, so
 the widgets know the physical spacing (for example the factor of an isotropic reconstruction).
@@ -10,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["get_reader", "image_layer"]
+__all__ = ["get_reader", "get_ome_reader", "image_layer"]
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -53,3 +55,34 @@ def _read(path: str | list[str]) -> list[LayerData]:
     if isinstance(path, (list, tuple)):
         path = path[0]
     return [image_layer(path)]
+
+
+def get_ome_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """The reader for one OME-Zarr store (a ``.ome.zarr`` folder with ``multiscales``), else None."""
+    from .engine.io.zarr import is_ome
+
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if not (is_ome(p) and p.is_dir() and (p / ".zattrs").is_file() and "multiscales" in (p / ".zattrs").read_text()):
+        return None
+    return _read_ome
+
+
+def _read_ome(path: str | list[str]) -> list[LayerData]:
+    """Every level of the store's first multiscale image, lazily; the full resolution's
+    pixel size as the layer's scale."""
+    import dask.array as da
+    import zarr
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    group = zarr.open_group(str(path), mode="r")
+    datasets = group.attrs["multiscales"][0]["datasets"]
+    levels = [da.from_zarr(group[str(d["path"])]) for d in datasets]
+    first = str(datasets[0]["path"])
+    data, meta, kind = image_layer(Path(path) / first, name=Path(path).name[: -len(".ome.zarr")])
+    meta["multiscale"] = len(levels) > 1
+    return [(levels if len(levels) > 1 else data, meta, kind)]

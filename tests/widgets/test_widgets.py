@@ -192,6 +192,25 @@ def test_mrc_files_open_in_napari_with_their_voxel_size(viewer, tmp_path):
     assert np.array_equal(layer.data, data) and tuple(layer.scale) == (4.0, 0.8, 0.8)
 
 
+def test_ome_zarr_outputs_open_in_napari_as_multiscale_with_their_pixel_size(viewer, tmp_path, monkeypatch):
+    from napari_emdiffuse._reader import get_ome_reader
+    from napari_emdiffuse.engine.io import pyramid
+    from napari_emdiffuse.engine.io.zarr import ZarrWriter
+
+    monkeypatch.setattr(pyramid, "PYRAMID_TOP", 16)
+    data = np.arange(2 * 40 * 36, dtype=np.uint16).reshape(2, 40, 36)
+    with ZarrWriter(tmp_path / "vol.ome.zarr", data.shape, data.dtype, chunks=(1, 32, 32),
+                    spacing=(50.0, 4.0, 4.0), axes="ZYX") as w:  # fmt: skip
+        w.array[:] = data
+    plain = ZarrWriter(tmp_path / "plain.zarr", data.shape, data.dtype)
+    plain.commit()
+    assert get_ome_reader(str(tmp_path / "plain.zarr")) is None  # napari's own reader opens those
+    viewer.open(str(tmp_path / "vol.ome.zarr"), plugin=PLUGIN)
+    layer = viewer.layers["vol"]
+    assert layer.multiscale and [tuple(d.shape) for d in layer.data] == [(2, 40, 36), (2, 20, 18), (2, 10, 9)]
+    assert np.array_equal(np.asarray(layer.data[0]), data) and tuple(layer.scale) == (50.0, 4.0, 4.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # plain logic
 

@@ -150,3 +150,21 @@ def test_the_run_key_tells_inputs_and_weights_apart(model):
     with torch.no_grad():
         next(changed.module.parameters()).add_(1e-3)
     assert model.digest() == make_tiny("denoise").digest() != changed.digest()
+
+
+def test_an_ome_zarr_run_resumes_and_gets_its_whole_pyramid(tmp_path, model, monkeypatch):
+    from napari_emdiffuse.engine.io import pyramid
+
+    monkeypatch.setattr(pyramid, "PYRAMID_TOP", 16)
+    img = _alike_stack()
+    ref = tmp_path / "ref.ome.zarr"
+    _run(restore_to_zarr_iter(img, ref, "denoise", model, **KW))
+    out = tmp_path / "out.ome.zarr"
+    _run(restore_to_zarr_iter(img, out, "denoise", model, resume=True, **KW), stop_after=9)
+    assert not out.exists() and len(_partials(tmp_path, "out.ome.zarr")) == 1
+    notes, done = _run(restore_to_zarr_iter(img, out, "denoise", model, resume=True, **KW))
+    assert "9 of 20 blocks are done" in notes[0] and done == 11
+    a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(ref), mode="r")
+    assert is_complete(out) and sorted(a.array_keys()) == sorted(b.array_keys()) == ["0", "1", "2"]
+    for k in ("0", "1", "2"):
+        assert np.array_equal(a[k][:], b[k][:])
