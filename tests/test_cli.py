@@ -736,3 +736,21 @@ def test_an_ome_zarr_output_gets_its_pyramid(tmp_path, noisy_tif, tiny_model_dir
     group = zarr.open_group(str(out), mode="r")
     assert [group[k].shape for k in ("0", "1", "2")] == [(40, 56), (20, 28), (10, 14)]
     assert group.attrs["multiscales"][0]["datasets"][2]["coordinateTransformations"][0]["scale"] == [16.0, 16.0]
+
+
+def test_info_shows_an_unfinished_resumable_run(tmp_path, tiny_model_dir, capsys):
+    from napari_emdiffuse.api import restore_to_zarr_iter
+    from napari_emdiffuse.engine.events import Progress
+
+    img = (np.random.default_rng(0).random((2, 64, 64)) * 255).astype(np.uint8)
+    out = tmp_path / "out.zarr"
+    gen = restore_to_zarr_iter(img, out, "denoise", str(tiny_model_dir), resume=True, block=32, steps=2, tile=32,
+                               overlap=8, device="cpu", z_filter="off")  # fmt: skip
+    for ev in gen:
+        if isinstance(ev, Progress) and ev.stage == "block" and ev.done == 3:
+            gen.close()
+            break
+    assert main(["info", str(out)]) == 0  # no output yet: only the run that stopped
+    got = capsys.readouterr().out
+    assert "unfinished resumable run in" in got and "3 of 8 blocks done" in got
+    assert main(["info", str(tmp_path / "none.zarr")]) == 2  # neither: cannot be read

@@ -246,8 +246,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .engine.io.spacing import factor_from_spacing
     from .engine.io.images import read_image
 
+    from .engine.io.zarr import unfinished_runs
+
     failed = 0
     for name in args.input:
+        runs = unfinished_runs(name) if _is_zarr(Path(name)) else []
+        for store, done, total in runs:  # a zarr output whose run goes on, or stopped
+            print(f"{name}: unfinished resumable run in '{store}': {done} of {total or '?'} blocks done "
+                  "(the same command with --resume continues it)")
+        if runs and not Path(name).exists():
+            continue
         try:
             img = read_image(name)
         except InputError as exc:

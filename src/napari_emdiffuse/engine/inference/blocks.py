@@ -24,7 +24,7 @@ import torch
 from ..errors import EMDiffuseError
 from ..events import Progress
 from ..io.ledger import Ledger
-from ..io.zarr import ZarrWriter
+from ..io.zarr import BLOCKS_TOTAL, ZarrWriter
 from .canvas import SamplingOptions
 from .normalise import NormInfo
 from .tiling import block_slices
@@ -229,6 +229,7 @@ def resume_note(wr: ZarrWriter, plan: BlockPlan) -> Generator[Progress, None, No
     """Say where a resumable run keeps its finished blocks, or how many an earlier run left."""
     if wr.resume_key is None:
         return
+    wr.ledger.write(BLOCKS_TOTAL, str(len(plan.jobs())))  # for `emdiffuse info`
     if wr.resumed:
         total = len(plan.jobs())
         done = total - len(pending_jobs(plan, wr.ledger))

@@ -47,6 +47,8 @@ __all__ = [
     "RESUME_ATTR",
     "is_ome",
     "uncertainty_beside",
+    "unfinished_runs",
+    "BLOCKS_TOTAL",
 ]
 
 COMPLETE_ATTR = "emdiffuse_complete"
@@ -446,6 +448,32 @@ def is_complete(path: str | os.PathLike[str]) -> bool:
         return bool(node.attrs.get(COMPLETE_ATTR, False))
     except Exception:
         return False
+
+
+#: The ledger key under which a resumable run records how many blocks its plan has.
+BLOCKS_TOTAL = "blocks-total"
+
+
+def unfinished_runs(path: str | os.PathLike[str]) -> list[tuple[Path, int, int | None]]:
+    """The unfinished resumable stores beside output ``path`` (a run going on, or one that
+    stopped or crashed): (store, blocks done, blocks in its plan or None).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> unfinished_runs(Path(tempfile.mkdtemp()) / "out.zarr")
+    []
+    """
+    p = Path(path).expanduser()
+    found = []
+    for cand in sorted(p.parent.glob(f"{p.name}.partial-*")):
+        ledger = Ledger(str(cand / LEDGER_DIR))
+        if not (cand / LEDGER_DIR).is_dir():
+            continue  # not resumable: removed when its run ends
+        done = sum(1 for k in ledger.keys() if k.startswith("block-"))
+        total = ledger.read(BLOCKS_TOTAL)
+        found.append((cand, done, int(total) if total else None))
+    return found
 
 
 def _unfinished(
