@@ -680,6 +680,26 @@ def test_restore_cancel_leaves_nothing_and_viewer_responds(viewer, qtbot, models
     assert sig.args == ["cancelled"] and not errors
     assert "big_denoised" not in viewer.layers and "still-alive" in viewer.layers
     assert w.run_button.text() == "Run" and w.status.text().startswith("cancelled")
+    assert "kept" not in w.status.text()
+
+
+def test_a_cancelled_resumable_run_keeps_its_blocks_and_says_so(viewer, qtbot, models, errors, tmp_path):
+    img = (np.random.default_rng(2).random((3, 64, 64)) * 255).astype(np.uint8)
+    viewer.add_image(img, name="big")
+    w = _dock(viewer, RESTORE)
+    w.model.add_path(models["denoise"])
+    w.steps.setValue(100)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    w.output.setText(str(tmp_path / "big.zarr"))
+    w.resume.setChecked(True)
+    assert w.run()
+    qtbot.waitUntil(lambda: w._run is not None and w._run._pbar is not None, timeout=60_000)
+    with qtbot.waitSignal(w.run_finished, timeout=60_000) as sig:
+        w.run_button.click()  # Cancel
+    assert sig.args == ["cancelled"] and not errors
+    assert "finished blocks are kept: Run again with the same options" in w.status.text()
+    assert not (tmp_path / "big.zarr").exists() and list(tmp_path.glob("big.zarr.partial-*"))
 
 
 def test_bad_inputs_are_notified(viewer, qtbot, models, errors):

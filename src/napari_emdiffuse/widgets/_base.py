@@ -165,6 +165,7 @@ class DockWidget(QWidget):
     ) -> None:
         """Run an engine generator in a napari thread worker (see :class:`EngineRun`)."""
         self._started = time.monotonic()
+        self._resumable = False  # a resumable zarr run keeps its finished blocks when it ends early
         self.status.setText(status)
         self._time_left = TimeLeft()
         self.device.set_used(None)  # the last run's device may not be this one's
@@ -177,9 +178,11 @@ class DockWidget(QWidget):
     def _estimate(self, ev: Any, status: str) -> None:
         """Once the pace is known: how long the rest will take, on this device. A resumed run
         says first how much an earlier one had done."""
-        if ev.stage == "note" and (ev.message or "").startswith("resuming"):
-            self.status.setText(ev.message)
-            notify_info(ev.message)
+        if ev.stage == "note" and (ev.message or "").startswith(("resuming", "resumable")):
+            self._resumable = True
+            if ev.message.startswith("resuming"):
+                self.status.setText(ev.message)
+                notify_info(ev.message)
             return
         left = self._time_left.update(ev)
         if left is not None and left > 30:
@@ -197,5 +200,9 @@ class DockWidget(QWidget):
         self._run = None
         self.run_button.set_running(False)
         if outcome in self.ENDED:
-            self.status.setText(self.ENDED[outcome] + (f": {message}" if message and outcome == "failed" else ""))
+            kept = "; its finished blocks are kept: Run again with the same options to continue"
+            self.status.setText(
+                self.ENDED[outcome] + (f": {message}" if message and outcome == "failed" else "")
+                + (kept if outcome in ("cancelled", "failed") and getattr(self, "_resumable", False) else "")
+            )
         self.run_finished.emit(outcome)
