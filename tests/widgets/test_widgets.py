@@ -661,16 +661,28 @@ def test_restore_widget_averages_an_alike_stack_along_z_and_says_so(viewer, qtbo
     assert errors and "z filter must be" in errors[-1]
 
 
-def test_restore_cancel_leaves_nothing_and_viewer_responds(viewer, qtbot, models, errors):
-    img = (np.random.default_rng(2).random((96, 96)) * 255).astype(np.uint8)
+def _slow_restore_started(viewer, qtbot, models, img, steps, **settings):
+    """A Restore dock running many sampler steps on ``img`` (layer "big"), once sampling started."""
     viewer.add_image(img, name="big")
     w = _dock(viewer, RESTORE)
     w.model.add_path(models["denoise"])
-    w.steps.setValue(200)
+    w.steps.setValue(steps)
     w.tile.setValue(32)
     w.device.set_value("cpu")
+    for name, value in settings.items():  # a line edit's text or a check box's state
+        control = getattr(w, name)
+        if isinstance(value, str):
+            control.setText(value)
+        else:
+            control.setChecked(value)
     assert w.run()
-    qtbot.waitUntil(lambda: w._run is not None and w._run._pbar is not None, timeout=60_000)  # sampling started
+    qtbot.waitUntil(lambda: w._run is not None and w._run._pbar is not None, timeout=60_000)
+    return w
+
+
+def test_restore_cancel_leaves_nothing_and_viewer_responds(viewer, qtbot, models, errors):
+    img = (np.random.default_rng(2).random((96, 96)) * 255).astype(np.uint8)
+    w = _slow_restore_started(viewer, qtbot, models, img, 200)
     with qtbot.waitSignal(w.run_finished, timeout=30_000) as sig:
         w.run_button.click()  # Cancel
         assert w.run_button.text() == "Cancelling…"
@@ -685,16 +697,7 @@ def test_restore_cancel_leaves_nothing_and_viewer_responds(viewer, qtbot, models
 
 def test_a_cancelled_resumable_run_keeps_its_blocks_and_says_so(viewer, qtbot, models, errors, tmp_path):
     img = (np.random.default_rng(2).random((3, 64, 64)) * 255).astype(np.uint8)
-    viewer.add_image(img, name="big")
-    w = _dock(viewer, RESTORE)
-    w.model.add_path(models["denoise"])
-    w.steps.setValue(100)
-    w.tile.setValue(32)
-    w.device.set_value("cpu")
-    w.output.setText(str(tmp_path / "big.zarr"))
-    w.resume.setChecked(True)
-    assert w.run()
-    qtbot.waitUntil(lambda: w._run is not None and w._run._pbar is not None, timeout=60_000)
+    w = _slow_restore_started(viewer, qtbot, models, img, 100, output=str(tmp_path / "big.zarr"), resume=True)
     with qtbot.waitSignal(w.run_finished, timeout=60_000) as sig:
         w.run_button.click()  # Cancel
     assert sig.args == ["cancelled"] and not errors
