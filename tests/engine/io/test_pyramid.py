@@ -61,7 +61,7 @@ def test_halving_keeps_odd_edges_and_no_data():
     assert got[1, 2] == 14 and got[0, 2] == round((4 + 9) / 2 + 1e-9)  # the odd column with itself
     f = np.array([[np.nan, np.nan], [np.nan, np.nan]], dtype=np.float32)
     assert np.isnan(halve(f)).all() and halve(f).dtype == np.float32
-    assert pyramid.level_shapes((5, 400, 512)) == []  # small enough: no levels
+    assert pyramid.level_plan((5, 400, 512)) == []  # small enough: no levels
 
 
 def test_a_plain_zarr_output_has_no_pyramid(tmp_path, small_top):
@@ -77,5 +77,20 @@ def test_an_isotropic_volume_to_ome_zarr(tmp_path, small_top):
     assert res.path == tmp_path / "iso.ome.zarr" and res.uncertainty_path == tmp_path / "iso_uncertainty.ome.zarr"
     assert np.array_equal(np.asarray(res.volume)[::3], vol)  # the full resolution, measured slices kept
     group = zarr.open_group(str(res.path), mode="r")
-    assert group["1"].shape == (7, 20, 20) and np.array_equal(group["1"][:], _mean2x2(group["0"][:]))
-    assert group.attrs["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"] == [8.0, 16.0, 16.0]
+    # isotropic voxels (8 nm): every level halves z too, a 2x2x2 mean (the 7th slice with itself)
+    full = group["0"][:].astype(np.float64)
+    even = np.concatenate([full, full[-1:]])
+    expected = np.floor(even.reshape(4, 2, 20, 2, 20, 2).mean(axis=(1, 3, 5)) + 0.5)
+    assert group["1"].shape == (4, 20, 20) and np.array_equal(group["1"][:], expected)
+    scales = [d["coordinateTransformations"][0]["scale"] for d in group.attrs["multiscales"][0]["datasets"]]
+    assert scales[:2] == [[8.0, 8.0, 8.0], [16.0, 16.0, 16.0]]
+
+
+def test_a_stack_keeps_its_slices_until_its_pixels_are_as_wide():
+    """FIB-SEM at 8 nm slices and 4 nm pixels: z is halved from the level of 16 nm pixels on;
+    serial sections at 50 nm never within these levels; no pixel size, never."""
+    plan = pyramid.level_plan((100, 4096, 4096), (8.0, 4.0, 4.0))
+    assert [lv.zdown for lv in plan] == [False, True, True] and plan[-1].factors == (4, 8, 8)
+    assert [lv.shape for lv in plan] == [(100, 2048, 2048), (50, 1024, 1024), (25, 512, 512)]
+    assert not any(lv.zdown for lv in pyramid.level_plan((100, 4096, 4096), (50.0, 4.0, 4.0)))
+    assert not any(lv.zdown for lv in pyramid.level_plan((100, 4096, 4096)))

@@ -3,44 +3,66 @@ halved laterally again and again, in one store with its OME-NGFF metadata. napar
 such a store as a multiscale layer and neuroglancer, webKnossos or BigDataViewer as an image
 pyramid, so that a result of any size is shown at any zoom without reading it whole.
 
-Each level is the 2x2 mean of the one above it (z is kept: EM stacks are finer laterally
-than in z). Levels are added until the longer lateral side fits :data:`PYRAMID_TOP` pixels.
-A level's chunks have the shape of the full-resolution level's, so a level is written one
-column of chunks at a time, by one process or by many (:func:`downsample_tiles`).
+Each level is the 2x2 mean of the one above it. z is halved too (a 2x2x2 mean) once the
+level's pixels are at least twice as wide as its slices are thick, so that the levels of an
+isotropic volume stay isotropic and those of a stack with 50 nm sections keep every slice
+until the pixels are as wide. Levels are added until the longer lateral side fits
+:data:`PYRAMID_TOP` pixels. A level's chunks have the shape of the full-resolution level's, so
+a level is written one column of chunks at a time, by one process or by many
+(:func:`downsample_tiles`).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..events import Progress
 
-__all__ = ["PYRAMID_TOP", "level_shapes", "level_tiles", "downsample_tiles", "multiscales", "halve"]
+__all__ = ["PYRAMID_TOP", "Level", "level_plan", "level_tiles", "downsample_tiles", "multiscales", "halve"]
 
 #: Levels are added until the longer lateral side of the smallest fits this many pixels.
 PYRAMID_TOP = 512
 
 
-def level_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Shapes of the levels below full resolution (rows and columns halved, rounded up).
+@dataclass(frozen=True)
+class Level:
+    """One level below full resolution: its shape, whether its slices are pairs of the level
+    above's (``zdown``), and how much coarser than full resolution it is along each axis."""
+
+    shape: tuple[int, ...]
+    zdown: bool
+    factors: tuple[int, ...]
+
+
+def level_plan(shape: tuple[int, ...], spacing: tuple[float, ...] | None = None) -> list[Level]:
+    """The levels below full resolution of an image of ``shape`` and pixel size ``spacing``
+    (z halved only where the spacing says slices are thin enough; never without one).
 
     Examples
     --------
-    >>> level_shapes((3, 1500, 700))
-    [(3, 750, 350), (3, 375, 175)]
-    >>> level_shapes((400, 300))
+    >>> [(lv.shape, lv.zdown) for lv in level_plan((64, 1500, 1500), (8.0, 4.0, 4.0))]
+    [((64, 750, 750), False), ((32, 375, 375), True)]
+    >>> [lv.shape for lv in level_plan((64, 1500, 1500))]
+    [(64, 750, 750), (64, 375, 375)]
+    >>> level_plan((400, 300))
     []
     """
-    shapes: list[tuple[int, ...]] = []
+    levels: list[Level] = []
     cur = tuple(int(n) for n in shape)
+    fz = fxy = 1
     while max(cur[-2:]) > PYRAMID_TOP:
-        cur = (*cur[:-2], -(-cur[-2] // 2), -(-cur[-1] // 2))
-        shapes.append(cur)
-    return shapes
+        fxy *= 2
+        zdown = len(cur) == 3 and spacing is not None and 2 * fz * spacing[0] <= fxy * spacing[-1] * 1.01
+        if zdown:
+            fz *= 2
+        cur = (*((-(-cur[0] // 2),) if zdown else cur[:-2]), -(-cur[-2] // 2), -(-cur[-1] // 2))
+        levels.append(Level(cur, bool(zdown), (*((fz,) if len(cur) == 3 else ()), fxy, fxy)))
+    return levels
 
 
 def level_tiles(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, slice]]:
@@ -57,9 +79,10 @@ def level_tiles(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[s
             for y in range(0, shape[-2], ty) for x in range(0, shape[-1], tx)]  # fmt: skip
 
 
-def halve(block: np.ndarray) -> np.ndarray:
-    """The 2x2 mean of the last two axes (an odd last row or column is averaged with a copy
-    of itself); integers are rounded to the nearest, NaN pixels (no data) left out.
+def halve(block: np.ndarray, *, z: bool = False) -> np.ndarray:
+    """The 2x2 mean of the last two axes (2x2x2 with ``z``, the first axis too); an odd last
+    row, column or slice is averaged with a copy of itself; integers are rounded to the
+    nearest, NaN pixels (no data) left out.
 
     Examples
     --------
@@ -67,40 +90,55 @@ def halve(block: np.ndarray) -> np.ndarray:
     array([[2, 5]], dtype=uint8)
     >>> halve(np.array([[np.nan, 1.0], [3.0, np.nan]]))
     array([[2.]])
+    >>> halve(np.array([[[0.0, 0.0]] * 2, [[4.0, 4.0]] * 2]), z=True)
+    array([[[2.]]])
     """
-    pad = [(0, 0)] * (block.ndim - 2) + [(0, block.shape[-2] % 2), (0, block.shape[-1] % 2)]
+    odd = [n % 2 for n in block.shape[-2:]]
+    pad = [(0, 0)] * (block.ndim - 2) + [(0, odd[0]), (0, odd[1])]
+    if z:
+        pad[0] = (0, block.shape[0] % 2)
     b = np.pad(block, pad, mode="edge") if any(p[1] for p in pad) else block
     h, w = b.shape[-2] // 2, b.shape[-1] // 2
-    quads = b.reshape(*b.shape[:-2], h, 2, w, 2).astype(np.float64)
+    if z:
+        quads = b.reshape(b.shape[0] // 2, 2, h, 2, w, 2).astype(np.float64)
+        axes: tuple[int, ...] = (1, 3, 5)
+    else:
+        quads = b.reshape(*b.shape[:-2], h, 2, w, 2).astype(np.float64)
+        axes = (-3, -1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a 2x2 of NaN stays NaN
-        mean = np.nanmean(quads, axis=(-3, -1))
+        mean = np.nanmean(quads, axis=axes)
     if np.issubdtype(block.dtype, np.integer):
         return np.floor(mean + 0.5).astype(block.dtype)
     return mean.astype(block.dtype)
 
 
-def downsample_tiles(src: Any, dst: Any, tiles: list[tuple[slice, slice]]) -> Generator[Progress, None, None]:
+def downsample_tiles(
+    src: Any, dst: Any, tiles: list[tuple[slice, slice]], *, zdown: bool = False
+) -> Generator[Progress, None, None]:
     """Write ``dst`` (the next level, numpy or zarr) from ``src`` over ``tiles`` of ``dst``,
-    slice by slice; yields progress per tile."""
+    slice by slice (each from two of ``src`` with ``zdown``); yields progress per tile."""
     for n, (ys, xs) in enumerate(tiles, 1):
         above = tuple(slice(2 * t.start, min(2 * t.stop, n)) for t, n in zip((ys, xs), src.shape[-2:]))
         if src.ndim == 2:
             dst[ys, xs] = halve(np.asarray(src[above]))
         else:
-            for z in range(src.shape[0]):
-                dst[(z, ys, xs)] = halve(np.asarray(src[(z, *above)]))
+            for z in range(dst.shape[0]):
+                zs = slice(2 * z, min(2 * z + 2, src.shape[0])) if zdown else slice(z, z + 1)
+                dst[(slice(z, z + 1), ys, xs)] = halve(np.asarray(src[(zs, *above)]), z=zdown)
         yield Progress("pyramid", n, len(tiles))
 
 
 def multiscales(
-    n_levels: int, ndim: int, spacing: tuple[float, ...] | None, unit: str | None, axes: str | None, name: str
+    levels: list[Level], ndim: int, spacing: tuple[float, ...] | None, unit: str | None, axes: str | None, name: str
 ) -> dict:
-    """OME-NGFF 0.4 ``multiscales`` metadata for levels ``"0"`` .. ``n_levels - 1``.
+    """OME-NGFF 0.4 ``multiscales`` metadata for full resolution (``"0"``) and ``levels``
+    (``"1"``, ``"2"``, ...).
 
     Examples
     --------
-    >>> ms = multiscales(2, 3, (40.0, 4.0, 4.0), "nm", "ZYX", "iso")["multiscales"][0]
+    >>> levels = level_plan((2, 1100, 900), (40.0, 4.0, 4.0))
+    >>> ms = multiscales(levels, 3, (40.0, 4.0, 4.0), "nm", "ZYX", "iso")["multiscales"][0]
     >>> [a["name"] for a in ms["axes"]], ms["datasets"][1]["coordinateTransformations"][0]["scale"]
     (['z', 'y', 'x'], [40.0, 8.0, 8.0])
     """
@@ -108,10 +146,11 @@ def multiscales(
     units = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "angstrom": "angstrom", "A": "angstrom"}
     ome_unit = units.get(unit or "")
     base = list(spacing) if spacing is not None else [1.0] * ndim
-    datasets = []
-    for k in range(n_levels):
-        scale = [*base[:-2], base[-2] * 2**k, base[-1] * 2**k]
-        datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    factors = [(1,) * ndim] + [lv.factors for lv in levels]
+    datasets = [
+        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [b * f for b, f in zip(base, fac)]}]}
+        for k, fac in enumerate(factors)
+    ]
     axes_meta = []
     for a in names:
         entry: dict[str, Any] = {"name": a, "type": "space" if a in "zyx" else "channel"}
@@ -119,4 +158,4 @@ def multiscales(
             entry["unit"] = ome_unit
         axes_meta.append(entry)
     return {"multiscales": [{"version": "0.4", "name": name, "axes": axes_meta, "datasets": datasets,
-                             "type": "mean (2x2)"}]}  # fmt: skip
+                             "type": "mean (2x2, 2x2x2 where z is halved)"}]}  # fmt: skip

@@ -30,7 +30,7 @@ from .atomic import fsync_dir, remove_path
 from .calibration import check_axes, check_spacing, zarr_calibration
 from .common import ZARR_SUFFIX, ImageData, check_output_path, reason, suffix_of
 from .ledger import LEDGER_DIR, Ledger
-from .pyramid import downsample_tiles, level_shapes, level_tiles, multiscales
+from .pyramid import downsample_tiles, level_plan, level_tiles, multiscales
 
 if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run time
     import zarr
@@ -314,28 +314,28 @@ class ZarrWriter:
         """Where the full-resolution array lives until :meth:`commit` (what workers open)."""
         return self._temp / "0" if self.ome else self._temp
 
-    def pyramid_levels(self) -> list[tuple[Path, Path]]:
-        """The (level above, level) array paths of an OME-Zarr store's pyramid, each level
+    def pyramid_levels(self) -> list[tuple[Path, Path, bool]]:
+        """The (level above, level, z halved) of an OME-Zarr store's pyramid, each level
         created empty (again, after a resumed run); [] for a plain store."""
         if not self.ome:
             return []
         kw: dict[str, Any] = {"zarr_format": 2} if zarr_major() >= 3 else {}
-        pairs, above = [], self.array_path
-        for k, shape in enumerate(level_shapes(tuple(self.array.shape)), 1):
-            chunks = tuple(min(c, n) for c, n in zip(self.array.chunks, shape))
+        found, above = [], self.array_path
+        for k, level in enumerate(level_plan(tuple(self.array.shape), self._ngff[0]), 1):
+            chunks = tuple(min(c, n) for c, n in zip(self.array.chunks, level.shape))
             path = self._temp / str(k)
-            _zarr().open_array(str(path), mode="w", shape=shape, dtype=self.array.dtype, chunks=chunks,
+            _zarr().open_array(str(path), mode="w", shape=level.shape, dtype=self.array.dtype, chunks=chunks,
                                fill_value=0, **kw)  # fmt: skip
-            pairs.append((above, path))
+            found.append((above, path, level.zdown))
             above = path
-        return pairs
+        return found
 
     def build_pyramid(self) -> Generator[Progress, None, None]:
         """Write an OME-Zarr store's pyramid in this process, level by level (yields
         progress); nothing for a plain store."""
-        for above, path in self.pyramid_levels():
+        for above, path, zdown in self.pyramid_levels():
             src, dst = _zarr().open_array(str(above), mode="r"), _zarr().open_array(str(path), mode="r+")
-            yield from downsample_tiles(src, dst, level_tiles(dst.shape, dst.chunks))
+            yield from downsample_tiles(src, dst, level_tiles(dst.shape, dst.chunks), zdown=zdown)
         self.pyramid_built = True
 
     @property
@@ -367,8 +367,9 @@ class ZarrWriter:
                     for _ in self.build_pyramid():
                         pass
                 group = _zarr().open_group(str(self._temp), mode="r+")
-                n = 1 + len(level_shapes(tuple(self.array.shape)))
-                group.attrs.update({**multiscales(n, self.array.ndim, *self._ngff, self.path.name), COMPLETE_ATTR: True})
+                levels = level_plan(tuple(self.array.shape), self._ngff[0])
+                meta = multiscales(levels, self.array.ndim, *self._ngff, self.path.name)
+                group.attrs.update({**meta, COMPLETE_ATTR: True})
             self.array.attrs[COMPLETE_ATTR] = True
             marker = self.array_path / COMPLETE_FILE  # OME-Zarr: inside "0", as zarr lists the root
             with open(marker, "w") as fh:

@@ -387,11 +387,13 @@ def z_filter_on_workers(
 
 @dataclass(frozen=True)
 class PyramidJob:
-    """Columns of chunks of one pyramid level, each the 2x2 mean of the level above (picklable)."""
+    """Columns of chunks of one pyramid level, each the 2x2 (2x2x2 with ``zdown``) mean of
+    the level above (picklable)."""
 
     src: str
     dst: str
     tiles: tuple
+    zdown: bool = False
 
 
 def run_pyramid_job(job: PyramidJob) -> None:
@@ -399,7 +401,7 @@ def run_pyramid_job(job: PyramidJob) -> None:
     import zarr
 
     src, dst = zarr.open_array(job.src, mode="r"), zarr.open_array(job.dst, mode="r+")
-    drain(downsample_tiles(src, dst, list(job.tiles)))
+    drain(downsample_tiles(src, dst, list(job.tiles), zdown=job.zdown))
 
 
 def pyramids_on_workers(client: Any, writers: tuple) -> Generator[Progress, None, None]:
@@ -408,11 +410,11 @@ def pyramids_on_workers(client: Any, writers: tuple) -> Generator[Progress, None
     import zarr
 
     for w in (yield from pyramid_note(writers)):
-        for above, path in w.pyramid_levels():
+        for above, path, zdown in w.pyramid_levels():
             level = zarr.open_array(str(path), mode="r")
             tiles = level_tiles(level.shape, level.chunks)
             groups = [tuple(tiles[i::_Z_TASKS]) for i in range(min(_Z_TASKS, len(tiles)))]
-            jobs = [PyramidJob(str(above), str(path), g) for g in groups]
+            jobs = [PyramidJob(str(above), str(path), g, zdown) for g in groups]
             yield from run_tasks(client, run_pyramid_job, jobs, name="pyramid", stage="pyramid")
         w.pyramid_built = True
 
