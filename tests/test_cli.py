@@ -736,6 +736,8 @@ def test_an_ome_zarr_output_gets_its_pyramid(tmp_path, noisy_tif, tiny_model_dir
     group = zarr.open_group(str(out), mode="r")
     assert [group[k].shape for k in ("0", "1", "2")] == [(40, 56), (20, 28), (10, 14)]
     assert group.attrs["multiscales"][0]["datasets"][2]["coordinateTransformations"][0]["scale"] == [16.0, 16.0]
+    assert main(["info", str(out)]) == 0
+    assert "40 x 56 uint8" in (got := capsys.readouterr().out) and "OME-Zarr, 3 levels" in got
 
 
 def test_info_shows_an_unfinished_resumable_run(tmp_path, tiny_model_dir, capsys):

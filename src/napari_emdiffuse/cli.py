@@ -246,7 +246,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .engine.io.spacing import factor_from_spacing
     from .engine.io.images import read_image
 
-    from .engine.io.zarr import unfinished_runs
+    from .engine.io.zarr import is_ome, unfinished_runs
 
     failed = 0
     for name in args.input:
@@ -272,6 +272,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 line += f"; isotropic factor {factor_from_spacing(img.spacing)}"
             except InputError as exc:
                 line += f"; no isotropic factor: {exc}"
+        if is_ome(name) and img.path is not None and img.path.is_dir():
+            line += f"; OME-Zarr, {_ome_levels(img.path)} levels"
         if img.data.ndim == 3 and img.data.shape[0] >= 3:
             try:  # whether denoising averages it along z (a central crop is read)
                 line += f"; {slice_alikeness(img.data).describe()}"
@@ -281,6 +283,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if failed:
         raise InputError(f"{failed} of {len(args.input)} inputs could not be read (reasons above)")
     return 0
+
+
+def _ome_levels(store: Path) -> int:
+    """How many resolution levels an OME-Zarr store's first image lists."""
+    import zarr
+
+    try:
+        return len(zarr.open_group(str(store), mode="r").attrs["multiscales"][0]["datasets"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return 1
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
