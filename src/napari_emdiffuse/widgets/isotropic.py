@@ -224,7 +224,10 @@ class IsotropicWidget(DockWidget):
         )
         self.output = QLineEdit()
         self.output.setPlaceholderText("in memory (or a .zarr path for large volumes)")
-        self.output.setToolTip("Empty: keep the result in memory. A .zarr path: written block by block, shown lazily")
+        self.output.setToolTip(
+            "Empty: keep the result in memory. A .zarr path: written block by block, shown lazily;\n"
+            "a .ome.zarr path also writes its pyramid (OME-Zarr), shown as a multiscale layer"
+        )
         self._lay_out(
             [
                 ("volume", self.layer_combo),

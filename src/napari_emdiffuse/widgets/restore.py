@@ -315,7 +315,10 @@ class RestoreWidget(DockWidget):
         self.current_slice.setToolTip("For a stack: restore only the slice shown in the viewer")
         self.output = QLineEdit()
         self.output.setPlaceholderText("in memory (or a .zarr path)")
-        self.output.setToolTip("Empty: keep the result in memory. A .zarr path: restored block by block, shown lazily")
+        self.output.setToolTip(
+            "Empty: keep the result in memory. A .zarr path: restored block by block, shown lazily;\n"
+            "a .ome.zarr path also writes its pyramid (OME-Zarr), shown as a multiscale layer"
+        )
         self.z_filter = QComboBox()
         self.z_filter.setEditable(True)
         self.z_filter.addItems([*Z_FILTERS, "0.5", "1.0"])
