@@ -273,7 +273,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             except InputError as exc:
                 line += f"; no isotropic factor: {exc}"
         if is_ome(name) and img.path is not None and img.path.is_dir():
-            line += f"; OME-Zarr, {_ome_levels(img.path)} levels"
+            n = _ome_levels(img.path)
+            line += f"; OME-Zarr, {n} level{'s' * (n != 1)}"
         if img.data.ndim == 3 and img.data.shape[0] >= 3:
             try:  # whether denoising averages it along z (a central crop is read)
                 line += f"; {slice_alikeness(img.data).describe()}"
