@@ -72,7 +72,15 @@ def test_a_stopped_resumable_run_continues_to_the_same_pixels(tmp_path, model):
     a, b = zarr.open_array(str(out), mode="r"), zarr.open_array(str(ref), mode="r")
     assert np.array_equal(a[:], b[:]) and a.attrs["z_filter"] == b.attrs["z_filter"] is not None
     assert np.array_equal(zarr.open_array(str(unc), mode="r")[:], zarr.open_array(str(ref_unc), mode="r")[:])
-    assert RESUME_ATTR not in a.attrs and not (out / LEDGER_DIR).exists()  # a finished store is a plain one
+    assert a.attrs[RESUME_ATTR] and not (out / LEDGER_DIR).exists()  # the key stays, the ledger goes
+
+    # the same job again: nothing to do; with other options: done again, in full
+    notes, done = _run(restore_to_zarr_iter(img, out, "denoise", model, uncertainty_out=unc, samples=2, resume=True,
+                                            **KW))  # fmt: skip
+    assert done == 0 and "is complete from an earlier run of the same input, model and options" in notes[0]
+    notes, done = _run(restore_to_zarr_iter(img, out, "denoise", model, uncertainty_out=unc, samples=2, resume=True,
+                                            seed=5, **KW))  # fmt: skip
+    assert done == 20 and not np.array_equal(zarr.open_array(str(out), mode="r")[:], b[:])
 
 
 def test_a_tile_the_z_filter_left_half_done_is_restored_again(tmp_path, model):
@@ -139,6 +147,34 @@ def test_an_isotropic_run_resumes(tmp_path):
     assert np.array_equal(zarr.open_array(str(out), mode="r")[:], zarr.open_array(str(ref), mode="r")[:])
     with pytest.raises(InputError, match="pass out="):
         next(reconstruct_isotropic_iter(vol, 3, m, resume=True, **kw))
+
+
+def test_an_isotropic_run_denoised_first_resumes_without_denoising_again(tmp_path):
+    """The measured slices denoised first go to a resumable scratch store named by the run's
+    key: a stop in the reconstruction keeps them, and the next run reads them instead of
+    denoising again."""
+    iso, den = make_tiny("isotropic-i"), make_tiny("denoise")
+    vol = (np.random.default_rng(0).random((4, 40, 40)) * 255).astype(np.uint8)
+    kw = dict(block=20, steps=2, tile=32, overlap=8, batch=2, device="cpu", denoise=den)
+    ref = tmp_path / "ref.zarr"
+    for _ in reconstruct_isotropic_iter(vol, 3, iso, out=ref, **kw):
+        pass
+    out = tmp_path / "o.zarr"
+    gen = reconstruct_isotropic_iter(vol, 3, iso, out=out, resume=True, **kw)
+    started = False
+    for ev in gen:
+        started = started or (ev.stage == "note" and ev.message.startswith("resumable: if this run stops, its "
+                                                                             "finished blocks stay in '" + str(out)))
+        if started and ev.stage == "sampling" and ev.done > ev.total // 2:
+            gen.close()
+            break
+    assert started and [p.name for p in tmp_path.glob(".o.zarr.denoised-*-resumable")]
+    notes = [e.message for e in reconstruct_isotropic_iter(vol, 3, iso, out=out, resume=True, **kw)
+             if isinstance(e, Progress) and e.stage == "note"]  # fmt: skip
+    assert any("denoised.zarr' is complete from an earlier run" in n for n in notes)  # not denoised again
+    assert any(n.startswith("resuming the unfinished run in '" + str(out)) for n in notes)
+    assert np.array_equal(zarr.open_array(str(out), mode="r")[:], zarr.open_array(str(ref), mode="r")[:])
+    assert not list(tmp_path.glob(".o.zarr.denoised-*"))  # removed once the run is complete
 
 
 def test_the_run_key_tells_inputs_and_weights_apart(model):

@@ -24,7 +24,7 @@ import torch
 from ..errors import EMDiffuseError
 from ..events import Progress
 from ..io.ledger import Ledger
-from ..io.zarr import BLOCKS_TOTAL, ZarrWriter
+from ..io.zarr import BLOCKS_TOTAL, ZarrWriter, finished_with
 from .canvas import SamplingOptions
 from .normalise import NormInfo
 from .tiling import block_slices
@@ -32,6 +32,7 @@ from .tiling import block_slices
 __all__ = [
     "BlockPlan", "BlockTarget", "BlockRun", "Distribute", "shrinking_blocks", "zarr_outputs", "DEFAULT_BLOCK",
     "run_key", "input_identity", "block_key", "pending_jobs", "resume_note", "build_pyramids", "pyramid_note",
+    "already_done",
 ]  # fmt: skip
 
 #: Lateral block edge (input pixels) of the block tasks; also the output's chunk edge.
@@ -223,6 +224,16 @@ def pending_jobs(plan: BlockPlan, ledger: Ledger) -> list[tuple[int, int, int]]:
                     ledger.forget(block_key(plan, job))
         ledger.forget(key)
     return [job for job in jobs if not ledger.done(block_key(plan, job))]
+
+
+def already_done(out: Path, unc_out: Path | None, key: str | None) -> Generator[Progress, None, bool]:
+    """Whether a resumable run finished already (its output, and uncertainty when asked,
+    complete with this run's key); says so. A job script run again then has nothing to do."""
+    if key is None or not finished_with(out, key) or (unc_out is not None and not finished_with(unc_out, key)):
+        return False
+    yield Progress("note", 0, 0, message=f"'{out}' is complete from an earlier run of the same input, model and "
+                                         "options: nothing to do")  # fmt: skip
+    return True
 
 
 def resume_note(wr: ZarrWriter, plan: BlockPlan) -> Generator[Progress, None, None]:

@@ -39,18 +39,25 @@ def store_path(arr: Any) -> Path | None:
 
 
 @contextlib.contextmanager
-def scratch_beside(out_path: Path | None) -> Iterator[Path | None]:
+def scratch_beside(out_path: Path | None, *, key: str | None = None) -> Iterator[Path | None]:
     """A hidden folder beside ``out_path`` for intermediate stores, removed at the end
-    (also on errors and cancel); None without an output path."""
+    (also on errors and cancel); None without an output path. A resumable run's (``key``,
+    :func:`~.blocks.run_key`) is named by its key and kept when the run fails or stops, so
+    that the next run of the same job finds the slices it denoised."""
     if out_path is None:
         yield None
         return
-    scratch = out_path.parent / f".{out_path.name}.denoised-{secrets.token_hex(4)}"
-    scratch.mkdir()
-    try:
-        yield scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    name = f"{key[:16]}-resumable" if key is not None else secrets.token_hex(4)
+    scratch = out_path.parent / f".{out_path.name}.denoised-{name}"
+    scratch.mkdir(exist_ok=key is not None)
+    if key is None:
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
+    yield scratch  # an error or a stop leaves it for the next run
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def check_denoiser(denoise: Any, device: Any) -> Any:
@@ -74,9 +81,12 @@ def denoise_first(
     scratch: Path | None,
     distribute: Distribute | None,
     preset: str = "fast",
+    resume: bool = False,
 ) -> Generator[Progress, None, tuple[Any, Any]]:
     """Denoise every measured slice: in memory, or into zarr stores under ``scratch``
-    (beside the output; the caller removes them). Returns (slices, their std).
+    (beside the output; the caller removes them). Returns (slices, their std). ``resume``:
+    the stores are resumable (:func:`~.restore.restore_to_zarr_iter`), and found finished
+    when an earlier run of the same job got past this stage.
 
     ``preset``: ``balanced`` (mirrored views) when the reconstruction is balanced too, else
     ``fast`` (one pass)."""
@@ -103,7 +113,7 @@ def denoise_first(
     yield from tagged(
         restore_to_zarr_iter(
             vol, dst, "denoise", spec if distribute is not None else denoiser, uncertainty_out=unc,
-            block=block, device=device, preset=preset, distribute=distribute,
+            block=block, device=device, preset=preset, distribute=distribute, resume=resume,
         )
     )  # fmt: skip
     return open_zarr_readonly(dst), (open_zarr_readonly(unc) if unc is not None else None)

@@ -40,8 +40,8 @@ from .normalise import (
     make_condition,
 )
 from .blocks import (
-    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, block_key, build_pyramids, input_identity,
-    pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
+    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, already_done, block_key, build_pyramids,
+    input_identity, pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from ..io.ledger import Ledger
 from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
@@ -472,6 +472,9 @@ def restore_to_zarr_iter(
             what="restore", task=task, model=m.digest(), request=request, blur=opts.blur, plan=plan,
             norm=norm.as_dict(), dtype=str(out_dtype), uncertainty=want_std, z_filter=zplan, input=input_identity(image),
         )  # fmt: skip
+        if (yield from already_done(Path(out), Path(uncertainty_out) if want_std else None, key)):
+            yield Path(out)
+            return
     if distribute is not None:
         run = BlockRun(
             image, plan, model, task, arch, str(device), Path(out), Path(uncertainty_out) if want_std else None,

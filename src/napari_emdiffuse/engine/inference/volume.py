@@ -50,8 +50,8 @@ from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
 from ..models.registry import ANY_FACTOR_MODEL, default_model, load_model
 from .blocks import (
-    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, block_key, build_pyramids, input_identity,
-    pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
+    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, already_done, block_key, build_pyramids,
+    input_identity, pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from .canvas import (
     MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
@@ -454,18 +454,35 @@ def reconstruct_isotropic_iter(
 
     if isinstance(vol, np.ndarray):
         check_finite(vol, "volume")
-    source = input_identity(vol) if resume else None  # before any denoising, which writes a new scratch store
+    # Same shape before and after denoising; the key is made before it, from the input as
+    # given, so that a finished run of the same job is found before any work.
+    plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f)
+    out_spacing = (spacing[0] / f, spacing[1], spacing[2]) if spacing is not None else None
+    norm = _fit_volume_norm(m, vol) if denoiser is None else None
+    key = None
+    if resume:
+        key = run_key(
+            what="isotropic", task=task, model=m.digest(), request=request, plan=plan, dtype=str(out_dtype),
+            uncertainty=want_std, input=input_identity(vol), norm=norm.as_dict() if norm is not None else None,
+            denoiser=denoiser.digest() if denoiser is not None else None,
+        )  # fmt: skip
+        assert out_path is not None
+        if (yield from already_done(out_path, unc_path, key)):
+            store = open_zarr_readonly(out_path)
+            info = {k: v for k, v in store.attrs.items() if not k.startswith("emdiffuse_")}
+            unc_store = open_zarr_readonly(unc_path) if unc_path is not None else None
+            yield IsotropicResult(store, unc_store, f, out_spacing, info, out_path, unc_path)
+            return
     measured_std = None
-    with scratch_beside(out_path if denoiser is not None else None) as scratch:
+    with scratch_beside(out_path if denoiser is not None else None, key=key) as scratch:
         if denoiser is not None:
             vol, measured_std = yield from denoise_first(
                 vol, denoiser, spec=denoise if denoise is not True else None, device=device, block=block,
                 want_std=want_std, scratch=scratch, distribute=distribute,
-                preset="balanced" if request.get("preset") == "balanced" else "fast",
+                preset="balanced" if request.get("preset") == "balanced" else "fast", resume=key is not None,
             )  # fmt: skip
-        norm = _fit_volume_norm(m, vol)
-        plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f)
-        out_spacing = (spacing[0] / f, spacing[1], spacing[2]) if spacing is not None else None
+            norm = _fit_volume_norm(m, vol)
+        assert norm is not None
         info = {
             **run_info(m, opts, dev),
             "mode": mode,
@@ -478,13 +495,6 @@ def reconstruct_isotropic_iter(
         if distribute is not None:
             info["device"] = str(device)
         writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, axes="ZYX", attrs=info, overwrite=overwrite)
-        key = None
-        if resume:
-            key = run_key(
-                what="isotropic", task=task, model=m.digest(), request=request, plan=plan, norm=norm.as_dict(),
-                dtype=str(out_dtype), uncertainty=want_std, input=source,
-                denoiser=denoiser.digest() if denoiser is not None else None,
-            )  # fmt: skip
 
         if distribute is not None:
             assert out_path is not None

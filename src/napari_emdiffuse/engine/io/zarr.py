@@ -48,12 +48,13 @@ __all__ = [
     "is_ome",
     "uncertainty_beside",
     "unfinished_runs",
+    "finished_with",
     "BLOCKS_TOTAL",
 ]
 
 COMPLETE_ATTR = "emdiffuse_complete"
 COMPLETE_FILE = ".emdiffuse_complete"
-#: Attribute of an unfinished resumable store: the key of the run that writes it.
+#: Attribute of a resumable run's store: the key of the run that writes (or wrote) it.
 RESUME_ATTR = "emdiffuse_resume_key"
 
 
@@ -359,9 +360,8 @@ class ZarrWriter:
         if self._state != "open":
             raise RuntimeError(f"ZarrWriter for '{self.path}' was aborted; nothing to commit")
         try:
-            if self.resume_key is not None:  # a finished store has nothing left to resume
+            if self.resume_key is not None:  # the key stays: the same run again has nothing to do
                 remove_path(self._temp / LEDGER_DIR)
-                self.array.attrs.pop(RESUME_ATTR, None)
             if self.ome:
                 if not self.pyramid_built:
                     for _ in self.build_pyramid():
@@ -453,6 +453,16 @@ def is_complete(path: str | os.PathLike[str]) -> bool:
 
 #: The ledger key under which a resumable run records how many blocks its plan has.
 BLOCKS_TOTAL = "blocks-total"
+
+
+def finished_with(path: str | os.PathLike[str] | None, key: str) -> bool:
+    """Whether ``path`` is a complete store that a resumable run of ``key`` wrote."""
+    if path is None or not is_complete(path):
+        return False
+    try:
+        return open_zarr_readonly(path).attrs.get(RESUME_ATTR) == key
+    except Exception:  # noqa: BLE001 - unreadable: not ours to skip
+        return False
 
 
 def unfinished_runs(path: str | os.PathLike[str]) -> list[tuple[Path, int, int | None]]:
