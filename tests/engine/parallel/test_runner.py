@@ -187,7 +187,12 @@ def test_a_cluster_run_resumes_a_stopped_run(tmp_path):
             gen.close()
             break
     assert not out.exists() and len(list(tmp_path.glob("out.zarr.partial-*"))) == 1
+    (work,) = tmp_path.glob(".out.zarr.work-*-resumable")  # the input's copy for the workers, kept
+    assert (work / "input.zarr.staged").exists()
     events = list(restore_to_zarr_iter(img, out, "denoise", path, workers=2, resume=True, **kw))
+    assert any("reading the copy of the input that an earlier run of this job made" in (e.message or "")
+               for e in events[:-1])  # fmt: skip
+    assert not work.exists()  # removed once the run is complete
     note = next(e.message for e in events[:-1] if e.stage == "note")
     done = int(note.split(": ")[-1].split(" of ")[0])
     assert note.startswith("resuming") and 6 <= done < 20

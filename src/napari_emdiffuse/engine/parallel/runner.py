@@ -50,6 +50,7 @@ __all__ = [
     "worker_model",
     "zarr_location",
     "stage_input",
+    "staged",
     "model_spec",
     "connect",
     "cluster_client",
@@ -122,6 +123,21 @@ def stage_input(vol: Any, where: Path) -> Generator[Progress, None, str]:
     return str(where)
 
 
+def staged(vol: Any, where: Path, keep: bool) -> Generator[Progress, None, str]:
+    """:func:`stage_input`, or with ``keep`` (a resumable run) the copy that an earlier run of
+    the same job finished, if there is one (the run's key covers the input)."""
+    done = where.with_name(f"{where.name}.staged")
+    if keep and done.exists():
+        say = f"reading the copy of the input that an earlier run of this job made ({where})"
+        yield Progress("note", 0, 0, message=say)
+        return str(where)
+    shutil.rmtree(where, ignore_errors=True)  # a copy a stop cut short
+    path = yield from stage_input(vol, where)
+    if keep:
+        done.touch()
+    return path
+
+
 def model_spec(
     model: Any, loaded: EMDiffuseModel, task: str, arch: str | None, tmp: Path
 ) -> tuple[str, str | None, bool]:
@@ -130,6 +146,7 @@ def model_spec(
         return DEFAULT_MODELS[task], None, False  # each worker finds its own bundled copy
     if isinstance(model, EMDiffuseModel):
         # An in-memory model (maybe changed since loading) travels as a model directory.
+        shutil.rmtree(tmp, ignore_errors=True)  # a resumed run's folder may hold the last run's copy
         loaded.save(tmp)
         return str(tmp), None, True
     path = Path(model)
@@ -454,13 +471,19 @@ class Cluster:
 
     def __call__(self, run: BlockRun) -> Generator[Progress, None, None]:
         """Run every block of ``run.plan``; commit its output stores when all have finished."""
-        out, plan, writer_kw = run.out, run.plan, run.writer_kw
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+        out, plan, writer_kw, key = run.out, run.plan, run.writer_kw, run.resume_key
+        if key is None:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+        else:  # a resumable run's copy of the input is kept for the next run of the same job
+            tmp = out.parent / f".{out.name}.work-{key[:16]}-resumable"
+            tmp.mkdir(exist_ok=True)
+        finished = False
         try:
             with zarr_outputs(out, run.unc_out, plan.out_shape, run.dtype, resume_key=run.resume_key, **writer_kw) \
                     as (wr, unc_wr), cluster_client(self.workers, self.scheduler, run.device) as client:  # fmt: skip
                 yield from resume_note(wr, plan)
-                loc = zarr_location(run.image) or ((yield from stage_input(run.image, tmp / "input.zarr")), "")
+                copy = tmp / "input.zarr"
+                loc = zarr_location(run.image) or ((yield from staged(run.image, copy, key is not None)), "")
                 model = run.model
                 loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=run.task, arch=run.arch, device="cpu")
                 spec, spec_arch, _ = model_spec(model, loaded, run.task, run.arch, tmp / "model")
@@ -484,5 +507,7 @@ class Cluster:
                         client, run.z_filter, base, plan.out_shape, plan.chunks
                     )
                 yield from pyramids_on_workers(client, (wr, unc_wr))
+            finished = True
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if finished or key is None:
+                shutil.rmtree(tmp, ignore_errors=True)
