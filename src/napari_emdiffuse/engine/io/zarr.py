@@ -183,6 +183,10 @@ class ZarrWriter:
     The store is zarr format 2 (readable by zarr 2 and 3, and by ``dask.array.from_zarr``);
     spacing, unit and axes are stored as attributes ``"spacing"``, ``"unit"``, ``"axes"``.
 
+    The store is an OME-Zarr store when the name ends in ``.ome.zarr``: the array is its
+    ``"0"``, and :meth:`commit` adds the pyramid (:meth:`build_pyramid`, unless built
+    already: ``pyramid_built``) and the OME-NGFF metadata.
+
     Parameters
     ----------
     path : str or path-like
@@ -204,9 +208,6 @@ class ZarrWriter:
     overwrite : bool
         Replace an existing ``path`` at commit time. If False and ``path`` exists, InputError
         is raised here, before any work.
-    The store is an OME-Zarr store when the name ends in ``.ome.zarr``: the array is its
-    ``"0"``, and :meth:`commit` adds the pyramid (:meth:`build_pyramid`, unless built
-    already: ``pyramid_built``) and the OME-NGFF metadata.
     resume_key : str, optional
         Make the store resumable: the key of the run (the same key for the same input, model,
         options and plan). An unfinished store beside ``path`` left by a run of the same key,
