@@ -13,11 +13,14 @@ __all__ = ["PROG", "drive", "say", "duration"]
 PROG = "emdiffuse"
 
 
-def drive(gen: Generator, stages: Sequence[str] = ("sampling", "block", "training")) -> Any:
-    """Drive an engine generator with a tqdm bar on stderr; return its final item."""
+def drive(gen: Generator, stages: Sequence[str] | None = None) -> Any:
+    """Drive an engine generator with a tqdm bar on stderr; return its final item. ``stages``:
+    those shown (default: sampling, blocks, training and the passes over a whole volume)."""
     from tqdm import tqdm
 
-    from .engine.events import Progress, TimeLeft
+    from .engine.events import VOLUME_STAGES, Progress, TimeLeft
+
+    stages = ("sampling", "block", "training", *VOLUME_STAGES) if stages is None else stages
 
     bar = None
     result = None
@@ -39,7 +42,7 @@ def drive(gen: Generator, stages: Sequence[str] = ("sampling", "block", "trainin
                 if ev.stage == "training" and ev.loss is None and ev.message:  # a note, e.g. the time budget
                     say(bar, f"{PROG}: {ev.message}")
                     continue
-                if ev.stage == "block" and bar is not None and bar.desc != "block":
+                if ev.stage == "block" and bar is not None and bar.desc == "sampling":
                     # Block counts ride on the finer, global sampling/training bar: a bar of
                     # their own would restart it (rate, ETA) at every slice.
                     bar.set_postfix_str(f"block {ev.done}/{ev.total}", refresh=True)

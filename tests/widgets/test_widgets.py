@@ -1048,3 +1048,18 @@ def test_finetune_widget_exports_a_predictor_to_bioimageio(viewer, models, error
     assert not ft.export_button.isEnabled()
     assert ft.export_to(tmp_path / "diffusion.zip") is None
     assert "diffusion model" in errors[-1] and not (tmp_path / "diffusion.zip").exists()
+
+
+def test_a_pass_over_the_volume_gets_a_progress_bar_of_its_own(viewer):
+    """After the network passes, the z filter (or the pyramid) counts on a bar named for it."""
+    from napari_emdiffuse.widgets._jobs import ProgressBar
+
+    bar = ProgressBar("EMDiffuse denoise: fib")
+    bar.update(3, 4, "sampling")
+    first = bar.bar
+    bar.update(2, 5, "block")  # blocks ride on the same bar's phase logic
+    assert bar.bar is first and "EMDiffuse denoise: fib" in first.desc
+    bar.update(1, 16, "z filter")
+    assert bar.bar is not first and "fib (z filter)" in bar.bar.desc and (bar.bar.n, bar.bar.total) == (1, 16)
+    bar.close()
+    assert bar.bar is None

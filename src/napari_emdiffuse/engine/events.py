@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Progress", "drain", "TimeLeft"]
+__all__ = ["Progress", "drain", "TimeLeft", "VOLUME_STAGES"]
+
+#: Stages besides the network passes that go over the whole image once, and take long on a
+#: large volume: copying the input for dask workers, averaging a stack along z, writing an
+#: OME-Zarr pyramid. The CLI and the widgets show a progress bar for each.
+VOLUME_STAGES = ("staging", "z filter: choosing its width", "z filter", "pyramid")
 
 
 @dataclass

@@ -127,14 +127,18 @@ class ProgressBar:
     def __init__(self, desc: str) -> None:
         self.desc = desc
         self.bar: Any = None
+        self._label = desc
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: int, total: int, stage: str = "sampling") -> None:
         if not total:
             return
         from napari.utils import progress
 
+        label = self.desc if stage in ("sampling", "block") else f"{self.desc} ({stage})"
+        if self.bar is not None and label != self._label:  # a pass over the volume: a bar of its own
+            self.close()
         if self.bar is None:
-            self.bar = progress(total=total, desc=self.desc)
+            self.bar, self._label = progress(total=total, desc=label), label
         elif self.bar.total != total or done < self.bar.n:
             # A new phase (denoising, then reconstructing; a retry with smaller blocks)
             # counts from 0 again: so does the bar, or it would sit at the last phase's count.
@@ -217,7 +221,7 @@ class EngineRun:
         # Block counts drive the bar only when no finer sampling counts come (a distributed
         # run); in one process they would pull it back and forth between the two totals.
         if ev.stage in self._stages and not (ev.stage == "block" and self._sampling_seen):
-            self._progress.update(ev.done, ev.total)
+            self._progress.update(ev.done, ev.total, ev.stage)
         self._sampling_seen = self._sampling_seen or ev.stage == "sampling"
         if self._on_event is not None:
             self._on_event(ev)

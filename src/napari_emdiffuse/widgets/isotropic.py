@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QLineEdit, QWidget
 
+from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
@@ -327,7 +328,7 @@ class IsotropicWidget(DockWidget):
             factory,
             status=f"reconstructing '{layer.name}' x{opts.factor}…",
             desc=f"EMDiffuse isotropic x{opts.factor}: {layer.name}",
-            stages=("sampling", "block"),  # block: distributed runs
+            stages=("sampling", "block", *VOLUME_STAGES),  # block: distributed runs
             on_result=lambda result: self._show(result, source, kwargs["out"]),
         )
 

@@ -15,6 +15,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLineEdit, QWidget
 
 from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
+from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
 from ..engine.inference.zfilter import Z_FILTERS
 from ..engine.io.zarr import uncertainty_beside
@@ -440,7 +441,7 @@ class RestoreWidget(DockWidget):
             factory,
             status=f"restoring '{layer.name}'…",
             desc=f"EMDiffuse {opts.task}: {layer.name}",
-            stages=("sampling", "block"),
+            stages=("sampling", "block", *VOLUME_STAGES),
             on_result=lambda result: self._show(result, source, opts.task, unc_out, data.shape[-1]),
         )
 

@@ -251,8 +251,8 @@ def resume_note(wr: ZarrWriter, plan: BlockPlan) -> Generator[Progress, None, No
 
 
 def pyramid_note(writers: tuple[ZarrWriter | None, ...]) -> Generator[Progress, None, list[ZarrWriter]]:
-    """Say which OME-Zarr outputs get a pyramid now; returns them."""
-    ome = [w for w in writers if w is not None and w.ome]
+    """Say which OME-Zarr outputs get a pyramid now (those large enough); returns them."""
+    ome = [w for w in writers if w is not None and w.has_pyramid]
     if ome:
         names = " and ".join(f"'{w.path.name}'" for w in ome)
         yield Progress("note", 0, 0, message=f"adding the multiscale pyramid of {names} (OME-Zarr, 2x2 means)")

@@ -316,6 +316,11 @@ class ZarrWriter:
         """Where the full-resolution array lives until :meth:`commit` (what workers open)."""
         return self._temp / "0" if self.ome else self._temp
 
+    @property
+    def has_pyramid(self) -> bool:
+        """An OME-Zarr store large enough for levels below full resolution."""
+        return self.ome and bool(level_plan(tuple(self.array.shape), self._ngff[0]))
+
     def pyramid_levels(self) -> list[tuple[Path, Path, bool]]:
         """The (level above, level, z halved) of an OME-Zarr store's pyramid, each level
         created empty (again, after a resumed run); [] for a plain store."""
