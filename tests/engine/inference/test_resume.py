@@ -204,3 +204,12 @@ def test_an_ome_zarr_run_resumes_and_gets_its_whole_pyramid(tmp_path, model, mon
     assert is_complete(out) and sorted(a.array_keys()) == sorted(b.array_keys()) == ["0", "1", "2"]
     for k in ("0", "1", "2"):
         assert np.array_equal(a[k][:], b[k][:])
+
+
+def test_a_name_with_glob_characters_resumes(tmp_path, model):
+    """``run[1].zarr``: the unfinished store is found by its literal name, not as a pattern."""
+    img = _alike_stack(nz=2)
+    out = tmp_path / "run[1].zarr"
+    _run(restore_to_zarr_iter(img, out, "denoise", model, resume=True, z_filter="off", **KW), stop_after=3)
+    notes, done = _run(restore_to_zarr_iter(img, out, "denoise", model, resume=True, z_filter="off", **KW))
+    assert "3 of 8 blocks are done" in notes[0] and done == 5 and is_complete(out)

@@ -15,6 +15,7 @@ align with the chunks must not be written concurrently (zarr rewrites whole chun
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import secrets
@@ -483,7 +484,7 @@ def unfinished_runs(path: str | os.PathLike[str]) -> list[tuple[Path, int, int |
     """
     p = Path(path).expanduser()
     found = []
-    for cand in sorted(p.parent.glob(f"{p.name}.partial-*")):
+    for cand in sorted(p.parent.glob(f"{glob.escape(p.name)}.partial-*")):
         ledger = Ledger(str(cand / LEDGER_DIR))
         if not (cand / LEDGER_DIR).is_dir():
             continue  # not resumable: removed when its run ends
@@ -499,7 +500,7 @@ def _unfinished(
     """The unfinished store of run ``key`` beside ``path`` (the one with the most finished
     parts, when a run crashed more than once), or None."""
     found: list[tuple[int, str, Path]] = []
-    for cand in path.parent.glob(f"{path.name}.partial-*"):
+    for cand in path.parent.glob(f"{glob.escape(path.name)}.partial-*"):  # a name may hold [ or *
         try:
             arr = _zarr().open_array(str(cand / "0" if is_ome(path) else cand), mode="r")
             attrs = dict(arr.attrs)
