@@ -75,3 +75,23 @@ def em_image(shared_data) -> np.ndarray:
     import tifffile
 
     return tifffile.imread(shared_data / "em2d" / "noisy_nogt" / "noisy_9.tif")
+
+
+def write_tczyx_ome(path: Path, zyx: np.ndarray, spacing=(40.0, 8.0, 8.0), version: str = "0.4") -> Path:
+    """An OME-Zarr store as bioformats2raw and ome-zarr-py write one: a single time point and
+    channel in front (TCZYX), micrometres; NGFF 0.4 in zarr format 2 or 0.5 in format 3."""
+    import zarr
+
+    fmt = 2 if version == "0.4" else 3
+    group = zarr.open_group(str(path), mode="w", zarr_format=fmt)
+    arr = group.create_array("0", shape=(1, 1, *zyx.shape), dtype=zyx.dtype, chunks=(1, 1, 1, *zyx.shape[1:]))
+    arr[...] = zyx[None, None]
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}]
+    axes += [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    ms = {"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [1.0, 1.0, *(s / 1000 for s in spacing)]}]}]}  # fmt: skip
+    if version == "0.4":
+        group.attrs["multiscales"] = [{"version": "0.4", **ms}]
+    else:
+        group.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
+    return path

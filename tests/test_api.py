@@ -101,6 +101,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.training.estimator",
         "napari_emdiffuse.engine.training.predictors",
         "napari_emdiffuse.engine.training.validation",
+        "napari_emdiffuse.engine.io.views",
         "napari_emdiffuse.widgets._finetune_options",
         "napari_emdiffuse.widgets.restore",
     ],

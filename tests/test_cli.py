@@ -742,6 +742,26 @@ def test_an_ome_zarr_output_gets_its_pyramid(tmp_path, noisy_tif, tiny_model_dir
     assert "40 x 56 uint8" in (got := capsys.readouterr().out) and "OME-Zarr, 3 levels" in got
 
 
+def test_a_tczyx_ome_zarr_input_restores_as_zyx(tmp_path, tiny_model_dir, capsys):
+    """The layout that bioformats2raw writes (a single T and C in front of ZYX) is read as a ZYX
+    stack with its voxel size, and the output is ZYX."""
+    from tests.conftest import write_tczyx_ome
+
+    stack = (np.random.default_rng(3).random((3, 40, 48)) * 255).astype(np.uint8)
+    src = write_tczyx_ome(tmp_path / "in.ome.zarr", stack, version="0.5")
+    assert main(["info", str(src)]) == 0
+    assert capsys.readouterr().out.startswith(f"{src}: 3 x 40 x 48 uint8, axes ZYX, 40 x 8 x 8 nm")
+    out = tmp_path / "out.zarr"
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(tiny_model_dir), "--z-filter", "off", *FAST]) == 0
+    got = read_image(out)
+    assert got.data.shape == (3, 40, 48) and got.spacing == (40.0, 8.0, 8.0)
+    ref = tmp_path / "ref.tif"
+    tifffile.imwrite(ref, stack)
+    assert main(["denoise", str(ref), "-o", str(tmp_path / "ref_out.tif"), "--model", str(tiny_model_dir),
+                 "--z-filter", "off", *FAST]) == 0  # fmt: skip
+    assert np.array_equal(got.data[...], tifffile.imread(tmp_path / "ref_out.tif"))
+
+
 def test_info_shows_an_unfinished_resumable_run(tmp_path, tiny_model_dir, capsys):
     from napari_emdiffuse.api import restore_to_zarr_iter
     from napari_emdiffuse.engine.events import Progress

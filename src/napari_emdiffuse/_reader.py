@@ -58,31 +58,37 @@ def _read(path: str | list[str]) -> list[LayerData]:
 
 
 def get_ome_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """The reader for one OME-Zarr store (a ``.ome.zarr`` folder with ``multiscales``), else None."""
-    from .engine.io.zarr import is_ome
+    """The reader for one OME-Zarr store (a ``.ome.zarr`` folder with ``multiscales``, NGFF
+    0.4 or 0.5), else None."""
+    from .engine.io.zarr import is_ome, ome_levels
 
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
     p = Path(path)
-    if not (is_ome(p) and p.is_dir() and (p / ".zattrs").is_file() and "multiscales" in (p / ".zattrs").read_text()):
+    if not (is_ome(p) and p.is_dir() and ome_levels(p)):
         return None
     return _read_ome
 
 
 def _read_ome(path: str | list[str]) -> list[LayerData]:
-    """Every level of the store's first multiscale image, lazily; the full resolution's
+    """Every level of the store's first multiscale image, lazily, without the leading
+    size-1 axes (a single T or C) that the restoration drops too; the full resolution's
     pixel size as the layer's scale."""
     import dask.array as da
     import zarr
 
+    from .engine.io.views import leading_ones
+    from .engine.io.zarr import ome_levels
+
     if isinstance(path, (list, tuple)):
         path = path[0]
     group = zarr.open_group(str(path), mode="r")
-    datasets = group.attrs["multiscales"][0]["datasets"]
-    levels = [da.from_zarr(group[str(d["path"])]) for d in datasets]
-    first = str(datasets[0]["path"])
-    data, meta, kind = image_layer(Path(path) / first, name=Path(path).name[: -len(".ome.zarr")])
+    paths = ome_levels(path)
+    _, meta, kind = image_layer(Path(path) / paths[0], name=Path(path).name[: -len(".ome.zarr")])
+    levels = [da.from_zarr(group[k]) for k in paths]
+    lead = leading_ones(levels[0].shape)  # as read_image drops them from the first level
+    levels = [lv[(0,) * lead] for lv in levels]
     meta["multiscale"] = len(levels) > 1
-    return [(levels if len(levels) > 1 else data, meta, kind)]
+    return [(levels if len(levels) > 1 else levels[0], meta, kind)]

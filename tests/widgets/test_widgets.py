@@ -129,6 +129,17 @@ def _quick_restore_dock(viewer, models, layer):
     return w
 
 
+def _sr_dock(viewer, models):
+    """The Restore widget set to super-resolve with the tiny SR model: two steps, 32-px tiles."""
+    w = _dock(viewer, RESTORE)
+    w.task.setCurrentText("super-resolve")
+    w.model.add_path(models["sr"])
+    w.steps.setValue(2)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    return w
+
+
 def _wait(qtbot, widget, timeout: int = 60_000) -> None:
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
@@ -545,13 +556,8 @@ def test_restore_widget_denoise_and_rerun_replaces(viewer, qtbot, models, errors
 def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors):
     img = (np.random.default_rng(1).random((2, 24, 20)) * 4000).astype(np.uint16)
     viewer.add_image(img, name="stack", scale=(50.0, 8.0, 8.0), translate=(0.0, 16.0, 32.0))
-    w = _dock(viewer, RESTORE)
-    w.task.setCurrentText("super-resolve")
+    w = _sr_dock(viewer, models)
     assert w.model.task == "super-resolve"
-    w.model.add_path(models["sr"])
-    w.steps.setValue(2)
-    w.tile.setValue(32)
-    w.device.set_value("cpu")
     assert w.run()
     _wait(qtbot, w)
     assert not errors
@@ -560,6 +566,29 @@ def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors)
     assert tuple(out.scale) == (50.0, 4.0, 4.0)
     assert tuple(out.translate) == (0.0, 14.0, 30.0)  # translate - scale/4 in Y and X
     assert "stack_sr2_uncertainty" not in viewer.layers  # one sample: no uncertainty
+
+
+def test_a_tczyx_ome_zarr_opens_and_restores_as_a_zyx_stack(viewer, qtbot, models, errors, tmp_path):
+    """An NGFF 0.5 store (zarr format 3) with a single T and C in front opens through our
+    reader as a ZYX layer with its voxel size; a layer that keeps the two axes (napari's own
+    reader) restores as a ZYX stack with the z, y, x scale."""
+    from tests.conftest import write_tczyx_ome
+
+    img = (np.random.default_rng(1).random((2, 24, 20)) * 4000).astype(np.uint16)
+    store = write_tczyx_ome(tmp_path / "cells.ome.zarr", img, spacing=(50.0, 8.0, 8.0), version="0.5")
+    viewer.open(str(store), plugin=PLUGIN)
+    opened = viewer.layers["cells"]
+    assert opened.data.shape == (2, 24, 20) and tuple(opened.scale) == pytest.approx((50.0, 8.0, 8.0))
+    assert np.array_equal(np.asarray(opened.data), img)
+    layer = viewer.add_image(img[None, None], name="tczyx", scale=(1.0, 1.0, 50.0, 8.0, 8.0))
+    check_input_layer(layer, volume=True)  # 3D once the single T and C are dropped
+    w = _sr_dock(viewer, models)
+    w.layer_combo.set_layer(layer)
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors
+    out = viewer.layers["tczyx_sr2"]
+    assert out.data.shape == (2, 48, 40) and tuple(out.scale) == (50.0, 4.0, 4.0)
 
 
 def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer, qtbot, models, errors, tmp_path):

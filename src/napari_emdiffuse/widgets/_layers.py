@@ -47,9 +47,15 @@ def layer_units(layer: Any) -> tuple[str, ...] | None:
 
 def layer_source(layer: Any) -> dict[str, Any]:
     """What an output layer needs from its input, captured when a run starts (the input
-    may be renamed, moved or removed while the worker runs)."""
+    may be renamed, moved or removed while the worker runs). The geometry leaves out the
+    leading size-1 axes that the pixels to process leave out (``restore.layer_array``)."""
+    from ..engine.io.views import leading_ones
+
     scale, translate = layer_geometry(layer)
-    return {"layer": layer, "name": layer.name, "scale": scale, "translate": translate, "units": layer_units(layer)}
+    units = layer_units(layer)
+    lead = leading_ones(tuple((layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape))
+    return {"layer": layer, "name": layer.name, "scale": scale[lead:], "translate": translate[lead:],
+            "units": units[lead:] if units is not None else None}  # fmt: skip
 
 
 def upsert_image(

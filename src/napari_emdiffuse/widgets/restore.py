@@ -244,7 +244,7 @@ def check_input_layer(layer: Any, *, volume: bool = False) -> None:
             f"layer '{layer.name}' is an RGB colour image; EM models need grey scale "
             "(convert it to grey scale, or load a single channel)"
         )
-    ndim = layer.ndim
+    ndim = len(layer_array(layer).shape)
     if volume and ndim != 3:
         raise InputError(
             f"layer '{layer.name}' has {ndim} dimensions; isotropic reconstruction needs a 3D (ZYX) volume"
@@ -255,8 +255,11 @@ def check_input_layer(layer: Any, *, volume: bool = False) -> None:
 
 def layer_array(layer: Any) -> Any:
     """The pixels to process: the layer's array (numpy, dask or zarr, never copied), or the
-    full-resolution level of a multiscale layer."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    full-resolution level of a multiscale layer, without leading size-1 axes (an OME-Zarr's
+    single T and C; :func:`~._layers.layer_source` drops their scale)."""
+    from ..engine.io.views import drop_leading
+
+    return drop_leading(layer.data[0] if getattr(layer, "multiscale", False) else layer.data, None, None)[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["SPATIAL_AXES", "nm_factor", "to_nm", "check_spacing", "check_axes", "tiff_calibration", "zarr_calibration"]
+__all__ = ["SPATIAL_AXES", "nm_factor", "to_nm", "check_spacing", "check_axes", "tiff_calibration", "zarr_calibration",
+           "ngff_multiscales"]
 
 SPATIAL_AXES = frozenset("ZYX")
 
@@ -267,6 +268,13 @@ def zarr_calibration(
     attrs = dict(array.attrs)
     own_axes = attrs.get("axes")
     axes = own_axes.upper() if isinstance(own_axes, str) and len(own_axes) == ndim else None
+    found = None
+    if parent is not None:
+        try:
+            found = _ngff_scale(dict(parent.attrs), name, ndim)
+        except (TypeError, ValueError, KeyError, AttributeError):  # malformed metadata
+            found = None
+    axes = axes or (found[2] if found is not None else None)
 
     spacing = attrs.get("spacing")
     if isinstance(spacing, list) and len(spacing) == ndim:
@@ -279,24 +287,34 @@ def zarr_calibration(
             values, unit = to_nm(values, [unit] * ndim, axes)
             return values, unit, axes
 
-    if parent is not None:
-        try:
-            found = _ngff_scale(dict(parent.attrs), name, ndim)
-        except (TypeError, ValueError, KeyError, AttributeError):  # malformed metadata
-            found = None
-        if found is not None:
-            values, units, ngff_axes = found
-            axes = axes or ngff_axes
-            values, unit = to_nm(values, units, axes)
-            return values, unit, axes
+    if found is not None:
+        values, unit = to_nm(found[0], found[1], axes)
+        return values, unit, axes
     return None, None, axes
+
+
+def ngff_multiscales(attrs: Any) -> list:
+    """A group's OME-NGFF ``multiscales`` list: 0.4 and earlier keep it at the top of the
+    attributes, 0.5 under ``"ome"``; empty when there is none.
+
+    Examples
+    --------
+    >>> ngff_multiscales({"ome": {"version": "0.5", "multiscales": [{"datasets": []}]}})
+    [{'datasets': []}]
+    >>> ngff_multiscales({"spacing": [1, 1]})
+    []
+    """
+    if not isinstance(attrs, dict):
+        return []
+    found = attrs.get("multiscales") or (attrs.get("ome") if isinstance(attrs.get("ome"), dict) else {}).get("multiscales")
+    return found if isinstance(found, list) else []
 
 
 def _ngff_scale(
     attrs: dict, name: str, ndim: int
 ) -> tuple[tuple[float, ...], list[str | None], str | None] | None:
     """Scale of dataset ``name``: OME-NGFF 0.4 (``multiscales``) or 0.5 (``ome.multiscales``)."""
-    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    multiscales = ngff_multiscales(attrs)
     if not multiscales:
         return None
     for ms in multiscales:

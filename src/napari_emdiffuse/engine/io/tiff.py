@@ -21,6 +21,7 @@ from .common import (
     TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, grey_from_samples, reason,
     suffix_of,
 )
+from .views import drop_leading
 
 __all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "read_tiff", "write_tiff"]
 
@@ -111,7 +112,7 @@ def read_tiff(path: Path) -> ImageData:
         spacing, unit = to_nm(spacing, units, aligned)
 
     data, spacing, known_axes = _grey(path, data, spacing, known_axes, series_axes)
-    data, spacing, known_axes = _squeeze_leading(data, spacing, known_axes)
+    data, spacing, known_axes = drop_leading(data, spacing, known_axes)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=known_axes, path=path)
 
 
@@ -163,24 +164,6 @@ def _grey(
         spacing = spacing[:-1]
     if axes is not None and len(axes) == data.ndim + 1 and axes.endswith("S"):
         axes = axes[:-1]
-    return data, spacing, axes
-
-
-def _squeeze_leading(
-    data: np.ndarray, spacing: tuple[float, ...] | None, axes: str | None
-) -> tuple[np.ndarray, tuple[float, ...] | None, str | None]:
-    """Drop size-1 axes in front of the last three (singleton T or C of a hyperstack)."""
-    if data.ndim <= 3:
-        return data, spacing, axes
-    drop = [i for i in range(data.ndim - 3) if data.shape[i] == 1]
-    if not drop:
-        return data, spacing, axes
-    keep = [i for i in range(data.ndim) if i not in drop]
-    data = data.squeeze(axis=tuple(drop))
-    if spacing is not None:
-        spacing = tuple(spacing[i] for i in keep)
-    if axes is not None and len(axes) == len(keep) + len(drop):
-        axes = "".join(axes[i] for i in keep)
     return data, spacing, axes
 
 

@@ -29,7 +29,7 @@ import torch
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress, drain
 from ..io.common import as_numpy
-from ..io.zarr import open_zarr_for_block_writes, zarr_major
+from ..io.zarr import open_source, open_zarr_for_block_writes, source_of, zarr_major
 from ..inference.blocks import (
     BlockPlan, BlockRun, BlockTarget, block_key, pending_jobs, pyramid_note, resume_note, zarr_outputs,
 )  # fmt: skip
@@ -48,7 +48,6 @@ __all__ = [
     "BlockJob",
     "run_block_job",
     "worker_model",
-    "zarr_location",
     "stage_input",
     "staged",
     "model_spec",
@@ -84,20 +83,6 @@ def worker_model(spec: str, arch: str | None, device: str) -> EMDiffuseModel:
     while len(_MODELS) > _MODELS_MAX:
         del _MODELS[next(iter(_MODELS))]
     return m
-
-
-def zarr_location(vol: Any) -> tuple[str, str] | None:
-    """(store folder, array path) of a zarr array on the local file system, else None."""
-    try:
-        import zarr
-    except ImportError:  # pragma: no cover - zarr is a dependency
-        return None
-    if not isinstance(vol, zarr.Array):
-        return None
-    root = getattr(vol.store, "root", None) or getattr(vol.store, "path", None)
-    if root is None or not Path(root).is_dir():
-        return None
-    return str(Path(root).resolve()), str(getattr(vol, "path", "") or "")
 
 
 def stage_input(vol: Any, where: Path) -> Generator[Progress, None, str]:
@@ -321,6 +306,7 @@ class BlockJob:
     dtype: str
     measured_unc: str | None = None  # zarr store: uncertainty of the measured slices
     ledger: Ledger = Ledger()  # a resumable run's: the block is marked once written
+    src_lead: int = 0  # leading size-1 axes of the input array, dropped (an OME-Zarr's T, C)
 
 
 def worker_options(m: EMDiffuseModel, job: BlockJob) -> SamplingOptions:
@@ -330,13 +316,11 @@ def worker_options(m: EMDiffuseModel, job: BlockJob) -> SamplingOptions:
 
 def run_block_job(job: BlockJob) -> tuple[int, int, int]:
     """Run one block task in a worker: read its input, restore it, write into the shared store."""
-    import zarr
-
     m = worker_model(job.model, job.arch, job.device)
-    src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")
+    src = open_source(job.src, job.src_key, job.src_lead)
     run = reconstruct_block if job.kind == "isotropic" else restore_block
     unc = open_zarr_for_block_writes(job.unc) if job.unc else None
-    measured = zarr.open_array(job.measured_unc, mode="r") if job.measured_unc else None
+    measured = open_source(job.measured_unc) if job.measured_unc else None
     target = BlockTarget(
         job.norm, worker_options(m, job), m.device, np.dtype(job.dtype), open_zarr_for_block_writes(job.dst), unc,
         measured,
@@ -361,14 +345,13 @@ class ZFilterJob:
     widths: tuple[float, ...] = ()
     width: float | None = None
     ledger: Ledger = Ledger()  # a resumable run's: tiles filtered already are skipped
+    src_lead: int = 0  # as BlockJob's
 
 
 def run_z_filter_job(job: ZFilterJob) -> np.ndarray | None:
     """Score or filter one task's tiles in the shared stores; tiles are whole chunk columns,
     so no two tasks write one chunk."""
-    import zarr
-
-    src = zarr.open_array(job.src, path=job.src_key, mode="r") if job.src_key else zarr.open_array(job.src, mode="r")
+    src = open_source(job.src, job.src_key, job.src_lead)
     dst = open_zarr_for_block_writes(job.dst)
     tiles = list(job.tiles)
     if job.width is None:
@@ -483,7 +466,7 @@ class Cluster:
                     as (wr, unc_wr), cluster_client(self.workers, self.scheduler, run.device) as client:  # fmt: skip
                 yield from resume_note(wr, plan)
                 copy = tmp / "input.zarr"
-                loc = zarr_location(run.image) or ((yield from staged(run.image, copy, key is not None)), "")
+                loc = source_of(run.image) or ((yield from staged(run.image, copy, key is not None)), "", 0)
                 model = run.model
                 loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=run.task, arch=run.arch, device="cpu")
                 spec, spec_arch, _ = model_spec(model, loaded, run.task, run.arch, tmp / "model")
@@ -493,7 +476,7 @@ class Cluster:
                         kind, spec, spec_arch, run.device, loc[0], loc[1], str(wr.array_path),
                         str(unc_wr.array_path) if unc_wr is not None else None, plan, block, run.norm, run.request,
                         run.opts.tile, run.opts.overlap, run.dtype.str,
-                        str(run.measured_unc) if run.measured_unc is not None else None, wr.ledger,
+                        str(run.measured_unc) if run.measured_unc is not None else None, wr.ledger, loc[2],
                     )  # fmt: skip
                     for block in pending_jobs(plan, wr.ledger)
                 ]
@@ -501,7 +484,7 @@ class Cluster:
                 if run.z_filter is not None:  # after every block: it reads across the workers' slices
                     base = ZFilterJob(
                         loc[0], loc[1], str(wr.array_path), str(unc_wr.array_path) if unc_wr is not None else None,
-                        (), run.norm.fill, ledger=wr.ledger,
+                        (), run.norm.fill, ledger=wr.ledger, src_lead=loc[2],
                     )  # fmt: skip
                     wr.array.attrs["z_filter"] = yield from z_filter_on_workers(
                         client, run.z_filter, base, plan.out_shape, plan.chunks
