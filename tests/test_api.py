@@ -102,6 +102,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.training.predictors",
         "napari_emdiffuse.engine.training.validation",
         "napari_emdiffuse.engine.io.views",
+        "napari_emdiffuse.engine.io.hdf5",
         "napari_emdiffuse.widgets._finetune_options",
         "napari_emdiffuse.widgets.restore",
     ],

@@ -274,7 +274,7 @@ def test_bad_input_table(tmp_path, tiny_model_dir, case):
 
 @pytest.mark.parametrize(
     "args,needle",
-    [(["denoise"], "required"), (["denoise", "x.tif", "-o", "y.h5"], "unsupported"),
+    [(["denoise"], "required"), (["denoise", "x.tif", "-o", "y.h5"], "read only here"),
      (["denoise", "x.tif", "-o", "y.png"], "read only here; write .tif, .mrc or .zarr"),
      (["denoise", "x.tif", "-o", "y.tif", "--steps", "-1"], "positive"), (["frobnicate"], "invalid choice"),
      (["finetune", "--task", "denoise", "--input", "x.tif", "-o", "m", "--base-margin", "-11"], "[-10, 10]"),
@@ -530,6 +530,9 @@ def test_batch_plan_names_and_refusals(tmp_path):
     assert [(o.name, u.name) for _, o, u in plan] == [
         ("a.tif", "a_uncertainty.tif"), ("b.tif", "b_uncertainty.tif"), ("c.mrc", "c_uncertainty.mrc")]
     assert (tmp_path / "out").is_dir() and (tmp_path / "sd").is_dir()
+    (tmp_path / "cremi.hdf").write_bytes(b"x")  # named explicitly (folders list TIFF, MRC, pictures)
+    assert [o.name for _, o, _ in plan_batch(expand_inputs([str(tmp_path / "cremi.hdf")]), tmp_path / "out")] == [
+        "cremi.tif"]  # fmt: skip
     # the uncertainty folder may lie in the output folder, both made now
     nested = plan_batch(files, tmp_path / "res", tmp_path / "res" / "sd")
     assert nested[0][2] == tmp_path / "res" / "sd" / "a_uncertainty.tif" and (tmp_path / "res" / "sd").is_dir()

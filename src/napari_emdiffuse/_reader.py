@@ -1,5 +1,5 @@
-"""napari readers: MRC files (IMOD, SerialEM, tomography), which napari cannot open itself,
-and OME-Zarr stores (this plugin's ``.ome.zarr`` outputs among them) as multiscale layers with
+"""napari readers: MRC files (IMOD, SerialEM, tomography) and HDF5 files (CREMI, ilastik),
+which napari cannot open itself, and OME-Zarr stores (this plugin's ``.ome.zarr`` outputs among them) as multiscale layers with
 their pixel size, which napari's own zarr reader leaves out.
 
 The layer's ``scale`` is the voxel size in nanometres, as for every image this plugin opens, so
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["get_reader", "get_ome_reader", "image_layer"]
+__all__ = ["get_reader", "get_ome_reader", "get_h5_reader", "image_layer", "layer_meta"]
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -30,12 +30,17 @@ def image_layer(path: str | os.PathLike[str], name: str | None = None, **extra: 
     from .engine.io.images import read_image
 
     img = read_image(path)
-    meta: dict[str, Any] = {"name": name or Path(path).stem, **extra}
+    return img.data, layer_meta(img, name or Path(path).stem, **extra), "image"
+
+
+def layer_meta(img: Any, name: str, **extra: Any) -> dict[str, Any]:
+    """A layer's name, and its ``scale`` (and units) from an :class:`ImageData`'s spacing."""
+    meta: dict[str, Any] = {"name": name, **extra}
     if img.spacing is not None:
         meta["scale"] = tuple(float(s) for s in img.spacing)
         if img.unit == "nm":
             meta["units"] = ("nm",) * len(img.spacing)
-    return img.data, meta, "image"
+    return meta
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
@@ -92,3 +97,42 @@ def _read_ome(path: str | list[str]) -> list[LayerData]:
     levels = [lv[(0,) * lead] for lv in levels]
     meta["multiscale"] = len(levels) > 1
     return [(levels if len(levels) > 1 else levels[0], meta, kind)]
+
+
+def get_h5_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """The reader for one HDF5 file (``.h5``, ``.hdf5``, ``.hdf``), else None."""
+    from .engine.io.common import H5_SUFFIXES
+
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if Path(path).suffix.lower() not in H5_SUFFIXES or not Path(path).is_file():
+        return None
+    return _read_h5
+
+
+def _read_h5(path: str | list[str]) -> list[LayerData]:
+    """A layer per image dataset of the file, read lazily (dask, one slice or one stored chunk
+    per block) with its voxel size; integer datasets named like labels (CREMI's
+    ``volumes/labels/neuron_ids``) as labels layers."""
+    import dask.array as da
+    from dask.base import tokenize
+
+    from .engine.io.hdf5 import h5_datasets, open_h5
+    from .engine.io.images import read_image
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    with open_h5(str(path)) as f:
+        names = h5_datasets(f)
+    layers: list[LayerData] = []
+    for name in names:
+        img = read_image(Path(path) / name)
+        data = img.data
+        chunks = data.chunks if data.chunks != data.shape else (1,) * (data.ndim - 2) + data.shape[-2:]
+        lazy = da.from_array(data, chunks=chunks, name=f"h5-{tokenize(data)}", asarray=False)
+        labels = "label" in name.lower() and data.dtype.kind in "ui"
+        meta = layer_meta(img, Path(path).stem if len(names) == 1 else name)
+        layers.append((lazy, meta, "labels" if labels else "image"))
+    return layers

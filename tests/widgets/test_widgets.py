@@ -222,6 +222,25 @@ def test_ome_zarr_outputs_open_in_napari_as_multiscale_with_their_pixel_size(vie
     assert np.array_equal(np.asarray(layer.data[0]), data) and tuple(layer.scale) == (50.0, 4.0, 4.0)
 
 
+def test_hdf5_files_open_in_napari_with_their_voxel_size(viewer, tmp_path):
+    """A CREMI file: its raw volume as an image and its neuron ids as labels, lazily, at 50 x 4 x 4 nm."""
+    import dask.array as da
+    import h5py
+
+    from napari_emdiffuse._reader import get_h5_reader
+
+    raw = (np.random.default_rng(0).random((3, 16, 20)) * 255).astype(np.uint8)
+    with h5py.File(tmp_path / "sample_A.hdf", "w") as f:
+        f.create_dataset("volumes/raw", data=raw).attrs["resolution"] = [50.0, 4.0, 4.0]
+        f.create_dataset("volumes/labels/neuron_ids", data=np.ones(raw.shape, np.uint64))
+    assert get_h5_reader(str(tmp_path / "x.tif")) is None and get_h5_reader(str(tmp_path / "none.h5")) is None
+    viewer.open(str(tmp_path / "sample_A.hdf"), plugin=PLUGIN)
+    image, labels = viewer.layers["volumes/raw"], viewer.layers["volumes/labels/neuron_ids"]
+    assert isinstance(image, napari.layers.Image) and isinstance(labels, napari.layers.Labels)
+    assert isinstance(image.data, da.Array) and np.array_equal(np.asarray(image.data), raw)
+    assert tuple(image.scale) == (50.0, 4.0, 4.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # plain logic
 

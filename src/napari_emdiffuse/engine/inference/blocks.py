@@ -24,6 +24,7 @@ import torch
 from ..errors import EMDiffuseError
 from ..events import Progress
 from ..io.ledger import Ledger
+from ..io.sources import source_of
 from ..io.zarr import BLOCKS_TOTAL, ZarrWriter, finished_with
 from .canvas import SamplingOptions
 from .normalise import NormInfo
@@ -184,7 +185,7 @@ def run_key(**parts: Any) -> str:
 
 def input_identity(image: Any) -> dict:
     """What tells one input from another in :func:`run_key`: shape and dtype, and where a
-    zarr array lives, a dask array's name, or a digest of a numpy array's pixels (every k-th,
+    zarr array or an HDF5 dataset lives, a dask array's name, or a digest of a numpy array's pixels (every k-th,
     at most 4 M of them). The key also holds the input's normalisation (its percentiles)."""
     ident: dict[str, Any] = {"shape": list(image.shape), "dtype": str(np.dtype(image.dtype))}
     if isinstance(image, np.ndarray):
@@ -193,6 +194,8 @@ def input_identity(image: Any) -> dict:
         ident["pixels"] = hashlib.blake2b(sample.tobytes(), digest_size=16).hexdigest()
     elif hasattr(image, "store"):  # a zarr array
         ident["zarr"] = [str(image.store), str(getattr(image, "path", ""))]
+    elif (where := source_of(image)) is not None:  # an HDF5 dataset
+        ident["file"] = list(where)
     elif hasattr(image, "dask"):
         ident["dask"] = str(image.name)
     return ident

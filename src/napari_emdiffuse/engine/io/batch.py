@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from .common import MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in, suffix_of
+from .common import H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in, suffix_of
 
 __all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch"]
 
-_FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + PICTURE_SUFFIXES
+_FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES
 
 BatchItem = tuple[Path, Path, "Path | None"]  # input, output, uncertainty output
 
@@ -53,7 +53,7 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
             raise InputError(f"cannot read '{p}': file not found")
         elif suffix_of(p) not in _FILE_SUFFIXES:
             raise InputError(f"cannot use '{p}': unsupported file type '{p.suffix or '(none)'}'; "
-                             "use .tif/.tiff, .mrc or .png/.jpg/.bmp")
+                             "use .tif/.tiff, .mrc, .h5 or .png/.jpg/.bmp")
         else:
             files.append(p)
     return files
@@ -61,8 +61,8 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
 
 def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
                uncertainty_dir: str | os.PathLike[str] | None = None) -> list[BatchItem]:
-    """Where each input's result goes: ``OUT_DIR/<name>`` in the input's format (pictures as
-    TIFF), and its uncertainty as ``<stem>_uncertainty`` beside it or in ``uncertainty_dir``.
+    """Where each input's result goes: ``OUT_DIR/<name>`` in the input's format (pictures and
+    HDF5 files as TIFF), and its uncertainty as ``<stem>_uncertainty`` beside it or in ``uncertainty_dir``.
 
     The folders are made if missing (their parents must exist). Nothing else is written.
 

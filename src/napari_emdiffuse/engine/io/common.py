@@ -21,6 +21,7 @@ __all__ = [
     "MRC_SUFFIXES",
     "PICTURE_SUFFIXES",
     "ZARR_SUFFIX",
+    "H5_SUFFIXES",
     "ImageData",
     "reason",
     "suffix_of",
@@ -38,6 +39,8 @@ MRC_SUFFIXES = (".mrc", ".mrcs", ".rec", ".st", ".ali", ".map")
 #: Read only: pictures carry no reliable pixel size, and JPEG loses detail.
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ZARR_SUFFIX = ".zarr"
+#: Read only (CREMI, ilastik, Fiji's HDF5 plugin): see :mod:`.hdf5`.
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
 @dataclass
@@ -102,10 +105,10 @@ def suffix_of(path: Path) -> str:
 def unsupported_type(path: Path) -> InputError:
     """The error for a file type that cannot be read."""
     if path.is_dir():
-        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .png or .zarr")
+        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .h5, .png or .zarr")
     ext = path.suffix or "(none)"
     return InputError(
-        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .png/.jpg/.bmp or .zarr"
+        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .h5/.hdf5/.hdf, .png/.jpg/.bmp or .zarr"
     )
 
 
@@ -148,7 +151,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path).expanduser()
     ext = suffix_of(p)
-    if ext in PICTURE_SUFFIXES:
+    if ext in PICTURE_SUFFIXES + H5_SUFFIXES:
         raise InputError(f"cannot write '{p}': {ext} is read only here; write .tif, .mrc or .zarr (they keep the pixel size)")
     if ext not in TIFF_SUFFIXES + MRC_SUFFIXES and ext != ZARR_SUFFIX:
         ext = ext or "(none)"

@@ -1,4 +1,5 @@
-"""Read and write images and volumes (TIFF, MRC and zarr; PNG/JPEG/BMP pictures read only)
+"""Read and write images and volumes (TIFF, MRC and zarr; HDF5 and PNG/JPEG/BMP pictures read
+only)
 together with their pixel spacing.
 
 Reading returns an :class:`~.common.ImageData`: the pixels (numpy for TIFF, a lazy
@@ -24,6 +25,7 @@ from .calibration import check_axes
 from .common import (
     MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData, check_output_path, suffix_of, unsupported_type,
 )
+from .hdf5 import h5_file_of, read_h5
 from .mrc import read_mrc, write_mrc
 from .pictures import read_picture
 from .slices import read_slices
@@ -34,7 +36,7 @@ __all__ = ["read_image", "write_image"]
 
 
 def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> ImageData:
-    """Read a TIFF, MRC or picture file, or a zarr store.
+    """Read a TIFF, MRC, HDF5 or picture file, or a zarr store.
 
     Parameters
     ----------
@@ -42,17 +44,20 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> Image
         A ``.tif``/``.tiff`` file, an MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``,
         ``.ali``, ``.map``; voxel size in nm), a ``.png``/``.jpg``/``.jpeg``/``.bmp``
         picture (2D greyscale, no pixel size), a ``.zarr`` folder, or a path inside a store
-        such as ``"volume.zarr/0"``, or a folder of 2D slices (one file each, natural order),
-        read as a lazy ZYX volume without voxel size.
+        such as ``"volume.zarr/0"``, an HDF5 file (``.h5``, ``.hdf5``, ``.hdf``) or a dataset
+        in one such as ``"sample_A.hdf/volumes/raw"``, or a folder of 2D slices (one file
+        each, natural order), read as a lazy ZYX volume without voxel size.
     key : str, optional
         For a zarr group: the array to read. Default: the array named ``"0"`` or the only array.
+        For an HDF5 file: the dataset. Default: the only image dataset.
 
     Returns
     -------
     ImageData
         TIFF pixels as numpy (axes of size 1 in front of the last three are dropped), MRC
         as numpy (a read-only memory map for files of 1 GiB or more), zarr pixels as a lazy
-        ``zarr.Array``.
+        ``zarr.Array``, HDF5 as a lazy :class:`~.hdf5.H5Array`. A single T and C in front of
+        ZYX (OME-Zarr) are dropped, lazily.
 
     Raises
     ------
@@ -66,6 +71,10 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> Image
         return read_mrc(p)
     if suffix_of(p) in PICTURE_SUFFIXES:
         return read_picture(p)
+    h5 = h5_file_of(p)
+    if h5 is not None:
+        inner = "/".join(k.strip("/") for k in (h5[1], key or "") if k and k.strip("/"))
+        return read_h5(h5[0], inner or None)
     if p.is_dir() and suffix_of(p) != ZARR_SUFFIX and zarr_store_of(p) is None:
         if any((p / marker).exists() for marker in (".zarray", ".zgroup", "zarr.json")):
             return read_zarr(p, key)  # a zarr store whose name lacks .zarr

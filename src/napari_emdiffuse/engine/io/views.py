@@ -95,6 +95,11 @@ class LeadingDropped:
         out = np.asarray(self[...])
         return out.astype(dtype, copy=False) if dtype is not None else out
 
+    def __dask_tokenize__(self) -> tuple:
+        from dask.base import tokenize
+
+        return ("LeadingDropped", tokenize(self.array), self.lead)
+
     def __repr__(self) -> str:
         return f"LeadingDropped(<array shape={tuple(self.array.shape)}>, lead={self.lead}) shape={self.shape}"
 

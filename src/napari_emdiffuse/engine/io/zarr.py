@@ -32,7 +32,7 @@ from .calibration import check_axes, check_spacing, ngff_multiscales, zarr_calib
 from .common import ZARR_SUFFIX, ImageData, check_output_path, reason, suffix_of
 from .ledger import LEDGER_DIR, Ledger
 from .pyramid import downsample_tiles, level_plan, level_tiles, multiscales
-from .views import LeadingDropped, drop_leading
+from .views import drop_leading
 
 if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run time
     import zarr
@@ -44,9 +44,7 @@ __all__ = [
     "zarr_store_of",
     "read_zarr",
     "open_zarr_for_block_writes",
-    "open_source",
     "ome_levels",
-    "source_of",
     "ZarrWriter",
     "is_complete",
     "RESUME_ATTR",
@@ -179,27 +177,6 @@ def ome_levels(path: str | os.PathLike[str]) -> list[str]:
         return [str(d["path"]) for d in datasets if str(d["path"]) in group]
     except Exception:  # noqa: BLE001 - not a store, not a group, no or malformed metadata
         return []
-
-
-def open_source(store: str, key: str = "", lead: int = 0) -> Any:
-    """Open an input array by its location (see :func:`source_of`) for reading, in this
-    process or a worker: the array at ``key`` in ``store``, without its first ``lead`` axes."""
-    zarr = _zarr()
-    arr = zarr.open_array(store, path=key, mode="r") if key else zarr.open_array(store, mode="r")
-    return LeadingDropped(arr, lead) if lead else arr
-
-
-def source_of(array: Any) -> tuple[str, str, int] | None:
-    """(store folder, array path, leading axes dropped) of a zarr array, or of a
-    :class:`~.views.LeadingDropped` view of one, on the local file system; else None."""
-    lead = array.lead if isinstance(array, LeadingDropped) else 0
-    array = array.array if isinstance(array, LeadingDropped) else array
-    if not isinstance(array, _zarr().Array):
-        return None
-    root = getattr(array.store, "root", None) or getattr(array.store, "path", None)
-    if root is None or not Path(root).is_dir():
-        return None
-    return str(Path(root).resolve()), str(getattr(array, "path", "") or ""), lead
 
 
 def open_zarr_readonly(path: str | os.PathLike[str]) -> zarr.Array:

@@ -29,7 +29,8 @@ import torch
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress, drain
 from ..io.common import as_numpy
-from ..io.zarr import open_source, open_zarr_for_block_writes, source_of, zarr_major
+from ..io.sources import open_source, source_of
+from ..io.zarr import open_zarr_for_block_writes, zarr_major
 from ..inference.blocks import (
     BlockPlan, BlockRun, BlockTarget, block_key, pending_jobs, pyramid_note, resume_note, zarr_outputs,
 )  # fmt: skip

@@ -1,0 +1,228 @@
+"""HDF5 files (``.h5``, ``.hdf5``, ``.hdf``), read lazily with their voxel size.
+
+Connectomics data often comes as HDF5: the CREMI volumes, ilastik projects' inputs, exports of
+Fiji's HDF5 plugin and of many FIB-SEM pipelines. A file holds datasets at paths such as
+``volumes/raw``; ``sample_A.hdf/volumes/raw`` names one, as ``volume.zarr/0`` does in a zarr
+store. The voxel size is read from the dataset's attributes: ``resolution`` (nm, the CREMI
+convention), ``element_size_um`` (µm, Fiji) or ``spacing`` with ``unit``.
+
+:class:`H5Array` reads only what is indexed, opening the file for each read, so that no handle
+stays open in a long napari session and the array pickles as a path and a name: cluster
+workers read the file themselves (:func:`~.sources.open_source`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .calibration import to_nm
+from .common import H5_SUFFIXES, ImageData, check_readable, reason, suffix_of
+from .views import drop_leading
+
+__all__ = ["H5Array", "h5_file_of", "read_h5", "h5_datasets", "open_h5"]
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py is a dependency
+        raise InputError("reading HDF5 needs h5py: pip install h5py") from None
+    return h5py
+
+
+def open_h5(path: str) -> Any:
+    """An HDF5 file opened read-only (an ``h5py.File``; close it). Some cluster file systems
+    refuse HDF5's file lock; a reader needs none, so it opens without one there."""
+    h5py = _h5py()
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        return h5py.File(path, "r", locking=False)
+
+
+def h5_file_of(path: Path) -> tuple[Path, str] | None:
+    """Split ``sample.h5/volumes/raw`` into the file and the dataset path inside it (``""``
+    for the file itself); None if no part of the path is named like an HDF5 file.
+
+    Examples
+    --------
+    >>> h5_file_of(Path("/data/sample_A.hdf"))
+    (PosixPath('/data/sample_A.hdf'), '')
+    >>> h5_file_of(Path("/data/a.tif")) is None
+    True
+    """
+    if suffix_of(path) in H5_SUFFIXES:
+        return path, ""
+    for parent in path.parents:
+        if suffix_of(parent) in H5_SUFFIXES and parent.is_file():
+            return parent, path.relative_to(parent).as_posix()
+    return None
+
+
+def h5_datasets(group: Any) -> list[str]:
+    """Paths of the numeric datasets of two or more dimensions in an open file or group."""
+    found: list[str] = []
+
+    def visit(name: str, node: Any) -> None:
+        shape = getattr(node, "shape", None)
+        dtype = getattr(node, "dtype", None)
+        if shape is not None and dtype is not None and len(shape) >= 2 and np.dtype(dtype).kind in "uifb":
+            found.append(name)
+
+    group.visititems(visit)
+    return sorted(found)
+
+
+def read_h5(path: Path, key: str | None = None) -> ImageData:
+    """Read a dataset of an HDF5 file lazily, with its voxel size (nm where known).
+
+    ``key`` (or the part of ``path`` after the file name) names the dataset; without one the
+    file's only image dataset is read, and a file with several is refused with their names.
+    """
+    check_readable(path, "HDF5")
+    try:
+        f = open_h5(str(path))
+    except OSError as exc:
+        raise InputError(f"cannot read '{path}': not an HDF5 file ({reason(exc)})") from exc
+    with f:
+        names = h5_datasets(f)
+        key = (key or "").strip("/")
+        if key:
+            node = f.get(key)
+            if node is None or not hasattr(node, "shape"):
+                listed = ", ".join(names) or "none"
+                raise InputError(f"cannot read '{path}': no dataset '{key}' in it (image datasets: {listed})")
+        elif len(names) == 1:
+            key = names[0]
+        elif not names:
+            raise InputError(f"cannot read '{path}': it holds no image dataset")
+        else:
+            likely = next((n for n in names if "label" not in n.lower()), names[0])
+            raise InputError(
+                f"cannot read '{path}': it holds several datasets ({', '.join(names)}); "
+                f"choose one, e.g. '{path}/{likely}'"
+            )
+        spacing, unit = _calibration(dict(f[key].attrs), len(f[key].shape))
+    data, spacing, axes = drop_leading(H5Array(path, key), spacing, None)
+    return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=path)
+
+
+def _calibration(attrs: dict, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
+    """Voxel size from the attributes that EM HDF5 files use, in nm where the unit is known."""
+    for name, unit in (("resolution", "nm"), ("element_size_um", "µm"), ("spacing", None)):
+        values = attrs.get(name)
+        if values is None:
+            continue
+        try:
+            values = tuple(float(v) for v in np.atleast_1d(values))
+        except (TypeError, ValueError):
+            continue
+        if len(values) != ndim or not all(np.isfinite(v) and v > 0 for v in values):
+            continue
+        if unit is None:
+            raw = attrs.get("unit")
+            unit = raw.decode() if isinstance(raw, bytes) else (str(raw) if raw is not None else None)
+        if unit is None:
+            return values, None
+        return to_nm(values, [unit] * ndim, None)
+    return None, None
+
+
+class H5Array:
+    """A dataset of an HDF5 file, read lazily: indexing opens the file, reads only the
+    selection (numpy-style basic indexing, negative steps included) and closes it.
+
+    Examples
+    --------
+    >>> import h5py, tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "v.h5"
+    >>> with h5py.File(p, "w") as f:
+    ...     _ = f.create_dataset("raw", data=np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+    >>> a = H5Array(p, "raw")
+    >>> a.shape, a.dtype, a[1, ::-1, 0].tolist()
+    ((2, 3, 4), dtype('uint8'), [20, 16, 12])
+    """
+
+    def __init__(self, path: str | os.PathLike[str], name: str) -> None:
+        self.file = str(Path(path).resolve())
+        self.name = str(name)
+        with open_h5(self.file) as f:
+            d = f[self.name]
+            self.shape: tuple[int, ...] = tuple(int(s) for s in d.shape)
+            self.dtype = np.dtype(d.dtype)
+            self.chunks: tuple[int, ...] = tuple(d.chunks) if d.chunks else self.shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        read, post = _split_index(key, self.shape)
+        if any(isinstance(r, slice) and r.stop <= r.start for r in read):  # HDF5 selects nothing empty
+            return np.zeros(tuple(len(range(r.start, r.stop, r.step)) for r in read if isinstance(r, slice)), self.dtype)
+        with open_h5(self.file) as f:
+            out = np.asarray(f[self.name][tuple(read)])
+        return out[post] if post else out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out.astype(dtype, copy=False) if dtype is not None else out
+
+    def __dask_tokenize__(self) -> tuple:
+        # The same file, unchanged, is the same input (dask names its graph after this).
+        st = os.stat(self.file)
+        return ("H5Array", self.file, self.name, st.st_mtime_ns, st.st_size)
+
+    def __repr__(self) -> str:
+        return f"H5Array('{self.file}', '{self.name}', shape={self.shape}, dtype={self.dtype})"
+
+
+def _split_index(key: Any, shape: tuple[int, ...]) -> tuple[list, tuple]:
+    """What to read from the file (integers and positive-step slices, which HDF5 selects
+    natively) and the numpy index to apply afterwards (reversal of negative steps)."""
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if Ellipsis in key:
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
+    if len(key) > len(shape):
+        raise IndexError(f"too many indices for an array of {len(shape)} dimensions")
+    key = key + (slice(None),) * (len(shape) - len(key))
+    read: list = []
+    post: list = []
+    flip = False
+    for k, n in zip(key, shape):
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            i = int(k) + n if k < 0 else int(k)
+            if not 0 <= i < n:
+                raise IndexError(f"index {int(k)} is out of bounds for an axis of size {n}")
+            read.append(i)
+        elif isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            count = len(range(start, stop, step))
+            if step > 0:
+                read.append(slice(start, start + max(count - 1, 0) * step + 1 if count else start, step))
+                post.append(slice(None))
+            else:  # read ascending, reverse afterwards
+                first = start + (count - 1) * step if count else 0
+                read.append(slice(first, start + 1 if count else 0, -step))
+                post.append(slice(None, None, -1))
+                flip = True
+        else:
+            raise IndexError(f"HDF5 arrays take integers and slices, got {type(k).__name__}")
+    return read, (tuple(post) if flip else ())

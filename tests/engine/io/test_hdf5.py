@@ -1,0 +1,108 @@
+"""HDF5 inputs: CREMI-style datasets with a resolution, Fiji's element_size_um, lazy reads."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+from napari_emdiffuse.engine.errors import InputError
+from napari_emdiffuse.engine.io.hdf5 import H5Array
+from napari_emdiffuse.engine.io.images import read_image, write_image
+from napari_emdiffuse.engine.io.sources import open_source, source_of
+
+
+def _cremi(path, vol):
+    with h5py.File(path, "w") as f:
+        raw = f.create_dataset("volumes/raw", data=vol, chunks=(1, *vol.shape[1:]), compression="gzip")
+        raw.attrs["resolution"] = [50.0, 4.0, 4.0]
+        f.create_dataset("volumes/labels/neuron_ids", data=np.zeros(vol.shape, np.uint64))
+        f.create_dataset("annotations/types", data=np.array([b"a", b"b"]))  # not an image
+    return path
+
+
+@pytest.fixture
+def vol():
+    return (np.arange(4 * 12 * 10) % 253).astype(np.uint8).reshape(4, 12, 10)
+
+
+def test_a_cremi_file_reads_a_named_dataset_lazily_with_its_resolution(tmp_path, vol):
+    path = _cremi(tmp_path / "sample_A.hdf", vol)
+    with pytest.raises(InputError, match=r"several datasets \(volumes/labels/neuron_ids, volumes/raw\); "
+                                         r"choose one, e.g. '.*sample_A.hdf/volumes/raw'"):  # fmt: skip
+        read_image(path)
+    img = read_image(path / "volumes" / "raw")
+    assert isinstance(img.data, H5Array) and img.data.shape == (4, 12, 10) and img.data.dtype == np.uint8
+    assert img.spacing == (50.0, 4.0, 4.0) and img.unit == "nm"
+    assert np.array_equal(img.data[2], vol[2]) and np.array_equal(np.asarray(img.data), vol)
+    assert np.array_equal(read_image(path, key="volumes/raw").data[1:3, 4], vol[1:3, 4])
+    with pytest.raises(InputError, match="no dataset 'volumes/rwa' in it"):
+        read_image(path / "volumes" / "rwa")
+
+
+def test_fiji_element_size_and_a_single_leading_axis(tmp_path, vol):
+    path = tmp_path / "fiji.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=vol[None]).attrs["element_size_um"] = [1.0, 0.05, 0.004, 0.004]
+    img = read_image(path)
+    assert img.data.shape == (4, 12, 10) and img.unit == "nm"
+    np.testing.assert_allclose(img.spacing, (50.0, 4.0, 4.0))
+    assert np.array_equal(img.data[3, ::-1], vol[3, ::-1])
+
+
+def test_bad_hdf5_inputs_are_refused_in_one_line(tmp_path, vol):
+    fake = tmp_path / "notes.h5"
+    fake.write_text("not hdf5")
+    with pytest.raises(InputError, match="not an HDF5 file"):
+        read_image(fake)
+    with pytest.raises(InputError, match="file not found"):
+        read_image(tmp_path / "missing.h5")
+    empty = tmp_path / "empty.h5"
+    with h5py.File(empty, "w") as f:
+        f.create_dataset("vector", data=np.zeros(5))
+    with pytest.raises(InputError, match="holds no image dataset"):
+        read_image(empty)
+    with pytest.raises(InputError, match=r"\.h5 is read only here"):
+        write_image(tmp_path / "out.h5", vol)
+
+
+def test_h5_array_indexes_as_numpy_does(tmp_path):
+    ref = np.arange(5 * 6 * 7, dtype=np.int32).reshape(5, 6, 7)
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f.create_dataset("a", data=ref, chunks=(1, 3, 7))
+    arr = H5Array(tmp_path / "t.h5", "a")
+    picks = [slice(None), slice(1, 4), slice(None, None, 2), slice(None, None, -1), slice(4, 0, -2), slice(-2, None),
+             slice(3, 3), slice(10, 20), 2, -1]  # fmt: skip
+    for key in itertools.product(picks, repeat=3):
+        got, want = arr[key], ref[key]
+        assert got.shape == want.shape and np.array_equal(got, want), key
+    assert np.array_equal(arr[..., 1], ref[..., 1]) and np.array_equal(arr[3], ref[3])
+    with pytest.raises(IndexError):
+        arr[5]
+    with pytest.raises(IndexError):
+        arr[[0, 1]]  # fancy indexing: refused, not silently wrong
+    again = pickle.loads(pickle.dumps(arr))  # what a worker receives
+    assert np.array_equal(again[1:2], ref[1:2])
+    where = source_of(arr)
+    assert where == (str((tmp_path / "t.h5").resolve()), "a", 0)
+    assert np.array_equal(open_source(*where)[4], ref[4])
+
+
+def test_workers_read_an_hdf5_dataset_in_place(tmp_path, vol, tiny_model_dir):
+    """A cluster run reads the file itself (no staged copy) and writes what one process writes."""
+    import zarr
+
+    from napari_emdiffuse.api import restore_to_zarr, restore_to_zarr_iter
+
+    data = read_image(_cremi(tmp_path / "s.hdf", vol) / "volumes" / "raw").data
+    kw = dict(block=32, steps=2, tile=32, overlap=8, device="cpu", z_filter="off")
+    restore_to_zarr(vol, tmp_path / "one.zarr", "denoise", str(tiny_model_dir), **kw)
+    events = list(restore_to_zarr_iter(data, tmp_path / "two.zarr", "denoise", str(tiny_model_dir), workers=2, **kw))
+    assert events[-1] == tmp_path / "two.zarr"
+    assert not any("copying the input" in (e.message or "") for e in events[:-1])
+    one = zarr.open_array(str(tmp_path / "one.zarr"), mode="r")[:]
+    two = zarr.open_array(str(tmp_path / "two.zarr"), mode="r")[:]
+    assert np.abs(one.astype(int) - two.astype(int)).max() <= 1
