@@ -244,12 +244,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .engine.core.alikeness import slice_alikeness
     from .engine.errors import InputError
     from .engine.io.spacing import factor_from_spacing
-    from .engine.io.images import read_image
+    from .engine.io.images import image_names, read_image
 
-    from .engine.io.zarr import is_ome, unfinished_runs
+    from .engine.io.zarr import is_ome, ome_levels, unfinished_runs
 
     failed = 0
-    for name in args.input:
+    for name in [n for given in args.input for n in image_names(given)]:  # a file's datasets, each
         runs = unfinished_runs(name) if _is_zarr(Path(name)) else []
         for store, done, total in runs:  # a zarr output whose run goes on, or stopped
             print(f"{name}: unfinished resumable run in '{store}': {done} of {total or '?'} blocks done "
@@ -273,7 +273,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             except InputError as exc:
                 line += f"; no isotropic factor: {exc}"
         if is_ome(name) and img.path is not None and img.path.is_dir():
-            n = _ome_levels(img.path)
+            n = len(ome_levels(img.path)) or 1
             line += f"; OME-Zarr, {n} level{'s' * (n != 1)}"
         if img.data.ndim == 3 and img.data.shape[0] >= 3:
             try:  # whether denoising averages it along z (a central crop is read)
@@ -284,16 +284,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if failed:
         raise InputError(f"{failed} of {len(args.input)} inputs could not be read (reasons above)")
     return 0
-
-
-def _ome_levels(store: Path) -> int:
-    """How many resolution levels an OME-Zarr store's first image lists."""
-    import zarr
-
-    try:
-        return len(zarr.open_group(str(store), mode="r").attrs["multiscales"][0]["datasets"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return 1
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

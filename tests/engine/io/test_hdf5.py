@@ -11,7 +11,7 @@ import pytest
 
 from napari_emdiffuse.engine.errors import InputError
 from napari_emdiffuse.engine.io.hdf5 import H5Array
-from napari_emdiffuse.engine.io.images import read_image, write_image
+from napari_emdiffuse.engine.io.images import image_names, read_image, write_image
 from napari_emdiffuse.engine.io.sources import open_source, source_of
 
 
@@ -41,6 +41,8 @@ def test_a_cremi_file_reads_a_named_dataset_lazily_with_its_resolution(tmp_path,
     assert np.array_equal(read_image(path, key="volumes/raw").data[1:3, 4], vol[1:3, 4])
     with pytest.raises(InputError, match="no dataset 'volumes/rwa' in it"):
         read_image(path / "volumes" / "rwa")
+    assert image_names(path) == [f"{path}/volumes/labels/neuron_ids", f"{path}/volumes/raw"]  # `emdiffuse info`
+    assert image_names(path / "volumes" / "raw") == [str(path / "volumes" / "raw")]
 
 
 def test_fiji_element_size_and_a_single_leading_axis(tmp_path, vol):

@@ -17,7 +17,7 @@ import zarr
 from napari_emdiffuse.engine.errors import InputError
 from napari_emdiffuse.engine.io import tiff
 from napari_emdiffuse.engine.io.common import ImageData, check_output_path
-from napari_emdiffuse.engine.io.images import read_image, write_image
+from napari_emdiffuse.engine.io.images import image_names, read_image, write_image
 from napari_emdiffuse.engine.io.tiff import write_tiff
 from napari_emdiffuse.engine.io.zarr import ZarrWriter, is_complete, open_zarr_for_block_writes
 from tests.conftest import ROOT
@@ -335,7 +335,9 @@ def test_zarr_group_needs_key_when_ambiguous(tmp_path):
     with pytest.raises(InputError) as exc:
         read_image(path)
     msg = _one_line(exc)
-    assert "a, b" in msg
+    assert "a, b" in msg and msg.endswith(f"choose one, e.g. '{path}/a'")
+    assert image_names(path) == [f"{path}/a", f"{path}/b"]  # what `emdiffuse info` lists
+    assert image_names(path / "a") == [str(path / "a")]
     assert read_image(path, key="b").data.shape == (2, 4, 4)
     assert read_image(path / "a").data.shape == (4, 4)
     with pytest.raises(InputError) as exc:

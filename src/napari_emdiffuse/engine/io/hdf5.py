@@ -24,7 +24,7 @@ from .calibration import to_nm
 from .common import H5_SUFFIXES, ImageData, check_readable, reason, suffix_of
 from .views import drop_leading
 
-__all__ = ["H5Array", "h5_file_of", "read_h5", "h5_datasets", "open_h5"]
+__all__ = ["H5Array", "h5_file_of", "read_h5", "h5_datasets", "h5_images", "open_h5"]
 
 
 def _h5py() -> Any:
@@ -78,6 +78,17 @@ def h5_datasets(group: Any) -> list[str]:
 
     group.visititems(visit)
     return sorted(found)
+
+
+def h5_images(path: Path) -> list[str]:
+    """The image datasets of an HDF5 file when it holds several (what a path must name inside
+    it); empty otherwise, or when the file cannot be read (reading it says why)."""
+    try:
+        with open_h5(str(path)) as f:
+            names = h5_datasets(f)
+    except OSError:
+        return []
+    return names if len(names) > 1 else []
 
 
 def read_h5(path: Path, key: str | None = None) -> ImageData:

@@ -23,16 +23,17 @@ import numpy as np
 from ..errors import InputError
 from .calibration import check_axes
 from .common import (
-    MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData, check_output_path, suffix_of, unsupported_type,
+    H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
+    unsupported_type,
 )
-from .hdf5 import h5_file_of, read_h5
+from .hdf5 import h5_file_of, h5_images, read_h5
 from .mrc import read_mrc, write_mrc
 from .pictures import read_picture
 from .slices import read_slices
 from .tiff import read_tiff, write_tiff
-from .zarr import ZarrWriter, read_zarr, zarr_store_of
+from .zarr import ZarrWriter, group_arrays, is_ome, read_zarr, zarr_store_of
 
-__all__ = ["read_image", "write_image"]
+__all__ = ["read_image", "write_image", "image_names"]
 
 
 def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> ImageData:
@@ -85,6 +86,26 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> Image
         full_key = "/".join(k.strip("/") for k in (inner, key or "") if k and k.strip("/"))
         return read_zarr(store, full_key or None)
     raise unsupported_type(p)
+
+
+def image_names(path: str | os.PathLike[str]) -> list[str]:
+    """The images ``path`` names, for listing them (``emdiffuse info``): ``[path]``, or, for an
+    HDF5 file or a zarr group that holds several and no default one, each as ``path/name``
+    (the way to name one for :func:`read_image`).
+
+    Examples
+    --------
+    >>> image_names("scan.tif")
+    ['scan.tif']
+    """
+    p = Path(path).expanduser()
+    if suffix_of(p) in H5_SUFFIXES and p.is_file():
+        inner = h5_images(p)
+    elif suffix_of(p) == ZARR_SUFFIX and p.is_dir() and not is_ome(p):
+        inner = group_arrays(p)
+    else:
+        inner = []
+    return [f"{path}/{name}" for name in inner] or [str(path)]
 
 
 def write_image(

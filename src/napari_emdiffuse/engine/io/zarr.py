@@ -45,6 +45,7 @@ __all__ = [
     "read_zarr",
     "open_zarr_for_block_writes",
     "ome_levels",
+    "group_arrays",
     "ZarrWriter",
     "is_complete",
     "RESUME_ATTR",
@@ -155,9 +156,22 @@ def _default_array(group: Any, store: Path, key: str | None) -> str:
     where = f"'{store}'" + (f" group '{key}'" if key else "")
     if not names:
         raise InputError(f"cannot read {where}: it contains no arrays")
+    inside = "/".join(k for k in (str(store), key) if k)
     raise InputError(
-        f"cannot read {where}: it holds several arrays ({', '.join(names)}); choose one with key"
+        f"cannot read {where}: it holds several arrays ({', '.join(names)}); choose one, e.g. '{inside}/{names[0]}'"
     )
+
+
+def group_arrays(store: str | os.PathLike[str]) -> list[str]:
+    """The arrays at the top of a zarr group that has no default one (no ``"0"``, not just
+    one): what a path must name inside it; empty otherwise (an array, a store with a default,
+    or not a zarr group)."""
+    try:
+        group = _zarr().open_group(str(store), mode="r")
+        names = sorted(group.array_keys())
+    except Exception:  # noqa: BLE001 - an array, or not a store at all
+        return []
+    return names if len(names) > 1 and "0" not in names else []
 
 
 def open_zarr_for_block_writes(temp_path: str | os.PathLike[str]) -> zarr.Array:
