@@ -85,7 +85,7 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
-                   help="network arithmetic (default fp32; bf16 needs a GPU with native bf16)")
+                   help="network arithmetic (default fp32; bf16 needs a GPU or a CPU with native bf16)")
     c = p.add_mutually_exclusive_group()
     c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes, one GPU each (zarr output; "
                    "an input that is not zarr is copied for them first)")

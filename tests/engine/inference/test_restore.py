@@ -296,12 +296,24 @@ def test_distributed_blocks_equal_single_machine(tmp_path, tiny_model_dir):
     assert widths[0] is not None and widths[0] == widths[1]
 
 
-def test_precision_is_fp32_unless_asked_and_refused_where_unsupported(tiny_model):
+def test_precision_is_fp32_unless_asked_and_refused_where_unsupported(tiny_model, monkeypatch):
+    from napari_emdiffuse.engine.inference import canvas
+
     img = _img((32, 32))
     assert restore(img, "denoise", tiny_model, steps=1, device="cpu").info["precision"] == "fp32"
+    monkeypatch.setattr(canvas, "cpu_has_native_bf16", lambda: False)
     for p in ("bf16", "fp16"):
         with pytest.raises(EMDiffuseError, match=p):
             restore(img, "denoise", tiny_model, steps=1, device="cpu", precision=p)
+    with pytest.raises(EMDiffuseError, match="would emulate it"):
+        restore(img, "denoise", tiny_model, steps=1, device="cpu", precision="bf16")
+    # A CPU with native bf16 runs the bundled predictor in it: within 2 grey levels of fp32, not equal to it.
+    monkeypatch.setattr(canvas, "cpu_has_native_bf16", lambda: True)
+    x = _img((96, 96), seed=3)
+    full = restore(x, "denoise", "demo-denoise", device="cpu").mean
+    half = restore(x, "denoise", "demo-denoise", device="cpu", precision="bf16")
+    diff = np.abs(half.mean.astype(int) - full.astype(int))
+    assert half.info["precision"] == "bf16" and 0 < diff.max() <= 2
     with pytest.raises(EMDiffuseError, match="unknown precision"):
         restore(img, "denoise", tiny_model, steps=1, device="cpu", precision="fp8")
 

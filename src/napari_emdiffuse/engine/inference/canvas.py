@@ -25,6 +25,7 @@ from ..core.networks.blur import BLUR_MAX, area_blur
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress
 from ..models.cards import ModelCard
+from ..models.device import cpu_has_native_bf16
 from ..models.model import EMDiffuseModel
 from .tiling import TilePlan, check_tiling, position_noise, round_up
 
@@ -273,7 +274,10 @@ def check_precision(precision: str | None, device: torch.device) -> str:
 
     Reduced precision is opt-in, because it changes results: ``bf16`` needs a CUDA GPU with
     native bf16 (compute capability 8 or newer; ``is_bf16_supported`` also reports emulated
-    bf16, which is slower than fp32), ``fp16`` a CUDA or MPS device.
+    bf16, which is slower than fp32) or a CPU with native bf16
+    (:func:`~..models.device.cpu_has_native_bf16`: 1.5x faster for the bundled denoiser, which
+    then moved 17 % of the pixels of a 1024² slice by 1-2 grey levels, -0.004 dB), ``fp16`` a
+    CUDA or MPS device.
 
     Examples
     --------
@@ -285,8 +289,15 @@ def check_precision(precision: str | None, device: torch.device) -> str:
         raise EMDiffuseError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "fp32"
-    if precision == "bf16" and (device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8):
-        raise EMDiffuseError(f"bf16 needs a CUDA GPU with native bf16 (compute capability 8+), not {device}")
+    if precision == "bf16" and not (
+        (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8)
+        or (device.type == "cpu" and cpu_has_native_bf16())
+    ):
+        raise EMDiffuseError(
+            f"bf16 needs a CUDA GPU with native bf16 (compute capability 8+) or a CPU with native bf16 "
+            f"(AVX512-BF16 or AMX), not {device}" + (" (this CPU would emulate it, slower than fp32)"
+                                                     if device.type == "cpu" else "")
+        )
     if precision == "fp16" and device.type not in ("cuda", "mps"):
         raise EMDiffuseError(f"fp16 needs a CUDA or MPS device, not {device}")
     return precision
