@@ -377,8 +377,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         finetune_iter(
             args.task, args.input, args.target, base=args.base, out=args.output, iterations=args.iterations,
             patch=args.patch, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
-            device=args.device, freeze_encoder=args.freeze_encoder, factor=args.factor, objective=args.objective,
-            **({} if args.resample_noise is None else {"resample_noise": args.resample_noise}),
+            device=args.device, precision=args.precision, freeze_encoder=args.freeze_encoder, factor=args.factor,
+            objective=args.objective, **({} if args.resample_noise is None else {"resample_noise": args.resample_noise}),
             **({} if args.noise_gain is None else {"noise_gain": tuple(args.noise_gain)}),
             **({} if args.base_margin is None else {"base_margin": args.base_margin}),
             **({} if args.anchor is None else {"anchor": args.anchor}),

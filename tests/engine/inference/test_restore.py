@@ -297,18 +297,18 @@ def test_distributed_blocks_equal_single_machine(tmp_path, tiny_model_dir):
 
 
 def test_precision_is_fp32_unless_asked_and_refused_where_unsupported(tiny_model, monkeypatch):
-    from napari_emdiffuse.engine.inference import canvas
+    from napari_emdiffuse.engine.models import device
 
     img = _img((32, 32))
     assert restore(img, "denoise", tiny_model, steps=1, device="cpu").info["precision"] == "fp32"
-    monkeypatch.setattr(canvas, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     for p in ("bf16", "fp16"):
         with pytest.raises(EMDiffuseError, match=p):
             restore(img, "denoise", tiny_model, steps=1, device="cpu", precision=p)
     with pytest.raises(EMDiffuseError, match="would emulate it"):
         restore(img, "denoise", tiny_model, steps=1, device="cpu", precision="bf16")
     # A CPU with native bf16 runs the bundled predictor in it: within 2 grey levels of fp32, not equal to it.
-    monkeypatch.setattr(canvas, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     x = _img((96, 96), seed=3)
     full = restore(x, "denoise", "demo-denoise", device="cpu").mean
     half = restore(x, "denoise", "demo-denoise", device="cpu", precision="bf16")
@@ -330,7 +330,7 @@ def test_mirrored_samples_get_the_noise_of_their_own_positions_in_blocks():
     """balanced mirrors samples 2-4; their noise is mirrored with them, so the image cut into
     blocks matches the whole image (a local network: only tile edges differ). Control:
     unmirrored noise gives the mirrored samples another noise field in every block."""
-    from napari_emdiffuse.engine.inference import canvas
+    from napari_emdiffuse.engine.models import device
     from napari_emdiffuse.engine.inference import restore as restore_mod
 
     m = make_tiny("denoise")

@@ -308,6 +308,33 @@ def test_training_is_deterministic_and_resume_is_exact(tmp_path):
         next(train_iter(TrainConfig(out=tmp_path / "two", iterations=8, resume=True, **{**common, "batch": 3})))
 
 
+def test_bf16_training_where_native_and_fp32_elsewhere(tmp_path, monkeypatch):
+    """auto trains in bf16 mixed precision where the device has native bf16, else in fp32;
+    bf16 asked for elsewhere is refused in one line. bf16 steps land near the fp32 ones, not on them."""
+    from napari_emdiffuse.engine.models import device
+    from napari_emdiffuse.engine.models.device import train_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert train_precision("auto", cpu) == "fp32" == train_precision("fp32", cpu)
+    with pytest.raises(EMDiffuseError, match="precision bf16 needs .* not cpu"):
+        train(TrainConfig(task="denoise", inputs=[_texture((64, 64))], out=tmp_path / "no", iterations=1,
+                          precision="bf16", **FAST))  # fmt: skip
+    assert not (tmp_path / "no").exists()
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert train_precision("auto", cpu) == "bf16" and train_precision("fp32", cpu) == "fp32"
+    common = dict(task="denoise", inputs=[_texture((64, 64))], doses=[50], iterations=3, seed=1, **FAST)
+    full = train(TrainConfig(out=tmp_path / "fp32", precision="fp32", **common))
+    half = train(TrainConfig(out=tmp_path / "bf16", **common))
+    assert load_model(half, cache=False).card.training["precision"] == "bf16"
+    assert load_model(full, cache=False).card.training["precision"] == "fp32"
+    w32, w16 = _weights(full), _weights(half)
+    step = {k: (w32[k] - w16[k]).abs().max().item() for k in w32 if w32[k].is_floating_point()}
+    assert max(step.values()) > 0  # the steps ran in bf16
+    assert all(w16[k].dtype == torch.float32 for k in w16)  # the weights stay fp32
+    assert max(step.values()) < 0.01  # 3 steps of lr 1e-4 or so: close
+
+
 def test_time_budget_stops_with_a_resumable_model(tmp_path, monkeypatch):
     """``max_minutes`` stops a run on the wall clock, saves an incomplete model and a checkpoint
     that resumes; without it (the control) the same run does every iteration."""

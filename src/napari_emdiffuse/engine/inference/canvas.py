@@ -25,7 +25,7 @@ from ..core.networks.blur import BLUR_MAX, area_blur
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress
 from ..models.cards import ModelCard
-from ..models.device import cpu_has_native_bf16
+from ..models.device import BF16_NEEDS, native_bf16
 from ..models.model import EMDiffuseModel
 from .tiling import TilePlan, check_tiling, position_noise, round_up
 
@@ -275,7 +275,7 @@ def check_precision(precision: str | None, device: torch.device) -> str:
     Reduced precision is opt-in, because it changes results: ``bf16`` needs a CUDA GPU with
     native bf16 (compute capability 8 or newer; ``is_bf16_supported`` also reports emulated
     bf16, which is slower than fp32) or a CPU with native bf16
-    (:func:`~..models.device.cpu_has_native_bf16`: 1.5x faster for the bundled denoiser, which
+    (:func:`~..models.device.native_bf16`: 1.5x faster for the bundled denoiser, which
     then moved 17 % of the pixels of a 1024² slice by 1-2 grey levels, -0.004 dB), ``fp16`` a
     CUDA or MPS device.
 
@@ -289,15 +289,9 @@ def check_precision(precision: str | None, device: torch.device) -> str:
         raise EMDiffuseError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "fp32"
-    if precision == "bf16" and not (
-        (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8)
-        or (device.type == "cpu" and cpu_has_native_bf16())
-    ):
-        raise EMDiffuseError(
-            f"bf16 needs a CUDA GPU with native bf16 (compute capability 8+) or a CPU with native bf16 "
-            f"(AVX512-BF16 or AMX), not {device}" + (" (this CPU would emulate it, slower than fp32)"
-                                                     if device.type == "cpu" else "")
-        )
+    if precision == "bf16" and not native_bf16(device):
+        emulated = " (this CPU would emulate it, slower than fp32)" if device.type == "cpu" else ""
+        raise EMDiffuseError(f"bf16 needs {BF16_NEEDS}, not {device}{emulated}")
     if precision == "fp16" and device.type not in ("cuda", "mps"):
         raise EMDiffuseError(f"fp16 needs a CUDA or MPS device, not {device}")
     return precision

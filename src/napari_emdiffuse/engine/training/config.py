@@ -307,6 +307,10 @@ class TrainConfig(BaseModel):
     resume: bool = False
     seed: int = Field(0, ge=0)
     device: str = "auto"
+    # the arithmetic of the training steps: bf16 mixed precision (weights, optimiser and
+    # validation stay fp32) where the device has native bf16, fp32 elsewhere (auto); see
+    # Trainer.precision
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def __init__(self, **data: Any) -> None:
         try:

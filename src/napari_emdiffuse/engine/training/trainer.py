@@ -40,7 +40,7 @@ from ..errors import EMDiffuseError, InputError, ModelFileError
 from ..events import Progress
 from ..io.atomic import atomic_file
 from ..models.cards import ModelCard
-from ..models.device import resolve_device
+from ..models.device import resolve_device, train_precision
 from ..models.model import EMDiffuseModel
 from ..models.registry import register_model
 from .config import TrainConfig, checkpoint_path
@@ -135,6 +135,7 @@ class Trainer:
             )
         self.data = self.build_data()
         self.val_batch = self.data.validation(cfg.val_crops) if cfg.val_fraction > 0 else None
+        self.precision = train_precision(cfg.precision, self.device)
         self.net.to(self.device)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -182,6 +183,20 @@ class Trainer:
         """One optimiser step on ``batch``; returns the loss."""
         self.model.train()
         batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            loss = self._loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise EMDiffuseError(
+                f"training diverged: the loss is {value} at iteration {self.iteration + 1}; lower lr or check the data"
+            )
+        return value
+
+    def _loss(self, batch: Batch) -> torch.Tensor:
         if self.config.objective == "self-supervised":
             masked, centres = blind_spot(batch.cond, generator=self.gen)
             out = self.model(masked)
@@ -205,16 +220,7 @@ class Trainer:
                 loss = mean_var_loss(batch.target, *out)
             else:  # the neighbours' noise is no error of the mean's: the variance head is left as it is
                 loss = mse_loss(batch.target, out[0] if isinstance(out, tuple) else out)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise EMDiffuseError(
-                f"training diverged: the loss is {value} at iteration {self.iteration + 1}; lower lr or check the data"
-            )
-        return value
+        return loss
 
     @property
     def focus_range(self) -> tuple[float, float]:
@@ -349,6 +355,7 @@ class Trainer:
             "device": self.device.type,
             "minutes": round(self.train_seconds / 60.0, 1),
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "precision": self.precision,
         }
         if base_record is not None:
             card.training["base_training"] = base_record
@@ -601,4 +608,5 @@ class Trainer:
         fitted = not self.config.network.get("blur_level")
         read = blur_reader(self.net, self.card) if fitted else None
         return build_data(self.config, self.card, self.size_multiple, read_blur=read)
+
 
