@@ -330,7 +330,7 @@ def test_mirrored_samples_get_the_noise_of_their_own_positions_in_blocks():
     """balanced mirrors samples 2-4; their noise is mirrored with them, so the image cut into
     blocks matches the whole image (a local network: only tile edges differ). Control:
     unmirrored noise gives the mirrored samples another noise field in every block."""
-    from napari_emdiffuse.engine.models import device
+    from napari_emdiffuse.engine.inference import canvas
     from napari_emdiffuse.engine.inference import restore as restore_mod
 
     m = make_tiny("denoise")

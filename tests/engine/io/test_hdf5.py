@@ -71,6 +71,18 @@ def test_bad_hdf5_inputs_are_refused_in_one_line(tmp_path, vol):
         write_image(tmp_path / "out.h5", vol)
 
 
+def test_a_dataset_whose_filter_is_missing_is_refused_before_any_work(tmp_path, vol, monkeypatch):
+    path = _cremi(tmp_path / "s.hdf", vol)
+    assert read_image(path / "volumes" / "raw").data.shape == vol.shape  # the control: readable
+
+    def missing(self, key):
+        raise OSError("Can't synchronously read data (required filter 'blosc' is not registered)")
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", missing)
+    with pytest.raises(InputError, match="volumes/raw': .*blosc.*pip install hdf5plugin"):
+        read_image(path / "volumes" / "raw")
+
+
 def test_h5_array_indexes_as_numpy_does(tmp_path):
     ref = np.arange(5 * 6 * 7, dtype=np.int32).reshape(5, 6, 7)
     with h5py.File(tmp_path / "t.h5", "w") as f:

@@ -120,7 +120,14 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
                 f"cannot read '{path}': it holds several datasets ({', '.join(names)}); "
                 f"choose one, e.g. '{path}/{likely}'"
             )
-        spacing, unit = _calibration(dict(f[key].attrs), len(f[key].shape))
+        dset = f[key]
+        spacing, unit = _calibration(dict(dset.attrs), len(dset.shape))
+        if dset.size:
+            try:  # one pixel: its chunk is decompressed, so a missing filter is found before any work
+                dset[(0,) * len(dset.shape)]
+            except OSError as exc:
+                hint = "; its compression filter may need: pip install hdf5plugin" if "filter" in str(exc).lower() else ""
+                raise InputError(f"cannot read '{path}/{key}': {reason(exc)}{hint}") from exc
     data, spacing, axes = drop_leading(H5Array(path, key), spacing, None)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=path)
 
