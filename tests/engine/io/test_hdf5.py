@@ -120,3 +120,14 @@ def test_workers_read_an_hdf5_dataset_in_place(tmp_path, vol, tiny_model_dir):
     one = zarr.open_array(str(tmp_path / "one.zarr"), mode="r")[:]
     two = zarr.open_array(str(tmp_path / "two.zarr"), mode="r")[:]
     assert np.abs(one.astype(int) - two.astype(int)).max() <= 1
+
+
+def test_a_dataset_path_is_a_training_image(tmp_path, vol):
+    """Recipes and `emdiffuse finetune --input sample.hdf/volumes/raw` name a dataset of a file."""
+    from napari_emdiffuse.engine.training.config import ImageSource
+
+    path = _cremi(tmp_path / "s.hdf", vol)
+    got = ImageSource(path=path / "volumes" / "raw", z=(1, 3)).load()
+    assert isinstance(got, np.ndarray) and np.array_equal(got, vol[1:3])
+    with pytest.raises(InputError, match="does not exist"):
+        ImageSource(path=tmp_path / "none.hdf" / "volumes" / "raw").load()

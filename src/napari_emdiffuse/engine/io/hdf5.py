@@ -61,7 +61,7 @@ def h5_file_of(path: Path) -> tuple[Path, str] | None:
     if suffix_of(path) in H5_SUFFIXES:
         return path, ""
     for parent in path.parents:
-        if suffix_of(parent) in H5_SUFFIXES and parent.is_file():
+        if suffix_of(parent) in H5_SUFFIXES and not parent.is_dir():  # a missing file: "not found"
             return parent, path.relative_to(parent).as_posix()
     return None
 

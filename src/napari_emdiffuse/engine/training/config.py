@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import EMDiffuseError, InputError
+from ..io.hdf5 import h5_file_of
 from ..io.images import read_image
 from ..models.cards import Normalisation
 
@@ -115,7 +116,8 @@ class ImageSource(BaseModel):
     def load(self) -> np.ndarray:
         """The pixels (cropped), as numpy."""
         if self.path is not None:
-            if not Path(self.path).exists():
+            inside = h5_file_of(Path(self.path))  # 'file.h5/dataset' names a dataset in a file
+            if not (inside[0] if inside else Path(self.path)).exists():
                 raise InputError(f"training image '{self.path}' does not exist")
             data = read_image(self.path, key=self.key).data
         else:
