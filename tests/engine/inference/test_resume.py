@@ -114,7 +114,8 @@ def test_a_run_with_other_options_starts_afresh(tmp_path, model):
     (first,) = _partials(tmp_path, "out.zarr")
     notes, done = _run(restore_to_zarr_iter(img, out, "denoise", model, resume=True, seed=1, **KW))
     assert "if this run stops" in notes[0] and done == 20
-    assert first.exists()  # another run's blocks: left alone
+    assert first.exists()  # another run's blocks: left alone, and the run says so
+    assert any(n.startswith(f"'{first}' holds an unfinished run with other input") and "(5 blocks)" in n for n in notes)
     ref = tmp_path / "ref.zarr"
     _run(restore_to_zarr_iter(img, ref, "denoise", model, seed=1, **KW))
     assert np.array_equal(zarr.open_array(str(out), mode="r")[:], zarr.open_array(str(ref), mode="r")[:])

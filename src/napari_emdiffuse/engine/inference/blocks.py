@@ -25,7 +25,7 @@ from ..errors import EMDiffuseError
 from ..events import Progress
 from ..io.ledger import Ledger
 from ..io.sources import source_of
-from ..io.zarr import BLOCKS_TOTAL, ZarrWriter, finished_with
+from ..io.zarr import BLOCKS_TOTAL, ZarrWriter, finished_with, unfinished_runs
 from .canvas import SamplingOptions
 from .normalise import NormInfo
 from .tiling import block_slices
@@ -251,6 +251,11 @@ def resume_note(wr: ZarrWriter, plan: BlockPlan) -> Generator[Progress, None, No
     else:
         say = f"resumable: if this run stops, its finished blocks stay in '{wr.temp_path}' for the next run"
     yield Progress("note", 0, 0, message=say)
+    for other, done, _ in unfinished_runs(wr.path):  # of another input, model, options or plan
+        if other.resolve() != wr.temp_path.resolve():
+            yield Progress("note", 0, 0, message=(
+                f"'{other}' holds an unfinished run with other input, model or options ({done} blocks): "
+                "not this run's; delete it if that run is not to be continued"))
 
 
 def pyramid_note(writers: tuple[ZarrWriter | None, ...]) -> Generator[Progress, None, list[ZarrWriter]]:
