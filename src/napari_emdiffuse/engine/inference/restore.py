@@ -20,7 +20,7 @@ import torch
 
 from .canvas import (
     MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
-    sampling_request, unmirror, with_structure,
+    sampling_request, tile_note, unmirror, with_structure,
 )
 from ..models.cards import TASKS
 from ..errors import EMDiffuseError, InputError
@@ -390,6 +390,8 @@ def restore_iter(
     opts = with_blur(m, image, norm, opts, dev)
     want_std = opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False))
     result: dict[str, Any] = {}
+    if (note := tile_note(m, opts)) is not None:
+        yield Progress("note", 0, 0, message=note)
 
     def run(edge: int) -> Generator[Progress, None, None]:
         plan = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s)
@@ -475,6 +477,8 @@ def restore_to_zarr_iter(
         if (yield from already_done(Path(out), Path(uncertainty_out) if want_std else None, key)):
             yield Path(out)
             return
+    if (note := tile_note(m, opts)) is not None:
+        yield Progress("note", 0, 0, message=note)
     if distribute is not None:
         run = BlockRun(
             image, plan, model, task, arch, str(device), Path(out), Path(uncertainty_out) if want_std else None,
