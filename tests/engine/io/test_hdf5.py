@@ -21,6 +21,7 @@ def _cremi(path, vol):
         raw.attrs["resolution"] = [50.0, 4.0, 4.0]
         f.create_dataset("volumes/labels/neuron_ids", data=np.zeros(vol.shape, np.uint64))
         f.create_dataset("annotations/types", data=np.array([b"a", b"b"]))  # not an image
+        f.create_dataset("annotations/locations", data=np.zeros((5, 3)))  # a table, not an image
     return path
 
 

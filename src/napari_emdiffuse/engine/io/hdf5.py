@@ -67,13 +67,15 @@ def h5_file_of(path: Path) -> tuple[Path, str] | None:
 
 
 def h5_datasets(group: Any) -> list[str]:
-    """Paths of the numeric datasets of two or more dimensions in an open file or group."""
+    """Paths of the image datasets in an open file or group: numeric, two or more dimensions,
+    the last two of at least 8 pixels (not tables such as BigDataViewer's ``s00/resolutions``)."""
     found: list[str] = []
 
     def visit(name: str, node: Any) -> None:
         shape = getattr(node, "shape", None)
         dtype = getattr(node, "dtype", None)
-        if shape is not None and dtype is not None and len(shape) >= 2 and np.dtype(dtype).kind in "uifb":
+        if (shape is not None and dtype is not None and len(shape) >= 2 and min(shape[-2:]) >= 8
+                and np.dtype(dtype).kind in "uifb"):  # fmt: skip
             found.append(name)
 
     group.visititems(visit)
