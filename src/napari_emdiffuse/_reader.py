@@ -84,7 +84,7 @@ def _read_ome(path: str | list[str]) -> list[LayerData]:
     import dask.array as da
     import zarr
 
-    from .engine.io.views import leading_ones
+    from .engine.io.views import single_axes
     from .engine.io.zarr import ome_levels
 
     if isinstance(path, (list, tuple)):
@@ -93,8 +93,8 @@ def _read_ome(path: str | list[str]) -> list[LayerData]:
     paths = ome_levels(path)
     _, meta, kind = image_layer(Path(path) / paths[0], name=Path(path).name[: -len(".ome.zarr")])
     levels = [da.from_zarr(group[k]) for k in paths]
-    lead = leading_ones(levels[0].shape)  # as read_image drops them from the first level
-    levels = [lv[(0,) * lead] for lv in levels]
+    lead, trail = single_axes(levels[0].shape)  # as read_image drops them from the first level
+    levels = [lv[(0,) * lead + (Ellipsis,) + (0,) * trail] for lv in levels]
     meta["multiscale"] = len(levels) > 1
     return [(levels if len(levels) > 1 else levels[0], meta, kind)]
 

@@ -49,13 +49,15 @@ def layer_source(layer: Any) -> dict[str, Any]:
     """What an output layer needs from its input, captured when a run starts (the input
     may be renamed, moved or removed while the worker runs). The geometry leaves out the
     leading size-1 axes that the pixels to process leave out (``restore.layer_array``)."""
-    from ..engine.io.views import leading_ones
+    from ..engine.io.views import single_axes
 
     scale, translate = layer_geometry(layer)
     units = layer_units(layer)
-    lead = leading_ones(tuple((layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape))
-    return {"layer": layer, "name": layer.name, "scale": scale[lead:], "translate": translate[lead:],
-            "units": units[lead:] if units is not None else None}  # fmt: skip
+    shape = tuple((layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape)
+    lead, trail = single_axes(shape)
+    kept = slice(lead, len(shape) - trail)
+    return {"layer": layer, "name": layer.name, "scale": scale[kept], "translate": translate[kept],
+            "units": units[kept] if units is not None else None}  # fmt: skip
 
 
 def upsert_image(

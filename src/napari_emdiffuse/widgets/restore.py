@@ -257,9 +257,9 @@ def layer_array(layer: Any) -> Any:
     """The pixels to process: the layer's array (numpy, dask or zarr, never copied), or the
     full-resolution level of a multiscale layer, without leading size-1 axes (an OME-Zarr's
     single T and C; :func:`~._layers.layer_source` drops their scale)."""
-    from ..engine.io.views import drop_leading
+    from ..engine.io.views import drop_single_axes
 
-    return drop_leading(layer.data[0] if getattr(layer, "multiscale", False) else layer.data, None, None)[0]
+    return drop_single_axes(layer.data[0] if getattr(layer, "multiscale", False) else layer.data, None, None)[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io.views import drop_leading
+from ..io.views import drop_single_axes
 
 __all__ = ["validate_image", "owned_array", "check_finite", "output_dtype", "check_block"]
 
@@ -32,7 +32,7 @@ def validate_image(image: Any, *, allow_3d: bool = True, name: str = "image") ->
         raise InputError(f"{name} has unsupported dtype {dtype}; use {_SUPPORTED}")
     if any(s == 0 for s in image.shape) or len(image.shape) == 0:
         raise InputError(f"{name} is empty (shape {tuple(image.shape)})")
-    image = drop_leading(image, None, None)[0]  # a singleton T or C; a zarr array stays lazy
+    image = drop_single_axes(image, None, None)[0]  # a single T or C; a zarr array stays lazy
     if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
         raise InputError(
             f"{name} looks like an RGB(A) colour image (shape {tuple(image.shape)}); convert it to grey scale first"

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InputError
 from .calibration import to_nm
 from .common import H5_SUFFIXES, ImageData, check_readable, reason, suffix_of
-from .views import drop_leading
+from .views import drop_single_axes, single_axes
 
 __all__ = ["H5Array", "h5_file_of", "read_h5", "h5_datasets", "h5_images", "open_h5"]
 
@@ -67,15 +67,19 @@ def h5_file_of(path: Path) -> tuple[Path, str] | None:
 
 
 def h5_datasets(group: Any) -> list[str]:
-    """Paths of the image datasets in an open file or group: numeric, two or more dimensions,
-    the last two of at least 8 pixels (not tables such as BigDataViewer's ``s00/resolutions``)."""
+    """Paths of the image datasets in an open file or group: numeric, and once single axes
+    are dropped (:func:`~.views.single_axes`) two or more dimensions, the last two of at least
+    8 pixels (not tables such as BigDataViewer's ``s00/resolutions``)."""
     found: list[str] = []
 
     def visit(name: str, node: Any) -> None:
         shape = getattr(node, "shape", None)
         dtype = getattr(node, "dtype", None)
-        if (shape is not None and dtype is not None and len(shape) >= 2 and min(shape[-2:]) >= 8
-                and np.dtype(dtype).kind in "uifb"):  # fmt: skip
+        if shape is None or dtype is None or len(shape) < 2 or np.dtype(dtype).kind not in "uifb":
+            return
+        lead, trail = single_axes(tuple(shape))
+        image = shape[lead : len(shape) - trail]
+        if len(image) >= 2 and min(image[-2:]) >= 8:
             found.append(name)
 
     group.visititems(visit)
@@ -130,7 +134,7 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
             except OSError as exc:
                 hint = "; its compression filter may need: pip install hdf5plugin" if "filter" in str(exc).lower() else ""
                 raise InputError(f"cannot read '{path}/{key}': {reason(exc)}{hint}") from exc
-    data, spacing, axes = drop_leading(H5Array(path, key), spacing, None)
+    data, spacing, axes = drop_single_axes(H5Array(path, key), spacing, None)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=path)
 
 

@@ -21,7 +21,7 @@ from .common import (
     TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, grey_from_samples, reason,
     suffix_of,
 )
-from .views import drop_leading
+from .views import drop_single_axes
 
 __all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "read_tiff", "write_tiff"]
 
@@ -112,7 +112,7 @@ def read_tiff(path: Path) -> ImageData:
         spacing, unit = to_nm(spacing, units, aligned)
 
     data, spacing, known_axes = _grey(path, data, spacing, known_axes, series_axes)
-    data, spacing, known_axes = drop_leading(data, spacing, known_axes)
+    data, spacing, known_axes = drop_single_axes(data, spacing, known_axes)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=known_axes, path=path)
 
 

@@ -1,9 +1,10 @@
-"""Leading size-1 axes dropped, lazily.
+"""Size-1 axes around a volume dropped, lazily.
 
 Many writers store a ZYX volume as TCZYX with one time point and one channel (OME-Zarr's
-``bioformats2raw`` and ``ome-zarr-py``; ImageJ hyperstacks). The restoration wants ZYX. For a
-numpy array dropping them is a view; for a zarr array, whose indexing reads pixels, it is a
-:class:`LeadingDropped` view that reads only what is asked for, so a terabyte store stays on
+``bioformats2raw`` and ``ome-zarr-py``; ImageJ hyperstacks), and some put a single channel last
+(ilastik's ``zyxc`` exports: Z, Y, X, 1). The restoration wants ZYX. For a numpy array dropping
+them is a view; for a zarr array or an HDF5 dataset, whose indexing reads pixels, it is a
+:class:`SingleAxesDropped` view that reads only what is asked for, so a terabyte store stays on
 disk, and that keeps the array's location, so cluster workers read the store itself.
 """
 
@@ -13,48 +14,59 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LeadingDropped", "drop_leading", "leading_ones"]
+__all__ = ["SingleAxesDropped", "drop_single_axes", "single_axes"]
 
 
-def leading_ones(shape: tuple[int, ...], keep: int = 3) -> int:
-    """How many axes of size 1 lead ``shape`` in front of its last ``keep``.
+def single_axes(shape: tuple[int, ...]) -> tuple[int, int]:
+    """How many axes of size 1 lead ``shape`` in front of its last three (a single T or C),
+    and whether a single channel trails it (1 when a (.., Y, X, 1) array of three or more
+    axes is left: no image is one pixel wide).
 
     Examples
     --------
-    >>> leading_ones((1, 1, 40, 512, 512)), leading_ones((2, 1, 40, 8, 8)), leading_ones((1, 8, 8))
-    (2, 0, 0)
+    >>> single_axes((1, 1, 40, 512, 512)), single_axes((2, 1, 40, 8, 8)), single_axes((1, 8, 8))
+    ((2, 0), (0, 0), (0, 0))
+    >>> single_axes((40, 512, 512, 1)), single_axes((1, 40, 512, 512, 1)), single_axes((512, 1))
+    ((0, 1), (1, 1), (0, 0))
     """
-    n = 0
-    while n < len(shape) - keep and shape[n] == 1:
-        n += 1
-    return n
+    lead = 0
+    while lead < len(shape) - 3 and shape[lead] == 1:
+        lead += 1
+    trail = int(len(shape) - lead >= 3 and shape[-1] == 1)
+    return lead, trail
 
 
-class LeadingDropped:
-    """A zarr array seen without its first ``lead`` axes (each of size 1), read lazily.
+class SingleAxesDropped:
+    """An array seen without its first ``lead`` and last ``trail`` axes (each of size 1),
+    read lazily.
 
-    Indexing reads only the selected chunks, as the array's own indexing does; ``store``,
-    ``path`` and ``attrs`` are the array's, so the view can be told apart from others and
-    reopened elsewhere (:func:`~.zarr.open_source`).
+    Indexing reads only the selected chunks, as the array's own indexing does; ``array`` is
+    the array itself, so the view can be told apart from others and reopened elsewhere
+    (:func:`~.sources.open_source`).
 
     Examples
     --------
     >>> import zarr
     >>> a = zarr.zeros((1, 1, 4, 6, 8), dtype="uint8")
-    >>> v = LeadingDropped(a, 2)
-    >>> v.shape, v.ndim, v.dtype, v[1:3, 0].shape
-    ((4, 6, 8), 3, dtype('uint8'), (2, 8))
+    >>> v = SingleAxesDropped(a, 2)
+    >>> v.shape, v.ndim, v.dtype, v[1:3, 0].shape, v[..., 2].shape
+    ((4, 6, 8), 3, dtype('uint8'), (2, 8), (4, 6))
+    >>> SingleAxesDropped(zarr.zeros((4, 6, 8, 1), dtype="uint8"), 0, 1)[..., 2].shape
+    (4, 6)
     """
 
-    def __init__(self, array: Any, lead: int) -> None:
-        if not 0 < lead <= array.ndim or any(array.shape[i] != 1 for i in range(lead)):
-            raise ValueError(f"the first {lead} axes of shape {tuple(array.shape)} are not all of size 1")
+    def __init__(self, array: Any, lead: int, trail: int = 0) -> None:
+        shape = tuple(array.shape)
+        dropped = list(range(lead)) + list(range(len(shape) - trail, len(shape)))
+        if lead < 0 or trail < 0 or lead + trail >= len(shape) or any(shape[i] != 1 for i in dropped):
+            raise ValueError(f"the first {lead} and last {trail} axes of shape {shape} are not all of size 1")
         self.array = array
         self.lead = int(lead)
+        self.trail = int(trail)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape[self.lead:])
+        return tuple(self.array.shape[self.lead : len(self.array.shape) - self.trail])
 
     @property
     def ndim(self) -> int:
@@ -66,29 +78,22 @@ class LeadingDropped:
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        return tuple(self.array.chunks[self.lead:])
+        return tuple(self.array.chunks[self.lead : len(self.array.shape) - self.trail])
 
     @property
     def size(self) -> int:
         return int(np.prod(self.shape))
-
-    @property
-    def store(self) -> Any:
-        return self.array.store
-
-    @property
-    def path(self) -> str:
-        return str(getattr(self.array, "path", "") or "")
-
-    @property
-    def attrs(self) -> Any:
-        return self.array.attrs
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> Any:
         key = key if isinstance(key, tuple) else (key,)
+        if self.trail:  # the index must reach the trailing axes: spell out "..." and the rest
+            if Ellipsis in key:
+                i = key.index(Ellipsis)
+                key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+            key = key + (slice(None),) * (self.ndim - len(key)) + (0,) * self.trail
         return self.array[(0,) * self.lead + key]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -98,33 +103,39 @@ class LeadingDropped:
     def __dask_tokenize__(self) -> tuple:
         from dask.base import tokenize
 
-        return ("LeadingDropped", tokenize(self.array), self.lead)
+        return ("SingleAxesDropped", tokenize(self.array), self.lead, self.trail)
 
     def __repr__(self) -> str:
-        return f"LeadingDropped(<array shape={tuple(self.array.shape)}>, lead={self.lead}) shape={self.shape}"
+        return f"SingleAxesDropped(<array shape={tuple(self.array.shape)}>, lead={self.lead}, trail={self.trail})"
 
 
-def drop_leading(
+def drop_single_axes(
     data: Any, spacing: tuple[float, ...] | None, axes: str | None
 ) -> tuple[Any, tuple[float, ...] | None, str | None]:
-    """Drop the size-1 axes in front of the last three (a singleton T or C), with their
-    spacing and axis letters. numpy and dask arrays are indexed (a view, a lazy graph);
-    anything else, a zarr array above all, is wrapped in a :class:`LeadingDropped` view.
+    """Drop the size-1 axes in front of the last three (a single T or C) and a single channel
+    after them (:func:`single_axes`), with their spacing and axis letters. numpy and dask
+    arrays are indexed (a view, a lazy graph); anything else, a zarr array above all, is
+    wrapped in a :class:`SingleAxesDropped` view.
 
     Examples
     --------
     >>> import numpy as np
-    >>> d, s, a = drop_leading(np.zeros((1, 1, 2, 3, 4)), (1.0, 1.0, 40.0, 8.0, 8.0), "TCZYX")
+    >>> d, s, a = drop_single_axes(np.zeros((1, 1, 2, 3, 4)), (1.0, 1.0, 40.0, 8.0, 8.0), "TCZYX")
     >>> d.shape, s, a
     ((2, 3, 4), (40.0, 8.0, 8.0), 'ZYX')
+    >>> drop_single_axes(np.zeros((2, 3, 4, 1)), (40.0, 8.0, 8.0, 1.0), "ZYXC")[1:]
+    ((40.0, 8.0, 8.0), 'ZYX')
     """
-    lead = leading_ones(tuple(data.shape))
-    if not lead:
+    lead, trail = single_axes(tuple(data.shape))
+    if not (lead or trail):
         return data, spacing, axes
-    indexable = isinstance(data, np.ndarray) or hasattr(data, "dask")
-    data = data[(0,) * lead] if indexable else LeadingDropped(data, lead)
-    if spacing is not None and len(spacing) == lead + data.ndim:
-        spacing = tuple(spacing[lead:])
-    if axes is not None and len(axes) == lead + data.ndim:
-        axes = axes[lead:]
+    n = len(data.shape)
+    if isinstance(data, np.ndarray) or hasattr(data, "dask"):
+        data = data[(0,) * lead + (Ellipsis,) + (0,) * trail]
+    else:
+        data = SingleAxesDropped(data, lead, trail)
+    if spacing is not None and len(spacing) == n:
+        spacing = tuple(spacing[lead : n - trail])
+    if axes is not None and len(axes) == n:
+        axes = axes[lead : n - trail]
     return data, spacing, axes

@@ -32,7 +32,7 @@ from .calibration import check_axes, check_spacing, ngff_multiscales, zarr_calib
 from .common import ZARR_SUFFIX, ImageData, check_output_path, reason, suffix_of
 from .ledger import LEDGER_DIR, Ledger
 from .pyramid import downsample_tiles, level_plan, level_tiles, multiscales
-from .views import drop_leading
+from .views import drop_single_axes
 
 if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run time
     import zarr
@@ -138,7 +138,7 @@ def read_zarr(store: Path, key: str | None) -> ImageData:
         node = node[name]
 
     spacing, unit, axes = zarr_calibration(node, parent, name)
-    data, spacing, axes = drop_leading(node, spacing, axes)  # an OME-Zarr's single T and C
+    data, spacing, axes = drop_single_axes(node, spacing, axes)  # an OME-Zarr's single T and C
     return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=store)
 
 

@@ -307,7 +307,7 @@ class BlockJob:
     dtype: str
     measured_unc: str | None = None  # zarr store: uncertainty of the measured slices
     ledger: Ledger = Ledger()  # a resumable run's: the block is marked once written
-    src_lead: int = 0  # leading size-1 axes of the input array, dropped (an OME-Zarr's T, C)
+    src_axes: tuple[int, int] = (0, 0)  # size-1 axes of the input dropped in front (T, C) and after (C)
 
 
 def worker_options(m: EMDiffuseModel, job: BlockJob) -> SamplingOptions:
@@ -318,7 +318,7 @@ def worker_options(m: EMDiffuseModel, job: BlockJob) -> SamplingOptions:
 def run_block_job(job: BlockJob) -> tuple[int, int, int]:
     """Run one block task in a worker: read its input, restore it, write into the shared store."""
     m = worker_model(job.model, job.arch, job.device)
-    src = open_source(job.src, job.src_key, job.src_lead)
+    src = open_source(job.src, job.src_key, *job.src_axes)
     run = reconstruct_block if job.kind == "isotropic" else restore_block
     unc = open_zarr_for_block_writes(job.unc) if job.unc else None
     measured = open_source(job.measured_unc) if job.measured_unc else None
@@ -346,13 +346,13 @@ class ZFilterJob:
     widths: tuple[float, ...] = ()
     width: float | None = None
     ledger: Ledger = Ledger()  # a resumable run's: tiles filtered already are skipped
-    src_lead: int = 0  # as BlockJob's
+    src_axes: tuple[int, int] = (0, 0)  # as BlockJob's
 
 
 def run_z_filter_job(job: ZFilterJob) -> np.ndarray | None:
     """Score or filter one task's tiles in the shared stores; tiles are whole chunk columns,
     so no two tasks write one chunk."""
-    src = open_source(job.src, job.src_key, job.src_lead)
+    src = open_source(job.src, job.src_key, *job.src_axes)
     dst = open_zarr_for_block_writes(job.dst)
     tiles = list(job.tiles)
     if job.width is None:
@@ -467,7 +467,7 @@ class Cluster:
                     as (wr, unc_wr), cluster_client(self.workers, self.scheduler, run.device) as client:  # fmt: skip
                 yield from resume_note(wr, plan)
                 copy = tmp / "input.zarr"
-                loc = source_of(run.image) or ((yield from staged(run.image, copy, key is not None)), "", 0)
+                loc = source_of(run.image) or ((yield from staged(run.image, copy, key is not None)), "", 0, 0)
                 model = run.model
                 loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=run.task, arch=run.arch, device="cpu")
                 spec, spec_arch, _ = model_spec(model, loaded, run.task, run.arch, tmp / "model")
@@ -477,7 +477,7 @@ class Cluster:
                         kind, spec, spec_arch, run.device, loc[0], loc[1], str(wr.array_path),
                         str(unc_wr.array_path) if unc_wr is not None else None, plan, block, run.norm, run.request,
                         run.opts.tile, run.opts.overlap, run.dtype.str,
-                        str(run.measured_unc) if run.measured_unc is not None else None, wr.ledger, loc[2],
+                        str(run.measured_unc) if run.measured_unc is not None else None, wr.ledger, loc[2:],
                     )  # fmt: skip
                     for block in pending_jobs(plan, wr.ledger)
                 ]
@@ -485,7 +485,7 @@ class Cluster:
                 if run.z_filter is not None:  # after every block: it reads across the workers' slices
                     base = ZFilterJob(
                         loc[0], loc[1], str(wr.array_path), str(unc_wr.array_path) if unc_wr is not None else None,
-                        (), run.norm.fill, ledger=wr.ledger, src_lead=loc[2],
+                        (), run.norm.fill, ledger=wr.ledger, src_axes=loc[2:],
                     )  # fmt: skip
                     wr.array.attrs["z_filter"] = yield from z_filter_on_workers(
                         client, run.z_filter, base, plan.out_shape, plan.chunks
