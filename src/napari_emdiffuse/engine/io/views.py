@@ -19,20 +19,20 @@ __all__ = ["SingleAxesDropped", "drop_single_axes", "single_axes"]
 
 def single_axes(shape: tuple[int, ...]) -> tuple[int, int]:
     """How many axes of size 1 lead ``shape`` in front of its last three (a single T or C),
-    and whether a single channel trails it (1 when a (.., Y, X, 1) array of three or more
-    axes is left: no image is one pixel wide).
+    and whether a single channel trails a volume (1 when a (Z, Y, X, 1) array is left; a
+    3-D (N, Y, 1) array stays a stack of images one pixel wide).
 
     Examples
     --------
     >>> single_axes((1, 1, 40, 512, 512)), single_axes((2, 1, 40, 8, 8)), single_axes((1, 8, 8))
     ((2, 0), (0, 0), (0, 0))
-    >>> single_axes((40, 512, 512, 1)), single_axes((1, 40, 512, 512, 1)), single_axes((512, 1))
+    >>> single_axes((40, 512, 512, 1)), single_axes((1, 40, 512, 512, 1)), single_axes((3, 512, 1))
     ((0, 1), (1, 1), (0, 0))
     """
     lead = 0
     while lead < len(shape) - 3 and shape[lead] == 1:
         lead += 1
-    trail = int(len(shape) - lead >= 3 and shape[-1] == 1)
+    trail = int(len(shape) - lead >= 4 and shape[-1] == 1)
     return lead, trail
 
 
