@@ -23,6 +23,7 @@ __all__ = [
     "ZARR_SUFFIX",
     "H5_SUFFIXES",
     "ImageData",
+    "likely_image",
     "reason",
     "suffix_of",
     "unsupported_type",
@@ -100,6 +101,18 @@ def reason(exc: BaseException) -> str:
 def suffix_of(path: Path) -> str:
     """The file extension in lower case (``.TIF`` -> ``.tif``)."""
     return path.suffix.lower()
+
+
+def likely_image(names: list[str]) -> str:
+    """Of the arrays in a file or store, the one to suggest first: the first not named like
+    labels (CREMI's ``volumes/labels/...`` beside ``volumes/raw``).
+
+    Examples
+    --------
+    >>> likely_image(["labels", "raw"]), likely_image(["a", "b"])
+    ('raw', 'a')
+    """
+    return next((n for n in names if "label" not in n.lower()), names[0])
 
 
 def unsupported_type(path: Path) -> InputError:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 from .calibration import to_nm
-from .common import H5_SUFFIXES, ImageData, check_readable, reason, suffix_of
+from .common import H5_SUFFIXES, ImageData, check_readable, likely_image, reason, suffix_of
 from .views import drop_single_axes, single_axes
 
 __all__ = ["H5Array", "h5_file_of", "read_h5", "h5_datasets", "h5_images", "open_h5"]
@@ -121,10 +121,9 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
         elif not names:
             raise InputError(f"cannot read '{path}': it holds no image dataset")
         else:
-            likely = next((n for n in names if "label" not in n.lower()), names[0])
             raise InputError(
                 f"cannot read '{path}': it holds several datasets ({', '.join(names)}); "
-                f"choose one, e.g. '{path}/{likely}'"
+                f"choose one, e.g. '{path}/{likely_image(names)}'"
             )
         dset = f[key]
         spacing, unit = _calibration(dict(dset.attrs), len(dset.shape))

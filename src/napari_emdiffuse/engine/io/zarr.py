@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..events import Progress
 from .atomic import fsync_dir, remove_path
 from .calibration import check_axes, check_spacing, ngff_multiscales, zarr_calibration
-from .common import ZARR_SUFFIX, ImageData, check_output_path, reason, suffix_of
+from .common import ZARR_SUFFIX, ImageData, check_output_path, likely_image, reason, suffix_of
 from .ledger import LEDGER_DIR, Ledger
 from .pyramid import downsample_tiles, level_plan, level_tiles, multiscales
 from .views import drop_single_axes
@@ -158,7 +158,8 @@ def _default_array(group: Any, store: Path, key: str | None) -> str:
         raise InputError(f"cannot read {where}: it contains no arrays")
     inside = "/".join(k for k in (str(store), key) if k)
     raise InputError(
-        f"cannot read {where}: it holds several arrays ({', '.join(names)}); choose one, e.g. '{inside}/{names[0]}'"
+        f"cannot read {where}: it holds several arrays ({', '.join(names)}); "
+        f"choose one, e.g. '{inside}/{likely_image(names)}'"
     )
 
 
