@@ -1,5 +1,5 @@
-"""napari readers: MRC files (IMOD, SerialEM, tomography) and HDF5 files (CREMI, ilastik),
-which napari cannot open itself, and OME-Zarr stores (this plugin's ``.ome.zarr`` outputs among them) as multiscale layers with
+"""napari readers: MRC files (IMOD, SerialEM, tomography), Gatan DigitalMicrograph files
+(``.dm3``, ``.dm4``) and HDF5 files (CREMI, ilastik), which napari cannot open itself, and OME-Zarr stores (this plugin's ``.ome.zarr`` outputs among them) as multiscale layers with
 their pixel size, which napari's own zarr reader leaves out.
 
 The layer's ``scale`` is the voxel size in nanometres, as for every image this plugin opens, so
@@ -44,14 +44,15 @@ def layer_meta(img: Any, name: str, **extra: Any) -> dict[str, Any]:
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """The reader for one MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali``, ``.map``), else None."""
-    from .engine.io.common import MRC_SUFFIXES
+    """The reader for one MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali``, ``.map``)
+    or DigitalMicrograph file (``.dm3``, ``.dm4``), else None."""
+    from .engine.io.common import DM_SUFFIXES, MRC_SUFFIXES
 
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
-    if Path(path).suffix.lower() not in MRC_SUFFIXES:
+    if Path(path).suffix.lower() not in MRC_SUFFIXES + DM_SUFFIXES:
         return None
     return _read
 

@@ -111,11 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                            ("super-resolve", "x2 super-resolution of a 2D image or a stack")):
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.add_argument("input", metavar="IN", nargs="+",
-                       help="input .tif/.tiff, .mrc, .h5 (file.h5/dataset), .png/.jpg/.bmp or .zarr; several files or a folder: "
+                       help="input .tif/.tiff, .mrc, .dm3/.dm4, .h5 (file.h5/dataset), .png/.jpg/.bmp or .zarr; several files or a folder: "
                             "a batch, with the model loaded once")
         p.add_argument("-o", "--output", metavar="OUT", required=True,
                        help="output .tif/.tiff, .mrc or .zarr; for a batch, a folder (made if missing) where each "
-                            "result takes its input's name (pictures become .tif)")
+                            "result takes its input's name (pictures, .h5 and .dm3/.dm4 become .tif)")
         if name == "denoise":
             p.add_argument("--z-filter", metavar="auto|off|W", type=_z_filter, default="auto",
                            help="a stack: average the denoised slices along z over W slices (std, 0-3). auto "
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("isotropic", help="make an anisotropic volume isotropic (vEMDiffuse)",
                        description="generate factor-1 slices between neighbouring slices of a ZYX volume")
     p.add_argument("input", metavar="IN",
-                   help="input volume .tif/.tiff, .mrc, .h5 (file.h5/dataset) or .zarr (ZYX), or a folder of 2D slices "
+                   help="input volume .tif/.tiff, .mrc, .dm3/.dm4, .h5 (file.h5/dataset) or .zarr (ZYX), or a folder of 2D slices "
                         "(one file each)")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff, .mrc or .zarr")
     p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size)")

@@ -279,14 +279,14 @@ def test_truncated_tiff(tmp_path, imagej):
     assert str(cut) in msg and ("truncated" in msg or "failed" in msg)
 
 
-@pytest.mark.parametrize("name", ["img.dm4", "img.nd2", "noext"])
+@pytest.mark.parametrize("name", ["img.nd2", "img.czi", "noext"])
 def test_unsupported_extension(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"x")
     with pytest.raises(InputError) as exc:
         read_image(path)
     msg = _one_line(exc)
-    assert "unsupported file type" in msg and ".tif/.tiff, .mrc, .h5/.hdf5/.hdf, .png/.jpg/.bmp or .zarr" in msg
+    assert "unsupported file type" in msg and ".tif/.tiff, .mrc, .dm3/.dm4, .h5/.hdf5/.hdf, .png/.jpg/.bmp or .zarr" in msg
     assert name in msg
 
 
@@ -724,3 +724,17 @@ def test_an_ome_zarr_output_reads_back_with_its_axes(tmp_path):
         wr.array[...] = 3
     img = read_image(tmp_path / "o.ome.zarr")
     assert img.axes == "ZYX" and img.spacing == (40.0, 4.0, 4.0)
+
+
+@pytest.mark.parametrize(("tag", "text", "size"), [
+    (34682, "[User]\r\nUser=x\r\n\r\n[Scan]\r\nPixelWidth=4.5e-09\r\nPixelHeight=5e-09\r\n", (5.0, 4.5)),  # Thermo/FEI
+    (34118, "0\r\n0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 3.721 nm\r\nAP_WD\r\nWD = 5.0 mm\r\n", (3.721, 3.721)),
+    (34118, "AP_PIXEL_SIZE\r\nPixel Size = 0.01 \xb5m\r\n", (10.0, 10.0)),  # Zeiss, in microns
+    (34682, "[Scan]\r\nPixelWidth=0\r\n", None),  # no size: the 72 dpi below is no calibration either
+])  # fmt: skip
+def test_an_sem_consoles_own_tag_gives_the_pixel_size(tmp_path, tag, text, size):
+    path = tmp_path / "sem.tif"
+    tifffile.imwrite(path, np.zeros((8, 10), np.uint8), resolution=(72, 72),
+                     extratags=[(tag, "B", 0, text.encode("latin-1"), True)])  # fmt: skip
+    img = read_image(path)
+    assert img.spacing == size and img.unit == ("nm" if size else None)

@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from .common import H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in, suffix_of
+from .common import DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in, suffix_of
 
 __all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch"]
 
-_FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES
+_FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES
 
 BatchItem = tuple[Path, Path, "Path | None"]  # input, output, uncertainty output
 
@@ -30,7 +30,7 @@ def is_batch(inputs: list[str]) -> bool:
 
 
 def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
-    """The image files named: files as given, folders as their TIFF, MRC and picture files
+    """The image files named: files as given, folders as their TIFF, MRC, DigitalMicrograph and picture files
     (:func:`~.common.image_files_in`: natural order, not recursive).
 
     Raises
@@ -47,13 +47,13 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
         if p.is_dir():
             found = image_files_in(p)
             if not found:
-                raise InputError(f"folder '{p}' holds no .tif, .mrc, .png, .jpg or .bmp image")
+                raise InputError(f"folder '{p}' holds no .tif, .mrc, .dm3/.dm4, .png, .jpg or .bmp image")
             files.extend(found)
         elif not p.exists():
             raise InputError(f"cannot read '{p}': file not found")
         elif suffix_of(p) not in _FILE_SUFFIXES:
             raise InputError(f"cannot use '{p}': unsupported file type '{p.suffix or '(none)'}'; "
-                             "use .tif/.tiff, .mrc, .h5 or .png/.jpg/.bmp")
+                             "use .tif/.tiff, .mrc, .dm3/.dm4, .h5 or .png/.jpg/.bmp")
         else:
             files.append(p)
     return files

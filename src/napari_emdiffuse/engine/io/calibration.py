@@ -1,5 +1,6 @@
 """Calibration: pixel size per axis, units (converted to nanometres where recognisable) and
-axis letters, as TIFF (OME-XML, ImageJ, our JSON description, resolution tags) and zarr
+axis letters, as TIFF (OME-XML, ImageJ, our JSON description, an SEM console's own tag,
+resolution tags) and zarr
 (our attributes, OME-NGFF ``multiscales``) store them."""
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def tiff_calibration(
     """Spacing aligned to the series axes, a unit per axis, and the declared axes (or None).
 
     Sources in order: OME-XML, ImageJ description + resolution tags, our own JSON description,
-    plain resolution tags.
+    a Thermo Fisher / FEI or Zeiss SEM's tag, plain resolution tags.
     """
     declared_axes = series_axes if (tif.is_ome or tif.is_imagej) else None
     per_axis: dict[str, tuple[float, str | None]]
@@ -157,10 +158,37 @@ def tiff_calibration(
                 unit = _clean_unit(md.get("unit"))
                 return tuple(values), [unit] * ndim, declared_axes
 
-    per_axis = _plain_resolution(tif.pages.first)
+    per_axis = _sem_pixel_size(tif) or _plain_resolution(tif.pages.first)
     if per_axis:
         return (*_align(per_axis, series_axes, ndim), declared_axes)
     return None, None, declared_axes
+
+
+def _sem_pixel_size(tif: Any) -> dict[str, tuple[float, str | None]]:
+    """The pixel size an SEM console writes into its own TIFF tag, where the resolution tags
+    say nothing useful: Thermo Fisher / FEI (Helios, Quanta, Scios: ``[Scan] PixelWidth`` in
+    metres) and Zeiss (Crossbeam, Gemini: ``Image Pixel Size`` with its unit)."""
+    if getattr(tif, "is_fei", False):
+        md = tif.fei_metadata or {}
+        for section in ("Scan", "EScan", "IScan"):
+            scan = md.get(section) or {}
+            width, height = scan.get("PixelWidth"), scan.get("PixelHeight", scan.get("PixelWidth"))
+            if _positive(width) and _positive(height):
+                return {"X": (_tidy(float(width) * 1e9), "nm"), "Y": (_tidy(float(height) * 1e9), "nm")}
+    if getattr(tif, "is_sem", False):
+        md = tif.sem_metadata or {}
+        for key in ("ap_image_pixel_size", "ap_pixel_size"):
+            entry = md.get(key)
+            if isinstance(entry, tuple) and len(entry) == 3 and _positive(entry[1]):
+                factor = nm_factor(str(entry[2]))
+                if factor is not None:
+                    size = _tidy(float(entry[1]) * factor)
+                    return {"X": (size, "nm"), "Y": (size, "nm")}
+    return {}
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _match_shaped(spacing: list, shape: Any, ndim: int) -> list[float] | None:

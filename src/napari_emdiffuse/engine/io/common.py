@@ -22,6 +22,7 @@ __all__ = [
     "PICTURE_SUFFIXES",
     "ZARR_SUFFIX",
     "H5_SUFFIXES",
+    "DM_SUFFIXES",
     "ImageData",
     "likely_image",
     "reason",
@@ -42,6 +43,8 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ZARR_SUFFIX = ".zarr"
 #: Read only (CREMI, ilastik, Fiji's HDF5 plugin): see :mod:`.hdf5`.
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+#: Read only: Gatan DigitalMicrograph (TEM cameras, 3View); see :mod:`.dm`.
+DM_SUFFIXES = (".dm3", ".dm4")
 
 
 @dataclass
@@ -118,10 +121,11 @@ def likely_image(names: list[str]) -> str:
 def unsupported_type(path: Path) -> InputError:
     """The error for a file type that cannot be read."""
     if path.is_dir():
-        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .h5, .png or .zarr")
+        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .dm4, .h5, .png or .zarr")
     ext = path.suffix or "(none)"
     return InputError(
-        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .h5/.hdf5/.hdf, .png/.jpg/.bmp or .zarr"
+        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .dm3/.dm4, .h5/.hdf5/.hdf, "
+        ".png/.jpg/.bmp or .zarr"
     )
 
 
@@ -134,9 +138,10 @@ def check_readable(path: Path, kind: str) -> None:
 
 
 def image_files_in(folder: Path) -> list[Path]:
-    """The TIFF, MRC and picture files in a folder (not recursive), in natural order
-    (``slice_9`` before ``slice_10``), leaving out hidden and partially written files."""
-    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + PICTURE_SUFFIXES
+    """The TIFF, MRC, DigitalMicrograph and picture files in a folder (not recursive), in
+    natural order (``slice_9`` before ``slice_10``), leaving out hidden and partially written
+    files."""
+    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + PICTURE_SUFFIXES
     found = [c for c in folder.iterdir() if c.is_file() and suffix_of(c) in kinds
              and not c.name.startswith(".") and ".partial" not in c.name]
     return sorted(found, key=lambda c: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", c.name)])
@@ -164,7 +169,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path).expanduser()
     ext = suffix_of(p)
-    if ext in PICTURE_SUFFIXES + H5_SUFFIXES:
+    if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES:
         raise InputError(f"cannot write '{p}': {ext} is read only here; write .tif, .mrc or .zarr (they keep the pixel size)")
     if ext not in TIFF_SUFFIXES + MRC_SUFFIXES and ext != ZARR_SUFFIX:
         ext = ext or "(none)"

@@ -1,6 +1,5 @@
-"""Read and write images and volumes (TIFF, MRC and zarr; HDF5 and PNG/JPEG/BMP pictures read
-only)
-together with their pixel spacing.
+"""Read and write images and volumes (TIFF, MRC and zarr; HDF5, DigitalMicrograph and
+PNG/JPEG/BMP pictures read only) together with their pixel spacing.
 
 Reading returns an :class:`~.common.ImageData`: the pixels (numpy for TIFF, a lazy
 ``zarr.Array`` for zarr) plus spacing, unit and axes when the file says so. Spacing is
@@ -23,9 +22,10 @@ import numpy as np
 from ..errors import InputError
 from .calibration import check_axes
 from .common import (
-    H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
+    DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
     unsupported_type,
 )
+from .dm import read_dm
 from .hdf5 import h5_file_of, h5_images, read_h5
 from .mrc import read_mrc, write_mrc
 from .pictures import read_picture
@@ -37,13 +37,14 @@ __all__ = ["read_image", "write_image", "image_names"]
 
 
 def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> ImageData:
-    """Read a TIFF, MRC, HDF5 or picture file, or a zarr store.
+    """Read a TIFF, MRC, DigitalMicrograph, HDF5 or picture file, or a zarr store.
 
     Parameters
     ----------
     path : str or path-like
         A ``.tif``/``.tiff`` file, an MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``,
-        ``.ali``, ``.map``; voxel size in nm), a ``.png``/``.jpg``/``.jpeg``/``.bmp``
+        ``.ali``, ``.map``; voxel size in nm), a Gatan DigitalMicrograph file (``.dm3``,
+        ``.dm4``: its largest greyscale image; pixel size in nm), a ``.png``/``.jpg``/``.jpeg``/``.bmp``
         picture (2D greyscale, no pixel size), a ``.zarr`` folder, or a path inside a store
         such as ``"volume.zarr/0"``, an HDF5 file (``.h5``, ``.hdf5``, ``.hdf``) or a dataset
         in one such as ``"sample_A.hdf/volumes/raw"``, or a folder of 2D slices (one file
@@ -56,7 +57,7 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> Image
     -------
     ImageData
         TIFF pixels as numpy (axes of size 1 in front of the last three are dropped), MRC
-        as numpy (a read-only memory map for files of 1 GiB or more), zarr pixels as a lazy
+        and DigitalMicrograph as numpy (a read-only memory map for files of 1 GiB or more), zarr pixels as a lazy
         ``zarr.Array``, HDF5 as a lazy :class:`~.hdf5.H5Array`. A single T and C in front of
         ZYX (OME-Zarr) are dropped, lazily.
 
@@ -70,6 +71,8 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> Image
         return read_tiff(p)
     if suffix_of(p) in MRC_SUFFIXES:
         return read_mrc(p)
+    if suffix_of(p) in DM_SUFFIXES:
+        return read_dm(p)
     if suffix_of(p) in PICTURE_SUFFIXES:
         return read_picture(p)
     h5 = h5_file_of(p)
