@@ -79,13 +79,16 @@ def em_image(shared_data) -> np.ndarray:
 
 def write_tczyx_ome(path: Path, zyx: np.ndarray, spacing=(40.0, 8.0, 8.0), version: str = "0.4") -> Path:
     """An OME-Zarr store as bioformats2raw and ome-zarr-py write one: a single time point and
-    channel in front (TCZYX), micrometres; NGFF 0.4 in zarr format 2 or 0.5 in format 3."""
+    channel in front (TCZYX), micrometres; NGFF 0.4 in zarr format 2 or 0.5 in format 3.
+    A 5-D ``zyx`` is written as TCZYX as it is (several channels or time points)."""
     import zarr
+
+    tczyx = zyx if zyx.ndim == 5 else zyx[None, None]
 
     fmt = 2 if version == "0.4" else 3
     group = zarr.open_group(str(path), mode="w", zarr_format=fmt)
-    arr = group.create_array("0", shape=(1, 1, *zyx.shape), dtype=zyx.dtype, chunks=(1, 1, 1, *zyx.shape[1:]))
-    arr[...] = zyx[None, None]
+    arr = group.create_array("0", shape=tczyx.shape, dtype=tczyx.dtype, chunks=(1, 1, 1, *tczyx.shape[3:]))
+    arr[...] = tczyx
     axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}]
     axes += [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
     ms = {"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [

@@ -81,10 +81,12 @@ def get_ome_reader(path: str | list[str]) -> Callable[[str | list[str]], list[La
 def _read_ome(path: str | list[str]) -> list[LayerData]:
     """Every level of the store's first multiscale image, lazily, without the leading
     size-1 axes (a single T or C) that the restoration drops too; the full resolution's
-    pixel size as the layer's scale."""
+    pixel size as the layer's scale. Several channels (two detectors, CLEM) give a layer
+    each, so each can be restored."""
     import dask.array as da
     import zarr
 
+    from .engine.io.images import read_image
     from .engine.io.views import single_axes
     from .engine.io.zarr import ome_levels
 
@@ -92,12 +94,24 @@ def _read_ome(path: str | list[str]) -> list[LayerData]:
         path = path[0]
     group = zarr.open_group(str(path), mode="r")
     paths = ome_levels(path)
-    _, meta, kind = image_layer(Path(path) / paths[0], name=Path(path).name[: -len(".ome.zarr")])
+    name = Path(path).name[: -len(".ome.zarr")]
+    img = read_image(Path(path) / paths[0])
     levels = [da.from_zarr(group[k]) for k in paths]
     lead, trail = single_axes(levels[0].shape)  # as read_image drops them from the first level
     levels = [lv[(0,) * lead + (Ellipsis,) + (0,) * trail] for lv in levels]
-    meta["multiscale"] = len(levels) > 1
-    return [(levels if len(levels) > 1 else levels[0], meta, kind)]
+    axes = img.axes or ""
+    if "C" not in axes or levels[0].shape[axes.index("C")] == 1:
+        meta = layer_meta(img, name, multiscale=len(levels) > 1)
+        return [(levels if len(levels) > 1 else levels[0], meta, "image")]
+    c = axes.index("C")
+    layers: list[LayerData] = []
+    for k in range(levels[0].shape[c]):
+        picked = read_image(Path(path) / paths[0], channel=k)  # the scale without the channel axis
+        at = (slice(None),) * c + (k,)
+        one = [lv[at] for lv in levels]
+        meta = layer_meta(picked, f"{name} [channel {k}]", multiscale=len(one) > 1)
+        layers.append((one if len(one) > 1 else one[0], meta, "image"))
+    return layers
 
 
 def get_h5_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:

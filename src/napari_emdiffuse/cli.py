@@ -139,7 +139,7 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
     from .engine.inference.checks import validate_image
     from .engine.inference.restore import provenance
 
-    data = read_image(args.input)
+    data = read_image(args.input, channel=args.channel, time=args.time)
     validate_image(data.data)
     model = load(args)
     kw = _sampling_kwargs(args)
@@ -208,9 +208,11 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     from .api import reconstruct_isotropic_iter
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)
-    data = read_image(args.input)
+    data = read_image(args.input, channel=args.channel, time=args.time)
     if data.data.ndim != 3:
-        raise InputError(f"isotropic reconstruction needs a 3D (ZYX) volume; '{args.input}' has {data.data.ndim} dimensions")
+        more = "; several channels or time points? read one with --channel/--time" if data.data.ndim > 3 else ""
+        raise InputError(f"isotropic reconstruction needs a 3D (ZYX) volume; '{args.input}' has "
+                         f"{data.data.ndim} dimensions{more}")
     if args.factor is None and data.spacing is None:
         raise InputError(f"'{args.input}' does not say its voxel size; give the z / xy spacing ratio with --factor F")
     kw = _sampling_kwargs(args)
@@ -257,7 +259,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if runs and not Path(name).exists():
             continue
         try:
-            img = read_image(name)
+            img = read_image(name, channel=args.channel, time=args.time)
         except InputError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             failed += 1

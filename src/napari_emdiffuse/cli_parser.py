@@ -59,6 +59,15 @@ def _z_filter(text: str) -> str | float:
 _z_filter.__name__ = "z filter"
 
 
+def _pick_options(p: argparse.ArgumentParser) -> None:
+    """--channel / --time: one of several channels (two detectors, CLEM) or time points."""
+    p.add_argument("--channel", type=_non_negative, metavar="C", default=None,
+                   help="for an image with several channels and declared axes (ImageJ hyperstack, OME-TIFF, "
+                        "OME-Zarr): the one to read, from 0")
+    p.add_argument("--time", type=_non_negative, metavar="T", default=None,
+                   help="likewise, the time point to read, from 0")
+
+
 def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> None:
     from .engine.core.samplers import SAMPLERS
     from .engine.inference.canvas import PRESETS
@@ -130,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--uncertainty", metavar="UNC_OUT",
                        help="also write the per-pixel uncertainty (std, input units) here; for a batch, a folder "
                             "(files named <name>_uncertainty)")
+        _pick_options(p)
         _sampling_options(p)
         p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                        help="mirror ensemble: samples 2-4 see the image mirrored (default: on for --preset balanced)")
@@ -148,12 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="denoise the measured slices first (noisy volumes), with the bundled denoiser or "
                         "--denoise-model; the measured slices are then replaced by the denoised ones")
     p.add_argument("--denoise-model", metavar="MODEL", help="the denoising model for --denoise (implies it)")
+    _pick_options(p)
     _sampling_options(p)
 
     p = sub.add_parser("info", help="what the restoration commands will read from files: shape, type, voxel size",
                        description="show how each file is read (shape, pixel type, axes, pixel size) and, for "
                                    "volumes with a voxel size, the isotropic factor it implies")
     p.add_argument("input", metavar="IN", nargs="+", help="image files, zarr stores or folders of slices")
+    _pick_options(p)
 
     p = sub.add_parser("models", help="list bundled and user models")
     p.add_argument("--task", choices=list(TASKS))

@@ -672,46 +672,48 @@ def test_ome_zarr_with_a_single_t_and_c_reads_as_zyx_lazily(tmp_path, version):
     spacing, through a view that reads only what is indexed and keeps the store's location."""
     from tests.conftest import write_tczyx_ome
 
-    from napari_emdiffuse.engine.io.views import SingleAxesDropped
+    from napari_emdiffuse.engine.io.views import AxesPicked
     from napari_emdiffuse.engine.io.sources import open_source, source_of
 
     vol = (np.arange(4 * 6 * 8) % 251).astype(np.uint8).reshape(4, 6, 8)
     store = write_tczyx_ome(tmp_path / "v.ome.zarr", vol, version=version)
     img = read_image(store)
-    assert isinstance(img.data, SingleAxesDropped) and img.data.shape == (4, 6, 8) and img.data.ndim == 3
+    assert isinstance(img.data, AxesPicked) and img.data.shape == (4, 6, 8) and img.data.ndim == 3
     assert img.axes == "ZYX" and img.unit == "nm"
     np.testing.assert_allclose(img.spacing, (40.0, 8.0, 8.0), rtol=1e-6)
     assert np.array_equal(img.data[1:3, 2], vol[1:3, 2]) and np.array_equal(img.data[2], vol[2])
     assert np.array_equal(np.asarray(img.data), vol) and np.array_equal(img.data[..., 5], vol[..., 5])
     where = source_of(img.data)
-    assert where is not None and where[1:] == ("0", 2, 0) and Path(where[0]) == store.resolve()
+    assert where is not None and where[1:] == ("0", (0, 0), ()) and Path(where[0]) == store.resolve()
     again = open_source(*where)
     assert again.shape == (4, 6, 8) and np.array_equal(again[3], vol[3])
     # the control: without the view, the array is 5-D
     assert open_source(where[0], "0").shape == (1, 1, 4, 6, 8)
 
 
-def test_single_axes_dropped_refuses_axes_that_are_not_single():
-    from napari_emdiffuse.engine.io.views import SingleAxesDropped, drop_single_axes
+def test_a_picked_view_refuses_indices_past_its_axes():
+    from napari_emdiffuse.engine.io.views import AxesPicked, drop_single_axes
 
     a = zarr.zeros((2, 1, 3, 4, 5), dtype="uint8")
-    with pytest.raises(ValueError, match="not all of size 1"):
-        SingleAxesDropped(a, 2)
-    with pytest.raises(ValueError, match="not all of size 1"):
-        SingleAxesDropped(a, 0, 1)
+    with pytest.raises(ValueError, match="cannot take"):
+        AxesPicked(a, (2, 0))
+    with pytest.raises(ValueError, match="cannot take"):
+        AxesPicked(a, (), (5,))
+    with pytest.raises(ValueError, match="cannot take"):
+        AxesPicked(a, (0, 0, 0), (0, 0))  # nothing left
     data, spacing, axes = drop_single_axes(a, (1.0, 1.0, 4.0, 2.0, 2.0), "TCZYX")  # T has 2 points: kept
     assert data is a and spacing == (1.0, 1.0, 4.0, 2.0, 2.0) and axes == "TCZYX"
 
 
 def test_a_trailing_single_channel_is_dropped_lazily(tmp_path):
     """ilastik exports a volume as (Z, Y, X, 1): read as ZYX, through a view that indexes as numpy."""
-    from napari_emdiffuse.engine.io.views import SingleAxesDropped
+    from napari_emdiffuse.engine.io.views import AxesPicked
 
     vol = (np.arange(3 * 5 * 6) % 251).astype(np.uint8).reshape(3, 5, 6)
     store = zarr.open_array(str(tmp_path / "zyxc.zarr"), mode="w", shape=(1, 3, 5, 6, 1), dtype="uint8")
     store[...] = vol[None, ..., None]
     img = read_image(tmp_path / "zyxc.zarr")
-    assert isinstance(img.data, SingleAxesDropped) and img.data.shape == (3, 5, 6)
+    assert isinstance(img.data, AxesPicked) and img.data.shape == (3, 5, 6)
     for key in (1, (slice(0, 2), 3), (Ellipsis, 4), (1, Ellipsis), (Ellipsis,), (slice(None), slice(1, 4), 2)):
         assert np.array_equal(img.data[key], vol[key]), key
 

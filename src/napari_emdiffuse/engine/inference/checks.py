@@ -39,7 +39,8 @@ def validate_image(image: Any, *, allow_3d: bool = True, name: str = "image") ->
         )
     if image.ndim < 2 or image.ndim > (3 if allow_3d else 2):
         want = "a 2D (YX) image or a 3D (ZYX) stack" if allow_3d else "a 2D (YX) image"
-        raise InputError(f"{name} has {image.ndim} dimensions {tuple(image.shape)}; pass {want}")
+        more = "; several channels or time points? read one (--channel C, or read_image(..., channel=C))" if image.ndim > 3 else ""
+        raise InputError(f"{name} has {image.ndim} dimensions {tuple(image.shape)}; pass {want}{more}")
     return image
 
 

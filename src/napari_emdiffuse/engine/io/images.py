@@ -31,12 +31,15 @@ from .mrc import read_mrc, write_mrc
 from .pictures import read_picture
 from .slices import read_slices
 from .tiff import read_tiff, write_tiff
+from .views import pick_axes
 from .zarr import ZarrWriter, group_arrays, is_ome, read_zarr, zarr_store_of
 
 __all__ = ["read_image", "write_image", "image_names"]
 
 
-def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> ImageData:
+def read_image(
+    path: str | os.PathLike[str], *, key: str | None = None, channel: int | None = None, time: int | None = None
+) -> ImageData:
     """Read a TIFF, MRC, DigitalMicrograph, HDF5 or picture file, or a zarr store.
 
     Parameters
@@ -52,6 +55,11 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> Image
     key : str, optional
         For a zarr group: the array to read. Default: the array named ``"0"`` or the only array.
         For an HDF5 file: the dataset. Default: the only image dataset.
+    channel, time : int, optional
+        For an image whose axes are declared (ImageJ hyperstacks, OME-TIFF, OME-Zarr): the
+        channel (``C``) or time point (``T``) to read, from 0 (:func:`~.views.pick_axes`).
+        Default: the only one; an image with several is read with them, and refused by the
+        restorations.
 
     Returns
     -------
@@ -66,7 +74,15 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None) -> Image
     InputError
         The path is missing, unreadable, corrupt, of an unsupported type, or not an array.
     """
-    p = Path(path).expanduser()
+    img = _read(Path(path).expanduser(), key)
+    if channel is not None or time is not None:
+        img.data, img.spacing, img.axes = pick_axes(
+            img.data, img.spacing, img.axes, channel=channel, time=time, name=str(path)
+        )
+    return img
+
+
+def _read(p: Path, key: str | None) -> ImageData:
     if suffix_of(p) in TIFF_SUFFIXES:
         return read_tiff(p)
     if suffix_of(p) in MRC_SUFFIXES:

@@ -1,25 +1,26 @@
 """Where an input array lives, so that another process (a cluster worker) can open it again
 and read its blocks in place instead of a copy: a zarr array, an HDF5 dataset, or either
-seen without its leading size-1 axes."""
+seen at one index of its first or last axes (a single T or C dropped, a channel picked)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .common import H5_SUFFIXES, suffix_of
 from .hdf5 import H5Array
-from .views import SingleAxesDropped
+from .views import AxesPicked
 
 __all__ = ["source_of", "open_source"]
 
 
-def source_of(array: Any) -> tuple[str, str, int, int] | None:
-    """(file or store, array path inside it, size-1 axes dropped in front, after) of a zarr
-    array or an :class:`~.hdf5.H5Array` on the local file system, or of a
-    :class:`~.views.SingleAxesDropped` view of either; None for anything else (numpy, dask)."""
-    lead, trail = (array.lead, array.trail) if isinstance(array, SingleAxesDropped) else (0, 0)
-    array = array.array if isinstance(array, SingleAxesDropped) else array
+def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] | None:
+    """(file or store, array path inside it, indices taken on the first axes, on the last) of
+    a zarr array or an :class:`~.hdf5.H5Array` on the local file system, or of an
+    :class:`~.views.AxesPicked` view of either; None for anything else (numpy, dask)."""
+    lead, trail = (array.lead, array.trail) if isinstance(array, AxesPicked) else ((), ())
+    array = array.array if isinstance(array, AxesPicked) else array
     if isinstance(array, H5Array):
         return array.file, array.name, lead, trail
     import zarr
@@ -32,14 +33,14 @@ def source_of(array: Any) -> tuple[str, str, int, int] | None:
     return str(Path(root).resolve()), str(getattr(array, "path", "") or ""), lead, trail
 
 
-def open_source(where: str, key: str = "", lead: int = 0, trail: int = 0) -> Any:
+def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequence[int] = ()) -> Any:
     """Open an input by its location (:func:`source_of`) for reading, in this process or a
-    worker: the array at ``key`` in the zarr store or HDF5 file ``where``, without its first
-    ``lead`` and last ``trail`` axes."""
+    worker: the array at ``key`` in the zarr store or HDF5 file ``where``, at the indices
+    ``lead`` of its first axes and ``trail`` of its last."""
     if suffix_of(Path(where)) in H5_SUFFIXES:
         arr: Any = H5Array(where, key)
     else:
         import zarr
 
         arr = zarr.open_array(where, path=key, mode="r") if key else zarr.open_array(where, mode="r")
-    return SingleAxesDropped(arr, lead, trail) if lead or trail else arr
+    return AxesPicked(arr, lead, trail) if lead or trail else arr

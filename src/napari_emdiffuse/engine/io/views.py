@@ -4,17 +4,20 @@ Many writers store a ZYX volume as TCZYX with one time point and one channel (OM
 ``bioformats2raw`` and ``ome-zarr-py``; ImageJ hyperstacks), and some put a single channel last
 (ilastik's ``zyxc`` exports: Z, Y, X, 1). The restoration wants ZYX. For a numpy array dropping
 them is a view; for a zarr array or an HDF5 dataset, whose indexing reads pixels, it is a
-:class:`SingleAxesDropped` view that reads only what is asked for, so a terabyte store stays on
+:class:`AxesPicked` view that reads only what is asked for, so a terabyte store stays on
 disk, and that keeps the array's location, so cluster workers read the store itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SingleAxesDropped", "drop_single_axes", "single_axes"]
+from ..errors import InputError
+
+__all__ = ["AxesPicked", "drop_single_axes", "pick_axes", "single_axes"]
 
 
 def single_axes(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -36,37 +39,39 @@ def single_axes(shape: tuple[int, ...]) -> tuple[int, int]:
     return lead, trail
 
 
-class SingleAxesDropped:
-    """An array seen without its first ``lead`` and last ``trail`` axes (each of size 1),
-    read lazily.
+class AxesPicked:
+    """An array seen at given indices of its first and last axes (those axes dropped), read
+    lazily: a single T and C dropped (index 0), or one channel or time point picked.
 
-    Indexing reads only the selected chunks, as the array's own indexing does; ``array`` is
-    the array itself, so the view can be told apart from others and reopened elsewhere
-    (:func:`~.sources.open_source`).
+    ``lead`` holds the index taken on each of the first ``len(lead)`` axes, ``trail`` on each
+    of the last ``len(trail)``. Indexing reads only the selected chunks, as the array's own
+    indexing does; ``array`` is the array itself, so the view can be told apart from others and
+    reopened elsewhere (:func:`~.sources.open_source`).
 
     Examples
     --------
     >>> import zarr
     >>> a = zarr.zeros((1, 1, 4, 6, 8), dtype="uint8")
-    >>> v = SingleAxesDropped(a, 2)
+    >>> v = AxesPicked(a, (0, 0))
     >>> v.shape, v.ndim, v.dtype, v[1:3, 0].shape, v[..., 2].shape
     ((4, 6, 8), 3, dtype('uint8'), (2, 8), (4, 6))
-    >>> SingleAxesDropped(zarr.zeros((4, 6, 8, 1), dtype="uint8"), 0, 1)[..., 2].shape
+    >>> AxesPicked(zarr.zeros((4, 6, 8, 2), dtype="uint8"), (), (1,))[..., 2].shape
     (4, 6)
     """
 
-    def __init__(self, array: Any, lead: int, trail: int = 0) -> None:
+    def __init__(self, array: Any, lead: Sequence[int] = (), trail: Sequence[int] = ()) -> None:
         shape = tuple(array.shape)
-        dropped = list(range(lead)) + list(range(len(shape) - trail, len(shape)))
-        if lead < 0 or trail < 0 or lead + trail >= len(shape) or any(shape[i] != 1 for i in dropped):
-            raise ValueError(f"the first {lead} and last {trail} axes of shape {shape} are not all of size 1")
+        lead, trail = tuple(int(i) for i in lead), tuple(int(i) for i in trail)
+        picked = list(zip(shape[: len(lead)], lead)) + list(zip(shape[len(shape) - len(trail):], trail))
+        if len(lead) + len(trail) >= len(shape) or any(not 0 <= i < n for n, i in picked):
+            raise ValueError(f"cannot take {lead} in front and {trail} after from shape {shape}")
         self.array = array
-        self.lead = int(lead)
-        self.trail = int(trail)
+        self.lead = lead
+        self.trail = trail
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape[self.lead : len(self.array.shape) - self.trail])
+        return tuple(self.array.shape[len(self.lead) : len(self.array.shape) - len(self.trail)])
 
     @property
     def ndim(self) -> int:
@@ -78,7 +83,7 @@ class SingleAxesDropped:
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        return tuple(self.array.chunks[self.lead : len(self.array.shape) - self.trail])
+        return tuple(self.array.chunks[len(self.lead) : len(self.array.shape) - len(self.trail)])
 
     @property
     def size(self) -> int:
@@ -93,8 +98,8 @@ class SingleAxesDropped:
             if Ellipsis in key:
                 i = key.index(Ellipsis)
                 key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
-            key = key + (slice(None),) * (self.ndim - len(key)) + (0,) * self.trail
-        return self.array[(0,) * self.lead + key]
+            key = key + (slice(None),) * (self.ndim - len(key)) + self.trail
+        return self.array[self.lead + key]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = np.asarray(self[...])
@@ -103,10 +108,23 @@ class SingleAxesDropped:
     def __dask_tokenize__(self) -> tuple:
         from dask.base import tokenize
 
-        return ("SingleAxesDropped", tokenize(self.array), self.lead, self.trail)
+        return ("AxesPicked", tokenize(self.array), self.lead, self.trail)
 
     def __repr__(self) -> str:
-        return f"SingleAxesDropped(<array shape={tuple(self.array.shape)}>, lead={self.lead}, trail={self.trail})"
+        return f"AxesPicked(<array shape={tuple(self.array.shape)}>, lead={self.lead}, trail={self.trail})"
+
+
+def _take(data: Any, lead: tuple[int, ...], trail: tuple[int, ...]) -> Any:
+    """``data`` at ``lead`` on its first axes and ``trail`` on its last: numpy and dask are
+    indexed (a view, a lazy graph), anything else is wrapped in (or merged into) an
+    :class:`AxesPicked` view."""
+    if not (lead or trail):
+        return data
+    if isinstance(data, np.ndarray) or hasattr(data, "dask"):
+        return data[lead + (Ellipsis,) + trail]
+    if isinstance(data, AxesPicked):  # one view of the array itself, so workers can reopen it
+        return AxesPicked(data.array, data.lead + lead, trail + data.trail)
+    return AxesPicked(data, lead, trail)
 
 
 def drop_single_axes(
@@ -115,7 +133,7 @@ def drop_single_axes(
     """Drop the size-1 axes in front of the last three (a single T or C) and a single channel
     after them (:func:`single_axes`), with their spacing and axis letters. numpy and dask
     arrays are indexed (a view, a lazy graph); anything else, a zarr array above all, is
-    wrapped in a :class:`SingleAxesDropped` view.
+    wrapped in an :class:`AxesPicked` view.
 
     Examples
     --------
@@ -130,12 +148,84 @@ def drop_single_axes(
     if not (lead or trail):
         return data, spacing, axes
     n = len(data.shape)
-    if isinstance(data, np.ndarray) or hasattr(data, "dask"):
-        data = data[(0,) * lead + (Ellipsis,) + (0,) * trail]
-    else:
-        data = SingleAxesDropped(data, lead, trail)
+    data = _take(data, (0,) * lead, (0,) * trail)
     if spacing is not None and len(spacing) == n:
         spacing = tuple(spacing[lead : n - trail])
     if axes is not None and len(axes) == n:
         axes = axes[lead : n - trail]
     return data, spacing, axes
+
+
+def pick_axes(
+    data: Any,
+    spacing: tuple[float, ...] | None,
+    axes: str | None,
+    *,
+    channel: int | None = None,
+    time: int | None = None,
+    name: str = "image",
+) -> tuple[Any, tuple[float, ...] | None, str | None]:
+    """One channel (``C``) and one time point (``T``) of an image whose axes are declared,
+    with its spacing and axis letters, then the remaining size-1 axes dropped
+    (:func:`drop_single_axes`). Lazy arrays stay lazy; picks on their first or last axes
+    (OME-Zarr's TCZYX, ilastik's ZYXC) keep the array's location for cluster workers.
+
+    Two detectors recorded at once (in-lens and back-scatter SEM), correlative light and EM, or
+    a time series are stored this way; the models restore one greyscale volume at a time.
+
+    Raises
+    ------
+    InputError
+        An index below 0 or past the axis, or a channel or time point asked of an image that
+        has one only (index 0 is then accepted) or does not declare its axes.
+
+    Examples
+    --------
+    >>> d, s, a = pick_axes(np.zeros((1, 2, 5, 6, 7)), (1.0, 1.0, 40.0, 8.0, 8.0), "TCZYX", channel=1)
+    >>> d.shape, s, a
+    ((5, 6, 7), (40.0, 8.0, 8.0), 'ZYX')
+    >>> pick_axes(np.zeros((3, 5, 2, 6, 7)), None, "TZCYX", channel=0, time=2)[0].shape
+    (5, 6, 7)
+    """
+    wanted = {letter: index for letter, index in (("C", channel), ("T", time)) if index is not None}
+    n = len(data.shape)
+    picks: dict[int, int] = {}
+    for letter, index in wanted.items():
+        word = "channel" if letter == "C" else "time point"
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+            raise InputError(f"the {word} must be a whole number from 0, got {index!r}")
+        if axes is None or len(axes) != n:
+            if n > 3:
+                raise InputError(f"'{name}' does not declare its axes {tuple(data.shape)}, so its {word} axis "
+                                 "is unknown; save it as an ImageJ hyperstack or OME-TIFF/OME-Zarr")
+            axis = -1
+        else:
+            axis = axes.find(letter)
+        if axis < 0:
+            if index:
+                raise InputError(f"'{name}' has a single {word} (axes {axes or 'not declared'}); "
+                                 f"{word} {index} does not exist")
+            continue
+        if index >= data.shape[axis]:
+            raise InputError(f"'{name}' has {data.shape[axis]} {word}s (0 to {data.shape[axis] - 1}); "
+                             f"{word} {index} does not exist")
+        picks[axis] = int(index)
+    if picks:
+        lead = 0
+        while lead in picks:
+            lead += 1
+        trail = 0
+        while n - 1 - trail in picks:
+            trail += 1
+        if isinstance(data, np.ndarray) or hasattr(data, "dask") or lead + trail != len(picks):
+            if not (isinstance(data, np.ndarray) or hasattr(data, "dask")):
+                import dask.array as da  # a pick in the middle of a lazy store: read through dask
+
+                data = da.from_array(data, chunks=getattr(data, "chunks", "auto"), asarray=False)
+            data = data[tuple(picks.get(i, slice(None)) for i in range(n))]
+        else:
+            data = _take(data, tuple(picks[i] for i in range(lead)), tuple(picks[i] for i in range(n - trail, n)))
+        kept = [i for i in range(n) if i not in picks]
+        spacing = tuple(spacing[i] for i in kept) if spacing is not None and len(spacing) == n else spacing
+        axes = "".join(axes[i] for i in kept) if axes is not None and len(axes) == n else axes
+    return drop_single_axes(data, spacing, axes)

@@ -307,7 +307,7 @@ class BlockJob:
     dtype: str
     measured_unc: str | None = None  # zarr store: uncertainty of the measured slices
     ledger: Ledger = Ledger()  # a resumable run's: the block is marked once written
-    src_axes: tuple[int, int] = (0, 0)  # size-1 axes of the input dropped in front (T, C) and after (C)
+    src_axes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # indices taken on the input's first axes (T, C), last (C)
 
 
 def worker_options(m: EMDiffuseModel, job: BlockJob) -> SamplingOptions:
@@ -346,7 +346,7 @@ class ZFilterJob:
     widths: tuple[float, ...] = ()
     width: float | None = None
     ledger: Ledger = Ledger()  # a resumable run's: tiles filtered already are skipped
-    src_axes: tuple[int, int] = (0, 0)  # as BlockJob's
+    src_axes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # as BlockJob's
 
 
 def run_z_filter_job(job: ZFilterJob) -> np.ndarray | None:
@@ -467,7 +467,7 @@ class Cluster:
                     as (wr, unc_wr), cluster_client(self.workers, self.scheduler, run.device) as client:  # fmt: skip
                 yield from resume_note(wr, plan)
                 copy = tmp / "input.zarr"
-                loc = source_of(run.image) or ((yield from staged(run.image, copy, key is not None)), "", 0, 0)
+                loc = source_of(run.image) or ((yield from staged(run.image, copy, key is not None)), "", (), ())
                 model = run.model
                 loaded = model if isinstance(model, EMDiffuseModel) else load_model(model, task=run.task, arch=run.arch, device="cpu")
                 spec, spec_arch, _ = model_spec(model, loaded, run.task, run.arch, tmp / "model")
