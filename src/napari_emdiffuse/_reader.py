@@ -1,5 +1,6 @@
 """napari readers: MRC files (IMOD, SerialEM, tomography), Gatan DigitalMicrograph files
-(``.dm3``, ``.dm4``) and HDF5 files (CREMI, ilastik), which napari cannot open itself, and OME-Zarr stores (this plugin's ``.ome.zarr`` outputs among them) as multiscale layers with
+(``.dm3``, ``.dm4``), HDF5 files (CREMI, ilastik) and N5 containers (OpenOrganelle), which
+napari cannot open itself, and OME-Zarr stores (this plugin's ``.ome.zarr`` outputs among them) as multiscale layers with
 their pixel size, which napari's own zarr reader leaves out.
 
 The layer's ``scale`` is the voxel size in nanometres, as for every image this plugin opens, so
@@ -12,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["get_reader", "get_ome_reader", "get_h5_reader", "image_layer", "layer_meta"]
+__all__ = ["get_reader", "get_ome_reader", "get_h5_reader", "get_n5_reader", "image_layer", "layer_meta"]
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -150,4 +151,49 @@ def _read_h5(path: str | list[str]) -> list[LayerData]:
         labels = "label" in name.lower() and data.dtype.kind in "ui"
         meta = layer_meta(img, Path(path).stem if len(names) == 1 else name)
         layers.append((lazy, meta, "labels" if labels else "image"))
+    return layers
+
+
+def get_n5_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """The reader for one N5 container (a ``.n5`` folder), else None."""
+    from .engine.io.common import N5_SUFFIX
+
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if Path(path).suffix.lower() != N5_SUFFIX or not Path(path).is_dir():
+        return None
+    return _read_n5
+
+
+def _read_n5(path: str | list[str]) -> list[LayerData]:
+    """A layer per dataset of the container, read lazily block by block, with its voxel size;
+    a multiscale group (``s0``, ``s1``, ...) as one multiscale layer."""
+    import dask.array as da
+    from dask.base import tokenize
+
+    from .engine.io.images import read_image
+    from .engine.io.n5 import N5Array, n5_datasets
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    root = Path(path)
+    names = n5_datasets(root)
+    layers: list[LayerData] = []
+    for name in names:
+        img = read_image(root / name)
+        keys = [name]
+        if Path(name).name == "s0":  # the coarser levels beside it, while they exist
+            while (root / name).parent.joinpath(f"s{len(keys)}", "attributes.json").is_file():
+                keys.append(str(Path(name).parent / f"s{len(keys)}"))
+        levels = []
+        for key in keys:
+            arr = N5Array(root, key)
+            if arr.ndim != len(img.data.shape) and key != name:
+                break
+            levels.append(da.from_array(arr, chunks=arr.chunks, name=f"n5-{tokenize(arr)}", asarray=False))
+        title = root.stem if len(names) == 1 else name
+        meta = layer_meta(img, title, multiscale=len(levels) > 1)
+        layers.append((levels if len(levels) > 1 else levels[0], meta, "image"))
     return layers

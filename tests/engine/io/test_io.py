@@ -286,7 +286,7 @@ def test_unsupported_extension(tmp_path, name):
     with pytest.raises(InputError) as exc:
         read_image(path)
     msg = _one_line(exc)
-    assert "unsupported file type" in msg and ".tif/.tiff, .mrc, .dm3/.dm4, .h5/.hdf5/.hdf, .png/.jpg/.bmp or .zarr" in msg
+    assert "unsupported file type" in msg and ".tif/.tiff, .mrc, .dm3/.dm4, .h5/.hdf5/.hdf, .png/.jpg/.bmp, .n5 or .zarr" in msg
     assert name in msg
 
 
@@ -632,7 +632,10 @@ def test_check_output_path(tmp_path):
     assert _one_line(exc) == f"output folder '{tmp_path / 'missing'}' does not exist"
     with pytest.raises(InputError) as exc:
         check_output_path(tmp_path / "a.n5")
-    assert "unsupported file type '.n5'" in _one_line(exc)
+    assert ".n5 is read only here; write .tif, .mrc or .zarr" in _one_line(exc)
+    with pytest.raises(InputError) as exc:
+        check_output_path(tmp_path / "a.nd2")
+    assert "unsupported file type '.nd2'" in _one_line(exc)
     (tmp_path / "dir.tif").mkdir()
     with pytest.raises(InputError):
         check_output_path(tmp_path / "dir.tif")

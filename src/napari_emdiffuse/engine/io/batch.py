@@ -12,7 +12,11 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from .common import DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in, suffix_of
+from .common import (
+    DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in, suffix_of,
+)
+from .n5 import n5_container_of
+from .zarr import zarr_store_of
 
 __all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch"]
 
@@ -22,11 +26,24 @@ BatchItem = tuple[Path, Path, "Path | None"]  # input, output, uncertainty outpu
 
 
 def is_batch(inputs: list[str]) -> bool:
-    """Several inputs, or one folder that is not a zarr store."""
+    """Several inputs, or one folder that is not a zarr store or N5 container, nor inside one
+    (``volume.zarr/0``).
+
+    Examples
+    --------
+    >>> is_batch(["a.tif", "b.tif"]), is_batch(["volume.zarr"])
+    (True, False)
+    """
     if len(inputs) != 1:
         return True
     p = Path(inputs[0]).expanduser()
-    return p.is_dir() and suffix_of(p) != ZARR_SUFFIX
+    return p.is_dir() and not _is_store(p)
+
+
+def _is_store(p: Path) -> bool:
+    """A zarr store or N5 container, a path inside one, or a zarr store not named ``.zarr``."""
+    return (zarr_store_of(p) is not None or n5_container_of(p) is not None
+            or any((p / marker).exists() for marker in (".zarray", ".zgroup", "zarr.json")))
 
 
 def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
@@ -42,8 +59,9 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
     files: list[Path] = []
     for name in inputs:
         p = Path(name).expanduser()
-        if suffix_of(p) == ZARR_SUFFIX:
-            raise InputError(f"'{p}' is a zarr store: restore zarr stores one at a time (their output streams to disk)")
+        if _is_store(p):
+            raise InputError(f"'{p}' is a zarr store or N5 container: restore those one at a time (their output "
+                             "streams to disk)")
         if p.is_dir():
             found = image_files_in(p)
             if not found:

@@ -23,6 +23,7 @@ __all__ = [
     "ZARR_SUFFIX",
     "H5_SUFFIXES",
     "DM_SUFFIXES",
+    "N5_SUFFIX",
     "ImageData",
     "likely_image",
     "reason",
@@ -45,6 +46,8 @@ ZARR_SUFFIX = ".zarr"
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 #: Read only: Gatan DigitalMicrograph (TEM cameras, 3View); see :mod:`.dm`.
 DM_SUFFIXES = (".dm3", ".dm4")
+#: Read only: N5 containers (OpenOrganelle, BigStitcher); see :mod:`.n5`.
+N5_SUFFIX = ".n5"
 
 
 @dataclass
@@ -121,11 +124,11 @@ def likely_image(names: list[str]) -> str:
 def unsupported_type(path: Path) -> InputError:
     """The error for a file type that cannot be read."""
     if path.is_dir():
-        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .dm4, .h5, .png or .zarr")
+        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .dm4, .h5, .png, .n5 or .zarr")
     ext = path.suffix or "(none)"
     return InputError(
         f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .dm3/.dm4, .h5/.hdf5/.hdf, "
-        ".png/.jpg/.bmp or .zarr"
+        ".png/.jpg/.bmp, .n5 or .zarr"
     )
 
 
@@ -169,7 +172,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path).expanduser()
     ext = suffix_of(p)
-    if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES:
+    if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + (N5_SUFFIX,):
         raise InputError(f"cannot write '{p}': {ext} is read only here; write .tif, .mrc or .zarr (they keep the pixel size)")
     if ext not in TIFF_SUFFIXES + MRC_SUFFIXES and ext != ZARR_SUFFIX:
         ext = ext or "(none)"

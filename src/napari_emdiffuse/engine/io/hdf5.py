@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InputError
 from .calibration import to_nm
 from .common import H5_SUFFIXES, ImageData, check_readable, likely_image, reason, suffix_of
-from .views import drop_single_axes, single_axes
+from .views import LazyArray, drop_single_axes, full_index, single_axes
 
 __all__ = ["H5Array", "h5_file_of", "read_h5", "h5_datasets", "h5_images", "open_h5"]
 
@@ -158,7 +158,7 @@ def _calibration(attrs: dict, ndim: int) -> tuple[tuple[float, ...] | None, str 
     return None, None
 
 
-class H5Array:
+class H5Array(LazyArray):
     """A dataset of an HDF5 file, read lazily: indexing opens the file, reads only the
     selection (numpy-style basic indexing, negative steps included) and closes it.
 
@@ -182,17 +182,6 @@ class H5Array:
             self.dtype = np.dtype(d.dtype)
             self.chunks: tuple[int, ...] = tuple(d.chunks) if d.chunks else self.shape
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def __getitem__(self, key: Any) -> np.ndarray:
         read, post = _split_index(key, self.shape)
         if any(isinstance(r, slice) and r.stop <= r.start for r in read):  # HDF5 selects nothing empty
@@ -200,10 +189,6 @@ class H5Array:
         with open_h5(self.file) as f:
             out = np.asarray(f[self.name][tuple(read)])
         return out[post] if post else out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[...]
-        return out.astype(dtype, copy=False) if dtype is not None else out
 
     def __dask_tokenize__(self) -> tuple:
         # The same file, unchanged, is the same input (dask names its graph after this).
@@ -217,15 +202,7 @@ class H5Array:
 def _split_index(key: Any, shape: tuple[int, ...]) -> tuple[list, tuple]:
     """What to read from the file (integers and positive-step slices, which HDF5 selects
     natively) and the numpy index to apply afterwards (reversal of negative steps)."""
-    key = key if isinstance(key, tuple) else (key,)
-    if sum(k is Ellipsis for k in key) > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
-    if Ellipsis in key:
-        i = key.index(Ellipsis)
-        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
-    if len(key) > len(shape):
-        raise IndexError(f"too many indices for an array of {len(shape)} dimensions")
-    key = key + (slice(None),) * (len(shape) - len(key))
+    key = full_index(key, len(shape))
     read: list = []
     post: list = []
     flip = False

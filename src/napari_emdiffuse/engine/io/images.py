@@ -22,12 +22,13 @@ import numpy as np
 from ..errors import InputError
 from .calibration import check_axes
 from .common import (
-    DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
+    DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
     unsupported_type,
 )
 from .dm import read_dm
 from .hdf5 import h5_file_of, h5_images, read_h5
 from .mrc import read_mrc, write_mrc
+from .n5 import n5_container_of, n5_images, read_n5
 from .pictures import read_picture
 from .slices import read_slices
 from .tiff import read_tiff, write_tiff
@@ -49,12 +50,14 @@ def read_image(
         ``.ali``, ``.map``; voxel size in nm), a Gatan DigitalMicrograph file (``.dm3``,
         ``.dm4``: its largest greyscale image; pixel size in nm), a ``.png``/``.jpg``/``.jpeg``/``.bmp``
         picture (2D greyscale, no pixel size), a ``.zarr`` folder, or a path inside a store
-        such as ``"volume.zarr/0"``, an HDF5 file (``.h5``, ``.hdf5``, ``.hdf``) or a dataset
+        such as ``"volume.zarr/0"``, an N5 container (``.n5``) or a dataset in one such as
+        ``"jrc_mus-liver.n5/em/fibsem-uint8/s0"``, an HDF5 file (``.h5``, ``.hdf5``, ``.hdf``) or a dataset
         in one such as ``"sample_A.hdf/volumes/raw"``, or a folder of 2D slices (one file
         each, natural order), read as a lazy ZYX volume without voxel size.
     key : str, optional
         For a zarr group: the array to read. Default: the array named ``"0"`` or the only array.
-        For an HDF5 file: the dataset. Default: the only image dataset.
+        For an HDF5 file or an N5 container: the dataset. Default: the only image dataset (for
+        N5, or the finest level of the only multiscale group).
     channel, time : int, optional
         For an image whose axes are declared (ImageJ hyperstacks, OME-TIFF, OME-Zarr): the
         channel (``C``) or time point (``T``) to read, from 0 (:func:`~.views.pick_axes`).
@@ -66,7 +69,8 @@ def read_image(
     ImageData
         TIFF pixels as numpy (axes of size 1 in front of the last three are dropped), MRC
         and DigitalMicrograph as numpy (a read-only memory map for files of 1 GiB or more), zarr pixels as a lazy
-        ``zarr.Array``, HDF5 as a lazy :class:`~.hdf5.H5Array`. A single T and C in front of
+        ``zarr.Array``, HDF5 as a lazy :class:`~.hdf5.H5Array`, N5 as a lazy
+        :class:`~.n5.N5Array`. A single T and C in front of
         ZYX (OME-Zarr) are dropped, lazily.
 
     Raises
@@ -95,6 +99,10 @@ def _read(p: Path, key: str | None) -> ImageData:
     if h5 is not None:
         inner = "/".join(k.strip("/") for k in (h5[1], key or "") if k and k.strip("/"))
         return read_h5(h5[0], inner or None)
+    n5 = n5_container_of(p)
+    if n5 is not None:
+        inner = "/".join(k.strip("/") for k in (n5[1], key or "") if k and k.strip("/"))
+        return read_n5(n5[0], inner or None)
     if p.is_dir() and suffix_of(p) != ZARR_SUFFIX and zarr_store_of(p) is None:
         if any((p / marker).exists() for marker in (".zarray", ".zgroup", "zarr.json")):
             return read_zarr(p, key)  # a zarr store whose name lacks .zarr
@@ -109,7 +117,7 @@ def _read(p: Path, key: str | None) -> ImageData:
 
 def image_names(path: str | os.PathLike[str]) -> list[str]:
     """The images ``path`` names, for listing them (``emdiffuse info``): ``[path]``, or, for an
-    HDF5 file or a zarr group that holds several and no default one, each as ``path/name``
+    HDF5 file, an N5 container or a zarr group that holds several and no default one, each as ``path/name``
     (the way to name one for :func:`read_image`).
 
     Examples
@@ -122,6 +130,8 @@ def image_names(path: str | os.PathLike[str]) -> list[str]:
         inner = h5_images(p)
     elif suffix_of(p) == ZARR_SUFFIX and p.is_dir() and not is_ome(p):
         inner = group_arrays(p)
+    elif suffix_of(p) == N5_SUFFIX:
+        inner = n5_images(p)
     else:
         inner = []
     return [f"{path}/{name}" for name in inner] or [str(path)]

@@ -1,5 +1,5 @@
 """Where an input array lives, so that another process (a cluster worker) can open it again
-and read its blocks in place instead of a copy: a zarr array, an HDF5 dataset, or either
+and read its blocks in place instead of a copy: a zarr array, an HDF5 or N5 dataset, or one
 seen at one index of its first or last axes (a single T or C dropped, a channel picked)."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import H5_SUFFIXES, suffix_of
+from .common import H5_SUFFIXES, N5_SUFFIX, suffix_of
 from .hdf5 import H5Array
+from .n5 import N5Array
 from .views import AxesPicked
 
 __all__ = ["source_of", "open_source"]
@@ -17,12 +18,14 @@ __all__ = ["source_of", "open_source"]
 
 def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] | None:
     """(file or store, array path inside it, indices taken on the first axes, on the last) of
-    a zarr array or an :class:`~.hdf5.H5Array` on the local file system, or of an
-    :class:`~.views.AxesPicked` view of either; None for anything else (numpy, dask)."""
+    a zarr array, an :class:`~.hdf5.H5Array` or an :class:`~.n5.N5Array` on the local file
+    system, or of an :class:`~.views.AxesPicked` view of one; None for anything else (numpy, dask)."""
     lead, trail = (array.lead, array.trail) if isinstance(array, AxesPicked) else ((), ())
     array = array.array if isinstance(array, AxesPicked) else array
     if isinstance(array, H5Array):
         return array.file, array.name, lead, trail
+    if isinstance(array, N5Array):
+        return array.root, array.name, lead, trail
     import zarr
 
     if not isinstance(array, zarr.Array):
@@ -35,10 +38,12 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
 
 def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequence[int] = ()) -> Any:
     """Open an input by its location (:func:`source_of`) for reading, in this process or a
-    worker: the array at ``key`` in the zarr store or HDF5 file ``where``, at the indices
+    worker: the array at ``key`` in the zarr store, HDF5 file or N5 container ``where``, at the indices
     ``lead`` of its first axes and ``trail`` of its last."""
     if suffix_of(Path(where)) in H5_SUFFIXES:
         arr: Any = H5Array(where, key)
+    elif suffix_of(Path(where)) == N5_SUFFIX:
+        arr = N5Array(where, key)
     else:
         import zarr
 

@@ -17,7 +17,53 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["AxesPicked", "drop_single_axes", "pick_axes", "single_axes"]
+__all__ = ["AxesPicked", "LazyArray", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
+
+
+class LazyArray:
+    """What the lazy arrays of this package (files read on indexing, views of them) share
+    beyond ``shape``, ``dtype`` and ``__getitem__``: ``ndim``, ``size``, ``len`` and numpy
+    conversion, so numpy, dask and the restoration take them as arrays."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> Any:  # pragma: no cover - each array reads its own way
+        raise NotImplementedError
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.asarray(self[...])
+        return out.astype(dtype, copy=False) if dtype is not None else out
+
+
+def full_index(key: Any, ndim: int) -> tuple:
+    """A basic numpy index spelt out for every axis: ``...`` expanded, missing axes as ``:``.
+
+    Examples
+    --------
+    >>> full_index((1, Ellipsis), 3), full_index(2, 2)
+    ((1, slice(None, None, None), slice(None, None, None)), (2, slice(None, None, None)))
+    """
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if Ellipsis in key:
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
+    if len(key) > ndim:
+        raise IndexError(f"too many indices for an array of {ndim} dimensions")
+    return key + (slice(None),) * (ndim - len(key))
 
 
 def single_axes(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -39,7 +85,7 @@ def single_axes(shape: tuple[int, ...]) -> tuple[int, int]:
     return lead, trail
 
 
-class AxesPicked:
+class AxesPicked(LazyArray):
     """An array seen at given indices of its first and last axes (those axes dropped), read
     lazily: a single T and C dropped (index 0), or one channel or time point picked.
 
@@ -74,36 +120,18 @@ class AxesPicked:
         return tuple(self.array.shape[len(self.lead) : len(self.array.shape) - len(self.trail)])
 
     @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
+    def dtype(self) -> np.dtype:  # type: ignore[override]
         return np.dtype(self.array.dtype)
 
     @property
     def chunks(self) -> tuple[int, ...]:
         return tuple(self.array.chunks[len(self.lead) : len(self.array.shape) - len(self.trail)])
 
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def __getitem__(self, key: Any) -> Any:
         key = key if isinstance(key, tuple) else (key,)
-        if self.trail:  # the index must reach the trailing axes: spell out "..." and the rest
-            if Ellipsis in key:
-                i = key.index(Ellipsis)
-                key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
-            key = key + (slice(None),) * (self.ndim - len(key)) + self.trail
+        if self.trail:  # the index must reach the trailing axes: spell it out for every axis
+            key = full_index(key, self.ndim) + self.trail
         return self.array[self.lead + key]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = np.asarray(self[...])
-        return out.astype(dtype, copy=False) if dtype is not None else out
 
     def __dask_tokenize__(self) -> tuple:
         from dask.base import tokenize
