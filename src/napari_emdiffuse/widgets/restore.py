@@ -245,12 +245,14 @@ def check_input_layer(layer: Any, *, volume: bool = False) -> None:
             "(convert it to grey scale, or load a single channel)"
         )
     ndim = len(layer_array(layer).shape)
+    # several channels or time points: napari splits a layer into one per channel
+    split = "; several channels or time points? right-click the layer > Split Stack" if ndim > 3 else ""
     if volume and ndim != 3:
         raise InputError(
-            f"layer '{layer.name}' has {ndim} dimensions; isotropic reconstruction needs a 3D (ZYX) volume"
+            f"layer '{layer.name}' has {ndim} dimensions; isotropic reconstruction needs a 3D (ZYX) volume{split}"
         )
     if not volume and ndim not in (2, 3):
-        raise InputError(f"layer '{layer.name}' has {ndim} dimensions; pass a 2D image or a ZYX stack")
+        raise InputError(f"layer '{layer.name}' has {ndim} dimensions; pass a 2D image or a ZYX stack{split}")
 
 
 def layer_array(layer: Any) -> Any:

@@ -100,3 +100,14 @@ def test_napari_opens_each_channel_of_an_ome_zarr_as_a_layer(tmp_path, tzcyx):
     for c, (data, meta, kind) in enumerate(layers):
         assert kind == "image" and np.array_equal(np.asarray(data), tczyx[0, c])
         assert meta["scale"] == pytest.approx((40.0, 8.0, 8.0))
+
+
+def test_a_recipe_image_names_its_channel(tmp_path, tzcyx):
+    from napari_emdiffuse.engine.training.config import ImageSource
+
+    path = tmp_path / "hs.tif"
+    tifffile.imwrite(path, tzcyx[0], imagej=True, metadata={"axes": "ZCYX"})
+    got = ImageSource.model_validate({"path": str(path), "channel": 1, "y": "1:3"}).load()
+    assert np.array_equal(got, tzcyx[0, :, 1, 1:3])
+    with pytest.raises(Exception, match="greater than or equal to 0"):
+        ImageSource.model_validate({"path": str(path), "channel": -1})

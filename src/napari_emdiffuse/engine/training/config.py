@@ -72,6 +72,7 @@ class ImageSource(BaseModel):
     tasks) says which planes of a volume teach the model: ``z`` (planes perpendicular to z,
     the ``-i`` way, for a near-isotropic volume) or ``lateral`` (perpendicular to y, rows
     dropped: the ``-a`` way, for an anisotropic volume); the default follows the task.
+    ``channel`` and ``time`` pick one of several (:func:`~..io.images.read_image`).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -83,6 +84,8 @@ class ImageSource(BaseModel):
     y: tuple[int | None, int | None] | None = None
     x: tuple[int | None, int | None] | None = None
     planes: Literal["z", "lateral"] | None = None
+    channel: int | None = Field(default=None, ge=0)
+    time: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -119,7 +122,7 @@ class ImageSource(BaseModel):
             inside = h5_file_of(Path(self.path))  # 'file.h5/dataset' names a dataset in a file
             if not (inside[0] if inside else Path(self.path)).exists():
                 raise InputError(f"training image '{self.path}' does not exist")
-            data = read_image(self.path, key=self.key).data
+            data = read_image(self.path, key=self.key, channel=self.channel, time=self.time).data
         else:
             data = self.array
         nd = len(data.shape)
