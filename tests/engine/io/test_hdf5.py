@@ -138,3 +138,51 @@ def test_a_dataset_path_is_a_training_image(tmp_path, vol):
     assert isinstance(got, np.ndarray) and np.array_equal(got, vol[1:3])
     with pytest.raises(InputError, match="does not exist"):
         ImageSource(path=tmp_path / "none.hdf" / "volumes" / "raw").load()
+
+
+def _bdv(folder, zyx, setups=1, xml=True, unit="nm"):
+    """A BigDataViewer export: a pyramid per setup, uint16 stored as int16, and its XML."""
+    path = folder / "dataset.h5"
+    with h5py.File(path, "w") as f:
+        for s in range(setups):
+            f.create_dataset(f"s{s:02d}/resolutions", data=np.array([[1.0, 1.0, 1.0], [2.0, 2.0, 1.0]]))
+            f.create_dataset(f"s{s:02d}/subdivisions", data=np.array([[16, 16, 4], [16, 16, 4]], np.int32))
+            f.create_dataset(f"t00000/s{s:02d}/0/cells", data=zyx.view(np.int16))
+            f.create_dataset(f"t00000/s{s:02d}/1/cells", data=zyx[:, ::2, ::2].copy().view(np.int16))
+    if xml:
+        views = "".join(f"<ViewSetup><id>{s}</id><size>{zyx.shape[2]} {zyx.shape[1]} {zyx.shape[0]}</size>"
+                        f"<voxelSize><unit>{unit}</unit><size>4.0 4.0 40.0</size></voxelSize></ViewSetup>"
+                        for s in range(setups))  # fmt: skip
+        (folder / "dataset.xml").write_text(
+            '<?xml version="1.0" encoding="UTF-8"?><SpimData version="0.2"><BasePath type="relative">.</BasePath>'
+            '<SequenceDescription><ImageLoader format="bdv.hdf5"><hdf5 type="relative">dataset.h5</hdf5>'
+            f"</ImageLoader><ViewSetups>{views}</ViewSetups></SequenceDescription></SpimData>"
+        )
+    return path
+
+
+def test_a_bigdataviewer_file_reads_its_full_resolution_unsigned_with_the_xml_voxel_size(tmp_path):
+    zyx = (np.arange(3 * 16 * 20, dtype=np.uint32) * 211 % 65536).astype(np.uint16).reshape(3, 16, 20)
+    assert zyx.max() > 32767  # bright pixels that a signed read would turn negative
+    path = _bdv(tmp_path, zyx)
+    img = read_image(path)  # the only setup's full resolution, not its pyramid levels
+    assert img.data.name == "t00000/s00/0/cells" and img.data.dtype == np.uint16
+    assert np.array_equal(np.asarray(img.data), zyx) and np.array_equal(img.data[1, ::-1, 3], zyx[1, ::-1, 3])
+    assert img.spacing == (40.0, 4.0, 4.0) and img.unit == "nm"
+    level = read_image(path / "t00000" / "s00" / "1" / "cells")  # asked for: the level's own size
+    assert np.array_equal(np.asarray(level.data), zyx[:, ::2, ::2]) and level.spacing == (40.0, 8.0, 8.0)
+    assert np.array_equal(open_source(*source_of(img.data))[2], zyx[2])  # a worker's read is unsigned too
+
+
+def test_a_bigdataviewer_file_with_setups_lists_them_and_without_its_xml_has_no_voxel_size(tmp_path):
+    zyx = np.ones((2, 16, 16), np.uint16)
+    path = _bdv(tmp_path, zyx, setups=2)
+    with pytest.raises(InputError, match=r"several datasets \(t00000/s00/0/cells, t00000/s01/0/cells\)"):
+        read_image(path)
+    assert image_names(path) == [f"{path}/t00000/s00/0/cells", f"{path}/t00000/s01/0/cells"]
+    assert read_image(path / "t00000/s01/0/cells").spacing == (40.0, 4.0, 4.0)
+    (tmp_path / "dataset.xml").unlink()
+    assert read_image(path / "t00000/s01/0/cells").spacing is None
+    other = tmp_path / "px"
+    other.mkdir()
+    assert read_image(_bdv(other, zyx, unit="pixel")).spacing is None  # pixels: no calibration

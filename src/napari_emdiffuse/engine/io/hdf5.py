@@ -4,7 +4,8 @@ Connectomics data often comes as HDF5: the CREMI volumes, ilastik projects' inpu
 Fiji's HDF5 plugin and of many FIB-SEM pipelines. A file holds datasets at paths such as
 ``volumes/raw``; ``sample_A.hdf/volumes/raw`` names one, as ``volume.zarr/0`` does in a zarr
 store. The voxel size is read from the dataset's attributes: ``resolution`` (nm, the CREMI
-convention), ``element_size_um`` (µm, Fiji) or ``spacing`` with ``unit``.
+convention), ``element_size_um`` (µm, Fiji) or ``spacing`` with ``unit``, or, for a
+BigDataViewer file, from its XML (:mod:`.bdv`).
 
 :class:`H5Array` reads only what is indexed, opening the file for each read, so that no handle
 stays open in a long napari session and the array pickles as a path and a name: cluster
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .bdv import bdv_dtype, bdv_images, bdv_spacing
 from .calibration import to_nm
 from .common import H5_SUFFIXES, ImageData, check_readable, likely_image, reason, suffix_of
 from .views import LazyArray, drop_single_axes, full_index, single_axes
@@ -69,7 +71,8 @@ def h5_file_of(path: Path) -> tuple[Path, str] | None:
 def h5_datasets(group: Any) -> list[str]:
     """Paths of the image datasets in an open file or group: numeric, and once single axes
     are dropped (:func:`~.views.single_axes`) two or more dimensions, the last two of at least
-    8 pixels (not tables such as BigDataViewer's ``s00/resolutions``)."""
+    8 pixels (not tables such as BigDataViewer's ``s00/resolutions``); of a BigDataViewer
+    pyramid, only the full resolution (:mod:`.bdv`)."""
     found: list[str] = []
 
     def visit(name: str, node: Any) -> None:
@@ -83,7 +86,7 @@ def h5_datasets(group: Any) -> list[str]:
             found.append(name)
 
     group.visititems(visit)
-    return sorted(found)
+    return bdv_images(sorted(found))  # a BigDataViewer pyramid: its full resolution only
 
 
 def h5_images(path: Path) -> list[str]:
@@ -127,6 +130,8 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
             )
         dset = f[key]
         spacing, unit = _calibration(dict(dset.attrs), len(dset.shape))
+        if spacing is None:
+            spacing, unit = bdv_spacing(path, f, key)
         if dset.size:
             try:  # one pixel: its chunk is decompressed, so a missing filter is found before any work
                 dset[(0,) * len(dset.shape)]
@@ -179,7 +184,7 @@ class H5Array(LazyArray):
         with open_h5(self.file) as f:
             d = f[self.name]
             self.shape: tuple[int, ...] = tuple(int(s) for s in d.shape)
-            self.dtype = np.dtype(d.dtype)
+            self.dtype = bdv_dtype(self.name, np.dtype(d.dtype))  # BigDataViewer's uint16 is stored as int16
             self.chunks: tuple[int, ...] = tuple(d.chunks) if d.chunks else self.shape
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -188,6 +193,7 @@ class H5Array(LazyArray):
             return np.zeros(tuple(len(range(r.start, r.stop, r.step)) for r in read if isinstance(r, slice)), self.dtype)
         with open_h5(self.file) as f:
             out = np.asarray(f[self.name][tuple(read)])
+        out = out.view(self.dtype) if out.dtype != self.dtype else out
         return out[post] if post else out
 
     def __dask_tokenize__(self) -> tuple:
