@@ -141,6 +141,8 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
 
     data = read_image(args.input, channel=args.channel, time=args.time)
     validate_image(data.data)
+    if data.note:
+        print(f"{PROG}: note: {data.note}", file=sys.stderr)
     model = load(args)
     kw = _sampling_kwargs(args)
     kw.pop("arch")
@@ -209,6 +211,8 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)
     data = read_image(args.input, channel=args.channel, time=args.time)
+    if data.note:
+        print(f"{PROG}: note: {data.note}", file=sys.stderr)
     if data.data.ndim != 3:
         more = "; several channels or time points? read one with --channel/--time" if data.data.ndim > 3 else ""
         raise InputError(f"isotropic reconstruction needs a 3D (ZYX) volume; '{args.input}' has "
@@ -269,6 +273,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 else " x ".join(f"{v:g}" for v in img.spacing) + f" {img.unit or '(unit unknown)'}")
         # .name, not str(): a big-endian MRC is '>f4' to numpy, float32 to a user (restoration converts it)
         line = f"{name}: {shape} {img.data.dtype.name}, axes {img.axes or 'not declared'}, {size}"
+        if img.note:
+            line += f"; {img.note}"
         if img.data.ndim == 3 and img.spacing is not None:
             try:
                 line += f"; isotropic factor {factor_from_spacing(img.spacing)}"

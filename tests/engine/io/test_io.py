@@ -743,3 +743,23 @@ def test_an_sem_consoles_own_tag_gives_the_pixel_size(tmp_path, tag, text, size)
                      extratags=[(tag, "B", 0, text.encode("latin-1"), True)])  # fmt: skip
     img = read_image(path)
     assert img.spacing == size and img.unit == ("nm" if size else None)
+
+
+def test_a_thermo_fisher_sem_image_is_read_without_its_data_bar(tmp_path, capsys):
+    from napari_emdiffuse.cli import main
+
+    scan = (np.arange(12 * 10) % 200 + 20).astype(np.uint8).reshape(12, 10)
+    bar = np.zeros((3, 10), np.uint8)
+    bar[1, 2:8] = 255  # the console's white text
+    fei = "[Image]\r\nResolutionX=10\r\nResolutionY=12\r\n\r\n[PrivateFei]\r\nDatabarHeight=3\r\n\r\n[Scan]\r\nPixelWidth=5e-09\r\n"
+    path = tmp_path / "helios.tif"
+    tifffile.imwrite(path, np.concatenate([scan, bar]), extratags=[(34682, "B", 0, fei.encode(), True)])
+    img = read_image(path)
+    assert np.array_equal(img.data, scan) and img.spacing == (5.0, 5.0)
+    assert img.note == "the microscope's data bar (3 rows at the bottom) is left out"
+    assert main(["info", str(path)]) == 0
+    assert "helios.tif: 12 x 10 uint8, axes not declared, 5 x 5 nm; the microscope's data bar" in capsys.readouterr().out
+    # the control: rows that do not add up to the scan and the bar are all kept
+    odd = tmp_path / "odd.tif"
+    tifffile.imwrite(odd, np.concatenate([scan, bar, bar]), extratags=[(34682, "B", 0, fei.encode(), True)])
+    assert read_image(odd).data.shape == (18, 10) and read_image(odd).note is None

@@ -71,6 +71,8 @@ class ImageData:
         our own metadata), else None.
     path : pathlib.Path, optional
         The file or zarr store read.
+    note : str, optional
+        What reading left out that a user should know (a microscope's data bar).
     """
 
     data: np.ndarray | dask.array.Array | zarr.Array
@@ -78,6 +80,7 @@ class ImageData:
     unit: str | None
     axes: str | None
     path: Path | None
+    note: str | None = None
 
     def __repr__(self) -> str:
         # The default repr would print every pixel.
