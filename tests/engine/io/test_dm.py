@@ -164,3 +164,11 @@ def test_the_cli_reads_a_dm_file_and_a_batch_writes_it_as_tif(tmp_path, capsys):
     assert "cam.dm3: 6 x 8 uint16, axes YX, 4 x 4 nm" in capsys.readouterr().out
     (src, out, _), = plan_batch(expand_inputs([tmp_path]), tmp_path / "out")
     assert (src.name, out.name) == ("cam.dm3", "cam.tif")
+
+
+def test_a_folder_of_3view_sections_reads_as_a_volume(tmp_path):
+    """Gatan 3View writes one .dm4 per cut: the folder is a ZYX volume, in natural order."""
+    for z in (10, 9, 1):
+        _write_dm(tmp_path / f"block_{z}.dm4", np.full((4, 6), z, np.uint16), scales=[0.01] * 2, units=["µm"] * 2)
+    vol = read_image(tmp_path)
+    assert vol.data.shape == (3, 4, 6) and vol.data[:, 0, 0].compute().tolist() == [1, 9, 10]
