@@ -572,6 +572,28 @@ def test_restore_widget_denoise_and_rerun_replaces(viewer, qtbot, models, errors
     again.deleteLater()
 
 
+def test_a_thermo_fisher_tiff_opened_by_napari_restores_without_its_data_bar(viewer, qtbot, models, errors, tmp_path):
+    """napari's own reader keeps the console's data bar below the scan; the widgets leave it out
+    (and say so), so it neither skews the normalisation nor comes out "restored"."""
+    import tifffile
+
+    from napari_emdiffuse.widgets.restore import layer_databar
+
+    scan = (np.random.default_rng(2).random((40, 48)) * 200 + 20).astype(np.uint8)
+    bar = np.zeros((6, 48), np.uint8)
+    fei = "[Image]\r\nResolutionX=48\r\nResolutionY=40\r\n\r\n[PrivateFei]\r\nDatabarHeight=6\r\n"
+    path = tmp_path / "helios.tif"
+    tifffile.imwrite(path, np.concatenate([scan, bar]), extratags=[(34682, "B", 0, fei.encode(), True)])
+    layer = viewer.open(str(path), plugin="napari")[0]
+    assert layer.data.shape == (46, 48) and layer_databar(layer) == (40, 6)
+    assert layer_databar(viewer.add_image(np.concatenate([scan, bar]), name="plain")) is None  # the control
+    w = _quick_restore_dock(viewer, models, layer)
+    with qtbot.waitSignal(w.run_finished, timeout=60_000):
+        assert w.run()
+    assert not errors
+    assert viewer.layers["helios_denoised"].data.shape == (40, 48)
+
+
 def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors):
     img = (np.random.default_rng(1).random((2, 24, 20)) * 4000).astype(np.uint16)
     viewer.add_image(img, name="stack", scale=(50.0, 8.0, 8.0), translate=(0.0, 16.0, 32.0))

@@ -18,16 +18,19 @@ from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
 from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
 from ..engine.inference.zfilter import Z_FILTERS
+from ..engine.io.tiff import databar_note
 from ..engine.io.zarr import uncertainty_beside
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
+from ._jobs import notify_info
 from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
 from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-__all__ = ["RestoreWidget", "RestoreOptions", "output_names", "output_geometry", "check_input_layer", "layer_array"]
+__all__ = ["RestoreWidget", "RestoreOptions", "output_names", "output_geometry", "check_input_layer", "layer_array",
+           "layer_databar"]
 
 TASKS = ("denoise", "super-resolve")
 SAMPLERS = ("preset", *ENGINE_SAMPLERS)
@@ -244,6 +247,9 @@ def check_input_layer(layer: Any, *, volume: bool = False) -> None:
             f"layer '{layer.name}' is an RGB colour image; EM models need grey scale "
             "(convert it to grey scale, or load a single channel)"
         )
+    bar = layer_databar(layer)
+    if bar is not None:
+        notify_info(f"'{layer.name}': {databar_note(bar[1])}")
     ndim = len(layer_array(layer).shape)
     # several channels or time points: napari splits a layer into one per channel
     split = "; several channels or time points? right-click the layer > Split Stack" if ndim > 3 else ""
@@ -258,10 +264,26 @@ def check_input_layer(layer: Any, *, volume: bool = False) -> None:
 def layer_array(layer: Any) -> Any:
     """The pixels to process: the layer's array (numpy, dask or zarr, never copied), or the
     full-resolution level of a multiscale layer, without leading size-1 axes (an OME-Zarr's
-    single T and C; :func:`~._layers.layer_source` drops their scale)."""
+    single T and C; :func:`~._layers.layer_source` drops their scale) and without a Thermo
+    Fisher SEM's data bar (:func:`layer_databar`)."""
     from ..engine.io.views import drop_single_axes
 
-    return drop_single_axes(layer.data[0] if getattr(layer, "multiscale", False) else layer.data, None, None)[0]
+    data = drop_single_axes(layer.data[0] if getattr(layer, "multiscale", False) else layer.data, None, None)[0]
+    bar = layer_databar(layer)
+    return data[..., : bar[0], :] if bar is not None else data
+
+
+def layer_databar(layer: Any) -> tuple[int, int] | None:
+    """(scanned rows, data bar rows) when the layer was opened from a Thermo Fisher / FEI SEM
+    TIFF whose console pasted its data bar below the scan (napari's own reader keeps the bar;
+    this plugin's readers leave it out); None otherwise."""
+    from ..engine.io.tiff import databar_rows
+
+    path = getattr(getattr(layer, "source", None), "path", None)
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if not path or getattr(layer, "rgb", False) or len(data.shape) < 2:
+        return None
+    return databar_rows(path, int(data.shape[-2]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .common import (
 )
 from .views import drop_single_axes
 
-__all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "read_tiff", "write_tiff"]
+__all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "databar_note", "databar_rows", "read_tiff", "write_tiff"]
 
 #: TIFFs larger than this are written as BigTIFF (classic TIFF offsets are 32-bit and many
 #: readers treat them as signed).
@@ -119,23 +119,56 @@ def read_tiff(path: Path) -> ImageData:
 
 def _without_databar(tif: Any, data: np.ndarray) -> tuple[np.ndarray, str | None]:
     """A Thermo Fisher / FEI SEM image without the data bar the console pastes below the scan
-    (``[PrivateFei] DatabarHeight`` rows under ``[Image] ResolutionY`` scanned ones).
+    (:func:`databar_rows`).
 
     The bar is black with white text: left in, it widens the intensity range the models
     normalise by and the tiles along it (demo-denoise on liver_1 at dose 30, a Helios bar under
     it: 29.12 dB against 29.80 without), and restoring its text means nothing."""
-    if not getattr(tif, "is_fei", False) or data.ndim < 2:
+    y = data.ndim - 3 if data.ndim >= 3 and data.shape[-1] in (3, 4) else data.ndim - 2  # samples last
+    split = _scan_and_bar(tif, data.shape[y]) if y >= 0 else None
+    if split is None:
         return data, None
+    rows, bar = split
+    return data[(slice(None),) * y + (slice(0, rows),)], databar_note(bar)
+
+
+def databar_note(bar: int) -> str:
+    """What a restoration says when it leaves a data bar out."""
+    return f"the microscope's data bar ({bar} rows at the bottom) is left out"
+
+
+def _scan_and_bar(tif: Any, height: int) -> tuple[int, int] | None:
+    """(scanned rows, data bar rows) of an image ``height`` rows tall, from a Thermo Fisher /
+    FEI TIFF's ``[Image] ResolutionY`` and ``[PrivateFei] DatabarHeight``; None where they do not
+    add up to it (no bar, or another file)."""
+    if not getattr(tif, "is_fei", False):
+        return None
     md = tif.fei_metadata or {}
     rows = (md.get("Image") or {}).get("ResolutionY")
     bar = (md.get("PrivateFei") or {}).get("DatabarHeight")
-    if not (isinstance(rows, int) and isinstance(bar, int) and rows > 0 and bar > 0):
-        return data, None
-    y = data.ndim - 3 if data.shape[-1] in (3, 4) and data.ndim >= 3 else data.ndim - 2  # samples last
-    if data.shape[y] != rows + bar:
-        return data, None
-    index = (slice(None),) * y + (slice(0, rows),)
-    return data[index], f"the microscope's data bar ({bar} rows at the bottom) is left out"
+    if isinstance(rows, int) and isinstance(bar, int) and rows > 0 and bar > 0 and rows + bar == height:
+        return rows, bar
+    return None
+
+
+def databar_rows(path: str | os.PathLike[str], height: int) -> tuple[int, int] | None:
+    """(scanned rows, data bar rows) when ``path`` is a Thermo Fisher / FEI SEM TIFF whose
+    console pasted a data bar below a scan, the two ``height`` rows tall; None for any other
+    file (for images that another reader opened, such as napari's).
+
+    Examples
+    --------
+    >>> databar_rows("not_a_file.tif", 471) is None
+    True
+    """
+    p = Path(path)
+    if suffix_of(p) not in TIFF_SUFFIXES or not p.is_file():
+        return None
+    try:
+        with tifffile.TiffFile(p) as tif:
+            return _scan_and_bar(tif, height)
+    except Exception:  # unreadable metadata: no bar is known
+        return None
 
 
 def _tiff_pixels(path: Path, series: Any) -> np.ndarray:
