@@ -135,6 +135,8 @@ def test_large_pixels_are_memory_mapped_read_only(tmp_path, monkeypatch):
     (lambda p: _write_dm(p, np.ones((2, 2), np.uint32), kind=23), "only a colour picture"),
     (lambda p: _write_dm(p, np.ones(5, np.float32)), r"spectrum \(5 values\)"),
     (lambda p: _write_dm(p, np.ones((2, 2, 3, 4), np.float32)), "4-D data"),
+    (lambda p: _write_dm(p, np.ones((8, 3, 4), np.float32), scales=[1, 1, 0.5], units=["nm", "nm", "eV"]),
+     r"spectrum image \(its third axis is in eV\)"),
     (lambda p: _write_dm(p, np.ones((2, 2), np.float32), kind=10), "do not fill its size"),
 ])  # fmt: skip
 def test_bad_files_are_refused_in_one_line(tmp_path, make, message):

@@ -253,6 +253,12 @@ def _load(path: Path, data: list[tuple[str, Any]], order: str) -> ImageData:
         raise InputError(f"cannot use '{path}': it holds a spectrum ({dims[0] if dims else 0} values), not an image")
     if len(dims) > 3:
         raise InputError(f"cannot use '{path}': it holds {len(dims)}-D data (e.g. 4D-STEM); expected a 2D image or a stack")
+    if len(dims) == 3:
+        third = (_get(data, "Calibrations", "Dimension") or [None] * 3)[2:3]
+        unit = _text(_get(third[0][1], "Units")) if third and third[0] is not None else ""
+        if unit.lower().endswith("ev"):  # EELS or EDS: an energy axis, not sections
+            raise InputError(f"cannot use '{path}': it holds a spectrum image (its third axis is in {unit}), "
+                             "not an image or a stack")
     dtype = np.dtype(_PIXELS[int(_get(data, "DataType"))]).newbyteorder(order)
     shape = tuple(reversed(dims))  # x varies fastest
     pixels = _get(data, "Data")
