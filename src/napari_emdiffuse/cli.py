@@ -138,8 +138,10 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
     from .api import restore_iter, restore_to_zarr_iter
     from .engine.inference.checks import validate_image
     from .engine.inference.restore import provenance
+    from .engine.io.views import check_one_channel
 
     data = read_image(args.input, channel=args.channel, time=args.time)
+    check_one_channel(tuple(data.data.shape), data.axes, str(args.input))
     validate_image(data.data)
     if data.note:
         print(f"{PROG}: note: {data.note}", file=sys.stderr)
@@ -207,12 +209,14 @@ def _note_fill(normalisation: dict | None) -> None:
 def _cmd_isotropic(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
     from .engine.io.images import read_image, write_image
+    from .engine.io.views import check_one_channel
     from .api import reconstruct_isotropic_iter
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)
     data = read_image(args.input, channel=args.channel, time=args.time)
     if data.note:
         print(f"{PROG}: note: {data.note}", file=sys.stderr)
+    check_one_channel(tuple(data.data.shape), data.axes, str(args.input))
     if data.data.ndim != 3:
         more = "; several channels or time points? read one with --channel/--time" if data.data.ndim > 3 else ""
         raise InputError(f"isotropic reconstruction needs a 3D (ZYX) volume; '{args.input}' has "
@@ -381,9 +385,14 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .engine.models.files import read_card
     from .engine.training.finetune import verdict
 
+    def named(path: str | None) -> Any:  # one channel or time point of a file: as a recipe names it
+        if path is None or (args.channel is None and args.time is None):
+            return path
+        return {"path": path, "channel": args.channel, "time": args.time}
+
     path = drive(
         finetune_iter(
-            args.task, args.input, args.target, base=args.base, out=args.output, iterations=args.iterations,
+            args.task, named(args.input), named(args.target), base=args.base, out=args.output, iterations=args.iterations,
             patch=args.patch, batch=args.batch, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
             device=args.device, precision=args.precision, freeze_encoder=args.freeze_encoder, factor=args.factor,
             objective=args.objective, **({} if args.resample_noise is None else {"resample_noise": args.resample_noise}),

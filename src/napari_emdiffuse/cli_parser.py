@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a model on your own data")
     p.add_argument("--task", required=True, choices=list(TASKS))
     p.add_argument("--input", required=True, metavar="IN", help="degraded image (or volume for isotropic)")
+    _pick_options(p)
     p.add_argument("--target", metavar="TGT", help="registered clean/high-resolution image (optional)")
     p.add_argument("--base", metavar="MODEL", help="model to start from (default: bundled model for the task)")
     p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True)

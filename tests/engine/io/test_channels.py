@@ -84,7 +84,7 @@ def test_the_cli_reads_one_channel_and_says_how_to_when_it_is_not_given(tmp_path
     assert main(["info", str(path), "--channel", "1"]) == 0
     assert "hs.tif: 3 x 4 x 5 uint8, axes ZYX" in capsys.readouterr().out
     assert main(["denoise", str(path), "-o", str(tmp_path / "out.tif")]) == 2
-    assert "several channels or time points? read one (--channel C" in capsys.readouterr().err
+    assert "has 2 channels (axes ZCYX); restore one at a time (--channel C" in capsys.readouterr().err
     assert not (tmp_path / "out.tif").exists()
     assert main(["isotropic", str(path), "-o", str(tmp_path / "iso.tif"), "--channel", "-1"]) == 2
     assert "expected an integer >= 0" in capsys.readouterr().err
@@ -111,3 +111,30 @@ def test_a_recipe_image_names_its_channel(tmp_path, tzcyx):
     assert np.array_equal(got, tzcyx[0, :, 1, 1:3])
     with pytest.raises(Exception, match="greater than or equal to 0"):
         ImageSource.model_validate({"path": str(path), "channel": -1})
+
+
+def test_a_finetune_learns_from_the_channel_asked_for(tmp_path, tiny_model_dir):
+    from napari_emdiffuse.cli import main
+    from napari_emdiffuse.engine.models.files import read_card
+
+    two = np.stack([np.zeros((96, 96), np.uint8), (np.random.default_rng(0).random((96, 96)) * 200 + 20).astype(np.uint8)])
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, two, imagej=True, metadata={"axes": "CYX"})
+    args = ["finetune", "--task", "denoise", "--input", str(path), "--base", str(tiny_model_dir), "--iterations", "2",
+            "--patch", "32", "--batch", "2", "--device", "cpu", "--objective", "supervised"]
+    assert main([*args, "-o", str(tmp_path / "m0")]) == 2  # two channels, none picked: refused, nothing saved
+    assert not (tmp_path / "m0" / "model.yaml").exists()
+    assert main([*args, "-o", str(tmp_path / "m1"), "--channel", "1"]) == 0
+    assert "two.tif" in str(read_card(tmp_path / "m1").training)
+
+
+def test_two_channels_of_one_image_are_not_taken_for_two_sections(tmp_path, capsys):
+    """A CYX image is 3-D like a stack: restored as one, its detectors would be averaged along z."""
+    from napari_emdiffuse.cli import main
+
+    path = tmp_path / "inlens_esb.tif"
+    tifffile.imwrite(path, np.zeros((2, 40, 40), np.uint8), imagej=True, metadata={"axes": "CYX"})
+    assert main(["denoise", str(path), "-o", str(tmp_path / "out.tif")]) == 2
+    assert "has 2 channels (axes CYX); restore one at a time" in capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 40, 40), np.uint8), imagej=True, metadata={"axes": "ZYX"})
+    assert main(["info", str(tmp_path / "stack.tif")]) == 0  # the control: sections are a stack

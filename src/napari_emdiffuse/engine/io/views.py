@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["AxesPicked", "LazyArray", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
+__all__ = ["AxesPicked", "LazyArray", "check_one_channel", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
 
 
 class LazyArray:
@@ -257,3 +257,23 @@ def pick_axes(
         spacing = tuple(spacing[i] for i in kept) if spacing is not None and len(spacing) == n else spacing
         axes = "".join(axes[i] for i in kept) if axes is not None and len(axes) == n else axes
     return drop_single_axes(data, spacing, axes)
+
+
+def check_one_channel(shape: tuple[int, ...], axes: str | None, name: str = "image") -> None:
+    """Refuse, in one line, an image whose declared axes hold several channels or time points:
+    restored as it is, they would pass for z sections (and be averaged along z).
+
+    Examples
+    --------
+    >>> check_one_channel((3, 64, 64), "ZYX")
+    >>> check_one_channel((2, 64, 64), "CYX", "two.tif")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: 'two.tif' has 2 channels (axes CYX); restore one at a time (--channel C, or read_image(..., channel=C))
+    """
+    if axes is None or len(axes) != len(shape):
+        return
+    for letter, word, option in (("C", "channels", "channel"), ("T", "time points", "time")):
+        if letter in axes and shape[axes.index(letter)] > 1:
+            raise InputError(f"'{name}' has {shape[axes.index(letter)]} {word} (axes {axes}); restore one at a "
+                             f"time (--{option} {letter}, or read_image(..., {option}={letter}))")

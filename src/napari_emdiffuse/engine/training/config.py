@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import EMDiffuseError, InputError
 from ..io.hdf5 import h5_file_of
 from ..io.images import read_image
+from ..io.views import check_one_channel
 from ..models.cards import Normalisation
 
 __all__ = ["ImageSource", "TrainConfig", "checkpoint_path", "SMALL_NETWORK", "CHECKPOINT_NAME", "one_line"]
@@ -122,7 +123,9 @@ class ImageSource(BaseModel):
             inside = h5_file_of(Path(self.path))  # 'file.h5/dataset' names a dataset in a file
             if not (inside[0] if inside else Path(self.path)).exists():
                 raise InputError(f"training image '{self.path}' does not exist")
-            data = read_image(self.path, key=self.key, channel=self.channel, time=self.time).data
+            img = read_image(self.path, key=self.key, channel=self.channel, time=self.time)
+            check_one_channel(tuple(img.data.shape), img.axes, str(self.path))
+            data = img.data
         else:
             data = self.array
         nd = len(data.shape)

@@ -308,7 +308,8 @@ def self_supervised_objective(input: Any) -> tuple[str, str | None]:
     >>> self_supervised_objective(same)[1][:63]  # one structure in every slice
     'self-supervised with a blind spot: its slices look 0.0 px apart'
     """
-    data = read_image(input).data if isinstance(input, (str, Path)) else input  # zarr stays lazy
+    found_file = _read(input)
+    data = found_file.data if found_file is not None else input  # zarr stays lazy
     shape = tuple(getattr(data, "shape", ()))
     if len(shape) != 3 or shape[0] < MIN_SLICES:
         return "self-supervised", None
@@ -361,8 +362,9 @@ def _default_factor(volume: Any, base: str | None, task: str) -> int | None:
     from ..io.spacing import factor_from_spacing
     from ..models.registry import load_model
 
-    if isinstance(volume, (str, Path)):
-        spacing = read_image(volume).spacing  # lazy: only the header is read here
+    found = _read(volume)
+    if found is not None:
+        spacing = found.spacing  # lazy: only the header is read here
         if spacing is not None and len(spacing) == 3:
             try:
                 return factor_from_spacing(spacing)
@@ -374,4 +376,14 @@ def _default_factor(volume: Any, base: str | None, task: str) -> int | None:
             f"model '{card.name}' serves every factor and the volume does not say its voxel size; "
             "give the factor (factor= or --factor)"
         )
+    return None
+
+
+def _read(source: Any) -> Any:
+    """An input named by its path, or by a recipe's mapping (``{path, key, channel, time}``),
+    read lazily (an :class:`~..io.common.ImageData`); None for an array."""
+    if isinstance(source, (str, Path)):
+        return read_image(source)
+    if isinstance(source, Mapping) and source.get("path") is not None:
+        return read_image(source["path"], key=source.get("key"), channel=source.get("channel"), time=source.get("time"))
     return None
