@@ -108,6 +108,12 @@ def test_several_datasets_are_listed_and_bad_ones_refused(tmp_path, vol, capsys)
     (root / "raw" / "0" / "0" / "0").write_bytes(b"\x00\x00\x00\x03" + b"\x00" * 3)  # a truncated block
     with pytest.raises(InputError, match="cannot read block"):
         read_image(root / "raw").data[0]
+    attrs = json.loads((root / "raw" / "attributes.json").read_text())
+    (root / "raw" / "attributes.json").write_text(json.dumps({**attrs, "compression": {"type": "blosc"}}))
+    header = (0).to_bytes(2, "big") + (3).to_bytes(2, "big") + b"".join(n.to_bytes(4, "big") for n in (4, 3, 2))
+    (root / "raw" / "0" / "0" / "0").write_bytes(header + b"\x02\x01\x21\x02" + b"\xff" * 20)  # damaged blosc
+    with pytest.raises(InputError, match="cannot read block"):
+        read_image(root / "raw").data[0]
 
 
 def test_workers_read_an_n5_dataset_in_place(tmp_path, vol, tiny_model_dir):

@@ -237,7 +237,9 @@ class N5Array(LazyArray):
             count = int(np.prod(dims))
             data = self._decode(raw[offset:])
             values = np.frombuffer(data, self.dtype.newbyteorder(">"), count)
-        except (ValueError, zlib.error, lzma.LZMAError, OSError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # each codec fails its own way (blosc: RuntimeError) on a damaged block
             raise InputError(f"cannot read block '{path}': {exc}") from exc
         return values.reshape(dims[::-1]).astype(self.dtype)
 
