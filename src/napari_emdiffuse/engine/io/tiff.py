@@ -141,11 +141,12 @@ def _scan_and_bar(tif: Any, height: int) -> tuple[int, int] | None:
     """(scanned rows, data bar rows) of an image ``height`` rows tall, from a Thermo Fisher /
     FEI TIFF's ``[Image] ResolutionY`` and ``[PrivateFei] DatabarHeight``; None where they do not
     add up to it (no bar, or another file)."""
-    if not getattr(tif, "is_fei", False):
+    try:
+        md = (tif.fei_metadata or {}) if tif.is_fei else {}
+        rows = (md.get("Image") or {}).get("ResolutionY")
+        bar = (md.get("PrivateFei") or {}).get("DatabarHeight")
+    except Exception:  # odd metadata must not stop reading good pixels
         return None
-    md = tif.fei_metadata or {}
-    rows = (md.get("Image") or {}).get("ResolutionY")
-    bar = (md.get("PrivateFei") or {}).get("DatabarHeight")
     if isinstance(rows, int) and isinstance(bar, int) and rows > 0 and bar > 0 and rows + bar == height:
         return rows, bar
     return None
