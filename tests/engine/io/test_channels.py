@@ -136,5 +136,8 @@ def test_two_channels_of_one_image_are_not_taken_for_two_sections(tmp_path, caps
     tifffile.imwrite(path, np.zeros((2, 40, 40), np.uint8), imagej=True, metadata={"axes": "CYX"})
     assert main(["denoise", str(path), "-o", str(tmp_path / "out.tif")]) == 2
     assert "has 2 channels (axes CYX); restore one at a time" in capsys.readouterr().err
-    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 40, 40), np.uint8), imagej=True, metadata={"axes": "ZYX"})
-    assert main(["info", str(tmp_path / "stack.tif")]) == 0  # the control: sections are a stack
+    # the control: frames (an in-situ series, or sections labelled as frames) restore as a stack
+    frames = (np.random.default_rng(0).random((2, 40, 40)) * 200).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "frames.tif", frames, imagej=True, metadata={"axes": "TYX"})
+    assert main(["denoise", str(tmp_path / "frames.tif"), "-o", str(tmp_path / "f.tif"), "--z-filter", "off"]) == 0
+    assert tifffile.imread(tmp_path / "f.tif").shape == (2, 40, 40)

@@ -260,20 +260,20 @@ def pick_axes(
 
 
 def check_one_channel(shape: tuple[int, ...], axes: str | None, name: str = "image") -> None:
-    """Refuse, in one line, an image whose declared axes hold several channels or time points:
-    restored as it is, they would pass for z sections (and be averaged along z).
+    """Refuse, in one line, an image whose declared axes hold several channels: restored as it
+    is, its channels (two detectors, light and EM) would pass for z sections and be averaged
+    along z. Time points of a 3-D image (``TYX``: an in-situ series, or sections that a writer
+    labelled as frames) are restored as a stack, as before.
 
     Examples
     --------
-    >>> check_one_channel((3, 64, 64), "ZYX")
+    >>> check_one_channel((3, 64, 64), "TYX")
     >>> check_one_channel((2, 64, 64), "CYX", "two.tif")
     Traceback (most recent call last):
     ...
     napari_emdiffuse.engine.errors.InputError: 'two.tif' has 2 channels (axes CYX); restore one at a time (--channel C, or read_image(..., channel=C))
     """
-    if axes is None or len(axes) != len(shape):
+    if axes is None or len(axes) != len(shape) or "C" not in axes or shape[axes.index("C")] == 1:
         return
-    for letter, word, option in (("C", "channels", "channel"), ("T", "time points", "time")):
-        if letter in axes and shape[axes.index(letter)] > 1:
-            raise InputError(f"'{name}' has {shape[axes.index(letter)]} {word} (axes {axes}); restore one at a "
-                             f"time (--{option} {letter}, or read_image(..., {option}={letter}))")
+    raise InputError(f"'{name}' has {shape[axes.index('C')]} channels (axes {axes}); restore one at a time "
+                     "(--channel C, or read_image(..., channel=C))")
