@@ -279,6 +279,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         line = f"{name}: {shape} {img.data.dtype.name}, axes {img.axes or 'not declared'}, {size}"
         if img.note:
             line += f"; {img.note}"
+        if img.axes and len(img.axes) == img.data.ndim and "C" in img.axes and img.data.shape[img.axes.index("C")] > 1:
+            line += f"; {img.data.shape[img.axes.index('C')]} channels: restore one with --channel C"
         if img.data.ndim == 3 and img.spacing is not None:
             try:
                 line += f"; isotropic factor {factor_from_spacing(img.spacing)}"

@@ -81,6 +81,9 @@ def test_the_cli_reads_one_channel_and_says_how_to_when_it_is_not_given(tmp_path
 
     path = tmp_path / "hs.tif"
     tifffile.imwrite(path, tzcyx[0], imagej=True, metadata={"axes": "ZCYX"})
+    assert main(["info", str(path)]) == 0
+    assert "hs.tif: 3 x 2 x 4 x 5 uint8, axes ZCYX, no pixel size; 2 channels: restore one with --channel C" in (
+        capsys.readouterr().out)
     assert main(["info", str(path), "--channel", "1"]) == 0
     assert "hs.tif: 3 x 4 x 5 uint8, axes ZYX" in capsys.readouterr().out
     assert main(["denoise", str(path), "-o", str(tmp_path / "out.tif")]) == 2
