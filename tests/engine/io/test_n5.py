@@ -11,6 +11,7 @@ import gzip
 import itertools
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,11 +126,15 @@ def test_workers_read_an_n5_dataset_in_place(tmp_path, vol, tiny_model_dir):
     img8 = (vol % 251).astype(np.uint8)
     big = np.tile(img8, (1, 6, 5))[:, :40, :40]
     _write_n5(tmp_path / "v.n5" / "raw", big, block=(1, 16, 16))
-    data = read_image(tmp_path / "v.n5").data
+    import dask.array as da
+
+    n5 = read_image(tmp_path / "v.n5").data
+    data = da.from_array(n5, chunks=n5.chunks, asarray=False)  # as napari's layer holds it
     kw = dict(block=32, steps=2, tile=32, overlap=8, device="cpu", z_filter="off")
     restore_to_zarr(big, tmp_path / "one.zarr", "denoise", str(tiny_model_dir), **kw)
     events = list(restore_to_zarr_iter(data, tmp_path / "two.zarr", "denoise", str(tiny_model_dir), workers=2, **kw))
     assert events[-1] == tmp_path / "two.zarr"
+    assert "staging" not in {getattr(e, "stage", None) for e in events}  # no copy of the input was made
     one = zarr.open_array(str(tmp_path / "one.zarr"), mode="r")[:]
     two = zarr.open_array(str(tmp_path / "two.zarr"), mode="r")[:]
     assert np.abs(one.astype(int) - two.astype(int)).max() <= 1
@@ -149,3 +154,34 @@ def test_a_path_inside_a_store_or_container_is_one_input_not_a_batch(tmp_path, v
     assert is_batch([str(tmp_path / "slices")])  # the control: a plain folder is a batch
     with pytest.raises(InputError, match="zarr store or N5 container: restore those one at a time"):
         expand_inputs([tmp_path / "v.n5", tmp_path / "g.zarr"])
+
+
+def test_a_dask_array_that_only_wraps_a_file_or_store_is_read_in_place(tmp_path, vol):
+    """napari layers of N5, HDF5 and zarr inputs are dask arrays made by ``from_array`` or
+    ``from_zarr``: a cluster run reads the file itself instead of a staged copy."""
+    import dask.array as da
+    import zarr
+
+    from napari_emdiffuse.engine.inference.blocks import input_identity
+
+    _write_n5(tmp_path / "v.n5" / "raw", vol)
+    n5 = read_image(tmp_path / "v.n5").data
+    layer = da.from_array(n5, chunks=n5.chunks, asarray=False)
+    assert source_of(layer) == source_of(n5) and input_identity(layer)["file"][1] == "raw"
+    z = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=vol.shape, chunks=(1, 7, 9), dtype=vol.dtype)
+    where = source_of(da.from_zarr(z))
+    assert where is not None and Path(where[0]) == (tmp_path / "v.zarr").resolve()
+    # the controls: anything done to the wrapped array leaves nothing to read in place
+    for other in (layer[1:], layer + 1, da.stack([layer, layer]), da.zeros(vol.shape)):
+        assert source_of(other) is None
+
+
+def test_two_dask_inputs_of_one_shape_are_told_apart_for_resuming():
+    """A dask array has a ``store`` method: it was once taken for a zarr array, so two inputs of
+    one shape, dtype and chunking had one identity and a resumed run could take the other's blocks."""
+    import dask.array as da
+
+    from napari_emdiffuse.engine.inference.blocks import input_identity
+
+    a, b = da.zeros((2, 8, 8), chunks=4), da.ones((2, 8, 8), chunks=4)
+    assert input_identity(a) != input_identity(b) and "dask" in input_identity(a)

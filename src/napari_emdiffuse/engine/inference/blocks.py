@@ -185,16 +185,17 @@ def run_key(**parts: Any) -> str:
 
 def input_identity(image: Any) -> dict:
     """What tells one input from another in :func:`run_key`: shape and dtype, and where a
-    zarr array or an HDF5 dataset lives, a dask array's name, or a digest of a numpy array's pixels (every k-th,
+    zarr array or an HDF5 or N5 dataset lives (also under a dask array that only wraps it), a
+    dask array's name, or a digest of a numpy array's pixels (every k-th,
     at most 4 M of them). The key also holds the input's normalisation (its percentiles)."""
     ident: dict[str, Any] = {"shape": list(image.shape), "dtype": str(np.dtype(image.dtype))}
     if isinstance(image, np.ndarray):
         flat = image.reshape(-1)
         sample = np.ascontiguousarray(flat[:: max(1, flat.size // (1 << 22))])
         ident["pixels"] = hashlib.blake2b(sample.tobytes(), digest_size=16).hexdigest()
-    elif hasattr(image, "store"):  # a zarr array
+    elif hasattr(image, "store") and not hasattr(image, "dask"):  # a zarr array (dask's .store is a method)
         ident["zarr"] = [str(image.store), str(getattr(image, "path", ""))]
-    elif (where := source_of(image)) is not None:  # an HDF5 dataset
+    elif (where := source_of(image)) is not None:  # an HDF5 or N5 dataset, or a dask array wrapping one
         ident["file"] = list(where)
     elif hasattr(image, "dask"):
         ident["dask"] = str(image.name)

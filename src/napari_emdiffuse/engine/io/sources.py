@@ -19,7 +19,13 @@ __all__ = ["source_of", "open_source"]
 def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] | None:
     """(file or store, array path inside it, indices taken on the first axes, on the last) of
     a zarr array, an :class:`~.hdf5.H5Array` or an :class:`~.n5.N5Array` on the local file
-    system, or of an :class:`~.views.AxesPicked` view of one; None for anything else (numpy, dask)."""
+    system, or of an :class:`~.views.AxesPicked` view of one, or of a dask array that only
+    wraps one of these (``da.from_array``, ``da.from_zarr``: how napari layers of files and
+    stores come); None for anything else (numpy, other dask arrays)."""
+    if hasattr(array, "dask"):  # a napari layer of a file or store: the array it wraps, if nothing else
+        array = _dask_original(array)
+        if array is None:
+            return None
     lead, trail = (array.lead, array.trail) if isinstance(array, AxesPicked) else ((), ())
     array = array.array if isinstance(array, AxesPicked) else array
     if isinstance(array, H5Array):
@@ -49,3 +55,21 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
 
         arr = zarr.open_array(where, path=key, mode="r") if key else zarr.open_array(where, mode="r")
     return AxesPicked(arr, lead, trail) if lead or trail else arr
+
+
+def _dask_original(array: Any) -> Any:
+    """The array a dask array was made from by ``da.from_array`` (or ``from_zarr``) and nothing
+    else, whole; None for any other dask array (sliced, computed on, stacked)."""
+    layers = getattr(array.dask, "layers", None)
+    if layers is None or len(layers) != 2:
+        return None
+    originals = [name for name in layers if str(name).startswith("original-")]
+    if len(originals) != 1:
+        return None
+    values = list(dict(layers[originals[0]]).values())
+    if len(values) != 1 or not hasattr(values[0], "shape") or not hasattr(values[0], "dtype"):
+        return None
+    found = values[0]
+    if tuple(found.shape) != tuple(array.shape) or str(found.dtype) != str(array.dtype):
+        return None
+    return found
