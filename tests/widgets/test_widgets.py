@@ -222,6 +222,25 @@ def test_ome_zarr_outputs_open_in_napari_as_multiscale_with_their_pixel_size(vie
     assert np.array_equal(np.asarray(layer.data[0]), data) and tuple(layer.scale) == (50.0, 4.0, 4.0)
 
 
+def test_dm_files_and_n5_containers_open_in_napari_with_their_pixel_size(viewer, tmp_path):
+    """napari reads neither: ours open a Gatan camera image and an OpenOrganelle-style pyramid."""
+    from tests.engine.io.test_dm import _write_dm
+    from tests.engine.io.test_n5 import _write_n5
+
+    img = np.arange(12 * 16, dtype=np.uint16).reshape(12, 16)
+    _write_dm(tmp_path / "cam.dm4", img, scales=[0.5, 0.5], units=["nm", "nm"])
+    viewer.open(str(tmp_path / "cam.dm4"), plugin=PLUGIN)
+    layer = viewer.layers["cam"]
+    assert np.array_equal(layer.data, img) and tuple(layer.scale) == (0.5, 0.5)
+    vol = (np.arange(4 * 24 * 20) % 251).astype(np.uint8).reshape(4, 24, 20)
+    cosem = {"transform": {"axes": ["z", "y", "x"], "scale": [8.0, 4.0, 4.0], "units": ["nm"] * 3}}
+    _write_n5(tmp_path / "liver.n5" / "em" / "s0", vol, attrs=cosem)
+    _write_n5(tmp_path / "liver.n5" / "em" / "s1", vol[:, ::2, ::2].copy())
+    viewer.open(str(tmp_path / "liver.n5"), plugin=PLUGIN)
+    layer = viewer.layers["liver"]
+    assert layer.multiscale and np.array_equal(np.asarray(layer.data[0]), vol) and tuple(layer.scale) == (8.0, 4.0, 4.0)
+
+
 def test_hdf5_files_open_in_napari_with_their_voxel_size(viewer, tmp_path):
     """A CREMI file: its raw volume as an image and its neuron ids as labels, lazily, at 50 x 4 x 4 nm."""
     import dask.array as da
