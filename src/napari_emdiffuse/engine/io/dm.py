@@ -47,6 +47,7 @@ _COMPLEX, _COLOUR = {3, 5, 13, 27, 28}, {8, 23}
 # pixels, look-up tables) are kept as a place in the file.
 _DECODE_MAX = 4096
 _MAX_DEPTH = 64
+_MAX_INFO = 1024  # type codes of one tag: a struct of 500 fields at most; more means a damaged file
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,10 @@ class _Tags:
         if bytes(self.buf[self.pos:self.pos + 4]) != b"%%%%":
             raise _Corrupt(f"no tag marker at byte {self.pos}")
         self.pos += 4
-        info = [self._count() for _ in range(self._count())]
-        if not info:
-            raise _Corrupt("a tag without a type")
+        n = self._count()
+        if not 0 < n <= _MAX_INFO:
+            raise _Corrupt(f"a tag with {n} type codes")
+        info = [self._count() for _ in range(n)]
         kind = info[0]
         if kind in _NUMBERS:
             return self._numbers(kind, 1)[0]
