@@ -131,26 +131,40 @@ def get_h5_reader(path: str | list[str]) -> Callable[[str | list[str]], list[Lay
 def _read_h5(path: str | list[str]) -> list[LayerData]:
     """A layer per image dataset of the file, read lazily (dask, one slice or one stored chunk
     per block) with its voxel size; integer datasets named like labels (CREMI's
-    ``volumes/labels/neuron_ids``) as labels layers."""
+    ``volumes/labels/neuron_ids``) as labels layers; a BigDataViewer pyramid as one multiscale
+    layer."""
     import dask.array as da
     from dask.base import tokenize
 
-    from .engine.io.hdf5 import h5_datasets, open_h5
+    from .engine.io.bdv import bdv_level
+    from .engine.io.hdf5 import H5Array, h5_datasets, open_h5
     from .engine.io.images import read_image
 
     if isinstance(path, (list, tuple)):
         path = path[0]
     with open_h5(str(path)) as f:
         names = h5_datasets(f)
+        coarser = {}
+        for name in names:  # a BigDataViewer setup's coarser levels, while they exist
+            where, keys = bdv_level(name), []
+            while where is not None and f"t{where[0]:05d}/s{where[1]:02d}/{len(keys) + 1}/cells" in f:
+                keys.append(f"t{where[0]:05d}/s{where[1]:02d}/{len(keys) + 1}/cells")
+            coarser[name] = keys
+
+    def lazy(data: Any) -> Any:
+        chunks = data.chunks if data.chunks != data.shape else (1,) * (data.ndim - 2) + data.shape[-2:]
+        return da.from_array(data, chunks=chunks, name=f"h5-{tokenize(data)}", asarray=False)
+
     layers: list[LayerData] = []
     for name in names:
         img = read_image(Path(path) / name)
-        data = img.data
-        chunks = data.chunks if data.chunks != data.shape else (1,) * (data.ndim - 2) + data.shape[-2:]
-        lazy = da.from_array(data, chunks=chunks, name=f"h5-{tokenize(data)}", asarray=False)
-        labels = "label" in name.lower() and data.dtype.kind in "ui"
+        levels = [lazy(img.data)] + [lazy(H5Array(path, key)) for key in coarser[name]]
+        levels = [lv for lv in levels if lv.ndim == levels[0].ndim]
+        labels = "label" in name.lower() and img.data.dtype.kind in "ui"
         meta = layer_meta(img, Path(path).stem if len(names) == 1 else name)
-        layers.append((lazy, meta, "labels" if labels else "image"))
+        if len(levels) > 1:
+            meta["multiscale"] = True
+        layers.append((levels if len(levels) > 1 else levels[0], meta, "labels" if labels else "image"))
     return layers
 
 

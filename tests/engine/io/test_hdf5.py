@@ -186,3 +186,14 @@ def test_a_bigdataviewer_file_with_setups_lists_them_and_without_its_xml_has_no_
     other = tmp_path / "px"
     other.mkdir()
     assert read_image(_bdv(other, zyx, unit="pixel")).spacing is None  # pixels: no calibration
+
+
+def test_napari_opens_a_bigdataviewer_pyramid_as_one_multiscale_layer(tmp_path):
+    from napari_emdiffuse._reader import get_h5_reader
+
+    zyx = (np.arange(2 * 16 * 20, dtype=np.uint32) * 997 % 65536).astype(np.uint16).reshape(2, 16, 20)
+    path = _bdv(tmp_path, zyx)
+    (data, meta, kind), = get_h5_reader(str(path))(str(path))
+    assert kind == "image" and meta["multiscale"] and meta["scale"] == (40.0, 4.0, 4.0)
+    assert [lv.shape for lv in data] == [(2, 16, 20), (2, 8, 10)] and data[1].dtype == np.uint16
+    assert np.array_equal(np.asarray(data[0]), zyx) and np.array_equal(np.asarray(data[1]), zyx[:, ::2, ::2])
