@@ -18,6 +18,13 @@ __all__ = ["get_reader", "get_ome_reader", "get_h5_reader", "get_n5_reader", "im
 LayerData = tuple[Any, dict[str, Any], str]
 
 
+def _one(path: str | list[str]) -> str | None:
+    """The one path napari hands a reader (alone, or in a list of one); None for several."""
+    if isinstance(path, (list, tuple)):
+        return str(path[0]) if len(path) == 1 else None
+    return str(path)
+
+
 def image_layer(path: str | os.PathLike[str], name: str | None = None, **extra: Any) -> LayerData:
     """An image file as a napari layer-data tuple, with its pixel size as ``scale`` (nm).
 
@@ -49,18 +56,16 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     or DigitalMicrograph file (``.dm3``, ``.dm4``), else None."""
     from .engine.io.common import DM_SUFFIXES, MRC_SUFFIXES
 
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            return None
-        path = path[0]
+    path = _one(path)
+    if path is None:
+        return None
     if Path(path).suffix.lower() not in MRC_SUFFIXES + DM_SUFFIXES:
         return None
     return _read
 
 
 def _read(path: str | list[str]) -> list[LayerData]:
-    if isinstance(path, (list, tuple)):
-        path = path[0]
+    path = _one(path) or ""
     return [image_layer(path)]
 
 
@@ -69,10 +74,9 @@ def get_ome_reader(path: str | list[str]) -> Callable[[str | list[str]], list[La
     0.4 or 0.5), else None."""
     from .engine.io.zarr import is_ome, ome_levels
 
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            return None
-        path = path[0]
+    path = _one(path)
+    if path is None:
+        return None
     p = Path(path)
     if not (is_ome(p) and p.is_dir() and ome_levels(p)):
         return None
@@ -91,8 +95,7 @@ def _read_ome(path: str | list[str]) -> list[LayerData]:
     from .engine.io.views import single_axes
     from .engine.io.zarr import ome_levels
 
-    if isinstance(path, (list, tuple)):
-        path = path[0]
+    path = _one(path) or ""
     group = zarr.open_group(str(path), mode="r")
     paths = ome_levels(path)
     name = Path(path).name[: -len(".ome.zarr")]
@@ -119,10 +122,9 @@ def get_h5_reader(path: str | list[str]) -> Callable[[str | list[str]], list[Lay
     """The reader for one HDF5 file (``.h5``, ``.hdf5``, ``.hdf``), else None."""
     from .engine.io.common import H5_SUFFIXES
 
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            return None
-        path = path[0]
+    path = _one(path)
+    if path is None:
+        return None
     if Path(path).suffix.lower() not in H5_SUFFIXES or not Path(path).is_file():
         return None
     return _read_h5
@@ -140,8 +142,7 @@ def _read_h5(path: str | list[str]) -> list[LayerData]:
     from .engine.io.hdf5 import H5Array, h5_datasets, open_h5
     from .engine.io.images import read_image
 
-    if isinstance(path, (list, tuple)):
-        path = path[0]
+    path = _one(path) or ""
     with open_h5(str(path)) as f:
         names = h5_datasets(f)
         coarser = {}
@@ -172,10 +173,9 @@ def get_n5_reader(path: str | list[str]) -> Callable[[str | list[str]], list[Lay
     """The reader for one N5 container (a ``.n5`` folder), else None."""
     from .engine.io.common import N5_SUFFIX
 
-    if isinstance(path, (list, tuple)):
-        if len(path) != 1:
-            return None
-        path = path[0]
+    path = _one(path)
+    if path is None:
+        return None
     if Path(path).suffix.lower() != N5_SUFFIX or not Path(path).is_dir():
         return None
     return _read_n5
@@ -190,8 +190,7 @@ def _read_n5(path: str | list[str]) -> list[LayerData]:
     from .engine.io.images import read_image
     from .engine.io.n5 import N5Array, n5_datasets
 
-    if isinstance(path, (list, tuple)):
-        path = path[0]
+    path = _one(path) or ""
     root = Path(path)
     names = n5_datasets(root)
     layers: list[LayerData] = []
