@@ -147,6 +147,8 @@ def test_factor_from_spacing(spacing, factor):
     [
         ((30, 4, 4), "7.5 times"),
         ((4, 4, 4), "close to isotropic"),
+        ((3.5, 4, 4), "close to isotropic"),
+        ((1.0, 60, 60), "most likely does not calibrate z"),  # a DM or MRC stack's placeholder z
         ((50, 4), "three numbers"),
         ((50, 0, 4), "positive"),
         ("abc", "three numbers"),

@@ -42,10 +42,19 @@ def factor_from_spacing(spacing: Sequence[float]) -> int:
     12
     >>> factor_from_spacing((40.0, 8.0, 8.0))
     5
+    >>> factor_from_spacing((1.0, 60.0, 60.0))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: the z spacing (1) is 0.0167 times the lateral spacing: the file most likely does not calibrate z; ...
     """
     values = check_spacing(spacing)
     assert values is not None
     ratio = values[0] / (0.5 * (values[1] + values[2]))
+    if ratio < 0.75:  # sections thinner than pixels: no EM volume is cut so; z was not calibrated
+        raise InputError(
+            f"the z spacing ({values[0]:g}) is {ratio:.3g} times the lateral spacing: the file most likely "
+            f"does not calibrate z; give the factor (factor= or --factor)"
+        )
     if ratio < 1.5:
         raise InputError(
             f"the z spacing is {ratio:.3g} times the lateral spacing: the volume is already close to "
