@@ -781,3 +781,16 @@ def test_info_shows_an_unfinished_resumable_run(tmp_path, tiny_model_dir, capsys
     got = capsys.readouterr().out
     assert "unfinished resumable run in" in got and "3 of 8 blocks done" in got
     assert main(["info", str(tmp_path / "none.zarr")]) == 2  # neither: cannot be read
+
+
+def test_info_json_gives_one_record_per_input_for_scripts(tmp_path, capsys):
+    from napari_emdiffuse.engine.io.images import write_image
+
+    vol = np.zeros((4, 16, 16), np.uint8)
+    write_image(tmp_path / "vol.tif", vol, spacing=(40.0, 8.0, 8.0), axes="ZYX")
+    rc = main(["info", "--json", str(tmp_path / "vol.tif"), str(tmp_path / "missing.tif")])
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 2 and len(out) == 2
+    assert out[0] == {"path": str(tmp_path / "vol.tif"), "shape": [4, 16, 16], "dtype": "uint8", "axes": "ZYX",
+                      "spacing": [40.0, 8.0, 8.0], "unit": "nm", "note": None, "isotropic_factor": 5}  # fmt: skip
+    assert out[1]["path"].endswith("missing.tif") and "file not found" in out[1]["error"]

@@ -251,53 +251,78 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .engine.core.alikeness import slice_alikeness
-    from .engine.errors import InputError
-    from .engine.io.spacing import factor_from_spacing
-    from .engine.io.images import image_names, read_image
+    import json
 
-    from .engine.io.zarr import is_ome, ome_levels, unfinished_runs
+    from .engine.errors import InputError
+    from .engine.io.images import image_names
+    from .engine.io.zarr import unfinished_runs
 
     failed = 0
     for name in [n for given in args.input for n in image_names(given)]:  # a file's datasets, each
         runs = unfinished_runs(name) if _is_zarr(Path(name)) else []
-        for store, done, total in runs:  # a zarr output whose run goes on, or stopped
-            print(f"{name}: unfinished resumable run in '{store}': {done} of {total or '?'} blocks done "
-                  "(the same command with --resume continues it)")
+        if not args.json:
+            for store, done, total in runs:  # a zarr output whose run goes on, or stopped
+                print(f"{name}: unfinished resumable run in '{store}': {done} of {total or '?'} blocks done "
+                      "(the same command with --resume continues it)")
         if runs and not Path(name).exists():
+            if args.json:
+                print(json.dumps({"path": name, "unfinished_runs": [[str(s), d, t] for s, d, t in runs]}))
             continue
         try:
-            img = read_image(name, channel=args.channel, time=args.time)
+            record, line = _describe(name, args)
         except InputError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
+            print(json.dumps({"path": name, "error": str(exc)}) if args.json else f"{PROG}: {exc}",
+                  file=sys.stdout if args.json else sys.stderr)
             failed += 1
             continue
-        shape = " x ".join(str(n) for n in img.data.shape)
-        size = ("no pixel size" if img.spacing is None
-                else " x ".join(f"{v:g}" for v in img.spacing) + f" {img.unit or '(unit unknown)'}")
-        # .name, not str(): a big-endian MRC is '>f4' to numpy, float32 to a user (restoration converts it)
-        line = f"{name}: {shape} {img.data.dtype.name}, axes {img.axes or 'not declared'}, {size}"
-        if img.note:
-            line += f"; {img.note}"
-        if img.axes and len(img.axes) == img.data.ndim and "C" in img.axes and img.data.shape[img.axes.index("C")] > 1:
-            line += f"; {img.data.shape[img.axes.index('C')]} channels: restore one with --channel C"
-        if img.data.ndim == 3 and img.spacing is not None:
-            try:
-                line += f"; isotropic factor {factor_from_spacing(img.spacing)}"
-            except InputError as exc:
-                line += f"; no isotropic factor: {exc}"
-        if is_ome(name) and img.path is not None and img.path.is_dir():
-            n = len(ome_levels(img.path)) or 1
-            line += f"; OME-Zarr, {n} level{'s' * (n != 1)}"
-        if img.data.ndim == 3 and img.data.shape[0] >= 3:
-            try:  # whether denoising averages it along z (a central crop is read)
-                line += f"; {slice_alikeness(img.data).describe()}"
-            except InputError:  # slices too small to compare
-                pass
-        print(line)
+        if runs:
+            record["unfinished_runs"] = [[str(s), d, t] for s, d, t in runs]
+        print(json.dumps(record) if args.json else line)
     if failed:
         raise InputError(f"{failed} of {len(args.input)} inputs could not be read (reasons above)")
     return 0
+
+
+def _describe(name: str, args: argparse.Namespace) -> tuple[dict, str]:
+    """How ``name`` is read, as a record (``info --json``) and as a line."""
+    from .engine.core.alikeness import slice_alikeness
+    from .engine.errors import InputError
+    from .engine.io.images import read_image
+    from .engine.io.spacing import factor_from_spacing
+    from .engine.io.zarr import is_ome, ome_levels
+
+    img = read_image(name, channel=args.channel, time=args.time)
+    data = img.data
+    # .name, not str(): a big-endian MRC is '>f4' to numpy, float32 to a user (restoration converts it)
+    record: dict[str, Any] = {"path": name, "shape": list(data.shape), "dtype": data.dtype.name, "axes": img.axes,
+                              "spacing": list(img.spacing) if img.spacing is not None else None, "unit": img.unit,
+                              "note": img.note}  # fmt: skip
+    size = ("no pixel size" if img.spacing is None
+            else " x ".join(f"{v:g}" for v in img.spacing) + f" {img.unit or '(unit unknown)'}")
+    line = f"{name}: {' x '.join(str(n) for n in data.shape)} {data.dtype.name}, axes {img.axes or 'not declared'}, {size}"
+    if img.note:
+        line += f"; {img.note}"
+    if img.axes and len(img.axes) == data.ndim and "C" in img.axes and data.shape[img.axes.index("C")] > 1:
+        record["channels"] = data.shape[img.axes.index("C")]
+        line += f"; {record['channels']} channels: restore one with --channel C"
+    if data.ndim == 3 and img.spacing is not None:
+        try:
+            record["isotropic_factor"] = factor_from_spacing(img.spacing)
+            line += f"; isotropic factor {record['isotropic_factor']}"
+        except InputError as exc:
+            record["isotropic_factor"] = None
+            line += f"; no isotropic factor: {exc}"
+    if is_ome(name) and img.path is not None and img.path.is_dir():
+        record["ome_levels"] = len(ome_levels(img.path)) or 1
+        line += f"; OME-Zarr, {record['ome_levels']} level{'s' * (record['ome_levels'] != 1)}"
+    if data.ndim == 3 and data.shape[0] >= 3:
+        try:  # whether denoising averages it along z (a central crop is read)
+            found = slice_alikeness(data)
+            record["slices_alike"] = bool(found.alike)
+            line += f"; {found.describe()}"
+        except InputError:  # slices too small to compare
+            pass
+    return record, line
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

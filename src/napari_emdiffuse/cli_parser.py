@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "volumes with a voxel size, the isotropic factor it implies")
     p.add_argument("input", metavar="IN", nargs="+", help="image files, zarr stores or folders of slices")
     _pick_options(p)
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per input (path, shape, dtype, axes, spacing, unit, note, ...), for scripts")
 
     p = sub.add_parser("models", help="list bundled and user models")
     p.add_argument("--task", choices=list(TASKS))
