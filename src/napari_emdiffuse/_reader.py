@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["get_reader", "get_ome_reader", "get_h5_reader", "get_n5_reader", "image_layer", "layer_meta"]
+__all__ = ["get_reader", "get_ome_reader", "get_h5_reader", "get_n5_reader", "get_slices_reader", "image_layer",
+           "layer_meta"]
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -210,3 +211,23 @@ def _read_n5(path: str | list[str]) -> list[LayerData]:
         meta = layer_meta(img, title, multiscale=len(levels) > 1)
         layers.append((levels if len(levels) > 1 else levels[0], meta, "image"))
     return layers
+
+
+def get_slices_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """The reader for a folder of sections, one file each (TIFF, MRC, DigitalMicrograph such as
+    3View's ``.dm4``, pictures), else None. napari offers every folder reader for every folder,
+    so this one serves the folders this plugin's other readers do not (stores, containers)."""
+    from .engine.io.batch import is_batch
+    from .engine.io.common import image_files_in
+
+    path = _one(path)
+    if path is None or not Path(path).is_dir() or not is_batch([path]):  # a store or container: not slices
+        return None
+    return _read_slices if len(image_files_in(Path(path))) >= 2 else None
+
+
+def _read_slices(path: str | list[str]) -> list[LayerData]:
+    """The folder's sections as one lazy ZYX layer (a slice is read when napari shows it), each
+    read as the restorations read it (a Thermo Fisher data bar left out)."""
+    path = _one(path) or ""
+    return [image_layer(path, name=Path(path).name)]

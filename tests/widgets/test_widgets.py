@@ -241,6 +241,26 @@ def test_dm_files_and_n5_containers_open_in_napari_with_their_pixel_size(viewer,
     assert layer.multiscale and np.array_equal(np.asarray(layer.data[0]), vol) and tuple(layer.scale) == (8.0, 4.0, 4.0)
 
 
+def test_a_folder_of_sections_opens_as_one_volume(viewer, tmp_path):
+    """3View writes one .dm4 per cut; napari cannot read them, this plugin opens the folder as a
+    lazy ZYX layer. Stores and containers are left to their own readers."""
+    from napari_emdiffuse._reader import get_slices_reader
+    from tests.engine.io.test_dm import _write_dm
+
+    folder = tmp_path / "block_face"
+    folder.mkdir()
+    for z in (10, 9, 1):
+        _write_dm(folder / f"cut_{z}.dm4", np.full((6, 8), z, np.uint16))
+    viewer.open(str(folder), plugin=PLUGIN)
+    layer = viewer.layers["block_face"]
+    assert layer.data.shape == (3, 6, 8) and np.asarray(layer.data[:, 0, 0]).tolist() == [1, 9, 10]
+    (tmp_path / "one").mkdir()
+    _write_dm(tmp_path / "one" / "a.dm4", np.zeros((6, 8), np.uint16))
+    for none in (tmp_path / "one", tmp_path / "one" / "a.dm4", tmp_path / "v.zarr"):
+        (tmp_path / "v.zarr").mkdir(exist_ok=True)
+        assert get_slices_reader(str(none)) is None  # one file, a file, a store: not a folder of sections
+
+
 def test_hdf5_files_open_in_napari_with_their_voxel_size(viewer, tmp_path):
     """A CREMI file: its raw volume as an image and its neuron ids as labels, lazily, at 50 x 4 x 4 nm."""
     import dask.array as da
