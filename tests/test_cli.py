@@ -794,3 +794,18 @@ def test_info_json_gives_one_record_per_input_for_scripts(tmp_path, capsys):
     assert out[0] == {"path": str(tmp_path / "vol.tif"), "shape": [4, 16, 16], "dtype": "uint8", "axes": "ZYX",
                       "spacing": [40.0, 8.0, 8.0], "unit": "nm", "note": None, "isotropic_factor": 5}  # fmt: skip
     assert out[1]["path"].endswith("missing.tif") and "file not found" in out[1]["error"]
+
+
+def test_a_listing_piped_into_a_reader_that_stops_early_ends_quietly(monkeypatch, capsys):
+    """`emdiffuse models | head -1`: the pipe closes under the listing; no traceback, status 0."""
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["models"]) == 0
+    assert "Traceback" not in capsys.readouterr().err

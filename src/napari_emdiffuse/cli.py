@@ -472,6 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no output written{_kept(args)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `emdiffuse models | head`: the reader has gone; nothing more to say
+        try:  # and no second error when Python flushes stdout on the way out
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 0
 
 
 def _kept(args: argparse.Namespace | None) -> str:
