@@ -189,7 +189,7 @@ def _read_n5(path: str | list[str]) -> list[LayerData]:
     from dask.base import tokenize
 
     from .engine.io.images import read_image
-    from .engine.io.n5 import N5Array, n5_datasets
+    from .engine.io.n5 import N5Array, n5_datasets, n5_levels
 
     path = _one(path) or ""
     root = Path(path)
@@ -197,10 +197,7 @@ def _read_n5(path: str | list[str]) -> list[LayerData]:
     layers: list[LayerData] = []
     for name in names:
         img = read_image(root / name)
-        keys = [name]
-        if Path(name).name == "s0":  # the coarser levels beside it, while they exist
-            while (root / name).parent.joinpath(f"s{len(keys)}", "attributes.json").is_file():
-                keys.append(str(Path(name).parent / f"s{len(keys)}"))
+        keys = [name] + [str(Path(name).parent / f"s{k}") for k in range(1, n5_levels(root / name))]
         levels = []
         for key in keys:
             arr = N5Array(root, key)

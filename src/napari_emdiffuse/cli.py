@@ -289,6 +289,8 @@ def _describe(name: str, args: argparse.Namespace) -> tuple[dict, str]:
     from .engine.errors import InputError
     from .engine.io.images import read_image
     from .engine.io.spacing import factor_from_spacing
+    from .engine.io.n5 import n5_levels
+    from .engine.io.views import LazyArray
     from .engine.io.zarr import is_ome, ome_levels
 
     img = read_image(name, channel=args.channel, time=args.time)
@@ -315,6 +317,12 @@ def _describe(name: str, args: argparse.Namespace) -> tuple[dict, str]:
     if is_ome(name) and img.path is not None and img.path.is_dir():
         record["ome_levels"] = len(ome_levels(img.path)) or 1
         line += f"; OME-Zarr, {record['ome_levels']} level{'s' * (record['ome_levels'] != 1)}"
+    name_key = getattr(getattr(data, "array", data), "name", None)  # an N5 dataset's path in its container
+    if isinstance(data, LazyArray) and isinstance(name_key, str) and Path(name_key).name == "s0":
+        levels = n5_levels(Path(getattr(getattr(data, "array", data), "root", "")) / name_key)
+        if levels > 1:
+            record["levels"] = levels
+            line += f"; {levels} levels (s0 read)"
     if data.ndim == 3 and data.shape[0] >= 3:
         try:  # whether denoising averages it along z (a central crop is read)
             found = slice_alikeness(data)

@@ -71,7 +71,7 @@ def test_a_dataset_reads_block_by_block_with_edge_blocks_and_missing_ones(tmp_pa
     assert where[1:] == ("raw", (), ()) and np.array_equal(open_source(*where)[4], want[4])
 
 
-def test_a_multiscale_group_gives_its_finest_level_with_its_voxel_size(tmp_path, vol):
+def test_a_multiscale_group_gives_its_finest_level_with_its_voxel_size(tmp_path, vol, capsys):
     root = tmp_path / "jrc_mus-liver.n5"
     cosem = {"transform": {"axes": ["z", "y", "x"], "ordering": "C", "scale": [8.0, 4.0, 4.0], "units": ["nm"] * 3}}
     _write_n5(root / "em" / "fibsem-uint16" / "s0", vol, attrs=cosem)
@@ -85,6 +85,10 @@ def test_a_multiscale_group_gives_its_finest_level_with_its_voxel_size(tmp_path,
     (group / "s1" / "attributes.json").write_text(json.dumps({**s1, "downsamplingFactors": [2, 2, 2]}))
     img = read_image(group / "s1")
     assert np.array_equal(np.asarray(img.data), vol[::2, ::2, ::2]) and img.spacing == (16000.0, 8000.0, 8000.0)
+    from napari_emdiffuse.cli import main
+
+    assert main(["info", "--json", str(root)]) == 0
+    assert '"levels": 2' in capsys.readouterr().out
     layers = get_n5_reader(str(root))(str(root))  # napari: one multiscale layer
     (data, meta, kind), = layers
     assert meta["multiscale"] and [lv.shape for lv in data] == [vol.shape, (3, 4, 5)] and meta["scale"] == (8.0, 4.0, 4.0)

@@ -32,7 +32,7 @@ from .calibration import to_nm
 from .common import N5_SUFFIX, ImageData, likely_image, suffix_of
 from .views import LazyArray, drop_single_axes, full_index
 
-__all__ = ["N5Array", "n5_container_of", "n5_datasets", "n5_images", "read_n5"]
+__all__ = ["N5Array", "n5_container_of", "n5_datasets", "n5_images", "n5_levels", "read_n5"]
 
 _TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
 _LEVEL = re.compile(r"^s(\d+)$")
@@ -92,6 +92,17 @@ def n5_images(path: Path) -> list[str]:
     empty otherwise."""
     names = n5_datasets(path) if path.is_dir() else []
     return names if len(names) > 1 else []
+
+
+def n5_levels(dataset: Path) -> int:
+    """How many levels the multiscale group of ``dataset`` (``.../s0``) holds: ``s0``, ``s1``,
+    ... while they are datasets; 1 for a dataset of another name."""
+    if not _LEVEL.match(dataset.name):
+        return 1
+    n = 0
+    while _is_dataset(_attributes(dataset.parent / f"s{n}")):
+        n += 1
+    return max(n, 1)
 
 
 def read_n5(root: Path, key: str | None = None) -> ImageData:
