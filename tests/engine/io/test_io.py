@@ -763,3 +763,14 @@ def test_a_thermo_fisher_sem_image_is_read_without_its_data_bar(tmp_path, capsys
     odd = tmp_path / "odd.tif"
     tifffile.imwrite(odd, np.concatenate([scan, bar, bar]), extratags=[(34682, "B", 0, fei.encode(), True)])
     assert read_image(odd).data.shape == (18, 10) and read_image(odd).note is None
+
+
+@pytest.mark.parametrize(("unit", "size"), [("um", (5.0, 4.0)), ("1/nm", None)])
+def test_a_tiff_saved_by_digitalmicrograph_gives_its_calibration(tmp_path, unit, size):
+    """DM writes units (65003, 65004: x, y) and scales (65009, 65010) into private tags."""
+    path = tmp_path / "dm.tif"
+    tags = [(65003, "s", 0, unit, True), (65004, "s", 0, unit, True), (65009, "d", 1, 0.004, True),
+            (65010, "d", 1, 0.005, True)]  # fmt: skip
+    tifffile.imwrite(path, np.zeros((6, 8), np.int32), extratags=tags)
+    img = read_image(path)
+    assert img.spacing == size and img.unit == ("nm" if size else None)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import InputError
 
 __all__ = ["SPATIAL_AXES", "nm_factor", "to_nm", "check_spacing", "check_axes", "tiff_calibration", "zarr_calibration",
@@ -124,7 +126,7 @@ def tiff_calibration(
     """Spacing aligned to the series axes, a unit per axis, and the declared axes (or None).
 
     Sources in order: OME-XML, ImageJ description + resolution tags, our own JSON description,
-    a Thermo Fisher / FEI or Zeiss SEM's tag, plain resolution tags.
+    a Thermo Fisher / FEI or Zeiss SEM's tag, DigitalMicrograph's tags, plain resolution tags.
     """
     declared_axes = series_axes if (tif.is_ome or tif.is_imagej) else None
     per_axis: dict[str, tuple[float, str | None]]
@@ -158,7 +160,7 @@ def tiff_calibration(
                 unit = _clean_unit(md.get("unit"))
                 return tuple(values), [unit] * ndim, declared_axes
 
-    per_axis = _sem_pixel_size(tif) or _plain_resolution(tif.pages.first)
+    per_axis = _sem_pixel_size(tif) or _dm_tiff_pixel_size(tif.pages.first) or _plain_resolution(tif.pages.first)
     if per_axis:
         return (*_align(per_axis, series_axes, ndim), declared_axes)
     return None, None, declared_axes
@@ -185,6 +187,22 @@ def _sem_pixel_size(tif: Any) -> dict[str, tuple[float, str | None]]:
                     size = _tidy(float(entry[1]) * factor)
                     return {"X": (size, "nm"), "Y": (size, "nm")}
     return {}
+
+
+def _dm_tiff_pixel_size(page: Any) -> dict[str, tuple[float, str | None]]:
+    """The calibration DigitalMicrograph writes into the TIFFs it saves: per axis (x, y, z) a
+    unit in private tags 65003-65005 and a scale in 65009-65011; only length units count."""
+    found: dict[str, tuple[float, str | None]] = {}
+    for letter, unit_tag, scale_tag in (("X", 65003, 65009), ("Y", 65004, 65010), ("Z", 65005, 65011)):
+        unit_entry, scale_entry = page.tags.get(unit_tag), page.tags.get(scale_tag)
+        if unit_entry is None or scale_entry is None:
+            continue
+        unit = unit_entry.value.decode("utf-8", "replace") if isinstance(unit_entry.value, bytes) else str(unit_entry.value)
+        factor, scale = nm_factor(unit), scale_entry.value
+        if factor is not None and _positive(scale):
+            # DM keeps float32 scales: 0.16867469, not the double 0.16867469251155853 it writes
+            found[letter] = (_tidy(float(np.format_float_scientific(np.float32(scale), unique=True)) * factor), "nm")
+    return found if "X" in found and "Y" in found else {}
 
 
 def _positive(value: Any) -> bool:
