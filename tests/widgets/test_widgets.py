@@ -633,6 +633,38 @@ def test_a_thermo_fisher_tiff_opened_by_napari_restores_without_its_data_bar(vie
     assert viewer.layers["helios_denoised"].data.shape == (40, 48)
 
 
+def test_calibrated_files_opened_by_napari_give_the_widgets_their_voxel_size(viewer, tmp_path):
+    """napari's own readers leave a Fiji stack and an SEM console's image unscaled; the widgets
+    take the voxel size from the file (the isotropic factor, the size results are written
+    with) and leave the layer's scale alone."""
+    import imageio.v3 as iio
+    import tifffile
+
+    from napari_emdiffuse.widgets._layers import layer_source
+    from napari_emdiffuse.widgets.restore import layer_databar
+
+    vol = (np.random.default_rng(4).random((3, 32, 32)) * 255).astype(np.uint8)
+    path = tmp_path / "fiji.tif"
+    tifffile.imwrite(path, vol, imagej=True, resolution=(1 / 8, 1 / 8),
+                     metadata={"unit": "nm", "spacing": 40.0, "axes": "ZYX"})  # fmt: skip
+    layer = viewer.open(str(path), plugin="napari")[0]
+    assert tuple(layer.scale) == (1, 1, 1)
+    w = _dock(viewer, ISOTROPIC)
+    w.layer_combo.set_layer(layer)
+    assert w.factor.value() == 5 and "file's voxel size" in w.factor_hint.text()
+    assert layer_source(layer)["spacing"] == (40.0, 8.0, 8.0) and tuple(layer.scale) == (1, 1, 1)
+    plain = viewer.add_image(vol, name="plain")  # the control: no file, the layer's scale
+    w.layer_combo.set_layer(plain)
+    assert "layer's scale" in w.factor_hint.text() and layer_source(plain)["spacing"] == (1.0, 1.0, 1.0)
+    # a Hitachi picture with its text file: the size, and the data bar below the scan
+    bmp = tmp_path / "hit.bmp"
+    iio.imwrite(bmp, np.concatenate([vol[0, :20], np.zeros((4, 32), np.uint8)]))
+    (tmp_path / "hit.txt").write_text("[SemImageFile]\nDataSize=32x20\nPixelSize=2.5\n")
+    hit = viewer.open(str(bmp), plugin="napari")[0]
+    assert hit.data.shape[:2] == (24, 32) and layer_databar(hit) == (20, 4)
+    assert layer_source(hit)["spacing"] == (2.5, 2.5)
+
+
 def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors):
     img = (np.random.default_rng(1).random((2, 24, 20)) * 4000).astype(np.uint16)
     viewer.add_image(img, name="stack", scale=(50.0, 8.0, 8.0), translate=(0.0, 16.0, 32.0))

@@ -22,6 +22,7 @@ __all__ = [
     "lazy_volume",
     "layer_geometry",
     "layer_source",
+    "layer_spacing",
     "layer_units",
     "show_outputs",
     "upsert_image",
@@ -57,7 +58,32 @@ def layer_source(layer: Any) -> dict[str, Any]:
     lead, trail = single_axes(shape)
     kept = slice(lead, len(shape) - trail)
     return {"layer": layer, "name": layer.name, "scale": scale[kept], "translate": translate[kept],
-            "units": units[kept] if units is not None else None}  # fmt: skip
+            "units": units[kept] if units is not None else None,
+            "spacing": layer_spacing(layer, scale[kept])}  # fmt: skip
+
+
+def layer_spacing(layer: Any, scale: tuple[float, ...]) -> tuple[float, ...]:
+    """The voxel size to give the engine for a layer whose geometry is ``scale`` (without the
+    axes :func:`layer_source` leaves out): the scale, or, where the layer is unscaled (all 1),
+    the calibration in nm of the TIFF or picture it was opened from. napari's own readers
+    leave a calibrated TIFF unscaled: an SEM console's pixel size, a Fiji stack's z spacing.
+    The layer keeps its scale; results are shown over it and written with the file's size."""
+    if any(v != 1 for v in scale):
+        return scale
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path or not Path(path).is_file():
+        return scale
+    from ..engine.io.images import read_calibration
+
+    try:
+        img = read_calibration(path)
+    except Exception:  # an unreadable file: the layer's scale is all there is
+        return scale
+    shape = tuple((layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape)
+    # the file's pixels can lack a data bar the layer shows: compare the width and axes only
+    if img.spacing is None or img.unit != "nm" or len(img.spacing) != len(scale) or img.data.shape[-1] != shape[-1]:
+        return scale
+    return tuple(float(v) for v in img.spacing)
 
 
 def upsert_image(

@@ -36,7 +36,7 @@ from ..engine.training.finetune import verdict
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, combo_box, notify_models_changed, path_row, spin_box
 from ._jobs import ProgressBar, TrainingProcess, logger, notify_error, notify_info
-from ._layers import LayerCombo, upsert_image
+from ._layers import LayerCombo, layer_spacing, upsert_image
 from ._finetune_options import LEARN_FROM, REGISTER, FinetuneOptions, default_output, exportable, parse_doses, parse_lr
 from ._lossplot import LossHistory, LossPlot, eta_text
 from .isotropic import prefill_factor
@@ -281,7 +281,7 @@ class FinetuneWidget(DockWidget):
     def _prefill_factor(self, *_: Any) -> None:
         layer = self.input_combo.layer()
         if self.task.currentText().startswith("isotropic") and layer is not None and layer.ndim == 3:
-            factor = prefill_factor(tuple(layer.scale))
+            factor = prefill_factor(layer_spacing(layer, tuple(float(v) for v in layer.scale)))
             if factor is not None:
                 self.factor.setValue(factor)
 

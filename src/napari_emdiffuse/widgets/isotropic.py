@@ -19,7 +19,7 @@ from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
-from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
+from ._layers import LayerCombo, check_zarr_output, layer_source, layer_spacing, lazy_volume, show_outputs
 from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
 from .restore import check_input_layer, layer_array
 
@@ -288,13 +288,16 @@ class IsotropicWidget(DockWidget):
         if layer is None or layer.ndim != 3:
             self.factor_hint.setText("")
             return
-        factor = prefill_factor(tuple(layer.scale))
+        scale = tuple(float(v) for v in layer.scale)
+        spacing = layer_spacing(layer, scale)
+        where = "layer's scale" if spacing == scale else "file's voxel size"
+        factor = prefill_factor(spacing)
         if factor is None:
-            z, y = float(layer.scale[-3]), float(layer.scale[-2])
-            self.factor_hint.setText(f"layer scale z/y = {z / y:.3g}: set the factor by hand")
+            z, y = float(spacing[-3]), float(spacing[-2])
+            self.factor_hint.setText(f"{where}: z/y = {z / y:.3g}; set the factor by hand")
         else:
             self.factor.setValue(factor)
-            self.factor_hint.setText(f"from the layer's scale (z/y = {factor})")
+            self.factor_hint.setText(f"from the {where} (z/y = {factor})")
 
     def _browse_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Write the isotropic volume to", "", "zarr store (*.zarr)")
@@ -317,7 +320,7 @@ class IsotropicWidget(DockWidget):
         self._save_settings(opts, self.model)
         data = layer_array(layer)
         source = layer_source(layer)
-        scale = source["scale"]
+        scale = source["spacing"]
 
         def factory():
             from ..api import reconstruct_isotropic_iter

@@ -18,7 +18,7 @@ from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
 from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
 from ..engine.inference.zfilter import Z_FILTERS
-from ..engine.io.tiff import databar_note
+from ..engine.io.consoles import databar_note
 from ..engine.io.zarr import uncertainty_beside
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
@@ -264,8 +264,8 @@ def check_input_layer(layer: Any, *, volume: bool = False) -> None:
 def layer_array(layer: Any) -> Any:
     """The pixels to process: the layer's array (numpy, dask or zarr, never copied), or the
     full-resolution level of a multiscale layer, without leading size-1 axes (an OME-Zarr's
-    single T and C; :func:`~._layers.layer_source` drops their scale) and without a Thermo
-    Fisher SEM's data bar (:func:`layer_databar`)."""
+    single T and C; :func:`~._layers.layer_source` drops their scale) and without an SEM
+    console's data bar (:func:`layer_databar`)."""
     from ..engine.io.views import drop_single_axes
 
     data = drop_single_axes(layer.data[0] if getattr(layer, "multiscale", False) else layer.data, None, None)[0]
@@ -274,16 +274,16 @@ def layer_array(layer: Any) -> Any:
 
 
 def layer_databar(layer: Any) -> tuple[int, int] | None:
-    """(scanned rows, data bar rows) when the layer was opened from a Thermo Fisher / FEI SEM
-    TIFF whose console pasted its data bar below the scan (napari's own reader keeps the bar;
-    this plugin's readers leave it out); None otherwise."""
-    from ..engine.io.tiff import databar_rows
+    """(scanned rows, data bar rows) when the layer was opened from an SEM image whose console
+    pasted its data bar below the scan (Thermo Fisher / FEI, Hitachi: napari's own readers keep
+    the bar; this plugin's readers leave it out); None otherwise."""
+    from ..engine.io.consoles import databar_rows
 
     path = getattr(getattr(layer, "source", None), "path", None)
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     if not path or getattr(layer, "rgb", False) or len(data.shape) < 2:
         return None
-    return databar_rows(path, int(data.shape[-2]))
+    return databar_rows(path, tuple(int(n) for n in data.shape))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,8 +448,9 @@ class RestoreWidget(DockWidget):
             data = data[z]
             kwargs.pop("z_filter", None)  # one slice: nothing to average along z
             source = {**source, "name": f"{source['name']}_z{z}", "scale": source["scale"][-2:],
-                      "translate": source["translate"][-2:], "units": source["units"][-2:] if source["units"] else None}
-        scale = source["scale"]
+                      "translate": source["translate"][-2:], "units": source["units"][-2:] if source["units"] else None,
+                      "spacing": source["spacing"][-2:]}
+        scale = source["spacing"]
         out = check_zarr_output(opts.output) if opts.output else None
         unc_out = uncertainty_beside(out) if out is not None else None
 

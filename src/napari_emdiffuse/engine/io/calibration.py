@@ -1,6 +1,6 @@
 """Calibration: pixel size per axis, units (converted to nanometres where recognisable) and
-axis letters, as TIFF (OME-XML, ImageJ, our JSON description, an SEM console's own tag,
-resolution tags) and zarr
+axis letters, as TIFF (OME-XML, ImageJ, our JSON description, what SEM and TEM consoles
+record in their tags or beside the file, resolution tags) and zarr
 (our attributes, OME-NGFF ``multiscales``) store them."""
 
 from __future__ import annotations
@@ -12,26 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import InputError
+from .consoles import console_pixel_size
+from .units import nm_factor, tidy
 
-__all__ = ["SPATIAL_AXES", "nm_factor", "to_nm", "check_spacing", "check_axes", "tiff_calibration", "zarr_calibration",
+__all__ = ["SPATIAL_AXES", "to_nm", "check_spacing", "check_axes", "tiff_calibration", "zarr_calibration",
            "ngff_multiscales"]
 
 SPATIAL_AXES = frozenset("ZYX")
 
-# Length units -> nanometres. Keys are lower-case; "µ" (micro sign) and "μ" (Greek mu) both occur.
-_NM_PER_UNIT: dict[str, float] = {
-    "pm": 1e-3, "picometer": 1e-3, "picometre": 1e-3,
-    "a": 0.1, "å": 0.1, "\u212b": 0.1, "angstrom": 0.1, "angstroms": 0.1, "ångström": 0.1,
-    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "nanometers": 1.0, "nanometres": 1.0,
-    "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3, "microns": 1e3,
-    "micrometer": 1e3, "micrometre": 1e3, "micrometers": 1e3, "micrometres": 1e3,
-    "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
-    "cm": 1e7, "centimeter": 1e7, "centimetre": 1e7,
-    "m": 1e9, "meter": 1e9, "metre": 1e9,
-}  # fmt: skip
 # What ImageJ and others write for "not calibrated".
 _NO_UNIT = frozenset({"", "pixel", "pixels", "px", "none"})
 
@@ -49,18 +38,6 @@ def _clean_unit(unit: Any) -> str | None:
         except UnicodeDecodeError:
             pass
     return None if text.lower() in _NO_UNIT else text
-
-
-def nm_factor(unit: str | None) -> float | None:
-    """Nanometres per ``unit`` (``"um"`` -> 1000.0), or None for an unknown unit."""
-    if unit is None:
-        return None
-    return _NM_PER_UNIT.get(unit.strip().lower())
-
-
-def _tidy(value: float) -> float:
-    # 0.0037 um * 1000 = 3.7000000000000006; 12 significant digits is far below any tolerance.
-    return float(f"{value:.12g}")
 
 
 def to_nm(
@@ -83,7 +60,7 @@ def to_nm(
         # An unknown or missing unit on some spatial axis: keep the numbers as the file has them.
         return tuple(values), spatial_units[0]
     for i, f in zip(spatial, factors, strict=True):
-        values[i] = _tidy(values[i] * f)
+        values[i] = tidy(values[i] * f)
     return tuple(values), "nm"
 
 
@@ -126,7 +103,7 @@ def tiff_calibration(
     """Spacing aligned to the series axes, a unit per axis, and the declared axes (or None).
 
     Sources in order: OME-XML, ImageJ description + resolution tags, our own JSON description,
-    a Thermo Fisher / FEI or Zeiss SEM's tag, DigitalMicrograph's tags, plain resolution tags.
+    what an SEM or TEM console recorded (:mod:`.consoles`), plain resolution tags.
     """
     declared_axes = series_axes if (tif.is_ome or tif.is_imagej) else None
     per_axis: dict[str, tuple[float, str | None]]
@@ -160,53 +137,10 @@ def tiff_calibration(
                 unit = _clean_unit(md.get("unit"))
                 return tuple(values), [unit] * ndim, declared_axes
 
-    per_axis = _sem_pixel_size(tif) or _dm_tiff_pixel_size(tif.pages.first) or _plain_resolution(tif.pages.first)
+    per_axis = console_pixel_size(tif) or _plain_resolution(tif.pages.first)
     if per_axis:
         return (*_align(per_axis, series_axes, ndim), declared_axes)
     return None, None, declared_axes
-
-
-def _sem_pixel_size(tif: Any) -> dict[str, tuple[float, str | None]]:
-    """The pixel size an SEM console writes into its own TIFF tag, where the resolution tags
-    say nothing useful: Thermo Fisher / FEI (Helios, Quanta, Scios: ``[Scan] PixelWidth`` in
-    metres) and Zeiss (Crossbeam, Gemini: ``Image Pixel Size`` with its unit)."""
-    if getattr(tif, "is_fei", False):
-        md = tif.fei_metadata or {}
-        for section in ("Scan", "EScan", "IScan"):
-            scan = md.get(section) or {}
-            width, height = scan.get("PixelWidth"), scan.get("PixelHeight", scan.get("PixelWidth"))
-            if _positive(width) and _positive(height):
-                return {"X": (_tidy(float(width) * 1e9), "nm"), "Y": (_tidy(float(height) * 1e9), "nm")}
-    if getattr(tif, "is_sem", False):
-        md = tif.sem_metadata or {}
-        for key in ("ap_image_pixel_size", "ap_pixel_size"):
-            entry = md.get(key)
-            if isinstance(entry, tuple) and len(entry) == 3 and _positive(entry[1]):
-                factor = nm_factor(str(entry[2]))
-                if factor is not None:
-                    size = _tidy(float(entry[1]) * factor)
-                    return {"X": (size, "nm"), "Y": (size, "nm")}
-    return {}
-
-
-def _dm_tiff_pixel_size(page: Any) -> dict[str, tuple[float, str | None]]:
-    """The calibration DigitalMicrograph writes into the TIFFs it saves: per axis (x, y, z) a
-    unit in private tags 65003-65005 and a scale in 65009-65011; only length units count."""
-    found: dict[str, tuple[float, str | None]] = {}
-    for letter, unit_tag, scale_tag in (("X", 65003, 65009), ("Y", 65004, 65010), ("Z", 65005, 65011)):
-        unit_entry, scale_entry = page.tags.get(unit_tag), page.tags.get(scale_tag)
-        if unit_entry is None or scale_entry is None:
-            continue
-        unit = unit_entry.value.decode("utf-8", "replace") if isinstance(unit_entry.value, bytes) else str(unit_entry.value)
-        factor, scale = nm_factor(unit), scale_entry.value
-        if factor is not None and _positive(scale):
-            # DM keeps float32 scales: 0.16867469, not the double 0.16867469251155853 it writes
-            found[letter] = (_tidy(float(np.format_float_scientific(np.float32(scale), unique=True)) * factor), "nm")
-    return found if "X" in found and "Y" in found else {}
-
-
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _match_shaped(spacing: list, shape: Any, ndim: int) -> list[float] | None:
@@ -302,7 +236,7 @@ def _plain_resolution(page: Any) -> dict[str, tuple[float, str | None]]:
         if xres == 1 and yres == 1:
             return {}
         return {"X": (1.0 / xres, None), "Y": (1.0 / yres, None)}
-    return {"X": (_tidy(factor / xres), "nm"), "Y": (_tidy(factor / yres), "nm")}
+    return {"X": (tidy(factor / xres), "nm"), "Y": (tidy(factor / yres), "nm")}
 
 
 def zarr_calibration(

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .calibration import nm_factor
+from .units import nm_factor
 from .common import ImageData, check_readable
 from .mrc import MRC_MMAP_MIN_BYTES
 

@@ -35,7 +35,7 @@ from .tiff import read_tiff, write_tiff
 from .views import pick_axes
 from .zarr import ZarrWriter, group_arrays, is_ome, read_zarr, zarr_store_of
 
-__all__ = ["read_image", "write_image", "image_names"]
+__all__ = ["read_image", "read_calibration", "write_image", "image_names"]
 
 
 def read_image(
@@ -84,6 +84,25 @@ def read_image(
             img.data, img.spacing, img.axes, channel=channel, time=time, name=str(path)
         )
     return img
+
+
+def read_calibration(path: str | os.PathLike[str]) -> ImageData:
+    """What :func:`read_image` reads about ``path`` but its pixels: shape, dtype, spacing,
+    unit, axes and note. A TIFF's pixels are not read (``data`` is a stand-in of zeros that
+    holds no memory); the other formats are read lazily anyway.
+
+    Examples
+    --------
+    >>> import tempfile, tifffile, numpy as np
+    >>> p = Path(tempfile.mkdtemp()) / "stack.tif"
+    >>> tifffile.imwrite(p, np.ones((3, 4, 5), np.uint8), imagej=True, resolution=(0.2, 0.2),
+    ...                  metadata={"unit": "nm", "spacing": 30.0, "axes": "ZYX"})
+    >>> img = read_calibration(p)
+    >>> img.data.shape, img.spacing, img.unit, int(img.data.max())
+    ((3, 4, 5), (30.0, 5.0, 5.0), 'nm', 0)
+    """
+    p = Path(path).expanduser()
+    return read_tiff(p, pixels=False) if suffix_of(p) in TIFF_SUFFIXES else _read(p, None)
 
 
 def _read(p: Path, key: str | None) -> ImageData:

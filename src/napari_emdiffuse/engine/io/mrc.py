@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import InputError
 from .atomic import atomic_file, fsync_dir
-from .calibration import check_axes, check_spacing, nm_factor
+from .calibration import check_axes, check_spacing
+from .units import nm_factor
 from .common import MRC_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, reason, suffix_of
 
 __all__ = ["MRC_MMAP_MIN_BYTES", "read_mrc", "write_mrc"]

@@ -16,14 +16,16 @@ import tifffile
 
 from ..errors import InputError
 from .atomic import fsync_dir, remove_path
-from .calibration import check_axes, check_spacing, nm_factor, tiff_calibration, to_nm
+from .calibration import check_axes, check_spacing, tiff_calibration, to_nm
+from .consoles import console_scan_rows, databar_note
 from .common import (
     TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, grey_from_samples, reason,
     suffix_of,
 )
+from .units import nm_factor
 from .views import drop_single_axes
 
-__all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "databar_note", "databar_rows", "read_tiff", "write_tiff"]
+__all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "read_tiff", "write_tiff"]
 
 #: TIFFs larger than this are written as BigTIFF (classic TIFF offsets are 32-bit and many
 #: readers treat them as signed).
@@ -73,8 +75,11 @@ class _TiffLogWatcher(logging.Handler):
             self.problems.append(msg.split("> ", 1)[-1])
 
 
-def read_tiff(path: Path) -> ImageData:
-    """Read a TIFF file: pixels, spacing (nm where the unit is known), unit and axes."""
+def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
+    """Read a TIFF file: pixels, spacing (nm where the unit is known), unit and axes.
+
+    ``pixels=False`` reads the metadata only: ``data`` is then a read-only stand-in of the
+    image's shape and dtype that holds no memory (all zeros)."""
     check_readable(path, "a TIFF file")
     watcher = _TiffLogWatcher()
     tiff_logger = logging.getLogger("tifffile")
@@ -85,7 +90,7 @@ def read_tiff(path: Path) -> ImageData:
                 raise InputError(f"cannot read '{path}': the file holds no image")
             series = tif.series[0]
             series_axes = str(series.axes)
-            data = _tiff_pixels(path, series)
+            data = _tiff_pixels(path, series) if pixels else np.broadcast_to(np.zeros((), series.dtype), series.shape)
             _check_imagej_complete(path, tif, series)
             data, note = _without_databar(tif, data)
             try:
@@ -118,58 +123,18 @@ def read_tiff(path: Path) -> ImageData:
 
 
 def _without_databar(tif: Any, data: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """A Thermo Fisher / FEI SEM image without the data bar the console pastes below the scan
-    (:func:`databar_rows`).
+    """An SEM image without the data bar its console pasted below the scan (Thermo Fisher /
+    FEI, Hitachi; :func:`~.consoles.databar_rows`).
 
     The bar is black with white text: left in, it widens the intensity range the models
     normalise by and the tiles along it (demo-denoise on liver_1 at dose 30, a Helios bar under
     it: 29.12 dB against 29.80 without), and restoring its text means nothing."""
     y = data.ndim - 3 if data.ndim >= 3 and data.shape[-1] in (3, 4) else data.ndim - 2  # samples last
-    split = _scan_and_bar(tif, data.shape[y]) if y >= 0 else None
+    split = console_scan_rows(tif, data.shape[y]) if y >= 0 else None
     if split is None:
         return data, None
     rows, bar = split
     return data[(slice(None),) * y + (slice(0, rows),)], databar_note(bar)
-
-
-def databar_note(bar: int) -> str:
-    """What a restoration says when it leaves a data bar out."""
-    return f"the microscope's data bar ({bar} rows at the bottom) is left out"
-
-
-def _scan_and_bar(tif: Any, height: int) -> tuple[int, int] | None:
-    """(scanned rows, data bar rows) of an image ``height`` rows tall, from a Thermo Fisher /
-    FEI TIFF's ``[Image] ResolutionY`` and ``[PrivateFei] DatabarHeight``; None where they do not
-    add up to it (no bar, or another file)."""
-    try:
-        md = (tif.fei_metadata or {}) if tif.is_fei else {}
-        rows = (md.get("Image") or {}).get("ResolutionY")
-        bar = (md.get("PrivateFei") or {}).get("DatabarHeight")
-    except Exception:  # odd metadata must not stop reading good pixels
-        return None
-    if isinstance(rows, int) and isinstance(bar, int) and rows > 0 and bar > 0 and rows + bar == height:
-        return rows, bar
-    return None
-
-
-def databar_rows(path: str | os.PathLike[str], height: int) -> tuple[int, int] | None:
-    """(scanned rows, data bar rows) when ``path`` is a Thermo Fisher / FEI SEM TIFF whose
-    console pasted a data bar below a scan, the two ``height`` rows tall; None for any other
-    file (for images that another reader opened, such as napari's).
-
-    Examples
-    --------
-    >>> databar_rows("not_a_file.tif", 471) is None
-    True
-    """
-    p = Path(path)
-    if suffix_of(p) not in TIFF_SUFFIXES or not p.is_file():
-        return None
-    try:
-        with tifffile.TiffFile(p) as tif:
-            return _scan_and_bar(tif, height)
-    except Exception:  # unreadable metadata: no bar is known
-        return None
 
 
 def _tiff_pixels(path: Path, series: Any) -> np.ndarray:

@@ -1,0 +1,271 @@
+"""What SEM and TEM consoles record beside the pixels of the TIFFs they save: the pixel size,
+where the standard resolution tags say nothing useful, and the rows of a data bar pasted below
+the scan.
+
+- Thermo Fisher / FEI (Helios, Quanta, Scios): ``[Scan] PixelWidth`` in metres in their own
+  tag; ``[Image] ResolutionY`` scanned rows and ``[PrivateFei] DatabarHeight`` bar rows.
+- Zeiss (Crossbeam, Gemini, Sigma): ``Image Pixel Size`` with its unit in tag 34118.
+- Tescan (Mira, Vega, Clara, Amber): ``PixelSizeX`` / ``PixelSizeY`` in metres in the
+  ``key=value`` text of tag 50431.
+- DigitalMicrograph's TIFFs: a unit in private tags 65003-65005 and a scale in 65009-65011.
+- Hitachi (SU, Regulus, HT): a ``.txt`` file beside the image, ``[SemImageFile]`` or
+  ``[TemImageFile]``, ``PixelSize`` in nm and ``DataSize`` (width x height of the scan).
+- JEOL (JSM, IT): a ``.txt`` file beside the image, ``$$SM_MICRON_MARKER`` (a length such as
+  ``5um``) drawn ``$$SM_MICRON_BAR`` pixels long, on an image ``$CM_FULL_SIZE`` pixels wide.
+  The marker's whole pixels limit that size to about 1 part in the bar's length.
+
+Each reader returns ``{"X": (nm, "nm"), "Y": (nm, "nm")}`` or ``{}``; odd metadata means no
+calibration, never an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .units import is_positive, nm_factor, tidy
+
+__all__ = ["console_pixel_size", "console_scan_rows", "databar_note", "databar_rows", "sidecar_of",
+           "sidecar_pixel_size", "sidecar_scan_rows"]
+
+_SIDECAR_MAX_BYTES = 1 << 20  # a console's text file is a few kB; anything larger is not one
+_M_TO_NM = 1e9
+_MARKER_UNITS = {"nm": 1.0, "um": 1e3, "µm": 1e3, "μm": 1e3, "mm": 1e6, "m": 1e9}
+
+
+def console_pixel_size(tif: Any) -> dict[str, tuple[float, str | None]]:
+    """The pixel size a console recorded for an open ``tifffile.TiffFile``, in nm per axis
+    letter; ``{}`` where none did."""
+    page = tif.pages.first
+    for found in (_thermo_fisher(tif), _zeiss(tif), _tescan(page), _dm_tiff(page)):
+        if found:
+            return found
+    path = getattr(getattr(tif, "filehandle", None), "path", None)
+    return sidecar_pixel_size(path, int(page.shape[1])) if path and len(page.shape) >= 2 else {}
+
+
+def sidecar_pixel_size(path: str | Path, width: int) -> dict[str, tuple[float, str | None]]:
+    """The pixel size in the Hitachi or JEOL text file beside the image at ``path`` (TIFF,
+    BMP or JPEG), ``width`` pixels wide; ``{}`` where there is none.
+
+    Examples
+    --------
+    >>> sidecar_pixel_size("/nowhere/img.bmp", 1280)
+    {}
+    """
+    text = _sidecar_text(path)
+    return (_hitachi(text) or _jeol(text, width)) if text is not None else {}
+
+
+def console_scan_rows(tif: Any, height: int) -> tuple[int, int] | None:
+    """(scanned rows, data bar rows) of an image ``height`` rows tall whose console pasted a
+    data bar below the scan (Thermo Fisher / FEI; Hitachi: :func:`sidecar_scan_rows`), or
+    None where the metadata do not add up to it (no bar, or another file)."""
+    try:
+        md = (tif.fei_metadata or {}) if tif.is_fei else {}
+        rows = (md.get("Image") or {}).get("ResolutionY")
+        bar = (md.get("PrivateFei") or {}).get("DatabarHeight")
+        if not (isinstance(rows, int) and isinstance(bar, int)):
+            path = getattr(getattr(tif, "filehandle", None), "path", None)
+            page = tif.pages.first
+            return sidecar_scan_rows(path, int(page.shape[1]), height) if path and len(page.shape) >= 2 else None
+    except Exception:  # odd metadata must not stop reading good pixels
+        return None
+    if isinstance(rows, int) and isinstance(bar, int) and rows > 0 and bar > 0 and rows + bar == height:
+        return rows, bar
+    return None
+
+
+def sidecar_scan_rows(path: str | Path, width: int, height: int) -> tuple[int, int] | None:
+    """(scanned rows, data bar rows) of an image ``width`` x ``height`` whose Hitachi text
+    file says the scan (``DataSize``) is as wide and less tall; None otherwise.
+
+    Examples
+    --------
+    >>> sidecar_scan_rows("/nowhere/img.tif", 1280, 1024) is None
+    True
+    """
+    text = _sidecar_text(path)
+    size = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", _hitachi_section(text).get("DataSize", "")) if text else None
+    if size is None or int(size.group(1)) != width:
+        return None
+    rows = int(size.group(2))
+    return (rows, height - rows) if 0 < rows < height else None
+
+
+def databar_rows(path: str | os.PathLike[str], shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(scanned rows, data bar rows) when ``path`` is an SEM image whose console pasted a data
+    bar below the scan, its pixels ``shape`` (..., rows, columns) with the bar; None for any
+    other file. For images that another reader opened with the bar (napari's own).
+
+    Examples
+    --------
+    >>> databar_rows("not_a_file.tif", (471, 512)) is None
+    True
+    """
+    from .common import PICTURE_SUFFIXES, TIFF_SUFFIXES, suffix_of
+
+    p = Path(path)
+    if len(shape) < 2 or not p.is_file():
+        return None
+    height, width = int(shape[-2]), int(shape[-1])
+    if suffix_of(p) in PICTURE_SUFFIXES:
+        return sidecar_scan_rows(p, width, height)
+    if suffix_of(p) not in TIFF_SUFFIXES:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            return console_scan_rows(tif, height)
+    except Exception:  # unreadable metadata: no bar is known
+        return None
+
+
+def databar_note(bar: int) -> str:
+    """What a restoration says when it leaves a data bar out.
+
+    Examples
+    --------
+    >>> databar_note(64)
+    "the microscope's data bar (64 rows at the bottom) is left out"
+    """
+    return f"the microscope's data bar ({bar} rows at the bottom) is left out"
+
+
+def sidecar_of(path: str | Path) -> Path | None:
+    """The text file a Hitachi or JEOL console saves beside an image (``img.tif`` ->
+    ``img.txt``), or None.
+
+    Examples
+    --------
+    >>> sidecar_of("/nowhere/img.tif") is None
+    True
+    """
+    p = Path(path)
+    for suffix in (".txt", ".TXT", ".Txt"):
+        candidate = p.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _sidecar_text(path: str | Path | None) -> str | None:
+    side = sidecar_of(path) if path else None
+    if side is None:
+        return None
+    try:
+        if side.stat().st_size > _SIDECAR_MAX_BYTES:
+            return None
+        raw = side.read_bytes()
+    except OSError:
+        return None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16", "replace")
+    # Japanese consoles write Shift-JIS comments; the keys and numbers are ASCII either way
+    return raw.decode("utf-8", "replace").lstrip("\ufeff")
+
+
+def _thermo_fisher(tif: Any) -> dict[str, tuple[float, str | None]]:
+    if getattr(tif, "is_fei", False):
+        md = tif.fei_metadata or {}
+        for section in ("Scan", "EScan", "IScan"):
+            scan = md.get(section) or {}
+            width, height = scan.get("PixelWidth"), scan.get("PixelHeight", scan.get("PixelWidth"))
+            if is_positive(width) and is_positive(height):
+                return _xy(float(width) * _M_TO_NM, float(height) * _M_TO_NM)
+    return {}
+
+
+def _zeiss(tif: Any) -> dict[str, tuple[float, str | None]]:
+    if getattr(tif, "is_sem", False):
+        md = tif.sem_metadata or {}
+        for key in ("ap_image_pixel_size", "ap_pixel_size"):
+            entry = md.get(key)
+            if isinstance(entry, tuple) and len(entry) == 3 and is_positive(entry[1]):
+                factor = nm_factor(str(entry[2]))
+                if factor is not None:
+                    return _xy(float(entry[1]) * factor, float(entry[1]) * factor)
+    return {}
+
+
+def _tescan(page: Any) -> dict[str, tuple[float, str | None]]:
+    tag = page.tags.get(50431)
+    if tag is None:
+        return {}
+    value = tag.value
+    text = value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
+    sizes = [re.search(rf"(?m)^\s*PixelSize{axis}\s*=\s*([-+0-9.eE]+)\s*$", text) for axis in "XY"]
+    if not all(sizes):
+        return {}
+    x, y = (_number(m.group(1)) for m in sizes)
+    return _xy(x * _M_TO_NM, y * _M_TO_NM) if is_positive(x) and is_positive(y) else {}
+
+
+def _dm_tiff(page: Any) -> dict[str, tuple[float, str | None]]:
+    """DigitalMicrograph keeps float32 scales: 0.16867469, not the double
+    0.16867469251155853 it writes; only length units count."""
+    found: dict[str, tuple[float, str | None]] = {}
+    for letter, unit_tag, scale_tag in (("X", 65003, 65009), ("Y", 65004, 65010), ("Z", 65005, 65011)):
+        unit_entry, scale_entry = page.tags.get(unit_tag), page.tags.get(scale_tag)
+        if unit_entry is None or scale_entry is None:
+            continue
+        unit = unit_entry.value.decode("utf-8", "replace") if isinstance(unit_entry.value, bytes) else str(unit_entry.value)
+        factor, scale = nm_factor(unit), scale_entry.value
+        if factor is not None and is_positive(scale):
+            found[letter] = (tidy(float(np.format_float_scientific(np.float32(scale), unique=True)) * factor), "nm")
+    return found if "X" in found and "Y" in found else {}
+
+
+def _hitachi_section(text: str) -> dict[str, str]:
+    """``key=value`` lines of the ``[SemImageFile]`` / ``[TemImageFile]`` section."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() in ("[SemImageFile]", "[TemImageFile]")), None)
+    if start is None:
+        return {}
+    out: dict[str, str] = {}
+    for line in lines[start + 1:]:
+        if line.strip().startswith("["):
+            break
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and key.strip() not in out:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _hitachi(text: str) -> dict[str, tuple[float, str | None]]:
+    size = _number(_hitachi_section(text).get("PixelSize", "").split(" ")[0])
+    return _xy(size, size) if is_positive(size) else {}
+
+
+def _jeol(text: str, width: int | None) -> dict[str, tuple[float, str | None]]:
+    keys: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("$"):
+            key, _, value = line.lstrip("$").strip().partition(" ")
+            keys.setdefault(key, value.strip())
+    marker = re.fullmatch(r"([0-9.]+)\s*([a-zA-Zµμ]+)", keys.get("SM_MICRON_MARKER", ""))
+    bar = _number(keys.get("SM_MICRON_BAR", ""))
+    if not (marker and is_positive(bar)) or marker.group(2) not in _MARKER_UNITS:
+        return {}
+    size = _number(marker.group(1)) * _MARKER_UNITS[marker.group(2)] / bar
+    # the bar is drawn on the full-size scan; a TIFF saved smaller has wider pixels
+    full = keys.get("CM_FULL_SIZE", "").split()
+    if width and full and is_positive(_number(full[0])):
+        size *= _number(full[0]) / width
+    return _xy(size, size) if is_positive(size) else {}
+
+
+def _xy(x: float, y: float) -> dict[str, tuple[float, str | None]]:
+    return {"X": (tidy(x), "nm"), "Y": (tidy(y), "nm")}
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")

@@ -1,0 +1,101 @@
+"""The pixel size and data bar that SEM consoles record beside the pixels: Tescan's tag,
+Hitachi's and JEOL's text files (written here as those consoles write them)."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_emdiffuse.engine.io.consoles import databar_rows
+from napari_emdiffuse.engine.io.images import read_image
+
+HITACHI = (
+    "[SemImageFile]\r\nInstructName=SU8230\r\nSerialNumber=123189-06\r\nFormat=tif\r\n"
+    "ImageName=hit.tif\r\nDataSize={w}x{h}\r\nPixelSize=4.96094\r\nSignalName=SE(U)\r\n"
+    "AcceleratingVoltage=1000 Volt\r\nMagnification=25000\r\n"
+)
+JEOL = (
+    "$CM_FORMAT JEOL/SEM\n$CM_VERSION 1.0\n$CM_INSTRUMENT JSM-7900F\n$CM_LABEL JEOL\n"
+    "$CM_FULL_SIZE 1280 960\n$CM_MAG 5000\n$$SM_MICRON_BAR 256\n$$SM_MICRON_MARKER {marker}\n"
+    "$SEM_DATA_VERSION 1\n"
+)
+
+
+def _scan(h=10, w=16):
+    return (np.arange(h * w) % 200 + 20).astype(np.uint8).reshape(h, w)
+
+
+def test_a_tescan_tiff_gives_its_pixel_size(tmp_path):
+    text = b"\x00\x07TESCAN\x00\x01Description=\r\nDevice=MIRA\r\nMagnification=50000\r\n" \
+           b"PixelSizeX=1.5625e-008\r\nPixelSizeY=1.875e-008\r\n"
+    path = tmp_path / "mira.tif"
+    tifffile.imwrite(path, _scan(), extratags=[(50431, "B", len(text), text, True)])
+    img = read_image(path)
+    assert img.spacing == (18.75, 15.625) and img.unit == "nm"
+    # the control: the same tag without sizes gives none
+    tifffile.imwrite(path, _scan(), extratags=[(50431, "B", 12, b"Device=MIRA\n", True)])
+    assert read_image(path).spacing is None
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".bmp"])
+def test_a_hitachi_image_takes_its_pixel_size_from_the_text_file_beside_it(tmp_path, suffix):
+    import imageio.v3 as iio
+
+    path = tmp_path / f"hit{suffix}"
+    (tifffile.imwrite if suffix == ".tif" else iio.imwrite)(path, _scan())
+    assert read_image(path).spacing is None  # the control: no text file, no size
+    (tmp_path / "hit.txt").write_text(HITACHI.format(w=16, h=10))
+    img = read_image(path)
+    assert img.spacing == (4.96094, 4.96094) and img.unit == "nm" and img.note is None
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".bmp"])
+def test_a_hitachi_data_bar_below_the_scan_is_left_out(tmp_path, suffix):
+    import imageio.v3 as iio
+
+    bar = np.zeros((3, 16), np.uint8)
+    bar[1, 2:9] = 255
+    path = tmp_path / f"hit{suffix}"
+    (tifffile.imwrite if suffix == ".tif" else iio.imwrite)(path, np.concatenate([_scan(), bar]))
+    (tmp_path / "hit.txt").write_text(HITACHI.format(w=16, h=10))
+    img = read_image(path)
+    assert np.array_equal(img.data, _scan()) and img.spacing == (4.96094, 4.96094)
+    assert img.note == "the microscope's data bar (3 rows at the bottom) is left out"
+    assert databar_rows(path, (13, 16)) == (10, 3)  # as a napari layer's widgets see it
+    # the controls: a scan of another width, or as tall as the image, keeps every row
+    (tmp_path / "hit.txt").write_text(HITACHI.format(w=32, h=10))
+    assert read_image(path).data.shape == (13, 16) and databar_rows(path, (13, 16)) is None
+    (tmp_path / "hit.txt").write_text(HITACHI.format(w=16, h=13))
+    assert read_image(path).data.shape == (13, 16) and read_image(path).note is None
+
+
+@pytest.mark.parametrize(("marker", "width", "size"), [
+    ("5um", 1280, 19.53125),  # 5000 nm over the bar's 256 pixels
+    ("500nm", 1280, 1.953125),
+    ("5um", 640, 39.0625),  # saved at half the full size: pixels twice as wide
+    ("5 parsecs", 1280, None),
+])  # fmt: skip
+def test_a_jeol_image_takes_its_pixel_size_from_the_micron_marker(tmp_path, marker, width, size):
+    path = tmp_path / "jsm.tif"
+    tifffile.imwrite(path, np.zeros((4, width), np.uint8))
+    (tmp_path / "jsm.txt").write_text(JEOL.format(marker=marker))
+    img = read_image(path)
+    assert img.spacing == ((size, size) if size else None)
+
+
+def test_a_text_file_of_another_kind_beside_an_image_gives_nothing(tmp_path):
+    path = tmp_path / "notes.tif"
+    tifffile.imwrite(path, _scan())
+    (tmp_path / "notes.txt").write_text("PixelSize=3\nDataSize=16x8\n$$SM_MICRON_BAR 2\n")
+    img = read_image(path)
+    assert img.spacing is None and img.data.shape == (10, 16)
+
+
+def test_the_cli_info_shows_a_hitachi_size_and_bar(tmp_path, capsys):
+    from napari_emdiffuse.cli import main
+
+    path = tmp_path / "hit.tif"
+    tifffile.imwrite(path, np.concatenate([_scan(), np.zeros((2, 16), np.uint8)]))
+    (tmp_path / "hit.txt").write_text(HITACHI.format(w=16, h=10))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "10 x 16 uint8" in out and "4.96094 x 4.96094 nm" in out and "data bar (2 rows" in out
