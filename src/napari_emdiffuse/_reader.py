@@ -1,5 +1,5 @@
 """napari readers: MRC files (IMOD, SerialEM, tomography), Gatan DigitalMicrograph files
-(``.dm3``, ``.dm4``), HDF5 files (CREMI, ilastik) and N5 containers (OpenOrganelle), which
+(``.dm3``, ``.dm4``), HDF5 files (CREMI, ilastik; Velox ``.emd``) and N5 containers (OpenOrganelle), which
 napari cannot open itself, and OME-Zarr stores (this plugin's ``.ome.zarr`` outputs among them) as multiscale layers with
 their pixel size, which napari's own zarr reader leaves out.
 
@@ -120,7 +120,7 @@ def _read_ome(path: str | list[str]) -> list[LayerData]:
 
 
 def get_h5_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """The reader for one HDF5 file (``.h5``, ``.hdf5``, ``.hdf``), else None."""
+    """The reader for one HDF5 file (``.h5``, ``.hdf5``, ``.hdf``, Velox ``.emd``), else None."""
     from .engine.io.common import H5_SUFFIXES
 
     path = _one(path)

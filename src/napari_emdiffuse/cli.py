@@ -307,7 +307,9 @@ def _describe(name: str, args: argparse.Namespace) -> tuple[dict, str]:
     if img.axes and len(img.axes) == data.ndim and "C" in img.axes and data.shape[img.axes.index("C")] > 1:
         record["channels"] = data.shape[img.axes.index("C")]
         line += f"; {record['channels']} channels: restore one with --channel C"
-    if data.ndim == 3 and img.spacing is not None:
+    if data.ndim == 3 and (img.axes or "").startswith("T"):  # frames of a series, not sections
+        line += "; a time series (frames, not sections)"
+    elif data.ndim == 3 and img.spacing is not None:
         try:
             record["isotropic_factor"] = factor_from_spacing(img.spacing)
             line += f"; isotropic factor {record['isotropic_factor']}"

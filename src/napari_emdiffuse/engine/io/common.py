@@ -43,7 +43,7 @@ MRC_SUFFIXES = (".mrc", ".mrcs", ".rec", ".st", ".ali", ".map")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ZARR_SUFFIX = ".zarr"
 #: Read only (CREMI, ilastik, Fiji's HDF5 plugin): see :mod:`.hdf5`.
-H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd")  # .emd: Velox and Berkeley EMD are HDF5
 #: Read only: Gatan DigitalMicrograph (TEM cameras, 3View); see :mod:`.dm`.
 DM_SUFFIXES = (".dm3", ".dm4")
 #: Read only: N5 containers (OpenOrganelle, BigStitcher); see :mod:`.n5`.

@@ -5,7 +5,9 @@ Fiji's HDF5 plugin and of many FIB-SEM pipelines. A file holds datasets at paths
 ``volumes/raw``; ``sample_A.hdf/volumes/raw`` names one, as ``volume.zarr/0`` does in a zarr
 store. The voxel size is read from the dataset's attributes: ``resolution`` (nm, the CREMI
 convention), ``element_size_um`` (µm, Fiji) or ``spacing`` with ``unit``, or, for a
-BigDataViewer file, from its XML (:mod:`.bdv`).
+BigDataViewer file, from its XML (:mod:`.bdv`). A Thermo Fisher Velox ``.emd`` file names its
+images after their detectors (``scan.emd/HAADF``), with the pixel size it records
+(:mod:`.velox`).
 
 :class:`H5Array` reads only what is indexed, opening the file for each read, so that no handle
 stays open in a long napari session and the array pickles as a path and a name: cluster
@@ -24,7 +26,8 @@ from ..errors import InputError
 from .bdv import bdv_dtype, bdv_images, bdv_spacing
 from .calibration import to_nm
 from .common import H5_SUFFIXES, ImageData, check_readable, likely_image, reason, suffix_of
-from .views import LazyArray, drop_single_axes, full_index, single_axes
+from .velox import is_velox, velox_dataset, velox_images, velox_spacing
+from .views import AxesPicked, FramesFirst, LazyArray, drop_single_axes, full_index, single_axes
 
 __all__ = ["H5Array", "h5_file_of", "read_h5", "h5_datasets", "h5_images", "open_h5"]
 
@@ -69,10 +72,13 @@ def h5_file_of(path: Path) -> tuple[Path, str] | None:
 
 
 def h5_datasets(group: Any) -> list[str]:
-    """Paths of the image datasets in an open file or group: numeric, and once single axes
-    are dropped (:func:`~.views.single_axes`) two or more dimensions, the last two of at least
-    8 pixels (not tables such as BigDataViewer's ``s00/resolutions``); of a BigDataViewer
-    pyramid, only the full resolution (:mod:`.bdv`)."""
+    """The names of the images in an open file or group, as a path names them: the paths of
+    datasets that are numeric, and once single axes are dropped (:func:`~.views.single_axes`)
+    two or more dimensions, the last two of at least 8 pixels (not tables such as
+    BigDataViewer's ``s00/resolutions``); of a BigDataViewer pyramid, only the full resolution
+    (:mod:`.bdv`); of a Velox file, its detectors (:func:`~.velox.velox_images`)."""
+    if is_velox(group):
+        return list(velox_images(group))
     found: list[str] = []
 
     def visit(name: str, node: Any) -> None:
@@ -112,10 +118,13 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
     except OSError as exc:
         raise InputError(f"cannot read '{path}': not an HDF5 file ({reason(exc)})") from exc
     with f:
-        names = h5_datasets(f)
+        velox = velox_images(f) if is_velox(f) else None
+        names = list(velox) if velox is not None else h5_datasets(f)
         key = (key or "").strip("/")
+        if key and velox is not None:  # a detector's name, in any case, or the dataset's path
+            key = next((n for n in velox if n.lower() == key.lower()), key)
         if key:
-            node = f.get(key)
+            node = f.get(velox.get(key, key) if velox is not None else key)
             if node is None or not hasattr(node, "shape"):
                 listed = ", ".join(names) or "none"
                 raise InputError(f"cannot read '{path}': no dataset '{key}' in it (image datasets: {listed})")
@@ -128,17 +137,28 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
                 f"cannot read '{path}': it holds several datasets ({', '.join(names)}); "
                 f"choose one, e.g. '{path}/{likely_image(names)}'"
             )
-        dset = f[key]
-        spacing, unit = _calibration(dict(dset.attrs), len(dset.shape))
-        if spacing is None:
-            spacing, unit = bdv_spacing(path, f, key)
+        name = velox.get(key, key) if velox is not None else key
+        dset = f[name]
+        frames_last = velox_dataset(name) and len(dset.shape) == 3
+        if frames_last:
+            yx, unit = velox_spacing(f, name)
+            spacing = yx if (yx is None or dset.shape[2] == 1) else (1.0, *yx)
+        else:
+            spacing, unit = _calibration(dict(dset.attrs), len(dset.shape))
+            if spacing is None:
+                spacing, unit = bdv_spacing(path, f, name)
         if dset.size:
             try:  # one pixel: its chunk is decompressed, so a missing filter is found before any work
                 dset[(0,) * len(dset.shape)]
             except OSError as exc:
                 hint = "; its compression filter may need: pip install hdf5plugin" if "filter" in str(exc).lower() else ""
                 raise InputError(f"cannot read '{path}/{key}': {reason(exc)}{hint}") from exc
-    data, spacing, axes = drop_single_axes(H5Array(path, key), spacing, None)
+    if frames_last:  # Velox's (y, x, frames) -> (frames, y, x), or (y, x)
+        frames = FramesFirst(H5Array(path, name))
+        one = frames.shape[0] == 1
+        return ImageData(data=AxesPicked(frames, (0,)) if one else frames, spacing=spacing, unit=unit,
+                         axes="YX" if one else "TYX", path=path)
+    data, spacing, axes = drop_single_axes(H5Array(path, name), spacing, None)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=path)
 
 

@@ -51,8 +51,8 @@ def read_image(
         ``.dm4``: its largest greyscale image; pixel size in nm), a ``.png``/``.jpg``/``.jpeg``/``.bmp``
         picture (2D greyscale, no pixel size), a ``.zarr`` folder, or a path inside a store
         such as ``"volume.zarr/0"``, an N5 container (``.n5``) or a dataset in one such as
-        ``"jrc_mus-liver.n5/em/fibsem-uint8/s0"``, an HDF5 file (``.h5``, ``.hdf5``, ``.hdf``) or a dataset
-        in one such as ``"sample_A.hdf/volumes/raw"``, or a folder of 2D slices (one file
+        ``"jrc_mus-liver.n5/em/fibsem-uint8/s0"``, an HDF5 file (``.h5``, ``.hdf5``, ``.hdf``, a Velox ``.emd``) or a dataset
+        in one such as ``"sample_A.hdf/volumes/raw"`` or ``"stem.emd/HAADF"``, or a folder of 2D slices (one file
         each, natural order), read as a lazy ZYX volume without voxel size.
     key : str, optional
         For a zarr group: the array to read. Default: the array named ``"0"`` or the only array.

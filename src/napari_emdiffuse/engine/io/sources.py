@@ -11,7 +11,8 @@ from typing import Any
 from .common import H5_SUFFIXES, N5_SUFFIX, suffix_of
 from .hdf5 import H5Array
 from .n5 import N5Array
-from .views import AxesPicked
+from .velox import velox_dataset
+from .views import AxesPicked, FramesFirst
 
 __all__ = ["source_of", "open_source"]
 
@@ -28,6 +29,8 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
             return None
     lead, trail = (array.lead, array.trail) if isinstance(array, AxesPicked) else ((), ())
     array = array.array if isinstance(array, AxesPicked) else array
+    if isinstance(array, FramesFirst) and isinstance(array.array, H5Array) and velox_dataset(array.array.name):
+        array = array.array  # reopened frames first (open_source)
     if isinstance(array, H5Array):
         return array.file, array.name, lead, trail
     if isinstance(array, N5Array):
@@ -48,6 +51,7 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
     ``lead`` of its first axes and ``trail`` of its last."""
     if suffix_of(Path(where)) in H5_SUFFIXES:
         arr: Any = H5Array(where, key)
+        arr = FramesFirst(arr) if velox_dataset(key) and arr.ndim == 3 else arr  # Velox: (y, x, frames)
     elif suffix_of(Path(where)) == N5_SUFFIX:
         arr = N5Array(where, key)
     else:

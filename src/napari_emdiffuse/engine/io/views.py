@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["AxesPicked", "LazyArray", "check_one_channel", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
+__all__ = ["AxesPicked", "FramesFirst", "LazyArray", "check_one_channel", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
 
 
 class LazyArray:
@@ -140,6 +140,50 @@ class AxesPicked(LazyArray):
 
     def __repr__(self) -> str:
         return f"AxesPicked(<array shape={tuple(self.array.shape)}>, lead={self.lead}, trail={self.trail})"
+
+
+class FramesFirst(LazyArray):
+    """An array whose last axis counts frames (Velox keeps a series as y, x, frames), seen
+    with that axis first, read lazily: indexing reads only the selection.
+
+    Examples
+    --------
+    >>> a = np.arange(24).reshape(2, 3, 4)  # y, x, frames
+    >>> v = FramesFirst(a)
+    >>> v.shape, bool((v[1] == a[..., 1]).all()), v[::-1, 0, 2].tolist()
+    ((4, 2, 3), True, [11, 10, 9, 8])
+    """
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        s = tuple(self.array.shape)
+        return s[-1:] + s[:-1]
+
+    @property
+    def dtype(self) -> np.dtype:  # type: ignore[override]
+        return np.dtype(self.array.dtype)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        c = tuple(getattr(self.array, "chunks", None) or self.array.shape)
+        return c[-1:] + c[:-1]
+
+    def __getitem__(self, key: Any) -> Any:
+        key = full_index(key, self.ndim)
+        out = self.array[key[1:] + key[:1]]
+        # the frames axis, where kept, comes out last
+        return np.moveaxis(np.asarray(out), -1, 0) if isinstance(key[0], slice) else out
+
+    def __dask_tokenize__(self) -> tuple:
+        from dask.base import tokenize
+
+        return ("FramesFirst", tokenize(self.array))
+
+    def __repr__(self) -> str:
+        return f"FramesFirst(<array shape={tuple(self.array.shape)}>)"
 
 
 def _take(data: Any, lead: tuple[int, ...], trail: tuple[int, ...]) -> Any:

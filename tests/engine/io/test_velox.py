@@ -1,0 +1,104 @@
+"""Thermo Fisher Velox .emd files (written here as Velox lays them out): images named after
+their detectors, (y, x, frames) datasets seen frames first, the pixel size from the JSON."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+from napari_emdiffuse.engine.errors import InputError
+from napari_emdiffuse.engine.io.images import image_names, read_image
+from napari_emdiffuse.engine.io.sources import open_source, source_of
+
+
+def _velox(path, images):
+    """``images``: (id, detector, (y, x, frames) array, pixel size in metres)."""
+    with h5py.File(path, "w") as f:
+        f.create_group("Data/SpectrumStream")  # EDS streams are not images
+        for ident, detector, arr, px in images:
+            g = f.create_group(f"Data/Image/{ident}")
+            g.create_dataset("Data", data=arr, chunks=(*arr.shape[:2], 1))
+            md = {"BinaryResult": {"Detector": detector, "PixelUnitX": "m", "PixelUnitY": "m",
+                                   "PixelSize": {"width": f"{px:.6e}", "height": f"{px:.6e}"}}}  # fmt: skip
+            text = np.frombuffer(json.dumps(md).encode(), np.uint8)
+            meta = np.zeros((len(text) + 9, arr.shape[2]), np.uint8)
+            meta[: len(text)] = text[:, None]
+            g.create_dataset("Metadata", data=meta)
+    return path
+
+
+def _yxn(n, seed=0):
+    return (np.random.default_rng(seed).random((12, 16, n)) * 60000).astype(np.uint16)
+
+
+def test_a_velox_image_reads_with_its_pixel_size(tmp_path):
+    arr = _yxn(1)
+    path = _velox(tmp_path / "tem.emd", [("a1b2", "BM-Ceta", arr, 5e-11)])
+    img = read_image(path)
+    assert img.data.shape == (12, 16) and img.axes == "YX" and img.unit == "nm"
+    assert img.spacing == pytest.approx((0.05, 0.05))
+    assert np.array_equal(np.asarray(img.data), arr[..., 0]) and np.asarray(img.data).dtype == np.uint16
+
+
+def test_stem_detectors_are_named_and_one_must_be_chosen(tmp_path, capsys):
+    from napari_emdiffuse.cli import main
+
+    haadf, bf = _yxn(1, 1), _yxn(1, 2)
+    fft = np.zeros((12, 16, 1), [("realFloatHalfEven", "<f4"), ("imagFloatHalfEven", "<f4")])
+    path = _velox(tmp_path / "stem.emd", [("c0", "HAADF", haadf, 2e-10), ("c1", "BF", bf, 2e-10)])
+    with h5py.File(path, "a") as f:
+        f.create_dataset("Data/Image/c2/Data", data=fft)  # a complex FFT: not an image
+    with pytest.raises(InputError, match=r"several datasets \(HAADF, BF\); choose one, e.g. '.*stem.emd/HAADF'"):
+        read_image(path)
+    assert image_names(path) == [f"{path}/HAADF", f"{path}/BF"]
+    assert np.array_equal(np.asarray(read_image(tmp_path / "stem.emd" / "bf").data), bf[..., 0])
+    assert read_image(f"{path}/Data/Image/c0/Data").spacing == pytest.approx((0.2, 0.2))  # the dataset's path
+    with pytest.raises(InputError, match="no dataset 'DF4' in it"):
+        read_image(f"{path}/DF4")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "stem.emd/HAADF: 12 x 16 uint16" in out and "stem.emd/BF" in out
+
+
+def test_a_velox_series_reads_frames_first_lazily_and_reopens_in_workers(tmp_path, capsys):
+    arr = _yxn(5, 3)
+    path = _velox(tmp_path / "series.emd", [("s", "HAADF", arr, 1e-9)])
+    img = read_image(path)
+    ref = np.moveaxis(arr, -1, 0)
+    assert img.data.shape == (5, 12, 16) and img.axes == "TYX" and img.spacing == pytest.approx((1.0, 1.0, 1.0))
+    for key in itertools.product([1, -1, slice(None), slice(None, None, -2)], [2, slice(1, 9, 3)], [slice(None), -3]):
+        assert np.array_equal(img.data[key], ref[key]), key
+    assert np.array_equal(pickle.loads(pickle.dumps(img.data))[2], ref[2])
+    where = source_of(img.data)
+    assert where == (str(path.resolve()), "Data/Image/s/Data", (), ())
+    assert np.array_equal(np.asarray(open_source(*where)), ref)
+    from napari_emdiffuse.cli import main
+
+    assert main(["info", str(path)]) == 0
+    assert "5 x 12 x 16 uint16, axes TYX, 1 x 1 x 1 nm; a time series (frames, not sections)" in capsys.readouterr().out
+    one = read_image(_velox(tmp_path / "one.emd", [("o", "HAADF", _yxn(1), 1e-9)])).data
+    assert np.array_equal(np.asarray(open_source(*source_of(one))), np.asarray(one))  # one frame: (y, x)
+
+
+def test_an_emd_file_that_is_not_velox_reads_as_hdf5(tmp_path):
+    """Berkeley's EMD (prismatic, NCEM) keeps plain datasets."""
+    zyx = np.arange(2 * 10 * 12, dtype=np.float32).reshape(2, 10, 12)
+    with h5py.File(tmp_path / "sim.emd", "w") as f:
+        f.create_dataset("data/sim/data", data=zyx)
+    assert np.array_equal(np.asarray(read_image(tmp_path / "sim.emd").data), zyx)
+
+
+def test_napari_opens_each_detector_as_a_layer(tmp_path):
+    from napari_emdiffuse._reader import get_h5_reader
+
+    haadf, bf = _yxn(1, 1), _yxn(1, 2)
+    path = _velox(tmp_path / "stem.emd", [("c0", "HAADF", haadf, 2e-10), ("c1", "BF", bf, 2e-10)])
+    layers = get_h5_reader(str(path))(str(path))
+    assert [meta["name"] for _, meta, _ in layers] == ["HAADF", "BF"]
+    assert all(meta["scale"] == pytest.approx((0.2, 0.2)) for _, meta, _ in layers)
+    assert np.array_equal(np.asarray(layers[1][0]), bf[..., 0])
