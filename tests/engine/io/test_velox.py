@@ -102,3 +102,29 @@ def test_napari_opens_each_detector_as_a_layer(tmp_path):
     assert [meta["name"] for _, meta, _ in layers] == ["HAADF", "BF"]
     assert all(meta["scale"] == pytest.approx((0.2, 0.2)) for _, meta, _ in layers)
     assert np.array_equal(np.asarray(layers[1][0]), bf[..., 0])
+
+
+def test_damaged_velox_files_are_read_or_refused_in_one_line(tmp_path):
+    """h5py raises KeyError, RuntimeError, AttributeError ... where a file is damaged; a user
+    sees one line. The control: the undamaged file reads."""
+    import random
+
+    raw = _velox(tmp_path / "base.emd", [("c0", "HAADF", _yxn(3), 2e-10)]).read_bytes()
+    rng = random.Random(0)
+    refused = 0
+    for i in range(60):
+        damaged = bytearray(raw)
+        if i % 3 == 0:
+            damaged = damaged[: rng.randrange(len(damaged))]
+        else:
+            for _ in range(rng.randint(1, 8)):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        path = tmp_path / f"d{i}.emd"
+        path.write_bytes(bytes(damaged))
+        try:
+            np.asarray(read_image(path).data)
+        except InputError as exc:
+            refused += 1
+            assert "\n" not in str(exc) and path.name in str(exc)
+    assert refused >= 10
+    assert np.asarray(read_image(tmp_path / "base.emd").data).shape == (3, 12, 16)

@@ -31,6 +31,9 @@ from .views import AxesPicked, FramesFirst, LazyArray, drop_single_axes, full_in
 
 __all__ = ["H5Array", "h5_file_of", "read_h5", "h5_datasets", "h5_images", "open_h5"]
 
+# What h5py raises on a damaged file, by where the damage lies (object headers, heaps, links).
+_DAMAGED = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError)
+
 
 def _h5py() -> Any:
     try:
@@ -101,7 +104,7 @@ def h5_images(path: Path) -> list[str]:
     try:
         with open_h5(str(path)) as f:
             names = h5_datasets(f)
-    except OSError:
+    except _DAMAGED:
         return []
     return names if len(names) > 1 else []
 
@@ -117,49 +120,62 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
         f = open_h5(str(path))
     except OSError as exc:
         raise InputError(f"cannot read '{path}': not an HDF5 file ({reason(exc)})") from exc
-    with f:
-        velox = velox_images(f) if is_velox(f) else None
-        names = list(velox) if velox is not None else h5_datasets(f)
-        key = (key or "").strip("/")
-        if key and velox is not None:  # a detector's name, in any case, or the dataset's path
-            key = next((n for n in velox if n.lower() == key.lower()), key)
-        if key:
-            node = f.get(velox.get(key, key) if velox is not None else key)
-            if node is None or not hasattr(node, "shape"):
-                listed = ", ".join(names) or "none"
-                raise InputError(f"cannot read '{path}': no dataset '{key}' in it (image datasets: {listed})")
-        elif len(names) == 1:
-            key = names[0]
-        elif not names:
-            raise InputError(f"cannot read '{path}': it holds no image dataset")
-        else:
-            raise InputError(
-                f"cannot read '{path}': it holds several datasets ({', '.join(names)}); "
-                f"choose one, e.g. '{path}/{likely_image(names)}'"
-            )
-        name = velox.get(key, key) if velox is not None else key
-        dset = f[name]
-        frames_last = velox_dataset(name) and len(dset.shape) == 3
-        if frames_last:
-            yx, unit = velox_spacing(f, name)
-            spacing = yx if (yx is None or dset.shape[2] == 1) else (1.0, *yx)
-        else:
-            spacing, unit = _calibration(dict(dset.attrs), len(dset.shape))
-            if spacing is None:
-                spacing, unit = bdv_spacing(path, f, name)
-        if dset.size:
-            try:  # one pixel: its chunk is decompressed, so a missing filter is found before any work
-                dset[(0,) * len(dset.shape)]
-            except OSError as exc:
-                hint = "; its compression filter may need: pip install hdf5plugin" if "filter" in str(exc).lower() else ""
-                raise InputError(f"cannot read '{path}/{key}': {reason(exc)}{hint}") from exc
+    try:
+        with f:
+            name, spacing, unit, frames_last = _resolve(f, path, key)
+        array = H5Array(path, name)
+    except InputError:
+        raise
+    except _DAMAGED as exc:
+        raise InputError(f"cannot read '{path}': the file is damaged ({reason(exc)})") from exc
     if frames_last:  # Velox's (y, x, frames) -> (frames, y, x), or (y, x)
-        frames = FramesFirst(H5Array(path, name))
+        frames = FramesFirst(array)
         one = frames.shape[0] == 1
         return ImageData(data=AxesPicked(frames, (0,)) if one else frames, spacing=spacing, unit=unit,
                          axes="YX" if one else "TYX", path=path)
-    data, spacing, axes = drop_single_axes(H5Array(path, name), spacing, None)
+    data, spacing, axes = drop_single_axes(array, spacing, None)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=path)
+
+
+def _resolve(f: Any, path: Path, key: str | None) -> tuple[str, tuple[float, ...] | None, str | None, bool]:
+    """(dataset path, spacing, unit, whether it is a Velox image kept frames last) of the image
+    ``key`` names in an open file, or of its only image; refused in one line otherwise."""
+    velox = velox_images(f) if is_velox(f) else None
+    names = list(velox) if velox is not None else h5_datasets(f)
+    key = (key or "").strip("/")
+    if key and velox is not None:  # a detector's name, in any case, or the dataset's path
+        key = next((n for n in velox if n.lower() == key.lower()), key)
+    if key:
+        node = f.get(velox.get(key, key) if velox is not None else key)
+        if node is None or not hasattr(node, "shape"):
+            listed = ", ".join(names) or "none"
+            raise InputError(f"cannot read '{path}': no dataset '{key}' in it (image datasets: {listed})")
+    elif len(names) == 1:
+        key = names[0]
+    elif not names:
+        raise InputError(f"cannot read '{path}': it holds no image dataset")
+    else:
+        raise InputError(
+            f"cannot read '{path}': it holds several datasets ({', '.join(names)}); "
+            f"choose one, e.g. '{path}/{likely_image(names)}'"
+        )
+    name = velox.get(key, key) if velox is not None else key
+    dset = f[name]
+    frames_last = velox_dataset(name) and len(dset.shape) == 3
+    if frames_last:
+        yx, unit = velox_spacing(f, name)
+        spacing = yx if (yx is None or dset.shape[2] == 1) else (1.0, *yx)
+    else:
+        spacing, unit = _calibration(dict(dset.attrs), len(dset.shape))
+        if spacing is None:
+            spacing, unit = bdv_spacing(path, f, name)
+    if dset.size:
+        try:  # one pixel: its chunk is decompressed, so a missing filter is found before any work
+            dset[(0,) * len(dset.shape)]
+        except OSError as exc:
+            hint = "; its compression filter may need: pip install hdf5plugin" if "filter" in str(exc).lower() else ""
+            raise InputError(f"cannot read '{path}/{key}': {reason(exc)}{hint}") from exc
+    return name, spacing, unit, frames_last
 
 
 def _calibration(attrs: dict, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
@@ -211,8 +227,11 @@ class H5Array(LazyArray):
         read, post = _split_index(key, self.shape)
         if any(isinstance(r, slice) and r.stop <= r.start for r in read):  # HDF5 selects nothing empty
             return np.zeros(tuple(len(range(r.start, r.stop, r.step)) for r in read if isinstance(r, slice)), self.dtype)
-        with open_h5(self.file) as f:
-            out = np.asarray(f[self.name][tuple(read)])
+        try:
+            with open_h5(self.file) as f:
+                out = np.asarray(f[self.name][tuple(read)])
+        except _DAMAGED as exc:
+            raise InputError(f"cannot read '{self.file}/{self.name}': {reason(exc)}") from exc
         out = out.view(self.dtype) if out.dtype != self.dtype else out
         return out[post] if post else out
 
