@@ -222,6 +222,22 @@ def test_folder_of_slices_is_a_lazy_volume_in_natural_order(tmp_path):
     vol = read_image(tmp_path)
     assert isinstance(vol.data, da.Array) and vol.data.shape == (6, 6, 8) and vol.spacing is None
     assert vol.data[:, 0, 0].compute().tolist() == [0, 1, 2, 9, 10, 11]
+    assert vol.note is None  # uncalibrated slices: nothing to tell
+
+
+def test_a_folder_of_calibrated_slices_tells_their_pixel_size(tmp_path, capsys):
+    import tifffile
+
+    from napari_emdiffuse.cli import main
+
+    fei = "[Scan]\r\nPixelWidth=5e-09\r\nPixelHeight=5e-09\r\n".encode()
+    for z in range(3):  # an Auto Slice & View run: one Thermo Fisher TIFF per cut
+        tifffile.imwrite(tmp_path / f"slice_{z:04d}.tif", np.full((6, 8), z, np.uint8), extratags=[(34682, "B", 0, fei, True)])
+    vol = read_image(tmp_path)
+    assert vol.spacing is None
+    assert vol.note == "slices of 5 x 5 nm pixels; the files record no section thickness, so give the isotropic factor"
+    assert main(["info", str(tmp_path)]) == 0
+    assert "3 x 6 x 8 uint8, axes ZYX, no pixel size; slices of 5 x 5 nm pixels" in capsys.readouterr().out
 
 
 def test_folder_of_slices_refuses_mixed_slices(tmp_path):

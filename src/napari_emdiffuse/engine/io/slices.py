@@ -4,7 +4,7 @@ save a volume), read as one lazy ZYX volume.
 Files are taken in natural order (``z9`` before ``z10``) and read only when their slice is
 needed, so a folder larger than memory streams through an isotropic reconstruction into zarr.
 Per-slice files carry no section thickness, so the volume has no voxel size: the isotropic
-factor must be given.
+factor must be given. The first slice's pixel size, where it has one, is told in the note.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def read_slices(folder: Path, read: Callable[[Path], ImageData]) -> ImageData:
     files = image_files_in(folder)
     if len(files) < 2:
         raise InputError(f"folder '{folder}' holds {len(files)} image file(s); a volume needs 2 or more slices")
-    first = np.asarray(read(files[0]).data)
+    head = read(files[0])
+    first = np.asarray(head.data)
     if first.ndim != 2:
         raise InputError(f"'{files[0]}' has shape {first.shape}; a folder of slices needs one 2D image per file")
 
@@ -59,4 +60,8 @@ def read_slices(folder: Path, read: Callable[[Path], ImageData]) -> ImageData:
     planes = [da.from_array(first, chunks=first.shape)] + [
         da.from_delayed(dask.delayed(load)(f), shape=first.shape, dtype=first.dtype) for f in files[1:]
     ]
-    return ImageData(data=da.stack(planes), spacing=None, unit=None, axes="ZYX", path=folder)
+    note = None
+    if head.spacing is not None and len(head.spacing) == 2:
+        size = " x ".join(f"{v:g}" for v in head.spacing) + f" {head.unit or '(unit unknown)'}"
+        note = f"slices of {size} pixels; the files record no section thickness, so give the isotropic factor"
+    return ImageData(data=da.stack(planes), spacing=None, unit=None, axes="ZYX", path=folder, note=note)
