@@ -1,11 +1,25 @@
-"""napari writer for MRC (*File > Save Selected Layers...* with a ``.mrc``/``.rec`` name), so an
-MRC opened with this plugin's reader can be saved back with its voxel size."""
+"""napari writers: MRC (*File > Save Selected Layers...* with a ``.mrc``/``.rec`` name), so an
+MRC opened with this plugin's reader can be saved back with its voxel size, and TIFF with the
+pixel size (the "EMDiffuse TIFF with pixel size" file type), which napari's own TIFF writer
+leaves out: Fiji and this plugin read it back with the layer's scale."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["write_mrc_layer"]
+__all__ = ["write_mrc_layer", "write_tiff_layer"]
+
+
+def _layer_spacing(meta: dict[str, Any]) -> tuple[tuple[float, ...] | None, str]:
+    """The layer's scale as a pixel size, in its unit where napari knows a length one (nm
+    otherwise: this plugin's layers are scaled in nm); None for an unscaled layer."""
+    from .engine.io.units import nm_factor
+
+    scale = meta.get("scale")
+    spacing = tuple(float(s) for s in scale) if scale is not None and any(float(s) != 1.0 for s in scale) else None
+    units = [str(u) for u in (meta.get("units") or ())]
+    known = [u for u in units if nm_factor(u) is not None]
+    return spacing, (known[-1] if known and len(set(known)) == 1 else "nm")
 
 
 def write_mrc_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -26,7 +40,32 @@ def write_mrc_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         data = data[0]
     if meta.get("rgb"):
         raise InputError("MRC holds greyscale images; this layer is RGB")
-    scale = meta.get("scale")
-    spacing = tuple(float(s) for s in scale) if scale is not None and any(float(s) != 1.0 for s in scale) else None
+    spacing, unit = _layer_spacing(meta)
     made = (meta.get("metadata") or {}).get("emdiffuse")  # set on the layers this plugin made
-    return [str(write_mrc(path, data, spacing=spacing, unit="nm", provenance=made))]
+    return [str(write_mrc(path, data, spacing=spacing, unit=unit, provenance=made))]
+
+
+def write_tiff_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write one greyscale image layer as TIFF with its ``scale`` as the pixel size (an ImageJ
+    hyperstack where the pixel type allows, so Fiji shows it), atomically.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> from napari_emdiffuse.engine.io.images import read_image
+    >>> out = Path(tempfile.mkdtemp()) / "saved.tif"
+    >>> _ = write_tiff_layer(str(out), np.zeros((2, 4, 4), np.uint8), {"scale": (30.0, 5.0, 5.0)})
+    >>> read_image(out).spacing
+    (30.0, 5.0, 5.0)
+    """
+    from .engine.errors import InputError
+    from .engine.io.tiff import write_tiff
+
+    if isinstance(data, list):  # a multiscale layer: its full resolution
+        data = data[0]
+    if meta.get("rgb"):
+        raise InputError("this writer keeps greyscale images with their pixel size; this layer is RGB")
+    spacing, unit = _layer_spacing(meta)
+    made = (meta.get("metadata") or {}).get("emdiffuse")
+    return [str(write_tiff(path, data, spacing=spacing, unit=unit, provenance=made))]

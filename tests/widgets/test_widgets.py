@@ -1163,6 +1163,26 @@ def test_restored_layer_saves_as_mrc_with_scale_and_labels(viewer, tmp_path):
     assert not (tmp_path / "c.mrc").exists()
 
 
+def test_a_layer_saves_as_tiff_with_its_pixel_size_through_the_save_dialogs_file_type(viewer, tmp_path):
+    """napari's own TIFF writer drops the scale; the save dialog's "TIFF with pixel size" file
+    type (the writer its filter names) keeps it, and the provenance of a restored layer."""
+    from napari.plugins import _npe2
+
+    from napari_emdiffuse.engine.io.images import read_image
+
+    layer = viewer.add_image(np.arange(3 * 12 * 10, dtype=np.float32).reshape(3, 12, 10), name="em", scale=(30.0, 4.0, 4.0))
+    layer.metadata["emdiffuse"] = {"task": "denoise", "model": "demo-denoise", "preset": "fast"}
+    filters, writers = _npe2.file_extensions_string_for_layers([layer])
+    ours = [w for w in writers if w.command == "napari-emdiffuse.write_tiff"]
+    assert len(ours) == 1 and "EMDiffuse TIFF with pixel size (*.tif *.tiff)" in filters
+    viewer.layers.save(str(tmp_path / "ours.tif"), selected=False, _writer=ours[0])
+    img = read_image(tmp_path / "ours.tif")
+    assert np.array_equal(img.data, layer.data) and img.spacing == (30.0, 4.0, 4.0) and img.unit == "nm"
+    theirs = next(w for w in writers if w.command == "napari.write_image")  # the control: napari's own
+    viewer.layers.save(str(tmp_path / "theirs.tif"), selected=False, _writer=theirs)
+    assert read_image(tmp_path / "theirs.tif").spacing is None
+
+
 def test_finetune_widget_exports_a_predictor_to_bioimageio(viewer, models, errors, tmp_path, monkeypatch):
     pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is in the [all] extra")
     from napari_emdiffuse.engine.models.cards import ModelCard, Normalisation, UNetConfig
