@@ -27,7 +27,7 @@ from .bdv import bdv_dtype, bdv_images, bdv_spacing
 from .calibration import to_nm
 from .common import H5_SUFFIXES, ImageData, check_readable, likely_image, reason, suffix_of
 from .velox import is_velox, velox_dataset, velox_images, velox_spacing
-from .views import AxesPicked, FramesFirst, LazyArray, drop_single_axes, full_index, single_axes
+from .views import AxesPicked, FramesFirst, LazyArray, ascending_index, drop_single_axes, single_axes
 
 __all__ = ["H5Array", "h5_file_of", "read_h5", "h5_datasets", "h5_images", "open_h5"]
 
@@ -224,7 +224,7 @@ class H5Array(LazyArray):
             self.chunks: tuple[int, ...] = tuple(d.chunks) if d.chunks else self.shape
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        read, post = _split_index(key, self.shape)
+        read, post = ascending_index(key, self.shape)
         if any(isinstance(r, slice) and r.stop <= r.start for r in read):  # HDF5 selects nothing empty
             return np.zeros(tuple(len(range(r.start, r.stop, r.step)) for r in read if isinstance(r, slice)), self.dtype)
         try:
@@ -242,32 +242,3 @@ class H5Array(LazyArray):
 
     def __repr__(self) -> str:
         return f"H5Array('{self.file}', '{self.name}', shape={self.shape}, dtype={self.dtype})"
-
-
-def _split_index(key: Any, shape: tuple[int, ...]) -> tuple[list, tuple]:
-    """What to read from the file (integers and positive-step slices, which HDF5 selects
-    natively) and the numpy index to apply afterwards (reversal of negative steps)."""
-    key = full_index(key, len(shape))
-    read: list = []
-    post: list = []
-    flip = False
-    for k, n in zip(key, shape):
-        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-            i = int(k) + n if k < 0 else int(k)
-            if not 0 <= i < n:
-                raise IndexError(f"index {int(k)} is out of bounds for an axis of size {n}")
-            read.append(i)
-        elif isinstance(k, slice):
-            start, stop, step = k.indices(n)
-            count = len(range(start, stop, step))
-            if step > 0:
-                read.append(slice(start, start + max(count - 1, 0) * step + 1 if count else start, step))
-                post.append(slice(None))
-            else:  # read ascending, reverse afterwards
-                first = start + (count - 1) * step if count else 0
-                read.append(slice(first, start + 1 if count else 0, -step))
-                post.append(slice(None, None, -1))
-                flip = True
-        else:
-            raise IndexError(f"HDF5 arrays take integers and slices, got {type(k).__name__}")
-    return read, (tuple(post) if flip else ())

@@ -1,6 +1,7 @@
 """Where an input array lives, so that another process (a cluster worker) can open it again
-and read its blocks in place instead of a copy: a zarr array, an HDF5 or N5 dataset, or one
-seen at one index of its first or last axes (a single T or C dropped, a channel picked)."""
+and read its blocks in place instead of a copy: a zarr array, an HDF5 or N5 dataset, a large
+compressed TIFF, or one seen at one index of its first or last axes (a single T or C dropped,
+a channel picked)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import H5_SUFFIXES, N5_SUFFIX, suffix_of
+from .common import H5_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, suffix_of
 from .hdf5 import H5Array
 from .n5 import N5Array
+from .tiff import TiffArray
 from .velox import velox_dataset
 from .views import AxesPicked, FramesFirst
 
@@ -19,8 +21,9 @@ __all__ = ["source_of", "open_source"]
 
 def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] | None:
     """(file or store, array path inside it, indices taken on the first axes, on the last) of
-    a zarr array, an :class:`~.hdf5.H5Array` or an :class:`~.n5.N5Array` on the local file
-    system, or of an :class:`~.views.AxesPicked` view of one, or of a dask array that only
+    a zarr array, an :class:`~.hdf5.H5Array`, an :class:`~.n5.N5Array` or a
+    :class:`~.tiff.TiffArray` on the local file system, or of an :class:`~.views.AxesPicked`
+    view of one, or of a dask array that only
     wraps one of these (``da.from_array``, ``da.from_zarr``: how napari layers of files and
     stores come); None for anything else (numpy, other dask arrays)."""
     if hasattr(array, "dask"):  # a napari layer of a file or store: the array it wraps, if nothing else
@@ -35,6 +38,8 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
         return array.file, array.name, lead, trail
     if isinstance(array, N5Array):
         return array.root, array.name, lead, trail
+    if isinstance(array, TiffArray):
+        return array.file, "", lead, trail
     import zarr
 
     if not isinstance(array, zarr.Array):
@@ -54,6 +59,8 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
         arr = FramesFirst(arr) if velox_dataset(key) and arr.ndim == 3 else arr  # Velox: (y, x, frames)
     elif suffix_of(Path(where)) == N5_SUFFIX:
         arr = N5Array(where, key)
+    elif suffix_of(Path(where)) in TIFF_SUFFIXES:
+        arr = TiffArray(where)
     else:
         import zarr
 

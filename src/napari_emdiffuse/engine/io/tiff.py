@@ -23,16 +23,16 @@ from .common import (
     suffix_of,
 )
 from .units import nm_factor
-from .views import drop_single_axes
+from .views import LazyArray, ascending_index, drop_single_axes
 
-__all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "read_tiff", "write_tiff"]
+__all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "TiffArray", "read_tiff", "write_tiff"]
 
 #: TIFFs larger than this are written as BigTIFF (classic TIFF offsets are 32-bit and many
 #: readers treat them as signed).
 BIGTIFF_MIN_BYTES = 2**31
 #: Uncompressed, contiguous TIFFs at least this large are memory-mapped read-only instead of
-#: loaded, so a multi-GB volume does not have to fit in RAM. Smaller ones are plain, writable
-#: in-memory arrays.
+#: loaded, and compressed or tiled ones are read lazily (:class:`TiffArray`), so a multi-GB
+#: volume does not have to fit in RAM. Smaller ones are plain, writable in-memory arrays.
 TIFF_MMAP_MIN_BYTES = 2**30
 
 # Sample formats ImageJ can open; anything else is written as a plain TIFF with a JSON description.
@@ -137,8 +137,9 @@ def _without_databar(tif: Any, data: np.ndarray) -> tuple[np.ndarray, str | None
     return data[(slice(None),) * y + (slice(0, rows),)], databar_note(bar)
 
 
-def _tiff_pixels(path: Path, series: Any) -> np.ndarray:
-    """Memory-map large uncompressed files (read-only), load everything else."""
+def _tiff_pixels(path: Path, series: Any) -> Any:
+    """Memory-map large uncompressed files (read-only), read large compressed greyscale ones
+    lazily, load everything else."""
     dtype = np.dtype(series.dtype)
     nbytes = int(np.prod(series.shape, dtype=np.int64)) * dtype.itemsize
     if nbytes >= TIFF_MMAP_MIN_BYTES and series.dataoffset is not None and dtype.isnative:
@@ -146,7 +147,61 @@ def _tiff_pixels(path: Path, series: Any) -> np.ndarray:
             return tifffile.memmap(path, series=0, mode="r")
         except ValueError:  # not mappable after all (e.g. odd layout): read normally
             pass
+    if nbytes >= TIFF_MMAP_MIN_BYTES and "S" not in str(series.axes):
+        return TiffArray(path)
     return np.asarray(series.asarray())
+
+
+class TiffArray(LazyArray):
+    """The first image series of a TIFF (a compressed or tiled stack or image) read lazily:
+    indexing decodes only the pages or tiles it touches (tifffile's zarr view of the file),
+    negative steps included. The file stays open while the array is used; the array pickles as
+    its path, so cluster workers open the file themselves (:func:`~.sources.open_source`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "stack.tif"
+    >>> tifffile.imwrite(p, np.arange(60, dtype=np.uint8).reshape(3, 4, 5), compression="zlib")
+    >>> a = TiffArray(p)
+    >>> a.shape, a.dtype, a[2, ::-1, 0].tolist()
+    ((3, 4, 5), dtype('uint8'), [55, 50, 45, 40])
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.file = str(Path(path).resolve())
+        self._open: Any = None
+        z = self._zarr()
+        self.shape: tuple[int, ...] = tuple(int(n) for n in z.shape)
+        self.dtype = np.dtype(z.dtype)
+        self.chunks: tuple[int, ...] = tuple(int(c) for c in z.chunks)
+
+    def _zarr(self) -> Any:
+        if self._open is None:
+            import zarr
+
+            self._open = zarr.open(tifffile.imread(self.file, aszarr=True, series=0, level=0), mode="r")
+        return self._open
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        read, post = ascending_index(key, self.shape)
+        try:
+            out = np.asarray(self._zarr()[tuple(read)])
+        except (IndexError, MemoryError):
+            raise
+        except Exception as exc:  # a damaged page or tile: each codec raises its own error
+            raise InputError(f"cannot read '{self.file}': {reason(exc)}") from exc
+        return out[post] if post else out
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": None}  # an open file does not travel
+
+    def __dask_tokenize__(self) -> tuple:
+        st = os.stat(self.file)
+        return ("TiffArray", self.file, st.st_mtime_ns, st.st_size)
+
+    def __repr__(self) -> str:
+        return f"TiffArray('{self.file}', shape={self.shape}, dtype={self.dtype})"
 
 
 def _check_imagej_complete(path: Path, tif: Any, series: Any) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["AxesPicked", "FramesFirst", "LazyArray", "check_one_channel", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
+__all__ = ["AxesPicked", "FramesFirst", "LazyArray", "ascending_index", "check_one_channel", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
 
 
 class LazyArray:
@@ -64,6 +64,42 @@ def full_index(key: Any, ndim: int) -> tuple:
     if len(key) > ndim:
         raise IndexError(f"too many indices for an array of {ndim} dimensions")
     return key + (slice(None),) * (ndim - len(key))
+
+
+def ascending_index(key: Any, shape: tuple[int, ...]) -> tuple[list, tuple]:
+    """A basic index split into what to read (integers and positive-step slices, which HDF5,
+    zarr and the TIFF pages select natively) and the numpy index to apply afterwards (the
+    reversal of negative steps; empty when there is none).
+
+    Examples
+    --------
+    >>> ascending_index((slice(None, None, -2), 1), (5, 3))
+    ([slice(0, 5, 2), 1], (slice(None, None, -1),))
+    """
+    key = full_index(key, len(shape))
+    read: list = []
+    post: list = []
+    flip = False
+    for k, n in zip(key, shape):
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            i = int(k) + n if k < 0 else int(k)
+            if not 0 <= i < n:
+                raise IndexError(f"index {int(k)} is out of bounds for an axis of size {n}")
+            read.append(i)
+        elif isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            count = len(range(start, stop, step))
+            if step > 0:
+                read.append(slice(start, start + max(count - 1, 0) * step + 1 if count else start, step))
+                post.append(slice(None))
+            else:  # read ascending, reverse afterwards
+                first = start + (count - 1) * step if count else 0
+                read.append(slice(first, start + 1 if count else 0, -step))
+                post.append(slice(None, None, -1))
+                flip = True
+        else:
+            raise IndexError(f"these arrays take integers and slices, got {type(k).__name__}")
+    return read, (tuple(post) if flip else ())
 
 
 def single_axes(shape: tuple[int, ...]) -> tuple[int, int]:

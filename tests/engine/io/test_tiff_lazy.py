@@ -1,0 +1,85 @@
+"""Large compressed or tiled TIFFs are read lazily (TiffArray): a page or tile is decoded when
+an index needs it, so a multi-GB compressed stack does not have to fit in memory."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_emdiffuse.engine.io import tiff
+from napari_emdiffuse.engine.io.images import read_image
+from napari_emdiffuse.engine.io.sources import open_source, source_of
+from napari_emdiffuse.engine.io.tiff import TiffArray
+
+
+@pytest.fixture
+def stack():
+    return (np.random.default_rng(5).random((6, 40, 48)) * 255).astype(np.uint8)
+
+
+def test_a_large_compressed_stack_is_read_lazily_with_its_calibration(tmp_path, stack, monkeypatch):
+    path = tmp_path / "fib.tif"
+    tifffile.imwrite(path, stack, imagej=True, resolution=(1 / 5, 1 / 5), compression="zlib",
+                     metadata={"unit": "nm", "spacing": 15.0, "axes": "ZYX"})  # fmt: skip
+    assert isinstance(read_image(path).data, np.ndarray)  # the control: small files are loaded
+    monkeypatch.setattr(tiff, "TIFF_MMAP_MIN_BYTES", 1000)
+    img = read_image(path)
+    assert isinstance(img.data, TiffArray) and img.spacing == (15.0, 5.0, 5.0) and img.axes == "ZYX"
+    for key in itertools.product([0, -1, slice(None), slice(None, None, -2)], [3, slice(5, 30, 4)], [slice(None), slice(40, 2, -3)]):
+        assert np.array_equal(img.data[key], stack[key]), key
+    assert np.array_equal(np.asarray(img.data), stack)
+    assert np.array_equal(pickle.loads(pickle.dumps(img.data))[4], stack[4])  # reopens the file
+    where = source_of(img.data)
+    assert where == (str(path.resolve()), "", (), ())
+    assert np.array_equal(np.asarray(open_source(*where)), stack)
+
+
+def test_a_large_tiled_image_reads_only_its_tiles(tmp_path, monkeypatch):
+    image = (np.arange(96 * 128) % 251).astype(np.uint8).reshape(96, 128)
+    path = tmp_path / "montage.tif"
+    tifffile.imwrite(path, image, tile=(32, 32), compression="zlib")
+    monkeypatch.setattr(tiff, "TIFF_MMAP_MIN_BYTES", 1000)
+    img = read_image(path)
+    assert isinstance(img.data, TiffArray) and img.data.chunks == (32, 32)
+    assert np.array_equal(img.data[40:70, 100:5:-7], image[40:70, 100:5:-7])
+
+
+def test_a_lazy_tiff_restores_in_place_on_workers(tmp_path, stack, monkeypatch, tiny_model_dir):
+    """A cluster run reads the file itself (no staged copy) and writes what one process writes."""
+    import zarr
+
+    from napari_emdiffuse.api import restore_to_zarr, restore_to_zarr_iter
+
+    path = tmp_path / "fib.tif"
+    tifffile.imwrite(path, stack, compression="zlib")
+    monkeypatch.setattr(tiff, "TIFF_MMAP_MIN_BYTES", 1000)
+    data = read_image(path).data
+    kw = dict(block=32, steps=2, tile=32, overlap=8, device="cpu", z_filter="off")
+    restore_to_zarr(stack, tmp_path / "one.zarr", "denoise", str(tiny_model_dir), **kw)
+    events = list(restore_to_zarr_iter(data, tmp_path / "two.zarr", "denoise", str(tiny_model_dir), workers=2, **kw))
+    assert not any("copying the input" in (e.message or "") for e in events[:-1])
+    one = zarr.open_array(str(tmp_path / "one.zarr"), mode="r")[:]
+    two = zarr.open_array(str(tmp_path / "two.zarr"), mode="r")[:]
+    assert np.abs(one.astype(int) - two.astype(int)).max() <= 1
+
+
+def test_a_damaged_page_of_a_lazy_tiff_is_refused_in_one_line(tmp_path, stack, monkeypatch):
+    from napari_emdiffuse.engine.errors import InputError
+
+    path = tmp_path / "fib.tif"
+    tifffile.imwrite(path, stack, compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[3].dataoffsets[0]
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + 64] = bytes(64)  # zeros where page 3's deflate stream starts
+    path.write_bytes(bytes(raw))
+    monkeypatch.setattr(tiff, "TIFF_MMAP_MIN_BYTES", 1000)
+    img = read_image(path)
+    assert np.array_equal(img.data[2], stack[2])  # the control: other pages read
+    with pytest.raises(InputError, match="fib.tif") as exc:
+        img.data[3]
+    assert "\n" not in str(exc.value)
