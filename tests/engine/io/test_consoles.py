@@ -82,6 +82,16 @@ def test_a_jeol_image_takes_its_pixel_size_from_the_micron_marker(tmp_path, mark
     assert img.spacing == ((size, size) if size else None)
 
 
+def test_a_jeol_data_bar_below_the_full_size_scan_is_left_out(tmp_path):
+    path = tmp_path / "jsm.tif"
+    tifffile.imwrite(path, np.concatenate([np.full((960, 1280), 7, np.uint8), np.zeros((64, 1280), np.uint8)]))
+    (tmp_path / "jsm.txt").write_text(JEOL.format(marker="5um"))
+    img = read_image(path)
+    assert img.data.shape == (960, 1280) and int(img.data.min()) == 7 and "64 rows" in img.note
+    tifffile.imwrite(path, np.zeros((1024, 1000), np.uint8))  # the control: another width keeps its rows
+    assert read_image(path).data.shape == (1024, 1000)
+
+
 def test_a_text_file_of_another_kind_beside_an_image_gives_nothing(tmp_path):
     path = tmp_path / "notes.tif"
     tifffile.imwrite(path, _scan())

@@ -11,8 +11,11 @@ the scan.
 - Hitachi (SU, Regulus, HT): a ``.txt`` file beside the image, ``[SemImageFile]`` or
   ``[TemImageFile]``, ``PixelSize`` in nm and ``DataSize`` (width x height of the scan).
 - JEOL (JSM, IT): a ``.txt`` file beside the image, ``$$SM_MICRON_MARKER`` (a length such as
-  ``5um``) drawn ``$$SM_MICRON_BAR`` pixels long, on an image ``$CM_FULL_SIZE`` pixels wide.
-  The marker's whole pixels limit that size to about 1 part in the bar's length.
+  ``5um``) drawn ``$$SM_MICRON_BAR`` pixels long, on a scan ``$CM_FULL_SIZE`` pixels wide and
+  tall. The marker's whole pixels limit that size to about 1 part in the bar's length.
+
+Where a Hitachi or JEOL image is as wide as its scan and taller, the rows below the scan are
+the data bar.
 
 Each reader returns ``{"X": (nm, "nm"), "Y": (nm, "nm")}`` or ``{}``; odd metadata means no
 calibration, never an error.
@@ -63,7 +66,7 @@ def sidecar_pixel_size(path: str | Path, width: int) -> dict[str, tuple[float, s
 
 def console_scan_rows(tif: Any, height: int) -> tuple[int, int] | None:
     """(scanned rows, data bar rows) of an image ``height`` rows tall whose console pasted a
-    data bar below the scan (Thermo Fisher / FEI; Hitachi: :func:`sidecar_scan_rows`), or
+    data bar below the scan (Thermo Fisher / FEI; Hitachi, JEOL: :func:`sidecar_scan_rows`), or
     None where the metadata do not add up to it (no bar, or another file)."""
     try:
         md = (tif.fei_metadata or {}) if tif.is_fei else {}
@@ -81,8 +84,9 @@ def console_scan_rows(tif: Any, height: int) -> tuple[int, int] | None:
 
 
 def sidecar_scan_rows(path: str | Path, width: int, height: int) -> tuple[int, int] | None:
-    """(scanned rows, data bar rows) of an image ``width`` x ``height`` whose Hitachi text
-    file says the scan (``DataSize``) is as wide and less tall; None otherwise.
+    """(scanned rows, data bar rows) of an image ``width`` x ``height`` whose Hitachi or JEOL
+    text file says the scan (Hitachi ``DataSize``, JEOL ``$CM_FULL_SIZE``) is as wide and less
+    tall; None otherwise.
 
     Examples
     --------
@@ -90,7 +94,10 @@ def sidecar_scan_rows(path: str | Path, width: int, height: int) -> tuple[int, i
     True
     """
     text = _sidecar_text(path)
-    size = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", _hitachi_section(text).get("DataSize", "")) if text else None
+    if text is None:
+        return None
+    size = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", _hitachi_section(text).get("DataSize", ""))
+    size = size or re.fullmatch(r"\s*(\d+)\s+(\d+)\s*", _jeol_keys(text).get("CM_FULL_SIZE", ""))
     if size is None or int(size.group(1)) != width:
         return None
     rows = int(size.group(2))
@@ -242,12 +249,18 @@ def _hitachi(text: str) -> dict[str, tuple[float, str | None]]:
     return _xy(size, size) if is_positive(size) else {}
 
 
-def _jeol(text: str, width: int | None) -> dict[str, tuple[float, str | None]]:
+def _jeol_keys(text: str) -> dict[str, str]:
+    """``$KEY value`` and ``$$KEY value`` lines, the first of each key."""
     keys: dict[str, str] = {}
     for line in text.splitlines():
         if line.startswith("$"):
             key, _, value = line.lstrip("$").strip().partition(" ")
             keys.setdefault(key, value.strip())
+    return keys
+
+
+def _jeol(text: str, width: int | None) -> dict[str, tuple[float, str | None]]:
+    keys = _jeol_keys(text)
     marker = re.fullmatch(r"([0-9.]+)\s*([a-zA-Zµμ]+)", keys.get("SM_MICRON_MARKER", ""))
     bar = _number(keys.get("SM_MICRON_BAR", ""))
     if not (marker and is_positive(bar)) or marker.group(2) not in _MARKER_UNITS:
