@@ -522,18 +522,20 @@ def test_batch_plan_names_and_refusals(tmp_path):
 
     src = tmp_path / "scans"
     src.mkdir()
-    for name in ("b.tif", "a.png", "c.mrc", ".hidden.tif", ".d.tif.partial-1234", "notes.txt"):
+    for name in ("b.tif", "a.png", "c.mrc", "d.emd", ".hidden.tif", ".d.tif.partial-1234", "notes.txt"):
         (src / name).write_bytes(b"x")
     files = expand_inputs([str(src)])
-    assert [f.name for f in files] == ["a.png", "b.tif", "c.mrc"]  # sorted; only images
+    assert [f.name for f in files] == ["a.png", "b.tif", "c.mrc", "d.emd"]  # sorted; only images (a TEM session's .emd too)
     plan = plan_batch(files, tmp_path / "out", tmp_path / "sd")
     assert [(o.name, u.name) for _, o, u in plan] == [
-        ("a.tif", "a_uncertainty.tif"), ("b.tif", "b_uncertainty.tif"), ("c.mrc", "c_uncertainty.mrc")]
+        ("a.tif", "a_uncertainty.tif"), ("b.tif", "b_uncertainty.tif"), ("c.mrc", "c_uncertainty.mrc"),
+        ("d.tif", "d_uncertainty.tif")]
     assert (tmp_path / "out").is_dir() and (tmp_path / "sd").is_dir()
-    (tmp_path / "cremi.hdf").write_bytes(b"x")  # named explicitly (folders list TIFF, MRC, pictures)
+    (tmp_path / "cremi.hdf").write_bytes(b"x")  # named explicitly
     assert [o.name for _, o, _ in plan_batch(expand_inputs([str(tmp_path / "cremi.hdf")]), tmp_path / "out")] == [
         "cremi.tif"]  # fmt: skip
     # the uncertainty folder may lie in the output folder, both made now
+    files = files[:3]
     nested = plan_batch(files, tmp_path / "res", tmp_path / "res" / "sd")
     assert nested[0][2] == tmp_path / "res" / "sd" / "a_uncertainty.tif" and (tmp_path / "res" / "sd").is_dir()
     # refusals, each before any folder is made

@@ -47,8 +47,9 @@ def _is_store(p: Path) -> bool:
 
 
 def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
-    """The image files named: files as given, folders as their TIFF, MRC, DigitalMicrograph and picture files
-    (:func:`~.common.image_files_in`: natural order, not recursive).
+    """The image files named: files as given, folders as their TIFF, MRC, DigitalMicrograph,
+    HDF5 / Velox and picture files (:func:`~.common.image_files_in`: natural order, not
+    recursive).
 
     Raises
     ------
@@ -63,15 +64,15 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
             raise InputError(f"'{p}' is a zarr store or N5 container: restore those one at a time (their output "
                              "streams to disk)")
         if p.is_dir():
-            found = image_files_in(p)
+            found = image_files_in(p, hdf5=True)
             if not found:
-                raise InputError(f"folder '{p}' holds no .tif, .mrc, .dm3/.dm4, .png, .jpg or .bmp image")
+                raise InputError(f"folder '{p}' holds no .tif, .mrc, .dm3/.dm4, .h5/.emd, .png, .jpg or .bmp image")
             files.extend(found)
         elif not p.exists():
             raise InputError(f"cannot read '{p}': file not found")
         elif suffix_of(p) not in _FILE_SUFFIXES:
             raise InputError(f"cannot use '{p}': unsupported file type '{p.suffix or '(none)'}'; "
-                             "use .tif/.tiff, .mrc, .dm3/.dm4, .h5 or .png/.jpg/.bmp")
+                             "use .tif/.tiff, .mrc, .dm3/.dm4, .h5/.emd or .png/.jpg/.bmp")
         else:
             files.append(p)
     return files

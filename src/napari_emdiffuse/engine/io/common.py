@@ -143,11 +143,12 @@ def check_readable(path: Path, kind: str) -> None:
         raise InputError(f"cannot read '{path}': it is a folder, not {kind}")
 
 
-def image_files_in(folder: Path) -> list[Path]:
-    """The TIFF, MRC, DigitalMicrograph and picture files in a folder (not recursive), in
+def image_files_in(folder: Path, *, hdf5: bool = False) -> list[Path]:
+    """The TIFF, MRC, DigitalMicrograph and picture files in a folder (not recursive), and with
+    ``hdf5`` its HDF5 and Velox files (a batch's inputs; a volume's slices never are), in
     natural order (``slice_9`` before ``slice_10``), leaving out hidden and partially written
     files."""
-    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + PICTURE_SUFFIXES
+    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + PICTURE_SUFFIXES + (H5_SUFFIXES if hdf5 else ())
     found = [c for c in folder.iterdir() if c.is_file() and suffix_of(c) in kinds
              and not c.name.startswith(".") and ".partial" not in c.name]
     return sorted(found, key=lambda c: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", c.name)])
