@@ -128,3 +128,20 @@ def test_damaged_velox_files_are_read_or_refused_in_one_line(tmp_path):
             assert "\n" not in str(exc) and path.name in str(exc)
     assert refused >= 10
     assert np.asarray(read_image(tmp_path / "base.emd").data).shape == (3, 12, 16)
+
+
+def test_a_batch_restores_each_detector_of_a_stem_file(tmp_path, tiny_model_dir, capsys):
+    from napari_emdiffuse.cli import main
+
+    session = tmp_path / "session"
+    session.mkdir()
+    haadf, bf = _yxn(1, 1), _yxn(1, 2)
+    _velox(session / "stem.emd", [("c0", "HAADF", haadf, 2e-10), ("c1", "BF", bf, 2e-10)])
+    _velox(session / "tem.emd", [("t0", "BM-Ceta", _yxn(1, 3), 1e-10)])
+    out = tmp_path / "out"
+    assert main(["denoise", str(session), "-o", str(out), "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--steps", "2"]) == 0  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["stem_BF.tif", "stem_HAADF.tif", "tem.tif"]
+    assert read_image(out / "stem_BF.tif").spacing == pytest.approx((0.2, 0.2))
+    said = capsys.readouterr()
+    assert "stem.emd/BF" in said.out + said.err

@@ -15,6 +15,7 @@ from ..errors import InputError
 from .common import (
     DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in, suffix_of,
 )
+from .hdf5 import h5_file_of, h5_images
 from .n5 import n5_container_of
 from .zarr import zarr_store_of
 
@@ -49,7 +50,8 @@ def _is_store(p: Path) -> bool:
 def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
     """The image files named: files as given, folders as their TIFF, MRC, DigitalMicrograph,
     HDF5 / Velox and picture files (:func:`~.common.image_files_in`: natural order, not
-    recursive).
+    recursive); an HDF5 or Velox file that holds several images (STEM detectors recorded at
+    once) as each of them (``stem.emd/HAADF``, ``stem.emd/BF``).
 
     Raises
     ------
@@ -75,13 +77,15 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
                              "use .tif/.tiff, .mrc, .dm3/.dm4, .h5/.emd or .png/.jpg/.bmp")
         else:
             files.append(p)
-    return files
+    # an HDF5 or Velox file with several images (STEM detectors recorded at once) gives each
+    return [g for f in files for g in ([f / name for name in h5_images(f)] if suffix_of(f) in H5_SUFFIXES else []) or [f]]
 
 
 def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
                uncertainty_dir: str | os.PathLike[str] | None = None) -> list[BatchItem]:
     """Where each input's result goes: ``OUT_DIR/<name>`` in the input's format (pictures and
-    HDF5 files as TIFF), and its uncertainty as ``<stem>_uncertainty`` beside it or in ``uncertainty_dir``.
+    HDF5 files as TIFF; one image of several in an HDF5 or Velox file as ``<file>_<image>``),
+    and its uncertainty as ``<stem>_uncertainty`` beside it or in ``uncertainty_dir``.
 
     The folders are made if missing (their parents must exist). Nothing else is written.
 
@@ -105,8 +109,10 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     sources = {_key(f) for f in files}
     for f in files:
         ext = f.suffix if suffix_of(f) in TIFF_SUFFIXES + MRC_SUFFIXES else ".tif"
-        target = out / f"{f.stem}{ext}"
-        extra = (unc or out) / f"{f.stem}_uncertainty{ext}" if uncertainty_dir is not None else None
+        inside = h5_file_of(f)  # one image of several in a file: 'stem.emd/HAADF' -> stem_HAADF
+        stem = f"{inside[0].stem}_{inside[1].replace('/', '_')}" if inside and inside[1] else f.stem
+        target = out / f"{stem}{ext}"
+        extra = (unc or out) / f"{stem}_uncertainty{ext}" if uncertainty_dir is not None else None
         for path in (target, extra):
             if path is None:
                 continue
