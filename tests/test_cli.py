@@ -628,6 +628,20 @@ def test_isotropic_from_a_folder_of_slices(tmp_path, capsys):
     assert main(["isotropic", str(secs), "-o", str(out), "--factor", "3", "--device", "cpu"]) == 0
     res = read_image(out).data
     assert res.shape == (7, 40, 32) and np.array_equal(res[::3], vol)  # measured slices kept
+    # --voxel-size: the factor follows from it, and the result carries it
+    assert main(["isotropic", str(secs), "-o", str(out), "--voxel-size", "30", "10", "10", "--device", "cpu"]) == 0
+    res = read_image(out)
+    assert res.data.shape == (7, 40, 32) and res.spacing == (10.0, 10.0, 10.0) and res.unit == "nm"
+    assert main(["isotropic", str(secs), "-o", str(out), "--voxel-size", "10", "10", "--device", "cpu"]) == 2
+    assert "--voxel-size gives 2 values for" in capsys.readouterr().err
+
+
+def test_voxel_size_replaces_the_files_and_says_so(tmp_path, noisy_tif, tiny_model_dir, capsys):
+    out = tmp_path / "out.tif"
+    assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), *FAST, "--voxel-size", "2.5"]) == 0
+    assert read_image(out).spacing == (2.5, 2.5)
+    assert "--voxel-size replaces the file's 4 x 4 nm" in capsys.readouterr().err
+    assert main(["denoise", str(noisy_tif), "-o", str(out), "--voxel-size", "0"]) == 2  # argparse: not positive
 
 
 def test_info_says_what_will_be_read(tmp_path, capsys):

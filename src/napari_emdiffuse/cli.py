@@ -134,17 +134,15 @@ def _restore_batch(args: argparse.Namespace) -> int:
 
 def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | None) -> int:
     from .engine.errors import InputError
-    from .engine.io.images import read_image, write_image
+    from .engine.io.images import write_image
     from .api import restore_iter, restore_to_zarr_iter
     from .engine.inference.checks import validate_image
     from .engine.inference.restore import provenance
     from .engine.io.views import check_one_channel
 
-    data = read_image(args.input, channel=args.channel, time=args.time)
+    data = _read_input(args)
     check_one_channel(tuple(data.data.shape), data.axes, str(args.input))
     validate_image(data.data)
-    if data.note:
-        print(f"{PROG}: note: {data.note}", file=sys.stderr)
     model = load(args)
     kw = _sampling_kwargs(args)
     kw.pop("arch")
@@ -206,16 +204,37 @@ def _note_fill(normalisation: dict | None) -> None:
         print(f"{PROG}: note: NaN pixels are taken as no data and kept as NaN (0 in integer outputs)", file=sys.stderr)
 
 
+def _read_input(args: argparse.Namespace) -> Any:
+    """The input as ``read_image`` reads it (its note told), with ``--voxel-size`` in place of
+    the pixel size the file records, if any."""
+    from .engine.errors import InputError
+    from .engine.io.images import read_image
+
+    data = read_image(args.input, channel=args.channel, time=args.time)
+    if data.note:
+        print(f"{PROG}: note: {data.note}", file=sys.stderr)
+    given = getattr(args, "voxel_size", None)
+    if given:
+        ndim = data.data.ndim
+        values = tuple(float(v) for v in (given * 2 if len(given) == 1 and ndim == 2 else given))
+        if len(values) != ndim:
+            raise InputError(f"--voxel-size gives {len(given)} value{'s' * (len(given) > 1)} for '{args.input}', "
+                             f"a {ndim}-D image; give {'z y x' if ndim == 3 else 'y x'} in nm")
+        if data.spacing is not None and data.unit == "nm" and tuple(data.spacing) != values:
+            old = " x ".join(f"{v:g}" for v in data.spacing)
+            print(f"{PROG}: note: --voxel-size replaces the file's {old} nm", file=sys.stderr)
+        data.spacing, data.unit = values, "nm"
+    return data
+
+
 def _cmd_isotropic(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
-    from .engine.io.images import read_image, write_image
+    from .engine.io.images import write_image
     from .engine.io.views import check_one_channel
     from .api import reconstruct_isotropic_iter
 
     out, unc = _check_outputs(args, args.output, args.uncertainty)
-    data = read_image(args.input, channel=args.channel, time=args.time)
-    if data.note:
-        print(f"{PROG}: note: {data.note}", file=sys.stderr)
+    data = _read_input(args)
     check_one_channel(tuple(data.data.shape), data.axes, str(args.input))
     if data.data.ndim != 3:
         more = "; several channels or time points? read one with --channel/--time" if data.data.ndim > 3 else ""

@@ -68,6 +68,14 @@ def _pick_options(p: argparse.ArgumentParser) -> None:
                    help="likewise, the time point to read, from 0")
 
 
+def _voxel_option(p: argparse.ArgumentParser) -> None:
+    """--voxel-size: the input's calibration where the file records none, or a wrong one."""
+    p.add_argument("--voxel-size", type=_positive_float, nargs="+", metavar="NM", default=None,
+                   help="the input's pixel size in nm, in place of what the file says: y x (or one value) for an "
+                        "image, z y x for a volume; results are written with it, and a volume's isotropic "
+                        "factor follows from it")
+
+
 def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> None:
     from .engine.core.samplers import SAMPLERS
     from .engine.inference.canvas import PRESETS
@@ -140,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the per-pixel uncertainty (std, input units) here; for a batch, a folder "
                             "(files named <name>_uncertainty)")
         _pick_options(p)
+        _voxel_option(p)
         _sampling_options(p)
         p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                        help="mirror ensemble: samples 2-4 see the image mirrored (default: on for --preset balanced)")
@@ -159,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--denoise-model; the measured slices are then replaced by the denoised ones")
     p.add_argument("--denoise-model", metavar="MODEL", help="the denoising model for --denoise (implies it)")
     _pick_options(p)
+    _voxel_option(p)
     _sampling_options(p)
 
     p = sub.add_parser("info", help="what the restoration commands will read from files: shape, type, voxel size",
