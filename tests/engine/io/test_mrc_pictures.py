@@ -235,7 +235,7 @@ def test_a_folder_of_calibrated_slices_tells_their_pixel_size(tmp_path, capsys):
         tifffile.imwrite(tmp_path / f"slice_{z:04d}.tif", np.full((6, 8), z, np.uint8), extratags=[(34682, "B", 0, fei, True)])
     vol = read_image(tmp_path)
     assert vol.spacing is None
-    assert vol.note == "slices of 5 x 5 nm pixels; the files record no section thickness, so give the isotropic factor"
+    assert vol.note == "slices of 5 x 5 nm pixels; the files record no section thickness, so give the isotropic factor or the voxel size"
     assert main(["info", str(tmp_path)]) == 0
     assert "3 x 6 x 8 uint8, axes ZYX, no pixel size; slices of 5 x 5 nm pixels" in capsys.readouterr().out
 

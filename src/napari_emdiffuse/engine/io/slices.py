@@ -63,5 +63,5 @@ def read_slices(folder: Path, read: Callable[[Path], ImageData]) -> ImageData:
     note = None
     if head.spacing is not None and len(head.spacing) == 2:
         size = " x ".join(f"{v:g}" for v in head.spacing) + f" {head.unit or '(unit unknown)'}"
-        note = f"slices of {size} pixels; the files record no section thickness, so give the isotropic factor"
+        note = f"slices of {size} pixels; the files record no section thickness, so give the isotropic factor or the voxel size"
     return ImageData(data=da.stack(planes), spacing=None, unit=None, axes="ZYX", path=folder, note=note)
