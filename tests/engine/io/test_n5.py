@@ -189,3 +189,28 @@ def test_two_dask_inputs_of_one_shape_are_told_apart_for_resuming():
 
     a, b = da.zeros((2, 8, 8), chunks=4), da.ones((2, 8, 8), chunks=4)
     assert input_identity(a) != input_identity(b) and "dask" in input_identity(a)
+
+
+def test_a_bigdataviewer_n5_export_takes_its_voxel_size_from_the_xml(tmp_path, vol, capsys):
+    """BigStitcher's N5: setup0/timepoint0/s0, s1 ..., factors on setup0, the size in the XML."""
+    from napari_emdiffuse.cli import main
+
+    root = tmp_path / "dataset.n5"
+    root.mkdir()
+    (root / "attributes.json").write_text(json.dumps({"n5": "2.5.1"}))
+    _write_n5(root / "setup0" / "timepoint0" / "s0", vol)
+    _write_n5(root / "setup0" / "timepoint0" / "s1", vol[:, ::2, ::2].copy())
+    (root / "setup0" / "attributes.json").write_text(json.dumps({"downsamplingFactors": [[1, 1, 1], [2, 2, 1]],
+                                                                  "dataType": "uint16"}))  # fmt: skip
+    assert read_image(root).spacing is None  # the control: no XML yet, no voxel size
+    (tmp_path / "dataset.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><SpimData version="0.2"><BasePath type="relative">.</BasePath>'
+        '<SequenceDescription><ImageLoader format="bdv.n5" version="1.0"><n5 type="relative">dataset.n5</n5>'
+        "</ImageLoader><ViewSetups><ViewSetup><id>0</id><voxelSize><unit>µm</unit><size>0.004 0.004 0.05</size>"
+        "</voxelSize></ViewSetup></ViewSetups></SequenceDescription></SpimData>"
+    )
+    img = read_image(root)
+    assert np.array_equal(np.asarray(img.data), vol) and img.spacing == (50.0, 4.0, 4.0) and img.unit == "nm"
+    assert read_image(root / "setup0" / "timepoint0" / "s1").spacing == (50.0, 8.0, 8.0)
+    assert main(["info", str(root)]) == 0
+    assert "50 x 4 x 4 nm" in capsys.readouterr().out

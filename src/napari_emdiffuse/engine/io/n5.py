@@ -11,7 +11,8 @@ C order of the reversed size. A missing block is empty (zeros). Read only.
 one, the container's only dataset is read, or the finest level (``s0``) of its only multiscale
 group. The voxel size comes from COSEM's ``transform`` (axes, scale, units), from
 ``pixelResolution`` (dimensions, unit) or ``resolution`` (nm) on the dataset or, times its
-``downsamplingFactors``, on its group.
+``downsamplingFactors``, on its group; for a BigDataViewer container (``setup0/timepoint0/s0``),
+from the XML beside it (:mod:`.bdv`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .bdv import bdv_n5_spacing
 from .calibration import to_nm
 from .common import N5_SUFFIX, ImageData, likely_image, suffix_of
 from .views import LazyArray, drop_single_axes, full_index
@@ -141,8 +143,9 @@ def _calibration(root: Path, key: str, ndim: int) -> tuple[tuple[float, ...] | N
             if isinstance(factors, list) and len(factors) == ndim:
                 values = [v * float(f) for v, f in zip(group[0], reversed(factors))]
                 found = (values, group[1])
-    if found is None:
-        return None, None
+    if found is None:  # a BigDataViewer container: the size is in the XML beside it
+        parts = key.strip("/").split("/")
+        return bdv_n5_spacing(root, key, _attributes(root / parts[0]) if parts[0] else {})
     values, units = found
     if not all(np.isfinite(v) and v > 0 for v in values):
         return None, None
