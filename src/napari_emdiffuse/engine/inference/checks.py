@@ -9,7 +9,8 @@ import numpy as np
 from ..errors import InputError
 from ..io.views import drop_single_axes
 
-__all__ = ["validate_image", "owned_array", "check_finite", "output_dtype", "check_block"]
+__all__ = ["validate_image", "owned_array", "check_finite", "output_dtype", "check_block", "available_memory",
+           "check_fits_in_memory"]
 
 _SUPPORTED = "uint8, uint16, int8, int16, int32, uint32, float16, float32 or float64"
 
@@ -76,3 +77,36 @@ def check_block(block: Any) -> None:
     """Refuse a block edge that is not a positive whole number of pixels."""
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
         raise InputError(f"block must be a positive number of pixels, got {block!r}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (psutil's ``available``), or None where it
+    cannot be told."""
+    try:
+        import psutil  # installed with distributed
+    except ImportError:  # pragma: no cover - a dependency's dependency
+        return None
+    try:
+        return int(psutil.virtual_memory().available)
+    except Exception:  # an odd platform: no check rather than a wrong one
+        return None
+
+
+def check_fits_in_memory(shape: tuple[int, ...], dtype: Any, *, uncertainty: bool) -> None:
+    """Refuse, before any work, a result held in memory that the machine cannot hold: a run
+    that would fail only after hours, or swap. Results written to zarr go block by block and
+    need no such room.
+
+    Examples
+    --------
+    >>> check_fits_in_memory((64, 64), np.uint8, uncertainty=True)  # a few kB: fine
+    """
+    need = int(np.prod(shape, dtype=np.float64)) * (np.dtype(dtype).itemsize + (4 if uncertainty else 0))
+    free = available_memory()
+    if free is None or need <= 0.8 * free:
+        return
+    what = " and its uncertainty" if uncertainty else ""
+    raise InputError(
+        f"the result{what} ({' x '.join(str(n) for n in shape)}, {need / 2**30:.1f} GiB) would not fit in "
+        f"memory ({free / 2**30:.1f} GiB free); write it to a .zarr output, which is written block by block"
+    )

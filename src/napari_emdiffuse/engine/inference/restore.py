@@ -44,7 +44,7 @@ from .blocks import (
     input_identity, pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from ..io.ledger import Ledger
-from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
+from .checks import check_block, check_finite, check_fits_in_memory, output_dtype, owned_array, validate_image
 from .fill import fill_mask, inpaint_nearest, upscale_mask
 from .tiling import TilePlan, pad_to
 from .zfilter import ZFilter, plan_z_filter, smooth_along_z
@@ -395,6 +395,7 @@ def restore_iter(
 
     def run(edge: int) -> Generator[Progress, None, None]:
         plan = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s)
+        check_fits_in_memory(plan.out_shape, out_dtype, uncertainty=want_std)
         result["mean"] = np.empty(plan.out_shape, dtype=out_dtype)
         result["unc"] = np.empty(plan.out_shape, dtype=np.float32) if want_std else None
         yield from _run_plan(m, image, plan, BlockTarget(norm, opts, dev, out_dtype, result["mean"], result["unc"]))

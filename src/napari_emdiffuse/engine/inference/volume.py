@@ -57,7 +57,7 @@ from .canvas import (
     MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
     sampling_request, unmirror,
 )
-from .checks import check_block, check_finite, output_dtype, owned_array, validate_image
+from .checks import check_block, check_finite, check_fits_in_memory, output_dtype, owned_array, validate_image
 from .fill import fill_mask, inpaint_nearest
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
 from .denoise_first import check_denoiser, denoise_first, scratch_beside, store_path
@@ -526,6 +526,7 @@ def reconstruct_isotropic_iter(
             return run
 
         if out_path is None:
+            check_fits_in_memory(plan.out_shape, out_dtype, uncertainty=want_std)
             result = np.empty(plan.out_shape, dtype=out_dtype)
             unc_arr = np.zeros(plan.out_shape, dtype=np.float32) if want_std else None
             yield from shrinking_blocks(run_into(result, unc_arr), block, opts.tile)

@@ -1,0 +1,56 @@
+"""A result held in memory that the machine cannot hold is refused before any work, with the
+way out (a .zarr output, written block by block)."""
+
+import numpy as np
+import pytest
+
+from napari_emdiffuse.engine.errors import InputError
+from napari_emdiffuse.engine.inference import checks
+
+
+@pytest.fixture
+def little_memory(monkeypatch):
+    monkeypatch.setattr(checks, "available_memory", lambda: 2_000)  # bytes: a 64² result (4 kB) does not fit
+
+
+def test_an_in_memory_result_too_large_is_refused_and_zarr_still_works(tmp_path, tiny_model_dir, little_memory, capsys):
+    import tifffile
+    import zarr
+
+    from napari_emdiffuse.api import restore, restore_to_zarr
+    from napari_emdiffuse.cli import main
+
+    image = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    kw = dict(steps=2, tile=32, overlap=8, device="cpu")
+    with pytest.raises(InputError, match=r"would not fit in memory \(0.0 GiB free\); write it to a .zarr output"):
+        restore(image, "denoise", str(tiny_model_dir), **kw)
+    restore_to_zarr(image, tmp_path / "out.zarr", "denoise", str(tiny_model_dir), **kw)  # the way out
+    assert zarr.open_array(str(tmp_path / "out.zarr"), mode="r").shape == (64, 64)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    assert main(["denoise", str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.tif"), "--model", str(tiny_model_dir),
+                 "--device", "cpu", "--steps", "2"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "would not fit in memory" in err and "Traceback" not in err and not (tmp_path / "out.tif").exists()
+
+
+def test_the_check_counts_the_uncertainty_and_passes_what_fits(monkeypatch):
+    monkeypatch.setattr(checks, "available_memory", lambda: 10_000)
+    checks.check_fits_in_memory((50, 50), np.uint8, uncertainty=False)  # 2.5 kB of 10 kB
+    with pytest.raises(InputError, match="and its uncertainty"):
+        checks.check_fits_in_memory((50, 50), np.uint8, uncertainty=True)  # 12.5 kB
+    monkeypatch.setattr(checks, "available_memory", lambda: None)  # unknown: no refusal
+    checks.check_fits_in_memory((10**6, 10**6), np.float32, uncertainty=True)
+
+
+def test_an_isotropic_volume_too_large_for_memory_is_refused(tmp_path, little_memory):
+    from napari_emdiffuse.api import reconstruct_isotropic
+    from napari_emdiffuse.engine.models import cards, factory
+
+    m = factory.create_EMDiffuse("vEMDiffuse-i", inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[],
+                                 num_head_channels=16)  # fmt: skip
+    m.card.normalisation, m.card.overlap, m.card.tile = cards.Normalisation(), 8, 32
+    vol = (np.random.default_rng(1).random((3, 40, 40)) * 255).astype(np.uint8)
+    with pytest.raises(InputError, match=r"result \(7 x 40 x 40, .*write it to a .zarr output"):
+        reconstruct_isotropic(vol, 3, m, steps=2, tile=32, overlap=8, device="cpu")
+    out = reconstruct_isotropic(vol, 3, m, steps=2, tile=32, overlap=8, device="cpu", out=tmp_path / "iso.zarr")
+    assert out.volume.shape == (7, 40, 40)
