@@ -133,6 +133,7 @@ def _restore_batch(args: argparse.Namespace) -> int:
 
 
 def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | None) -> int:
+    from .cli_spill import remove_spill, spill_store, write_spilled
     from .engine.errors import InputError
     from .engine.io.images import write_image
     from .api import restore_iter, restore_to_zarr_iter
@@ -167,6 +168,22 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
         _note_fill(attrs.get("normalisation"))
         _note_blur(attrs)
         print(f"wrote {out}", file=sys.stderr)
+        return 0
+    s = model.card.scale if args.task == "super-resolve" else 1
+    spill = spill_store(out, (*data.data.shape[:-2], data.data.shape[-2] * s, data.data.shape[-1] * s), data.data)
+    if spill is not None:  # a stack too large for memory: through a store beside the output
+        spill_unc = spill.with_name(spill.name.replace(".partial-", ".uncertainty.partial-")) if unc else None
+        try:
+            drive(restore_to_zarr_iter(data.data, spill, args.task, model, uncertainty_out=spill_unc,
+                                       spacing=data.spacing, **kw))  # fmt: skip
+            from .engine.io.zarr import open_zarr_readonly
+
+            attrs = dict(open_zarr_readonly(spill).attrs)
+            _note_fill(attrs.get("normalisation"))
+            print(f"wrote {' and '.join(write_spilled(out, unc, spill, spill_unc, data, str(args.input), attrs))}",
+                  file=sys.stderr)
+        finally:
+            remove_spill(spill, spill_unc)
         return 0
     result = drive(restore_iter(data.data, args.task, model, spacing=data.spacing, **kw))
     if result is None:  # pragma: no cover - the generator always ends with a result
@@ -228,6 +245,7 @@ def _read_input(args: argparse.Namespace) -> Any:
 
 
 def _cmd_isotropic(args: argparse.Namespace) -> int:
+    from .cli_spill import remove_spill, spill_store, write_spilled
     from .engine.errors import InputError
     from .engine.io.images import write_image
     from .engine.io.views import check_one_channel
@@ -249,13 +267,27 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     if args.resume and not _is_zarr(out):
         raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
     zarr_out = out if _is_zarr(out) else None
+    if zarr_out is None and not distributed:  # a volume too large for memory: through a store beside the output
+        from .engine.io.spacing import factor_from_spacing
+
+        f = args.factor or factor_from_spacing(data.spacing)
+        z, y, x = data.data.shape
+        zarr_out = spill_store(out, ((z - 1) * f + 1, y, x), data.data)
+    spilled = zarr_out is not None and zarr_out != out
+    unc_out = zarr_out.with_name(zarr_out.name.replace(".partial-", ".uncertainty.partial-")) if spilled and unc else unc
     denoise = args.denoise_model or (True if args.denoise else None)
-    gen = reconstruct_isotropic_iter(
-        data.data, args.factor, args.model, mode=args.mode, spacing=data.spacing, out=zarr_out,
-        uncertainty=(str(unc) if zarr_out is not None and unc is not None else unc is not None),
-        workers=args.workers, scheduler=args.scheduler, denoise=denoise, resume=args.resume, **kw,
-    )
-    result = drive(gen)
+    try:
+        gen = reconstruct_isotropic_iter(
+            data.data, args.factor, args.model, mode=args.mode, spacing=data.spacing, out=zarr_out,
+            uncertainty=(str(unc_out) if zarr_out is not None and unc_out is not None else unc is not None),
+            workers=args.workers, scheduler=args.scheduler, denoise=denoise, resume=args.resume, **kw,
+        )
+        result = drive(gen)
+        if spilled:
+            write_spilled(out, unc, zarr_out, unc_out, data, str(args.input), {**result.info, "spacing": result.spacing})
+    finally:
+        if spilled:
+            remove_spill(zarr_out, unc_out)
     _note_fill(result.info.get("normalisation"))
     if zarr_out is None:
         from .engine.inference.restore import provenance

@@ -54,3 +54,53 @@ def test_an_isotropic_volume_too_large_for_memory_is_refused(tmp_path, little_me
         reconstruct_isotropic(vol, 3, m, steps=2, tile=32, overlap=8, device="cpu")
     out = reconstruct_isotropic(vol, 3, m, steps=2, tile=32, overlap=8, device="cpu", out=tmp_path / "iso.zarr")
     assert out.volume.shape == (7, 40, 40)
+
+
+def test_a_stack_too_large_for_memory_reaches_a_tiff_or_mrc_output_through_a_store(tmp_path, tiny_model_dir, capsys,
+                                                                                    monkeypatch):
+    """The CLI restores it into a hidden zarr store beside the output, writes the file from it
+    slice by slice and removes the store: the same pixels as a run held in memory."""
+    import tifffile
+
+    from napari_emdiffuse.cli import main
+    from napari_emdiffuse.engine.io.images import read_image
+
+    stack = (np.random.default_rng(2).random((3, 48, 40)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", stack, imagej=True, resolution=(0.25, 0.25), metadata={"unit": "nm", "spacing": 8.0, "axes": "ZYX"})
+    args = ["--model", str(tiny_model_dir), "--device", "cpu", "--steps", "2", "--z-filter", "off"]
+    assert main(["denoise", str(tmp_path / "in.tif"), "-o", str(tmp_path / "ram.tif"), *args]) == 0
+    monkeypatch.setattr(checks, "available_memory", lambda: 2_000)
+    for out in ("disk.tif", "disk.mrc"):
+        assert main(["denoise", str(tmp_path / "in.tif"), "-o", str(tmp_path / out), *args]) == 0
+        assert "goes through a temporary .zarr beside" in capsys.readouterr().err
+        got = read_image(tmp_path / out)
+        assert np.array_equal(np.asarray(got.data), read_image(tmp_path / "ram.tif").data)
+        assert got.spacing == pytest.approx((8.0, 4.0, 4.0))
+    assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]  # no store left
+    image = stack[0]
+    tifffile.imwrite(tmp_path / "flat.tif", image)
+    assert main(["denoise", str(tmp_path / "flat.tif"), "-o", str(tmp_path / "flat_out.tif"), *args]) == 2  # 2D: refused
+
+
+def test_an_isotropic_volume_too_large_for_memory_reaches_its_file_with_its_uncertainty(tmp_path, capsys, monkeypatch):
+    import tifffile
+
+    from napari_emdiffuse.cli import main
+    from napari_emdiffuse.engine.io.images import read_image
+    from napari_emdiffuse.engine.models import cards, factory
+
+    m = factory.create_EMDiffuse("vEMDiffuse-i", inner_channel=16, channel_mults=[1, 2], res_blocks=1, attn_res=[],
+                                 num_head_channels=16)  # fmt: skip
+    m.card.normalisation, m.card.overlap, m.card.tile = cards.Normalisation(), 8, 32
+    model = m.save(tmp_path / "tiny-iso")
+    vol = (np.random.default_rng(3).random((3, 40, 40)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "vol.tif", vol)
+    args = ["--factor", "3", "--model", str(model), "--device", "cpu", "--steps", "2", "--samples", "2"]
+    assert main(["isotropic", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "ram.tif"), *args]) == 0
+    monkeypatch.setattr(checks, "available_memory", lambda: 2_000)
+    assert main(["isotropic", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "disk.tif"),
+                 "--uncertainty", str(tmp_path / "disk_sd.tif"), *args]) == 0  # fmt: skip
+    assert "goes through a temporary .zarr" in capsys.readouterr().err
+    assert np.array_equal(read_image(tmp_path / "disk.tif").data, read_image(tmp_path / "ram.tif").data)
+    assert read_image(tmp_path / "disk_sd.tif").data.shape == (7, 40, 40)
+    assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]

@@ -33,6 +33,7 @@ __all__ = [
     "image_files_in",
     "check_output_path",
     "as_numpy",
+    "streams_by_slice",
     "grey_from_samples",
 ]
 
@@ -191,6 +192,18 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     if ext == ZARR_SUFFIX and p.exists() and not p.is_dir():
         raise InputError(f"cannot write '{p}': a file with that name exists")
     return p
+
+
+def streams_by_slice(array: Any) -> bool:
+    """Whether a writer should take ``array`` slice by slice: a stack (3 axes) that is not in
+    memory (zarr, dask, a file read lazily), which may not fit there.
+
+    Examples
+    --------
+    >>> streams_by_slice(np.zeros((2, 4, 4))), streams_by_slice(np.zeros((4, 4)))
+    (False, False)
+    """
+    return not isinstance(array, np.ndarray) and len(getattr(array, "shape", ())) == 3
 
 
 def as_numpy(array: Any) -> np.ndarray:

@@ -24,7 +24,9 @@ from ..errors import InputError
 from .atomic import atomic_file, fsync_dir
 from .calibration import check_axes, check_spacing
 from .units import nm_factor
-from .common import MRC_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, reason, suffix_of
+from .common import (
+    MRC_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, reason, streams_by_slice, suffix_of,
+)
 
 __all__ = ["MRC_MMAP_MIN_BYTES", "read_mrc", "write_mrc"]
 
@@ -96,7 +98,9 @@ def write_mrc(
     path : str or path-like
         ``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali`` or ``.map`` file; replaced if it exists.
     array : array-like
-        2D (``YX``) or 3D (``ZYX``) pixels. uint8 is stored as uint16, float64 as float32.
+        2D (``YX``) or 3D (``ZYX``) pixels. uint8 is stored as uint16, float64 as float32. A
+        lazy stack (zarr, dask, a file read lazily) is written slice by slice, so it need not
+        fit in memory.
     spacing : tuple of float, optional
         Pixel size per axis in ``unit`` (stored in Å).
     unit : str
@@ -130,25 +134,34 @@ def write_mrc(
     p = check_output_path(path)
     if suffix_of(p) not in MRC_SUFFIXES:
         raise InputError(f"cannot write '{p}' as MRC: the name must end in {', '.join(MRC_SUFFIXES)}")
-    data = as_numpy(array)
-    if data.ndim not in (2, 3) or data.size == 0:
-        raise InputError(f"cannot write '{p}': MRC holds a 2D image or a 3D stack, got shape {data.shape}")
-    if data.dtype == np.float64:
-        data = data.astype(np.float32)
-    if data.dtype.type not in _WRITABLE:
-        raise InputError(f"cannot write '{p}': MRC has no {data.dtype} pixels; write a .tif instead")
-    axes = check_axes(axes, data.ndim, p)
-    if axes is not None and axes != "ZYX"[-data.ndim:]:
-        raise InputError(f"cannot write '{p}': MRC stores {'ZYX'[-data.ndim:]} axes, not {axes}")
-    spacing = check_spacing(spacing, data.ndim, p)
+    lazy = streams_by_slice(array)
+    data = array if lazy else as_numpy(array)
+    shape, dtype = tuple(int(n) for n in data.shape), np.dtype(data.dtype)
+    if len(shape) not in (2, 3) or 0 in shape:
+        raise InputError(f"cannot write '{p}': MRC holds a 2D image or a 3D stack, got shape {shape}")
+    dtype = np.dtype(np.float32) if dtype == np.float64 else dtype
+    if dtype.type not in _WRITABLE:
+        raise InputError(f"cannot write '{p}': MRC has no {dtype} pixels; write a .tif instead")
+    axes = check_axes(axes, len(shape), p)
+    if axes is not None and axes != "ZYX"[-len(shape):]:
+        raise InputError(f"cannot write '{p}': MRC stores {'ZYX'[-len(shape):]} axes, not {axes}")
+    spacing = check_spacing(spacing, len(shape), p)
     try:
         with atomic_file(p) as tmp:
-            with mrcfile.new(tmp, overwrite=True) as mrc:
-                mrc.set_data(np.ascontiguousarray(data))
+            if lazy:  # slice by slice into a memory-mapped file: a stack larger than memory
+                stored = np.dtype(np.uint16) if dtype == np.uint8 else dtype  # as mrcfile stores uint8
+                mrc = mrcfile.new_mmap(tmp, shape=shape, mrc_mode=mrcfile.utils.mode_from_dtype(stored), overwrite=True)
+            else:
+                mrc = mrcfile.new(tmp, overwrite=True)
+            with mrc:
+                if lazy:
+                    _fill_slices(mrc, data)
+                else:
+                    mrc.set_data(np.ascontiguousarray(data, dtype=dtype))
                 if spacing is not None:
                     factor = nm_factor(unit)
                     angstrom = [s * 10 * (factor if factor is not None else 1.0) for s in spacing]
-                    z, y, x = ([angstrom[-1]] + angstrom)[-3:] if data.ndim == 2 else angstrom
+                    z, y, x = ([angstrom[-1]] + angstrom)[-3:] if len(shape) == 2 else angstrom
                     mrc.voxel_size = (x, y, z)
                 for label in _labels(provenance):
                     mrc.add_label(label)
@@ -159,6 +172,43 @@ def write_mrc(
         raise InputError(f"cannot write '{p}': {reason(exc)}") from exc
     fsync_dir(p.parent)
     return p
+
+
+def _fill_slices(mrc: Any, data: Any) -> None:
+    """Copy a lazy stack into a memory-mapped MRC slice by slice, and its header statistics
+    (min, max, mean, rms) from running sums: mrcfile's own pass over the whole map would make
+    float64 copies of it."""
+    lo, hi, total, squares, count, pending = np.inf, -np.inf, 0.0, 0.0, 0, 0
+    for z in range(mrc.data.shape[0]):
+        plane = as_numpy(data[z])
+        mrc.data[z] = plane
+        lo, hi = min(lo, float(plane.min())), max(hi, float(plane.max()))
+        for rows in np.array_split(plane, max(1, plane.shape[0] // 256)):  # float64 of 256 rows at most
+            values = rows.astype(np.float64)
+            total += float(values.sum())
+            squares += float(np.einsum("ij,ij->", values, values))
+        count += plane.size
+        pending += mrc.data[z].nbytes
+        if pending >= 1 << 28:  # 256 MiB written since the pages were last released
+            _release(mrc)
+            pending = 0
+    mean = total / count
+    mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = lo, hi, mean
+    mrc.header.rms = float(np.sqrt(max(squares / count - mean * mean, 0.0)))
+
+
+def _release(mrc: Any) -> None:
+    """Write the pages filled so far and let the kernel drop them: a map larger than memory
+    then never holds more than the slices since the last call."""
+    import mmap
+
+    mrc.flush()
+    mapped = getattr(mrc.data, "_mmap", None)
+    if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED)
+        except OSError:  # advice only
+            pass
 
 
 def _labels(provenance: dict[str, Any] | None) -> list[str]:

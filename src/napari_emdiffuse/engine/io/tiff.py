@@ -20,7 +20,7 @@ from .calibration import check_axes, check_spacing, tiff_calibration, to_nm
 from .consoles import console_scan_rows, databar_note
 from .common import (
     TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, grey_from_samples, reason,
-    suffix_of,
+    streams_by_slice, suffix_of,
 )
 from .units import nm_factor
 from .views import LazyArray, ascending_index, drop_single_axes
@@ -271,7 +271,8 @@ def write_tiff(
     path : str or path-like
         ``.tif`` or ``.tiff`` file; replaced if it exists.
     array : array-like
-        numpy array (a dask array is computed).
+        numpy array; a lazy stack (zarr, dask, a file read lazily) is written slice by slice,
+        so it need not fit in memory.
     spacing : tuple of float, optional
         Pixel size per axis in ``unit``.
     unit : str
@@ -297,24 +298,27 @@ def write_tiff(
     p = check_output_path(path)
     if suffix_of(p) not in TIFF_SUFFIXES:
         raise InputError(f"cannot write '{p}' as TIFF: the name must end in .tif or .tiff")
-    data = as_numpy(array)
-    if data.ndim < 2 or data.size == 0:
+    lazy = streams_by_slice(array)
+    data = array if lazy else as_numpy(array)
+    shape, dtype = tuple(int(n) for n in data.shape), np.dtype(data.dtype)
+    ndim, size = len(shape), int(np.prod(shape, dtype=np.int64))
+    if ndim < 2 or size == 0:
         raise InputError(
-            f"cannot write '{p}': need a non-empty image with at least 2 axes, got {data.shape}"
+            f"cannot write '{p}': need a non-empty image with at least 2 axes, got {shape}"
         )
-    axes = check_axes(axes, data.ndim, p)
-    spacing = check_spacing(spacing, data.ndim, p)
+    axes = check_axes(axes, ndim, p)
+    spacing = check_spacing(spacing, ndim, p)
 
-    bigtiff = data.nbytes > BIGTIFF_MIN_BYTES
-    rgb = axes is not None and axes.endswith("S") and data.shape[-1] in (3, 4)
+    bigtiff = size * dtype.itemsize > BIGTIFF_MIN_BYTES
+    rgb = axes is not None and axes.endswith("S") and shape[-1] in (3, 4)
     kwargs: dict[str, Any] = {"photometric": "rgb" if rgb else "minisblack"}
     use_imagej = (
         not bigtiff
-        and data.dtype in _IMAGEJ_DTYPES
+        and dtype in _IMAGEJ_DTYPES
         and axes is not None
         and _is_subsequence(axes, _IMAGEJ_AXES)
         and axes.replace("S", "").endswith("YX")
-        and ("S" not in axes or (rgb and data.dtype == np.uint8))
+        and ("S" not in axes or (rgb and dtype == np.uint8))
     )
     if use_imagej:
         metadata: dict[str, Any] = {"axes": axes}
@@ -335,8 +339,8 @@ def write_tiff(
         if spacing is not None:
             metadata["spacing"] = list(spacing)
             metadata["unit"] = unit
-            ix = axes.index("X") if axes and "X" in axes else data.ndim - 1
-            iy = axes.index("Y") if axes and "Y" in axes else data.ndim - 2
+            ix = axes.index("X") if axes and "X" in axes else ndim - 1
+            iy = axes.index("Y") if axes and "Y" in axes else ndim - 2
             factor = nm_factor(unit)
             if factor is not None:
                 # Centimetres are a standard TIFF unit, so other readers get the scale too.
@@ -352,7 +356,11 @@ def write_tiff(
     # Hidden sibling in the same folder, so os.replace is an atomic rename on one filesystem.
     tmp = p.with_name(f".{p.name}.partial-{secrets.token_hex(4)}")
     try:
-        tifffile.imwrite(tmp, data, **kwargs)
+        if lazy:  # page by page: a stack larger than memory
+            pages = (np.asarray(as_numpy(data[z]), dtype) for z in range(shape[0]))
+            tifffile.imwrite(tmp, pages, shape=shape, dtype=dtype, **kwargs)
+        else:
+            tifffile.imwrite(tmp, data, **kwargs)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, p)
