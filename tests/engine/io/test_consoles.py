@@ -109,3 +109,20 @@ def test_the_cli_info_shows_a_hitachi_size_and_bar(tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "10 x 16 uint8" in out and "4.96094 x 4.96094 nm" in out and "data bar (2 rows" in out
+
+
+def test_an_olympus_sis_camera_tiff_gives_its_pixel_size():
+    """tifffile reads the SIS tag (33560) of Olympus / EMSIS TEM cameras; its sizes are metres."""
+    from types import SimpleNamespace
+
+    from napari_emdiffuse.engine.io.consoles import console_pixel_size
+
+    def tif(md):
+        page = SimpleNamespace(tags={}, shape=(8, 8))
+        return SimpleNamespace(is_fei=False, is_sem=False, is_sis=md is not None, sis_metadata=md,
+                               pages=SimpleNamespace(first=page), filehandle=None)  # fmt: skip
+
+    assert console_pixel_size(tif({"pixelsizex": 2.1e-9, "pixelsizey": 2.1e-9, "cameraname": "Veleta"})) == {
+        "X": (2.1, "nm"), "Y": (2.1, "nm")}  # fmt: skip
+    assert console_pixel_size(tif({"pixelsizex": 0.0, "pixelsizey": 0.0})) == {}  # uncalibrated
+    assert console_pixel_size(tif(None)) == {}  # the control: not a SIS file

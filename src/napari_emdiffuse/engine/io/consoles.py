@@ -8,6 +8,8 @@ the scan.
 - Tescan (Mira, Vega, Clara, Amber): ``PixelSizeX`` / ``PixelSizeY`` in metres in the
   ``key=value`` text of tag 50431.
 - DigitalMicrograph's TIFFs: a unit in private tags 65003-65005 and a scale in 65009-65011.
+- Olympus / EMSIS TEM cameras (Morada, Quemesa, Veleta; iTEM, Radius): the SIS tag 33560, whose
+  pixel size tifffile reads (``pixelsizex``, ``pixelsizey``, metres).
 - Hitachi (SU, Regulus, HT): a ``.txt`` file beside the image, ``[SemImageFile]`` or
   ``[TemImageFile]``, ``PixelSize`` in nm and ``DataSize`` (width x height of the scan).
 - JEOL (JSM, IT): a ``.txt`` file beside the image, ``$$SM_MICRON_MARKER`` (a length such as
@@ -44,7 +46,7 @@ def console_pixel_size(tif: Any) -> dict[str, tuple[float, str | None]]:
     """The pixel size a console recorded for an open ``tifffile.TiffFile``, in nm per axis
     letter; ``{}`` where none did."""
     page = tif.pages.first
-    for found in (_thermo_fisher(tif), _zeiss(tif), _tescan(page), _dm_tiff(page)):
+    for found in (_thermo_fisher(tif), _zeiss(tif), _tescan(page), _dm_tiff(page), _olympus_sis(tif)):
         if found:
             return found
     path = getattr(getattr(tif, "filehandle", None), "path", None)
@@ -211,6 +213,14 @@ def _tescan(page: Any) -> dict[str, tuple[float, str | None]]:
         return {}
     x, y = (_number(m.group(1)) for m in sizes)
     return _xy(x * _M_TO_NM, y * _M_TO_NM) if is_positive(x) and is_positive(y) else {}
+
+
+def _olympus_sis(tif: Any) -> dict[str, tuple[float, str | None]]:
+    if not getattr(tif, "is_sis", False):
+        return {}
+    md = tif.sis_metadata or {}
+    x, y = md.get("pixelsizex"), md.get("pixelsizey", md.get("pixelsizex"))
+    return _xy(float(x) * _M_TO_NM, float(y) * _M_TO_NM) if is_positive(x) and is_positive(y) else {}
 
 
 def _dm_tiff(page: Any) -> dict[str, tuple[float, str | None]]:
