@@ -111,18 +111,24 @@ def test_the_cli_info_shows_a_hitachi_size_and_bar(tmp_path, capsys):
     assert "10 x 16 uint8" in out and "4.96094 x 4.96094 nm" in out and "data bar (2 rows" in out
 
 
-def test_an_olympus_sis_camera_tiff_gives_its_pixel_size():
-    """tifffile reads the SIS tag (33560) of Olympus / EMSIS TEM cameras; its sizes are metres."""
+def test_olympus_sis_and_tvips_camera_tiffs_give_their_pixel_size():
+    """tifffile reads the SIS tag (33560) of Olympus / EMSIS TEM cameras (metres) and TVIPS's
+    header (nm); these stand in for its readings."""
     from types import SimpleNamespace
 
     from napari_emdiffuse.engine.io.consoles import console_pixel_size
 
-    def tif(md):
+    def tif(md, kind="sis"):
         page = SimpleNamespace(tags={}, shape=(8, 8))
-        return SimpleNamespace(is_fei=False, is_sem=False, is_sis=md is not None, sis_metadata=md,
+        return SimpleNamespace(is_fei=False, is_sem=False, is_sis=kind == "sis" and md is not None, sis_metadata=md,
+                               is_tvips=kind == "tvips", tvips_metadata=md,
                                pages=SimpleNamespace(first=page), filehandle=None)  # fmt: skip
 
     assert console_pixel_size(tif({"pixelsizex": 2.1e-9, "pixelsizey": 2.1e-9, "cameraname": "Veleta"})) == {
         "X": (2.1, "nm"), "Y": (2.1, "nm")}  # fmt: skip
     assert console_pixel_size(tif({"pixelsizex": 0.0, "pixelsizey": 0.0})) == {}  # uncalibrated
     assert console_pixel_size(tif(None)) == {}  # the control: not a SIS file
+    # TVIPS EM-MENU: the version 2 header's sizes are nm (tifffile leaves them so)
+    assert console_pixel_size(tif({"Version": 2, "PixelSizeX": 0.85, "PixelSizeY": 0.85}, "tvips")) == {
+        "X": (0.85, "nm"), "Y": (0.85, "nm")}  # fmt: skip
+    assert console_pixel_size(tif({"Version": 1, "PhysicalPixelSize": 15.6}, "tvips")) == {}

@@ -10,6 +10,8 @@ the scan.
 - DigitalMicrograph's TIFFs: a unit in private tags 65003-65005 and a scale in 65009-65011.
 - Olympus / EMSIS TEM cameras (Morada, Quemesa, Veleta; iTEM, Radius): the SIS tag 33560, whose
   pixel size tifffile reads (``pixelsizex``, ``pixelsizey``, metres).
+- TVIPS TEM cameras (EM-MENU): the TVIPS header (tag 37706) version 2, ``PixelSizeX`` /
+  ``PixelSizeY`` in nm.
 - Hitachi (SU, Regulus, HT): a ``.txt`` file beside the image, ``[SemImageFile]`` or
   ``[TemImageFile]``, ``PixelSize`` in nm and ``DataSize`` (width x height of the scan).
 - JEOL (JSM, IT): a ``.txt`` file beside the image, ``$$SM_MICRON_MARKER`` (a length such as
@@ -46,7 +48,7 @@ def console_pixel_size(tif: Any) -> dict[str, tuple[float, str | None]]:
     """The pixel size a console recorded for an open ``tifffile.TiffFile``, in nm per axis
     letter; ``{}`` where none did."""
     page = tif.pages.first
-    for found in (_thermo_fisher(tif), _zeiss(tif), _tescan(page), _dm_tiff(page), _olympus_sis(tif)):
+    for found in (_thermo_fisher(tif), _zeiss(tif), _tescan(page), _dm_tiff(page), _olympus_sis(tif), _tvips(tif)):
         if found:
             return found
     path = getattr(getattr(tif, "filehandle", None), "path", None)
@@ -221,6 +223,14 @@ def _olympus_sis(tif: Any) -> dict[str, tuple[float, str | None]]:
     md = tif.sis_metadata or {}
     x, y = md.get("pixelsizex"), md.get("pixelsizey", md.get("pixelsizex"))
     return _xy(float(x) * _M_TO_NM, float(y) * _M_TO_NM) if is_positive(x) and is_positive(y) else {}
+
+
+def _tvips(tif: Any) -> dict[str, tuple[float, str | None]]:
+    if not getattr(tif, "is_tvips", False):
+        return {}
+    md = tif.tvips_metadata or {}
+    x, y = md.get("PixelSizeX"), md.get("PixelSizeY", md.get("PixelSizeX"))  # version 2 only; nm
+    return _xy(float(x), float(y)) if is_positive(x) and is_positive(y) else {}
 
 
 def _dm_tiff(page: Any) -> dict[str, tuple[float, str | None]]:
