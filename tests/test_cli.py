@@ -825,3 +825,28 @@ def test_a_listing_piped_into_a_reader_that_stops_early_ends_quietly(monkeypatch
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["models"]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_convert_writes_any_input_with_its_pixel_size(tmp_path, capsys):
+    """A calibrated TIFF for Fiji from a file it cannot open with its scale; a zarr stack copied
+    into MRC slice by slice; bad requests refused in one line."""
+    import zarr
+
+    from napari_emdiffuse.engine.io.images import read_image, write_image
+
+    vol = (np.random.default_rng(4).random((3, 20, 24)) * 255).astype(np.uint8)
+    write_image(tmp_path / "vol.zarr", vol, spacing=(40.0, 5.0, 5.0))
+    assert isinstance(read_image(tmp_path / "vol.zarr").data, zarr.Array)  # lazy: the MRC is written slice by slice
+    assert main(["convert", str(tmp_path / "vol.zarr"), "-o", str(tmp_path / "vol.mrc")]) == 0
+    got = read_image(tmp_path / "vol.mrc")
+    assert np.array_equal(np.asarray(got.data), vol) and got.spacing == pytest.approx((40.0, 5.0, 5.0))
+    assert "wrote" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "vol.mrc"), "-o", str(tmp_path / "slab.tif"), "--voxel-size", "50", "5", "5"]) == 0
+    assert read_image(tmp_path / "slab.tif").spacing == (50.0, 5.0, 5.0)
+    capsys.readouterr()
+    for argv, needle in ((["convert", str(tmp_path / "slab.tif"), "-o", str(tmp_path / "slab.tif")], "is the input file"),
+                         (["convert", str(tmp_path / "slab.tif"), "-o", str(tmp_path / "slab.png")], "png"),
+                         (["convert", str(tmp_path / "none.tif"), "-o", str(tmp_path / "x.tif")], "not found")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

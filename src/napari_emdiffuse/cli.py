@@ -301,6 +301,27 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .engine.inference.checks import check_fits_in_memory
+    from .engine.io.common import MRC_SUFFIXES, streams_by_slice, suffix_of
+    from .engine.io.images import write_image
+
+    (out,) = _check_outputs(args, args.output)
+    data = _read_input(args)
+    if not _is_zarr(out) and not isinstance(data.data, np.ndarray) and not streams_by_slice(data.data):
+        check_fits_in_memory(tuple(data.data.shape), data.data.dtype, uncertainty=False)  # a lazy 2D image
+    axes = data.axes if data.axes and len(data.axes) == data.data.ndim else None
+    if suffix_of(out) in MRC_SUFFIXES:
+        axes = None  # MRC has one layout: a series of frames is stored as its sections
+    write_image(out, data.data, spacing=data.spacing, unit=data.unit or "nm", axes=axes,
+                provenance={"converted from": str(args.input)})
+    size = "no pixel size" if data.spacing is None else " x ".join(f"{v:g}" for v in data.spacing) + f" {data.unit or ''}"
+    print(f"wrote {out} ({' x '.join(str(n) for n in data.data.shape)} {data.data.dtype}, {size.strip()})", file=sys.stderr)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
@@ -504,6 +525,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 #: What each subcommand of ``cli_parser.build_parser`` runs.
 COMMANDS = {
     "denoise": _cmd_restore, "super-resolve": _cmd_restore, "isotropic": _cmd_isotropic, "info": _cmd_info,
+    "convert": _cmd_convert,
     "models": _cmd_models, "export": _cmd_export, "import": _cmd_import, "verify-checkpoint": _cmd_verify,
     "train": _cmd_train, "finetune": _cmd_finetune,
 }

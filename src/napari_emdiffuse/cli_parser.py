@@ -171,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     _voxel_option(p)
     _sampling_options(p)
 
+    p = sub.add_parser("convert", help="write an image in another format, with its pixel size",
+                       description="read any input this tool reads (DigitalMicrograph, Velox, N5, HDF5, MRC, zarr, "
+                                   "TIFF, pictures) and write it as TIFF (Fiji sees the pixel size), MRC or zarr; a "
+                                   "stack larger than memory is copied slice by slice")
+    p.add_argument("input", metavar="IN", help="the image, e.g. scan.dm4, stem.emd/HAADF, vol.n5/em/s0")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff, .mrc or .zarr")
+    _pick_options(p)
+    _voxel_option(p)
+
     p = sub.add_parser("info", help="what the restoration commands will read from files: shape, type, voxel size",
                        description="show how each file is read (shape, pixel type, axes, pixel size) and, for "
                                    "volumes with a voxel size, the isotropic factor it implies")

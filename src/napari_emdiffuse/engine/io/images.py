@@ -174,7 +174,8 @@ def write_image(
         ``.tif``, ``.tiff``, ``.zarr`` or an MRC name (``.mrc``, ``.rec``, ...; 2D or 3D only,
         uint8 stored as uint16).
     array : numpy.ndarray or dask.array.Array or array-like
-        Pixels. dask arrays are computed in full for TIFF and block by block for zarr.
+        Pixels. A lazy stack (zarr, dask, a file read lazily) is written slice by slice to TIFF
+        and MRC and block by block to zarr; a lazy 2D image is read whole for TIFF and MRC.
     spacing : tuple of float, optional
         Pixel size per axis in ``unit``.
     unit : str
