@@ -149,6 +149,10 @@ class RestoreOptions(SamplingChoice):
         FIB-SEM stack at dose 30.
     channels_last, compile : bool
         GPU speed-ups: channels-last memory layout; ``torch.compile`` of the network.
+    uncertainty : bool
+        Keep the per-pixel uncertainty where the model gives one (default). False leaves
+        ``Restoration.uncertainty`` None and saves its memory (4 bytes a pixel) when only the
+        image is wanted. A zarr run writes it where ``uncertainty_out`` is given.
     """
 
     spacing: tuple[float, ...] | None = None
@@ -159,6 +163,7 @@ class RestoreOptions(SamplingChoice):
     z_filter: float | str = "auto"
     channels_last: bool = False
     compile: bool = False
+    uncertainty: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,7 +381,7 @@ def restore_to_zarr_iter(
 ) -> Generator[Progress | Path, None, None]:
     """:func:`restore_to_zarr` as a generator: :class:`Progress` events, then the path."""
     opts = _options(ZarrOptions, options, overrides)
-    kw = _engine_kwargs(opts, "workers", "scheduler")
+    kw = _engine_kwargs(opts, "workers", "scheduler", "uncertainty")  # uncertainty_out says it here
     return _restore_to_zarr_iter(image, out, task, model, distribute=_distribute(opts), **kw)
 
 

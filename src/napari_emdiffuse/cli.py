@@ -170,7 +170,8 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
         print(f"wrote {out}", file=sys.stderr)
         return 0
     s = model.card.scale if args.task == "super-resolve" else 1
-    spill = spill_store(out, (*data.data.shape[:-2], data.data.shape[-2] * s, data.data.shape[-1] * s), data.data)
+    spill = spill_store(out, (*data.data.shape[:-2], data.data.shape[-2] * s, data.data.shape[-1] * s), data.data,
+                        uncertainty=unc is not None)
     if spill is not None:  # a stack too large for memory: through a store beside the output
         spill_unc = spill.with_name(spill.name.replace(".partial-", ".uncertainty.partial-")) if unc else None
         try:
@@ -185,7 +186,7 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
         finally:
             remove_spill(spill, spill_unc)
         return 0
-    result = drive(restore_iter(data.data, args.task, model, spacing=data.spacing, **kw))
+    result = drive(restore_iter(data.data, args.task, model, spacing=data.spacing, uncertainty=unc is not None, **kw))
     if result is None:  # pragma: no cover - the generator always ends with a result
         raise RuntimeError("restoration ended without a result")
     _note_fill(result.normalisation)
@@ -272,7 +273,7 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
 
         f = args.factor or factor_from_spacing(data.spacing)
         z, y, x = data.data.shape
-        zarr_out = spill_store(out, ((z - 1) * f + 1, y, x), data.data)
+        zarr_out = spill_store(out, ((z - 1) * f + 1, y, x), data.data, uncertainty=unc is not None)
     spilled = zarr_out is not None and zarr_out != out
     unc_out = zarr_out.with_name(zarr_out.name.replace(".partial-", ".uncertainty.partial-")) if spilled and unc else unc
     denoise = args.denoise_model or (True if args.denoise else None)

@@ -13,7 +13,7 @@ from .engine.io.common import ZARR_SUFFIX, suffix_of
 __all__ = ["remove_spill", "spill_store", "write_spilled"]
 
 
-def spill_store(out: Path, shape: tuple[int, ...], image: Any) -> Path | None:
+def spill_store(out: Path, shape: tuple[int, ...], image: Any, *, uncertainty: bool) -> Path | None:
     """A hidden zarr store beside a TIFF or MRC output whose stack would not fit in memory
     (the file is then written from it slice by slice); None where the result fits, or is 2D
     (refused by the restoration with the reason)."""
@@ -23,7 +23,7 @@ def spill_store(out: Path, shape: tuple[int, ...], image: Any) -> Path | None:
     if suffix_of(out) == ZARR_SUFFIX or len(shape) != 3:
         return None
     try:
-        check_fits_in_memory(shape, output_dtype(None, image), uncertainty=True)
+        check_fits_in_memory(shape, output_dtype(None, image), uncertainty=uncertainty)
         return None
     except InputError as exc:
         import secrets

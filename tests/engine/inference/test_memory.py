@@ -104,3 +104,25 @@ def test_an_isotropic_volume_too_large_for_memory_reaches_its_file_with_its_unce
     assert np.array_equal(read_image(tmp_path / "disk.tif").data, read_image(tmp_path / "ram.tif").data)
     assert read_image(tmp_path / "disk_sd.tif").data.shape == (7, 40, 40)
     assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_a_restoration_without_its_uncertainty_needs_less_memory(monkeypatch):
+    """A predictor's uncertainty is 4 bytes a pixel: ``uncertainty=False`` leaves it out, and
+    the memory check counts what is kept."""
+    from napari_emdiffuse.api import restore
+    from napari_emdiffuse.engine.models.cards import ModelCard, Normalisation, UNetConfig
+    from napari_emdiffuse.engine.models.factory import create_model
+
+    card = ModelCard(name="pred", task="denoise", kind="regression", tile=32, overlap=8, normalisation=Normalisation(),
+                     network=UNetConfig(in_channel=1, residual=True, aleatoric=True, inner_channel=16,
+                                        channel_mults=[1, 2], attn_res=[], num_head_channels=16))  # fmt: skip
+    model = create_model(card)
+    image = (np.random.default_rng(5).random((64, 64)) * 255).astype(np.uint8)
+    full = restore(image, "denoise", model, device="cpu")
+    assert full.uncertainty is not None and full.uncertainty.shape == (64, 64)
+    lean = restore(image, "denoise", model, device="cpu", uncertainty=False)
+    assert lean.uncertainty is None and np.array_equal(lean.mean, full.mean)
+    monkeypatch.setattr(checks, "available_memory", lambda: 8_000)  # 64² uint8 is 4 kB; with its std 20 kB
+    with pytest.raises(InputError, match="and its uncertainty"):
+        restore(image, "denoise", model, device="cpu")
+    assert restore(image, "denoise", model, device="cpu", uncertainty=False).mean.shape == (64, 64)

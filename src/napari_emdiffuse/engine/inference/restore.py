@@ -368,12 +368,14 @@ def restore_iter(
     spacing: tuple[float, ...] | None = None,
     block: int = DEFAULT_BLOCK,
     z_filter: "str | float" = "auto",
+    uncertainty: bool = True,
     **sampling: Any,
 ) -> Generator["Progress | Restoration", None, None]:
     """Restore an image, yielding :class:`Progress` events and finally a :class:`Restoration`.
 
     ``sampling``: the choices of :data:`~.canvas.SAMPLING_KEYS` (preset, steps, samples, ...).
-    ``z_filter``: see :func:`~.zfilter.plan_z_filter`. Closing the generator cancels at the
+    ``z_filter``: see :func:`~.zfilter.plan_z_filter`. ``uncertainty``: keep the per-pixel
+    uncertainty where the model gives one (False saves its memory). Closing the generator cancels at the
     next tile batch. The user-facing entry point, with the parameters documented, is
     :func:`napari_emdiffuse.api.restore`.
     """
@@ -388,7 +390,7 @@ def restore_iter(
         check_finite(np.asarray(image), "image")
     norm = fit_norm(m, image)
     opts = with_blur(m, image, norm, opts, dev)
-    want_std = opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False))
+    want_std = uncertainty and (opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False)))
     result: dict[str, Any] = {}
     if (note := tile_note(m, opts)) is not None:
         yield Progress("note", 0, 0, message=note)
