@@ -132,3 +132,25 @@ def test_olympus_sis_and_tvips_camera_tiffs_give_their_pixel_size():
     assert console_pixel_size(tif({"Version": 2, "PixelSizeX": 0.85, "PixelSizeY": 0.85}, "tvips")) == {
         "X": (0.85, "nm"), "Y": (0.85, "nm")}  # fmt: skip
     assert console_pixel_size(tif({"Version": 1, "PhysicalPixelSize": 15.6}, "tvips")) == {}
+
+
+def test_a_zeiss_data_zone_below_the_line_counter_is_left_out(tmp_path):
+    """SmartSEM's data zone: the scan stops at the Line Counter and a banner (one background
+    value, text of another) fills the rows below."""
+    rng = np.random.default_rng(0)
+    scan = (rng.random((92, 128)) * 180 + 30).astype(np.uint8)
+    zone = np.zeros((36, 128), np.uint8)
+    zone[10:14, 8:60] = 255  # the zone's text
+    zone[20:23, 70:120] = 255
+    tag = "0\r\n0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 5 nm\r\nAP_LINE_COUNTER\r\nLine Counter = 92\r\n"
+    path = tmp_path / "zeiss.tif"
+    tifffile.imwrite(path, np.concatenate([scan, zone]), extratags=[(34118, "B", 0, tag.encode("latin-1"), True)])
+    img = read_image(path)
+    assert np.array_equal(img.data, scan) and img.spacing == (5.0, 5.0) and "36 rows" in img.note
+    assert databar_rows(path, (128, 128)) == (92, 36)
+    # the controls: rows below the counter that are image (a scan frozen early), or no counter
+    tifffile.imwrite(path, np.concatenate([scan, scan[:36]]), extratags=[(34118, "B", 0, tag.encode("latin-1"), True)])
+    assert read_image(path).data.shape == (128, 128) and read_image(path).note is None
+    plain = tag.replace("AP_LINE_COUNTER\r\nLine Counter = 92\r\n", "")
+    tifffile.imwrite(path, np.concatenate([scan, zone]), extratags=[(34118, "B", 0, plain.encode("latin-1"), True)])
+    assert read_image(path).data.shape == (128, 128)

@@ -4,7 +4,8 @@ the scan.
 
 - Thermo Fisher / FEI (Helios, Quanta, Scios): ``[Scan] PixelWidth`` in metres in their own
   tag; ``[Image] ResolutionY`` scanned rows and ``[PrivateFei] DatabarHeight`` bar rows.
-- Zeiss (Crossbeam, Gemini, Sigma): ``Image Pixel Size`` with its unit in tag 34118.
+- Zeiss (Crossbeam, Gemini, Sigma): ``Image Pixel Size`` with its unit in tag 34118; a data
+  zone in the last rows, from the ``Line Counter`` where those rows look like a banner.
 - Tescan (Mira, Vega, Clara, Amber): ``PixelSizeX`` / ``PixelSizeY`` in metres in the
   ``key=value`` text of tag 50431.
 - DigitalMicrograph's TIFFs: a unit in private tags 65003-65005 and a scale in 65009-65011.
@@ -70,12 +71,15 @@ def sidecar_pixel_size(path: str | Path, width: int) -> dict[str, tuple[float, s
 
 def console_scan_rows(tif: Any, height: int) -> tuple[int, int] | None:
     """(scanned rows, data bar rows) of an image ``height`` rows tall whose console pasted a
-    data bar below the scan (Thermo Fisher / FEI; Hitachi, JEOL: :func:`sidecar_scan_rows`), or
+    data bar below the scan (Thermo Fisher / FEI; Zeiss: :func:`_zeiss_scan_rows`; Hitachi,
+    JEOL: :func:`sidecar_scan_rows`), or
     None where the metadata do not add up to it (no bar, or another file)."""
     try:
         md = (tif.fei_metadata or {}) if tif.is_fei else {}
         rows = (md.get("Image") or {}).get("ResolutionY")
         bar = (md.get("PrivateFei") or {}).get("DatabarHeight")
+        if not (isinstance(rows, int) and isinstance(bar, int)) and getattr(tif, "is_sem", False):
+            return _zeiss_scan_rows(tif, height)
         if not (isinstance(rows, int) and isinstance(bar, int)):
             path = getattr(getattr(tif, "filehandle", None), "path", None)
             page = tif.pages.first
@@ -84,6 +88,27 @@ def console_scan_rows(tif: Any, height: int) -> tuple[int, int] | None:
         return None
     if isinstance(rows, int) and isinstance(bar, int) and rows > 0 and bar > 0 and rows + bar == height:
         return rows, bar
+    return None
+
+
+def _zeiss_scan_rows(tif: Any, height: int) -> tuple[int, int] | None:
+    """A Zeiss SmartSEM image whose data zone fills its last rows: the scan stops at the
+    ``Line Counter`` (``AP_LINE_COUNTER``), and the rows from there on look like a banner
+    (half or more of their pixels one value: its background) with text of another value.
+    Both must hold: the counter alone also stops where a scan was frozen early."""
+    entry = (tif.sem_metadata or {}).get("ap_line_counter")
+    rows = entry[1] if isinstance(entry, tuple) and len(entry) >= 2 and isinstance(entry[1], int) else None
+    if rows is None or not 0.6 * height <= rows < height:
+        return None
+    page = tif.pages.first
+    if len(page.shape) != 2 or int(page.shape[0]) != height:
+        return None
+    band = np.asarray(page.asarray())[rows:]
+    values, counts = np.unique(band, return_counts=True)
+    background = values[np.argmax(counts)]
+    text = np.abs(band.astype(np.float64) - float(background)) > 0.5 * max(float(np.ptp(band)), 1.0)
+    if counts.max() >= 0.5 * band.size and 0.002 * band.size <= text.sum() <= 0.5 * band.size:
+        return rows, height - rows
     return None
 
 
