@@ -53,14 +53,14 @@ def layer_meta(img: Any, name: str, **extra: Any) -> dict[str, Any]:
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """The reader for one MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali``, ``.map``)
-    or DigitalMicrograph file (``.dm3``, ``.dm4``), else None."""
-    from .engine.io.common import DM_SUFFIXES, MRC_SUFFIXES
+    """The reader for one MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali``, ``.map``),
+    DigitalMicrograph file (``.dm3``, ``.dm4``) or TIA series file (``.ser``), else None."""
+    from .engine.io.common import DM_SUFFIXES, MRC_SUFFIXES, SER_SUFFIXES
 
     path = _one(path)
     if path is None:
         return None
-    if Path(path).suffix.lower() not in MRC_SUFFIXES + DM_SUFFIXES:
+    if Path(path).suffix.lower() not in MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES:
         return None
     return _read
 

@@ -23,6 +23,7 @@ __all__ = [
     "ZARR_SUFFIX",
     "H5_SUFFIXES",
     "DM_SUFFIXES",
+    "SER_SUFFIXES",
     "N5_SUFFIX",
     "ImageData",
     "likely_image",
@@ -47,6 +48,7 @@ ZARR_SUFFIX = ".zarr"
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd")  # .emd: Velox and Berkeley EMD are HDF5
 #: Read only: Gatan DigitalMicrograph (TEM cameras, 3View); see :mod:`.dm`.
 DM_SUFFIXES = (".dm3", ".dm4")
+SER_SUFFIXES = (".ser",)  # TIA series files
 #: Read only: N5 containers (OpenOrganelle, BigStitcher); see :mod:`.n5`.
 N5_SUFFIX = ".n5"
 
@@ -145,11 +147,11 @@ def check_readable(path: Path, kind: str) -> None:
 
 
 def image_files_in(folder: Path, *, hdf5: bool = False) -> list[Path]:
-    """The TIFF, MRC, DigitalMicrograph and picture files in a folder (not recursive), and with
+    """The TIFF, MRC, DigitalMicrograph, TIA and picture files in a folder (not recursive), and with
     ``hdf5`` its HDF5 and Velox files (a batch's inputs; a volume's slices never are), in
     natural order (``slice_9`` before ``slice_10``), leaving out hidden and partially written
     files."""
-    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + PICTURE_SUFFIXES + (H5_SUFFIXES if hdf5 else ())
+    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + (H5_SUFFIXES if hdf5 else ())
     found = [c for c in folder.iterdir() if c.is_file() and suffix_of(c) in kinds
              and not c.name.startswith(".") and ".partial" not in c.name]
     return sorted(found, key=lambda c: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", c.name)])
@@ -177,7 +179,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path).expanduser()
     ext = suffix_of(p)
-    if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + (N5_SUFFIX,):
+    if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + (N5_SUFFIX,):
         raise InputError(f"cannot write '{p}': {ext} is read only here; write .tif, .mrc or .zarr (they keep the pixel size)")
     if ext not in TIFF_SUFFIXES + MRC_SUFFIXES and ext != ZARR_SUFFIX:
         ext = ext or "(none)"

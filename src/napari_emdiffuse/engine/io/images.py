@@ -22,10 +22,12 @@ import numpy as np
 from ..errors import InputError
 from .calibration import check_axes
 from .common import (
-    DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
+    DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData,
+    check_output_path, suffix_of,
     unsupported_type,
 )
 from .dm import read_dm
+from .ser import read_ser
 from .hdf5 import h5_file_of, h5_images, read_h5
 from .mrc import read_mrc, write_mrc
 from .n5 import n5_container_of, n5_images, read_n5
@@ -112,6 +114,8 @@ def _read(p: Path, key: str | None) -> ImageData:
         return read_mrc(p)
     if suffix_of(p) in DM_SUFFIXES:
         return read_dm(p)
+    if suffix_of(p) in SER_SUFFIXES:
+        return read_ser(p)
     if suffix_of(p) in PICTURE_SUFFIXES:
         return read_picture(p)
     h5 = h5_file_of(p)
