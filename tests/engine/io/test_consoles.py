@@ -34,6 +34,14 @@ def test_a_tescan_tiff_gives_its_pixel_size(tmp_path):
     # the control: the same tag without sizes gives none
     tifffile.imwrite(path, _scan(), extratags=[(50431, "B", 12, b"Device=MIRA\n", True)])
     assert read_image(path).spacing is None
+    # Tescan's .hdr beside a TIFF without the tag, and a tag whose text is padded with zeros
+    tifffile.imwrite(path, _scan())
+    (tmp_path / "mira.hdr").write_text("[MAIN]\r\nDevice=MIRA\r\nPixelSizeX=5e-009\r\nPixelSizeY=5e-009\r\n[SEM]\r\nHV=5000\r\n")
+    assert read_image(path).spacing == (5.0, 5.0)
+    (tmp_path / "mira.hdr").unlink()
+    padded = b"".join(bytes([c, 0]) for c in b"PixelSizeX=2e-009\nPixelSizeY=2e-009\n")
+    tifffile.imwrite(path, _scan(), extratags=[(50431, "B", len(padded), padded, True)])
+    assert read_image(path).spacing == (2.0, 2.0)
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".bmp"])

@@ -7,7 +7,7 @@ the scan.
 - Zeiss (Crossbeam, Gemini, Sigma): ``Image Pixel Size`` with its unit in tag 34118; a data
   zone in the last rows, from the ``Line Counter`` where those rows look like a banner.
 - Tescan (Mira, Vega, Clara, Amber): ``PixelSizeX`` / ``PixelSizeY`` in metres in the
-  ``key=value`` text of tag 50431.
+  ``key=value`` text of tag 50431, or of the ``.hdr`` file beside the image (``[MAIN]``).
 - DigitalMicrograph's TIFFs: a unit in private tags 65003-65005 and a scale in 65009-65011.
 - Olympus / EMSIS TEM cameras (Morada, Quemesa, Veleta; iTEM, Radius): the SIS tag 33560, whose
   pixel size tifffile reads (``pixelsizex``, ``pixelsizey``, metres).
@@ -53,6 +53,11 @@ def console_pixel_size(tif: Any) -> dict[str, tuple[float, str | None]]:
         if found:
             return found
     path = getattr(getattr(tif, "filehandle", None), "path", None)
+    hdr = _sidecar_text(path, ".hdr") if path else None
+    if hdr is not None and ("[MAIN]" in hdr or "TESCAN" in hdr.upper()):  # Tescan's header beside the image
+        found = _tescan_sizes(hdr)
+        if found:
+            return found
     return sidecar_pixel_size(path, int(page.shape[1])) if path and len(page.shape) >= 2 else {}
 
 
@@ -173,9 +178,9 @@ def databar_note(bar: int) -> str:
     return f"the microscope's data bar ({bar} rows at the bottom) is left out"
 
 
-def sidecar_of(path: str | Path) -> Path | None:
-    """The text file a Hitachi or JEOL console saves beside an image (``img.tif`` ->
-    ``img.txt``), or None.
+def sidecar_of(path: str | Path, suffix: str = ".txt") -> Path | None:
+    """The text file a console saves beside an image, or None: ``img.tif`` -> ``img.txt``
+    (Hitachi, JEOL) or, with ``suffix=".hdr"``, ``img.hdr`` (Tescan).
 
     Examples
     --------
@@ -183,15 +188,15 @@ def sidecar_of(path: str | Path) -> Path | None:
     True
     """
     p = Path(path)
-    for suffix in (".txt", ".TXT", ".Txt"):
-        candidate = p.with_suffix(suffix)
+    for spelt in (suffix, suffix.upper(), suffix.capitalize()):
+        candidate = p.with_suffix(spelt)
         if candidate.is_file():
             return candidate
     return None
 
 
-def _sidecar_text(path: str | Path | None) -> str | None:
-    side = sidecar_of(path) if path else None
+def _sidecar_text(path: str | Path | None, suffix: str = ".txt") -> str | None:
+    side = sidecar_of(path, suffix) if path else None
     if side is None:
         return None
     try:
@@ -234,11 +239,16 @@ def _tescan(page: Any) -> dict[str, tuple[float, str | None]]:
     if tag is None:
         return {}
     value = tag.value
-    text = value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
+    raw = bytes(value) if isinstance(value, (bytes, bytearray)) else str(value).encode("latin-1", "replace")
+    return _tescan_sizes(raw.replace(b"\0", b"").decode("latin-1"))  # the tag may pad its text with zeros
+
+
+def _tescan_sizes(text: str) -> dict[str, tuple[float, str | None]]:
+    """``PixelSizeX`` / ``PixelSizeY`` (metres) of Tescan's ``key=value`` text."""
     sizes = [re.search(rf"(?m)^\s*PixelSize{axis}\s*=\s*([-+0-9.eE]+)\s*$", text) for axis in "XY"]
     if not all(sizes):
         return {}
-    x, y = (_number(m.group(1)) for m in sizes)
+    x, y = (_number(m.group(1)) for m in sizes)  # type: ignore[union-attr]
     return _xy(x * _M_TO_NM, y * _M_TO_NM) if is_positive(x) and is_positive(y) else {}
 
 
