@@ -663,6 +663,12 @@ def test_calibrated_files_opened_by_napari_give_the_widgets_their_voxel_size(vie
     hit = viewer.open(str(bmp), plugin="napari")[0]
     assert hit.data.shape[:2] == (24, 32) and layer_databar(hit) == (20, 4)
     assert layer_source(hit)["spacing"] == (2.5, 2.5)
+    # a zarr store this plugin wrote, opened by napari's own zarr reader
+    from napari_emdiffuse.engine.io.images import write_image
+
+    write_image(tmp_path / "vol.zarr", vol, spacing=(40.0, 8.0, 8.0))
+    store = viewer.open(str(tmp_path / "vol.zarr"), plugin="napari")[0]
+    assert tuple(store.scale) == (1, 1, 1) and layer_source(store)["spacing"] == (40.0, 8.0, 8.0)
 
 
 def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors):

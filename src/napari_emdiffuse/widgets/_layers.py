@@ -65,13 +65,14 @@ def layer_source(layer: Any) -> dict[str, Any]:
 def layer_spacing(layer: Any, scale: tuple[float, ...]) -> tuple[float, ...]:
     """The voxel size to give the engine for a layer whose geometry is ``scale`` (without the
     axes :func:`layer_source` leaves out): the scale, or, where the layer is unscaled (all 1),
-    the calibration in nm of the TIFF or picture it was opened from. napari's own readers
-    leave a calibrated TIFF unscaled: an SEM console's pixel size, a Fiji stack's z spacing.
+    the calibration in nm of the file or store it was opened from. napari's own readers leave
+    a calibrated TIFF or zarr store unscaled: an SEM console's pixel size, a Fiji stack's z
+    spacing, the ``spacing`` of this plugin's zarr outputs.
     The layer keeps its scale; results are shown over it and written with the file's size."""
     if any(v != 1 for v in scale):
         return scale
     path = getattr(getattr(layer, "source", None), "path", None)
-    if not path or not Path(path).is_file():
+    if not path or not Path(path).exists():
         return scale
     from ..engine.io.images import read_calibration
 
