@@ -843,6 +843,14 @@ def test_convert_writes_any_input_with_its_pixel_size(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "vol.mrc"), "-o", str(tmp_path / "slab.tif"), "--voxel-size", "50", "5", "5"]) == 0
     assert read_image(tmp_path / "slab.tif").spacing == (50.0, 5.0, 5.0)
+    # a folder: each file into the format --to names, in the output folder
+    session = tmp_path / "session"
+    session.mkdir()
+    for name in ("slab.tif", "vol.mrc"):
+        (session / name).write_bytes((tmp_path / name).read_bytes())
+    assert main(["convert", str(session), "-o", str(tmp_path / "zarrs"), "--to", ".zarr"]) == 0
+    assert sorted(p.name for p in (tmp_path / "zarrs").iterdir()) == ["slab.zarr", "vol.zarr"]
+    assert read_image(tmp_path / "zarrs" / "vol.zarr").spacing == pytest.approx((40.0, 5.0, 5.0))
     capsys.readouterr()
     for argv, needle in ((["convert", str(tmp_path / "slab.tif"), "-o", str(tmp_path / "slab.tif")], "is the input file"),
                          (["convert", str(tmp_path / "slab.tif"), "-o", str(tmp_path / "slab.png")], "png"),

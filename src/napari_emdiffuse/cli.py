@@ -303,13 +303,35 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from .engine.errors import InputError
+    from .engine.io.batch import expand_inputs, is_batch, plan_batch
+
+    if not is_batch(args.input):
+        args.input = args.input[0]
+        (out,) = _check_outputs(args, args.output)
+        return _convert_one(args, out)
+    plan = plan_batch(expand_inputs(args.input), args.output, ext=args.to)
+    failed = 0
+    for k, (src, out, _) in enumerate(plan, 1):
+        print(f"[{k}/{len(plan)}] {src}", file=sys.stderr)
+        args.input = str(src)
+        try:
+            _convert_one(args, out)
+        except InputError as exc:
+            print(f"{PROG}: skipped {src}: {exc}", file=sys.stderr)
+            failed += 1
+    if failed:
+        raise InputError(f"{failed} of {len(plan)} files were skipped (reasons above)")
+    return 0
+
+
+def _convert_one(args: argparse.Namespace, out: Path) -> int:
     import numpy as np
 
     from .engine.inference.checks import check_fits_in_memory
     from .engine.io.common import MRC_SUFFIXES, streams_by_slice, suffix_of
     from .engine.io.images import write_image
 
-    (out,) = _check_outputs(args, args.output)
     data = _read_input(args)
     if not _is_zarr(out) and not isinstance(data.data, np.ndarray) and not streams_by_slice(data.data):
         check_fits_in_memory(tuple(data.data.shape), data.data.dtype, uncertainty=False)  # a lazy 2D image

@@ -175,8 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="read any input this tool reads (DigitalMicrograph, Velox, N5, HDF5, MRC, zarr, "
                                    "TIFF, pictures) and write it as TIFF (Fiji sees the pixel size), MRC or zarr; a "
                                    "stack larger than memory is copied slice by slice")
-    p.add_argument("input", metavar="IN", help="the image, e.g. scan.dm4, stem.emd/HAADF, vol.n5/em/s0")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff, .mrc or .zarr")
+    p.add_argument("input", metavar="IN", nargs="+",
+                   help="the image, e.g. scan.dm4, stem.emd/HAADF, vol.n5/em/s0; or several files or a folder "
+                        "(a session's .dm4 or .emd files)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="output .tif/.tiff, .mrc or .zarr; for several inputs a folder (made if missing) where each "
+                        "takes its input's name")
+    p.add_argument("--to", choices=[".tif", ".mrc", ".zarr"], default=".tif",
+                   help="several inputs: the format every output takes (default .tif)")
     _pick_options(p)
     _voxel_option(p)
 

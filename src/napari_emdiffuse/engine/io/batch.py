@@ -83,10 +83,11 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
 
 
 def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
-               uncertainty_dir: str | os.PathLike[str] | None = None) -> list[BatchItem]:
+               uncertainty_dir: str | os.PathLike[str] | None = None, *, ext: str | None = None) -> list[BatchItem]:
     """Where each input's result goes: ``OUT_DIR/<name>`` in the input's format (pictures and
     HDF5 files as TIFF; one image of several in an HDF5 or Velox file as ``<file>_<image>``),
-    and its uncertainty as ``<stem>_uncertainty`` beside it or in ``uncertainty_dir``.
+    and its uncertainty as ``<stem>_uncertainty`` beside it or in ``uncertainty_dir``. ``ext``
+    (``".tif"``, ``".mrc"``, ``".zarr"``) makes every output of that format instead.
 
     The folders are made if missing (their parents must exist). Nothing else is written.
 
@@ -109,11 +110,11 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     seen: dict[Path, Path] = {}
     sources = {_key(f) for f in files}
     for f in files:
-        ext = f.suffix if suffix_of(f) in TIFF_SUFFIXES + MRC_SUFFIXES else ".tif"
+        kind = ext or (f.suffix if suffix_of(f) in TIFF_SUFFIXES + MRC_SUFFIXES else ".tif")
         inside = h5_file_of(f)  # one image of several in a file: 'stem.emd/HAADF' -> stem_HAADF
         stem = f"{inside[0].stem}_{inside[1].replace('/', '_')}" if inside and inside[1] else f.stem
-        target = out / f"{stem}{ext}"
-        extra = (unc or out) / f"{stem}_uncertainty{ext}" if uncertainty_dir is not None else None
+        target = out / f"{stem}{kind}"
+        extra = (unc or out) / f"{stem}_uncertainty{kind}" if uncertainty_dir is not None else None
         for path in (target, extra):
             if path is None:
                 continue
