@@ -49,7 +49,12 @@ def console_pixel_size(tif: Any) -> dict[str, tuple[float, str | None]]:
     """The pixel size a console recorded for an open ``tifffile.TiffFile``, in nm per axis
     letter; ``{}`` where none did."""
     page = tif.pages.first
-    for found in (_thermo_fisher(tif), _zeiss(tif), _tescan(page), _dm_tiff(page), _olympus_sis(tif), _tvips(tif)):
+    for read in (_thermo_fisher, _zeiss, _olympus_sis, _tvips):
+        found = read(tif)
+        if found:
+            return found
+    for read_page in (_tescan, _dm_tiff):
+        found = read_page(page)
         if found:
             return found
     path = getattr(getattr(tif, "filehandle", None), "path", None)
