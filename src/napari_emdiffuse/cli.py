@@ -241,7 +241,7 @@ def _read_input(args: argparse.Namespace) -> Any:
         if data.spacing is not None and data.unit == "nm" and tuple(data.spacing) != values:
             old = " x ".join(f"{v:g}" for v in data.spacing)
             print(f"{PROG}: note: --voxel-size replaces the file's {old} nm", file=sys.stderr)
-        data.spacing, data.unit = values, "nm"
+        data.spacing, data.unit, data.source = values, "nm", "--voxel-size"
     return data
 
 
@@ -396,6 +396,9 @@ def _describe(name: str, args: argparse.Namespace) -> tuple[dict, str]:
                               "note": img.note}  # fmt: skip
     size = ("no pixel size" if img.spacing is None
             else " x ".join(f"{v:g}" for v in img.spacing) + f" {img.unit or '(unit unknown)'}")
+    record["source"] = img.source if img.spacing is not None else None
+    if record["source"]:
+        size += f" (from the {img.source})"
     line = f"{name}: {' x '.join(str(n) for n in data.shape)} {data.dtype.name}, axes {img.axes or 'not declared'}, {size}"
     if img.note:
         line += f"; {img.note}"

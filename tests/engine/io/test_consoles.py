@@ -30,14 +30,14 @@ def test_a_tescan_tiff_gives_its_pixel_size(tmp_path):
     path = tmp_path / "mira.tif"
     tifffile.imwrite(path, _scan(), extratags=[(50431, "B", len(text), text, True)])
     img = read_image(path)
-    assert img.spacing == (18.75, 15.625) and img.unit == "nm"
+    assert img.spacing == (18.75, 15.625) and img.unit == "nm" and img.source == "Tescan tag"
     # the control: the same tag without sizes gives none
     tifffile.imwrite(path, _scan(), extratags=[(50431, "B", 12, b"Device=MIRA\n", True)])
     assert read_image(path).spacing is None
     # Tescan's .hdr beside a TIFF without the tag, and a tag whose text is padded with zeros
     tifffile.imwrite(path, _scan())
     (tmp_path / "mira.hdr").write_text("[MAIN]\r\nDevice=MIRA\r\nPixelSizeX=5e-009\r\nPixelSizeY=5e-009\r\n[SEM]\r\nHV=5000\r\n")
-    assert read_image(path).spacing == (5.0, 5.0)
+    assert read_image(path).spacing == (5.0, 5.0) and read_image(path).source == "Tescan .hdr file"
     (tmp_path / "mira.hdr").unlink()
     padded = b"".join(bytes([c, 0]) for c in b"PixelSizeX=2e-009\nPixelSizeY=2e-009\n")
     tifffile.imwrite(path, _scan(), extratags=[(50431, "B", len(padded), padded, True)])
@@ -88,6 +88,7 @@ def test_a_jeol_image_takes_its_pixel_size_from_the_micron_marker(tmp_path, mark
     (tmp_path / "jsm.txt").write_text(JEOL.format(marker=marker))
     img = read_image(path)
     assert img.spacing == ((size, size) if size else None)
+    assert img.source == ("JEOL text file" if size else None)
 
 
 def test_a_jeol_data_bar_below_the_full_size_scan_is_left_out(tmp_path):
@@ -116,7 +117,7 @@ def test_the_cli_info_shows_a_hitachi_size_and_bar(tmp_path, capsys):
     (tmp_path / "hit.txt").write_text(HITACHI.format(w=16, h=10))
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "10 x 16 uint8" in out and "4.96094 x 4.96094 nm" in out and "data bar (2 rows" in out
+    assert "10 x 16 uint8" in out and "4.96094 x 4.96094 nm (from the Hitachi text file)" in out and "data bar (2 rows" in out
 
 
 def test_olympus_sis_and_tvips_camera_tiffs_give_their_pixel_size():

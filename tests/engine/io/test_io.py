@@ -758,7 +758,8 @@ def test_a_thermo_fisher_sem_image_is_read_without_its_data_bar(tmp_path, capsys
     assert np.array_equal(img.data, scan) and img.spacing == (5.0, 5.0)
     assert img.note == "the microscope's data bar (3 rows at the bottom) is left out"
     assert main(["info", str(path)]) == 0
-    assert "helios.tif: 12 x 10 uint8, axes not declared, 5 x 5 nm; the microscope's data bar" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "helios.tif: 12 x 10 uint8, axes not declared, 5 x 5 nm (from the Thermo Fisher tag); the microscope's data bar" in said
     # the control: rows that do not add up to the scan and the bar are all kept
     odd = tmp_path / "odd.tif"
     tifffile.imwrite(odd, np.concatenate([scan, bar, bar]), extratags=[(34682, "B", 0, fei.encode(), True)])

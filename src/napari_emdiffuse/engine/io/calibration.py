@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .consoles import console_pixel_size
+from .consoles import console_calibration
 from .units import nm_factor, tidy
 
 __all__ = ["SPATIAL_AXES", "to_nm", "check_spacing", "check_axes", "tiff_calibration", "zarr_calibration",
@@ -99,8 +99,9 @@ def check_axes(axes: str | None, ndim: int, path: Path) -> str | None:
 
 def tiff_calibration(
     tif: Any, series: Any, series_axes: str, ndim: int
-) -> tuple[tuple[float, ...] | None, list[str | None] | None, str | None]:
-    """Spacing aligned to the series axes, a unit per axis, and the declared axes (or None).
+) -> tuple[tuple[float, ...] | None, list[str | None] | None, str | None, str | None]:
+    """Spacing aligned to the series axes, a unit per axis, the declared axes (or None), and
+    the record the spacing came from (or None).
 
     Sources in order: OME-XML, ImageJ description + resolution tags, our own JSON description,
     what an SEM or TEM console recorded (:mod:`.consoles`), plain resolution tags.
@@ -111,7 +112,7 @@ def tiff_calibration(
     if tif.is_ome and tif.ome_metadata:
         per_axis = _ome_physical_sizes(tif.ome_metadata)
         if per_axis:
-            return (*_align(per_axis, series_axes, ndim), declared_axes)
+            return (*_align(per_axis, series_axes, ndim), declared_axes, "OME-XML")
 
     if tif.is_imagej:
         ij = tif.imagej_metadata or {}
@@ -124,7 +125,7 @@ def tiff_calibration(
             }
             if ij.get("spacing") is not None:
                 per_axis["Z"] = (float(ij["spacing"]), unit)
-            return (*_align(per_axis, series_axes, ndim), declared_axes)
+            return (*_align(per_axis, series_axes, ndim), declared_axes, "ImageJ")
 
     if tif.is_shaped and tif.shaped_metadata:
         md = tif.shaped_metadata[0]
@@ -135,12 +136,14 @@ def tiff_calibration(
             values = _match_shaped(spacing, md.get("shape"), ndim)
             if values is not None:
                 unit = _clean_unit(md.get("unit"))
-                return tuple(values), [unit] * ndim, declared_axes
+                return tuple(values), [unit] * ndim, declared_axes, "emdiffuse metadata"
 
-    per_axis = console_pixel_size(tif) or _plain_resolution(tif.pages.first)
+    per_axis, source = console_calibration(tif)
+    if not per_axis:
+        per_axis, source = _plain_resolution(tif.pages.first), "resolution tags"
     if per_axis:
-        return (*_align(per_axis, series_axes, ndim), declared_axes)
-    return None, None, declared_axes
+        return (*_align(per_axis, series_axes, ndim), declared_axes, source)
+    return None, None, declared_axes, None
 
 
 def _match_shaped(spacing: list, shape: Any, ndim: int) -> list[float] | None:

@@ -76,6 +76,9 @@ class ImageData:
         The file or zarr store read.
     note : str, optional
         What reading left out that a user should know (a microscope's data bar).
+    source : str, optional
+        Where a TIFF's or picture's pixel size came from (``"ImageJ"``, ``"Thermo Fisher tag"``,
+        ``"Hitachi text file"``, ...), to tell a user which record to check when it is wrong.
     """
 
     data: np.ndarray | dask.array.Array | zarr.Array
@@ -84,6 +87,7 @@ class ImageData:
     axes: str | None
     path: Path | None
     note: str | None = None
+    source: str | None = None
 
     def __repr__(self) -> str:
         # The default repr would print every pixel.

@@ -37,8 +37,8 @@ import numpy as np
 
 from .units import is_positive, nm_factor, tidy
 
-__all__ = ["console_pixel_size", "console_scan_rows", "databar_note", "databar_rows", "sidecar_of",
-           "sidecar_pixel_size", "sidecar_scan_rows"]
+__all__ = ["console_calibration", "console_pixel_size", "console_scan_rows", "databar_note", "databar_rows",
+           "sidecar_calibration", "sidecar_of", "sidecar_pixel_size", "sidecar_scan_rows"]
 
 _SIDECAR_MAX_BYTES = 1 << 20  # a console's text file is a few kB; anything larger is not one
 _M_TO_NM = 1e9
@@ -47,23 +47,28 @@ _MARKER_UNITS = {"nm": 1.0, "um": 1e3, "µm": 1e3, "μm": 1e3, "mm": 1e6, "m": 1
 
 def console_pixel_size(tif: Any) -> dict[str, tuple[float, str | None]]:
     """The pixel size a console recorded for an open ``tifffile.TiffFile``, in nm per axis
-    letter; ``{}`` where none did."""
+    letter; ``{}`` where none did (:func:`console_calibration` also says which)."""
+    return console_calibration(tif)[0]
+
+
+def console_calibration(tif: Any) -> tuple[dict[str, tuple[float, str | None]], str | None]:
+    """(pixel size in nm per axis letter, the record it came from) of an open
+    ``tifffile.TiffFile``; ``({}, None)`` where no console recorded one."""
     page = tif.pages.first
-    for read in (_thermo_fisher, _zeiss, _olympus_sis, _tvips):
-        found = read(tif)
+    readers = [("Thermo Fisher tag", lambda: _thermo_fisher(tif)), ("Zeiss tag", lambda: _zeiss(tif)),
+               ("Olympus SIS tag", lambda: _olympus_sis(tif)), ("TVIPS header", lambda: _tvips(tif)),
+               ("Tescan tag", lambda: _tescan(page)), ("DigitalMicrograph tags", lambda: _dm_tiff(page))]  # fmt: skip
+    for name, read in readers:
+        found = read()
         if found:
-            return found
-    for read_page in (_tescan, _dm_tiff):
-        found = read_page(page)
-        if found:
-            return found
+            return found, name
     path = getattr(getattr(tif, "filehandle", None), "path", None)
     hdr = _sidecar_text(path, ".hdr") if path else None
     if hdr is not None and ("[MAIN]" in hdr or "TESCAN" in hdr.upper()):  # Tescan's header beside the image
         found = _tescan_sizes(hdr)
         if found:
-            return found
-    return sidecar_pixel_size(path, int(page.shape[1])) if path and len(page.shape) >= 2 else {}
+            return found, "Tescan .hdr file"
+    return sidecar_calibration(path, int(page.shape[1])) if path and len(page.shape) >= 2 else ({}, None)
 
 
 def sidecar_pixel_size(path: str | Path, width: int) -> dict[str, tuple[float, str | None]]:
@@ -75,8 +80,19 @@ def sidecar_pixel_size(path: str | Path, width: int) -> dict[str, tuple[float, s
     >>> sidecar_pixel_size("/nowhere/img.bmp", 1280)
     {}
     """
+    return sidecar_calibration(path, width)[0]
+
+
+def sidecar_calibration(path: str | Path, width: int) -> tuple[dict[str, tuple[float, str | None]], str | None]:
+    """:func:`sidecar_pixel_size` and the text file's maker (``"Hitachi text file"``, ...)."""
     text = _sidecar_text(path)
-    return (_hitachi(text) or _jeol(text, width)) if text is not None else {}
+    if text is None:
+        return {}, None
+    found = _hitachi(text)
+    if found:
+        return found, "Hitachi text file"
+    found = _jeol(text, width)
+    return (found, "JEOL text file") if found else ({}, None)
 
 
 def console_scan_rows(tif: Any, height: int) -> tuple[int, int] | None:

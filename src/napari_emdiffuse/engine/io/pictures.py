@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from .common import ImageData, check_readable, grey_from_samples, reason
-from .consoles import databar_note, sidecar_pixel_size, sidecar_scan_rows
+from .consoles import databar_note, sidecar_calibration, sidecar_scan_rows
 
 __all__ = ["read_picture"]
 
@@ -40,7 +40,7 @@ def read_picture(path: Path) -> ImageData:
     bar = sidecar_scan_rows(path, data.shape[1], data.shape[0])
     if bar is not None:
         data, note = data[: bar[0]], databar_note(bar[1])
-    size = sidecar_pixel_size(path, data.shape[1])
+    size, source = sidecar_calibration(path, data.shape[1])
     spacing = (size["Y"][0], size["X"][0]) if size else None
     return ImageData(data=np.ascontiguousarray(data), spacing=spacing, unit="nm" if size else None, axes="YX",
-                     path=path, note=note)
+                     path=path, note=note, source=source)

@@ -94,10 +94,10 @@ def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
             _check_imagej_complete(path, tif, series)
             data, note = _without_databar(tif, data)
             try:
-                spacing, units, known_axes = tiff_calibration(tif, series, series_axes, data.ndim)
+                spacing, units, known_axes, source = tiff_calibration(tif, series, series_axes, data.ndim)
             except Exception as exc:  # odd metadata must not stop reading good pixels
                 logger.warning("ignoring unreadable calibration in %s: %s", path, reason(exc))
-                spacing, units, known_axes = None, None, None
+                spacing, units, known_axes, source = None, None, None, None
     except InputError:
         raise
     except MemoryError:
@@ -119,7 +119,8 @@ def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
 
     data, spacing, known_axes = _grey(path, data, spacing, known_axes, series_axes)
     data, spacing, known_axes = drop_single_axes(data, spacing, known_axes)
-    return ImageData(data=data, spacing=spacing, unit=unit, axes=known_axes, path=path, note=note)
+    return ImageData(data=data, spacing=spacing, unit=unit, axes=known_axes, path=path, note=note,
+                     source=source if spacing is not None else None)
 
 
 def _without_databar(tif: Any, data: np.ndarray) -> tuple[np.ndarray, str | None]:
