@@ -212,15 +212,49 @@ def _read_n5(path: str | list[str]) -> list[LayerData]:
 
 def get_slices_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """The reader for a folder of sections, one file each (TIFF, MRC, DigitalMicrograph such as
-    3View's ``.dm4``, pictures), else None. napari offers every folder reader for every folder,
+    3View's ``.dm4``, pictures), or for a neuroglancer precomputed volume, else None. napari offers every folder reader for every folder,
     so this one serves the folders this plugin's other readers do not (stores, containers)."""
     from .engine.io.batch import is_batch
     from .engine.io.common import image_files_in
 
+    from .engine.io.precomputed import precomputed_of
+
     path = _one(path)
-    if path is None or not Path(path).is_dir() or not is_batch([path]):  # a store or container: not slices
+    if path is None or not Path(path).is_dir():
+        return None
+    if precomputed_of(Path(path)) is not None:
+        return _read_precomputed
+    if not is_batch([path]):  # a store or container: not slices
         return None
     return _read_slices if len(image_files_in(Path(path))) >= 2 else None
+
+
+def _read_precomputed(path: str | list[str]) -> list[LayerData]:
+    """A neuroglancer precomputed volume (or one of its scales) as one lazy layer, chunk by
+    chunk, with its voxel size; its coarser scales as the levels of a multiscale layer."""
+    import dask.array as da
+    from dask.base import tokenize
+
+    from .engine.io.images import read_image
+    from .engine.io.precomputed import PrecomputedArray, precomputed_of
+
+    path = _one(path) or ""
+    root, key = precomputed_of(Path(path))  # type: ignore[misc]
+    img = read_image(path)
+    levels = [img.data]
+    if not key:  # the whole volume: every scale whose chunks are read here, finest first
+        import json
+
+        for scale in json.loads((root / "info").read_text())["scales"][1:]:
+            try:
+                level = PrecomputedArray(root, str(scale["key"]))
+            except Exception:  # a sharded or otherwise unread scale: left out
+                continue
+            if all(a <= b for a, b in zip(level.shape, levels[-1].shape)):
+                levels.append(level)
+    lazy = [da.from_array(lv, chunks=lv.chunks, name=f"precomputed-{tokenize(lv)}", asarray=False) for lv in levels]
+    meta = layer_meta(img, root.name if not key else f"{root.name} {key}", multiscale=len(lazy) > 1)
+    return [(lazy if len(lazy) > 1 else lazy[0], meta, "image")]
 
 
 def _read_slices(path: str | list[str]) -> list[LayerData]:

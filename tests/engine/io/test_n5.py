@@ -156,7 +156,7 @@ def test_a_path_inside_a_store_or_container_is_one_input_not_a_batch(tmp_path, v
         assert not is_batch([str(tmp_path / one)]), one
     (tmp_path / "slices").mkdir()
     assert is_batch([str(tmp_path / "slices")])  # the control: a plain folder is a batch
-    with pytest.raises(InputError, match="zarr store or N5 container: restore those one at a time"):
+    with pytest.raises(InputError, match="zarr store, N5 container or precomputed volume: restore those one at a time"):
         expand_inputs([tmp_path / "v.n5", tmp_path / "g.zarr"])
 
 

@@ -18,6 +18,7 @@ from .common import (
 )
 from .hdf5 import h5_file_of, h5_images
 from .n5 import n5_container_of
+from .precomputed import precomputed_of
 from .zarr import zarr_store_of
 
 __all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch"]
@@ -43,8 +44,9 @@ def is_batch(inputs: list[str]) -> bool:
 
 
 def _is_store(p: Path) -> bool:
-    """A zarr store or N5 container, a path inside one, or a zarr store not named ``.zarr``."""
-    return (zarr_store_of(p) is not None or n5_container_of(p) is not None
+    """A zarr store, N5 container or neuroglancer precomputed volume, a path inside one, or a
+    zarr store not named ``.zarr``."""
+    return (zarr_store_of(p) is not None or n5_container_of(p) is not None or precomputed_of(p) is not None
             or any((p / marker).exists() for marker in (".zarray", ".zgroup", "zarr.json")))
 
 
@@ -64,7 +66,7 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
     for name in inputs:
         p = Path(name).expanduser()
         if _is_store(p):
-            raise InputError(f"'{p}' is a zarr store or N5 container: restore those one at a time (their output "
+            raise InputError(f"'{p}' is a zarr store, N5 container or precomputed volume: restore those one at a time (their output "
                              "streams to disk)")
         if p.is_dir():
             found = image_files_in(p, hdf5=True)

@@ -134,11 +134,12 @@ def likely_image(names: list[str]) -> str:
 def unsupported_type(path: Path) -> InputError:
     """The error for a file type that cannot be read."""
     if path.is_dir():
-        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .dm4, .h5, .png, .n5 or .zarr")
+        return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .dm4, .ser, .h5, .emd, "
+                          ".png, .n5 or .zarr, or a neuroglancer precomputed volume")
     ext = path.suffix or "(none)"
     return InputError(
-        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .dm3/.dm4, .h5/.hdf5/.hdf, "
-        ".png/.jpg/.bmp, .n5 or .zarr"
+        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.hdf5/.hdf/.emd, "
+        ".png/.jpg/.bmp, .n5, .zarr or a neuroglancer precomputed volume"
     )
 
 

@@ -27,6 +27,7 @@ from .common import (
     unsupported_type,
 )
 from .dm import read_dm
+from .precomputed import precomputed_of, read_precomputed
 from .ser import read_ser
 from .hdf5 import h5_file_of, h5_images, read_h5
 from .mrc import read_mrc, write_mrc
@@ -126,6 +127,9 @@ def _read(p: Path, key: str | None) -> ImageData:
     if n5 is not None:
         inner = "/".join(k.strip("/") for k in (n5[1], key or "") if k and k.strip("/"))
         return read_n5(n5[0], inner or None)
+    volume = precomputed_of(p) if suffix_of(p) != ZARR_SUFFIX else None
+    if volume is not None:  # a neuroglancer precomputed volume, or one of its scales
+        return read_precomputed(volume[0], key or volume[1])
     if p.is_dir() and suffix_of(p) != ZARR_SUFFIX and zarr_store_of(p) is None:
         if any((p / marker).exists() for marker in (".zarray", ".zgroup", "zarr.json")):
             return read_zarr(p, key)  # a zarr store whose name lacks .zarr

@@ -12,6 +12,7 @@ from typing import Any
 from .common import H5_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, suffix_of
 from .hdf5 import H5Array
 from .n5 import N5Array
+from .precomputed import PrecomputedArray
 from .tiff import TiffArray
 from .velox import velox_dataset
 from .views import AxesPicked, FramesFirst
@@ -40,6 +41,8 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
         return array.root, array.name, lead, trail
     if isinstance(array, TiffArray):
         return array.file, "", lead, trail
+    if isinstance(array, PrecomputedArray):
+        return array.root, array.name, lead, trail
     import zarr
 
     if not isinstance(array, zarr.Array):
@@ -61,6 +64,8 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
         arr = N5Array(where, key)
     elif suffix_of(Path(where)) in TIFF_SUFFIXES:
         arr = TiffArray(where)
+    elif (Path(where) / "info").is_file():  # a neuroglancer precomputed volume
+        arr = PrecomputedArray(where, key)
     else:
         import zarr
 

@@ -1,0 +1,180 @@
+"""Neuroglancer precomputed volumes on a local disk (connectomics datasets and their cutouts,
+as CloudVolume, igneous and webKnossos write them), read lazily, chunk by chunk, with their
+voxel size.
+
+A volume is a folder with an ``info`` JSON file: ``data_type``, ``num_channels`` and a list of
+``scales``, each with a ``key`` (the folder of its chunks), ``size`` and ``voxel_offset`` (x,
+y, z), ``resolution`` (nm, x, y, z), ``chunk_sizes`` and an ``encoding``. A chunk is the file
+``<key>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>`` (voxel coordinates, offset included), gzip-compressed
+when named with ``.gz``: ``raw`` pixels are little-endian, x fastest (then y, z, channel);
+``jpeg`` is one greyscale picture ``x`` wide and ``y * z`` tall. A missing chunk is empty
+(zeros). ``volume/8_8_40`` names a scale; without one the finest (the first) is read. Sharded
+scales and other encodings are refused in one line. Read only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .common import ImageData, reason
+from .views import LazyArray, ascending_index
+
+__all__ = ["PrecomputedArray", "precomputed_of", "read_precomputed"]
+
+_ENCODINGS = ("raw", "jpeg")
+
+
+def _info(folder: Path) -> dict | None:
+    try:
+        info = json.loads((folder / "info").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("scales"), list) else None
+
+
+def precomputed_of(path: Path) -> tuple[Path, str] | None:
+    """Split ``volume/8_8_40`` into a precomputed volume (a folder with an ``info`` that lists
+    scales) and the scale key (``""`` for the volume itself); None for any other path.
+
+    Examples
+    --------
+    >>> precomputed_of(Path("/nowhere/volume")) is None
+    True
+    """
+    for candidate in (path, path.parent):
+        if candidate.is_dir() and (candidate / "info").is_file() and _info(candidate) is not None:
+            return candidate, "" if candidate == path else path.name
+    return None
+
+
+def read_precomputed(root: Path, key: str = "") -> ImageData:
+    """Read a scale of a precomputed volume (the finest by default) lazily as ZYX, with its
+    voxel size in nm.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "info").write_text('{"data_type": "uint8", "num_channels": 1, "scales": [{"key": "4_4_40", '
+    ...     '"size": [6, 4, 2], "voxel_offset": [0, 0, 0], "resolution": [4, 4, 40], "chunk_sizes": [[6, 4, 2]], '
+    ...     '"encoding": "raw"}]}')
+    191
+    >>> (d / "4_4_40").mkdir()
+    >>> _ = (d / "4_4_40" / "0-6_0-4_0-2").write_bytes(np.arange(48, dtype=np.uint8).tobytes())
+    >>> img = read_precomputed(d)
+    >>> img.data.shape, img.spacing, int(img.data[1, 0, 5])
+    ((2, 4, 6), (40.0, 4.0, 4.0), 29)
+    """
+    info = _info(root)
+    if info is None:
+        raise InputError(f"cannot read '{root}': no neuroglancer precomputed 'info' file")
+    scales = [s for s in info["scales"] if isinstance(s, dict)]
+    scale = next((s for s in scales if str(s.get("key")) == key), None) if key else (scales[0] if scales else None)
+    if scale is None:
+        keys = ", ".join(str(s.get("key")) for s in scales) or "none"
+        raise InputError(f"cannot read '{root}': no scale '{key}' in it (scales: {keys})")
+    array = PrecomputedArray(root, str(scale.get("key")))
+    try:
+        zyx = tuple(float(v) for v in reversed(scale["resolution"]))
+    except (KeyError, TypeError, ValueError):
+        zyx = None
+    ok = zyx is not None and len(zyx) == 3 and all(np.isfinite(v) and v > 0 for v in zyx)
+    return ImageData(data=array, spacing=zyx if ok else None, unit="nm" if ok else None, axes="ZYX", path=root)
+
+
+class PrecomputedArray(LazyArray):
+    """One scale of a local precomputed volume as a ZYX array that reads only the chunks an
+    index touches; it pickles as its folder and key, so cluster workers read it in place.
+    A volume with several channels, a sharded scale or an encoding other than raw or jpeg is
+    refused in one line when opened."""
+
+    def __init__(self, root: str | os.PathLike[str], key: str) -> None:
+        self.root = str(Path(root).resolve())
+        self.name = str(key)
+        info = _info(Path(self.root)) or {}
+        scale = next((s for s in info.get("scales", []) if isinstance(s, dict) and str(s.get("key")) == self.name), None)
+        where = f"{self.root}/{self.name}"
+        if scale is None:
+            raise InputError(f"cannot read '{where}': not a scale of a precomputed volume")
+        if int(info.get("num_channels", 1)) != 1:
+            raise InputError(f"cannot read '{where}': it has {info.get('num_channels')} channels; the models restore one")
+        if scale.get("sharding"):
+            raise InputError(f"cannot read '{where}': sharded chunks are not read here; write an unsharded copy "
+                             "(igneous or CloudVolume) or a zarr")
+        self.encoding = str(scale.get("encoding", "raw"))
+        if self.encoding not in _ENCODINGS:
+            raise InputError(f"cannot read '{where}': its chunks are {self.encoding}; raw or jpeg are read here")
+        try:
+            self.dtype = np.dtype(str(info["data_type"]))
+            self.offset = tuple(int(v) for v in scale.get("voxel_offset", (0, 0, 0)))  # x, y, z
+            size = tuple(int(v) for v in scale["size"])
+            chunk = tuple(int(v) for v in scale["chunk_sizes"][0])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InputError(f"cannot read '{where}': its info file is malformed ({reason(exc)})") from exc
+        if len(size) != 3 or len(chunk) != 3 or min(size) < 1 or min(chunk) < 1 or len(self.offset) != 3:
+            raise InputError(f"cannot read '{where}': its info gives size {size} and chunks {chunk}")
+        self.shape: tuple[int, ...] = size[::-1]  # z, y, x
+        self.chunks: tuple[int, ...] = chunk[::-1]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        read, post = ascending_index(key, self.shape)
+        ranges = [range(k, k + 1) if isinstance(k, int) else range(k.start, k.stop, k.step) for k in read]
+        out = np.zeros(tuple(len(r) for r in ranges), self.dtype)
+        if out.size:
+            spans = [(r.start, r[-1] + 1) for r in ranges]
+            blocks = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(spans, self.chunks)]
+            for bz in blocks[0]:
+                for by in blocks[1]:
+                    for bx in blocks[2]:
+                        self._fill(out, ranges, (bz, by, bx))
+        out = out.reshape(tuple(len(r) for r, k in zip(ranges, read) if not isinstance(k, int)))
+        return out[post] if post else out
+
+    def _fill(self, out: np.ndarray, ranges: list[range], block: tuple[int, int, int]) -> None:
+        lo = [b * c for b, c in zip(block, self.chunks)]
+        hi = [min(a + c, n) for a, c, n in zip(lo, self.chunks, self.shape)]
+        pixels = self._chunk(lo, hi)
+        if pixels is None:
+            return  # a missing chunk: empty
+        picks = []
+        for r, a, b in zip(ranges, lo, hi):
+            inside = [i for i, v in enumerate(r) if a <= v < b]
+            picks.append((inside, [r[i] - a for i in inside]))
+        if all(p[0] for p in picks):
+            out[np.ix_(*[p[0] for p in picks])] = pixels[np.ix_(*[p[1] for p in picks])]
+
+    def _chunk(self, lo: list[int], hi: list[int]) -> np.ndarray | None:
+        (z0, y0, x0), (z1, y1, x1) = lo, hi
+        ox, oy, oz = self.offset
+        name = f"{x0 + ox}-{x1 + ox}_{y0 + oy}-{y1 + oy}_{z0 + oz}-{z1 + oz}"
+        folder = Path(self.root) / self.name
+        path = next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+        if path is None:
+            return None
+        shape = (z1 - z0, y1 - y0, x1 - x0)
+        try:
+            raw = path.read_bytes()
+            raw = gzip.decompress(raw) if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b" else raw
+            if self.encoding == "jpeg":
+                import imageio.v3 as iio
+
+                picture = np.asarray(iio.imread(io.BytesIO(raw)))
+                return picture.reshape(shape).astype(self.dtype, copy=False)
+            return np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"), count=int(np.prod(shape))).reshape(shape)
+        except Exception as exc:  # a damaged chunk: each codec raises its own error
+            raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
+
+    def __dask_tokenize__(self) -> tuple:
+        st = os.stat(Path(self.root) / "info")
+        return ("PrecomputedArray", self.root, self.name, st.st_mtime_ns)
+
+    def __repr__(self) -> str:
+        return f"PrecomputedArray('{self.root}', '{self.name}', shape={self.shape}, dtype={self.dtype})"

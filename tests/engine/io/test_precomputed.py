@@ -1,0 +1,105 @@
+"""Neuroglancer precomputed volumes on disk, written here as the format lays them out: an
+info file, chunks named by their voxel ranges (offset included), raw (x fastest) or jpeg."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from napari_emdiffuse.engine.errors import InputError
+from napari_emdiffuse.engine.io.images import read_image
+from napari_emdiffuse.engine.io.precomputed import PrecomputedArray
+from napari_emdiffuse.engine.io.sources import open_source, source_of
+
+
+def _precomputed(root, zyx, chunk=(3, 4, 5), offset=(10, 20, 2), encoding="raw", skip=(), gz=(), extra=None):
+    """``chunk`` and ``offset`` z, y, x; writes scale ``4_4_40`` of the ZYX volume."""
+    key = "4_4_40"
+    scale = {"key": key, "size": list(zyx.shape[::-1]), "voxel_offset": list(offset[::-1]), "resolution": [4, 4, 40],
+             "chunk_sizes": [list(chunk[::-1])], "encoding": encoding, **(extra or {})}  # fmt: skip
+    root.mkdir()
+    (root / "info").write_text(json.dumps({"@type": "neuroglancer_multiscale_volume", "type": "image",
+                                           "data_type": zyx.dtype.name, "num_channels": 1, "scales": [scale]}))  # fmt: skip
+    (root / key).mkdir()
+    counts = [-(-n // c) for n, c in zip(zyx.shape, chunk)]
+    for index in itertools.product(*[range(n) for n in counts]):
+        if index in skip:
+            continue
+        lo = [i * c for i, c in zip(index, chunk)]
+        hi = [min(a + c, n) for a, c, n in zip(lo, chunk, zyx.shape)]
+        part = zyx[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        (z0, y0, x0), (z1, y1, x1), (oz, oy, ox) = lo, hi, offset
+        name = f"{x0 + ox}-{x1 + ox}_{y0 + oy}-{y1 + oy}_{z0 + oz}-{z1 + oz}"
+        if encoding == "jpeg":
+            import imageio.v3 as iio
+
+            data = iio.imwrite("<bytes>", part.reshape(-1, part.shape[-1]), extension=".jpg", quality=100)
+        else:
+            data = part.astype(part.dtype.newbyteorder("<")).tobytes()  # C order of z, y, x: x fastest
+        if index in gz:
+            (root / key / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (root / key / name).write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def vol():
+    return (np.arange(7 * 9 * 11) * 37 % 65521).astype(np.uint16).reshape(7, 9, 11)
+
+
+def test_a_volume_reads_chunk_by_chunk_with_its_voxel_size(tmp_path, vol, capsys):
+    from napari_emdiffuse.cli import main
+
+    root = _precomputed(tmp_path / "vol", vol, skip={(1, 1, 1)}, gz={(0, 0, 0), (2, 2, 2)})
+    want = vol.copy()
+    want[3:6, 4:8, 5:10] = 0  # the chunk never written: empty
+    img = read_image(root)
+    assert isinstance(img.data, PrecomputedArray) and img.data.shape == (7, 9, 11)
+    assert img.spacing == (40.0, 4.0, 4.0) and img.unit == "nm" and img.axes == "ZYX"
+    for key in itertools.product([0, -1, slice(None), slice(None, None, -2)], [4, slice(1, 8, 3)],
+                                 [slice(None), slice(9, 1, -3)]):  # fmt: skip
+        assert np.array_equal(img.data[key], want[key]), key
+    assert np.array_equal(read_image(root / "4_4_40").data[2], want[2])  # a scale named
+    assert np.array_equal(pickle.loads(pickle.dumps(img.data))[5], want[5])
+    assert np.array_equal(np.asarray(open_source(*source_of(img.data))), want)
+    assert main(["info", str(root)]) == 0
+    assert "7 x 9 x 11 uint16, axes ZYX, 40 x 4 x 4 nm; isotropic factor 10" in capsys.readouterr().out
+
+
+def test_jpeg_chunks_read_as_the_picture_x_wide_and_y_times_z_tall(tmp_path):
+    zyx = np.tile(np.arange(0, 240, 24, dtype=np.uint8), (4, 6, 1))  # smooth: jpeg keeps it within a level or two
+    img = read_image(_precomputed(tmp_path / "jpg", zyx, chunk=(2, 3, 10), offset=(0, 0, 0), encoding="jpeg"))
+    assert img.data.shape == (4, 6, 10) and np.abs(np.asarray(img.data).astype(int) - zyx).max() <= 3
+
+
+def test_what_is_not_read_here_is_refused_in_one_line(tmp_path, vol):
+    cases = [
+        (_precomputed(tmp_path / "sharded", vol, extra={"sharding": {"@type": "neuroglancer_uint64_sharded_v1"}}),
+         "sharded"),
+        (_precomputed(tmp_path / "seg", vol, encoding="compressed_segmentation"), "compressed_segmentation"),
+    ]
+    root = _precomputed(tmp_path / "bad", vol)
+    chunk = next((root / "4_4_40").iterdir())
+    chunk.write_bytes(chunk.read_bytes()[:10])  # truncated
+    for path, needle in cases:
+        with pytest.raises(InputError, match=needle) as exc:
+            read_image(path)
+        assert "\n" not in str(exc.value)
+    with pytest.raises(InputError, match="4_4_40") as exc:
+        np.asarray(read_image(root).data)
+    with pytest.raises(InputError, match="no scale '8_8_40'"):
+        read_image(root / "8_8_40")
+
+
+def test_napari_opens_a_precomputed_volume_with_its_scale(tmp_path, vol):
+    from napari_emdiffuse._reader import get_slices_reader
+
+    root = _precomputed(tmp_path / "vol", vol)
+    (data, meta, kind), = get_slices_reader(str(root))(str(root))
+    assert kind == "image" and meta["scale"] == (40.0, 4.0, 4.0) and np.array_equal(np.asarray(data), vol)
