@@ -236,18 +236,16 @@ def _read_precomputed(path: str | list[str]) -> list[LayerData]:
     from dask.base import tokenize
 
     from .engine.io.images import read_image
-    from .engine.io.precomputed import PrecomputedArray, precomputed_of
+    from .engine.io.precomputed import PrecomputedArray, precomputed_of, precomputed_scales
 
     path = _one(path) or ""
     root, key = precomputed_of(Path(path))  # type: ignore[misc]
     img = read_image(path)
     levels = [img.data]
     if not key:  # the whole volume: every scale whose chunks are read here, finest first
-        import json
-
-        for scale in json.loads((root / "info").read_text())["scales"][1:]:
+        for name in precomputed_scales(root)[1:]:
             try:
-                level = PrecomputedArray(root, str(scale["key"]))
+                level = PrecomputedArray(root, name)
             except Exception:  # a sharded or otherwise unread scale: left out
                 continue
             if all(a <= b for a, b in zip(level.shape, levels[-1].shape)):

@@ -385,6 +385,7 @@ def _describe(name: str, args: argparse.Namespace) -> tuple[dict, str]:
     from .engine.io.images import read_image
     from .engine.io.spacing import factor_from_spacing
     from .engine.io.n5 import n5_levels
+    from .engine.io.precomputed import PrecomputedArray, precomputed_scales
     from .engine.io.views import LazyArray
     from .engine.io.zarr import is_ome, ome_levels
 
@@ -423,6 +424,9 @@ def _describe(name: str, args: argparse.Namespace) -> tuple[dict, str]:
         if levels > 1:
             record["levels"] = levels
             line += f"; {levels} levels (s0 read)"
+    if isinstance(data, PrecomputedArray) and len(scales := precomputed_scales(Path(data.root))) > 1:
+        record["levels"] = len(scales)
+        line += f"; {len(scales)} scales ({data.name} read)"
     if data.ndim == 3 and data.shape[0] >= 3:
         try:  # whether denoising averages it along z (a central crop is read)
             found = slice_alikeness(data)

@@ -97,9 +97,21 @@ def test_what_is_not_read_here_is_refused_in_one_line(tmp_path, vol):
         read_image(root / "8_8_40")
 
 
-def test_napari_opens_a_precomputed_volume_with_its_scale(tmp_path, vol):
+def test_napari_opens_a_precomputed_volume_with_its_scales(tmp_path, vol, capsys):
     from napari_emdiffuse._reader import get_slices_reader
+    from napari_emdiffuse.cli import main
 
     root = _precomputed(tmp_path / "vol", vol)
     (data, meta, kind), = get_slices_reader(str(root))(str(root))
     assert kind == "image" and meta["scale"] == (40.0, 4.0, 4.0) and np.array_equal(np.asarray(data), vol)
+    # a coarser scale (8_8_40: x and y halved) makes it a multiscale layer
+    half = vol[:, ::2, ::2].copy()
+    other = _precomputed(tmp_path / "half", half)
+    info = json.loads((root / "info").read_text())
+    coarse = {**info["scales"][0], "key": "8_8_40", "size": list(half.shape[::-1]), "resolution": [8, 8, 40]}
+    (root / "info").write_text(json.dumps({**info, "scales": info["scales"] + [coarse]}))
+    (other / "4_4_40").rename(root / "8_8_40")
+    (levels, meta, _), = get_slices_reader(str(root))(str(root))
+    assert meta["multiscale"] and [lv.shape for lv in levels] == [(7, 9, 11), (7, 5, 6)]
+    assert np.array_equal(np.asarray(levels[1]), half)
+    assert main(["info", str(root)]) == 0 and "2 scales (4_4_40 read)" in capsys.readouterr().out

@@ -27,7 +27,7 @@ from ..errors import InputError
 from .common import ImageData, reason
 from .views import LazyArray, ascending_index
 
-__all__ = ["PrecomputedArray", "precomputed_of", "read_precomputed"]
+__all__ = ["PrecomputedArray", "precomputed_of", "precomputed_scales", "read_precomputed"]
 
 _ENCODINGS = ("raw", "jpeg")
 
@@ -53,6 +53,12 @@ def precomputed_of(path: Path) -> tuple[Path, str] | None:
         if candidate.is_dir() and (candidate / "info").is_file() and _info(candidate) is not None:
             return candidate, "" if candidate == path else path.name
     return None
+
+
+def precomputed_scales(root: Path) -> list[str]:
+    """The scale keys of a precomputed volume, finest first (as its ``info`` lists them)."""
+    info = _info(root) or {}
+    return [str(s.get("key")) for s in info.get("scales", []) if isinstance(s, dict)]
 
 
 def read_precomputed(root: Path, key: str = "") -> ImageData:
