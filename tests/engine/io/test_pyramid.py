@@ -94,3 +94,21 @@ def test_a_stack_keeps_its_slices_until_its_pixels_are_as_wide():
     assert [lv.shape for lv in plan] == [(100, 2048, 2048), (50, 1024, 1024), (25, 512, 512)]
     assert not any(lv.zdown for lv in pyramid.level_plan((100, 4096, 4096), (50.0, 4.0, 4.0)))
     assert not any(lv.zdown for lv in pyramid.level_plan((100, 4096, 4096)))
+
+
+def test_write_image_gives_an_ome_zarr_its_pyramid(tmp_path):
+    """A converted or saved OME-Zarr gets its levels too, as the restorations' outputs do."""
+    import zarr
+
+    from napari_emdiffuse.engine.io.images import read_image, write_image
+    from napari_emdiffuse.engine.io.zarr import ome_levels
+
+    image = (np.arange(1100 * 600) % 251).astype(np.uint8).reshape(1100, 600)
+    write_image(tmp_path / "out.ome.zarr", image, spacing=(4.0, 4.0))
+    assert ome_levels(tmp_path / "out.ome.zarr") == ["0", "1", "2"]  # until it fits 512 px
+    level1 = zarr.open_array(str(tmp_path / "out.ome.zarr" / "1"), mode="r")[:]
+    want = image.reshape(550, 2, 300, 2).astype(np.float64).mean(axis=(1, 3))
+    assert np.abs(level1.astype(np.float64) - want).max() <= 0.5
+    assert read_image(tmp_path / "out.ome.zarr").spacing == (4.0, 4.0)
+    write_image(tmp_path / "plain.zarr", image)  # the control: a plain store has one array
+    assert isinstance(zarr.open(str(tmp_path / "plain.zarr"), mode="r"), zarr.Array)

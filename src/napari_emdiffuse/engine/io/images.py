@@ -179,8 +179,8 @@ def write_image(
     Parameters
     ----------
     path : str or path-like
-        ``.tif``, ``.tiff``, ``.zarr`` or an MRC name (``.mrc``, ``.rec``, ...; 2D or 3D only,
-        uint8 stored as uint16).
+        ``.tif``, ``.tiff``, ``.zarr`` (``.ome.zarr``: OME-Zarr with its multiscale pyramid) or
+        an MRC name (``.mrc``, ``.rec``, ...; 2D or 3D only, uint8 stored as uint16).
     array : numpy.ndarray or dask.array.Array or array-like
         Pixels. A lazy stack (zarr, dask, a file read lazily) is written slice by slice to TIFF
         and MRC and block by block to zarr; a lazy 2D image is read whole for TIFF and MRC.
@@ -234,9 +234,13 @@ def write_image(
             overwrite=overwrite, attrs=attrs,
         ) as writer:
             da.store(lazy, writer.array, lock=False)
+            for _ in writer.build_pyramid():  # an OME-Zarr output's levels below full resolution
+                pass
     else:
         with ZarrWriter(
             p, array.shape, array.dtype, spacing=spacing, unit=unit, axes=axes, overwrite=overwrite, attrs=attrs
         ) as writer:
             writer.array[...] = array
+            for _ in writer.build_pyramid():
+                pass
     return p
