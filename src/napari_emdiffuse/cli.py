@@ -348,12 +348,12 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
+    from .cli_info import describe, info_names
     from .engine.errors import InputError
-    from .engine.io.images import image_names
     from .engine.io.zarr import unfinished_runs
 
     failed = 0
-    for name in [n for given in args.input for n in image_names(given)]:  # a file's datasets, each
+    for name in [n for given in args.input for n in info_names(given)]:  # a file's datasets, each
         runs = unfinished_runs(name) if _is_zarr(Path(name)) else []
         if not args.json:
             for store, done, total in runs:  # a zarr output whose run goes on, or stopped
@@ -364,7 +364,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 print(json.dumps({"path": name, "unfinished_runs": [[str(s), d, t] for s, d, t in runs]}))
             continue
         try:
-            record, line = _describe(name, args)
+            record, line = describe(name, channel=args.channel, time=args.time)
         except InputError as exc:
             print(json.dumps({"path": name, "error": str(exc)}) if args.json else f"{PROG}: {exc}",
                   file=sys.stdout if args.json else sys.stderr)
@@ -376,65 +376,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if failed:
         raise InputError(f"{failed} of {len(args.input)} inputs could not be read (reasons above)")
     return 0
-
-
-def _describe(name: str, args: argparse.Namespace) -> tuple[dict, str]:
-    """How ``name`` is read, as a record (``info --json``) and as a line."""
-    from .engine.core.alikeness import slice_alikeness
-    from .engine.errors import InputError
-    from .engine.io.images import read_image
-    from .engine.io.spacing import factor_from_spacing
-    from .engine.io.n5 import n5_levels
-    from .engine.io.precomputed import PrecomputedArray, precomputed_scales
-    from .engine.io.views import LazyArray
-    from .engine.io.zarr import is_ome, ome_levels
-
-    img = read_image(name, channel=args.channel, time=args.time)
-    data = img.data
-    # .name, not str(): a big-endian MRC is '>f4' to numpy, float32 to a user (restoration converts it)
-    record: dict[str, Any] = {"path": name, "shape": list(data.shape), "dtype": data.dtype.name, "axes": img.axes,
-                              "spacing": list(img.spacing) if img.spacing is not None else None, "unit": img.unit,
-                              "note": img.note}  # fmt: skip
-    size = ("no pixel size" if img.spacing is None
-            else " x ".join(f"{v:g}" for v in img.spacing) + f" {img.unit or '(unit unknown)'}")
-    record["source"] = img.source if img.spacing is not None else None
-    if record["source"]:
-        size += f" (from the {img.source})"
-    line = f"{name}: {' x '.join(str(n) for n in data.shape)} {data.dtype.name}, axes {img.axes or 'not declared'}, {size}"
-    if img.note:
-        line += f"; {img.note}"
-    if img.axes and len(img.axes) == data.ndim and "C" in img.axes and data.shape[img.axes.index("C")] > 1:
-        record["channels"] = data.shape[img.axes.index("C")]
-        line += f"; {record['channels']} channels: restore one with --channel C"
-    if data.ndim == 3 and (img.axes or "").startswith("T"):  # frames of a series, not sections
-        line += "; a time series (frames, not sections)"
-    elif data.ndim == 3 and img.spacing is not None:
-        try:
-            record["isotropic_factor"] = factor_from_spacing(img.spacing)
-            line += f"; isotropic factor {record['isotropic_factor']}"
-        except InputError as exc:
-            record["isotropic_factor"] = None
-            line += f"; no isotropic factor: {exc}"
-    if is_ome(name) and img.path is not None and img.path.is_dir():
-        record["ome_levels"] = len(ome_levels(img.path)) or 1
-        line += f"; OME-Zarr, {record['ome_levels']} level{'s' * (record['ome_levels'] != 1)}"
-    name_key = getattr(getattr(data, "array", data), "name", None)  # an N5 dataset's path in its container
-    if isinstance(data, LazyArray) and isinstance(name_key, str) and Path(name_key).name == "s0":
-        levels = n5_levels(Path(getattr(getattr(data, "array", data), "root", "")) / name_key)
-        if levels > 1:
-            record["levels"] = levels
-            line += f"; {levels} levels (s0 read)"
-    if isinstance(data, PrecomputedArray) and len(scales := precomputed_scales(Path(data.root))) > 1:
-        record["levels"] = len(scales)
-        line += f"; {len(scales)} scales ({data.name} read)"
-    if data.ndim == 3 and data.shape[0] >= 3:
-        try:  # whether denoising averages it along z (a central crop is read)
-            found = slice_alikeness(data)
-            record["slices_alike"] = bool(found.alike)
-            line += f"; {found.describe()}"
-        except InputError:  # slices too small to compare
-            pass
-    return record, line
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

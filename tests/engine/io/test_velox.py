@@ -145,3 +145,6 @@ def test_a_batch_restores_each_detector_of_a_stem_file(tmp_path, tiny_model_dir,
     assert read_image(out / "stem_BF.tif").spacing == pytest.approx((0.2, 0.2))
     said = capsys.readouterr()
     assert "stem.emd/BF" in said.out + said.err
+    assert main(["info", str(session)]) == 0  # a session, not a volume: each image of each file
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].split("session/")[-1] for line in lines] == ["stem.emd/HAADF", "stem.emd/BF", "tem.emd"]
