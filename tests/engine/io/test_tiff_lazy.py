@@ -83,3 +83,17 @@ def test_a_damaged_page_of_a_lazy_tiff_is_refused_in_one_line(tmp_path, stack, m
     with pytest.raises(InputError, match="fib.tif") as exc:
         img.data[3]
     assert "\n" not in str(exc.value)
+
+
+def test_a_lazy_stack_is_written_page_by_page_and_a_lazy_colour_image_whole(tmp_path):
+    import dask.array as da
+
+    from napari_emdiffuse.engine.io.images import write_image
+
+    stack = (np.random.default_rng(6).random((4, 20, 30)) * 255).astype(np.uint8)
+    write_image(tmp_path / "st.tif", da.from_array(stack, chunks=(1, 20, 30)), spacing=(30.0, 5.0, 5.0))
+    got = read_image(tmp_path / "st.tif")
+    assert np.array_equal(got.data, stack) and got.spacing == (30.0, 5.0, 5.0) and got.axes == "ZYX"
+    rgb = (np.random.default_rng(7).random((20, 30, 3)) * 255).astype(np.uint8)  # YXS: one page, not 20
+    write_image(tmp_path / "rgb.tif", da.from_array(rgb), axes="YXS")
+    assert np.array_equal(tifffile.imread(tmp_path / "rgb.tif"), rgb)

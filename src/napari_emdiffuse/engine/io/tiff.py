@@ -309,6 +309,8 @@ def write_tiff(
         )
     axes = check_axes(axes, ndim, p)
     spacing = check_spacing(spacing, ndim, p)
+    if lazy and axes is not None and axes.endswith("S"):  # a colour image, not a stack: one page
+        data, lazy = as_numpy(data), False
 
     bigtiff = size * dtype.itemsize > BIGTIFF_MIN_BYTES
     rgb = axes is not None and axes.endswith("S") and shape[-1] in (3, 4)
