@@ -197,7 +197,10 @@ def connect(workers: int | None, scheduler: str | None, device: str = "cpu") -> 
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            # CRITICAL, not ERROR: at shutdown a worker's last heartbeat can race the closing
+            # scheduler and log a harmless "Failed to communicate" traceback; a task's own
+            # error still reaches the client, which raises it here
+            silence_logs=logging.CRITICAL,
         )
     try:
         client = Client(cluster)
