@@ -808,7 +808,7 @@ def test_info_json_gives_one_record_per_input_for_scripts(tmp_path, capsys):
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rc == 2 and len(out) == 2
     assert out[0] == {"path": str(tmp_path / "vol.tif"), "shape": [4, 16, 16], "dtype": "uint8", "axes": "ZYX",
-                      "spacing": [40.0, 8.0, 8.0], "unit": "nm", "note": None, "source": "ImageJ",
+                      "spacing": [40.0, 8.0, 8.0], "unit": "nm", "note": None, "source": "ImageJ metadata",
                       "isotropic_factor": 5}  # fmt: skip
     assert out[1]["path"].endswith("missing.tif") and "file not found" in out[1]["error"]
 
@@ -859,3 +859,19 @@ def test_convert_writes_any_input_with_its_pixel_size(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_convert_bin_averages_blocks_and_scales_the_pixel_size(tmp_path, capsys):
+    import zarr
+
+    from napari_emdiffuse.engine.io.images import read_image, write_image
+
+    vol = (np.random.default_rng(8).random((2, 21, 30)) * 255).astype(np.uint8)
+    write_image(tmp_path / "vol.zarr", vol, spacing=(40.0, 2.0, 2.0))
+    assert main(["convert", str(tmp_path / "vol.zarr"), "-o", str(tmp_path / "bin.tif"), "--bin", "2"]) == 0
+    got = read_image(tmp_path / "bin.tif")
+    want = np.rint(vol[:, :20, :30].reshape(2, 10, 2, 15, 2).astype(float).mean(axis=(2, 4))).astype(np.uint8)
+    assert np.array_equal(got.data, want) and got.spacing == (40.0, 4.0, 4.0)  # the odd last row dropped
+    assert isinstance(read_image(tmp_path / "vol.zarr").data, zarr.Array)  # read lazily, binned lazily
+    assert main(["convert", str(tmp_path / "vol.zarr"), "-o", str(tmp_path / "x.tif"), "--bin", "64"]) == 2
+    assert "smaller than one 64 x 64 bin" in capsys.readouterr().err

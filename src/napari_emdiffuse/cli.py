@@ -328,11 +328,21 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _convert_one(args: argparse.Namespace, out: Path) -> int:
     import numpy as np
 
+    from .engine.errors import InputError
     from .engine.inference.checks import check_fits_in_memory
     from .engine.io.common import MRC_SUFFIXES, streams_by_slice, suffix_of
     from .engine.io.images import write_image
 
     data = _read_input(args)
+    if args.bin > 1:
+        from .engine.io.pyramid import bin_lateral
+
+        if min(data.data.shape[-2:]) < args.bin:
+            raise InputError(f"'{args.input}' is {' x '.join(str(n) for n in data.data.shape)}: smaller than one "
+                             f"{args.bin} x {args.bin} bin")
+        data.data = bin_lateral(data.data, args.bin)
+        if data.spacing is not None:
+            data.spacing = (*data.spacing[:-2], *(v * args.bin for v in data.spacing[-2:]))
     if not _is_zarr(out) and not isinstance(data.data, np.ndarray) and not streams_by_slice(data.data):
         check_fits_in_memory(tuple(data.data.shape), data.data.dtype, uncertainty=False)  # a lazy 2D image
     axes = data.axes if data.axes and len(data.axes) == data.data.ndim else None

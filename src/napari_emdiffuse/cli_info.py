@@ -48,7 +48,7 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
             else " x ".join(f"{v:g}" for v in img.spacing) + f" {img.unit or '(unit unknown)'}")
     record["source"] = img.source if img.spacing is not None else None
     if record["source"]:
-        size += f" (from the {img.source})"
+        size += f" ({img.source})"
     line = f"{name}: {' x '.join(str(n) for n in data.shape)} {data.dtype.name}, axes {img.axes or 'not declared'}, {size}"
     if img.note:
         line += f"; {img.note}"

@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "takes its input's name")
     p.add_argument("--to", choices=[".tif", ".mrc", ".zarr"], default=".tif",
                    help="several inputs: the format every output takes (default .tif)")
+    p.add_argument("--bin", type=_positive, default=1, metavar="N",
+                   help="average each N x N block of pixels (as a detector binning N x N); the pixel size "
+                        "grows N times. For images sampled far finer than their detail (high magnification), "
+                        "before denoising")
     _pick_options(p)
     _voxel_option(p)
 

@@ -117,7 +117,7 @@ def test_the_cli_info_shows_a_hitachi_size_and_bar(tmp_path, capsys):
     (tmp_path / "hit.txt").write_text(HITACHI.format(w=16, h=10))
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "10 x 16 uint8" in out and "4.96094 x 4.96094 nm (from the Hitachi text file)" in out and "data bar (2 rows" in out
+    assert "10 x 16 uint8" in out and "4.96094 x 4.96094 nm (Hitachi text file)" in out and "data bar (2 rows" in out
 
 
 def test_olympus_sis_and_tvips_camera_tiffs_give_their_pixel_size():

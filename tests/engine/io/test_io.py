@@ -759,7 +759,7 @@ def test_a_thermo_fisher_sem_image_is_read_without_its_data_bar(tmp_path, capsys
     assert img.note == "the microscope's data bar (3 rows at the bottom) is left out"
     assert main(["info", str(path)]) == 0
     said = capsys.readouterr().out
-    assert "helios.tif: 12 x 10 uint8, axes not declared, 5 x 5 nm (from the Thermo Fisher tag); the microscope's data bar" in said
+    assert "helios.tif: 12 x 10 uint8, axes not declared, 5 x 5 nm (Thermo Fisher tag); the microscope's data bar" in said
     # the control: rows that do not add up to the scan and the bar are all kept
     odd = tmp_path / "odd.tif"
     tifffile.imwrite(odd, np.concatenate([scan, bar, bar]), extratags=[(34682, "B", 0, fei.encode(), True)])

@@ -125,7 +125,7 @@ def tiff_calibration(
             }
             if ij.get("spacing") is not None:
                 per_axis["Z"] = (float(ij["spacing"]), unit)
-            return (*_align(per_axis, series_axes, ndim), declared_axes, "ImageJ")
+            return (*_align(per_axis, series_axes, ndim), declared_axes, "ImageJ metadata")
 
     if tif.is_shaped and tif.shaped_metadata:
         md = tif.shaped_metadata[0]

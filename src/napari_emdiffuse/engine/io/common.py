@@ -77,7 +77,7 @@ class ImageData:
     note : str, optional
         What reading left out that a user should know (a microscope's data bar).
     source : str, optional
-        Where a TIFF's or picture's pixel size came from (``"ImageJ"``, ``"Thermo Fisher tag"``,
+        Where a TIFF's or picture's pixel size came from (``"ImageJ metadata"``, ``"Thermo Fisher tag"``,
         ``"Hitachi text file"``, ...), to tell a user which record to check when it is wrong.
     """
 

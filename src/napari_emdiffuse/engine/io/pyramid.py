@@ -23,7 +23,7 @@ import numpy as np
 
 from ..events import Progress
 
-__all__ = ["PYRAMID_TOP", "Level", "level_plan", "level_tiles", "downsample_tiles", "multiscales", "halve"]
+__all__ = ["PYRAMID_TOP", "Level", "level_plan", "level_tiles", "downsample_tiles", "multiscales", "halve", "bin_lateral"]
 
 #: Levels are added until the longer lateral side of the smallest fits this many pixels.
 PYRAMID_TOP = 512
@@ -159,3 +159,33 @@ def multiscales(
         axes_meta.append(entry)
     return {"multiscales": [{"version": "0.4", "name": name, "axes": axes_meta, "datasets": datasets,
                              "type": "mean (2x2, 2x2x2 where z is halved)"}]}  # fmt: skip
+
+
+def bin_lateral(image: Any, n: int) -> Any:
+    """``image`` (YX, or a stack of them) with each n x n block of pixels averaged, as a
+    detector binning n x n records; the last rows and columns that do not fill a block are
+    dropped, integers are rounded back to their type. numpy stays numpy; anything else (zarr,
+    dask, a file read lazily) becomes a lazy dask array, read block by block.
+
+    Examples
+    --------
+    >>> bin_lateral(np.array([[0, 2, 9], [4, 6, 9], [9, 9, 9]], dtype=np.uint8), 2)
+    array([[3]], dtype=uint8)
+    """
+    if n < 1 or len(image.shape) < 2:
+        raise ValueError(f"binning needs a factor >= 1 and an image, got {n} and shape {tuple(image.shape)}")
+    dtype = np.dtype(image.dtype)
+    h, w = (s // n * n for s in image.shape[-2:])
+    if isinstance(image, np.ndarray):
+        out: Any = image[..., :h, :w].reshape(*image.shape[:-2], h // n, n, w // n, n).mean(axis=(-3, -1))
+    else:
+        import dask.array as da
+
+        arr = image if isinstance(image, da.Array) else da.from_array(image, chunks=getattr(image, "chunks", "auto"))
+        arr = arr[..., :h, :w]
+        lateral = {arr.ndim - 2: max(n, min(h, 1024) // n * n), arr.ndim - 1: max(n, min(w, 1024) // n * n)}
+        out = da.coarsen(np.mean, arr.rechunk(lateral), {arr.ndim - 2: n, arr.ndim - 1: n})
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        out = out.round().clip(info.min, info.max)
+    return out.astype(dtype)
