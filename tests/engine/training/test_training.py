@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -788,9 +789,16 @@ def test_ddp_two_processes_on_cpu(tmp_path):
         )
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(script)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    for attempt in range(2):
+        shutil.rmtree(tmp_path / "ddp", ignore_errors=True)  # a second run starts afresh
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", str(script)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        # torch's gloo backend now and then aborts a rank as its process exits, after the run
+        # ("terminate called without an active exception", about 1 run in 10 on 2 shared
+        # cores): that, and only that, gets a second run
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
