@@ -330,7 +330,7 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
 
     from .engine.errors import InputError
     from .engine.inference.checks import check_fits_in_memory
-    from .engine.io.common import MRC_SUFFIXES, streams_by_slice, suffix_of
+    from .engine.io.common import MRC_SUFFIXES, streams_lazily, suffix_of
     from .engine.io.images import write_image
 
     data = _read_input(args)
@@ -343,7 +343,7 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
         data.data = bin_lateral(data.data, args.bin)
         if data.spacing is not None:
             data.spacing = (*data.spacing[:-2], *(v * args.bin for v in data.spacing[-2:]))
-    if not _is_zarr(out) and not isinstance(data.data, np.ndarray) and not streams_by_slice(data.data):
+    if not _is_zarr(out) and not isinstance(data.data, np.ndarray) and not streams_lazily(data.data):
         check_fits_in_memory(tuple(data.data.shape), data.data.dtype, uncertainty=False)  # a lazy 2D image
     axes = data.axes if data.axes and len(data.axes) == data.data.ndim else None
     if suffix_of(out) in MRC_SUFFIXES:

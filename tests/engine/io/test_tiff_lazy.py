@@ -97,3 +97,31 @@ def test_a_lazy_stack_is_written_page_by_page_and_a_lazy_colour_image_whole(tmp_
     rgb = (np.random.default_rng(7).random((20, 30, 3)) * 255).astype(np.uint8)  # YXS: one page, not 20
     write_image(tmp_path / "rgb.tif", da.from_array(rgb), axes="YXS")
     assert np.array_equal(tifffile.imread(tmp_path / "rgb.tif"), rgb)
+
+
+def test_a_lazy_2d_image_is_written_as_tiles_or_bands_from_the_stream_size_and_whole_below_it(tmp_path, monkeypatch):
+    """A montage of 2 GiB or more (here the threshold lowered): TIFF tiles and MRC row bands,
+    the pixels, pixel size and MRC header statistics exact; below the threshold, one ImageJ page."""
+    import dask.array as da
+    import mrcfile
+
+    from napari_emdiffuse.engine.io import common
+    from napari_emdiffuse.engine.io.images import write_image
+
+    image = (np.random.default_rng(8).random((700, 530)) * 255).astype(np.uint8)
+    lazy = da.from_array(image, chunks=(100, 530))
+    write_image(tmp_path / "small.tif", lazy, spacing=(5.0, 5.0))
+    with tifffile.TiffFile(tmp_path / "small.tif") as tif:
+        assert tif.is_imagej and not tif.pages[0].is_tiled
+    monkeypatch.setattr(common, "STREAM_2D_MIN_BYTES", image.nbytes)
+    write_image(tmp_path / "big.tif", lazy, spacing=(5.0, 5.0), unit="nm")
+    write_image(tmp_path / "big.mrc", lazy, spacing=(5.0, 5.0), unit="nm")
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif:
+        assert tif.pages[0].is_tiled and not tif.is_imagej
+    for name in ("big.tif", "big.mrc", "small.tif"):
+        got = read_image(tmp_path / name)
+        assert np.array_equal(np.asarray(got.data), image) and got.spacing == pytest.approx((5.0, 5.0)), name
+    with mrcfile.open(tmp_path / "big.mrc") as mrc:  # 3 bands of 256 rows: the sums add up
+        values = image.astype(np.float64)
+        assert (mrc.header.dmin, mrc.header.dmax) == (image.min(), image.max())
+        assert mrc.header.dmean == pytest.approx(values.mean()) and mrc.header.rms == pytest.approx(values.std())

@@ -34,7 +34,8 @@ __all__ = [
     "image_files_in",
     "check_output_path",
     "as_numpy",
-    "streams_by_slice",
+    "STREAM_2D_MIN_BYTES",
+    "streams_lazily",
     "grey_from_samples",
 ]
 
@@ -201,16 +202,28 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def streams_by_slice(array: Any) -> bool:
-    """Whether a writer should take ``array`` slice by slice: a stack (3 axes) that is not in
-    memory (zarr, dask, a file read lazily), which may not fit there.
+#: A 2D image not in memory is written piece by piece (TIFF: as tiles) from this size on;
+#: smaller ones are loaded and written whole, so readers that take no tiles (ImageJ) open them.
+STREAM_2D_MIN_BYTES = 2**31
+
+
+def streams_lazily(array: Any) -> bool:
+    """Whether a writer should take ``array`` piece by piece instead of loading it: a stack
+    (3 axes) that is not in memory (zarr, dask, a file read lazily), slice by slice, or such a
+    2D image of :data:`STREAM_2D_MIN_BYTES` or more, band by band. Either may not fit in memory.
 
     Examples
     --------
-    >>> streams_by_slice(np.zeros((2, 4, 4))), streams_by_slice(np.zeros((4, 4)))
+    >>> streams_lazily(np.zeros((2, 4, 4))), streams_lazily(np.zeros((4, 4)))
     (False, False)
     """
-    return not isinstance(array, np.ndarray) and len(getattr(array, "shape", ())) == 3
+    if isinstance(array, np.ndarray):
+        return False
+    shape = tuple(getattr(array, "shape", ()))
+    if len(shape) == 3:
+        return True
+    nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(getattr(array, "dtype", np.uint8)).itemsize
+    return len(shape) == 2 and nbytes >= STREAM_2D_MIN_BYTES
 
 
 def as_numpy(array: Any) -> np.ndarray:

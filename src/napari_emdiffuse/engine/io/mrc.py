@@ -25,7 +25,7 @@ from .atomic import atomic_file, fsync_dir
 from .calibration import check_axes, check_spacing
 from .units import nm_factor
 from .common import (
-    MRC_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, reason, streams_by_slice, suffix_of,
+    MRC_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, reason, streams_lazily, suffix_of,
 )
 
 __all__ = ["MRC_MMAP_MIN_BYTES", "read_mrc", "write_mrc"]
@@ -99,8 +99,8 @@ def write_mrc(
         ``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali`` or ``.map`` file; replaced if it exists.
     array : array-like
         2D (``YX``) or 3D (``ZYX``) pixels. uint8 is stored as uint16, float64 as float32. A
-        lazy stack (zarr, dask, a file read lazily) is written slice by slice, so it need not
-        fit in memory.
+        lazy stack (zarr, dask, a file read lazily) is written slice by slice, and a lazy 2D
+        image of 2 GiB or more band by band, so neither need fit in memory.
     spacing : tuple of float, optional
         Pixel size per axis in ``unit`` (stored in Å).
     unit : str
@@ -134,7 +134,7 @@ def write_mrc(
     p = check_output_path(path)
     if suffix_of(p) not in MRC_SUFFIXES:
         raise InputError(f"cannot write '{p}' as MRC: the name must end in {', '.join(MRC_SUFFIXES)}")
-    lazy = streams_by_slice(array)
+    lazy = streams_lazily(array)
     data = array if lazy else as_numpy(array)
     shape, dtype = tuple(int(n) for n in data.shape), np.dtype(data.dtype)
     if len(shape) not in (2, 3) or 0 in shape:
@@ -148,14 +148,14 @@ def write_mrc(
     spacing = check_spacing(spacing, len(shape), p)
     try:
         with atomic_file(p) as tmp:
-            if lazy:  # slice by slice into a memory-mapped file: a stack larger than memory
+            if lazy:  # piece by piece into a memory-mapped file: larger than memory
                 stored = np.dtype(np.uint16) if dtype == np.uint8 else dtype  # as mrcfile stores uint8
                 mrc = mrcfile.new_mmap(tmp, shape=shape, mrc_mode=mrcfile.utils.mode_from_dtype(stored), overwrite=True)
             else:
                 mrc = mrcfile.new(tmp, overwrite=True)
             with mrc:
                 if lazy:
-                    _fill_slices(mrc, data)
+                    _fill(mrc, data)
                 else:
                     mrc.set_data(np.ascontiguousarray(data, dtype=dtype))
                 if spacing is not None:
@@ -174,21 +174,22 @@ def write_mrc(
     return p
 
 
-def _fill_slices(mrc: Any, data: Any) -> None:
-    """Copy a lazy stack into a memory-mapped MRC slice by slice, and its header statistics
-    (min, max, mean, rms) from running sums: mrcfile's own pass over the whole map would make
-    float64 copies of it."""
+def _fill(mrc: Any, data: Any) -> None:
+    """Copy a lazy stack into a memory-mapped MRC slice by slice (a 2D image band by band),
+    and its header statistics (min, max, mean, rms) from running sums: mrcfile's own pass over
+    the whole map would make float64 copies of it."""
     lo, hi, total, squares, count, pending = np.inf, -np.inf, 0.0, 0.0, 0, 0
-    for z in range(mrc.data.shape[0]):
-        plane = as_numpy(data[z])
-        mrc.data[z] = plane
-        lo, hi = min(lo, float(plane.min())), max(hi, float(plane.max()))
-        for rows in np.array_split(plane, max(1, plane.shape[0] // 256)):  # float64 of 256 rows at most
+    pieces = range(data.shape[0]) if data.ndim == 3 else (slice(y, y + 256) for y in range(0, data.shape[0], 256))
+    for at in pieces:
+        piece = as_numpy(data[at])
+        mrc.data[at] = piece
+        lo, hi = min(lo, float(piece.min())), max(hi, float(piece.max()))
+        for rows in np.array_split(piece, max(1, piece.shape[0] // 256)):  # float64 of 256 rows at most
             values = rows.astype(np.float64)
             total += float(values.sum())
             squares += float(np.einsum("ij,ij->", values, values))
-        count += plane.size
-        pending += mrc.data[z].nbytes
+        count += piece.size
+        pending += piece.nbytes
         if pending >= 1 << 28:  # 256 MiB written since the pages were last released
             _release(mrc)
             pending = 0

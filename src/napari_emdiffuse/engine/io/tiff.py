@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from .calibration import check_axes, check_spacing, tiff_calibration, to_nm
 from .consoles import console_scan_rows, databar_note
 from .common import (
     TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, grey_from_samples, reason,
-    streams_by_slice, suffix_of,
+    streams_lazily, suffix_of,
 )
 from .units import nm_factor
 from .views import LazyArray, ascending_index, drop_single_axes
@@ -38,6 +39,7 @@ TIFF_MMAP_MIN_BYTES = 2**30
 # Sample formats ImageJ can open; anything else is written as a plain TIFF with a JSON description.
 _IMAGEJ_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32"))
 _IMAGEJ_AXES = "TZCYXS"
+_TILE = 512  # pixels: a streamed 2D image's tiles
 
 # tifffile reports truncated or corrupt files through its logger and then returns whatever it
 # could read (e.g. only the first page). These fragments of its messages mean data is missing.
@@ -273,7 +275,8 @@ def write_tiff(
         ``.tif`` or ``.tiff`` file; replaced if it exists.
     array : array-like
         numpy array; a lazy stack (zarr, dask, a file read lazily) is written slice by slice,
-        so it need not fit in memory.
+        and a lazy 2D image of 2 GiB or more as 512 x 512 tiles read band by band, so neither
+        need fit in memory.
     spacing : tuple of float, optional
         Pixel size per axis in ``unit``.
     unit : str
@@ -299,7 +302,7 @@ def write_tiff(
     p = check_output_path(path)
     if suffix_of(p) not in TIFF_SUFFIXES:
         raise InputError(f"cannot write '{p}' as TIFF: the name must end in .tif or .tiff")
-    lazy = streams_by_slice(array)
+    lazy = streams_lazily(array)
     data = array if lazy else as_numpy(array)
     shape, dtype = tuple(int(n) for n in data.shape), np.dtype(data.dtype)
     ndim, size = len(shape), int(np.prod(shape, dtype=np.int64))
@@ -313,10 +316,12 @@ def write_tiff(
         data, lazy = as_numpy(data), False
 
     bigtiff = size * dtype.itemsize > BIGTIFF_MIN_BYTES
+    tiled = lazy and ndim == 2  # ImageJ reads no tiles, but a file this large is BigTIFF anyway
     rgb = axes is not None and axes.endswith("S") and shape[-1] in (3, 4)
     kwargs: dict[str, Any] = {"photometric": "rgb" if rgb else "minisblack"}
     use_imagej = (
         not bigtiff
+        and not tiled
         and dtype in _IMAGEJ_DTYPES
         and axes is not None
         and _is_subsequence(axes, _IMAGEJ_AXES)
@@ -359,7 +364,9 @@ def write_tiff(
     # Hidden sibling in the same folder, so os.replace is an atomic rename on one filesystem.
     tmp = p.with_name(f".{p.name}.partial-{secrets.token_hex(4)}")
     try:
-        if lazy:  # page by page: a stack larger than memory
+        if tiled:  # tile by tile: an image larger than memory
+            tifffile.imwrite(tmp, _tiles(data, dtype), shape=shape, dtype=dtype, tile=(_TILE, _TILE), **kwargs)
+        elif lazy:  # page by page: a stack larger than memory
             pages = (np.asarray(as_numpy(data[z]), dtype) for z in range(shape[0]))
             tifffile.imwrite(tmp, pages, shape=shape, dtype=dtype, **kwargs)
         else:
@@ -374,6 +381,15 @@ def write_tiff(
         raise
     fsync_dir(p.parent)
     return p
+
+
+def _tiles(image: Any, dtype: np.dtype) -> Iterator[np.ndarray]:
+    """The tiles of a lazy 2D image in file order, read one band of tile rows at a time."""
+    height, width = image.shape
+    for y in range(0, height, _TILE):
+        band = np.asarray(as_numpy(image[y:y + _TILE]), dtype)
+        for x in range(0, width, _TILE):
+            yield band[:, x:x + _TILE]  # tifffile pads the edge tiles
 
 
 def _is_subsequence(axes: str, order: str) -> bool:
