@@ -246,7 +246,7 @@ def _read_precomputed(path: str | list[str]) -> list[LayerData]:
         for name in precomputed_scales(root)[1:]:
             try:
                 level = PrecomputedArray(root, name)
-            except Exception:  # a sharded or otherwise unread scale: left out
+            except Exception:  # a scale not read here (another encoding, a damaged info): left out
                 continue
             if all(a <= b for a, b in zip(level.shape, levels[-1].shape)):
                 levels.append(level)

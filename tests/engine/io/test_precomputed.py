@@ -81,7 +81,7 @@ def test_jpeg_chunks_read_as_the_picture_x_wide_and_y_times_z_tall(tmp_path):
 def test_what_is_not_read_here_is_refused_in_one_line(tmp_path, vol):
     cases = [
         (_precomputed(tmp_path / "sharded", vol, extra={"sharding": {"@type": "neuroglancer_uint64_sharded_v1"}}),
-         "sharded"),
+         "its sharding spec is malformed"),
         (_precomputed(tmp_path / "seg", vol, encoding="compressed_segmentation"), "compressed_segmentation"),
     ]
     root = _precomputed(tmp_path / "bad", vol)

@@ -8,8 +8,10 @@ y, z), ``resolution`` (nm, x, y, z), ``chunk_sizes`` and an ``encoding``. A chun
 ``<key>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>`` (voxel coordinates, offset included), gzip-compressed
 when named with ``.gz``: ``raw`` pixels are little-endian, x fastest (then y, z, channel);
 ``jpeg`` is one greyscale picture ``x`` wide and ``y * z`` tall. A missing chunk is empty
-(zeros). ``volume/8_8_40`` names a scale; without one the finest (the first) is read. Sharded
-scales and other encodings are refused in one line. Read only.
+(zeros). A sharded scale keeps its chunks in ``<key>/<shard>.shard`` files instead
+(:mod:`.sharded`), each found by the compressed Morton code of its grid position.
+``volume/8_8_40`` names a scale; without one the finest (the first) is read. Other encodings
+are refused in one line. Read only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from .common import ImageData, reason
+from .sharded import ShardReader, ShardingSpec, morton_bits, morton_key
 from .views import LazyArray, ascending_index
 
 __all__ = ["PrecomputedArray", "precomputed_of", "precomputed_scales", "read_precomputed"]
@@ -98,9 +101,9 @@ def read_precomputed(root: Path, key: str = "") -> ImageData:
 
 class PrecomputedArray(LazyArray):
     """One scale of a local precomputed volume as a ZYX array that reads only the chunks an
-    index touches; it pickles as its folder and key, so cluster workers read it in place.
-    A volume with several channels, a sharded scale or an encoding other than raw or jpeg is
-    refused in one line when opened."""
+    index touches, sharded or not; it pickles as its folder and key, so cluster workers read it
+    in place. A volume with several channels or an encoding other than raw or jpeg is refused
+    in one line when opened."""
 
     def __init__(self, root: str | os.PathLike[str], key: str) -> None:
         self.root = str(Path(root).resolve())
@@ -112,9 +115,6 @@ class PrecomputedArray(LazyArray):
             raise InputError(f"cannot read '{where}': not a scale of a precomputed volume")
         if int(info.get("num_channels", 1)) != 1:
             raise InputError(f"cannot read '{where}': it has {info.get('num_channels')} channels; the models restore one")
-        if scale.get("sharding"):
-            raise InputError(f"cannot read '{where}': sharded chunks are not read here; write an unsharded copy "
-                             "(igneous or CloudVolume) or a zarr")
         self.encoding = str(scale.get("encoding", "raw"))
         if self.encoding not in _ENCODINGS:
             raise InputError(f"cannot read '{where}': its chunks are {self.encoding}; raw or jpeg are read here")
@@ -129,6 +129,10 @@ class PrecomputedArray(LazyArray):
             raise InputError(f"cannot read '{where}': its info gives size {size} and chunks {chunk}")
         self.shape: tuple[int, ...] = size[::-1]  # z, y, x
         self.chunks: tuple[int, ...] = chunk[::-1]
+        self.shards: ShardReader | None = None
+        if scale.get("sharding"):
+            self.shards = ShardReader(Path(self.root) / self.name, ShardingSpec.parse(scale["sharding"], where))
+            self.morton = morton_bits(tuple(-(-n // c) for n, c in zip(size, chunk)))  # the grid, x y z
 
     def __getitem__(self, key: Any) -> np.ndarray:
         read, post = ascending_index(key, self.shape)
@@ -159,22 +163,36 @@ class PrecomputedArray(LazyArray):
 
     def _chunk(self, lo: list[int], hi: list[int]) -> np.ndarray | None:
         (z0, y0, x0), (z1, y1, x1) = lo, hi
-        ox, oy, oz = self.offset
-        name = f"{x0 + ox}-{x1 + ox}_{y0 + oy}-{y1 + oy}_{z0 + oz}-{z1 + oz}"
-        folder = Path(self.root) / self.name
-        path = next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
-        if path is None:
-            return None
         shape = (z1 - z0, y1 - y0, x1 - x0)
+        raw: bytes | None = None
+        if self.shards is not None:
+            cell = (x0 // self.chunks[2], y0 // self.chunks[1], z0 // self.chunks[0])
+            key = morton_key(cell, self.morton)
+            path, raw = self.shards.locate(key)[0], self.shards.read(key)
+            if raw is None:
+                return None
+        else:
+            ox, oy, oz = self.offset
+            name = f"{x0 + ox}-{x1 + ox}_{y0 + oy}-{y1 + oy}_{z0 + oz}-{z1 + oz}"
+            folder = Path(self.root) / self.name
+            path = next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+            if path is None:
+                return None
         try:
-            raw = path.read_bytes()
-            raw = gzip.decompress(raw) if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b" else raw
+            if raw is None:  # a chunk file, gzip-compressed when named .gz or served as such
+                raw = path.read_bytes()
+                raw = gzip.decompress(raw) if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b" else raw
             if self.encoding == "jpeg":
                 import imageio.v3 as iio
 
-                picture = np.asarray(iio.imread(io.BytesIO(raw)))
-                return picture.reshape(shape).astype(self.dtype, copy=False)
-            return np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"), count=int(np.prod(shape))).reshape(shape)
+                pixels = np.asarray(iio.imread(io.BytesIO(raw))).astype(self.dtype, copy=False).ravel()
+            else:
+                pixels = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"))
+            # An edge chunk is stored cut to the volume, or (some sharded writers) whole.
+            full = tuple(self.chunks)
+            if pixels.size >= int(np.prod(full)) and shape != full:
+                return pixels[: int(np.prod(full))].reshape(full)[: shape[0], : shape[1], : shape[2]]
+            return pixels[: int(np.prod(shape))].reshape(shape)
         except Exception as exc:  # a damaged chunk: each codec raises its own error
             raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
 
