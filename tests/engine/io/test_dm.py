@@ -52,7 +52,10 @@ class _Tree:
         raw = flat.astype(flat.dtype.newbyteorder(self.order)).tobytes()
         return self.data(name, [20, code, len(raw) // _SIZES[code]], raw)
 
-    def image(self, pixels: np.ndarray, kind: int, element: int, scales, units) -> bytes:
+    def text(self, name: str, value: str) -> bytes:
+        return self.array(name, np.array([ord(c) for c in value], np.uint16), 4)
+
+    def image(self, pixels: np.ndarray, kind: int, element: int, scales, units, meta=None) -> bytes:
         dims = list(reversed(pixels.shape))  # x first
         axes = [self.group("", [self.number("Origin", 0.0), self.number("Scale", s),
                                 self.array("Units", np.array([ord(c) for c in u], np.uint16), 4)])
@@ -65,10 +68,11 @@ class _Tree:
         ])
         # a tag the reader skips: an array of structs (DM keeps e.g. ROIs this way)
         skipped = self.data("Points", [20, 15, 0, 2, 0, 6, 0, 6, 3], struct.pack(self.order + "6f", *range(6)))
-        return self.group("", [self.group("ImageTags", [skipped]), data])
+        tags = [skipped] + ([self.group("Meta Data", [self.text(k, v) for k, v in meta.items()])] if meta else [])
+        return self.group("", [self.group("ImageTags", tags), data])
 
 
-def _write_dm(path, pixels, *, version=4, little=True, scales=None, units=None, thumbnail=True, kind=None):
+def _write_dm(path, pixels, *, version=4, little=True, scales=None, units=None, thumbnail=True, kind=None, meta=None):
     tree = _Tree(version, little)
     pixels = np.asarray(pixels)
     kind_code, element = _CODES.get(pixels.dtype, (kind, 5))
@@ -79,7 +83,7 @@ def _write_dm(path, pixels, *, version=4, little=True, scales=None, units=None, 
     if thumbnail:  # DigitalMicrograph puts a small RGB thumbnail first
         thumb = np.full((2, 3), 0xFF808080, np.uint32)
         images.append(tree.image(thumb, 23, 5, [1.0, 1.0], ["", ""]))
-    images.append(tree.image(pixels, kind_code, element, scales, units))
+    images.append(tree.image(pixels, kind_code, element, scales, units, meta))
     root = b"\x01\x00" + tree.count(2) + tree.group("ImageList", images) + tree.number("Version", 3.0)
     root += b"\x00" * 8
     header = struct.pack(">IQI" if version == 4 else ">III", version, len(root), int(little))
@@ -106,6 +110,22 @@ def test_a_stack_with_an_uncalibrated_z_and_microns(tmp_path):
     img = read_image(path)
     np.testing.assert_array_equal(img.data, stack)
     assert img.spacing == (1.0, 12.5, 12.5) and img.unit == "nm" and img.axes == "ZYX"
+
+
+def test_a_stack_along_time_is_a_series_and_a_spectrum_image_is_refused(tmp_path):
+    """A third axis in seconds (in situ frames, a drift series) is time: TYX, never sections to
+    make isotropic. GMS marks spectrum images (CL, EELS) in the entry's Meta Data, whose
+    wavelength axis in nm would otherwise pass for a length (as in real Monarc CL files)."""
+    stack = np.arange(3 * 4 * 6, dtype=np.uint16).reshape(3, 4, 6)
+    path = _write_dm(tmp_path / "series.dm4", stack, scales=[0.5, 0.5, 2.5], units=["nm", "nm", "s"])
+    img = read_image(path)
+    assert img.axes == "TYX" and img.spacing == (1.0, 0.5, 0.5)
+    cl = _write_dm(tmp_path / "cl.dm4", stack.astype(np.float32), scales=[0.5, 0.5, 0.2], units=["µm", "µm", "nm"],
+                   meta={"Format": "Spectrum image", "Signal": "CL"})  # fmt: skip
+    with pytest.raises(InputError, match=r"it holds a spectrum image \(CL\), not an image or a stack"):
+        read_image(cl)
+    plain = _write_dm(tmp_path / "img.dm4", stack[0], scales=[0.5, 0.5], units=["nm", "nm"], meta={"Format": "Image"})
+    assert read_image(plain).spacing == (0.5, 0.5)  # the control: an image marked as such reads
 
 
 @pytest.mark.parametrize("units", [["1/nm", "1/nm"], ["", ""]])

@@ -735,6 +735,9 @@ def test_an_ome_zarr_output_reads_back_with_its_axes(tmp_path):
     (34682, "[User]\r\nUser=x\r\n\r\n[Scan]\r\nPixelWidth=4.5e-09\r\nPixelHeight=5e-09\r\n", (5.0, 4.5)),  # Thermo/FEI
     (34118, "0\r\n0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 3.721 nm\r\nAP_WD\r\nWD = 5.0 mm\r\n", (3.721, 3.721)),
     (34118, "AP_PIXEL_SIZE\r\nPixel Size = 0.01 \xb5m\r\n", (10.0, 10.0)),  # Zeiss, in microns
+    # Zeiss, a 1024-wide scan saved 10 wide: its Width over the saved columns, not the scan's Pixel Size
+    (34118, "AP_PIXEL_SIZE\r\nPixel Size = 5.0 nm\r\nAP_WIDTH\r\nWidth = 5.12 \xb5m\r\n", (512.0, 512.0)),
+    (34118, "AP_PIXEL_SIZE\r\nPixel Size = 5.0 nm\r\nAP_WIDTH\r\nWidth = 50.5 nm\r\n", (5.0, 5.0)),  # agrees: kept
     (34682, "[Scan]\r\nPixelWidth=0\r\n", None),  # no size: the 72 dpi below is no calibration either
 ])  # fmt: skip
 def test_an_sem_consoles_own_tag_gives_the_pixel_size(tmp_path, tag, text, size):
@@ -743,6 +746,22 @@ def test_an_sem_consoles_own_tag_gives_the_pixel_size(tmp_path, tag, text, size)
                      extratags=[(tag, "B", 0, text.encode("latin-1"), True)])  # fmt: skip
     img = read_image(path)
     assert img.spacing == size and img.unit == ("nm" if size else None)
+
+
+@pytest.mark.parametrize(("mode", "form", "size"), [("eosTEM", "MAG", 1.820788530), ("eosTEM", "DIFF", None),
+                                                    ("eosASID", "MAG", None)])  # fmt: skip
+def test_a_jeol_sightx_tem_image_gives_its_camera_pixel_over_the_magnification(tmp_path, mode, form, size):
+    """SightX: the resolution tags give the camera's pixels per inch; in TEM image mode the
+    specimen pixel is that over the magnification (0.0254 m / 93 / 150000 = 1.8208 nm, as
+    HyperSpy reads its test file). Diffraction patterns and STEM frames get no length."""
+    xml = ("<?xml version=\"1.0\"?>\n<TemReporter><Eos><EosMode>" + mode + "</EosMode></Eos>\x01"
+           "<ImageFormingSystem><ModeString>" + form + "</ModeString><SelectorValue>150000</SelectorValue>"
+           "</ImageFormingSystem></TemReporter>")  # fmt: skip
+    path = tmp_path / "sightx.tif"
+    tifffile.imwrite(path, np.zeros((6, 8), np.uint16), description=xml, resolution=(93, 93), resolutionunit="INCH",
+                     extratags=[(271, "s", 0, "JEOL Ltd.", True)])  # fmt: skip
+    img = read_image(path)
+    assert img.spacing == (pytest.approx((size, size)) if size else None)
 
 
 def test_a_thermo_fisher_sem_image_is_read_without_its_data_bar(tmp_path, capsys):
@@ -775,3 +794,15 @@ def test_a_tiff_saved_by_digitalmicrograph_gives_its_calibration(tmp_path, unit,
     tifffile.imwrite(path, np.zeros((6, 8), np.int32), extratags=tags)
     img = read_image(path)
     assert img.spacing == size and img.unit == ("nm" if size else None)
+
+
+@pytest.mark.parametrize(("z_unit", "axes", "z"), [("s", "TYX", 1.0), ("nm", None, 40.0)])
+def test_a_digitalmicrograph_tiff_stack_in_seconds_is_a_time_series(tmp_path, z_unit, axes, z):
+    """A DM stack whose third axis is in seconds (HyperSpy's test file: 2.5 s frames) is a
+    series: TYX, so no isotropic factor is offered; one in nm keeps its sections' spacing."""
+    path = tmp_path / "dmstack.tif"
+    tags = [(65003, "s", 0, "nm", True), (65004, "s", 0, "nm", True), (65005, "s", 0, z_unit, True),
+            (65009, "d", 1, 2.0, True), (65010, "d", 1, 2.0, True), (65011, "d", 1, 40.0 if z_unit == "nm" else 2.5, True)]
+    tifffile.imwrite(path, np.zeros((3, 6, 8), np.uint16), extratags=tags)  # fmt: skip
+    img = read_image(path)
+    assert img.axes == axes and img.spacing == (z, 2.0, 2.0)

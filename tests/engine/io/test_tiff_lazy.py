@@ -125,3 +125,13 @@ def test_a_lazy_2d_image_is_written_as_tiles_or_bands_from_the_stream_size_and_w
         values = image.astype(np.float64)
         assert (mrc.header.dmin, mrc.header.dmax) == (image.min(), image.max())
         assert mrc.header.dmean == pytest.approx(values.mean()) and mrc.header.rms == pytest.approx(values.std())
+
+
+@pytest.mark.parametrize("compression", ["lzw", "jpeg", "zstd", "packbits"])
+def test_tiffs_compressed_as_fiji_bio_formats_and_cameras_save_them_are_read(tmp_path, compression):
+    """LZW (Fiji, Bio-Formats exports), JPEG (camera software) and zstd need the codecs tifffile
+    leaves to imagecodecs; without it such a file was refused."""
+    image = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (20, 2))  # smooth: JPEG keeps it within a level
+    tifffile.imwrite(tmp_path / "c.tif", image, compression=compression)
+    got = np.asarray(read_image(tmp_path / "c.tif").data).astype(int)
+    assert got.shape == image.shape and np.abs(got - image).max() <= (3 if compression == "jpeg" else 0)

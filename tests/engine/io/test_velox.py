@@ -45,6 +45,23 @@ def test_a_velox_image_reads_with_its_pixel_size(tmp_path):
     assert np.array_equal(np.asarray(img.data), arr[..., 0]) and np.asarray(img.data).dtype == np.uint16
 
 
+def test_dpc_segments_and_derived_images_are_named_as_velox_shows_them(tmp_path):
+    """A DF4 acquisition (HyperSpy's DPC test file is laid out so): four segment images whose
+    metadata all say "DF4", named by the STEM input operation that reads each, and an iDPC
+    image named by its display's label (URL-encoded, as Velox stores it)."""
+    parts = [(f"s{i}", "DF4", _yxn(1, i), 1e-10) for i in range(4)] + [("i0", "DF4", _yxn(1, 9), 1e-10)]
+    path = _velox(tmp_path / "dpc.emd", parts)
+    with h5py.File(path, "a") as f:
+        for i, seg in enumerate("ABCD"):
+            entry = {"dataPath": f"/Data/Image/s{i}", "detector": f"DF4-{seg}"}
+            f.create_dataset(f"Operations/StemInputOperation/op{i}", data=[json.dumps(entry).encode()])
+        shown = {"dataPath": "/Data/Image/i0", "display": {"label": "Filtered%20iDPC"}}
+        f.create_dataset("Presentation/Displays/ImageDisplay/d0", data=[json.dumps(shown).encode()])
+    assert image_names(path) == [f"{path}/Filtered-iDPC", f"{path}/DF4-A", f"{path}/DF4-B", f"{path}/DF4-C",
+                                 f"{path}/DF4-D"]  # fmt: skip (the file's order)
+    assert np.array_equal(np.asarray(read_image(f"{path}/DF4-C").data), parts[2][2][..., 0])
+
+
 def test_stem_detectors_are_named_and_one_must_be_chosen(tmp_path, capsys):
     from napari_emdiffuse.cli import main
 

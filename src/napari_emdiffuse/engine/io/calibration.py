@@ -139,6 +139,12 @@ def tiff_calibration(
                 return tuple(values), [unit] * ndim, declared_axes, "emdiffuse metadata"
 
     per_axis, source = console_calibration(tif)
+    if "T" in per_axis:  # the console says the stack is a series in time
+        per_axis = {k: v for k, v in per_axis.items() if k != "T"}
+        if ndim == 3 and declared_axes is None:
+            declared_axes = series_axes = "TYX"
+    elif "Z" in per_axis and ndim == 3 and declared_axes is None:
+        series_axes = "ZYX"  # tifffile calls undeclared pages "I"; the console says they are sections
     if not per_axis:
         per_axis, source = _plain_resolution(tif.pages.first), "resolution tags"
     if per_axis:

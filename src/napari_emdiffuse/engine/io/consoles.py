@@ -15,6 +15,9 @@ the scan.
   ``PixelSizeY`` in nm.
 - Hitachi (SU, Regulus, HT): a ``.txt`` file beside the image, ``[SemImageFile]`` or
   ``[TemImageFile]``, ``PixelSize`` in nm and ``DataSize`` (width x height of the scan).
+- JEOL TEM cameras (SightX): a ``TemReporter`` XML description; in TEM image mode (``eosTEM``,
+  ``MAG``) a pixel is the camera pixel the resolution tags give (per inch or cm) over the
+  magnification (``SelectorValue``). Diffraction and STEM frames get no length.
 - JEOL (JSM, IT): a ``.txt`` file beside the image, ``$$SM_MICRON_MARKER`` (a length such as
   ``5um``) drawn ``$$SM_MICRON_BAR`` pixels long, on a scan ``$CM_FULL_SIZE`` pixels wide and
   tall. The marker's whole pixels limit that size to about 1 part in the bar's length.
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .units import is_positive, nm_factor, tidy
+from .units import is_positive, is_time_unit, nm_factor, tidy
 
 __all__ = ["console_calibration", "console_pixel_size", "console_scan_rows", "databar_note", "databar_rows",
            "sidecar_calibration", "sidecar_of", "sidecar_pixel_size", "sidecar_scan_rows"]
@@ -57,7 +60,8 @@ def console_calibration(tif: Any) -> tuple[dict[str, tuple[float, str | None]], 
     page = tif.pages.first
     readers = [("Thermo Fisher tag", lambda: _thermo_fisher(tif)), ("Zeiss tag", lambda: _zeiss(tif)),
                ("Olympus SIS tag", lambda: _olympus_sis(tif)), ("TVIPS header", lambda: _tvips(tif)),
-               ("Tescan tag", lambda: _tescan(page)), ("DigitalMicrograph tags", lambda: _dm_tiff(page))]  # fmt: skip
+               ("Tescan tag", lambda: _tescan(page)), ("DigitalMicrograph tags", lambda: _dm_tiff(page)),
+               ("JEOL SightX description", lambda: _jeol_sightx(page))]  # fmt: skip
     for name, read in readers:
         found = read()
         if found:
@@ -244,15 +248,24 @@ def _thermo_fisher(tif: Any) -> dict[str, tuple[float, str | None]]:
 
 
 def _zeiss(tif: Any) -> dict[str, tuple[float, str | None]]:
-    if getattr(tif, "is_sem", False):
-        md = tif.sem_metadata or {}
-        for key in ("ap_image_pixel_size", "ap_pixel_size"):
-            entry = md.get(key)
-            if isinstance(entry, tuple) and len(entry) == 3 and is_positive(entry[1]):
-                factor = nm_factor(str(entry[2]))
-                if factor is not None:
-                    return _xy(float(entry[1]) * factor, float(entry[1]) * factor)
-    return {}
+    if not getattr(tif, "is_sem", False):
+        return {}
+    md = tif.sem_metadata or {}
+
+    def nm(key: str) -> float | None:
+        entry = md.get(key)
+        if isinstance(entry, tuple) and len(entry) == 3 and is_positive(entry[1]):
+            factor = nm_factor(str(entry[2]))
+            return float(entry[1]) * factor if factor is not None else None
+        return None
+
+    size = nm("ap_image_pixel_size") or nm("ap_pixel_size")
+    # "Pixel Size" is the scan's at its store resolution; a TIFF saved at another size (512 wide
+    # from a 1024 scan) has pixels of the scanned "Width" over its own columns instead.
+    width, columns = nm("ap_width"), int(tif.pages.first.shape[1]) if len(tif.pages.first.shape) >= 2 else 0
+    if width is not None and columns > 0 and (size is None or abs(size * columns / width - 1) > 0.02):
+        size = width / columns
+    return _xy(size, size) if size is not None else {}
 
 
 def _tescan(page: Any) -> dict[str, tuple[float, str | None]]:
@@ -298,10 +311,39 @@ def _dm_tiff(page: Any) -> dict[str, tuple[float, str | None]]:
         if unit_entry is None or scale_entry is None:
             continue
         unit = unit_entry.value.decode("utf-8", "replace") if isinstance(unit_entry.value, bytes) else str(unit_entry.value)
+        if letter == "Z" and is_time_unit(unit):
+            found["T"] = (1.0, None)  # a series in time (in situ, drift frames), not sections
+            continue
         factor, scale = nm_factor(unit), scale_entry.value
         if factor is not None and is_positive(scale):
             found[letter] = (tidy(float(np.format_float_scientific(np.float32(scale), unique=True)) * factor), "nm")
     return found if "X" in found and "Y" in found else {}
+
+
+def _jeol_sightx(page: Any) -> dict[str, tuple[float, str | None]]:
+    import xml.etree.ElementTree as ET
+
+    make = page.tags.get(271)  # Make
+    if make is None or "JEOL" not in str(make.value):
+        return {}
+    description = getattr(page, "description", "") or ""
+    if "<TemReporter" not in description:
+        return {}
+    try:
+        root = ET.fromstring(re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", "", description))
+        forming = root.find("ImageFormingSystem")
+        mode, mag = root.findtext("Eos/EosMode"), _number(forming.findtext("SelectorValue") or "")
+        imaging = forming.findtext("ModeString") == "MAG"
+    except (ET.ParseError, AttributeError):
+        return {}
+    unit = {2: 2.54e7, 3: 1e7}.get(int(getattr(page.tags.get(296), "value", 2)))  # nm per inch / cm
+    res = [page.tags.get(code) for code in (282, 283)]  # X, Y resolution: camera pixels per unit
+    if mode != "eosTEM" or not imaging or not is_positive(mag) or unit is None or None in res:
+        return {}
+    per = [float(r.value[0]) / float(r.value[1]) if r.value[1] else 0.0 for r in res]  # type: ignore[union-attr]
+    if not all(is_positive(v) for v in per):
+        return {}
+    return _xy(unit / per[0] / mag, unit / per[1] / mag)
 
 
 def _hitachi_section(text: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .units import nm_factor
+from .units import is_time_unit, nm_factor
 from .common import ImageData, check_readable
 from .mrc import MRC_MMAP_MIN_BYTES
 
@@ -226,10 +226,15 @@ def _pick(path: Path, root: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """The largest greyscale image of the file's ``ImageList``; refuse in one line if none."""
     found: list[tuple[int, Any]] = []
     kinds = set()
+    spectra: list[str] = []
     for _, entry in _get(root, "ImageList") or []:
         data = _get(entry, "ImageData")
         kind = _get(data, "DataType")
         if kind is None:
+            continue
+        # GMS names what an entry holds; a CL or EELS spectrum image has a wavelength or energy axis
+        if "spectrum" in _text(_get(entry, "ImageTags", "Meta Data", "Format")).lower():
+            spectra.append(_text(_get(entry, "ImageTags", "Meta Data", "Signal")) or "a spectrum")
             continue
         kinds.add(int(kind))
         if int(kind) in _PIXELS and _get(data, "Data") is not None:
@@ -237,6 +242,8 @@ def _pick(path: Path, root: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
             found.append((int(np.prod(dims)) if dims else 0, data))
     if found:
         return max(found, key=lambda f: f[0])[1]
+    if spectra:
+        raise InputError(f"cannot use '{path}': it holds a spectrum image ({spectra[0]}), not an image or a stack")
     if kinds & _COMPLEX:
         raise InputError(f"cannot use '{path}': it holds a complex image (a Fourier transform); "
                          "restoration needs the real-space image")
@@ -276,7 +283,10 @@ def _load(path: Path, data: list[tuple[str, Any]], order: str) -> ImageData:
     else:  # a tiny image, decoded with the tags
         array = np.frombuffer(pixels.tobytes(), dtype.newbyteorder("=")).reshape(shape).copy()
     spacing, unit = _calibration(_get(data, "Calibrations", "Dimension"), len(shape))
-    return ImageData(data=array, spacing=spacing, unit=unit, axes="ZYX"[-len(shape):], path=path)
+    third = (_get(data, "Calibrations", "Dimension") or [])[2:3] if len(shape) == 3 else []
+    timed = bool(third) and is_time_unit(_text(_get(third[0][1], "Units")))  # frames in time, not sections
+    axes = "TYX" if timed else "ZYX"[-len(shape):]
+    return ImageData(data=array, spacing=spacing, unit=unit, axes=axes, path=path)
 
 
 def _calibration(axes: Any, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:

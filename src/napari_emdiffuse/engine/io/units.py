@@ -1,4 +1,5 @@
-"""Length units: nanometres per unit, and the rounding that keeps converted sizes readable.
+"""Length units: nanometres per unit, and the rounding that keeps converted sizes readable;
+time units, which make a stack a series rather than a volume.
 
 Examples
 --------
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["is_positive", "nm_factor", "tidy"]
+__all__ = ["is_positive", "is_time_unit", "nm_factor", "tidy"]
 
 # Length units -> nanometres. Keys are lower-case; "µ" (micro sign) and "μ" (Greek mu) both occur.
 _NM_PER_UNIT: dict[str, float] = {
@@ -31,6 +32,20 @@ def nm_factor(unit: str | None) -> float | None:
     if unit is None:
         return None
     return _NM_PER_UNIT.get(unit.strip().lower())
+
+
+_TIME_UNITS = frozenset({"s", "sec", "second", "seconds", "ms", "µs", "μs", "us", "ns", "min", "h"})
+
+
+def is_time_unit(unit: str | None) -> bool:
+    """Whether ``unit`` measures time (a stack along it is a series, not sections).
+
+    Examples
+    --------
+    >>> is_time_unit("s"), is_time_unit("second"), is_time_unit("nm"), is_time_unit(None)
+    (True, True, False, False)
+    """
+    return unit is not None and unit.strip().lower() in _TIME_UNITS
 
 
 def tidy(value: float) -> float:

@@ -5,8 +5,10 @@ A Velox file is HDF5. Each image of an acquisition sits at ``Data/Image/<id>/Dat
 (y, x, frames): one camera image, or one per STEM detector recorded at once (HAADF, BF, DF2,
 DF4, ...). Its metadata is JSON text stored as bytes in ``Metadata`` beside it, a column per
 frame, padded with zeros; ``BinaryResult`` holds the detector's name and ``PixelSize``
-(``width``, ``height``) in ``PixelUnitX`` / ``PixelUnitY`` (metres). An image is named after its
-detector (``scan.emd/HAADF``); spectra (``Data/SpectrumImage``, ``Data/SpectrumStream``) and
+(``width``, ``height``) in ``PixelUnitX`` / ``PixelUnitY`` (metres). An image is named as Velox
+shows it: its display's label (``Presentation/Displays/ImageDisplay``: ``DPC``, ``iDPC``, ``DF4-A``),
+else the segment its STEM input reads (``Operations/StemInputOperation``), else its detector
+(``scan.emd/HAADF``); spectra (``Data/SpectrumImage``, ``Data/SpectrumStream``) and
 complex images (FFTs) are not images here. Other ``.emd`` files (Berkeley's EMD) are plain HDF5.
 """
 
@@ -44,14 +46,15 @@ def velox_dataset(name: str) -> bool:
 
 
 def velox_images(f: Any) -> dict[str, str]:
-    """``{name: dataset path}`` of the greyscale images of an open Velox file, named after their
-    detector (with the image's id where two share one), in the file's order."""
+    """``{name: dataset path}`` of the greyscale images of an open Velox file, named as Velox
+    shows them (with the image's id where two share a name), in the file's order."""
     found: list[tuple[str, str, str]] = []
+    shown = _labels(f)
     for ident, group in f[_IMAGES].items():
         data = group.get("Data") if hasattr(group, "get") else None
         if data is None or len(data.shape) != 3 or np.dtype(data.dtype).kind not in "uif":
             continue  # complex FFTs and DPC images have compound pixels
-        label = _detector(_metadata(group)) or ident
+        label = shown.get(ident) or _detector(_metadata(group)) or ident
         found.append((re.sub(r"[\s/]+", "-", label.strip()) or ident, ident, f"{_IMAGES}/{ident}/Data"))
     counts: dict[str, int] = {}
     for label, _, _ in found:
@@ -73,6 +76,27 @@ def velox_spacing(f: Any, dataset: str) -> tuple[tuple[float, float] | None, str
     units = [result.get("PixelUnitY", result.get("PixelUnitX")), result.get("PixelUnitX")]
     spacing, unit = to_nm(values, [str(u) if u else None for u in units], "YX")
     return (spacing[0], spacing[1]), unit
+
+
+def _labels(f: Any) -> dict[str, str]:
+    """Image id -> the name Velox shows for it: a display's label, else the detector segment a
+    STEM input operation reads (each stored as JSON text naming the image's ``dataPath``)."""
+    from urllib.parse import unquote
+
+    names: dict[str, str] = {}
+    for where, pick in (("Operations/StemInputOperation", lambda d: d.get("detector")),
+                        ("Presentation/Displays/ImageDisplay", lambda d: (d.get("display") or {}).get("label"))):
+        group = f.get(where)
+        for entry in group.values() if group is not None and hasattr(group, "values") else ():
+            try:
+                raw = entry[0] if len(entry.shape) == 1 and entry.shape[0] else None
+                d = json.loads(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))
+                path, name = str(d.get("dataPath", "")), pick(d)
+            except (ValueError, TypeError, AttributeError, OSError, KeyError):
+                continue
+            if path.strip("/").startswith(_IMAGES) and isinstance(name, str) and unquote(name).strip():
+                names[path.strip("/").split("/")[-1]] = unquote(name).strip()
+    return names
 
 
 def _metadata(group: Any) -> dict:
