@@ -137,7 +137,7 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
     from .engine.errors import InputError
     from .engine.io.images import write_image
     from .api import restore_iter, restore_to_zarr_iter
-    from .engine.inference.checks import validate_image
+    from .engine.inference.checks import pixel_size_note, validate_image
     from .engine.inference.restore import provenance
     from .engine.io.views import check_one_channel
 
@@ -145,6 +145,8 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
     check_one_channel(tuple(data.data.shape), data.axes, str(args.input))
     validate_image(data.data)
     model = load(args)
+    if (fine := pixel_size_note(model.card, data.spacing, data.unit)) is not None:
+        print(f"{PROG}: note: {fine}", file=sys.stderr)
     kw = _sampling_kwargs(args)
     kw.pop("arch")
     distributed = args.workers or args.scheduler

@@ -1230,3 +1230,18 @@ def test_a_pass_over_the_volume_gets_a_progress_bar_of_its_own(viewer):
     assert bar.bar is not first and "fib (z filter)" in bar.bar.desc and (bar.bar.n, bar.bar.total) == (1, 16)
     bar.close()
     assert bar.bar is None
+
+
+def test_the_restore_widget_notes_pixels_far_finer_than_the_model_learnt_from():
+    """Where the layer's size is in nm (the file's calibration, or nm units) the widget says
+    what the CLI says; a layer in pixels says nothing."""
+    from napari_emdiffuse.widgets.restore import _fine_pixel_note
+
+    def source(spacing, scale, units):
+        return {"spacing": spacing, "scale": scale, "units": units}
+
+    assert "much finer" in _fine_pixel_note(None, None, "denoise", source((1.2, 1.2), (1.0, 1.0), None))  # the file's
+    assert "much finer" in _fine_pixel_note(None, None, "denoise", source((1.5, 1.5), (1.5, 1.5), ("nanometer",) * 2))
+    assert _fine_pixel_note(None, None, "denoise", source((1.5, 1.5), (1.5, 1.5), ("pixel",) * 2)) is None
+    assert _fine_pixel_note(None, None, "denoise", source((5.0, 5.0), (5.0, 5.0), ("nanometer",) * 2)) is None
+    assert _fine_pixel_note(None, None, "isotropic", source((1.0, 1.0), (1.0, 1.0), ("nm",) * 2)) is None  # no size

@@ -451,6 +451,8 @@ class RestoreWidget(DockWidget):
                       "translate": source["translate"][-2:], "units": source["units"][-2:] if source["units"] else None,
                       "spacing": source["spacing"][-2:]}
         scale = source["spacing"]
+        if (fine := _fine_pixel_note(model, arch, opts.task, source)) is not None:
+            notify_info(f"'{layer.name}': {fine}")
         out = check_zarr_output(opts.output) if opts.output else None
         unc_out = uncertainty_beside(out) if out is not None else None
 
@@ -511,3 +513,20 @@ def _stored(out: Path, unc_out: Path | None, width: int) -> Any:
     info = {k: v for k, v in attrs.items() if k != "normalisation"}
     return SimpleNamespace(mean=mean, uncertainty=unc, scale=scale, info={**info, "output": str(out)},
                            normalisation=attrs.get("normalisation"))
+
+
+def _fine_pixel_note(model: str | None, arch: str | None, task: str, source: dict) -> str | None:
+    """The engine's word on pixels far finer than the model learnt from, where the layer's
+    size is known in nm (a scale the file gave, or nm units)."""
+    from ..engine.inference.checks import pixel_size_note
+    from ..engine.models.registry import load_model
+
+    units = source["units"]
+    in_nm = tuple(source["spacing"]) != tuple(source["scale"]) or bool(units) and str(units[-1]) in ("nm", "nanometer")
+    if not in_nm:
+        return None
+    try:
+        card = load_model(model, task=task, arch=arch).card  # cached: the run reuses it
+    except Exception:  # noqa: BLE001 - the run itself says what is wrong with the model
+        return None
+    return pixel_size_note(card, tuple(source["spacing"]), "nm")
