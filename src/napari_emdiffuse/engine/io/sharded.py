@@ -235,6 +235,10 @@ class ShardReader:
     def _bytes(path: Path, start: int, size: int) -> bytes:
         try:
             with open(path, "rb") as fh:
+                end = os.fstat(fh.fileno()).st_size
+                if start < 0 or size < 0 or start + size > end:  # a damaged index: never seek or allocate past the file
+                    raise InputError(f"cannot read '{path}': an index points to bytes {start}-{start + size}, past its "
+                                     f"end ({end} bytes; damaged or truncated?)")
                 fh.seek(start)
                 got = fh.read(size)
         except OSError as exc:
