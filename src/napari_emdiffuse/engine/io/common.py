@@ -46,7 +46,7 @@ MRC_SUFFIXES = (".mrc", ".mrcs", ".rec", ".st", ".ali", ".map")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ZARR_SUFFIX = ".zarr"
 #: Read only (CREMI, ilastik, Fiji's HDF5 plugin): see :mod:`.hdf5`.
-H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd")  # .emd: Velox and Berkeley EMD are HDF5
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".hspy")  # .emd: Velox and Berkeley EMD; .hspy: HyperSpy
 #: Read only: Gatan DigitalMicrograph (TEM cameras, 3View); see :mod:`.dm`.
 DM_SUFFIXES = (".dm3", ".dm4")
 SER_SUFFIXES = (".ser",)  # TIA series files

@@ -26,6 +26,7 @@ from ..errors import InputError
 from .bdv import bdv_dtype, bdv_images, bdv_spacing
 from .calibration import to_nm
 from .common import H5_SUFFIXES, ImageData, check_readable, likely_image, reason, suffix_of
+from .hspy import hyperspy_axes, hyperspy_images, is_hyperspy
 from .velox import is_velox, velox_dataset, velox_images, velox_spacing
 from .views import AxesPicked, FramesFirst, LazyArray, ascending_index, drop_single_axes, single_axes
 
@@ -79,9 +80,11 @@ def h5_datasets(group: Any) -> list[str]:
     datasets that are numeric, and once single axes are dropped (:func:`~.views.single_axes`)
     two or more dimensions, the last two of at least 8 pixels (not tables such as
     BigDataViewer's ``s00/resolutions``); of a BigDataViewer pyramid, only the full resolution
-    (:mod:`.bdv`); of a Velox file, its detectors (:func:`~.velox.velox_images`)."""
-    if is_velox(group):
-        return list(velox_images(group))
+    (:mod:`.bdv`); of a Velox file, its detectors (:func:`~.velox.velox_images`); of a
+    HyperSpy file, its images' titles (:func:`~.hspy.hyperspy_images`)."""
+    named = _named(group)
+    if named is not None:
+        return list(named)
     found: list[str] = []
 
     def visit(name: str, node: Any) -> None:
@@ -122,7 +125,7 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
         raise InputError(f"cannot read '{path}': not an HDF5 file ({reason(exc)})") from exc
     try:
         with f:
-            name, spacing, unit, frames_last = _resolve(f, path, key)
+            name, spacing, unit, frames_last, axes = _resolve(f, path, key)
         array = H5Array(path, name)
     except InputError:
         raise
@@ -133,20 +136,21 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
         one = frames.shape[0] == 1
         return ImageData(data=AxesPicked(frames, (0,)) if one else frames, spacing=spacing, unit=unit,
                          axes="YX" if one else "TYX", path=path)
-    data, spacing, axes = drop_single_axes(array, spacing, None)
+    data, spacing, axes = drop_single_axes(array, spacing, axes)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=path)
 
 
-def _resolve(f: Any, path: Path, key: str | None) -> tuple[str, tuple[float, ...] | None, str | None, bool]:
-    """(dataset path, spacing, unit, whether it is a Velox image kept frames last) of the image
-    ``key`` names in an open file, or of its only image; refused in one line otherwise."""
-    velox = velox_images(f) if is_velox(f) else None
-    names = list(velox) if velox is not None else h5_datasets(f)
+def _resolve(f: Any, path: Path, key: str | None) -> tuple[str, tuple[float, ...] | None, str | None, bool, str | None]:
+    """(dataset path, spacing, unit, whether it is a Velox image kept frames last, its axes where
+    the file says) of the image ``key`` names in an open file, or of its only image; refused in
+    one line otherwise."""
+    named = _named(f)
+    names = list(named) if named is not None else h5_datasets(f)
     key = (key or "").strip("/")
-    if key and velox is not None:  # a detector's name, in any case, or the dataset's path
-        key = next((n for n in velox if n.lower() == key.lower()), key)
+    if key and named is not None:  # a detector's or signal's name, in any case, or the dataset's path
+        key = next((n for n in named if n.lower() == key.lower()), key)
     if key:
-        node = f.get(velox.get(key, key) if velox is not None else key)
+        node = f.get(named.get(key, key) if named is not None else key)
         if node is None or not hasattr(node, "shape"):
             listed = ", ".join(names) or "none"
             raise InputError(f"cannot read '{path}': no dataset '{key}' in it (image datasets: {listed})")
@@ -159,12 +163,15 @@ def _resolve(f: Any, path: Path, key: str | None) -> tuple[str, tuple[float, ...
             f"cannot read '{path}': it holds several datasets ({', '.join(names)}); "
             f"choose one, e.g. '{path}/{likely_image(names)}'"
         )
-    name = velox.get(key, key) if velox is not None else key
+    name = named.get(key, key) if named is not None else key
     dset = f[name]
     frames_last = velox_dataset(name) and len(dset.shape) == 3
+    axes = None
     if frames_last:
         yx, unit = velox_spacing(f, name)
         spacing = yx if (yx is None or dset.shape[2] == 1) else (1.0, *yx)
+    elif is_hyperspy(f) and name in (named or {}).values():
+        spacing, unit, axes = hyperspy_axes(f, name)
     else:
         spacing, unit = _calibration(dict(dset.attrs), len(dset.shape))
         if spacing is None:
@@ -175,7 +182,14 @@ def _resolve(f: Any, path: Path, key: str | None) -> tuple[str, tuple[float, ...
         except OSError as exc:
             hint = "; its compression filter may need: pip install hdf5plugin" if "filter" in str(exc).lower() else ""
             raise InputError(f"cannot read '{path}/{key}': {reason(exc)}{hint}") from exc
-    return name, spacing, unit, frames_last
+    return name, spacing, unit, frames_last, axes
+
+
+def _named(f: Any) -> dict[str, str] | None:
+    """The images of a file whose maker names them (Velox, HyperSpy), or None."""
+    if is_velox(f):
+        return velox_images(f)
+    return hyperspy_images(f) if is_hyperspy(f) else None
 
 
 def _calibration(attrs: dict, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
