@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .amira import read_amira
 from .calibration import check_axes
 from .common import (
-    DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, ImageData,
-    check_output_path, suffix_of,
+    AMIRA_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES,
+    ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
     unsupported_type,
 )
 from .dm import read_dm
@@ -117,6 +118,8 @@ def _read(p: Path, key: str | None) -> ImageData:
         return read_dm(p)
     if suffix_of(p) in SER_SUFFIXES:
         return read_ser(p)
+    if suffix_of(p) in AMIRA_SUFFIXES:
+        return read_amira(p)
     if suffix_of(p) in PICTURE_SUFFIXES:
         return read_picture(p)
     h5 = h5_file_of(p)
