@@ -137,6 +137,14 @@ def test_olympus_sis_and_tvips_camera_tiffs_give_their_pixel_size():
         "X": (2.1, "nm"), "Y": (2.1, "nm")}  # fmt: skip
     assert console_pixel_size(tif({"pixelsizex": 0.0, "pixelsizey": 0.0})) == {}  # uncalibrated
     assert console_pixel_size(tif(None)) == {}  # the control: not a SIS file
+    # the tag on the second page, after a colour preview (as in HyperSpy's olympus_SIS.tif)
+    later = SimpleNamespace(tags={33560: SimpleNamespace(value={"pixelsizex": 2.4e-11, "pixelsizey": 2.4e-11})})
+    class Pages(list):
+        first = property(lambda self: self[0])
+
+    two = tif(None)
+    two.pages = Pages([two.pages.first, later])
+    assert console_pixel_size(two) == {"X": (0.024, "nm"), "Y": (0.024, "nm")}
     # TVIPS EM-MENU: the version 2 header's sizes are nm (tifffile leaves them so)
     assert console_pixel_size(tif({"Version": 2, "PixelSizeX": 0.85, "PixelSizeY": 0.85}, "tvips")) == {
         "X": (0.85, "nm"), "Y": (0.85, "nm")}  # fmt: skip

@@ -135,3 +135,26 @@ def test_tiffs_compressed_as_fiji_bio_formats_and_cameras_save_them_are_read(tmp
     tifffile.imwrite(tmp_path / "c.tif", image, compression=compression)
     got = np.asarray(read_image(tmp_path / "c.tif").data).astype(int)
     assert got.shape == image.shape and np.abs(got - image).max() <= (3 if compression == "jpeg" else 0)
+
+
+def test_a_colour_preview_before_the_greyscale_image_is_skipped(tmp_path, monkeypatch):
+    """Olympus / EMSIS TEM cameras save a JPEG colour preview, then the 16-bit image (HyperSpy's
+    olympus_SIS.tif is laid out so): the image is read, lazily too; a colour picture alone is
+    still refused."""
+    from napari_emdiffuse.engine.errors import InputError
+
+    image = (np.random.default_rng(9).random((30, 40)) * 60000).astype(np.uint16)
+    preview = (np.random.default_rng(10).random((30, 40, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "sis.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(preview, photometric="rgb")
+        tw.write(image, photometric="minisblack", compression="zlib")
+    got = read_image(path)
+    assert got.data.dtype == np.uint16 and np.array_equal(np.asarray(got.data), image)
+    monkeypatch.setattr(tiff, "TIFF_MMAP_MIN_BYTES", 1)  # as if it were large: read lazily, the same series
+    lazy = read_image(path).data
+    assert isinstance(lazy, tiff.TiffArray) and np.array_equal(lazy[5:9, ::-1], image[5:9, ::-1])
+    assert np.array_equal(np.asarray(open_source(*source_of(lazy))[:]), image)  # as a cluster worker opens it
+    tifffile.imwrite(tmp_path / "rgb.tif", preview, photometric="rgb")
+    with pytest.raises(InputError, match="colour image"):
+        read_image(tmp_path / "rgb.tif")

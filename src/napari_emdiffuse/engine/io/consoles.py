@@ -287,9 +287,14 @@ def _tescan_sizes(text: str) -> dict[str, tuple[float, str | None]]:
 
 
 def _olympus_sis(tif: Any) -> dict[str, tuple[float, str | None]]:
-    if not getattr(tif, "is_sis", False):
-        return {}
-    md = tif.sis_metadata or {}
+    md = (tif.sis_metadata or {}) if getattr(tif, "is_sis", False) else {}
+    if not md:  # a colour preview may come first, the image (with the tag) after it
+        try:
+            pages = [tif.pages[i] for i in range(1, min(4, len(tif.pages)))]
+        except (TypeError, AttributeError, IndexError):
+            pages = []
+        tag = next((p.tags.get(33560) for p in pages if hasattr(p, "tags") and p.tags.get(33560) is not None), None)
+        md = tag.value if tag is not None and isinstance(tag.value, dict) else {}
     x, y = md.get("pixelsizex"), md.get("pixelsizey", md.get("pixelsizex"))
     return _xy(float(x) * _M_TO_NM, float(y) * _M_TO_NM) if is_positive(x) and is_positive(y) else {}
 

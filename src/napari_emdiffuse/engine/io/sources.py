@@ -40,7 +40,7 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
     if isinstance(array, N5Array):
         return array.root, array.name, lead, trail
     if isinstance(array, TiffArray):
-        return array.file, "", lead, trail
+        return array.file, str(array.series) if array.series else "", lead, trail
     if isinstance(array, PrecomputedArray):
         return array.root, array.name, lead, trail
     import zarr
@@ -63,7 +63,7 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
     elif suffix_of(Path(where)) == N5_SUFFIX:
         arr = N5Array(where, key)
     elif suffix_of(Path(where)) in TIFF_SUFFIXES:
-        arr = TiffArray(where)
+        arr = TiffArray(where, int(key) if key else 0)  # the key: a series past the first
     elif (Path(where) / "info").is_file():  # a neuroglancer precomputed volume
         arr = PrecomputedArray(where, key)
     else:

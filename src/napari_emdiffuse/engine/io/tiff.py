@@ -90,9 +90,10 @@ def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise InputError(f"cannot read '{path}': the file holds no image")
-            series = tif.series[0]
+            index = _image_series(tif)
+            series = tif.series[index]
             series_axes = str(series.axes)
-            data = _tiff_pixels(path, series) if pixels else np.broadcast_to(np.zeros((), series.dtype), series.shape)
+            data = _tiff_pixels(path, series, index) if pixels else np.broadcast_to(np.zeros((), series.dtype), series.shape)
             _check_imagej_complete(path, tif, series)
             data, note = _without_databar(tif, data)
             try:
@@ -125,6 +126,20 @@ def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
                      source=source if spacing is not None else None)
 
 
+def _image_series(tif: Any) -> int:
+    """The series to read: the first, unless it is a colour picture and a greyscale image
+    follows it (Olympus / EMSIS TEM cameras save a JPEG colour preview, then the 16-bit image)."""
+
+    def colour(s: Any) -> bool:
+        return str(s.axes).endswith("S") and int(s.shape[-1]) in (3, 4)
+
+    if colour(tif.series[0]):
+        for k, s in enumerate(tif.series[1:4], start=1):
+            if not colour(s) and len(s.shape) >= 2:
+                return k
+    return 0
+
+
 def _without_databar(tif: Any, data: np.ndarray) -> tuple[np.ndarray, str | None]:
     """An SEM image without the data bar its console pasted below the scan (Thermo Fisher /
     FEI, Hitachi; :func:`~.consoles.databar_rows`).
@@ -140,23 +155,23 @@ def _without_databar(tif: Any, data: np.ndarray) -> tuple[np.ndarray, str | None
     return data[(slice(None),) * y + (slice(0, rows),)], databar_note(bar)
 
 
-def _tiff_pixels(path: Path, series: Any) -> Any:
+def _tiff_pixels(path: Path, series: Any, index: int) -> Any:
     """Memory-map large uncompressed files (read-only), read large compressed greyscale ones
-    lazily, load everything else."""
+    lazily, load everything else (``series``: the file's series number ``index``)."""
     dtype = np.dtype(series.dtype)
     nbytes = int(np.prod(series.shape, dtype=np.int64)) * dtype.itemsize
     if nbytes >= TIFF_MMAP_MIN_BYTES and series.dataoffset is not None and dtype.isnative:
         try:
-            return tifffile.memmap(path, series=0, mode="r")
+            return tifffile.memmap(path, series=index, mode="r")
         except ValueError:  # not mappable after all (e.g. odd layout): read normally
             pass
     if nbytes >= TIFF_MMAP_MIN_BYTES and "S" not in str(series.axes):
-        return TiffArray(path)
+        return TiffArray(path, index)
     return np.asarray(series.asarray())
 
 
 class TiffArray(LazyArray):
-    """The first image series of a TIFF (a compressed or tiled stack or image) read lazily:
+    """An image series of a TIFF (the first by default; a compressed or tiled stack or image) read lazily:
     indexing decodes only the pages or tiles it touches (tifffile's zarr view of the file),
     negative steps included. The file stays open while the array is used; the array pickles as
     its path, so cluster workers open the file themselves (:func:`~.sources.open_source`).
@@ -171,8 +186,9 @@ class TiffArray(LazyArray):
     ((3, 4, 5), dtype('uint8'), [55, 50, 45, 40])
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], series: int = 0) -> None:
         self.file = str(Path(path).resolve())
+        self.series = int(series)
         self._open: Any = None
         z = self._zarr()
         self.shape: tuple[int, ...] = tuple(int(n) for n in z.shape)
@@ -183,7 +199,7 @@ class TiffArray(LazyArray):
         if self._open is None:
             import zarr
 
-            self._open = zarr.open(tifffile.imread(self.file, aszarr=True, series=0, level=0), mode="r")
+            self._open = zarr.open(tifffile.imread(self.file, aszarr=True, series=self.series, level=0), mode="r")
         return self._open
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -201,7 +217,7 @@ class TiffArray(LazyArray):
 
     def __dask_tokenize__(self) -> tuple:
         st = os.stat(self.file)
-        return ("TiffArray", self.file, st.st_mtime_ns, st.st_size)
+        return ("TiffArray", self.file, self.series, st.st_mtime_ns, st.st_size)
 
     def __repr__(self) -> str:
         return f"TiffArray('{self.file}', shape={self.shape}, dtype={self.dtype})"
