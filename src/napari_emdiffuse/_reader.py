@@ -54,14 +54,14 @@ def layer_meta(img: Any, name: str, **extra: Any) -> dict[str, Any]:
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """The reader for one MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali``, ``.map``),
-    DigitalMicrograph file (``.dm3``, ``.dm4``), TIA series file (``.ser``) or Amira / Avizo
-    volume (``.am``), else None."""
-    from .engine.io.common import AMIRA_SUFFIXES, DM_SUFFIXES, MRC_SUFFIXES, SER_SUFFIXES
+    DigitalMicrograph file (``.dm3``, ``.dm4``), TIA series file (``.ser``), Amira / Avizo
+    volume (``.am``) or Zeiss CZI (``.czi``), else None."""
+    from .engine.io.common import AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, MRC_SUFFIXES, SER_SUFFIXES
 
     path = _one(path)
     if path is None:
         return None
-    if Path(path).suffix.lower() not in MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES:
+    if Path(path).suffix.lower() not in MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES:
         return None
     return _read
 

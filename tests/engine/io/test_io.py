@@ -279,14 +279,14 @@ def test_truncated_tiff(tmp_path, imagej):
     assert str(cut) in msg and ("truncated" in msg or "failed" in msg)
 
 
-@pytest.mark.parametrize("name", ["img.nd2", "img.czi", "noext"])
+@pytest.mark.parametrize("name", ["img.nd2", "img.lif", "noext"])
 def test_unsupported_extension(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"x")
     with pytest.raises(InputError) as exc:
         read_image(path)
     msg = _one_line(exc)
-    assert "unsupported file type" in msg and ".tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.hdf5/.hdf/.emd/.hspy, .am, .png/.jpg/.bmp, .n5, .zarr or a neuroglancer precomputed volume" in msg
+    assert "unsupported file type" in msg and ".tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.hdf5/.hdf/.emd/.hspy, .am, .czi, .png/.jpg/.bmp, .n5, .zarr or a neuroglancer precomputed volume" in msg
     assert name in msg
 
 

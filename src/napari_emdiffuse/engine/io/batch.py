@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import (
-    AMIRA_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in,
+    AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in,
     suffix_of,
 )
 from .hdf5 import h5_file_of, h5_images
@@ -23,7 +23,7 @@ from .zarr import zarr_store_of
 
 __all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch"]
 
-_FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES + AMIRA_SUFFIXES
+_FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES
 
 BatchItem = tuple[Path, Path, "Path | None"]  # input, output, uncertainty output
 
@@ -71,13 +71,13 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
         if p.is_dir():
             found = image_files_in(p, hdf5=True)
             if not found:
-                raise InputError(f"folder '{p}' holds no .tif, .mrc, .dm3/.dm4, .ser, .h5/.emd, .am, .png, .jpg or .bmp image")
+                raise InputError(f"folder '{p}' holds no .tif, .mrc, .dm3/.dm4, .ser, .h5/.emd, .am, .czi, .png, .jpg or .bmp image")
             files.extend(found)
         elif not p.exists():
             raise InputError(f"cannot read '{p}': file not found")
         elif suffix_of(p) not in _FILE_SUFFIXES:
             raise InputError(f"cannot use '{p}': unsupported file type '{p.suffix or '(none)'}'; "
-                             "use .tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.emd, .am or .png/.jpg/.bmp")
+                             "use .tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.emd, .am, .czi or .png/.jpg/.bmp")
         else:
             files.append(p)
     # an HDF5 or Velox file with several images (STEM detectors recorded at once) gives each

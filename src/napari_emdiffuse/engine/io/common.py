@@ -25,6 +25,7 @@ __all__ = [
     "DM_SUFFIXES",
     "SER_SUFFIXES",
     "AMIRA_SUFFIXES",
+    "CZI_SUFFIXES",
     "N5_SUFFIX",
     "ImageData",
     "likely_image",
@@ -52,6 +53,7 @@ H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".hspy")  # .emd: Velox and Berke
 DM_SUFFIXES = (".dm3", ".dm4")
 SER_SUFFIXES = (".ser",)  # TIA series files
 AMIRA_SUFFIXES = (".am",)  # Amira / Avizo volumes (read only; see :mod:`.amira`)
+CZI_SUFFIXES = (".czi",)  # Zeiss ZEN (read only, through pylibCZIrw; see :mod:`.czi`)
 #: Read only: N5 containers (OpenOrganelle, BigStitcher); see :mod:`.n5`.
 N5_SUFFIX = ".n5"
 
@@ -138,11 +140,11 @@ def unsupported_type(path: Path) -> InputError:
     """The error for a file type that cannot be read."""
     if path.is_dir():
         return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .dm4, .ser, .h5, .emd, "
-                          ".am, .png, .n5 or .zarr, or a neuroglancer precomputed volume")
+                          ".am, .czi, .png, .n5 or .zarr, or a neuroglancer precomputed volume")
     ext = path.suffix or "(none)"
     return InputError(
         f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.hdf5/.hdf/.emd/.hspy, "
-        ".am, .png/.jpg/.bmp, .n5, .zarr or a neuroglancer precomputed volume"
+        ".am, .czi, .png/.jpg/.bmp, .n5, .zarr or a neuroglancer precomputed volume"
     )
 
 
@@ -159,7 +161,7 @@ def image_files_in(folder: Path, *, hdf5: bool = False) -> list[Path]:
     ``hdf5`` its HDF5 and Velox files (a batch's inputs; a volume's slices never are), in
     natural order (``slice_9`` before ``slice_10``), leaving out hidden and partially written
     files."""
-    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + (H5_SUFFIXES + AMIRA_SUFFIXES if hdf5 else ())
+    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + (H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES if hdf5 else ())
     found = [c for c in folder.iterdir() if c.is_file() and suffix_of(c) in kinds
              and not c.name.startswith(".") and ".partial" not in c.name]
     return sorted(found, key=lambda c: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", c.name)])
@@ -187,7 +189,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path).expanduser()
     ext = suffix_of(p)
-    if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + (N5_SUFFIX,):
+    if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES + (N5_SUFFIX,):
         raise InputError(f"cannot write '{p}': {ext} is read only here; write .tif, .mrc or .zarr (they keep the pixel size)")
     if ext not in TIFF_SUFFIXES + MRC_SUFFIXES and ext != ZARR_SUFFIX:
         ext = ext or "(none)"

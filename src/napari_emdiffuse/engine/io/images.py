@@ -23,10 +23,11 @@ from ..errors import InputError
 from .amira import read_amira
 from .calibration import check_axes
 from .common import (
-    AMIRA_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES,
+    AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES,
     ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
     unsupported_type,
 )
+from .czi import read_czi
 from .dm import read_dm
 from .precomputed import precomputed_of, read_precomputed
 from .ser import read_ser
@@ -120,6 +121,8 @@ def _read(p: Path, key: str | None) -> ImageData:
         return read_ser(p)
     if suffix_of(p) in AMIRA_SUFFIXES:
         return read_amira(p)
+    if suffix_of(p) in CZI_SUFFIXES:
+        return read_czi(p)
     if suffix_of(p) in PICTURE_SUFFIXES:
         return read_picture(p)
     h5 = h5_file_of(p)

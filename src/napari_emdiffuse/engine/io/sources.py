@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import H5_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, suffix_of
+from .common import CZI_SUFFIXES, H5_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, suffix_of
+from .czi import CziArray
 from .hdf5 import H5Array
 from .n5 import N5Array
 from .precomputed import PrecomputedArray
@@ -43,6 +44,8 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
         return array.file, str(array.series) if array.series else "", lead, trail
     if isinstance(array, PrecomputedArray):
         return array.root, array.name, lead, trail
+    if isinstance(array, CziArray):
+        return array.file, "", lead, trail
     import zarr
 
     if not isinstance(array, zarr.Array):
@@ -64,6 +67,8 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
         arr = N5Array(where, key)
     elif suffix_of(Path(where)) in TIFF_SUFFIXES:
         arr = TiffArray(where, int(key) if key else 0)  # the key: a series past the first
+    elif suffix_of(Path(where)) in CZI_SUFFIXES:
+        arr = CziArray(where)
     elif (Path(where) / "info").is_file():  # a neuroglancer precomputed volume
         arr = PrecomputedArray(where, key)
     else:

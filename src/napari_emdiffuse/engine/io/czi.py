@@ -1,0 +1,152 @@
+"""Zeiss CZI files (ZEN: GeminiSEM and Crossbeam images and stacks saved from ZEN core,
+correlative ZEN Connect projects, Axio light microscopes), read lazily through Zeiss's own
+library pylibCZIrw (the ``czi`` extra: ``pip install "napari-emdiffuse[czi]"``).
+
+A CZI holds subblocks placed in a plane (tiles of a mosaic are stitched by their positions)
+along T, C and Z; pylibCZIrw composes any region of one plane. The array here is TCZYX, read
+region by region, with the pixel size from ``Metadata/Scaling/Items/Distance`` (metres). A
+channel of several is picked as for other files (``--channel``); colour pixels, several scenes
+and files pylibCZIrw cannot open are refused in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .common import ImageData, check_readable, reason
+from .units import tidy
+from .views import AxesPicked, LazyArray, ascending_index, drop_single_axes
+
+__all__ = ["CziArray", "read_czi"]
+
+_GREY = {"Gray8": np.uint8, "Gray16": np.uint16, "Gray32Float": np.float32, "Gray32": np.int32}
+_M_TO_NM = 1e9
+
+
+def _pyczi() -> Any:
+    try:
+        import pylibCZIrw.czi as pyczi
+    except ImportError:
+        raise InputError("reading .czi files needs Zeiss's pylibCZIrw: pip install \"napari-emdiffuse[czi]\" "
+                         "(or pip install pylibCZIrw)") from None
+    return pyczi
+
+
+def read_czi(path: Path) -> ImageData:
+    """Read a CZI file lazily, TCZYX without its size-1 axes (one plane: YX), with its pixel
+    size in nm.
+
+    Raises
+    ------
+    InputError
+        pylibCZIrw missing, the file missing or unreadable, colour pixels, several scenes.
+    """
+    check_readable(path, "a CZI file")
+    array = CziArray(path)
+    data, spacing, axes = drop_single_axes(array, array.spacing, "TCZYX")
+    if axes == "ZYX" and data.shape[0] == 1:  # one plane: an image, not a stack of one
+        data = AxesPicked(array, (0, 0, 0))
+        spacing, axes = (spacing[1:] if spacing else None), "YX"
+    return ImageData(data=data, spacing=spacing, unit="nm" if spacing else None, axes=axes, path=path)
+
+
+class CziArray(LazyArray):
+    """A CZI's single scene as a TCZYX array that composes only the region an index asks for,
+    plane by plane. The reader stays open while the array is used (one at a time); the array
+    pickles as its path, so cluster workers open the file themselves."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.file = str(Path(path).resolve())
+        self._reader: Any = None
+        self._lock = threading.Lock()
+        reader = self._open()
+        try:
+            box = reader.total_bounding_box
+            scenes = reader.scenes_bounding_rectangle or {}
+            types = reader.pixel_types or {}
+            metadata = reader.metadata
+        except Exception as exc:  # pylibCZIrw raises its own errors for damaged files
+            raise InputError(f"cannot read '{self.file}': {reason(exc)}") from exc
+        if len(scenes) > 1:
+            raise InputError(f"cannot read '{self.file}': it holds {len(scenes)} scenes; export the one to restore "
+                             "(ZEN: Split Scenes) or save it as OME-TIFF")
+        kinds = set(types.values())
+        grey = [k for k in kinds if k in _GREY]
+        if len(kinds) != 1 or not grey:
+            raise InputError(f"cannot read '{self.file}': its pixels are {', '.join(sorted(kinds)) or 'unknown'}; "
+                             "greyscale (Gray8, Gray16, Gray32Float) is read")
+        self.dtype = np.dtype(_GREY[grey[0]])
+        self.origin = (int(box["X"][0]), int(box["Y"][0]))
+        self.starts = {d: int(box.get(d, (0, 1))[0]) for d in "TCZ"}
+        sizes = [int(box.get(d, (0, 1))[1]) - int(box.get(d, (0, 1))[0]) for d in "TCZ"]
+        self.shape: tuple[int, ...] = (*sizes, int(box["Y"][1]) - int(box["Y"][0]), int(box["X"][1]) - int(box["X"][0]))
+        if min(self.shape) < 1:
+            raise InputError(f"cannot read '{self.file}': it holds no pixels (bounding box {box})")
+        self.chunks: tuple[int, ...] = (1, 1, 1, *(min(n, 1024) for n in self.shape[-2:]))
+        self.spacing = _spacing(metadata, self.shape[2] > 1)
+
+    def _open(self) -> Any:
+        if self._reader is None:
+            pyczi = _pyczi()
+            try:
+                self._reader = pyczi.CziReader(self.file)
+            except Exception as exc:
+                raise InputError(f"cannot read '{self.file}': not a readable CZI file ({reason(exc)})") from exc
+        return self._reader
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        read, post = ascending_index(key, self.shape)
+        ranges = [range(k, k + 1) if isinstance(k, int) else range(k.start, k.stop, k.step) for k in read]
+        out = np.zeros(tuple(len(r) for r in ranges), self.dtype)
+        if out.size:
+            (ry, rx) = ranges[3], ranges[4]
+            roi = (self.origin[0] + rx[0], self.origin[1] + ry[0], rx[-1] - rx[0] + 1, ry[-1] - ry[0] + 1)
+            with self._lock:
+                reader = self._open()
+                for it, t in enumerate(ranges[0]):
+                    for ic, c in enumerate(ranges[1]):
+                        for iz, z in enumerate(ranges[2]):
+                            plane = {"T": t + self.starts["T"], "C": c + self.starts["C"], "Z": z + self.starts["Z"]}
+                            try:
+                                region = reader.read(roi=roi, plane=plane)
+                            except Exception as exc:  # a damaged subblock
+                                raise InputError(f"cannot read '{self.file}': {reason(exc)}") from exc
+                            out[it, ic, iz] = np.asarray(region)[:: ry.step, :: rx.step, 0]
+        out = out.reshape(tuple(len(r) for r, k in zip(ranges, read) if not isinstance(k, int)))
+        return out[post] if post else out
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_reader", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reader, self._lock = None, threading.Lock()
+
+    def __dask_tokenize__(self) -> tuple:
+        st = os.stat(self.file)
+        return ("CziArray", self.file, st.st_mtime_ns, st.st_size)
+
+    def __repr__(self) -> str:
+        return f"CziArray('{self.file}', shape={self.shape}, dtype={self.dtype})"
+
+
+def _spacing(metadata: Any, stack: bool) -> tuple[float, ...] | None:
+    """(t, c, z, y, x) spacing in nm from the scaling items (metres); None without x and y."""
+    try:
+        items = metadata["ImageDocument"]["Metadata"]["Scaling"]["Items"]["Distance"]
+        items = items if isinstance(items, list) else [items]
+        found = {str(d["@Id"]).upper(): float(d["Value"]) for d in items if isinstance(d, dict) and "Value" in d}
+    except (KeyError, TypeError, ValueError):
+        return None
+    x, y = found.get("X"), found.get("Y", found.get("X"))
+    if not (x and y and np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0):
+        return None
+    z = found.get("Z")
+    z_nm = tidy(z * _M_TO_NM) if stack and z and np.isfinite(z) and z > 0 else 1.0
+    return (1.0, 1.0, z_nm, tidy(y * _M_TO_NM), tidy(x * _M_TO_NM))
