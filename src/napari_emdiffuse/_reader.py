@@ -26,8 +26,10 @@ def _one(path: str | list[str]) -> str | None:
     return str(path)
 
 
-def image_layer(path: str | os.PathLike[str], name: str | None = None, **extra: Any) -> LayerData:
-    """An image file as a napari layer-data tuple, with its pixel size as ``scale`` (nm).
+def image_layer(path: str | os.PathLike[str], name: str | None = None, *, channel: int | None = None,
+                **extra: Any) -> LayerData:
+    """An image file (one ``channel`` of several) as a napari layer-data tuple, with its pixel
+    size as ``scale`` (nm).
 
     Examples
     --------
@@ -38,7 +40,7 @@ def image_layer(path: str | os.PathLike[str], name: str | None = None, **extra: 
     """
     from .engine.io.images import read_image
 
-    img = read_image(path)
+    img = read_image(path, channel=channel)
     return img.data, layer_meta(img, name or Path(path).stem, **extra), "image"
 
 
@@ -67,8 +69,17 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 
 def _read(path: str | list[str]) -> list[LayerData]:
+    """One layer, or one per channel where the file holds several (a CZI of two SEM detectors,
+    correlative light and EM), so each can be restored."""
+    from .engine.io.images import read_image
+
     path = _one(path) or ""
-    return [image_layer(path)]
+    img = read_image(path)
+    axes = img.axes or ""
+    if "C" not in axes or img.data.shape[axes.index("C")] == 1:
+        return [(img.data, layer_meta(img, Path(path).stem), "image")]
+    count = img.data.shape[axes.index("C")]
+    return [image_layer(path, f"{Path(path).stem} [channel {k}]", channel=k) for k in range(count)]
 
 
 def get_ome_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:

@@ -57,7 +57,13 @@ def test_a_channel_is_picked_and_several_are_refused_in_one_line(tmp_path, capsy
     vol = _vol(3)
     path = _czi(tmp_path / "c.czi", [(vol[c], {"Z": 0, "C": c, "T": 0}, (0, 0)) for c in range(2)],
                 names={0: "SE2", 1: "InLens"})  # fmt: skip
-    assert np.array_equal(np.asarray(read_image(path, channel=1).data).squeeze(), vol[1])
+    picked = read_image(path, channel=1)
+    assert picked.axes == "YX" and np.array_equal(np.asarray(picked.data), vol[1]) and picked.spacing == (5.0, 5.0)
+    from napari_emdiffuse._reader import get_reader
+
+    layers = get_reader(str(path))(str(path))  # napari: a layer per channel, each restorable
+    assert [meta["name"] for _, meta, _ in layers] == ["c [channel 0]", "c [channel 1]"]
+    assert np.array_equal(np.asarray(layers[1][0]), vol[1]) and layers[1][1]["scale"] == (5.0, 5.0)
     assert main(["denoise", str(path), "-o", str(tmp_path / "out.tif")]) == 2
     err = capsys.readouterr().err
     assert "has 2 channels" in err and "--channel C" in err and "Traceback" not in err

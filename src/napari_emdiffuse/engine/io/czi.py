@@ -11,6 +11,7 @@ and files pylibCZIrw cannot open are refused in one line.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -49,15 +50,16 @@ def read_czi(path: Path) -> ImageData:
     """
     check_readable(path, "a CZI file")
     array = CziArray(path)
-    data, spacing, axes = drop_single_axes(array, array.spacing, "TCZYX")
-    if axes == "ZYX" and data.shape[0] == 1:  # one plane: an image, not a stack of one
-        data = AxesPicked(array, (0, 0, 0))
+    data, spacing, axes = drop_single_axes(array, array.spacing, array.axes)
+    if axes == "CYX" and data.shape[0] == 1:  # one plane of one channel: an image
+        data = AxesPicked(array, (0, 0))
         spacing, axes = (spacing[1:] if spacing else None), "YX"
     return ImageData(data=data, spacing=spacing, unit="nm" if spacing else None, axes=axes, path=path)
 
 
 class CziArray(LazyArray):
-    """A CZI's single scene as a TCZYX array that composes only the region an index asks for,
+    """A CZI's single scene as a TCZYX array (TCYX where it holds one plane along Z) that
+    composes only the region an index asks for,
     plane by plane. The reader stays open while the array is used (one at a time); the array
     pickles as its path, so cluster workers open the file themselves."""
 
@@ -84,12 +86,15 @@ class CziArray(LazyArray):
         self.dtype = np.dtype(_GREY[grey[0]])
         self.origin = (int(box["X"][0]), int(box["Y"][0]))
         self.starts = {d: int(box.get(d, (0, 1))[0]) for d in "TCZ"}
-        sizes = [int(box.get(d, (0, 1))[1]) - int(box.get(d, (0, 1))[0]) for d in "TCZ"]
-        self.shape: tuple[int, ...] = (*sizes, int(box["Y"][1]) - int(box["Y"][0]), int(box["X"][1]) - int(box["X"][0]))
+        sizes = {d: int(box.get(d, (0, 1))[1]) - int(box.get(d, (0, 1))[0]) for d in "TCZ"}
+        # one plane along Z: no Z axis, so that a channel of several is picked as an image
+        self.axes = "TCZYX" if sizes["Z"] > 1 else "TCYX"
+        self.shape: tuple[int, ...] = (*(sizes[d] for d in self.axes[:-2]), int(box["Y"][1]) - int(box["Y"][0]),
+                                       int(box["X"][1]) - int(box["X"][0]))
         if min(self.shape) < 1:
             raise InputError(f"cannot read '{self.file}': it holds no pixels (bounding box {box})")
-        self.chunks: tuple[int, ...] = (1, 1, 1, *(min(n, 1024) for n in self.shape[-2:]))
-        self.spacing = _spacing(metadata, self.shape[2] > 1)
+        self.chunks: tuple[int, ...] = (*(1 for _ in self.axes[:-2]), *(min(n, 1024) for n in self.shape[-2:]))
+        self.spacing = _spacing(metadata, self.axes)
 
     def _open(self) -> Any:
         if self._reader is None:
@@ -105,19 +110,19 @@ class CziArray(LazyArray):
         ranges = [range(k, k + 1) if isinstance(k, int) else range(k.start, k.stop, k.step) for k in read]
         out = np.zeros(tuple(len(r) for r in ranges), self.dtype)
         if out.size:
-            (ry, rx) = ranges[3], ranges[4]
+            (ry, rx) = ranges[-2], ranges[-1]
             roi = (self.origin[0] + rx[0], self.origin[1] + ry[0], rx[-1] - rx[0] + 1, ry[-1] - ry[0] + 1)
+            planes = [dict(zip(self.axes[:-2], at)) for at in itertools.product(*ranges[:-2])]
+            spots = list(itertools.product(*(range(len(r)) for r in ranges[:-2])))
             with self._lock:
                 reader = self._open()
-                for it, t in enumerate(ranges[0]):
-                    for ic, c in enumerate(ranges[1]):
-                        for iz, z in enumerate(ranges[2]):
-                            plane = {"T": t + self.starts["T"], "C": c + self.starts["C"], "Z": z + self.starts["Z"]}
-                            try:
-                                region = reader.read(roi=roi, plane=plane)
-                            except Exception as exc:  # a damaged subblock
-                                raise InputError(f"cannot read '{self.file}': {reason(exc)}") from exc
-                            out[it, ic, iz] = np.asarray(region)[:: ry.step, :: rx.step, 0]
+                for at, spot in zip(planes, spots):
+                    plane = {d: at.get(d, 0) + self.starts[d] for d in "TCZ"}
+                    try:
+                        region = reader.read(roi=roi, plane=plane)
+                    except Exception as exc:  # a damaged subblock
+                        raise InputError(f"cannot read '{self.file}': {reason(exc)}") from exc
+                    out[spot] = np.asarray(region)[:: ry.step, :: rx.step, 0]
         out = out.reshape(tuple(len(r) for r, k in zip(ranges, read) if not isinstance(k, int)))
         return out[post] if post else out
 
@@ -136,8 +141,9 @@ class CziArray(LazyArray):
         return f"CziArray('{self.file}', shape={self.shape}, dtype={self.dtype})"
 
 
-def _spacing(metadata: Any, stack: bool) -> tuple[float, ...] | None:
-    """(t, c, z, y, x) spacing in nm from the scaling items (metres); None without x and y."""
+def _spacing(metadata: Any, axes: str) -> tuple[float, ...] | None:
+    """Spacing per axis (``TCZYX`` or ``TCYX``) in nm from the scaling items (metres); None
+    without x and y."""
     try:
         items = metadata["ImageDocument"]["Metadata"]["Scaling"]["Items"]["Distance"]
         items = items if isinstance(items, list) else [items]
@@ -148,5 +154,6 @@ def _spacing(metadata: Any, stack: bool) -> tuple[float, ...] | None:
     if not (x and y and np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0):
         return None
     z = found.get("Z")
-    z_nm = tidy(z * _M_TO_NM) if stack and z and np.isfinite(z) and z > 0 else 1.0
-    return (1.0, 1.0, z_nm, tidy(y * _M_TO_NM), tidy(x * _M_TO_NM))
+    z_nm = tidy(z * _M_TO_NM) if z and np.isfinite(z) and z > 0 else 1.0
+    lead = (1.0, 1.0, z_nm) if "Z" in axes else (1.0, 1.0)
+    return (*lead, tidy(y * _M_TO_NM), tidy(x * _M_TO_NM))
