@@ -48,7 +48,7 @@ MRC_SUFFIXES = (".mrc", ".mrcs", ".rec", ".st", ".ali", ".map")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ZARR_SUFFIX = ".zarr"
 #: Read only (CREMI, ilastik, Fiji's HDF5 plugin): see :mod:`.hdf5`.
-H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".hspy")  # .emd: Velox and Berkeley EMD; .hspy: HyperSpy
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".hspy", ".ims")  # .emd: Velox and Berkeley EMD; .hspy: HyperSpy; .ims: Imaris
 #: Read only: Gatan DigitalMicrograph (TEM cameras, 3View); see :mod:`.dm`.
 DM_SUFFIXES = (".dm3", ".dm4")
 SER_SUFFIXES = (".ser",)  # TIA series files
@@ -143,7 +143,7 @@ def unsupported_type(path: Path) -> InputError:
                           ".am, .czi, .png, .n5 or .zarr, or a neuroglancer precomputed volume")
     ext = path.suffix or "(none)"
     return InputError(
-        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.hdf5/.hdf/.emd/.hspy, "
+        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.hdf5/.hdf/.emd/.hspy/.ims, "
         ".am, .czi, .png/.jpg/.bmp, .n5, .zarr or a neuroglancer precomputed volume"
     )
 

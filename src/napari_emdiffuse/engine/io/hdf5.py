@@ -27,8 +27,9 @@ from .bdv import bdv_dtype, bdv_images, bdv_spacing
 from .calibration import to_nm
 from .common import H5_SUFFIXES, ImageData, check_readable, likely_image, reason, suffix_of
 from .hspy import hyperspy_axes, hyperspy_images, is_hyperspy
+from .ims import imaris_images, imaris_size, imaris_spacing, is_imaris
 from .velox import is_velox, velox_dataset, velox_images, velox_spacing
-from .views import AxesPicked, FramesFirst, LazyArray, ascending_index, drop_single_axes, single_axes
+from .views import AxesPicked, Cropped, FramesFirst, LazyArray, ascending_index, drop_single_axes, single_axes
 
 __all__ = ["H5Array", "h5_file_of", "read_h5", "h5_datasets", "h5_images", "open_h5"]
 
@@ -125,8 +126,10 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
         raise InputError(f"cannot read '{path}': not an HDF5 file ({reason(exc)})") from exc
     try:
         with f:
-            name, spacing, unit, frames_last, axes = _resolve(f, path, key)
+            name, spacing, unit, frames_last, axes, crop = _resolve(f, path, key)
         array = H5Array(path, name)
+        if crop is not None:  # stored padded to whole chunks (Imaris)
+            array = Cropped(array, crop)
     except InputError:
         raise
     except _DAMAGED as exc:
@@ -140,10 +143,12 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
     return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=path)
 
 
-def _resolve(f: Any, path: Path, key: str | None) -> tuple[str, tuple[float, ...] | None, str | None, bool, str | None]:
+def _resolve(
+    f: Any, path: Path, key: str | None
+) -> tuple[str, tuple[float, ...] | None, str | None, bool, str | None, tuple[int, ...] | None]:
     """(dataset path, spacing, unit, whether it is a Velox image kept frames last, its axes where
-    the file says) of the image ``key`` names in an open file, or of its only image; refused in
-    one line otherwise."""
+    the file says, the size to crop it to where it is stored padded) of the image ``key`` names
+    in an open file, or of its only image; refused in one line otherwise."""
     named = _named(f)
     names = list(named) if named is not None else h5_datasets(f)
     key = (key or "").strip("/")
@@ -166,12 +171,16 @@ def _resolve(f: Any, path: Path, key: str | None) -> tuple[str, tuple[float, ...
     name = named.get(key, key) if named is not None else key
     dset = f[name]
     frames_last = velox_dataset(name) and len(dset.shape) == 3
-    axes = None
+    axes, crop = None, None
     if frames_last:
         yx, unit = velox_spacing(f, name)
         spacing = yx if (yx is None or dset.shape[2] == 1) else (1.0, *yx)
     elif is_hyperspy(f) and name in (named or {}).values():
         spacing, unit, axes = hyperspy_axes(f, name)
+    elif is_imaris(f) and name in (named or {}).values():
+        size = imaris_size(f, name)
+        spacing, unit = imaris_spacing(f, size)
+        axes, crop = "ZYX", (size if size != tuple(dset.shape) else None)
     else:
         spacing, unit = _calibration(dict(dset.attrs), len(dset.shape))
         if spacing is None:
@@ -182,13 +191,15 @@ def _resolve(f: Any, path: Path, key: str | None) -> tuple[str, tuple[float, ...
         except OSError as exc:
             hint = "; its compression filter may need: pip install hdf5plugin" if "filter" in str(exc).lower() else ""
             raise InputError(f"cannot read '{path}/{key}': {reason(exc)}{hint}") from exc
-    return name, spacing, unit, frames_last, axes
+    return name, spacing, unit, frames_last, axes, crop
 
 
 def _named(f: Any) -> dict[str, str] | None:
-    """The images of a file whose maker names them (Velox, HyperSpy), or None."""
+    """The images of a file whose maker names them (Velox, HyperSpy, Imaris), or None."""
     if is_velox(f):
         return velox_images(f)
+    if is_imaris(f):
+        return imaris_images(f)
     return hyperspy_images(f) if is_hyperspy(f) else None
 
 

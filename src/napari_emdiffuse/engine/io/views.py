@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["AxesPicked", "FramesFirst", "LazyArray", "ascending_index", "check_one_channel", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
+__all__ = ["AxesPicked", "Cropped", "FramesFirst", "LazyArray", "ascending_index", "check_one_channel", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
 
 
 class LazyArray:
@@ -119,6 +119,33 @@ def single_axes(shape: tuple[int, ...]) -> tuple[int, int]:
         lead += 1
     trail = int(len(shape) - lead >= 4 and shape[-1] == 1)
     return lead, trail
+
+
+class Cropped(LazyArray):
+    """The first ``shape`` of a larger array (a volume stored padded to whole chunks, as
+    Imaris does), read lazily: an index is read within the crop only.
+
+    Examples
+    --------
+    >>> a = Cropped(np.arange(24).reshape(4, 6), (3, 5))
+    >>> a.shape, a[-1, ::-2].tolist()
+    ((3, 5), [16, 14, 12])
+    """
+
+    def __init__(self, array: Any, shape: tuple[int, ...]) -> None:
+        self.array = array
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(array.dtype)
+        chunks = getattr(array, "chunks", None)
+        self.chunks = tuple(min(int(c), n) for c, n in zip(chunks, self.shape)) if chunks else None
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        read, post = ascending_index(key, self.shape)
+        out = np.asarray(self.array[tuple(read)])
+        return out[post] if post else out
+
+    def __repr__(self) -> str:
+        return f"Cropped(<array shape={tuple(self.array.shape)}>, {self.shape})"
 
 
 class AxesPicked(LazyArray):
