@@ -522,14 +522,16 @@ def test_batch_plan_names_and_refusals(tmp_path):
 
     src = tmp_path / "scans"
     src.mkdir()
-    for name in ("b.tif", "a.png", "c.mrc", "d.emd", ".hidden.tif", ".d.tif.partial-1234", "notes.txt"):
+    for name in ("b.tif", "a.png", "c.mrc", "d.emd", "e.map.gz", ".hidden.tif", ".d.tif.partial-1234", "notes.txt",
+                 "logs.tar.gz"):
         (src / name).write_bytes(b"x")
     files = expand_inputs([str(src)])
-    assert [f.name for f in files] == ["a.png", "b.tif", "c.mrc", "d.emd"]  # sorted; only images (a TEM session's .emd too)
+    # sorted; only images (a TEM session's .emd too, an EMDB map as downloaded)
+    assert [f.name for f in files] == ["a.png", "b.tif", "c.mrc", "d.emd", "e.map.gz"]
     plan = plan_batch(files, tmp_path / "out", tmp_path / "sd")
     assert [(o.name, u.name) for _, o, u in plan] == [
         ("a.tif", "a_uncertainty.tif"), ("b.tif", "b_uncertainty.tif"), ("c.mrc", "c_uncertainty.mrc"),
-        ("d.tif", "d_uncertainty.tif")]
+        ("d.tif", "d_uncertainty.tif"), ("e.map", "e_uncertainty.map")]
     assert (tmp_path / "out").is_dir() and (tmp_path / "sd").is_dir()
     (tmp_path / "cremi.hdf").write_bytes(b"x")  # named explicitly
     assert [o.name for _, o, _ in plan_batch(expand_inputs([str(tmp_path / "cremi.hdf")]), tmp_path / "out")] == [

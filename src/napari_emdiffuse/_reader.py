@@ -41,7 +41,15 @@ def image_layer(path: str | os.PathLike[str], name: str | None = None, *, channe
     from .engine.io.images import read_image
 
     img = read_image(path, channel=channel)
-    return img.data, layer_meta(img, name or Path(path).stem, **extra), "image"
+    return img.data, layer_meta(img, name or _stem(path), **extra), "image"
+
+
+def _stem(path: str | os.PathLike[str]) -> str:
+    """A file's name without its extension, both of a compressed MRC's (``emd_1.map.gz``)."""
+    from .engine.io.common import suffix_of
+
+    name = Path(path).name
+    return name[: len(name) - len(suffix_of(Path(path)))] or name
 
 
 def layer_meta(img: Any, name: str, **extra: Any) -> dict[str, Any]:
@@ -55,15 +63,18 @@ def layer_meta(img: Any, name: str, **extra: Any) -> dict[str, Any]:
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """The reader for one MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali``, ``.map``),
+    """The reader for one MRC file (``.mrc``, ``.mrcs``, ``.rec``, ``.st``, ``.ali``, ``.map``; also
+    gzip- or bzip2-compressed, ``.map.gz``),
     DigitalMicrograph file (``.dm3``, ``.dm4``), TIA series file (``.ser``), Amira / Avizo
     volume (``.am``) or Zeiss CZI (``.czi``), else None."""
-    from .engine.io.common import AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, MRC_SUFFIXES, SER_SUFFIXES
+    from .engine.io.common import (
+        AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, SER_SUFFIXES, suffix_of,
+    )
 
     path = _one(path)
     if path is None:
         return None
-    if Path(path).suffix.lower() not in MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES:
+    if suffix_of(Path(path)) not in MRC_SUFFIXES + MRC_PACKED_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES:
         return None
     return _read
 
@@ -77,9 +88,9 @@ def _read(path: str | list[str]) -> list[LayerData]:
     img = read_image(path)
     axes = img.axes or ""
     if "C" not in axes or img.data.shape[axes.index("C")] == 1:
-        return [(img.data, layer_meta(img, Path(path).stem), "image")]
+        return [(img.data, layer_meta(img, _stem(path)), "image")]
     count = img.data.shape[axes.index("C")]
-    return [image_layer(path, f"{Path(path).stem} [channel {k}]", channel=k) for k in range(count)]
+    return [image_layer(path, f"{_stem(path)} [channel {k}]", channel=k) for k in range(count)]
 
 
 def get_ome_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:

@@ -201,6 +201,14 @@ def test_mrc_files_open_in_napari_with_their_voxel_size(viewer, tmp_path):
     viewer.open(str(path), plugin=PLUGIN)
     layer = viewer.layers["tomo"]
     assert np.array_equal(layer.data, data) and tuple(layer.scale) == (4.0, 0.8, 0.8)
+    # as EMDB distributes maps: gzip-compressed, named for the map
+    import gzip
+
+    packed = tmp_path / "emd_1234.map.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    viewer.open(str(packed), plugin=PLUGIN)
+    layer = viewer.layers["emd_1234"]
+    assert np.array_equal(layer.data, data) and tuple(layer.scale) == (4.0, 0.8, 0.8)
 
 
 def test_ome_zarr_outputs_open_in_napari_as_multiscale_with_their_pixel_size(viewer, tmp_path, monkeypatch):

@@ -286,7 +286,7 @@ def test_unsupported_extension(tmp_path, name):
     with pytest.raises(InputError) as exc:
         read_image(path)
     msg = _one_line(exc)
-    assert "unsupported file type" in msg and ".tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.hdf5/.hdf/.emd/.hspy/.ims, .am, .czi, .png/.jpg/.bmp, .n5, .zarr or a neuroglancer precomputed volume" in msg
+    assert "unsupported file type" in msg and ".tif/.tiff, .mrc (or .mrc.gz), .dm3/.dm4, .ser, .h5/.hdf5/.hdf/.emd/.hspy/.ims, .am, .czi, .png/.jpg/.bmp, .n5, .zarr or a neuroglancer precomputed volume" in msg
     assert name in msg
 
 

@@ -103,6 +103,72 @@ def test_large_mrc_is_memory_mapped_read_only(tmp_path, monkeypatch):
     assert not isinstance(small, np.memmap)
 
 
+def _packed(plain: Path, suffix: str) -> Path:
+    import bz2
+    import gzip
+
+    out = plain.with_name(plain.name + suffix)
+    out.write_bytes((gzip.compress if suffix.lower() == ".gz" else bz2.compress)(plain.read_bytes()))
+    return out
+
+
+@pytest.mark.parametrize("name", ["emd_1.map.gz", "tomo.MRC.BZ2", "series.st.gz"])
+def test_compressed_mrc_reads_like_the_plain_one(tmp_path, name):
+    data = _ramp((3, 16, 24), np.int16)
+    plain = write_image(tmp_path / Path(name).with_suffix("").name, data, spacing=(30.0, 2.0, 2.5))
+    packed = _packed(plain, Path(name).suffix)
+    plain.unlink()  # nothing to fall back on
+    img = read_image(packed)
+    np.testing.assert_array_equal(img.data, data)
+    assert img.spacing == (30.0, 2.0, 2.5) and img.axes == "ZYX" and img.data.dtype == np.int16
+
+
+def test_large_compressed_mrc_is_unpacked_once_and_memory_mapped(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    packed = _packed(write_image(tmp_path / "big.map", _ramp((3, 16, 16), np.float32)), ".gz")
+    monkeypatch.setattr(mrc, "MRC_MMAP_MIN_BYTES", 0)
+    big = read_image(packed).data
+    assert isinstance(big, np.memmap) and not big.flags.writeable
+    np.testing.assert_array_equal(big, _ramp((3, 16, 16), np.float32))
+    assert list((tmp_path / "tmp").iterdir()) == []  # the unpacked copy is gone, its pages mapped
+
+
+def test_compressed_mrc_without_room_to_unpack_is_one_line(tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    packed = _packed(write_image(tmp_path / "big.map", _ramp((3, 16, 16), np.float32)), ".gz")
+    monkeypatch.setattr(mrc, "MRC_MMAP_MIN_BYTES", 0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda where: SimpleNamespace(total=10**9, used=10**9 - 100, free=100))
+    with pytest.raises(InputError) as exc:
+        read_image(packed)
+    assert "unpack it first" in _one_line(exc)
+
+
+@pytest.mark.parametrize("damage", ["cut", "not an mrc inside", "not compressed"])
+def test_damaged_compressed_mrc_is_one_line(tmp_path, damage):
+    import gzip
+
+    whole = _packed(write_image(tmp_path / "whole.map", _ramp((4, 32, 32), np.float32)), ".gz").read_bytes()
+    content = {"cut": whole[: len(whole) // 2], "not an mrc inside": gzip.compress(b"hello" * 20),
+               "not compressed": b"x" * 3000}[damage]
+    path = tmp_path / "bad.map.gz"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as exc:
+        read_image(path)
+    assert str(path) in _one_line(exc)
+
+
+def test_compressed_mrc_is_not_an_output(tmp_path):
+    with pytest.raises(InputError) as exc:
+        write_image(tmp_path / "out.map.gz", np.zeros((4, 4), np.float32))
+    assert "read only" in _one_line(exc)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("content,needle", [(b"not an mrc" * 5, "header"), (None, "truncated")])
 def test_broken_mrc_is_one_line(tmp_path, content, needle):
     path = tmp_path / "bad.mrc"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import (
-    AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in,
+    AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in,
     suffix_of,
 )
 from .hdf5 import h5_file_of, h5_images
@@ -23,7 +23,7 @@ from .zarr import zarr_store_of
 
 __all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch"]
 
-_FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES
+_FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + MRC_PACKED_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES
 
 BatchItem = tuple[Path, Path, "Path | None"]  # input, output, uncertainty output
 
@@ -76,8 +76,8 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
         elif not p.exists():
             raise InputError(f"cannot read '{p}': file not found")
         elif suffix_of(p) not in _FILE_SUFFIXES:
-            raise InputError(f"cannot use '{p}': unsupported file type '{p.suffix or '(none)'}'; "
-                             "use .tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.emd, .am, .czi or .png/.jpg/.bmp")
+            raise InputError(f"cannot use '{p}': unsupported file type '{suffix_of(p) or '(none)'}'; "
+                             "use .tif/.tiff, .mrc (or .mrc.gz), .dm3/.dm4, .ser, .h5/.emd, .am, .czi or .png/.jpg/.bmp")
         else:
             files.append(p)
     # an HDF5 or Velox file with several images (STEM detectors recorded at once) gives each
@@ -86,8 +86,8 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
 
 def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
                uncertainty_dir: str | os.PathLike[str] | None = None, *, ext: str | None = None) -> list[BatchItem]:
-    """Where each input's result goes: ``OUT_DIR/<name>`` in the input's format (pictures and
-    HDF5 files as TIFF; one image of several in an HDF5 or Velox file as ``<file>_<image>``),
+    """Where each input's result goes: ``OUT_DIR/<name>`` in the input's format (a compressed
+    MRC uncompressed, ``a.map.gz`` -> ``a.map``; pictures and HDF5 files as TIFF; one image of several in an HDF5 or Velox file as ``<file>_<image>``),
     and its uncertainty as ``<stem>_uncertainty`` beside it or in ``uncertainty_dir``. ``ext``
     (``".tif"``, ``".mrc"``, ``".zarr"``) makes every output of that format instead.
 
@@ -103,8 +103,8 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     --------
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
-    >>> [(i.name, o.name, u) for i, o, u in plan_batch([d / "a.png", d / "b.mrc"], d / "out")]
-    [('a.png', 'a.tif', None), ('b.mrc', 'b.mrc', None)]
+    >>> [(i.name, o.name, u) for i, o, u in plan_batch([d / "a.png", d / "b.mrc", d / "c.map.gz"], d / "out")]
+    [('a.png', 'a.tif', None), ('b.mrc', 'b.mrc', None), ('c.map.gz', 'c.map', None)]
     """
     out = _folder(out_dir)
     unc = _folder(uncertainty_dir, inside=out) if uncertainty_dir is not None else None
@@ -112,9 +112,11 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     seen: dict[Path, Path] = {}
     sources = {_key(f) for f in files}
     for f in files:
-        kind = ext or (f.suffix if suffix_of(f) in TIFF_SUFFIXES + MRC_SUFFIXES else ".tif")
+        packed = suffix_of(f) in MRC_PACKED_SUFFIXES
+        f_name = f.with_suffix("") if packed else f  # 'a.map.gz' -> 'a.map'
+        kind = ext or (f_name.suffix if suffix_of(f_name) in TIFF_SUFFIXES + MRC_SUFFIXES else ".tif")
         inside = h5_file_of(f)  # one image of several in a file: 'stem.emd/HAADF' -> stem_HAADF
-        stem = f"{inside[0].stem}_{inside[1].replace('/', '_')}" if inside and inside[1] else f.stem
+        stem = f"{inside[0].stem}_{inside[1].replace('/', '_')}" if inside and inside[1] else f_name.stem
         target = out / f"{stem}{kind}"
         extra = (unc or out) / f"{stem}_uncertainty{kind}" if uncertainty_dir is not None else None
         for path in (target, extra):

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run 
 __all__ = [
     "TIFF_SUFFIXES",
     "MRC_SUFFIXES",
+    "MRC_PACKED_SUFFIXES",
     "PICTURE_SUFFIXES",
     "ZARR_SUFFIX",
     "H5_SUFFIXES",
@@ -44,6 +45,8 @@ __all__ = [
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: MRC and the names IMOD and SerialEM give it (tilt series, aligned stacks, reconstructions).
 MRC_SUFFIXES = (".mrc", ".mrcs", ".rec", ".st", ".ali", ".map")
+#: Read only: MRC compressed with gzip or bzip2 (EMDB distributes its maps as ``.map.gz``).
+MRC_PACKED_SUFFIXES = tuple(s + c for s in MRC_SUFFIXES for c in (".gz", ".bz2"))
 #: Read only: pictures carry no reliable pixel size, and JPEG loses detail.
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ZARR_SUFFIX = ".zarr"
@@ -120,8 +123,17 @@ def reason(exc: BaseException) -> str:
 
 
 def suffix_of(path: Path) -> str:
-    """The file extension in lower case (``.TIF`` -> ``.tif``)."""
-    return path.suffix.lower()
+    """The file extension in lower case (``.TIF`` -> ``.tif``); a compressed MRC keeps both
+    of its extensions (``emd_1234.map.gz`` -> ``.map.gz``).
+
+    Examples
+    --------
+    >>> suffix_of(Path("scan.TIF")), suffix_of(Path("emd_1234.map.gz")), suffix_of(Path("x.tar.gz"))
+    ('.tif', '.map.gz', '.gz')
+    """
+    name = path.name.lower()
+    packed = next((s for s in MRC_PACKED_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+    return packed or path.suffix.lower()
 
 
 def likely_image(names: list[str]) -> str:
@@ -141,9 +153,9 @@ def unsupported_type(path: Path) -> InputError:
     if path.is_dir():
         return InputError(f"cannot use '{path}': it is a folder, not an image; give a .tif, .mrc, .dm4, .ser, .h5, .emd, "
                           ".am, .czi, .png, .n5 or .zarr, or a neuroglancer precomputed volume")
-    ext = path.suffix or "(none)"
+    ext = suffix_of(path) or "(none)"
     return InputError(
-        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .dm3/.dm4, .ser, .h5/.hdf5/.hdf/.emd/.hspy/.ims, "
+        f"cannot use '{path}': unsupported file type '{ext}'; use .tif/.tiff, .mrc (or .mrc.gz), .dm3/.dm4, .ser, .h5/.hdf5/.hdf/.emd/.hspy/.ims, "
         ".am, .czi, .png/.jpg/.bmp, .n5, .zarr or a neuroglancer precomputed volume"
     )
 
@@ -161,7 +173,7 @@ def image_files_in(folder: Path, *, hdf5: bool = False) -> list[Path]:
     ``hdf5`` its HDF5 and Velox files (a batch's inputs; a volume's slices never are), in
     natural order (``slice_9`` before ``slice_10``), leaving out hidden and partially written
     files."""
-    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + (H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES if hdf5 else ())
+    kinds = TIFF_SUFFIXES + MRC_SUFFIXES + MRC_PACKED_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + (H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES if hdf5 else ())
     found = [c for c in folder.iterdir() if c.is_file() and suffix_of(c) in kinds
              and not c.name.startswith(".") and ".partial" not in c.name]
     return sorted(found, key=lambda c: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", c.name)])
@@ -189,7 +201,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path).expanduser()
     ext = suffix_of(p)
-    if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES + (N5_SUFFIX,):
+    if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES + MRC_PACKED_SUFFIXES + (N5_SUFFIX,):
         raise InputError(f"cannot write '{p}': {ext} is read only here; write .tif, .mrc or .zarr (they keep the pixel size)")
     if ext not in TIFF_SUFFIXES + MRC_SUFFIXES and ext != ZARR_SUFFIX:
         ext = ext or "(none)"

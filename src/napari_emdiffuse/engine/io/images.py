@@ -23,7 +23,7 @@ from ..errors import InputError
 from .amira import read_amira
 from .calibration import check_axes
 from .common import (
-    AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES,
+    AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES,
     ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
     unsupported_type,
 )
@@ -113,7 +113,7 @@ def read_calibration(path: str | os.PathLike[str]) -> ImageData:
 def _read(p: Path, key: str | None) -> ImageData:
     if suffix_of(p) in TIFF_SUFFIXES:
         return read_tiff(p)
-    if suffix_of(p) in MRC_SUFFIXES:
+    if suffix_of(p) in MRC_SUFFIXES + MRC_PACKED_SUFFIXES:
         return read_mrc(p)
     if suffix_of(p) in DM_SUFFIXES:
         return read_dm(p)

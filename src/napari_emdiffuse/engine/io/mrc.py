@@ -9,11 +9,18 @@ Two conventions of the format matter for EM pixels:
   not wrap round to negative values.
 - There is no unsigned 8-bit mode that every reader agrees on, so uint8 images are written
   as uint16 (mode 6): lossless, and read alike everywhere.
+
+Maps compressed with gzip or bzip2 (``.map.gz``, as EMDB distributes them) are read too: into
+memory where small, else unpacked once into a temporary file that is memory-mapped and
+removed at once (the mapping keeps its pages), so a map larger than memory still opens.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,7 +57,9 @@ def read_mrc(path: Path) -> ImageData:
         with warnings.catch_warnings():
             # odd but readable headers (old tools) warn; the pixels are what matters here
             warnings.simplefilter("ignore", RuntimeWarning)
-            mrc = mrcfile.mmap(path, mode="r", permissive=True)
+            mrc = _open_packed(path) if _packed(path) else mrcfile.mmap(path, mode="r", permissive=True)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
     try:
@@ -73,6 +82,64 @@ def read_mrc(path: Path) -> ImageData:
     else:
         spacing, unit = None, None
     return ImageData(data=data, spacing=spacing, unit=unit, axes="ZYX"[-data.ndim:], path=path)
+
+
+def _packed(path: Path) -> bool:
+    """Whether the file is gzip or bzip2 data rather than a plain MRC (whose map ID, ``MAP``
+    at byte 208, tells it from a plain map whose first bytes happen to look like either)."""
+    with open(path, "rb") as fh:
+        start = fh.read(212)
+    return start[208:211] != b"MAP" and (start[:2] == b"\x1f\x8b" or start[:3] == b"BZh")
+
+
+def _open_packed(path: Path) -> Any:
+    """Open a compressed MRC: decompressed into memory below ``MRC_MMAP_MIN_BYTES`` of pixels,
+    else into a temporary file, memory-mapped (read-only) and removed."""
+    import bz2
+    import gzip
+
+    import mrcfile
+
+    with mrcfile.open(path, header_only=True, permissive=True) as head:
+        header = head.header
+        if header is None:
+            raise InputError(f"cannot read '{path}': not an MRC file inside the compression")
+        try:
+            itemsize = mrcfile.utils.dtype_from_mode(header.mode).itemsize
+        except ValueError as exc:
+            raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
+        size = int(header.nx) * int(header.ny) * int(header.nz) * itemsize + max(int(header.nsymbt), 0) + 1024
+    if size < MRC_MMAP_MIN_BYTES:
+        return mrcfile.open(path, permissive=True)
+    where = tempfile.gettempdir()
+    free = shutil.disk_usage(where).free
+    if free < size:
+        raise InputError(
+            f"cannot read '{path}': unpacking it needs {size / 2**30:.1f} GiB in {where}, which has "
+            f"{free / 2**30:.1f} GiB free; unpack it first (gunzip / bunzip2) or set TMPDIR elsewhere"
+        )
+    with open(path, "rb") as fh:
+        opener = gzip.open if fh.read(2) == b"\x1f\x8b" else bz2.open
+    fd, name = tempfile.mkstemp(suffix=".mrc", prefix="emdiffuse-unpacked-", dir=where)
+    try:
+        with os.fdopen(fd, "wb") as out, opener(path, "rb") as packed:
+            shutil.copyfileobj(packed, out, 1 << 24)
+        mrc = mrcfile.mmap(name, mode="r", permissive=True)
+    except BaseException:
+        os.unlink(name)
+        raise
+    try:
+        os.unlink(name)  # POSIX keeps the mapped pages until the mapping goes
+    except OSError:  # Windows: a mapped file cannot be removed yet
+        atexit.register(_remove, name)
+    return mrc
+
+
+def _remove(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
 
 
 def _imod_unsigned(header: Any) -> bool:
