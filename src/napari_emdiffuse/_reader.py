@@ -81,16 +81,26 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 def _read(path: str | list[str]) -> list[LayerData]:
     """One layer, or one per channel where the file holds several (a CZI of two SEM detectors,
-    correlative light and EM), so each can be restored."""
-    from .engine.io.images import read_image
+    correlative light and EM) and one per scene (the regions of a ZEN tile scan), so each can
+    be restored."""
+    from .engine.io.images import image_names
 
     path = _one(path) or ""
+    names = image_names(path)  # a CZI file's scenes, where it holds several
+    if len(names) == 1:
+        return _channels(path, _stem(path))
+    return [layer for name in names for layer in _channels(name, f"{_stem(path)} [{Path(name).name}]")]
+
+
+def _channels(path: str, name: str) -> list[LayerData]:
+    from .engine.io.images import read_image
+
     img = read_image(path)
     axes = img.axes or ""
     if "C" not in axes or img.data.shape[axes.index("C")] == 1:
-        return [(img.data, layer_meta(img, _stem(path)), "image")]
+        return [(img.data, layer_meta(img, name), "image")]
     count = img.data.shape[axes.index("C")]
-    return [image_layer(path, f"{_stem(path)} [channel {k}]", channel=k) for k in range(count)]
+    return [image_layer(path, f"{name} [channel {k}]", channel=k) for k in range(count)]
 
 
 def get_ome_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:

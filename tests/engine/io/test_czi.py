@@ -81,3 +81,38 @@ def test_colour_damaged_and_missing_library_are_refused_in_one_line(tmp_path, mo
     monkeypatch.setitem(sys.modules, "pylibCZIrw.czi", None)  # as if the extra were not installed
     with pytest.raises(InputError, match=r"needs Zeiss's pylibCZIrw: pip install"):
         read_image(_czi(tmp_path / "x.czi", [(_vol()[0], {"Z": 0, "C": 0, "T": 0}, (0, 0))]))
+
+
+def test_each_scene_of_several_is_an_image_named_by_its_index(tmp_path, capsys):
+    """A tile scan of two regions: each scene reads as its own image (its own plane, not the
+    mosaic around both), lists, batches, travels to workers and opens as a napari layer."""
+    from napari_emdiffuse._reader import get_reader
+    from napari_emdiffuse.cli import main
+    from napari_emdiffuse.engine.io.batch import expand_inputs, plan_batch
+    from napari_emdiffuse.engine.io.images import image_names
+
+    a, b = _vol(5)[0], _vol(6)[1, :30, :20]
+    path = tmp_path / "session.czi"
+    with pyczi.create_czi(str(path), exist_ok=True) as w:
+        w.write(a[..., None], plane={"Z": 0, "C": 0, "T": 0}, scene=0, location=(0, 0))
+        w.write(b[..., None], plane={"Z": 0, "C": 0, "T": 0}, scene=1, location=(300, 100))
+        w.write_metadata(document_name="t", scale_x=4e-9, scale_y=4e-9)
+    assert image_names(path) == [f"{path}/scene-0", f"{path}/scene-1"]
+    one = read_image(path / "scene-1")
+    assert one.axes == "YX" and one.spacing == (4.0, 4.0) and np.array_equal(np.asarray(one.data), b)
+    assert np.array_equal(np.asarray(read_image(path, key="scene-0").data), a)
+    assert np.array_equal(one.data[5:25:2, 3:], b[5:25:2, 3:])
+    assert np.array_equal(np.asarray(pickle.loads(pickle.dumps(one.data))), b)
+    assert np.array_equal(np.asarray(open_source(*source_of(one.data))), b)
+    files = expand_inputs([str(path)])
+    assert [o.name for _, o, _ in plan_batch(files, tmp_path / "out")] == ["session_scene-0.tif", "session_scene-1.tif"]
+    layers = get_reader(str(path))(str(path))
+    assert [m["name"] for _, m, _ in layers] == ["session [scene-0]", "session [scene-1]"]
+    assert np.array_equal(np.asarray(layers[1][0]), b)
+    for name, needle in (("", r"holds 2 scenes \(scene-0, scene-1\); name one"), ("scene-2", "holds no scene-2"),
+                         ("tile-1", "scenes are named scene-0")):
+        with pytest.raises(InputError, match=needle) as exc:
+            read_image(path / name if name else path)
+        assert "\n" not in str(exc.value)
+    assert main(["denoise", str(path), "-o", str(tmp_path / "x.tif")]) == 2
+    assert "name one" in capsys.readouterr().err

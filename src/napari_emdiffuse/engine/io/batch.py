@@ -16,6 +16,7 @@ from .common import (
     AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in,
     suffix_of,
 )
+from .czi import czi_file_of, czi_scenes
 from .hdf5 import h5_file_of, h5_images
 from .n5 import n5_container_of
 from .precomputed import precomputed_of
@@ -80,14 +81,27 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
                              "use .tif/.tiff, .mrc (or .mrc.gz), .dm3/.dm4, .ser, .h5/.emd, .am, .czi or .png/.jpg/.bmp")
         else:
             files.append(p)
-    # an HDF5 or Velox file with several images (STEM detectors recorded at once) gives each
-    return [g for f in files for g in ([f / name for name in h5_images(f)] if suffix_of(f) in H5_SUFFIXES else []) or [f]]
+    # an HDF5 or Velox file with several images (STEM detectors recorded at once) gives each,
+    # and a CZI file of several scenes each scene
+    return [g for f in files for g in [f / name for name in _images_in(f)] or [f]]
+
+
+def _images_in(f: Path) -> list[str]:
+    if suffix_of(f) in H5_SUFFIXES:
+        return h5_images(f)
+    if suffix_of(f) in CZI_SUFFIXES:
+        try:
+            return czi_scenes(f)
+        except InputError:  # unreadable here: the file fails on its own when restored
+            return []
+    return []
 
 
 def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
                uncertainty_dir: str | os.PathLike[str] | None = None, *, ext: str | None = None) -> list[BatchItem]:
     """Where each input's result goes: ``OUT_DIR/<name>`` in the input's format (a compressed
-    MRC uncompressed, ``a.map.gz`` -> ``a.map``; pictures and HDF5 files as TIFF; one image of several in an HDF5 or Velox file as ``<file>_<image>``),
+    MRC uncompressed, ``a.map.gz`` -> ``a.map``; pictures, HDF5 and CZI files as TIFF; one image
+    of several in an HDF5 or Velox file, or a scene of a CZI file, as ``<file>_<image>``),
     and its uncertainty as ``<stem>_uncertainty`` beside it or in ``uncertainty_dir``. ``ext``
     (``".tif"``, ``".mrc"``, ``".zarr"``) makes every output of that format instead.
 
@@ -115,7 +129,7 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
         packed = suffix_of(f) in MRC_PACKED_SUFFIXES
         f_name = f.with_suffix("") if packed else f  # 'a.map.gz' -> 'a.map'
         kind = ext or (f_name.suffix if suffix_of(f_name) in TIFF_SUFFIXES + MRC_SUFFIXES else ".tif")
-        inside = h5_file_of(f)  # one image of several in a file: 'stem.emd/HAADF' -> stem_HAADF
+        inside = h5_file_of(f) or czi_file_of(f)  # one image of several in a file: 'stem.emd/HAADF' -> stem_HAADF
         stem = f"{inside[0].stem}_{inside[1].replace('/', '_')}" if inside and inside[1] else f_name.stem
         target = out / f"{stem}{kind}"
         extra = (unc or out) / f"{stem}_uncertainty{kind}" if uncertainty_dir is not None else None

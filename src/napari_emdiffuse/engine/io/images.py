@@ -27,7 +27,7 @@ from .common import (
     ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
     unsupported_type,
 )
-from .czi import read_czi
+from .czi import czi_file_of, czi_scenes, read_czi
 from .dm import read_dm
 from .precomputed import precomputed_of, read_precomputed
 from .ser import read_ser
@@ -121,8 +121,9 @@ def _read(p: Path, key: str | None) -> ImageData:
         return read_ser(p)
     if suffix_of(p) in AMIRA_SUFFIXES:
         return read_amira(p)
-    if suffix_of(p) in CZI_SUFFIXES:
-        return read_czi(p)
+    czi = czi_file_of(p)
+    if czi is not None:
+        return read_czi(czi[0], key or czi[1] or None)
     if suffix_of(p) in PICTURE_SUFFIXES:
         return read_picture(p)
     h5 = h5_file_of(p)
@@ -150,7 +151,7 @@ def _read(p: Path, key: str | None) -> ImageData:
 
 def image_names(path: str | os.PathLike[str]) -> list[str]:
     """The images ``path`` names, for listing them (``emdiffuse info``): ``[path]``, or, for an
-    HDF5 file, an N5 container or a zarr group that holds several and no default one, each as ``path/name``
+    HDF5 file, an N5 container, a zarr group or a CZI file that holds several and no default one, each as ``path/name``
     (the way to name one for :func:`read_image`).
 
     Examples
@@ -165,6 +166,8 @@ def image_names(path: str | os.PathLike[str]) -> list[str]:
         inner = group_arrays(p)
     elif suffix_of(p) == N5_SUFFIX:
         inner = n5_images(p)
+    elif suffix_of(p) in CZI_SUFFIXES and p.is_file():
+        inner = czi_scenes(p)
     else:
         inner = []
     return [f"{path}/{name}" for name in inner] or [str(path)]

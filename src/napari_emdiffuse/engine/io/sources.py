@@ -45,7 +45,7 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
     if isinstance(array, PrecomputedArray):
         return array.root, array.name, lead, trail
     if isinstance(array, CziArray):
-        return array.file, "", lead, trail
+        return array.file, str(array.scene) if array.scene is not None else "", lead, trail
     import zarr
 
     if not isinstance(array, zarr.Array):
@@ -68,7 +68,7 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
     elif suffix_of(Path(where)) in TIFF_SUFFIXES:
         arr = TiffArray(where, int(key) if key else 0)  # the key: a series past the first
     elif suffix_of(Path(where)) in CZI_SUFFIXES:
-        arr = CziArray(where)
+        arr = CziArray(where, int(key) if key else None)  # the key: a scene of several
     elif (Path(where) / "info").is_file():  # a neuroglancer precomputed volume
         arr = PrecomputedArray(where, key)
     else:
