@@ -32,6 +32,7 @@ __all__ = [
     "likely_image",
     "reason",
     "suffix_of",
+    "file_and_inner",
     "unsupported_type",
     "check_readable",
     "image_files_in",
@@ -134,6 +135,23 @@ def suffix_of(path: Path) -> str:
     name = path.name.lower()
     packed = next((s for s in MRC_PACKED_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
     return packed or path.suffix.lower()
+
+
+def file_and_inner(path: Path, suffixes: tuple[str, ...]) -> tuple[Path, str] | None:
+    """Split ``stem.emd/HAADF`` into a file named with one of ``suffixes`` and the image's name
+    inside it (``""`` for the file itself); None if no part of the path is named so.
+
+    Examples
+    --------
+    >>> file_and_inner(Path("/data/stem.emd/HAADF"), (".emd",))
+    (PosixPath('/data/stem.emd'), 'HAADF')
+    """
+    if suffix_of(path) in suffixes:
+        return path, ""
+    for parent in path.parents:
+        if suffix_of(parent) in suffixes and not parent.is_dir():  # a missing file: "not found"
+            return parent, path.relative_to(parent).as_posix()
+    return None
 
 
 def likely_image(names: list[str]) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .common import CZI_SUFFIXES, ImageData, check_readable, reason, suffix_of
+from .common import CZI_SUFFIXES, ImageData, check_readable, file_and_inner, reason
 from .units import tidy
 from .views import AxesPicked, LazyArray, ascending_index, drop_single_axes
 
@@ -55,12 +55,7 @@ def czi_file_of(path: Path) -> tuple[Path, str] | None:
     >>> czi_file_of(Path("/data/a.tif")) is None
     True
     """
-    if suffix_of(path) in CZI_SUFFIXES:
-        return path, ""
-    for parent in path.parents:
-        if suffix_of(parent) in CZI_SUFFIXES and not parent.is_dir():
-            return parent, path.relative_to(parent).as_posix()
-    return None
+    return file_and_inner(path, CZI_SUFFIXES)
 
 
 def czi_scenes(path: Path) -> list[str]:

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from .bdv import bdv_dtype, bdv_images, bdv_spacing
 from .calibration import to_nm
-from .common import H5_SUFFIXES, ImageData, check_readable, likely_image, reason, suffix_of
+from .common import H5_SUFFIXES, ImageData, check_readable, file_and_inner, likely_image, reason
 from .hspy import hyperspy_axes, hyperspy_images, is_hyperspy
 from .ims import imaris_images, imaris_size, imaris_spacing, is_imaris
 from .velox import is_velox, velox_dataset, velox_images, velox_spacing
@@ -68,12 +68,7 @@ def h5_file_of(path: Path) -> tuple[Path, str] | None:
     >>> h5_file_of(Path("/data/a.tif")) is None
     True
     """
-    if suffix_of(path) in H5_SUFFIXES:
-        return path, ""
-    for parent in path.parents:
-        if suffix_of(parent) in H5_SUFFIXES and not parent.is_dir():  # a missing file: "not found"
-            return parent, path.relative_to(parent).as_posix()
-    return None
+    return file_and_inner(path, H5_SUFFIXES)
 
 
 def h5_datasets(group: Any) -> list[str]:
