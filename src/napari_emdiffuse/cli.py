@@ -88,7 +88,7 @@ def _load_restorer(args: argparse.Namespace) -> Any:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from .engine.io.batch import is_batch
 
-    if is_batch(args.input):
+    if is_batch(args.input, args.output):
         return _restore_batch(args)
     args.input = args.input[0]
     out, unc = _check_outputs(args, args.output, args.uncertainty)
@@ -308,7 +308,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
     from .engine.io.batch import expand_inputs, is_batch, plan_batch
 
-    if not is_batch(args.input):
+    if not is_batch(args.input, args.output):
         args.input = args.input[0]
         (out,) = _check_outputs(args, args.output)
         return _convert_one(args, out)

@@ -165,3 +165,26 @@ def test_a_batch_restores_each_detector_of_a_stem_file(tmp_path, tiny_model_dir,
     assert main(["info", str(session)]) == 0  # a session, not a volume: each image of each file
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0].split("session/")[-1] for line in lines] == ["stem.emd/HAADF", "stem.emd/BF", "tem.emd"]
+
+
+def test_one_file_of_several_images_into_a_folder_is_a_batch_and_images_can_be_named(tmp_path, tiny_model_dir, capsys):
+    """``denoise stem.emd -o out/`` restores each detector; ``stem.emd/BF`` names one of a batch;
+    ``-o out.tif`` for several images is refused in one line, naming them."""
+    from napari_emdiffuse.cli import main
+
+    stem = tmp_path / "stem.emd"
+    _velox(stem, [("c0", "HAADF", _yxn(1, 1), 2e-10), ("c1", "BF", _yxn(1, 2), 2e-10)])
+    _velox(tmp_path / "tem.emd", [("t0", "BM-Ceta", _yxn(1, 3), 1e-10)])
+    fast = ["--model", str(tiny_model_dir), "--device", "cpu", "--steps", "2"]
+    assert main(["denoise", str(stem), "-o", f"{tmp_path / 'out'}/", *fast]) == 0  # a new folder, named so
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["stem_BF.tif", "stem_HAADF.tif"]
+    assert main(["convert", str(stem), "-o", str(tmp_path / "out"), "--to", ".mrc"]) == 0  # an existing folder
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.mrc")) == ["stem_BF.mrc", "stem_HAADF.mrc"]
+    assert main(["denoise", str(stem / "BF"), str(tmp_path / "tem.emd"), "-o", str(tmp_path / "two"), *fast]) == 0
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["stem_BF.tif", "tem.tif"]
+    capsys.readouterr()
+    assert main(["denoise", str(stem), "-o", str(tmp_path / "one.tif"), *fast]) == 2
+    err = capsys.readouterr().err
+    assert "HAADF" in err and "BF" in err and "Traceback" not in err and not (tmp_path / "one.tif").exists()
+    assert main(["denoise", str(stem / "DF"), str(tmp_path / "tem.emd"), "-o", str(tmp_path / "three"), *fast]) == 2
+    assert "DF" in capsys.readouterr().err  # a named image the file lacks: that file skipped, in one line

@@ -29,9 +29,11 @@ _FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + MRC_PACKED_SUFFIXES + DM_SUFFIXE
 BatchItem = tuple[Path, Path, "Path | None"]  # input, output, uncertainty output
 
 
-def is_batch(inputs: list[str]) -> bool:
+def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None) -> bool:
     """Several inputs, or one folder that is not a zarr store or N5 container, nor inside one
-    (``volume.zarr/0``).
+    (``volume.zarr/0``), or, with an ``output`` folder (one that exists, or a name ending in
+    ``/``), one file that holds several images (the detectors of a Velox file, the scenes of a
+    CZI file).
 
     Examples
     --------
@@ -41,7 +43,10 @@ def is_batch(inputs: list[str]) -> bool:
     if len(inputs) != 1:
         return True
     p = Path(inputs[0]).expanduser()
-    return p.is_dir() and not _is_store(p)
+    if p.is_dir():
+        return not _is_store(p)
+    folder = output is not None and (Path(output).expanduser().is_dir() or str(output).endswith(("/", os.sep)))
+    return folder and p.is_file() and len(_images_in(p)) > 1
 
 
 def _is_store(p: Path) -> bool:
@@ -55,7 +60,8 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
     """The image files named: files as given, folders as their TIFF, MRC, DigitalMicrograph,
     HDF5 / Velox and picture files (:func:`~.common.image_files_in`: natural order, not
     recursive); an HDF5 or Velox file that holds several images (STEM detectors recorded at
-    once) as each of them (``stem.emd/HAADF``, ``stem.emd/BF``).
+    once) as each of them (``stem.emd/HAADF``, ``stem.emd/BF``), a CZI file of several scenes
+    as each scene (``session.czi/scene-0``, ...); one image named in such a file as given.
 
     Raises
     ------
@@ -75,7 +81,10 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
                 raise InputError(f"folder '{p}' holds no .tif, .mrc, .dm3/.dm4, .ser, .h5/.emd, .am, .czi, .png, .jpg or .bmp image")
             files.extend(found)
         elif not p.exists():
-            raise InputError(f"cannot read '{p}': file not found")
+            inside = h5_file_of(p) or czi_file_of(p)  # one image named in a file: 'stem.emd/HAADF'
+            if not (inside and inside[1] and inside[0].is_file()):
+                raise InputError(f"cannot read '{p}': file not found")
+            files.append(p)
         elif suffix_of(p) not in _FILE_SUFFIXES:
             raise InputError(f"cannot use '{p}': unsupported file type '{suffix_of(p) or '(none)'}'; "
                              "use .tif/.tiff, .mrc (or .mrc.gz), .dm3/.dm4, .ser, .h5/.emd, .am, .czi or .png/.jpg/.bmp")
@@ -87,8 +96,12 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
 
 
 def _images_in(f: Path) -> list[str]:
+    """The names of the images in a file that holds several (HDF5, Velox, CZI), else []."""
     if suffix_of(f) in H5_SUFFIXES:
-        return h5_images(f)
+        try:
+            return h5_images(f)
+        except InputError:  # unreadable here: the file fails on its own when restored
+            return []
     if suffix_of(f) in CZI_SUFFIXES:
         try:
             return czi_scenes(f)
