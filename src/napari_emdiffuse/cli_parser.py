@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one JSON object per input (path, shape, dtype, axes, spacing, unit, note, ...), for scripts")
 
     p = sub.add_parser("models", help="list bundled and user models")
-    p.add_argument("--task", choices=list(TASKS))
+    p.add_argument("--task", choices=list(TASKS), help="only the models for this task")
 
     p = sub.add_parser("export", help="write a predictor as a bioimage.io model package (.zip)")
     p.add_argument("model", metavar="MODEL", help="model name, directory or .zip")
@@ -208,18 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="super-resolution told the acquisition blur: auto (default: the package reads it off "
                         "each image), area (2x2 area means) or a probe width in high-resolution pixels, fixed")
 
-    p = sub.add_parser("import", help="turn a published best_Network.pth into a model directory")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--arch", required=True, choices=list(ARCHITECTURES))
-    p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True)
+    p = sub.add_parser("import", help="turn a published best_Network.pth into a model directory",
+                       description="read a published EMDiffuse / vEMDiffuse checkpoint (its network read off the "
+                                   "weights' shapes) and write it as a model directory that every command, the "
+                                   "API and the widgets load by its path")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the published weights (.pth, .pt, .ckpt, .bin or .safetensors)")
+    p.add_argument("--arch", required=True, choices=list(ARCHITECTURES),
+                   help="what the checkpoint was trained for: EMDiffuse-n (denoise), EMDiffuse-r (x2 "
+                        "super-resolution), vEMDiffuse-i / vEMDiffuse-a (isotropic reconstruction)")
+    p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True, help="the model directory to write")
 
     p = sub.add_parser("verify-checkpoint", help="check a port of weights against reference outputs",
                        description="rebuild the network of REFERENCE.json, load CHECKPOINT and recompute "
                                    "every array of REFERENCE.npz; exit 0 only if all match to 1e-4")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("reference_json", metavar="REFERENCE.json")
-    p.add_argument("reference_npz", metavar="REFERENCE.npz")
-    p.add_argument("--tolerance", type=_positive_float, default=1e-4)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the weights to check")
+    p.add_argument("reference_json", metavar="REFERENCE.json", help="the network and the inputs the reference used")
+    p.add_argument("reference_npz", metavar="REFERENCE.npz", help="the original implementation's outputs")
+    p.add_argument("--tolerance", type=_positive_float, default=1e-4, help="largest absolute difference (default 1e-4)")
 
     p = sub.add_parser("train", help="train a model from a YAML recipe")
     p.add_argument("config", metavar="CONFIG.yaml")

@@ -54,8 +54,6 @@ __all__ = [
 logger = logging.getLogger("napari_emdiffuse.widgets")
 
 BROWSE = "Browse…"
-# Bare weight files that engine.model.load_model accepts with an architecture.
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,6 +103,8 @@ class ModelChoice:
 
 def is_checkpoint(path: str | os.PathLike[str]) -> bool:
     """A bare published checkpoint, which needs its architecture named."""
+    from ..engine.models.registry import CHECKPOINT_SUFFIXES
+
     return Path(path).suffix.lower() in CHECKPOINT_SUFFIXES
 
 
