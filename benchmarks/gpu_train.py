@@ -28,6 +28,9 @@ function (``engine/core/networks/widen.py``; the 16-wide SR and isotropic bases 
 and train on as they are).
 
 On the CPU the same script is a smoke test: ``--device cpu --minutes 0.3,0.2,0.2 --probe 3``.
+Run it in a virtual environment that holds only the device's packages and ``.gpu/whl``'s
+(``PYTHONPATH=src``), so that a module the device lacks shows here, not in the device's minutes
+(2026-12-07: safetensors and scikit-image were missing; ``--continue`` then ran through, 7 min).
 """
 
 from __future__ import annotations
