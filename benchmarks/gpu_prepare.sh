@@ -14,8 +14,8 @@ cp "$src"/em3d/isbi2012_train_volume_30x512x512.tif .gpu/data/em3d/
 # safetensors, scikit-image (the SSIM of the scores) and pillow are compiled, so the cp312
 # manylinux builds. A CPU smoke test in a virtual environment holding only the device's packages
 # found the last two groups missing (2026-12-07): the models' weights load through safetensors,
-# and the trainer's validation imports scikit-image.
-pins=$(python -m pip list --format=freeze 2>/dev/null | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|safetensors|scikit[-_]image|networkx|lazy[-_]loader|imageio|pillow|packaging)==')
+# and the trainer's validation imports scikit-image. pytest (pure Python) runs gpu_check.sh's tests.
+pins=$(python -m pip list --format=freeze 2>/dev/null | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|safetensors|scikit[-_]image|networkx|lazy[-_]loader|imageio|pillow|packaging|pytest|pluggy|iniconfig)==')
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .gpu/whl $pins
