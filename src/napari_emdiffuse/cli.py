@@ -86,10 +86,11 @@ def _load_restorer(args: argparse.Namespace) -> Any:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from .engine.io.batch import is_batch
+    from .engine.io.batch import check_one_image, is_batch
 
     if is_batch(args.input, args.output):
         return _restore_batch(args)
+    check_one_image(args.input[0])
     args.input = args.input[0]
     out, unc = _check_outputs(args, args.output, args.uncertainty)
     return _restore_one(args, _load_restorer, out, unc)
@@ -306,9 +307,10 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
-    from .engine.io.batch import expand_inputs, is_batch, plan_batch
+    from .engine.io.batch import check_one_image, expand_inputs, is_batch, plan_batch
 
     if not is_batch(args.input, args.output):
+        check_one_image(args.input[0], "convert")
         args.input = args.input[0]
         (out,) = _check_outputs(args, args.output)
         return _convert_one(args, out)

@@ -22,7 +22,7 @@ from .n5 import n5_container_of
 from .precomputed import precomputed_of
 from .zarr import zarr_store_of
 
-__all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch"]
+__all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch", "images_inside", "check_one_image"]
 
 _FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + MRC_PACKED_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES
 
@@ -46,7 +46,7 @@ def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None) ->
     if p.is_dir():
         return not _is_store(p)
     folder = output is not None and (Path(output).expanduser().is_dir() or str(output).endswith(("/", os.sep)))
-    return folder and p.is_file() and len(_images_in(p)) > 1
+    return folder and p.is_file() and len(images_inside(p)) > 1
 
 
 def _is_store(p: Path) -> bool:
@@ -92,10 +92,20 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
             files.append(p)
     # an HDF5 or Velox file with several images (STEM detectors recorded at once) gives each,
     # and a CZI file of several scenes each scene
-    return [g for f in files for g in [f / name for name in _images_in(f)] or [f]]
+    return [g for f in files for g in [f / name for name in images_inside(f)] or [f]]
 
 
-def _images_in(f: Path) -> list[str]:
+def check_one_image(given: str, verb: str = "restore") -> None:
+    """Refuse, in one line, a file of several images given alone with an output file: name one,
+    or give an output folder to ``verb`` each."""
+    names = images_inside(Path(given).expanduser())
+    if len(names) > 1:
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise InputError(f"'{given}' holds {len(names)} images ({shown}): name one ('{given}/{names[0]}'), "
+                         f"or give a folder for -o to {verb} each")
+
+
+def images_inside(f: Path) -> list[str]:
     """The names of the images in a file that holds several (HDF5, Velox, CZI), else []."""
     if suffix_of(f) in H5_SUFFIXES:
         try:
