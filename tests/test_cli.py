@@ -592,22 +592,22 @@ def test_batch_restores_each_file_as_alone(tmp_path, noisy_tif, tiny_model_dir, 
 
 
 def test_batch_interrupted_keeps_what_was_finished(tmp_path, noisy_tif, tiny_model_dir, capsys, monkeypatch):
-    from napari_emdiffuse import cli
+    from napari_emdiffuse import files
 
     src = tmp_path / "scans"
     src.mkdir()
     for k in range(3):
         tifffile.imwrite(src / f"s{k}.tif", tifffile.imread(noisy_tif))
-    real = cli._restore_one
+    real = files.restore_file_iter
     calls = []
 
-    def ctrl_c_on_second(args, load, out, unc):
+    def ctrl_c_on_second(src, out, *args, **kwargs):
         calls.append(out.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(args, load, out, unc)
+        return (yield from real(src, out, *args, **kwargs))
 
-    monkeypatch.setattr(cli, "_restore_one", ctrl_c_on_second)
+    monkeypatch.setattr(files, "restore_file_iter", ctrl_c_on_second)
     rc = main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), *FAST])
     err = capsys.readouterr().err
     assert rc == 130 and "interrupted at file 2 of 3" in err and "the 1 written before it are complete" in err

@@ -97,159 +97,71 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _restore_batch(args: argparse.Namespace) -> int:
-    """Each file of a batch in turn, the model loaded once; a file that cannot be read is
-    reported and skipped, and the exit status says whether any was. ``--resume`` leaves out
-    the files whose outputs exist (written whole by an earlier run: outputs appear only when
-    complete)."""
+    """Each file of a batch in turn, the model loaded once (:func:`~.files.restore_files_iter`);
+    a file that cannot be read is reported and skipped, and the exit status says whether any
+    was. ``--resume`` leaves out the files whose outputs exist (written whole by an earlier run:
+    outputs appear only when complete)."""
     from .engine.errors import InputError
-    from .engine.io.batch import expand_inputs, plan_batch
+    from .engine.events import Progress
+    from .files import note, restore_files_iter
 
     if args.workers or args.scheduler:
         raise InputError("--workers/--scheduler restore one input; give a batch without them")
-    plan = plan_batch(expand_inputs(args.input), args.output, args.uncertainty)
-    if args.resume:
-        todo = [item for item in plan if not (item[1].exists() and (item[2] is None or item[2].exists()))]
-        print(f"{PROG}: {len(plan) - len(todo)} of {len(plan)} files were restored by an earlier run (--resume); "
-              f"{len(todo)} to do", file=sys.stderr)
-        plan, args.resume = todo, False  # each file is written whole or not at all: nothing else to resume
-        if not plan:
-            return 0
-    model = _load_restorer(args)
-    failed = []
-    for k, (src, out, unc) in enumerate(plan, 1):
-        print(f"[{k}/{len(plan)}] {src}", file=sys.stderr)
-        args.input = str(src)
-        try:
-            _restore_one(args, lambda _args: model, out, unc)
-        except InputError as exc:
-            print(f"{PROG}: skipped {src}: {exc}", file=sys.stderr)
-            failed.append(src)
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted at file {k} of {len(plan)}; the {k - 1 - len(failed)} written before it "
-                  "are complete, this one was not written (--resume skips the complete ones)", file=sys.stderr)
-            return 130
-    if failed:
-        raise InputError(f"{len(failed)} of {len(plan)} files were skipped (reasons above)")
+    kw = _sampling_kwargs(args)
+    at = {"file": 0, "of": 0, "skipped": 0}
+
+    def told(gen: Any) -> Any:  # the file each event belongs to, for the lines and for Ctrl-C
+        for ev in gen:
+            if isinstance(ev, Progress) and ev.stage == "file" and ev.done < ev.total:
+                at.update(file=ev.done + 1, of=ev.total)
+                ev = note(f"[{ev.done + 1}/{ev.total}] {ev.message}")
+            elif isinstance(ev, Progress) and ev.stage == "note" and ev.message.startswith("skipped "):
+                at["skipped"] += 1
+            yield ev
+
+    try:
+        done = drive(told(restore_files_iter(
+            args.input, args.output, args.task, lambda: _load_restorer(args), uncertainty_dir=args.uncertainty,
+            resume=args.resume, channel=args.channel, time=args.time, voxel_size=getattr(args, "voxel_size", None),
+            **kw,
+        )))
+    except KeyboardInterrupt:
+        k = at["file"]
+        print(f"{PROG}: interrupted at file {k} of {at['of']}; the {max(k - 1 - at['skipped'], 0)} written before it "
+              "are complete, this one was not written (--resume skips the complete ones)", file=sys.stderr)
+        return 130
+    if done.skipped:
+        raise InputError(f"{len(done.skipped)} of {done.total} files were skipped (reasons above)")
     return 0
 
 
 def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | None) -> int:
-    from .cli_spill import remove_spill, spill_store, write_spilled
-    from .engine.errors import InputError
-    from .engine.io.images import write_image
-    from .api import restore_iter, restore_to_zarr_iter
-    from .engine.inference.checks import pixel_size_note, validate_image
-    from .engine.inference.restore import provenance
-    from .engine.io.views import check_one_channel
+    from .files import restore_file_iter
 
-    data = _read_input(args)
-    check_one_channel(tuple(data.data.shape), data.axes, str(args.input))
-    validate_image(data.data)
-    model = load(args)
-    if (fine := pixel_size_note(model.card, data.spacing, data.unit)) is not None:
-        print(f"{PROG}: note: {fine}", file=sys.stderr)
     kw = _sampling_kwargs(args)
     kw.pop("arch")
-    distributed = args.workers or args.scheduler
-    if distributed and not _is_zarr(out):  # any input: one that is not zarr is staged for the workers
-        raise InputError("--workers/--scheduler need a .zarr output")
-    if args.resume and not _is_zarr(out):
-        raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
-    if _is_zarr(out):
-        # Workers load the model themselves: hand them its name or path, not this process's copy.
-        gen = restore_to_zarr_iter(
-            data.data, out, args.task, args.model if distributed else model, uncertainty_out=unc,
-            spacing=data.spacing, workers=args.workers, scheduler=args.scheduler,
-            arch=args.arch if distributed else None, resume=args.resume, **kw,
-        )
-        if unc is not None and not _is_zarr(unc):
-            raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
-        drive(gen)
-        from .engine.io.zarr import open_zarr_readonly
-
-        attrs = dict(open_zarr_readonly(out).attrs)
-        _note_fill(attrs.get("normalisation"))
-        _note_blur(attrs)
-        print(f"wrote {out}", file=sys.stderr)
-        return 0
-    s = model.card.scale if args.task == "super-resolve" else 1
-    spill = spill_store(out, (*data.data.shape[:-2], data.data.shape[-2] * s, data.data.shape[-1] * s), data.data,
-                        uncertainty=unc is not None)
-    if spill is not None:  # a stack too large for memory: through a store beside the output
-        spill_unc = spill.with_name(spill.name.replace(".partial-", ".uncertainty.partial-")) if unc else None
-        try:
-            drive(restore_to_zarr_iter(data.data, spill, args.task, model, uncertainty_out=spill_unc,
-                                       spacing=data.spacing, **kw))  # fmt: skip
-            from .engine.io.zarr import open_zarr_readonly
-
-            attrs = dict(open_zarr_readonly(spill).attrs)
-            _note_fill(attrs.get("normalisation"))
-            print(f"wrote {' and '.join(write_spilled(out, unc, spill, spill_unc, data, str(args.input), attrs))}",
-                  file=sys.stderr)
-        finally:
-            remove_spill(spill, spill_unc)
-        return 0
-    result = drive(restore_iter(data.data, args.task, model, spacing=data.spacing, uncertainty=unc is not None, **kw))
-    if result is None:  # pragma: no cover - the generator always ends with a result
-        raise RuntimeError("restoration ended without a result")
-    _note_fill(result.normalisation)
-    _note_blur(result.info)
-    axes = data.axes if data.axes and len(data.axes) == result.mean.ndim else None
-    made = provenance(result.info, result.normalisation, source=str(args.input))
-    write_image(out, result.mean, spacing=result.spacing, unit=data.unit or "nm", axes=axes, provenance=made)
-    wrote = [str(out)]
-    if unc is not None:
-        if result.uncertainty is None:
-            print(f"{PROG}: note: one sample gives no uncertainty; use --samples 2 or more", file=sys.stderr)
-        else:
-            write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes=axes,
-                        provenance={**made, "what": "uncertainty (std, input units)"})
-            wrote.append(f"{unc} (uncertainty)")
+    wrote = drive(restore_file_iter(
+        args.input, out, args.task, lambda: load(args), uncertainty_out=unc, channel=args.channel, time=args.time,
+        voxel_size=getattr(args, "voxel_size", None), workers=args.workers, scheduler=args.scheduler,
+        model_ref=args.model, arch=args.arch, resume=args.resume, **kw,
+    ))
     print(f"wrote {' and '.join(wrote)}", file=sys.stderr)
     return 0
 
 
-def _note_blur(info: dict) -> None:
-    if info.get("blur") is not None:
-        source = info.get("blur_source", "given")
-        hint = "; give --blur if you know it" if source == "read off the image" else ""
-        print(f"{PROG}: acquisition blur {info['blur']:g} px ({source}){hint}", file=sys.stderr)
-
-
-def _note_fill(normalisation: dict | None) -> None:
-    fill = (normalisation or {}).get("fill")
-    if fill is not None:
-        print(f"{PROG}: note: regions of value {fill:g} are taken as fill (no data) and kept as they are",
-              file=sys.stderr)
-    if (normalisation or {}).get("nan"):
-        print(f"{PROG}: note: NaN pixels are taken as no data and kept as NaN (0 in integer outputs)", file=sys.stderr)
-
-
 def _read_input(args: argparse.Namespace) -> Any:
-    """The input as ``read_image`` reads it (its note told), with ``--voxel-size`` in place of
-    the pixel size the file records, if any."""
-    from .engine.errors import InputError
-    from .engine.io.images import read_image
+    """The input as ``read_image`` reads it, with ``--voxel-size`` (:func:`~.files.read_input`);
+    its notes told."""
+    from .files import read_input
 
-    data = read_image(args.input, channel=args.channel, time=args.time)
-    if data.note:
-        print(f"{PROG}: note: {data.note}", file=sys.stderr)
-    given = getattr(args, "voxel_size", None)
-    if given:
-        ndim = data.data.ndim
-        values = tuple(float(v) for v in (given * 2 if len(given) == 1 and ndim == 2 else given))
-        if len(values) != ndim:
-            raise InputError(f"--voxel-size gives {len(given)} value{'s' * (len(given) > 1)} for '{args.input}', "
-                             f"a {ndim}-D image; give {'z y x' if ndim == 3 else 'y x'} in nm")
-        if data.spacing is not None and data.unit == "nm" and tuple(data.spacing) != values:
-            old = " x ".join(f"{v:g}" for v in data.spacing)
-            print(f"{PROG}: note: --voxel-size replaces the file's {old} nm", file=sys.stderr)
-        data.spacing, data.unit, data.source = values, "nm", "--voxel-size"
+    data, notes = read_input(args.input, channel=args.channel, time=args.time, voxel_size=getattr(args, "voxel_size", None))
+    for text in notes:
+        print(f"{PROG}: {text}", file=sys.stderr)
     return data
 
 
 def _cmd_isotropic(args: argparse.Namespace) -> int:
-    from .cli_spill import remove_spill, spill_store, write_spilled
+    from .files import fill_notes, remove_spill, spill_store, write_spilled
     from .engine.errors import InputError
     from .engine.io.images import write_image
     from .engine.io.views import check_one_channel
@@ -276,7 +188,9 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
 
         f = args.factor or factor_from_spacing(data.spacing)
         z, y, x = data.data.shape
-        zarr_out = spill_store(out, ((z - 1) * f + 1, y, x), data.data, uncertainty=unc is not None)
+        zarr_out, told = spill_store(out, ((z - 1) * f + 1, y, x), data.data, uncertainty=unc is not None)
+        if told:
+            print(f"{PROG}: {told}", file=sys.stderr)
     spilled = zarr_out is not None and zarr_out != out
     unc_out = zarr_out.with_name(zarr_out.name.replace(".partial-", ".uncertainty.partial-")) if spilled and unc else unc
     denoise = args.denoise_model or (True if args.denoise else None)
@@ -292,7 +206,8 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     finally:
         if spilled:
             remove_spill(zarr_out, unc_out)
-    _note_fill(result.info.get("normalisation"))
+    for text in fill_notes(result.info.get("normalisation")):
+        print(f"{PROG}: {text}", file=sys.stderr)
     if zarr_out is None:
         from .engine.inference.restore import provenance
 

@@ -679,6 +679,61 @@ def test_calibrated_files_opened_by_napari_give_the_widgets_their_voxel_size(vie
     assert tuple(store.scale) == (1, 1, 1) and layer_source(store)["spacing"] == (40.0, 8.0, 8.0)
 
 
+def test_restore_widget_restores_files_on_disk_into_a_folder(viewer, qtbot, models, errors, tmp_path, monkeypatch):
+    """Restore files…: files as the CLI batch writes them (names, uncertainty folder, pixel size),
+    a broken file skipped and said, the model loaded once; a plan that would overwrite an input
+    is refused before anything starts."""
+    from napari_emdiffuse.engine.io.images import read_image, write_image
+    from napari_emdiffuse.engine.models import registry
+
+    rng = np.random.default_rng(3)
+    src = tmp_path / "scans"
+    src.mkdir()
+    write_image(src / "a.tif", (rng.random((40, 48)) * 255).astype(np.uint8), spacing=(5.0, 5.0))
+    write_image(src / "b.mrc", (rng.random((36, 40)) * 255).astype(np.float32), spacing=(4.0, 4.0))
+    (src / "c.tif").write_bytes(b"II*\x00 not really a tiff")
+    loads = []
+    real = registry.load_model
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    w = _quick_restore_dock(viewer, models, viewer.add_image(np.zeros((8, 8), np.uint8), name="unused"))
+    w.samples.setValue(2)  # the tiny diffusion model: two samples give the uncertainty
+    n_layers = len(viewer.layers)
+    files = [str(src / name) for name in ("a.tif", "b.mrc", "c.tif")]
+    with qtbot.waitSignal(w.run_finished, timeout=60_000) as sig:
+        assert w.run_files(files, str(tmp_path / "out"))
+    assert sig.args == ["done"] and not errors and len(loads) == 1
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.mrc", "uncertainty"]
+    assert sorted(p.name for p in (out / "uncertainty").iterdir()) == ["a_uncertainty.tif", "b_uncertainty.mrc"]
+    a = read_image(out / "a.tif")
+    assert a.data.shape == (40, 48) and a.data.dtype == np.uint8 and a.spacing == (5.0, 5.0)
+    assert "restored 2 of 3 files" in w.status.text() and "skipped 1: c.tif" in w.status.text()
+    assert len(viewer.layers) == n_layers  # files in, files out: no layer added
+    # an output folder that is the input folder would replace the inputs: refused, nothing run
+    assert not w.run_files(files[:2], str(src)) and "would replace an input" in w.status.text()
+    assert not w.running and sorted(p.name for p in src.iterdir()) == ["a.tif", "b.mrc", "c.tif"]
+    # one sample gives no uncertainty: no empty folder is left for it
+    w.samples.setValue(1)
+    with qtbot.waitSignal(w.run_finished, timeout=60_000):
+        assert w.run_files(files[:1], str(tmp_path / "one"))
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["a.tif"]
+    # Cancel during the second file: the first stays, the second is not written, the status says so
+    from napari_emdiffuse import files as files_module
+
+    real_file = files_module.restore_file_iter
+
+    def cancel_in_second(src, out, *args, **kwargs):
+        if out.name == "b.mrc":
+            w.cancel()
+        return (yield from real_file(src, out, *args, **kwargs))
+
+    monkeypatch.setattr(files_module, "restore_file_iter", cancel_in_second)
+    with qtbot.waitSignal(w.run_finished, timeout=60_000) as sig:
+        assert w.run_files(files[:2], str(tmp_path / "two"))
+    assert sig.args == ["cancelled"] and sorted(p.name for p in (tmp_path / "two").iterdir()) == ["a.tif"]
+    assert "the files finished before it are in" in w.status.text()
+
+
 def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors):
     img = (np.random.default_rng(1).random((2, 24, 20)) * 4000).astype(np.uint16)
     viewer.add_image(img, name="stack", scale=(50.0, 8.0, 8.0), translate=(0.0, 16.0, 32.0))

@@ -1,0 +1,314 @@
+"""Restoring image files: read, restore, write, as the ``emdiffuse`` command and the Restore
+widget's *Restore files…* both do it (one file, or many with the model loaded once).
+
+What is worth telling on the way (a file's note, the fill value kept, the acquisition blur read
+off the image, a result that goes through a temporary store) comes as ``Progress("note", ...)``
+events; the command prints them, the widget shows them. A result too large for memory bound for
+a TIFF or MRC goes through a hidden zarr store beside the output, written block by block, then
+into the file slice by slice (a 2D image: tile by tile), so such an output needs disk, not memory.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engine.errors import InputError
+from .engine.events import Progress
+from .engine.io.common import ZARR_SUFFIX, suffix_of
+
+__all__ = [
+    "BatchResult", "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "remove_spill",
+    "restore_file_iter", "restore_files_iter",
+]
+
+
+def note(text: str) -> Progress:
+    """An event that carries a line to tell the user."""
+    return Progress("note", 0, 0, message=text)
+
+
+@dataclass
+class BatchResult:
+    """What :func:`restore_files_iter` did: the results written (and their uncertainties), and
+    the inputs skipped, with why."""
+
+    written: list[str] = field(default_factory=list)
+    uncertainty: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    total: int = 0
+
+
+def read_input(path: str | Path, *, channel: int | None = None, time: int | None = None,
+               voxel_size: Sequence[float] | None = None) -> tuple[Any, list[str]]:
+    """The image as :func:`~.engine.io.images.read_image` reads it, with ``voxel_size`` (nm; one
+    value for both axes of a 2D image) in place of the pixel size it records; and the notes
+    to tell (the file's own, a replaced pixel size)."""
+    from .engine.io.images import read_image
+
+    data = read_image(path, channel=channel, time=time)
+    notes = [f"note: {data.note}"] if data.note else []
+    if voxel_size:
+        ndim = data.data.ndim
+        values = tuple(float(v) for v in (list(voxel_size) * 2 if len(voxel_size) == 1 and ndim == 2 else voxel_size))
+        if len(values) != ndim:
+            raise InputError(f"--voxel-size gives {len(voxel_size)} value{'s' * (len(voxel_size) > 1)} for '{path}', "
+                             f"a {ndim}-D image; give {'z y x' if ndim == 3 else 'y x'} in nm")
+        if data.spacing is not None and data.unit == "nm" and tuple(data.spacing) != values:
+            old = " x ".join(f"{v:g}" for v in data.spacing)
+            notes.append(f"note: --voxel-size replaces the file's {old} nm")
+        data.spacing, data.unit, data.source = values, "nm", "--voxel-size"
+    return data, notes
+
+
+def fill_notes(normalisation: dict | None) -> list[str]:
+    """What a result kept as no data: a fill value, NaN pixels."""
+    notes = []
+    fill = (normalisation or {}).get("fill")
+    if fill is not None:
+        notes.append(f"note: regions of value {fill:g} are taken as fill (no data) and kept as they are")
+    if (normalisation or {}).get("nan"):
+        notes.append("note: NaN pixels are taken as no data and kept as NaN (0 in integer outputs)")
+    return notes
+
+
+def blur_note(info: dict) -> list[str]:
+    """The acquisition blur a super-resolution used, and where it came from."""
+    if info.get("blur") is None:
+        return []
+    source = info.get("blur_source", "given")
+    hint = "; give --blur if you know it" if source == "read off the image" else ""
+    return [f"acquisition blur {info['blur']:g} px ({source}){hint}"]
+
+
+def spill_store(out: Path, shape: tuple[int, ...], image: Any, *, uncertainty: bool) -> tuple[Path | None, str | None]:
+    """A hidden zarr store beside a TIFF or MRC output whose image or stack would not fit in
+    memory (the file is then written from it piece by piece), and the note saying so; (None,
+    None) where the result fits."""
+    from .engine.inference.checks import check_fits_in_memory, output_dtype
+
+    if suffix_of(out) == ZARR_SUFFIX or len(shape) not in (2, 3):
+        return None, None
+    try:
+        check_fits_in_memory(shape, output_dtype(None, image), uncertainty=uncertainty)
+        return None, None
+    except InputError as exc:
+        told = (f"note: {str(exc).split(';')[0]}; it goes through a temporary .zarr beside '{out.name}', then into "
+                f"it{' slice by slice' if len(shape) == 3 else ''}")
+        return out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}.zarr"), told
+
+
+def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | None, data: Any, source: str,
+                  attrs: dict) -> list[str]:
+    """Write the finished stores of a spilled run (:func:`spill_store`) into the TIFF / MRC outputs."""
+    from .engine.inference.restore import provenance
+    from .engine.io.images import write_image
+    from .engine.io.zarr import open_zarr_readonly
+
+    info = {k: v for k, v in attrs.items() if k not in ("normalisation", "spacing", "unit", "emdiffuse_complete")}
+    made = provenance(info, attrs.get("normalisation"), source=source)
+    spacing, unit = attrs.get("spacing"), data.unit or "nm"
+    image = open_zarr_readonly(spill)
+    axes = "ZYX"[-image.ndim:]
+    write_image(out, image, spacing=spacing, unit=unit, axes=axes, provenance=made)
+    wrote = [str(out)]
+    if unc is not None and spill_unc is not None and spill_unc.exists():
+        write_image(unc, open_zarr_readonly(spill_unc), spacing=spacing, unit=unit, axes=axes,
+                    provenance={**made, "what": "uncertainty (std, input units)"})
+        wrote.append(f"{unc} (uncertainty)")
+    return wrote
+
+
+def remove_spill(*paths: Path | None) -> None:
+    """Remove a spilled run's stores (finished or not)."""
+    from .engine.io.atomic import remove_path
+
+    for path in paths:
+        if path is not None:
+            remove_path(path)
+
+
+def _progress_only(gen: Generator) -> Generator[Progress, None, Any]:
+    """Re-yield an engine generator's events; return its result (its last other item)."""
+    result = None
+    for item in gen:
+        if isinstance(item, Progress):
+            yield item
+        else:
+            result = item
+    return result
+
+
+def restore_file_iter(
+    src: str | Path,
+    out: str | Path,
+    task: str,
+    model: Any,
+    *,
+    uncertainty_out: str | Path | None = None,
+    channel: int | None = None,
+    time: int | None = None,
+    voxel_size: Sequence[float] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    model_ref: str | None = None,
+    arch: str | None = None,
+    resume: bool = False,
+    **sampling: Any,
+) -> Generator[Any, None, None]:
+    """Denoise or super-resolve the image file ``src`` into ``out`` (``.tif``, ``.mrc`` or
+    ``.zarr``; with ``uncertainty_out`` its uncertainty too), with its pixel size and how it
+    was made. Yields progress and note events, then the list of what was written.
+
+    ``model``: a loaded model, or a callable that loads it, called once the input has been read
+    and checked (a bad input is refused before any model loads). ``workers`` / ``scheduler``
+    (a ``.zarr`` output only) hand the cluster ``model_ref`` (its name or path) and ``arch``;
+    ``resume`` continues an unfinished ``.zarr`` output. The rest are the sampling options of
+    :func:`~napari_emdiffuse.api.restore`.
+
+    Raises
+    ------
+    InputError
+        An unreadable or unsuitable input, or options that do not fit the output; nothing is
+        written then.
+    """
+    from .api import restore_iter, restore_to_zarr_iter
+    from .engine.inference.checks import pixel_size_note, validate_image
+    from .engine.inference.restore import provenance
+    from .engine.io.images import write_image
+    from .engine.io.views import check_one_channel
+    from .engine.io.zarr import open_zarr_readonly
+
+    out = Path(out)
+    unc = Path(uncertainty_out) if uncertainty_out is not None else None
+    data, notes = read_input(src, channel=channel, time=time, voxel_size=voxel_size)
+    for text in notes:
+        yield note(text)
+    check_one_channel(tuple(data.data.shape), data.axes, str(src))
+    validate_image(data.data)
+    zarr_out = suffix_of(out) == ZARR_SUFFIX
+    distributed = bool(workers or scheduler)
+    if distributed and not zarr_out:  # any input: one that is not zarr is staged for the workers
+        raise InputError("--workers/--scheduler need a .zarr output")
+    if resume and not zarr_out:
+        raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
+    if zarr_out and unc is not None and suffix_of(unc) != ZARR_SUFFIX:
+        raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
+    model = model() if callable(model) and not hasattr(model, "card") else model
+    if (fine := pixel_size_note(model.card, data.spacing, data.unit)) is not None:
+        yield note(f"note: {fine}")
+    if zarr_out:
+        # Workers load the model themselves: hand them its name or path, not this process's copy.
+        yield from _progress_only(restore_to_zarr_iter(
+            data.data, out, task, model_ref if distributed else model, uncertainty_out=unc, spacing=data.spacing,
+            workers=workers, scheduler=scheduler, arch=arch if distributed else None, resume=resume, **sampling,
+        ))
+        attrs = dict(open_zarr_readonly(out).attrs)
+        for text in fill_notes(attrs.get("normalisation")) + blur_note(attrs):
+            yield note(text)
+        yield [str(out)]
+        return
+    s = model.card.scale if task == "super-resolve" else 1
+    spill, told = spill_store(out, (*data.data.shape[:-2], data.data.shape[-2] * s, data.data.shape[-1] * s),
+                              data.data, uncertainty=unc is not None)
+    if spill is not None:  # too large for memory: through a store beside the output
+        yield note(told)
+        spill_unc = spill.with_name(spill.name.replace(".partial-", ".uncertainty.partial-")) if unc else None
+        try:
+            yield from _progress_only(restore_to_zarr_iter(data.data, spill, task, model, uncertainty_out=spill_unc,
+                                                           spacing=data.spacing, **sampling))
+            attrs = dict(open_zarr_readonly(spill).attrs)
+            for text in fill_notes(attrs.get("normalisation")):
+                yield note(text)
+            yield write_spilled(out, unc, spill, spill_unc, data, str(src), attrs)
+        finally:
+            remove_spill(spill, spill_unc)
+        return
+    result = yield from _progress_only(restore_iter(data.data, task, model, spacing=data.spacing,
+                                                    uncertainty=unc is not None, **sampling))
+    if result is None:  # pragma: no cover - the generator always ends with a result
+        raise RuntimeError("restoration ended without a result")
+    for text in fill_notes(result.normalisation) + blur_note(result.info):
+        yield note(text)
+    axes = data.axes if data.axes and len(data.axes) == result.mean.ndim else None
+    made = provenance(result.info, result.normalisation, source=str(src))
+    write_image(out, result.mean, spacing=result.spacing, unit=data.unit or "nm", axes=axes, provenance=made)
+    wrote = [str(out)]
+    if unc is not None:
+        if result.uncertainty is None:
+            yield note("note: one sample gives no uncertainty; use --samples 2 or more")
+        else:
+            write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes=axes,
+                        provenance={**made, "what": "uncertainty (std, input units)"})
+            wrote.append(f"{unc} (uncertainty)")
+    yield wrote
+
+
+def restore_files_iter(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    task: str,
+    model: Any,
+    *,
+    uncertainty_dir: str | Path | None = None,
+    resume: bool = False,
+    **options: Any,
+) -> Generator[Any, None, None]:
+    """Restore many files (and folders of them) into ``out_dir``, each as
+    :func:`restore_file_iter` would alone, the model loaded once (``model``: a name, a path, a
+    loaded model, a callable that loads it, or None for the bundled default). The plan (names, clashes) is
+    checked before any work (:func:`~.engine.io.batch.plan_batch`); a file that cannot be read
+    is told and skipped. ``resume`` leaves out the files whose outputs exist (an output appears
+    only when written whole). Yields ``Progress("file", k, n)`` before each file, the files'
+    own events, then a :class:`BatchResult`.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, tifffile
+    >>> from napari_emdiffuse.engine.events import drain
+    >>> d = Path(tempfile.mkdtemp())
+    >>> tifffile.imwrite(d / "a.tif", np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    >>> done = drain(restore_files_iter([d / "a.tif"], d / "out", "denoise", "demo-denoise", device="cpu"))
+    >>> [Path(p).name for p in done.written], done.skipped
+    (['a.tif'], [])
+    """
+    from .engine.io.batch import expand_inputs, plan_batch
+
+    plan = plan_batch(expand_inputs(list(inputs)), out_dir, uncertainty_dir)
+    total = len(plan)
+    if resume:
+        plan = [item for item in plan if not (item[1].exists() and (item[2] is None or item[2].exists()))]
+        yield note(f"{total - len(plan)} of {total} files were restored by an earlier run (--resume); {len(plan)} to do")
+    loaded: list[Any] = []
+
+    def load() -> Any:
+        if not loaded:
+            if callable(model) and not hasattr(model, "card"):
+                loaded.append(model())
+            else:  # a name, a path, a loaded model, or None: the bundled default for the task
+                from .engine.models.device import resolve_device
+                from .engine.models.registry import load_model
+
+                loaded.append(load_model(model, task=task, arch=options.get("arch"),
+                                         device=resolve_device(options.get("device") or "auto")))
+        return loaded[0]
+
+    done = BatchResult(total=len(plan))
+    sampling = {k: v for k, v in options.items() if k != "arch"}
+    for k, (src, out, unc) in enumerate(plan):
+        yield Progress("file", k, len(plan), message=str(src))
+        try:
+            wrote = yield from _progress_only(restore_file_iter(src, out, task, load, uncertainty_out=unc, **sampling))
+        except InputError as exc:
+            done.skipped.append((str(src), str(exc)))
+            yield note(f"skipped {src}: {exc}")
+            continue
+        wrote = wrote or []
+        done.written.extend(wrote[:1])
+        done.uncertainty.extend(w.split(" (")[0] for w in wrote[1:])
+        yield note(f"wrote {' and '.join(wrote)}")
+    yield Progress("file", len(plan), len(plan))
+    yield done
