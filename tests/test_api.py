@@ -132,3 +132,24 @@ def test_the_default_isotropic_model_follows_the_factor():
     np.testing.assert_array_equal(five.volume[::5], vol)
     with pytest.raises(InputError, match="give factor 3, or use demo-isotropic-any"):
         emd.reconstruct_isotropic(vol, factor=5, model="demo-isotropic")
+
+
+def test_restore_files_writes_each_file_as_restore_would_and_skips_the_unreadable(tmp_path, tiny_model_dir):
+    """``emd.restore_files``: the batch the CLI and the Restore widget run, from Python."""
+    import tifffile
+
+    rng = np.random.default_rng(5)
+    src = tmp_path / "scans"
+    src.mkdir()
+    img = (rng.random((40, 44)) * 255).astype(np.uint8)
+    emd.write_image(src / "a.tif", img, spacing=(6.0, 6.0))
+    (src / "b.tif").write_bytes(b"II*\x00 not a tiff")
+    fast = dict(steps=1, tile=32, device="cpu")
+    done = emd.restore_files([src], tmp_path / "out", "denoise", str(tiny_model_dir), **fast)
+    assert isinstance(done, emd.BatchResult) and done.total == 2
+    assert [p.split("/")[-1] for p in done.written] == ["a.tif"] and [s.split("/")[-1] for s, _ in done.skipped] == ["b.tif"]
+    alone = emd.restore(img, "denoise", str(tiny_model_dir), **fast).mean
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "a.tif"), alone)
+    assert emd.read_image(tmp_path / "out" / "a.tif").spacing == (6.0, 6.0)
+    with pytest.raises(InputError, match="would replace an input"):
+        emd.restore_files([src / "a.tif"], src, "denoise", str(tiny_model_dir), **fast)

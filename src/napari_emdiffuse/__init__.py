@@ -31,6 +31,9 @@ _API = {
         ],
         "api",
     ),  # fmt: skip
+    "restore_files": "files",
+    "restore_files_iter": "files",
+    "BatchResult": "files",
     "Restoration": "engine.inference.restore",
     "IsotropicResult": "engine.inference.volume",
     "EMDiffuseModel": "engine.models.model",

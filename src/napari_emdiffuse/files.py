@@ -22,7 +22,7 @@ from .engine.io.common import ZARR_SUFFIX, suffix_of
 
 __all__ = [
     "BatchResult", "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "remove_spill",
-    "restore_file_iter", "restore_files_iter",
+    "restore_file_iter", "restore_files_iter", "restore_files",
 ]
 
 
@@ -312,3 +312,19 @@ def restore_files_iter(
         yield note(f"wrote {' and '.join(wrote)}")
     yield Progress("file", len(plan), len(plan))
     yield done
+
+
+def restore_files(inputs: Sequence[str | Path], out_dir: str | Path, task: str, model: Any = None,
+                  **options: Any) -> BatchResult:
+    """:func:`restore_files_iter` run to its end: the files restored into ``out_dir``, and
+    which were skipped and why.
+
+    Examples
+    --------
+    >>> import napari_emdiffuse as emd
+    >>> done = emd.restore_files(["scans/"], "restored/", "denoise", uncertainty_dir="restored/sd")  # doctest: +SKIP
+    >>> done.written, done.skipped                                                                    # doctest: +SKIP
+    """
+    from .engine.events import drain
+
+    return drain(restore_files_iter(inputs, out_dir, task, model, **options))
