@@ -131,6 +131,19 @@ def remove_spill(*paths: Path | None) -> None:
             remove_path(path)
 
 
+def _loaded(model: Any, task: str, arch: str | None, device: str | None) -> Any:
+    """The model to restore with: ``model`` itself when loaded, what a callable returns, else
+    loaded by name or path (None: the bundled default for ``task``)."""
+    if hasattr(model, "card"):
+        return model
+    if callable(model):
+        return model()
+    from .engine.models.device import resolve_device
+    from .engine.models.registry import load_model
+
+    return load_model(model, task=task, arch=arch, device=resolve_device(device or "auto"))
+
+
 def _progress_only(gen: Generator) -> Generator[Progress, None, Any]:
     """Re-yield an engine generator's events; return its result (its last other item)."""
     result = None
@@ -163,8 +176,9 @@ def restore_file_iter(
     ``.zarr``; with ``uncertainty_out`` its uncertainty too), with its pixel size and how it
     was made. Yields progress and note events, then the list of what was written.
 
-    ``model``: a loaded model, or a callable that loads it, called once the input has been read
-    and checked (a bad input is refused before any model loads). ``workers`` / ``scheduler``
+    ``model``: a loaded model, a callable that loads it, a name or path, or None (the bundled
+    default), loaded once the input has been read and checked (a bad input is refused before
+    any model loads). ``workers`` / ``scheduler``
     (a ``.zarr`` output only) hand the cluster ``model_ref`` (its name or path) and ``arch``;
     ``resume`` continues an unfinished ``.zarr`` output. The rest are the sampling options of
     :func:`~napari_emdiffuse.api.restore`.
@@ -197,7 +211,7 @@ def restore_file_iter(
         raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
     if zarr_out and unc is not None and suffix_of(unc) != ZARR_SUFFIX:
         raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
-    model = model() if callable(model) and not hasattr(model, "card") else model
+    model = _loaded(model, task, arch, sampling.get("device"))
     if (fine := pixel_size_note(model.card, data.spacing, data.unit)) is not None:
         yield note(f"note: {fine}")
     if zarr_out:
@@ -286,14 +300,7 @@ def restore_files_iter(
 
     def load() -> Any:
         if not loaded:
-            if callable(model) and not hasattr(model, "card"):
-                loaded.append(model())
-            else:  # a name, a path, a loaded model, or None: the bundled default for the task
-                from .engine.models.device import resolve_device
-                from .engine.models.registry import load_model
-
-                loaded.append(load_model(model, task=task, arch=options.get("arch"),
-                                         device=resolve_device(options.get("device") or "auto")))
+            loaded.append(_loaded(model, task, options.get("arch"), options.get("device")))
         return loaded[0]
 
     done = BatchResult(total=len(plan))
