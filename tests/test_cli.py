@@ -638,6 +638,42 @@ def test_isotropic_from_a_folder_of_slices(tmp_path, capsys):
     assert "--voxel-size gives 2 values for" in capsys.readouterr().err
 
 
+def test_isotropic_batch_each_volume_at_its_own_factor(tmp_path, capsys):
+    """Several volumes into a folder: each at the factor its voxel size gives, the measured
+    slices kept, the uncertainty in its folder; an uncalibrated volume and a 2D image are
+    skipped with their reasons (exit 2) while the others are written; --factor serves all."""
+    from napari_emdiffuse.engine.io.images import read_image, write_image
+
+    rng = np.random.default_rng(4)
+    src = tmp_path / "vols"
+    src.mkdir()
+    a = rng.integers(0, 255, (3, 40, 32)).astype(np.uint8)
+    b = rng.integers(0, 255, (4, 36, 40)).astype(np.uint8)
+    write_image(src / "a.tif", a, spacing=(30.0, 10.0, 10.0), axes="ZYX")  # factor 3
+    write_image(src / "b.mrc", b, spacing=(20.0, 10.0, 10.0))  # factor 2
+    tifffile.imwrite(src / "c.tif", a[0])  # 2D
+    tifffile.imwrite(src / "d.tif", a)  # no voxel size
+    out = tmp_path / "iso"
+    assert main(["isotropic", str(src), "-o", f"{out}/", "--uncertainty", str(out / "sd"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "skipped" in err and "'c.tif' has 2 dimensions" in err.replace(str(src) + "/", "")
+    assert "does not say its voxel size" in err and "2 of 4 files were skipped" in err
+    ra, rb = read_image(out / "a.tif"), read_image(out / "b.mrc")
+    assert ra.data.shape == (7, 40, 32) and np.array_equal(ra.data[::3], a) and ra.spacing == (10.0, 10.0, 10.0)
+    assert rb.data.shape == (7, 36, 40) and np.array_equal(rb.data[::2], b) and rb.spacing == (10.0, 10.0, 10.0)
+    assert sorted(p.name for p in (out / "sd").iterdir()) == ["a_uncertainty.tif", "b_uncertainty.mrc"]
+    assert read_image(out / "sd" / "a_uncertainty.tif").data.shape == (7, 40, 32)
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.mrc", "sd"]  # nothing of c, d
+    # --factor: every volume at it, the uncalibrated one too
+    out2 = tmp_path / "iso2"
+    assert main(["isotropic", str(src / "a.tif"), str(src / "d.tif"), "-o", str(out2), "--factor", "2",
+                 "--device", "cpu"]) == 0
+    assert [read_image(out2 / n).data.shape for n in ("a.tif", "d.tif")] == [(5, 40, 32), (5, 40, 32)]
+    # one folder with an output file is still one volume of 2D slices (here: of 3D files, refused)
+    assert main(["isotropic", str(src), "-o", str(tmp_path / "one.tif"), "--factor", "2", "--device", "cpu"]) == 2
+    assert not (tmp_path / "one.tif").exists()
+
+
 def test_voxel_size_replaces_the_files_and_says_so(tmp_path, noisy_tif, tiny_model_dir, capsys):
     out = tmp_path / "out.tif"
     assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), *FAST, "--voxel-size", "2.5"]) == 0

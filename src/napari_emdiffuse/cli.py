@@ -103,11 +103,16 @@ def _restore_batch(args: argparse.Namespace) -> int:
     outputs appear only when complete)."""
     from .engine.errors import InputError
     from .engine.events import Progress
-    from .files import note, restore_files_iter
+    from .files import ISOTROPIC_TASKS, note, restore_files_iter
 
     if args.workers or args.scheduler:
         raise InputError("--workers/--scheduler restore one input; give a batch without them")
     kw = _sampling_kwargs(args)
+    if args.task in ISOTROPIC_TASKS:  # each volume's factor picks the bundled model: hand over the name
+        model: Any = args.model
+        kw.update(factor=args.factor, denoise=_denoiser(args))
+    else:
+        model = lambda: _load_restorer(args)  # noqa: E731 - loaded once, after the plan is checked
     at = {"file": 0, "of": 0, "skipped": 0}
 
     def told(gen: Any) -> Any:  # the file each event belongs to, for the lines and for Ctrl-C
@@ -121,7 +126,7 @@ def _restore_batch(args: argparse.Namespace) -> int:
 
     try:
         done = drive(told(restore_files_iter(
-            args.input, args.output, args.task, lambda: _load_restorer(args), uncertainty_dir=args.uncertainty,
+            args.input, args.output, args.task, model, uncertainty_dir=args.uncertainty,
             resume=args.resume, channel=args.channel, time=args.time, voxel_size=getattr(args, "voxel_size", None),
             **kw,
         )))
@@ -149,6 +154,33 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
     return 0
 
 
+def _denoiser(args: argparse.Namespace) -> Any:
+    """``--denoise`` / ``--denoise-model``: the denoiser of an isotropic run's measured slices."""
+    return args.denoise_model or (True if args.denoise else None)
+
+
+def _cmd_isotropic(args: argparse.Namespace) -> int:
+    """One volume (a file, a store, a folder of 2D slices) into an output file; several, or a
+    folder of volumes with an output folder, as a batch (:func:`_restore_batch`)."""
+    from .engine.io.batch import check_one_image, is_batch
+    from .files import reconstruct_file_iter
+
+    args.task = f"isotropic-{args.mode}"
+    if is_batch(args.input, args.output, folder_is_image=True):
+        return _restore_batch(args)
+    check_one_image(args.input[0], "reconstruct")
+    args.input = args.input[0]
+    out, unc = _check_outputs(args, args.output, args.uncertainty)
+    kw = _sampling_kwargs(args)
+    wrote = drive(reconstruct_file_iter(
+        args.input, out, args.model, factor=args.factor, mode=args.mode, uncertainty_out=unc, channel=args.channel,
+        time=args.time, voxel_size=getattr(args, "voxel_size", None), workers=args.workers, scheduler=args.scheduler,
+        denoise=_denoiser(args), resume=args.resume, **kw,
+    ))
+    print(f"wrote {' and '.join(wrote)}", file=sys.stderr)
+    return 0
+
+
 def _read_input(args: argparse.Namespace) -> Any:
     """The input as ``read_image`` reads it, with ``--voxel-size`` (:func:`~.files.read_input`);
     its notes told."""
@@ -158,66 +190,6 @@ def _read_input(args: argparse.Namespace) -> Any:
     for text in notes:
         print(f"{PROG}: {text}", file=sys.stderr)
     return data
-
-
-def _cmd_isotropic(args: argparse.Namespace) -> int:
-    from .files import fill_notes, remove_spill, spill_store, write_spilled
-    from .engine.errors import InputError
-    from .engine.io.images import write_image
-    from .engine.io.views import check_one_channel
-    from .api import reconstruct_isotropic_iter
-
-    out, unc = _check_outputs(args, args.output, args.uncertainty)
-    data = _read_input(args)
-    check_one_channel(tuple(data.data.shape), data.axes, str(args.input))
-    if data.data.ndim != 3:
-        more = "; several channels or time points? read one with --channel/--time" if data.data.ndim > 3 else ""
-        raise InputError(f"isotropic reconstruction needs a 3D (ZYX) volume; '{args.input}' has "
-                         f"{data.data.ndim} dimensions{more}")
-    if args.factor is None and data.spacing is None:
-        raise InputError(f"'{args.input}' does not say its voxel size; give the z / xy spacing ratio with --factor F")
-    kw = _sampling_kwargs(args)
-    distributed = bool(args.workers or args.scheduler)
-    if distributed and not _is_zarr(out):
-        raise InputError("--workers/--scheduler need a .zarr output")
-    if args.resume and not _is_zarr(out):
-        raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
-    zarr_out = out if _is_zarr(out) else None
-    if zarr_out is None and not distributed:  # a volume too large for memory: through a store beside the output
-        from .engine.io.spacing import factor_from_spacing
-
-        f = args.factor or factor_from_spacing(data.spacing)
-        z, y, x = data.data.shape
-        zarr_out, told = spill_store(out, ((z - 1) * f + 1, y, x), data.data, uncertainty=unc is not None)
-        if told:
-            print(f"{PROG}: {told}", file=sys.stderr)
-    spilled = zarr_out is not None and zarr_out != out
-    unc_out = zarr_out.with_name(zarr_out.name.replace(".partial-", ".uncertainty.partial-")) if spilled and unc else unc
-    denoise = args.denoise_model or (True if args.denoise else None)
-    try:
-        gen = reconstruct_isotropic_iter(
-            data.data, args.factor, args.model, mode=args.mode, spacing=data.spacing, out=zarr_out,
-            uncertainty=(str(unc_out) if zarr_out is not None and unc_out is not None else unc is not None),
-            workers=args.workers, scheduler=args.scheduler, denoise=denoise, resume=args.resume, **kw,
-        )
-        result = drive(gen)
-        if spilled:
-            write_spilled(out, unc, zarr_out, unc_out, data, str(args.input), {**result.info, "spacing": result.spacing})
-    finally:
-        if spilled:
-            remove_spill(zarr_out, unc_out)
-    for text in fill_notes(result.info.get("normalisation")):
-        print(f"{PROG}: {text}", file=sys.stderr)
-    if zarr_out is None:
-        from .engine.inference.restore import provenance
-
-        made = provenance(result.info, result.info.get("normalisation"), source=str(args.input))
-        write_image(out, result.volume, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX", provenance=made)
-        if unc is not None and result.uncertainty is not None:
-            write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX",
-                        provenance={**made, "what": "uncertainty (std, input units)"})
-    print(f"wrote {out} ({result.factor}x more slices)", file=sys.stderr)
-    return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:

@@ -156,13 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("isotropic", help="make an anisotropic volume isotropic (vEMDiffuse)",
                        description="generate factor-1 slices between neighbouring slices of a ZYX volume")
-    p.add_argument("input", metavar="IN",
+    p.add_argument("input", metavar="IN", nargs="+",
                    help="input volume .tif/.tiff, .mrc, .dm3/.dm4, .h5 (file.h5/dataset) or .zarr (ZYX), or a folder of 2D slices "
-                        "(one file each)")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output .tif/.tiff, .mrc or .zarr")
-    p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size)")
+                        "(one file each); several volumes, or a folder of them with an output folder: a batch, "
+                        "each volume with its own voxel size")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="output .tif/.tiff, .mrc or .zarr; for a batch, a folder (made if missing; end it with / "
+                        "for a folder of volumes) where each result takes its input's name")
+    p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size; for a batch, "
+                   "every volume's)")
     p.add_argument("--mode", choices=["i", "a"], default="i", help="i: model trained on isotropic data; a: on this volume's lateral planes")
-    p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the per-pixel uncertainty (std, input units) here")
+    p.add_argument("--uncertainty", metavar="UNC_OUT", help="also write the per-pixel uncertainty (std, input units) here; "
+                   "for a batch, a folder (files named <name>_uncertainty)")
     p.add_argument("--denoise", action="store_true",
                    help="denoise the measured slices first (noisy volumes), with the bundled denoiser or "
                         "--denoise-model; the measured slices are then replaced by the denoised ones")

@@ -1,5 +1,7 @@
-"""Restoring image files: read, restore, write, as the ``emdiffuse`` command and the Restore
-widget's *Restore files…* both do it (one file, or many with the model loaded once).
+"""Restoring image files: read, restore, write, as the ``emdiffuse`` command and the Restore and
+Isotropic widgets' *files…* buttons do it (one file, or many with the model loaded once):
+denoising and super-resolution (:func:`restore_file_iter`), isotropic reconstruction of volumes
+(:func:`reconstruct_file_iter`), and batches of either (:func:`restore_files_iter`).
 
 What is worth telling on the way (a file's note, the fill value kept, the acquisition blur read
 off the image, a result that goes through a temporary store) comes as ``Progress("note", ...)``
@@ -22,8 +24,11 @@ from .engine.io.common import ZARR_SUFFIX, suffix_of
 
 __all__ = [
     "BatchResult", "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "remove_spill",
-    "restore_file_iter", "restore_files_iter", "restore_files",
+    "restore_file_iter", "reconstruct_file_iter", "restore_files_iter", "restore_files", "ISOTROPIC_TASKS",
 ]
+
+#: The tasks :func:`restore_files_iter` runs through :func:`reconstruct_file_iter` (volumes).
+ISOTROPIC_TASKS = ("isotropic-i", "isotropic-a")
 
 
 def note(text: str) -> Progress:
@@ -155,6 +160,31 @@ def _progress_only(gen: Generator) -> Generator[Progress, None, Any]:
     return result
 
 
+def _zarr_output(out: Path, unc: Path | None, distributed: Any, resume: bool) -> bool:
+    """Whether ``out`` is a zarr store; refuses what needs one (a cluster, resuming; any input:
+    one that is not zarr is staged for the workers) when it is not, and a non-zarr uncertainty
+    beside it."""
+    zarr_out = suffix_of(out) == ZARR_SUFFIX
+    if distributed and not zarr_out:
+        raise InputError("--workers/--scheduler need a .zarr output")
+    if resume and not zarr_out:
+        raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
+    if zarr_out and unc is not None and suffix_of(unc) != ZARR_SUFFIX:
+        raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
+    return zarr_out
+
+
+def _told_first(event: Progress, gen: Generator) -> Generator[Any, None, Any]:
+    """``gen``'s items, ``event`` before the first: said once the engine has accepted the job
+    (a refused one is told in its one line alone)."""
+    first = True
+    for item in gen:
+        if first:
+            first = False
+            yield event
+        yield item
+
+
 def restore_file_iter(
     src: str | Path,
     out: str | Path,
@@ -203,14 +233,8 @@ def restore_file_iter(
         yield note(text)
     check_one_channel(tuple(data.data.shape), data.axes, str(src))
     validate_image(data.data)
-    zarr_out = suffix_of(out) == ZARR_SUFFIX
+    zarr_out = _zarr_output(out, unc, workers or scheduler, resume)
     distributed = bool(workers or scheduler)
-    if distributed and not zarr_out:  # any input: one that is not zarr is staged for the workers
-        raise InputError("--workers/--scheduler need a .zarr output")
-    if resume and not zarr_out:
-        raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
-    if zarr_out and unc is not None and suffix_of(unc) != ZARR_SUFFIX:
-        raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
     model = _loaded(model, task, arch, sampling.get("device"))
     if (fine := pixel_size_note(model.card, data.spacing, data.unit)) is not None:
         yield note(f"note: {fine}")
@@ -261,6 +285,104 @@ def restore_file_iter(
     yield wrote
 
 
+def reconstruct_file_iter(
+    src: str | Path,
+    out: str | Path,
+    model: Any = None,
+    *,
+    factor: int | None = None,
+    default_factor: int | None = None,
+    mode: str = "i",
+    uncertainty_out: str | Path | None = None,
+    channel: int | None = None,
+    time: int | None = None,
+    voxel_size: Sequence[float] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    denoise: Any = None,
+    resume: bool = False,
+    **sampling: Any,
+) -> Generator[Any, None, None]:
+    """Make the anisotropic volume in file ``src`` isotropic into ``out`` (``.tif``, ``.mrc`` or
+    ``.zarr``; with ``uncertainty_out`` its uncertainty too), with its voxel size and how it was
+    made. Yields progress and note events, then the list of what was written.
+
+    ``factor``: how many times finer z becomes; None takes it from the file's voxel size, or
+    ``default_factor`` for a file that records none (a batch of calibrated and uncalibrated
+    volumes). ``model``: a name, a path, a loaded model or None (the bundled model for the
+    factor; models load once per process). A result too large for memory bound for a TIFF or
+    MRC goes through a hidden store beside it (:func:`spill_store`). ``workers`` /
+    ``scheduler`` / ``resume`` need a ``.zarr`` output; the rest are the options of
+    :func:`~napari_emdiffuse.api.reconstruct_isotropic`.
+
+    Raises
+    ------
+    InputError
+        Not a single-channel 3D volume, no factor and no voxel size, or options that do not
+        fit the output; nothing is written then.
+    """
+    from .api import reconstruct_isotropic_iter
+    from .engine.inference.restore import provenance
+    from .engine.io.images import write_image
+    from .engine.io.spacing import factor_from_spacing
+    from .engine.io.views import check_one_channel
+
+    out = Path(out)
+    unc = Path(uncertainty_out) if uncertainty_out is not None else None
+    data, notes = read_input(src, channel=channel, time=time, voxel_size=voxel_size)
+    for text in notes:
+        yield note(text)
+    check_one_channel(tuple(data.data.shape), data.axes, str(src))
+    if data.data.ndim != 3:
+        more = ("; several channels or time points? read one with --channel/--time" if data.data.ndim > 3 else
+                "; a folder of 2D slices is one volume when the output is a file")
+        raise InputError(f"isotropic reconstruction needs a 3D (ZYX) volume; '{src}' has {data.data.ndim} dimensions{more}")
+    if factor is None and data.spacing is None:
+        if default_factor is None:
+            raise InputError(f"'{src}' does not say its voxel size; give the z / xy spacing ratio with --factor F")
+        factor = default_factor
+        yield note(f"note: '{Path(src).name}' does not say its voxel size; factor {factor} as given")
+    f = int(factor) if factor is not None else factor_from_spacing(data.spacing)
+    zarr_out = _zarr_output(out, unc, workers or scheduler, resume)
+    store, store_unc = (out, unc) if zarr_out else (None, None)
+    if not zarr_out:  # a volume too large for memory: through a store beside the output
+        z, y, x = data.data.shape
+        store, told = spill_store(out, ((z - 1) * f + 1, y, x), data.data, uncertainty=unc is not None)
+        if store is not None:
+            yield note(told)
+            store_unc = store.with_name(store.name.replace(".partial-", ".uncertainty.partial-")) if unc else None
+    spilled = store is not None and not zarr_out
+    try:
+        z = data.data.shape[0]
+        told = note(f"factor {f}{'' if factor is not None else ' (from the voxel size)'}: {z} slices become {(z - 1) * f + 1}")
+        result = yield from _progress_only(_told_first(told, reconstruct_isotropic_iter(
+            data.data, f, model, mode=mode, spacing=data.spacing, out=store,
+            uncertainty=str(store_unc) if store is not None and store_unc is not None else unc is not None,
+            workers=workers, scheduler=scheduler, denoise=denoise, resume=resume, **sampling,
+        )))
+        if result is None:  # pragma: no cover - the generator always ends with a result
+            raise RuntimeError("reconstruction ended without a result")
+        for text in fill_notes(result.info.get("normalisation")):
+            yield note(text)
+        if spilled:
+            yield write_spilled(out, unc, store, store_unc, data, str(src), {**result.info, "spacing": result.spacing})
+            return
+    finally:
+        if spilled:
+            remove_spill(store, store_unc)
+    if zarr_out:
+        yield [str(out)] + ([f"{unc} (uncertainty)"] if unc is not None and unc.exists() else [])
+        return
+    made = provenance(result.info, result.info.get("normalisation"), source=str(src))
+    write_image(out, result.volume, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX", provenance=made)
+    wrote = [str(out)]
+    if unc is not None and result.uncertainty is not None:
+        write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX",
+                    provenance={**made, "what": "uncertainty (std, input units)"})
+        wrote.append(f"{unc} (uncertainty)")
+    yield wrote
+
+
 def restore_files_iter(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -273,7 +395,11 @@ def restore_files_iter(
 ) -> Generator[Any, None, None]:
     """Restore many files (and folders of them) into ``out_dir``, each as
     :func:`restore_file_iter` would alone, the model loaded once (``model``: a name, a path, a
-    loaded model, a callable that loads it, or None for the bundled default). The plan (names, clashes) is
+    loaded model, a callable that loads it, or None for the bundled default). ``task``
+    ``isotropic-i`` / ``isotropic-a`` makes each file's volume isotropic as
+    :func:`reconstruct_file_iter` does (with its ``factor``, ``default_factor``, ``denoise``;
+    ``model`` as a name, path, loaded model or None, the bundled model following each volume's
+    factor). The plan (names, clashes) is
     checked before any work (:func:`~.engine.io.batch.plan_batch`); a file that cannot be read
     is told and skipped. ``resume`` leaves out the files whose outputs exist (an output appears
     only when written whole). Yields ``Progress("file", k, n)`` before each file, the files'
@@ -303,12 +429,17 @@ def restore_files_iter(
             loaded.append(_loaded(model, task, options.get("arch"), options.get("device")))
         return loaded[0]
 
+    def one(src: Path, out: Path, unc: Path | None) -> Generator[Any, None, None]:
+        if task in ISOTROPIC_TASKS:  # the model follows each volume's factor: by name, loaded once per process
+            return reconstruct_file_iter(src, out, model, mode=task[-1], uncertainty_out=unc, **options)
+        return restore_file_iter(src, out, task, load, uncertainty_out=unc,
+                                 **{k: v for k, v in options.items() if k != "arch"})
+
     done = BatchResult(total=len(plan))
-    sampling = {k: v for k, v in options.items() if k != "arch"}
     for k, (src, out, unc) in enumerate(plan):
         yield Progress("file", k, len(plan), message=str(src))
         try:
-            wrote = yield from _progress_only(restore_file_iter(src, out, task, load, uncertainty_out=unc, **sampling))
+            wrote = yield from _progress_only(one(src, out, unc))
         except InputError as exc:
             done.skipped.append((str(src), str(exc)))
             yield note(f"skipped {src}: {exc}")

@@ -1015,6 +1015,50 @@ def test_isotropic_widget(viewer, qtbot, models, errors, tmp_path):
     assert "by demo-isotropic-any" in w.status.text()
 
 
+def test_isotropic_widget_reconstructs_volume_files_into_a_folder(viewer, qtbot, models, errors, tmp_path, monkeypatch):
+    """Reconstruct files…: each volume at its voxel size's factor, the factor box for one that
+    records none, the measured slices kept and the voxel size written; a 2D file skipped and
+    said; no uncertainty folder unless asked; the default model follows each factor."""
+    import tifffile
+
+    from napari_emdiffuse.engine.io.images import read_image, write_image
+
+    rng = np.random.default_rng(5)
+    src = tmp_path / "vols"
+    src.mkdir()
+    a = (rng.random((3, 32, 32)) * 255).astype(np.uint8)
+    b = (rng.random((3, 32, 24)) * 255).astype(np.uint8)
+    write_image(src / "a.tif", a, spacing=(30.0, 10.0, 10.0), axes="ZYX")  # factor 3
+    tifffile.imwrite(src / "b.tif", b)  # no voxel size: the box's factor
+    tifffile.imwrite(src / "c.tif", a[0])  # 2D: skipped
+    w = _dock(viewer, ISOTROPIC)
+    w.factor.setValue(2)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    n_layers = len(viewer.layers)
+    files = [str(src / n) for n in ("a.tif", "b.tif", "c.tif")]
+    with qtbot.waitSignal(w.run_finished, timeout=120_000) as sig:
+        assert w.run_files(files, str(tmp_path / "out"))
+    assert sig.args == ["done"] and not errors, errors
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.tif"]  # no uncertainty asked
+    ra, rb = read_image(out / "a.tif"), read_image(out / "b.tif")
+    assert ra.data.shape == (7, 32, 32) and np.array_equal(ra.data[::3], a) and ra.spacing == (10.0, 10.0, 10.0)
+    assert rb.data.shape == (5, 32, 24) and np.array_equal(rb.data[::2], b)
+    assert "reconstructed 2 of 3 files" in w.status.text() and "skipped 1: c.tif" in w.status.text()
+    assert len(viewer.layers) == n_layers
+    # with the uncertainty: into out/uncertainty, a tiny model of the box's choosing
+    w.model.add_path(models["iso"])
+    w.steps.setValue(1)
+    w.samples.setValue(2)
+    w.uncertainty.setChecked(True)
+    with qtbot.waitSignal(w.run_finished, timeout=120_000) as sig:
+        assert w.run_files(files[1:2], str(tmp_path / "two"))
+    assert sig.args == ["done"] and not errors, errors
+    assert [p.name for p in (tmp_path / "two" / "uncertainty").iterdir()] == ["b_uncertainty.tif"]
+    assert read_image(tmp_path / "two" / "b.tif").data.shape == (5, 32, 24)
+
+
 def test_finetune_widget_form(viewer, errors):
     noisy = viewer.add_image(np.zeros((32, 32), np.uint8), name="noisy")
     viewer.add_image(np.zeros((4, 16, 16), np.uint8), name="vol", scale=(24.0, 8.0, 8.0))

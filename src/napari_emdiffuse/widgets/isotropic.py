@@ -3,6 +3,7 @@
 Generates ``factor - 1`` slices between each pair of neighbouring slices of an anisotropic
 volume, in memory or into a zarr store shown lazily, by driving
 :func:`napari_emdiffuse.engine.inference.volume.reconstruct_isotropic_iter` in a napari thread worker.
+*Reconstruct files…* does the same to volume files on disk, into a folder (:mod:`._files`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
+from ._files import FilesMixin
 from ._layers import LayerCombo, check_zarr_output, layer_source, layer_spacing, lazy_volume, show_outputs
 from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
 from .restore import check_input_layer, layer_array
@@ -164,7 +166,7 @@ def _is_volume_candidate(layer: Any) -> bool:
     return isinstance(layer, Image)
 
 
-class IsotropicWidget(DockWidget):
+class IsotropicWidget(FilesMixin, DockWidget):
     """Reconstruct an isotropic volume from an anisotropic one (vEMDiffuse).
 
     Parameters
@@ -176,6 +178,7 @@ class IsotropicWidget(DockWidget):
     SETTINGS = "isotropic"
     OPTIONS = IsotropicOptions
     NOT_RESTORED = ("output",)  # a big store from last time is not today's default target
+    FILES_VERB = "reconstruct"
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
@@ -241,6 +244,11 @@ class IsotropicWidget(DockWidget):
                 ("output", path_row(self.output, self._browse_output)),
             ],
             advanced,
+            self.make_files_button(
+                "Make volume files on disk (TIFF, MRC, DM, HDF5, ...) isotropic into a folder, with the options "
+                "above; each volume's factor comes from its voxel size (the factor above for a file that records "
+                "none), each result takes its file's name; with 'uncertainty' (Advanced) that goes into an 'uncertainty' folder inside"
+            ),
         )
         self.mode.currentIndexChanged.connect(lambda *_: self.model.set_task(f"isotropic-{self.mode.currentData()}"))
         self.layer_combo.currentIndexChanged.connect(self._prefill)
@@ -334,6 +342,17 @@ class IsotropicWidget(DockWidget):
             stages=("sampling", "block", *VOLUME_STAGES),  # block: distributed runs
             on_result=lambda result: self._show(result, source, kwargs["out"]),
         )
+
+    def files_job(self) -> tuple[str, Any, dict[str, Any]]:
+        """*Reconstruct files…*: the task, model and options of ``restore_files_iter``; each
+        volume's factor from its voxel size, the factor box's where a file records none."""
+        opts = self.options()
+        opts.validate()
+        model, arch = self.model.value()
+        self._save_settings(opts, self.model)
+        kwargs = sampling_kwargs(opts) | {"default_factor": opts.factor, "denoise": True if opts.denoise_first else None,
+                                          "uncertainty": opts.uncertainty}
+        return opts.task, model, kwargs | ({"arch": arch} if arch is not None else {})
 
     def _show(self, result: Any, source: dict, out: Path | None) -> None:
         factor = int(result.factor)

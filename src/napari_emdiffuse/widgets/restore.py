@@ -3,8 +3,7 @@
 The widget collects options and drives :func:`napari_emdiffuse.engine.inference.restore.restore_iter`
 in a napari thread worker; the viewer stays responsive, a napari progress bar counts
 tiles x steps, and Run becomes Cancel while the worker runs. *Restore files…* restores image
-files on disk into a folder with the same options, as ``emdiffuse denoise FILES -o FOLDER``
-does (:func:`napari_emdiffuse.files.restore_files_iter`), the bar counting files.
+files on disk into a folder with the same options (:mod:`._files`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLineEdit, QPushButton, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLineEdit, QWidget
 
 from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
 from ..engine.events import VOLUME_STAGES
@@ -24,6 +23,7 @@ from ..engine.io.consoles import databar_note
 from ..engine.io.zarr import uncertainty_beside
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
+from ._files import FilesMixin
 from ._jobs import notify_info
 from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
 from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
@@ -38,9 +38,6 @@ TASKS = ("denoise", "super-resolve")
 SAMPLERS = ("preset", *ENGINE_SAMPLERS)
 REFINE_CHOICES = {"model card": None, "on": True, "off": False}  # predictors with a refiner
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # the engine's (canvas.PRECISIONS) without "auto"
-#: The file dialog's choice for *Restore files…* (what the readers take).
-FILE_FILTER = ("Images (*.tif *.tiff *.mrc *.mrcs *.rec *.st *.ali *.map *.map.gz *.mrc.gz *.dm3 *.dm4 *.ser *.h5 *.hdf5 "
-               "*.emd *.hspy *.ims *.am *.czi *.png *.jpg *.jpeg *.bmp);;All files (*)")
 PRESET_TIPS = {
     "fast": "predictors (the bundled models): one pass, with its uncertainty; diffusion models: "
             "few-step DPM-Solver++, one sample (no uncertainty)",
@@ -295,7 +292,7 @@ def layer_databar(layer: Any) -> tuple[int, int] | None:
 # Qt
 
 
-class RestoreWidget(DockWidget):
+class RestoreWidget(FilesMixin, DockWidget):
     """Denoise or super-resolve an image layer (EMDiffuse-n / EMDiffuse-r).
 
     Parameters
@@ -381,12 +378,10 @@ class RestoreWidget(DockWidget):
                 ("", self.resume),
             ]
         )
-        self.files_button = QPushButton("Restore files…")
-        self.files_button.setToolTip(
+        self.files_button = self.make_files_button(
             "Restore image files on disk (TIFF, MRC, DM, Velox, CZI, ...) into a folder, with the options above; "
             "each result takes its file's name, its uncertainty goes into an 'uncertainty' folder inside"
         )
-        self.files_button.clicked.connect(self._choose_files)
         self._lay_out(
             [("image", self.layer_combo), ("task", self.task), ("model", self.model), ("preset", self.preset),
              ("", self.current_slice), ("output", path_row(self.output, self._browse_output))],
@@ -487,73 +482,13 @@ class RestoreWidget(DockWidget):
             on_result=lambda result: self._show(result, source, opts.task, unc_out, data.shape[-1]),
         )
 
-    def _choose_files(self) -> None:
-        if self.running:
-            return
-        files, _ = QFileDialog.getOpenFileNames(self, "Restore files", "", FILE_FILTER)
-        if not files:
-            return
-        folder = QFileDialog.getExistingDirectory(self, "Write the results into")
-        if folder:
-            self.run_files(files, folder)
-
-    def run_files(self, files: list[str], folder: str) -> bool:
-        """Restore ``files`` into ``folder`` (the uncertainty into ``folder/uncertainty``); False
-        (and a notification) if it cannot start: no file, a clash of names, an output that
-        would replace an input."""
-        if self._run is not None:
-            return False
-        try:
-            self._start_files(files, folder)
-        except EMDiffuseError as exc:
-            from ._jobs import notify_error
-
-            notify_error(str(exc))
-            self.status.setText(f"not started: {exc}")
-            return False
-        return True
-
-    def _start_files(self, files: list[str], folder: str) -> None:
-        from ..engine.io.batch import expand_inputs, plan_batch
-        from ..files import restore_files_iter
-
-        if not files:
-            raise InputError("no files chosen")
+    def files_job(self) -> tuple[str, Any, dict[str, Any]]:
+        """*Restore files…*: the task, model and options of ``restore_files_iter``."""
         opts = self.options()
         kwargs = opts.engine_kwargs()
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
-        unc_dir = Path(folder) / "uncertainty"
-        plan = plan_batch(expand_inputs(files), folder, unc_dir)  # names and clashes, before any work
-        self._files_folder = folder
-        self._files_unc = unc_dir
-        self._start_engine(
-            lambda: restore_files_iter(files, folder, opts.task, model, uncertainty_dir=unc_dir, arch=arch, **kwargs),
-            status=f"restoring {len(plan)} file{'s' * (len(plan) != 1)} into '{folder}'…",
-            desc=f"EMDiffuse {opts.task}: {len(plan)} files",
-            stages=("file",),
-            on_result=lambda done: self._files_done(done, folder, unc_dir),
-        )
-
-    def _finished(self, outcome: str) -> None:
-        folder, self._files_folder = getattr(self, "_files_folder", None), None
-        unc_dir = getattr(self, "_files_unc", None)
-        if folder is not None and unc_dir is not None and unc_dir.is_dir() and not any(unc_dir.iterdir()):
-            unc_dir.rmdir()  # one sample, or stopped before any: no uncertainty was written
-        super()._finished(outcome)
-        if folder is not None and outcome in ("cancelled", "failed"):  # files: some may be done
-            head = "cancelled" if outcome == "cancelled" else self.status.text()
-            self.status.setText(f"{head}; the files finished before it are in '{folder}', the one in progress "
-                                "was not written")
-
-    def _files_done(self, done: Any, folder: str, unc_dir: Path) -> None:
-        if unc_dir.is_dir() and not any(unc_dir.iterdir()):  # one sample: no uncertainty was written
-            unc_dir.rmdir()
-        text = f"restored {len(done.written)} of {done.total} files into '{folder}' in {self._elapsed():.1f} s"
-        if done.skipped:
-            text += f"; skipped {len(done.skipped)}: " + "; ".join(f"{Path(s).name}: {why}" for s, why in done.skipped[:3])
-            notify_info(f"{len(done.skipped)} of {done.total} files were skipped (see the Restore widget)")
-        self.status.setText(text)
+        return opts.task, model, {**kwargs, "arch": arch}
 
     def _show(self, result: Any, source: dict, task: str, unc_out: Any = None, width: int = 0) -> None:
         if not hasattr(result, "mean"):  # a zarr store (a Path): show it lazily

@@ -29,11 +29,12 @@ _FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + MRC_PACKED_SUFFIXES + DM_SUFFIXE
 BatchItem = tuple[Path, Path, "Path | None"]  # input, output, uncertainty output
 
 
-def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None) -> bool:
+def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None, *, folder_is_image: bool = False) -> bool:
     """Several inputs, or one folder that is not a zarr store or N5 container, nor inside one
     (``volume.zarr/0``), or, with an ``output`` folder (one that exists, or a name ending in
     ``/``), one file that holds several images (the detectors of a Velox file, the scenes of a
-    CZI file).
+    CZI file). ``folder_is_image`` (isotropic reconstruction, where a folder of 2D slices is
+    one volume): one folder is a batch only with an output folder.
 
     Examples
     --------
@@ -43,9 +44,9 @@ def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None) ->
     if len(inputs) != 1:
         return True
     p = Path(inputs[0]).expanduser()
-    if p.is_dir():
-        return not _is_store(p)
     folder = output is not None and (Path(output).expanduser().is_dir() or str(output).endswith(("/", os.sep)))
+    if p.is_dir():
+        return not _is_store(p) and (folder or not folder_is_image)
     return folder and p.is_file() and len(images_inside(p)) > 1
 
 

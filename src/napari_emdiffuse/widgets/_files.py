@@ -1,0 +1,114 @@
+"""The *… files…* button of the Restore and Isotropic docks: the dock's options applied to image
+files on disk, written into a folder, as ``emdiffuse denoise FILES -o FOLDER`` (or
+``emdiffuse isotropic``) does, through :func:`napari_emdiffuse.files.restore_files_iter`.
+
+Each result takes its file's name, its uncertainty goes into ``FOLDER/uncertainty`` (removed
+again when empty), the progress bar counts files, a file that cannot be read is skipped and
+named on the status line, and Cancel keeps the files already finished.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from qtpy.QtWidgets import QFileDialog, QPushButton
+
+from ..engine.errors import EMDiffuseError, InputError
+from ._jobs import notify_error, notify_info
+
+__all__ = ["FILE_FILTER", "FilesMixin"]
+
+#: The file dialog's choice (what the readers take).
+FILE_FILTER = ("Images (*.tif *.tiff *.mrc *.mrcs *.rec *.st *.ali *.map *.map.gz *.mrc.gz *.dm3 *.dm4 *.ser *.h5 *.hdf5 "
+               "*.emd *.hspy *.ims *.am *.czi *.png *.jpg *.jpeg *.bmp);;All files (*)")
+
+
+class FilesMixin:
+    """Mixed into a :class:`~._base.DockWidget` (before it) that defines :meth:`files_job`.
+
+    ``FILES_VERB`` names the work in the dialogs and the status line ("restore",
+    "reconstruct")."""
+
+    FILES_VERB: ClassVar[str] = "restore"
+
+    def files_job(self) -> tuple[str, Any, dict[str, Any]]:
+        """The task, the model and the keyword arguments of ``restore_files_iter`` that the
+        dock's options give (validated; raising EMDiffuseError before anything starts); with
+        ``uncertainty=False`` among them, no uncertainty is written."""
+        raise NotImplementedError
+
+    def make_files_button(self, tip: str) -> QPushButton:
+        """The button that asks for files, then for a folder, and runs them."""
+        button = QPushButton(f"{self.FILES_VERB.capitalize()} files…")
+        button.setToolTip(tip)
+        button.clicked.connect(self._choose_files)
+        return button
+
+    def _choose_files(self) -> None:
+        if self.running:
+            return
+        files, _ = QFileDialog.getOpenFileNames(self, f"{self.FILES_VERB.capitalize()} files", "", FILE_FILTER)
+        if not files:
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Write the results into")
+        if folder:
+            self.run_files(files, folder)
+
+    def run_files(self, files: list[str], folder: str) -> bool:
+        """Run ``files`` into ``folder`` (the uncertainty into ``folder/uncertainty``); False
+        (and a notification) if it cannot start: no file, a clash of names, an output that
+        would replace an input, options that do not validate."""
+        if self._run is not None:
+            return False
+        try:
+            self._start_files(files, folder)
+        except EMDiffuseError as exc:
+            notify_error(str(exc))
+            self.status.setText(f"not started: {exc}")
+            return False
+        return True
+
+    def _start_files(self, files: list[str], folder: str) -> None:
+        from ..engine.io.batch import expand_inputs, plan_batch
+        from ..files import restore_files_iter
+
+        if not files:
+            raise InputError("no files chosen")
+        task, model, kwargs = self.files_job()
+        unc_dir = Path(folder) / "uncertainty" if kwargs.pop("uncertainty", True) else None
+        plan = plan_batch(expand_inputs(files), folder, unc_dir)  # names and clashes, before any work
+        self._files_folder = folder
+        self._files_unc = unc_dir
+        n = len(plan)
+        self._start_engine(
+            lambda: restore_files_iter(files, folder, task, model, uncertainty_dir=unc_dir, **kwargs),
+            status=f"{self.FILES_VERB.rstrip('e')}ing {n} file{'s' * (n != 1)} into '{folder}'…",
+            desc=f"EMDiffuse {task}: {n} files",
+            stages=("file",),
+            on_result=lambda done: self._files_done(done, folder),
+        )
+
+    def _drop_empty_uncertainty(self) -> None:
+        unc_dir = getattr(self, "_files_unc", None)
+        if unc_dir is not None and unc_dir.is_dir() and not any(unc_dir.iterdir()):
+            unc_dir.rmdir()  # one sample, or stopped before any: no uncertainty was written
+
+    def _finished(self, outcome: str) -> None:
+        folder, self._files_folder = getattr(self, "_files_folder", None), None
+        if folder is not None:
+            self._drop_empty_uncertainty()
+        super()._finished(outcome)
+        if folder is not None and outcome in ("cancelled", "failed"):  # files: some may be done
+            head = "cancelled" if outcome == "cancelled" else self.status.text()
+            self.status.setText(f"{head}; the files finished before it are in '{folder}', the one in progress "
+                                "was not written")
+
+    def _files_done(self, done: Any, folder: str) -> None:
+        self._drop_empty_uncertainty()
+        verb = f"{self.FILES_VERB.rstrip('e')}ed"
+        text = f"{verb} {len(done.written)} of {done.total} files into '{folder}' in {self._elapsed():.1f} s"
+        if done.skipped:
+            text += f"; skipped {len(done.skipped)}: " + "; ".join(f"{Path(s).name}: {why}" for s, why in done.skipped[:3])
+            notify_info(f"{len(done.skipped)} of {done.total} files were skipped (see the {self.SETTINGS.capitalize()} widget)")
+        self.status.setText(text)
