@@ -743,6 +743,48 @@ def test_a_tiff_stack_runs_on_a_local_cluster_into_zarr(tmp_path, tiny_model_dir
     assert err[-1].endswith("--workers/--scheduler need a .zarr output") and not (tmp_path / "three.tif").exists()
 
 
+def test_a_batch_runs_its_files_side_by_side_on_local_workers(tmp_path, tiny_model_dir):
+    """--workers with a batch: each file a task, written as the batch in one process writes it
+    (names, uncertainty folder, pixel size), a broken file skipped with its reason (exit 2),
+    dask quiet; isotropic volumes too, each at its own factor; a model for another task is
+    refused before any worker starts."""
+    from napari_emdiffuse.engine.io.images import read_image, write_image
+
+    rng = np.random.default_rng(6)
+    src = tmp_path / "tiles"
+    src.mkdir()
+    for k in range(3):
+        write_image(src / f"t{k}.tif", (rng.random((40, 48)) * 255).astype(np.uint8), spacing=(4.0, 4.0))
+    (src / "broken.tif").write_bytes(b"II*\x00 not a tiff")
+    common = ["--model", str(tiny_model_dir), "--samples", "2", *FAST]
+    assert main(["denoise", str(src), "-o", str(tmp_path / "one"), *common]) == 2
+    run = run_cli("denoise", str(src), "-o", str(tmp_path / "two"), "--uncertainty", str(tmp_path / "two" / "sd"),
+                  "--workers", "2", *common)
+    assert run.returncode == 2 and "distributed" not in run.stderr and "Traceback" not in run.stderr
+    assert "4 files on 2 local workers" in run.stderr and "skipped" in run.stderr and "broken.tif" in run.stderr
+    two = tmp_path / "two"
+    assert sorted(p.name for p in two.iterdir()) == ["sd", "t0.tif", "t1.tif", "t2.tif"]  # no work folder left
+    assert sorted(p.name for p in (two / "sd").iterdir()) == [f"t{k}_uncertainty.tif" for k in range(3)]
+    for k in range(3):
+        one, got = read_image(tmp_path / "one" / f"t{k}.tif"), read_image(two / f"t{k}.tif")
+        assert got.spacing == (4.0, 4.0) and np.abs(got.data.astype(int) - one.data.astype(int)).max() <= 1
+    # volumes: the bundled model for each one's factor, on the workers
+    vols = tmp_path / "vols"
+    vols.mkdir()
+    a = rng.integers(0, 255, (3, 32, 32)).astype(np.uint8)
+    write_image(vols / "a.tif", a, spacing=(30.0, 10.0, 10.0), axes="ZYX")
+    write_image(vols / "b.tif", a, spacing=(20.0, 10.0, 10.0), axes="ZYX")
+    run = run_cli("isotropic", str(vols), "-o", f"{tmp_path / 'iso'}/", "--workers", "2", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    assert [read_image(tmp_path / "iso" / n).data.shape for n in ("a.tif", "b.tif")] == [(7, 32, 32), (5, 32, 32)]
+    assert np.array_equal(read_image(tmp_path / "iso" / "a.tif").data[::3], a)
+    # a denoising model given to super-resolve: refused before any worker starts
+    run = run_cli("super-resolve", str(src / "t0.tif"), str(src / "t1.tif"), "-o", str(tmp_path / "sr"),
+                  "--model", str(tiny_model_dir), "--workers", "2", "--device", "cpu")
+    assert run.returncode == 2 and "local workers" not in run.stderr
+    assert "made for denoise" in run.stderr.strip().splitlines()[-1] and not (tmp_path / "sr").exists()
+
+
 def test_resume_keeps_a_zarr_run_and_is_refused_elsewhere(tmp_path, noisy_tif, tiny_model_dir, capsys, monkeypatch):
     model = ["--model", str(tiny_model_dir), *FAST]
     out = tmp_path / "out.zarr"

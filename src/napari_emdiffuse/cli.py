@@ -74,12 +74,12 @@ def _is_zarr(path: Path) -> bool:
 
 # -- commands ------------------------------------------------------------------------------
 
-def _load_restorer(args: argparse.Namespace) -> Any:
+def _load_restorer(args: argparse.Namespace, device: str | None = None) -> Any:
     from .engine.errors import InputError
     from .engine.models.device import resolve_device
     from .engine.models.registry import load_model
 
-    model = load_model(args.model, task=args.task, arch=args.arch, device=resolve_device(args.device))
+    model = load_model(args.model, task=args.task, arch=args.arch, device=resolve_device(device or args.device))
     if args.task == "super-resolve" and args.scale is not None and args.scale != model.card.scale:
         raise InputError(f"model '{model.card.name}' magnifies x{model.card.scale}, not x{args.scale}")
     return model
@@ -105,12 +105,14 @@ def _restore_batch(args: argparse.Namespace) -> int:
     from .engine.events import Progress
     from .files import ISOTROPIC_TASKS, note, restore_files_iter
 
-    if args.workers or args.scheduler:
-        raise InputError("--workers/--scheduler restore one input; give a batch without them")
     kw = _sampling_kwargs(args)
+    distributed = bool(args.workers or args.scheduler)
     if args.task in ISOTROPIC_TASKS:  # each volume's factor picks the bundled model: hand over the name
         model: Any = args.model
         kw.update(factor=args.factor, denoise=_denoiser(args))
+    elif distributed:  # the workers load it by name or path; checked here first (task, scale)
+        _load_restorer(args, "cpu")
+        model = args.model
     else:
         model = lambda: _load_restorer(args)  # noqa: E731 - loaded once, after the plan is checked
     at = {"file": 0, "of": 0, "skipped": 0}
@@ -128,9 +130,13 @@ def _restore_batch(args: argparse.Namespace) -> int:
         done = drive(told(restore_files_iter(
             args.input, args.output, args.task, model, uncertainty_dir=args.uncertainty,
             resume=args.resume, channel=args.channel, time=args.time, voxel_size=getattr(args, "voxel_size", None),
-            **kw,
+            workers=args.workers, scheduler=args.scheduler, **kw,
         )))
     except KeyboardInterrupt:
+        if distributed:
+            print(f"{PROG}: interrupted; the files written are complete, those in progress were not written "
+                  "(--resume skips the complete ones)", file=sys.stderr)
+            return 130
         k = at["file"]
         print(f"{PROG}: interrupted at file {k} of {at['of']}; the {max(k - 1 - at['skipped'], 0)} written before it "
               "are complete, this one was not written (--resume skips the complete ones)", file=sys.stderr)

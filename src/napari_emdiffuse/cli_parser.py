@@ -105,8 +105,9 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
                    help="network arithmetic (default fp32; bf16 needs a GPU or a CPU with native bf16)")
     c = p.add_mutually_exclusive_group()
     c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes, one GPU each (zarr output; "
-                   "an input that is not zarr is copied for them first)")
-    c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (zarr output)")
+                   "an input that is not zarr is copied for them first). A batch: N files side by side, any output")
+    c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (zarr output; a "
+                   "batch: its files, on storage the workers reach)")
     p.add_argument("--resume", action="store_true",
                    help="zarr output: if the run fails or is stopped, keep its finished blocks (beside the output, "
                         "unfinished); run the same command with --resume again to continue from them. A batch: "

@@ -15,12 +15,13 @@ PROG = "emdiffuse"
 
 def drive(gen: Generator, stages: Sequence[str] | None = None) -> Any:
     """Drive an engine generator with a tqdm bar on stderr; return its final item. ``stages``:
-    those shown (default: sampling, blocks, training and the passes over a whole volume)."""
+    those shown (default: sampling, blocks, training, files on workers and the passes over a
+    whole volume)."""
     from tqdm import tqdm
 
     from .engine.events import VOLUME_STAGES, Progress, TimeLeft
 
-    stages = ("sampling", "block", "training", *VOLUME_STAGES) if stages is None else stages
+    stages = ("sampling", "block", "training", "files", *VOLUME_STAGES) if stages is None else stages
 
     bar = None
     result = None

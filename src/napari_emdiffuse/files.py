@@ -25,6 +25,7 @@ from .engine.io.common import ZARR_SUFFIX, suffix_of
 __all__ = [
     "BatchResult", "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "remove_spill",
     "restore_file_iter", "reconstruct_file_iter", "restore_files_iter", "restore_files", "ISOTROPIC_TASKS",
+    "FileJob", "run_file_job",
 ]
 
 #: The tasks :func:`restore_files_iter` runs through :func:`reconstruct_file_iter` (volumes).
@@ -399,7 +400,10 @@ def restore_files_iter(
     ``isotropic-i`` / ``isotropic-a`` makes each file's volume isotropic as
     :func:`reconstruct_file_iter` does (with its ``factor``, ``default_factor``, ``denoise``;
     ``model`` as a name, path, loaded model or None, the bundled model following each volume's
-    factor). The plan (names, clashes) is
+    factor). ``workers`` (a new local cluster of that many processes, one GPU each) or
+    ``scheduler`` (an existing cluster whose workers reach the files) restore the files side by
+    side, each file one task, with ``Progress("files", k, n)`` as they finish instead of the
+    per-file events. The plan (names, clashes) is
     checked before any work (:func:`~.engine.io.batch.plan_batch`); a file that cannot be read
     is told and skipped. ``resume`` leaves out the files whose outputs exist (an output appears
     only when written whole). Yields ``Progress("file", k, n)`` before each file, the files'
@@ -422,6 +426,10 @@ def restore_files_iter(
     if resume:
         plan = [item for item in plan if not (item[1].exists() and (item[2] is None or item[2].exists()))]
         yield note(f"{total - len(plan)} of {total} files were restored by an earlier run (--resume); {len(plan)} to do")
+    workers, scheduler = options.pop("workers", None), options.pop("scheduler", None)
+    if workers or scheduler:  # each file a task: the workers restore files side by side
+        yield (yield from _files_on_workers(plan, out_dir, task, model, workers, scheduler, options))
+        return
     loaded: list[Any] = []
 
     def load() -> Any:
@@ -450,6 +458,86 @@ def restore_files_iter(
         yield note(f"wrote {' and '.join(wrote)}")
     yield Progress("file", len(plan), len(plan))
     yield done
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One file of a batch for a worker (picklable): its input, outputs, task, the model as
+    workers load it (a name or path; None: the bundled model for each volume's factor) and
+    the options of :func:`restore_file_iter` / :func:`reconstruct_file_iter`."""
+
+    src: str
+    out: str
+    unc: str | None
+    task: str
+    model: str | None
+    arch: str | None
+    options: dict
+
+
+def run_file_job(job: FileJob) -> tuple[list[str], list[str], str | None]:
+    """On a worker: one file of a batch, restored as in one process (the model loads once per
+    worker process); returns what was written, the notes, and why the file was skipped (None
+    when it was not)."""
+    kw = {"uncertainty_out": job.unc, **job.options}
+    if job.task in ISOTROPIC_TASKS:
+        gen = reconstruct_file_iter(job.src, job.out, job.model, mode=job.task[-1], arch=job.arch, **kw)
+    else:
+        gen = restore_file_iter(job.src, job.out, job.task, job.model, arch=job.arch, **kw)
+    notes: list[str] = []
+    wrote: list[str] = []
+    try:
+        for ev in gen:
+            if not isinstance(ev, Progress):
+                wrote = ev
+            elif ev.stage == "note" and ev.message:
+                notes.append(ev.message)
+    except InputError as exc:
+        return [], notes, str(exc)
+    return wrote, notes, None
+
+
+def _files_on_workers(plan: list, out_dir: str | Path, task: str, model: Any, workers: int | None,
+                      scheduler: str | None, options: dict) -> Generator[Progress, None, BatchResult]:
+    """A batch's files as tasks on a local cluster of ``workers`` processes (one GPU each) or
+    the cluster at ``scheduler`` (whose workers must reach the files): ``Progress("files")``
+    as they finish, each file's notes, and what was written or skipped."""
+    import shutil
+    import tempfile
+
+    from .engine.parallel.runner import cluster_client, model_spec, run_tasks
+
+    arch = options.pop("arch", None)
+    isotropic = task in ISOTROPIC_TASKS
+    done = BatchResult(total=len(plan))
+    tmp = Path(tempfile.mkdtemp(prefix=".emdiffuse-work-", dir=Path(out_dir).expanduser()))
+    try:
+        if isotropic and (model is None or (isinstance(model, str) and not model.strip())):
+            spec, spec_arch = None, None  # each worker picks the bundled model for each volume's factor
+        else:  # loaded here once, on the CPU: a model made for another task is refused before any task
+            loaded = _loaded(model, task, arch, "cpu")
+            given = model if isinstance(model, (str, Path)) or model is None else loaded
+            spec, spec_arch, _ = model_spec(given, loaded, task, arch, tmp / "model")
+        jobs = [FileJob(str(src), str(out), str(unc) if unc is not None else None, task, spec, spec_arch, options)
+                for src, out, unc in plan]
+
+        def report(n: int, result: tuple[list[str], list[str], str | None]) -> list[Progress]:
+            src, (wrote, notes, why) = plan[n][0], result
+            told = [note(f"{Path(src).name}: {text}") for text in notes]
+            if why is not None:
+                done.skipped.append((str(src), why))
+                return [*told, note(f"skipped {src}: {why}")]
+            done.written.extend(wrote[:1])
+            done.uncertainty.extend(w.split(" (")[0] for w in wrote[1:])
+            return [*told, note(f"wrote {' and '.join(wrote)}")]
+
+        where = f"{workers} local workers" if workers else f"the cluster at {scheduler}"
+        with cluster_client(workers, scheduler, options.get("device") or "auto") as client:
+            yield note(f"{len(plan)} files on {where}, side by side")
+            yield from run_tasks(client, run_file_job, jobs, name="files", stage="files", report=report)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return done
 
 
 def restore_files(inputs: Sequence[str | Path], out_dir: str | Path, task: str, model: Any = None,

@@ -732,6 +732,20 @@ def test_restore_widget_restores_files_on_disk_into_a_folder(viewer, qtbot, mode
         assert w.run_files(files[:2], str(tmp_path / "two"))
     assert sig.args == ["cancelled"] and sorted(p.name for p in (tmp_path / "two").iterdir()) == ["a.tif"]
     assert "the files finished before it are in" in w.status.text()
+    monkeypatch.setattr(files_module, "restore_file_iter", real_file)
+    # Advanced > workers: the files side by side on a local cluster (no .zarr output needed)
+    errors.clear()  # the refusal above
+    from napari_emdiffuse.engine.parallel import runner
+
+    clusters = []
+    real_client = runner.cluster_client
+    monkeypatch.setattr(runner, "cluster_client", lambda *a, **k: clusters.append(a) or real_client(*a, **k))
+    w.workers.setValue(2)
+    with qtbot.waitSignal(w.run_finished, timeout=120_000) as sig:
+        assert w.run_files(files, str(tmp_path / "side"))
+    assert sig.args == ["done"] and not errors, errors
+    assert sorted(p.name for p in (tmp_path / "side").iterdir()) == ["a.tif", "b.mrc"] and clusters[0][:2] == (2, None)
+    assert "restored 2 of 3 files" in w.status.text() and "skipped 1: c.tif" in w.status.text()
 
 
 def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors):

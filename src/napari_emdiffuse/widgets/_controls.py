@@ -367,7 +367,7 @@ def workers_box() -> QSpinBox:
     """How many local dask processes run the blocks (0: in napari)."""
     return spin_box(
         0, 64, 0, "in napari", "Run the blocks on a local dask cluster of this many processes (one GPU each where "
-        "there are several); needs a .zarr output",
+        "there are several); needs a .zarr output. With the files… button: this many files side by side",
     )  # fmt: skip
 
 

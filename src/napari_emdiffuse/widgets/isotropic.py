@@ -9,7 +9,7 @@ volume, in memory or into a zarr store shown lazily, by driving
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -345,13 +345,14 @@ class IsotropicWidget(FilesMixin, DockWidget):
 
     def files_job(self) -> tuple[str, Any, dict[str, Any]]:
         """*Reconstruct files…*: the task, model and options of ``restore_files_iter``; each
-        volume's factor from its voxel size, the factor box's where a file records none."""
+        volume's factor from its voxel size, the factor box's where a file records none
+        (Advanced > workers: that many files side by side; the output box plays no part)."""
         opts = self.options()
-        opts.validate()
+        replace(opts, output="", workers=0, resume=False).validate()
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
         kwargs = sampling_kwargs(opts) | {"default_factor": opts.factor, "denoise": True if opts.denoise_first else None,
-                                          "uncertainty": opts.uncertainty}
+                                          "uncertainty": opts.uncertainty, "workers": opts.workers or None}
         return opts.task, model, kwargs | ({"arch": arch} if arch is not None else {})
 
     def _show(self, result: Any, source: dict, out: Path | None) -> None:

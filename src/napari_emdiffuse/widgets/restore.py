@@ -8,7 +8,7 @@ files on disk into a folder with the same options (:mod:`._files`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -483,12 +483,13 @@ class RestoreWidget(FilesMixin, DockWidget):
         )
 
     def files_job(self) -> tuple[str, Any, dict[str, Any]]:
-        """*Restore files…*: the task, model and options of ``restore_files_iter``."""
+        """*Restore files…*: the task, model and options of ``restore_files_iter`` (Advanced >
+        workers: that many files side by side; the output box plays no part)."""
         opts = self.options()
-        kwargs = opts.engine_kwargs()
+        kwargs = replace(opts, output="", workers=0, resume=False).engine_kwargs()
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
-        return opts.task, model, {**kwargs, "arch": arch}
+        return opts.task, model, {**kwargs, "arch": arch, "workers": opts.workers or None}
 
     def _show(self, result: Any, source: dict, task: str, unc_out: Any = None, width: int = 0) -> None:
         if not hasattr(result, "mean"):  # a zarr store (a Path): show it lazily

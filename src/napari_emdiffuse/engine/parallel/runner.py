@@ -18,7 +18,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -250,12 +250,17 @@ def cluster_client(workers: int | None, scheduler: str | None, device: str = "cp
                 cluster.close()
 
 
-def run_tasks(client: Any, fn: Any, jobs: list, *, name: str, stage: str = "block") -> Generator[Progress, None, list]:
+def run_tasks(
+    client: Any, fn: Any, jobs: list, *, name: str, stage: str = "block",
+    report: Callable[[int, Any], Iterable[Progress]] | None = None,
+) -> Generator[Progress, None, list]:
     """Submit one task per job to the cluster of ``client``, yield ``stage`` progress as they
-    finish and return their results in the jobs' order.
+    finish and return their results in the jobs' order. ``report(n, result)``: the events to
+    yield as job ``n`` finishes, before its progress (what a batch of files says of each).
 
     A worker's error is raised here. Closing the generator cancels what has not run. Shared
-    by every pass of a :class:`Cluster` run (the blocks, then the z filter's).
+    by every pass of a :class:`Cluster` run (the blocks, then the z filter's) and by a batch
+    of files on workers.
     """
     from distributed import as_completed
 
@@ -266,6 +271,7 @@ def run_tasks(client: Any, fn: Any, jobs: list, *, name: str, stage: str = "bloc
             client.submit(fn, job, key=f"emdiffuse-{name}-{token}-{n}", pure=False, retries=0)
             for n, job in enumerate(jobs)
         ]
+        index = {f.key: n for n, f in enumerate(futures)}
         ac = as_completed(futures)
         done, total, last = 0, len(futures), time.monotonic()
         yield Progress(stage, 0, total, message=f"{total} tasks submitted")
@@ -278,8 +284,10 @@ def run_tasks(client: Any, fn: Any, jobs: list, *, name: str, stage: str = "bloc
                     yield Progress(stage, done, total, message="waiting for workers")
                 continue
             for fut in batch:
-                fut.result()  # re-raises a worker's error here
+                result = fut.result()  # re-raises a worker's error here
                 done += 1
+                if report is not None:
+                    yield from report(index[fut.key], result)
             last = time.monotonic()
             yield Progress(stage, done, total)
         return [f.result() for f in futures]
