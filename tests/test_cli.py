@@ -669,6 +669,11 @@ def test_isotropic_batch_each_volume_at_its_own_factor(tmp_path, capsys):
     assert main(["isotropic", str(src / "a.tif"), str(src / "d.tif"), "-o", str(out2), "--factor", "2",
                  "--device", "cpu"]) == 0
     assert [read_image(out2 / n).data.shape for n in ("a.tif", "d.tif")] == [(5, 40, 32), (5, 40, 32)]
+    # one file into a folder (one that exists, or a name ending in /): a batch of one, named as the input
+    assert main(["isotropic", str(src / "a.tif"), "-o", f"{tmp_path / 'solo'}/", "--device", "cpu"]) == 0
+    assert read_image(tmp_path / "solo" / "a.tif").data.shape == (7, 40, 32)
+    assert main(["isotropic", str(src / "b.mrc"), "-o", str(tmp_path / "solo"), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "solo").iterdir()) == ["a.tif", "b.mrc"]
     # one folder with an output file is still one volume of 2D slices (here: of 3D files, refused)
     assert main(["isotropic", str(src), "-o", str(tmp_path / "one.tif"), "--factor", "2", "--device", "cpu"]) == 2
     assert not (tmp_path / "one.tif").exists()

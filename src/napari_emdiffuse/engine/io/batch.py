@@ -32,8 +32,8 @@ BatchItem = tuple[Path, Path, "Path | None"]  # input, output, uncertainty outpu
 def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None, *, folder_is_image: bool = False) -> bool:
     """Several inputs, or one folder that is not a zarr store or N5 container, nor inside one
     (``volume.zarr/0``), or, with an ``output`` folder (one that exists, or a name ending in
-    ``/``), one file that holds several images (the detectors of a Velox file, the scenes of a
-    CZI file). ``folder_is_image`` (isotropic reconstruction, where a folder of 2D slices is
+    ``/``), one file (a batch of one, or of the images it holds: the detectors of a Velox
+    file, the scenes of a CZI file). ``folder_is_image`` (isotropic reconstruction, where a folder of 2D slices is
     one volume): one folder is a batch only with an output folder.
 
     Examples
@@ -47,7 +47,8 @@ def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None, *,
     folder = output is not None and (Path(output).expanduser().is_dir() or str(output).endswith(("/", os.sep)))
     if p.is_dir():
         return not _is_store(p) and (folder or not folder_is_image)
-    return folder and p.is_file() and len(images_inside(p)) > 1
+    inside = h5_file_of(p) or czi_file_of(p)  # 'stem.emd/BF': one image named in a file
+    return folder and (p.is_file() or bool(inside and inside[1] and inside[0].is_file()))
 
 
 def _is_store(p: Path) -> bool:
