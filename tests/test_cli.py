@@ -679,6 +679,34 @@ def test_isotropic_batch_each_volume_at_its_own_factor(tmp_path, capsys):
     assert not (tmp_path / "one.tif").exists()
 
 
+def test_region_restores_part_of_one_image(tmp_path, noisy_tif, tiny_model_dir, capsys):
+    """--region Y0 Y1 X0 X1: that part only, as the API restores it, recorded in the file;
+    refused in one line for a batch, a zarr output and a region outside the image."""
+    import json
+
+    from napari_emdiffuse.api import restore
+
+    out = tmp_path / "part.tif"
+    common = ["--model", str(tiny_model_dir), *FAST]
+    assert main(["denoise", str(noisy_tif), "-o", str(out), "--region", "4", "20", "8", "40", *common]) == 0
+    got = read_image(out)
+    assert got.data.shape == (16, 32) and got.spacing == (4.0, 4.0)
+    src = read_image(noisy_tif)
+    want = restore(src.data, "denoise", str(tiny_model_dir), region=(4, 20, 8, 40), steps=2, tile=32, overlap=8,
+                   device="cpu")
+    assert np.array_equal(got.data, want.mean)
+    info = json.loads(tifffile.TiffFile(out).imagej_metadata["Info"])
+    assert info["region"] == [4, 20, 8, 40]
+    capsys.readouterr()
+    for extra, needle in (([str(noisy_tif), "-o", str(tmp_path / "b")], "give one input"),
+                          (["-o", str(tmp_path / "p.zarr")], "restored in memory"),
+                          (["-o", str(tmp_path / "q.tif")], "not inside")):
+        region = ["4", "20", "8", "40"] if needle != "not inside" else ["4", "20", "8", "4000"]
+        assert main(["denoise", str(noisy_tif), *extra, "--region", *region, *common]) == 2
+        assert needle in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "p.zarr").exists() and not (tmp_path / "q.tif").exists()
+
+
 def test_voxel_size_replaces_the_files_and_says_so(tmp_path, noisy_tif, tiny_model_dir, capsys):
     out = tmp_path / "out.tif"
     assert main(["denoise", str(noisy_tif), "-o", str(out), "--model", str(tiny_model_dir), *FAST, "--voxel-size", "2.5"]) == 0

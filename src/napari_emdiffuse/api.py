@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-from .engine.errors import EMDiffuseError
+from .engine.errors import EMDiffuseError, InputError
 from .engine.events import Progress, drain
 from .engine.inference.blocks import DEFAULT_BLOCK
 from .engine.inference.restore import Restoration
@@ -153,6 +153,13 @@ class RestoreOptions(SamplingChoice):
         Keep the per-pixel uncertainty where the model gives one (default). False leaves
         ``Restoration.uncertainty`` None and saves its memory (4 bytes a pixel) when only the
         image is wanted. A zarr run writes it where ``uncertainty_out`` is given.
+    region : tuple, optional
+        Restore only these rows and columns (input pixels) of the image, or of every slice of
+        a stack: ``(y0, y1, x0, x1)`` or two slices. The normalisation is fitted on the whole
+        image and the region is read with half a tile of context around it, so the result (the
+        region's size, times the scale) is what a whole-image run gives there, up to where
+        the tiles fall: a quick look at a large image's result before the whole run. In memory
+        only (not :func:`restore_to_zarr`).
     """
 
     spacing: tuple[float, ...] | None = None
@@ -164,6 +171,7 @@ class RestoreOptions(SamplingChoice):
     channels_last: bool = False
     compile: bool = False
     uncertainty: bool = True
+    region: tuple | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -381,7 +389,9 @@ def restore_to_zarr_iter(
 ) -> Generator[Progress | Path, None, None]:
     """:func:`restore_to_zarr` as a generator: :class:`Progress` events, then the path."""
     opts = _options(ZarrOptions, options, overrides)
-    kw = _engine_kwargs(opts, "workers", "scheduler", "uncertainty")  # uncertainty_out says it here
+    if opts.region is not None:
+        raise InputError("a region is restored in memory: give a .tif or .mrc output (a zarr run restores the whole image)")
+    kw = _engine_kwargs(opts, "workers", "scheduler", "uncertainty", "region")  # uncertainty_out says it here
     return _restore_to_zarr_iter(image, out, task, model, distribute=_distribute(opts), **kw)
 
 

@@ -39,6 +39,8 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
         kw["blur"] = args.blur
     if getattr(args, "z_filter", None) is not None:
         kw["z_filter"] = args.z_filter
+    if getattr(args, "region", None) is not None:
+        kw["region"] = tuple(args.region)
     return kw
 
 
@@ -106,6 +108,8 @@ def _restore_batch(args: argparse.Namespace) -> int:
     from .files import ISOTROPIC_TASKS, note, restore_files_iter
 
     kw = _sampling_kwargs(args)
+    if "region" in kw:
+        raise InputError("--region restores part of one image; give one input")
     distributed = bool(args.workers or args.scheduler)
     if args.task in ISOTROPIC_TASKS:  # each volume's factor picks the bundled model: hand over the name
         model: Any = args.model

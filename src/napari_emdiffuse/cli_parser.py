@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         _pick_options(p)
         _voxel_option(p)
         _sampling_options(p)
+        p.add_argument("--region", type=_non_negative, nargs=4, metavar=("Y0", "Y1", "X0", "X1"), default=None,
+                       help="restore only rows Y0:Y1 and columns X0:X1 (input pixels; of every slice of a stack), "
+                            "normalised as the whole image and read with context around them: a quick look at a "
+                            "large image's result. One input, a .tif or .mrc output")
         p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                        help="mirror ensemble: samples 2-4 see the image mirrored (default: on for --preset balanced)")
         p.set_defaults(task=name)

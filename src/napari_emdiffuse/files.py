@@ -221,7 +221,7 @@ def restore_file_iter(
         written then.
     """
     from .api import restore_iter, restore_to_zarr_iter
-    from .engine.inference.checks import pixel_size_note, validate_image
+    from .engine.inference.checks import check_region, pixel_size_note, validate_image
     from .engine.inference.restore import provenance
     from .engine.io.images import write_image
     from .engine.io.views import check_one_channel
@@ -251,8 +251,12 @@ def restore_file_iter(
         yield [str(out)]
         return
     s = model.card.scale if task == "super-resolve" else 1
-    spill, told = spill_store(out, (*data.data.shape[:-2], data.data.shape[-2] * s, data.data.shape[-1] * s),
-                              data.data, uncertainty=unc is not None)
+    if sampling.get("region") is not None:  # in memory (a zarr output refused it above)
+        ys, xs = check_region(sampling["region"], tuple(data.data.shape))
+        hw = (ys.stop - ys.start, xs.stop - xs.start)
+    else:
+        hw = tuple(data.data.shape[-2:])
+    spill, told = spill_store(out, (*data.data.shape[:-2], hw[0] * s, hw[1] * s), data.data, uncertainty=unc is not None)
     if spill is not None:  # too large for memory: through a store beside the output
         yield note(told)
         spill_unc = spill.with_name(spill.name.replace(".partial-", ".uncertainty.partial-")) if unc else None

@@ -7,6 +7,7 @@ Tiny randomly initialised models keep every run to a second or two on a CPU.
 from __future__ import annotations
 
 import importlib.util
+import math
 import logging
 from pathlib import Path
 
@@ -850,6 +851,49 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
         RestoreOptions(workers=-1, output=str(tmp_path / "y.zarr")).validate()
     with pytest.raises(EMDiffuseError, match="keeping finished blocks needs a .zarr output"):
         RestoreOptions(resume=True).validate()
+
+
+def test_restore_widget_restores_the_region_in_view(viewer, qtbot, models, errors):
+    """region in view only: the rows and columns on screen (closed form from the camera),
+    restored as the engine restores that region, overlaid on the input; the whole run then
+    replaces it. A 3D view or an output path is refused."""
+    from napari_emdiffuse.api import restore
+    from napari_emdiffuse.engine.models.registry import load_model
+
+    img = (np.random.default_rng(4).random((200, 240)) * 255).astype(np.uint8)
+    layer = viewer.add_image(img, name="big2d", scale=(2.0, 2.0), translate=(10.0, 20.0))
+    w = _quick_restore_dock(viewer, models, layer)
+    h, wd = viewer.canvas.size
+    viewer.camera.zoom = h / 80.0  # 80 world units tall: 40 pixels
+    viewer.camera.center = (0.0, 110.0, 200.0)
+    half_x = wd / 2 / viewer.camera.zoom
+    # world y 70..150 -> data 30..70 -> pixels 30..70; x likewise
+    x0, x1 = math.floor((200 - half_x - 20) / 2 + 0.5), math.ceil((200 + half_x - 20) / 2 - 0.5) + 1
+    w.in_view.setChecked(True)
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    out = viewer.layers["big2d_denoised"]
+    assert out.data.shape == (41, x1 - x0) and tuple(out.translate) == (70.0, 20.0 + 2 * x0)
+    assert tuple(out.scale) == (2.0, 2.0) and out.metadata["emdiffuse"]["region"] == [30, 71, x0, x1]
+    assert "rows 30:71" in w.status.text()
+    tiny = load_model(str(models["denoise"]), task="denoise")
+    same = restore(img, "denoise", tiny, region=(30, 71, x0, x1), steps=1, tile=32, device="cpu", spacing=(2.0, 2.0))
+    assert np.array_equal(np.asarray(out.data), same.mean)
+    # the whole run replaces the preview, over the whole input
+    w.in_view.setChecked(False)
+    assert w.run()
+    _wait(qtbot, w)
+    assert viewer.layers["big2d_denoised"].data.shape == img.shape and tuple(out.translate) == (10.0, 20.0)
+    w.in_view.setChecked(True)
+    w.output.setText("x.zarr")
+    assert not w.run() and "restored in memory" in errors[-1]
+    w.output.setText("")
+    viewer.dims.ndisplay = 3
+    assert not w.run() and "switch the viewer to 2D" in errors[-1]
+    viewer.dims.ndisplay = 2
+    viewer.camera.center = (0.0, 5000.0, 5000.0)
+    assert not w.run() and "not in view" in errors[-1]
 
 
 def test_restore_widget_averages_an_alike_stack_along_z_and_says_so(viewer, qtbot, models, errors):

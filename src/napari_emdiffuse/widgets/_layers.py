@@ -4,6 +4,7 @@ layers that a re-run updates in place, and a combo box of the viewer's image lay
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "UNCERTAINTY_COLORMAP",
+    "view_region",
+    "visible_pixels",
     "LayerCombo",
     "check_zarr_output",
     "lazy_volume",
@@ -60,6 +63,51 @@ def layer_source(layer: Any) -> dict[str, Any]:
     return {"layer": layer, "name": layer.name, "scale": scale[kept], "translate": translate[kept],
             "units": units[kept] if units is not None else None,
             "spacing": layer_spacing(layer, scale[kept])}  # fmt: skip
+
+
+def visible_pixels(low: float, high: float, n: int) -> tuple[int, int]:
+    """The pixels ``[start, stop)`` of an axis of ``n`` pixels that a view spanning data
+    coordinates ``low`` to ``high`` shows, wholly or in part (pixel ``i`` covers ``i - 1/2``
+    to ``i + 1/2``), clipped to the image; an empty range where the view misses it.
+
+    Examples
+    --------
+    >>> visible_pixels(9.7, 20.2, 64), visible_pixels(-5.0, 3.0, 64), visible_pixels(70.0, 80.0, 64)
+    ((10, 21), (0, 4), (64, 64))
+    """
+    lo, hi = sorted((low, high))
+    start = max(0, math.floor(lo + 0.5))
+    stop = min(n, math.ceil(hi - 0.5) + 1)
+    return min(start, n), max(min(start, n), stop)
+
+
+def view_region(viewer: "napari.viewer.Viewer", layer: Any, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the rows and columns of ``layer``'s pixels (of an array of
+    ``shape``, the pixels to process) that the viewer's 2D view shows.
+
+    Raises
+    ------
+    InputError
+        The view is 3D, shows other axes than the image's Y and X, or misses the image.
+    """
+    dims = viewer.dims
+    if dims.ndisplay != 2:
+        raise InputError("region in view: switch the viewer to 2D first")
+    if tuple(dims.displayed) != (dims.ndim - 2, dims.ndim - 1):
+        raise InputError("region in view needs the image's Y and X on screen; the viewer shows other axes "
+                         "(roll or transpose them back)")
+    h, w = viewer.canvas.size  # screen pixels: height, width
+    zoom = float(viewer.camera.zoom)
+    cy, cx = (float(v) for v in viewer.camera.center[-2:])
+    point = list(dims.point)
+    corners = []
+    for y, x in ((cy - h / 2 / zoom, cx - w / 2 / zoom), (cy + h / 2 / zoom, cx + w / 2 / zoom)):
+        point[-2:] = [y, x]
+        corners.append(layer.world_to_data(point)[-2:])
+    (y0, y1), (x0, x1) = (visible_pixels(corners[0][k], corners[1][k], shape[-2 + k]) for k in (0, 1))
+    if y1 <= y0 or x1 <= x0:
+        raise InputError(f"layer '{layer.name}' is not in view; pan to the part to restore")
+    return y0, y1, x0, x1
 
 
 def layer_spacing(layer: Any, scale: tuple[float, ...]) -> tuple[float, ...]:

@@ -25,7 +25,7 @@ from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
 from ._files import FilesMixin
 from ._jobs import notify_info
-from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs
+from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs, view_region
 from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,6 +85,9 @@ class RestoreOptions(WidgetOptions):
         block into it (any size; dask and multiscale layers stay lazy) and shown lazily.
     current_slice : bool
         For a stack, restore only the slice the viewer shows.
+    in_view : bool
+        Restore only the part of the image the viewer shows (in memory), normalised as the
+        whole image: a quick look before a long run.
     z_filter : str
         Denoising a stack: ``auto`` (average the restored slices along z where neighbouring
         slices look alike), ``off``, or a width in slices (0-3).
@@ -110,6 +113,7 @@ class RestoreOptions(WidgetOptions):
     precision: str = "fp32"
     output: str = ""
     current_slice: bool = False
+    in_view: bool = False
     z_filter: str = "auto"
     workers: int = 0
     resume: bool = False
@@ -129,6 +133,8 @@ class RestoreOptions(WidgetOptions):
             raise EMDiffuseError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if self.output:
             check_zarr_output(self.output)
+            if self.in_view:
+                raise EMDiffuseError("the region in view is restored in memory: clear the output path")
         self.z_filter = check_z_filter(self.z_filter)
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
@@ -343,6 +349,12 @@ class RestoreWidget(FilesMixin, DockWidget):
         self.seed = spin_box(0, 2**31 - 1, 0, None, "Noise seed: the same seed gives the same result")
         self.current_slice = QCheckBox("current slice only")
         self.current_slice.setToolTip("For a stack: restore only the slice shown in the viewer")
+        self.in_view = QCheckBox("region in view only")
+        self.in_view.setToolTip(
+            "Restore only the part of the image the viewer shows (zoom in first), normalised as the whole image "
+            "and read with context around it: a quick look at the settings before a long run; the whole run "
+            "then replaces it"
+        )
         self.output = QLineEdit()
         self.output.setPlaceholderText("in memory (or a .zarr path)")
         self.output.setToolTip(
@@ -384,7 +396,7 @@ class RestoreWidget(FilesMixin, DockWidget):
         )
         self._lay_out(
             [("image", self.layer_combo), ("task", self.task), ("model", self.model), ("preset", self.preset),
-             ("", self.current_slice), ("output", path_row(self.output, self._browse_output))],
+             ("", self.current_slice), ("", self.in_view), ("output", path_row(self.output, self._browse_output))],
             advanced,
             self.files_button,
         )
@@ -409,6 +421,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             precision=self.precision.currentText(),
             output=self.output.text().strip(),
             current_slice=self.current_slice.isChecked(),
+            in_view=self.in_view.isChecked(),
             z_filter=self.z_filter.currentText(),
             workers=self.workers.value(),
             resume=self.resume.isChecked(),
@@ -429,6 +442,7 @@ class RestoreWidget(FilesMixin, DockWidget):
         self.precision.setCurrentText(opts.precision)
         self.output.setText(opts.output)
         self.current_slice.setChecked(opts.current_slice)
+        self.in_view.setChecked(opts.in_view)
         self.z_filter.setCurrentText(opts.z_filter)
         self.workers.setValue(opts.workers)
         self.resume.setChecked(opts.resume)
@@ -457,6 +471,11 @@ class RestoreWidget(FilesMixin, DockWidget):
             source = {**source, "name": f"{source['name']}_z{z}", "scale": source["scale"][-2:],
                       "translate": source["translate"][-2:], "units": source["units"][-2:] if source["units"] else None,
                       "spacing": source["spacing"][-2:]}
+        if opts.in_view:  # the rows and columns on screen; the result overlays them
+            region = view_region(self.viewer, layer, tuple(data.shape))
+            kwargs["region"] = region
+            t, sc = source["translate"], source["scale"]
+            source = {**source, "translate": (*t[:-2], t[-2] + region[0] * sc[-2], t[-1] + region[2] * sc[-1])}
         scale = source["spacing"]
         if (fine := _fine_pixel_note(model, arch, opts.task, source)) is not None:
             notify_info(f"'{layer.name}': {fine}")
@@ -506,8 +525,10 @@ class RestoreWidget(FilesMixin, DockWidget):
         device = result.info.get("device")
         self.device.set_used(device)
         fill = (result.normalisation or {}).get("fill")
+        region = result.info.get("region")
         self.status.setText(
-            f"'{mean.name}' in {self._elapsed():.1f} s on {device}"
+            f"'{mean.name}'" + (" (rows {}:{}, columns {}:{} in view)".format(*region) if region else "")
+            + f" in {self._elapsed():.1f} s on {device}"
             f" ({run_summary(result.info)})"
             + (f"; regions of value {fill:g} kept as fill (no data)" if fill is not None else "")
             + ("; NaN pixels kept as NaN (no data)" if (result.normalisation or {}).get("nan") else "")

@@ -129,6 +129,36 @@ def test_progress_events_count_tiles_and_steps(model):
     assert any(isinstance(e, Progress) and e.stage == "step" for e in events)
 
 
+def test_a_region_comes_out_as_in_the_whole_image_run(model, sr_model):
+    """region=: the whole image's normalisation and noise positions, context around it. Where
+    the margin reaches the borders the region is the whole run's crop exactly; farther in, it
+    stays close, while restoring the cut-out alone (its own normalisation) does not."""
+    rng = np.random.default_rng(9)
+    img = (rng.random((48, 56)) * 60).astype(np.uint8)
+    img[:, 28:] += 190  # a bright right half: a dark crop normalises differently
+    kw = dict(FAST, samples=2)
+    whole = restore(img, "denoise", model, **kw)
+    part = restore(img, "denoise", model, region=(10, 30, 4, 20), **kw)  # margin 16: reads all rows, columns 0:36
+    assert part.mean.shape == (20, 16) and part.uncertainty.shape == (20, 16) and part.info["region"] == [10, 30, 4, 20]
+    near = np.abs(part.mean.astype(int) - whole.mean[10:30, 4:20]).mean()
+    alone = np.abs(restore(img[10:30, 4:20].copy(), "denoise", model, **kw).mean.astype(int) - whole.mean[10:30, 4:20]).mean()
+    assert near < 1.0 and alone > 5 * max(near, 0.5), (near, alone)
+    # the margin covers the image: the very pixels of the whole run
+    exact = restore(img, "denoise", model, region=(slice(16, 32), slice(16, 40)), **kw)
+    assert np.array_equal(exact.mean, whole.mean[16:32, 16:40])
+    assert np.allclose(exact.uncertainty, whole.uncertainty[16:32, 16:40])
+    # a stack: every slice's region; super-resolution: the region times the scale
+    assert restore(np.stack([img, img]), "denoise", model, region=(0, 8, 0, 9), **kw).mean.shape == (2, 8, 9)
+    assert restore(img, "super-resolve", sr_model, region=(0, 8, 0, 9), **FAST).mean.shape == (16, 18)
+    for bad, match in (((0, 60, 0, 5), "not inside the image's 48 rows"), ((5, 5, 0, 5), "not inside"),
+                       ((0, 5, 0), "a region is"), ((0.5, 5, 0, 5), "a region is"),
+                       ((slice(0, 8, 2), slice(0, 8)), "no step")):
+        with pytest.raises(InputError, match=match):
+            restore(img, "denoise", model, region=bad, **FAST)
+    with pytest.raises(InputError, match="restored in memory"):
+        restore_to_zarr(img, "x.zarr", "denoise", model, region=(0, 8, 0, 8), **FAST)
+
+
 def test_closing_the_generator_cancels(model):
     gen = restore_iter(_img((64, 64)), "denoise", model, steps=50, tile=32, overlap=8, device="cpu")
     for i, ev in enumerate(gen):

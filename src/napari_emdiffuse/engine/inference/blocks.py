@@ -117,6 +117,7 @@ class BlockTarget:
     dst: Any
     unc: Any = None
     measured_unc: Any = None  # isotropic: uncertainty of the measured slices (a denoiser's)
+    offset: tuple[int, int] = (0, 0)  # where the image read lies in the whole one (a region): seeds the noise there
 
 
 @dataclass(frozen=True)

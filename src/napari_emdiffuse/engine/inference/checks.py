@@ -10,7 +10,7 @@ from ..errors import InputError
 from ..io.views import drop_single_axes
 
 __all__ = ["validate_image", "owned_array", "check_finite", "output_dtype", "check_block", "available_memory",
-           "check_fits_in_memory", "pixel_size_note"]
+           "check_fits_in_memory", "pixel_size_note", "check_region", "region_with_margin"]
 
 #: Pixels finer than this share of the finest a model learnt from get a note (see pixel_size_note).
 FINE_PIXEL_SHARE = 0.6
@@ -139,3 +139,60 @@ def pixel_size_note(card: Any, spacing: tuple[float, ...] | None, unit: str | No
     return (f"pixels of {lateral:.3g} nm are much finer than the {finest:g} nm the model learnt from: smooth "
             f"structures may come out less clean than a Gaussian filter's; for a better result bin first "
             f"(emdiffuse convert --bin 2) or fine-tune on this image")
+
+
+def check_region(region: Any, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """A region of an image's last two axes as (rows, columns) slices: given as two slices
+    (step 1) or as ``(y0, y1, x0, x1)``; it must lie inside ``shape`` and hold a pixel.
+
+    Examples
+    --------
+    >>> check_region((10, 20, 0, 5), (64, 64))
+    (slice(10, 20, None), slice(0, 5, None))
+    >>> check_region((slice(0, 8), slice(60, 70)), (64, 64))
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: region x 60:70 is not inside the image's 64 columns
+    """
+    h, w = (int(n) for n in shape[-2:])
+    if isinstance(region, tuple) and any(isinstance(r, slice) and r.step not in (None, 1) for r in region):
+        raise InputError("a region is a rectangle: its slices take no step")
+    try:
+        if len(region) == 2 and all(isinstance(r, slice) for r in region):
+            bounds = [region[0].start or 0, h if region[0].stop is None else region[0].stop,
+                      region[1].start or 0, w if region[1].stop is None else region[1].stop]
+        elif len(region) == 4:
+            bounds = list(region)
+        else:
+            raise TypeError
+        y0, y1, x0, x1 = (_whole(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise InputError(f"a region is (rows, columns) as two slices or (y0, y1, x0, x1), not {region!r}") from None
+    for axis, (a, b), n, what in (("y", (y0, y1), h, "rows"), ("x", (x0, x1), w, "columns")):
+        if not 0 <= a < b <= n:
+            raise InputError(f"region {axis} {a}:{b} is not inside the image's {n} {what}")
+    return slice(y0, y1), slice(x0, x1)
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError
+    return int(value)
+
+
+def region_with_margin(region: tuple[slice, slice], shape: tuple[int, ...], margin: int
+                       ) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """The rows and columns to read for ``region`` with ``margin`` pixels of context on each
+    side (as far as the image goes), and where the region lies in what is read.
+
+    Examples
+    --------
+    >>> region_with_margin((slice(10, 20), slice(0, 5)), (64, 64), 16)
+    ((slice(0, 36, None), slice(0, 21, None)), (slice(10, 20, None), slice(0, 5, None)))
+    """
+    read, crop = [], []
+    for r, n in zip(region, shape[-2:]):
+        r0, r1 = max(0, r.start - margin), min(int(n), r.stop + margin)
+        read.append(slice(r0, r1))
+        crop.append(slice(r.start - r0, r.stop - r0))
+    return (read[0], read[1]), (crop[0], crop[1])

@@ -44,7 +44,10 @@ from .blocks import (
     input_identity, pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from ..io.ledger import Ledger
-from .checks import check_block, check_finite, check_fits_in_memory, output_dtype, owned_array, validate_image
+from .checks import (
+    check_block, check_finite, check_fits_in_memory, check_region, output_dtype, owned_array, region_with_margin,
+    validate_image,
+)  # fmt: skip
 from .fill import fill_mask, inpaint_nearest, upscale_mask
 from .tiling import TilePlan, pad_to
 from .zfilter import ZFilter, plan_z_filter, smooth_along_z
@@ -324,7 +327,8 @@ def restore_block(
     if fill is not None:
         plane = inpaint_nearest(plane, fill)
     mu, sd = yield from restore_plane(
-        m, plane, norm, target.opts, device=target.device, z=z, origin=(ry.start, rx.start), progress=progress
+        m, plane, norm, target.opts, device=target.device, z=z,
+        origin=(ry.start + target.offset[0], rx.start + target.offset[1]), progress=progress,
     )
     crop = (slice(cy.start * s, cy.stop * s), slice(cx.start * s, cx.stop * s))
     out = from_model(mu[crop], norm)
@@ -369,26 +373,35 @@ def restore_iter(
     block: int = DEFAULT_BLOCK,
     z_filter: "str | float" = "auto",
     uncertainty: bool = True,
+    region: Any = None,
     **sampling: Any,
 ) -> Generator["Progress | Restoration", None, None]:
     """Restore an image, yielding :class:`Progress` events and finally a :class:`Restoration`.
 
     ``sampling``: the choices of :data:`~.canvas.SAMPLING_KEYS` (preset, steps, samples, ...).
     ``z_filter``: see :func:`~.zfilter.plan_z_filter`. ``uncertainty``: keep the per-pixel
-    uncertainty where the model gives one (False saves its memory). Closing the generator cancels at the
+    uncertainty where the model gives one (False saves its memory). ``region``: only these
+    rows and columns (:func:`~.checks.check_region`), normalised as the whole image and read
+    with half a tile of context around them. Closing the generator cancels at the
     next tile batch. The user-facing entry point, with the parameters documented, is
     :func:`napari_emdiffuse.api.restore`.
     """
     request = sampling_request(**sampling)
     image, dev, m, opts = prepare(image, task, model, arch, device, request)
     check_block(block)
+    norm = fit_norm(m, image)  # of the whole image: a region comes out as in a whole-image run
+    trim, offset = None, (0, 0)
+    if region is not None:
+        region = check_region(region, tuple(image.shape))
+        read, trim = region_with_margin(region, tuple(image.shape), max(opts.tile // 2, opts.overlap))
+        image = image[read] if image.ndim == 2 else image[(slice(None), *read)]
+        offset = (read[0].start, read[1].start)
     zplan = plan_z_filter(image, z_filter, task=task)
     out_dtype = output_dtype(dtype, image)
     s = m.card.scale if task == "super-resolve" else 1
     new_spacing = scaled_spacing(spacing, image.ndim, s)
     if isinstance(image, np.ndarray):
         check_finite(np.asarray(image), "image")
-    norm = fit_norm(m, image)
     opts = with_blur(m, image, norm, opts, dev)
     want_std = uncertainty and (opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False)))
     result: dict[str, Any] = {}
@@ -400,12 +413,17 @@ def restore_iter(
         check_fits_in_memory(plan.out_shape, out_dtype, uncertainty=want_std)
         result["mean"] = np.empty(plan.out_shape, dtype=out_dtype)
         result["unc"] = np.empty(plan.out_shape, dtype=np.float32) if want_std else None
-        yield from _run_plan(m, image, plan, BlockTarget(norm, opts, dev, out_dtype, result["mean"], result["unc"]))
+        target = BlockTarget(norm, opts, dev, out_dtype, result["mean"], result["unc"], offset=offset)
+        yield from _run_plan(m, image, plan, target)
 
     yield from shrinking_blocks(run, block, opts.tile)
     info = run_info(m, opts, dev)
     if zplan is not None:
         info["z_filter"] = yield from z_filter_pass(zplan, result["mean"], result["unc"], image, norm)
+    if trim is not None:  # the region alone, without its margin
+        keep = (..., *(slice(t.start * s, t.stop * s) for t in trim))
+        result = {k: None if v is None else np.ascontiguousarray(v[keep]) for k, v in result.items()}
+        info["region"] = [region[0].start, region[0].stop, region[1].start, region[1].stop]
     yield Restoration(
         mean=result["mean"],
         uncertainty=result["unc"],
