@@ -658,6 +658,7 @@ def test_isotropic_batch_each_volume_at_its_own_factor(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "skipped" in err and "'c.tif' has 2 dimensions" in err.replace(str(src) + "/", "")
     assert "does not say its voxel size" in err and "2 of 4 files were skipped" in err
+    assert "[1/4]" in err and "left)" not in err.split("[2/4]")[0] and "s left)" in err.split("[2/4]")[1].splitlines()[0]
     ra, rb = read_image(out / "a.tif"), read_image(out / "b.mrc")
     assert ra.data.shape == (7, 40, 32) and np.array_equal(ra.data[::3], a) and ra.spacing == (10.0, 10.0, 10.0)
     assert rb.data.shape == (7, 36, 40) and np.array_equal(rb.data[::2], b) and rb.spacing == (10.0, 10.0, 10.0)

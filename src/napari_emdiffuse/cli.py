@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def _restore_batch(args: argparse.Namespace) -> int:
     was. ``--resume`` leaves out the files whose outputs exist (written whole by an earlier run:
     outputs appear only when complete)."""
     from .engine.errors import InputError
-    from .engine.events import Progress
+    from .engine.events import Progress, duration, files_left
     from .files import ISOTROPIC_TASKS, note, restore_files_iter
 
     kw = _sampling_kwargs(args)
@@ -120,12 +121,14 @@ def _restore_batch(args: argparse.Namespace) -> int:
     else:
         model = lambda: _load_restorer(args)  # noqa: E731 - loaded once, after the plan is checked
     at = {"file": 0, "of": 0, "skipped": 0}
+    start = time.monotonic()
 
-    def told(gen: Any) -> Any:  # the file each event belongs to, for the lines and for Ctrl-C
+    def told(gen: Any) -> Any:  # the file each event belongs to, the time left, for the lines and for Ctrl-C
         for ev in gen:
             if isinstance(ev, Progress) and ev.stage == "file" and ev.done < ev.total:
                 at.update(file=ev.done + 1, of=ev.total)
-                ev = note(f"[{ev.done + 1}/{ev.total}] {ev.message}")
+                left = files_left(time.monotonic() - start, ev.done, ev.total)
+                ev = note(f"[{ev.done + 1}/{ev.total}] {ev.message}" + (f" (about {duration(left)} left)" if left else ""))
             elif isinstance(ev, Progress) and ev.stage == "note" and ev.message.startswith("skipped "):
                 at["skipped"] += 1
             yield ev

@@ -8,7 +8,7 @@ import time
 from collections.abc import Generator, Sequence
 from typing import Any
 
-__all__ = ["PROG", "drive", "say", "duration"]
+__all__ = ["PROG", "drive", "say"]
 
 PROG = "emdiffuse"
 
@@ -19,7 +19,7 @@ def drive(gen: Generator, stages: Sequence[str] | None = None) -> Any:
     whole volume)."""
     from tqdm import tqdm
 
-    from .engine.events import VOLUME_STAGES, Progress, TimeLeft
+    from .engine.events import VOLUME_STAGES, Progress, TimeLeft, duration
 
     stages = ("sampling", "block", "training", "files", *VOLUME_STAGES) if stages is None else stages
 
@@ -73,11 +73,3 @@ def say(bar: Any, text: str) -> None:
         bar.write(text, file=sys.stderr)
     else:
         print(text, file=sys.stderr)
-
-
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

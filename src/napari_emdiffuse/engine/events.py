@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Progress", "drain", "TimeLeft", "VOLUME_STAGES"]
+__all__ = ["Progress", "drain", "TimeLeft", "VOLUME_STAGES", "files_left", "duration"]
 
 #: Stages besides the network passes that go over the whole image once, and take long on a
 #: large volume: copying the input for dask workers, averaging a stack along z, writing an
@@ -125,3 +125,32 @@ class TimeLeft:
         done, then = self._mark
         self.said = True
         return (now - then) / (ev.done - done) * (ev.total - ev.done)
+
+
+def files_left(elapsed: float, done: int, total: int) -> float | None:
+    """Seconds the rest of a batch of ``total`` files will take at the pace of the ``done``
+    finished in ``elapsed`` seconds; None before the first is done, or after the last.
+
+    Examples
+    --------
+    >>> files_left(120.0, 2, 10)
+    480.0
+    """
+    if done < 1 or done >= total:
+        return None
+    return elapsed / done * (total - done)
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person says them: ``45 s``, ``12 min``, ``2.5 h``.
+
+    Examples
+    --------
+    >>> duration(45), duration(720), duration(9000)
+    ('45 s', '12 min', '2.5 h')
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -12,7 +12,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from ..engine.errors import EMDiffuseError
-from ..engine.events import TimeLeft
+from ..engine.events import TimeLeft, duration
 from ._controls import DevicePicker, ModelPicker, RunButton
 from ._jobs import EngineRun, notify_error, notify_info
 from ._layers import LayerCombo
@@ -186,10 +186,9 @@ class DockWidget(QWidget):
             return
         left = self._time_left.update(ev)
         if left is not None and left > 30:
-            minutes = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
-            self.status.setText(f"{status} about {minutes} left ({ev.total} network passes)")
+            self.status.setText(f"{status} about {duration(left)} left ({ev.total} network passes)")
             if left > 600:
-                notify_info(f"this run will take about {minutes}; Cancel stops it and writes nothing")
+                notify_info(f"this run will take about {duration(left)}; Cancel stops it and writes nothing")
 
     def _elapsed(self) -> float:
         """Seconds since the run started."""

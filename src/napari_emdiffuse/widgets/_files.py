@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from qtpy.QtWidgets import QFileDialog, QPushButton
 
 from ..engine.errors import EMDiffuseError, InputError
+from ..engine.events import duration, files_left
 from ._jobs import notify_error, notify_info
 
 __all__ = ["FILE_FILTER", "FilesMixin"]
@@ -88,6 +89,17 @@ class FilesMixin:
             stages=("file",),
             on_result=lambda done: self._files_done(done, folder),
         )
+
+    def _estimate(self, ev: Any, status: str) -> None:
+        """A files run: which file, and the time left at the pace of those done."""
+        if ev.stage not in ("file", "files") or getattr(self, "_files_folder", None) is None:
+            super()._estimate(ev, status)
+            return
+        if ev.done < ev.total:
+            left = files_left(self._elapsed(), ev.done, ev.total)
+            at = "file" if ev.stage == "file" else "files done:"
+            where = f"{at} {ev.done + 1 if ev.stage == 'file' else ev.done} of {ev.total}"
+            self.status.setText(f"{status} {where}" + (f", about {duration(left)} left" if left else ""))
 
     def _drop_empty_uncertainty(self) -> None:
         unc_dir = getattr(self, "_files_unc", None)
