@@ -229,6 +229,11 @@ class IsotropicOptions(SamplingChoice):
         gives noisy new slices (``benchmarks/isotropic.py --doses``). With ``out``, the
         denoised slices go to a temporary zarr store beside it (as large as the input),
         removed at the end.
+    region : tuple, optional
+        Reconstruct only these rows and columns (input pixels) of every slice: ``(y0, y1, x0,
+        x1)`` or two slices, normalised as the whole volume and read with half a tile of
+        context around them, in memory (not with ``out``): a quick look at a large volume's
+        result.
     """
 
     mode: Literal["i", "a"] = "i"
@@ -240,6 +245,7 @@ class IsotropicOptions(SamplingChoice):
     scheduler: str | None = None
     resume: bool = False
     denoise: bool | str | os.PathLike | EMDiffuseModel | None = None
+    region: tuple | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

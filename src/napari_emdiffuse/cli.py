@@ -110,7 +110,7 @@ def _restore_batch(args: argparse.Namespace) -> int:
 
     kw = _sampling_kwargs(args)
     if "region" in kw:
-        raise InputError("--region restores part of one image; give one input")
+        raise InputError("--region takes part of one image; give one input")
     distributed = bool(args.workers or args.scheduler)
     if args.task in ISOTROPIC_TASKS:  # each volume's factor picks the bundled model: hand over the name
         model: Any = args.model

@@ -68,6 +68,13 @@ def _pick_options(p: argparse.ArgumentParser) -> None:
                    help="likewise, the time point to read, from 0")
 
 
+def _region_option(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("--region", type=_non_negative, nargs=4, metavar=("Y0", "Y1", "X0", "X1"), default=None,
+                   help=f"{verb} only rows Y0:Y1 and columns X0:X1 (input pixels; of every slice), normalised as the "
+                        "whole image and read with context around them: a quick look at a large image's result. One "
+                        "input, a .tif or .mrc output")
+
+
 def _voxel_option(p: argparse.ArgumentParser) -> None:
     """--voxel-size: the input's calibration where the file records none, or a wrong one."""
     p.add_argument("--voxel-size", type=_positive_float, nargs="+", metavar="NM", default=None,
@@ -151,10 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         _pick_options(p)
         _voxel_option(p)
         _sampling_options(p)
-        p.add_argument("--region", type=_non_negative, nargs=4, metavar=("Y0", "Y1", "X0", "X1"), default=None,
-                       help="restore only rows Y0:Y1 and columns X0:X1 (input pixels; of every slice of a stack), "
-                            "normalised as the whole image and read with context around them: a quick look at a "
-                            "large image's result. One input, a .tif or .mrc output")
+        _region_option(p, "restore")
         p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                        help="mirror ensemble: samples 2-4 see the image mirrored (default: on for --preset balanced)")
         p.set_defaults(task=name)
@@ -177,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="denoise the measured slices first (noisy volumes), with the bundled denoiser or "
                         "--denoise-model; the measured slices are then replaced by the denoised ones")
     p.add_argument("--denoise-model", metavar="MODEL", help="the denoising model for --denoise (implies it)")
+    _region_option(p, "reconstruct")
     _pick_options(p)
     _voxel_option(p)
     _sampling_options(p)

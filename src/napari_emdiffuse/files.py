@@ -327,6 +327,7 @@ def reconstruct_file_iter(
         fit the output; nothing is written then.
     """
     from .api import reconstruct_isotropic_iter
+    from .engine.inference.checks import check_region
     from .engine.inference.restore import provenance
     from .engine.io.images import write_image
     from .engine.io.spacing import factor_from_spacing
@@ -352,6 +353,9 @@ def reconstruct_file_iter(
     store, store_unc = (out, unc) if zarr_out else (None, None)
     if not zarr_out:  # a volume too large for memory: through a store beside the output
         z, y, x = data.data.shape
+        if sampling.get("region") is not None:  # in memory, the region's size
+            ys, xs = check_region(sampling["region"], (y, x))
+            y, x = ys.stop - ys.start, xs.stop - xs.start
         store, told = spill_store(out, ((z - 1) * f + 1, y, x), data.data, uncertainty=unc is not None)
         if store is not None:
             yield note(told)

@@ -20,6 +20,7 @@ __all__ = [
     "UNCERTAINTY_COLORMAP",
     "view_region",
     "visible_pixels",
+    "region_in_view",
     "LayerCombo",
     "check_zarr_output",
     "lazy_volume",
@@ -108,6 +109,15 @@ def view_region(viewer: "napari.viewer.Viewer", layer: Any, shape: tuple[int, ..
     if y1 <= y0 or x1 <= x0:
         raise InputError(f"layer '{layer.name}' is not in view; pan to the part to restore")
     return y0, y1, x0, x1
+
+
+def region_in_view(viewer: "napari.viewer.Viewer", layer: Any, shape: tuple[int, ...],
+                   source: dict[str, Any]) -> tuple[tuple[int, int, int, int], dict[str, Any]]:
+    """The region of ``layer`` on screen (:func:`view_region`) and ``source``
+    (:func:`layer_source`) moved to it, so that a result of the region overlays the input."""
+    region = view_region(viewer, layer, shape)
+    t, sc = source["translate"], source["scale"]
+    return region, {**source, "translate": (*t[:-2], t[-2] + region[0] * sc[-2], t[-1] + region[2] * sc[-1])}
 
 
 def layer_spacing(layer: Any, scale: tuple[float, ...]) -> tuple[float, ...]:

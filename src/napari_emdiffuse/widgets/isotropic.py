@@ -21,7 +21,9 @@ from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
 from ._files import FilesMixin
-from ._layers import LayerCombo, check_zarr_output, layer_source, layer_spacing, lazy_volume, show_outputs
+from ._layers import (
+    LayerCombo, check_zarr_output, layer_source, layer_spacing, lazy_volume, region_in_view, show_outputs,
+)  # fmt: skip
 from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
 from .restore import check_input_layer, layer_array
 
@@ -72,6 +74,9 @@ class IsotropicOptions(WidgetOptions):
     resume : bool
         ``.zarr`` output: a cancelled or failed run keeps its finished blocks, and the next
         run of the same image, model and options continues from them.
+    in_view : bool
+        Reconstruct only the rows and columns the viewer shows (in memory), normalised as the
+        whole volume: a quick look before a long run.
     """
 
     mode: str = "i"
@@ -88,6 +93,7 @@ class IsotropicOptions(WidgetOptions):
     denoise_first: bool = False
     workers: int = 0
     resume: bool = False
+    in_view: bool = False
 
     @property
     def task(self) -> str:
@@ -102,6 +108,8 @@ class IsotropicOptions(WidgetOptions):
         check_tiling(self)
         if self.output:
             check_zarr_output(self.output)
+            if self.in_view:
+                raise EMDiffuseError("the region in view is reconstructed in memory: clear the output path")
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
         return self
@@ -226,6 +234,11 @@ class IsotropicWidget(FilesMixin, DockWidget):
             "For noisy volumes: denoise every measured slice with the bundled denoiser, then generate\n"
             "the new slices from the denoised ones (the measured slices are replaced by the denoised ones)"
         )
+        self.in_view = QCheckBox("region in view only")
+        self.in_view.setToolTip(
+            "Reconstruct only the rows and columns the viewer shows (an XY view; zoom in first), normalised as the "
+            "whole volume: a quick look before a long run; the whole run then replaces it"
+        )
         self.output = QLineEdit()
         self.output.setPlaceholderText("in memory (or a .zarr path for large volumes)")
         self.output.setToolTip(
@@ -241,6 +254,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
                 ("model", self.model),
                 ("preset", self.preset),
                 ("", self.denoise_first),
+                ("", self.in_view),
                 ("output", path_row(self.output, self._browse_output)),
             ],
             advanced,
@@ -273,6 +287,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
             denoise_first=self.denoise_first.isChecked(),
             workers=self.workers.value(),
             resume=self.resume.isChecked(),
+            in_view=self.in_view.isChecked(),
         )
 
     def set_options(self, opts: IsotropicOptions) -> None:
@@ -290,6 +305,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self.denoise_first.setChecked(opts.denoise_first)
         self.workers.setValue(opts.workers)
         self.resume.setChecked(opts.resume)
+        self.in_view.setChecked(opts.in_view)
 
     def _prefill(self, *_: Any) -> None:
         layer = self.layer_combo.layer()
@@ -328,6 +344,8 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self._save_settings(opts, self.model)
         data = layer_array(layer)
         source = layer_source(layer)
+        if opts.in_view:  # the rows and columns on screen; the result overlays them
+            kwargs["region"], source = region_in_view(self.viewer, layer, tuple(data.shape), source)
         scale = source["spacing"]
 
         def factory():
@@ -375,4 +393,6 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self.device.set_used(device)
         where = f" -> {out}" if out is not None else ""
         made_by = f" by {info['model']}" if info.get("model") else ""  # the default depends on the factor
+        if info.get("region"):
+            made_by += " (rows {}:{}, columns {}:{} in view)".format(*info["region"])
         self.status.setText(f"'{vol.name}' {tuple(vol.data.shape)}{made_by} in {self._elapsed():.1f} s on {device}{where}")

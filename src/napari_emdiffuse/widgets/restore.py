@@ -25,7 +25,7 @@ from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
 from ._files import FilesMixin
 from ._jobs import notify_info
-from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, show_outputs, view_region
+from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, region_in_view, show_outputs
 from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -472,10 +472,7 @@ class RestoreWidget(FilesMixin, DockWidget):
                       "translate": source["translate"][-2:], "units": source["units"][-2:] if source["units"] else None,
                       "spacing": source["spacing"][-2:]}
         if opts.in_view:  # the rows and columns on screen; the result overlays them
-            region = view_region(self.viewer, layer, tuple(data.shape))
-            kwargs["region"] = region
-            t, sc = source["translate"], source["scale"]
-            source = {**source, "translate": (*t[:-2], t[-2] + region[0] * sc[-2], t[-1] + region[2] * sc[-1])}
+            kwargs["region"], source = region_in_view(self.viewer, layer, tuple(data.shape), source)
         scale = source["spacing"]
         if (fine := _fine_pixel_note(model, arch, opts.task, source)) is not None:
             notify_info(f"'{layer.name}': {fine}")

@@ -87,6 +87,25 @@ def test_shape_dtype_and_measured_slices_exact(model, dtype):
     assert np.isfinite(res.volume.astype(np.float64)).all()
 
 
+def test_a_lateral_region_comes_out_as_in_the_whole_run(model):
+    """region=: every slice's rows and columns, the measured slices kept; where the margin
+    reaches the borders, the very voxels of the whole run; in memory only."""
+    rng = np.random.default_rng(2)
+    data = (rng.random((3, 40, 56)) * 200).astype(np.uint8)
+    data[:, :, 28:] += 50  # the whole volume's range differs from the region's
+    whole = reconstruct_isotropic(data, 2, model, **FAST)
+    part = reconstruct_isotropic(data, 2, model, region=(8, 24, 16, 40), **FAST)  # margin 16: all of it
+    assert part.volume.shape == (5, 16, 24) and part.info["region"] == [8, 24, 16, 40]
+    assert np.array_equal(part.volume, whole.volume[:, 8:24, 16:40])
+    assert np.array_equal(part.volume[::2], data[:, 8:24, 16:40])
+    far = reconstruct_isotropic(data, 2, model, region=(0, 8, 40, 56), **FAST)  # reads columns 24:56 only
+    assert far.volume.shape == (5, 8, 16) and np.array_equal(far.volume[::2], data[:, 0:8, 40:56])
+    with pytest.raises(InputError, match="reconstructed in memory"):
+        reconstruct_isotropic(data, 2, model, region=(0, 8, 0, 8), out="x.zarr", **FAST)
+    with pytest.raises(InputError, match="not inside the image's 56 columns"):
+        reconstruct_isotropic(data, 2, model, region=(0, 8, 50, 60), **FAST)
+
+
 def test_progress_events_and_info(model, vol):
     events = list(reconstruct_isotropic_iter(vol, 2, model, **FAST))
     res = events[-1]

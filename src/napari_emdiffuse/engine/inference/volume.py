@@ -57,7 +57,10 @@ from .canvas import (
     MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
     sampling_request, unmirror,
 )
-from .checks import check_block, check_finite, check_fits_in_memory, output_dtype, owned_array, validate_image
+from .checks import (
+    check_block, check_finite, check_fits_in_memory, check_region, output_dtype, owned_array, region_with_margin,
+    validate_image,
+)  # fmt: skip
 from .fill import fill_mask, inpaint_nearest
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
 from .denoise_first import check_denoiser, denoise_first, scratch_beside, store_path
@@ -398,6 +401,7 @@ def reconstruct_isotropic_iter(
     distribute: Distribute | None = None,
     denoise: Any = None,
     resume: bool = False,
+    region: Any = None,
     **sampling: Any,
 ) -> Generator["Progress | IsotropicResult", None, None]:
     """Reconstruct an isotropic volume, yielding :class:`Progress` events and finally an
@@ -406,7 +410,9 @@ def reconstruct_isotropic_iter(
     Closing the generator cancels the work at the next tile batch (in-process) or cancels
     the outstanding block tasks (``distribute``); a zarr output is then removed, never left
     half-written, unless ``resume`` (with ``out``) keeps it unfinished for the next run of the
-    same input, model and options, which continues from its finished blocks. The user-facing entry point, with the parameters documented, is
+    same input, model and options, which continues from its finished blocks. ``region``: only
+    these rows and columns (:func:`~.checks.check_region`), in memory, normalised as the whole
+    volume and read with half a tile of context. The user-facing entry point, with the parameters documented, is
     :func:`napari_emdiffuse.api.reconstruct_isotropic`.
     """
     task = _check_mode(mode)
@@ -451,6 +457,14 @@ def reconstruct_isotropic_iter(
         raise InputError("uncertainty needs at least 2 samples; pass samples=2 or more (or preset='balanced')")
     want_std = bool(uncertainty)
     denoiser = check_denoiser(denoise, "cpu" if distribute is not None else dev)
+    whole_norm, trim = None, None
+    if region is not None:  # the lateral region alone, in memory
+        if out_path is not None:
+            raise InputError("a region is reconstructed in memory: give a .tif or .mrc output (a zarr run does the whole volume)")
+        region = check_region(region, tuple(vol.shape))
+        read, trim = region_with_margin(region, tuple(vol.shape), max(opts.tile // 2, opts.overlap))
+        whole_norm = _fit_volume_norm(m, vol) if denoiser is None else None  # a denoised one: of what was denoised
+        vol = vol[:, read[0], read[1]]
 
     if isinstance(vol, np.ndarray):
         check_finite(vol, "volume")
@@ -458,7 +472,7 @@ def reconstruct_isotropic_iter(
     # given, so that a finished run of the same job is found before any work.
     plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f)
     out_spacing = (spacing[0] / f, spacing[1], spacing[2]) if spacing is not None else None
-    norm = _fit_volume_norm(m, vol) if denoiser is None else None
+    norm = whole_norm or (_fit_volume_norm(m, vol) if denoiser is None else None)
     key = None
     if resume:
         key = run_key(
@@ -530,6 +544,10 @@ def reconstruct_isotropic_iter(
             result = np.empty(plan.out_shape, dtype=out_dtype)
             unc_arr = np.zeros(plan.out_shape, dtype=np.float32) if want_std else None
             yield from shrinking_blocks(run_into(result, unc_arr), block, opts.tile)
+            if trim is not None:  # without the margin
+                info["region"] = [region[0].start, region[0].stop, region[1].start, region[1].stop]
+                result = np.ascontiguousarray(result[:, trim[0], trim[1]])
+                unc_arr = None if unc_arr is None else np.ascontiguousarray(unc_arr[:, trim[0], trim[1]])
             yield IsotropicResult(result, unc_arr, f, out_spacing, info)
             return
 
