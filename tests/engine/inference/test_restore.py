@@ -129,7 +129,7 @@ def test_progress_events_count_tiles_and_steps(model):
     assert any(isinstance(e, Progress) and e.stage == "step" for e in events)
 
 
-def test_a_region_comes_out_as_in_the_whole_image_run(model, sr_model):
+def test_a_region_comes_out_as_in_the_whole_image_run(model, sr_model, monkeypatch):
     """region=: the whole image's normalisation and noise positions, context around it. Where
     the margin reaches the borders the region is the whole run's crop exactly; farther in, it
     stays close, while restoring the cut-out alone (its own normalisation) does not."""
@@ -147,6 +147,15 @@ def test_a_region_comes_out_as_in_the_whole_image_run(model, sr_model):
     exact = restore(img, "denoise", model, region=(slice(16, 32), slice(16, 40)), **kw)
     assert np.array_equal(exact.mean, whole.mean[16:32, 16:40])
     assert np.allclose(exact.uncertainty, whole.uncertainty[16:32, 16:40])
+    # the noise is drawn at the region's place in the whole image: reading rows 0:46, columns 24:56
+    from napari_emdiffuse.engine.inference import restore as restore_module
+
+    origins = []
+    real = restore_module.restore_plane
+    monkeypatch.setattr(restore_module, "restore_plane", lambda *a, **k: origins.append(k["origin"]) or real(*a, **k))
+    restore(img, "denoise", model, region=(20, 30, 40, 56), **kw)
+    assert origins == [(4, 24)], origins
+    monkeypatch.undo()
     # a stack: every slice's region; super-resolution: the region times the scale
     assert restore(np.stack([img, img]), "denoise", model, region=(0, 8, 0, 9), **kw).mean.shape == (2, 8, 9)
     assert restore(img, "super-resolve", sr_model, region=(0, 8, 0, 9), **FAST).mean.shape == (16, 18)

@@ -87,7 +87,7 @@ def test_shape_dtype_and_measured_slices_exact(model, dtype):
     assert np.isfinite(res.volume.astype(np.float64)).all()
 
 
-def test_a_lateral_region_comes_out_as_in_the_whole_run(model):
+def test_a_lateral_region_comes_out_as_in_the_whole_run(model, monkeypatch):
     """region=: every slice's rows and columns, the measured slices kept; where the margin
     reaches the borders, the very voxels of the whole run; in memory only."""
     rng = np.random.default_rng(2)
@@ -100,6 +100,12 @@ def test_a_lateral_region_comes_out_as_in_the_whole_run(model):
     assert np.array_equal(part.volume[::2], data[:, 8:24, 16:40])
     far = reconstruct_isotropic(data, 2, model, region=(0, 8, 40, 56), **FAST)  # reads columns 24:56 only
     assert far.volume.shape == (5, 8, 16) and np.array_equal(far.volume[::2], data[:, 0:8, 40:56])
+    # the noise is drawn at the region's place in the whole volume: the canvas starts at column 24
+    origins = []
+    real = volume.sample_canvas
+    monkeypatch.setattr(volume, "sample_canvas", lambda *a, **k: origins.append(k["origin"]) or real(*a, **k))
+    reconstruct_isotropic(data, 2, model, region=(0, 8, 40, 56), **FAST)
+    assert origins and all(o == (0, 24) for o in origins), origins
     with pytest.raises(InputError, match="reconstructed in memory"):
         reconstruct_isotropic(data, 2, model, region=(0, 8, 0, 8), out="x.zarr", **FAST)
     with pytest.raises(InputError, match="not inside the image's 56 columns"):

@@ -222,13 +222,15 @@ def _sample_block(
     opts: SamplingOptions,
     device: torch.device,
     progress: tuple[int, int] | None = None,
+    offset: tuple[int, int] = (0, 0),
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
     """Generate the ``factor - 1`` slices between z and z+1 over the region (ry, rx).
 
     Returns the two measured slices (input dtype), the model-range mean of the new slices
     (factor-1, h, w), their std over samples (or from the model's variance) or None, and the
     new slices' fill as (mask, values) (where either measured slice is fill or NaN: no data to
-    generate from; the value of the slice with none there) or None.
+    generate from; the value of the slice with none there) or None. ``offset``: where the
+    volume read lies in the whole one (a region), for the noise's positions.
     """
     lo = owned_array(vol[z, ry, rx])
     hi = owned_array(vol[z + 1, ry, rx])
@@ -255,9 +257,10 @@ def _sample_block(
         for j in range(1, factor)
         for s in range(k)
     ]
-    offset, total = progress or (0, None)
+    done, total = progress or (0, None)
     gen = sample_canvas(
-        m, cond_t, items, opts, origin=(ry.start, rx.start), progress_offset=offset, progress_total=total,
+        m, cond_t, items, opts, origin=(ry.start + offset[0], rx.start + offset[1]), progress_offset=done,
+        progress_total=total,
         std_scale=m.card.std_scale(factor),
     )
     try:
@@ -347,7 +350,8 @@ def reconstruct_block(
     ys, xs = plan.ys[iy], plan.xs[ix]
     t = target
     parts = yield from _sample_block(
-        m, vol, z, ys[0], xs[0], factor=plan.factor, norm=t.norm, opts=t.opts, device=t.device, progress=progress
+        m, vol, z, ys[0], xs[0], factor=plan.factor, norm=t.norm, opts=t.opts, device=t.device, progress=progress,
+        offset=t.offset,
     )
     _write_block(
         t.dst, t.unc, z, ys, xs, parts, nz=plan.nz, factor=plan.factor, norm=t.norm, dtype=t.dtype,
@@ -457,7 +461,7 @@ def reconstruct_isotropic_iter(
         raise InputError("uncertainty needs at least 2 samples; pass samples=2 or more (or preset='balanced')")
     want_std = bool(uncertainty)
     denoiser = check_denoiser(denoise, "cpu" if distribute is not None else dev)
-    whole_norm, trim = None, None
+    whole_norm, trim, origin = None, None, (0, 0)
     if region is not None:  # the lateral region alone, in memory
         if out_path is not None:
             raise InputError("a region is reconstructed in memory: give a .tif or .mrc output (a zarr run does the whole volume)")
@@ -465,6 +469,7 @@ def reconstruct_isotropic_iter(
         read, trim = region_with_margin(region, tuple(vol.shape), max(opts.tile // 2, opts.overlap))
         whole_norm = _fit_volume_norm(m, vol) if denoiser is None else None  # a denoised one: of what was denoised
         vol = vol[:, read[0], read[1]]
+        origin = (read[0].start, read[1].start)
 
     if isinstance(vol, np.ndarray):
         check_finite(vol, "volume")
@@ -532,7 +537,7 @@ def reconstruct_isotropic_iter(
                 costs = [_block_batches(m, p.read_shape(iy, ix), n_items, opts) for _, iy, ix in jobs]
                 offset, total = 0, sum(costs)
                 for job, cost in zip(jobs, costs):
-                    target = BlockTarget(norm, opts, dev, out_dtype, dst, unc, measured_std)
+                    target = BlockTarget(norm, opts, dev, out_dtype, dst, unc, measured_std, offset=origin)
                     yield from reconstruct_block(m, vol, p, job, target, progress=(offset, total))
                     ledger.mark(block_key(p, job))
                     offset += cost
