@@ -38,6 +38,8 @@ def test_options_object_and_keywords_give_the_same_result():
         (lambda: emd.reconstruct_isotropic(np.zeros((3, 8, 8)), 2, workers=0), "workers must be a positive"),
         (lambda: emd.restore_to_zarr(np.zeros((8, 8)), "o.zarr", workers=1, scheduler="tcp://x:1"), "not both"),
         (lambda: emd.finetune("denoise", np.zeros((8, 8))), "say where to write"),
+        (lambda: emd.restore_files(["nope/"], "out/", "denoise", workers=0), "workers must be a positive"),
+        (lambda: emd.restore(np.zeros((8, 8)), region=(0, 8, 2, 1)), "region x 2:1 is not inside"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(call, match):

@@ -429,12 +429,16 @@ def restore_files_iter(
     """
     from .engine.io.batch import expand_inputs, plan_batch
 
+    workers, scheduler = options.pop("workers", None), options.pop("scheduler", None)
+    if workers is not None or scheduler is not None:
+        from .engine.parallel.runner import Cluster
+
+        Cluster(workers=workers, scheduler=scheduler)  # refuses what a block run refuses, before any folder
     plan = plan_batch(expand_inputs(list(inputs)), out_dir, uncertainty_dir)
     total = len(plan)
     if resume:
         plan = [item for item in plan if not (item[1].exists() and (item[2] is None or item[2].exists()))]
         yield note(f"{total - len(plan)} of {total} files were restored by an earlier run (--resume); {len(plan)} to do")
-    workers, scheduler = options.pop("workers", None), options.pop("scheduler", None)
     if workers or scheduler:  # each file a task: the workers restore files side by side
         yield (yield from _files_on_workers(plan, out_dir, task, model, workers, scheduler, options))
         return

@@ -196,7 +196,9 @@ def connect(workers: int | None, scheduler: str | None, device: str = "cpu") -> 
             n_workers=n,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            # its HTTP server on a free port of this machine only: with None it still takes
+            # 8787, and a second run at once (a CLI batch beside napari) warned on stderr
+            dashboard_address="127.0.0.1:0",
             # CRITICAL, not ERROR: at shutdown a worker's last heartbeat can race the closing
             # scheduler and log a harmless "Failed to communicate" traceback; a task's own
             # error still reaches the client, which raises it here
