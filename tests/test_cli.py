@@ -355,6 +355,32 @@ def test_finetune_command_writes_and_registers_a_model(tmp_path, tiny_model_dir,
     assert "tuned" in capsys.readouterr().out
 
 
+def test_finetune_learns_from_several_pairs(tmp_path, tiny_model_dir, capsys):
+    """--input A B --target a b: two registered pairs of different sizes, each with its strip;
+    a count that does not match, or targets for some inputs only, is refused in one line."""
+    import yaml
+
+    rng = np.random.default_rng(0)
+    files = {}
+    for name, shape in (("a", (96, 96)), ("b", (80, 112))):
+        clean = (rng.random(shape) * 200 + 20).astype(np.uint8)
+        files[name] = (tmp_path / f"{name}_noisy.tif", tmp_path / f"{name}_clean.tif")
+        tifffile.imwrite(files[name][0], np.clip(clean + rng.normal(0, 20, shape), 0, 255).astype(np.uint8))
+        tifffile.imwrite(files[name][1], clean)
+    out = tmp_path / "tuned"
+    common = ["--base", str(tiny_model_dir), "--iterations", "2", "--patch", "32", "--batch", "2", "--device", "cpu"]
+    rc = main(["finetune", "--task", "denoise", "--input", str(files["a"][0]), str(files["b"][0]),
+               "--target", str(files["a"][1]), str(files["b"][1]), "-o", str(out), *common])
+    assert rc == 0
+    data = yaml.safe_load((out / "model.yaml").read_text())["training"]["data"]
+    assert data["images"] == ["a_noisy.tif -> a_clean.tif", "b_noisy.tif -> b_clean.tif"]
+    capsys.readouterr()
+    rc = main(["finetune", "--task", "denoise", "--input", str(files["a"][0]), str(files["b"][0]),
+               "--target", str(files["a"][1]), "-o", str(tmp_path / "m"), *common])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "2 inputs and 1 targets" in err[0] and not (tmp_path / "m").exists()
+
+
 def test_finetune_refuses_images_smaller_than_patch(tmp_path, tiny_model_dir, capsys):
     src = tmp_path / "small.tif"
     tifffile.imwrite(src, (np.random.default_rng(0).random((20, 20)) * 255).astype(np.uint8))

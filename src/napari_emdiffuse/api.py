@@ -525,10 +525,11 @@ def finetune(
     Parameters
     ----------
     task : {"denoise", "super-resolve", "isotropic-i", "isotropic-a"}
-    input : array-like or path
-        The degraded image (or stack), or the volume (isotropic tasks).
-    target : array-like or path, optional
-        Its registered clean / high-resolution counterpart. Without one, denoising learns
+    input : array-like or path, or a list of them
+        The degraded image (or stack), or the volume (isotropic tasks); a list for several
+        (several registered pairs, of any sizes, each with its held-back strip).
+    target : array-like or path, or a list of them, optional
+        Its registered clean / high-resolution counterpart (one per input). Without one, denoising learns
         from the noisy input alone, with a structured blind spot that copes with the
         correlated noise of fast SEM scans (``objective="neighbour-slices"``: from a stack's
         neighbouring slices).

@@ -379,10 +379,15 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .engine.models.files import read_card
     from .engine.training.finetune import verdict
 
-    def named(path: str | None) -> Any:  # one channel or time point of a file: as a recipe names it
-        if path is None or (args.channel is None and args.time is None):
+    def one(path: str) -> Any:  # one channel or time point of a file: as a recipe names it
+        if args.channel is None and args.time is None:
             return path
         return {"path": path, "channel": args.channel, "time": args.time}
+
+    def named(paths: list[str] | None) -> Any:  # one file as itself, several as a list
+        if paths is None:
+            return None
+        return one(paths[0]) if len(paths) == 1 else [one(p) for p in paths]
 
     path = drive(
         finetune_iter(

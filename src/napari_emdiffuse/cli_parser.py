@@ -251,9 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune a model on your own data")
     p.add_argument("--task", required=True, choices=list(TASKS))
-    p.add_argument("--input", required=True, metavar="IN", help="degraded image (or volume for isotropic)")
+    p.add_argument("--input", required=True, metavar="IN", nargs="+",
+                   help="degraded image (or volume for isotropic); several: several images (pairs), each with "
+                        "its held-back strip")
     _pick_options(p)
-    p.add_argument("--target", metavar="TGT", help="registered clean/high-resolution image (optional)")
+    p.add_argument("--target", metavar="TGT", nargs="+",
+                   help="registered clean/high-resolution image (optional); one for each --input, in order")
     p.add_argument("--base", metavar="MODEL", help="model to start from (default: bundled model for the task)")
     p.add_argument("-o", "--output", metavar="MODEL_DIR", required=True)
     defaults = FinetuneOptions()  # the API's defaults

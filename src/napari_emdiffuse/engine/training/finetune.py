@@ -97,10 +97,12 @@ def finetune_iter(
     ----------
     task : {"denoise", "super-resolve", "isotropic-i", "isotropic-a"}
         What the model does.
-    input : array-like or path
-        Degraded image (or stack), low-resolution image, or the volume (isotropic tasks).
-    target : array-like or path, optional
-        Registered clean / high-resolution counterpart. Without it, denoising learns from the
+    input : array-like or path, or a list of them
+        Degraded image (or stack), low-resolution image, or the volume (isotropic tasks). A
+        list: several images (several registered pairs, of any sizes), each with its
+        held-back strip.
+    target : array-like or path, or a list of them, optional
+        Registered clean / high-resolution counterpart (one per input). Without it, denoising learns from the
         noisy ``input`` alone (``objective="self-supervised"``, a structured blind spot; see
         :mod:`~.selfsup`), super-resolution from area downsampling of ``input``; the isotropic
         tasks always learn from the volume itself.
@@ -155,6 +157,15 @@ def finetune_iter(
 
     if task not in TASKS:
         raise EMDiffuseError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    inputs = list(input) if isinstance(input, (list, tuple)) else [input]
+    targets = list(target) if isinstance(target, (list, tuple)) else [target] * (len(inputs) if target is None else 1)
+    if not inputs:
+        raise InputError("no input to learn from")
+    if len(targets) != len(inputs):
+        raise InputError(f"{len(inputs)} inputs and {len(targets)} targets: give one target for each input")
+    if any(t is None for t in targets) and not all(t is None for t in targets):
+        raise InputError("some inputs have a target and some not: fine-tune on pairs, or on inputs alone")
+    target = targets[0]
     iso = task.startswith("isotropic")
     if iso and target is not None:
         raise EMDiffuseError("isotropic fine-tuning learns from the volume itself; give no target")
@@ -162,7 +173,7 @@ def finetune_iter(
     if objective is None:
         objective = "self-supervised" if task == "denoise" and target is None else "supervised"
         if objective == "self-supervised":
-            objective, note = self_supervised_objective(input)
+            objective, note = self_supervised_objective(inputs[0])
     simulated = {"doses", "noise_correlation", "read_noise"} & options.keys()
     if simulated and (task == "super-resolve" or (task == "denoise" and (target is not None or objective != "supervised"))):
         raise EMDiffuseError(
@@ -170,7 +181,7 @@ def finetune_iter(
             "clean input (objective='supervised', no target) or for the isotropic tasks"
         )
     if iso and factor is None:
-        factor = _default_factor(input, base, task)
+        factor = _default_factor(inputs[0], base, task)
     # Isotropic: the factor-3 model with new heads for the factor, not the every-factor model:
     # 200 iterations of -a on the held-out C. elegans rows gave 27.82 / 25.88 dB at x3 / x5 from
     # it, 27.72 / 25.89 from demo-isotropic-any (linear 27.17 / 25.25); on ISBI 2012 at x12,
@@ -218,10 +229,10 @@ def finetune_iter(
     if paired_denoise:
         settings["resample_noise"] = 1.0
     if iso:
-        settings["volume"] = [input]
+        settings["volume"] = inputs
     else:
-        settings["inputs"] = [input]
-        settings["targets"] = [target]
+        settings["inputs"] = inputs
+        settings["targets"] = targets
     settings.update(options)
     config = TrainConfig(**settings)  # bad settings fail here, before the base is loaded
     from ..models.registry import load_model
