@@ -706,6 +706,37 @@ def test_isotropic_batch_each_volume_at_its_own_factor(tmp_path, capsys):
     assert not (tmp_path / "one.tif").exists()
 
 
+def test_a_batch_resumed_leaves_out_results_on_disk_written_after_their_uncertainty(tmp_path, tiny_model_dir,
+                                                                                     monkeypatch):
+    """An output is written after its uncertainty, so one on disk is whole with it, and
+    --resume leaves out exactly the files whose outputs exist (with one sample there is no
+    uncertainty, and the file still counts as done)."""
+    from napari_emdiffuse.engine.io import images
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        tifffile.imwrite(src / f"s{k}.tif", (rng.random((40, 48)) * 255).astype(np.uint8))
+    order = []
+    real = images.write_image
+    monkeypatch.setattr(images, "write_image", lambda path, *a, **k: order.append(Path(path).name) or real(path, *a, **k))
+    out = tmp_path / "out"
+    common = ["--model", str(tiny_model_dir), *FAST]
+    assert main(["denoise", str(src), "-o", str(out), "--uncertainty", str(out / "sd"), "--samples", "2", *common]) == 0
+    assert order == ["s0_uncertainty.tif", "s0.tif", "s1_uncertainty.tif", "s1.tif", "s2_uncertainty.tif", "s2.tif"]
+    (out / "s1.tif").unlink()
+    order.clear()
+    assert main(["denoise", str(src), "-o", str(out), "--uncertainty", str(out / "sd"), "--samples", "2", "--resume",
+                 *common]) == 0
+    assert order == ["s1_uncertainty.tif", "s1.tif"]
+    order.clear()
+    one = tmp_path / "one"
+    assert main(["denoise", str(src), "-o", str(one), "--uncertainty", str(one / "sd"), *common]) == 0
+    assert main(["denoise", str(src), "-o", str(one), "--uncertainty", str(one / "sd"), "--resume", *common]) == 0
+    assert order == ["s0.tif", "s1.tif", "s2.tif"]  # the second run wrote nothing
+
+
 def test_region_restores_part_of_one_image(tmp_path, noisy_tif, tiny_model_dir, capsys):
     """--region Y0 Y1 X0 X1: that part only, as the API restores it, recorded in the file;
     refused in one line for a batch, a zarr output and a region outside the image."""

@@ -25,7 +25,7 @@ from .engine.io.common import ZARR_SUFFIX, suffix_of
 __all__ = [
     "BatchResult", "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "remove_spill",
     "restore_file_iter", "reconstruct_file_iter", "restore_files_iter", "restore_files", "ISOTROPIC_TASKS",
-    "FileJob", "run_file_job",
+    "FileJob", "run_file_job", "write_results",
 ]
 
 #: The tasks :func:`restore_files_iter` runs through :func:`reconstruct_file_iter` (volumes).
@@ -111,7 +111,6 @@ def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | No
                   attrs: dict) -> list[str]:
     """Write the finished stores of a spilled run (:func:`spill_store`) into the TIFF / MRC outputs."""
     from .engine.inference.restore import provenance
-    from .engine.io.images import write_image
     from .engine.io.zarr import open_zarr_readonly
 
     info = {k: v for k, v in attrs.items() if k not in ("normalisation", "spacing", "unit", "emdiffuse_complete")}
@@ -119,12 +118,22 @@ def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | No
     spacing, unit = attrs.get("spacing"), data.unit or "nm"
     image = open_zarr_readonly(spill)
     axes = "ZYX"[-image.ndim:]
-    write_image(out, image, spacing=spacing, unit=unit, axes=axes, provenance=made)
+    std = open_zarr_readonly(spill_unc) if unc is not None and spill_unc is not None and spill_unc.exists() else None
+    return write_results(out, image, unc, std, spacing=spacing, unit=unit, axes=axes, made=made)
+
+
+def write_results(out: Path, image: Any, unc: Path | None, std: Any, *, spacing: Any, unit: str, axes: str | None,
+                  made: dict) -> list[str]:
+    """Write a result and, where there is one and it is asked for, its uncertainty (first: a
+    result on disk is then whole with its uncertainty, which ``resume`` relies on); what was
+    written."""
+    from .engine.io.images import write_image
+
     wrote = [str(out)]
-    if unc is not None and spill_unc is not None and spill_unc.exists():
-        write_image(unc, open_zarr_readonly(spill_unc), spacing=spacing, unit=unit, axes=axes,
-                    provenance={**made, "what": "uncertainty (std, input units)"})
+    if unc is not None and std is not None:
+        write_image(unc, std, spacing=spacing, unit=unit, axes=axes, provenance={**made, "what": "uncertainty (std, input units)"})
         wrote.append(f"{unc} (uncertainty)")
+    write_image(out, image, spacing=spacing, unit=unit, axes=axes, provenance=made)
     return wrote
 
 
@@ -223,7 +232,6 @@ def restore_file_iter(
     from .api import restore_iter, restore_to_zarr_iter
     from .engine.inference.checks import check_region, pixel_size_note, validate_image
     from .engine.inference.restore import provenance
-    from .engine.io.images import write_image
     from .engine.io.views import check_one_channel
     from .engine.io.zarr import open_zarr_readonly
 
@@ -278,16 +286,10 @@ def restore_file_iter(
         yield note(text)
     axes = data.axes if data.axes and len(data.axes) == result.mean.ndim else None
     made = provenance(result.info, result.normalisation, source=str(src))
-    write_image(out, result.mean, spacing=result.spacing, unit=data.unit or "nm", axes=axes, provenance=made)
-    wrote = [str(out)]
-    if unc is not None:
-        if result.uncertainty is None:
-            yield note("note: one sample gives no uncertainty; use --samples 2 or more")
-        else:
-            write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes=axes,
-                        provenance={**made, "what": "uncertainty (std, input units)"})
-            wrote.append(f"{unc} (uncertainty)")
-    yield wrote
+    if unc is not None and result.uncertainty is None:
+        yield note("note: one sample gives no uncertainty; use --samples 2 or more")
+    yield write_results(out, result.mean, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",
+                        axes=axes, made=made)
 
 
 def reconstruct_file_iter(
@@ -329,7 +331,6 @@ def reconstruct_file_iter(
     from .api import reconstruct_isotropic_iter
     from .engine.inference.checks import check_region
     from .engine.inference.restore import provenance
-    from .engine.io.images import write_image
     from .engine.io.spacing import factor_from_spacing
     from .engine.io.views import check_one_channel
 
@@ -383,13 +384,8 @@ def reconstruct_file_iter(
         yield [str(out)] + ([f"{unc} (uncertainty)"] if unc is not None and unc.exists() else [])
         return
     made = provenance(result.info, result.info.get("normalisation"), source=str(src))
-    write_image(out, result.volume, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX", provenance=made)
-    wrote = [str(out)]
-    if unc is not None and result.uncertainty is not None:
-        write_image(unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX",
-                    provenance={**made, "what": "uncertainty (std, input units)"})
-        wrote.append(f"{unc} (uncertainty)")
-    yield wrote
+    yield write_results(out, result.volume, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",
+                        axes="ZYX", made=made)
 
 
 def restore_files_iter(
@@ -436,8 +432,8 @@ def restore_files_iter(
         Cluster(workers=workers, scheduler=scheduler)  # refuses what a block run refuses, before any folder
     plan = plan_batch(expand_inputs(list(inputs)), out_dir, uncertainty_dir)
     total = len(plan)
-    if resume:
-        plan = [item for item in plan if not (item[1].exists() and (item[2] is None or item[2].exists()))]
+    if resume:  # an output is written last (write_results): one on disk is whole, with its uncertainty
+        plan = [item for item in plan if not item[1].exists()]
         yield note(f"{total - len(plan)} of {total} files were restored by an earlier run (--resume); {len(plan)} to do")
     if workers or scheduler:  # each file a task: the workers restore files side by side
         yield (yield from _files_on_workers(plan, out_dir, task, model, workers, scheduler, options))

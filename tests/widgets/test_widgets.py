@@ -747,6 +747,14 @@ def test_restore_widget_restores_files_on_disk_into_a_folder(viewer, qtbot, mode
     assert sig.args == ["done"] and not errors, errors
     assert sorted(p.name for p in (tmp_path / "side").iterdir()) == ["a.tif", "b.mrc"] and clusters[0][:2] == (2, None)
     assert "restored 2 of 3 files" in w.status.text() and "skipped 1: c.tif" in w.status.text()
+    # keep finished blocks (resume): the files whose results are there are left out
+    w.workers.setValue(0)
+    w.resume.setChecked(True)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "side").iterdir()}
+    with qtbot.waitSignal(w.run_finished, timeout=60_000) as sig:
+        assert w.run_files(files, str(tmp_path / "side"))
+    assert sig.args == ["done"] and {p.name: p.stat().st_mtime_ns for p in (tmp_path / "side").iterdir()} == stamps
+    assert "restored 0 of 1 files" in w.status.text()  # only the broken one was tried again
 
 
 def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors):

@@ -376,7 +376,8 @@ def resume_box() -> QCheckBox:
     box = QCheckBox("keep finished blocks")
     box.setToolTip(
         "zarr output: if the run is cancelled or fails, its finished blocks stay beside the output (unfinished);\n"
-        "running it again with the same image, model and options continues from them"
+        "running it again with the same image, model and options continues from them.\n"
+        "With the files… button: leave out the files whose results are in the folder (a batch stopped before)"
     )
     return box
 
