@@ -1381,6 +1381,44 @@ def test_a_layer_saves_as_tiff_with_its_pixel_size_through_the_save_dialogs_file
     assert read_image(tmp_path / "theirs.tif").spacing is None
 
 
+def test_finetune_widget_trains_on_several_pairs(viewer, qtbot, models, errors, tmp_path):
+    """add this pair: the pairs added, then the one chosen, of different sizes, all trained on
+    (the card lists both); a pair whose layer is gone, or a missing target, is refused."""
+    import yaml
+
+    rng = np.random.default_rng(6)
+    for name, shape in (("a", (64, 64)), ("b", (72, 96))):
+        clean = (rng.random(shape) * 255).astype(np.uint8)
+        viewer.add_image(clean, name=f"{name}_clean")
+        viewer.add_image(np.clip(clean + rng.normal(0, 20, shape), 0, 255).astype(np.uint8), name=f"{name}_noisy")
+    ft = _dock(viewer, FINETUNE)
+    ft.base.add_path(models["denoise"])
+    for key, value in (("iterations", 2), ("patch", 32), ("batch", 2)):
+        getattr(ft, key).setValue(value)
+    ft.val_fraction.setValue(0.25)
+    ft.device.set_value("cpu")
+    ft.output.setText(str(tmp_path / "two-pairs"))
+    ft.input_combo.set_layer(viewer.layers["a_noisy"])
+    ft.target_combo.set_layer(viewer.layers["a_clean"])
+    ft.add_pair.click()
+    ft.add_pair.click()  # once is enough
+    assert ft.extra_pairs == [("a_noisy", "a_clean")] and "a_noisy -> a_clean" in ft.pairs_label.text()
+    ft.input_combo.set_layer(viewer.layers["b_noisy"])
+    ft.target_combo.set_layer(viewer.layers["b_clean"])
+    with qtbot.waitSignal(ft.run_finished, timeout=120_000) as sig:
+        assert ft.run()
+    assert sig.args == ["done"] and not errors, (errors, ft.status.text())
+    card = yaml.safe_load((Path(ft.saved_model) / "model.yaml").read_text())
+    assert len(card["training"]["data"]["images"]) == 2
+    ft.target_combo.setCurrentIndex(0)  # (none)
+    assert not ft.run() and "the added pairs have targets" in errors[-1]
+    ft.target_combo.set_layer(viewer.layers["b_clean"])
+    viewer.layers.remove("a_clean")
+    assert not ft.run() and "layer 'a_clean' of the added pairs is gone" in errors[-1]
+    ft.clear_pairs.click()
+    assert ft.extra_pairs == [] and ft.pairs_label.text() == ""
+
+
 def test_finetune_widget_exports_a_predictor_to_bioimageio(viewer, models, errors, tmp_path, monkeypatch):
     pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is in the [all] extra")
     from napari_emdiffuse.engine.models.cards import ModelCard, Normalisation, UNetConfig
