@@ -379,6 +379,24 @@ def test_finetune_learns_from_several_pairs(tmp_path, tiny_model_dir, capsys):
                "--target", str(files["a"][1]), "-o", str(tmp_path / "m"), *common])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "2 inputs and 1 targets" in err[0] and not (tmp_path / "m").exists()
+    # two folders: their images paired by name, whatever the formats
+    (tmp_path / "noisy").mkdir()
+    (tmp_path / "clean").mkdir()
+    for name in ("a", "b"):
+        files[name][0].rename(tmp_path / "noisy" / f"{name}.tif")
+        tifffile.imwrite(tmp_path / "clean" / f"{name}.tiff", tifffile.imread(files[name][1]))
+    out2 = tmp_path / "tuned2"
+    rc = main(["finetune", "--task", "denoise", "--input", str(tmp_path / "noisy"), "--target", str(tmp_path / "clean"),
+               "-o", str(out2), *common])
+    assert rc == 0
+    assert yaml.safe_load((out2 / "model.yaml").read_text())["training"]["data"]["images"] == [
+        "a.tif -> a.tiff", "b.tif -> b.tiff"]
+    (tmp_path / "clean" / "b.tiff").unlink()
+    capsys.readouterr()
+    rc = main(["finetune", "--task", "denoise", "--input", str(tmp_path / "noisy"), "--target", str(tmp_path / "clean"),
+               "-o", str(tmp_path / "m2"), *common])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no partner for b" in err[0] and not (tmp_path / "m2").exists()
 
 
 def test_finetune_refuses_images_smaller_than_patch(tmp_path, tiny_model_dir, capsys):

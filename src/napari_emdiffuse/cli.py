@@ -389,6 +389,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             return None
         return one(paths[0]) if len(paths) == 1 else [one(p) for p in paths]
 
+    if args.target is not None:  # pairs one by one, or two folders whose images share names
+        from .engine.io.batch import matched_pairs
+
+        args.input, args.target = matched_pairs(args.input, args.target)
     path = drive(
         finetune_iter(
             args.task, named(args.input), named(args.target), base=args.base, out=args.output, iterations=args.iterations,

@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=list(TASKS))
     p.add_argument("--input", required=True, metavar="IN", nargs="+",
                    help="degraded image (or volume for isotropic); several: several images (pairs), each with "
-                        "its held-back strip")
+                        "its held-back strip; a folder with a --target folder: their images, paired by name")
     _pick_options(p)
     p.add_argument("--target", metavar="TGT", nargs="+",
                    help="registered clean/high-resolution image (optional); one for each --input, in order")

@@ -22,7 +22,7 @@ from .n5 import n5_container_of
 from .precomputed import precomputed_of
 from .zarr import zarr_store_of
 
-__all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch", "images_inside", "check_one_image"]
+__all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch", "images_inside", "check_one_image", "matched_pairs"]
 
 _FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + MRC_PACKED_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES
 
@@ -171,6 +171,43 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
         if folder is not None:
             folder.mkdir(exist_ok=True)
     return plan
+
+
+def matched_pairs(inputs: list[str], targets: list[str]) -> tuple[list[str], list[str]]:
+    """Registered pairs given one by one, or as two folders whose images share their names
+    (``noisy/a.tif`` with ``clean/a.tif``; the formats may differ: ``clean/a.mrc``), the
+    folder's pairs in natural order.
+
+    Raises
+    ------
+    InputError
+        The counts differ, a folder is paired with a file, or an image has no partner.
+
+    Examples
+    --------
+    >>> matched_pairs(["a.tif"], ["A.tif"])
+    (['a.tif'], ['A.tif'])
+    """
+    if len(inputs) != len(targets):
+        raise InputError(f"{len(inputs)} inputs and {len(targets)} targets: give one target for each input")
+    xs: list[str] = []
+    ys: list[str] = []
+    for given_x, given_y in zip(inputs, targets):
+        px, py = Path(given_x).expanduser(), Path(given_y).expanduser()
+        if px.is_dir() != py.is_dir():
+            raise InputError(f"'{given_x}' and '{given_y}': pair a folder with a folder, a file with a file")
+        if not px.is_dir():
+            xs.append(given_x)
+            ys.append(given_y)
+            continue
+        found_x, found_y = ({f.stem: f for f in image_files_in(d)} for d in (px, py))
+        lonely = sorted(set(found_x) ^ set(found_y))
+        if lonely or not found_x:
+            what = f"no partner for {', '.join(lonely[:4])}{', ...' if len(lonely) > 4 else ''}" if lonely else "no images"
+            raise InputError(f"folders '{given_x}' and '{given_y}': {what}; their images pair by name")
+        xs.extend(str(f) for f in found_x.values())
+        ys.extend(str(found_y[stem]) for stem in found_x)
+    return xs, ys
 
 
 def _folder(path: str | os.PathLike[str], inside: Path | None = None) -> Path:
