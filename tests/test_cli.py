@@ -757,7 +757,8 @@ def test_a_batch_resumed_leaves_out_results_on_disk_written_after_their_uncertai
 
 def test_region_restores_part_of_one_image(tmp_path, noisy_tif, tiny_model_dir, capsys):
     """--region Y0 Y1 X0 X1: that part only, as the API restores it, recorded in the file;
-    refused in one line for a batch, a zarr output and a region outside the image."""
+    refused in one line for a zarr output and a region outside the image; a batch takes the
+    same region of each file."""
     import json
 
     from napari_emdiffuse.api import restore
@@ -774,13 +775,19 @@ def test_region_restores_part_of_one_image(tmp_path, noisy_tif, tiny_model_dir, 
     info = json.loads(tifffile.TiffFile(out).imagej_metadata["Info"])
     assert info["region"] == [4, 20, 8, 40]
     capsys.readouterr()
-    for extra, needle in (([str(noisy_tif), "-o", str(tmp_path / "b")], "give one input"),
-                          (["-o", str(tmp_path / "p.zarr")], "restored in memory"),
+    for extra, needle in ((["-o", str(tmp_path / "p.zarr")], "restored in memory"),
                           (["-o", str(tmp_path / "q.tif")], "not inside")):
         region = ["4", "20", "8", "40"] if needle != "not inside" else ["4", "20", "8", "4000"]
         assert main(["denoise", str(noisy_tif), *extra, "--region", *region, *common]) == 2
         assert needle in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "p.zarr").exists() and not (tmp_path / "q.tif").exists()
+    # a batch: the same region of each file; one too small for it is skipped with the reason
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.zeros((16, 16), np.uint8))
+    assert main(["denoise", str(noisy_tif), str(small), "-o", str(tmp_path / "b"), "--region", "4", "20", "8", "40",
+                 *common]) == 2
+    assert "not inside the image's 16 rows" in capsys.readouterr().err
+    assert np.array_equal(read_image(tmp_path / "b" / "noisy.tif").data, want.mean) and not (tmp_path / "b" / "small.tif").exists()
 
 
 def test_voxel_size_replaces_the_files_and_says_so(tmp_path, noisy_tif, tiny_model_dir, capsys):

@@ -109,8 +109,6 @@ def _restore_batch(args: argparse.Namespace) -> int:
     from .files import ISOTROPIC_TASKS, note, restore_files_iter
 
     kw = _sampling_kwargs(args)
-    if "region" in kw:
-        raise InputError("--region takes part of one image; give one input")
     distributed = bool(args.workers or args.scheduler)
     if args.task in ISOTROPIC_TASKS:  # each volume's factor picks the bundled model: hand over the name
         model: Any = args.model
