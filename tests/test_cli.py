@@ -924,7 +924,7 @@ def test_resume_keeps_a_zarr_run_and_is_refused_elsewhere(tmp_path, noisy_tif, t
     tifffile.imwrite(done / "b.tif", np.zeros((40, 56), np.uint8))  # as an earlier run left it
     assert main(["denoise", str(folder), "-o", str(done), "--resume", *model]) == 0
     err = capsys.readouterr().err
-    assert "1 of 3 files were restored by an earlier run (--resume); 2 to do" in err
+    assert "resuming: 1 of 3 files were restored by an earlier run; 2 to do" in err
     assert "b.tif" not in err.split("to do")[1] and not tifffile.imread(done / "b.tif").any()
     assert tifffile.imread(done / "a.tif").any() and tifffile.imread(done / "c.tif").any()
     assert main(["denoise", str(folder), "-o", str(done), "--resume", *model]) == 0

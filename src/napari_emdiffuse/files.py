@@ -434,7 +434,7 @@ def restore_files_iter(
     total = len(plan)
     if resume:  # an output is written last (write_results): one on disk is whole, with its uncertainty
         plan = [item for item in plan if not item[1].exists()]
-        yield note(f"{total - len(plan)} of {total} files were restored by an earlier run (--resume); {len(plan)} to do")
+        yield note(f"resuming: {total - len(plan)} of {total} files were restored by an earlier run; {len(plan)} to do")
     if workers or scheduler:  # each file a task: the workers restore files side by side
         yield (yield from _files_on_workers(plan, out_dir, task, model, workers, scheduler, options))
         return

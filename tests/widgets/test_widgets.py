@@ -747,7 +747,9 @@ def test_restore_widget_restores_files_on_disk_into_a_folder(viewer, qtbot, mode
     assert sig.args == ["done"] and not errors, errors
     assert sorted(p.name for p in (tmp_path / "side").iterdir()) == ["a.tif", "b.mrc"] and clusters[0][:2] == (2, None)
     assert "restored 2 of 3 files" in w.status.text() and "skipped 1: c.tif" in w.status.text()
-    # keep finished blocks (resume): the files whose results are there are left out
+    # keep finished blocks (resume): the files whose results are there are left out, and it says so
+    shown = []
+    monkeypatch.setattr(napari.utils.notifications, "show_info", lambda msg: shown.append(str(msg)))
     w.workers.setValue(0)
     w.resume.setChecked(True)
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "side").iterdir()}
@@ -755,6 +757,7 @@ def test_restore_widget_restores_files_on_disk_into_a_folder(viewer, qtbot, mode
         assert w.run_files(files, str(tmp_path / "side"))
     assert sig.args == ["done"] and {p.name: p.stat().st_mtime_ns for p in (tmp_path / "side").iterdir()} == stamps
     assert "restored 0 of 1 files" in w.status.text()  # only the broken one was tried again
+    assert any("2 of 3 files were restored by an earlier run" in m for m in shown)
 
 
 def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors):
