@@ -196,7 +196,8 @@ class FinetuneWidget(DockWidget):
         self.export_button = QPushButton("Export to bioimage.io…")
         self.export_button.setToolTip(
             "Write the model just trained as a bioimage.io package (.zip) for deepImageJ, ilastik or "
-            "bioimageio.core; one-pass denoising and super-resolution models (needs napari-emdiffuse[all])"
+            "bioimageio.core; one-pass denoising, super-resolution and one-factor isotropic models (needs "
+            "napari-emdiffuse[all])"
         )
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(self._export_clicked)

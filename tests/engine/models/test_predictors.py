@@ -347,6 +347,44 @@ def test_bioimageio_export_of_super_resolution_takes_the_low_resolution_image(tm
     assert not (tmp_path / "d.zip").exists() and not (tmp_path / "e.zip").exists()
 
 
+def test_bioimageio_export_of_an_isotropic_model_takes_two_slices(tmp_path):
+    """A model of one factor: two neighbouring slices in as channels, normalised together, the
+    factor - 1 new slices out as channels; the package reproduces the network's pass and loads
+    back as an isotropic model. The every-factor model (a pass per new slice) is refused."""
+    spec = pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is in the [all] extra")
+    import importlib
+    import io
+    import zipfile
+
+    from napari_emdiffuse.cli import main
+    from napari_emdiffuse.engine.models.registry import load_model
+
+    m = predictor("isotropic-i", out_channel=2, perturb=0.02)
+    src = m.save(tmp_path / "iso")
+    out = tmp_path / "iso.zip"
+    assert main(["export", str(src), "-o", str(out)]) == 0
+    descr = spec.load_description(out)
+    assert descr.validation_summary.status in ("valid-format", "passed"), descr.validation_summary.format()
+    assert [str(n) for n in descr.inputs[0].axes[1].channel_names] == ["slice_above", "slice_below"]
+    assert [str(n) for n in descr.outputs[0].axes[1].channel_names] == ["new_slice_1", "new_slice_2"]
+    scaled = next(step for step in descr.inputs[0].preprocessing if step.id == "scale_range")
+    assert [str(a) for a in scaled.kwargs.axes] == ["channel", "y", "x"]  # both slices together
+    arch = descr.weights.pytorch_state_dict.architecture
+    net = getattr(importlib.import_module(arch.import_from), str(arch.callable))(**arch.kwargs)
+    with zipfile.ZipFile(out) as zf:
+        net.load_state_dict(torch.load(io.BytesIO(zf.read("weights.pt")), weights_only=True))
+    pair = torch.from_numpy(np.random.default_rng(2).uniform(-1, 1, (1, 2, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        got, want = net.eval()(pair)[0], m.module(pair)[0]
+    assert got.shape == (1, 2, 32, 32)
+    torch.testing.assert_close(got, want)
+    back = load_model(out, cache=False)
+    assert back.card.task == "isotropic-i" and back.card.z_factor == 3
+    every = predictor("isotropic-i", out_channel=1, gap_depth=True).save(tmp_path / "any")
+    assert main(["export", str(every), "-o", str(tmp_path / "any.zip")]) == 2
+    assert not (tmp_path / "any.zip").exists()
+
+
 def test_export_without_bioimageio_spec_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     from napari_emdiffuse.cli import main
 

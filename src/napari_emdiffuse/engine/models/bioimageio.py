@@ -12,6 +12,11 @@ A super-resolution package takes the low-resolution image: its network upsamples
 inference does, and a blur-conditioned one reads the acquisition blur off the image with its
 own estimator unless the export fixes it.
 
+An isotropic predictor of one factor (``demo-isotropic``) takes two neighbouring slices as two
+channels and gives the ``factor - 1`` slices between them as channels, normalised jointly as
+the pipeline normalises a volume; the every-factor model, told how deep in the gap each slice
+lies, is one pass per new slice and is not exported.
+
 Diffusion models are not exported: their output is a sampler's result over many network
 calls, which the format cannot describe.
 """
@@ -51,10 +56,16 @@ def _test_input(card: ModelCard, seed: int = 0) -> np.ndarray:
     return img[None].astype(np.float32)
 
 
+def _is_volume(card: ModelCard) -> bool:
+    return card.task.startswith("isotropic")
+
+
 def _preprocess(x: np.ndarray, card: ModelCard) -> np.ndarray:
-    """What the package's preprocessing does: the card's percentiles to [-1, 1]."""
+    """What the package's preprocessing does: the card's percentiles to [-1, 1] (of both slices
+    together, for an isotropic model)."""
     rule = card.normalisation
-    lo, hi = np.percentile(x, [rule.low, rule.high], axis=(2, 3), keepdims=True)
+    axes = (1, 2, 3) if _is_volume(card) else (2, 3)
+    lo, hi = np.percentile(x, [rule.low, rule.high], axis=axes, keepdims=True)
     return ((x - lo) / (hi - lo + 1e-6) * 2 - 1).astype(np.float32)
 
 
@@ -104,8 +115,13 @@ def export_bioimageio(
             f"model '{card.name}' is a diffusion model; only predictors (kind regression) export to "
             "bioimage.io, whose format describes one network pass"
         )
-    if card.task not in ("denoise", "super-resolve") or card.normalisation.mode != "percentile":
-        raise EMDiffuseError(f"model '{card.name}': only 2D percentile-normalised predictors export to bioimage.io")
+    if card.normalisation.mode != "percentile":
+        raise EMDiffuseError(f"model '{card.name}': only percentile-normalised predictors export to bioimage.io")
+    if _is_volume(card) and (card.network.gap_depth or card.network.slice_embedding):
+        raise EMDiffuseError(
+            f"model '{card.name}' makes each new slice in a pass of its own (told its depth in the gap); "
+            "bioimage.io describes one pass: export a model of one factor (demo-isotropic)"
+        )
     scale = card.scale if card.task == "super-resolve" else 1
     if blur is not None and not (scale > 1 and card.network.blur_level):
         raise InputError(f"model '{card.name}' is not told the acquisition blur; export it without one")
@@ -135,8 +151,8 @@ def export_bioimageio(
         mean, std = res if isinstance(res, tuple) else (res, None)
         np.save(d / "test_input.npy", x)
         np.save(d / "test_output.npy", mean.numpy().astype(np.float32))
-        tifffile.imwrite(d / "sample_input.tif", x[0, 0])
-        tifffile.imwrite(d / "sample_mean.tif", mean.numpy()[0, 0].astype(np.float32))
+        tifffile.imwrite(d / "sample_input.tif", x[0])
+        tifffile.imwrite(d / "sample_mean.tif", mean.numpy()[0].astype(np.float32))
         torch.save({k: v.cpu() for k, v in module.state_dict().items()}, d / "weights.pt")
         # TorchScript too: deepImageJ and other consumers without this package installed run it
         # (traced once; the network has no size-dependent control flow, any size runs)
@@ -152,20 +168,24 @@ def export_bioimageio(
         multiple = card.network.size_multiple
         step = multiple // math.gcd(multiple, scale)
         size = bio.ParameterizedSize(min=step * math.ceil(2 * multiple / scale / step), step=step)
-        axes_in = [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier("em")]),
+        # an isotropic model: the slices above and below in, the new slices between them out
+        names_in = ["slice_above", "slice_below"] if _is_volume(card) else ["em"]
+        names_out = [f"new_slice_{k}" for k in range(1, card.network.out_channel + 1)] if _is_volume(card) else ["em"]
+        axes_in = [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in names_in]),
                    bio.SpaceInputAxis(id=bio.AxisId("y"), size=size), bio.SpaceInputAxis(id=bio.AxisId("x"), size=size)]
 
         def out_axes():
             ref = {"y": bio.SizeReference(tensor_id=bio.TensorId("input"), axis_id=bio.AxisId("y")),
                    "x": bio.SizeReference(tensor_id=bio.TensorId("input"), axis_id=bio.AxisId("x"))}
-            return [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier("em")]),
+            return [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in names_out]),
                     bio.SpaceOutputAxis(id=bio.AxisId("y"), size=ref["y"], scale=1 / scale),
                     bio.SpaceOutputAxis(id=bio.AxisId("x"), size=ref["x"], scale=1 / scale)]
 
         rule = card.normalisation
         pre = [
             bio.ScaleRangeDescr(kwargs=bio.ScaleRangeKwargs(
-                axes=[bio.AxisId("y"), bio.AxisId("x")], min_percentile=rule.low, max_percentile=rule.high)),
+                axes=[bio.AxisId(a) for a in (("channel", "y", "x") if _is_volume(card) else ("y", "x"))],
+                min_percentile=rule.low, max_percentile=rule.high)),
             bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=2.0, offset=-1.0)),
         ]
         outputs = [bio.OutputTensorDescr(
@@ -176,7 +196,7 @@ def export_bioimageio(
         )]
         if std is not None:
             np.save(d / "test_std.npy", std.numpy().astype(np.float32))
-            tifffile.imwrite(d / "sample_std.tif", std.numpy()[0, 0].astype(np.float32))
+            tifffile.imwrite(d / "sample_std.tif", std.numpy()[0].astype(np.float32))
             outputs.append(bio.OutputTensorDescr(
                 id=bio.TensorId("std"), axes=out_axes(),
                 test_tensor=bio.FileDescr(source=d / "test_std.npy"),
@@ -224,7 +244,8 @@ def _describe(bio, card: ModelCard, d: Path, axes_in, outputs, pre, kw: dict, ca
         inputs=[bio.InputTensorDescr(
             id=bio.TensorId("input"), axes=axes_in, test_tensor=bio.FileDescr(source=d / "test_input.npy"),
             sample_tensor=bio.FileDescr(source=d / "sample_input.tif"),
-            preprocessing=pre, description="an EM image, any intensity range",
+            preprocessing=pre, description=("two neighbouring slices of an EM volume (as channels), any intensity "
+                                            "range" if _is_volume(card) else "an EM image, any intensity range"),
         )],
         outputs=outputs,
         weights=bio.WeightsDescr(pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
@@ -280,7 +301,18 @@ def _documentation(card: ModelCard, blur: float | None) -> str:
     if card.uncertainty_structure > 0:
         use += (" `std` is the aleatoric head's; napari-emdiffuse also adds a structure term (weight "
                 f"{card.uncertainty_structure:g} on the squared Laplacian of the smoothed mean) to the variance.")
-    command = "super-resolve" if sr else "denoise"
+    if _is_volume(card):
+        use = (
+            "Input: two neighbouring slices of an anisotropic EM volume, as the two channels (above, below). "
+            f"Preprocessing maps the {card.normalisation.low:g}/{card.normalisation.high:g} percentiles of both "
+            f"together to -1/+1; the output `mean` holds the {card.network.out_channel} slices between them, in "
+            "order, in the same range (map them back with the input's percentiles), and `std` their per-pixel "
+            f"uncertainty. The z spacing of the result is the input's divided by {card.network.out_channel + 1}. "
+            "napari-emdiffuse normalises a whole volume at once, from evenly spaced slices; a pair alone is "
+            "normalised on itself here."
+        )
+    command = "super-resolve" if sr else ("isotropic --factor " + str(card.network.out_channel + 1) if _is_volume(card)
+                                          else "denoise")
     return (
         f"# {card.name}\n\n{card.description}\n\n"
         f"## Use\n\n{use}\n\n"
