@@ -1,11 +1,12 @@
 """Does fine-tuning pay off on data the bundled models never saw? One table, one run.
 
-Denoising: openorganelle_mouse_liver_0 (held out of every bundled model's training) with
+Denoising: openorganelle_mouse_liver_0 (held out of the bundled denoiser's training) with
 simulated correlated Poisson-Gaussian noise (``--dose``, neighbour correlation ~0.5 as in
 short-dwell SEM). The right half is scored against the clean image:
 
 * the bundled model as it is;
-* paired fine-tuning on the left half (noisy -> clean);
+* paired fine-tuning on the left half (noisy -> clean), and with a second pair of the kind
+  beside it (liver_1 with the same simulated noise);
 * self-supervised fine-tuning on the noisy image alone (no clean image);
 * careamics Noise2Void trained on the same noisy image, when ``--peers`` names the JSON of
   ``benchmarks/peers.py`` (key ``finetune``);
@@ -54,9 +55,9 @@ from napari_emdiffuse.api import reconstruct_isotropic
 
 
 
-def liver_case(dose: float) -> tuple[np.ndarray, np.ndarray]:
-    clean = tifffile.imread(need_shared() / "em2d" / "clean" / "openorganelle_mouse_liver_0.tif")
-    rng = np.random.default_rng(7)
+def liver_case(dose: float, name: str = "openorganelle_mouse_liver_0.tif", seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    clean = tifffile.imread(need_shared() / "em2d" / "clean" / name)
+    rng = np.random.default_rng(seed)
     noisy = simulate_noise(clean, dose, rng=rng, lo=0, hi=255, correlation=CORRELATION).astype(np.uint8)
     return noisy, clean
 
@@ -95,6 +96,10 @@ def denoise_rows(args, tmp: Path, peers: dict, inverted: float | None = None) ->
         ("paired fine-tune (left half)", dict(input=noisy[:, :half], target=clean[:, :half])),
         ("self-supervised fine-tune (noisy image only)", dict(input=noisy, target=None)),
     ]
+    if inverted is None:  # a second pair of the kind: liver_1 with the same noise
+        second_n, second_c = liver_case(args.dose, "openorganelle_mouse_liver_1.tif", seed=8)
+        runs.insert(1, ("paired fine-tune (left half + a second pair, liver_1)",
+                        dict(input=[noisy[:, :half], second_n], target=[clean[:, :half], second_c])))
     for name, data in runs:
         with Timer() as t:
             path = drain(finetune_iter("denoise", data["input"], data["target"], base=args.base,
