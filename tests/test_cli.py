@@ -1057,6 +1057,34 @@ def test_convert_writes_any_input_with_its_pixel_size(tmp_path, capsys):
         assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.skipif(int(__import__("zarr").__version__.split(".")[0]) < 3, reason="zarr format 3 needs zarr-python 3")
+def test_zarr_format_3_from_the_command_line(tmp_path, capsys, tiny_model_dir):
+    """--zarr-format 3: a restoration and a conversion into sharded zarr v3 (OME-Zarr 0.5),
+    the same pixels as format 2; a TIFF output with it is refused in one line, exit 2."""
+    import zarr
+
+    from napari_emdiffuse.engine.io.images import write_image
+
+    vol = (np.random.default_rng(4).random((2, 40, 48)) * 255).astype(np.uint8)
+    write_image(tmp_path / "vol.tif", vol, spacing=(40.0, 5.0, 5.0))
+    base = ["denoise", str(tmp_path / "vol.tif"), "--model", str(tiny_model_dir), "--steps", "2", "--device", "cpu"]
+    assert main([*base, "-o", str(tmp_path / "v2.zarr")]) == 0
+    assert main([*base, "-o", str(tmp_path / "v3.ome.zarr"), "--zarr-format", "3"]) == 0
+    g = zarr.open_group(str(tmp_path / "v3.ome.zarr"), mode="r")
+    assert g["0"].metadata.zarr_format == 3 and g.attrs["ome"]["version"] == "0.5"
+    assert np.array_equal(g["0"][:], zarr.open_array(str(tmp_path / "v2.zarr"), mode="r")[:])
+    assert main(["convert", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "c.zarr"), "--zarr-format", "3"]) == 0
+    c = zarr.open_array(str(tmp_path / "c.zarr"), mode="r")
+    assert c.metadata.zarr_format == 3 and c.shards == (1, 40, 48) and np.array_equal(c[:], vol)
+    capsys.readouterr()
+    for argv, needle in (([*base, "-o", str(tmp_path / "o.tif"), "--zarr-format", "3"], "'o.tif' is not one"),
+                         ([*base, "-o", str(tmp_path / "o.zarr"), "--zarr-format", "4"], "invalid choice")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.tif").exists() and not (tmp_path / "o.zarr").exists()
+
+
 def test_convert_bin_averages_blocks_and_scales_the_pixel_size(tmp_path, capsys):
     import zarr
 

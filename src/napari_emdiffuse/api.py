@@ -192,6 +192,10 @@ class ZarrOptions(RestoreOptions):
         Keep the finished blocks of a run that fails or is stopped (in an unfinished store
         beside ``out``), and continue an earlier such run of the same input, model and
         options from its finished blocks. The output still appears only when complete.
+    zarr_format : {2, 3}
+        2 (default): one file per block, which every zarr reader opens. 3: zarr v3 (OME-Zarr
+        0.5 for a ``.ome.zarr`` name), each block one shard of 512-px chunks, so that viewers
+        read a part of a block without the whole of it (needs zarr-python 3).
     """
 
     uncertainty_out: str | os.PathLike | None = None
@@ -199,6 +203,7 @@ class ZarrOptions(RestoreOptions):
     workers: int | None = None
     scheduler: str | None = None
     resume: bool = False
+    zarr_format: Literal[2, 3] = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,7 +225,7 @@ class IsotropicOptions(SamplingChoice):
     uncertainty : bool or path
         Also return the per-voxel uncertainty; with ``out``, written to
         ``<out>_uncertainty.zarr`` or the path given.
-    workers, scheduler, resume
+    workers, scheduler, resume, zarr_format
         As in :class:`ZarrOptions` (needs ``out``).
     denoise : bool, str, path or EMDiffuseModel, optional
         Denoise the measured slices first (one pass of a denoising model, its mirrored
@@ -244,6 +249,7 @@ class IsotropicOptions(SamplingChoice):
     workers: int | None = None
     scheduler: str | None = None
     resume: bool = False
+    zarr_format: Literal[2, 3] = 2
     denoise: bool | str | os.PathLike | EMDiffuseModel | None = None
     region: tuple | None = None
 

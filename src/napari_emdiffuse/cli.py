@@ -135,7 +135,7 @@ def _restore_batch(args: argparse.Namespace) -> int:
         done = drive(told(restore_files_iter(
             args.input, args.output, args.task, model, uncertainty_dir=args.uncertainty,
             resume=args.resume, channel=args.channel, time=args.time, voxel_size=getattr(args, "voxel_size", None),
-            workers=args.workers, scheduler=args.scheduler, **kw,
+            workers=args.workers, scheduler=args.scheduler, zarr_format=args.zarr_format, **kw,
         )))
     except KeyboardInterrupt:
         if distributed:
@@ -159,7 +159,7 @@ def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | Non
     wrote = drive(restore_file_iter(
         args.input, out, args.task, lambda: load(args), uncertainty_out=unc, channel=args.channel, time=args.time,
         voxel_size=getattr(args, "voxel_size", None), workers=args.workers, scheduler=args.scheduler,
-        model_ref=args.model, arch=args.arch, resume=args.resume, **kw,
+        model_ref=args.model, arch=args.arch, resume=args.resume, zarr_format=args.zarr_format, **kw,
     ))
     print(f"wrote {' and '.join(wrote)}", file=sys.stderr)
     return 0
@@ -186,7 +186,7 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     wrote = drive(reconstruct_file_iter(
         args.input, out, args.model, factor=args.factor, mode=args.mode, uncertainty_out=unc, channel=args.channel,
         time=args.time, voxel_size=getattr(args, "voxel_size", None), workers=args.workers, scheduler=args.scheduler,
-        denoise=_denoiser(args), resume=args.resume, **kw,
+        denoise=_denoiser(args), resume=args.resume, zarr_format=args.zarr_format, **kw,
     ))
     print(f"wrote {' and '.join(wrote)}", file=sys.stderr)
     return 0
@@ -251,7 +251,7 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
     if suffix_of(out) in MRC_SUFFIXES:
         axes = None  # MRC has one layout: a series of frames is stored as its sections
     write_image(out, data.data, spacing=data.spacing, unit=data.unit or "nm", axes=axes,
-                provenance={"converted from": str(args.input)})
+                provenance={"converted from": str(args.input)}, zarr_format=args.zarr_format)
     size = "no pixel size" if data.spacing is None else " x ".join(f"{v:g}" for v in data.spacing) + f" {data.unit or ''}"
     print(f"wrote {out} ({' x '.join(str(n) for n in data.data.shape)} {data.data.dtype}, {size.strip()})", file=sys.stderr)
     return 0

@@ -83,6 +83,13 @@ def _voxel_option(p: argparse.ArgumentParser) -> None:
                         "factor follows from it")
 
 
+def _zarr_format_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zarr-format", type=int, choices=[2, 3], default=2, metavar="{2,3}",
+                   help=".zarr output (a batch: its .zarr outputs): 2 (default; every zarr reader opens it) or 3 "
+                        "(zarr v3, OME-Zarr 0.5 for a .ome.zarr name: each block one shard of 512-px chunks, which "
+                        "viewers read piece by piece)")
+
+
 def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> None:
     from .engine.core.samplers import SAMPLERS
     from .engine.inference.canvas import PRESETS
@@ -119,6 +126,7 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
                    help="zarr output: if the run fails or is stopped, keep its finished blocks (beside the output, "
                         "unfinished); run the same command with --resume again to continue from them. A batch: "
                         "leave out the files whose outputs exist")
+    _zarr_format_option(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average each N x N block of pixels (as a detector binning N x N); the pixel size "
                         "grows N times. For images sampled far finer than their detail (high magnification), "
                         "before denoising")
+    _zarr_format_option(p)
     _pick_options(p)
     _voxel_option(p)
 

@@ -21,6 +21,7 @@ from typing import Any
 from .engine.errors import InputError
 from .engine.events import Progress
 from .engine.io.common import ZARR_SUFFIX, suffix_of
+from .engine.io.zarrfmt import check_zarr_format
 
 __all__ = [
     "BatchResult", "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "remove_spill",
@@ -170,7 +171,7 @@ def _progress_only(gen: Generator) -> Generator[Progress, None, Any]:
     return result
 
 
-def _zarr_output(out: Path, unc: Path | None, distributed: Any, resume: bool) -> bool:
+def _zarr_output(out: Path, unc: Path | None, distributed: Any, resume: bool, zarr_format: int = 2) -> bool:
     """Whether ``out`` is a zarr store; refuses what needs one (a cluster, resuming; any input:
     one that is not zarr is staged for the workers) when it is not, and a non-zarr uncertainty
     beside it."""
@@ -179,9 +180,17 @@ def _zarr_output(out: Path, unc: Path | None, distributed: Any, resume: bool) ->
         raise InputError("--workers/--scheduler need a .zarr output")
     if resume and not zarr_out:
         raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
+    if check_zarr_format(zarr_format) != 2 and not zarr_out:
+        raise InputError(f"--zarr-format {zarr_format} sets the format of a .zarr output; '{out.name}' is not one")
     if zarr_out and unc is not None and suffix_of(unc) != ZARR_SUFFIX:
         raise InputError("with a .zarr output, give the uncertainty output as .zarr too")
     return zarr_out
+
+
+def _for_output(options: dict, out: Path) -> dict:
+    """A batch's options for one file: ``zarr_format`` is the format of the ``.zarr`` outputs
+    among them, and the others leave it out."""
+    return options if suffix_of(Path(out)) == ZARR_SUFFIX else {k: v for k, v in options.items() if k != "zarr_format"}
 
 
 def _told_first(event: Progress, gen: Generator) -> Generator[Any, None, Any]:
@@ -210,6 +219,7 @@ def restore_file_iter(
     model_ref: str | None = None,
     arch: str | None = None,
     resume: bool = False,
+    zarr_format: int = 2,
     **sampling: Any,
 ) -> Generator[Any, None, None]:
     """Denoise or super-resolve the image file ``src`` into ``out`` (``.tif``, ``.mrc`` or
@@ -220,8 +230,8 @@ def restore_file_iter(
     default), loaded once the input has been read and checked (a bad input is refused before
     any model loads). ``workers`` / ``scheduler``
     (a ``.zarr`` output only) hand the cluster ``model_ref`` (its name or path) and ``arch``;
-    ``resume`` continues an unfinished ``.zarr`` output. The rest are the sampling options of
-    :func:`~napari_emdiffuse.api.restore`.
+    ``resume`` continues an unfinished ``.zarr`` output, ``zarr_format`` (2 or 3) is its format.
+    The rest are the sampling options of :func:`~napari_emdiffuse.api.restore`.
 
     Raises
     ------
@@ -242,7 +252,7 @@ def restore_file_iter(
         yield note(text)
     check_one_channel(tuple(data.data.shape), data.axes, str(src))
     validate_image(data.data)
-    zarr_out = _zarr_output(out, unc, workers or scheduler, resume)
+    zarr_out = _zarr_output(out, unc, workers or scheduler, resume, zarr_format)
     distributed = bool(workers or scheduler)
     model = _loaded(model, task, arch, sampling.get("device"))
     if (fine := pixel_size_note(model.card, data.spacing, data.unit)) is not None:
@@ -251,7 +261,8 @@ def restore_file_iter(
         # Workers load the model themselves: hand them its name or path, not this process's copy.
         yield from _progress_only(restore_to_zarr_iter(
             data.data, out, task, model_ref if distributed else model, uncertainty_out=unc, spacing=data.spacing,
-            workers=workers, scheduler=scheduler, arch=arch if distributed else None, resume=resume, **sampling,
+            workers=workers, scheduler=scheduler, arch=arch if distributed else None, resume=resume,
+            zarr_format=zarr_format, **sampling,
         ))
         attrs = dict(open_zarr_readonly(out).attrs)
         for text in fill_notes(attrs.get("normalisation")) + blur_note(attrs):
@@ -308,6 +319,7 @@ def reconstruct_file_iter(
     scheduler: str | None = None,
     denoise: Any = None,
     resume: bool = False,
+    zarr_format: int = 2,
     **sampling: Any,
 ) -> Generator[Any, None, None]:
     """Make the anisotropic volume in file ``src`` isotropic into ``out`` (``.tif``, ``.mrc`` or
@@ -319,7 +331,7 @@ def reconstruct_file_iter(
     volumes). ``model``: a name, a path, a loaded model or None (the bundled model for the
     factor; models load once per process). A result too large for memory bound for a TIFF or
     MRC goes through a hidden store beside it (:func:`spill_store`). ``workers`` /
-    ``scheduler`` / ``resume`` need a ``.zarr`` output; the rest are the options of
+    ``scheduler`` / ``resume`` / ``zarr_format`` 3 need a ``.zarr`` output; the rest are the options of
     :func:`~napari_emdiffuse.api.reconstruct_isotropic`.
 
     Raises
@@ -350,7 +362,7 @@ def reconstruct_file_iter(
         factor = default_factor
         yield note(f"note: '{Path(src).name}' does not say its voxel size; factor {factor} as given")
     f = int(factor) if factor is not None else factor_from_spacing(data.spacing)
-    zarr_out = _zarr_output(out, unc, workers or scheduler, resume)
+    zarr_out = _zarr_output(out, unc, workers or scheduler, resume, zarr_format)
     store, store_unc = (out, unc) if zarr_out else (None, None)
     if not zarr_out:  # a volume too large for memory: through a store beside the output
         z, y, x = data.data.shape
@@ -368,7 +380,8 @@ def reconstruct_file_iter(
         result = yield from _progress_only(_told_first(told, reconstruct_isotropic_iter(
             data.data, f, model, mode=mode, spacing=data.spacing, out=store,
             uncertainty=str(store_unc) if store is not None and store_unc is not None else unc is not None,
-            workers=workers, scheduler=scheduler, denoise=denoise, resume=resume, **sampling,
+            workers=workers, scheduler=scheduler, denoise=denoise, resume=resume,
+            zarr_format=zarr_format if zarr_out else 2, **sampling,
         )))
         if result is None:  # pragma: no cover - the generator always ends with a result
             raise RuntimeError("reconstruction ended without a result")
@@ -410,7 +423,7 @@ def restore_files_iter(
     per-file events. The plan (names, clashes) is
     checked before any work (:func:`~.engine.io.batch.plan_batch`); a file that cannot be read
     is told and skipped. ``resume`` leaves out the files whose outputs exist (an output appears
-    only when written whole). Yields ``Progress("file", k, n)`` before each file, the files'
+    only when written whole). ``zarr_format`` (2 or 3) is that of the ``.zarr`` outputs among them. Yields ``Progress("file", k, n)`` before each file, the files'
     own events, then a :class:`BatchResult`.
 
     Examples
@@ -425,6 +438,7 @@ def restore_files_iter(
     """
     from .engine.io.batch import expand_inputs, plan_batch
 
+    options["zarr_format"] = check_zarr_format(options.get("zarr_format", 2))
     workers, scheduler = options.pop("workers", None), options.pop("scheduler", None)
     if workers is not None or scheduler is not None:
         from .engine.parallel.runner import Cluster
@@ -446,10 +460,10 @@ def restore_files_iter(
         return loaded[0]
 
     def one(src: Path, out: Path, unc: Path | None) -> Generator[Any, None, None]:
+        kw = _for_output(options, out)
         if task in ISOTROPIC_TASKS:  # the model follows each volume's factor: by name, loaded once per process
-            return reconstruct_file_iter(src, out, model, mode=task[-1], uncertainty_out=unc, **options)
-        return restore_file_iter(src, out, task, load, uncertainty_out=unc,
-                                 **{k: v for k, v in options.items() if k != "arch"})
+            return reconstruct_file_iter(src, out, model, mode=task[-1], uncertainty_out=unc, **kw)
+        return restore_file_iter(src, out, task, load, uncertainty_out=unc, **{k: v for k, v in kw.items() if k != "arch"})
 
     done = BatchResult(total=len(plan))
     for k, (src, out, unc) in enumerate(plan):
@@ -526,8 +540,8 @@ def _files_on_workers(plan: list, out_dir: str | Path, task: str, model: Any, wo
             loaded = _loaded(model, task, arch, "cpu")
             given = model if isinstance(model, (str, Path)) or model is None else loaded
             spec, spec_arch, _ = model_spec(given, loaded, task, arch, tmp / "model")
-        jobs = [FileJob(str(src), str(out), str(unc) if unc is not None else None, task, spec, spec_arch, options)
-                for src, out, unc in plan]
+        jobs = [FileJob(str(src), str(out), str(unc) if unc is not None else None, task, spec, spec_arch,
+                        _for_output(options, out)) for src, out, unc in plan]
 
         def report(n: int, result: tuple[list[str], list[str], str | None]) -> list[Progress]:
             src, (wrote, notes, why) = plan[n][0], result

@@ -373,6 +373,9 @@ def test_isotropic_logic(tmp_path):
     assert IsotropicOptions(resume=True, output=str(tmp_path / "iso.zarr")).engine_kwargs()["resume"] is True
     with pytest.raises(EMDiffuseError, match="keeping finished blocks needs a .zarr output"):
         IsotropicOptions(resume=True).validate()
+    assert IsotropicOptions(zarr_format=3, output=str(tmp_path / "iso.zarr")).engine_kwargs()["zarr_format"] == 3
+    with pytest.raises(EMDiffuseError, match="zarr format must be 2 or 3"):
+        IsotropicOptions(zarr_format=4, output=str(tmp_path / "iso.zarr")).validate()
     with pytest.raises(EMDiffuseError, match=".zarr"):
         check_zarr_output(str(tmp_path / "out.tif"))
     with pytest.raises(EMDiffuseError, match="does not exist"):
@@ -846,6 +849,16 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
     assert not errors, errors
     shown = viewer.layers["big_denoised"]
     assert shown.multiscale and [tuple(d.shape) for d in shown.data][:2] == [img.shape, (3, 20, 24)]
+    # zarr format 3: the same pixels, a shard per block (OME-Zarr 0.5), shown from the store
+    w.output.setText(str(tmp_path / "big_v3.ome.zarr"))
+    w.zarr_format.setCurrentText("3 (sharded)")
+    assert w.options().zarr_format == 3 and w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    v3 = zarr.open_group(str(tmp_path / "big_v3.ome.zarr"), mode="r")
+    assert v3["0"].metadata.zarr_format == 3 and v3.attrs["ome"]["version"] == "0.5"
+    assert np.array_equal(v3["0"][:].astype(int), one)
+    w.zarr_format.setCurrentText("2")
     # current slice only: one 2D result named after the slice
     w.output.setText("")
     w.current_slice.setChecked(True)
@@ -862,6 +875,8 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
         RestoreOptions(workers=-1, output=str(tmp_path / "y.zarr")).validate()
     with pytest.raises(EMDiffuseError, match="keeping finished blocks needs a .zarr output"):
         RestoreOptions(resume=True).validate()
+    with pytest.raises(EMDiffuseError, match="zarr format 3 is the format of a .zarr output"):
+        RestoreOptions(zarr_format=3).validate()
 
 
 def test_restore_widget_restores_the_region_in_view(viewer, qtbot, models, errors):

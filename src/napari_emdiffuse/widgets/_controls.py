@@ -32,9 +32,12 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from ._settings import ZARR_FORMAT_ITEMS
+
 __all__ = [
     "workers_box",
     "resume_box",
+    "zarr_format_box",
     "BROWSE",
     "ModelChoice",
     "ModelPicker",
@@ -380,6 +383,16 @@ def resume_box() -> QCheckBox:
         "With the files… button: leave out the files whose results are in the folder (a batch stopped before)"
     )
     return box
+
+
+def zarr_format_box() -> QComboBox:
+    """The format of a ``.zarr`` output (``zarr_format``)."""
+    return combo_box(
+        list(ZARR_FORMAT_ITEMS.values()),
+        ".zarr output: 2 (every zarr reader opens it) or 3 (zarr v3, OME-Zarr 0.5 for a .ome.zarr name: each block "
+        "one shard of 512-px chunks, which viewers read piece by piece).\nWith the files… button: the format of "
+        "the .zarr results",
+    )
 
 
 def combo_box(items: Sequence[str], tip: str = "") -> QComboBox:

@@ -27,6 +27,9 @@ __all__ = [
     "check_tiling",
     "check_workers",
     "check_resume",
+    "ZARR_FORMAT_ITEMS",
+    "zarr_format_of_item",
+    "check_zarr_format_choice",
     "sampling_kwargs",
 ]
 
@@ -193,3 +196,35 @@ def sampling_kwargs(opts: _Sampling) -> dict[str, Any]:
         "seed": opts.seed,
         "device": opts.device,
     }
+
+
+#: The zarr format box's entries, by format.
+ZARR_FORMAT_ITEMS = {2: "2", 3: "3 (sharded)"}
+
+
+def zarr_format_of_item(text: str) -> int:
+    """The format an entry of the zarr format box names.
+
+    Examples
+    --------
+    >>> zarr_format_of_item("3 (sharded)")
+    3
+    """
+    return next((fmt for fmt, item in ZARR_FORMAT_ITEMS.items() if item == text), 2)
+
+
+def check_zarr_format_choice(zarr_format: Any, output: str) -> None:
+    """A zarr format of 2 or 3; 3 is the format of a ``.zarr`` output, so it needs one.
+
+    Examples
+    --------
+    >>> check_zarr_format_choice(3, "out.zarr")
+    >>> check_zarr_format_choice(3, "")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.EMDiffuseError: zarr format 3 is the format of a .zarr output; give one, or choose 2
+    """
+    if zarr_format not in ZARR_FORMAT_ITEMS or isinstance(zarr_format, bool):
+        raise EMDiffuseError(f"zarr format must be 2 or 3, not {zarr_format!r}")
+    if zarr_format != 2 and not output:
+        raise EMDiffuseError(f"zarr format {zarr_format} is the format of a .zarr output; give one, or choose 2")

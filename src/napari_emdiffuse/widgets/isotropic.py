@@ -19,12 +19,15 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QLineEdit,
 from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
-from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
+from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box, zarr_format_box
 from ._files import FilesMixin
 from ._layers import (
     LayerCombo, check_zarr_output, layer_source, layer_spacing, lazy_volume, region_in_view, show_outputs,
 )  # fmt: skip
-from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
+from ._settings import (
+    PRESETS, ZARR_FORMAT_ITEMS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
+    check_zarr_format_choice, sampling_kwargs, zarr_format_of_item,
+)  # fmt: skip
 from .restore import check_input_layer, layer_array
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,6 +77,8 @@ class IsotropicOptions(WidgetOptions):
     resume : bool
         ``.zarr`` output: a cancelled or failed run keeps its finished blocks, and the next
         run of the same image, model and options continues from them.
+    zarr_format : {2, 3}
+        ``.zarr`` output: 2, or 3 (zarr v3, a shard of 512-px chunks per block).
     in_view : bool
         Reconstruct only the rows and columns the viewer shows (in memory), normalised as the
         whole volume: a quick look before a long run.
@@ -93,6 +98,7 @@ class IsotropicOptions(WidgetOptions):
     denoise_first: bool = False
     workers: int = 0
     resume: bool = False
+    zarr_format: int = 2
     in_view: bool = False
 
     @property
@@ -112,6 +118,7 @@ class IsotropicOptions(WidgetOptions):
                 raise EMDiffuseError("the region in view is reconstructed in memory: clear the output path")
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
+        check_zarr_format_choice(self.zarr_format, self.output)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -125,6 +132,7 @@ class IsotropicOptions(WidgetOptions):
             "denoise": True if self.denoise_first else None,
             "workers": self.workers or None,
             "resume": self.resume,
+            "zarr_format": self.zarr_format,
         }
 
 
@@ -217,6 +225,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         )
         self.workers = workers_box()
         self.resume = resume_box()
+        self.zarr_format = zarr_format_box()
         advanced = advanced_section(
             [
                 ("steps", self.steps),
@@ -226,6 +235,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
                 ("seed", self.seed),
                 ("workers", self.workers),
                 ("", self.resume),
+                ("zarr format", self.zarr_format),
                 ("", self.uncertainty),
             ]
         )
@@ -287,6 +297,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
             denoise_first=self.denoise_first.isChecked(),
             workers=self.workers.value(),
             resume=self.resume.isChecked(),
+            zarr_format=zarr_format_of_item(self.zarr_format.currentText()),
             in_view=self.in_view.isChecked(),
         )
 
@@ -305,6 +316,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self.denoise_first.setChecked(opts.denoise_first)
         self.workers.setValue(opts.workers)
         self.resume.setChecked(opts.resume)
+        self.zarr_format.setCurrentText(ZARR_FORMAT_ITEMS.get(opts.zarr_format, "2"))
         self.in_view.setChecked(opts.in_view)
 
     def _prefill(self, *_: Any) -> None:
@@ -366,12 +378,12 @@ class IsotropicWidget(FilesMixin, DockWidget):
         volume's factor from its voxel size, the factor box's where a file records none
         (Advanced > workers: that many files side by side; the output box plays no part)."""
         opts = self.options()
-        replace(opts, output="", workers=0, resume=False).validate()
+        replace(opts, output="", workers=0, resume=False, zarr_format=2).validate()
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
         kwargs = sampling_kwargs(opts) | {"default_factor": opts.factor, "denoise": True if opts.denoise_first else None,
                                           "uncertainty": opts.uncertainty, "workers": opts.workers or None,
-                                          "resume": opts.resume}
+                                          "resume": opts.resume, "zarr_format": opts.zarr_format}
         return opts.task, model, kwargs | ({"arch": arch} if arch is not None else {})
 
     def _show(self, result: Any, source: dict, out: Path | None) -> None:

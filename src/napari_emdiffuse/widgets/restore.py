@@ -22,11 +22,14 @@ from ..engine.inference.zfilter import Z_FILTERS
 from ..engine.io.consoles import databar_note
 from ..engine.io.zarr import uncertainty_beside
 from ._base import DockWidget
-from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box
+from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box, zarr_format_box
 from ._files import FilesMixin
 from ._jobs import notify_info
 from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, region_in_view, show_outputs
-from ._settings import PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers, sampling_kwargs
+from ._settings import (
+    PRESETS, ZARR_FORMAT_ITEMS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
+    check_zarr_format_choice, sampling_kwargs, zarr_format_of_item,
+)  # fmt: skip
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -97,6 +100,8 @@ class RestoreOptions(WidgetOptions):
     resume : bool
         ``.zarr`` output: a cancelled or failed run keeps its finished blocks, and the next
         run of the same image, model and options continues from them.
+    zarr_format : {2, 3}
+        ``.zarr`` output: 2, or 3 (zarr v3, a shard of 512-px chunks per block).
     """
 
     task: str = "denoise"
@@ -117,6 +122,7 @@ class RestoreOptions(WidgetOptions):
     z_filter: str = "auto"
     workers: int = 0
     resume: bool = False
+    zarr_format: int = 2
 
     def validate(self) -> "RestoreOptions":
         """Refuse impossible combinations before starting a worker."""
@@ -138,6 +144,7 @@ class RestoreOptions(WidgetOptions):
         self.z_filter = check_z_filter(self.z_filter)
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
+        check_zarr_format_choice(self.zarr_format, self.output)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -371,6 +378,7 @@ class RestoreWidget(FilesMixin, DockWidget):
         )
         self.workers = workers_box()
         self.resume = resume_box()
+        self.zarr_format = zarr_format_box()
         self.precision = QComboBox()
         self.precision.addItems(PRECISION_CHOICES)
         self.precision.setToolTip("Network arithmetic: fp32 (default, exact); bf16 on GPUs and CPUs that have it (1.5x faster on such a CPU); fp16 on GPUs")
@@ -388,6 +396,7 @@ class RestoreWidget(FilesMixin, DockWidget):
                 ("precision", self.precision),
                 ("workers", self.workers),
                 ("", self.resume),
+                ("zarr format", self.zarr_format),
             ]
         )
         self.files_button = self.make_files_button(
@@ -425,6 +434,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             z_filter=self.z_filter.currentText(),
             workers=self.workers.value(),
             resume=self.resume.isChecked(),
+            zarr_format=zarr_format_of_item(self.zarr_format.currentText()),
         )
 
     def set_options(self, opts: RestoreOptions) -> None:
@@ -446,6 +456,7 @@ class RestoreWidget(FilesMixin, DockWidget):
         self.z_filter.setCurrentText(opts.z_filter)
         self.workers.setValue(opts.workers)
         self.resume.setChecked(opts.resume)
+        self.zarr_format.setCurrentText(ZARR_FORMAT_ITEMS.get(opts.zarr_format, "2"))
 
     def _browse_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Restore into a zarr store", "", "zarr (*.zarr)")
@@ -485,7 +496,7 @@ class RestoreWidget(FilesMixin, DockWidget):
 
                 return restore_to_zarr_iter(data, out, opts.task, model, arch=arch, spacing=scale,
                                             uncertainty_out=unc_out, workers=opts.workers or None,
-                                            resume=opts.resume, **kwargs)
+                                            resume=opts.resume, zarr_format=opts.zarr_format, **kwargs)
             from ..api import restore_iter
 
             return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)
@@ -502,10 +513,11 @@ class RestoreWidget(FilesMixin, DockWidget):
         """*Restore files…*: the task, model and options of ``restore_files_iter`` (Advanced >
         workers: that many files side by side; the output box plays no part)."""
         opts = self.options()
-        kwargs = replace(opts, output="", workers=0, resume=False).engine_kwargs()
+        kwargs = replace(opts, output="", workers=0, resume=False, zarr_format=2).engine_kwargs()
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
-        return opts.task, model, {**kwargs, "arch": arch, "workers": opts.workers or None, "resume": opts.resume}
+        return opts.task, model, {**kwargs, "arch": arch, "workers": opts.workers or None, "resume": opts.resume,
+                                  "zarr_format": opts.zarr_format}
 
     def _show(self, result: Any, source: dict, task: str, unc_out: Any = None, width: int = 0) -> None:
         if not hasattr(result, "mean"):  # a zarr store (a Path): show it lazily

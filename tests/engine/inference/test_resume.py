@@ -83,6 +83,29 @@ def test_a_stopped_resumable_run_continues_to_the_same_pixels(tmp_path, model):
     assert done == 20 and not np.array_equal(zarr.open_array(str(out), mode="r")[:], b[:])
 
 
+@pytest.mark.skipif(int(zarr.__version__.split(".")[0]) < 3, reason="zarr format 3 needs zarr-python 3")
+def test_a_stopped_format_3_run_continues_in_its_own_format(tmp_path, model):
+    """A sharded (format 3) run resumes block by block like format 2, to the same pixels; a
+    finished format-2 store of the same job does not answer a format-3 run, nor a format-3
+    store a format-2 one."""
+    img = _alike_stack(nz=2)
+    kw = dict(z_filter="off", **KW)
+    ref = tmp_path / "ref.zarr"
+    _run(restore_to_zarr_iter(img, ref, "denoise", model, resume=True, **kw))
+    out = tmp_path / "out.zarr"
+    _run(restore_to_zarr_iter(img, out, "denoise", model, resume=True, zarr_format=3, **kw), stop_after=3)
+    (part,) = _partials(tmp_path, "out.zarr")
+    assert zarr.open_array(str(part), mode="r").metadata.zarr_format == 3
+    notes, done = _run(restore_to_zarr_iter(img, out, "denoise", model, resume=True, zarr_format=3, **kw))
+    assert "3 of 8 blocks are done" in notes[0] and done == 5 and is_complete(out)
+    a = zarr.open_array(str(out), mode="r")
+    assert a.metadata.zarr_format == 3 and a.shards == (1, 32, 32)  # blocks of one tile
+    assert np.array_equal(a[:], zarr.open_array(str(ref), mode="r")[:])
+    # the finished format-2 reference is no answer to a format-3 run of the same job
+    notes, done = _run(restore_to_zarr_iter(img, ref, "denoise", model, resume=True, zarr_format=3, **kw))
+    assert done == 8 and zarr.open_array(str(ref), mode="r").metadata.zarr_format == 3
+
+
 def test_a_tile_the_z_filter_left_half_done_is_restored_again(tmp_path, model):
     """A crash inside the z filter leaves a column of chunks partly averaged: averaging it
     again would average twice. Its blocks are restored again instead."""

@@ -44,6 +44,7 @@ from .blocks import (
     input_identity, pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from ..io.ledger import Ledger
+from ..io.zarrfmt import check_zarr_format, zarr_format_part
 from .checks import (
     check_block, check_finite, check_fits_in_memory, check_region, output_dtype, owned_array, region_with_margin,
     validate_image,
@@ -450,6 +451,7 @@ def restore_to_zarr_iter(
     distribute: Distribute | None = None,
     z_filter: "str | float" = "auto",
     resume: bool = False,
+    zarr_format: int = 2,
     **sampling: Any,
 ) -> Generator["Progress | Path", None, None]:
     """Stream a large image block by block into a zarr store; yields progress, then the path.
@@ -462,9 +464,12 @@ def restore_to_zarr_iter(
     the result is identical. A stack averaged along z (``z_filter``) is averaged in the store
     before it is committed. ``resume``: a run that fails or is stopped keeps its unfinished
     stores, and a run of the same input, model, options and plan continues from the blocks
-    they hold (:func:`~.blocks.zarr_outputs`); it says so in a "note" event.
+    they hold (:func:`~.blocks.zarr_outputs`); it says so in a "note" event. ``zarr_format``
+    3 writes zarr v3 (OME-Zarr 0.5 for a ``.ome.zarr`` name), each block one shard of 512-px
+    chunks (:mod:`~..io.zarrfmt`).
     """
     check_block(block)
+    zarr_format = check_zarr_format(zarr_format)
     request = sampling_request(**sampling)
     if distribute is not None:
         # Workers load the model themselves; here it only answers questions, on the CPU.
@@ -488,12 +493,13 @@ def restore_to_zarr_iter(
     attrs = {"normalisation": norm.as_dict(), **run_info(m, opts, dev)}
     if distribute is not None:
         attrs["device"] = str(device)
-    writer_kw = dict(chunks=plan.chunks, spacing=new_spacing, overwrite=overwrite)
+    writer_kw = dict(chunks=plan.chunks, spacing=new_spacing, overwrite=overwrite, zarr_format=zarr_format)
     key = None
     if resume:
         key = run_key(
             what="restore", task=task, model=m.digest(), request=request, blur=opts.blur, plan=plan,
             norm=norm.as_dict(), dtype=str(out_dtype), uncertainty=want_std, z_filter=zplan, input=input_identity(image),
+            **zarr_format_part(zarr_format),
         )  # fmt: skip
         if (yield from already_done(Path(out), Path(uncertainty_out) if want_std else None, key)):
             yield Path(out)

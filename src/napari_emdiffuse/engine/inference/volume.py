@@ -46,6 +46,7 @@ from ..io.images import read_image
 from ..io.spacing import check_spacing, factor_from_spacing
 from ..io.ledger import Ledger
 from ..io.zarr import open_zarr_readonly, uncertainty_beside
+from ..io.zarrfmt import check_zarr_format, zarr_format_part
 from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
 from ..models.registry import ANY_FACTOR_MODEL, default_model, load_model
@@ -406,6 +407,7 @@ def reconstruct_isotropic_iter(
     denoise: Any = None,
     resume: bool = False,
     region: Any = None,
+    zarr_format: int = 2,
     **sampling: Any,
 ) -> Generator["Progress | IsotropicResult", None, None]:
     """Reconstruct an isotropic volume, yielding :class:`Progress` events and finally an
@@ -416,7 +418,8 @@ def reconstruct_isotropic_iter(
     half-written, unless ``resume`` (with ``out``) keeps it unfinished for the next run of the
     same input, model and options, which continues from its finished blocks. ``region``: only
     these rows and columns (:func:`~.checks.check_region`), in memory, normalised as the whole
-    volume and read with half a tile of context. The user-facing entry point, with the parameters documented, is
+    volume and read with half a tile of context. ``zarr_format``: of ``out`` (2, or 3 with a
+    shard per block). The user-facing entry point, with the parameters documented, is
     :func:`napari_emdiffuse.api.reconstruct_isotropic`.
     """
     task = _check_mode(mode)
@@ -434,6 +437,9 @@ def reconstruct_isotropic_iter(
         raise InputError("a distributed run (workers= or scheduler=) writes into a zarr store; pass out='....zarr'")
     if resume and out_path is None:
         raise InputError("resume continues an unfinished zarr store; pass out='....zarr'")
+    zarr_format = check_zarr_format(zarr_format)
+    if zarr_format != 2 and out_path is None:
+        raise InputError("zarr_format sets the format of a zarr output; pass out='....zarr'")
     unc_path = _uncertainty_path(uncertainty, out_path)
     check_block(block)
     if factor is not None:
@@ -483,7 +489,7 @@ def reconstruct_isotropic_iter(
         key = run_key(
             what="isotropic", task=task, model=m.digest(), request=request, plan=plan, dtype=str(out_dtype),
             uncertainty=want_std, input=input_identity(vol), norm=norm.as_dict() if norm is not None else None,
-            denoiser=denoiser.digest() if denoiser is not None else None,
+            denoiser=denoiser.digest() if denoiser is not None else None, **zarr_format_part(zarr_format),
         )  # fmt: skip
         assert out_path is not None
         if (yield from already_done(out_path, unc_path, key)):
@@ -513,7 +519,8 @@ def reconstruct_isotropic_iter(
             info["denoised_first_by"] = denoiser.card.name
         if distribute is not None:
             info["device"] = str(device)
-        writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, axes="ZYX", attrs=info, overwrite=overwrite)
+        writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, axes="ZYX", attrs=info, overwrite=overwrite,
+                         zarr_format=zarr_format)
 
         if distribute is not None:
             assert out_path is not None

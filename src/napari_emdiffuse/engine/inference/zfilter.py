@@ -46,6 +46,7 @@ from ..core.alikeness import slice_alikeness
 from ..errors import InputError
 from ..events import Progress
 from ..io.ledger import Ledger
+from ..io.zarrfmt import write_chunks
 from .checks import owned_array
 from .normalise import to_dtype
 
@@ -254,7 +255,7 @@ def _weighted(
 
 
 def _chunks(out: Any) -> tuple[int, ...] | None:
-    return tuple(out.chunks) if hasattr(out, "chunks") and not isinstance(out, np.ndarray) else None
+    return write_chunks(out) if hasattr(out, "chunks") and not isinstance(out, np.ndarray) else None
 
 
 def smooth_along_z(

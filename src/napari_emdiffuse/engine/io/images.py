@@ -39,6 +39,7 @@ from .slices import read_slices
 from .tiff import read_tiff, write_tiff
 from .views import pick_axes
 from .zarr import ZarrWriter, group_arrays, is_ome, read_zarr, zarr_store_of
+from .zarrfmt import check_zarr_format
 
 __all__ = ["read_image", "read_calibration", "write_image", "image_names"]
 
@@ -182,6 +183,7 @@ def write_image(
     axes: str | None = None,
     overwrite: bool = True,
     provenance: dict[str, Any] | None = None,
+    zarr_format: int = 2,
 ) -> Path:
     """Write an image or volume as TIFF, MRC or zarr, chosen by the extension, atomically.
 
@@ -204,6 +206,9 @@ def write_image(
     provenance : dict, optional
         How the image was made; TIFF: see :func:`~.tiff.write_tiff`, zarr: the
         ``provenance`` attribute.
+    zarr_format : {2, 3}
+        A ``.zarr`` output's format (:mod:`.zarrfmt`): 3 stores each slice (or each chunk of
+        a lazy input) as one shard of 512-px chunks; other outputs refuse 3.
 
     Returns
     -------
@@ -213,6 +218,8 @@ def write_image(
     p = check_output_path(path)
     if not overwrite and (p.exists() or p.is_symlink()):
         raise InputError(f"cannot write '{p}': it already exists")
+    if check_zarr_format(zarr_format) != 2 and suffix_of(p) != ZARR_SUFFIX:
+        raise InputError(f"zarr format {zarr_format} is the format of a .zarr output; '{p.name}' is not one")
     if suffix_of(p) in TIFF_SUFFIXES:
         return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance)
     if suffix_of(p) in MRC_SUFFIXES:
@@ -240,14 +247,17 @@ def write_image(
         lazy = lazy.rechunk(chunks)
         with ZarrWriter(
             p, lazy.shape, lazy.dtype, chunks=chunks, spacing=spacing, unit=unit, axes=axes,
-            overwrite=overwrite, attrs=attrs,
+            overwrite=overwrite, attrs=attrs, zarr_format=zarr_format,
         ) as writer:
             da.store(lazy, writer.array, lock=False)
             for _ in writer.build_pyramid():  # an OME-Zarr output's levels below full resolution
                 pass
     else:
+        # format 3: a shard per slice (zarr's own chunks otherwise)
+        per_slice = (*(1,) * (array.ndim - 2), *array.shape[-2:]) if zarr_format == 3 and array.ndim >= 2 else None
         with ZarrWriter(
-            p, array.shape, array.dtype, spacing=spacing, unit=unit, axes=axes, overwrite=overwrite, attrs=attrs
+            p, array.shape, array.dtype, chunks=per_slice, spacing=spacing, unit=unit, axes=axes, overwrite=overwrite,
+            attrs=attrs, zarr_format=zarr_format,
         ) as writer:
             writer.array[...] = array
             for _ in writer.build_pyramid():

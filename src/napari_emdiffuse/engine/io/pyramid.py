@@ -130,10 +130,12 @@ def downsample_tiles(
 
 
 def multiscales(
-    levels: list[Level], ndim: int, spacing: tuple[float, ...] | None, unit: str | None, axes: str | None, name: str
+    levels: list[Level], ndim: int, spacing: tuple[float, ...] | None, unit: str | None, axes: str | None, name: str,
+    *, version: str = "0.4",
 ) -> dict:
-    """OME-NGFF 0.4 ``multiscales`` metadata for full resolution (``"0"``) and ``levels``
-    (``"1"``, ``"2"``, ...).
+    """OME-NGFF ``multiscales`` metadata for full resolution (``"0"``) and ``levels``
+    (``"1"``, ``"2"``, ...): version 0.4 (zarr format 2) at the top of the attributes, 0.5
+    (zarr format 3) under ``"ome"``.
 
     Examples
     --------
@@ -141,6 +143,8 @@ def multiscales(
     >>> ms = multiscales(levels, 3, (40.0, 4.0, 4.0), "nm", "ZYX", "iso")["multiscales"][0]
     >>> [a["name"] for a in ms["axes"]], ms["datasets"][1]["coordinateTransformations"][0]["scale"]
     (['z', 'y', 'x'], [40.0, 8.0, 8.0])
+    >>> sorted(multiscales(levels, 3, None, None, "ZYX", "iso", version="0.5")["ome"])
+    ['multiscales', 'version']
     """
     names = (axes or "ZYX"[-ndim:]).lower()
     units = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "angstrom": "angstrom", "A": "angstrom"}
@@ -157,8 +161,10 @@ def multiscales(
         if ome_unit and a in "zyx" and spacing is not None:
             entry["unit"] = ome_unit
         axes_meta.append(entry)
-    return {"multiscales": [{"version": "0.4", "name": name, "axes": axes_meta, "datasets": datasets,
-                             "type": "mean (2x2, 2x2x2 where z is halved)"}]}  # fmt: skip
+    image = {"name": name, "axes": axes_meta, "datasets": datasets, "type": "mean (2x2, 2x2x2 where z is halved)"}
+    if version == "0.5":
+        return {"ome": {"version": "0.5", "multiscales": [image]}}
+    return {"multiscales": [{"version": "0.4", **image}]}
 
 
 def bin_lateral(image: Any, n: int) -> Any:

@@ -33,6 +33,7 @@ from .common import ZARR_SUFFIX, ImageData, check_output_path, likely_image, rea
 from .ledger import LEDGER_DIR, Ledger
 from .pyramid import downsample_tiles, level_plan, level_tiles, multiscales
 from .views import drop_single_axes
+from .zarrfmt import check_zarr_format, create_zarr_array, write_chunks, zarr_format_of
 
 if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run time
     import zarr
@@ -210,12 +211,14 @@ class ZarrWriter:
     ends normally and aborts (removes the temporary store) on any exception, including
     ``KeyboardInterrupt`` and ``GeneratorExit`` from a closed generator.
 
-    The store is zarr format 2 (readable by zarr 2 and 3, and by ``dask.array.from_zarr``);
-    spacing, unit and axes are stored as attributes ``"spacing"``, ``"unit"``, ``"axes"``.
+    The store is zarr format 2 (readable by zarr 2 and 3, and by ``dask.array.from_zarr``),
+    or format 3 with each chunk of ``chunks`` stored as a shard of smaller chunks
+    (``zarr_format=3``; :mod:`.zarrfmt`). Spacing, unit and axes are stored as attributes
+    ``"spacing"``, ``"unit"``, ``"axes"``.
 
     The store is an OME-Zarr store when the name ends in ``.ome.zarr``: the array is its
     ``"0"``, and :meth:`commit` adds the pyramid (:meth:`build_pyramid`, unless built
-    already: ``pyramid_built``) and the OME-NGFF metadata.
+    already: ``pyramid_built``) and the OME-NGFF metadata (0.4 in format 2, 0.5 in format 3).
 
     Parameters
     ----------
@@ -226,7 +229,8 @@ class ZarrWriter:
     dtype : numpy dtype-like
         Array dtype.
     chunks : tuple of int, optional
-        Chunk shape; default lets zarr choose.
+        The unit that parallel writers must not share: the chunk shape in format 2, the shard
+        shape in format 3. Default lets zarr choose (format 3: the whole array, one shard).
     spacing : tuple of float, optional
         Pixel size per axis in ``unit``.
     unit : str
@@ -243,6 +247,8 @@ class ZarrWriter:
         options and plan). An unfinished store beside ``path`` left by a run of the same key,
         shape, dtype and chunks is opened again instead of a new one (``resumed`` True), and
         :meth:`abort` keeps the store, with its :attr:`ledger`, for the next such run.
+    zarr_format : {2, 3}
+        The store's zarr format.
 
     Attributes
     ----------
@@ -273,8 +279,10 @@ class ZarrWriter:
         attrs: dict[str, Any] | None = None,
         overwrite: bool = False,
         resume_key: str | None = None,
+        zarr_format: int = 2,
     ) -> None:
         self.path = check_output_path(path)
+        self.zarr_format = check_zarr_format(zarr_format)
         if suffix_of(self.path) != ZARR_SUFFIX:
             raise InputError(f"cannot write '{self.path}' as zarr: the name must end in .zarr")
         if self.path.exists() and not overwrite:
@@ -308,26 +316,18 @@ class ZarrWriter:
 
         self._state = "open"
         if resume_key is not None:
-            found = _unfinished(self.path, resume_key, shape, np.dtype(dtype), chunks)
+            found = _unfinished(self.path, resume_key, shape, np.dtype(dtype), chunks, self.zarr_format)
             if found is not None:
                 self._temp, self.resumed = found, True
                 self.array = _zarr().open_array(str(self.array_path), mode="r+")
                 return
         self._temp = self.path.with_name(f"{self.path.name}.partial-{secrets.token_hex(4)}")
-        kwargs: dict[str, Any] = {
-            "mode": "w-",
-            "shape": shape,
-            "dtype": np.dtype(dtype),
-            "chunks": tuple(int(c) for c in chunks) if chunks is not None else None,
-            "fill_value": 0,
-        }
-        if zarr_major() >= 3:
-            kwargs["zarr_format"] = 2  # zarr 2 clients (and older dask) can read format 2
         try:
             if self.ome:
-                fmt = {"zarr_format": 2} if zarr_major() >= 3 else {}
+                fmt = {"zarr_format": self.zarr_format} if zarr_major() >= 3 else {}
                 _zarr().open_group(str(self._temp), mode="w-", **fmt)
-            self.array = _zarr().open_array(str(self.array_path), **kwargs)
+            self.array = create_zarr_array(self.array_path, shape, dtype, chunks=chunks, zarr_format=self.zarr_format,
+                                           axes=axes)  # fmt: skip
             self.array.attrs.update(meta)
         except BaseException as exc:
             remove_path(self._temp)
@@ -356,13 +356,12 @@ class ZarrWriter:
         created empty (again, after a resumed run); [] for a plain store."""
         if not self.ome:
             return []
-        kw: dict[str, Any] = {"zarr_format": 2} if zarr_major() >= 3 else {}
         found, above = [], self.array_path
         for k, level in enumerate(level_plan(tuple(self.array.shape), self._ngff[0]), 1):
-            chunks = tuple(min(c, n) for c, n in zip(self.array.chunks, level.shape))
+            chunks = tuple(min(c, n) for c, n in zip(write_chunks(self.array), level.shape))
             path = self._temp / str(k)
-            _zarr().open_array(str(path), mode="w", shape=level.shape, dtype=self.array.dtype, chunks=chunks,
-                               fill_value=0, **kw)  # fmt: skip
+            create_zarr_array(path, level.shape, self.array.dtype, chunks=chunks, zarr_format=self.zarr_format,
+                              axes=self._ngff[2], overwrite=True)  # fmt: skip
             found.append((above, path, level.zdown))
             above = path
         return found
@@ -372,7 +371,7 @@ class ZarrWriter:
         progress); nothing for a plain store."""
         for above, path, zdown in self.pyramid_levels():
             src, dst = _zarr().open_array(str(above), mode="r"), _zarr().open_array(str(path), mode="r+")
-            yield from downsample_tiles(src, dst, level_tiles(dst.shape, dst.chunks), zdown=zdown)
+            yield from downsample_tiles(src, dst, level_tiles(dst.shape, write_chunks(dst)), zdown=zdown)
         self.pyramid_built = True
 
     @property
@@ -404,7 +403,8 @@ class ZarrWriter:
                         pass
                 group = _zarr().open_group(str(self._temp), mode="r+")
                 levels = level_plan(tuple(self.array.shape), self._ngff[0])
-                meta = multiscales(levels, self.array.ndim, *self._ngff, self.path.name)
+                meta = multiscales(levels, self.array.ndim, *self._ngff, self.path.name,
+                                   version="0.5" if self.zarr_format == 3 else "0.4")
                 group.attrs.update({**meta, COMPLETE_ATTR: True})
             self.array.attrs[COMPLETE_ATTR] = True
             marker = self.array_path / COMPLETE_FILE  # OME-Zarr: inside "0", as zarr lists the root
@@ -524,7 +524,7 @@ def unfinished_runs(path: str | os.PathLike[str]) -> list[tuple[Path, int, int |
 
 
 def _unfinished(
-    path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype, chunks: Sequence[int] | None
+    path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype, chunks: Sequence[int] | None, fmt: int = 2
 ) -> Path | None:
     """The unfinished store of run ``key`` beside ``path`` (the one with the most finished
     parts, when a run crashed more than once), or None."""
@@ -539,7 +539,12 @@ def _unfinished(
             continue
         if tuple(arr.shape) != shape or np.dtype(arr.dtype) != dtype:
             continue
-        if chunks is not None and tuple(arr.chunks) != tuple(int(c) for c in chunks):
+        if zarr_format_of(arr) != fmt:
+            continue
+        unit = tuple(int(c) for c in chunks) if chunks is not None else None
+        if unit is not None and fmt == 3:
+            unit = tuple(min(c, n) for c, n in zip(unit, shape))  # as create_zarr_array clamps it
+        if unit is not None and write_chunks(arr) != unit:
             continue
         found.append((len(Ledger(str(cand / LEDGER_DIR)).keys()), cand.name, cand))
     return max(found)[2] if found else None

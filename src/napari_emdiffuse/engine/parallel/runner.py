@@ -31,6 +31,7 @@ from ..events import Progress, drain
 from ..io.common import as_numpy
 from ..io.sources import open_source, source_of
 from ..io.zarr import open_zarr_for_block_writes, zarr_major
+from ..io.zarrfmt import write_chunks
 from ..inference.blocks import (
     BlockPlan, BlockRun, BlockTarget, block_key, pending_jobs, pyramid_note, resume_note, zarr_outputs,
 )  # fmt: skip
@@ -426,7 +427,7 @@ def pyramids_on_workers(client: Any, writers: tuple) -> Generator[Progress, None
     for w in (yield from pyramid_note(writers)):
         for above, path, zdown in w.pyramid_levels():
             level = zarr.open_array(str(path), mode="r")
-            tiles = level_tiles(level.shape, level.chunks)
+            tiles = level_tiles(level.shape, write_chunks(level))  # shards: never shared
             groups = [tuple(tiles[i::_Z_TASKS]) for i in range(min(_Z_TASKS, len(tiles)))]
             jobs = [PyramidJob(str(above), str(path), g, zdown) for g in groups]
             yield from run_tasks(client, run_pyramid_job, jobs, name="pyramid", stage="pyramid")

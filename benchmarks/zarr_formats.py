@@ -1,0 +1,67 @@
+"""zarr format 2 against format 3 (a shard per block) for a restoration's output, side by side.
+
+A volume of smooth texture with noise (4 slices of 4096 x 4096, uint8) is written block by block
+in 2048-px blocks, as the block plan writes an output, in each format; then 100 viewer-sized
+reads (512-px tiles, aligned) are timed. Columns: write seconds, files, megabytes, milliseconds
+per tile read.
+
+    python benchmarks/zarr_formats.py [--size 4096] [--block 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+from scipy.ndimage import gaussian_filter
+
+from _common import table
+from napari_emdiffuse.engine.io.zarr import ZarrWriter
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--block", type=int, default=2048)
+    args = ap.parse_args()
+    n, b = args.size, args.block
+    rng = np.random.default_rng(0)
+    img = np.clip(128 + 600 * gaussian_filter(rng.normal(size=(n, n)).astype(np.float32), 4)
+                  + rng.normal(0, 8, (n, n)), 0, 255).astype(np.uint8)  # fmt: skip
+    vol = np.stack([img, img[::-1], img[:, ::-1], img.T])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in (2, 3):
+            path = Path(tmp) / f"v{fmt}.zarr"
+            t = time.perf_counter()
+            w = ZarrWriter(path, vol.shape, np.uint8, chunks=(1, b, b), zarr_format=fmt)
+            for z in range(vol.shape[0]):
+                for y in range(0, n, b):
+                    for x in range(0, n, b):
+                        w.array[z, y : y + b, x : x + b] = vol[z, y : y + b, x : x + b]
+            w.commit()
+            write = time.perf_counter() - t
+            files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+            arr = zarr.open_array(str(path), mode="r")
+            picks = np.random.default_rng(1)
+            t = time.perf_counter()
+            for _ in range(100):
+                z = picks.integers(vol.shape[0])
+                y, x = (picks.integers(0, n - 512, 2) // 512) * 512
+                arr[z, y : y + 512, x : x + 512]
+            read = (time.perf_counter() - t) / 100
+            rows.append({"format": fmt, "write s": f"{write:.2f}", "files": len(files),
+                         "MB": f"{sum(os.path.getsize(f) for f in files) / 1e6:.1f}",
+                         "512-px tile read ms": f"{read * 1000:.1f}"})  # fmt: skip
+            shutil.rmtree(path)
+    print(table(rows, ["format", "write s", "files", "MB", "512-px tile read ms"]))
+
+
+if __name__ == "__main__":
+    main()
