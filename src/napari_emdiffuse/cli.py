@@ -320,7 +320,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .engine.models.registry import load_model
 
     model = load_model(args.model, device="cpu")
-    path = export_bioimageio(model, args.output, blur=resolve_blur(model.card, args.blur))
+    path = export_bioimageio(model, args.output, blur=resolve_blur(model.card, args.blur), factor=args.factor)
     print(f"wrote {path} (bioimage.io model package; load it back with --model {path})", file=sys.stderr)
     return 0
 

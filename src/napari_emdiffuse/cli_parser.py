@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blur", metavar="auto|area|W", default="auto",
                    help="super-resolution told the acquisition blur: auto (default: the package reads it off "
                         "each image), area (2x2 area means) or a probe width in high-resolution pixels, fixed")
+    p.add_argument("--factor", type=_positive, metavar="F",
+                   help="an isotropic model of every factor (demo-isotropic-any): the factor the package makes "
+                        "(F - 1 new slices between two slices)")
 
     p = sub.add_parser("import", help="turn a published best_Network.pth into a model directory",
                        description="read a published EMDiffuse / vEMDiffuse checkpoint (its network read off the "

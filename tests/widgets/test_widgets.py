@@ -1463,6 +1463,22 @@ def test_finetune_widget_exports_a_predictor_to_bioimageio(viewer, models, error
     assert not ft.export_button.isEnabled()
     assert ft.export_to(tmp_path / "diffusion.zip") is None
     assert "diffusion model" in errors[-1] and not (tmp_path / "diffusion.zip").exists()
+    errors.clear()
+    # an isotropic predictor of every factor (a fine-tune of demo-isotropic-any): for the factor box's
+    iso = ModelCard(name="iso-any", task="isotropic-a", kind="regression", tile=32, overlap=8,
+                    normalisation=Normalisation(),
+                    network=UNetConfig(in_channel=2, residual=True, aleatoric=True, gap_depth=True, inner_channel=16,
+                                       channel_mults=[1, 2], attn_res=[], num_head_channels=16))  # fmt: skip
+    every = create_model(iso).save(tmp_path / "iso-any")
+    ft._done({"path": str(every)})
+    assert ft.export_button.isEnabled()
+    ft.factor.setValue(5)
+    out = ft.export_to(tmp_path / "iso5")
+    assert out == tmp_path / "iso5.zip" and out.is_file() and not errors, errors
+    import bioimageio.spec as spec
+
+    descr = spec.load_description(out)
+    assert len(descr.outputs[0].axes[1].channel_names) == 4  # the 4 new slices of a factor-5 gap
 
 
 def test_a_pass_over_the_volume_gets_a_progress_bar_of_its_own(viewer):

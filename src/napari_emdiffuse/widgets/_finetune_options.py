@@ -56,13 +56,15 @@ def parse_doses(text: str) -> list[float]:
 
 
 def exportable(model_dir: str | Path) -> bool:
-    """Whether a saved model exports to bioimage.io: a one-pass denoising or
-    super-resolution predictor (the format describes one network pass)."""
+    """Whether a saved model exports to bioimage.io: a percentile-normalised predictor of any
+    task (an isotropic one of every factor, for the factor box's factor), as
+    :func:`~..engine.models.bioimageio.export_bioimageio` takes it; not a diffusion model (the
+    format describes network passes, not a sampler)."""
     try:
         card = read_card(model_dir)
     except (EMDiffuseError, OSError):
         return False
-    return card.kind == "regression" and card.task in ("denoise", "super-resolve")
+    return card.kind == "regression" and card.normalisation.mode == "percentile" and not card.network.slice_embedding
 
 
 def default_output(task: str, now: float | None = None) -> Path:

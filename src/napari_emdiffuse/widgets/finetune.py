@@ -196,8 +196,8 @@ class FinetuneWidget(DockWidget):
         self.export_button = QPushButton("Export to bioimage.io…")
         self.export_button.setToolTip(
             "Write the model just trained as a bioimage.io package (.zip) for deepImageJ, ilastik or "
-            "bioimageio.core; one-pass denoising, super-resolution and one-factor isotropic models (needs "
-            "napari-emdiffuse[all])"
+            "bioimageio.core; denoising, super-resolution and isotropic predictors (a model of every factor "
+            "for the factor above; needs napari-emdiffuse[all])"
         )
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(self._export_clicked)
@@ -491,7 +491,10 @@ class FinetuneWidget(DockWidget):
             path = path.with_name(path.name + ".zip")
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # a few seconds: tests the package
         try:
-            out = export_bioimageio(load_model(self.saved_model, device="cpu", cache=False), path)
+            model = load_model(self.saved_model, device="cpu", cache=False)
+            # a model of every factor (fine-tuned from demo-isotropic-any): for the factor it learnt
+            factor = self.factor.value() if model.card.network.gap_depth else None
+            out = export_bioimageio(model, path, factor=factor)
         except EMDiffuseError as exc:
             notify_error(str(exc))
             self.status.setText(f"export failed: {exc}")

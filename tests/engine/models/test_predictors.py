@@ -350,7 +350,7 @@ def test_bioimageio_export_of_super_resolution_takes_the_low_resolution_image(tm
 def test_bioimageio_export_of_an_isotropic_model_takes_two_slices(tmp_path):
     """A model of one factor: two neighbouring slices in as channels, normalised together, the
     factor - 1 new slices out as channels; the package reproduces the network's pass and loads
-    back as an isotropic model. The every-factor model (a pass per new slice) is refused."""
+    back as an isotropic model."""
     spec = pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is in the [all] extra")
     import importlib
     import io
@@ -380,9 +380,53 @@ def test_bioimageio_export_of_an_isotropic_model_takes_two_slices(tmp_path):
     torch.testing.assert_close(got, want)
     back = load_model(out, cache=False)
     assert back.card.task == "isotropic-i" and back.card.z_factor == 3
-    every = predictor("isotropic-i", out_channel=1, gap_depth=True).save(tmp_path / "any")
-    assert main(["export", str(every), "-o", str(tmp_path / "any.zip")]) == 2
-    assert not (tmp_path / "any.zip").exists()
+    # a factor for a model of one factor: one line, exit 2, no package
+    assert main(["export", str(src), "-o", str(tmp_path / "iso4.zip"), "--factor", "4"]) == 2
+    assert not (tmp_path / "iso4.zip").exists()
+
+
+def test_bioimageio_export_of_the_every_factor_model_makes_one_factor(tmp_path):
+    """The every-factor model (told each slice's depth in the gap) exports for the factor asked:
+    the package gives the factor - 1 slices in one call, each the network's pass at depth j/F,
+    with the card's calibrated std for that factor; without a factor, or with one out of range,
+    nothing is written."""
+    spec = pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is in the [all] extra")
+    import importlib
+    import io
+    import zipfile
+
+    from napari_emdiffuse.cli import main
+    from napari_emdiffuse.engine.models.registry import load_model
+
+    m = predictor("isotropic-i", out_channel=1, gap_depth=True, perturb=0.02)
+    m.card.uncertainty_by_factor = {3: 1.5, 12: 3.0}
+    src = m.save(tmp_path / "any")
+    out = tmp_path / "any4.zip"
+    assert main(["export", str(src), "-o", str(out), "--factor", "4"]) == 0
+    descr = spec.load_description(out)
+    assert descr.validation_summary.status in ("valid-format", "passed"), descr.validation_summary.format()
+    assert [str(n) for n in descr.outputs[0].axes[1].channel_names] == ["new_slice_1", "new_slice_2", "new_slice_3"]
+    arch = descr.weights.pytorch_state_dict.architecture
+    net = getattr(importlib.import_module(arch.import_from), str(arch.callable))(**arch.kwargs)
+    with zipfile.ZipFile(out) as zf:
+        net.load_state_dict(torch.load(io.BytesIO(zf.read("weights.pt")), weights_only=True))
+        scripted = torch.jit.load(io.BytesIO(zf.read("weights.torchscript.pt")))
+    pair = torch.from_numpy(np.random.default_rng(2).uniform(-1, 1, (2, 2, 32, 40)).astype(np.float32))
+    with torch.no_grad():
+        mean, std = net.eval()(pair)
+        passes = [m.module.eval()(pair, torch.full((2,), j / 4)) for j in (1, 2, 3)]
+        mean_ts, _ = scripted(pair)
+    assert mean.shape == std.shape == (2, 3, 32, 40)
+    torch.testing.assert_close(mean, torch.cat([p[0] for p in passes], 1))
+    scale = m.card.std_scale(4)
+    assert scale == pytest.approx(1.5 + 1.5 * np.log(4 / 3) / np.log(12 / 3))  # between 3 and 12, on log factor
+    torch.testing.assert_close(std, scale * torch.exp(0.5 * torch.cat([p[1] for p in passes], 1)))
+    torch.testing.assert_close(mean_ts, mean, atol=1e-5, rtol=1e-4)
+    assert (mean[:, 0] - mean[:, 2]).abs().max() > 1e-3  # the control: each slice at its own depth
+    assert load_model(out, cache=False).card.network.gap_depth  # loads back as the every-factor model
+    for extra in ([], ["--factor", "1"], ["--factor", "33"]):
+        assert main(["export", str(src), "-o", str(tmp_path / "bad.zip"), *extra]) == 2
+    assert not (tmp_path / "bad.zip").exists()
 
 
 def test_export_without_bioimageio_spec_is_one_line_exit_2(tmp_path, monkeypatch, capsys):

@@ -14,8 +14,9 @@ own estimator unless the export fixes it.
 
 An isotropic predictor of one factor (``demo-isotropic``) takes two neighbouring slices as two
 channels and gives the ``factor - 1`` slices between them as channels, normalised jointly as
-the pipeline normalises a volume; the every-factor model, told how deep in the gap each slice
-lies, is one pass per new slice and is not exported.
+the pipeline normalises a volume. The every-factor model (``demo-isotropic-any``), told how
+deep in the gap each slice lies, is exported for one factor chosen at export: its package runs
+a pass per new slice inside one call (:class:`~..core.networks.regression.GapSlicesUNet`).
 
 Diffusion models are not exported: their output is a sampler's result over many network
 calls, which the format cannot describe.
@@ -38,11 +39,13 @@ from ..errors import EMDiffuseError, InputError
 from .cards import ModelCard
 from .files import PACKAGED_CARD_NAME, write_card
 from .model import EMDiffuseModel
-from ..core.networks.regression import RegressionUNetStd, SuperResolutionUNet
+from ..core.networks.regression import GapSlicesUNet, RegressionUNetStd, SuperResolutionUNet
 
 __all__ = ["export_bioimageio"]
 
 _TEST_SIZE = 64
+#: The largest factor an every-factor isotropic model is exported for (a pass per new slice).
+MAX_EXPORT_FACTOR = 32
 
 
 def _test_input(card: ModelCard, seed: int = 0) -> np.ndarray:
@@ -70,7 +73,8 @@ def _preprocess(x: np.ndarray, card: ModelCard) -> np.ndarray:
 
 
 def export_bioimageio(
-    model: EMDiffuseModel, out: str | Path, *, authors: list[str] | None = None, blur: float | None = None
+    model: EMDiffuseModel, out: str | Path, *, authors: list[str] | None = None, blur: float | None = None,
+    factor: int | None = None,
 ) -> Path:
     """Write ``model`` as a bioimage.io model package (zip).
 
@@ -86,6 +90,10 @@ def export_bioimageio(
         For a blur-conditioned super-resolution predictor: the acquisition blur (probe width,
         high-resolution pixels) the package always tells the network. None (default): its
         estimator reads the blur off each image the package is given.
+    factor : int, optional
+        For an isotropic predictor of every factor (told each slice's depth in the gap): the
+        factor the package makes, ``factor - 1`` new slices per gap (required for it, refused
+        for other models).
 
     Returns
     -------
@@ -117,11 +125,19 @@ def export_bioimageio(
         )
     if card.normalisation.mode != "percentile":
         raise EMDiffuseError(f"model '{card.name}': only percentile-normalised predictors export to bioimage.io")
-    if _is_volume(card) and (card.network.gap_depth or card.network.slice_embedding):
+    every = _is_volume(card) and bool(card.network.gap_depth)
+    if _is_volume(card) and card.network.slice_embedding:
         raise EMDiffuseError(
-            f"model '{card.name}' makes each new slice in a pass of its own (told its depth in the gap); "
-            "bioimage.io describes one pass: export a model of one factor (demo-isotropic)"
+            f"model '{card.name}' is told each new slice's index (slice embedding), which bioimage.io cannot "
+            "describe: export a model of one factor or of every factor"
         )
+    if every and factor is None:
+        raise InputError(f"model '{card.name}' makes any factor: export it for one (factor=F, --factor F)")
+    if factor is not None and not every:
+        raise InputError(f"model '{card.name}' is not a model of every factor; export it without a factor")
+    if every and (isinstance(factor, bool) or int(factor) != factor or not 2 <= factor <= MAX_EXPORT_FACTOR):
+        raise InputError(f"factor must be a whole number from 2 to {MAX_EXPORT_FACTOR}, not {factor!r}")
+    new_slices = int(factor) - 1 if every else card.network.out_channel
     scale = card.scale if card.task == "super-resolve" else 1
     if blur is not None and not (scale > 1 and card.network.blur_level):
         raise InputError(f"model '{card.name}' is not told the acquisition blur; export it without one")
@@ -139,6 +155,9 @@ def export_bioimageio(
         if scale > 1:  # takes the low-resolution image and upsamples it, as inference does
             kw.update(scale=int(scale), blur=None if blur is None else float(blur))
             exported = SuperResolutionUNet(**kw)
+        elif every:  # the factor's slices in one call, each with the factor's calibrated std
+            kw.update(factor=int(factor), std_scale=float(card.std_scale(int(factor))))
+            exported = GapSlicesUNet(**kw)
         elif aleatoric:
             exported = RegressionUNetStd(**kw)
         else:
@@ -163,14 +182,14 @@ def export_bioimageio(
         packaged.weights = "weights.pt"
         write_card(packaged, d / PACKAGED_CARD_NAME)
         _cover(x[0, 0], mean.numpy()[0, 0], d / "cover.png")
-        (d / "README.md").write_text(_documentation(card, blur))
+        (d / "README.md").write_text(_documentation(card, blur, new_slices))
         # the network's input (upsampled, for super-resolution) must be a multiple of its size_multiple
         multiple = card.network.size_multiple
         step = multiple // math.gcd(multiple, scale)
         size = bio.ParameterizedSize(min=step * math.ceil(2 * multiple / scale / step), step=step)
         # an isotropic model: the slices above and below in, the new slices between them out
         names_in = ["slice_above", "slice_below"] if _is_volume(card) else ["em"]
-        names_out = [f"new_slice_{k}" for k in range(1, card.network.out_channel + 1)] if _is_volume(card) else ["em"]
+        names_out = [f"new_slice_{k}" for k in range(1, new_slices + 1)] if _is_volume(card) else ["em"]
         axes_in = [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in names_in]),
                    bio.SpaceInputAxis(id=bio.AxisId("y"), size=size), bio.SpaceInputAxis(id=bio.AxisId("x"), size=size)]
 
@@ -205,7 +224,7 @@ def export_bioimageio(
             ))
         try:
             descr = _describe(bio, card, d, axes_in, outputs, pre, kw, type(exported).__name__,
-                              authors or ["napari-emdiffuse developers"])
+                              authors or ["napari-emdiffuse developers"], int(factor) if every else None)
         except ValidationError as exc:
             raise EMDiffuseError(f"cannot describe '{card.name}' as a bioimage.io model: {_first_error(exc)}") from None
         partial = out.with_name(f".{out.name}.partial")
@@ -230,7 +249,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _describe(bio, card: ModelCard, d: Path, axes_in, outputs, pre, kw: dict, callable_name: str,
-              authors: list[str]):
+              authors: list[str], factor: int | None = None):
     """The package's description (raises pydantic's ValidationError when the spec refuses)."""
     return bio.ModelDescr(
         name=_package_name(card.name),
@@ -264,7 +283,7 @@ def _describe(bio, card: ModelCard, d: Path, axes_in, outputs, pre, kw: dict, ca
         config={
             # the std map can be small: a tolerance relative to it, not 1e-3 absolute
             "bioimageio": {"reproducibility_tolerance": [{"absolute_tolerance": 1e-5, "relative_tolerance": 1e-3}]},
-            "napari_emdiffuse": {"card": PACKAGED_CARD_NAME, "task": card.task},
+            "napari_emdiffuse": {"card": PACKAGED_CARD_NAME, "task": card.task, **({"factor": factor} if factor else {})},
         },
     )
 
@@ -282,7 +301,7 @@ def _cover(inp: np.ndarray, out: np.ndarray, path: Path) -> None:
     Image.fromarray(pair).resize((pair.shape[1] * 4, pair.shape[0] * 4), Image.NEAREST).save(path)
 
 
-def _documentation(card: ModelCard, blur: float | None) -> str:
+def _documentation(card: ModelCard, blur: float | None, new_slices: int) -> str:
     metrics = card.metrics.get("held_out") or {k: v for k, v in card.metrics.items() if not isinstance(v, dict)}
     sr = card.task == "super-resolve"
     use = (
@@ -305,13 +324,13 @@ def _documentation(card: ModelCard, blur: float | None) -> str:
         use = (
             "Input: two neighbouring slices of an anisotropic EM volume, as the two channels (above, below). "
             f"Preprocessing maps the {card.normalisation.low:g}/{card.normalisation.high:g} percentiles of both "
-            f"together to -1/+1; the output `mean` holds the {card.network.out_channel} slices between them, in "
+            f"together to -1/+1; the output `mean` holds the {new_slices} slices between them, in "
             "order, in the same range (map them back with the input's percentiles), and `std` their per-pixel "
-            f"uncertainty. The z spacing of the result is the input's divided by {card.network.out_channel + 1}. "
+            f"uncertainty. The z spacing of the result is the input's divided by {new_slices + 1}. "
             "napari-emdiffuse normalises a whole volume at once, from evenly spaced slices; a pair alone is "
             "normalised on itself here."
         )
-    command = "super-resolve" if sr else ("isotropic --factor " + str(card.network.out_channel + 1) if _is_volume(card)
+    command = "super-resolve" if sr else ("isotropic --factor " + str(new_slices + 1) if _is_volume(card)
                                           else "denoise")
     return (
         f"# {card.name}\n\n{card.description}\n\n"

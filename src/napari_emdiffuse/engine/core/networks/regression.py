@@ -168,3 +168,37 @@ class SuperResolutionUNet(RegressionUNet):
         if isinstance(out, tuple):
             return out[0], self.std_scale * torch.exp(0.5 * out[1])
         return out
+
+
+class GapSlicesUNet(RegressionUNet):
+    """A gap-depth isotropic predictor at one ``factor``: from two neighbouring slices (the two
+    channels of ``x``) the ``factor - 1`` slices between them, in order, as channels, in one
+    call (a pass per slice inside it, at depths ``j / factor``); ``(mean, std)`` for an
+    aleatoric network, with ``std = std_scale * exp(log_var / 2)``.
+
+    The same weights as :class:`RegressionUNet` with ``gap_depth=True`` (same state-dict
+    keys); the form exported to bioimage.io for one factor, whose consumers run one call.
+
+    Examples
+    --------
+    >>> net = GapSlicesUNet(inner_channel=8, channel_mults=[1], attn_res=[], num_head_channels=8,
+    ...                     residual=True, factor=4)
+    >>> net(torch.zeros(1, 2, 8, 8)).shape
+    torch.Size([1, 3, 8, 8])
+    """
+
+    def __init__(self, in_channel: int = 2, out_channel: int = 1, *, factor: int, std_scale: float = 1.0,
+                 **kwargs) -> None:
+        kwargs["gap_depth"] = True
+        super().__init__(in_channel, out_channel, **kwargs)
+        if int(factor) != factor or factor < 2:
+            raise ValueError(f"factor must be an integer of at least 2, got {factor}")
+        self.factor, self.std_scale = int(factor), float(std_scale)
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor | None = None):
+        outs = [super(GapSlicesUNet, self).forward(x, torch.full((x.shape[0],), j / self.factor, device=x.device))
+                for j in range(1, self.factor)]  # fmt: skip
+        if not isinstance(outs[0], tuple):
+            return torch.cat(outs, dim=1)
+        mean = torch.cat([o[0] for o in outs], dim=1)
+        return mean, self.std_scale * torch.exp(0.5 * torch.cat([o[1] for o in outs], dim=1))
