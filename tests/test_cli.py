@@ -1077,12 +1077,16 @@ def test_zarr_format_3_from_the_command_line(tmp_path, capsys, tiny_model_dir):
     c = zarr.open_array(str(tmp_path / "c.zarr"), mode="r")
     assert c.metadata.zarr_format == 3 and c.shards == (1, 40, 48) and np.array_equal(c[:], vol)
     capsys.readouterr()
+    batch = ["denoise", str(tmp_path / "vol.tif"), str(tmp_path / "vol.tif"), "-o", str(tmp_path / "many")]
     for argv, needle in (([*base, "-o", str(tmp_path / "o.tif"), "--zarr-format", "3"], "'o.tif' is not one"),
-                         ([*base, "-o", str(tmp_path / "o.zarr"), "--zarr-format", "4"], "invalid choice")):
+                         ([*base, "-o", str(tmp_path / "o.zarr"), "--zarr-format", "4"], "invalid choice"),
+                         ([*batch, "--zarr-format", "3"], "a batch writes each result as a TIFF or MRC file"),
+                         (["convert", str(tmp_path / "vol.tif"), str(tmp_path / "vol.tif"), "-o", str(tmp_path / "many"),
+                           "--zarr-format", "3"], "add --to .zarr")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "o.tif").exists() and not (tmp_path / "o.zarr").exists()
+    assert not (tmp_path / "o.tif").exists() and not (tmp_path / "o.zarr").exists() and not (tmp_path / "many").exists()
 
 
 def test_convert_bin_averages_blocks_and_scales_the_pixel_size(tmp_path, capsys):

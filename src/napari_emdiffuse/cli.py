@@ -212,6 +212,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         args.input = args.input[0]
         (out,) = _check_outputs(args, args.output)
         return _convert_one(args, out)
+    if args.zarr_format != 2 and args.to != ".zarr":
+        raise InputError(f"--zarr-format {args.zarr_format} is the format of .zarr outputs; add --to .zarr")
     plan = plan_batch(expand_inputs(args.input), args.output, ext=args.to)
     failed = 0
     for k, (src, out, _) in enumerate(plan, 1):

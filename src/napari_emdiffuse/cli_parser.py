@@ -85,7 +85,7 @@ def _voxel_option(p: argparse.ArgumentParser) -> None:
 
 def _zarr_format_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zarr-format", type=int, choices=[2, 3], default=2, metavar="{2,3}",
-                   help=".zarr output (a batch: its .zarr outputs): 2 (default; every zarr reader opens it) or 3 "
+                   help=".zarr output: 2 (default; every zarr reader opens it) or 3 "
                         "(zarr v3, OME-Zarr 0.5 for a .ome.zarr name: each block one shard of 512-px chunks, which "
                         "viewers read piece by piece)")
 

@@ -187,12 +187,6 @@ def _zarr_output(out: Path, unc: Path | None, distributed: Any, resume: bool, za
     return zarr_out
 
 
-def _for_output(options: dict, out: Path) -> dict:
-    """A batch's options for one file: ``zarr_format`` is the format of the ``.zarr`` outputs
-    among them, and the others leave it out."""
-    return options if suffix_of(Path(out)) == ZARR_SUFFIX else {k: v for k, v in options.items() if k != "zarr_format"}
-
-
 def _told_first(event: Progress, gen: Generator) -> Generator[Any, None, Any]:
     """``gen``'s items, ``event`` before the first: said once the engine has accepted the job
     (a refused one is told in its one line alone)."""
@@ -423,8 +417,9 @@ def restore_files_iter(
     per-file events. The plan (names, clashes) is
     checked before any work (:func:`~.engine.io.batch.plan_batch`); a file that cannot be read
     is told and skipped. ``resume`` leaves out the files whose outputs exist (an output appears
-    only when written whole). ``zarr_format`` (2 or 3) is that of the ``.zarr`` outputs among them. Yields ``Progress("file", k, n)`` before each file, the files'
-    own events, then a :class:`BatchResult`.
+    only when written whole). Its results are TIFF or MRC files, so ``zarr_format`` 3 is
+    refused. Yields ``Progress("file", k, n)`` before each file, the files' own events, then a
+    :class:`BatchResult`.
 
     Examples
     --------
@@ -438,7 +433,9 @@ def restore_files_iter(
     """
     from .engine.io.batch import expand_inputs, plan_batch
 
-    options["zarr_format"] = check_zarr_format(options.get("zarr_format", 2))
+    if check_zarr_format(options.pop("zarr_format", 2)) != 2:
+        raise InputError("a batch writes each result as a TIFF or MRC file; --zarr-format is the format of a "
+                         ".zarr output (one input)")
     workers, scheduler = options.pop("workers", None), options.pop("scheduler", None)
     if workers is not None or scheduler is not None:
         from .engine.parallel.runner import Cluster
@@ -460,10 +457,10 @@ def restore_files_iter(
         return loaded[0]
 
     def one(src: Path, out: Path, unc: Path | None) -> Generator[Any, None, None]:
-        kw = _for_output(options, out)
         if task in ISOTROPIC_TASKS:  # the model follows each volume's factor: by name, loaded once per process
-            return reconstruct_file_iter(src, out, model, mode=task[-1], uncertainty_out=unc, **kw)
-        return restore_file_iter(src, out, task, load, uncertainty_out=unc, **{k: v for k, v in kw.items() if k != "arch"})
+            return reconstruct_file_iter(src, out, model, mode=task[-1], uncertainty_out=unc, **options)
+        return restore_file_iter(src, out, task, load, uncertainty_out=unc,
+                                 **{k: v for k, v in options.items() if k != "arch"})
 
     done = BatchResult(total=len(plan))
     for k, (src, out, unc) in enumerate(plan):
@@ -540,8 +537,8 @@ def _files_on_workers(plan: list, out_dir: str | Path, task: str, model: Any, wo
             loaded = _loaded(model, task, arch, "cpu")
             given = model if isinstance(model, (str, Path)) or model is None else loaded
             spec, spec_arch, _ = model_spec(given, loaded, task, arch, tmp / "model")
-        jobs = [FileJob(str(src), str(out), str(unc) if unc is not None else None, task, spec, spec_arch,
-                        _for_output(options, out)) for src, out, unc in plan]
+        jobs = [FileJob(str(src), str(out), str(unc) if unc is not None else None, task, spec, spec_arch, options)
+                for src, out, unc in plan]
 
         def report(n: int, result: tuple[list[str], list[str], str | None]) -> list[Progress]:
             src, (wrote, notes, why) = plan[n][0], result

@@ -390,8 +390,8 @@ def zarr_format_box() -> QComboBox:
     return combo_box(
         list(ZARR_FORMAT_ITEMS.values()),
         ".zarr output: 2 (every zarr reader opens it) or 3 (zarr v3, OME-Zarr 0.5 for a .ome.zarr name: each block "
-        "one shard of 512-px chunks, which viewers read piece by piece).\nWith the files… button: the format of "
-        "the .zarr results",
+        "one shard of 512-px chunks, which viewers read piece by piece). The files… button writes TIFF or MRC "
+        "files and leaves it out",
     )
 
 

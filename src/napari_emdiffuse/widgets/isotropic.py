@@ -383,7 +383,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self._save_settings(opts, self.model)
         kwargs = sampling_kwargs(opts) | {"default_factor": opts.factor, "denoise": True if opts.denoise_first else None,
                                           "uncertainty": opts.uncertainty, "workers": opts.workers or None,
-                                          "resume": opts.resume, "zarr_format": opts.zarr_format}
+                                          "resume": opts.resume}
         return opts.task, model, kwargs | ({"arch": arch} if arch is not None else {})
 
     def _show(self, result: Any, source: dict, out: Path | None) -> None:

@@ -516,8 +516,7 @@ class RestoreWidget(FilesMixin, DockWidget):
         kwargs = replace(opts, output="", workers=0, resume=False, zarr_format=2).engine_kwargs()
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
-        return opts.task, model, {**kwargs, "arch": arch, "workers": opts.workers or None, "resume": opts.resume,
-                                  "zarr_format": opts.zarr_format}
+        return opts.task, model, {**kwargs, "arch": arch, "workers": opts.workers or None, "resume": opts.resume}
 
     def _show(self, result: Any, source: dict, task: str, unc_out: Any = None, width: int = 0) -> None:
         if not hasattr(result, "mean"):  # a zarr store (a Path): show it lazily
