@@ -47,6 +47,7 @@ def test_a_format_3_ome_zarr_is_sharded_by_block_with_the_pixels_of_format_2(tmp
     assert ome_levels(v3) == ome_levels(v2) == ["0", "1", "2", "3"]
     for k in ome_levels(v3):
         assert np.array_equal(g3[k][:], g2[k][:]) and g3[k].metadata.zarr_format == 3
+    assert g3["0"][:].std() > 1 and not np.array_equal(g3["0"][:], img)  # restored pixels, not an empty store
     assert is_complete(v3) and is_complete(tmp_path / "u3.ome.zarr")
     back = read_image(v3)
     assert back.data.shape == img.shape and back.spacing == pytest.approx((30.0, 4.0, 4.0)) and back.axes == "ZYX"
