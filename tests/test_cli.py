@@ -1073,6 +1073,10 @@ def test_zarr_format_3_from_the_command_line(tmp_path, capsys, tiny_model_dir):
     g = zarr.open_group(str(tmp_path / "v3.ome.zarr"), mode="r")
     assert g["0"].metadata.zarr_format == 3 and g.attrs["ome"]["version"] == "0.5"
     assert np.array_equal(g["0"][:], zarr.open_array(str(tmp_path / "v2.zarr"), mode="r")[:])
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "v3.ome.zarr"), str(tmp_path / "v2.zarr")]) == 0
+    v3_line, v2_line = capsys.readouterr().out.strip().splitlines()
+    assert "; zarr v3, shards of 1 x 40 x 48 in chunks of 1 x 40 x 48" in v3_line and "zarr v3" not in v2_line
     assert main(["convert", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "c.zarr"), "--zarr-format", "3"]) == 0
     c = zarr.open_array(str(tmp_path / "c.zarr"), mode="r")
     assert c.metadata.zarr_format == 3 and c.shards == (1, 40, 48) and np.array_equal(c[:], vol)

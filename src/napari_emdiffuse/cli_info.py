@@ -67,9 +67,16 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
     if is_ome(name) and img.path is not None and img.path.is_dir():
         record["ome_levels"] = len(ome_levels(img.path)) or 1
         line += f"; OME-Zarr, {record['ome_levels']} level{'s' * (record['ome_levels'] != 1)}"
-    name_key = getattr(getattr(data, "array", data), "name", None)  # an N5 dataset's path in its container
+    inner = getattr(data, "array", data)  # a view (single axes dropped) wraps the array it reads
+    if getattr(getattr(inner, "metadata", None), "zarr_format", None) == 3:  # zarr v3: say how it is stored
+        record["zarr_format"] = 3
+        shards = getattr(inner, "shards", None)
+        record["shards"] = list(shards) if shards else None
+        line += "; zarr v3" + (f", shards of {' x '.join(map(str, shards))} in chunks of "
+                               f"{' x '.join(map(str, inner.chunks))}" if shards else "")  # fmt: skip
+    name_key = getattr(inner, "name", None)  # an N5 dataset's path in its container
     if isinstance(data, LazyArray) and isinstance(name_key, str) and Path(name_key).name == "s0":
-        levels = n5_levels(Path(getattr(getattr(data, "array", data), "root", "")) / name_key)
+        levels = n5_levels(Path(getattr(inner, "root", "")) / name_key)
         if levels > 1:
             record["levels"] = levels
             line += f"; {levels} levels (s0 read)"
