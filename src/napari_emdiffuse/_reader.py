@@ -105,12 +105,15 @@ def _channels(path: str, name: str) -> list[LayerData]:
 
 def get_ome_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """The reader for one OME-Zarr store (a ``.ome.zarr`` folder with ``multiscales``, NGFF
-    0.4 or 0.5), else None."""
+    0.4 or 0.5, or the URL of one: ``viewer.open("https://host/vol.ome.zarr")``), else None."""
+    from .engine.io.remote import is_url
     from .engine.io.zarr import is_ome, ome_levels
 
     path = _one(path)
     if path is None:
         return None
+    if is_url(path):
+        return _read_ome if is_ome(path) and ome_levels(path) else None
     p = Path(path)
     if not (is_ome(p) and p.is_dir() and ome_levels(p)):
         return None
@@ -126,6 +129,7 @@ def _read_ome(path: str | list[str]) -> list[LayerData]:
     import zarr
 
     from .engine.io.images import read_image
+    from .engine.io.remote import is_url
     from .engine.io.views import single_axes
     from .engine.io.zarr import ome_levels
 
@@ -133,7 +137,7 @@ def _read_ome(path: str | list[str]) -> list[LayerData]:
     group = zarr.open_group(str(path), mode="r")
     paths = ome_levels(path)
     name = Path(path).name[: -len(".ome.zarr")]
-    img = read_image(Path(path) / paths[0])
+    img = read_image(f"{path.rstrip('/')}/{paths[0]}" if is_url(path) else Path(path) / paths[0])
     levels = [da.from_zarr(group[k]) for k in paths]
     lead, trail = single_axes(levels[0].shape)  # as read_image drops them from the first level
     levels = [lv[(0,) * lead + (Ellipsis,) + (0,) * trail] for lv in levels]

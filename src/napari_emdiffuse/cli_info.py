@@ -36,6 +36,7 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
     from .engine.io.n5 import n5_levels
     from .engine.io.precomputed import PrecomputedArray, precomputed_scales
     from .engine.io.views import LazyArray
+    from .engine.io.remote import is_url, split_url
     from .engine.io.zarr import is_ome, ome_levels
 
     img = read_image(name, channel=channel, time=time)
@@ -64,8 +65,9 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
         except InputError as exc:
             record["isotropic_factor"] = None
             line += f"; no isotropic factor: {exc}"
-    if is_ome(name) and img.path is not None and img.path.is_dir():
-        record["ome_levels"] = len(ome_levels(img.path)) or 1
+    store = img.path if img.path is not None and img.path.is_dir() else (split_url(name)[0] if is_url(name) else None)
+    if is_ome(name) and store is not None:
+        record["ome_levels"] = len(ome_levels(store)) or 1
         line += f"; OME-Zarr, {record['ome_levels']} level{'s' * (record['ome_levels'] != 1)}"
     inner = getattr(data, "array", data)  # a view (single axes dropped) wraps the array it reads
     if getattr(getattr(inner, "metadata", None), "zarr_format", None) == 3:  # zarr v3: say how it is stored

@@ -20,6 +20,7 @@ from .czi import czi_file_of, czi_scenes
 from .hdf5 import h5_file_of, h5_images
 from .n5 import n5_container_of
 from .precomputed import precomputed_of
+from .remote import is_url
 from .zarr import zarr_store_of
 
 __all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch", "images_inside", "check_one_image", "matched_pairs"]
@@ -73,6 +74,8 @@ def expand_inputs(inputs: list[str | os.PathLike[str]]) -> list[Path]:
     """
     files: list[Path] = []
     for name in inputs:
+        if is_url(name):
+            raise InputError(f"'{name}' is a zarr store by URL: restore it alone (its output streams to disk)")
         p = Path(name).expanduser()
         if _is_store(p):
             raise InputError(f"'{p}' is a zarr store, N5 container or precomputed volume: restore those one at a time (their output "

@@ -40,6 +40,7 @@ from .tiff import read_tiff, write_tiff
 from .views import pick_axes
 from .zarr import ZarrWriter, group_arrays, is_ome, read_zarr, zarr_store_of
 from .zarrfmt import check_zarr_format
+from .remote import is_url, read_url
 
 __all__ = ["read_image", "read_calibration", "write_image", "image_names"]
 
@@ -59,7 +60,8 @@ def read_image(
         such as ``"volume.zarr/0"``, an N5 container (``.n5``) or a dataset in one such as
         ``"jrc_mus-liver.n5/em/fibsem-uint8/s0"``, an HDF5 file (``.h5``, ``.hdf5``, ``.hdf``, a Velox ``.emd``) or a dataset
         in one such as ``"sample_A.hdf/volumes/raw"`` or ``"stem.emd/HAADF"``, or a folder of 2D slices (one file
-        each, natural order), read as a lazy ZYX volume without voxel size.
+        each, natural order), read as a lazy ZYX volume without voxel size; or the URL of a
+        zarr store or an array in one (``https://``, ``s3://``, ``gs://``: :mod:`.remote`).
     key : str, optional
         For a zarr group: the array to read. Default: the array named ``"0"`` or the only array.
         For an HDF5 file or an N5 container: the dataset. Default: the only image dataset (for
@@ -84,7 +86,7 @@ def read_image(
     InputError
         The path is missing, unreadable, corrupt, of an unsupported type, or not an array.
     """
-    img = _read(Path(path).expanduser(), key)
+    img = read_url(path, key) if is_url(path) else _read(Path(path).expanduser(), key)
     if channel is not None or time is not None:
         img.data, img.spacing, img.axes = pick_axes(
             img.data, img.spacing, img.axes, channel=channel, time=time, name=str(path)

@@ -14,6 +14,7 @@ from .czi import CziArray
 from .hdf5 import H5Array
 from .n5 import N5Array
 from .precomputed import PrecomputedArray
+from .remote import is_url, url_of
 from .tiff import TiffArray
 from .velox import velox_dataset
 from .views import AxesPicked, FramesFirst
@@ -50,6 +51,8 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
 
     if not isinstance(array, zarr.Array):
         return None
+    if (url := url_of(array.store)) is not None:  # read over the network: workers open the URL
+        return url, str(getattr(array, "path", "") or ""), lead, trail
     root = getattr(array.store, "root", None) or getattr(array.store, "path", None)
     if root is None or not Path(root).is_dir():
         return None
@@ -60,8 +63,12 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
     """Open an input by its location (:func:`source_of`) for reading, in this process or a
     worker: the array at ``key`` in the zarr store, HDF5 file or N5 container ``where``, at the indices
     ``lead`` of its first axes and ``trail`` of its last."""
-    if suffix_of(Path(where)) in H5_SUFFIXES:
-        arr: Any = H5Array(where, key)
+    if is_url(where):  # a zarr store read over the network
+        import zarr
+
+        arr: Any = zarr.open_array(where, path=key, mode="r") if key else zarr.open_array(where, mode="r")
+    elif suffix_of(Path(where)) in H5_SUFFIXES:
+        arr = H5Array(where, key)
         arr = FramesFirst(arr) if velox_dataset(key) and arr.ndim == 3 else arr  # Velox: (y, x, frames)
     elif suffix_of(Path(where)) == N5_SUFFIX:
         arr = N5Array(where, key)

@@ -102,15 +102,19 @@ def zarr_store_of(path: Path) -> tuple[Path, str] | None:
     return None
 
 
-def read_zarr(store: Path, key: str | None) -> ImageData:
-    """Open an array of a zarr store lazily, with its calibration."""
+def read_zarr(store: Path | str, key: str | None) -> ImageData:
+    """Open an array of a zarr store lazily, with its calibration; ``store`` is a local folder,
+    or a URL (:mod:`.remote`)."""
     zarr = _zarr()
-    if not store.exists():
+    local = isinstance(store, Path)
+    if local and not store.exists():
         raise InputError(f"cannot read '{store}': file not found")
-    if not store.is_dir():
+    if local and not store.is_dir():
         raise InputError(f"cannot read '{store}': not a zarr folder")
     try:
         node = zarr.open(str(store), mode="r")
+    except ImportError:  # a URL whose fsspec backend is not installed: the caller names it
+        raise
     except Exception as exc:
         raise InputError(
             f"cannot read '{store}': not a zarr array or group ({reason(exc)})"
@@ -140,7 +144,7 @@ def read_zarr(store: Path, key: str | None) -> ImageData:
 
     spacing, unit, axes = zarr_calibration(node, parent, name)
     data, spacing, axes = drop_single_axes(node, spacing, axes)  # an OME-Zarr's single T and C
-    return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=store)
+    return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=store if local else None)
 
 
 def _list_arrays(group: Any) -> str:
