@@ -38,16 +38,97 @@ class NormInfo:
         return asdict(self)
 
 
+#: A stored input of more chunks than this is sampled in this many of its chunks (below).
+_MAX_CHUNKS = 64
+
+
 def sample_values(image, max_values: int = _MAX_SAMPLE) -> np.ndarray:
-    """A strided subsample of an array-like (numpy, dask, zarr) without loading it whole."""
+    """A subsample of an array-like (numpy, dask, zarr, a lazily read file) without loading it
+    whole: every value of a small one; a strided subsample; or, for a stored array of more
+    than :data:`_MAX_CHUNKS` chunks, a strided subsample of that many of its chunks, evenly
+    spread over it. A stride shorter than a chunk reads every chunk: a terabyte volume
+    or a store read over the network would be read in full (or a large share of it) for its
+    percentiles, where a few dozen chunks hold them as well.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> big = da.arange(4096 * 4096, dtype="f4").reshape(4096, 4096).rechunk(256)  # 256 chunks
+    >>> v = sample_values(big, max_values=65536)
+    >>> bool(v.size <= 65536 and 0 <= v.min() and v.max() < 4096 * 4096)
+    True
+    """
     shape = image.shape
     n = int(np.prod(shape))
     if n <= max_values:
         return np.asarray(image[...], dtype=np.float64).ravel()
+    chunks = _read_chunks(image)
+    if chunks is not None:
+        grid = [-(-s // c) for s, c in zip(shape, chunks)]
+        if int(np.prod(grid)) > _MAX_CHUNKS:
+            return _sample_chunks(image, shape, chunks, grid, max_values)
     stride = int(np.ceil((n / max_values) ** (1.0 / len(shape))))
     sub = image[tuple(slice(None, None, stride) for _ in shape)]
     sub = sub.compute() if hasattr(sub, "compute") else sub
     return np.asarray(sub, dtype=np.float64).ravel()
+
+
+def _read_chunks(image) -> tuple[int, ...] | None:
+    """The shape of the pieces a stored array is read in (dask's chunks; zarr's, N5's, HDF5's
+    chunks); None for numpy and anything without them."""
+    if isinstance(image, np.ndarray):
+        return None
+    size = getattr(image, "chunksize", None)  # dask
+    chunks = size if size is not None else getattr(image, "chunks", None)
+    if not isinstance(chunks, tuple) or len(chunks) != len(image.shape):
+        return None
+    if not all(isinstance(c, (int, np.integer)) and c > 0 for c in chunks):
+        return None
+    return tuple(int(c) for c in chunks)
+
+
+def _spread_cells(grid: list[int], count: int) -> list[tuple[int, ...]]:
+    """``count`` distinct cells of ``grid`` spread evenly over it, the same each time: a Halton
+    sequence (bases 2, 3, 5, ...), whose points fill every part of the field before any twice.
+    A regular lattice would take the same columns in every row (a drift across the field
+    would then bias the percentiles).
+
+    Examples
+    --------
+    >>> sorted(_spread_cells([2, 2], 4))
+    [(0, 0), (0, 1), (1, 0), (1, 1)]
+    >>> cells = _spread_cells([4, 4], 8)  # every row and every column of chunks twice
+    >>> sorted(c[0] for c in cells), sorted(c[1] for c in cells)
+    ([0, 0, 1, 1, 2, 2, 3, 3], [0, 0, 1, 1, 2, 2, 3, 3])
+    """
+    bases = [2, 3, 5, 7, 11, 13][: len(grid)]
+    found: dict[tuple[int, ...], None] = {}
+    k = 1
+    while len(found) < count and k < 64 * count:
+        cell = []
+        for b, n in zip(bases, grid):
+            f, x, i = 1.0, 0.0, k
+            while i:
+                f /= b
+                x += f * (i % b)
+                i //= b
+            cell.append(min(int(x * n), n - 1))
+        found.setdefault(tuple(cell), None)
+        k += 1
+    return list(found)
+
+
+def _sample_chunks(image, shape, chunks, grid, max_values: int) -> np.ndarray:
+    picks = _spread_cells(grid, _MAX_CHUNKS)
+    per_chunk = max(1, max_values // _MAX_CHUNKS)
+    stride = max(1, int(np.ceil((int(np.prod(chunks)) / per_chunk) ** (1.0 / len(shape)))))
+    values = []
+    for at in picks:
+        window = tuple(slice(i * c, min((i + 1) * c, s), stride) for i, c, s in zip(at, chunks, shape))
+        sub = image[window]
+        sub = sub.compute() if hasattr(sub, "compute") else sub
+        values.append(np.asarray(sub, dtype=np.float64).ravel())
+    return np.concatenate(values)
 
 
 def fit_normalisation(values: np.ndarray, rule: Normalisation, *, adapt_range: bool = False) -> NormInfo:
