@@ -106,7 +106,7 @@ def _channels(path: str, name: str) -> list[LayerData]:
 def get_ome_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """The reader for one OME-Zarr store (a ``.ome.zarr`` folder with ``multiscales``, NGFF
     0.4 or 0.5, or the URL of one: ``viewer.open("https://host/vol.ome.zarr")``), else None."""
-    from .engine.io.remote import is_url
+    from .engine.io.common import is_url
     from .engine.io.zarr import is_ome, ome_levels
 
     path = _one(path)
@@ -129,7 +129,7 @@ def _read_ome(path: str | list[str]) -> list[LayerData]:
     import zarr
 
     from .engine.io.images import read_image
-    from .engine.io.remote import is_url
+    from .engine.io.common import is_url
     from .engine.io.views import single_axes
     from .engine.io.zarr import ome_levels
 

@@ -36,7 +36,8 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
     from .engine.io.n5 import n5_levels
     from .engine.io.precomputed import PrecomputedArray, precomputed_scales
     from .engine.io.views import LazyArray
-    from .engine.io.remote import is_url, split_url
+    from .engine.io.common import is_url
+    from .engine.io.remote import split_url
     from .engine.io.zarr import is_ome, ome_levels
 
     img = read_image(name, channel=channel, time=time)

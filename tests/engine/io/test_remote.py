@@ -1,6 +1,6 @@
-"""zarr stores read by URL, over HTTP with byte ranges (as object stores serve them): the same
-pixels and calibration as the local store, workers that open the URL themselves, and a
-one-line refusal for what cannot be read."""
+"""zarr stores and N5 datasets read by URL, over HTTP with byte ranges (as object stores serve
+them): the same pixels and calibration as the local store, workers that open the URL
+themselves, and a one-line refusal for what cannot be read."""
 
 from __future__ import annotations
 
@@ -83,6 +83,29 @@ def test_a_store_read_by_url_is_the_local_store(served, fmt):
     assert get_ome_reader(f"{url}/missing.ome.zarr") is None
 
 
+def test_an_n5_dataset_read_by_url_is_the_local_one(served):
+    """An N5 URL names its dataset (web servers list no folders): its blocks, its missing
+    blocks (zeros), its group's voxel size times the level's downsampling, as read locally."""
+    import json
+    import pickle
+
+    from tests.engine.io.test_n5 import _write_n5
+
+    folder, url = served
+    vol = (np.arange(5 * 7 * 9) * 37 % 65521).astype(np.uint16).reshape(5, 7, 9)
+    group = folder / "liver.n5" / "em" / "fibsem-uint16"
+    _write_n5(group / "s0", vol, skip={(1, 1, 1)})
+    (group / "attributes.json").write_text(json.dumps({"pixelResolution": {"dimensions": [4.0, 4.0, 8.0], "unit": "nm"}}))
+    remote, local = read_image(f"{url}/liver.n5/em/fibsem-uint16/s0"), read_image(group / "s0")
+    assert remote.spacing == local.spacing == (8.0, 4.0, 4.0)
+    assert np.array_equal(remote.data[...], local.data[...]) and not remote.data[2:4, 3:6, 4:8].any()
+    where = source_of(remote.data)  # workers: the URL, not a copy
+    assert where[0] == f"{url}/liver.n5" and np.array_equal(open_source(*where)[1:3], local.data[1:3])
+    assert np.array_equal(pickle.loads(pickle.dumps(remote.data))[4], vol[4])
+    with pytest.raises(InputError, match="a URL names the dataset"):
+        read_image(f"{url}/liver.n5")
+
+
 def test_a_restoration_from_a_url(served, tiny_model_dir, capsys):
     from napari_emdiffuse.cli import main
 
@@ -95,7 +118,7 @@ def test_a_restoration_from_a_url(served, tiny_model_dir, capsys):
     remote, local = (read_image(folder / n) for n in ("remote.tif", "local.tif"))
     assert np.array_equal(remote.data, local.data) and remote.spacing == pytest.approx((40.0, 5.0, 5.0))
     capsys.readouterr()
-    for targets, needle in (([f"{url}/noisy.tif"], "only zarr stores"), ([f"{url}/missing.zarr"], "cannot read"),
+    for targets, needle in (([f"{url}/noisy.tif"], "only zarr stores and N5 datasets"), ([f"{url}/missing.zarr"], "cannot read"),
                             ([f"{url}/noisy.zarr"] * 2, "is a zarr store by URL: restore it alone")):
         out = str(folder / ("many" if len(targets) > 1 else "x.tif"))
         assert main(["denoise", *targets, "-o", out, *common]) == 2
@@ -106,7 +129,7 @@ def test_a_restoration_from_a_url(served, tiny_model_dir, capsys):
 
 def test_a_url_names_its_store_and_a_missing_backend_is_named():
     assert split_url("https://h/a/b.ome.zarr/0") == ("https://h/a/b.ome.zarr", "0")
-    with pytest.raises(InputError, match="only zarr stores"):
+    with pytest.raises(InputError, match="only zarr stores and N5 datasets"):
         split_url("https://h/a/scan.tif")
     try:
         import s3fs  # noqa: F401

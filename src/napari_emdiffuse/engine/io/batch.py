@@ -15,12 +15,12 @@ from ..errors import InputError
 from .common import (
     AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in,
     suffix_of,
+    is_url,
 )
 from .czi import czi_file_of, czi_scenes
 from .hdf5 import h5_file_of, h5_images
 from .n5 import n5_container_of
 from .precomputed import precomputed_of
-from .remote import is_url
 from .zarr import zarr_store_of
 
 __all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch", "images_inside", "check_one_image", "matched_pairs"]

@@ -41,6 +41,7 @@ __all__ = [
     "STREAM_2D_MIN_BYTES",
     "streams_lazily",
     "grey_from_samples",
+    "is_url",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -294,3 +295,18 @@ def grey_from_samples(data: np.ndarray, path: Path) -> np.ndarray:
                 "(convert it, e.g. in Fiji: Image > Type > 8-bit)"
             )
     return np.ascontiguousarray(first)
+
+
+#: A URL's scheme (``https://``, ``s3://``, ...): a remote location (:mod:`.remote`).
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def is_url(path: Any) -> bool:
+    """Whether ``path`` is a URL that names a remote location (``file://`` is a local path).
+
+    Examples
+    --------
+    >>> is_url("https://host/vol.zarr/0"), is_url("s3://bucket/v.zarr"), is_url("vol.zarr"), is_url("file:///v.zarr")
+    (True, True, False, False)
+    """
+    return isinstance(path, str) and bool(_SCHEME.match(path)) and not path.lower().startswith("file://")

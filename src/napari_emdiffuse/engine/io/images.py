@@ -26,6 +26,7 @@ from .common import (
     AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES,
     ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
     unsupported_type,
+    is_url,
 )
 from .czi import czi_file_of, czi_scenes, read_czi
 from .dm import read_dm
@@ -40,7 +41,7 @@ from .tiff import read_tiff, write_tiff
 from .views import pick_axes
 from .zarr import ZarrWriter, group_arrays, is_ome, read_zarr, zarr_store_of
 from .zarrfmt import check_zarr_format
-from .remote import is_url, read_url
+from .remote import read_url
 
 __all__ = ["read_image", "read_calibration", "write_image", "image_names"]
 

@@ -13,6 +13,10 @@ group. The voxel size comes from COSEM's ``transform`` (axes, scale, units), fro
 ``pixelResolution`` (dimensions, unit) or ``resolution`` (nm) on the dataset or, times its
 ``downsamplingFactors``, on its group; for a BigDataViewer container (``setup0/timepoint0/s0``),
 from the XML beside it (:mod:`.bdv`).
+
+A dataset is also read by URL (``https://host/vol.n5/em/fibsem-uint8/s0``, ``s3://...``), its
+blocks fetched as a block task needs them (:mod:`.remote`); the URL names the dataset, since a
+web server lists no folders.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 from ..errors import InputError
 from .bdv import bdv_n5_spacing
 from .calibration import to_nm
-from .common import N5_SUFFIX, ImageData, likely_image, suffix_of
+from .common import N5_SUFFIX, ImageData, is_url, likely_image, suffix_of
 from .views import LazyArray, drop_single_axes, full_index
 
 __all__ = ["N5Array", "n5_container_of", "n5_datasets", "n5_images", "n5_levels", "read_n5"]
@@ -57,14 +61,39 @@ def n5_container_of(path: Path) -> tuple[Path, str] | None:
     return None
 
 
-def _attributes(folder: Path) -> dict:
+#: A place in a container: a local folder, or a URL (a string).
+Where = Union[Path, str]
+
+
+def _join(root: Where, *parts: str) -> Where:
+    """``root`` and ``parts`` joined: a path for a folder, a URL for a URL."""
+    if isinstance(root, Path):
+        return root.joinpath(*parts)
+    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts if p and p.strip("/"))])
+
+
+def _parent(where: Where) -> Where:
+    return where.parent if isinstance(where, Path) else where.rstrip("/").rsplit("/", 1)[0]
+
+
+def _read_bytes(where: Where) -> bytes:
+    """The file's bytes; FileNotFoundError where there is none (a URL: through fsspec)."""
+    if isinstance(where, Path):
+        return where.read_bytes()
+    import fsspec
+
+    with fsspec.open(where, "rb") as fh:
+        return fh.read()
+
+
+def _attributes(folder: Where) -> dict:
+    where = _join(folder, "attributes.json")
     try:
-        with open(folder / "attributes.json", encoding="utf-8") as fh:
-            attrs = json.load(fh)
+        attrs = json.loads(_read_bytes(where).decode("utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read '{folder / 'attributes.json'}': {exc}") from exc
+        raise InputError(f"cannot read '{where}': {exc}") from exc
     return attrs if isinstance(attrs, dict) else {}
 
 
@@ -107,10 +136,20 @@ def n5_levels(dataset: Path) -> int:
     return max(n, 1)
 
 
-def read_n5(root: Path, key: str | None = None) -> ImageData:
+def read_n5(root: Where, key: str | None = None) -> ImageData:
     """Read a dataset of an N5 container lazily (:class:`N5Array`), with its voxel size (nm
     where the unit is known); without ``key``, the only dataset or the only multiscale group's
-    finest level, else a one-line refusal that names them."""
+    finest level, else a one-line refusal that names them. ``root`` may be a URL (a string),
+    with ``key`` naming the dataset."""
+    if not isinstance(root, Path):
+        key = (key or "").strip("/")
+        if not _is_dataset(_attributes(_join(root, key))):
+            raise InputError(f"cannot read '{_join(root, key)}': no N5 dataset there (a URL names the dataset, "
+                             "e.g. '.../vol.n5/em/fibsem-uint8/s0')")
+        array = N5Array(root, key)
+        spacing, unit = _calibration(root, key, array.ndim)
+        data, spacing, axes = drop_single_axes(array, spacing, None)
+        return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=None)
     if not root.is_dir():
         raise InputError(f"cannot read '{root}': " + ("not an N5 container (a folder)" if root.exists() else "not found"))
     key = (key or "").strip("/")
@@ -131,18 +170,19 @@ def read_n5(root: Path, key: str | None = None) -> ImageData:
     return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=root)
 
 
-def _calibration(root: Path, key: str, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
+def _calibration(root: Where, key: str, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
     """Voxel size, z first, from the dataset's attributes or its group's."""
-    own = _attributes(root / key)
+    own = _attributes(_join(root, key))
     found = _voxel(own, ndim)
     if found is None and key:
-        parent = (root / key).parent
-        group = _voxel(_attributes(parent), ndim)
+        group = _voxel(_attributes(_parent(_join(root, key))), ndim)
         if group is not None:
             factors = own.get("downsamplingFactors") or [1] * ndim
             if isinstance(factors, list) and len(factors) == ndim:
                 values = [v * float(f) for v, f in zip(group[0], reversed(factors))]
                 found = (values, group[1])
+    if found is None and not isinstance(root, Path):
+        return None, None
     if found is None:  # a BigDataViewer container: the size is in the XML beside it
         parts = key.strip("/").split("/")
         return bdv_n5_spacing(root, key, _attributes(root / parts[0]) if parts[0] else {})
@@ -192,9 +232,10 @@ class N5Array(LazyArray):
     """
 
     def __init__(self, root: str | os.PathLike[str], name: str) -> None:
-        self.root = str(Path(root).resolve())
+        self.url = is_url(root)
+        self.root = str(root).rstrip("/") if self.url else str(Path(root).resolve())
         self.name = str(name).strip("/")
-        attrs = _attributes(Path(self.root) / self.name)
+        attrs = _attributes(self._at(self.name))
         where = f"{root}/{self.name}"
         if not _is_dataset(attrs):
             raise InputError(f"cannot read '{where}': not an N5 dataset (no dimensions and dataType)")
@@ -236,10 +277,13 @@ class N5Array(LazyArray):
         out = box[rel]
         return out[tuple(0 if d else slice(None) for d in drop)] if any(drop) else out
 
+    def _at(self, *parts: str) -> Where:
+        return _join(self.root if self.url else Path(self.root), *parts)
+
     def _block(self, block: list[int]) -> np.ndarray | None:
-        path = Path(self.root, self.name, *[str(b) for b in reversed(block)])  # x first on disk
+        path = self._at(self.name, *[str(b) for b in reversed(block)])  # x first on disk
         try:
-            raw = path.read_bytes()
+            raw = _read_bytes(path)
         except FileNotFoundError:
             return None
         try:
@@ -272,6 +316,8 @@ class N5Array(LazyArray):
         return data
 
     def __dask_tokenize__(self) -> tuple:
+        if self.url:
+            return ("N5Array", self.root, self.name)
         st = os.stat(Path(self.root, self.name, "attributes.json"))
         return ("N5Array", self.root, self.name, st.st_mtime_ns)
 

@@ -1,6 +1,7 @@
-"""zarr stores read by URL (``https://``, ``s3://``, ``gs://``, ...), lazily, where they lie.
+"""zarr stores and N5 datasets read by URL (``https://``, ``s3://``, ``gs://``, ...), lazily,
+where they lie.
 
-Public EM volumes are served as zarr and OME-Zarr (OpenOrganelle, the IDR, EMPIAR-derived
+Public EM volumes are served as zarr, OME-Zarr and N5 (OpenOrganelle, the IDR, EMPIAR-derived
 stores); a region of one can be restored without downloading the volume first:
 ``emdiffuse denoise https://host/vol.ome.zarr/0 --region ... -o part.tif``. Only the chunks a
 block needs are fetched. Reading goes through fsspec, whose backends are optional packages:
@@ -8,39 +9,28 @@ block needs are fetched. Reading goes through fsspec, whose backends are optiona
 ``remote`` extra installs them). Cluster workers open the same URL themselves, so they need
 the network too. Credentials are what the backend finds (environment, config files).
 
-Only zarr stores are read by URL: the other formats here are read through local files.
+Only zarr stores and N5 datasets are read by URL: the other formats here are read through
+local files. An N5 URL names its dataset (``.../vol.n5/em/fibsem-uint8/s0``): web servers list
+no folders to find it in.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from ..errors import InputError
 from .common import ImageData
 
-__all__ = ["is_url", "split_url", "read_url", "url_of"]
-
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+__all__ = ["split_url", "read_url", "url_of"]
 
 #: Which package serves each protocol, for the one-line refusal when it is missing.
 _BACKENDS = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
              "az": "adlfs", "abfs": "adlfs"}  # fmt: skip
 
 
-def is_url(path: Any) -> bool:
-    """Whether ``path`` is a URL that names a remote location (``file://`` is a local path).
-
-    Examples
-    --------
-    >>> is_url("https://host/vol.zarr/0"), is_url("s3://bucket/v.zarr"), is_url("vol.zarr"), is_url("file:///v.zarr")
-    (True, True, False, False)
-    """
-    return isinstance(path, str) and bool(_SCHEME.match(path)) and not path.lower().startswith("file://")
-
-
 def split_url(url: str) -> tuple[str, str]:
-    """The store's URL (up to the part ending in ``.zarr``) and the key inside it.
+    """The store's or container's URL (up to the part ending in ``.zarr`` or ``.n5``) and the
+    key inside it.
 
     Examples
     --------
@@ -48,23 +38,30 @@ def split_url(url: str) -> tuple[str, str]:
     ('https://host/data/vol.ome.zarr', '0')
     >>> split_url("s3://bucket/vol.zarr")
     ('s3://bucket/vol.zarr', '')
+    >>> split_url("https://host/jrc_mus-liver.n5/em/fibsem-uint8/s0")
+    ('https://host/jrc_mus-liver.n5', 'em/fibsem-uint8/s0')
     """
     scheme, rest = url.split("://", 1)
     parts = rest.rstrip("/").split("/")
     for i, part in enumerate(parts):
-        if part.lower().endswith(".zarr"):
+        if part.lower().endswith((".zarr", ".n5")):
             return f"{scheme}://{'/'.join(parts[: i + 1])}", "/".join(parts[i + 1 :])
-    raise InputError(f"cannot read '{url}': only zarr stores (a name ending in .zarr) are read from a URL")
+    raise InputError(f"cannot read '{url}': only zarr stores and N5 datasets (a name ending in .zarr or .n5) "
+                     "are read from a URL")
 
 
 def read_url(url: str, key: str | None = None) -> ImageData:
     """Open the zarr array at ``url`` (a store, an array inside one such as
-    ``https://host/vol.ome.zarr/0``, or a group with ``key``) lazily, with its calibration."""
+    ``https://host/vol.ome.zarr/0``, or a group with ``key``), or the N5 dataset it names,
+    lazily, with its calibration."""
+    from .n5 import read_n5
     from .zarr import read_zarr
 
     store, inner = split_url(url)
     full_key = "/".join(k.strip("/") for k in (inner, key or "") if k and k.strip("/"))
     try:
+        if store.lower().endswith(".n5"):
+            return read_n5(store, full_key)
         return read_zarr(store, full_key or None)
     except (ImportError, ModuleNotFoundError) as exc:
         scheme = url.split("://", 1)[0].lower()

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import CZI_SUFFIXES, H5_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, suffix_of
+from .common import CZI_SUFFIXES, H5_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, is_url, suffix_of
 from .czi import CziArray
 from .hdf5 import H5Array
 from .n5 import N5Array
 from .precomputed import PrecomputedArray
-from .remote import is_url, url_of
+from .remote import url_of
 from .tiff import TiffArray
 from .velox import velox_dataset
 from .views import AxesPicked, FramesFirst
@@ -63,10 +63,12 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
     """Open an input by its location (:func:`source_of`) for reading, in this process or a
     worker: the array at ``key`` in the zarr store, HDF5 file or N5 container ``where``, at the indices
     ``lead`` of its first axes and ``trail`` of its last."""
-    if is_url(where):  # a zarr store read over the network
+    if is_url(where) and where.lower().endswith(".n5"):  # read over the network
+        arr: Any = N5Array(where, key)
+    elif is_url(where):
         import zarr
 
-        arr: Any = zarr.open_array(where, path=key, mode="r") if key else zarr.open_array(where, mode="r")
+        arr = zarr.open_array(where, path=key, mode="r") if key else zarr.open_array(where, mode="r")
     elif suffix_of(Path(where)) in H5_SUFFIXES:
         arr = H5Array(where, key)
         arr = FramesFirst(arr) if velox_dataset(key) and arr.ndim == 3 else arr  # Velox: (y, x, frames)
