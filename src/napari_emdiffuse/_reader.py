@@ -131,10 +131,11 @@ def _read_ome(path: str | list[str]) -> list[LayerData]:
     from .engine.io.images import read_image
     from .engine.io.common import is_url
     from .engine.io.views import single_axes
+    from .engine.io.fetch import zarr_store
     from .engine.io.zarr import ome_levels
 
     path = _one(path) or ""
-    group = zarr.open_group(str(path), mode="r")
+    group = zarr.open_group(zarr_store(path), mode="r")
     paths = ome_levels(path)
     name = Path(path).name[: -len(".ome.zarr")]
     img = read_image(f"{path.rstrip('/')}/{paths[0]}" if is_url(path) else Path(path) / paths[0])
@@ -266,17 +267,30 @@ def get_slices_reader(path: str | list[str]) -> Callable[[str | list[str]], list
     return _read_slices if len(image_files_in(Path(path))) >= 2 else None
 
 
+def get_precomputed_url_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """The reader for a neuroglancer precomputed volume by URL, as neuroglancer names its
+    source (``viewer.open("precomputed://gs://bucket/volume")``), else None."""
+    path = _one(path)
+    return _read_precomputed if path is not None and path.lower().startswith("precomputed://") else None
+
+
 def _read_precomputed(path: str | list[str]) -> list[LayerData]:
-    """A neuroglancer precomputed volume (or one of its scales) as one lazy layer, chunk by
-    chunk, with its voxel size; its coarser scales as the levels of a multiscale layer."""
+    """A neuroglancer precomputed volume (or one of its scales), from a folder or a URL, as one
+    lazy layer, chunk by chunk, with its voxel size; its coarser scales as the levels of a
+    multiscale layer."""
     import dask.array as da
     from dask.base import tokenize
 
+    from .engine.errors import InputError
     from .engine.io.images import read_image
-    from .engine.io.precomputed import PrecomputedArray, precomputed_of, precomputed_scales
+    from .engine.io.precomputed import PrecomputedArray, precomputed_of, precomputed_scales, precomputed_url
+    from .engine.io.remote import source_prefix
 
     path = _one(path) or ""
-    root, key = precomputed_of(Path(path))  # type: ignore[misc]
+    found = precomputed_url(source_prefix(path)[0]) if "://" in path else precomputed_of(Path(path))
+    if found is None:
+        raise InputError(f"cannot read '{path}': no neuroglancer precomputed 'info' there")
+    root, key = found
     img = read_image(path)
     levels = [img.data]
     if not key:  # the whole volume: every scale whose chunks are read here, finest first
@@ -288,7 +302,8 @@ def _read_precomputed(path: str | list[str]) -> list[LayerData]:
             if all(a <= b for a, b in zip(level.shape, levels[-1].shape)):
                 levels.append(level)
     lazy = [da.from_array(lv, chunks=lv.chunks, name=f"precomputed-{tokenize(lv)}", asarray=False) for lv in levels]
-    meta = layer_meta(img, root.name if not key else f"{root.name} {key}", multiscale=len(lazy) > 1)
+    title = root.name if isinstance(root, Path) else root.rstrip("/").rsplit("/", 1)[-1]
+    meta = layer_meta(img, title if not key else f"{title} {key}", multiscale=len(lazy) > 1)
     return [(lazy if len(lazy) > 1 else lazy[0], meta, "image")]
 
 

@@ -66,7 +66,7 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
         except InputError as exc:
             record["isotropic_factor"] = None
             line += f"; no isotropic factor: {exc}"
-    store = img.path if img.path is not None and img.path.is_dir() else (split_url(name)[0] if is_url(name) else None)
+    store = img.path if img.path is not None and img.path.is_dir() else (split_url(name)[0] if is_url(name) and is_ome(name) else None)
     if is_ome(name) and store is not None:
         record["ome_levels"] = len(ome_levels(store)) or 1
         line += f"; OME-Zarr, {record['ome_levels']} level{'s' * (record['ome_levels'] != 1)}"
@@ -83,7 +83,7 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
         if levels > 1:
             record["levels"] = levels
             line += f"; {levels} levels (s0 read)"
-    if isinstance(data, PrecomputedArray) and len(scales := precomputed_scales(Path(data.root))) > 1:
+    if isinstance(data, PrecomputedArray) and len(scales := precomputed_scales(data.location)) > 1:
         record["levels"] = len(scales)
         line += f"; {len(scales)} scales ({data.name} read)"
     if data.ndim == 3 and data.shape[0] >= 3:

@@ -115,3 +115,44 @@ def test_napari_opens_a_precomputed_volume_with_its_scales(tmp_path, vol, capsys
     assert meta["multiscale"] and [lv.shape for lv in levels] == [(7, 9, 11), (7, 5, 6)]
     assert np.array_equal(np.asarray(levels[1]), half)
     assert main(["info", str(root)]) == 0 and "2 scales (4_4_40 read)" in capsys.readouterr().out
+
+
+def test_a_volume_by_url_reads_as_the_local_one(served_any, vol, capsys):
+    """By URL (neuroglancer's ``precomputed://`` prefix or none, a scale or the volume), from a
+    server with or without byte ranges: the local volume's pixels and voxel size."""
+    pytest.importorskip("aiohttp", reason="http(s) URLs are read through aiohttp (the [all] extra)")
+    from napari_emdiffuse._reader import get_precomputed_url_reader
+    from napari_emdiffuse.cli import main
+
+    folder, url = served_any
+    local = read_image(_precomputed(folder / "vol", vol, skip={(1, 1, 1)}, gz={(0, 0, 0)}))
+    want = np.asarray(local.data)
+    for name in (f"{url}/vol", f"precomputed://{url}/vol/", f"{url}/vol/4_4_40"):
+        img = read_image(name)
+        assert img.spacing == (40.0, 4.0, 4.0) and img.path is None
+        assert np.array_equal(img.data[1:6, 2:9], want[1:6, 2:9]) and not img.data[3:6, 4:8, 5:10].any()
+    where = source_of(img.data)  # workers open the URL, marked as precomputed
+    assert where[0] == f"precomputed://{url}/vol" and np.array_equal(np.asarray(open_source(*where)), want)
+    assert np.array_equal(pickle.loads(pickle.dumps(img.data))[5], want[5])
+    assert get_precomputed_url_reader(f"{url}/vol") is None  # napari: as neuroglancer names the source
+    (data, meta, kind), = get_precomputed_url_reader(f"precomputed://{url}/vol")(f"precomputed://{url}/vol")
+    assert kind == "image" and meta["scale"] == (40.0, 4.0, 4.0) and np.array_equal(np.asarray(data), want)
+    assert main(["info", f"precomputed://{url}/vol"]) == 0
+    assert "7 x 9 x 11 uint16, axes ZYX, 40 x 4 x 4 nm" in capsys.readouterr().out
+    for bad, needle in ((f"{url}/none", "no neuroglancer precomputed 'info' there"), (f"{url}/vol/8_8_40", "no scale '8_8_40'")):
+        with pytest.raises(InputError, match=needle):
+            read_image(bad)
+
+
+def test_a_restoration_from_a_precomputed_url_equals_the_local_one(served, tiny_model_dir):
+    pytest.importorskip("aiohttp", reason="http(s) URLs are read through aiohttp (the [all] extra)")
+    from napari_emdiffuse.cli import main
+
+    folder, url = served
+    noisy = (np.random.default_rng(0).random((2, 48, 40)) * 255).astype(np.uint8)
+    _precomputed(folder / "noisy", noisy, chunk=(1, 32, 32), offset=(0, 0, 0))
+    common = ["--model", str(tiny_model_dir), "--steps", "2", "--device", "cpu", "--z-filter", "off"]
+    assert main(["denoise", f"precomputed://{url}/noisy", "-o", str(folder / "remote.tif"), *common]) == 0
+    assert main(["denoise", str(folder / "noisy"), "-o", str(folder / "local.tif"), *common]) == 0
+    remote, local = (read_image(folder / n) for n in ("remote.tif", "local.tif"))
+    assert np.array_equal(remote.data, local.data) and remote.spacing == pytest.approx((40.0, 4.0, 4.0))

@@ -146,3 +146,15 @@ def test_an_identity_hashed_raw_shard_is_laid_out_as_the_format_says(tmp_path):
     want[:, 2:4, 3:6] = 0
     assert np.array_equal(np.asarray(read_image(root).data[:]), want)
     assert ShardingSpec.parse(spec, "id").minishard_index_encoding == "raw"  # the default
+
+
+def test_a_sharded_volume_by_url_reads_its_indexes_and_chunks_by_range(served_any):
+    pytest.importorskip("aiohttp", reason="http(s) URLs are read through aiohttp (the [all] extra)")
+    folder, url = served_any
+    _volume(folder / "vol")
+    img = read_image(f"precomputed://{url}/vol")
+    assert np.array_equal(np.asarray(img.data), _expected())
+    assert np.array_equal(pickle.loads(pickle.dumps(img.data))[1:3, 2:7], _expected()[1:3, 2:7])
+    (folder / "vol" / "4_4_40" / "1.shard").unlink()  # a shard never written: its chunks empty
+    fresh = np.asarray(read_image(f"{url}/vol").data)
+    assert (fresh == 0).sum() > (_expected() == 0).sum() and np.array_equal(fresh[fresh > 0], _expected()[fresh > 0])

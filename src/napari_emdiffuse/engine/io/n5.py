@@ -28,14 +28,16 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
 from .bdv import bdv_n5_spacing
 from .calibration import to_nm
+from .chunkcache import MISSING, ChunkCache
 from .common import N5_SUFFIX, ImageData, is_url, likely_image, suffix_of
+from .fetch import Where, join, parent, read_bytes, read_many
 from .views import LazyArray, drop_single_axes, full_index
 
 __all__ = ["N5Array", "n5_container_of", "n5_datasets", "n5_images", "n5_levels", "read_n5"]
@@ -61,35 +63,10 @@ def n5_container_of(path: Path) -> tuple[Path, str] | None:
     return None
 
 
-#: A place in a container: a local folder, or a URL (a string).
-Where = Union[Path, str]
-
-
-def _join(root: Where, *parts: str) -> Where:
-    """``root`` and ``parts`` joined: a path for a folder, a URL for a URL."""
-    if isinstance(root, Path):
-        return root.joinpath(*parts)
-    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts if p and p.strip("/"))])
-
-
-def _parent(where: Where) -> Where:
-    return where.parent if isinstance(where, Path) else where.rstrip("/").rsplit("/", 1)[0]
-
-
-def _read_bytes(where: Where) -> bytes:
-    """The file's bytes; FileNotFoundError where there is none (a URL: through fsspec)."""
-    if isinstance(where, Path):
-        return where.read_bytes()
-    import fsspec
-
-    with fsspec.open(where, "rb") as fh:
-        return fh.read()
-
-
 def _attributes(folder: Where) -> dict:
-    where = _join(folder, "attributes.json")
+    where = join(folder, "attributes.json")
     try:
-        attrs = json.loads(_read_bytes(where).decode("utf-8"))
+        attrs = json.loads(read_bytes(where).decode("utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
@@ -143,8 +120,8 @@ def read_n5(root: Where, key: str | None = None) -> ImageData:
     with ``key`` naming the dataset."""
     if not isinstance(root, Path):
         key = (key or "").strip("/")
-        if not _is_dataset(_attributes(_join(root, key))):
-            raise InputError(f"cannot read '{_join(root, key)}': no N5 dataset there (a URL names the dataset, "
+        if not _is_dataset(_attributes(join(root, key))):
+            raise InputError(f"cannot read '{join(root, key)}': no N5 dataset there (a URL names the dataset, "
                              "e.g. '.../vol.n5/em/fibsem-uint8/s0')")
         array = N5Array(root, key)
         spacing, unit = _calibration(root, key, array.ndim)
@@ -172,10 +149,10 @@ def read_n5(root: Where, key: str | None = None) -> ImageData:
 
 def _calibration(root: Where, key: str, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
     """Voxel size, z first, from the dataset's attributes or its group's."""
-    own = _attributes(_join(root, key))
+    own = _attributes(join(root, key))
     found = _voxel(own, ndim)
     if found is None and key:
-        group = _voxel(_attributes(_parent(_join(root, key))), ndim)
+        group = _voxel(_attributes(parent(join(root, key))), ndim)
         if group is not None:
             factors = own.get("downsamplingFactors") or [1] * ndim
             if isinstance(factors, list) and len(factors) == ndim:
@@ -252,6 +229,8 @@ class N5Array(LazyArray):
         self.dtype = np.dtype(kind)
         if len(self.chunks) != len(self.shape) or min(self.chunks, default=1) < 1:
             raise InputError(f"cannot read '{where}': its blockSize {attrs.get('blockSize')} does not fit its dimensions")
+        # Blocks deeper than a slice are read again by each slice of a run: keep them (:mod:`.chunkcache`).
+        self._cache = ChunkCache() if len(self.chunks) == 3 and self.chunks[0] > 1 else None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         ranges, drop = _ranges(key, self.shape)
@@ -261,12 +240,11 @@ class N5Array(LazyArray):
         if box.size:
             first = [low // c for low, c in zip(lo, self.chunks)]
             last = [(h - 1) // c for h, c in zip(hi, self.chunks)]
-            for index in np.ndindex(*[b - a + 1 for a, b in zip(first, last)]):
-                block = [a + i for a, i in zip(first, index)]
-                start = [b * c for b, c in zip(block, self.chunks)]
-                pixels = self._block(block)
-                if pixels is None:
+            blocks = [[a + i for a, i in zip(first, index)] for index in np.ndindex(*[b - a + 1 for a, b in zip(first, last)])]
+            for block, pixels in zip(blocks, self._blocks(blocks)):
+                if pixels is MISSING:
                     continue  # never written: zeros
+                start = [b * c for b, c in zip(block, self.chunks)]
                 src, dst = [], []
                 for s, n, low, h in zip(start, pixels.shape, lo, hi):
                     a, b = max(s, low), min(s + n, h)
@@ -278,14 +256,21 @@ class N5Array(LazyArray):
         return out[tuple(0 if d else slice(None) for d in drop)] if any(drop) else out
 
     def _at(self, *parts: str) -> Where:
-        return _join(self.root if self.url else Path(self.root), *parts)
+        return join(self.root if self.url else Path(self.root), *parts)
 
-    def _block(self, block: list[int]) -> np.ndarray | None:
-        path = self._at(self.name, *[str(b) for b in reversed(block)])  # x first on disk
-        try:
-            raw = _read_bytes(path)
-        except FileNotFoundError:
-            return None
+    def _blocks(self, blocks: list[list[int]]) -> list[np.ndarray]:
+        """Each block's pixels (:data:`MISSING` where never written): kept ones from the cache,
+        the others read together (by URL, concurrently)."""
+        got = [self._cache.get(tuple(b)) if self._cache is not None else None for b in blocks]
+        todo = [i for i, pixels in enumerate(got) if pixels is None]
+        paths = [self._at(self.name, *[str(b) for b in reversed(blocks[i])]) for i in todo]  # x first on disk
+        for i, path, raw in zip(todo, paths, read_many(paths)):
+            got[i] = self._block(raw, path) if raw is not None else MISSING
+            if self._cache is not None:
+                self._cache.put(tuple(blocks[i]), got[i])
+        return got  # type: ignore[return-value]
+
+    def _block(self, raw: bytes, path: Where) -> np.ndarray:
         try:
             mode, ndim = int.from_bytes(raw[0:2], "big"), int.from_bytes(raw[2:4], "big")
             dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]

@@ -1,6 +1,6 @@
-"""Neuroglancer precomputed volumes on a local disk (connectomics datasets and their cutouts,
-as CloudVolume, igneous and webKnossos write them), read lazily, chunk by chunk, with their
-voxel size.
+"""Neuroglancer precomputed volumes (connectomics datasets and their cutouts, as CloudVolume,
+igneous and webKnossos write them), on a local disk or by URL, read lazily, chunk by chunk,
+with their voxel size.
 
 A volume is a folder with an ``info`` JSON file: ``data_type``, ``num_channels`` and a list of
 ``scales``, each with a ``key`` (the folder of its chunks), ``size`` and ``voxel_offset`` (x,
@@ -12,11 +12,16 @@ when named with ``.gz``: ``raw`` pixels are little-endian, x fastest (then y, z,
 (:mod:`.sharded`), each found by the compressed Morton code of its grid position.
 ``volume/8_8_40`` names a scale; without one the finest (the first) is read. Other encodings
 are refused in one line. Read only.
+
+By URL (``gs://h01-release/data/20210601/4nm_raw``, ``https://...``, ``s3://...``, or
+neuroglancer's own ``precomputed://gs://...``; :mod:`.remote`), only the chunks, shard indexes
+and minishard indexes a block needs are fetched, by byte range.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -26,20 +31,27 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .common import ImageData, reason
+from .chunkcache import MISSING, ChunkCache
+from .common import ImageData, is_url, reason
+from .fetch import Where, join, parent, read_bytes, read_many
 from .sharded import ShardReader, ShardingSpec, morton_bits, morton_key
 from .views import LazyArray, ascending_index
 
-__all__ = ["PrecomputedArray", "precomputed_of", "precomputed_scales", "read_precomputed"]
+__all__ = ["PrecomputedArray", "precomputed_of", "precomputed_scales", "precomputed_url", "read_precomputed"]
 
 _ENCODINGS = ("raw", "jpeg")
 
 
-def _info(folder: Path) -> dict | None:
+def _info(folder: Where) -> dict | None:
+    where = join(folder, "info")
     try:
-        info = json.loads((folder / "info").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
+        info = json.loads(read_bytes(where).decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError, UnicodeDecodeError):
+        return None  # no such file, or not JSON
+    except OSError as exc:  # a URL that answers with an error (no access, no host) says so
+        if isinstance(where, Path):
+            return None
+        raise InputError(f"cannot read '{where}': {reason(exc)}") from exc
     return info if isinstance(info, dict) and isinstance(info.get("scales"), list) else None
 
 
@@ -58,13 +70,26 @@ def precomputed_of(path: Path) -> tuple[Path, str] | None:
     return None
 
 
-def precomputed_scales(root: Path) -> list[str]:
+def precomputed_url(url: str) -> tuple[str, str] | None:
+    """Split the URL of a precomputed volume, or of one of its scales, into the volume's URL
+    and the scale key (``""`` for the volume), as :func:`precomputed_of` does for a folder;
+    None where no ``info`` listing scales is found there (one or two requests)."""
+    url = url.rstrip("/")
+    if _info(url) is not None:
+        return url, ""
+    up = parent(url)
+    if isinstance(up, str) and up.split("://", 1)[-1] and "://" in up and _info(up) is not None:
+        return up, url.rsplit("/", 1)[1]
+    return None
+
+
+def precomputed_scales(root: Where) -> list[str]:
     """The scale keys of a precomputed volume, finest first (as its ``info`` lists them)."""
     info = _info(root) or {}
     return [str(s.get("key")) for s in info.get("scales", []) if isinstance(s, dict)]
 
 
-def read_precomputed(root: Path, key: str = "") -> ImageData:
+def read_precomputed(root: Where, key: str = "") -> ImageData:
     """Read a scale of a precomputed volume (the finest by default) lazily as ZYX, with its
     voxel size in nm.
 
@@ -96,19 +121,21 @@ def read_precomputed(root: Path, key: str = "") -> ImageData:
     except (KeyError, TypeError, ValueError):
         zyx = None
     ok = zyx is not None and len(zyx) == 3 and all(np.isfinite(v) and v > 0 for v in zyx)
-    return ImageData(data=array, spacing=zyx if ok else None, unit="nm" if ok else None, axes="ZYX", path=root)
+    local = root if isinstance(root, Path) else None
+    return ImageData(data=array, spacing=zyx if ok else None, unit="nm" if ok else None, axes="ZYX", path=local)
 
 
 class PrecomputedArray(LazyArray):
-    """One scale of a local precomputed volume as a ZYX array that reads only the chunks an
-    index touches, sharded or not; it pickles as its folder and key, so cluster workers read it
-    in place. A volume with several channels or an encoding other than raw or jpeg is refused
-    in one line when opened."""
+    """One scale of a precomputed volume (a folder, or a URL) as a ZYX array that reads only
+    the chunks an index touches, sharded or not; it pickles as its folder or URL and key, so
+    cluster workers read it in place. A volume with several channels or an encoding other than
+    raw or jpeg is refused in one line when opened."""
 
     def __init__(self, root: str | os.PathLike[str], key: str) -> None:
-        self.root = str(Path(root).resolve())
+        self.url = is_url(root)
+        self.root = str(root).rstrip("/") if self.url else str(Path(root).resolve())
         self.name = str(key)
-        info = _info(Path(self.root)) or {}
+        info = _info(self._at()) or {}
         scale = next((s for s in info.get("scales", []) if isinstance(s, dict) and str(s.get("key")) == self.name), None)
         where = f"{self.root}/{self.name}"
         if scale is None:
@@ -130,9 +157,19 @@ class PrecomputedArray(LazyArray):
         self.shape: tuple[int, ...] = size[::-1]  # z, y, x
         self.chunks: tuple[int, ...] = chunk[::-1]
         self.shards: ShardReader | None = None
+        # Chunks deeper than a slice are read again by each slice of a run: keep them (:mod:`.chunkcache`).
+        self._cache = ChunkCache() if self.chunks[0] > 1 else None
         if scale.get("sharding"):
-            self.shards = ShardReader(Path(self.root) / self.name, ShardingSpec.parse(scale["sharding"], where))
+            self.shards = ShardReader(self._at(self.name), ShardingSpec.parse(scale["sharding"], where))
             self.morton = morton_bits(tuple(-(-n // c) for n, c in zip(size, chunk)))  # the grid, x y z
+
+    @property
+    def location(self) -> Where:
+        """The volume's folder, or its URL."""
+        return self.root if self.url else Path(self.root)
+
+    def _at(self, *parts: str) -> Where:
+        return join(self.location, *parts)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         read, post = ascending_index(key, self.shape)
@@ -140,20 +177,57 @@ class PrecomputedArray(LazyArray):
         out = np.zeros(tuple(len(r) for r in ranges), self.dtype)
         if out.size:
             spans = [(r.start, r[-1] + 1) for r in ranges]
-            blocks = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(spans, self.chunks)]
-            for bz in blocks[0]:
-                for by in blocks[1]:
-                    for bx in blocks[2]:
-                        self._fill(out, ranges, (bz, by, bx))
+            axes = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(spans, self.chunks)]
+            blocks = [(bz, by, bx) for bz in axes[0] for by in axes[1] for bx in axes[2]]
+            for block, pixels in zip(blocks, self._chunks(blocks)):
+                if pixels is not MISSING:  # else a chunk never written: empty
+                    self._fill(out, ranges, block, pixels)
         out = out.reshape(tuple(len(r) for r, k in zip(ranges, read) if not isinstance(k, int)))
         return out[post] if post else out
 
-    def _fill(self, out: np.ndarray, ranges: list[range], block: tuple[int, int, int]) -> None:
+    def _bounds(self, block: tuple[int, int, int]) -> tuple[list[int], list[int]]:
         lo = [b * c for b, c in zip(block, self.chunks)]
-        hi = [min(a + c, n) for a, c, n in zip(lo, self.chunks, self.shape)]
-        pixels = self._chunk(lo, hi)
-        if pixels is None:
-            return  # a missing chunk: empty
+        return lo, [min(a + c, n) for a, c, n in zip(lo, self.chunks, self.shape)]
+
+    def _chunks(self, blocks: list[tuple[int, int, int]]) -> list[np.ndarray]:
+        """Each chunk's pixels (:data:`MISSING` where never written): kept ones from the cache,
+        the others read together (by URL, concurrently)."""
+        got = [self._cache.get(b) if self._cache is not None else None for b in blocks]
+        todo = [i for i, pixels in enumerate(got) if pixels is None]
+        for i, (path, raw) in zip(todo, self._fetch([blocks[i] for i in todo])):
+            got[i] = self._pixels(raw, path, blocks[i]) if raw is not None else MISSING
+            if self._cache is not None:
+                self._cache.put(blocks[i], got[i])
+        return got  # type: ignore[return-value]
+
+    def _fetch(self, blocks: list[tuple[int, int, int]]) -> list[tuple[Where, bytes | None]]:
+        """Each chunk's file (or shard) and stored bytes, None where it was never written."""
+        if self.shards is not None:
+            keys = [morton_key(block[::-1], self.morton) for block in blocks]  # the grid cell x, y, z
+            return list(zip([self.shards.locate(k)[0] for k in keys], self.shards.read_many(keys)))
+        ox, oy, oz = self.offset
+        paths = []
+        for block in blocks:
+            (z0, y0, x0), (z1, y1, x1) = self._bounds(block)
+            paths.append(self._at(self.name, f"{x0 + ox}-{x1 + ox}_{y0 + oy}-{y1 + oy}_{z0 + oz}-{z1 + oz}"))
+        found = list(zip(paths, self._read(paths)))
+        missing = [i for i, (_, raw) in enumerate(found) if raw is None]
+        gz = [f"{paths[i]}.gz" for i in missing]  # a chunk file gzip-compressed by name
+        gz_paths: list[Where] = list(gz) if self.url else [Path(p) for p in gz]
+        for i, path, raw in zip(missing, gz_paths, self._read(gz_paths)):
+            if raw is not None:
+                found[i] = (path, raw)
+        return found
+
+    @staticmethod
+    def _read(paths: list[Where]) -> list[bytes | None]:
+        try:
+            return read_many(paths)
+        except OSError as exc:  # not a missing chunk (those are None): no access, a folder in its place
+            raise InputError(f"cannot read '{parent(paths[0])}': {reason(exc)}") from exc
+
+    def _fill(self, out: np.ndarray, ranges: list[range], block: tuple[int, int, int], pixels: np.ndarray) -> None:
+        lo, hi = self._bounds(block)
         picks = []
         for r, a, b in zip(ranges, lo, hi):
             inside = [i for i, v in enumerate(r) if a <= v < b]
@@ -161,27 +235,12 @@ class PrecomputedArray(LazyArray):
         if all(p[0] for p in picks):
             out[np.ix_(*[p[0] for p in picks])] = pixels[np.ix_(*[p[1] for p in picks])]
 
-    def _chunk(self, lo: list[int], hi: list[int]) -> np.ndarray | None:
-        (z0, y0, x0), (z1, y1, x1) = lo, hi
-        shape = (z1 - z0, y1 - y0, x1 - x0)
-        raw: bytes | None = None
-        if self.shards is not None:
-            cell = (x0 // self.chunks[2], y0 // self.chunks[1], z0 // self.chunks[0])
-            key = morton_key(cell, self.morton)
-            path, raw = self.shards.locate(key)[0], self.shards.read(key)
-            if raw is None:
-                return None
-        else:
-            ox, oy, oz = self.offset
-            name = f"{x0 + ox}-{x1 + ox}_{y0 + oy}-{y1 + oy}_{z0 + oz}-{z1 + oz}"
-            folder = Path(self.root) / self.name
-            path = next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
-            if path is None:
-                return None
+    def _pixels(self, raw: bytes, path: Where, block: tuple[int, int, int]) -> np.ndarray:
+        lo, hi = self._bounds(block)
+        shape = tuple(b - a for a, b in zip(lo, hi))
         try:
-            if raw is None:  # a chunk file, gzip-compressed when named .gz or served as such
-                raw = path.read_bytes()
-                raw = gzip.decompress(raw) if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b" else raw
+            if self.shards is None:  # a chunk file: gzip-compressed when named .gz or stored as such
+                raw = gzip.decompress(raw) if str(path).endswith(".gz") or raw[:2] == b"\x1f\x8b" else raw
             if self.encoding == "jpeg":
                 import imageio.v3 as iio
 
@@ -197,6 +256,8 @@ class PrecomputedArray(LazyArray):
             raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
 
     def __dask_tokenize__(self) -> tuple:
+        if self.url:  # no modification time by URL: the info's content stands for the volume
+            return ("PrecomputedArray", self.root, self.name, hashlib.sha1(read_bytes(self._at("info"))).hexdigest())
         st = os.stat(Path(self.root) / "info")
         return ("PrecomputedArray", self.root, self.name, st.st_mtime_ns)
 

@@ -1,17 +1,21 @@
-"""zarr stores and N5 datasets read by URL (``https://``, ``s3://``, ``gs://``, ...), lazily,
-where they lie.
+"""zarr stores, N5 datasets and neuroglancer precomputed volumes read by URL (``https://``,
+``s3://``, ``gs://``, ...), lazily, where they lie.
 
 Public EM volumes are served as zarr, OME-Zarr and N5 (OpenOrganelle, the IDR, EMPIAR-derived
-stores); a region of one can be restored without downloading the volume first:
+stores) and as neuroglancer precomputed (H01, MICrONS, FAFB and most connectomics releases);
+a region of one can be restored without downloading the volume first:
 ``emdiffuse denoise https://host/vol.ome.zarr/0 --region ... -o part.tif``. Only the chunks a
 block needs are fetched. Reading goes through fsspec, whose backends are optional packages:
 ``aiohttp`` for ``http(s)://``, ``s3fs`` for ``s3://``, ``gcsfs`` for ``gs://`` (the
 ``remote`` extra installs them). Cluster workers open the same URL themselves, so they need
 the network too. Credentials are what the backend finds (environment, config files).
 
-Only zarr stores and N5 datasets are read by URL: the other formats here are read through
-local files. An N5 URL names its dataset (``.../vol.n5/em/fibsem-uint8/s0``): web servers list
-no folders to find it in.
+A URL may carry neuroglancer's data-source prefix, as its layer panel shows it
+(``precomputed://gs://...``, ``zarr://``, ``zarr2://``, ``zarr3://``, ``n5://``). Without one,
+a name with a part ending in ``.zarr`` or ``.n5`` is a zarr store or an N5 container, and any
+other URL is a precomputed volume or one of its scales (found by its ``info`` file). The other
+formats here are read through local files. An N5 URL names its dataset
+(``.../vol.n5/em/fibsem-uint8/s0``): web servers list no folders to find it in.
 """
 
 from __future__ import annotations
@@ -21,11 +25,32 @@ from typing import Any
 from ..errors import InputError
 from .common import ImageData
 
-__all__ = ["split_url", "read_url", "url_of"]
+__all__ = ["source_prefix", "split_url", "read_url", "url_of"]
 
 #: Which package serves each protocol, for the one-line refusal when it is missing.
 _BACKENDS = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
              "az": "adlfs", "abfs": "adlfs"}  # fmt: skip
+
+
+#: neuroglancer's data-source prefixes and the format each names.
+_PREFIXES = {"precomputed": "precomputed", "zarr": "zarr", "zarr2": "zarr", "zarr3": "zarr", "n5": "n5"}
+
+
+def source_prefix(url: str) -> tuple[str, str | None]:
+    """``url`` without neuroglancer's data-source prefix, and the format the prefix names
+    (``"precomputed"``, ``"zarr"`` or ``"n5"``; None without one).
+
+    Examples
+    --------
+    >>> source_prefix("precomputed://gs://h01-release/data/20210601/4nm_raw")
+    ('gs://h01-release/data/20210601/4nm_raw', 'precomputed')
+    >>> source_prefix("https://host/vol.zarr")
+    ('https://host/vol.zarr', None)
+    """
+    head, sep, rest = url.partition("://")
+    if sep and head.lower() in _PREFIXES and "://" in rest:
+        return rest, _PREFIXES[head.lower()]
+    return url, None
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -41,30 +66,43 @@ def split_url(url: str) -> tuple[str, str]:
     >>> split_url("https://host/jrc_mus-liver.n5/em/fibsem-uint8/s0")
     ('https://host/jrc_mus-liver.n5', 'em/fibsem-uint8/s0')
     """
+    url = source_prefix(url)[0]
     scheme, rest = url.split("://", 1)
     parts = rest.rstrip("/").split("/")
     for i, part in enumerate(parts):
         if part.lower().endswith((".zarr", ".n5")):
             return f"{scheme}://{'/'.join(parts[: i + 1])}", "/".join(parts[i + 1 :])
     raise InputError(f"cannot read '{url}': only zarr stores and N5 datasets (a name ending in .zarr or .n5) "
-                     "are read from a URL")
+                     "and neuroglancer precomputed volumes are read from a URL")
 
 
 def read_url(url: str, key: str | None = None) -> ImageData:
     """Open the zarr array at ``url`` (a store, an array inside one such as
-    ``https://host/vol.ome.zarr/0``, or a group with ``key``), or the N5 dataset it names,
-    lazily, with its calibration."""
+    ``https://host/vol.ome.zarr/0``, or a group with ``key``), the N5 dataset it names, or the
+    precomputed volume or scale it names (``key``: a scale), lazily, with its calibration."""
     from .n5 import read_n5
+    from .precomputed import precomputed_url, read_precomputed
     from .zarr import read_zarr
 
-    store, inner = split_url(url)
-    full_key = "/".join(k.strip("/") for k in (inner, key or "") if k and k.strip("/"))
+    bare, kind = source_prefix(url)
+    named = any(p.lower().endswith((".zarr", ".n5")) for p in bare.split("://", 1)[1].split("/"))
     try:
-        if store.lower().endswith(".n5"):
+        if kind == "precomputed" or (kind is None and not named):
+            found = precomputed_url(bare)
+            if found is None:
+                raise InputError(f"cannot read '{url}': no neuroglancer precomputed 'info' there, and only zarr stores, "
+                                 "N5 datasets (a name ending in .zarr or .n5) and precomputed volumes are read from a URL")
+            return read_precomputed(found[0], key or found[1])
+        if not named:  # zarr:// or n5:// before a name without the suffix: the URL is the store or dataset
+            store, inner = bare.rstrip("/"), ""
+        else:
+            store, inner = split_url(bare)
+        full_key = "/".join(k.strip("/") for k in (inner, key or "") if k and k.strip("/"))
+        if kind == "n5" or (kind is None and store.lower().endswith(".n5")):
             return read_n5(store, full_key)
         return read_zarr(store, full_key or None)
     except (ImportError, ModuleNotFoundError) as exc:
-        scheme = url.split("://", 1)[0].lower()
+        scheme = bare.split("://", 1)[0].lower()
         need = _BACKENDS.get(scheme, f"an fsspec backend for {scheme}://")
         raise InputError(f"cannot read '{url}': reading {scheme}:// needs {need} (pip install "
                          f"\"napari-emdiffuse[remote]\"); {exc}") from None  # fmt: skip

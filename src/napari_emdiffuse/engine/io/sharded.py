@@ -1,4 +1,4 @@
-"""Neuroglancer's uint64 sharded key-value format on a local disk, as the chunks of a sharded
+"""Neuroglancer's uint64 sharded key-value format, on a local disk or by URL, as the chunks of a sharded
 precomputed scale are stored (large connectomics volumes written by igneous, CloudVolume or
 TensorStore): chunks packed into ``<shard>.shard`` files, each found through the shard's fixed
 index and a per-minishard index.
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .common import reason
+from .common import is_url, reason
+from .fetch import Where, join, parent, read_many
 
 __all__ = ["ShardReader", "ShardingSpec", "morton_bits", "morton_key", "murmurhash3_x86_128_low64"]
 
@@ -173,7 +174,7 @@ class ShardReader:
     (b'abc', None)
     """
 
-    def __init__(self, folder: str | os.PathLike[str], spec: ShardingSpec) -> None:
+    def __init__(self, folder: Where, spec: ShardingSpec) -> None:
         self.folder = str(folder)
         self.spec = spec
         self._minishards: dict[tuple[str, int], dict[int, tuple[int, int]]] = {}
@@ -185,7 +186,7 @@ class ShardReader:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["folder"], state["spec"])
 
-    def locate(self, key: int) -> tuple[Path, int, int]:
+    def locate(self, key: int) -> tuple[Where, int, int]:
         """The shard file, minishard number and hashed key of a chunk key."""
         spec = self.spec
         shifted = (key >> spec.preshift_bits) & 0xFFFFFFFFFFFFFFFF
@@ -194,62 +195,84 @@ class ShardReader:
         shard = (hashed >> spec.minishard_bits) & ((1 << spec.shard_bits) - 1)
         digits = -(-spec.shard_bits // 4)
         name = f"{shard:0{digits}x}.shard" if digits else "0.shard"
-        return Path(self.folder) / name, minishard, hashed
+        return join(self.folder if is_url(self.folder) else Path(self.folder), name), minishard, hashed
 
     def read(self, key: int) -> bytes | None:
         """The stored bytes of a chunk (its data encoding undone); None where the shard has no
         such chunk (an empty region)."""
-        path, minishard, _ = self.locate(key)
-        entries = self._minishard(path, minishard)
-        where = entries.get(key)
-        if where is None:
-            return None
-        start, size = where
-        raw = self._bytes(path, start, size)
-        return self._decode(raw, self.spec.data_encoding, path)
+        return self.read_many([key])[0]
 
-    def _minishard(self, path: Path, minishard: int) -> dict[int, tuple[int, int]]:
-        cached = self._minishards.get((path.name, minishard))
-        if cached is not None:
-            return cached
-        if not path.is_file():
-            entries: dict[int, tuple[int, int]] = {}  # a shard with no chunks is not written
-        else:
-            index_end = 16 << self.spec.minishard_bits
-            lo, hi = np.frombuffer(self._bytes(path, 16 * minishard, 16), "<u8").tolist()
-            entries = {}
+    def read_many(self, keys: list[int]) -> list[bytes | None]:
+        """:meth:`read` for many chunks: the minishard indexes they need, then their bytes,
+        each step's ranges fetched together (by URL, concurrently)."""
+        located = [self.locate(k) for k in keys]
+        self._load({(str(path), minishard): (path, minishard) for path, minishard, _ in located})
+        found = [(i, path, self._minishards[(str(path), minishard)].get(key))
+                 for i, (key, (path, minishard, _)) in enumerate(zip(keys, located))]  # fmt: skip
+        found = [(i, path, where) for i, path, where in found if where is not None]
+        out: list[bytes | None] = [None] * len(keys)
+        raws = self._ranges([path for _, path, _ in found], [where for _, _, where in found])
+        for (i, path, _), raw in zip(found, raws):
+            out[i] = self._decode(raw, self.spec.data_encoding, path)
+        return out
+
+    def _load(self, wanted: dict[tuple[str, int], tuple[Where, int]]) -> None:
+        """Read the minishard indexes not read yet: a shard never written has no chunks."""
+        todo = [(name, where) for name, where in wanted.items() if name not in self._minishards]
+        if not todo:
+            return
+        index_end = 16 << self.spec.minishard_bits
+        bounds = self._ranges([path for _, (path, _) in todo], [(16 * m, 16) for _, (_, m) in todo], missing_ok=True)
+        tables = []
+        for (name, (path, _)), got in zip(todo, bounds):
+            lo, hi = np.frombuffer(got, "<u8").tolist() if got is not None else (0, 0)
             if hi > lo:
-                table = self._decode(self._bytes(path, index_end + lo, hi - lo), self.spec.minishard_index_encoding, path)
-                if len(table) % 24:
-                    raise InputError(f"cannot read '{path}': a minishard index of {len(table)} bytes (not 3 x 8 x n)")
-                values = np.frombuffer(table, "<u8").reshape(3, -1).astype(object)  # exact 64-bit sums
-                keys = np.cumsum(values[0])
-                sizes = values[2]
-                starts = index_end + np.cumsum(values[1]) + np.concatenate([[0], np.cumsum(sizes)[:-1]])
-                entries = {int(k): (int(s), int(n)) for k, s, n in zip(keys, starts, sizes)}
+                tables.append((name, path, (index_end + lo, hi - lo)))
+        read = self._ranges([path for _, path, _ in tables], [span for _, _, span in tables])
+        entries: dict[tuple[str, int], dict[int, tuple[int, int]]] = {name: {} for name, _ in todo}
+        for (name, path, _), raw in zip(tables, read):
+            table = self._decode(raw, self.spec.minishard_index_encoding, path)
+            if len(table) % 24:
+                raise InputError(f"cannot read '{path}': a minishard index of {len(table)} bytes (not 3 x 8 x n)")
+            values = np.frombuffer(table, "<u8").reshape(3, -1).astype(object)  # exact 64-bit sums
+            keys = np.cumsum(values[0])
+            sizes = values[2]
+            starts = index_end + np.cumsum(values[1]) + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            entries[name] = {int(k): (int(s), int(n)) for k, s, n in zip(keys, starts, sizes)}
         with self._lock:
-            self._minishards[(path.name, minishard)] = entries
-        return entries
+            self._minishards.update(entries)
 
     @staticmethod
-    def _bytes(path: Path, start: int, size: int) -> bytes:
+    def _ranges(paths: list[Where], spans: list[tuple[int, int]], missing_ok: bool = False) -> list[bytes | None]:
+        """Each ``(start, size)`` range of its shard; None for a missing shard where
+        ``missing_ok``. A range outside the file (a damaged index) is refused in one line."""
+        for path, (start, size) in zip(paths, spans):
+            if start < 0 or size < 0:
+                raise InputError(f"cannot read '{path}': an index points to bytes {start}-{start + size} (damaged?)")
+            if isinstance(path, Path):  # never seek or allocate past a local file
+                try:
+                    end = os.stat(path).st_size
+                except FileNotFoundError:
+                    continue  # missing: below
+                except OSError as exc:
+                    raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
+                if start + size > end:
+                    raise InputError(f"cannot read '{path}': an index points to bytes {start}-{start + size}, past "
+                                     f"its end ({end} bytes; damaged or truncated?)")
         try:
-            with open(path, "rb") as fh:
-                end = os.fstat(fh.fileno()).st_size
-                if start < 0 or size < 0 or start + size > end:  # a damaged index: never seek or allocate past the file
-                    raise InputError(f"cannot read '{path}': an index points to bytes {start}-{start + size}, past its "
-                                     f"end ({end} bytes; damaged or truncated?)")
-                fh.seek(start)
-                got = fh.read(size)
+            got = read_many(paths, spans)
         except OSError as exc:
-            raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
-        if len(got) != size:
-            raise InputError(f"cannot read '{path}': it ends at byte {start + len(got)}, inside a chunk or an index "
-                             "(truncated?)")
+            raise InputError(f"cannot read '{parent(paths[0])}': {reason(exc)}") from exc
+        for path, (start, size), raw in zip(paths, spans, got):
+            if raw is None and not missing_ok:
+                raise InputError(f"cannot read '{path}': file not found")
+            if raw is not None and len(raw) != size:
+                raise InputError(f"cannot read '{path}': it ends at byte {start + len(raw)}, inside a chunk or an "
+                                 "index (truncated?)")
         return got
 
     @staticmethod
-    def _decode(raw: bytes, encoding: str, path: Path) -> bytes:
+    def _decode(raw: bytes, encoding: str, path: Where) -> bytes:
         if encoding != "gzip":
             return raw
         try:

@@ -11,10 +11,11 @@ from typing import Any
 
 from .common import CZI_SUFFIXES, H5_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, is_url, suffix_of
 from .czi import CziArray
+from .fetch import zarr_store
 from .hdf5 import H5Array
 from .n5 import N5Array
 from .precomputed import PrecomputedArray
-from .remote import url_of
+from .remote import source_prefix, url_of
 from .tiff import TiffArray
 from .velox import velox_dataset
 from .views import AxesPicked, FramesFirst
@@ -43,8 +44,8 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
         return array.root, array.name, lead, trail
     if isinstance(array, TiffArray):
         return array.file, str(array.series) if array.series else "", lead, trail
-    if isinstance(array, PrecomputedArray):
-        return array.root, array.name, lead, trail
+    if isinstance(array, PrecomputedArray):  # by URL, marked as precomputed: its name says nothing
+        return (f"precomputed://{array.root}" if array.url else array.root), array.name, lead, trail
     if isinstance(array, CziArray):
         return array.file, str(array.scene) if array.scene is not None else "", lead, trail
     import zarr
@@ -63,12 +64,14 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
     """Open an input by its location (:func:`source_of`) for reading, in this process or a
     worker: the array at ``key`` in the zarr store, HDF5 file or N5 container ``where``, at the indices
     ``lead`` of its first axes and ``trail`` of its last."""
-    if is_url(where) and where.lower().endswith(".n5"):  # read over the network
-        arr: Any = N5Array(where, key)
+    if where.lower().startswith("precomputed://"):  # a precomputed volume's URL (source_of marks it)
+        arr: Any = PrecomputedArray(source_prefix(where)[0], key)
+    elif is_url(where) and where.lower().endswith(".n5"):  # read over the network
+        arr = N5Array(where, key)
     elif is_url(where):
         import zarr
 
-        arr = zarr.open_array(where, path=key, mode="r") if key else zarr.open_array(where, mode="r")
+        arr = zarr.open_array(zarr_store(where), path=key, mode="r") if key else zarr.open_array(zarr_store(where), mode="r")
     elif suffix_of(Path(where)) in H5_SUFFIXES:
         arr = H5Array(where, key)
         arr = FramesFirst(arr) if velox_dataset(key) and arr.ndim == 3 else arr  # Velox: (y, x, frames)

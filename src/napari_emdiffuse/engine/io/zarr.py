@@ -30,6 +30,7 @@ from ..events import Progress
 from .atomic import fsync_dir, remove_path
 from .calibration import check_axes, check_spacing, ngff_multiscales, zarr_calibration
 from .common import ZARR_SUFFIX, ImageData, check_output_path, likely_image, reason, suffix_of
+from .fetch import zarr_store
 from .ledger import LEDGER_DIR, Ledger
 from .pyramid import downsample_tiles, level_plan, level_tiles, multiscales
 from .views import drop_single_axes
@@ -112,7 +113,7 @@ def read_zarr(store: Path | str, key: str | None) -> ImageData:
     if local and not store.is_dir():
         raise InputError(f"cannot read '{store}': not a zarr folder")
     try:
-        node = zarr.open(str(store), mode="r")
+        node = zarr.open(zarr_store(store), mode="r")
     except ImportError:  # a URL whose fsspec backend is not installed: the caller names it
         raise
     except Exception as exc:
@@ -173,7 +174,7 @@ def group_arrays(store: str | os.PathLike[str]) -> list[str]:
     one): what a path must name inside it; empty otherwise (an array, a store with a default,
     or not a zarr group)."""
     try:
-        group = _zarr().open_group(str(store), mode="r")
+        group = _zarr().open_group(zarr_store(store), mode="r")
         names = sorted(group.array_keys())
     except Exception:  # noqa: BLE001 - an array, or not a store at all
         return []
@@ -192,7 +193,7 @@ def ome_levels(path: str | os.PathLike[str]) -> list[str]:
     """The array paths of an OME-Zarr store's first multiscale image, full resolution first
     (NGFF 0.4 in zarr format 2, or 0.5 in format 3); empty for anything else."""
     try:
-        group = _zarr().open_group(str(path), mode="r")
+        group = _zarr().open_group(zarr_store(path), mode="r")
         datasets = ngff_multiscales(dict(group.attrs))[0]["datasets"]
         return [str(d["path"]) for d in datasets if str(d["path"]) in group]
     except Exception:  # noqa: BLE001 - not a store, not a group, no or malformed metadata

@@ -1,0 +1,174 @@
+"""Bytes from a local file or a URL: what the formats read by URL (N5, neuroglancer
+precomputed, zarr) fetch their blocks, shards and metadata with.
+
+A place is a :class:`~pathlib.Path` (local) or a URL string (``https://``, ``s3://``, ``gs://``
+through fsspec). Reads by URL ask for byte ranges. A web server that does not answer ranges
+(Python's ``http.server``, some static hosts) sends the whole file instead; the wanted bytes are
+then cut from it, so a shard's index or a chunk inside it is still read right (only slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+__all__ = ["REQUESTS_AT_ONCE", "Where", "join", "parent", "read_bytes", "read_many", "read_range", "zarr_store"]
+
+#: A place in a container: a local file or folder, or a URL (a string).
+Where = Union[Path, str]
+
+
+def join(root: Where, *parts: str) -> Where:
+    """``root`` and ``parts`` joined: a path for a folder, a URL for a URL.
+
+    Examples
+    --------
+    >>> join("https://host/vol.n5/", "em", "s0/")
+    'https://host/vol.n5/em/s0'
+    >>> join(Path("/data/vol"), "info").as_posix()
+    '/data/vol/info'
+    """
+    if isinstance(root, Path):
+        return root.joinpath(*parts)
+    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts if p and p.strip("/"))])
+
+
+def parent(where: Where) -> Where:
+    """The folder holding ``where``.
+
+    Examples
+    --------
+    >>> parent("https://host/vol/8_8_40/")
+    'https://host/vol'
+    """
+    return where.parent if isinstance(where, Path) else where.rstrip("/").rsplit("/", 1)[0]
+
+
+def read_bytes(where: Where) -> bytes:
+    """The whole file; FileNotFoundError where there is none."""
+    if isinstance(where, Path):
+        return where.read_bytes()
+    fs, path = _fs(where)
+    with _as_os_error():
+        return fs.cat_file(path)
+
+
+def read_range(where: Where, start: int, size: int) -> bytes:
+    """``size`` bytes of the file from ``start`` (fewer where it ends first);
+    FileNotFoundError where there is no file."""
+    if size <= 0:
+        return b""
+    if isinstance(where, Path):
+        with open(where, "rb") as fh:
+            fh.seek(start)
+            return fh.read(size)
+    fs, path = _fs(where)
+    with _as_os_error():
+        got = fs.cat_file(path, start=start, end=start + size)
+    # A range answered holds at most `size` bytes; more is the whole file: cut the range out.
+    return got[start : start + size] if len(got) > size else got
+
+
+#: Requests in flight at once: enough to hide the round trips, few enough for a small server.
+REQUESTS_AT_ONCE = 32
+
+
+def read_many(wheres: Sequence[Where], spans: Sequence[tuple[int, int]] | None = None) -> list[bytes | None]:
+    """Each file's bytes, or with ``spans`` each ``(start, size)`` range of it; None where
+    there is no such file. URLs are fetched concurrently: a block of a volume in 64³ chunks
+    is hundreds of requests, and one at a time each waits a round trip (measured: 5.8 s
+    against 1.1 s for 256 chunks at 20 ms each)."""
+    out: list[bytes | None] = [None] * len(wheres)
+    groups: dict[int, tuple[Any, list[int], list[str]]] = {}
+    for i, where in enumerate(wheres):
+        start, size = spans[i] if spans is not None else (0, -1)
+        if isinstance(where, Path):
+            try:
+                out[i] = read_range(where, start, size) if spans is not None else where.read_bytes()
+            except FileNotFoundError:
+                pass
+            continue
+        fs, path = _fs(where)
+        groups.setdefault(id(fs), (fs, [], []))[1].append(i)
+        groups[id(fs)][2].append(path)
+    for fs, index, paths in groups.values():
+        starts = [spans[i][0] for i in index] if spans is not None else None
+        ends = [spans[i][0] + spans[i][1] for i in index] if spans is not None else None
+        with _as_os_error():
+            got = fs.cat_ranges(paths, starts, ends, on_error="return", batch_size=REQUESTS_AT_ONCE)
+        for i, value in zip(index, got):
+            if isinstance(value, FileNotFoundError):
+                continue
+            if isinstance(value, BaseException):
+                with _as_os_error():
+                    raise value
+            if spans is not None and len(value) > spans[i][1]:  # the whole file, not the range
+                value = value[spans[i][0] : spans[i][0] + spans[i][1]]
+            out[i] = value
+    return out
+
+
+def zarr_store(where: str | os.PathLike[str]) -> Any:
+    """What zarr opens a store through, for reading: for ``http(s)://``, a read-only fsspec
+    store whose range reads survive a server that answers them with the whole file (a sharded
+    zarr v3 store reads its shard indexes and chunks by range); any other place as its string."""
+    url = str(where)
+    if not url.lower().startswith(("http://", "https://")):
+        return url
+    from zarr.storage import FsspecStore
+
+    return FsspecStore(fs=_ranged_http()(asynchronous=True), path=url, read_only=True)
+
+
+@contextlib.contextmanager
+def _as_os_error() -> Iterator[None]:
+    """A network read's failure as an OSError (a status such as 403 comes from the backend as
+    its own error): FileNotFoundError (404) and a missing backend (ImportError) pass as they are."""
+    try:
+        yield
+    except (OSError, ImportError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - each backend raises its own
+        raise OSError(str(exc) or type(exc).__name__) from exc
+
+
+def _fs(url: str) -> tuple[Any, str]:
+    import fsspec
+
+    if url.lower().startswith(("http://", "https://")):
+        return _ranged_http()(), url
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+_RANGED: list[type] = []
+
+
+def _ranged_http() -> type:
+    """fsspec's HTTP file system, but a range request the server answers with the whole file
+    (status 200, not 206) returns the range. Made on first use: it needs aiohttp."""
+    if _RANGED:
+        return _RANGED[0]
+    from fsspec.implementations.http import HTTPFileSystem
+
+    class RangedHTTPFileSystem(HTTPFileSystem):
+        async def _cat_file(self, url: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+            out = await super()._cat_file(url, start=start, end=end, **kwargs)
+            if start is None and end is None:
+                return out
+            if start is not None and start < 0 and end is None:  # the last -start bytes
+                return out[start:] if len(out) > -start else out
+            lo = start or 0
+            if end is not None:
+                return out[lo:end] if 0 <= lo <= end and len(out) > end - lo else out
+            # From `start` to the end: a whole answer is exactly the file's size.
+            size = (await self._info(url)).get("size")
+            return out[lo:] if lo and size is not None and len(out) == size else out
+
+    RangedHTTPFileSystem.__name__ = "RangedHTTPFileSystem"
+    _RANGED.append(RangedHTTPFileSystem)
+    return RangedHTTPFileSystem
+

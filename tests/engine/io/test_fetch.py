@@ -1,0 +1,39 @@
+"""Blocks of volumes read by URL: fetched together (concurrently), and chunks deeper than a
+slice kept for the next slices instead of fetched again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_emdiffuse.engine.io import fetch
+from napari_emdiffuse.engine.io.images import read_image
+from tests.engine.io.test_n5 import _write_n5
+from tests.engine.io.test_precomputed import _precomputed
+
+pytest.importorskip("aiohttp", reason="http(s) URLs are read through aiohttp (the [all] extra)")
+
+
+@pytest.mark.parametrize("at_once", [fetch.REQUESTS_AT_ONCE, 1])
+def test_the_blocks_of_a_read_are_fetched_together(served_counted, monkeypatch, at_once):
+    """16 N5 blocks of one slice: several requests in flight at once (the control, one at a
+    time, must show one)."""
+    monkeypatch.setattr(fetch, "REQUESTS_AT_ONCE", at_once)
+    folder, url, stats = served_counted
+    vol = (np.arange(2 * 64 * 64) % 251).astype(np.uint8).reshape(2, 64, 64)
+    _write_n5(folder / "v.n5" / "raw", vol, block=(1, 16, 16))
+    img = read_image(f"{url}/v.n5/raw")
+    assert np.array_equal(img.data[1], vol[1])
+    assert (stats.most > 4) if at_once > 1 else (stats.most == 1)
+
+
+@pytest.mark.parametrize("depth", [4, 1])
+def test_chunks_deeper_than_a_slice_are_fetched_once_for_all_their_slices(served_counted, depth):
+    folder, url, stats = served_counted
+    vol = (np.arange(4 * 30 * 30) * 7 % 253).astype(np.uint8).reshape(4, 30, 30)
+    _precomputed(folder / "vol", vol, chunk=(depth, 16, 16), offset=(0, 0, 0))
+    img = read_image(f"{url}/vol")
+    assert np.array_equal(img.data[0], vol[0])
+    before = stats.requests
+    assert np.array_equal(img.data[1], vol[1]) and np.array_equal(img.data[3, 2:20], vol[3, 2:20])
+    assert (stats.requests == before) if depth > 1 else (stats.requests > before)
