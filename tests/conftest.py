@@ -98,3 +98,7 @@ def write_tczyx_ome(path: Path, zyx: np.ndarray, spacing=(40.0, 8.0, 8.0), versi
     else:
         group.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
     return path
+
+
+# Web servers for what is read by URL (fixtures `served`, `served_any`, `served_counted`).
+from tests.http_servers import served, served_any, served_counted  # noqa: E402,F401

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["get_reader", "get_ome_reader", "get_h5_reader", "get_n5_reader", "get_slices_reader", "image_layer",
-           "layer_meta"]
+           "layer_meta", "url_layers"]
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -312,3 +312,38 @@ def _read_slices(path: str | list[str]) -> list[LayerData]:
     read as the restorations read it (a Thermo Fisher data bar left out)."""
     path = _one(path) or ""
     return [image_layer(path, name=Path(path).name)]
+
+
+def url_layers(url: str) -> list[LayerData]:
+    """The layers a volume read by URL opens as (the *Open by URL* dock): an OME-Zarr store
+    as a multiscale image, a neuroglancer precomputed volume with its scales, an N5 dataset or
+    a zarr array as one image, each lazily with its voxel size. Anything else is refused in one
+    line (:class:`~.engine.errors.InputError`).
+
+    Examples
+    --------
+    >>> url_layers("vol.zarr")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: 'vol.zarr' is not a URL: give one such as https://host/vol.ome.zarr, s3://bucket/vol.zarr or precomputed://gs://bucket/volume
+    """
+    from .engine.errors import InputError
+    from .engine.io.common import is_url
+    from .engine.io.remote import source_prefix, split_url
+    from .engine.io.zarr import is_ome
+
+    url = url.strip()
+    if not is_url(url):
+        raise InputError(f"'{url}' is not a URL: give one such as https://host/vol.ome.zarr, s3://bucket/vol.zarr "
+                         "or precomputed://gs://bucket/volume")
+    bare, kind = source_prefix(url)
+    named = any(p.lower().endswith((".zarr", ".n5")) for p in bare.split("://", 1)[1].split("/"))
+    if kind == "precomputed" or (kind is None and not named):
+        return _read_precomputed(url if kind else f"precomputed://{bare}")
+    if not named:  # zarr:// or n5:// before a name without the suffix
+        return [image_layer(url, name=bare.rstrip("/").rsplit("/", 1)[-1])]
+    store, inner = split_url(bare)
+    if not inner and is_ome(store) and get_ome_reader(store) is not None:
+        return _read_ome(store)
+    return [image_layer(url, name="/".join(p for p in (store.rsplit("/", 1)[-1], inner) if p))]
+

@@ -155,7 +155,7 @@ def test_manifest_validates_and_menus_exist_in_napari():
     mf = npe2.PluginManifest.from_file(MANIFEST)
     mf.validate_imports()
     assert mf.name == PLUGIN and mf.display_name == "EMDiffuse"
-    assert {w.display_name for w in mf.contributions.widgets} == {RESTORE, ISOTROPIC, FINETUNE}
+    assert {w.display_name for w in mf.contributions.widgets} == {RESTORE, ISOTROPIC, FINETUNE, "Open by URL"}
     assert len(mf.contributions.sample_data) >= 2
     # npe2 accepts any menu id; napari ignores ids that it does not expose to plugins.
     for menu_id in mf.contributions.menus:

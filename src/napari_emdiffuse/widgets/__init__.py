@@ -1,4 +1,4 @@
-"""napari dock widgets: Restore, Isotropic reconstruction and Fine-tune.
+"""napari dock widgets: Restore, Isotropic reconstruction and Fine-tune, and Open by URL.
 
 The widgets hold no restoration logic. Each one collects options, drives an engine
 generator (``restore_iter``, ``reconstruct_isotropic_iter``, ``finetune_iter``) in a napari
@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["RestoreWidget", "IsotropicWidget", "FinetuneWidget"]
+__all__ = ["RestoreWidget", "IsotropicWidget", "FinetuneWidget", "OpenUrlWidget"]
 
-_WHERE = {"RestoreWidget": "restore", "IsotropicWidget": "isotropic", "FinetuneWidget": "finetune"}
+_WHERE = {"RestoreWidget": "restore", "IsotropicWidget": "isotropic", "FinetuneWidget": "finetune",
+          "OpenUrlWidget": "open_url"}
 
 
 def __getattr__(name: str) -> Any:
