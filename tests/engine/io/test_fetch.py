@@ -37,3 +37,33 @@ def test_chunks_deeper_than_a_slice_are_fetched_once_for_all_their_slices(served
     before = stats.requests
     assert np.array_equal(img.data[1], vol[1]) and np.array_equal(img.data[3, 2:20], vol[3, 2:20])
     assert (stats.requests == before) if depth > 1 else (stats.requests > before)
+
+
+def test_a_request_that_fails_for_a_passing_reason_is_asked_again(tmp_path, monkeypatch):
+    """Each file's first request answered 503 (a busy server): precomputed chunks and a
+    sharded zarr store still read whole; without retries (the control) the read fails."""
+    from napari_emdiffuse.engine.errors import InputError
+    from napari_emdiffuse.engine.io.images import write_image
+    from tests.http_servers import _RangeHandler, _serve
+
+    monkeypatch.setattr(fetch, "RETRY_WAIT", 0.01)
+    failed: set[str] = set()
+
+    class Busy(_RangeHandler):
+        def send_head(self):  # noqa: D401 - http.server's hook
+            if self.path not in failed:
+                failed.add(self.path)
+                self.send_error(503)
+                return None
+            return super().send_head()
+
+    vol = (np.arange(3 * 40 * 50) * 11 % 251).astype(np.uint8).reshape(3, 40, 50)
+    _precomputed(tmp_path / "vol", vol, chunk=(2, 16, 16), offset=(0, 0, 0))
+    write_image(tmp_path / "v.zarr", vol, zarr_format=3)
+    for _, url in _serve(tmp_path, Busy):
+        assert np.array_equal(np.asarray(read_image(f"{url}/vol").data), vol)
+        assert np.array_equal(read_image(f"{url}/v.zarr").data[1:3, 5:30], vol[1:3, 5:30])
+        monkeypatch.setattr(fetch, "RETRIES", 0)
+        failed.clear()
+        with pytest.raises(InputError, match="503"):
+            np.asarray(read_image(f"{url}/vol").data)

@@ -5,17 +5,23 @@ A place is a :class:`~pathlib.Path` (local) or a URL string (``https://``, ``s3:
 through fsspec). Reads by URL ask for byte ranges. A web server that does not answer ranges
 (Python's ``http.server``, some static hosts) sends the whole file instead; the wanted bytes are
 then cut from it, so a shard's index or a chunk inside it is still read right (only slower).
+
+Over ``http(s)://`` a request that fails for a passing reason (a dropped connection, a timeout,
+status 408, 429 or 5xx) is asked again, up to :data:`RETRIES` times, waiting longer each time: a
+run of hours reading thousands of chunks meets such failures, and one of them would otherwise
+stop it. (``s3fs`` and ``gcsfs`` retry by themselves.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["REQUESTS_AT_ONCE", "Where", "join", "parent", "read_bytes", "read_many", "read_range", "zarr_store"]
+__all__ = ["REQUESTS_AT_ONCE", "RETRIES", "RETRY_WAIT", "Where", "join", "parent", "read_bytes", "read_many", "read_range", "zarr_store"]
 
 #: A place in a container: a local file or folder, or a URL (a string).
 Where = Union[Path, str]
@@ -74,6 +80,14 @@ def read_range(where: Where, start: int, size: int) -> bytes:
 
 #: Requests in flight at once: enough to hide the round trips, few enough for a small server.
 REQUESTS_AT_ONCE = 32
+
+#: Times an ``http(s)://`` request that failed for a passing reason is asked again, and the
+#: seconds waited before the first retry (doubled for each next one).
+RETRIES = 4
+RETRY_WAIT = 0.5
+
+#: HTTP statuses that say "try again later" rather than "no".
+_PASSING = (408, 429, 500, 502, 503, 504)
 
 
 def read_many(wheres: Sequence[Where], spans: Sequence[tuple[int, int]] | None = None) -> list[bytes | None]:
@@ -152,11 +166,22 @@ def _ranged_http() -> type:
     (status 200, not 206) returns the range. Made on first use: it needs aiohttp."""
     if _RANGED:
         return _RANGED[0]
+    import aiohttp
     from fsspec.implementations.http import HTTPFileSystem
 
     class RangedHTTPFileSystem(HTTPFileSystem):
         async def _cat_file(self, url: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
-            out = await super()._cat_file(url, start=start, end=end, **kwargs)
+            for attempt in range(RETRIES + 1):
+                try:
+                    out = await super()._cat_file(url, start=start, end=end, **kwargs)
+                    break
+                except FileNotFoundError:  # 404: no such chunk, not a failure
+                    raise
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    status = getattr(exc, "status", None)
+                    if attempt == RETRIES or (isinstance(exc, aiohttp.ClientResponseError) and status not in _PASSING):
+                        raise
+                    await asyncio.sleep(RETRY_WAIT * 2**attempt)
             if start is None and end is None:
                 return out
             if start is not None and start < 0 and end is None:  # the last -start bytes
