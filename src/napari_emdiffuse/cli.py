@@ -235,9 +235,12 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
     from .engine.errors import InputError
     from .engine.inference.checks import check_fits_in_memory
     from .engine.io.common import MRC_SUFFIXES, streams_lazily, suffix_of
+    from .engine.io.views import cutout
     from .engine.io.images import write_image
 
     data = _read_input(args)
+    if args.region is not None or args.slices is not None:
+        data.data = cutout(data.data, region=args.region, slices=args.slices)
     if args.bin > 1:
         from .engine.io.pyramid import bin_lateral
 
@@ -253,7 +256,10 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
     if suffix_of(out) in MRC_SUFFIXES:
         axes = None  # MRC has one layout: a series of frames is stored as its sections
     write_image(out, data.data, spacing=data.spacing, unit=data.unit or "nm", axes=axes,
-                provenance={"converted from": str(args.input)}, zarr_format=args.zarr_format)
+                provenance={"converted from": str(args.input),
+                            **({"region": list(args.region)} if args.region is not None else {}),
+                            **({"slices": list(args.slices)} if args.slices is not None else {})},
+                zarr_format=args.zarr_format)
     size = "no pixel size" if data.spacing is None else " x ".join(f"{v:g}" for v in data.spacing) + f" {data.unit or ''}"
     print(f"wrote {out} ({' x '.join(str(n) for n in data.data.shape)} {data.data.dtype}, {size.strip()})", file=sys.stderr)
     return 0

@@ -210,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average each N x N block of pixels (as a detector binning N x N); the pixel size "
                         "grows N times. For images sampled far finer than their detail (high magnification), "
                         "before denoising")
+    p.add_argument("--region", type=_non_negative, nargs=4, metavar=("Y0", "Y1", "X0", "X1"), default=None,
+                   help="write only rows Y0:Y1 and columns X0:X1 (of every slice): a cutout of a large or remote "
+                        "volume, of which only those chunks are read")
+    p.add_argument("--slices", type=_non_negative, nargs=2, metavar=("Z0", "Z1"), default=None,
+                   help="a stack or volume: write only its sections Z0:Z1")
     _zarr_format_option(p)
     _pick_options(p)
     _voxel_option(p)

@@ -67,3 +67,29 @@ def test_a_request_that_fails_for_a_passing_reason_is_asked_again(tmp_path, monk
         failed.clear()
         with pytest.raises(InputError, match="503"):
             np.asarray(read_image(f"{url}/vol").data)
+
+
+def test_a_cutout_of_a_remote_volume_reads_only_its_chunks(served_counted, tmp_path, capsys):
+    """`emdiffuse convert URL --region --slices`: the box's pixels with the volume's voxel
+    size, from the chunks it touches only; a box outside the volume is refused in one line."""
+    from napari_emdiffuse.cli import main
+
+    folder, url, stats = served_counted
+    vol = (np.arange(8 * 64 * 64) * 13 % 251).astype(np.uint8).reshape(8, 64, 64)
+    _precomputed(folder / "vol", vol, chunk=(4, 16, 16), offset=(0, 0, 0))  # 2 x 4 x 4 chunks
+    before = stats.requests
+    out = tmp_path / "cut.tif"
+    assert main(["convert", f"precomputed://{url}/vol", "--region", "20", "30", "5", "15", "--slices", "1", "3",
+                 "-o", str(out)]) == 0
+    cut = read_image(out)
+    assert np.array_equal(cut.data, vol[1:3, 20:30, 5:15]) and cut.spacing == (40.0, 4.0, 4.0)
+    assert stats.requests - before == 3 + 1  # its info (read to find it, its scale, its chunks), and the one chunk of 32 the box touches
+    assert main(["convert", f"{url}/vol", "--slices", "6", "8", "-o", str(tmp_path / "cut.zarr")]) == 0
+    assert np.array_equal(read_image(tmp_path / "cut.zarr").data[...], vol[6:8])
+    capsys.readouterr()
+    for args, needle in ((["--region", "0", "70", "0", "8"], "region y 0:70 is not inside the image's 64 rows"),
+                         (["--slices", "3", "3"], "sections 3:3 are not inside the image's 8 sections")):
+        assert main(["convert", f"{url}/vol", *args, "-o", str(tmp_path / "bad.tif")]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.tif").exists()

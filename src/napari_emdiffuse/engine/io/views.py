@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["AxesPicked", "Cropped", "FramesFirst", "LazyArray", "ascending_index", "check_one_channel", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
+__all__ = ["AxesPicked", "Cropped", "FramesFirst", "cutout", "LazyArray", "ascending_index", "check_one_channel", "drop_single_axes", "full_index", "pick_axes", "single_axes"]
 
 
 class LazyArray:
@@ -122,30 +122,77 @@ def single_axes(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 class Cropped(LazyArray):
-    """The first ``shape`` of a larger array (a volume stored padded to whole chunks, as
-    Imaris does), read lazily: an index is read within the crop only.
+    """A box of ``shape`` from ``origin`` (default the first corner) of a larger array, read
+    lazily: an index is read within the box only. A volume stored padded to whole chunks (as
+    Imaris does), or a cutout of a large or remote volume (``emdiffuse convert --region``).
 
     Examples
     --------
     >>> a = Cropped(np.arange(24).reshape(4, 6), (3, 5))
     >>> a.shape, a[-1, ::-2].tolist()
     ((3, 5), [16, 14, 12])
+    >>> Cropped(np.arange(24).reshape(4, 6), (2, 2), origin=(1, 3))[...].tolist()
+    [[9, 10], [15, 16]]
     """
 
-    def __init__(self, array: Any, shape: tuple[int, ...]) -> None:
+    def __init__(self, array: Any, shape: tuple[int, ...], origin: tuple[int, ...] | None = None) -> None:
         self.array = array
         self.shape = tuple(int(n) for n in shape)
+        self.origin = tuple(int(o) for o in origin) if origin is not None else (0,) * len(self.shape)
+        if len(self.origin) != len(self.shape) or any(
+                o < 0 or o + n > m for o, n, m in zip(self.origin, self.shape, array.shape)):  # fmt: skip
+            raise ValueError(f"a box of {self.shape} from {self.origin} is not inside shape {tuple(array.shape)}")
         self.dtype = np.dtype(array.dtype)
         chunks = getattr(array, "chunks", None)
         self.chunks = tuple(min(int(c), n) for c, n in zip(chunks, self.shape)) if chunks else None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         read, post = ascending_index(key, self.shape)
-        out = np.asarray(self.array[tuple(read)])
+        moved = tuple(k + o if isinstance(k, int) else slice(k.start + o, k.stop + o, k.step)
+                      for k, o in zip(read, self.origin))  # fmt: skip
+        out = np.asarray(self.array[moved])
         return out[post] if post else out
 
     def __repr__(self) -> str:
-        return f"Cropped(<array shape={tuple(self.array.shape)}>, {self.shape})"
+        return f"Cropped(<array shape={tuple(self.array.shape)}>, {self.shape}, origin={self.origin})"
+
+
+def cutout(array: Any, *, region: Sequence[int] | None = None, slices: Sequence[int] | None = None) -> Any:
+    """Rows ``y0:y1`` and columns ``x0:x1`` (``region``, of every slice) and sections
+    ``z0:z1`` (``slices``, of a stack) of an image, lazily for an array read from a file or a
+    URL (:class:`Cropped`: only the chunks inside are read); a box outside the image is
+    refused in one line.
+
+    Examples
+    --------
+    >>> cutout(np.arange(60).reshape(3, 4, 5), region=(1, 3, 0, 2), slices=(2, 3)).tolist()
+    [[[45, 46], [50, 51]]]
+    >>> cutout(np.zeros((4, 5)), slices=(0, 1))
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: sections 0:1 were asked of a 2D image; --slices takes a stack or volume
+    """
+    shape = tuple(int(n) for n in array.shape)
+    origin, size = [0] * len(shape), list(shape)
+    if slices is not None:
+        if len(shape) != 3:
+            raise InputError(f"sections {slices[0]}:{slices[1]} were asked of a {len(shape)}D image; --slices takes "
+                             "a stack or volume")
+        z0, z1 = (int(v) for v in slices)
+        if not 0 <= z0 < z1 <= shape[0]:
+            raise InputError(f"sections {z0}:{z1} are not inside the image's {shape[0]} sections")
+        origin[0], size[0] = z0, z1 - z0
+    if region is not None:
+        if len(shape) < 2:
+            raise InputError("a region takes an image of rows and columns")
+        y0, y1, x0, x1 = (int(v) for v in region)
+        for axis, (a, b), n, what in (("y", (y0, y1), shape[-2], "rows"), ("x", (x0, x1), shape[-1], "columns")):
+            if not 0 <= a < b <= n:
+                raise InputError(f"region {axis} {a}:{b} is not inside the image's {n} {what}")
+        origin[-2:], size[-2:] = [y0, x0], [y1 - y0, x1 - x0]
+    if isinstance(array, np.ndarray):
+        return array[tuple(slice(o, o + n) for o, n in zip(origin, size))]
+    return Cropped(array, tuple(size), origin=tuple(origin))
 
 
 class AxesPicked(LazyArray):
