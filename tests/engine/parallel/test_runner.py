@@ -60,7 +60,7 @@ def test_workers_resolve_options_for_their_own_device():
     client = resolve_options(m, torch.device("cpu"), preset="fast", tile=48, overlap=8)
     plan = BlockPlan.make((100, 100), block=64, opts=client)
     job = runner.BlockJob(
-        "restore", "tiny", None, "cpu", "src", "", "dst", None, plan, (0, 0, 0),
+        "restore", "tiny", None, "cpu", "src", "", "dst", None, plan, ((0, 0, 0),),
         NormInfo("percentile", 0.0, 255.0), {"preset": "fast", "steps": 3}, client.tile, client.overlap, "|u1",
     )  # fmt: skip
     job = pickle.loads(pickle.dumps(job))  # what a worker receives

@@ -50,6 +50,7 @@ from .checks import (
     validate_image,
 )  # fmt: skip
 from .fill import fill_mask, inpaint_nearest, upscale_mask
+from .slabs import SlabPlanes, chunk_depth, in_slab_order
 from .tiling import TilePlan, pad_to
 from .zfilter import ZFilter, plan_z_filter, smooth_along_z
 
@@ -95,15 +96,17 @@ class Restoration:
 
 
 class Planes:
-    """Uniform ZYX access to a 2D or 3D array-like (zarr arrays cannot take ``[None]``)."""
+    """Uniform ZYX access to a 2D or 3D array-like (zarr arrays cannot take ``[None]``); a
+    stack stored in deep chunks is read a slab at a time (:class:`~.slabs.SlabPlanes`)."""
 
     def __init__(self, image: Any) -> None:
         self.image, self.is_stack = image, image.ndim == 3
         self.shape = tuple(image.shape) if self.is_stack else (1, *image.shape)
+        self._stack = SlabPlanes(image) if self.is_stack else None
 
     def __getitem__(self, idx: tuple) -> Any:
         z, rest = idx[0], idx[1:]
-        return self.image[(z, *rest)] if self.is_stack else self.image[rest]
+        return self._stack[(z, *rest)] if self._stack is not None else self.image[rest]
 
 
 def fit_norm(model: EMDiffuseModel, image: Any) -> NormInfo:
@@ -351,7 +354,7 @@ def _out_shape(wy: slice, wx: slice, s: int) -> tuple[int, int]:
 def _run_plan(
     m: EMDiffuseModel, image: Any, plan: BlockPlan, target: BlockTarget, ledger: Ledger = Ledger()
 ) -> Generator[Progress, None, None]:
-    stack, jobs = Planes(image), pending_jobs(plan, ledger)
+    stack, jobs = Planes(image), in_slab_order(pending_jobs(plan, ledger), chunk_depth(image))
     costs = [_plane_batches(m, plan.read_shape(iy, ix), target.opts) for _, iy, ix in jobs]
     offset, total = 0, sum(costs)
     for n, (job, cost) in enumerate(zip(jobs, costs), 1):

@@ -66,6 +66,7 @@ from .fill import fill_mask, inpaint_nearest
 from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
 from .denoise_first import check_denoiser, denoise_first, scratch_beside, store_path
 from .restore import run_info
+from .slabs import SlabPlanes, chunk_depth, in_slab_order
 from .tiling import TilePlan, pad_to
 
 __all__ = [
@@ -540,12 +541,13 @@ def reconstruct_isotropic_iter(
         def run_into(dst: Any, unc: Any, ledger: Ledger = Ledger()) -> Callable[[int], Generator[Progress, None, None]]:
             def run(edge: int) -> Generator[Progress, None, None]:
                 p = BlockPlan.make(tuple(vol.shape), block=edge, opts=opts, factor=f)
-                jobs = pending_jobs(p, ledger)
+                jobs = in_slab_order(pending_jobs(p, ledger), chunk_depth(vol))
+                planes = SlabPlanes(vol)
                 costs = [_block_batches(m, p.read_shape(iy, ix), n_items, opts) for _, iy, ix in jobs]
                 offset, total = 0, sum(costs)
                 for job, cost in zip(jobs, costs):
                     target = BlockTarget(norm, opts, dev, out_dtype, dst, unc, measured_std, offset=origin)
-                    yield from reconstruct_block(m, vol, p, job, target, progress=(offset, total))
+                    yield from reconstruct_block(m, planes, p, job, target, progress=(offset, total))
                     ledger.mark(block_key(p, job))
                     offset += cost
 

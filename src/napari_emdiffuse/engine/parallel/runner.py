@@ -2,7 +2,8 @@
 
 :class:`Cluster` is the :class:`~..inference.blocks.Distribute` that the restoration entry
 points take: it connects to a local or remote cluster, stages the input where workers can
-read it, submits one :class:`BlockJob` per block of the plan, averages a denoised stack along
+read it, submits one :class:`BlockJob` per block of the plan (per lateral block and chunk's
+depth of slices, for an input stored in deep chunks: :mod:`~..inference.slabs`), averages a denoised stack along
 z on the workers too (:class:`ZFilterJob`, one per column of chunks), reports progress,
 commits the output store at the end and cancels on close. Each worker loads the model once (a
 per-process cache), runs on its own GPU (a local cluster pins one per worker) and resolves
@@ -37,7 +38,8 @@ from ..inference.blocks import (
 )  # fmt: skip
 from ..inference.canvas import SamplingOptions, resolve_options
 from ..inference.normalise import NormInfo
-from ..inference.restore import restore_block
+from ..inference.restore import Planes, restore_block
+from ..inference.slabs import SlabPlanes, chunk_depth, slab_groups
 from ..inference.zfilter import WIDTH_KEY, ZFilter, apply_width, chosen_width, lateral_tiles, width_losses
 from ..io.ledger import Ledger
 from ..io.pyramid import downsample_tiles, level_tiles
@@ -302,7 +304,8 @@ def run_tasks(
 
 @dataclass(frozen=True)
 class BlockJob:
-    """Everything a worker needs for one block task (picklable)."""
+    """Everything a worker needs for one task (picklable): one block, or the blocks of one
+    lateral window over a chunk's depth of slices, which read their input as one slab."""
 
     kind: str  # "restore" (2D planes) or "isotropic" (a gap of a volume)
     model: str
@@ -313,7 +316,7 @@ class BlockJob:
     dst: str
     unc: str | None
     plan: BlockPlan
-    block: tuple[int, int, int]
+    blocks: tuple[tuple[int, int, int], ...]
     norm: NormInfo
     request: dict  # the user's sampling choices, resolved on the worker for its device
     tile: int  # the plan's tile and overlap: fixed on the client, they shape the blocks
@@ -329,10 +332,12 @@ def worker_options(m: EMDiffuseModel, job: BlockJob) -> SamplingOptions:
     return resolve_options(m, m.device, **{**job.request, "tile": job.tile, "overlap": job.overlap})
 
 
-def run_block_job(job: BlockJob) -> tuple[int, int, int]:
-    """Run one block task in a worker: read its input, restore it, write into the shared store."""
+def run_block_job(job: BlockJob) -> tuple[tuple[int, int, int], ...]:
+    """Run one task in a worker: read its input, restore its blocks, write them into the
+    shared store (each marked in a resumable run's ledger as it is written)."""
     m = worker_model(job.model, job.arch, job.device)
     src = open_source(job.src, job.src_key, *job.src_axes)
+    planes = SlabPlanes(src) if job.kind == "isotropic" else Planes(src)  # a slab read once for all its blocks
     run = reconstruct_block if job.kind == "isotropic" else restore_block
     unc = open_zarr_for_block_writes(job.unc) if job.unc else None
     measured = open_source(job.measured_unc) if job.measured_unc else None
@@ -340,9 +345,10 @@ def run_block_job(job: BlockJob) -> tuple[int, int, int]:
         job.norm, worker_options(m, job), m.device, np.dtype(job.dtype), open_zarr_for_block_writes(job.dst), unc,
         measured,
     )  # fmt: skip
-    drain(run(m, src, job.plan, job.block, target))
-    job.ledger.mark(block_key(job.plan, job.block))
-    return job.block
+    for block in job.blocks:
+        drain(run(m, planes, job.plan, block, target))
+        job.ledger.mark(block_key(job.plan, block))
+    return job.blocks
 
 
 @dataclass(frozen=True)
@@ -489,11 +495,11 @@ class Cluster:
                 jobs = [
                     BlockJob(
                         kind, spec, spec_arch, run.device, loc[0], loc[1], str(wr.array_path),
-                        str(unc_wr.array_path) if unc_wr is not None else None, plan, block, run.norm, run.request,
+                        str(unc_wr.array_path) if unc_wr is not None else None, plan, blocks, run.norm, run.request,
                         run.opts.tile, run.opts.overlap, run.dtype.str,
                         str(run.measured_unc) if run.measured_unc is not None else None, wr.ledger, loc[2:],
                     )  # fmt: skip
-                    for block in pending_jobs(plan, wr.ledger)
+                    for blocks in slab_groups(pending_jobs(plan, wr.ledger), chunk_depth(run.image))
                 ]
                 yield from run_tasks(client, run_block_job, jobs, name=kind)
                 if run.z_filter is not None:  # after every block: it reads across the workers' slices
