@@ -18,9 +18,9 @@ import numpy as np
 
 __all__ = ["SLAB_BYTES", "SlabPlanes", "chunk_depth", "in_slab_order", "slab_groups"]
 
-#: The most bytes one slab may take (a 2048² block of 64 slices of uint16 is ~570 MB);
-#: a deeper slab is read a part of the depth at a time.
-SLAB_BYTES = 1 << 30
+#: The most bytes one slab may take (two are kept): a 2048² block with its halo of 64 slices
+#: of uint8 is ~290 MB; a deeper or wider slab is read a part of the depth at a time.
+SLAB_BYTES = 512 << 20
 
 
 def chunk_depth(image: Any) -> int:
