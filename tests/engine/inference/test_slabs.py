@@ -69,3 +69,17 @@ def test_a_deeply_chunked_volume_reconstructs_as_in_memory(tmp_path):
     a = reconstruct_isotropic(src, 3, m, block=24, **FAST).volume
     b = reconstruct_isotropic(vol, 3, m, block=24, **FAST).volume
     assert np.array_equal(a, b)
+
+
+def test_a_slab_over_its_memory_bound_is_read_in_parts(monkeypatch):
+    from napari_emdiffuse.engine.inference import slabs
+
+    stack = np.arange(8 * 20 * 30, dtype=np.uint16).reshape(8, 20, 30)
+    src = Counted(stack, (8, 20, 30))
+    monkeypatch.setattr(slabs, "SLAB_BYTES", 3 * 20 * 30 * 2)  # room for 3 slices: parts of 3, 3, 2
+    planes = SlabPlanes(src)
+    reads = []
+    for z in range(8):
+        assert np.array_equal(planes[z, 0:20, 0:30], stack[z])
+        reads.append(src.slices_read)
+    assert reads == [3, 3, 3, 6, 6, 6, 8, 8]
