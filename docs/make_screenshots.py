@@ -1,4 +1,4 @@
-"""Screenshots of the three dock widgets for the README and docs/widgets.md.
+"""Screenshots of the dock widgets for the README and docs/widgets.md.
 
 Opens napari (under a virtual display on a headless machine), loads the plugin's sample
 data, docks each widget and saves the whole window::
@@ -118,8 +118,46 @@ def main(argv: list[str] | None = None) -> None:
     ft.target_combo.set_layer(viewer.layers["liver_clean"])
     viewer.reset_view()
     _shot(viewer, qapp, "finetune_widget.png")
+    viewer.window.remove_dock_widget("all")
 
+    # Open by URL: the C. elegans sample as an OME-Zarr store served over HTTP on this machine.
+    _url_shot(viewer, qapp)
     viewer.close()
+
+
+def _url_shot(viewer, qapp) -> None:
+    import functools
+    import http.server
+    import tempfile
+    import threading
+
+    from napari_emdiffuse._sample_data import sample_path
+    from napari_emdiffuse.engine.io.images import read_image, write_image
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    viewer.layers.clear()
+    with tempfile.TemporaryDirectory() as tmp:
+        img = read_image(sample_path("celegans_anisotropic_z3.tif"))
+        write_image(Path(tmp) / "celegans.ome.zarr", img.data, spacing=img.spacing)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=tmp))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Open by URL")
+            dock.url.setCurrentText(f"http://127.0.0.1:{server.server_address[1]}/celegans.ome.zarr")
+            dock.open()
+            while dock.worker is not None:
+                _settle(viewer, qapp, 100)
+            viewer.dims.order = (0, 1, 2)
+            viewer.dims.set_current_step(0, viewer.layers[0].data.shape[0] // 2)
+            dock.url.lineEdit().setCursorPosition(0)  # the URL's start: its scheme and host
+            viewer.reset_view()
+            _shot(viewer, qapp, "open_url_widget.png")
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 if __name__ == "__main__":
