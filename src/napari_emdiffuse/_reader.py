@@ -316,8 +316,8 @@ def _read_slices(path: str | list[str]) -> list[LayerData]:
 
 def url_layers(url: str) -> list[LayerData]:
     """The layers a volume read by URL opens as (the *Open by URL* dock): an OME-Zarr store
-    as a multiscale image, a neuroglancer precomputed volume with its scales, an N5 dataset or
-    a zarr array as one image, each lazily with its voxel size. Anything else is refused in one
+    as a multiscale image, a neuroglancer precomputed volume with its scales, an N5 dataset, a
+    zarr array or an HDF5 dataset as one image, each lazily with its voxel size. Anything else is refused in one
     line (:class:`~.engine.errors.InputError`).
 
     Examples
@@ -329,7 +329,7 @@ def url_layers(url: str) -> list[LayerData]:
     """
     from .engine.errors import InputError
     from .engine.io.common import is_url
-    from .engine.io.remote import source_prefix, split_url
+    from .engine.io.remote import h5_url, source_prefix, split_url
     from .engine.io.zarr import is_ome
 
     url = url.strip()
@@ -338,6 +338,8 @@ def url_layers(url: str) -> list[LayerData]:
                          "or precomputed://gs://bucket/volume")
     bare, kind = source_prefix(url)
     named = any(p.lower().endswith((".zarr", ".n5")) for p in bare.split("://", 1)[1].split("/"))
+    if kind is None and (h5 := h5_url(bare)) is not None:  # an HDF5 file: its dataset
+        return [image_layer(url, name="/".join(p for p in (h5[0].rsplit("/", 1)[-1], h5[1]) if p))]
     if kind == "precomputed" or (kind is None and not named):
         return _read_precomputed(url if kind else f"precomputed://{bare}")
     if not named:  # zarr:// or n5:// before a name without the suffix

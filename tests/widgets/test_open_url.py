@@ -61,3 +61,9 @@ def test_url_layers_name_each_kind_of_store(served):
     assert meta["name"] == "liver.n5/em/s0" and meta["scale"] == (8.0, 4.0, 4.0) and np.array_equal(data[...], vol)
     (data, meta, kind), = url_layers(f" {url}/plain.zarr ")
     assert meta["name"] == "plain.zarr" and np.array_equal(np.asarray(data), vol)
+    import h5py
+
+    with h5py.File(folder / "cremi.hdf", "w") as f:
+        f.create_dataset("volumes/raw", data=vol).attrs["resolution"] = (40.0, 4.0, 4.0)
+    (data, meta, kind), = url_layers(f"{url}/cremi.hdf/volumes/raw")
+    assert meta["name"] == "cremi.hdf/volumes/raw" and meta["scale"] == (40.0, 4.0, 4.0) and np.array_equal(data[...], vol)

@@ -118,3 +118,28 @@ def test_a_byte_range_is_cut_from_a_whole_file_answer(served_any, request):
     # the control: fsspec's own answer from this server, the range or the whole file
     plain = HTTPFileSystem(skip_instance_cache=True).cat_file(f"{url}/f.bin", start=300, end=310)
     assert len(plain) == (10 if request.node.callspec.params["served_any"] == "ranges" else len(blob))
+
+
+def test_an_hdf5_dataset_read_by_url_is_the_local_one(served_any, tmp_path):
+    """CREMI's layout (``volumes/raw`` with ``resolution`` in nm): by URL, from a server with
+    or without byte ranges, the local file's pixels and voxel size; workers open the URL."""
+    import pickle
+
+    import h5py
+
+    folder, url = served_any
+    vol = (np.arange(6 * 40 * 50) * 7 % 251).astype(np.uint8).reshape(6, 40, 50)
+    with h5py.File(folder / "sample_A.hdf", "w") as f:
+        d = f.create_dataset("volumes/raw", data=vol, chunks=(2, 16, 16), compression="gzip")
+        d.attrs["resolution"] = (40.0, 4.0, 4.0)
+        f.create_dataset("volumes/labels/neuron_ids", data=vol.astype(np.uint64))
+    img = read_image(f"{url}/sample_A.hdf/volumes/raw")
+    assert img.spacing == (40.0, 4.0, 4.0) and img.path is None and img.data.shape == vol.shape
+    assert np.array_equal(img.data[2:5, 3:30, 10:], vol[2:5, 3:30, 10:])
+    where = source_of(img.data)
+    assert where[:2] == (f"{url}/sample_A.hdf", "volumes/raw") and np.array_equal(open_source(*where)[5], vol[5])
+    assert np.array_equal(pickle.loads(pickle.dumps(img.data))[1], vol[1])
+    with pytest.raises(InputError, match="several datasets"):
+        read_image(f"{url}/sample_A.hdf")
+    with pytest.raises(InputError, match="cannot read"):
+        read_image(f"{url}/missing.h5")

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["REQUESTS_AT_ONCE", "RETRIES", "RETRY_WAIT", "Where", "join", "parent", "read_bytes", "read_many", "read_range", "zarr_store"]
+__all__ = ["REQUESTS_AT_ONCE", "RETRIES", "RETRY_WAIT", "WHOLE_FILE_BYTES", "Where", "join", "open_file", "parent", "read_bytes", "read_many",
+           "read_range", "zarr_store"]
 
 #: A place in a container: a local file or folder, or a URL (a string).
 Where = Union[Path, str]
@@ -86,6 +88,12 @@ REQUESTS_AT_ONCE = 32
 RETRIES = 4
 RETRY_WAIT = 0.5
 
+#: The largest file read whole from a server that does not answer byte ranges (:func:`open_file`).
+WHOLE_FILE_BYTES = 2 << 30
+
+#: URLs whose server answered a byte range with the whole file.
+_WHOLE: set[str] = set()
+
 #: HTTP statuses that say "try again later" rather than "no".
 _PASSING = (408, 429, 500, 502, 503, 504)
 
@@ -123,6 +131,23 @@ def read_many(wheres: Sequence[Where], spans: Sequence[tuple[int, int]] | None =
                 value = value[spans[i][0] : spans[i][0] + spans[i][1]]
             out[i] = value
     return out
+
+
+def open_file(url: str, block: int = 1 << 20) -> Any:
+    """A file by URL opened for random reads (``read``, ``seek``), fetched ``block`` bytes at a
+    time and kept: what an HDF5 library reads a remote file through. Close it. From a server
+    that answers byte ranges with the whole file, the file is fetched once and read in memory
+    (each block would fetch it whole again), up to :data:`WHOLE_FILE_BYTES`."""
+    fs, path = _fs(url)
+    read_range(url, 0, 8)  # FileNotFoundError where there is none; tells whether ranges are answered
+    if url in _WHOLE:
+        size = (fs.info(path) or {}).get("size") or 0
+        if size > WHOLE_FILE_BYTES:
+            raise OSError(f"the server sends the whole file ({size / 1e9:.1f} GB) for each part asked; download it "
+                          "first, or serve it with byte ranges")
+        return io.BytesIO(read_bytes(url))
+    with _as_os_error():
+        return fs.open(path, "rb", block_size=block, cache_type="blockcache")
 
 
 def zarr_store(where: str | os.PathLike[str]) -> Any:
@@ -185,10 +210,16 @@ def _ranged_http() -> type:
             if start is None and end is None:
                 return out
             if start is not None and start < 0 and end is None:  # the last -start bytes
-                return out[start:] if len(out) > -start else out
+                if len(out) > -start:
+                    _WHOLE.add(url)
+                    return out[start:]
+                return out
             lo = start or 0
             if end is not None:
-                return out[lo:end] if 0 <= lo <= end and len(out) > end - lo else out
+                if 0 <= lo <= end and len(out) > end - lo:
+                    _WHOLE.add(url)
+                    return out[lo:end]
+                return out
             # From `start` to the end: a whole answer is exactly the file's size.
             size = (await self._info(url)).get("size")
             return out[lo:] if lo and size is not None and len(out) == size else out

@@ -25,7 +25,8 @@ import numpy as np
 from ..errors import InputError
 from .bdv import bdv_dtype, bdv_images, bdv_spacing
 from .calibration import to_nm
-from .common import H5_SUFFIXES, ImageData, check_readable, file_and_inner, likely_image, reason
+from .common import H5_SUFFIXES, ImageData, check_readable, file_and_inner, is_url, likely_image, reason
+from .fetch import open_file
 from .hspy import hyperspy_axes, hyperspy_images, is_hyperspy
 from .ims import imaris_images, imaris_size, imaris_spacing, is_imaris
 from .velox import is_velox, velox_dataset, velox_images, velox_spacing
@@ -47,14 +48,39 @@ def _h5py() -> Any:
 
 def open_h5(path: str) -> Any:
     """An HDF5 file opened read-only (an ``h5py.File``; close it). Some cluster file systems
-    refuse HDF5's file lock; a reader needs none, so it opens without one there."""
+    refuse HDF5's file lock; a reader needs none, so it opens without one there. A URL is read
+    through fsspec, a block of it at a time (:func:`~.fetch.open_file`)."""
     h5py = _h5py()
+    if is_url(path):
+        remote = open_file(path)
+        try:
+            return _url_file(h5py)(remote)
+        except BaseException:
+            remote.close()
+            raise
     try:
         return h5py.File(path, "r")
     except OSError as exc:
         if "lock" not in str(exc).lower():
             raise
         return h5py.File(path, "r", locking=False)
+
+
+def _url_file(h5py: Any) -> type:
+    """An ``h5py.File`` over a remote file that closes the remote file with it."""
+
+    class UrlFile(h5py.File):
+        def __init__(self, remote: Any) -> None:
+            super().__init__(remote, "r")
+            self._remote = remote
+
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                self._remote.close()
+
+    return UrlFile
 
 
 def h5_file_of(path: Path) -> tuple[Path, str] | None:
@@ -108,13 +134,15 @@ def h5_images(path: Path) -> list[str]:
     return names if len(names) > 1 else []
 
 
-def read_h5(path: Path, key: str | None = None) -> ImageData:
-    """Read a dataset of an HDF5 file lazily, with its voxel size (nm where known).
+def read_h5(path: Path | str, key: str | None = None) -> ImageData:
+    """Read a dataset of an HDF5 file (a path, or a URL: :mod:`.remote`) lazily, with its
+    voxel size (nm where known).
 
     ``key`` (or the part of ``path`` after the file name) names the dataset; without one the
     file's only image dataset is read, and a file with several is refused with their names.
     """
-    check_readable(path, "HDF5")
+    if not is_url(path):
+        check_readable(Path(path), "HDF5")
     try:
         f = open_h5(str(path))
     except OSError as exc:
@@ -133,13 +161,13 @@ def read_h5(path: Path, key: str | None = None) -> ImageData:
         frames = FramesFirst(array)
         one = frames.shape[0] == 1
         return ImageData(data=AxesPicked(frames, (0,)) if one else frames, spacing=spacing, unit=unit,
-                         axes="YX" if one else "TYX", path=path)
+                         axes="YX" if one else "TYX", path=None if is_url(path) else Path(path))
     data, spacing, axes = drop_single_axes(array, spacing, axes)
-    return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=path)
+    return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=None if is_url(path) else Path(path))
 
 
 def _resolve(
-    f: Any, path: Path, key: str | None
+    f: Any, path: Path | str, key: str | None
 ) -> tuple[str, tuple[float, ...] | None, str | None, bool, str | None, tuple[int, ...] | None]:
     """(dataset path, spacing, unit, whether it is a Velox image kept frames last, its axes where
     the file says, the size to crop it to where it is stored padded) of the image ``key`` names
@@ -178,8 +206,8 @@ def _resolve(
         axes, crop = "ZYX", (size if size != tuple(dset.shape) else None)
     else:
         spacing, unit = _calibration(dict(dset.attrs), len(dset.shape))
-        if spacing is None:
-            spacing, unit = bdv_spacing(path, f, name)
+        if spacing is None and not is_url(path):  # a BigDataViewer XML beside the file
+            spacing, unit = bdv_spacing(Path(path), f, name)
     if dset.size:
         try:  # one pixel: its chunk is decompressed, so a missing filter is found before any work
             dset[(0,) * len(dset.shape)]
@@ -235,7 +263,7 @@ class H5Array(LazyArray):
     """
 
     def __init__(self, path: str | os.PathLike[str], name: str) -> None:
-        self.file = str(Path(path).resolve())
+        self.file = str(path) if is_url(path) else str(Path(path).resolve())
         self.name = str(name)
         with open_h5(self.file) as f:
             d = f[self.name]
@@ -257,6 +285,8 @@ class H5Array(LazyArray):
 
     def __dask_tokenize__(self) -> tuple:
         # The same file, unchanged, is the same input (dask names its graph after this).
+        if is_url(self.file):
+            return ("H5Array", self.file, self.name)
         st = os.stat(self.file)
         return ("H5Array", self.file, self.name, st.st_mtime_ns, st.st_size)
 

@@ -1,5 +1,5 @@
-"""zarr stores, N5 datasets and neuroglancer precomputed volumes read by URL (``https://``,
-``s3://``, ``gs://``, ...), lazily, where they lie.
+"""zarr stores, N5 datasets, neuroglancer precomputed volumes and HDF5 files read by URL
+(``https://``, ``s3://``, ``gs://``, ...), lazily, where they lie.
 
 Public EM volumes are served as zarr, OME-Zarr and N5 (OpenOrganelle, the IDR, EMPIAR-derived
 stores) and as neuroglancer precomputed (H01, MICrONS, FAFB and most connectomics releases);
@@ -12,9 +12,11 @@ the network too. Credentials are what the backend finds (environment, config fil
 
 A URL may carry neuroglancer's data-source prefix, as its layer panel shows it
 (``precomputed://gs://...``, ``zarr://``, ``zarr2://``, ``zarr3://``, ``n5://``). Without one,
-a name with a part ending in ``.zarr`` or ``.n5`` is a zarr store or an N5 container, and any
-other URL is a precomputed volume or one of its scales (found by its ``info`` file). The other
-formats here are read through local files. An N5 URL names its dataset
+a name with a part ending in ``.zarr`` or ``.n5`` is a zarr store or an N5 container, one ending
+like an HDF5 file (``.h5``, ``.hdf5``, ``.hdf``, ``.emd``, ...) such a file, its dataset after it
+(``https://cremi.org/static/data/sample_A_20160501.hdf/volumes/raw``: HDF5's own reads, a block
+of 1 MiB of the file at a time), and any other URL is a precomputed volume or one of its scales
+(found by its ``info`` file). The other formats here are read through local files. An N5 URL names its dataset
 (``.../vol.n5/em/fibsem-uint8/s0``): web servers list no folders to find it in.
 """
 
@@ -23,9 +25,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InputError
-from .common import ImageData
+from .common import H5_SUFFIXES, ImageData
 
-__all__ = ["source_prefix", "split_url", "read_url", "url_of"]
+__all__ = ["h5_url", "source_prefix", "split_url", "read_url", "url_of"]
 
 #: Which package serves each protocol, for the one-line refusal when it is missing.
 _BACKENDS = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
@@ -51,6 +53,25 @@ def source_prefix(url: str) -> tuple[str, str | None]:
     if sep and head.lower() in _PREFIXES and "://" in rest:
         return rest, _PREFIXES[head.lower()]
     return url, None
+
+
+def h5_url(url: str) -> tuple[str, str] | None:
+    """The URL of the HDF5 file ``url`` names (up to the part named like one) and the dataset
+    path after it; None where no part is.
+
+    Examples
+    --------
+    >>> h5_url("https://cremi.org/static/data/sample_A_20160501.hdf/volumes/raw")
+    ('https://cremi.org/static/data/sample_A_20160501.hdf', 'volumes/raw')
+    >>> h5_url("https://host/vol.zarr/0") is None
+    True
+    """
+    scheme, rest = url.split("://", 1)
+    parts = rest.rstrip("/").split("/")
+    for i, part in enumerate(parts[1:], 1):  # the first part is the host or bucket
+        if part.lower().endswith(H5_SUFFIXES):
+            return f"{scheme}://{'/'.join(parts[: i + 1])}", "/".join(parts[i + 1 :])
+    return None
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -80,13 +101,17 @@ def read_url(url: str, key: str | None = None) -> ImageData:
     """Open the zarr array at ``url`` (a store, an array inside one such as
     ``https://host/vol.ome.zarr/0``, or a group with ``key``), the N5 dataset it names, or the
     precomputed volume or scale it names (``key``: a scale), lazily, with its calibration."""
+    from .hdf5 import read_h5
     from .n5 import read_n5
     from .precomputed import precomputed_url, read_precomputed
     from .zarr import read_zarr
 
     bare, kind = source_prefix(url)
     named = any(p.lower().endswith((".zarr", ".n5")) for p in bare.split("://", 1)[1].split("/"))
+    h5 = h5_url(bare)
     try:
+        if h5 is not None and kind is None:
+            return read_h5(h5[0], "/".join(k.strip("/") for k in (h5[1], key or "") if k and k.strip("/")) or None)
         if kind == "precomputed" or (kind is None and not named):
             found = precomputed_url(bare)
             if found is None:

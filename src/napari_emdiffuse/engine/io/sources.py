@@ -66,6 +66,9 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
     ``lead`` of its first axes and ``trail`` of its last."""
     if where.lower().startswith("precomputed://"):  # a precomputed volume's URL (source_of marks it)
         arr: Any = PrecomputedArray(source_prefix(where)[0], key)
+    elif is_url(where) and where.lower().endswith(H5_SUFFIXES):  # an HDF5 file by URL
+        arr = H5Array(where, key)
+        arr = FramesFirst(arr) if velox_dataset(key) and arr.ndim == 3 else arr
     elif is_url(where) and where.lower().endswith(".n5"):  # read over the network
         arr = N5Array(where, key)
     elif is_url(where):
