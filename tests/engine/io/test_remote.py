@@ -143,3 +143,23 @@ def test_an_hdf5_dataset_read_by_url_is_the_local_one(served_any, tmp_path):
         read_image(f"{url}/sample_A.hdf")
     with pytest.raises(InputError, match="cannot read"):
         read_image(f"{url}/missing.h5")
+
+
+def test_an_unreachable_host_is_said_in_one_line(tmp_path, monkeypatch, capsys):
+    """No server at the URL: each kind of store says it could not connect (not that the
+    store is damaged), in one line, with exit status 2, after its retries."""
+    import socket
+
+    from napari_emdiffuse.cli import main
+    from napari_emdiffuse.engine.io import fetch
+
+    monkeypatch.setattr(fetch, "RETRY_WAIT", 0.01)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    for path in ("v.zarr", "v.n5/em/s0", "sample.hdf/volumes/raw", "volume"):
+        assert main(["denoise", f"http://127.0.0.1:{port}/{path}", "-o", str(tmp_path / "x.tif")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "cannot read" in err and len(err.splitlines()) == 1, err
+        assert "not a zarr" not in err and "not an HDF5" not in err and "Traceback" not in err
+    assert not (tmp_path / "x.tif").exists()

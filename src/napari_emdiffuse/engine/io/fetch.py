@@ -15,15 +15,17 @@ stop it. (``s3fs`` and ``gcsfs`` retry by themselves.)
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import io
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["REQUESTS_AT_ONCE", "RETRIES", "RETRY_WAIT", "WHOLE_FILE_BYTES", "Where", "join", "open_file", "parent", "read_bytes", "read_many",
-           "read_range", "zarr_store"]
+__all__ = ["REQUESTS_AT_ONCE", "RETRIES", "RETRY_WAIT", "WHOLE_FILE_BYTES", "Where", "join", "open_file", "parent", "read_bytes",
+           "read_many", "read_range", "unreachable", "zarr_store"]
 
 #: A place in a container: a local file or folder, or a URL (a string).
 Where = Union[Path, str]
@@ -150,6 +152,21 @@ def open_file(url: str, block: int = 1 << 20) -> Any:
         return fs.open(path, "rb", block_size=block, cache_type="blockcache")
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether a read by URL failed before reaching the file: no connection, a timeout, or a
+    refusal by status (403, 5xx), as opposed to bytes that are not of the format."""
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, (ConnectionError, TimeoutError, asyncio.TimeoutError, PermissionError)):
+            return True
+        name = type(chain).__name__
+        if name.startswith(("ClientConnector", "ClientResponse", "ServerDisconnected", "FSTimeout")) or \
+                "Connect call failed" in str(chain):  # fmt: skip
+            return True
+        chain = chain.__cause__ or chain.__context__
+    return False
+
+
 def zarr_store(where: str | os.PathLike[str]) -> Any:
     """What zarr opens a store through, for reading: for ``http(s)://``, a read-only fsspec
     store whose range reads survive a server that answers them with the whole file (a sharded
@@ -159,7 +176,25 @@ def zarr_store(where: str | os.PathLike[str]) -> Any:
         return url
     from zarr.storage import FsspecStore
 
-    return FsspecStore(fs=_ranged_http()(asynchronous=True), path=url, read_only=True)
+    fs = _ranged_http()(asynchronous=True)
+    _OPEN_ASYNC.append(weakref.ref(fs))
+    return FsspecStore(fs=fs, path=url, read_only=True)
+
+
+#: The asynchronous HTTP file systems made for zarr: their connections are closed at exit
+#: (fsspec leaves that to whoever made them, and aiohttp would say so on stderr).
+_OPEN_ASYNC: list[weakref.ref] = []
+
+
+@atexit.register
+def _close_async() -> None:
+    from fsspec.implementations.http import HTTPFileSystem
+
+    for ref in _OPEN_ASYNC:
+        fs = ref()
+        session = getattr(fs, "_session", None) if fs is not None else None
+        if session is not None and not session.closed:
+            HTTPFileSystem.close_session(None, session)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from ..errors import InputError
 from .bdv import bdv_dtype, bdv_images, bdv_spacing
 from .calibration import to_nm
 from .common import H5_SUFFIXES, ImageData, check_readable, file_and_inner, is_url, likely_image, reason
-from .fetch import open_file
+from .fetch import open_file, unreachable
 from .hspy import hyperspy_axes, hyperspy_images, is_hyperspy
 from .ims import imaris_images, imaris_size, imaris_spacing, is_imaris
 from .velox import is_velox, velox_dataset, velox_images, velox_spacing
@@ -146,6 +146,8 @@ def read_h5(path: Path | str, key: str | None = None) -> ImageData:
     try:
         f = open_h5(str(path))
     except OSError as exc:
+        if is_url(path) and unreachable(exc):  # no host, no access: not a verdict on the file
+            raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
         raise InputError(f"cannot read '{path}': not an HDF5 file ({reason(exc)})") from exc
     try:
         with f:

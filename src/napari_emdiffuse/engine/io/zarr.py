@@ -30,7 +30,7 @@ from ..events import Progress
 from .atomic import fsync_dir, remove_path
 from .calibration import check_axes, check_spacing, ngff_multiscales, zarr_calibration
 from .common import ZARR_SUFFIX, ImageData, check_output_path, likely_image, reason, suffix_of
-from .fetch import zarr_store
+from .fetch import unreachable, zarr_store
 from .ledger import LEDGER_DIR, Ledger
 from .pyramid import downsample_tiles, level_plan, level_tiles, multiscales
 from .views import drop_single_axes
@@ -117,6 +117,8 @@ def read_zarr(store: Path | str, key: str | None) -> ImageData:
     except ImportError:  # a URL whose fsspec backend is not installed: the caller names it
         raise
     except Exception as exc:
+        if not local and unreachable(exc):  # no host, no access: not a verdict on the store
+            raise InputError(f"cannot read '{store}': {reason(exc)}") from exc
         raise InputError(
             f"cannot read '{store}': not a zarr array or group ({reason(exc)})"
         ) from exc
