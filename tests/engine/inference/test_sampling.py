@@ -49,3 +49,27 @@ def test_a_store_of_many_chunks_is_sampled_in_64_of_them(monkeypatch):
     sample_values(few, max_values=200_000)
     assert len(few.touched) == 64
     assert np.array_equal(sample_values(image, max_values=200_000), image[::5, ::5].ravel())  # numpy: strided
+
+
+def test_a_volume_of_many_chunks_is_normalised_from_64_of_them():
+    """vEMDiffuse's normalisation: a volume stored in 256 chunks is read in 64 of them (a
+    strided subsample of 16 slices read all 256 here, and every chunk layer of a terabyte volume),
+    and its percentiles hold; a volume in memory is sampled by slices as before."""
+    from scipy.ndimage import gaussian_filter
+
+    from napari_emdiffuse.engine.inference.volume import _fit_volume_norm
+    from tests.conftest import make_tiny
+
+    m = make_tiny("isotropic-i")
+    rng = np.random.default_rng(1)
+    vol = (128 + 900 * gaussian_filter(rng.normal(size=(16, 512, 512)), 2) + rng.normal(0, 12, (16, 512, 512)))
+    vol = np.clip(vol + np.linspace(0, 20, 16)[:, None, None], 0, 255).astype(np.float32)  # a drift along z
+    stored = _Stored(vol, (4, 64, 64))  # 4 x 8 x 8 = 256 chunks
+    norm = _fit_volume_norm(m, stored)
+    assert len(stored.touched) == 64
+    whole = _fit_volume_norm(m, vol)  # in memory: strided slices, every value of the sampled ones
+    span = whole.hi - whole.lo
+    assert abs(norm.lo - whole.lo) < 0.01 * span and abs(norm.hi - whole.hi) < 0.01 * span
+    few = _Stored(vol, (16, 128, 128))  # 16 chunks: by slices as before, every chunk read
+    _fit_volume_norm(m, few)
+    assert len(few.touched) == 16

@@ -73,6 +73,20 @@ def sample_values(image, max_values: int = _MAX_SAMPLE) -> np.ndarray:
     return np.asarray(sub, dtype=np.float64).ravel()
 
 
+def in_many_chunks(image) -> bool:
+    """Whether ``image`` is stored in more than :data:`_MAX_CHUNKS` chunks: what
+    :func:`sample_values` samples chunk by chunk instead of strided across it.
+
+    Examples
+    --------
+    >>> import zarr
+    >>> in_many_chunks(zarr.zeros((64, 1024, 1024), chunks=(64, 64, 64))), in_many_chunks(np.zeros((64, 1024, 1024)))
+    (True, False)
+    """
+    chunks = _read_chunks(image)
+    return chunks is not None and int(np.prod([-(-s // c) for s, c in zip(image.shape, chunks)])) > _MAX_CHUNKS
+
+
 def _read_chunks(image) -> tuple[int, ...] | None:
     """The shape of the pieces a stored array is read in (dask's chunks; zarr's, N5's, HDF5's
     chunks); None for numpy and anything without them."""

@@ -63,7 +63,9 @@ from .checks import (
     validate_image,
 )  # fmt: skip
 from .fill import fill_mask, inpaint_nearest
-from .normalise import NormInfo, fit_normalisation, from_model, std_from_model, to_dtype, to_model
+from .normalise import (
+    NormInfo, fit_normalisation, from_model, in_many_chunks, sample_values, std_from_model, to_dtype, to_model,
+)
 from .denoise_first import check_denoiser, denoise_first, scratch_beside, store_path
 from .restore import run_info
 from .slabs import SlabPlanes, chunk_depth, in_slab_order
@@ -362,9 +364,18 @@ def reconstruct_block(
 
 
 def _fit_volume_norm(m: EMDiffuseModel, vol: Any) -> NormInfo:
-    """The card's rule fitted on a strided subsample of evenly spaced slices.
+    """The card's rule fitted on a strided subsample of evenly spaced slices, or, for a volume
+    stored in many chunks, on 64 of its chunks spread over it (:func:`~.normalise.sample_values`:
+    a strided slice reads every chunk it crosses, a share of a terabyte volume).
 
     At most NORM_SAMPLE_VALUES values are read, whatever the volume's size."""
+    if in_many_chunks(vol):
+        values = sample_values(vol, NORM_SAMPLE_VALUES)
+        nan = values.dtype.kind == "f" and bool(np.isnan(values).any())
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            raise InputError("volume has no finite pixels (all NaN or Inf); nothing to reconstruct")
+        return replace(fit_normalisation(values, m.card.normalisation, adapt_range=True), nan=nan)
     nz, h, w = vol.shape
     zs = np.unique(np.linspace(0, nz - 1, min(nz, NORM_SAMPLE_SLICES)).round().astype(int))
     per_slice = max(1, NORM_SAMPLE_VALUES // len(zs))
