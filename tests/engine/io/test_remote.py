@@ -72,7 +72,7 @@ def test_a_restoration_from_a_url(served, tiny_model_dir, capsys):
     remote, local = (read_image(folder / n) for n in ("remote.tif", "local.tif"))
     assert np.array_equal(remote.data, local.data) and remote.spacing == pytest.approx((40.0, 5.0, 5.0))
     capsys.readouterr()
-    for targets, needle in (([f"{url}/noisy.tif"], "no neuroglancer precomputed 'info' there"), ([f"{url}/missing.zarr"], "cannot read"),
+    for targets, needle in (([f"{url}/noisy.tif"], "cannot read"), ([f"{url}/volume"], "no neuroglancer precomputed 'info' there"), ([f"{url}/missing.zarr"], "cannot read"),
                             ([f"{url}/noisy.zarr"] * 2, "is a zarr store by URL: restore it alone")):
         out = str(folder / ("many" if len(targets) > 1 else "x.tif"))
         assert main(["denoise", *targets, "-o", out, *common]) == 2
@@ -163,3 +163,29 @@ def test_an_unreachable_host_is_said_in_one_line(tmp_path, monkeypatch, capsys):
         assert "cannot read" in err and len(err.splitlines()) == 1, err
         assert "not a zarr" not in err and "not an HDF5" not in err and "Traceback" not in err
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_a_single_file_by_url_is_fetched_once_and_read_as_the_local_file(served_counted, tmp_path):
+    """A TIFF or an EMDB-style ``.map.gz`` by URL: fetched whole into the cache, read as the
+    local file (pixel size included); read again, the kept copy serves (one size request)."""
+    from napari_emdiffuse._reader import url_layers
+    from napari_emdiffuse.engine.io.remote import cache_dir
+
+    folder, url, stats = served_counted
+    img = (np.arange(40 * 50) % 251).astype(np.uint8).reshape(40, 50)
+    vol = (np.arange(3 * 20 * 30) % 97).astype(np.float32).reshape(3, 20, 30)
+    write_image(folder / "scan.tif", img, spacing=(2.5, 2.5))
+    write_image(folder / "emd_1.map", vol, spacing=(4.0, 4.0, 4.0))
+    import gzip
+
+    (folder / "emd_1.map.gz").write_bytes(gzip.compress((folder / "emd_1.map").read_bytes()))
+    for name, want in (("scan.tif", img), ("emd_1.map.gz", vol)):
+        remote, local = read_image(f"{url}/{name}"), read_image(folder / name)
+        assert np.array_equal(remote.data, want) and remote.spacing == local.spacing
+        assert "fetched" in remote.note and remote.path.parent == cache_dir()
+        before = stats.requests
+        again = read_image(f"{url}/{name}")
+        assert "read the copy kept at" in again.note and stats.requests - before == 1
+    (data, meta, kind), = url_layers(f"{url}/scan.tif")
+    assert meta["name"] == "scan" and meta["scale"] == (2.5, 2.5) and np.array_equal(data, img)
+    assert not list(cache_dir().glob(".*partial*"))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Union
 
 __all__ = ["REQUESTS_AT_ONCE", "RETRIES", "RETRY_WAIT", "WHOLE_FILE_BYTES", "Where", "join", "open_file", "parent", "read_bytes",
-           "read_many", "read_range", "unreachable", "zarr_store"]
+           "read_many", "read_range", "remote_size", "unreachable", "zarr_store"]
 
 #: A place in a container: a local file or folder, or a URL (a string).
 Where = Union[Path, str]
@@ -133,6 +133,15 @@ def read_many(wheres: Sequence[Where], spans: Sequence[tuple[int, int]] | None =
                 value = value[spans[i][0] : spans[i][0] + spans[i][1]]
             out[i] = value
     return out
+
+
+def remote_size(url: str) -> int | None:
+    """The size in bytes of the file at ``url`` as its server says (None where it does not);
+    FileNotFoundError where there is none."""
+    fs, path = _fs(url)
+    with _as_os_error():
+        size = fs.info(path).get("size")
+    return int(size) if size is not None else None
 
 
 def open_file(url: str, block: int = 1 << 20) -> Any:

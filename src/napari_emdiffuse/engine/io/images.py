@@ -27,6 +27,7 @@ from .common import (
     ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
     unsupported_type,
     is_url,
+    reason,
 )
 from .czi import czi_file_of, czi_scenes, read_czi
 from .dm import read_dm
@@ -41,7 +42,7 @@ from .tiff import read_tiff, write_tiff
 from .views import pick_axes
 from .zarr import ZarrWriter, group_arrays, is_ome, read_zarr, zarr_store_of
 from .zarrfmt import check_zarr_format
-from .remote import read_url
+from .remote import download, is_single_file, read_url
 
 __all__ = ["read_image", "read_calibration", "write_image", "image_names"]
 
@@ -87,7 +88,15 @@ def read_image(
     InputError
         The path is missing, unreadable, corrupt, of an unsupported type, or not an array.
     """
-    img = read_url(path, key) if is_url(path) else _read(Path(path).expanduser(), key)
+    if is_url(path) and is_single_file(str(path)):  # a TIFF, MRC, ... by URL: fetched once, read here
+        try:
+            local, fetched = download(str(path))
+        except (OSError, ImportError) as exc:
+            raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
+        img = _read(local, key)
+        img.note = "; ".join(n for n in (img.note, f"{fetched} {local}") if n)
+    else:
+        img = read_url(path, key) if is_url(path) else _read(Path(path).expanduser(), key)
     if channel is not None or time is not None:
         img.data, img.spacing, img.axes = pick_axes(
             img.data, img.spacing, img.axes, channel=channel, time=time, name=str(path)

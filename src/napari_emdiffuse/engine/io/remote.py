@@ -16,18 +16,27 @@ a name with a part ending in ``.zarr`` or ``.n5`` is a zarr store or an N5 conta
 like an HDF5 file (``.h5``, ``.hdf5``, ``.hdf``, ``.emd``, ...) such a file, its dataset after it
 (``https://cremi.org/static/data/sample_A_20160501.hdf/volumes/raw``: HDF5's own reads, a block
 of 1 MiB of the file at a time), and any other URL is a precomputed volume or one of its scales
-(found by its ``info`` file). The other formats here are read through local files. An N5 URL names its dataset
+(found by its ``info`` file). A single file of another format by URL (a TIFF, an MRC or EMDB
+``.map.gz``, a DigitalMicrograph file, a picture: EMPIAR's and EMDB's files over HTTPS) is
+fetched whole into a cache (:func:`download`), once, and read from there. An N5 URL names its dataset
 (``.../vol.n5/em/fibsem-uint8/s0``): web servers list no folders to find it in.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import H5_SUFFIXES, ImageData
+from .common import (
+    AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES,
+    SER_SUFFIXES, TIFF_SUFFIXES, ImageData,
+)
 
-__all__ = ["h5_url", "source_prefix", "split_url", "read_url", "url_of"]
+__all__ = ["cache_dir", "download", "h5_url", "is_single_file", "source_prefix", "split_url", "read_url", "url_of"]
 
 #: Which package serves each protocol, for the one-line refusal when it is missing.
 _BACKENDS = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
@@ -53,6 +62,58 @@ def source_prefix(url: str) -> tuple[str, str | None]:
     if sep and head.lower() in _PREFIXES and "://" in rest:
         return rest, _PREFIXES[head.lower()]
     return url, None
+
+
+#: Formats of one file each, fetched whole by URL (:func:`download`) and read as local files.
+_SINGLE = (*TIFF_SUFFIXES, *MRC_SUFFIXES, *MRC_PACKED_SUFFIXES, *PICTURE_SUFFIXES, *DM_SUFFIXES, *SER_SUFFIXES,
+           *AMIRA_SUFFIXES, *CZI_SUFFIXES)  # fmt: skip
+
+
+def is_single_file(url: str) -> bool:
+    """Whether ``url`` names one file of a format read whole (TIFF, MRC, ...).
+
+    Examples
+    --------
+    >>> is_single_file("https://ftp.ebi.ac.uk/pub/databases/emdb/structures/EMD-1234/map/emd_1234.map.gz")
+    True
+    >>> is_single_file("gs://bucket/volume")
+    False
+    """
+    return url.rstrip("/").rsplit("/", 1)[-1].lower().endswith(_SINGLE)
+
+
+def cache_dir() -> Path:
+    """Where files fetched by URL are kept: ``$EMDIFFUSE_HOME/downloads``, else the user's
+    cache folder."""
+    env = os.environ.get("EMDIFFUSE_HOME")
+    if env:
+        return Path(env) / "downloads"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-emdiffuse", appauthor=False)) / "downloads"
+
+
+def download(url: str) -> tuple[Path, str]:
+    """The file at ``url`` in :func:`cache_dir` (fetched there first unless a copy of the same
+    size is kept), and what was done (``"fetched 12.3 MB to"`` or ``"read the copy kept at"``).
+    Written under a temporary name and renamed, so an interrupted fetch leaves no file that
+    looks whole."""
+    from .fetch import open_file, remote_size
+
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    local = cache_dir() / f"{hashlib.sha1(url.encode()).hexdigest()[:16]}-{name}"
+    size = remote_size(url)
+    if local.is_file() and (size is None or local.stat().st_size == size):
+        return local, "read the copy kept at"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name(f".{local.name}.partial-{os.getpid()}")
+    try:
+        with open_file(url, block=8 << 20) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+        os.replace(partial, local)
+    finally:
+        partial.unlink(missing_ok=True)
+    return local, f"fetched {local.stat().st_size / 1e6:.1f} MB to"
 
 
 def h5_url(url: str) -> tuple[str, str] | None:
