@@ -329,7 +329,7 @@ def url_layers(url: str) -> list[LayerData]:
     """
     from .engine.errors import InputError
     from .engine.io.common import is_url
-    from .engine.io.remote import h5_url, is_single_file, source_prefix, split_url
+    from .engine.io.remote import h5_url, is_single_file, source_prefix, split_url, url_file_name
     from .engine.io.zarr import is_ome
 
     url = url.strip()
@@ -339,7 +339,7 @@ def url_layers(url: str) -> list[LayerData]:
     bare, kind = source_prefix(url)
     named = any(p.lower().endswith((".zarr", ".n5")) for p in bare.split("://", 1)[1].split("/"))
     if kind is None and not named and is_single_file(bare):  # a TIFF, MRC, ...: fetched once, then read
-        return [image_layer(url, name=_stem(bare.rstrip("/").rsplit("/", 1)[-1]))]
+        return [image_layer(url, name=_stem(url_file_name(bare)))]
     if kind is None and (h5 := h5_url(bare)) is not None:  # an HDF5 file: its dataset
         return [image_layer(url, name="/".join(p for p in (h5[0].rsplit("/", 1)[-1], h5[1]) if p))]
     if kind == "precomputed" or (kind is None and not named):

@@ -186,6 +186,6 @@ def test_a_single_file_by_url_is_fetched_once_and_read_as_the_local_file(served_
         before = stats.requests
         again = read_image(f"{url}/{name}")
         assert "read the copy kept at" in again.note and stats.requests - before == 1
-    (data, meta, kind), = url_layers(f"{url}/scan.tif")
+    (data, meta, kind), = url_layers(f"{url}/scan.tif?download=1")
     assert meta["name"] == "scan" and meta["scale"] == (2.5, 2.5) and np.array_equal(data, img)
     assert not list(cache_dir().glob(".*partial*"))

@@ -36,7 +36,8 @@ from .common import (
     SER_SUFFIXES, TIFF_SUFFIXES, ImageData,
 )
 
-__all__ = ["cache_dir", "download", "h5_url", "is_single_file", "source_prefix", "split_url", "read_url", "url_of"]
+__all__ = ["cache_dir", "download", "h5_url", "is_single_file", "source_prefix", "split_url", "read_url", "url_file_name",
+           "url_of"]
 
 #: Which package serves each protocol, for the one-line refusal when it is missing.
 _BACKENDS = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
@@ -76,10 +77,15 @@ def is_single_file(url: str) -> bool:
     --------
     >>> is_single_file("https://ftp.ebi.ac.uk/pub/databases/emdb/structures/EMD-1234/map/emd_1234.map.gz")
     True
-    >>> is_single_file("gs://bucket/volume")
-    False
+    >>> is_single_file("https://zenodo.org/records/1/files/stack.tif?download=1"), is_single_file("gs://bucket/volume")
+    (True, False)
     """
-    return url.rstrip("/").rsplit("/", 1)[-1].lower().endswith(_SINGLE)
+    return url_file_name(url).lower().endswith(_SINGLE)
+
+
+def url_file_name(url: str) -> str:
+    """The last part of a URL's path, without its query (``?download=1``) or fragment."""
+    return url.split("#", 1)[0].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def cache_dir() -> Path:
@@ -100,7 +106,7 @@ def download(url: str) -> tuple[Path, str]:
     looks whole."""
     from .fetch import open_file, remote_size
 
-    name = url.rstrip("/").rsplit("/", 1)[-1]
+    name = url_file_name(url)
     local = cache_dir() / f"{hashlib.sha1(url.encode()).hexdigest()[:16]}-{name}"
     size = remote_size(url)
     if local.is_file() and (size is None or local.stat().st_size == size):
