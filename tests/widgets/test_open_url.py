@@ -8,7 +8,7 @@ import pytest
 
 from napari_emdiffuse.engine.io.images import write_image
 from tests.engine.io.test_precomputed import _precomputed
-from tests.widgets.test_widgets import _dock, plugin, viewer  # noqa: F401 - fixtures
+from tests.widgets.test_widgets import _dock, _quick_restore_dock, _wait, errors, models, plugin, viewer  # noqa: F401
 
 pytest.importorskip("aiohttp", reason="http(s) URLs are read through aiohttp (the [all] extra)")
 
@@ -67,3 +67,20 @@ def test_url_layers_name_each_kind_of_store(served):
         f.create_dataset("volumes/raw", data=vol).attrs["resolution"] = (40.0, 4.0, 4.0)
     (data, meta, kind), = url_layers(f"{url}/cremi.hdf/volumes/raw")
     assert meta["name"] == "cremi.hdf/volumes/raw" and meta["scale"] == (40.0, 4.0, 4.0) and np.array_equal(data[...], vol)
+
+
+def test_a_volume_opened_by_url_restores_in_the_restore_dock(viewer, qtbot, served, models, errors, tmp_path):
+    """A precomputed volume opened by URL (its scales a multiscale layer) restores in the
+    Restore dock like a local one: into a zarr store, with its voxel size."""
+    folder, url = served
+    vol = (np.random.default_rng(4).random((3, 40, 48)) * 255).astype(np.uint8)
+    _precomputed(folder / "cells", vol, chunk=(3, 16, 16), offset=(0, 0, 0))
+    w = _dock(viewer, "Open by URL")
+    assert _open(qtbot, w, f"precomputed://{url}/cells") == "done"
+    r = _quick_restore_dock(viewer, models, viewer.layers["cells"])
+    r.output.setText(str(tmp_path / "cells_denoised.zarr"))
+    assert r.run()
+    _wait(qtbot, r)
+    assert not errors, errors
+    out = viewer.layers["cells_denoised"]
+    assert out.data.shape == vol.shape and tuple(out.scale) == (40.0, 4.0, 4.0)
