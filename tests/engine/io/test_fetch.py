@@ -93,3 +93,19 @@ def test_a_cutout_of_a_remote_volume_reads_only_its_chunks(served_counted, tmp_p
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_every_array_of_a_process_shares_one_bounded_cache(tmp_path, monkeypatch):
+    """Two volumes (as the scales of a multiscale layer) keep their chunks in the process's one
+    cache, within its bound; a volume opened again reads its files again."""
+    from napari_emdiffuse.engine.io import chunkcache
+
+    monkeypatch.setattr(chunkcache, "CHUNK_CACHE_BYTES", 5 * (4 * 16 * 16 + 64))  # room for 5 chunks of 4 x 16 x 16
+    vol = (np.arange(8 * 32 * 32) % 251).astype(np.uint8).reshape(8, 32, 32)
+    a = read_image(_precomputed(tmp_path / "a", vol, chunk=(4, 16, 16), offset=(0, 0, 0))).data
+    b = read_image(_precomputed(tmp_path / "b", vol[:, ::-1], chunk=(4, 16, 16), offset=(0, 0, 0))).data
+    assert np.array_equal(a[...], vol) and np.array_equal(b[...], vol[:, ::-1])  # 8 chunks each
+    cache = chunkcache.shared_cache()
+    assert 0 < cache.nbytes <= chunkcache.CHUNK_CACHE_BYTES
+    (tmp_path / "a" / "4_4_40" / "0-16_0-16_0-4").write_bytes(np.full(4 * 16 * 16, 7, np.uint8).tobytes())
+    assert np.all(read_image(tmp_path / "a").data[0:4, 0:16, 0:16] == 7)  # opened again: the new chunk

@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import InputError
 from .bdv import bdv_n5_spacing
 from .calibration import to_nm
-from .chunkcache import MISSING, ChunkCache
+from .chunkcache import MISSING, new_token, shared_cache
 from .common import N5_SUFFIX, ImageData, is_url, likely_image, suffix_of
 from .fetch import Where, join, parent, read_bytes, read_many
 from .views import LazyArray, drop_single_axes, full_index
@@ -230,7 +230,8 @@ class N5Array(LazyArray):
         if len(self.chunks) != len(self.shape) or min(self.chunks, default=1) < 1:
             raise InputError(f"cannot read '{where}': its blockSize {attrs.get('blockSize')} does not fit its dimensions")
         # Blocks deeper than a slice are read again by each slice of a run: keep them (:mod:`.chunkcache`).
-        self._cache = ChunkCache() if len(self.chunks) == 3 and self.chunks[0] > 1 else None
+        self._cache = shared_cache() if len(self.chunks) == 3 and self.chunks[0] > 1 else None
+        self._token = new_token()  # this opening's: opened again (rewritten since?), read again
 
     def __getitem__(self, key: Any) -> np.ndarray:
         ranges, drop = _ranges(key, self.shape)
@@ -261,13 +262,13 @@ class N5Array(LazyArray):
     def _blocks(self, blocks: list[list[int]]) -> list[np.ndarray]:
         """Each block's pixels (:data:`MISSING` where never written): kept ones from the cache,
         the others read together (by URL, concurrently)."""
-        got = [self._cache.get(tuple(b)) if self._cache is not None else None for b in blocks]
+        got = [self._cache.get((self._token, *b)) if self._cache is not None else None for b in blocks]
         todo = [i for i, pixels in enumerate(got) if pixels is None]
         paths = [self._at(self.name, *[str(b) for b in reversed(blocks[i])]) for i in todo]  # x first on disk
         for i, path, raw in zip(todo, paths, read_many(paths)):
             got[i] = self._block(raw, path) if raw is not None else MISSING
             if self._cache is not None:
-                self._cache.put(tuple(blocks[i]), got[i])
+                self._cache.put((self._token, *blocks[i]), got[i])
         return got  # type: ignore[return-value]
 
     def _block(self, raw: bytes, path: Where) -> np.ndarray:

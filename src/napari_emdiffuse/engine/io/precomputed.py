@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .chunkcache import MISSING, ChunkCache
+from .chunkcache import MISSING, new_token, shared_cache
 from .common import ImageData, is_url, reason
 from .fetch import Where, join, parent, read_bytes, read_many
 from .sharded import ShardReader, ShardingSpec, morton_bits, morton_key
@@ -158,7 +158,8 @@ class PrecomputedArray(LazyArray):
         self.chunks: tuple[int, ...] = chunk[::-1]
         self.shards: ShardReader | None = None
         # Chunks deeper than a slice are read again by each slice of a run: keep them (:mod:`.chunkcache`).
-        self._cache = ChunkCache() if self.chunks[0] > 1 else None
+        self._cache = shared_cache() if self.chunks[0] > 1 else None
+        self._token = new_token()  # this opening's: opened again (rewritten since?), read again
         if scale.get("sharding"):
             self.shards = ShardReader(self._at(self.name), ShardingSpec.parse(scale["sharding"], where))
             self.morton = morton_bits(tuple(-(-n // c) for n, c in zip(size, chunk)))  # the grid, x y z
@@ -192,12 +193,12 @@ class PrecomputedArray(LazyArray):
     def _chunks(self, blocks: list[tuple[int, int, int]]) -> list[np.ndarray]:
         """Each chunk's pixels (:data:`MISSING` where never written): kept ones from the cache,
         the others read together (by URL, concurrently)."""
-        got = [self._cache.get(b) if self._cache is not None else None for b in blocks]
+        got = [self._cache.get((self._token, *b)) if self._cache is not None else None for b in blocks]
         todo = [i for i, pixels in enumerate(got) if pixels is None]
         for i, (path, raw) in zip(todo, self._fetch([blocks[i] for i in todo])):
             got[i] = self._pixels(raw, path, blocks[i]) if raw is not None else MISSING
             if self._cache is not None:
-                self._cache.put(blocks[i], got[i])
+                self._cache.put((self._token, *blocks[i]), got[i])
         return got  # type: ignore[return-value]
 
     def _fetch(self, blocks: list[tuple[int, int, int]]) -> list[tuple[Where, bytes | None]]:
