@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,23 @@ __all__ = ["PrecomputedArray", "precomputed_of", "precomputed_scales", "precompu
 _ENCODINGS = ("raw", "jpeg")
 
 
+#: A URL's info as read in the last 2 seconds: opening a volume reads it for the volume, its
+#: scale and each scale of a multiscale layer, each a round trip otherwise.
+_RECENT: dict[str, tuple[float, bytes]] = {}
+_RECENT_SECONDS = 2.0
+
+
 def _info(folder: Where) -> dict | None:
     where = join(folder, "info")
     try:
-        info = json.loads(read_bytes(where).decode("utf-8"))
+        if isinstance(where, Path):
+            raw = read_bytes(where)
+        else:
+            at, raw = _RECENT.get(where, (0.0, b""))
+            if time.monotonic() - at > _RECENT_SECONDS:
+                raw = read_bytes(where)
+                _RECENT[where] = (time.monotonic(), raw)
+        info = json.loads(raw.decode("utf-8"))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError, UnicodeDecodeError):
         return None  # no such file, or not JSON
     except OSError as exc:  # a URL that answers with an error (no access, no host) says so
