@@ -3,8 +3,12 @@
 Seamless restoration keeps a whole-image sampling state; at every sampler step the network
 runs on overlapping tiles of it and the tile predictions are merged with smooth weights
 (:class:`TilePlan`). Noise is a function of the global pixel position, the seed, the sample
-and the step (:func:`position_noise`), so a result does not depend on tile size, batch size,
-tile order, block layout of a streamed run, or how many workers ran it.
+and the step (:func:`position_noise`), so the noise does not depend on tile size, batch size,
+tile order, block layout of a streamed run, or how many workers ran it, and a result does not
+depend on the batch size, the tile order or the workers. The tiles of a block are spread over
+its own window, and the networks' GroupNorm layers normalise each tile by its own statistics:
+another block size, or a region, moves the tiles and changes a result by a fraction of a grey
+level on average (0.4 on a real SEM image; 5 to 13 at a few pixels).
 """
 
 from __future__ import annotations
