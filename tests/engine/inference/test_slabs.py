@@ -83,3 +83,18 @@ def test_a_slab_over_its_memory_bound_is_read_in_parts(monkeypatch):
         assert np.array_equal(planes[z, 0:20, 0:30], stack[z])
         reads.append(src.slices_read)
     assert reads == [3, 3, 3, 6, 6, 6, 8, 8]
+
+
+def test_a_napari_layer_of_a_store_is_read_through_the_store(tmp_path):
+    """A dask array that only wraps a deep-chunked store (how napari shows one) takes the
+    store's chunk depth and is read slab by slab from the store; other dask arrays are not."""
+    import dask.array as da
+
+    img = (np.arange(8 * 20 * 30) % 251).astype(np.uint8).reshape(8, 20, 30)
+    src = zarr.open_array(str(tmp_path / "deep.zarr"), mode="w", shape=img.shape, dtype=img.dtype, chunks=(4, 10, 10))
+    src[:] = img
+    layer = da.from_zarr(src)
+    planes = SlabPlanes(layer)
+    assert chunk_depth(layer) == 4 and planes.depth == 4 and planes.image is not layer
+    assert np.array_equal(planes[5, 2:12, 3:9], img[5, 2:12, 3:9])
+    assert chunk_depth(layer + 1) == 1 and chunk_depth(layer[1:]) == 1  # computed on, sliced: no store under them

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..io.sources import wrapped_array
+
 __all__ = ["SLAB_BYTES", "SlabPlanes", "chunk_depth", "in_slab_order", "slab_groups"]
 
 #: The most bytes one slab may take (two are kept): a 2048² block with its halo of 64 slices
@@ -25,7 +27,8 @@ SLAB_BYTES = 512 << 20
 
 def chunk_depth(image: Any) -> int:
     """Slices per chunk along the first axis of a stack stored in chunks (zarr, N5, HDF5,
-    precomputed, or a view of one); 1 for a 2D image, an array in memory or a dask array.
+    precomputed, a view of one, or a dask array that only wraps one); 1 for a 2D image, an
+    array in memory or another dask array.
 
     Examples
     --------
@@ -33,7 +36,9 @@ def chunk_depth(image: Any) -> int:
     >>> chunk_depth(zarr.zeros((10, 64, 64), chunks=(4, 32, 32))), chunk_depth(np.zeros((10, 4, 4)))
     (4, 1)
     """
-    if isinstance(image, np.ndarray) or hasattr(image, "dask") or len(getattr(image, "shape", ())) != 3:
+    if hasattr(image, "dask"):  # a napari layer of a store: the store's chunks
+        image = wrapped_array(image)
+    if image is None or isinstance(image, np.ndarray) or len(getattr(image, "shape", ())) != 3:
         return 1
     try:
         depth = int(getattr(image, "chunks", None)[0])  # type: ignore[index]
@@ -85,7 +90,9 @@ class SlabPlanes:
     """
 
     def __init__(self, image: Any, depth: int | None = None) -> None:
-        self.image = image
+        # A dask array that only wraps a store (a napari layer) is read through the store.
+        wrapped = wrapped_array(image) if hasattr(image, "dask") else None
+        self.image = wrapped if wrapped is not None else image
         self.depth = chunk_depth(image) if depth is None else max(1, int(depth))
         self.shape = tuple(image.shape)
         self.dtype = np.dtype(image.dtype)

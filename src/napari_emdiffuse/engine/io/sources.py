@@ -20,7 +20,7 @@ from .tiff import TiffArray
 from .velox import velox_dataset
 from .views import AxesPicked, FramesFirst
 
-__all__ = ["source_of", "open_source"]
+__all__ = ["source_of", "open_source", "wrapped_array"]
 
 
 def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] | None:
@@ -31,7 +31,7 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
     wraps one of these (``da.from_array``, ``da.from_zarr``: how napari layers of files and
     stores come); None for anything else (numpy, other dask arrays)."""
     if hasattr(array, "dask"):  # a napari layer of a file or store: the array it wraps, if nothing else
-        array = _dask_original(array)
+        array = wrapped_array(array)
         if array is None:
             return None
     lead, trail = (array.lead, array.trail) if isinstance(array, AxesPicked) else ((), ())
@@ -93,9 +93,10 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
     return AxesPicked(arr, lead, trail) if lead or trail else arr
 
 
-def _dask_original(array: Any) -> Any:
+def wrapped_array(array: Any) -> Any:
     """The array a dask array was made from by ``da.from_array`` (or ``from_zarr``) and nothing
-    else, whole; None for any other dask array (sliced, computed on, stacked)."""
+    else, whole (a napari layer of a file or store); None for any other dask array (sliced,
+    computed on, stacked)."""
     layers = getattr(array.dask, "layers", None)
     if layers is None or len(layers) != 2:
         return None
