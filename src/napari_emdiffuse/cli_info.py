@@ -29,6 +29,8 @@ def info_names(given: str) -> list[str]:
 def describe(name: str, *, channel: int | None = None, time: int | None = None) -> tuple[dict, str]:
     """How ``name`` is read (its ``channel`` / ``time`` picked), as a record (``info --json``)
     and as a line."""
+    import numpy as np
+
     from .engine.core.alikeness import slice_alikeness
     from .engine.errors import InputError
     from .engine.io.images import read_image
@@ -93,4 +95,9 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
             line += f"; {found.describe()}"
         except InputError:  # slices too small to compare
             pass
+    record["bytes"] = int(np.prod(data.shape, dtype=np.float64)) * np.dtype(data.dtype).itemsize
+    if record["bytes"] >= 1 << 30:  # what a whole run reads and writes: say so, and the way round it
+        size = next(f"{record['bytes'] / 10**e:.1f} {u}" for e, u in ((15, "PB"), (12, "TB"), (9, "GB"))
+                    if record["bytes"] >= 10**e)  # fmt: skip
+        line += f"; {size} of pixels: restore a part with --region, or the whole into a .zarr output"
     return record, line

@@ -156,3 +156,18 @@ def test_a_restoration_from_a_precomputed_url_equals_the_local_one(served, tiny_
     assert main(["denoise", str(folder / "noisy"), "-o", str(folder / "local.tif"), *common]) == 0
     remote, local = (read_image(folder / n) for n in ("remote.tif", "local.tif"))
     assert np.array_equal(remote.data, local.data) and remote.spacing == pytest.approx((40.0, 4.0, 4.0))
+
+
+def test_info_says_how_large_a_volume_is_and_the_way_round_it(tmp_path, capsys):
+    """A 32 TB volume (the info of H01's size, no chunk written): `info` reads its info and a
+    crop, says its size and that a region or a zarr output is the way to restore it."""
+    from napari_emdiffuse.cli import main
+
+    scale = {"key": "8_8_33", "size": [65536, 98304, 5000], "voxel_offset": [0, 0, 0], "resolution": [8, 8, 33],
+             "chunk_sizes": [[128, 128, 32]], "encoding": "raw"}  # fmt: skip
+    (tmp_path / "h01").mkdir()
+    (tmp_path / "h01" / "info").write_text(json.dumps({"data_type": "uint8", "num_channels": 1, "scales": [scale]}))
+    assert main(["info", str(tmp_path / "h01")]) == 0
+    out = capsys.readouterr().out
+    assert "5000 x 98304 x 65536 uint8" in out and "32.2 TB of pixels: restore a part with --region" in out
+    assert main(["info", str(tmp_path / "h01" / "8_8_33")]) == 0 and "TB" in capsys.readouterr().out
