@@ -105,7 +105,7 @@ def _channels(path: str, name: str) -> list[LayerData]:
 
 def get_ome_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """The reader for one OME-Zarr store (a ``.ome.zarr`` folder with ``multiscales``, NGFF
-    0.4 or 0.5, or the URL of one: ``viewer.open("https://host/vol.ome.zarr")``), else None."""
+    0.4 or 0.5, or the URL of one: ``viewer.open("https://host/vol.ome.zarr", plugin="napari-emdiffuse")``), else None."""
     from .engine.io.common import is_url
     from .engine.io.zarr import is_ome, ome_levels
 
@@ -269,7 +269,7 @@ def get_slices_reader(path: str | list[str]) -> Callable[[str | list[str]], list
 
 def get_precomputed_url_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """The reader for a neuroglancer precomputed volume by URL, as neuroglancer names its
-    source (``viewer.open("precomputed://gs://bucket/volume")``), else None."""
+    source (``viewer.open("precomputed://gs://bucket/volume", plugin="napari-emdiffuse")``), else None."""
     path = _one(path)
     return _read_precomputed if path is not None and path.lower().startswith("precomputed://") else None
 
