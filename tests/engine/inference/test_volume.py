@@ -103,7 +103,7 @@ def test_a_lateral_region_comes_out_as_in_the_whole_run(model, monkeypatch):
     # the noise is drawn at the region's place in the whole volume: the canvas starts at column 24
     origins = []
     real = volume.sample_canvas
-    monkeypatch.setattr(volume, "sample_canvas", lambda *a, **k: origins.append(k["origin"]) or real(*a, **k))
+    monkeypatch.setattr(volume, "sample_canvas", lambda *a, **k: origins.append(k["offset"]) or real(*a, **k))
     reconstruct_isotropic(data, 2, model, region=(0, 8, 40, 56), **FAST)
     assert origins and all(o == (0, 24) for o in origins), origins
     with pytest.raises(InputError, match="reconstructed in memory"):
@@ -481,3 +481,22 @@ def test_denoise_first_distributed_equals_in_process(model, vol, tmp_path):
     assert np.allclose(np.asarray(res.uncertainty[...]), ref.uncertainty, atol=1e-4)
     assert np.asarray(res.uncertainty[0]).min() > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.zarr", "dist_uncertainty.zarr"]
+
+
+def test_a_one_pass_reconstruction_gives_the_same_voxels_whatever_the_blocks():
+    """Blocks run the volume's own tiles: any block size (the one the GPU's memory allows)
+    gives the same voxels, but for float rounding. Control: a block reconstructed on its
+    own (its own tiles and canvas) differs."""
+    from tests.engine.models.test_predictors import predictor
+
+    m = predictor("isotropic-i", out_channel=2, perturb=0.05)
+    rng = np.random.default_rng(4)
+    data = (rng.random((3, 100, 90)) * 200).astype(np.float32)
+    kw = dict(tile=32, overlap=8, device="cpu", dtype=np.float32)
+    ref = reconstruct_isotropic(data, 3, m, block=2048, uncertainty=True, **kw)
+    for block in (32, 48):
+        r = reconstruct_isotropic(data, 3, m, block=block, uncertainty=True, **kw)
+        assert np.abs(r.volume - ref.volume).max() < 0.05, block
+        assert np.abs(r.uncertainty - ref.uncertainty).max() < 0.05, block
+    alone = reconstruct_isotropic(data[:, 32:64, 32:64].copy(), 3, m, **kw).volume
+    assert np.abs(alone - ref.volume[:, 32:64, 32:64]).mean() > 0.05

@@ -1,11 +1,12 @@
 """The one block plan: how an image, a stack or a volume is cut into blocks.
 
 Every restoration runs block by block, in memory or into a zarr store, on one machine or on
-a dask cluster: the plan, not the machine, fixes the result. A block is read with a halo of
-half a tile (its border tiles then see what a whole-image canvas would show them) and only
-its centre is written. Blocks coincide with the output's chunks, so no two tasks ever write
-one chunk. When a block does not fit the GPU, the whole plan is made again with blocks half
-the size (:func:`shrinking_blocks`).
+a dask cluster. A block runs the whole image's tiles that reach it (:class:`~.tiling.TileGrid`),
+reading the input they cover, and only its centre is written; so neither the machine nor the
+block size fixes the result (a one-pass model gives the same pixels with any blocks; a
+sampler of several steps sees half a tile of context around a block). Blocks coincide with
+the output's chunks, so no two tasks ever write one chunk. When a block does not fit the GPU,
+the whole plan is made again with blocks half the size (:func:`shrinking_blocks`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..io.sources import source_of
 from ..io.zarr import BLOCKS_TOTAL, ZarrWriter, finished_with, unfinished_runs
 from .canvas import SamplingOptions
 from .normalise import NormInfo
-from .tiling import block_slices
+from .tiling import block_slices, tile_halo
 
 __all__ = [
     "BlockPlan", "BlockTarget", "BlockRun", "Distribute", "shrinking_blocks", "zarr_outputs", "DEFAULT_BLOCK",
@@ -48,6 +49,9 @@ class BlockPlan:
 
     ``ys`` and ``xs`` hold one (read, write, crop) triple of slices per block row and
     column, in input pixels; ``scale`` is the lateral up-sampling (super-resolution).
+    ``written``: the rows and columns (y0, y1, x0, x1) the output holds, a region of the
+    image, or None for all of it. A block reads every tile of the whole image's
+    :class:`~.tiling.TileGrid` that reaches it (:func:`~.tiling.tile_halo`).
 
     Examples
     --------
@@ -57,6 +61,8 @@ class BlockPlan:
     >>> plan = BlockPlan.make((5, 300, 200), block=128, opts=opts, factor=3)
     >>> plan.out_shape, plan.chunks, len(plan.jobs())
     ((13, 300, 200), (1, 128, 128), 24)
+    >>> BlockPlan.make((300, 200), block=128, opts=opts, region=(slice(10, 50), slice(0, 200))).out_shape
+    (40, 200)
     """
 
     nz: int
@@ -68,41 +74,55 @@ class BlockPlan:
     ys: tuple
     xs: tuple
     block: int
+    written: tuple[int, int, int, int] | None = None
 
     @classmethod
     def make(
-        cls, shape: tuple[int, ...], *, block: int, opts: SamplingOptions, scale: int = 1, factor: int = 1
+        cls,
+        shape: tuple[int, ...],
+        *,
+        block: int,
+        opts: SamplingOptions,
+        scale: int = 1,
+        factor: int = 1,
+        region: tuple[slice, slice] | None = None,
     ) -> "BlockPlan":
         is_stack = len(shape) == 3
         nz, h, w = shape if is_stack else (1, *shape)
-        halo = max(opts.tile // (2 * scale), opts.overlap)
+        halo = tile_halo(opts.tile, opts.overlap, scale)
         block = max(int(block), opts.tile)
-        ys, xs = tuple(block_slices(h, block, halo)), tuple(block_slices(w, block, halo))
-        return cls(nz, h, w, scale, factor, is_stack, ys, xs, block)
+        rows, cols = region if region is not None else (slice(0, h), slice(0, w))
+        ys = tuple(block_slices(h, block, halo, rows.start, rows.stop))
+        xs = tuple(block_slices(w, block, halo, cols.start, cols.stop))
+        written = None if region is None else (rows.start, rows.stop, cols.start, cols.stop)
+        return cls(nz, h, w, scale, factor, is_stack, ys, xs, block, written)
+
+    @property
+    def bounds(self) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1): the input rows and columns whose result the output holds."""
+        return self.written or (0, self.height, 0, self.width)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
         s = self.scale
+        y0, y1, x0, x1 = self.bounds
+        h, w = y1 - y0, x1 - x0
         if self.factor > 1:
-            return ((self.nz - 1) * self.factor + 1, self.height, self.width)
-        return (self.nz, self.height * s, self.width * s) if self.is_stack else (self.height * s, self.width * s)
+            return ((self.nz - 1) * self.factor + 1, h, w)
+        return (self.nz, h * s, w * s) if self.is_stack else (h * s, w * s)
 
     @property
     def chunks(self) -> tuple[int, ...]:
         # One chunk per block (output pixels): parallel writers never share a chunk.
         s = self.scale
-        yx = (min(self.block, self.height) * s, min(self.block, self.width) * s)
+        y0, y1, x0, x1 = self.bounds
+        yx = (min(self.block, y1 - y0) * s, min(self.block, x1 - x0) * s)
         return (1, *yx) if self.is_stack else yx
 
     def jobs(self) -> list[tuple[int, int, int]]:
         """(z, block row, block column) of every task; z runs over gaps for a volume."""
         nz = self.nz - 1 if self.factor > 1 else self.nz
         return [(z, iy, ix) for z in range(nz) for iy in range(len(self.ys)) for ix in range(len(self.xs))]
-
-    def read_shape(self, iy: int, ix: int) -> tuple[int, int]:
-        """Input pixels (with halo) that block (iy, ix) reads."""
-        ry, rx = self.ys[iy][0], self.xs[ix][0]
-        return ry.stop - ry.start, rx.stop - rx.start
 
 
 @dataclass(frozen=True)

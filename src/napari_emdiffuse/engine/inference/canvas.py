@@ -5,6 +5,9 @@ generate) is cut into overlapping tiles, the tiles are batched through the netwo
 the noise predictions are merged back with smooth weights before the sampler update. The
 sampler therefore sees one consistent whole-image prediction, and no seams form even with
 small overlaps; merely blending independently sampled tiles afterwards leaves bands.
+
+The mirror ensemble flips each tile, not the canvas: a mirrored sample runs the same tiles
+as the unmirrored one, so it too is the same whatever the block layout (:mod:`.tiling`).
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from ..events import Progress
 from ..models.cards import ModelCard
 from ..models.device import BF16_NEEDS, native_bf16
 from ..models.model import EMDiffuseModel
-from .tiling import TilePlan, check_tiling, position_noise, round_up
+from .tiling import TileGrid, TilePlan, check_tiling, context_margin, position_noise, round_up
 
 __all__ = [
     "PRESETS", "SAMPLING_KEYS", "SamplingOptions", "Item", "resolve_options", "sampling_request", "sample_canvas",
     "auto_tile", "check_precision", "with_structure", "STRUCTURE_SIGMA", "resolve_blur", "CPU_BATCH_PIXELS",
+    "block_tiles", "is_multistep",
 ]  # fmt: skip
 
 PRESETS: dict[str, dict] = {
@@ -87,19 +91,9 @@ class SamplingOptions:
         return self.steps or 0
 
 
-#: Axes of the (N, C, H, W) canvas, or of one (H, W) sample, to flip for the mirror ensemble:
-#: identity, left-right, up-down, both. Negative, so the same tuple serves both.
+#: Axes of a (C, H, W) tile to flip for the mirror ensemble: identity, left-right, up-down,
+#: both.
 MIRRORS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-
-
-def mirror_views(cond: torch.Tensor, views: int) -> torch.Tensor:
-    """The canvas ``cond`` (1, C, H, W) and its first ``views - 1`` mirror images, stacked."""
-    return torch.cat([torch.flip(cond, MIRRORS[v]) if MIRRORS[v] else cond for v in range(views)])
-
-
-def unmirror(planes: torch.Tensor, flips: Sequence[tuple[int, ...]]) -> torch.Tensor:
-    """Each (H, W) plane of ``planes`` flipped back by its view's axes (``MIRRORS`` entries)."""
-    return torch.stack([torch.flip(p, f) if f else p for p, f in zip(planes, flips)])
 
 
 @dataclass(frozen=True)
@@ -112,8 +106,8 @@ class Item:
     # Level-conditioned predictors: how far into the gap the slice lies, j / factor
     # (gap depth), or the acquisition blur (blur-conditioned super-resolution).
     level: float | None = None
-    # Axes along which this item's canvas is a mirror image of the input (mirror ensemble):
-    # its noise is mirrored too, so every image pixel gets the noise of its own position.
+    # Axes along which the network sees this item's tiles mirrored (mirror ensemble); its
+    # state and noise stay in place, so every pixel gets the noise of its own position.
     flip: tuple[int, ...] = ()
 
 
@@ -339,13 +333,19 @@ def sample_canvas(
     items: Sequence[Item],
     opts: SamplingOptions,
     *,
-    origin: tuple[int, int] = (0, 0),
+    plan: TilePlan | None = None,
+    offset: tuple[int, int] = (0, 0),
     progress_offset: int = 0,
     progress_total: int | None = None,
     start: torch.Tensor | None = None,
     std_scale: float | None = None,
 ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor | None]]:
     """Sample every item over the whole canvas ``cond`` (N_cond, C, H, W), model range.
+
+    ``plan``: the tiles, where the canvas lies in the whole image's canvas (its ``origin``
+    seeds the noise) and the whole canvas's size (:meth:`~.tiling.TileGrid.window`); by
+    default the canvas is the whole and its tiles are spread over it. ``offset``: where that
+    whole lies in a larger image (a region restored on its own), for the noise's positions.
 
     With ``opts.start_log_snr``, sampling starts from ``start`` (default: the condition, or
     for vEM the interpolation of its two slices) noised to that level.
@@ -360,10 +360,14 @@ def sample_canvas(
     device = cond.device
     _, _, height, width = cond.shape
     mult = model.card.network.size_multiple
-    tile_h, tile_w = min(opts.tile, height), min(opts.tile, width)
+    if plan is None:
+        plan = TilePlan(height, width, min(opts.tile, height), min(opts.tile, width), opts.overlap)
+    elif (plan.height, plan.width) != (height, width):
+        raise ValueError(f"a tile plan of {plan.height}x{plan.width} for a canvas of {height}x{width}")
+    tile_h, tile_w = plan.tile_h, plan.tile_w
+    origin = (plan.origin[0] + offset[0], plan.origin[1] + offset[1])
     if tile_h % mult or tile_w % mult:
         raise InputError(f"canvas {height}x{width} is not a multiple of {mult}; pad it first")
-    plan = TilePlan(height, width, tile_h, tile_w, opts.overlap)
     weights, total_w = plan.weights(device)
     tiles = plan.tiles
     net = _network(model, opts)
@@ -375,8 +379,8 @@ def sample_canvas(
     runs = items
     by_level = bool(card.network.gap_depth or card.network.blur_level)
     if card.kind == "regression":
-        keys = dict.fromkeys((it.cond, it.level if by_level else None) for it in items)
-        runs = [Item(cond=c, stream=(), level=d) for c, d in keys]
+        keys = dict.fromkeys((it.cond, it.level if by_level else None, it.flip) for it in items)
+        runs = [Item(cond=c, stream=(), level=d, flip=f) for c, d, f in keys]
     state = {"batch": max(1, opts.batch), "logvar": None}
     n_batches = math.ceil(len(runs) * len(tiles) / state["batch"])
     steps = opts.n_steps if card.kind == "diffusion" else 1
@@ -406,7 +410,8 @@ def sample_canvas(
                 y, xx = tiles[t]
                 sl = (slice(y, y + tile_h), slice(xx, xx + tile_w))
                 c = cond[its[i].cond, :, sl[0], sl[1]]
-                parts.append(c if x is None else torch.cat([c, x[i, :, sl[0], sl[1]]], dim=0))
+                c = c if x is None else torch.cat([c, x[i, :, sl[0], sl[1]]], dim=0)
+                parts.append(torch.flip(c, its[i].flip) if its[i].flip else c)
             inp = torch.stack(parts)
             if by_level and x is None:
                 level = torch.tensor([its[i].level for i, _ in chunk], dtype=torch.float32, device=device)
@@ -424,9 +429,11 @@ def sample_canvas(
             eps = eps.float()
             for k, (i, t) in enumerate(chunk):
                 y, xx = tiles[t]
-                out[i, :, y : y + tile_h, xx : xx + tile_w] += eps[k] * weights[t]
+                f = its[i].flip
+                out[i, :, y : y + tile_h, xx : xx + tile_w] += (torch.flip(eps[k], f) if f else eps[k]) * weights[t]
                 if var is not None and logvar is not None:
-                    var[i, :, y : y + tile_h, xx : xx + tile_w] += logvar[k].float() * weights[t]
+                    lv = logvar[k].float()
+                    var[i, :, y : y + tile_h, xx : xx + tile_w] += (torch.flip(lv, f) if f else lv) * weights[t]
             pos += len(chunk)
             counter["done"] += 1
             yield Progress(
@@ -441,11 +448,11 @@ def sample_canvas(
 
     if card.kind == "regression":
         pred = yield from model_fn(None, 1.0, runs)  # type: ignore[arg-type]
-        row = {(c.cond, c.level): r for r, c in enumerate(runs)}
+        row = {(c.cond, c.level, c.flip): r for r, c in enumerate(runs)}
         if by_level:
-            pick = ([row[(it.cond, it.level)] for it in items], [0] * len(items))
+            pick = ([row[(it.cond, it.level, it.flip)] for it in items], [0] * len(items))
         else:
-            pick = ([row[(it.cond, None)] for it in items], [max(0, it.slice_index or 0) for it in items])
+            pick = ([row[(it.cond, None, it.flip)] for it in items], [max(0, it.slice_index or 0) for it in items])
         # Not clipped: the normalisation's percentiles are not the image's limits, and the
         # darkest membranes lie below the 0.5th percentile (to_dtype clips to the dtype).
         samples = pred[pick].cpu()
@@ -457,11 +464,10 @@ def sample_canvas(
         return samples, variance
 
     def noise_fn(step: int) -> torch.Tensor:
-        planes = []
-        for it in items:
-            n = position_noise(height, width, seed=opts.seed, origin=origin, stream=(*it.stream, step), device=device)
-            planes.append(torch.flip(n, it.flip) if it.flip else n)
-        return torch.stack(planes)[:, None]
+        return torch.stack([
+            position_noise(height, width, seed=opts.seed, origin=origin, stream=(*it.stream, step), device=device)
+            for it in items
+        ])[:, None]  # fmt: skip
 
     x = noise_fn(-1)
     if opts.start_log_snr is not None:
@@ -556,3 +562,34 @@ def canvas_size(n: int, mult: int) -> int:
     """Canvas edge for an image edge: a multiple of the network's, and never so small
     that the coarsest level's normalisation sees a single pixel."""
     return max(round_up(n, mult), round_up(32, mult), 2 * mult)
+
+
+def is_multistep(model: EMDiffuseModel, opts: SamplingOptions) -> bool:
+    """Whether a tile's input depends on its neighbours' earlier outputs (a sampler of
+    several steps, or a refiner): such a run needs context around a block."""
+    steps = opts.n_steps if model.card.kind == "diffusion" else 1
+    return steps > 1 or bool(opts.refine_samples)
+
+
+def block_tiles(
+    model: EMDiffuseModel, opts: SamplingOptions, whole: tuple[int, int], rows: slice, cols: slice, *, scale: int = 1
+) -> TilePlan:
+    """The tiles that run for the pixels ``rows`` x ``cols`` (input pixels) of an image of
+    ``whole`` pixels: those of the whole image's grid (:class:`~.tiling.TileGrid`) that reach
+    them or their context (:func:`~.tiling.context_margin`).
+
+    Examples
+    --------
+    >>> from napari_emdiffuse.engine.models.registry import load_model
+    >>> m = load_model("demo-denoise", device="cpu")
+    >>> opts = resolve_options(m, torch.device("cpu"), tile=64, overlap=16)
+    >>> plan = block_tiles(m, opts, (500, 500), slice(100, 200), slice(0, 50))
+    >>> plan.origin, plan.height, plan.width
+    ((44, 0), 196, 108)
+    """
+    mult = model.card.network.size_multiple
+    h, w = canvas_size(whole[0] * scale, mult), canvas_size(whole[1] * scale, mult)
+    grid = TileGrid(h, w, min(opts.tile, h), min(opts.tile, w), opts.overlap)
+    margin = context_margin(max(grid.tile_h, grid.tile_w), opts.overlap, multistep=is_multistep(model, opts))
+    return grid.window(slice(rows.start * scale, rows.stop * scale), slice(cols.start * scale, cols.stop * scale),
+                       margin=margin)  # fmt: skip

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from .canvas import (
-    MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
-    sampling_request, tile_note, unmirror, with_structure,
+    MIRRORS, Item, SamplingOptions, block_tiles, combined_std, resolve_options, sample_canvas,
+    sampling_request, tile_note, with_structure,
 )
 from ..models.cards import TASKS
 from ..errors import EMDiffuseError, InputError
@@ -44,14 +44,14 @@ from .blocks import (
     input_identity, pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from ..io.ledger import Ledger
+from ..io.views import cutout
 from ..io.zarrfmt import check_zarr_format, zarr_format_part
 from .checks import (
-    check_block, check_finite, check_fits_in_memory, check_region, output_dtype, owned_array, region_with_margin,
-    validate_image,
+    check_block, check_finite, check_fits_in_memory, check_region, output_dtype, owned_array, validate_image,
 )  # fmt: skip
 from .fill import fill_mask, inpaint_nearest, upscale_mask
 from .slabs import SlabPlanes, chunk_depth, in_slab_order
-from .tiling import TilePlan, pad_to
+from .tiling import TilePlan, cut_canvas, pad_mode, pad_to
 from .zfilter import ZFilter, plan_z_filter, smooth_along_z
 
 __all__ = [
@@ -156,48 +156,59 @@ def restore_plane(
     device: torch.device,
     z: int = 0,
     origin: tuple[int, int] = (0, 0),
+    whole: tuple[int, int] | None = None,
+    keep: tuple[slice, slice] | None = None,
     progress: dict | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
-    """Restore one 2D plane (input units in, model-range mean and std out, float32).
+    """Restore the pixels ``keep`` (default: all) of one 2D plane (input units in,
+    model-range mean and std of ``keep`` times the scale out, float32).
 
-    ``origin`` is the plane's position in the whole image (input pixels), so that noise is
-    seeded by global position when the image is processed in blocks.
+    ``origin`` is the plane's position in the whole image of ``whole`` pixels (default: the
+    plane is the whole image), in input pixels: the tiles are the whole image's
+    (:func:`~.canvas.block_tiles`) and the noise is seeded by global position, so a block
+    comes out as it does in a whole-image run.
     """
     s = model.card.scale if model.card.task == "super-resolve" else 1
-    cond = make_condition(plane, norm, s, device)
-    h, w = cond.shape[-2:]
-    mult = model.card.network.size_multiple
-    ch, cw = canvas_size(h, mult), canvas_size(w, mult)
-    cond = torch.from_numpy(pad_to(cond.cpu().numpy(), ch, cw)).to(device)
-    # Mirror ensemble: sample k sees the canvas flipped by MIRRORS[k % 4] and is flipped back.
+    ph, pw = plane.shape
+    whole = whole or (origin[0] + ph, origin[1] + pw)
+    keep = keep or (slice(0, ph), slice(0, pw))
+    rows = slice(origin[0] + keep[0].start, origin[0] + keep[0].stop)
+    cols = slice(origin[1] + keep[1].start, origin[1] + keep[1].stop)
+    plan = block_tiles(model, opts, whole, rows, cols, scale=s)
+    image = (whole[0] * s, whole[1] * s)
+    cond = make_condition(plane, norm, s, device).cpu().numpy()
+    cond = torch.from_numpy(np.ascontiguousarray(cut_canvas(cond, (origin[0] * s, origin[1] * s), plan, image)))
+    cond = cond.to(device)
+    # Mirror ensemble: sample k sees its tiles flipped by MIRRORS[k % 4] (and flipped back).
     views = min(4, opts.samples) if opts.flips else 1
-    cond = mirror_views(cond, views)
     level = opts.blur if model.card.network.blur_level else None
-    items = [Item(cond=k % views, stream=(z, k), flip=MIRRORS[k % views], level=level) for k in range(opts.samples)]
+    items = [Item(cond=0, stream=(z, k), flip=MIRRORS[k % views], level=level) for k in range(opts.samples)]
     progress = progress or {}
     samples, variance = yield from sample_canvas(
         model,
         cond,
         items,
         opts,
-        origin=(origin[0] * s, origin[1] * s),
+        plan=plan,
         progress_offset=progress.get("offset", 0),
         progress_total=progress.get("total"),
     )
-    if views > 1:
-        flips = [MIRRORS[k % views] for k in range(opts.samples)]
-        samples = unmirror(samples, flips)
-        if variance is not None:
-            variance = unmirror(variance, flips)
-    samples = samples[:, :h, :w].numpy()
-    variance = None if variance is None else variance[:, :h, :w].numpy()
+    # the window's pixels of the image (not the canvas's padding past its end)
+    inside = (min(plan.height, image[0] - plan.origin[0]), min(plan.width, image[1] - plan.origin[1]))
+    samples = samples.numpy()
+    variance = None if variance is None else variance.numpy()
     if opts.refine_samples:
-        mean, std = yield from _refine(model, cond[:1], samples, variance, opts, z=z, origin=origin, progress=progress)
+        mean, std = yield from _refine(model, cond, samples, variance, opts, z=z, plan=plan, inside=inside,
+                                       mode=pad_mode(image, plan.whole), progress=progress)  # fmt: skip
     else:
         mean, std = samples.mean(axis=0), combined_std(samples, variance)
+    mean = mean[: inside[0], : inside[1]]
+    std = None if std is None else std[: inside[0], : inside[1]]
     if std is not None and model.card.uncertainty_structure > 0:
         std = with_structure(mean, std, model.card.uncertainty_structure)
-    return mean, std
+    ky = slice(rows.start * s - plan.origin[0], rows.stop * s - plan.origin[0])
+    kx = slice(cols.start * s - plan.origin[1], cols.stop * s - plan.origin[1])
+    return mean[ky, kx], None if std is None else std[ky, kx]
 
 
 def _refine(
@@ -208,56 +219,53 @@ def _refine(
     opts: SamplingOptions,
     *,
     z: int,
-    origin: tuple[int, int],
+    plan: TilePlan,
+    inside: tuple[int, int],
+    mode: str,
     progress: dict | None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     """Predict, then refine: sample K residuals around the predictor's mean with the
-    refiner, conditioned on the input and the mean. The output is the mean plus the
+    refiner, conditioned on the input and the mean, over the predictor's canvas (``plan``;
+    ``inside``: its pixels of the image, the rest padding as ``mode`` pads). The output is the mean plus the
     residuals' average; its uncertainty combines the predicted (aleatoric) variance with the
     refined samples' spread (the law of total variance, as for mirrored views)."""
     refiner = model.refiner_model()
     assert refiner is not None and model.card.refiner is not None
-    s = model.card.scale if model.card.task == "super-resolve" else 1
-    h, w = views.shape[-2:]
     mean = views.mean(axis=0)
-    ch, cw = cond.shape[-2:]
-    canvas_mean = torch.from_numpy(pad_to(mean[None], ch, cw).astype(np.float32)).to(cond.device)
-    rcond = torch.cat([cond, canvas_mean[None]], dim=1)
+    # the mean is the image's; past its end the refiner sees it padded, as the condition is
+    padded = pad_to(mean[None, : inside[0], : inside[1]], plan.height, plan.width, mode=mode)
+    canvas_mean = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32)).to(cond.device)
+    rcond = torch.cat([cond[:1], canvas_mean[None]], dim=1)
     k = opts.refine_samples
     ref = model.card.refiner
     start = ref.start_log_snr if opts.sampler != "ddpm" else None
     ropts = replace(opts, steps=opts.refine_steps, samples=k, flips=False, start_log_snr=start)
     items = [Item(cond=0, stream=(z, REFINE_STREAM + j)) for j in range(k)]
     progress = progress or {}
-    offset = progress.get("offset", 0) + _predictor_batches(model, (h, w), opts)
+    offset = progress.get("offset", 0) + _predictor_batches(model, plan, opts)
     residual, _ = yield from sample_canvas(
-        refiner, rcond, items, ropts, origin=(origin[0] * s, origin[1] * s),
-        progress_offset=offset, progress_total=progress.get("total"), start=torch.zeros(k, 1, ch, cw, device=cond.device),
+        refiner, rcond, items, ropts, plan=plan, progress_offset=offset, progress_total=progress.get("total"),
+        start=torch.zeros(k, 1, plan.height, plan.width, device=cond.device),
     )  # fmt: skip
-    refined = mean + ref.residual_scale * residual[:, :h, :w].numpy()
+    refined = mean + ref.residual_scale * residual.numpy()
     total = refined.var(axis=0)
     if variance is not None:
         total = total + variance.mean(axis=0) + (views.var(axis=0) if len(views) > 1 else 0.0)
     return refined.mean(axis=0), np.sqrt(total).astype(np.float32)
 
 
-def _predictor_batches(model: EMDiffuseModel, shape: tuple[int, int], opts: SamplingOptions) -> int:
-    s = model.card.scale if model.card.task == "super-resolve" else 1
-    mult = model.card.network.size_multiple
-    h, w = canvas_size(shape[0] * s, mult), canvas_size(shape[1] * s, mult)
-    plan = TilePlan(h, w, min(opts.tile, h), min(opts.tile, w), opts.overlap)
+def _predictor_batches(model: EMDiffuseModel, tiles: TilePlan, opts: SamplingOptions) -> int:
     steps = opts.n_steps if model.card.kind == "diffusion" else 1
-    return steps * -(-len(plan) * opts.samples // opts.batch)
+    return steps * -(-len(tiles) * opts.samples // opts.batch)
 
 
-def _plane_batches(model: EMDiffuseModel, shape: tuple[int, int], opts: SamplingOptions) -> int:
-    """Network batches one plane needs over all steps (for progress totals)."""
-    n = _predictor_batches(model, shape, opts)
+def _plane_batches(model: EMDiffuseModel, plan: BlockPlan, iy: int, ix: int, opts: SamplingOptions) -> int:
+    """Network batches block (iy, ix) of a plane needs over all steps (for progress totals)."""
+    s = plan.scale
+    tiles = block_tiles(model, opts, (plan.height, plan.width), plan.ys[iy][1], plan.xs[ix][1], scale=s)
+    n = _predictor_batches(model, tiles, opts)
     if opts.refine_samples:
-        s, mult = model.card.scale if model.card.task == "super-resolve" else 1, model.card.network.size_multiple
-        h, w = canvas_size(shape[0] * s, mult), canvas_size(shape[1] * s, mult)
-        plan = TilePlan(h, w, min(opts.tile, h), min(opts.tile, w), opts.overlap)
-        n += opts.refine_steps * -(-len(plan) * opts.refine_samples // opts.batch)
+        n += opts.refine_steps * -(-len(tiles) * opts.refine_samples // opts.batch)
     return n
 
 
@@ -320,7 +328,9 @@ def restore_block(
     plane = owned_array(planes[z, ry, rx]).astype(np.float64)
     where = f"slice {z}" if plan.is_stack else "image"
     check_finite(plane, where if len(plan.ys) * len(plan.xs) == 1 else f"{where}, block y={wy.start} x={wx.start}")
-    idx = ((z,) if plan.is_stack else ()) + (slice(wy.start * s, wy.stop * s), slice(wx.start * s, wx.stop * s))
+    y0, _, x0, _ = plan.bounds
+    idx = ((z,) if plan.is_stack else ()) + (slice((wy.start - y0) * s, (wy.stop - y0) * s),
+                                             slice((wx.start - x0) * s, (wx.stop - x0) * s))
     fill = fill_mask(plane, norm.fill)
     if fill is not None and fill[cy, cx].all():  # nothing but fill (or NaN) to write: no network pass
         dst[idx] = to_dtype(upscale_mask(plane[cy, cx], s), target.dtype)
@@ -331,12 +341,11 @@ def restore_block(
     if fill is not None:
         plane = inpaint_nearest(plane, fill)
     mu, sd = yield from restore_plane(
-        m, plane, norm, target.opts, device=target.device, z=z,
-        origin=(ry.start + target.offset[0], rx.start + target.offset[1]), progress=progress,
-    )
-    crop = (slice(cy.start * s, cy.stop * s), slice(cx.start * s, cx.stop * s))
-    out = from_model(mu[crop], norm)
-    sd = std_from_model(sd[crop], norm) if sd is not None else None
+        m, plane, norm, target.opts, device=target.device, z=z, origin=(ry.start, rx.start),
+        whole=(plan.height, plan.width), keep=(cy, cx), progress=progress,
+    )  # fmt: skip
+    out = from_model(mu, norm)
+    sd = std_from_model(sd, norm) if sd is not None else None
     if fill is not None:  # fill stays fill and NaN stays NaN, known exactly
         keep = upscale_mask(fill[cy, cx], s)
         out[keep] = upscale_mask(raw[cy, cx], s)[keep]
@@ -355,7 +364,7 @@ def _run_plan(
     m: EMDiffuseModel, image: Any, plan: BlockPlan, target: BlockTarget, ledger: Ledger = Ledger()
 ) -> Generator[Progress, None, None]:
     stack, jobs = Planes(image), in_slab_order(pending_jobs(plan, ledger), chunk_depth(image))
-    costs = [_plane_batches(m, plan.read_shape(iy, ix), target.opts) for _, iy, ix in jobs]
+    costs = [_plane_batches(m, plan, iy, ix, target.opts) for _, iy, ix in jobs]
     offset, total = 0, sum(costs)
     for n, (job, cost) in enumerate(zip(jobs, costs), 1):
         yield from restore_block(m, stack, plan, job, target, progress={"offset": offset, "total": total})
@@ -385,8 +394,9 @@ def restore_iter(
     ``sampling``: the choices of :data:`~.canvas.SAMPLING_KEYS` (preset, steps, samples, ...).
     ``z_filter``: see :func:`~.zfilter.plan_z_filter`. ``uncertainty``: keep the per-pixel
     uncertainty where the model gives one (False saves its memory). ``region``: only these
-    rows and columns (:func:`~.checks.check_region`), normalised as the whole image and read
-    with half a tile of context around them. Closing the generator cancels at the
+    rows and columns (:func:`~.checks.check_region`), normalised as the whole image and
+    restored by the whole image's tiles that reach them, as in a whole-image run (a one-pass
+    model gives the very same pixels). Closing the generator cancels at the
     next tile batch. The user-facing entry point, with the parameters documented, is
     :func:`napari_emdiffuse.api.restore`.
     """
@@ -394,18 +404,16 @@ def restore_iter(
     image, dev, m, opts = prepare(image, task, model, arch, device, request)
     check_block(block)
     norm = fit_norm(m, image)  # of the whole image: a region comes out as in a whole-image run
-    trim, offset = None, (0, 0)
+    part = image  # what the output shows: the region, or the whole image
     if region is not None:
         region = check_region(region, tuple(image.shape))
-        read, trim = region_with_margin(region, tuple(image.shape), max(opts.tile // 2, opts.overlap))
-        image = image[read] if image.ndim == 2 else image[(slice(None), *read)]
-        offset = (read[0].start, read[1].start)
-    zplan = plan_z_filter(image, z_filter, task=task)
+        part = cutout(image, region=(region[0].start, region[0].stop, region[1].start, region[1].stop))
+    zplan = plan_z_filter(part, z_filter, task=task)
     out_dtype = output_dtype(dtype, image)
     s = m.card.scale if task == "super-resolve" else 1
     new_spacing = scaled_spacing(spacing, image.ndim, s)
     if isinstance(image, np.ndarray):
-        check_finite(np.asarray(image), "image")
+        check_finite(np.asarray(part), "image")
     opts = with_blur(m, image, norm, opts, dev)
     want_std = uncertainty and (opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False)))
     result: dict[str, Any] = {}
@@ -413,20 +421,18 @@ def restore_iter(
         yield Progress("note", 0, 0, message=note)
 
     def run(edge: int) -> Generator[Progress, None, None]:
-        plan = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s)
+        plan = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s, region=region)
         check_fits_in_memory(plan.out_shape, out_dtype, uncertainty=want_std)
         result["mean"] = np.empty(plan.out_shape, dtype=out_dtype)
         result["unc"] = np.empty(plan.out_shape, dtype=np.float32) if want_std else None
-        target = BlockTarget(norm, opts, dev, out_dtype, result["mean"], result["unc"], offset=offset)
+        target = BlockTarget(norm, opts, dev, out_dtype, result["mean"], result["unc"])
         yield from _run_plan(m, image, plan, target)
 
     yield from shrinking_blocks(run, block, opts.tile)
     info = run_info(m, opts, dev)
     if zplan is not None:
-        info["z_filter"] = yield from z_filter_pass(zplan, result["mean"], result["unc"], image, norm)
-    if trim is not None:  # the region alone, without its margin
-        keep = (..., *(slice(t.start * s, t.stop * s) for t in trim))
-        result = {k: None if v is None else np.ascontiguousarray(v[keep]) for k, v in result.items()}
+        info["z_filter"] = yield from z_filter_pass(zplan, result["mean"], result["unc"], part, norm)
+    if region is not None:
         info["region"] = [region[0].start, region[0].stop, region[1].start, region[1].stop]
     yield Restoration(
         mean=result["mean"],
@@ -459,9 +465,9 @@ def restore_to_zarr_iter(
 ) -> Generator["Progress | Path", None, None]:
     """Stream a large image block by block into a zarr store; yields progress, then the path.
 
-    Each block is read with a halo of half a tile, restored with per-step merging, cropped
-    and written; noise is seeded by global position, so the block layout, not the machine,
-    fixes the result. The store appears at ``out`` only when complete (temp dir, then
+    Each block runs the whole image's tiles that reach it, with per-step merging, and its
+    centre is written; noise is seeded by global position, so neither the block layout nor
+    the machine changes a one-pass model's result. The store appears at ``out`` only when complete (temp dir, then
     rename, completion marker last). ``distribute`` (see :mod:`~..parallel.runner`) runs the
     blocks on dask workers, each loading the model once and writing into the shared store;
     the result is identical. A stack averaged along z (``z_filter``) is averaged in the store

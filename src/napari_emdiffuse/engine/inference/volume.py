@@ -55,8 +55,8 @@ from .blocks import (
     input_identity, pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from .canvas import (
-    MIRRORS, Item, SamplingOptions, canvas_size, combined_std, mirror_views, resolve_options, sample_canvas,
-    sampling_request, unmirror,
+    MIRRORS, Item, SamplingOptions, block_tiles, combined_std, resolve_options, sample_canvas,
+    sampling_request,
 )
 from .checks import (
     check_block, check_finite, check_fits_in_memory, check_region, output_dtype, owned_array, region_with_margin,
@@ -69,7 +69,7 @@ from .normalise import (
 from .denoise_first import check_denoiser, denoise_first, scratch_beside, store_path
 from .restore import run_info
 from .slabs import SlabPlanes, chunk_depth, in_slab_order
-from .tiling import TilePlan, pad_to
+from .tiling import cut_canvas
 
 __all__ = [
     "IsotropicResult",
@@ -201,25 +201,23 @@ def _uncertainty_path(uncertainty: Any, out: Path | None) -> Path | None:
 # the block tasks
 
 
-def _block_batches(m: EMDiffuseModel, shape: tuple[int, int], n_items: int, opts: SamplingOptions) -> int:
-    """Network batches one block needs over all steps (progress totals)."""
-    mult = m.card.network.size_multiple
-    h, w = canvas_size(shape[0], mult), canvas_size(shape[1], mult)
-    plan = TilePlan(h, w, min(opts.tile, h), min(opts.tile, w), opts.overlap)
+def _block_batches(m: EMDiffuseModel, plan: BlockPlan, iy: int, ix: int, n_items: int, opts: SamplingOptions) -> int:
+    """Network batches block (iy, ix) needs over all steps (progress totals)."""
+    tiles = len(block_tiles(m, opts, (plan.height, plan.width), plan.ys[iy][1], plan.xs[ix][1]))
     views = min(4, opts.samples) if opts.flips else 1  # a predictor's samples are its mirrored views
     if m.card.network.gap_depth:
-        return math.ceil(n_items // opts.samples * views * len(plan) / opts.batch)  # a pass per slice and view
+        return math.ceil(n_items // opts.samples * views * tiles / opts.batch)  # a pass per slice and view
     if m.card.kind != "diffusion":
-        return math.ceil(views * len(plan) / opts.batch)  # a predictor makes all of a gap's slices at once
-    return opts.n_steps * math.ceil(n_items * len(plan) / opts.batch)
+        return math.ceil(views * tiles / opts.batch)  # a predictor makes all of a gap's slices at once
+    return opts.n_steps * math.ceil(n_items * tiles / opts.batch)
 
 
 def _sample_block(
     m: EMDiffuseModel,
     vol: Any,
     z: int,
-    ry: slice,
-    rx: slice,
+    ys: tuple[slice, slice, slice],
+    xs: tuple[slice, slice, slice],
     *,
     factor: int,
     norm: NormInfo,
@@ -228,20 +226,22 @@ def _sample_block(
     progress: tuple[int, int] | None = None,
     offset: tuple[int, int] = (0, 0),
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Generate the ``factor - 1`` slices between z and z+1 over the region (ry, rx).
+    """Generate the ``factor - 1`` slices between z and z+1 over one block ((read, write,
+    crop) rows ``ys`` and columns ``xs``).
 
-    Returns the two measured slices (input dtype), the model-range mean of the new slices
-    (factor-1, h, w), their std over samples (or from the model's variance) or None, and the
-    new slices' fill as (mask, values) (where either measured slice is fill or NaN: no data to
-    generate from; the value of the slice with none there) or None. ``offset``: where the
-    volume read lies in the whole one (a region), for the noise's positions.
+    Returns the two measured slices over the read (input dtype), the model-range mean of the
+    new slices over the write (factor-1, h, w), their std over samples (or from the model's
+    variance) or None, and the new slices' fill over the read as (mask, values) (where either
+    measured slice is fill or NaN: no data to generate from; the value of the slice with none
+    there) or None. The tiles are the volume's (:func:`~.canvas.block_tiles`), so a block
+    comes out as in a one-block run. ``offset``: where the volume read lies in the whole one
+    (a region), for the noise's positions.
     """
+    (ry, wy, _), (rx, wx, _) = ys, xs
     lo = owned_array(vol[z, ry, rx])
     hi = owned_array(vol[z + 1, ry, rx])
     check_finite(lo, f"slice {z}")
     check_finite(hi, f"slice {z + 1}")
-    h, w = lo.shape
-    mult = m.card.network.size_multiple
     fills = [fill_mask(lo, norm.fill), fill_mask(hi, norm.fill)]
     seen = [inpaint_nearest(x, f) if f is not None and not f.all() else x for x, f in zip((lo, hi), fills)]
     present = [f for f in fills if f is not None]
@@ -249,24 +249,24 @@ def _sample_block(
     if present:  # (where, value): the value of the neighbour with no data there (fill or NaN)
         where = np.logical_or.reduce(present)
         gap_fill = (where, np.where(fills[0], lo, hi) if fills[0] is not None else hi)
+    whole = tuple(vol.shape[1:])
+    plan = block_tiles(m, opts, whole, wy, wx)
     cond = np.stack([to_model(seen[0], norm), to_model(seen[1], norm)])  # lower z first, as trained
-    cond = pad_to(cond, canvas_size(h, mult), canvas_size(w, mult))
+    cond = cut_canvas(cond, (ry.start, rx.start), plan, whole)
     cond_t = torch.from_numpy(np.ascontiguousarray(cond))[None].to(device)
     k = opts.samples
     # Predictors (balanced): the mirror ensemble, as in restore; sample s sees MIRRORS[s].
     views = min(4, k) if opts.flips and m.card.kind == "regression" else 1
-    cond_t = mirror_views(cond_t, views)
     items = [
-        Item(cond=s % views, stream=(z, j, s), slice_index=j - 1, level=j / factor, flip=MIRRORS[s % views])
+        Item(cond=0, stream=(z, j, s), slice_index=j - 1, level=j / factor, flip=MIRRORS[s % views])
         for j in range(1, factor)
         for s in range(k)
     ]
     done, total = progress or (0, None)
     gen = sample_canvas(
-        m, cond_t, items, opts, origin=(ry.start + offset[0], rx.start + offset[1]), progress_offset=done,
-        progress_total=total,
+        m, cond_t, items, opts, plan=plan, offset=offset, progress_offset=done, progress_total=total,
         std_scale=m.card.std_scale(factor),
-    )
+    )  # fmt: skip
     try:
         while True:
             ev = next(gen)
@@ -277,14 +277,13 @@ def _sample_block(
         samples, variance = stop.value
     finally:
         gen.close()
-    if views > 1:
-        flips = [MIRRORS[s % views] for _ in range(1, factor) for s in range(k)]
-        samples = unmirror(samples, flips)
-        variance = None if variance is None else unmirror(variance, flips)
-    samples = samples[:, :h, :w].numpy().reshape(factor - 1, k, h, w)
+    keep = (slice(wy.start - plan.origin[0], wy.stop - plan.origin[0]),
+            slice(wx.start - plan.origin[1], wx.stop - plan.origin[1]))  # fmt: skip
+    h, w = wy.stop - wy.start, wx.stop - wx.start
+    samples = samples[:, keep[0], keep[1]].numpy().reshape(factor - 1, k, h, w)
     mean = samples.mean(axis=1)
     if variance is not None:
-        variance = variance[:, :h, :w].numpy().reshape(factor - 1, k, h, w)
+        variance = variance[:, keep[0], keep[1]].numpy().reshape(factor - 1, k, h, w)
     std = [combined_std(samples[j], None if variance is None else variance[j]) for j in range(factor - 1)]
     return lo, hi, mean, (None if std[0] is None else np.stack(std)), gap_fill
 
@@ -309,8 +308,9 @@ def _write_block(
     measured_unc: Any = None,
 ) -> None:
     """Write output slices z*factor .. z*factor+factor-1 (and the last measured slice after
-    the last slab) of one block. Each task owns its chunks, so tasks never collide.
-    ``measured_unc``: the uncertainty of the measured slices (ZYX, a denoiser's), else 0."""
+    the last slab) of one block (``parts`` of :func:`_sample_block`). Each task owns its
+    chunks, so tasks never collide. ``measured_unc``: the uncertainty of the measured slices
+    (ZYX, a denoiser's), else 0."""
     lo, hi, mean, std, gap_fill = parts
     (_, wy, cy), (_, wx, cx) = ys, xs
     last = z == nz - 2
@@ -319,7 +319,7 @@ def _write_block(
     out[0] = _measured(lo[cy, cx], dtype)
     keep = gap_fill[0][cy, cx] if gap_fill is not None else None
     for j in range(1, factor):  # slice by slice: float64 copies stay one slice large
-        new = from_model(mean[j - 1, cy, cx], norm)
+        new = from_model(mean[j - 1], norm)
         if keep is not None:
             new[keep] = gap_fill[1][cy, cx][keep]
         out[j] = to_dtype(new, dtype)
@@ -329,7 +329,7 @@ def _write_block(
     if unc is not None:
         u = np.zeros(out.shape, dtype=np.float32)
         if std is not None:
-            u[1:factor] = std_from_model(std[:, cy, cx], norm)
+            u[1:factor] = std_from_model(std, norm)
             if keep is not None:
                 u[1:factor, keep] = 0.0
         if measured_unc is not None:
@@ -354,7 +354,7 @@ def reconstruct_block(
     ys, xs = plan.ys[iy], plan.xs[ix]
     t = target
     parts = yield from _sample_block(
-        m, vol, z, ys[0], xs[0], factor=plan.factor, norm=t.norm, opts=t.opts, device=t.device, progress=progress,
+        m, vol, z, ys, xs, factor=plan.factor, norm=t.norm, opts=t.opts, device=t.device, progress=progress,
         offset=t.offset,
     )
     _write_block(
@@ -554,7 +554,7 @@ def reconstruct_isotropic_iter(
                 p = BlockPlan.make(tuple(vol.shape), block=edge, opts=opts, factor=f)
                 jobs = in_slab_order(pending_jobs(p, ledger), chunk_depth(vol))
                 planes = SlabPlanes(vol)
-                costs = [_block_batches(m, p.read_shape(iy, ix), n_items, opts) for _, iy, ix in jobs]
+                costs = [_block_batches(m, p, iy, ix, n_items, opts) for _, iy, ix in jobs]
                 offset, total = 0, sum(costs)
                 for job, cost in zip(jobs, costs):
                     target = BlockTarget(norm, opts, dev, out_dtype, dst, unc, measured_std, offset=origin)
