@@ -88,28 +88,39 @@ def test_shape_dtype_and_measured_slices_exact(model, dtype):
 
 
 def test_a_lateral_region_comes_out_as_in_the_whole_run(model, monkeypatch):
-    """region=: every slice's rows and columns, the measured slices kept; where the margin
-    reaches the borders, the very voxels of the whole run; in memory only."""
+    """region=: every slice's rows and columns, the measured slices kept, made by the whole
+    volume's tiles: a one-pass model gives the whole run's voxels anywhere (but for float
+    rounding), a sampler of several steps stays close; in memory only. With a denoiser, the
+    region and its context form a volume of their own, its noise drawn at its place."""
+    from tests.engine.models.test_predictors import predictor
+
     rng = np.random.default_rng(2)
-    data = (rng.random((3, 40, 56)) * 200).astype(np.uint8)
-    data[:, :, 28:] += 50  # the whole volume's range differs from the region's
-    whole = reconstruct_isotropic(data, 2, model, **FAST)
-    part = reconstruct_isotropic(data, 2, model, region=(8, 24, 16, 40), **FAST)  # margin 16: all of it
-    assert part.volume.shape == (5, 16, 24) and part.info["region"] == [8, 24, 16, 40]
-    assert np.array_equal(part.volume, whole.volume[:, 8:24, 16:40])
-    assert np.array_equal(part.volume[::2], data[:, 8:24, 16:40])
-    far = reconstruct_isotropic(data, 2, model, region=(0, 8, 40, 56), **FAST)  # reads columns 24:56 only
-    assert far.volume.shape == (5, 8, 16) and np.array_equal(far.volume[::2], data[:, 0:8, 40:56])
-    # the noise is drawn at the region's place in the whole volume: the canvas starts at column 24
+    data = (rng.random((3, 120, 136)) * 200).astype(np.uint8)
+    data[:, :, 68:] += 50  # the whole volume's range differs from the region's
+    pred = predictor("isotropic-i", out_channel=1, perturb=0.05)
+    kw = dict(tile=32, overlap=8, device="cpu", dtype=np.float32)
+    whole = reconstruct_isotropic(data, 2, pred, **kw).volume
+    for box in ((40, 72, 50, 90), (0, 8, 120, 136)):
+        y0, y1, x0, x1 = box
+        part = reconstruct_isotropic(data, 2, pred, region=box, **kw)
+        assert part.volume.shape == (5, y1 - y0, x1 - x0) and part.info["region"] == list(box)
+        assert np.abs(part.volume - whole[:, y0:y1, x0:x1]).max() < 0.05, box
+        assert np.array_equal(part.volume[::2], data[:, y0:y1, x0:x1])
+    alone = reconstruct_isotropic(data[:, 40:72, 50:90].copy(), 2, pred, **kw).volume
+    assert np.abs(alone - whole[:, 40:72, 50:90]).mean() > 0.5  # the control: its own normalisation
+    many = reconstruct_isotropic(data, 2, model, **FAST).volume
+    part = reconstruct_isotropic(data, 2, model, region=(40, 72, 50, 90), **FAST).volume
+    assert np.abs(part.astype(int) - many[:, 40:72, 50:90]).mean() < 1.0
+    # with a denoiser: the noise is drawn at the region's place in the whole volume
     origins = []
     real = volume.sample_canvas
     monkeypatch.setattr(volume, "sample_canvas", lambda *a, **k: origins.append(k["offset"]) or real(*a, **k))
-    reconstruct_isotropic(data, 2, model, region=(0, 8, 40, 56), **FAST)
-    assert origins and all(o == (0, 24) for o in origins), origins
+    reconstruct_isotropic(data, 2, model, region=(0, 8, 100, 136), denoise=True, **FAST)
+    assert origins and all(o == (0, 100 - 48) for o in origins), origins
     with pytest.raises(InputError, match="reconstructed in memory"):
         reconstruct_isotropic(data, 2, model, region=(0, 8, 0, 8), out="x.zarr", **FAST)
-    with pytest.raises(InputError, match="not inside the image's 56 columns"):
-        reconstruct_isotropic(data, 2, model, region=(0, 8, 50, 60), **FAST)
+    with pytest.raises(InputError, match="not inside the image's 136 columns"):
+        reconstruct_isotropic(data, 2, model, region=(0, 8, 130, 140), **FAST)
 
 
 def test_progress_events_and_info(model, vol):

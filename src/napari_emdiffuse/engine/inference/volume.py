@@ -69,7 +69,7 @@ from .normalise import (
 from .denoise_first import check_denoiser, denoise_first, scratch_beside, store_path
 from .restore import run_info
 from .slabs import SlabPlanes, chunk_depth, in_slab_order
-from .tiling import cut_canvas
+from .tiling import cut_canvas, tile_halo
 
 __all__ = [
     "IsotropicResult",
@@ -306,11 +306,13 @@ def _write_block(
     norm: NormInfo,
     dtype: np.dtype,
     measured_unc: Any = None,
+    at: tuple[int, int] = (0, 0),
 ) -> None:
     """Write output slices z*factor .. z*factor+factor-1 (and the last measured slice after
     the last slab) of one block (``parts`` of :func:`_sample_block`). Each task owns its
     chunks, so tasks never collide. ``measured_unc``: the uncertainty of the measured slices
-    (ZYX, a denoiser's), else 0."""
+    (ZYX, a denoiser's), else 0. ``at``: the input row and column of the output's first
+    (a region's)."""
     lo, hi, mean, std, gap_fill = parts
     (_, wy, cy), (_, wx, cx) = ys, xs
     last = z == nz - 2
@@ -325,7 +327,8 @@ def _write_block(
         out[j] = to_dtype(new, dtype)
     if last:
         out[factor] = _measured(hi[cy, cx], dtype)
-    dst[z * factor : z * factor + n, wy, wx] = out
+    oy, ox = slice(wy.start - at[0], wy.stop - at[0]), slice(wx.start - at[1], wx.stop - at[1])
+    dst[z * factor : z * factor + n, oy, ox] = out
     if unc is not None:
         u = np.zeros(out.shape, dtype=np.float32)
         if std is not None:
@@ -336,7 +339,7 @@ def _write_block(
             u[0] = np.asarray(measured_unc[z, wy, wx], dtype=np.float32)
             if last:
                 u[factor] = np.asarray(measured_unc[z + 1, wy, wx], dtype=np.float32)
-        unc[z * factor : z * factor + n, wy, wx] = u
+        unc[z * factor : z * factor + n, oy, ox] = u
 
 
 def reconstruct_block(
@@ -359,7 +362,7 @@ def reconstruct_block(
     )
     _write_block(
         t.dst, t.unc, z, ys, xs, parts, nz=plan.nz, factor=plan.factor, norm=t.norm, dtype=t.dtype,
-        measured_unc=t.measured_unc,
+        measured_unc=t.measured_unc, at=plan.bounds[::2],
     )  # fmt: skip
 
 
@@ -430,7 +433,8 @@ def reconstruct_isotropic_iter(
     half-written, unless ``resume`` (with ``out``) keeps it unfinished for the next run of the
     same input, model and options, which continues from its finished blocks. ``region``: only
     these rows and columns (:func:`~.checks.check_region`), in memory, normalised as the whole
-    volume and read with half a tile of context. ``zarr_format``: of ``out`` (2, or 3 with a
+    volume and made by its tiles that reach them, as in the whole run (with ``denoise``, the
+    region and its context are denoised and reconstructed as a volume of their own). ``zarr_format``: of ``out`` (2, or 3 with a
     shard per block). The user-facing entry point, with the parameters documented, is
     :func:`napari_emdiffuse.api.reconstruct_isotropic`.
     """
@@ -479,23 +483,23 @@ def reconstruct_isotropic_iter(
         raise InputError("uncertainty needs at least 2 samples; pass samples=2 or more (or preset='balanced')")
     want_std = bool(uncertainty)
     denoiser = check_denoiser(denoise, "cpu" if distribute is not None else dev)
-    whole_norm, trim, origin = None, None, (0, 0)
+    given_region, origin = region, (0, 0)
     if region is not None:  # the lateral region alone, in memory
         if out_path is not None:
             raise InputError("a region is reconstructed in memory: give a .tif or .mrc output (a zarr run does the whole volume)")
-        region = check_region(region, tuple(vol.shape))
-        read, trim = region_with_margin(region, tuple(vol.shape), max(opts.tile // 2, opts.overlap))
-        whole_norm = _fit_volume_norm(m, vol) if denoiser is None else None  # a denoised one: of what was denoised
-        vol = vol[:, read[0], read[1]]
-        origin = (read[0].start, read[1].start)
+        region = given_region = check_region(region, tuple(vol.shape))
+        if denoiser is not None:  # denoise the region and its context only: a volume of its own
+            read, region = region_with_margin(region, tuple(vol.shape), tile_halo(opts.tile, opts.overlap))
+            vol = vol[:, read[0], read[1]]
+            origin = (read[0].start, read[1].start)
 
     if isinstance(vol, np.ndarray):
         check_finite(vol, "volume")
     # Same shape before and after denoising; the key is made before it, from the input as
     # given, so that a finished run of the same job is found before any work.
-    plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f)
+    plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f, region=region)
     out_spacing = (spacing[0] / f, spacing[1], spacing[2]) if spacing is not None else None
-    norm = whole_norm or (_fit_volume_norm(m, vol) if denoiser is None else None)
+    norm = _fit_volume_norm(m, vol) if denoiser is None else None
     key = None
     if resume:
         key = run_key(
@@ -551,7 +555,7 @@ def reconstruct_isotropic_iter(
 
         def run_into(dst: Any, unc: Any, ledger: Ledger = Ledger()) -> Callable[[int], Generator[Progress, None, None]]:
             def run(edge: int) -> Generator[Progress, None, None]:
-                p = BlockPlan.make(tuple(vol.shape), block=edge, opts=opts, factor=f)
+                p = BlockPlan.make(tuple(vol.shape), block=edge, opts=opts, factor=f, region=region)
                 jobs = in_slab_order(pending_jobs(p, ledger), chunk_depth(vol))
                 planes = SlabPlanes(vol)
                 costs = [_block_batches(m, p, iy, ix, n_items, opts) for _, iy, ix in jobs]
@@ -569,10 +573,9 @@ def reconstruct_isotropic_iter(
             result = np.empty(plan.out_shape, dtype=out_dtype)
             unc_arr = np.zeros(plan.out_shape, dtype=np.float32) if want_std else None
             yield from shrinking_blocks(run_into(result, unc_arr), block, opts.tile)
-            if trim is not None:  # without the margin
-                info["region"] = [region[0].start, region[0].stop, region[1].start, region[1].stop]
-                result = np.ascontiguousarray(result[:, trim[0], trim[1]])
-                unc_arr = None if unc_arr is None else np.ascontiguousarray(unc_arr[:, trim[0], trim[1]])
+            if given_region is not None:
+                info["region"] = [given_region[0].start, given_region[0].stop, given_region[1].start,
+                                  given_region[1].stop]  # fmt: skip
             yield IsotropicResult(result, unc_arr, f, out_spacing, info)
             return
 
