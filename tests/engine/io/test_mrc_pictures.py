@@ -71,7 +71,7 @@ def test_uncalibrated_mrc_has_no_spacing(tmp_path):
     assert read_image(path).spacing is None
 
 
-def _imod_bytes(path: Path, data: np.ndarray, flags: int) -> None:
+def imod_bytes(path: Path, data: np.ndarray, flags: int) -> None:
     """Mode-0 file as IMOD writes it: the stamp at byte 152 and its flags at 156."""
     with mrcfile.new(path) as m:
         m.set_data(data.view(np.int8))
@@ -82,12 +82,12 @@ def _imod_bytes(path: Path, data: np.ndarray, flags: int) -> None:
 
 def test_imod_unsigned_bytes_are_read_as_uint8(tmp_path):
     data = _ramp((2, 16, 16), np.uint8)
-    _imod_bytes(tmp_path / "u.mrc", data, flags=0)
+    imod_bytes(tmp_path / "u.mrc", data, flags=0)
     img = read_image(tmp_path / "u.mrc")
     assert img.data.dtype == np.uint8
     np.testing.assert_array_equal(img.data, data)
     # control: IMOD's "signed bytes" flag keeps the standard signed reading
-    _imod_bytes(tmp_path / "s.mrc", data, flags=1)
+    imod_bytes(tmp_path / "s.mrc", data, flags=1)
     signed = read_image(tmp_path / "s.mrc").data
     assert signed.dtype == np.int8 and signed.min() < 0
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["REQUESTS_AT_ONCE", "RETRIES", "RETRY_WAIT", "WHOLE_FILE_BYTES", "Where", "join", "open_file", "parent", "read_bytes",
+__all__ = ["REQUESTS_AT_ONCE", "RETRIES", "RETRY_WAIT", "WHOLE_FILE_BYTES", "Where", "answers_ranges", "join", "open_file", "parent", "read_bytes",
            "read_many", "read_range", "remote_size", "unreachable", "zarr_store"]
 
 #: A place in a container: a local file or folder, or a URL (a string).
@@ -144,6 +144,24 @@ def remote_size(url: str) -> int | None:
     return int(size) if size is not None else None
 
 
+def answers_ranges(url: str) -> bool:
+    """Whether the server of ``url`` answers a byte range with that range (object stores do;
+    some web servers send the whole file). Asked with the first byte only: the answer's body
+    is not read, so a server that would send gigabytes sends nothing."""
+    if not url.lower().startswith(("http://", "https://")):
+        return True
+    if url in _WHOLE:
+        return False
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+    with _as_os_error(), urllib.request.urlopen(request, timeout=30) as answer:
+        ranged = answer.status == 206
+    if not ranged:
+        _WHOLE.add(url)
+    return ranged
+
+
 def open_file(url: str, block: int = 1 << 20) -> Any:
     """A file by URL opened for random reads (``read``, ``seek``), fetched ``block`` bytes at a
     time and kept: what an HDF5 library reads a remote file through. Close it. From a server
@@ -197,6 +215,8 @@ _OPEN_ASYNC: list[weakref.ref] = []
 
 @atexit.register
 def _close_async() -> None:
+    if not _OPEN_ASYNC:  # none made: nothing to import at exit (imports then can fail)
+        return
     from fsspec.implementations.http import HTTPFileSystem
 
     for ref in _OPEN_ASYNC:

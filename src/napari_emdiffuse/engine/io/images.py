@@ -43,6 +43,7 @@ from .views import pick_axes
 from .zarr import ZarrWriter, group_arrays, is_ome, read_zarr, zarr_store_of
 from .zarrfmt import check_zarr_format
 from .remote import download, is_single_file, read_url
+from .mrcurl import by_range, read_mrc_url
 
 __all__ = ["read_image", "read_calibration", "write_image", "image_names"]
 
@@ -88,7 +89,9 @@ def read_image(
     InputError
         The path is missing, unreadable, corrupt, of an unsupported type, or not an array.
     """
-    if is_url(path) and is_single_file(str(path)):  # a TIFF, MRC, ... by URL: fetched once, read here
+    if is_url(path) and by_range(str(path)):  # a large MRC volume by URL: read a band of rows at a time
+        img = read_mrc_url(str(path))
+    elif is_url(path) and is_single_file(str(path)):  # a TIFF, MRC, ... by URL: fetched once, read here
         try:
             local, fetched = download(str(path))
         except (OSError, ImportError) as exc:

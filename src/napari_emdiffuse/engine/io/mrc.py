@@ -35,7 +35,7 @@ from .common import (
     MRC_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, reason, streams_lazily, suffix_of,
 )
 
-__all__ = ["MRC_MMAP_MIN_BYTES", "read_mrc", "write_mrc"]
+__all__ = ["MRC_MMAP_MIN_BYTES", "read_mrc", "write_mrc", "mrc_spacing", "imod_unsigned"]
 
 #: MRC files at least this large stay memory-mapped (read-only) instead of being loaded.
 MRC_MMAP_MIN_BYTES = 2**30
@@ -66,7 +66,7 @@ def read_mrc(path: Path) -> ImageData:
         data, header, voxel = mrc.data, mrc.header, mrc.voxel_size
         if data is None:
             raise InputError(f"cannot read '{path}': not an MRC file, or its pixels are truncated")
-        if int(header.mode) == 0 and _imod_unsigned(header):
+        if int(header.mode) == 0 and imod_unsigned(header):
             data = data.view(np.uint8)
         if data.nbytes < MRC_MMAP_MIN_BYTES:
             data = np.array(data)  # small: load, and let the file go
@@ -74,14 +74,24 @@ def read_mrc(path: Path) -> ImageData:
         mrc.close()
     if data.ndim not in (2, 3) or data.size == 0:
         raise InputError(f"cannot read '{path}': expected a 2D image or a 3D stack, got shape {data.shape}")
-    size = [float(voxel.z), float(voxel.y), float(voxel.x)][-data.ndim:]
+    spacing = mrc_spacing((float(voxel.z), float(voxel.y), float(voxel.x)), data.ndim)
+    return ImageData(data=data, spacing=spacing, unit="nm" if spacing else None, axes="ZYX"[-data.ndim:], path=path)
+
+
+def mrc_spacing(voxel: tuple[float, float, float], ndim: int) -> tuple[float, ...] | None:
+    """The pixel size in nm of a file's ``ndim`` axes from its header's voxel size (z, y, x)
+    in Å; None where x or y is not calibrated. An uncalibrated z (0) gets 1.0, like other
+    uncalibrated axes.
+
+    Examples
+    --------
+    >>> mrc_spacing((0.0, 12.5, 12.5), 3), mrc_spacing((0.0, 0.0, 0.0), 2)
+    ((1.0, 1.25, 1.25), None)
+    """
+    size = list(voxel)[-ndim:]
     if size[-1] > 0 and size[-2] > 0:
-        # Å -> nm; an uncalibrated z (0) gets 1.0, like other uncalibrated axes
-        spacing: tuple[float, ...] | None = tuple(float(f"{s / 10:.12g}") if s > 0 else 1.0 for s in size)
-        unit: str | None = "nm"
-    else:
-        spacing, unit = None, None
-    return ImageData(data=data, spacing=spacing, unit=unit, axes="ZYX"[-data.ndim:], path=path)
+        return tuple(float(f"{s / 10:.12g}") if s > 0 else 1.0 for s in size)
+    return None
 
 
 def _packed(path: Path) -> bool:
@@ -142,7 +152,7 @@ def _remove(name: str) -> None:
         pass
 
 
-def _imod_unsigned(header: Any) -> bool:
+def imod_unsigned(header: Any) -> bool:
     """Whether IMOD's stamp says mode-0 bytes are unsigned."""
     raw = bytes(header.tobytes())[_EXTRA2_OFFSET + 40:_EXTRA2_OFFSET + 48]
     stamp, flags = np.frombuffer(raw, dtype=header["nx"].dtype, count=2)

@@ -1,0 +1,110 @@
+"""A large MRC volume by URL, read by byte range: the local file's pixels and voxel size,
+only the rows a read touches, kept between reads; fetched whole where it cannot be."""
+
+from __future__ import annotations
+
+import pickle
+
+import mrcfile
+import numpy as np
+import pytest
+
+from napari_emdiffuse.engine.errors import InputError
+from napari_emdiffuse.engine.io import mrcurl
+from napari_emdiffuse.engine.io.images import read_image
+from napari_emdiffuse.engine.io.mrcurl import BAND_ROWS, MrcUrlArray
+from napari_emdiffuse.engine.io.sources import open_source, source_of
+from tests.engine.io.test_mrc_pictures import imod_bytes
+
+
+@pytest.fixture
+def lazy_from_any_size(monkeypatch, tmp_path):
+    monkeypatch.setattr(mrcurl, "LAZY_MIN_BYTES", 0)
+    monkeypatch.setenv("EMDIFFUSE_HOME", str(tmp_path / "home"))
+
+
+def _volume(path, shape=(5, 150, 90), dtype=np.int16, ext=0):
+    data = (np.arange(np.prod(shape)) % 30011 - 15000).astype(dtype).reshape(shape)
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(data)
+        m.voxel_size = (12.5, 12.5, 30.0)  # Å: x, y, z
+        if ext:
+            m.set_extended_header(np.zeros(ext, dtype=np.uint8))
+    return data
+
+
+def test_an_mrc_volume_by_url_reads_as_the_local_file(served, lazy_from_any_size):
+    folder, url = served
+    data = _volume(folder / "vol.mrc", ext=96)  # an extended header moves the pixels
+    img = read_image(f"{url}/vol.mrc")
+    assert isinstance(img.data, MrcUrlArray) and "by byte range" in img.note
+    local = read_image(folder / "vol.mrc")
+    assert img.data.shape == data.shape and img.data.dtype == np.int16
+    assert img.spacing == local.spacing == (3.0, 1.25, 1.25) and img.unit == "nm" and img.axes == "ZYX"
+    for key in (np.s_[2], np.s_[1:4, 60:140, 7:30], np.s_[4, ::-3, 5], np.s_[:, 149, ::7], np.s_[..., -1],
+                np.s_[0, 63:65]):
+        np.testing.assert_array_equal(img.data[key], data[key], err_msg=str(key))
+    # a cluster worker opens the URL itself
+    again = open_source(*source_of(img.data))
+    assert isinstance(again, MrcUrlArray)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(img.data))[3, 10:20], data[3, 10:20])
+
+
+def test_only_the_bands_a_read_touches_are_fetched_and_kept(served_counted, lazy_from_any_size):
+    folder, url, stats = served_counted
+    data = _volume(folder / "vol.mrc", shape=(4, 300, 64), dtype=np.uint8)
+    arr = read_image(f"{url}/vol.mrc").data
+    before = stats.requests
+    np.testing.assert_array_equal(arr[2, 10:20, 3:9], data[2, 10:20, 3:9])
+    assert stats.requests - before == 1  # one band of rows, one range
+    before = stats.requests
+    np.testing.assert_array_equal(arr[2, 0:BAND_ROWS, :], data[2, 0:BAND_ROWS])
+    assert stats.requests == before  # kept
+    np.testing.assert_array_equal(arr[1], data[1])
+    assert stats.requests - before == -(-300 // BAND_ROWS)  # the whole slice: its 5 bands
+
+
+def test_a_restoration_of_a_region_by_url_is_the_local_one(served, lazy_from_any_size, tiny_model):
+    from napari_emdiffuse.api import restore
+
+    folder, url = served
+    data = _volume(folder / "vol.mrc", shape=(3, 120, 100), dtype=np.uint8)
+    kw = dict(steps=1, tile=32, overlap=8, device="cpu", region=(40, 80, 10, 60))
+    by_url = restore(read_image(f"{url}/vol.mrc").data, "denoise", tiny_model, **kw)
+    local = restore(data, "denoise", tiny_model, **kw)
+    np.testing.assert_array_equal(by_url.mean, local.mean)
+
+
+def test_small_compressed_or_unranged_files_are_fetched_whole(served_any, monkeypatch, tmp_path, request):
+    import gzip
+
+    folder, url = served_any
+    monkeypatch.setenv("EMDIFFUSE_HOME", str(tmp_path / "home"))
+    data = _volume(folder / "vol.mrc", shape=(2, 40, 30))
+    (folder / "packed.mrc").write_bytes(gzip.compress((folder / "vol.mrc").read_bytes()))
+    small = read_image(f"{url}/vol.mrc")  # below LAZY_MIN_BYTES: fetched and kept
+    assert isinstance(small.data, np.ndarray) and "fetched" in small.note
+    monkeypatch.setattr(mrcurl, "LAZY_MIN_BYTES", 0)
+    ranged = request.node.callspec.params["served_any"] == "ranges"
+    assert mrcurl.by_range(f"{url}/vol.mrc") == ranged  # a server that sends whole files: fetched whole
+    assert not mrcurl.by_range(f"{url}/packed.mrc")  # compressed: no pixel lies at a known byte
+    for name in ("vol.mrc", "packed.mrc"):
+        img = read_image(f"{url}/{name}")
+        assert isinstance(img.data, MrcUrlArray) == (ranged and name == "vol.mrc")
+        np.testing.assert_array_equal(np.asarray(img.data[1]), data[1])
+
+
+def test_imod_unsigned_bytes_and_bad_files_by_url(served, lazy_from_any_size):
+    folder, url = served
+    data = (np.arange(2 * 70 * 20) % 256).astype(np.uint8).reshape(2, 70, 20)
+    imod_bytes(folder / "bytes.mrc", data, flags=0)  # IMOD's stamp: mode-0 bytes are unsigned
+    arr = read_image(f"{url}/bytes.mrc").data
+    assert arr.dtype == np.uint8 and int(arr[1].max()) > 127
+    np.testing.assert_array_equal(arr[1, 5:60], data[1, 5:60])
+    raw = (folder / "bytes.mrc").read_bytes()
+    (folder / "cut.mrc").write_bytes(raw[: len(raw) - 100])
+    with pytest.raises(InputError, match="truncated"):
+        MrcUrlArray(f"{url}/cut.mrc")
+    (folder / "junk.mrc").write_bytes(b"x" * 2000)
+    with pytest.raises(InputError, match="not an MRC file"):
+        MrcUrlArray(f"{url}/junk.mrc")
