@@ -109,3 +109,22 @@ def test_every_array_of_a_process_shares_one_bounded_cache(tmp_path, monkeypatch
     assert 0 < cache.nbytes <= chunkcache.CHUNK_CACHE_BYTES
     (tmp_path / "a" / "4_4_40" / "0-16_0-16_0-4").write_bytes(np.full(4 * 16 * 16, 7, np.uint8).tobytes())
     assert np.all(read_image(tmp_path / "a").data[0:4, 0:16, 0:16] == 7)  # opened again: the new chunk
+
+
+def test_a_server_that_cannot_be_reached_is_not_a_missing_file(served):
+    """fsspec says "not found" for both; a user must learn which (a typo in the host, or in the
+    name). Control: a missing file on a live server stays FileNotFoundError."""
+    import socket
+
+    folder, url = served
+    (folder / "here.bin").write_bytes(b"x" * 10)
+    assert fetch.remote_size(f"{url}/here.bin") == 10
+    with pytest.raises(FileNotFoundError):
+        fetch.remote_size(f"{url}/gone.bin")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(OSError, match="cannot reach 127.0.0.1") as err:
+        fetch.remote_size(f"http://127.0.0.1:{port}/x.mrc")
+    assert not isinstance(err.value, FileNotFoundError)
+    assert fetch.answers_ranges(f"{url}/here.bin")

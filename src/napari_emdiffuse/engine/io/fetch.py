@@ -139,9 +139,30 @@ def remote_size(url: str) -> int | None:
     """The size in bytes of the file at ``url`` as its server says (None where it does not);
     FileNotFoundError where there is none."""
     fs, path = _fs(url)
-    with _as_os_error():
-        size = fs.info(path).get("size")
+    try:
+        with _as_os_error():
+            size = fs.info(path).get("size")
+    except FileNotFoundError:
+        _reachable(url)  # fsspec says "not found" for a server it could not reach too
+        raise
     return int(size) if size is not None else None
+
+
+def _reachable(url: str) -> None:
+    """Nothing where the server of an ``http(s)://`` URL answers (with any status); an
+    OSError naming why where it cannot be reached (no such host, connection refused)."""
+    if not url.lower().startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except urllib.error.URLError as exc:
+        host = url.split("://", 1)[1].split("/", 1)[0]
+        raise OSError(f"cannot reach {host} ({getattr(exc, 'reason', exc)})") from None
 
 
 def answers_ranges(url: str) -> bool:
