@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 
 from _common import table
-from napari_emdiffuse.engine.io import chunkcache, fetch, mrcurl
+from napari_emdiffuse.engine.io import chunkcache, fetch, rawurl
 from napari_emdiffuse.engine.io.images import read_image
 
 CHUNK = 64
@@ -124,8 +124,8 @@ def main() -> None:
 
         with mrcfile.new(d / "vol.mrc") as m:
             m.set_data(vol.astype(np.int16))
-        lazy_from = mrcurl.LAZY_MIN_BYTES
-        mrcurl.LAZY_MIN_BYTES = 0  # the 128 MB file counts as large
+        lazy_from = rawurl.LAZY_MIN_BYTES
+        rawurl.LAZY_MIN_BYTES = 0  # the 128 MB file counts as large
         img = read_image(f"{url}/vol.mrc")
         t0 = time.perf_counter()
         first = img.data[5]
@@ -133,8 +133,8 @@ def main() -> None:
         corner = img.data[6, :256, :256]
         t2 = time.perf_counter()
         assert np.array_equal(first, vol[5]) and np.array_equal(corner, vol[6, :256, :256])
-        mrcurl.LAZY_MIN_BYTES = lazy_from
-        rows.append({"format": "MRC, one file (int16)", "reads": f"bands of {mrcurl.BAND_ROWS} rows by range",
+        rawurl.LAZY_MIN_BYTES = lazy_from
+        rows.append({"format": "MRC, one file (int16)", "reads": f"bands of {rawurl.BAND_ROWS} rows by range",
                      "slice 5, s": f"{t1 - t0:.2f}", "slice 6, s": f"{t2 - t1:.2f} (a 256² corner)"})  # fmt: skip
         server.shutdown()
         server.server_close()

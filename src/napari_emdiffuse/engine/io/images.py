@@ -38,12 +38,14 @@ from .mrc import read_mrc, write_mrc
 from .n5 import n5_container_of, n5_images, read_n5
 from .pictures import read_picture
 from .slices import read_slices
-from .tiff import read_tiff, write_tiff
+from .tiff import read_tiff, read_tiff_url, write_tiff
 from .views import pick_axes
 from .zarr import ZarrWriter, group_arrays, is_ome, read_zarr, zarr_store_of
 from .zarrfmt import check_zarr_format
-from .remote import download, is_single_file, read_url
-from .mrcurl import by_range, read_mrc_url
+from .remote import download, is_single_file, read_url, url_file_name
+from .mrcurl import read_mrc_url
+from .rawurl import large_and_ranged
+from .fetch import remote_size
 
 __all__ = ["read_image", "read_calibration", "write_image", "image_names"]
 
@@ -89,15 +91,20 @@ def read_image(
     InputError
         The path is missing, unreadable, corrupt, of an unsupported type, or not an array.
     """
-    if is_url(path) and by_range(str(path)):  # a large MRC volume by URL: read a band of rows at a time
-        img = read_mrc_url(str(path))
-    elif is_url(path) and is_single_file(str(path)):  # a TIFF, MRC, ... by URL: fetched once, read here
+    if is_url(path) and is_single_file(str(path)):  # a TIFF, MRC, ... by URL
         try:
-            local, fetched = download(str(path))
-        except (OSError, ImportError) as exc:
-            raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
-        img = _read(local, key)
-        img.note = "; ".join(n for n in (img.note, f"{fetched} {local}") if n)
+            size = remote_size(str(path))
+        except OSError:
+            size = None  # the fetch says why
+        # a large MRC or TIFF volume: read a band of rows at a time; else fetched once, read here
+        img = _by_range(str(path), size)
+        if img is None:
+            try:
+                local, fetched = download(str(path), size)
+            except (OSError, ImportError) as exc:
+                raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
+            img = _read(local, key)
+            img.note = "; ".join(n for n in (img.note, f"{fetched} {local}") if n)
     else:
         img = read_url(path, key) if is_url(path) else _read(Path(path).expanduser(), key)
     if channel is not None or time is not None:
@@ -105,6 +112,15 @@ def read_image(
             img.data, img.spacing, img.axes, channel=channel, time=time, name=str(path)
         )
     return img
+
+
+def _by_range(url: str, size: int | None) -> ImageData | None:
+    """A large MRC or TIFF file by URL (of ``size`` bytes) whose pixels lie uncompressed,
+    read by byte range (:mod:`.rawurl`); None for a file to fetch whole."""
+    name = url_file_name(url).lower()
+    if not name.endswith((*MRC_SUFFIXES, *TIFF_SUFFIXES)) or not large_and_ranged(url, size):
+        return None
+    return read_mrc_url(url) if name.endswith(MRC_SUFFIXES) else read_tiff_url(url)
 
 
 def read_calibration(path: str | os.PathLike[str]) -> ImageData:

@@ -99,16 +99,16 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("napari-emdiffuse", appauthor=False)) / "downloads"
 
 
-def download(url: str) -> tuple[Path, str]:
+def download(url: str, size: int | None = None) -> tuple[Path, str]:
     """The file at ``url`` in :func:`cache_dir` (fetched there first unless a copy of the same
     size is kept), and what was done (``"fetched 12.3 MB to"`` or ``"read the copy kept at"``).
     Written under a temporary name and renamed, so an interrupted fetch leaves no file that
-    looks whole."""
+    looks whole. ``size``: the file's, where the caller asked the server already."""
     from .fetch import open_file, remote_size
 
     name = url_file_name(url)
     local = cache_dir() / f"{hashlib.sha1(url.encode()).hexdigest()[:16]}-{name}"
-    size = remote_size(url)
+    size = remote_size(url) if size is None else size
     if local.is_file() and (size is None or local.stat().st_size == size):
         return local, "read the copy kept at"
     local.parent.mkdir(parents=True, exist_ok=True)

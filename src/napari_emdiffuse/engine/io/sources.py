@@ -1,6 +1,6 @@
 """Where an input array lives, so that another process (a cluster worker) can open it again
 and read its blocks in place instead of a copy: a zarr array, an HDF5 or N5 dataset, a large
-compressed TIFF, a large MRC file by URL, or one seen at one index of its first or last axes (a single T or C dropped,
+compressed TIFF, a large MRC or TIFF file by URL, or one seen at one index of its first or last axes (a single T or C dropped,
 a channel picked)."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import CZI_SUFFIXES, H5_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, is_url, suffix_of
+from .common import CZI_SUFFIXES, H5_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, is_url, suffix_of
 from .czi import CziArray
 from .fetch import zarr_store
 from .hdf5 import H5Array
-from .mrcurl import MrcUrlArray
+from .rawurl import RawUrlArray
 from .n5 import N5Array
 from .precomputed import PrecomputedArray
-from .remote import source_prefix, url_file_name, url_of
+from .remote import source_prefix, url_of
 from .tiff import TiffArray
 from .velox import velox_dataset
 from .views import AxesPicked, FramesFirst
@@ -47,8 +47,8 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
         return array.file, str(array.series) if array.series else "", lead, trail
     if isinstance(array, PrecomputedArray):  # by URL, marked as precomputed: its name says nothing
         return (f"precomputed://{array.root}" if array.url else array.root), array.name, lead, trail
-    if isinstance(array, MrcUrlArray):
-        return array.url, "", lead, trail
+    if isinstance(array, RawUrlArray):  # by URL, its layout in the key: workers read it in place
+        return array.url, array.key, lead, trail
     if isinstance(array, CziArray):
         return array.file, str(array.scene) if array.scene is not None else "", lead, trail
     import zarr
@@ -72,8 +72,8 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
     elif is_url(where) and where.lower().endswith(H5_SUFFIXES):  # an HDF5 file by URL
         arr = H5Array(where, key)
         arr = FramesFirst(arr) if velox_dataset(key) and arr.ndim == 3 else arr
-    elif is_url(where) and url_file_name(where).lower().endswith(MRC_SUFFIXES):  # an MRC volume by URL
-        arr = MrcUrlArray(where)
+    elif is_url(where) and key.startswith("raw:"):  # an MRC or TIFF volume by URL, read by byte range
+        arr = RawUrlArray.from_key(where, key)
     elif is_url(where) and where.lower().endswith(".n5"):  # read over the network
         arr = N5Array(where, key)
     elif is_url(where):

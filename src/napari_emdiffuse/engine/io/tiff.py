@@ -24,9 +24,9 @@ from .common import (
     streams_lazily, suffix_of,
 )
 from .units import nm_factor
-from .views import LazyArray, ascending_index, drop_single_axes
+from .views import Cropped, LazyArray, ascending_index, drop_single_axes
 
-__all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "TiffArray", "read_tiff", "write_tiff"]
+__all__ = ["BIGTIFF_MIN_BYTES", "TIFF_MMAP_MIN_BYTES", "TiffArray", "read_tiff", "read_tiff_url", "write_tiff"]
 
 #: TIFFs larger than this are written as BigTIFF (classic TIFF offsets are 32-bit and many
 #: readers treat them as signed).
@@ -83,35 +83,75 @@ def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
     ``pixels=False`` reads the metadata only: ``data`` is then a read-only stand-in of the
     image's shape and dtype that holds no memory (all zeros)."""
     check_readable(path, "a TIFF file")
+    return _read(path, str(path), (lambda tif, series, index: _tiff_pixels(path, series, index)) if pixels else None,
+                 path=path)  # fmt: skip
+
+
+def read_tiff_url(url: str) -> ImageData | None:
+    """The TIFF file at ``url`` with its pixels read by byte range (:mod:`.rawurl`) where
+    they lie uncompressed in one run (ImageJ and tifffile stacks, most cameras' images): only
+    the header and the pages' tags are fetched first. None where they do not (compressed,
+    tiled or colour), for the file to be fetched whole."""
+    from .fetch import open_file
+    from .rawurl import RawUrlArray, check_size, size_note
+
+    made: list[RawUrlArray] = []
+
+    def raw(tif: Any, series: Any, index: int) -> Any:
+        if series.dataoffset is None or str(series.axes).endswith("S") or not series.shape:  # colour
+            raise _NotRaw
+        made.append(RawUrlArray(url, series.dataoffset, series.shape, np.dtype(series.dtype).newbyteorder(tif.byteorder)))
+        check_size(made[-1])
+        return made[-1]
+
+    try:
+        with open_file(url, block=64 << 10) as fh:  # tags are small and scattered: small blocks
+            img = _read(fh, url, raw, path=None)
+    except _NotRaw:
+        return None
+    except OSError as exc:
+        raise InputError(f"cannot read '{url}': {reason(exc)}") from exc
+    img.note = "; ".join(n for n in (img.note, size_note(made[0])) if n)
+    return img
+
+
+class _NotRaw(Exception):
+    """A TIFF's pixels are not one uncompressed run (:func:`read_tiff_url`)."""
+
+
+def _read(source: Any, name: str, pixels: Any, *, path: Path | None) -> ImageData:
+    """A TIFF from ``source`` (a path or an open file) named ``name`` in messages, its pixels
+    from ``pixels(tif, series, index)`` (None: a stand-in of their shape and dtype)."""
     watcher = _TiffLogWatcher()
     tiff_logger = logging.getLogger("tifffile")
     tiff_logger.addHandler(watcher)
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(source) as tif:
             if not tif.series:
-                raise InputError(f"cannot read '{path}': the file holds no image")
+                raise InputError(f"cannot read '{name}': the file holds no image")
             index = _image_series(tif)
             series = tif.series[index]
             series_axes = str(series.axes)
-            data = _tiff_pixels(path, series, index) if pixels else np.broadcast_to(np.zeros((), series.dtype), series.shape)
-            _check_imagej_complete(path, tif, series)
+            if pixels is not None:
+                data = pixels(tif, series, index)
+            else:
+                data = np.broadcast_to(np.zeros((), series.dtype), series.shape)
+            _check_imagej_complete(name, tif, series)
             data, note = _without_databar(tif, data)
             try:
-                spacing, units, known_axes, source = tiff_calibration(tif, series, series_axes, data.ndim)
+                spacing, units, known_axes, source_name = tiff_calibration(tif, series, series_axes, data.ndim)
             except Exception as exc:  # odd metadata must not stop reading good pixels
-                logger.warning("ignoring unreadable calibration in %s: %s", path, reason(exc))
-                spacing, units, known_axes, source = None, None, None, None
-    except InputError:
-        raise
-    except MemoryError:
+                logger.warning("ignoring unreadable calibration in %s: %s", name, reason(exc))
+                spacing, units, known_axes, source_name = None, None, None, None
+    except (InputError, MemoryError, _NotRaw):
         raise
     except Exception as exc:
-        raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
+        raise InputError(f"cannot read '{name}': {reason(exc)}") from exc
     finally:
         tiff_logger.removeHandler(watcher)
     if watcher.problems:
         raise InputError(
-            f"cannot read '{path}': file is truncated or corrupt ({watcher.problems[0]})"
+            f"cannot read '{name}': file is truncated or corrupt ({watcher.problems[0]})"
         )
 
     axes_for_units = known_axes or series_axes
@@ -120,10 +160,10 @@ def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
         aligned = axes_for_units if len(axes_for_units) == len(spacing) else None
         spacing, unit = to_nm(spacing, units, aligned)
 
-    data, spacing, known_axes = _grey(path, data, spacing, known_axes, series_axes)
+    data, spacing, known_axes = _grey(name, data, spacing, known_axes, series_axes)
     data, spacing, known_axes = drop_single_axes(data, spacing, known_axes)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=known_axes, path=path, note=note,
-                     source=source if spacing is not None else None)
+                     source=source_name if spacing is not None else None)
 
 
 def _image_series(tif: Any) -> int:
@@ -152,6 +192,8 @@ def _without_databar(tif: Any, data: np.ndarray) -> tuple[np.ndarray, str | None
     if split is None:
         return data, None
     rows, bar = split
+    if not isinstance(data, np.ndarray):  # read lazily (by URL): a lazy view, not a read of it all
+        return Cropped(data, (*data.shape[:y], rows, *data.shape[y + 1 :])), databar_note(bar)
     return data[(slice(None),) * y + (slice(0, rows),)], databar_note(bar)
 
 
@@ -223,7 +265,7 @@ class TiffArray(LazyArray):
         return f"TiffArray('{self.file}', shape={self.shape}, dtype={self.dtype})"
 
 
-def _check_imagej_complete(path: Path, tif: Any, series: Any) -> None:
+def _check_imagej_complete(path: Path | str, tif: Any, series: Any) -> None:
     # A truncated ImageJ hyperstack silently reads as its first page(s); compare with the count
     # the ImageJ header promises.
     if not tif.is_imagej:
@@ -245,7 +287,7 @@ def _check_imagej_complete(path: Path, tif: Any, series: Any) -> None:
 
 
 def _grey(
-    path: Path, data: np.ndarray, spacing: tuple[float, ...] | None, axes: str | None, series_axes: str
+    path: Path | str, data: np.ndarray, spacing: tuple[float, ...] | None, axes: str | None, series_axes: str
 ) -> tuple[np.ndarray, tuple[float, ...] | None, str | None]:
     """A grey image saved as RGB(A) (samples last, as viewers and consoles export) becomes grey.
 

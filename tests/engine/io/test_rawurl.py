@@ -1,5 +1,5 @@
-"""A large MRC volume by URL, read by byte range: the local file's pixels and voxel size,
-only the rows a read touches, kept between reads; fetched whole where it cannot be."""
+"""Large MRC and TIFF volumes by URL, read by byte range: the local file's pixels and voxel
+size, only the rows a read touches, kept between reads; fetched whole where they cannot be."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 
 from napari_emdiffuse.engine.errors import InputError
-from napari_emdiffuse.engine.io import mrcurl
+from napari_emdiffuse.engine.io import rawurl
 from napari_emdiffuse.engine.io.images import read_image
-from napari_emdiffuse.engine.io.mrcurl import BAND_ROWS, MrcUrlArray
+from napari_emdiffuse.engine.io.rawurl import BAND_ROWS, RawUrlArray
+from napari_emdiffuse.engine.io.mrcurl import read_mrc_url
 from napari_emdiffuse.engine.io.sources import open_source, source_of
 from tests.engine.io.test_mrc_pictures import imod_bytes
 
 
 @pytest.fixture
 def lazy_from_any_size(monkeypatch, tmp_path):
-    monkeypatch.setattr(mrcurl, "LAZY_MIN_BYTES", 0)
+    monkeypatch.setattr(rawurl, "LAZY_MIN_BYTES", 0)
     monkeypatch.setenv("EMDIFFUSE_HOME", str(tmp_path / "home"))
 
 
@@ -37,7 +38,7 @@ def test_an_mrc_volume_by_url_reads_as_the_local_file(served, lazy_from_any_size
     folder, url = served
     data = _volume(folder / "vol.mrc", ext=96)  # an extended header moves the pixels
     img = read_image(f"{url}/vol.mrc")
-    assert isinstance(img.data, MrcUrlArray) and "by byte range" in img.note
+    assert isinstance(img.data, RawUrlArray) and "by byte range" in img.note
     local = read_image(folder / "vol.mrc")
     assert img.data.shape == data.shape and img.data.dtype == np.int16
     assert img.spacing == local.spacing == (3.0, 1.25, 1.25) and img.unit == "nm" and img.axes == "ZYX"
@@ -46,7 +47,7 @@ def test_an_mrc_volume_by_url_reads_as_the_local_file(served, lazy_from_any_size
         np.testing.assert_array_equal(img.data[key], data[key], err_msg=str(key))
     # a cluster worker opens the URL itself
     again = open_source(*source_of(img.data))
-    assert isinstance(again, MrcUrlArray)
+    assert isinstance(again, RawUrlArray)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(img.data))[3, 10:20], data[3, 10:20])
 
 
@@ -84,13 +85,13 @@ def test_small_compressed_or_unranged_files_are_fetched_whole(served_any, monkey
     (folder / "packed.mrc").write_bytes(gzip.compress((folder / "vol.mrc").read_bytes()))
     small = read_image(f"{url}/vol.mrc")  # below LAZY_MIN_BYTES: fetched and kept
     assert isinstance(small.data, np.ndarray) and "fetched" in small.note
-    monkeypatch.setattr(mrcurl, "LAZY_MIN_BYTES", 0)
+    monkeypatch.setattr(rawurl, "LAZY_MIN_BYTES", 0)
     ranged = request.node.callspec.params["served_any"] == "ranges"
-    assert mrcurl.by_range(f"{url}/vol.mrc") == ranged  # a server that sends whole files: fetched whole
-    assert not mrcurl.by_range(f"{url}/packed.mrc")  # compressed: no pixel lies at a known byte
+    size = (folder / "vol.mrc").stat().st_size
+    assert rawurl.large_and_ranged(f"{url}/vol.mrc", size) == ranged  # a server that sends whole files: fetched whole
     for name in ("vol.mrc", "packed.mrc"):
         img = read_image(f"{url}/{name}")
-        assert isinstance(img.data, MrcUrlArray) == (ranged and name == "vol.mrc")
+        assert isinstance(img.data, RawUrlArray) == (ranged and name == "vol.mrc")
         np.testing.assert_array_equal(np.asarray(img.data[1]), data[1])
 
 
@@ -104,7 +105,50 @@ def test_imod_unsigned_bytes_and_bad_files_by_url(served, lazy_from_any_size):
     raw = (folder / "bytes.mrc").read_bytes()
     (folder / "cut.mrc").write_bytes(raw[: len(raw) - 100])
     with pytest.raises(InputError, match="truncated"):
-        MrcUrlArray(f"{url}/cut.mrc")
+        read_mrc_url(f"{url}/cut.mrc")
     (folder / "junk.mrc").write_bytes(b"x" * 2000)
     with pytest.raises(InputError, match="not an MRC file"):
-        MrcUrlArray(f"{url}/junk.mrc")
+        read_mrc_url(f"{url}/junk.mrc")
+
+
+def test_a_tiff_stack_by_url_reads_as_the_local_file(served, lazy_from_any_size):
+    """ImageJ and tifffile stacks keep their pixels in one uncompressed run: read by byte
+    range, big-endian too. A compressed one is fetched whole (control: the same pixels)."""
+    import tifffile
+
+    folder, url = served
+    data = (np.arange(4 * 130 * 70) % 65000).astype(np.uint16).reshape(4, 130, 70)
+    tifffile.imwrite(folder / "ij.tif", data, imagej=True, resolution=(1 / 0.004, 1 / 0.004),
+                     metadata={"spacing": 0.03, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(folder / "big.tif", data.astype(">f4"), byteorder=">")
+    tifffile.imwrite(folder / "zip.tif", data, compression="zlib")
+    for name in ("ij.tif", "big.tif"):
+        img = read_image(f"{url}/{name}")
+        assert isinstance(img.data, RawUrlArray) and "by byte range" in img.note, name
+        local = read_image(folder / name)
+        assert img.spacing == local.spacing and img.axes == local.axes and img.data.dtype == local.data.dtype
+        for key in (np.s_[2], np.s_[1:3, 60:129, 7:30], np.s_[3, ::-5, 2]):
+            np.testing.assert_array_equal(img.data[key], np.asarray(local.data)[key], err_msg=f"{name} {key}")
+    assert read_image(f"{url}/ij.tif").spacing == (30.0, 4.0, 4.0)
+    again = open_source(*source_of(read_image(f"{url}/ij.tif").data))
+    np.testing.assert_array_equal(again[1, 3:9], data[1, 3:9])
+    packed = read_image(f"{url}/zip.tif")
+    assert not isinstance(packed.data, RawUrlArray) and "fetched" in packed.note
+    np.testing.assert_array_equal(np.asarray(packed.data[2]), data[2])
+
+
+def test_a_thermo_fisher_scan_by_url_is_read_without_its_data_bar(served, lazy_from_any_size):
+    """The console's bar is cut off lazily: only the scan's rows are read."""
+    import tifffile
+
+    folder, url = served
+    scan = (np.arange(140 * 10) % 200 + 20).astype(np.uint8).reshape(140, 10)
+    bar = np.zeros((3, 10), np.uint8)
+    bar[1, 2:8] = 255
+    fei = "[Image]\r\nResolutionX=10\r\nResolutionY=140\r\n\r\n[PrivateFei]\r\nDatabarHeight=3\r\n\r\n[Scan]\r\nPixelWidth=5e-09\r\n"
+    tifffile.imwrite(folder / "helios.tif", np.concatenate([scan, bar]), extratags=[(34682, "B", 0, fei.encode(), True)])
+    img = read_image(f"{url}/helios.tif")
+    assert img.data.shape == (140, 10) and img.spacing == (5.0, 5.0)
+    assert img.note.startswith("the microscope's data bar (3 rows at the bottom) is left out; ")
+    np.testing.assert_array_equal(img.data[...], scan)
+    np.testing.assert_array_equal(img.data[100:140], scan[100:140])
