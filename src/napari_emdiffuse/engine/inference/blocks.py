@@ -51,7 +51,8 @@ class BlockPlan:
     column, in input pixels; ``scale`` is the lateral up-sampling (super-resolution).
     ``written``: the rows and columns (y0, y1, x0, x1) the output holds, a region of the
     image, or None for all of it. A block reads every tile of the whole image's
-    :class:`~.tiling.TileGrid` that reaches it (:func:`~.tiling.tile_halo`).
+    :class:`~.tiling.TileGrid` that reaches it (:func:`~.tiling.tile_halo`; ``multistep``:
+    for a sampler whose tiles also see their neighbours' earlier outputs).
 
     Examples
     --------
@@ -86,10 +87,11 @@ class BlockPlan:
         scale: int = 1,
         factor: int = 1,
         region: tuple[slice, slice] | None = None,
+        multistep: bool = True,
     ) -> "BlockPlan":
         is_stack = len(shape) == 3
         nz, h, w = shape if is_stack else (1, *shape)
-        halo = tile_halo(opts.tile, opts.overlap, scale)
+        halo = tile_halo(opts.tile, opts.overlap, scale, multistep=multistep)
         block = max(int(block), opts.tile)
         rows, cols = region if region is not None else (slice(0, h), slice(0, w))
         ys = tuple(block_slices(h, block, halo, rows.start, rows.stop))

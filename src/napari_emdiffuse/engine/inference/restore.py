@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .canvas import (
-    MIRRORS, Item, SamplingOptions, block_tiles, combined_std, resolve_options, sample_canvas,
+    MIRRORS, Item, SamplingOptions, block_tiles, combined_std, is_multistep, resolve_options, sample_canvas,
     sampling_request, tile_note, with_structure,
 )
 from ..models.cards import TASKS
@@ -421,7 +421,8 @@ def restore_iter(
         yield Progress("note", 0, 0, message=note)
 
     def run(edge: int) -> Generator[Progress, None, None]:
-        plan = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s, region=region)
+        plan = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s, region=region,
+                              multistep=is_multistep(m, opts))
         check_fits_in_memory(plan.out_shape, out_dtype, uncertainty=want_std)
         result["mean"] = np.empty(plan.out_shape, dtype=out_dtype)
         result["unc"] = np.empty(plan.out_shape, dtype=np.float32) if want_std else None
@@ -491,7 +492,7 @@ def restore_to_zarr_iter(
         image, dev, m, opts = prepare(image, task, model, arch, device, request)
     out_dtype = output_dtype(dtype, image)
     s = m.card.scale if task == "super-resolve" else 1
-    plan = BlockPlan.make(tuple(image.shape), block=block, opts=opts, scale=s)
+    plan = BlockPlan.make(tuple(image.shape), block=block, opts=opts, scale=s, multistep=is_multistep(m, opts))
     zplan = plan_z_filter(image, z_filter, task=task)
     norm = fit_norm(m, image)
     opts = with_blur(m, image, norm, opts, dev)
@@ -530,7 +531,7 @@ def restore_to_zarr_iter(
         yield from resume_note(wr, plan)
 
         def run(edge: int) -> Generator[Progress, None, None]:
-            p = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s)
+            p = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s, multistep=is_multistep(m, opts))
             unc = unc_wr.array if unc_wr is not None else None
             yield from _run_plan(m, image, p, BlockTarget(norm, opts, dev, out_dtype, wr.array, unc), wr.ledger)
 

@@ -296,10 +296,16 @@ def context_margin(tile: int, overlap: int, *, multistep: bool) -> int:
     return max(tile // 2, overlap, CONTEXT) if multistep else CONTEXT
 
 
-def tile_halo(tile: int, overlap: int, scale: int = 1) -> int:
+def tile_halo(tile: int, overlap: int, scale: int = 1, *, multistep: bool = True) -> int:
     """Input pixels to read around a block: every tile of the grid that reaches its
-    :func:`context_margin` lies inside them (bicubic up-sampling reads 2 pixels more)."""
-    reach = tile + context_margin(tile, overlap, multistep=True)
+    :func:`context_margin` lies inside them (bicubic up-sampling reads 2 pixels more).
+
+    Examples
+    --------
+    >>> tile_halo(64, 16), tile_halo(64, 16, multistep=False), tile_halo(64, 16, 2)
+    (96, 70, 50)
+    """
+    reach = tile + context_margin(tile, overlap, multistep=multistep)
     return -(-reach // scale) + (2 if scale > 1 else 0)
 
 

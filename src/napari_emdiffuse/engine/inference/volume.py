@@ -55,7 +55,7 @@ from .blocks import (
     input_identity, pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from .canvas import (
-    MIRRORS, Item, SamplingOptions, block_tiles, combined_std, resolve_options, sample_canvas,
+    MIRRORS, Item, SamplingOptions, block_tiles, combined_std, is_multistep, resolve_options, sample_canvas,
     sampling_request,
 )
 from .checks import (
@@ -497,7 +497,8 @@ def reconstruct_isotropic_iter(
         check_finite(vol, "volume")
     # Same shape before and after denoising; the key is made before it, from the input as
     # given, so that a finished run of the same job is found before any work.
-    plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f, region=region)
+    plan = BlockPlan.make(tuple(vol.shape), block=block, opts=opts, factor=f, region=region,
+                          multistep=is_multistep(m, opts))
     out_spacing = (spacing[0] / f, spacing[1], spacing[2]) if spacing is not None else None
     norm = _fit_volume_norm(m, vol) if denoiser is None else None
     key = None
@@ -555,7 +556,8 @@ def reconstruct_isotropic_iter(
 
         def run_into(dst: Any, unc: Any, ledger: Ledger = Ledger()) -> Callable[[int], Generator[Progress, None, None]]:
             def run(edge: int) -> Generator[Progress, None, None]:
-                p = BlockPlan.make(tuple(vol.shape), block=edge, opts=opts, factor=f, region=region)
+                p = BlockPlan.make(tuple(vol.shape), block=edge, opts=opts, factor=f, region=region,
+                                   multistep=is_multistep(m, opts))
                 jobs = in_slab_order(pending_jobs(p, ledger), chunk_depth(vol))
                 planes = SlabPlanes(vol)
                 costs = [_block_batches(m, p, iy, ix, n_items, opts) for _, iy, ix in jobs]
