@@ -84,3 +84,26 @@ def test_a_volume_opened_by_url_restores_in_the_restore_dock(viewer, qtbot, serv
     assert not errors, errors
     out = viewer.layers["cells_denoised"]
     assert out.data.shape == vol.shape and tuple(out.scale) == (40.0, 4.0, 4.0)
+
+
+def test_a_large_mrc_volume_opens_by_url_lazily(viewer, qtbot, served, monkeypatch):
+    """An MRC volume by URL opens as a layer read a band of rows at a time, its voxel size
+    kept, never downloaded (nothing lands in the download folder)."""
+    import mrcfile
+
+    from napari_emdiffuse.engine.io import rawurl
+
+    folder, url = served
+    monkeypatch.setattr(rawurl, "LAZY_MIN_BYTES", 0)
+    home = folder / "home"
+    monkeypatch.setenv("EMDIFFUSE_HOME", str(home))
+    vol = (np.arange(4 * 90 * 20) % 251).astype(np.int16).reshape(4, 90, 20)
+    with mrcfile.new(folder / "fib.mrc") as m:
+        m.set_data(vol)
+        m.voxel_size = (50.0, 50.0, 80.0)  # Å: x, y, z
+    w = _dock(viewer, "Open by URL")
+    assert _open(qtbot, w, f"{url}/fib.mrc") == "done"
+    layer = viewer.layers["fib"]
+    assert isinstance(layer.data, rawurl.RawUrlArray) and tuple(layer.scale) == (8.0, 5.0, 5.0)
+    assert np.array_equal(np.asarray(layer.data[2]), vol[2])
+    assert not (home / "downloads").exists() or not any((home / "downloads").iterdir())
