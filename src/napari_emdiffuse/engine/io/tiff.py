@@ -89,9 +89,10 @@ def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
 
 def read_tiff_url(url: str) -> ImageData | None:
     """The TIFF file at ``url`` with its pixels read by byte range (:mod:`.rawurl`) where
-    they lie uncompressed in one run (ImageJ and tifffile stacks, most cameras' images): only
-    the header and the pages' tags are fetched first. None where they do not (compressed,
-    tiled or colour), for the file to be fetched whole."""
+    they lie uncompressed in one run, as ImageJ and tifffile write stacks: only the header and
+    the first page's tags are fetched first. None for any other TIFF (compressed, tiled,
+    colour, or a stack whose every page's tags would be fetched to learn its layout), for the
+    file to be fetched whole."""
     from .fetch import open_file
     from .rawurl import RawUrlArray, check_size, size_note
 
@@ -106,6 +107,11 @@ def read_tiff_url(url: str) -> ImageData | None:
 
     try:
         with open_file(url, block=64 << 10) as fh:  # tags are small and scattered: small blocks
+            with tifffile.TiffFile(fh) as tif:  # the header and first page only
+                first = tif.pages.first
+                if not (tif.is_imagej or tif.is_shaped) or first.compression != 1 or first.is_tiled:
+                    return None
+            fh.seek(0)
             img = _read(fh, url, raw, path=None)
     except _NotRaw:
         return None
