@@ -342,6 +342,16 @@ def test_missing_output_folder_is_refused(tmp_path, noisy_tif, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("out", ["s3://bucket/out.tif", "gs://bucket/out.zarr", "https://host/out.mrc"])
+def test_an_output_url_is_refused_in_one_line(noisy_tif, out, capsys, tmp_path, monkeypatch):
+    """Not "output folder 's3:/bucket' does not exist" (a URL folded into a path)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["denoise", str(noisy_tif), "-o", out]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write '{out}'" in err and "not to a URL" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["noisy.tif"]  # nothing written, no "s3:" folder
+
+
 def test_finetune_command_writes_and_registers_a_model(tmp_path, tiny_model_dir, capsys):
     img = (np.random.default_rng(0).random((96, 96)) * 200 + 20).astype(np.uint8)
     src = tmp_path / "in.tif"
