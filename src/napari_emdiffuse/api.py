@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-from .engine.errors import EMDiffuseError, InputError
+from .engine.errors import EMDiffuseError
 from .engine.events import Progress, drain
 from .engine.inference.blocks import DEFAULT_BLOCK
 from .engine.inference.restore import Restoration
@@ -156,10 +156,10 @@ class RestoreOptions(SamplingChoice):
     region : tuple, optional
         Restore only these rows and columns (input pixels) of the image, or of every slice of
         a stack: ``(y0, y1, x0, x1)`` or two slices. The normalisation is fitted on the whole
-        image and the region is read with half a tile of context around it, so the result (the
-        region's size, times the scale) is what a whole-image run gives there, up to where
-        the tiles fall: a quick look at a large image's result before the whole run. In memory
-        only (not :func:`restore_to_zarr`).
+        image and the region is restored by the whole image's tiles that reach it, so the
+        result (the region's size, times the scale) is what a whole-image run gives there: a
+        quick look at a large image's result before the whole run, or, with
+        :func:`restore_to_zarr`, a part of a terabyte volume of any size.
     """
 
     spacing: tuple[float, ...] | None = None
@@ -236,9 +236,9 @@ class IsotropicOptions(SamplingChoice):
         removed at the end.
     region : tuple, optional
         Reconstruct only these rows and columns (input pixels) of every slice: ``(y0, y1, x0,
-        x1)`` or two slices, normalised as the whole volume and read with half a tile of
-        context around them, in memory (not with ``out``): a quick look at a large volume's
-        result.
+        x1)`` or two slices, normalised as the whole volume and made by its tiles that reach
+        them, as in the whole run: a quick look at a large volume's result, or with ``out``
+        a part of any size.
     """
 
     mode: Literal["i", "a"] = "i"
@@ -401,9 +401,7 @@ def restore_to_zarr_iter(
 ) -> Generator[Progress | Path, None, None]:
     """:func:`restore_to_zarr` as a generator: :class:`Progress` events, then the path."""
     opts = _options(ZarrOptions, options, overrides)
-    if opts.region is not None:
-        raise InputError("a region is restored in memory: give a .tif or .mrc output (a zarr run restores the whole image)")
-    kw = _engine_kwargs(opts, "workers", "scheduler", "uncertainty", "region")  # uncertainty_out says it here
+    kw = _engine_kwargs(opts, "workers", "scheduler", "uncertainty")  # uncertainty_out says it here
     return _restore_to_zarr_iter(image, out, task, model, distribute=_distribute(opts), **kw)
 
 

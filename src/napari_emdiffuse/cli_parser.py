@@ -71,8 +71,9 @@ def _pick_options(p: argparse.ArgumentParser) -> None:
 def _region_option(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("--region", type=_non_negative, nargs=4, metavar=("Y0", "Y1", "X0", "X1"), default=None,
                    help=f"{verb} only rows Y0:Y1 and columns X0:X1 (input pixels; of every slice), normalised as the "
-                        "whole image and read with context around them: a quick look at a large image's result (in "
-                        "memory: a .tif or .mrc output; a batch: the same region of each file)")
+                        "whole image and made by its tiles that reach them (the whole run's pixels there): a quick "
+                        "look at a large image's result, or with a .zarr output a part of any size (a batch: the "
+                        "same region of each file)")
 
 
 def _voxel_option(p: argparse.ArgumentParser) -> None:

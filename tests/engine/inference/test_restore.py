@@ -159,8 +159,6 @@ def test_a_region_comes_out_as_in_the_whole_image_run(model, sr_model):
                        ((slice(0, 8, 2), slice(0, 8)), "no step")):
         with pytest.raises(InputError, match=match):
             restore(img, "denoise", model, region=bad, **FAST)
-    with pytest.raises(InputError, match="restored in memory"):
-        restore_to_zarr(img, "x.zarr", "denoise", model, region=(0, 8, 0, 8), **FAST)
 
 
 def test_closing_the_generator_cancels(model):
@@ -448,3 +446,22 @@ def test_cpu_batches_hold_about_32k_pixels_and_never_change_the_pixels(tiny_mode
     auto = restore(img, "denoise", tiny_model, tile=32, overlap=8, steps=2, device="cpu")
     two = restore(img, "denoise", tiny_model, tile=32, overlap=8, steps=2, device="cpu", batch=2)
     assert auto.info["batch"] == 32 and two.info["batch"] == 2 and np.array_equal(auto.mean, two.mean)
+
+
+def test_a_region_into_a_zarr_store_is_the_in_memory_region(model, tmp_path):
+    """restore_to_zarr(region=...): a part of any size streamed into a store, the same pixels
+    as the region in memory (and as the whole run there, for a one-pass model); a stack's z
+    filter reads the region's own input. The store says which region it holds."""
+    import zarr
+
+    stack = _img((3, 90, 110), seed=8)
+    one = dict(FAST, steps=1, samples=1)
+    box = (20, 75, 30, 101)
+    mem = restore(stack, "denoise", model, region=box, z_filter=0.8, **one)
+    restore_to_zarr(stack, tmp_path / "r.zarr", "denoise", model, region=box, z_filter=0.8, block=32, **one)
+    got = zarr.open_array(str(tmp_path / "r.zarr"), mode="r")
+    assert got.shape == (3, 55, 71) and got.attrs["region"] == list(box)
+    np.testing.assert_array_equal(got[:], mem.mean)
+    whole = restore(stack, "denoise", model, z_filter="off", dtype=np.float32, **one).mean
+    part = restore(stack, "denoise", model, region=box, z_filter="off", dtype=np.float32, **one).mean
+    assert np.abs(part - whole[:, 20:75, 30:101]).max() < 0.05

@@ -230,3 +230,22 @@ def test_workers_write_an_ome_zarr_pyramid(tmp_path, monkeypatch, fmt):
     assert all(group[str(k)].metadata.zarr_format == fmt for k in range(4))
     for k in (1, 2, 3):
         assert np.array_equal(group[str(k)][:], pyramid.halve(group[str(k - 1)][:]))
+
+
+def test_workers_restore_a_region_into_a_store(tmp_path):
+    """A region of a stack on a cluster: the workers write the region's blocks where the
+    plan puts them and average the region along z against its own input: the pixels of the
+    run in this process."""
+    import zarr
+
+    from napari_emdiffuse.api import restore_to_zarr
+
+    path = str(make_tiny("denoise").save(tmp_path / "tiny"))
+    stack = (np.random.default_rng(3).random((3, 70, 64)) * 255).astype(np.uint8)
+    kw = dict(region=(10, 60, 8, 50), block=32, steps=1, tile=32, overlap=8, device="cpu", z_filter=0.8)
+    restore_to_zarr(stack, tmp_path / "here.zarr", "denoise", path, **kw)
+    restore_to_zarr(stack, tmp_path / "there.zarr", "denoise", path, workers=2, **kw)
+    here, there = (zarr.open_array(str(tmp_path / n), mode="r") for n in ("here.zarr", "there.zarr"))
+    assert there.shape == (3, 50, 42) and there.attrs["region"] == [10, 60, 8, 50]
+    assert there.attrs["z_filter"] == here.attrs["z_filter"] == 0.8
+    np.testing.assert_array_equal(there[:], here[:])

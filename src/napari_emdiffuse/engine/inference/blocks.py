@@ -164,6 +164,7 @@ class BlockRun:
     measured_unc: Path | None = None  # isotropic: a zarr store of the measured slices' uncertainty
     z_filter: Any = None  # a ZFilter: average the restored stack along z before committing it
     resume_key: str | None = None  # resumable (run_key): finished blocks survive a crash or a stop
+    region: tuple[int, int, int, int] | None = None  # the plan's written rows and columns, for the z filter
 
 
 #: Runs every task of a :class:`BlockRun` elsewhere (a dask cluster,

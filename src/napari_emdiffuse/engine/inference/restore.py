@@ -462,6 +462,7 @@ def restore_to_zarr_iter(
     z_filter: "str | float" = "auto",
     resume: bool = False,
     zarr_format: int = 2,
+    region: Any = None,
     **sampling: Any,
 ) -> Generator["Progress | Path", None, None]:
     """Stream a large image block by block into a zarr store; yields progress, then the path.
@@ -476,7 +477,8 @@ def restore_to_zarr_iter(
     stores, and a run of the same input, model, options and plan continues from the blocks
     they hold (:func:`~.blocks.zarr_outputs`); it says so in a "note" event. ``zarr_format``
     3 writes zarr v3 (OME-Zarr 0.5 for a ``.ome.zarr`` name), each block one shard of 512-px
-    chunks (:mod:`~..io.zarrfmt`).
+    chunks (:mod:`~..io.zarrfmt`). ``region``: only these rows and columns, as in
+    :func:`restore_iter` (the whole run's pixels there), of any size.
     """
     check_block(block)
     zarr_format = check_zarr_format(zarr_format)
@@ -492,8 +494,14 @@ def restore_to_zarr_iter(
         image, dev, m, opts = prepare(image, task, model, arch, device, request)
     out_dtype = output_dtype(dtype, image)
     s = m.card.scale if task == "super-resolve" else 1
-    plan = BlockPlan.make(tuple(image.shape), block=block, opts=opts, scale=s, multistep=is_multistep(m, opts))
-    zplan = plan_z_filter(image, z_filter, task=task)
+    part, bounds = image, None  # what the output shows: the region, or the whole image
+    if region is not None:
+        region = check_region(region, tuple(image.shape))
+        bounds = (region[0].start, region[0].stop, region[1].start, region[1].stop)
+        part = cutout(image, region=bounds)
+    plan = BlockPlan.make(tuple(image.shape), block=block, opts=opts, scale=s, region=region,
+                          multistep=is_multistep(m, opts))  # fmt: skip
+    zplan = plan_z_filter(part, z_filter, task=task)
     norm = fit_norm(m, image)
     opts = with_blur(m, image, norm, opts, dev)
     if opts.blur is not None:
@@ -501,6 +509,8 @@ def restore_to_zarr_iter(
     new_spacing = scaled_spacing(spacing, image.ndim, s)
     want_std = uncertainty_out is not None and (opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False)))
     attrs = {"normalisation": norm.as_dict(), **run_info(m, opts, dev)}
+    if bounds is not None:
+        attrs["region"] = list(bounds)
     if distribute is not None:
         attrs["device"] = str(device)
     writer_kw = dict(chunks=plan.chunks, spacing=new_spacing, overwrite=overwrite, zarr_format=zarr_format)
@@ -520,6 +530,7 @@ def restore_to_zarr_iter(
         run = BlockRun(
             image, plan, model, task, arch, str(device), Path(out), Path(uncertainty_out) if want_std else None,
             {**writer_kw, "attrs": attrs}, norm, request, opts, out_dtype, z_filter=zplan, resume_key=key,
+            region=bounds,
         )  # fmt: skip
         yield from distribute(run)
         yield Path(out)
@@ -531,14 +542,15 @@ def restore_to_zarr_iter(
         yield from resume_note(wr, plan)
 
         def run(edge: int) -> Generator[Progress, None, None]:
-            p = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s, multistep=is_multistep(m, opts))
+            p = BlockPlan.make(tuple(image.shape), block=edge, opts=opts, scale=s, region=region,
+                               multistep=is_multistep(m, opts))  # fmt: skip
             unc = unc_wr.array if unc_wr is not None else None
             yield from _run_plan(m, image, p, BlockTarget(norm, opts, dev, out_dtype, wr.array, unc), wr.ledger)
 
         yield from shrinking_blocks(run, block, opts.tile)
         if zplan is not None:
             unc = unc_wr.array if unc_wr is not None else None
-            wr.array.attrs["z_filter"] = yield from z_filter_pass(zplan, wr.array, unc, image, norm, wr.ledger)
+            wr.array.attrs["z_filter"] = yield from z_filter_pass(zplan, wr.array, unc, part, norm, wr.ledger)
         yield from build_pyramids(wr, unc_wr)
     yield Path(out)
 

@@ -70,6 +70,7 @@ from .denoise_first import check_denoiser, denoise_first, scratch_beside, store_
 from .restore import run_info
 from .slabs import SlabPlanes, chunk_depth, in_slab_order
 from .tiling import cut_canvas, tile_halo
+from ..io.views import cutout
 
 __all__ = [
     "IsotropicResult",
@@ -432,8 +433,8 @@ def reconstruct_isotropic_iter(
     the outstanding block tasks (``distribute``); a zarr output is then removed, never left
     half-written, unless ``resume`` (with ``out``) keeps it unfinished for the next run of the
     same input, model and options, which continues from its finished blocks. ``region``: only
-    these rows and columns (:func:`~.checks.check_region`), in memory, normalised as the whole
-    volume and made by its tiles that reach them, as in the whole run (with ``denoise``, the
+    these rows and columns (:func:`~.checks.check_region`), normalised as the whole volume and
+    made by its tiles that reach them, as in the whole run (with ``denoise``, the
     region and its context are denoised and reconstructed as a volume of their own). ``zarr_format``: of ``out`` (2, or 3 with a
     shard per block). The user-facing entry point, with the parameters documented, is
     :func:`napari_emdiffuse.api.reconstruct_isotropic`.
@@ -484,13 +485,11 @@ def reconstruct_isotropic_iter(
     want_std = bool(uncertainty)
     denoiser = check_denoiser(denoise, "cpu" if distribute is not None else dev)
     given_region, origin = region, (0, 0)
-    if region is not None:  # the lateral region alone, in memory
-        if out_path is not None:
-            raise InputError("a region is reconstructed in memory: give a .tif or .mrc output (a zarr run does the whole volume)")
+    if region is not None:  # the lateral region alone
         region = given_region = check_region(region, tuple(vol.shape))
         if denoiser is not None:  # denoise the region and its context only: a volume of its own
             read, region = region_with_margin(region, tuple(vol.shape), tile_halo(opts.tile, opts.overlap))
-            vol = vol[:, read[0], read[1]]
+            vol = cutout(vol, region=(read[0].start, read[0].stop, read[1].start, read[1].stop))
             origin = (read[0].start, read[1].start)
 
     if isinstance(vol, np.ndarray):
@@ -536,6 +535,8 @@ def reconstruct_isotropic_iter(
             info["denoised_first_by"] = denoiser.card.name
         if distribute is not None:
             info["device"] = str(device)
+        if given_region is not None:
+            info["region"] = [given_region[0].start, given_region[0].stop, given_region[1].start, given_region[1].stop]
         writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, axes="ZYX", attrs=info, overwrite=overwrite,
                          zarr_format=zarr_format)
 
@@ -575,9 +576,6 @@ def reconstruct_isotropic_iter(
             result = np.empty(plan.out_shape, dtype=out_dtype)
             unc_arr = np.zeros(plan.out_shape, dtype=np.float32) if want_std else None
             yield from shrinking_blocks(run_into(result, unc_arr), block, opts.tile)
-            if given_region is not None:
-                info["region"] = [given_region[0].start, given_region[0].stop, given_region[1].start,
-                                  given_region[1].stop]  # fmt: skip
             yield IsotropicResult(result, unc_arr, f, out_spacing, info)
             return
 

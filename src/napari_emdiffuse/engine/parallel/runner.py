@@ -31,6 +31,7 @@ from ..errors import EMDiffuseError, InputError
 from ..events import Progress, drain
 from ..io.common import as_numpy
 from ..io.sources import open_source, source_of
+from ..io.views import cutout
 from ..io.zarr import open_zarr_for_block_writes, zarr_major
 from ..io.zarrfmt import write_chunks
 from ..inference.blocks import (
@@ -367,12 +368,14 @@ class ZFilterJob:
     width: float | None = None
     ledger: Ledger = Ledger()  # a resumable run's: tiles filtered already are skipped
     src_axes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # as BlockJob's
+    region: tuple[int, int, int, int] | None = None  # the input's rows and columns the output holds
 
 
 def run_z_filter_job(job: ZFilterJob) -> np.ndarray | None:
     """Score or filter one task's tiles in the shared stores; tiles are whole chunk columns,
     so no two tasks write one chunk."""
     src = open_source(job.src, job.src_key, *job.src_axes)
+    src = cutout(src, region=job.region) if job.region is not None else src
     dst = open_zarr_for_block_writes(job.dst)
     tiles = list(job.tiles)
     if job.width is None:
@@ -505,7 +508,7 @@ class Cluster:
                 if run.z_filter is not None:  # after every block: it reads across the workers' slices
                     base = ZFilterJob(
                         loc[0], loc[1], str(wr.array_path), str(unc_wr.array_path) if unc_wr is not None else None,
-                        (), run.norm.fill, ledger=wr.ledger, src_axes=loc[2:],
+                        (), run.norm.fill, ledger=wr.ledger, src_axes=loc[2:], region=run.region,
                     )  # fmt: skip
                     wr.array.attrs["z_filter"] = yield from z_filter_on_workers(
                         client, run.z_filter, base, plan.out_shape, plan.chunks
