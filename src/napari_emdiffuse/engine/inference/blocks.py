@@ -165,6 +165,7 @@ class BlockRun:
     z_filter: Any = None  # a ZFilter: average the restored stack along z before committing it
     resume_key: str | None = None  # resumable (run_key): finished blocks survive a crash or a stop
     region: tuple[int, int, int, int] | None = None  # the plan's written rows and columns, for the z filter
+    offset: tuple[int, int] = (0, 0)  # where the image lies in a larger one (a region's context): the noise's place
 
 
 #: Runs every task of a :class:`BlockRun` elsewhere (a dask cluster,

@@ -545,7 +545,7 @@ def reconstruct_isotropic_iter(
             yield from distribute(
                 BlockRun(
                     vol, plan, model, task, arch, str(device), out_path, unc_path, writer_kw, norm, request, opts,
-                    out_dtype, store_path(measured_std), resume_key=key,
+                    out_dtype, store_path(measured_std), resume_key=key, offset=origin,
                 )
             )  # fmt: skip
             store = open_zarr_readonly(out_path)

@@ -326,6 +326,7 @@ class BlockJob:
     measured_unc: str | None = None  # zarr store: uncertainty of the measured slices
     ledger: Ledger = Ledger()  # a resumable run's: the block is marked once written
     src_axes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # indices taken on the input's first axes (T, C), last (C)
+    offset: tuple[int, int] = (0, 0)  # where the input lies in a larger image (a region's context): the noise's place
 
 
 def worker_options(m: EMDiffuseModel, job: BlockJob) -> SamplingOptions:
@@ -344,7 +345,7 @@ def run_block_job(job: BlockJob) -> tuple[tuple[int, int, int], ...]:
     measured = open_source(job.measured_unc) if job.measured_unc else None
     target = BlockTarget(
         job.norm, worker_options(m, job), m.device, np.dtype(job.dtype), open_zarr_for_block_writes(job.dst), unc,
-        measured,
+        measured, offset=job.offset,
     )  # fmt: skip
     for block in job.blocks:
         drain(run(m, planes, job.plan, block, target))
@@ -501,6 +502,7 @@ class Cluster:
                         str(unc_wr.array_path) if unc_wr is not None else None, plan, blocks, run.norm, run.request,
                         run.opts.tile, run.opts.overlap, run.dtype.str,
                         str(run.measured_unc) if run.measured_unc is not None else None, wr.ledger, loc[2:],
+                        run.offset,
                     )  # fmt: skip
                     for blocks in slab_groups(pending_jobs(plan, wr.ledger), chunk_depth(run.image))
                 ]
