@@ -53,12 +53,15 @@ def _stem(path: str | os.PathLike[str]) -> str:
 
 
 def layer_meta(img: Any, name: str, **extra: Any) -> dict[str, Any]:
-    """A layer's name, and its ``scale`` (and units) from an :class:`ImageData`'s spacing."""
+    """A layer's name, its ``scale`` (and units) from an :class:`ImageData`'s spacing, and its
+    ``translate`` from its origin (a restored region over the image it came from)."""
     meta: dict[str, Any] = {"name": name, **extra}
     if img.spacing is not None:
         meta["scale"] = tuple(float(s) for s in img.spacing)
         if img.unit == "nm":
             meta["units"] = ("nm",) * len(img.spacing)
+    if img.origin is not None:
+        meta["translate"] = tuple(float(v) for v in img.origin)
     return meta
 
 

@@ -160,9 +160,16 @@ class RestoreOptions(SamplingChoice):
         result (the region's size, times the scale) is what a whole-image run gives there: a
         quick look at a large image's result before the whole run, or, with
         :func:`restore_to_zarr`, a part of a terabyte volume of any size.
+    origin : tuple of float, optional
+        Where the input's first pixel centre lies, per axis, in the units of ``spacing``
+        (a napari layer's ``translate``). The result's ``origin`` places it over the input:
+        moved to a ``region``'s first row and column and, for super-resolution, a quarter of
+        an input pixel back (the finer grid's first pixel centre); a zarr output records it
+        as its ``origin`` and OME-NGFF translation.
     """
 
     spacing: tuple[float, ...] | None = None
+    origin: tuple[float, ...] | None = None
     flips: bool | None = None
     start_log_snr: float | None = None
     refine: bool | None = None
@@ -239,6 +246,10 @@ class IsotropicOptions(SamplingChoice):
         x1)`` or two slices, normalised as the whole volume and made by its tiles that reach
         them, as in the whole run: a quick look at a large volume's result, or with ``out``
         a part of any size.
+    origin : tuple of 3 floats, optional
+        Where the input's first voxel centre lies (z, y, x), in the units of ``spacing``; the
+        result's is moved to a ``region``'s first row and column (and recorded in ``out``).
+        A volume read from a file brings its own.
     """
 
     mode: Literal["i", "a"] = "i"
@@ -252,6 +263,7 @@ class IsotropicOptions(SamplingChoice):
     zarr_format: Literal[2, 3] = 2
     denoise: bool | str | os.PathLike | EMDiffuseModel | None = None
     region: tuple | None = None
+    origin: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -237,10 +237,15 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
     from .engine.io.common import MRC_SUFFIXES, streams_lazily, suffix_of
     from .engine.io.views import cutout
     from .engine.io.images import write_image
+    from .engine.io.spacing import output_origin
 
     data = _read_input(args)
+    ndim = data.data.ndim
     if args.region is not None or args.slices is not None:
         data.data = cutout(data.data, region=args.region, slices=args.slices)
+        y0, x0 = (args.region[0], args.region[2]) if args.region is not None else (0, 0)
+        start = (args.slices[0] if args.slices is not None else 0, y0, x0)[-ndim:]
+        data.origin = output_origin(data.origin, data.spacing, ndim, start=start)  # the cut-out's place
     if args.bin > 1:
         from .engine.io.pyramid import bin_lateral
 
@@ -248,6 +253,7 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
             raise InputError(f"'{args.input}' is {' x '.join(str(n) for n in data.data.shape)}: smaller than one "
                              f"{args.bin} x {args.bin} bin")
         data.data = bin_lateral(data.data, args.bin)
+        data.origin = output_origin(data.origin, data.spacing, ndim, scale=1 / args.bin)  # a bin's centre
         if data.spacing is not None:
             data.spacing = (*data.spacing[:-2], *(v * args.bin for v in data.spacing[-2:]))
     if not _is_zarr(out) and not isinstance(data.data, np.ndarray) and not streams_lazily(data.data):
@@ -255,7 +261,7 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
     axes = data.axes if data.axes and len(data.axes) == data.data.ndim else None
     if suffix_of(out) in MRC_SUFFIXES:
         axes = None  # MRC has one layout: a series of frames is stored as its sections
-    write_image(out, data.data, spacing=data.spacing, unit=data.unit or "nm", axes=axes,
+    write_image(out, data.data, spacing=data.spacing, unit=data.unit or "nm", axes=axes, origin=data.origin,
                 provenance={"converted from": str(args.input),
                             **({"region": list(args.region)} if args.region is not None else {}),
                             **({"slices": list(args.slices)} if args.slices is not None else {})},

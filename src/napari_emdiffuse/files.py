@@ -114,7 +114,7 @@ def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | No
     from .engine.inference.restore import provenance
     from .engine.io.zarr import open_zarr_readonly
 
-    info = {k: v for k, v in attrs.items() if k not in ("normalisation", "spacing", "unit", "emdiffuse_complete")}
+    info = {k: v for k, v in attrs.items() if k not in ("normalisation", "spacing", "unit", "origin", "emdiffuse_complete")}
     made = provenance(info, attrs.get("normalisation"), source=source)
     spacing, unit = attrs.get("spacing"), data.unit or "nm"
     image = open_zarr_readonly(spill)
@@ -124,17 +124,18 @@ def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | No
 
 
 def write_results(out: Path, image: Any, unc: Path | None, std: Any, *, spacing: Any, unit: str, axes: str | None,
-                  made: dict) -> list[str]:
+                  made: dict, origin: Any = None) -> list[str]:
     """Write a result and, where there is one and it is asked for, its uncertainty (first: a
-    result on disk is then whole with its uncertainty, which ``resume`` relies on); what was
-    written."""
+    result on disk is then whole with its uncertainty, which ``resume`` relies on), at its
+    ``origin`` (zarr outputs record it); what was written."""
     from .engine.io.images import write_image
 
     wrote = [str(out)]
     if unc is not None and std is not None:
-        write_image(unc, std, spacing=spacing, unit=unit, axes=axes, provenance={**made, "what": "uncertainty (std, input units)"})
+        write_image(unc, std, spacing=spacing, unit=unit, axes=axes, origin=origin,
+                    provenance={**made, "what": "uncertainty (std, input units)"})
         wrote.append(f"{unc} (uncertainty)")
-    write_image(out, image, spacing=spacing, unit=unit, axes=axes, provenance=made)
+    write_image(out, image, spacing=spacing, unit=unit, axes=axes, provenance=made, origin=origin)
     return wrote
 
 
@@ -255,7 +256,7 @@ def restore_file_iter(
         # Workers load the model themselves: hand them its name or path, not this process's copy.
         yield from _progress_only(restore_to_zarr_iter(
             data.data, out, task, model_ref if distributed else model, uncertainty_out=unc, spacing=data.spacing,
-            workers=workers, scheduler=scheduler, arch=arch if distributed else None, resume=resume,
+            origin=data.origin, workers=workers, scheduler=scheduler, arch=arch if distributed else None, resume=resume,
             zarr_format=zarr_format, **sampling,
         ))
         attrs = dict(open_zarr_readonly(out).attrs)
@@ -283,7 +284,7 @@ def restore_file_iter(
         finally:
             remove_spill(spill, spill_unc)
         return
-    result = yield from _progress_only(restore_iter(data.data, task, model, spacing=data.spacing,
+    result = yield from _progress_only(restore_iter(data.data, task, model, spacing=data.spacing, origin=data.origin,
                                                     uncertainty=unc is not None, **sampling))
     if result is None:  # pragma: no cover - the generator always ends with a result
         raise RuntimeError("restoration ended without a result")
@@ -294,7 +295,7 @@ def restore_file_iter(
     if unc is not None and result.uncertainty is None:
         yield note("note: one sample gives no uncertainty; use --samples 2 or more")
     yield write_results(out, result.mean, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",
-                        axes=axes, made=made)
+                        axes=axes, made=made, origin=result.origin)
 
 
 def reconstruct_file_iter(
@@ -372,7 +373,7 @@ def reconstruct_file_iter(
         z = data.data.shape[0]
         told = note(f"factor {f}{'' if factor is not None else ' (from the voxel size)'}: {z} slices become {(z - 1) * f + 1}")
         result = yield from _progress_only(_told_first(told, reconstruct_isotropic_iter(
-            data.data, f, model, mode=mode, spacing=data.spacing, out=store,
+            data.data, f, model, mode=mode, spacing=data.spacing, origin=data.origin, out=store,
             uncertainty=str(store_unc) if store is not None and store_unc is not None else unc is not None,
             workers=workers, scheduler=scheduler, denoise=denoise, resume=resume,
             zarr_format=zarr_format if zarr_out else 2, **sampling,
@@ -392,7 +393,7 @@ def reconstruct_file_iter(
         return
     made = provenance(result.info, result.info.get("normalisation"), source=str(src))
     yield write_results(out, result.volume, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",
-                        axes="ZYX", made=made)
+                        axes="ZYX", made=made, origin=result.origin)
 
 
 def restore_files_iter(

@@ -120,6 +120,15 @@ def region_in_view(viewer: "napari.viewer.Viewer", layer: Any, shape: tuple[int,
     return region, {**source, "translate": (*t[:-2], t[-2] + region[0] * sc[-2], t[-1] + region[2] * sc[-1])}
 
 
+def source_origin(source: dict[str, Any]) -> tuple[float, ...] | None:
+    """The engine's ``origin`` for a :func:`layer_source`: its ``translate``, where its
+    ``spacing`` is its scale (the units are then the same); a zarr output records it, so
+    that the result opens over the input. None where there is nothing to record."""
+    if tuple(source["spacing"]) != tuple(source["scale"]) or not any(source["translate"]):
+        return None
+    return tuple(source["translate"])
+
+
 def layer_spacing(layer: Any, scale: tuple[float, ...]) -> tuple[float, ...]:
     """The voxel size to give the engine for a layer whose geometry is ``scale`` (without the
     axes :func:`layer_source` leaves out): the scale, or, where the layer is unscaled (all 1),

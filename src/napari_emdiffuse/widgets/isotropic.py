@@ -23,6 +23,7 @@ from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin
 from ._files import FilesMixin
 from ._layers import (
     LayerCombo, check_zarr_output, layer_source, layer_spacing, lazy_volume, region_in_view, show_outputs,
+    source_origin,
 )  # fmt: skip
 from ._settings import (
     PRESETS, ZARR_FORMAT_ITEMS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
@@ -356,6 +357,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self._save_settings(opts, self.model)
         data = layer_array(layer)
         source = layer_source(layer)
+        origin = source_origin(source)  # of the whole layer: a region moves it in the engine
         if opts.in_view:  # the rows and columns on screen; the result overlays them
             kwargs["region"], source = region_in_view(self.viewer, layer, tuple(data.shape), source)
         scale = source["spacing"]
@@ -363,7 +365,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         def factory():
             from ..api import reconstruct_isotropic_iter
 
-            return reconstruct_isotropic_iter(data, model=model, spacing=scale, **kwargs)
+            return reconstruct_isotropic_iter(data, model=model, spacing=scale, origin=origin, **kwargs)
 
         self._start_engine(
             factory,

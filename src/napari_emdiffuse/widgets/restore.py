@@ -25,7 +25,9 @@ from ._base import DockWidget
 from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box, zarr_format_box
 from ._files import FilesMixin
 from ._jobs import notify_info
-from ._layers import LayerCombo, check_zarr_output, layer_source, lazy_volume, region_in_view, show_outputs
+from ._layers import (
+    LayerCombo, check_zarr_output, layer_source, lazy_volume, region_in_view, show_outputs, source_origin,
+)
 from ._settings import (
     PRESETS, ZARR_FORMAT_ITEMS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
     check_zarr_format_choice, sampling_kwargs, zarr_format_of_item,
@@ -234,16 +236,15 @@ def output_geometry(
 
     so the output overlays the input exactly. Leading (Z) axes are unchanged.
     """
+    from ..engine.io.spacing import output_origin
+
     scale = tuple(float(v) for v in scale)
     translate = tuple(float(v) for v in translate)
     if factor == 1:
         return scale, translate
     lead = len(scale) - 2
     new_scale = scale[:lead] + tuple(s / factor for s in scale[lead:])
-    new_translate = translate[:lead] + tuple(
-        t + (1.0 / factor - 1.0) / 2.0 * s for t, s in zip(translate[lead:], scale[lead:])
-    )
-    return new_scale, new_translate
+    return new_scale, output_origin(translate, scale, len(scale), scale=factor) or (0.0,) * len(scale)
 
 
 def check_input_layer(layer: Any, *, volume: bool = False) -> None:
@@ -482,6 +483,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             source = {**source, "name": f"{source['name']}_z{z}", "scale": source["scale"][-2:],
                       "translate": source["translate"][-2:], "units": source["units"][-2:] if source["units"] else None,
                       "spacing": source["spacing"][-2:]}
+        origin = source_origin(source)  # of the whole layer: a region moves it in the engine
         if opts.in_view:  # the rows and columns on screen; the result overlays them
             kwargs["region"], source = region_in_view(self.viewer, layer, tuple(data.shape), source)
         scale = source["spacing"]
@@ -494,7 +496,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             if out is not None:  # block by block into the store: any size, the input stays lazy
                 from ..api import restore_to_zarr_iter
 
-                return restore_to_zarr_iter(data, out, opts.task, model, arch=arch, spacing=scale,
+                return restore_to_zarr_iter(data, out, opts.task, model, arch=arch, spacing=scale, origin=origin,
                                             uncertainty_out=unc_out, workers=opts.workers or None,
                                             resume=opts.resume, zarr_format=opts.zarr_format, **kwargs)
             from ..api import restore_iter

@@ -44,6 +44,7 @@ from .blocks import (
     input_identity, pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
 from ..io.ledger import Ledger
+from ..io.spacing import output_origin
 from ..io.views import cutout
 from ..io.zarrfmt import check_zarr_format, zarr_format_part
 from .checks import (
@@ -81,6 +82,9 @@ class Restoration:
         Lateral magnification (2 for x2 super-resolution).
     spacing : tuple of float or None
         Physical pixel size of the output per axis when the input's was given.
+    origin : tuple of float or None
+        Where the output's first pixel centre lies (:func:`~..io.spacing.output_origin`: a
+        region's place, the finer grid of super-resolution); None at 0.
     normalisation : dict
         The rule and the input values that mapped to -1 and +1.
     info : dict
@@ -93,6 +97,7 @@ class Restoration:
     spacing: tuple[float, ...] | None = None
     normalisation: dict = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    origin: tuple[float, ...] | None = None
 
 
 class Planes:
@@ -288,6 +293,11 @@ def scaled_spacing(spacing, ndim: int, scale: int) -> tuple[float, ...] | None:
     return spacing[:-2] + tuple(v / scale for v in spacing[-2:])
 
 
+def _start(region: tuple[slice, slice] | None) -> tuple[int, int]:
+    """A checked region's first row and column (0, 0 for the whole image)."""
+    return (region[0].start, region[1].start) if region is not None else (0, 0)
+
+
 def run_info(m: EMDiffuseModel, opts: SamplingOptions, dev: torch.device) -> dict:
     # A predictor has no sampler or steps: one pass per mirrored view ("samples" counts them).
     diffusion = m.card.kind != "regression"
@@ -387,6 +397,7 @@ def restore_iter(
     z_filter: "str | float" = "auto",
     uncertainty: bool = True,
     region: Any = None,
+    origin: tuple[float, ...] | None = None,
     **sampling: Any,
 ) -> Generator["Progress | Restoration", None, None]:
     """Restore an image, yielding :class:`Progress` events and finally a :class:`Restoration`.
@@ -396,7 +407,8 @@ def restore_iter(
     uncertainty where the model gives one (False saves its memory). ``region``: only these
     rows and columns (:func:`~.checks.check_region`), normalised as the whole image and
     restored by the whole image's tiles that reach them, as in a whole-image run (a one-pass
-    model gives the very same pixels). Closing the generator cancels at the
+    model gives the very same pixels). ``origin``: where the input's first pixel centre lies
+    (its ``translate``); the result's ``origin`` places it over the input. Closing the generator cancels at the
     next tile batch. The user-facing entry point, with the parameters documented, is
     :func:`napari_emdiffuse.api.restore`.
     """
@@ -412,6 +424,7 @@ def restore_iter(
     out_dtype = output_dtype(dtype, image)
     s = m.card.scale if task == "super-resolve" else 1
     new_spacing = scaled_spacing(spacing, image.ndim, s)
+    new_origin = output_origin(origin, spacing, image.ndim, scale=s, start=_start(region))
     if isinstance(image, np.ndarray):
         check_finite(np.asarray(part), "image")
     opts = with_blur(m, image, norm, opts, dev)
@@ -442,6 +455,7 @@ def restore_iter(
         spacing=new_spacing,
         normalisation=norm.as_dict(),
         info=info,
+        origin=new_origin,
     )
 
 
@@ -463,6 +477,7 @@ def restore_to_zarr_iter(
     resume: bool = False,
     zarr_format: int = 2,
     region: Any = None,
+    origin: tuple[float, ...] | None = None,
     **sampling: Any,
 ) -> Generator["Progress | Path", None, None]:
     """Stream a large image block by block into a zarr store; yields progress, then the path.
@@ -478,7 +493,9 @@ def restore_to_zarr_iter(
     they hold (:func:`~.blocks.zarr_outputs`); it says so in a "note" event. ``zarr_format``
     3 writes zarr v3 (OME-Zarr 0.5 for a ``.ome.zarr`` name), each block one shard of 512-px
     chunks (:mod:`~..io.zarrfmt`). ``region``: only these rows and columns, as in
-    :func:`restore_iter` (the whole run's pixels there), of any size.
+    :func:`restore_iter` (the whole run's pixels there), of any size; the store records
+    where it lies (``origin``, and OME-NGFF translations: napari places it over the input),
+    from the input's own ``origin``.
     """
     check_block(block)
     zarr_format = check_zarr_format(zarr_format)
@@ -507,13 +524,15 @@ def restore_to_zarr_iter(
     if opts.blur is not None:
         request = {**request, "blur": opts.blur}  # workers use the value read here
     new_spacing = scaled_spacing(spacing, image.ndim, s)
+    new_origin = output_origin(origin, spacing, image.ndim, scale=s, start=_start(region))
     want_std = uncertainty_out is not None and (opts.samples > 1 or bool(getattr(m.unet, "aleatoric", False)))
     attrs = {"normalisation": norm.as_dict(), **run_info(m, opts, dev)}
     if bounds is not None:
         attrs["region"] = list(bounds)
     if distribute is not None:
         attrs["device"] = str(device)
-    writer_kw = dict(chunks=plan.chunks, spacing=new_spacing, overwrite=overwrite, zarr_format=zarr_format)
+    writer_kw = dict(chunks=plan.chunks, spacing=new_spacing, overwrite=overwrite, zarr_format=zarr_format,
+                     origin=new_origin)
     key = None
     if resume:
         key = run_key(

@@ -43,7 +43,7 @@ from ..errors import EMDiffuseError, InputError
 from ..events import Progress
 from ..io.common import ZARR_SUFFIX, check_output_path
 from ..io.images import read_image
-from ..io.spacing import check_spacing, factor_from_spacing
+from ..io.spacing import check_spacing, factor_from_spacing, output_origin
 from ..io.ledger import Ledger
 from ..io.zarr import open_zarr_readonly, uncertainty_beside
 from ..io.zarrfmt import check_zarr_format, zarr_format_part
@@ -106,6 +106,8 @@ class IsotropicResult:
         normalisation used.
     path, uncertainty_path : pathlib.Path or None
         Where the zarr stores were written, when ``out`` was given.
+    origin : tuple of float or None
+        Where the first voxel's centre lies (a region's place in the input volume); None at 0.
     """
 
     volume: Any
@@ -115,6 +117,7 @@ class IsotropicResult:
     info: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     uncertainty_path: Path | None = None
+    origin: tuple[float, ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,6 +427,7 @@ def reconstruct_isotropic_iter(
     resume: bool = False,
     region: Any = None,
     zarr_format: int = 2,
+    origin: Sequence[float] | None = None,
     **sampling: Any,
 ) -> Generator["Progress | IsotropicResult", None, None]:
     """Reconstruct an isotropic volume, yielding :class:`Progress` events and finally an
@@ -436,7 +440,8 @@ def reconstruct_isotropic_iter(
     these rows and columns (:func:`~.checks.check_region`), normalised as the whole volume and
     made by its tiles that reach them, as in the whole run (with ``denoise``, the
     region and its context are denoised and reconstructed as a volume of their own). ``zarr_format``: of ``out`` (2, or 3 with a
-    shard per block). The user-facing entry point, with the parameters documented, is
+    shard per block). ``origin``: where the input's first voxel centre lies (a file's own is
+    read with it); the result's places it over the input. The user-facing entry point, with the parameters documented, is
     :func:`napari_emdiffuse.api.reconstruct_isotropic`.
     """
     task = _check_mode(mode)
@@ -445,6 +450,8 @@ def reconstruct_isotropic_iter(
         volume = data.data
         if spacing is None and data.spacing is not None and len(data.spacing) == 3:
             spacing = data.spacing
+        if origin is None and data.origin is not None and len(data.origin) == 3:
+            origin = data.origin
     vol = _check_volume(volume)
     spacing = check_spacing(spacing)
     out_path = _check_out(out)
@@ -484,13 +491,15 @@ def reconstruct_isotropic_iter(
         raise InputError("uncertainty needs at least 2 samples; pass samples=2 or more (or preset='balanced')")
     want_std = bool(uncertainty)
     denoiser = check_denoiser(denoise, "cpu" if distribute is not None else dev)
-    given_region, origin = region, (0, 0)
+    given_region, noise_at = region, (0, 0)
     if region is not None:  # the lateral region alone
         region = given_region = check_region(region, tuple(vol.shape))
         if denoiser is not None:  # denoise the region and its context only: a volume of its own
             read, region = region_with_margin(region, tuple(vol.shape), tile_halo(opts.tile, opts.overlap))
             vol = cutout(vol, region=(read[0].start, read[0].stop, read[1].start, read[1].stop))
-            origin = (read[0].start, read[1].start)
+            noise_at = (read[0].start, read[1].start)
+    start = (given_region[0].start, given_region[1].start) if given_region is not None else (0, 0)
+    out_origin = output_origin(origin, spacing, 3, start=start)
 
     if isinstance(vol, np.ndarray):
         check_finite(vol, "volume")
@@ -512,7 +521,7 @@ def reconstruct_isotropic_iter(
             store = open_zarr_readonly(out_path)
             info = {k: v for k, v in store.attrs.items() if not k.startswith("emdiffuse_")}
             unc_store = open_zarr_readonly(unc_path) if unc_path is not None else None
-            yield IsotropicResult(store, unc_store, f, out_spacing, info, out_path, unc_path)
+            yield IsotropicResult(store, unc_store, f, out_spacing, info, out_path, unc_path, out_origin)
             return
     measured_std = None
     with scratch_beside(out_path if denoiser is not None else None, key=key) as scratch:
@@ -538,19 +547,19 @@ def reconstruct_isotropic_iter(
         if given_region is not None:
             info["region"] = [given_region[0].start, given_region[0].stop, given_region[1].start, given_region[1].stop]
         writer_kw = dict(chunks=plan.chunks, spacing=out_spacing, axes="ZYX", attrs=info, overwrite=overwrite,
-                         zarr_format=zarr_format)
+                         zarr_format=zarr_format, origin=out_origin)
 
         if distribute is not None:
             assert out_path is not None
             yield from distribute(
                 BlockRun(
                     vol, plan, model, task, arch, str(device), out_path, unc_path, writer_kw, norm, request, opts,
-                    out_dtype, store_path(measured_std), resume_key=key, offset=origin,
+                    out_dtype, store_path(measured_std), resume_key=key, offset=noise_at,
                 )
             )  # fmt: skip
             store = open_zarr_readonly(out_path)
             unc_store = open_zarr_readonly(unc_path) if unc_path is not None else None
-            yield IsotropicResult(store, unc_store, f, out_spacing, info, out_path, unc_path)
+            yield IsotropicResult(store, unc_store, f, out_spacing, info, out_path, unc_path, out_origin)
             return
 
         n_items = (f - 1) * opts.samples
@@ -564,7 +573,7 @@ def reconstruct_isotropic_iter(
                 costs = [_block_batches(m, p, iy, ix, n_items, opts) for _, iy, ix in jobs]
                 offset, total = 0, sum(costs)
                 for job, cost in zip(jobs, costs):
-                    target = BlockTarget(norm, opts, dev, out_dtype, dst, unc, measured_std, offset=origin)
+                    target = BlockTarget(norm, opts, dev, out_dtype, dst, unc, measured_std, offset=noise_at)
                     yield from reconstruct_block(m, planes, p, job, target, progress=(offset, total))
                     ledger.mark(block_key(p, job))
                     offset += cost
@@ -576,7 +585,7 @@ def reconstruct_isotropic_iter(
             result = np.empty(plan.out_shape, dtype=out_dtype)
             unc_arr = np.zeros(plan.out_shape, dtype=np.float32) if want_std else None
             yield from shrinking_blocks(run_into(result, unc_arr), block, opts.tile)
-            yield IsotropicResult(result, unc_arr, f, out_spacing, info)
+            yield IsotropicResult(result, unc_arr, f, out_spacing, info, origin=out_origin)
             return
 
         with zarr_outputs(out_path, unc_path, plan.out_shape, out_dtype, resume_key=key, **writer_kw) as (wr, unc_wr):
@@ -585,5 +594,5 @@ def reconstruct_isotropic_iter(
             yield from shrinking_blocks(run_into(wr.array, unc, wr.ledger), block, opts.tile)
             yield from build_pyramids(wr, unc_wr)
         yield IsotropicResult(
-            wr.array, unc_wr.array if unc_wr is not None else None, f, out_spacing, info, out_path, unc_path
+            wr.array, unc_wr.array if unc_wr is not None else None, f, out_spacing, info, out_path, unc_path, out_origin
         )

@@ -16,8 +16,8 @@ from ..errors import InputError
 from .consoles import console_calibration
 from .units import nm_factor, tidy
 
-__all__ = ["SPATIAL_AXES", "to_nm", "check_spacing", "check_axes", "tiff_calibration", "zarr_calibration",
-           "ngff_multiscales"]
+__all__ = ["SPATIAL_AXES", "to_nm", "check_spacing", "check_origin", "check_axes", "tiff_calibration",
+           "zarr_calibration", "zarr_origin", "ngff_multiscales"]
 
 SPATIAL_AXES = frozenset("ZYX")
 
@@ -83,6 +83,24 @@ def check_spacing(
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise InputError(f"cannot write '{path}': spacing values must be positive, got {values}")
     return values
+
+
+def check_origin(
+    origin: Sequence[float] | None, ndim: int, path: Path
+) -> tuple[float, ...] | None:
+    """Origin to write with an ``ndim``-D image at ``path``: finite numbers, one per axis;
+    None for none or all zeros (nothing to record)."""
+    if origin is None:
+        return None
+    try:
+        values = tuple(float(v) for v in origin)
+    except (TypeError, ValueError):
+        raise InputError(f"cannot write '{path}': origin {origin!r} is not a list of numbers") from None
+    if len(values) != ndim:
+        raise InputError(f"cannot write '{path}': origin has {len(values)} values but the image has {ndim} axes")
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"cannot write '{path}': origin values must be finite, got {values}")
+    return values if any(values) else None
 
 
 def check_axes(axes: str | None, ndim: int, path: Path) -> str | None:
@@ -299,6 +317,55 @@ def ngff_multiscales(attrs: Any) -> list:
     return found if isinstance(found, list) else []
 
 
+def zarr_origin(array: Any, parent: Any, name: str, axes: str | None) -> tuple[float, ...] | None:
+    """Where the first pixel's centre of a zarr array lies (nm where the unit is known, as its
+    spacing): its own ``origin`` attribute (with its ``unit``), else the OME-NGFF translation
+    of dataset ``name`` in the group ``parent`` (and the multiscale's own scale and
+    translation around it); None when absent, malformed or all zeros.
+
+    Examples
+    --------
+    >>> class Node:
+    ...     ndim, attrs = 2, {"origin": [0.5, 1.0], "unit": "micrometer"}
+    >>> zarr_origin(Node(), None, "", "YX")
+    (500.0, 1000.0)
+    """
+    ndim = array.ndim
+    attrs = dict(array.attrs)
+    found: tuple[list[float], list[str | None]] | None = None
+    own = attrs.get("origin")
+    if isinstance(own, list) and len(own) == ndim:
+        try:
+            found = [float(v) for v in own], [_clean_unit(attrs.get("unit"))] * ndim
+        except (TypeError, ValueError):
+            found = None
+    if found is None and parent is not None:
+        try:
+            found = _ngff_translation(dict(parent.attrs), name, ndim)
+        except (TypeError, ValueError, KeyError, AttributeError):  # malformed metadata
+            found = None
+    if found is None or not all(math.isfinite(v) for v in found[0]) or not any(found[0]):
+        return None
+    return to_nm(found[0], found[1], axes)[0]
+
+
+def _ngff_translation(attrs: dict, name: str, ndim: int) -> tuple[list[float], list[str | None]] | None:
+    """Translation of dataset ``name`` (OME-NGFF 0.4 / 0.5): the outer scale times the
+    dataset's translation, plus the outer translation; with the axes' units."""
+    for ms in ngff_multiscales(attrs):
+        match = next((d for d in ms.get("datasets") or [] if str(d.get("path")) == name), None)
+        if match is None:
+            continue
+        inner = _of_type(match.get("coordinateTransformations"), "translation", ndim) or [0.0] * ndim
+        outer_scale = _of_type(ms.get("coordinateTransformations"), "scale", ndim) or [1.0] * ndim
+        outer_shift = _of_type(ms.get("coordinateTransformations"), "translation", ndim) or [0.0] * ndim
+        values = [s * t + o for s, t, o in zip(outer_scale, inner, outer_shift, strict=True)]
+        axes_meta = ms.get("axes") or []
+        units = [_clean_unit(a.get("unit")) if isinstance(a, dict) else None for a in axes_meta]
+        return values, units if len(units) == ndim else [None] * ndim
+    return None
+
+
 def _ngff_scale(
     attrs: dict, name: str, ndim: int
 ) -> tuple[tuple[float, ...], list[str | None], str | None] | None:
@@ -311,10 +378,10 @@ def _ngff_scale(
         match = next((d for d in datasets if str(d.get("path")) == name), None)
         if match is None:
             continue
-        scale = _scale_of(match.get("coordinateTransformations"), ndim)
+        scale = _of_type(match.get("coordinateTransformations"), "scale", ndim)
         if scale is None:
             return None
-        outer = _scale_of(ms.get("coordinateTransformations"), ndim)
+        outer = _of_type(ms.get("coordinateTransformations"), "scale", ndim)
         if outer is not None:
             scale = [a * b for a, b in zip(scale, outer, strict=True)]
         axes_meta = ms.get("axes") or []
@@ -332,9 +399,11 @@ def _ngff_scale(
     return None
 
 
-def _scale_of(transforms: Any, ndim: int) -> list[float] | None:
+def _of_type(transforms: Any, kind: str, ndim: int) -> list[float] | None:
+    """The values of the first OME-NGFF transformation of type ``kind`` ("scale",
+    "translation") with one per axis."""
     for t in transforms or []:
-        scale = t.get("scale") if t.get("type") == "scale" else None
-        if isinstance(scale, list) and len(scale) == ndim:
-            return [float(s) for s in scale]
+        values = t.get(kind) if t.get("type") == kind else None
+        if isinstance(values, list) and len(values) == ndim:
+            return [float(v) for v in values]
     return None

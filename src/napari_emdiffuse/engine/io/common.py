@@ -89,6 +89,10 @@ class ImageData:
     source : str, optional
         Where a TIFF's or picture's pixel size came from (``"ImageJ metadata"``, ``"Thermo Fisher tag"``,
         ``"Hitachi text file"``, ...), to tell a user which record to check when it is wrong.
+    origin : tuple of float, optional
+        Where the centre of the first pixel lies, per axis, in ``unit`` (napari's
+        ``translate``): a zarr store's ``origin`` attribute or OME-NGFF translation, as a
+        restored region records its place in the image it was cut from. None: at 0.
     """
 
     data: np.ndarray | dask.array.Array | zarr.Array
@@ -98,6 +102,7 @@ class ImageData:
     path: Path | None
     note: str | None = None
     source: str | None = None
+    origin: tuple[float, ...] | None = None
 
     def __repr__(self) -> str:
         # The default repr would print every pixel.

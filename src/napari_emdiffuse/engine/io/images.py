@@ -108,6 +108,8 @@ def read_image(
     else:
         img = read_url(path, key) if is_url(path) else _read(Path(path).expanduser(), key)
     if channel is not None or time is not None:
+        if img.origin is not None:  # the kept axes' (picking is lazy: nothing is read twice)
+            img.origin = pick_axes(img.data, img.origin, img.axes, channel=channel, time=time, name=str(path))[1]
         img.data, img.spacing, img.axes = pick_axes(
             img.data, img.spacing, img.axes, channel=channel, time=time, name=str(path)
         )
@@ -215,6 +217,7 @@ def write_image(
     overwrite: bool = True,
     provenance: dict[str, Any] | None = None,
     zarr_format: int = 2,
+    origin: tuple[float, ...] | None = None,
 ) -> Path:
     """Write an image or volume as TIFF, MRC or zarr, chosen by the extension, atomically.
 
@@ -240,6 +243,10 @@ def write_image(
     zarr_format : {2, 3}
         A ``.zarr`` output's format (:mod:`.zarrfmt`): 3 stores each slice (or each chunk of
         a lazy input) as one shard of 512-px chunks; other outputs refuse 3.
+    origin : tuple of float, optional
+        Where the first pixel's centre lies per axis, in ``unit`` (a region's place in the
+        image it was cut from): a ``.zarr`` output records it (``origin``, and OME-NGFF
+        translations), which napari reads as the layer's ``translate``. TIFF and MRC do not.
 
     Returns
     -------
@@ -278,7 +285,7 @@ def write_image(
         lazy = lazy.rechunk(chunks)
         with ZarrWriter(
             p, lazy.shape, lazy.dtype, chunks=chunks, spacing=spacing, unit=unit, axes=axes,
-            overwrite=overwrite, attrs=attrs, zarr_format=zarr_format,
+            overwrite=overwrite, attrs=attrs, zarr_format=zarr_format, origin=origin,
         ) as writer:
             da.store(lazy, writer.array, lock=False)
             for _ in writer.build_pyramid():  # an OME-Zarr output's levels below full resolution
@@ -288,7 +295,7 @@ def write_image(
         per_slice = (*(1,) * (array.ndim - 2), *array.shape[-2:]) if zarr_format == 3 and array.ndim >= 2 else None
         with ZarrWriter(
             p, array.shape, array.dtype, chunks=per_slice, spacing=spacing, unit=unit, axes=axes, overwrite=overwrite,
-            attrs=attrs, zarr_format=zarr_format,
+            attrs=attrs, zarr_format=zarr_format, origin=origin,
         ) as writer:
             writer.array[...] = array
             for _ in writer.build_pyramid():

@@ -123,10 +123,7 @@ def read_n5(root: Where, key: str | None = None) -> ImageData:
         if not _is_dataset(_attributes(join(root, key))):
             raise InputError(f"cannot read '{join(root, key)}': no N5 dataset there (a URL names the dataset, "
                              "e.g. '.../vol.n5/em/fibsem-uint8/s0')")
-        array = N5Array(root, key)
-        spacing, unit = _calibration(root, key, array.ndim)
-        data, spacing, axes = drop_single_axes(array, spacing, None)
-        return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=None)
+        return _image(root, key, None)
     if not root.is_dir():
         raise InputError(f"cannot read '{root}': " + ("not an N5 container (a folder)" if root.exists() else "not found"))
     key = (key or "").strip("/")
@@ -141,10 +138,34 @@ def read_n5(root: Where, key: str | None = None) -> ImageData:
             raise InputError(f"cannot read '{where}': it holds several datasets ({', '.join(names)}); "
                              f"choose one, e.g. '{where}/{likely_image(names)}'")
         key = "/".join(k for k in (key, names[0]) if k)
+    return _image(root, key, root)
+
+
+def _image(root: Where, key: str, path: Path | None) -> ImageData:
     array = N5Array(root, key)
     spacing, unit = _calibration(root, key, array.ndim)
+    origin = _origin(_attributes(join(root, key)), array.ndim, unit)
+    _, origin, _ = drop_single_axes(array, origin, None)
     data, spacing, axes = drop_single_axes(array, spacing, None)
-    return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=root)
+    return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=path, origin=origin)
+
+
+def _origin(attrs: dict, ndim: int, unit: str | None) -> tuple[float, ...] | None:
+    """Where the first voxel's centre lies, z first: COSEM's ``transform.translate`` (each
+    level's own, half a voxel of the level above further on per halving, as this plugin's
+    OME-Zarr pyramids), in the unit of the spacing; None where absent or all zeros."""
+    t = attrs.get("transform")
+    try:
+        shift = [float(v) for v in t["translate"]] if isinstance(t, dict) else []
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(shift) != ndim or not any(shift) or not all(np.isfinite(v) for v in shift):
+        return None
+    units = list(t.get("units") or ["nm"] * ndim)
+    if t.get("ordering", "C") == "F" or [str(a).lower() for a in t.get("axes", [])][:1] == ["x"]:
+        shift, units = shift[::-1], units[::-1]
+    values, found = to_nm(shift, units if len(units) == ndim else [None] * ndim, None)
+    return tuple(values) if found == unit else None  # in the spacing's unit only
 
 
 def _calibration(root: Where, key: str, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:

@@ -136,7 +136,23 @@ def read_precomputed(root: Where, key: str = "") -> ImageData:
         zyx = None
     ok = zyx is not None and len(zyx) == 3 and all(np.isfinite(v) and v > 0 for v in zyx)
     local = root if isinstance(root, Path) else None
-    return ImageData(data=array, spacing=zyx if ok else None, unit="nm" if ok else None, axes="ZYX", path=local)
+    origin = _origin(array.offset, zyx, scales[0]) if ok else None
+    return ImageData(data=array, spacing=zyx if ok else None, unit="nm" if ok else None, axes="ZYX", path=local,
+                     origin=origin)
+
+
+def _origin(offset: tuple[int, ...], zyx: tuple[float, ...], finest: dict) -> tuple[float, ...] | None:
+    """Where a scale's first voxel centre lies (nm, z first) with the finest scale's voxel 0
+    at 0: its ``voxel_offset`` (x, y, z, in its own voxels, each covering ``[i, i + 1)``),
+    and, for a coarser scale, half a voxel of each scale's difference; None at 0."""
+    try:
+        first = [float(v) for v in reversed(finest["resolution"])]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(first) != 3:
+        return None
+    at = tuple((o + 0.5) * r - 0.5 * r0 for o, r, r0 in zip(reversed(offset), zyx, first))
+    return at if any(at) else None
 
 
 class PrecomputedArray(LazyArray):

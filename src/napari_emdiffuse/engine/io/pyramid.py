@@ -131,11 +131,16 @@ def downsample_tiles(
 
 def multiscales(
     levels: list[Level], ndim: int, spacing: tuple[float, ...] | None, unit: str | None, axes: str | None, name: str,
-    *, version: str = "0.4",
+    *, version: str = "0.4", origin: tuple[float, ...] | None = None,
 ) -> dict:
     """OME-NGFF ``multiscales`` metadata for full resolution (``"0"``) and ``levels``
     (``"1"``, ``"2"``, ...): version 0.4 (zarr format 2) at the top of the attributes, 0.5
     (zarr format 3) under ``"ome"``.
+
+    ``origin``: where full resolution's first pixel centre lies (a region's place in the
+    image it was cut from). A level's pixel averages ``f`` pixels above it, so its centre lies
+    ``(f - 1) / 2`` of them further on: each level's translation says so, and viewers that
+    read it (napari puts a pixel's centre at ``translate + i * scale``) overlay every level.
 
     Examples
     --------
@@ -145,16 +150,22 @@ def multiscales(
     (['z', 'y', 'x'], [40.0, 8.0, 8.0])
     >>> sorted(multiscales(levels, 3, None, None, "ZYX", "iso", version="0.5")["ome"])
     ['multiscales', 'version']
+    >>> ms["datasets"][1]["coordinateTransformations"][1]
+    {'type': 'translation', 'translation': [0.0, 2.0, 2.0]}
     """
     names = (axes or "ZYX"[-ndim:]).lower()
     units = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "angstrom": "angstrom", "A": "angstrom"}
     ome_unit = units.get(unit or "")
     base = list(spacing) if spacing is not None else [1.0] * ndim
     factors = [(1,) * ndim] + [lv.factors for lv in levels]
-    datasets = [
-        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [b * f for b, f in zip(base, fac)]}]}
-        for k, fac in enumerate(factors)
-    ]
+    start = list(origin) if origin is not None else [0.0] * ndim
+    datasets = []
+    for k, fac in enumerate(factors):
+        transforms: list[dict] = [{"type": "scale", "scale": [b * f for b, f in zip(base, fac)]}]
+        shift = [o + (f - 1) / 2 * b for o, f, b in zip(start, fac, base)]
+        if any(shift):
+            transforms.append({"type": "translation", "translation": shift})
+        datasets.append({"path": str(k), "coordinateTransformations": transforms})
     axes_meta = []
     for a in names:
         entry: dict[str, Any] = {"name": a, "type": "space" if a in "zyx" else "channel"}

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["FACTOR_TOLERANCE", "check_spacing", "factor_from_spacing"]
+__all__ = ["FACTOR_TOLERANCE", "check_spacing", "factor_from_spacing", "output_origin"]
 
 #: A z/xy spacing ratio within this relative distance of a whole number is taken as that factor.
 FACTOR_TOLERANCE = 0.05
@@ -82,3 +82,44 @@ def check_spacing(spacing: Any) -> tuple[float, float, float] | None:
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise InputError(f"spacing values must be positive numbers, got {values}")
     return values  # type: ignore[return-value]
+
+
+def output_origin(
+    origin: Sequence[float] | None,
+    spacing: Sequence[float] | None,
+    ndim: int,
+    *,
+    scale: float = 1,
+    start: Sequence[int] = (0, 0),
+) -> tuple[float, ...] | None:
+    """Where the first pixel centre of an output made from an ``ndim``-D input lies, in the
+    input's units (napari's ``translate``; pixels where ``spacing`` is None).
+
+    The input's ``origin`` (None: 0), moved by ``start`` input pixels along the last axes (a
+    region's first row and column; with a third value, its first section) and, for a Y-X grid
+    ``scale`` times finer, by ``(1 / scale - 1) / 2`` of an input pixel: the finer grid's
+    first pixel centre lies a quarter of an input pixel before the input's at x2, and a
+    2 x 2 bin's (``scale`` 1/2) half a pixel after it. Other leading axes keep theirs (an
+    isotropic volume's first slice is the input's). None where every value is 0.
+
+    Examples
+    --------
+    >>> output_origin(None, (8.0, 8.0), 2, scale=2)
+    (-2.0, -2.0)
+    >>> output_origin((0.0, 100.0, 0.0), (30.0, 4.0, 4.0), 3, start=(10, 20))
+    (0.0, 140.0, 80.0)
+    >>> output_origin(None, (8.0, 8.0), 2, scale=1 / 2)
+    (4.0, 4.0)
+    >>> output_origin(None, None, 2) is None
+    True
+    """
+    at = [float(v) for v in origin] if origin is not None else [0.0] * ndim
+    step = [float(v) for v in spacing] if spacing is not None else [1.0] * ndim
+    first = tuple(start)[-ndim:] if not any(tuple(start)[:-ndim]) else tuple(start)  # (0, 0) fits a 1-D line
+    if len(at) != ndim or len(step) != ndim or len(first) > ndim:
+        raise InputError(f"an origin and a spacing need one value per axis of a {ndim}-D image")
+    for axis, n in zip(range(ndim - len(first), ndim), first):
+        at[axis] += n * step[axis]
+    for axis in range(max(ndim - 2, 0), ndim):
+        at[axis] += (1.0 / scale - 1.0) / 2.0 * step[axis]
+    return tuple(at) if any(at) else None

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import InputError
 from ..events import Progress
 from .atomic import fsync_dir, remove_path
-from .calibration import check_axes, check_spacing, ngff_multiscales, zarr_calibration
+from .calibration import check_axes, check_origin, check_spacing, ngff_multiscales, zarr_calibration, zarr_origin
 from .common import ZARR_SUFFIX, ImageData, check_output_path, likely_image, reason, suffix_of
 from .fetch import unreachable, zarr_store
 from .ledger import LEDGER_DIR, Ledger
@@ -146,8 +146,10 @@ def read_zarr(store: Path | str, key: str | None) -> ImageData:
         node = node[name]
 
     spacing, unit, axes = zarr_calibration(node, parent, name)
+    origin = zarr_origin(node, parent, name, axes)
+    _, origin, _ = drop_single_axes(node, origin, axes)  # as the spacing's
     data, spacing, axes = drop_single_axes(node, spacing, axes)  # an OME-Zarr's single T and C
-    return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=store if local else None)
+    return ImageData(data=data, spacing=spacing, unit=unit, axes=axes, path=store if local else None, origin=origin)
 
 
 def _list_arrays(group: Any) -> str:
@@ -256,6 +258,9 @@ class ZarrWriter:
         :meth:`abort` keeps the store, with its :attr:`ledger`, for the next such run.
     zarr_format : {2, 3}
         The store's zarr format.
+    origin : tuple of float, optional
+        Where the first pixel's centre lies, in ``unit`` (a restored region's place in the
+        image it came from): the ``origin`` attribute, and an OME-Zarr's translations.
 
     Attributes
     ----------
@@ -287,6 +292,7 @@ class ZarrWriter:
         overwrite: bool = False,
         resume_key: str | None = None,
         zarr_format: int = 2,
+        origin: Sequence[float] | None = None,
     ) -> None:
         self.path = check_output_path(path)
         self.zarr_format = check_zarr_format(zarr_format)
@@ -297,6 +303,7 @@ class ZarrWriter:
         self.overwrite = overwrite
         shape = tuple(int(n) for n in shape)
         spacing = check_spacing(spacing, len(shape), self.path)
+        origin = check_origin(origin, len(shape), self.path)
         if axes is not None:
             axes = check_axes(axes, len(shape), self.path)
 
@@ -304,6 +311,9 @@ class ZarrWriter:
         if spacing is not None:
             meta["spacing"] = list(spacing)
             meta["unit"] = unit
+        if origin is not None:
+            meta["origin"] = list(origin)
+            meta.setdefault("unit", unit)
         if axes is not None:
             meta["axes"] = axes
         meta[COMPLETE_ATTR] = False
@@ -314,6 +324,7 @@ class ZarrWriter:
         self.ome = is_ome(self.path)
         self.pyramid_built = False
         self._ngff = (spacing, unit if spacing is not None else None, axes)
+        self._origin = origin
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as exc:
@@ -411,7 +422,7 @@ class ZarrWriter:
                 group = _zarr().open_group(str(self._temp), mode="r+")
                 levels = level_plan(tuple(self.array.shape), self._ngff[0])
                 meta = multiscales(levels, self.array.ndim, *self._ngff, self.path.name,
-                                   version="0.5" if self.zarr_format == 3 else "0.4")
+                                   version="0.5" if self.zarr_format == 3 else "0.4", origin=self._origin)
                 group.attrs.update({**meta, COMPLETE_ATTR: True})
             self.array.attrs[COMPLETE_ATTR] = True
             marker = self.array_path / COMPLETE_FILE  # OME-Zarr: inside "0", as zarr lists the root
