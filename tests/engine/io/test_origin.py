@@ -180,3 +180,28 @@ def test_a_level_below_full_resolution_lists_its_translation_after_its_scale(tmp
     ds = attrs["multiscales"][0]["datasets"]
     assert [t["type"] for t in ds[1]["coordinateTransformations"]] == ["scale", "translation"]
     assert ds[1]["coordinateTransformations"][1]["translation"] == [6.0, 10.0]
+
+
+def test_a_resumed_store_takes_the_place_it_is_finished_with(tmp_path):
+    """A store begun by a run told one place and finished by a run told another records the
+    latter, in its attributes and its OME-NGFF metadata alike."""
+    from napari_emdiffuse.engine.io.zarr import ZarrWriter
+
+    out = tmp_path / "r.ome.zarr"
+    first = ZarrWriter(out, (8, 8), np.uint8, spacing=(4.0, 4.0), origin=(4.0, 0.0), resume_key="k")
+    first.array[:4] = 1
+    first.abort()  # kept for the next run of the same key
+    for origin, want in (((8.0, 0.0), [8.0, 0.0]), (None, None)):
+        again = ZarrWriter(out, (8, 8), np.uint8, spacing=(4.0, 4.0), origin=origin, resume_key="k", overwrite=True)
+        assert again.resumed and int(again.array[0, 0]) == 1
+        again.array[4:] = 2
+        again.abort()
+    again = ZarrWriter(out, (8, 8), np.uint8, spacing=(4.0, 4.0), origin=(8.0, 0.0), resume_key="k", overwrite=True)
+    again.commit()
+    assert read_image(out).origin == (8.0, 0.0)
+    again = ZarrWriter(out, (8, 8), np.uint8, spacing=(4.0, 4.0), origin=(4.0, 0.0), resume_key="k2", overwrite=True)
+    again.abort()
+    done = ZarrWriter(out, (8, 8), np.uint8, spacing=(4.0, 4.0), resume_key="k2", overwrite=True)
+    assert done.resumed
+    done.commit()
+    assert read_image(out).origin is None

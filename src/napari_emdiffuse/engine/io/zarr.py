@@ -424,6 +424,11 @@ class ZarrWriter:
                 meta = multiscales(levels, self.array.ndim, *self._ngff, self.path.name,
                                    version="0.5" if self.zarr_format == 3 else "0.4", origin=self._origin)
                 group.attrs.update({**meta, COMPLETE_ATTR: True})
+            if self.resumed:  # begun by an earlier run, which may have been told another place
+                if self._origin is not None:
+                    self.array.attrs["origin"] = list(self._origin)
+                elif "origin" in self.array.attrs:
+                    del self.array.attrs["origin"]
             self.array.attrs[COMPLETE_ATTR] = True
             marker = self.array_path / COMPLETE_FILE  # OME-Zarr: inside "0", as zarr lists the root
             with open(marker, "w") as fh:
