@@ -1016,7 +1016,7 @@ def test_info_json_gives_one_record_per_input_for_scripts(tmp_path, capsys):
     assert rc == 2 and len(out) == 2
     assert out[0] == {"path": str(tmp_path / "vol.tif"), "shape": [4, 16, 16], "dtype": "uint8", "axes": "ZYX",
                       "spacing": [40.0, 8.0, 8.0], "unit": "nm", "note": None, "source": "ImageJ metadata",
-                      "isotropic_factor": 5, "bytes": 1024}  # fmt: skip
+                      "isotropic_factor": 5, "bytes": 1024, "origin": None}  # fmt: skip
     assert out[1]["path"].endswith("missing.tif") and "file not found" in out[1]["error"]
 
 

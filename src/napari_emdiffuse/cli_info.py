@@ -54,6 +54,9 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
     if record["source"]:
         size += f" ({img.source})"
     line = f"{name}: {' x '.join(str(n) for n in data.shape)} {data.dtype.name}, axes {img.axes or 'not declared'}, {size}"
+    record["origin"] = list(img.origin) if img.origin is not None else None
+    if img.origin is not None:  # a region's place in the image it was cut from
+        line += f"; first pixel at {' x '.join(f'{v:g}' for v in img.origin)} {img.unit or ''}".rstrip()
     if img.note:
         line += f"; {img.note}"
     if img.axes and len(img.axes) == data.ndim and "C" in img.axes and data.shape[img.axes.index("C")] > 1:

@@ -155,6 +155,9 @@ def test_cli_carries_the_origin_through_restore_and_convert(model, tmp_path, cap
                  str(tmp_path / "m"), "--region", "8", "40", "16", "48", "--steps", "1", "--tile", "32",
                  "--overlap", "8", "--device", "cpu"]) == 0  # fmt: skip
     assert read_image(tmp_path / "out.zarr").origin == pytest.approx((132.0, 264.0))
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "out.zarr")]) == 0
+    assert "first pixel at 132 x 264 nm" in capsys.readouterr().out
     assert main(["convert", str(tmp_path / "in.zarr"), "-o", str(tmp_path / "c.zarr"), "--region", "8", "40", "16", "48",
                  "--bin", "2"]) == 0  # fmt: skip
     back = read_image(tmp_path / "c.zarr")
