@@ -77,11 +77,13 @@ def served_any(request, tmp_path):
 
 
 class Stats:
-    """Requests a server answered, and the most it was answering at once."""
+    """Requests a server answered, the most it was answering at once, and the bytes it sent
+    (of the files' contents)."""
 
     def __init__(self) -> None:
         self.requests = 0
         self.most = 0
+        self.bytes = 0
         self._now = 0
         self._lock = threading.Lock()
 
@@ -93,9 +95,14 @@ def _counting(stats, pause):
                 stats.requests += 1
                 stats._now += 1
                 stats.most = max(stats.most, stats._now)
+            self._left = None
             try:
                 time.sleep(pause)
-                return super().send_head()
+                found = super().send_head()
+                whole = os.path.getsize(self.translate_path(self.path)) if found is not None and self.command == "GET" else 0
+                with stats._lock:
+                    stats.bytes += self._left if self._left is not None else whole
+                return found
             finally:
                 with stats._lock:
                     stats._now -= 1

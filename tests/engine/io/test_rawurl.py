@@ -15,6 +15,7 @@ from napari_emdiffuse.engine.io.images import read_image
 from napari_emdiffuse.engine.io.rawurl import BAND_ROWS, RawUrlArray
 from napari_emdiffuse.engine.io.mrcurl import read_mrc_url
 from napari_emdiffuse.engine.io.sources import open_source, source_of
+from napari_emdiffuse.engine.io.tiff import TiffArray
 from tests.engine.io.test_mrc_pictures import imod_bytes
 
 
@@ -113,7 +114,7 @@ def test_imod_unsigned_bytes_and_bad_files_by_url(served, lazy_from_any_size):
 
 def test_a_tiff_stack_by_url_reads_as_the_local_file(served, lazy_from_any_size):
     """ImageJ and tifffile stacks keep their pixels in one uncompressed run: read by byte
-    range, big-endian too. A compressed one, or a stack without their metadata, is fetched
+    range, big-endian too. A stack without their metadata, compressed or not, is fetched
     whole (control: the same pixels)."""
     import tifffile
 
@@ -134,10 +135,54 @@ def test_a_tiff_stack_by_url_reads_as_the_local_file(served, lazy_from_any_size)
     again = open_source(*source_of(read_image(f"{url}/ij.tif").data))
     np.testing.assert_array_equal(again[1, 3:9], data[1, 3:9])
     tifffile.imwrite(folder / "plain.tif", data, metadata=None)  # no stack metadata: every page's tags to walk
-    for name in ("zip.tif", "plain.tif"):
+    tifffile.imwrite(folder / "plainzip.tif", data, metadata=None, compression="zlib")
+    for name in ("plain.tif", "plainzip.tif"):
         whole = read_image(f"{url}/{name}")
-        assert not isinstance(whole.data, RawUrlArray) and "fetched" in whole.note, name
+        assert isinstance(whole.data, np.ndarray) and "fetched" in whole.note, name
         np.testing.assert_array_equal(np.asarray(whole.data[2]), data[2])
+    lazy = read_image(f"{url}/zip.tif")  # compressed: a page at a time (below)
+    assert isinstance(lazy.data, TiffArray) and "by byte range" in lazy.note
+    np.testing.assert_array_equal(lazy.data[2, 5:9], data[2, 5:9])
+
+
+def test_compressed_and_tiled_tiffs_by_url_read_only_the_parts_a_run_needs(served_counted, lazy_from_any_size,
+                                                                          tiny_model):
+    """A tiled, compressed image (as tifffile and Bio-Formats write large montages), a
+    compressed ImageJ stack and a tiled OME-TIFF pyramid: the local file's pixels and pixel
+    size, a part of them for a small fraction of the file, a worker opening the URL itself,
+    and a region restored as from the local file."""
+    import tifffile
+
+    from napari_emdiffuse.api import restore
+
+    folder, url, stats = served_counted
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (2048, 4096), dtype=np.uint8)  # noise: incompressible, so bytes tell
+    tifffile.imwrite(folder / "tiled.tif", image, tile=(128, 128), compression="zlib", resolution=(1e7 / 4, 1e7 / 4),
+                     resolutionunit="CENTIMETER")  # fmt: skip
+    stack = rng.integers(0, 60000, (6, 96, 80), dtype=np.uint16)
+    tifffile.imwrite(folder / "ij.tif", stack, imagej=True, compression="zlib", metadata={"axes": "ZYX"})
+    with tifffile.TiffWriter(folder / "pyr.ome.tif") as tw:
+        tw.write(image, tile=(128, 128), compression="zlib", subifds=1, metadata={"axes": "YX"})
+        tw.write(image[::2, ::2], tile=(128, 128), compression="zlib", subfiletype=1)
+    for name, want in (("tiled.tif", image), ("ij.tif", stack), ("pyr.ome.tif", image)):
+        img = read_image(f"{url}/{name}")
+        assert isinstance(img.data, TiffArray) and "by byte range" in img.note, name
+        assert img.data.shape == want.shape and img.data.dtype == want.dtype
+        for key in (np.s_[..., 100:200, 30:95], np.s_[..., ::-7, 3], np.s_[-1]):
+            np.testing.assert_array_equal(img.data[key], want[key], err_msg=f"{name} {key}")
+    assert read_image(f"{url}/tiled.tif").spacing == read_image(folder / "tiled.tif").spacing == (4.0, 4.0)
+    size = (folder / "tiled.tif").stat().st_size
+    fresh = read_image(f"{url}/tiled.tif").data
+    before = stats.bytes
+    np.testing.assert_array_equal(fresh[1010:1060, 2010:2060], image[1010:1060, 2010:2060])  # one tile
+    assert 0 < stats.bytes - before <= size / 4  # its block of 1 MB, of the 8 MB
+    again = open_source(*source_of(fresh))  # a cluster worker
+    assert isinstance(again, TiffArray) and again.url
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(fresh))[300:310, 4000:], image[300:310, 4000:])
+    kw = dict(steps=1, tile=32, overlap=8, device="cpu", region=(100, 180, 200, 290))
+    by_url = restore(read_image(f"{url}/tiled.tif").data, "denoise", tiny_model, **kw)
+    np.testing.assert_array_equal(by_url.mean, restore(image, "denoise", tiny_model, **kw).mean)
 
 
 def test_a_thermo_fisher_scan_by_url_is_read_without_its_data_bar(served, lazy_from_any_size):

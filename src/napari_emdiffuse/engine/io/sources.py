@@ -27,7 +27,7 @@ __all__ = ["source_of", "open_source", "wrapped_array"]
 def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] | None:
     """(file or store, array path inside it, indices taken on the first axes, on the last) of
     a zarr array, an :class:`~.hdf5.H5Array`, an :class:`~.n5.N5Array` or a
-    :class:`~.tiff.TiffArray` on the local file system, or of an :class:`~.views.AxesPicked`
+    :class:`~.tiff.TiffArray` (on the local file system or by URL), or of an :class:`~.views.AxesPicked`
     view of one, or of a dask array that only
     wraps one of these (``da.from_array``, ``da.from_zarr``: how napari layers of files and
     stores come); None for anything else (numpy, other dask arrays)."""
@@ -74,6 +74,8 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
         arr = FramesFirst(arr) if velox_dataset(key) and arr.ndim == 3 else arr
     elif is_url(where) and key.startswith("raw:"):  # an MRC or TIFF volume by URL, read by byte range
         arr = RawUrlArray.from_key(where, key)
+    elif is_url(where) and where.lower().endswith(TIFF_SUFFIXES):  # a compressed or tiled TIFF by URL
+        arr = TiffArray(where, int(key) if key else 0)
     elif is_url(where) and where.lower().endswith(".n5"):  # read over the network
         arr = N5Array(where, key)
     elif is_url(where):

@@ -20,7 +20,7 @@ from .atomic import fsync_dir, remove_path
 from .calibration import check_axes, check_spacing, tiff_calibration, to_nm
 from .consoles import console_scan_rows, databar_note
 from .common import (
-    TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, grey_from_samples, reason,
+    TIFF_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, grey_from_samples, is_url, reason,
     streams_lazily, suffix_of,
 )
 from .units import nm_factor
@@ -88,19 +88,24 @@ def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
 
 
 def read_tiff_url(url: str) -> ImageData | None:
-    """The TIFF file at ``url`` with its pixels read by byte range (:mod:`.rawurl`) where
-    they lie uncompressed in one run, as ImageJ and tifffile write stacks: only the header and
-    the first page's tags are fetched first. None for any other TIFF (compressed, tiled,
-    colour, or a stack whose every page's tags would be fetched to learn its layout), for the
-    file to be fetched whole."""
+    """The TIFF file at ``url`` read by byte range, where its metadata gives its layout
+    (ImageJ, tifffile's shaped or OME-TIFF): pixels that lie uncompressed in one run a band of
+    rows at a time (:mod:`.rawurl`), compressed or tiled ones a page or tile at a time
+    (:class:`TiffArray`: tifffile's view of the file through :func:`~.fetch.open_file`).
+    Only the header and the first page's tags are fetched first. None for any other TIFF
+    (colour, or a stack without such metadata, whose every page's tags would be fetched to
+    learn its layout), for the file to be fetched whole."""
     from .fetch import open_file
     from .rawurl import RawUrlArray, check_size, size_note
 
-    made: list[RawUrlArray] = []
+    made: list[Any] = []
 
-    def raw(tif: Any, series: Any, index: int) -> Any:
-        if series.dataoffset is None or str(series.axes).endswith("S") or not series.shape:  # colour
+    def by_range(tif: Any, series: Any, index: int) -> Any:
+        if str(series.axes).endswith("S") or not series.shape:  # colour
             raise _NotRaw
+        if series.dataoffset is None:  # compressed, tiled or scattered: tifffile decodes the parts read
+            made.append(TiffArray(url, index))
+            return made[-1]
         made.append(RawUrlArray(url, series.dataoffset, series.shape, np.dtype(series.dtype).newbyteorder(tif.byteorder)))
         check_size(made[-1])
         return made[-1]
@@ -108,16 +113,16 @@ def read_tiff_url(url: str) -> ImageData | None:
     try:
         with open_file(url, block=64 << 10) as fh:  # tags are small and scattered: small blocks
             with tifffile.TiffFile(fh) as tif:  # the header and first page only
-                first = tif.pages.first
-                if not (tif.is_imagej or tif.is_shaped) or first.compression != 1 or first.is_tiled:
+                if not (tif.is_imagej or tif.is_shaped or tif.is_ome):
                     return None
             fh.seek(0)
-            img = _read(fh, url, raw, path=None)
+            img = _read(fh, url, by_range, path=None)
     except _NotRaw:
         return None
     except OSError as exc:
         raise InputError(f"cannot read '{url}': {reason(exc)}") from exc
-    img.note = "; ".join(n for n in (img.note, size_note(made[0])) if n)
+    note = size_note(made[0]) if isinstance(made[0], RawUrlArray) else "read by byte range, only the parts a run needs"
+    img.note = "; ".join(n for n in (img.note, note) if n)
     return img
 
 
@@ -223,6 +228,8 @@ class TiffArray(LazyArray):
     indexing decodes only the pages or tiles it touches (tifffile's zarr view of the file),
     negative steps included. The file stays open while the array is used; the array pickles as
     its path, so cluster workers open the file themselves (:func:`~.sources.open_source`).
+    ``path`` may be a URL (:func:`read_tiff_url`): the parts read are then fetched by byte
+    range, 1 MB blocks at a time, one read at a time (the file handle is shared).
 
     Examples
     --------
@@ -235,9 +242,12 @@ class TiffArray(LazyArray):
     """
 
     def __init__(self, path: str | os.PathLike[str], series: int = 0) -> None:
-        self.file = str(Path(path).resolve())
+        self.url = is_url(str(path))
+        self.file = str(path) if self.url else str(Path(path).resolve())
         self.series = int(series)
         self._open: Any = None
+        self._handle: Any = None
+        self._lock = threading.Lock()
         z = self._zarr()
         self.shape: tuple[int, ...] = tuple(int(n) for n in z.shape)
         self.dtype = np.dtype(z.dtype)
@@ -247,23 +257,42 @@ class TiffArray(LazyArray):
         if self._open is None:
             import zarr
 
-            self._open = zarr.open(tifffile.imread(self.file, aszarr=True, series=self.series, level=0), mode="r")
+            if self.url:
+                from .fetch import open_file
+
+                try:
+                    self._handle = tifffile.TiffFile(open_file(self.file))
+                    store = self._handle.aszarr(series=self.series, level=0)
+                except OSError as exc:
+                    raise InputError(f"cannot read '{self.file}': {reason(exc)}") from exc
+            else:
+                store = tifffile.imread(self.file, aszarr=True, series=self.series, level=0)
+            self._open = zarr.open(store, mode="r")
         return self._open
 
     def __getitem__(self, key: Any) -> np.ndarray:
         read, post = ascending_index(key, self.shape)
         try:
-            out = np.asarray(self._zarr()[tuple(read)])
-        except (IndexError, MemoryError):
+            with self._lock:  # by URL, one file handle: its position is shared
+                out = np.asarray(self._zarr()[tuple(read)])
+        except (IndexError, MemoryError, InputError):
             raise
         except Exception as exc:  # a damaged page or tile: each codec raises its own error
             raise InputError(f"cannot read '{self.file}': {reason(exc)}") from exc
         return out[post] if post else out
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_open": None}  # an open file does not travel
+        return {**self.__dict__, "_open": None, "_handle": None, "_lock": None}  # an open file does not travel
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __dask_tokenize__(self) -> tuple:
+        if self.url:
+            from .fetch import remote_size
+
+            return ("TiffArray", self.file, self.series, remote_size(self.file))
         st = os.stat(self.file)
         return ("TiffArray", self.file, self.series, st.st_mtime_ns, st.st_size)
 
