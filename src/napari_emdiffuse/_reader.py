@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["get_reader", "get_ome_reader", "get_h5_reader", "get_n5_reader", "get_slices_reader", "image_layer",
+__all__ = ["get_reader", "get_ome_reader", "get_zarr_reader", "get_h5_reader", "get_n5_reader", "get_slices_reader", "image_layer",
            "layer_meta", "url_layers"]
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -249,6 +249,34 @@ def _read_n5(path: str | list[str]) -> list[LayerData]:
         meta = layer_meta(img, title, multiscale=len(levels) > 1)
         layers.append((levels if len(levels) > 1 else levels[0], meta, "image"))
     return layers
+
+
+def get_zarr_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """The reader for a plain zarr array (a ``.zarr`` folder, not OME) that records its pixel
+    size or its place (``spacing``, ``origin``: this plugin's ``.zarr`` outputs, a restored
+    region among them), so that it opens with its scale, over the image it came from; else
+    None (napari's own zarr reader, which leaves both out)."""
+    from .engine.io.common import ZARR_SUFFIX, is_url, suffix_of
+    from .engine.io.zarr import is_ome
+
+    path = _one(path)
+    if path is None or is_url(path) or suffix_of(Path(path)) != ZARR_SUFFIX or is_ome(path) or not Path(path).is_dir():
+        return None
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception:  # not a zarr store after all: napari's reader says so
+        return None
+    if not isinstance(node, zarr.Array) or not ({"spacing", "origin"} & set(node.attrs.keys())):
+        return None
+    return _read_zarr
+
+
+def _read_zarr(path: str | list[str]) -> list[LayerData]:
+    """The array as one lazy layer with its scale and translate."""
+    path = _one(path) or ""
+    return [image_layer(path, name=_stem(path))]
 
 
 def get_slices_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:

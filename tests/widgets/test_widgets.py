@@ -231,6 +231,27 @@ def test_ome_zarr_outputs_open_in_napari_as_multiscale_with_their_pixel_size(vie
     assert np.array_equal(np.asarray(layer.data[0]), data) and tuple(layer.scale) == (50.0, 4.0, 4.0)
 
 
+def test_a_region_store_opens_in_napari_over_the_image_it_came_from(viewer, tmp_path):
+    """A plain .zarr output of a region: its scale and translate put each pixel over the
+    input pixel it was restored from; a zarr array that records neither is napari's to open."""
+    import zarr
+
+    from napari_emdiffuse._reader import get_zarr_reader
+    from napari_emdiffuse.engine.io.images import write_image
+
+    data = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
+    write_image(tmp_path / "part.zarr", data, spacing=(4.0, 4.0), origin=(40.0, 80.0))
+    viewer.open(str(tmp_path / "part.zarr"), plugin=PLUGIN)
+    layer = viewer.layers["part"]
+    assert tuple(layer.scale) == (4.0, 4.0) and tuple(layer.translate) == (40.0, 80.0)
+    assert np.array_equal(np.asarray(layer.data), data)
+    # pixel (0, 0) of the part lies on pixel (10, 20) of a whole image at the same scale
+    assert tuple(layer.data_to_world((0, 0))) == (40.0, 80.0) == (10 * 4.0, 20 * 4.0)
+    zarr.open_array(str(tmp_path / "bare.zarr"), mode="w", shape=(4, 4), dtype="u1")
+    assert get_zarr_reader(str(tmp_path / "bare.zarr")) is None
+    assert get_zarr_reader(str(tmp_path / "missing.zarr")) is None
+
+
 def test_dm_files_and_n5_containers_open_in_napari_with_their_pixel_size(viewer, tmp_path):
     """napari reads neither: ours open a Gatan camera image and an OpenOrganelle-style pyramid."""
     from tests.engine.io.test_dm import _write_dm
