@@ -55,7 +55,7 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
         size += f" ({img.source})"
     line = f"{name}: {' x '.join(str(n) for n in data.shape)} {data.dtype.name}, axes {img.axes or 'not declared'}, {size}"
     record["origin"] = list(img.origin) if img.origin is not None else None
-    if img.origin is not None:  # a region's place in the image it was cut from
+    if img.origin is not None:  # where it lies: a region in the image it was cut from, a volume in its space
         line += f"; first pixel at {' x '.join(f'{v:g}' for v in img.origin)} {img.unit or ''}".rstrip()
     if img.note:
         line += f"; {img.note}"

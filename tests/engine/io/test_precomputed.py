@@ -69,7 +69,9 @@ def test_a_volume_reads_chunk_by_chunk_with_its_voxel_size(tmp_path, vol, capsys
     assert np.array_equal(pickle.loads(pickle.dumps(img.data))[5], want[5])
     assert np.array_equal(np.asarray(open_source(*source_of(img.data))), want)
     assert main(["info", str(root)]) == 0
-    assert "7 x 9 x 11 uint16, axes ZYX, 40 x 4 x 4 nm; isotropic factor 10" in capsys.readouterr().out
+    # its voxel_offset (z 10, y 20, x 2) of 40 x 4 x 4 nm voxels: where the volume lies
+    assert ("7 x 9 x 11 uint16, axes ZYX, 40 x 4 x 4 nm; first pixel at 400 x 80 x 8 nm; isotropic factor 10"
+            in capsys.readouterr().out)
 
 
 def test_jpeg_chunks_read_as_the_picture_x_wide_and_y_times_z_tall(tmp_path):
