@@ -111,7 +111,7 @@ def spill_store(out: Path, shape: tuple[int, ...], image: Any, *, uncertainty: b
 def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | None, data: Any, source: str,
                   attrs: dict) -> list[str]:
     """Write the finished stores of a spilled run (:func:`spill_store`) into the TIFF / MRC outputs."""
-    from .engine.inference.restore import provenance
+    from .engine.inference.provenance import provenance
     from .engine.io.zarr import open_zarr_readonly
 
     info = {k: v for k, v in attrs.items() if k not in ("normalisation", "spacing", "unit", "origin", "emdiffuse_complete")}
@@ -236,7 +236,7 @@ def restore_file_iter(
     """
     from .api import restore_iter, restore_to_zarr_iter
     from .engine.inference.checks import check_region, pixel_size_note, validate_image
-    from .engine.inference.restore import provenance
+    from .engine.inference.provenance import provenance
     from .engine.io.views import check_one_channel
     from .engine.io.zarr import open_zarr_readonly
 
@@ -337,7 +337,7 @@ def reconstruct_file_iter(
     """
     from .api import reconstruct_isotropic_iter
     from .engine.inference.checks import check_region
-    from .engine.inference.restore import provenance
+    from .engine.inference.provenance import provenance
     from .engine.io.spacing import factor_from_spacing
     from .engine.io.views import check_one_channel
 

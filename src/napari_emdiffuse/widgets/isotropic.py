@@ -396,7 +396,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         if result.uncertainty is not None:
             unc_data = lazy_volume(result.uncertainty, getattr(result, "uncertainty_path", None))
         vol_data = lazy_volume(result.volume, getattr(result, "path", None) or out)
-        from ..engine.inference.restore import provenance
+        from ..engine.inference.provenance import provenance
 
         info = result.info if isinstance(result.info, dict) else {}
         self.last_outputs = show_outputs(

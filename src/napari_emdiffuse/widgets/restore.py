@@ -525,7 +525,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             result = _stored(Path(result), unc_out, width)
         mean_name, unc_name = output_names(source["name"], task, result.scale)
         geometry = output_geometry(source["scale"], source["translate"], result.scale)
-        from ..engine.inference.restore import provenance, run_summary
+        from ..engine.inference.provenance import provenance, run_summary
 
         self.last_outputs = show_outputs(
             self.viewer, source, geometry, (mean_name, result.mean), (unc_name, result.uncertainty),

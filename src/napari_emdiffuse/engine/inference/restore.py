@@ -51,6 +51,7 @@ from .checks import (
     check_block, check_finite, check_fits_in_memory, check_region, output_dtype, owned_array, validate_image,
 )  # fmt: skip
 from .fill import fill_mask, inpaint_nearest, upscale_mask
+from .provenance import run_info
 from .slabs import SlabPlanes, chunk_depth, in_slab_order
 from .tiling import TilePlan, cut_canvas, pad_mode, pad_to
 from .zfilter import ZFilter, plan_z_filter, smooth_along_z
@@ -61,8 +62,6 @@ __all__ = [
     "restore_to_zarr_iter",
     "restore_plane",
     "restore_block",
-    "provenance",
-    "run_summary",
     "z_filter_pass",
 ]
 
@@ -296,28 +295,6 @@ def scaled_spacing(spacing, ndim: int, scale: int) -> tuple[float, ...] | None:
 def _start(region: tuple[slice, slice] | None) -> tuple[int, int]:
     """A checked region's first row and column (0, 0 for the whole image)."""
     return (region[0].start, region[1].start) if region is not None else (0, 0)
-
-
-def run_info(m: EMDiffuseModel, opts: SamplingOptions, dev: torch.device) -> dict:
-    # A predictor has no sampler or steps: one pass per mirrored view ("samples" counts them).
-    diffusion = m.card.kind != "regression"
-    return {
-        "model": m.card.name,
-        "task": m.card.task,
-        "preset": opts.preset,
-        "sampler": opts.sampler if diffusion else None,
-        "steps": opts.steps if diffusion else None,
-        "samples": opts.samples,
-        "tile": opts.tile,
-        "overlap": opts.overlap,
-        "batch": opts.batch,
-        "seed": opts.seed,
-        "precision": opts.precision,
-        "device": str(dev),
-        **({"refine": {"samples": opts.refine_samples, "steps": opts.refine_steps}} if opts.refine_samples else {}),
-        **({"blur": opts.blur, "blur_source": opts.extra.get("blur_source", "given")}
-           if m.card.network.blur_level and opts.blur is not None else {}),
-    }
 
 
 def restore_block(
@@ -582,50 +559,3 @@ def z_filter_pass(
     :func:`~..parallel.runner.z_filter_on_workers`); returns the width used."""
     yield Progress("note", 0, 0, message=plan.note)
     return (yield from smooth_along_z(mean, uncertainty, image, plan, fill=norm.fill, ledger=ledger))
-
-
-def run_summary(info: dict) -> str:
-    """How a result was computed, in a few words, from :func:`run_info`.
-
-    Examples
-    --------
-    >>> run_summary({"steps": None, "samples": 1}), run_summary({"steps": None, "samples": 4})
-    ('one pass', '4 mirrored views')
-    >>> run_summary({"sampler": "dpm++", "steps": 10, "samples": 2})
-    'dpm++, 10 steps, 2 samples'
-    >>> run_summary({"steps": None, "samples": 1, "blur": 0.96, "blur_source": "read off the image"})
-    'one pass, acquisition blur 0.96 px (read off the image)'
-    >>> run_summary({"steps": None, "samples": 1, "z_filter": 0.8})
-    'one pass, averaged along z over 0.8 slices (std)'
-    """
-    samples = int(info.get("samples") or 1)
-    if info.get("steps") is None:  # a predictor
-        text = "one pass" if samples == 1 else f"{samples} mirrored views"
-    else:
-        text = f"{info.get('sampler')}, {info['steps']} step{'s' * (info['steps'] != 1)}, " \
-               f"{samples} sample{'s' * (samples != 1)}"
-    refine = info.get("refine")
-    text += f", refined with {refine['samples']} residual samples" if refine else ""
-    if info.get("blur") is not None:
-        text += f", acquisition blur {info['blur']:g} px ({info.get('blur_source', 'given')})"
-    if info.get("z_filter"):
-        text += f", averaged along z over {info['z_filter']:g} slices (std)"
-    return text
-
-
-def provenance(info: dict, normalisation: dict | None = None, **extra: Any) -> dict:
-    """What made an output: the run's settings (:attr:`Restoration.info`), the normalisation
-    and the package version, for a file's metadata or a layer's ``metadata``.
-
-    Examples
-    --------
-    >>> provenance({"model": "demo-denoise", "preset": "fast"})["model"]
-    'demo-denoise'
-    """
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        package = f"napari-emdiffuse {version('napari-emdiffuse')}"
-    except PackageNotFoundError:  # running from a source tree
-        package = "napari-emdiffuse (source tree)"
-    return {**info, "normalisation": normalisation, "package": package, **extra}

@@ -67,7 +67,7 @@ from .normalise import (
     NormInfo, fit_normalisation, from_model, in_many_chunks, sample_values, std_from_model, to_dtype, to_model,
 )
 from .denoise_first import check_denoiser, denoise_first, scratch_beside, store_path
-from .restore import run_info
+from .provenance import run_info
 from .slabs import SlabPlanes, chunk_depth, in_slab_order
 from .tiling import cut_canvas, tile_halo
 from ..io.views import cutout
