@@ -134,23 +134,29 @@ def test_a_tiff_stack_by_url_reads_as_the_local_file(served, lazy_from_any_size)
     assert read_image(f"{url}/ij.tif").spacing == (30.0, 4.0, 4.0)
     again = open_source(*source_of(read_image(f"{url}/ij.tif").data))
     np.testing.assert_array_equal(again[1, 3:9], data[1, 3:9])
-    tifffile.imwrite(folder / "plain.tif", data, metadata=None)  # no stack metadata: every page's tags to walk
-    tifffile.imwrite(folder / "plainzip.tif", data, metadata=None, compression="zlib")
-    for name in ("plain.tif", "plainzip.tif"):
+    with tifffile.TiffWriter(folder / "plain.tif") as tw:  # no stack metadata: every page's tags to walk
+        for page in data:
+            tw.write(page, metadata=None)
+    tifffile.imwrite(folder / "ijzip.tif", data, imagej=True, compression="zlib")  # a page per slice
+    for name in ("ijzip.tif", "plain.tif"):  # a compressed stack: its pages' tags are as scattered
         whole = read_image(f"{url}/{name}")
         assert isinstance(whole.data, np.ndarray) and "fetched" in whole.note, name
         np.testing.assert_array_equal(np.asarray(whole.data[2]), data[2])
-    lazy = read_image(f"{url}/zip.tif")  # compressed: a page at a time (below)
-    assert isinstance(lazy.data, TiffArray) and "by byte range" in lazy.note
-    np.testing.assert_array_equal(lazy.data[2, 5:9], data[2, 5:9])
+    tifffile.imwrite(folder / "one.tif", data[1], metadata=None)  # one image: its layout is its first page's
+    one = read_image(f"{url}/one.tif")
+    assert isinstance(one.data, RawUrlArray)
+    np.testing.assert_array_equal(one.data[60:129, 7:30], data[1, 60:129, 7:30])
+    deep = read_image(f"{url}/zip.tif")  # tifffile writes a compressed volume as one deep page
+    assert isinstance(deep.data, TiffArray)
+    np.testing.assert_array_equal(deep.data[2, 5:9], data[2, 5:9])
 
 
 def test_compressed_and_tiled_tiffs_by_url_read_only_the_parts_a_run_needs(served_counted, lazy_from_any_size,
                                                                           tiny_model):
-    """A tiled, compressed image (as tifffile and Bio-Formats write large montages), a
-    compressed ImageJ stack and a tiled OME-TIFF pyramid: the local file's pixels and pixel
-    size, a part of them for a small fraction of the file, a worker opening the URL itself,
-    and a region restored as from the local file."""
+    """A tiled, compressed image (as tifffile and Bio-Formats write large montages), an
+    LZW-compressed one in strips and a tiled OME-TIFF pyramid: the local file's pixels and
+    pixel size, a part of them for a small fraction of the file, a worker opening the URL
+    itself, and a region restored as from the local file."""
     import tifffile
 
     from napari_emdiffuse.api import restore
@@ -160,12 +166,12 @@ def test_compressed_and_tiled_tiffs_by_url_read_only_the_parts_a_run_needs(serve
     image = rng.integers(0, 255, (2048, 4096), dtype=np.uint8)  # noise: incompressible, so bytes tell
     tifffile.imwrite(folder / "tiled.tif", image, tile=(128, 128), compression="zlib", resolution=(1e7 / 4, 1e7 / 4),
                      resolutionunit="CENTIMETER")  # fmt: skip
-    stack = rng.integers(0, 60000, (6, 96, 80), dtype=np.uint16)
-    tifffile.imwrite(folder / "ij.tif", stack, imagej=True, compression="zlib", metadata={"axes": "ZYX"})
+    strips = rng.integers(0, 60000, (96, 80), dtype=np.uint16)
+    tifffile.imwrite(folder / "lzw.tif", strips, compression="lzw", rowsperstrip=16, metadata=None)
     with tifffile.TiffWriter(folder / "pyr.ome.tif") as tw:
         tw.write(image, tile=(128, 128), compression="zlib", subifds=1, metadata={"axes": "YX"})
         tw.write(image[::2, ::2], tile=(128, 128), compression="zlib", subfiletype=1)
-    for name, want in (("tiled.tif", image), ("ij.tif", stack), ("pyr.ome.tif", image)):
+    for name, want in (("tiled.tif", image), ("lzw.tif", strips), ("pyr.ome.tif", image)):
         img = read_image(f"{url}/{name}")
         assert isinstance(img.data, TiffArray) and "by byte range" in img.note, name
         assert img.data.shape == want.shape and img.data.dtype == want.dtype

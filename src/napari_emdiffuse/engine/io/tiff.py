@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,22 +89,26 @@ def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
 
 
 def read_tiff_url(url: str) -> ImageData | None:
-    """The TIFF file at ``url`` read by byte range, where its metadata gives its layout
-    (ImageJ, tifffile's shaped or OME-TIFF): pixels that lie uncompressed in one run a band of
-    rows at a time (:mod:`.rawurl`), compressed or tiled ones a page or tile at a time
-    (:class:`TiffArray`: tifffile's view of the file through :func:`~.fetch.open_file`).
-    Only the header and the first page's tags are fetched first. None for any other TIFF
-    (colour, or a stack without such metadata, whose every page's tags would be fetched to
-    learn its layout), for the file to be fetched whole."""
+    """The TIFF file at ``url`` read by byte range: pixels that lie uncompressed in one run (a
+    stack whose metadata gives its layout: ImageJ, tifffile's; or one image) a band of rows at
+    a time (:mod:`.rawurl`); the compressed or tiled pixels of one image (a large montage; an
+    OME-TIFF pyramid's full resolution) a tile or strip at a time (:class:`TiffArray`:
+    tifffile's view of the file through :func:`~.fetch.open_file`). Only the header and the
+    first page's tags are fetched first. None for any other TIFF (colour, a stack without such
+    metadata, whose every page's tags would be fetched to learn its layout, or a compressed
+    stack, whose pages' tags are as scattered), for the file to be fetched whole."""
     from .fetch import open_file
     from .rawurl import RawUrlArray, check_size, size_note
 
     made: list[Any] = []
+    one = False  # a single image (no page after the first)
 
     def by_range(tif: Any, series: Any, index: int) -> Any:
         if str(series.axes).endswith("S") or not series.shape:  # colour
             raise _NotRaw
-        if series.dataoffset is None:  # compressed, tiled or scattered: tifffile decodes the parts read
+        if series.dataoffset is None:  # compressed or tiled: tifffile decodes the parts read
+            if not one:
+                raise _NotRaw
             made.append(TiffArray(url, index))
             return made[-1]
         made.append(RawUrlArray(url, series.dataoffset, series.shape, np.dtype(series.dtype).newbyteorder(tif.byteorder)))
@@ -113,7 +118,8 @@ def read_tiff_url(url: str) -> ImageData | None:
     try:
         with open_file(url, block=64 << 10) as fh:  # tags are small and scattered: small blocks
             with tifffile.TiffFile(fh) as tif:  # the header and first page only
-                if not (tif.is_imagej or tif.is_shaped or tif.is_ome):
+                one = _one_page(fh, tif)
+                if not (one or tif.is_imagej or tif.is_shaped):
                     return None
             fh.seek(0)
             img = _read(fh, url, by_range, path=None)
@@ -124,6 +130,18 @@ def read_tiff_url(url: str) -> ImageData | None:
     note = size_note(made[0]) if isinstance(made[0], RawUrlArray) else "read by byte range, only the parts a run needs"
     img.note = "; ".join(n for n in (img.note, note) if n)
     return img
+
+
+def _one_page(fh: Any, tif: Any) -> bool:
+    """Whether the first page of ``tif`` (open on ``fh``) is its only one: the offset after
+    its tags that would point to the next is 0 (one small read; tifffile would walk the
+    pages to count them)."""
+    t = tif.tiff
+    at = tif.pages.first.offset
+    fh.seek(at)
+    count = struct.unpack(t.tagnoformat, fh.read(t.tagnosize))[0]
+    fh.seek(at + t.tagnosize + count * t.tagsize)
+    return struct.unpack(t.offsetformat, fh.read(t.offsetsize))[0] == 0
 
 
 class _NotRaw(Exception):
