@@ -186,6 +186,15 @@ def test_compressed_and_tiled_tiffs_by_url_read_only_the_parts_a_run_needs(serve
     again = open_source(*source_of(fresh))  # a cluster worker
     assert isinstance(again, TiffArray) and again.url
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(fresh))[300:310, 4000:], image[300:310, 4000:])
+    # damaged files: one line each, before any pixel is read
+    raw = (folder / "tiled.tif").read_bytes()
+    (folder / "cut.tif").write_bytes(raw[: len(raw) // 2])
+    (folder / "junk.tif").write_bytes(b"II*\x00" + b"\xff" * 4000)
+    (folder / "text.tif").write_bytes(b"hello world" * 300)
+    for name, why in (("cut.tif", "its pixels are truncated"), ("junk.tif", "not a readable TIFF file"),
+                      ("text.tif", "not a readable TIFF file")):
+        with pytest.raises(InputError, match=why):
+            read_image(f"{url}/{name}")
     kw = dict(steps=1, tile=32, overlap=8, device="cpu", region=(100, 180, 200, 290))
     by_url = restore(read_image(f"{url}/tiled.tif").data, "denoise", tiny_model, **kw)
     np.testing.assert_array_equal(by_url.mean, restore(image, "denoise", tiny_model, **kw).mean)

@@ -97,7 +97,7 @@ def read_tiff_url(url: str) -> ImageData | None:
     first page's tags are fetched first. None for any other TIFF (colour, a stack without such
     metadata, whose every page's tags would be fetched to learn its layout, or a compressed
     stack, whose pages' tags are as scattered), for the file to be fetched whole."""
-    from .fetch import open_file
+    from .fetch import open_file, remote_size
     from .rawurl import RawUrlArray, check_size, size_note
 
     made: list[Any] = []
@@ -109,6 +109,10 @@ def read_tiff_url(url: str) -> ImageData | None:
         if series.dataoffset is None:  # compressed or tiled: tifffile decodes the parts read
             if not one:
                 raise _NotRaw
+            page = tif.pages.first
+            need = max((int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+            if (size := remote_size(url)) is not None and size < need:
+                raise InputError(f"cannot read '{url}': its pixels are truncated ({size} of {need} bytes)")
             made.append(TiffArray(url, index))
             return made[-1]
         made.append(RawUrlArray(url, series.dataoffset, series.shape, np.dtype(series.dtype).newbyteorder(tif.byteorder)))
@@ -125,8 +129,13 @@ def read_tiff_url(url: str) -> ImageData | None:
             img = _read(fh, url, by_range, path=None)
     except _NotRaw:
         return None
+    except InputError:
+        raise
     except OSError as exc:
         raise InputError(f"cannot read '{url}': {reason(exc)}") from exc
+    except (tifffile.TiffFileError, struct.error, IndexError, ValueError) as exc:  # the probe of a damaged file
+        why = "no readable first page" if isinstance(exc, IndexError) else reason(exc)
+        raise InputError(f"cannot read '{url}': not a readable TIFF file ({why})") from exc
     note = size_note(made[0]) if isinstance(made[0], RawUrlArray) else "read by byte range, only the parts a run needs"
     img.note = "; ".join(n for n in (img.note, note) if n)
     return img
