@@ -3,6 +3,7 @@ atomic writing (ImageJ hyperstacks where possible, so Fiji shows the calibration
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -300,7 +301,7 @@ class TiffArray(LazyArray):
     def __getitem__(self, key: Any) -> np.ndarray:
         read, post = ascending_index(key, self.shape)
         try:
-            with self._lock:  # by URL, one file handle: its position is shared
+            with self._lock if self.url else contextlib.nullcontext():  # by URL, one file handle and its position
                 out = np.asarray(self._zarr()[tuple(read)])
         except (IndexError, MemoryError, InputError):
             raise
