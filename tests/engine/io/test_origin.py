@@ -81,6 +81,9 @@ def test_super_resolution_lies_a_quarter_input_pixel_back():
     assert output_origin(None, (4.0, 4.0), 2, scale=1 / 4) == (6.0, 6.0)  # a 4 x 4 bin's centre
     with pytest.raises(InputError, match="one value per axis"):
         output_origin((1.0,), (4.0, 4.0), 2)
+    for bad in ("ab", (float("nan"), 0.0), (None, 1.0)):
+        with pytest.raises(InputError, match="an origin and a spacing are"):
+            output_origin(bad, (4.0, 4.0), 2)
 
 
 def test_a_super_resolved_region_into_a_store(tmp_path):

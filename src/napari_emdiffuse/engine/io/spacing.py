@@ -113,8 +113,13 @@ def output_origin(
     >>> output_origin(None, None, 2) is None
     True
     """
-    at = [float(v) for v in origin] if origin is not None else [0.0] * ndim
-    step = [float(v) for v in spacing] if spacing is not None else [1.0] * ndim
+    try:
+        at = [float(v) for v in origin] if origin is not None else [0.0] * ndim
+        step = [float(v) for v in spacing] if spacing is not None else [1.0] * ndim
+    except (TypeError, ValueError):
+        raise InputError(f"an origin and a spacing are numbers, one per axis; got {origin!r} and {spacing!r}") from None
+    if not all(math.isfinite(v) for v in at + step):
+        raise InputError(f"an origin and a spacing are finite numbers; got {origin!r} and {spacing!r}")
     first = tuple(start)[-ndim:] if not any(tuple(start)[:-ndim]) else tuple(start)  # (0, 0) fits a 1-D line
     if len(at) != ndim or len(step) != ndim or len(first) > ndim:
         raise InputError(f"an origin and a spacing need one value per axis of a {ndim}-D image")
