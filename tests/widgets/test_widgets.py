@@ -900,11 +900,13 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
         RestoreOptions(zarr_format=3).validate()
 
 
-def test_restore_widget_restores_the_region_in_view(viewer, qtbot, models, errors):
+def test_restore_widget_restores_the_region_in_view(viewer, qtbot, models, errors, tmp_path):
     """region in view only: the rows and columns on screen (closed form from the camera),
     restored as the engine restores that region, overlaid on the input; the whole run then
-    replaces it. A 3D view or an output path is refused."""
+    replaces it; with an output path, into a store that lies where the region does. A 3D view
+    is refused."""
     from napari_emdiffuse.api import restore
+    from napari_emdiffuse.engine.io.images import read_image
     from napari_emdiffuse.engine.models.registry import load_model
 
     img = (np.random.default_rng(4).random((200, 240)) * 255).astype(np.uint8)
@@ -932,9 +934,18 @@ def test_restore_widget_restores_the_region_in_view(viewer, qtbot, models, error
     assert w.run()
     _wait(qtbot, w)
     assert viewer.layers["big2d_denoised"].data.shape == img.shape and tuple(out.translate) == (10.0, 20.0)
+    # with an output path: the same region into a store that records its place
     w.in_view.setChecked(True)
-    w.output.setText("x.zarr")
-    assert not w.run() and "restored in memory" in errors[-1]
+    store = tmp_path / "part.zarr"
+    w.output.setText(str(store))
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    shown = viewer.layers["big2d_denoised"]
+    assert tuple(shown.translate) == (70.0, 20.0 + 2 * x0) and np.array_equal(np.asarray(shown.data), same.mean)
+    back = read_image(store)
+    assert back.origin == (70.0, 20.0 + 2 * x0) and back.spacing == (2.0, 2.0)
+    assert np.array_equal(np.asarray(back.data), same.mean)
     w.output.setText("")
     viewer.dims.ndisplay = 3
     assert not w.run() and "switch the viewer to 2D" in errors[-1]
@@ -1137,6 +1148,20 @@ def test_isotropic_widget(viewer, qtbot, models, errors, tmp_path):
     assert out.data.shape == (5, 21, x1 - x0) and tuple(out.translate)[1:] == (320.0, 8.0 * x0)
     assert "rows 40:61" in w.status.text() and out.metadata["emdiffuse"]["region"] == [40, 61, x0, x1]
     assert np.array_equal(np.asarray(out.data)[::2], big[:, 40:61, x0:x1])  # the measured slices, in place
+    first = np.asarray(out.data).copy()
+    # with an output path: a store of the region that lies where it does
+    store = tmp_path / "wide_part.zarr"
+    w.output.setText(str(store))
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    from napari_emdiffuse.engine.io.images import read_image
+
+    back = read_image(store)
+    assert back.origin == (0.0, 320.0, 8.0 * x0) and back.spacing == (8.0, 8.0, 8.0)
+    assert np.array_equal(np.asarray(back.data), first)
+    assert tuple(viewer.layers["wide_isotropic"].translate)[1:] == (320.0, 8.0 * x0)
+    w.output.setText("")
 
 
 def test_isotropic_widget_reconstructs_volume_files_into_a_folder(viewer, qtbot, models, errors, tmp_path, monkeypatch):

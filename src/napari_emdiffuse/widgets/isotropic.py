@@ -81,8 +81,9 @@ class IsotropicOptions(WidgetOptions):
     zarr_format : {2, 3}
         ``.zarr`` output: 2, or 3 (zarr v3, a shard of 512-px chunks per block).
     in_view : bool
-        Reconstruct only the rows and columns the viewer shows (in memory), normalised as the
-        whole volume: a quick look before a long run.
+        Reconstruct only the rows and columns the viewer shows, normalised as the whole
+        volume: a quick look before a long run, or with an output path a store of that part
+        that records its place (it opens over the input).
     """
 
     mode: str = "i"
@@ -115,8 +116,6 @@ class IsotropicOptions(WidgetOptions):
         check_tiling(self)
         if self.output:
             check_zarr_output(self.output)
-            if self.in_view:
-                raise EMDiffuseError("the region in view is reconstructed in memory: clear the output path")
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
         check_zarr_format_choice(self.zarr_format, self.output)
@@ -248,7 +247,8 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self.in_view = QCheckBox("region in view only")
         self.in_view.setToolTip(
             "Reconstruct only the rows and columns the viewer shows (an XY view; zoom in first), normalised as the "
-            "whole volume: a quick look before a long run; the whole run then replaces it"
+            "whole volume: a quick look before a long run; the whole run then replaces it. With a .zarr output: "
+            "a store of that part that opens over the input"
         )
         self.output = QLineEdit()
         self.output.setPlaceholderText("in memory (or a .zarr path for large volumes)")

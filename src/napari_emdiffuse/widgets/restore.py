@@ -91,8 +91,9 @@ class RestoreOptions(WidgetOptions):
     current_slice : bool
         For a stack, restore only the slice the viewer shows.
     in_view : bool
-        Restore only the part of the image the viewer shows (in memory), normalised as the
-        whole image: a quick look before a long run.
+        Restore only the part of the image the viewer shows (of every slice of a stack),
+        normalised as the whole image: a quick look before a long run, or with an output
+        path a store of that part that records its place (it opens over the input).
     z_filter : str
         Denoising a stack: ``auto`` (average the restored slices along z where neighbouring
         slices look alike), ``off``, or a width in slices (0-3).
@@ -141,8 +142,6 @@ class RestoreOptions(WidgetOptions):
             raise EMDiffuseError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if self.output:
             check_zarr_output(self.output)
-            if self.in_view:
-                raise EMDiffuseError("the region in view is restored in memory: clear the output path")
         self.z_filter = check_z_filter(self.z_filter)
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
@@ -361,7 +360,7 @@ class RestoreWidget(FilesMixin, DockWidget):
         self.in_view.setToolTip(
             "Restore only the part of the image the viewer shows (zoom in first), normalised as the whole image "
             "and read with context around it: a quick look at the settings before a long run; the whole run "
-            "then replaces it"
+            "then replaces it. With a .zarr output: that part of every slice, into a store that opens over the input"
         )
         self.output = QLineEdit()
         self.output.setPlaceholderText("in memory (or a .zarr path)")
