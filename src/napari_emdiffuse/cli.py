@@ -253,7 +253,8 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
             raise InputError(f"'{args.input}' is {' x '.join(str(n) for n in data.data.shape)}: smaller than one "
                              f"{args.bin} x {args.bin} bin")
         data.data = bin_lateral(data.data, args.bin)
-        data.origin = output_origin(data.origin, data.spacing, ndim, scale=1 / args.bin)  # a bin's centre
+        if _is_zarr(out):  # a bin's pixel centre; TIFF counts from corners, where a bin starts with its pixels
+            data.origin = output_origin(data.origin, data.spacing, ndim, scale=1 / args.bin)
         if data.spacing is not None:
             data.spacing = (*data.spacing[:-2], *(v * args.bin for v in data.spacing[-2:]))
     if not _is_zarr(out) and not isinstance(data.data, np.ndarray) and not streams_lazily(data.data):

@@ -109,8 +109,9 @@ def spill_store(out: Path, shape: tuple[int, ...], image: Any, *, uncertainty: b
 
 
 def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | None, data: Any, source: str,
-                  attrs: dict) -> list[str]:
-    """Write the finished stores of a spilled run (:func:`spill_store`) into the TIFF / MRC outputs."""
+                  attrs: dict, origin: Any = None) -> list[str]:
+    """Write the finished stores of a spilled run (:func:`spill_store`) into the TIFF / MRC
+    outputs, at ``origin`` (:func:`corner_origin`)."""
     from .engine.inference.provenance import provenance
     from .engine.io.zarr import open_zarr_readonly
 
@@ -120,7 +121,22 @@ def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | No
     image = open_zarr_readonly(spill)
     axes = "ZYX"[-image.ndim:]
     std = open_zarr_readonly(spill_unc) if unc is not None and spill_unc is not None and spill_unc.exists() else None
-    return write_results(out, image, unc, std, spacing=spacing, unit=unit, axes=axes, made=made)
+    return write_results(out, image, unc, std, spacing=spacing, unit=unit, axes=axes, made=made, origin=origin)
+
+
+def corner_origin(data: Any, region: Any) -> tuple[float, ...] | None:
+    """Where a TIFF or MRC result of input ``data`` (:class:`ImageData`) lies, as ImageJ counts
+    it (from pixel corners, so a finer grid starts where its input does): the input's origin
+    moved to the ``region``'s first row and column."""
+    from .engine.inference.checks import check_region
+    from .engine.io.spacing import output_origin
+
+    shape = tuple(data.data.shape)
+    start = (0, 0)
+    if region is not None:
+        ys, xs = check_region(region, shape)
+        start = (ys.start, xs.start)
+    return output_origin(data.origin, data.spacing, len(shape), start=start)
 
 
 def write_results(out: Path, image: Any, unc: Path | None, std: Any, *, spacing: Any, unit: str, axes: str | None,
@@ -280,7 +296,8 @@ def restore_file_iter(
             attrs = dict(open_zarr_readonly(spill).attrs)
             for text in fill_notes(attrs.get("normalisation")):
                 yield note(text)
-            yield write_spilled(out, unc, spill, spill_unc, data, str(src), attrs)
+            yield write_spilled(out, unc, spill, spill_unc, data, str(src), attrs,
+                                origin=corner_origin(data, sampling.get("region")))
         finally:
             remove_spill(spill, spill_unc)
         return
@@ -295,7 +312,7 @@ def restore_file_iter(
     if unc is not None and result.uncertainty is None:
         yield note("note: one sample gives no uncertainty; use --samples 2 or more")
     yield write_results(out, result.mean, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",
-                        axes=axes, made=made, origin=result.origin)
+                        axes=axes, made=made, origin=corner_origin(data, sampling.get("region")))
 
 
 def reconstruct_file_iter(
@@ -383,7 +400,8 @@ def reconstruct_file_iter(
         for text in fill_notes(result.info.get("normalisation")):
             yield note(text)
         if spilled:
-            yield write_spilled(out, unc, store, store_unc, data, str(src), {**result.info, "spacing": result.spacing})
+            yield write_spilled(out, unc, store, store_unc, data, str(src), {**result.info, "spacing": result.spacing},
+                                origin=result.origin)
             return
     finally:
         if spilled:

@@ -211,3 +211,35 @@ def test_a_resumed_store_takes_the_place_it_is_finished_with(tmp_path):
     assert done.resumed
     done.commit()
     assert read_image(out).origin is None
+
+
+def test_a_tiff_cut_out_has_the_coordinates_fiji_gives_the_whole(model, tmp_path, capsys):
+    """ImageJ counts a pixel's position from its corner: ``(i - xorigin) x pixel size``. A
+    region's TIFF starts where the region does, in the input's pixels and in a finer grid's
+    (x2: from output pixel 2 x0), and reads back as the origin it was written with."""
+    import tifffile
+
+    img = (np.random.default_rng(8).random((64, 80)) * 255).astype(np.uint8)
+    write_image(tmp_path / "in.tif", img, spacing=(4.0, 4.0))
+    assert read_image(tmp_path / "in.tif").origin is None
+    model.save(tmp_path / "m")
+    sr = make_tiny("super-resolve")
+    sr.save(tmp_path / "sr")
+    fast = ["--steps", "1", "--tile", "32", "--overlap", "8", "--device", "cpu"]
+    assert main(["denoise", str(tmp_path / "in.tif"), "-o", str(tmp_path / "part.tif"), "--model", str(tmp_path / "m"),
+                 "--region", "8", "40", "16", "48", *fast]) == 0  # fmt: skip
+    ij = tifffile.TiffFile(tmp_path / "part.tif").imagej_metadata
+    assert (ij["yorigin"], ij["xorigin"]) == (-8.0, -16.0)
+    assert read_image(tmp_path / "part.tif").origin == (32.0, 64.0)
+    assert main(["super-resolve", str(tmp_path / "in.tif"), "-o", str(tmp_path / "sr.tif"), "--model",
+                 str(tmp_path / "sr"), "--region", "8", "40", "16", "48", *fast]) == 0  # fmt: skip
+    ij = tifffile.TiffFile(tmp_path / "sr.tif").imagej_metadata
+    assert (ij["yorigin"], ij["xorigin"]) == (-16.0, -32.0)  # output pixels of 2 nm: the region's corner
+    assert main(["convert", str(tmp_path / "in.tif"), "-o", str(tmp_path / "bin.tif"), "--region", "8", "40", "16", "48",
+                 "--bin", "2"]) == 0  # fmt: skip
+    ij = tifffile.TiffFile(tmp_path / "bin.tif").imagej_metadata
+    assert (ij["yorigin"], ij["xorigin"]) == (-4.0, -8.0)  # 8 nm bins from the region's corner
+    # a TIFF that is not an ImageJ hyperstack records none
+    write_image(tmp_path / "i16.tif", img.astype(np.int16), spacing=(4.0, 4.0), origin=(8.0, 8.0))
+    assert read_image(tmp_path / "i16.tif").origin is None
+    capsys.readouterr()

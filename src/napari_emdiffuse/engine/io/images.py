@@ -246,7 +246,9 @@ def write_image(
     origin : tuple of float, optional
         Where the first pixel's centre lies per axis, in ``unit`` (a region's place in the
         image it was cut from): a ``.zarr`` output records it (``origin``, and OME-NGFF
-        translations), which napari reads as the layer's ``translate``. TIFF and MRC do not.
+        translations), which napari reads as the layer's ``translate``; a calibrated ImageJ
+        TIFF as its ``xorigin`` / ``yorigin`` / ``zorigin`` (:func:`~.tiff.write_tiff`). MRC
+        does not.
 
     Returns
     -------
@@ -259,7 +261,7 @@ def write_image(
     if check_zarr_format(zarr_format) != 2 and suffix_of(p) != ZARR_SUFFIX:
         raise InputError(f"zarr format {zarr_format} is the format of a .zarr output; '{p.name}' is not one")
     if suffix_of(p) in TIFF_SUFFIXES:
-        return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance)
+        return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin)
     if suffix_of(p) in MRC_SUFFIXES:
         return write_mrc(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance)
     attrs = {"provenance": json.loads(json.dumps(provenance, default=str))} if provenance else None

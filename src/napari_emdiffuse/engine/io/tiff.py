@@ -182,6 +182,7 @@ def _read(source: Any, name: str, pixels: Any, *, path: Path | None) -> ImageDat
             except Exception as exc:  # odd metadata must not stop reading good pixels
                 logger.warning("ignoring unreadable calibration in %s: %s", name, reason(exc))
                 spacing, units, known_axes, source_name = None, None, None, None
+            ij_origin = (tif.imagej_metadata or {}) if tif.is_imagej and source_name == "ImageJ metadata" else {}
     except (InputError, MemoryError, _NotRaw):
         raise
     except Exception as exc:
@@ -202,7 +203,27 @@ def _read(source: Any, name: str, pixels: Any, *, path: Path | None) -> ImageDat
     data, spacing, known_axes = _grey(name, data, spacing, known_axes, series_axes)
     data, spacing, known_axes = drop_single_axes(data, spacing, known_axes)
     return ImageData(data=data, spacing=spacing, unit=unit, axes=known_axes, path=path, note=note,
-                     source=source_name if spacing is not None else None)
+                     source=source_name if spacing is not None else None,
+                     origin=_imagej_origin(ij_origin, spacing, known_axes))
+
+
+def _imagej_origin(ij: dict, spacing: tuple[float, ...] | None, axes: str | None) -> tuple[float, ...] | None:
+    """Where the first pixel lies, from an ImageJ calibration's ``xorigin`` / ``yorigin`` /
+    ``zorigin``: pixels counted back from it (ImageJ's position of pixel i is
+    ``(i - origin) x pixel size``), in the spacing's unit; None where there are none.
+
+    Examples
+    --------
+    >>> _imagej_origin({"xorigin": -20.0, "yorigin": -8}, (4.0, 4.0), "YX")
+    (32.0, 80.0)
+    """
+    if not ij or spacing is None or axes is None or len(axes) != len(spacing):
+        return None
+    try:
+        at = [-float(ij.get(f"{a.lower()}origin") or 0.0) * s if a in "ZYX" else 0.0 for a, s in zip(axes, spacing)]
+    except (TypeError, ValueError):
+        return None
+    return tuple(at) if any(at) and all(np.isfinite(at)) else None
 
 
 def _image_series(tif: Any) -> int:
@@ -383,6 +404,7 @@ def write_tiff(
     unit: str = "nm",
     axes: str | None = None,
     provenance: dict[str, Any] | None = None,
+    origin: tuple[float, ...] | None = None,
 ) -> Path:
     """Write an image atomically as TIFF with its spacing, readable by :func:`read_image`.
 
@@ -407,6 +429,11 @@ def write_tiff(
     provenance : dict, optional
         How the image was made (model, preset, seed, ...): stored as JSON, in ImageJ's
         ``Info`` property (Fiji: Image > Show Info) or under ``provenance`` in the description.
+    origin : tuple of float, optional
+        Where the first pixel lies, in ``unit``, counted as ImageJ counts (from pixel
+        corners): a calibrated ImageJ hyperstack records it as its ``xorigin`` / ``yorigin``
+        / ``zorigin`` (in pixels, counted back), so Fiji gives a cut-out's pixels the
+        coordinates they have in the image it came from. Other TIFFs do not record it.
 
     Returns
     -------
@@ -458,6 +485,10 @@ def write_tiff(
                 metadata["spacing"] = spacing[axes.index("Z")]
             kwargs["resolution"] = (1.0 / spacing[axes.index("X")], 1.0 / spacing[axes.index("Y")])
             kwargs["resolutionunit"] = "NONE"
+            if origin is not None and len(origin) == ndim and any(origin):
+                for i, a in enumerate(axes):
+                    if a in "ZYX" and origin[i]:
+                        metadata[f"{a.lower()}origin"] = -float(origin[i]) / spacing[i]
         if provenance:
             metadata["Info"] = json.dumps(provenance, default=str)
         kwargs.update(imagej=True, metadata=metadata)
