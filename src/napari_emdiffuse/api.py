@@ -224,9 +224,10 @@ class IsotropicOptions(SamplingChoice):
         volume's own lateral planes (vEMDiffuse-a).
     spacing : tuple of 3 floats, optional
         Voxel size (z, y, x): gives the factor when none is given, and the result's spacing.
-    out : path, optional
+    out : path or URL, optional
         A ``.zarr`` store to stream the result into; it appears only when complete. A name
-        ending in ``.ome.zarr`` adds the pyramid (OME-Zarr), as in :func:`restore_to_zarr`.
+        ending in ``.ome.zarr`` adds the pyramid (OME-Zarr), as in :func:`restore_to_zarr`;
+        a URL of an object store as there.
     overwrite : bool
         Replace an existing ``out`` once the new one is complete (default True).
     uncertainty : bool or path
@@ -438,9 +439,12 @@ def restore_to_zarr(
     image : array-like
         As in :func:`restore`; a zarr array on disk is read by the workers directly, any
         other input is first copied into a temporary store beside ``out``.
-    out : path
+    out : path or URL
         The ``.zarr`` store to write; a name ending in ``.ome.zarr`` makes an OME-Zarr store:
         the result in ``"0"`` and its pyramid of 2x2 means below it, with OME-NGFF metadata.
+        A URL (``s3://bucket/out.zarr``: an object store) gets the store once it is whole
+        (written under a hidden prefix, then copied there metadata last); it must not exist
+        yet, and ``resume`` needs a folder.
     task, model
         As in :func:`restore`.
     options : ZarrOptions, optional

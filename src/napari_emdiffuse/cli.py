@@ -52,21 +52,28 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_outputs(args: argparse.Namespace, *outs: str | None) -> list[Path | None]:
+def _check_outputs(args: argparse.Namespace, *outs: str | None, urls: bool = False) -> list[Any]:
+    """The outputs checked before any work; with ``urls``, a ``.zarr`` store by URL is one
+    (kept as its URL: :mod:`~.engine.io.zarrurl`)."""
     from .engine.errors import InputError
-    from .engine.io.common import check_output_path
+    from .engine.io.common import check_output_path, is_url
+    from .engine.io.zarrurl import check_output_url
 
     inp = Path(args.input)
-    checked = []
+    checked: list[Any] = []
     for out in outs:
         if out is None:
             checked.append(None)
+            continue
+        if urls and is_url(out) and out.rstrip("/").lower().endswith(".zarr"):
+            checked.append(check_output_url(out, resume=bool(getattr(args, "resume", False))))
             continue
         path = check_output_path(out)
         if _same_file(path, inp):
             raise InputError(f"output '{out}' is the input file; choose another name")
         checked.append(path)
-    if len([p for p in checked if p]) == 2 and _same_file(checked[0], checked[1]):
+    if len([p for p in checked if p]) == 2 and (checked[0] == checked[1] if isinstance(checked[0], str)
+                                                else isinstance(checked[1], Path) and _same_file(checked[0], checked[1])):
         raise InputError("the output and the uncertainty output are the same file")
     return checked
 
@@ -95,7 +102,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         return _restore_batch(args)
     check_one_image(args.input[0])
     args.input = args.input[0]
-    out, unc = _check_outputs(args, args.output, args.uncertainty)
+    out, unc = _check_outputs(args, args.output, args.uncertainty, urls=True)
     return _restore_one(args, _load_restorer, out, unc)
 
 
@@ -181,7 +188,7 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
         return _restore_batch(args)
     check_one_image(args.input[0], "reconstruct")
     args.input = args.input[0]
-    out, unc = _check_outputs(args, args.output, args.uncertainty)
+    out, unc = _check_outputs(args, args.output, args.uncertainty, urls=True)
     kw = _sampling_kwargs(args)
     wrote = drive(reconstruct_file_iter(
         args.input, out, args.model, factor=args.factor, mode=args.mode, uncertainty_out=unc, channel=args.channel,

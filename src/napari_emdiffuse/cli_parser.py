@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="input .tif/.tiff, .mrc, .dm3/.dm4, .h5 (file.h5/dataset), .png/.jpg/.bmp or .zarr; several files or a folder: "
                             "a batch, with the model loaded once")
         p.add_argument("-o", "--output", metavar="OUT", required=True,
-                       help="output .tif/.tiff, .mrc or .zarr; for a batch, a folder (made if missing) where each "
+                       help="output .tif/.tiff, .mrc or .zarr (a .zarr store may be an object store's URL, "
+                            "s3://bucket/out.zarr); for a batch, a folder (made if missing) where each "
                             "result takes its input's name (pictures, .h5 and .dm3/.dm4 become .tif)")
         if name == "denoise":
             p.add_argument("--z-filter", metavar="auto|off|W", type=_z_filter, default="auto",
@@ -179,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(one file each); several volumes, or a folder of them with an output folder: a batch, "
                         "each volume with its own voxel size")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
-                   help="output .tif/.tiff, .mrc or .zarr; for a batch, a folder (made if missing; end it with / "
+                   help="output .tif/.tiff, .mrc or .zarr (a .zarr store may be an object store's URL, "
+                        "s3://bucket/iso.zarr); for a batch, a folder (made if missing; end it with / "
                         "for a folder of volumes) where each result takes its input's name")
     p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size; for a batch, "
                    "every volume's)")

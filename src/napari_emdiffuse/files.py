@@ -188,10 +188,18 @@ def _progress_only(gen: Generator) -> Generator[Progress, None, Any]:
     return result
 
 
-def _zarr_output(out: Path, unc: Path | None, distributed: Any, resume: bool, zarr_format: int = 2) -> bool:
+def _place(where: Any) -> Any:
+    """An output's place: a URL as a string (a ``.zarr`` store by URL), else a path."""
+    from .engine.inference.blocks import output_place
+
+    return output_place(where)
+
+
+def _zarr_output(out: Any, unc: Any, distributed: Any, resume: bool, zarr_format: int = 2) -> bool:
     """Whether ``out`` is a zarr store; refuses what needs one (a cluster, resuming; any input:
     one that is not zarr is staged for the workers) when it is not, and a non-zarr uncertainty
     beside it."""
+    out, unc = Path(str(out)), Path(str(unc)) if unc is not None else None  # names only: a URL's too
     zarr_out = suffix_of(out) == ZARR_SUFFIX
     if distributed and not zarr_out:
         raise InputError("--workers/--scheduler need a .zarr output")
@@ -256,8 +264,7 @@ def restore_file_iter(
     from .engine.io.views import check_one_channel
     from .engine.io.zarr import open_zarr_readonly
 
-    out = Path(out)
-    unc = Path(uncertainty_out) if uncertainty_out is not None else None
+    out, unc = _place(out), _place(uncertainty_out)
     data, notes = read_input(src, channel=channel, time=time, voxel_size=voxel_size)
     for text in notes:
         yield note(text)
@@ -358,8 +365,7 @@ def reconstruct_file_iter(
     from .engine.io.spacing import factor_from_spacing
     from .engine.io.views import check_one_channel
 
-    out = Path(out)
-    unc = Path(uncertainty_out) if uncertainty_out is not None else None
+    out, unc = _place(out), _place(uncertainty_out)
     data, notes = read_input(src, channel=channel, time=time, voxel_size=voxel_size)
     for text in notes:
         yield note(text)
@@ -407,7 +413,8 @@ def reconstruct_file_iter(
         if spilled:
             remove_spill(store, store_unc)
     if zarr_out:
-        yield [str(out)] + ([f"{unc} (uncertainty)"] if unc is not None and unc.exists() else [])
+        wrote = unc is not None and (result.uncertainty_path is not None if isinstance(unc, str) else unc.exists())
+        yield [str(out)] + ([f"{unc} (uncertainty)"] if wrote else [])
         return
     made = provenance(result.info, result.info.get("normalisation"), source=str(src))
     yield write_results(out, result.volume, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import EMDiffuseError
 from ..events import Progress
+from ..io.common import is_url
 from ..io.ledger import Ledger
 from ..io.sources import source_of
 from ..io.zarr import BLOCKS_TOTAL, ZarrWriter, finished_with, unfinished_runs
@@ -154,8 +155,8 @@ class BlockRun:
     task: str
     arch: str | None
     device: str
-    out: Path
-    unc_out: Path | None
+    out: Path | str  # a URL for a store by URL (:mod:`~..io.zarrurl`)
+    unc_out: Path | str | None
     writer_kw: dict
     norm: NormInfo
     request: dict
@@ -288,7 +289,7 @@ def pyramid_note(writers: tuple[ZarrWriter | None, ...]) -> Generator[Progress, 
     """Say which OME-Zarr outputs get a pyramid now (those large enough); returns them."""
     ome = [w for w in writers if w is not None and w.has_pyramid]
     if ome:
-        names = " and ".join(f"'{w.path.name}'" for w in ome)
+        names = " and ".join(f"'{Path(str(w.path)).name}'" for w in ome)  # a URL's name too
         yield Progress("note", 0, 0, message=f"adding the multiscale pyramid of {names} (OME-Zarr, 2x2 means)")
     return ome
 
@@ -298,6 +299,21 @@ def build_pyramids(*writers: ZarrWriter | None) -> Generator[Progress, None, Non
     every block (and the z filter): each level is read from the one above it."""
     for w in (yield from pyramid_note(writers)):
         yield from w.build_pyramid()
+
+
+def output_place(where: Any) -> Path | str | None:
+    """An output store's place: a URL as given (:mod:`~..io.zarrurl`), else a path."""
+    if where is None:
+        return None
+    return str(where).rstrip("/") if is_url(str(where)) else Path(where)
+
+
+def _writer(where: Path | str) -> Any:
+    if isinstance(where, str) and is_url(where):
+        from ..io.zarrurl import UrlZarrWriter
+
+        return UrlZarrWriter
+    return ZarrWriter
 
 
 @contextlib.contextmanager
@@ -314,12 +330,12 @@ def zarr_outputs(
     or stopped run keeps its stores (still unfinished, beside the output) for the next one.
     The output writer's ``ledger`` lists the finished blocks.
     """
-    wr = ZarrWriter(out, shape, dtype, resume_key=resume_key, **writer_kw)
+    wr = _writer(out)(out, shape, dtype, resume_key=resume_key, **writer_kw)
     unc = None
     try:
         if unc_out is not None:
             attrs = {**writer_kw.get("attrs", {}), "what": "uncertainty (std, input units)"}
-            unc = ZarrWriter(unc_out, shape, np.float32, resume_key=resume_key, **{**writer_kw, "attrs": attrs})
+            unc = _writer(unc_out)(unc_out, shape, np.float32, resume_key=resume_key, **{**writer_kw, "attrs": attrs})
         if wr.resumed and unc is not None and not unc.resumed:
             # The output's ledger lists blocks whose uncertainty is not in this new store.
             for key in wr.ledger.keys():

@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,17 +40,21 @@ def store_path(arr: Any) -> Path | None:
 
 
 @contextlib.contextmanager
-def scratch_beside(out_path: Path | None, *, key: str | None = None) -> Iterator[Path | None]:
+def scratch_beside(out_path: Path | str | None, *, key: str | None = None) -> Iterator[Path | None]:
     """A hidden folder beside ``out_path`` for intermediate stores, removed at the end
-    (also on errors and cancel); None without an output path. A resumable run's (``key``,
+    (also on errors and cancel); None without an output path. For an output by URL, a
+    temporary folder of this machine. A resumable run's (``key``,
     :func:`~.blocks.run_key`) is named by its key and kept when the run fails or stops, so
     that the next run of the same job finds the slices it denoised."""
     if out_path is None:
         yield None
         return
     name = f"{key[:16]}-resumable" if key is not None else secrets.token_hex(4)
-    scratch = out_path.parent / f".{out_path.name}.denoised-{name}"
-    scratch.mkdir(exist_ok=key is not None)
+    if isinstance(out_path, str):  # an output by URL (never resumable): a folder of this machine's
+        scratch = Path(tempfile.mkdtemp(prefix=f".emdiffuse-denoised-{name}-"))
+    else:
+        scratch = out_path.parent / f".{out_path.name}.denoised-{name}"
+        scratch.mkdir(exist_ok=key is not None)
     if key is None:
         try:
             yield scratch
@@ -116,4 +121,5 @@ def denoise_first(
             block=block, device=device, preset=preset, distribute=distribute, resume=resume,
         )
     )  # fmt: skip
-    return open_zarr_readonly(dst), (open_zarr_readonly(unc) if unc is not None else None)
+    # a denoiser of one sample and no aleatoric head gives no uncertainty: none is written
+    return open_zarr_readonly(dst), (open_zarr_readonly(unc) if unc is not None and unc.exists() else None)

@@ -40,11 +40,13 @@ from .normalise import (
     make_condition,
 )
 from .blocks import (
-    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, already_done, block_key, build_pyramids,
+    DEFAULT_BLOCK, BlockPlan, BlockRun, BlockTarget, Distribute, already_done, block_key, build_pyramids, output_place,
     input_identity, pending_jobs, resume_note, run_key, shrinking_blocks, zarr_outputs,
 )  # fmt: skip
+from ..io.common import is_url
 from ..io.ledger import Ledger
 from ..io.spacing import output_origin
+from ..io.zarrurl import check_output_url
 from ..io.views import cutout
 from ..io.zarrfmt import check_zarr_format, zarr_format_part
 from .checks import (
@@ -476,6 +478,9 @@ def restore_to_zarr_iter(
     """
     check_block(block)
     zarr_format = check_zarr_format(zarr_format)
+    for place in (out, uncertainty_out):  # a store by URL: checked before any work
+        if place is not None and is_url(str(place)):
+            check_output_url(str(place), resume=resume)
     request = sampling_request(**sampling)
     if distribute is not None:
         # Workers load the model themselves; here it only answers questions, on the CPU.
@@ -524,16 +529,16 @@ def restore_to_zarr_iter(
         yield Progress("note", 0, 0, message=note)
     if distribute is not None:
         run = BlockRun(
-            image, plan, model, task, arch, str(device), Path(out), Path(uncertainty_out) if want_std else None,
+            image, plan, model, task, arch, str(device), output_place(out), output_place(uncertainty_out) if want_std else None,
             {**writer_kw, "attrs": attrs}, norm, request, opts, out_dtype, z_filter=zplan, resume_key=key,
             region=bounds,
         )  # fmt: skip
         yield from distribute(run)
-        yield Path(out)
+        yield output_place(out)
         return
 
-    unc_out = Path(uncertainty_out) if want_std else None
-    stores = zarr_outputs(Path(out), unc_out, plan.out_shape, out_dtype, resume_key=key, **{**writer_kw, "attrs": attrs})
+    unc_out = output_place(uncertainty_out) if want_std else None
+    stores = zarr_outputs(output_place(out), unc_out, plan.out_shape, out_dtype, resume_key=key, **{**writer_kw, "attrs": attrs})
     with stores as (wr, unc_wr):
         yield from resume_note(wr, plan)
 
@@ -548,7 +553,7 @@ def restore_to_zarr_iter(
             unc = unc_wr.array if unc_wr is not None else None
             wr.array.attrs["z_filter"] = yield from z_filter_pass(zplan, wr.array, unc, part, norm, wr.ledger)
         yield from build_pyramids(wr, unc_wr)
-    yield Path(out)
+    yield output_place(out)
 
 
 def z_filter_pass(

@@ -41,11 +41,12 @@ import torch
 
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress
-from ..io.common import ZARR_SUFFIX, check_output_path
+from ..io.common import ZARR_SUFFIX, check_output_path, is_url
 from ..io.images import read_image
 from ..io.spacing import check_spacing, factor_from_spacing, output_origin
 from ..io.ledger import Ledger
 from ..io.zarr import open_zarr_readonly, uncertainty_beside
+from ..io.zarrurl import check_output_url
 from ..io.zarrfmt import check_zarr_format, zarr_format_part
 from ..models.device import resolve_device
 from ..models.model import EMDiffuseModel
@@ -177,11 +178,14 @@ def _check_model(m: EMDiffuseModel, factor: int) -> None:
         )
 
 
-def _check_out(out: Any) -> Path | None:
+def _check_out(out: Any, resume: bool = False) -> Path | str | None:
+    """A ``.zarr`` output: a checked path, or a URL (:mod:`~..io.zarrurl`) as a string."""
     if out is None:
         return None
     if not isinstance(out, (str, os.PathLike)):
         raise InputError(f"out must be a path ending in .zarr, got {type(out).__name__}")
+    if is_url(str(out)):
+        return check_output_url(str(out), resume=resume)
     path = check_output_path(out)
     if path.suffix.lower() != ZARR_SUFFIX:
         raise InputError(
@@ -190,14 +194,19 @@ def _check_out(out: Any) -> Path | None:
     return path
 
 
-def _uncertainty_path(uncertainty: Any, out: Path | None) -> Path | None:
+def _uncertainty_path(uncertainty: Any, out: Path | str | None, resume: bool = False) -> Path | str | None:
     if out is None or not uncertainty:
         return None
     if isinstance(uncertainty, (str, os.PathLike)):
-        path = _check_out(uncertainty)
-        if path is not None and path.resolve() == out.resolve():
+        path = _check_out(uncertainty, resume)
+        same = path == out if isinstance(path, str) or isinstance(out, str) else path.resolve() == out.resolve()
+        if path is not None and same:
             raise InputError("the uncertainty store must not be the output store")
         return path
+    if isinstance(out, str):  # by URL: the same name beside it
+        base, name = out.rsplit("/", 1)
+        beside = check_output_url(f"{base}/{uncertainty_beside(Path(name)).name}", resume=resume)
+        return beside
     return uncertainty_beside(out)
 
 
@@ -454,8 +463,8 @@ def reconstruct_isotropic_iter(
             origin = data.origin
     vol = _check_volume(volume)
     spacing = check_spacing(spacing)
-    out_path = _check_out(out)
-    if out_path is not None and out_path.exists() and not overwrite:
+    out_path = _check_out(out, resume)
+    if isinstance(out_path, Path) and out_path.exists() and not overwrite:
         raise InputError(f"cannot write '{out_path}': it already exists")
     if distribute is not None and out_path is None:
         raise InputError("a distributed run (workers= or scheduler=) writes into a zarr store; pass out='....zarr'")
@@ -464,7 +473,7 @@ def reconstruct_isotropic_iter(
     zarr_format = check_zarr_format(zarr_format)
     if zarr_format != 2 and out_path is None:
         raise InputError("zarr_format sets the format of a zarr output; pass out='....zarr'")
-    unc_path = _uncertainty_path(uncertainty, out_path)
+    unc_path = _uncertainty_path(uncertainty, out_path, resume)
     check_block(block)
     if factor is not None:
         f = _check_factor(factor)

@@ -224,8 +224,9 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         Making sure the output is not one of the inputs is the caller's job.
     """
     if is_url(path):  # Path() would fold "s3://b/x" into "s3:/b/x" and blame a missing folder
-        raise InputError(f"cannot write '{path}': results are written to a local or shared folder, not to a URL; "
-                         "write it there, then copy it (aws s3 cp, gcloud storage cp, rclone)")
+        raise InputError(f"cannot write '{path}': this goes to a local or shared folder (then copy it: aws s3 cp, "
+                         "gcloud storage cp, rclone); the .zarr stores of denoise, super-resolve and isotropic may go "
+                         "to a URL")
     p = Path(path).expanduser()
     ext = suffix_of(p)
     if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES + MRC_PACKED_SUFFIXES + (N5_SUFFIX,):

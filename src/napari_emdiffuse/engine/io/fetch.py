@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Union
 
 __all__ = ["REQUESTS_AT_ONCE", "RETRIES", "RETRY_WAIT", "WHOLE_FILE_BYTES", "Where", "answers_ranges", "join", "open_file", "parent", "read_bytes",
+           "url_fs", "writable_store",
            "read_many", "read_range", "remote_size", "unreachable", "zarr_store"]
 
 #: A place in a container: a local file or folder, or a URL (a string).
@@ -227,6 +228,26 @@ def zarr_store(where: str | os.PathLike[str]) -> Any:
     fs = _ranged_http()(asynchronous=True)
     _OPEN_ASYNC.append(weakref.ref(fs))
     return FsspecStore(fs=fs, path=url, read_only=True)
+
+
+def _options(url: str) -> dict[str, Any]:
+    # Outputs by URL (:mod:`.zarrurl`). fsspec's local file system (``local://``, a mounted bucket) makes no folders by itself;
+    # object stores have none to make
+    return {"auto_mkdir": True} if url.lower().startswith(("local://", "file://")) else {}
+
+
+def url_fs(url: str) -> tuple[Any, str]:
+    """The fsspec file system of ``url`` and the path in it."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(url, **_options(url))
+
+
+def writable_store(url: str) -> Any:
+    """What zarr writes a store at ``url`` through (an fsspec store)."""
+    from zarr.storage import FsspecStore
+
+    return FsspecStore.from_url(url, storage_options=_options(url), read_only=False)
 
 
 #: The asynchronous HTTP file systems made for zarr: their connections are closed at exit

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..events import Progress
 from .atomic import fsync_dir, remove_path
 from .calibration import check_axes, check_origin, check_spacing, ngff_multiscales, zarr_calibration, zarr_origin
-from .common import ZARR_SUFFIX, ImageData, check_output_path, likely_image, reason, suffix_of
+from .common import ZARR_SUFFIX, ImageData, check_output_path, is_url, likely_image, reason, suffix_of
 from .fetch import unreachable, zarr_store
 from .ledger import LEDGER_DIR, Ledger
 from .pyramid import downsample_tiles, level_plan, level_tiles, multiscales
@@ -188,8 +188,13 @@ def group_arrays(store: str | os.PathLike[str]) -> list[str]:
 def open_zarr_for_block_writes(temp_path: str | os.PathLike[str]) -> zarr.Array:
     """Open a :class:`ZarrWriter`'s temporary store for writing blocks from another process.
 
-    Equivalent to ``zarr.open_array(temp_path, mode="r+")``.
+    Equivalent to ``zarr.open_array(temp_path, mode="r+")``; a URL (:mod:`.zarrurl`) through
+    a writable fsspec store.
     """
+    if is_url(str(temp_path)):
+        from .fetch import writable_store
+
+        return _zarr().open_array(writable_store(str(temp_path)), mode="r+")
     return _zarr().open_array(str(temp_path), mode="r+")
 
 
@@ -207,9 +212,10 @@ def ome_levels(path: str | os.PathLike[str]) -> list[str]:
 def open_zarr_readonly(path: str | os.PathLike[str]) -> zarr.Array:
     """Open a finished store (as :meth:`ZarrWriter.commit` leaves it) for reading: its
     full-resolution array (an OME-Zarr store's ``"0"``)."""
+    where = str(path)
     if is_ome(path):
-        return _zarr().open_array(str(Path(path) / "0"), mode="r")
-    return _zarr().open_array(str(path), mode="r")
+        where = f"{where.rstrip('/')}/0" if is_url(where) else str(Path(path) / "0")
+    return _zarr().open_array(zarr_store(where), mode="r")
 
 
 class ZarrWriter:
@@ -302,36 +308,7 @@ class ZarrWriter:
             raise InputError(f"cannot write '{self.path}': it already exists")
         self.overwrite = overwrite
         shape = tuple(int(n) for n in shape)
-        spacing = check_spacing(spacing, len(shape), self.path)
-        origin = check_origin(origin, len(shape), self.path)
-        if axes is not None:
-            axes = check_axes(axes, len(shape), self.path)
-
-        meta: dict[str, Any] = dict(attrs or {})
-        if spacing is not None:
-            meta["spacing"] = list(spacing)
-            meta["unit"] = unit
-        if origin is not None:
-            meta["origin"] = list(origin)
-            meta.setdefault("unit", unit)
-        if axes is not None:
-            meta["axes"] = axes
-        meta[COMPLETE_ATTR] = False
-        if resume_key is not None:
-            meta[RESUME_ATTR] = resume_key
-        self.resume_key = resume_key
-        self.resumed = False
-        self.ome = is_ome(self.path)
-        self.pyramid_built = False
-        self._ngff = (spacing, unit if spacing is not None else None, axes)
-        self._origin = origin
-        try:
-            json.dumps(meta)
-        except (TypeError, ValueError) as exc:
-            raise InputError(
-                f"cannot write '{self.path}': attributes are not JSON ({reason(exc)})"
-            ) from exc
-
+        meta, axes = self._describe(shape, spacing, unit, axes, attrs, origin, resume_key)
         self._state = "open"
         if resume_key is not None:
             found = _unfinished(self.path, resume_key, shape, np.dtype(dtype), chunks, self.zarr_format)
@@ -354,6 +331,43 @@ class ZarrWriter:
                 raise InputError(f"cannot write '{self.path}': {reason(exc)}") from exc
             raise
 
+    def _describe(
+        self, shape: tuple[int, ...], spacing: Any, unit: str, axes: str | None, attrs: dict[str, Any] | None,
+        origin: Any, resume_key: str | None,
+    ) -> tuple[dict[str, Any], str | None]:
+        """The array's attributes (checked; JSON) and its axes; sets what commit needs."""
+        spacing = check_spacing(spacing, len(shape), self.path)
+        origin = check_origin(origin, len(shape), self.path)
+        if axes is not None:
+            axes = check_axes(axes, len(shape), self.path)
+        meta: dict[str, Any] = dict(attrs or {})
+        if spacing is not None:
+            meta["spacing"] = list(spacing)
+            meta["unit"] = unit
+        if origin is not None:
+            meta["origin"] = list(origin)
+            meta.setdefault("unit", unit)
+        if axes is not None:
+            meta["axes"] = axes
+        meta[COMPLETE_ATTR] = False
+        if resume_key is not None:
+            meta[RESUME_ATTR] = resume_key
+        self.resume_key = resume_key
+        self.resumed = False
+        self.ome = is_ome(self.path)
+        self.pyramid_built = False
+        self._ngff = (spacing, unit if spacing is not None else None, axes)
+        self._origin = origin
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"cannot write '{self.path}': attributes are not JSON ({reason(exc)})") from exc
+        return meta, axes
+
+    def _join(self, name: str) -> Any:
+        """An array inside the temporary store (a path; a URL in :mod:`.zarrurl`)."""
+        return self._temp / name
+
     @property
     def temp_path(self) -> Path:
         """Where the array lives until :meth:`commit`."""
@@ -362,7 +376,7 @@ class ZarrWriter:
     @property
     def array_path(self) -> Path:
         """Where the full-resolution array lives until :meth:`commit` (what workers open)."""
-        return self._temp / "0" if self.ome else self._temp
+        return self._join("0") if self.ome else self._temp
 
     @property
     def has_pyramid(self) -> bool:
@@ -377,7 +391,7 @@ class ZarrWriter:
         found, above = [], self.array_path
         for k, level in enumerate(level_plan(tuple(self.array.shape), self._ngff[0]), 1):
             chunks = tuple(min(c, n) for c, n in zip(write_chunks(self.array), level.shape))
-            path = self._temp / str(k)
+            path = self._join(str(k))
             create_zarr_array(path, level.shape, self.array.dtype, chunks=chunks, zarr_format=self.zarr_format,
                               axes=self._ngff[2], overwrite=True)  # fmt: skip
             found.append((above, path, level.zdown))
@@ -388,9 +402,16 @@ class ZarrWriter:
         """Write an OME-Zarr store's pyramid in this process, level by level (yields
         progress); nothing for a plain store."""
         for above, path, zdown in self.pyramid_levels():
-            src, dst = _zarr().open_array(str(above), mode="r"), _zarr().open_array(str(path), mode="r+")
+            src, dst = _zarr().open_array(zarr_store(str(above)), mode="r"), open_zarr_for_block_writes(path)
             yield from downsample_tiles(src, dst, level_tiles(dst.shape, write_chunks(dst)), zdown=zdown)
         self.pyramid_built = True
+
+    def _ome_metadata(self) -> dict[str, Any]:
+        """The group's OME-NGFF attributes, complete (its pyramid levels are made)."""
+        levels = level_plan(tuple(self.array.shape), self._ngff[0])
+        meta = multiscales(levels, self.array.ndim, *self._ngff, Path(str(self.path)).name,
+                           version="0.5" if self.zarr_format == 3 else "0.4", origin=self._origin)
+        return {**meta, COMPLETE_ATTR: True}
 
     @property
     def ledger(self) -> Ledger:
@@ -420,10 +441,7 @@ class ZarrWriter:
                     for _ in self.build_pyramid():
                         pass
                 group = _zarr().open_group(str(self._temp), mode="r+")
-                levels = level_plan(tuple(self.array.shape), self._ngff[0])
-                meta = multiscales(levels, self.array.ndim, *self._ngff, self.path.name,
-                                   version="0.5" if self.zarr_format == 3 else "0.4", origin=self._origin)
-                group.attrs.update({**meta, COMPLETE_ATTR: True})
+                group.attrs.update(self._ome_metadata())
             if self.resumed:  # begun by an earlier run, which may have been told another place
                 if self._origin is not None:
                     self.array.attrs["origin"] = list(self._origin)

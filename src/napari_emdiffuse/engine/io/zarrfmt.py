@@ -109,17 +109,24 @@ def create_zarr_array(
     """
     import zarr
 
+    from .common import is_url
+
+    where: Any = str(path)
+    if is_url(where):  # an output by URL (:mod:`.zarrurl`)
+        from .fetch import writable_store
+
+        where = writable_store(where)
     shape = tuple(int(n) for n in shape)
     unit = tuple(int(c) for c in chunks) if chunks is not None else None
     if zarr_format == 2:
         kw: dict[str, Any] = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
-        return zarr.open_array(str(path), mode="w" if overwrite else "w-", shape=shape, dtype=np.dtype(dtype),
+        return zarr.open_array(where, mode="w" if overwrite else "w-", shape=shape, dtype=np.dtype(dtype),
                                chunks=unit, fill_value=0, **kw)  # fmt: skip
     unit = tuple(min(c, n) for c, n in zip(unit or shape, shape))
     # as the OME-NGFF axes of pyramid.multiscales name them (0.5 asks that the two agree)
     names = tuple(axes.lower()) if axes is not None and len(axes) == len(shape) else (tuple("zyx"[-len(shape):]) if len(shape) <= 3 else None)
     return zarr.create_array(
-        str(path), shape=shape, dtype=np.dtype(dtype), chunks=read_chunks(unit), shards=unit, fill_value=0,
+        where, shape=shape, dtype=np.dtype(dtype), chunks=read_chunks(unit), shards=unit, fill_value=0,
         zarr_format=3, dimension_names=names, overwrite=overwrite,
     )  # fmt: skip
 

@@ -425,7 +425,7 @@ def run_pyramid_job(job: PyramidJob) -> None:
     """Write one task's columns of a pyramid level in a worker."""
     import zarr
 
-    src, dst = zarr.open_array(job.src, mode="r"), zarr.open_array(job.dst, mode="r+")
+    src, dst = zarr.open_array(job.src, mode="r"), open_zarr_for_block_writes(job.dst)
     drain(downsample_tiles(src, dst, list(job.tiles), zdown=job.zdown))
 
 
@@ -480,7 +480,12 @@ class Cluster:
     def __call__(self, run: BlockRun) -> Generator[Progress, None, None]:
         """Run every block of ``run.plan``; commit its output stores when all have finished."""
         out, plan, writer_kw, key = run.out, run.plan, run.writer_kw, run.resume_key
-        if key is None:
+        if isinstance(out, str):  # a store by URL: the work folder (a staged input, a model) is this machine's
+            if self.scheduler is not None and (source_of(run.image) is None or isinstance(run.model, EMDiffuseModel)):
+                raise InputError(f"cannot write '{out}' from the cluster at {self.scheduler}: its workers read the "
+                                 "input and the model where they are; give a stored input and a model name or path")
+            tmp = Path(tempfile.mkdtemp(prefix=".emdiffuse-work-"))
+        elif key is None:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
         else:  # a resumable run's copy of the input is kept for the next run of the same job
             tmp = out.parent / f".{out.name}.work-{key[:16]}-resumable"

@@ -1,0 +1,187 @@
+"""zarr outputs at a URL (an object store: ``s3://``, ``gs://``, any fsspec protocol): seen
+at their URL only once complete, although object stores have no rename.
+
+:class:`UrlZarrWriter` writes the store under a hidden sibling prefix,
+``<url>.partial-<token>``, as :class:`~.zarr.ZarrWriter` writes a local one beside its
+folder: the blocks (from this process or from cluster workers, which open the prefix by URL),
+the z filter and the pyramid all go there. :meth:`UrlZarrWriter.commit` then copies its
+objects to the URL within the store's service (no pixel passes through this machine), the
+chunks first and every metadata document last, so that a zarr reader finds an array there
+only once all its chunks are; then it removes the prefix. A cancelled or failed run removes
+the prefix. A store that exists at the URL is refused before any work: it cannot be swapped
+for the new one in place. Resumable runs need a folder (their ledger of finished blocks is a
+folder of files).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InputError
+from .common import ZARR_SUFFIX, reason
+from .fetch import url_fs, writable_store
+from .ledger import Ledger
+from .zarr import COMPLETE_ATTR, COMPLETE_FILE, ZarrWriter, open_zarr_readonly
+from .zarrfmt import check_zarr_format, create_zarr_array
+
+__all__ = ["UrlZarrWriter", "check_output_url"]
+
+#: Names of zarr's metadata documents (formats 2 and 3): copied last.
+_METADATA = (".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json")
+
+
+def check_output_url(url: str, *, resume: bool = False) -> str:
+    """A ``.zarr`` output by URL, before any work: a name ending in ``.zarr``, nothing there
+    yet, the service reachable; one line otherwise.
+
+    Examples
+    --------
+    >>> check_output_url("s3://bucket/out.tif")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: cannot write 's3://bucket/out.tif': results go to a URL as .zarr stores only (TIFF and MRC files to a local or shared folder, then copy them: aws s3 cp, gcloud storage cp, rclone)
+    """
+    url = str(url).rstrip("/")
+    if not url.lower().endswith(ZARR_SUFFIX):
+        raise InputError(f"cannot write '{url}': results go to a URL as .zarr stores only (TIFF and MRC files to a "
+                         "local or shared folder, then copy them: aws s3 cp, gcloud storage cp, rclone)")
+    if url.lower().startswith(("http://", "https://")):
+        raise InputError(f"cannot write '{url}': a web server's files are read here, not written; write to an object "
+                         "store (s3://, gs://) or a folder")
+    if resume:
+        raise InputError(f"cannot resume into '{url}': a resumable run keeps its ledger of finished blocks in a folder; "
+                         "write to a local or shared folder, or run without resume")
+    try:
+        fs, path = url_fs(url)
+        there = fs.exists(path)
+    except ImportError as exc:
+        raise InputError(f"cannot write '{url}': {reason(exc)} (pip install napari-emdiffuse[remote])") from exc
+    except Exception as exc:  # no such bucket, no credentials, no connection: the service says why
+        raise InputError(f"cannot write '{url}': {reason(exc)}") from exc
+    if there:
+        raise InputError(f"cannot write '{url}': it exists, and an object store cannot swap a finished store for it "
+                         "in place; remove it first, or choose another name")
+    return url
+
+
+class UrlZarrWriter(ZarrWriter):
+    """:class:`~.zarr.ZarrWriter` for a store at a URL (module docstring): the same
+    attributes and methods, paths as URLs; never resumable, never replacing a store."""
+
+    def __init__(
+        self,
+        url: str,
+        shape: Sequence[int],
+        dtype: Any,
+        *,
+        chunks: Sequence[int] | None = None,
+        resume_key: str | None = None,
+        zarr_format: int = 2,
+        overwrite: bool = False,
+        **described: Any,
+    ) -> None:
+        import zarr
+
+        del overwrite  # nothing may be there (check_output_url): there is nothing to replace
+        self.path = self.url = check_output_url(url, resume=resume_key is not None)
+        self.zarr_format = check_zarr_format(zarr_format)
+        shape = tuple(int(n) for n in shape)
+        meta, axes = self._describe(shape, resume_key=None, **{"spacing": None, "unit": "nm", "axes": None,
+                                                               "attrs": None, "origin": None, **described})
+        self._state = "open"
+        self._temp = f"{self.url}.partial-{secrets.token_hex(4)}"
+        try:
+            if self.ome:
+                zarr.open_group(writable_store(self._temp), mode="w-", zarr_format=self.zarr_format)
+            self.array = create_zarr_array(self.array_path, shape, dtype, chunks=chunks, zarr_format=self.zarr_format,
+                                           axes=axes)  # fmt: skip
+            self.array.attrs.update(meta)
+        except BaseException as exc:
+            self._remove(self._temp)
+            self._state = "aborted"
+            if isinstance(exc, (OSError, ValueError)) and not isinstance(exc, InputError):
+                raise InputError(f"cannot write '{self.url}': {reason(exc)}") from exc
+            raise
+
+    def _join(self, name: str) -> str:
+        return f"{self._temp}/{name}"
+
+    @property
+    def temp_path(self) -> str:  # type: ignore[override]
+        """Where the store lives until :meth:`commit` (a URL)."""
+        return self._temp
+
+    @property
+    def ledger(self) -> Ledger:
+        """Inert: runs into a URL are not resumable."""
+        return Ledger(None)
+
+    @property
+    def kept(self) -> bool:
+        return False
+
+    def commit(self) -> str:  # type: ignore[override]
+        """Finish the store and copy it to its URL, metadata last (module docstring)."""
+        import zarr
+
+        if self._state == "committed":
+            return self.url
+        if self._state != "open":
+            raise RuntimeError(f"UrlZarrWriter for '{self.url}' was aborted; nothing to commit")
+        try:
+            if self.ome:
+                if not self.pyramid_built:
+                    for _ in self.build_pyramid():
+                        pass
+                zarr.open_group(writable_store(self._temp), mode="r+").attrs.update(self._ome_metadata())
+            self.array.attrs[COMPLETE_ATTR] = True
+            fs, temp = url_fs(self.array_path)
+            fs.pipe_file(f"{temp}/{COMPLETE_FILE}", b"complete\n")
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"cannot finish '{self.url}': {reason(exc)}") from exc
+        try:
+            self._copy_to_url()
+        except Exception as exc:  # the store is whole under the prefix: keep it, clear the part copied
+            self._state = "failed"
+            self._remove(self.url)
+            raise InputError(f"cannot copy the finished store to '{self.url}': {reason(exc)}; it is kept whole at "
+                             f"'{self._temp}' (copy it there, or delete it and run again)") from exc
+        self._remove(self._temp)
+        self._state = "committed"
+        self.array = open_zarr_readonly(self.url)
+        return self.url
+
+    def _copy_to_url(self) -> None:
+        """Every object under the hidden prefix to the URL: chunks, then metadata documents
+        (deepest first: arrays before the group that lists them), then the completion marker."""
+        fs, temp = url_fs(self._temp)
+        _, final = url_fs(self.url)
+        found = sorted(fs.find(temp))
+        last = [p for p in found if p.rsplit("/", 1)[-1] == COMPLETE_FILE]
+        meta = sorted((p for p in found if p.rsplit("/", 1)[-1] in _METADATA), key=lambda p: -p.count("/"))
+        chunks = [p for p in found if p not in set(meta) | set(last)]
+        for group in (chunks, meta, last):
+            if group:
+                fs.copy(group, [final + p[len(temp):] for p in group])
+
+    def abort(self) -> None:
+        """Remove the hidden prefix; nothing after :meth:`commit`, an earlier abort, or a copy
+        that failed (its store is kept)."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self.array = None  # type: ignore[assignment]
+        self._remove(self._temp)
+
+    @staticmethod
+    def _remove(url: str) -> None:
+        try:
+            fs, path = url_fs(url)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        except Exception:  # noqa: BLE001 - best effort: a leftover prefix is hidden and says partial
+            pass

@@ -1,0 +1,143 @@
+"""zarr outputs by URL (an object store): the local run's pixels and metadata, nothing at
+the URL until the store is whole, refusals in one line. fsspec's ``local://`` protocol stands
+in for an object store: a URL the code reaches only through fsspec, never by path, that
+cluster workers in other processes reach too."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_emdiffuse.api import reconstruct_isotropic, restore_to_zarr, restore_to_zarr_iter
+from napari_emdiffuse.cli import main
+from napari_emdiffuse.engine.errors import InputError
+from napari_emdiffuse.engine.io.fetch import url_fs
+from napari_emdiffuse.engine.io.images import read_image
+
+from tests.conftest import make_tiny
+
+KW = dict(steps=1, tile=32, overlap=8, device="cpu", dtype=np.float32, block=32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny("denoise")
+
+
+@pytest.fixture
+def stack():
+    return (np.random.default_rng(0).random((2, 90, 100)) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name, fmt", [("out.zarr", 2), ("out.ome.zarr", 2), ("out.ome.zarr", 3)])
+def test_a_store_by_url_is_the_local_store(model, stack, tmp_path, name, fmt, monkeypatch):
+    """The same pixels, uncertainty, pixel size, place and pyramid as the store written to a
+    folder; only the finished store at the URL, no hidden prefix left."""
+    from napari_emdiffuse.engine.io import pyramid
+
+    monkeypatch.setattr(pyramid, "PYRAMID_TOP", 16)
+    kw = dict(KW, spacing=(30.0, 4.0, 4.0), region=(10, 74, 20, 84), samples=2, zarr_format=fmt)
+    (tmp_path / "local").mkdir()
+    restore_to_zarr(stack, tmp_path / "local" / name, "denoise", model, uncertainty_out=tmp_path / "local" / f"u_{name}",
+                    **kw)  # fmt: skip
+    url = f"local://{tmp_path}/remote/{name}"
+    got = restore_to_zarr(stack, url, "denoise", model, uncertainty_out=f"local://{tmp_path}/remote/u_{name}", **kw)
+    assert got == url
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == sorted([name, f"u_{name}"])
+    for stem in (name, f"u_{name}"):
+        a, b = read_image(tmp_path / "local" / stem), read_image(f"local://{tmp_path}/remote/{stem}")
+        assert np.array_equal(np.asarray(a.data), np.asarray(b.data)), stem
+        assert (a.spacing, a.origin) == (b.spacing, b.origin) == ((30.0, 4.0, 4.0), (0.0, 40.0, 80.0))
+    if "ome" in name:
+        import zarr
+
+        there = zarr.open_group(str(tmp_path / "remote" / name), mode="r")
+        here = zarr.open_group(str(tmp_path / "local" / name), mode="r")
+        assert there["1"].shape == (2, 32, 32) and np.array_equal(there["2"][:], here["2"][:])
+        assert dict(there.attrs) == {**dict(here.attrs), **{k: v for k, v in there.attrs.items() if k == "ome"}}
+
+
+def test_nothing_is_at_the_url_until_the_store_is_whole(model, stack, tmp_path, monkeypatch):
+    """A run closed midway removes its hidden prefix; the chunks are copied to the URL before
+    the metadata, and a copy that fails clears what it copied and keeps the finished store at
+    its prefix, saying where."""
+    url = f"local://{tmp_path}/out.zarr"
+    gen = restore_to_zarr_iter(stack, url, "denoise", model, **KW)
+    next(gen)
+    next(gen)
+    gen.close()
+    assert list(tmp_path.iterdir()) == []
+    fs, _ = url_fs(url)
+    real_copy = fs.copy
+    copied: list[list[str]] = []
+
+    def copy(src, dst, **kw):
+        copied.append([p.rsplit("/", 1)[-1] for p in src])
+        if any(p.endswith(".zarray") for p in src):
+            raise OSError("the service went away")
+        return real_copy(src, dst, **kw)
+
+    monkeypatch.setattr(type(fs), "copy", lambda self, src, dst, **kw: copy(src, dst, **kw))
+    with pytest.raises(InputError, match="it is kept whole at 'local://.*out.zarr.partial-"):
+        restore_to_zarr(stack, url, "denoise", model, **KW)
+    assert copied[0] and not any(n in (".zarray", ".zattrs") for n in copied[0])  # chunks first
+    assert any(".zarray" in group for group in copied[1:])
+    (kept,) = tmp_path.iterdir()  # nothing at the URL; the finished store under its prefix
+    assert kept.name.startswith("out.zarr.partial-") and read_image(kept).data.shape == stack.shape
+
+
+def test_what_cannot_go_to_a_url_is_refused_in_one_line(model, stack, tmp_path):
+    url = f"local://{tmp_path}/out.zarr"
+    restore_to_zarr(stack, url, "denoise", model, **KW)
+    for bad, why in (
+        (url, "it exists, and an object store cannot swap"),
+        ("https://host/out.zarr", "a web server's files are read here"),
+        (f"local://{tmp_path}/out.tif", "as .zarr stores only"),
+    ):
+        with pytest.raises(InputError, match=why):
+            restore_to_zarr(stack, bad, "denoise", model, **KW)
+    with pytest.raises(InputError, match="cannot resume into"):
+        restore_to_zarr(stack, f"local://{tmp_path}/new.zarr", "denoise", model, resume=True, **KW)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
+def test_an_isotropic_volume_by_url_and_its_denoised_slices(tmp_path):
+    """Reconstructed into a store by URL, denoised first too (its scratch is this machine's):
+    the local run's voxels; a denoiser that gives no uncertainty leaves the measured slices'
+    at 0 (it failed to open the store it never wrote)."""
+    iso, den = make_tiny("isotropic-i"), make_tiny("denoise")
+    vol = (np.random.default_rng(6).random((3, 40, 40)) * 255).astype(np.uint8)
+    kw = dict(KW, spacing=(24.0, 8.0, 8.0), region=(4, 36, 8, 40), samples=2, uncertainty=True, denoise=den)
+    local = reconstruct_isotropic(vol, 3, iso, out=tmp_path / "iso.zarr", **kw)
+    remote = reconstruct_isotropic(vol, 3, iso, out=f"local://{tmp_path}/remote/iso.zarr", **kw)
+    assert remote.path == f"local://{tmp_path}/remote/iso.zarr"
+    assert remote.uncertainty_path == f"local://{tmp_path}/remote/iso_uncertainty.zarr"
+    assert np.array_equal(np.asarray(local.volume), np.asarray(remote.volume))
+    assert np.array_equal(np.asarray(local.uncertainty)[::3], np.zeros_like(np.asarray(local.uncertainty)[::3]))
+    assert read_image(remote.path).origin == (0.0, 32.0, 64.0)
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["iso.zarr", "iso_uncertainty.zarr"]
+
+
+def test_the_cli_writes_a_store_to_a_url(tiny_model_dir, stack, tmp_path, capsys):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", stack[0])
+    url = f"local://{tmp_path}/out.ome.zarr"
+    fast = ["--steps", "1", "--tile", "32", "--overlap", "8", "--device", "cpu"]
+    assert main(["denoise", str(tmp_path / "in.tif"), "-o", url, "--model", str(tiny_model_dir), *fast]) == 0
+    assert f"wrote {url}" in capsys.readouterr().err
+    assert read_image(url).data.shape == (90, 100)
+    assert main(["denoise", str(tmp_path / "in.tif"), "-o", url, "--model", str(tiny_model_dir), *fast]) == 2
+    err = capsys.readouterr().err
+    assert "it exists" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cluster_workers_write_into_a_store_by_url(model, stack, tmp_path):
+    """Workers in other processes write their blocks under the hidden prefix by URL."""
+    model.save(tmp_path / "m")
+    url = f"local://{tmp_path}/w.ome.zarr"
+    restore_to_zarr(stack, url, "denoise", str(tmp_path / "m"), workers=2, **KW)
+    here = restore_to_zarr(stack, tmp_path / "here.zarr", "denoise", model, **KW)
+    # the workers' threads round differently: within float rounding
+    assert np.abs(np.asarray(read_image(url).data) - np.asarray(read_image(here).data)).max() < 0.05
