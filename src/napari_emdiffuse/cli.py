@@ -78,8 +78,8 @@ def _check_outputs(args: argparse.Namespace, *outs: str | None, urls: bool = Fal
     return checked
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.suffix.lower() == ".zarr"
+def _is_zarr(path: Path | str) -> bool:
+    return str(path).rstrip("/").lower().endswith(".zarr")  # a path, or a store's URL
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if not is_batch(args.input, args.output):
         check_one_image(args.input[0], "convert")
         args.input = args.input[0]
-        (out,) = _check_outputs(args, args.output)
+        (out,) = _check_outputs(args, args.output, urls=True)
         return _convert_one(args, out)
     if args.zarr_format != 2 and args.to != ".zarr":
         raise InputError(f"--zarr-format {args.zarr_format} is the format of .zarr outputs; add --to .zarr")
@@ -236,7 +236,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _convert_one(args: argparse.Namespace, out: Path) -> int:
+def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
     import numpy as np
 
     from .engine.errors import InputError
@@ -267,7 +267,7 @@ def _convert_one(args: argparse.Namespace, out: Path) -> int:
     if not _is_zarr(out) and not isinstance(data.data, np.ndarray) and not streams_lazily(data.data):
         check_fits_in_memory(tuple(data.data.shape), data.data.dtype, uncertainty=False)  # a lazy 2D image
     axes = data.axes if data.axes and len(data.axes) == data.data.ndim else None
-    if suffix_of(out) in MRC_SUFFIXES:
+    if not _is_zarr(out) and suffix_of(out) in MRC_SUFFIXES:
         axes = None  # MRC has one layout: a series of frames is stored as its sections
     write_image(out, data.data, spacing=data.spacing, unit=data.unit or "nm", axes=axes, origin=data.origin,
                 provenance={"converted from": str(args.input),

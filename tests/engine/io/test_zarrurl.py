@@ -141,3 +141,21 @@ def test_cluster_workers_write_into_a_store_by_url(model, stack, tmp_path):
     here = restore_to_zarr(stack, tmp_path / "here.zarr", "denoise", model, **KW)
     # the workers' threads round differently: within float rounding
     assert np.abs(np.asarray(read_image(url).data) - np.asarray(read_image(here).data)).max() < 0.05
+
+
+def test_convert_writes_a_store_to_a_url(stack, tmp_path, capsys):
+    """A stack converted into an OME-Zarr store in a bucket (for neuroglancer), its cut-out
+    placed; a TIFF by URL is refused."""
+    import tifffile
+
+    from napari_emdiffuse.engine.io.images import write_image
+
+    write_image(tmp_path / "in.tif", stack, spacing=(30.0, 4.0, 4.0))
+    url = f"local://{tmp_path}/bucket/cut.ome.zarr"
+    assert main(["convert", str(tmp_path / "in.tif"), "-o", url, "--region", "10", "50", "20", "60"]) == 0
+    back = read_image(url)
+    assert np.array_equal(np.asarray(back.data), stack[:, 10:50, 20:60]) and back.origin == (0.0, 40.0, 80.0)
+    assert main(["convert", str(tmp_path / "in.tif"), "-o", f"local://{tmp_path}/bucket/cut.tif"]) == 2
+    assert "this goes to a local or shared folder" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "bucket").iterdir()] == ["cut.ome.zarr"]
+    assert tifffile.imread(tmp_path / "in.tif").shape == stack.shape  # the input untouched

@@ -225,8 +225,8 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """
     if is_url(path):  # Path() would fold "s3://b/x" into "s3:/b/x" and blame a missing folder
         raise InputError(f"cannot write '{path}': this goes to a local or shared folder (then copy it: aws s3 cp, "
-                         "gcloud storage cp, rclone); the .zarr stores of denoise, super-resolve and isotropic may go "
-                         "to a URL")
+                         "gcloud storage cp, rclone); the .zarr stores of denoise, super-resolve, isotropic and convert "
+                         "may go to a URL")
     p = Path(path).expanduser()
     ext = suffix_of(p)
     if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES + MRC_PACKED_SUFFIXES + (N5_SUFFIX,):

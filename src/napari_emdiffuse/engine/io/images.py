@@ -218,14 +218,15 @@ def write_image(
     provenance: dict[str, Any] | None = None,
     zarr_format: int = 2,
     origin: tuple[float, ...] | None = None,
-) -> Path:
+) -> Path | str:
     """Write an image or volume as TIFF, MRC or zarr, chosen by the extension, atomically.
 
     Parameters
     ----------
     path : str or path-like
         ``.tif``, ``.tiff``, ``.zarr`` (``.ome.zarr``: OME-Zarr with its multiscale pyramid) or
-        an MRC name (``.mrc``, ``.rec``, ...; 2D or 3D only, uint8 stored as uint16).
+        an MRC name (``.mrc``, ``.rec``, ...; 2D or 3D only, uint8 stored as uint16). A
+        ``.zarr`` store may be an object store's URL (:mod:`.zarrurl`: it must not exist).
     array : numpy.ndarray or dask.array.Array or array-like
         Pixels. A lazy stack (zarr, dask, a file read lazily) is written slice by slice to TIFF
         and MRC and block by block to zarr; a lazy 2D image is read whole for TIFF and MRC.
@@ -252,17 +253,24 @@ def write_image(
 
     Returns
     -------
-    pathlib.Path
-        The final path.
+    pathlib.Path or str
+        The final path (a URL as given).
     """
-    p = check_output_path(path)
-    if not overwrite and (p.exists() or p.is_symlink()):
-        raise InputError(f"cannot write '{p}': it already exists")
-    if check_zarr_format(zarr_format) != 2 and suffix_of(p) != ZARR_SUFFIX:
-        raise InputError(f"zarr format {zarr_format} is the format of a .zarr output; '{p.name}' is not one")
-    if suffix_of(p) in TIFF_SUFFIXES:
+    writer: Any = ZarrWriter
+    if is_url(str(path)) and str(path).rstrip("/").lower().endswith(ZARR_SUFFIX):  # a store by URL
+        from .zarrurl import UrlZarrWriter, check_output_url
+
+        p: Any = check_output_url(str(path))
+        writer = UrlZarrWriter
+    else:
+        p = check_output_path(path)
+        if not overwrite and (p.exists() or p.is_symlink()):
+            raise InputError(f"cannot write '{p}': it already exists")
+    if check_zarr_format(zarr_format) != 2 and suffix_of(Path(str(p))) != ZARR_SUFFIX:
+        raise InputError(f"zarr format {zarr_format} is the format of a .zarr output; '{Path(str(p)).name}' is not one")
+    if isinstance(p, Path) and suffix_of(p) in TIFF_SUFFIXES:
         return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin)
-    if suffix_of(p) in MRC_SUFFIXES:
+    if isinstance(p, Path) and suffix_of(p) in MRC_SUFFIXES:
         return write_mrc(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance)
     attrs = {"provenance": json.loads(json.dumps(provenance, default=str))} if provenance else None
     # Same default axes as TIFF, so both formats read back alike.
@@ -285,7 +293,7 @@ def write_image(
         # One dask block per zarr chunk, so parallel writes never share a chunk.
         chunks = tuple(max(c) if c else 1 for c in lazy.chunks)
         lazy = lazy.rechunk(chunks)
-        with ZarrWriter(
+        with writer(
             p, lazy.shape, lazy.dtype, chunks=chunks, spacing=spacing, unit=unit, axes=axes,
             overwrite=overwrite, attrs=attrs, zarr_format=zarr_format, origin=origin,
         ) as writer:
@@ -295,7 +303,7 @@ def write_image(
     else:
         # format 3: a shard per slice (zarr's own chunks otherwise)
         per_slice = (*(1,) * (array.ndim - 2), *array.shape[-2:]) if zarr_format == 3 and array.ndim >= 2 else None
-        with ZarrWriter(
+        with writer(
             p, array.shape, array.dtype, chunks=per_slice, spacing=spacing, unit=unit, axes=axes, overwrite=overwrite,
             attrs=attrs, zarr_format=zarr_format, origin=origin,
         ) as writer:
