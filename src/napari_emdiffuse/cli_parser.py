@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the image, e.g. scan.dm4, stem.emd/HAADF, vol.n5/em/s0; or several files or a folder "
                         "(a session's .dm4 or .emd files)")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
-                   help="output .tif/.tiff, .mrc or .zarr; for several inputs a folder (made if missing) where each "
+                   help="output .tif/.tiff, .mrc or .zarr (a .zarr store may be an object store's URL, "
+                        "s3://bucket/stack.ome.zarr); for several inputs a folder (made if missing) where each "
                         "takes its input's name")
     p.add_argument("--to", choices=[".tif", ".mrc", ".zarr"], default=".tif",
                    help="several inputs: the format every output takes (default .tif)")
