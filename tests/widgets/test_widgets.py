@@ -954,6 +954,32 @@ def test_restore_widget_restores_the_region_in_view(viewer, qtbot, models, error
     assert not w.run() and "not in view" in errors[-1]
 
 
+def test_restore_widget_writes_into_an_object_store(viewer, qtbot, models, errors, tmp_path):
+    """An output box holding a store's URL (fsspec's local:// stands in for s3://): the
+    result is shown from the store there, with its uncertainty; a URL that exists, or a TIFF
+    by URL, is refused in one line before any work."""
+    from napari_emdiffuse.engine.io.images import read_image
+
+    img = (np.random.default_rng(5).random((64, 72)) * 255).astype(np.uint8)
+    layer = viewer.add_image(img, name="cloud", scale=(4.0, 4.0), translate=(8.0, 0.0))
+    w = _quick_restore_dock(viewer, models, layer)
+    w.samples.setValue(2)
+    url = f"local://{tmp_path}/bucket/cloud.ome.zarr"
+    w.output.setText(url)
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    back = read_image(url)
+    shown = viewer.layers["cloud_denoised"]
+    assert np.array_equal(np.asarray(shown.data[0] if shown.multiscale else shown.data), np.asarray(back.data))
+    assert back.origin == (8.0, 0.0) and tuple(shown.translate) == (8.0, 0.0)
+    assert viewer.layers["cloud_denoised_uncertainty"].data is not None
+    assert sorted(p.name for p in (tmp_path / "bucket").iterdir()) == ["cloud.ome.zarr", "cloud_uncertainty.ome.zarr"]
+    assert not w.run() and "it exists" in errors[-1]
+    w.output.setText(f"local://{tmp_path}/bucket/x.tif")
+    assert not w.run() and "as .zarr stores only" in errors[-1]
+
+
 def test_restore_widget_averages_an_alike_stack_along_z_and_says_so(viewer, qtbot, models, errors):
     from scipy.ndimage import gaussian_filter
 

@@ -316,8 +316,15 @@ class LayerCombo(QComboBox):
 # zarr outputs
 
 
-def check_zarr_output(path: str) -> Path:
-    """A writable ``.zarr`` output path (its folder must exist)."""
+def check_zarr_output(path: str) -> Path | str:
+    """A writable ``.zarr`` output path (its folder must exist), or a store's URL in an
+    object store (:mod:`~..engine.io.zarrurl`: nothing there yet)."""
+    from ..engine.io.common import is_url
+
+    if is_url(path.strip()):
+        from ..engine.io.zarrurl import check_output_url
+
+        return check_output_url(path.strip())
     p = Path(path).expanduser()
     if p.suffix.lower() != ".zarr":
         raise InputError(f"output '{path}' must be a .zarr folder (e.g. volume_iso.zarr)")
@@ -326,18 +333,19 @@ def check_zarr_output(path: str) -> Path:
     return p
 
 
-def lazy_volume(volume: Any, out: Path | None) -> Any:
+def lazy_volume(volume: Any, out: Path | str | None) -> Any:
     """The result for display: a zarr output becomes a dask array read chunk by chunk, an
     OME-Zarr output the list of its levels (a multiscale layer)."""
     import dask.array as da
     import numpy as np
 
-    from ..engine.io.zarr import is_ome
+    from ..engine.io.fetch import zarr_store
+    from ..engine.io.zarr import is_ome, store_exists
 
-    if out is not None and is_ome(out) and Path(out).is_dir():
+    if out is not None and is_ome(out) and store_exists(out):
         import zarr
 
-        group = zarr.open_group(str(out), mode="r")
+        group = zarr.open_group(zarr_store(str(out)), mode="r")
         levels = sorted((k for k in group.array_keys() if k.isdigit()), key=int)
         return [da.from_zarr(group[k]) for k in levels] if len(levels) > 1 else da.from_zarr(group[levels[0]])
 
@@ -349,7 +357,7 @@ def lazy_volume(volume: Any, out: Path | None) -> Any:
         return da.from_zarr(volume)  # a zarr.Array
     import zarr
 
-    node = zarr.open(str(out), mode="r")
+    node = zarr.open(zarr_store(str(out)), mode="r")
     if isinstance(node, zarr.Array):
         return da.from_zarr(node)
     arrays = dict(node.arrays())  # a group: the array "0" (OME-Zarr style) or the only one

@@ -127,7 +127,7 @@ class IsotropicOptions(WidgetOptions):
         return sampling_kwargs(self) | {
             "factor": self.factor,
             "mode": self.mode,
-            "out": Path(self.output).expanduser() if self.output else None,
+            "out": check_zarr_output(self.output) if self.output else None,  # a path, or a store's URL
             "uncertainty": self.uncertainty,
             "denoise": True if self.denoise_first else None,
             "workers": self.workers or None,

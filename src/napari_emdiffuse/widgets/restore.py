@@ -521,7 +521,7 @@ class RestoreWidget(FilesMixin, DockWidget):
 
     def _show(self, result: Any, source: dict, task: str, unc_out: Any = None, width: int = 0) -> None:
         if not hasattr(result, "mean"):  # a zarr store (a Path): show it lazily
-            result = _stored(Path(result), unc_out, width)
+            result = _stored(result, unc_out, width)  # a path, or a store's URL
         mean_name, unc_name = output_names(source["name"], task, result.scale)
         geometry = output_geometry(source["scale"], source["translate"], result.scale)
         from ..engine.inference.provenance import provenance, run_summary
@@ -544,16 +544,16 @@ class RestoreWidget(FilesMixin, DockWidget):
         )
 
 
-def _stored(out: Path, unc_out: Path | None, width: int) -> Any:
+def _stored(out: Path | str, unc_out: Path | str | None, width: int) -> Any:
     """A restoration written to zarr, as the fields the display needs (dask arrays, read
     chunk by chunk while the viewer shows them)."""
     from types import SimpleNamespace
 
-    from ..engine.io.zarr import open_zarr_readonly
+    from ..engine.io.zarr import open_zarr_readonly, store_exists
 
     attrs = dict(open_zarr_readonly(out).attrs)
     mean = lazy_volume(None, out)  # a list of levels for an OME-Zarr output
-    unc = lazy_volume(None, unc_out) if unc_out is not None and unc_out.exists() else None
+    unc = lazy_volume(None, unc_out) if unc_out is not None and store_exists(unc_out) else None
     full = mean[0] if isinstance(mean, list) else mean
     scale = max(1, round(full.shape[-1] / width)) if width else 1
     info = {k: v for k, v in attrs.items() if k != "normalisation"}

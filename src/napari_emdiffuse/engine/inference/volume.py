@@ -204,9 +204,7 @@ def _uncertainty_path(uncertainty: Any, out: Path | str | None, resume: bool = F
             raise InputError("the uncertainty store must not be the output store")
         return path
     if isinstance(out, str):  # by URL: the same name beside it
-        base, name = out.rsplit("/", 1)
-        beside = check_output_url(f"{base}/{uncertainty_beside(Path(name)).name}", resume=resume)
-        return beside
+        return check_output_url(str(uncertainty_beside(out)), resume=resume)
     return uncertainty_beside(out)
 
 

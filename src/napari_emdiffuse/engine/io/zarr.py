@@ -53,6 +53,7 @@ __all__ = [
     "RESUME_ATTR",
     "is_ome",
     "uncertainty_beside",
+    "store_exists",
     "unfinished_runs",
     "finished_with",
     "BLOCKS_TOTAL",
@@ -81,17 +82,33 @@ def is_ome(path: str | os.PathLike[str]) -> bool:
     return Path(path).name.lower().endswith(".ome" + ZARR_SUFFIX)
 
 
-def uncertainty_beside(out: Path) -> Path:
+def uncertainty_beside(out: Path | str) -> Path | str:
     """Where an output's uncertainty goes when no path is given: ``<name>_uncertainty``, an
-    OME-Zarr store for an OME-Zarr output.
+    OME-Zarr store for an OME-Zarr output; beside a store's URL, a URL.
 
     Examples
     --------
     >>> uncertainty_beside(Path("iso.zarr")).name, uncertainty_beside(Path("iso.ome.zarr")).name
     ('iso_uncertainty.zarr', 'iso_uncertainty.ome.zarr')
+    >>> uncertainty_beside("s3://bucket/iso.ome.zarr")
+    's3://bucket/iso_uncertainty.ome.zarr'
     """
+    if isinstance(out, str) and is_url(out):
+        base, name = out.rstrip("/").rsplit("/", 1)
+        return f"{base}/{uncertainty_beside(Path(name)).name}"
+    out = Path(out)
     stem = out.name[: -len(".ome.zarr")] if is_ome(out) else out.stem
     return out.with_name(f"{stem}_uncertainty{'.ome' if is_ome(out) else ''}{ZARR_SUFFIX}")
+
+
+def store_exists(where: Path | str) -> bool:
+    """Whether a store (a folder, or a store's URL) is there."""
+    if isinstance(where, str) and is_url(where):
+        from .fetch import url_fs
+
+        fs, path = url_fs(where)
+        return bool(fs.exists(path))
+    return Path(where).exists()
 
 
 def zarr_store_of(path: Path) -> tuple[Path, str] | None:
