@@ -83,6 +83,8 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.io.calibration",
         "napari_emdiffuse.engine.io.pyramid",
         "napari_emdiffuse.engine.io.zarrurl",
+        "napari_emdiffuse.engine.io.stores",
+        "napari_emdiffuse.engine.io.ledger",
         "napari_emdiffuse.engine.parallel.runner",
         "napari_emdiffuse.engine.training.data.pairs",
         "napari_emdiffuse.engine.training.data.base",

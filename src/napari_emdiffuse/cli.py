@@ -284,16 +284,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     from .cli_info import describe, info_names
     from .engine.errors import InputError
-    from .engine.io.zarr import unfinished_runs
+    from .engine.io.common import is_url
+    from .engine.io.stores import store_exists, unfinished_runs
 
     failed = 0
     for name in [n for given in args.input for n in info_names(given)]:  # a file's datasets, each
-        runs = unfinished_runs(name) if _is_zarr(Path(name)) else []
+        try:
+            runs = unfinished_runs(name if is_url(name) else Path(name)) if _is_zarr(name) else []
+        except Exception:  # noqa: BLE001 - a URL not listed (no access): describe() says why
+            runs = []
         if not args.json:
             for store, done, total in runs:  # a zarr output whose run goes on, or stopped
                 print(f"{name}: unfinished resumable run in '{store}': {done} of {total or '?'} blocks done "
                       "(the same command with --resume continues it)")
-        if runs and not Path(name).exists():
+        if runs and not store_exists(name if is_url(name) else Path(name)):
             if args.json:
                 print(json.dumps({"path": name, "unfinished_runs": [[str(s), d, t] for s, d, t in runs]}))
             continue

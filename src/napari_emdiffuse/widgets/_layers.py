@@ -316,15 +316,16 @@ class LayerCombo(QComboBox):
 # zarr outputs
 
 
-def check_zarr_output(path: str) -> Path | str:
+def check_zarr_output(path: str, *, resume: bool = False) -> Path | str:
     """A writable ``.zarr`` output path (its folder must exist), or a store's URL in an
-    object store (:mod:`~..engine.io.zarrurl`: nothing there yet)."""
+    object store (:mod:`~..engine.io.zarrurl`: nothing there yet, or with ``resume`` a
+    finished store that may be this run's own)."""
     from ..engine.io.common import is_url
 
     if is_url(path.strip()):
         from ..engine.io.zarrurl import check_output_url
 
-        return check_output_url(path.strip())
+        return check_output_url(path.strip(), resume=resume)
     p = Path(path).expanduser()
     if p.suffix.lower() != ".zarr":
         raise InputError(f"output '{path}' must be a .zarr folder (e.g. volume_iso.zarr)")

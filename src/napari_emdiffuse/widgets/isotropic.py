@@ -115,7 +115,7 @@ class IsotropicOptions(WidgetOptions):
         check_preset(self.preset)
         check_tiling(self)
         if self.output:
-            check_zarr_output(self.output)
+            check_zarr_output(self.output, resume=self.resume is True)
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
         check_zarr_format_choice(self.zarr_format, self.output)
@@ -127,7 +127,7 @@ class IsotropicOptions(WidgetOptions):
         return sampling_kwargs(self) | {
             "factor": self.factor,
             "mode": self.mode,
-            "out": check_zarr_output(self.output) if self.output else None,  # a path, or a store's URL
+            "out": check_zarr_output(self.output, resume=self.resume) if self.output else None,  # a path, or a store's URL
             "uncertainty": self.uncertainty,
             "denoise": True if self.denoise_first else None,
             "workers": self.workers or None,

@@ -141,7 +141,7 @@ class RestoreOptions(WidgetOptions):
         if self.precision not in PRECISION_CHOICES:
             raise EMDiffuseError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if self.output:
-            check_zarr_output(self.output)
+            check_zarr_output(self.output, resume=self.resume is True)
         self.z_filter = check_z_filter(self.z_filter)
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
@@ -488,7 +488,7 @@ class RestoreWidget(FilesMixin, DockWidget):
         scale = source["spacing"]
         if (fine := _fine_pixel_note(model, arch, opts.task, source)) is not None:
             notify_info(f"'{layer.name}': {fine}")
-        out = check_zarr_output(opts.output) if opts.output else None
+        out = check_zarr_output(opts.output, resume=opts.resume) if opts.output else None
         unc_out = uncertainty_beside(out) if out is not None else None
 
         def factory():

@@ -96,9 +96,36 @@ def test_what_cannot_go_to_a_url_is_refused_in_one_line(model, stack, tmp_path):
     ):
         with pytest.raises(InputError, match=why):
             restore_to_zarr(stack, bad, "denoise", model, **KW)
-    with pytest.raises(InputError, match="cannot resume into"):
-        restore_to_zarr(stack, f"local://{tmp_path}/new.zarr", "denoise", model, resume=True, **KW)
+    with pytest.raises(InputError, match="it exists, and an object store cannot swap"):  # another job's store
+        restore_to_zarr(stack, url, "denoise", model, resume=True, **KW)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
+def test_a_stopped_run_into_a_url_resumes(model, tmp_path, capsys):
+    """A resumable run into a store by URL that is stopped keeps its prefix and ledger; the
+    next run (the CLI's info lists it) continues from the blocks it finished, to the pixels
+    and uncertainty of a run that never stopped; the same job again has nothing to do."""
+    from tests.engine.inference.test_resume import KW as RKW, _alike_stack, _run
+
+    img = _alike_stack()
+    kw = dict(RKW, samples=2, resume=True)
+    restore_to_zarr(img, tmp_path / "ref.ome.zarr", "denoise", model, uncertainty_out=tmp_path / "ref_u.zarr",
+                    **dict(RKW, samples=2))  # fmt: skip
+    (tmp_path / "b").mkdir()
+    url, unc = f"local://{tmp_path}/b/out.ome.zarr", f"local://{tmp_path}/b/u.zarr"
+    notes, done = _run(restore_to_zarr_iter(img, url, "denoise", model, uncertainty_out=unc, **kw), stop_after=7)
+    assert done == 7 and "its finished blocks stay in 'local://" in notes[0]
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "b").iterdir()) == ["out.ome.zarr.partial", "u.zarr.partial"]
+    assert main(["info", url]) == 0
+    assert "unfinished resumable run in 'local://" in capsys.readouterr().out
+    notes, done = _run(restore_to_zarr_iter(img, url, "denoise", model, uncertainty_out=unc, **kw))
+    assert "resuming the unfinished run in 'local://" in notes[0] and "7 of 20 blocks are done" in notes[0]
+    assert done == 13 and sorted(p.name for p in (tmp_path / "b").iterdir()) == ["out.ome.zarr", "u.zarr"]
+    for got, ref in ((url, tmp_path / "ref.ome.zarr"), (unc, tmp_path / "ref_u.zarr")):
+        assert np.array_equal(np.asarray(read_image(got).data), np.asarray(read_image(ref).data))
+    assert not list(tmp_path.glob("b/**/.emdiffuse-ledger"))  # the ledger is not copied to the URL
+    notes, done = _run(restore_to_zarr_iter(img, url, "denoise", model, uncertainty_out=unc, **kw))
+    assert done == 0 and "is complete from an earlier run of the same input, model and options" in notes[0]
 
 
 def test_an_isotropic_volume_by_url_and_its_denoised_slices(tmp_path):
@@ -130,6 +157,10 @@ def test_the_cli_writes_a_store_to_a_url(tiny_model_dir, stack, tmp_path, capsys
     assert main(["denoise", str(tmp_path / "in.tif"), "-o", url, "--model", str(tiny_model_dir), *fast]) == 2
     err = capsys.readouterr().err
     assert "it exists" in err and len(err.strip().splitlines()) == 1
+    again = ["denoise", str(tmp_path / "in.tif"), "-o", f"local://{tmp_path}/r.zarr", "--resume", "--model",
+             str(tiny_model_dir), *fast]  # fmt: skip
+    assert main(again) == 0 and main(again) == 0
+    assert "is complete from an earlier run of the same input, model and options" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -159,3 +190,31 @@ def test_convert_writes_a_store_to_a_url(stack, tmp_path, capsys):
     assert "this goes to a local or shared folder" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "bucket").iterdir()] == ["cut.ome.zarr"]
     assert tifffile.imread(tmp_path / "in.tif").shape == stack.shape  # the input untouched
+
+
+@pytest.mark.slow
+def test_cluster_workers_resume_a_stopped_run_into_a_url(model, tmp_path):
+    """Workers mark their blocks in the ledger under the prefix by URL: a stopped cluster
+    run's next run submits only the blocks not marked, and ends at the pixels of one
+    uninterrupted run (1 grey level of float ordering between processes)."""
+    from napari_emdiffuse.engine.events import Progress
+    from tests.engine.inference.test_resume import KW as RKW, _alike_stack
+
+    img, path = _alike_stack(), str(model.save(tmp_path / "m"))
+    ref = restore_to_zarr(img, tmp_path / "ref.zarr", "denoise", path, **RKW)
+    url = f"local://{tmp_path}/b/out.zarr"
+    gen = restore_to_zarr_iter(img, url, "denoise", path, workers=2, resume=True, **RKW)
+    for ev in gen:
+        if isinstance(ev, Progress) and ev.stage == "block" and ev.done >= 6:
+            gen.close()
+            break
+    (part,) = (tmp_path / "b").iterdir()
+    assert part.name.startswith("out.zarr.partial-") and (part / ".emdiffuse-ledger").is_dir()
+    events = list(restore_to_zarr_iter(img, url, "denoise", path, workers=2, resume=True, **RKW))
+    note = next(e.message for e in events[:-1] if e.stage == "note")
+    done = int(note.split(": ")[-1].split(" of ")[0])
+    assert note.startswith("resuming") and 6 <= done < 20
+    assert [(e.stage, e.total) for e in events[:-1] if e.message == f"{e.total} tasks submitted"][0] == ("block", 20 - done)
+    a = np.asarray(read_image(url).data).astype(np.int16)
+    assert np.abs(a - np.asarray(read_image(ref).data).astype(np.int16)).max() <= 1
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["out.zarr"]

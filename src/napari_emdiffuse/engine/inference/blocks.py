@@ -245,18 +245,20 @@ def pending_jobs(plan: BlockPlan, ledger: Ledger) -> list[tuple[int, int, int]]:
     if not ledger.enabled:
         return jobs
     s = plan.scale
-    for key in [k for k in ledger.keys() if k.startswith("z-") and k.endswith("-start")]:
-        if not ledger.done(key[: -len("-start")]):
+    marked = ledger.keys()  # one listing, not a request per block (a ledger in an object store)
+    for key in [k for k in marked if k.startswith("z-") and k.endswith("-start")]:
+        if key[: -len("-start")] not in marked:
             y0, y1, x0, x1 = (int(v) for v in key.split("-")[1:5])
             for job in jobs:
                 wy, wx = plan.ys[job[1]][1], plan.xs[job[2]][1]
                 if wy.start * s < y1 and y0 < wy.stop * s and wx.start * s < x1 and x0 < wx.stop * s:
                     ledger.forget(block_key(plan, job))
+                    marked.discard(block_key(plan, job))
         ledger.forget(key)
-    return [job for job in jobs if not ledger.done(block_key(plan, job))]
+    return [job for job in jobs if block_key(plan, job) not in marked]
 
 
-def already_done(out: Path, unc_out: Path | None, key: str | None) -> Generator[Progress, None, bool]:
+def already_done(out: Path | str, unc_out: Path | str | None, key: str | None) -> Generator[Progress, None, bool]:
     """Whether a resumable run finished already (its output, and uncertainty when asked,
     complete with this run's key); says so. A job script run again then has nothing to do."""
     if key is None or not finished_with(out, key) or (unc_out is not None and not finished_with(unc_out, key)):
@@ -279,10 +281,18 @@ def resume_note(wr: ZarrWriter, plan: BlockPlan) -> Generator[Progress, None, No
         say = f"resumable: if this run stops, its finished blocks stay in '{wr.temp_path}' for the next run"
     yield Progress("note", 0, 0, message=say)
     for other, done, _ in unfinished_runs(wr.path):  # of another input, model, options or plan
-        if other.resolve() != wr.temp_path.resolve():
-            yield Progress("note", 0, 0, message=(
-                f"'{other}' holds an unfinished run with other input, model or options ({done} blocks): "
-                "not this run's; delete it if that run is not to be continued"))
+        if _same_place(other, wr.temp_path):
+            continue
+        yield Progress("note", 0, 0, message=(
+            f"'{other}' holds an unfinished run with other input, model or options ({done} blocks): "
+            "not this run's; delete it if that run is not to be continued"))
+
+
+def _same_place(a: Path | str, b: Path | str) -> bool:
+    """Whether two stores are one (URLs as given, folders resolved)."""
+    if isinstance(a, str) or isinstance(b, str):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return a.resolve() == b.resolve()
 
 
 def pyramid_note(writers: tuple[ZarrWriter | None, ...]) -> Generator[Progress, None, list[ZarrWriter]]:

@@ -43,15 +43,18 @@ def store_path(arr: Any) -> Path | None:
 def scratch_beside(out_path: Path | str | None, *, key: str | None = None) -> Iterator[Path | None]:
     """A hidden folder beside ``out_path`` for intermediate stores, removed at the end
     (also on errors and cancel); None without an output path. For an output by URL, a
-    temporary folder of this machine. A resumable run's (``key``,
+    temporary folder of this machine (``TMPDIR``). A resumable run's (``key``,
     :func:`~.blocks.run_key`) is named by its key and kept when the run fails or stops, so
     that the next run of the same job finds the slices it denoised."""
     if out_path is None:
         yield None
         return
     name = f"{key[:16]}-resumable" if key is not None else secrets.token_hex(4)
-    if isinstance(out_path, str):  # an output by URL (never resumable): a folder of this machine's
+    if isinstance(out_path, str) and key is None:  # an output by URL: a folder of this machine's
         scratch = Path(tempfile.mkdtemp(prefix=f".emdiffuse-denoised-{name}-"))
+    elif isinstance(out_path, str):  # resumable: found again by a next run on this machine
+        scratch = Path(tempfile.gettempdir()) / f".emdiffuse-denoised-{name}"
+        scratch.mkdir(exist_ok=True)
     else:
         scratch = out_path.parent / f".{out_path.name}.denoised-{name}"
         scratch.mkdir(exist_ok=key is not None)

@@ -522,8 +522,8 @@ def restore_to_zarr_iter(
             norm=norm.as_dict(), dtype=str(out_dtype), uncertainty=want_std, z_filter=zplan, input=input_identity(image),
             **zarr_format_part(zarr_format),
         )  # fmt: skip
-        if (yield from already_done(Path(out), Path(uncertainty_out) if want_std else None, key)):
-            yield Path(out)
+        if (yield from already_done(output_place(out), output_place(uncertainty_out) if want_std else None, key)):
+            yield output_place(out)
             return
     if (note := tile_note(m, opts)) is not None:
         yield Progress("note", 0, 0, message=note)

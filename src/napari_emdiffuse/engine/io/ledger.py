@@ -7,6 +7,10 @@ width). A part is marked only after its pixels are written, so a part that a cra
 is simply done again. Any process that can write the store can write its ledger: dask workers
 mark their own blocks. The folder lives inside the ``.partial-`` store and goes with it when
 the store is committed.
+
+Inside a store at a URL (an object store, :mod:`.zarrurl`) the folder is a prefix and each
+mark one small object: an object store writes an object whole or not at all, so no rename is
+needed there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .common import is_url
 
 __all__ = ["Ledger", "LEDGER_DIR"]
 
@@ -50,8 +57,19 @@ class Ledger:
             raise ValueError(f"not a ledger key: {key!r}")
         return Path(self.folder) / key  # type: ignore[arg-type]
 
+    def _remote(self) -> tuple[Any, str] | None:
+        """The fsspec file system and prefix of a ledger at a URL; None for a folder."""
+        if not self.enabled or not is_url(self.folder):
+            return None
+        from .fetch import url_fs
+
+        return url_fs(self.folder)  # type: ignore[arg-type]
+
     def done(self, key: str) -> bool:
         """Whether part ``key`` was marked finished."""
+        if (remote := self._remote()) is not None:
+            fs, root = remote
+            return bool(fs.exists(f"{root}/{self._path(key).name}"))
         return self.enabled and self._path(key).exists()
 
     def mark(self, key: str) -> None:
@@ -63,6 +81,10 @@ class Ledger:
         if not self.enabled:
             return
         path = self._path(key)
+        if (remote := self._remote()) is not None:
+            fs, root = remote
+            fs.pipe_file(f"{root}/{key}", value.encode())
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{key}.{secrets.token_hex(4)}")
         tmp.write_text(value)
@@ -72,18 +94,40 @@ class Ledger:
         """The value recorded under ``key``, or None."""
         if not self.enabled:
             return None
+        path = self._path(key)
         try:
-            return self._path(key).read_text()
+            if (remote := self._remote()) is not None:
+                fs, root = remote
+                return bytes(fs.cat_file(f"{root}/{key}")).decode()
+            return path.read_text()
         except FileNotFoundError:
             return None
 
     def forget(self, key: str) -> None:
         """Mark part ``key`` to do again."""
-        if self.enabled:
-            self._path(key).unlink(missing_ok=True)
+        if not self.enabled:
+            return
+        path = self._path(key)
+        if (remote := self._remote()) is not None:
+            fs, root = remote
+            try:
+                fs.rm_file(f"{root}/{key}")
+            except FileNotFoundError:
+                pass
+            return
+        path.unlink(missing_ok=True)
 
     def keys(self) -> set[str]:
         """Every key recorded (none for a ledger without a folder)."""
+        if (remote := self._remote()) is not None:
+            fs, root = remote
+            fs.invalidate_cache(root)  # workers mark blocks behind this process's listing cache
+            try:
+                names = fs.ls(root, detail=False)
+            except FileNotFoundError:
+                return set()
+            found = (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
+            return {n for n in found if n and not n.startswith(".")}
         if not self.enabled or not Path(self.folder).is_dir():  # type: ignore[arg-type]
             return set()
         return {p.name for p in Path(self.folder).iterdir() if not p.name.startswith(".")}  # type: ignore[arg-type]

@@ -15,7 +15,6 @@ align with the chunks must not be written concurrently (zarr rewrites whole chun
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import secrets
@@ -32,9 +31,13 @@ from .calibration import check_axes, check_origin, check_spacing, ngff_multiscal
 from .common import ZARR_SUFFIX, ImageData, check_output_path, is_url, likely_image, reason, suffix_of
 from .fetch import unreachable, zarr_store
 from .ledger import LEDGER_DIR, Ledger
+from .stores import (  # re-exported: what a store at an output's place is
+    BLOCKS_TOTAL, COMPLETE_ATTR, COMPLETE_FILE, RESUME_ATTR, finished_with, find_unfinished, is_complete, is_ome,
+    store_exists, unfinished_runs,
+)
 from .pyramid import downsample_tiles, level_plan, level_tiles, multiscales
 from .views import drop_single_axes
-from .zarrfmt import check_zarr_format, create_zarr_array, write_chunks, zarr_format_of
+from .zarrfmt import check_zarr_format, create_zarr_array, write_chunks
 
 if TYPE_CHECKING:  # heavy imports only for type checkers; loaded lazily at run time
     import zarr
@@ -59,10 +62,6 @@ __all__ = [
     "BLOCKS_TOTAL",
 ]
 
-COMPLETE_ATTR = "emdiffuse_complete"
-COMPLETE_FILE = ".emdiffuse_complete"
-#: Attribute of a resumable run's store: the key of the run that writes (or wrote) it.
-RESUME_ATTR = "emdiffuse_resume_key"
 
 
 def _zarr():
@@ -74,12 +73,6 @@ def _zarr():
 def zarr_major() -> int:
     """The installed zarr's major version (2 or 3)."""
     return int(_zarr().__version__.split(".")[0])
-
-
-def is_ome(path: str | os.PathLike[str]) -> bool:
-    """Whether an output is to be an OME-Zarr store (a name ending in ``.ome.zarr``): the
-    image at ``"0"`` and its pyramid below it (:mod:`.pyramid`)."""
-    return Path(path).name.lower().endswith(".ome" + ZARR_SUFFIX)
 
 
 def uncertainty_beside(out: Path | str) -> Path | str:
@@ -99,16 +92,6 @@ def uncertainty_beside(out: Path | str) -> Path | str:
     out = Path(out)
     stem = out.name[: -len(".ome.zarr")] if is_ome(out) else out.stem
     return out.with_name(f"{stem}_uncertainty{'.ome' if is_ome(out) else ''}{ZARR_SUFFIX}")
-
-
-def store_exists(where: Path | str) -> bool:
-    """Whether a store (a folder, or a store's URL) is there."""
-    if isinstance(where, str) and is_url(where):
-        from .fetch import url_fs
-
-        fs, path = url_fs(where)
-        return bool(fs.exists(path))
-    return Path(where).exists()
 
 
 def zarr_store_of(path: Path) -> tuple[Path, str] | None:
@@ -328,7 +311,7 @@ class ZarrWriter:
         meta, axes = self._describe(shape, spacing, unit, axes, attrs, origin, resume_key)
         self._state = "open"
         if resume_key is not None:
-            found = _unfinished(self.path, resume_key, shape, np.dtype(dtype), chunks, self.zarr_format)
+            found = find_unfinished(self.path, resume_key, shape, np.dtype(dtype), chunks, self.zarr_format)
             if found is not None:
                 self._temp, self.resumed = found, True
                 self.array = _zarr().open_array(str(self.array_path), mode="r+")
@@ -430,6 +413,25 @@ class ZarrWriter:
                            version="0.5" if self.zarr_format == 3 else "0.4", origin=self._origin)
         return {**meta, COMPLETE_ATTR: True}
 
+    def _finish(self) -> None:
+        """Complete the store in place: an OME-Zarr store's pyramid and metadata, a resumed
+        store's place, the complete attribute (the marker file and the move are the caller's)."""
+        if self.ome:
+            if not self.pyramid_built:
+                for _ in self.build_pyramid():
+                    pass
+            self._group().attrs.update(self._ome_metadata())
+        if self.resumed:  # begun by an earlier run, which may have been told another place
+            if self._origin is not None:
+                self.array.attrs["origin"] = list(self._origin)
+            elif "origin" in self.array.attrs:
+                del self.array.attrs["origin"]
+        self.array.attrs[COMPLETE_ATTR] = True
+
+    def _group(self) -> Any:
+        """The temporary store's root group, writable."""
+        return _zarr().open_group(str(self._temp), mode="r+")
+
     @property
     def ledger(self) -> Ledger:
         """The finished parts of a resumable run (an inert ledger for a store that is not)."""
@@ -453,18 +455,7 @@ class ZarrWriter:
         try:
             if self.resume_key is not None:  # the key stays: the same run again has nothing to do
                 remove_path(self._temp / LEDGER_DIR)
-            if self.ome:
-                if not self.pyramid_built:
-                    for _ in self.build_pyramid():
-                        pass
-                group = _zarr().open_group(str(self._temp), mode="r+")
-                group.attrs.update(self._ome_metadata())
-            if self.resumed:  # begun by an earlier run, which may have been told another place
-                if self._origin is not None:
-                    self.array.attrs["origin"] = list(self._origin)
-                elif "origin" in self.array.attrs:
-                    del self.array.attrs["origin"]
-            self.array.attrs[COMPLETE_ATTR] = True
+            self._finish()
             marker = self.array_path / COMPLETE_FILE  # OME-Zarr: inside "0", as zarr lists the root
             with open(marker, "w") as fh:
                 fh.write("complete\n")
@@ -531,78 +522,3 @@ class ZarrWriter:
 
     def __repr__(self) -> str:
         return f"ZarrWriter({str(self.path)!r}, state={self._state!r})"
-
-
-def is_complete(path: str | os.PathLike[str]) -> bool:
-    """True only for a zarr store that :meth:`ZarrWriter.commit` marked complete."""
-    p = Path(path).expanduser()
-    if not p.is_dir() or not (p / "0" if is_ome(p) else p).joinpath(COMPLETE_FILE).is_file():
-        return False
-    try:
-        node = _zarr().open(str(p), mode="r")
-        return bool(node.attrs.get(COMPLETE_ATTR, False))
-    except Exception:
-        return False
-
-
-#: The ledger key under which a resumable run records how many blocks its plan has.
-BLOCKS_TOTAL = "blocks-total"
-
-
-def finished_with(path: str | os.PathLike[str] | None, key: str) -> bool:
-    """Whether ``path`` is a complete store that a resumable run of ``key`` wrote."""
-    if path is None or not is_complete(path):
-        return False
-    try:
-        return open_zarr_readonly(path).attrs.get(RESUME_ATTR) == key
-    except Exception:  # noqa: BLE001 - unreadable: not ours to skip
-        return False
-
-
-def unfinished_runs(path: str | os.PathLike[str]) -> list[tuple[Path, int, int | None]]:
-    """The unfinished resumable stores beside output ``path`` (a run going on, or one that
-    stopped or crashed): (store, blocks done, blocks in its plan or None).
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> unfinished_runs(Path(tempfile.mkdtemp()) / "out.zarr")
-    []
-    """
-    p = Path(path).expanduser()
-    found = []
-    for cand in sorted(p.parent.glob(f"{glob.escape(p.name)}.partial-*")):
-        ledger = Ledger(str(cand / LEDGER_DIR))
-        if not (cand / LEDGER_DIR).is_dir():
-            continue  # not resumable: removed when its run ends
-        done = sum(1 for k in ledger.keys() if k.startswith("block-"))
-        total = ledger.read(BLOCKS_TOTAL)
-        found.append((cand, done, int(total) if total else None))
-    return found
-
-
-def _unfinished(
-    path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype, chunks: Sequence[int] | None, fmt: int = 2
-) -> Path | None:
-    """The unfinished store of run ``key`` beside ``path`` (the one with the most finished
-    parts, when a run crashed more than once), or None."""
-    found: list[tuple[int, str, Path]] = []
-    for cand in path.parent.glob(f"{glob.escape(path.name)}.partial-*"):  # a name may hold [ or *
-        try:
-            arr = _zarr().open_array(str(cand / "0" if is_ome(path) else cand), mode="r")
-            attrs = dict(arr.attrs)
-        except Exception:  # noqa: BLE001 - a store another crash left unreadable is no candidate
-            continue
-        if attrs.get(RESUME_ATTR) != key or attrs.get(COMPLETE_ATTR) is not False:
-            continue
-        if tuple(arr.shape) != shape or np.dtype(arr.dtype) != dtype:
-            continue
-        if zarr_format_of(arr) != fmt:
-            continue
-        unit = tuple(int(c) for c in chunks) if chunks is not None else None
-        if unit is not None and fmt == 3:
-            unit = tuple(min(c, n) for c, n in zip(unit, shape))  # as create_zarr_array clamps it
-        if unit is not None and write_chunks(arr) != unit:
-            continue
-        found.append((len(Ledger(str(cand / LEDGER_DIR)).keys()), cand.name, cand))
-    return max(found)[2] if found else None

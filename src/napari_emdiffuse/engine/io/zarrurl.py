@@ -9,8 +9,12 @@ objects to the URL within the store's service (no pixel passes through this mach
 chunks first and every metadata document last, so that a zarr reader finds an array there
 only once all its chunks are; then it removes the prefix. A cancelled or failed run removes
 the prefix. A store that exists at the URL is refused before any work: it cannot be swapped
-for the new one in place. Resumable runs need a folder (their ledger of finished blocks is a
-folder of files).
+for the new one in place.
+
+A resumable run (``resume_key``) keeps its prefix when it fails or is stopped, with its
+ledger of finished blocks inside (one small object per block: :mod:`.ledger`), and the next
+run of the same key, on any machine that reaches the store, finds the prefix and continues:
+a cluster job that ran out of time writes on where it stopped.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from typing import Any
 from ..errors import InputError
 from .common import ZARR_SUFFIX, reason
 from .fetch import url_fs, writable_store
-from .ledger import Ledger
-from .zarr import COMPLETE_ATTR, COMPLETE_FILE, ZarrWriter, open_zarr_readonly
+from .ledger import LEDGER_DIR, Ledger
+from .stores import COMPLETE_FILE, find_unfinished, is_complete
+from .zarr import ZarrWriter, open_zarr_readonly
 from .zarrfmt import check_zarr_format, create_zarr_array
 
 __all__ = ["UrlZarrWriter", "check_output_url"]
@@ -34,7 +39,8 @@ _METADATA = (".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json")
 
 def check_output_url(url: str, *, resume: bool = False) -> str:
     """A ``.zarr`` output by URL, before any work: a name ending in ``.zarr``, nothing there
-    yet, the service reachable; one line otherwise.
+    yet (with ``resume``, or a finished store, which the run's key may show to be this run's
+    own), the service reachable; one line otherwise.
 
     Examples
     --------
@@ -50,9 +56,6 @@ def check_output_url(url: str, *, resume: bool = False) -> str:
     if url.lower().startswith(("http://", "https://")):
         raise InputError(f"cannot write '{url}': a web server's files are read here, not written; write to an object "
                          "store (s3://, gs://) or a folder")
-    if resume:
-        raise InputError(f"cannot resume into '{url}': a resumable run keeps its ledger of finished blocks in a folder; "
-                         "write to a local or shared folder, or run without resume")
     try:
         fs, path = url_fs(url)
         there = fs.exists(path)
@@ -60,7 +63,7 @@ def check_output_url(url: str, *, resume: bool = False) -> str:
         raise InputError(f"cannot write '{url}': {reason(exc)} (pip install napari-emdiffuse[remote])") from exc
     except Exception as exc:  # no such bucket, no credentials, no connection: the service says why
         raise InputError(f"cannot write '{url}': {reason(exc)}") from exc
-    if there:
+    if there and not (resume and is_complete(url)):  # a finished run of the same job is told apart later
         raise InputError(f"cannot write '{url}': it exists, and an object store cannot swap a finished store for it "
                          "in place; remove it first, or choose another name")
     return url
@@ -68,7 +71,7 @@ def check_output_url(url: str, *, resume: bool = False) -> str:
 
 class UrlZarrWriter(ZarrWriter):
     """:class:`~.zarr.ZarrWriter` for a store at a URL (module docstring): the same
-    attributes and methods, paths as URLs; never resumable, never replacing a store."""
+    attributes and methods, paths as URLs; never replacing a store."""
 
     def __init__(
         self,
@@ -82,15 +85,22 @@ class UrlZarrWriter(ZarrWriter):
         overwrite: bool = False,
         **described: Any,
     ) -> None:
+        import numpy as np
         import zarr
 
         del overwrite  # nothing may be there (check_output_url): there is nothing to replace
-        self.path = self.url = check_output_url(url, resume=resume_key is not None)
+        self.path = self.url = check_output_url(url)
         self.zarr_format = check_zarr_format(zarr_format)
         shape = tuple(int(n) for n in shape)
-        meta, axes = self._describe(shape, resume_key=None, **{"spacing": None, "unit": "nm", "axes": None,
-                                                               "attrs": None, "origin": None, **described})
+        meta, axes = self._describe(shape, resume_key=resume_key, **{"spacing": None, "unit": "nm", "axes": None,
+                                                                     "attrs": None, "origin": None, **described})
         self._state = "open"
+        if resume_key is not None:
+            found = find_unfinished(self.url, resume_key, shape, np.dtype(dtype), chunks, self.zarr_format)
+            if found is not None:
+                self._temp, self.resumed = found, True
+                self.array = zarr.open_array(writable_store(self.array_path), mode="r+")
+                return
         self._temp = f"{self.url}.partial-{secrets.token_hex(4)}"
         try:
             if self.ome:
@@ -108,6 +118,11 @@ class UrlZarrWriter(ZarrWriter):
     def _join(self, name: str) -> str:
         return f"{self._temp}/{name}"
 
+    def _group(self) -> Any:
+        import zarr
+
+        return zarr.open_group(writable_store(self._temp), mode="r+")
+
     @property
     def temp_path(self) -> str:  # type: ignore[override]
         """Where the store lives until :meth:`commit` (a URL)."""
@@ -115,28 +130,24 @@ class UrlZarrWriter(ZarrWriter):
 
     @property
     def ledger(self) -> Ledger:
-        """Inert: runs into a URL are not resumable."""
-        return Ledger(None)
+        """The finished parts of a resumable run, under the prefix (inert for other runs)."""
+        return Ledger(self._join(LEDGER_DIR) if self.resume_key is not None else None)
 
     @property
     def kept(self) -> bool:
-        return False
+        """An aborted resumable store left at its prefix for the next run."""
+        return self._state == "aborted" and self.resume_key is not None
 
     def commit(self) -> str:  # type: ignore[override]
         """Finish the store and copy it to its URL, metadata last (module docstring)."""
-        import zarr
-
         if self._state == "committed":
             return self.url
         if self._state != "open":
             raise RuntimeError(f"UrlZarrWriter for '{self.url}' was aborted; nothing to commit")
         try:
-            if self.ome:
-                if not self.pyramid_built:
-                    for _ in self.build_pyramid():
-                        pass
-                zarr.open_group(writable_store(self._temp), mode="r+").attrs.update(self._ome_metadata())
-            self.array.attrs[COMPLETE_ATTR] = True
+            if self.resume_key is not None:  # the key stays: the same run again has nothing to do
+                self._remove(self._join(LEDGER_DIR))
+            self._finish()
             fs, temp = url_fs(self.array_path)
             fs.pipe_file(f"{temp}/{COMPLETE_FILE}", b"complete\n")
         except InputError:
@@ -169,13 +180,15 @@ class UrlZarrWriter(ZarrWriter):
                 fs.copy(group, [final + p[len(temp):] for p in group])
 
     def abort(self) -> None:
-        """Remove the hidden prefix; nothing after :meth:`commit`, an earlier abort, or a copy
-        that failed (its store is kept)."""
+        """Remove the hidden prefix (keep it, for a later run to resume, when resumable);
+        nothing after :meth:`commit`, an earlier abort, or a copy that failed (its store is
+        kept)."""
         if self._state != "open":
             return
         self._state = "aborted"
         self.array = None  # type: ignore[assignment]
-        self._remove(self._temp)
+        if self.resume_key is None:
+            self._remove(self._temp)
 
     @staticmethod
     def _remove(url: str) -> None:

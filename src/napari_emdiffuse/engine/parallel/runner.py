@@ -484,7 +484,9 @@ class Cluster:
             if self.scheduler is not None and (source_of(run.image) is None or isinstance(run.model, EMDiffuseModel)):
                 raise InputError(f"cannot write '{out}' from the cluster at {self.scheduler}: its workers read the "
                                  "input and the model where they are; give a stored input and a model name or path")
-            tmp = Path(tempfile.mkdtemp(prefix=".emdiffuse-work-"))
+            tmp = Path(tempfile.mkdtemp(prefix=".emdiffuse-work-")) if key is None else \
+                Path(tempfile.gettempdir()) / f".emdiffuse-work-{key[:16]}-resumable"
+            tmp.mkdir(exist_ok=True)
         elif key is None:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
         else:  # a resumable run's copy of the input is kept for the next run of the same job
