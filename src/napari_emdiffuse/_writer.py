@@ -1,7 +1,9 @@
 """napari writers: MRC (*File > Save Selected Layers...* with a ``.mrc``/``.rec`` name), so an
 MRC opened with this plugin's reader can be saved back with its voxel size, and TIFF with the
 pixel size (the "EMDiffuse TIFF with pixel size" file type), which napari's own TIFF writer
-leaves out: Fiji and this plugin read it back with the layer's scale."""
+leaves out: Fiji and this plugin read it back with the layer's scale. The TIFF keeps the
+layer's place too (its ``translate``, as ImageJ's origin): a restored region saved and opened
+again lies over the image it came from."""
 
 from __future__ import annotations
 
@@ -46,8 +48,9 @@ def write_mrc_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
 
 def write_tiff_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """Write one greyscale image layer as TIFF with its ``scale`` as the pixel size (an ImageJ
-    hyperstack where the pixel type allows, so Fiji shows it), atomically.
+    """Write one greyscale image layer as TIFF with its ``scale`` as the pixel size and its
+    ``translate`` as the origin (an ImageJ hyperstack where the pixel type allows, so Fiji
+    shows both), atomically.
 
     Examples
     --------
@@ -55,9 +58,10 @@ def write_tiff_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     >>> from pathlib import Path
     >>> from napari_emdiffuse.engine.io.images import read_image
     >>> out = Path(tempfile.mkdtemp()) / "saved.tif"
-    >>> _ = write_tiff_layer(str(out), np.zeros((2, 4, 4), np.uint8), {"scale": (30.0, 5.0, 5.0)})
-    >>> read_image(out).spacing
-    (30.0, 5.0, 5.0)
+    >>> _ = write_tiff_layer(str(out), np.zeros((2, 4, 4), np.uint8),
+    ...                      {"scale": (30.0, 5.0, 5.0), "translate": (0.0, 40.0, 80.0)})
+    >>> read_image(out).spacing, read_image(out).origin
+    ((30.0, 5.0, 5.0), (0.0, 40.0, 80.0))
     """
     from .engine.errors import InputError
     from .engine.io.tiff import write_tiff
@@ -68,4 +72,12 @@ def write_tiff_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         raise InputError("this writer keeps greyscale images with their pixel size; this layer is RGB")
     spacing, unit = _layer_spacing(meta)
     made = (meta.get("metadata") or {}).get("emdiffuse")
-    return [str(write_tiff(path, data, spacing=spacing, unit=unit, provenance=made))]
+    return [str(write_tiff(path, data, spacing=spacing, unit=unit, provenance=made, origin=_layer_origin(meta)))]
+
+
+def _layer_origin(meta: dict[str, Any]) -> tuple[float, ...] | None:
+    """The layer's ``translate`` (where its first pixel's centre lies, in the scale's units),
+    which this plugin's reader gives back as the layer's translate; None at 0."""
+    translate = meta.get("translate")
+    at = tuple(float(t) for t in translate) if translate is not None else ()
+    return at if any(at) else None

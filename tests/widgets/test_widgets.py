@@ -1453,12 +1453,14 @@ def test_restored_layer_saves_as_mrc_with_scale_and_labels(viewer, tmp_path):
 
 def test_a_layer_saves_as_tiff_with_its_pixel_size_through_the_save_dialogs_file_type(viewer, tmp_path):
     """napari's own TIFF writer drops the scale; the save dialog's "TIFF with pixel size" file
-    type (the writer its filter names) keeps it, and the provenance of a restored layer."""
+    type (the writer its filter names) keeps it, the layer's place (ImageJ's origin) and the
+    provenance of a restored layer."""
     from napari.plugins import _npe2
 
     from napari_emdiffuse.engine.io.images import read_image
 
-    layer = viewer.add_image(np.arange(3 * 12 * 10, dtype=np.float32).reshape(3, 12, 10), name="em", scale=(30.0, 4.0, 4.0))
+    layer = viewer.add_image(np.arange(3 * 12 * 10, dtype=np.float32).reshape(3, 12, 10), name="em", scale=(30.0, 4.0, 4.0),
+                             translate=(0.0, 40.0, 80.0))  # fmt: skip
     layer.metadata["emdiffuse"] = {"task": "denoise", "model": "demo-denoise", "preset": "fast"}
     filters, writers = _npe2.file_extensions_string_for_layers([layer])
     ours = [w for w in writers if w.command == "napari-emdiffuse.write_tiff"]
@@ -1466,6 +1468,7 @@ def test_a_layer_saves_as_tiff_with_its_pixel_size_through_the_save_dialogs_file
     viewer.layers.save(str(tmp_path / "ours.tif"), selected=False, _writer=ours[0])
     img = read_image(tmp_path / "ours.tif")
     assert np.array_equal(img.data, layer.data) and img.spacing == (30.0, 4.0, 4.0) and img.unit == "nm"
+    assert img.origin == (0.0, 40.0, 80.0)  # as the API, the CLI and Fiji read it
     theirs = next(w for w in writers if w.command == "napari.write_image")  # the control: napari's own
     viewer.layers.save(str(tmp_path / "theirs.tif"), selected=False, _writer=theirs)
     assert read_image(tmp_path / "theirs.tif").spacing is None

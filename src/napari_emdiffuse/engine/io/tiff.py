@@ -220,7 +220,7 @@ def _imagej_origin(ij: dict, spacing: tuple[float, ...] | None, axes: str | None
     if not ij or spacing is None or axes is None or len(axes) != len(spacing):
         return None
     try:
-        at = [-float(ij.get(f"{a.lower()}origin") or 0.0) * s if a in "ZYX" else 0.0 for a, s in zip(axes, spacing)]
+        at = [0.0 - float(ij.get(f"{a.lower()}origin") or 0.0) * s if a in "ZYX" else 0.0 for a, s in zip(axes, spacing)]
     except (TypeError, ValueError):
         return None
     return tuple(at) if any(at) and all(np.isfinite(at)) else None
