@@ -1101,7 +1101,7 @@ def test_zarr_format_3_from_the_command_line(tmp_path, capsys, tiny_model_dir):
     batch = ["denoise", str(tmp_path / "vol.tif"), str(tmp_path / "vol.tif"), "-o", str(tmp_path / "many")]
     for argv, needle in (([*base, "-o", str(tmp_path / "o.tif"), "--zarr-format", "3"], "'o.tif' is not one"),
                          ([*base, "-o", str(tmp_path / "o.zarr"), "--zarr-format", "4"], "invalid choice"),
-                         ([*batch, "--zarr-format", "3"], "a batch writes each result as a TIFF or MRC file"),
+                         ([*batch, "--zarr-format", "3"], "add --to .zarr (or .ome.zarr) for a batch"),
                          (["convert", str(tmp_path / "vol.tif"), str(tmp_path / "vol.tif"), "-o", str(tmp_path / "many"),
                            "--zarr-format", "3"], "add --to .zarr")):
         assert main(argv) == 2

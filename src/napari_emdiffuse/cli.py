@@ -95,11 +95,21 @@ def _load_restorer(args: argparse.Namespace, device: str | None = None) -> Any:
     return model
 
 
+def _one_output(args: argparse.Namespace) -> None:
+    """One input: its output's name gives the format; ``--to`` is a batch's."""
+    from .engine.errors import InputError
+
+    if args.to is not None:
+        raise InputError(f"--to sets the format of a batch's results; name the output (e.g. "
+                         f"'{Path(args.output).stem}{args.to}'), or give a folder (ending in /) for a batch")
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
     from .engine.io.batch import check_one_image, is_batch
 
     if is_batch(args.input, args.output):
         return _restore_batch(args)
+    _one_output(args)
     check_one_image(args.input[0])
     args.input = args.input[0]
     out, unc = _check_outputs(args, args.output, args.uncertainty, urls=True)
@@ -140,7 +150,7 @@ def _restore_batch(args: argparse.Namespace) -> int:
 
     try:
         done = drive(told(restore_files_iter(
-            args.input, args.output, args.task, model, uncertainty_dir=args.uncertainty,
+            args.input, args.output, args.task, model, uncertainty_dir=args.uncertainty, ext=args.to,
             resume=args.resume, channel=args.channel, time=args.time, voxel_size=getattr(args, "voxel_size", None),
             workers=args.workers, scheduler=args.scheduler, zarr_format=args.zarr_format, **kw,
         )))
@@ -186,6 +196,7 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     args.task = f"isotropic-{args.mode}"
     if is_batch(args.input, args.output, folder_is_image=True):
         return _restore_batch(args)
+    _one_output(args)
     check_one_image(args.input[0], "reconstruct")
     args.input = args.input[0]
     out, unc = _check_outputs(args, args.output, args.uncertainty, urls=True)

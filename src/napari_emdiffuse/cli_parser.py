@@ -84,6 +84,15 @@ def _voxel_option(p: argparse.ArgumentParser) -> None:
                         "factor follows from it")
 
 
+def _batch_format_option(p: argparse.ArgumentParser) -> None:
+    from .engine.io.batch import BATCH_FORMATS
+
+    p.add_argument("--to", choices=list(BATCH_FORMATS), default=None,
+                   help="a batch: the format of every result (default: each input's, TIFF or MRC; .zarr into an "
+                        "object store's folder, -o s3://bucket/clean/). A .zarr result is written block by block, "
+                        "and --resume continues an unfinished one")
+
+
 def _zarr_format_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zarr-format", type=int, choices=[2, 3], default=2, metavar="{2,3}",
                    help=".zarr output: 2 (default; every zarr reader opens it) or 3 "
@@ -165,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--uncertainty", metavar="UNC_OUT",
                        help="also write the per-pixel uncertainty (std, input units) here; for a batch, a folder "
                             "(files named <name>_uncertainty)")
+        _batch_format_option(p)
         _pick_options(p)
         _voxel_option(p)
         _sampling_options(p)
@@ -193,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--denoise-model; the measured slices are then replaced by the denoised ones")
     p.add_argument("--denoise-model", metavar="MODEL", help="the denoising model for --denoise (implies it)")
     _region_option(p, "reconstruct")
+    _batch_format_option(p)
     _pick_options(p)
     _voxel_option(p)
     _sampling_options(p)

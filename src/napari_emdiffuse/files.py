@@ -20,7 +20,7 @@ from typing import Any
 
 from .engine.errors import InputError
 from .engine.events import Progress
-from .engine.io.common import ZARR_SUFFIX, suffix_of
+from .engine.io.common import ZARR_SUFFIX, is_url, suffix_of
 from .engine.io.zarrfmt import check_zarr_format
 
 __all__ = [
@@ -429,6 +429,7 @@ def restore_files_iter(
     *,
     uncertainty_dir: str | Path | None = None,
     resume: bool = False,
+    ext: str | None = None,
     **options: Any,
 ) -> Generator[Any, None, None]:
     """Restore many files (and folders of them) into ``out_dir``, each as
@@ -442,9 +443,12 @@ def restore_files_iter(
     side, each file one task, with ``Progress("files", k, n)`` as they finish instead of the
     per-file events. The plan (names, clashes) is
     checked before any work (:func:`~.engine.io.batch.plan_batch`); a file that cannot be read
-    is told and skipped. ``resume`` leaves out the files whose outputs exist (an output appears
-    only when written whole). Its results are TIFF or MRC files, so ``zarr_format`` 3 is
-    refused. Yields ``Progress("file", k, n)`` before each file, the files' own events, then a
+    is told and skipped. ``ext`` (``.tif``, ``.mrc``, ``.zarr``, ``.ome.zarr``) makes every
+    result of that format, else each takes its input's (TIFF or MRC); ``out_dir`` may be a
+    folder's URL in an object store, whose results are zarr stores. ``resume`` leaves out the
+    files whose outputs exist (an output appears only when written whole) and continues an
+    unfinished zarr output block by block. ``zarr_format`` 3 needs zarr results. Yields
+    ``Progress("file", k, n)`` before each file, the files' own events, then a
     :class:`BatchResult`.
 
     Examples
@@ -458,19 +462,25 @@ def restore_files_iter(
     (['a.tif'], [])
     """
     from .engine.io.batch import expand_inputs, plan_batch
+    from .engine.io.stores import is_complete, store_exists
 
-    if check_zarr_format(options.pop("zarr_format", 2)) != 2:
-        raise InputError("a batch writes each result as a TIFF or MRC file; --zarr-format is the format of a "
-                         ".zarr output (one input)")
+    zarr_format = check_zarr_format(options.pop("zarr_format", 2))
     workers, scheduler = options.pop("workers", None), options.pop("scheduler", None)
     if workers is not None or scheduler is not None:
         from .engine.parallel.runner import Cluster
 
         Cluster(workers=workers, scheduler=scheduler)  # refuses what a block run refuses, before any folder
-    plan = plan_batch(expand_inputs(list(inputs)), out_dir, uncertainty_dir)
+    if zarr_format != 2 and not (ext or "").endswith(ZARR_SUFFIX) and not is_url(str(out_dir)):
+        raise InputError(f"--zarr-format {zarr_format} is the format of .zarr results; add --to .zarr (or .ome.zarr) "
+                         "for a batch")
+    plan = plan_batch(expand_inputs(list(inputs)), out_dir, uncertainty_dir, ext=ext)
     total = len(plan)
-    if resume:  # an output is written last (write_results): one on disk is whole, with its uncertainty
-        plan = [item for item in plan if not item[1].exists()]
+    stores = bool(plan) and suffix_of(Path(str(plan[0][1]))) == ZARR_SUFFIX
+    if stores:
+        options["zarr_format"] = zarr_format
+        options["resume"] = resume  # an unfinished store continues block by block
+    if resume:  # an output appears when whole (write_results writes the uncertainty first; a store is committed)
+        plan = [item for item in plan if not (is_complete(item[1]) if stores else store_exists(item[1]))]
         yield note(f"resuming: {total - len(plan)} of {total} files were restored by an earlier run; {len(plan)} to do")
     if workers or scheduler:  # each file a task: the workers restore files side by side
         yield (yield from _files_on_workers(plan, out_dir, task, model, workers, scheduler, options))
@@ -555,7 +565,8 @@ def _files_on_workers(plan: list, out_dir: str | Path, task: str, model: Any, wo
     arch = options.pop("arch", None)
     isotropic = task in ISOTROPIC_TASKS
     done = BatchResult(total=len(plan))
-    tmp = Path(tempfile.mkdtemp(prefix=".emdiffuse-work-", dir=Path(out_dir).expanduser()))
+    here = None if is_url(str(out_dir)) else Path(out_dir).expanduser()  # a bucket's: this machine's
+    tmp = Path(tempfile.mkdtemp(prefix=".emdiffuse-work-", dir=here))
     try:
         if isotropic and (model is None or (isinstance(model, str) and not model.strip())):
             spec, spec_arch = None, None  # each worker picks the bundled model for each volume's factor

@@ -218,3 +218,77 @@ def test_cluster_workers_resume_a_stopped_run_into_a_url(model, tmp_path):
     a = np.asarray(read_image(url).data).astype(np.int16)
     assert np.abs(a - np.asarray(read_image(ref).data).astype(np.int16)).max() <= 1
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["out.zarr"]
+
+
+def test_a_batch_goes_into_a_folder_by_url_as_zarr_stores(tiny_model_dir, tmp_path, capsys):
+    """Several files into an object store's folder: each a store by URL with its uncertainty,
+    the pixels of each file restored alone; --resume leaves the finished ones out; TIFF
+    results by URL, --to with one output file, and a store there already are refused."""
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / "in" / f"{name}.tif", (rng.random((70, 80)) * 255).astype(np.uint8))
+    fast = ["--steps", "1", "--tile", "32", "--overlap", "8", "--device", "cpu", "--model", str(tiny_model_dir)]
+    url, sd = f"local://{tmp_path}/bucket/clean/", f"local://{tmp_path}/bucket/sd/"
+    assert main(["denoise", str(tmp_path / "in"), "-o", url, "--uncertainty", sd, "--samples", "2", *fast]) == 0
+    assert sorted(p.name for p in (tmp_path / "bucket" / "clean").iterdir()) == ["a.zarr", "b.zarr"]
+    assert sorted(p.name for p in (tmp_path / "bucket" / "sd").iterdir()) == ["a_uncertainty.zarr", "b_uncertainty.zarr"]
+    alone = tmp_path / "a_alone.zarr"
+    assert main(["denoise", str(tmp_path / "in" / "a.tif"), "-o", str(alone), "--samples", "2", *fast]) == 0
+    assert np.array_equal(np.asarray(read_image(f"{url}a.zarr").data), np.asarray(read_image(alone).data))
+    capsys.readouterr()
+    assert main(["denoise", str(tmp_path / "in"), "-o", url, "--resume", "--to", ".zarr", *fast]) == 0
+    assert "2 of 2 files were restored by an earlier run; 0 to do" in capsys.readouterr().err
+    assert main(["denoise", str(tmp_path / "in"), "-o", url, *fast]) == 2  # the stores cannot be swapped in place
+    assert "it exists, and an object store cannot swap" in capsys.readouterr().err
+    for bad, why in (
+        ([str(tmp_path / "in"), "-o", f"local://{tmp_path}/bucket/t/", "--to", ".tif"], "writes zarr stores"),
+        ([str(tmp_path / "in"), "-o", url, "--uncertainty", str(tmp_path / "sd")], "both as URLs, or both as folders"),
+        ([str(tmp_path / "in" / "a.tif"), "-o", str(tmp_path / "one.tif"), "--to", ".zarr"], "sets the format of a batch"),
+        ([str(tmp_path / "in"), "-o", str(tmp_path / "loc3"), "--zarr-format", "3"], "add --to .zarr"),
+    ):
+        assert main(["denoise", *bad, *fast]) == 2, bad
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bucket" / "t").exists() and not (tmp_path / "loc3").exists()
+
+
+def test_a_local_batch_as_ome_zarr_stores_resumes_an_unfinished_one(tiny_model_dir, tmp_path, capsys):
+    """--to .ome.zarr in a folder: each result an OME-Zarr store (format 3 too); with --resume
+    a store that a stopped run left unfinished continues block by block, the finished ones are
+    left out."""
+    import tifffile
+
+    from napari_emdiffuse.engine.io.stores import is_complete
+    from napari_emdiffuse.files import restore_files_iter
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / "in" / f"{name}.tif", (rng.random((2, 70, 80)) * 255).astype(np.uint8))
+    kw = dict(steps=1, tile=32, overlap=8, device="cpu", block=32, z_filter="off", zarr_format=3)
+    gen = restore_files_iter([tmp_path / "in"], tmp_path / "out", "denoise", str(tiny_model_dir), ext=".ome.zarr",
+                             resume=True, **kw)  # fmt: skip
+    blocks = 0
+    for ev in gen:  # stop inside the second file
+        blocks += getattr(ev, "stage", None) == "block" and bool(ev.total)
+        if blocks >= 18 + 5:  # 18 blocks a file
+            gen.close()
+            break
+    out = tmp_path / "out"
+    assert is_complete(out / "a.ome.zarr") and not (out / "b.ome.zarr").exists()
+    assert [p.name.split("-")[0] for p in out.glob("b.ome.zarr.partial-*")] == ["b.ome.zarr.partial"]
+    events = list(restore_files_iter([tmp_path / "in"], out, "denoise", str(tiny_model_dir), ext=".ome.zarr",
+                                     resume=True, **kw))  # fmt: skip
+    said = [e.message for e in events[:-1] if getattr(e, "stage", None) == "note"]
+    assert "1 of 2 files were restored by an earlier run; 1 to do" in said[0]
+    assert any("resuming the unfinished run in" in m and "blocks are done" in m for m in said)
+    import zarr
+
+    a = zarr.open_group(str(out / "b.ome.zarr"), mode="r")
+    assert a["0"].metadata.zarr_format == 3 and is_complete(out / "b.ome.zarr")
+    alone = restore_to_zarr(read_image(tmp_path / "in" / "b.tif").data, tmp_path / "b.zarr", "denoise",
+                            str(tiny_model_dir), **{k: v for k, v in kw.items() if k != "zarr_format"})  # fmt: skip
+    assert np.array_equal(a["0"][:], np.asarray(read_image(alone).data))

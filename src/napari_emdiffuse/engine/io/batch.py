@@ -23,11 +23,13 @@ from .n5 import n5_container_of
 from .precomputed import precomputed_of
 from .zarr import zarr_store_of
 
-__all__ = ["BatchItem", "is_batch", "expand_inputs", "plan_batch", "images_inside", "check_one_image", "matched_pairs"]
+__all__ = ["BatchItem", "BATCH_FORMATS", "is_batch", "expand_inputs", "plan_batch", "images_inside", "check_one_image", "matched_pairs"]
 
 _FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + MRC_PACKED_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES
 
-BatchItem = tuple[Path, Path, "Path | None"]  # input, output, uncertainty output
+BatchItem = tuple[Path, "Path | str", "Path | str | None"]  # input, output, uncertainty output (a URL as str)
+#: What every output of a batch may be made (``--to``): a zarr store block by block, or files.
+BATCH_FORMATS = (".tif", ".mrc", ".zarr", ".ome.zarr")
 
 
 def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None, *, folder_is_image: bool = False) -> bool:
@@ -131,7 +133,11 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     MRC uncompressed, ``a.map.gz`` -> ``a.map``; pictures, HDF5 and CZI files as TIFF; one image
     of several in an HDF5 or Velox file, or a scene of a CZI file, as ``<file>_<image>``),
     and its uncertainty as ``<stem>_uncertainty`` beside it or in ``uncertainty_dir``. ``ext``
-    (``".tif"``, ``".mrc"``, ``".zarr"``) makes every output of that format instead.
+    (one of :data:`BATCH_FORMATS`) makes every output of that format instead.
+
+    ``out_dir`` may be a folder's URL in an object store (``s3://bucket/clean/``): every
+    output is then a zarr store there (``.zarr`` unless ``ext`` is ``.ome.zarr``), named by its
+    URL (:mod:`.zarrurl`).
 
     The folders are made if missing (their parents must exist). Nothing else is written.
 
@@ -139,7 +145,7 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     ------
     InputError
         An output folder is a file or cannot be made, two inputs would write the same output,
-        or an output would replace an input.
+        an output would replace an input, or TIFF or MRC files would go to a URL.
 
     Examples
     --------
@@ -148,10 +154,14 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     >>> [(i.name, o.name, u) for i, o, u in plan_batch([d / "a.png", d / "b.mrc", d / "c.map.gz"], d / "out")]
     [('a.png', 'a.tif', None), ('b.mrc', 'b.mrc', None), ('c.map.gz', 'c.map', None)]
     """
+    if ext is not None and ext not in BATCH_FORMATS:
+        raise InputError(f"unknown output format {ext!r}; choose one of {', '.join(BATCH_FORMATS)}")
+    if is_url(str(out_dir)) or (uncertainty_dir is not None and is_url(str(uncertainty_dir))):
+        ext = _url_format(out_dir, uncertainty_dir, ext)
     out = _folder(out_dir)
     unc = _folder(uncertainty_dir, inside=out) if uncertainty_dir is not None else None
     plan: list[BatchItem] = []
-    seen: dict[Path, Path] = {}
+    seen: dict[Path | str, Path] = {}
     sources = {_key(f) for f in files}
     for f in files:
         packed = suffix_of(f) in MRC_PACKED_SUFFIXES
@@ -159,8 +169,8 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
         kind = ext or (f_name.suffix if suffix_of(f_name) in TIFF_SUFFIXES + MRC_SUFFIXES else ".tif")
         inside = h5_file_of(f) or czi_file_of(f)  # one image of several in a file: 'stem.emd/HAADF' -> stem_HAADF
         stem = f"{inside[0].stem}_{inside[1].replace('/', '_')}" if inside and inside[1] else f_name.stem
-        target = out / f"{stem}{kind}"
-        extra = (unc or out) / f"{stem}_uncertainty{kind}" if uncertainty_dir is not None else None
+        target = _child(out, f"{stem}{kind}")
+        extra = _child(unc or out, f"{stem}_uncertainty{kind}") if uncertainty_dir is not None else None
         for path in (target, extra):
             if path is None:
                 continue
@@ -171,9 +181,25 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
             seen[_key(path)] = f
         plan.append((f, target, extra))
     for folder in (out, unc):
-        if folder is not None:
+        if isinstance(folder, Path):  # an object store has no folders to make
             folder.mkdir(exist_ok=True)
     return plan
+
+
+def _url_format(out_dir: str | os.PathLike[str], uncertainty_dir: str | os.PathLike[str] | None,
+                ext: str | None) -> str:
+    """The format of a batch's outputs where a folder is a URL: zarr stores only."""
+    if ext not in (None, ZARR_SUFFIX, ".ome" + ZARR_SUFFIX):
+        raise InputError(f"a batch into '{out_dir}' writes zarr stores (--to .zarr or .ome.zarr); TIFF and MRC files "
+                         "go to a local or shared folder")
+    if not (is_url(str(out_dir)) and (uncertainty_dir is None or is_url(str(uncertainty_dir)))):
+        raise InputError("give the output and the uncertainty folders both as URLs, or both as folders")
+    return ext or ZARR_SUFFIX
+
+
+def _child(folder: Path | str, name: str) -> Path | str:
+    """``name`` in an output folder: a path, or in a folder's URL a URL."""
+    return f"{folder}/{name}" if isinstance(folder, str) else folder / name
 
 
 def matched_pairs(inputs: list[str], targets: list[str]) -> tuple[list[str], list[str]]:
@@ -213,9 +239,18 @@ def matched_pairs(inputs: list[str], targets: list[str]) -> tuple[list[str], lis
     return xs, ys
 
 
-def _folder(path: str | os.PathLike[str], inside: Path | None = None) -> Path:
+def _folder(path: str | os.PathLike[str], inside: Path | str | None = None) -> Path | str:
     """An output folder that exists and is writable, or can be made in one step (or two, when
-    it lies in ``inside``, the output folder about to be made)."""
+    it lies in ``inside``, the output folder about to be made); a folder's URL as given."""
+    if is_url(str(path)):
+        url = str(path).rstrip("/")
+        if url.lower().startswith(("http://", "https://")):
+            raise InputError(f"cannot write into '{path}': a web server's files are read here, not written; write to "
+                             "an object store (s3://, gs://) or a folder")
+        if suffix_of(Path(url)) in _FILE_SUFFIXES + (ZARR_SUFFIX,):
+            raise InputError(f"with several inputs the output is a folder; '{path}' is named like a file")
+        return url
+    assert not isinstance(inside, str)  # a folder's URL has a URL inside it (_url_format)
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise InputError(f"with several inputs the output is a folder; '{p}' is a file")
@@ -230,8 +265,10 @@ def _folder(path: str | os.PathLike[str], inside: Path | None = None) -> Path:
     return p
 
 
-def _key(path: Path) -> Path:
-    # the same file under two spellings (relative, '..', a link) is one file
+def _key(path: Path | str) -> Path | str:
+    # the same file under two spellings (relative, '..', a link) is one file; a URL is as given
+    if isinstance(path, str):
+        return path
     try:
         return path.resolve()
     except OSError:
