@@ -137,11 +137,9 @@ def test_a_tiff_stack_by_url_reads_as_the_local_file(served, lazy_from_any_size)
     with tifffile.TiffWriter(folder / "plain.tif") as tw:  # no stack metadata: every page's tags to walk
         for page in data:
             tw.write(page, metadata=None)
-    tifffile.imwrite(folder / "ijzip.tif", data, imagej=True, compression="zlib")  # a page per slice
-    for name in ("ijzip.tif", "plain.tif"):  # a compressed stack: its pages' tags are as scattered
-        whole = read_image(f"{url}/{name}")
-        assert isinstance(whole.data, np.ndarray) and "fetched" in whole.note, name
-        np.testing.assert_array_equal(np.asarray(whole.data[2]), data[2])
+    whole = read_image(f"{url}/plain.tif")  # a stack no metadata describes: fetched whole
+    assert isinstance(whole.data, np.ndarray) and "fetched" in whole.note
+    np.testing.assert_array_equal(np.asarray(whole.data[2]), data[2])
     tifffile.imwrite(folder / "one.tif", data[1], metadata=None)  # one image: its layout is its first page's
     one = read_image(f"{url}/one.tif")
     assert isinstance(one.data, RawUrlArray)
@@ -149,6 +147,37 @@ def test_a_tiff_stack_by_url_reads_as_the_local_file(served, lazy_from_any_size)
     deep = read_image(f"{url}/zip.tif")  # tifffile writes a compressed volume as one deep page
     assert isinstance(deep.data, TiffArray)
     np.testing.assert_array_equal(deep.data[2, 5:9], data[2, 5:9])
+
+
+def test_a_compressed_stack_by_url_is_read_a_page_at_a_time(served_counted, lazy_from_any_size):
+    """A compressed ImageJ stack (a page per slice, as Fiji saves one): every page's tags
+    fetched once, about one request a page (walked twice: they are kept), then a slice costs
+    about its own page's bytes; the local file's pixels, pixel size and axes; a worker opens
+    the URL itself."""
+    import tifffile
+
+    folder, url, stats = served_counted
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 60000, (24, 400, 320), dtype=np.uint16)  # noise: incompressible, so bytes tell
+    tifffile.imwrite(folder / "ijzip.tif", data, imagej=True, compression="zlib", resolution=(1 / 0.004, 1 / 0.004),
+                     metadata={"spacing": 0.03, "unit": "um", "axes": "ZYX"})  # fmt: skip
+    size = (folder / "ijzip.tif").stat().st_size
+    before = stats.requests
+    img = read_image(f"{url}/ijzip.tif")
+    assert isinstance(img.data, TiffArray) and "by byte range" in img.note
+    assert stats.requests - before <= 24 + 8 and stats.bytes < size / 8  # the tags, not the pixels
+    local = read_image(folder / "ijzip.tif")
+    assert (img.spacing, img.axes, img.data.shape) == (local.spacing, local.axes, data.shape) == ((30.0, 4.0, 4.0), "ZYX", data.shape)
+    before = stats.bytes
+    np.testing.assert_array_equal(img.data[17], data[17])
+    assert stats.bytes - before < 1.5 * size / 24  # one page's strips
+    for key in (np.s_[3:20:4, 50:90, ::-3], np.s_[-1, 399, :]):
+        np.testing.assert_array_equal(img.data[key], data[key])
+    again = open_source(*source_of(img.data))  # a cluster worker
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(again))[5, 7:9], data[5, 7:9])
+    (folder / "cut.tif").write_bytes((folder / "ijzip.tif").read_bytes()[: size // 2])
+    with pytest.raises(InputError, match="cannot read '.*cut.tif': "):
+        read_image(f"{url}/cut.tif")
 
 
 def test_compressed_and_tiled_tiffs_by_url_read_only_the_parts_a_run_needs(served_counted, lazy_from_any_size,

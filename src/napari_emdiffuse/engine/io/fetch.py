@@ -184,9 +184,12 @@ def answers_ranges(url: str) -> bool:
     return ranged
 
 
-def open_file(url: str, block: int = 1 << 20) -> Any:
+def open_file(url: str, block: int = 1 << 20, *, keep: bool = False) -> Any:
     """A file by URL opened for random reads (``read``, ``seek``), fetched ``block`` bytes at a
-    time and kept: what an HDF5 library reads a remote file through. Close it. From a server
+    time and kept: what an HDF5 library reads a remote file through. Close it. ``keep``: every
+    block fetched stays (in a sparse temporary file, not in memory), and the blocks one read
+    lacks are fetched in one request a run, so walking a file's scattered tags twice costs
+    one fetch; else the last 32 blocks stay. From a server
     that answers byte ranges with the whole file, the file is fetched once and read in memory
     (each block would fetch it whole again), up to :data:`WHOLE_FILE_BYTES`."""
     fs, path = _fs(url)
@@ -198,7 +201,7 @@ def open_file(url: str, block: int = 1 << 20) -> Any:
                           "first, or serve it with byte ranges")
         return io.BytesIO(read_bytes(url))
     with _as_os_error():
-        return fs.open(path, "rb", block_size=block, cache_type="blockcache")
+        return fs.open(path, "rb", block_size=block, cache_type="mmap" if keep else "blockcache")
 
 
 def unreachable(exc: BaseException) -> bool:

@@ -10,8 +10,9 @@ fetched concurrently (:func:`~.fetch.read_many`) and kept in the process's chunk
 ``--region`` of a volume then costs only its own rows.
 
 The formats find where the pixels are (:func:`~.mrcurl.read_mrc_url`,
-:func:`~.tiff.read_tiff_url`); a file below :data:`LAZY_MIN_BYTES`, a compressed one or one
-on a server that ignores byte ranges is fetched whole instead, once (:func:`~.remote.download`).
+:func:`~.tiff.read_tiff_url`, which reads compressed TIFFs a tile or page at a time); a file
+below :data:`LAZY_MIN_BYTES`, a compressed MRC map or one on a server that ignores byte ranges
+is fetched whole instead, once (:func:`~.remote.download`).
 """
 
 from __future__ import annotations

@@ -92,12 +92,14 @@ def read_tiff(path: Path, *, pixels: bool = True) -> ImageData:
 def read_tiff_url(url: str) -> ImageData | None:
     """The TIFF file at ``url`` read by byte range: pixels that lie uncompressed in one run (a
     stack whose metadata gives its layout: ImageJ, tifffile's; or one image) a band of rows at
-    a time (:mod:`.rawurl`); the compressed or tiled pixels of one image (a large montage; an
-    OME-TIFF pyramid's full resolution) a tile or strip at a time (:class:`TiffArray`:
-    tifffile's view of the file through :func:`~.fetch.open_file`). Only the header and the
-    first page's tags are fetched first. None for any other TIFF (colour, a stack without such
-    metadata, whose every page's tags would be fetched to learn its layout, or a compressed
-    stack, whose pages' tags are as scattered), for the file to be fetched whole."""
+    a time (:mod:`.rawurl`); compressed or tiled pixels (a large montage, an OME-TIFF
+    pyramid's full resolution, a compressed stack of a page per slice) a tile or strip at a
+    time (:class:`TiffArray`: tifffile's view of the file through
+    :func:`~.fetch.open_file`). Only the header and the first page's tags are fetched first,
+    then, for a stack whose layout its metadata does not give or whose pages are compressed,
+    every page's tags (a request a page; kept, so the view walks them again for free). None
+    for a colour image or a stack of pages that no metadata describes, for the file to be
+    fetched whole."""
     from .fetch import open_file, remote_size
     from .rawurl import RawUrlArray, check_size, size_note
 
@@ -108,26 +110,26 @@ def read_tiff_url(url: str) -> ImageData | None:
         if str(series.axes).endswith("S") or not series.shape:  # colour
             raise _NotRaw
         if series.dataoffset is None:  # compressed or tiled: tifffile decodes the parts read
-            if not one:
-                raise _NotRaw
-            page = tif.pages.first
-            need = max((int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+            pages = [tif.pages.first] if one else list(series.pages)
+            need = max((int(o) + int(n) for p in pages if p is not None
+                        for o, n in zip(p.dataoffsets, p.databytecounts)), default=0)  # fmt: skip
             if (size := remote_size(url)) is not None and size < need:
                 raise InputError(f"cannot read '{url}': its pixels are truncated ({size} of {need} bytes)")
-            made.append(TiffArray(url, index))
+            made.append(TiffArray(url, index, handle=fh))  # the tags walked here stay in fh's blocks
             return made[-1]
         made.append(RawUrlArray(url, series.dataoffset, series.shape, np.dtype(series.dtype).newbyteorder(tif.byteorder)))
         check_size(made[-1])
         return made[-1]
 
+    fh: Any = None
     try:
-        with open_file(url, block=64 << 10) as fh:  # tags are small and scattered: small blocks
-            with tifffile.TiffFile(fh) as tif:  # the header and first page only
-                one = _one_page(fh, tif)
-                if not (one or tif.is_imagej or tif.is_shaped):
-                    return None
-            fh.seek(0)
-            img = _read(fh, url, by_range, path=None)
+        fh = open_file(url, block=16 << 10, keep=True)  # tags are small and scattered: small blocks, kept
+        with tifffile.TiffFile(fh) as tif:  # the header and first page only
+            one = _one_page(fh, tif)
+            if not (one or tif.is_imagej or tif.is_shaped):
+                return None
+        fh.seek(0)
+        img = _read(fh, url, by_range, path=None)
     except _NotRaw:
         return None
     except InputError:
@@ -137,6 +139,9 @@ def read_tiff_url(url: str) -> ImageData | None:
     except (tifffile.TiffFileError, struct.error, IndexError, ValueError) as exc:  # the probe of a damaged file
         why = "no readable first page" if isinstance(exc, IndexError) else reason(exc)
         raise InputError(f"cannot read '{url}': not a readable TIFF file ({why})") from exc
+    finally:
+        if fh is not None and not any(isinstance(m, TiffArray) for m in made):
+            fh.close()
     note = size_note(made[0]) if isinstance(made[0], RawUrlArray) else "read by byte range, only the parts a run needs"
     img.note = "; ".join(n for n in (img.note, note) if n)
     return img
@@ -278,7 +283,9 @@ class TiffArray(LazyArray):
     negative steps included. The file stays open while the array is used; the array pickles as
     its path, so cluster workers open the file themselves (:func:`~.sources.open_source`).
     ``path`` may be a URL (:func:`read_tiff_url`): the parts read are then fetched by byte
-    range, 1 MB blocks at a time, one read at a time (the file handle is shared).
+    range and kept (:func:`~.fetch.open_file` with ``keep``), one read at a time (the file
+    handle is shared); ``handle``, such a file already open (whose tags a first walk fetched),
+    is adopted.
 
     Examples
     --------
@@ -290,12 +297,13 @@ class TiffArray(LazyArray):
     ((3, 4, 5), dtype('uint8'), [55, 50, 45, 40])
     """
 
-    def __init__(self, path: str | os.PathLike[str], series: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike[str], series: int = 0, *, handle: Any = None) -> None:
         self.url = is_url(str(path))
         self.file = str(path) if self.url else str(Path(path).resolve())
         self.series = int(series)
         self._open: Any = None
         self._handle: Any = None
+        self._fh = handle
         self._lock = threading.Lock()
         z = self._zarr()
         self.shape: tuple[int, ...] = tuple(int(n) for n in z.shape)
@@ -310,7 +318,9 @@ class TiffArray(LazyArray):
                 from .fetch import open_file
 
                 try:
-                    self._handle = tifffile.TiffFile(open_file(self.file))
+                    fh, self._fh = self._fh or open_file(self.file, block=16 << 10, keep=True), None
+                    fh.seek(0)  # tifffile takes the position it is given at as the file's start
+                    self._handle = tifffile.TiffFile(fh)
                     store = self._handle.aszarr(series=self.series, level=0)
                 except OSError as exc:
                     raise InputError(f"cannot read '{self.file}': {reason(exc)}") from exc
@@ -331,7 +341,7 @@ class TiffArray(LazyArray):
         return out[post] if post else out
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_open": None, "_handle": None, "_lock": None}  # an open file does not travel
+        return {**self.__dict__, "_open": None, "_handle": None, "_lock": None, "_fh": None}  # an open file does not travel
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
