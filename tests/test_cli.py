@@ -1138,3 +1138,20 @@ def test_pixels_far_finer_than_the_model_learnt_from_get_a_note(tmp_path, capsys
     err = capsys.readouterr().err
     assert ("pixels of 1 nm are much finer than the 3.3 nm the model learnt from" in err) == said
     assert ("convert --bin 2" in err) == said
+
+
+def test_models_says_when_a_user_model_s_name_is_taken(tmp_path, capsys):
+    """A user model named as a bundled one is listed as reachable by its path only, since
+    --model NAME loads the bundled one."""
+    from napari_emdiffuse.engine.models.registry import load_model, register_model
+
+    from tests.conftest import make_tiny
+
+    mine = make_tiny("denoise")
+    mine.card = mine.card.model_copy(update={"name": "demo-denoise"})
+    register_model(mine.save(tmp_path / "mine"))
+    assert main(["models", "--task", "denoise"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("demo-denoise ")]
+    assert len(rows) == 2 and " bundled " in rows[0] and "(name taken: --model PATH)" in rows[1]
+    assert str(tmp_path / "mine") in rows[1]
+    assert load_model("demo-denoise").card.network != mine.card.network  # the bundled one

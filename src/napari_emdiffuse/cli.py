@@ -343,8 +343,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
             return f".../{p.parent.name}/{p.name}"
         return f"~/{p.relative_to(home)}" if p.is_relative_to(home) else str(p)
 
+    first: dict[str, Path] = {}  # --model NAME loads the first model of that name (bundled ones first)
+    for m in list_models():
+        first.setdefault(m.name, m.path)
+
+    def source(m: Any) -> str:
+        return m.source if first.get(m.name) == m.path else f"{m.source} (name taken: --model PATH)"
+
     rows = [("NAME", "TASK", "KIND", "SOURCE", "PATH")]
-    rows += [(m.name, m.task, "predictor" if m.kind == "regression" else m.kind, m.source, short(m.path)) for m in models]
+    rows += [(m.name, m.task, "predictor" if m.kind == "regression" else m.kind, source(m), short(m.path)) for m in models]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
