@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from qtpy.QtCore import Signal
@@ -13,7 +14,7 @@ from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from ..engine.errors import EMDiffuseError
 from ..engine.events import TimeLeft, duration
-from ._controls import DevicePicker, ModelPicker, RunButton
+from ._controls import DevicePicker, ModelPicker, RunButton, control_value, set_control
 from ._jobs import EngineRun, notify_error, notify_info
 from ._layers import LayerCombo
 from ._settings import Settings, WidgetOptions
@@ -36,9 +37,11 @@ class DockWidget(QWidget):
     runs; the device picker and status line; the layout around each one's own form; and
     their options kept in :class:`Settings`.
 
-    A subclass sets ``SETTINGS`` and ``OPTIONS``, and defines ``options()``,
-    ``set_options()`` and ``_start()``, which validates (raising EMDiffuseError before
-    anything starts) and then starts the job, e.g. with :meth:`_start_engine`.
+    A subclass sets ``SETTINGS`` and ``OPTIONS``, and defines ``_start()``, which validates
+    (raising EMDiffuseError before anything starts) and then starts the job, e.g. with
+    :meth:`_start_engine`. Each field of ``OPTIONS`` is shown by the control of its name
+    (:meth:`options`, :meth:`set_options`); a subclass whose fields need converting
+    overrides both.
     """
 
     #: Emitted when a run ends, with its outcome: "done", "cancelled" / "stopped" or "failed".
@@ -93,10 +96,13 @@ class DockWidget(QWidget):
     # -- options ---------------------------------------------------------------------------------
 
     def options(self) -> Any:
-        raise NotImplementedError
+        """The options the form shows: each field read off the control of its name."""
+        return self.OPTIONS(**{f.name: control_value(getattr(self, f.name)) for f in fields(self.OPTIONS)})
 
     def set_options(self, opts: Any) -> None:
-        raise NotImplementedError
+        """Show ``opts`` in the form, field by field in their order (a task before its model)."""
+        for f in fields(self.OPTIONS):
+            set_control(getattr(self, f.name), getattr(opts, f.name))
 
     def _load_settings(self, model: ModelPicker | None = None) -> None:
         """Show the options of the last run and, given its picker, its model."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -35,6 +36,8 @@ from superqt import QCollapsible
 from ._settings import ZARR_FORMAT_ITEMS
 
 __all__ = [
+    "control_value",
+    "set_control",
     "workers_box",
     "resume_box",
     "zarr_format_box",
@@ -386,13 +389,54 @@ def resume_box() -> QCheckBox:
 
 
 def zarr_format_box() -> QComboBox:
-    """The format of a ``.zarr`` output (``zarr_format``)."""
-    return combo_box(
+    """The format of a ``.zarr`` output (``zarr_format``: each item's data)."""
+    box = combo_box(
         list(ZARR_FORMAT_ITEMS.values()),
         ".zarr output: 2 (every zarr reader opens it) or 3 (zarr v3, OME-Zarr 0.5 for a .ome.zarr name: each block "
         "one shard of 512-px chunks, which viewers read piece by piece). The files… button writes TIFF or MRC "
         "files and leaves it out",
     )
+    for i, fmt in enumerate(ZARR_FORMAT_ITEMS):
+        box.setItemData(i, fmt)
+    return box
+
+
+def control_value(control: Any) -> Any:
+    """The value an option takes from its control: a checkbox's state, a spin box's number, a
+    line edit's text (stripped), a combo box's item data where its items carry some (a key
+    behind a longer label), else its text; the device picker's choice."""
+    if isinstance(control, DevicePicker):
+        return control.value()
+    if isinstance(control, QCheckBox):
+        return control.isChecked()
+    if isinstance(control, QAbstractSpinBox):
+        return control.value()  # type: ignore[attr-defined]
+    if isinstance(control, QLineEdit):
+        return control.text().strip()
+    if isinstance(control, QComboBox):
+        data = control.currentData()
+        return control.currentText() if data is None else data
+    raise TypeError(f"no option value in a {type(control).__name__}")
+
+
+def set_control(control: Any, value: Any) -> None:
+    """Show an option's ``value`` in its control (:func:`control_value`'s inverse); a combo
+    box whose items carry data falls back to its first item for a value it does not hold."""
+    if isinstance(control, DevicePicker):
+        control.set_value(value)
+    elif isinstance(control, QCheckBox):
+        control.setChecked(bool(value))
+    elif isinstance(control, QAbstractSpinBox):
+        control.setValue(value)  # type: ignore[attr-defined]
+    elif isinstance(control, QLineEdit):
+        control.setText(str(value))
+    elif isinstance(control, QComboBox):
+        if control.count() and control.itemData(0) is not None:
+            control.setCurrentIndex(max(0, control.findData(value)))
+        else:
+            control.setCurrentText(str(value))
+    else:
+        raise TypeError(f"no option value in a {type(control).__name__}")
 
 
 def combo_box(items: Sequence[str], tip: str = "") -> QComboBox:

@@ -28,7 +28,6 @@ __all__ = [
     "check_workers",
     "check_resume",
     "ZARR_FORMAT_ITEMS",
-    "zarr_format_of_item",
     "check_zarr_format_choice",
     "sampling_kwargs",
 ]
@@ -200,17 +199,6 @@ def sampling_kwargs(opts: _Sampling) -> dict[str, Any]:
 
 #: The zarr format box's entries, by format.
 ZARR_FORMAT_ITEMS = {2: "2", 3: "3 (sharded)"}
-
-
-def zarr_format_of_item(text: str) -> int:
-    """The format an entry of the zarr format box names.
-
-    Examples
-    --------
-    >>> zarr_format_of_item("3 (sharded)")
-    3
-    """
-    return next((fmt for fmt, item in ZARR_FORMAT_ITEMS.items() if item == text), 2)
 
 
 def check_zarr_format_choice(zarr_format: Any, output: str) -> None:

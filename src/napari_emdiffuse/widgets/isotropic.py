@@ -26,8 +26,8 @@ from ._layers import (
     source_origin,
 )  # fmt: skip
 from ._settings import (
-    PRESETS, ZARR_FORMAT_ITEMS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
-    check_zarr_format_choice, sampling_kwargs, zarr_format_of_item,
+    PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
+    check_zarr_format_choice, sampling_kwargs,
 )  # fmt: skip
 from .restore import check_input_layer, layer_array
 
@@ -281,44 +281,6 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self._prefill()
 
     # -- options ---------------------------------------------------------------------------------
-
-    def options(self) -> IsotropicOptions:
-        return IsotropicOptions(
-            mode=self.mode.currentData(),
-            factor=self.factor.value(),
-            preset=self.preset.currentText(),
-            steps=self.steps.value(),
-            samples=self.samples.value(),
-            tile=self.tile.value(),
-            overlap=self.overlap.value(),
-            seed=self.seed.value(),
-            device=self.device.value(),
-            output=self.output.text().strip(),
-            uncertainty=self.uncertainty.isChecked(),
-            denoise_first=self.denoise_first.isChecked(),
-            workers=self.workers.value(),
-            resume=self.resume.isChecked(),
-            zarr_format=zarr_format_of_item(self.zarr_format.currentText()),
-            in_view=self.in_view.isChecked(),
-        )
-
-    def set_options(self, opts: IsotropicOptions) -> None:
-        self.mode.setCurrentIndex(max(0, self.mode.findData(opts.mode)))
-        self.factor.setValue(opts.factor)
-        self.preset.setCurrentText(opts.preset)
-        self.steps.setValue(opts.steps)
-        self.samples.setValue(opts.samples)
-        self.tile.setValue(opts.tile)
-        self.overlap.setValue(opts.overlap)
-        self.seed.setValue(opts.seed)
-        self.device.set_value(opts.device)
-        self.output.setText(opts.output)
-        self.uncertainty.setChecked(opts.uncertainty)
-        self.denoise_first.setChecked(opts.denoise_first)
-        self.workers.setValue(opts.workers)
-        self.resume.setChecked(opts.resume)
-        self.zarr_format.setCurrentText(ZARR_FORMAT_ITEMS.get(opts.zarr_format, "2"))
-        self.in_view.setChecked(opts.in_view)
 
     def _prefill(self, *_: Any) -> None:
         layer = self.layer_combo.layer()

@@ -29,8 +29,8 @@ from ._layers import (
     LayerCombo, check_zarr_output, layer_source, lazy_volume, region_in_view, show_outputs, source_origin,
 )
 from ._settings import (
-    PRESETS, ZARR_FORMAT_ITEMS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
-    check_zarr_format_choice, sampling_kwargs, zarr_format_of_item,
+    PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
+    check_zarr_format_choice, sampling_kwargs,
 )  # fmt: skip
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -413,50 +413,6 @@ class RestoreWidget(FilesMixin, DockWidget):
         self._load_settings(self.model)
 
     # -- options ---------------------------------------------------------------------------------
-
-    def options(self) -> RestoreOptions:
-        return RestoreOptions(
-            task=self.task.currentText(),
-            preset=self.preset.currentText(),
-            steps=self.steps.value(),
-            samples=self.samples.value(),
-            sampler=self.sampler.currentText(),
-            refine=self.refine.currentText(),
-            blur=self.blur.currentText(),
-            tile=self.tile.value(),
-            overlap=self.overlap.value(),
-            seed=self.seed.value(),
-            device=self.device.value(),
-            precision=self.precision.currentText(),
-            output=self.output.text().strip(),
-            current_slice=self.current_slice.isChecked(),
-            in_view=self.in_view.isChecked(),
-            z_filter=self.z_filter.currentText(),
-            workers=self.workers.value(),
-            resume=self.resume.isChecked(),
-            zarr_format=zarr_format_of_item(self.zarr_format.currentText()),
-        )
-
-    def set_options(self, opts: RestoreOptions) -> None:
-        self.task.setCurrentText(opts.task)
-        self.preset.setCurrentText(opts.preset)
-        self.steps.setValue(opts.steps)
-        self.samples.setValue(opts.samples)
-        self.sampler.setCurrentText(opts.sampler)
-        self.refine.setCurrentText(opts.refine)
-        self.blur.setCurrentText(opts.blur)
-        self.tile.setValue(opts.tile)
-        self.overlap.setValue(opts.overlap)
-        self.seed.setValue(opts.seed)
-        self.device.set_value(opts.device)
-        self.precision.setCurrentText(opts.precision)
-        self.output.setText(opts.output)
-        self.current_slice.setChecked(opts.current_slice)
-        self.in_view.setChecked(opts.in_view)
-        self.z_filter.setCurrentText(opts.z_filter)
-        self.workers.setValue(opts.workers)
-        self.resume.setChecked(opts.resume)
-        self.zarr_format.setCurrentText(ZARR_FORMAT_ITEMS.get(opts.zarr_format, "2"))
 
     def _browse_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Restore into a zarr store", "", "zarr (*.zarr)")
