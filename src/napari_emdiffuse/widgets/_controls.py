@@ -38,6 +38,8 @@ from ._settings import ZARR_FORMAT_ITEMS
 __all__ = [
     "control_value",
     "set_control",
+    "tiling_boxes",
+    "zarr_output_row",
     "workers_box",
     "resume_box",
     "zarr_format_box",
@@ -367,6 +369,33 @@ def spin_box(lo: int, hi: int, value: int, special: str | None = None, tip: str 
         box.setSpecialValueText(special)  # shown at the minimum value
     box.setToolTip(tip)
     return box
+
+
+def tiling_boxes() -> tuple[QSpinBox, QSpinBox, QSpinBox]:
+    """The tile edge, the overlap between tiles and the noise seed of a run (Advanced)."""
+    return (
+        spin_box(0, 4096, 0, "auto", "Tile edge in pixels (auto: the model's, shrunk to fit the GPU)"),
+        spin_box(-1, 1024, -1, "auto", "Overlap between tiles in pixels"),
+        spin_box(0, 2**31 - 1, 0, None, "Noise seed: the same seed gives the same result"),
+    )
+
+
+def zarr_output_row(parent: QWidget, placeholder: str, title: str) -> tuple[QLineEdit, QHBoxLayout]:
+    """The output field (empty: in memory; a ``.zarr`` path or a store's URL) and its row with
+    a "…" button that asks for a store's name (``title`` on the dialog)."""
+    edit = QLineEdit()
+    edit.setPlaceholderText(placeholder)
+    edit.setToolTip(
+        "Empty: keep the result in memory. A .zarr path (or an object store's URL, s3://...): written block by "
+        "block, shown lazily;\na .ome.zarr path also writes its pyramid (OME-Zarr), shown as a multiscale layer"
+    )
+
+    def browse() -> None:
+        path, _ = QFileDialog.getSaveFileName(parent, title, "", "zarr store (*.zarr)")
+        if path:
+            edit.setText(path if path.endswith(".zarr") else f"{path}.zarr")
+
+    return edit, path_row(edit, browse)
 
 
 def workers_box() -> QSpinBox:

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLabel, QLineEdit, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QLabel, QWidget
 
 from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
-from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box, zarr_format_box
+from ._controls import (
+    ModelPicker, advanced_section, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box, zarr_output_row,
+)
 from ._files import FilesMixin
 from ._layers import (
     LayerCombo, check_zarr_output, layer_source, layer_spacing, lazy_volume, region_in_view, show_outputs,
@@ -216,9 +218,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self.preset.addItems(PRESETS)
         self.steps = spin_box(0, 1000, 0, "preset", "Sampler steps")
         self.samples = spin_box(0, 64, 0, "preset", "Samples averaged per generated slice")
-        self.tile = spin_box(0, 4096, 0, "auto", "Tile edge in pixels")
-        self.overlap = spin_box(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
-        self.seed = spin_box(0, 2**31 - 1, 0, None, "Noise seed")
+        self.tile, self.overlap, self.seed = tiling_boxes()
         self.uncertainty = QCheckBox("uncertainty")
         self.uncertainty.setToolTip(
             "Also compute the per-pixel uncertainty (std): a predictor's own, or the spread of 2+ samples"
@@ -250,12 +250,8 @@ class IsotropicWidget(FilesMixin, DockWidget):
             "whole volume: a quick look before a long run; the whole run then replaces it. With a .zarr output: "
             "a store of that part that opens over the input"
         )
-        self.output = QLineEdit()
-        self.output.setPlaceholderText("in memory (or a .zarr path for large volumes)")
-        self.output.setToolTip(
-            "Empty: keep the result in memory. A .zarr path: written block by block, shown lazily;\n"
-            "a .ome.zarr path also writes its pyramid (OME-Zarr), shown as a multiscale layer"
-        )
+        self.output, output_row = zarr_output_row(self, "in memory (or a .zarr path for large volumes)",
+                                                  "Write the isotropic volume to")
         self._lay_out(
             [
                 ("volume", self.layer_combo),
@@ -266,7 +262,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
                 ("preset", self.preset),
                 ("", self.denoise_first),
                 ("", self.in_view),
-                ("output", path_row(self.output, self._browse_output)),
+                ("output", output_row),
             ],
             advanced,
             self.make_files_button(
@@ -297,11 +293,6 @@ class IsotropicWidget(FilesMixin, DockWidget):
         else:
             self.factor.setValue(factor)
             self.factor_hint.setText(f"from the {where} (z/y = {factor})")
-
-    def _browse_output(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Write the isotropic volume to", "", "zarr store (*.zarr)")
-        if path:
-            self.output.setText(path if path.endswith(".zarr") else f"{path}.zarr")
 
     # -- running ---------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QLineEdit, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QWidget
 
 from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
 from ..engine.events import VOLUME_STAGES
@@ -22,7 +22,9 @@ from ..engine.inference.zfilter import Z_FILTERS
 from ..engine.io.consoles import databar_note
 from ..engine.io.zarr import uncertainty_beside
 from ._base import DockWidget
-from ._controls import ModelPicker, advanced_section, path_row, resume_box, spin_box, workers_box, zarr_format_box
+from ._controls import (
+    ModelPicker, advanced_section, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box, zarr_output_row,
+)
 from ._files import FilesMixin
 from ._jobs import notify_info
 from ._layers import (
@@ -351,9 +353,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             "Super-resolution: how the low-resolution image was acquired. auto: read off the image; area: a "
             "detector averaging each pixel (binning); a number: the width (std) of the scan's probe in output pixels"
         )
-        self.tile = spin_box(0, 4096, 0, "auto", "Tile edge in pixels (auto: the model's, shrunk to fit the GPU)")
-        self.overlap = spin_box(-1, 1024, -1, "auto", "Overlap between tiles in pixels")
-        self.seed = spin_box(0, 2**31 - 1, 0, None, "Noise seed: the same seed gives the same result")
+        self.tile, self.overlap, self.seed = tiling_boxes()
         self.current_slice = QCheckBox("current slice only")
         self.current_slice.setToolTip("For a stack: restore only the slice shown in the viewer")
         self.in_view = QCheckBox("region in view only")
@@ -362,12 +362,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             "and read with context around it: a quick look at the settings before a long run; the whole run "
             "then replaces it. With a .zarr output: that part of every slice, into a store that opens over the input"
         )
-        self.output = QLineEdit()
-        self.output.setPlaceholderText("in memory (or a .zarr path)")
-        self.output.setToolTip(
-            "Empty: keep the result in memory. A .zarr path: restored block by block, shown lazily;\n"
-            "a .ome.zarr path also writes its pyramid (OME-Zarr), shown as a multiscale layer"
-        )
+        self.output, output_row = zarr_output_row(self, "in memory (or a .zarr path)", "Restore into a zarr store")
         self.z_filter = QComboBox()
         self.z_filter.setEditable(True)
         self.z_filter.addItems([*Z_FILTERS, "0.5", "1.0"])
@@ -405,19 +400,12 @@ class RestoreWidget(FilesMixin, DockWidget):
         )
         self._lay_out(
             [("image", self.layer_combo), ("task", self.task), ("model", self.model), ("preset", self.preset),
-             ("", self.current_slice), ("", self.in_view), ("output", path_row(self.output, self._browse_output))],
+             ("", self.current_slice), ("", self.in_view), ("output", output_row)],
             advanced,
             self.files_button,
         )
         self.task.currentTextChanged.connect(self.model.set_task)
         self._load_settings(self.model)
-
-    # -- options ---------------------------------------------------------------------------------
-
-    def _browse_output(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Restore into a zarr store", "", "zarr (*.zarr)")
-        if path:
-            self.output.setText(path if path.endswith(".zarr") else f"{path}.zarr")
 
     # -- running ---------------------------------------------------------------------------------
 
