@@ -292,3 +292,24 @@ def test_a_local_batch_as_ome_zarr_stores_resumes_an_unfinished_one(tiny_model_d
     alone = restore_to_zarr(read_image(tmp_path / "in" / "b.tif").data, tmp_path / "b.zarr", "denoise",
                             str(tiny_model_dir), **{k: v for k, v in kw.items() if k != "zarr_format"})  # fmt: skip
     assert np.array_equal(a["0"][:], np.asarray(read_image(alone).data))
+
+
+def test_a_ledger_in_an_object_store_marks_reads_and_forgets(tmp_path):
+    """The ledger of a run into a URL: one object a mark, listed in one request, a value read
+    back, a part forgotten (the z filter's half-done columns), invalid keys refused as in a
+    folder; an inert ledger remembers nothing."""
+    from napari_emdiffuse.engine.io.ledger import Ledger
+
+    led = Ledger(f"local://{tmp_path}/out.zarr.partial-1/.emdiffuse-ledger")
+    assert led.keys() == set() and not led.done("block-1") and led.read("width") is None
+    led.mark("block-1")
+    led.mark("block-2")
+    led.write("width", "0.8")
+    assert led.done("block-1") and led.keys() == {"block-1", "block-2", "width"} and led.read("width") == "0.8"
+    led.forget("block-1")
+    led.forget("block-9")  # not there: nothing to do
+    assert not led.done("block-1") and led.keys() == {"block-2", "width"}
+    assert sorted(p.name for p in (tmp_path / "out.zarr.partial-1" / ".emdiffuse-ledger").iterdir()) == ["block-2", "width"]
+    with pytest.raises(ValueError, match="not a ledger key"):
+        led.mark("../escape")
+    assert Ledger(None).keys() == set() and not Ledger(None).done("block-2")
