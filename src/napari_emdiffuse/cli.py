@@ -230,7 +230,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         args.input = args.input[0]
         (out,) = _check_outputs(args, args.output, urls=True)
         return _convert_one(args, out)
-    if args.zarr_format != 2 and args.to != ".zarr":
+    if args.zarr_format != 2 and not (args.to or "").endswith(".zarr"):
         raise InputError(f"--zarr-format {args.zarr_format} is the format of .zarr outputs; add --to .zarr")
     plan = plan_batch(expand_inputs(args.input), args.output, ext=args.to)
     failed = 0

@@ -219,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .tif/.tiff, .mrc or .zarr (a .zarr store may be an object store's URL, "
                         "s3://bucket/stack.ome.zarr); for several inputs a folder (made if missing) where each "
                         "takes its input's name")
-    p.add_argument("--to", choices=[".tif", ".mrc", ".zarr"], default=".tif",
-                   help="several inputs: the format every output takes (default .tif)")
+    p.add_argument("--to", choices=[".tif", ".mrc", ".zarr", ".ome.zarr"], default=".tif",
+                   help="several inputs: the format every output takes (default .tif; .zarr or .ome.zarr into an "
+                        "object store's folder, -o s3://bucket/stacks/)")
     p.add_argument("--bin", type=_positive, default=1, metavar="N",
                    help="average each N x N block of pixels (as a detector binning N x N); the pixel size "
                         "grows N times. For images sampled far finer than their detail (high magnification), "

@@ -189,6 +189,12 @@ def test_convert_writes_a_store_to_a_url(stack, tmp_path, capsys):
     assert main(["convert", str(tmp_path / "in.tif"), "-o", f"local://{tmp_path}/bucket/cut.tif"]) == 2
     assert "this goes to a local or shared folder" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "bucket").iterdir()] == ["cut.ome.zarr"]
+    write_image(tmp_path / "in2.tif", stack[:1], spacing=(30.0, 4.0, 4.0))  # a batch into a folder by URL
+    two = [str(tmp_path / "in.tif"), str(tmp_path / "in2.tif")]
+    assert main(["convert", *two, "-o", f"local://{tmp_path}/bucket/many/", "--to", ".ome.zarr"]) == 0
+    assert np.array_equal(np.asarray(read_image(f"local://{tmp_path}/bucket/many/in2.ome.zarr").data), stack[0])
+    assert main(["convert", *two, "-o", f"local://{tmp_path}/bucket/tifs/"]) == 2  # --to .tif, the default
+    assert "writes zarr stores (--to .zarr or .ome.zarr)" in capsys.readouterr().err
     assert tifffile.imread(tmp_path / "in.tif").shape == stack.shape  # the input untouched
 
 
