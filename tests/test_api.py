@@ -116,7 +116,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.io.n5",
         "napari_emdiffuse.engine.io.bdv",
         "napari_emdiffuse.engine.io.czi",
-        "napari_emdiffuse.files",
+        "napari_emdiffuse.batches",
         "napari_emdiffuse.widgets._finetune_options",
         "napari_emdiffuse.widgets.restore",
     ],

@@ -652,13 +652,13 @@ def test_batch_restores_each_file_as_alone(tmp_path, noisy_tif, tiny_model_dir, 
 
 
 def test_batch_interrupted_keeps_what_was_finished(tmp_path, noisy_tif, tiny_model_dir, capsys, monkeypatch):
-    from napari_emdiffuse import files
+    from napari_emdiffuse import batches
 
     src = tmp_path / "scans"
     src.mkdir()
     for k in range(3):
         tifffile.imwrite(src / f"s{k}.tif", tifffile.imread(noisy_tif))
-    real = files.restore_file_iter
+    real = batches.restore_file_iter  # what a batch restores each file with
     calls = []
 
     def ctrl_c_on_second(src, out, *args, **kwargs):
@@ -667,7 +667,7 @@ def test_batch_interrupted_keeps_what_was_finished(tmp_path, noisy_tif, tiny_mod
             raise KeyboardInterrupt
         return (yield from real(src, out, *args, **kwargs))
 
-    monkeypatch.setattr(files, "restore_file_iter", ctrl_c_on_second)
+    monkeypatch.setattr(batches, "restore_file_iter", ctrl_c_on_second)
     rc = main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), *FAST])
     err = capsys.readouterr().err
     assert rc == 130 and "interrupted at file 2 of 3" in err and "the 1 written before it are complete" in err

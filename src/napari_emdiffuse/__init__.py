@@ -31,9 +31,9 @@ _API = {
         ],
         "api",
     ),  # fmt: skip
-    "restore_files": "files",
-    "restore_files_iter": "files",
-    "BatchResult": "files",
+    "restore_files": "batches",
+    "restore_files_iter": "batches",
+    "BatchResult": "batches",
     "Restoration": "engine.inference.restore",
     "IsotropicResult": "engine.inference.volume",
     "EMDiffuseModel": "engine.models.model",

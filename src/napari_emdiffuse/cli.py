@@ -117,13 +117,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _restore_batch(args: argparse.Namespace) -> int:
-    """Each file of a batch in turn, the model loaded once (:func:`~.files.restore_files_iter`);
+    """Each file of a batch in turn, the model loaded once (:func:`~.batches.restore_files_iter`);
     a file that cannot be read is reported and skipped, and the exit status says whether any
     was. ``--resume`` leaves out the files whose outputs exist (written whole by an earlier run:
     outputs appear only when complete)."""
     from .engine.errors import InputError
     from .engine.events import Progress, duration, files_left
-    from .files import ISOTROPIC_TASKS, note, restore_files_iter
+    from .batches import restore_files_iter
+    from .files import ISOTROPIC_TASKS, note
 
     kw = _sampling_kwargs(args)
     distributed = bool(args.workers or args.scheduler)

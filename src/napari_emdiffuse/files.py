@@ -1,7 +1,7 @@
 """Restoring image files: read, restore, write, as the ``emdiffuse`` command and the Restore and
-Isotropic widgets' *files…* buttons do it (one file, or many with the model loaded once):
-denoising and super-resolution (:func:`restore_file_iter`), isotropic reconstruction of volumes
-(:func:`reconstruct_file_iter`), and batches of either (:func:`restore_files_iter`).
+Isotropic widgets' *files…* buttons do it for each file: denoising and super-resolution
+(:func:`restore_file_iter`), isotropic reconstruction of volumes (:func:`reconstruct_file_iter`);
+batches of either are :mod:`.batches`'.
 
 What is worth telling on the way (a file's note, the fill value kept, the acquisition blur read
 off the image, a result that goes through a temporary store) comes as ``Progress("note", ...)``
@@ -14,39 +14,26 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .engine.errors import InputError
 from .engine.events import Progress
-from .engine.io.common import ZARR_SUFFIX, is_url, suffix_of
+from .engine.io.common import ZARR_SUFFIX, suffix_of
 from .engine.io.zarrfmt import check_zarr_format
 
 __all__ = [
-    "BatchResult", "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "remove_spill",
-    "restore_file_iter", "reconstruct_file_iter", "restore_files_iter", "restore_files", "ISOTROPIC_TASKS",
-    "FileJob", "run_file_job", "write_results",
+    "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "remove_spill",
+    "restore_file_iter", "reconstruct_file_iter", "ISOTROPIC_TASKS", "write_results", "loaded_model", "progress_only",
 ]
 
-#: The tasks :func:`restore_files_iter` runs through :func:`reconstruct_file_iter` (volumes).
+#: The tasks a batch (:mod:`.batches`) runs through :func:`reconstruct_file_iter` (volumes).
 ISOTROPIC_TASKS = ("isotropic-i", "isotropic-a")
 
 
 def note(text: str) -> Progress:
     """An event that carries a line to tell the user."""
     return Progress("note", 0, 0, message=text)
-
-
-@dataclass
-class BatchResult:
-    """What :func:`restore_files_iter` did: the results written (and their uncertainties), and
-    the inputs skipped, with why."""
-
-    written: list[str] = field(default_factory=list)
-    uncertainty: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    total: int = 0
 
 
 def read_input(path: str | Path, *, channel: int | None = None, time: int | None = None,
@@ -164,7 +151,7 @@ def remove_spill(*paths: Path | None) -> None:
             remove_path(path)
 
 
-def _loaded(model: Any, task: str, arch: str | None, device: str | None) -> Any:
+def loaded_model(model: Any, task: str, arch: str | None, device: str | None) -> Any:
     """The model to restore with: ``model`` itself when loaded, what a callable returns, else
     loaded by name or path (None: the bundled default for ``task``)."""
     if hasattr(model, "card"):
@@ -177,7 +164,7 @@ def _loaded(model: Any, task: str, arch: str | None, device: str | None) -> Any:
     return load_model(model, task=task, arch=arch, device=resolve_device(device or "auto"))
 
 
-def _progress_only(gen: Generator) -> Generator[Progress, None, Any]:
+def progress_only(gen: Generator) -> Generator[Progress, None, Any]:
     """Re-yield an engine generator's events; return its result (its last other item)."""
     result = None
     for item in gen:
@@ -272,12 +259,12 @@ def restore_file_iter(
     validate_image(data.data)
     zarr_out = _zarr_output(out, unc, workers or scheduler, resume, zarr_format)
     distributed = bool(workers or scheduler)
-    model = _loaded(model, task, arch, sampling.get("device"))
+    model = loaded_model(model, task, arch, sampling.get("device"))
     if (fine := pixel_size_note(model.card, data.spacing, data.unit)) is not None:
         yield note(f"note: {fine}")
     if zarr_out:
         # Workers load the model themselves: hand them its name or path, not this process's copy.
-        yield from _progress_only(restore_to_zarr_iter(
+        yield from progress_only(restore_to_zarr_iter(
             data.data, out, task, model_ref if distributed else model, uncertainty_out=unc, spacing=data.spacing,
             origin=data.origin, workers=workers, scheduler=scheduler, arch=arch if distributed else None, resume=resume,
             zarr_format=zarr_format, **sampling,
@@ -298,7 +285,7 @@ def restore_file_iter(
         yield note(told)
         spill_unc = spill.with_name(spill.name.replace(".partial-", ".uncertainty.partial-")) if unc else None
         try:
-            yield from _progress_only(restore_to_zarr_iter(data.data, spill, task, model, uncertainty_out=spill_unc,
+            yield from progress_only(restore_to_zarr_iter(data.data, spill, task, model, uncertainty_out=spill_unc,
                                                            spacing=data.spacing, **sampling))
             attrs = dict(open_zarr_readonly(spill).attrs)
             for text in fill_notes(attrs.get("normalisation")):
@@ -308,7 +295,7 @@ def restore_file_iter(
         finally:
             remove_spill(spill, spill_unc)
         return
-    result = yield from _progress_only(restore_iter(data.data, task, model, spacing=data.spacing, origin=data.origin,
+    result = yield from progress_only(restore_iter(data.data, task, model, spacing=data.spacing, origin=data.origin,
                                                     uncertainty=unc is not None, **sampling))
     if result is None:  # pragma: no cover - the generator always ends with a result
         raise RuntimeError("restoration ended without a result")
@@ -395,7 +382,7 @@ def reconstruct_file_iter(
     try:
         z = data.data.shape[0]
         told = note(f"factor {f}{'' if factor is not None else ' (from the voxel size)'}: {z} slices become {(z - 1) * f + 1}")
-        result = yield from _progress_only(_told_first(told, reconstruct_isotropic_iter(
+        result = yield from progress_only(_told_first(told, reconstruct_isotropic_iter(
             data.data, f, model, mode=mode, spacing=data.spacing, origin=data.origin, out=store,
             uncertainty=str(store_unc) if store is not None and store_unc is not None else unc is not None,
             workers=workers, scheduler=scheduler, denoise=denoise, resume=resume,
@@ -419,194 +406,3 @@ def reconstruct_file_iter(
     made = provenance(result.info, result.info.get("normalisation"), source=str(src))
     yield write_results(out, result.volume, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",
                         axes="ZYX", made=made, origin=result.origin)
-
-
-def restore_files_iter(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    task: str,
-    model: Any,
-    *,
-    uncertainty_dir: str | Path | None = None,
-    resume: bool = False,
-    ext: str | None = None,
-    **options: Any,
-) -> Generator[Any, None, None]:
-    """Restore many files (and folders of them) into ``out_dir``, each as
-    :func:`restore_file_iter` would alone, the model loaded once (``model``: a name, a path, a
-    loaded model, a callable that loads it, or None for the bundled default). ``task``
-    ``isotropic-i`` / ``isotropic-a`` makes each file's volume isotropic as
-    :func:`reconstruct_file_iter` does (with its ``factor``, ``default_factor``, ``denoise``;
-    ``model`` as a name, path, loaded model or None, the bundled model following each volume's
-    factor). ``workers`` (a new local cluster of that many processes, one GPU each) or
-    ``scheduler`` (an existing cluster whose workers reach the files) restore the files side by
-    side, each file one task, with ``Progress("files", k, n)`` as they finish instead of the
-    per-file events. The plan (names, clashes) is
-    checked before any work (:func:`~.engine.io.batch.plan_batch`); a file that cannot be read
-    is told and skipped. ``ext`` (``.tif``, ``.mrc``, ``.zarr``, ``.ome.zarr``) makes every
-    result of that format, else each takes its input's (TIFF or MRC); ``out_dir`` may be a
-    folder's URL in an object store, whose results are zarr stores. ``resume`` leaves out the
-    files whose outputs exist (an output appears only when written whole) and continues an
-    unfinished zarr output block by block. ``zarr_format`` 3 needs zarr results. Yields
-    ``Progress("file", k, n)`` before each file, the files' own events, then a
-    :class:`BatchResult`.
-
-    Examples
-    --------
-    >>> import tempfile, numpy as np, tifffile
-    >>> from napari_emdiffuse.engine.events import drain
-    >>> d = Path(tempfile.mkdtemp())
-    >>> tifffile.imwrite(d / "a.tif", np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
-    >>> done = drain(restore_files_iter([d / "a.tif"], d / "out", "denoise", "demo-denoise", device="cpu"))
-    >>> [Path(p).name for p in done.written], done.skipped
-    (['a.tif'], [])
-    """
-    from .engine.io.batch import expand_inputs, plan_batch
-    from .engine.io.stores import is_complete, store_exists
-
-    zarr_format = check_zarr_format(options.pop("zarr_format", 2))
-    workers, scheduler = options.pop("workers", None), options.pop("scheduler", None)
-    if workers is not None or scheduler is not None:
-        from .engine.parallel.runner import Cluster
-
-        Cluster(workers=workers, scheduler=scheduler)  # refuses what a block run refuses, before any folder
-    if zarr_format != 2 and not (ext or "").endswith(ZARR_SUFFIX) and not is_url(str(out_dir)):
-        raise InputError(f"--zarr-format {zarr_format} is the format of .zarr results; add --to .zarr (or .ome.zarr) "
-                         "for a batch")
-    plan = plan_batch(expand_inputs(list(inputs)), out_dir, uncertainty_dir, ext=ext)
-    total = len(plan)
-    stores = bool(plan) and suffix_of(Path(str(plan[0][1]))) == ZARR_SUFFIX
-    if stores:
-        options["zarr_format"] = zarr_format
-        options["resume"] = resume  # an unfinished store continues block by block
-    if resume:  # an output appears when whole (write_results writes the uncertainty first; a store is committed)
-        plan = [item for item in plan if not (is_complete(item[1]) if stores else store_exists(item[1]))]
-        yield note(f"resuming: {total - len(plan)} of {total} files were restored by an earlier run; {len(plan)} to do")
-    if workers or scheduler:  # each file a task: the workers restore files side by side
-        yield (yield from _files_on_workers(plan, out_dir, task, model, workers, scheduler, options))
-        return
-    loaded: list[Any] = []
-
-    def load() -> Any:
-        if not loaded:
-            loaded.append(_loaded(model, task, options.get("arch"), options.get("device")))
-        return loaded[0]
-
-    def one(src: Path, out: Path, unc: Path | None) -> Generator[Any, None, None]:
-        if task in ISOTROPIC_TASKS:  # the model follows each volume's factor: by name, loaded once per process
-            return reconstruct_file_iter(src, out, model, mode=task[-1], uncertainty_out=unc, **options)
-        return restore_file_iter(src, out, task, load, uncertainty_out=unc,
-                                 **{k: v for k, v in options.items() if k != "arch"})
-
-    done = BatchResult(total=len(plan))
-    for k, (src, out, unc) in enumerate(plan):
-        yield Progress("file", k, len(plan), message=str(src))
-        try:
-            wrote = yield from _progress_only(one(src, out, unc))
-        except InputError as exc:
-            done.skipped.append((str(src), str(exc)))
-            yield note(f"skipped {src}: {exc}")
-            continue
-        wrote = wrote or []
-        done.written.extend(wrote[:1])
-        done.uncertainty.extend(w.split(" (")[0] for w in wrote[1:])
-        yield note(f"wrote {' and '.join(wrote)}")
-    yield Progress("file", len(plan), len(plan))
-    yield done
-
-
-@dataclass(frozen=True)
-class FileJob:
-    """One file of a batch for a worker (picklable): its input, outputs, task, the model as
-    workers load it (a name or path; None: the bundled model for each volume's factor) and
-    the options of :func:`restore_file_iter` / :func:`reconstruct_file_iter`."""
-
-    src: str
-    out: str
-    unc: str | None
-    task: str
-    model: str | None
-    arch: str | None
-    options: dict
-
-
-def run_file_job(job: FileJob) -> tuple[list[str], list[str], str | None]:
-    """On a worker: one file of a batch, restored as in one process (the model loads once per
-    worker process); returns what was written, the notes, and why the file was skipped (None
-    when it was not)."""
-    kw = {"uncertainty_out": job.unc, **job.options}
-    if job.task in ISOTROPIC_TASKS:
-        gen = reconstruct_file_iter(job.src, job.out, job.model, mode=job.task[-1], arch=job.arch, **kw)
-    else:
-        gen = restore_file_iter(job.src, job.out, job.task, job.model, arch=job.arch, **kw)
-    notes: list[str] = []
-    wrote: list[str] = []
-    try:
-        for ev in gen:
-            if not isinstance(ev, Progress):
-                wrote = ev
-            elif ev.stage == "note" and ev.message:
-                notes.append(ev.message)
-    except InputError as exc:
-        return [], notes, str(exc)
-    return wrote, notes, None
-
-
-def _files_on_workers(plan: list, out_dir: str | Path, task: str, model: Any, workers: int | None,
-                      scheduler: str | None, options: dict) -> Generator[Progress, None, BatchResult]:
-    """A batch's files as tasks on a local cluster of ``workers`` processes (one GPU each) or
-    the cluster at ``scheduler`` (whose workers must reach the files): ``Progress("files")``
-    as they finish, each file's notes, and what was written or skipped."""
-    import shutil
-    import tempfile
-
-    from .engine.parallel.runner import cluster_client, model_spec, run_tasks
-
-    arch = options.pop("arch", None)
-    isotropic = task in ISOTROPIC_TASKS
-    done = BatchResult(total=len(plan))
-    here = None if is_url(str(out_dir)) else Path(out_dir).expanduser()  # a bucket's: this machine's
-    tmp = Path(tempfile.mkdtemp(prefix=".emdiffuse-work-", dir=here))
-    try:
-        if isotropic and (model is None or (isinstance(model, str) and not model.strip())):
-            spec, spec_arch = None, None  # each worker picks the bundled model for each volume's factor
-        else:  # loaded here once, on the CPU: a model made for another task is refused before any task
-            loaded = _loaded(model, task, arch, "cpu")
-            given = model if isinstance(model, (str, Path)) or model is None else loaded
-            spec, spec_arch, _ = model_spec(given, loaded, task, arch, tmp / "model")
-        jobs = [FileJob(str(src), str(out), str(unc) if unc is not None else None, task, spec, spec_arch, options)
-                for src, out, unc in plan]
-
-        def report(n: int, result: tuple[list[str], list[str], str | None]) -> list[Progress]:
-            src, (wrote, notes, why) = plan[n][0], result
-            told = [note(f"{Path(src).name}: {text}") for text in notes]
-            if why is not None:
-                done.skipped.append((str(src), why))
-                return [*told, note(f"skipped {src}: {why}")]
-            done.written.extend(wrote[:1])
-            done.uncertainty.extend(w.split(" (")[0] for w in wrote[1:])
-            return [*told, note(f"wrote {' and '.join(wrote)}")]
-
-        where = f"{workers} local workers" if workers else f"the cluster at {scheduler}"
-        with cluster_client(workers, scheduler, options.get("device") or "auto") as client:
-            yield note(f"{len(plan)} files on {where}, side by side")
-            yield from run_tasks(client, run_file_job, jobs, name="files", stage="files", report=report)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return done
-
-
-def restore_files(inputs: Sequence[str | Path], out_dir: str | Path, task: str, model: Any = None,
-                  **options: Any) -> BatchResult:
-    """:func:`restore_files_iter` run to its end: the files restored into ``out_dir``, and
-    which were skipped and why.
-
-    Examples
-    --------
-    >>> import napari_emdiffuse as emd
-    >>> done = emd.restore_files(["scans/"], "restored/", "denoise", uncertainty_dir="restored/sd")  # doctest: +SKIP
-    >>> done.written, done.skipped                                                                    # doctest: +SKIP
-    """
-    from .engine.events import drain
-
-    return drain(restore_files_iter(inputs, out_dir, task, model, **options))

@@ -743,7 +743,7 @@ def test_restore_widget_restores_files_on_disk_into_a_folder(viewer, qtbot, mode
         assert w.run_files(files[:1], str(tmp_path / "one"))
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["a.tif"]
     # Cancel during the second file: the first stays, the second is not written, the status says so
-    from napari_emdiffuse import files as files_module
+    from napari_emdiffuse import batches as files_module  # what a batch restores each file with
 
     real_file = files_module.restore_file_iter
 

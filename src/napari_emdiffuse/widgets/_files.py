@@ -1,6 +1,6 @@
 """The *… files…* button of the Restore and Isotropic docks: the dock's options applied to image
 files on disk, written into a folder, as ``emdiffuse denoise FILES -o FOLDER`` (or
-``emdiffuse isotropic``) does, through :func:`napari_emdiffuse.files.restore_files_iter`.
+``emdiffuse isotropic``) does, through :func:`napari_emdiffuse.batches.restore_files_iter`.
 
 Each result takes its file's name, its uncertainty goes into ``FOLDER/uncertainty`` (removed
 again when empty), the progress bar counts files, a file that cannot be read is skipped and
@@ -72,7 +72,7 @@ class FilesMixin:
 
     def _start_files(self, files: list[str], folder: str) -> None:
         from ..engine.io.batch import expand_inputs, plan_batch
-        from ..files import restore_files_iter
+        from ..batches import restore_files_iter
 
         if not files:
             raise InputError("no files chosen")

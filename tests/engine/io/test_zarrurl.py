@@ -268,7 +268,7 @@ def test_a_local_batch_as_ome_zarr_stores_resumes_an_unfinished_one(tiny_model_d
     import tifffile
 
     from napari_emdiffuse.engine.io.stores import is_complete
-    from napari_emdiffuse.files import restore_files_iter
+    from napari_emdiffuse.batches import restore_files_iter
 
     rng = np.random.default_rng(4)
     (tmp_path / "in").mkdir()
