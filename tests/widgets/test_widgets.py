@@ -742,6 +742,20 @@ def test_restore_widget_restores_files_on_disk_into_a_folder(viewer, qtbot, mode
     with qtbot.waitSignal(w.run_finished, timeout=60_000):
         assert w.run_files(files[:1], str(tmp_path / "one"))
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["a.tif"]
+    # Advanced > files… as .ome.zarr (zarr format 3): each result a store, written block by block
+    w.files_as.setCurrentIndex(w.files_as.findData(".ome.zarr"))
+    w.zarr_format.setCurrentIndex(w.zarr_format.findData(3))
+    assert (w.options().files_as, w.options().zarr_format) == (".ome.zarr", 3)
+    with qtbot.waitSignal(w.run_finished, timeout=60_000) as sig:
+        assert w.run_files(files[:2], str(tmp_path / "stores"))
+    assert sig.args == ["done"] and sorted(p.name for p in (tmp_path / "stores").iterdir()) == ["a.ome.zarr", "b.ome.zarr"]
+    stored = read_image(tmp_path / "stores" / "a.ome.zarr")
+    assert stored.data.shape == (40, 48) and stored.spacing == (5.0, 5.0)
+    import zarr
+
+    assert zarr.open_group(str(tmp_path / "stores" / "a.ome.zarr"), mode="r")["0"].metadata.zarr_format == 3
+    w.files_as.setCurrentIndex(0)
+    w.zarr_format.setCurrentIndex(0)
     # Cancel during the second file: the first stays, the second is not written, the status says so
     from napari_emdiffuse import batches as files_module  # what a batch restores each file with
 

@@ -33,12 +33,13 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ._settings import ZARR_FORMAT_ITEMS
+from ._settings import FILES_AS, ZARR_FORMAT_ITEMS
 
 __all__ = [
     "control_value",
     "set_control",
     "tiling_boxes",
+    "files_as_box",
     "zarr_output_row",
     "workers_box",
     "resume_box",
@@ -422,11 +423,23 @@ def zarr_format_box() -> QComboBox:
     box = combo_box(
         list(ZARR_FORMAT_ITEMS.values()),
         ".zarr output: 2 (every zarr reader opens it) or 3 (zarr v3, OME-Zarr 0.5 for a .ome.zarr name: each block "
-        "one shard of 512-px chunks, which viewers read piece by piece). The files… button writes TIFF or MRC "
-        "files and leaves it out",
+        "one shard of 512-px chunks, which viewers read piece by piece); the files… button's too where it "
+        "writes zarr stores",
     )
     for i, fmt in enumerate(ZARR_FORMAT_ITEMS):
         box.setItemData(i, fmt)
+    return box
+
+
+def files_as_box() -> QComboBox:
+    """The format of the *files…* button's results (``files_as``: each item's data)."""
+    box = combo_box(
+        list(FILES_AS.values()),
+        "The files… button: each result in its file's format (TIFF or MRC; pictures, DM and HDF5 as TIFF), or "
+        "all as one: .zarr and .ome.zarr stores are written block by block (files larger than memory)",
+    )
+    for i, key in enumerate(FILES_AS):
+        box.setItemData(i, key)
     return box
 
 

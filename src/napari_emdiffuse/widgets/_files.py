@@ -78,7 +78,7 @@ class FilesMixin:
             raise InputError("no files chosen")
         task, model, kwargs = self.files_job()
         unc_dir = Path(folder) / "uncertainty" if kwargs.pop("uncertainty", True) else None
-        plan = plan_batch(expand_inputs(files), folder, unc_dir)  # names and clashes, before any work
+        plan = plan_batch(expand_inputs(files), folder, unc_dir, ext=kwargs.get("ext"))  # names, clashes: before any work
         self._files_folder = folder
         self._files_unc = unc_dir
         n = len(plan)

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 from ..engine.errors import EMDiffuseError
 from ..engine.io.atomic import atomic_file
 from ..engine.inference.canvas import PRESETS as _ENGINE_PRESETS
+from ..engine.io.batch import BATCH_FORMATS
 
 __all__ = [
     "PRESETS",
@@ -28,6 +29,9 @@ __all__ = [
     "check_workers",
     "check_resume",
     "ZARR_FORMAT_ITEMS",
+    "FILES_AS",
+    "check_files_as",
+    "files_kwargs",
     "check_zarr_format_choice",
     "sampling_kwargs",
 ]
@@ -199,6 +203,41 @@ def sampling_kwargs(opts: _Sampling) -> dict[str, Any]:
 
 #: The zarr format box's entries, by format.
 ZARR_FORMAT_ITEMS = {2: "2", 3: "3 (sharded)"}
+
+
+#: The *files…* button's result format: each file's own (TIFF or MRC), or one for all
+#: (:data:`~..engine.io.batch.BATCH_FORMATS`), by the value an option keeps.
+FILES_AS = {"": "each file's format", **{ext: ext for ext in BATCH_FORMATS}}
+
+
+def check_files_as(value: Any) -> str:
+    """A result format of the *files…* button (a key of :data:`FILES_AS`).
+
+    Examples
+    --------
+    >>> check_files_as(".ome.zarr")
+    '.ome.zarr'
+    >>> check_files_as(".png")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.EMDiffuseError: files as '.png'? choose one of each file's format, .tif, .mrc, .zarr, .ome.zarr
+    """
+    if value not in FILES_AS:
+        raise EMDiffuseError(f"files as {value!r}? choose one of {', '.join(FILES_AS.values())}")
+    return value
+
+
+def files_kwargs(files_as: str, zarr_format: int) -> dict[str, Any]:
+    """What the *files…* button passes on about its results' format: ``ext`` and, for zarr
+    results, the zarr format (a batch of files takes none).
+
+    Examples
+    --------
+    >>> files_kwargs("", 3), files_kwargs(".zarr", 3)
+    ({'ext': None}, {'ext': '.zarr', 'zarr_format': 3})
+    """
+    ext = check_files_as(files_as) or None
+    return {"ext": ext, **({"zarr_format": zarr_format} if ext is not None and ext.endswith(".zarr") else {})}
 
 
 def check_zarr_format_choice(zarr_format: Any, output: str) -> None:

@@ -20,7 +20,8 @@ from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
 from ._controls import (
-    ModelPicker, advanced_section, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box, zarr_output_row,
+    ModelPicker, advanced_section, files_as_box, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box,
+    zarr_output_row,
 )
 from ._files import FilesMixin
 from ._layers import (
@@ -29,7 +30,7 @@ from ._layers import (
 )  # fmt: skip
 from ._settings import (
     PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
-    check_zarr_format_choice, sampling_kwargs,
+    check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
 )  # fmt: skip
 from .restore import check_input_layer, layer_array
 
@@ -104,6 +105,7 @@ class IsotropicOptions(WidgetOptions):
     resume: bool = False
     zarr_format: int = 2
     in_view: bool = False
+    files_as: str = ""  # the files… button's results: "" each file's format, else BATCH_FORMATS
 
     @property
     def task(self) -> str:
@@ -121,6 +123,7 @@ class IsotropicOptions(WidgetOptions):
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
         check_zarr_format_choice(self.zarr_format, self.output)
+        check_files_as(self.files_as)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -226,6 +229,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self.workers = workers_box()
         self.resume = resume_box()
         self.zarr_format = zarr_format_box()
+        self.files_as = files_as_box()
         advanced = advanced_section(
             [
                 ("steps", self.steps),
@@ -236,6 +240,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
                 ("workers", self.workers),
                 ("", self.resume),
                 ("zarr format", self.zarr_format),
+                ("files… as", self.files_as),
                 ("", self.uncertainty),
             ]
         )
@@ -338,7 +343,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self._save_settings(opts, self.model)
         kwargs = sampling_kwargs(opts) | {"default_factor": opts.factor, "denoise": True if opts.denoise_first else None,
                                           "uncertainty": opts.uncertainty, "workers": opts.workers or None,
-                                          "resume": opts.resume}
+                                          "resume": opts.resume, **files_kwargs(opts.files_as, opts.zarr_format)}
         return opts.task, model, kwargs | ({"arch": arch} if arch is not None else {})
 
     def _show(self, result: Any, source: dict, out: Path | None) -> None:

@@ -23,7 +23,8 @@ from ..engine.io.consoles import databar_note
 from ..engine.io.zarr import uncertainty_beside
 from ._base import DockWidget
 from ._controls import (
-    ModelPicker, advanced_section, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box, zarr_output_row,
+    ModelPicker, advanced_section, files_as_box, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box,
+    zarr_output_row,
 )
 from ._files import FilesMixin
 from ._jobs import notify_info
@@ -32,7 +33,7 @@ from ._layers import (
 )
 from ._settings import (
     PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
-    check_zarr_format_choice, sampling_kwargs,
+    check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
 )  # fmt: skip
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,6 +129,7 @@ class RestoreOptions(WidgetOptions):
     workers: int = 0
     resume: bool = False
     zarr_format: int = 2
+    files_as: str = ""  # the files… button's results: "" each file's format, else BATCH_FORMATS
 
     def validate(self) -> "RestoreOptions":
         """Refuse impossible combinations before starting a worker."""
@@ -148,6 +150,7 @@ class RestoreOptions(WidgetOptions):
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
         check_zarr_format_choice(self.zarr_format, self.output)
+        check_files_as(self.files_as)
         return self
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -374,6 +377,7 @@ class RestoreWidget(FilesMixin, DockWidget):
         self.workers = workers_box()
         self.resume = resume_box()
         self.zarr_format = zarr_format_box()
+        self.files_as = files_as_box()
         self.precision = QComboBox()
         self.precision.addItems(PRECISION_CHOICES)
         self.precision.setToolTip("Network arithmetic: fp32 (default, exact); bf16 on GPUs and CPUs that have it (1.5x faster on such a CPU); fp16 on GPUs")
@@ -392,6 +396,7 @@ class RestoreWidget(FilesMixin, DockWidget):
                 ("workers", self.workers),
                 ("", self.resume),
                 ("zarr format", self.zarr_format),
+                ("files… as", self.files_as),
             ]
         )
         self.files_button = self.make_files_button(
@@ -461,7 +466,8 @@ class RestoreWidget(FilesMixin, DockWidget):
         kwargs = replace(opts, output="", workers=0, resume=False, zarr_format=2).engine_kwargs()
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
-        return opts.task, model, {**kwargs, "arch": arch, "workers": opts.workers or None, "resume": opts.resume}
+        return opts.task, model, {**kwargs, "arch": arch, "workers": opts.workers or None, "resume": opts.resume,
+                                  **files_kwargs(opts.files_as, opts.zarr_format)}
 
     def _show(self, result: Any, source: dict, task: str, unc_out: Any = None, width: int = 0) -> None:
         if not hasattr(result, "mean"):  # a zarr store (a Path): show it lazily
