@@ -137,9 +137,14 @@ def test_a_tiff_stack_by_url_reads_as_the_local_file(served, lazy_from_any_size)
     with tifffile.TiffWriter(folder / "plain.tif") as tw:  # no stack metadata: every page's tags to walk
         for page in data:
             tw.write(page, metadata=None)
-    whole = read_image(f"{url}/plain.tif")  # a stack no metadata describes: fetched whole
+    plain = read_image(f"{url}/plain.tif")  # a stack no metadata describes: its pages' tags walked, kept
+    assert isinstance(plain.data, TiffArray) and "by byte range" in plain.note
+    np.testing.assert_array_equal(plain.data[2, 5:50], data[2, 5:50])
+    np.testing.assert_array_equal(np.asarray(plain.data[...]), data)
+    rgb = np.stack([data[:, :, :, None].astype(np.uint8)] * 3, axis=-1)[..., 0, :]  # colour: fetched whole
+    tifffile.imwrite(folder / "rgb.tif", rgb, photometric="rgb")
+    whole = read_image(f"{url}/rgb.tif")
     assert isinstance(whole.data, np.ndarray) and "fetched" in whole.note
-    np.testing.assert_array_equal(np.asarray(whole.data[2]), data[2])
     tifffile.imwrite(folder / "one.tif", data[1], metadata=None)  # one image: its layout is its first page's
     one = read_image(f"{url}/one.tif")
     assert isinstance(one.data, RawUrlArray)

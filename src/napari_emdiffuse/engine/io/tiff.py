@@ -98,8 +98,7 @@ def read_tiff_url(url: str) -> ImageData | None:
     :func:`~.fetch.open_file`). Only the header and the first page's tags are fetched first,
     then, for a stack whose layout its metadata does not give or whose pages are compressed,
     every page's tags (a request a page; kept, so the view walks them again for free). None
-    for a colour image or a stack of pages that no metadata describes, for the file to be
-    fetched whole."""
+    for a colour image, for the file to be fetched whole."""
     from .fetch import open_file, remote_size
     from .rawurl import RawUrlArray, check_size, size_note
 
@@ -126,8 +125,6 @@ def read_tiff_url(url: str) -> ImageData | None:
         fh = open_file(url, block=16 << 10, keep=True)  # tags are small and scattered: small blocks, kept
         with tifffile.TiffFile(fh) as tif:  # the header and first page only
             one = _one_page(fh, tif)
-            if not (one or tif.is_imagej or tif.is_shaped):
-                return None
         fh.seek(0)
         img = _read(fh, url, by_range, path=None)
     except _NotRaw:
