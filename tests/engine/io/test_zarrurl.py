@@ -254,6 +254,7 @@ def test_a_batch_goes_into_a_folder_by_url_as_zarr_stores(tiny_model_dir, tmp_pa
         ([str(tmp_path / "in"), "-o", url, "--uncertainty", str(tmp_path / "sd")], "both as URLs, or both as folders"),
         ([str(tmp_path / "in" / "a.tif"), "-o", str(tmp_path / "one.tif"), "--to", ".zarr"], "sets the format of a batch"),
         ([str(tmp_path / "in"), "-o", str(tmp_path / "loc3"), "--zarr-format", "3"], "add --to .zarr"),
+        ([str(tmp_path / "in"), "-o", "nosuch://bucket/clean/"], "cannot write into 'nosuch://bucket/clean': "),
     ):
         assert main(["denoise", *bad, *fast]) == 2, bad
         err = capsys.readouterr().err

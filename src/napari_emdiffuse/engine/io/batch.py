@@ -14,10 +14,12 @@ from pathlib import Path
 from ..errors import InputError
 from .common import (
     AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in,
+    reason,
     suffix_of,
     is_url,
 )
 from .czi import czi_file_of, czi_scenes
+from .fetch import url_fs
 from .hdf5 import h5_file_of, h5_images
 from .n5 import n5_container_of
 from .precomputed import precomputed_of
@@ -249,6 +251,13 @@ def _folder(path: str | os.PathLike[str], inside: Path | str | None = None) -> P
                              "an object store (s3://, gs://) or a folder")
         if suffix_of(Path(url)) in _FILE_SUFFIXES + (ZARR_SUFFIX,):
             raise InputError(f"with several inputs the output is a folder; '{path}' is named like a file")
+        try:  # the service once, before any file: not a skip line per file for a missing backend
+            fs, where = url_fs(url)
+            fs.exists(where)
+        except ImportError as exc:
+            raise InputError(f"cannot write into '{url}': {reason(exc)} (pip install napari-emdiffuse[remote])") from exc
+        except Exception as exc:  # no connection, no credentials, an unknown protocol: the service says why
+            raise InputError(f"cannot write into '{url}': {reason(exc)}") from exc
         return url
     assert not isinstance(inside, str)  # a folder's URL has a URL inside it (_url_format)
     p = Path(path).expanduser()
