@@ -114,7 +114,8 @@ def read_tiff_url(url: str) -> ImageData | None:
                         for o, n in zip(p.dataoffsets, p.databytecounts)), default=0)  # fmt: skip
             if (size := remote_size(url)) is not None and size < need:
                 raise InputError(f"cannot read '{url}': its pixels are truncated ({size} of {need} bytes)")
-            made.append(TiffArray(url, index, handle=fh))  # the tags walked here stay in fh's blocks
+            # a stack: the tags walked here stay in fh's blocks; one image: larger blocks, for its tiles
+            made.append(TiffArray(url, index, block=1 << 20) if one else TiffArray(url, index, handle=fh))
             return made[-1]
         made.append(RawUrlArray(url, series.dataoffset, series.shape, np.dtype(series.dtype).newbyteorder(tif.byteorder)))
         check_size(made[-1])
@@ -280,9 +281,10 @@ class TiffArray(LazyArray):
     negative steps included. The file stays open while the array is used; the array pickles as
     its path, so cluster workers open the file themselves (:func:`~.sources.open_source`).
     ``path`` may be a URL (:func:`read_tiff_url`): the parts read are then fetched by byte
-    range and kept (:func:`~.fetch.open_file` with ``keep``), one read at a time (the file
-    handle is shared); ``handle``, such a file already open (whose tags a first walk fetched),
-    is adopted.
+    range and kept (:func:`~.fetch.open_file` with ``keep``) in ``block``-byte blocks (small:
+    a stack's tags are scattered; a large image's tiles read faster in 1 MB blocks), one read at
+    a time (the file handle is shared); ``handle``, such a file already open (whose tags a
+    first walk fetched), is adopted. Workers reopen the file with the default blocks.
 
     Examples
     --------
@@ -294,13 +296,15 @@ class TiffArray(LazyArray):
     ((3, 4, 5), dtype('uint8'), [55, 50, 45, 40])
     """
 
-    def __init__(self, path: str | os.PathLike[str], series: int = 0, *, handle: Any = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], series: int = 0, *, handle: Any = None,
+                 block: int = 16 << 10) -> None:
         self.url = is_url(str(path))
         self.file = str(path) if self.url else str(Path(path).resolve())
         self.series = int(series)
         self._open: Any = None
         self._handle: Any = None
         self._fh = handle
+        self.block = int(block)
         self._lock = threading.Lock()
         z = self._zarr()
         self.shape: tuple[int, ...] = tuple(int(n) for n in z.shape)
@@ -315,7 +319,7 @@ class TiffArray(LazyArray):
                 from .fetch import open_file
 
                 try:
-                    fh, self._fh = self._fh or open_file(self.file, block=16 << 10, keep=True), None
+                    fh, self._fh = self._fh or open_file(self.file, block=self.block, keep=True), None
                     fh.seek(0)  # tifffile takes the position it is given at as the file's start
                     self._handle = tifffile.TiffFile(fh)
                     store = self._handle.aszarr(series=self.series, level=0)
