@@ -414,8 +414,11 @@ class ZarrWriter:
         return {**meta, COMPLETE_ATTR: True}
 
     def _finish(self) -> None:
-        """Complete the store in place: an OME-Zarr store's pyramid and metadata, a resumed
-        store's place, the complete attribute (the marker file and the move are the caller's)."""
+        """Complete the store in place: its ledger gone (the key stays: the same run again has
+        nothing to do), an OME-Zarr store's pyramid and metadata, a resumed store's place, the
+        complete attribute (the marker file and the move are the caller's)."""
+        if self.resume_key is not None:
+            self._drop(self._join(LEDGER_DIR))
         if self.ome:
             if not self.pyramid_built:
                 for _ in self.build_pyramid():
@@ -431,6 +434,10 @@ class ZarrWriter:
     def _group(self) -> Any:
         """The temporary store's root group, writable."""
         return _zarr().open_group(str(self._temp), mode="r+")
+
+    def _drop(self, where: Any) -> None:
+        """Remove a part of the temporary store (a folder; an object store's prefix in :mod:`.zarrurl`)."""
+        remove_path(where)
 
     @property
     def ledger(self) -> Ledger:
@@ -453,8 +460,6 @@ class ZarrWriter:
         if self._state != "open":
             raise RuntimeError(f"ZarrWriter for '{self.path}' was aborted; nothing to commit")
         try:
-            if self.resume_key is not None:  # the key stays: the same run again has nothing to do
-                remove_path(self._temp / LEDGER_DIR)
             self._finish()
             marker = self.array_path / COMPLETE_FILE  # OME-Zarr: inside "0", as zarr lists the root
             with open(marker, "w") as fh:

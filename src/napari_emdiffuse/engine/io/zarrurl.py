@@ -123,6 +123,9 @@ class UrlZarrWriter(ZarrWriter):
 
         return zarr.open_group(writable_store(self._temp), mode="r+")
 
+    def _drop(self, where: Any) -> None:
+        self._remove(where)
+
     @property
     def temp_path(self) -> str:  # type: ignore[override]
         """Where the store lives until :meth:`commit` (a URL)."""
@@ -145,8 +148,6 @@ class UrlZarrWriter(ZarrWriter):
         if self._state != "open":
             raise RuntimeError(f"UrlZarrWriter for '{self.url}' was aborted; nothing to commit")
         try:
-            if self.resume_key is not None:  # the key stays: the same run again has nothing to do
-                self._remove(self._join(LEDGER_DIR))
             self._finish()
             fs, temp = url_fs(self.array_path)
             fs.pipe_file(f"{temp}/{COMPLETE_FILE}", b"complete\n")
