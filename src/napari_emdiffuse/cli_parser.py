@@ -134,8 +134,9 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
                    "batch: its files, on storage the workers reach)")
     p.add_argument("--resume", action="store_true",
                    help="zarr output: if the run fails or is stopped, keep its finished blocks (beside the output, "
-                        "unfinished); run the same command with --resume again to continue from them. A batch: "
-                        "leave out the files whose outputs exist")
+                        "unfinished); run the same command with --resume again to continue from them. A TIFF or MRC "
+                        "output too large for memory: the same for its temporary store. A batch: leave out the files "
+                        "whose outputs exist")
     _zarr_format_option(p)
 
 

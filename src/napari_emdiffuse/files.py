@@ -23,7 +23,7 @@ from .engine.io.common import ZARR_SUFFIX, suffix_of
 from .engine.io.zarrfmt import check_zarr_format
 
 __all__ = [
-    "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "remove_spill",
+    "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "keep_spill", "remove_spill",
     "restore_file_iter", "reconstruct_file_iter", "ISOTROPIC_TASKS", "write_results", "loaded_model", "progress_only",
 ]
 
@@ -78,10 +78,13 @@ def blur_note(info: dict) -> list[str]:
     return [f"acquisition blur {info['blur']:g} px ({source}){hint}"]
 
 
-def spill_store(out: Path, shape: tuple[int, ...], image: Any, *, uncertainty: bool) -> tuple[Path | None, str | None]:
+def spill_store(out: Path, shape: tuple[int, ...], image: Any, *, uncertainty: bool,
+                resume: bool = False) -> tuple[Path | None, str | None]:
     """A hidden zarr store beside a TIFF or MRC output whose image or stack would not fit in
     memory (the file is then written from it piece by piece), and the note saying so; (None,
-    None) where the result fits."""
+    None) where the result fits. With ``resume`` its name is the output's own
+    (``.<name>.resumable.zarr``), so that the next run of the same job finds it: a stopped
+    run keeps it, unfinished or finished (:func:`keep_spill`)."""
     from .engine.inference.checks import check_fits_in_memory, output_dtype
 
     if suffix_of(out) == ZARR_SUFFIX or len(shape) not in (2, 3):
@@ -92,6 +95,8 @@ def spill_store(out: Path, shape: tuple[int, ...], image: Any, *, uncertainty: b
     except InputError as exc:
         told = (f"note: {str(exc).split(';')[0]}; it goes through a temporary .zarr beside '{out.name}', then into "
                 f"it{' slice by slice' if len(shape) == 3 else ''}")
+        if resume:
+            return out.with_name(f".{out.name}.resumable.zarr"), told + " (kept if the run stops: --resume continues it)"
         return out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}.zarr"), told
 
 
@@ -142,6 +147,18 @@ def write_results(out: Path, image: Any, unc: Path | None, std: Any, *, spacing:
     return wrote
 
 
+def _spill_uncertainty(spill: Path) -> Path:
+    """The temporary store of a spilled run's uncertainty, beside its image's."""
+    stem = spill.name[: -len(ZARR_SUFFIX)]
+    return spill.with_name(f"{stem}.uncertainty{ZARR_SUFFIX}")
+
+
+def keep_spill(resume: bool, finished: bool) -> bool:
+    """Whether a spilled run's stores stay: a resumable run that did not finish writing its
+    file keeps them for the next run (its blocks, or the whole store to write the file from)."""
+    return resume and not finished
+
+
 def remove_spill(*paths: Path | None) -> None:
     """Remove a spilled run's stores (finished or not)."""
     from .engine.io.atomic import remove_path
@@ -183,15 +200,14 @@ def _place(where: Any) -> Any:
 
 
 def _zarr_output(out: Any, unc: Any, distributed: Any, resume: bool, zarr_format: int = 2) -> bool:
-    """Whether ``out`` is a zarr store; refuses what needs one (a cluster, resuming; any input:
-    one that is not zarr is staged for the workers) when it is not, and a non-zarr uncertainty
-    beside it."""
+    """Whether ``out`` is a zarr store; refuses what needs one (a cluster; any input: one that
+    is not zarr is staged for the workers) when it is not, and a non-zarr uncertainty beside
+    it. ``resume`` with a TIFF or MRC output keeps the temporary store of a result too large
+    for memory (:func:`spill_store`)."""
     out, unc = Path(str(out)), Path(str(unc)) if unc is not None else None  # names only: a URL's too
     zarr_out = suffix_of(out) == ZARR_SUFFIX
     if distributed and not zarr_out:
         raise InputError("--workers/--scheduler need a .zarr output")
-    if resume and not zarr_out:
-        raise InputError("--resume continues an unfinished .zarr output; give a .zarr output")
     if check_zarr_format(zarr_format) != 2 and not zarr_out:
         raise InputError(f"--zarr-format {zarr_format} sets the format of a .zarr output; '{out.name}' is not one")
     if zarr_out and unc is not None and suffix_of(unc) != ZARR_SUFFIX:
@@ -280,21 +296,28 @@ def restore_file_iter(
         hw = (ys.stop - ys.start, xs.stop - xs.start)
     else:
         hw = tuple(data.data.shape[-2:])
-    spill, told = spill_store(out, (*data.data.shape[:-2], hw[0] * s, hw[1] * s), data.data, uncertainty=unc is not None)
+    spill, told = spill_store(out, (*data.data.shape[:-2], hw[0] * s, hw[1] * s), data.data, uncertainty=unc is not None,
+                              resume=resume)  # fmt: skip
     if spill is not None:  # too large for memory: through a store beside the output
         yield note(told)
-        spill_unc = spill.with_name(spill.name.replace(".partial-", ".uncertainty.partial-")) if unc else None
+        spill_unc = _spill_uncertainty(spill) if unc else None
+        finished = False
         try:
             yield from progress_only(restore_to_zarr_iter(data.data, spill, task, model, uncertainty_out=spill_unc,
-                                                           spacing=data.spacing, **sampling))
+                                                           spacing=data.spacing, resume=resume, overwrite=True, **sampling))
             attrs = dict(open_zarr_readonly(spill).attrs)
             for text in fill_notes(attrs.get("normalisation")):
                 yield note(text)
-            yield write_spilled(out, unc, spill, spill_unc, data, str(src), attrs,
-                                origin=corner_origin(data, sampling.get("region")))
+            wrote = write_spilled(out, unc, spill, spill_unc, data, str(src), attrs,
+                                  origin=corner_origin(data, sampling.get("region")))
+            finished = True
+            yield wrote
         finally:
-            remove_spill(spill, spill_unc)
+            if not keep_spill(resume, finished):
+                remove_spill(spill, spill_unc)
         return
+    if resume:
+        yield note("note: the result fits in memory and is written when complete: --resume keeps nothing of it")
     result = yield from progress_only(restore_iter(data.data, task, model, spacing=data.spacing, origin=data.origin,
                                                     uncertainty=unc is not None, **sampling))
     if result is None:  # pragma: no cover - the generator always ends with a result
@@ -374,11 +397,14 @@ def reconstruct_file_iter(
         if sampling.get("region") is not None:  # in memory, the region's size
             ys, xs = check_region(sampling["region"], (y, x))
             y, x = ys.stop - ys.start, xs.stop - xs.start
-        store, told = spill_store(out, ((z - 1) * f + 1, y, x), data.data, uncertainty=unc is not None)
+        store, told = spill_store(out, ((z - 1) * f + 1, y, x), data.data, uncertainty=unc is not None, resume=resume)
         if store is not None:
             yield note(told)
-            store_unc = store.with_name(store.name.replace(".partial-", ".uncertainty.partial-")) if unc else None
+            store_unc = _spill_uncertainty(store) if unc else None
+        elif resume:
+            yield note("note: the result fits in memory and is written when complete: --resume keeps nothing of it")
     spilled = store is not None and not zarr_out
+    finished = False
     try:
         z = data.data.shape[0]
         told = note(f"factor {f}{'' if factor is not None else ' (from the voxel size)'}: {z} slices become {(z - 1) * f + 1}")
@@ -393,11 +419,13 @@ def reconstruct_file_iter(
         for text in fill_notes(result.info.get("normalisation")):
             yield note(text)
         if spilled:
-            yield write_spilled(out, unc, store, store_unc, data, str(src), {**result.info, "spacing": result.spacing},
-                                origin=result.origin)
+            wrote = write_spilled(out, unc, store, store_unc, data, str(src), {**result.info, "spacing": result.spacing},
+                                  origin=result.origin)
+            finished = True
+            yield wrote
             return
     finally:
-        if spilled:
+        if spilled and not keep_spill(resume, finished):
             remove_spill(store, store_unc)
     if zarr_out:
         wrote = unc is not None and (result.uncertainty_path is not None if isinstance(unc, str) else unc.exists())
