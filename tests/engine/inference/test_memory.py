@@ -173,8 +173,8 @@ def test_a_resumable_tiff_too_large_for_memory_keeps_its_store_when_stopped(tmp_
     import tifffile
 
     from napari_emdiffuse import files
-    from napari_emdiffuse.engine.events import Progress
     from napari_emdiffuse.engine.io.images import read_image
+    from tests.engine.inference.test_resume import _run
 
     stack = (np.random.default_rng(5).random((3, 48, 40)) * 255).astype(np.uint8)
     tifffile.imwrite(tmp_path / "in.tif", stack)
@@ -185,32 +185,27 @@ def test_a_resumable_tiff_too_large_for_memory_keeps_its_store_when_stopped(tmp_
     monkeypatch.setattr(checks, "available_memory", lambda: 2_000)
     out = tmp_path / "out.tif"
 
-    def run(stop_after=None, notes=None):
-        notes, blocks = [] if notes is None else notes, 0
-        gen = files.restore_file_iter(tmp_path / "in.tif", out, "denoise", str(tiny_model_dir), resume=True, **kw)
-        for ev in gen:
-            if isinstance(ev, Progress) and ev.stage == "note":
-                notes.append(ev.message)
-            if isinstance(ev, Progress) and ev.stage == "block" and ev.total:
-                blocks = ev.done
-                if stop_after is not None and blocks >= stop_after:
-                    gen.close()
-                    break
-        return notes, blocks
+    def job():
+        return files.restore_file_iter(tmp_path / "in.tif", out, "denoise", str(tiny_model_dir), resume=True, **kw)
 
-    notes, _ = run(stop_after=2)
+    notes, _ = _run(job(), stop_after=2)
     assert any("--resume continues it" in n for n in notes) and not out.exists()
     assert [p.name.split("-")[0] for p in tmp_path.glob(".out.tif.resumable.zarr.partial-*")] == [
         ".out.tif.resumable.zarr.partial"]
-    real = files.write_spilled
-    monkeypatch.setattr(files, "write_spilled", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    said: list[str] = []
+    real, said = files.write_spilled, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the file is written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "write_spilled", interrupted)
+    gen = job()
     with pytest.raises(KeyboardInterrupt):
-        run(notes=said)
+        for ev in gen:
+            said.append(getattr(ev, "message", None) or "")
     assert any(n.startswith("resuming the unfinished run in") and "blocks are done" in n for n in said)
     assert (tmp_path / ".out.tif.resumable.zarr").is_dir() and not out.exists()  # finished, kept
     monkeypatch.setattr(files, "write_spilled", real)
-    notes, blocks = run()
+    notes, blocks = _run(job())
     assert any("is complete from an earlier run" in n for n in notes) and blocks == 0  # only the file written
     assert np.array_equal(np.asarray(read_image(out).data), np.asarray(read_image(ref).data))
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no store left
