@@ -58,32 +58,50 @@ def test_a_store_by_url_is_the_local_store(model, stack, tmp_path, name, fmt, mo
 
 
 def test_nothing_is_at_the_url_until_the_store_is_whole(model, stack, tmp_path, monkeypatch):
-    """A run closed midway removes its hidden prefix; the chunks are copied to the URL before
-    the metadata, and a copy that fails clears what it copied and keeps the finished store at
-    its prefix, saying where."""
+    """The chunks go straight to the URL, the metadata under the hidden prefix: no reader
+    finds an array at the URL until the commit copies the metadata documents (and nothing
+    else: no chunk is copied), the marker last. A run closed midway removes both; a copy that
+    fails leaves chunks without metadata at the URL and the metadata at the prefix, saying
+    where."""
+    from napari_emdiffuse.engine.io.stores import store_exists
+
     url = f"local://{tmp_path}/out.zarr"
-    gen = restore_to_zarr_iter(stack, url, "denoise", model, **KW)
-    next(gen)
-    next(gen)
+    gen = restore_to_zarr_iter(stack, url, "denoise", model, **dict(KW, block=32, tile=16, overlap=4))
+    seen = []
+    for ev in gen:
+        if getattr(ev, "stage", None) == "block" and ev.done >= 2:
+            there = sorted(p.name for p in (tmp_path / "out.zarr").iterdir())
+            seen.append((there, store_exists(url)))
+            break
     gen.close()
+    (there, whole), = seen
+    assert there and not any(n.startswith((".z", "zarr.json")) for n in there) and not whole  # chunks only
+    with pytest.raises(InputError, match="not a zarr|cannot read|no such"):
+        read_image(url)
     assert list(tmp_path.iterdir()) == []
     fs, _ = url_fs(url)
     real_copy = fs.copy
-    copied: list[list[str]] = []
+    copied: list[str] = []
 
-    def copy(src, dst, **kw):
-        copied.append([p.rsplit("/", 1)[-1] for p in src])
-        if any(p.endswith(".zarray") for p in src):
+    def copy(src, dst, fail, **kw):
+        copied.append(src.rsplit("/", 1)[-1])
+        if fail and src.endswith(".zattrs"):
             raise OSError("the service went away")
         return real_copy(src, dst, **kw)
 
-    monkeypatch.setattr(type(fs), "copy", lambda self, src, dst, **kw: copy(src, dst, **kw))
-    with pytest.raises(InputError, match="it is kept whole at 'local://.*out.zarr.partial-"):
+    monkeypatch.setattr(type(fs), "copy", lambda self, src, dst, **kw: copy(src, dst, False, **kw))
+    restore_to_zarr(stack, url, "denoise", model, **KW)
+    assert copied == [".zarray", ".zattrs", ".emdiffuse_complete"]  # the metadata only, the marker last
+    assert read_image(url).data.shape == stack.shape and [p.name for p in tmp_path.iterdir()] == ["out.zarr"]
+    fs.rm(str(tmp_path / "out.zarr"), recursive=True)
+    monkeypatch.setattr(type(fs), "copy", lambda self, src, dst, **kw: copy(src, dst, True, **kw))
+    with pytest.raises(InputError, match="its chunks are there and its metadata whole at 'local://.*out.zarr.partial-"):
         restore_to_zarr(stack, url, "denoise", model, **KW)
-    assert copied[0] and not any(n in (".zarray", ".zattrs") for n in copied[0])  # chunks first
-    assert any(".zarray" in group for group in copied[1:])
-    (kept,) = tmp_path.iterdir()  # nothing at the URL; the finished store under its prefix
-    assert kept.name.startswith("out.zarr.partial-") and read_image(kept).data.shape == stack.shape
+    assert not store_exists(url) and not (tmp_path / "out.zarr" / ".zarray").exists()
+    kept = next(tmp_path.glob("out.zarr.partial-*"))
+    assert sorted(p.name for p in kept.iterdir()) == [".emdiffuse_complete", ".zarray", ".zattrs"]
+    with pytest.raises(InputError, match="it holds chunks without zarr metadata, which a run that stopped left"):
+        restore_to_zarr(stack, url, "denoise", model, **KW)
 
 
 def test_what_cannot_go_to_a_url_is_refused_in_one_line(model, stack, tmp_path):
@@ -102,8 +120,8 @@ def test_what_cannot_go_to_a_url_is_refused_in_one_line(model, stack, tmp_path):
 
 
 def test_a_stopped_run_into_a_url_resumes(model, tmp_path, capsys):
-    """A resumable run into a store by URL that is stopped keeps its prefix and ledger; the
-    next run (the CLI's info lists it) continues from the blocks it finished, to the pixels
+    """A resumable run into a store by URL that is stopped keeps its chunks, and its prefix
+    with the metadata and the ledger; the next run (the CLI's info lists it) continues from the blocks it finished, to the pixels
     and uncertainty of a run that never stopped; the same job again has nothing to do."""
     from tests.engine.inference.test_resume import KW as RKW, _alike_stack, _run
 
@@ -115,9 +133,16 @@ def test_a_stopped_run_into_a_url_resumes(model, tmp_path, capsys):
     url, unc = f"local://{tmp_path}/b/out.ome.zarr", f"local://{tmp_path}/b/u.zarr"
     notes, done = _run(restore_to_zarr_iter(img, url, "denoise", model, uncertainty_out=unc, **kw), stop_after=7)
     assert done == 7 and "its finished blocks stay in 'local://" in notes[0]
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "b").iterdir()) == ["out.ome.zarr.partial", "u.zarr.partial"]
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "b").iterdir()) == [
+        "out.ome.zarr", "out.ome.zarr.partial", "u.zarr", "u.zarr.partial"]  # chunks; metadata and ledger
+    assert not list(tmp_path.glob("b/*.zarr/**/.za*")) and not list(tmp_path.glob("b/*.zarr/**/zarr.json"))
     assert main(["info", url]) == 0
     assert "unfinished resumable run in 'local://" in capsys.readouterr().out
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.glob("b/**/*"))
+    for other in (dict(kw, samples=3), dict(kw, resume=False)):  # another run's, or no run's, chunks: not over them
+        with pytest.raises(InputError, match="holds chunks without zarr metadata, which a run that stopped left"):
+            restore_to_zarr(img, url, "denoise", model, uncertainty_out=unc, **other)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.glob("b/**/*")) == before
     notes, done = _run(restore_to_zarr_iter(img, url, "denoise", model, uncertainty_out=unc, **kw))
     assert "resuming the unfinished run in 'local://" in notes[0] and "7 of 20 blocks are done" in notes[0]
     assert done == 13 and sorted(p.name for p in (tmp_path / "b").iterdir()) == ["out.ome.zarr", "u.zarr"]
@@ -214,8 +239,8 @@ def test_cluster_workers_resume_a_stopped_run_into_a_url(model, tmp_path):
         if isinstance(ev, Progress) and ev.stage == "block" and ev.done >= 6:
             gen.close()
             break
-    (part,) = (tmp_path / "b").iterdir()
-    assert part.name.startswith("out.zarr.partial-") and (part / ".emdiffuse-ledger").is_dir()
+    (part,) = (tmp_path / "b").glob("out.zarr.partial-*")
+    assert (part / ".emdiffuse-ledger").is_dir() and not (tmp_path / "b" / "out.zarr" / ".zarray").exists()
     events = list(restore_to_zarr_iter(img, url, "denoise", path, workers=2, resume=True, **RKW))
     note = next(e.message for e in events[:-1] if e.stage == "note")
     done = int(note.split(": ")[-1].split(" of ")[0])

@@ -222,8 +222,11 @@ def unreachable(exc: BaseException) -> bool:
 def zarr_store(where: str | os.PathLike[str]) -> Any:
     """What zarr opens a store through, for reading: for ``http(s)://``, a read-only fsspec
     store whose range reads survive a server that answers them with the whole file (a sharded
-    zarr v3 store reads its shard indexes and chunks by range); any other place as its string."""
+    zarr v3 store reads its shard indexes and chunks by range); under a URL writer's hidden
+    prefix, its split store read-only (:mod:`.splitstore`); any other place as its string."""
     url = str(where)
+    if _split(url):
+        return writable_store(url).with_read_only(True)
     if not url.lower().startswith(("http://", "https://")):
         return url
     from zarr.storage import FsspecStore
@@ -247,10 +250,26 @@ def url_fs(url: str) -> tuple[Any, str]:
 
 
 def writable_store(url: str) -> Any:
-    """What zarr writes a store at ``url`` through (an fsspec store)."""
+    """What zarr writes a store at ``url`` through: an fsspec store; under a URL writer's
+    hidden prefix, one that puts the chunks at the final URL (:mod:`.splitstore`)."""
     from zarr.storage import FsspecStore
 
-    return FsspecStore.from_url(url, storage_options=_options(url), read_only=False)
+    here = FsspecStore.from_url(url, storage_options=_options(url), read_only=False)
+    final = _split(url)
+    if final is None:
+        return here
+    from .splitstore import SplitStore
+
+    return SplitStore(here, FsspecStore.from_url(final, storage_options=_options(final), read_only=False))
+
+
+def _split(url: str) -> str | None:
+    """Where the chunks of a store under a URL writer's hidden prefix live (None elsewhere)."""
+    if "://" not in url or ".partial-" not in url:  # spares the import for every other place
+        return None
+    from .splitstore import chunks_place
+
+    return chunks_place(url)
 
 
 #: The asynchronous HTTP file systems made for zarr: their connections are closed at exit

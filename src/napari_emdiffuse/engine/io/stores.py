@@ -70,10 +70,12 @@ def _image(store: Any) -> Any:
 
 
 def store_exists(where: Path | str) -> bool:
-    """Whether a store (a folder, or a store's URL) is there."""
+    """Whether a store (a folder, or a store's URL) is there. At a URL that is its root
+    metadata document: the chunks that a run writes there before its commit are no store yet
+    (:mod:`.zarrurl`)."""
     if _remote(where):
-        fs, path = url_fs(str(where))
-        return bool(fs.exists(path))
+        fs, path = url_fs(str(where).rstrip("/"))
+        return any(fs.exists(f"{path}/{doc}") for doc in ("zarr.json", ".zgroup", ".zarray"))
     return Path(where).exists()
 
 

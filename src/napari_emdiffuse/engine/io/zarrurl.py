@@ -1,20 +1,22 @@
 """zarr outputs at a URL (an object store: ``s3://``, ``gs://``, any fsspec protocol): seen
-at their URL only once complete, although object stores have no rename.
+at their URL only once complete, although object stores have no rename, and never copied.
 
-:class:`UrlZarrWriter` writes the store under a hidden sibling prefix,
-``<url>.partial-<token>``, as :class:`~.zarr.ZarrWriter` writes a local one beside its
-folder: the blocks (from this process or from cluster workers, which open the prefix by URL),
-the z filter and the pyramid all go there. :meth:`UrlZarrWriter.commit` then copies its
-objects to the URL within the store's service (no pixel passes through this machine), the
-chunks first and every metadata document last, so that a zarr reader finds an array there
-only once all its chunks are; then it removes the prefix. A cancelled or failed run removes
-the prefix. A store that exists at the URL is refused before any work: it cannot be swapped
-for the new one in place.
+:class:`UrlZarrWriter` writes the store's chunks (or shards) straight to their keys at the URL,
+and its metadata documents under a hidden sibling prefix, ``<url>.partial-<token>``
+(:mod:`.splitstore`): the blocks (from this process or from cluster workers, which open the
+prefix by URL), the z filter and the pyramid all go there. Without metadata, no zarr reader
+sees an array at the URL. :meth:`UrlZarrWriter.commit` then copies the few metadata documents
+to the URL within the store's service, every array's before the group that lists it, and a
+completion marker last; then it removes the prefix. A terabyte volume commits in as many
+requests as a small one. A cancelled or failed run removes its chunks and its prefix. A
+store that exists at the URL is refused before any work: it cannot be swapped for the new
+one in place; nor is a run begun over chunks that another run left there.
 
-A resumable run (``resume_key``) keeps its prefix when it fails or is stopped, with its
-ledger of finished blocks inside (one small object per block: :mod:`.ledger`), and the next
-run of the same key, on any machine that reaches the store, finds the prefix and continues:
-a cluster job that ran out of time writes on where it stopped.
+A resumable run (``resume_key``) keeps its chunks and its prefix when it fails or is
+stopped, with its ledger of finished blocks inside the prefix (one small object per block:
+:mod:`.ledger`), and the next run of the same key, on any machine that reaches the store,
+finds the prefix and continues: a cluster job that ran out of time writes on where it
+stopped.
 """
 
 from __future__ import annotations
@@ -27,20 +29,18 @@ from ..errors import InputError
 from .common import ZARR_SUFFIX, reason
 from .fetch import url_fs, writable_store
 from .ledger import LEDGER_DIR, Ledger
-from .stores import COMPLETE_FILE, find_unfinished, is_complete
+from .stores import COMPLETE_FILE, find_unfinished, is_complete, store_exists
 from .zarr import ZarrWriter, open_zarr_readonly
 from .zarrfmt import check_zarr_format, create_zarr_array
 
 __all__ = ["UrlZarrWriter", "check_output_url"]
 
-#: Names of zarr's metadata documents (formats 2 and 3): copied last.
-_METADATA = (".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json")
-
 
 def check_output_url(url: str, *, resume: bool = False) -> str:
     """A ``.zarr`` output by URL, before any work: a name ending in ``.zarr``, nothing there
     yet (with ``resume``, or a finished store, which the run's key may show to be this run's
-    own), the service reachable; one line otherwise.
+    own, or the chunks that an unfinished run of it left), the service reachable; one line
+    otherwise.
 
     Examples
     --------
@@ -59,14 +59,23 @@ def check_output_url(url: str, *, resume: bool = False) -> str:
     try:
         fs, path = url_fs(url)
         there = fs.exists(path)
+        whole = there and store_exists(url)
     except ImportError as exc:
         raise InputError(f"cannot write '{url}': {reason(exc)} (pip install napari-emdiffuse[remote])") from exc
     except Exception as exc:  # no such bucket, no credentials, no connection: the service says why
         raise InputError(f"cannot write '{url}': {reason(exc)}") from exc
-    if there and not (resume and is_complete(url)):  # a finished run of the same job is told apart later
+    if there and not (resume and (not whole or is_complete(url))):  # a run's key tells apart what is there, later
+        _refuse_existing(url, whole)
+    return url
+
+
+def _refuse_existing(url: str, whole: bool) -> None:
+    if whole:
         raise InputError(f"cannot write '{url}': it exists, and an object store cannot swap a finished store for it "
                          "in place; remove it first, or choose another name")
-    return url
+    raise InputError(f"cannot write '{url}': it holds chunks without zarr metadata, which a run that stopped left "
+                     "there (its record is a hidden '.partial-' prefix beside it); continue that run with its own "
+                     "command and --resume, or remove both, or choose another name")
 
 
 class UrlZarrWriter(ZarrWriter):
@@ -89,7 +98,7 @@ class UrlZarrWriter(ZarrWriter):
         import zarr
 
         del overwrite  # nothing may be there (check_output_url): there is nothing to replace
-        self.path = self.url = check_output_url(url)
+        self.path = self.url = check_output_url(url, resume=resume_key is not None)
         self.zarr_format = check_zarr_format(zarr_format)
         shape = tuple(int(n) for n in shape)
         meta, axes = self._describe(shape, resume_key=resume_key, **{"spacing": None, "unit": "nm", "axes": None,
@@ -98,9 +107,14 @@ class UrlZarrWriter(ZarrWriter):
         if resume_key is not None:
             found = find_unfinished(self.url, resume_key, shape, np.dtype(dtype), chunks, self.zarr_format)
             if found is not None:
+                if store_exists(self.url):
+                    _refuse_existing(self.url, True)
                 self._temp, self.resumed = found, True
                 self.array = zarr.open_array(writable_store(self.array_path), mode="r+")
                 return
+        fs, path = url_fs(self.url)
+        if fs.exists(path):  # a finished store, or another run's chunks: not this run's to write over
+            _refuse_existing(self.url, store_exists(self.url))
         self._temp = f"{self.url}.partial-{secrets.token_hex(4)}"
         try:
             if self.ome:
@@ -110,6 +124,7 @@ class UrlZarrWriter(ZarrWriter):
             self.array.attrs.update(meta)
         except BaseException as exc:
             self._remove(self._temp)
+            self._remove(self.url)
             self._state = "aborted"
             if isinstance(exc, (OSError, ValueError)) and not isinstance(exc, InputError):
                 raise InputError(f"cannot write '{self.url}': {reason(exc)}") from exc
@@ -142,7 +157,7 @@ class UrlZarrWriter(ZarrWriter):
         return self._state == "aborted" and self.resume_key is not None
 
     def commit(self) -> str:  # type: ignore[override]
-        """Finish the store and copy it to its URL, metadata last (module docstring)."""
+        """Finish the store and copy its metadata to its URL, the marker last (module docstring)."""
         if self._state == "committed":
             return self.url
         if self._state != "open":
@@ -155,41 +170,46 @@ class UrlZarrWriter(ZarrWriter):
             raise
         except Exception as exc:
             raise InputError(f"cannot finish '{self.url}': {reason(exc)}") from exc
+        copied: list[str] = []
         try:
-            self._copy_to_url()
-        except Exception as exc:  # the store is whole under the prefix: keep it, clear the part copied
+            self._copy_to_url(copied)
+        except Exception as exc:  # the chunks are in place and the metadata whole under the prefix: keep both
             self._state = "failed"
-            self._remove(self.url)
-            raise InputError(f"cannot copy the finished store to '{self.url}': {reason(exc)}; it is kept whole at "
-                             f"'{self._temp}' (copy it there, or delete it and run again)") from exc
+            fs, _ = url_fs(self.url)
+            for path in reversed(copied):  # the URL back to chunks without metadata, which no reader takes
+                fs.rm_file(path)
+            raise InputError(f"cannot copy the finished store's metadata to '{self.url}': {reason(exc)}; its chunks "
+                             f"are there and its metadata whole at '{self._temp}' (copy that there, or delete both "
+                             "and run again)") from exc
         self._remove(self._temp)
         self._state = "committed"
         self.array = open_zarr_readonly(self.url)
         return self.url
 
-    def _copy_to_url(self) -> None:
-        """Every object under the hidden prefix to the URL: chunks, then metadata documents
-        (deepest first: arrays before the group that lists them), then the completion marker."""
+    def _copy_to_url(self, copied: list[str]) -> None:
+        """The metadata documents under the hidden prefix to the URL, deepest first (arrays
+        before the group that lists them), then the completion marker; each one's URL path
+        appended to ``copied`` once it is there."""
         fs, temp = url_fs(self._temp)
         _, final = url_fs(self.url)
         found = sorted(fs.find(temp))
         last = [p for p in found if p.rsplit("/", 1)[-1] == COMPLETE_FILE]
-        meta = sorted((p for p in found if p.rsplit("/", 1)[-1] in _METADATA), key=lambda p: -p.count("/"))
-        chunks = [p for p in found if p not in set(meta) | set(last)]
-        for group in (chunks, meta, last):
-            if group:
-                fs.copy(group, [final + p[len(temp):] for p in group])
+        rest = sorted((p for p in found if p not in set(last)), key=lambda p: (-p.count("/"), p))
+        for path in rest + last:
+            fs.copy(path, final + path[len(temp):])
+            copied.append(final + path[len(temp):])
 
     def abort(self) -> None:
-        """Remove the hidden prefix (keep it, for a later run to resume, when resumable);
-        nothing after :meth:`commit`, an earlier abort, or a copy that failed (its store is
-        kept)."""
+        """Remove the chunks and the hidden prefix (keep both, for a later run to resume,
+        when resumable); nothing after :meth:`commit`, an earlier abort, or a copy that
+        failed (its store is kept)."""
         if self._state != "open":
             return
         self._state = "aborted"
         self.array = None  # type: ignore[assignment]
         if self.resume_key is None:
             self._remove(self._temp)
+            self._remove(self.url)
 
     @staticmethod
     def _remove(url: str) -> None:

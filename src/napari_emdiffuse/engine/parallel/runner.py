@@ -30,6 +30,7 @@ import torch
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress, drain
 from ..io.common import as_numpy
+from ..io.fetch import zarr_store
 from ..io.sources import open_source, source_of
 from ..io.views import cutout
 from ..io.zarr import open_zarr_for_block_writes, zarr_major
@@ -425,7 +426,7 @@ def run_pyramid_job(job: PyramidJob) -> None:
     """Write one task's columns of a pyramid level in a worker."""
     import zarr
 
-    src, dst = zarr.open_array(job.src, mode="r"), open_zarr_for_block_writes(job.dst)
+    src, dst = zarr.open_array(zarr_store(job.src), mode="r"), open_zarr_for_block_writes(job.dst)
     drain(downsample_tiles(src, dst, list(job.tiles), zdown=job.zdown))
 
 
@@ -436,7 +437,7 @@ def pyramids_on_workers(client: Any, writers: tuple) -> Generator[Progress, None
 
     for w in (yield from pyramid_note(writers)):
         for above, path, zdown in w.pyramid_levels():
-            level = zarr.open_array(str(path), mode="r")
+            level = zarr.open_array(zarr_store(str(path)), mode="r")
             tiles = level_tiles(level.shape, write_chunks(level))  # shards: never shared
             groups = [tuple(tiles[i::_Z_TASKS]) for i in range(min(_Z_TASKS, len(tiles)))]
             jobs = [PyramidJob(str(above), str(path), g, zdown) for g in groups]
