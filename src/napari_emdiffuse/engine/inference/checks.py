@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -10,7 +12,8 @@ from ..errors import InputError
 from ..io.views import drop_single_axes
 
 __all__ = ["validate_image", "owned_array", "check_finite", "output_dtype", "check_block", "available_memory",
-           "check_fits_in_memory", "pixel_size_note", "check_region", "region_with_margin"]
+           "check_fits_in_memory", "pixel_size_note", "check_region", "region_with_margin", "check_factor",
+           "check_volume"]
 
 #: Pixels finer than this share of the finest a model learnt from get a note (see pixel_size_note).
 FINE_PIXEL_SHARE = 0.6
@@ -196,3 +199,38 @@ def region_with_margin(region: tuple[slice, slice], shape: tuple[int, ...], marg
         read.append(slice(r0, r1))
         crop.append(slice(r.start - r0, r.stop - r0))
     return (read[0], read[1]), (crop[0], crop[1])
+
+
+def check_factor(factor: Any) -> int:
+    """An isotropic reconstruction's z factor (1 + the slices to add per gap): a whole number
+    of at least 2; one line otherwise.
+
+    Examples
+    --------
+    >>> check_factor(3.0)
+    3
+    >>> check_factor(1)
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: factor must be at least 2 (1 + the slices to add per gap), got 1
+    """
+    ok = not isinstance(factor, (bool, np.bool_)) and isinstance(factor, (numbers.Integral, numbers.Real))
+    if not ok or not math.isfinite(float(factor)) or not float(factor).is_integer():
+        raise InputError(f"factor must be a whole number of at least 2, got {factor!r}")
+    if int(factor) < 2:
+        raise InputError(f"factor must be at least 2 (1 + the slices to add per gap), got {int(factor)}")
+    return int(factor)
+
+
+def check_volume(volume: Any) -> Any:
+    """A volume to reconstruct isotropically: 3D (ZYX), at least 2 slices; one line otherwise."""
+    vol = validate_image(volume, name="volume")
+    if vol.ndim != 3:
+        raise InputError(
+            f"volume has {vol.ndim} dimensions {tuple(vol.shape)}; isotropic reconstruction needs a 3D (ZYX) stack"
+        )
+    if vol.shape[0] < 2:
+        raise InputError(
+            f"volume has {vol.shape[0]} slice along z; isotropic reconstruction needs at least 2 slices"
+        )
+    return vol

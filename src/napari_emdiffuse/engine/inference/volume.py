@@ -29,7 +29,6 @@ from clean neighbours, and the measured and new slices match in texture
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
@@ -60,8 +59,8 @@ from .canvas import (
     sampling_request,
 )
 from .checks import (
-    check_block, check_finite, check_fits_in_memory, check_region, output_dtype, owned_array, region_with_margin,
-    validate_image,
+    check_block, check_factor, check_finite, check_fits_in_memory, check_region, check_volume, output_dtype,
+    owned_array, region_with_margin,
 )  # fmt: skip
 from .fill import fill_mask, inpaint_nearest
 from .normalise import (
@@ -125,33 +124,11 @@ class IsotropicResult:
 # checks
 
 
-def _check_factor(factor: Any) -> int:
-    ok = not isinstance(factor, (bool, np.bool_)) and isinstance(factor, (numbers.Integral, numbers.Real))
-    if not ok or not math.isfinite(float(factor)) or not float(factor).is_integer():
-        raise InputError(f"factor must be a whole number of at least 2, got {factor!r}")
-    if int(factor) < 2:
-        raise InputError(f"factor must be at least 2 (1 + the slices to add per gap), got {int(factor)}")
-    return int(factor)
-
-
 def _check_mode(mode: str) -> str:
     key = str(mode).lower().removeprefix("isotropic-")
     if key not in MODES:
         raise EMDiffuseError(f"unknown mode {mode!r}; choose 'i' (isotropic data) or 'a' (anisotropic data)")
     return MODES[key]
-
-
-def _check_volume(volume: Any) -> Any:
-    vol = validate_image(volume, name="volume")
-    if vol.ndim != 3:
-        raise InputError(
-            f"volume has {vol.ndim} dimensions {tuple(vol.shape)}; isotropic reconstruction needs a 3D (ZYX) stack"
-        )
-    if vol.shape[0] < 2:
-        raise InputError(
-            f"volume has {vol.shape[0]} slice along z; isotropic reconstruction needs at least 2 slices"
-        )
-    return vol
 
 
 def _check_model(m: EMDiffuseModel, factor: int) -> None:
@@ -459,7 +436,7 @@ def reconstruct_isotropic_iter(
             spacing = data.spacing
         if origin is None and data.origin is not None and len(data.origin) == 3:
             origin = data.origin
-    vol = _check_volume(volume)
+    vol = check_volume(volume)
     spacing = check_spacing(spacing)
     out_path = _check_out(out, resume)
     if isinstance(out_path, Path) and out_path.exists() and not overwrite:
@@ -474,7 +451,7 @@ def reconstruct_isotropic_iter(
     unc_path = _uncertainty_path(uncertainty, out_path, resume)
     check_block(block)
     if factor is not None:
-        f = _check_factor(factor)
+        f = check_factor(factor)
     elif spacing is not None:
         f = factor_from_spacing(spacing)
     else:

@@ -4,16 +4,21 @@ file loads with ``torch.load(weights_only=True)``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "dist_env", "rng_state", "set_rng_state"]
+from ..errors import EMDiffuseError, ModelFileError
+
+__all__ = ["CHECKPOINT_FORMAT", "check_fingerprint", "dist_env", "fingerprint", "read_checkpoint", "rng_state",
+           "set_rng_state"]
 
 CHECKPOINT_FORMAT = "napari-emdiffuse-train/1"
 
@@ -56,3 +61,40 @@ def set_rng_state(state: Mapping[str, Any], data_rng: np.random.Generator, gen: 
             torch.cuda.set_rng_state_all(state["cuda"])
         except RuntimeError:  # different GPU count: continue with fresh CUDA streams
             pass
+
+
+def fingerprint(card: Any, config: Any, data_description: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a run (its model ``card``, its recipe ``config`` and what its data
+    describes) that must not change between the run and its resumption."""
+    digest = hashlib.sha1(json.dumps(dict(data_description), sort_keys=True, default=str).encode()).hexdigest()
+    return {
+        "task": card.task,
+        "kind": card.kind,
+        "network": card.network.model_dump(mode="json"),
+        "patch": config.patch,
+        "batch": config.batch,
+        "seed": config.seed,
+        "data": digest,
+    }
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint file's state (weights_only); one line where it is not one of ours."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"cannot resume from '{path}': {reason}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"'{path}' is not a napari-emdiffuse training checkpoint")
+    return state
+
+
+def check_fingerprint(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """Refuse to resume a run whose settings changed (:func:`fingerprint`), naming the first."""
+    for key in now:
+        if saved.get(key) != now[key]:
+            raise EMDiffuseError(
+                f"cannot resume: the checkpoint was made with {key}={saved.get(key)!r}, this run has "
+                f"{now[key]!r}; use the same settings or start afresh (resume: false)"
+            )

@@ -21,7 +21,6 @@ rank 0 validates and writes files.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import random
@@ -36,7 +35,7 @@ import torch
 
 from ..core.ema import EMA
 from ..core.losses import mean_var_loss, mse_loss
-from ..errors import EMDiffuseError, InputError, ModelFileError
+from ..errors import EMDiffuseError, InputError
 from ..events import Progress
 from ..io.atomic import atomic_file
 from ..models.cards import ModelCard
@@ -49,7 +48,7 @@ from .data.base import Batch, TrainingData
 from .estimator import blur_reader, fit_estimator
 from .predictors import calibrate_uncertainty, one_pass
 from .selfsup import anchor_loss, blind_spot, blind_spot_loss
-from .state import CHECKPOINT_FORMAT, dist_env, rng_state, set_rng_state
+from .state import CHECKPOINT_FORMAT, check_fingerprint, dist_env, fingerprint, read_checkpoint, rng_state, set_rng_state
 from .validation import PSNR_AGAINST, held_out_prediction, preview, sampler_name, validation_metrics
 
 __all__ = ["Trainer"]
@@ -299,20 +298,8 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote; refuse an incompatible run."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"cannot resume from '{path}': {reason}") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ModelFileError(f"'{path}' is not a napari-emdiffuse training checkpoint")
-        saved, now = json.loads(state["fingerprint"]), self._fingerprint()
-        for key in now:
-            if saved.get(key) != now[key]:
-                raise EMDiffuseError(
-                    f"cannot resume: the checkpoint was made with {key}={saved.get(key)!r}, this run has "
-                    f"{now[key]!r}; use the same settings or start afresh (resume: false)"
-                )
+        state = read_checkpoint(path)
+        check_fingerprint(json.loads(state["fingerprint"]), self._fingerprint())
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -580,16 +567,7 @@ class Trainer:
 
     def _fingerprint(self) -> dict[str, Any]:
         """Settings that must not change between a run and its resumption."""
-        cfg = self.config
-        return {
-            "task": self.card.task,
-            "kind": self.card.kind,
-            "network": self.card.network.model_dump(mode="json"),
-            "patch": cfg.patch,
-            "batch": cfg.batch,
-            "seed": cfg.seed,
-            "data": hashlib.sha1(json.dumps(self.data.describe(), sort_keys=True, default=str).encode()).hexdigest(),
-        }
+        return fingerprint(self.card, self.config, self.data.describe())
 
     def _data_summary(self) -> str:
         d = self.data.describe()
