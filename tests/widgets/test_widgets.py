@@ -704,6 +704,48 @@ def test_calibrated_files_opened_by_napari_give_the_widgets_their_voxel_size(vie
     assert tuple(store.scale) == (1, 1, 1) and layer_source(store)["spacing"] == (40.0, 8.0, 8.0)
 
 
+def test_restore_files_into_an_object_store_folder(viewer, qtbot, models, errors, tmp_path, monkeypatch):
+    """Restore files… into a folder typed as a URL (fsspec's local:// stands in for a bucket):
+    the results become zarr stores there, with their uncertainty under uncertainty/; TIFF
+    results into a URL are refused in one line before anything starts. The destination dialog takes a
+    typed URL or a browsed folder, and remembers the last one."""
+    from napari_emdiffuse.engine.io.images import read_image, write_image
+    from napari_emdiffuse.widgets import _files
+
+    rng = np.random.default_rng(4)
+    src = tmp_path / "scans"
+    src.mkdir()
+    for name in ("a.tif", "b.tif"):
+        write_image(src / name, (rng.random((40, 48)) * 255).astype(np.uint8), spacing=(5.0, 5.0))
+    files = [str(src / "a.tif"), str(src / "b.tif")]
+    w = _quick_restore_dock(viewer, models, viewer.add_image(np.zeros((8, 8), np.uint8), name="unused"))
+    w.samples.setValue(2)
+    url = f"local://{tmp_path}/bucket/clean/"
+    w.files_as.setCurrentIndex(w.files_as.findData(".tif"))
+    assert not w.run_files(files, url) and "TIFF and MRC files go to a local or shared folder" in w.status.text()
+    assert not (tmp_path / "bucket").exists()
+    errors.clear()
+    w.files_as.setCurrentIndex(w.files_as.findData(""))  # each file's format: into a URL, zarr stores
+    asked = []
+    monkeypatch.setattr(_files.QFileDialog, "getOpenFileNames", lambda *a, **k: (files, ""))
+    monkeypatch.setattr(_files.DestinationDialog, "exec",
+                        lambda self: asked.append(self.folder()) or self.place.setText(url) or 1)
+    with qtbot.waitSignal(w.run_finished, timeout=60_000) as sig:
+        w._choose_files()
+    assert sig.args == ["done"] and not errors, errors
+    clean = tmp_path / "bucket" / "clean"
+    assert sorted(p.name for p in clean.iterdir()) == ["a.zarr", "b.zarr", "uncertainty"]
+    assert sorted(p.name for p in (clean / "uncertainty").iterdir()) == ["a_uncertainty.zarr", "b_uncertainty.zarr"]
+    got = read_image(url + "a.zarr")
+    assert got.data.shape == (40, 48) and got.spacing == (5.0, 5.0)
+    assert "restored 2 of 2 files" in w.status.text()
+    dialog = _files.DestinationDialog(last=asked[0])
+    monkeypatch.setattr(_files.QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path / "here"))
+    dialog._browse()
+    assert asked == [""] and dialog.folder() == str(tmp_path / "here")
+    assert w._last_destination == url
+
+
 def test_restore_widget_restores_files_on_disk_into_a_folder(viewer, qtbot, models, errors, tmp_path, monkeypatch):
     """Restore files…: files as the CLI batch writes them (names, uncertainty folder, pixel size),
     a broken file skipped and said, the model loaded once; a plan that would overwrite an input

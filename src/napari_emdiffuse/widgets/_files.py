@@ -4,7 +4,9 @@ files on disk, written into a folder, as ``emdiffuse denoise FILES -o FOLDER`` (
 
 Each result takes its file's name, its uncertainty goes into ``FOLDER/uncertainty`` (removed
 again when empty), the progress bar counts files, a file that cannot be read is skipped and
-named on the status line, and Cancel keeps the files already finished.
+named on the status line, and Cancel keeps the files already finished. The folder may be an
+object store's (``s3://bucket/clean/``, typed into the destination dialog) when the results
+are zarr stores (Advanced > *files… as*), as ``-o s3://bucket/clean/`` is for the CLI.
 """
 
 from __future__ import annotations
@@ -12,17 +14,51 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from qtpy.QtWidgets import QFileDialog, QPushButton
+from qtpy.QtWidgets import QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QVBoxLayout
 
 from ..engine.errors import EMDiffuseError, InputError
 from ..engine.events import duration, files_left
+from ..engine.io.common import is_url
+from ..engine.io.fetch import join
 from ._jobs import notify_error, notify_info
 
-__all__ = ["FILE_FILTER", "FilesMixin"]
+__all__ = ["FILE_FILTER", "DestinationDialog", "FilesMixin"]
 
 #: The file dialog's choice (what the readers take).
 FILE_FILTER = ("Images (*.tif *.tiff *.mrc *.mrcs *.rec *.st *.ali *.map *.map.gz *.mrc.gz *.dm3 *.dm4 *.ser *.h5 *.hdf5 "
                "*.emd *.hspy *.ims *.am *.czi *.png *.jpg *.jpeg *.bmp);;All files (*)")
+
+
+class DestinationDialog(QDialog):
+    """Where a files run writes: a folder (typed, or chosen with *Browse…*) or an object
+    store's folder typed as a URL (``s3://bucket/clean/``: zarr results only)."""
+
+    def __init__(self, parent: Any = None, *, last: str = "") -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Write the results into")
+        self.place = QLineEdit(last)
+        self.place.setPlaceholderText("a folder, or an object store's: s3://bucket/clean/")
+        self.place.setMinimumWidth(420)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.place)
+        row.addWidget(browse)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(row)
+        layout.addWidget(buttons)
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Write the results into", self.folder())
+        if folder:
+            self.place.setText(folder)
+
+    def folder(self) -> str:
+        """The place typed or chosen ("" for none)."""
+        return self.place.text().strip()
 
 
 class FilesMixin:
@@ -52,14 +88,16 @@ class FilesMixin:
         files, _ = QFileDialog.getOpenFileNames(self, f"{self.FILES_VERB.capitalize()} files", "", FILE_FILTER)
         if not files:
             return
-        folder = QFileDialog.getExistingDirectory(self, "Write the results into")
-        if folder:
-            self.run_files(files, folder)
+        ask = DestinationDialog(self, last=getattr(self, "_last_destination", ""))
+        if ask.exec() == QDialog.DialogCode.Accepted and ask.folder():
+            self._last_destination = ask.folder()
+            self.run_files(files, ask.folder())
 
     def run_files(self, files: list[str], folder: str) -> bool:
-        """Run ``files`` into ``folder`` (the uncertainty into ``folder/uncertainty``); False
-        (and a notification) if it cannot start: no file, a clash of names, an output that
-        would replace an input, options that do not validate."""
+        """Run ``files`` into ``folder`` (the uncertainty into ``folder/uncertainty``); a
+        folder or an object store's URL; False (and a notification) if it cannot start: no
+        file, a clash of names, an output that would replace an input, options that do not
+        validate, a URL for results other than zarr stores or one that cannot be reached."""
         if self._run is not None:
             return False
         try:
@@ -77,7 +115,8 @@ class FilesMixin:
         if not files:
             raise InputError("no files chosen")
         task, model, kwargs = self.files_job()
-        unc_dir = Path(folder) / "uncertainty" if kwargs.pop("uncertainty", True) else None
+        where: Any = folder.rstrip("/") if is_url(folder) else Path(folder)
+        unc_dir = join(where, "uncertainty") if kwargs.pop("uncertainty", True) else None
         plan = plan_batch(expand_inputs(files), folder, unc_dir, ext=kwargs.get("ext"))  # names, clashes: before any work
         self._files_folder = folder
         self._files_unc = unc_dir
@@ -103,7 +142,7 @@ class FilesMixin:
 
     def _drop_empty_uncertainty(self) -> None:
         unc_dir = getattr(self, "_files_unc", None)
-        if unc_dir is not None and unc_dir.is_dir() and not any(unc_dir.iterdir()):
+        if isinstance(unc_dir, Path) and unc_dir.is_dir() and not any(unc_dir.iterdir()):  # (a URL has no folders)
             unc_dir.rmdir()  # one sample, or stopped before any: no uncertainty was written
 
     def _finished(self, outcome: str) -> None:
