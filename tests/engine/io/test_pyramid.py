@@ -64,6 +64,49 @@ def test_halving_keeps_odd_edges_and_no_data():
     assert pyramid.level_plan((5, 400, 512)) == []  # small enough: no levels
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint32, np.float32])
+def test_halving_is_the_rounded_mean_of_each_2x2x2(dtype):
+    """Against the closed form per output voxel, odd edges padded with themselves; integers
+    rounded half up (negative ones too), floats the plain mean."""
+    rng = np.random.default_rng(5)
+    a = (rng.integers(-3000, 3000, (5, 7, 9)) if dtype == np.int16 else rng.integers(0, 250, (5, 7, 9))).astype(dtype)
+    if dtype == np.float32:
+        a = a + rng.random(a.shape).astype(np.float32)
+    p = np.pad(a.astype(np.float64), ((0, 1), (0, 1), (0, 1)), mode="edge")
+    want = np.empty((3, 4, 5))
+    for z, y, x in np.ndindex(want.shape):
+        want[z, y, x] = p[2 * z:2 * z + 2, 2 * y:2 * y + 2, 2 * x:2 * x + 2].mean()
+    got = halve(a, z=True)
+    assert got.dtype == dtype and got.shape == (3, 4, 5)
+    if dtype == np.float32:
+        assert np.allclose(got, want, rtol=1e-6)
+    else:
+        assert np.array_equal(got, np.floor(want + 0.5))
+    assert not np.array_equal(got, halve(a[:, ::-1], z=True)[:, ::-1])  # a control: the padding side matters
+
+
+def test_a_level_with_deep_chunks_writes_each_chunk_once(tmp_path):
+    """A level whose chunks hold many slices is written a chunk's slices at a time, not slice
+    by slice (which rewrote every chunk once per slice), to the same pixels."""
+    src = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(20, 64, 64), chunks=(8, 32, 32), dtype="uint8",
+                          zarr_format=2)  # fmt: skip
+    src[:] = (np.random.default_rng(2).random((20, 64, 64)) * 255).astype(np.uint8)
+    dst = zarr.open_array(str(tmp_path / "b.zarr"), mode="w", shape=(10, 32, 32), chunks=(8, 32, 32), dtype="uint8",
+                          zarr_format=2)  # fmt: skip
+    writes = []
+
+    class Counting:
+        shape, chunks, dtype = dst.shape, dst.chunks, dst.dtype
+
+        def __setitem__(self, key, value):
+            writes.append(key[0])
+            dst[key] = value
+
+    list(pyramid.downsample_tiles(src, Counting(), pyramid.level_tiles(dst.shape, dst.chunks), zdown=True))
+    assert writes == [slice(0, 8), slice(8, 10)]
+    assert np.array_equal(dst[:], halve(src[:], z=True))
+
+
 def test_a_plain_zarr_output_has_no_pyramid(tmp_path, small_top):
     img = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
     out = restore_to_zarr(img, tmp_path / "x.zarr", "denoise", make_tiny("denoise"), **KW)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..events import Progress
+from .zarrfmt import write_chunks
 
 __all__ = ["PYRAMID_TOP", "Level", "level_plan", "level_tiles", "downsample_tiles", "multiscales", "halve", "bin_lateral"]
 
@@ -98,6 +99,31 @@ def halve(block: np.ndarray, *, z: bool = False) -> np.ndarray:
     if z:
         pad[0] = (0, block.shape[0] % 2)
     b = np.pad(block, pad, mode="edge") if any(p[1] for p in pad) else block
+    integer = np.issubdtype(block.dtype, np.integer)
+    if not integer and np.isnan(b).any():
+        return _nan_halve(b, z=z).astype(block.dtype)
+    # the sum of the 4 (8) strided views in a wider type: several times quicker than a mean over a reshape
+    exact = integer and block.dtype.itemsize < 8  # sums of 8 such values fit an int64
+    starts = [(dz, dy, dx) for dz in ((0, 1) if z else (None,)) for dy in (0, 1) for dx in (0, 1)]
+    total = np.zeros(b[_quarter(b, *starts[0])].shape, dtype=np.int64 if exact else np.float64)
+    for start in starts:
+        total += b[_quarter(b, *start)]
+    n = len(starts)
+    if exact:
+        return ((2 * total + n) // (2 * n)).astype(block.dtype)  # floor(mean + 0.5), in integers
+    if integer:
+        return np.floor(total / n + 0.5).astype(block.dtype)
+    return (total / n).astype(block.dtype)
+
+
+def _quarter(b: np.ndarray, dz: int | None, dy: int, dx: int) -> tuple[slice, ...]:
+    """Every second row and column from (dy, dx) (and slice from dz, when halving z)."""
+    lead = (slice(dz, None, 2),) if dz is not None else (slice(None),) * (b.ndim - 2)
+    return (*lead, slice(dy, None, 2), slice(dx, None, 2))
+
+
+def _nan_halve(b: np.ndarray, *, z: bool) -> np.ndarray:
+    """:func:`halve`'s mean where some pixels are NaN (no data): those left out."""
     h, w = b.shape[-2] // 2, b.shape[-1] // 2
     if z:
         quads = b.reshape(b.shape[0] // 2, 2, h, 2, w, 2).astype(np.float64)
@@ -107,25 +133,25 @@ def halve(block: np.ndarray, *, z: bool = False) -> np.ndarray:
         axes = (-3, -1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a 2x2 of NaN stays NaN
-        mean = np.nanmean(quads, axis=axes)
-    if np.issubdtype(block.dtype, np.integer):
-        return np.floor(mean + 0.5).astype(block.dtype)
-    return mean.astype(block.dtype)
+        return np.nanmean(quads, axis=axes)
 
 
 def downsample_tiles(
     src: Any, dst: Any, tiles: list[tuple[slice, slice]], *, zdown: bool = False
 ) -> Generator[Progress, None, None]:
     """Write ``dst`` (the next level, numpy or zarr) from ``src`` over ``tiles`` of ``dst``,
-    slice by slice (each from two of ``src`` with ``zdown``); yields progress per tile."""
+    a write unit of slices at a time (each slice from two of ``src`` with ``zdown``), so
+    that every chunk or shard of ``dst`` is written once; yields progress per tile."""
+    depth = write_chunks(dst)[0] if src.ndim == 3 and hasattr(dst, "chunks") else 1
     for n, (ys, xs) in enumerate(tiles, 1):
         above = tuple(slice(2 * t.start, min(2 * t.stop, n)) for t, n in zip((ys, xs), src.shape[-2:]))
         if src.ndim == 2:
             dst[ys, xs] = halve(np.asarray(src[above]))
         else:
-            for z in range(dst.shape[0]):
-                zs = slice(2 * z, min(2 * z + 2, src.shape[0])) if zdown else slice(z, z + 1)
-                dst[(slice(z, z + 1), ys, xs)] = halve(np.asarray(src[(zs, *above)]), z=zdown)
+            for z0 in range(0, dst.shape[0], depth):
+                z1 = min(z0 + depth, dst.shape[0])
+                zs = slice(2 * z0, min(2 * z1, src.shape[0])) if zdown else slice(z0, z1)
+                dst[(slice(z0, z1), ys, xs)] = halve(np.asarray(src[(zs, *above)]), z=zdown)
         yield Progress("pyramid", n, len(tiles))
 
 
