@@ -103,7 +103,7 @@ def test_a_level_with_deep_chunks_writes_each_chunk_once(tmp_path):
             dst[key] = value
 
     list(pyramid.downsample_tiles(src, Counting(), pyramid.level_tiles(dst.shape, dst.chunks), zdown=True))
-    assert writes == [slice(0, 8), slice(8, 10)]
+    assert sorted(writes, key=lambda s: s.start) == [slice(0, 8), slice(8, 10)]
     assert np.array_equal(dst[:], halve(src[:], z=True))
 
 

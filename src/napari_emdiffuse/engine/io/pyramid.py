@@ -24,10 +24,12 @@ import numpy as np
 from ..events import Progress
 from .zarrfmt import write_chunks
 
-__all__ = ["PYRAMID_TOP", "Level", "level_plan", "level_tiles", "downsample_tiles", "multiscales", "halve", "bin_lateral"]
+__all__ = ["PYRAMID_TOP", "PYRAMID_THREADS", "Level", "level_plan", "level_tiles", "downsample_tiles", "multiscales", "halve", "bin_lateral"]
 
 #: Levels are added until the longer lateral side of the smallest fits this many pixels.
 PYRAMID_TOP = 512
+#: Write units of a zarr level written at once (:func:`downsample_tiles`).
+PYRAMID_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -137,22 +139,63 @@ def _nan_halve(b: np.ndarray, *, z: bool) -> np.ndarray:
 
 
 def downsample_tiles(
-    src: Any, dst: Any, tiles: list[tuple[slice, slice]], *, zdown: bool = False
+    src: Any, dst: Any, tiles: list[tuple[slice, slice]], *, zdown: bool = False, threads: int | None = None
 ) -> Generator[Progress, None, None]:
     """Write ``dst`` (the next level, numpy or zarr) from ``src`` over ``tiles`` of ``dst``,
     a write unit of slices at a time (each slice from two of ``src`` with ``zdown``), so
-    that every chunk or shard of ``dst`` is written once; yields progress per tile."""
+    that every chunk or shard of ``dst`` is written once; yields progress per tile.
+
+    A zarr level's write units go ``threads`` (:data:`PYRAMID_THREADS`) at a time: no two share a chunk, and in an
+    object store each read and write waits on the network, which one at a time would add up
+    to hours on a large volume. Closing the generator cancels the units not begun."""
     depth = write_chunks(dst)[0] if src.ndim == 3 and hasattr(dst, "chunks") else 1
-    for n, (ys, xs) in enumerate(tiles, 1):
-        above = tuple(slice(2 * t.start, min(2 * t.stop, n)) for t, n in zip((ys, xs), src.shape[-2:]))
+    units = [(n, ys, xs, z0) for n, (ys, xs) in enumerate(tiles) for z0 in range(0, dst.shape[0] if src.ndim == 3 else 1,
+                                                                                  depth)]  # fmt: skip
+
+    def write(unit: tuple[int, slice, slice, int]) -> int:
+        n, ys, xs, z0 = unit
+        above = tuple(slice(2 * t.start, min(2 * t.stop, m)) for t, m in zip((ys, xs), src.shape[-2:]))
         if src.ndim == 2:
             dst[ys, xs] = halve(np.asarray(src[above]))
         else:
-            for z0 in range(0, dst.shape[0], depth):
-                z1 = min(z0 + depth, dst.shape[0])
-                zs = slice(2 * z0, min(2 * z1, src.shape[0])) if zdown else slice(z0, z1)
-                dst[(slice(z0, z1), ys, xs)] = halve(np.asarray(src[(zs, *above)]), z=zdown)
-        yield Progress("pyramid", n, len(tiles))
+            z1 = min(z0 + depth, dst.shape[0])
+            zs = slice(2 * z0, min(2 * z1, src.shape[0])) if zdown else slice(z0, z1)
+            dst[(slice(z0, z1), ys, xs)] = halve(np.asarray(src[(zs, *above)]), z=zdown)
+        return n
+
+    left = [0] * len(tiles)
+    for unit in units:
+        left[unit[0]] += 1
+    finished = 0
+    at_once = (PYRAMID_THREADS if threads is None else threads) if hasattr(dst, "chunks") else 1
+    for n in _run_units(write, units, at_once):
+        left[n] -= 1
+        if not left[n]:
+            finished += 1
+            yield Progress("pyramid", finished, len(tiles))
+
+
+def _run_units(work: Any, units: list, threads: int) -> Generator[Any, None, None]:
+    """``work`` of each unit, ``threads`` at a time (in order, here, for 1); yields each
+    result as it comes; closed, it cancels the units not begun and waits for the others."""
+    if threads <= 1:
+        for unit in units:
+            yield work(unit)
+        return
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    todo = iter(units)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = {pool.submit(work, u) for _, u in zip(range(2 * threads), todo)}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+                pending |= {pool.submit(work, u) for _, u in zip(range(len(done)), todo)}
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def multiscales(
