@@ -155,3 +155,25 @@ def test_write_image_gives_an_ome_zarr_its_pyramid(tmp_path):
     assert read_image(tmp_path / "out.ome.zarr").spacing == (4.0, 4.0)
     write_image(tmp_path / "plain.zarr", image)  # the control: a plain store has one array
     assert isinstance(zarr.open(str(tmp_path / "plain.zarr"), mode="r"), zarr.Array)
+
+
+def test_closing_a_level_midway_stops_its_units(tmp_path):
+    """Cancel: closing the generator after the first tile leaves the units not begun
+    unwritten (at most the window in flight finishes), and raises nothing."""
+    src = np.zeros((2, 256, 256), np.uint8)
+    dst = zarr.open_array(str(tmp_path / "b.zarr"), mode="w", shape=(2, 128, 128), chunks=(2, 16, 16), dtype="uint8",
+                          zarr_format=2)  # fmt: skip
+    writes = []
+
+    class Counting:
+        shape, chunks, dtype = dst.shape, dst.chunks, dst.dtype
+
+        def __setitem__(self, key, value):
+            writes.append(key)
+            dst[key] = value
+
+    tiles = pyramid.level_tiles(dst.shape, dst.chunks)
+    gen = pyramid.downsample_tiles(src, Counting(), tiles, threads=2)
+    assert next(gen).done == 1
+    gen.close()
+    assert len(tiles) == 64 and 1 <= len(writes) <= 6
