@@ -100,7 +100,7 @@ def test_nothing_is_at_the_url_until_the_store_is_whole(model, stack, tmp_path, 
     assert not store_exists(url) and not (tmp_path / "out.zarr" / ".zarray").exists()
     kept = next(tmp_path.glob("out.zarr.partial-*"))
     assert sorted(p.name for p in kept.iterdir()) == [".emdiffuse_complete", ".zarray", ".zattrs"]
-    with pytest.raises(InputError, match="it holds chunks without zarr metadata, which a run that stopped left"):
+    with pytest.raises(InputError, match="it holds objects but no zarr store"):
         restore_to_zarr(stack, url, "denoise", model, **KW)
 
 
@@ -140,7 +140,7 @@ def test_a_stopped_run_into_a_url_resumes(model, tmp_path, capsys):
     assert "unfinished resumable run in 'local://" in capsys.readouterr().out
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.glob("b/**/*"))
     for other in (dict(kw, samples=3), dict(kw, resume=False)):  # another run's, or no run's, chunks: not over them
-        with pytest.raises(InputError, match="holds chunks without zarr metadata, which a run that stopped left"):
+        with pytest.raises(InputError, match="it holds objects but no zarr store"):
             restore_to_zarr(img, url, "denoise", model, uncertainty_out=unc, **other)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.glob("b/**/*")) == before
     notes, done = _run(restore_to_zarr_iter(img, url, "denoise", model, uncertainty_out=unc, **kw))

@@ -73,9 +73,9 @@ def _refuse_existing(url: str, whole: bool) -> None:
     if whole:
         raise InputError(f"cannot write '{url}': it exists, and an object store cannot swap a finished store for it "
                          "in place; remove it first, or choose another name")
-    raise InputError(f"cannot write '{url}': it holds chunks without zarr metadata, which a run that stopped left "
-                     "there (its record is a hidden '.partial-' prefix beside it); continue that run with its own "
-                     "command and --resume, or remove both, or choose another name")
+    raise InputError(f"cannot write '{url}': it holds objects but no zarr store (so does the output of a run that "
+                     "stopped: its chunks, with its record in a hidden '.partial-' prefix beside it); continue that "
+                     "run with its own command and --resume, or remove them, or choose another name")
 
 
 class UrlZarrWriter(ZarrWriter):
