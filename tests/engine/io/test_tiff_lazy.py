@@ -158,3 +158,31 @@ def test_a_colour_preview_before_the_greyscale_image_is_skipped(tmp_path, monkey
     tifffile.imwrite(tmp_path / "rgb.tif", preview, photometric="rgb")
     with pytest.raises(InputError, match="colour image"):
         read_image(tmp_path / "rgb.tif")
+
+
+def test_a_worker_thread_reopens_a_tiff_by_url_without_walking_its_pages_again(served_counted):
+    """Opening a compressed stack by URL walks every page's tags (a request each); the tasks a
+    worker's thread runs one after another reuse its walk (one request to see the file is the
+    same), another thread walks its own, and a file replaced by one of another size is opened
+    anew and read as it is now."""
+    import threading
+
+    folder, url, stats = served_counted
+    vol = (np.random.default_rng(0).random((40, 160, 160)) * 255).astype(np.uint8)  # pages far apart
+    tifffile.imwrite(folder / "s.tif", vol, compression="zlib", imagej=True)
+    where = source_of(TiffArray(f"{url}/s.tif"))
+    before = stats.requests
+    first = open_source(*where)
+    walk = stats.requests - before
+    assert walk >= 30 and np.array_equal(first[20], vol[20])
+    before = stats.requests
+    again = open_source(*where)
+    assert again is first and stats.requests - before == 1 and np.array_equal(again[21], vol[21])
+    other = []
+    thread = threading.Thread(target=lambda: other.append(open_source(*where)))
+    thread.start()
+    thread.join()
+    assert other[0] is not first
+    tifffile.imwrite(folder / "s.tif", vol[:30], compression="zlib", imagej=True)  # replaced: 30 pages
+    fresh = open_source(*where)
+    assert fresh is not first and fresh.shape == (30, 160, 160)

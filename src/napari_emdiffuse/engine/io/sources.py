@@ -5,13 +5,14 @@ a channel picked)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .common import CZI_SUFFIXES, H5_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, is_url, suffix_of
 from .czi import CziArray
-from .fetch import zarr_store
+from .fetch import remote_size, zarr_store
 from .hdf5 import H5Array
 from .rawurl import RawUrlArray
 from .n5 import N5Array
@@ -21,7 +22,11 @@ from .tiff import TiffArray
 from .velox import velox_dataset
 from .views import AxesPicked, FramesFirst
 
-__all__ = ["source_of", "open_source", "wrapped_array"]
+__all__ = ["source_of", "open_source", "wrapped_array", "KEPT_URL_TIFFS"]
+
+#: Compressed TIFFs by URL that each thread keeps open (:func:`open_source`).
+KEPT_URL_TIFFS = 4
+_KEPT = threading.local()
 
 
 def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] | None:
@@ -75,7 +80,7 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
     elif is_url(where) and key.startswith("raw:"):  # an MRC or TIFF volume by URL, read by byte range
         arr = RawUrlArray.from_key(where, key)
     elif is_url(where) and where.lower().endswith(TIFF_SUFFIXES):  # a compressed or tiled TIFF by URL
-        arr = TiffArray(where, int(key) if key else 0)
+        arr = _url_tiff(where, int(key) if key else 0)
     elif is_url(where) and where.lower().endswith(".n5"):  # read over the network
         arr = N5Array(where, key)
     elif is_url(where):
@@ -98,6 +103,20 @@ def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequ
 
         arr = zarr.open_array(where, path=key, mode="r") if key else zarr.open_array(where, mode="r")
     return AxesPicked(arr, lead, trail) if lead or trail else arr
+
+
+def _url_tiff(url: str, series: int) -> TiffArray:
+    """A compressed TIFF by URL, opened once per thread and file version: opening walks the
+    tags of every page (a request per page of a compressed stack, thousands of round trips),
+    so a cluster worker's thread keeps the last few it opened for its next tasks. The file's
+    size (one request) tells a new version apart."""
+    kept = _KEPT.__dict__.setdefault("tiffs", {})
+    key = (url, series, remote_size(url))
+    if key not in kept:
+        while len(kept) >= KEPT_URL_TIFFS:
+            kept.pop(next(iter(kept)))
+        kept[key] = TiffArray(url, series)
+    return kept[key]
 
 
 def wrapped_array(array: Any) -> Any:

@@ -284,7 +284,8 @@ class TiffArray(LazyArray):
     range and kept (:func:`~.fetch.open_file` with ``keep``) in ``block``-byte blocks (small:
     a stack's tags are scattered; a large image's tiles read faster in 1 MB blocks), one read at
     a time (the file handle is shared); ``handle``, such a file already open (whose tags a
-    first walk fetched), is adopted. Workers reopen the file with the default blocks.
+    first walk fetched), is adopted. Workers reopen the file by URL, once per thread
+    (:func:`~.sources.open_source` keeps it for their next tasks).
 
     Examples
     --------
