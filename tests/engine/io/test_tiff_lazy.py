@@ -160,11 +160,11 @@ def test_a_colour_preview_before_the_greyscale_image_is_skipped(tmp_path, monkey
         read_image(tmp_path / "rgb.tif")
 
 
-def test_a_worker_thread_reopens_a_tiff_by_url_without_walking_its_pages_again(served_counted):
+def test_a_worker_thread_reopens_a_tiff_by_url_without_walking_its_pages_again(served_counted, monkeypatch):
     """Opening a compressed stack by URL walks every page's tags (a request each); the tasks a
     worker's thread runs one after another reuse its walk (one request to see the file is the
-    same), another thread walks its own, and a file replaced by one of another size is opened
-    anew and read as it is now."""
+    same), another thread walks its own; one whose kept blocks outgrew their disk budget, or a
+    file replaced by one of another size, is opened anew, and read as it is now."""
     import threading
 
     folder, url, stats = served_counted
@@ -183,6 +183,12 @@ def test_a_worker_thread_reopens_a_tiff_by_url_without_walking_its_pages_again(s
     thread.start()
     thread.join()
     assert other[0] is not first
+    from napari_emdiffuse.engine.io import sources
+
+    assert 0 < first.kept_bytes < 2 << 20  # the tags and two slices, in 16 kB blocks
+    monkeypatch.setattr(sources, "KEPT_URL_TIFF_BYTES", first.kept_bytes - 1)  # its disk budget spent: anew
+    assert open_source(*where) is not first
+    monkeypatch.undo()
     tifffile.imwrite(folder / "s.tif", vol[:30], compression="zlib", imagej=True)  # replaced: 30 pages
     fresh = open_source(*where)
     assert fresh is not first and fresh.shape == (30, 160, 160)

@@ -22,10 +22,12 @@ from .tiff import TiffArray
 from .velox import velox_dataset
 from .views import AxesPicked, FramesFirst
 
-__all__ = ["source_of", "open_source", "wrapped_array", "KEPT_URL_TIFFS"]
+__all__ = ["source_of", "open_source", "wrapped_array", "KEPT_URL_TIFFS", "KEPT_URL_TIFF_BYTES"]
 
-#: Compressed TIFFs by URL that each thread keeps open (:func:`open_source`).
+#: Compressed TIFFs by URL that each thread keeps open (:func:`open_source`), and the bytes
+#: fetched from one (kept in a sparse temporary file) beyond which it is opened anew.
 KEPT_URL_TIFFS = 4
+KEPT_URL_TIFF_BYTES = 1 << 30
 _KEPT = threading.local()
 
 
@@ -109,9 +111,12 @@ def _url_tiff(url: str, series: int) -> TiffArray:
     """A compressed TIFF by URL, opened once per thread and file version: opening walks the
     tags of every page (a request per page of a compressed stack, thousands of round trips),
     so a cluster worker's thread keeps the last few it opened for its next tasks. The file's
-    size (one request) tells a new version apart."""
+    size (one request) tells a new version apart. One whose fetched blocks grew past
+    :data:`KEPT_URL_TIFF_BYTES` is opened anew, so that a long run's disk use stays bounded."""
     kept = _KEPT.__dict__.setdefault("tiffs", {})
     key = (url, series, remote_size(url))
+    if key in kept and kept[key].kept_bytes > KEPT_URL_TIFF_BYTES:
+        del kept[key]
     if key not in kept:
         while len(kept) >= KEPT_URL_TIFFS:
             kept.pop(next(iter(kept)))

@@ -305,6 +305,7 @@ class TiffArray(LazyArray):
         self._open: Any = None
         self._handle: Any = None
         self._fh = handle
+        self._kept: Any = None
         self.block = int(block)
         self._lock = threading.Lock()
         z = self._zarr()
@@ -321,6 +322,7 @@ class TiffArray(LazyArray):
 
                 try:
                     fh, self._fh = self._fh or open_file(self.file, block=self.block, keep=True), None
+                    self._kept = getattr(fh, "cache", None)  # fsspec's mmap cache: the blocks fetched
                     fh.seek(0)  # tifffile takes the position it is given at as the file's start
                     self._handle = tifffile.TiffFile(fh)
                     store = self._handle.aszarr(series=self.series, level=0)
@@ -342,8 +344,16 @@ class TiffArray(LazyArray):
             raise InputError(f"cannot read '{self.file}': {reason(exc)}") from exc
         return out[post] if post else out
 
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the file by URL fetched and kept on this machine's disk (0 for a local file)."""
+        cache = getattr(self, "_kept", None)
+        blocks, size = getattr(cache, "blocks", None), getattr(cache, "blocksize", 0)
+        return len(blocks) * int(size) if blocks is not None else 0
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_open": None, "_handle": None, "_lock": None, "_fh": None}  # an open file does not travel
+        return {**self.__dict__, "_open": None, "_handle": None, "_lock": None, "_fh": None,
+                "_kept": None}  # an open file does not travel
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
