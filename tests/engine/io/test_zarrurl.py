@@ -189,14 +189,23 @@ def test_the_cli_writes_a_store_to_a_url(tiny_model_dir, stack, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_cluster_workers_write_into_a_store_by_url(model, stack, tmp_path):
-    """Workers in other processes write their blocks under the hidden prefix by URL."""
+def test_cluster_workers_write_into_a_store_by_url(model, stack, tmp_path, monkeypatch):
+    """Workers in other processes open the hidden prefix by URL and write their blocks' chunks,
+    and the pyramid's levels, straight to the URL."""
+    import zarr
+
+    from napari_emdiffuse.engine.io import pyramid
+
+    monkeypatch.setattr(pyramid, "PYRAMID_TOP", 32)  # levels planned here, written by the workers
     model.save(tmp_path / "m")
     url = f"local://{tmp_path}/w.ome.zarr"
     restore_to_zarr(stack, url, "denoise", str(tmp_path / "m"), workers=2, **KW)
-    here = restore_to_zarr(stack, tmp_path / "here.zarr", "denoise", model, **KW)
+    here = restore_to_zarr(stack, tmp_path / "here.ome.zarr", "denoise", model, **KW)
     # the workers' threads round differently: within float rounding
     assert np.abs(np.asarray(read_image(url).data) - np.asarray(read_image(here).data)).max() < 0.05
+    there = zarr.open_group(str(tmp_path / "w.ome.zarr"), mode="r")
+    assert there["2"].shape == (2, 23, 25) and np.abs(there["2"][:] - pyramid.halve(pyramid.halve(there["0"][:]))).max() <= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here.ome.zarr", "m", "w.ome.zarr"]
 
 
 def test_convert_writes_a_store_to_a_url(stack, tmp_path, capsys):
