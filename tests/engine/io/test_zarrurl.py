@@ -354,3 +354,29 @@ def test_a_ledger_in_an_object_store_marks_reads_and_forgets(tmp_path):
     with pytest.raises(ValueError, match="not a ledger key"):
         led.mark("../escape")
     assert Ledger(None).keys() == set() and not Ledger(None).done("block-2")
+
+
+def test_two_runs_into_one_url_do_not_mix_their_chunks(tmp_path, monkeypatch):
+    """Chunks go straight to the URL, so a second run into it while a first one writes (its
+    prefix beside the URL, before any chunk) is refused in one line; and of two runs begun in
+    the same instant, the one that finds a store finished there at its commit says so rather
+    than adding its metadata to it."""
+    from napari_emdiffuse.engine.io import zarrurl
+    from napari_emdiffuse.engine.io.zarrurl import UrlZarrWriter
+
+    url = f"local://{tmp_path}/out.zarr"
+    first = UrlZarrWriter(url, (4, 32, 32), np.uint8, chunks=(1, 16, 16))
+    with pytest.raises(InputError, match=r"out.zarr.partial-[0-9a-f]{8}' beside it is the record of another run"):
+        UrlZarrWriter(url, (4, 32, 32), np.uint8, chunks=(1, 16, 16))
+    first.array[:] = 3
+    first.abort()
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(zarrurl, "partials_beside", lambda where: [])  # both begin before either's prefix is seen
+    a = UrlZarrWriter(url, (4, 32, 32), np.uint8, chunks=(1, 16, 16))
+    b = UrlZarrWriter(url, (4, 32, 32), np.uint8, chunks=(1, 16, 16))
+    a.array[:] = 5
+    b.array[:] = 7
+    a.commit()
+    with pytest.raises(InputError, match="another run finished a store there while this one wrote its chunks"):
+        b.commit()
+    assert (tmp_path / b.temp_path.split("/")[-1]).is_dir()  # b's metadata kept, as the message says

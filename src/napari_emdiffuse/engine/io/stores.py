@@ -26,7 +26,7 @@ from .zarrfmt import write_chunks, zarr_format_of
 
 __all__ = [
     "COMPLETE_ATTR", "COMPLETE_FILE", "RESUME_ATTR", "BLOCKS_TOTAL", "is_ome", "store_exists", "is_complete",
-    "finished_with", "unfinished_runs", "find_unfinished",
+    "finished_with", "unfinished_runs", "find_unfinished", "partials_beside",
 ]  # fmt: skip
 
 COMPLETE_ATTR = "emdiffuse_complete"
@@ -112,9 +112,9 @@ def finished_with(path: str | os.PathLike[str] | None, key: str) -> bool:
         return False
 
 
-def _partials(path: Any) -> list[Any]:
-    """The unfinished stores (``<name>.partial-*``) beside output ``path``: folders, or the
-    URLs of prefixes beside a URL."""
+def partials_beside(path: Any) -> list[Any]:
+    """The unfinished stores (``<name>.partial-*``) beside output ``path``, of runs going on or
+    stopped, resumable or not: folders, or the URLs of prefixes beside a URL."""
     if not _remote(path):
         p = Path(path).expanduser()
         return sorted(p.parent.glob(f"{glob.escape(p.name)}.partial-*"))  # a name may hold [ or *
@@ -137,7 +137,7 @@ def unfinished_runs(path: str | os.PathLike[str]) -> list[tuple[Any, int, int | 
     []
     """
     found = []
-    for cand in _partials(path):
+    for cand in partials_beside(path):
         ledger = Ledger(str(_inside(cand, LEDGER_DIR)))
         keys = ledger.keys()
         if not keys and (_remote(cand) or not (cand / LEDGER_DIR).is_dir()):
@@ -155,7 +155,7 @@ def find_unfinished(
     zarr format (the one with the most finished parts, when a run stopped more than once):
     a folder, or a URL beside a URL; None if there is none."""
     found: list[tuple[int, str, Any]] = []
-    for cand in _partials(path):
+    for cand in partials_beside(path):
         try:
             arr = _zarr().open_array(zarr_store(str(_inside(cand, "0") if is_ome(path) else cand)), mode="r")
             attrs = dict(arr.attrs)

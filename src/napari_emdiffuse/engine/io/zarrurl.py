@@ -29,7 +29,7 @@ from ..errors import InputError
 from .common import ZARR_SUFFIX, reason
 from .fetch import url_fs, writable_store
 from .ledger import LEDGER_DIR, Ledger
-from .stores import COMPLETE_FILE, find_unfinished, is_complete, store_exists
+from .stores import COMPLETE_FILE, find_unfinished, is_complete, partials_beside, store_exists
 from .zarr import ZarrWriter, open_zarr_readonly
 from .zarrfmt import check_zarr_format, create_zarr_array
 
@@ -115,6 +115,11 @@ class UrlZarrWriter(ZarrWriter):
         fs, path = url_fs(self.url)
         if fs.exists(path):  # a finished store, or another run's chunks: not this run's to write over
             _refuse_existing(self.url, store_exists(self.url))
+        others = partials_beside(self.url)
+        if others:  # its chunks would go to the same keys as this run's
+            raise InputError(f"cannot write '{self.url}': '{others[0]}' beside it is the record of another run into it, "
+                             "going on or stopped (with --resume the same command continues a stopped one); delete it "
+                             "if no such run goes on, or choose another name")
         self._temp = f"{self.url}.partial-{secrets.token_hex(4)}"
         try:
             if self.ome:
@@ -162,6 +167,11 @@ class UrlZarrWriter(ZarrWriter):
             return self.url
         if self._state != "open":
             raise RuntimeError(f"UrlZarrWriter for '{self.url}' was aborted; nothing to commit")
+        if store_exists(self.url):  # another run (which nothing stops in an object store) finished it meanwhile
+            self._state = "failed"
+            raise InputError(f"cannot write '{self.url}': another run finished a store there while this one wrote its "
+                             f"chunks into it, so it may hold chunks of both; this run's metadata is kept at "
+                             f"'{self._temp}'; delete both and run again")
         try:
             self._finish()
             fs, temp = url_fs(self.array_path)
