@@ -297,7 +297,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .cli_info import describe, info_names
     from .engine.errors import InputError
     from .engine.io.common import is_url
-    from .engine.io.stores import store_exists, unfinished_runs
+    from .engine.io.stores import partials_beside, store_exists, unfinished_runs
 
     failed = 0
     for name in [n for given in args.input for n in info_names(given)]:  # a file's datasets, each
@@ -314,6 +314,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 print(json.dumps({"path": name, "unfinished_runs": [[str(s), d, t] for s, d, t in runs]}))
             continue
         try:
+            others = partials_beside(name) if is_url(name) and _is_zarr(name) and not store_exists(name) else []
+            if others:  # chunks at the URL (a run writes them there), no metadata yet
+                raise InputError(f"'{name}' is no zarr store yet: a run writing it goes on, or one stopped that cannot "
+                                 f"resume (its record: '{others[0]}'; delete both if none runs)")
             record, line = describe(name, channel=args.channel, time=args.time)
         except InputError as exc:
             print(json.dumps({"path": name, "error": str(exc)}) if args.json else f"{PROG}: {exc}",

@@ -57,7 +57,7 @@ def test_a_store_by_url_is_the_local_store(model, stack, tmp_path, name, fmt, mo
         assert dict(there.attrs) == {**dict(here.attrs), **{k: v for k, v in there.attrs.items() if k == "ome"}}
 
 
-def test_nothing_is_at_the_url_until_the_store_is_whole(model, stack, tmp_path, monkeypatch):
+def test_nothing_is_at_the_url_until_the_store_is_whole(model, stack, tmp_path, monkeypatch, capsys):
     """The chunks go straight to the URL, the metadata under the hidden prefix: no reader
     finds an array at the URL until the commit copies the metadata documents (and nothing
     else: no chunk is copied), the marker last. A run closed midway removes both; a copy that
@@ -100,6 +100,8 @@ def test_nothing_is_at_the_url_until_the_store_is_whole(model, stack, tmp_path, 
     assert not store_exists(url) and not (tmp_path / "out.zarr" / ".zarray").exists()
     kept = next(tmp_path.glob("out.zarr.partial-*"))
     assert sorted(p.name for p in kept.iterdir()) == [".emdiffuse_complete", ".zarray", ".zattrs"]
+    assert main(["info", url]) == 2
+    assert "is no zarr store yet: a run writing it goes on, or one stopped" in capsys.readouterr().err
     with pytest.raises(InputError, match="it holds objects but no zarr store"):
         restore_to_zarr(stack, url, "denoise", model, **KW)
 
