@@ -343,14 +343,15 @@ def test_missing_output_folder_is_refused(tmp_path, noisy_tif, capsys):
 
 
 @pytest.mark.parametrize("out, why", [
-    ("s3://bucket/out.tif", "this goes to a local or shared folder"),
+    ("nosuch://bucket/out.tif", "Protocol not known"),
     ("https://host/out.zarr", "a web server's files are read here, not written"),
-    ("https://host/out.mrc", "this goes to a local or shared folder"),
+    ("https://host/out.mrc", "a web server's files are read here, not written"),
+    ("local://bucket/out.png", "unsupported file type '.png'"),
 ])  # fmt: skip
 def test_an_output_url_that_cannot_be_written_is_refused_in_one_line(noisy_tif, out, why, capsys, tmp_path, monkeypatch):
     """Not "output folder 's3:/bucket' does not exist" (a URL folded into a path). A .zarr
-    store may go to an object store (tests/engine/io/test_zarrurl.py), not a TIFF or MRC file,
-    nor anything to a web server."""
+    store, a TIFF or an MRC file may go to an object store (tests/engine/io/test_zarrurl.py,
+    test_fileurl.py), nothing to a web server, nor to a service not known."""
     monkeypatch.chdir(tmp_path)
     assert main(["denoise", str(noisy_tif), "-o", out]) == 2
     err = capsys.readouterr().err

@@ -55,7 +55,8 @@ def restore_files_iter(
     checked before any work (:func:`~.engine.io.batch.plan_batch`); a file that cannot be read
     is told and skipped. ``ext`` (``.tif``, ``.mrc``, ``.zarr``, ``.ome.zarr``) makes every
     result of that format, else each takes its input's (TIFF or MRC); ``out_dir`` may be a
-    folder's URL in an object store, whose results are zarr stores. ``resume`` leaves out the
+    folder's URL in an object store, whose results are zarr stores (or, with ``ext``, files
+    uploaded whole). ``resume`` leaves out the
     files whose outputs exist (an output appears only when written whole) and continues an
     unfinished zarr output block by block. ``zarr_format`` 3 needs zarr results. Yields
     ``Progress("file", k, n)`` before each file, the files' own events, then a
@@ -72,7 +73,7 @@ def restore_files_iter(
     (['a.tif'], [])
     """
     from .engine.io.batch import expand_inputs, plan_batch
-    from .engine.io.stores import is_complete, store_exists
+    from .engine.io.stores import is_complete
 
     zarr_format = check_zarr_format(options.pop("zarr_format", 2))
     workers, scheduler = options.pop("workers", None), options.pop("scheduler", None)
@@ -90,7 +91,7 @@ def restore_files_iter(
         options["zarr_format"] = zarr_format
         options["resume"] = resume  # an unfinished store continues block by block
     if resume:  # an output appears when whole (write_results writes the uncertainty first; a store is committed)
-        plan = [item for item in plan if not (is_complete(item[1]) if stores else store_exists(item[1]))]
+        plan = [item for item in plan if not (is_complete(item[1]) if stores else _written(item[1]))]
         yield note(f"resuming: {total - len(plan)} of {total} files were restored by an earlier run; {len(plan)} to do")
     if workers or scheduler:  # each file a task: the workers restore files side by side
         yield (yield from _files_on_workers(plan, out_dir, task, model, workers, scheduler, options))
@@ -123,6 +124,14 @@ def restore_files_iter(
         yield note(f"wrote {' and '.join(wrote)}")
     yield Progress("file", len(plan), len(plan))
     yield done
+
+
+def _written(out: Path | str) -> bool:
+    """Whether a TIFF or MRC result is there (it appears only when whole: written atomically,
+    or uploaded in one operation by URL)."""
+    from .engine.io.fileurl import file_url_exists
+
+    return file_url_exists(out) if is_url(str(out)) else Path(out).exists()
 
 
 @dataclass(frozen=True)

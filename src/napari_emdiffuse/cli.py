@@ -53,10 +53,12 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _check_outputs(args: argparse.Namespace, *outs: str | None, urls: bool = False) -> list[Any]:
-    """The outputs checked before any work; with ``urls``, a ``.zarr`` store by URL is one
-    (kept as its URL: :mod:`~.engine.io.zarrurl`)."""
+    """The outputs checked before any work; with ``urls``, a URL is one, kept as its URL: a
+    ``.zarr`` store (:mod:`~.engine.io.zarrurl`), a TIFF or MRC file (written here, then
+    uploaded: :mod:`~.engine.io.fileurl`)."""
     from .engine.errors import InputError
     from .engine.io.common import check_output_path, is_url
+    from .engine.io.fileurl import check_file_url
     from .engine.io.zarrurl import check_output_url
 
     inp = Path(args.input)
@@ -65,8 +67,12 @@ def _check_outputs(args: argparse.Namespace, *outs: str | None, urls: bool = Fal
         if out is None:
             checked.append(None)
             continue
-        if urls and is_url(out) and out.rstrip("/").lower().endswith(".zarr"):
-            checked.append(check_output_url(out, resume=bool(getattr(args, "resume", False))))
+        if urls and is_url(out):
+            if str(out).rstrip("/") == str(args.input).rstrip("/"):
+                raise InputError(f"output '{out}' is the input file; choose another name")
+            zarr_out = out.rstrip("/").lower().endswith(".zarr")
+            checked.append(check_output_url(out, resume=bool(getattr(args, "resume", False))) if zarr_out
+                           else check_file_url(out))
             continue
         path = check_output_path(out)
         if _same_file(path, inp):
@@ -279,7 +285,7 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
     if not _is_zarr(out) and not isinstance(data.data, np.ndarray) and not streams_lazily(data.data):
         check_fits_in_memory(tuple(data.data.shape), data.data.dtype, uncertainty=False)  # a lazy 2D image
     axes = data.axes if data.axes and len(data.axes) == data.data.ndim else None
-    if not _is_zarr(out) and suffix_of(out) in MRC_SUFFIXES:
+    if not _is_zarr(out) and suffix_of(Path(str(out))) in MRC_SUFFIXES:
         axes = None  # MRC has one layout: a series of frames is stored as its sections
     write_image(out, data.data, spacing=data.spacing, unit=data.unit or "nm", axes=axes, origin=data.origin,
                 provenance={"converted from": str(args.input),

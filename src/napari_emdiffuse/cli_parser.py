@@ -89,8 +89,8 @@ def _batch_format_option(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--to", choices=list(BATCH_FORMATS), default=None,
                    help="a batch: the format of every result (default: each input's, TIFF or MRC; .zarr into an "
-                        "object store's folder, -o s3://bucket/clean/). A .zarr result is written block by block, "
-                        "and --resume continues an unfinished one")
+                        "object store's folder, -o s3://bucket/clean/, where .tif and .mrc files are uploaded whole). "
+                        "A .zarr result is written block by block, and --resume continues an unfinished one")
 
 
 def _zarr_format_option(p: argparse.ArgumentParser) -> None:
@@ -221,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "s3://bucket/stack.ome.zarr); for several inputs a folder (made if missing) where each "
                         "takes its input's name")
     p.add_argument("--to", choices=[".tif", ".mrc", ".zarr", ".ome.zarr"], default=".tif",
-                   help="several inputs: the format every output takes (default .tif; .zarr or .ome.zarr into an "
-                        "object store's folder, -o s3://bucket/stacks/)")
+                   help="several inputs: the format every output takes (default .tif; into an object store's "
+                        "folder, -o s3://bucket/stacks/, .tif and .mrc files are uploaded whole)")
     p.add_argument("--bin", type=_positive, default=1, metavar="N",
                    help="average each N x N block of pixels (as a detector binning N x N); the pixel size "
                         "grows N times. For images sampled far finer than their detail (high magnification), "

@@ -78,26 +78,33 @@ def blur_note(info: dict) -> list[str]:
     return [f"acquisition blur {info['blur']:g} px ({source}){hint}"]
 
 
-def spill_store(out: Path, shape: tuple[int, ...], image: Any, *, uncertainty: bool,
+def spill_store(out: Path | str, shape: tuple[int, ...], image: Any, *, uncertainty: bool,
                 resume: bool = False) -> tuple[Path | None, str | None]:
     """A hidden zarr store beside a TIFF or MRC output whose image or stack would not fit in
     memory (the file is then written from it piece by piece), and the note saying so; (None,
     None) where the result fits. With ``resume`` its name is the output's own
     (``.<name>.resumable.zarr``), so that the next run of the same job finds it: a stopped
-    run keeps it, unfinished or finished (:func:`keep_spill`)."""
+    run keeps it, unfinished or finished (:func:`keep_spill`). An output by URL has it in a
+    local folder (:func:`~.engine.io.fileurl.staging_dir`: with ``resume``, the same one for
+    every run of that URL on this machine)."""
     from .engine.inference.checks import check_fits_in_memory, output_dtype
+    from .engine.io.common import is_url
+    from .engine.io.fileurl import staging_dir
 
-    if suffix_of(out) == ZARR_SUFFIX or len(shape) not in (2, 3):
+    name = str(out).rstrip("/").rsplit("/", 1)[-1] if is_url(str(out)) else Path(out).name
+    if suffix_of(Path(name)) == ZARR_SUFFIX or len(shape) not in (2, 3):
         return None, None
     try:
         check_fits_in_memory(shape, output_dtype(None, image), uncertainty=uncertainty)
         return None, None
     except InputError as exc:
-        told = (f"note: {str(exc).split(';')[0]}; it goes through a temporary .zarr beside '{out.name}', then into "
-                f"it{' slice by slice' if len(shape) == 3 else ''}")
+        folder = staging_dir(str(out), resume=resume) if is_url(str(out)) else Path(out).parent
+        where = f"in '{folder}' (a URL's file is written here, then uploaded)" if is_url(str(out)) else f"beside '{name}'"
+        told = (f"note: {str(exc).split(';')[0]}; it goes through a temporary .zarr {where}, then into "
+                f"{'it' if not is_url(str(out)) else 'the file'}{' slice by slice' if len(shape) == 3 else ''}")
         if resume:
-            return out.with_name(f".{out.name}.resumable.zarr"), told + " (kept if the run stops: --resume continues it)"
-        return out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}.zarr"), told
+            return folder / f".{name}.resumable.zarr", told + " (kept if the run stops: --resume continues it)"
+        return folder / f".{name}.partial-{secrets.token_hex(4)}.zarr", told
 
 
 def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | None, data: Any, source: str,
@@ -160,12 +167,19 @@ def keep_spill(resume: bool, finished: bool) -> bool:
 
 
 def remove_spill(*paths: Path | None) -> None:
-    """Remove a spilled run's stores (finished or not)."""
+    """Remove a spilled run's stores (finished or not), and the local folder of an output by
+    URL that held them (:func:`spill_store`)."""
     from .engine.io.atomic import remove_path
+    from .engine.io.fileurl import STAGING_PREFIX
 
     for path in paths:
         if path is not None:
             remove_path(path)
+            if path.parent.name.startswith(STAGING_PREFIX):
+                try:
+                    path.parent.rmdir()
+                except OSError:  # the uncertainty's store is still there: removed with it
+                    pass
 
 
 def loaded_model(model: Any, task: str, arch: str | None, device: str | None) -> Any:
@@ -203,7 +217,14 @@ def _zarr_output(out: Any, unc: Any, distributed: Any, resume: bool, zarr_format
     """Whether ``out`` is a zarr store; refuses what needs one (a cluster; any input: one that
     is not zarr is staged for the workers) when it is not, and a non-zarr uncertainty beside
     it. ``resume`` with a TIFF or MRC output keeps the temporary store of a result too large
-    for memory (:func:`spill_store`)."""
+    for memory (:func:`spill_store`). A file by URL is checked here, before any work
+    (:mod:`~.engine.io.fileurl`; a store by URL is checked as it is opened)."""
+    from .engine.io.common import is_url
+    from .engine.io.fileurl import check_file_url
+
+    for given in (out, unc):
+        if given is not None and is_url(str(given)) and suffix_of(Path(str(given))) != ZARR_SUFFIX:
+            check_file_url(str(given))
     out, unc = Path(str(out)), Path(str(unc)) if unc is not None else None  # names only: a URL's too
     zarr_out = suffix_of(out) == ZARR_SUFFIX
     if distributed and not zarr_out:

@@ -706,9 +706,10 @@ def test_calibrated_files_opened_by_napari_give_the_widgets_their_voxel_size(vie
 
 def test_restore_files_into_an_object_store_folder(viewer, qtbot, models, errors, tmp_path, monkeypatch):
     """Restore files… into a folder typed as a URL (fsspec's local:// stands in for a bucket):
-    the results become zarr stores there, with their uncertainty under uncertainty/; TIFF
-    results into a URL are refused in one line before anything starts. The destination dialog takes a
-    typed URL or a browsed folder, and remembers the last one."""
+    the results become zarr stores there, with their uncertainty under uncertainty/, or TIFF
+    files where the format says so (written here, then uploaded whole); a web server's URL is
+    refused in one line before anything starts. The destination dialog takes a typed URL or a
+    browsed folder, and remembers the last one."""
     from napari_emdiffuse.engine.io.images import read_image, write_image
     from napari_emdiffuse.widgets import _files
 
@@ -721,10 +722,16 @@ def test_restore_files_into_an_object_store_folder(viewer, qtbot, models, errors
     w = _quick_restore_dock(viewer, models, viewer.add_image(np.zeros((8, 8), np.uint8), name="unused"))
     w.samples.setValue(2)
     url = f"local://{tmp_path}/bucket/clean/"
-    w.files_as.setCurrentIndex(w.files_as.findData(".tif"))
-    assert not w.run_files(files, url) and "TIFF and MRC files go to a local or shared folder" in w.status.text()
-    assert not (tmp_path / "bucket").exists()
+    assert not w.run_files(files, "https://host/clean/") and "a web server's files are read here" in w.status.text()
     errors.clear()
+    w.files_as.setCurrentIndex(w.files_as.findData(".tif"))
+    with qtbot.waitSignal(w.run_finished, timeout=60_000) as sig:
+        assert w.run_files(files, f"local://{tmp_path}/bucket/tif/")
+    assert sig.args == ["done"] and not errors, errors
+    tifs = tmp_path / "bucket" / "tif"
+    assert sorted(p.name for p in tifs.iterdir()) == ["a.tif", "b.tif", "uncertainty"]
+    assert sorted(p.name for p in (tifs / "uncertainty").iterdir()) == ["a_uncertainty.tif", "b_uncertainty.tif"]
+    assert read_image(tifs / "b.tif").spacing == (5.0, 5.0)
     w.files_as.setCurrentIndex(w.files_as.findData(""))  # each file's format: into a URL, zarr stores
     asked = []
     monkeypatch.setattr(_files.QFileDialog, "getOpenFileNames", lambda *a, **k: (files, ""))
@@ -1033,7 +1040,7 @@ def test_restore_widget_writes_into_an_object_store(viewer, qtbot, models, error
     assert sorted(p.name for p in (tmp_path / "bucket").iterdir()) == ["cloud.ome.zarr", "cloud_uncertainty.ome.zarr"]
     assert not w.run() and "it exists" in errors[-1]
     w.output.setText(f"local://{tmp_path}/bucket/x.tif")
-    assert not w.run() and "as .zarr stores only" in errors[-1]
+    assert not w.run() and "a zarr store goes here" in errors[-1]
 
 
 def test_restore_widget_averages_an_alike_stack_along_z_and_says_so(viewer, qtbot, models, errors):

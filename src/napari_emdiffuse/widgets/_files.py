@@ -31,7 +31,8 @@ FILE_FILTER = ("Images (*.tif *.tiff *.mrc *.mrcs *.rec *.st *.ali *.map *.map.g
 
 class DestinationDialog(QDialog):
     """Where a files run writes: a folder (typed, or chosen with *Browse…*) or an object
-    store's folder typed as a URL (``s3://bucket/clean/``: zarr results only)."""
+    store's folder typed as a URL (``s3://bucket/clean/``: zarr stores, or TIFF / MRC files
+    uploaded whole)."""
 
     def __init__(self, parent: Any = None, *, last: str = "") -> None:
         super().__init__(parent)
@@ -97,7 +98,7 @@ class FilesMixin:
         """Run ``files`` into ``folder`` (the uncertainty into ``folder/uncertainty``); a
         folder or an object store's URL; False (and a notification) if it cannot start: no
         file, a clash of names, an output that would replace an input, options that do not
-        validate, a URL for results other than zarr stores or one that cannot be reached."""
+        validate, a URL that cannot be reached or written."""
         if self._run is not None:
             return False
         try:

@@ -112,7 +112,7 @@ def test_what_cannot_go_to_a_url_is_refused_in_one_line(model, stack, tmp_path):
     for bad, why in (
         (url, "it exists, and an object store cannot swap"),
         ("https://host/out.zarr", "a web server's files are read here"),
-        (f"local://{tmp_path}/out.tif", "as .zarr stores only"),
+        (f"local://{tmp_path}/out.tif", "a zarr store goes here"),
     ):
         with pytest.raises(InputError, match=why):
             restore_to_zarr(stack, bad, "denoise", model, **KW)
@@ -212,7 +212,7 @@ def test_cluster_workers_write_into_a_store_by_url(model, stack, tmp_path, monke
 
 def test_convert_writes_a_store_to_a_url(stack, tmp_path, capsys):
     """A stack converted into an OME-Zarr store in a bucket (for neuroglancer), its cut-out
-    placed; a TIFF by URL is refused."""
+    placed; a TIFF by URL too (written here, then uploaded), and a batch of TIFFs."""
     import tifffile
 
     from napari_emdiffuse.engine.io.images import write_image
@@ -222,15 +222,15 @@ def test_convert_writes_a_store_to_a_url(stack, tmp_path, capsys):
     assert main(["convert", str(tmp_path / "in.tif"), "-o", url, "--region", "10", "50", "20", "60"]) == 0
     back = read_image(url)
     assert np.array_equal(np.asarray(back.data), stack[:, 10:50, 20:60]) and back.origin == (0.0, 40.0, 80.0)
-    assert main(["convert", str(tmp_path / "in.tif"), "-o", f"local://{tmp_path}/bucket/cut.tif"]) == 2
-    assert "this goes to a local or shared folder" in capsys.readouterr().err
-    assert [p.name for p in (tmp_path / "bucket").iterdir()] == ["cut.ome.zarr"]
+    assert main(["convert", str(tmp_path / "in.tif"), "-o", f"local://{tmp_path}/bucket/cut.tif"]) == 0
+    assert read_image(f"local://{tmp_path}/bucket/cut.tif").spacing == (30.0, 4.0, 4.0)
+    assert sorted(p.name for p in (tmp_path / "bucket").iterdir()) == ["cut.ome.zarr", "cut.tif"]
     write_image(tmp_path / "in2.tif", stack[:1], spacing=(30.0, 4.0, 4.0))  # a batch into a folder by URL
     two = [str(tmp_path / "in.tif"), str(tmp_path / "in2.tif")]
     assert main(["convert", *two, "-o", f"local://{tmp_path}/bucket/many/", "--to", ".ome.zarr"]) == 0
     assert np.array_equal(np.asarray(read_image(f"local://{tmp_path}/bucket/many/in2.ome.zarr").data), stack[0])
-    assert main(["convert", *two, "-o", f"local://{tmp_path}/bucket/tifs/"]) == 2  # --to .tif, the default
-    assert "writes zarr stores (--to .zarr or .ome.zarr)" in capsys.readouterr().err
+    assert main(["convert", *two, "-o", f"local://{tmp_path}/bucket/tifs/"]) == 0  # --to .tif, the default
+    assert np.array_equal(tifffile.imread(tmp_path / "bucket" / "tifs" / "in2.tif"), stack[0])
     assert tifffile.imread(tmp_path / "in.tif").shape == stack.shape  # the input untouched
 
 
@@ -264,8 +264,9 @@ def test_cluster_workers_resume_a_stopped_run_into_a_url(model, tmp_path):
 
 def test_a_batch_goes_into_a_folder_by_url_as_zarr_stores(tiny_model_dir, tmp_path, capsys):
     """Several files into an object store's folder: each a store by URL with its uncertainty,
-    the pixels of each file restored alone; --resume leaves the finished ones out; TIFF
-    results by URL, --to with one output file, and a store there already are refused."""
+    the pixels of each file restored alone; --resume leaves the finished ones out; mixed
+    folders (a URL and a path), --to with one output file, and a store there already are
+    refused."""
     import tifffile
 
     rng = np.random.default_rng(3)
@@ -286,7 +287,6 @@ def test_a_batch_goes_into_a_folder_by_url_as_zarr_stores(tiny_model_dir, tmp_pa
     assert main(["denoise", str(tmp_path / "in"), "-o", url, *fast]) == 2  # the stores cannot be swapped in place
     assert "it exists, and an object store cannot swap" in capsys.readouterr().err
     for bad, why in (
-        ([str(tmp_path / "in"), "-o", f"local://{tmp_path}/bucket/t/", "--to", ".tif"], "writes zarr stores"),
         ([str(tmp_path / "in"), "-o", url, "--uncertainty", str(tmp_path / "sd")], "both as URLs, or both as folders"),
         ([str(tmp_path / "in" / "a.tif"), "-o", str(tmp_path / "one.tif"), "--to", ".zarr"], "sets the format of a batch"),
         ([str(tmp_path / "in"), "-o", str(tmp_path / "loc3"), "--zarr-format", "3"], "add --to .zarr"),
@@ -295,7 +295,7 @@ def test_a_batch_goes_into_a_folder_by_url_as_zarr_stores(tiny_model_dir, tmp_pa
         assert main(["denoise", *bad, *fast]) == 2, bad
         err = capsys.readouterr().err
         assert why in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "bucket" / "t").exists() and not (tmp_path / "loc3").exists()
+    assert not (tmp_path / "loc3").exists()
 
 
 def test_a_local_batch_as_ome_zarr_stores_resumes_an_unfinished_one(tiny_model_dir, tmp_path, capsys):

@@ -138,8 +138,8 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     (one of :data:`BATCH_FORMATS`) makes every output of that format instead.
 
     ``out_dir`` may be a folder's URL in an object store (``s3://bucket/clean/``): every
-    output is then a zarr store there (``.zarr`` unless ``ext`` is ``.ome.zarr``), named by its
-    URL (:mod:`.zarrurl`).
+    output is then named by its URL, a zarr store (:mod:`.zarrurl`) unless ``ext`` says
+    ``.tif`` or ``.mrc`` (files written locally, then uploaded: :mod:`.fileurl`).
 
     The folders are made if missing (their parents must exist). Nothing else is written.
 
@@ -147,7 +147,7 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
     ------
     InputError
         An output folder is a file or cannot be made, two inputs would write the same output,
-        an output would replace an input, or TIFF or MRC files would go to a URL.
+        or an output would replace an input.
 
     Examples
     --------
@@ -190,10 +190,8 @@ def plan_batch(files: list[Path], out_dir: str | os.PathLike[str],
 
 def _url_format(out_dir: str | os.PathLike[str], uncertainty_dir: str | os.PathLike[str] | None,
                 ext: str | None) -> str:
-    """The format of a batch's outputs where a folder is a URL: zarr stores only."""
-    if ext not in (None, ZARR_SUFFIX, ".ome" + ZARR_SUFFIX):
-        raise InputError(f"a batch into '{out_dir}' writes zarr stores (--to .zarr or .ome.zarr); TIFF and MRC files "
-                         "go to a local or shared folder")
+    """The format of a batch's outputs where a folder is a URL: zarr stores unless ``ext``
+    names another (the inputs' formats vary; a bucket's results are alike)."""
     if not (is_url(str(out_dir)) and (uncertainty_dir is None or is_url(str(uncertainty_dir)))):
         raise InputError("give the output and the uncertainty folders both as URLs, or both as folders")
     return ext or ZARR_SUFFIX

@@ -225,7 +225,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """
     if is_url(path):  # Path() would fold "s3://b/x" into "s3:/b/x" and blame a missing folder
         raise InputError(f"cannot write '{path}': this goes to a local or shared folder (then copy it: aws s3 cp, "
-                         "gcloud storage cp, rclone); the .zarr stores of denoise, super-resolve, isotropic and convert "
+                         "gcloud storage cp, rclone); the results of denoise, super-resolve, isotropic and convert "
                          "may go to a URL")
     p = Path(path).expanduser()
     ext = suffix_of(p)

@@ -31,6 +31,7 @@ from .common import (
 )
 from .czi import czi_file_of, czi_scenes, read_czi
 from .dm import read_dm
+from .fileurl import is_file_url
 from .precomputed import precomputed_of, read_precomputed
 from .ser import read_ser
 from .hdf5 import h5_file_of, h5_images, read_h5
@@ -226,7 +227,8 @@ def write_image(
     path : str or path-like
         ``.tif``, ``.tiff``, ``.zarr`` (``.ome.zarr``: OME-Zarr with its multiscale pyramid) or
         an MRC name (``.mrc``, ``.rec``, ...; 2D or 3D only, uint8 stored as uint16). A
-        ``.zarr`` store may be an object store's URL (:mod:`.zarrurl`: it must not exist).
+        ``.zarr`` store may be an object store's URL (:mod:`.zarrurl`: it must not exist), and
+        so may a TIFF or MRC file (:mod:`.fileurl`: written here, then uploaded whole).
     array : numpy.ndarray or dask.array.Array or array-like
         Pixels. A lazy stack (zarr, dask, a file read lazily) is written slice by slice to TIFF
         and MRC and block by block to zarr; a lazy 2D image is read whole for TIFF and MRC.
@@ -256,6 +258,17 @@ def write_image(
     pathlib.Path or str
         The final path (a URL as given).
     """
+    if is_file_url(str(path)):  # a TIFF or MRC by URL: written here, then uploaded whole
+        from .fileurl import check_file_url, file_url_exists, uploaded
+
+        url = check_file_url(str(path))
+        if check_zarr_format(zarr_format) != 2:
+            raise InputError(f"zarr format {zarr_format} is the format of a .zarr output; '{url}' is not one")
+        if not overwrite and file_url_exists(url):
+            raise InputError(f"cannot write '{url}': it already exists")
+        with uploaded(url) as local:
+            write_image(local, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin)
+        return url
     writer: Any = ZarrWriter
     if is_url(str(path)) and str(path).rstrip("/").lower().endswith(ZARR_SUFFIX):  # a store by URL
         from .zarrurl import UrlZarrWriter, check_output_url

@@ -47,12 +47,11 @@ def check_output_url(url: str, *, resume: bool = False) -> str:
     >>> check_output_url("s3://bucket/out.tif")
     Traceback (most recent call last):
     ...
-    napari_emdiffuse.engine.errors.InputError: cannot write 's3://bucket/out.tif': results go to a URL as .zarr stores only (TIFF and MRC files to a local or shared folder, then copy them: aws s3 cp, gcloud storage cp, rclone)
+    napari_emdiffuse.engine.errors.InputError: cannot write 's3://bucket/out.tif': a zarr store goes here; name it .zarr (or .ome.zarr)
     """
     url = str(url).rstrip("/")
     if not url.lower().endswith(ZARR_SUFFIX):
-        raise InputError(f"cannot write '{url}': results go to a URL as .zarr stores only (TIFF and MRC files to a "
-                         "local or shared folder, then copy them: aws s3 cp, gcloud storage cp, rclone)")
+        raise InputError(f"cannot write '{url}': a zarr store goes here; name it .zarr (or .ome.zarr)")
     if url.lower().startswith(("http://", "https://")):
         raise InputError(f"cannot write '{url}': a web server's files are read here, not written; write to an object "
                          "store (s3://, gs://) or a folder")

@@ -1,0 +1,157 @@
+"""TIFF and MRC results at a URL (an object store: ``s3://``, ``gs://``, any fsspec protocol
+that writes): written to a local file first, then uploaded whole.
+
+A TIFF or MRC file is written with seeks back into it (its offsets, its header), which an
+object store cannot take in place. So the file is written here, under the system's
+temporary folder (``TMPDIR``: it needs the file's size free), then uploaded in one
+operation. An object store makes an object visible only when its upload completes (one PUT,
+or a multipart upload's completion), so no reader ever finds half a file at the URL, and a
+stopped or failed run leaves nothing there; an existing object is replaced at once, as a
+local output file is. A file system reached through fsspec (``local://``, a mounted bucket)
+gets the upload under a hidden name beside the URL, then renamed.
+
+A result too large for memory goes through a zarr store first (``files.spill_store``): by
+URL it lies in :func:`staging_dir`, which for a resumable run is the same folder on every
+run of the same output, so that the next run on this machine finds the finished blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import InputError
+from .common import MRC_SUFFIXES, TIFF_SUFFIXES, is_url, reason, suffix_of
+
+__all__ = ["is_file_url", "check_file_url", "file_url_exists", "staging_dir", "uploaded", "upload_file"]
+
+#: The prefix of the temporary folders a result by URL is written in before its upload.
+STAGING_PREFIX = "emdiffuse-upload-"
+
+
+def _name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def is_file_url(path: object) -> bool:
+    """Whether ``path`` is a URL naming a TIFF or MRC result (written through a local file).
+
+    Examples
+    --------
+    >>> is_file_url("s3://bucket/clean/a.tif"), is_file_url("s3://bucket/a.zarr"), is_file_url("a.tif")
+    (True, False, False)
+    """
+    return is_url(path) and suffix_of(Path(_name(str(path)))) in TIFF_SUFFIXES + MRC_SUFFIXES
+
+
+def check_file_url(url: str) -> str:
+    """A TIFF or MRC output by URL, before any work: a name of one of those formats, not a web
+    server's, the service reachable and its folder not taken by a file; one line otherwise.
+
+    Examples
+    --------
+    >>> check_file_url("https://host/out.tif")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: cannot write 'https://host/out.tif': a web server's files are read here, not written; write to an object store (s3://, gs://) or a folder
+    """
+    url = str(url)
+    if url.lower().startswith(("http://", "https://")):
+        raise InputError(f"cannot write '{url}': a web server's files are read here, not written; write to an object "
+                         "store (s3://, gs://) or a folder")
+    if not is_file_url(url):
+        ext = suffix_of(Path(_name(url))) or "(none)"
+        raise InputError(f"cannot write '{url}': unsupported file type '{ext}'; use .tif/.tiff, .mrc or .zarr")
+    from .fetch import url_fs
+
+    try:
+        fs, path = url_fs(url)
+        folder = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else ""
+        if fs.isdir(path):
+            raise InputError(f"cannot write '{url}': a folder with that name exists")
+        if folder and fs.isfile(folder):
+            raise InputError(f"cannot write '{url}': '{folder}' is a file, not a folder")
+    except InputError:
+        raise
+    except ImportError as exc:
+        raise InputError(f"cannot write '{url}': {reason(exc)} (pip install napari-emdiffuse[remote])") from exc
+    except Exception as exc:  # no such bucket, no credentials, no connection: the service says why
+        raise InputError(f"cannot write '{url}': {reason(exc)}") from exc
+    return url
+
+
+def file_url_exists(url: str) -> bool:
+    """Whether a file is at ``url`` (a result uploaded whole: see the module docstring)."""
+    from .fetch import url_fs
+
+    fs, path = url_fs(url)
+    return bool(fs.isfile(path))
+
+
+def staging_dir(url: str, *, resume: bool = False) -> Path:
+    """A new local folder for what goes to ``url`` before its upload; with ``resume``, the
+    same folder for every run of that URL on this machine (made if missing)."""
+    root = Path(tempfile.gettempdir())
+    if not resume:
+        return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+    folder = root / f"{STAGING_PREFIX}{digest}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def upload_file(local: str | Path, url: str) -> str:
+    """Put the finished local file ``local`` at ``url`` in one operation (module docstring)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from .fetch import url_fs
+
+    fs, path = url_fs(url)
+    if not isinstance(fs, LocalFileSystem):  # an object appears when its upload completes
+        fs.put_file(str(local), path)
+        return url
+    hidden = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[-1]}.partial-{secrets.token_hex(4)}"
+    try:
+        fs.put_file(str(local), hidden)
+        fs.mv(hidden, path)
+    finally:
+        if fs.exists(hidden):
+            fs.rm(hidden)
+    return url
+
+
+@contextlib.contextmanager
+def uploaded(url: str) -> Iterator[Path]:
+    """A local path to write the file for ``url`` at; uploaded when the block ends without an
+    error, and removed from here. An upload that fails keeps the local file and says where
+    (hours of work are not thrown away for a lost connection).
+
+    Examples
+    --------
+    >>> import numpy as np, tifffile, tempfile
+    >>> url = f"local://{tempfile.mkdtemp()}/a.tif"
+    >>> with uploaded(url) as local:
+    ...     tifffile.imwrite(local, np.zeros((4, 4), np.uint8))
+    >>> file_url_exists(url)
+    True
+    """
+    folder = staging_dir(url)
+    keep = False
+    try:
+        local = folder / _name(url)
+        yield local
+        if not local.is_file():  # pragma: no cover - every writer writes its file or raises
+            raise InputError(f"cannot write '{url}': nothing was written to upload")
+        try:
+            upload_file(local, url)
+        except Exception as exc:  # no connection, no permission: the service says why
+            keep = True
+            raise InputError(f"cannot upload to '{url}': {reason(exc)}; the result is kept at '{local}'") from exc
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)

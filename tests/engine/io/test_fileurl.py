@@ -1,0 +1,184 @@
+"""TIFF and MRC results by URL (an object store): written here, then uploaded whole. fsspec's
+``local://`` protocol stands in for the object store: a URL reached only through fsspec. The
+system's temporary folder is the test's own, so that what a run leaves there is seen."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_emdiffuse.cli import main
+from napari_emdiffuse.engine.errors import InputError
+from napari_emdiffuse.engine.events import Progress
+from napari_emdiffuse.engine.inference import checks
+from napari_emdiffuse.engine.io import fileurl
+from napari_emdiffuse.engine.io.images import read_image, write_image
+
+
+@pytest.fixture
+def tmp(tmp_path, monkeypatch):
+    """The system's temporary folder, empty."""
+    folder = tmp_path / "systemp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.fixture
+def scan(tmp_path):
+    image = (np.random.default_rng(0).random((72, 80)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", image, imagej=True, resolution=(0.25, 0.25), metadata={"unit": "nm"})
+    return tmp_path / "in.tif"
+
+
+def _args(model_dir):
+    return ["--model", str(model_dir), "--device", "cpu", "--steps", "2", "--samples", "2"]
+
+
+def test_a_tiff_or_mrc_result_by_url_is_the_local_file(tmp_path, tmp, scan, tiny_model_dir, capsys):
+    """The same pixels, uncertainty and pixel size as the run into a folder; at the URL only
+    the two files, nothing left in the temporary folder."""
+    args = _args(tiny_model_dir)
+    assert main(["denoise", str(scan), "-o", str(tmp_path / "here.tif"), "--uncertainty", str(tmp_path / "here_sd.tif"),
+                 *args]) == 0  # fmt: skip
+    for ext in (".tif", ".mrc"):
+        url, unc = f"local://{tmp_path}/bucket/out{ext}", f"local://{tmp_path}/bucket/out_sd{ext}"
+        assert main(["denoise", str(scan), "-o", url, "--uncertainty", unc, *args]) == 0
+        assert f"wrote {url} and {unc} (uncertainty)" in capsys.readouterr().err
+        got, want = read_image(url), read_image(tmp_path / "here.tif")
+        assert np.array_equal(np.asarray(got.data), np.asarray(want.data)) and got.spacing == (4.0, 4.0)
+        assert np.allclose(np.asarray(read_image(unc).data), np.asarray(read_image(tmp_path / "here_sd.tif").data))
+    assert sorted(p.name for p in (tmp_path / "bucket").iterdir()) == ["out.mrc", "out.tif", "out_sd.mrc", "out_sd.tif"]
+    assert not list(tmp.iterdir())
+    assert main(["convert", str(scan), "-o", f"local://{tmp_path}/bucket/c.tif"]) == 0
+    assert np.array_equal(read_image(f"local://{tmp_path}/bucket/c.tif").data, tifffile.imread(scan))
+
+
+def test_nothing_is_at_the_url_until_the_file_is_whole(tmp_path, tmp, scan, tiny_model_dir, monkeypatch):
+    """A run closed midway uploads nothing and leaves nothing here; an upload that fails
+    leaves nothing at the URL and keeps the finished file here, saying where."""
+    from napari_emdiffuse.files import restore_file_iter
+
+    url = f"local://{tmp_path}/bucket/out.tif"
+    gen = restore_file_iter(scan, url, "denoise", str(tiny_model_dir), device="cpu", steps=2, tile=32, overlap=8)
+    for ev in gen:
+        if isinstance(ev, Progress) and ev.stage not in ("note",) and ev.done >= 1:
+            break
+    gen.close()
+    assert not (tmp_path / "bucket").exists() and not list(tmp.iterdir())
+
+    def refused(*_a, **_k):
+        raise PermissionError("access denied")
+
+    monkeypatch.setattr(fileurl, "upload_file", refused)
+    with pytest.raises(InputError, match=r"cannot upload to 'local://.*out.tif': permission denied; the result is kept at"):
+        write_image(url, np.zeros((8, 8), np.uint8))
+    assert not (tmp_path / "bucket").exists()
+    (kept,) = tmp.glob("emdiffuse-upload-*/out.tif")
+    assert tifffile.imread(kept).shape == (8, 8)
+
+
+def test_a_local_file_system_gets_the_file_under_a_hidden_name_then_renamed(tmp_path, monkeypatch):
+    """``local://`` (a mounted bucket) has no atomic upload: the file goes under a hidden
+    name beside it, then is renamed; a copy that fails midway leaves nothing."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    src = tmp_path / "a.tif"
+    tifffile.imwrite(src, np.arange(64, dtype=np.uint8).reshape(8, 8))
+    (tmp_path / "b").mkdir()
+    seen = []
+    real = LocalFileSystem.put_file
+
+    def watched(self, lpath, rpath, **kw):
+        seen.append(rpath.rsplit("/", 1)[-1])
+        return real(self, lpath, rpath, **kw)
+
+    monkeypatch.setattr(LocalFileSystem, "put_file", watched)
+    fileurl.upload_file(src, f"local://{tmp_path}/b/a.tif")
+    assert seen[0].startswith(".a.tif.partial-") and [p.name for p in (tmp_path / "b").iterdir()] == ["a.tif"]
+
+    def broken(self, lpath, rpath, **kw):
+        with open(rpath, "wb") as f:
+            f.write(b"II*\x00half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LocalFileSystem, "put_file", broken)
+    with pytest.raises(OSError):
+        fileurl.upload_file(src, f"local://{tmp_path}/b/c.tif")
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["a.tif"]
+
+
+def test_a_stack_too_large_for_memory_goes_to_its_url_through_a_local_store_and_resumes(tmp_path, tmp, tiny_model_dir,
+                                                                                         monkeypatch):
+    """The hidden store of a result too large for memory lies in the temporary folder, not
+    beside the URL; a resumable run that stops keeps it there, and the next run of the same
+    output continues from its finished blocks to the pixels of a run that never stopped; then
+    nothing is left here."""
+    from napari_emdiffuse.engine.events import drain
+    from napari_emdiffuse.files import restore_file_iter
+
+    stack = (np.random.default_rng(2).random((4, 64, 64)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    kw = dict(device="cpu", steps=2, tile=32, overlap=8, block=32, z_filter="off")
+    ref = drain(restore_file_iter(tmp_path / "in.tif", tmp_path / "ref.tif", "denoise", str(tiny_model_dir), **kw))
+    monkeypatch.setattr(checks, "available_memory", lambda: 2_000)
+    url = f"local://{tmp_path}/bucket/out.tif"
+    gen = restore_file_iter(tmp_path / "in.tif", url, "denoise", str(tiny_model_dir), resume=True, **kw)
+    notes, done, total = [], 0, 0
+    for ev in gen:
+        if ev.stage == "note":
+            notes.append(ev.message)
+        if ev.stage == "block" and ev.total and ev.done >= 3:
+            done, total = ev.done, ev.total
+            gen.close()
+            break
+    assert done == 3 and "a URL's file is written here, then uploaded" in notes[0]
+    (folder,) = tmp.iterdir()
+    (kept,) = folder.iterdir()  # the unfinished store, its finished blocks in it
+    assert kept.name.startswith(".out.tif.resumable.zarr") and not (tmp_path / "bucket").exists()
+    gen = restore_file_iter(tmp_path / "in.tif", url, "denoise", str(tiny_model_dir), resume=True, **kw)
+    events = [ev for ev in gen if isinstance(ev, Progress)]
+    blocks = [ev.done for ev in events if ev.stage == "block" and ev.total]
+    assert any(f"3 of {total} blocks are done" in ev.message for ev in events if ev.stage == "note")
+    assert total > 3 and blocks[-1] == total - 3  # the finished blocks were not restored again
+    assert np.array_equal(np.asarray(read_image(url).data), np.asarray(read_image(ref[0]).data))
+    assert not list(tmp.iterdir())
+
+
+def test_a_batch_into_a_url_writes_files_and_resumes_past_them(tmp_path, tmp, tiny_model_dir, capsys):
+    rng = np.random.default_rng(3)
+    src = tmp_path / "scans"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        write_image(src / f"{name}.tif", (rng.random((40, 48)) * 255).astype(np.uint8), spacing=(5.0, 5.0))
+    url = f"local://{tmp_path}/bucket/clean/"
+    args = ["--model", str(tiny_model_dir), "--device", "cpu", "--steps", "2", "--to", ".mrc"]
+    assert main(["denoise", str(src), "-o", url, *args]) == 0
+    there = tmp_path / "bucket" / "clean"
+    assert sorted(p.name for p in there.iterdir()) == ["a.mrc", "b.mrc", "c.mrc"]
+    assert read_image(url + "b.mrc").spacing == (5.0, 5.0)
+    (there / "b.mrc").unlink()
+    capsys.readouterr()
+    assert main(["denoise", str(src), "-o", url, *args, "--resume"]) == 0
+    assert "resuming: 2 of 3 files were restored by an earlier run; 1 to do" in capsys.readouterr().err
+    assert sorted(p.name for p in there.iterdir()) == ["a.mrc", "b.mrc", "c.mrc"] and not list(tmp.iterdir())
+
+
+@pytest.mark.parametrize("out, why", [
+    ("https://host/out.tif", "a web server's files are read here, not written"),
+    ("local://{tmp}/out.png", "unsupported file type '.png'"),
+    ("local://{tmp}/taken.tif", "a folder with that name exists"),
+    ("local://{tmp}/in.tif/out.tif", "is a file, not a folder"),
+    ("local://{tmp}/in.tif", "is the input file"),
+])
+def test_what_cannot_be_written_by_url_is_refused_in_one_line(tmp_path, scan, tiny_model_dir, capsys, out, why):
+    (tmp_path / "taken.tif").mkdir()
+    out = out.format(tmp=tmp_path)
+    inp = f"local://{scan}" if why == "is the input file" else str(scan)
+    assert main(["denoise", inp, "-o", out, *_args(tiny_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert why in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "taken.tif", "tiny-denoise"]
