@@ -14,6 +14,12 @@ classical baselines (each at its oracle-best strength) and the peers (careamics 
   (``--iso-factors``); and the vEMDiffuse-a case at ``--iso-lateral`` (default 12): the (z, x)
   planes of the ISBI 2012 volume at rows y 0:193 (never trained on) as slices, every f-th kept.
 
+``FRC px`` is the Fourier ring correlation resolution of each row against its reference, in
+pixels (1/7 threshold; 2 is Nyquist; a stack's is the median over its slices): issue #12 asks
+that balanced's be at least as fine as fast's. The FRC of a ring does not change when one
+image is filtered linearly (the filter scales the ring's cross and own power alike), so a
+Gaussian filter's stays at its input's: the column tells the nonlinear methods apart.
+
 Each model row also scores its uncertainty map against the true error: ``cov2`` is the
 percentage of pixels whose truth lies within +-2 sigma (85-99 % is calibrated), ``rho`` the
 Spearman correlation of mean sigma and RMS error over 32-px tiles, ``worst1%`` the median
@@ -40,7 +46,7 @@ import tifffile
 from scipy.stats import spearmanr
 
 from _common import ROOT, Timer, best_bm3d, best_gaussian, brain_pair, inverted_liver, need_shared, table
-from napari_emdiffuse.engine.core.metrics import extreme_bias, psnr, ssim
+from napari_emdiffuse.engine.core.metrics import extreme_bias, frc_resolution, psnr, ssim
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.api import restore
 
@@ -65,6 +71,17 @@ def uncertainty_stats(out: np.ndarray, std: np.ndarray | None, truth: np.ndarray
     return {"cov2 %": f"{cov2:.1f}", "rho": f"{rho:.2f}", "worst1%": ratio}
 
 
+def frc_px(out: np.ndarray, truth: np.ndarray) -> str:
+    """FRC resolution against the reference, in pixels (1/7 threshold; 2 is Nyquist, lower
+    is not reachable): where the output stops agreeing with the truth. A stack: the median
+    over its slices."""
+    planes = [(o, t) for o, t in zip(out.reshape(-1, *out.shape[-2:]), truth.reshape(-1, *truth.shape[-2:]))
+              if min(o.shape) >= 16]
+    if not planes:
+        return ""
+    return f"{np.median([frc_resolution(o, t) for o, t in planes]):.2f}"
+
+
 def row(data: str, method: str, out: np.ndarray, truth: np.ndarray, seconds: float | None = None,
         std: np.ndarray | None = None) -> dict:
     return {
@@ -72,6 +89,7 @@ def row(data: str, method: str, out: np.ndarray, truth: np.ndarray, seconds: flo
         "method": method,
         "PSNR dB": f"{psnr(out, truth, data_range=255):.2f}",
         "SSIM": f"{ssim(out, truth, data_range=255):.4f}",
+        "FRC px": frc_px(np.asarray(out, np.float64), np.asarray(truth, np.float64)),
         "dark/bright": "{:+.1f}/{:+.1f}".format(*extreme_bias(out, truth)),
         "time s": "" if seconds is None else f"{seconds:.1f}",
         **uncertainty_stats(out, std, truth),
@@ -105,7 +123,7 @@ def peer_rows(peers: dict, key: str | tuple, truth: np.ndarray, data: str) -> li
     return rows
 
 
-COLUMNS = ["data", "method", "PSNR dB", "SSIM", "dark/bright", "cov2 %", "rho", "worst1%", "time s"]
+COLUMNS = ["data", "method", "PSNR dB", "SSIM", "FRC px", "dark/bright", "cov2 %", "rho", "worst1%", "time s"]
 
 
 def denoise_cases(doses: list[float], inverted: tuple[float, ...] = (50.0, 200.0)) -> list[tuple]:

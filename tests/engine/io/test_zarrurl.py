@@ -76,6 +76,7 @@ def test_nothing_is_at_the_url_until_the_store_is_whole(model, stack, tmp_path, 
     gen.close()
     (there, whole), = seen
     assert there and not any(n.startswith((".z", "zarr.json")) for n in there) and not whole  # chunks only
+    assert ".emdiffuse_run" in there  # and the run's claim on the URL
     with pytest.raises(InputError, match="not a zarr|cannot read|no such"):
         read_image(url)
     assert list(tmp_path.iterdir()) == []
@@ -102,15 +103,18 @@ def test_nothing_is_at_the_url_until_the_store_is_whole(model, stack, tmp_path, 
     assert sorted(p.name for p in kept.iterdir()) == [".emdiffuse_complete", ".zarray", ".zattrs"]
     assert main(["info", url]) == 2
     assert "is no zarr store yet: a run writing it goes on, or one stopped" in capsys.readouterr().err
-    with pytest.raises(InputError, match="it holds objects but no zarr store"):
+    with pytest.raises(InputError, match=r"out.zarr.partial-[0-9a-f]{8}' beside it is the record of another run"):
         restore_to_zarr(stack, url, "denoise", model, **KW)
 
 
 def test_what_cannot_go_to_a_url_is_refused_in_one_line(model, stack, tmp_path):
     url = f"local://{tmp_path}/out.zarr"
     restore_to_zarr(stack, url, "denoise", model, **KW)
+    (tmp_path / "junk.zarr").mkdir()
+    (tmp_path / "junk.zarr" / "x").write_bytes(b"x")
     for bad, why in (
         (url, "it exists, and an object store cannot swap"),
+        (f"local://{tmp_path}/junk.zarr", "it holds objects but no zarr store"),
         ("https://host/out.zarr", "a web server's files are read here"),
         (f"local://{tmp_path}/out.tif", "a zarr store goes here"),
     ):
@@ -118,7 +122,7 @@ def test_what_cannot_go_to_a_url_is_refused_in_one_line(model, stack, tmp_path):
             restore_to_zarr(stack, bad, "denoise", model, **KW)
     with pytest.raises(InputError, match="it exists, and an object store cannot swap"):  # another job's store
         restore_to_zarr(stack, url, "denoise", model, resume=True, **KW)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.zarr", "out.zarr"]
 
 
 def test_a_stopped_run_into_a_url_resumes(model, tmp_path, capsys):
@@ -142,7 +146,7 @@ def test_a_stopped_run_into_a_url_resumes(model, tmp_path, capsys):
     assert "unfinished resumable run in 'local://" in capsys.readouterr().out
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.glob("b/**/*"))
     for other in (dict(kw, samples=3), dict(kw, resume=False)):  # another run's, or no run's, chunks: not over them
-        with pytest.raises(InputError, match="it holds objects but no zarr store"):
+        with pytest.raises(InputError, match="beside it is the record of another run into it, going on or stopped"):
             restore_to_zarr(img, url, "denoise", model, uncertainty_out=unc, **other)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.glob("b/**/*")) == before
     notes, done = _run(restore_to_zarr_iter(img, url, "denoise", model, uncertainty_out=unc, **kw))
@@ -360,11 +364,13 @@ def test_a_ledger_in_an_object_store_marks_reads_and_forgets(tmp_path):
 
 def test_two_runs_into_one_url_do_not_mix_their_chunks(tmp_path, monkeypatch):
     """Chunks go straight to the URL, so a second run into it while a first one writes (its
-    prefix beside the URL, before any chunk) is refused in one line; and of two runs begun in
-    the same instant, the one that finds a store finished there at its commit says so rather
-    than adding its metadata to it."""
+    prefix beside the URL, before any chunk) is refused in one line; of two runs begun in the
+    same instant (both past those checks), the later to claim the URL is refused before it
+    writes anything, and the other's chunks stay; where a service ignores the claim's
+    condition, the run that finds a store finished there at its commit says so rather than
+    adding its metadata to it."""
     from napari_emdiffuse.engine.io import zarrurl
-    from napari_emdiffuse.engine.io.zarrurl import UrlZarrWriter
+    from napari_emdiffuse.engine.io.zarrurl import CLAIM_FILE, UrlZarrWriter
 
     url = f"local://{tmp_path}/out.zarr"
     first = UrlZarrWriter(url, (4, 32, 32), np.uint8, chunks=(1, 16, 16))
@@ -374,6 +380,16 @@ def test_two_runs_into_one_url_do_not_mix_their_chunks(tmp_path, monkeypatch):
     first.abort()
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(zarrurl, "partials_beside", lambda where: [])  # both begin before either's prefix is seen
+    monkeypatch.setattr(zarrurl, "_refuse_existing", lambda where, whole: None)  # ... or anything at the URL
+    a = UrlZarrWriter(url, (4, 32, 32), np.uint8, chunks=(1, 16, 16))
+    with pytest.raises(InputError, match="another run began writing it at the same moment"):
+        UrlZarrWriter(url, (4, 32, 32), np.uint8, chunks=(1, 16, 16))
+    a.array[:] = 5
+    assert a.commit() == url
+    assert np.all(read_image(url).data[:] == 5) and sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+    assert not (tmp_path / "out.zarr" / CLAIM_FILE).exists()  # the commit removes the claim
+    monkeypatch.setattr(UrlZarrWriter, "_claim", lambda self, exclusive: None)  # a service without conditions
+    url = f"local://{tmp_path}/two.zarr"
     a = UrlZarrWriter(url, (4, 32, 32), np.uint8, chunks=(1, 16, 16))
     b = UrlZarrWriter(url, (4, 32, 32), np.uint8, chunks=(1, 16, 16))
     a.array[:] = 5

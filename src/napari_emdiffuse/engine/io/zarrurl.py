@@ -10,7 +10,9 @@ to the URL within the store's service, every array's before the group that lists
 completion marker last; then it removes the prefix. A terabyte volume commits in as many
 requests as a small one. A cancelled or failed run removes its chunks and its prefix. A
 store that exists at the URL is refused before any work: it cannot be swapped for the new
-one in place; nor is a run begun over chunks that another run left there.
+one in place; nor is a run begun over chunks that another run left there, nor one begun at the
+same moment as another (each claims the URL with an object created only where none is:
+:data:`CLAIM_FILE`).
 
 A resumable run (``resume_key``) keeps its chunks and its prefix when it fails or is
 stopped, with its ledger of finished blocks inside the prefix (one small object per block:
@@ -33,7 +35,11 @@ from .stores import COMPLETE_FILE, find_unfinished, is_complete, partials_beside
 from .zarr import ZarrWriter, open_zarr_readonly
 from .zarrfmt import check_zarr_format, create_zarr_array
 
-__all__ = ["UrlZarrWriter", "check_output_url"]
+__all__ = ["UrlZarrWriter", "check_output_url", "CLAIM_FILE"]
+
+#: The object at a URL that names the run writing its chunks (:meth:`UrlZarrWriter._claim`);
+#: zarr readers ignore it, and the commit removes it.
+CLAIM_FILE = ".emdiffuse_run"
 
 
 def check_output_url(url: str, *, resume: bool = False) -> str:
@@ -72,9 +78,18 @@ def _refuse_existing(url: str, whole: bool) -> None:
     if whole:
         raise InputError(f"cannot write '{url}': it exists, and an object store cannot swap a finished store for it "
                          "in place; remove it first, or choose another name")
+    others = partials_beside(url)
+    if others:  # the chunks at the URL (or the claim before them) are that run's
+        raise _another_run(url, others[0])
     raise InputError(f"cannot write '{url}': it holds objects but no zarr store (so does the output of a run that "
-                     "stopped: its chunks, with its record in a hidden '.partial-' prefix beside it); continue that "
-                     "run with its own command and --resume, or remove them, or choose another name")
+                     "goes on or stopped: its chunks, with its record in a hidden '.partial-' prefix beside it); "
+                     "continue a stopped run with its own command and --resume, or remove them, or choose another name")
+
+
+def _another_run(url: str, record: str) -> InputError:
+    return InputError(f"cannot write '{url}': '{record}' beside it is the record of another run into it, going on or "
+                      "stopped (with --resume the same command continues a stopped one); delete it if no such run "
+                      "goes on, or choose another name")
 
 
 class UrlZarrWriter(ZarrWriter):
@@ -109,6 +124,7 @@ class UrlZarrWriter(ZarrWriter):
                 if store_exists(self.url):
                     _refuse_existing(self.url, True)
                 self._temp, self.resumed = found, True
+                self._claim(exclusive=False)  # the stopped run's claim, taken over
                 self.array = zarr.open_array(writable_store(self.array_path), mode="r+")
                 return
         fs, path = url_fs(self.url)
@@ -116,23 +132,60 @@ class UrlZarrWriter(ZarrWriter):
             _refuse_existing(self.url, store_exists(self.url))
         others = partials_beside(self.url)
         if others:  # its chunks would go to the same keys as this run's
-            raise InputError(f"cannot write '{self.url}': '{others[0]}' beside it is the record of another run into it, "
-                             "going on or stopped (with --resume the same command continues a stopped one); delete it "
-                             "if no such run goes on, or choose another name")
+            raise _another_run(self.url, others[0])
         self._temp = f"{self.url}.partial-{secrets.token_hex(4)}"
-        try:
+        try:  # the metadata, under the prefix: nothing of this run is at the URL before its claim
             if self.ome:
                 zarr.open_group(writable_store(self._temp), mode="w-", zarr_format=self.zarr_format)
             self.array = create_zarr_array(self.array_path, shape, dtype, chunks=chunks, zarr_format=self.zarr_format,
                                            axes=axes)  # fmt: skip
             self.array.attrs.update(meta)
+            self._claim(exclusive=True)  # a run begun at the same moment passed the checks above too
         except BaseException as exc:
-            self._remove(self._temp)
-            self._remove(self.url)
+            self._remove(self._temp)  # never the URL: what is there is another run's
             self._state = "aborted"
+            if not isinstance(exc, InputError) and fs.exists(path):  # zarr saw the other run's claim or chunks
+                raise self._lost() from exc
             if isinstance(exc, (OSError, ValueError)) and not isinstance(exc, InputError):
                 raise InputError(f"cannot write '{self.url}': {reason(exc)}") from exc
             raise
+
+    def _claim(self, *, exclusive: bool) -> None:
+        """Write :data:`CLAIM_FILE` at the URL, naming this run's prefix, before any chunk (and
+        after its metadata: zarr would not create an array where it sees an object).
+
+        The checks before it (nothing at the URL, no other run's prefix beside it) cannot see a
+        run that began at the same moment; this object can: created only where none is (S3's
+        ``If-None-Match``, ``open(..., "x")`` on a file system), then read back (a service that
+        ignores the condition keeps the last writer's: the other run then stops here). The run
+        that loses is refused before it writes any chunk, and removes nothing of the other's.
+        """
+        from fsspec.implementations.local import LocalFileSystem
+
+        fs, path = url_fs(self.url)
+        claim, token = f"{path}/{CLAIM_FILE}", self._temp.rsplit(".partial-", 1)[-1].encode()
+        try:
+            if not exclusive:
+                fs.pipe_file(claim, token)
+            elif isinstance(fs, LocalFileSystem):
+                fs.makedirs(path, exist_ok=True)
+                with open(claim, "xb") as f:
+                    f.write(token)
+            else:
+                fs.pipe_file(claim, token, mode="create")
+            lost = fs.cat_file(claim) != token
+        except FileExistsError:
+            lost = True
+        except Exception as exc:  # S3's refused condition reaches s3fs as an OSError naming it
+            if "precondition" not in str(exc).lower():
+                raise InputError(f"cannot write '{self.url}': {reason(exc)}") from exc
+            lost = True
+        if lost:
+            raise self._lost()
+
+    def _lost(self) -> InputError:
+        return InputError(f"cannot write '{self.url}': another run began writing it at the same moment; let that one "
+                          "finish, or stop it and remove what it wrote, or choose another name")
 
     def _join(self, name: str) -> str:
         return f"{self._temp}/{name}"
@@ -190,6 +243,7 @@ class UrlZarrWriter(ZarrWriter):
             raise InputError(f"cannot copy the finished store's metadata to '{self.url}': {reason(exc)}; its chunks "
                              f"are there and its metadata whole at '{self._temp}' (copy that there, or delete both "
                              "and run again)") from exc
+        self._remove(f"{self.url}/{CLAIM_FILE}")
         self._remove(self._temp)
         self._state = "committed"
         self.array = open_zarr_readonly(self.url)
