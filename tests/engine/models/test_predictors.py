@@ -265,10 +265,45 @@ def test_structure_term_of_the_uncertainty_closed_form():
     assert added[:, 23].mean() > 100 * added[:, 5].mean() > 0  # at the edge, not far from it
 
 
+def test_tail_factor_of_the_uncertainty_closed_form(tmp_path):
+    """uncertainty_tail t: the structure term's std times 1 + t * min(|LoG| / 0.12, 3)**2, the
+    Laplacian in the model's range (the input's percentiles at +-1), so an image and the same
+    image scaled 2x get the same map up to that scale; flat places keep their std, the edge
+    gains; the blocks of a large image get the whole image's map."""
+    import zarr
+    from scipy.ndimage import gaussian_filter, laplace
+
+    from napari_emdiffuse.api import restore_to_zarr
+
+    rng = np.random.default_rng(0)
+    img = (100.0 + rng.normal(0, 1, (48, 48))).astype(np.float32)
+    img[:, 24:] += 80.0
+    m = predictor()
+    m.card.uncertainty_structure = 1.0
+    plain = restore(img, "denoise", m, device="cpu")
+    m.card.uncertainty_tail = 2.0
+    tailed = restore(img, "denoise", m, device="cpu")
+    np.testing.assert_array_equal(tailed.mean, plain.mean)
+    half = (tailed.normalisation["hi"] - tailed.normalisation["lo"]) / 2
+    lap = laplace(gaussian_filter(plain.mean.astype(np.float64), 1.0, mode="reflect"), mode="reflect") / half
+    expected = plain.uncertainty * (1 + 2.0 * np.minimum(np.abs(lap) / 0.12, 3.0) ** 2)
+    np.testing.assert_allclose(tailed.uncertainty, expected, rtol=1e-3, atol=1e-3)
+    gain = tailed.uncertainty / plain.uncertainty
+    assert gain[:, 23].mean() > 5 and gain[:, 5].mean() < 1.01  # at the edge, not far from it
+    doubled = restore(img * 2, "denoise", m, device="cpu")
+    np.testing.assert_allclose(doubled.uncertainty, 2 * tailed.uncertainty, rtol=1e-3, atol=1e-2)
+    restore_to_zarr(img, tmp_path / "o.zarr", "denoise", m, uncertainty_out=tmp_path / "u.zarr", block=32,
+                    device="cpu")
+    unc = zarr.open_array(str(tmp_path / "u.zarr"), mode="r")[:]
+    assert np.median(np.abs(unc - tailed.uncertainty) / tailed.uncertainty) < 0.02
+
+
 def test_structure_term_is_refused_for_volumes():
     m = predictor("isotropic-i", out_channel=2)
     with pytest.raises(ValueError, match="2D restorations"):
         m.card.uncertainty_structure = 1.0
+    with pytest.raises(ValueError, match="2D restorations"):
+        m.card.uncertainty_tail = 1.0
 
 
 def _run_package(zip_path, x: np.ndarray) -> np.ndarray:

@@ -20,8 +20,9 @@ import torch
 
 from .canvas import (
     MIRRORS, Item, SamplingOptions, block_tiles, combined_std, is_multistep, resolve_options, sample_canvas,
-    sampling_request, tile_note, with_structure,
+    sampling_request, tile_note,
 )
+from .structure import with_structure
 from ..models.cards import TASKS
 from ..errors import EMDiffuseError, InputError
 from ..events import Progress
@@ -210,8 +211,8 @@ def restore_plane(
         mean, std = samples.mean(axis=0), combined_std(samples, variance)
     mean = mean[: inside[0], : inside[1]]
     std = None if std is None else std[: inside[0], : inside[1]]
-    if std is not None and model.card.uncertainty_structure > 0:
-        std = with_structure(mean, std, model.card.uncertainty_structure)
+    if std is not None and (model.card.uncertainty_structure > 0 or model.card.uncertainty_tail > 0):
+        std = with_structure(mean, std, model.card.uncertainty_structure, tail=model.card.uncertainty_tail)
     ky = slice(rows.start * s - plan.origin[0], rows.stop * s - plan.origin[0])
     kx = slice(cols.start * s - plan.origin[1], cols.stop * s - plan.origin[1])
     return mean[ky, kx], None if std is None else std[ky, kx]

@@ -36,7 +36,7 @@ import torch
 from pydantic import ValidationError
 
 from ..errors import EMDiffuseError, InputError
-from .cards import ModelCard
+from .cards import TAIL_CAP, TAIL_CURVATURE, ModelCard
 from .files import PACKAGED_CARD_NAME, write_card
 from .model import EMDiffuseModel
 from ..core.networks.regression import GapSlicesUNet, RegressionUNetStd, SuperResolutionUNet
@@ -317,9 +317,12 @@ def _documentation(card: ModelCard, blur: float | None, new_slices: int) -> str:
                 if blur is not None else
                 " It is told the acquisition blur, which its own estimator reads off each image it is given "
                 "(export with `--blur` to fix it).")
-    if card.uncertainty_structure > 0:
+    if card.uncertainty_structure > 0 or card.uncertainty_tail > 0:
         use += (" `std` is the aleatoric head's; napari-emdiffuse also adds a structure term (weight "
-                f"{card.uncertainty_structure:g} on the squared Laplacian of the smoothed mean) to the variance.")
+                f"{card.uncertainty_structure:g} on the squared Laplacian of the smoothed mean) to the variance"
+                + (f", then multiplies the std by 1 + {card.uncertainty_tail:g} * min(|Laplacian| / {TAIL_CURVATURE:g}, "
+                   f"{TAIL_CAP:g})^2 "
+                   "(the sharpest places, where the largest errors are)" if card.uncertainty_tail > 0 else "") + ".")
     if _is_volume(card):
         use = (
             "Input: two neighbouring slices of an anisotropic EM volume, as the two channels (above, below). "

@@ -31,7 +31,15 @@ __all__ = [
     "read_original_config",
     "published_network",
     "published_card",
+    "TAIL_CURVATURE",
+    "TAIL_CAP",
 ]
+
+#: |LoG| of a 2D output (model range) at which its uncertainty's tail factor reaches
+#: ``1 + uncertainty_tail`` (about the 99th percentile on real EM; inference.structure).
+TAIL_CURVATURE = 0.12
+#: The tail factor's curvature is capped at this many ``TAIL_CURVATURE``.
+TAIL_CAP = 3.0
 
 TASKS = ("denoise", "super-resolve", "isotropic-i", "isotropic-a")
 # Published architectures and the task each one does.
@@ -200,8 +208,12 @@ class ModelCard(_Strict):
     uncertainty_by_factor: dict[int, float] | None = None
     # 2D predictors: a predictor errs most where the image curves (membranes, edges), which
     # its aleatoric head underrates; the variance gains this weight times the squared
-    # Laplacian of Gaussian (1 px) of the output (0: off; see canvas.with_structure).
+    # Laplacian of Gaussian (1 px) of the output (0: off; see inference.structure).
     uncertainty_structure: float = Field(0.0, ge=0)
+    # 2D predictors: the std is multiplied by 1 + this * min(|LoG| / TAIL_CURVATURE, TAIL_CAP)^2,
+    # so that the sharpest places, where the largest errors are, are marked (0: off;
+    # inference.structure).
+    uncertainty_tail: float = Field(0.0, ge=0)
     fast_steps: int = Field(10, ge=1)  # steps of the "fast" preset for this model
     balanced_steps: int = Field(20, ge=1)  # steps of the "balanced" preset
     weights: str = "weights.safetensors"
@@ -238,8 +250,9 @@ class ModelCard(_Strict):
                 f < 2 or not v > 0 for f, v in self.uncertainty_by_factor.items()
             ):
                 raise ValueError("uncertainty_by_factor maps factors >= 2 to positive scales")
-        if self.uncertainty_structure > 0 and iso:
-            raise ValueError("uncertainty_structure applies to 2D restorations (denoise, super-resolve)")
+        if (self.uncertainty_structure > 0 or self.uncertainty_tail > 0) and iso:
+            raise ValueError("uncertainty_structure and uncertainty_tail apply to 2D restorations (denoise, "
+                             "super-resolve)")
         if self.task == "super-resolve" and self.scale < 2:
             raise ValueError("a super-resolve model needs scale >= 2")
         if self.refiner is not None:

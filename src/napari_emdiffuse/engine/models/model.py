@@ -81,7 +81,7 @@ class EMDiffuseModel:
             update=dict(
                 name=f"{self.card.name} (refiner)", kind="diffusion", network=ref.network,
                 beta_schedule=ref.beta_schedule, refiner=None, log_snr_max=ref.log_snr_max,
-                start_log_snr=None, uncertainty_scale=1.0, uncertainty_structure=0.0,
+                start_log_snr=None, uncertainty_scale=1.0, uncertainty_structure=0.0, uncertainty_tail=0.0,
             )
         )  # fmt: skip
         return EMDiffuseModel(card, self.refiner, path=self.path)
