@@ -266,7 +266,7 @@ def test_structure_term_of_the_uncertainty_closed_form():
 
 
 def test_tail_factor_of_the_uncertainty_closed_form(tmp_path):
-    """uncertainty_tail t: the structure term's std times 1 + t * min(|LoG| / 0.12, 3)**2, the
+    """uncertainty_tail t: the structure term's std times 1 + t * min(|LoG| / 0.12, 2)**2, the
     Laplacian in the model's range (the input's percentiles at +-1), so an image and the same
     image scaled 2x get the same map up to that scale; flat places keep their std, the edge
     gains; the blocks of a large image get the whole image's map."""
@@ -286,7 +286,7 @@ def test_tail_factor_of_the_uncertainty_closed_form(tmp_path):
     np.testing.assert_array_equal(tailed.mean, plain.mean)
     half = (tailed.normalisation["hi"] - tailed.normalisation["lo"]) / 2
     lap = laplace(gaussian_filter(plain.mean.astype(np.float64), 1.0, mode="reflect"), mode="reflect") / half
-    expected = plain.uncertainty * (1 + 2.0 * np.minimum(np.abs(lap) / 0.12, 3.0) ** 2)
+    expected = plain.uncertainty * (1 + 2.0 * np.minimum(np.abs(lap) / 0.12, 2.0) ** 2)
     np.testing.assert_allclose(tailed.uncertainty, expected, rtol=1e-3, atol=1e-3)
     gain = tailed.uncertainty / plain.uncertainty
     assert gain[:, 23].mean() > 5 and gain[:, 5].mean() < 1.01  # at the edge, not far from it

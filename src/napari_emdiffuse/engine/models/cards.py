@@ -39,7 +39,7 @@ __all__ = [
 #: ``1 + uncertainty_tail`` (about the 99th percentile on real EM; inference.structure).
 TAIL_CURVATURE = 0.12
 #: The tail factor's curvature is capped at this many ``TAIL_CURVATURE``.
-TAIL_CAP = 3.0
+TAIL_CAP = 2.0
 
 TASKS = ("denoise", "super-resolve", "isotropic-i", "isotropic-a")
 # Published architectures and the task each one does.
