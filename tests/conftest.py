@@ -29,6 +29,15 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EMDIFFUSE_HOME", str(tmp_path_factory.mktemp("emdiffuse-home")))
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Tests that train on one thread (to be reproducible) give the count back: a later test's
+    float rounding must not depend on which tests ran before it."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED.is_dir():
