@@ -25,6 +25,7 @@ from .engine.io.zarrfmt import check_zarr_format
 __all__ = [
     "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "keep_spill", "remove_spill",
     "restore_file_iter", "reconstruct_file_iter", "ISOTROPIC_TASKS", "write_results", "loaded_model", "progress_only",
+    "upload_notes",
 ]
 
 #: The tasks a batch (:mod:`.batches`) runs through :func:`reconstruct_file_iter` (volumes).
@@ -76,6 +77,25 @@ def blur_note(info: dict) -> list[str]:
     source = info.get("blur_source", "given")
     hint = "; give --blur if you know it" if source == "read off the image" else ""
     return [f"acquisition blur {info['blur']:g} px ({source}){hint}"]
+
+
+def upload_notes(*outputs: tuple[Any, Any]) -> list[Progress]:
+    """What each TIFF or MRC result by URL among ``outputs`` ((where, array) pairs) goes through
+    before it is at its URL (written here, then uploaded: :mod:`~.engine.io.fileurl`), said
+    before the writing starts; the upload itself reports no progress."""
+    import tempfile
+
+    from .engine.io.fileurl import is_file_url
+
+    told = []
+    for where, array in outputs:
+        if where is None or array is None or not is_file_url(str(where)):
+            continue
+        n = array.nbytes
+        size = f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{max(n / 2**20, 0.1):.1f} MiB"
+        told.append(note(f"note: '{where}' is written in '{tempfile.gettempdir()}' first (about {size}), then "
+                         "uploaded whole"))
+    return told
 
 
 def spill_store(out: Path | str, shape: tuple[int, ...], image: Any, *, uncertainty: bool,
@@ -329,6 +349,9 @@ def restore_file_iter(
             attrs = dict(open_zarr_readonly(spill).attrs)
             for text in fill_notes(attrs.get("normalisation")):
                 yield note(text)
+            written_unc = spill_unc is not None and spill_unc.exists()
+            yield from upload_notes((out, open_zarr_readonly(spill)),
+                                    (unc, open_zarr_readonly(spill_unc) if written_unc else None))
             wrote = write_spilled(out, unc, spill, spill_unc, data, str(src), attrs,
                                   origin=corner_origin(data, sampling.get("region")))
             finished = True
@@ -349,6 +372,7 @@ def restore_file_iter(
     made = provenance(result.info, result.normalisation, source=str(src))
     if unc is not None and result.uncertainty is None:
         yield note("note: one sample gives no uncertainty; use --samples 2 or more")
+    yield from upload_notes((out, result.mean), (unc, result.uncertainty))
     yield write_results(out, result.mean, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",
                         axes=axes, made=made, origin=corner_origin(data, sampling.get("region")))
 
@@ -440,6 +464,11 @@ def reconstruct_file_iter(
         for text in fill_notes(result.info.get("normalisation")):
             yield note(text)
         if spilled:
+            from .engine.io.zarr import open_zarr_readonly
+
+            written_unc = store_unc is not None and Path(store_unc).exists()
+            yield from upload_notes((out, open_zarr_readonly(store)),
+                                    (unc, open_zarr_readonly(store_unc) if written_unc else None))
             wrote = write_spilled(out, unc, store, store_unc, data, str(src), {**result.info, "spacing": result.spacing},
                                   origin=result.origin)
             finished = True
@@ -453,5 +482,6 @@ def reconstruct_file_iter(
         yield [str(out)] + ([f"{unc} (uncertainty)"] if wrote else [])
         return
     made = provenance(result.info, result.info.get("normalisation"), source=str(src))
+    yield from upload_notes((out, result.volume), (unc, result.uncertainty))
     yield write_results(out, result.volume, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",
                         axes="ZYX", made=made, origin=result.origin)

@@ -47,7 +47,9 @@ def test_a_tiff_or_mrc_result_by_url_is_the_local_file(tmp_path, tmp, scan, tiny
     for ext in (".tif", ".mrc"):
         url, unc = f"local://{tmp_path}/bucket/out{ext}", f"local://{tmp_path}/bucket/out_sd{ext}"
         assert main(["denoise", str(scan), "-o", url, "--uncertainty", unc, *args]) == 0
-        assert f"wrote {url} and {unc} (uncertainty)" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"wrote {url} and {unc} (uncertainty)" in err
+        assert f"note: '{unc}' is written in '{tmp}' first (about 0.1 MiB), then uploaded whole" in err
         got, want = read_image(url), read_image(tmp_path / "here.tif")
         assert np.array_equal(np.asarray(got.data), np.asarray(want.data)) and got.spacing == (4.0, 4.0)
         assert np.allclose(np.asarray(read_image(unc).data), np.asarray(read_image(tmp_path / "here_sd.tif").data))
@@ -142,6 +144,8 @@ def test_a_stack_too_large_for_memory_goes_to_its_url_through_a_local_store_and_
     gen = restore_file_iter(tmp_path / "in.tif", url, "denoise", str(tiny_model_dir), resume=True, **kw)
     events = [ev for ev in gen if isinstance(ev, Progress)]
     blocks = [ev.done for ev in events if ev.stage == "block" and ev.total]
+    assert [ev.message for ev in events if "then uploaded whole" in ev.message] == [
+        f"note: '{url}' is written in '{tmp}' first (about 0.1 MiB), then uploaded whole"]  # 4 x 64 x 64 bytes
     assert any(f"3 of {total} blocks are done" in ev.message for ev in events if ev.stage == "note")
     assert total > 3 and blocks[-1] == total - 3  # the finished blocks were not restored again
     assert np.array_equal(np.asarray(read_image(url).data), np.asarray(read_image(ref[0]).data))
