@@ -289,6 +289,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     peers = json.loads(Path(args.peers).read_text()) if args.peers else {}
+    if not peers:  # careamics is no dependency of this project: its rows come from peers.py's JSON
+        print("peers (careamics CARE, Noise2Void): not in these tables; run benchmarks/peers.py where careamics is "
+              "installed (../shared/PEERS.md), then --peers build/peers/peers.json\n", flush=True)
     tasks = args.tasks.split(",")
     if "denoise" in tasks:
         doses = [float(d) for d in args.doses.split(",") if d]
