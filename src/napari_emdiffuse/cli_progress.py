@@ -21,7 +21,7 @@ def drive(gen: Generator, stages: Sequence[str] | None = None) -> Any:
 
     from .engine.events import VOLUME_STAGES, Progress, TimeLeft, duration
 
-    stages = ("sampling", "block", "training", "files", *VOLUME_STAGES) if stages is None else stages
+    stages = ("sampling", "block", "training", "files", "upload", *VOLUME_STAGES) if stages is None else stages
 
     bar = None
     result = None
@@ -36,7 +36,7 @@ def drive(gen: Generator, stages: Sequence[str] | None = None) -> Any:
                     if ev.stage == "validation" and ev.message:
                         say(bar, f"validation at {ev.done}: {ev.message}")
                     continue
-                left = eta.update(ev)
+                left = eta.update(ev) if ev.stage != "upload" else None  # bytes, not network passes
                 if left is not None and left > 30:
                     note = "; over 10 minutes: Ctrl-C stops it and writes nothing" if left > 600 else ""
                     say(bar, f"{PROG}: estimate: {ev.total} network passes, about {duration(left)} more{note}")
@@ -51,9 +51,9 @@ def drive(gen: Generator, stages: Sequence[str] | None = None) -> Any:
                 if bar is None or bar.total != ev.total or bar.desc != ev.stage:
                     if bar is not None:
                         bar.close()
-                    bar = tqdm(
-                        total=ev.total, initial=ev.done, desc=ev.stage, file=sys.stderr, unit="it", dynamic_ncols=True
-                    )
+                    unit = {"unit": "B", "unit_scale": True} if ev.stage == "upload" else {"unit": "it"}
+                    bar = tqdm(total=ev.total, initial=ev.done, desc=ev.stage, file=sys.stderr, dynamic_ncols=True,
+                               **unit)  # fmt: skip
                 bar.n = ev.done
                 if ev.loss is not None:
                     bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)

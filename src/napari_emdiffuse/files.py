@@ -25,7 +25,7 @@ from .engine.io.zarrfmt import check_zarr_format
 __all__ = [
     "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "keep_spill", "remove_spill",
     "restore_file_iter", "reconstruct_file_iter", "ISOTROPIC_TASKS", "write_results", "loaded_model", "progress_only",
-    "upload_notes",
+    "upload_notes", "uploading",
 ]
 
 #: The tasks a batch (:mod:`.batches`) runs through :func:`reconstruct_file_iter` (volumes).
@@ -82,7 +82,7 @@ def blur_note(info: dict) -> list[str]:
 def upload_notes(*outputs: tuple[Any, Any]) -> list[Progress]:
     """What each TIFF or MRC result by URL among ``outputs`` ((where, array) pairs) goes through
     before it is at its URL (written here, then uploaded: :mod:`~.engine.io.fileurl`), said
-    before the writing starts; the upload itself reports no progress."""
+    before the writing starts (the upload then reports itself: :func:`uploading`)."""
     import tempfile
 
     from .engine.io.fileurl import is_file_url
@@ -128,7 +128,7 @@ def spill_store(out: Path | str, shape: tuple[int, ...], image: Any, *, uncertai
 
 
 def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | None, data: Any, source: str,
-                  attrs: dict, origin: Any = None) -> list[str]:
+                  attrs: dict, origin: Any = None, progress: Any = None) -> list[str]:
     """Write the finished stores of a spilled run (:func:`spill_store`) into the TIFF / MRC
     outputs, at ``origin`` (:func:`corner_origin`)."""
     from .engine.inference.provenance import provenance
@@ -140,7 +140,8 @@ def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | No
     image = open_zarr_readonly(spill)
     axes = "ZYX"[-image.ndim:]
     std = open_zarr_readonly(spill_unc) if unc is not None and spill_unc is not None and spill_unc.exists() else None
-    return write_results(out, image, unc, std, spacing=spacing, unit=unit, axes=axes, made=made, origin=origin)
+    return write_results(out, image, unc, std, spacing=spacing, unit=unit, axes=axes, made=made, origin=origin,
+                         progress=progress)
 
 
 def corner_origin(data: Any, region: Any) -> tuple[float, ...] | None:
@@ -159,19 +160,76 @@ def corner_origin(data: Any, region: Any) -> tuple[float, ...] | None:
 
 
 def write_results(out: Path, image: Any, unc: Path | None, std: Any, *, spacing: Any, unit: str, axes: str | None,
-                  made: dict, origin: Any = None) -> list[str]:
+                  made: dict, origin: Any = None, progress: Any = None) -> list[str]:
     """Write a result and, where there is one and it is asked for, its uncertainty (first: a
     result on disk is then whole with its uncertainty, which ``resume`` relies on), at its
-    ``origin`` (zarr outputs record it); what was written."""
+    ``origin`` (zarr outputs record it); what was written. ``progress(where, sent, total)``
+    while a file by URL is uploaded (:func:`uploading`)."""
     from .engine.io.images import write_image
+
+    def told(where: Any) -> Any:
+        return None if progress is None else (lambda sent, total: progress(where, sent, total))
 
     wrote = [str(out)]
     if unc is not None and std is not None:
         write_image(unc, std, spacing=spacing, unit=unit, axes=axes, origin=origin,
-                    provenance={**made, "what": "uncertainty (std, input units)"})
+                    provenance={**made, "what": "uncertainty (std, input units)"}, progress=told(unc))
         wrote.append(f"{unc} (uncertainty)")
-    write_image(out, image, spacing=spacing, unit=unit, axes=axes, provenance=made, origin=origin)
+    write_image(out, image, spacing=spacing, unit=unit, axes=axes, provenance=made, origin=origin, progress=told(out))
     return wrote
+
+
+def uploading(write: Any, *outs: Any) -> Generator[Progress, None, Any]:
+    """Run ``write(progress)`` (:func:`write_results` and the like) and return what it returns;
+    where one of ``outs`` is a TIFF or MRC by URL, in a thread, with ``Progress("upload",
+    sent, total)`` (bytes, the file's URL as the message) as it is uploaded. The thread waits
+    at each report until the event has been taken, so closing the generator stops the upload
+    right there (nothing is left at the URL); a file still being written here is finished
+    first."""
+    import queue
+    import threading
+
+    from .engine.io.fileurl import UploadStopped, is_file_url
+
+    if not any(o is not None and is_file_url(str(o)) for o in outs):
+        return write(None)
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    taken: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+
+    def progress(where: Any, sent: int, total: int) -> None:
+        events.put(Progress("upload", sent, total, message=str(where)))
+        taken.get()
+        if stop.is_set():
+            raise UploadStopped(f"upload to '{where}' stopped")
+
+    def run() -> None:
+        try:
+            box["wrote"] = write(progress)
+        except BaseException as exc:  # noqa: BLE001 - handed to the generator, raised there
+            box["error"] = exc
+        finally:
+            events.put(None)
+
+    worker = threading.Thread(target=run, name="emdiffuse-upload", daemon=True)
+    worker.start()
+    try:
+        while (ev := events.get()) is not None:
+            try:
+                yield ev
+            except BaseException:
+                stop.set()
+                raise
+            finally:
+                taken.put(True)
+    finally:
+        stop.set()
+        taken.put(True)  # a report still waiting (the generator closed between two) goes on, and stops
+        worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["wrote"]
 
 
 def _spill_uncertainty(spill: Path) -> Path:
@@ -352,8 +410,9 @@ def restore_file_iter(
             written_unc = spill_unc is not None and spill_unc.exists()
             yield from upload_notes((out, open_zarr_readonly(spill)),
                                     (unc, open_zarr_readonly(spill_unc) if written_unc else None))
-            wrote = write_spilled(out, unc, spill, spill_unc, data, str(src), attrs,
-                                  origin=corner_origin(data, sampling.get("region")))
+            origin = corner_origin(data, sampling.get("region"))
+            wrote = yield from uploading(lambda told: write_spilled(out, unc, spill, spill_unc, data, str(src), attrs,
+                                                                    origin=origin, progress=told), out, unc)
             finished = True
             yield wrote
         finally:
@@ -373,8 +432,10 @@ def restore_file_iter(
     if unc is not None and result.uncertainty is None:
         yield note("note: one sample gives no uncertainty; use --samples 2 or more")
     yield from upload_notes((out, result.mean), (unc, result.uncertainty))
-    yield write_results(out, result.mean, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",
-                        axes=axes, made=made, origin=corner_origin(data, sampling.get("region")))
+    origin = corner_origin(data, sampling.get("region"))
+    yield (yield from uploading(lambda told: write_results(
+        out, result.mean, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes=axes, made=made,
+        origin=origin, progress=told), out, unc))
 
 
 def reconstruct_file_iter(
@@ -469,8 +530,9 @@ def reconstruct_file_iter(
             written_unc = store_unc is not None and Path(store_unc).exists()
             yield from upload_notes((out, open_zarr_readonly(store)),
                                     (unc, open_zarr_readonly(store_unc) if written_unc else None))
-            wrote = write_spilled(out, unc, store, store_unc, data, str(src), {**result.info, "spacing": result.spacing},
-                                  origin=result.origin)
+            attrs = {**result.info, "spacing": result.spacing}
+            wrote = yield from uploading(lambda told: write_spilled(out, unc, store, store_unc, data, str(src), attrs,
+                                                                    origin=result.origin, progress=told), out, unc)
             finished = True
             yield wrote
             return
@@ -483,5 +545,6 @@ def reconstruct_file_iter(
         return
     made = provenance(result.info, result.info.get("normalisation"), source=str(src))
     yield from upload_notes((out, result.volume), (unc, result.uncertainty))
-    yield write_results(out, result.volume, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm",
-                        axes="ZYX", made=made, origin=result.origin)
+    yield (yield from uploading(lambda told: write_results(
+        out, result.volume, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX",
+        made=made, origin=result.origin, progress=told), out, unc))

@@ -83,6 +83,28 @@ def test_nothing_is_at_the_url_until_the_file_is_whole(tmp_path, tmp, scan, tiny
     assert tifffile.imread(kept).shape == (8, 8)
 
 
+def test_the_upload_is_reported_and_a_cancel_there_leaves_nothing(tmp_path, tmp, scan, tiny_model_dir):
+    """``Progress("upload", sent, total)`` for each file by URL (its size in bytes, its URL as
+    the message), uncertainty first; closing the run at that event stops the upload: nothing
+    at the URL, nothing here. The control: a run left to its end has the files there."""
+    from napari_emdiffuse.files import restore_file_iter
+
+    url, unc = f"local://{tmp_path}/bucket/out.tif", f"local://{tmp_path}/bucket/out_sd.tif"
+    kw = dict(uncertainty_out=unc, device="cpu", steps=2, samples=2)
+    events = [ev for ev in restore_file_iter(scan, url, "denoise", str(tiny_model_dir), **kw)
+              if isinstance(ev, Progress) and ev.stage == "upload"]
+    sizes = [(tmp_path / "bucket" / n).stat().st_size for n in ("out_sd.tif", "out.tif")]
+    assert [(ev.message, ev.done, ev.total) for ev in events] == [(unc, sizes[0], sizes[0]), (url, sizes[1], sizes[1])]
+    for name in ("out.tif", "out_sd.tif"):
+        (tmp_path / "bucket" / name).unlink()
+    gen = restore_file_iter(scan, url, "denoise", str(tiny_model_dir), **kw)
+    for ev in gen:
+        if isinstance(ev, Progress) and ev.stage == "upload":
+            gen.close()
+            break
+    assert not list((tmp_path / "bucket").iterdir()) and not list(tmp.iterdir())
+
+
 def test_a_local_file_system_gets_the_file_under_a_hidden_name_then_renamed(tmp_path, monkeypatch):
     """``local://`` (a mounted bucket) has no atomic upload: the file goes under a hidden
     name beside it, then is renamed; a copy that fails midway leaves nothing."""

@@ -22,16 +22,21 @@ import hashlib
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import InputError
 from .common import MRC_SUFFIXES, TIFF_SUFFIXES, is_url, reason, suffix_of
 
-__all__ = ["is_file_url", "check_file_url", "file_url_exists", "staging_dir", "uploaded", "upload_file"]
+__all__ = ["is_file_url", "check_file_url", "file_url_exists", "staging_dir", "uploaded", "upload_file",
+           "UploadStopped", "STAGING_PREFIX"]
 
 #: The prefix of the temporary folders a result by URL is written in before its upload.
 STAGING_PREFIX = "emdiffuse-upload-"
+
+
+class UploadStopped(Exception):
+    """Raised by a ``progress`` callback to stop an upload (the run was cancelled)."""
 
 
 def _name(url: str) -> str:
@@ -105,19 +110,32 @@ def staging_dir(url: str, *, resume: bool = False) -> Path:
     return folder
 
 
-def upload_file(local: str | Path, url: str) -> str:
-    """Put the finished local file ``local`` at ``url`` in one operation (module docstring)."""
+def upload_file(local: str | Path, url: str, *, progress: Callable[[int, int], None] | None = None) -> str:
+    """Put the finished local file ``local`` at ``url`` in one operation (module docstring);
+    ``progress(bytes sent, bytes in all)`` as it goes (where the service reports it; a file
+    system's copy once, before its rename): an exception it raises stops the upload, which
+    then leaves nothing."""
+    from fsspec.callbacks import Callback
     from fsspec.implementations.local import LocalFileSystem
 
     from .fetch import url_fs
 
+    total = Path(local).stat().st_size
+
+    class _Told(Callback):
+        def call(self, *args: object, **kwargs: object) -> None:
+            if progress is not None:
+                progress(min(int(self.value), total), total)
+
     fs, path = url_fs(url)
     if not isinstance(fs, LocalFileSystem):  # an object appears when its upload completes
-        fs.put_file(str(local), path)
+        fs.put_file(str(local), path, callback=_Told())
         return url
     hidden = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[-1]}.partial-{secrets.token_hex(4)}"
     try:
         fs.put_file(str(local), hidden)
+        if progress is not None:  # told before the rename, so that a stop leaves nothing
+            progress(total, total)
         fs.mv(hidden, path)
     finally:
         if fs.exists(hidden):
@@ -126,10 +144,11 @@ def upload_file(local: str | Path, url: str) -> str:
 
 
 @contextlib.contextmanager
-def uploaded(url: str) -> Iterator[Path]:
+def uploaded(url: str, *, progress: Callable[[int, int], None] | None = None) -> Iterator[Path]:
     """A local path to write the file for ``url`` at; uploaded when the block ends without an
-    error, and removed from here. An upload that fails keeps the local file and says where
-    (hours of work are not thrown away for a lost connection).
+    error (``progress`` as in :func:`upload_file`), and removed from here. An upload that fails
+    keeps the local file and says where (hours of work are not thrown away for a lost
+    connection); one stopped by ``progress`` (:class:`UploadStopped`) does not.
 
     Examples
     --------
@@ -148,7 +167,9 @@ def uploaded(url: str) -> Iterator[Path]:
         if not local.is_file():  # pragma: no cover - every writer writes its file or raises
             raise InputError(f"cannot write '{url}': nothing was written to upload")
         try:
-            upload_file(local, url)
+            upload_file(local, url, progress=progress)
+        except UploadStopped:
+            raise
         except Exception as exc:  # no connection, no permission: the service says why
             keep = True
             raise InputError(f"cannot upload to '{url}': {reason(exc)}; the result is kept at '{local}'") from exc

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -219,6 +220,7 @@ def write_image(
     provenance: dict[str, Any] | None = None,
     zarr_format: int = 2,
     origin: tuple[float, ...] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path | str:
     """Write an image or volume as TIFF, MRC or zarr, chosen by the extension, atomically.
 
@@ -252,6 +254,9 @@ def write_image(
         translations), which napari reads as the layer's ``translate``; a calibrated ImageJ
         TIFF as its ``xorigin`` / ``yorigin`` / ``zorigin`` (:func:`~.tiff.write_tiff`). MRC
         does not.
+    progress : callable, optional
+        A TIFF or MRC by URL: called with (bytes uploaded, bytes in all) while it is uploaded
+        (:func:`~.fileurl.upload_file`).
 
     Returns
     -------
@@ -266,7 +271,7 @@ def write_image(
             raise InputError(f"zarr format {zarr_format} is the format of a .zarr output; '{url}' is not one")
         if not overwrite and file_url_exists(url):
             raise InputError(f"cannot write '{url}': it already exists")
-        with uploaded(url) as local:
+        with uploaded(url, progress=progress) as local:
             write_image(local, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin)
         return url
     writer: Any = ZarrWriter
