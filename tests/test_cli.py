@@ -1052,9 +1052,11 @@ def test_convert_writes_any_input_with_its_pixel_size(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "vol.zarr"), "-o", str(tmp_path / "vol.mrc")]) == 0
     got = read_image(tmp_path / "vol.mrc")
     assert np.array_equal(np.asarray(got.data), vol) and got.spacing == pytest.approx((40.0, 5.0, 5.0))
-    assert "wrote" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "wrote" in err and "writing: 100%" in err and "3/3" in err  # a bar over the slices
     assert main(["convert", str(tmp_path / "vol.mrc"), "-o", str(tmp_path / "slab.tif"), "--voxel-size", "50", "5", "5"]) == 0
     assert read_image(tmp_path / "slab.tif").spacing == (50.0, 5.0, 5.0)
+    assert "writing" not in capsys.readouterr().err  # in memory: written at once, no bar
     # a folder: each file into the format --to names, in the output folder
     session = tmp_path / "session"
     session.mkdir()
@@ -1106,6 +1108,32 @@ def test_zarr_format_3_from_the_command_line(tmp_path, capsys, tiny_model_dir):
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.tif").exists() and not (tmp_path / "o.zarr").exists() and not (tmp_path / "many").exists()
+
+
+def test_ctrl_c_while_convert_writes_a_stack_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a lazy stack is copied into a TIFF slice by slice: exit 130, "no output
+    written", and neither the file nor a hidden partial of it; the control, the same command
+    left alone, writes the file."""
+    from napari_emdiffuse.engine.io import tiff
+    from napari_emdiffuse.engine.io.images import read_image, write_image
+
+    vol = (np.random.default_rng(5).random((4, 20, 24)) * 255).astype(np.uint8)
+    write_image(tmp_path / "vol.zarr", vol, spacing=(40.0, 5.0, 5.0))
+    real = tiff._pages
+
+    def interrupted(stack, dtype, told):
+        for z, page in enumerate(real(stack, dtype, told)):
+            if z == 2:
+                raise KeyboardInterrupt
+            yield page
+
+    monkeypatch.setattr(tiff, "_pages", interrupted)
+    argv = ["convert", str(tmp_path / "vol.zarr"), "-o", str(tmp_path / "out.tif")]
+    assert main(argv) == 130
+    assert "interrupted; no output written" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vol.zarr"]
+    monkeypatch.setattr(tiff, "_pages", real)
+    assert main(argv) == 0 and np.array_equal(np.asarray(read_image(tmp_path / "out.tif").data), vol)
 
 
 def test_convert_bin_averages_blocks_and_scales_the_pixel_size(tmp_path, capsys):

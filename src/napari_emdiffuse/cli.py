@@ -263,6 +263,7 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
     from .engine.io.views import cutout
     from .engine.io.images import write_image
     from .engine.io.spacing import output_origin
+    from .files import writing
 
     data = _read_input(args)
     ndim = data.data.ndim
@@ -287,11 +288,16 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
     axes = data.axes if data.axes and len(data.axes) == data.data.ndim else None
     if not _is_zarr(out) and suffix_of(Path(str(out))) in MRC_SUFFIXES:
         axes = None  # MRC has one layout: a series of frames is stored as its sections
-    write_image(out, data.data, spacing=data.spacing, unit=data.unit or "nm", axes=axes, origin=data.origin,
-                provenance={"converted from": str(args.input),
-                            **({"region": list(args.region)} if args.region is not None else {}),
-                            **({"slices": list(args.slices)} if args.slices is not None else {})},
-                zarr_format=args.zarr_format)
+    made = {"converted from": str(args.input), **({"region": list(args.region)} if args.region is not None else {}),
+            **({"slices": list(args.slices)} if args.slices is not None else {})}
+
+    def write(told: Any) -> Any:
+        return write_image(out, data.data, spacing=data.spacing, unit=data.unit or "nm", axes=axes, origin=data.origin,
+                           provenance=made, zarr_format=args.zarr_format,
+                           progress=None if told is None else (lambda stage, done, total: told(out, stage, done, total)))
+
+    # A stack read lazily goes slice by slice, with a bar (a cutout by URL reads as it goes)
+    drive(writing(write, out, pieces=not _is_zarr(out) and streams_lazily(data.data)))
     size = "no pixel size" if data.spacing is None else " x ".join(f"{v:g}" for v in data.spacing) + f" {data.unit or ''}"
     print(f"wrote {out} ({' x '.join(str(n) for n in data.data.shape)} {data.data.dtype}, {size.strip()})", file=sys.stderr)
     return 0

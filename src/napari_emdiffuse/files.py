@@ -19,13 +19,13 @@ from typing import Any
 
 from .engine.errors import InputError
 from .engine.events import Progress
-from .engine.io.common import ZARR_SUFFIX, suffix_of
+from .engine.io.common import ZARR_SUFFIX, streams_lazily, suffix_of
 from .engine.io.zarrfmt import check_zarr_format
 
 __all__ = [
     "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "keep_spill", "remove_spill",
     "restore_file_iter", "reconstruct_file_iter", "ISOTROPIC_TASKS", "write_results", "loaded_model", "progress_only",
-    "upload_notes", "uploading",
+    "upload_notes", "writing",
 ]
 
 #: The tasks a batch (:mod:`.batches`) runs through :func:`reconstruct_file_iter` (volumes).
@@ -163,12 +163,13 @@ def write_results(out: Path, image: Any, unc: Path | None, std: Any, *, spacing:
                   made: dict, origin: Any = None, progress: Any = None) -> list[str]:
     """Write a result and, where there is one and it is asked for, its uncertainty (first: a
     result on disk is then whole with its uncertainty, which ``resume`` relies on), at its
-    ``origin`` (zarr outputs record it); what was written. ``progress(where, sent, total)``
-    while a file by URL is uploaded (:func:`uploading`)."""
+    ``origin`` (zarr outputs record it); what was written. ``progress(where, stage, done,
+    total)`` while a lazy result is written piece by piece and while a file by URL is
+    uploaded (:func:`~.engine.io.images.write_image`; :func:`writing`)."""
     from .engine.io.images import write_image
 
     def told(where: Any) -> Any:
-        return None if progress is None else (lambda sent, total: progress(where, sent, total))
+        return None if progress is None else (lambda stage, done, total: progress(where, stage, done, total))
 
     wrote = [str(out)]
     if unc is not None and std is not None:
@@ -179,30 +180,32 @@ def write_results(out: Path, image: Any, unc: Path | None, std: Any, *, spacing:
     return wrote
 
 
-def uploading(write: Any, *outs: Any) -> Generator[Progress, None, Any]:
+def writing(write: Any, *outs: Any, pieces: bool = False) -> Generator[Progress, None, Any]:
     """Run ``write(progress)`` (:func:`write_results` and the like) and return what it returns;
-    where one of ``outs`` is a TIFF or MRC by URL, in a thread, with ``Progress("upload",
-    sent, total)`` (bytes, the file's URL as the message) as it is uploaded. The thread waits
-    at each report until the event has been taken, so closing the generator stops the upload
-    right there (nothing is left at the URL); a file still being written here is finished
-    first."""
+    where the result goes to a file piece by piece (``pieces``: a result too large for memory,
+    read from its store) or one of ``outs`` is a TIFF or MRC by URL, in a thread, with
+    ``Progress("writing", slices, total)`` as it is written and ``Progress("upload", sent,
+    total)`` (bytes) as it is uploaded, the file as the message. The thread waits at each
+    report until the event has been taken, so closing the generator stops the write or the
+    upload right there, and nothing is left of that file (:class:`~.engine.io.atomic.WriteStopped`)."""
     import queue
     import threading
 
-    from .engine.io.fileurl import UploadStopped, is_file_url
+    from .engine.io.atomic import WriteStopped
+    from .engine.io.fileurl import is_file_url
 
-    if not any(o is not None and is_file_url(str(o)) for o in outs):
+    if not pieces and not any(o is not None and is_file_url(str(o)) for o in outs):
         return write(None)
     events: queue.SimpleQueue = queue.SimpleQueue()
     taken: queue.SimpleQueue = queue.SimpleQueue()
     stop = threading.Event()
     box: dict[str, Any] = {}
 
-    def progress(where: Any, sent: int, total: int) -> None:
-        events.put(Progress("upload", sent, total, message=str(where)))
+    def progress(where: Any, stage: str, done: int, total: int) -> None:
+        events.put(Progress(stage, done, total, message=str(where)))
         taken.get()
         if stop.is_set():
-            raise UploadStopped(f"upload to '{where}' stopped")
+            raise WriteStopped(f"{'upload to' if stage == 'upload' else 'writing'} '{where}' stopped")
 
     def run() -> None:
         try:
@@ -212,7 +215,7 @@ def uploading(write: Any, *outs: Any) -> Generator[Progress, None, Any]:
         finally:
             events.put(None)
 
-    worker = threading.Thread(target=run, name="emdiffuse-upload", daemon=True)
+    worker = threading.Thread(target=run, name="emdiffuse-write", daemon=True)
     worker.start()
     try:
         while (ev := events.get()) is not None:
@@ -411,8 +414,8 @@ def restore_file_iter(
             yield from upload_notes((out, open_zarr_readonly(spill)),
                                     (unc, open_zarr_readonly(spill_unc) if written_unc else None))
             origin = corner_origin(data, sampling.get("region"))
-            wrote = yield from uploading(lambda told: write_spilled(out, unc, spill, spill_unc, data, str(src), attrs,
-                                                                    origin=origin, progress=told), out, unc)
+            wrote = yield from writing(lambda told: write_spilled(out, unc, spill, spill_unc, data, str(src), attrs,
+                                                                  origin=origin, progress=told), out, unc, pieces=True)
             finished = True
             yield wrote
         finally:
@@ -433,9 +436,9 @@ def restore_file_iter(
         yield note("note: one sample gives no uncertainty; use --samples 2 or more")
     yield from upload_notes((out, result.mean), (unc, result.uncertainty))
     origin = corner_origin(data, sampling.get("region"))
-    yield (yield from uploading(lambda told: write_results(
+    yield (yield from writing(lambda told: write_results(
         out, result.mean, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes=axes, made=made,
-        origin=origin, progress=told), out, unc))
+        origin=origin, progress=told), out, unc, pieces=streams_lazily(result.mean)))
 
 
 def reconstruct_file_iter(
@@ -531,8 +534,9 @@ def reconstruct_file_iter(
             yield from upload_notes((out, open_zarr_readonly(store)),
                                     (unc, open_zarr_readonly(store_unc) if written_unc else None))
             attrs = {**result.info, "spacing": result.spacing}
-            wrote = yield from uploading(lambda told: write_spilled(out, unc, store, store_unc, data, str(src), attrs,
-                                                                    origin=result.origin, progress=told), out, unc)
+            wrote = yield from writing(lambda told: write_spilled(out, unc, store, store_unc, data, str(src), attrs,
+                                                                  origin=result.origin, progress=told), out, unc,
+                                       pieces=True)
             finished = True
             yield wrote
             return
@@ -545,6 +549,6 @@ def reconstruct_file_iter(
         return
     made = provenance(result.info, result.info.get("normalisation"), source=str(src))
     yield from upload_notes((out, result.volume), (unc, result.uncertainty))
-    yield (yield from uploading(lambda told: write_results(
+    yield (yield from writing(lambda told: write_results(
         out, result.volume, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX",
-        made=made, origin=result.origin, progress=told), out, unc))
+        made=made, origin=result.origin, progress=told), out, unc, pieces=streams_lazily(result.volume)))

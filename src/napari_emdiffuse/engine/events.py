@@ -17,8 +17,9 @@ __all__ = ["Progress", "drain", "TimeLeft", "VOLUME_STAGES", "files_left", "dura
 
 #: Stages besides the network passes that go over the whole image once, and take long on a
 #: large volume: copying the input for dask workers, averaging a stack along z, writing an
-#: OME-Zarr pyramid. The CLI and the widgets show a progress bar for each.
-VOLUME_STAGES = ("staging", "z filter: choosing its width", "z filter", "pyramid")
+#: OME-Zarr pyramid, writing a TIFF or MRC file slice by slice. The CLI and the widgets show
+#: a progress bar for each.
+VOLUME_STAGES = ("staging", "z filter: choosing its width", "z filter", "pyramid", "writing")
 
 
 @dataclass

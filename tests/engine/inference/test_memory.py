@@ -99,8 +99,8 @@ def test_a_2d_image_too_large_for_memory_reaches_a_tiled_tiff_or_an_mrc_through_
     reads: list[int] = []
     real_tiles = __import__("napari_emdiffuse.engine.io.tiff", fromlist=["_tiles"])._tiles
 
-    def counted(img, dtype):
-        for tile in real_tiles(img, dtype):
+    def counted(img, dtype, told):
+        for tile in real_tiles(img, dtype, told):
             reads.append(tile.size)
             yield tile
 
@@ -209,3 +209,44 @@ def test_a_resumable_tiff_too_large_for_memory_keeps_its_store_when_stopped(tmp_
     assert any("is complete from an earlier run" in n for n in notes) and blocks == 0  # only the file written
     assert np.array_equal(np.asarray(read_image(out).data), np.asarray(read_image(ref).data))
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no store left
+
+
+@pytest.mark.parametrize("ext", [".tif", ".mrc"])
+def test_a_file_written_from_its_store_reports_each_slice_and_a_cancel_there_leaves_nothing(
+        tmp_path, tiny_model_dir, monkeypatch, ext):
+    """A result too large for memory is written into its TIFF / MRC slice by slice from its
+    store: ``Progress("writing", k, slices)`` for k = 0..slices, the file as the message, the
+    uncertainty first. Closing the run at the image's second slice leaves no image file, no
+    hidden partial and no store; the control, a run left to its end, has the pixels of a run
+    that fitted in memory."""
+    import tifffile
+
+    from napari_emdiffuse import files
+    from napari_emdiffuse.engine.events import Progress
+    from napari_emdiffuse.engine.io.images import read_image
+
+    stack = (np.random.default_rng(6).random((3, 48, 40)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", stack)
+    kw = dict(steps=2, samples=2, tile=32, overlap=8, device="cpu", z_filter="off", block=32)
+    ref = tmp_path / f"ref{ext}"
+    events = [ev for ev in files.restore_file_iter(tmp_path / "in.tif", ref, "denoise", str(tiny_model_dir), **kw)
+              if isinstance(ev, Progress) and ev.stage == "writing"]
+    assert events == []  # in memory: written at once
+    monkeypatch.setattr(checks, "available_memory", lambda: 2_000)
+    out, unc = tmp_path / f"out{ext}", tmp_path / f"out_sd{ext}"
+    events = [(ev.message, ev.done, ev.total)
+              for ev in files.restore_file_iter(tmp_path / "in.tif", out, "denoise", str(tiny_model_dir),
+                                                uncertainty_out=unc, **kw)
+              if isinstance(ev, Progress) and ev.stage == "writing"]
+    assert events == [(str(unc), k, 3) for k in range(4)] + [(str(out), k, 3) for k in range(4)]
+    assert np.array_equal(np.asarray(read_image(out).data), np.asarray(read_image(ref).data))
+    out.unlink()
+    unc.unlink()
+    gen = files.restore_file_iter(tmp_path / "in.tif", out, "denoise", str(tiny_model_dir), uncertainty_out=unc, **kw)
+    for ev in gen:
+        if isinstance(ev, Progress) and ev.stage == "writing" and ev.message == str(out) and ev.done == 1:
+            gen.close()
+            break
+    else:
+        pytest.fail("no report of the image's second slice")
+    assert not out.exists() and not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

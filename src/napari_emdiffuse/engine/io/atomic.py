@@ -12,9 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["fsync_dir", "remove_path", "atomic_file", "temp_dir_beside", "replace_dir"]
+__all__ = ["fsync_dir", "remove_path", "atomic_file", "temp_dir_beside", "replace_dir", "WriteStopped"]
 
 logger = logging.getLogger(__name__)
+
+
+class WriteStopped(Exception):
+    """Raised by a writer's ``progress`` callback to stop writing or uploading a file (the run
+    was cancelled): the writers then leave nothing."""
 
 
 def _umask() -> int:

@@ -26,17 +26,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import InputError
+from .atomic import WriteStopped
 from .common import MRC_SUFFIXES, TIFF_SUFFIXES, is_url, reason, suffix_of
 
 __all__ = ["is_file_url", "check_file_url", "file_url_exists", "staging_dir", "uploaded", "upload_file",
-           "UploadStopped", "STAGING_PREFIX"]
+           "STAGING_PREFIX"]
 
 #: The prefix of the temporary folders a result by URL is written in before its upload.
 STAGING_PREFIX = "emdiffuse-upload-"
-
-
-class UploadStopped(Exception):
-    """Raised by a ``progress`` callback to stop an upload (the run was cancelled)."""
 
 
 def _name(url: str) -> str:
@@ -148,7 +145,7 @@ def uploaded(url: str, *, progress: Callable[[int, int], None] | None = None) ->
     """A local path to write the file for ``url`` at; uploaded when the block ends without an
     error (``progress`` as in :func:`upload_file`), and removed from here. An upload that fails
     keeps the local file and says where (hours of work are not thrown away for a lost
-    connection); one stopped by ``progress`` (:class:`UploadStopped`) does not.
+    connection); one stopped by ``progress`` (:class:`~.atomic.WriteStopped`) does not.
 
     Examples
     --------
@@ -168,7 +165,7 @@ def uploaded(url: str, *, progress: Callable[[int, int], None] | None = None) ->
             raise InputError(f"cannot write '{url}': nothing was written to upload")
         try:
             upload_file(local, url, progress=progress)
-        except UploadStopped:
+        except WriteStopped:
             raise
         except Exception as exc:  # no connection, no permission: the service says why
             keep = True

@@ -220,7 +220,7 @@ def write_image(
     provenance: dict[str, Any] | None = None,
     zarr_format: int = 2,
     origin: tuple[float, ...] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Path | str:
     """Write an image or volume as TIFF, MRC or zarr, chosen by the extension, atomically.
 
@@ -233,7 +233,8 @@ def write_image(
         so may a TIFF or MRC file (:mod:`.fileurl`: written here, then uploaded whole).
     array : numpy.ndarray or dask.array.Array or array-like
         Pixels. A lazy stack (zarr, dask, a file read lazily) is written slice by slice to TIFF
-        and MRC and block by block to zarr; a lazy 2D image is read whole for TIFF and MRC.
+        and MRC and block by block to zarr; a lazy 2D image of 2 GiB or more goes to TIFF and MRC
+        band by band.
     spacing : tuple of float, optional
         Pixel size per axis in ``unit``.
     unit : str
@@ -255,8 +256,11 @@ def write_image(
         TIFF as its ``xorigin`` / ``yorigin`` / ``zorigin`` (:func:`~.tiff.write_tiff`). MRC
         does not.
     progress : callable, optional
-        A TIFF or MRC by URL: called with (bytes uploaded, bytes in all) while it is uploaded
-        (:func:`~.fileurl.upload_file`).
+        Called with ``("writing", pieces written, pieces in all)`` while a lazy stack goes to a
+        TIFF or MRC piece by piece (:func:`~.tiff.write_tiff`), and for a TIFF or MRC by URL
+        with ``("upload", bytes uploaded, bytes in all)`` while it is uploaded
+        (:func:`~.fileurl.upload_file`). An exception it raises stops the write or the
+        upload, and nothing is left.
 
     Returns
     -------
@@ -271,8 +275,10 @@ def write_image(
             raise InputError(f"zarr format {zarr_format} is the format of a .zarr output; '{url}' is not one")
         if not overwrite and file_url_exists(url):
             raise InputError(f"cannot write '{url}': it already exists")
-        with uploaded(url, progress=progress) as local:
-            write_image(local, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin)
+        sent = None if progress is None else (lambda done, total: progress("upload", done, total))
+        with uploaded(url, progress=sent) as local:
+            write_image(local, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin,
+                        progress=progress)
         return url
     writer: Any = ZarrWriter
     if is_url(str(path)) and str(path).rstrip("/").lower().endswith(ZARR_SUFFIX):  # a store by URL
@@ -286,10 +292,12 @@ def write_image(
             raise InputError(f"cannot write '{p}': it already exists")
     if check_zarr_format(zarr_format) != 2 and suffix_of(Path(str(p))) != ZARR_SUFFIX:
         raise InputError(f"zarr format {zarr_format} is the format of a .zarr output; '{Path(str(p)).name}' is not one")
+    written = None if progress is None else (lambda done, total: progress("writing", done, total))
     if isinstance(p, Path) and suffix_of(p) in TIFF_SUFFIXES:
-        return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin)
+        return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin,
+                          progress=written)
     if isinstance(p, Path) and suffix_of(p) in MRC_SUFFIXES:
-        return write_mrc(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance)
+        return write_mrc(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, progress=written)
     attrs = {"provenance": json.loads(json.dumps(provenance, default=str))} if provenance else None
     # Same default axes as TIFF, so both formats read back alike.
     axes = check_axes(axes, len(array.shape), p) if hasattr(array, "shape") else axes

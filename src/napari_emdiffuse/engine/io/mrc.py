@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ _IMOD_SIGNED_BYTES = 1
 _EXTRA2_OFFSET = 112  # where mrcfile's 'extra2' field starts; the stamp is at 152, flags at 156
 # Pixel types mrcfile can write; float64 is narrowed, other types are refused.
 _WRITABLE = (np.uint8, np.int8, np.uint16, np.int16, np.float16, np.float32)
+_BAND = 256  # rows: a streamed 2D image's pieces
 
 
 def read_mrc(path: Path) -> ImageData:
@@ -167,6 +169,7 @@ def write_mrc(
     unit: str = "nm",
     axes: str | None = None,
     provenance: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write a 2D image or a 3D stack atomically as MRC with its voxel size.
 
@@ -186,6 +189,10 @@ def write_mrc(
         ``"YX"`` or ``"ZYX"`` (the only layouts MRC has).
     provenance : dict, optional
         How the image was made: its model, task and preset go into the header's labels.
+    progress : callable, optional
+        For an array written piece by piece (see ``array``): called with (pieces written,
+        pieces in all) before each slice or band and once the file is whole, before it takes
+        its name. An exception it raises stops the write, and nothing is left.
 
     Returns
     -------
@@ -232,7 +239,7 @@ def write_mrc(
                 mrc = mrcfile.new(tmp, overwrite=True)
             with mrc:
                 if lazy:
-                    _fill(mrc, data)
+                    _fill(mrc, data, progress or (lambda done, total: None))
                 else:
                     mrc.set_data(np.ascontiguousarray(data, dtype=dtype))
                 if spacing is not None:
@@ -245,19 +252,24 @@ def write_mrc(
                 mrc.flush()
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            if lazy and progress is not None:
+                pieces = shape[0] if len(shape) == 3 else -(-shape[0] // _BAND)
+                progress(pieces, pieces)
     except OSError as exc:
         raise InputError(f"cannot write '{p}': {reason(exc)}") from exc
     fsync_dir(p.parent)
     return p
 
 
-def _fill(mrc: Any, data: Any) -> None:
+def _fill(mrc: Any, data: Any, told: Callable[[int, int], None]) -> None:
     """Copy a lazy stack into a memory-mapped MRC slice by slice (a 2D image band by band),
     and its header statistics (min, max, mean, rms) from running sums: mrcfile's own pass over
-    the whole map would make float64 copies of it."""
+    the whole map would make float64 copies of it. ``told(pieces before it, pieces)``."""
     lo, hi, total, squares, count, pending = np.inf, -np.inf, 0.0, 0.0, 0, 0
-    pieces = range(data.shape[0]) if data.ndim == 3 else (slice(y, y + 256) for y in range(0, data.shape[0], 256))
-    for at in pieces:
+    rows = range(0, data.shape[0], _BAND)
+    pieces = list(range(data.shape[0])) if data.ndim == 3 else [slice(y, y + _BAND) for y in rows]
+    for i, at in enumerate(pieces):
+        told(i, len(pieces))
         piece = as_numpy(data[at])
         mrc.data[at] = piece
         lo, hi = min(lo, float(piece.min())), max(hi, float(piece.max()))

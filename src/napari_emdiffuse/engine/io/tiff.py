@@ -10,7 +10,7 @@ import os
 import secrets
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -427,6 +427,7 @@ def write_tiff(
     axes: str | None = None,
     provenance: dict[str, Any] | None = None,
     origin: tuple[float, ...] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write an image atomically as TIFF with its spacing, readable by :func:`read_image`.
 
@@ -456,6 +457,10 @@ def write_tiff(
         corners): a calibrated ImageJ hyperstack records it as its ``xorigin`` / ``yorigin``
         / ``zorigin`` (in pixels, counted back), so Fiji gives a cut-out's pixels the
         coordinates they have in the image it came from. Other TIFFs do not record it.
+    progress : callable, optional
+        For an array written piece by piece (see ``array``): called with (pieces written,
+        pieces in all) before each slice or band and once the file is whole, before it takes
+        its name. An exception it raises stops the write, and nothing is left.
 
     Returns
     -------
@@ -538,15 +543,17 @@ def write_tiff(
     # Hidden sibling in the same folder, so os.replace is an atomic rename on one filesystem.
     tmp = p.with_name(f".{p.name}.partial-{secrets.token_hex(4)}")
     try:
+        pieces = -(-shape[0] // _TILE) if tiled else shape[0]
+        told = progress if lazy and progress is not None else (lambda done, total: None)
         if tiled:  # tile by tile: an image larger than memory
-            tifffile.imwrite(tmp, _tiles(data, dtype), shape=shape, dtype=dtype, tile=(_TILE, _TILE), **kwargs)
+            tifffile.imwrite(tmp, _tiles(data, dtype, told), shape=shape, dtype=dtype, tile=(_TILE, _TILE), **kwargs)
         elif lazy:  # page by page: a stack larger than memory
-            pages = (np.asarray(as_numpy(data[z]), dtype) for z in range(shape[0]))
-            tifffile.imwrite(tmp, pages, shape=shape, dtype=dtype, **kwargs)
+            tifffile.imwrite(tmp, _pages(data, dtype, told), shape=shape, dtype=dtype, **kwargs)
         else:
             tifffile.imwrite(tmp, data, **kwargs)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        told(pieces, pieces)
         os.replace(tmp, p)
     except BaseException as exc:
         remove_path(tmp)
@@ -557,10 +564,19 @@ def write_tiff(
     return p
 
 
-def _tiles(image: Any, dtype: np.dtype) -> Iterator[np.ndarray]:
-    """The tiles of a lazy 2D image in file order, read one band of tile rows at a time."""
+def _pages(stack: Any, dtype: np.dtype, told: Callable[[int, int], None]) -> Iterator[np.ndarray]:
+    """The slices of a lazy stack, read one at a time; ``told(slices before it, slices)``."""
+    for z in range(stack.shape[0]):
+        told(z, stack.shape[0])
+        yield np.asarray(as_numpy(stack[z]), dtype)
+
+
+def _tiles(image: Any, dtype: np.dtype, told: Callable[[int, int], None]) -> Iterator[np.ndarray]:
+    """The tiles of a lazy 2D image in file order, read one band of tile rows at a time;
+    ``told(bands before it, bands)``."""
     height, width = image.shape
     for y in range(0, height, _TILE):
+        told(y // _TILE, -(-height // _TILE))
         band = np.asarray(as_numpy(image[y:y + _TILE]), dtype)
         for x in range(0, width, _TILE):
             yield band[:, x:x + _TILE]  # tifffile pads the edge tiles
