@@ -82,7 +82,7 @@ def blur_note(info: dict) -> list[str]:
 def upload_notes(*outputs: tuple[Any, Any]) -> list[Progress]:
     """What each TIFF or MRC result by URL among ``outputs`` ((where, array) pairs) goes through
     before it is at its URL (written here, then uploaded: :mod:`~.engine.io.fileurl`), said
-    before the writing starts (the upload then reports itself: :func:`uploading`)."""
+    before the writing starts (the upload then reports itself: :func:`writing`)."""
     import tempfile
 
     from .engine.io.fileurl import is_file_url
