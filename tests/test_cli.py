@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -553,6 +554,66 @@ def test_stack_progress_is_one_bar_with_block_counts(monkeypatch, capsys):
     opened.clear()
     assert cli_progress.drive(blocks_only()) == "done"
     assert opened == ["block"] and "3/3" in capsys.readouterr().err
+
+
+def _stoppable(log, signals, at=3):
+    """A run of 10 events that sends itself ``signals`` before its event ``at`` and says how it
+    ended: closed at a yield (where it cleans up) or interrupted in its body."""
+    import os
+    import signal
+
+    from napari_emdiffuse.engine.events import Progress
+
+    try:
+        for k in range(10):
+            if k == at:
+                for signum in signals:
+                    os.kill(os.getpid(), signal.SIGTERM if signum == "sleep" else signum)
+                log.append("went on to its next event")
+                if signals == ["sleep"]:  # no event for long after SIGTERM
+                    for _ in range(100):
+                        time.sleep(0.05)
+            yield Progress("training", k + 1, 10)
+        yield "model"
+    except GeneratorExit:
+        log.append("closed at a yield")
+        raise
+    except KeyboardInterrupt as exc:
+        log.append(f"{type(exc).__name__} in its body")
+        raise
+
+
+def test_ctrl_c_and_sigterm_stop_a_driven_run_at_its_next_event(monkeypatch, capsys):
+    """Ctrl-C or SIGTERM while a run is driven: it goes on to its next event and is closed
+    there (a training saves its model there; raised in its body, mid-step, it saved nothing),
+    then KeyboardInterrupt / Terminated. A second Ctrl-C stops at once, and so does SIGTERM
+    after its grace time when no event comes; the handlers are given back afterwards."""
+    import signal
+
+    from napari_emdiffuse import cli_progress
+    from napari_emdiffuse.cli_progress import Terminated, drive
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    for signum, raised in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
+        log = []
+        with pytest.raises(raised):
+            drive(_stoppable(log, [signum]))
+        assert log == ["went on to its next event", "closed at a yield"]
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    err = capsys.readouterr().err
+    assert "stopping (Ctrl-C again: at once) at the next step" in err
+    assert "terminated (SIGTERM); stopping at the next step" in err
+    log = []
+    with pytest.raises(KeyboardInterrupt):
+        drive(_stoppable(log, [signal.SIGINT, signal.SIGINT]))
+    assert log == ["KeyboardInterrupt in its body"]
+    monkeypatch.setattr(cli_progress, "STOP_GRACE_S", 0.2)
+    log, started = [], time.monotonic()
+    with pytest.raises(Terminated):
+        drive(_stoppable(log, ["sleep"]))
+    assert log == ["went on to its next event", "Terminated in its body"] and time.monotonic() - started < 3
+    log = []
+    assert drive(_stoppable(log, [])) == "model" and log == ["went on to its next event"]  # the control
 
 
 def test_isotropic_denoise_first(tmp_path, capsys):

@@ -338,6 +338,17 @@ class _Child:
             time.sleep(0.05)
         self._fail(f"timed out waiting for {needle!r}")
 
+    def terminate_after(self, needle: bytes, seconds: float) -> str:
+        """SIGTERM the child ``seconds`` after it printed ``needle``; its stderr once it ended."""
+        try:
+            self.wait_stderr(needle)
+            time.sleep(seconds)
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        finally:
+            self.kill()
+        return self.stderr.decode(errors="replace")
+
     def kill(self) -> None:
         """SIGKILL the child (if still running), then collect everything it printed."""
         if self.proc.poll() is None:
@@ -459,6 +470,22 @@ def test_kill_cli_writing_tiff_leaves_no_output(tmp_path, tiny_model_dir):
     assert tifffile.imread(out).shape == (96, 96)
 
 
+def test_sigterm_while_denoising_to_tiff_leaves_nothing_at_all(tmp_path, tiny_model_dir):
+    """SIGTERM (a cluster job's time limit) mid-run: exit 143, and not even a hidden partial
+    beside the output, where SIGKILL (above) may leave one."""
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, _uint8_texture((96, 96)))
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    child = _Child([sys.executable, "-m", "napari_emdiffuse.cli", "denoise", str(src), "-o", str(outdir / "OUT.tif"),
+                    "--model", str(tiny_model_dir), "--tile", "32", "--overlap", "8", "--device", "cpu",
+                    "--steps", "300"])  # fmt: skip
+    err = child.terminate_after(b"sampling", 0.5)
+    assert child.proc.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM); no output written" in err
+    assert list(outdir.iterdir()) == []
+
+
 def _train_config(tmp_path: Path, **kw) -> dict:
     data = tmp_path / "clean.tif"
     if not data.exists():
@@ -495,6 +522,26 @@ def test_kill_during_training_then_resume_from_checkpoint(tmp_path):
     card = load_model(path, cache=False).card
     assert card.training["iterations"] == k + 2 and card.training["completed"] is True
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["iteration"] == k + 2
+
+
+def test_sigterm_during_training_saves_the_model_and_a_checkpoint_to_resume(tmp_path):
+    """``emdiffuse train`` sent SIGTERM (a cluster job's time limit): it stops after its
+    current iteration, saves the model so far (marked incomplete) and its checkpoint, says so,
+    and exits 143; ``--resume`` continues from there. Python's own SIGTERM saved nothing."""
+    import yaml
+
+    cfg = _train_config(tmp_path, checkpoint_every=100_000)  # no periodic checkpoint to fall back on
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg))
+    child = _Child([sys.executable, "-m", "napari_emdiffuse.cli", "train", str(tmp_path / "recipe.yaml")])
+    err = child.terminate_after(b"training:", 1.0)
+    assert child.proc.returncode == 143, err[-2000:]
+    assert f"the model so far is saved in '{cfg['out']}' (emdiffuse train CONFIG --resume continues it)" in err
+    card = load_model(cfg["out"], cache=False).card
+    k = card.training["iterations"]
+    assert k >= 1 and card.training["completed"] is False
+    assert int(torch.load(checkpoint_path(TrainConfig(**cfg)), map_location="cpu", weights_only=True)["iteration"]) == k
+    events = list(train_iter(TrainConfig(**{**cfg, "iterations": k + 2, "resume": True})))
+    assert [e.done for e in events if isinstance(e, Progress) and e.stage == "training"] == [k + 1, k + 2]
 
 
 # ============================================================================ unsafe model files

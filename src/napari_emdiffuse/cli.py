@@ -2,8 +2,10 @@
 
 Exit status: 0 on success, 2 on a user error (bad input, bad option, unreadable file,
 model/task mismatch) with a one-line reason on stderr and no traceback, 1 when a
-verification fails, 130 when interrupted. Outputs are written to a temporary name and
-renamed when complete, so a failed or cancelled run never leaves a file that looks whole.
+verification fails, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM: a cluster
+job's time limit, ``scancel``, ``kill``), which stops a run as Ctrl-C does. Outputs are
+written to a temporary name and renamed when complete, so a failed or cancelled run never
+leaves a file that looks whole.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .cli_parser import UsageError, build_parser
-from .cli_progress import PROG, drive
+from .cli_progress import PROG, Terminated, drive
 
 __all__ = ["main"]
 
@@ -428,6 +432,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"resume": True})
     if args.max_minutes is not None:
         cfg.max_minutes = args.max_minutes
+    args.saved_model = cfg.out  # where a stop saves the model so far (main says so)
     path = drive(train_iter(cfg))
     print(f"saved model to {path}", file=sys.stderr)
     return 0
@@ -452,6 +457,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         from .engine.io.batch import matched_pairs
 
         args.input, args.target = matched_pairs(args.input, args.target)
+    args.saved_model = args.output  # where a stop saves the best model so far (main says so)
     path = drive(
         finetune_iter(
             args.task, named(args.input), named(args.target), base=args.base, out=args.output, iterations=args.iterations,
@@ -484,8 +490,24 @@ COMMANDS = {
 }
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM outside a driven run (reading, checking): stop at once, cleaning up as Ctrl-C
+    does (a driven run stops at its next event: :func:`~.cli_progress.drive`)."""
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emdiffuse`` command; returns the exit status."""
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if on_main else None
+    try:
+        return _main(argv)
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from .engine.errors import EMDiffuseError, InputError
 
     level = os.environ.get("EMDIFFUSE_LOG") or "ERROR"
@@ -505,15 +527,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EMDiffuseError as exc:
         print(f"{PROG}: error: {exc}{'' if isinstance(exc, InputError) else _kept(args)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no output written{_kept(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"{PROG}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; {_stopped(args)}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # `emdiffuse models | head`: the reader has gone; nothing more to say
         try:  # and no second error when Python flushes stdout on the way out
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError, AttributeError):
             pass
         return 0
+
+
+def _stopped(args: argparse.Namespace | None) -> str:
+    """What a stopped run leaves (``main``'s last words): a training's model so far, or no
+    output (and a --resume run's finished blocks)."""
+    from .engine.models.files import CARD_NAME
+
+    saved = getattr(args, "saved_model", None)
+    if saved is not None and (Path(saved) / CARD_NAME).is_file():
+        resume = " (emdiffuse train CONFIG --resume continues it)" if args.command == "train" else ""
+        return f"the model so far is saved in '{saved}'{resume}"
+    return f"no output written{_kept(args)}"
 
 
 def _kept(args: argparse.Namespace | None) -> str:
