@@ -5,6 +5,7 @@ system's temporary folder is the test's own, so that what a run leaves there is 
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,50 @@ def test_what_cannot_be_written_by_url_is_refused_in_one_line(tmp_path, scan, ti
     err = capsys.readouterr().err
     assert why in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "taken.tif", "tiny-denoise"]
+
+
+def test_a_missing_bucket_is_refused_before_the_run(monkeypatch):
+    """S3's HeadBucket answers 404 for a bucket that does not exist: refused in one line
+    before any work (not at the upload, hours later; a zarr store's writer raised a traceback),
+    for a file, a zarr store and a batch's folder. 403 (write-only credentials, not allowed to
+    look) and a store that has no such question pass."""
+    from napari_emdiffuse.engine.io import batch, fetch, zarrurl
+    from napari_emdiffuse.engine.io.batch import plan_batch
+    from napari_emdiffuse.engine.io.zarrurl import check_output_url
+
+    class Store:
+        def __init__(self, answer):
+            self.answer, self.asked = answer, []
+
+        def isdir(self, path):
+            return False
+
+        def isfile(self, path):
+            return False
+
+        def exists(self, path):
+            return False
+
+        def call_s3(self, method, **kw):
+            self.asked.append((method, kw))
+            if self.answer is not None:
+                raise self.answer
+
+    for answer, refused in ((FileNotFoundError("NoSuchBucket"), True), (PermissionError("AccessDenied"), False),
+                            (None, False)):
+        store = Store(answer)
+        for module in (fetch, zarrurl, batch):
+            monkeypatch.setattr(module, "url_fs", lambda url, store=store: (store, url.split("://", 1)[1]))
+        if refused:
+            with pytest.raises(InputError, match=r"^cannot write 's3://nobucket/run/a.tif': there is no bucket "
+                                                 r"'nobucket'$"):
+                fileurl.check_file_url("s3://nobucket/run/a.tif")
+            for check, url in ((check_output_url, "s3://nobucket/run/a.zarr"),
+                               (lambda u: plan_batch([Path("a.tif")], u, ext=".tif"), "s3://nobucket/run")):
+                with pytest.raises(InputError, match=rf"^cannot write '{url}': there is no bucket 'nobucket'$"):
+                    check(url)
+        else:
+            assert fileurl.check_file_url("s3://nobucket/run/a.tif") == "s3://nobucket/run/a.tif"
+        assert store.asked[0] == ("head_bucket", {"Bucket": "nobucket"})
+    del Store.call_s3  # a store with no such question (gcs, a mounted bucket): not asked
+    assert fileurl.check_file_url("gs://nobucket/a.tif") == "gs://nobucket/a.tif"

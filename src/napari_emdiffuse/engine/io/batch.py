@@ -20,6 +20,7 @@ from .common import (
 )
 from .czi import czi_file_of, czi_scenes
 from .fetch import url_fs
+from .fileurl import check_bucket
 from .hdf5 import h5_file_of, h5_images
 from .n5 import n5_container_of
 from .precomputed import precomputed_of
@@ -249,9 +250,12 @@ def _folder(path: str | os.PathLike[str], inside: Path | str | None = None) -> P
                              "an object store (s3://, gs://) or a folder")
         if suffix_of(Path(url)) in _FILE_SUFFIXES + (ZARR_SUFFIX,):
             raise InputError(f"with several inputs the output is a folder; '{path}' is named like a file")
-        try:  # the service once, before any file: not a skip line per file for a missing backend
+        try:  # the service once, before any file: not a skip line per file for a missing backend or bucket
             fs, where = url_fs(url)
             fs.exists(where)
+            check_bucket(fs, where, url)
+        except InputError:
+            raise
         except ImportError as exc:
             raise InputError(f"cannot write into '{url}': {reason(exc)} (pip install napari-emdiffuse[remote])") from exc
         except Exception as exc:  # no connection, no credentials, an unknown protocol: the service says why

@@ -29,8 +29,8 @@ from ..errors import InputError
 from .atomic import WriteStopped
 from .common import MRC_SUFFIXES, TIFF_SUFFIXES, is_url, reason, suffix_of
 
-__all__ = ["is_file_url", "check_file_url", "file_url_exists", "staging_dir", "uploaded", "upload_file",
-           "STAGING_PREFIX"]
+__all__ = ["is_file_url", "check_file_url", "check_bucket", "file_url_exists", "staging_dir", "uploaded",
+           "upload_file", "STAGING_PREFIX"]
 
 #: The prefix of the temporary folders a result by URL is written in before its upload.
 STAGING_PREFIX = "emdiffuse-upload-"
@@ -78,6 +78,7 @@ def check_file_url(url: str) -> str:
             raise InputError(f"cannot write '{url}': a folder with that name exists")
         if folder and fs.isfile(folder):
             raise InputError(f"cannot write '{url}': '{folder}' is a file, not a folder")
+        check_bucket(fs, path, url)
     except InputError:
         raise
     except ImportError as exc:
@@ -85,6 +86,23 @@ def check_file_url(url: str) -> str:
     except Exception as exc:  # no such bucket, no credentials, no connection: the service says why
         raise InputError(f"cannot write '{url}': {reason(exc)}") from exc
     return url
+
+
+def check_bucket(fs: object, path: str, url: str) -> None:
+    """An S3 bucket that does not exist, found before the run rather than at its upload, hours
+    later (the finished file is kept then, but the user waited for nothing). Asked with
+    HeadBucket, which needs the right to list the bucket: write-only credentials may not have
+    it, and are then let through (the upload says what is wrong)."""
+    head = getattr(fs, "call_s3", None)  # s3fs; other stores are not asked
+    if head is None:
+        return
+    bucket = path.lstrip("/").split("/", 1)[0]
+    try:
+        head("head_bucket", Bucket=bucket)
+    except FileNotFoundError as exc:  # 404: no such bucket (403, not allowed to look, passes)
+        raise InputError(f"cannot write '{url}': there is no bucket '{bucket}'") from exc
+    except Exception:  # noqa: BLE001 - no right to look, or the service cannot say: the upload tells
+        pass
 
 
 def file_url_exists(url: str) -> bool:

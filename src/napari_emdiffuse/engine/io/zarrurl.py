@@ -30,6 +30,7 @@ from typing import Any
 from ..errors import InputError
 from .common import ZARR_SUFFIX, reason
 from .fetch import url_fs, writable_store
+from .fileurl import check_bucket
 from .ledger import LEDGER_DIR, Ledger
 from .stores import COMPLETE_FILE, find_unfinished, is_complete, partials_beside, store_exists
 from .zarr import ZarrWriter, open_zarr_readonly
@@ -63,8 +64,11 @@ def check_output_url(url: str, *, resume: bool = False) -> str:
                          "store (s3://, gs://) or a folder")
     try:
         fs, path = url_fs(url)
+        check_bucket(fs, path, url)
         there = fs.exists(path)
         whole = there and store_exists(url)
+    except InputError:
+        raise
     except ImportError as exc:
         raise InputError(f"cannot write '{url}': {reason(exc)} (pip install napari-emdiffuse[remote])") from exc
     except Exception as exc:  # no such bucket, no credentials, no connection: the service says why
