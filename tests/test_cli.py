@@ -616,6 +616,32 @@ def test_ctrl_c_and_sigterm_stop_a_driven_run_at_its_next_event(monkeypatch, cap
     assert drive(_stoppable(log, [])) == "model" and log == ["went on to its next event"]  # the control
 
 
+def test_a_model_or_package_by_url_is_refused_in_one_line_and_makes_no_local_folder(tmp_path, capsys, monkeypatch,
+                                                                                    tiny_model_dir):
+    """A model (finetune, train, import) or a bioimage.io package (export) goes to a folder:
+    a URL is refused before any work. Before, ``Path`` folded 's3://bucket/model' into a local
+    folder 's3:/bucket/model' and a fine-tune saved its model there. ``info`` on a zarr URL it
+    cannot list answers in one line (it raised a traceback)."""
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite(tmp_path / "noisy.tif", (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8))
+    torch_file = tmp_path / "best_Network.pth"
+    torch_file.write_bytes(b"not read")
+    for argv in (["finetune", "--task", "denoise", "--input", "noisy.tif", "--base", str(tiny_model_dir), "--iterations",
+                  "2", "--patch", "32", "-o", "s3://bucket/model"],
+                 ["import", str(torch_file), "--arch", "EMDiffuse-n", "-o", "s3://bucket/model"],
+                 ["export", str(tiny_model_dir), "-o", "s3://bucket/model.zip"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "goes to a local or shared folder" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(Exception, match="cannot write 's3://bucket/model': a model goes to a local or shared folder"):
+        __import__("napari_emdiffuse.engine.training.config", fromlist=["TrainConfig"]).TrainConfig(
+            task="denoise", inputs=["noisy.tif"], out="s3://bucket/model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_Network.pth", "noisy.tif", "tiny-denoise"]
+    assert main(["info", "s3://nobucket/x.zarr"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read 's3://nobucket/x.zarr'" in err and "Traceback" not in err
+
+
 def test_isotropic_denoise_first(tmp_path, capsys):
     # --denoise: the measured slices come out denoised (the bundled denoiser), the volume
     # has (Z - 1) * factor + 1 slices; without it they are the input's, bit for bit.

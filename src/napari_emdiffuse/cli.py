@@ -330,7 +330,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 print(json.dumps({"path": name, "unfinished_runs": [[str(s), d, t] for s, d, t in runs]}))
             continue
         try:
-            others = partials_beside(name) if is_url(name) and _is_zarr(name) and not store_exists(name) else []
+            try:
+                others = partials_beside(name) if is_url(name) and _is_zarr(name) and not store_exists(name) else []
+            except Exception:  # noqa: BLE001 - not listed (no such bucket, no access): describe() says why
+                others = []
             if others:  # chunks at the URL (a run writes them there), no metadata yet
                 raise InputError(f"'{name}' is no zarr store yet: a run writing it goes on, or one stopped that cannot "
                                  f"resume (its record: '{others[0]}'; delete both if none runs)")
@@ -392,11 +395,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
+    from .engine.io.common import refuse_url
     from .engine.models.cards import published_network
     from .engine.models.factory import import_published
     from .engine.models.files import read_card
     from .engine.models.registry import register_model
 
+    refuse_url(args.output, "a model")
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) if out.is_dir() else out.exists():
         raise InputError(f"'{out}' already exists; choose a new model directory")

@@ -42,6 +42,7 @@ __all__ = [
     "streams_lazily",
     "grey_from_samples",
     "is_url",
+    "refuse_url",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -203,6 +204,24 @@ def image_files_in(folder: Path, *, hdf5: bool = False) -> list[Path]:
     return sorted(found, key=lambda c: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", c.name)])
 
 
+def refuse_url(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a URL in one line where ``what`` goes to a local or shared folder only (a model,
+    a bioimage.io package): ``Path()`` would fold ``s3://b/x`` into ``s3:/b/x``, a local folder
+    named ``s3:``.
+
+    Examples
+    --------
+    >>> refuse_url("s3://bucket/my-model", "a model")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: cannot write 's3://bucket/my-model': a model goes to a local or shared folder (then copy it: aws s3 cp, gcloud storage cp, rclone); the results of denoise, super-resolve, isotropic and convert may go to a URL
+    """
+    if is_url(path):
+        raise InputError(f"cannot write '{path}': {what} goes to a local or shared folder (then copy it: aws s3 cp, "
+                         "gcloud storage cp, rclone); the results of denoise, super-resolve, isotropic and convert "
+                         "may go to a URL")
+
+
 def check_output_path(path: str | os.PathLike[str]) -> Path:
     """Validate an output path before any work starts.
 
@@ -223,10 +242,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         something that cannot be replaced (a folder for a TIFF, a file for a zarr store).
         Making sure the output is not one of the inputs is the caller's job.
     """
-    if is_url(path):  # Path() would fold "s3://b/x" into "s3:/b/x" and blame a missing folder
-        raise InputError(f"cannot write '{path}': this goes to a local or shared folder (then copy it: aws s3 cp, "
-                         "gcloud storage cp, rclone); the results of denoise, super-resolve, isotropic and convert "
-                         "may go to a URL")
+    refuse_url(path, "this")
     p = Path(path).expanduser()
     ext = suffix_of(p)
     if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES + MRC_PACKED_SUFFIXES + (N5_SUFFIX,):

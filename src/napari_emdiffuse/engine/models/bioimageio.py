@@ -36,6 +36,7 @@ import torch
 from pydantic import ValidationError
 
 from ..errors import EMDiffuseError, InputError
+from ..io.common import refuse_url
 from .cards import TAIL_CAP, TAIL_CURVATURE, ModelCard
 from .files import PACKAGED_CARD_NAME, write_card
 from .model import EMDiffuseModel
@@ -106,6 +107,7 @@ def export_bioimageio(
     >>> export_bioimageio(load_model("demo-denoise"), "demo-denoise.zip")  # doctest: +SKIP
     PosixPath('demo-denoise.zip')
     """
+    refuse_url(out, "a bioimage.io package")
     try:
         import bioimageio.spec.model.v0_5 as bio
         from bioimageio.spec import save_bioimageio_package

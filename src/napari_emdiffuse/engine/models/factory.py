@@ -19,6 +19,7 @@ from ..core.diffusion import Network
 from ..core.losses import LOSSES
 from ..core.networks import RegressionUNet, UNet
 from ..errors import EMDiffuseError, ModelFileError
+from ..io.common import refuse_url
 from .cards import ARCHITECTURES, TASKS, ModelCard, UNetConfig, published_card, published_network, validation_message
 from .files import check_state_dict, clean_published_state_dict, save_model_dir, torch_load
 from .model import REFINER_PREFIX, EMDiffuseModel
@@ -246,6 +247,7 @@ def import_published(
     checkpoint's shapes (:func:`published_card_for`); the saved schedule buffers are ignored.
     A checkpoint that fits neither gets a one-line error naming the first offending key.
     """
+    refuse_url(out_dir, "a model")
     if not Path(checkpoint).is_file():
         raise ModelFileError(f"checkpoint '{checkpoint}' does not exist")
     sd = clean_published_state_dict(torch_load(Path(checkpoint)))

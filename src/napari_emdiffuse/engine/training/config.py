@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import EMDiffuseError, InputError
 from ..io.hdf5 import h5_file_of
+from ..io.common import refuse_url
 from ..io.images import read_image
 from ..io.views import check_one_channel
 from ..models.cards import Normalisation
@@ -342,6 +343,12 @@ class TrainConfig(BaseModel):
             return None
         if isinstance(v, (str, os.PathLike, Mapping)) or hasattr(v, "shape"):
             return [v]
+        return v
+
+    @field_validator("out", mode="before")
+    @classmethod
+    def _local_out(cls, v: Any) -> Any:
+        refuse_url(v, "a model")  # caught here, before any training
         return v
 
     @field_validator("register", mode="before")
