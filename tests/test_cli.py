@@ -583,11 +583,12 @@ def _stoppable(log, signals, at=3):
         raise
 
 
-def test_ctrl_c_and_sigterm_stop_a_driven_run_at_its_next_event(monkeypatch, capsys):
-    """Ctrl-C or SIGTERM while a run is driven: it goes on to its next event and is closed
-    there (a training saves its model there; raised in its body, mid-step, it saved nothing),
-    then KeyboardInterrupt / Terminated. A second Ctrl-C stops at once, and so does SIGTERM
-    after its grace time when no event comes; the handlers are given back afterwards."""
+def test_ctrl_c_and_sigterm_stop_a_training_at_its_next_event(monkeypatch, capsys):
+    """Ctrl-C or SIGTERM while a training is driven (``between_events``): it goes on to its
+    next event and is closed there (the trainer saves its model there; raised in its body,
+    mid-step, it saved nothing), then KeyboardInterrupt / Terminated. A second Ctrl-C stops at
+    once, and so does SIGTERM after its grace time when no event comes; the handlers are given
+    back afterwards. Other runs stop where they are (their files clean up as it passes)."""
     import signal
 
     from napari_emdiffuse import cli_progress
@@ -597,7 +598,7 @@ def test_ctrl_c_and_sigterm_stop_a_driven_run_at_its_next_event(monkeypatch, cap
     for signum, raised in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
         log = []
         with pytest.raises(raised):
-            drive(_stoppable(log, [signum]))
+            drive(between_events=True, gen=_stoppable(log, [signum]))
         assert log == ["went on to its next event", "closed at a yield"]
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     err = capsys.readouterr().err
@@ -605,15 +606,19 @@ def test_ctrl_c_and_sigterm_stop_a_driven_run_at_its_next_event(monkeypatch, cap
     assert "terminated (SIGTERM); stopping at the next step" in err
     log = []
     with pytest.raises(KeyboardInterrupt):
-        drive(_stoppable(log, [signal.SIGINT, signal.SIGINT]))
+        drive(between_events=True, gen=_stoppable(log, [signal.SIGINT, signal.SIGINT]))
     assert log == ["KeyboardInterrupt in its body"]
     monkeypatch.setattr(cli_progress, "STOP_GRACE_S", 0.2)
     log, started = [], time.monotonic()
     with pytest.raises(Terminated):
-        drive(_stoppable(log, ["sleep"]))
+        drive(between_events=True, gen=_stoppable(log, ["sleep"]))
     assert log == ["went on to its next event", "Terminated in its body"] and time.monotonic() - started < 3
     log = []
-    assert drive(_stoppable(log, [])) == "model" and log == ["went on to its next event"]  # the control
+    assert drive(between_events=True, gen=_stoppable(log, [])) == "model" and log == ["went on to its next event"]
+    log = []
+    with pytest.raises(KeyboardInterrupt):  # a restoration's drive: at once, in its body
+        drive(_stoppable(log, [signal.SIGINT]))
+    assert log == ["KeyboardInterrupt in its body"]
 
 
 def test_a_model_or_package_by_url_is_refused_in_one_line_and_makes_no_local_folder(tmp_path, capsys, monkeypatch,

@@ -438,7 +438,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.max_minutes is not None:
         cfg.max_minutes = args.max_minutes
     args.saved_model = cfg.out  # where a stop saves the model so far (main says so)
-    path = drive(train_iter(cfg))
+    path = drive(train_iter(cfg), between_events=True)
     print(f"saved model to {path}", file=sys.stderr)
     return 0
 
@@ -477,7 +477,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             **({} if args.register is None else {"register": args.register}),
             **({} if args.doses is None else {"doses": args.doses}),
             **({} if args.noise_correlation is None else {"noise_correlation": args.noise_correlation}),
-        )
+        ),
+        between_events=True,
     )
     line = verdict(read_card(path).metrics)
     if line:

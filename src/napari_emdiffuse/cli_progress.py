@@ -32,21 +32,22 @@ def _interrupt(signum: int) -> KeyboardInterrupt:
 
 
 class _StopBetweenEvents:
-    """Ctrl-C or SIGTERM while a generator is driven: noted, and the run stops at its next event
-    (:func:`drive` then closes the generator at its ``yield``, where it cleans up: a training
-    saves its model and checkpoint, a file being written is removed). Raised at the signal,
-    wherever the run was, a stop would skip that: a training stopped mid-step saved nothing.
-    A second Ctrl-C or SIGTERM stops at once, and so does SIGTERM's after
-    :data:`STOP_GRACE_S`."""
+    """Ctrl-C or SIGTERM while a training is driven: noted, and the run stops at its next event
+    (:func:`drive` then closes the generator at its ``yield``, where the trainer saves its model
+    and checkpoint). Raised at the signal, mid-step, the stop skipped that, and a training
+    stopped by Ctrl-C saved nothing. A second Ctrl-C or SIGTERM stops at once, and so does
+    SIGTERM's after :data:`STOP_GRACE_S`. Not ``enabled``: the signals raise where the run is.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.signum: int | None = None
         self.bar: Any = None  # the bar on screen: a note goes below its line
         self._previous: dict[int, Any] = {}
         self._timer: threading.Timer | None = None
 
     def __enter__(self) -> _StopBetweenEvents:
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        if self.enabled and threading.current_thread() is threading.main_thread():  # signals reach it only
             self._previous = {s: signal.signal(s, self._noted) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
@@ -73,15 +74,17 @@ class _StopBetweenEvents:
             raise _interrupt(self.signum)
 
 
-def drive(gen: Generator, stages: Sequence[str] | None = None) -> Any:
+def drive(gen: Generator, stages: Sequence[str] | None = None, *, between_events: bool = False) -> Any:
     """Drive an engine generator with a tqdm bar on stderr; return its final item. ``stages``:
     those shown (default: sampling, blocks, training, files on workers, uploads and the passes
-    over a whole volume). Ctrl-C or SIGTERM stops it at its next event (:class:`_StopBetweenEvents`)
-    and raises KeyboardInterrupt (:class:`Terminated`) once it is closed."""
+    over a whole volume). Ctrl-C (SIGTERM: :class:`Terminated`) raises where the run is: its
+    files clean up as the exception passes. With ``between_events`` (a training, which saves
+    its model when closed at an event) the run goes on to its next event and is closed there
+    (:class:`_StopBetweenEvents`)."""
     from .engine.events import VOLUME_STAGES, TimeLeft
 
     stages = ("sampling", "block", "training", "files", "upload", *VOLUME_STAGES) if stages is None else stages
-    with _StopBetweenEvents() as stop:
+    with _StopBetweenEvents(enabled=between_events) as stop:
         return _show(gen, stages, TimeLeft(clock=lambda: time.monotonic()), stop)
 
 
