@@ -80,8 +80,10 @@ def test_nothing_is_at_the_url_until_the_file_is_whole(tmp_path, tmp, scan, tiny
     with pytest.raises(InputError, match=r"cannot upload to 'local://.*out.tif': permission denied; the result is kept at"):
         write_image(url, np.zeros((8, 8), np.uint8))
     assert not (tmp_path / "bucket").exists()
-    (kept,) = tmp.glob("emdiffuse-upload-*/out.tif")
-    assert tifffile.imread(kept).shape == (8, 8)
+    (kept,) = tmp.glob("emdiffuse-kept-*/out.tif")  # named so that no later run removes it as an orphan
+    assert tifffile.imread(kept).shape == (8, 8) and not list(tmp.glob("emdiffuse-upload-*"))
+    fileurl.staging_dir(url)
+    assert kept.is_file()
 
 
 def test_the_upload_is_reported_and_a_cancel_there_leaves_nothing(tmp_path, tmp, scan, tiny_model_dir):
@@ -256,3 +258,25 @@ def test_a_missing_bucket_is_refused_before_the_run(monkeypatch):
         assert store.asked[0] == ("head_bucket", {"Bucket": "nobucket"})
     del Store.call_s3  # a store with no such question (gcs, a mounted bucket): not asked
     assert fileurl.check_file_url("gs://nobucket/a.tif") == "gs://nobucket/a.tif"
+
+
+def test_a_new_staging_folder_removes_those_killed_processes_left(tmp, tmp_path):
+    """A process killed outright (SIGKILL, the out-of-memory killer) leaves its staging folder;
+    the next one made on this machine removes it, and leaves alone those of processes that run,
+    another machine's, a resumable run's and a failed upload's kept file."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = fileurl._host()
+    names = {"orphan": f"emdiffuse-upload-{host}-{int(dead.stdout)}-abc", "alive": f"emdiffuse-upload-{host}-{os.getpid()}-x",
+             "other machine": f"emdiffuse-upload-elsewhere-{int(dead.stdout)}-y", "kept": f"emdiffuse-kept-{host}-1-z"}
+    for name in names.values():
+        (tmp / name).mkdir()
+        (tmp / name / "out.tif").write_bytes(b"x" * 100)
+    resumable = fileurl.staging_dir("s3://b/run.tif", resume=True)
+    new = fileurl.staging_dir("s3://b/out.tif")
+    assert new.name.startswith(f"emdiffuse-upload-{host}-{os.getpid()}-")
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(
+        [new.name, resumable.name] + [n for k, n in names.items() if k != "orphan"])

@@ -18,9 +18,13 @@ run of the same output, so that the next run on this machine finds the finished 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import os
+import re
 import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,10 +34,12 @@ from .atomic import WriteStopped
 from .common import MRC_SUFFIXES, TIFF_SUFFIXES, is_url, reason, suffix_of
 
 __all__ = ["is_file_url", "check_file_url", "check_bucket", "file_url_exists", "staging_dir", "uploaded",
-           "upload_file", "STAGING_PREFIX"]
+           "upload_file", "STAGING_PREFIX", "KEPT_PREFIX"]
 
 #: The prefix of the temporary folders a result by URL is written in before its upload.
 STAGING_PREFIX = "emdiffuse-upload-"
+#: The prefix such a folder takes when its upload failed and it keeps the finished file.
+KEPT_PREFIX = "emdiffuse-kept-"
 
 
 def _name(url: str) -> str:
@@ -114,15 +120,41 @@ def file_url_exists(url: str) -> bool:
 
 
 def staging_dir(url: str, *, resume: bool = False) -> Path:
-    """A new local folder for what goes to ``url`` before its upload; with ``resume``, the
-    same folder for every run of that URL on this machine (made if missing)."""
+    """A new local folder for what goes to ``url`` before its upload, named by this machine and
+    process; with ``resume``, the same folder for every run of that URL on this machine (made
+    if missing). Making a new one removes those that killed processes of this machine left
+    (SIGKILL, the out-of-memory killer: no clean-up ran; they may hold gigabytes)."""
     root = Path(tempfile.gettempdir())
     if not resume:
-        return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
+        _remove_orphans(root)
+        return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{_host()}-{os.getpid()}-", dir=root))
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
     folder = root / f"{STAGING_PREFIX}{digest}"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _remove_orphans(root: Path) -> None:
+    """Remove the staging folders of this machine's processes that no longer run."""
+    mine = f"{STAGING_PREFIX}{_host()}-"
+    for folder in root.glob(f"{glob.escape(mine)}*"):
+        pid = folder.name[len(mine):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it runs
+        return True
+    return True
 
 
 def upload_file(local: str | Path, url: str, *, progress: Callable[[int, int], None] | None = None) -> str:
@@ -187,7 +219,10 @@ def uploaded(url: str, *, progress: Callable[[int, int], None] | None = None) ->
             raise
         except Exception as exc:  # no connection, no permission: the service says why
             keep = True
-            raise InputError(f"cannot upload to '{url}': {reason(exc)}; the result is kept at '{local}'") from exc
+            kept = folder.with_name(folder.name.replace(STAGING_PREFIX, KEPT_PREFIX, 1))  # not an orphan to remove
+            folder.rename(kept)
+            raise InputError(f"cannot upload to '{url}': {reason(exc)}; the result is kept at "
+                             f"'{kept / local.name}'") from exc
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
