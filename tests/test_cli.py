@@ -1149,6 +1149,12 @@ def test_convert_writes_any_input_with_its_pixel_size(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "vol.mrc"), "-o", str(tmp_path / "slab.tif"), "--voxel-size", "50", "5", "5"]) == 0
     assert read_image(tmp_path / "slab.tif").spacing == (50.0, 5.0, 5.0)
     assert "writing" not in capsys.readouterr().err  # in memory: written at once, no bar
+    big = np.tile(vol, (1, 30, 30))  # 3 x 600 x 720: an OME-Zarr store with levels below
+    write_image(tmp_path / "big.zarr", big, spacing=(40.0, 5.0, 5.0))
+    assert main(["convert", str(tmp_path / "big.zarr"), "-o", str(tmp_path / "big.ome.zarr")]) == 0
+    err = capsys.readouterr().err
+    assert "writing: 100%" in err and "pyramid" in err  # a zarr store from a lazy input: its rows, then its levels
+    assert np.array_equal(np.asarray(read_image(tmp_path / "big.ome.zarr").data), big)
     # a folder: each file into the format --to names, in the output folder
     session = tmp_path / "session"
     session.mkdir()

@@ -300,8 +300,9 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
                            provenance=made, zarr_format=args.zarr_format,
                            progress=None if told is None else (lambda stage, done, total: told(out, stage, done, total)))
 
-    # A stack read lazily goes slice by slice, with a bar (a cutout by URL reads as it goes)
-    drive(writing(write, out, pieces=not _is_zarr(out) and streams_lazily(data.data)))
+    # An input read lazily goes piece by piece, with a bar (a cutout by URL reads as it goes)
+    lazy = not isinstance(data.data, np.ndarray) if _is_zarr(out) else streams_lazily(data.data)
+    drive(writing(write, out, pieces=lazy))
     size = "no pixel size" if data.spacing is None else " x ".join(f"{v:g}" for v in data.spacing) + f" {data.unit or ''}"
     print(f"wrote {out} ({' x '.join(str(n) for n in data.data.shape)} {data.data.dtype}, {size.strip()})", file=sys.stderr)
     return 0

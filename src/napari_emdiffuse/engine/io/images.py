@@ -256,11 +256,12 @@ def write_image(
         TIFF as its ``xorigin`` / ``yorigin`` / ``zorigin`` (:func:`~.tiff.write_tiff`). MRC
         does not.
     progress : callable, optional
-        Called with ``("writing", pieces written, pieces in all)`` while a lazy stack goes to a
-        TIFF or MRC piece by piece (:func:`~.tiff.write_tiff`), and for a TIFF or MRC by URL
-        with ``("upload", bytes uploaded, bytes in all)`` while it is uploaded
-        (:func:`~.fileurl.upload_file`). An exception it raises stops the write or the
-        upload, and nothing is left.
+        Called with ``("writing", done, in all)`` while a lazy array is written piece by piece
+        (a TIFF's or MRC's slices or bands, :func:`~.tiff.write_tiff`; a zarr store's rows of
+        its first axis, then ``("pyramid", ...)`` for an OME-Zarr store's levels), and for a
+        TIFF or MRC by URL with ``("upload", bytes uploaded, bytes in all)`` while it is
+        uploaded (:func:`~.fileurl.upload_file`). An exception it raises stops the write or
+        the upload, and nothing is left.
 
     Returns
     -------
@@ -323,9 +324,10 @@ def write_image(
             p, lazy.shape, lazy.dtype, chunks=chunks, spacing=spacing, unit=unit, axes=axes,
             overwrite=overwrite, attrs=attrs, zarr_format=zarr_format, origin=origin,
         ) as writer:
-            da.store(lazy, writer.array, lock=False)
-            for _ in writer.build_pyramid():  # an OME-Zarr output's levels below full resolution
-                pass
+            _store_in_slabs(lazy, writer.array, written)
+            for ev in writer.build_pyramid():  # an OME-Zarr output's levels below full resolution
+                if progress is not None:
+                    progress(ev.stage, ev.done, ev.total)
     else:
         # format 3: a shard per slice (zarr's own chunks otherwise)
         per_slice = (*(1,) * (array.ndim - 2), *array.shape[-2:]) if zarr_format == 3 and array.ndim >= 2 else None
@@ -337,3 +339,21 @@ def write_image(
             for _ in writer.build_pyramid():
                 pass
     return p
+
+
+def _store_in_slabs(lazy: Any, target: Any, written: Callable[[int, int], None] | None) -> None:
+    """Store a dask array in slabs of its first axis, each of 16 chunks or more (so that the
+    threads still write several at once), with ``written(rows done, rows)`` before each slab
+    and at the end: a bar for a long copy, and a stop between two slabs."""
+    import dask.array as da
+
+    rows, n = lazy.chunks[0][0] if lazy.chunks[0] else 1, int(lazy.shape[0])
+    per_row = max(1, int(np.prod([len(c) for c in lazy.chunks[1:]])))
+    step = rows * -(-16 // per_row)
+    for start in range(0, n, step):
+        if written is not None:
+            written(start, n)
+        stop = min(start + step, n)
+        da.store(lazy[start:stop], target, regions=(slice(start, stop),), lock=False)
+    if written is not None:
+        written(n, n)
