@@ -108,6 +108,7 @@ def spill_store(out: Path | str, shape: tuple[int, ...], image: Any, *, uncertai
     local folder (:func:`~.engine.io.fileurl.staging_dir`: with ``resume``, the same one for
     every run of that URL on this machine)."""
     from .engine.inference.checks import check_fits_in_memory, output_dtype
+    from .engine.io.atomic import partial_beside, remove_orphans_beside
     from .engine.io.common import is_url
     from .engine.io.fileurl import staging_dir
 
@@ -124,7 +125,10 @@ def spill_store(out: Path | str, shape: tuple[int, ...], image: Any, *, uncertai
                 f"{'it' if not is_url(str(out)) else 'the file'}{' slice by slice' if len(shape) == 3 else ''}")
         if resume:
             return folder / f".{name}.resumable.zarr", told + " (kept if the run stops: --resume continues it)"
-        return folder / f".{name}.partial-{secrets.token_hex(4)}.zarr", told
+        if is_url(str(out)):  # its staging folder goes whole
+            return folder / f".{name}.partial-{secrets.token_hex(4)}.zarr", told
+        remove_orphans_beside(Path(out))  # a killed run's store of this output (and its file's partial)
+        return partial_beside(Path(out), ZARR_SUFFIX), told
 
 
 def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | None, data: Any, source: str,

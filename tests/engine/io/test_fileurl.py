@@ -269,7 +269,7 @@ def test_a_new_staging_folder_removes_those_killed_processes_left(tmp, tmp_path)
     import sys
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = fileurl._host()
+    host = __import__("napari_emdiffuse.engine.io.atomic", fromlist=["host_tag"]).host_tag()
     names = {"orphan": f"emdiffuse-upload-{host}-{int(dead.stdout)}-abc", "alive": f"emdiffuse-upload-{host}-{os.getpid()}-x",
              "other machine": f"emdiffuse-upload-elsewhere-{int(dead.stdout)}-y", "kept": f"emdiffuse-kept-{host}-1-z"}
     for name in names.values():

@@ -806,3 +806,34 @@ def test_a_digitalmicrograph_tiff_stack_in_seconds_is_a_time_series(tmp_path, z_
     tifffile.imwrite(path, np.zeros((3, 6, 8), np.uint16), extratags=tags)  # fmt: skip
     img = read_image(path)
     assert img.axes == axes and img.spacing == (z, 2.0, 2.0)
+
+
+@pytest.mark.parametrize("ext", [".tif", ".mrc"])
+def test_writing_a_file_removes_the_hidden_partials_killed_runs_left_of_it(tmp_path, ext):
+    """A run killed outright (SIGKILL, the out-of-memory killer) leaves its hidden partial of
+    the output (a file being written, a large result's store: gigabytes, unseen). Writing the
+    same output again removes those of this machine's dead processes; a running process's,
+    another machine's and another output's stay."""
+    import os
+    import subprocess
+    import sys
+
+    from napari_emdiffuse.engine.io.atomic import host_tag
+    from napari_emdiffuse.engine.io.images import write_image
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    out = tmp_path / f"out{ext}"
+    host = host_tag()
+    left = {"file": f".{out.name}.partial-{host}-{dead}-ab12", "store": f".{out.name}.partial-{host}-{dead}-cd34.zarr",
+            "running": f".{out.name}.partial-{host}-{os.getpid()}-ef56", "elsewhere": f".{out.name}.partial-other-{dead}-1",
+            "other output": f".b{ext}.partial-{host}-{dead}-2"}
+    for kind, name in left.items():
+        if kind == "store":
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "0.0").write_bytes(b"x")
+        else:
+            (tmp_path / name).write_bytes(b"x")
+    write_image(out, np.zeros((8, 8), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name] + [n for k, n in left.items() if k not in ("file", "store")])

@@ -4,15 +4,20 @@ or folder under the name the user asked for."""
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["fsync_dir", "remove_path", "atomic_file", "temp_dir_beside", "replace_dir", "WriteStopped"]
+__all__ = ["fsync_dir", "remove_path", "atomic_file", "temp_dir_beside", "replace_dir", "WriteStopped", "host_tag",
+           "process_running", "partial_beside", "remove_orphans_beside"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +63,40 @@ def remove_path(path: Path) -> None:
         logger.warning("could not remove temporary output %s", path)
 
 
+def host_tag() -> str:
+    """This machine's name as it goes into a temporary name (so that a folder several machines
+    share tells their processes apart)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # not ours to signal: it runs
+        return True
+    return True
+
+
+def partial_beside(final: Path, suffix: str = "") -> Path:
+    """A new hidden name beside ``final`` for what becomes it, naming this machine and process,
+    so that a later run tells it from a killed run's leftover (:func:`remove_orphans_beside`)."""
+    return final.with_name(f".{final.name}.partial-{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+def remove_orphans_beside(final: Path) -> None:
+    """Remove the hidden partials of ``final`` (:func:`partial_beside`) that processes of this
+    machine left when they were killed outright (SIGKILL, the out-of-memory killer: no clean-up
+    ran; a large result's may hold gigabytes). Those of running processes stay."""
+    mine = f".{final.name}.partial-{host_tag()}-"
+    for leftover in final.parent.glob(f"{glob.escape(mine)}*"):
+        pid = leftover.name[len(mine):].split("-", 1)[0]
+        if pid.isdigit() and not process_running(int(pid)):
+            remove_path(leftover)
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary file beside ``path`` to write; it replaces ``path`` when the block ends
@@ -74,7 +113,8 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_orphans_beside(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-{host_tag()}-{os.getpid()}-", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)

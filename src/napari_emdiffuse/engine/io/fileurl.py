@@ -21,16 +21,14 @@ import contextlib
 import glob
 import hashlib
 import os
-import re
 import secrets
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import InputError
-from .atomic import WriteStopped
+from .atomic import WriteStopped, host_tag, process_running
 from .common import MRC_SUFFIXES, TIFF_SUFFIXES, is_url, reason, suffix_of
 
 __all__ = ["is_file_url", "check_file_url", "check_bucket", "file_url_exists", "staging_dir", "uploaded",
@@ -127,34 +125,20 @@ def staging_dir(url: str, *, resume: bool = False) -> Path:
     root = Path(tempfile.gettempdir())
     if not resume:
         _remove_orphans(root)
-        return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{_host()}-{os.getpid()}-", dir=root))
+        return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{host_tag()}-{os.getpid()}-", dir=root))
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
     folder = root / f"{STAGING_PREFIX}{digest}"
     folder.mkdir(exist_ok=True)
     return folder
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
-
-
 def _remove_orphans(root: Path) -> None:
     """Remove the staging folders of this machine's processes that no longer run."""
-    mine = f"{STAGING_PREFIX}{_host()}-"
+    mine = f"{STAGING_PREFIX}{host_tag()}-"
     for folder in root.glob(f"{glob.escape(mine)}*"):
         pid = folder.name[len(mine):].split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_running(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: it runs
-        return True
-    return True
 
 
 def upload_file(local: str | Path, url: str, *, progress: Callable[[int, int], None] | None = None) -> str:

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ import numpy as np
 import tifffile
 
 from ..errors import InputError
-from .atomic import fsync_dir, remove_path
+from .atomic import fsync_dir, partial_beside, remove_orphans_beside, remove_path
 from .calibration import check_axes, check_spacing, tiff_calibration, to_nm
 from .consoles import console_scan_rows, databar_note
 from .common import (
@@ -541,7 +540,8 @@ def write_tiff(
         kwargs.update(metadata=metadata, bigtiff=bigtiff)
 
     # Hidden sibling in the same folder, so os.replace is an atomic rename on one filesystem.
-    tmp = p.with_name(f".{p.name}.partial-{secrets.token_hex(4)}")
+    remove_orphans_beside(p)  # a killed run's hidden partial of this file
+    tmp = partial_beside(p)
     try:
         pieces = -(-shape[0] // _TILE) if tiled else shape[0]
         told = progress if lazy and progress is not None else (lambda done, total: None)
