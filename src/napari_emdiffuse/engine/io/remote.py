@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .atomic import partial_beside, remove_orphans_beside
 from .common import (
     AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES,
     SER_SUFFIXES, TIFF_SUFFIXES, ImageData,
@@ -112,7 +113,8 @@ def download(url: str, size: int | None = None) -> tuple[Path, str]:
     if local.is_file() and (size is None or local.stat().st_size == size):
         return local, "read the copy kept at"
     local.parent.mkdir(parents=True, exist_ok=True)
-    partial = local.with_name(f".{local.name}.partial-{os.getpid()}")
+    remove_orphans_beside(local)  # a killed run's half-fetched copy
+    partial = partial_beside(local)
     try:
         with open_file(url, block=8 << 20) as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst, 8 << 20)
