@@ -647,6 +647,38 @@ def test_a_model_or_package_by_url_is_refused_in_one_line_and_makes_no_local_fol
     assert "cannot read 's3://nobucket/x.zarr'" in err and "Traceback" not in err
 
 
+def test_a_damaged_chunk_of_a_zarr_input_is_reported_in_one_line(tmp_path, capsys, tiny_model_dir):
+    """A chunk cut short (a copy that stopped, a failing disk): its codec raises while it is
+    decoded, deep in a run. The command says the data is damaged, in one line, exit 2, with
+    no traceback and no output; the control, the store before the damage, runs; any other
+    RuntimeError stays a crash to report."""
+    import zarr
+
+    from napari_emdiffuse.engine.io.common import damaged_reason
+    from napari_emdiffuse.engine.io.images import write_image
+
+    vol = (np.random.default_rng(2).random((3, 40, 48)) * 255).astype(np.uint8)
+    write_image(tmp_path / "v.zarr", vol)
+    args = ["--model", str(tiny_model_dir), "--device", "cpu", "--steps", "2"]
+    assert main(["denoise", str(tmp_path / "v.zarr"), "-o", str(tmp_path / "ok.tif"), *args]) == 0
+    capsys.readouterr()
+    store = zarr.open_array(str(tmp_path / "v.zarr"), mode="r")
+    chunk = next(p for p in (tmp_path / "v.zarr").rglob("*") if p.is_file() and p.name[0].isdigit())
+    assert store.chunks and chunk.stat().st_size > 20
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    for argv in (["denoise", str(tmp_path / "v.zarr"), "-o", str(tmp_path / "d.tif"), *args],
+                 ["convert", str(tmp_path / "v.zarr"), "-o", str(tmp_path / "c.mrc")],
+                 ["info", str(tmp_path / "v.zarr")]):
+        assert main(argv) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(err) == 1 and "could not be decoded, so the data is damaged" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.tif", "tiny-denoise", "v.zarr"]
+    try:
+        raise RuntimeError("decompression error, raised by our own code")
+    except RuntimeError as exc:
+        assert damaged_reason(exc) is None
+
+
 def test_isotropic_denoise_first(tmp_path, capsys):
     # --denoise: the measured slices come out denoised (the bundled denoiser), the volume
     # has (Z - 1) * factor + 1 slices; without it they are the input's, bit for bit.

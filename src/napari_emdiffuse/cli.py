@@ -544,6 +544,14 @@ def _main(argv: Sequence[str] | None) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 0
+    except (RuntimeError, ValueError, OSError) as exc:  # a damaged chunk of the input: the user's to fix
+        from .engine.io.common import damaged_reason
+
+        why = damaged_reason(exc)
+        if why is None:
+            raise
+        print(f"{PROG}: error: {why}{_kept(args)}", file=sys.stderr)
+        return 2
 
 
 def _stopped(args: argparse.Namespace | None) -> str:

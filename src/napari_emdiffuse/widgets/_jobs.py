@@ -62,8 +62,12 @@ def report_error(exc: BaseException) -> str:
     Anything else is a bug or an environment problem: logged with its traceback (for the
     bug report) and shown briefly.
     """
+    from ..engine.io.common import damaged_reason
+
     if isinstance(exc, EMDiffuseError):
         message = str(exc)
+    elif (why := damaged_reason(exc)) is not None:  # a damaged input: the user's to fix, not a bug
+        message = why
     else:
         logger.error("unexpected error in napari-emdiffuse", exc_info=(type(exc), exc, exc.__traceback__))
         text = " ".join(str(exc).split())  # one line, however the exception was worded

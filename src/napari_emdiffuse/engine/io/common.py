@@ -43,6 +43,7 @@ __all__ = [
     "grey_from_samples",
     "is_url",
     "refuse_url",
+    "damaged_reason",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -202,6 +203,36 @@ def image_files_in(folder: Path, *, hdf5: bool = False) -> list[Path]:
     found = [c for c in folder.iterdir() if c.is_file() and suffix_of(c) in kinds
              and not c.name.startswith(".") and ".partial" not in c.name]
     return sorted(found, key=lambda c: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", c.name)])
+
+
+#: Where a stored chunk is decoded: an error raised there means the data is damaged (a chunk
+#: cut short, flipped bytes), not a fault of the run.
+_DECODERS = ("numcodecs", "imagecodecs", "blosc", "zarr/codecs", "zarr/core/codec", "zstd", "lz4")
+
+
+def damaged_reason(exc: BaseException) -> str | None:
+    """One line for an error raised while a stored chunk was decoded (zarr, N5, a compressed
+    TIFF read lazily: the codec says "decompression error"), found anywhere in the exception's
+    chain; None for any other error. Such data is damaged on disk or in transfer, which the user
+    fixes, so it is reported as bad input is, not as a crash.
+
+    Examples
+    --------
+    >>> damaged_reason(ValueError("tile must exceed overlap")) is None
+    True
+    """
+    import traceback
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        frames = traceback.extract_tb(e.__traceback__) if e.__traceback__ is not None else []
+        where = frames[-1].filename.replace("\\", "/") if frames else ""
+        if isinstance(e, (RuntimeError, ValueError, OSError)) and any(d in where for d in _DECODERS):
+            return f"a stored chunk of the input could not be decoded, so the data is damaged ({' '.join(str(e).split())})"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def refuse_url(path: str | os.PathLike[str], what: str) -> None:
