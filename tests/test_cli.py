@@ -677,6 +677,17 @@ def test_a_damaged_chunk_of_a_zarr_input_is_reported_in_one_line(tmp_path, capsy
         raise RuntimeError("decompression error, raised by our own code")
     except RuntimeError as exc:
         assert damaged_reason(exc) is None
+    from numcodecs import Zstd
+
+    from napari_emdiffuse.batches import _why_skipped
+    from napari_emdiffuse.engine.errors import InputError
+
+    try:
+        Zstd().decode(b"not a zstd frame")
+    except RuntimeError as exc:  # a batch skips such a file, with why, and goes on
+        assert "damaged" in _why_skipped(exc)
+    assert _why_skipped(InputError("too small")) == "too small"
+    assert _why_skipped(RuntimeError("a bug")) is None  # stops the batch, as a crash
 
 
 def test_isotropic_denoise_first(tmp_path, capsys):

@@ -114,9 +114,12 @@ def restore_files_iter(
         yield Progress("file", k, len(plan), message=str(src))
         try:
             wrote = yield from progress_only(one(src, out, unc))
-        except InputError as exc:
-            done.skipped.append((str(src), str(exc)))
-            yield note(f"skipped {src}: {exc}")
+        except (RuntimeError, ValueError, OSError) as exc:  # InputError among them
+            why = _why_skipped(exc)
+            if why is None:
+                raise
+            done.skipped.append((str(src), why))
+            yield note(f"skipped {src}: {why}")
             continue
         wrote = wrote or []
         done.written.extend(wrote[:1])
@@ -166,9 +169,20 @@ def run_file_job(job: FileJob) -> tuple[list[str], list[str], str | None]:
                 wrote = ev
             elif ev.stage == "note" and ev.message:
                 notes.append(ev.message)
-    except InputError as exc:
-        return [], notes, str(exc)
+    except (RuntimeError, ValueError, OSError) as exc:  # InputError among them
+        why = _why_skipped(exc)
+        if why is None:
+            raise
+        return [], notes, why
     return wrote, notes, None
+
+
+def _why_skipped(exc: BaseException) -> str | None:
+    """Why a file of a batch is skipped (bad input, a damaged chunk: the user's to fix), or
+    None for an error that stops the batch."""
+    from .engine.io.common import damaged_reason
+
+    return str(exc) if isinstance(exc, InputError) else damaged_reason(exc)
 
 
 def _files_on_workers(plan: list, out_dir: str | Path, task: str, model: Any, workers: int | None,
