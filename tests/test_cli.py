@@ -591,6 +591,18 @@ def test_ctrl_c_and_sigterm_stop_a_training_at_its_next_event(monkeypatch, capsy
     back afterwards. Other runs stop where they are (their files clean up as it passes)."""
     import signal
 
+    # Python's own Ctrl-C handler, as in a terminal: a shell script's background job (`cmd &`)
+    # starts with SIGINT ignored, and Python then installs none
+    shell_given = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _stops_at_events(monkeypatch, capsys)
+    finally:
+        signal.signal(signal.SIGINT, shell_given)
+
+
+def _stops_at_events(monkeypatch, capsys):
+    import signal
+
     from napari_emdiffuse import cli_progress
     from napari_emdiffuse.cli_progress import Terminated, drive
 
@@ -649,8 +661,8 @@ def test_a_model_or_package_by_url_is_refused_in_one_line_and_makes_no_local_fol
 
 def test_a_damaged_chunk_of_a_zarr_input_is_reported_in_one_line(tmp_path, capsys, tiny_model_dir):
     """A chunk cut short (a copy that stopped, a failing disk): its codec raises while it is
-    decoded, deep in a run. The command says the data is damaged, in one line, exit 2, with
-    no traceback and no output; the control, the store before the damage, runs; any other
+    decoded, deep in a run. The command says the data is damaged, in one line that names the
+    input, exit 2, with no traceback and no output; the control, the store before the damage, runs; any other
     RuntimeError stays a crash to report."""
     import zarr
 
@@ -672,6 +684,7 @@ def test_a_damaged_chunk_of_a_zarr_input_is_reported_in_one_line(tmp_path, capsy
         assert main(argv) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert len(err) == 1 and "could not be decoded, so the data is damaged" in err[0], err
+        assert f"a stored chunk of '{tmp_path / 'v.zarr'}' could not" in err[0], err  # which input
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.tif", "tiny-denoise", "v.zarr"]
     try:
         raise RuntimeError("decompression error, raised by our own code")

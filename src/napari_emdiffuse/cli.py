@@ -547,11 +547,22 @@ def _main(argv: Sequence[str] | None) -> int:
     except (RuntimeError, ValueError, OSError) as exc:  # a damaged chunk of the input: the user's to fix
         from .engine.io.common import damaged_reason
 
-        why = damaged_reason(exc)
+        why = damaged_reason(exc, source=_inputs_named(args))
         if why is None:
             raise
         print(f"{PROG}: error: {why}{_kept(args)}", file=sys.stderr)
         return 2
+
+
+def _inputs_named(args: argparse.Namespace | None) -> str | None:
+    """The command's inputs, quoted, for a message that cannot say which one failed (a damaged
+    chunk); None where they are many (a batch names each file itself)."""
+    names: list[str] = []
+    for given in (getattr(args, "input", None), getattr(args, "target", None)):
+        names += [given] if isinstance(given, (str, os.PathLike)) else list(given or ())
+    if not names or len(names) > 2:
+        return None
+    return " or ".join(f"'{n}'" for n in names)
 
 
 def _stopped(args: argparse.Namespace | None) -> str:

@@ -885,6 +885,31 @@ def test_a_tczyx_ome_zarr_opens_and_restores_as_a_zyx_stack(viewer, qtbot, model
     assert out.data.shape == (2, 48, 40) and tuple(out.scale) == (50.0, 4.0, 4.0)
 
 
+def test_a_damaged_chunk_of_a_lazy_layer_is_named_by_its_layer(viewer, qtbot, models, errors, tmp_path):
+    """A layer read lazily from a zarr store whose chunk was cut short after it was shown:
+    the run fails with one line that names the layer and says the data is damaged (not
+    "unexpected error"), and adds no layer. The control: the same layer before the damage
+    restores."""
+    import dask.array as da
+
+    from napari_emdiffuse.engine.io.images import write_image
+
+    img = (np.random.default_rng(3).random((2, 40, 48)) * 255).astype(np.uint8)
+    write_image(tmp_path / "v.zarr", img)
+    layer = viewer.add_image(da.from_zarr(str(tmp_path / "v.zarr")), name="lazy")
+    w = _quick_restore_dock(viewer, models, layer)
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors and "lazy_denoised" in viewer.layers
+    viewer.layers.remove("lazy_denoised")
+    for chunk in (p for p in (tmp_path / "v.zarr").rglob("*") if p.is_file() and p.name[0].isdigit()):
+        chunk.write_bytes(chunk.read_bytes()[:20])
+    assert w.run()
+    _wait(qtbot, w)
+    assert len(errors) == 1 and errors[0].startswith("a stored chunk of layer 'lazy' could not be decoded"), errors
+    assert w.status.text().endswith(errors[0]) and "lazy_denoised" not in viewer.layers
+
+
 def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer, qtbot, models, errors, tmp_path):
     import dask.array as da
 

@@ -168,6 +168,7 @@ class DockWidget(QWidget):
         desc: str,
         on_result: Callable[[Any], None],
         stages: tuple[str, ...] = ("sampling",),
+        source: str | None = None,
     ) -> None:
         """Run an engine generator in a napari thread worker (see :class:`EngineRun`)."""
         self._started = time.monotonic()
@@ -178,7 +179,7 @@ class DockWidget(QWidget):
         self.run_button.set_running(True)
         self._run = EngineRun(
             factory, desc=desc, stages=stages, on_result=on_result, on_finished=self._finished,
-            on_event=lambda ev: self._estimate(ev, status),
+            on_event=lambda ev: self._estimate(ev, status), source=source,
         ).start()
 
     def _estimate(self, ev: Any, status: str) -> None:

@@ -55,18 +55,18 @@ def notify_info(message: str) -> None:
     notifications.show_info(message)
 
 
-def report_error(exc: BaseException) -> str:
+def report_error(exc: BaseException, *, source: str | None = None) -> str:
     """Tell the user about a failed run and return the message shown.
 
-    :class:`EMDiffuseError` is the user's to fix: its one-line message is shown as is.
-    Anything else is a bug or an environment problem: logged with its traceback (for the
-    bug report) and shown briefly.
+    :class:`EMDiffuseError` is the user's to fix: its one-line message is shown as is, and so
+    is a damaged chunk of the input (``source`` names it: the layer). Anything else is a bug or
+    an environment problem: logged with its traceback (for the bug report) and shown briefly.
     """
     from ..engine.io.common import damaged_reason
 
     if isinstance(exc, EMDiffuseError):
         message = str(exc)
-    elif (why := damaged_reason(exc)) is not None:  # a damaged input: the user's to fix, not a bug
+    elif (why := damaged_reason(exc, source=source)) is not None:  # a damaged input: the user's to fix, not a bug
         message = why
     else:
         logger.error("unexpected error in napari-emdiffuse", exc_info=(type(exc), exc, exc.__traceback__))
@@ -172,6 +172,8 @@ class EngineRun:
         Called in the GUI thread with the engine's final result.
     on_finished : callable
         Called in the GUI thread at the end, with ``"done"``, ``"cancelled"`` or ``"failed"``.
+    source : str, optional
+        What the input is (``"layer 'scan'"``), for an error that cannot say (a damaged chunk).
     """
 
     def __init__(
@@ -183,8 +185,10 @@ class EngineRun:
         on_finished: Callable[[str], None],
         on_event: Callable[[Any], None] | None = None,
         stages: tuple[str, ...] = ("sampling",),
+        source: str | None = None,
     ) -> None:
         self._factory = factory
+        self._source = source
         self._stages = stages
         self._on_event = on_event
         self._on_result = on_result
@@ -235,7 +239,7 @@ class EngineRun:
             self._outcome = "cancelled"
         elif isinstance(result, _Failure):
             self._outcome = "failed"
-            self.error_message = report_error(result.exc)
+            self.error_message = report_error(result.exc, source=self._source)
         else:
             try:
                 self._on_result(result)

@@ -331,6 +331,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
             desc=f"EMDiffuse isotropic x{opts.factor}: {layer.name}",
             stages=("sampling", "block", *VOLUME_STAGES),  # block: distributed runs
             on_result=lambda result: self._show(result, source, kwargs["out"]),
+            source=f"layer '{layer.name}'",
         )
 
     def files_job(self) -> tuple[str, Any, dict[str, Any]]:

@@ -457,6 +457,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             desc=f"EMDiffuse {opts.task}: {layer.name}",
             stages=("sampling", "block", *VOLUME_STAGES),
             on_result=lambda result: self._show(result, source, opts.task, unc_out, data.shape[-1]),
+            source=f"layer '{layer.name}'",
         )
 
     def files_job(self) -> tuple[str, Any, dict[str, Any]]:

@@ -210,11 +210,12 @@ def image_files_in(folder: Path, *, hdf5: bool = False) -> list[Path]:
 _DECODERS = ("numcodecs", "imagecodecs", "blosc", "zarr/codecs", "zarr/core/codec", "zstd", "lz4")
 
 
-def damaged_reason(exc: BaseException) -> str | None:
+def damaged_reason(exc: BaseException, *, source: str | None = None) -> str | None:
     """One line for an error raised while a stored chunk was decoded (zarr, N5, a compressed
     TIFF read lazily: the codec says "decompression error"), found anywhere in the exception's
     chain; None for any other error. Such data is damaged on disk or in transfer, which the user
-    fixes, so it is reported as bad input is, not as a crash.
+    fixes, so it is reported as bad input is, not as a crash. ``source`` names where the chunk
+    came from (``"'scan.zarr'"``, a layer): the codec's error does not say.
 
     Examples
     --------
@@ -230,7 +231,8 @@ def damaged_reason(exc: BaseException) -> str | None:
         frames = traceback.extract_tb(e.__traceback__) if e.__traceback__ is not None else []
         where = frames[-1].filename.replace("\\", "/") if frames else ""
         if isinstance(e, (RuntimeError, ValueError, OSError)) and any(d in where for d in _DECODERS):
-            return f"a stored chunk of the input could not be decoded, so the data is damaged ({' '.join(str(e).split())})"
+            return (f"a stored chunk of {source or 'the input'} could not be decoded, so the data is damaged "
+                    f"({' '.join(str(e).split())})")
         e = e.__cause__ or e.__context__
     return None
 
