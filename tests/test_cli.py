@@ -943,6 +943,10 @@ def test_region_restores_part_of_one_image(tmp_path, noisy_tif, tiny_model_dir, 
     assert main(["denoise", str(noisy_tif), "-o", str(tmp_path / "p.zarr"), "--region", "4", "20", "8", "40", *common]) == 0
     store = zarr.open_array(str(tmp_path / "p.zarr"), mode="r")
     assert np.array_equal(store[:], want.mean) and store.attrs["region"] == [4, 20, 8, 40]
+    # its place over the image: the first pixel at row 4, column 8 (4 nm pixels), in each format
+    assert main(["denoise", str(noisy_tif), "-o", str(tmp_path / "p.mrc"), "--region", "4", "20", "8", "40", *common]) == 0
+    for placed in (out, tmp_path / "p.zarr", tmp_path / "p.mrc"):
+        assert read_image(placed).origin == (16.0, 32.0), placed
     capsys.readouterr()
     assert main(["denoise", str(noisy_tif), "-o", str(tmp_path / "q.tif"), "--region", "4", "20", "8", "4000", *common]) == 2
     assert "not inside" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -1,9 +1,9 @@
 """napari writers: MRC (*File > Save Selected Layers...* with a ``.mrc``/``.rec`` name), so an
 MRC opened with this plugin's reader can be saved back with its voxel size, and TIFF with the
 pixel size (the "EMDiffuse TIFF with pixel size" file type), which napari's own TIFF writer
-leaves out: Fiji and this plugin read it back with the layer's scale. The TIFF keeps the
-layer's place too (its ``translate``, as ImageJ's origin): a restored region saved and opened
-again lies over the image it came from."""
+leaves out: Fiji and this plugin read it back with the layer's scale. Both keep the
+layer's place too (its ``translate``: ImageJ's origin in a TIFF, the grid start in an MRC where
+it is whole pixels): a restored region saved and opened again lies over the image it came from."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def _layer_spacing(meta: dict[str, Any]) -> tuple[tuple[float, ...] | None, str]
 
 
 def write_mrc_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """Write one image layer as MRC; its ``scale`` is taken as the pixel size in nm.
+    """Write one image layer as MRC; its ``scale`` is taken as the pixel size in nm, its
+    ``translate`` as its place where that is whole pixels (:func:`~.engine.io.mrc.write_mrc`).
 
     Examples
     --------
@@ -44,7 +45,7 @@ def write_mrc_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         raise InputError("MRC holds greyscale images; this layer is RGB")
     spacing, unit = _layer_spacing(meta)
     made = (meta.get("metadata") or {}).get("emdiffuse")  # set on the layers this plugin made
-    return [str(write_mrc(path, data, spacing=spacing, unit=unit, provenance=made))]
+    return [str(write_mrc(path, data, spacing=spacing, unit=unit, provenance=made, origin=_layer_origin(meta)))]
 
 
 def write_tiff_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:

@@ -1537,6 +1537,11 @@ def test_restored_layer_saves_as_mrc_with_scale_and_labels(viewer, tmp_path):
     with pytest.raises(InputError, match="RGB"):
         write_mrc_layer(str(tmp_path / "c.mrc"), np.zeros((4, 4, 3), np.uint8), {"rgb": True})
     assert not (tmp_path / "c.mrc").exists()
+    # a layer's place (a restored region over its image) comes back as its translate
+    layer.translate = (8.0, 20.0)
+    viewer.layers.save(str(tmp_path / "placed.mrc"), selected=False, plugin=PLUGIN)
+    viewer.open(str(tmp_path / "placed.mrc"), plugin=PLUGIN)
+    assert tuple(viewer.layers["placed"].translate) == (8.0, 20.0)
 
 
 def test_a_layer_saves_as_tiff_with_its_pixel_size_through_the_save_dialogs_file_type(viewer, tmp_path):

@@ -64,6 +64,35 @@ def test_read_mrc_written_by_another_tool(tmp_path):
     assert img.spacing == (3.6, 1.2, 1.2) and img.axes == "ZYX"
 
 
+def test_mrc_keeps_a_whole_pixel_origin_as_its_grid_start(tmp_path):
+    """A region's place: written as nxstart / nystart / nzstart (grid units, read back by
+    another reader of the header, here mrcfile), for an array in memory and a lazy one alike,
+    and read back as the origin in nm; an origin between pixels, or none, leaves the start at 0
+    (no origin read back, nothing made up); another tool's grid start is read too."""
+    import dask.array as da
+
+    vol = _ramp((4, 16, 12), np.float32)
+    for name, data in (("mem.mrc", vol), ("lazy.mrc", da.from_array(vol, chunks=(1, 16, 12)))):
+        out = mrc.write_mrc(tmp_path / name, data, spacing=(40.0, 4.0, 4.0), origin=(80.0, 0.0, 12.0))
+        with mrcfile.open(out) as m:
+            assert (int(m.header.nzstart), int(m.header.nystart), int(m.header.nxstart)) == (2, 0, 3)
+            np.testing.assert_array_equal(m.data, vol)
+        assert read_image(out).origin == (80.0, 0.0, 12.0)
+    for origin in ((80.0, 0.0, 13.0), None, (0.0, 0.0, 0.0)):
+        out = mrc.write_mrc(tmp_path / "off.mrc", vol, spacing=(40.0, 4.0, 4.0), origin=origin)
+        with mrcfile.open(out) as m:
+            assert (int(m.header.nzstart), int(m.header.nystart), int(m.header.nxstart)) == (0, 0, 0)
+        assert read_image(out).origin is None
+    with pytest.raises(InputError, match="origin has 2 values but the image has 3 axes"):
+        mrc.write_mrc(tmp_path / "bad.mrc", vol, spacing=(40.0, 4.0, 4.0), origin=(1.0, 2.0))
+    other = tmp_path / "sub.mrc"
+    with mrcfile.new(other) as m:
+        m.set_data(vol[0])
+        m.voxel_size = (20.0, 20.0, 20.0)  # 2 nm
+        m.header.nxstart, m.header.nystart = -5, 7
+    assert read_image(other).origin == (14.0, -10.0)
+
+
 def test_uncalibrated_mrc_has_no_spacing(tmp_path):
     path = tmp_path / "plain.mrc"
     with mrcfile.new(path) as m:

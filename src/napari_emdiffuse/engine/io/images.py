@@ -253,8 +253,8 @@ def write_image(
         Where the first pixel's centre lies per axis, in ``unit`` (a region's place in the
         image it was cut from): a ``.zarr`` output records it (``origin``, and OME-NGFF
         translations), which napari reads as the layer's ``translate``; a calibrated ImageJ
-        TIFF as its ``xorigin`` / ``yorigin`` / ``zorigin`` (:func:`~.tiff.write_tiff`). MRC
-        does not.
+        TIFF as its ``xorigin`` / ``yorigin`` / ``zorigin`` (:func:`~.tiff.write_tiff`); MRC
+        as its grid start where that is whole pixels (:func:`~.mrc.write_mrc`).
     progress : callable, optional
         Called with ``("writing", done, in all)`` while a lazy array is written piece by piece
         (a TIFF's or MRC's slices or bands, :func:`~.tiff.write_tiff`; a zarr store's rows of
@@ -298,7 +298,8 @@ def write_image(
         return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin,
                           progress=written)
     if isinstance(p, Path) and suffix_of(p) in MRC_SUFFIXES:
-        return write_mrc(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, progress=written)
+        return write_mrc(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin,
+                         progress=written)
     attrs = {"provenance": json.loads(json.dumps(provenance, default=str))} if provenance else None
     # Same default axes as TIFF, so both formats read back alike.
     axes = check_axes(axes, len(array.shape), p) if hasattr(array, "shape") else axes

@@ -10,6 +10,14 @@ Two conventions of the format matter for EM pixels:
 - There is no unsigned 8-bit mode that every reader agrees on, so uint8 images are written
   as uint16 (mode 6): lossless, and read alike everywhere.
 
+Where the first pixel lies (a restored region's place in the image it came from) is kept in
+the header's ``nxstart`` / ``nystart`` / ``nzstart``: the grid index of the first column, row
+and section, the one placement field that every MRC reader reads alike (ChimeraX uses it where
+the floating-point origin is zero; IMOD ignores it). The floating-point ``origin`` fields are
+neither read nor written: IMOD subtracts them (``index x pixel - origin``) while Chimera, EMAN
+and RELION add them, so one file cannot please both. An origin that is not a whole number of
+pixels is therefore not stored in MRC (a ``.zarr`` or ImageJ TIFF output keeps it).
+
 Maps compressed with gzip or bzip2 (``.map.gz``, as EMDB distributes them) are read too: into
 memory where small, else unpacked once into a temporary file that is memory-mapped and
 removed at once (the mapping keeps its pages), so a map larger than memory still opens.
@@ -30,13 +38,13 @@ import numpy as np
 
 from ..errors import InputError
 from .atomic import atomic_file, fsync_dir
-from .calibration import check_axes, check_spacing
+from .calibration import check_axes, check_origin, check_spacing
 from .units import nm_factor
 from .common import (
     MRC_SUFFIXES, ImageData, as_numpy, check_output_path, check_readable, reason, streams_lazily, suffix_of,
 )
 
-__all__ = ["MRC_MMAP_MIN_BYTES", "read_mrc", "write_mrc", "mrc_spacing", "imod_unsigned"]
+__all__ = ["MRC_MMAP_MIN_BYTES", "read_mrc", "write_mrc", "mrc_spacing", "mrc_origin", "imod_unsigned"]
 
 #: MRC files at least this large stay memory-mapped (read-only) instead of being loaded.
 MRC_MMAP_MIN_BYTES = 2**30
@@ -66,6 +74,7 @@ def read_mrc(path: Path) -> ImageData:
         raise InputError(f"cannot read '{path}': {reason(exc)}") from exc
     try:
         data, header, voxel = mrc.data, mrc.header, mrc.voxel_size
+        starts = {name: int(header[name]) for name in ("nzstart", "nystart", "nxstart")}  # read before close
         if data is None:
             raise InputError(f"cannot read '{path}': not an MRC file, or its pixels are truncated")
         if int(header.mode) == 0 and imod_unsigned(header):
@@ -77,7 +86,8 @@ def read_mrc(path: Path) -> ImageData:
     if data.ndim not in (2, 3) or data.size == 0:
         raise InputError(f"cannot read '{path}': expected a 2D image or a 3D stack, got shape {data.shape}")
     spacing = mrc_spacing((float(voxel.z), float(voxel.y), float(voxel.x)), data.ndim)
-    return ImageData(data=data, spacing=spacing, unit="nm" if spacing else None, axes="ZYX"[-data.ndim:], path=path)
+    return ImageData(data=data, spacing=spacing, unit="nm" if spacing else None, axes="ZYX"[-data.ndim:], path=path,
+                     origin=mrc_origin(starts, spacing))
 
 
 def mrc_spacing(voxel: tuple[float, float, float], ndim: int) -> tuple[float, ...] | None:
@@ -94,6 +104,40 @@ def mrc_spacing(voxel: tuple[float, float, float], ndim: int) -> tuple[float, ..
     if size[-1] > 0 and size[-2] > 0:
         return tuple(float(f"{s / 10:.12g}") if s > 0 else 1.0 for s in size)
     return None
+
+
+def mrc_origin(header: Any, spacing: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """Where the first pixel lies per axis (z, y, x; y, x for an image), in the spacing's unit:
+    the header's (or a mapping's) grid start, ``nzstart``, ``nystart``, ``nxstart``, times the pixel size; None
+    where the file is not calibrated or starts at 0 (module docstring).
+
+    Examples
+    --------
+    >>> head = {"nxstart": 20, "nystart": 10, "nzstart": 0}
+    >>> mrc_origin(head, (2.0, 4.0))  # y, x: 10 rows of 2 nm, 20 columns of 4 nm
+    (20.0, 80.0)
+    >>> mrc_origin(head, None) is None
+    True
+    """
+    if spacing is None:
+        return None
+    try:
+        starts = [int(header[name]) for name in ("nzstart", "nystart", "nxstart")][-len(spacing):]
+    except (KeyError, ValueError, TypeError, IndexError):
+        return None
+    if not any(starts):
+        return None
+    return tuple(float(f"{k * s:.12g}") for k, s in zip(starts, spacing))
+
+
+def _grid_start(origin: tuple[float, ...] | None, spacing: tuple[float, ...] | None) -> tuple[int, ...] | None:
+    """``origin`` as whole pixels per axis, or None where it is absent or not whole pixels."""
+    if origin is None or spacing is None or len(origin) != len(spacing):
+        return None
+    starts = [o / s for o, s in zip(origin, spacing)]
+    if not all(np.isfinite(k) and abs(k - round(k)) < 1e-6 and abs(k) < 2**31 for k in starts):
+        return None
+    return tuple(int(round(k)) for k in starts)
 
 
 def _packed(path: Path) -> bool:
@@ -169,6 +213,7 @@ def write_mrc(
     unit: str = "nm",
     axes: str | None = None,
     provenance: dict[str, Any] | None = None,
+    origin: tuple[float, ...] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write a 2D image or a 3D stack atomically as MRC with its voxel size.
@@ -189,6 +234,10 @@ def write_mrc(
         ``"YX"`` or ``"ZYX"`` (the only layouts MRC has).
     provenance : dict, optional
         How the image was made: its model, task and preset go into the header's labels.
+    origin : tuple of float, optional
+        Where the first pixel's centre lies per axis, in ``unit`` (a region's place in the
+        image it was cut from): stored as the header's grid start where it is a whole number
+        of pixels of ``spacing`` (module docstring), else not stored.
     progress : callable, optional
         For an array written piece by piece (see ``array``): called with (pieces written,
         pieces in all) before each slice or band and once the file is whole, before it takes
@@ -212,6 +261,9 @@ def write_mrc(
     >>> _ = write_mrc(out, np.zeros((4, 8, 8), np.float32), spacing=(40.0, 4.0, 4.0))
     >>> read_mrc(out).spacing
     (40.0, 4.0, 4.0)
+    >>> _ = write_mrc(out, np.zeros((4, 8, 8), np.float32), spacing=(40.0, 4.0, 4.0), origin=(80.0, 0.0, 12.0))
+    >>> read_mrc(out).origin
+    (80.0, 0.0, 12.0)
     """
     import mrcfile
 
@@ -230,6 +282,7 @@ def write_mrc(
     if axes is not None and axes != "ZYX"[-len(shape):]:
         raise InputError(f"cannot write '{p}': MRC stores {'ZYX'[-len(shape):]} axes, not {axes}")
     spacing = check_spacing(spacing, len(shape), p)
+    start = _grid_start(check_origin(origin, len(shape), p), spacing)
     try:
         with atomic_file(p) as tmp:
             if lazy:  # piece by piece into a memory-mapped file: larger than memory
@@ -247,6 +300,9 @@ def write_mrc(
                     angstrom = [s * 10 * (factor if factor is not None else 1.0) for s in spacing]
                     z, y, x = ([angstrom[-1]] + angstrom)[-3:] if len(shape) == 2 else angstrom
                     mrc.voxel_size = (x, y, z)
+                if start is not None:
+                    for name, k in zip(("nzstart", "nystart", "nxstart")[-len(start):], start):
+                        mrc.header[name] = k
                 for label in _labels(provenance):
                     mrc.add_label(label)
                 mrc.flush()

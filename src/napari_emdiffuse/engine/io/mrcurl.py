@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import InputError
 from .common import ImageData, reason
 from .fetch import read_range
-from .mrc import imod_unsigned, mrc_spacing
+from .mrc import imod_unsigned, mrc_origin, mrc_spacing
 from .rawurl import RawUrlArray, check_size, size_note
 
 __all__ = ["read_mrc_url"]
@@ -54,4 +54,4 @@ def read_mrc_url(url: str) -> ImageData | None:
     voxel = head.voxel_size
     spacing = mrc_spacing((float(voxel.z), float(voxel.y), float(voxel.x)), len(shape))
     return ImageData(data=data, spacing=spacing, unit="nm" if spacing else None, axes="ZYX"[-len(shape):],
-                     path=None, note=size_note(data))  # fmt: skip
+                     path=None, note=size_note(data), origin=mrc_origin(header, spacing))  # fmt: skip
