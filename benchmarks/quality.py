@@ -43,10 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from scipy.stats import spearmanr
 
 from _common import ROOT, Timer, best_bm3d, best_gaussian, brain_pair, inverted_liver, need_shared, table
-from napari_emdiffuse.engine.core.metrics import extreme_bias, frc_resolution, psnr, ssim
+from napari_emdiffuse.engine.core.metrics import extreme_bias, frc_resolution, psnr, ssim, uncertainty_calibration
 from napari_emdiffuse.engine.models.registry import load_model
 from napari_emdiffuse.api import restore
 
@@ -57,18 +56,9 @@ def uncertainty_stats(out: np.ndarray, std: np.ndarray | None, truth: np.ndarray
     """Calibration of a std map against the true error (see the module docstring)."""
     if std is None:
         return {}
-    err = out.astype(np.float64) - truth.astype(np.float64)
-    std = np.maximum(std.astype(np.float64), 1e-6)
-    cov2 = float(np.mean(np.abs(err) <= 2 * std)) * 100
-    tile = min(tile, *err.shape[-2:])  # ISBI's (z, x) planes are 30 rows high
-    h, w = (s // tile * tile for s in err.shape[-2:])
-    e2 = (err[..., :h, :w] ** 2).reshape(-1, h // tile, tile, w // tile, tile).mean(axis=(2, 4)).ravel()
-    s_t = std[..., :h, :w].reshape(-1, h // tile, tile, w // tile, tile).mean(axis=(2, 4)).ravel()
-    rho = float(spearmanr(s_t, np.sqrt(e2)).statistic) if len(e2) > 2 else float("nan")
-    worst = np.abs(err) >= np.quantile(np.abs(err), 0.99)
-    med = float(np.median(std))
-    ratio = f"{np.median(std[worst]) / med:.2f}x / {np.mean(std[worst]) / med:.2f}x"
-    return {"cov2 %": f"{cov2:.1f}", "rho": f"{rho:.2f}", "worst1%": ratio}
+    cal = uncertainty_calibration(out, np.maximum(std, 1e-6), truth, tile=tile)
+    return {"cov2 %": f"{cal['coverage'] * 100:.1f}", "rho": f"{cal['rank_correlation']:.2f}",
+            "worst1%": f"{cal['worst_median']:.2f}x / {cal['worst_mean']:.2f}x"}
 
 
 def frc_px(out: np.ndarray, truth: np.ndarray) -> str:

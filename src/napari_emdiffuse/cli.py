@@ -488,10 +488,16 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from .cli_score import score_command
+
+    return score_command(args)
+
+
 #: What each subcommand of ``cli_parser.build_parser`` runs.
 COMMANDS = {
     "denoise": _cmd_restore, "super-resolve": _cmd_restore, "isotropic": _cmd_isotropic, "info": _cmd_info,
-    "convert": _cmd_convert,
+    "convert": _cmd_convert, "score": _cmd_score,
     "models": _cmd_models, "export": _cmd_export, "import": _cmd_import, "verify-checkpoint": _cmd_verify,
     "train": _cmd_train, "finetune": _cmd_finetune,
 }

@@ -244,6 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="one JSON object per input (path, shape, dtype, axes, spacing, unit, note, ...), for scripts")
 
+    p = sub.add_parser("score", help="how close images come to a reference: PSNR, SSIM, FRC, uncertainty calibration",
+                       description="score images of one field (an input, its restorations, another tool's) against a "
+                                   "reference of it (a long-dwell scan, a clean image): PSNR, SSIM, mean absolute "
+                                   "error, FRC resolution, the darkest and brightest 1 %% of the reference's pixels' "
+                                   "bias and, with --uncertainty, how well each map marks the errors")
+    p.add_argument("input", metavar="IMAGE", nargs="+", help="images of one grid (2D or ZYX stacks), any format read")
+    p.add_argument("--reference", metavar="REF", required=True, help="the same field, as well recorded as you have it")
+    p.add_argument("--uncertainty", metavar="U", nargs="+", default=None,
+                   help="an uncertainty map per image (- for none), as --uncertainty writes them: coverage of the "
+                        "reference by +-2 std, the rank correlation of 32-px tiles' std and error, and the 1 %% "
+                        "worst pixels' std over the median")
+    p.add_argument("--region", type=_non_negative, nargs=4, metavar=("Y0", "Y1", "X0", "X1"), default=None,
+                   help="score only rows Y0:Y1 and columns X0:X1 of every file (say the half a fine-tune did not see)")
+    p.add_argument("--register", choices=("translation", "affine"), default=None,
+                   help="align the reference onto the images first (two scans drift: a shift costs every method "
+                        "alike), then score their overlap; the images are never resampled")
+    p.add_argument("--data-range", type=_positive_float, metavar="R", default=None,
+                   help="the PSNR's peak (default: 255 for an 8-bit reference, else its max - min)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image, for scripts")
+
     p = sub.add_parser("models", help="list bundled and user models")
     p.add_argument("--task", choices=list(TASKS), help="only the models for this task")
 

@@ -1,0 +1,215 @@
+"""Scoring restorations against a reference of the same field: how good is it on your data?
+
+Where a user has a reference (a long-dwell scan of the field, a clean image, the measured
+slices a reconstruction left out), ``emdiffuse score`` tells how close each image comes to it,
+side by side: the input, our restoration, another tool's. The figures are those of
+``benchmarks/quality.py`` (:mod:`.engine.core.metrics`), so a user's table reads like ours.
+
+Two scans of one field rarely overlap to the pixel (the slow scan drifts), and every method
+then pays for the shift; ``register`` aligns the reference onto the images' grid first
+(:func:`~.engine.training.data.registration.register_pair`), as the benchmarks do for the real
+SEM pair.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .engine.errors import InputError
+
+__all__ = ["ImageScore", "score_images", "default_data_range", "read_for_scoring"]
+
+#: Largest area scored at once (pixels): beyond it, a region is asked for.
+MAX_SCORED_PIXELS = 2**28
+
+
+@dataclass
+class ImageScore:
+    """The figures of one image against the reference (units: the reference's grey levels,
+    pixels; ``frc_nm`` where the reference records its pixel size)."""
+
+    name: str
+    psnr: float
+    ssim: float
+    mae: float
+    frc_px: float
+    frc_nm: float | None
+    dark_bias: float
+    bright_bias: float
+    uncertainty: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"image": self.name, "psnr_db": self.psnr, "ssim": self.ssim, "mae": self.mae,
+                "frc_px": self.frc_px, "frc_nm": self.frc_nm, "dark_1pct_bias": self.dark_bias,
+                "bright_1pct_bias": self.bright_bias, **{f"uncertainty_{k}": v for k, v in self.uncertainty.items()}}
+
+
+def default_data_range(reference: np.ndarray) -> float:
+    """The PSNR's peak for a reference: 255 for 8-bit data (as every table here), else the
+    reference's own span (a 16-bit scan rarely fills 0..65535, and a float image has no
+    fixed range).
+
+    Examples
+    --------
+    >>> default_data_range(np.array([[3, 200]], np.uint8)), default_data_range(np.array([[100, 4100]], np.uint16))
+    (255.0, 4000.0)
+    """
+    ref = np.asarray(reference)
+    if ref.dtype == np.uint8:
+        return 255.0
+    span = float(np.max(ref)) - float(np.min(ref))
+    if not span > 0:
+        raise InputError("the reference is constant: PSNR needs a data range; give one (--data-range)")
+    return span
+
+
+def score_images(
+    images: Sequence[np.ndarray],
+    reference: np.ndarray,
+    *,
+    names: Sequence[str] | None = None,
+    uncertainties: Sequence[np.ndarray | None] | None = None,
+    data_range: float | None = None,
+    register: str | None = None,
+    pixel_size: float | None = None,
+) -> list[ImageScore]:
+    """Score images of one grid against a reference.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        2D images or ZYX stacks, all of one shape: an input and its restorations, say.
+    reference : ndarray
+        The same field, of the images' shape (or any shape with ``register``).
+    names : sequence of str, optional
+        A name per image for the table (default ``image 1``, ...).
+    uncertainties : sequence of ndarray or None, optional
+        A std map per image (None where it has none), scored for calibration
+        (:func:`~.engine.core.metrics.uncertainty_calibration`).
+    data_range : float, optional
+        The PSNR's peak; default :func:`default_data_range` of the reference.
+    register : {"translation", "affine"}, optional
+        Align the reference onto the images' grid first (2D only), then score the overlap:
+        images and maps are cropped alike, never resampled.
+    pixel_size : float, optional
+        The reference's pixel size: the FRC resolution is also given in its unit.
+
+    Returns
+    -------
+    list of ImageScore
+        One per image, in order.
+
+    Raises
+    ------
+    InputError
+        Shapes that differ, images that are not 2D or 3D, non-finite pixels, a pair that does
+        not register: one line each. Inputs are never modified.
+
+    Examples
+    --------
+    >>> clean = np.tile(np.linspace(0, 255, 64), (64, 1))
+    >>> noisy = clean + np.random.default_rng(0).normal(0, 10, clean.shape)
+    >>> [round(s.psnr) for s in score_images([noisy, clean + 1], clean, data_range=255)]  # 20 log10(255 / 10), (255 / 1)
+    [28, 48]
+    """
+    from .engine.core.metrics import extreme_bias, frc_resolution, mae, psnr, ssim, uncertainty_calibration
+
+    if not images:
+        raise InputError("nothing to score: give one image or more")
+    names = list(names) if names is not None else [f"image {k + 1}" for k in range(len(images))]
+    maps = list(uncertainties) if uncertainties is not None else [None] * len(images)
+    if len(names) != len(images) or len(maps) != len(images):
+        raise InputError(f"{len(images)} images but {len(names)} names and {len(maps)} uncertainty maps")
+    arrays = [_finite(np.asarray(a), n) for a, n in zip(images, names)]
+    ref = _finite(np.asarray(reference), "the reference")
+    shape = arrays[0].shape
+    for a, n in zip(arrays, names):
+        if a.ndim not in (2, 3):
+            raise InputError(f"'{n}' has {a.ndim} axes; score takes 2D images and ZYX stacks")
+        if a.shape != shape:
+            raise InputError(f"'{n}' is {_dims(a.shape)} but '{names[0]}' is {_dims(shape)}: the images to compare "
+                             "share one grid")
+    for m, n in zip(maps, names):
+        if m is not None and np.shape(m) != shape:
+            raise InputError(f"the uncertainty of '{n}' is {_dims(np.shape(m))}, not {_dims(shape)}")
+    # the peak of the reference as recorded: registered, it is resampled into float64
+    peak = default_data_range(ref) if data_range is None else float(data_range)
+    if not (math.isfinite(peak) and peak > 0):
+        raise InputError(f"the data range must be a positive number, got {data_range}")
+    if register is not None:
+        arrays, maps, ref = _registered(arrays, maps, ref, register)
+    elif ref.shape != shape:
+        raise InputError(f"the reference is {_dims(ref.shape)} but the images are {_dims(shape)}; crop them alike "
+                         "(--region) or align them (--register translation|affine)")
+    scores = []
+    for a, m, n in zip(arrays, maps, names):
+        frc = float(np.median([frc_resolution(x, y) for x, y in zip(a.reshape(-1, *a.shape[-2:]),
+                                                                    ref.reshape(-1, *ref.shape[-2:]))]))
+        dark, bright = extreme_bias(a, ref)
+        scores.append(ImageScore(
+            name=n, psnr=psnr(a, ref, data_range=peak), ssim=_ssim(a, ref, peak, ssim), mae=mae(a, ref), frc_px=frc,
+            frc_nm=frc * pixel_size if pixel_size else None, dark_bias=dark, bright_bias=bright,
+            uncertainty=uncertainty_calibration(a, np.asarray(m, np.float64), ref) if m is not None else {}))
+    return scores
+
+
+def _ssim(a: np.ndarray, ref: np.ndarray, peak: float, ssim: Any) -> float:
+    """SSIM where the image has room for its 7-px window, else NaN (a sliver is still scored)."""
+    return ssim(a, ref, data_range=peak) if min(a.shape[-2:]) >= 7 else math.nan
+
+
+def _registered(arrays: list[np.ndarray], maps: list, ref: np.ndarray, warp: str) -> tuple[list, list, np.ndarray]:
+    """The reference aligned onto the first image's grid (the images share it), and every image
+    and map cropped to the overlap."""
+    from .engine.training.data.registration import register_pair
+
+    if warp not in ("translation", "affine"):
+        raise InputError(f"register must be 'translation' or 'affine', got {warp!r}")
+    if arrays[0].ndim != 2 or ref.ndim != 2:
+        raise InputError("--register aligns 2D images; score a stack's slices one by one, or without it")
+    pair = register_pair(arrays[0], ref, warp=warp)
+    y0, x0 = pair.origin
+    h, w = pair.fixed.shape
+
+    def crop(a: Any) -> Any:
+        return None if a is None else np.asarray(a)[y0:y0 + h, x0:x0 + w]
+
+    return [crop(a) for a in arrays], [crop(m) for m in maps], np.asarray(pair.fixed, np.float64)
+
+
+def _finite(a: np.ndarray, name: str) -> np.ndarray:
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"'{name}' holds {a.dtype} values; score takes greyscale images")
+    if a.size > MAX_SCORED_PIXELS:
+        raise InputError(f"'{name}' has {a.size} pixels: score a part of it (--region)")
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        raise InputError(f"'{name}' has NaN or infinite pixels (no data): score a region without them (--region)")
+    return a
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return " x ".join(str(int(n)) for n in shape)
+
+
+def read_for_scoring(path: str | os.PathLike[str], region: Sequence[int] | None) -> tuple[np.ndarray, Any]:
+    """A file's pixels (only ``region``'s rows Y0:Y1 and columns X0:X1 read from a lazy store)
+    and its ImageData, for :func:`score_images`."""
+    from .engine.io.images import read_image
+
+    img = read_image(path)
+    data = img.data
+    if region is not None:
+        y0, y1, x0, x1 = (int(v) for v in region)
+        h, w = data.shape[-2:]
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise InputError(f"region {y0}:{y1}, {x0}:{x1} is not inside '{path}' ({h} rows, {w} columns)")
+        data = data[..., y0:y1, x0:x1]
+    if int(np.prod(data.shape)) > MAX_SCORED_PIXELS:  # before any pixel is read
+        raise InputError(f"'{path}' has {int(np.prod(data.shape))} pixels: score a part of it (--region)")
+    return np.asarray(data), img
