@@ -48,6 +48,7 @@ def test_uncertainty_calibration_ranks_a_true_map_and_not_a_shuffled_one():
     cal = uncertainty_calibration(img, sd, ref)
     assert cal["coverage"] == pytest.approx(0.954, abs=0.01) and cal["rank_correlation"] > 0.9
     assert cal["worst_mean"] > 1.2
+    assert cal["scale_95"] == pytest.approx(1.96 / 2, abs=0.03)  # Gaussian errors: 95 % within 1.96 std
     shuffled = uncertainty_calibration(img, rng.permutation(sd.ravel()).reshape(sd.shape), ref)
     assert abs(shuffled["rank_correlation"]) < 0.4  # the control: a map that does not know
     with pytest.raises(InputError, match="the uncertainty's shape"):
@@ -119,3 +120,28 @@ def test_score_command_prints_a_table_and_json_and_refuses_bad_input(tmp_path, c
     assert main(["score", str(tmp_path / "nothing.tif"), "--reference", str(tmp_path / "ref.tif")]) == 2
     assert "nothing.tif" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files + ["small.tif"])  # it writes nothing
+
+
+def test_factor_scores_only_the_generated_slices(tmp_path, capsys):
+    """An isotropic result keeps its measured slices bit for bit: scored whole, every method
+    gains from them alike. With the factor only the new slices count: a linear interpolation
+    of a volume whose dropped slices are known scores exactly as its new slices alone do, and
+    lower than scored whole."""
+    truth = np.stack([_texture((48, 48), seed=z) for z in range(7)])  # slices 0, 3, 6 measured
+    linear = truth.copy()
+    for z in (1, 2, 4, 5):
+        lo, hi = z // 3 * 3, z // 3 * 3 + 3
+        linear[z] = truth[lo] + (truth[hi] - truth[lo]) * (z - lo) / 3
+    whole, = score_images([linear], truth, data_range=255)
+    new, = score_images([linear], truth, data_range=255, factor=3)
+    assert new.psnr == pytest.approx(score_images([linear[[1, 2, 4, 5]]], truth[[1, 2, 4, 5]], data_range=255)[0].psnr)
+    assert new.psnr < whole.psnr
+    with pytest.raises(InputError, match="factor must be 2 or more"):
+        score_images([linear], truth, factor=1)
+    with pytest.raises(InputError, match="ZYX volumes"):
+        score_images([linear[0]], truth[0], factor=3)
+    tifffile.imwrite(tmp_path / "lin.tif", linear.astype(np.float32))
+    tifffile.imwrite(tmp_path / "truth.tif", truth.astype(np.float32))
+    assert main(["score", str(tmp_path / "lin.tif"), "--reference", str(tmp_path / "truth.tif"), "--factor", "3",
+                 "--data-range", "255", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["psnr_db"] == pytest.approx(new.psnr)

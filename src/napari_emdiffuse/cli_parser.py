@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "alike), then score their overlap; the images are never resampled")
     p.add_argument("--data-range", type=_positive_float, metavar="R", default=None,
                    help="the PSNR's peak (default: 255 for an 8-bit reference, else its max - min)")
+    p.add_argument("--factor", type=_positive, metavar="F", default=None,
+                   help="the images are isotropic reconstructions with factor F: score only the slices they made "
+                        "(index not a multiple of F; the measured ones are the input's own)")
     p.add_argument("--json", action="store_true", help="one JSON object per image, for scripts")
 
     p = sub.add_parser("models", help="list bundled and user models")

@@ -27,7 +27,7 @@ def score_command(args: argparse.Namespace) -> int:
     spacing = ref_img.spacing
     pixel = float(spacing[-1]) if spacing and ref_img.unit else None
     scores = score_images(images, reference, names=list(args.input), uncertainties=maps,
-                          data_range=args.data_range, register=args.register, pixel_size=pixel)
+                          data_range=args.data_range, register=args.register, pixel_size=pixel, factor=args.factor)
     if args.json:
         for s in scores:
             print(json.dumps({**s.as_dict(), "unit": ref_img.unit if pixel else None}, allow_nan=True))
@@ -48,7 +48,7 @@ def score_table(scores: list[Any], *, unit: str | None = None) -> str:
     """
     cal = any(s.uncertainty for s in scores)
     head = ["image", "PSNR dB", "SSIM", "MAE", "FRC px"] + ([f"FRC {unit}"] if unit else []) + ["dark 1%", "bright 1%"]
-    head += ["cov2 %", "rho", "worst1%"] if cal else []
+    head += ["cov2 %", "rho", "worst1%", "x for 95%"] if cal else []
     rows = [head]
     for s in scores:
         row = [s.name, f"{s.psnr:.2f}", _num(s.ssim, ".4f"), _num(s.mae, ".2f"), f"{s.frc_px:.2f}"]
@@ -56,8 +56,8 @@ def score_table(scores: list[Any], *, unit: str | None = None) -> str:
         row += [f"{s.dark_bias:+.2f}", f"{s.bright_bias:+.2f}"]
         if cal:
             u = s.uncertainty
-            row += ([f"{u['coverage'] * 100:.1f}", _num(u["rank_correlation"], ".2f"), f"{u['worst_mean']:.2f}x"]
-                    if u else ["", "", ""])
+            row += ([f"{u['coverage'] * 100:.1f}", _num(u["rank_correlation"], ".2f"), f"{u['worst_mean']:.2f}x",
+                     f"{u['scale_95']:.2f}"] if u else ["", "", "", ""])
         rows.append(row)
     widths = [max(len(r[k]) for r in rows) for k in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

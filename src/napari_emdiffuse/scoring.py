@@ -78,6 +78,7 @@ def score_images(
     data_range: float | None = None,
     register: str | None = None,
     pixel_size: float | None = None,
+    factor: int | None = None,
 ) -> list[ImageScore]:
     """Score images of one grid against a reference.
 
@@ -99,6 +100,10 @@ def score_images(
         images and maps are cropped alike, never resampled.
     pixel_size : float, optional
         The reference's pixel size: the FRC resolution is also given in its unit.
+    factor : int, optional
+        The images are isotropic reconstructions (ZYX) with this factor: only the slices they
+        generated are scored (those whose index is not a multiple of ``factor``); the measured
+        ones are the input's own and would flatter every method alike.
 
     Returns
     -------
@@ -142,9 +147,11 @@ def score_images(
     peak = default_data_range(ref) if data_range is None else float(data_range)
     if not (math.isfinite(peak) and peak > 0):
         raise InputError(f"the data range must be a positive number, got {data_range}")
+    if factor is not None:
+        arrays, maps, ref = _generated(arrays, maps, ref, int(factor))
     if register is not None:
         arrays, maps, ref = _registered(arrays, maps, ref, register)
-    elif ref.shape != shape:
+    elif ref.shape != arrays[0].shape:
         raise InputError(f"the reference is {_dims(ref.shape)} but the images are {_dims(shape)}; crop them alike "
                          "(--region) or align them (--register translation|affine)")
     scores = []
@@ -157,6 +164,18 @@ def score_images(
             frc_nm=frc * pixel_size if pixel_size else None, dark_bias=dark, bright_bias=bright,
             uncertainty=uncertainty_calibration(a, np.asarray(m, np.float64), ref) if m is not None else {}))
     return scores
+
+
+def _generated(arrays: list[np.ndarray], maps: list, ref: np.ndarray, factor: int) -> tuple[list, list, np.ndarray]:
+    """Only the slices an isotropic reconstruction with ``factor`` generated, of every array."""
+    if factor < 2:
+        raise InputError(f"factor must be 2 or more (F - 1 new slices between two measured ones), got {factor}")
+    if arrays[0].ndim != 3 or ref.shape != arrays[0].shape:
+        raise InputError("factor scores the new slices of ZYX volumes of the reference's shape")
+    keep = np.arange(arrays[0].shape[0]) % factor != 0
+    if not keep.any():
+        raise InputError(f"a volume of {arrays[0].shape[0]} slices has no slices generated at factor {factor}")
+    return [a[keep] for a in arrays], [None if m is None else np.asarray(m)[keep] for m in maps], ref[keep]
 
 
 def _ssim(a: np.ndarray, ref: np.ndarray, peak: float, ssim: Any) -> float:

@@ -233,7 +233,8 @@ def uncertainty_calibration(
         the tiles' mean std and their RMS error (does the map rank the regions that err? NaN
         with fewer than 3 tiles or a constant map). ``worst_median`` / ``worst_mean``: the
         median and the mean std at the 1 % of pixels that err most, over the median std (above
-        1: the map marks them).
+        1: the map marks them). ``scale_95``: the factor the map would need for 95 % coverage
+        (above 1: it is too small here; inf where errors sit at zero-std pixels).
 
     Examples
     --------
@@ -243,6 +244,9 @@ def uncertainty_calibration(
     >>> cal = uncertainty_calibration(ref + err, sd, ref, tile=16)
     >>> round(cal["coverage"], 2), cal["rank_correlation"] > 0.8, cal["worst_mean"]  # worst: all at 3, median 2
     (0.96, True, 1.5)
+    >>> half = uncertainty_calibration(ref + err, sd / 2, ref, tile=16)  # a map half as large needs twice
+    >>> round(half["scale_95"] / cal["scale_95"], 6)
+    2.0
     """
     from scipy.stats import spearmanr
 
@@ -263,8 +267,11 @@ def uncertainty_calibration(
     worst = err >= np.quantile(err, 0.99)
     med = float(np.median(s))
     scale = med if med > 0 else math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(err > 0, err / (2 * s), 0.0)  # the std multiple each pixel needs to be covered
     return {"coverage": float(np.mean(err <= 2 * s)), "rank_correlation": rho,
-            "worst_median": float(np.median(s[worst])) / scale, "worst_mean": float(np.mean(s[worst])) / scale}
+            "worst_median": float(np.median(s[worst])) / scale, "worst_mean": float(np.mean(s[worst])) / scale,
+            "scale_95": float(np.quantile(need, 0.95))}
 
 
 # --------------------------------------------------------------------------- FRC
