@@ -119,7 +119,14 @@ def test_score_command_prints_a_table_and_json_and_refuses_bad_input(tmp_path, c
     assert "crop them alike" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "nothing.tif"), "--reference", str(tmp_path / "ref.tif")]) == 2
     assert "nothing.tif" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files + ["small.tif"])  # it writes nothing
+    # two detectors in one file: refused as they are, one picked with --channel (the reference has none)
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([noisy, ref]), imagej=True, metadata={"axes": "CYX"})
+    assert main(["score", str(tmp_path / "two.tif"), "--reference", str(tmp_path / "ref.tif")]) == 2
+    assert "has 2 channels" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "two.tif"), "--reference", str(tmp_path / "ref.tif"), "--channel", "1",
+                 "--json"]) == 0
+    assert math.isinf(json.loads(capsys.readouterr().out)["psnr_db"])  # channel 1 is the reference itself
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files + ["small.tif", "two.tif"])  # it writes nothing
 
 
 def test_factor_scores_only_the_generated_slices(tmp_path, capsys):

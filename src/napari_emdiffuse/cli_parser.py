@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=_positive, metavar="F", default=None,
                    help="the images are isotropic reconstructions with factor F: score only the slices they made "
                         "(index not a multiple of F; the measured ones are the input's own)")
+    _pick_options(p)  # applied to the files that declare channels or time points
     p.add_argument("--json", action="store_true", help="one JSON object per image, for scripts")
 
     p = sub.add_parser("models", help="list bundled and user models")

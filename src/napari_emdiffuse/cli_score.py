@@ -21,9 +21,11 @@ def score_command(args: argparse.Namespace) -> int:
     if maps_given is not None and len(maps_given) != len(args.input):
         raise InputError(f"{len(args.input)} images but {len(maps_given)} uncertainty maps: give one per image "
                          "(- for none)")
-    images = [read_for_scoring(path, args.region)[0] for path in args.input]
-    reference, ref_img = read_for_scoring(args.reference, args.region)
-    maps = [None if m in (None, "-") else read_for_scoring(m, args.region)[0] for m in (maps_given or [None] * len(images))]
+    pick = {"channel": args.channel, "time": args.time}
+    images = [read_for_scoring(path, args.region, **pick)[0] for path in args.input]
+    reference, ref_img = read_for_scoring(args.reference, args.region, **pick)
+    maps = [None if m in (None, "-") else read_for_scoring(m, args.region, **pick)[0]
+            for m in (maps_given or [None] * len(images))]
     spacing = ref_img.spacing
     pixel = float(spacing[-1]) if spacing and ref_img.unit else None
     scores = score_images(images, reference, names=list(args.input), uncertainties=maps,
@@ -56,12 +58,12 @@ def score_table(scores: list[Any], *, unit: str | None = None) -> str:
         row += [f"{s.dark_bias:+.2f}", f"{s.bright_bias:+.2f}"]
         if cal:
             u = s.uncertainty
-            row += ([f"{u['coverage'] * 100:.1f}", _num(u["rank_correlation"], ".2f"), f"{u['worst_mean']:.2f}x",
-                     f"{u['scale_95']:.2f}"] if u else ["", "", "", ""])
+            row += ([f"{u['coverage'] * 100:.1f}", _num(u["rank_correlation"], ".2f"), _num(u["worst_mean"], ".2f", "x"),
+                     _num(u["scale_95"], ".2f")] if u else ["", "", "", ""])
         rows.append(row)
     widths = [max(len(r[k]) for r in rows) for k in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def _num(v: float | None, fmt: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+def _num(v: float | None, fmt: str, suffix: str = "") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt) + suffix

@@ -216,13 +216,20 @@ def _dims(shape: tuple[int, ...]) -> str:
     return " x ".join(str(int(n)) for n in shape)
 
 
-def read_for_scoring(path: str | os.PathLike[str], region: Sequence[int] | None) -> tuple[np.ndarray, Any]:
-    """A file's pixels (only ``region``'s rows Y0:Y1 and columns X0:X1 read from a lazy store)
-    and its ImageData, for :func:`score_images`."""
+def read_for_scoring(path: str | os.PathLike[str], region: Sequence[int] | None, *, channel: int | None = None,
+                     time: int | None = None) -> tuple[np.ndarray, Any]:
+    """A file's pixels (its ``channel`` / ``time`` where it declares such axes: an image and its
+    single-channel reference take one option; only ``region``'s rows Y0:Y1 and columns X0:X1
+    read from a lazy store) and its ImageData, for :func:`score_images`."""
     from .engine.io.images import read_image
+    from .engine.io.views import check_one_channel
 
     img = read_image(path)
+    axes = img.axes or ""
+    if (channel is not None and "C" in axes) or (time is not None and "T" in axes):
+        img = read_image(path, channel=channel if "C" in axes else None, time=time if "T" in axes else None)
     data = img.data
+    check_one_channel(tuple(data.shape), img.axes, str(path))
     if region is not None:
         y0, y1, x0, x1 = (int(v) for v in region)
         h, w = data.shape[-2:]
