@@ -9,7 +9,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ["score_command", "score_table"]
+__all__ = ["score_command", "score_rows", "score_table"]
 
 
 def score_command(args: argparse.Namespace) -> int:
@@ -38,6 +38,25 @@ def score_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def score_rows(scores: list[Any], *, unit: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """The table's header and one row of cells per score (the Score dock shows them as they
+    are; :func:`score_table` aligns them)."""
+    cal = any(s.uncertainty for s in scores)
+    head = ["image", "PSNR dB", "SSIM", "MAE", "FRC px"] + ([f"FRC {unit}"] if unit else []) + ["dark 1%", "bright 1%"]
+    head += ["cov2 %", "rho", "worst1%", "x for 95%"] if cal else []
+    rows = []
+    for s in scores:
+        row = [s.name, f"{s.psnr:.2f}", _num(s.ssim, ".4f"), _num(s.mae, ".2f"), f"{s.frc_px:.2f}"]
+        row += [_num(s.frc_nm, ".1f")] if unit else []
+        row += [f"{s.dark_bias:+.2f}", f"{s.bright_bias:+.2f}"]
+        if cal:
+            u = s.uncertainty
+            row += ([f"{u['coverage'] * 100:.1f}", _num(u["rank_correlation"], ".2f"), _num(u["worst_mean"], ".2f", "x"),
+                     _num(u["scale_95"], ".2f")] if u else ["", "", "", ""])
+        rows.append(row)
+    return head, rows
+
+
 def score_table(scores: list[Any], *, unit: str | None = None) -> str:
     """The scores as an aligned text table, one row per image.
 
@@ -48,19 +67,8 @@ def score_table(scores: list[Any], *, unit: str | None = None) -> str:
     image  PSNR dB  SSIM    MAE   FRC px  dark 1%  bright 1%
     a.tif  30.00    0.8000  5.00  3.10    +1.00    -2.00
     """
-    cal = any(s.uncertainty for s in scores)
-    head = ["image", "PSNR dB", "SSIM", "MAE", "FRC px"] + ([f"FRC {unit}"] if unit else []) + ["dark 1%", "bright 1%"]
-    head += ["cov2 %", "rho", "worst1%", "x for 95%"] if cal else []
-    rows = [head]
-    for s in scores:
-        row = [s.name, f"{s.psnr:.2f}", _num(s.ssim, ".4f"), _num(s.mae, ".2f"), f"{s.frc_px:.2f}"]
-        row += [_num(s.frc_nm, ".1f")] if unit else []
-        row += [f"{s.dark_bias:+.2f}", f"{s.bright_bias:+.2f}"]
-        if cal:
-            u = s.uncertainty
-            row += ([f"{u['coverage'] * 100:.1f}", _num(u["rank_correlation"], ".2f"), _num(u["worst_mean"], ".2f", "x"),
-                     _num(u["scale_95"], ".2f")] if u else ["", "", "", ""])
-        rows.append(row)
+    head, rows = score_rows(scores, unit=unit)
+    rows = [head, *rows]
     widths = [max(len(r[k]) for r in rows) for k in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 

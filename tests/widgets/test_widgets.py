@@ -155,7 +155,7 @@ def test_manifest_validates_and_menus_exist_in_napari():
     mf = npe2.PluginManifest.from_file(MANIFEST)
     mf.validate_imports()
     assert mf.name == PLUGIN and mf.display_name == "EMDiffuse"
-    assert {w.display_name for w in mf.contributions.widgets} == {RESTORE, ISOTROPIC, FINETUNE, "Open by URL"}
+    assert {w.display_name for w in mf.contributions.widgets} == {RESTORE, ISOTROPIC, FINETUNE, "Open by URL", "Score"}
     assert len(mf.contributions.sample_data) >= 2
     # npe2 accepts any menu id; napari ignores ids that it does not expose to plugins.
     for menu_id in mf.contributions.menus:
@@ -883,6 +883,50 @@ def test_a_tczyx_ome_zarr_opens_and_restores_as_a_zyx_stack(viewer, qtbot, model
     assert not errors
     out = viewer.layers["tczyx_sr2"]
     assert out.data.shape == (2, 48, 40) and tuple(out.scale) == (50.0, 4.0, 4.0)
+
+
+def test_score_dock_scores_the_sample_and_its_restoration_against_the_clean_layer(viewer, qtbot, models, errors):
+    """The sample pair (noisy + clean), the noisy one restored: ticked with its result, the
+    Score dock shows the figures score_images gives (the result's uncertainty layer scored
+    with it) and Copy gives the table; a layer restored in part (translated) is scored
+    against the reference beneath it; nothing ticked says so in one line."""
+    from napari_emdiffuse._sample_data import noisy_fibsem_with_reference
+    from napari_emdiffuse.scoring import score_images
+
+    for data, meta, _ in noisy_fibsem_with_reference():
+        viewer.add_image(data, **meta)
+    restore = _quick_restore_dock(viewer, models, viewer.layers["liver_noisy"])
+    restore.samples.setValue(2)  # the tiny diffusion model's uncertainty: the samples' spread
+    assert restore.run()
+    _wait(qtbot, restore)
+    score = _dock(viewer, "Score")
+    score.reference.set_layer(viewer.layers["liver_clean"])
+    score.run()
+    assert errors == ["tick the layers to score"]
+    score.set_checked(["liver_noisy", "liver_noisy_denoised"])
+    with qtbot.waitSignal(score.scored, timeout=60_000) as done:
+        score.run()
+    assert done.args == ["done"] and score.table.rowCount() == 2
+    clean = viewer.layers["liver_clean"].data
+    want = score_images([viewer.layers["liver_noisy"].data, viewer.layers["liver_noisy_denoised"].data], clean,
+                        uncertainties=[None, viewer.layers["liver_noisy_denoised_uncertainty"].data])
+    got = {score.table.item(r, 0).text(): float(score.table.item(r, 1).text()) for r in range(2)}
+    assert got == pytest.approx({"liver_noisy": round(want[0].psnr, 2), "liver_noisy_denoised": round(want[1].psnr, 2)})
+    head = [score.table.horizontalHeaderItem(c).text() for c in range(score.table.columnCount())]
+    row = {score.table.item(r, 0).text(): r for r in range(2)}
+    cov = [score.table.item(row[n], head.index("cov2 %")).text() for n in ("liver_noisy", "liver_noisy_denoised")]
+    assert "FRC nm" in head and cov[0] == "" and float(cov[1]) == pytest.approx(want[1].uncertainty["coverage"] * 100,
+                                                                                 abs=0.06)
+    score.copy()
+    assert napari.qt.get_qapp().clipboard().text() == score.text and "liver_noisy_denoised" in score.text
+    part = viewer.add_image(clean[40:104, 16:80], name="part", scale=(8.0, 8.0), translate=(320.0, 128.0))
+    score.set_checked(["part"])
+    with qtbot.waitSignal(score.scored, timeout=60_000):
+        score.run()
+    assert score.table.item(0, 1).text() == "inf"  # the reference's own pixels, found beneath it
+    part.translate = (322.0, 128.0)
+    score.run()
+    assert "lies between the reference's pixels" in errors[-1]
 
 
 def test_a_damaged_chunk_of_a_lazy_layer_is_named_by_its_layer(viewer, qtbot, models, errors, tmp_path):

@@ -271,7 +271,7 @@ def uncertainty_calibration(
         need = np.where(err > 0, err / (2 * s), 0.0)  # the std multiple each pixel needs to be covered
     return {"coverage": float(np.mean(err <= 2 * s)), "rank_correlation": rho,
             "worst_median": float(np.median(s[worst])) / scale, "worst_mean": float(np.mean(s[worst])) / scale,
-            "scale_95": float(np.quantile(need, 0.95))}
+            "scale_95": float(np.quantile(need, 0.95, method="higher"))}  # no interpolation: inf stays inf
 
 
 # --------------------------------------------------------------------------- FRC
