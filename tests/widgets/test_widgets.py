@@ -924,6 +924,12 @@ def test_score_dock_scores_the_sample_and_its_restoration_against_the_clean_laye
     with qtbot.waitSignal(score.scored, timeout=60_000):
         score.run()
     assert score.table.item(0, 1).text() == "inf"  # the reference's own pixels, found beneath it
+    pyramid = viewer.add_image([clean, clean[::2, ::2]], name="pyramid", multiscale=True, scale=(8.0, 8.0))
+    score.reference.set_layer(pyramid)
+    score.table.setRowCount(0)
+    with qtbot.waitSignal(score.scored, timeout=60_000) as done:
+        score.run()
+    assert done.args == ["done"] and score.table.item(0, 1).text() == "inf"  # its finest level, beneath the part
     part.translate = (322.0, 128.0)
     score.run()
     assert "lies between the reference's pixels" in errors[-1]

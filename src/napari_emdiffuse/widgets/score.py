@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 
 from ..engine.errors import InputError
 from ._jobs import report_error
-from ._layers import LayerCombo, layer_geometry
+from ._layers import LayerCombo, layer_source
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -40,13 +40,17 @@ def under_layer(layer: Any, reference: Any) -> tuple[slice, ...]:
     Examples
     --------
     >>> from types import SimpleNamespace as L
-    >>> ref = L(name="ref", data=np.zeros((64, 64)), scale=(4.0, 4.0), translate=(0.0, 0.0))
-    >>> part = L(name="part", data=np.zeros((16, 32)), scale=(4.0, 4.0), translate=(8.0, 40.0))
+    >>> ref = L(name="ref", data=np.zeros((64, 64)), scale=(4.0, 4.0), translate=(0.0, 0.0), metadata={})
+    >>> part = L(name="part", data=np.zeros((16, 32)), scale=(4.0, 4.0), translate=(8.0, 40.0), metadata={})
     >>> under_layer(part, ref)
     (slice(2, 18, None), slice(10, 42, None))
     """
-    shape, ref_shape = np.shape(layer.data), np.shape(reference.data)
-    (scale, at), (ref_scale, ref_at) = layer_geometry(layer), layer_geometry(reference)
+    from .restore import layer_array
+
+    # the pixels scored (a multiscale layer's finest level, leading size-1 axes dropped) and
+    # their geometry
+    shape, ref_shape = tuple(layer_array(layer).shape), tuple(layer_array(reference).shape)
+    (scale, at), (ref_scale, ref_at) = _geometry(layer), _geometry(reference)
     if shape == ref_shape and at == ref_at:
         return tuple(slice(0, n) for n in shape)
     if len(shape) != len(ref_shape) or not np.allclose(scale, ref_scale, rtol=1e-6):
@@ -60,6 +64,11 @@ def under_layer(layer: Any, reference: Any) -> tuple[slice, ...]:
     if any(b.start < 0 or b.stop > n for b, n in zip(box, ref_shape)):
         raise InputError(f"'{layer.name}' reaches beyond the reference '{reference.name}'")
     return box
+
+
+def _geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    source = layer_source(layer)
+    return tuple(source["scale"]), tuple(source["translate"])
 
 
 class ScoreWidget(QWidget):
