@@ -152,3 +152,30 @@ def test_factor_scores_only_the_generated_slices(tmp_path, capsys):
     assert main(["score", str(tmp_path / "lin.tif"), "--reference", str(tmp_path / "truth.tif"), "--factor", "3",
                  "--data-range", "255", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["psnr_db"] == pytest.approx(new.psnr)
+
+
+def test_a_folder_of_results_is_scored_against_a_folder_of_references_by_name(tmp_path, capsys):
+    """A batch's outputs (restored/, with their maps in restored/sd/) against clean/: each
+    file against the reference of its name, in natural order, then the mean row; a file with
+    no partner is refused in one line, before any is scored."""
+    (tmp_path / "restored" / "sd").mkdir(parents=True)
+    (tmp_path / "clean").mkdir()
+    want = []
+    for k in (1, 2, 10):
+        ref = _texture((64, 64), seed=k).astype(np.uint8)
+        out = np.clip(ref + k, 0, 255).astype(np.uint8)  # off by k grey levels (where not clipped)
+        tifffile.imwrite(tmp_path / "clean" / f"s{k}.tif", ref)
+        tifffile.imwrite(tmp_path / "restored" / f"s{k}.tif", out)
+        tifffile.imwrite(tmp_path / "restored" / "sd" / f"s{k}.tif", np.full(ref.shape, k, np.float32))
+        want.append(score_images([out], ref, uncertainties=[np.full(ref.shape, float(k))])[0])
+    assert main(["score", str(tmp_path / "restored"), "--reference", str(tmp_path / "clean"),
+                 "--uncertainty", str(tmp_path / "restored" / "sd"), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in rows] == ["s1.tif", "s2.tif", "s10.tif", "mean of 3"]
+    assert [r["psnr_db"] for r in rows[:3]] == pytest.approx([s.psnr for s in want])
+    assert rows[3]["psnr_db"] == pytest.approx(np.mean([s.psnr for s in want]))
+    assert rows[3]["uncertainty_coverage"] == pytest.approx(np.mean([s.uncertainty["coverage"] for s in want]))
+    tifffile.imwrite(tmp_path / "restored" / "extra.tif", np.zeros((64, 64), np.uint8))
+    assert main(["score", str(tmp_path / "restored"), "--reference", str(tmp_path / "clean")]) == 2
+    err = capsys.readouterr()
+    assert "no partner for extra" in err.err and not err.out

@@ -7,35 +7,74 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 __all__ = ["score_command", "score_rows", "score_table"]
 
 
 def score_command(args: argparse.Namespace) -> int:
-    """Read the files (only ``--region`` of each), score them and print the table."""
+    """Read the files (only ``--region`` of each), score them and print the table: several
+    images against one reference, or a folder of results against a folder of references
+    whose images pair by name (a batch's outputs; then a mean row)."""
     from .engine.errors import InputError
-    from .scoring import read_for_scoring, score_images
 
     maps_given = args.uncertainty
     if maps_given is not None and len(maps_given) != len(args.input):
         raise InputError(f"{len(args.input)} images but {len(maps_given)} uncertainty maps: give one per image "
                          "(- for none)")
-    pick = {"channel": args.channel, "time": args.time}
-    images = [read_for_scoring(path, args.region, **pick)[0] for path in args.input]
-    reference, ref_img = read_for_scoring(args.reference, args.region, **pick)
-    maps = [None if m in (None, "-") else read_for_scoring(m, args.region, **pick)[0]
-            for m in (maps_given or [None] * len(images))]
-    spacing = ref_img.spacing
-    pixel = float(spacing[-1]) if spacing and ref_img.unit else None
-    scores = score_images(images, reference, names=list(args.input), uncertainties=maps,
-                          data_range=args.data_range, register=args.register, pixel_size=pixel, factor=args.factor)
+    if any(Path(p).expanduser().is_dir() for p in [*args.input, args.reference]):
+        scores, unit = _score_folders(args)
+    else:
+        scores, unit = _score_files(args.input, args.reference, maps_given, args)
     if args.json:
         for s in scores:
-            print(json.dumps({**s.as_dict(), "unit": ref_img.unit if pixel else None}, allow_nan=True))
+            print(json.dumps({**s.as_dict(), "unit": unit}, allow_nan=True))
     else:
-        print(score_table(scores, unit=ref_img.unit if pixel else None))
+        print(score_table(scores, unit=unit))
     return 0
+
+
+def _score_files(inputs: list[str], reference: str, maps: list[str] | None, args: argparse.Namespace
+                 ) -> tuple[list[Any], str | None]:
+    """Images against one reference, and the unit of the FRC's second column."""
+    from .scoring import read_for_scoring, score_images
+
+    pick = {"channel": args.channel, "time": args.time}
+    images = [read_for_scoring(path, args.region, **pick)[0] for path in inputs]
+    ref, ref_img = read_for_scoring(reference, args.region, **pick)
+    stds = [None if m in (None, "-") else read_for_scoring(m, args.region, **pick)[0]
+            for m in (maps or [None] * len(images))]
+    pixel = float(ref_img.spacing[-1]) if ref_img.spacing and ref_img.unit else None
+    scores = score_images(images, ref, names=list(inputs), uncertainties=stds, data_range=args.data_range,
+                          register=args.register, pixel_size=pixel, factor=args.factor)
+    return scores, ref_img.unit if pixel else None
+
+
+def _score_folders(args: argparse.Namespace) -> tuple[list[Any], str | None]:
+    """A folder of results against a folder of references (and of uncertainty maps), paired
+    by name, each against its own; a mean row below where there are several."""
+    from .engine.errors import InputError
+    from .engine.io.batch import matched_pairs
+    from .scoring import mean_score
+
+    if len(args.input) != 1:
+        raise InputError("a folder is scored against a folder of references: give one folder of images")
+    images, refs = matched_pairs(args.input, [args.reference])
+    maps: list[str | None] = [None] * len(images)
+    if args.uncertainty and args.uncertainty[0] != "-":
+        maps = list(matched_pairs(args.input, args.uncertainty)[1])
+    scores, units = [], set()
+    for image, ref, std in zip(images, refs, maps):
+        (score,), unit = _score_files([image], ref, [std] if std else None, args)
+        score.name = Path(image).name
+        scores.append(score)
+        units.add(unit)
+    unit = units.pop() if len(units) == 1 else None
+    if unit is None:
+        for s in scores:
+            s.frc_nm = None  # files of other units, or none: pixels only
+    return scores + ([mean_score(scores, f"mean of {len(scores)}")] if len(scores) > 1 else []), unit
 
 
 def score_rows(scores: list[Any], *, unit: str | None = None) -> tuple[list[str], list[list[str]]]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .engine.errors import InputError
 
-__all__ = ["ImageScore", "score_images", "default_data_range", "read_for_scoring"]
+__all__ = ["ImageScore", "score_images", "mean_score", "default_data_range", "read_for_scoring"]
 
 #: Largest area scored at once (pixels): beyond it, a region is asked for.
 MAX_SCORED_PIXELS = 2**28
@@ -48,6 +48,28 @@ class ImageScore:
         return {"image": self.name, "psnr_db": self.psnr, "ssim": self.ssim, "mae": self.mae,
                 "frc_px": self.frc_px, "frc_nm": self.frc_nm, "dark_1pct_bias": self.dark_bias,
                 "bright_1pct_bias": self.bright_bias, **{f"uncertainty_{k}": v for k, v in self.uncertainty.items()}}
+
+
+def mean_score(scores: Sequence[ImageScore], name: str) -> ImageScore:
+    """The mean of each figure over several images (a folder's row below its files); the
+    calibration figures over the images that have a map.
+
+    Examples
+    --------
+    >>> a, b = ImageScore("a", 30.0, 0.8, 4.0, 3.0, None, 1.0, -1.0), ImageScore("b", 32.0, 0.9, 2.0, 3.5, None, 3.0, 1.0)
+    >>> m = mean_score([a, b], "mean"); (m.psnr, m.mae, m.dark_bias)
+    (31.0, 3.0, 2.0)
+    """
+    def mean(values: list) -> Any:
+        kept = [v for v in values if v is not None]
+        return float(np.mean(kept)) if kept else None
+
+    with_maps = [s.uncertainty for s in scores if s.uncertainty]
+    cal = {k: mean([u[k] for u in with_maps]) for k in with_maps[0]} if with_maps else {}
+    return ImageScore(name=name, psnr=mean([s.psnr for s in scores]), ssim=mean([s.ssim for s in scores]),
+                      mae=mean([s.mae for s in scores]), frc_px=mean([s.frc_px for s in scores]),
+                      frc_nm=mean([s.frc_nm for s in scores]), dark_bias=mean([s.dark_bias for s in scores]),
+                      bright_bias=mean([s.bright_bias for s in scores]), uncertainty=cal)
 
 
 def default_data_range(reference: np.ndarray) -> float:
