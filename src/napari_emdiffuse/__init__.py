@@ -42,6 +42,7 @@ _API = {
     "import_published": "engine.models.factory",
     "TrainConfig": "engine.training.config",
     "register_pair": "engine.training.data.registration",
+    "score_images": "scoring",
     "read_image": "engine.io.images",
     "write_image": "engine.io.images",
     "Progress": "engine.events",
