@@ -885,7 +885,8 @@ def test_a_tczyx_ome_zarr_opens_and_restores_as_a_zyx_stack(viewer, qtbot, model
     assert out.data.shape == (2, 48, 40) and tuple(out.scale) == (50.0, 4.0, 4.0)
 
 
-def test_score_dock_scores_the_sample_and_its_restoration_against_the_clean_layer(viewer, qtbot, models, errors):
+def test_score_dock_scores_the_sample_and_its_restoration_against_the_clean_layer(viewer, qtbot, models, errors,
+                                                                                  monkeypatch):
     """The sample pair (noisy + clean), the noisy one restored: ticked with its result, the
     Score dock shows the figures score_images gives (the result's uncertainty layer scored
     with it) and Copy gives the table; a layer restored in part (translated) is scored
@@ -933,6 +934,10 @@ def test_score_dock_scores_the_sample_and_its_restoration_against_the_clean_laye
     part.translate = (322.0, 128.0)
     score.run()
     assert "lies between the reference's pixels" in errors[-1]
+    monkeypatch.setattr("napari_emdiffuse.scoring.MAX_SCORED_PIXELS", 1000)  # a layer too large: said before reading
+    score.set_checked(["liver_noisy"])
+    score.run()
+    assert "65536 pixels: restore a region in view" in errors[-1]
 
 
 def test_a_damaged_chunk_of_a_lazy_layer_is_named_by_its_layer(viewer, qtbot, models, errors, tmp_path):

@@ -66,6 +66,16 @@ def under_layer(layer: Any, reference: Any) -> tuple[slice, ...]:
     return box
 
 
+def _bounded(data: Any, name: str) -> Any:
+    """``data`` where it can be scored at once; refused in one line before a lazy layer is read."""
+    from ..scoring import MAX_SCORED_PIXELS
+
+    if int(np.prod(np.shape(data))) > MAX_SCORED_PIXELS:
+        raise InputError(f"'{name}' has {int(np.prod(np.shape(data)))} pixels: restore a region in view and score "
+                         "that (or emdiffuse score --region)")
+    return data
+
+
 def _geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     source = layer_source(layer)
     return tuple(source["scale"]), tuple(source["translate"])
@@ -169,18 +179,18 @@ class ScoreWidget(QWidget):
             raise InputError("choose a reference layer")
         layers = [self.viewer.layers[n] for n in names]
         register = None if self.register.currentText() == "none" else self.register.currentText()
-        ref = np.asarray(layer_array(ref_layer))
+        ref = layer_array(ref_layer)  # lazy layers stay lazy: the worker reads them
         if register is None and len({np.shape(layer_array(la)) for la in layers}) == 1:
             box = under_layer(layers[0], ref_layer)
             ref = ref[box]
         images, maps = [], []
         for layer in layers:
-            images.append(np.asarray(layer_array(layer)))
+            images.append(_bounded(layer_array(layer), layer.name))
             unc = self.viewer.layers[layer.name + UNCERTAINTY_SUFFIX] if (
                 self.uncertainty.isChecked() and layer.name + UNCERTAINTY_SUFFIX in self.viewer.layers) else None
-            maps.append(np.asarray(layer_array(unc)) if unc is not None else None)
+            maps.append(layer_array(unc) if unc is not None else None)
         pixel = float(ref_layer.scale[-1]) if float(ref_layer.scale[-1]) != 1.0 else None
-        return ref, {"images": images, "names": names, "uncertainties": maps, "register": register,
+        return _bounded(ref, ref_layer.name), {"images": images, "names": names, "uncertainties": maps, "register": register,
                      "factor": self.factor.value() or None, "pixel_size": pixel}
 
     def run(self) -> None:
