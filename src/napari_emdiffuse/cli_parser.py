@@ -247,10 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="how close images come to a reference: PSNR, SSIM, FRC, uncertainty calibration",
                        description="score images of one field (an input, its restorations, another tool's) against a "
                                    "reference of it (a long-dwell scan, a clean image): PSNR, SSIM, mean absolute "
-                                   "error, FRC resolution, the darkest and brightest 1 %% of the reference's pixels' "
+                                   "error, FRC resolution, the darkest and brightest 1 % of the reference's pixels' "
                                    "bias and, with --uncertainty, how well each map marks the errors")
-    p.add_argument("input", metavar="IMAGE", nargs="+", help="images of one grid (2D or ZYX stacks), any format read")
-    p.add_argument("--reference", metavar="REF", required=True, help="the same field, as well recorded as you have it")
+    p.add_argument("input", metavar="IMAGE", nargs="+",
+                   help="images of one grid (2D or ZYX stacks), any format read; or one folder of results, "
+                        "scored against a folder of references whose images pair with them by name")
+    p.add_argument("--reference", metavar="REF", required=True,
+                   help="the same field, as well recorded as you have it (a folder, for a folder of results)")
     p.add_argument("--uncertainty", metavar="U", nargs="+", default=None,
                    help="an uncertainty map per image (- for none), as --uncertainty writes them: coverage of the "
                         "reference by +-2 std, the rank correlation of 32-px tiles' std and error, and the 1 %% "
