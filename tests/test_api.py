@@ -116,6 +116,8 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.io.n5",
         "napari_emdiffuse.engine.io.bdv",
         "napari_emdiffuse.engine.io.czi",
+        "napari_emdiffuse.engine.io.precomputed",
+        "napari_emdiffuse.engine.io.precomputed_write",
         "napari_emdiffuse.batches",
         "napari_emdiffuse.widgets._finetune_options",
         "napari_emdiffuse.widgets.restore",

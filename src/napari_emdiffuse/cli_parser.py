@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="input .tif/.tiff, .mrc, .dm3/.dm4, .h5 (file.h5/dataset), .png/.jpg/.bmp or .zarr; several files or a folder: "
                             "a batch, with the model loaded once")
         p.add_argument("-o", "--output", metavar="OUT", required=True,
-                       help="output .tif/.tiff, .mrc or .zarr (a .zarr store may be an object store's URL, "
+                       help="output .tif/.tiff, .mrc, .zarr or .precomputed (neuroglancer; a .zarr store may be an object store's URL, "
                             "s3://bucket/out.zarr); for a batch, a folder (made if missing) where each "
                             "result takes its input's name (pictures, .h5 and .dm3/.dm4 become .tif)")
         if name == "denoise":
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(one file each); several volumes, or a folder of them with an output folder: a batch, "
                         "each volume with its own voxel size")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
-                   help="output .tif/.tiff, .mrc or .zarr (a .zarr store may be an object store's URL, "
+                   help="output .tif/.tiff, .mrc, .zarr or .precomputed (neuroglancer; a .zarr store may be an object store's URL, "
                         "s3://bucket/iso.zarr); for a batch, a folder (made if missing; end it with / "
                         "for a folder of volumes) where each result takes its input's name")
     p.add_argument("--factor", type=int, help="z / xy spacing ratio (default: from the voxel size; for a batch, "
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the image, e.g. scan.dm4, stem.emd/HAADF, vol.n5/em/s0; or several files or a folder "
                         "(a session's .dm4 or .emd files)")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
-                   help="output .tif/.tiff, .mrc or .zarr (a .zarr store may be an object store's URL, "
+                   help="output .tif/.tiff, .mrc, .zarr or .precomputed (neuroglancer; a .zarr store may be an object store's URL, "
                         "s3://bucket/stack.ome.zarr); for several inputs a folder (made if missing) where each "
                         "takes its input's name")
     p.add_argument("--to", choices=[".tif", ".mrc", ".zarr", ".ome.zarr"], default=".tif",

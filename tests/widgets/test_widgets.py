@@ -1622,6 +1622,20 @@ def test_a_layer_saves_as_tiff_with_its_pixel_size_through_the_save_dialogs_file
     assert read_image(tmp_path / "theirs.tif").spacing is None
 
 
+def test_a_layer_saves_as_a_neuroglancer_precomputed_volume_and_opens_again(viewer, tmp_path):
+    """A ``.precomputed`` name goes through our writer (voxel size, place, the scales) and the
+    folder opens again as a multiscale layer over the image it came from."""
+    layer = viewer.add_image(np.arange(2 * 600 * 40, dtype=np.uint16).reshape(2, 600, 40), name="em",
+                             scale=(40.0, 4.0, 4.0), translate=(0.0, 40.0, 80.0))  # fmt: skip
+    out = tmp_path / "em.precomputed"
+    viewer.layers.save(str(out), selected=False, plugin=PLUGIN)
+    viewer.open(str(out), plugin=PLUGIN)
+    back = viewer.layers[-1]
+    assert back.multiscale and len(back.data) == 2  # 600 rows: one level below full resolution
+    assert np.array_equal(np.asarray(back.data[0][:]), layer.data)
+    assert tuple(back.scale) == (40.0, 4.0, 4.0) and tuple(back.translate) == (0.0, 40.0, 80.0)
+
+
 def test_finetune_widget_trains_on_several_pairs(viewer, qtbot, models, errors, tmp_path):
     """add this pair: the pairs added, then the one chosen, of different sizes, all trained on
     (the card lists both); a pair whose layer is gone, or a missing target, is refused."""

@@ -80,6 +80,17 @@ def test_jpeg_chunks_read_as_the_picture_x_wide_and_y_times_z_tall(tmp_path):
     assert img.data.shape == (4, 6, 10) and np.abs(np.asarray(img.data).astype(int) - zyx).max() <= 3
 
 
+def test_a_raw_chunk_that_begins_like_gzip_reads_as_raw(tmp_path):
+    """Pixels 31, 139 are gzip's magic bytes; a raw chunk's exact size says it is not gzip."""
+    vol = np.full((2, 5, 6), 90, np.uint8)
+    vol[0, 0, :2] = (31, 139)
+    root = _precomputed(tmp_path / "vol", vol, chunk=(2, 5, 6), offset=(0, 0, 0))
+    assert np.array_equal(np.asarray(PrecomputedArray(root, "4_4_40")[:]), vol)
+    gz = _precomputed(tmp_path / "gz", vol, chunk=(2, 5, 6), offset=(0, 0, 0), gz={(0, 0, 0)})
+    (gz / "4_4_40" / "0-6_0-5_0-2.gz").rename(gz / "4_4_40" / "0-6_0-5_0-2")  # gzip stored under the plain name
+    assert np.array_equal(np.asarray(PrecomputedArray(gz, "4_4_40")[:]), vol)
+
+
 def test_what_is_not_read_here_is_refused_in_one_line(tmp_path, vol):
     cases = [
         (_precomputed(tmp_path / "sharded", vol, extra={"sharding": {"@type": "neuroglancer_uint64_sharded_v1"}}),

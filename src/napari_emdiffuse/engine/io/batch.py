@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import (
-    AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, image_files_in,
+    AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIX, PRECOMPUTED_SUFFIX, image_files_in,
     reason,
     suffix_of,
     is_url,
@@ -30,6 +30,9 @@ __all__ = ["BatchItem", "BATCH_FORMATS", "is_batch", "expand_inputs", "plan_batc
 
 _FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + MRC_PACKED_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES
 
+#: Outputs named so are one file or store, never a batch's folder, even where they exist.
+_OUTPUT_NAMES = TIFF_SUFFIXES + MRC_SUFFIXES + (ZARR_SUFFIX, PRECOMPUTED_SUFFIX)
+
 BatchItem = tuple[Path, "Path | str", "Path | str | None"]  # input, output, uncertainty output (a URL as str)
 #: What every output of a batch may be made (``--to``): a zarr store block by block, or files.
 BATCH_FORMATS = (".tif", ".mrc", ".zarr", ".ome.zarr")
@@ -38,7 +41,7 @@ BATCH_FORMATS = (".tif", ".mrc", ".zarr", ".ome.zarr")
 def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None, *, folder_is_image: bool = False) -> bool:
     """Several inputs, or one folder that is not a zarr store or N5 container, nor inside one
     (``volume.zarr/0``), or, with an ``output`` folder (one that exists, or a name ending in
-    ``/``), one file (a batch of one, or of the images it holds: the detectors of a Velox
+    ``/``, not named as a file or store: ``.tif``, ``.zarr``, ``.precomputed``, ...), one file (a batch of one, or of the images it holds: the detectors of a Velox
     file, the scenes of a CZI file). ``folder_is_image`` (isotropic reconstruction, where a folder of 2D slices is
     one volume): one folder is a batch only with an output folder.
 
@@ -50,7 +53,9 @@ def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None, *,
     if len(inputs) != 1:
         return True
     p = Path(inputs[0]).expanduser()
-    folder = output is not None and (Path(output).expanduser().is_dir() or str(output).endswith(("/", os.sep)))
+    # a store named as one (an existing result written again, a name tab-completed with its '/') is an output
+    named = output is not None and suffix_of(Path(str(output).rstrip("/" + os.sep))) in _OUTPUT_NAMES
+    folder = output is not None and not named and (Path(output).expanduser().is_dir() or str(output).endswith(("/", os.sep)))
     if p.is_dir():
         return not _is_store(p) and (folder or not folder_is_image)
     inside = h5_file_of(p) or czi_file_of(p)  # 'stem.emd/BF': one image named in a file
@@ -248,7 +253,7 @@ def _folder(path: str | os.PathLike[str], inside: Path | str | None = None) -> P
         if url.lower().startswith(("http://", "https://")):
             raise InputError(f"cannot write into '{path}': a web server's files are read here, not written; write to "
                              "an object store (s3://, gs://) or a folder")
-        if suffix_of(Path(url)) in _FILE_SUFFIXES + (ZARR_SUFFIX,):
+        if suffix_of(Path(url)) in _FILE_SUFFIXES + (ZARR_SUFFIX, PRECOMPUTED_SUFFIX):
             raise InputError(f"with several inputs the output is a folder; '{path}' is named like a file")
         try:  # the service once, before any file: not a skip line per file for a missing backend or bucket
             fs, where = url_fs(url)
@@ -265,7 +270,7 @@ def _folder(path: str | os.PathLike[str], inside: Path | str | None = None) -> P
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise InputError(f"with several inputs the output is a folder; '{p}' is a file")
-    if not p.exists() and suffix_of(p) in _FILE_SUFFIXES + (ZARR_SUFFIX,):
+    if suffix_of(p) in _FILE_SUFFIXES + (ZARR_SUFFIX, PRECOMPUTED_SUFFIX):  # a store written before, too
         raise InputError(f"with several inputs the output is a folder; '{p}' is named like a file")
     pending = inside is not None and not inside.exists() and _key(p.parent) == _key(inside)
     if not p.parent.is_dir() and not pending:

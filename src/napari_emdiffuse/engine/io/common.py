@@ -28,6 +28,7 @@ __all__ = [
     "AMIRA_SUFFIXES",
     "CZI_SUFFIXES",
     "N5_SUFFIX",
+    "PRECOMPUTED_SUFFIX",
     "ImageData",
     "likely_image",
     "reason",
@@ -54,6 +55,9 @@ MRC_PACKED_SUFFIXES = tuple(s + c for s in MRC_SUFFIXES for c in (".gz", ".bz2")
 #: Read only: pictures carry no reliable pixel size, and JPEG loses detail.
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 ZARR_SUFFIX = ".zarr"
+#: Written only by that name (a neuroglancer precomputed folder, :mod:`.precomputed_write`);
+#: read by its ``info`` file, whatever its name.
+PRECOMPUTED_SUFFIX = ".precomputed"
 #: Read only (CREMI, ilastik, Fiji's HDF5 plugin): see :mod:`.hdf5`.
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".emd", ".hspy", ".ims")  # .emd: Velox and Berkeley EMD; .hspy: HyperSpy; .ims: Imaris
 #: Read only: Gatan DigitalMicrograph (TEM cameras, 3View); see :mod:`.dm`.
@@ -261,8 +265,8 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     Parameters
     ----------
     path : str or path-like
-        Where a TIFF (``.tif``, ``.tiff``), MRC (``.mrc`` and the like) or zarr (``.zarr``)
-        result will go.
+        Where a TIFF (``.tif``, ``.tiff``), MRC (``.mrc`` and the like), zarr (``.zarr``) or
+        neuroglancer precomputed (``.precomputed``, a folder) result will go.
 
     Returns
     -------
@@ -280,17 +284,19 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     ext = suffix_of(p)
     if ext in PICTURE_SUFFIXES + H5_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES + MRC_PACKED_SUFFIXES + (N5_SUFFIX,):
         raise InputError(f"cannot write '{p}': {ext} is read only here; write .tif, .mrc or .zarr (they keep the pixel size)")
-    if ext not in TIFF_SUFFIXES + MRC_SUFFIXES and ext != ZARR_SUFFIX:
+    if ext not in TIFF_SUFFIXES + MRC_SUFFIXES + (ZARR_SUFFIX, PRECOMPUTED_SUFFIX):
         ext = ext or "(none)"
-        raise InputError(f"cannot write '{p}': unsupported file type '{ext}'; use .tif/.tiff, .mrc or .zarr")
+        raise InputError(f"cannot write '{p}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .zarr or "
+                         ".precomputed (a neuroglancer precomputed folder)")
     parent = p.parent
     if not parent.is_dir():
         raise InputError(f"output folder '{parent}' does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output folder '{parent}' is not writable")
-    if ext != ZARR_SUFFIX and p.is_dir():
+    folder = ext in (ZARR_SUFFIX, PRECOMPUTED_SUFFIX)
+    if not folder and p.is_dir():
         raise InputError(f"cannot write '{p}': a folder with that name exists")
-    if ext == ZARR_SUFFIX and p.exists() and not p.is_dir():
+    if folder and p.exists() and not p.is_dir():
         raise InputError(f"cannot write '{p}': a file with that name exists")
     return p
 

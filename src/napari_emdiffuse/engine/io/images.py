@@ -1,4 +1,4 @@
-"""Read and write images and volumes (TIFF, MRC and zarr; HDF5, DigitalMicrograph and
+"""Read and write images and volumes (TIFF, MRC, zarr and neuroglancer precomputed; HDF5, DigitalMicrograph and
 PNG/JPEG/BMP pictures read only) together with their pixel spacing.
 
 Reading returns an :class:`~.common.ImageData`: the pixels (numpy for TIFF, a lazy
@@ -25,7 +25,7 @@ from .amira import read_amira
 from .calibration import check_axes
 from .common import (
     AMIRA_SUFFIXES, CZI_SUFFIXES, DM_SUFFIXES, H5_SUFFIXES, MRC_PACKED_SUFFIXES, MRC_SUFFIXES, N5_SUFFIX, PICTURE_SUFFIXES, SER_SUFFIXES, TIFF_SUFFIXES,
-    ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
+    PRECOMPUTED_SUFFIX, ZARR_SUFFIX, ImageData, check_output_path, suffix_of,
     unsupported_type,
     is_url,
     reason,
@@ -222,13 +222,16 @@ def write_image(
     origin: tuple[float, ...] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Path | str:
-    """Write an image or volume as TIFF, MRC or zarr, chosen by the extension, atomically.
+    """Write an image or volume as TIFF, MRC, zarr or neuroglancer precomputed, chosen by the
+    extension, atomically.
 
     Parameters
     ----------
     path : str or path-like
-        ``.tif``, ``.tiff``, ``.zarr`` (``.ome.zarr``: OME-Zarr with its multiscale pyramid) or
-        an MRC name (``.mrc``, ``.rec``, ...; 2D or 3D only, uint8 stored as uint16). A
+        ``.tif``, ``.tiff``, ``.zarr`` (``.ome.zarr``: OME-Zarr with its multiscale pyramid),
+        ``.precomputed`` (a neuroglancer precomputed folder with its scales, 2D or 3D:
+        :func:`~.precomputed_write.write_precomputed`) or an MRC name (``.mrc``, ``.rec``,
+        ...; 2D or 3D only, uint8 stored as uint16). A
         ``.zarr`` store may be an object store's URL (:mod:`.zarrurl`: it must not exist), and
         so may a TIFF or MRC file (:mod:`.fileurl`: written here, then uploaded whole).
     array : numpy.ndarray or dask.array.Array or array-like
@@ -297,6 +300,11 @@ def write_image(
     if isinstance(p, Path) and suffix_of(p) in TIFF_SUFFIXES:
         return write_tiff(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin,
                           progress=written)
+    if isinstance(p, Path) and suffix_of(p) == PRECOMPUTED_SUFFIX:
+        from .precomputed_write import write_precomputed
+
+        return write_precomputed(p, array, spacing=spacing, unit=unit, origin=origin, provenance=provenance,
+                                 progress=written)
     if isinstance(p, Path) and suffix_of(p) in MRC_SUFFIXES:
         return write_mrc(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin,
                          progress=written)

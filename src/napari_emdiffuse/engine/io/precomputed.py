@@ -269,9 +269,12 @@ class PrecomputedArray(LazyArray):
     def _pixels(self, raw: bytes, path: Where, block: tuple[int, int, int]) -> np.ndarray:
         lo, hi = self._bounds(block)
         shape = tuple(b - a for a, b in zip(lo, hi))
+        # A raw chunk's pixels may begin with gzip's magic bytes (31, 139): its exact size tells it.
+        sizes = {int(np.prod(shape)) * self.dtype.itemsize, int(np.prod(self.chunks)) * self.dtype.itemsize}
         try:
             if self.shards is None:  # a chunk file: gzip-compressed when named .gz or stored as such
-                raw = gzip.decompress(raw) if str(path).endswith(".gz") or raw[:2] == b"\x1f\x8b" else raw
+                packed = raw[:2] == b"\x1f\x8b" and (self.encoding != "raw" or len(raw) not in sizes)
+                raw = gzip.decompress(raw) if str(path).endswith(".gz") or packed else raw
             if self.encoding == "jpeg":
                 import imageio.v3 as iio
 

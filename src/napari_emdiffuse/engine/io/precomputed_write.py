@@ -1,0 +1,235 @@
+"""Neuroglancer precomputed outputs: a restored image or volume written as the folder that
+neuroglancer, CloudVolume and igneous read (an ``info`` file, one folder of chunk files per
+scale), so that a connectomics pipeline takes the result where it takes its raw data.
+
+The folder is named ``NAME.precomputed`` here (the format itself names no extension; any
+reader finds it by its ``info``). It holds the image at full resolution and, below it, the
+levels of :func:`~.pyramid.level_plan` (2x2 means, z halved once the pixels are twice as wide
+as the slices are thick), so neuroglancer shows a volume of any size at any zoom.
+
+Chunks are ``raw`` (little-endian, x fastest) and uncompressed, named
+``<x0>-<x1>_<y0>-<y1>_<z0>-<z1>``: a web server or bucket serves them as they are (``gsutil -m
+cp -r -Z`` compresses them on the way to a bucket). Thin sections (z at least 4x coarser than
+the pixels) get 128 x 128 x 16 chunks, others 64 x 64 x 64. The voxel size goes to each
+scale's ``resolution`` (nm); a whole-voxel origin (a region's place) goes to
+``voxel_offset``. How the result was made goes to the ``provenance`` file, as CloudVolume
+keeps it. The folder is built under a hidden name and renamed when whole, so a cancel or a
+crash leaves no volume that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .atomic import fsync_dir, partial_beside, remove_orphans_beside, remove_path, replace_dir
+from .common import check_output_path
+from .pyramid import halve, level_plan
+from .units import nm_factor, tidy
+
+__all__ = ["PRECOMPUTED_DTYPES", "precomputed_chunks", "write_precomputed"]
+
+#: The data types neuroglancer shows; float64 is written as float32, bool as uint8.
+PRECOMPUTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
+#: Pixels read and written at once (a unit of whole chunks): bounds the memory of a large copy.
+_UNIT_PIXELS = 2**25
+
+
+def precomputed_chunks(shape: tuple[int, ...], spacing: tuple[float, ...] | None = None) -> tuple[int, int, int]:
+    """The chunk shape (z, y, x) for a volume of ``shape`` (z, y, x) and voxel size ``spacing``:
+    128 x 128 x 16 for thin sections (z at least 4x the pixel size), else 64 x 64 x 64; never
+    deeper or wider than the volume.
+
+    Examples
+    --------
+    >>> precomputed_chunks((200, 4000, 4000), (40.0, 4.0, 4.0))
+    (16, 128, 128)
+    >>> precomputed_chunks((300, 500, 20), (8.0, 8.0, 8.0))
+    (64, 64, 20)
+    >>> precomputed_chunks((1, 1024, 1024))
+    (1, 128, 128)
+    """
+    thin = shape[0] == 1 or (spacing is not None and spacing[0] >= 4 * spacing[-1])
+    want = (16, 128, 128) if thin else (64, 64, 64)
+    return tuple(max(1, min(w, n)) for w, n in zip(want, shape))  # type: ignore[return-value]
+
+
+def _dtype(dtype: np.dtype, where: Path) -> np.dtype:
+    if dtype == np.float64:
+        return np.dtype(np.float32)
+    if dtype == np.bool_:
+        return np.dtype(np.uint8)
+    if dtype.name not in PRECOMPUTED_DTYPES:
+        raise InputError(f"cannot write '{where}': {dtype} pixels; neuroglancer shows {', '.join(PRECOMPUTED_DTYPES)}")
+    return dtype
+
+
+def _voxel_offset(origin: tuple[float, ...] | None, spacing: tuple[float, ...] | None) -> list[int]:
+    """A whole-voxel origin as the (x, y, z) offset; anything else (between voxels, none) at 0."""
+    if origin is None or spacing is None:
+        return [0, 0, 0]
+    voxels = [o / s for o, s in zip(origin, spacing)]
+    if not all(np.isfinite(v) and abs(v - round(v)) < 1e-6 for v in voxels):
+        return [0, 0, 0]
+    return [int(round(v)) for v in reversed(voxels)]
+
+
+def _units(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, slice, slice]]:
+    """Blocks of whole chunks (a slab of chunk depth, split into bands and columns) that each
+    hold at most about :data:`_UNIT_PIXELS` pixels; the last ones cut to the volume."""
+    cz, cy, cx = chunks
+    per_row = cz * cy * shape[2]
+    ny = max(1, _UNIT_PIXELS // max(1, per_row)) * cy  # rows of a band: whole chunk rows
+    nx = shape[2] if ny > cy or per_row <= _UNIT_PIXELS else max(1, _UNIT_PIXELS // (cz * cy * cx)) * cx
+    return [(slice(z, min(z + cz, shape[0])), slice(y, min(y + ny, shape[1])), slice(x, min(x + nx, shape[2])))
+            for z in range(0, shape[0], cz) for y in range(0, shape[1], ny) for x in range(0, shape[2], nx)]  # fmt: skip
+
+
+def _write_unit(folder: Path, block: np.ndarray, at: tuple[int, int, int], chunks: tuple[int, ...],
+                offset: list[int], dtype: np.dtype) -> None:
+    """Write ``block`` (whose first voxel is ``at``, z y x) as the chunk files it covers."""
+    le = dtype.newbyteorder("<")
+    for z in range(0, block.shape[0], chunks[0]):
+        for y in range(0, block.shape[1], chunks[1]):
+            for x in range(0, block.shape[2], chunks[2]):
+                piece = block[z : z + chunks[0], y : y + chunks[1], x : x + chunks[2]]
+                lo = [a + b + o for a, b, o in zip((x, y, z), reversed(at), offset)]  # x y z, offset included
+                hi = [a + n for a, n in zip(lo, reversed(piece.shape))]
+                name = "_".join(f"{a}-{b}" for a, b in zip(lo, hi))
+                (folder / name).write_bytes(np.ascontiguousarray(piece, dtype=le).tobytes())
+
+
+def _key(resolution: list[float]) -> str:
+    return "_".join(f"{tidy(r):g}" for r in resolution)
+
+
+def write_precomputed(
+    path: str | os.PathLike[str],
+    array: Any,
+    *,
+    spacing: tuple[float, ...] | None = None,
+    unit: str = "nm",
+    origin: tuple[float, ...] | None = None,
+    provenance: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write a 2D image or a ZYX volume as a neuroglancer precomputed folder, with its levels.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder, ``NAME.precomputed``; replaced when the write ends, atomically.
+    array : numpy.ndarray or array-like
+        ``(Y, X)`` or ``(Z, Y, X)`` pixels, one channel. A lazy array (dask, zarr, a file read
+        lazily) is read block by block (about 32 M pixels at a time), never whole.
+    spacing : tuple of float, optional
+        Pixel size per axis in ``unit``; neuroglancer needs one, so without it each voxel is
+        written as 1 nm.
+    unit : str
+        Unit of ``spacing`` and ``origin`` (converted to nm).
+    origin : tuple of float, optional
+        Where the first pixel's centre lies per axis, in ``unit``: stored as each scale's
+        ``voxel_offset`` where it is whole voxels.
+    provenance : dict, optional
+        How the image was made: the ``provenance`` file's ``processing`` entry.
+    progress : callable, optional
+        Called with ``(blocks written, blocks)`` before each block of every scale and at the
+        end; an exception it raises stops the write and leaves nothing.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from napari_emdiffuse.engine.io.precomputed import read_precomputed
+    >>> out = write_precomputed(Path(tempfile.mkdtemp()) / "vol.precomputed",
+    ...                         np.arange(2 * 4 * 6, dtype=np.uint8).reshape(2, 4, 6), spacing=(40, 4, 4))
+    >>> back = read_precomputed(out)
+    >>> back.spacing, int(back.data[1, 0, 5])
+    ((40.0, 4.0, 4.0), 29)
+    """
+    p = check_output_path(path)
+    shape = tuple(int(n) for n in getattr(array, "shape", np.shape(array)))
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise InputError(f"cannot write '{p}': a precomputed volume holds one 2D image or one ZYX volume, "
+                         f"not shape {shape}")
+    dtype = _dtype(np.dtype(array.dtype), p)
+    if spacing is not None and len(spacing) != len(shape):
+        raise InputError(f"cannot write '{p}': {len(spacing)} pixel sizes for {len(shape)} axes")
+    nm = nm_factor(unit) if spacing is not None else None
+    if spacing is not None and nm is None:
+        raise InputError(f"cannot write '{p}': unknown length unit '{unit}'")
+    flat = len(shape) == 2
+    zyx = (1, *shape) if flat else shape
+    res = None if spacing is None else tuple(float(v) * nm for v in ((1.0, *spacing) if flat else spacing))  # type: ignore[operator]
+    at = None if origin is None or res is None else tuple(float(v) * nm for v in ((0.0, *origin) if flat else origin))  # type: ignore[operator]
+    full_res = list(reversed(res)) if res is not None else [1.0, 1.0, 1.0]  # x y z
+    if flat and res is not None:
+        full_res[2] = full_res[0]  # one slice: as thick as its pixels are wide
+    chunks = precomputed_chunks(zyx, res)
+    offset = _voxel_offset(at, res)
+    levels = level_plan(shape, spacing)  # 2D: lateral halving only
+    scales = [{"key": _key(full_res), "size": list(reversed(zyx)), "voxel_offset": offset, "resolution": full_res,
+               "chunk_sizes": [list(reversed(chunks))], "encoding": "raw"}]
+    for lv in levels:
+        fz, fy, fx = (1, *lv.factors) if flat else lv.factors
+        lz = (1, *lv.shape) if flat else lv.shape
+        r = [full_res[0] * fx, full_res[1] * fy, full_res[2] * fz]
+        scales.append({"key": _key(r), "size": list(reversed(lz)), "resolution": r, "encoding": "raw",
+                       "voxel_offset": [o // f for o, f in zip(offset, (fx, fy, fz))],
+                       "chunk_sizes": [list(reversed(precomputed_chunks(lz, (r[2], r[1], r[0]))))]})
+    info = {"@type": "neuroglancer_multiscale_volume", "type": "image", "data_type": dtype.name, "num_channels": 1,
+            "scales": scales}
+    plan = [_units(tuple(reversed(s["size"])), tuple(reversed(s["chunk_sizes"][0]))) for s in scales]
+    total, done = sum(len(u) for u in plan), 0
+
+    remove_orphans_beside(p)
+    tmp = partial_beside(p)
+    tmp.mkdir()
+    try:
+        (tmp / "info").write_text(json.dumps(info, indent=1))
+        (tmp / "provenance").write_text(json.dumps(
+            {"description": "", "owners": [], "sources": [],
+             "processing": [json.loads(json.dumps(provenance, default=str))] if provenance else []}, indent=1))
+        for s in scales:
+            (tmp / s["key"]).mkdir()
+        source: Any = array
+        for k, (s, units) in enumerate(zip(scales, plan)):
+            folder, off = tmp / s["key"], s["voxel_offset"]
+            scale_chunks = tuple(reversed(s["chunk_sizes"][0]))
+            if k:  # a level: the 2x2 (2x2x2) means of the one written before it
+                from .precomputed import PrecomputedArray
+
+                source = PrecomputedArray(tmp, scales[k - 1]["key"])
+                zdown = not flat and levels[k - 1].zdown
+            for unit_ in units:
+                if progress is not None:
+                    progress(done, total)
+                if k:
+                    lo = [sl.start * (2 if (zdown and a == 0) or a else 1) for a, sl in enumerate(unit_)]
+                    hi = [sl.stop * (2 if (zdown and a == 0) or a else 1) for a, sl in enumerate(unit_)]
+                    block = halve(np.asarray(source[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]), z=zdown)
+                else:
+                    block = np.asarray(source[unit_[1:]] if flat else source[unit_])
+                    block = block[None] if flat else block
+                    block = block.astype(dtype, copy=False)
+                starts = tuple(sl.start for sl in unit_)
+                _write_unit(folder, block, starts, scale_chunks, off, dtype)  # type: ignore[arg-type]
+                done += 1
+        if progress is not None:
+            progress(total, total)
+        fsync_dir(tmp)
+        replace_dir(tmp, p)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    return p

@@ -1,0 +1,136 @@
+"""Neuroglancer precomputed outputs: the files neuroglancer and CloudVolume read (checked
+byte for byte against the format's layout, not only through our own reader), their scales,
+and the guarantees of every output (atomic, one-line refusals)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_emdiffuse.engine.errors import InputError
+from napari_emdiffuse.engine.io.images import read_image, write_image
+from napari_emdiffuse.engine.io.precomputed import read_precomputed
+from napari_emdiffuse.engine.io.precomputed_write import write_precomputed
+
+
+def _mean2(a: np.ndarray) -> np.ndarray:
+    """2x2 means of the last two axes, rounded half up (even sizes): the level's closed form."""
+    s = a.astype(np.int64)
+    total = s[..., 0::2, 0::2] + s[..., 1::2, 0::2] + s[..., 0::2, 1::2] + s[..., 1::2, 1::2]
+    return ((2 * total + 4) // 8).astype(a.dtype)
+
+
+def test_chunks_lie_on_disk_as_the_format_names_them(tmp_path):
+    vol = (np.arange(5 * 70 * 150) * 7919 % 65521).astype(np.uint16).reshape(5, 70, 150)
+    out = write_image(tmp_path / "vol.precomputed", vol, spacing=(30.0, 4.0, 4.0), origin=(60.0, 40.0, 8.0))
+    info = json.loads((out / "info").read_text())
+    assert info["data_type"] == "uint16" and info["num_channels"] == 1 and info["type"] == "image"
+    (scale,) = info["scales"]
+    assert scale["key"] == "4_4_30" and scale["resolution"] == [4.0, 4.0, 30.0]
+    assert scale["size"] == [150, 70, 5] and scale["voxel_offset"] == [2, 10, 2]  # x y z voxels
+    assert scale["chunk_sizes"] == [[128, 70, 5]] and scale["encoding"] == "raw"  # thin sections, cut to the volume
+    # the chunk at x 128:150 (an edge chunk, cut to the volume), offset included in its name
+    raw = (out / "4_4_30" / "130-152_10-80_2-7").read_bytes()
+    assert raw == vol[:, :, 128:150].astype("<u2").tobytes()  # little-endian, x fastest
+    back = read_image(out)
+    assert back.spacing == (30.0, 4.0, 4.0) and back.origin == (60.0, 40.0, 8.0)
+    assert np.array_equal(np.asarray(back.data[:]), vol)
+
+
+def test_a_large_volume_gets_the_scales_neuroglancer_zooms_through(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 256, (4, 1040, 600), dtype=np.uint8)
+    out = write_precomputed(tmp_path / "iso.precomputed", vol, spacing=(8.0, 8.0, 8.0))
+    info = json.loads((out / "info").read_text())
+    assert [s["key"] for s in info["scales"]] == ["8_8_8", "16_16_16", "32_32_32"]
+    assert info["scales"][0]["chunk_sizes"] == [[64, 64, 4]]
+    one = read_precomputed(out, "16_16_16")
+    assert one.data.shape == (2, 520, 300) and one.spacing == (16.0, 16.0, 16.0)
+    # z halved too, the voxels being isotropic: the mean of each 2x2x2, rounded half up
+    s = vol.astype(np.int64)
+    total = sum(s[dz::2, dy::2, dx::2] for dz in (0, 1) for dy in (0, 1) for dx in (0, 1))
+    assert np.array_equal(np.asarray(one.data[:]), ((2 * total + 8) // 16).astype(np.uint8))
+    assert read_precomputed(out, "32_32_32").data.shape == (1, 260, 150)
+
+
+def test_a_stack_of_thin_sections_keeps_every_section_in_its_first_levels(tmp_path):
+    vol = np.random.default_rng(1).integers(0, 256, (3, 1100, 40), dtype=np.uint8)
+    out = write_precomputed(tmp_path / "stack.precomputed", vol, spacing=(40.0, 4.0, 4.0), origin=(0.0, 8.0, 0.0))
+    info = json.loads((out / "info").read_text())
+    assert [s["size"] for s in info["scales"]] == [[40, 1100, 3], [20, 550, 3], [10, 275, 3]]
+    assert [s["voxel_offset"] for s in info["scales"]] == [[0, 2, 0], [0, 1, 0], [0, 0, 0]]
+    level = np.asarray(read_precomputed(out, "8_8_40").data[:])
+    assert np.array_equal(level, _mean2(vol))
+
+
+def test_a_2d_float_image_becomes_one_float32_section(tmp_path):
+    image = np.random.default_rng(2).random((90, 70))  # float64, no pixel size
+    out = write_image(tmp_path / "den.precomputed", image)
+    info = json.loads((out / "info").read_text())
+    assert info["data_type"] == "float32" and info["scales"][0]["resolution"] == [1.0, 1.0, 1.0]
+    back = np.asarray(read_image(out).data[:])
+    assert back.shape == (1, 90, 70) and back.dtype == np.float32
+    assert np.array_equal(back[0], image.astype(np.float32))
+
+
+def test_a_stopped_write_leaves_nothing_and_the_old_volume_whole(tmp_path, monkeypatch):
+    from napari_emdiffuse.engine.io import precomputed_write
+
+    monkeypatch.setattr(precomputed_write, "_UNIT_PIXELS", 40 * 64 * 64)  # one chunk a block: 25 blocks
+    vol = np.random.default_rng(3).integers(0, 256, (40, 300, 300), dtype=np.uint8)
+    out = write_precomputed(tmp_path / "v.precomputed", vol[:2], spacing=(8.0, 8.0, 8.0))
+    calls = []
+
+    def stop(done: int, total: int) -> None:
+        calls.append((done, total))
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_precomputed(out, vol, spacing=(8.0, 8.0, 8.0), progress=stop)
+    assert calls == [(0, 25), (1, 25), (2, 25)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.precomputed"]  # no partial beside it
+    assert read_image(out).data.shape == (2, 300, 300)  # the earlier volume, untouched
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "words"),
+    [
+        (np.zeros((2, 3, 8, 8), np.uint8), {}, "one 2D image or one ZYX volume"),
+        (np.zeros((8, 8), np.complex64), {}, "neuroglancer shows"),
+        (np.zeros((8, 8), np.uint8), {"spacing": (1.0, 1.0), "unit": "furlong"}, "unknown length unit"),
+        (np.zeros((2, 8, 8), np.uint8), {"spacing": (1.0, 1.0)}, "2 pixel sizes for 3 axes"),
+    ],
+)
+def test_what_a_precomputed_volume_cannot_hold_is_refused_in_one_line(tmp_path, data, kwargs, words):
+    before = data.copy()
+    with pytest.raises(InputError, match=words) as err:
+        write_precomputed(tmp_path / "x.precomputed", data, **kwargs)
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == [] and np.array_equal(data, before)
+
+
+def test_the_command_line_writes_and_rewrites_precomputed_and_zarr_outputs(tmp_path, capsys):
+    """Writing a result again into its own store replaces it: a store named as one is not a
+    batch's output folder (it once received the input's copy inside it)."""
+    import tifffile
+
+    from napari_emdiffuse.cli import main
+
+    vol = np.random.default_rng(4).integers(0, 256, (4, 48, 40), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "vol.tif", vol, imagej=True, resolution=(250.0, 250.0),
+                     metadata={"spacing": 0.02, "unit": "um", "axes": "ZYX"})
+    for name in ("v.precomputed", "v.zarr"):
+        out = tmp_path / name
+        assert main(["convert", str(tmp_path / "vol.tif"), "-o", str(out)]) == 0
+        assert main(["convert", str(tmp_path / "vol.tif"), "-o", f"{out}/", "--region", "8", "24", "0", "16"]) == 0
+        back = read_image(out)
+        assert back.data.shape == (4, 16, 16) and back.spacing == (20.0, 4.0, 4.0)
+        assert np.array_equal(np.asarray(back.data[:]), vol[:, 8:24, :16])
+        assert not (out / "vol.tif").exists()
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "vol.tif"), str(tmp_path / "vol.tif"), "-o", str(tmp_path / "b.precomputed")]) == 2
+    assert "named like a file" in capsys.readouterr().err
+    assert not (tmp_path / "b.precomputed").exists()
