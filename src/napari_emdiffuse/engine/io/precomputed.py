@@ -159,9 +159,10 @@ class PrecomputedArray(LazyArray):
     """One scale of a precomputed volume (a folder, or a URL) as a ZYX array that reads only
     the chunks an index touches, sharded or not; it pickles as its folder or URL and key, so
     cluster workers read it in place. A volume with several channels or an encoding other than
-    raw or jpeg is refused in one line when opened."""
+    raw or jpeg is refused in one line when opened. ``cache=False``: its chunks are not kept (a
+    reader that reads each chunk once, as a pyramid's next level does)."""
 
-    def __init__(self, root: str | os.PathLike[str], key: str) -> None:
+    def __init__(self, root: str | os.PathLike[str], key: str, *, cache: bool = True) -> None:
         self.url = is_url(root)
         self.root = str(root).rstrip("/") if self.url else str(Path(root).resolve())
         self.name = str(key)
@@ -188,7 +189,7 @@ class PrecomputedArray(LazyArray):
         self.chunks: tuple[int, ...] = chunk[::-1]
         self.shards: ShardReader | None = None
         # Chunks deeper than a slice are read again by each slice of a run: keep them (:mod:`.chunkcache`).
-        self._cache = shared_cache() if self.chunks[0] > 1 else None
+        self._cache = shared_cache() if cache and self.chunks[0] > 1 else None
         self._token = new_token()  # this opening's: opened again (rewritten since?), read again
         if scale.get("sharding"):
             self.shards = ShardReader(self._at(self.name), ShardingSpec.parse(scale["sharding"], where))

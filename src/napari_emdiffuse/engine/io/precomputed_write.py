@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,9 @@ __all__ = ["PRECOMPUTED_DTYPES", "precomputed_chunks", "write_precomputed"]
 #: The data types neuroglancer shows; float64 is written as float32, bool as uint8.
 PRECOMPUTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
 #: Pixels read and written at once (a unit of whole chunks): bounds the memory of a large copy.
-_UNIT_PIXELS = 2**25
+_UNIT_PIXELS = 2**24
+#: Units written at once.
+_THREADS = 4
 
 
 def precomputed_chunks(shape: tuple[int, ...], spacing: tuple[float, ...] | None = None) -> tuple[int, int, int]:
@@ -80,13 +84,13 @@ def _voxel_offset(origin: tuple[float, ...] | None, spacing: tuple[float, ...] |
     return [int(round(v)) for v in reversed(voxels)]
 
 
-def _units(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, slice, slice]]:
+def _units(shape: tuple[int, ...], chunks: tuple[int, ...], pixels: int) -> list[tuple[slice, slice, slice]]:
     """Blocks of whole chunks (a slab of chunk depth, split into bands and columns) that each
-    hold at most about :data:`_UNIT_PIXELS` pixels; the last ones cut to the volume."""
+    hold at most about ``pixels`` pixels; the last ones cut to the volume."""
     cz, cy, cx = chunks
     per_row = cz * cy * shape[2]
-    ny = max(1, _UNIT_PIXELS // max(1, per_row)) * cy  # rows of a band: whole chunk rows
-    nx = shape[2] if ny > cy or per_row <= _UNIT_PIXELS else max(1, _UNIT_PIXELS // (cz * cy * cx)) * cx
+    ny = max(1, pixels // max(1, per_row)) * cy  # rows of a band: whole chunk rows
+    nx = shape[2] if per_row <= pixels else max(1, pixels // (cz * cy * cx)) * cx
     return [(slice(z, min(z + cz, shape[0])), slice(y, min(y + ny, shape[1])), slice(x, min(x + nx, shape[2])))
             for z in range(0, shape[0], cz) for y in range(0, shape[1], ny) for x in range(0, shape[2], nx)]  # fmt: skip
 
@@ -127,7 +131,7 @@ def write_precomputed(
         The folder, ``NAME.precomputed``; replaced when the write ends, atomically.
     array : numpy.ndarray or array-like
         ``(Y, X)`` or ``(Z, Y, X)`` pixels, one channel. A lazy array (dask, zarr, a file read
-        lazily) is read block by block (about 32 M pixels at a time), never whole.
+        lazily) is read block by block (about 16 M pixels each, four at a time), never whole.
     spacing : tuple of float, optional
         Pixel size per axis in ``unit``; neuroglancer needs one, so without it each voxel is
         written as 1 nm.
@@ -139,8 +143,9 @@ def write_precomputed(
     provenance : dict, optional
         How the image was made: the ``provenance`` file's ``processing`` entry.
     progress : callable, optional
-        Called with ``(blocks written, blocks)`` before each block of every scale and at the
-        end; an exception it raises stops the write and leaves nothing.
+        Called with ``(blocks written, blocks)`` at the start and as each block of every scale
+        is written; an exception it raises stops the write (within the blocks under way) and
+        leaves nothing.
 
     Returns
     -------
@@ -189,7 +194,10 @@ def write_precomputed(
                        "chunk_sizes": [list(reversed(precomputed_chunks(lz, (r[2], r[1], r[0]))))]})
     info = {"@type": "neuroglancer_multiscale_volume", "type": "image", "data_type": dtype.name, "num_channels": 1,
             "scales": scales}
-    plan = [_units(tuple(reversed(s["size"])), tuple(reversed(s["chunk_sizes"][0]))) for s in scales]
+    # a level's blocks read 4 (8) times their pixels from the level above
+    reads = [1] + [4 if flat or not lv.zdown else 8 for lv in levels]
+    plan = [_units(tuple(reversed(s["size"])), tuple(reversed(s["chunk_sizes"][0])), _UNIT_PIXELS // r)
+            for s, r in zip(scales, reads)]
     total, done = sum(len(u) for u in plan), 0
 
     remove_orphans_beside(p)
@@ -202,31 +210,40 @@ def write_precomputed(
              "processing": [json.loads(json.dumps(provenance, default=str))] if provenance else []}, indent=1))
         for s in scales:
             (tmp / s["key"]).mkdir()
-        source: Any = array
+        if progress is not None:
+            progress(0, total)
         for k, (s, units) in enumerate(zip(scales, plan)):
-            folder, off = tmp / s["key"], s["voxel_offset"]
-            scale_chunks = tuple(reversed(s["chunk_sizes"][0]))
-            if k:  # a level: the 2x2 (2x2x2) means of the one written before it
+            if k:  # a level: the 2x2 (2x2x2) means of the one written before it, each chunk read once
                 from .precomputed import PrecomputedArray
 
-                source = PrecomputedArray(tmp, scales[k - 1]["key"])
+                source: Any = PrecomputedArray(tmp, scales[k - 1]["key"], cache=False)
                 zdown = not flat and levels[k - 1].zdown
-            for unit_ in units:
-                if progress is not None:
-                    progress(done, total)
-                if k:
-                    lo = [sl.start * (2 if (zdown and a == 0) or a else 1) for a, sl in enumerate(unit_)]
-                    hi = [sl.stop * (2 if (zdown and a == 0) or a else 1) for a, sl in enumerate(unit_)]
-                    block = halve(np.asarray(source[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]), z=zdown)
+            else:
+                source, zdown = array, False
+            level = k > 0
+
+            def work(unit_: tuple[slice, ...], source: Any = source, zdown: bool = zdown, level: bool = level,
+                     s: dict = s) -> None:
+                if level:
+                    up = [(sl.start * (2 if a or zdown else 1), sl.stop * (2 if a or zdown else 1))
+                          for a, sl in enumerate(unit_)]  # fmt: skip
+                    block = halve(np.asarray(source[tuple(slice(a, b) for a, b in up)]), z=zdown)
                 else:
                     block = np.asarray(source[unit_[1:]] if flat else source[unit_])
-                    block = block[None] if flat else block
-                    block = block.astype(dtype, copy=False)
-                starts = tuple(sl.start for sl in unit_)
-                _write_unit(folder, block, starts, scale_chunks, off, dtype)  # type: ignore[arg-type]
-                done += 1
-        if progress is not None:
-            progress(total, total)
+                    block = (block[None] if flat else block).astype(dtype, copy=False)
+                _write_unit(tmp / s["key"], block, tuple(sl.start for sl in unit_),
+                            tuple(reversed(s["chunk_sizes"][0])), s["voxel_offset"], dtype)
+
+            # blocks written side by side (reading, file writes and the means release the GIL)
+            with ThreadPoolExecutor(_THREADS) as pool:
+                running: deque[Future] = deque()
+                for unit_ in units:
+                    running.append(pool.submit(work, unit_))
+                    while running and (len(running) >= _THREADS or unit_ is units[-1]):
+                        running.popleft().result()
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
         fsync_dir(tmp)
         replace_dir(tmp, p)
     except BaseException:
