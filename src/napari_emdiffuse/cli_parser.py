@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The engine is the one place that knows task, architecture, preset and sampler names.
     from .api import FinetuneOptions
     from .engine.models.cards import ARCHITECTURES, TASKS
+    from .engine.io.batch import BATCH_FORMATS
     from .engine.training.data.pairs import DOWNSAMPLING
 
     parser = _Parser(prog=PROG, description="Diffusion-model restoration of electron-microscopy images (EMDiffuse).")
@@ -220,9 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .tif/.tiff, .mrc, .zarr or .precomputed (neuroglancer; a .zarr store may be an object store's URL, "
                         "s3://bucket/stack.ome.zarr); for several inputs a folder (made if missing) where each "
                         "takes its input's name")
-    p.add_argument("--to", choices=[".tif", ".mrc", ".zarr", ".ome.zarr"], default=".tif",
+    p.add_argument("--to", choices=list(BATCH_FORMATS), default=".tif",
                    help="several inputs: the format every output takes (default .tif; into an object store's "
-                        "folder, -o s3://bucket/stacks/, .tif and .mrc files are uploaded whole)")
+                        "folder, -o s3://bucket/stacks/, .tif and .mrc files and .precomputed folders are uploaded "
+                        "whole)")
     p.add_argument("--bin", type=_positive, default=1, metavar="N",
                    help="average each N x N block of pixels (as a detector binning N x N); the pixel size "
                         "grows N times. For images sampled far finer than their detail (high magnification), "

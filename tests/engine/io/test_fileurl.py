@@ -280,3 +280,46 @@ def test_a_new_staging_folder_removes_those_killed_processes_left(tmp, tmp_path)
     assert new.name.startswith(f"emdiffuse-upload-{host}-{os.getpid()}-")
     assert sorted(p.name for p in tmp.iterdir()) == sorted(
         [new.name, resumable.name] + [n for k, n in names.items() if k != "orphan"])
+
+
+def test_a_precomputed_result_by_url_is_the_local_one_and_its_info_comes_last(tmp_path, tmp, scan, tiny_model_dir,
+                                                                               capsys, monkeypatch):
+    """A neuroglancer precomputed folder by URL: the same volume as the local run; into an
+    object store (fsspec's memory store: not a file system) its chunks go first and its
+    ``info`` last, so no reader finds a volume before every chunk is there; a volume already
+    at the URL is refused (two volumes' chunks would mix); a stopped upload leaves nothing."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    args = _args(tiny_model_dir)
+    assert main(["denoise", str(scan), "-o", str(tmp_path / "here.precomputed"), *args]) == 0
+    want = np.asarray(read_image(tmp_path / "here.precomputed").data[:])
+    url = f"local://{tmp_path}/bucket/out.precomputed"
+    assert main(["denoise", str(scan), "-o", url, *args]) == 0
+    assert np.array_equal(np.asarray(read_image(url).data[:]), want)
+    assert sorted(p.name for p in (tmp_path / "bucket").iterdir()) == ["out.precomputed"] and not list(tmp.iterdir())
+    capsys.readouterr()
+    assert main(["denoise", str(scan), "-o", url, *args]) == 2
+    assert "a precomputed volume is there already" in capsys.readouterr().err
+
+    put = []
+    real = MemoryFileSystem.put_file
+
+    def watched(self, lpath, rpath, **kw):
+        put.append(rpath.rsplit("/", 1)[-1])
+        return real(self, lpath, rpath, **kw)
+
+    monkeypatch.setattr(MemoryFileSystem, "put_file", watched)
+    vol = np.arange(2 * 600 * 30, dtype=np.uint16).reshape(2, 600, 30)
+    bucket = f"memory://{tmp_path.name}"
+    write_image(f"{bucket}/m.precomputed", vol, spacing=(40.0, 4.0, 4.0))
+    assert put[-1] == "info" and "provenance" in put and len(put) == 2 + 5 + 3  # 5 chunks, then 3 of the level
+    back = read_image(f"{bucket}/m.precomputed")
+    assert back.spacing == (40.0, 4.0, 4.0) and np.array_equal(np.asarray(back.data[:]), vol)
+
+    def stop(stage, done, total):
+        if stage == "upload" and done > 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_image(f"{bucket}/s.precomputed", vol, spacing=(40.0, 4.0, 4.0), progress=stop)
+    assert not MemoryFileSystem().exists(f"/{tmp_path.name}/s.precomputed") and not list(tmp.iterdir())

@@ -35,7 +35,7 @@ _OUTPUT_NAMES = TIFF_SUFFIXES + MRC_SUFFIXES + (ZARR_SUFFIX, PRECOMPUTED_SUFFIX)
 
 BatchItem = tuple[Path, "Path | str", "Path | str | None"]  # input, output, uncertainty output (a URL as str)
 #: What every output of a batch may be made (``--to``): a zarr store block by block, or files.
-BATCH_FORMATS = (".tif", ".mrc", ".zarr", ".ome.zarr")
+BATCH_FORMATS = (".tif", ".mrc", ".zarr", ".ome.zarr", ".precomputed")
 
 
 def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None, *, folder_is_image: bool = False) -> bool:

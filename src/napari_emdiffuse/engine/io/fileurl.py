@@ -1,5 +1,7 @@
 """TIFF and MRC results at a URL (an object store: ``s3://``, ``gs://``, any fsspec protocol
-that writes): written to a local file first, then uploaded whole.
+that writes): written to a local file first, then uploaded whole. A neuroglancer precomputed
+result (``.precomputed``, a folder) goes the same way: its chunk files first, its ``info``
+last, so that no reader finds a volume there before every chunk is.
 
 A TIFF or MRC file is written with seeks back into it (its offsets, its header), which an
 object store cannot take in place. So the file is written here, under the system's
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .atomic import WriteStopped, host_tag, process_running
-from .common import MRC_SUFFIXES, TIFF_SUFFIXES, is_url, reason, suffix_of
+from .common import MRC_SUFFIXES, PRECOMPUTED_SUFFIX, TIFF_SUFFIXES, is_url, reason, suffix_of
 
 __all__ = ["is_file_url", "check_file_url", "check_bucket", "file_url_exists", "staging_dir", "uploaded",
            "upload_file", "STAGING_PREFIX", "KEPT_PREFIX"]
@@ -45,14 +47,21 @@ def _name(url: str) -> str:
 
 
 def is_file_url(path: object) -> bool:
-    """Whether ``path`` is a URL naming a TIFF or MRC result (written through a local file).
+    """Whether ``path`` is a URL naming a TIFF, MRC or precomputed result (written through a
+    local file or folder).
 
     Examples
     --------
     >>> is_file_url("s3://bucket/clean/a.tif"), is_file_url("s3://bucket/a.zarr"), is_file_url("a.tif")
     (True, False, False)
+    >>> is_file_url("gs://bucket/iso.precomputed")
+    True
     """
-    return is_url(path) and suffix_of(Path(_name(str(path)))) in TIFF_SUFFIXES + MRC_SUFFIXES
+    return is_url(path) and suffix_of(Path(_name(str(path)))) in (*TIFF_SUFFIXES, *MRC_SUFFIXES, PRECOMPUTED_SUFFIX)
+
+
+def _is_folder(url: str) -> bool:
+    return suffix_of(Path(_name(url))) == PRECOMPUTED_SUFFIX
 
 
 def check_file_url(url: str) -> str:
@@ -72,13 +81,17 @@ def check_file_url(url: str) -> str:
                          "store (s3://, gs://) or a folder")
     if not is_file_url(url):
         ext = suffix_of(Path(_name(url))) or "(none)"
-        raise InputError(f"cannot write '{url}': unsupported file type '{ext}'; use .tif/.tiff, .mrc or .zarr")
+        raise InputError(f"cannot write '{url}': unsupported file type '{ext}'; use .tif/.tiff, .mrc, .zarr or "
+                         ".precomputed")
     from .fetch import url_fs
 
     try:
         fs, path = url_fs(url)
         folder = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else ""
-        if fs.isdir(path):
+        if _is_folder(url) and fs.exists(f"{path.rstrip('/')}/info"):  # chunks of two volumes must not mix
+            raise InputError(f"cannot write '{url}': a precomputed volume is there already; remove it first "
+                             "or choose another name")
+        if not _is_folder(url) and fs.isdir(path):
             raise InputError(f"cannot write '{url}': a folder with that name exists")
         if folder and fs.isfile(folder):
             raise InputError(f"cannot write '{url}': '{folder}' is a file, not a folder")
@@ -110,11 +123,12 @@ def check_bucket(fs: object, path: str, url: str) -> None:
 
 
 def file_url_exists(url: str) -> bool:
-    """Whether a file is at ``url`` (a result uploaded whole: see the module docstring)."""
+    """Whether a file is at ``url`` (a result uploaded whole: see the module docstring; a
+    precomputed volume is there once its ``info`` is)."""
     from .fetch import url_fs
 
     fs, path = url_fs(url)
-    return bool(fs.isfile(path))
+    return bool(fs.isfile(f"{path.rstrip('/')}/info" if _is_folder(url) else path))
 
 
 def staging_dir(url: str, *, resume: bool = False) -> Path:
@@ -159,6 +173,8 @@ def upload_file(local: str | Path, url: str, *, progress: Callable[[int, int], N
                 progress(min(int(self.value), total), total)
 
     fs, path = url_fs(url)
+    if Path(local).is_dir():
+        return _upload_folder(fs, Path(local), path, url, progress)
     if not isinstance(fs, LocalFileSystem):  # an object appears when its upload completes
         fs.put_file(str(local), path, callback=_Told())
         return url
@@ -171,6 +187,32 @@ def upload_file(local: str | Path, url: str, *, progress: Callable[[int, int], N
     finally:
         if fs.exists(hidden):
             fs.rm(hidden)
+    return url
+
+
+def _upload_folder(fs: object, local: Path, path: str, url: str,
+                   progress: Callable[[int, int], None] | None) -> str:
+    """A precomputed folder's files, ``info`` last (object stores), or the whole folder under a
+    hidden name, then renamed (a file system); a stop or a failure removes what was put."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.relative_to(local) == Path("info"))
+    total, sent = sum(p.stat().st_size for p in files), 0
+    hidden = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[-1]}.partial-{secrets.token_hex(4)}"
+    where = hidden if isinstance(fs, LocalFileSystem) else path.rstrip("/")
+    try:
+        for p in files:
+            fs.put_file(str(p), f"{where}/{p.relative_to(local).as_posix()}")  # type: ignore[attr-defined]
+            sent += p.stat().st_size
+            if progress is not None:
+                progress(sent, total)
+        if where == hidden:
+            fs.mv(hidden, path, recursive=True)  # type: ignore[attr-defined]
+    except BaseException:
+        with contextlib.suppress(Exception):  # no connection: without its info, what is there is no volume
+            if fs.exists(where):  # type: ignore[attr-defined]
+                fs.rm(where, recursive=True)  # type: ignore[attr-defined]
+        raise
     return url
 
 
@@ -195,7 +237,7 @@ def uploaded(url: str, *, progress: Callable[[int, int], None] | None = None) ->
     try:
         local = folder / _name(url)
         yield local
-        if not local.is_file():  # pragma: no cover - every writer writes its file or raises
+        if not local.exists():  # pragma: no cover - every writer writes its file or raises
             raise InputError(f"cannot write '{url}': nothing was written to upload")
         try:
             upload_file(local, url, progress=progress)
