@@ -202,3 +202,36 @@ def test_a_missing_section_of_nan_gives_nan_slices_beside_it():
     assert np.isnan(out[1:4]).all()  # between slices 0|1 and 1|2: nothing to generate from
     assert np.isnan(out[5, :, 40:]).all() and np.isfinite(out[5, :, :38]).all()
     assert np.isfinite(out[0]).all() and np.isfinite(out[4]).all()
+
+
+@pytest.mark.parametrize("task", ["denoise", "super-resolve"])
+def test_a_predictors_tiles_wholly_in_fill_are_not_run_and_change_nothing(task, monkeypatch):
+    """The empty margin of a volume or montage costs no network pass: a predictor's tiles that
+    lie wholly in fill are skipped, and the result is the one every tile gives (mean to the
+    bit, uncertainty within a hundredth of a grey level: only its structure term near the
+    fill's edge sees the difference). Control: the count of network passes without skipping."""
+    from napari_emdiffuse.engine.inference import restore as restore_mod
+    from tests.engine.models.test_predictors import predictor
+
+    m = predictor(task, perturb=0.05)
+    img = np.zeros((160, 192), np.uint8)
+    img[8:56, 16:80] = np.random.default_rng(5).integers(30, 220, (48, 64))
+    passes = []
+    real_forward = m.unet.forward
+
+    def counted(x, *a, **k):
+        passes.append(x.shape[0])
+        return real_forward(x, *a, **k)
+
+    monkeypatch.setattr(m.unet, "forward", counted)
+    opts = dict(tile=32, overlap=8, device="cpu", samples=2, batch=1)
+    got = restore(img, task, m, **opts)
+    skipped = len(passes)
+    passes.clear()
+    monkeypatch.setattr(restore_mod, "_skipped_tiles", lambda *a, **k: None)
+    want = restore(img, task, m, **opts)
+    assert skipped < len(passes) / 3  # three quarters of the image are fill
+    assert np.array_equal(got.mean, want.mean)
+    assert np.abs(got.uncertainty - want.uncertainty).max() < 0.01
+    big = np.kron(img == 0, np.ones((got.scale, got.scale), bool))
+    assert (got.mean[big] == 0).all() and (got.uncertainty[big] == 0).all()

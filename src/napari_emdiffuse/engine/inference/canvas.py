@@ -338,6 +338,7 @@ def sample_canvas(
     progress_total: int | None = None,
     start: torch.Tensor | None = None,
     std_scale: float | None = None,
+    skip: Sequence[bool] | None = None,
 ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor | None]]:
     """Sample every item over the whole canvas ``cond`` (N_cond, C, H, W), model range.
 
@@ -351,6 +352,11 @@ def sample_canvas(
 
     ``std_scale`` (predictors): the factor on the predicted std, default the card's
     ``uncertainty_scale``.
+
+    ``skip`` (predictors): per tile of the plan, True where the network need not see it (it
+    lies wholly in no data, :func:`~.restore.restore_plane`); the pixels no other tile covers
+    come out 0, and every other pixel as without it (each is the weighted mean of the tiles
+    that cover it, and none of those is skipped).
 
     H and W must be at least one tile (callers pad). Returns the samples (N_items, H, W)
     on the CPU and, for networks with an aleatoric head, the predicted variance of the
@@ -380,6 +386,9 @@ def sample_canvas(
     if card.kind == "regression":
         keys = dict.fromkeys((it.cond, it.level if by_level else None, it.flip) for it in items)
         runs = [Item(cond=c, stream=(), level=d, flip=f) for c, d, f in keys]
+    if skip is not None and (card.kind != "regression" or len(skip) != len(tiles)):
+        raise ValueError("tiles are skipped for a predictor's one pass, one flag per tile")
+    used = [t for t in range(len(tiles)) if skip is None or not skip[t]]
     state = {"batch": max(1, opts.batch), "logvar": None}
     n_batches = math.ceil(len(runs) * len(tiles) / state["batch"])
     steps = opts.n_steps if card.kind == "diffusion" else 1
@@ -398,7 +407,7 @@ def sample_canvas(
             return net(inp, level)
 
     def model_fn(x: torch.Tensor | None, gamma: float, its: Sequence[Item] = items):
-        jobs = [(i, t) for i in range(len(its)) for t in range(len(tiles))]
+        jobs = [(i, t) for i in range(len(its)) for t in used]
         out = torch.zeros(len(its), card.network.out_channel, height, width, device=device)
         var = torch.zeros_like(out) if aleatoric else None
         pos = 0
@@ -441,6 +450,10 @@ def sample_canvas(
                 total,
                 extra={"tiles": len(tiles), "items": len(its), "gamma": gamma},
             )
+        if len(used) < len(tiles):  # the skipped tiles' batches count as done, so a run's bar ends full
+            counter["done"] = progress_offset + n_batches
+            yield Progress("sampling", min(counter["done"], total), total,
+                           extra={"tiles": len(tiles), "items": len(its), "gamma": gamma})
         if var is not None:
             state["logvar"] = (var / total_w, gamma)
         return out / total_w

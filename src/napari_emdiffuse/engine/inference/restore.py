@@ -166,9 +166,15 @@ def restore_plane(
     whole: tuple[int, int] | None = None,
     keep: tuple[slice, slice] | None = None,
     progress: dict | None = None,
+    nodata: np.ndarray | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     """Restore the pixels ``keep`` (default: all) of one 2D plane (input units in,
     model-range mean and std of ``keep`` times the scale out, float32).
+
+    ``nodata``: the plane's pixels that are no data (fill, NaN; inpainted in ``plane``), whose
+    output the caller replaces. A predictor's tiles that lie wholly in them are not run (the
+    empty margins of a connectomics volume, the black border of a montage cost nothing), and
+    the mean there is the condition itself, so the uncertainty's structure term sees no step.
 
     ``origin`` is the plane's position in the whole image of ``whole`` pixels (default: the
     plane is the whole image), in input pixels: the tiles are the whole image's
@@ -191,6 +197,7 @@ def restore_plane(
     level = opts.blur if model.card.network.blur_level else None
     items = [Item(cond=0, stream=(z, k), flip=MIRRORS[k % views], level=level) for k in range(opts.samples)]
     progress = progress or {}
+    skip = _skipped_tiles(model, opts, nodata, plan, s, origin, image)
     samples, variance = yield from sample_canvas(
         model,
         cond,
@@ -199,7 +206,11 @@ def restore_plane(
         plan=plan,
         progress_offset=progress.get("offset", 0),
         progress_total=progress.get("total"),
+        skip=skip,
     )
+    if skip is not None:  # pixels only skipped tiles cover: the condition, as the network would nearly give
+        bare = torch.from_numpy(~_covered(plan, skip))
+        samples[:, bare] = cond[0, 0].cpu()[bare]
     # the window's pixels of the image (not the canvas's padding past its end)
     inside = (min(plan.height, image[0] - plan.origin[0]), min(plan.width, image[1] - plan.origin[1]))
     samples = samples.numpy()
@@ -216,6 +227,26 @@ def restore_plane(
     ky = slice(rows.start * s - plan.origin[0], rows.stop * s - plan.origin[0])
     kx = slice(cols.start * s - plan.origin[1], cols.stop * s - plan.origin[1])
     return mean[ky, kx], None if std is None else std[ky, kx]
+
+
+def _skipped_tiles(model: EMDiffuseModel, opts: SamplingOptions, nodata: np.ndarray | None, plan: TilePlan, s: int,
+                   origin: tuple[int, int], image: tuple[int, int]) -> list[bool] | None:
+    """Per tile, whether it lies wholly in no data (None where none does, or the model is not a
+    one-pass predictor: a diffusion sampler's or refiner's tiles share their noisy state)."""
+    if nodata is None or not nodata.any() or model.card.kind != "regression" or opts.refine_samples:
+        return None
+    mask = np.repeat(np.repeat(nodata, s, axis=0), s, axis=1)[None].astype(np.float32)  # the condition's pixels
+    canvas = cut_canvas(mask, (origin[0] * s, origin[1] * s), plan, image)[0] > 0.5
+    skip = [bool(canvas[y : y + plan.tile_h, x : x + plan.tile_w].all()) for y, x in plan.tiles]
+    return skip if any(skip) else None
+
+
+def _covered(plan: TilePlan, skip: list[bool]) -> np.ndarray:
+    covered = np.zeros((plan.height, plan.width), dtype=bool)
+    for (y, x), skipped in zip(plan.tiles, skip):
+        if not skipped:
+            covered[y : y + plan.tile_h, x : x + plan.tile_w] = True
+    return covered
 
 
 def _refine(
@@ -332,7 +363,7 @@ def restore_block(
         plane = inpaint_nearest(plane, fill)
     mu, sd = yield from restore_plane(
         m, plane, norm, target.opts, device=target.device, z=z, origin=(ry.start, rx.start),
-        whole=(plan.height, plan.width), keep=(cy, cx), progress=progress,
+        whole=(plan.height, plan.width), keep=(cy, cx), progress=progress, nodata=fill,
     )  # fmt: skip
     out = from_model(mu, norm)
     sd = std_from_model(sd, norm) if sd is not None else None
