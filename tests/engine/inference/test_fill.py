@@ -235,3 +235,33 @@ def test_a_predictors_tiles_wholly_in_fill_are_not_run_and_change_nothing(task, 
     assert np.abs(got.uncertainty - want.uncertainty).max() < 0.01
     big = np.kron(img == 0, np.ones((got.scale, got.scale), bool))
     assert (got.mean[big] == 0).all() and (got.uncertainty[big] == 0).all()
+
+
+def test_isotropic_tiles_where_a_measured_slice_is_fill_are_not_run(monkeypatch):
+    """New slices are fill wherever a measured neighbour is: an isotropic predictor's tiles
+    wholly there are not run, and the volume comes out the same. Control: the passes without."""
+    from napari_emdiffuse.engine.inference import volume
+    from napari_emdiffuse.engine.inference.canvas import tiles_in_nodata
+    from tests.engine.models.test_predictors import predictor
+
+    m = predictor("isotropic-i", out_channel=2, perturb=0.05)
+    vol = np.zeros((3, 128, 160), np.uint8)
+    vol[:, 8:56, 16:80] = np.random.default_rng(6).integers(30, 220, (3, 48, 64))
+    vol[2, 8:56, 60:80] = 0  # the last section's data ends earlier: the gap above it is fill there
+    passes = []
+    real_forward = m.unet.forward
+
+    def counted(x, *a, **k):
+        passes.append(x.shape[0])
+        return real_forward(x, *a, **k)
+
+    monkeypatch.setattr(m.unet, "forward", counted)
+    opts = dict(tile=32, overlap=8, device="cpu", batch=1, uncertainty=True)
+    got = reconstruct_isotropic(vol, factor=3, model=m, **opts)
+    skipped = len(passes)
+    passes.clear()
+    monkeypatch.setattr(volume, "tiles_in_nodata", lambda *a, **k: None)
+    want = reconstruct_isotropic(vol, factor=3, model=m, **opts)
+    assert skipped < len(passes) / 2 and tiles_in_nodata is not None
+    assert np.array_equal(got.volume, want.volume) and np.array_equal(got.uncertainty, want.uncertainty)
+    assert (got.volume[4:6, 8:56, 64:80] == 0).all()  # the new slices above the shorter section: fill

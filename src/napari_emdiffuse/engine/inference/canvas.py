@@ -34,7 +34,7 @@ from .tiling import TileGrid, TilePlan, check_tiling, context_margin, position_n
 __all__ = [
     "PRESETS", "SAMPLING_KEYS", "SamplingOptions", "Item", "resolve_options", "sampling_request", "sample_canvas",
     "auto_tile", "check_precision", "resolve_blur", "CPU_BATCH_PIXELS",
-    "block_tiles", "is_multistep",
+    "block_tiles", "is_multistep", "tiles_in_nodata", "covered_by",
 ]  # fmt: skip
 
 PRESETS: dict[str, dict] = {
@@ -326,6 +326,27 @@ def _network(model: EMDiffuseModel, opts: SamplingOptions) -> torch.nn.Module:
     return net
 
 
+def tiles_in_nodata(model: EMDiffuseModel, opts: SamplingOptions, nodata: np.ndarray | None,
+                    plan: TilePlan) -> list[bool] | None:
+    """Per tile of ``plan``, whether it lies wholly in ``nodata`` (a bool mask of the canvas:
+    fill, NaN, whose output the caller replaces), for :func:`sample_canvas`'s ``skip``; None
+    where no tile does, or where the model is not a one-pass predictor (a diffusion sampler's
+    or a refiner's tiles share their noisy state)."""
+    if nodata is None or model.card.kind != "regression" or opts.refine_samples or not nodata.any():
+        return None
+    skip = [bool(nodata[y : y + plan.tile_h, x : x + plan.tile_w].all()) for y, x in plan.tiles]
+    return skip if any(skip) else None
+
+
+def covered_by(plan: TilePlan, skip: Sequence[bool]) -> np.ndarray:
+    """The canvas pixels that a tile not skipped covers (the others :func:`sample_canvas` leaves 0)."""
+    covered = np.zeros((plan.height, plan.width), dtype=bool)
+    for (y, x), skipped in zip(plan.tiles, skip):
+        if not skipped:
+            covered[y : y + plan.tile_h, x : x + plan.tile_w] = True
+    return covered
+
+
 def sample_canvas(
     model: EMDiffuseModel,
     cond: torch.Tensor,
@@ -354,7 +375,7 @@ def sample_canvas(
     ``uncertainty_scale``.
 
     ``skip`` (predictors): per tile of the plan, True where the network need not see it (it
-    lies wholly in no data, :func:`~.restore.restore_plane`); the pixels no other tile covers
+    lies wholly in no data, :func:`tiles_in_nodata`); the pixels no other tile covers
     come out 0, and every other pixel as without it (each is the weighted mean of the tiles
     that cover it, and none of those is skipped).
 

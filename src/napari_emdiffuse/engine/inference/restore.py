@@ -20,7 +20,7 @@ import torch
 
 from .canvas import (
     MIRRORS, Item, SamplingOptions, block_tiles, combined_std, is_multistep, resolve_options, sample_canvas,
-    sampling_request, tile_note,
+    sampling_request, tile_note, tiles_in_nodata, covered_by,
 )
 from .structure import with_structure
 from ..models.cards import TASKS
@@ -209,7 +209,7 @@ def restore_plane(
         skip=skip,
     )
     if skip is not None:  # pixels only skipped tiles cover: the condition, as the network would nearly give
-        bare = torch.from_numpy(~_covered(plan, skip))
+        bare = torch.from_numpy(~covered_by(plan, skip))
         samples[:, bare] = cond[0, 0].cpu()[bare]
     # the window's pixels of the image (not the canvas's padding past its end)
     inside = (min(plan.height, image[0] - plan.origin[0]), min(plan.width, image[1] - plan.origin[1]))
@@ -231,22 +231,12 @@ def restore_plane(
 
 def _skipped_tiles(model: EMDiffuseModel, opts: SamplingOptions, nodata: np.ndarray | None, plan: TilePlan, s: int,
                    origin: tuple[int, int], image: tuple[int, int]) -> list[bool] | None:
-    """Per tile, whether it lies wholly in no data (None where none does, or the model is not a
-    one-pass predictor: a diffusion sampler's or refiner's tiles share their noisy state)."""
-    if nodata is None or not nodata.any() or model.card.kind != "regression" or opts.refine_samples:
+    """The tiles wholly in the plane's no data (:func:`~.canvas.tiles_in_nodata`), the mask cut
+    to the canvas as the condition is."""
+    if nodata is None or not nodata.any():
         return None
     mask = np.repeat(np.repeat(nodata, s, axis=0), s, axis=1)[None].astype(np.float32)  # the condition's pixels
-    canvas = cut_canvas(mask, (origin[0] * s, origin[1] * s), plan, image)[0] > 0.5
-    skip = [bool(canvas[y : y + plan.tile_h, x : x + plan.tile_w].all()) for y, x in plan.tiles]
-    return skip if any(skip) else None
-
-
-def _covered(plan: TilePlan, skip: list[bool]) -> np.ndarray:
-    covered = np.zeros((plan.height, plan.width), dtype=bool)
-    for (y, x), skipped in zip(plan.tiles, skip):
-        if not skipped:
-            covered[y : y + plan.tile_h, x : x + plan.tile_w] = True
-    return covered
+    return tiles_in_nodata(model, opts, cut_canvas(mask, (origin[0] * s, origin[1] * s), plan, image)[0] > 0.5, plan)
 
 
 def _refine(

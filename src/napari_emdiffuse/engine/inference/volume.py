@@ -56,6 +56,7 @@ from .blocks import (
 )  # fmt: skip
 from .canvas import (
     MIRRORS, Item, SamplingOptions, block_tiles, combined_std, is_multistep, resolve_options, sample_canvas,
+    tiles_in_nodata,
     sampling_request,
 )
 from .checks import (
@@ -251,9 +252,12 @@ def _sample_block(
         for s in range(k)
     ]
     done, total = progress or (0, None)
+    # tiles where either measured slice has no data make only fill: not run
+    nodata = None if gap_fill is None else cut_canvas(gap_fill[0][None].astype(np.float32), (ry.start, rx.start),
+                                                      plan, whole)[0] > 0.5  # fmt: skip
     gen = sample_canvas(
         m, cond_t, items, opts, plan=plan, offset=offset, progress_offset=done, progress_total=total,
-        std_scale=m.card.std_scale(factor),
+        std_scale=m.card.std_scale(factor), skip=tiles_in_nodata(m, opts, nodata, plan),
     )  # fmt: skip
     try:
         while True:
