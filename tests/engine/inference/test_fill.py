@@ -204,6 +204,19 @@ def test_a_missing_section_of_nan_gives_nan_slices_beside_it():
     assert np.isfinite(out[0]).all() and np.isfinite(out[4]).all()
 
 
+def _count_passes(m, monkeypatch) -> list[int]:
+    """The batch size of each network pass of ``m`` from now on."""
+    passes: list[int] = []
+    real_forward = m.unet.forward
+
+    def counted(x, *a, **k):
+        passes.append(x.shape[0])
+        return real_forward(x, *a, **k)
+
+    monkeypatch.setattr(m.unet, "forward", counted)
+    return passes
+
+
 @pytest.mark.parametrize("task", ["denoise", "super-resolve"])
 def test_a_predictors_tiles_wholly_in_fill_are_not_run_and_change_nothing(task, monkeypatch):
     """The empty margin of a volume or montage costs no network pass: a predictor's tiles that
@@ -216,14 +229,7 @@ def test_a_predictors_tiles_wholly_in_fill_are_not_run_and_change_nothing(task, 
     m = predictor(task, perturb=0.05)
     img = np.zeros((160, 192), np.uint8)
     img[8:56, 16:80] = np.random.default_rng(5).integers(30, 220, (48, 64))
-    passes = []
-    real_forward = m.unet.forward
-
-    def counted(x, *a, **k):
-        passes.append(x.shape[0])
-        return real_forward(x, *a, **k)
-
-    monkeypatch.setattr(m.unet, "forward", counted)
+    passes = _count_passes(m, monkeypatch)
     opts = dict(tile=32, overlap=8, device="cpu", samples=2, batch=1)
     got = restore(img, task, m, **opts)
     skipped = len(passes)
@@ -248,14 +254,7 @@ def test_isotropic_tiles_where_a_measured_slice_is_fill_are_not_run(monkeypatch)
     vol = np.zeros((3, 128, 160), np.uint8)
     vol[:, 8:56, 16:80] = np.random.default_rng(6).integers(30, 220, (3, 48, 64))
     vol[2, 8:56, 60:80] = 0  # the last section's data ends earlier: the gap above it is fill there
-    passes = []
-    real_forward = m.unet.forward
-
-    def counted(x, *a, **k):
-        passes.append(x.shape[0])
-        return real_forward(x, *a, **k)
-
-    monkeypatch.setattr(m.unet, "forward", counted)
+    passes = _count_passes(m, monkeypatch)
     opts = dict(tile=32, overlap=8, device="cpu", batch=1, uncertainty=True)
     got = reconstruct_isotropic(vol, factor=3, model=m, **opts)
     skipped = len(passes)
