@@ -134,3 +134,40 @@ def test_the_command_line_writes_and_rewrites_precomputed_and_zarr_outputs(tmp_p
     assert main(["convert", str(tmp_path / "vol.tif"), str(tmp_path / "vol.tif"), "-o", str(tmp_path / "b.precomputed")]) == 2
     assert "named like a file" in capsys.readouterr().err
     assert not (tmp_path / "b.precomputed").exists()
+
+
+def test_a_shard_file_is_laid_out_as_the_format_says():
+    """Closed form: 2 minishards (key bit 0 after a preshift of 1): keys 2 and 3 in minishard
+    1, key 4 in minishard 0; the shard index, then the chunks by minishard and key, then each
+    minishard's index of delta-coded keys, offsets (after the chunk before) and sizes."""
+    from napari_emdiffuse.engine.io.sharded import ShardingSpec, shard_bytes
+
+    spec = ShardingSpec(preshift_bits=1, hash="identity", minishard_bits=1, shard_bits=0)
+    raw = shard_bytes({3: b"ccc", 2: b"bb", 4: b"a"}, spec)
+    index = np.frombuffer(raw[:32], "<u8").tolist()
+    assert raw[32:38] == b"a" + b"bb" + b"ccc"
+    assert index == [6, 6 + 24, 6 + 24, 6 + 24 + 48]  # minishard 0's index, then 1's, after the 6 data bytes
+    assert np.frombuffer(raw[32 + 6 : 32 + 30], "<u8").tolist() == [4, 0, 1]
+    assert np.frombuffer(raw[32 + 30 :], "<u8").reshape(3, 2).tolist() == [[2, 1], [1, 0], [2, 3]]
+
+
+def test_large_scales_are_sharded_and_read_back_as_written(tmp_path, monkeypatch):
+    """A scale of many chunks is packed into shard files (one per aligned box of chunks):
+    every scale reads back as written, at any offset, with its levels' closed form."""
+    from napari_emdiffuse.engine.io import precomputed_write
+
+    monkeypatch.setattr(precomputed_write, "SHARD_FROM", 20)  # the full-resolution scale's 27 chunks, not the level's 9
+    vol = np.random.default_rng(7).integers(0, 2**16, (3, 1100, 300), dtype=np.uint16)
+    out = write_precomputed(tmp_path / "s.precomputed", vol, spacing=(40.0, 4.0, 4.0), origin=(0.0, 40.0, 0.0))
+    info = json.loads((out / "info").read_text())
+    full, level, top = info["scales"]
+    assert full["sharding"]["@type"] == "neuroglancer_uint64_sharded_v1" and full["sharding"]["hash"] == "identity"
+    assert "sharding" not in level and "sharding" not in top
+    assert sorted(p.suffix for p in (out / "4_4_40").iterdir()) == [".shard"] * len(list((out / "4_4_40").iterdir()))
+    assert full["voxel_offset"] == [0, 10, 0]
+    assert np.array_equal(np.asarray(read_precomputed(out).data[:]), vol)
+    assert np.array_equal(np.asarray(read_precomputed(out, "8_8_40").data[:]), _mean2(vol))
+    forced = write_precomputed(tmp_path / "f.precomputed", vol[:, :520], spacing=(40.0, 4.0, 4.0), sharded=True)
+    scales = json.loads((forced / "info").read_text())["scales"]
+    assert all("sharding" in s for s in scales)
+    assert np.array_equal(np.asarray(read_precomputed(forced, "8_8_40").data[:]), _mean2(vol[:, :520]))

@@ -10,7 +10,10 @@ as the slices are thick), so neuroglancer shows a volume of any size at any zoom
 Chunks are ``raw`` (little-endian, x fastest) and uncompressed, named
 ``<x0>-<x1>_<y0>-<y1>_<z0>-<z1>``: a web server or bucket serves them as they are (``gsutil -m
 cp -r -Z`` compresses them on the way to a bucket). Thin sections (z at least 4x coarser than
-the pixels) get 128 x 128 x 16 chunks, others 64 x 64 x 64. The voxel size goes to each
+the pixels) get 128 x 128 x 16 chunks, others 64 x 64 x 64. A scale of :data:`SHARD_FROM`
+chunks or more is sharded (:mod:`.sharded`: one file per aligned box of chunks, identity
+hash), as igneous writes large volumes: a terabyte is then thousands of files, not millions.
+The voxel size goes to each
 scale's ``resolution`` (nm); a whole-voxel origin (a region's place) goes to
 ``voxel_offset``. How the result was made goes to the ``provenance`` file, as CloudVolume
 keeps it. The folder is built under a hidden name and renamed when whole, so a cancel or a
@@ -19,6 +22,7 @@ crash leaves no volume that looks complete.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import deque
@@ -33,9 +37,10 @@ from ..errors import InputError
 from .atomic import fsync_dir, partial_beside, remove_orphans_beside, remove_path, replace_dir
 from .common import check_output_path
 from .pyramid import halve, level_plan
+from .sharded import ShardingSpec, morton_bits, morton_key, shard_bytes, shard_extent, shard_name
 from .units import nm_factor, tidy
 
-__all__ = ["PRECOMPUTED_DTYPES", "precomputed_chunks", "write_precomputed"]
+__all__ = ["PRECOMPUTED_DTYPES", "SHARD_FROM", "precomputed_chunks", "write_precomputed"]
 
 #: The data types neuroglancer shows; float64 is written as float32, bool as uint8.
 PRECOMPUTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
@@ -43,6 +48,12 @@ PRECOMPUTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "ui
 _UNIT_PIXELS = 2**24
 #: Units written at once.
 _THREADS = 4
+#: A scale of this many chunks or more is sharded: a file per box of chunks, not per chunk
+#: (a terabyte in 64³ chunks is millions of files, which cluster file systems and buckets
+#: handle badly).
+SHARD_FROM = 4096
+#: Bytes a shard's block reads (its own pixels, or a level's four or eight times as many).
+_SHARD_READ = 2**25
 
 
 def precomputed_chunks(shape: tuple[int, ...], spacing: tuple[float, ...] | None = None) -> tuple[int, int, int]:
@@ -109,6 +120,43 @@ def _write_unit(folder: Path, block: np.ndarray, at: tuple[int, int, int], chunk
                 (folder / name).write_bytes(np.ascontiguousarray(piece, dtype=le).tobytes())
 
 
+def _sharding(shape: tuple[int, ...], chunks: tuple[int, ...], chunk_read: int) -> dict[str, Any]:
+    """An identity-hashed sharding spec for a scale of ``shape`` in ``chunks`` (z y x) whose
+    shards each hold an aligned box of chunks read in about :data:`_SHARD_READ` bytes (a chunk
+    costs ``chunk_read``), in up to 8 minishards; every chunk key's bits are used."""
+    bits = sum(morton_bits(tuple(-(-n // c) for n, c in zip(shape, chunks))))
+    inner = min(bits, max(0, (_SHARD_READ // max(1, chunk_read)).bit_length() - 1))
+    minishard = min(3, inner)
+    return {"@type": "neuroglancer_uint64_sharded_v1", "hash": "identity", "preshift_bits": inner - minishard,
+            "minishard_bits": minishard, "shard_bits": bits - inner, "minishard_index_encoding": "gzip",
+            "data_encoding": "raw"}
+
+
+def _shard_units(shape: tuple[int, ...], chunks: tuple[int, ...], spec: dict) -> list[tuple[slice, slice, slice]]:
+    """Each shard's box of voxels (z y x), cut to the volume."""
+    grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
+    ex, ey, ez = shard_extent(morton_bits(grid[::-1]), spec["preshift_bits"] + spec["minishard_bits"])
+    box = (ez, ey, ex)
+    return [tuple(slice(g * c, min((g + e) * c, n)) for g, e, c, n in zip(cell, box, chunks, shape))  # type: ignore[misc]
+            for cell in itertools.product(*[range(0, g, e) for g, e in zip(grid, box)])]
+
+
+def _write_shard(folder: Path, block: np.ndarray, at: tuple[int, ...], chunks: tuple[int, ...], shape: tuple[int, ...],
+                 spec: dict, dtype: np.dtype) -> None:
+    """Write ``block`` (one shard's box, first voxel ``at``) as that shard's file."""
+    parsed = ShardingSpec.parse(spec, str(folder))
+    bits = morton_bits(tuple(-(-n // c) for n, c in zip(shape, chunks))[::-1])
+    le, pieces = dtype.newbyteorder("<"), {}
+    for z in range(0, block.shape[0], chunks[0]):
+        for y in range(0, block.shape[1], chunks[1]):
+            for x in range(0, block.shape[2], chunks[2]):
+                cell = ((at[2] + x) // chunks[2], (at[1] + y) // chunks[1], (at[0] + z) // chunks[0])  # x y z
+                piece = block[z : z + chunks[0], y : y + chunks[1], x : x + chunks[2]]
+                pieces[morton_key(cell, bits)] = np.ascontiguousarray(piece, dtype=le).tobytes()
+    shard = next(iter(pieces)) >> (parsed.preshift_bits + parsed.minishard_bits)
+    (folder / shard_name(shard, parsed)).write_bytes(shard_bytes(pieces, parsed))
+
+
 def _key(resolution: list[float]) -> str:
     return "_".join(f"{tidy(r):g}" for r in resolution)
 
@@ -122,6 +170,7 @@ def write_precomputed(
     origin: tuple[float, ...] | None = None,
     provenance: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    sharded: bool | None = None,
 ) -> Path:
     """Write a 2D image or a ZYX volume as a neuroglancer precomputed folder, with its levels.
 
@@ -142,6 +191,10 @@ def write_precomputed(
         ``voxel_offset`` where it is whole voxels.
     provenance : dict, optional
         How the image was made: the ``provenance`` file's ``processing`` entry.
+    sharded : bool, optional
+        Pack each scale's chunks into ``.shard`` files (neuroglancer's uint64 sharded format,
+        identity-hashed: each shard an aligned box of chunks of about 32 MB). Default: a scale
+        of :data:`SHARD_FROM` chunks or more is sharded, a smaller one one file per chunk.
     progress : callable, optional
         Called with ``(blocks written, blocks)`` at the start and as each block of every scale
         is written; an exception it raises stops the write (within the blocks under way) and
@@ -192,12 +245,19 @@ def write_precomputed(
         scales.append({"key": _key(r), "size": list(reversed(lz)), "resolution": r, "encoding": "raw",
                        "voxel_offset": [o // f for o, f in zip(offset, (fx, fy, fz))],
                        "chunk_sizes": [list(reversed(precomputed_chunks(lz, (r[2], r[1], r[0]))))]})
-    info = {"@type": "neuroglancer_multiscale_volume", "type": "image", "data_type": dtype.name, "num_channels": 1,
-            "scales": scales}
     # a level's blocks read 4 (8) times their pixels from the level above
     reads = [1] + [4 if flat or not lv.zdown else 8 for lv in levels]
-    plan = [_units(tuple(reversed(s["size"])), tuple(reversed(s["chunk_sizes"][0])), _UNIT_PIXELS // r)
-            for s, r in zip(scales, reads)]
+    plan = []
+    for sc, r in zip(scales, reads):
+        size, chunk = tuple(reversed(sc["size"])), tuple(reversed(sc["chunk_sizes"][0]))
+        cells = int(np.prod([-(-n // c) for n, c in zip(size, chunk)]))
+        if sharded if sharded is not None else cells >= SHARD_FROM:
+            sc["sharding"] = _sharding(size, chunk, int(np.prod(chunk)) * dtype.itemsize * r)
+            plan.append(_shard_units(size, chunk, sc["sharding"]))
+        else:
+            plan.append(_units(size, chunk, _UNIT_PIXELS // r))
+    info = {"@type": "neuroglancer_multiscale_volume", "type": "image", "data_type": dtype.name, "num_channels": 1,
+            "scales": scales}
     total, done = sum(len(u) for u in plan), 0
 
     remove_orphans_beside(p)
@@ -231,8 +291,11 @@ def write_precomputed(
                 else:
                     block = np.asarray(source[unit_[1:]] if flat else source[unit_])
                     block = (block[None] if flat else block).astype(dtype, copy=False)
-                _write_unit(tmp / s["key"], block, tuple(sl.start for sl in unit_),
-                            tuple(reversed(s["chunk_sizes"][0])), s["voxel_offset"], dtype)
+                starts, chunk = tuple(sl.start for sl in unit_), tuple(reversed(s["chunk_sizes"][0]))
+                if "sharding" in s:
+                    _write_shard(tmp / s["key"], block, starts, chunk, tuple(reversed(s["size"])), s["sharding"], dtype)
+                else:
+                    _write_unit(tmp / s["key"], block, starts, chunk, s["voxel_offset"], dtype)
 
             # blocks written side by side (reading, file writes and the means release the GIL)
             with ThreadPoolExecutor(_THREADS) as pool:

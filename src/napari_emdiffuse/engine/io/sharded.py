@@ -5,7 +5,9 @@ index and a per-minishard index.
 
 A chunk's key is the compressed Morton code of its grid position (:func:`morton_key`); the key,
 shifted right by ``preshift_bits`` and hashed (identity or MurmurHash3_x86_128), picks the
-shard (the bits above ``minishard_bits``) and the minishard (the bits below). Read only.
+shard (the bits above ``minishard_bits``) and the minishard (the bits below). Written too
+(:func:`shard_bytes`, for :mod:`.precomputed_write`): identity-hashed, so that each shard
+holds an aligned box of chunks (:func:`shard_extent`) and is written from one read.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from ..errors import InputError
 from .common import is_url, reason
 from .fetch import Where, join, parent, read_many
 
-__all__ = ["ShardReader", "ShardingSpec", "morton_bits", "morton_key", "murmurhash3_x86_128_low64"]
+__all__ = ["ShardReader", "ShardingSpec", "morton_bits", "morton_key", "murmurhash3_x86_128_low64", "shard_bytes",
+           "shard_extent", "shard_name"]
 
 _MASK32 = 0xFFFFFFFF
 _HASHES = ("identity", "murmurhash3_x86_128")
@@ -107,6 +110,75 @@ def morton_key(cell: tuple[int, ...], bits: tuple[int, ...]) -> int:
                 key |= ((int(coord) >> level) & 1) << out
                 out += 1
     return key
+
+
+def shard_extent(bits: tuple[int, ...], low: int) -> tuple[int, ...]:
+    """How many grid cells along each coordinate the keys that differ only in their ``low``
+    bits span: those bits are each coordinate's lowest ones (:func:`morton_key`), so such keys
+    are an aligned box of this extent (cut at the grid's end).
+
+    Examples
+    --------
+    >>> shard_extent((3, 3, 1), 5), shard_extent((2, 2, 2), 0)
+    ((4, 4, 2), (1, 1, 1))
+    """
+    counts = [0] * len(bits)
+    for level in range(max(bits, default=0)):
+        for axis, width in enumerate(bits):
+            if level < width and sum(counts) < low:
+                counts[axis] += 1
+    return tuple(1 << c for c in counts)
+
+
+def shard_name(shard: int, spec: ShardingSpec) -> str:
+    """A shard's file name: its number in hexadecimal, as wide as ``shard_bits`` needs."""
+    digits = -(-spec.shard_bits // 4)
+    return f"{shard:0{digits}x}.shard" if digits else "0.shard"
+
+
+def shard_bytes(chunks: dict[int, bytes], spec: ShardingSpec) -> bytes:
+    """One shard file holding ``chunks`` (key -> stored bytes, already encoded; all keys of
+    this shard): the shard index (each minishard index's byte range), the chunks grouped by
+    minishard in key order, then the minishard indexes (keys, offsets and sizes, each delta
+    coded), encoded as ``spec`` says. Identity hash only.
+
+    Examples
+    --------
+    >>> spec = ShardingSpec(preshift_bits=0, hash="identity", minishard_bits=0, shard_bits=0)
+    >>> raw = shard_bytes({5: b"abc"}, spec)
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "0.shard").write_bytes(raw)
+    >>> ShardReader(d, spec).read(5)
+    b'abc'
+    """
+    if spec.hash != "identity":
+        raise ValueError("shards are written identity-hashed")
+    groups: dict[int, list[int]] = {}
+    for key in sorted(chunks):
+        groups.setdefault((key >> spec.preshift_bits) & ((1 << spec.minishard_bits) - 1), []).append(key)
+    data, tables, at = [], [], 0
+    for minishard in range(1 << spec.minishard_bits):
+        keys = groups.get(minishard, [])
+        if not keys:
+            tables.append(b"")
+            continue
+        starts, sizes = [], []
+        for key in keys:
+            blob = gzip.compress(chunks[key], mtime=0) if spec.data_encoding == "gzip" else chunks[key]
+            data.append(blob)
+            starts.append(at)
+            sizes.append(len(blob))
+            at += len(blob)
+        ids = np.array(keys, dtype=np.uint64)
+        gaps = [starts[0]] + [a - (b + n) for a, b, n in zip(starts[1:], starts, sizes)]  # after the one before
+        table = np.stack([np.concatenate([ids[:1], np.diff(ids)]), np.array(gaps, np.uint64),
+                          np.array(sizes, np.uint64)]).astype("<u8").tobytes()
+        tables.append(gzip.compress(table, mtime=0) if spec.minishard_index_encoding == "gzip" else table)
+    index, offset = [], at
+    for table in tables:
+        index.append((offset, offset + len(table)))
+        offset += len(table)
+    return np.array(index, dtype="<u8").tobytes() + b"".join(data) + b"".join(tables)
 
 
 def _rotl32(x: int, r: int) -> int:
@@ -193,9 +265,7 @@ class ShardReader:
         hashed = shifted if spec.hash == "identity" else murmurhash3_x86_128_low64(shifted.to_bytes(8, "little"))
         minishard = hashed & ((1 << spec.minishard_bits) - 1)
         shard = (hashed >> spec.minishard_bits) & ((1 << spec.shard_bits) - 1)
-        digits = -(-spec.shard_bits // 4)
-        name = f"{shard:0{digits}x}.shard" if digits else "0.shard"
-        return join(self.folder if is_url(self.folder) else Path(self.folder), name), minishard, hashed
+        return join(self.folder if is_url(self.folder) else Path(self.folder), shard_name(shard, spec)), minishard, hashed
 
     def read(self, key: int) -> bytes | None:
         """The stored bytes of a chunk (its data encoding undone); None where the shard has no
