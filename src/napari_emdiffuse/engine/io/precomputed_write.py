@@ -13,9 +13,9 @@ cp -r -Z`` compresses them on the way to a bucket). Thin sections (z at least 4x
 the pixels) get 128 x 128 x 16 chunks, others 64 x 64 x 64. A scale of :data:`SHARD_FROM`
 chunks or more is sharded (:mod:`.sharded`: one file per aligned box of chunks, identity
 hash), as igneous writes large volumes: a terabyte is then thousands of files, not millions.
-The voxel size goes to each
-scale's ``resolution`` (nm); a whole-voxel origin (a region's place) goes to
-``voxel_offset``. How the result was made goes to the ``provenance`` file, as CloudVolume
+The voxel size goes to each scale's ``resolution`` (nm); a whole-voxel origin (a region's
+place) goes to ``voxel_offset`` (a level's is the full-resolution offset divided by its factor,
+rounded down: an odd offset puts a level up to half its voxel off, as igneous does). How the result was made goes to the ``provenance`` file, as CloudVolume
 keeps it. The folder is built under a hidden name and renamed when whole, so a cancel or a
 crash leaves no volume that looks complete.
 """
