@@ -1,4 +1,5 @@
-"""zarr format 2 against format 3 (a shard per block) for a restoration's output, side by side.
+"""zarr format 2 against format 3 (a shard per block) for a restoration's output, side by side,
+with neuroglancer precomputed (one file per chunk, and sharded) beside them.
 
 A volume of smooth texture with noise (4 slices of 4096 x 4096, uint8) is written block by block
 in 2048-px blocks, as the block plan writes an output, in each format; then 100 viewer-sized
@@ -22,6 +23,8 @@ import zarr
 from scipy.ndimage import gaussian_filter
 
 from _common import table
+from napari_emdiffuse.engine.io.precomputed import PrecomputedArray
+from napari_emdiffuse.engine.io.precomputed_write import write_precomputed
 from napari_emdiffuse.engine.io.zarr import ZarrWriter
 
 
@@ -60,7 +63,27 @@ def main() -> None:
                          "MB": f"{sum(os.path.getsize(f) for f in files) / 1e6:.1f}",
                          "512-px tile read ms": f"{read * 1000:.1f}"})  # fmt: skip
             shutil.rmtree(path)
+        for sharded in (False, True):  # the whole volume at once (with its levels), as write_image writes it
+            path = Path(tmp) / f"v{int(sharded)}.precomputed"
+            t = time.perf_counter()
+            write_precomputed(path, vol, spacing=(8.0, 8.0, 8.0), sharded=sharded)
+            write = time.perf_counter() - t
+            files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+            full = [f for f in files if os.sep + "8_8_8" + os.sep in f]
+            arr = PrecomputedArray(path, "8_8_8", cache=False)
+            picks = np.random.default_rng(1)
+            t = time.perf_counter()
+            for _ in range(100):
+                z = picks.integers(vol.shape[0])
+                y, x = (picks.integers(0, n - 512, 2) // 512) * 512
+                arr[z, y : y + 512, x : x + 512]
+            read = (time.perf_counter() - t) / 100
+            rows.append({"format": f"precomputed{', sharded' if sharded else ''} (+ levels)", "write s": f"{write:.2f}",
+                         "files": f"{len(full)} (+{len(files) - len(full)})",
+                         "MB": f"{sum(os.path.getsize(f) for f in full) / 1e6:.1f}",
+                         "512-px tile read ms": f"{read * 1000:.1f}"})  # fmt: skip
     print(table(rows, ["format", "write s", "files", "MB", "512-px tile read ms"]))
+    print("\nprecomputed: files and MB of full resolution (+ the levels' and the info files)")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,18 @@ def test_jpeg_chunks_read_as_the_picture_x_wide_and_y_times_z_tall(tmp_path):
     assert img.data.shape == (4, 6, 10) and np.abs(np.asarray(img.data).astype(int) - zyx).max() <= 3
 
 
+def test_strided_and_reversed_reads_across_chunks_equal_numpys(tmp_path, vol):
+    """Every basic index numpy takes (steps, reversals, integers) reads what numpy gives, across
+    chunk boundaries and with a missing chunk (zeros)."""
+    root = _precomputed(tmp_path / "vol", vol, skip={(1, 1, 1)})
+    want = vol.copy()
+    want[3:6, 4:8, 5:10] = 0
+    array = PrecomputedArray(root, "4_4_40")
+    for key in [(slice(1, 7, 2), slice(None, None, 3), slice(2, 11, 4)), (slice(None, None, -1), 5, slice(9, 0, -2)),
+                (4, slice(None), slice(None)), (slice(2, 3), slice(3, 9), 7), (slice(6, 0, -3), slice(0, 9, 8), 10)]:
+        assert np.array_equal(array[key], want[key]), key
+
+
 def test_a_raw_chunk_that_begins_like_gzip_reads_as_raw(tmp_path):
     """Pixels 31, 139 are gzip's magic bytes; a raw chunk's exact size says it is not gzip."""
     vol = np.full((2, 5, 6), 90, np.uint8)

@@ -259,13 +259,19 @@ class PrecomputedArray(LazyArray):
             raise InputError(f"cannot read '{parent(paths[0])}': {reason(exc)}") from exc
 
     def _fill(self, out: np.ndarray, ranges: list[range], block: tuple[int, int, int], pixels: np.ndarray) -> None:
+        """Copy the chunk's pixels that the (ascending) ranges pick into ``out``: slices found
+        by arithmetic, not a loop over every index (a wide read covers many chunks)."""
         lo, hi = self._bounds(block)
-        picks = []
+        into, take = [], []
         for r, a, b in zip(ranges, lo, hi):
-            inside = [i for i, v in enumerate(r) if a <= v < b]
-            picks.append((inside, [r[i] - a for i in inside]))
-        if all(p[0] for p in picks):
-            out[np.ix_(*[p[0] for p in picks])] = pixels[np.ix_(*[p[1] for p in picks])]
+            first = max(0, -(-(a - r.start) // r.step))  # the first index whose value is >= a
+            stop = min(len(r), -(-(b - r.start) // r.step))  # past the last one < b
+            if stop <= first:
+                return
+            at = r[first] - a
+            into.append(slice(first, stop))
+            take.append(slice(at, at + (stop - first - 1) * r.step + 1, r.step))
+        out[tuple(into)] = pixels[tuple(take)]
 
     def _pixels(self, raw: bytes, path: Where, block: tuple[int, int, int]) -> np.ndarray:
         lo, hi = self._bounds(block)
