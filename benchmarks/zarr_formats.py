@@ -28,6 +28,17 @@ from napari_emdiffuse.engine.io.precomputed_write import write_precomputed
 from napari_emdiffuse.engine.io.zarr import ZarrWriter
 
 
+def tile_read(arr, shape: tuple[int, ...]) -> float:
+    """Seconds per read of a 512-px tile at an aligned place, over 100 (the same places each time)."""
+    picks = np.random.default_rng(1)
+    t = time.perf_counter()
+    for _ in range(100):
+        z = picks.integers(shape[0])
+        y, x = (picks.integers(0, shape[1] - 512, 2) // 512) * 512
+        arr[z, y : y + 512, x : x + 512]
+    return (time.perf_counter() - t) / 100
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096)
@@ -51,14 +62,7 @@ def main() -> None:
             w.commit()
             write = time.perf_counter() - t
             files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
-            arr = zarr.open_array(str(path), mode="r")
-            picks = np.random.default_rng(1)
-            t = time.perf_counter()
-            for _ in range(100):
-                z = picks.integers(vol.shape[0])
-                y, x = (picks.integers(0, n - 512, 2) // 512) * 512
-                arr[z, y : y + 512, x : x + 512]
-            read = (time.perf_counter() - t) / 100
+            read = tile_read(zarr.open_array(str(path), mode="r"), vol.shape)
             rows.append({"format": fmt, "write s": f"{write:.2f}", "files": len(files),
                          "MB": f"{sum(os.path.getsize(f) for f in files) / 1e6:.1f}",
                          "512-px tile read ms": f"{read * 1000:.1f}"})  # fmt: skip
@@ -70,14 +74,7 @@ def main() -> None:
             write = time.perf_counter() - t
             files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
             full = [f for f in files if os.sep + "8_8_8" + os.sep in f]
-            arr = PrecomputedArray(path, "8_8_8", cache=False)
-            picks = np.random.default_rng(1)
-            t = time.perf_counter()
-            for _ in range(100):
-                z = picks.integers(vol.shape[0])
-                y, x = (picks.integers(0, n - 512, 2) // 512) * 512
-                arr[z, y : y + 512, x : x + 512]
-            read = (time.perf_counter() - t) / 100
+            read = tile_read(PrecomputedArray(path, "8_8_8", cache=False), vol.shape)
             rows.append({"format": f"precomputed{', sharded' if sharded else ''} (+ levels)", "write s": f"{write:.2f}",
                          "files": f"{len(full)} (+{len(files) - len(full)})",
                          "MB": f"{sum(os.path.getsize(f) for f in full) / 1e6:.1f}",
