@@ -179,3 +179,34 @@ def test_a_folder_of_results_is_scored_against_a_folder_of_references_by_name(tm
     assert main(["score", str(tmp_path / "restored"), "--reference", str(tmp_path / "clean")]) == 2
     err = capsys.readouterr()
     assert "no partner for extra" in err.err and not err.out
+
+
+def test_results_stored_as_stores_score_against_files_and_in_folders(tmp_path, capsys):
+    """A result in a zarr store or a precomputed volume (a folder on disk, one image) scores
+    against a TIFF reference; a 2D image written as a volume of one slice scores against the
+    2D reference; a batch's folder of stores pairs with a folder of files by name. Control:
+    the same images as TIFFs give the same figures."""
+    from napari_emdiffuse.engine.io.images import write_image
+
+    ref = _texture((64, 64), seed=3).astype(np.uint8)
+    out = np.clip(ref.astype(int) + 3, 0, 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "ref.tif", ref)
+    tifffile.imwrite(tmp_path / "out.tif", out)
+    (tmp_path / "batch").mkdir()
+    (tmp_path / "clean").mkdir()
+    tifffile.imwrite(tmp_path / "clean" / "a.tif", ref)
+    tifffile.imwrite(tmp_path / "clean" / "b.tif", ref)
+    write_image(tmp_path / "out.zarr", out)
+    write_image(tmp_path / "out.precomputed", out)  # read back as 1 x 64 x 64
+    write_image(tmp_path / "batch" / "a.ome.zarr", out)
+    write_image(tmp_path / "batch" / "b.precomputed", out)
+    want = score_images([out], ref)[0].psnr
+    for name in ("out.tif", "out.zarr", "out.precomputed"):
+        assert main(["score", str(tmp_path / name), "--reference", str(tmp_path / "ref.tif"), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["psnr_db"] == pytest.approx(want)
+    assert main(["score", str(tmp_path / "batch"), "--reference", str(tmp_path / "clean"), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in rows] == ["a.ome.zarr", "b.precomputed", "mean of 2"]
+    assert [r["psnr_db"] for r in rows] == pytest.approx([want] * 3)
+    with pytest.raises(InputError, match="share one grid"):  # a stack of two slices is no 2D image
+        score_images([np.stack([out, out]), out], ref)

@@ -18,12 +18,13 @@ def score_command(args: argparse.Namespace) -> int:
     images against one reference, or a folder of results against a folder of references
     whose images pair by name (a batch's outputs; then a mean row)."""
     from .engine.errors import InputError
+    from .engine.io.batch import is_image_folder
 
     maps_given = args.uncertainty
     if maps_given is not None and len(maps_given) != len(args.input):
         raise InputError(f"{len(args.input)} images but {len(maps_given)} uncertainty maps: give one per image "
                          "(- for none)")
-    if any(Path(p).expanduser().is_dir() for p in [*args.input, args.reference]):
+    if any(is_image_folder(p) for p in [*args.input, args.reference]):
         scores, unit = _score_folders(args)
     else:
         scores, unit = _score_files(args.input, args.reference, maps_given, args)

@@ -156,6 +156,9 @@ def score_images(
         raise InputError(f"{len(images)} images but {len(names)} names and {len(maps)} uncertainty maps")
     arrays = [_finite(np.asarray(a), n) for a, n in zip(images, names)]
     ref = _finite(np.asarray(reference), "the reference")
+    if any(a.ndim == 2 for a in [*arrays, ref]):  # a 2D image as a stack of one slice (a volume format's) is itself
+        arrays, ref = [_flat(a) for a in arrays], _flat(ref)
+        maps = [None if m is None else _flat(np.asarray(m)) for m in maps]
     shape = arrays[0].shape
     for a, n in zip(arrays, names):
         if a.ndim not in (2, 3):
@@ -223,6 +226,10 @@ def _registered(arrays: list[np.ndarray], maps: list, ref: np.ndarray, warp: str
         return None if a is None else np.asarray(a)[y0:y0 + h, x0:x0 + w]
 
     return [crop(a) for a in arrays], [crop(m) for m in maps], np.asarray(pair.fixed, np.float64)
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a[0] if a.ndim == 3 and a.shape[0] == 1 else a
 
 
 def _finite(a: np.ndarray, name: str) -> np.ndarray:

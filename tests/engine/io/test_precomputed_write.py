@@ -171,3 +171,28 @@ def test_large_scales_are_sharded_and_read_back_as_written(tmp_path, monkeypatch
     scales = json.loads((forced / "info").read_text())["scales"]
     assert all("sharding" in s for s in scales)
     assert np.array_equal(np.asarray(read_precomputed(forced, "8_8_40").data[:]), _mean2(vol[:, :520]))
+
+
+def test_a_store_pairs_with_a_file_and_folders_pair_their_stores_by_name(tmp_path):
+    """A fine-tune's pair or a score's image may be a store (one image on disk as a folder):
+    it pairs with a file; two folders pair their files and stores by name (a batch's
+    ``--to .zarr`` / ``.precomputed`` outputs). Control: a folder of files with a file is refused."""
+    import tifffile
+
+    from napari_emdiffuse.engine.io.batch import is_image_folder, matched_pairs
+
+    img = np.zeros((8, 8), np.uint8)
+    for folder in ("noisy", "clean"):
+        (tmp_path / folder).mkdir()
+    write_image(tmp_path / "noisy" / "a.precomputed", img)
+    write_image(tmp_path / "noisy" / "b.ome.zarr", img)
+    tifffile.imwrite(tmp_path / "clean" / "a.tif", img)
+    tifffile.imwrite(tmp_path / "clean" / "b.tif", img)
+    store = str(tmp_path / "noisy" / "a.precomputed")
+    assert not is_image_folder(store) and is_image_folder(tmp_path / "noisy")
+    assert matched_pairs([store], [str(tmp_path / "clean" / "a.tif")]) == ([store], [str(tmp_path / "clean" / "a.tif")])
+    xs, ys = matched_pairs([str(tmp_path / "noisy")], [str(tmp_path / "clean")])
+    assert [p.rsplit("/", 1)[1] for p in xs] == ["a.precomputed", "b.ome.zarr"]
+    assert [p.rsplit("/", 1)[1] for p in ys] == ["a.tif", "b.tif"]
+    with pytest.raises(InputError, match="pair a folder with a folder"):
+        matched_pairs([str(tmp_path / "noisy")], [str(tmp_path / "clean" / "a.tif")])

@@ -9,6 +9,7 @@ functions, then restores file after file with the model loaded once.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..errors import InputError
@@ -26,7 +27,8 @@ from .n5 import n5_container_of
 from .precomputed import precomputed_of
 from .zarr import zarr_store_of
 
-__all__ = ["BatchItem", "BATCH_FORMATS", "is_batch", "expand_inputs", "plan_batch", "images_inside", "check_one_image", "matched_pairs"]
+__all__ = ["BatchItem", "BATCH_FORMATS", "is_batch", "expand_inputs", "plan_batch", "images_inside", "check_one_image", "matched_pairs",
+           "is_image_folder"]
 
 _FILE_SUFFIXES = TIFF_SUFFIXES + MRC_SUFFIXES + MRC_PACKED_SUFFIXES + DM_SUFFIXES + SER_SUFFIXES + PICTURE_SUFFIXES + H5_SUFFIXES + AMIRA_SUFFIXES + CZI_SUFFIXES
 
@@ -60,6 +62,30 @@ def is_batch(inputs: list[str], output: str | os.PathLike[str] | None = None, *,
         return not _is_store(p) and (folder or not folder_is_image)
     inside = h5_file_of(p) or czi_file_of(p)  # 'stem.emd/BF': one image named in a file
     return folder and (p.is_file() or bool(inside and inside[1] and inside[0].is_file()))
+
+
+def _named_images(folder: Path) -> dict[str, Path]:
+    """A folder's image files and result stores (``.zarr``, ``.ome.zarr``, ``.precomputed``:
+    a batch's outputs) by name without their extension, in natural order."""
+    found = {f.stem: f for f in image_files_in(folder)}
+    stores = sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith(".")
+                    and ".partial" not in c.name and suffix_of(c) in (ZARR_SUFFIX, PRECOMPUTED_SUFFIX))
+    for store in stores:
+        found.setdefault(re.sub(r"(\.ome)?\.(zarr|precomputed)$", "", store.name, flags=re.IGNORECASE), store)
+    return found
+
+
+def is_image_folder(path: str | os.PathLike[str]) -> bool:
+    """A folder of image files, not an image stored as a folder (a zarr store, an N5 container,
+    a precomputed volume, or a path inside one).
+
+    Examples
+    --------
+    >>> is_image_folder("/nowhere")
+    False
+    """
+    p = Path(path).expanduser()
+    return p.is_dir() and not _is_store(p)
 
 
 def _is_store(p: Path) -> bool:
@@ -209,9 +235,9 @@ def _child(folder: Path | str, name: str) -> Path | str:
 
 
 def matched_pairs(inputs: list[str], targets: list[str]) -> tuple[list[str], list[str]]:
-    """Registered pairs given one by one, or as two folders whose images share their names
-    (``noisy/a.tif`` with ``clean/a.tif``; the formats may differ: ``clean/a.mrc``), the
-    folder's pairs in natural order.
+    """Registered pairs given one by one (a file, or a store: zarr, N5, precomputed), or as two
+    folders whose images share their names (``noisy/a.tif`` with ``clean/a.tif``; the formats
+    may differ: ``clean/a.mrc``), the folder's pairs in natural order.
 
     Raises
     ------
@@ -229,13 +255,14 @@ def matched_pairs(inputs: list[str], targets: list[str]) -> tuple[list[str], lis
     ys: list[str] = []
     for given_x, given_y in zip(inputs, targets):
         px, py = Path(given_x).expanduser(), Path(given_y).expanduser()
-        if px.is_dir() != py.is_dir():
+        folders = [is_image_folder(p) for p in (px, py)]
+        if folders[0] != folders[1]:
             raise InputError(f"'{given_x}' and '{given_y}': pair a folder with a folder, a file with a file")
-        if not px.is_dir():
+        if not folders[0]:
             xs.append(given_x)
             ys.append(given_y)
             continue
-        found_x, found_y = ({f.stem: f for f in image_files_in(d)} for d in (px, py))
+        found_x, found_y = (_named_images(d) for d in (px, py))
         lonely = sorted(set(found_x) ^ set(found_y))
         if lonely or not found_x:
             what = f"no partner for {', '.join(lonely[:4])}{', ...' if len(lonely) > 4 else ''}" if lonely else "no images"
