@@ -418,6 +418,21 @@ def test_bad_input_is_refused_before_any_iteration(tmp_path, why):
     assert not checkpoint_path(TrainConfig(out=tmp_path / "bad", inputs=["x"], task="denoise")).exists()
 
 
+def test_a_one_slice_volume_pairs_with_a_2d_image_and_a_stack_does_not(tmp_path):
+    """A 2D result stored as a volume of one slice (a zarr or precomputed output) is a 2D
+    image for a pair; control: a stack of two slices against a 2D target is refused."""
+    good = _texture((96, 96))
+    noisy = np.clip(good + np.random.default_rng(1).normal(0, 10, good.shape), 0, 255).astype(np.uint8)
+    gen = train_iter(TrainConfig(out=tmp_path / "one", iterations=1, task="denoise", inputs=[noisy[None]],
+                                 targets=[good], **FAST))  # fmt: skip
+    list(gen)
+    assert (tmp_path / "one" / "model.yaml").is_file()
+    gen = train_iter(TrainConfig(out=tmp_path / "two", iterations=1, task="denoise", inputs=[np.stack([noisy] * 2)],
+                                 targets=[good], **FAST))  # fmt: skip
+    with pytest.raises(InputError, match="do not match"):
+        next(gen)
+
+
 def test_config_errors_are_one_line_and_yaml_paths_are_relative(tmp_path):
     with pytest.raises(EMDiffuseError, match="no training data"):
         TrainConfig(task="denoise", out="m")

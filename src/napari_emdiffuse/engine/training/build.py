@@ -304,7 +304,10 @@ def _self_supervised_data(cfg: TrainConfig, card: ModelCard, common: dict) -> Tr
 def _registered(
     cfg: TrainConfig, image: np.ndarray, target: np.ndarray, scale: int, a: str, b: str
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """The pair on one grid, and what registration did (for the model card's data list)."""
+    """The pair on one grid, and what registration did (for the model card's data list). A 2D
+    image stored as a volume of one slice (a zarr or precomputed result) pairs as 2D."""
+    if image.ndim != target.ndim and 2 in (image.ndim, target.ndim):
+        image, target = (a[0] if a.ndim == 3 and a.shape[0] == 1 else a for a in (image, target))
     expected = image.shape[:-2] + (image.shape[-2] * scale, image.shape[-1] * scale)
     if target.shape == expected and cfg.register == "off":
         return image, target, ""  # same grid: taken as registered
