@@ -19,7 +19,7 @@ from typing import Any
 
 from .engine.errors import InputError
 from .engine.events import Progress
-from .engine.io.common import ZARR_SUFFIX, streams_lazily, suffix_of
+from .engine.io.common import PRECOMPUTED_SUFFIX, ZARR_SUFFIX, streams_lazily, suffix_of
 from .engine.io.zarrfmt import check_zarr_format
 
 __all__ = [
@@ -313,6 +313,9 @@ def _zarr_output(out: Any, unc: Any, distributed: Any, resume: bool, zarr_format
     out, unc = Path(str(out)), Path(str(unc)) if unc is not None else None  # names only: a URL's too
     zarr_out = suffix_of(out) == ZARR_SUFFIX
     if distributed and not zarr_out:
+        if suffix_of(out) == PRECOMPUTED_SUFFIX:
+            raise InputError(f"--workers/--scheduler need a .zarr output; write {out.stem}.zarr, then "
+                             f"'emdiffuse convert {out.stem}.zarr -o {out.name}' makes the precomputed volume")
         raise InputError("--workers/--scheduler need a .zarr output")
     if check_zarr_format(zarr_format) != 2 and not zarr_out:
         raise InputError(f"--zarr-format {zarr_format} sets the format of a .zarr output; '{out.name}' is not one")

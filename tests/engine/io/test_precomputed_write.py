@@ -134,6 +134,8 @@ def test_the_command_line_writes_and_rewrites_precomputed_and_zarr_outputs(tmp_p
     assert main(["convert", str(tmp_path / "vol.tif"), str(tmp_path / "vol.tif"), "-o", str(tmp_path / "b.precomputed")]) == 2
     assert "named like a file" in capsys.readouterr().err
     assert not (tmp_path / "b.precomputed").exists()
+    assert main(["denoise", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "c.precomputed"), "--workers", "2"]) == 2
+    assert "then 'emdiffuse convert c.zarr -o c.precomputed'" in capsys.readouterr().err
 
 
 def test_a_shard_file_is_laid_out_as_the_format_says():
