@@ -369,6 +369,7 @@ def test_finetune_command_writes_and_registers_a_model(tmp_path, tiny_model_dir,
     rc = main(["finetune", "--task", "denoise", "--input", str(src), "--base", str(tiny_model_dir), "-o", str(out),
                "--iterations", "2", "--patch", "32", "--batch", "2", "--device", "cpu", "--objective", "supervised"])
     assert rc == 0 and (out / "model.yaml").is_file()
+    assert not (tmp_path / ".tuned.train").exists()  # a finished fine-tune leaves no checkpoint beside it
     assert main(["models"]) == 0
     assert "tuned" in capsys.readouterr().out
 

@@ -112,7 +112,8 @@ def finetune_iter(
     out : str or Path
         Model directory to write.
     iterations, patch, batch, lr, val_fraction, seed, device, freeze_encoder
-        As in :class:`TrainConfig`. ``lr`` defaults to 1e-3 for predictors denoising from
+        As in :class:`TrainConfig`. A finished fine-tune leaves no checkpoint beside its model
+        (``keep_checkpoint=True`` keeps it); a stopped one keeps it, and ``resume=True`` goes on. ``lr`` defaults to 1e-3 for predictors denoising from
         pairs (5e-4 with ``freeze_encoder``), 2e-4 for other predictors and self-supervised
         ones, 5e-5 self-supervised with ``freeze_encoder`` (1e-5 with ``anchor=0``) and for
         diffusion models.
@@ -220,6 +221,10 @@ def finetune_iter(
         noise_focus=0.75,
         val_every=max(1, iterations // 5),
         checkpoint_every=max(1, iterations // 2),
+        # a finished fine-tune's checkpoint (the size of the model and its optimiser, 50 MB for
+        # the bundled denoiser) would stay hidden beside it after every run; a stopped run's stays
+        # for resume=True
+        keep_checkpoint=False,
         # a blur-conditioned base keeps its estimator: one image's pairs would narrow it
         estimator_iterations=0,
     )
