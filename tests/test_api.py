@@ -121,6 +121,9 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.batches",
         "napari_emdiffuse.widgets._finetune_options",
         "napari_emdiffuse.widgets.restore",
+        "napari_emdiffuse.widgets._settings",
+        "napari_emdiffuse.widgets._layers",
+        "napari_emdiffuse.engine.io.zarr",
     ],
 )
 def test_docstring_examples_run(module):
@@ -162,3 +165,27 @@ def test_restore_files_writes_each_file_as_restore_would_and_skips_the_unreadabl
     assert emd.read_image(tmp_path / "out" / "a.tif").spacing == (6.0, 6.0)
     with pytest.raises(InputError, match="would replace an input"):
         emd.restore_files([src / "a.tif"], src, "denoise", str(tiny_model_dir), **fast)
+
+
+def test_restore_file_iter_takes_pixels_in_hand_as_it_takes_their_file(tmp_path, tiny_model_dir):
+    """What the docks hand over (an ImageData: a layer's pixels, size and place) is written as
+    the same file the file itself gives; channel and time belong to files."""
+    from napari_emdiffuse.engine.io.common import ImageData
+    from napari_emdiffuse.files import input_name, restore_file_iter
+
+    img = (np.random.default_rng(2).random((40, 44)) * 255).astype(np.uint8)
+    emd.write_image(tmp_path / "a.tif", img, spacing=(6.0, 6.0), origin=(12.0, 18.0))
+    fast = dict(steps=1, tile=32, device="cpu")
+
+    def run(src, out):
+        return [x for x in restore_file_iter(src, out, "denoise", str(tiny_model_dir), **fast) if isinstance(x, list)]
+
+    assert run(tmp_path / "a.tif", tmp_path / "from_file.mrc") == [[str(tmp_path / "from_file.mrc")]]
+    held = ImageData(data=img, spacing=(6.0, 6.0), unit="nm", axes=None, path=None, origin=(12.0, 18.0))
+    assert run(held, tmp_path / "from_pixels.mrc") == [[str(tmp_path / "from_pixels.mrc")]]
+    a, b = emd.read_image(tmp_path / "from_file.mrc"), emd.read_image(tmp_path / "from_pixels.mrc")
+    assert np.array_equal(a.data, b.data) and a.spacing == b.spacing == (6.0, 6.0)
+    assert not np.array_equal(a.data, img)  # restored, not copied
+    assert input_name(held) == "the image" and input_name(tmp_path / "a.tif") == str(tmp_path / "a.tif")
+    with pytest.raises(InputError, match="channel, time and voxel_size apply to files"):
+        next(restore_file_iter(held, tmp_path / "c.tif", "denoise", str(tiny_model_dir), channel=0))

@@ -19,12 +19,12 @@ from typing import Any
 
 from .engine.errors import InputError
 from .engine.events import Progress
-from .engine.io.common import PRECOMPUTED_SUFFIX, ZARR_SUFFIX, streams_lazily, suffix_of
+from .engine.io.common import PRECOMPUTED_SUFFIX, ZARR_SUFFIX, ImageData, streams_lazily, suffix_of
 from .engine.io.zarrfmt import check_zarr_format
 
 __all__ = [
     "note", "read_input", "fill_notes", "blur_note", "spill_store", "write_spilled", "keep_spill", "remove_spill",
-    "restore_file_iter", "reconstruct_file_iter", "ISOTROPIC_TASKS", "write_results", "loaded_model", "progress_only",
+    "restore_file_iter", "reconstruct_file_iter", "input_name", "ISOTROPIC_TASKS", "write_results", "loaded_model", "progress_only",
     "upload_notes", "writing",
 ]
 
@@ -37,13 +37,18 @@ def note(text: str) -> Progress:
     return Progress("note", 0, 0, message=text)
 
 
-def read_input(path: str | Path, *, channel: int | None = None, time: int | None = None,
-               voxel_size: Sequence[float] | None = None) -> tuple[Any, list[str]]:
+def read_input(path: str | Path | ImageData, *, channel: int | None = None, time: int | None = None,
+               voxel_size: Sequence[float] | None = None) -> tuple[ImageData, list[str]]:
     """The image as :func:`~.engine.io.images.read_image` reads it, with ``voxel_size`` (nm; one
     value for both axes of a 2D image) in place of the pixel size it records; and the notes
-    to tell (the file's own, a replaced pixel size)."""
+    to tell (the file's own, a replaced pixel size). An :class:`ImageData` already in hand (a
+    napari layer's pixels and size) is taken as it is."""
     from .engine.io.images import read_image
 
+    if isinstance(path, ImageData):
+        if channel is not None or time is not None or voxel_size:
+            raise InputError("channel, time and voxel_size apply to files; pick them before handing the pixels over")
+        return path, []
     data = read_image(path, channel=channel, time=time)
     notes = [f"note: {data.note}"] if data.note else []
     if voxel_size:
@@ -57,6 +62,14 @@ def read_input(path: str | Path, *, channel: int | None = None, time: int | None
             notes.append(f"note: --voxel-size replaces the file's {old} nm")
         data.spacing, data.unit, data.source = values, "nm", "--voxel-size"
     return data, notes
+
+
+def input_name(src: str | Path | ImageData) -> str:
+    """How messages and provenance name an input: its path, or, for pixels handed over in
+    memory, the file they came from (an :class:`ImageData`'s ``path``) or "the image"."""
+    if isinstance(src, ImageData):
+        return str(src.path) if src.path is not None else "the image"
+    return str(src)
 
 
 def fill_notes(normalisation: dict | None) -> list[str]:
@@ -336,7 +349,7 @@ def _told_first(event: Progress, gen: Generator) -> Generator[Any, None, Any]:
 
 
 def restore_file_iter(
-    src: str | Path,
+    src: str | Path | ImageData,
     out: str | Path,
     task: str,
     model: Any,
@@ -353,9 +366,11 @@ def restore_file_iter(
     zarr_format: int = 2,
     **sampling: Any,
 ) -> Generator[Any, None, None]:
-    """Denoise or super-resolve the image file ``src`` into ``out`` (``.tif``, ``.mrc`` or
-    ``.zarr``; with ``uncertainty_out`` its uncertainty too), with its pixel size and how it
-    was made. Yields progress and note events, then the list of what was written.
+    """Denoise or super-resolve the image file ``src`` into ``out`` (``.tif``, ``.mrc``,
+    ``.zarr`` or ``.precomputed``; with ``uncertainty_out`` its uncertainty too), with its pixel
+    size and how it was made. Yields progress and note events, then the list of what was
+    written. ``src`` may be an :class:`~.engine.io.common.ImageData` instead of a file: pixels
+    already in hand with their size and place (a napari layer, as the Restore dock does).
 
     ``model``: a loaded model, a callable that loads it, a name or path, or None (the bundled
     default), loaded once the input has been read and checked (a bad input is refused before
@@ -377,10 +392,11 @@ def restore_file_iter(
     from .engine.io.zarr import open_zarr_readonly
 
     out, unc = _place(out), _place(uncertainty_out)
+    name = input_name(src)
     data, notes = read_input(src, channel=channel, time=time, voxel_size=voxel_size)
     for text in notes:
         yield note(text)
-    check_one_channel(tuple(data.data.shape), data.axes, str(src))
+    check_one_channel(tuple(data.data.shape), data.axes, name)
     validate_image(data.data)
     zarr_out = _zarr_output(out, unc, workers or scheduler, resume, zarr_format)
     distributed = bool(workers or scheduler)
@@ -421,7 +437,7 @@ def restore_file_iter(
             yield from upload_notes((out, open_zarr_readonly(spill)),
                                     (unc, open_zarr_readonly(spill_unc) if written_unc else None))
             origin = corner_origin(data, sampling.get("region"))
-            wrote = yield from writing(lambda told: write_spilled(out, unc, spill, spill_unc, data, str(src), attrs,
+            wrote = yield from writing(lambda told: write_spilled(out, unc, spill, spill_unc, data, name, attrs,
                                                                   origin=origin, progress=told), out, unc, pieces=True)
             finished = True
             yield wrote
@@ -438,7 +454,7 @@ def restore_file_iter(
     for text in fill_notes(result.normalisation) + blur_note(result.info):
         yield note(text)
     axes = data.axes if data.axes and len(data.axes) == result.mean.ndim else None
-    made = provenance(result.info, result.normalisation, source=str(src))
+    made = provenance(result.info, result.normalisation, source=name)
     if unc is not None and result.uncertainty is None:
         yield note("note: one sample gives no uncertainty; use --samples 2 or more")
     yield from upload_notes((out, result.mean), (unc, result.uncertainty))
@@ -449,7 +465,7 @@ def restore_file_iter(
 
 
 def reconstruct_file_iter(
-    src: str | Path,
+    src: str | Path | ImageData,
     out: str | Path,
     model: Any = None,
     *,
@@ -467,9 +483,11 @@ def reconstruct_file_iter(
     zarr_format: int = 2,
     **sampling: Any,
 ) -> Generator[Any, None, None]:
-    """Make the anisotropic volume in file ``src`` isotropic into ``out`` (``.tif``, ``.mrc`` or
-    ``.zarr``; with ``uncertainty_out`` its uncertainty too), with its voxel size and how it was
-    made. Yields progress and note events, then the list of what was written.
+    """Make the anisotropic volume in file ``src`` isotropic into ``out`` (``.tif``, ``.mrc``,
+    ``.zarr`` or ``.precomputed``; with ``uncertainty_out`` its uncertainty too), with its voxel
+    size and how it was made. Yields progress and note events, then the list of what was
+    written. ``src`` may be an :class:`~.engine.io.common.ImageData` (a napari layer's voxels,
+    as the Isotropic dock hands them over).
 
     ``factor``: how many times finer z becomes; None takes it from the file's voxel size, or
     ``default_factor`` for a file that records none (a batch of calibrated and uncalibrated
@@ -492,19 +510,20 @@ def reconstruct_file_iter(
     from .engine.io.views import check_one_channel
 
     out, unc = _place(out), _place(uncertainty_out)
+    name = input_name(src)
     data, notes = read_input(src, channel=channel, time=time, voxel_size=voxel_size)
     for text in notes:
         yield note(text)
-    check_one_channel(tuple(data.data.shape), data.axes, str(src))
+    check_one_channel(tuple(data.data.shape), data.axes, name)
     if data.data.ndim != 3:
         more = ("; several channels or time points? read one with --channel/--time" if data.data.ndim > 3 else
                 "; a folder of 2D slices is one volume when the output is a file")
-        raise InputError(f"isotropic reconstruction needs a 3D (ZYX) volume; '{src}' has {data.data.ndim} dimensions{more}")
+        raise InputError(f"isotropic reconstruction needs a 3D (ZYX) volume; '{name}' has {data.data.ndim} dimensions{more}")
     if factor is None and data.spacing is None:
         if default_factor is None:
-            raise InputError(f"'{src}' does not say its voxel size; give the z / xy spacing ratio with --factor F")
+            raise InputError(f"'{name}' does not say its voxel size; give the z / xy spacing ratio with --factor F")
         factor = default_factor
-        yield note(f"note: '{Path(src).name}' does not say its voxel size; factor {factor} as given")
+        yield note(f"note: '{Path(name).name}' does not say its voxel size; factor {factor} as given")
     f = int(factor) if factor is not None else factor_from_spacing(data.spacing)
     zarr_out = _zarr_output(out, unc, workers or scheduler, resume, zarr_format)
     store, store_unc = (out, unc) if zarr_out else (None, None)
@@ -541,7 +560,7 @@ def reconstruct_file_iter(
             yield from upload_notes((out, open_zarr_readonly(store)),
                                     (unc, open_zarr_readonly(store_unc) if written_unc else None))
             attrs = {**result.info, "spacing": result.spacing}
-            wrote = yield from writing(lambda told: write_spilled(out, unc, store, store_unc, data, str(src), attrs,
+            wrote = yield from writing(lambda told: write_spilled(out, unc, store, store_unc, data, name, attrs,
                                                                   origin=result.origin, progress=told), out, unc,
                                        pieces=True)
             finished = True
@@ -554,7 +573,7 @@ def reconstruct_file_iter(
         wrote = unc is not None and (result.uncertainty_path is not None if isinstance(unc, str) else unc.exists())
         yield [str(out)] + ([f"{unc} (uncertainty)"] if wrote else [])
         return
-    made = provenance(result.info, result.info.get("normalisation"), source=str(src))
+    made = provenance(result.info, result.info.get("normalisation"), source=name)
     yield from upload_notes((out, result.volume), (unc, result.uncertainty))
     yield (yield from writing(lambda told: write_results(
         out, result.volume, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX",

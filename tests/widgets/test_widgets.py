@@ -32,7 +32,7 @@ from napari_emdiffuse.widgets._controls import (  # noqa: E402
     resolve_browsed,
 )
 from napari_emdiffuse.widgets._jobs import report_error  # noqa: E402
-from napari_emdiffuse.widgets._layers import check_zarr_output  # noqa: E402
+from napari_emdiffuse.widgets._layers import check_output  # noqa: E402
 from napari_emdiffuse.widgets._settings import Settings  # noqa: E402
 from napari_emdiffuse.widgets._lossplot import LossHistory, eta_text, to_canvas  # noqa: E402
 from napari_emdiffuse.widgets.finetune import FinetuneOptions, default_output, parse_doses, parse_lr  # noqa: E402
@@ -397,11 +397,21 @@ def test_isotropic_logic(tmp_path):
     assert IsotropicOptions(zarr_format=3, output=str(tmp_path / "iso.zarr")).engine_kwargs()["zarr_format"] == 3
     with pytest.raises(EMDiffuseError, match="zarr format must be 2 or 3"):
         IsotropicOptions(zarr_format=4, output=str(tmp_path / "iso.zarr")).validate()
-    with pytest.raises(EMDiffuseError, match=".zarr"):
-        check_zarr_output(str(tmp_path / "out.tif"))
+    with pytest.raises(EMDiffuseError, match="unsupported file type '.png'|read only here"):
+        check_output(str(tmp_path / "out.png"))
+    with pytest.raises(EMDiffuseError, match="unsupported file type '.txt'"):
+        check_output(str(tmp_path / "out.txt"))
     with pytest.raises(EMDiffuseError, match="does not exist"):
-        check_zarr_output(str(tmp_path / "missing" / "out.zarr"))
-    assert check_zarr_output(str(tmp_path / "out.zarr")) == tmp_path / "out.zarr"
+        check_output(str(tmp_path / "missing" / "out.zarr"))
+    for name in ("out.zarr", "out.ome.zarr", "out.tif", "out.mrc", "out.precomputed"):
+        assert check_output(str(tmp_path / name)) == tmp_path / name
+    # workers and zarr format 3 are a store's; a file output is written whole
+    for kind in (RestoreOptions, IsotropicOptions):
+        with pytest.raises(EMDiffuseError, match="workers run the blocks into a zarr store"):
+            kind(workers=2, output=str(tmp_path / "out.tif")).validate()
+        with pytest.raises(EMDiffuseError, match="zarr format 3 is the format of a .zarr output"):
+            kind(zarr_format=3, output=str(tmp_path / "out.precomputed")).validate()
+        kind(resume=True, output=str(tmp_path / "out.mrc")).validate()  # a large result's hidden store is kept
 
 
 def test_check_input_layer():
@@ -965,6 +975,75 @@ def test_a_damaged_chunk_of_a_lazy_layer_is_named_by_its_layer(viewer, qtbot, mo
     assert w.status.text().endswith(errors[0]) and "lazy_denoised" not in viewer.layers
 
 
+def test_restore_widget_writes_tiff_mrc_and_precomputed_outputs(viewer, qtbot, models, errors, tmp_path):
+    """The output field takes what ``emdiffuse denoise -o`` takes: the same pixels as the run
+    in memory, written with the pixel size and the layer's place, the uncertainty beside in
+    the same format, and shown from the file; the layer's own file is refused."""
+    from napari_emdiffuse.engine.io.images import read_image
+
+    img = (np.random.default_rng(4).random((40, 48)) * 255).astype(np.uint8)
+    layer = viewer.add_image(img, name="scan", scale=(8.0, 8.0), translate=(16.0, 24.0))
+    w = _quick_restore_dock(viewer, models, layer)
+    w.samples.setValue(2)
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    memory = np.asarray(viewer.layers["scan_denoised"].data).copy()
+    for name in ("scan.tif", "scan.mrc", "scan.precomputed"):
+        out = tmp_path / name
+        w.output.setText(str(out))
+        assert w.run()
+        _wait(qtbot, w)
+        assert not errors, errors
+        written = read_image(out)
+        assert np.array_equal(np.asarray(written.data[...]).squeeze(), memory), name  # seeded: the same pixels
+        assert tuple(written.spacing)[-2:] == (8.0, 8.0) and written.unit == "nm", name
+        unc = read_image(tmp_path / name.replace("scan.", "scan_uncertainty."))
+        assert unc.data.shape[-2:] == img.shape and np.asarray(unc.data[...]).max() > 0, name
+        shown = viewer.layers["scan_denoised"]
+        assert np.array_equal(np.asarray(shown.data).squeeze(), memory) and tuple(shown.translate) == (16.0, 24.0)
+        assert "scan_denoised_uncertainty" in viewer.layers
+        assert f"written to '{out}' and its uncertainty" in w.status.text()
+    assert read_image(tmp_path / "scan.tif").origin == (16.0, 24.0)  # where it lies, as napari places it
+    # the layer's own file is not replaced while it is read
+    own = viewer.open(str(tmp_path / "scan.mrc"), plugin=PLUGIN)[0]
+    w.layer_combo.set_layer(own)
+    w.output.setText(str(tmp_path / "scan.mrc"))
+    assert not w.run()
+    assert errors and "is the file layer 'scan [1]' was opened from" in errors[-1]
+
+
+def test_isotropic_widget_writes_a_precomputed_volume(viewer, qtbot, models, errors, tmp_path):
+    from napari_emdiffuse.engine.io.images import read_image
+
+    vol = (np.random.default_rng(3).random((3, 32, 32)) * 255).astype(np.uint8)
+    layer = viewer.add_image(vol, name="vol", scale=(16.0, 8.0, 8.0))
+    w = _dock(viewer, ISOTROPIC)
+    w.layer_combo.set_layer(layer)
+    w.model.add_path(models["iso"])
+    w.steps.setValue(2)
+    w.tile.setValue(32)
+    w.device.set_value("cpu")
+    w.samples.setValue(2)
+    w.uncertainty.setChecked(True)
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    memory = np.asarray(viewer.layers["vol_isotropic"].data).copy()
+    w.output.setText(str(tmp_path / "iso.precomputed"))
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    written = read_image(tmp_path / "iso.precomputed")
+    assert written.data.shape == (5, 32, 32) and tuple(written.spacing) == (8.0, 8.0, 8.0)
+    assert np.array_equal(np.asarray(written.data[:]), memory) and np.array_equal(np.asarray(written.data[::2]), vol)
+    unc = read_image(tmp_path / "iso_uncertainty.precomputed").data
+    assert unc.shape == (5, 32, 32) and np.asarray(unc[0]).max() == 0 and np.asarray(unc[1]).max() > 0
+    shown = viewer.layers["vol_isotropic"]
+    assert shown.data.shape == (5, 32, 32) and tuple(shown.scale) == (8.0, 8.0, 8.0)
+    assert np.array_equal(np.asarray(shown.data), memory) and "iso.precomputed" in w.status.text()
+
+
 def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer, qtbot, models, errors, tmp_path):
     import dask.array as da
 
@@ -1031,8 +1110,8 @@ def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer
     _wait(qtbot, w)
     assert not errors, errors
     assert viewer.layers["big_z2_denoised"].data.shape == img.shape[1:]
-    with pytest.raises(EMDiffuseError, match=".zarr"):
-        RestoreOptions(output=str(tmp_path / "x.tif")).validate()
+    with pytest.raises(EMDiffuseError, match="unsupported file type '.jpgx'"):
+        RestoreOptions(output=str(tmp_path / "x.jpgx")).validate()
     with pytest.raises(EMDiffuseError, match="workers run the blocks into a zarr store"):
         RestoreOptions(workers=2).validate()
     with pytest.raises(EMDiffuseError, match="workers must be 0"):
@@ -1099,8 +1178,8 @@ def test_restore_widget_restores_the_region_in_view(viewer, qtbot, models, error
 
 def test_restore_widget_writes_into_an_object_store(viewer, qtbot, models, errors, tmp_path):
     """An output box holding a store's URL (fsspec's local:// stands in for s3://): the
-    result is shown from the store there, with its uncertainty; a URL that exists, or a TIFF
-    by URL, is refused in one line before any work."""
+    result is shown from the store there, with its uncertainty; a URL that exists, or a file
+    type not written, is refused in one line before any work; a TIFF by URL is uploaded."""
     from napari_emdiffuse.engine.io.images import read_image
 
     img = (np.random.default_rng(5).random((64, 72)) * 255).astype(np.uint8)
@@ -1119,8 +1198,16 @@ def test_restore_widget_writes_into_an_object_store(viewer, qtbot, models, error
     assert viewer.layers["cloud_denoised_uncertainty"].data is not None
     assert sorted(p.name for p in (tmp_path / "bucket").iterdir()) == ["cloud.ome.zarr", "cloud_uncertainty.ome.zarr"]
     assert not w.run() and "it exists" in errors[-1]
+    w.output.setText(f"local://{tmp_path}/bucket/x.png")
+    assert not w.run() and "unsupported file type '.png'" in errors[-1]
+    # a TIFF by URL: written here, uploaded whole, shown from there
     w.output.setText(f"local://{tmp_path}/bucket/x.tif")
-    assert not w.run() and "a zarr store goes here" in errors[-1]
+    assert w.run()
+    _wait(qtbot, w)
+    assert len(errors) == 2, errors
+    assert np.array_equal(read_image(tmp_path / "bucket" / "x.tif").data, np.asarray(back.data))
+    assert np.array_equal(np.asarray(viewer.layers["cloud_denoised"].data), np.asarray(back.data))
+    assert (tmp_path / "bucket" / "x_uncertainty.tif").is_file()
 
 
 def test_restore_widget_averages_an_alike_stack_along_z_and_says_so(viewer, qtbot, models, errors):

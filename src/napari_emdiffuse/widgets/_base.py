@@ -16,7 +16,7 @@ from ..engine.errors import EMDiffuseError
 from ..engine.events import TimeLeft, duration
 from ._controls import DevicePicker, ModelPicker, RunButton, control_value, set_control
 from ._jobs import EngineRun, notify_error, notify_info
-from ._layers import LayerCombo
+from ._layers import LayerCombo, read_back, show_outputs
 from ._settings import Settings, WidgetOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,6 +71,7 @@ class DockWidget(QWidget):
         self._run: _Job | None = None  # an EngineRun or a TrainingProcess while running
         self._started = 0.0
         self._time_left = TimeLeft()
+        self.run_notes: list[str] = []
         self.device = DevicePicker()
         self.run_button = RunButton(run_text, cancel_text)
         self.status = QLabel("")
@@ -173,6 +174,7 @@ class DockWidget(QWidget):
         """Run an engine generator in a napari thread worker (see :class:`EngineRun`)."""
         self._started = time.monotonic()
         self._resumable = False  # a resumable zarr run keeps its finished blocks when it ends early
+        self.run_notes: list[str] = []  # what the run said on the way (a file output's notes), for its status line
         self.status.setText(status)
         self._time_left = TimeLeft()
         self.device.set_used(None)  # the last run's device may not be this one's
@@ -191,11 +193,30 @@ class DockWidget(QWidget):
                 self.status.setText(ev.message)
                 notify_info(ev.message)
             return
+        if ev.stage == "note":
+            self.run_notes.append(str(ev.message).removeprefix("note: "))
+            return
         left = self._time_left.update(ev)
         if left is not None and left > 30:
             self.status.setText(f"{status} about {duration(left)} left ({ev.total} network passes)")
             if left > 600:
                 notify_info(f"this run will take about {duration(left)}; Cancel stops it and writes nothing")
+
+    def _show_written(self, wrote: list[str], source: dict, place: Callable[[tuple[int, ...]], Any]) -> None:
+        """A TIFF, MRC or precomputed result (``wrote``: what the files route wrote, the
+        uncertainty marked so): shown from the file, lazily where the format allows, over its
+        input (``source``); ``place(shape)`` gives the layers' names, geometry and provenance.
+        The status line names the file and the run's notes."""
+        ndim = len(source["scale"])
+        image = read_back(wrote[0], ndim)
+        unc_path = next((w[: -len(" (uncertainty)")] for w in wrote[1:] if w.endswith(" (uncertainty)")), None)
+        unc = read_back(unc_path, ndim) if unc_path is not None else None
+        names, geometry, made = place(tuple(image.shape))
+        self.last_outputs = show_outputs(self.viewer, source, geometry, (names[0], image), (names[1], unc),
+                                         {**made, "output": wrote[0]})
+        also = " and its uncertainty" if unc is not None else ""
+        self.status.setText(f"'{names[0]}' {tuple(image.shape)} written to '{wrote[0]}'{also} in {self._elapsed():.1f} s"
+                            + "".join(f"; {n}" for n in self.run_notes))
 
     def _elapsed(self) -> float:
         """Seconds since the run started."""

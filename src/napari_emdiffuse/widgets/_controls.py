@@ -40,7 +40,8 @@ __all__ = [
     "set_control",
     "tiling_boxes",
     "files_as_box",
-    "zarr_output_row",
+    "output_row",
+    "OUTPUT_FILTERS",
     "workers_box",
     "resume_box",
     "zarr_format_box",
@@ -381,20 +382,34 @@ def tiling_boxes() -> tuple[QSpinBox, QSpinBox, QSpinBox]:
     )
 
 
-def zarr_output_row(parent: QWidget, placeholder: str, title: str) -> tuple[QLineEdit, QHBoxLayout]:
-    """The output field (empty: in memory; a ``.zarr`` path or a store's URL) and its row with
-    a "…" button that asks for a store's name (``title`` on the dialog)."""
+#: The output dialog's choices and the name each one gives a path typed without it.
+OUTPUT_FILTERS = {
+    "zarr store (*.zarr)": ".zarr",
+    "OME-Zarr with its pyramid (*.ome.zarr)": ".ome.zarr",
+    "TIFF (*.tif)": ".tif",
+    "MRC (*.mrc)": ".mrc",
+    "neuroglancer precomputed (*.precomputed)": ".precomputed",
+}
+
+
+def output_row(parent: QWidget, placeholder: str, title: str) -> tuple[QLineEdit, QHBoxLayout]:
+    """The output field (empty: in memory; a ``.zarr`` store, a TIFF, MRC or ``.precomputed``
+    result, or either by an object store's URL) and its row with a "…" button that asks for
+    its name (``title`` on the dialog)."""
     edit = QLineEdit()
     edit.setPlaceholderText(placeholder)
     edit.setToolTip(
         "Empty: keep the result in memory. A .zarr path (or an object store's URL, s3://...): written block by "
-        "block, shown lazily;\na .ome.zarr path also writes its pyramid (OME-Zarr), shown as a multiscale layer"
+        "block, shown lazily;\na .ome.zarr path also writes its pyramid (OME-Zarr), shown as a multiscale layer;\n"
+        "a .tif, .mrc or .precomputed (neuroglancer) path: written with its voxel size once whole, then shown "
+        "from the file"
     )
 
     def browse() -> None:
-        path, _ = QFileDialog.getSaveFileName(parent, title, "", "zarr store (*.zarr)")
+        path, chosen = QFileDialog.getSaveFileName(parent, title, "", ";;".join(OUTPUT_FILTERS))
         if path:
-            edit.setText(path if path.endswith(".zarr") else f"{path}.zarr")
+            suffix = OUTPUT_FILTERS.get(chosen, ".zarr")
+            edit.setText(path if path.lower().endswith(tuple(OUTPUT_FILTERS.values())) else f"{path}{suffix}")
 
     return edit, path_row(edit, browse)
 

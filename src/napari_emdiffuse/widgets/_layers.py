@@ -22,7 +22,10 @@ __all__ = [
     "visible_pixels",
     "region_in_view",
     "LayerCombo",
-    "check_zarr_output",
+    "check_output",
+    "layer_image",
+    "read_back",
+    "refuse_own_file",
     "lazy_volume",
     "layer_geometry",
     "layer_source",
@@ -316,22 +319,81 @@ class LayerCombo(QComboBox):
 # zarr outputs
 
 
-def check_zarr_output(path: str, *, resume: bool = False) -> Path | str:
-    """A writable ``.zarr`` output path (its folder must exist), or a store's URL in an
-    object store (:mod:`~..engine.io.zarrurl`: nothing there yet, or with ``resume`` a
-    finished store that may be this run's own)."""
-    from ..engine.io.common import is_url
+def check_output(path: str, *, resume: bool = False) -> Path | str:
+    """A dock's output, before any work: a ``.zarr`` store (its folder must exist), a TIFF,
+    MRC or neuroglancer ``.precomputed`` result (written when whole, as the command line
+    writes them), or either by an object store's URL (:mod:`~..engine.io.zarrurl`: a store
+    with nothing there yet, or with ``resume`` a finished one that may be this run's own;
+    :mod:`~..engine.io.fileurl` for files). One line otherwise.
 
-    if is_url(path.strip()):
+    Examples
+    --------
+    >>> check_output("scan.png")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: cannot write 'scan.png': .png is read only here; write .tif, .mrc or .zarr (they keep the pixel size)
+    """
+    from ..engine.io.common import ZARR_SUFFIX, check_output_path, is_url, suffix_of
+
+    path = path.strip()
+    if is_url(path):
+        if suffix_of(Path(path.rstrip("/"))) != ZARR_SUFFIX:
+            from ..engine.io.fileurl import check_file_url
+
+            return check_file_url(path)
         from ..engine.io.zarrurl import check_output_url
 
-        return check_output_url(path.strip(), resume=resume)
-    p = Path(path).expanduser()
-    if p.suffix.lower() != ".zarr":
-        raise InputError(f"output '{path}' must be a .zarr folder (e.g. volume_iso.zarr)")
+        return check_output_url(path, resume=resume)
+    p = check_output_path(path)
     if not p.parent.is_dir():
         raise InputError(f"the folder of output '{path}' does not exist")
     return p
+
+
+def refuse_own_file(out: Path | str, layer: Any) -> None:
+    """An output that would replace the file the layer was opened from (still read while the
+    result is made) is refused in one line."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path and isinstance(out, Path) and out.exists() and Path(path).exists():
+        if out.resolve() == Path(path).resolve():
+            raise InputError(f"output '{out}' is the file layer '{layer.name}' was opened from; write elsewhere")
+
+
+def layer_image(data: Any, source: dict[str, Any], layer: Any, *, origin: tuple[float, ...] | None) -> Any:
+    """A layer's pixels with their size and ``origin`` (:func:`source_origin` of the whole
+    layer) as :class:`~..engine.io.common.ImageData`, to write a result the way the command
+    line writes a file's (:mod:`napari_emdiffuse.files`): the voxel size in its length unit
+    (nm where the layer's scale is the file's calibration or has no unit), the file it came
+    from as its name."""
+    from ..engine.io.common import ImageData
+    from ..engine.io.units import nm_factor
+
+    spacing = tuple(float(v) for v in source["spacing"])
+    unit = "nm"
+    if spacing == tuple(source["scale"]):  # the layer's own scale: in its length unit, if napari knows one
+        known = {str(u) for u in (source["units"] or ()) if nm_factor(str(u)) is not None}
+        unit = known.pop() if len(known) == 1 else "nm"
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return ImageData(data=data, spacing=spacing if any(v != 1 for v in spacing) else None, unit=unit, axes=None,
+                     path=Path(path) if path else None, origin=origin)
+
+
+def read_back(out: Path | str, ndim: int) -> Any:
+    """A result a dock wrote as a file, read back lazily for display (TIFF and MRC pages are
+    memory-mapped or read as shown; a precomputed volume chunk by chunk), with the ``ndim``
+    of the result (a precomputed volume is 3D: a 2D result is its one slice)."""
+    import dask.array as da
+    import numpy as np
+
+    from ..engine.io.images import read_image
+
+    data = read_image(out).data
+    if not isinstance(data, (np.ndarray, da.Array)):
+        chunks = getattr(data, "chunks", None)
+        data = da.from_array(data, chunks=chunks if isinstance(chunks, tuple) and len(chunks) == data.ndim else "auto")
+    while data.ndim > ndim and data.shape[0] == 1:
+        data = data[0]
+    return data
 
 
 def lazy_volume(volume: Any, out: Path | str | None) -> Any:

@@ -27,6 +27,7 @@ __all__ = [
     "check_preset",
     "check_tiling",
     "check_workers",
+    "is_store",
     "check_resume",
     "ZARR_FORMAT_ITEMS",
     "FILES_AS",
@@ -154,6 +155,18 @@ def check_tiling(opts: _Sampling) -> None:
         raise EMDiffuseError(f"overlap {opts.overlap} must be smaller than tile {opts.tile}")
 
 
+def is_store(output: Any) -> bool:
+    """Whether a dock's output is a zarr store (a path or a URL), which is written block by
+    block and shown as it fills; a TIFF, MRC or precomputed result is written once whole.
+
+    Examples
+    --------
+    >>> is_store("out.zarr"), is_store("s3://b/out.ome.zarr/"), is_store("out.tif"), is_store("")
+    (True, True, False, False)
+    """
+    return bool(output) and str(output).rstrip("/").lower().endswith(".zarr")
+
+
 def check_workers(workers: Any, output: str) -> None:
     """Local dask workers: 0 (run in napari) or a number of processes, into a zarr store.
 
@@ -167,12 +180,13 @@ def check_workers(workers: Any, output: str) -> None:
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise EMDiffuseError(f"workers must be 0 (in napari) or a number of processes, not {workers!r}")
-    if workers and not output:
+    if workers and not is_store(output):
         raise EMDiffuseError("workers run the blocks into a zarr store: give a .zarr output")
 
 
 def check_resume(resume: Any, output: str) -> None:
-    """Keeping finished blocks needs a zarr store to keep them in.
+    """Keeping finished blocks needs an output to keep them beside: a zarr store, or the
+    hidden store of a TIFF, MRC or precomputed result too large for memory.
 
     Examples
     --------
@@ -220,7 +234,7 @@ def check_files_as(value: Any) -> str:
     >>> check_files_as(".png")
     Traceback (most recent call last):
     ...
-    napari_emdiffuse.engine.errors.EMDiffuseError: files as '.png'? choose one of each file's format, .tif, .mrc, .zarr, .ome.zarr
+    napari_emdiffuse.engine.errors.EMDiffuseError: files as '.png'? choose one of each file's format, .tif, .mrc, .zarr, .ome.zarr, .precomputed
     """
     if value not in FILES_AS:
         raise EMDiffuseError(f"files as {value!r}? choose one of {', '.join(FILES_AS.values())}")
@@ -253,5 +267,5 @@ def check_zarr_format_choice(zarr_format: Any, output: str) -> None:
     """
     if zarr_format not in ZARR_FORMAT_ITEMS or isinstance(zarr_format, bool):
         raise EMDiffuseError(f"zarr format must be 2 or 3, not {zarr_format!r}")
-    if zarr_format != 2 and not output:
+    if zarr_format != 2 and not is_store(output):
         raise EMDiffuseError(f"zarr format {zarr_format} is the format of a .zarr output; give one, or choose 2")

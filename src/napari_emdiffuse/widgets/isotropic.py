@@ -2,7 +2,9 @@
 
 Generates ``factor - 1`` slices between each pair of neighbouring slices of an anisotropic
 volume, in memory or into a zarr store shown lazily, by driving
-:func:`napari_emdiffuse.engine.inference.volume.reconstruct_isotropic_iter` in a napari thread worker.
+:func:`napari_emdiffuse.engine.inference.volume.reconstruct_isotropic_iter` in a napari thread worker;
+a TIFF, MRC or neuroglancer precomputed output is written as the command line writes one
+(:func:`napari_emdiffuse.files.reconstruct_file_iter`) and shown from the file.
 *Reconstruct files…* does the same to volume files on disk, into a folder (:mod:`._files`).
 """
 
@@ -21,16 +23,16 @@ from ..engine.errors import EMDiffuseError, InputError
 from ._base import DockWidget
 from ._controls import (
     ModelPicker, advanced_section, files_as_box, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box,
-    zarr_output_row,
+    output_row,
 )
 from ._files import FilesMixin
 from ._layers import (
-    LayerCombo, check_zarr_output, layer_source, layer_spacing, lazy_volume, region_in_view, show_outputs,
-    source_origin,
+    LayerCombo, check_output, layer_image, layer_source, layer_spacing, lazy_volume, refuse_own_file, region_in_view,
+    show_outputs, source_origin,
 )  # fmt: skip
 from ._settings import (
     PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
-    check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
+    check_files_as, check_zarr_format_choice, files_kwargs, is_store, sampling_kwargs,
 )  # fmt: skip
 from .restore import check_input_layer, layer_array
 
@@ -69,7 +71,9 @@ class IsotropicOptions(WidgetOptions):
     factor : int
         Output slices per input slice gap (z spacing / xy spacing).
     output : str
-        Empty: keep the result in memory. Otherwise a ``.zarr`` path written block by block.
+        Empty: keep the result in memory. A ``.zarr`` path: written block by block. A ``.tif``,
+        ``.mrc`` or ``.precomputed`` path: written with its voxel size once whole (through a
+        hidden store beside it when too large for memory), as ``emdiffuse isotropic -o`` does.
     uncertainty : bool
         Also compute the per-pixel uncertainty (std): a predictor's own, or the samples' spread.
     denoise_first : bool
@@ -119,7 +123,7 @@ class IsotropicOptions(WidgetOptions):
         check_preset(self.preset)
         check_tiling(self)
         if self.output:
-            check_zarr_output(self.output, resume=self.resume is True)
+            check_output(self.output, resume=self.resume is True)
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
         check_zarr_format_choice(self.zarr_format, self.output)
@@ -132,7 +136,7 @@ class IsotropicOptions(WidgetOptions):
         return sampling_kwargs(self) | {
             "factor": self.factor,
             "mode": self.mode,
-            "out": check_zarr_output(self.output, resume=self.resume) if self.output else None,  # a path, or a store's URL
+            "out": check_output(self.output, resume=self.resume) if self.output else None,  # a path, or a URL
             "uncertainty": self.uncertainty,
             "denoise": True if self.denoise_first else None,
             "workers": self.workers or None,
@@ -255,8 +259,8 @@ class IsotropicWidget(FilesMixin, DockWidget):
             "whole volume: a quick look before a long run; the whole run then replaces it. With a .zarr output: "
             "a store of that part that opens over the input"
         )
-        self.output, output_row = zarr_output_row(self, "in memory (or a .zarr path for large volumes)",
-                                                  "Write the isotropic volume to")
+        self.output, out_row = output_row(self, "in memory (or a .zarr, .tif, .mrc, .precomputed path)",
+                                           "Write the isotropic volume to")
         self._lay_out(
             [
                 ("volume", self.layer_combo),
@@ -267,7 +271,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
                 ("preset", self.preset),
                 ("", self.denoise_first),
                 ("", self.in_view),
-                ("output", output_row),
+                ("output", out_row),
             ],
             advanced,
             self.make_files_button(
@@ -320,7 +324,21 @@ class IsotropicWidget(FilesMixin, DockWidget):
             kwargs["region"], source = region_in_view(self.viewer, layer, tuple(data.shape), source)
         scale = source["spacing"]
 
+        out, unc_out = kwargs["out"], None
+        if out is not None and not is_store(out):
+            from ..engine.io.zarr import uncertainty_beside
+
+            refuse_own_file(out, layer)
+            unc_out = check_output(str(uncertainty_beside(out))) if opts.uncertainty else None
+
         def factory():
+            if out is not None and not is_store(out):  # a TIFF, MRC or precomputed volume, as the command line writes one
+                from ..files import reconstruct_file_iter
+
+                drop = ("out", "uncertainty", "workers", "zarr_format")
+                file_kwargs = {k: v for k, v in kwargs.items() if k not in drop}
+                return reconstruct_file_iter(layer_image(data, source, layer, origin=origin), out, model,
+                                             uncertainty_out=unc_out, **file_kwargs)
             from ..api import reconstruct_isotropic_iter
 
             return reconstruct_isotropic_iter(data, model=model, spacing=scale, origin=origin, **kwargs)
@@ -330,7 +348,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
             status=f"reconstructing '{layer.name}' x{opts.factor}…",
             desc=f"EMDiffuse isotropic x{opts.factor}: {layer.name}",
             stages=("sampling", "block", *VOLUME_STAGES),  # block: distributed runs
-            on_result=lambda result: self._show(result, source, kwargs["out"]),
+            on_result=lambda result: self._show(result, source, out, opts.factor),
             source=f"layer '{layer.name}'",
         )
 
@@ -347,7 +365,12 @@ class IsotropicWidget(FilesMixin, DockWidget):
                                           "resume": opts.resume, **files_kwargs(opts.files_as, opts.zarr_format)}
         return opts.task, model, kwargs | ({"arch": arch} if arch is not None else {})
 
-    def _show(self, result: Any, source: dict, out: Path | None) -> None:
+    def _show(self, result: Any, source: dict, out: Path | None, factor: int = 0) -> None:
+        if isinstance(result, list):  # a file written whole (what reconstruct_file_iter wrote): read back
+            geometry = isotropic_geometry(source["scale"], source["translate"], factor)
+            self._show_written(result, source, lambda shape: (isotropic_names(source["name"]), geometry,
+                                                              {"factor": factor}))
+            return
         factor = int(result.factor)
         name, unc_name = isotropic_names(source["name"])
         geometry = isotropic_geometry(source["scale"], source["translate"], factor)

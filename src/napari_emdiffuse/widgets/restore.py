@@ -24,16 +24,17 @@ from ..engine.io.zarr import uncertainty_beside
 from ._base import DockWidget
 from ._controls import (
     ModelPicker, advanced_section, files_as_box, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box,
-    zarr_output_row,
+    output_row,
 )
 from ._files import FilesMixin
 from ._jobs import notify_info
 from ._layers import (
-    LayerCombo, check_zarr_output, layer_source, lazy_volume, region_in_view, show_outputs, source_origin,
+    LayerCombo, check_output, layer_image, layer_source, lazy_volume, refuse_own_file, region_in_view, show_outputs,
+    source_origin,
 )
 from ._settings import (
     PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
-    check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
+    check_files_as, check_zarr_format_choice, files_kwargs, is_store, sampling_kwargs,
 )  # fmt: skip
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,7 +91,10 @@ class RestoreOptions(WidgetOptions):
         Network arithmetic; reduced precision only where the device has it natively.
     output : str
         Empty: keep the result in memory. A ``.zarr`` path: the image is restored block by
-        block into it (any size; dask and multiscale layers stay lazy) and shown lazily.
+        block into it (any size; dask and multiscale layers stay lazy) and shown lazily. A
+        ``.tif``, ``.mrc`` or ``.precomputed`` path: written with its pixel size and its
+        uncertainty (``<name>_uncertainty`` beside it) once whole, as ``emdiffuse denoise -o``
+        writes it, then shown from the file.
     current_slice : bool
         For a stack, restore only the slice the viewer shows.
     in_view : bool
@@ -145,7 +149,7 @@ class RestoreOptions(WidgetOptions):
         if self.precision not in PRECISION_CHOICES:
             raise EMDiffuseError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if self.output:
-            check_zarr_output(self.output, resume=self.resume is True)
+            check_output(self.output, resume=self.resume is True)
         self.z_filter = check_z_filter(self.z_filter)
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
@@ -365,7 +369,8 @@ class RestoreWidget(FilesMixin, DockWidget):
             "and read with context around it: a quick look at the settings before a long run; the whole run "
             "then replaces it. With a .zarr output: that part of every slice, into a store that opens over the input"
         )
-        self.output, output_row = zarr_output_row(self, "in memory (or a .zarr path)", "Restore into a zarr store")
+        self.output, out_row = output_row(self, "in memory (or a .zarr, .tif, .mrc, .precomputed path)",
+                                          "Restore into")
         self.z_filter = QComboBox()
         self.z_filter.setEditable(True)
         self.z_filter.addItems([*Z_FILTERS, "0.5", "1.0"])
@@ -405,7 +410,7 @@ class RestoreWidget(FilesMixin, DockWidget):
         )
         self._lay_out(
             [("image", self.layer_combo), ("task", self.task), ("model", self.model), ("preset", self.preset),
-             ("", self.current_slice), ("", self.in_view), ("output", output_row)],
+             ("", self.current_slice), ("", self.in_view), ("output", out_row)],
             advanced,
             self.files_button,
         )
@@ -437,16 +442,24 @@ class RestoreWidget(FilesMixin, DockWidget):
         scale = source["spacing"]
         if (fine := _fine_pixel_note(model, arch, opts.task, source)) is not None:
             notify_info(f"'{layer.name}': {fine}")
-        out = check_zarr_output(opts.output, resume=opts.resume) if opts.output else None
+        out = check_output(opts.output, resume=opts.resume) if opts.output else None
         unc_out = uncertainty_beside(out) if out is not None else None
+        if out is not None and not is_store(out):
+            refuse_own_file(out, layer)
+            unc_out = check_output(str(unc_out))
 
         def factory():
-            if out is not None:  # block by block into the store: any size, the input stays lazy
+            if is_store(out):  # block by block into the store: any size, the input stays lazy
                 from ..api import restore_to_zarr_iter
 
                 return restore_to_zarr_iter(data, out, opts.task, model, arch=arch, spacing=scale, origin=origin,
                                             uncertainty_out=unc_out, workers=opts.workers or None,
                                             resume=opts.resume, zarr_format=opts.zarr_format, **kwargs)
+            if out is not None:  # a TIFF, MRC or precomputed result, written as the command line writes one
+                from ..files import restore_file_iter
+
+                return restore_file_iter(layer_image(data, source, layer, origin=origin), out, opts.task, model,
+                                         arch=arch, uncertainty_out=unc_out, resume=opts.resume, **kwargs)
             from ..api import restore_iter
 
             return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)
@@ -471,6 +484,14 @@ class RestoreWidget(FilesMixin, DockWidget):
                                   **files_kwargs(opts.files_as, opts.zarr_format)}
 
     def _show(self, result: Any, source: dict, task: str, unc_out: Any = None, width: int = 0) -> None:
+        if isinstance(result, list):  # a file written whole (what restore_file_iter wrote): read back
+            def place(shape: tuple[int, ...]) -> Any:
+                scale = max(1, round(shape[-1] / width)) if width else 1
+                geometry = output_geometry(source["scale"], source["translate"], scale)
+                return output_names(source["name"], task, scale), geometry, {"task": task}
+
+            self._show_written(result, source, place)
+            return
         if not hasattr(result, "mean"):  # a zarr store (a Path): show it lazily
             result = _stored(result, unc_out, width)  # a path, or a store's URL
         mean_name, unc_name = output_names(source["name"], task, result.scale)

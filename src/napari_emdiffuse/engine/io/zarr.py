@@ -76,8 +76,9 @@ def zarr_major() -> int:
 
 
 def uncertainty_beside(out: Path | str) -> Path | str:
-    """Where an output's uncertainty goes when no path is given: ``<name>_uncertainty``, an
-    OME-Zarr store for an OME-Zarr output; beside a store's URL, a URL.
+    """Where an output's uncertainty goes when no path is given: ``<name>_uncertainty`` in the
+    output's own format (an OME-Zarr store for an OME-Zarr output, a TIFF for a TIFF, a
+    precomputed volume for a precomputed one); beside a URL, a URL.
 
     Examples
     --------
@@ -85,13 +86,17 @@ def uncertainty_beside(out: Path | str) -> Path | str:
     ('iso_uncertainty.zarr', 'iso_uncertainty.ome.zarr')
     >>> uncertainty_beside("s3://bucket/iso.ome.zarr")
     's3://bucket/iso_uncertainty.ome.zarr'
+    >>> [uncertainty_beside(Path(n)).name for n in ("a.TIF", "b.ome.tif", "c.mrc", "d.precomputed")]
+    ['a_uncertainty.tif', 'b_uncertainty.ome.tif', 'c_uncertainty.mrc', 'd_uncertainty.precomputed']
     """
     if isinstance(out, str) and is_url(out):
         base, name = out.rstrip("/").rsplit("/", 1)
         return f"{base}/{uncertainty_beside(Path(name)).name}"
     out = Path(out)
-    stem = out.name[: -len(".ome.zarr")] if is_ome(out) else out.stem
-    return out.with_name(f"{stem}_uncertainty{'.ome' if is_ome(out) else ''}{ZARR_SUFFIX}")
+    name = out.name.rstrip("/")
+    double = next((s for s in (".ome.zarr", ".ome.tif", ".ome.tiff") if name.lower().endswith(s)), None)
+    kind = double or suffix_of(out)
+    return out.with_name(f"{name[: len(name) - len(kind)]}_uncertainty{kind}")
 
 
 def zarr_store_of(path: Path) -> tuple[Path, str] | None:
