@@ -235,8 +235,16 @@ def _read_input(args: argparse.Namespace) -> Any:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .engine.errors import InputError
     from .engine.io.batch import check_one_image, expand_inputs, is_batch, plan_batch
+    from .engine.io.common import PRECOMPUTED_SUFFIX, suffix_of
+    from .engine.io.precomputed_write import check_encoding
 
-    if not is_batch(args.input, args.output):
+    check_encoding(args.encoding, args.jpeg_quality)
+    batch = is_batch(args.input, args.output)
+    bound = args.to if batch else suffix_of(Path(str(args.output).rstrip("/")))
+    if args.encoding != "raw" and bound != PRECOMPUTED_SUFFIX:
+        raise InputError(f"--encoding {args.encoding} sets a .precomputed output's chunks; "
+                         + ("add --to .precomputed" if batch else f"'{Path(str(args.output)).name}' is not one"))
+    if not batch:
         check_one_image(args.input[0], "convert")
         args.input = args.input[0]
         (out,) = _check_outputs(args, args.output, urls=True)
@@ -297,7 +305,8 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
 
     def write(told: Any) -> Any:
         return write_image(out, data.data, spacing=data.spacing, unit=data.unit or "nm", axes=axes, origin=data.origin,
-                           provenance=made, zarr_format=args.zarr_format,
+                           provenance=made, zarr_format=args.zarr_format, chunk_encoding=args.encoding,
+                           jpeg_quality=args.jpeg_quality,
                            progress=None if told is None else (lambda stage, done, total: told(out, stage, done, total)))
 
     # An input read lazily goes piece by piece, with a bar (a cutout by URL reads as it goes)

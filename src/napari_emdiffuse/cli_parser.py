@@ -234,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "volume, of which only those chunks are read")
     p.add_argument("--slices", type=_non_negative, nargs=2, metavar=("Z0", "Z1"), default=None,
                    help="a stack or volume: write only its sections Z0:Z1")
+    p.add_argument("--encoding", choices=["raw", "jpeg"], default="raw",
+                   help="a .precomputed output's chunks: raw (default; exact) or jpeg (8-bit images only; lossy and "
+                        "several times smaller, as large EM volumes are served to neuroglancer)")
+    p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
+                   help="the JPEG quality of --encoding jpeg, 1 to 100 (default 90)")
     _zarr_format_option(p)
     _pick_options(p)
     _voxel_option(p)

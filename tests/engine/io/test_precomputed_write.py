@@ -102,6 +102,9 @@ def test_a_stopped_write_leaves_nothing_and_the_old_volume_whole(tmp_path, monke
         (np.zeros((8, 8), np.complex64), {}, "neuroglancer shows"),
         (np.zeros((8, 8), np.uint8), {"spacing": (1.0, 1.0), "unit": "furlong"}, "unknown length unit"),
         (np.zeros((2, 8, 8), np.uint8), {"spacing": (1.0, 1.0)}, "2 pixel sizes for 3 axes"),
+        (np.zeros((2, 8, 8), np.uint16), {"encoding": "jpeg"}, "jpeg chunks: they hold 8-bit pixels, not uint16"),
+        (np.zeros((2, 8, 8), np.uint8), {"encoding": "png"}, "unknown chunk encoding 'png'; choose raw or jpeg"),
+        (np.zeros((2, 8, 8), np.uint8), {"encoding": "jpeg", "jpeg_quality": 101}, "from 1 to 100, not 101"),
     ],
 )
 def test_what_a_precomputed_volume_cannot_hold_is_refused_in_one_line(tmp_path, data, kwargs, words):
@@ -198,3 +201,61 @@ def test_a_store_pairs_with_a_file_and_folders_pair_their_stores_by_name(tmp_pat
     assert [p.rsplit("/", 1)[1] for p in ys] == ["a.tif", "b.tif"]
     with pytest.raises(InputError, match="pair a folder with a folder"):
         matched_pairs([str(tmp_path / "noisy")], [str(tmp_path / "clean" / "a.tif")])
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_jpeg_chunks_are_one_picture_per_chunk_within_the_quality_s_error(tmp_path, sharded):
+    """Each chunk is a greyscale JPEG x wide and y * z tall (decoded here by imageio, not by our
+    reader); the pixels come back within a few grey levels, the exact raw volume is the control."""
+    import io
+
+    import imageio.v3 as iio
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(1)
+    vol = np.clip(128 + 400 * gaussian_filter(rng.normal(size=(20, 150, 140)), (0, 3, 3)), 0, 255).astype(np.uint8)
+    out = write_precomputed(tmp_path / "v.precomputed", vol, spacing=(40.0, 4.0, 4.0), encoding="jpeg",
+                            jpeg_quality=90, sharded=sharded)
+    (scale,) = json.loads((out / "info").read_text())["scales"]
+    assert scale["encoding"] == "jpeg" and scale["chunk_sizes"] == [[128, 128, 16]]
+    if not sharded:
+        picture = iio.imread(io.BytesIO((out / "4_4_40" / "0-128_0-128_0-16").read_bytes()))
+        assert picture.shape == (16 * 128, 128) and picture.dtype == np.uint8
+        assert np.abs(picture.reshape(16, 128, 128).astype(int) - vol[:16, :128, :128]).mean() < 2
+    back = np.asarray(read_image(out).data[:]).astype(int)
+    err = np.abs(back - vol)
+    assert back.shape == vol.shape and 0 < err.mean() < 2 and err.max() < 30  # lossy, and close
+    raw = write_precomputed(tmp_path / "r.precomputed", vol, spacing=(40.0, 4.0, 4.0), sharded=sharded)
+    assert np.array_equal(np.asarray(read_image(raw).data[:]), vol)
+    assert sum(f.stat().st_size for f in out.rglob("*")) < sum(f.stat().st_size for f in raw.rglob("*")) / 2
+    # a lower quality gives smaller chunks and a larger error
+    low = write_precomputed(tmp_path / "l.precomputed", vol, spacing=(40.0, 4.0, 4.0), encoding="jpeg",
+                            jpeg_quality=30, sharded=sharded)
+    assert np.abs(np.asarray(read_image(low).data[:]).astype(int) - vol).mean() > err.mean()
+
+
+def test_convert_writes_jpeg_chunks_and_refuses_them_elsewhere(tmp_path, capsys, monkeypatch):
+    from napari_emdiffuse.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    vol = np.random.default_rng(4).integers(0, 256, (4, 48, 40), dtype=np.uint8)
+    write_image(tmp_path / "vol.tif", vol, spacing=(40.0, 4.0, 4.0))
+    write_image(tmp_path / "f.tif", vol.astype(np.float32), spacing=(40.0, 4.0, 4.0))
+    assert main(["convert", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "v.precomputed"), "--encoding", "jpeg",
+                 "--jpeg-quality", "95"]) == 0
+    info = json.loads((tmp_path / "v.precomputed" / "info").read_text())
+    assert {s["encoding"] for s in info["scales"]} == {"jpeg"}
+    assert np.abs(np.asarray(read_image(tmp_path / "v.precomputed").data[:]).astype(int) - vol).mean() < 20
+    capsys.readouterr()
+    for args, words in [
+        (["vol.tif", "-o", "v.tif", "--encoding", "jpeg"], "sets a .precomputed output's chunks; 'v.tif' is not one"),
+        (["vol.tif", "-o", "q.precomputed", "--encoding", "jpeg", "--jpeg-quality", "0"], "from 1 to 100, not 0"),
+        (["f.tif", "-o", "f.precomputed", "--encoding", "jpeg"], "they hold 8-bit pixels, not float32"),
+        (["vol.tif", "f.tif", "-o", "batch", "--encoding", "jpeg"], "add --to .precomputed"),
+    ]:
+        assert main(["convert", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.tif", "v.precomputed", "vol.tif"]
+    with pytest.raises(InputError, match="jpeg chunks are a .precomputed output's; 'x.zarr' is not one"):
+        write_image(tmp_path / "x.zarr", vol, chunk_encoding="jpeg")

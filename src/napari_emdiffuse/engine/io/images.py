@@ -221,6 +221,8 @@ def write_image(
     zarr_format: int = 2,
     origin: tuple[float, ...] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    chunk_encoding: str = "raw",
+    jpeg_quality: int = 90,
 ) -> Path | str:
     """Write an image or volume as TIFF, MRC, zarr or neuroglancer precomputed, chosen by the
     extension, atomically.
@@ -265,12 +267,20 @@ def write_image(
         TIFF or MRC by URL with ``("upload", bytes uploaded, bytes in all)`` while it is
         uploaded (:func:`~.fileurl.upload_file`). An exception it raises stops the write or
         the upload, and nothing is left.
+    chunk_encoding, jpeg_quality
+        A ``.precomputed`` output's chunks: ``raw`` or ``jpeg`` of that quality (8-bit pixels;
+        :func:`~.precomputed_write.write_precomputed`); other outputs refuse ``jpeg``.
 
     Returns
     -------
     pathlib.Path or str
         The final path (a URL as given).
     """
+    from .precomputed_write import check_encoding
+
+    encoded = check_encoding(chunk_encoding, jpeg_quality)
+    if encoded[0] != "raw" and suffix_of(Path(str(path).rstrip("/"))) != PRECOMPUTED_SUFFIX:
+        raise InputError(f"{encoded[0]} chunks are a .precomputed output's; '{Path(str(path)).name}' is not one")
     if is_file_url(str(path)):  # a TIFF or MRC by URL: written here, then uploaded whole
         from .fileurl import check_file_url, file_url_exists, uploaded
 
@@ -282,7 +292,7 @@ def write_image(
         sent = None if progress is None else (lambda done, total: progress("upload", done, total))
         with uploaded(url, progress=sent) as local:
             write_image(local, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin,
-                        progress=progress)
+                        progress=progress, chunk_encoding=encoded[0], jpeg_quality=encoded[1])
         return url
     writer: Any = ZarrWriter
     if is_url(str(path)) and str(path).rstrip("/").lower().endswith(ZARR_SUFFIX):  # a store by URL
@@ -304,7 +314,7 @@ def write_image(
         from .precomputed_write import write_precomputed
 
         return write_precomputed(p, array, spacing=spacing, unit=unit, origin=origin, provenance=provenance,
-                                 progress=written)
+                                 progress=written, encoding=encoded[0], jpeg_quality=encoded[1])
     if isinstance(p, Path) and suffix_of(p) in MRC_SUFFIXES:
         return write_mrc(p, array, spacing=spacing, unit=unit, axes=axes, provenance=provenance, origin=origin,
                          progress=written)

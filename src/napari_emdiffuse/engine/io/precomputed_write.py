@@ -9,7 +9,9 @@ as the slices are thick), so neuroglancer shows a volume of any size at any zoom
 
 Chunks are ``raw`` (little-endian, x fastest) and uncompressed, named
 ``<x0>-<x1>_<y0>-<y1>_<z0>-<z1>``: a web server or bucket serves them as they are (``gsutil -m
-cp -r -Z`` compresses them on the way to a bucket). Thin sections (z at least 4x coarser than
+cp -r -Z`` compresses them on the way to a bucket). 8-bit volumes may be written with ``jpeg``
+chunks instead (one greyscale picture ``x`` wide and ``y * z`` tall per chunk, as neuroglancer
+reads them): several times smaller, lossy, as large EM datasets are served for viewing. Thin sections (z at least 4x coarser than
 the pixels) get 128 x 128 x 16 chunks, others 64 x 64 x 64. A scale of :data:`SHARD_FROM`
 chunks or more is sharded (:mod:`.sharded`: one file per aligned box of chunks, identity
 hash), as igneous writes large volumes: a terabyte is then thousands of files, not millions.
@@ -40,10 +42,12 @@ from .pyramid import halve, level_plan
 from .sharded import ShardingSpec, morton_bits, morton_key, shard_bytes, shard_extent, shard_name
 from .units import nm_factor, tidy
 
-__all__ = ["PRECOMPUTED_DTYPES", "SHARD_FROM", "precomputed_chunks", "write_precomputed"]
+__all__ = ["ENCODINGS", "PRECOMPUTED_DTYPES", "SHARD_FROM", "check_encoding", "precomputed_chunks", "write_precomputed"]
 
 #: The data types neuroglancer shows; float64 is written as float32, bool as uint8.
 PRECOMPUTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
+#: The chunk encodings written: raw (any type) and jpeg (uint8; lossy, of a quality 1-100).
+ENCODINGS = ("raw", "jpeg")
 #: Pixels read and written at once (a unit of whole chunks): bounds the memory of a large copy.
 _UNIT_PIXELS = 2**24
 #: Units written at once.
@@ -85,6 +89,37 @@ def _dtype(dtype: np.dtype, where: Path) -> np.dtype:
     return dtype
 
 
+def check_encoding(encoding: str, quality: int) -> tuple[str, int]:
+    """A chunk encoding of :data:`ENCODINGS` and a JPEG quality of 1 to 100; one line otherwise.
+
+    Examples
+    --------
+    >>> check_encoding("JPEG", 85)
+    ('jpeg', 85)
+    >>> check_encoding("png", 90)
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: unknown chunk encoding 'png'; choose raw or jpeg
+    """
+    kind = str(encoding).strip().lower()
+    if kind not in ENCODINGS:
+        raise InputError(f"unknown chunk encoding {encoding!r}; choose {' or '.join(ENCODINGS)}")
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise InputError(f"JPEG quality must be a whole number from 1 to 100, not {quality!r}")
+    return kind, int(quality)
+
+
+def _chunk_bytes(piece: np.ndarray, dtype: np.dtype, encoding: tuple[str, int]) -> bytes:
+    """One chunk (z y x) as stored: raw little-endian bytes, or one JPEG picture ``x`` wide and
+    ``y * z`` tall."""
+    if encoding[0] == "jpeg":
+        import imagecodecs
+
+        flat = np.ascontiguousarray(piece, dtype=np.uint8).reshape(-1, piece.shape[-1])
+        return bytes(imagecodecs.jpeg8_encode(flat, level=encoding[1]))
+    return np.ascontiguousarray(piece, dtype=dtype.newbyteorder("<")).tobytes()
+
+
 def _voxel_offset(origin: tuple[float, ...] | None, spacing: tuple[float, ...] | None) -> list[int]:
     """A whole-voxel origin as the (x, y, z) offset; anything else (between voxels, none) at 0."""
     if origin is None or spacing is None:
@@ -107,9 +142,8 @@ def _units(shape: tuple[int, ...], chunks: tuple[int, ...], pixels: int) -> list
 
 
 def _write_unit(folder: Path, block: np.ndarray, at: tuple[int, int, int], chunks: tuple[int, ...],
-                offset: list[int], dtype: np.dtype) -> None:
+                offset: list[int], dtype: np.dtype, encoding: tuple[str, int]) -> None:
     """Write ``block`` (whose first voxel is ``at``, z y x) as the chunk files it covers."""
-    le = dtype.newbyteorder("<")
     for z in range(0, block.shape[0], chunks[0]):
         for y in range(0, block.shape[1], chunks[1]):
             for x in range(0, block.shape[2], chunks[2]):
@@ -117,7 +151,7 @@ def _write_unit(folder: Path, block: np.ndarray, at: tuple[int, int, int], chunk
                 lo = [a + b + o for a, b, o in zip((x, y, z), reversed(at), offset)]  # x y z, offset included
                 hi = [a + n for a, n in zip(lo, reversed(piece.shape))]
                 name = "_".join(f"{a}-{b}" for a, b in zip(lo, hi))
-                (folder / name).write_bytes(np.ascontiguousarray(piece, dtype=le).tobytes())
+                (folder / name).write_bytes(_chunk_bytes(piece, dtype, encoding))
 
 
 def _sharding(shape: tuple[int, ...], chunks: tuple[int, ...], chunk_read: int) -> dict[str, Any]:
@@ -142,17 +176,17 @@ def _shard_units(shape: tuple[int, ...], chunks: tuple[int, ...], spec: dict) ->
 
 
 def _write_shard(folder: Path, block: np.ndarray, at: tuple[int, ...], chunks: tuple[int, ...], shape: tuple[int, ...],
-                 spec: dict, dtype: np.dtype) -> None:
+                 spec: dict, dtype: np.dtype, encoding: tuple[str, int]) -> None:
     """Write ``block`` (one shard's box, first voxel ``at``) as that shard's file."""
     parsed = ShardingSpec.parse(spec, str(folder))
     bits = morton_bits(tuple(-(-n // c) for n, c in zip(shape, chunks))[::-1])
-    le, pieces = dtype.newbyteorder("<"), {}
+    pieces = {}
     for z in range(0, block.shape[0], chunks[0]):
         for y in range(0, block.shape[1], chunks[1]):
             for x in range(0, block.shape[2], chunks[2]):
                 cell = ((at[2] + x) // chunks[2], (at[1] + y) // chunks[1], (at[0] + z) // chunks[0])  # x y z
                 piece = block[z : z + chunks[0], y : y + chunks[1], x : x + chunks[2]]
-                pieces[morton_key(cell, bits)] = np.ascontiguousarray(piece, dtype=le).tobytes()
+                pieces[morton_key(cell, bits)] = _chunk_bytes(piece, dtype, encoding)
     shard = next(iter(pieces)) >> (parsed.preshift_bits + parsed.minishard_bits)
     (folder / shard_name(shard, parsed)).write_bytes(shard_bytes(pieces, parsed))
 
@@ -171,6 +205,8 @@ def write_precomputed(
     provenance: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     sharded: bool | None = None,
+    encoding: str = "raw",
+    jpeg_quality: int = 90,
 ) -> Path:
     """Write a 2D image or a ZYX volume as a neuroglancer precomputed folder, with its levels.
 
@@ -195,6 +231,12 @@ def write_precomputed(
         Pack each scale's chunks into ``.shard`` files (neuroglancer's uint64 sharded format,
         identity-hashed: each shard an aligned box of chunks of about 32 MB). Default: a scale
         of :data:`SHARD_FROM` chunks or more is sharded, a smaller one one file per chunk.
+    encoding : {"raw", "jpeg"}
+        How each chunk is stored: ``raw`` (exact, any pixel type) or ``jpeg`` (8-bit pixels
+        only; lossy, several times smaller, as large EM volumes are served for viewing; every
+        scale, the levels made from the JPEG pixels above them).
+    jpeg_quality : int
+        The JPEG quality, 1 to 100 (90: differences of a grey level or two on EM images).
     progress : callable, optional
         Called with ``(blocks written, blocks)`` at the start and as each block of every scale
         is written; an exception it raises stops the write (within the blocks under way) and
@@ -221,6 +263,10 @@ def write_precomputed(
         raise InputError(f"cannot write '{p}': a precomputed volume holds one 2D image or one ZYX volume, "
                          f"not shape {shape}")
     dtype = _dtype(np.dtype(array.dtype), p)
+    encoded = check_encoding(encoding, jpeg_quality)
+    if encoded[0] == "jpeg" and dtype != np.uint8:
+        raise InputError(f"cannot write '{p}' with jpeg chunks: they hold 8-bit pixels, not {np.dtype(array.dtype)}; "
+                         "write raw chunks, or convert the image to uint8 first")
     if spacing is not None and len(spacing) != len(shape):
         raise InputError(f"cannot write '{p}': {len(spacing)} pixel sizes for {len(shape)} axes")
     nm = nm_factor(unit) if spacing is not None else None
@@ -237,12 +283,12 @@ def write_precomputed(
     offset = _voxel_offset(at, res)
     levels = level_plan(shape, spacing)  # 2D: lateral halving only
     scales = [{"key": _key(full_res), "size": list(reversed(zyx)), "voxel_offset": offset, "resolution": full_res,
-               "chunk_sizes": [list(reversed(chunks))], "encoding": "raw"}]
+               "chunk_sizes": [list(reversed(chunks))], "encoding": encoded[0]}]
     for lv in levels:
         fz, fy, fx = (1, *lv.factors) if flat else lv.factors
         lz = (1, *lv.shape) if flat else lv.shape
         r = [full_res[0] * fx, full_res[1] * fy, full_res[2] * fz]
-        scales.append({"key": _key(r), "size": list(reversed(lz)), "resolution": r, "encoding": "raw",
+        scales.append({"key": _key(r), "size": list(reversed(lz)), "resolution": r, "encoding": encoded[0],
                        "voxel_offset": [o // f for o, f in zip(offset, (fx, fy, fz))],
                        "chunk_sizes": [list(reversed(precomputed_chunks(lz, (r[2], r[1], r[0]))))]})
     # a level's blocks read 4 (8) times their pixels from the level above
@@ -293,9 +339,10 @@ def write_precomputed(
                     block = (block[None] if flat else block).astype(dtype, copy=False)
                 starts, chunk = tuple(sl.start for sl in unit_), tuple(reversed(s["chunk_sizes"][0]))
                 if "sharding" in s:
-                    _write_shard(tmp / s["key"], block, starts, chunk, tuple(reversed(s["size"])), s["sharding"], dtype)
+                    _write_shard(tmp / s["key"], block, starts, chunk, tuple(reversed(s["size"])), s["sharding"], dtype,
+                                 encoded)
                 else:
-                    _write_unit(tmp / s["key"], block, starts, chunk, s["voxel_offset"], dtype)
+                    _write_unit(tmp / s["key"], block, starts, chunk, s["voxel_offset"], dtype, encoded)
 
             # blocks written side by side (reading, file writes and the means release the GIL)
             with ThreadPoolExecutor(_THREADS) as pool:
