@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="write an image in another format, with its pixel size",
                        description="read any input this tool reads (DigitalMicrograph, Velox, N5, HDF5, MRC, zarr, "
-                                   "TIFF, pictures) and write it as TIFF (Fiji sees the pixel size), MRC or zarr; a "
+                                   "TIFF, pictures, precomputed) and write it as TIFF (Fiji sees the pixel size), MRC, zarr or neuroglancer precomputed; a "
                                    "stack larger than memory is copied slice by slice")
     p.add_argument("input", metavar="IN", nargs="+",
                    help="the image, e.g. scan.dm4, stem.emd/HAADF, vol.n5/em/s0; or several files or a folder "

@@ -857,7 +857,7 @@ def test_restore_widget_restores_files_on_disk_into_a_folder(viewer, qtbot, mode
     assert any("2 of 3 files were restored by an earlier run" in m for m in shown)
 
 
-def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors):
+def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors, tmp_path):
     img = (np.random.default_rng(1).random((2, 24, 20)) * 4000).astype(np.uint16)
     viewer.add_image(img, name="stack", scale=(50.0, 8.0, 8.0), translate=(0.0, 16.0, 32.0))
     w = _sr_dock(viewer, models)
@@ -870,6 +870,19 @@ def test_restore_widget_super_resolution_geometry(viewer, qtbot, models, errors)
     assert tuple(out.scale) == (50.0, 4.0, 4.0)
     assert tuple(out.translate) == (0.0, 14.0, 30.0)  # translate - scale/4 in Y and X
     assert "stack_sr2_uncertainty" not in viewer.layers  # one sample: no uncertainty
+    memory = np.asarray(out.data).copy()
+    # into an MRC stack: the same pixels at half the pixel size, shown where they were
+    from napari_emdiffuse.engine.io.images import read_image
+
+    w.output.setText(str(tmp_path / "sr.mrc"))
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    back = read_image(tmp_path / "sr.mrc")
+    assert np.array_equal(back.data, memory) and back.spacing == (50.0, 4.0, 4.0)
+    out = viewer.layers["stack_sr2"]
+    assert tuple(out.scale) == (50.0, 4.0, 4.0) and tuple(out.translate) == (0.0, 14.0, 30.0)
+    assert np.array_equal(np.asarray(out.data), memory) and "stack_sr2_uncertainty" not in viewer.layers
 
 
 def test_a_tczyx_ome_zarr_opens_and_restores_as_a_zyx_stack(viewer, qtbot, models, errors, tmp_path):
@@ -1168,6 +1181,14 @@ def test_restore_widget_restores_the_region_in_view(viewer, qtbot, models, error
     back = read_image(store)
     assert back.origin == (70.0, 20.0 + 2 * x0) and back.spacing == (2.0, 2.0)
     assert np.array_equal(np.asarray(back.data), same.mean)
+    # into a TIFF: the same region, which lies where it does when opened again
+    w.output.setText(str(tmp_path / "part.tif"))
+    assert w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    back = read_image(tmp_path / "part.tif")
+    assert back.origin == (70.0, 20.0 + 2 * x0) and np.array_equal(back.data, same.mean)
+    assert tuple(viewer.layers["big2d_denoised"].translate) == (70.0, 20.0 + 2 * x0)
     w.output.setText("")
     viewer.dims.ndisplay = 3
     assert not w.run() and "switch the viewer to 2D" in errors[-1]
