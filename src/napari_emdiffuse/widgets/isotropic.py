@@ -259,7 +259,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
             "whole volume: a quick look before a long run; the whole run then replaces it. With a .zarr output: "
             "a store of that part that opens over the input"
         )
-        self.output, out_row = output_row(self, "in memory (or a .zarr, .tif, .mrc, .precomputed path)",
+        self.output, out_row = output_row(self, "in memory, or a .zarr/.tif/.mrc path",
                                            "Write the isotropic volume to")
         self._lay_out(
             [

@@ -369,7 +369,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             "and read with context around it: a quick look at the settings before a long run; the whole run "
             "then replaces it. With a .zarr output: that part of every slice, into a store that opens over the input"
         )
-        self.output, out_row = output_row(self, "in memory (or a .zarr, .tif, .mrc, .precomputed path)",
+        self.output, out_row = output_row(self, "in memory, or a .zarr/.tif/.mrc path",
                                           "Restore into")
         self.z_filter = QComboBox()
         self.z_filter.setEditable(True)
