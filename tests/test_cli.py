@@ -1008,8 +1008,8 @@ def test_info_says_what_will_be_read(tmp_path, capsys):
 
 
 def test_a_tiff_stack_runs_on_a_local_cluster_into_zarr(tmp_path, tiny_model_dir, capsys):
-    """--workers takes any input (staged for the workers) but writes zarr only, and prints
-    what emdiffuse says, not dask's logs."""
+    """--workers takes any input (staged for the workers), writes zarr, or a file through a
+    store they fill, and prints what emdiffuse says, not dask's logs."""
     import zarr
 
     stack = (np.random.default_rng(2).random((3, 40, 48)) * 255).astype(np.uint8)
@@ -1024,10 +1024,17 @@ def test_a_tiff_stack_runs_on_a_local_cluster_into_zarr(tmp_path, tiny_model_dir
     one = tifffile.imread(tmp_path / "one.tif")
     assert two.shape == stack.shape and np.abs(two.astype(int) - one.astype(int)).max() <= 1
     assert not list(tmp_path.glob(".two.zarr.work-*"))  # the staged copy is gone
+    # a file output: the workers fill a hidden store beside it, which is then written into it and removed
+    run = run_cli("denoise", str(src), "-o", str(tmp_path / "three.precomputed"), "--workers", "1", *common)
+    assert run.returncode == 0 and "the workers write zarr stores; it goes through a temporary .zarr" in run.stderr
+    three = np.asarray(read_image(tmp_path / "three.precomputed").data[:])
+    assert np.abs(three.astype(int) - one.astype(int)).max() <= 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no store, no staged copy
     capsys.readouterr()
-    assert main(["denoise", str(src), "-o", str(tmp_path / "three.tif"), "--workers", "1", *common]) == 2
+    assert main(["denoise", str(src), "-o", f"local://{tmp_path}/b/x.tif", "--scheduler", "tcp://127.0.0.1:9",
+                 *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith("--workers/--scheduler need a .zarr output") and not (tmp_path / "three.tif").exists()
+    assert err[-1].endswith("write x.zarr there, then 'emdiffuse convert x.zarr -o x.tif'"), err
 
 
 def test_a_batch_runs_its_files_side_by_side_on_local_workers(tmp_path, tiny_model_dir):

@@ -128,10 +128,12 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
                    help="network arithmetic (default fp32; bf16 needs a GPU or a CPU with native bf16)")
     c = p.add_mutually_exclusive_group()
-    c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes, one GPU each (zarr output; "
-                   "an input that is not zarr is copied for them first). A batch: N files side by side, any output")
-    c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (zarr output; a "
-                   "batch: its files, on storage the workers reach)")
+    c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes, one GPU each (they "
+                   "write a zarr output, or a temporary store beside a TIFF, MRC or precomputed one, which is then "
+                   "written from it; an input that is not zarr is copied for them first). A batch: N files side by "
+                   "side, any output")
+    c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (as --workers, on "
+                   "storage the workers reach; a result by URL must be a .zarr store; a batch: its files)")
     p.add_argument("--resume", action="store_true",
                    help="zarr output: if the run fails or is stopped, keep its finished blocks (beside the output, "
                         "unfinished); run the same command with --resume again to continue from them. A TIFF or MRC "

@@ -19,7 +19,7 @@ from typing import Any
 
 from .engine.errors import InputError
 from .engine.events import Progress
-from .engine.io.common import PRECOMPUTED_SUFFIX, ZARR_SUFFIX, ImageData, streams_lazily, suffix_of
+from .engine.io.common import ZARR_SUFFIX, ImageData, streams_lazily, suffix_of
 from .engine.io.zarrfmt import check_zarr_format
 
 __all__ = [
@@ -112,10 +112,11 @@ def upload_notes(*outputs: tuple[Any, Any]) -> list[Progress]:
 
 
 def spill_store(out: Path | str, shape: tuple[int, ...], image: Any, *, uncertainty: bool,
-                resume: bool = False) -> tuple[Path | None, str | None]:
-    """A hidden zarr store beside a TIFF or MRC output whose image or stack would not fit in
-    memory (the file is then written from it piece by piece), and the note saying so; (None,
-    None) where the result fits. With ``resume`` its name is the output's own
+                resume: bool = False, workers: bool = False) -> tuple[Path | None, str | None]:
+    """A hidden zarr store beside a TIFF, MRC or precomputed output whose image or stack would
+    not fit in memory, or that dask workers write (``workers``: they write zarr stores), from
+    which the file is then written piece by piece; and the note saying so; (None, None) where
+    the result fits and no workers run. With ``resume`` its name is the output's own
     (``.<name>.resumable.zarr``), so that the next run of the same job finds it: a stopped
     run keeps it, unfinished or finished (:func:`keep_spill`). An output by URL has it in a
     local folder (:func:`~.engine.io.fileurl.staging_dir`: with ``resume``, the same one for
@@ -128,20 +129,24 @@ def spill_store(out: Path | str, shape: tuple[int, ...], image: Any, *, uncertai
     name = str(out).rstrip("/").rsplit("/", 1)[-1] if is_url(str(out)) else Path(out).name
     if suffix_of(Path(name)) == ZARR_SUFFIX or len(shape) not in (2, 3):
         return None, None
-    try:
-        check_fits_in_memory(shape, output_dtype(None, image), uncertainty=uncertainty)
-        return None, None
-    except InputError as exc:
-        folder = staging_dir(str(out), resume=resume) if is_url(str(out)) else Path(out).parent
-        where = f"in '{folder}' (a URL's file is written here, then uploaded)" if is_url(str(out)) else f"beside '{name}'"
-        told = (f"note: {str(exc).split(';')[0]}; it goes through a temporary .zarr {where}, then into "
-                f"{'it' if not is_url(str(out)) else 'the file'}{' slice by slice' if len(shape) == 3 else ''}")
-        if resume:
-            return folder / f".{name}.resumable.zarr", told + " (kept if the run stops: --resume continues it)"
-        if is_url(str(out)):  # its staging folder goes whole
-            return folder / f".{name}.partial-{secrets.token_hex(4)}.zarr", told
-        remove_orphans_beside(Path(out))  # a killed run's store of this output (and its file's partial)
-        return partial_beside(Path(out), ZARR_SUFFIX), told
+    if workers:
+        why = "the workers write zarr stores"
+    else:
+        try:
+            check_fits_in_memory(shape, output_dtype(None, image), uncertainty=uncertainty)
+            return None, None
+        except InputError as exc:
+            why = str(exc).split(";")[0]
+    folder = staging_dir(str(out), resume=resume) if is_url(str(out)) else Path(out).parent
+    where = f"in '{folder}' (a URL's file is written here, then uploaded)" if is_url(str(out)) else f"beside '{name}'"
+    told = (f"note: {why}; it goes through a temporary .zarr {where}, then into "
+            f"{'it' if not is_url(str(out)) else 'the file'}{' slice by slice' if len(shape) == 3 else ''}")
+    if resume:
+        return folder / f".{name}.resumable.zarr", told + " (kept if the run stops: --resume continues it)"
+    if is_url(str(out)):  # its staging folder goes whole
+        return folder / f".{name}.partial-{secrets.token_hex(4)}.zarr", told
+    remove_orphans_beside(Path(out))  # a killed run's store of this output (and its file's partial)
+    return partial_beside(Path(out), ZARR_SUFFIX), told
 
 
 def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | None, data: Any, source: str,
@@ -312,24 +317,25 @@ def _place(where: Any) -> Any:
 
 
 def _zarr_output(out: Any, unc: Any, distributed: Any, resume: bool, zarr_format: int = 2) -> bool:
-    """Whether ``out`` is a zarr store; refuses what needs one (a cluster; any input: one that
-    is not zarr is staged for the workers) when it is not, and a non-zarr uncertainty beside
-    it. ``resume`` with a TIFF or MRC output keeps the temporary store of a result too large
-    for memory (:func:`spill_store`). A file by URL is checked here, before any work
-    (:mod:`~.engine.io.fileurl`; a store by URL is checked as it is opened)."""
+    """Whether ``out`` is a zarr store; refuses what needs one when it is not (zarr format 3;
+    a remote cluster's result by URL, which goes through a store here that its workers cannot
+    reach), and a non-zarr uncertainty beside a store. A local cluster (``--workers``) writes
+    a TIFF, MRC or precomputed output through a hidden store beside it (:func:`spill_store`),
+    as does a result too large for memory, which ``resume`` keeps. A file by URL is checked
+    here, before any work (:mod:`~.engine.io.fileurl`; a store by URL is checked as it is
+    opened)."""
     from .engine.io.common import is_url
     from .engine.io.fileurl import check_file_url
 
     for given in (out, unc):
         if given is not None and is_url(str(given)) and suffix_of(Path(str(given))) != ZARR_SUFFIX:
             check_file_url(str(given))
+    given_out = out
     out, unc = Path(str(out)), Path(str(unc)) if unc is not None else None  # names only: a URL's too
     zarr_out = suffix_of(out) == ZARR_SUFFIX
-    if distributed and not zarr_out:
-        if suffix_of(out) == PRECOMPUTED_SUFFIX:
-            raise InputError(f"--workers/--scheduler need a .zarr output; write {out.stem}.zarr, then "
-                             f"'emdiffuse convert {out.stem}.zarr -o {out.name}' makes the precomputed volume")
-        raise InputError("--workers/--scheduler need a .zarr output")
+    if distributed == "scheduler" and not zarr_out and is_url(str(given_out)):
+        raise InputError(f"a remote cluster (--scheduler) writes a result by URL as a .zarr store; write {out.stem}.zarr "
+                         f"there, then 'emdiffuse convert {out.stem}.zarr -o {out.name}'")
     if check_zarr_format(zarr_format) != 2 and not zarr_out:
         raise InputError(f"--zarr-format {zarr_format} sets the format of a .zarr output; '{out.name}' is not one")
     if zarr_out and unc is not None and suffix_of(unc) != ZARR_SUFFIX:
@@ -374,9 +380,10 @@ def restore_file_iter(
 
     ``model``: a loaded model, a callable that loads it, a name or path, or None (the bundled
     default), loaded once the input has been read and checked (a bad input is refused before
-    any model loads). ``workers`` / ``scheduler``
-    (a ``.zarr`` output only) hand the cluster ``model_ref`` (its name or path) and ``arch``;
-    ``resume`` continues an unfinished ``.zarr`` output, ``zarr_format`` (2 or 3) is its format.
+    any model loads). ``workers`` / ``scheduler`` hand the cluster ``model_ref`` (its name or
+    path) and ``arch``; they write a ``.zarr`` output, or the hidden store beside a TIFF, MRC or
+    precomputed one, which is then written from it (:func:`spill_store`). ``resume`` continues
+    an unfinished ``.zarr`` output, ``zarr_format`` (2 or 3) is its format.
     The rest are the sampling options of :func:`~napari_emdiffuse.api.restore`.
 
     Raises
@@ -398,7 +405,7 @@ def restore_file_iter(
         yield note(text)
     check_one_channel(tuple(data.data.shape), data.axes, name)
     validate_image(data.data)
-    zarr_out = _zarr_output(out, unc, workers or scheduler, resume, zarr_format)
+    zarr_out = _zarr_output(out, unc, "scheduler" if scheduler else workers, resume, zarr_format)
     distributed = bool(workers or scheduler)
     model = loaded_model(model, task, arch, sampling.get("device"))
     if (fine := pixel_size_note(model.card, data.spacing, data.unit)) is not None:
@@ -422,14 +429,17 @@ def restore_file_iter(
     else:
         hw = tuple(data.data.shape[-2:])
     spill, told = spill_store(out, (*data.data.shape[:-2], hw[0] * s, hw[1] * s), data.data, uncertainty=unc is not None,
-                              resume=resume)  # fmt: skip
-    if spill is not None:  # too large for memory: through a store beside the output
+                              resume=resume, workers=distributed)  # fmt: skip
+    if spill is not None:  # too large for memory, or written by workers: through a store beside the output
         yield note(told)
         spill_unc = _spill_uncertainty(spill) if unc else None
         finished = False
         try:
-            yield from progress_only(restore_to_zarr_iter(data.data, spill, task, model, uncertainty_out=spill_unc,
-                                                           spacing=data.spacing, resume=resume, overwrite=True, **sampling))
+            yield from progress_only(restore_to_zarr_iter(
+                data.data, spill, task, model_ref if distributed else model, uncertainty_out=spill_unc,
+                spacing=data.spacing, resume=resume, overwrite=True, workers=workers, scheduler=scheduler,
+                arch=arch if distributed else None, **sampling,
+            ))
             attrs = dict(open_zarr_readonly(spill).attrs)
             for text in fill_notes(attrs.get("normalisation")):
                 yield note(text)
@@ -493,9 +503,9 @@ def reconstruct_file_iter(
     ``default_factor`` for a file that records none (a batch of calibrated and uncalibrated
     volumes). ``model``: a name, a path, a loaded model or None (the bundled model for the
     factor; models load once per process). A result too large for memory bound for a TIFF or
-    MRC goes through a hidden store beside it (:func:`spill_store`). ``workers`` /
-    ``scheduler`` / ``resume`` / ``zarr_format`` 3 need a ``.zarr`` output; the rest are the options of
-    :func:`~napari_emdiffuse.api.reconstruct_isotropic`.
+    MRC goes through a hidden store beside it (:func:`spill_store`), and so does a result of
+    ``workers`` / ``scheduler`` bound for one. ``zarr_format`` 3 needs a ``.zarr`` output; the
+    rest are the options of :func:`~napari_emdiffuse.api.reconstruct_isotropic`.
 
     Raises
     ------
@@ -525,14 +535,15 @@ def reconstruct_file_iter(
         factor = default_factor
         yield note(f"note: '{Path(name).name}' does not say its voxel size; factor {factor} as given")
     f = int(factor) if factor is not None else factor_from_spacing(data.spacing)
-    zarr_out = _zarr_output(out, unc, workers or scheduler, resume, zarr_format)
+    zarr_out = _zarr_output(out, unc, "scheduler" if scheduler else workers, resume, zarr_format)
     store, store_unc = (out, unc) if zarr_out else (None, None)
-    if not zarr_out:  # a volume too large for memory: through a store beside the output
+    if not zarr_out:  # a volume too large for memory, or written by workers: through a store beside the output
         z, y, x = data.data.shape
         if sampling.get("region") is not None:  # in memory, the region's size
             ys, xs = check_region(sampling["region"], (y, x))
             y, x = ys.stop - ys.start, xs.stop - xs.start
-        store, told = spill_store(out, ((z - 1) * f + 1, y, x), data.data, uncertainty=unc is not None, resume=resume)
+        store, told = spill_store(out, ((z - 1) * f + 1, y, x), data.data, uncertainty=unc is not None, resume=resume,
+                                  workers=bool(workers or scheduler))
         if store is not None:
             yield note(told)
             store_unc = _spill_uncertainty(store) if unc else None

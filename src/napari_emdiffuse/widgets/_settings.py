@@ -168,7 +168,8 @@ def is_store(output: Any) -> bool:
 
 
 def check_workers(workers: Any, output: str) -> None:
-    """Local dask workers: 0 (run in napari) or a number of processes, into a zarr store.
+    """Local dask workers: 0 (run in napari) or a number of processes, writing into an output
+    (a zarr store, or the hidden store a TIFF, MRC or precomputed result is written from).
 
     Examples
     --------
@@ -176,12 +177,12 @@ def check_workers(workers: Any, output: str) -> None:
     >>> check_workers(2, "")
     Traceback (most recent call last):
     ...
-    napari_emdiffuse.engine.errors.EMDiffuseError: workers run the blocks into a zarr store: give a .zarr output
+    napari_emdiffuse.engine.errors.EMDiffuseError: workers write into an output: give a .zarr, .tif, .mrc or .precomputed path
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise EMDiffuseError(f"workers must be 0 (in napari) or a number of processes, not {workers!r}")
-    if workers and not is_store(output):
-        raise EMDiffuseError("workers run the blocks into a zarr store: give a .zarr output")
+    if workers and not output:
+        raise EMDiffuseError("workers write into an output: give a .zarr, .tif, .mrc or .precomputed path")
 
 
 def check_resume(resume: Any, output: str) -> None:

@@ -81,7 +81,8 @@ class IsotropicOptions(WidgetOptions):
         output's measured slices are then the denoised ones.
     workers : int
         0: run in napari. N: run the blocks on a new local dask cluster of N processes (one
-        GPU each where there are several); needs a ``.zarr`` output.
+        GPU each where there are several); needs an output path (a ``.tif``, ``.mrc`` or
+        ``.precomputed`` one is written from the zarr store they fill).
     resume : bool
         ``.zarr`` output: a cancelled or failed run keeps its finished blocks, and the next
         run of the same image, model and options continues from them.
@@ -335,7 +336,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
             if out is not None and not is_store(out):  # a TIFF, MRC or precomputed volume, as the command line writes one
                 from ..files import reconstruct_file_iter
 
-                drop = ("out", "uncertainty", "workers", "zarr_format")
+                drop = ("out", "uncertainty", "zarr_format")
                 file_kwargs = {k: v for k, v in kwargs.items() if k not in drop}
                 return reconstruct_file_iter(layer_image(data, source, layer, origin=origin), out, model,
                                              uncertainty_out=unc_out, **file_kwargs)

@@ -106,7 +106,8 @@ class RestoreOptions(WidgetOptions):
         slices look alike), ``off``, or a width in slices (0-3).
     workers : int
         0: run in napari. N: run the blocks on a new local dask cluster of N processes (one
-        GPU each where there are several); needs a ``.zarr`` output.
+        GPU each where there are several); needs an output path (a ``.tif``, ``.mrc`` or
+        ``.precomputed`` one is written from the zarr store they fill).
     resume : bool
         ``.zarr`` output: a cancelled or failed run keeps its finished blocks, and the next
         run of the same image, model and options continues from them.
@@ -459,7 +460,8 @@ class RestoreWidget(FilesMixin, DockWidget):
                 from ..files import restore_file_iter
 
                 return restore_file_iter(layer_image(data, source, layer, origin=origin), out, opts.task, model,
-                                         arch=arch, uncertainty_out=unc_out, resume=opts.resume, **kwargs)
+                                         arch=arch, uncertainty_out=unc_out, resume=opts.resume,
+                                         workers=opts.workers or None, model_ref=model, **kwargs)
             from ..api import restore_iter
 
             return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)
