@@ -13,7 +13,7 @@ from typing import Any
 
 from .engine.errors import InputError
 from .engine.events import Progress
-from .engine.io.common import ZARR_SUFFIX, is_url, suffix_of
+from .engine.io.common import PRECOMPUTED_SUFFIX, ZARR_SUFFIX, is_url, suffix_of
 from .engine.io.zarrfmt import check_zarr_format
 from .files import ISOTROPIC_TASKS, loaded_model, note, progress_only, reconstruct_file_iter, restore_file_iter
 
@@ -84,6 +84,8 @@ def restore_files_iter(
     if zarr_format != 2 and not (ext or "").endswith(ZARR_SUFFIX) and not is_url(str(out_dir)):
         raise InputError(f"--zarr-format {zarr_format} is the format of .zarr results; add --to .zarr (or .ome.zarr) "
                          "for a batch")
+    if options.get("chunk_encoding", "raw") != "raw" and ext != PRECOMPUTED_SUFFIX:
+        raise InputError(f"{options['chunk_encoding']} chunks are .precomputed outputs'; add --to .precomputed")
     plan = plan_batch(expand_inputs(list(inputs)), out_dir, uncertainty_dir, ext=ext)
     total = len(plan)
     stores = bool(plan) and suffix_of(Path(str(plan[0][1]))) == ZARR_SUFFIX

@@ -122,6 +122,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     _one_output(args)
     check_one_image(args.input[0])
     args.input = args.input[0]
+    _check_encoding(args, batch=False)
     out, unc = _check_outputs(args, args.output, args.uncertainty, urls=True)
     return _restore_one(args, _load_restorer, out, unc)
 
@@ -136,7 +137,8 @@ def _restore_batch(args: argparse.Namespace) -> int:
     from .batches import restore_files_iter
     from .files import ISOTROPIC_TASKS, note
 
-    kw = _sampling_kwargs(args)
+    _check_encoding(args, batch=True)
+    kw = _sampling_kwargs(args) | _encoding_kwargs(args)
     distributed = bool(args.workers or args.scheduler)
     if args.task in ISOTROPIC_TASKS:  # each volume's factor picks the bundled model: hand over the name
         model: Any = args.model
@@ -182,7 +184,7 @@ def _restore_batch(args: argparse.Namespace) -> int:
 def _restore_one(args: argparse.Namespace, load: Any, out: Path, unc: Path | None) -> int:
     from .files import restore_file_iter
 
-    kw = _sampling_kwargs(args)
+    kw = _sampling_kwargs(args) | _encoding_kwargs(args)
     kw.pop("arch")
     wrote = drive(restore_file_iter(
         args.input, out, args.task, lambda: load(args), uncertainty_out=unc, channel=args.channel, time=args.time,
@@ -210,8 +212,9 @@ def _cmd_isotropic(args: argparse.Namespace) -> int:
     _one_output(args)
     check_one_image(args.input[0], "reconstruct")
     args.input = args.input[0]
+    _check_encoding(args, batch=False)
     out, unc = _check_outputs(args, args.output, args.uncertainty, urls=True)
-    kw = _sampling_kwargs(args)
+    kw = _sampling_kwargs(args) | _encoding_kwargs(args)
     wrote = drive(reconstruct_file_iter(
         args.input, out, args.model, factor=args.factor, mode=args.mode, uncertainty_out=unc, channel=args.channel,
         time=args.time, voxel_size=getattr(args, "voxel_size", None), workers=args.workers, scheduler=args.scheduler,
@@ -232,18 +235,30 @@ def _read_input(args: argparse.Namespace) -> Any:
     return data
 
 
-def _cmd_convert(args: argparse.Namespace) -> int:
+def _encoding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """A ``.precomputed`` output's chunks (``--encoding``, ``--jpeg-quality``)."""
+    return {"chunk_encoding": args.encoding, "jpeg_quality": args.jpeg_quality}
+
+
+def _check_encoding(args: argparse.Namespace, batch: bool) -> None:
+    """``--encoding`` and ``--jpeg-quality`` before any work: JPEG chunks need a
+    ``.precomputed`` output (a batch: ``--to .precomputed``)."""
     from .engine.errors import InputError
-    from .engine.io.batch import check_one_image, expand_inputs, is_batch, plan_batch
-    from .engine.io.common import PRECOMPUTED_SUFFIX, suffix_of
     from .engine.io.precomputed_write import check_encoding
 
     check_encoding(args.encoding, args.jpeg_quality)
+    if args.encoding != "raw" and batch and args.to != ".precomputed":
+        raise InputError(f"--encoding {args.encoding} sets .precomputed outputs' chunks; add --to .precomputed")
+    if not batch:
+        check_encoding(args.encoding, args.jpeg_quality, args.output)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .engine.errors import InputError
+    from .engine.io.batch import check_one_image, expand_inputs, is_batch, plan_batch
+
     batch = is_batch(args.input, args.output)
-    bound = args.to if batch else suffix_of(Path(str(args.output).rstrip("/")))
-    if args.encoding != "raw" and bound != PRECOMPUTED_SUFFIX:
-        raise InputError(f"--encoding {args.encoding} sets a .precomputed output's chunks; "
-                         + ("add --to .precomputed" if batch else f"'{Path(str(args.output)).name}' is not one"))
+    _check_encoding(args, batch)
     if not batch:
         check_one_image(args.input[0], "convert")
         args.input = args.input[0]

@@ -93,6 +93,14 @@ def _batch_format_option(p: argparse.ArgumentParser) -> None:
                         "A .zarr result is written block by block, and --resume continues an unfinished one")
 
 
+def _encoding_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoding", choices=["raw", "jpeg"], default="raw",
+                   help="a .precomputed output's chunks: raw (default; exact) or jpeg (8-bit images only; lossy and "
+                        "several times smaller, as large EM volumes are served to neuroglancer)")
+    p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
+                   help="the JPEG quality of --encoding jpeg, 1 to 100 (default 90)")
+
+
 def _zarr_format_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zarr-format", type=int, choices=[2, 3], default=2, metavar="{2,3}",
                    help=".zarr output: 2 (default; every zarr reader opens it) or 3 "
@@ -140,6 +148,7 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
                         "output too large for memory: the same for its temporary store. A batch: leave out the files "
                         "whose outputs exist")
     _zarr_format_option(p)
+    _encoding_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,11 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "volume, of which only those chunks are read")
     p.add_argument("--slices", type=_non_negative, nargs=2, metavar=("Z0", "Z1"), default=None,
                    help="a stack or volume: write only its sections Z0:Z1")
-    p.add_argument("--encoding", choices=["raw", "jpeg"], default="raw",
-                   help="a .precomputed output's chunks: raw (default; exact) or jpeg (8-bit images only; lossy and "
-                        "several times smaller, as large EM volumes are served to neuroglancer)")
-    p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
-                   help="the JPEG quality of --encoding jpeg, 1 to 100 (default 90)")
+    _encoding_options(p)
     _zarr_format_option(p)
     _pick_options(p)
     _voxel_option(p)

@@ -150,9 +150,10 @@ def spill_store(out: Path | str, shape: tuple[int, ...], image: Any, *, uncertai
 
 
 def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | None, data: Any, source: str,
-                  attrs: dict, origin: Any = None, progress: Any = None) -> list[str]:
-    """Write the finished stores of a spilled run (:func:`spill_store`) into the TIFF / MRC
-    outputs, at ``origin`` (:func:`corner_origin`)."""
+                  attrs: dict, origin: Any = None, progress: Any = None, **encoding: Any) -> list[str]:
+    """Write the finished stores of a spilled run (:func:`spill_store`) into the TIFF / MRC /
+    precomputed outputs, at ``origin`` (:func:`corner_origin`); ``encoding``: the image's
+    chunks (:func:`write_results`)."""
     from .engine.inference.provenance import provenance
     from .engine.io.zarr import open_zarr_readonly
 
@@ -163,7 +164,7 @@ def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | No
     axes = "ZYX"[-image.ndim:]
     std = open_zarr_readonly(spill_unc) if unc is not None and spill_unc is not None and spill_unc.exists() else None
     return write_results(out, image, unc, std, spacing=spacing, unit=unit, axes=axes, made=made, origin=origin,
-                         progress=progress)
+                         progress=progress, **encoding)
 
 
 def corner_origin(data: Any, region: Any) -> tuple[float, ...] | None:
@@ -182,12 +183,14 @@ def corner_origin(data: Any, region: Any) -> tuple[float, ...] | None:
 
 
 def write_results(out: Path, image: Any, unc: Path | None, std: Any, *, spacing: Any, unit: str, axes: str | None,
-                  made: dict, origin: Any = None, progress: Any = None) -> list[str]:
+                  made: dict, origin: Any = None, progress: Any = None, chunk_encoding: str = "raw",
+                  jpeg_quality: int = 90) -> list[str]:
     """Write a result and, where there is one and it is asked for, its uncertainty (first: a
     result on disk is then whole with its uncertainty, which ``resume`` relies on), at its
     ``origin`` (zarr outputs record it); what was written. ``progress(where, stage, done,
     total)`` while a lazy result is written piece by piece and while a file by URL is
-    uploaded (:func:`~.engine.io.images.write_image`; :func:`writing`)."""
+    uploaded (:func:`~.engine.io.images.write_image`; :func:`writing`). ``chunk_encoding`` /
+    ``jpeg_quality``: a precomputed image's chunks (its float uncertainty stays raw)."""
     from .engine.io.images import write_image
 
     def told(where: Any) -> Any:
@@ -198,7 +201,8 @@ def write_results(out: Path, image: Any, unc: Path | None, std: Any, *, spacing:
         write_image(unc, std, spacing=spacing, unit=unit, axes=axes, origin=origin,
                     provenance={**made, "what": "uncertainty (std, input units)"}, progress=told(unc))
         wrote.append(f"{unc} (uncertainty)")
-    write_image(out, image, spacing=spacing, unit=unit, axes=axes, provenance=made, origin=origin, progress=told(out))
+    write_image(out, image, spacing=spacing, unit=unit, axes=axes, provenance=made, origin=origin, progress=told(out),
+                chunk_encoding=chunk_encoding, jpeg_quality=jpeg_quality)
     return wrote
 
 
@@ -343,6 +347,19 @@ def _zarr_output(out: Any, unc: Any, distributed: Any, resume: bool, zarr_format
     return zarr_out
 
 
+def _check_chunks(out: Any, image: Any, chunk_encoding: str, jpeg_quality: int) -> dict[str, Any]:
+    """A precomputed output's chunk encoding, checked before any work: JPEG needs a
+    ``.precomputed`` output and 8-bit results; the keywords of :func:`write_results`."""
+    from .engine.inference.checks import output_dtype
+    from .engine.io.precomputed_write import check_encoding
+
+    kind, quality = check_encoding(chunk_encoding, jpeg_quality, out)
+    if kind == "jpeg" and (dtype := output_dtype(None, image)) != "uint8":
+        raise InputError(f"jpeg chunks hold 8-bit pixels; the result of '{Path(str(out)).name}' would be {dtype}: "
+                         "write raw chunks")
+    return {"chunk_encoding": kind, "jpeg_quality": quality}
+
+
 def _told_first(event: Progress, gen: Generator) -> Generator[Any, None, Any]:
     """``gen``'s items, ``event`` before the first: said once the engine has accepted the job
     (a refused one is told in its one line alone)."""
@@ -370,6 +387,8 @@ def restore_file_iter(
     arch: str | None = None,
     resume: bool = False,
     zarr_format: int = 2,
+    chunk_encoding: str = "raw",
+    jpeg_quality: int = 90,
     **sampling: Any,
 ) -> Generator[Any, None, None]:
     """Denoise or super-resolve the image file ``src`` into ``out`` (``.tif``, ``.mrc``,
@@ -383,7 +402,8 @@ def restore_file_iter(
     any model loads). ``workers`` / ``scheduler`` hand the cluster ``model_ref`` (its name or
     path) and ``arch``; they write a ``.zarr`` output, or the hidden store beside a TIFF, MRC or
     precomputed one, which is then written from it (:func:`spill_store`). ``resume`` continues
-    an unfinished ``.zarr`` output, ``zarr_format`` (2 or 3) is its format.
+    an unfinished ``.zarr`` output, ``zarr_format`` (2 or 3) is its format; ``chunk_encoding``
+    (``raw`` or ``jpeg``) and ``jpeg_quality`` a ``.precomputed`` output's chunks.
     The rest are the sampling options of :func:`~napari_emdiffuse.api.restore`.
 
     Raises
@@ -406,6 +426,7 @@ def restore_file_iter(
     check_one_channel(tuple(data.data.shape), data.axes, name)
     validate_image(data.data)
     zarr_out = _zarr_output(out, unc, "scheduler" if scheduler else workers, resume, zarr_format)
+    chunks = _check_chunks(out, data.data, chunk_encoding, jpeg_quality)
     distributed = bool(workers or scheduler)
     model = loaded_model(model, task, arch, sampling.get("device"))
     if (fine := pixel_size_note(model.card, data.spacing, data.unit)) is not None:
@@ -448,7 +469,8 @@ def restore_file_iter(
                                     (unc, open_zarr_readonly(spill_unc) if written_unc else None))
             origin = corner_origin(data, sampling.get("region"))
             wrote = yield from writing(lambda told: write_spilled(out, unc, spill, spill_unc, data, name, attrs,
-                                                                  origin=origin, progress=told), out, unc, pieces=True)
+                                                                  origin=origin, progress=told, **chunks),
+                                       out, unc, pieces=True)
             finished = True
             yield wrote
         finally:
@@ -471,7 +493,7 @@ def restore_file_iter(
     origin = corner_origin(data, sampling.get("region"))
     yield (yield from writing(lambda told: write_results(
         out, result.mean, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes=axes, made=made,
-        origin=origin, progress=told), out, unc, pieces=streams_lazily(result.mean)))
+        origin=origin, progress=told, **chunks), out, unc, pieces=streams_lazily(result.mean)))
 
 
 def reconstruct_file_iter(
@@ -491,6 +513,8 @@ def reconstruct_file_iter(
     denoise: Any = None,
     resume: bool = False,
     zarr_format: int = 2,
+    chunk_encoding: str = "raw",
+    jpeg_quality: int = 90,
     **sampling: Any,
 ) -> Generator[Any, None, None]:
     """Make the anisotropic volume in file ``src`` isotropic into ``out`` (``.tif``, ``.mrc``,
@@ -504,8 +528,9 @@ def reconstruct_file_iter(
     volumes). ``model``: a name, a path, a loaded model or None (the bundled model for the
     factor; models load once per process). A result too large for memory bound for a TIFF or
     MRC goes through a hidden store beside it (:func:`spill_store`), and so does a result of
-    ``workers`` / ``scheduler`` bound for one. ``zarr_format`` 3 needs a ``.zarr`` output; the
-    rest are the options of :func:`~napari_emdiffuse.api.reconstruct_isotropic`.
+    ``workers`` / ``scheduler`` bound for one. ``zarr_format`` 3 needs a ``.zarr`` output;
+    ``chunk_encoding`` / ``jpeg_quality`` set a ``.precomputed`` output's chunks; the rest are
+    the options of :func:`~napari_emdiffuse.api.reconstruct_isotropic`.
 
     Raises
     ------
@@ -536,6 +561,7 @@ def reconstruct_file_iter(
         yield note(f"note: '{Path(name).name}' does not say its voxel size; factor {factor} as given")
     f = int(factor) if factor is not None else factor_from_spacing(data.spacing)
     zarr_out = _zarr_output(out, unc, "scheduler" if scheduler else workers, resume, zarr_format)
+    chunks = _check_chunks(out, data.data, chunk_encoding, jpeg_quality)
     store, store_unc = (out, unc) if zarr_out else (None, None)
     if not zarr_out:  # a volume too large for memory, or written by workers: through a store beside the output
         z, y, x = data.data.shape
@@ -572,8 +598,8 @@ def reconstruct_file_iter(
                                     (unc, open_zarr_readonly(store_unc) if written_unc else None))
             attrs = {**result.info, "spacing": result.spacing}
             wrote = yield from writing(lambda told: write_spilled(out, unc, store, store_unc, data, name, attrs,
-                                                                  origin=result.origin, progress=told), out, unc,
-                                       pieces=True)
+                                                                  origin=result.origin, progress=told, **chunks),
+                                       out, unc, pieces=True)
             finished = True
             yield wrote
             return
@@ -588,4 +614,4 @@ def reconstruct_file_iter(
     yield from upload_notes((out, result.volume), (unc, result.uncertainty))
     yield (yield from writing(lambda told: write_results(
         out, result.volume, unc, result.uncertainty, spacing=result.spacing, unit=data.unit or "nm", axes="ZYX",
-        made=made, origin=result.origin, progress=told), out, unc, pieces=streams_lazily(result.volume)))
+        made=made, origin=result.origin, progress=told, **chunks), out, unc, pieces=streams_lazily(result.volume)))

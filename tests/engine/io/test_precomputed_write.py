@@ -137,7 +137,8 @@ def test_the_command_line_writes_and_rewrites_precomputed_and_zarr_outputs(tmp_p
     assert main(["convert", str(tmp_path / "vol.tif"), str(tmp_path / "vol.tif"), "-o", str(tmp_path / "b.precomputed")]) == 2
     assert "named like a file" in capsys.readouterr().err
     assert not (tmp_path / "b.precomputed").exists()
-    assert main(["denoise", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "c.precomputed"), "--workers", "2"]) == 2
+    url = f"local://{tmp_path}/bucket/c.precomputed"  # a remote cluster's result by URL: a store, then convert
+    assert main(["denoise", str(tmp_path / "vol.tif"), "-o", url, "--scheduler", "tcp://127.0.0.1:9"]) == 2
     assert "then 'emdiffuse convert c.zarr -o c.precomputed'" in capsys.readouterr().err
 
 
@@ -234,7 +235,9 @@ def test_jpeg_chunks_are_one_picture_per_chunk_within_the_quality_s_error(tmp_pa
     assert np.abs(np.asarray(read_image(low).data[:]).astype(int) - vol).mean() > err.mean()
 
 
-def test_convert_writes_jpeg_chunks_and_refuses_them_elsewhere(tmp_path, capsys, monkeypatch):
+def test_convert_and_restorations_write_jpeg_chunks_and_refuse_them_elsewhere(tmp_path, capsys, monkeypatch):
+    """``--encoding jpeg``: convert's and every restoration's ``.precomputed`` output (the image's
+    chunks; the float uncertainty stays raw), refused in one line before any work elsewhere."""
     from napari_emdiffuse.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -248,7 +251,7 @@ def test_convert_writes_jpeg_chunks_and_refuses_them_elsewhere(tmp_path, capsys,
     assert np.abs(np.asarray(read_image(tmp_path / "v.precomputed").data[:]).astype(int) - vol).mean() < 20
     capsys.readouterr()
     for args, words in [
-        (["vol.tif", "-o", "v.tif", "--encoding", "jpeg"], "sets a .precomputed output's chunks; 'v.tif' is not one"),
+        (["vol.tif", "-o", "v.tif", "--encoding", "jpeg"], "jpeg chunks are a .precomputed output's; 'v.tif' is not one"),
         (["vol.tif", "-o", "q.precomputed", "--encoding", "jpeg", "--jpeg-quality", "0"], "from 1 to 100, not 0"),
         (["f.tif", "-o", "f.precomputed", "--encoding", "jpeg"], "they hold 8-bit pixels, not float32"),
         (["vol.tif", "f.tif", "-o", "batch", "--encoding", "jpeg"], "add --to .precomputed"),
@@ -256,6 +259,28 @@ def test_convert_writes_jpeg_chunks_and_refuses_them_elsewhere(tmp_path, capsys,
         assert main(["convert", *args]) == 2, args
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.tif", "v.precomputed", "vol.tif"]
+    # a restoration (a batch too) writes its image with JPEG chunks, its uncertainty raw
+    fast = ["--model", "demo-denoise", "--device", "cpu", "--tile", "32"]
+    assert main(["denoise", "vol.tif", "-o", "d.precomputed", "--uncertainty", "u.precomputed", "--encoding", "jpeg",
+                 *fast]) == 0
+    assert json.loads((tmp_path / "d.precomputed" / "info").read_text())["scales"][0]["encoding"] == "jpeg"
+    assert json.loads((tmp_path / "u.precomputed" / "info").read_text())["scales"][0]["encoding"] == "raw"
+    assert main(["denoise", "vol.tif", "-o", "raw.precomputed", *fast]) == 0
+    jpeg, exact = (np.asarray(read_image(tmp_path / n).data[:]).astype(int) for n in ("d.precomputed", "raw.precomputed"))
+    assert 0 < np.abs(jpeg - exact).mean() < 3  # the same restoration, compressed
+    capsys.readouterr()
+    for args, words in [
+        (["denoise", "vol.tif", "-o", "d.tif", "--encoding", "jpeg"], "'d.tif' is not one"),
+        (["denoise", "f.tif", "-o", "g.precomputed", "--encoding", "jpeg"], "would be float32: write raw chunks"),
+        (["isotropic", "vol.tif", "-o", "i.mrc", "--encoding", "jpeg"], "'i.mrc' is not one"),
+        (["denoise", "vol.tif", "f.tif", "-o", "b/", "--encoding", "jpeg"], "add --to .precomputed"),
+    ]:
+        assert main([*args, *fast]) == 2, args
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.precomputed", "f.tif", "raw.precomputed", "u.precomputed",
+                                                          "v.precomputed", "vol.tif"]
+    assert main(["denoise", "vol.tif", "-o", "b/", "--to", ".precomputed", "--encoding", "jpeg", *fast]) == 0
+    assert json.loads((tmp_path / "b" / "vol.precomputed" / "info").read_text())["scales"][0]["encoding"] == "jpeg"
     with pytest.raises(InputError, match="jpeg chunks are a .precomputed output's; 'x.zarr' is not one"):
         write_image(tmp_path / "x.zarr", vol, chunk_encoding="jpeg")

@@ -278,9 +278,7 @@ def write_image(
     """
     from .precomputed_write import check_encoding
 
-    encoded = check_encoding(chunk_encoding, jpeg_quality)
-    if encoded[0] != "raw" and suffix_of(Path(str(path).rstrip("/"))) != PRECOMPUTED_SUFFIX:
-        raise InputError(f"{encoded[0]} chunks are a .precomputed output's; '{Path(str(path)).name}' is not one")
+    encoded = check_encoding(chunk_encoding, jpeg_quality, path)
     if is_file_url(str(path)):  # a TIFF or MRC by URL: written here, then uploaded whole
         from .fileurl import check_file_url, file_url_exists, uploaded
 

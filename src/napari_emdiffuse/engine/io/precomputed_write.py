@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import InputError
 from .atomic import fsync_dir, partial_beside, remove_orphans_beside, remove_path, replace_dir
-from .common import check_output_path
+from .common import PRECOMPUTED_SUFFIX, check_output_path, suffix_of
 from .pyramid import halve, level_plan
 from .sharded import ShardingSpec, morton_bits, morton_key, shard_bytes, shard_extent, shard_name
 from .units import nm_factor, tidy
@@ -89,8 +89,10 @@ def _dtype(dtype: np.dtype, where: Path) -> np.dtype:
     return dtype
 
 
-def check_encoding(encoding: str, quality: int) -> tuple[str, int]:
-    """A chunk encoding of :data:`ENCODINGS` and a JPEG quality of 1 to 100; one line otherwise.
+def check_encoding(encoding: str, quality: int, where: str | os.PathLike[str] | None = None) -> tuple[str, int]:
+    """A chunk encoding of :data:`ENCODINGS` and a JPEG quality of 1 to 100, for an output
+    ``where`` (a name or URL) that must then be a ``.precomputed`` one unless the chunks are
+    raw; one line otherwise.
 
     Examples
     --------
@@ -100,12 +102,18 @@ def check_encoding(encoding: str, quality: int) -> tuple[str, int]:
     Traceback (most recent call last):
     ...
     napari_emdiffuse.engine.errors.InputError: unknown chunk encoding 'png'; choose raw or jpeg
+    >>> check_encoding("jpeg", 90, "clean.tif")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: jpeg chunks are a .precomputed output's; 'clean.tif' is not one
     """
     kind = str(encoding).strip().lower()
     if kind not in ENCODINGS:
         raise InputError(f"unknown chunk encoding {encoding!r}; choose {' or '.join(ENCODINGS)}")
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
         raise InputError(f"JPEG quality must be a whole number from 1 to 100, not {quality!r}")
+    if kind != "raw" and where is not None and suffix_of(Path(str(where).rstrip("/"))) != PRECOMPUTED_SUFFIX:
+        raise InputError(f"{kind} chunks are a .precomputed output's; '{Path(str(where).rstrip('/')).name}' is not one")
     return kind, int(quality)
 
 
