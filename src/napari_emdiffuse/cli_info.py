@@ -91,6 +91,9 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
     if isinstance(data, PrecomputedArray) and len(scales := precomputed_scales(data.location)) > 1:
         record["levels"] = len(scales)
         line += f"; {len(scales)} scales ({data.name} read)"
+    if isinstance(data, PrecomputedArray):  # how its chunks are stored: jpeg is lossy
+        record["encoding"] = data.encoding
+        line += f"; {data.encoding} chunks" + (", sharded" if data.shards is not None else "")
     if data.ndim == 3 and data.shape[0] >= 3:
         try:  # whether denoising averages it along z (a central crop is read)
             found = slice_alikeness(data)

@@ -250,6 +250,8 @@ def test_convert_and_restorations_write_jpeg_chunks_and_refuse_them_elsewhere(tm
     assert {s["encoding"] for s in info["scales"]} == {"jpeg"}
     assert np.abs(np.asarray(read_image(tmp_path / "v.precomputed").data[:]).astype(int) - vol).mean() < 20
     capsys.readouterr()
+    assert main(["info", "v.precomputed", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["encoding"] == "jpeg"  # info says the chunks are lossy
     for args, words in [
         (["vol.tif", "-o", "v.tif", "--encoding", "jpeg"], "jpeg chunks are a .precomputed output's; 'v.tif' is not one"),
         (["vol.tif", "-o", "q.precomputed", "--encoding", "jpeg", "--jpeg-quality", "0"], "from 1 to 100, not 0"),
