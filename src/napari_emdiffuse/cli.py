@@ -290,7 +290,7 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
     from .engine.io.views import cutout
     from .engine.io.images import write_image
     from .engine.io.spacing import output_origin
-    from .files import writing
+    from .outputs import writing
 
     data = _read_input(args)
     ndim = data.data.ndim

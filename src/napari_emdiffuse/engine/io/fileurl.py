@@ -12,7 +12,7 @@ stopped or failed run leaves nothing there; an existing object is replaced at on
 local output file is. A file system reached through fsspec (``local://``, a mounted bucket)
 gets the upload under a hidden name beside the URL, then renamed.
 
-A result too large for memory goes through a zarr store first (``files.spill_store``): by
+A result too large for memory goes through a zarr store first (``outputs.spill_store``): by
 URL it lies in :func:`staging_dir`, which for a resumable run is the same folder on every
 run of the same output, so that the next run on this machine finds the finished blocks.
 """
