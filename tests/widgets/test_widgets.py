@@ -1015,8 +1015,16 @@ def test_restore_widget_writes_tiff_mrc_and_precomputed_outputs(viewer, qtbot, m
         shown = viewer.layers["scan_denoised"]
         assert np.array_equal(np.asarray(shown.data).squeeze(), memory) and tuple(shown.translate) == (16.0, 24.0)
         assert "scan_denoised_uncertainty" in viewer.layers
-        assert f"written to '{out}' and its uncertainty" in w.status.text()
+        assert f"written to '{out}' and its uncertainty in " in w.status.text() and " s on cpu" in w.status.text()
+        assert w.device.used.text() == "used: cpu"
     assert read_image(tmp_path / "scan.tif").origin == (16.0, 24.0)  # where it lies, as napari places it
+    # a result too large for memory with keep finished blocks: its store is kept if stopped, and Cancel says so
+    from napari_emdiffuse.engine.events import Progress
+
+    assert not w._resumable
+    w._estimate(Progress("note", 0, 0, message="note: ...; it goes through a temporary .zarr beside 'x.tif', then "
+                         "into it (kept if the run stops: --resume continues it)"), "restoring")
+    assert w._resumable and w.run_notes[-1].startswith("...; it goes through")
     # on a local cluster of one process: the workers fill a store beside the file, then it is written
     w.output.setText(str(tmp_path / "workers.tif"))
     w.workers.setValue(1)

@@ -194,7 +194,9 @@ class DockWidget(QWidget):
                 notify_info(ev.message)
             return
         if ev.stage == "note":
-            self.run_notes.append(str(ev.message).removeprefix("note: "))
+            text = str(ev.message).removeprefix("note: ")
+            self._resumable = self._resumable or "--resume continues it" in text  # a file's store kept if stopped
+            self.run_notes.append(text)
             return
         left = self._time_left.update(ev)
         if left is not None and left > 30:
@@ -214,9 +216,13 @@ class DockWidget(QWidget):
         names, geometry, made = place(tuple(image.shape))
         self.last_outputs = show_outputs(self.viewer, source, geometry, (names[0], image), (names[1], unc),
                                          {**made, "output": wrote[0]})
+        from ..engine.models.device import resolve_device
+
+        device = str(resolve_device(self.device.value()))  # what the run resolved the choice to
+        self.device.set_used(device)
         also = " and its uncertainty" if unc is not None else ""
         self.status.setText(f"'{names[0]}' {tuple(image.shape)} written to '{wrote[0]}'{also} in {self._elapsed():.1f} s"
-                            + "".join(f"; {n}" for n in self.run_notes))
+                            f" on {device}" + "".join(f"; {n}" for n in self.run_notes))
 
     def _elapsed(self) -> float:
         """Seconds since the run started."""
