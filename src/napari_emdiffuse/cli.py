@@ -62,8 +62,7 @@ def _check_outputs(args: argparse.Namespace, *outs: str | None, urls: bool = Fal
     uploaded: :mod:`~.engine.io.fileurl`)."""
     from .engine.errors import InputError
     from .engine.io.common import check_output_path, is_url
-    from .engine.io.fileurl import check_file_url
-    from .engine.io.zarrurl import check_output_url
+    from .engine.io.zarrurl import check_output_place
 
     inp = Path(args.input)
     checked: list[Any] = []
@@ -74,9 +73,7 @@ def _check_outputs(args: argparse.Namespace, *outs: str | None, urls: bool = Fal
         if urls and is_url(out):
             if str(out).rstrip("/") == str(args.input).rstrip("/"):
                 raise InputError(f"output '{out}' is the input file; choose another name")
-            zarr_out = out.rstrip("/").lower().endswith(".zarr")
-            checked.append(check_output_url(out, resume=bool(getattr(args, "resume", False))) if zarr_out
-                           else check_file_url(out))
+            checked.append(check_output_place(out, resume=bool(getattr(args, "resume", False))))
             continue
         path = check_output_path(out)
         if _same_file(path, inp):
@@ -86,10 +83,6 @@ def _check_outputs(args: argparse.Namespace, *outs: str | None, urls: bool = Fal
                                                 else isinstance(checked[1], Path) and _same_file(checked[0], checked[1])):
         raise InputError("the output and the uncertainty output are the same file")
     return checked
-
-
-def _is_zarr(path: Path | str) -> bool:
-    return str(path).rstrip("/").lower().endswith(".zarr")  # a path, or a store's URL
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -286,7 +279,7 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
 
     from .engine.errors import InputError
     from .engine.inference.checks import check_fits_in_memory
-    from .engine.io.common import MRC_SUFFIXES, streams_lazily, suffix_of
+    from .engine.io.common import MRC_SUFFIXES, is_zarr_name, streams_lazily, suffix_of
     from .engine.io.views import cutout
     from .engine.io.images import write_image
     from .engine.io.spacing import output_origin
@@ -306,14 +299,14 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
             raise InputError(f"'{args.input}' is {' x '.join(str(n) for n in data.data.shape)}: smaller than one "
                              f"{args.bin} x {args.bin} bin")
         data.data = bin_lateral(data.data, args.bin)
-        if _is_zarr(out):  # a bin's pixel centre; TIFF counts from corners, where a bin starts with its pixels
+        if is_zarr_name(out):  # a bin's pixel centre; TIFF counts from corners, where a bin starts with its pixels
             data.origin = output_origin(data.origin, data.spacing, ndim, scale=1 / args.bin)
         if data.spacing is not None:
             data.spacing = (*data.spacing[:-2], *(v * args.bin for v in data.spacing[-2:]))
-    if not _is_zarr(out) and not isinstance(data.data, np.ndarray) and not streams_lazily(data.data):
+    if not is_zarr_name(out) and not isinstance(data.data, np.ndarray) and not streams_lazily(data.data):
         check_fits_in_memory(tuple(data.data.shape), data.data.dtype, uncertainty=False)  # a lazy 2D image
     axes = data.axes if data.axes and len(data.axes) == data.data.ndim else None
-    if not _is_zarr(out) and suffix_of(Path(str(out))) in MRC_SUFFIXES:
+    if not is_zarr_name(out) and suffix_of(Path(str(out))) in MRC_SUFFIXES:
         axes = None  # MRC has one layout: a series of frames is stored as its sections
     made = {"converted from": str(args.input), **({"region": list(args.region)} if args.region is not None else {}),
             **({"slices": list(args.slices)} if args.slices is not None else {})}
@@ -325,54 +318,10 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
                            progress=None if told is None else (lambda stage, done, total: told(out, stage, done, total)))
 
     # An input read lazily goes piece by piece, with a bar (a cutout by URL reads as it goes)
-    lazy = not isinstance(data.data, np.ndarray) if _is_zarr(out) else streams_lazily(data.data)
+    lazy = not isinstance(data.data, np.ndarray) if is_zarr_name(out) else streams_lazily(data.data)
     drive(writing(write, out, pieces=lazy))
     size = "no pixel size" if data.spacing is None else " x ".join(f"{v:g}" for v in data.spacing) + f" {data.unit or ''}"
     print(f"wrote {out} ({' x '.join(str(n) for n in data.data.shape)} {data.data.dtype}, {size.strip()})", file=sys.stderr)
-    return 0
-
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    import json
-
-    from .cli_info import describe, info_names
-    from .engine.errors import InputError
-    from .engine.io.common import is_url
-    from .engine.io.stores import partials_beside, store_exists, unfinished_runs
-
-    failed = 0
-    for name in [n for given in args.input for n in info_names(given)]:  # a file's datasets, each
-        try:
-            runs = unfinished_runs(name if is_url(name) else Path(name)) if _is_zarr(name) else []
-        except Exception:  # noqa: BLE001 - a URL not listed (no access): describe() says why
-            runs = []
-        if not args.json:
-            for store, done, total in runs:  # a zarr output whose run goes on, or stopped
-                print(f"{name}: unfinished resumable run in '{store}': {done} of {total or '?'} blocks done "
-                      "(the same command with --resume continues it)")
-        if runs and not store_exists(name if is_url(name) else Path(name)):
-            if args.json:
-                print(json.dumps({"path": name, "unfinished_runs": [[str(s), d, t] for s, d, t in runs]}))
-            continue
-        try:
-            try:
-                others = partials_beside(name) if is_url(name) and _is_zarr(name) and not store_exists(name) else []
-            except Exception:  # noqa: BLE001 - not listed (no such bucket, no access): describe() says why
-                others = []
-            if others:  # chunks at the URL (a run writes them there), no metadata yet
-                raise InputError(f"'{name}' is no zarr store yet: a run writing it goes on, or one stopped that cannot "
-                                 f"resume (its record: '{others[0]}'; delete both if none runs)")
-            record, line = describe(name, channel=args.channel, time=args.time)
-        except InputError as exc:
-            print(json.dumps({"path": name, "error": str(exc)}) if args.json else f"{PROG}: {exc}",
-                  file=sys.stdout if args.json else sys.stderr)
-            failed += 1
-            continue
-        if runs:
-            record["unfinished_runs"] = [[str(s), d, t] for s, d, t in runs]
-        print(json.dumps(record) if args.json else line)
-    if failed:
-        raise InputError(f"{failed} of {len(args.input)} inputs could not be read (reasons above)")
     return 0
 
 
@@ -510,6 +459,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     print(f"saved model to {path}", file=sys.stderr)
     return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .cli_info import info_command
+
+    return info_command(args)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:

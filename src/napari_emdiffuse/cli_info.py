@@ -4,10 +4,58 @@ as a line or a JSON record."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe", "info_names"]
+__all__ = ["describe", "info_command", "info_names"]
+
+
+def info_command(args: argparse.Namespace) -> int:
+    """Print how each input is read (a line, or ``--json`` records), and the unfinished
+    resumable runs of a zarr output; exit status 2 when an input could not be read."""
+    import json
+
+    from .engine.errors import InputError
+    from .cli_progress import PROG
+    from .engine.io.common import is_url, is_zarr_name
+    from .engine.io.stores import partials_beside, store_exists, unfinished_runs
+
+    failed = 0
+    for name in [n for given in args.input for n in info_names(given)]:  # a file's datasets, each
+        try:
+            runs = unfinished_runs(name if is_url(name) else Path(name)) if is_zarr_name(name) else []
+        except Exception:  # noqa: BLE001 - a URL not listed (no access): describe() says why
+            runs = []
+        if not args.json:
+            for store, done, total in runs:  # a zarr output whose run goes on, or stopped
+                print(f"{name}: unfinished resumable run in '{store}': {done} of {total or '?'} blocks done "
+                      "(the same command with --resume continues it)")
+        if runs and not store_exists(name if is_url(name) else Path(name)):
+            if args.json:
+                print(json.dumps({"path": name, "unfinished_runs": [[str(s), d, t] for s, d, t in runs]}))
+            continue
+        try:
+            try:
+                others = partials_beside(name) if is_url(name) and is_zarr_name(name) and not store_exists(name) else []
+            except Exception:  # noqa: BLE001 - not listed (no such bucket, no access): describe() says why
+                others = []
+            if others:  # chunks at the URL (a run writes them there), no metadata yet
+                raise InputError(f"'{name}' is no zarr store yet: a run writing it goes on, or one stopped that cannot "
+                                 f"resume (its record: '{others[0]}'; delete both if none runs)")
+            record, line = describe(name, channel=args.channel, time=args.time)
+        except InputError as exc:
+            print(json.dumps({"path": name, "error": str(exc)}) if args.json else f"{PROG}: {exc}",
+                  file=sys.stdout if args.json else sys.stderr)
+            failed += 1
+            continue
+        if runs:
+            record["unfinished_runs"] = [[str(s), d, t] for s, d, t in runs]
+        print(json.dumps(record) if args.json else line)
+    if failed:
+        raise InputError(f"{failed} of {len(args.input)} inputs could not be read (reasons above)")
+    return 0
 
 
 def info_names(given: str) -> list[str]:

@@ -32,7 +32,7 @@ from napari_emdiffuse.widgets._controls import (  # noqa: E402
     resolve_browsed,
 )
 from napari_emdiffuse.widgets._jobs import report_error  # noqa: E402
-from napari_emdiffuse.widgets._layers import check_output  # noqa: E402
+from napari_emdiffuse.engine.io.zarrurl import check_output_place as check_output  # noqa: E402
 from napari_emdiffuse.widgets._settings import Settings  # noqa: E402
 from napari_emdiffuse.widgets._lossplot import LossHistory, eta_text, to_canvas  # noqa: E402
 from napari_emdiffuse.widgets.finetune import FinetuneOptions, default_output, parse_doses, parse_lr  # noqa: E402

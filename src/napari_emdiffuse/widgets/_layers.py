@@ -22,7 +22,6 @@ __all__ = [
     "visible_pixels",
     "region_in_view",
     "LayerCombo",
-    "check_output",
     "layer_image",
     "read_back",
     "refuse_own_file",
@@ -317,37 +316,6 @@ class LayerCombo(QComboBox):
 
 # ----------------------------------------------------------------------------------------------
 # zarr outputs
-
-
-def check_output(path: str, *, resume: bool = False) -> Path | str:
-    """A dock's output, before any work: a ``.zarr`` store (its folder must exist), a TIFF,
-    MRC or neuroglancer ``.precomputed`` result (written when whole, as the command line
-    writes them), or either by an object store's URL (:mod:`~..engine.io.zarrurl`: a store
-    with nothing there yet, or with ``resume`` a finished one that may be this run's own;
-    :mod:`~..engine.io.fileurl` for files). One line otherwise.
-
-    Examples
-    --------
-    >>> check_output("scan.png")
-    Traceback (most recent call last):
-    ...
-    napari_emdiffuse.engine.errors.InputError: cannot write 'scan.png': .png is read only here; write .tif, .mrc or .zarr (they keep the pixel size)
-    """
-    from ..engine.io.common import ZARR_SUFFIX, check_output_path, is_url, suffix_of
-
-    path = path.strip()
-    if is_url(path):
-        if suffix_of(Path(path.rstrip("/"))) != ZARR_SUFFIX:
-            from ..engine.io.fileurl import check_file_url
-
-            return check_file_url(path)
-        from ..engine.io.zarrurl import check_output_url
-
-        return check_output_url(path, resume=resume)
-    p = check_output_path(path)
-    if not p.parent.is_dir():
-        raise InputError(f"the folder of output '{path}' does not exist")
-    return p
 
 
 def refuse_own_file(out: Path | str, layer: Any) -> None:

@@ -18,6 +18,7 @@ from ..engine.errors import EMDiffuseError
 from ..engine.io.atomic import atomic_file
 from ..engine.inference.canvas import PRESETS as _ENGINE_PRESETS
 from ..engine.io.batch import BATCH_FORMATS
+from ..engine.io.common import is_zarr_name
 
 __all__ = [
     "PRESETS",
@@ -27,7 +28,6 @@ __all__ = [
     "check_preset",
     "check_tiling",
     "check_workers",
-    "is_store",
     "check_resume",
     "ZARR_FORMAT_ITEMS",
     "FILES_AS",
@@ -155,18 +155,6 @@ def check_tiling(opts: _Sampling) -> None:
         raise EMDiffuseError(f"overlap {opts.overlap} must be smaller than tile {opts.tile}")
 
 
-def is_store(output: Any) -> bool:
-    """Whether a dock's output is a zarr store (a path or a URL), which is written block by
-    block and shown as it fills; a TIFF, MRC or precomputed result is written once whole.
-
-    Examples
-    --------
-    >>> is_store("out.zarr"), is_store("s3://b/out.ome.zarr/"), is_store("out.tif"), is_store("")
-    (True, True, False, False)
-    """
-    return bool(output) and str(output).rstrip("/").lower().endswith(".zarr")
-
-
 def check_workers(workers: Any, output: str) -> None:
     """Local dask workers: 0 (run in napari) or a number of processes, writing into an output
     (a zarr store, or the hidden store a TIFF, MRC or precomputed result is written from).
@@ -268,5 +256,5 @@ def check_zarr_format_choice(zarr_format: Any, output: str) -> None:
     """
     if zarr_format not in ZARR_FORMAT_ITEMS or isinstance(zarr_format, bool):
         raise EMDiffuseError(f"zarr format must be 2 or 3, not {zarr_format!r}")
-    if zarr_format != 2 and not is_store(output):
+    if zarr_format != 2 and not is_zarr_name(output):
         raise EMDiffuseError(f"zarr format {zarr_format} is the format of a .zarr output; give one, or choose 2")

@@ -20,6 +20,8 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QLabel, QWidget
 
 from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
+from ..engine.io.common import is_zarr_name
+from ..engine.io.zarrurl import check_output_place
 from ._base import DockWidget
 from ._controls import (
     ModelPicker, advanced_section, files_as_box, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box,
@@ -27,12 +29,12 @@ from ._controls import (
 )
 from ._files import FilesMixin
 from ._layers import (
-    LayerCombo, check_output, layer_image, layer_source, layer_spacing, lazy_volume, refuse_own_file, region_in_view,
+    LayerCombo, layer_image, layer_source, layer_spacing, lazy_volume, refuse_own_file, region_in_view,
     show_outputs, source_origin,
 )  # fmt: skip
 from ._settings import (
     PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
-    check_files_as, check_zarr_format_choice, files_kwargs, is_store, sampling_kwargs,
+    check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
 )  # fmt: skip
 from .restore import check_input_layer, layer_array
 
@@ -124,7 +126,7 @@ class IsotropicOptions(WidgetOptions):
         check_preset(self.preset)
         check_tiling(self)
         if self.output:
-            check_output(self.output, resume=self.resume is True)
+            check_output_place(self.output, resume=self.resume is True)
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
         check_zarr_format_choice(self.zarr_format, self.output)
@@ -137,7 +139,7 @@ class IsotropicOptions(WidgetOptions):
         return sampling_kwargs(self) | {
             "factor": self.factor,
             "mode": self.mode,
-            "out": check_output(self.output, resume=self.resume) if self.output else None,  # a path, or a URL
+            "out": check_output_place(self.output, resume=self.resume) if self.output else None,  # a path, or a URL
             "uncertainty": self.uncertainty,
             "denoise": True if self.denoise_first else None,
             "workers": self.workers or None,
@@ -326,14 +328,14 @@ class IsotropicWidget(FilesMixin, DockWidget):
         scale = source["spacing"]
 
         out, unc_out = kwargs["out"], None
-        if out is not None and not is_store(out):
+        if out is not None and not is_zarr_name(out):
             from ..engine.io.zarr import uncertainty_beside
 
             refuse_own_file(out, layer)
-            unc_out = check_output(str(uncertainty_beside(out))) if opts.uncertainty else None
+            unc_out = check_output_place(str(uncertainty_beside(out))) if opts.uncertainty else None
 
         def factory():
-            if out is not None and not is_store(out):  # a TIFF, MRC or precomputed volume, as the command line writes one
+            if out is not None and not is_zarr_name(out):  # a TIFF, MRC or precomputed volume, as the command line writes one
                 from ..files import reconstruct_file_iter
 
                 drop = ("out", "uncertainty", "zarr_format")

@@ -18,6 +18,8 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QWidget
 from ..engine.core.samplers import SAMPLERS as ENGINE_SAMPLERS
 from ..engine.events import VOLUME_STAGES
 from ..engine.errors import EMDiffuseError, InputError
+from ..engine.io.common import is_zarr_name
+from ..engine.io.zarrurl import check_output_place
 from ..engine.inference.zfilter import Z_FILTERS
 from ..engine.io.consoles import databar_note
 from ..engine.io.zarr import uncertainty_beside
@@ -29,12 +31,12 @@ from ._controls import (
 from ._files import FilesMixin
 from ._jobs import notify_info
 from ._layers import (
-    LayerCombo, check_output, layer_image, layer_source, lazy_volume, refuse_own_file, region_in_view, show_outputs,
+    LayerCombo, layer_image, layer_source, lazy_volume, refuse_own_file, region_in_view, show_outputs,
     source_origin,
 )
 from ._settings import (
     PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
-    check_files_as, check_zarr_format_choice, files_kwargs, is_store, sampling_kwargs,
+    check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
 )  # fmt: skip
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -150,7 +152,7 @@ class RestoreOptions(WidgetOptions):
         if self.precision not in PRECISION_CHOICES:
             raise EMDiffuseError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if self.output:
-            check_output(self.output, resume=self.resume is True)
+            check_output_place(self.output, resume=self.resume is True)
         self.z_filter = check_z_filter(self.z_filter)
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
@@ -443,14 +445,14 @@ class RestoreWidget(FilesMixin, DockWidget):
         scale = source["spacing"]
         if (fine := _fine_pixel_note(model, arch, opts.task, source)) is not None:
             notify_info(f"'{layer.name}': {fine}")
-        out = check_output(opts.output, resume=opts.resume) if opts.output else None
+        out = check_output_place(opts.output, resume=opts.resume) if opts.output else None
         unc_out = uncertainty_beside(out) if out is not None else None
-        if out is not None and not is_store(out):
+        if out is not None and not is_zarr_name(out):
             refuse_own_file(out, layer)
-            unc_out = check_output(str(unc_out))
+            unc_out = check_output_place(str(unc_out))
 
         def factory():
-            if is_store(out):  # block by block into the store: any size, the input stays lazy
+            if is_zarr_name(out):  # block by block into the store: any size, the input stays lazy
                 from ..api import restore_to_zarr_iter
 
                 return restore_to_zarr_iter(data, out, opts.task, model, arch=arch, spacing=scale, origin=origin,

@@ -29,6 +29,7 @@ __all__ = [
     "CZI_SUFFIXES",
     "N5_SUFFIX",
     "PRECOMPUTED_SUFFIX",
+    "is_zarr_name",
     "ImageData",
     "likely_image",
     "reason",
@@ -133,6 +134,18 @@ def reason(exc: BaseException) -> str:
     if not text:
         return type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def is_zarr_name(path: Any) -> bool:
+    """Whether an output or input is named as a zarr store (``.zarr``, ``.ome.zarr``; a path or
+    a store's URL, a trailing ``/`` allowed).
+
+    Examples
+    --------
+    >>> is_zarr_name("out.zarr"), is_zarr_name("s3://b/out.OME.ZARR/"), is_zarr_name("out.tif"), is_zarr_name("")
+    (True, True, False, False)
+    """
+    return bool(path) and str(path).rstrip("/").lower().endswith(ZARR_SUFFIX)
 
 
 def suffix_of(path: Path) -> str:

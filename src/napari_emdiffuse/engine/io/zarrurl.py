@@ -23,24 +23,47 @@ stopped.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import ZARR_SUFFIX, reason
+from .common import ZARR_SUFFIX, check_output_path, is_url, is_zarr_name, reason
 from .fetch import url_fs, writable_store
-from .fileurl import check_bucket
+from .fileurl import check_bucket, check_file_url
 from .ledger import LEDGER_DIR, Ledger
 from .stores import COMPLETE_FILE, find_unfinished, is_complete, partials_beside, store_exists
 from .zarr import ZarrWriter, open_zarr_readonly
 from .zarrfmt import check_zarr_format, create_zarr_array
 
-__all__ = ["UrlZarrWriter", "check_output_url", "CLAIM_FILE"]
+__all__ = ["UrlZarrWriter", "check_output_place", "check_output_url", "CLAIM_FILE"]
 
 #: The object at a URL that names the run writing its chunks (:meth:`UrlZarrWriter._claim`);
 #: zarr readers ignore it, and the commit removes it.
 CLAIM_FILE = ".emdiffuse_run"
+
+
+def check_output_place(path: str | os.PathLike[str], *, resume: bool = False) -> Path | str:
+    """Any output, before any work: a local path (:func:`~.common.check_output_path`: a TIFF,
+    MRC, zarr or precomputed name in a writable folder), a zarr store by URL
+    (:func:`check_output_url`, ``resume`` as there) or a file by URL
+    (:func:`~.fileurl.check_file_url`); one line otherwise.
+
+    Examples
+    --------
+    >>> check_output_place("scan.png")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: cannot write 'scan.png': .png is read only here; write .tif, .mrc or .zarr (they keep the pixel size)
+    """
+    text = str(path).strip()
+    if not is_url(text):
+        return check_output_path(text)
+    if is_zarr_name(text):
+        return check_output_url(text, resume=resume)
+    return check_file_url(text)
 
 
 def check_output_url(url: str, *, resume: bool = False) -> str:
