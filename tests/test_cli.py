@@ -1009,7 +1009,8 @@ def test_info_says_what_will_be_read(tmp_path, capsys):
 
 def test_a_tiff_stack_runs_on_a_local_cluster_into_zarr(tmp_path, tiny_model_dir, capsys):
     """--workers takes any input (staged for the workers), writes zarr, or a file through a
-    store they fill, and prints what emdiffuse says, not dask's logs."""
+    store they fill (a precomputed folder written from it by the workers too), and prints what
+    emdiffuse says, not dask's logs."""
     import zarr
 
     stack = (np.random.default_rng(2).random((3, 40, 48)) * 255).astype(np.uint8)
@@ -1027,6 +1028,7 @@ def test_a_tiff_stack_runs_on_a_local_cluster_into_zarr(tmp_path, tiny_model_dir
     # a file output: the workers fill a hidden store beside it, which is then written into it and removed
     run = run_cli("denoise", str(src), "-o", str(tmp_path / "three.precomputed"), "--workers", "1", *common)
     assert run.returncode == 0 and "the workers write zarr stores; it goes through a temporary .zarr" in run.stderr
+    assert "from which they then write it, scale by scale" in run.stderr  # the workers write the folder too
     three = np.asarray(read_image(tmp_path / "three.precomputed").data[:])
     assert np.abs(three.astype(int) - one.astype(int)).max() <= 1
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no store, no staged copy
@@ -1035,6 +1037,30 @@ def test_a_tiff_stack_runs_on_a_local_cluster_into_zarr(tmp_path, tiny_model_dir
                  *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("write x.zarr there, then 'emdiffuse convert x.zarr -o x.tif'"), err
+
+
+def test_a_volume_made_on_workers_goes_into_precomputed_with_a_tiff_uncertainty(tmp_path, capsys):
+    """isotropic --workers into a .precomputed folder (written by the workers from their store)
+    with its uncertainty as a TIFF (written here): the pixels and voxel size of the run in one
+    process, nothing hidden left."""
+    from napari_emdiffuse.engine.io.images import read_image
+
+    vol = (np.random.default_rng(4).random((3, 48, 40)) * 255).astype(np.uint8)
+    src = tmp_path / "vol.tif"
+    tifffile.imwrite(src, vol)
+    common = ["--factor", "2", "--voxel-size", "20", "10", "10", "--device", "cpu"]
+    assert main(["isotropic", str(src), "-o", str(tmp_path / "one.tif"), "--uncertainty", str(tmp_path / "sd1.tif"),
+                 *common]) == 0
+    run = run_cli("isotropic", str(src), "-o", str(tmp_path / "two.precomputed"), "--uncertainty",
+                  str(tmp_path / "sd2.tif"), "--workers", "1", *common)
+    assert run.returncode == 0, run.stderr
+    assert "from which they then write it, scale by scale" in run.stderr
+    one, two = read_image(tmp_path / "one.tif"), read_image(tmp_path / "two.precomputed")
+    assert np.array_equal(np.asarray(two.data[:]), np.asarray(one.data))
+    assert two.spacing == one.spacing == (10.0, 10.0, 10.0)
+    sd1, sd2 = tifffile.imread(tmp_path / "sd1.tif"), tifffile.imread(tmp_path / "sd2.tif")
+    assert sd2.shape == sd1.shape == (5, 48, 40) and np.allclose(sd2, sd1, atol=1e-3) and sd1.max() > 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_a_batch_runs_its_files_side_by_side_on_local_workers(tmp_path, tiny_model_dir):

@@ -22,7 +22,7 @@ from .engine.events import Progress
 from .engine.io.common import ZARR_SUFFIX, ImageData, streams_lazily, suffix_of
 from .engine.io.zarrfmt import check_zarr_format
 from .outputs import (
-    check_chunks, corner_origin, keep_spill, remove_spill, spill_store, spill_uncertainty, write_results, write_spilled,
+    check_chunks, corner_origin, keep_spill, remove_spill, spill_store, spill_uncertainty, spilled_writing, write_results,
     writing,
 )
 
@@ -213,7 +213,8 @@ def restore_file_iter(
     default), loaded once the input has been read and checked (a bad input is refused before
     any model loads). ``workers`` / ``scheduler`` hand the cluster ``model_ref`` (its name or
     path) and ``arch``; they write a ``.zarr`` output, or the hidden store beside a TIFF, MRC or
-    precomputed one, which is then written from it (:func:`spill_store`). ``resume`` continues
+    precomputed one, which is then written from it (:func:`spill_store`; a precomputed
+    folder by the workers too: :func:`~.outputs.spilled_writing`). ``resume`` continues
     an unfinished ``.zarr`` output, ``zarr_format`` (2 or 3) is its format; ``chunk_encoding``
     (``raw`` or ``jpeg``) and ``jpeg_quality`` a ``.precomputed`` output's chunks.
     The rest are the sampling options of :func:`~napari_emdiffuse.api.restore`.
@@ -280,9 +281,8 @@ def restore_file_iter(
             yield from upload_notes((out, open_zarr_readonly(spill)),
                                     (unc, open_zarr_readonly(spill_unc) if written_unc else None))
             origin = corner_origin(data, sampling.get("region"))
-            wrote = yield from writing(lambda told: write_spilled(out, unc, spill, spill_unc, data, name, attrs,
-                                                                  origin=origin, progress=told, **chunks),
-                                       out, unc, pieces=True)
+            wrote = yield from spilled_writing(out, unc, spill, spill_unc, data, name, attrs, origin=origin,
+                                               workers=workers, scheduler=scheduler, **chunks)
             finished = True
             yield wrote
         finally:
@@ -340,7 +340,8 @@ def reconstruct_file_iter(
     volumes). ``model``: a name, a path, a loaded model or None (the bundled model for the
     factor; models load once per process). A result too large for memory bound for a TIFF or
     MRC goes through a hidden store beside it (:func:`spill_store`), and so does a result of
-    ``workers`` / ``scheduler`` bound for one. ``zarr_format`` 3 needs a ``.zarr`` output;
+    ``workers`` / ``scheduler`` bound for one (a ``.precomputed`` folder is then written by
+    the workers: :func:`~.outputs.spilled_writing`). ``zarr_format`` 3 needs a ``.zarr`` output;
     ``chunk_encoding`` / ``jpeg_quality`` set a ``.precomputed`` output's chunks; the rest are
     the options of :func:`~napari_emdiffuse.api.reconstruct_isotropic`.
 
@@ -409,9 +410,8 @@ def reconstruct_file_iter(
             yield from upload_notes((out, open_zarr_readonly(store)),
                                     (unc, open_zarr_readonly(store_unc) if written_unc else None))
             attrs = {**result.info, "spacing": result.spacing}
-            wrote = yield from writing(lambda told: write_spilled(out, unc, store, store_unc, data, name, attrs,
-                                                                  origin=result.origin, progress=told, **chunks),
-                                       out, unc, pieces=True)
+            wrote = yield from spilled_writing(out, unc, store, store_unc, data, name, attrs, origin=result.origin,
+                                               workers=workers, scheduler=scheduler, **chunks)
             finished = True
             yield wrote
             return

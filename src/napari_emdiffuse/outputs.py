@@ -17,8 +17,8 @@ from .engine.events import Progress
 from .engine.io.common import ZARR_SUFFIX, suffix_of
 
 __all__ = [
-    "check_chunks", "corner_origin", "keep_spill", "remove_spill", "spill_store", "spill_uncertainty", "write_results",
-    "write_spilled", "writing",
+    "check_chunks", "corner_origin", "keep_spill", "remove_spill", "spill_store", "spill_uncertainty", "spilled_writing",
+    "write_results", "write_spilled", "writing",
 ]
 
 
@@ -50,8 +50,11 @@ def spill_store(out: Path | str, shape: tuple[int, ...], image: Any, *, uncertai
             why = str(exc).split(";")[0]
     folder = staging_dir(str(out), resume=resume) if is_url(str(out)) else Path(out).parent
     where = f"in '{folder}' (a URL's file is written here, then uploaded)" if is_url(str(out)) else f"beside '{name}'"
-    told = (f"note: {why}; it goes through a temporary .zarr {where}, then into "
-            f"{'it' if not is_url(str(out)) else 'the file'}{' slice by slice' if len(shape) == 3 else ''}")
+    if workers and _on_workers(out):
+        told = f"note: {why}; it goes through a temporary .zarr {where}, from which they then write it, scale by scale"
+    else:
+        told = (f"note: {why}; it goes through a temporary .zarr {where}, then into "
+                f"{'it' if not is_url(str(out)) else 'the file'}{' slice by slice' if len(shape) == 3 else ''}")
     if resume:
         return folder / f".{name}.resumable.zarr", told + " (kept if the run stops: --resume continues it)"
     if is_url(str(out)):  # its staging folder goes whole
@@ -65,17 +68,70 @@ def write_spilled(out: Path, unc: Path | None, spill: Path, spill_unc: Path | No
     """Write the finished stores of a spilled run (:func:`spill_store`) into the TIFF / MRC /
     precomputed outputs, at ``origin`` (:func:`corner_origin`); ``encoding``: the image's
     chunks (:func:`write_results`)."""
+    image, std, meta = _spilled(unc, spill, spill_unc, data, source, attrs)
+    return write_results(out, image, unc, std, origin=origin, progress=progress, **meta, **encoding)
+
+
+def _spilled(unc: Path | None, spill: Path, spill_unc: Path | None, data: Any, source: str,
+             attrs: dict) -> tuple[Any, Any, dict]:
+    """A spilled run's image and uncertainty (None where none is asked for or written), read
+    lazily from their stores, and what :func:`write_results` writes with them."""
     from .engine.inference.provenance import provenance
     from .engine.io.zarr import open_zarr_readonly
 
     info = {k: v for k, v in attrs.items() if k not in ("normalisation", "spacing", "unit", "origin", "emdiffuse_complete")}
     made = provenance(info, attrs.get("normalisation"), source=source)
-    spacing, unit = attrs.get("spacing"), data.unit or "nm"
     image = open_zarr_readonly(spill)
-    axes = "ZYX"[-image.ndim:]
     std = open_zarr_readonly(spill_unc) if unc is not None and spill_unc is not None and spill_unc.exists() else None
-    return write_results(out, image, unc, std, spacing=spacing, unit=unit, axes=axes, made=made, origin=origin,
-                         progress=progress, **encoding)
+    return image, std, {"spacing": attrs.get("spacing"), "unit": data.unit or "nm", "axes": "ZYX"[-image.ndim:],
+                        "made": made}
+
+
+def spilled_writing(out: Path | str, unc: Path | str | None, spill: Path, spill_unc: Path | None, data: Any,
+                    source: str, attrs: dict, *, origin: Any = None, workers: int | None = None,
+                    scheduler: str | None = None, **encoding: Any) -> Generator[Progress, None, list[str]]:
+    """Write a spilled run's stores into its outputs (:func:`write_spilled`) with progress
+    events (:func:`writing`); what was written. When ``workers`` / ``scheduler`` made them, a
+    ``.precomputed`` output on a path (not a URL) is written by the cluster's workers
+    (:func:`~.engine.parallel.precomputed.precomputed_on_workers`: each scale's blocks side
+    by side, where the store lies), a TIFF or MRC here, in one process."""
+    if not (workers or scheduler) or not any(_on_workers(o) for o in (out, unc)):
+        return (yield from writing(lambda told: write_spilled(out, unc, spill, spill_unc, data, source, attrs,
+                                                              origin=origin, progress=told, **encoding),
+                                   out, unc, pieces=True))
+    from .engine.io.images import write_image
+    from .engine.io.precomputed_write import precomputed_layout
+    from .engine.parallel.precomputed import precomputed_on_workers
+    from .engine.parallel.runner import cluster_client
+
+    image, std, meta = _spilled(unc, spill, spill_unc, data, source, attrs)
+    parts = [] if unc is None or std is None else [(unc, std, spill_unc, _uncertainty_made(meta["made"]), {})]
+    parts.append((out, image, spill, meta["made"], encoding))
+    where = {"spacing": meta["spacing"], "unit": meta["unit"], "origin": origin}
+    with cluster_client(workers, scheduler) as client:
+        for path, array, store, made, chunks in parts:
+            if _on_workers(path):
+                layout = precomputed_layout(path, array.shape, array.dtype, **where,
+                                            encoding=chunks.get("chunk_encoding", "raw"),
+                                            jpeg_quality=chunks.get("jpeg_quality", 90))
+                yield from precomputed_on_workers(client, store, path, layout, provenance=made)
+            else:
+                yield from writing(lambda told, path=path, array=array, made=made: write_image(
+                    path, array, axes=meta["axes"], provenance=made, **where,
+                    progress=None if told is None else (lambda *step: told(path, *step))), path, pieces=True)
+    return [str(out)] + ([f"{unc} (uncertainty)"] if len(parts) == 2 else [])
+
+
+def _on_workers(path: Path | str | None) -> bool:
+    """Whether the workers write this output themselves: a .precomputed folder on a path."""
+    from .engine.io.common import PRECOMPUTED_SUFFIX, is_url
+
+    return path is not None and not is_url(str(path)) and suffix_of(Path(path)) == PRECOMPUTED_SUFFIX
+
+
+def _uncertainty_made(made: dict) -> dict:
+    """The provenance of a result's uncertainty: the result's, saying what it holds."""
+    return {**made, "what": "uncertainty (std, input units)"}
 
 
 def corner_origin(data: Any, region: Any) -> tuple[float, ...] | None:
@@ -109,8 +165,8 @@ def write_results(out: Path, image: Any, unc: Path | None, std: Any, *, spacing:
 
     wrote = [str(out)]
     if unc is not None and std is not None:
-        write_image(unc, std, spacing=spacing, unit=unit, axes=axes, origin=origin,
-                    provenance={**made, "what": "uncertainty (std, input units)"}, progress=told(unc))
+        write_image(unc, std, spacing=spacing, unit=unit, axes=axes, origin=origin, provenance=_uncertainty_made(made),
+                    progress=told(unc))
         wrote.append(f"{unc} (uncertainty)")
     write_image(out, image, spacing=spacing, unit=unit, axes=axes, provenance=made, origin=origin, progress=told(out),
                 chunk_encoding=chunk_encoding, jpeg_quality=jpeg_quality)

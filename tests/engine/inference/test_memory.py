@@ -192,19 +192,21 @@ def test_a_resumable_tiff_too_large_for_memory_keeps_its_store_when_stopped(tmp_
     assert any("--resume continues it" in n for n in notes) and not out.exists()
     assert [p.name.split("-")[0] for p in tmp_path.glob(".out.tif.resumable.zarr.partial-*")] == [
         ".out.tif.resumable.zarr.partial"]
-    real, said = files.write_spilled, []
+    from napari_emdiffuse import outputs
+
+    real, said = outputs.write_spilled, []
 
     def interrupted(*args, **kwargs):  # Ctrl-C while the file is written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(files, "write_spilled", interrupted)
+    monkeypatch.setattr(outputs, "write_spilled", interrupted)
     gen = job()
     with pytest.raises(KeyboardInterrupt):
         for ev in gen:
             said.append(getattr(ev, "message", None) or "")
     assert any(n.startswith("resuming the unfinished run in") and "blocks are done" in n for n in said)
     assert (tmp_path / ".out.tif.resumable.zarr").is_dir() and not out.exists()  # finished, kept
-    monkeypatch.setattr(files, "write_spilled", real)
+    monkeypatch.setattr(outputs, "write_spilled", real)
     notes, blocks = _run(job())
     assert any("is complete from an earlier run" in n for n in notes) and blocks == 0  # only the file written
     assert np.array_equal(np.asarray(read_image(out).data), np.asarray(read_image(ref).data))

@@ -30,6 +30,7 @@ import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,10 @@ from .pyramid import halve, level_plan
 from .sharded import ShardingSpec, morton_bits, morton_key, shard_bytes, shard_extent, shard_name
 from .units import nm_factor, tidy
 
-__all__ = ["ENCODINGS", "PRECOMPUTED_DTYPES", "SHARD_FROM", "check_encoding", "precomputed_chunks", "write_precomputed"]
+__all__ = [
+    "ENCODINGS", "PRECOMPUTED_DTYPES", "SHARD_FROM", "PrecomputedLayout", "check_encoding", "finish_precomputed",
+    "precomputed_chunks", "precomputed_layout", "start_precomputed", "write_precomputed", "write_precomputed_block",
+]
 
 #: The data types neuroglancer shows; float64 is written as float32, bool as uint8.
 PRECOMPUTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
@@ -203,6 +207,168 @@ def _key(resolution: list[float]) -> str:
     return "_".join(f"{tidy(r):g}" for r in resolution)
 
 
+@dataclass(frozen=True)
+class PrecomputedLayout:
+    """What a precomputed folder holds and how it is written (:func:`precomputed_layout`): its
+    ``info`` (scales, chunks, sharding), whether it is one 2D image (``flat``), which levels
+    also halve z (``zdown``, one per scale, the first False) and the JPEG quality. Small and
+    picklable: dask workers write a folder's blocks from it (:func:`write_precomputed_block`)."""
+
+    info: dict
+    flat: bool
+    zdown: tuple[bool, ...]
+    jpeg_quality: int = 90
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The stored pixel type."""
+        return np.dtype(self.info["data_type"])
+
+    @property
+    def scales(self) -> list[dict]:
+        """The scales' entries of ``info``, full resolution first."""
+        return self.info["scales"]
+
+    def blocks(self, scale: int) -> list[tuple[slice, slice, slice]]:
+        """The blocks (z y x) of ``scale`` written one at a time: each shard's box where the
+        scale is sharded, else bands of whole chunks of about 16 M pixels (fewer for a level,
+        which reads 4 or 8 times its pixels from the scale above)."""
+        s = self.scales[scale]
+        size, chunk = tuple(reversed(s["size"])), tuple(reversed(s["chunk_sizes"][0]))
+        if "sharding" in s:
+            return _shard_units(size, chunk, s["sharding"])
+        return _units(size, chunk, _UNIT_PIXELS // _reads(scale, self.flat, self.zdown[scale]))
+
+
+def _reads(scale: int, flat: bool, zdown: bool) -> int:
+    """Pixels a level's block reads from the scale above per pixel it writes."""
+    return 1 if scale == 0 else 4 if flat or not zdown else 8
+
+
+def precomputed_layout(
+    path: str | os.PathLike[str],
+    shape: tuple[int, ...],
+    dtype: Any,
+    *,
+    spacing: tuple[float, ...] | None = None,
+    unit: str = "nm",
+    origin: tuple[float, ...] | None = None,
+    sharded: bool | None = None,
+    encoding: str = "raw",
+    jpeg_quality: int = 90,
+) -> PrecomputedLayout:
+    """The layout of a precomputed folder for an image of ``shape`` and ``dtype`` (the options
+    of :func:`write_precomputed`); one line for what cannot be written, naming ``path``.
+
+    Examples
+    --------
+    >>> lay = precomputed_layout("vol.precomputed", (40, 2000, 3000), "uint8", spacing=(30, 4, 4))
+    >>> [s["size"] for s in lay.scales], lay.scales[0]["chunk_sizes"]
+    ([[3000, 2000, 40], [1500, 1000, 40], [750, 500, 40], [375, 250, 40]], [[128, 128, 16]])
+    >>> len(lay.blocks(0)), len(lay.blocks(1))
+    (24, 16)
+    """
+    p = Path(path)
+    shape = tuple(int(n) for n in shape)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise InputError(f"cannot write '{p}': a precomputed volume holds one 2D image or one ZYX volume, "
+                         f"not shape {shape}")
+    dt = _dtype(np.dtype(dtype), p)
+    encoded = check_encoding(encoding, jpeg_quality)
+    if encoded[0] == "jpeg" and dt != np.uint8:
+        raise InputError(f"cannot write '{p}' with jpeg chunks: they hold 8-bit pixels, not {np.dtype(dtype)}; "
+                         "write raw chunks, or convert the image to uint8 first")
+    if spacing is not None and len(spacing) != len(shape):
+        raise InputError(f"cannot write '{p}': {len(spacing)} pixel sizes for {len(shape)} axes")
+    nm = nm_factor(unit) if spacing is not None else None
+    if spacing is not None and nm is None:
+        raise InputError(f"cannot write '{p}': unknown length unit '{unit}'")
+    flat = len(shape) == 2
+    zyx = (1, *shape) if flat else shape
+    res = None if spacing is None else tuple(float(v) * nm for v in ((1.0, *spacing) if flat else spacing))  # type: ignore[operator]
+    at = None if origin is None or res is None else tuple(float(v) * nm for v in ((0.0, *origin) if flat else origin))  # type: ignore[operator]
+    full_res = list(reversed(res)) if res is not None else [1.0, 1.0, 1.0]  # x y z
+    if flat and res is not None:
+        full_res[2] = full_res[0]  # one slice: as thick as its pixels are wide
+    chunks = precomputed_chunks(zyx, res)
+    offset = _voxel_offset(at, res)
+    levels = level_plan(shape, spacing)  # 2D: lateral halving only
+    scales = [{"key": _key(full_res), "size": list(reversed(zyx)), "voxel_offset": offset, "resolution": full_res,
+               "chunk_sizes": [list(reversed(chunks))], "encoding": encoded[0]}]
+    for lv in levels:
+        fz, fy, fx = (1, *lv.factors) if flat else lv.factors
+        lz = (1, *lv.shape) if flat else lv.shape
+        r = [full_res[0] * fx, full_res[1] * fy, full_res[2] * fz]
+        scales.append({"key": _key(r), "size": list(reversed(lz)), "resolution": r, "encoding": encoded[0],
+                       "voxel_offset": [o // f for o, f in zip(offset, (fx, fy, fz))],
+                       "chunk_sizes": [list(reversed(precomputed_chunks(lz, (r[2], r[1], r[0]))))]})
+    zdown = (False, *(not flat and lv.zdown for lv in levels))
+    for k, sc in enumerate(scales):
+        size, chunk = tuple(reversed(sc["size"])), tuple(reversed(sc["chunk_sizes"][0]))
+        cells = int(np.prod([-(-n // c) for n, c in zip(size, chunk)]))
+        if sharded if sharded is not None else cells >= SHARD_FROM:
+            # a level's blocks read 4 (8) times their pixels from the level above
+            sc["sharding"] = _sharding(size, chunk, int(np.prod(chunk)) * dt.itemsize * _reads(k, flat, zdown[k]))
+    info = {"@type": "neuroglancer_multiscale_volume", "type": "image", "data_type": dt.name, "num_channels": 1,
+            "scales": scales}
+    return PrecomputedLayout(info, flat, zdown, encoded[1])
+
+
+def start_precomputed(path: str | os.PathLike[str], layout: PrecomputedLayout,
+                      provenance: dict[str, Any] | None = None) -> Path:
+    """Begin the folder of ``path`` under a hidden name beside it (its ``info``, its
+    ``provenance`` file, a folder per scale), removing what a killed write of it left; the
+    hidden folder, which :func:`finish_precomputed` makes the output."""
+    p = Path(path)
+    remove_orphans_beside(p)
+    tmp = partial_beside(p)
+    tmp.mkdir()
+    try:
+        (tmp / "info").write_text(json.dumps(layout.info, indent=1))
+        (tmp / "provenance").write_text(json.dumps(
+            {"description": "", "owners": [], "sources": [],
+             "processing": [json.loads(json.dumps(provenance, default=str))] if provenance else []}, indent=1))
+        for s in layout.scales:
+            (tmp / s["key"]).mkdir()
+    except BaseException:
+        remove_path(tmp)
+        raise
+    return tmp
+
+
+def finish_precomputed(tmp: Path, path: str | os.PathLike[str]) -> Path:
+    """Make the folder begun by :func:`start_precomputed`, once every block of every scale is
+    written, the output ``path`` (replacing what was there, atomically)."""
+    fsync_dir(tmp)
+    replace_dir(tmp, Path(path))
+    return Path(path)
+
+
+def write_precomputed_block(folder: Path, layout: PrecomputedLayout, scale: int, block: tuple[slice, ...],
+                            source: Any = None) -> None:
+    """Write one block of ``scale`` (:meth:`PrecomputedLayout.blocks`) into the folder begun by
+    :func:`start_precomputed`: the full-resolution pixels read from ``source`` (the image), a
+    level's as the 2x2 (2x2x2) means of the scale above, read from the folder itself (every
+    block of that scale must be written first)."""
+    s, dtype = layout.scales[scale], layout.dtype
+    encoded = (s["encoding"], layout.jpeg_quality)
+    if scale:
+        from .precomputed import PrecomputedArray
+
+        zdown = layout.zdown[scale]
+        above = source if source is not None else PrecomputedArray(folder, layout.scales[scale - 1]["key"], cache=False)
+        up = [(sl.start * (2 if a or zdown else 1), sl.stop * (2 if a or zdown else 1)) for a, sl in enumerate(block)]
+        pixels = halve(np.asarray(above[tuple(slice(a, b) for a, b in up)]), z=zdown)
+    else:
+        pixels = np.asarray(source[block[1:]] if layout.flat else source[block])
+        pixels = (pixels[None] if layout.flat else pixels).astype(dtype, copy=False)
+    starts, chunk = tuple(sl.start for sl in block), tuple(reversed(s["chunk_sizes"][0]))
+    if "sharding" in s:
+        _write_shard(folder / s["key"], pixels, starts, chunk, tuple(reversed(s["size"])), s["sharding"], dtype, encoded)
+    else:
+        _write_unit(folder / s["key"], pixels, starts, chunk, s["voxel_offset"], dtype, encoded)
+
+
 def write_precomputed(
     path: str | os.PathLike[str],
     array: Any,
@@ -267,103 +433,32 @@ def write_precomputed(
     """
     p = check_output_path(path)
     shape = tuple(int(n) for n in getattr(array, "shape", np.shape(array)))
-    if len(shape) not in (2, 3) or min(shape) < 1:
-        raise InputError(f"cannot write '{p}': a precomputed volume holds one 2D image or one ZYX volume, "
-                         f"not shape {shape}")
-    dtype = _dtype(np.dtype(array.dtype), p)
-    encoded = check_encoding(encoding, jpeg_quality)
-    if encoded[0] == "jpeg" and dtype != np.uint8:
-        raise InputError(f"cannot write '{p}' with jpeg chunks: they hold 8-bit pixels, not {np.dtype(array.dtype)}; "
-                         "write raw chunks, or convert the image to uint8 first")
-    if spacing is not None and len(spacing) != len(shape):
-        raise InputError(f"cannot write '{p}': {len(spacing)} pixel sizes for {len(shape)} axes")
-    nm = nm_factor(unit) if spacing is not None else None
-    if spacing is not None and nm is None:
-        raise InputError(f"cannot write '{p}': unknown length unit '{unit}'")
-    flat = len(shape) == 2
-    zyx = (1, *shape) if flat else shape
-    res = None if spacing is None else tuple(float(v) * nm for v in ((1.0, *spacing) if flat else spacing))  # type: ignore[operator]
-    at = None if origin is None or res is None else tuple(float(v) * nm for v in ((0.0, *origin) if flat else origin))  # type: ignore[operator]
-    full_res = list(reversed(res)) if res is not None else [1.0, 1.0, 1.0]  # x y z
-    if flat and res is not None:
-        full_res[2] = full_res[0]  # one slice: as thick as its pixels are wide
-    chunks = precomputed_chunks(zyx, res)
-    offset = _voxel_offset(at, res)
-    levels = level_plan(shape, spacing)  # 2D: lateral halving only
-    scales = [{"key": _key(full_res), "size": list(reversed(zyx)), "voxel_offset": offset, "resolution": full_res,
-               "chunk_sizes": [list(reversed(chunks))], "encoding": encoded[0]}]
-    for lv in levels:
-        fz, fy, fx = (1, *lv.factors) if flat else lv.factors
-        lz = (1, *lv.shape) if flat else lv.shape
-        r = [full_res[0] * fx, full_res[1] * fy, full_res[2] * fz]
-        scales.append({"key": _key(r), "size": list(reversed(lz)), "resolution": r, "encoding": encoded[0],
-                       "voxel_offset": [o // f for o, f in zip(offset, (fx, fy, fz))],
-                       "chunk_sizes": [list(reversed(precomputed_chunks(lz, (r[2], r[1], r[0]))))]})
-    # a level's blocks read 4 (8) times their pixels from the level above
-    reads = [1] + [4 if flat or not lv.zdown else 8 for lv in levels]
-    plan = []
-    for sc, r in zip(scales, reads):
-        size, chunk = tuple(reversed(sc["size"])), tuple(reversed(sc["chunk_sizes"][0]))
-        cells = int(np.prod([-(-n // c) for n, c in zip(size, chunk)]))
-        if sharded if sharded is not None else cells >= SHARD_FROM:
-            sc["sharding"] = _sharding(size, chunk, int(np.prod(chunk)) * dtype.itemsize * r)
-            plan.append(_shard_units(size, chunk, sc["sharding"]))
-        else:
-            plan.append(_units(size, chunk, _UNIT_PIXELS // r))
-    info = {"@type": "neuroglancer_multiscale_volume", "type": "image", "data_type": dtype.name, "num_channels": 1,
-            "scales": scales}
+    layout = precomputed_layout(p, shape, array.dtype, spacing=spacing, unit=unit, origin=origin, sharded=sharded,
+                                encoding=encoding, jpeg_quality=jpeg_quality)
+    plan = [layout.blocks(k) for k in range(len(layout.scales))]
     total, done = sum(len(u) for u in plan), 0
-
-    remove_orphans_beside(p)
-    tmp = partial_beside(p)
-    tmp.mkdir()
+    tmp = start_precomputed(p, layout, provenance)
     try:
-        (tmp / "info").write_text(json.dumps(info, indent=1))
-        (tmp / "provenance").write_text(json.dumps(
-            {"description": "", "owners": [], "sources": [],
-             "processing": [json.loads(json.dumps(provenance, default=str))] if provenance else []}, indent=1))
-        for s in scales:
-            (tmp / s["key"]).mkdir()
         if progress is not None:
             progress(0, total)
-        for k, (s, units) in enumerate(zip(scales, plan)):
-            if k:  # a level: the 2x2 (2x2x2) means of the one written before it, each chunk read once
+        for k, blocks in enumerate(plan):
+            if k:  # a level: the means of the scale written before it, each chunk read once
                 from .precomputed import PrecomputedArray
 
-                source: Any = PrecomputedArray(tmp, scales[k - 1]["key"], cache=False)
-                zdown = not flat and levels[k - 1].zdown
+                source: Any = PrecomputedArray(tmp, layout.scales[k - 1]["key"], cache=False)
             else:
-                source, zdown = array, False
-            level = k > 0
-
-            def work(unit_: tuple[slice, ...], source: Any = source, zdown: bool = zdown, level: bool = level,
-                     s: dict = s) -> None:
-                if level:
-                    up = [(sl.start * (2 if a or zdown else 1), sl.stop * (2 if a or zdown else 1))
-                          for a, sl in enumerate(unit_)]  # fmt: skip
-                    block = halve(np.asarray(source[tuple(slice(a, b) for a, b in up)]), z=zdown)
-                else:
-                    block = np.asarray(source[unit_[1:]] if flat else source[unit_])
-                    block = (block[None] if flat else block).astype(dtype, copy=False)
-                starts, chunk = tuple(sl.start for sl in unit_), tuple(reversed(s["chunk_sizes"][0]))
-                if "sharding" in s:
-                    _write_shard(tmp / s["key"], block, starts, chunk, tuple(reversed(s["size"])), s["sharding"], dtype,
-                                 encoded)
-                else:
-                    _write_unit(tmp / s["key"], block, starts, chunk, s["voxel_offset"], dtype, encoded)
-
+                source = array
             # blocks written side by side (reading, file writes and the means release the GIL)
             with ThreadPoolExecutor(_THREADS) as pool:
                 running: deque[Future] = deque()
-                for unit_ in units:
-                    running.append(pool.submit(work, unit_))
-                    while running and (len(running) >= _THREADS or unit_ is units[-1]):
+                for block in blocks:
+                    running.append(pool.submit(write_precomputed_block, tmp, layout, k, block, source))
+                    while running and (len(running) >= _THREADS or block is blocks[-1]):
                         running.popleft().result()
                         done += 1
                         if progress is not None:
                             progress(done, total)
-        fsync_dir(tmp)
-        replace_dir(tmp, p)
+        finish_precomputed(tmp, p)
     except BaseException:
         remove_path(tmp)
         raise
