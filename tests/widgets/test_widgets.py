@@ -7,6 +7,7 @@ Tiny randomly initialised models keep every run to a second or two on a CPU.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import logging
 from pathlib import Path
@@ -411,6 +412,13 @@ def test_isotropic_logic(tmp_path):
         with pytest.raises(EMDiffuseError, match="zarr format 3 is the format of a .zarr output"):
             kind(zarr_format=3, output=str(tmp_path / "out.precomputed")).validate()
         kind(resume=True, output=str(tmp_path / "out.mrc")).validate()  # a large result's hidden store is kept
+        # JPEG chunks are a .precomputed output's (or the files… button's as .precomputed)
+        kind(chunks="jpeg 85", output=str(tmp_path / "out.precomputed")).validate()
+        for output in ("", str(tmp_path / "out.tif")):
+            with pytest.raises(EMDiffuseError, match="jpeg chunks are a .precomputed output's; give one, or choose raw"):
+                kind(chunks="jpeg", output=output).validate()
+        with pytest.raises(EMDiffuseError, match="JPEG quality must be a whole number from 1 to 100"):
+            kind(chunks="jpeg 101", output=str(tmp_path / "out.precomputed")).validate()
 
 
 def test_check_input_layer():
@@ -1072,6 +1080,18 @@ def test_isotropic_widget_writes_a_precomputed_volume(viewer, qtbot, models, err
     shown = viewer.layers["vol_isotropic"]
     assert shown.data.shape == (5, 32, 32) and tuple(shown.scale) == (8.0, 8.0, 8.0)
     assert np.array_equal(np.asarray(shown.data), memory) and "iso.precomputed" in w.status.text()
+    # Advanced > precomputed chunks: JPEG, as `--encoding jpeg --jpeg-quality 95` writes them
+    w.chunks.setCurrentText("jpeg 95")
+    w.output.setText(str(tmp_path / "iso_jpeg.precomputed"))
+    assert w.options().chunks == "jpeg 95" and w.run()
+    _wait(qtbot, w)
+    assert not errors, errors
+    info = json.loads((tmp_path / "iso_jpeg.precomputed" / "info").read_text())
+    assert {s["encoding"] for s in info["scales"]} == {"jpeg"}
+    unc_info = json.loads((tmp_path / "iso_jpeg_uncertainty.precomputed" / "info").read_text())
+    assert {s["encoding"] for s in unc_info["scales"]} == {"raw"}  # the float uncertainty stays raw
+    lossy = np.asarray(read_image(tmp_path / "iso_jpeg.precomputed").data[:], dtype=float)
+    assert 0 < np.abs(lossy - memory).mean() < 4
 
 
 def test_restore_widget_streams_a_dask_stack_into_zarr_and_does_one_slice(viewer, qtbot, models, errors, tmp_path):

@@ -33,13 +33,14 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ._settings import FILES_AS, ZARR_FORMAT_ITEMS
+from ._settings import CHUNK_ITEMS, FILES_AS, ZARR_FORMAT_ITEMS
 
 __all__ = [
     "control_value",
     "set_control",
     "tiling_boxes",
     "files_as_box",
+    "chunks_box",
     "output_row",
     "OUTPUT_FILTERS",
     "workers_box",
@@ -444,6 +445,18 @@ def zarr_format_box() -> QComboBox:
     )
     for i, fmt in enumerate(ZARR_FORMAT_ITEMS):
         box.setItemData(i, fmt)
+    return box
+
+
+def chunks_box() -> QComboBox:
+    """The chunks of a ``.precomputed`` output (``chunks``: the text; editable, ``jpeg Q``)."""
+    box = combo_box(
+        list(CHUNK_ITEMS),
+        ".precomputed output (and the files… button's, as .precomputed): raw chunks (exact), or JPEG of a "
+        "quality of 1-100 (8-bit results; lossy, several times smaller, as large EM volumes are served for "
+        "viewing; type 'jpeg 85' for another quality). The uncertainty stays raw",
+    )
+    box.setEditable(True)
     return box
 
 

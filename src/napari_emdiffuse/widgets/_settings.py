@@ -18,7 +18,8 @@ from ..engine.errors import EMDiffuseError
 from ..engine.io.atomic import atomic_file
 from ..engine.inference.canvas import PRESETS as _ENGINE_PRESETS
 from ..engine.io.batch import BATCH_FORMATS
-from ..engine.io.common import is_zarr_name
+from ..engine.io.common import PRECOMPUTED_SUFFIX, is_zarr_name, suffix_of
+from ..engine.io.precomputed_write import check_encoding
 
 __all__ = [
     "PRESETS",
@@ -34,6 +35,8 @@ __all__ = [
     "check_files_as",
     "files_kwargs",
     "check_zarr_format_choice",
+    "CHUNK_ITEMS",
+    "check_chunks_choice",
     "sampling_kwargs",
 ]
 
@@ -230,17 +233,57 @@ def check_files_as(value: Any) -> str:
     return value
 
 
-def files_kwargs(files_as: str, zarr_format: int) -> dict[str, Any]:
+def files_kwargs(files_as: str, zarr_format: int, chunks: str = "raw") -> dict[str, Any]:
     """What the *files…* button passes on about its results' format: ``ext`` and, for zarr
-    results, the zarr format (a batch of files takes none).
+    results, the zarr format, for precomputed ones their chunks (:func:`check_chunks_choice`;
+    a batch of files takes neither).
 
     Examples
     --------
     >>> files_kwargs("", 3), files_kwargs(".zarr", 3)
     ({'ext': None}, {'ext': '.zarr', 'zarr_format': 3})
+    >>> files_kwargs(".precomputed", 2, "jpeg 80")
+    {'ext': '.precomputed', 'chunk_encoding': 'jpeg', 'jpeg_quality': 80}
     """
     ext = check_files_as(files_as) or None
+    if ext == PRECOMPUTED_SUFFIX:
+        encoding, quality = check_chunks_choice(chunks, f"results{ext}")
+        return {"ext": ext, "chunk_encoding": encoding, "jpeg_quality": quality}
     return {"ext": ext, **({"zarr_format": zarr_format} if ext is not None and ext.endswith(".zarr") else {})}
+
+
+#: The precomputed chunks box's entries; it is editable: ``jpeg Q`` takes a quality of 1-100.
+CHUNK_ITEMS = ("raw", "jpeg 95", "jpeg 90", "jpeg 80")
+
+
+def check_chunks_choice(text: Any, output: str) -> tuple[str, int]:
+    """The chunks of a ``.precomputed`` output from the box: ``raw``, or ``jpeg`` with a
+    quality (90 unless given: ``jpeg 85``); JPEG needs a ``.precomputed`` ``output``. The
+    encoding and the quality, or one line.
+
+    Examples
+    --------
+    >>> check_chunks_choice(" JPEG 85 ", "vol.precomputed"), check_chunks_choice("raw", "")
+    (('jpeg', 85), ('raw', 90))
+    >>> check_chunks_choice("jpeg", "out.tif")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.EMDiffuseError: jpeg chunks are a .precomputed output's; give one, or choose raw
+    >>> check_chunks_choice("jpeg best", "vol.precomputed")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.EMDiffuseError: precomputed chunks must be raw, jpeg or jpeg Q (a quality of 1-100), not 'jpeg best'
+    """
+    words = str(text).strip().lower().split() or ["raw"]
+    if len(words) > 2 or (len(words) == 2 and (words[0] != "jpeg" or not words[1].isdigit())):
+        raise EMDiffuseError(f"precomputed chunks must be raw, jpeg or jpeg Q (a quality of 1-100), not {text!r}")
+    try:
+        encoding = check_encoding(words[0], int(words[1]) if len(words) == 2 else 90)
+    except EMDiffuseError as exc:  # the engine's InputError: the same line
+        raise EMDiffuseError(str(exc)) from None
+    if encoding[0] != "raw" and suffix_of(Path(str(output).strip().rstrip("/") or "_")) != PRECOMPUTED_SUFFIX:
+        raise EMDiffuseError(f"{encoding[0]} chunks are a .precomputed output's; give one, or choose raw")
+    return encoding
 
 
 def check_zarr_format_choice(zarr_format: Any, output: str) -> None:

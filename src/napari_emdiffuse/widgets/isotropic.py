@@ -24,8 +24,8 @@ from ..engine.io.common import is_zarr_name
 from ..engine.io.zarrurl import check_output_place
 from ._base import DockWidget
 from ._controls import (
-    ModelPicker, advanced_section, files_as_box, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box,
-    output_row,
+    ModelPicker, advanced_section, chunks_box, files_as_box, resume_box, spin_box, tiling_boxes, workers_box,
+    output_row, zarr_format_box,
 )
 from ._files import FilesMixin
 from ._layers import (
@@ -34,7 +34,7 @@ from ._layers import (
 )  # fmt: skip
 from ._settings import (
     PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
-    check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
+    check_chunks_choice, check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
 )  # fmt: skip
 from .restore import check_input_layer, layer_array
 
@@ -90,6 +90,9 @@ class IsotropicOptions(WidgetOptions):
         run of the same image, model and options continues from them.
     zarr_format : {2, 3}
         ``.zarr`` output: 2, or 3 (zarr v3, a shard of 512-px chunks per block).
+    chunks : str
+        ``.precomputed`` output (and the *files…* button's as ``.precomputed``): ``raw``, or
+        ``jpeg`` with a quality (``jpeg 85``; 8-bit results).
     in_view : bool
         Reconstruct only the rows and columns the viewer shows, normalised as the whole
         volume: a quick look before a long run, or with an output path a store of that part
@@ -111,6 +114,7 @@ class IsotropicOptions(WidgetOptions):
     workers: int = 0
     resume: bool = False
     zarr_format: int = 2
+    chunks: str = "raw"
     in_view: bool = False
     files_as: str = ""  # the files… button's results: "" each file's format, else BATCH_FORMATS
 
@@ -130,6 +134,7 @@ class IsotropicOptions(WidgetOptions):
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
         check_zarr_format_choice(self.zarr_format, self.output)
+        check_chunks_choice(self.chunks, self.output)
         check_files_as(self.files_as)
         return self
 
@@ -236,6 +241,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
         self.workers = workers_box()
         self.resume = resume_box()
         self.zarr_format = zarr_format_box()
+        self.chunks = chunks_box()
         self.files_as = files_as_box()
         advanced = advanced_section(
             [
@@ -247,6 +253,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
                 ("workers", self.workers),
                 ("", self.resume),
                 ("zarr format", self.zarr_format),
+                ("precomputed chunks", self.chunks),
                 ("files… as", self.files_as),
                 ("", self.uncertainty),
             ]
@@ -262,7 +269,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
             "whole volume: a quick look before a long run; the whole run then replaces it. With a .zarr output: "
             "a store of that part that opens over the input"
         )
-        self.output, out_row = output_row(self, "in memory, or a .zarr/.tif/.mrc path",
+        self.output, out_row = output_row(self, "in memory, or a .zarr/.tif/.mrc/.precomputed path",
                                            "Write the isotropic volume to")
         self._lay_out(
             [
@@ -340,8 +347,10 @@ class IsotropicWidget(FilesMixin, DockWidget):
 
                 drop = ("out", "uncertainty", "zarr_format")
                 file_kwargs = {k: v for k, v in kwargs.items() if k not in drop}
+                encoding, quality = check_chunks_choice(opts.chunks, str(out))
                 return reconstruct_file_iter(layer_image(data, source, layer, origin=origin), out, model,
-                                             uncertainty_out=unc_out, **file_kwargs)
+                                             uncertainty_out=unc_out, chunk_encoding=encoding, jpeg_quality=quality,
+                                             **file_kwargs)
             from ..api import reconstruct_isotropic_iter
 
             return reconstruct_isotropic_iter(data, model=model, spacing=scale, origin=origin, **kwargs)
@@ -360,12 +369,12 @@ class IsotropicWidget(FilesMixin, DockWidget):
         volume's factor from its voxel size, the factor box's where a file records none
         (Advanced > workers: that many files side by side; the output box plays no part)."""
         opts = self.options()
-        replace(opts, output="", workers=0, resume=False, zarr_format=2).validate()
+        replace(opts, output="", workers=0, resume=False, zarr_format=2, chunks="raw").validate()
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
         kwargs = sampling_kwargs(opts) | {"default_factor": opts.factor, "denoise": True if opts.denoise_first else None,
                                           "uncertainty": opts.uncertainty, "workers": opts.workers or None,
-                                          "resume": opts.resume, **files_kwargs(opts.files_as, opts.zarr_format)}
+                                          "resume": opts.resume, **files_kwargs(opts.files_as, opts.zarr_format, opts.chunks)}
         return opts.task, model, kwargs | ({"arch": arch} if arch is not None else {})
 
     def _show(self, result: Any, source: dict, out: Path | None, factor: int = 0) -> None:

@@ -25,8 +25,8 @@ from ..engine.io.consoles import databar_note
 from ..engine.io.zarr import uncertainty_beside
 from ._base import DockWidget
 from ._controls import (
-    ModelPicker, advanced_section, files_as_box, resume_box, spin_box, tiling_boxes, workers_box, zarr_format_box,
-    output_row,
+    ModelPicker, advanced_section, chunks_box, files_as_box, resume_box, spin_box, tiling_boxes, workers_box,
+    output_row, zarr_format_box,
 )
 from ._files import FilesMixin
 from ._jobs import notify_info
@@ -36,7 +36,7 @@ from ._layers import (
 )
 from ._settings import (
     PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
-    check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
+    check_chunks_choice, check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
 )  # fmt: skip
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,6 +115,9 @@ class RestoreOptions(WidgetOptions):
         run of the same image, model and options continues from them.
     zarr_format : {2, 3}
         ``.zarr`` output: 2, or 3 (zarr v3, a shard of 512-px chunks per block).
+    chunks : str
+        ``.precomputed`` output (and the *files…* button's as ``.precomputed``): ``raw``, or
+        ``jpeg`` with a quality (``jpeg 85``; 8-bit results).
     """
 
     task: str = "denoise"
@@ -136,6 +139,7 @@ class RestoreOptions(WidgetOptions):
     workers: int = 0
     resume: bool = False
     zarr_format: int = 2
+    chunks: str = "raw"
     files_as: str = ""  # the files… button's results: "" each file's format, else BATCH_FORMATS
 
     def validate(self) -> "RestoreOptions":
@@ -157,6 +161,7 @@ class RestoreOptions(WidgetOptions):
         check_workers(self.workers, self.output)
         check_resume(self.resume, self.output)
         check_zarr_format_choice(self.zarr_format, self.output)
+        check_chunks_choice(self.chunks, self.output)
         check_files_as(self.files_as)
         return self
 
@@ -372,7 +377,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             "and read with context around it: a quick look at the settings before a long run; the whole run "
             "then replaces it. With a .zarr output: that part of every slice, into a store that opens over the input"
         )
-        self.output, out_row = output_row(self, "in memory, or a .zarr/.tif/.mrc path",
+        self.output, out_row = output_row(self, "in memory, or a .zarr/.tif/.mrc/.precomputed path",
                                           "Restore into")
         self.z_filter = QComboBox()
         self.z_filter.setEditable(True)
@@ -385,6 +390,7 @@ class RestoreWidget(FilesMixin, DockWidget):
         self.workers = workers_box()
         self.resume = resume_box()
         self.zarr_format = zarr_format_box()
+        self.chunks = chunks_box()
         self.files_as = files_as_box()
         self.precision = QComboBox()
         self.precision.addItems(PRECISION_CHOICES)
@@ -404,6 +410,7 @@ class RestoreWidget(FilesMixin, DockWidget):
                 ("workers", self.workers),
                 ("", self.resume),
                 ("zarr format", self.zarr_format),
+                ("precomputed chunks", self.chunks),
                 ("files… as", self.files_as),
             ]
         )
@@ -461,9 +468,11 @@ class RestoreWidget(FilesMixin, DockWidget):
             if out is not None:  # a TIFF, MRC or precomputed result, written as the command line writes one
                 from ..files import restore_file_iter
 
+                encoding, quality = check_chunks_choice(opts.chunks, str(out))
                 return restore_file_iter(layer_image(data, source, layer, origin=origin), out, opts.task, model,
                                          arch=arch, uncertainty_out=unc_out, resume=opts.resume,
-                                         workers=opts.workers or None, model_ref=model, **kwargs)
+                                         workers=opts.workers or None, model_ref=model, chunk_encoding=encoding,
+                                         jpeg_quality=quality, **kwargs)
             from ..api import restore_iter
 
             return restore_iter(data, opts.task, model, arch=arch, spacing=scale, **kwargs)
@@ -481,11 +490,11 @@ class RestoreWidget(FilesMixin, DockWidget):
         """*Restore files…*: the task, model and options of ``restore_files_iter`` (Advanced >
         workers: that many files side by side; the output box plays no part)."""
         opts = self.options()
-        kwargs = replace(opts, output="", workers=0, resume=False, zarr_format=2).engine_kwargs()
+        kwargs = replace(opts, output="", workers=0, resume=False, zarr_format=2, chunks="raw").engine_kwargs()
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
         return opts.task, model, {**kwargs, "arch": arch, "workers": opts.workers or None, "resume": opts.resume,
-                                  **files_kwargs(opts.files_as, opts.zarr_format)}
+                                  **files_kwargs(opts.files_as, opts.zarr_format, opts.chunks)}
 
     def _show(self, result: Any, source: dict, task: str, unc_out: Any = None, width: int = 0) -> None:
         if isinstance(result, list):  # a file written whole (what restore_file_iter wrote): read back
