@@ -112,6 +112,8 @@ def describe(name: str, *, channel: int | None = None, time: int | None = None) 
         line += f"; {record['channels']} channels: restore one with --channel C"
     if data.ndim == 3 and (img.axes or "").startswith("T"):  # frames of a series, not sections
         line += "; a time series (frames, not sections)"
+    elif data.ndim == 3 and data.shape[0] == 1:  # one image stored as a volume (precomputed, zarr)
+        line += "; one slice: restored as a 2D image"
     elif data.ndim == 3 and img.spacing is not None:
         try:
             record["isotropic_factor"] = factor_from_spacing(img.spacing)

@@ -65,7 +65,10 @@ def test_a_stack_of_thin_sections_keeps_every_section_in_its_first_levels(tmp_pa
     assert np.array_equal(level, _mean2(vol))
 
 
-def test_a_2d_float_image_becomes_one_float32_section(tmp_path):
+def test_a_2d_float_image_becomes_one_float32_section(tmp_path, capsys):
+    """... which `emdiffuse info` calls one slice (no isotropic factor to find for it)."""
+    from napari_emdiffuse.cli import main
+
     image = np.random.default_rng(2).random((90, 70))  # float64, no pixel size
     out = write_image(tmp_path / "den.precomputed", image)
     info = json.loads((out / "info").read_text())
@@ -73,6 +76,10 @@ def test_a_2d_float_image_becomes_one_float32_section(tmp_path):
     back = np.asarray(read_image(out).data[:])
     assert back.shape == (1, 90, 70) and back.dtype == np.float32
     assert np.array_equal(back[0], image.astype(np.float32))
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "one slice: restored as a 2D image" in line and "isotropic" not in line, line
 
 
 def test_a_stopped_write_leaves_nothing_and_the_old_volume_whole(tmp_path, monkeypatch):

@@ -489,9 +489,9 @@ class Cluster:
                 Path(tempfile.gettempdir()) / f".emdiffuse-work-{key[:16]}-resumable"
             tmp.mkdir(exist_ok=True)
         elif key is None:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name.lstrip('.')}.work-", dir=out.parent))
         else:  # a resumable run's copy of the input is kept for the next run of the same job
-            tmp = out.parent / f".{out.name}.work-{key[:16]}-resumable"
+            tmp = out.parent / f".{out.name.lstrip('.')}.work-{key[:16]}-resumable"
             tmp.mkdir(exist_ok=True)
         finished = False
         try:
