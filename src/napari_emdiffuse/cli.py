@@ -279,12 +279,20 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
 
     from .engine.errors import InputError
     from .engine.inference.checks import check_fits_in_memory
-    from .engine.io.common import MRC_SUFFIXES, is_zarr_name, streams_lazily, suffix_of
+    from .engine.io.common import MRC_SUFFIXES, PRECOMPUTED_SUFFIX, is_url, is_zarr_name, streams_lazily, suffix_of
     from .engine.io.views import cutout
     from .engine.io.images import write_image
+    from .engine.io.sources import source_of
     from .engine.io.spacing import output_origin
     from .outputs import writing
 
+    cluster = args.workers or args.scheduler
+    if cluster and (is_url(str(out)) or suffix_of(Path(str(out))) != PRECOMPUTED_SUFFIX):
+        raise InputError(f"--workers / --scheduler write a .precomputed folder on a path they reach, not "
+                         f"'{Path(str(out)).name}'; leave them out for other outputs")
+    if cluster and (args.region is not None or args.slices is not None or args.bin > 1):
+        raise InputError("--workers / --scheduler convert a whole image, read in place; leave out --region, --slices "
+                         "and --bin, or convert in one process")
     data = _read_input(args)
     ndim = data.data.ndim
     if args.region is not None or args.slices is not None:
@@ -303,7 +311,11 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
             data.origin = output_origin(data.origin, data.spacing, ndim, scale=1 / args.bin)
         if data.spacing is not None:
             data.spacing = (*data.spacing[:-2], *(v * args.bin for v in data.spacing[-2:]))
-    if not is_zarr_name(out) and not isinstance(data.data, np.ndarray) and not streams_lazily(data.data):
+    if cluster and source_of(data.data) is None:  # read whole here (a small file, a picture, DM): no work to spread
+        print(f"{PROG}: note: '{args.input}' is read here, not in place by workers (they open stored zarr, N5, HDF5, "
+              "TIFF, MRC and precomputed images): it is converted in this process", file=sys.stderr)
+        cluster = None
+    if not cluster and not is_zarr_name(out) and not isinstance(data.data, np.ndarray) and not streams_lazily(data.data):
         check_fits_in_memory(tuple(data.data.shape), data.data.dtype, uncertainty=False)  # a lazy 2D image
     axes = data.axes if data.axes and len(data.axes) == data.data.ndim else None
     if not is_zarr_name(out) and suffix_of(Path(str(out))) in MRC_SUFFIXES:
@@ -317,9 +329,18 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
                            jpeg_quality=args.jpeg_quality,
                            progress=None if told is None else (lambda stage, done, total: told(out, stage, done, total)))
 
-    # An input read lazily goes piece by piece, with a bar (a cutout by URL reads as it goes)
-    lazy = not isinstance(data.data, np.ndarray) if is_zarr_name(out) else streams_lazily(data.data)
-    drive(writing(write, out, pieces=lazy))
+    if cluster:  # each scale's blocks written by the workers, from the input where it is stored
+        from .engine.parallel.runner import cluster_client
+        from .outputs import precomputed_on_cluster
+
+        with cluster_client(args.workers, args.scheduler) as client:
+            drive(precomputed_on_cluster(client, out, data.data, spacing=data.spacing, unit=data.unit or "nm",
+                                         origin=data.origin, made=made, chunk_encoding=args.encoding,
+                                         jpeg_quality=args.jpeg_quality))
+    else:
+        # an input read lazily goes piece by piece, with a bar (a cutout by URL reads as it goes)
+        lazy = not isinstance(data.data, np.ndarray) if is_zarr_name(out) else streams_lazily(data.data)
+        drive(writing(write, out, pieces=lazy))
     size = "no pixel size" if data.spacing is None else " x ".join(f"{v:g}" for v in data.spacing) + f" {data.unit or ''}"
     print(f"wrote {out} ({' x '.join(str(n) for n in data.data.shape)} {data.data.dtype}, {size.strip()})", file=sys.stderr)
     return 0

@@ -138,8 +138,8 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
     c = p.add_mutually_exclusive_group()
     c.add_argument("--workers", type=_positive, help="run on a local dask cluster of N processes, one GPU each (they "
                    "write a zarr output, or a temporary store beside a TIFF, MRC or precomputed one, which is then "
-                   "written from it; an input that is not zarr is copied for them first). A batch: N files side by "
-                   "side, any output")
+                   "written from it, a precomputed folder by them too; an input that is not zarr is copied for them "
+                   "first). A batch: N files side by side, any output")
     c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (as --workers, on "
                    "storage the workers reach; a result by URL must be a .zarr store; a batch: its files)")
     p.add_argument("--resume", action="store_true",
@@ -245,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "volume, of which only those chunks are read")
     p.add_argument("--slices", type=_non_negative, nargs=2, metavar=("Z0", "Z1"), default=None,
                    help="a stack or volume: write only its sections Z0:Z1")
+    c = p.add_mutually_exclusive_group()
+    c.add_argument("--workers", type=_positive, metavar="N",
+                   help="a .precomputed output: written by a local dask cluster of N processes, each scale's blocks "
+                        "side by side, from the input read in place (a whole zarr, N5, HDF5, TIFF, MRC or precomputed "
+                        "image)")
+    c.add_argument("--scheduler", metavar="ADDRESS",
+                   help="as --workers, by a running dask cluster (e.g. tcp://host:8786) whose workers reach the input "
+                        "and the output")
     _encoding_options(p)
     _zarr_format_option(p)
     _pick_options(p)

@@ -17,7 +17,8 @@ from .engine.events import Progress
 from .engine.io.common import ZARR_SUFFIX, suffix_of
 
 __all__ = [
-    "check_chunks", "corner_origin", "keep_spill", "remove_spill", "spill_store", "spill_uncertainty", "spilled_writing",
+    "check_chunks", "corner_origin", "keep_spill", "precomputed_on_cluster", "remove_spill", "spill_store",
+    "spill_uncertainty", "spilled_writing",
     "write_results", "write_spilled", "writing",
 ]
 
@@ -100,26 +101,41 @@ def spilled_writing(out: Path | str, unc: Path | str | None, spill: Path, spill_
                                                               origin=origin, progress=told, **encoding),
                                    out, unc, pieces=True))
     from .engine.io.images import write_image
-    from .engine.io.precomputed_write import precomputed_layout
-    from .engine.parallel.precomputed import precomputed_on_workers
     from .engine.parallel.runner import cluster_client
 
     image, std, meta = _spilled(unc, spill, spill_unc, data, source, attrs)
-    parts = [] if unc is None or std is None else [(unc, std, spill_unc, _uncertainty_made(meta["made"]), {})]
-    parts.append((out, image, spill, meta["made"], encoding))
+    parts = [] if unc is None or std is None else [(unc, std, _uncertainty_made(meta["made"]), {})]
+    parts.append((out, image, meta["made"], encoding))
     where = {"spacing": meta["spacing"], "unit": meta["unit"], "origin": origin}
     with cluster_client(workers, scheduler) as client:
-        for path, array, store, made, chunks in parts:
+        for path, array, made, chunks in parts:
             if _on_workers(path):
-                layout = precomputed_layout(path, array.shape, array.dtype, **where,
-                                            encoding=chunks.get("chunk_encoding", "raw"),
-                                            jpeg_quality=chunks.get("jpeg_quality", 90))
-                yield from precomputed_on_workers(client, store, path, layout, provenance=made)
+                yield from precomputed_on_cluster(client, path, array, made=made, **where, **chunks)
             else:
                 yield from writing(lambda told, path=path, array=array, made=made: write_image(
                     path, array, axes=meta["axes"], provenance=made, **where,
                     progress=None if told is None else (lambda *step: told(path, *step))), path, pieces=True)
     return [str(out)] + ([f"{unc} (uncertainty)"] if len(parts) == 2 else [])
+
+
+def precomputed_on_cluster(client: Any, out: Path | str, array: Any, *, spacing: Any, unit: str, origin: Any,
+                           made: dict, chunk_encoding: str = "raw", jpeg_quality: int = 90) -> Generator[Progress, None, Path]:
+    """Write ``array``, a stored image the workers of ``client`` open in place (a zarr, N5,
+    HDF5, TIFF, MRC or precomputed one: :func:`~.engine.io.sources.source_of`), as the
+    precomputed folder ``out`` on those workers (:func:`~.engine.parallel.precomputed.precomputed_on_workers`),
+    with what :func:`~.engine.io.images.write_image` writes with it; one line for an image
+    that is not stored so."""
+    from .engine.io.precomputed_write import precomputed_layout
+    from .engine.io.sources import source_of
+    from .engine.parallel.precomputed import precomputed_on_workers
+
+    where = source_of(array)
+    if where is None:
+        raise InputError(f"cannot write '{Path(out).name}' on the workers: they read a zarr, N5, HDF5, TIFF, MRC or "
+                         "precomputed image in place, and this one is not stored so; write it in one process")
+    layout = precomputed_layout(out, tuple(array.shape), array.dtype, spacing=spacing, unit=unit, origin=origin,
+                                encoding=chunk_encoding, jpeg_quality=jpeg_quality)
+    return (yield from precomputed_on_workers(client, where, out, layout, provenance=made))
 
 
 def _on_workers(path: Path | str | None) -> bool:

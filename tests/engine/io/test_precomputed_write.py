@@ -293,3 +293,36 @@ def test_convert_and_restorations_write_jpeg_chunks_and_refuse_them_elsewhere(tm
     assert json.loads((tmp_path / "b" / "vol.precomputed" / "info").read_text())["scales"][0]["encoding"] == "jpeg"
     with pytest.raises(InputError, match="jpeg chunks are a .precomputed output's; 'x.zarr' is not one"):
         write_image(tmp_path / "x.zarr", vol, chunk_encoding="jpeg")
+
+
+def test_convert_on_workers_writes_what_one_process_writes(tmp_path, capsys, monkeypatch):
+    """``convert --workers``: a stored volume into a .precomputed folder by the workers, file for
+    file what convert writes in one process; an image read whole here is converted here, with a
+    note; other outputs, cutouts and bins are refused in one line (exit 2)."""
+    pytest.importorskip("distributed")
+    from napari_emdiffuse.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    vol = np.random.default_rng(6).integers(0, 256, (6, 300, 260), dtype=np.uint8)
+    write_image(tmp_path / "v.zarr", vol, spacing=(30.0, 4.0, 4.0))
+    write_image(tmp_path / "small.tif", vol[:2], spacing=(30.0, 4.0, 4.0))
+    assert main(["convert", "v.zarr", "-o", "one.precomputed"]) == 0
+    assert main(["convert", "v.zarr", "-o", "two.precomputed", "--workers", "1"]) == 0
+    files = [p.relative_to(tmp_path / "one.precomputed") for p in sorted((tmp_path / "one.precomputed").rglob("*"))]
+    assert len(files) > 3 and files == [p.relative_to(tmp_path / "two.precomputed")
+                                        for p in sorted((tmp_path / "two.precomputed").rglob("*"))]
+    assert all((tmp_path / "one.precomputed" / f).read_bytes() == (tmp_path / "two.precomputed" / f).read_bytes()
+               for f in files if (tmp_path / "one.precomputed" / f).is_file())
+    capsys.readouterr()
+    assert main(["convert", "small.tif", "-o", "s.precomputed", "--workers", "1"]) == 0
+    assert "is read here, not in place by workers" in capsys.readouterr().err
+    assert np.array_equal(np.asarray(read_image(tmp_path / "s.precomputed").data[:]), vol[:2])
+    for args, words in [
+        (["v.zarr", "-o", "v.tif", "--workers", "1"], "write a .precomputed folder on a path they reach, not 'v.tif'"),
+        (["v.zarr", "-o", "c.precomputed", "--workers", "1", "--region", "0", "10", "0", "10"], "leave out --region"),
+        (["v.zarr", "-o", "c.precomputed", "--scheduler", "tcp://127.0.0.1:9", "--bin", "2"], "leave out --region"),
+    ]:
+        assert main(["convert", *args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "c.precomputed").exists() and not (tmp_path / "v.tif").exists()

@@ -44,7 +44,8 @@ def test_workers_write_the_folder_one_process_writes(tmp_path, client, monkeypat
     layout = precomputed_layout(tmp_path / "w.precomputed", vol.shape, vol.dtype, spacing=spacing, origin=(0, 8, 12),
                                 **kw)
     assert len(layout.scales) == 3 and (len(layout.blocks(0)) > 3 or kw.get("sharded"))
-    events = list(on_workers.precomputed_on_workers(client, store, tmp_path / "w.precomputed", layout, provenance=made))
+    events = list(on_workers.precomputed_on_workers(client, (str(store), "", (), ()), tmp_path / "w.precomputed", layout,
+                                                     provenance=made))
     out = tmp_path / "w.precomputed"
     assert _files(out) == _files(ref)
     assert {ev.stage for ev in events} == {"writing"} and events[-1].message.endswith("(scale 3 of 3)")
@@ -66,7 +67,7 @@ def test_a_cancelled_write_on_workers_leaves_nothing(tmp_path, client, monkeypat
     before = _files(old)
     monkeypatch.setattr(precomputed_write, "_UNIT_PIXELS", 2**18)
     layout = precomputed_layout(out, vol.shape, vol.dtype)
-    gen = on_workers.precomputed_on_workers(client, store, out, layout)
+    gen = on_workers.precomputed_on_workers(client, (str(store), "", (), ()), out, layout)
     first = [next(gen) for _ in range(2)]
     assert first[0].total > 2
     gen.close()

@@ -5,7 +5,9 @@ folder is then written from it here by the workers too, scale by scale: every bl
 is an independent task (its chunk files, or its shard's file; :mod:`~..io.precomputed_write`),
 and a level's tasks read the scale above it, which is whole by then. So a terabyte is read and
 written where the workers are, side by side, not through the one process that submitted the
-run. The output must be on storage the workers reach, as the store it is written from is.
+run. ``emdiffuse convert --workers`` does the same from any stored input the workers open in
+place (:func:`~..io.sources.source_of`). The output must be on storage the workers reach, as
+the input is.
 
 The folder is built under its hidden name and renamed when whole (closing the generator
 cancels what has not run and removes it), as in one process.
@@ -22,7 +24,7 @@ from typing import Any
 from ..events import Progress
 from ..io.atomic import remove_path
 from ..io.precomputed_write import PrecomputedLayout, finish_precomputed, start_precomputed, write_precomputed_block
-from ..io.zarr import open_zarr_readonly
+from ..io.sources import open_source
 from .runner import run_tasks
 
 __all__ = ["PrecomputedJob", "precomputed_on_workers", "run_precomputed_job"]
@@ -39,30 +41,30 @@ class PrecomputedJob:
     layout: PrecomputedLayout
     scale: int
     blocks: tuple[tuple[slice, slice, slice], ...]
-    src: str  # the zarr store of the full-resolution pixels
+    source: tuple  # the full-resolution pixels, where the workers open them (source_of's form)
 
 
 def run_precomputed_job(job: PrecomputedJob) -> int:
     """Write a task's blocks in a worker; how many."""
-    source = open_zarr_readonly(job.src) if job.scale == 0 else None  # a level reads the folder itself
+    source = open_source(*job.source) if job.scale == 0 else None  # a level reads the folder itself
     for block in job.blocks:
         write_precomputed_block(Path(job.folder), job.layout, job.scale, block, source)
     return len(job.blocks)
 
 
 def precomputed_on_workers(
-    client: Any, src: str | Path, out: str | Path, layout: PrecomputedLayout, *, provenance: dict | None = None,
+    client: Any, source: tuple, out: str | Path, layout: PrecomputedLayout, *, provenance: dict | None = None,
 ) -> Generator[Progress, None, Path]:
-    """Write the zarr store ``src`` (a 2D image or ZYX volume, finished) as the precomputed
-    folder ``out`` of ``layout`` (:func:`~..io.precomputed_write.precomputed_layout`) on the
-    workers of ``client``, with ``Progress("writing", tasks, total)`` per scale (the folder as
-    the message); the folder."""
+    """Write the stored image at ``source`` (a 2D image or ZYX volume where the workers open it:
+    :func:`~..io.sources.source_of`) as the precomputed folder ``out`` of ``layout``
+    (:func:`~..io.precomputed_write.precomputed_layout`) on the workers of ``client``, with
+    ``Progress("writing", tasks, total)`` per scale (the folder as the message); the folder."""
     tmp = start_precomputed(out, layout, provenance)
     try:
         for k in range(len(layout.scales)):
             blocks = layout.blocks(k)
             n = min(_TASKS, len(blocks))
-            jobs = [PrecomputedJob(str(tmp), layout, k, tuple(blocks[i::n]), str(src)) for i in range(n)]
+            jobs = [PrecomputedJob(str(tmp), layout, k, tuple(blocks[i::n]), tuple(source)) for i in range(n)]
             for ev in run_tasks(client, run_precomputed_job, jobs, name="precomputed", stage="writing"):
                 yield Progress(ev.stage, ev.done, ev.total, message=f"{out} (scale {k + 1} of {len(layout.scales)})")
         return finish_precomputed(tmp, out)
