@@ -419,8 +419,8 @@ def workers_box() -> QSpinBox:
     """How many local dask processes run the blocks (0: in napari)."""
     return spin_box(
         0, 64, 0, "in napari", "Run the blocks on a local dask cluster of this many processes (one GPU each where "
-        "there are several); needs an output path (a .tif, .mrc or .precomputed one is written from the zarr "
-        "store they fill). With the files… button: this many files side by side",
+        "there are several); needs an output path (a .tif or .mrc one is written from the zarr store they fill, "
+        "a .precomputed one by them too). With the files… button: this many files side by side",
     )  # fmt: skip
 
 

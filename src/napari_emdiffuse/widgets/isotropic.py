@@ -83,8 +83,8 @@ class IsotropicOptions(WidgetOptions):
         output's measured slices are then the denoised ones.
     workers : int
         0: run in napari. N: run the blocks on a new local dask cluster of N processes (one
-        GPU each where there are several); needs an output path (a ``.tif``, ``.mrc`` or
-        ``.precomputed`` one is written from the zarr store they fill).
+        GPU each where there are several); needs an output path (a ``.tif`` or ``.mrc`` one is written
+        from the zarr store they fill, a ``.precomputed`` one by them too).
     resume : bool
         ``.zarr`` output: a cancelled or failed run keeps its finished blocks, and the next
         run of the same image, model and options continues from them.
