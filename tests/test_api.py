@@ -125,6 +125,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.widgets._layers",
         "napari_emdiffuse.engine.io.zarr",
         "napari_emdiffuse.engine.io.zarrurl",
+        "napari_emdiffuse.engine.parallel.runner",
     ],
 )
 def test_docstring_examples_run(module):

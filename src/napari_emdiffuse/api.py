@@ -194,7 +194,8 @@ class ZarrOptions(RestoreOptions):
     workers : int, optional
         Run the blocks on a new local dask cluster of this many processes (one GPU each).
     scheduler : str, optional
-        Run them on an existing dask cluster (``tcp://host:port``).
+        Run them on an existing dask cluster: its address (``tcp://host:port``), or the file
+        its scheduler wrote (``dask scheduler --scheduler-file sched.json``, as HPC jobs pass it).
     resume : bool
         Keep the finished blocks of a run that fails or is stopped (in an unfinished store
         beside ``out``), and continue an earlier such run of the same input, model and

@@ -140,8 +140,10 @@ def _sampling_options(p: argparse.ArgumentParser, *, samplers: bool = True) -> N
                    "write a zarr output, or a temporary store beside a TIFF, MRC or precomputed one, which is then "
                    "written from it, a precomputed folder by them too; an input that is not zarr is copied for them "
                    "first). A batch: N files side by side, any output")
-    c.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786 (as --workers, on "
-                   "storage the workers reach; a result by URL must be a .zarr store; a batch: its files)")
+    c.add_argument("--scheduler", metavar="ADDRESS|FILE",
+                   help="a running dask cluster: its scheduler's address, e.g. tcp://host:8786, or the file it wrote "
+                        "(dask scheduler --scheduler-file sched.json, as on HPC) (as --workers, on storage the workers "
+                        "reach; a result by URL must be a .zarr store; a batch: its files)")
     p.add_argument("--resume", action="store_true",
                    help="zarr output: if the run fails or is stopped, keep its finished blocks (beside the output, "
                         "unfinished); run the same command with --resume again to continue from them. A TIFF or MRC "
@@ -250,9 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .precomputed output: written by a local dask cluster of N processes, each scale's blocks "
                         "side by side, from the input read in place (a whole zarr, N5, HDF5, TIFF, MRC or precomputed "
                         "image)")
-    c.add_argument("--scheduler", metavar="ADDRESS",
-                   help="as --workers, by a running dask cluster (e.g. tcp://host:8786) whose workers reach the input "
-                        "and the output")
+    c.add_argument("--scheduler", metavar="ADDRESS|FILE",
+                   help="as --workers, by a running dask cluster (its scheduler's address, e.g. tcp://host:8786, or "
+                        "the file it wrote) whose workers reach the input and the output")
     _encoding_options(p)
     _zarr_format_option(p)
     _pick_options(p)

@@ -281,3 +281,40 @@ def test_workers_draw_a_denoised_regions_noise_at_its_place(tmp_path):
         reconstruct_isotropic(data, 2, path, out=tmp_path / "lost.zarr", workers=2, **kw)
     lost = zarr.open_array(str(tmp_path / "lost.zarr"), mode="r")[:]
     assert np.abs(lost - a)[1::2].mean() > 0.5  # the generated slices
+
+
+def test_a_cluster_is_found_by_the_file_its_scheduler_wrote(tmp_path, capsys):
+    """``scheduler=`` / ``--scheduler`` take the file a scheduler writes as it starts (``dask
+    scheduler --scheduler-file``, how HPC jobs pass it): the run is the one on that cluster's
+    address. A missing file, or one without an address, is refused in one line before any
+    work (exit 2 at the command line, no output)."""
+    import json
+
+    import zarr
+    from distributed import LocalCluster
+
+    from napari_emdiffuse.api import restore_to_zarr
+    from napari_emdiffuse.cli import main
+
+    path = str(make_tiny("denoise").save(tmp_path / "tiny"))
+    stack = (np.random.default_rng(5).random((2, 40, 36)) * 255).astype(np.uint8)
+    kw = dict(block=32, steps=1, tile=32, overlap=8, device="cpu", z_filter="off")
+    restore_to_zarr(stack, tmp_path / "here.zarr", "denoise", path, **kw)
+    sched = tmp_path / "sched.json"
+    with runner.environment_kept(), LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                                 dashboard_address="127.0.0.1:0") as cluster:
+        sched.write_text(json.dumps({"type": "Scheduler", "address": cluster.scheduler_address}))
+        assert runner.scheduler_address(str(sched)) == cluster.scheduler_address
+        restore_to_zarr(stack, tmp_path / "there.zarr", "denoise", path, scheduler=str(sched), **kw)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "there.zarr"), mode="r")[:],
+                                  zarr.open_array(str(tmp_path / "here.zarr"), mode="r")[:])
+    (tmp_path / "empty.json").write_text("{}")
+    for where, words in [(tmp_path / "none.json", "no dask scheduler file"), (tmp_path / "empty.json", "holds no")]:
+        with pytest.raises(InputError, match=words):
+            restore_to_zarr(stack, tmp_path / "x.zarr", "denoise", path, scheduler=str(where), **kw)
+        capsys.readouterr()
+        assert main(["denoise", str(tmp_path / "here.zarr"), "-o", str(tmp_path / "y.zarr"), "--model", path,
+                     "--scheduler", str(where), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not [p.name for p in tmp_path.iterdir() if "x.zarr" in p.name or "y.zarr" in p.name]  # nor partials

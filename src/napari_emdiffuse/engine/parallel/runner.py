@@ -13,6 +13,7 @@ the sampling options for its own device.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -58,6 +59,7 @@ __all__ = [
     "staged",
     "model_spec",
     "connect",
+    "scheduler_address",
     "cluster_client",
     "environment_kept",
     "run_tasks",
@@ -185,16 +187,18 @@ _LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHO
 
 
 def connect(workers: int | None, scheduler: str | None, device: str = "cpu") -> tuple[Any, Any]:
-    """A client of the cluster at ``scheduler``, or of a new local cluster of ``workers``
+    """A client of the cluster at ``scheduler`` (an address or a scheduler file:
+    :func:`scheduler_address`), or of a new local cluster of ``workers``
     processes (one thread each, each pinned to its own GPU when the run is on the GPU)."""
     import dask
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
+        address = scheduler_address(scheduler)
         try:
-            return Client(scheduler, timeout="20s"), None
+            return Client(address, timeout="20s"), None
         except (OSError, TimeoutError) as exc:
-            raise EMDiffuseError(f"cannot connect to the dask scheduler at '{scheduler}': {exc}") from None
+            raise EMDiffuseError(f"cannot connect to the dask scheduler at '{address}': {exc}") from None
     n = int(workers or 1)
     with environment_kept(), dask.config.set(_LOCAL_WORKER_CONFIG):
         cluster = LocalCluster(
@@ -219,6 +223,37 @@ def connect(workers: int | None, scheduler: str | None, device: str = "cpu") -> 
     except BaseException:
         cluster.close()
         raise
+
+
+def scheduler_address(scheduler: str) -> str:
+    """The address of a dask scheduler given as one (``tcp://host:8786``) or as the file it wrote
+    as it started (``dask scheduler --scheduler-file sched.json``: the way HPC jobs, dask-mpi
+    and dask-jobqueue pass it on, the address unknown until the job runs); one line for a file
+    that is missing or holds none.
+
+    Examples
+    --------
+    >>> scheduler_address("tcp://10.0.0.5:8786")
+    'tcp://10.0.0.5:8786'
+    >>> scheduler_address("/no/such/sched.json")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.InputError: no dask scheduler file '/no/such/sched.json': start the scheduler with --scheduler-file /no/such/sched.json first, or give its address (tcp://host:8786)
+    """
+    text = str(scheduler).strip()
+    if "://" in text or not (text.lower().endswith(".json") or Path(text).is_file()):
+        return text  # an address (a bare host:port too, which dask takes as tcp://)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise InputError(f"no dask scheduler file '{text}': start the scheduler with --scheduler-file {text} first, "
+                         "or give its address (tcp://host:8786)")
+    try:
+        address = json.loads(path.read_text()).get("address")
+    except (OSError, ValueError, AttributeError):
+        address = None
+    if not isinstance(address, str) or not address:
+        raise InputError(f"'{text}' is not a dask scheduler file: it holds no scheduler address")
+    return address
 
 
 @contextlib.contextmanager
@@ -448,8 +483,9 @@ def pyramids_on_workers(client: Any, writers: tuple) -> Generator[Progress, None
 @dataclass(frozen=True)
 class Cluster:
     """Where block tasks run: a new local cluster of ``workers`` processes, or an existing
-    one at ``scheduler`` (``tcp://host:port``; the input, the output and the model must
-    then be on storage its workers reach). Pass it as ``distribute=`` to the restoration
+    one at ``scheduler`` (``tcp://host:port``, or the file its scheduler wrote:
+    :func:`scheduler_address`; the input, the output and the model must then be on storage
+    its workers reach). Pass it as ``distribute=`` to the restoration
     entry points; the result is the same as in one process.
 
     Examples
@@ -475,6 +511,8 @@ class Cluster:
             raise InputError(f"workers must be a positive whole number, got {workers!r}")
         if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
             raise InputError(f"scheduler must be an address such as 'tcp://host:8786', got {scheduler!r}")
+        if scheduler is not None:
+            scheduler_address(scheduler)  # a scheduler file that is missing or holds no address: before any work
         if workers is None and scheduler is None:
             raise InputError("a cluster needs workers= (a local cluster) or scheduler= (an existing one)")
 
