@@ -252,6 +252,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     batch = is_batch(args.input, args.output)
     _check_encoding(args, batch)
+    if batch and (args.workers or args.scheduler) and args.to != ".precomputed":
+        raise InputError("--workers / --scheduler write .precomputed folders; add --to .precomputed, or leave them out")
     if not batch:
         check_one_image(args.input[0], "convert")
         args.input = args.input[0]

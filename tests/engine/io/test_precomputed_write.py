@@ -321,8 +321,10 @@ def test_convert_on_workers_writes_what_one_process_writes(tmp_path, capsys, mon
         (["v.zarr", "-o", "v.tif", "--workers", "1"], "write a .precomputed folder on a path they reach, not 'v.tif'"),
         (["v.zarr", "-o", "c.precomputed", "--workers", "1", "--region", "0", "10", "0", "10"], "leave out --region"),
         (["v.zarr", "-o", "c.precomputed", "--scheduler", "tcp://127.0.0.1:9", "--bin", "2"], "leave out --region"),
+        (["v.zarr", "small.tif", "-o", "cb", "--workers", "1"], "add --to .precomputed"),  # a batch: up front
     ]:
         assert main(["convert", *args]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
     assert not (tmp_path / "c.precomputed").exists() and not (tmp_path / "v.tif").exists()
+    assert not (tmp_path / "cb").exists()
