@@ -412,6 +412,12 @@ def test_isotropic_logic(tmp_path):
         with pytest.raises(EMDiffuseError, match="zarr format 3 is the format of a .zarr output"):
             kind(zarr_format=3, output=str(tmp_path / "out.precomputed")).validate()
         kind(resume=True, output=str(tmp_path / "out.mrc")).validate()  # a large result's hidden store is kept
+        # a running cluster (its scheduler's address or file) instead of local workers, into an output
+        kind(scheduler="tcp://10.0.0.5:8786", output=str(tmp_path / "out.zarr")).validate()
+        for bad, words in [({"workers": 2}, "not both"), ({"output": ""}, "a cluster writes into an output"),
+                           ({"scheduler": str(tmp_path / "none.json")}, "no dask scheduler file")]:
+            with pytest.raises(EMDiffuseError, match=words):
+                kind(**{"scheduler": "tcp://10.0.0.5:8786", "output": str(tmp_path / "out.zarr"), **bad}).validate()
         # JPEG chunks are a .precomputed output's (or the files… button's as .precomputed)
         kind(chunks="jpeg 85", output=str(tmp_path / "out.precomputed")).validate()
         for output in ("", str(tmp_path / "out.tif")):
@@ -1043,6 +1049,30 @@ def test_restore_widget_writes_tiff_mrc_and_precomputed_outputs(viewer, qtbot, m
     assert np.abs(read_image(tmp_path / "workers.tif").data.astype(int) - memory.astype(int)).max() <= 1
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert "the workers write zarr stores" in w.status.text()
+    # Advanced > cluster: a running cluster, found by the file its scheduler wrote (as on HPC)
+    import json
+
+    from distributed import LocalCluster
+
+    from napari_emdiffuse.engine.parallel.runner import environment_kept
+
+    sched = tmp_path / "sched.json"
+    with environment_kept(), LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                          dashboard_address="127.0.0.1:0") as cluster:
+        sched.write_text(json.dumps({"address": cluster.scheduler_address}))
+        w.scheduler.setText(str(sched))
+        w.output.setText(str(tmp_path / "cluster.zarr"))
+        assert w.options().scheduler == str(sched) and w.run()
+        _wait(qtbot, w)
+    w.scheduler.setText("")
+    assert not errors, errors
+    there = np.asarray(read_image(tmp_path / "cluster.zarr").data[...]).squeeze()
+    assert np.abs(there.astype(int) - memory.astype(int)).max() <= 1
+    w.scheduler.setText(str(tmp_path / "gone.json"))  # refused before any work
+    assert not w.run()
+    assert errors and "no dask scheduler file" in errors[-1] and not (tmp_path / "gone.json").exists()
+    errors.clear()
+    w.scheduler.setText("")
     # the layer's own file is not replaced while it is read
     own = viewer.open(str(tmp_path / "scan.mrc"), plugin=PLUGIN)[0]
     w.layer_combo.set_layer(own)

@@ -40,6 +40,7 @@ __all__ = [
     "set_control",
     "tiling_boxes",
     "files_as_box",
+    "scheduler_box",
     "chunks_box",
     "output_row",
     "OUTPUT_FILTERS",
@@ -422,6 +423,19 @@ def workers_box() -> QSpinBox:
         "there are several); needs an output path (a .tif or .mrc one is written from the zarr store they fill, "
         "a .precomputed one by them too). With the files… button: this many files side by side",
     )  # fmt: skip
+
+
+def scheduler_box() -> QLineEdit:
+    """A running dask cluster to run the blocks on (``scheduler``: its address or file)."""
+    edit = QLineEdit()
+    edit.setPlaceholderText("none: workers above, or in napari")
+    edit.setToolTip(
+        "Run the blocks on a running dask cluster: its scheduler's address (tcp://host:8786) or the file the "
+        "scheduler wrote (dask scheduler --scheduler-file /shared/sched.json, as on HPC). Its workers must reach "
+        "the output (and a stored input and model) on shared storage; needs an output path. With the files… "
+        "button: the files side by side on it"
+    )
+    return edit
 
 
 def resume_box() -> QCheckBox:

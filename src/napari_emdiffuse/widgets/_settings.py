@@ -29,6 +29,7 @@ __all__ = [
     "check_preset",
     "check_tiling",
     "check_workers",
+    "check_cluster",
     "check_resume",
     "ZARR_FORMAT_ITEMS",
     "FILES_AS",
@@ -158,9 +159,10 @@ def check_tiling(opts: _Sampling) -> None:
         raise EMDiffuseError(f"overlap {opts.overlap} must be smaller than tile {opts.tile}")
 
 
-def check_workers(workers: Any, output: str) -> None:
-    """Local dask workers: 0 (run in napari) or a number of processes, writing into an output
-    (a zarr store, or the hidden store a TIFF, MRC or precomputed result is written from).
+def check_workers(workers: Any, output: str, scheduler: Any = "") -> None:
+    """Local dask workers: 0 (run in napari) or a number of processes, or a running cluster
+    (:func:`check_cluster`), writing into an output (a zarr store, or the hidden store a TIFF,
+    MRC or precomputed result is written from).
 
     Examples
     --------
@@ -174,6 +176,39 @@ def check_workers(workers: Any, output: str) -> None:
         raise EMDiffuseError(f"workers must be 0 (in napari) or a number of processes, not {workers!r}")
     if workers and not output:
         raise EMDiffuseError("workers write into an output: give a .zarr, .tif, .mrc or .precomputed path")
+    if check_cluster(workers, scheduler) and not output:
+        raise EMDiffuseError("a cluster writes into an output: give a .zarr, .tif, .mrc or .precomputed path on "
+                             "storage its workers reach")
+
+
+def check_cluster(workers: Any, scheduler: Any) -> str:
+    """The running dask cluster to use, by its scheduler's address or the file the scheduler
+    wrote (tidied; "" for none), which local workers exclude; a scheduler file that is missing
+    or holds no address is refused now, before any work.
+
+    Examples
+    --------
+    >>> check_cluster(0, " tcp://10.0.0.5:8786 ")
+    'tcp://10.0.0.5:8786'
+    >>> check_cluster(2, "tcp://10.0.0.5:8786")
+    Traceback (most recent call last):
+    ...
+    napari_emdiffuse.engine.errors.EMDiffuseError: run on local workers or on a running cluster, not both: set workers to 0, or clear the cluster
+    """
+    if not isinstance(scheduler, str):
+        raise EMDiffuseError(f"the cluster is a scheduler's address or file, not {scheduler!r}")
+    scheduler = scheduler.strip()
+    if scheduler and workers:
+        raise EMDiffuseError("run on local workers or on a running cluster, not both: set workers to 0, or clear the "
+                             "cluster")
+    if scheduler:
+        from ..engine.parallel.runner import scheduler_address
+
+        try:
+            scheduler_address(scheduler)
+        except EMDiffuseError as exc:  # the engine's InputError: the same line
+            raise EMDiffuseError(str(exc)) from None
+    return scheduler
 
 
 def check_resume(resume: Any, output: str) -> None:

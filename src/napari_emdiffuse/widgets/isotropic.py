@@ -24,7 +24,8 @@ from ..engine.io.common import is_zarr_name
 from ..engine.io.zarrurl import check_output_place
 from ._base import DockWidget
 from ._controls import (
-    ModelPicker, advanced_section, chunks_box, files_as_box, resume_box, spin_box, tiling_boxes, workers_box,
+    ModelPicker, advanced_section, chunks_box, files_as_box, resume_box, scheduler_box, spin_box, tiling_boxes,
+    workers_box,
     output_row, zarr_format_box,
 )
 from ._files import FilesMixin
@@ -33,7 +34,7 @@ from ._layers import (
     show_outputs, source_origin,
 )  # fmt: skip
 from ._settings import (
-    PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
+    PRESETS, WidgetOptions, check_cluster, check_preset, check_resume, check_tiling, check_workers,
     check_chunks_choice, check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
 )  # fmt: skip
 from .restore import check_input_layer, layer_array
@@ -85,6 +86,10 @@ class IsotropicOptions(WidgetOptions):
         0: run in napari. N: run the blocks on a new local dask cluster of N processes (one
         GPU each where there are several); needs an output path (a ``.tif`` or ``.mrc`` one is written
         from the zarr store they fill, a ``.precomputed`` one by them too).
+    scheduler : str
+        Run the blocks on a running dask cluster instead: its scheduler's address
+        (``tcp://host:8786``) or the file the scheduler wrote (``--scheduler-file``); its workers
+        reach the output on shared storage. Excludes ``workers``; needs an output path.
     resume : bool
         ``.zarr`` output: a cancelled or failed run keeps its finished blocks, and the next
         run of the same image, model and options continues from them.
@@ -112,6 +117,7 @@ class IsotropicOptions(WidgetOptions):
     uncertainty: bool = False
     denoise_first: bool = False
     workers: int = 0
+    scheduler: str = ""
     resume: bool = False
     zarr_format: int = 2
     chunks: str = "raw"
@@ -131,7 +137,7 @@ class IsotropicOptions(WidgetOptions):
         check_tiling(self)
         if self.output:
             check_output_place(self.output, resume=self.resume is True)
-        check_workers(self.workers, self.output)
+        check_workers(self.workers, self.output, self.scheduler)
         check_resume(self.resume, self.output)
         check_zarr_format_choice(self.zarr_format, self.output)
         check_chunks_choice(self.chunks, self.output)
@@ -148,6 +154,7 @@ class IsotropicOptions(WidgetOptions):
             "uncertainty": self.uncertainty,
             "denoise": True if self.denoise_first else None,
             "workers": self.workers or None,
+            "scheduler": self.scheduler.strip() or None,
             "resume": self.resume,
             "zarr_format": self.zarr_format,
         }
@@ -239,6 +246,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
             "Also compute the per-pixel uncertainty (std): a predictor's own, or the spread of 2+ samples"
         )
         self.workers = workers_box()
+        self.scheduler = scheduler_box()
         self.resume = resume_box()
         self.zarr_format = zarr_format_box()
         self.chunks = chunks_box()
@@ -251,6 +259,7 @@ class IsotropicWidget(FilesMixin, DockWidget):
                 ("overlap", self.overlap),
                 ("seed", self.seed),
                 ("workers", self.workers),
+                ("cluster", self.scheduler),
                 ("", self.resume),
                 ("zarr format", self.zarr_format),
                 ("precomputed chunks", self.chunks),
@@ -367,13 +376,15 @@ class IsotropicWidget(FilesMixin, DockWidget):
     def files_job(self) -> tuple[str, Any, dict[str, Any]]:
         """*Reconstruct files…*: the task, model and options of ``restore_files_iter``; each
         volume's factor from its voxel size, the factor box's where a file records none
-        (Advanced > workers: that many files side by side; the output box plays no part)."""
+        (Advanced > workers or cluster: files side by side there; the output box plays no part)."""
         opts = self.options()
-        replace(opts, output="", workers=0, resume=False, zarr_format=2, chunks="raw").validate()
+        replace(opts, output="", workers=0, scheduler="", resume=False, zarr_format=2, chunks="raw").validate()
+        scheduler = check_cluster(opts.workers, opts.scheduler)
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
         kwargs = sampling_kwargs(opts) | {"default_factor": opts.factor, "denoise": True if opts.denoise_first else None,
                                           "uncertainty": opts.uncertainty, "workers": opts.workers or None,
+                                          "scheduler": scheduler or None,
                                           "resume": opts.resume, **files_kwargs(opts.files_as, opts.zarr_format, opts.chunks)}
         return opts.task, model, kwargs | ({"arch": arch} if arch is not None else {})
 

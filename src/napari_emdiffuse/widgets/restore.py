@@ -25,7 +25,8 @@ from ..engine.io.consoles import databar_note
 from ..engine.io.zarr import uncertainty_beside
 from ._base import DockWidget
 from ._controls import (
-    ModelPicker, advanced_section, chunks_box, files_as_box, resume_box, spin_box, tiling_boxes, workers_box,
+    ModelPicker, advanced_section, chunks_box, files_as_box, resume_box, scheduler_box, spin_box, tiling_boxes,
+    workers_box,
     output_row, zarr_format_box,
 )
 from ._files import FilesMixin
@@ -35,7 +36,7 @@ from ._layers import (
     source_origin,
 )
 from ._settings import (
-    PRESETS, WidgetOptions, check_preset, check_resume, check_tiling, check_workers,
+    PRESETS, WidgetOptions, check_cluster, check_preset, check_resume, check_tiling, check_workers,
     check_chunks_choice, check_files_as, check_zarr_format_choice, files_kwargs, sampling_kwargs,
 )  # fmt: skip
 
@@ -110,6 +111,10 @@ class RestoreOptions(WidgetOptions):
         0: run in napari. N: run the blocks on a new local dask cluster of N processes (one
         GPU each where there are several); needs an output path (a ``.tif`` or ``.mrc`` one is written
         from the zarr store they fill, a ``.precomputed`` one by them too).
+    scheduler : str
+        Run the blocks on a running dask cluster instead: its scheduler's address
+        (``tcp://host:8786``) or the file the scheduler wrote (``--scheduler-file``); its workers
+        reach the output on shared storage. Excludes ``workers``; needs an output path.
     resume : bool
         ``.zarr`` output: a cancelled or failed run keeps its finished blocks, and the next
         run of the same image, model and options continues from them.
@@ -137,6 +142,7 @@ class RestoreOptions(WidgetOptions):
     in_view: bool = False
     z_filter: str = "auto"
     workers: int = 0
+    scheduler: str = ""
     resume: bool = False
     zarr_format: int = 2
     chunks: str = "raw"
@@ -158,7 +164,7 @@ class RestoreOptions(WidgetOptions):
         if self.output:
             check_output_place(self.output, resume=self.resume is True)
         self.z_filter = check_z_filter(self.z_filter)
-        check_workers(self.workers, self.output)
+        check_workers(self.workers, self.output, self.scheduler)
         check_resume(self.resume, self.output)
         check_zarr_format_choice(self.zarr_format, self.output)
         check_chunks_choice(self.chunks, self.output)
@@ -388,6 +394,7 @@ class RestoreWidget(FilesMixin, DockWidget):
             "or a width in slices (std, 0-3)"
         )
         self.workers = workers_box()
+        self.scheduler = scheduler_box()
         self.resume = resume_box()
         self.zarr_format = zarr_format_box()
         self.chunks = chunks_box()
@@ -408,6 +415,7 @@ class RestoreWidget(FilesMixin, DockWidget):
                 ("seed", self.seed),
                 ("precision", self.precision),
                 ("workers", self.workers),
+                ("cluster", self.scheduler),
                 ("", self.resume),
                 ("zarr format", self.zarr_format),
                 ("precomputed chunks", self.chunks),
@@ -464,14 +472,16 @@ class RestoreWidget(FilesMixin, DockWidget):
 
                 return restore_to_zarr_iter(data, out, opts.task, model, arch=arch, spacing=scale, origin=origin,
                                             uncertainty_out=unc_out, workers=opts.workers or None,
-                                            resume=opts.resume, zarr_format=opts.zarr_format, **kwargs)
+                                            scheduler=opts.scheduler or None, resume=opts.resume,
+                                            zarr_format=opts.zarr_format, **kwargs)
             if out is not None:  # a TIFF, MRC or precomputed result, written as the command line writes one
                 from ..files import restore_file_iter
 
                 encoding, quality = check_chunks_choice(opts.chunks, str(out))
                 return restore_file_iter(layer_image(data, source, layer, origin=origin), out, opts.task, model,
                                          arch=arch, uncertainty_out=unc_out, resume=opts.resume,
-                                         workers=opts.workers or None, model_ref=model, chunk_encoding=encoding,
+                                         workers=opts.workers or None, scheduler=opts.scheduler or None,
+                                         model_ref=model, chunk_encoding=encoding,
                                          jpeg_quality=quality, **kwargs)
             from ..api import restore_iter
 
@@ -488,12 +498,15 @@ class RestoreWidget(FilesMixin, DockWidget):
 
     def files_job(self) -> tuple[str, Any, dict[str, Any]]:
         """*Restore files…*: the task, model and options of ``restore_files_iter`` (Advanced >
-        workers: that many files side by side; the output box plays no part)."""
+        workers or cluster: files side by side there; the output box plays no part)."""
         opts = self.options()
-        kwargs = replace(opts, output="", workers=0, resume=False, zarr_format=2, chunks="raw").engine_kwargs()
+        kwargs = replace(opts, output="", workers=0, scheduler="", resume=False, zarr_format=2,
+                         chunks="raw").engine_kwargs()
+        scheduler = check_cluster(opts.workers, opts.scheduler)
         model, arch = self.model.value()
         self._save_settings(opts, self.model)
-        return opts.task, model, {**kwargs, "arch": arch, "workers": opts.workers or None, "resume": opts.resume,
+        return opts.task, model, {**kwargs, "arch": arch, "workers": opts.workers or None,
+                                  "scheduler": scheduler or None, "resume": opts.resume,
                                   **files_kwargs(opts.files_as, opts.zarr_format, opts.chunks)}
 
     def _show(self, result: Any, source: dict, task: str, unc_out: Any = None, width: int = 0) -> None:
