@@ -318,3 +318,29 @@ def test_a_cluster_is_found_by_the_file_its_scheduler_wrote(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
     assert not [p.name for p in tmp_path.iterdir() if "x.zarr" in p.name or "y.zarr" in p.name]  # nor partials
+
+
+def _missing(job):
+    open(job, "rb")  # noqa: SIM115 - raises FileNotFoundError: a path the worker does not have
+
+
+def test_a_path_the_workers_cannot_reach_is_said_in_one_line(tmp_path):
+    """A worker's FileNotFoundError reaches the client as one line naming the path: on a running
+    cluster (a client by address) that the workers must reach it, on a local one that it went
+    away. Control: another error of a worker is raised as it is."""
+    from distributed import Client, LocalCluster
+
+    from napari_emdiffuse.engine.errors import EMDiffuseError
+    from napari_emdiffuse.engine.events import drain
+
+    gone = str(tmp_path / "scratch" / "in.zarr")
+    with runner.environment_kept(), LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                                 dashboard_address="127.0.0.1:0") as cluster:
+        for client, words in [(Client(cluster), "moved or removed"),
+                              (Client(cluster.scheduler_address), "must reach the input, the output and the model")]:
+            with client:
+                with pytest.raises(EMDiffuseError, match=words) as err:
+                    drain(runner.run_tasks(client, _missing, [gone], name="t"))
+                assert f"a worker could not open '{gone}' (No such file or directory)" in str(err.value)
+                with pytest.raises(ZeroDivisionError):
+                    drain(runner.run_tasks(client, lambda job: 1 / 0, [1], name="z"))

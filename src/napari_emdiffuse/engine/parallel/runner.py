@@ -63,6 +63,7 @@ __all__ = [
     "cluster_client",
     "environment_kept",
     "run_tasks",
+    "worker_file_error",
     "ZFilterJob",
     "run_z_filter_job",
     "z_filter_on_workers",
@@ -326,7 +327,10 @@ def run_tasks(
                     yield Progress(stage, done, total, message="waiting for workers")
                 continue
             for fut in batch:
-                result = fut.result()  # re-raises a worker's error here
+                try:
+                    result = fut.result()  # re-raises a worker's error here
+                except (FileNotFoundError, PermissionError) as exc:  # a path the worker cannot reach or write
+                    raise EMDiffuseError(worker_file_error(exc, remote=getattr(client, "cluster", None) is None)) from None
                 done += 1
                 if report is not None:
                     yield from report(index[fut.key], result)
@@ -337,6 +341,25 @@ def run_tasks(
         pending = [f for f in futures if not f.done()]
         if pending:
             client.cancel(pending)
+
+
+def worker_file_error(exc: OSError, *, remote: bool) -> str:
+    """One line for a file a worker could not open or write: on a running cluster (``remote``)
+    most often a path this machine has and the workers' machines do not.
+
+    Examples
+    --------
+    >>> worker_file_error(FileNotFoundError(2, "No such file or directory", "/scratch/in.zarr"), remote=True)
+    "a worker could not open '/scratch/in.zarr' (No such file or directory): the cluster's workers must reach the input, the output and the model at the paths given here (shared storage)"
+    """
+    what = f"'{exc.filename}' ({exc.strerror})" if exc.filename else f"a file ({exc})"
+    if isinstance(exc, PermissionError):
+        hint = ("the cluster's workers (which may run as another user) must be allowed to read the input and the "
+                "model and to write beside the output" if remote else "check the output folder's permissions")
+        return f"a worker could not use {what}: {hint}"
+    hint = ("the cluster's workers must reach the input, the output and the model at the paths given here (shared "
+            "storage)" if remote else "was it moved or removed while the run went on?")
+    return f"a worker could not open {what}: {hint}"
 
 
 @dataclass(frozen=True)
