@@ -263,20 +263,33 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise InputError(f"--zarr-format {args.zarr_format} is the format of .zarr outputs; add --to .zarr")
     plan = plan_batch(expand_inputs(args.input), args.output, ext=args.to)
     failed = 0
-    for k, (src, out, _) in enumerate(plan, 1):
-        print(f"[{k}/{len(plan)}] {src}", file=sys.stderr)
-        args.input = str(src)
-        try:
-            _convert_one(args, out)
-        except InputError as exc:
-            print(f"{PROG}: skipped {src}: {exc}", file=sys.stderr)
-            failed += 1
+    with _cluster_of(args) as client:  # one for the batch, not one per file
+        for k, (src, out, _) in enumerate(plan, 1):
+            print(f"[{k}/{len(plan)}] {src}", file=sys.stderr)
+            args.input = str(src)
+            try:
+                _convert_one(args, out, client)
+            except InputError as exc:
+                print(f"{PROG}: skipped {src}: {exc}", file=sys.stderr)
+                failed += 1
     if failed:
         raise InputError(f"{failed} of {len(plan)} files were skipped (reasons above)")
     return 0
 
 
-def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
+def _cluster_of(args: argparse.Namespace, client: Any = None) -> Any:
+    """The dask client of ``convert --workers / --scheduler`` (``client`` where one is open
+    already), for the length of a ``with``; None without them."""
+    import contextlib
+
+    if client is not None or not (args.workers or args.scheduler):
+        return contextlib.nullcontext(client)
+    from .engine.parallel.runner import cluster_client
+
+    return cluster_client(args.workers, args.scheduler)
+
+
+def _convert_one(args: argparse.Namespace, out: Path | str, client: Any = None) -> int:
     import numpy as np
 
     from .engine.errors import InputError
@@ -332,11 +345,10 @@ def _convert_one(args: argparse.Namespace, out: Path | str) -> int:
                            progress=None if told is None else (lambda stage, done, total: told(out, stage, done, total)))
 
     if cluster:  # each scale's blocks written by the workers, from the input where it is stored
-        from .engine.parallel.runner import cluster_client
         from .outputs import precomputed_on_cluster
 
-        with cluster_client(args.workers, args.scheduler) as client:
-            drive(precomputed_on_cluster(client, out, data.data, spacing=data.spacing, unit=data.unit or "nm",
+        with _cluster_of(args, client) as on:
+            drive(precomputed_on_cluster(on, out, data.data, spacing=data.spacing, unit=data.unit or "nm",
                                          origin=data.origin, made=made, chunk_encoding=args.encoding,
                                          jpeg_quality=args.jpeg_quality))
     else:
