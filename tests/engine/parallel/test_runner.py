@@ -344,3 +344,37 @@ def test_a_path_the_workers_cannot_reach_is_said_in_one_line(tmp_path):
                 assert f"a worker could not open '{gone}' (No such file or directory)" in str(err.value)
                 with pytest.raises(ZeroDivisionError):
                     drain(runner.run_tasks(client, lambda job: 1 / 0, [1], name="z"))
+
+
+def test_workers_map_a_large_mrc_again_instead_of_copying_it(tmp_path, monkeypatch):
+    """A large MRC (or uncompressed TIFF) is memory-mapped here; its location is the file, the
+    byte offset, type and shape, which a worker maps again: a cluster run reads it in place (no
+    copy into a staged store) and writes the pixels of the run in this process. A view that is
+    not a whole run of the file's bytes has no such location (it is copied, as before)."""
+    import mrcfile
+    import zarr
+
+    from napari_emdiffuse.api import restore_to_zarr_iter
+    from napari_emdiffuse.engine.events import drain
+    from napari_emdiffuse.engine.io import mrc
+    from napari_emdiffuse.engine.io.images import read_image
+    from napari_emdiffuse.engine.io.sources import open_source, source_of
+
+    vol = (np.random.default_rng(8).random((3, 40, 36)) * 200).astype(np.int16)
+    with mrcfile.new(tmp_path / "v.mrc") as m:
+        m.set_data(vol)
+    monkeypatch.setattr(mrc, "MRC_MMAP_MIN_BYTES", 0)
+    data = read_image(tmp_path / "v.mrc").data
+    assert isinstance(data, np.memmap)
+    where = source_of(data)
+    assert where == (str((tmp_path / "v.mrc").resolve()), "mmap:1024:<i2:3x40x36", (), ())
+    np.testing.assert_array_equal(open_source(*where), vol)
+    assert source_of(data[1:]) is None and source_of(data[:, ::2]) is None  # offset or strided: no location
+    path = str(make_tiny("denoise").save(tmp_path / "tiny"))
+    kw = dict(block=32, steps=1, tile=32, overlap=8, device="cpu", z_filter="off")
+    drain(restore_to_zarr_iter(data, tmp_path / "here.zarr", "denoise", path, **kw))
+    stages = [ev.stage for ev in restore_to_zarr_iter(data, tmp_path / "there.zarr", "denoise", path, workers=1, **kw)
+              if hasattr(ev, "stage")]
+    assert "block" in stages and "staging" not in stages  # read in place, not copied
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "there.zarr"), mode="r")[:],
+                                  zarr.open_array(str(tmp_path / "here.zarr"), mode="r")[:])

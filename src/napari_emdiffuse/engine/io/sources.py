@@ -1,7 +1,8 @@
 """Where an input array lives, so that another process (a cluster worker) can open it again
 and read its blocks in place instead of a copy: a zarr array, an HDF5 or N5 dataset, a large
-compressed TIFF, a large MRC or TIFF file by URL, or one seen at one index of its first or last axes (a single T or C dropped,
-a channel picked)."""
+compressed TIFF, a large MRC or uncompressed TIFF memory-mapped here, a large MRC or TIFF file
+by URL, or one seen at one index of its first or last axes (a single T or C dropped, a channel
+picked)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .common import CZI_SUFFIXES, H5_SUFFIXES, N5_SUFFIX, TIFF_SUFFIXES, is_url, suffix_of
 from .czi import CziArray
@@ -56,6 +59,9 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
         return (f"precomputed://{array.root}" if array.url else array.root), array.name, lead, trail
     if isinstance(array, RawUrlArray):  # by URL, its layout in the key: workers read it in place
         return array.url, array.key, lead, trail
+    if isinstance(array, np.memmap):  # a large MRC or uncompressed TIFF, mapped again by the worker
+        mapped = _mapped(array)
+        return None if mapped is None else (*mapped, lead, trail)
     if isinstance(array, CziArray):
         return array.file, str(array.scene) if array.scene is not None else "", lead, trail
     import zarr
@@ -70,10 +76,29 @@ def source_of(array: Any) -> tuple[str, str, tuple[int, ...], tuple[int, ...]] |
     return str(Path(root).resolve()), str(getattr(array, "path", "") or ""), lead, trail
 
 
+def _mapped(array: np.memmap) -> tuple[str, str] | None:
+    """(file, key) of a memory map that is a whole run of a file's bytes (not a strided or
+    offset view of one), which another process maps again: the key holds its byte offset,
+    type and shape (``mmap:1024:<i2:30x512x512``)."""
+    root: Any = array
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    name = getattr(root, "filename", None)
+    pointer = array.__array_interface__["data"][0]
+    if name is None or not array.flags.c_contiguous or pointer != root.__array_interface__["data"][0]:
+        return None
+    return str(Path(name).resolve()), f"mmap:{int(root.offset)}:{array.dtype.str}:{'x'.join(map(str, array.shape))}"
+
+
 def open_source(where: str, key: str = "", lead: Sequence[int] = (), trail: Sequence[int] = ()) -> Any:
     """Open an input by its location (:func:`source_of`) for reading, in this process or a
     worker: the array at ``key`` in the zarr store, HDF5 file or N5 container ``where``, at the indices
     ``lead`` of its first axes and ``trail`` of its last."""
+    if key.startswith("mmap:") and not is_url(where):  # a memory-mapped MRC or TIFF: the same bytes
+        offset, dtype, shape = key[len("mmap:"):].split(":")
+        mapped = np.memmap(where, mode="r", dtype=np.dtype(dtype), offset=int(offset),
+                           shape=tuple(int(n) for n in shape.split("x")))
+        return AxesPicked(mapped, lead, trail) if lead or trail else mapped
     if where.lower().startswith("precomputed://"):  # a precomputed volume's URL (source_of marks it)
         arr: Any = PrecomputedArray(source_prefix(where)[0], key)
     elif is_url(where) and where.lower().endswith(H5_SUFFIXES):  # an HDF5 file by URL
