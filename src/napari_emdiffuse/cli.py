@@ -327,8 +327,8 @@ def _convert_one(args: argparse.Namespace, out: Path | str, client: Any = None) 
         if data.spacing is not None:
             data.spacing = (*data.spacing[:-2], *(v * args.bin for v in data.spacing[-2:]))
     if cluster and source_of(data.data) is None:  # read whole here (a small file, a picture, DM): no work to spread
-        print(f"{PROG}: note: '{args.input}' is read here, not in place by workers (they open stored zarr, N5, HDF5, "
-              "precomputed and CZI images, and TIFFs read page by page): it is converted in this process", file=sys.stderr)
+        print(f"{PROG}: note: '{args.input}' is read here, not in place by workers (they open zarr, N5, HDF5, "
+              "precomputed and CZI images, TIFFs read page by page and files of 1 GiB or more): it is converted in this process", file=sys.stderr)
         cluster = None
     if not cluster and not is_zarr_name(out) and not isinstance(data.data, np.ndarray) and not streams_lazily(data.data):
         check_fits_in_memory(tuple(data.data.shape), data.data.dtype, uncertainty=False)  # a lazy 2D image

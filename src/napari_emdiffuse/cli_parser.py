@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=_positive, metavar="N",
                    help="a .precomputed output: written by a local dask cluster of N processes, each scale's blocks "
                         "side by side, from the input read in place (a whole zarr, N5, HDF5, precomputed or CZI "
-                        "image, or a TIFF read page by page; a batch, --to .precomputed: one file after another)")
+                        "image, a TIFF read page by page, an MRC, DM or TIFF file of 1 GiB or more; a batch, --to .precomputed: one file after another)")
     c.add_argument("--scheduler", metavar="ADDRESS|FILE",
                    help="as --workers, by a running dask cluster (its scheduler's address, e.g. tcp://host:8786, or "
                         "the file it wrote) whose workers reach the input and the output")

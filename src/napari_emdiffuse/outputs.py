@@ -121,7 +121,7 @@ def spilled_writing(out: Path | str, unc: Path | str | None, spill: Path, spill_
 def precomputed_on_cluster(client: Any, out: Path | str, array: Any, *, spacing: Any, unit: str, origin: Any,
                            made: dict, chunk_encoding: str = "raw", jpeg_quality: int = 90) -> Generator[Progress, None, Path]:
     """Write ``array``, a stored image the workers of ``client`` open in place (a zarr, N5,
-    HDF5, precomputed or CZI one, a TIFF read page by page: :func:`~.engine.io.sources.source_of`), as the
+    HDF5, precomputed or CZI one, a TIFF read page by page, a large file mapped in memory: :func:`~.engine.io.sources.source_of`), as the
     precomputed folder ``out`` on those workers (:func:`~.engine.parallel.precomputed.precomputed_on_workers`),
     with what :func:`~.engine.io.images.write_image` writes with it; one line for an image
     that is not stored so."""
@@ -132,7 +132,7 @@ def precomputed_on_cluster(client: Any, out: Path | str, array: Any, *, spacing:
     where = source_of(array)
     if where is None:
         raise InputError(f"cannot write '{Path(out).name}' on the workers: they read a zarr, N5, HDF5, precomputed or "
-                         "CZI image, or a TIFF read page by page, in place, and this one is not stored so; write it in one process")
+                         "CZI image, a TIFF read page by page or a large file mapped in memory, in place, and this one is not stored so; write it in one process")
     layout = precomputed_layout(out, tuple(array.shape), array.dtype, spacing=spacing, unit=unit, origin=origin,
                                 encoding=chunk_encoding, jpeg_quality=jpeg_quality)
     return (yield from precomputed_on_workers(client, where, out, layout, provenance=made))
