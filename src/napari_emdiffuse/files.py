@@ -13,6 +13,7 @@ into the file slice by slice (a 2D image: tile by tile), so such an output needs
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,16 @@ def _place(where: Any) -> Any:
     return output_place(where)
 
 
+def _one_cluster(workers: int | None, scheduler: str | None, device: str | None) -> Any:
+    """The cluster a run's passes share (its blocks, then the file it writes from their store:
+    :func:`~.engine.parallel.runner.kept_cluster`), started once; nothing without one."""
+    if not (workers or scheduler):
+        return contextlib.nullcontext()
+    from .engine.parallel.runner import kept_cluster
+
+    return kept_cluster(workers, scheduler, device or "auto")
+
+
 def _zarr_output(out: Any, unc: Any, distributed: Any, resume: bool, zarr_format: int = 2) -> bool:
     """Whether ``out`` is a zarr store; refuses what needs one when it is not (zarr format 3;
     a remote cluster's result by URL, which goes through a store here that its workers cannot
@@ -268,7 +279,9 @@ def restore_file_iter(
         yield note(told)
         spill_unc = spill_uncertainty(spill) if unc else None
         finished = False
+        cluster = contextlib.ExitStack()
         try:
+            cluster.enter_context(_one_cluster(workers, scheduler, sampling.get("device")))
             yield from progress_only(restore_to_zarr_iter(
                 data.data, spill, task, model_ref if distributed else model, uncertainty_out=spill_unc,
                 spacing=data.spacing, resume=resume, overwrite=True, workers=workers, scheduler=scheduler,
@@ -286,6 +299,7 @@ def restore_file_iter(
             finished = True
             yield wrote
         finally:
+            cluster.close()
             if not keep_spill(resume, finished):
                 remove_spill(spill, spill_unc)
         return
@@ -390,7 +404,10 @@ def reconstruct_file_iter(
             yield note("note: the result fits in memory and is written when complete: --resume keeps nothing of it")
     spilled = store is not None and not zarr_out
     finished = False
+    cluster = contextlib.ExitStack()
     try:
+        if spilled:  # the workers' passes and the folder they write from their store: one cluster
+            cluster.enter_context(_one_cluster(workers, scheduler, sampling.get("device")))
         z = data.data.shape[0]
         told = note(f"factor {f}{'' if factor is not None else ' (from the voxel size)'}: {z} slices become {(z - 1) * f + 1}")
         result = yield from progress_only(_told_first(told, reconstruct_isotropic_iter(
@@ -416,6 +433,7 @@ def reconstruct_file_iter(
             yield wrote
             return
     finally:
+        cluster.close()
         if spilled and not keep_spill(resume, finished):
             remove_spill(store, store_unc)
     if zarr_out:

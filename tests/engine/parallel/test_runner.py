@@ -327,7 +327,8 @@ def _missing(job):
 def test_a_path_the_workers_cannot_reach_is_said_in_one_line(tmp_path):
     """A worker's FileNotFoundError reaches the client as one line naming the path: on a running
     cluster (a client by address) that the workers must reach it, on a local one that it went
-    away. Control: another error of a worker is raised as it is."""
+    away. Control: another error of a worker is raised as it is. Afterwards dask computes
+    locally again (no client left as its default)."""
     from distributed import Client, LocalCluster
 
     from napari_emdiffuse.engine.errors import EMDiffuseError
@@ -336,14 +337,19 @@ def test_a_path_the_workers_cannot_reach_is_said_in_one_line(tmp_path):
     gone = str(tmp_path / "scratch" / "in.zarr")
     with runner.environment_kept(), LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                                  dashboard_address="127.0.0.1:0") as cluster:
-        for client, words in [(Client(cluster), "moved or removed"),
-                              (Client(cluster.scheduler_address), "must reach the input, the output and the model")]:
-            with client:
+        for make, words in [(lambda: Client(cluster), "moved or removed"),
+                            (lambda: Client(cluster.scheduler_address), "must reach the input, the output and the model")]:
+            with make() as client:  # one at a time: closed in turn, dask's default scheduler is put back
                 with pytest.raises(EMDiffuseError, match=words) as err:
                     drain(runner.run_tasks(client, _missing, [gone], name="t"))
                 assert f"a worker could not open '{gone}' (No such file or directory)" in str(err.value)
                 with pytest.raises(ZeroDivisionError):
                     drain(runner.run_tasks(client, lambda job: 1 / 0, [1], name="z"))
+    import dask
+    import dask.array as da
+
+    assert dask.config.get("scheduler", None) != "dask.distributed"
+    assert int(da.ones(4).sum().compute()) == 4
 
 
 def test_workers_map_a_large_mrc_again_instead_of_copying_it(tmp_path, monkeypatch):
@@ -378,3 +384,16 @@ def test_workers_map_a_large_mrc_again_instead_of_copying_it(tmp_path, monkeypat
     assert "block" in stages and "staging" not in stages  # read in place, not copied
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "there.zarr"), mode="r")[:],
                                   zarr.open_array(str(tmp_path / "here.zarr"), mode="r")[:])
+
+
+def test_a_runs_passes_share_the_cluster_it_keeps():
+    """Inside kept_cluster, cluster_client for the same workers hands out that client and
+    leaves it open (a run's blocks, then its file, on one local cluster); once the run has
+    ended it starts its own."""
+    with runner.kept_cluster(1, None) as kept:
+        with runner.cluster_client(1, None) as same:
+            assert same is kept
+        assert kept.status == "running"  # the inner pass did not close it
+    assert kept.status in ("closed", "closing")
+    with runner.cluster_client(1, None) as fresh:
+        assert fresh is not kept and fresh.status == "running"

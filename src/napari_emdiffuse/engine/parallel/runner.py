@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -61,6 +62,7 @@ __all__ = [
     "connect",
     "scheduler_address",
     "cluster_client",
+    "kept_cluster",
     "environment_kept",
     "run_tasks",
     "worker_file_error",
@@ -278,11 +280,35 @@ def environment_kept() -> Iterator[None]:
                 os.environ[key] = value
 
 
+#: The cluster a run keeps for its passes in this thread (:func:`kept_cluster`).
+_KEPT = threading.local()
+
+
+@contextlib.contextmanager
+def kept_cluster(workers: int | None, scheduler: str | None, device: str = "cpu") -> Iterator[Any]:
+    """One cluster for every pass of a run in this thread (its blocks, then the writing of its
+    file from their store): :func:`cluster_client` for the same ``workers`` or ``scheduler``
+    inside the block hands out this client instead of starting a local cluster again (about
+    3 s). Closed at the end, as :func:`cluster_client` closes its own."""
+    with cluster_client(workers, scheduler, device) as client:
+        before = getattr(_KEPT, "cluster", None)
+        _KEPT.cluster = (workers, scheduler, client)
+        try:
+            yield client
+        finally:
+            _KEPT.cluster = before
+
+
 @contextlib.contextmanager
 def cluster_client(workers: int | None, scheduler: str | None, device: str = "cpu") -> Iterator[Any]:
     """A client (:func:`connect`) for the length of a run; closed at its end, with the local
     cluster it started, and this process's environment as it was before (a worker restarted
-    during the run sets its variables here again)."""
+    during the run sets its variables here again). Inside :func:`kept_cluster` for the same
+    cluster, that one's client (left open)."""
+    kept = getattr(_KEPT, "cluster", None)
+    if kept is not None and kept[:2] == (workers, scheduler) and kept[2].status == "running":
+        yield kept[2]
+        return
     with environment_kept():
         client, cluster = connect(workers, scheduler, device)
         try:
