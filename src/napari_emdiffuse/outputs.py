@@ -18,8 +18,7 @@ from .engine.io.common import ZARR_SUFFIX, suffix_of
 
 __all__ = [
     "check_chunks", "corner_origin", "keep_spill", "precomputed_on_cluster", "remove_spill", "spill_store",
-    "spill_uncertainty", "spilled_writing",
-    "write_results", "write_spilled", "writing",
+    "spill_uncertainty", "spilled_writing", "write_results", "write_spilled", "writing",
 ]
 
 
@@ -112,19 +111,22 @@ def spilled_writing(out: Path | str, unc: Path | str | None, spill: Path, spill_
             if _on_workers(path):
                 yield from precomputed_on_cluster(client, path, array, made=made, **where, **chunks)
             else:
-                yield from writing(lambda told, path=path, array=array, made=made: write_image(
-                    path, array, axes=meta["axes"], provenance=made, **where,
+                yield from writing(lambda told, path=path, array=array, made=made, chunks=chunks: write_image(
+                    path, array, axes=meta["axes"], provenance=made, **where, **chunks,
                     progress=None if told is None else (lambda *step: told(path, *step))), path, pieces=True)
     return [str(out)] + ([f"{unc} (uncertainty)"] if len(parts) == 2 else [])
 
 
-def precomputed_on_cluster(client: Any, out: Path | str, array: Any, *, spacing: Any, unit: str, origin: Any,
-                           made: dict, chunk_encoding: str = "raw", jpeg_quality: int = 90) -> Generator[Progress, None, Path]:
+def precomputed_on_cluster(
+    client: Any, out: Path | str, array: Any, *, spacing: Any, unit: str, origin: Any, made: dict,
+    chunk_encoding: str = "raw", jpeg_quality: int = 90,
+) -> Generator[Progress, None, Path]:
     """Write ``array``, a stored image the workers of ``client`` open in place (a zarr, N5,
-    HDF5, precomputed or CZI one, a TIFF read page by page, a large file mapped in memory: :func:`~.engine.io.sources.source_of`), as the
-    precomputed folder ``out`` on those workers (:func:`~.engine.parallel.precomputed.precomputed_on_workers`),
-    with what :func:`~.engine.io.images.write_image` writes with it; one line for an image
-    that is not stored so."""
+    HDF5, precomputed or CZI one, a TIFF read page by page, a large file mapped in memory:
+    :func:`~.engine.io.sources.source_of`), as the precomputed folder ``out`` on those workers
+    (:func:`~.engine.parallel.precomputed.precomputed_on_workers`), with what
+    :func:`~.engine.io.images.write_image` writes with it; one line for an image that is not
+    stored so."""
     from .engine.io.precomputed_write import precomputed_layout
     from .engine.io.sources import source_of
     from .engine.parallel.precomputed import precomputed_on_workers
@@ -132,7 +134,8 @@ def precomputed_on_cluster(client: Any, out: Path | str, array: Any, *, spacing:
     where = source_of(array)
     if where is None:
         raise InputError(f"cannot write '{Path(out).name}' on the workers: they read a zarr, N5, HDF5, precomputed or "
-                         "CZI image, a TIFF read page by page or a large file mapped in memory, in place, and this one is not stored so; write it in one process")
+                         "CZI image, a TIFF read page by page or a large file mapped in memory, in place, and this "
+                         "one is not stored so; write it in one process")
     layout = precomputed_layout(out, tuple(array.shape), array.dtype, spacing=spacing, unit=unit, origin=origin,
                                 encoding=chunk_encoding, jpeg_quality=jpeg_quality)
     return (yield from precomputed_on_workers(client, where, out, layout, provenance=made))
