@@ -149,3 +149,23 @@ def test_engine_import_loads_no_gui_modules():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_nearest_up2_gives_interpolates_values_and_gradient():
+    """The UNet's 2x upsampling (a broadcast view on the CPU) gives F.interpolate's values for
+    NCHW and channels-last tensors of odd sizes, and the same gradient (each input pixel sums
+    its 2 x 2 copies). Control: a 2x bilinear upsampling differs."""
+    import torch.nn.functional as F
+
+    from napari_emdiffuse.engine.core.networks.unet import nearest_up2
+
+    x = torch.randn(3, 5, 7, 9, requires_grad=True)
+    want = F.interpolate(x, scale_factor=2, mode="nearest")
+    got = nearest_up2(x)
+    assert got.shape == (3, 5, 14, 18) and torch.equal(got, want)
+    assert torch.equal(nearest_up2(x.contiguous(memory_format=torch.channels_last)), want)
+    weights = torch.randn_like(want)
+    (g_want,) = torch.autograd.grad((want * weights).sum(), x)
+    (g_got,) = torch.autograd.grad((nearest_up2(x) * weights).sum(), x)
+    assert torch.allclose(g_got, g_want, atol=1e-5)
+    assert not torch.allclose(F.interpolate(x, scale_factor=2, mode="bilinear"), got)
