@@ -126,6 +126,7 @@ def test_finetune_passes_other_train_config_fields(monkeypatch):
         "napari_emdiffuse.engine.io.zarr",
         "napari_emdiffuse.engine.io.zarrurl",
         "napari_emdiffuse.engine.parallel.runner",
+        "napari_emdiffuse.engine.core.networks.unet",
     ],
 )
 def test_docstring_examples_run(module):
